@@ -1,0 +1,162 @@
+"""The TrainingJob CustomResourceDefinition, generated from the pydantic models.
+
+The output is a structural OpenAPI v3 schema that Kubernetes 1.20 and later accept: every `$ref` is
+inlined, `X | None` becomes the plain type (optional fields are simply absent), `int | str` becomes
+`x-kubernetes-int-or-string`, and there is no CEL (`x-kubernetes-validations`), which 1.20 refuses.
+Rules the schema cannot express (min <= max, a known accelerator) are enforced by the operator.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from kubefit import GROUP, VERSION
+from kubefit.api.models import TrainingJobSpec, TrainingJobStatus
+
+KIND = "TrainingJob"
+PLURAL = "trainingjobs"
+SINGULAR = "trainingjob"
+SHORT_NAMES = ["tj"]
+
+_DROP_KEYS = {"title", "additionalProperties"}
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_resolve(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].split("/")[-1]])
+        extra = {key: value for key, value in node.items() if key != "$ref"}
+        target.update(extra)  # a field's own description wins over the model's docstring
+        return _resolve(target, defs)
+    return {key: _resolve(value, defs) for key, value in node.items()}
+
+
+def _structural(node: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite one resolved pydantic schema node into a structural CRD schema node."""
+    node = dict(node)
+    for key in _DROP_KEYS:
+        node.pop(key, None)
+    description = node.get("description")
+    default = node.pop("default", None)
+
+    variants = node.pop("anyOf", None)
+    if variants is not None:
+        non_null = [variant for variant in variants if variant.get("type") != "null"]
+        types = {variant.get("type") for variant in non_null}
+        if types == {"integer", "string"}:
+            # int-or-string admits no typed validation in a structural schema; the operator checks it
+            node["x-kubernetes-int-or-string"] = True
+        elif len(non_null) == 1:
+            node.update(_structural(non_null[0]))
+        else:  # pragma: no cover - the models use no other unions
+            raise ValueError(f"cannot express union {variants} structurally")
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+
+    if node.get("type") == "object" and "properties" in node:
+        node["properties"] = {name: _structural(child) for name, child in node["properties"].items()}
+    if node.get("type") == "array" and "items" in node:
+        node["items"] = _structural(node["items"])
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        node["type"] = "object"
+    if "exclusiveMaximum" in node:  # OpenAPI v3.0 spells it as a boolean beside maximum
+        node["maximum"] = node.pop("exclusiveMaximum")
+        node["exclusiveMaximum"] = True
+    if default is not None and not isinstance(default, dict | list) and "x-kubernetes-int-or-string" not in node:
+        node["default"] = default
+    if description:
+        node["description"] = " ".join(description.split())
+    return node
+
+
+def model_schema(model: type[Any]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    return _structural(_resolve(raw, defs))
+
+
+def _model_requirement(spec_schema: dict[str, Any]) -> None:
+    """`model` needs parameters or memory: expressible structurally as anyOf over `required`."""
+    model = spec_schema["properties"]["model"]
+    model["anyOf"] = [{"required": ["parameters"]}, {"required": ["memory"]}]
+
+
+def openapi_schema() -> dict[str, Any]:
+    spec = model_schema(TrainingJobSpec)
+    _model_requirement(spec)
+    status = model_schema(TrainingJobStatus)
+    return {
+        "type": "object",
+        "description": "A training job whose accelerators kubefit sizes from its model and runs as elastic workers.",
+        "properties": {
+            "apiVersion": {"type": "string", "description": "The API version, kubefit.dev/v1alpha1."},
+            "kind": {"type": "string", "description": "TrainingJob."},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"],
+    }
+
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Workers", "type": "string", "jsonPath": ".status.workers", "description": "Ready/desired workers"},
+    {"name": "Accelerator", "type": "string", "jsonPath": ".status.sizing.accelerator"},
+    {
+        "name": "Per-Device",
+        "type": "string",
+        "jsonPath": ".status.perDeviceMemory",
+        "description": "Estimated peak bytes per device",
+    },
+    {"name": "Fits", "type": "boolean", "jsonPath": ".status.sizing.fits"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["all", "kubefit"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.workers.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = "# Generated by `kubefit crd` from operator/kubefit/api/models.py. Do not edit by hand.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)

@@ -1,0 +1,66 @@
+"""Turning a raw manifest spec into a TrainingJobSpec, with errors that name the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
+
+from kubefit.api.models import TrainingJobSpec
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str  # e.g. "spec.workers.minReplicas"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class InvalidSpec(ValueError):
+    """A spec that cannot be used; `errors` name each offending field."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        super().__init__("; ".join(str(error) for error in errors))
+
+
+def _is_union_tag(item: str) -> bool:
+    # pydantic adds the tried union branch to the location: "int", "str", "literal['auto']", "function-..."
+    return item in {"int", "str", "float", "bool"} or "[" in item or item.startswith("function-")
+
+
+def field_path(location: tuple[int | str, ...], root: str = "spec") -> str:
+    path = root
+    for item in location:
+        if isinstance(item, int):
+            path += f"[{item}]"
+        elif not _is_union_tag(item):
+            path += "." + to_camel(item)
+    return path
+
+
+def _message(error: Any) -> str:
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def parse_spec(raw: Any) -> TrainingJobSpec:
+    """Validate `raw` (the manifest's spec) or raise InvalidSpec naming every bad field once."""
+    if not isinstance(raw, dict):
+        raise InvalidSpec([FieldError("spec", "must be an object")])
+    try:
+        return TrainingJobSpec.model_validate(raw)
+    except ValidationError as exc:
+        seen: dict[str, str] = {}
+        for error in exc.errors():
+            path = field_path(tuple(error["loc"]))
+            if error["type"] == "extra_forbidden":
+                message = "unknown field"
+            else:
+                message = _message(error)
+            seen.setdefault(path, message)  # a union reports each branch; the first message is enough
+        raise InvalidSpec([FieldError(path, message) for path, message in seen.items()]) from None
