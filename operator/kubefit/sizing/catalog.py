@@ -1,0 +1,133 @@
+"""The accelerator catalog: names, driver-reported memory, extended resource and node labels.
+
+Built-in entries live in `accelerators.yaml` beside this module. Operators extend or override the
+catalog without a release through a file of the same shape (Helm value `catalog`, mounted from a
+ConfigMap; the `KUBEFIT_CATALOG` environment variable; `kubefit size --catalog`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MIB = 2**20
+BUILTIN_CATALOG = Path(__file__).with_name("accelerators.yaml")
+CATALOG_ENV = "KUBEFIT_CATALOG"
+
+
+class CatalogError(ValueError):
+    """A catalog file that cannot be used; the message names the entry and field."""
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    name: str
+    vendor: str
+    memory_bytes: int  # as the driver reports it
+    resource_name: str  # extended resource, e.g. nvidia.com/gpu
+    per_node: tuple[int, ...]  # device counts a worker may request on one node
+    node_labels: Mapping[str, str] = field(default_factory=dict)  # labels a node of this kind carries
+    match: tuple[Mapping[str, str], ...] = ()  # alternative label sets that identify it
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return any(all(labels.get(key) == value for key, value in term.items()) for term in self.match)
+
+
+def _entry(raw: Any, source: str) -> Accelerator:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{source}: each entry of accelerators must be a mapping")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise CatalogError(f"{source}: an entry has no name")
+    where = f"{source}: accelerators[{name}]"
+    memory = raw.get("memoryMiB")
+    if not isinstance(memory, int) or memory <= 0:
+        raise CatalogError(f"{where}.memoryMiB must be a positive integer (MiB as the driver reports it)")
+    resource = raw.get("resourceName")
+    if not isinstance(resource, str) or "/" not in resource:
+        raise CatalogError(f"{where}.resourceName must be an extended resource such as nvidia.com/gpu")
+    per_node = raw.get("perNode", [1, 2, 4, 8])
+    if not isinstance(per_node, list) or not per_node or not all(isinstance(n, int) and n > 0 for n in per_node):
+        raise CatalogError(f"{where}.perNode must be a list of positive integers")
+    labels = raw.get("nodeLabels", {}) or {}
+    match = raw.get("match") or ([labels] if labels else [])
+    if not isinstance(labels, dict) or not isinstance(match, list) or not all(isinstance(t, dict) for t in match):
+        raise CatalogError(f"{where}.nodeLabels must be a mapping and match a list of mappings")
+    return Accelerator(
+        name=name,
+        vendor=str(raw.get("vendor", "unknown")),
+        memory_bytes=memory * MIB,
+        resource_name=resource,
+        per_node=tuple(sorted(set(per_node))),
+        node_labels={str(k): str(v) for k, v in labels.items()},
+        match=tuple({str(k): str(v) for k, v in term.items()} for term in match),
+    )
+
+
+def parse_catalog(text: str, source: str = "catalog") -> list[Accelerator]:
+    try:
+        document = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{source}: not valid YAML: {exc}") from None
+    entries = document.get("accelerators") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise CatalogError(f"{source}: expected a top-level 'accelerators' list")
+    return [_entry(raw, source) for raw in entries]
+
+
+class Catalog:
+    """An ordered, name-indexed set of accelerators."""
+
+    def __init__(self, accelerators: Iterable[Accelerator]):
+        self._by_name: dict[str, Accelerator] = {}
+        for accelerator in accelerators:
+            self._by_name[accelerator.name] = accelerator  # later entries override earlier ones
+
+    def __iter__(self) -> Iterator[Accelerator]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def get(self, name: str) -> Accelerator | None:
+        return self._by_name.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    def identify(self, labels: Mapping[str, str]) -> Accelerator | None:
+        """The accelerator a node carries, from its labels (GFD, GKE, AMD labeller)."""
+        for accelerator in self._by_name.values():
+            if accelerator.matches(labels):
+                return accelerator
+        return None
+
+    def extended(self, extra: Iterable[Accelerator]) -> Catalog:
+        return Catalog([*self._by_name.values(), *extra])
+
+
+@lru_cache(maxsize=8)
+def _load(extra_path: str | None) -> Catalog:
+    catalog = Catalog(parse_catalog(BUILTIN_CATALOG.read_text(), str(BUILTIN_CATALOG.name)))
+    if extra_path:
+        path = Path(extra_path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CatalogError(f"{extra_path}: cannot read catalog file: {exc.strerror}") from None
+        catalog = catalog.extended(parse_catalog(text, extra_path))
+    return catalog
+
+
+def load_catalog(extra_path: str | None = None) -> Catalog:
+    """The built-in catalog, extended by `extra_path` or else by the file named in $KUBEFIT_CATALOG."""
+    return _load(extra_path or os.environ.get(CATALOG_ENV) or None)
