@@ -1,15 +1,80 @@
 """Estimator: peak memory per device for one layout of a TrainingJob.
 
-PLACEHOLDER until the real estimator lands; the dataclasses and the signature of `estimate` are the
-contract that the planner codes against.
+What it predicts: the peak *reserved* memory of the most-loaded device plus the runtime context, i.e.
+what must fit in the memory the driver reports for the device. It is built from published formulas
+(ZeRO, Korthikanti et al., PyTorch docs), not fitted to measurements; docs/sizing.md gives every
+formula and coefficient with its source, and benchmarks/sizing_accuracy.py its accuracy.
+
+The peak is taken at the start of the backward pass of the most-loaded pipeline stage, where weights,
+gradient buffers, optimizer states, all saved activations and the logits with their gradient coexist.
+The optimizer-step temporaries come later, when activations are freed, so only their excess over the
+activations counts.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from kubefit.api.models import MemoryBreakdown, TrainingJobSpec
+from kubefit.api.quantity import parse_count
+from kubefit.api.validation import FieldError, InvalidSpec
+from kubefit.sizing.architecture import ModelShape, assumed_shape, describe, shape_from_architecture
 from kubefit.sizing.catalog import Accelerator
+
+GIB = 2**30
+
+# ---------------------------------------------------------------- coefficients (sources: docs/sizing.md)
+
+# Bytes per parameter of the weights the forward pass uses, the gradients, and the fp32 master copy
+# (counted with the optimizer states, as ZeRO and EleutherAI do).
+FP32_BYTES = 4
+HALF_BYTES = 2
+MIXED_PRECISIONS = ("fp16-mixed", "bf16-mixed", "fp8-mixed")
+
+# Optimizer state tensors per trainable parameter, each in the optimizer's state dtype (fp32 under
+# fp32 and mixed precision, bf16 under bf16-true).
+OPTIMIZER_STATES = {
+    "adamw": 2.0,  # exp_avg, exp_avg_sq
+    "adam": 2.0,
+    "sgd": 0.0,
+    "sgd-momentum": 1.0,  # momentum_buffer
+    "lion": 1.0,  # exp_avg only (Chen et al. 2023)
+    # Factored second moment: rows + cols per matrix, ~0.001 B/param at h = 4096; the 1.0 makes room
+    # for the optional first moment (beta1) that T5X and many HF recipes enable.
+    "adafactor": 1.0,
+}
+# bitsandbytes 8-bit AdamW: two 1-byte states per parameter whatever the precision (Dettmers et al.
+# 2022); block-wise fp32 absmax adds 4/2048 B per state, negligible.
+ADAMW_8BIT_STATE_BYTES = 2.0
+# Optimizers whose foreach/for-loop step needs no parameter-sized intermediate.
+NO_STEP_TEMPORARY = ("sgd", "adamw-8bit")
+
+# QLoRA nf4 with double quantisation: 4 bits + 0.127 bits of constants per parameter (Dettmers et al.
+# 2023, QLoRA paper section 3). Embeddings and the output head stay in 16 bits.
+NF4_BYTES = 0.5 + 0.127 / 8
+# Dequantised copies alive at once in a QLoRA linear: the forward output's weight and its backward.
+QLORA_DEQUANT_COPIES = 2
+
+# Logits per element: fp32 logits (4, Megatron/Korthikanti 4sbV) + fp32 log-softmax output kept for the
+# backward (4, vram.asmirnov "x 2") + fp32 gradient materialised by non-fused cross-entropy (4).
+LOGITS_BYTES_PER_ELEMENT = 12
+# Flash/SDPA keep the fp32 log-sum-exp per query and head: 4 bytes x a x s x b.
+SOFTMAX_STATS_BYTES = 4
+DROPOUT_MASK_BYTES = 1  # Korthikanti et al. count dropout masks as one byte per element
+
+# ZeRO-3 / FSDP: the block being computed and the one being prefetched are unsharded at once.
+ALLGATHER_UNITS_IN_FLIGHT = 2
+# DeepSpeed ZeRO-1/2 reduce and all-gather buckets: 5e8 elements each (DeepSpeedZeroOptimizer
+# reduce_bucket_size / allgather_bucket_size as set in the DeepSpeed config defaults).
+ZERO_BUCKET_ELEMENTS = 500_000_000
+
+# Runtime context per process (CUDA/ROCm context, cuBLAS workspace, NCCL): PyTorch PR #86509 measured
+# 287 MB lazy-loading context alone; ptrblck ~400 MB; plus library workspaces.
+RUNTIME_RESERVE = {"nvidia": 3 * GIB // 4, "amd": 3 * GIB // 4, "google": GIB // 4}
+DEFAULT_RUNTIME_RESERVE = 3 * GIB // 4
+# Caching-allocator slack on transient (activation, logits, buffer) memory: reserved minus allocated.
+FRAGMENTATION_FRACTION = 0.10
 
 
 @dataclass(frozen=True)
@@ -26,7 +91,11 @@ class Layout:
 
 @dataclass(frozen=True)
 class Estimate:
-    """Per-device peak memory by component, in bytes, plus what was assumed."""
+    """Per-device peak memory by component, in bytes, plus what was assumed.
+
+    `overhead` = runtime_reserve + step_temporaries + communication_buffers + fragmentation; the
+    parts are kept so measurements of a different kind (allocated, reserved) can be compared.
+    """
 
     weights: int
     gradients: int
@@ -36,10 +105,27 @@ class Estimate:
     overhead: int
     host_bytes_per_worker: int = 0  # offloaded state held in host memory
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    runtime_reserve: int = 0  # CUDA/ROCm/XLA context and library workspaces, outside the allocator
+    step_temporaries: int = 0  # optimizer-step intermediates beyond the activations already freed
+    communication_buffers: int = 0  # all-gather / reduce buckets, DDP gradient buckets
+    fragmentation: int = 0  # allocator reserve beyond allocated bytes
+    data_parallel: int = 1
+    stage: str = "only"  # the pipeline stage estimated: only, first or last (the most loaded)
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer_states + self.activations + self.logits + self.overhead
+        model_state = self.weights + self.gradients + self.optimizer_states
+        return model_state + self.activations + self.logits + self.overhead
+
+    @property
+    def reserved_peak(self) -> int:
+        """What torch.cuda.max_memory_reserved would show: total without the runtime context."""
+        return self.total - self.runtime_reserve
+
+    @property
+    def allocated_peak(self) -> int:
+        """What torch.cuda.max_memory_allocated would show: also without the allocator's slack."""
+        return self.reserved_peak - self.fragmentation
 
     def breakdown(self) -> MemoryBreakdown:
         return MemoryBreakdown(
@@ -52,10 +138,297 @@ class Estimate:
         )
 
 
+# ---------------------------------------------------------------- per-parameter bytes
+
+
+@dataclass(frozen=True)
+class StateBytes:
+    """Bytes per parameter of each kind of training state."""
+
+    weights: float
+    gradients: float
+    optimizer: float  # master copy + optimizer states
+    step_temporary: float  # foreach intermediate: one copy of the params in the state dtype
+
+
+def state_bytes(precision: str, optimizer: str, sharding: str = "none") -> StateBytes:
+    """Per-parameter bytes for a trainable parameter.
+
+    Mixed precision follows the ZeRO accounting (2 B working weights, 2 B gradients, fp32 master +
+    states sharded with the optimizer); without sharding the gradients are fp32 (4 B), as PyTorch AMP
+    produces them for fp32 parameters and Megatron/FSDP accumulate them (HF "model training anatomy").
+    """
+    if precision == "fp32":
+        weights, gradients, master, state_dtype = FP32_BYTES, FP32_BYTES, 0, FP32_BYTES
+    elif precision == "bf16-true":
+        weights, gradients, master, state_dtype = HALF_BYTES, HALF_BYTES, 0, HALF_BYTES
+    else:
+        weights, master, state_dtype = HALF_BYTES, FP32_BYTES, FP32_BYTES
+        gradients = FP32_BYTES if sharding == "none" else HALF_BYTES
+    if optimizer == "adamw-8bit":
+        states = ADAMW_8BIT_STATE_BYTES
+    else:
+        states = OPTIMIZER_STATES[optimizer] * state_dtype
+    temporary = 0 if optimizer in NO_STEP_TEMPORARY else state_dtype
+    return StateBytes(weights, gradients, master + states, temporary)
+
+
+# ---------------------------------------------------------------- activations (Korthikanti et al. 2022)
+
+
+def activation_element_bytes(precision: str) -> int:
+    """Saved activations are in the compute dtype: fp32, or 16-bit for every other precision (fp8
+    recipes keep 16-bit copies for the backward in the general case)."""
+    return FP32_BYTES if precision == "fp32" else HALF_BYTES
+
+
+def layer_activation_bytes(
+    shape: ModelShape,
+    sequence: int,
+    micro_batch: int,
+    tensor_parallel: int = 1,
+    attention: str = "sdpa",
+    checkpointing: str = "none",
+    element_bytes: int = HALF_BYTES,
+) -> float:
+    """Bytes one transformer layer keeps for its backward pass (Korthikanti et al. 2022, Table 2).
+
+    With ffn = 4h, kvHeads = heads, eager attention and no checkpointing this is sbh(10 + 24/t + 5as/(ht))
+    at 2-byte activations, and sbh(34 + 5as/h) at t = 1. Selective recompute drops the attention-score
+    term; full recompute keeps only the layer input, 2sbh.
+    """
+    s, b, h, t, e = sequence, micro_batch, shape.hidden, tensor_parallel, element_bytes
+    sbh = s * b * h
+    if checkpointing == "full":
+        return e * sbh
+    kv_ratio = shape.kv_heads / shape.heads
+    ffn_ratio = shape.ffn / h
+    # Not split by tensor parallelism: two norm inputs, the QKV and MLP inputs, two dropout masks.
+    replicated = sbh * (4 * e + 2 * DROPOUT_MASK_BYTES)
+    # Split: Q, K, V (K and V shrink with GQA), the output-projection input, the MLP's inner tensors
+    # (GeLU input and output; or gate, up, activation and product for a gated MLP).
+    attention_inner = sbh * e * (1 + 2 * kv_ratio + 1)
+    mlp_inner = sbh * e * ffn_ratio * (4 if shape.gated_mlp else 2)
+    split = attention_inner + mlp_inner
+    if checkpointing == "none":
+        if attention == "eager":
+            # softmax output + dropout output (e bytes each) + dropout mask, a x s x s per sequence.
+            split += shape.heads * s * s * b * (2 * e + DROPOUT_MASK_BYTES)
+        else:
+            split += shape.heads * s * b * SOFTMAX_STATS_BYTES
+    return replicated + split / t
+
+
+# ---------------------------------------------------------------- the model being trained
+
+
+@dataclass(frozen=True)
+class _Model:
+    shape: ModelShape
+    parameters: int  # every parameter of the model
+    declared_state: int | None  # model.memory, when given
+    warnings: tuple[str, ...]
+
+
+def _resolve_model(spec: TrainingJobSpec) -> _Model:
+    model = spec.model
+    warnings: list[str] = []
+    parameters = model.parameter_count
+    declared = model.memory_bytes
+    if parameters is None and model.architecture is not None:
+        parameters = shape_from_architecture(model.architecture, None).total_parameters()
+    if parameters is None:
+        assert declared is not None  # the API requires parameters or memory
+        per_parameter = _full_state_bytes(spec)
+        parameters = max(1, int(declared / per_parameter))
+        warnings.append(
+            f"model.parameters not given: assumed {parameters / 1e9:.2f}B parameters from model.memory "
+            f"at {per_parameter:g} bytes per parameter ({model.precision}, {model.optimizer}) "
+            "to size activations"
+        )
+    if model.architecture is not None:
+        shape = shape_from_architecture(model.architecture, parameters)
+    else:
+        shape = assumed_shape(parameters)
+        warnings.append(
+            "model.architecture not given: activations and logits assume a GPT-like shape "
+            f"({describe(shape)}) for the parameter count; give model.architecture for a sharper estimate"
+        )
+    return _Model(shape, parameters, declared, tuple(warnings))
+
+
+def _full_state_bytes(spec: TrainingJobSpec) -> float:
+    per = state_bytes(spec.model.precision, spec.model.optimizer, spec.training.sharding)
+    return per.weights + per.gradients + per.optimizer
+
+
+def _trainable_parameters(spec: TrainingJobSpec, shape: ModelShape) -> int | None:
+    finetuning = spec.model.finetuning
+    if finetuning.method == "full":
+        return None
+    if finetuning.trainable_parameters is not None:
+        return parse_count(finetuning.trainable_parameters)
+    return shape.lora_parameters(finetuning.lora_rank)
+
+
+# ---------------------------------------------------------------- the estimate
+
+
+def _invalid(path: str, message: str) -> InvalidSpec:
+    return InvalidSpec([FieldError(path, message)])
+
+
+def data_parallel_degree(spec: TrainingJobSpec, layout: Layout) -> int:
+    """DP = devices / (tensorParallel x pipelineParallel); the error names the field if it does not divide."""
+    model_parallel = spec.training.tensor_parallel * spec.training.pipeline_parallel
+    if layout.devices < 1 or layout.devices % model_parallel:
+        raise _invalid(
+            "spec.training.tensorParallel",
+            f"tensorParallel x pipelineParallel = {model_parallel} must divide the {layout.devices} devices "
+            f"({layout.workers} workers x {layout.devices_per_worker} per worker)",
+        )
+    return layout.devices // model_parallel
+
+
 def estimate(spec: TrainingJobSpec, device: Accelerator, layout: Layout) -> Estimate:
-    state = spec.model.memory_bytes or 16 * (spec.model.parameter_count or 0)
-    shards = layout.devices if spec.training.sharding in ("zero3", "fsdp") else 1
+    """Peak memory of the most-loaded device when `spec` trains on `layout` devices of kind `device`."""
+    dp = data_parallel_degree(spec, layout)
+    resolved = _resolve_model(spec)
+    if spec.training.pipeline_parallel > resolved.shape.layers:
+        raise _invalid(
+            "spec.training.pipelineParallel",
+            f"{spec.training.pipeline_parallel} pipeline stages exceed the model's "
+            f"{resolved.shape.layers} layers",
+        )
+    if spec.training.pipeline_parallel == 1:
+        return _stage_estimate(spec, device, layout, dp, resolved, "only")
+    first = _stage_estimate(spec, device, layout, dp, resolved, "first")
+    last = _stage_estimate(spec, device, layout, dp, resolved, "last")
+    return first if first.total >= last.total else last
+
+
+def _stage_estimate(
+    spec: TrainingJobSpec, device: Accelerator, layout: Layout, dp: int, resolved: _Model, stage: str
+) -> Estimate:
+    model, training = spec.model, spec.training
+    shape = resolved.shape
+    t, p = training.tensor_parallel, training.pipeline_parallel
+    sharding = "zero3" if training.sharding == "fsdp" else training.sharding
+    warnings = list(resolved.warnings)
+    per = state_bytes(model.precision, model.optimizer, sharding)
+
+    # Parameters on this stage's device before data-parallel sharding: blocks split across stages,
+    # the input embedding on the first stage and the (untied) output head on the last; TP splits all.
+    embedding = min(shape.embedding_parameters(), resolved.parameters // 4)
+    blocks = max(resolved.parameters - 2 * embedding, 0)
+    stage_embeddings = {"only": 2 * embedding, "first": embedding, "last": embedding}[stage]
+    stage_parameters = (blocks / p + stage_embeddings) / t
+    stage_fraction = stage_parameters / resolved.parameters
+
+    weight_shards = dp if sharding == "zero3" else 1
+    gradient_shards = dp if sharding in ("zero2", "zero3") else 1
+    optimizer_shards = dp if sharding in ("zero1", "zero2", "zero3") else 1
+
+    trainable = _trainable_parameters(spec, shape)
+    if resolved.declared_state is not None:
+        # Declared training state, split by the precision/optimizer byte ratios, then sharded.
+        state = resolved.declared_state * stage_fraction
+        full = per.weights + per.gradients + per.optimizer
+        weights = state * per.weights / full / weight_shards
+        gradients = state * per.gradients / full / gradient_shards
+        optimizer = state * per.optimizer / full / optimizer_shards
+        trainable_stage = stage_parameters
+    elif trainable is None:
+        trainable_stage = stage_parameters
+        gathered_bytes = per.weights
+        weights = stage_parameters * per.weights / weight_shards
+        gradients = stage_parameters * per.gradients / gradient_shards
+        optimizer = stage_parameters * per.optimizer / optimizer_shards
+    else:
+        trainable_stage = trainable / p / t
+        frozen = stage_parameters
+        if model.finetuning.method == "qlora":
+            frozen_embeddings = stage_embeddings / t
+            base = (frozen - frozen_embeddings) * NF4_BYTES + frozen_embeddings * HALF_BYTES
+        else:
+            base = frozen * (FP32_BYTES if model.precision == "fp32" else HALF_BYTES)
+        gathered_bytes = base / max(frozen, 1)
+        weights = (base + trainable_stage * per.weights) / weight_shards
+        gradients = trainable_stage * per.gradients / gradient_shards
+        optimizer = trainable_stage * per.optimizer / optimizer_shards
+
+    # Offload: the optimizer (and its step) to the host; with sharded gradients their partitions go
+    # along (ZeRO-Offload, FSDP CPUOffload); parameters only under ZeRO-3/FSDP.
+    host = 0.0
+    step_on_device = True
+    if training.offload in ("optimizer", "optimizer-and-parameters"):
+        host += optimizer
+        optimizer = 0.0
+        step_on_device = False
+        if sharding in ("zero2", "zero3"):
+            host += gradients
+            gradients = 0.0
+    if training.offload == "optimizer-and-parameters":
+        if sharding == "zero3":
+            host += weights
+            weights = 0.0
+        else:
+            warnings.append(
+                "training.offload optimizer-and-parameters needs sharding zero3 or fsdp; parameters were "
+                "kept on the device"
+            )
+
+    # Activations: on the first stage p micro-batches are in flight (1F1B), each with L/p layers.
+    s, b = training.sequence_length, training.micro_batch_size
+    e = activation_element_bytes(model.precision)
+    layers_on_stage = math.ceil(shape.layers / p)
+    in_flight = p if stage == "first" else 1
+    kept = layer_activation_bytes(shape, s, b, t, training.attention, training.activation_checkpointing, e)
+    activations = in_flight * layers_on_stage * kept
+    if training.activation_checkpointing == "full":
+        # The layer being recomputed holds its full activations during its backward.
+        activations += layer_activation_bytes(shape, s, b, t, training.attention, "none", e)
+    if stage in ("only", "first"):
+        activations += in_flight * s * b * shape.hidden * DROPOUT_MASK_BYTES  # embedding dropout
+    logits = 0.0
+    if stage in ("only", "last"):
+        activations += 2 * e * s * b * shape.hidden / t  # final-norm and output-projection inputs
+        logits = s * b * shape.vocab / t * LOGITS_BYTES_PER_ELEMENT
+
+    # Overheads.
+    runtime_reserve = RUNTIME_RESERVE.get(device.vendor, DEFAULT_RUNTIME_RESERVE)
+    if sharding == "zero3":
+        unit = shape.largest_unit() / t
+        gradient_unit = per.gradients if trainable is None and resolved.declared_state is None else 0
+        communication = unit * (ALLGATHER_UNITS_IN_FLIGHT * gathered_bytes + gradient_unit)
+    elif sharding in ("zero1", "zero2"):
+        communication = 2 * min(ZERO_BUCKET_ELEMENTS, trainable_stage) * per.gradients
+    elif dp > 1:
+        # DDP copies gradients into its flat buckets unless gradient_as_bucket_view=True (PyTorch DDP docs).
+        communication = trainable_stage * per.gradients
+    else:
+        communication = 0.0
+    if model.finetuning.method == "qlora":
+        communication += QLORA_DEQUANT_COPIES * shape.largest_matrix() / t * HALF_BYTES
+    step = 0.0
+    if step_on_device:
+        temporary = trainable_stage * per.step_temporary / optimizer_shards
+        step = max(0.0, temporary - activations - logits)
+    fragmentation = FRAGMENTATION_FRACTION * (activations + logits + communication + step)
+
     return Estimate(
-        weights=state // shards, gradients=0, optimizer_states=0, activations=0, logits=0, overhead=2**30,
-        warnings=("placeholder estimate: 16 bytes per parameter",),
+        weights=round(weights),
+        gradients=round(gradients),
+        optimizer_states=round(optimizer),
+        activations=round(activations),
+        logits=round(logits),
+        overhead=round(runtime_reserve) + round(step) + round(communication) + round(fragmentation),
+        host_bytes_per_worker=round(host * layout.devices_per_worker),
+        warnings=tuple(warnings),
+        runtime_reserve=round(runtime_reserve),
+        step_temporaries=round(step),
+        communication_buffers=round(communication),
+        fragmentation=round(fragmentation),
+        data_parallel=dp,
+        stage=stage,
     )

@@ -1,0 +1,128 @@
+"""Transformer shapes: parameter counts from an architecture, and an assumed architecture from a count.
+
+Pure arithmetic; the estimator uses it for activations, logits, the largest all-gathered unit and LoRA
+adapter counts. Conventions and their sources are in docs/sizing.md ("Model shape").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kubefit.api.models import Architecture
+
+# Vocabulary assumed when the architecture gives none (the API default; Llama 1/2 use 32000).
+DEFAULT_VOCAB = 32000
+# Head width of the assumed shape: 128 in Llama 1/2/3, Mistral and GPT-3 175B (their config.json /
+# GPT-3 paper Table 2.1).
+ASSUMED_HEAD_DIM = 128
+# Assumed aspect ratio h / L = 128: Llama 2 7B (4096/32), 13B (5120/40) and GPT-3 175B (12288/96).
+ASSUMED_WIDTH_PER_LAYER = 128
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A decoder-only transformer: what the activation and parameter formulas need."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    gated_mlp: bool  # SwiGLU-style MLP with three matrices (gate, up, down) instead of two
+    assumed: bool = False  # derived from a parameter count, not given by the user
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def attention_parameters(self) -> int:
+        # Q and O are h x h; K and V are h x (kvHeads * headDim) under grouped-query attention.
+        return 2 * self.hidden * self.hidden + 2 * self.hidden * self.kv_width
+
+    def mlp_parameters(self) -> int:
+        return (3 if self.gated_mlp else 2) * self.hidden * self.ffn
+
+    def block_parameters(self) -> int:
+        # Two norms of width h per block (their weights; biases ignored).
+        return self.attention_parameters() + self.mlp_parameters() + 2 * self.hidden
+
+    def embedding_parameters(self) -> int:
+        return self.vocab * self.hidden
+
+    def total_parameters(self) -> int:
+        """Blocks + input embedding + untied output head + final norm."""
+        return self.layers * self.block_parameters() + 2 * self.embedding_parameters() + self.hidden
+
+    def largest_matrix(self) -> int:
+        return max(self.hidden * self.ffn, self.hidden * self.hidden, self.embedding_parameters())
+
+    def largest_unit(self) -> int:
+        """The largest group of parameters gathered at once under ZeRO-3/FSDP: a block or an embedding."""
+        return max(self.block_parameters(), self.embedding_parameters())
+
+    def lora_parameters(self, rank: int) -> int:
+        """Adapters A (in x r) and B (r x out) on every attention and MLP projection of every block."""
+        h, kv, f = self.hidden, self.kv_width, self.ffn
+        attention = rank * ((h + h) + (h + kv) + (h + kv) + (h + h))  # q, k, v, o
+        mlp = rank * ((h + f) * (2 if self.gated_mlp else 1) + (f + h))  # [gate,] up, down
+        return self.layers * (attention + mlp)
+
+
+def shape_from_architecture(architecture: Architecture, parameters: int | None) -> ModelShape:
+    """The user's architecture. The MLP form is the one whose parameter count is nearer `parameters`;
+    without a count, an explicit intermediateSize means a gated (SwiGLU) MLP, as in Llama and Mistral."""
+    kv_heads = architecture.kv_heads or architecture.attention_heads
+    vocab = architecture.vocab_size or DEFAULT_VOCAB
+    ffn = architecture.intermediate_size or 4 * architecture.hidden_size
+    common = dict(
+        layers=architecture.layers,
+        hidden=architecture.hidden_size,
+        heads=architecture.attention_heads,
+        kv_heads=kv_heads,
+        ffn=ffn,
+        vocab=vocab,
+    )
+    gated = ModelShape(gated_mlp=True, **common)
+    plain = ModelShape(gated_mlp=False, **common)
+    if parameters is None:
+        return gated if architecture.intermediate_size is not None else plain
+    return min((gated, plain), key=lambda shape: abs(shape.total_parameters() - parameters))
+
+
+def assumed_shape(parameters: int, vocab: int = DEFAULT_VOCAB) -> ModelShape:
+    """A plausible GPT/Llama-like shape with `parameters` parameters.
+
+    Blocks hold about 12 L h^2 parameters (4h^2 attention + 8h^2 MLP at ffn = 4h); with h = 128 L this is
+    (12/128) h^3, so h = cbrt((P - 2Vh) * 128 / 12), found by fixed-point iteration, rounded to a
+    multiple of the head width; L then follows from the block parameters.
+    """
+    hidden = 1024.0
+    for _ in range(20):
+        blocks = max(parameters - 2 * vocab * hidden, parameters * 0.5)
+        hidden = (blocks * ASSUMED_WIDTH_PER_LAYER / 12) ** (1 / 3)
+    width = max(ASSUMED_HEAD_DIM, round(hidden / ASSUMED_HEAD_DIM) * ASSUMED_HEAD_DIM)
+    blocks = max(parameters - 2 * vocab * width, 0)
+    layers = max(1, round(blocks / (12 * width * width)))
+    heads = width // ASSUMED_HEAD_DIM
+    return ModelShape(
+        layers=layers,
+        hidden=width,
+        heads=heads,
+        kv_heads=heads,
+        ffn=4 * width,
+        vocab=vocab,
+        gated_mlp=False,
+        assumed=True,
+    )
+
+
+def describe(shape: ModelShape) -> str:
+    return (
+        f"layers={shape.layers} hiddenSize={shape.hidden} attentionHeads={shape.heads} "
+        f"intermediateSize={shape.ffn} vocabSize={shape.vocab}"
+    )
