@@ -1,0 +1,210 @@
+"""The TrainingJob CRD: checked-in copies are current, the schema is structural and fully described.
+
+Structural rules: https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#specifying-a-structural-schema
+The CRD must apply to Kubernetes 1.20 and later (shared/api/trainingjob-v1alpha1.md), hence no CEL.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubefit.api.crd import crd_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+KUBEFIT = Path(sys.executable).with_name("kubefit")
+CHECKED_IN_COPIES = [
+    REPO / "crds" / "trainingjob.yaml",
+    REPO / "charts" / "kubefit" / "crds" / "trainingjob.yaml",
+]
+REGENERATE = (
+    ".venv/bin/kubefit crd > crds/trainingjob.yaml"
+    " && cp crds/trainingjob.yaml charts/kubefit/crds/trainingjob.yaml"
+)
+
+# Keys that may not appear inside anyOf/allOf/oneOf/not of a structural schema.
+_TYPED_KEYS = {"type", "description", "default", "additionalProperties", "nullable", "properties", "items"}
+_JUNCTORS = ("anyOf", "allOf", "oneOf", "not")
+
+
+def _kubefit_crd_output() -> str:
+    assert KUBEFIT.exists(), f"the kubefit console script is not installed beside {sys.executable}"
+    result = subprocess.run([str(KUBEFIT), "crd"], capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    return yaml.safe_load(_kubefit_crd_output())
+
+
+@pytest.fixture(scope="module")
+def version(crd: dict[str, Any]) -> dict[str, Any]:
+    (only,) = crd["spec"]["versions"]
+    return only
+
+
+@pytest.fixture(scope="module")
+def schema(version: dict[str, Any]) -> dict[str, Any]:
+    return version["schema"]["openAPIV3Schema"]
+
+
+def _nodes(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema node that describes a value (properties and array items), with its dotted path."""
+    yield path or "<root>", node
+    for name, child in (node.get("properties") or {}).items():
+        yield from _nodes(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _nodes(node["items"], f"{path}[]")
+
+
+def _fields(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every named field (a key under `properties`), as `kubectl explain` lists them."""
+    for name, child in (node.get("properties") or {}).items():
+        yield f"{path}.{name}", child
+        yield from _fields(child, f"{path}.{name}")
+        if isinstance(child.get("items"), dict):
+            yield from _fields(child["items"], f"{path}.{name}")
+
+
+def _resolve(schema: dict[str, Any], json_path: str) -> dict[str, Any]:
+    node = schema
+    for name in json_path.lstrip(".").split("."):
+        assert name in node.get("properties", {}), f"{json_path}: no field {name!r} in the schema"
+        node = node["properties"][name]
+    return node
+
+
+@pytest.mark.parametrize("path", CHECKED_IN_COPIES, ids=lambda path: str(path.relative_to(REPO)))
+def test_checked_in_copy_is_byte_identical_to_kubefit_crd(path: Path) -> None:
+    assert path.exists(), f"{path} is missing; regenerate with: {REGENERATE}"
+    assert path.read_bytes() == _kubefit_crd_output().encode(), (
+        f"{path} is stale; regenerate with: {REGENERATE}"
+    )
+
+
+def test_console_script_prints_what_crd_yaml_returns() -> None:
+    assert _kubefit_crd_output() == crd_yaml()
+
+
+def test_identity(crd: dict[str, Any], version: dict[str, Any]) -> None:
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["metadata"]["name"] == "trainingjobs.kubefit.dev"
+    spec = crd["spec"]
+    assert spec["group"] == "kubefit.dev" and spec["scope"] == "Namespaced"
+    names = spec["names"]
+    assert (names["kind"], names["plural"], names["singular"]) == (
+        "TrainingJob",
+        "trainingjobs",
+        "trainingjob",
+    )
+    assert "tj" in names["shortNames"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+
+
+def test_schema_is_structural(schema: dict[str, Any]) -> None:
+    problems: list[str] = []
+    for path, node in _nodes(schema):
+        if "$ref" in node:
+            problems.append(f"{path}: $ref is not allowed")
+        if "x-kubernetes-validations" in node:
+            problems.append(f"{path}: x-kubernetes-validations (CEL) is refused by Kubernetes 1.20")
+        escape = node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
+        if "type" not in node and not escape:
+            problems.append(f"{path}: no type")
+        if "properties" in node and node.get("type") != "object":
+            problems.append(f"{path}: has properties but type {node.get('type')!r}")
+        if "items" in node and node.get("type") != "array":
+            problems.append(f"{path}: has items but type {node.get('type')!r}")
+        if node.get("type") == "array" and "items" not in node:
+            problems.append(f"{path}: an array needs items")
+        if "properties" in node and "additionalProperties" in node:
+            problems.append(f"{path}: properties and additionalProperties are mutually exclusive")
+        for junctor in _JUNCTORS:
+            branches = node.get(junctor)
+            if branches is None:
+                continue
+            for branch in branches if isinstance(branches, list) else [branches]:
+                typed = _TYPED_KEYS & set(branch)
+                if typed:
+                    problems.append(f"{path}.{junctor}: a branch specifies {sorted(typed)}")
+                for name in branch.get("required", []):
+                    if name not in node.get("properties", {}):
+                        problems.append(
+                            f"{path}.{junctor}: requires {name!r}, which is not a declared property"
+                        )
+    assert not problems, "\n".join(problems)
+
+
+def test_defaults_satisfy_their_own_schema(schema: dict[str, Any]) -> None:
+    # The API server rejects a CRD whose default violates the schema it sits in.
+    python_types = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
+    for path, node in _nodes(schema):
+        if "default" not in node:
+            continue
+        default = node["default"]
+        expected = python_types.get(node.get("type", ""))
+        assert expected is not None and isinstance(default, expected), f"{path}: default {default!r}"
+        if "enum" in node:
+            assert default in node["enum"], f"{path}: default {default!r} not in {node['enum']}"
+        if "minimum" in node:
+            assert default >= node["minimum"], f"{path}: default {default!r} below minimum"
+        if "maximum" in node:
+            above = default >= node["maximum"] if node.get("exclusiveMaximum") else default > node["maximum"]
+            assert not above, f"{path}: default {default!r} above maximum"
+
+
+def test_every_field_has_a_description(schema: dict[str, Any]) -> None:
+    assert schema.get("description"), "the root schema needs a description (kubectl explain trainingjob)"
+    # metadata is ObjectMeta: the API server refuses anything but name/generateName restrictions on it,
+    # and kubectl explain shows ObjectMeta's own documentation.
+    undescribed = [
+        path
+        for path, node in _fields(schema)
+        if path != ".metadata" and not str(node.get("description", "")).strip()
+    ]
+    assert not undescribed, f"fields without a description: {undescribed}"
+
+
+def test_spec_requires_template_and_model(schema: dict[str, Any]) -> None:
+    spec = schema["properties"]["spec"]
+    assert {"template", "model"} <= set(spec["required"])
+    assert spec["properties"]["template"]["x-kubernetes-preserve-unknown-fields"] is True
+    # model needs parameters or memory; both are int-or-string so that "8.03B" and 8030000000 both apply
+    model = spec["properties"]["model"]
+    assert model["anyOf"] == [{"required": ["parameters"]}, {"required": ["memory"]}]
+    assert model["properties"]["parameters"]["x-kubernetes-int-or-string"] is True
+    assert model["properties"]["memory"]["x-kubernetes-int-or-string"] is True
+
+
+def test_status_and_scale_subresources(version: dict[str, Any], schema: dict[str, Any]) -> None:
+    subresources = version["subresources"]
+    assert subresources["status"] == {}
+    assert subresources["scale"] == {
+        "specReplicasPath": ".spec.workers.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    # the scale subresource reads and writes these paths, so they must exist with the right types
+    assert _resolve(schema, ".spec.workers.replicas")["type"] == "integer"
+    assert _resolve(schema, ".status.replicas")["type"] == "integer"
+    assert _resolve(schema, ".status.selector")["type"] == "string"
+
+
+def test_printer_columns(version: dict[str, Any], schema: dict[str, Any]) -> None:
+    columns = {column["name"]: column for column in version["additionalPrinterColumns"]}
+    assert {"Phase", "Workers", "Accelerator", "Per-Device", "Fits", "Age"} <= set(columns)
+    assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp"
+    for name, column in columns.items():
+        if column["jsonPath"].startswith(".metadata."):
+            continue
+        field = _resolve(schema, column["jsonPath"])
+        assert field["type"] == column["type"], (
+            f"column {name}: {column['type']} shows a {field['type']} field"
+        )
