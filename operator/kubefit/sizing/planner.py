@@ -1,18 +1,47 @@
 """Planner: choose accelerator type, accelerators per worker and minimum workers for a spec.
 
-PLACEHOLDER: a deliberately simple estimate (16 bytes per parameter plus a fixed reserve) that keeps the
-interface stable while the real estimator is written. The signature of `plan` is the contract.
+`plan(spec)` searches layouts (accelerator, devices per worker, workers) with the estimator and
+returns the `status.sizing` object. Rules, in order:
+
+* Candidates: with `resources.accelerator: auto` every catalog accelerator, else the named one; with
+  `acceleratorsPerWorker: auto` each count in the accelerator's `perNode`, else the fixed count. With
+  an inventory (the cluster's nodes) only accelerator types and per-worker counts that some node can
+  hold are considered.
+* For each candidate the fewest workers whose estimate fits `device memory x (1 - memoryHeadroom)`.
+  The smallest layout is tried first: going from one device to several adds communication buffers.
+  Beyond that, per-device memory never grows with more devices (ZeRO/FSDP shard over them, plain data
+  parallel replicates), so the search is exponential then binary. Devices come in whole TP x PP groups.
+* The cheapest fitting candidate wins: within workers.maxReplicas (and the cluster's capacity) first,
+  then fewest devices, then (with an inventory) placeable on free devices now, then the smallest device
+  memory, then fewest workers (more devices per node keeps traffic on the node's fast links).
+* With both accelerator and acceleratorsPerWorker fixed and workers.replicas given, the layout is
+  evaluated at the effective worker count (replicas within [minReplicas, maxReplicas]); `fits` may be
+  false and `minWorkers` still reports what memory requires.
+* When nothing fits, the status carries the best-effort layout, `fits: false` and a warning naming
+  the changes that would fit, each found by planning again with the change applied.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from kubefit.api.models import MemoryBreakdown, SizingStatus, TrainingJobSpec
+from pydantic import BaseModel
+
+from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.api.quantity import format_bytes
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
+from kubefit.sizing.estimator import Estimate, Layout, estimate
+
+# Largest layout the search considers. Far above any single job's memory needs: at 4,096 devices ZeRO-3
+# already holds a 1T-parameter model's 16 TB of mixed-precision Adam state in 4 GB per device.
+MAX_DEVICES = 4096
+# At most this many remedies are named in a "does not fit" warning.
+MAX_REMEDIES_NAMED = 3
 
 
 @dataclass(frozen=True)
@@ -25,16 +54,561 @@ class NodeInventory:
     free: int  # devices not requested by any pod
 
 
-def _accelerator(spec: TrainingJobSpec, catalog: Catalog) -> Accelerator | None:
-    if spec.resources.accelerator == "auto":
+# ------------------------------------------------------------------ inventory
+
+
+@dataclass(frozen=True)
+class AcceleratorPool:
+    """All nodes of one accelerator type, reduced to counts so that queries cost O(distinct sizes)."""
+
+    accelerator: str
+    nodes: int
+    allocatable: Counter[int]  # devices a node offers -> number of such nodes
+    free: Counter[int]  # free devices on a node -> number of such nodes
+
+    @property
+    def largest_node(self) -> int:
+        return max(self.allocatable, default=0)
+
+    def workers_placeable(self, devices_per_worker: int, *, free_only: bool) -> int:
+        """How many workers of `devices_per_worker` fit, each on one node (all devices, or free ones)."""
+        counts = self.free if free_only else self.allocatable
+        return sum(nodes * (devices // devices_per_worker) for devices, nodes in counts.items())
+
+
+def pool_inventory(inventory: Iterable[NodeInventory]) -> dict[str, AcceleratorPool]:
+    """Group nodes by accelerator type (one pass), so planning never walks the node list again."""
+    allocatable: dict[str, Counter[int]] = {}
+    free: dict[str, Counter[int]] = {}
+    nodes: Counter[str] = Counter()
+    for node in inventory:
+        if node.allocatable <= 0:
+            continue
+        allocatable.setdefault(node.accelerator, Counter())[node.allocatable] += 1
+        free.setdefault(node.accelerator, Counter())[max(0, min(node.free, node.allocatable))] += 1
+        nodes[node.accelerator] += 1
+    return {name: AcceleratorPool(name, nodes[name], allocatable[name], free[name]) for name in allocatable}
+
+
+# ------------------------------------------------------------------ layouts
+
+
+@dataclass(frozen=True)
+class LayoutEstimate:
+    """One layout on one accelerator, with its estimate."""
+
+    accelerator: Accelerator
+    layout: Layout
+    estimate: Estimate
+    usable_bytes: float  # device memory less the headroom
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.total <= self.usable_bytes
+
+    @property
+    def devices(self) -> int:
+        return self.layout.devices
+
+    @property
+    def fill(self) -> float:
+        """Estimate as a fraction of usable memory (above 1 does not fit)."""
+        return self.estimate.total / self.usable_bytes
+
+
+def usable_bytes(spec: TrainingJobSpec, device: Accelerator) -> float:
+    return device.memory_bytes * (1.0 - spec.resources.memory_headroom)
+
+
+def parallel_group(spec: TrainingJobSpec) -> int:
+    """Devices one model replica spans (TP x PP): a layout holds whole groups."""
+    return spec.training.tensor_parallel * spec.training.pipeline_parallel
+
+
+def _worker_step(spec: TrainingJobSpec, devices_per_worker: int) -> int:
+    """Worker counts must be multiples of this so that devices split into whole TP x PP groups."""
+    group = parallel_group(spec)
+    return group // math.gcd(group, devices_per_worker)
+
+
+def evaluate(
+    spec: TrainingJobSpec, device: Accelerator, devices_per_worker: int, workers: int
+) -> LayoutEstimate:
+    layout = Layout(devices_per_worker=devices_per_worker, workers=workers)
+    return LayoutEstimate(device, layout, estimate(spec, device, layout), usable_bytes(spec, device))
+
+
+def fewest_workers(
+    spec: TrainingJobSpec, device: Accelerator, devices_per_worker: int, max_devices: int = MAX_DEVICES
+) -> LayoutEstimate | None:
+    """The layout with the fewest workers that fits, or None when none up to `max_devices` does."""
+    step = _worker_step(spec, devices_per_worker)
+    most = max_devices // (devices_per_worker * step)  # largest multiple of step to try
+    if most < 1:
         return None
-    found = catalog.get(spec.resources.accelerator)
+
+    def at(multiple: int) -> LayoutEstimate:
+        return evaluate(spec, device, devices_per_worker, multiple * step)
+
+    smallest = at(1)
+    if smallest.fits:
+        return smallest
+    largest = at(most)
+    if not largest.fits:
+        return None  # beyond the first step memory per device only shrinks with more devices
+    # Exponential search for a fitting multiple, then binary search between the last miss and it.
+    missed, multiple = 1, 2
+    while True:
+        if multiple >= most:
+            found, best = most, largest
+            break
+        attempt = at(multiple)
+        if attempt.fits:
+            found, best = multiple, attempt
+            break
+        missed, multiple = multiple, multiple * 2
+    while found - missed > 1:
+        middle = (missed + found) // 2
+        attempt = at(middle)
+        if attempt.fits:
+            found, best = middle, attempt
+        else:
+            missed = middle
+    return best
+
+
+# ------------------------------------------------------------------ candidates
+
+
+def resolve_accelerator(spec: TrainingJobSpec, catalog: Catalog) -> Accelerator | None:
+    """The fixed accelerator, None for auto; an unknown name is an InvalidSpec naming the field."""
+    name = spec.resources.accelerator
+    if name == "auto":
+        return None
+    found = catalog.get(name)
     if found is None:
-        raise InvalidSpec([FieldError(
-            "spec.resources.accelerator",
-            f"unknown accelerator {spec.resources.accelerator!r}; known: {', '.join(catalog.names())}",
-        )])
+        raise InvalidSpec(
+            [
+                FieldError(
+                    "spec.resources.accelerator",
+                    f"unknown accelerator {name!r}; known: auto, {', '.join(catalog.names())}",
+                )
+            ]
+        )
     return found
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    accelerator: Accelerator
+    devices_per_worker: int
+    order: int  # catalog position, the last tie-break
+
+
+def _candidates(
+    spec: TrainingJobSpec,
+    catalog: Catalog,
+    pools: dict[str, AcceleratorPool] | None,
+    warnings: list[str],
+) -> list[_Candidate]:
+    fixed = resolve_accelerator(spec, catalog)
+    fixed_count = spec.resources.accelerators_per_worker
+    devices = [fixed] if fixed else list(catalog)
+    if spec.model.precision == "fp8-mixed":
+        if fixed is None:
+            devices = [device for device in devices if device.name in FP8_CAPABLE] or devices
+        elif fixed.name not in FP8_CAPABLE:
+            warnings.append(f"model.precision fp8-mixed: {fixed.name} has no FP8 arithmetic")
+    if pools is not None and fixed is None:
+        present = [device for device in devices if device.name in pools]
+        if present:
+            devices = present
+        else:
+            warnings.append(
+                "no node in the cluster carries a catalog accelerator; sized against the whole catalog"
+            )
+    elif pools is not None and fixed is not None and fixed.name not in pools:
+        warnings.append(
+            f"no node in the cluster carries {fixed.name}; the job cannot be placed until one joins"
+        )
+
+    order = {name: index for index, name in enumerate(catalog.names())}
+    candidates: list[_Candidate] = []
+    for device in devices:
+        pool = pools.get(device.name) if pools is not None else None
+        if isinstance(fixed_count, int):
+            if fixed is None and fixed_count not in device.per_node:
+                continue  # auto accelerator: only types whose nodes offer that count
+            if pool is not None and fixed_count > pool.largest_node and fixed is None:
+                continue
+            counts = [fixed_count]
+        else:
+            counts = list(device.per_node)
+            if pool is not None:
+                on_nodes = [count for count in counts if count <= pool.largest_node]
+                counts = on_nodes or counts
+        candidates.extend(_Candidate(device, count, order[device.name]) for count in counts)
+    if not candidates:
+        raise InvalidSpec(
+            [
+                FieldError(
+                    "spec.resources.acceleratorsPerWorker",
+                    f"no catalog accelerator offers {fixed_count} devices per node",
+                )
+            ]
+        )
+    return candidates
+
+
+def effective_workers(spec: TrainingJobSpec) -> int:
+    """workers.replicas kept within [minReplicas, maxReplicas]."""
+    workers = spec.workers
+    return min(max(workers.replicas, workers.floor), workers.ceiling)
+
+
+def _replicas_given(spec: TrainingJobSpec) -> bool:
+    return "replicas" in spec.workers.model_fields_set
+
+
+# ------------------------------------------------------------------ ranking
+
+
+@dataclass(frozen=True)
+class _Option:
+    candidate: _Candidate
+    result: LayoutEstimate
+
+    def key(self, spec: TrainingJobSpec, pools: dict[str, AcceleratorPool] | None) -> tuple[Any, ...]:
+        layout = self.result.layout
+        pool = pools.get(self.candidate.accelerator.name) if pools is not None else None
+        beyond_cluster = (
+            pool is not None
+            and pool.workers_placeable(layout.devices_per_worker, free_only=False) < layout.workers
+        )
+        not_free_now = (
+            pool is not None
+            and pool.workers_placeable(layout.devices_per_worker, free_only=True) < layout.workers
+        )
+        return (
+            beyond_cluster,
+            layout.workers > spec.workers.ceiling,
+            layout.devices,
+            not_free_now,
+            self.candidate.accelerator.memory_bytes,
+            layout.workers,
+            self.result.estimate.total,
+            self.candidate.order,
+        )
+
+
+def _search(
+    spec: TrainingJobSpec, candidates: Sequence[_Candidate], pools: dict[str, AcceleratorPool] | None
+) -> LayoutEstimate | None:
+    best: tuple[tuple[Any, ...], LayoutEstimate] | None = None
+    # Bigger devices and fewer per worker first: a small fitting layout found early bounds the rest.
+    ordered = sorted(candidates, key=lambda c: (c.devices_per_worker, -c.accelerator.memory_bytes))
+    for candidate in ordered:
+        limit = MAX_DEVICES
+        if best is not None and not any(best[0][:2]):  # best is placeable within the bounds
+            limit = best[1].devices  # a candidate needing more devices cannot win
+        result = fewest_workers(spec, candidate.accelerator, candidate.devices_per_worker, limit)
+        if result is None:
+            continue
+        key = _Option(candidate, result).key(spec, pools)
+        if best is None or key < best[0]:
+            best = (key, result)
+    return best[1] if best else None
+
+
+def _round_up_workers(spec: TrainingJobSpec, devices_per_worker: int, workers: int) -> int:
+    step = _worker_step(spec, devices_per_worker)
+    return max(step, math.ceil(workers / step) * step)
+
+
+def _best_effort(spec: TrainingJobSpec, candidates: Sequence[_Candidate]) -> LayoutEstimate:
+    """Nothing fits: the candidate closest to fitting at the job's own worker count."""
+    results = []
+    for candidate in candidates:
+        workers = _round_up_workers(spec, candidate.devices_per_worker, effective_workers(spec))
+        results.append(
+            (candidate, evaluate(spec, candidate.accelerator, candidate.devices_per_worker, workers))
+        )
+    _, result = min(results, key=lambda pair: (pair[1].fill, pair[1].devices, pair[0].order))
+    return result
+
+
+# ------------------------------------------------------------------ remedies (also used by suggest)
+
+_SHARDING_RANK = {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}
+_CHECKPOINTING_RANK = {"none": 0, "selective": 1, "full": 2}
+_FINETUNING_RANK = {"full": 0, "lora": 1, "qlora": 2}
+_PRECISION_BYTES = {
+    "fp32": 4,
+    "fp16-mixed": 3,
+    "bf16-mixed": 3,
+    "bf16-true": 2,
+    "fp8-mixed": 1,
+}  # coarse order
+_OPTIMIZER_STATE_BYTES = {  # per trainable parameter, for ordering only (EleutherAI Transformer Math 101)
+    "adamw": 8,
+    "adam": 8,
+    "lion": 4,
+    "sgd-momentum": 4,
+    "adamw-8bit": 2,
+    "adafactor": 1,
+    "sgd": 0,
+}
+# Devices with FP8 tensor cores: NVIDIA Ada (L4, L40S), Hopper and Blackwell (Transformer Engine docs),
+# AMD MI300X (CDNA 3). Other devices are not offered fp8-mixed.
+FP8_CAPABLE = frozenset(
+    {"nvidia-l4", "nvidia-l40s", "nvidia-h100-80gb", "nvidia-h200", "nvidia-b200", "amd-mi300x"}
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One edit of the spec: the field (wire path under spec), its new value and what it costs."""
+
+    field: str  # e.g. "training.activationCheckpointing"
+    value: Any
+    trade_off: str
+    applies: Callable[[TrainingJobSpec], bool]
+
+    @property
+    def description(self) -> str:
+        return f"{self.field}: {self.value}"
+
+    def apply(self, spec: TrainingJobSpec) -> TrainingJobSpec:
+        return replace_field(spec, self.field, self.value)
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + char.lower() if char.isupper() else char for char in name)
+
+
+def replace_field(spec: TrainingJobSpec, wire_path: str, value: Any) -> TrainingJobSpec:
+    """A copy of `spec` with one field (camelCase dotted path under spec) replaced."""
+
+    def replace(model: BaseModel, parts: list[str]) -> BaseModel:
+        name = _snake(parts[0])
+        if name not in type(model).model_fields:
+            raise KeyError(f"spec has no field {wire_path!r}")
+        if len(parts) == 1:
+            return model.model_copy(update={name: value})
+        return model.model_copy(update={name: replace(getattr(model, name), parts[1:])})
+
+    result = replace(spec, wire_path.split("."))
+    assert isinstance(result, TrainingJobSpec)
+    return result
+
+
+def _always(spec: TrainingJobSpec) -> bool:
+    return True
+
+
+def _is_full_training(spec: TrainingJobSpec) -> bool:
+    return spec.model.finetuning.method == "full"
+
+
+# Trade-off figures: ZeRO paper (Rajbhandari et al. 2020, arXiv:1910.02054) §7 for communication;
+# Korthikanti et al. 2022 (arXiv:2205.05198) for recompute; Dettmers et al. 2021 (arXiv:2110.02861)
+# for 8-bit optimizers; Dettmers et al. 2023 (arXiv:2305.14314) for QLoRA.
+CHANGES: tuple[Change, ...] = (
+    Change(
+        "training.sharding",
+        "zero1",
+        "ZeRO-1: optimizer states sharded over data-parallel devices; same communication volume as plain "
+        "data parallel",
+        lambda spec: _SHARDING_RANK[spec.training.sharding] < 1,
+    ),
+    Change(
+        "training.sharding",
+        "zero2",
+        "ZeRO-2: optimizer states and gradients sharded; same communication volume as plain data parallel",
+        lambda spec: _SHARDING_RANK[spec.training.sharding] < 2,
+    ),
+    Change(
+        "training.sharding",
+        "zero3",
+        "ZeRO-3/FSDP: parameters sharded too; ~1.5x the data-parallel communication volume",
+        lambda spec: _SHARDING_RANK[spec.training.sharding] < 3,
+    ),
+    Change(
+        "training.activationCheckpointing",
+        "selective",
+        "selective recompute: attention internals recomputed, a few % more compute (+2.7% FLOPs on GPT-3 "
+        "175B, +7% measured on 22B)",
+        lambda spec: _CHECKPOINTING_RANK[spec.training.activation_checkpointing] < 1,
+    ),
+    Change(
+        "training.activationCheckpointing",
+        "full",
+        "full recompute: ~+33% compute (one extra forward pass; +39% measured on a 22B model)",
+        lambda spec: _CHECKPOINTING_RANK[spec.training.activation_checkpointing] < 2,
+    ),
+    Change(
+        "training.microBatchSize",
+        1,
+        "micro-batch 1: the same global batch needs more gradient-accumulation steps (lower throughput)",
+        lambda spec: spec.training.micro_batch_size > 1,
+    ),
+    Change(
+        "model.precision",
+        "bf16-true",
+        "bf16-true: no fp32 master weights; small updates can be lost to rounding (use Kahan summation or "
+        "stochastic rounding for long runs)",
+        lambda spec: _PRECISION_BYTES[spec.model.precision] > 2 and _is_full_training(spec),
+    ),
+    Change(
+        "model.precision",
+        "fp8-mixed",
+        "fp8-mixed: needs FP8 hardware (Ada, Hopper, Blackwell, MI300X) and per-tensor scaling; numerics "
+        "need validation",
+        lambda spec: spec.model.precision != "fp8-mixed",
+    ),
+    Change(
+        "model.optimizer",
+        "adamw-8bit",
+        "8-bit AdamW (bitsandbytes): block-wise quantized states; matched 32-bit Adam in the paper's "
+        "benchmarks",
+        lambda spec: spec.model.optimizer in ("adam", "adamw") and _is_full_training(spec),
+    ),
+    Change(
+        "model.optimizer",
+        "adafactor",
+        "Adafactor: factored second moment, no first moment; may need different learning-rate settings",
+        lambda spec: _OPTIMIZER_STATE_BYTES[spec.model.optimizer] > 1 and _is_full_training(spec),
+    ),
+    Change(
+        "training.offload",
+        "optimizer",
+        "optimizer offload: optimizer states and step on the CPU; needs host memory and slows each step",
+        lambda spec: spec.training.offload == "none",
+    ),
+    Change(
+        "model.finetuning.method",
+        "lora",
+        "LoRA: adapters only, base frozen; quality may differ from full fine-tuning",
+        lambda spec: _FINETUNING_RANK[spec.model.finetuning.method] < 1,
+    ),
+    Change(
+        "model.finetuning.method",
+        "qlora",
+        "QLoRA: adapters only, base frozen in 4-bit; quality differs from full fine-tuning, and "
+        "dequantization slows each step",
+        lambda spec: _FINETUNING_RANK[spec.model.finetuning.method] < 2,
+    ),
+)
+
+# Order in which remedies are tried and named when nothing fits: least disruptive to the job first.
+_REMEDY_ORDER = (
+    ("training.sharding", "zero3"),
+    ("training.activationCheckpointing", "selective"),
+    ("training.activationCheckpointing", "full"),
+    ("training.microBatchSize", 1),
+    ("model.optimizer", "adamw-8bit"),
+    ("training.offload", "optimizer"),
+    ("model.precision", "bf16-true"),
+    ("model.finetuning.method", "lora"),
+    ("model.finetuning.method", "qlora"),
+)
+REMEDIES: tuple[Change, ...] = tuple(
+    next(change for change in CHANGES if (change.field, change.value) == wanted) for wanted in _REMEDY_ORDER
+)
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """A set of changes that, applied, makes the job fit; `sizing` is the plan with them applied."""
+
+    changes: tuple[Change, ...]
+    sizing: SizingStatus
+
+    @property
+    def description(self) -> str:
+        return " + ".join(change.description for change in self.changes) or "a bigger accelerator"
+
+
+# ------------------------------------------------------------------ status
+
+
+def layout_text(accelerator: str, devices_per_worker: int, workers: int) -> str:
+    if workers == 1:
+        return f"{devices_per_worker} x {accelerator}"
+    return f"{workers} workers x {devices_per_worker} {accelerator}"
+
+
+def sizing_summary(sizing: SizingStatus) -> str:
+    """One line for the Sized condition, e.g. '8 x nvidia-h100-80gb, 61.2 GiB of 79.6 GiB per device'."""
+    layout = layout_text(sizing.accelerator, sizing.accelerators_per_worker, sizing.min_workers)
+    used, total = format_bytes(sizing.per_device_bytes), format_bytes(sizing.device_memory_bytes)
+    return f"{layout}, {used} of {total} per device"
+
+
+def _status(result: LayoutEstimate, min_workers: int, warnings: Iterable[str]) -> SizingStatus:
+    unique = list(dict.fromkeys([*result.estimate.warnings, *warnings]))
+    return SizingStatus(
+        accelerator=result.accelerator.name,
+        resource_name=result.accelerator.resource_name,
+        device_memory_bytes=result.accelerator.memory_bytes,
+        accelerators_per_worker=result.layout.devices_per_worker,
+        min_workers=min_workers,
+        per_device_bytes=result.estimate.total,
+        fits=result.fits,
+        breakdown=result.estimate.breakdown(),
+        warnings=unique,
+    )
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """The planner's answer before it becomes a status."""
+
+    shown: LayoutEstimate  # the layout the status describes
+    fewest: LayoutEstimate | None  # fewest-workers fitting layout on the shown candidate, if any
+    warnings: list[str]
+
+    @property
+    def min_workers(self) -> int:
+        return (self.fewest or self.shown).layout.workers
+
+
+def _plan(spec: TrainingJobSpec, catalog: Catalog, pools: dict[str, AcceleratorPool] | None) -> _Outcome:
+    warnings: list[str] = []
+    candidates = _candidates(spec, catalog, pools, warnings)
+    fixed_count = spec.resources.accelerators_per_worker
+    fixed_layout = spec.resources.accelerator != "auto" and isinstance(fixed_count, int)
+
+    if fixed_layout:
+        (candidate,) = candidates
+        device, count = candidate.accelerator, candidate.devices_per_worker
+        fewest = fewest_workers(spec, device, count)
+        if count not in device.per_node:
+            warnings.append(
+                f"resources.acceleratorsPerWorker: {count} is not a per-node count the catalog lists for "
+                f"{device.name} ({', '.join(map(str, device.per_node))})"
+            )
+        pool = pools.get(device.name) if pools is not None else None
+        if pool is not None and count > pool.largest_node:
+            warnings.append(f"no node offers {count} x {device.name}; the largest has {pool.largest_node}")
+        if _replicas_given(spec) or fewest is None:
+            workers = effective_workers(spec)
+            if (count * workers) % parallel_group(spec):
+                warnings.append(
+                    f"{count * workers} devices do not divide into tensorParallel x pipelineParallel = "
+                    f"{parallel_group(spec)} groups"
+                )
+            return _Outcome(evaluate(spec, device, count, workers), fewest, warnings)
+        return _Outcome(fewest, fewest, warnings)
+
+    chosen = _search(spec, candidates, pools)
+    if chosen is None:
+        return _Outcome(_best_effort(spec, candidates), None, warnings)
+    return _Outcome(chosen, chosen, warnings)
+
+
+def _pools(inventory: Sequence[NodeInventory] | None) -> dict[str, AcceleratorPool] | None:
+    return None if inventory is None else pool_inventory(inventory)
 
 
 def plan(
@@ -42,25 +616,120 @@ def plan(
     catalog: Catalog | None = None,
     inventory: Sequence[NodeInventory] | None = None,
 ) -> SizingStatus:
+    """The sizing decision for `spec`; see the module docstring for the rules."""
     catalog = catalog or load_catalog()
-    chosen = _accelerator(spec, catalog) or next(a for a in catalog if a.name == "nvidia-h100-80gb")
-    per_worker = spec.resources.accelerators_per_worker
-    per_worker = per_worker if isinstance(per_worker, int) else 8
-    state = spec.model.memory_bytes or 16 * (spec.model.parameter_count or 0)
-    overhead = 2**30
-    usable = chosen.memory_bytes * (1 - spec.resources.memory_headroom) - overhead
-    devices = max(1, math.ceil(state / usable)) if spec.training.sharding in ("zero3", "fsdp") else 1
-    per_device = state // devices + overhead
-    return SizingStatus(
-        accelerator=chosen.name,
-        resource_name=chosen.resource_name,
-        device_memory_bytes=chosen.memory_bytes,
-        accelerators_per_worker=per_worker,
-        min_workers=max(1, math.ceil(devices / per_worker)),
-        per_device_bytes=per_device,
-        fits=per_device <= chosen.memory_bytes * (1 - spec.resources.memory_headroom),
-        breakdown=MemoryBreakdown(
-            weights=state // devices, gradients=0, optimizer_states=0, activations=0, logits=0, overhead=overhead
-        ),
-        warnings=["placeholder estimate: 16 bytes per parameter"],
+    pools = _pools(inventory)
+    outcome = _plan(spec, catalog, pools)
+    warnings = [*outcome.warnings, *_explain(spec, catalog, pools, outcome)]
+    return _status(outcome.shown, outcome.min_workers, warnings)
+
+
+def plan_quietly(
+    spec: TrainingJobSpec, catalog: Catalog, pools: dict[str, AcceleratorPool] | None = None
+) -> SizingStatus:
+    """`plan` without remedies for a spec that does not fit (used to evaluate alternatives)."""
+    outcome = _plan(spec, catalog, pools)
+    return _status(outcome.shown, outcome.min_workers, outcome.warnings)
+
+
+def _explain(
+    spec: TrainingJobSpec, catalog: Catalog, pools: dict[str, AcceleratorPool] | None, outcome: _Outcome
+) -> list[str]:
+    shown, workers = outcome.shown, spec.workers
+    notes: list[str] = []
+    if shown.fits:
+        layout = shown.layout
+        if outcome.min_workers > workers.ceiling:
+            notes.append(
+                f"memory needs at least {outcome.min_workers} workers but workers.maxReplicas allows "
+                f"{workers.ceiling}; raise workers.maxReplicas (and replicas)"
+            )
+        elif workers.min_replicas is not None and outcome.min_workers > workers.min_replicas:
+            notes.append(
+                f"memory needs at least {outcome.min_workers} workers; the elastic floor is raised from "
+                f"workers.minReplicas {workers.min_replicas}"
+            )
+        pool = pools.get(shown.accelerator.name) if pools is not None else None
+        if (
+            pool is not None
+            and pool.workers_placeable(layout.devices_per_worker, free_only=True) < layout.workers
+        ):
+            notes.append(
+                f"not enough free {shown.accelerator.name} now for "
+                f"{layout_text(shown.accelerator.name, layout.devices_per_worker, layout.workers)}; "
+                "the job queues until devices free up"
+            )
+        return notes
+
+    need = format_bytes(shown.estimate.total)
+    usable = format_bytes(int(shown.usable_bytes))
+    headroom = f"{spec.resources.memory_headroom:.0%}"
+    layout = layout_text(shown.accelerator.name, shown.layout.devices_per_worker, shown.layout.workers)
+    head = (
+        f"does not fit: {need} per device needed on {layout}, {usable} usable ({headroom} headroom kept free)"
     )
+    remedies: list[str] = []
+    if outcome.fewest is not None:
+        more = outcome.fewest.layout.workers
+        remedies.append(
+            f"{more} workers (workers.replicas and minReplicas) -> "
+            f"{layout_text(shown.accelerator.name, shown.layout.devices_per_worker, more)}, "
+            f"{format_bytes(outcome.fewest.estimate.total)} per device"
+        )
+    found = find_remedies(spec, catalog, pools)
+    remedies.extend(f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in found)
+    if not remedies:
+        tried = " + ".join(change.description for change in _applicable(spec, REMEDIES)) or "no change left"
+        return [
+            f"{head}; nothing in the catalog holds it even with {tried}: reduce training.sequenceLength "
+            "or use tensorParallel/pipelineParallel"
+        ]
+    return [f"{head}. Would fit: {'; '.join(remedies[:MAX_REMEDIES_NAMED])}"]
+
+
+def _applicable(spec: TrainingJobSpec, changes: Iterable[Change]) -> list[Change]:
+    return [change for change in changes if change.applies(spec)]
+
+
+def find_remedies(
+    spec: TrainingJobSpec, catalog: Catalog | None = None, pools: dict[str, AcceleratorPool] | None = None
+) -> list[Remedy]:
+    """Changes that make a job fit, each verified by planning again with it applied.
+
+    Single changes first (least disruptive first), then, when the accelerator is fixed, a bigger one;
+    if no single change is enough, the changes accumulated in order until the job fits.
+    """
+    catalog = catalog or load_catalog()
+    found: list[Remedy] = []
+    for change in _applicable(spec, REMEDIES):
+        sizing = plan_quietly(change.apply(spec), catalog, pools)
+        if sizing.fits:
+            found.append(Remedy((change,), sizing))
+    if spec.resources.accelerator != "auto":
+        declared = resolve_accelerator(spec, catalog)
+        assert declared is not None
+        bigger = Catalog(device for device in catalog if device.memory_bytes > declared.memory_bytes)
+        if len(bigger):
+            any_device = replace_field(spec, "resources.accelerator", "auto")
+            sizing = plan_quietly(any_device, bigger, pools)
+            if sizing.fits:
+                bigger_device = Change(
+                    "resources.accelerator",
+                    sizing.accelerator,
+                    "a bigger device costs more per hour",
+                    _always,
+                )
+                found.append(Remedy((bigger_device,), sizing))
+    if found:
+        return found
+    accumulated: list[Change] = []
+    current = spec
+    for change in REMEDIES:
+        if not change.applies(current):
+            continue
+        current = change.apply(current)
+        accumulated.append(change)
+        sizing = plan_quietly(current, catalog, pools)
+        if sizing.fits:
+            return [Remedy(tuple(accumulated), sizing)]
+    return []
