@@ -6,14 +6,16 @@ returns the `status.sizing` object. Rules, in order:
 * Candidates: with `resources.accelerator: auto` every catalog accelerator, else the named one; with
   `acceleratorsPerWorker: auto` each count in the accelerator's `perNode`, else the fixed count. With
   an inventory (the cluster's nodes) only accelerator types and per-worker counts that some node can
-  hold are considered.
+  hold are considered. `auto` skips devices that cannot run the spec as written (bf16 on T4/V100, fp8
+  without FP8 units, TPUs for framework pytorch) unless nothing else is left; a named one gets a warning.
 * For each candidate the fewest workers whose estimate fits `device memory x (1 - memoryHeadroom)`.
   The smallest layout is tried first: going from one device to several adds communication buffers.
   Beyond that, per-device memory never grows with more devices (ZeRO/FSDP shard over them, plain data
   parallel replicates), so the search is exponential then binary. Devices come in whole TP x PP groups.
 * The cheapest fitting candidate wins: within workers.maxReplicas (and the cluster's capacity) first,
   then fewest devices, then (with an inventory) placeable on free devices now, then the smallest device
-  memory, then fewest workers (more devices per node keeps traffic on the node's fast links).
+  memory, then fewest workers (more devices per node keeps traffic on the node's fast links), then
+  catalog order.
 * With both accelerator and acceleratorsPerWorker fixed and workers.replicas given, the layout is
   evaluated at the effective worker count (replicas within [minReplicas, maxReplicas]); `fits` may be
   false and `minWorkers` still reports what memory requires.
@@ -198,6 +200,29 @@ def resolve_accelerator(spec: TrainingJobSpec, catalog: Catalog) -> Accelerator 
     return found
 
 
+# Devices without bf16 arithmetic: bf16 needs NVIDIA compute capability 8.0 (Ampere) or newer; T4 is 7.5
+# and V100 7.0 (CUDA C++ Programming Guide, compute capabilities table).
+NO_BF16 = frozenset({"nvidia-t4", "nvidia-v100-16gb", "nvidia-v100-32gb"})
+# Devices with FP8 tensor cores: NVIDIA Ada (L4, L40S), Hopper and Blackwell (Transformer Engine docs),
+# AMD MI300X (CDNA 3).
+FP8_CAPABLE = frozenset(
+    {"nvidia-l4", "nvidia-l40s", "nvidia-h100-80gb", "nvidia-h200", "nvidia-b200", "amd-mi300x"}
+)
+TPU_RESOURCE = "google.com/tpu"
+
+
+def unsupported(spec: TrainingJobSpec, device: Accelerator) -> str | None:
+    """Why `device` cannot run the spec as written, or None. Auto planning skips such devices."""
+    precision = spec.model.precision
+    if precision.startswith("bf16") and device.name in NO_BF16:
+        return f"model.precision {precision}: {device.name} has no bf16 arithmetic (needs Ampere or newer)"
+    if precision == "fp8-mixed" and device.name not in FP8_CAPABLE:
+        return f"model.precision fp8-mixed: {device.name} has no FP8 arithmetic"
+    if spec.framework == "pytorch" and device.resource_name == TPU_RESOURCE:
+        return f"framework pytorch: {device.name} runs PyTorch only through PyTorch/XLA, with its own image"
+    return None
+
+
 @dataclass(frozen=True)
 class _Candidate:
     accelerator: Accelerator
@@ -214,11 +239,10 @@ def _candidates(
     fixed = resolve_accelerator(spec, catalog)
     fixed_count = spec.resources.accelerators_per_worker
     devices = [fixed] if fixed else list(catalog)
-    if spec.model.precision == "fp8-mixed":
-        if fixed is None:
-            devices = [device for device in devices if device.name in FP8_CAPABLE] or devices
-        elif fixed.name not in FP8_CAPABLE:
-            warnings.append(f"model.precision fp8-mixed: {fixed.name} has no FP8 arithmetic")
+    if fixed is None:
+        devices = [device for device in devices if unsupported(spec, device) is None] or devices
+    elif (reason := unsupported(spec, fixed)) is not None:
+        warnings.append(reason)
     if pools is not None and fixed is None:
         present = [device for device in devices if device.name in pools]
         if present:
@@ -296,7 +320,6 @@ class _Option:
             not_free_now,
             self.candidate.accelerator.memory_bytes,
             layout.workers,
-            self.result.estimate.total,
             self.candidate.order,
         )
 
@@ -358,11 +381,6 @@ _OPTIMIZER_STATE_BYTES = {  # per trainable parameter, for ordering only (Eleuth
     "adafactor": 1,
     "sgd": 0,
 }
-# Devices with FP8 tensor cores: NVIDIA Ada (L4, L40S), Hopper and Blackwell (Transformer Engine docs),
-# AMD MI300X (CDNA 3). Other devices are not offered fp8-mixed.
-FP8_CAPABLE = frozenset(
-    {"nvidia-l4", "nvidia-l40s", "nvidia-h100-80gb", "nvidia-h200", "nvidia-b200", "amd-mi300x"}
-)
 
 
 @dataclass(frozen=True)
@@ -728,7 +746,8 @@ def find_remedies(
         if not change.applies(current):
             continue
         current = change.apply(current)
-        accumulated.append(change)
+        # a later value of the same field (full after selective checkpointing) replaces the earlier one
+        accumulated = [*(kept for kept in accumulated if kept.field != change.field), change]
         sizing = plan_quietly(current, catalog, pools)
         if sizing.fits:
             return [Remedy(tuple(accumulated), sizing)]

@@ -1,0 +1,222 @@
+"""Cost-cutting suggestions: cheaper ways to run the same job, each re-estimated, with its trade-off.
+
+`suggest(spec)` applies one change at a time (precision, optimizer, activation checkpointing, sharding,
+micro-batch, offload, LoRA/QLoRA, or only a different layout) and plans each alternative at its cheapest
+layout: on the declared accelerator when one is named, on any catalog accelerator when it is `auto`,
+with `acceleratorsPerWorker` and the worker count chosen again. Alternatives that fit and improve on the
+declared plan are ranked by total accelerator count, then device memory, then per-device estimate.
+
+`overprovisioned(spec, sizing)` says in one sentence when a fixed layout is far bigger than its
+estimate: the same job fits on half the devices, or on a device of half the memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.api.quantity import format_bytes
+from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
+from kubefit.sizing.planner import (
+    CHANGES,
+    Change,
+    find_remedies,
+    layout_text,
+    plan_quietly,
+    replace_field,
+    unsupported,
+)
+
+FEWER_DEVICES_TRADE_OFF = "fewer devices: less data-parallel throughput per step"
+OTHER_DEVICE_TRADE_OFF = "a different accelerator: different speed and price; the image must support it"
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """An alternative configuration, planned: what changes, the resulting sizing and what it costs."""
+
+    changes: tuple[Change, ...]
+    sizing: SizingStatus
+    trade_off: str
+
+    @property
+    def workers(self) -> int:
+        return self.sizing.min_workers
+
+    @property
+    def devices(self) -> int:
+        return self.sizing.accelerators_per_worker * self.sizing.min_workers
+
+    @property
+    def description(self) -> str:
+        return " + ".join(change.description for change in self.changes)
+
+    @property
+    def layout(self) -> str:
+        return layout_text(self.sizing.accelerator, self.sizing.accelerators_per_worker, self.workers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON/YAML shape printed by `kubefit size --suggest` (camelCase, bytes as integers)."""
+        return {
+            "change": self.description,
+            "changes": [{"field": change.field, "value": change.value} for change in self.changes],
+            "accelerator": self.sizing.accelerator,
+            "acceleratorsPerWorker": self.sizing.accelerators_per_worker,
+            "workers": self.workers,
+            "devices": self.devices,
+            "perDeviceBytes": self.sizing.per_device_bytes,
+            "deviceMemoryBytes": self.sizing.device_memory_bytes,
+            "fits": self.sizing.fits,
+            "tradeOff": self.trade_off,
+        }
+
+
+def _cost(sizing: SizingStatus) -> tuple[int, int, int]:
+    return (
+        sizing.accelerators_per_worker * sizing.min_workers,
+        sizing.device_memory_bytes,
+        sizing.per_device_bytes,
+    )
+
+
+def _cheapest_layout(spec: TrainingJobSpec) -> TrainingJobSpec:
+    """Let the planner choose devices per worker and workers again (the accelerator stays as declared)."""
+    return replace_field(spec, "resources.acceleratorsPerWorker", "auto")
+
+
+def _layout_changes(spec: TrainingJobSpec, sizing: SizingStatus) -> tuple[Change, ...]:
+    """The resource fields a layout-only suggestion sets, with their concrete values."""
+    changes = []
+    if spec.resources.accelerator != sizing.accelerator:
+        changes.append(Change("resources.accelerator", sizing.accelerator, OTHER_DEVICE_TRADE_OFF, _any))
+    if spec.resources.accelerators_per_worker != sizing.accelerators_per_worker:
+        changes.append(
+            Change(
+                "resources.acceleratorsPerWorker",
+                sizing.accelerators_per_worker,
+                FEWER_DEVICES_TRADE_OFF,
+                _any,
+            )
+        )
+    return tuple(changes)
+
+
+def _any(spec: TrainingJobSpec) -> bool:
+    return True
+
+
+def _breaks(before: TrainingJobSpec, after: TrainingJobSpec, device: Accelerator) -> bool:
+    """The change makes the declared device unable to run the job (a new incompatibility)."""
+    reason = unsupported(after, device)
+    return reason is not None and reason != unsupported(before, device)
+
+
+def suggest(spec: TrainingJobSpec, catalog: Catalog | None = None) -> list[Suggestion]:
+    """Alternatives that fit and improve on the declared plan, cheapest first.
+
+    A spec change is listed only when it beats both the declared plan and the declared spec merely
+    re-laid out (which is listed on its own), so that a saving is credited to the change that makes it.
+    """
+    catalog = catalog or load_catalog()
+    declared = plan_quietly(spec, catalog)
+    same_device = plan_quietly(_cheapest_layout(spec), catalog)
+    found: list[tuple[tuple[int, int, int, int], Suggestion]] = []
+
+    def consider(
+        order: int,
+        changes: tuple[Change, ...],
+        sizing: SizingStatus,
+        trade_off: str,
+        *baselines: SizingStatus,
+    ) -> None:
+        if not sizing.fits:
+            return
+        if any(baseline.fits and _cost(sizing) >= _cost(baseline) for baseline in baselines):
+            return  # no fewer devices, no smaller device, no less memory: not an improvement
+        found.append(((*_cost(sizing), order), Suggestion(changes, sizing, trade_off)))
+
+    fixed = spec.resources.accelerator
+    fixed_device = catalog.get(fixed)
+    for order, change in enumerate(CHANGES):
+        if not change.applies(spec):
+            continue
+        changed = change.apply(spec)
+        if fixed_device is not None and _breaks(spec, changed, fixed_device):
+            continue  # e.g. fp8-mixed on a device without FP8 units
+        sizing = plan_quietly(_cheapest_layout(changed), catalog)
+        consider(order, (change,), sizing, change.trade_off, declared, same_device)
+
+    base = len(CHANGES)
+    if _layout_changes(spec, same_device):
+        consider(base, _layout_changes(spec, same_device), same_device, FEWER_DEVICES_TRADE_OFF, declared)
+    if fixed != "auto":
+        any_device = plan_quietly(
+            replace_field(_cheapest_layout(spec), "resources.accelerator", "auto"), catalog
+        )
+        changes = _layout_changes(spec, any_device)
+        if changes:
+            trade_off = "; ".join(dict.fromkeys(change.trade_off for change in changes))
+            consider(base + 1, changes, any_device, trade_off, declared, same_device)
+
+    if not declared.fits:  # no single change may be enough: add the verified (possibly combined) remedies
+        listed = {suggestion.description for _, suggestion in found}
+        for order, remedy in enumerate(find_remedies(spec, catalog), start=base + 2):
+            if remedy.description not in listed:
+                trade_off = "; ".join(change.trade_off for change in remedy.changes)
+                consider(order, remedy.changes, remedy.sizing, trade_off)
+
+    found.sort(key=lambda pair: pair[0])
+    return [suggestion for _, suggestion in found]
+
+
+def overprovisioned(
+    spec: TrainingJobSpec, sizing: SizingStatus, catalog: Catalog | None = None
+) -> str | None:
+    """One sentence when a fixed layout is far bigger than its estimate, else None.
+
+    "Far bigger": the job fits on at most half the devices of the same type, or on a device with at most
+    half the memory and no more devices. Layouts the planner chose itself (both `auto`) are never
+    flagged. Workers above `minWorkers` are data-parallel throughput, not waste, so the comparison is per
+    `acceleratorsPerWorker x minWorkers`.
+    """
+    if not sizing.fits:
+        return None
+    if spec.resources.accelerator == "auto" and spec.resources.accelerators_per_worker == "auto":
+        return None
+    catalog = catalog or load_catalog()
+    devices = sizing.accelerators_per_worker * sizing.min_workers
+    current = layout_text(sizing.accelerator, sizing.accelerators_per_worker, sizing.min_workers)
+    usable = sizing.device_memory_bytes * (1 - spec.resources.memory_headroom)
+    opening = (
+        f"{current} is more than this job needs ({format_bytes(sizing.per_device_bytes)} of "
+        f"{format_bytes(int(usable))} usable per device)"
+    )
+
+    on_same = replace_field(_cheapest_layout(spec), "resources.accelerator", sizing.accelerator)
+    same = plan_quietly(on_same, catalog)
+    same_devices = same.accelerators_per_worker * same.min_workers
+    if same.fits and 2 * same_devices <= devices:
+        return (
+            f"{opening}: {layout_text(same.accelerator, same.accelerators_per_worker, same.min_workers)} "
+            f"holds it at {format_bytes(same.per_device_bytes)} per device; set "
+            f"resources.acceleratorsPerWorker: {same.accelerators_per_worker} (extra devices add "
+            "data-parallel throughput only)"
+        )
+
+    anywhere = plan_quietly(replace_field(_cheapest_layout(spec), "resources.accelerator", "auto"), catalog)
+    other_devices = anywhere.accelerators_per_worker * anywhere.min_workers
+    smaller_device = (
+        2 * anywhere.device_memory_bytes <= sizing.device_memory_bytes and other_devices <= devices
+    )
+    fewer_devices = (
+        2 * other_devices <= devices and anywhere.device_memory_bytes <= sizing.device_memory_bytes
+    )
+    if anywhere.fits and (smaller_device or fewer_devices):
+        layout = layout_text(anywhere.accelerator, anywhere.accelerators_per_worker, anywhere.min_workers)
+        return (
+            f"{opening}: {layout} holds it at {format_bytes(anywhere.per_device_bytes)} of "
+            f"{format_bytes(anywhere.device_memory_bytes)} per device; set resources.accelerator: "
+            f"{anywhere.accelerator} and acceleratorsPerWorker: {anywhere.accelerators_per_worker}"
+        )
+    return None
