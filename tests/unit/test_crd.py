@@ -23,10 +23,8 @@ CHECKED_IN_COPIES = [
     REPO / "crds" / "trainingjob.yaml",
     REPO / "charts" / "kubefit" / "crds" / "trainingjob.yaml",
 ]
-REGENERATE = (
-    ".venv/bin/kubefit crd > crds/trainingjob.yaml"
-    " && cp crds/trainingjob.yaml charts/kubefit/crds/trainingjob.yaml"
-)
+# `make crd` runs `kubefit crd > crds/trainingjob.yaml` and copies the file into the chart.
+REGENERATE = "make crd"
 
 # Keys that may not appear inside anyOf/allOf/oneOf/not of a structural schema.
 _TYPED_KEYS = {"type", "description", "default", "additionalProperties", "nullable", "properties", "items"}
