@@ -1,0 +1,65 @@
+"""Names, labels and owner references shared by everything the operator creates for a job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubefit import GROUP, VERSION
+
+JOB_LABEL = f"{GROUP}/job"
+WORKER_INDEX_LABEL = f"{GROUP}/worker-index"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kubefit"
+RENDEZVOUS_PORT = 29500
+RENDEZVOUS_PORT_NAME = "rendezvous"
+DNS_LABEL_MAX = 63
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """The identity of one TrainingJob: enough to name, label and own its children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def worker_name(job_name: str, index: int) -> str:
+    return f"{job_name}-worker-{index}"
+
+
+def worker_index(pod_name: str, job_name: str) -> int | None:
+    """The index encoded in a worker's name, or None for a name this job would not give a worker."""
+    prefix = f"{job_name}-worker-"
+    digits = pod_name.removeprefix(prefix)
+    if digits == pod_name or not digits.isdigit() or (len(digits) > 1 and digits.startswith("0")):
+        return None
+    return int(digits)
+
+
+def job_selector(job_name: str) -> str:
+    """The label selector of a job's workers, as the scale subresource reports it."""
+    return f"{JOB_LABEL}={job_name}"
+
+
+def rendezvous_host(job_name: str) -> str:
+    """Worker 0's stable DNS name inside the namespace: <hostname>.<subdomain (the headless Service)>."""
+    return f"{worker_name(job_name, 0)}.{job_name}"
+
+
+def owner_reference(job: JobRef) -> dict[str, Any]:
+    # controller=true lets the garbage collector delete children with the job; blockOwnerDeletion makes
+    # foreground deletion wait for them.
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_labels(job_name: str) -> dict[str, str]:
+    return {JOB_LABEL: job_name, MANAGED_BY_LABEL: MANAGED_BY}

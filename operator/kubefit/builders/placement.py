@@ -1,0 +1,70 @@
+"""Placement of workers on nodes of the chosen accelerator.
+
+The accelerator's catalog `match` label sets become required nodeAffinity terms (terms are ORed, so
+any one label set identifies a node). A user's own required terms are kept by ANDing each of them with
+each accelerator term; nodeSelector, preferred terms and pod (anti-)affinity are left untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Term = dict[str, Any]
+
+
+def accelerator_terms(match: Sequence[Mapping[str, str]]) -> list[Term]:
+    """One nodeSelectorTerm per label set; each label becomes an `In` expression."""
+    return [
+        {
+            "matchExpressions": [
+                {"key": key, "operator": "In", "values": [value]} for key, value in sorted(labels.items())
+            ]
+        }
+        for labels in match
+    ]
+
+
+def _and_terms(user_term: Term, accelerator_term: Term) -> Term:
+    combined = copy.deepcopy(user_term)
+    combined["matchExpressions"] = [
+        *user_term.get("matchExpressions", []),
+        *accelerator_term["matchExpressions"],
+    ]
+    return combined
+
+
+def merge_required_terms(user_terms: Sequence[Term], required: Sequence[Term]) -> list[Term]:
+    """(u1 OR u2) AND (a1 OR a2) as the disjunction of every ui AND aj."""
+    if not required:
+        return [copy.deepcopy(term) for term in user_terms]
+    if not user_terms:
+        return [copy.deepcopy(term) for term in required]
+    return [_and_terms(user_term, term) for user_term in user_terms for term in required]
+
+
+def with_accelerator_affinity(
+    affinity: Mapping[str, Any] | None, match: Sequence[Mapping[str, str]]
+) -> dict[str, Any]:
+    """A copy of `affinity` whose required node affinity also demands the accelerator."""
+    merged: dict[str, Any] = copy.deepcopy(dict(affinity or {}))
+    node_affinity = merged.setdefault("nodeAffinity", {})
+    required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = merge_required_terms(required.get("nodeSelectorTerms") or [], accelerator_terms(match))
+    if terms:
+        node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {
+            **required,
+            "nodeSelectorTerms": terms,
+        }
+    return merged
+
+
+def with_accelerator_toleration(
+    tolerations: Sequence[Mapping[str, Any]] | None, resource_name: str
+) -> list[dict]:
+    """Accelerator nodes are commonly tainted with their resource name (GKE, GPU operator); tolerate that."""
+    result = [dict(toleration) for toleration in tolerations or []]
+    if not any(toleration.get("key") == resource_name for toleration in result):
+        result.append({"key": resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    return result

@@ -1,0 +1,120 @@
+"""The worker Pod of a TrainingJob, built from the user's template and the sizing decision."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.builders.naming import (
+    RENDEZVOUS_PORT,
+    RENDEZVOUS_PORT_NAME,
+    WORKER_INDEX_LABEL,
+    JobRef,
+    child_labels,
+    owner_reference,
+    worker_name,
+)
+from kubefit.builders.placement import with_accelerator_affinity, with_accelerator_toleration
+from kubefit.builders.rendezvous import WorkerGroup, rendezvous_env
+from kubefit.builders.resources import worker_resources
+from kubefit.sizing.catalog import Accelerator
+from kubefit.sizing.estimator import Layout, estimate
+
+
+@dataclass(frozen=True)
+class WorkerSet:
+    """Everything that is the same for all workers of a job at one reconcile."""
+
+    job: JobRef
+    spec: TrainingJobSpec
+    sizing: SizingStatus
+    accelerator: Accelerator  # the catalog entry named by sizing.accelerator
+    workers: int  # effective worker count
+    min_workers: int
+    max_workers: int
+
+    @property
+    def group(self) -> WorkerGroup:
+        return WorkerGroup(
+            job_name=self.job.name,
+            job_uid=self.job.uid,
+            workers=self.workers,
+            min_workers=self.min_workers,
+            max_workers=self.max_workers,
+            processes_per_worker=self.sizing.accelerators_per_worker,
+            elastic=self.spec.elastic.enabled,
+        )
+
+
+def _offloaded_bytes(worker_set: WorkerSet) -> int:
+    if worker_set.spec.training.offload == "none":
+        return 0
+    layout = Layout(devices_per_worker=worker_set.sizing.accelerators_per_worker, workers=worker_set.workers)
+    return estimate(worker_set.spec, worker_set.accelerator, layout).host_bytes_per_worker
+
+
+def _with_env(container: dict[str, Any], extra: list[dict[str, str]]) -> list[dict[str, Any]]:
+    # A variable the user sets in the template wins: it is how a job overrides, e.g., MASTER_PORT.
+    env = list(container.get("env") or [])
+    present = {variable.get("name") for variable in env}
+    return env + [variable for variable in extra if variable["name"] not in present]
+
+
+def _with_rendezvous_port(container: dict[str, Any]) -> list[dict[str, Any]]:
+    ports = list(container.get("ports") or [])
+    if not any(port.get("containerPort") == RENDEZVOUS_PORT for port in ports):
+        ports.append({"name": RENDEZVOUS_PORT_NAME, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
+    return ports
+
+
+def _trainer_container(container: dict[str, Any], worker_set: WorkerSet, index: int) -> dict[str, Any]:
+    trainer = dict(container)
+    trainer["resources"] = worker_resources(
+        container.get("resources"), worker_set.spec, worker_set.sizing, _offloaded_bytes(worker_set)
+    )
+    trainer["env"] = _with_env(container, rendezvous_env(worker_set.spec.framework, worker_set.group, index))
+    if worker_set.spec.framework != "none":
+        trainer["ports"] = _with_rendezvous_port(container)
+    return trainer
+
+
+def _metadata(template: dict[str, Any], worker_set: WorkerSet, index: int) -> dict[str, Any]:
+    metadata = copy.deepcopy(template.get("metadata") or {})
+    labels = {**(metadata.get("labels") or {}), **child_labels(worker_set.job.name)}
+    labels[WORKER_INDEX_LABEL] = str(index)
+    return {
+        "name": worker_name(worker_set.job.name, index),
+        "namespace": worker_set.job.namespace,
+        "labels": labels,
+        "annotations": metadata.get("annotations") or {},
+        "ownerReferences": [owner_reference(worker_set.job)],
+    }
+
+
+def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
+    """Worker `index` of the job: deterministic name, stable DNS, accelerator request and placement."""
+    if not 0 <= index < worker_set.workers:
+        raise ValueError(f"worker index {index} outside 0..{worker_set.workers - 1}")
+    template = copy.deepcopy(worker_set.spec.template)
+    pod_spec: dict[str, Any] = template.get("spec") or {}
+    containers = pod_spec["containers"]
+    containers[0] = _trainer_container(containers[0], worker_set, index)
+    pod_spec |= {
+        "containers": containers,
+        # The operator replaces failed workers itself (counting restarts), so the kubelet must not.
+        "restartPolicy": "Never",
+        "hostname": worker_name(worker_set.job.name, index),
+        "subdomain": worker_set.job.name,
+        "affinity": with_accelerator_affinity(pod_spec.get("affinity"), worker_set.accelerator.match),
+        "tolerations": with_accelerator_toleration(
+            pod_spec.get("tolerations"), worker_set.sizing.resource_name
+        ),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(template, worker_set, index),
+        "spec": pod_spec,
+    }

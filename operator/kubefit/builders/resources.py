@@ -1,0 +1,57 @@
+"""CPU and host-memory requests of a worker, and its accelerator request.
+
+Precedence, per quantity: `spec.resources.cpu` / `spec.resources.memory`, else what the template's
+first container already requests, else the derived default:
+- cpu: 8 cores per accelerator, at most 96 (data loaders and the host side of the step);
+- memory: 16Gi per accelerator plus the training state the estimator offloads to the host.
+The accelerator count is always the sizing decision's, as both request and limit (extended resources
+cannot be overcommitted, so Kubernetes requires the two to be equal).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from kubefit.api.models import SizingStatus, TrainingJobSpec
+
+GIB = 2**30
+MIB = 2**20
+CPU_PER_ACCELERATOR = 8
+MAX_DEFAULT_CPU = 96
+HOST_MEMORY_PER_ACCELERATOR = 16 * GIB
+
+
+def default_cpu(accelerators: int) -> str:
+    return str(min(MAX_DEFAULT_CPU, CPU_PER_ACCELERATOR * max(1, accelerators)))
+
+
+def default_memory(accelerators: int, offloaded_bytes: int = 0) -> str:
+    total = HOST_MEMORY_PER_ACCELERATOR * max(1, accelerators) + max(0, offloaded_bytes)
+    return f"{math.ceil(total / MIB)}Mi"
+
+
+def worker_resources(
+    container_resources: dict[str, Any] | None,
+    spec: TrainingJobSpec,
+    sizing: SizingStatus,
+    offloaded_bytes: int = 0,
+) -> dict[str, Any]:
+    """The first container's `resources`, with the accelerator and cpu/memory filled in."""
+    resources = {
+        key: dict(value) for key, value in (container_resources or {}).items() if isinstance(value, dict)
+    }
+    requests = resources.setdefault("requests", {})
+    limits = resources.setdefault("limits", {})
+    accelerators = sizing.accelerators_per_worker
+
+    if spec.resources.cpu is not None:
+        requests["cpu"] = str(spec.resources.cpu)
+    requests.setdefault("cpu", default_cpu(accelerators))
+    if spec.resources.memory is not None:
+        requests["memory"] = str(spec.resources.memory)
+    requests.setdefault("memory", default_memory(accelerators, offloaded_bytes))
+
+    requests[sizing.resource_name] = str(accelerators)
+    limits[sizing.resource_name] = str(accelerators)
+    return resources

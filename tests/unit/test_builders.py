@@ -1,0 +1,330 @@
+"""Worker Pod and headless Service builders: pure functions, called directly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubefit.api.models import MemoryBreakdown, SizingStatus
+from kubefit.api.validation import parse_spec
+from kubefit.builders.naming import (
+    JOB_LABEL,
+    WORKER_INDEX_LABEL,
+    JobRef,
+    job_selector,
+    worker_index,
+    worker_name,
+)
+from kubefit.builders.placement import accelerator_terms, merge_required_terms, with_accelerator_affinity
+from kubefit.builders.pods import WorkerSet, build_worker_pod
+from kubefit.builders.rendezvous import WorkerGroup, rendezvous_env
+from kubefit.builders.resources import default_cpu, default_memory, worker_resources
+from kubefit.builders.service import build_headless_service
+from kubefit.sizing.catalog import load_catalog
+
+JOB = JobRef(name="llama", namespace="team-a", uid="1234-uid")
+CATALOG = load_catalog()
+H100 = CATALOG.get("nvidia-h100-80gb")
+
+
+def raw_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "template": {
+            "metadata": {"labels": {"team": "a"}, "annotations": {"note": "x"}},
+            "spec": {"containers": [{"name": "trainer", "image": "ghcr.io/acme/train:1"}]},
+        },
+        "model": {"parameters": "1B"},
+        "workers": {"replicas": 2},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def sizing(accelerator: str = "nvidia-h100-80gb", per_worker: int = 8, min_workers: int = 1) -> SizingStatus:
+    entry = CATALOG.get(accelerator)
+    assert entry is not None
+    return SizingStatus(
+        accelerator=accelerator,
+        resource_name=entry.resource_name,
+        device_memory_bytes=entry.memory_bytes,
+        accelerators_per_worker=per_worker,
+        min_workers=min_workers,
+        per_device_bytes=30 * 2**30,
+        fits=True,
+        breakdown=MemoryBreakdown(
+            weights=1, gradients=1, optimizer_states=1, activations=1, logits=1, overhead=1
+        ),
+    )
+
+
+def worker_set(
+    spec: dict[str, Any] | None = None,
+    workers: int = 2,
+    accelerator: str = "nvidia-h100-80gb",
+    per_worker: int = 8,
+    bounds: tuple[int, int] = (2, 2),
+) -> WorkerSet:
+    entry = CATALOG.get(accelerator)
+    assert entry is not None
+    return WorkerSet(
+        job=JOB,
+        spec=parse_spec(spec or raw_spec()),
+        sizing=sizing(accelerator, per_worker),
+        accelerator=entry,
+        workers=workers,
+        min_workers=bounds[0],
+        max_workers=bounds[1],
+    )
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {variable["name"]: variable["value"] for variable in pod["spec"]["containers"][0].get("env", [])}
+
+
+# ---------------------------------------------------------------------------------------------- naming
+
+
+def test_worker_names_round_trip() -> None:
+    assert worker_name("llama", 3) == "llama-worker-3"
+    assert worker_index("llama-worker-3", "llama") == 3
+    assert worker_index("llama-worker-12", "llama") == 12
+
+
+@pytest.mark.parametrize(
+    "name", ["llama-worker-", "llama-worker-x", "llama-worker-01", "other-worker-1", "llama"]
+)
+def test_names_not_made_by_the_operator_have_no_index(name: str) -> None:
+    assert worker_index(name, "llama") is None
+
+
+def test_selector_names_the_job_label() -> None:
+    assert job_selector("llama") == "kubefit.dev/job=llama"
+
+
+# ---------------------------------------------------------------------------------------------- pod
+
+
+def test_pod_identity_labels_and_owner() -> None:
+    pod = build_worker_pod(worker_set(), 1)
+    metadata = pod["metadata"]
+    assert metadata["name"] == "llama-worker-1"
+    assert metadata["namespace"] == "team-a"
+    assert metadata["labels"] == {
+        "team": "a",
+        JOB_LABEL: "llama",
+        WORKER_INDEX_LABEL: "1",
+        "app.kubernetes.io/managed-by": "kubefit",
+    }
+    assert metadata["annotations"] == {"note": "x"}
+    (owner,) = metadata["ownerReferences"]
+    assert owner == {
+        "apiVersion": "kubefit.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "name": "llama",
+        "uid": "1234-uid",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def test_pod_has_stable_dns_and_is_never_restarted_by_the_kubelet() -> None:
+    spec = build_worker_pod(worker_set(), 0)["spec"]
+    assert spec["hostname"] == "llama-worker-0"
+    assert spec["subdomain"] == "llama"
+    assert spec["restartPolicy"] == "Never"
+
+
+def test_user_restart_policy_is_overridden() -> None:
+    spec = raw_spec()
+    spec["template"]["spec"]["restartPolicy"] = "OnFailure"
+    assert build_worker_pod(worker_set(spec), 0)["spec"]["restartPolicy"] == "Never"
+
+
+def test_accelerator_is_requested_on_the_first_container_only() -> None:
+    spec = raw_spec()
+    spec["template"]["spec"]["containers"].append({"name": "sidecar", "image": "busybox"})
+    containers = build_worker_pod(worker_set(spec, per_worker=4), 0)["spec"]["containers"]
+    assert containers[0]["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    assert containers[0]["resources"]["requests"]["nvidia.com/gpu"] == "4"
+    assert "resources" not in containers[1]
+
+
+def test_tpu_request_uses_the_tpu_resource_name() -> None:
+    resources = build_worker_pod(worker_set(accelerator="google-tpu-v5e", per_worker=4), 0)["spec"][
+        "containers"
+    ][0]["resources"]
+    assert resources["limits"] == {"google.com/tpu": "4"}
+
+
+def test_builder_does_not_mutate_the_template() -> None:
+    worker = worker_set()
+    before = repr(worker.spec.template)
+    build_worker_pod(worker, 0)
+    assert repr(worker.spec.template) == before
+
+
+@pytest.mark.parametrize("index", [-1, 2, 5])
+def test_index_outside_the_worker_count_is_refused(index: int) -> None:
+    with pytest.raises(ValueError, match="worker index"):
+        build_worker_pod(worker_set(workers=2), index)
+
+
+# ---------------------------------------------------------------------------------------------- resources
+
+
+def test_default_cpu_and_memory_scale_with_accelerators() -> None:
+    assert default_cpu(1) == "8"
+    assert default_cpu(8) == "64"
+    assert default_cpu(16) == "96"  # capped
+    assert default_memory(2) == f"{32 * 1024}Mi"
+    assert default_memory(1, offloaded_bytes=2**30) == f"{17 * 1024}Mi"
+
+
+def test_spec_resources_beat_the_template_which_beats_the_default() -> None:
+    spec = parse_spec(raw_spec(resources={"cpu": "12", "accelerator": "nvidia-h100-80gb"}))
+    template_resources = {"requests": {"cpu": "4", "memory": "10Gi"}, "limits": {"memory": "20Gi"}}
+    resources = worker_resources(template_resources, spec, sizing(per_worker=2))
+    assert resources["requests"] == {"cpu": "12", "memory": "10Gi", "nvidia.com/gpu": "2"}
+    assert resources["limits"] == {"memory": "20Gi", "nvidia.com/gpu": "2"}
+    assert template_resources["requests"] == {"cpu": "4", "memory": "10Gi"}  # not mutated
+
+
+def test_sizing_overrides_a_template_accelerator_request() -> None:
+    spec = parse_spec(raw_spec())
+    resources = worker_resources({"limits": {"nvidia.com/gpu": "1"}}, spec, sizing(per_worker=8))
+    assert resources["limits"]["nvidia.com/gpu"] == "8"
+
+
+# ---------------------------------------------------------------------------------------------- placement
+
+
+def test_accelerator_terms_are_ored_label_sets() -> None:
+    assert H100 is not None
+    terms = accelerator_terms(H100.match)
+    assert len(terms) == len(H100.match) >= 2
+    assert terms[0] == {
+        "matchExpressions": [
+            {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}
+        ]
+    }
+
+
+def test_pod_requires_a_node_of_the_chosen_accelerator() -> None:
+    assert H100 is not None
+    affinity = build_worker_pod(worker_set(), 0)["spec"]["affinity"]
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == accelerator_terms(H100.match)
+
+
+def test_user_required_terms_are_anded_with_the_accelerator() -> None:
+    zone_a = {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+    zone_b = {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}
+    accel = [
+        {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]},
+        {"matchExpressions": [{"key": "gke", "operator": "In", "values": ["h100"]}]},
+    ]
+    merged = merge_required_terms([zone_a, zone_b], accel)
+    assert len(merged) == 4
+    assert merged[0]["matchExpressions"] == zone_a["matchExpressions"] + accel[0]["matchExpressions"]
+    assert merged[3]["matchExpressions"] == zone_b["matchExpressions"] + accel[1]["matchExpressions"]
+
+
+def test_user_affinity_node_selector_and_preferences_are_kept() -> None:
+    spec = raw_spec()
+    preferred = [{"weight": 1, "preference": {"matchExpressions": [{"key": "k", "operator": "Exists"}]}}]
+    anti = {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "kubernetes.io/hostname"}]}
+    spec["template"]["spec"]["nodeSelector"] = {"pool": "train"}
+    spec["template"]["spec"]["affinity"] = {
+        "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": preferred},
+        "podAntiAffinity": anti,
+    }
+    pod_spec = build_worker_pod(worker_set(spec), 0)["spec"]
+    assert pod_spec["nodeSelector"] == {"pool": "train"}
+    assert pod_spec["affinity"]["podAntiAffinity"] == anti
+    assert (
+        pod_spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == preferred
+    )
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in pod_spec["affinity"]["nodeAffinity"]
+
+
+def test_affinity_without_match_sets_is_left_alone() -> None:
+    assert with_accelerator_affinity(None, []) == {"nodeAffinity": {}}
+
+
+def test_accelerator_taint_is_tolerated_once() -> None:
+    spec = raw_spec()
+    spec["template"]["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    tolerations = build_worker_pod(worker_set(spec), 0)["spec"]["tolerations"]
+    assert tolerations == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    default = build_worker_pod(worker_set(), 0)["spec"]["tolerations"]
+    assert default == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+# ---------------------------------------------------------------------------------------------- rendezvous
+
+
+def test_pytorch_env_for_a_fixed_size_job() -> None:
+    env = env_of(build_worker_pod(worker_set(workers=3, per_worker=8, bounds=(3, 3)), 2))
+    assert env["MASTER_ADDR"] == "llama-worker-0.llama"
+    assert env["MASTER_PORT"] == "29500"
+    assert env["WORLD_SIZE"] == env["NNODES"] == env["PET_NNODES"] == "3"
+    assert env["RANK"] == env["NODE_RANK"] == env["PET_NODE_RANK"] == "2"
+    assert env["NPROC_PER_NODE"] == env["PET_NPROC_PER_NODE"] == "8"
+    assert "PET_RDZV_BACKEND" not in env
+
+
+def test_pytorch_env_for_an_elastic_job_gives_torchrun_a_range() -> None:
+    spec = raw_spec(elastic={"enabled": True}, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 4})
+    env = env_of(build_worker_pod(worker_set(spec, workers=2, bounds=(1, 4)), 0))
+    assert env["PET_NNODES"] == "1:4"
+    assert env["PET_RDZV_BACKEND"] == "c10d"
+    assert env["PET_RDZV_ENDPOINT"] == "llama-worker-0.llama:29500"
+    assert env["PET_RDZV_ID"] == "1234-uid"
+
+
+def test_jax_env() -> None:
+    env = env_of(build_worker_pod(worker_set(raw_spec(framework="jax"), workers=2), 1))
+    assert env == {
+        "JAX_COORDINATOR_ADDRESS": "llama-worker-0.llama:29500",
+        "JAX_NUM_PROCESSES": "2",
+        "JAX_PROCESS_ID": "1",
+    }
+
+
+def test_framework_none_injects_nothing() -> None:
+    pod = build_worker_pod(worker_set(raw_spec(framework="none")), 0)
+    assert env_of(pod) == {}
+    assert "ports" not in pod["spec"]["containers"][0]
+    group = WorkerGroup("j", "u", 1, 1, 1, 1, elastic=False)
+    assert rendezvous_env("none", group, 0) == []
+
+
+def test_user_env_wins_over_injected_env() -> None:
+    spec = raw_spec()
+    spec["template"]["spec"]["containers"][0]["env"] = [{"name": "MASTER_PORT", "value": "1234"}]
+    env = build_worker_pod(worker_set(spec), 0)["spec"]["containers"][0]["env"]
+    assert [variable for variable in env if variable["name"] == "MASTER_PORT"] == [
+        {"name": "MASTER_PORT", "value": "1234"}
+    ]
+
+
+def test_rendezvous_port_is_declared_once() -> None:
+    pod = build_worker_pod(worker_set(), 0)
+    assert pod["spec"]["containers"][0]["ports"] == [
+        {"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"}
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- service
+
+
+def test_headless_service_selects_the_workers() -> None:
+    service = build_headless_service(JOB)
+    assert service["metadata"]["name"] == "llama"
+    assert service["metadata"]["namespace"] == "team-a"
+    assert service["metadata"]["ownerReferences"][0]["uid"] == "1234-uid"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {JOB_LABEL: "llama"}
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert [port["port"] for port in service["spec"]["ports"]] == [29500]
