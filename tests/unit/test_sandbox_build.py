@@ -235,3 +235,75 @@ def test_cached_tools_are_preferred(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert tools.kubectl_path() == tools.tools_bin_dir() / "kubectl"
     assert tools.helm_path() == tools.tools_bin_dir() / "helm"
     assert tools.ensure_tools() == {name: tools.tools_bin_dir() / name for name in tools.TOOL_NAMES}
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI wiring (no control plane needed)
+# ---------------------------------------------------------------------------------------------
+
+
+class _FakeSandbox:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.kubeconfig_path = state_dir / "kubeconfig"
+        self.calls: list[str] = []
+
+    def up(self, timeout: float) -> None:
+        self.calls.append("up")
+
+    def down(self) -> None:
+        self.calls.append("down")
+
+    def env(self) -> dict[str, str]:
+        return {"KUBECONFIG": str(self.kubeconfig_path), "KUBEFIT_SANDBOX_DIR": str(self.state_dir)}
+
+
+def test_cli_has_the_sandbox_actions() -> None:
+    from kubefit.cli.main import build_parser
+
+    parser = build_parser()
+    for action in ("build", "up", "down", "status", "env"):
+        assert parser.parse_args(["sandbox", action]).sandbox_command == action
+    args = parser.parse_args(["sandbox", "kubectl", "get", "pods", "-n", "kube-system"])
+    assert args.kubectl_args == ["get", "pods", "-n", "kube-system"]
+    assert parser.parse_args(["sandbox", "up", "--cluster", "c.yaml"]).cluster == "c.yaml"
+
+
+def test_cli_env_prints_shell_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kubefit.cli.main import main
+
+    state_dir = tmp_path / "state dir"
+    assert main(["sandbox", "--state-dir", str(state_dir), "env"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"export KUBECONFIG='{state_dir / 'kubeconfig'}'" in lines
+    assert f"export KUBEFIT_SANDBOX_DIR='{state_dir}'" in lines
+
+
+def test_cli_up_and_down_drive_the_node_agent_when_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    from kubefit.cli import sandbox as sandbox_cli
+    from kubefit.cli.main import build_parser
+
+    fake = _FakeSandbox(tmp_path)
+    agent_calls: list[tuple[str, object]] = []
+    fake_agent = types.SimpleNamespace(
+        start_agent=lambda sandbox, cluster_file: agent_calls.append(("start", cluster_file)),
+        stop_agent=lambda state_dir: agent_calls.append(("stop", state_dir)),
+    )
+    monkeypatch.setattr(sandbox_cli, "_sandbox", lambda args: fake)
+    monkeypatch.setattr(sandbox_cli, "_node_agent", lambda: fake_agent)
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("{}\n")
+
+    up_args = build_parser().parse_args(["sandbox", "up", "--cluster", str(cluster)])
+    assert up_args.handler(up_args) == 0
+    down_args = build_parser().parse_args(["sandbox", "down"])
+    assert down_args.handler(down_args) == 0
+    no_agent = build_parser().parse_args(["sandbox", "up", "--no-agent"])
+    assert no_agent.handler(no_agent) == 0
+
+    assert fake.calls == ["up", "down", "up"]
+    assert agent_calls == [("start", cluster.resolve()), ("stop", tmp_path)]

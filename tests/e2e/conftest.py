@@ -1,0 +1,37 @@
+"""Fixtures for end-to-end tests against the real local control plane (kubefit sandbox)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from kubefit.sandbox.controlplane import Sandbox
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    """The sandbox, started once per test run (reused if already up).
+
+    Fails, never skips, when the control plane cannot come up: a broken sandbox must not look
+    like a green run. It is stopped at the end only if this fixture started it.
+    """
+    control_plane = Sandbox()
+    already_up = control_plane.is_up()
+    try:
+        control_plane.up()
+    except Exception as error:  # noqa: BLE001 - any failure to start is a test failure
+        pytest.fail(f"kubefit sandbox could not come up ({control_plane.state_dir}): {error}", pytrace=False)
+    previous_kubeconfig = os.environ.get("KUBECONFIG")
+    # Lets code under test that reads KUBECONFIG (kopf, kubernetes client) find the sandbox.
+    os.environ["KUBECONFIG"] = str(control_plane.kubeconfig_path)
+    try:
+        yield control_plane
+    finally:
+        if previous_kubeconfig is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous_kubeconfig
+        if not already_up:
+            control_plane.down()
