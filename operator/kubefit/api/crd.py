@@ -68,7 +68,12 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     if "exclusiveMaximum" in node:  # OpenAPI v3.0 spells it as a boolean beside maximum
         node["maximum"] = node.pop("exclusiveMaximum")
         node["exclusiveMaximum"] = True
-    if default is not None and not isinstance(default, dict | list) and "x-kubernetes-int-or-string" not in node:
+    # 1.20 reads an empty-string default as null and refuses the CRD, so only non-empty scalars
+    if (
+        default not in (None, "")
+        and not isinstance(default, dict | list)
+        and "x-kubernetes-int-or-string" not in node
+    ):
         node["default"] = default
     if description:
         node["description"] = " ".join(description.split())
@@ -107,7 +112,12 @@ def openapi_schema() -> dict[str, Any]:
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Workers", "type": "string", "jsonPath": ".status.workers", "description": "Ready/desired workers"},
+    {
+        "name": "Workers",
+        "type": "string",
+        "jsonPath": ".status.workers",
+        "description": "Ready/desired workers",
+    },
     {"name": "Accelerator", "type": "string", "jsonPath": ".status.sizing.accelerator"},
     {
         "name": "Per-Device",

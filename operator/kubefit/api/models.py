@@ -44,7 +44,9 @@ class Architecture(_Model):
     hidden_size: int = Field(ge=1, description="Model (embedding) width h.")
     attention_heads: int = Field(ge=1, description="Number of query attention heads a.")
     kv_heads: int | None = Field(
-        default=None, ge=1, description="Key/value heads for grouped-query attention. Default: attentionHeads."
+        default=None,
+        ge=1,
+        description="Key/value heads for grouped-query attention. Default: attentionHeads.",
     )
     intermediate_size: int | None = Field(
         default=None, ge=1, description="Width of the MLP's hidden layer. Default: 4 x hiddenSize."
@@ -69,7 +71,9 @@ class Finetuning(_Model):
         "trainable low-rank adapters. qlora: a frozen 4-bit (nf4) base plus adapters.",
     )
     lora_rank: int = Field(
-        default=8, ge=1, description="LoRA rank r, used to estimate the adapters when trainableParameters is absent."
+        default=8,
+        ge=1,
+        description="LoRA rank r, used to estimate the adapters when trainableParameters is absent.",
     )
     trainable_parameters: CountOrString | None = Field(
         default=None,
@@ -108,7 +112,8 @@ class Model(_Model):
         "no fp32 master copy), fp8-mixed.",
     )
     optimizer: Optimizer = Field(
-        default="adamw", description="Optimizer, which sets the optimizer-state bytes per trainable parameter."
+        default="adamw",
+        description="Optimizer, which sets the optimizer-state bytes per trainable parameter.",
     )
     finetuning: Finetuning = Field(default_factory=Finetuning, description="Full training or LoRA/QLoRA.")
 
@@ -213,7 +218,9 @@ class Workers(_Model):
     """Worker count and its elastic bounds."""
 
     replicas: int = Field(
-        default=1, ge=1, description="Desired worker count; the scale subresource (kubectl scale, HPA) writes here."
+        default=1,
+        ge=1,
+        description="Desired worker count; the scale subresource (kubectl scale, HPA) writes here.",
     )
     min_replicas: int | None = Field(
         default=None,
@@ -221,13 +228,15 @@ class Workers(_Model):
         description="Elastic floor. The effective floor is max(minReplicas, the workers memory requires). "
         "Default: replicas.",
     )
-    max_replicas: int | None = Field(
-        default=None, ge=1, description="Elastic ceiling. Default: replicas."
-    )
+    max_replicas: int | None = Field(default=None, ge=1, description="Elastic ceiling. Default: replicas.")
 
     @model_validator(mode="after")
     def _ordered(self) -> Workers:
-        if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
+        if (
+            self.min_replicas is not None
+            and self.max_replicas is not None
+            and self.min_replicas > self.max_replicas
+        ):
             raise ValueError("minReplicas must not exceed maxReplicas")
         return self
 
@@ -237,7 +246,9 @@ class Workers(_Model):
 
     @property
     def ceiling(self) -> int:
-        return self.max_replicas if self.max_replicas is not None else max(self.replicas, self.min_replicas or 1)
+        return (
+            self.max_replicas if self.max_replicas is not None else max(self.replicas, self.min_replicas or 1)
+        )
 
 
 class Elastic(_Model):
@@ -308,12 +319,16 @@ class TrainingJobSpec(_Model):
 class Condition(_Model):
     """A metav1.Condition."""
 
-    type: str = Field(description="Condition type: Sized, Ready, Admitted, Running, Succeeded, Failed, Suspended.")
+    type: str = Field(
+        description="Condition type: Sized, Ready, Admitted, Running, Succeeded, Failed, Suspended."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="A CamelCase reason.")
     message: str = Field(default="", description="A human-readable explanation.")
     observed_generation: int | None = Field(default=None, description="The spec generation this reflects.")
-    last_transition_time: str | None = Field(default=None, description="When the status last changed (RFC 3339).")
+    last_transition_time: str | None = Field(
+        default=None, description="When the status last changed (RFC 3339)."
+    )
 
 
 class MemoryBreakdown(_Model):
@@ -348,13 +363,19 @@ class TrainingJobStatus(_Model):
 
     observed_generation: int | None = Field(default=None, description="The spec generation last reconciled.")
     conditions: list[Condition] = Field(default_factory=list, description="Current conditions.")
-    phase: Phase | None = Field(default=None, description="Summary for printing, derived from the conditions.")
+    phase: Phase | None = Field(
+        default=None, description="Summary for printing, derived from the conditions."
+    )
     sizing: SizingStatus | None = Field(default=None, description="The sizing decision.")
     replicas: int | None = Field(default=None, description="Worker pods that exist.")
     ready_replicas: int | None = Field(default=None, description="Worker pods running.")
-    selector: str | None = Field(default=None, description="Label selector of the workers (scale subresource).")
+    selector: str | None = Field(
+        default=None, description="Label selector of the workers (scale subresource)."
+    )
     restarts: int | None = Field(default=None, description="Worker restarts so far.")
-    workers: str | None = Field(default=None, description="Ready and desired workers as ready/desired, for printing.")
+    workers: str | None = Field(
+        default=None, description="Ready and desired workers as ready/desired, for printing."
+    )
     per_device_memory: str | None = Field(
         default=None, description="Estimated peak memory per device in GiB, for printing."
     )
