@@ -1,0 +1,479 @@
+"""The reconcile decision for one TrainingJob: pure, from an observation to the changes to make.
+
+The controller observes (the job, its worker pods, the node inventory), calls `decide`, and applies the
+Decision: Service and pods to create, pods to delete, the status to write, events to post. Calling it
+again with the same observation gives the same decision, so every trigger can share this one path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.api.validation import FieldError, InvalidSpec, parse_spec
+from kubefit.builders.naming import DNS_LABEL_MAX, JobRef, job_selector, worker_name
+from kubefit.builders.pods import WorkerSet, build_worker_pod
+from kubefit.builders.service import build_headless_service
+from kubefit.reconcile.conditions import ConditionUpdate, apply_conditions, find_condition, is_true
+from kubefit.reconcile.observed import SUCCEEDED, WorkerPod
+from kubefit.reconcile.status import gib, parse_rfc3339, rfc3339, sizing_message, workers_column
+from kubefit.reconcile.workers import WorkerBounds, scale_workers, stop_workers, worker_bounds
+from kubefit.sizing.catalog import Catalog
+from kubefit.sizing.planner import NodeInventory, plan
+
+SIZED, READY, RUNNING, SUCCEEDED_TYPE, FAILED_TYPE, SUSPENDED = (
+    "Sized",
+    "Ready",
+    "Running",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+)
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    job: JobRef
+    generation: int | None
+    spec: Any  # the raw manifest spec
+    status: Mapping[str, Any]
+    pods: Sequence[WorkerPod]  # pods labelled with this job's name
+    inventory: Sequence[NodeInventory]
+    now: datetime
+    already_replaced: frozenset[str] = frozenset()  # uids of failed pods deleted for replacement
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: dict[str, Any]
+    service: dict[str, Any] | None = None
+    create: tuple[dict[str, Any], ...] = ()
+    delete: tuple[str, ...] = ()
+    replace: tuple[WorkerPod, ...] = ()  # failed workers deleted for replacement, counted in status.restarts
+    adopt: tuple[str, ...] = ()  # labelled worker pods without a controller: take ownership
+    events: tuple[JobEvent, ...] = ()
+    delete_job: bool = False  # ttlSecondsAfterFinished has passed
+    sizing: SizingStatus | None = None
+    desired_workers: int = 0
+    requested_accelerators: int = 0
+
+
+@dataclass
+class _Draft:
+    """The parts of a decision being assembled by one of the paths below."""
+
+    phase: str
+    updates: list[ConditionUpdate] = field(default_factory=list)
+    create: tuple[dict[str, Any], ...] = ()
+    delete: tuple[str, ...] = ()
+    replace: tuple[WorkerPod, ...] = ()
+    events: list[JobEvent] = field(default_factory=list)
+    restarts: int = 0
+    desired: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    delete_job: bool = False
+
+
+# ------------------------------------------------------------------------------------------ entry
+
+
+def decide(observation: JobObservation, catalog: Catalog) -> Decision:
+    previous = observation.status
+    ours, adopt = _our_workers(observation)
+    if is_true(_conditions(previous), SUCCEEDED_TYPE) or is_true(_conditions(previous), FAILED_TYPE):
+        return _finish(observation, _finished(observation, ours), None, ours, adopt)
+    try:
+        spec = parse_spec(observation.spec)
+        _check_name(observation.job.name, spec)
+        sizing, bounds = _size(spec, observation.inventory, catalog)
+    except InvalidSpec as invalid:
+        return _finish(observation, _invalid(invalid), None, ours, adopt)
+    if spec.run_policy.suspend:
+        draft = _suspended(sizing, ours)
+    elif not bounds.feasible or not sizing.fits:
+        draft = _blocked(spec, sizing, bounds)
+    else:
+        draft = _active(observation, spec, sizing, bounds, ours, catalog)
+    return _finish(observation, draft, sizing, ours, adopt)
+
+
+def _size(
+    spec: TrainingJobSpec, inventory: Sequence[NodeInventory], catalog: Catalog
+) -> tuple[SizingStatus, WorkerBounds]:
+    """The sizing of the layout that actually runs.
+
+    The planner evaluates spec.workers.replicas; when the clamp to [floor, ceiling] changes the worker
+    count (e.g. memory needs more workers than replicas asks for), the effective count is evaluated again.
+    """
+    sizing = plan(spec, catalog=catalog, inventory=inventory)
+    bounds = worker_bounds(spec, sizing)
+    if bounds.feasible and bounds.desired != spec.workers.replicas:
+        workers = spec.workers.model_copy(update={"replicas": bounds.desired})
+        sizing = plan(spec.model_copy(update={"workers": workers}), catalog=catalog, inventory=inventory)
+    return sizing, bounds
+
+
+# ------------------------------------------------------------------------------------------ paths
+
+
+def _invalid(invalid: InvalidSpec) -> _Draft:
+    message = "invalid spec: " + "; ".join(str(error) for error in invalid.errors)
+    return _Draft(
+        phase="Pending",
+        updates=[
+            ConditionUpdate(SIZED, "Unknown", "InvalidSpec", "the spec must be valid before it can be sized"),
+            ConditionUpdate(READY, "False", "InvalidSpec", message),
+            ConditionUpdate(RUNNING, "False", "InvalidSpec", "no workers are started for an invalid spec"),
+        ],
+    )
+
+
+def _suspended(sizing: SizingStatus, ours: Sequence[WorkerPod]) -> _Draft:
+    message = "spec.runPolicy.suspend is true: the workers are deleted and the job is kept"
+    return _Draft(
+        phase="Suspended",
+        updates=[
+            _sized(sizing),
+            ConditionUpdate(SUSPENDED, "True", "Suspended", message),
+            ConditionUpdate(READY, "False", "Suspended", message),
+            ConditionUpdate(RUNNING, "False", "Suspended", message),
+        ],
+        delete=stop_workers(ours, keep_finished=False),
+        desired=0,
+    )
+
+
+def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds) -> _Draft:
+    if bounds.feasible:
+        reason = "DoesNotFit"
+        headroom = spec.resources.memory_headroom
+        usable = gib(int(sizing.device_memory_bytes * (1 - headroom)))
+        message = (
+            f"{sizing_message(sizing)}: more than the {usable} usable with {headroom:.0%} headroom; "
+            "no workers are started"
+        )
+    else:
+        reason = "TooFewWorkers"
+        field_name = "maxReplicas" if spec.workers.max_replicas is not None else "replicas"
+        message = (
+            f"memory needs at least {bounds.floor} workers but spec.workers.{field_name} allows "
+            f"{bounds.ceiling}; no workers are started"
+        )
+    return _Draft(
+        phase="Pending",
+        updates=[
+            _sized(sizing),
+            ConditionUpdate(READY, "False", reason, message),
+            ConditionUpdate(RUNNING, "False", reason, message),
+        ],
+        desired=0,
+    )
+
+
+def _active(
+    observation: JobObservation,
+    spec: TrainingJobSpec,
+    sizing: SizingStatus,
+    bounds: WorkerBounds,
+    ours: Sequence[WorkerPod],
+    catalog: Catalog,
+) -> _Draft:
+    desired = bounds.desired
+    foreign = [pod for pod in observation.pods if pod not in ours]
+    changes = scale_workers(desired, ours, observation.already_replaced, foreign)
+    restarts = _restarts(observation.status) + len(changes.replace)
+    if restarts > spec.run_policy.max_restarts:
+        return _failed(observation, spec, changes.replace, ours)
+    if _all_succeeded(ours, desired):
+        return _succeeded(observation, sizing, desired)
+
+    accelerator = catalog.get(sizing.accelerator)
+    if accelerator is None:  # the planner chose it from this catalog, so this is a bug, not bad input
+        raise LookupError(f"planner chose {sizing.accelerator!r}, which is not in the catalog")
+    worker_set = WorkerSet(observation.job, spec, sizing, accelerator, desired, bounds.floor, bounds.ceiling)
+    ready = _ready(ours, desired)
+    start_time = observation.status.get("startTime") or (
+        rfc3339(observation.now) if ready >= desired else None
+    )
+    draft = _Draft(
+        phase=_active_phase(ours, desired, ready, start_time),
+        updates=[_sized(sizing), *_readiness(ready, desired, bounds.floor), *_resumed(observation.status)],
+        create=tuple(build_worker_pod(worker_set, index) for index in changes.create),
+        delete=changes.delete,
+        replace=changes.replace,
+        restarts=restarts,
+        desired=desired,
+        start_time=start_time,
+    )
+    draft.events.extend(_restart_events(changes.replace, restarts, spec.run_policy.max_restarts))
+    return draft
+
+
+def _failed(
+    observation: JobObservation,
+    spec: TrainingJobSpec,
+    failures: Sequence[WorkerPod],
+    ours: Sequence[WorkerPod],
+) -> _Draft:
+    names = ", ".join(pod.name for pod in failures)
+    message = (
+        f"worker(s) {names} failed after {_restarts(observation.status)} restart(s); "
+        f"spec.runPolicy.maxRestarts is {spec.run_policy.max_restarts}"
+    )
+    return _Draft(
+        phase="Failed",
+        updates=[
+            ConditionUpdate(FAILED_TYPE, "True", "RestartLimitExceeded", message),
+            ConditionUpdate(READY, "False", "Failed", message),
+            ConditionUpdate(RUNNING, "False", "Failed", message),
+        ],
+        # Running workers of a failed job hold accelerators for nothing; finished ones keep their logs.
+        delete=stop_workers(ours, keep_finished=True),
+        restarts=_restarts(observation.status),
+        desired=0,
+        completion_time=rfc3339(observation.now),
+    )
+
+
+def _succeeded(observation: JobObservation, sizing: SizingStatus, desired: int) -> _Draft:
+    message = f"all {desired} workers succeeded"
+    return _Draft(
+        phase="Succeeded",
+        updates=[
+            _sized(sizing),
+            ConditionUpdate(SUCCEEDED_TYPE, "True", "AllWorkersSucceeded", message),
+            ConditionUpdate(READY, "False", "Succeeded", message),
+            ConditionUpdate(RUNNING, "False", "Succeeded", message),
+        ],
+        restarts=_restarts(observation.status),
+        desired=0,
+        completion_time=rfc3339(observation.now),
+    )
+
+
+def _finished(observation: JobObservation, ours: Sequence[WorkerPod]) -> _Draft:
+    """A job that already succeeded or failed: nothing more runs; the TTL may delete it."""
+    status = observation.status
+    failed = is_true(_conditions(status), FAILED_TYPE)
+    completion = status.get("completionTime") or rfc3339(observation.now)
+    return _Draft(
+        phase="Failed" if failed else "Succeeded",
+        delete=stop_workers(ours, keep_finished=True) if failed else (),
+        restarts=_restarts(status),
+        desired=0,
+        start_time=status.get("startTime"),
+        completion_time=completion,
+        delete_job=_ttl_expired(observation, completion),
+    )
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _conditions(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return list(status.get("conditions") or [])
+
+
+def _restarts(status: Mapping[str, Any]) -> int:
+    return int(status.get("restarts") or 0)
+
+
+def _check_name(job_name: str, spec: TrainingJobSpec) -> None:
+    """The job name becomes the Service name and part of each worker's hostname: both DNS labels."""
+    longest = worker_name(job_name, spec.workers.ceiling - 1)
+    if not _DNS_1035.match(job_name):
+        problem = "must be a DNS label (lowercase letters, digits and '-', starting with a letter)"
+    elif len(longest) > DNS_LABEL_MAX:
+        problem = f"is too long: worker hostname {longest!r} exceeds {DNS_LABEL_MAX} characters"
+    else:
+        return
+    raise InvalidSpec([FieldError("metadata.name", problem)])
+
+
+def _our_workers(observation: JobObservation) -> tuple[list[WorkerPod], tuple[str, ...]]:
+    """Worker pods that belong to this job, and those among them to adopt (labelled, no controller).
+
+    A labelled pod controlled by another uid belongs to an earlier job of the same name that the garbage
+    collector is still removing: it is not ours to count or delete.
+    """
+    ours = [
+        pod
+        for pod in observation.pods
+        if pod.index is not None and pod.controller_uid in (None, observation.job.uid)
+    ]
+    adopt = tuple(pod.name for pod in ours if pod.controller_uid is None and not pod.terminating)
+    return ours, adopt
+
+
+def _counted(pods: Sequence[WorkerPod], already_replaced: frozenset[str]) -> list[WorkerPod]:
+    return [pod for pod in pods if not pod.terminating and pod.uid not in already_replaced]
+
+
+def _ready(ours: Sequence[WorkerPod], desired: int) -> int:
+    return sum(1 for pod in ours if pod.running and pod.index is not None and pod.index < desired)
+
+
+def _all_succeeded(ours: Sequence[WorkerPod], desired: int) -> bool:
+    succeeded = {pod.index for pod in ours if pod.phase == SUCCEEDED and not pod.terminating}
+    return desired > 0 and all(index in succeeded for index in range(desired))
+
+
+def _active_phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str | None) -> str:
+    existing = [pod for pod in ours if not pod.terminating]
+    if ready >= desired and len(existing) == desired:
+        return "Running"
+    if start_time:
+        return "Scaling"
+    if any(pod.unscheduled for pod in existing):
+        return "Queued"
+    return "Pending"
+
+
+def _sized(sizing: SizingStatus) -> ConditionUpdate:
+    if sizing.fits:
+        return ConditionUpdate(SIZED, "True", "Fits", sizing_message(sizing))
+    return ConditionUpdate(SIZED, "False", "DoesNotFit", sizing_message(sizing))
+
+
+def _readiness(ready: int, desired: int, floor: int) -> list[ConditionUpdate]:
+    counts = f"{ready}/{desired} workers running"
+    return [
+        ConditionUpdate(READY, "True", "AllWorkersReady", counts)
+        if ready >= desired
+        else ConditionUpdate(READY, "False", "WorkersNotReady", counts),
+        # Running: enough workers to train (the elastic floor), even while scaling.
+        ConditionUpdate(RUNNING, "True", "WorkersRunning", counts)
+        if ready >= floor
+        else ConditionUpdate(RUNNING, "False", "WorkersStarting", counts),
+    ]
+
+
+def _resumed(status: Mapping[str, Any]) -> list[ConditionUpdate]:
+    if is_true(_conditions(status), SUSPENDED):
+        return [ConditionUpdate(SUSPENDED, "False", "Resumed", "spec.runPolicy.suspend is false")]
+    return []
+
+
+def _restart_events(replaced: Sequence[WorkerPod], restarts: int, max_restarts: int) -> list[JobEvent]:
+    first = restarts - len(replaced) + 1
+    return [
+        JobEvent(
+            "Warning",
+            "WorkerFailed",
+            f"worker {pod.name} failed{f' on {pod.node_name}' if pod.node_name else ''}; replacing it "
+            f"(restart {first + offset} of at most {max_restarts})",
+        )
+        for offset, pod in enumerate(replaced)
+    ]
+
+
+def _ttl_expired(observation: JobObservation, completion: str) -> bool:
+    try:
+        ttl = parse_spec(observation.spec).run_policy.ttl_seconds_after_finished
+    except InvalidSpec:
+        return False
+    finished_at = parse_rfc3339(completion)
+    return (
+        ttl is not None
+        and finished_at is not None
+        and observation.now >= finished_at + timedelta(seconds=ttl)
+    )
+
+
+# Conditions whose change is worth an Event, and the Event's type.
+_EVENTFUL = {
+    (SIZED, "True"): "Normal",
+    (SIZED, "False"): "Warning",
+    (READY, "True"): "Normal",
+    (SUSPENDED, "True"): "Normal",
+    (SUSPENDED, "False"): "Normal",
+    (SUCCEEDED_TYPE, "True"): "Normal",
+    (FAILED_TYPE, "True"): "Warning",
+}
+_EVENTFUL_READY_REASONS = {"InvalidSpec": "Warning", "TooFewWorkers": "Warning"}
+
+
+def _transition_events(
+    previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
+) -> list[JobEvent]:
+    events = []
+    for condition in current:
+        before = find_condition(previous, condition["type"])
+        key = (condition["status"], condition["reason"], condition["message"])
+        if before is not None and (before.get("status"), before.get("reason"), before.get("message")) == key:
+            continue
+        event_type = _EVENTFUL.get((condition["type"], condition["status"]))
+        if condition["type"] == READY and condition["status"] == "False":
+            event_type = _EVENTFUL_READY_REASONS.get(condition["reason"])
+        if event_type:
+            events.append(JobEvent(event_type, condition["reason"], condition["message"]))
+    return events
+
+
+def _finish(
+    observation: JobObservation,
+    draft: _Draft,
+    sizing: SizingStatus | None,
+    ours: Sequence[WorkerPod],
+    adopt: tuple[str, ...],
+) -> Decision:
+    previous = observation.status
+    now = rfc3339(observation.now)
+    conditions = apply_conditions(_conditions(previous), draft.updates, observation.generation, now)
+    existing = _counted(ours, observation.already_replaced)
+    ready = sum(1 for pod in existing if pod.running)
+    if sizing is None and draft.phase in ("Succeeded", "Failed"):
+        sizing = _previous_sizing(previous)
+    status = {
+        "observedGeneration": observation.generation,
+        "conditions": conditions,
+        "phase": draft.phase,
+        "sizing": sizing.model_dump(by_alias=True) if sizing else None,
+        "replicas": len(existing),
+        "readyReplicas": ready,
+        "selector": job_selector(observation.job.name),
+        "restarts": draft.restarts,
+        "workers": workers_column(ready, draft.desired),
+        "perDeviceMemory": gib(sizing.per_device_bytes) if sizing else None,
+        "startTime": draft.start_time or previous.get("startTime"),
+        "completionTime": draft.completion_time or previous.get("completionTime"),
+    }
+    per_worker = sizing.accelerators_per_worker if sizing else 0
+    live = [pod for pod in existing if not pod.finished]
+    return Decision(
+        status=status,
+        service=None if draft.phase in ("Succeeded", "Failed") else build_headless_service(observation.job),
+        create=draft.create,
+        delete=draft.delete,
+        replace=draft.replace,
+        adopt=adopt,
+        events=tuple(_transition_events(_conditions(previous), conditions) + draft.events),
+        delete_job=draft.delete_job,
+        sizing=sizing,
+        desired_workers=draft.desired or 0,
+        requested_accelerators=len(live) * per_worker,
+    )
+
+
+def _previous_sizing(status: Mapping[str, Any]) -> SizingStatus | None:
+    raw = status.get("sizing")
+    try:
+        return SizingStatus.model_validate(raw) if raw else None
+    except ValueError:
+        return None
+
+
+__all__ = ["Decision", "JobEvent", "JobObservation", "decide"]

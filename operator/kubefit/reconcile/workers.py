@@ -1,0 +1,91 @@
+"""How many workers a job runs, and which pods to create or delete to get there.
+
+Effective worker count: spec.workers.replicas clamped to [floor, ceiling] where
+    floor   = max(minReplicas (default: replicas), sizing.minWorkers)
+    ceiling = maxReplicas (default: replicas)
+A floor above the ceiling means the allowed workers cannot hold the job: nothing runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.reconcile.observed import FAILED, WorkerPod
+
+
+@dataclass(frozen=True)
+class WorkerBounds:
+    floor: int
+    ceiling: int
+    desired: int  # the effective worker count; meaningless when not feasible
+
+    @property
+    def feasible(self) -> bool:
+        return self.floor <= self.ceiling
+
+
+def worker_bounds(spec: TrainingJobSpec, sizing: SizingStatus) -> WorkerBounds:
+    workers = spec.workers
+    floor = max(workers.floor, sizing.min_workers)
+    ceiling = workers.ceiling
+    return WorkerBounds(floor=floor, ceiling=ceiling, desired=min(max(workers.replicas, floor), ceiling))
+
+
+@dataclass(frozen=True)
+class WorkerChanges:
+    create: tuple[int, ...] = ()  # worker indices to create, lowest first
+    delete: tuple[str, ...] = ()  # pod names to delete, highest index first
+    replace: tuple[WorkerPod, ...] = ()  # failed workers to delete now and recreate (each is one restart)
+
+
+def _live(pods: Sequence[WorkerPod], already_replaced: Collection[str]) -> list[WorkerPod]:
+    return [pod for pod in pods if pod.index is not None and pod.uid not in already_replaced]
+
+
+def scale_workers(
+    desired: int,
+    pods: Sequence[WorkerPod],
+    already_replaced: Collection[str] = frozenset(),
+    foreign: Sequence[WorkerPod] = (),
+) -> WorkerChanges:
+    """Pods to create (missing indices below `desired`), delete (indices at or above it) and replace (failed).
+
+    `already_replaced` holds uids of failed pods this operator has already deleted; a cache may still show
+    them for a moment, and they must neither count as a second restart nor be deleted again.
+    `foreign` pods (another owner) are left alone, but the names they hold cannot be created yet.
+    """
+    taken = {pod.index for pod in [*pods, *foreign] if pod.index is not None}
+    live = _live(pods, already_replaced)
+    # A replaced pod still shown and not terminating: its deletion may have failed; deleting again is safe.
+    undeleted = [pod.name for pod in pods if pod.uid in already_replaced and not pod.terminating]
+    surplus = sorted(
+        (pod for pod in live if pod.index is not None and pod.index >= desired and not pod.terminating),
+        key=lambda pod: pod.index or 0,
+        reverse=True,
+    )
+    failed = tuple(
+        sorted(
+            (
+                pod
+                for pod in live
+                if pod.index is not None
+                and pod.index < desired
+                and pod.phase == FAILED
+                and not pod.terminating
+            ),
+            key=lambda pod: pod.index or 0,
+        )
+    )
+    return WorkerChanges(
+        create=tuple(index for index in range(desired) if index not in taken),
+        delete=tuple(pod.name for pod in surplus) + tuple(undeleted),
+        replace=failed,
+    )
+
+
+def stop_workers(pods: Sequence[WorkerPod], keep_finished: bool) -> tuple[str, ...]:
+    """Names of workers to delete when the job stops (suspended, failed), highest index first."""
+    doomed = [pod for pod in pods if not pod.terminating and not (keep_finished and pod.finished)]
+    return tuple(pod.name for pod in sorted(doomed, key=lambda pod: pod.index or 0, reverse=True))
