@@ -22,6 +22,12 @@ missing=()
 for package in "${!PACKAGE_FILES[@]}"; do
   [ -x "${PACKAGE_FILES[$package]}" ] || missing+=("$package")
 done
+# `make` creates the virtualenv with python3 -m venv; Debian ships venv/ensurepip separately.
+if ! command -v python3 >/dev/null 2>&1; then
+  missing+=(python3 python3-venv)
+elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
 
 # `apt-get source kubernetes` needs a deb-src entry for bookworm main.
 has_deb_src() {
