@@ -1,0 +1,326 @@
+"""The node agent's pure pieces: what it does with a pod, the status patches, pod IPs, `node list` rows."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubefit.sandbox.nodeagent import (
+    EXIT_ANNOTATION,
+    SHUTDOWN_ANNOTATION,
+    NodeAgentError,
+    PodIPAllocator,
+    add_node_commands,
+    decide,
+    exit_code_from,
+    exited_status_patch,
+    node_rows,
+    parse_rfc3339,
+    rfc3339,
+    running_status_patch,
+)
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+NOW_TEXT = "2026-01-02T03:04:05Z"
+
+
+def make_pod(
+    phase: str | None = None,
+    annotations: dict[str, str] | None = None,
+    init_containers: bool = False,
+    **metadata: Any,
+) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "metadata": {"name": "worker-0", "namespace": "ml", "uid": "uid-1", "annotations": annotations or {}},
+        "spec": {
+            "nodeName": "h100-0",
+            "containers": [
+                {"name": "trainer", "image": "ghcr.io/acme/train:1"},
+                {"name": "sidecar", "image": "busybox"},
+            ],
+        },
+        "status": {
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-02T03:04:00Z"}
+            ]
+        },
+    }
+    pod["metadata"].update(metadata)
+    if phase:
+        pod["status"]["phase"] = phase
+    if init_containers:
+        pod["spec"]["initContainers"] = [{"name": "fetch", "image": "curl"}]
+    return pod
+
+
+# ---------------------------------------------------------------------------------------------
+# decide
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_pending_pod_is_run() -> None:
+    assert decide(make_pod("Pending"), NOW).kind == "run"
+    assert decide(make_pod(None), NOW).kind == "run"  # no phase yet
+
+
+def test_a_running_pod_without_annotation_is_left_alone() -> None:
+    assert decide(make_pod("Running"), NOW).kind == "none"
+
+
+@pytest.mark.parametrize(("value", "code"), [("0", 0), ("1", 1), (" 137 ", 137), ("255", 255)])
+def test_exit_annotation_ends_the_pod_with_its_code(value: str, code: int) -> None:
+    action = decide(make_pod("Running", {EXIT_ANNOTATION: value}), NOW)
+    assert (action.kind, action.exit_code) == ("exit", code)
+
+
+def test_exit_annotation_on_a_pod_not_yet_running_ends_it_directly() -> None:
+    action = decide(make_pod("Pending", {EXIT_ANNOTATION: "0"}), NOW)
+    assert (action.kind, action.exit_code) == ("exit", 0)
+
+
+def test_a_finished_pod_is_not_changed_again_even_if_the_annotation_changes() -> None:
+    for phase in ("Succeeded", "Failed"):
+        assert decide(make_pod(phase, {EXIT_ANNOTATION: "9"}), NOW).kind == "none"
+
+
+@pytest.mark.parametrize("value", ["-1", "256", "yes", "", "1.5", "0x1"])
+def test_bad_exit_annotation_is_reported_with_its_name(value: str) -> None:
+    action = decide(make_pod("Running", {EXIT_ANNOTATION: value}), NOW)
+    assert action.kind == "invalid"
+    assert EXIT_ANNOTATION in action.message and repr(value) in action.message
+
+
+def test_exit_code_from_without_annotation_is_none() -> None:
+    assert exit_code_from(make_pod("Running")) is None
+
+
+def test_a_terminating_running_pod_is_deleted_when_its_grace_period_ends() -> None:
+    deadline = NOW + timedelta(seconds=30)
+    pod = make_pod("Running", deletionTimestamp=rfc3339(deadline), deletionGracePeriodSeconds=30)
+    action = decide(pod, NOW)
+    assert (action.kind, action.delete_at) == ("delete", deadline)
+
+
+def test_shutdown_annotation_shortens_the_wait_but_never_beyond_the_grace_period() -> None:
+    requested = NOW
+    deadline = requested + timedelta(seconds=30)
+    fast = make_pod(
+        "Running",
+        {SHUTDOWN_ANNOTATION: "2"},
+        deletionTimestamp=rfc3339(deadline),
+        deletionGracePeriodSeconds=30,
+    )
+    assert decide(fast, NOW).delete_at == requested + timedelta(seconds=2)
+    slow = make_pod(
+        "Running",
+        {SHUTDOWN_ANNOTATION: "600"},
+        deletionTimestamp=rfc3339(deadline),
+        deletionGracePeriodSeconds=30,
+    )
+    assert decide(slow, NOW).delete_at == deadline
+
+
+def test_a_bad_shutdown_annotation_falls_back_to_the_grace_period() -> None:
+    deadline = NOW + timedelta(seconds=30)
+    pod = make_pod(
+        "Running",
+        {SHUTDOWN_ANNOTATION: "soon"},
+        deletionTimestamp=rfc3339(deadline),
+        deletionGracePeriodSeconds=30,
+    )
+    assert decide(pod, NOW).delete_at == deadline
+
+
+@pytest.mark.parametrize("phase", ["Pending", "Succeeded", "Failed"])
+def test_a_terminating_pod_without_running_containers_is_deleted_at_once(phase: str) -> None:
+    pod = make_pod(
+        phase, deletionTimestamp=rfc3339(NOW + timedelta(seconds=30)), deletionGracePeriodSeconds=30
+    )
+    assert decide(pod, NOW).delete_at == NOW
+
+
+# ---------------------------------------------------------------------------------------------
+# Status patches
+# ---------------------------------------------------------------------------------------------
+
+
+def test_running_patch_has_everything_a_kubelet_reports() -> None:
+    status = running_status_patch(make_pod("Pending"), "10.240.0.2", "10.244.0.2", NOW_TEXT)["status"]
+    assert status["phase"] == "Running"
+    assert (status["hostIP"], status["podIP"], status["podIPs"]) == (
+        "10.240.0.2",
+        "10.244.0.2",
+        [{"ip": "10.244.0.2"}],
+    )
+    assert status["startTime"] == NOW_TEXT
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert {kind: c["status"] for kind, c in conditions.items()} == {
+        "PodScheduled": "True",
+        "Initialized": "True",
+        "ContainersReady": "True",
+        "Ready": "True",
+    }
+    # PodScheduled was already True (set by the scheduler): its transition time is left as it was.
+    assert "lastTransitionTime" not in conditions["PodScheduled"]
+    assert conditions["Ready"]["lastTransitionTime"] == NOW_TEXT
+    containers = status["containerStatuses"]
+    assert [c["name"] for c in containers] == ["trainer", "sidecar"]
+    trainer = containers[0]
+    assert trainer["image"] == "ghcr.io/acme/train:1"
+    assert (trainer["ready"], trainer["started"], trainer["restartCount"]) == (True, True, 0)
+    assert trainer["state"] == {"running": {"startedAt": NOW_TEXT}}
+    assert trainer["containerID"] != containers[1]["containerID"]
+    assert "initContainerStatuses" not in status
+
+
+def test_running_patch_keeps_an_existing_start_time_and_completes_init_containers() -> None:
+    pod = make_pod("Pending", init_containers=True)
+    pod["status"]["startTime"] = "2026-01-02T03:00:00Z"
+    status = running_status_patch(pod, "10.240.0.2", "10.244.0.9", NOW_TEXT)["status"]
+    assert status["startTime"] == "2026-01-02T03:00:00Z"
+    (init,) = status["initContainerStatuses"]
+    assert init["name"] == "fetch" and init["state"]["terminated"]["exitCode"] == 0
+
+
+def test_running_patch_sets_pod_scheduled_for_a_pod_that_skipped_the_scheduler() -> None:
+    pod = make_pod("Pending")
+    pod["status"]["conditions"] = []
+    conditions = running_status_patch(pod, "10.240.0.2", "10.244.0.2", NOW_TEXT)["status"]["conditions"]
+    assert conditions[0] == {"type": "PodScheduled", "status": "True", "lastTransitionTime": NOW_TEXT}
+
+
+@pytest.mark.parametrize(
+    ("pod_ip", "host_ip", "error"),
+    [("10.244.0.300", "10.240.0.2", "10.244.0.300"), ("10.244.0.2", "node-a", "node-a")],
+)
+def test_running_patch_refuses_bad_addresses(pod_ip: str, host_ip: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        running_status_patch(make_pod("Pending"), host_ip, pod_ip, NOW_TEXT)
+
+
+def test_running_patch_refuses_a_pod_without_containers() -> None:
+    pod = make_pod("Pending")
+    pod["spec"]["containers"] = []
+    with pytest.raises(ValueError, match="spec.containers"):
+        running_status_patch(pod, "10.240.0.2", "10.244.0.2", NOW_TEXT)
+
+
+def test_running_patch_does_not_modify_the_pod() -> None:
+    pod = make_pod("Pending", init_containers=True)
+    before = copy.deepcopy(pod)
+    running_status_patch(pod, "10.240.0.2", "10.244.0.2", NOW_TEXT)
+    assert pod == before
+
+
+def running_pod() -> dict[str, Any]:
+    pod = make_pod("Pending")
+    pod["status"].update(
+        running_status_patch(pod, "10.240.0.2", "10.244.0.2", "2026-01-02T03:04:01Z")["status"]
+    )
+    return pod
+
+
+def test_exit_zero_succeeds_with_every_container_terminated() -> None:
+    status = exited_status_patch(running_pod(), 0, "10.240.0.2", "10.244.0.2", NOW_TEXT)["status"]
+    assert status["phase"] == "Succeeded"
+    for container in status["containerStatuses"]:
+        terminated = container["state"]["terminated"]
+        assert (terminated["exitCode"], terminated["reason"]) == (0, "Completed")
+        assert terminated["startedAt"] == "2026-01-02T03:04:01Z"  # when it started running
+        assert terminated["finishedAt"] == NOW_TEXT
+        assert container["ready"] is False and container["started"] is False
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Ready"]["status"] == "False" and conditions["Ready"]["reason"] == "PodCompleted"
+    assert status["podIP"] == "10.244.0.2"
+
+
+def test_non_zero_exit_fails_with_that_code() -> None:
+    status = exited_status_patch(running_pod(), 137, "10.240.0.2", "10.244.0.2", NOW_TEXT)["status"]
+    assert status["phase"] == "Failed"
+    assert {c["state"]["terminated"]["exitCode"] for c in status["containerStatuses"]} == {137}
+    assert {c["state"]["terminated"]["reason"] for c in status["containerStatuses"]} == {"Error"}
+
+
+@pytest.mark.parametrize("code", [-1, 256])
+def test_exit_patch_refuses_out_of_range_codes(code: int) -> None:
+    with pytest.raises(ValueError, match=f"exit code {code}"):
+        exited_status_patch(running_pod(), code, "10.240.0.2", "10.244.0.2", NOW_TEXT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pod IPs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pod_ips_are_unique_stable_and_reused_after_release() -> None:
+    allocator = PodIPAllocator()
+    first = allocator.allocate("a", "10.244.3.0/24")
+    second = allocator.allocate("b", "10.244.3.0/24")
+    assert first == "10.244.3.2"  # .1 is left for the node's bridge
+    assert second == "10.244.3.3"
+    assert allocator.allocate("a", "10.244.3.0/24") == first
+    allocator.release("a")
+    assert allocator.allocate("c", "10.244.3.0/24") == first
+
+
+def test_observed_ips_are_never_handed_out_again() -> None:
+    allocator = PodIPAllocator()
+    allocator.observe("running-before-restart", "10.244.0.2")
+    assert allocator.allocate("new", "10.244.0.0/24") == "10.244.0.3"
+
+
+def test_a_full_pod_cidr_is_an_error() -> None:
+    allocator = PodIPAllocator()
+    # A /30 has two usable hosts; .1 is left for the bridge, so exactly one pod fits.
+    assert allocator.allocate("only", "10.244.0.0/30") == "10.244.0.2"
+    with pytest.raises(NodeAgentError, match="no free pod IP left in 10.244.0.0/30"):
+        allocator.allocate("one-too-many", "10.244.0.0/30")
+
+
+# ---------------------------------------------------------------------------------------------
+# Time format, `node list`, the CLI parser
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rfc3339_round_trip() -> None:
+    assert rfc3339(NOW) == NOW_TEXT
+    assert parse_rfc3339(NOW_TEXT) == NOW
+
+
+def test_node_rows_count_only_active_pods_per_node() -> None:
+    node = {
+        "metadata": {
+            "name": "h100-0",
+            "labels": {
+                "kubefit.dev/sandbox-pool": "h100",
+                "kubefit.dev/sandbox-accelerator": "nvidia-h100-80gb",
+            },
+        },
+        "status": {
+            "allocatable": {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": "8"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    pods = [
+        {"spec": {"nodeName": "h100-0"}, "status": {"phase": "Running"}},
+        {"spec": {"nodeName": "h100-0"}, "status": {"phase": "Succeeded"}},
+        {"spec": {"nodeName": "a100-0"}, "status": {"phase": "Running"}},
+    ]
+    assert node_rows([node], pods) == [
+        ["h100-0", "h100", "nvidia-h100-80gb", "8 nvidia.com/gpu", "96", "1Ti", "True", "1"]
+    ]
+
+
+def test_node_commands_parse() -> None:
+    parser = argparse.ArgumentParser()
+    add_node_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["node", "add", "--accelerator", "nvidia-l4", "--count", "2", "--pool", "l4"])
+    assert (args.accelerator, args.count, args.pool, args.nodes) == ("nvidia-l4", 2, "l4", 1)
+    assert callable(args.handler)
+    assert parser.parse_args(["node", "remove", "a-0", "a-1"]).names == ["a-0", "a-1"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["node", "add", "--count", "many"])
