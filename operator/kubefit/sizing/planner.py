@@ -294,6 +294,18 @@ def _replicas_given(spec: TrainingJobSpec) -> bool:
     return "replicas" in spec.workers.model_fields_set
 
 
+def is_fixed_layout(spec: TrainingJobSpec) -> bool:
+    """Both the accelerator and the count per worker are named: the planner evaluates, not chooses."""
+    return spec.resources.accelerator != "auto" and isinstance(spec.resources.accelerators_per_worker, int)
+
+
+def evaluated_workers(spec: TrainingJobSpec, sizing: SizingStatus) -> int:
+    """The worker count at which `sizing.perDeviceBytes` was estimated."""
+    if is_fixed_layout(spec) and _replicas_given(spec):
+        return effective_workers(spec)
+    return sizing.min_workers
+
+
 # ------------------------------------------------------------------ ranking
 
 
@@ -594,10 +606,7 @@ class _Outcome:
 def _plan(spec: TrainingJobSpec, catalog: Catalog, pools: dict[str, AcceleratorPool] | None) -> _Outcome:
     warnings: list[str] = []
     candidates = _candidates(spec, catalog, pools, warnings)
-    fixed_count = spec.resources.accelerators_per_worker
-    fixed_layout = spec.resources.accelerator != "auto" and isinstance(fixed_count, int)
-
-    if fixed_layout:
+    if is_fixed_layout(spec):
         (candidate,) = candidates
         device, count = candidate.accelerator, candidate.devices_per_worker
         fewest = fewest_workers(spec, device, count)

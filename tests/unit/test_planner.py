@@ -1,0 +1,373 @@
+"""The planner: cheapest fitting layout, fixed layouts, inventory, and remedies that really fit.
+
+Assertions are properties checked against the estimator itself (no layout with fewer devices fits,
+...), so they hold whatever the estimator's coefficients are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.api.validation import InvalidSpec, parse_spec
+from kubefit.sizing.catalog import Accelerator, load_catalog
+from kubefit.sizing.estimator import Layout, estimate
+from kubefit.sizing.planner import (
+    NodeInventory,
+    evaluated_workers,
+    find_remedies,
+    parallel_group,
+    plan,
+    pool_inventory,
+    sizing_summary,
+    unsupported,
+    usable_bytes,
+)
+
+CATALOG = load_catalog()
+TEMPLATE = {"spec": {"containers": [{"name": "trainer", "image": "example/train:1"}]}}
+LLAMA3_8B = {  # meta-llama/Meta-Llama-3-8B config.json
+    "parameters": "8.03B",
+    "architecture": {
+        "layers": 32,
+        "hiddenSize": 4096,
+        "attentionHeads": 32,
+        "kvHeads": 8,
+        "intermediateSize": 14336,
+        "vocabSize": 128256,
+    },
+}
+LLAMA2_70B = {  # meta-llama/Llama-2-70b-hf config.json
+    "parameters": "69B",
+    "architecture": {
+        "layers": 80,
+        "hiddenSize": 8192,
+        "attentionHeads": 64,
+        "kvHeads": 8,
+        "intermediateSize": 28672,
+        "vocabSize": 32000,
+    },
+}
+
+
+def make_spec(**sections: Any) -> TrainingJobSpec:
+    raw: dict[str, Any] = {"template": TEMPLATE, "model": {"parameters": "1B"}}
+    raw.update(sections)
+    return parse_spec(raw)
+
+
+def fits(spec: TrainingJobSpec, device: Accelerator, per_worker: int, workers: int) -> bool:
+    return estimate(spec, device, Layout(per_worker, workers)).total <= usable_bytes(spec, device)
+
+
+def devices(sizing: SizingStatus) -> int:
+    return sizing.accelerators_per_worker * sizing.min_workers
+
+
+def candidate_layouts(spec: TrainingJobSpec, max_devices: int):
+    """Every legal (device, per worker, workers) with at most max_devices devices, as auto considers them."""
+    group = parallel_group(spec)
+    for device in CATALOG:
+        if unsupported(spec, device):
+            continue
+        for per_worker in device.per_node:
+            for workers in range(1, max_devices // per_worker + 1):
+                if (per_worker * workers) % group == 0:
+                    yield device, per_worker, workers
+
+
+AUTO_SPECS = {
+    "1B defaults": make_spec(),
+    "8B full, plain data parallel": make_spec(model=LLAMA3_8B, training={"sequenceLength": 4096}),
+    "8B FSDP": make_spec(model=LLAMA3_8B, training={"sharding": "fsdp", "sequenceLength": 4096}),
+    "70B ZeRO-3, full recompute": make_spec(
+        model=LLAMA2_70B,
+        training={"sharding": "zero3", "activationCheckpointing": "full", "sequenceLength": 4096},
+        workers={"maxReplicas": 64},
+    ),
+    "8B TP4 x PP2": make_spec(
+        model=LLAMA3_8B, training={"tensorParallel": 4, "pipelineParallel": 2}, workers={"maxReplicas": 64}
+    ),
+}
+
+
+@pytest.mark.parametrize("name", AUTO_SPECS)
+def test_auto_picks_a_fitting_layout_and_none_with_fewer_devices_fits(name: str) -> None:
+    spec = AUTO_SPECS[name]
+    sizing = plan(spec)
+    assert sizing.fits, sizing.warnings
+    chosen = CATALOG.get(sizing.accelerator)
+    assert chosen is not None and sizing.accelerators_per_worker in chosen.per_node
+    assert sizing.per_device_bytes <= usable_bytes(spec, chosen)
+    fewer = [
+        (device.name, per_worker, workers)
+        for device, per_worker, workers in candidate_layouts(spec, devices(sizing) - 1)
+        if fits(spec, device, per_worker, workers)
+    ]
+    assert fewer == [], f"{name}: layouts with fewer devices than {sizing_summary(sizing)} fit: {fewer[:3]}"
+
+
+@pytest.mark.parametrize("name", AUTO_SPECS)
+def test_auto_prefers_the_smallest_device_among_equal_counts(name: str) -> None:
+    spec = AUTO_SPECS[name]
+    sizing = plan(spec)
+    smaller = [
+        (device.name, per_worker, workers)
+        for device, per_worker, workers in candidate_layouts(spec, devices(sizing))
+        if per_worker * workers == devices(sizing)
+        and device.memory_bytes < sizing.device_memory_bytes
+        and fits(spec, device, per_worker, workers)
+    ]
+    assert smaller == []
+
+
+def test_tensor_and_pipeline_parallel_need_whole_groups() -> None:
+    spec = AUTO_SPECS["8B TP4 x PP2"]
+    sizing = plan(spec)
+    assert devices(sizing) >= 8 and devices(sizing) % 8 == 0
+
+
+def test_zero3_min_workers_is_the_fewest_that_fit() -> None:
+    spec = make_spec(
+        model=LLAMA2_70B,
+        training={"sharding": "zero3", "activationCheckpointing": "full"},
+        resources={"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 8},
+        workers={"maxReplicas": 16},
+    )
+    sizing = plan(spec)
+    device = CATALOG.get("nvidia-a100-40gb")
+    assert sizing.fits and sizing.min_workers > 1  # 69B x 16 B of state does not fit 8 x 40 GB
+    assert fits(spec, device, 8, sizing.min_workers)
+    assert not fits(spec, device, 8, sizing.min_workers - 1)
+
+
+def test_fixed_layout_with_replicas_is_evaluated_there_even_when_it_does_not_fit() -> None:
+    spec = make_spec(
+        model=LLAMA2_70B,
+        training={"sharding": "zero3", "activationCheckpointing": "full"},
+        resources={"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 8},
+        workers={"replicas": 1, "maxReplicas": 16},
+    )
+    device = CATALOG.get("nvidia-a100-40gb")
+    sizing = plan(spec)
+    assert sizing.accelerator == "nvidia-a100-40gb" and sizing.accelerators_per_worker == 8
+    assert sizing.fits is False
+    assert sizing.per_device_bytes == estimate(spec, device, Layout(8, 1)).total
+    assert evaluated_workers(spec, sizing) == 1
+    # minWorkers still reports what memory requires, and the warning says so.
+    assert sizing.min_workers > 1 and fits(spec, device, 8, sizing.min_workers)
+    assert any(f"{sizing.min_workers} workers" in warning for warning in sizing.warnings)
+
+
+def test_fixed_layout_replicas_are_kept_within_the_elastic_bounds() -> None:
+    spec = make_spec(
+        model=LLAMA3_8B,
+        training={"sharding": "fsdp"},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+        workers={"replicas": 9, "minReplicas": 1, "maxReplicas": 4},
+    )
+    sizing = plan(spec)
+    assert evaluated_workers(spec, sizing) == 4
+    assert sizing.per_device_bytes == estimate(spec, CATALOG.get("nvidia-h100-80gb"), Layout(8, 4)).total
+
+
+def test_fixed_accelerator_chooses_only_its_per_node_counts() -> None:
+    spec = make_spec(model=LLAMA3_8B, training={"sharding": "fsdp"}, resources={"accelerator": "nvidia-l4"})
+    sizing = plan(spec)
+    device = CATALOG.get("nvidia-l4")
+    assert sizing.accelerator == "nvidia-l4" and sizing.accelerators_per_worker in device.per_node
+    assert sizing.fits
+    for per_worker in device.per_node:
+        for workers in range(1, 64 // per_worker + 1):
+            if per_worker * workers < devices(sizing):
+                assert not fits(spec, device, per_worker, workers)
+
+
+def test_fixed_count_with_auto_accelerator_keeps_the_count() -> None:
+    sizing = plan(make_spec(model=LLAMA3_8B, resources={"acceleratorsPerWorker": 2}))
+    assert sizing.accelerators_per_worker == 2
+    assert 2 in CATALOG.get(sizing.accelerator).per_node
+
+
+def test_unknown_accelerator_is_an_invalid_spec_naming_the_field_and_the_known_names() -> None:
+    with pytest.raises(InvalidSpec) as raised:
+        plan(make_spec(resources={"accelerator": "nvidia-h100-800gb"}))
+    (error,) = raised.value.errors
+    assert error.path == "spec.resources.accelerator"
+    assert "nvidia-h100-800gb" in error.message and "nvidia-h100-80gb" in error.message
+
+
+def test_auto_skips_devices_that_cannot_run_the_precision() -> None:
+    small = make_spec(model={"parameters": "100M"})  # fits on anything
+    assert plan(small).accelerator not in {"nvidia-t4", "nvidia-v100-16gb", "nvidia-v100-32gb"}
+    fp32 = make_spec(model={"parameters": "100M", "precision": "fp32"})
+    assert plan(fp32).accelerator == "nvidia-t4"  # the smallest device, usable without bf16
+    fp8 = plan(make_spec(model={"parameters": "100M", "precision": "fp8-mixed"}))
+    assert fp8.accelerator in {"nvidia-l4", "nvidia-l40s", "nvidia-h100-80gb", "nvidia-h200", "nvidia-b200"}
+
+
+def test_a_named_device_that_cannot_run_the_precision_gets_a_warning() -> None:
+    sizing = plan(make_spec(resources={"accelerator": "nvidia-v100-32gb"}))
+    assert any("bf16" in warning and "nvidia-v100-32gb" in warning for warning in sizing.warnings)
+
+
+def test_pytorch_is_not_sized_onto_tpus_but_jax_may_be() -> None:
+    for parameters in ("100M", "3B", "8B"):
+        torch_job = plan(make_spec(model={"parameters": parameters}, framework="pytorch"))
+        assert torch_job.resource_name != "google.com/tpu"
+    jax_small = plan(make_spec(model={"parameters": "100M"}, framework="jax"))
+    assert jax_small.fits
+
+
+# ------------------------------------------------------------------ inventory
+
+
+def nodes(accelerator: str, count: int, allocatable: int, free: int) -> list[NodeInventory]:
+    return [NodeInventory(f"{accelerator}-{index}", accelerator, allocatable, free) for index in range(count)]
+
+
+def test_pool_inventory_groups_nodes_and_counts_placeable_workers() -> None:
+    pools = pool_inventory(
+        [*nodes("nvidia-l4", 3, 4, 2), *nodes("nvidia-l4", 2, 8, 8), *nodes("nvidia-h100-80gb", 1, 8, 0)]
+    )
+    l4 = pools["nvidia-l4"]
+    assert l4.nodes == 5 and l4.largest_node == 8
+    assert l4.workers_placeable(4, free_only=False) == 3 * 1 + 2 * 2
+    assert l4.workers_placeable(2, free_only=True) == 3 * 1 + 2 * 4
+    assert pools["nvidia-h100-80gb"].workers_placeable(1, free_only=True) == 0
+
+
+def test_inventory_restricts_accelerator_types_and_counts() -> None:
+    spec = make_spec(model=LLAMA3_8B, training={"sharding": "fsdp"}, workers={"maxReplicas": 32})
+    without = plan(spec)
+    inventory = nodes("nvidia-l4", 16, 4, 4)
+    sizing = plan(spec, inventory=inventory)
+    assert without.accelerator != "nvidia-l4"  # the catalog offers a cheaper layout elsewhere
+    assert sizing.accelerator == "nvidia-l4"
+    assert sizing.accelerators_per_worker <= 4  # a worker fits on one node
+    assert sizing.fits
+
+
+def test_inventory_prefers_a_layout_placeable_on_free_devices_now() -> None:
+    spec = make_spec(model={"parameters": "1B"})  # fits one device of either kind
+    busy_h100 = nodes("nvidia-h100-80gb", 4, 8, 0)
+    free_h200 = nodes("nvidia-h200", 2, 8, 8)
+    assert plan(spec, inventory=[*busy_h100, *nodes("nvidia-h200", 2, 8, 8)]).accelerator == "nvidia-h200"
+    free_h100 = nodes("nvidia-h100-80gb", 4, 8, 8)
+    assert plan(spec, inventory=[*free_h100, *free_h200]).accelerator == "nvidia-h100-80gb"  # smaller wins
+
+
+def test_inventory_fixed_accelerator_absent_from_the_cluster_is_still_sized_with_a_warning() -> None:
+    spec = make_spec(resources={"accelerator": "nvidia-h100-80gb"})
+    sizing = plan(spec, inventory=nodes("nvidia-l4", 2, 4, 4))
+    assert sizing.accelerator == "nvidia-h100-80gb"
+    assert any("no node in the cluster carries nvidia-h100-80gb" in warning for warning in sizing.warnings)
+
+
+def test_a_thousand_nodes_of_mixed_kinds() -> None:
+    inventory = [
+        NodeInventory(f"node-{index}", name, 8, index % 9)
+        for index, name in enumerate(
+            ["nvidia-a100-80gb", "nvidia-h100-80gb", "nvidia-l40s", "nvidia-l4"] * 250
+        )
+    ]
+    sizing = plan(make_spec(model=LLAMA3_8B, training={"sharding": "fsdp"}), inventory=inventory)
+    assert sizing.fits and sizing.accelerator in {
+        "nvidia-a100-80gb",
+        "nvidia-h100-80gb",
+        "nvidia-l40s",
+        "nvidia-l4",
+    }
+
+
+# ------------------------------------------------------------------ bounds and explanations
+
+
+def test_more_workers_than_max_replicas_is_explained() -> None:
+    spec = make_spec(
+        model=LLAMA2_70B,
+        training={"sharding": "zero3", "activationCheckpointing": "full"},
+        resources={"accelerator": "nvidia-a100-80gb", "acceleratorsPerWorker": 8},
+        workers={"maxReplicas": 1},
+    )
+    sizing = plan(spec)
+    assert sizing.fits and sizing.min_workers > 1
+    assert any("workers.maxReplicas allows 1" in warning for warning in sizing.warnings)
+
+
+def test_raised_elastic_floor_is_explained() -> None:
+    spec = make_spec(
+        model=LLAMA2_70B,
+        training={"sharding": "zero3", "activationCheckpointing": "full"},
+        resources={"accelerator": "nvidia-a100-80gb", "acceleratorsPerWorker": 8},
+        workers={"minReplicas": 1, "maxReplicas": 16},
+    )
+    sizing = plan(spec)
+    assert sizing.min_workers > 1
+    assert any("elastic floor" in warning and "minReplicas" in warning for warning in sizing.warnings)
+
+
+NOT_FITTING = {
+    "8B plain DP on a T4 in fp32": make_spec(
+        model={**LLAMA3_8B, "precision": "fp32"},
+        resources={"accelerator": "nvidia-t4", "acceleratorsPerWorker": 1},
+    ),
+    "70B plain DP, any device": make_spec(model=LLAMA2_70B, training={"sequenceLength": 4096}),
+    "8B on one L4 at 8k tokens": make_spec(
+        model=LLAMA3_8B,
+        training={"microBatchSize": 4, "sequenceLength": 8192},
+        resources={"accelerator": "nvidia-l4", "acceleratorsPerWorker": 1},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", NOT_FITTING)
+def test_nothing_fits_reports_a_best_effort_layout_and_remedies_that_fit_when_applied(name: str) -> None:
+    spec = NOT_FITTING[name]
+    sizing = plan(spec)
+    assert sizing.fits is False
+    assert sizing.per_device_bytes > sizing.device_memory_bytes * (1 - spec.resources.memory_headroom)
+    (explanation,) = [warning for warning in sizing.warnings if warning.startswith("does not fit")]
+    remedies = find_remedies(spec)
+    assert remedies, explanation
+    named = [remedy for remedy in remedies if remedy.description in explanation]
+    assert named, explanation
+    for remedy in remedies:
+        changed = spec
+        for change in remedy.changes:
+            changed = change.apply(changed)
+        replanned = plan(changed)
+        assert replanned.fits, f"{remedy.description} was said to fit: {replanned.warnings}"
+        assert replanned == remedy.sizing.model_copy(update={"warnings": replanned.warnings})
+
+
+def test_hopeless_job_says_nothing_in_the_catalog_holds_it() -> None:
+    spec = make_spec(
+        model={"parameters": "1B", "architecture": {"layers": 24, "hiddenSize": 2048, "attentionHeads": 16}},
+        training={"microBatchSize": 1, "sequenceLength": 4_000_000, "attention": "eager"},
+    )
+    sizing = plan(spec)
+    assert sizing.fits is False
+    assert any("nothing in the catalog holds it" in warning for warning in sizing.warnings)
+
+
+def test_status_shape_and_summary() -> None:
+    sizing = plan(make_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}))
+    dumped = sizing.model_dump(by_alias=True, mode="json")
+    assert set(dumped) == {
+        "accelerator",
+        "resourceName",
+        "deviceMemoryBytes",
+        "acceleratorsPerWorker",
+        "minWorkers",
+        "perDeviceBytes",
+        "fits",
+        "breakdown",
+        "warnings",
+    }
+    assert dumped["resourceName"] == "nvidia.com/gpu" and dumped["deviceMemoryBytes"] == 81559 * 2**20
+    assert sum(dumped["breakdown"].values()) == dumped["perDeviceBytes"]
+    assert sizing_summary(sizing).startswith("8 x nvidia-h100-80gb, ")
+    assert sizing_summary(sizing).endswith(" of 79.6 GiB per device")
