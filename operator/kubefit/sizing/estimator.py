@@ -65,8 +65,7 @@ DROPOUT_MASK_BYTES = 1  # Korthikanti et al. count dropout masks as one byte per
 
 # ZeRO-3 / FSDP: the block being computed and the one being prefetched are unsharded at once.
 ALLGATHER_UNITS_IN_FLIGHT = 2
-# DeepSpeed ZeRO-1/2 reduce and all-gather buckets: 5e8 elements each (DeepSpeedZeroOptimizer
-# reduce_bucket_size / allgather_bucket_size as set in the DeepSpeed config defaults).
+# DeepSpeed ZeRO-1/2 reduce bucket: 5e8 elements (DeepSpeedZeroOptimizer reduce_bucket_size default).
 ZERO_BUCKET_ELEMENTS = 500_000_000
 
 # Runtime context per process (CUDA/ROCm context, cuBLAS workspace, NCCL): PyTorch PR #86509 measured
@@ -191,32 +190,33 @@ def layer_activation_bytes(
     checkpointing: str = "none",
     element_bytes: int = HALF_BYTES,
 ) -> float:
-    """Bytes one transformer layer keeps for its backward pass (Korthikanti et al. 2022, Table 2).
+    """Bytes one transformer layer keeps for its backward pass (Korthikanti et al. 2022, section 4 and
+    Table 2), generalised to grouped-query attention and gated MLPs.
 
-    With ffn = 4h, kvHeads = heads, eager attention and no checkpointing this is sbh(10 + 24/t + 5as/(ht))
-    at 2-byte activations, and sbh(34 + 5as/h) at t = 1. Selective recompute drops the attention-score
-    term; full recompute keeps only the layer input, 2sbh.
+    With ffn = 4h, kvHeads = heads, 2-byte activations, eager attention and no checkpointing this is
+    sbh(34 + 5as/h); selective recompute drops the attention-score term (sbh * 34); full recompute keeps
+    only the layer input, 2sbh. Tensor parallelism is taken with sequence parallelism (Table 2, "tensor +
+    sequence parallel"), which divides every term by t, as Megatron-LM and torchtitan run it.
     """
-    s, b, h, t, e = sequence, micro_batch, shape.hidden, tensor_parallel, element_bytes
+    s, b, h, e = sequence, micro_batch, shape.hidden, element_bytes
     sbh = s * b * h
     if checkpointing == "full":
-        return e * sbh
+        return e * sbh / tensor_parallel
     kv_ratio = shape.kv_heads / shape.heads
     ffn_ratio = shape.ffn / h
-    # Not split by tensor parallelism: two norm inputs, the QKV and MLP inputs, two dropout masks.
-    replicated = sbh * (4 * e + 2 * DROPOUT_MASK_BYTES)
-    # Split: Q, K, V (K and V shrink with GQA), the output-projection input, the MLP's inner tensors
-    # (GeLU input and output; or gate, up, activation and product for a gated MLP).
-    attention_inner = sbh * e * (1 + 2 * kv_ratio + 1)
-    mlp_inner = sbh * e * ffn_ratio * (4 if shape.gated_mlp else 2)
-    split = attention_inner + mlp_inner
+    # Two norm inputs, the QKV input, the attention-output and MLP-output dropout masks.
+    layer = sbh * (3 * e + 2 * DROPOUT_MASK_BYTES)
+    # Q, K, V (K and V shrink with GQA) and the output-projection input.
+    layer += sbh * e * (1 + 2 * kv_ratio + 1)
+    # MLP: its input, then GeLU input and output; or gate, up, activation and product when gated.
+    layer += sbh * e * (1 + ffn_ratio * (4 if shape.gated_mlp else 2))
     if checkpointing == "none":
         if attention == "eager":
             # softmax output + dropout output (e bytes each) + dropout mask, a x s x s per sequence.
-            split += shape.heads * s * s * b * (2 * e + DROPOUT_MASK_BYTES)
+            layer += shape.heads * s * s * b * (2 * e + DROPOUT_MASK_BYTES)
         else:
-            split += shape.heads * s * b * SOFTMAX_STATS_BYTES
-    return replicated + split / t
+            layer += shape.heads * s * b * SOFTMAX_STATS_BYTES
+    return layer / tensor_parallel
 
 
 # ---------------------------------------------------------------- the model being trained
@@ -328,6 +328,17 @@ def _stage_estimate(
     weight_shards = dp if sharding == "zero3" else 1
     gradient_shards = dp if sharding in ("zero2", "zero3") else 1
     optimizer_shards = dp if sharding in ("zero1", "zero2", "zero3") else 1
+    if p > 1 and sharding in ("zero2", "zero3"):
+        # Pipelining runs many micro-batches per step: the stage's parameters stay gathered and its
+        # gradients accumulate unsharded (fp32 under mixed precision) until the last micro-batch
+        # (torchtitan: reshard_after_forward = not pipeline-parallel; DeepSpeed allows only ZeRO-1 with PP).
+        weight_shards = gradient_shards = 1
+        if model.precision in MIXED_PRECISIONS:
+            per = StateBytes(per.weights, FP32_BYTES, per.optimizer, per.step_temporary)
+        warnings.append(
+            f"sharding {training.sharding} with pipelineParallel > 1: parameters and gradients of a stage "
+            "are held unsharded across micro-batches; only optimizer states are sharded"
+        )
 
     trainable = _trainable_parameters(spec, shape)
     if resolved.declared_state is not None:
@@ -338,6 +349,7 @@ def _stage_estimate(
         gradients = state * per.gradients / full / gradient_shards
         optimizer = state * per.optimizer / full / optimizer_shards
         trainable_stage = stage_parameters
+        gathered_bytes = per.weights
     elif trainable is None:
         trainable_stage = stage_parameters
         gathered_bytes = per.weights
@@ -389,7 +401,7 @@ def _stage_estimate(
         # The layer being recomputed holds its full activations during its backward.
         activations += layer_activation_bytes(shape, s, b, t, training.attention, "none", e)
     if stage in ("only", "first"):
-        activations += in_flight * s * b * shape.hidden * DROPOUT_MASK_BYTES  # embedding dropout
+        activations += in_flight * s * b * shape.hidden * DROPOUT_MASK_BYTES / t  # embedding dropout
     logits = 0.0
     if stage in ("only", "last"):
         activations += 2 * e * s * b * shape.hidden / t  # final-norm and output-projection inputs
@@ -397,17 +409,21 @@ def _stage_estimate(
 
     # Overheads.
     runtime_reserve = RUNTIME_RESERVE.get(device.vendor, DEFAULT_RUNTIME_RESERVE)
-    if sharding == "zero3":
-        unit = shape.largest_unit() / t
-        gradient_unit = per.gradients if trainable is None and resolved.declared_state is None else 0
-        communication = unit * (ALLGATHER_UNITS_IN_FLIGHT * gathered_bytes + gradient_unit)
-    elif sharding in ("zero1", "zero2"):
-        communication = 2 * min(ZERO_BUCKET_ELEMENTS, trainable_stage) * per.gradients
-    elif dp > 1:
+    if sharding == "zero3" and weight_shards > 1:
+        # Gathered units beyond the shard the device already holds; never more than the whole stage.
+        gathered = min(ALLGATHER_UNITS_IN_FLIGHT * shape.largest_unit() / t, stage_parameters)
+        if weights > 0:
+            gathered *= 1 - 1 / dp  # the device's own shard is already there (unless offloaded)
+        gradient_bytes = per.gradients if trainable is None and resolved.declared_state is None else 0
+        communication = gathered * gathered_bytes + gathered / ALLGATHER_UNITS_IN_FLIGHT * gradient_bytes
+    elif dp == 1:
+        communication = 0.0  # a single replica communicates nothing
+    elif sharding in ("zero1", "zero2", "zero3"):
+        # The reduce bucket; the all-gather of updated parameters writes into the flat parameter buffer.
+        communication = min(ZERO_BUCKET_ELEMENTS, trainable_stage) * per.gradients
+    else:
         # DDP copies gradients into its flat buckets unless gradient_as_bucket_view=True (PyTorch DDP docs).
         communication = trainable_stage * per.gradients
-    else:
-        communication = 0.0
     if model.finetuning.method == "qlora":
         communication += QLORA_DEQUANT_COPIES * shape.largest_matrix() / t * HALF_BYTES
     step = 0.0

@@ -1,0 +1,267 @@
+"""The memory estimator against hand-computed published figures, and its monotonicity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubefit.api.validation import InvalidSpec, parse_spec
+from kubefit.sizing.architecture import ModelShape, assumed_shape
+from kubefit.sizing.catalog import load_catalog
+from kubefit.sizing.estimator import Layout, estimate, layer_activation_bytes, state_bytes
+
+H100 = load_catalog().get("nvidia-h100-80gb")
+LLAMA3_8B = {
+    "layers": 32,
+    "hiddenSize": 4096,
+    "attentionHeads": 32,
+    "kvHeads": 8,
+    "intermediateSize": 14336,
+    "vocabSize": 128256,
+}  # meta-llama/Llama-3.1-8B config.json
+
+
+def job(model: dict[str, Any] | None = None, **training: Any):
+    return parse_spec(
+        {
+            "template": {"spec": {"containers": [{"name": "t", "image": "i"}]}},
+            "model": model or {"parameters": "8.03B", "architecture": LLAMA3_8B},
+            "training": training,
+        }
+    )
+
+
+# ZeRO paper (arXiv:1910.02054) Table 1: per-device model-state GB for a 7.5B model, Adam, fp16 mixed
+# precision, K = 12, at DP = 1 / 4 / 16 / 64.
+ZERO_TABLE_1 = {
+    "zero1": [120, 52.5, 35.6, 31.4],
+    "zero2": [120, 41.3, 21.6, 16.6],
+    "zero3": [120, 30, 7.5, 1.88],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(ZERO_TABLE_1))
+@pytest.mark.parametrize("column, dp", list(enumerate([1, 4, 16, 64])))
+def test_model_states_reproduce_zero_paper_table_1(stage: str, column: int, dp: int) -> None:
+    spec = job({"parameters": "7.5B", "precision": "fp16-mixed", "optimizer": "adam"}, sharding=stage)
+    result = estimate(spec, H100, Layout(devices_per_worker=dp, workers=1))
+    model_states_gb = (result.weights + result.gradients + result.optimizer_states) / 1e9
+    assert model_states_gb == pytest.approx(ZERO_TABLE_1[stage][column], abs=0.06)
+
+
+GPT = ModelShape(layers=24, hidden=2048, heads=16, kv_heads=16, ffn=8192, vocab=50257, gated_mlp=False)
+
+
+@pytest.mark.parametrize("s, b", [(2048, 1), (1024, 4), (4096, 2)])
+def test_layer_activations_match_korthikanti(s: int, b: int) -> None:
+    sbh, a, h = s * b * GPT.hidden, GPT.heads, GPT.hidden
+    eager = layer_activation_bytes(GPT, s, b, attention="eager", checkpointing="none")
+    assert eager == pytest.approx(sbh * (34 + 5 * a * s / h))
+    assert layer_activation_bytes(GPT, s, b, attention="eager", checkpointing="selective") == pytest.approx(
+        34 * sbh
+    )
+    assert layer_activation_bytes(GPT, s, b, checkpointing="full") == pytest.approx(2 * sbh)
+    # Tensor + sequence parallel row of Table 2: (sbh / t)(34 + 5as/h).
+    assert layer_activation_bytes(GPT, s, b, tensor_parallel=4, attention="eager") == pytest.approx(eager / 4)
+
+
+def test_flash_attention_keeps_only_softmax_statistics() -> None:
+    s, b = 4096, 1
+    flash = layer_activation_bytes(GPT, s, b, attention="flash")
+    assert flash == pytest.approx(34 * s * b * GPT.hidden + 4 * GPT.heads * s * b)
+
+
+def test_grouped_query_and_gated_mlp_change_the_layer_as_derived() -> None:
+    shape = ModelShape(32, 4096, 32, 8, 14336, 128256, gated_mlp=True)
+    sbh = 1024 * 4096
+    # norms 2x2 + QKV input 2 + masks 2 + Q 2 + K,V 2x2x(8/32) + out-proj input 2 + MLP input 2 + 4 x 2 x 3.5
+    expected = sbh * (4 + 2 + 2 + 2 + 1 + 2 + 2 + 28) + 4 * 32 * 1024
+    assert layer_activation_bytes(shape, 1024, 1, attention="sdpa") == pytest.approx(expected)
+    # Llama 3.1 8B from its architecture: 8.03B parameters (untied head).
+    assert shape.total_parameters() == pytest.approx(8.03e9, rel=0.005)
+
+
+def test_per_parameter_bytes_follow_the_published_accounting() -> None:
+    mixed = state_bytes("bf16-mixed", "adamw")  # HF model-training anatomy: 18 B/param unsharded
+    assert mixed.weights + mixed.gradients + mixed.optimizer == 18
+    assert sum(vars(state_bytes("fp32", "adamw")).values()) - 4 == 16  # 4 + 4 + 8, plus a 4 B step temporary
+    assert state_bytes("bf16-mixed", "adamw-8bit").optimizer == 6  # EleutherAI: 4 + 1 + 1
+    assert state_bytes("bf16-mixed", "sgd-momentum").optimizer == 8  # EleutherAI: 4 + 4
+    assert state_bytes("bf16-true", "adamw").optimizer == 4  # bf16 states, no master copy
+    assert state_bytes("fp32", "sgd").optimizer == 0
+
+
+def test_offload_moves_state_to_the_host() -> None:
+    layout = Layout(8, 1)
+    kept = estimate(job(sharding="zero3"), H100, layout)
+    offloaded = estimate(job(sharding="zero3", offload="optimizer-and-parameters"), H100, layout)
+    assert offloaded.weights == offloaded.gradients == offloaded.optimizer_states == 0
+    moved = kept.weights + kept.gradients + kept.optimizer_states
+    assert offloaded.host_bytes_per_worker == pytest.approx(8 * moved, rel=1e-6)
+
+
+def test_lora_trains_only_the_adapters_and_qlora_quantises_the_base() -> None:
+    full = estimate(job(), H100, Layout(1, 1))
+    lora = estimate(
+        job(
+            {
+                "parameters": "8.03B",
+                "architecture": LLAMA3_8B,
+                "precision": "bf16-true",
+                "finetuning": {"method": "lora", "loraRank": 8},
+            }
+        ),
+        H100,
+        Layout(1, 1),
+    )
+    qlora = estimate(
+        job(
+            {
+                "parameters": "8.03B",
+                "architecture": LLAMA3_8B,
+                "precision": "bf16-true",
+                "finetuning": {"method": "qlora", "loraRank": 8},
+            }
+        ),
+        H100,
+        Layout(1, 1),
+    )
+    assert lora.weights == pytest.approx(2 * 8.03e9, rel=0.01)
+    assert lora.gradients < 1e8 and lora.optimizer_states < 2e8
+    assert 0.5 * 7e9 < qlora.weights < 0.5 * 8.03e9 + 2 * 2 * 525e6 + 1e8
+    assert lora.activations == full.activations  # activations are the whole model's either way
+
+
+def test_parameters_alone_give_an_assumed_shape_and_a_warning() -> None:
+    result = estimate(job({"parameters": "6.74B"}), H100, Layout(1, 1))
+    assert any("model.architecture not given" in warning for warning in result.warnings)
+    shape = assumed_shape(6_740_000_000)
+    assert shape.hidden == 4096 and shape.layers == 32  # Llama 2 7B's shape
+
+
+def test_declared_memory_is_used_for_the_training_state() -> None:
+    declared = 120 * 2**30
+    result = estimate(job({"memory": "120Gi", "parameters": "7B"}), H100, Layout(1, 1))
+    assert result.weights + result.gradients + result.optimizer_states == pytest.approx(declared, rel=1e-6)
+    sharded = estimate(job({"memory": "120Gi", "parameters": "7B"}, sharding="fsdp"), H100, Layout(8, 1))
+    assert sharded.weights + sharded.gradients + sharded.optimizer_states == pytest.approx(
+        declared / 8, rel=1e-6
+    )
+
+
+def test_layout_that_parallelism_does_not_divide_names_the_field() -> None:
+    with pytest.raises(InvalidSpec) as error:
+        estimate(job(tensorParallel=4), H100, Layout(6, 1))
+    assert error.value.errors[0].path == "spec.training.tensorParallel"
+
+
+def test_pipeline_stages_beyond_the_layers_name_the_field() -> None:
+    with pytest.raises(InvalidSpec) as error:
+        estimate(job(pipelineParallel=64), H100, Layout(64, 1))
+    assert error.value.errors[0].path == "spec.training.pipelineParallel"
+
+
+def test_pipeline_keeps_activations_of_all_in_flight_micro_batches() -> None:
+    # Korthikanti: the first stage holds p micro-batches x L/p layers, so PP does not divide activations.
+    small_vocab = {**LLAMA3_8B, "vocabSize": 1000}  # makes the first stage the most loaded
+    model = {"parameters": "7.0B", "architecture": small_vocab}
+    one = estimate(job(model, sequenceLength=4096, activationCheckpointing="full"), H100, Layout(1, 1))
+    four = estimate(
+        job(model, sequenceLength=4096, activationCheckpointing="full", pipelineParallel=4),
+        H100,
+        Layout(4, 1),
+    )
+    sbh = 4096 * 4096
+    assert four.stage == "first"
+    # Same 32 layer inputs (4 x 8); embedding-dropout masks for 4 micro-batches; no final-norm/head inputs.
+    assert four.activations == pytest.approx(one.activations + 3 * sbh - 2 * 2 * sbh, abs=2)
+    assert four.logits == 0 and four.weights < one.weights / 3
+
+
+# ------------------------------------------------------------------ monotonicity
+
+specs = st.fixed_dictionaries(
+    {
+        "precision": st.sampled_from(["fp32", "fp16-mixed", "bf16-mixed", "bf16-true", "fp8-mixed"]),
+        "optimizer": st.sampled_from(
+            ["adamw", "adam", "adamw-8bit", "adafactor", "sgd", "sgd-momentum", "lion"]
+        ),
+        "method": st.sampled_from(["full", "lora", "qlora"]),
+        "checkpointing": st.sampled_from(["none", "selective", "full"]),
+        "attention": st.sampled_from(["sdpa", "flash", "eager"]),
+        "offload": st.sampled_from(["none", "optimizer", "optimizer-and-parameters"]),
+        "layers": st.integers(8, 96),
+        "width": st.sampled_from([1024, 2048, 4096, 8192]),
+        "micro_batch": st.integers(1, 16),
+        "sequence": st.integers(128, 32768),
+    }
+)
+
+
+def _spec(
+    draw: dict[str, Any], sharding: str = "none", micro_batch: int | None = None, sequence: int | None = None
+):
+    width = draw["width"]
+    model = {
+        "architecture": {
+            "layers": draw["layers"],
+            "hiddenSize": width,
+            "attentionHeads": width // 128,
+            "vocabSize": 32000,
+        },
+        "parameters": 12 * draw["layers"] * width * width + 2 * 32000 * width,
+        "precision": draw["precision"],
+        "optimizer": draw["optimizer"],
+        "finetuning": {"method": draw["method"]},
+    }
+    return job(
+        model,
+        sharding=sharding,
+        microBatchSize=micro_batch or draw["micro_batch"],
+        sequenceLength=sequence or draw["sequence"],
+        activationCheckpointing=draw["checkpointing"],
+        attention=draw["attention"],
+        offload=draw["offload"],
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs, st.sampled_from(["none", "zero1", "zero2", "zero3"]), st.integers(1, 8))
+def test_more_micro_batch_never_needs_less(draw: dict[str, Any], sharding: str, extra: int) -> None:
+    small = estimate(_spec(draw, sharding, micro_batch=draw["micro_batch"]), H100, Layout(8, 1))
+    large = estimate(_spec(draw, sharding, micro_batch=draw["micro_batch"] + extra), H100, Layout(8, 1))
+    assert large.total >= small.total
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs, st.sampled_from(["none", "zero1", "zero2", "zero3"]), st.integers(1, 4096))
+def test_longer_sequence_never_needs_less(draw: dict[str, Any], sharding: str, extra: int) -> None:
+    short = estimate(_spec(draw, sharding, sequence=draw["sequence"]), H100, Layout(4, 1))
+    long = estimate(_spec(draw, sharding, sequence=draw["sequence"] + extra), H100, Layout(4, 1))
+    assert long.total >= short.total
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs, st.sampled_from([2, 4, 8, 16, 64]))
+def test_a_higher_sharding_stage_never_needs_more_per_device(draw: dict[str, Any], dp: int) -> None:
+    totals = [
+        estimate(_spec(draw, stage), H100, Layout(dp, 1)).total
+        for stage in ("none", "zero1", "zero2", "zero3")
+    ]
+    assert totals == sorted(totals, reverse=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    specs, st.sampled_from(["zero1", "zero2", "zero3", "fsdp"]), st.sampled_from([2, 4, 8]), st.integers(2, 8)
+)
+def test_more_data_parallel_devices_never_need_more_per_device(
+    draw: dict[str, Any], sharding: str, dp: int, factor: int
+) -> None:
+    # From DP = 2 on, once gradients are communicated at all.
+    fewer = estimate(_spec(draw, sharding), H100, Layout(dp, 1)).total
+    more = estimate(_spec(draw, sharding), H100, Layout(dp * factor, 1)).total
+    assert more <= fewer
