@@ -1,0 +1,241 @@
+"""The Helm chart against the real sandbox API server: install, CRD established, RBAC, uninstall.
+
+Nothing runs containers in the sandbox, so the operator pod itself is not exercised here; what is
+checked is what the API server decides: that the chart's objects are accepted, that the CRD serves
+the examples, and that the ServiceAccount may do exactly what the operator needs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kubefit.sandbox.controlplane import Sandbox
+from kubefit.sandbox.tools import helm_path
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kubefit"
+CRD_NAME = "trainingjobs.kubefit.dev"
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    namespace: str
+
+    @property
+    def service_account(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}-kubefit"
+
+
+def _helm(sandbox: Sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = [str(helm_path()), f"--kubeconfig={sandbox.kubeconfig_path}", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert not check or result.returncode == 0, f"helm {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _can_i(sandbox: Sandbox, release: Release, verb: str, resource: str, *scope: str) -> bool:
+    # exit status 0 is "yes", 1 is "no"; anything else is an error, not an answer
+    result = sandbox.kubectl(
+        "auth", "can-i", verb, resource, f"--as={release.service_account}", *scope, check=False
+    )
+    assert result.returncode in (0, 1), result.stderr
+    return result.stdout.strip() == "yes"
+
+
+def _install(sandbox: Sandbox, release: Release, *values: str) -> None:
+    _helm(
+        sandbox,
+        "install",
+        release.name,
+        str(CHART),
+        "--namespace",
+        release.namespace,
+        "--create-namespace",
+        *values,
+    )
+
+
+def _uninstall(sandbox: Sandbox, release: Release) -> None:
+    _helm(sandbox, "uninstall", release.name, "--namespace", release.namespace, "--wait", check=False)
+    sandbox.kubectl(
+        "delete", "namespace", release.namespace, "--wait=false", "--ignore-not-found", check=False
+    )
+
+
+def _wait_established(sandbox: Sandbox, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        crd = json.loads(sandbox.kubectl("get", "crd", CRD_NAME, "-o", "json").stdout)
+        conditions = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+        if conditions.get("Established") == "True":
+            return crd
+        assert time.monotonic() < deadline, f"CRD {CRD_NAME} not established: {conditions}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def release(sandbox: Sandbox) -> Iterator[Release]:
+    """The chart installed with default values (all namespaces) into a fresh namespace."""
+    suffix = uuid.uuid4().hex[:6]
+    installed = Release(name=f"kf{suffix}", namespace=f"e2e-helm-{suffix}")
+    _install(sandbox, installed)
+    try:
+        yield installed
+    finally:
+        _uninstall(sandbox, installed)
+
+
+def test_install_creates_the_operator_objects(sandbox: Sandbox, release: Release) -> None:
+    listed = _helm(sandbox, "list", "--namespace", release.namespace, "--output", "json").stdout
+    (entry,) = [item for item in json.loads(listed) if item["name"] == release.name]
+    assert entry["status"] == "deployed" and entry["app_version"] == "0.1.0"
+    deployment = json.loads(
+        sandbox.kubectl(
+            "get", "deployment", f"{release.name}-kubefit", "-n", release.namespace, "-o", "json"
+        ).stdout
+    )
+    pod_spec = deployment["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == f"{release.name}-kubefit"
+    assert pod_spec["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    sandbox.kubectl("get", "serviceaccount", f"{release.name}-kubefit", "-n", release.namespace)
+    sandbox.kubectl("get", "service", f"{release.name}-kubefit-metrics", "-n", release.namespace)
+    sandbox.kubectl("get", "clusterrole", f"{release.name}-kubefit")
+    sandbox.kubectl("get", "clusterrolebinding", f"{release.name}-kubefit")
+
+
+def test_crd_is_established_with_its_subresources(sandbox: Sandbox, release: Release) -> None:
+    crd = _wait_established(sandbox)
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == "v1alpha1"
+    assert set(version["subresources"]) == {"status", "scale"}
+    assert "tj" in crd["spec"]["names"]["shortNames"]
+
+
+def test_kubectl_explain_shows_the_field_descriptions(sandbox: Sandbox, release: Release) -> None:
+    _wait_established(sandbox)
+    # The API server publishes CRD schemas to OpenAPI a moment after the CRD is established.
+    deadline = time.monotonic() + 60
+    while True:
+        explained = sandbox.kubectl("explain", "trainingjob.spec.model.parameters", check=False)
+        if explained.returncode == 0:
+            break
+        assert time.monotonic() < deadline, explained.stderr
+        time.sleep(1)
+    assert "8.03B" in explained.stdout, explained.stdout
+
+
+def test_the_api_server_accepts_every_example(sandbox: Sandbox, release: Release) -> None:
+    _wait_established(sandbox)
+    for example in sorted((REPO / "examples").glob("*.yaml")):
+        result = sandbox.kubectl(
+            "apply", "--dry-run=server", "-n", release.namespace, "-f", str(example), check=False
+        )
+        assert result.returncode == 0, f"{example.name}: {result.stderr}"
+
+
+ALLOWED_EVERYWHERE = [
+    ("get", "trainingjobs.kubefit.dev"),
+    ("list", "trainingjobs.kubefit.dev"),
+    ("watch", "trainingjobs.kubefit.dev"),
+    ("patch", "trainingjobs.kubefit.dev"),
+    ("patch", "trainingjobs.kubefit.dev", "--subresource=status"),
+    ("patch", "trainingjobs.kubefit.dev", "--subresource=scale"),
+    ("create", "pods"),
+    ("delete", "pods"),
+    ("watch", "pods"),
+    ("create", "services"),
+    ("delete", "services"),
+    ("create", "events"),
+    ("patch", "events"),
+]
+ALLOWED_CLUSTER_WIDE = [
+    ("list", "nodes"),
+    ("watch", "nodes"),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("watch", "namespaces"),
+]
+DENIED = [
+    ("get", "secrets"),
+    ("list", "secrets"),
+    ("delete", "nodes"),
+    ("patch", "nodes"),
+    ("get", "configmaps"),
+    ("create", "trainingjobs.kubefit.dev"),
+    ("delete", "trainingjobs.kubefit.dev"),
+    ("update", "trainingjobs.kubefit.dev"),
+    ("create", "deployments.apps"),
+    ("create", "pods", "--subresource=exec"),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+    ("delete", "namespaces"),
+]
+
+
+def test_service_account_may_do_what_the_operator_needs(sandbox: Sandbox, release: Release) -> None:
+    other_namespace = "default"  # all namespaces are watched: not only the release's own
+    refused = [
+        check for check in ALLOWED_EVERYWHERE if not _can_i(sandbox, release, *check, "-n", other_namespace)
+    ]
+    refused += [check for check in ALLOWED_CLUSTER_WIDE if not _can_i(sandbox, release, *check)]
+    assert not refused, f"the operator's ServiceAccount may not: {refused}"
+
+
+def test_service_account_may_do_nothing_else(sandbox: Sandbox, release: Release) -> None:
+    granted = [check for check in DENIED if _can_i(sandbox, release, *check, "-n", release.namespace)]
+    granted += [check for check in DENIED if _can_i(sandbox, release, *check, "--all-namespaces")]
+    assert not granted, f"the operator's ServiceAccount may also: {granted}"
+
+
+def test_watch_namespaces_limits_rbac_to_those_namespaces(sandbox: Sandbox, release: Release) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    watched = f"e2e-team-{suffix}"
+    sandbox.kubectl("create", "namespace", watched)
+    scoped = Release(name=f"kfns{suffix}", namespace=f"e2e-helm-{suffix}")
+    try:
+        _install(sandbox, scoped, "--set", f"watchNamespaces={{{watched}}}")
+        assert _can_i(sandbox, scoped, "create", "pods", "-n", watched)
+        assert _can_i(
+            sandbox, scoped, "patch", "trainingjobs.kubefit.dev", "--subresource=status", "-n", watched
+        )
+        assert not _can_i(sandbox, scoped, "create", "pods", "-n", "default")
+        assert not _can_i(sandbox, scoped, "list", "trainingjobs.kubefit.dev", "--all-namespaces")
+        assert _can_i(sandbox, scoped, "list", "nodes")  # cluster-scoped reads stay cluster-wide
+    finally:
+        _uninstall(sandbox, scoped)
+        sandbox.kubectl("delete", "namespace", watched, "--wait=false", "--ignore-not-found", check=False)
+
+
+def test_uninstall_removes_everything_but_the_crd(sandbox: Sandbox) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    short_lived = Release(name=f"kfun{suffix}", namespace=f"e2e-helm-{suffix}")
+    _install(sandbox, short_lived)
+    try:
+        _helm(sandbox, "uninstall", short_lived.name, "--namespace", short_lived.namespace, "--wait")
+        name = f"{short_lived.name}-kubefit"
+        for kind, scope in [
+            ("deployment", ["-n", short_lived.namespace]),
+            ("serviceaccount", ["-n", short_lived.namespace]),
+            ("service", ["-n", short_lived.namespace]),
+            ("clusterrole", []),
+            ("clusterrolebinding", []),
+        ]:
+            left = sandbox.kubectl(
+                "get", kind, "-l", f"app.kubernetes.io/instance={short_lived.name}", *scope, "-o", "name"
+            )
+            assert left.stdout.strip() == "", f"{kind} left behind after uninstall: {left.stdout} ({name})"
+        assert not _can_i(sandbox, short_lived, "list", "nodes")
+        # Helm never deletes CRDs (that would delete every TrainingJob); the CRD stays established.
+        _wait_established(sandbox)
+    finally:
+        _uninstall(sandbox, short_lived)
