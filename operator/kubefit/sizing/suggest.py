@@ -90,7 +90,9 @@ def _layout_changes(spec: TrainingJobSpec, sizing: SizingStatus) -> tuple[Change
     changes = []
     if spec.resources.accelerator != sizing.accelerator:
         changes.append(Change("resources.accelerator", sizing.accelerator, OTHER_DEVICE_TRADE_OFF, _any))
-    if spec.resources.accelerators_per_worker != sizing.accelerators_per_worker:
+    if isinstance(spec.resources.accelerators_per_worker, int) and (
+        spec.resources.accelerators_per_worker != sizing.accelerators_per_worker
+    ):
         changes.append(
             Change(
                 "resources.acceleratorsPerWorker",
@@ -162,7 +164,8 @@ def suggest(spec: TrainingJobSpec, catalog: Catalog | None = None) -> list[Sugge
     if not declared.fits:  # no single change may be enough: add the verified (possibly combined) remedies
         listed = {suggestion.description for _, suggestion in found}
         for order, remedy in enumerate(find_remedies(spec, catalog), start=base + 2):
-            if remedy.description not in listed:
+            layout_only = all(change.field.startswith("resources.") for change in remedy.changes)
+            if remedy.description not in listed and not layout_only:  # layouts are listed above
                 trade_off = "; ".join(change.trade_off for change in remedy.changes)
                 consider(order, remedy.changes, remedy.sizing, trade_off)
 

@@ -1,0 +1,185 @@
+"""Suggestions: each one fits when applied, improves on the declared plan, and says what it costs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubefit.api.models import TrainingJobSpec
+from kubefit.api.validation import parse_spec
+from kubefit.sizing.catalog import load_catalog
+from kubefit.sizing.planner import FP8_CAPABLE, plan, replace_field
+from kubefit.sizing.suggest import Suggestion, overprovisioned, suggest
+
+CATALOG = load_catalog()
+TEMPLATE = {"spec": {"containers": [{"name": "trainer", "image": "example/train:1"}]}}
+LLAMA3_8B = {  # meta-llama/Meta-Llama-3-8B config.json
+    "parameters": "8.03B",
+    "architecture": {
+        "layers": 32,
+        "hiddenSize": 4096,
+        "attentionHeads": 32,
+        "kvHeads": 8,
+        "intermediateSize": 14336,
+        "vocabSize": 128256,
+    },
+}
+
+
+def make_spec(**sections: Any) -> TrainingJobSpec:
+    raw: dict[str, Any] = {"template": TEMPLATE, "model": {"parameters": "1B"}}
+    raw.update(sections)
+    return parse_spec(raw)
+
+
+def cost(devices: int, device_memory: int, per_device: int) -> tuple[int, int, int]:
+    return devices, device_memory, per_device
+
+
+def applied(spec: TrainingJobSpec, suggestion: Suggestion) -> TrainingJobSpec:
+    """The spec with the suggestion's changes and its layout written in."""
+    for change in suggestion.changes:
+        spec = change.apply(spec)
+    spec = replace_field(spec, "resources.accelerator", suggestion.sizing.accelerator)
+    return replace_field(spec, "resources.acceleratorsPerWorker", suggestion.sizing.accelerators_per_worker)
+
+
+SPECS = {
+    "8B ZeRO-1 on 8 x H100": make_spec(
+        model=LLAMA3_8B,
+        training={"sharding": "zero1", "activationCheckpointing": "selective"},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+    ),
+    "8B FSDP on A100-40GB": make_spec(
+        model=LLAMA3_8B,
+        training={"sharding": "fsdp", "activationCheckpointing": "full", "sequenceLength": 4096},
+        resources={"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 8},
+    ),
+    "1B auto": make_spec(training={"microBatchSize": 8}),
+}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_suggestions_fit_when_applied_and_are_ranked_cheapest_first(name: str) -> None:
+    spec = SPECS[name]
+    suggestions = suggest(spec)
+    assert suggestions, f"{name}: expected at least one cheaper alternative"
+    keys = [cost(s.devices, s.sizing.device_memory_bytes, s.sizing.per_device_bytes) for s in suggestions]
+    assert keys == sorted(keys)
+    for suggestion in suggestions:
+        replanned = plan(applied(spec, suggestion))
+        assert replanned.fits, suggestion.description
+        assert replanned.per_device_bytes == suggestion.sizing.per_device_bytes
+        assert replanned.accelerators_per_worker * replanned.min_workers == suggestion.devices
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_suggestion_improves_on_the_declared_plan(name: str) -> None:
+    spec = SPECS[name]
+    declared = plan(spec)
+    declared_cost = cost(
+        declared.accelerators_per_worker * declared.min_workers,
+        declared.device_memory_bytes,
+        declared.per_device_bytes,
+    )
+    for suggestion in suggest(spec):
+        assert (
+            cost(
+                suggestion.devices, suggestion.sizing.device_memory_bytes, suggestion.sizing.per_device_bytes
+            )
+            < declared_cost
+        )
+
+
+def test_each_suggestion_says_what_it_trades_away() -> None:
+    suggestions = {s.description: s for s in suggest(SPECS["8B ZeRO-1 on 8 x H100"])}
+    assert all(s.trade_off for s in suggestions.values())
+    qlora = suggestions.get("model.finetuning.method: qlora")
+    assert qlora is not None and "4-bit" in qlora.trade_off and "full fine-tuning" in qlora.trade_off
+    assert qlora.sizing.per_device_bytes < plan(SPECS["8B ZeRO-1 on 8 x H100"]).per_device_bytes
+
+
+def test_full_recompute_is_offered_with_its_compute_cost_when_activations_dominate() -> None:
+    spec = make_spec(
+        model=LLAMA3_8B,
+        training={"sharding": "fsdp", "microBatchSize": 1, "sequenceLength": 8192},
+        resources={"accelerator": "nvidia-h100-80gb"},
+        workers={"maxReplicas": 64},
+    )
+    by_change = {s.description: s for s in suggest(spec)}
+    full = by_change.get("training.activationCheckpointing: full")
+    assert full is not None, list(by_change)
+    assert "+33% compute" in full.trade_off
+    assert full.devices < plan(spec).accelerators_per_worker * plan(spec).min_workers
+
+
+def test_fp8_is_not_suggested_for_a_device_without_fp8_units() -> None:
+    assert "nvidia-a100-40gb" not in FP8_CAPABLE
+    changes = [s.description for s in suggest(SPECS["8B FSDP on A100-40GB"])]
+    assert "model.precision: fp8-mixed" not in changes
+
+
+def test_a_declared_layout_that_does_not_fit_gets_a_remedy_that_does() -> None:
+    spec = make_spec(
+        model=LLAMA3_8B,
+        training={"microBatchSize": 4, "sequenceLength": 4096},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+    )
+    assert not plan(spec).fits
+    suggestions = suggest(spec)
+    assert suggestions and all(s.sizing.fits for s in suggestions)
+    for suggestion in suggestions:
+        assert plan(applied(spec, suggestion)).fits
+
+
+def test_json_shape_of_a_suggestion() -> None:
+    (first, *_) = suggest(SPECS["8B ZeRO-1 on 8 x H100"])
+    shape = first.to_dict()
+    assert set(shape) == {
+        "change",
+        "changes",
+        "accelerator",
+        "acceleratorsPerWorker",
+        "workers",
+        "devices",
+        "perDeviceBytes",
+        "deviceMemoryBytes",
+        "fits",
+        "tradeOff",
+    }
+    assert shape["devices"] == shape["acceleratorsPerWorker"] * shape["workers"]
+    assert all(set(change) == {"field", "value"} for change in shape["changes"])
+
+
+# ------------------------------------------------------------------ overprovisioned
+
+
+def test_a_small_job_on_eight_big_devices_is_overprovisioned_and_the_advice_holds() -> None:
+    spec = make_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8})
+    sizing = plan(spec)
+    sentence = overprovisioned(spec, sizing)
+    assert sentence is not None and sentence.startswith("8 x nvidia-h100-80gb is more than this job needs")
+    assert "acceleratorsPerWorker: 1" in sentence
+    smaller = plan(replace_field(spec, "resources.acceleratorsPerWorker", 1))
+    assert smaller.fits and smaller.accelerators_per_worker * smaller.min_workers * 2 <= 8
+
+
+def test_a_single_oversized_device_points_to_a_device_half_the_size() -> None:
+    spec = make_spec(resources={"accelerator": "nvidia-b200", "acceleratorsPerWorker": 1})
+    sizing = plan(spec)
+    sentence = overprovisioned(spec, sizing)
+    assert sentence is not None
+    suggested = next(device for device in CATALOG if f"set resources.accelerator: {device.name} " in sentence)
+    assert 2 * suggested.memory_bytes <= sizing.device_memory_bytes
+    assert plan(replace_field(spec, "resources.accelerator", suggested.name)).fits
+
+
+def test_a_right_sized_or_auto_or_failing_layout_is_not_flagged() -> None:
+    auto = make_spec()
+    assert overprovisioned(auto, plan(auto)) is None
+    tight = SPECS["8B FSDP on A100-40GB"]  # needs the eight 40 GB devices it asks for
+    assert overprovisioned(tight, plan(tight)) is None
+    failing = make_spec(model=LLAMA3_8B, resources={"accelerator": "nvidia-l4", "acceleratorsPerWorker": 1})
+    assert not plan(failing).fits
+    assert overprovisioned(failing, plan(failing)) is None
