@@ -691,9 +691,10 @@ def _explain(
     need = format_bytes(shown.estimate.total)
     usable = format_bytes(int(shown.usable_bytes))
     headroom = f"{spec.resources.memory_headroom:.0%}"
-    layout = layout_text(shown.accelerator.name, shown.layout.devices_per_worker, shown.layout.workers)
+    shown_text = layout_text(shown.accelerator.name, shown.layout.devices_per_worker, shown.layout.workers)
     head = (
-        f"does not fit: {need} per device needed on {layout}, {usable} usable ({headroom} headroom kept free)"
+        f"does not fit: {need} per device needed on {shown_text}, {usable} usable "
+        f"({headroom} headroom kept free)"
     )
     remedies: list[str] = []
     if outcome.fewest is not None:
