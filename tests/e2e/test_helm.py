@@ -144,6 +144,41 @@ def test_the_api_server_accepts_every_example(sandbox: Sandbox, release: Release
         assert result.returncode == 0, f"{example.name}: {result.stderr}"
 
 
+# (spec override, what the refusal names): rules the CRD schema itself expresses (docs/api.md, Validation)
+SCHEMA_REFUSALS = [
+    ({"framework": "tensorflow"}, "spec.framework"),
+    ({"workers": {"replicas": 0}}, "spec.workers.replicas"),
+    ({"resources": {"memoryHeadroom": 1.5}}, "spec.resources.memoryHeadroom"),
+    ({"model": {"precision": "fp32"}}, "spec.model"),  # neither parameters nor memory
+    ({"modle": {"parameters": "1B"}}, "modle"),  # kubectl's strict field validation
+]
+
+
+@pytest.mark.parametrize(("override", "named"), SCHEMA_REFUSALS, ids=[named for _, named in SCHEMA_REFUSALS])
+def test_the_api_server_refuses_what_the_schema_expresses(
+    sandbox: Sandbox, release: Release, override: dict, named: str
+) -> None:
+    _wait_established(sandbox)
+    spec = {
+        "template": {"spec": {"containers": [{"name": "t", "image": "busybox:1.36"}]}},
+        "model": {"parameters": "1B"},
+    }
+    manifest = {"apiVersion": "kubefit.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "refused"}}
+    manifest["spec"] = {**spec, **override}
+    result = sandbox.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-n",
+        release.namespace,
+        "-f",
+        "-",
+        input=json.dumps(manifest),
+        check=False,
+    )
+    assert result.returncode != 0, result.stdout
+    assert named in result.stderr, result.stderr
+
+
 ALLOWED_EVERYWHERE = [
     ("get", "trainingjobs.kubefit.dev"),
     ("list", "trainingjobs.kubefit.dev"),
