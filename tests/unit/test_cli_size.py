@@ -143,6 +143,8 @@ def test_a_job_that_does_not_fit_still_exits_zero(tmp_path: Path, capsys: pytest
     printed = json.loads(out)
     assert code == 0 and printed["fits"] is False
     assert any(warning.startswith("does not fit") for warning in printed["warnings"])
+    code, table, _ = run_main(capsys, "-f", write(tmp_path, manifest))
+    assert code == 0 and "DOES NOT FIT" in table and "no worker count fits as configured" in table
 
 
 def test_overprovisioned_layout_is_warned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

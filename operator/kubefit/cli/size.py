@@ -186,13 +186,16 @@ def render_table(manifest: dict[str, Any], spec: Any, sizing: Any, suggestions: 
     workers = evaluated_workers(spec, sizing)
     per_worker = sizing.accelerators_per_worker
     verdict = "fits" if sizing.fits else "DOES NOT FIT"
+    if sizing.fits or sizing.min_workers > workers:
+        needs = f"memory needs at least {_count(sizing.min_workers, 'worker')} (minWorkers)"
+    else:
+        needs = "no worker count fits as configured (see warnings)"
     lines = [
         title,
         f"  accelerator   {sizing.accelerator} ({sizing.resource_name}), "
         f"{_gib(sizing.device_memory_bytes)} GiB per device",
         f"  layout        {per_worker} per worker x {_count(workers, 'worker')} "
-        f"= {_count(per_worker * workers, 'device')}; memory needs at least "
-        f"{_count(sizing.min_workers, 'worker')} (minWorkers)",
+        f"= {_count(per_worker * workers, 'device')}; {needs}",
         f"  per device    {_gib(sizing.per_device_bytes)} GiB estimated, {_gib(usable)} GiB usable "
         f"({spec.resources.memory_headroom:.0%} headroom): {verdict}",
         "",
