@@ -13,6 +13,7 @@ import yaml
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.validation import parse_spec
+from kubefit.sandbox.cluster import load_cluster_config
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import NodeInventory, plan
 
@@ -20,13 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))  # examples/sandbox/ holds cluster files, not jobs
 REQUIRED_EXAMPLES = {"quickstart.yaml", "llama3-8b-fsdp.yaml", "bert-large-dp.yaml", "jax-tpu-v5e.yaml"}
 
-# The sandbox's simulated accelerator nodes (examples/sandbox/cluster.yaml): accelerator -> (nodes,
-# devices per node). Every example must be placeable there, so that `kubefit sandbox up` runs them all.
+# The sandbox's simulated accelerator nodes, read from its cluster file: accelerator -> (nodes, devices
+# per node). Every example must be placeable there, so that `kubefit sandbox up` runs them all.
+SANDBOX_CLUSTER = load_cluster_config(REPO / "examples" / "sandbox" / "cluster.yaml")
 SANDBOX_POOLS = {
-    "nvidia-h100-80gb": (2, 8),
-    "nvidia-a100-40gb": (2, 8),
-    "nvidia-l4": (1, 4),
-    "google-tpu-v5e": (1, 4),
+    pool.accelerator.name: (pool.nodes, pool.accelerators_per_node)
+    for pool in SANDBOX_CLUSTER.pools
+    if pool.accelerator is not None
 }
 SANDBOX_INVENTORY = [
     NodeInventory(name=f"{accelerator}-{index}", accelerator=accelerator, allocatable=devices, free=devices)
@@ -53,6 +54,14 @@ def _workers_placeable(accelerator: str, devices_per_worker: int) -> int:
 
 def test_the_promised_examples_exist() -> None:
     assert REQUIRED_EXAMPLES <= {path.name for path in EXAMPLES}
+
+
+def test_sandbox_has_the_accelerators_the_examples_were_written_for() -> None:
+    # the examples' comments count devices against these pools; a smaller sandbox must update them
+    a100_nodes, a100_per_node = SANDBOX_POOLS["nvidia-a100-40gb"]
+    assert a100_nodes >= 2 and a100_per_node >= 8
+    assert SANDBOX_POOLS["nvidia-l4"][1] >= 4
+    assert SANDBOX_POOLS["google-tpu-v5e"][1] >= 4
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
