@@ -259,11 +259,6 @@ def test_bad_cpu_quantity_is_refused() -> None:
         parse_spec(_spec(resources={"cpu": "lots"}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_spec accepts Python names (populate_by_name) that the API server prunes as unknown. "
-    "Fix: TrainingJobSpec.model_validate(raw, by_name=False) in api/validation.py",
-)
 def test_snake_case_field_is_refused_like_the_api_server_prunes_it() -> None:
     with pytest.raises(InvalidSpec, match=r"spec\.workers\.min_replicas: unknown field"):
         parse_spec(_spec(workers={"min_replicas": 2, "replicas": 2}))

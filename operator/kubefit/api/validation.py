@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic.alias_generators import to_camel
 
 from kubefit.api.models import TrainingJobSpec
 
@@ -39,7 +38,7 @@ def field_path(location: tuple[int | str, ...], root: str = "spec") -> str:
         if isinstance(item, int):
             path += f"[{item}]"
         elif not _is_union_tag(item):
-            path += "." + to_camel(item)
+            path += "." + item  # already the manifest's (camelCase) name: validation is by alias
     return path
 
 
@@ -53,7 +52,8 @@ def parse_spec(raw: Any) -> TrainingJobSpec:
     if not isinstance(raw, dict):
         raise InvalidSpec([FieldError("spec", "must be an object")])
     try:
-        return TrainingJobSpec.model_validate(raw)
+        # By alias only: a Python name such as min_replicas is an unknown field, as the API server sees it.
+        return TrainingJobSpec.model_validate(raw, by_alias=True, by_name=False)
     except ValidationError as exc:
         seen: dict[str, str] = {}
         for error in exc.errors():
