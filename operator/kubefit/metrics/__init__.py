@@ -1,1 +1,5 @@
-"""kubefit.metrics."""
+"""Prometheus metrics of the operator: reconcile counts, errors and durations, and per-job gauges."""
+
+from kubefit.metrics.collectors import OperatorMetrics, serve_metrics
+
+__all__ = ["OperatorMetrics", "serve_metrics"]

@@ -1,0 +1,72 @@
+"""`kubefit run`: the TrainingJob operator."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here: kopf and the kubernetes client are slow to import and only `run` needs them.
+    from kubefit.controller.handlers import RESYNC_SECONDS
+    from kubefit.controller.runner import OperatorOptions, default_bind_address, run_operator
+
+    run_operator(
+        OperatorOptions(
+            namespaces=tuple(args.namespace or ()),
+            metrics_port=args.metrics_port,
+            liveness_port=args.liveness_port,
+            bind_address=args.bind_address or default_bind_address(),
+            resync_seconds=args.resync_seconds or RESYNC_SECONDS,
+            catalog_path=args.catalog,
+            verbose=args.verbose,
+            debug=args.debug,
+        )
+    )
+    return 0
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="run the operator (kubeconfig from $KUBECONFIG, else in-cluster)",
+        description="Run the TrainingJob operator: sizes jobs, runs their workers, exports metrics.",
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        metavar="NS",
+        help="watch this namespace (repeatable; globs allowed)",
+    )
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8000,
+        metavar="N",
+        help="Prometheus /metrics port; 0 = any free port",
+    )
+    parser.add_argument(
+        "--liveness-port", type=int, default=8080, metavar="N", help="/healthz port; 0 = any free port"
+    )
+    parser.add_argument(
+        "--bind-address",
+        metavar="ADDR",
+        help="address of both endpoints (default: 0.0.0.0 in a pod, 127.0.0.1 elsewhere)",
+    )
+    parser.add_argument(
+        "--resync-seconds",
+        type=float,
+        metavar="S",
+        help="reconcile every job at least this often (default 30)",
+    )
+    parser.add_argument(
+        "--catalog", metavar="FILE", help="extra accelerator catalog (default: $KUBEFIT_CATALOG)"
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="log every reconcile")
+    parser.add_argument("--debug", action="store_true", help="log kopf's internals too")
+    parser.set_defaults(handler=_run)

@@ -1,0 +1,101 @@
+"""kopf handlers: thin triggers of the one reconcile path, and the indexes it observes.
+
+Indexes (kept current by kopf's watches, populated before any handler runs):
+- kubefit_nodes: node name -> NodeFacts (labels, allocatable);
+- kubefit_pod_usage: node name -> PodUsage of each bound, non-terminated pod (any pod, not only workers);
+- kubefit_workers: (namespace, job name) -> WorkerPod of each pod labelled kubefit.dev/job.
+Triggers: TrainingJob create/update/resume, a timer every RESYNC_SECONDS, and any event of a worker pod.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+
+from kubefit import GROUP, VERSION
+from kubefit.api.crd import PLURAL
+from kubefit.builders.naming import JOB_LABEL
+from kubefit.controller.reconciler import ClusterView, JobKey, Reconciler
+from kubefit.reconcile.inventory import NodeFacts, PodUsage, node_facts, pod_usage
+from kubefit.reconcile.observed import WorkerPod, worker_from_pod
+
+RESYNC_SECONDS = 30.0
+JOBS = (GROUP, VERSION, PLURAL)
+
+
+def _values(index: kopf.Index[Any, Any]) -> list[Any]:
+    return [value for store in index.values() for value in store]
+
+
+def cluster_view(
+    kubefit_nodes: kopf.Index[str, NodeFacts],
+    kubefit_pod_usage: kopf.Index[str, PodUsage],
+    kubefit_workers: kopf.Index[JobKey, WorkerPod],
+) -> ClusterView:
+    """Reads the live indexes lazily, so a reconcile that goes round again sees fresh contents."""
+
+    def usage() -> Mapping[str, Iterable[PodUsage]]:
+        return {node: list(store) for node, store in kubefit_pod_usage.items()}
+
+    def workers(key: JobKey) -> list[WorkerPod]:
+        return list(kubefit_workers.get(key, []))
+
+    return ClusterView(nodes=lambda: _values(kubefit_nodes), usage=usage, workers=workers)
+
+
+def register(
+    registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_seconds: float = RESYNC_SECONDS
+) -> None:
+    """Adds the indexes and handlers to `registry` (explicit, so that importing has no side effects)."""
+
+    # A plain OperatorRegistry has no default login (kopf's global one does): use the kubernetes
+    # client's configuration, i.e. $KUBECONFIG or the pod's service account.
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.index("", "v1", "nodes", id="kubefit_nodes", registry=registry)
+    def kubefit_nodes(body: kopf.Body, name: str, **_: Any) -> dict[str, NodeFacts]:
+        return {name: node_facts(body)}
+
+    @kopf.index("", "v1", "pods", id="kubefit_pod_usage", registry=registry)
+    def kubefit_pod_usage(body: kopf.Body, **_: Any) -> dict[str, PodUsage] | None:
+        usage = pod_usage(body)
+        return {usage.node_name: usage} if usage else None
+
+    @kopf.index("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, id="kubefit_workers", registry=registry)
+    def kubefit_workers(
+        body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any
+    ) -> dict[JobKey, WorkerPod]:
+        worker = worker_from_pod(body)
+        return {(namespace, labels[JOB_LABEL]): worker} if worker else {}
+
+    def reconcile_job(trigger: str, namespace: str, name: str, **indexes: Any) -> None:
+        reconciler.reconcile((namespace, name), trigger, cluster_view(**indexes))
+
+    # create, update (incl. `kubectl scale`) and resume (operator start) all lead to the same reconcile.
+    @kopf.on.resume(*JOBS, id="resume", registry=registry)
+    @kopf.on.create(*JOBS, id="create", registry=registry)
+    @kopf.on.update(*JOBS, id="update", registry=registry)
+    def job_changed(namespace: str, name: str, reason: str, **kwargs: Any) -> None:
+        reconcile_job(str(reason), namespace, name, **_indexes(kwargs))
+
+    @kopf.timer(*JOBS, interval=resync_seconds, id="resync", registry=registry)
+    def job_resync(namespace: str, name: str, **kwargs: Any) -> None:
+        reconcile_job("timer", namespace, name, **_indexes(kwargs))
+
+    @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, id="worker_pod", registry=registry)
+    def worker_pod_event(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+        reconcile_job("pod", namespace, labels[JOB_LABEL], **_indexes(kwargs))
+
+    @kopf.on.event(*JOBS, id="job_deleted", registry=registry)
+    def job_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) -> None:
+        # Metrics of a deleted job go with it (kopf's delete handlers would need the object to linger).
+        if event.get("type") == "DELETED":
+            reconciler.forget((namespace, name))
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: kwargs[name] for name in ("kubefit_nodes", "kubefit_pod_usage", "kubefit_workers")}

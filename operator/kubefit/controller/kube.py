@@ -1,0 +1,84 @@
+"""Kubernetes I/O for the reconciler: every call idempotent (409 on create, 404 on delete are success)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kubefit import GROUP, VERSION
+from kubefit.api.crd import PLURAL
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def _status_of(error: ApiException) -> int:
+    return int(error.status or 0)
+
+
+class KubeApi:
+    """The few calls the operator makes, with Kubernetes' idempotence rules applied."""
+
+    def __init__(self, api_client: client.ApiClient | None = None):
+        self._api_client = api_client or client.ApiClient()
+        self.core = client.CoreV1Api(self._api_client)
+        self.custom = client.CustomObjectsApi(self._api_client)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        except ApiException as error:
+            if _status_of(error) == 404:
+                return None
+            raise
+
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        # A merge patch: null removes a field (e.g. sizing of a spec that became invalid).
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+        )
+
+    def delete_job(self, namespace: str, name: str) -> bool:
+        return self._ignoring_404(
+            lambda: self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
+            )
+        )
+
+    def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """True if created, False if a pod of that name already exists (deterministic names)."""
+        return self._ignoring_409(lambda: self.core.create_namespaced_pod(namespace, manifest))
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        """True if deleted now, False if it was already gone."""
+        return self._ignoring_404(lambda: self.core.delete_namespaced_pod(name, namespace))
+
+    def adopt_pod(self, namespace: str, name: str, owner: dict[str, Any]) -> bool:
+        patch = {"metadata": {"ownerReferences": [owner]}}
+        return self._ignoring_404(
+            lambda: self.core.patch_namespaced_pod(name, namespace, patch, _content_type=MERGE_PATCH)
+        )
+
+    def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        return self._ignoring_409(lambda: self.core.create_namespaced_service(namespace, manifest))
+
+    @staticmethod
+    def _ignoring_409(call: Any) -> bool:
+        try:
+            call()
+        except ApiException as error:
+            if _status_of(error) == 409:
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _ignoring_404(call: Any) -> bool:
+        try:
+            call()
+        except ApiException as error:
+            if _status_of(error) == 404:
+                return False
+            raise
+        return True

@@ -1,0 +1,88 @@
+"""Starting the operator: kopf settings, the metrics and liveness endpoints, and kopf's run loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import kopf
+from kubernetes import config
+
+from kubefit import GROUP
+from kubefit.controller.handlers import RESYNC_SECONDS, register
+from kubefit.controller.kube import KubeApi
+from kubefit.controller.reconciler import Reconciler
+from kubefit.metrics import OperatorMetrics, serve_metrics
+from kubefit.sizing.catalog import load_catalog
+
+FINALIZER = f"{GROUP}/finalizer"
+logger = logging.getLogger("kubefit.operator")
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    metrics_port: int = 8000  # 0: any free port
+    liveness_port: int = 8080  # 0: any free port
+    bind_address: str = "127.0.0.1"  # see default_bind_address
+    resync_seconds: float = RESYNC_SECONDS
+    catalog_path: str | None = None
+    verbose: bool = False
+    debug: bool = False
+
+
+def default_bind_address() -> str:
+    # In a pod the kubelet probes and Prometheus scrapes the pod IP; on a workstation stay on loopback.
+    return "0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1"
+
+
+def operator_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    # Annotations, not status.kopf: the status schema is structural and would prune kopf's field.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.enabled = True
+    # Only the operator's own events and real problems; kopf's per-handler chatter stays in the log.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    return settings
+
+
+def _free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
+
+
+def _load_kubeconfig() -> None:
+    """KUBECONFIG (or ~/.kube/config), else the pod's service account."""
+    try:
+        config.load_kube_config()
+    except config.ConfigException:
+        config.load_incluster_config()
+
+
+def run_operator(options: OperatorOptions) -> None:
+    kopf.configure(verbose=options.verbose, debug=options.debug)
+    _load_kubeconfig()
+    metrics = OperatorMetrics(process_metrics=True)
+    metrics_port = serve_metrics(metrics, options.bind_address, options.metrics_port)
+    liveness_port = options.liveness_port or _free_port(options.bind_address)
+    # Printed (and flushed) so that whoever started the operator can find the chosen ports.
+    print(f"kubefit: metrics on http://{options.bind_address}:{metrics_port}/metrics", flush=True)
+    print(f"kubefit: liveness on http://{options.bind_address}:{liveness_port}/healthz", flush=True)
+
+    registry = kopf.OperatorRegistry()
+    reconciler = Reconciler(KubeApi(), load_catalog(options.catalog_path), metrics)
+    register(registry, reconciler, options.resync_seconds)
+    kopf.run(
+        registry=registry,
+        settings=operator_settings(),
+        standalone=True,  # one replica (the chart's Deployment): no peering objects needed
+        clusterwide=not options.namespaces,
+        namespaces=options.namespaces,
+        liveness_endpoint=f"http://{options.bind_address}:{liveness_port}/healthz",
+    )
