@@ -250,10 +250,6 @@ def test_bad_spec_is_refused_naming_the_field(spec: Any, path: str, word: str) -
     assert path in str(raised.value)  # the message the operator writes into the Ready condition
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resources.cpu is not validated as a CPU quantity yet (models.Resources has no validator for cpu)",
-)
 def test_bad_cpu_quantity_is_refused() -> None:
     with pytest.raises(InvalidSpec, match=r"spec\.resources\.cpu"):
         parse_spec(_spec(resources={"cpu": "lots"}))

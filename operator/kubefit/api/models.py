@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from kubefit.api.quantity import parse_bytes, parse_count
+from kubefit.api.quantity import parse_bytes, parse_count, parse_cpu_millis
 
 Framework = Literal["pytorch", "jax", "none"]
 Precision = Literal["fp32", "fp16-mixed", "bf16-mixed", "bf16-true", "fp8-mixed"]
@@ -211,6 +211,13 @@ class Resources(_Model):
     def _memory(cls, value: QuantityOrString | None) -> QuantityOrString | None:
         if value is not None:
             parse_bytes(value)
+        return value
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: QuantityOrString | None) -> QuantityOrString | None:
+        if value is not None:
+            parse_cpu_millis(value)
         return value
 
 

@@ -64,6 +64,25 @@ def parse_bytes(value: int | float | str) -> int:
     return int(number)
 
 
+_CPU_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)(m?)\s*$")
+
+
+def parse_cpu_millis(value: int | float | str) -> int:
+    """A Kubernetes CPU quantity ("8", "500m", 0.5) in millicores."""
+    if isinstance(value, bool):
+        raise ValueError("must be a CPU quantity such as '8' or '500m'")
+    if isinstance(value, int | float):
+        millis = Decimal(str(value)) * 1000
+    else:
+        match = _CPU_RE.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a CPU quantity, e.g. '8' or '500m'")
+        millis = Decimal(match.group(1)) * (1 if match.group(2) else 1000)
+    if millis <= 0:
+        raise ValueError("must be greater than zero")
+    return int(millis)
+
+
 def format_bytes(value: int) -> str:
     """Bytes as GiB with one decimal, the unit the status messages use."""
     return f"{value / 2**30:.1f} GiB"
