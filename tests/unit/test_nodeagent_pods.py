@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,8 +15,10 @@ import pytest
 from kubefit.sandbox.nodeagent import (
     EXIT_ANNOTATION,
     SHUTDOWN_ANNOTATION,
+    KeyedTimers,
     NodeAgentError,
     PodIPAllocator,
+    WatchExpired,
     add_node_commands,
     decide,
     exit_code_from,
@@ -22,6 +27,7 @@ from kubefit.sandbox.nodeagent import (
     parse_rfc3339,
     rfc3339,
     running_status_patch,
+    watch_events,
 )
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -324,3 +330,89 @@ def test_node_commands_parse() -> None:
     assert parser.parse_args(["node", "remove", "a-0", "a-1"]).names == ["a-0", "a-1"]
     with pytest.raises(SystemExit):
         parser.parse_args(["node", "add", "--count", "many"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Watch stream parsing and timers (no API server: a recorded response stands in for the stream)
+# ---------------------------------------------------------------------------------------------
+
+
+class RecordedResponse:
+    def __init__(self, lines: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(line) + "\n" for line in lines)
+        # Split mid-line to check that events spanning chunks are put back together.
+        self._chunks = [text[:7].encode(), text[7:].encode()]
+        self.closed = False
+
+    def stream(self, amt: Any = None, decode_content: Any = None) -> Iterator[bytes]:
+        yield from self._chunks
+
+    def close(self) -> None:
+        self.closed = True
+
+    def release_conn(self) -> None:
+        pass
+
+
+def pod_event(kind: str, version: str) -> dict[str, Any]:
+    return {"type": kind, "object": {"metadata": {"name": "p", "resourceVersion": version}}}
+
+
+def test_watch_events_yields_each_event_and_asks_for_bookmarks() -> None:
+    calls: list[dict[str, Any]] = []
+    response = RecordedResponse(
+        [pod_event("ADDED", "11"), pod_event("BOOKMARK", "12"), pod_event("DELETED", "13")]
+    )
+
+    def list_pods(**kwargs: Any) -> RecordedResponse:
+        calls.append(kwargs)
+        return response
+
+    events = list(watch_events(list_pods, "10", field_selector="spec.nodeName!="))
+    assert [(e["type"], e["object"]["metadata"]["resourceVersion"]) for e in events] == [
+        ("ADDED", "11"),
+        ("BOOKMARK", "12"),
+        ("DELETED", "13"),
+    ]
+    (call,) = calls
+    assert (
+        call["watch"] is True and call["resource_version"] == "10" and call["allow_watch_bookmarks"] is True
+    )
+    assert call["field_selector"] == "spec.nodeName!="
+    assert response.closed
+
+
+def test_watch_events_turns_410_into_watch_expired() -> None:
+    gone = {
+        "type": "ERROR",
+        "object": {"kind": "Status", "code": 410, "message": "too old resource version: 5"},
+    }
+    response = RecordedResponse([pod_event("ADDED", "6"), gone])
+    events = watch_events(lambda **_: response, "5")
+    assert next(events)["type"] == "ADDED"
+    with pytest.raises(WatchExpired, match="too old resource version"):
+        next(events)
+    assert response.closed
+
+
+def test_watch_events_raises_other_errors() -> None:
+    failure = {"type": "ERROR", "object": {"kind": "Status", "code": 500, "message": "etcd is sad"}}
+    with pytest.raises(NodeAgentError, match="watch error: etcd is sad"):
+        list(watch_events(lambda **_: RecordedResponse([failure]), "1"))
+
+
+def test_timers_run_in_due_order_and_a_rescheduled_or_cancelled_key_runs_once_or_never() -> None:
+    timers = KeyedTimers()
+    stop = threading.Event()
+    ran: list[str] = []
+    timers.schedule("late", 0.15, lambda: ran.append("late"))
+    timers.schedule("early", 0.05, lambda: ran.append("early"))
+    timers.schedule("moved", 0.01, lambda: ran.append("moved-first"))
+    timers.schedule("moved", 0.10, lambda: ran.append("moved-again"))  # replaces the first
+    timers.schedule("cancelled", 0.02, lambda: ran.append("cancelled"))
+    timers.cancel("cancelled")
+    timers.schedule("stop", 0.3, stop.set)
+    runner = threading.Thread(target=timers.run, args=(stop,))
+    runner.start()
+    runner.join(timeout=5)
+    assert ran == ["early", "moved-again", "late"]

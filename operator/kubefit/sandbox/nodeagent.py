@@ -360,7 +360,7 @@ def watch_events(
 ) -> Iterator[dict]:
     """Raw watch events ({type, object}) from resource_version until the server closes the watch.
 
-    Bookmarks are asked for so the caller's resourceVersion stays fresh; they are not yielded.
+    Bookmarks are asked for (and yielded) so that the caller's resourceVersion stays fresh.
     """
     response = list_function(
         watch=True,
@@ -501,6 +501,18 @@ def ensure_pool_nodes(core: Any, config: ClusterConfig) -> list[str]:
     return created
 
 
+# Cluster-file fields as `node add` spells them.
+_OPTION_FOR_FIELD = {"acceleratorsPerNode": "--count", "cpu": "--cpu", "memory": "--memory", "name": "--pool"}
+
+
+def _as_option_error(message: str) -> str:
+    """ "node add(h100).cpu must be ..." -> "--cpu must be ..."."""
+    match = re.match(r"^node add(?:\([^)]*\))?\.(\w+)(.*)$", message, re.DOTALL)
+    if match and match.group(1) in _OPTION_FOR_FIELD:
+        return _OPTION_FOR_FIELD[match.group(1)] + match.group(2)
+    return message
+
+
 def add_nodes(
     core: Any,
     accelerator: str | None,
@@ -553,12 +565,9 @@ def add_nodes(
     overrides = {"acceleratorsPerNode": count, "cpu": cpu, "memory": memory}
     raw.update({key: value for key, value in overrides.items() if value is not None})
     try:
-        # Errors read e.g. "kubefit sandbox node add(h100).cpu must be ...": the field is the option.
-        node_pool = parse_pool(
-            {k: v for k, v in raw.items() if v is not None}, "kubefit sandbox node add", catalog
-        )
+        node_pool = parse_pool({k: v for k, v in raw.items() if v is not None}, "node add", catalog)
     except ClusterConfigError as exc:
-        raise NodeAgentError(str(exc)) from None
+        raise NodeAgentError(_as_option_error(str(exc))) from None
     taken = {n["metadata"]["name"] for n in existing}
     cidrs = [(n.get("spec") or {}).get("podCIDR") for n in existing]
     names = []
@@ -581,7 +590,11 @@ def add_nodes(
 
 
 def remove_node(core: Any, name: str) -> int:
-    """Deletes a sandbox node and (grace 0) the pods bound to it; returns how many pods were deleted."""
+    """Cordons a sandbox node, deletes (grace 0) the pods bound to it, then the node; returns the pod count.
+
+    Pods go first so that the count is exact; any bound in between are deleted by the agent when it
+    sees the node go.
+    """
     from kubernetes import client
 
     try:
@@ -594,8 +607,10 @@ def remove_node(core: Any, name: str) -> int:
         raise NodeAgentError(
             f"node {name} is not a sandbox node (it has no {POOL_LABEL} label): not removing it"
         )
+    core.patch_node(name, {"spec": {"unschedulable": True}})  # cordon: the scheduler places nothing new
+    deleted = delete_pods_on_node(core, name)
     core.delete_node(name)
-    return delete_pods_on_node(core, name)
+    return deleted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,7 +639,7 @@ def _managed_node(node: Mapping[str, Any]) -> ManagedNode | None:
     return ManagedNode(metadata["name"], metadata.get("uid", ""), internal_ip, spec["podCIDR"])
 
 
-class _Timers:
+class KeyedTimers:
     """Delayed calls by key (a later schedule of the same key replaces the earlier one)."""
 
     def __init__(self) -> None:
@@ -675,7 +690,7 @@ class NodeAgent:
         self._nodes_lock = threading.Lock()
         self._nodes_synced = threading.Event()
         self._ips = PodIPAllocator()
-        self._timers = _Timers()
+        self._timers = KeyedTimers()
         self._reported_invalid: set[tuple[str, str]] = set()
         self._last_contact = time.monotonic()
 
@@ -711,6 +726,22 @@ class NodeAgent:
                 log.warning("%s: %s: %s; retrying in %.1fs", loop_name, type(exc).__name__, exc, delay)
                 self.stop_event.wait(delay)
 
+    def _watch(
+        self,
+        list_function: Callable[..., Any],
+        resource_version: str,
+        handle: Callable[[dict], None],
+        **selectors: Any,
+    ) -> None:
+        """Watches from resource_version for ever, resuming from the last version seen each time the
+        server ends the watch (every WATCH_TIMEOUT_S); WatchExpired (410) goes up for a fresh list."""
+        while not self.stop_event.is_set():
+            for event in watch_events(list_function, resource_version, **selectors):
+                resource_version = event["object"]["metadata"]["resourceVersion"]
+                self._last_contact = time.monotonic()
+                if event["type"] != "BOOKMARK":
+                    handle(event)
+
     # -- nodes ----------------------------------------------------------------------------------
 
     def _node_loop(self) -> None:
@@ -728,14 +759,14 @@ class NodeAgent:
         for name in gone:
             self._node_deleted(core, name)
         self._nodes_synced.set()
-        for event in watch_events(core.list_node, resource_version, label_selector=POOL_LABEL):
-            node = event["object"]
-            if event["type"] == "BOOKMARK":
-                continue
+
+        def handle(event: dict) -> None:
             if event["type"] == "DELETED":
-                self._node_deleted(core, node["metadata"]["name"])
+                self._node_deleted(core, event["object"]["metadata"]["name"])
             else:
-                self._node_changed(core, node)
+                self._node_changed(core, event["object"])
+
+        self._watch(core.list_node, resource_version, handle, label_selector=POOL_LABEL)
 
     def _node_changed(self, core: Any, node: Mapping[str, Any]) -> None:
         managed = _managed_node(node)
@@ -841,18 +872,17 @@ class NodeAgent:
             self._ips.observe(pod["metadata"]["uid"], (pod.get("status") or {}).get("podIP"))
         for pod in pods:
             self._pod_changed(core, pod)
-        for event in watch_events(
-            core.list_pod_for_all_namespaces, body["metadata"]["resourceVersion"], **selector
-        ):
+
+        def handle(event: dict) -> None:
             pod = event["object"]
-            if event["type"] == "BOOKMARK":
-                continue
             if event["type"] == "DELETED":
                 uid = pod["metadata"]["uid"]
                 self._ips.release(uid)
                 self._timers.cancel(f"delete/{uid}")
-                continue
-            self._pod_changed(core, pod)
+            else:
+                self._pod_changed(core, pod)
+
+        self._watch(core.list_pod_for_all_namespaces, body["metadata"]["resourceVersion"], handle, **selector)
 
     def _pod_changed(self, core: Any, pod: Mapping[str, Any]) -> None:
         from kubernetes import client
@@ -864,6 +894,7 @@ class NodeAgent:
         if node is None:
             return
         self._ips.observe(uid, (pod.get("status") or {}).get("podIP"))
+        seen = time.monotonic()
         action = decide(pod, datetime.now(UTC))
         try:
             if action.kind == "run":
@@ -871,7 +902,15 @@ class NodeAgent:
                 core.patch_namespaced_pod_status(
                     name, namespace, running_status_patch(pod, node.internal_ip, pod_ip, rfc3339())
                 )
-                log.info("pod %s/%s on %s: Running (%s)", namespace, name, node.name, pod_ip)
+                took_ms = (time.monotonic() - seen) * 1000
+                log.info(
+                    "pod %s/%s on %s: Running (%s), %.1f ms after seen",
+                    namespace,
+                    name,
+                    node.name,
+                    pod_ip,
+                    took_ms,
+                )
             elif action.kind == "exit":
                 assert action.exit_code is not None
                 pod_ip = self._ips.allocate(uid, node.pod_cidr)

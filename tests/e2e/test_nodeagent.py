@@ -1,0 +1,463 @@
+"""Simulated GPU/TPU nodes against the real control plane: the real kube-scheduler places pods on them.
+
+Needs the sandbox (tests/e2e/conftest.py `sandbox`, which fails rather than skips when it cannot come
+up) and starts the node agent with examples/sandbox/cluster.yaml unless it already runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+from kubefit.sandbox.cluster import NOT_READY_TAINT_KEY, POOL_LABEL, build_node, load_cluster_config
+from kubefit.sandbox.controlplane import Sandbox
+from kubefit.sandbox.nodeagent import (
+    EXIT_ANNOTATION,
+    SHUTDOWN_ANNOTATION,
+    add_nodes,
+    new_api_client,
+    parse_rfc3339,
+    remove_node,
+    running_agent_pid,
+    start_agent,
+    stop_agent,
+    watch_events,
+)
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sandbox" / "cluster.yaml"
+H100_PRODUCT = "NVIDIA-H100-80GB-HBM3"  # GFD's nvidia.com/gpu.product for the catalog's nvidia-h100-80gb
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def agent(sandbox: Sandbox) -> Iterator[int]:
+    """The node agent with the example pools; stopped at the end only if this fixture started it."""
+    already_running = running_agent_pid(sandbox.state_dir) is not None
+    try:
+        pid = start_agent(sandbox, EXAMPLE)
+    except Exception as error:  # noqa: BLE001 - any failure to start is a test failure
+        pytest.fail(f"node agent could not start: {error}", pytrace=False)
+    yield pid
+    if not already_running:
+        stop_agent(sandbox.state_dir)
+
+
+@pytest.fixture(scope="module")
+def core(sandbox: Sandbox, agent: int) -> client.CoreV1Api:
+    return client.CoreV1Api(new_api_client(sandbox.kubeconfig_path))
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    name = f"e2e-nodes-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    # Pods are refused until the controller manager has made the namespace's default ServiceAccount
+    # and (Kubernetes 1.20) its token Secret.
+    wait_for("the default ServiceAccount's token", lambda: _service_account_token(core, name))
+    try:
+        yield name
+    finally:
+        # Force-delete the pods first: left to the namespace controller they would hold their GPUs for
+        # their whole grace period, and the next test's pods would not fit.
+        core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+        core.delete_namespace(name)
+
+
+@pytest.fixture
+def private_h100(core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh 8-GPU H100 node in a pool of its own, so that no other test's pods sit on it."""
+    (name,) = add_nodes(core, "nvidia-h100-80gb", count=8, pool=f"e2e-{uuid.uuid4().hex[:6]}")
+    try:
+        yield name
+    finally:
+        remove_node(core, name)
+
+
+def _service_account_token(core: client.CoreV1Api, namespace: str) -> bool:
+    try:
+        return bool(core.read_namespaced_service_account("default", namespace).secrets)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+def _exists(read: Callable[[], Any]) -> bool:
+    try:
+        read()
+        return True
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+def gpu_pod(name: str, gpus: int, product: str | None = H100_PRODUCT, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "containers": [
+            {
+                "name": "trainer",
+                "image": "ghcr.io/acme/llm-train:1.4",
+                "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+            }
+        ],
+        "terminationGracePeriodSeconds": extra.pop("grace", 30),
+    }
+    if product:
+        spec["nodeSelector"] = {"nvidia.com/gpu.product": product}
+    spec.update(extra.pop("spec", {}))
+    return {"metadata": {"name": name, "annotations": extra.pop("annotations", {})}, "spec": spec}
+
+
+def read_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
+    return json.loads(core.read_namespaced_pod(name, namespace, _preload_content=False).data)
+
+
+def read_node(core: client.CoreV1Api, name: str) -> dict[str, Any]:
+    return json.loads(core.read_node(name, _preload_content=False).data)
+
+
+def wait_phase(core: client.CoreV1Api, namespace: str, name: str, phase: str, timeout: float = 20.0) -> dict:
+    def probe() -> dict | None:
+        pod = read_pod(core, namespace, name)
+        return pod if pod.get("status", {}).get("phase") == phase else None
+
+    return wait_for(f"pod {name} to be {phase}", probe, timeout)
+
+
+def _unschedulable(core: client.CoreV1Api, namespace: str, name: str) -> dict | None:
+    """The pod once the scheduler has marked it PodScheduled=False (Unschedulable), else None."""
+    pod = read_pod(core, namespace, name)
+    conditions = pod.get("status", {}).get("conditions") or []
+    return (
+        pod
+        if any(c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable" for c in conditions)
+        else None
+    )
+
+
+def pod_gone(core: client.CoreV1Api, namespace: str, name: str) -> bool:
+    return not _exists(lambda: core.read_namespaced_pod(name, namespace))
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_example_nodes_are_ready_untainted_with_capacity_and_labels(core: client.CoreV1Api) -> None:
+    config = load_cluster_config(EXAMPLE)
+    for pool in config.pools:
+        for name in pool.node_names():
+            node = read_node(core, name)
+            expected = build_node(pool, name, index=0, now="2026-01-01T00:00:00Z")
+            assert node["metadata"]["labels"].items() >= expected["metadata"]["labels"].items(), name
+            assert node["status"]["capacity"] == expected["status"]["capacity"], name
+            assert node["status"]["allocatable"] == expected["status"]["capacity"], name
+            taints = node["spec"].get("taints") or []
+            assert not any(t["key"] == NOT_READY_TAINT_KEY for t in taints), (name, taints)
+            ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+            assert ready["status"] == "True", (name, ready)
+            # Heartbeats every 20 s: never older than a minute while the agent runs.
+            age = (datetime.now(UTC) - parse_rfc3339(ready["lastHeartbeatTime"])).total_seconds()
+            assert age < 60, (name, ready["lastHeartbeatTime"])
+
+
+def test_h100_node_carries_the_gfd_labels_a_selector_uses(core: client.CoreV1Api) -> None:
+    labels = read_node(core, "h100-0")["metadata"]["labels"]
+    assert labels["nvidia.com/gpu.product"] == H100_PRODUCT
+    assert labels["nvidia.com/gpu.count"] == "8"
+    assert labels[POOL_LABEL] == "h100"
+    assert read_node(core, "h100-0")["status"]["allocatable"]["nvidia.com/gpu"] == "8"
+
+
+def test_node_lease_is_renewed(core: client.CoreV1Api) -> None:
+    coordination = client.CoordinationV1Api(core.api_client)
+    lease = wait_for(
+        "the node lease of h100-0",
+        lambda: (
+            _exists(lambda: coordination.read_namespaced_lease("h100-0", "kube-node-lease"))
+            and coordination.read_namespaced_lease("h100-0", "kube-node-lease")
+        ),
+        timeout=30,
+    )
+    assert lease.spec.holder_identity == "h100-0"
+    assert (datetime.now(UTC) - lease.spec.renew_time).total_seconds() < 60
+
+
+# ---------------------------------------------------------------------------------------------
+# Pods through the real scheduler
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gpu_pod_is_bound_by_the_scheduler_to_an_h100_node_and_runs(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    core.create_namespaced_pod(namespace, gpu_pod("worker", gpus=4))
+    pod = wait_phase(core, namespace, "worker", "Running")
+    node = read_node(core, pod["spec"]["nodeName"])
+    assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == H100_PRODUCT
+    assert node["metadata"]["labels"]["kubefit.dev/sandbox-accelerator"] == "nvidia-h100-80gb"
+    internal_ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+    status = pod["status"]
+    assert status["hostIP"] == internal_ip
+    assert ipaddress.ip_address(status["podIP"]) in ipaddress.ip_network(node["spec"]["podCIDR"])
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "PodScheduled": "True",
+        "Initialized": "True",
+        "ContainersReady": "True",
+        "Ready": "True",
+    }
+    (container,) = status["containerStatuses"]
+    assert container["ready"] is True and container["restartCount"] == 0
+    assert container["image"] == "ghcr.io/acme/llm-train:1.4"
+    assert "running" in container["state"]
+
+
+def test_scheduler_respects_gpu_counts_on_a_node(
+    core: client.CoreV1Api, namespace: str, private_h100: str
+) -> None:
+    # Pin to one 8-GPU node: two 4-GPU pods fit, the third does not.
+    pin = {"spec": {"nodeSelector": {"kubernetes.io/hostname": private_h100}}}
+    for index in range(3):
+        core.create_namespaced_pod(namespace, gpu_pod(f"w{index}", gpus=4, product=None, **pin))
+    wait_phase(core, namespace, "w0", "Running")
+    wait_phase(core, namespace, "w1", "Running")
+    third = wait_for("w2 to be found unschedulable", lambda: _unschedulable(core, namespace, "w2"))
+    assert "Insufficient nvidia.com/gpu" in third["status"]["conditions"][0]["message"]
+    assert third["status"]["phase"] == "Pending" and not third["spec"].get("nodeName")
+
+
+def test_over_request_stays_pending_with_failed_scheduling(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_pod(namespace, gpu_pod("too-big", gpus=9))
+
+    def failed_scheduling() -> list | None:
+        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=too-big").items
+        return [e for e in events if e.reason == "FailedScheduling"] or None
+
+    (event, *_) = wait_for("a FailedScheduling event", failed_scheduling)
+    assert "Insufficient nvidia.com/gpu" in event.message
+    time.sleep(1)  # and it stays that way
+    pod = read_pod(core, namespace, "too-big")
+    assert pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
+
+
+def test_pod_ips_are_unique(core: client.CoreV1Api, namespace: str) -> None:
+    for index in range(6):
+        core.create_namespaced_pod(namespace, gpu_pod(f"p{index}", gpus=1, product=None))
+    ips = [wait_phase(core, namespace, f"p{index}", "Running")["status"]["podIP"] for index in range(6)]
+    assert len(set(ips)) == 6, ips
+
+
+def test_bind_to_running_latency(core: client.CoreV1Api, namespace: str) -> None:
+    """Measures, from a raw watch, the time between a pod being seen bound and being seen Running."""
+    count = 10
+    bound_at: dict[str, float] = {}
+    running_at: dict[str, float] = {}
+    # Watch from before the pods exist, so that every transition arrives as its own event.
+    resource_version = core.list_namespaced_pod(namespace).metadata.resource_version
+    started = time.monotonic()
+    for index in range(count):
+        core.create_namespaced_pod(namespace, gpu_pod(f"lat{index}", gpus=0, product=None))
+    for event in watch_events(core.list_namespaced_pod, resource_version, namespace=namespace):
+        now = time.monotonic()
+        pod = event["object"]
+        name = pod["metadata"]["name"]
+        if pod["spec"].get("nodeName"):
+            bound_at.setdefault(name, now)
+        if pod.get("status", {}).get("phase") == "Running":
+            running_at.setdefault(name, now)
+        if len(running_at) == count or now - started > 30:
+            break
+    assert len(running_at) == count, f"only {len(running_at)} of {count} pods ran"
+    latencies = sorted(running_at[name] - bound_at[name] for name in running_at)
+    print(
+        f"\nbind->Running over {count} pods: median {statistics.median(latencies) * 1000:.1f} ms, "
+        f"max {latencies[-1] * 1000:.1f} ms; create->all Running {max(running_at.values()) - started:.2f} s"
+    )
+    assert statistics.median(latencies) < 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Ending and deleting pods
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "phase", "reason"), [("0", "Succeeded", "Completed"), ("3", "Failed", "Error")]
+)
+def test_exit_annotation_ends_the_pod(
+    core: client.CoreV1Api, namespace: str, code: str, phase: str, reason: str
+) -> None:
+    core.create_namespaced_pod(namespace, gpu_pod("job", gpus=1))
+    wait_phase(core, namespace, "job", "Running")
+    core.patch_namespaced_pod("job", namespace, {"metadata": {"annotations": {EXIT_ANNOTATION: code}}})
+    pod = wait_phase(core, namespace, "job", phase)
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (int(code), reason)
+    ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False"
+
+
+def test_a_finished_pod_frees_its_gpus_for_the_scheduler(
+    core: client.CoreV1Api, namespace: str, private_h100: str
+) -> None:
+    pin = {"spec": {"nodeSelector": {"kubernetes.io/hostname": private_h100}}}
+    core.create_namespaced_pod(namespace, gpu_pod("first", gpus=8, product=None, **pin))
+    wait_phase(core, namespace, "first", "Running")
+    core.create_namespaced_pod(namespace, gpu_pod("second", gpus=8, product=None, **pin))
+    wait_for("second to be found unschedulable", lambda: _unschedulable(core, namespace, "second"))
+    core.patch_namespaced_pod("first", namespace, {"metadata": {"annotations": {EXIT_ANNOTATION: "0"}}})
+    # The scheduler retries unschedulable pods when a pod on the node terminates.
+    wait_phase(core, namespace, "second", "Running", timeout=60)
+
+
+def test_bad_exit_annotation_leaves_the_pod_running_and_warns(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_pod(namespace, gpu_pod("job", gpus=1))
+    wait_phase(core, namespace, "job", "Running")
+    core.patch_namespaced_pod("job", namespace, {"metadata": {"annotations": {EXIT_ANNOTATION: "done"}}})
+
+    def warning() -> list | None:
+        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=job").items
+        return [e for e in events if e.reason == "InvalidSandboxAnnotation"] or None
+
+    (event, *_) = wait_for("an InvalidSandboxAnnotation event", warning)
+    assert EXIT_ANNOTATION in event.message and "'done'" in event.message
+    assert read_pod(core, namespace, "job")["status"]["phase"] == "Running"
+
+
+def test_deleted_pod_is_removed_after_its_grace_period(core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_pod(namespace, gpu_pod("job", gpus=1, grace=3))
+    wait_phase(core, namespace, "job", "Running")
+    requested = time.monotonic()
+    core.delete_namespaced_pod("job", namespace)
+    assert read_pod(core, namespace, "job")["metadata"]["deletionTimestamp"]  # terminating, not gone yet
+    wait_for("the pod to be removed", lambda: pod_gone(core, namespace, "job"), timeout=15)
+    elapsed = time.monotonic() - requested
+    # deletionTimestamp has second precision: the deletion comes 2..4 s after the request.
+    assert 1.5 <= elapsed < 6, elapsed
+
+
+def test_shutdown_annotation_removes_a_deleted_pod_sooner(core: client.CoreV1Api, namespace: str) -> None:
+    pod = gpu_pod("job", gpus=1, grace=60, annotations={SHUTDOWN_ANNOTATION: "0"})
+    core.create_namespaced_pod(namespace, pod)
+    wait_phase(core, namespace, "job", "Running")
+    requested = time.monotonic()
+    core.delete_namespaced_pod("job", namespace)
+    wait_for("the pod to be removed", lambda: pod_gone(core, namespace, "job"), timeout=15)
+    assert time.monotonic() - requested < 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes added and removed at run time
+# ---------------------------------------------------------------------------------------------
+
+
+def test_node_added_at_run_time_takes_pods_and_removal_deletes_them(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    pool = f"e2e-{uuid.uuid4().hex[:6]}"
+    (name,) = add_nodes(core, "nvidia-l4", count=2, pool=pool, cpu=8, memory="32Gi")
+    try:
+        assert name == f"{pool}-0"
+        node = read_node(core, name)
+        assert node["status"]["allocatable"]["nvidia.com/gpu"] == "2"
+        assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-L4"
+        assert not any(t["key"] == NOT_READY_TAINT_KEY for t in node["spec"].get("taints") or [])
+        pin = {"spec": {"nodeSelector": {"kubernetes.io/hostname": name}}}
+        core.create_namespaced_pod(namespace, gpu_pod("on-new-node", gpus=2, product=None, **pin))
+        pod = wait_phase(core, namespace, "on-new-node", "Running")
+        assert pod["spec"]["nodeName"] == name
+    finally:
+        deleted = remove_node(core, name)
+    assert deleted == 1
+    assert not _exists(lambda: core.read_node(name))
+    assert pod_gone(core, namespace, "on-new-node")
+
+
+def test_node_deleted_through_the_api_has_its_pods_deleted_by_the_agent(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    pool = f"e2e-{uuid.uuid4().hex[:6]}"
+    (name,) = add_nodes(core, None, pool=pool, cpu=4, memory="8Gi")
+    try:
+        pin = {"spec": {"nodeSelector": {"kubernetes.io/hostname": name}}}
+        core.create_namespaced_pod(namespace, gpu_pod("cpu-job", gpus=0, product=None, **pin))
+        wait_phase(core, namespace, "cpu-job", "Running")
+    finally:
+        core.delete_node(name)  # as `kubectl delete node` would: the agent must clean up
+    wait_for("the agent to delete the pod of the deleted node", lambda: pod_gone(core, namespace, "cpu-job"))
+
+
+def test_cli_node_add_list_remove(sandbox: Sandbox, core: client.CoreV1Api) -> None:
+    pool = f"e2e-{uuid.uuid4().hex[:6]}"
+    kubefit = [sys.executable, "-m", "kubefit.cli.main", "sandbox", "--state-dir", str(sandbox.state_dir)]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*kubefit, *args], capture_output=True, text=True, timeout=60)
+
+    added = run("node", "add", "--accelerator", "google-tpu-v5e", "--count", "4", "--pool", pool)
+    assert added.returncode == 0, added.stderr
+    name = f"{pool}-0"
+    try:
+        assert added.stdout.strip() == f"added {name}"
+        assert read_node(core, name)["status"]["capacity"]["google.com/tpu"] == "4"
+        listing = run("node", "list")
+        assert listing.returncode == 0, listing.stderr
+        row = next(line.split() for line in listing.stdout.splitlines() if line.startswith(name))
+        assert row[:4] == [name, pool, "google-tpu-v5e", "4"]
+        bad = run("node", "add", "--accelerator", "google-tpu-v5e", "--pool", pool, "--cpu", "lots")
+        assert bad.returncode == 2 and "--cpu must be a positive CPU quantity" in bad.stderr
+        unknown = run("node", "add", "--accelerator", "tpu-v99")
+        assert unknown.returncode == 2 and "unknown accelerator 'tpu-v99'" in unknown.stderr
+        assert "google-tpu-v5e" in unknown.stderr  # the known names are listed
+    finally:
+        removed = run("node", "remove", name)
+    assert removed.returncode == 0, removed.stderr
+    assert not _exists(lambda: core.read_node(name))
+    foreign = run("node", "remove", "no-such-node")
+    assert foreign.returncode == 2 and "no node named no-such-node" in foreign.stderr
+
+
+def test_agent_restart_keeps_running_pods_and_their_ips(
+    sandbox: Sandbox, core: client.CoreV1Api, namespace: str
+) -> None:
+    core.create_namespaced_pod(namespace, gpu_pod("before", gpus=1))
+    before = wait_phase(core, namespace, "before", "Running")
+    assert stop_agent(sandbox.state_dir)
+    try:
+        core.create_namespaced_pod(namespace, gpu_pod("while-down", gpus=1))
+        time.sleep(1)
+        # Bound by the scheduler, but nothing plays the kubelet: it stays Pending.
+        assert read_pod(core, namespace, "while-down")["status"]["phase"] == "Pending"
+    finally:
+        start_agent(sandbox, EXAMPLE)
+    during = wait_phase(core, namespace, "while-down", "Running")
+    # Pod CIDRs differ per node, and the restarted agent learnt the IPs in use from its first list.
+    assert during["status"]["podIP"] != before["status"]["podIP"]
+    assert read_pod(core, namespace, "before")["status"]["podIP"] == before["status"]["podIP"]
