@@ -123,7 +123,7 @@ PRINTER_COLUMNS = [
         "name": "Per-Device",
         "type": "string",
         "jsonPath": ".status.perDeviceMemory",
-        "description": "Estimated peak bytes per device",
+        "description": "Estimated peak memory per device (GiB)",
     },
     {"name": "Fits", "type": "boolean", "jsonPath": ".status.sizing.fits"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -117,6 +117,13 @@ class Model(_Model):
     )
     finetuning: Finetuning = Field(default_factory=Finetuning, description="Full training or LoRA/QLoRA.")
 
+    @field_validator("parameters", "memory", mode="before")
+    @classmethod
+    def _not_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number or a string, not true/false")
+        return value
+
     @field_validator("parameters")
     @classmethod
     def _parameters(cls, value: CountOrString | None) -> CountOrString | None:
