@@ -341,3 +341,10 @@ def test_parsed_spec_round_trips_through_the_wire_format(parameters: int) -> Non
     again = parse_spec(spec.model_dump(by_alias=True, exclude_none=True))
     assert again == spec
     assert isinstance(again, TrainingJobSpec) and again.model.parameter_count == parameters
+
+
+@pytest.mark.parametrize("field", ["parameters", "memory"])
+def test_boolean_is_not_a_size(field: str) -> None:
+    # YAML reads `yes`/`true` as a boolean, which Python would otherwise treat as the integer 1
+    with pytest.raises(InvalidSpec, match=rf"spec\.model\.{field}: must be a number or a string"):
+        parse_spec(_spec(model={field: True}))
