@@ -12,7 +12,8 @@ the label `kubefit.dev/sandbox-pool`:
 * a pod being deleted is removed (grace 0, since no kubelet confirms) when its grace period ends, or
   sooner if `sandbox.kubefit.dev/shutdown-seconds: "<s>"` says its containers stop faster on SIGTERM;
 * when one of its nodes is deleted, the pods bound to it are deleted at once (the controller manager's
-  pod GC would do it too, but only after its 40 s quarantine).
+  pod GC would do it too, but only after its 40 s quarantine: quarantineTime in Kubernetes'
+  pkg/controller/podgc/gc_controller.go).
 
 It runs as one background process (`python -m kubefit.sandbox.nodeagent --kubeconfig K`), started by
 `start_agent` with its PID in <state dir>/agent.pid and its log in <state dir>/logs/node-agent.log, and
