@@ -751,6 +751,7 @@ class NodeAgent:
     def _list_and_watch_nodes(self, core: Any) -> None:
         nodes, resource_version = list_sandbox_nodes(core)
         self._last_contact = time.monotonic()
+        log.info("listed %d sandbox node(s); watching from resourceVersion %s", len(nodes), resource_version)
         seen = set()
         for node in nodes:
             seen.add(node["metadata"]["name"])
@@ -869,6 +870,8 @@ class NodeAgent:
         selector = {"field_selector": "spec.nodeName!="}
         body = _json(core.list_pod_for_all_namespaces(_preload_content=False, **selector))
         pods = body.get("items", [])
+        resource_version = body["metadata"]["resourceVersion"]
+        log.info("listed %d bound pod(s); watching from resourceVersion %s", len(pods), resource_version)
         for pod in pods:  # every IP in use first, so a new pod never gets one a listed pod holds
             self._ips.observe(pod["metadata"]["uid"], (pod.get("status") or {}).get("podIP"))
         for pod in pods:
@@ -883,7 +886,7 @@ class NodeAgent:
             else:
                 self._pod_changed(core, pod)
 
-        self._watch(core.list_pod_for_all_namespaces, body["metadata"]["resourceVersion"], handle, **selector)
+        self._watch(core.list_pod_for_all_namespaces, resource_version, handle, **selector)
 
     def _pod_changed(self, core: Any, pod: Mapping[str, Any]) -> None:
         from kubernetes import client
@@ -1194,6 +1197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-seconds", type=float, default=HEARTBEAT_INTERVAL_S)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    # urllib3 logs each of its own connection retries; the agent's one line per failed attempt is enough.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     agent = NodeAgent(args.kubeconfig, heartbeat_interval_s=args.heartbeat_seconds)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
