@@ -1,0 +1,167 @@
+"""The operator against the real control plane: pods, placement, status, scaling, deletion.
+
+The real kube-scheduler binds the workers to the simulated nodes of examples/sandbox/cluster.yaml
+(2 x 8 nvidia-h100-80gb, 2 x 8 nvidia-a100-40gb, 1 x 4 nvidia-l4, 2 x 4 google-tpu-v5e); the node
+agent turns bound pods Running.
+"""
+
+# The module's fixtures are imported from operator_support and requested by name as arguments.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from operator_support import (  # noqa: F401 - fixtures are used by name
+    Kube,
+    OperatorProcess,
+    job_manifest,
+    kube,
+    namespace,
+    namespace_prefix,
+    node_agent,
+    operator,
+    running_names,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+H100_PRODUCTS = {"NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe"}
+
+
+def node_labels(kube: Kube, node_name: str) -> dict[str, str]:
+    return json.loads(kube.run("get", "node", node_name, "-o", "jsonpath={.metadata.labels}").stdout)
+
+
+def test_job_runs_on_matching_nodes_with_status_and_columns(kube: Kube, namespace: str) -> None:
+    started = time.monotonic()
+    kube.apply(job_manifest("llm", namespace))
+    wait_for("2 running workers", lambda: len(running_names(kube.workers(namespace, "llm"))) == 2)
+    elapsed = time.monotonic() - started
+    print(f"\napply -> 2 workers Running: {elapsed:.2f}s")
+
+    pods = kube.workers(namespace, "llm")
+    assert [pod["metadata"]["name"] for pod in pods] == ["llm-worker-0", "llm-worker-1"]
+    for index, pod in enumerate(pods):
+        container = pod["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == "4"
+        terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"
+        ]
+        assert {"nvidia.com/gpu.product"} <= {
+            expr["key"] for term in terms for expr in term["matchExpressions"]
+        }
+        assert node_labels(kube, pod["spec"]["nodeName"]).get("nvidia.com/gpu.product") in H100_PRODUCTS
+        assert pod["spec"]["hostname"] == f"llm-worker-{index}" and pod["spec"]["subdomain"] == "llm"
+        assert pod["spec"]["restartPolicy"] == "Never"
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env["MASTER_ADDR"] == "llm-worker-0.llm" and env["RANK"] == str(index)
+        (owner,) = pod["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["controller"]) == ("TrainingJob", "llm", True)
+
+    service = kube.get("service", "llm", namespace)
+    assert service is not None
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"kubefit.dev/job": "llm"}
+
+    status = wait_for(
+        "status readyReplicas 2", lambda: (s := kube.job_status(namespace, "llm"))["readyReplicas"] == 2 and s
+    )
+    assert status["phase"] == "Running"
+    assert status["replicas"] == 2
+    assert status["selector"] == "kubefit.dev/job=llm"
+    assert status["sizing"]["accelerator"] == "nvidia-h100-80gb"
+    sized = kube.condition(namespace, "llm", "Sized")
+    assert (
+        sized is not None
+        and sized["status"] == "True"
+        and sized["message"].startswith("4 x nvidia-h100-80gb, ")
+    )
+
+    table = kube.run("get", "tj", "llm", "-n", namespace, "--no-headers").stdout.split()
+    name, phase, workers, accelerator, per_device, per_device_unit, fits = table[:7]
+    assert (name, phase, workers, accelerator, fits) == ("llm", "Running", "2/2", "nvidia-h100-80gb", "true")
+    assert per_device_unit == "GiB" and float(per_device) > 0
+
+
+def test_kubectl_scale_changes_the_worker_count(kube: Kube, namespace: str) -> None:
+    kube.apply(
+        job_manifest("elastic", namespace, workers={"replicas": 1, "minReplicas": 1, "maxReplicas": 3})
+    )
+    wait_for(
+        "1 running worker", lambda: running_names(kube.workers(namespace, "elastic")) == ["elastic-worker-0"]
+    )
+
+    kube.run("scale", "tj", "elastic", "-n", namespace, "--replicas=3")
+    expected = ["elastic-worker-0", "elastic-worker-1", "elastic-worker-2"]
+    wait_for("3 running workers", lambda: running_names(kube.workers(namespace, "elastic")) == expected)
+    wait_for("status 3/3", lambda: kube.job_status(namespace, "elastic").get("workers") == "3/3")
+
+    kube.run("scale", "tj", "elastic", "-n", namespace, "--replicas=2")
+    # Scale-down removes the highest index; the others keep running untouched.
+    wait_for(
+        "worker 2 gone",
+        lambda: [pod["metadata"]["name"] for pod in kube.workers(namespace, "elastic")] == expected[:2],
+    )
+    assert running_names(kube.workers(namespace, "elastic")) == expected[:2]
+
+    kube.run("scale", "tj", "elastic", "-n", namespace, "--replicas=9")  # above maxReplicas: clamped
+    wait_for(
+        "status 3/3 after clamping", lambda: kube.job_status(namespace, "elastic").get("workers") == "3/3"
+    )
+    assert len(kube.workers(namespace, "elastic")) == 3
+
+
+def test_deleting_the_job_deletes_its_pods_and_service(kube: Kube, namespace: str) -> None:
+    kube.apply(job_manifest("doomed", namespace))
+    wait_for("2 running workers", lambda: len(running_names(kube.workers(namespace, "doomed"))) == 2)
+    kube.run("delete", "tj", "doomed", "-n", namespace, "--wait=true", "--timeout=60s")
+    wait_for("the workers to be garbage-collected", lambda: kube.workers(namespace, "doomed") == [])
+    wait_for("the service to be garbage-collected", lambda: kube.get("service", "doomed", namespace) is None)
+
+
+def test_jax_job_on_tpu_nodes(kube: Kube, namespace: str) -> None:
+    manifest = job_manifest(
+        "jaxjob",
+        namespace,
+        framework="jax",
+        model={"parameters": "300M"},  # a v5e chip has 16 GB
+        resources={"accelerator": "google-tpu-v5e", "acceleratorsPerWorker": 4},
+        workers={"replicas": 2},
+    )
+    kube.apply(manifest)
+    wait_for("2 running TPU workers", lambda: len(running_names(kube.workers(namespace, "jaxjob"))) == 2)
+    for index, pod in enumerate(kube.workers(namespace, "jaxjob")):
+        container = pod["spec"]["containers"][0]
+        assert container["resources"]["limits"] == {"google.com/tpu": "4"}
+        labels = node_labels(kube, pod["spec"]["nodeName"])
+        assert labels.get("cloud.google.com/gke-tpu-accelerator") == "tpu-v5-lite-podslice"
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env == {
+            "JAX_COORDINATOR_ADDRESS": "jaxjob-worker-0.jaxjob:29500",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(index),
+        }
+
+
+def test_metrics_report_the_job_and_drop_it_when_deleted(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.apply(job_manifest("measured", namespace, workers={"replicas": 1}))
+    wait_for("1 running worker", lambda: len(running_names(kube.workers(namespace, "measured"))) == 1)
+    series = f'job="measured",namespace="{namespace}"'
+    wait_for(
+        "ready-workers gauge at 1", lambda: f"kubefit_job_ready_workers{{{series}}} 1.0" in operator.metrics()
+    )
+    text = operator.metrics()
+    assert (
+        f'kubefit_job_requested_accelerators{{accelerator="nvidia-h100-80gb",{series},resource="nvidia.com/gpu"}} 4.0'
+        in text
+    )
+    assert "kubefit_reconciles_total" in text
+    kube.run("delete", "tj", "measured", "-n", namespace, "--wait=true", "--timeout=60s")
+    wait_for("the job's series to disappear", lambda: 'job="measured"' not in operator.metrics())
