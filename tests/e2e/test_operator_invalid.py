@@ -1,0 +1,98 @@
+"""Bad manifests: refused by the API server's schema, or marked InvalidSpec by the operator, while a
+good job in the same namespace keeps being served."""
+
+# The module's fixtures are imported from operator_support and requested by name as arguments.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+from operator_support import (  # noqa: F401 - fixtures are used by name
+    Kube,
+    job_manifest,
+    kube,
+    namespace,
+    namespace_prefix,
+    node_agent,
+    operator,
+    running_names,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def server_apply(kube: Kube, manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    # --validate=false: the API server's own verdict, not kubectl's client-side check.
+    return kube.run("apply", "--validate=false", "-f", "-", input=json.dumps(manifest), check=False)
+
+
+def without_model(manifest: dict[str, Any]) -> dict[str, Any]:
+    del manifest["spec"]["model"]
+    return manifest
+
+
+# (case, spec fields replaced, the field the API server's message names)
+SCHEMA_REJECTIONS = [
+    ("negative replicas", {"workers": {"replicas": -2}}, "spec.workers.replicas"),
+    ("negative headroom", {"resources": {"memoryHeadroom": -0.5}}, "spec.resources.memoryHeadroom"),
+    ("unknown framework", {"framework": "tensorflow"}, "spec.framework"),
+    ("unknown precision", {"model": {"parameters": "1B", "precision": "fp64"}}, "spec.model.precision"),
+    ("model without size", {"model": {"precision": "bf16-mixed"}}, "spec.model"),
+]
+
+# (case, spec fields replaced, the field the InvalidSpec condition names)
+OPERATOR_REJECTIONS = [
+    ("min above max", {"workers": {"replicas": 2, "minReplicas": 4, "maxReplicas": 3}}, "spec.workers"),
+    ("unknown accelerator", {"resources": {"accelerator": "nvidia-z9000"}}, "spec.resources.accelerator"),
+    ("bad parameter count", {"model": {"parameters": "lots"}}, "spec.model.parameters"),
+    ("empty containers", {"template": {"spec": {"containers": []}}}, "spec.template"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "spec", "field"), SCHEMA_REJECTIONS, ids=[case[0] for case in SCHEMA_REJECTIONS]
+)
+def test_api_server_rejects(kube: Kube, namespace: str, case: str, spec: dict[str, Any], field: str) -> None:
+    result = server_apply(kube, job_manifest("bad", namespace, **spec))
+    assert result.returncode != 0, f"{case}: accepted"
+    assert field in result.stderr, result.stderr
+    assert kube.get("trainingjob", "bad", namespace) is None
+
+
+def test_api_server_rejects_a_job_without_model(kube: Kube, namespace: str) -> None:
+    result = server_apply(kube, without_model(job_manifest("bad", namespace)))
+    assert result.returncode != 0
+    assert "spec.model: Required value" in result.stderr, result.stderr
+
+
+def test_operator_marks_invalid_specs_and_keeps_serving(kube: Kube, namespace: str) -> None:
+    names = [f"bad-{index}" for index in range(len(OPERATOR_REJECTIONS))]
+    for name, (_, spec, _) in zip(names, OPERATOR_REJECTIONS, strict=True):
+        kube.apply(job_manifest(name, namespace, **spec))
+    kube.apply(job_manifest("good", namespace, workers={"replicas": 1}))
+
+    for name, (case, _, field) in zip(names, OPERATOR_REJECTIONS, strict=True):
+        ready = wait_for(f"{case}: Ready=False/InvalidSpec", lambda n=name: _invalid(kube, namespace, n))
+        assert field in ready["message"], f"{case}: {ready['message']}"
+        assert kube.job_status(namespace, name)["phase"] == "Pending"
+        assert kube.workers(namespace, name) == []
+    wait_for(
+        "the good job's worker running",
+        lambda: running_names(kube.workers(namespace, "good")) == ["good-worker-0"],
+    )
+    warnings = wait_for(
+        "a Warning event for the unknown accelerator",
+        lambda: [event for event in kube.events(namespace, names[1]) if event["type"] == "Warning"],
+    )
+    assert warnings[0]["reason"] == "InvalidSpec"
+    assert "spec.resources.accelerator" in warnings[0]["message"]
+
+
+def _invalid(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    ready = kube.condition(namespace, name, "Ready")
+    return ready if ready and ready["status"] == "False" and ready["reason"] == "InvalidSpec" else None
