@@ -142,6 +142,7 @@ class OperatorProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_url = ""
         self.liveness_url = ""
+        self._log_offset = 0
 
     def start(self, timeout: float = 60.0) -> None:
         command = [
@@ -151,6 +152,7 @@ class OperatorProcess:
             "--resync-seconds", "10", "--verbose",
         ]  # fmt: skip
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -165,7 +167,10 @@ class OperatorProcess:
 
     def _logged(self, pattern: str) -> str | None:
         self._check_alive()
-        found = re.findall(pattern, self.log_path.read_text(errors="replace"))
+        # Only this start's output: a restarted operator prints new ports.
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            found = re.findall(pattern, log.read().decode(errors="replace"))
         return found[-1] if found else None
 
     def _check_alive(self) -> None:

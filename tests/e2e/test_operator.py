@@ -90,7 +90,15 @@ def test_job_runs_on_matching_nodes_with_status_and_columns(kube: Kube, namespac
 
 def test_kubectl_scale_changes_the_worker_count(kube: Kube, namespace: str) -> None:
     kube.apply(
-        job_manifest("elastic", namespace, workers={"replicas": 1, "minReplicas": 1, "maxReplicas": 3})
+        job_manifest(
+            "elastic",
+            namespace,
+            resources={
+                "accelerator": "nvidia-h100-80gb",
+                "acceleratorsPerWorker": 1,
+            },  # shared sandbox: small
+            workers={"replicas": 1, "minReplicas": 1, "maxReplicas": 3},
+        )
     )
     wait_for(
         "1 running worker", lambda: running_names(kube.workers(namespace, "elastic")) == ["elastic-worker-0"]

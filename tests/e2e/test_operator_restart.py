@@ -1,0 +1,77 @@
+"""The operator killed mid-way and started again ends with exactly the right pods.
+
+While it is down, the world moves on: a worker is deleted, another loses its owner reference and the
+job is scaled up. The restarted operator must recreate the missing worker, adopt the orphan (same pod,
+not a copy), add the new one, and leave the rest alone: no duplicates, no orphans.
+"""
+
+# The module's fixtures are imported from operator_support and requested by name as arguments.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from operator_support import (  # noqa: F401 - fixtures are used by name
+    Kube,
+    OperatorProcess,
+    job_manifest,
+    kube,
+    namespace,
+    namespace_prefix,
+    node_agent,
+    operator,
+    running_names,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+STABLE_FOR_S = 12.0  # longer than one resync interval of the test operator (10 s)
+
+
+def uids(kube: Kube, namespace: str, job: str) -> dict[str, str]:
+    return {pod["metadata"]["name"]: pod["metadata"]["uid"] for pod in kube.workers(namespace, job)}
+
+
+def test_restart_mid_way_ends_with_exactly_the_right_pods(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    # One GPU per worker: the sandbox is shared with other tests, keep the footprint small.
+    resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1}
+    kube.apply(
+        job_manifest("resilient", namespace, resources=resources, workers={"replicas": 3, "maxReplicas": 4})
+    )
+    wait_for("a first worker", lambda: kube.workers(namespace, "resilient"))
+    operator.kill()
+
+    # The world moves on while the operator is down.
+    before = uids(kube, namespace, "resilient")
+    kube.run(
+        "delete", "pod", "resilient-worker-0", "-n", namespace, "--grace-period=0", "--force", check=False
+    )
+    orphan = "resilient-worker-2"
+    if orphan in before:
+        patch = json.dumps({"metadata": {"ownerReferences": None}})
+        kube.run("patch", "pod", orphan, "-n", namespace, "--type=merge", "-p", patch)
+    kube.run("scale", "tj", "resilient", "-n", namespace, "--replicas=4")
+
+    operator.start()
+    expected = [f"resilient-worker-{index}" for index in range(4)]
+    wait_for(
+        "exactly 4 running workers", lambda: running_names(kube.workers(namespace, "resilient")) == expected
+    )
+    settled = uids(kube, namespace, "resilient")
+    if orphan in before:
+        assert settled[orphan] == before[orphan], "the orphan was replaced instead of adopted"
+    assert settled["resilient-worker-0"] != before.get("resilient-worker-0"), "worker 0 was not recreated"
+    for pod in kube.workers(namespace, "resilient"):
+        (owner,) = pod["metadata"]["ownerReferences"]
+        assert (owner["name"], owner["controller"]) == ("resilient", True)
+    wait_for("status 4/4", lambda: kube.job_status(namespace, "resilient").get("workers") == "4/4")
+
+    time.sleep(STABLE_FOR_S)  # a resync later, nothing was created or deleted
+    assert uids(kube, namespace, "resilient") == settled
+    assert len(kube.items("pods", namespace)) == 4  # nothing else in the namespace either
