@@ -67,34 +67,34 @@ def register(
 
     @kopf.index("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, id="kubefit_workers", registry=registry)
     def kubefit_workers(
-        body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any
+        body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
     ) -> dict[JobKey, WorkerPod]:
         worker = worker_from_pod(body)
-        return {(namespace, labels[JOB_LABEL]): worker} if worker else {}
+        return {(namespace or "", labels[JOB_LABEL]): worker} if worker else {}
 
-    def reconcile_job(trigger: str, namespace: str, name: str, **indexes: Any) -> None:
-        reconciler.reconcile((namespace, name), trigger, cluster_view(**indexes))
+    def reconcile_job(trigger: str, namespace: str | None, name: str, **indexes: Any) -> None:
+        reconciler.reconcile((namespace or "", name), trigger, cluster_view(**indexes))
 
     # create, update (incl. `kubectl scale`) and resume (operator start) all lead to the same reconcile.
     @kopf.on.resume(*JOBS, id="resume", registry=registry)
     @kopf.on.create(*JOBS, id="create", registry=registry)
     @kopf.on.update(*JOBS, id="update", registry=registry)
-    def job_changed(namespace: str, name: str, reason: str, **kwargs: Any) -> None:
+    def job_changed(namespace: str | None, name: str, reason: str, **kwargs: Any) -> None:
         reconcile_job(str(reason), namespace, name, **_indexes(kwargs))
 
     @kopf.timer(*JOBS, interval=resync_seconds, id="resync", registry=registry)
-    def job_resync(namespace: str, name: str, **kwargs: Any) -> None:
+    def job_resync(namespace: str | None, name: str, **kwargs: Any) -> None:
         reconcile_job("timer", namespace, name, **_indexes(kwargs))
 
     @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, id="worker_pod", registry=registry)
-    def worker_pod_event(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+    def worker_pod_event(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
         reconcile_job("pod", namespace, labels[JOB_LABEL], **_indexes(kwargs))
 
     @kopf.on.event(*JOBS, id="job_deleted", registry=registry)
-    def job_event(event: kopf.RawEvent, namespace: str, name: str, **_: Any) -> None:
+    def job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
         # Metrics of a deleted job go with it (kopf's delete handlers would need the object to linger).
-        if event.get("type") == "DELETED":
-            reconciler.forget((namespace, name))
+        if type == "DELETED":
+            reconciler.forget((namespace or "", name))
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -18,7 +18,11 @@ def _status_of(error: ApiException) -> int:
 
 
 class KubeApi:
-    """The few calls the operator makes, with Kubernetes' idempotence rules applied."""
+    """The few calls the operator makes, with Kubernetes' idempotence rules applied.
+
+    Manifests are plain dicts: the client serialises them as they are (its annotations name only the
+    model classes, hence the type: ignore on create calls).
+    """
 
     def __init__(self, api_client: client.ApiClient | None = None):
         self._api_client = api_client or client.ApiClient()
@@ -27,7 +31,8 @@ class KubeApi:
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+            found = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return cast(dict[str, Any], found)
         except ApiException as error:
             if _status_of(error) == 404:
                 return None
@@ -48,7 +53,9 @@ class KubeApi:
 
     def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """True if created, False if a pod of that name already exists (deterministic names)."""
-        return self._ignoring_409(lambda: self.core.create_namespaced_pod(namespace, manifest))
+        return self._ignoring_409(
+            lambda: self.core.create_namespaced_pod(namespace, manifest)  # type: ignore[arg-type]
+        )
 
     def delete_pod(self, namespace: str, name: str) -> bool:
         """True if deleted now, False if it was already gone."""
@@ -61,7 +68,9 @@ class KubeApi:
         )
 
     def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
-        return self._ignoring_409(lambda: self.core.create_namespaced_service(namespace, manifest))
+        return self._ignoring_409(
+            lambda: self.core.create_namespaced_service(namespace, manifest)  # type: ignore[arg-type]
+        )
 
     @staticmethod
     def _ignoring_409(call: Any) -> bool:

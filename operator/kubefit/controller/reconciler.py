@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -137,7 +137,10 @@ class Reconciler:
             self.api.delete_job(ref.namespace, ref.name)
 
     @staticmethod
-    def _post_events(job: dict[str, Any], decision: Decision, created: list[str], deleted: list[str]) -> None:
+    def _post_events(
+        raw_job: dict[str, Any], decision: Decision, created: list[str], deleted: list[str]
+    ) -> None:
+        job = kopf.Body(cast(kopf.RawBody, raw_job))
         for event in decision.events:
             kopf.event(job, type=event.type, reason=event.reason, message=event.message)
         if created:
