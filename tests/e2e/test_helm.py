@@ -184,10 +184,12 @@ ALLOWED_EVERYWHERE = [
     ("list", "trainingjobs.kubefit.dev"),
     ("watch", "trainingjobs.kubefit.dev"),
     ("patch", "trainingjobs.kubefit.dev"),
+    ("delete", "trainingjobs.kubefit.dev"),  # ttlSecondsAfterFinished
     ("patch", "trainingjobs.kubefit.dev", "--subresource=status"),
     ("patch", "trainingjobs.kubefit.dev", "--subresource=scale"),
     ("create", "pods"),
     ("delete", "pods"),
+    ("patch", "pods"),  # adopting an orphaned worker
     ("watch", "pods"),
     ("create", "services"),
     ("delete", "services"),
@@ -207,7 +209,6 @@ DENIED = [
     ("patch", "nodes"),
     ("get", "configmaps"),
     ("create", "trainingjobs.kubefit.dev"),
-    ("delete", "trainingjobs.kubefit.dev"),
     ("update", "trainingjobs.kubefit.dev"),
     ("create", "deployments.apps"),
     ("create", "pods", "--subresource=exec"),

@@ -30,10 +30,10 @@ NAMESPACE = "kubefit-system"
 # What the operator does (controller/ and kopf), as (apiGroup, resource, verb). The chart must grant
 # exactly this: one permission more is privilege nobody asked for, one less breaks the operator.
 NAMESPACED_PERMISSIONS = {
-    *(("kubefit.dev", "trainingjobs", verb) for verb in ("get", "list", "watch", "patch")),
+    *(("kubefit.dev", "trainingjobs", verb) for verb in ("get", "list", "watch", "patch", "delete")),
     *(("kubefit.dev", "trainingjobs/status", verb) for verb in ("get", "patch")),
     *(("kubefit.dev", "trainingjobs/scale", verb) for verb in ("get", "patch")),
-    *(("", "pods", verb) for verb in ("create", "delete", "get", "list", "watch")),
+    *(("", "pods", verb) for verb in ("create", "delete", "get", "list", "watch", "patch")),
     *(("", "services", verb) for verb in ("create", "delete", "get", "list", "watch")),
     ("", "events", "create"),
     ("", "events", "patch"),

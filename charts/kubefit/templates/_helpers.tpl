@@ -57,17 +57,21 @@ The rules the operator needs on namespaced resources (least privilege, explicit 
 Used by the ClusterRole when all namespaces are watched, else by a Role in each watched namespace.
 */}}
 {{- define "kubefit.namespacedRules" -}}
-# TrainingJobs: watched by the operator; it patches spec defaults and finalizers through the main resource.
+# TrainingJobs: watched by the operator; it patches finalizers and kopf's annotations through the main
+# resource, and deletes a finished job once runPolicy.ttlSecondsAfterFinished has passed.
 - apiGroups: ["kubefit.dev"]
   resources: ["trainingjobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 # status is written through its subresource; scale clamps workers.replicas to the elastic bounds.
 - apiGroups: ["kubefit.dev"]
   resources: ["trainingjobs/status", "trainingjobs/scale"]
   verbs: ["get", "patch"]
-# Worker pods and the headless rendezvous Service of each job.
+# Worker pods and the headless rendezvous Service of each job; patch adopts an orphaned worker.
 - apiGroups: [""]
-  resources: ["pods", "services"]
+  resources: ["pods"]
+  verbs: ["create", "delete", "get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
   verbs: ["create", "delete", "get", "list", "watch"]
 # Events on TrainingJobs; kopf patches an event to count repeats.
 - apiGroups: [""]
