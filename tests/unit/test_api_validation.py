@@ -186,6 +186,7 @@ BAD_SPECS: list[tuple[str, Any, str, str]] = [
         "selective",
     ),
     ("unknown-offload", _spec(training={"offload": "nvme"}), "spec.training.offload", "optimizer"),
+    ("unknown-loss", _spec(training={"loss": "fused"}), "spec.training.loss", "chunked"),
     (
         "accelerators-per-worker-word",
         _spec(resources={"acceleratorsPerWorker": "many"}),
@@ -286,10 +287,11 @@ def test_minimal_spec_gets_the_documented_defaults() -> None:
         "full",
     )
     assert (spec.training.micro_batch_size, spec.training.sequence_length) == (1, 2048)
-    assert (spec.training.sharding, spec.training.attention, spec.training.offload) == (
+    assert (spec.training.sharding, spec.training.attention, spec.training.offload, spec.training.loss) == (
         "none",
         "sdpa",
         "none",
+        "standard",
     )
     assert (spec.resources.accelerator, spec.resources.accelerators_per_worker) == ("auto", "auto")
     assert spec.resources.memory_headroom == pytest.approx(0.10)
@@ -316,6 +318,11 @@ def test_parameter_counts(written: str | int, count: int) -> None:
 )  # fmt: skip
 def test_memory_quantities(written: str | int, size: int) -> None:
     assert parse_spec(_spec(model={"memory": written})).model.memory_bytes == size
+
+
+@pytest.mark.parametrize("loss", ["standard", "chunked"])
+def test_loss_values(loss: str) -> None:
+    assert parse_spec(_spec(training={"loss": loss})).training.loss == loss
 
 
 def test_memory_alone_is_enough() -> None:

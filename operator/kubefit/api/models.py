@@ -21,6 +21,7 @@ Checkpointing = Literal["none", "selective", "full"]
 Attention = Literal["sdpa", "flash", "eager"]
 Sharding = Literal["none", "zero1", "zero2", "zero3", "fsdp"]
 Offload = Literal["none", "optimizer", "optimizer-and-parameters"]
+Loss = Literal["standard", "chunked"]
 Phase = Literal["Pending", "Queued", "Running", "Scaling", "Succeeded", "Failed", "Suspended"]
 
 # A count such as 8030000000 or "8.03B", and a quantity such as "120Gi": both are integers or strings
@@ -179,6 +180,15 @@ class Training(_Model):
         default="none",
         description="Host-memory offload: none, optimizer (optimizer states and their step on the CPU), or "
         "optimizer-and-parameters.",
+    )
+    loss: Loss = Field(
+        default="standard",
+        description="How the loss handles the output logits. standard: a plain cross-entropy that holds the "
+        "whole batch's logits in fp32 with their log-softmax and gradient. chunked: a chunked or fused "
+        "cross-entropy that keeps the logits in the compute dtype and upcasts them to fp32 one chunk at a "
+        "time, or never materialises them (torchtune CEWithChunkedOutputLoss or LinearCrossEntropyLoss, "
+        "Liger fused linear cross-entropy). Give chunked only when the training code uses such a loss: it "
+        "sizes the logits several times smaller.",
     )
 
 
