@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from kubefit.api.validation import InvalidSpec, parse_spec
 from kubefit.sizing.architecture import ModelShape, assumed_shape
 from kubefit.sizing.catalog import load_catalog
-from kubefit.sizing.estimator import Layout, estimate, layer_activation_bytes, state_bytes
+from kubefit.sizing.estimator import (
+    QLORA_DEQUANT_COPIES,
+    Layout,
+    estimate,
+    layer_activation_bytes,
+    state_bytes,
+)
 
 H100 = load_catalog().get("nvidia-h100-80gb")
 LLAMA3_8B = {
@@ -135,6 +141,68 @@ def test_lora_trains_only_the_adapters_and_qlora_quantises_the_base() -> None:
     assert lora.activations == full.activations  # activations are the whole model's either way
 
 
+LLAMA3_8B_SHAPE = ModelShape(32, 4096, 32, 8, 14336, 128256, gated_mlp=True)
+
+
+def test_standard_loss_holds_fp32_logits_their_log_softmax_and_gradient() -> None:
+    result = estimate(job(microBatchSize=2, sequenceLength=2048), H100, Layout(1, 1))
+    assert result.logits == pytest.approx(12 * 2 * 2048 * 128256, abs=1)
+
+
+@pytest.mark.parametrize("precision, element", [("bf16-true", 2), ("bf16-mixed", 2), ("fp32", 4)])
+def test_chunked_loss_holds_logits_in_the_compute_dtype_and_one_fp32_chunk(
+    precision: str, element: int
+) -> None:
+    # torchtune CEWithChunkedOutputLoss: the model's output chunks stay in the compute dtype; one chunk of
+    # eight at a time is upcast to fp32 with its fp32 gradient (4 + 4 bytes).
+    model = {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": precision}
+    chunked = estimate(job(model, microBatchSize=2, sequenceLength=2048, loss="chunked"), H100, Layout(1, 1))
+    standard = estimate(job(model, microBatchSize=2, sequenceLength=2048), H100, Layout(1, 1))
+    tokens_by_vocab = 2 * 2048 * 128256
+    assert chunked.logits == pytest.approx(tokens_by_vocab * (element + 8 / 8), abs=1)
+    assert chunked.logits < standard.logits
+    # Never more in total; the same where the optimizer step (after the logits are freed) is the peak.
+    assert chunked.total <= standard.total
+    assert chunked.activations == standard.activations  # without full AC, nothing else moves
+
+
+def test_qlora_dequantises_one_block_matrix_not_the_16_bit_embedding() -> None:
+    model = {
+        "parameters": "8.03B",
+        "architecture": LLAMA3_8B,
+        "precision": "bf16-true",
+        "finetuning": {"method": "qlora", "loraRank": 8},
+    }
+    result = estimate(job(model), H100, Layout(1, 1))
+    # The MLP matrix 4096 x 14336 is the largest nf4 matrix; the 128256 x 4096 embedding stays in bf16.
+    assert result.communication_buffers == pytest.approx(QLORA_DEQUANT_COPIES * 4096 * 14336 * 2, abs=1)
+
+
+def test_recomputed_layer_and_logits_are_not_alive_together() -> None:
+    # Full AC: the last layer is recomputed only after the loss and head have run their backward and freed
+    # the logits, so only the recomputed layer's excess over the logits adds to the saved layer inputs.
+    s, b, sbh = 2048, 2, 2048 * 2 * 4096
+    saved = 32 * 2 * sbh + sbh + 2 * 2 * sbh  # layer inputs, embedding-dropout mask, final-norm/head inputs
+    recomputed = layer_activation_bytes(LLAMA3_8B_SHAPE, s, b, attention="flash")
+    large_vocab = estimate(
+        job(microBatchSize=b, sequenceLength=s, activationCheckpointing="full", attention="flash"),
+        H100,
+        Layout(1, 1),
+    )
+    assert large_vocab.logits > recomputed
+    assert large_vocab.activations == pytest.approx(saved, abs=2)
+    small_vocab = {"parameters": "7.5B", "architecture": {**LLAMA3_8B, "vocabSize": 1000}}
+    small = estimate(
+        job(
+            small_vocab, microBatchSize=b, sequenceLength=s, activationCheckpointing="full", attention="flash"
+        ),
+        H100,
+        Layout(1, 1),
+    )
+    assert small.logits < recomputed
+    assert small.activations == pytest.approx(saved + recomputed - small.logits, abs=2)
+
+
 def test_parameters_alone_give_an_assumed_shape_and_a_warning() -> None:
     result = estimate(job({"parameters": "6.74B"}), H100, Layout(1, 1))
     assert any("model.architecture not given" in warning for warning in result.warnings)
@@ -176,8 +244,9 @@ def test_pipeline_keeps_activations_of_all_in_flight_micro_batches() -> None:
     )
     sbh = 4096 * 4096
     assert four.stage == "first"
-    # Same 32 layer inputs (4 x 8); embedding-dropout masks for 4 micro-batches; no final-norm/head inputs.
-    assert four.activations == pytest.approx(one.activations + 3 * sbh - 2 * 2 * sbh, abs=2)
+    # Same 32 layer inputs (4 x 8); embedding-dropout masks for 4 micro-batches; no final-norm/head inputs;
+    # and the recomputed layer counts whole, where on a single stage the freed logits absorbed part of it.
+    assert four.activations == pytest.approx(one.activations + one.logits + 3 * sbh - 2 * 2 * sbh, abs=2)
     assert four.logits == 0 and four.weights < one.weights / 3
 
 
@@ -193,6 +262,7 @@ specs = st.fixed_dictionaries(
         "checkpointing": st.sampled_from(["none", "selective", "full"]),
         "attention": st.sampled_from(["sdpa", "flash", "eager"]),
         "offload": st.sampled_from(["none", "optimizer", "optimizer-and-parameters"]),
+        "loss": st.sampled_from(["standard", "chunked"]),
         "layers": st.integers(8, 96),
         "width": st.sampled_from([1024, 2048, 4096, 8192]),
         "micro_batch": st.integers(1, 16),
@@ -225,6 +295,7 @@ def _spec(
         activationCheckpointing=draw["checkpointing"],
         attention=draw["attention"],
         offload=draw["offload"],
+        loss=draw["loss"],
     )
 
 
@@ -265,3 +336,13 @@ def test_more_data_parallel_devices_never_need_more_per_device(
     fewer = estimate(_spec(draw, sharding), H100, Layout(dp, 1)).total
     more = estimate(_spec(draw, sharding), H100, Layout(dp * factor, 1)).total
     assert more <= fewer
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs, st.sampled_from(["none", "zero1", "zero2", "zero3"]), st.sampled_from([1, 2, 8]))
+def test_a_chunked_loss_never_needs_more_than_the_standard_one(
+    draw: dict[str, Any], sharding: str, devices: int
+) -> None:
+    standard = estimate(_spec({**draw, "loss": "standard"}, sharding), H100, Layout(devices, 1))
+    chunked = estimate(_spec({**draw, "loss": "chunked"}, sharding), H100, Layout(devices, 1))
+    assert chunked.total <= standard.total

@@ -61,6 +61,11 @@ class ModelShape:
     def largest_matrix(self) -> int:
         return max(self.hidden * self.ffn, self.hidden * self.hidden, self.embedding_parameters())
 
+    def largest_block_matrix(self) -> int:
+        """The largest weight matrix inside a block: what QLoRA quantises to nf4 and dequantises per call
+        (the embedding and output head stay in 16 bits and are never dequantised)."""
+        return max(self.hidden * self.ffn, self.hidden * self.hidden)
+
     def largest_unit(self) -> int:
         """The largest group of parameters gathered at once under ZeRO-3/FSDP: a block or an embedding."""
         return max(self.block_parameters(), self.embedding_parameters())

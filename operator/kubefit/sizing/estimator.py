@@ -8,7 +8,8 @@ formula and coefficient with its source, and benchmarks/sizing_accuracy.py its a
 The peak is taken at the start of the backward pass of the most-loaded pipeline stage, where weights,
 gradient buffers, optimizer states, all saved activations and the logits with their gradient coexist.
 The optimizer-step temporaries come later, when activations are freed, so only their excess over the
-activations counts.
+activations counts; likewise, under full recomputation, the layer recomputed in the backward comes after
+the logits are freed, so only its excess over the logits counts.
 """
 
 from __future__ import annotations
@@ -53,12 +54,22 @@ NO_STEP_TEMPORARY = ("sgd", "adamw-8bit")
 # QLoRA nf4 with double quantisation: 4 bits + 0.127 bits of constants per parameter (Dettmers et al.
 # 2023, QLoRA paper section 3). Embeddings and the output head stay in 16 bits.
 NF4_BYTES = 0.5 + 0.127 / 8
-# Dequantised copies alive at once in a QLoRA linear: the forward output's weight and its backward.
+# Transient 16-bit copies while a QLoRA linear runs. torchao's LinearNF4 (what torchtune uses) saves only
+# the nf4 weight and dequantises it again in each forward and backward call, so one block matrix is
+# dequantised at a time; the second copy covers the unpacking intermediates of the dequantisation
+# (NF4Tensor.get_original_weight). Embeddings and the head are never quantised, so never dequantised.
 QLORA_DEQUANT_COPIES = 2
 
-# Logits per element: fp32 logits (4, Megatron/Korthikanti 4sbV) + fp32 log-softmax output kept for the
-# backward (4, vram.asmirnov "x 2") + fp32 gradient materialised by non-fused cross-entropy (4).
+# Logits per element, training.loss standard: fp32 logits (4, Megatron/Korthikanti 4sbV) + fp32
+# log-softmax output kept for the backward (4, vram.asmirnov "x 2") + fp32 gradient materialised by a
+# non-fused cross-entropy (4).
 LOGITS_BYTES_PER_ELEMENT = 12
+# training.loss chunked (torchtune CEWithChunkedOutputLoss, fused linear cross-entropy): the logits are
+# held in the compute dtype (the activation element size) and only one chunk at a time is upcast to fp32
+# with its fp32 gradient (4 + 4 bytes). torchtune's default is num_output_chunks = 8; fused
+# linear-cross-entropy kernels hold less still, so this is an upper bound for them.
+LOSS_CHUNKS = 8
+CHUNK_FP32_BYTES_PER_ELEMENT = 8
 # Flash/SDPA keep the fp32 log-sum-exp per query and head: 4 bytes x a x s x b.
 SOFTMAX_STATS_BYTES = 4
 DROPOUT_MASK_BYTES = 1  # Korthikanti et al. count dropout masks as one byte per element
@@ -217,6 +228,15 @@ def layer_activation_bytes(
         else:
             layer += shape.heads * s * b * SOFTMAX_STATS_BYTES
     return layer / tensor_parallel
+
+
+def logits_bytes_per_element(loss: str, element_bytes: int = HALF_BYTES) -> float:
+    """Bytes per logit element (token x vocabulary entry) at the peak: standard cross-entropy holds fp32
+    logits, their log-softmax and gradient (12); a chunked loss the compute-dtype logits plus one chunk's
+    fp32 copy and gradient."""
+    if loss == "chunked":
+        return element_bytes + CHUNK_FP32_BYTES_PER_ELEMENT / LOSS_CHUNKS
+    return LOGITS_BYTES_PER_ELEMENT
 
 
 # ---------------------------------------------------------------- the model being trained
@@ -397,15 +417,19 @@ def _stage_estimate(
     in_flight = p if stage == "first" else 1
     kept = layer_activation_bytes(shape, s, b, t, training.attention, training.activation_checkpointing, e)
     activations = in_flight * layers_on_stage * kept
-    if training.activation_checkpointing == "full":
-        # The layer being recomputed holds its full activations during its backward.
-        activations += layer_activation_bytes(shape, s, b, t, training.attention, "none", e)
     if stage in ("only", "first"):
         activations += in_flight * s * b * shape.hidden * DROPOUT_MASK_BYTES / t  # embedding dropout
     logits = 0.0
     if stage in ("only", "last"):
         activations += 2 * e * s * b * shape.hidden / t  # final-norm and output-projection inputs
-        logits = s * b * shape.vocab / t * LOGITS_BYTES_PER_ELEMENT
+        logits = s * b * shape.vocab / t * logits_bytes_per_element(training.loss, e)
+    if training.activation_checkpointing == "full":
+        # The layer being recomputed holds its full activations during its backward. The backward
+        # reaches the last layer only after the loss and output projection have run theirs, which frees
+        # the logits, so the recomputed layer and the logits are never alive together: only its excess
+        # over the logits raises the peak.
+        recomputed = layer_activation_bytes(shape, s, b, t, training.attention, "none", e)
+        activations += max(0.0, recomputed - logits)
 
     # Overheads.
     runtime_reserve = RUNTIME_RESERVE.get(device.vendor, DEFAULT_RUNTIME_RESERVE)
@@ -425,7 +449,7 @@ def _stage_estimate(
         # DDP copies gradients into its flat buckets unless gradient_as_bucket_view=True (PyTorch DDP docs).
         communication = trainable_stage * per.gradients
     if model.finetuning.method == "qlora":
-        communication += QLORA_DEQUANT_COPIES * shape.largest_matrix() / t * HALF_BYTES
+        communication += QLORA_DEQUANT_COPIES * shape.largest_block_matrix() / t * HALF_BYTES
     step = 0.0
     if step_on_device:
         temporary = trainable_stage * per.step_temporary / optimizer_shards
