@@ -53,11 +53,19 @@ def _entry(raw: Any, source: str) -> Accelerator:
     if not isinstance(resource, str) or "/" not in resource:
         raise CatalogError(f"{where}.resourceName must be an extended resource such as nvidia.com/gpu")
     per_node = raw.get("perNode", [1, 2, 4, 8])
-    if not isinstance(per_node, list) or not per_node or not all(isinstance(n, int) and n > 0 for n in per_node):
+    if (
+        not isinstance(per_node, list)
+        or not per_node
+        or not all(isinstance(n, int) and n > 0 for n in per_node)
+    ):
         raise CatalogError(f"{where}.perNode must be a list of positive integers")
     labels = raw.get("nodeLabels", {}) or {}
     match = raw.get("match") or ([labels] if labels else [])
-    if not isinstance(labels, dict) or not isinstance(match, list) or not all(isinstance(t, dict) for t in match):
+    if (
+        not isinstance(labels, dict)
+        or not isinstance(match, list)
+        or not all(isinstance(t, dict) for t in match)
+    ):
         raise CatalogError(f"{where}.nodeLabels must be a mapping and match a list of mappings")
     return Accelerator(
         name=name,
