@@ -24,6 +24,7 @@ from kubernetes import client
 from kubefit.sandbox.cluster import NOT_READY_TAINT_KEY, POOL_LABEL, build_node, load_cluster_config
 from kubefit.sandbox.controlplane import Sandbox
 from kubefit.sandbox.nodeagent import (
+    AGENT_LOCK_FILE,
     EXIT_ANNOTATION,
     SHUTDOWN_ANNOTATION,
     add_nodes,
@@ -55,16 +56,16 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, in
 
 
 @pytest.fixture(scope="module")
-def agent(sandbox: Sandbox) -> Iterator[int]:
-    """The node agent with the example pools; stopped at the end only if this fixture started it."""
-    already_running = running_agent_pid(sandbox.state_dir) is not None
+def agent(sandbox: Sandbox) -> int:
+    """The node agent with the example pools, started unless it runs.
+
+    Never stopped here: other test modules and sessions share the sandbox and its agent; when the
+    session's fixture stops the control plane, the agent exits by itself (ORPHAN_TIMEOUT_S).
+    """
     try:
-        pid = start_agent(sandbox, EXAMPLE)
+        return start_agent(sandbox, EXAMPLE)
     except Exception as error:  # noqa: BLE001 - any failure to start is a test failure
         pytest.fail(f"node agent could not start: {error}", pytrace=False)
-    yield pid
-    if not already_running:
-        stop_agent(sandbox.state_dir)
 
 
 @pytest.fixture(scope="module")
@@ -216,8 +217,10 @@ def test_node_lease_is_renewed(core: client.CoreV1Api) -> None:
 
 
 def test_gpu_pod_is_bound_by_the_scheduler_to_an_h100_node_and_runs(
-    core: client.CoreV1Api, namespace: str
+    core: client.CoreV1Api, namespace: str, private_h100: str
 ) -> None:
+    # private_h100 guarantees room on some H100 node even if other test sessions hold h100-0/1's GPUs;
+    # the pod is not pinned: the scheduler picks among all H100 nodes.
     core.create_namespaced_pod(namespace, gpu_pod("worker", gpus=4))
     pod = wait_phase(core, namespace, "worker", "Running")
     node = read_node(core, pod["spec"]["nodeName"])
@@ -445,19 +448,44 @@ def test_cli_node_add_list_remove(sandbox: Sandbox, core: client.CoreV1Api) -> N
 
 
 def test_agent_restart_keeps_running_pods_and_their_ips(
-    sandbox: Sandbox, core: client.CoreV1Api, namespace: str
+    sandbox: Sandbox, core: client.CoreV1Api, namespace: str, private_h100: str
 ) -> None:
-    core.create_namespaced_pod(namespace, gpu_pod("before", gpus=1))
+    # Both pods on one node: the restarted agent must not hand the running pod's IP to the new one.
+    pin = {"spec": {"nodeSelector": {"kubernetes.io/hostname": private_h100}}}
+    core.create_namespaced_pod(namespace, gpu_pod("before", gpus=1, **pin))
     before = wait_phase(core, namespace, "before", "Running")
     assert stop_agent(sandbox.state_dir)
     try:
-        core.create_namespaced_pod(namespace, gpu_pod("while-down", gpus=1))
+        core.create_namespaced_pod(namespace, gpu_pod("while-down", gpus=1, **pin))
         time.sleep(1)
         # Bound by the scheduler, but nothing plays the kubelet: it stays Pending.
         assert read_pod(core, namespace, "while-down")["status"]["phase"] == "Pending"
     finally:
         start_agent(sandbox, EXAMPLE)
     during = wait_phase(core, namespace, "while-down", "Running")
-    # Pod CIDRs differ per node, and the restarted agent learnt the IPs in use from its first list.
+    # The restarted agent learnt the IPs in use from its first list.
     assert during["status"]["podIP"] != before["status"]["podIP"]
     assert read_pod(core, namespace, "before")["status"]["podIP"] == before["status"]["podIP"]
+
+
+def test_a_second_agent_for_the_same_sandbox_exits(sandbox: Sandbox) -> None:
+    running = start_agent(sandbox, EXAMPLE)  # another session may have stopped it: make sure it runs
+    lock = Path(sandbox.state_dir) / AGENT_LOCK_FILE
+    assert lock.read_text().strip() == str(running)
+    command = [
+        sys.executable,
+        "-m",
+        "kubefit.sandbox.nodeagent",
+        "--kubeconfig",
+        str(sandbox.kubeconfig_path),
+    ]
+    second = subprocess.Popen([*command, "--lock-file", str(lock)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert second.wait(timeout=15) == 3
+    finally:
+        if second.poll() is None:
+            second.kill()  # it got the lock: it must not stay on as a second agent
+            second.wait()
+    assert "another node agent holds" in (second.stderr.read() if second.stderr else "")
+    assert running_agent_pid(sandbox.state_dir) == running
+    assert lock.read_text().strip() == str(running)  # the loser did not overwrite the holder's PID

@@ -24,6 +24,7 @@ spec.nodeName!=), and a timer loop for heartbeats and delayed deletions; idle, i
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import heapq
 import ipaddress
@@ -71,10 +72,14 @@ NODE_LEASE_NAMESPACE = "kube-node-lease"
 LEASE_DURATION_S = 40  # the kubelet's default --node-lease-duration-seconds
 WATCH_TIMEOUT_S = 300  # server-side; the read timeout below is a little longer to notice dead links
 RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
-# With the API server gone this long (`kubefit sandbox down` without stop_agent), the agent exits.
-ORPHAN_TIMEOUT_S = 180.0
+# With the API server gone this long, the agent exits: a control plane stopped without stop_agent (a test
+# session's fixture stopping it) must not leave it behind. A down/up or an API server restart is shorter.
+ORPHAN_TIMEOUT_S = 60.0
 
 AGENT_PID_FILE = "agent.pid"
+AGENT_LOCK_FILE = "agent.lock"  # held by the running agent for its lifetime: one agent per sandbox
+AGENT_START_LOCK_FILE = "agent-start.lock"
+LOCK_HELD_EXIT_CODE = 3  # the agent's exit status when another agent holds the lock
 AGENT_LOG_FILE = Path("logs") / "node-agent.log"
 AGENT_MODULE = "kubefit.sandbox.nodeagent"
 CLUSTER_FILE_ENV = "KUBEFIT_SANDBOX_CLUSTER"
@@ -980,12 +985,19 @@ def _is_agent_process(pid: int) -> bool:
 
 
 def running_agent_pid(state_dir: str | Path) -> int | None:
-    """The PID of the node agent running for this sandbox, or None."""
-    try:
-        pid = int((Path(state_dir) / AGENT_PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _is_agent_process(pid) else None
+    """The PID of the node agent running for this sandbox, or None.
+
+    From agent.pid (written by start_agent), else from agent.lock (written by the agent itself once it
+    holds the lock), so that an agent whose pid file was lost is still found.
+    """
+    for name in (AGENT_PID_FILE, AGENT_LOCK_FILE):
+        try:
+            pid = int((Path(state_dir) / name).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _is_agent_process(pid):
+            return pid
+    return None
 
 
 def default_cluster_file() -> Path | None:
@@ -1011,15 +1023,25 @@ def start_agent(sandbox: Any, cluster_file: str | Path | None = None) -> int:
         created = ensure_pool_nodes(_core(new_api_client(kubeconfig)), load_cluster_config(path))
         if created:
             print(f"  simulated nodes from {path}: created {', '.join(created)}", file=sys.stderr, flush=True)
-    pid = running_agent_pid(state_dir)
-    if pid is not None:
-        return pid
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # Serialises concurrent start_agent calls (several test sessions): one check-and-spawn at a time.
+    with open(state_dir / AGENT_START_LOCK_FILE, "w") as start_lock:
+        fcntl.flock(start_lock, fcntl.LOCK_EX)
+        pid = running_agent_pid(state_dir)
+        if pid is not None:
+            return pid
+        return _spawn_agent(state_dir, kubeconfig)
+
+
+def _spawn_agent(state_dir: Path, kubeconfig: Path) -> int:
     log_path = state_dir / AGENT_LOG_FILE
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", AGENT_MODULE, "--kubeconfig", str(kubeconfig)]
+    command += ["--lock-file", str(state_dir / AGENT_LOCK_FILE)]
     with open(log_path, "ab") as log_file:
         # Own session: it outlives `kubefit sandbox up` and its terminal's signals.
         process = subprocess.Popen(
-            [sys.executable, "-m", AGENT_MODULE, "--kubeconfig", str(kubeconfig)],
+            command,
             cwd=state_dir,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -1029,11 +1051,17 @@ def start_agent(sandbox: Any, cluster_file: str | Path | None = None) -> int:
     pid_file = state_dir / AGENT_PID_FILE
     pid_file.write_text(f"{process.pid}\n")
     try:
-        process.wait(timeout=0.5)  # an agent that cannot start (bad install) dies at once
+        process.wait(timeout=0.5)  # an agent that cannot start (bad install, lock held) dies at once
     except subprocess.TimeoutExpired:
         print(f"  started node agent (pid {process.pid}), log {log_path}", file=sys.stderr, flush=True)
         return process.pid
     pid_file.unlink(missing_ok=True)
+    if process.returncode == LOCK_HELD_EXIT_CODE:
+        # An agent this state dir did not record (its pid file lost) already runs: adopt it.
+        running = running_agent_pid(state_dir)
+        if running is not None:
+            pid_file.write_text(f"{running}\n")
+            return running
     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
     raise NodeAgentError(f"node agent exited at once ({process.returncode}); {log_path}:\n{tail}")
 
@@ -1195,10 +1223,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--heartbeat-seconds", type=float, default=HEARTBEAT_INTERVAL_S)
+    parser.add_argument("--lock-file", help="held while running; a second agent with the same file exits")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
     # urllib3 logs each of its own connection retries; the agent's one line per failed attempt is enough.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
+    if args.lock_file:
+        # Not opened with "w": that would empty the file, and the PID in it, under the agent holding it.
+        lock = os.open(args.lock_file, os.O_RDWR | os.O_CREAT, 0o644)  # held open until the process exits
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # Two agents would both patch the same pods, with different pod IPs.
+            log.error("another node agent holds %s: exiting", args.lock_file)
+            return LOCK_HELD_EXIT_CODE
+        os.ftruncate(lock, 0)
+        os.write(lock, f"{os.getpid()}\n".encode())
     agent = NodeAgent(args.kubeconfig, heartbeat_interval_s=args.heartbeat_seconds)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
