@@ -501,3 +501,26 @@ def test_inventory_free_devices_and_own_job_excluded() -> None:
     assert inventory == [NodeInventory("h1", "nvidia-h100-80gb", 8, 2)]
     mine_free = build_inventory([h100], usage, CATALOG, for_job=("team-a", "llama"))
     assert mine_free == [NodeInventory("h1", "nvidia-h100-80gb", 8, 4)]
+
+
+# ---------------------------------------------------------------------------------------------- waste
+
+
+def test_overprovisioned_fixed_layout_is_warned_in_status_and_told_once_as_an_event() -> None:
+    # A 1B model pinned to 8 x H100 per worker: far more than it needs.
+    wasteful = raw_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8})
+    first = decide(observe(spec=wasteful), CATALOG)
+    warnings = first.status["sizing"]["warnings"]
+    advice = [event for event in first.events if event.reason == "OverProvisioned"]
+    assert len(advice) == 1 and advice[0].type == "Normal"
+    assert advice[0].message in warnings
+
+    again = decide(observe(spec=wasteful, status=first.status), CATALOG)
+    assert not [event for event in again.events if event.reason == "OverProvisioned"]
+    assert advice[0].message in again.status["sizing"]["warnings"]
+
+
+def test_layout_the_planner_chose_is_not_called_overprovisioned() -> None:
+    chosen = raw_spec(resources={"accelerator": "auto", "acceleratorsPerWorker": "auto"})
+    decision = decide(observe(spec=chosen), CATALOG)
+    assert not [event for event in decision.events if event.reason == "OverProvisioned"]

@@ -241,7 +241,7 @@ def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) 
     from kubefit.api.validation import InvalidSpec, parse_spec
     from kubefit.sizing.catalog import CatalogError, load_catalog
     from kubefit.sizing.planner import plan
-    from kubefit.sizing.suggest import overprovisioned, suggest
+    from kubefit.sizing.suggest import suggest, with_overprovisioning_advice
 
     source = "<stdin>" if args.filename == "-" else args.filename
     manifest = load_training_job(read_text(args.filename, stdin), source)
@@ -253,9 +253,7 @@ def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) 
         raise InvalidInput([str(exc)]) from None
     except InvalidSpec as exc:
         raise InvalidInput([str(error) for error in exc.errors]) from None
-    advice = overprovisioned(spec, sizing, catalog)
-    if advice:
-        sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, advice]})
+    sizing, _ = with_overprovisioning_advice(spec, sizing, catalog)
     suggestions = suggest(spec, catalog) if args.suggest else None
 
     if args.output == "table":

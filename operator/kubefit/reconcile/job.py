@@ -24,6 +24,7 @@ from kubefit.reconcile.status import gib, parse_rfc3339, rfc3339, sizing_message
 from kubefit.reconcile.workers import WorkerBounds, scale_workers, stop_workers, worker_bounds
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.planner import NodeInventory, plan
+from kubefit.sizing.suggest import with_overprovisioning_advice
 
 SIZED, READY, RUNNING, SUCCEEDED_TYPE, FAILED_TYPE, SUSPENDED = (
     "Sized",
@@ -99,6 +100,7 @@ def decide(observation: JobObservation, catalog: Catalog) -> Decision:
         spec = parse_spec(observation.spec)
         _check_name(observation.job.name, spec)
         sizing, bounds = _size(spec, observation.inventory, catalog)
+        sizing, advice = with_overprovisioning_advice(spec, sizing, catalog)
     except InvalidSpec as invalid:
         return _finish(observation, _invalid(invalid), None, ours, adopt)
     if spec.run_policy.suspend:
@@ -107,7 +109,14 @@ def decide(observation: JobObservation, catalog: Catalog) -> Decision:
         draft = _blocked(spec, sizing, bounds)
     else:
         draft = _active(observation, spec, sizing, bounds, ours, catalog)
+    draft.events.extend(_overprovisioning_events(advice, observation.status))
     return _finish(observation, draft, sizing, ours, adopt)
+
+
+def _overprovisioning_events(advice: str | None, previous: Mapping[str, Any]) -> list[JobEvent]:
+    """A Normal event the first time a fixed layout is found far bigger than the job needs."""
+    already_told = advice in ((previous.get("sizing") or {}).get("warnings") or [])
+    return [JobEvent("Normal", "OverProvisioned", advice)] if advice and not already_told else []
 
 
 def _size(

@@ -223,3 +223,16 @@ def overprovisioned(
             f"{anywhere.accelerator} and acceleratorsPerWorker: {anywhere.accelerators_per_worker}"
         )
     return None
+
+
+def with_overprovisioning_advice(
+    spec: TrainingJobSpec, sizing: SizingStatus, catalog: Catalog | None = None
+) -> tuple[SizingStatus, str | None]:
+    """`sizing` with the over-provisioning sentence added to its warnings, and the sentence (or None).
+
+    Both `kubefit size` and the operator's status use it, so the CLI's JSON stays equal to status.sizing.
+    """
+    advice = overprovisioned(spec, sizing, catalog)
+    if advice is None or advice in sizing.warnings:
+        return sizing, advice
+    return sizing.model_copy(update={"warnings": [*sizing.warnings, advice]}), advice
