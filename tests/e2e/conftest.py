@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from kubefit.sandbox.controlplane import Sandbox
+from kubefit.sandbox.nodeagent import stop_agent
 
 
 @pytest.fixture(scope="session")
@@ -34,4 +35,5 @@ def sandbox() -> Iterator[Sandbox]:
         else:
             os.environ["KUBECONFIG"] = previous_kubeconfig
         if not already_up:
+            stop_agent(control_plane.state_dir)  # it would outlive its API server by a minute
             control_plane.down()

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from kubefit.sandbox.controlplane import Sandbox
-from kubefit.sandbox.nodeagent import running_agent_pid, start_agent, stop_agent
+from kubefit.sandbox.nodeagent import start_agent
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "trainingjob.yaml"
@@ -221,16 +221,16 @@ def kube(sandbox: Sandbox) -> Kube:
 
 
 @pytest.fixture(scope="module")
-def node_agent(sandbox: Sandbox) -> Iterator[int]:
-    """The node agent with the example pools; stopped at the end only if this fixture started it."""
-    already_running = running_agent_pid(sandbox.state_dir) is not None
+def node_agent(sandbox: Sandbox) -> int:
+    """The node agent with the example pools, shared by every module of the run.
+
+    Never stopped here: other modules (and other sessions on the same sandbox) rely on it; the
+    session's sandbox fixture stops it with the control plane.
+    """
     try:
-        pid = start_agent(sandbox, CLUSTER_FILE)
+        return start_agent(sandbox, CLUSTER_FILE)
     except Exception as error:  # noqa: BLE001 - any failure to start is a test failure
         pytest.fail(f"node agent could not start: {error}", pytrace=False)
-    yield pid
-    if not already_running:
-        stop_agent(sandbox.state_dir)
 
 
 @pytest.fixture(scope="module")
