@@ -53,6 +53,8 @@ echo
 kubectl get pods -l "kubefit.dev/job=$job" -o wide
 echo
 echo "==> sizing (kubefit size -f examples/quickstart.yaml)"
+echo "    kubefit size plans against the whole accelerator catalog; the operator planned against the"
+echo "    accelerators this cluster's nodes have, so the two may choose different devices."
 "$KUBEFIT" size -f examples/quickstart.yaml
 echo
 if [ "${phase:-}" != "Running" ]; then
