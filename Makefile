@@ -46,6 +46,7 @@ demo-down: venv
 lint: venv
 	@$(PYTHON) -m ruff check operator tests benchmarks
 	@$(PYTHON) -m ruff format --check operator tests benchmarks
+	@$(PYTHON) -m mypy
 
 unit: venv
 	@$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)

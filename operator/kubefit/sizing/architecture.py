@@ -6,7 +6,7 @@ adapter counts. Conventions and their sources are in docs/sizing.md ("Model shap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kubefit.api.models import Architecture
 
@@ -84,16 +84,16 @@ def shape_from_architecture(architecture: Architecture, parameters: int | None) 
     kv_heads = architecture.kv_heads or architecture.attention_heads
     vocab = architecture.vocab_size or DEFAULT_VOCAB
     ffn = architecture.intermediate_size or 4 * architecture.hidden_size
-    common = dict(
+    gated = ModelShape(
         layers=architecture.layers,
         hidden=architecture.hidden_size,
         heads=architecture.attention_heads,
         kv_heads=kv_heads,
         ffn=ffn,
         vocab=vocab,
+        gated_mlp=True,
     )
-    gated = ModelShape(gated_mlp=True, **common)
-    plain = ModelShape(gated_mlp=False, **common)
+    plain = replace(gated, gated_mlp=False)
     if parameters is None:
         return gated if architecture.intermediate_size is not None else plain
     return min((gated, plain), key=lambda shape: abs(shape.total_parameters() - parameters))

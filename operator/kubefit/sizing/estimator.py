@@ -216,7 +216,7 @@ def layer_activation_bytes(
     kv_ratio = shape.kv_heads / shape.heads
     ffn_ratio = shape.ffn / h
     # Two norm inputs, the QKV input, the attention-output and MLP-output dropout masks.
-    layer = sbh * (3 * e + 2 * DROPOUT_MASK_BYTES)
+    layer: float = sbh * (3 * e + 2 * DROPOUT_MASK_BYTES)
     # Q, K, V (K and V shrink with GQA) and the output-projection input.
     layer += sbh * e * (1 + 2 * kv_ratio + 1)
     # MLP: its input, then GeLU input and output; or gate, up, activation and product when gated.
