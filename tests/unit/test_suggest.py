@@ -183,3 +183,23 @@ def test_a_right_sized_or_auto_or_failing_layout_is_not_flagged() -> None:
     failing = make_spec(model=LLAMA3_8B, resources={"accelerator": "nvidia-l4", "acceleratorsPerWorker": 1})
     assert not plan(failing).fits
     assert overprovisioned(failing, plan(failing)) is None
+
+
+def test_chunked_loss_is_offered_where_the_logits_weigh_and_lowers_the_estimate() -> None:
+    # A 128k vocabulary at 8k tokens: the fp32 logits of a standard loss are several GiB per device.
+    spec = make_spec(
+        model=LLAMA3_8B,
+        training={"sharding": "fsdp", "activationCheckpointing": "full", "sequenceLength": 8192},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+    )
+    chunked = [s for s in suggest(spec, CATALOG) if [c.field for c in s.changes] == ["training.loss"]]
+    assert chunked, "a chunked loss should be among the suggestions"
+    assert "training script" in chunked[0].trade_off
+    declared = plan(spec, CATALOG)
+    with_chunked = plan(replace_field(spec, "training.loss", "chunked"), CATALOG)
+    assert with_chunked.breakdown.logits < declared.breakdown.logits
+
+
+def test_chunked_loss_is_not_suggested_twice() -> None:
+    spec = make_spec(model=LLAMA3_8B, training={"loss": "chunked", "sequenceLength": 8192})
+    assert not [s for s in suggest(spec, CATALOG) if "training.loss" in [c.field for c in s.changes]]

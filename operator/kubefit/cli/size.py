@@ -43,6 +43,11 @@ what is assumed:
     elastic floor together with workers.minReplicas.
   - With accelerator and acceleratorsPerWorker both fixed and workers.replicas given, that layout is
     evaluated at replicas (kept within minReplicas..maxReplicas) and fits may be false.
+  - training.loss standard (the default) counts the whole fp32 logits of a plain cross-entropy, the
+    safe figure; declare chunked only when the training code uses a chunked or fused loss.
+  - Suggestions and "would fit" remedies draw from: ZeRO stages, selective/full recompute,
+    micro-batch 1, a chunked loss, 8-bit AdamW/Adafactor, optimizer offload, bf16-true, fp8, LoRA,
+    QLoRA and other accelerators; each is re-estimated, none is applied to the job.
   - No cluster is consulted: free devices and node sizes are not known here (the operator knows them).
   - When a fixed layout is far bigger than the job needs, a warning says so (the operator adds the
     same sentence to status.sizing.warnings).

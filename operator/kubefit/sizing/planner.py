@@ -510,6 +510,13 @@ CHANGES: tuple[Change, ...] = (
         lambda spec: _OPTIMIZER_STATE_BYTES[spec.model.optimizer] > 1 and _is_full_training(spec),
     ),
     Change(
+        "training.loss",
+        "chunked",
+        "chunked cross-entropy: the loss is computed a slice of the sequence at a time, so the fp32 logits "
+        "never exist whole; needs a training script that uses it (e.g. torchtune, litgpt, Liger kernels)",
+        lambda spec: spec.training.loss == "standard",
+    ),
+    Change(
         "training.offload",
         "optimizer",
         "optimizer offload: optimizer states and step on the CPU; needs host memory and slows each step",
@@ -536,6 +543,7 @@ _REMEDY_ORDER = (
     ("training.activationCheckpointing", "selective"),
     ("training.activationCheckpointing", "full"),
     ("training.microBatchSize", 1),
+    ("training.loss", "chunked"),
     ("model.optimizer", "adamw-8bit"),
     ("training.offload", "optimizer"),
     ("model.precision", "bf16-true"),
