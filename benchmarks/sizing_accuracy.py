@@ -155,6 +155,29 @@ def timing(rows: list[Row], repeat: int = 2000) -> float:
     return (time.perf_counter() - start) / ((repeat // len(rows) + 1) * len(rows))
 
 
+def print_baseline_summary(full: list[Result]) -> None:
+    """The same error statistics for the published estimators, over the same fully specified rows.
+
+    They estimate model states only (DeepSpeed) or a per-component maximum (Accelerate), so they are
+    compared as a user reads them: as the memory the job needs per device.
+    """
+    names = ("DeepSpeed ZeRO-2", "DeepSpeed ZeRO-3", "Accelerate estimate-memory")
+    columns: list[list[float]] = [[], [], []]
+    for result in full:
+        measured = result.row.measured_bytes
+        if measured is None:
+            continue
+        for column, value in zip(columns, baselines(result.row), strict=True):
+            if value is not None:
+                column.append(abs(value * GIB - measured) / measured)
+    for name, errors in zip(names, columns, strict=True):
+        if errors:
+            print(
+                f"  {name:<27} median |error| {statistics.median(errors):.1%}, "
+                f"within 25%: {sum(e <= 0.25 for e in errors)}/{len(errors)}"
+            )
+
+
 def main() -> int:
     rows = load_rows()
     results = [evaluate(row) for row in rows]
@@ -193,6 +216,16 @@ def main() -> int:
             f"  median |error| {statistics.median(errors):.1%}   max |error| {max(errors):.1%} (row {worst.row.id})"
         )
         print(f"  within 25%: {sum(e <= 0.25 for e in errors)}/{len(errors)}")
+        print("  the published estimators on the same rows (full parameter count, as a user reads them):")
+        print_baseline_summary(full)
+        full_training = [r for r in full if r.row.spec.model.finetuning.method == "full"]
+        ours = [abs(r.error) for r in full_training if r.error is not None]
+        if ours:
+            print(
+                f"  full-training rows only ({len(ours)}): kubefit median |error| {statistics.median(ours):.1%}; "
+                "published estimators:"
+            )
+            print_baseline_summary(full_training)
     if everything:
         print(
             f"all measured rows ({len(everything)}): median |error| {statistics.median(everything):.1%}, "
