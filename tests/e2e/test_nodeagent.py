@@ -23,19 +23,10 @@ from kubernetes import client
 
 from kubefit.sandbox.cluster import NOT_READY_TAINT_KEY, POOL_LABEL, build_node, load_cluster_config
 from kubefit.sandbox.controlplane import Sandbox
-from kubefit.sandbox.nodeagent import (
-    AGENT_LOCK_FILE,
-    EXIT_ANNOTATION,
-    SHUTDOWN_ANNOTATION,
-    add_nodes,
-    new_api_client,
-    parse_rfc3339,
-    remove_node,
-    running_agent_pid,
-    start_agent,
-    stop_agent,
-    watch_events,
-)
+from kubefit.sandbox.kubeclient import new_api_client, watch_events
+from kubefit.sandbox.nodeagent import AGENT_LOCK_FILE, running_agent_pid, start_agent, stop_agent
+from kubefit.sandbox.nodes import add_nodes, remove_node
+from kubefit.sandbox.podstatus import EXIT_ANNOTATION, SHUTDOWN_ANNOTATION, parse_rfc3339
 
 pytestmark = pytest.mark.e2e
 

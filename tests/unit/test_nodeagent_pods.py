@@ -12,22 +12,20 @@ from typing import Any
 
 import pytest
 
-from kubefit.sandbox.nodeagent import (
+from kubefit.cli.sandbox import add_node_commands, node_rows
+from kubefit.sandbox.errors import NodeAgentError
+from kubefit.sandbox.kubeclient import WatchExpired, watch_events
+from kubefit.sandbox.nodeagent import KeyedTimers
+from kubefit.sandbox.podstatus import (
     EXIT_ANNOTATION,
     SHUTDOWN_ANNOTATION,
-    KeyedTimers,
-    NodeAgentError,
     PodIPAllocator,
-    WatchExpired,
-    add_node_commands,
     decide,
     exit_code_from,
     exited_status_patch,
-    node_rows,
     parse_rfc3339,
     rfc3339,
     running_status_patch,
-    watch_events,
 )
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

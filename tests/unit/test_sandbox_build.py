@@ -279,22 +279,17 @@ def test_cli_env_prints_shell_exports(tmp_path: Path, capsys: pytest.CaptureFixt
     assert f"export KUBEFIT_SANDBOX_DIR='{state_dir}'" in lines
 
 
-def test_cli_up_and_down_drive_the_node_agent_when_present(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import types
-
+def test_cli_up_and_down_drive_the_node_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from kubefit.cli import sandbox as sandbox_cli
     from kubefit.cli.main import build_parser
 
     fake = _FakeSandbox(tmp_path)
     agent_calls: list[tuple[str, object]] = []
-    fake_agent = types.SimpleNamespace(
-        start_agent=lambda sandbox, cluster_file: agent_calls.append(("start", cluster_file)),
-        stop_agent=lambda state_dir: agent_calls.append(("stop", state_dir)),
-    )
     monkeypatch.setattr(sandbox_cli, "_sandbox", lambda args: fake)
-    monkeypatch.setattr(sandbox_cli, "_node_agent", lambda: fake_agent)
+    monkeypatch.setattr(
+        sandbox_cli, "start_agent", lambda sandbox, cluster_file: agent_calls.append(("start", cluster_file))
+    )
+    monkeypatch.setattr(sandbox_cli, "stop_agent", lambda state_dir: agent_calls.append(("stop", state_dir)))
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text("{}\n")
 

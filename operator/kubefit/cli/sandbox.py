@@ -1,30 +1,31 @@
-"""`kubefit sandbox build|up|down|status|env|kubectl` (and `node ...` when the node agent is present)."""
+"""`kubefit sandbox build|up|down|status|env|kubectl|node`: argument parsing and output only.
+
+The work is done in kubefit.sandbox (controlplane, nodeagent, nodes); this module turns its results and
+errors into printed lines and exit statuses.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+# None of these imports the kubernetes package (it is imported when a client is made): `kubefit size`
+# registers this module's parsers too, and must start without it.
+from kubefit.sandbox.cluster import ACCELERATOR_LABEL, POOL_LABEL
+from kubefit.sandbox.errors import NodeAgentError
+from kubefit.sandbox.kubeclient import core_api, new_api_client, response_json
+from kubefit.sandbox.nodeagent import start_agent, stop_agent
+from kubefit.sandbox.nodes import add_nodes, list_sandbox_nodes, remove_node
+from kubefit.sandbox.podstatus import TERMINAL_PHASES
 
 DEFAULT_CLUSTER_FILE = Path("examples/sandbox/cluster.yaml")
 _REPO_ROOT = Path(__file__).resolve().parents[3]
-NODE_AGENT_MODULE = "kubefit.sandbox.nodeagent"
-
-
-def _node_agent() -> ModuleType | None:
-    """kubefit.sandbox.nodeagent if it has been written (it is optional)."""
-    try:
-        return importlib.import_module(NODE_AGENT_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != NODE_AGENT_MODULE:
-            raise
-        return None
 
 
 def _sandbox(args: argparse.Namespace) -> Any:
@@ -55,20 +56,15 @@ def _up(args: argparse.Namespace) -> int:
     sandbox.up(timeout=args.timeout)
     if args.no_agent:
         return 0
-    agent = _node_agent()
-    start_agent = getattr(agent, "start_agent", None)
-    if start_agent is not None:
-        cluster_file = Path(args.cluster).resolve() if args.cluster else _default_cluster_file()
-        start_agent(sandbox, cluster_file)
+    cluster_file = Path(args.cluster).resolve() if args.cluster else _default_cluster_file()
+    start_agent(sandbox, cluster_file)
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
     sandbox = _sandbox(args)
-    # The node agent talks to the API server: stop it first. Its stop_agent takes the state dir.
-    stop_agent = getattr(_node_agent(), "stop_agent", None)
-    if stop_agent is not None:
-        stop_agent(sandbox.state_dir)
+    # The node agent talks to the API server: stop it first.
+    stop_agent(sandbox.state_dir)
     if args.purge:
         sandbox.purge()
     else:
@@ -105,6 +101,133 @@ def _kubectl(args: argparse.Namespace) -> int:
     command = _sandbox(args).kubectl_command(*kubectl_args)
     sys.stdout.flush()
     return subprocess.call(command)
+
+
+# ---------------------------------------------------------------------------------------------
+# `kubefit sandbox node add|remove|list`
+# ---------------------------------------------------------------------------------------------
+
+
+def _kubeconfig_for(args: argparse.Namespace) -> Path:
+    if getattr(args, "kubeconfig", None):
+        return Path(args.kubeconfig)
+    state_dir = getattr(args, "state_dir", None)
+    if not state_dir:
+        from kubefit.sandbox.controlplane import default_state_dir
+
+        state_dir = default_state_dir()
+    return Path(state_dir) / "kubeconfig"
+
+
+def _run_node_command(args: argparse.Namespace, action: Callable[[Any], int]) -> int:
+    from kubernetes.client import ApiException
+
+    kubeconfig = _kubeconfig_for(args)
+    if not kubeconfig.is_file():
+        print(
+            f"kubefit: no sandbox kubeconfig at {kubeconfig}: run `kubefit sandbox up` first", file=sys.stderr
+        )
+        return 1
+    try:
+        return action(core_api(new_api_client(kubeconfig)))
+    except NodeAgentError as exc:
+        print(f"kubefit: {exc}", file=sys.stderr)
+        return 2
+    except ApiException as exc:
+        print(f"kubefit: API server answered {exc.status} {exc.reason}: {exc.body}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"kubefit: cannot reach the sandbox API server: {exc}", file=sys.stderr)
+        return 1
+
+
+def _node_add(args: argparse.Namespace) -> int:
+    def action(core: Any) -> int:
+        names = add_nodes(
+            core, args.accelerator, args.count, args.pool, args.name, args.nodes, args.cpu, args.memory
+        )
+        print(f"added {', '.join(names)}")
+        return 0
+
+    return _run_node_command(args, action)
+
+
+def _node_remove(args: argparse.Namespace) -> int:
+    def action(core: Any) -> int:
+        for name in args.names:
+            deleted = remove_node(core, name)
+            print(f"removed {name} (deleted {deleted} pod(s) bound to it)")
+        return 0
+
+    return _run_node_command(args, action)
+
+
+def node_rows(nodes: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """Rows of `node list`: NAME POOL ACCELERATOR DEVICES CPU MEMORY READY PODS."""
+    active = [p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES]
+    rows = []
+    for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
+        labels = node["metadata"].get("labels") or {}
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        devices = [f"{value} {key}" for key, value in allocatable.items() if "/" in key]
+        conditions = (node.get("status") or {}).get("conditions") or []
+        ready = next((c.get("status") for c in conditions if c.get("type") == "Ready"), "Unknown")
+        name = node["metadata"]["name"]
+        rows.append(
+            [
+                name,
+                labels.get(POOL_LABEL, ""),
+                labels.get(ACCELERATOR_LABEL, ""),
+                ", ".join(devices) or "-",
+                str(allocatable.get("cpu", "")),
+                str(allocatable.get("memory", "")),
+                "True" if ready == "True" else ready,
+                str(sum(1 for p in active if p["spec"].get("nodeName") == name)),
+            ]
+        )
+    return rows
+
+
+def _node_list(args: argparse.Namespace) -> int:
+    def action(core: Any) -> int:
+        nodes, _ = list_sandbox_nodes(core)
+        pods = response_json(
+            core.list_pod_for_all_namespaces(field_selector="spec.nodeName!=", _preload_content=False)
+        )
+        rows = [["NAME", "POOL", "ACCELERATOR", "DEVICES", "CPU", "MEMORY", "READY", "PODS"]]
+        rows += node_rows(nodes, pods.get("items", []))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        return 0
+
+    return _run_node_command(args, action)
+
+
+def add_node_commands(subparsers: Any) -> None:
+    """Adds `node add|remove|list` to the `kubefit sandbox` sub-commands."""
+    node = subparsers.add_parser("node", help="add, remove and list simulated GPU/TPU nodes")
+    node.add_argument("--kubeconfig", help="the sandbox's kubeconfig (default: <state dir>/kubeconfig)")
+    actions = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+
+    add = actions.add_parser("add", help="add simulated node(s) while the sandbox runs")
+    add.add_argument(
+        "--accelerator", default=None, help="catalog name, e.g. nvidia-h100-80gb (omit: CPU-only)"
+    )
+    add.add_argument("--count", type=int, default=None, help="accelerators per node (default: the pool's)")
+    add.add_argument("--pool", default=None, help="pool name (default: the pool of that accelerator)")
+    add.add_argument("--name", default=None, help="node name (default: <pool>-<first free index>)")
+    add.add_argument("--nodes", type=int, default=1, help="how many nodes to add (default 1)")
+    add.add_argument("--cpu", default=None, help="CPU capacity, e.g. 96 (default: the pool's)")
+    add.add_argument("--memory", default=None, help="memory capacity, e.g. 1Ti (default: the pool's)")
+    add.set_defaults(handler=_node_add)
+
+    remove = actions.add_parser("remove", help="delete simulated node(s) and the pods bound to them")
+    remove.add_argument("names", nargs="+", metavar="NAME")
+    remove.set_defaults(handler=_node_remove)
+
+    listing = actions.add_parser("list", help="list the simulated nodes")
+    listing.set_defaults(handler=_node_list)
 
 
 def register(commands: Any) -> None:
@@ -154,6 +277,4 @@ def register(commands: Any) -> None:
     kubectl.add_argument("kubectl_args", nargs=argparse.REMAINDER)
     kubectl.set_defaults(handler=_kubectl)
 
-    add_node_commands = getattr(_node_agent(), "add_node_commands", None)
-    if add_node_commands is not None:
-        add_node_commands(actions)
+    add_node_commands(actions)

@@ -6,8 +6,8 @@ A cluster file (see examples/sandbox/cluster.yaml) lists pools of identical node
     - {name: h100, accelerator: nvidia-h100-80gb, nodes: 2, acceleratorsPerNode: 8, cpu: 96, memory: 1Ti}
     - {name: cpu, nodes: 1, cpu: 16, memory: 64Gi}          # no accelerator: a CPU-only node
 
-Everything here is pure (no API calls) so that it can be unit-tested; kubefit.sandbox.nodeagent
-creates the nodes and keeps them alive.
+Everything here is pure (no API calls) so that it can be unit-tested; kubefit.sandbox.nodes creates
+the nodes and kubefit.sandbox.nodeagent keeps them alive.
 """
 
 from __future__ import annotations

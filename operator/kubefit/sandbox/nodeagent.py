@@ -19,58 +19,51 @@ It runs as one background process (`python -m kubefit.sandbox.nodeagent --kubeco
 `start_agent` with its PID in <state dir>/agent.pid and its log in <state dir>/logs/node-agent.log, and
 stopped by `stop_agent`. Three threads: a node watch, a pod watch (only bound pods: field selector
 spec.nodeName!=), and a timer loop for heartbeats and delayed deletions; idle, it costs nothing.
+
+This module is the loop and the process; what to do with a pod is in kubefit.sandbox.podstatus (pure),
+node operations in kubefit.sandbox.nodes, the API client and watches in kubefit.sandbox.kubeclient.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import heapq
-import ipaddress
-import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubefit.sandbox.cluster import (
-    ACCELERATOR_LABEL,
-    DEFAULT_CPU,
-    DEFAULT_EPHEMERAL_STORAGE,
-    DEFAULT_MAX_PODS,
-    DEFAULT_MEMORY,
-    NO_ACCELERATOR,
-    NOT_READY_TAINT_KEY,
-    POOL_LABEL,
-    ClusterConfig,
-    ClusterConfigError,
-    NodePool,
-    build_node,
-    free_node_index,
-    load_cluster_config,
-    parse_pool,
-    ready_conditions,
-    without_not_ready_taint,
+from kubefit.sandbox.cluster import POOL_LABEL, load_cluster_config
+from kubefit.sandbox.errors import NodeAgentError
+from kubefit.sandbox.kubeclient import WatchExpired, core_api, new_api_client, response_json, watch_events
+from kubefit.sandbox.nodes import (
+    delete_pod_now,
+    delete_pods_on_node,
+    ensure_pool_nodes,
+    list_sandbox_nodes,
+    make_node_ready,
+    node_needs_fixing,
 )
-from kubefit.sizing.catalog import Catalog, load_catalog
-
-EXIT_ANNOTATION = "sandbox.kubefit.dev/exit"
-SHUTDOWN_ANNOTATION = "sandbox.kubefit.dev/shutdown-seconds"
+from kubefit.sandbox.podstatus import (
+    PodIPAllocator,
+    decide,
+    exited_status_patch,
+    rfc3339,
+    running_status_patch,
+)
 
 HEARTBEAT_INTERVAL_S = 20.0
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 LEASE_DURATION_S = 40  # the kubelet's default --node-lease-duration-seconds
-WATCH_TIMEOUT_S = 300  # server-side; the read timeout below is a little longer to notice dead links
 RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 # With the API server gone this long, the agent exits: a control plane stopped without stop_agent (a test
 # session's fixture stopping it) must not leave it behind. A down/up or an API server restart is shorter.
@@ -81,542 +74,13 @@ AGENT_LOCK_FILE = "agent.lock"  # held by the running agent for its lifetime: on
 AGENT_START_LOCK_FILE = "agent-start.lock"
 LOCK_HELD_EXIT_CODE = 3  # the agent's exit status when another agent holds the lock
 AGENT_LOG_FILE = Path("logs") / "node-agent.log"
+# `python -m` runs this module as the agent process; _is_agent_process looks for it in /proc cmdlines.
 AGENT_MODULE = "kubefit.sandbox.nodeagent"
 CLUSTER_FILE_ENV = "KUBEFIT_SANDBOX_CLUSTER"
 # The repository's example, used when no cluster file is named (editable installs and checkouts).
 EXAMPLE_CLUSTER_FILE = Path(__file__).resolve().parents[3] / "examples" / "sandbox" / "cluster.yaml"
 
-STRATEGIC_MERGE = "application/strategic-merge-patch+json"
-TERMINAL_PHASES = ("Succeeded", "Failed")
-
 log = logging.getLogger("kubefit.sandbox.nodeagent")
-
-
-class NodeAgentError(RuntimeError):
-    """A sandbox node operation that cannot be done; the message says why."""
-
-
-class InvalidAnnotation(ValueError):
-    """A sandbox annotation on a pod whose value cannot be used; the message names the annotation."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Time
-# ---------------------------------------------------------------------------------------------
-
-
-def rfc3339(moment: datetime | None = None) -> str:
-    """Kubernetes' metav1.Time format (second precision, UTC)."""
-    return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure pieces: what to do with a pod, and the status patches
-# ---------------------------------------------------------------------------------------------
-
-
-def _annotations(pod: Mapping[str, Any]) -> Mapping[str, str]:
-    return pod.get("metadata", {}).get("annotations") or {}
-
-
-def exit_code_from(pod: Mapping[str, Any]) -> int | None:
-    """The exit code the pod's EXIT_ANNOTATION asks for, or None without it."""
-    value = _annotations(pod).get(EXIT_ANNOTATION)
-    if value is None:
-        return None
-    text = str(value).strip()
-    if not re.fullmatch(r"[0-9]{1,3}", text) or int(text) > 255:
-        raise InvalidAnnotation(
-            f"annotation {EXIT_ANNOTATION}={value!r} must be an exit code from 0 to 255 "
-            "(0 -> Succeeded, other -> Failed)"
-        )
-    return int(text)
-
-
-def shutdown_seconds_from(pod: Mapping[str, Any]) -> float | None:
-    """How long the pod's containers take to stop after SIGTERM (SHUTDOWN_ANNOTATION), or None."""
-    value = _annotations(pod).get(SHUTDOWN_ANNOTATION)
-    if value is None:
-        return None
-    try:
-        seconds = float(str(value).strip())
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < 86400:
-        raise InvalidAnnotation(
-            f"annotation {SHUTDOWN_ANNOTATION}={value!r} must be a number of seconds from 0 to 86400"
-        )
-    return seconds
-
-
-@dataclass(frozen=True)
-class PodAction:
-    """What the agent does with a pod bound to one of its nodes."""
-
-    kind: str  # "none" | "run" | "exit" | "delete" | "invalid"
-    exit_code: int | None = None
-    delete_at: datetime | None = None  # for "delete"
-    message: str = ""  # for "invalid"
-
-
-def decide(pod: Mapping[str, Any], now: datetime) -> PodAction:
-    """The next step for a pod bound to a sandbox node (pure: the caller checks the node)."""
-    metadata = pod.get("metadata", {})
-    phase = (pod.get("status") or {}).get("phase") or "Pending"
-    deletion = metadata.get("deletionTimestamp")
-    if deletion:
-        if phase != "Running":
-            return PodAction("delete", delete_at=now)  # no running container to wait for
-        deadline = parse_rfc3339(deletion)
-        try:
-            shutdown = shutdown_seconds_from(pod)
-        except InvalidAnnotation:
-            shutdown = None  # fall back to the full grace period; the annotation is reported elsewhere
-        if shutdown is not None:
-            # deletionTimestamp = time of the delete request + the grace period.
-            requested = deadline - timedelta(seconds=metadata.get("deletionGracePeriodSeconds") or 0)
-            deadline = min(deadline, requested + timedelta(seconds=shutdown))
-        return PodAction("delete", delete_at=deadline)
-    if phase in TERMINAL_PHASES:
-        return PodAction("none")
-    try:
-        exit_code = exit_code_from(pod)
-    except InvalidAnnotation as exc:
-        return PodAction("invalid", message=str(exc))
-    if exit_code is not None:
-        return PodAction("exit", exit_code=exit_code)
-    if phase != "Running":
-        return PodAction("run")
-    return PodAction("none")
-
-
-def _container_id(pod: Mapping[str, Any], container: str) -> str:
-    # Stable per pod and container, 64 hex digits like a containerd ID.
-    digest = hashlib.sha256(f"{pod['metadata'].get('uid', '')}/{container}".encode()).hexdigest()
-    return f"sandbox://{digest}"
-
-
-def _container_status(pod: Mapping[str, Any], container: Mapping[str, Any], state: dict, ready: bool) -> dict:
-    image = container.get("image", "")
-    return {
-        "name": container["name"],
-        "image": image,
-        "imageID": f"sandbox://{image}",
-        "containerID": _container_id(pod, container["name"]),
-        "ready": ready,
-        "started": "running" in state,
-        "restartCount": 0,
-        "state": state,
-        "lastState": {},
-    }
-
-
-def _conditions(pod: Mapping[str, Any], now: str, ready: bool, reason: str | None) -> list[dict]:
-    """Pod conditions; lastTransitionTime moves only for a condition whose status changes."""
-    existing = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
-    wanted = {"PodScheduled": True, "Initialized": True, "ContainersReady": ready, "Ready": ready}
-    conditions = []
-    for kind, value in wanted.items():
-        status = "True" if value else "False"
-        condition: dict[str, Any] = {"type": kind, "status": status}
-        if existing.get(kind, {}).get("status") != status:
-            condition["lastTransitionTime"] = now
-        if reason and not value:
-            condition["reason"] = reason
-        conditions.append(condition)
-    return conditions
-
-
-def _init_container_statuses(pod: Mapping[str, Any], now: str) -> list[dict]:
-    # Init containers run to completion before the main ones: report each as exited 0.
-    statuses = []
-    for container in pod["spec"].get("initContainers") or []:
-        terminated = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
-        terminated["containerID"] = _container_id(pod, container["name"])
-        statuses.append(_container_status(pod, container, {"terminated": terminated}, ready=True))
-    return statuses
-
-
-def running_status_patch(pod: Mapping[str, Any], host_ip: str, pod_ip: str, now: str) -> dict[str, Any]:
-    """The status patch a kubelet's sync would produce once all containers have started."""
-    if not pod.get("spec", {}).get("containers"):
-        raise ValueError("pod has no spec.containers")
-    ipaddress.ip_address(pod_ip)  # raises ValueError naming the bad address
-    ipaddress.ip_address(host_ip)
-    status: dict[str, Any] = {
-        "phase": "Running",
-        "hostIP": host_ip,
-        "podIP": pod_ip,
-        "podIPs": [{"ip": pod_ip}],
-        "startTime": (pod.get("status") or {}).get("startTime") or now,
-        "conditions": _conditions(pod, now, ready=True, reason=None),
-        "containerStatuses": [
-            _container_status(pod, container, {"running": {"startedAt": now}}, ready=True)
-            for container in pod["spec"]["containers"]
-        ],
-    }
-    init_statuses = _init_container_statuses(pod, now)
-    if init_statuses:
-        status["initContainerStatuses"] = init_statuses
-    return {"status": status}
-
-
-def exited_status_patch(
-    pod: Mapping[str, Any], exit_code: int, host_ip: str, pod_ip: str, now: str
-) -> dict[str, Any]:
-    """The status patch for a pod whose containers all exited with `exit_code` (0 -> Succeeded)."""
-    if not 0 <= exit_code <= 255:
-        raise ValueError(f"exit code {exit_code} is outside 0..255")
-    if not pod.get("spec", {}).get("containers"):
-        raise ValueError("pod has no spec.containers")
-    status = pod.get("status") or {}
-    started = {s.get("name"): (s.get("state") or {}).get("running", {}).get("startedAt") for s in
-               status.get("containerStatuses") or []}  # fmt: skip
-    succeeded = exit_code == 0
-    containers = []
-    for container in pod["spec"]["containers"]:
-        terminated = {
-            "exitCode": exit_code,
-            "reason": "Completed" if succeeded else "Error",
-            "startedAt": started.get(container["name"]) or now,
-            "finishedAt": now,
-            "containerID": _container_id(pod, container["name"]),
-        }
-        containers.append(_container_status(pod, container, {"terminated": terminated}, ready=False))
-    patch: dict[str, Any] = {
-        "phase": "Succeeded" if succeeded else "Failed",
-        "hostIP": host_ip,
-        "podIP": pod_ip,
-        "podIPs": [{"ip": pod_ip}],
-        "startTime": status.get("startTime") or now,
-        # The kubelet's reason when no container can be ready again.
-        "conditions": _conditions(pod, now, ready=False, reason="PodCompleted"),
-        "containerStatuses": containers,
-    }
-    init_statuses = _init_container_statuses(pod, now)
-    if init_statuses:
-        patch["initContainerStatuses"] = init_statuses
-    return {"status": patch}
-
-
-class PodIPAllocator:
-    """Unique pod IPs inside each node's pod CIDR; an IP is held until its pod is deleted."""
-
-    def __init__(self) -> None:
-        self._by_pod: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def observe(self, pod_uid: str, ip: str | None) -> None:
-        if ip:
-            with self._lock:
-                self._by_pod[pod_uid] = ip
-
-    def allocate(self, pod_uid: str, pod_cidr: str) -> str:
-        with self._lock:
-            if pod_uid in self._by_pod:
-                return self._by_pod[pod_uid]
-            used = set(self._by_pod.values())
-            network = ipaddress.ip_network(pod_cidr)
-            for host in list(network.hosts())[1:]:  # .1 is the node's bridge on a real CNI
-                if str(host) not in used:
-                    self._by_pod[pod_uid] = str(host)
-                    return str(host)
-        raise NodeAgentError(f"no free pod IP left in {pod_cidr}")
-
-    def release(self, pod_uid: str) -> None:
-        with self._lock:
-            self._by_pod.pop(pod_uid, None)
-
-    def ip_of(self, pod_uid: str) -> str | None:
-        with self._lock:
-            return self._by_pod.get(pod_uid)
-
-
-# ---------------------------------------------------------------------------------------------
-# API helpers (raw JSON dicts: cheaper than the client's models, and they match the pure code)
-# ---------------------------------------------------------------------------------------------
-
-
-def new_api_client(kubeconfig: str | Path) -> Any:
-    from kubernetes import config
-
-    return config.new_client_from_config(config_file=str(kubeconfig))
-
-
-def _core(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(api_client)
-
-
-def _json(response: Any) -> Any:
-    return json.loads(response.data)
-
-
-class WatchExpired(Exception):
-    """The watch's resourceVersion is too old (410 Gone): list again."""
-
-
-def watch_events(
-    list_function: Callable[..., Any], resource_version: str, **selectors: Any
-) -> Iterator[dict]:
-    """Raw watch events ({type, object}) from resource_version until the server closes the watch.
-
-    Bookmarks are asked for (and yielded) so that the caller's resourceVersion stays fresh.
-    """
-    response = list_function(
-        watch=True,
-        resource_version=resource_version,
-        allow_watch_bookmarks=True,
-        timeout_seconds=WATCH_TIMEOUT_S,
-        _preload_content=False,
-        _request_timeout=(10, WATCH_TIMEOUT_S + 30),
-        **selectors,
-    )
-    from kubernetes.watch.watch import iter_resp_lines
-
-    try:
-        for line in iter_resp_lines(response):
-            if not line.strip():
-                continue
-            event = json.loads(line)
-            if event.get("type") == "ERROR":
-                status = event.get("object") or {}
-                if status.get("code") == 410:
-                    raise WatchExpired(status.get("message", "resource version too old"))
-                raise NodeAgentError(f"watch error: {status.get('message', status)}")
-            yield event
-    finally:
-        response.close()
-        response.release_conn()
-
-
-def list_sandbox_nodes(core: Any) -> tuple[list[dict], str]:
-    body = _json(core.list_node(label_selector=POOL_LABEL, _preload_content=False))
-    return body.get("items", []), body["metadata"]["resourceVersion"]
-
-
-def _delete_pod(core: Any, namespace: str, name: str, uid: str) -> bool:
-    """Deletes the pod now (grace 0); the uid precondition spares a new pod of the same name."""
-    from kubernetes import client
-
-    try:
-        core.delete_namespaced_pod(
-            name,
-            namespace,
-            body=client.V1DeleteOptions(
-                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
-            ),
-        )
-        return True
-    except client.ApiException as exc:
-        if exc.status in (404, 409):  # gone already, or replaced by a pod with another uid
-            return False
-        raise
-
-
-def delete_pods_on_node(core: Any, node_name: str) -> int:
-    """Deletes (grace 0) every pod bound to the node; returns how many were deleted."""
-    pods = _json(
-        core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node_name}", _preload_content=False)
-    )
-    deleted = 0
-    for pod in pods.get("items", []):
-        metadata = pod["metadata"]
-        deleted += _delete_pod(core, metadata["namespace"], metadata["name"], metadata["uid"])
-    return deleted
-
-
-def _node_needs_fixing(node: Mapping[str, Any]) -> bool:
-    taints = (node.get("spec") or {}).get("taints") or []
-    conditions = (node.get("status") or {}).get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    return not ready or any(t.get("key") == NOT_READY_TAINT_KEY for t in taints)
-
-
-def make_node_ready(core: Any, node: Mapping[str, Any]) -> None:
-    """Drops the not-ready taint and reports Ready (what a kubelet does after registering)."""
-    name = node["metadata"]["name"]
-    taints = (node.get("spec") or {}).get("taints") or []
-    if any(t.get("key") == NOT_READY_TAINT_KEY for t in taints):
-        # Taints have no merge key: the list is replaced as a whole.
-        core.patch_node(name, {"spec": {"taints": without_not_ready_taint(taints) or None}})
-    now = rfc3339()
-    conditions = (node.get("status") or {}).get("conditions") or []
-    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
-    since = ready.get("lastTransitionTime") if ready and ready.get("status") == "True" else now
-    core.patch_node_status(name, {"status": {"conditions": ready_conditions(now, since)}})
-
-
-def register_node(core: Any, manifest: Mapping[str, Any]) -> None:
-    """Creates the Node, then makes it Ready and untainted (the API server adds the taint on create)."""
-    from kubernetes import client
-
-    name = manifest["metadata"]["name"]
-    try:
-        created = _json(core.create_node(manifest, _preload_content=False))
-    except client.ApiException as exc:
-        if exc.status == 409:
-            raise NodeAgentError(f"a node named {name} already exists") from None
-        raise
-    # Nodes may carry status on create, but set it through the status subresource as a kubelet does.
-    core.patch_node_status(name, {"status": manifest["status"]})
-    make_node_ready(core, created)
-
-
-def _pool_from_node(node: Mapping[str, Any], catalog: Catalog) -> NodePool:
-    """The pool a running node belongs to, rebuilt from its labels and capacity (for `node add`)."""
-    labels = node["metadata"].get("labels") or {}
-    capacity = (node.get("status") or {}).get("capacity") or {}
-    accelerator = catalog.get(labels.get(ACCELERATOR_LABEL, NO_ACCELERATOR))
-    per_node = int(capacity.get(accelerator.resource_name, 0)) if accelerator else 0
-    raw = {
-        "name": labels[POOL_LABEL],
-        "accelerator": accelerator.name if accelerator else None,
-        "acceleratorsPerNode": per_node or None,
-        "cpu": capacity.get("cpu", DEFAULT_CPU),
-        "memory": capacity.get("memory", DEFAULT_MEMORY),
-        "ephemeralStorage": capacity.get("ephemeral-storage", DEFAULT_EPHEMERAL_STORAGE),
-        "pods": int(capacity.get("pods", DEFAULT_MAX_PODS)),
-        "instanceType": labels.get("node.kubernetes.io/instance-type"),
-    }
-    return parse_pool(
-        {k: v for k, v in raw.items() if v is not None}, f"node {node['metadata']['name']}", catalog
-    )
-
-
-def ensure_pool_nodes(core: Any, config: ClusterConfig) -> list[str]:
-    """Creates the cluster file's nodes that do not exist yet; returns their names. Others are left alone."""
-    nodes, _ = list_sandbox_nodes(core)
-    existing = {node["metadata"]["name"] for node in nodes}
-    cidrs = [(node.get("spec") or {}).get("podCIDR") for node in nodes]
-    created = []
-    for pool in config.pools:
-        for name in pool.node_names():
-            if name in existing:
-                continue
-            index = free_node_index(cidrs)
-            manifest = build_node(pool, name, index, rfc3339())
-            register_node(core, manifest)
-            cidrs.append(manifest["spec"]["podCIDR"])
-            created.append(name)
-    return created
-
-
-# Cluster-file fields as `node add` spells them.
-_OPTION_FOR_FIELD = {"acceleratorsPerNode": "--count", "cpu": "--cpu", "memory": "--memory", "name": "--pool"}
-
-
-def _as_option_error(message: str) -> str:
-    """ "node add(h100).cpu must be ..." -> "--cpu must be ..."."""
-    match = re.match(r"^node add(?:\([^)]*\))?\.(\w+)(.*)$", message, re.DOTALL)
-    if match and match.group(1) in _OPTION_FOR_FIELD:
-        return _OPTION_FOR_FIELD[match.group(1)] + match.group(2)
-    return message
-
-
-def add_nodes(
-    core: Any,
-    accelerator: str | None,
-    count: int | None = None,
-    pool: str | None = None,
-    name: str | None = None,
-    nodes: int = 1,
-    cpu: str | int | None = None,
-    memory: str | None = None,
-    catalog: Catalog | None = None,
-) -> list[str]:
-    """Adds `nodes` nodes with `count` accelerators each; returns their names.
-
-    Without `pool`, the nodes join the one existing pool of that accelerator, or a new pool named after it
-    (`cpu` for no accelerator). A new node of an existing pool copies its sizes unless given.
-    """
-    catalog = catalog if catalog is not None else load_catalog()
-    if accelerator in (None, "", NO_ACCELERATOR):
-        accelerator = None
-    elif accelerator not in catalog:
-        known = ", ".join(catalog.names())
-        raise NodeAgentError(f"--accelerator: unknown accelerator {accelerator!r}; known: {known}")
-    if nodes < 1:
-        raise NodeAgentError(f"--nodes must be at least 1, got {nodes}")
-    if count is not None and (accelerator is None or count < 1):
-        raise NodeAgentError("--count must be a positive number of accelerators, and needs --accelerator")
-    if name is not None and nodes != 1:
-        raise NodeAgentError("--name names a single node: it cannot be used with --nodes above 1")
-    existing, _ = list_sandbox_nodes(core)
-    wanted_label = accelerator or NO_ACCELERATOR
-    if pool is None:
-        pools = {n["metadata"]["labels"][POOL_LABEL] for n in existing
-                 if n["metadata"]["labels"].get(ACCELERATOR_LABEL) == wanted_label}  # fmt: skip
-        pool = pools.pop() if len(pools) == 1 else (accelerator or "cpu")
-    members = [n for n in existing if n["metadata"]["labels"].get(POOL_LABEL) == pool]
-    raw: dict[str, Any] = {"name": pool, "accelerator": accelerator}
-    if members:
-        template = _pool_from_node(members[0], catalog)
-        if template.accelerator_name != wanted_label:
-            raise NodeAgentError(
-                f"--pool: pool {pool!r} holds {template.accelerator_name} nodes, not {wanted_label}"
-            )
-        raw.update(
-            acceleratorsPerNode=template.accelerators_per_node or None,
-            cpu=template.cpu,
-            memory=template.memory,
-            ephemeralStorage=template.ephemeral_storage,
-            pods=template.pods,
-        )
-    overrides = {"acceleratorsPerNode": count, "cpu": cpu, "memory": memory}
-    raw.update({key: value for key, value in overrides.items() if value is not None})
-    try:
-        node_pool = parse_pool({k: v for k, v in raw.items() if v is not None}, "node add", catalog)
-    except ClusterConfigError as exc:
-        raise NodeAgentError(_as_option_error(str(exc))) from None
-    taken = {n["metadata"]["name"] for n in existing}
-    cidrs = [(n.get("spec") or {}).get("podCIDR") for n in existing]
-    names = []
-    next_index = 0
-    for _ in range(nodes):
-        if name is None:
-            while f"{pool}-{next_index}" in taken:
-                next_index += 1
-            node_name = f"{pool}-{next_index}"
-        else:
-            node_name = name
-            if node_name in taken:
-                raise NodeAgentError(f"--name: a node named {node_name} already exists")
-        manifest = build_node(node_pool, node_name, free_node_index(cidrs), rfc3339())
-        register_node(core, manifest)
-        taken.add(node_name)
-        cidrs.append(manifest["spec"]["podCIDR"])
-        names.append(node_name)
-    return names
-
-
-def remove_node(core: Any, name: str) -> int:
-    """Cordons a sandbox node, deletes (grace 0) the pods bound to it, then the node; returns the pod count.
-
-    Pods go first so that the count is exact; any bound in between are deleted by the agent when it
-    sees the node go.
-    """
-    from kubernetes import client
-
-    try:
-        node = _json(core.read_node(name, _preload_content=False))
-    except client.ApiException as exc:
-        if exc.status == 404:
-            raise NodeAgentError(f"no node named {name}") from None
-        raise
-    if POOL_LABEL not in (node["metadata"].get("labels") or {}):
-        raise NodeAgentError(
-            f"node {name} is not a sandbox node (it has no {POOL_LABEL} label): not removing it"
-        )
-    core.patch_node(name, {"spec": {"unschedulable": True}})  # cordon: the scheduler places nothing new
-    deleted = delete_pods_on_node(core, name)
-    core.delete_node(name)
-    return deleted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,6 +90,8 @@ def remove_node(core: Any, name: str) -> int:
 
 @dataclass(frozen=True)
 class ManagedNode:
+    """A node the agent runs pods on: what the status patches and heartbeats need from it."""
+
     name: str
     uid: str
     internal_ip: str
@@ -702,7 +168,7 @@ class NodeAgent:
 
     def _new_core(self) -> Any:
         # Read the kubeconfig afresh on every (re)connect: a `sandbox up` may have moved the API server.
-        return _core(new_api_client(self.kubeconfig))
+        return core_api(new_api_client(self.kubeconfig))
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -782,14 +248,14 @@ class NodeAgent:
         with self._nodes_lock:
             known = self._nodes.get(managed.name)
             self._nodes[managed.name] = managed
-        if _node_needs_fixing(node):
+        if node_needs_fixing(node):
             log.info("node %s: removing the not-ready taint and reporting Ready", managed.name)
             make_node_ready(core, node)
         if known is None or known.uid != managed.uid:
             log.info("managing node %s (%s, pods in %s)", managed.name, managed.internal_ip, managed.pod_cidr)
             if self._nodes_synced.is_set():
                 # Pods may have been bound before this node's event reached us: look at them now.
-                pods = _json(
+                pods = response_json(
                     core.list_pod_for_all_namespaces(
                         field_selector=f"spec.nodeName={managed.name}", _preload_content=False
                     )
@@ -873,7 +339,7 @@ class NodeAgent:
     def _list_and_watch_pods(self, core: Any) -> None:
         # Only pods bound to some node; a pod enters this watch (as ADDED) when the scheduler binds it.
         selector = {"field_selector": "spec.nodeName!="}
-        body = _json(core.list_pod_for_all_namespaces(_preload_content=False, **selector))
+        body = response_json(core.list_pod_for_all_namespaces(_preload_content=False, **selector))
         pods = body.get("items", [])
         resource_version = body["metadata"]["resourceVersion"]
         log.info("listed %d bound pod(s); watching from resourceVersion %s", len(pods), resource_version)
@@ -938,7 +404,7 @@ class NodeAgent:
                 log.warning("pod %s/%s: %s %s: %s", namespace, name, action.kind, exc.status, exc.body)
 
     def _delete_now(self, namespace: str, name: str, uid: str) -> None:
-        if _delete_pod(self._new_core(), namespace, name, uid):
+        if delete_pod_now(self._new_core(), namespace, name, uid):
             log.info("pod %s/%s: grace period over, deleted", namespace, name)
 
     def _report_invalid(self, core: Any, pod: Mapping[str, Any], node_name: str, message: str) -> None:
@@ -1020,7 +486,7 @@ def start_agent(sandbox: Any, cluster_file: str | Path | None = None) -> int:
     state_dir, kubeconfig = Path(sandbox.state_dir), Path(sandbox.kubeconfig_path)
     path = Path(cluster_file) if cluster_file is not None else default_cluster_file()
     if path is not None:
-        created = ensure_pool_nodes(_core(new_api_client(kubeconfig)), load_cluster_config(path))
+        created = ensure_pool_nodes(core_api(new_api_client(kubeconfig)), load_cluster_config(path))
         if created:
             print(f"  simulated nodes from {path}: created {', '.join(created)}", file=sys.stderr, flush=True)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -1086,134 +552,7 @@ def stop_agent(state_dir: str | Path, timeout_s: float = 5.0) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# `kubefit sandbox node ...`
-# ---------------------------------------------------------------------------------------------
-
-
-def _kubeconfig_for(args: argparse.Namespace) -> Path:
-    if getattr(args, "kubeconfig", None):
-        return Path(args.kubeconfig)
-    state_dir = getattr(args, "state_dir", None)
-    if not state_dir:
-        from kubefit.sandbox.controlplane import default_state_dir
-
-        state_dir = default_state_dir()
-    return Path(state_dir) / "kubeconfig"
-
-
-def _run_node_command(args: argparse.Namespace, action: Callable[[Any], int]) -> int:
-    from kubernetes.client import ApiException
-
-    kubeconfig = _kubeconfig_for(args)
-    if not kubeconfig.is_file():
-        print(
-            f"kubefit: no sandbox kubeconfig at {kubeconfig}: run `kubefit sandbox up` first", file=sys.stderr
-        )
-        return 1
-    try:
-        return action(_core(new_api_client(kubeconfig)))
-    except NodeAgentError as exc:
-        print(f"kubefit: {exc}", file=sys.stderr)
-        return 2
-    except ApiException as exc:
-        print(f"kubefit: API server answered {exc.status} {exc.reason}: {exc.body}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"kubefit: cannot reach the sandbox API server: {exc}", file=sys.stderr)
-        return 1
-
-
-def _node_add(args: argparse.Namespace) -> int:
-    def action(core: Any) -> int:
-        names = add_nodes(
-            core, args.accelerator, args.count, args.pool, args.name, args.nodes, args.cpu, args.memory
-        )
-        print(f"added {', '.join(names)}")
-        return 0
-
-    return _run_node_command(args, action)
-
-
-def _node_remove(args: argparse.Namespace) -> int:
-    def action(core: Any) -> int:
-        for name in args.names:
-            deleted = remove_node(core, name)
-            print(f"removed {name} (deleted {deleted} pod(s) bound to it)")
-        return 0
-
-    return _run_node_command(args, action)
-
-
-def node_rows(nodes: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    """Rows of `node list`: NAME POOL ACCELERATOR DEVICES CPU MEMORY READY PODS."""
-    active = [p for p in pods if (p.get("status") or {}).get("phase") not in TERMINAL_PHASES]
-    rows = []
-    for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
-        labels = node["metadata"].get("labels") or {}
-        allocatable = (node.get("status") or {}).get("allocatable") or {}
-        devices = [f"{value} {key}" for key, value in allocatable.items() if "/" in key]
-        conditions = (node.get("status") or {}).get("conditions") or []
-        ready = next((c.get("status") for c in conditions if c.get("type") == "Ready"), "Unknown")
-        name = node["metadata"]["name"]
-        rows.append(
-            [
-                name,
-                labels.get(POOL_LABEL, ""),
-                labels.get(ACCELERATOR_LABEL, ""),
-                ", ".join(devices) or "-",
-                str(allocatable.get("cpu", "")),
-                str(allocatable.get("memory", "")),
-                "True" if ready == "True" else ready,
-                str(sum(1 for p in active if p["spec"].get("nodeName") == name)),
-            ]
-        )
-    return rows
-
-
-def _node_list(args: argparse.Namespace) -> int:
-    def action(core: Any) -> int:
-        nodes, _ = list_sandbox_nodes(core)
-        pods = _json(
-            core.list_pod_for_all_namespaces(field_selector="spec.nodeName!=", _preload_content=False)
-        )
-        rows = [["NAME", "POOL", "ACCELERATOR", "DEVICES", "CPU", "MEMORY", "READY", "PODS"]]
-        rows += node_rows(nodes, pods.get("items", []))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-        return 0
-
-    return _run_node_command(args, action)
-
-
-def add_node_commands(subparsers: Any) -> None:
-    """Adds `node add|remove|list` to the `kubefit sandbox` sub-commands."""
-    node = subparsers.add_parser("node", help="add, remove and list simulated GPU/TPU nodes")
-    node.add_argument("--kubeconfig", help="the sandbox's kubeconfig (default: <state dir>/kubeconfig)")
-    actions = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
-
-    add = actions.add_parser("add", help="add simulated node(s) while the sandbox runs")
-    add.add_argument(
-        "--accelerator", default=None, help="catalog name, e.g. nvidia-h100-80gb (omit: CPU-only)"
-    )
-    add.add_argument("--count", type=int, default=None, help="accelerators per node (default: the pool's)")
-    add.add_argument("--pool", default=None, help="pool name (default: the pool of that accelerator)")
-    add.add_argument("--name", default=None, help="node name (default: <pool>-<first free index>)")
-    add.add_argument("--nodes", type=int, default=1, help="how many nodes to add (default 1)")
-    add.add_argument("--cpu", default=None, help="CPU capacity, e.g. 96 (default: the pool's)")
-    add.add_argument("--memory", default=None, help="memory capacity, e.g. 1Ti (default: the pool's)")
-    add.set_defaults(handler=_node_add)
-
-    remove = actions.add_parser("remove", help="delete simulated node(s) and the pods bound to them")
-    remove.add_argument("names", nargs="+", metavar="NAME")
-    remove.set_defaults(handler=_node_remove)
-
-    listing = actions.add_parser("list", help="list the simulated nodes")
-    listing.set_defaults(handler=_node_list)
-
-
-# ---------------------------------------------------------------------------------------------
-# The agent process
+# The agent process's entry point (`python -m kubefit.sandbox.nodeagent`, run by _spawn_agent)
 # ---------------------------------------------------------------------------------------------
 
 
