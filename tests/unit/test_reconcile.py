@@ -381,7 +381,35 @@ def test_ttl_after_finished_deletes_the_job(elapsed: int, deleted: bool) -> None
 
 def test_without_ttl_a_finished_job_is_kept() -> None:
     done = decide(observe(pods=[pod(0, "Succeeded"), pod(1, "Succeeded")]), CATALOG)
-    assert not decide(observe(status=done.status, now=NOW + timedelta(days=30)), CATALOG).delete_job
+    assert done.requeue_after is None
+    later = decide(observe(status=done.status, now=NOW + timedelta(days=30)), CATALOG)
+    assert not later.delete_job and later.requeue_after is None
+
+
+def test_ttl_after_finished_asks_to_be_reconciled_when_it_expires() -> None:
+    # No event marks the moment the TTL expires: without a requeue the job would wait for the next
+    # resync (30 s by default) however short its TTL.
+    spec = raw_spec(runPolicy={"ttlSecondsAfterFinished": 60})
+    done = decide(observe(spec, pods=[pod(0, "Succeeded"), pod(1, "Succeeded")]), CATALOG)
+    assert done.requeue_after == 60
+    later = decide(observe(spec, status=done.status, now=NOW + timedelta(seconds=45.5)), CATALOG)
+    assert later.requeue_after == 14.5 and not later.delete_job
+    expired = decide(observe(spec, status=done.status, now=NOW + timedelta(seconds=60)), CATALOG)
+    assert expired.delete_job and expired.requeue_after is None
+
+
+def test_ttl_after_a_failure_asks_to_be_reconciled_when_it_expires() -> None:
+    spec = raw_spec(runPolicy={"maxRestarts": 0, "ttlSecondsAfterFinished": 0})
+    failed = decide(observe(spec, pods=[pod(0), pod(1, "Failed")]), CATALOG)
+    assert failed.status["phase"] == "Failed" and failed.requeue_after == 0
+    assert decide(observe(spec, pods=[pod(1, "Failed")], status=failed.status), CATALOG).delete_job
+
+
+def test_running_and_suspended_jobs_ask_for_no_requeue() -> None:
+    spec = raw_spec(runPolicy={"ttlSecondsAfterFinished": 60})
+    assert decide(observe(spec, pods=[pod(0), pod(1)]), CATALOG).requeue_after is None
+    suspended = raw_spec(runPolicy={"ttlSecondsAfterFinished": 60, "suspend": True})
+    assert decide(observe(suspended, pods=[pod(0)]), CATALOG).requeue_after is None
 
 
 # ---------------------------------------------------------------------------------------------- suspend

@@ -2,11 +2,13 @@
 
 Every trigger (create/update/resume, the timer, pod events) calls `Reconciler.reconcile`. Calls for
 the same job are serialised and coalesced: a trigger arriving while that job is being reconciled
-only marks it dirty, and the running reconcile goes round once more with fresh observations.
+only marks it dirty, and the running reconcile goes round once more with fresh observations. A decision
+that asks to be reconciled again later (`requeue_after`: a finished job's TTL) gets a one-shot timer.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -51,6 +53,7 @@ class Reconciler:
         self.metrics = metrics
         self._lock = threading.Lock()
         self._jobs: dict[JobKey, _JobState] = {}
+        self._requeues: dict[JobKey, threading.Timer] = {}
 
     def reconcile(self, key: JobKey, trigger: str, view: ClusterView) -> None:
         state = self._claim(key)
@@ -66,6 +69,7 @@ class Reconciler:
 
     def forget(self, key: JobKey) -> None:
         self.metrics.forget_job(*key)
+        self._requeue(key, None, None)
         with self._lock:
             state = self._jobs.get(key)
             if state is not None and not state.busy:
@@ -110,6 +114,24 @@ class Reconciler:
         decision = decide(observation, self.catalog)
         self._apply(job, observation, decision, state)
         self.metrics.observe_job(namespace, name, decision)
+        self._requeue(key, decision.requeue_after, view)
+
+    def _requeue(self, key: JobKey, delay: float | None, view: ClusterView | None) -> None:
+        """Reconciles `key` again after `delay` seconds (replacing any earlier request), or cancels."""
+        timer = None
+        if delay is not None and view is not None:
+            # kopf.event needs the handler's context variables (settings, event queue): carry them.
+            context = contextvars.copy_context()
+            timer = threading.Timer(delay, context.run, args=(self.reconcile, key, "timer", view))
+            timer.daemon = True
+        with self._lock:
+            previous = self._requeues.pop(key, None)
+            if timer is not None:
+                self._requeues[key] = timer
+        if previous is not None:
+            previous.cancel()
+        if timer is not None:
+            timer.start()
 
     def _apply(
         self, job: dict[str, Any], observation: JobObservation, decision: Decision, state: _JobState

@@ -66,6 +66,9 @@ class Decision:
     adopt: tuple[str, ...] = ()  # labelled worker pods without a controller: take ownership
     events: tuple[JobEvent, ...] = ()
     delete_job: bool = False  # ttlSecondsAfterFinished has passed
+    # Reconcile again this many seconds from now even if nothing changes: when the TTL of a finished job
+    # expires (no event marks that moment, and the resync timer may be much later).
+    requeue_after: float | None = None
     sizing: SizingStatus | None = None
     desired_workers: int = 0
     requested_accelerators: int = 0
@@ -285,7 +288,7 @@ def _finished(observation: JobObservation, ours: Sequence[WorkerPod]) -> _Draft:
         desired=0,
         start_time=status.get("startTime"),
         completion_time=completion,
-        delete_job=_ttl_expired(observation, completion),
+        delete_job=_ttl_left(observation, completion) == 0,
     )
 
 
@@ -389,17 +392,17 @@ def _restart_events(replaced: Sequence[WorkerPod], restarts: int, max_restarts: 
     ]
 
 
-def _ttl_expired(observation: JobObservation, completion: str) -> bool:
+def _ttl_left(observation: JobObservation, completion: str | None) -> float | None:
+    """Seconds until ttlSecondsAfterFinished deletes a job that finished at `completion` (0: now), or
+    None when the job is kept."""
     try:
         ttl = parse_spec(observation.spec).run_policy.ttl_seconds_after_finished
     except InvalidSpec:
-        return False
+        return None
     finished_at = parse_rfc3339(completion)
-    return (
-        ttl is not None
-        and finished_at is not None
-        and observation.now >= finished_at + timedelta(seconds=ttl)
-    )
+    if ttl is None or finished_at is None:
+        return None
+    return max(0.0, (finished_at + timedelta(seconds=ttl) - observation.now).total_seconds())
 
 
 # Conditions whose change is worth an Event, and the Event's type.
@@ -446,6 +449,7 @@ def _finish(
     ready = sum(1 for pod in existing if pod.running)
     if sizing is None and draft.phase in ("Succeeded", "Failed"):
         sizing = _previous_sizing(previous)
+    completion = draft.completion_time or previous.get("completionTime")
     status = {
         "observedGeneration": observation.generation,
         "conditions": conditions,
@@ -458,10 +462,12 @@ def _finish(
         "workers": workers_column(ready, draft.desired),
         "perDeviceMemory": gib(sizing.per_device_bytes) if sizing else None,
         "startTime": draft.start_time or previous.get("startTime"),
-        "completionTime": draft.completion_time or previous.get("completionTime"),
+        "completionTime": completion,
     }
     per_worker = sizing.accelerators_per_worker if sizing else 0
     live = [pod for pod in existing if not pod.finished]
+    finished = draft.phase in ("Succeeded", "Failed") and not draft.delete_job
+    requeue_after = _ttl_left(observation, completion) if finished else None
     return Decision(
         status=status,
         service=None if draft.phase in ("Succeeded", "Failed") else build_headless_service(observation.job),
@@ -471,6 +477,7 @@ def _finish(
         adopt=adopt,
         events=tuple(_transition_events(_conditions(previous), conditions) + draft.events),
         delete_job=draft.delete_job,
+        requeue_after=requeue_after,
         sizing=sizing,
         desired_workers=draft.desired or 0,
         requested_accelerators=len(live) * per_worker,

@@ -1,0 +1,257 @@
+"""A job's life after it starts, on the real control plane: failures, completion, suspension, TTL.
+
+The node agent ends a pod when it carries `sandbox.kubefit.dev/exit: "<code>"` (0 -> Succeeded, else
+Failed), which is how these tests make workers fail or finish. Every job is small (1 GPU per worker) so
+that modules sharing the sandbox do not starve each other, and its pods stop at once when deleted.
+"""
+
+# The module's fixtures are imported from operator_support and requested by name as arguments.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+from operator_support import (  # noqa: F401 - fixtures are used by name
+    JOB_LABEL,
+    Kube,
+    OperatorProcess,
+    job_manifest,
+    kube,
+    namespace,
+    namespace_prefix,
+    node_agent,
+    operator,
+    running_names,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+SMALL = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1}
+EXIT = "sandbox.kubefit.dev/exit"
+POKE = "e2e.kubefit.dev/poke"
+
+
+def small_job(name: str, namespace: str, replicas: int, **spec: Any) -> dict[str, Any]:
+    workers = {"replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas}
+    return job_manifest(name, namespace, resources=SMALL, workers=workers, **spec)
+
+
+def annotate_pod(kube: Kube, namespace: str, pod: str, key: str, value: str) -> None:
+    kube.run("annotate", "pod", pod, "-n", namespace, f"{key}={value}", "--overwrite")
+
+
+def exit_worker(kube: Kube, namespace: str, pod: str, code: int) -> None:
+    annotate_pod(kube, namespace, pod, EXIT, str(code))
+
+
+def pods_by_name(kube: Kube, namespace: str, job: str) -> dict[str, dict[str, Any]]:
+    return {pod["metadata"]["name"]: pod for pod in kube.workers(namespace, job)}
+
+
+def start(kube: Kube, namespace: str, manifest: dict[str, Any], replicas: int) -> dict[str, str]:
+    """Applies the job, waits for all its workers to run; returns their uids by name."""
+    name = manifest["metadata"]["name"]
+    kube.apply(manifest)
+    wait_for(
+        f"{replicas} running workers of {name}",
+        lambda: len(running_names(kube.workers(namespace, name))) == replicas,
+    )
+    return {pod: body["metadata"]["uid"] for pod, body in pods_by_name(kube, namespace, name).items()}
+
+
+def phase(kube: Kube, namespace: str, job: str) -> str | None:
+    return kube.job_status(namespace, job).get("phase")
+
+
+def event_reasons(kube: Kube, namespace: str, job: str) -> list[str]:
+    return [event["reason"] for event in kube.events(namespace, job)]
+
+
+def completed_reconciles(operator: OperatorProcess) -> int:
+    """Reconciles the operator has finished so far, whatever their trigger (its duration histogram)."""
+    total = 0.0
+    for line in operator.metrics().splitlines():
+        if line.startswith("kubefit_reconcile_duration_seconds_count"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def reconciled_after_poke(kube: Kube, operator: OperatorProcess, namespace: str, job: str) -> None:
+    """Makes the operator reconcile `job` once more, and waits until a reconcile has finished.
+
+    A new annotation on the TrainingJob is an update, which reconciles it (or, if a reconcile is under
+    way, makes it go round again). Whatever the operator would still do to the job, e.g. recreate a
+    worker, it has done when this returns: the negative checks after it need no guessed sleep.
+    """
+    before = completed_reconciles(operator)
+    kube.run("annotate", "trainingjob", job, "-n", namespace, f"{POKE}={time.monotonic_ns()}", "--overwrite")
+    wait_for(
+        f"a reconcile after an update of {job}", lambda: completed_reconciles(operator) > before, timeout=20
+    )
+
+
+def delete_pods(kube: Kube, namespace: str, *names: str) -> None:
+    """Deletes finished workers, as someone done with their logs would, and waits until they are gone."""
+    kube.run("delete", "pod", *names, "-n", namespace, "--wait=true", "--timeout=30s")
+
+
+# ---------------------------------------------------------------------------------------------- failures
+
+
+def test_failed_worker_is_replaced_until_the_restart_limit_fails_the_job(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    job = "flaky"
+    uids = start(kube, namespace, small_job(job, namespace, 2, runPolicy={"maxRestarts": 1}), replicas=2)
+    worker0, worker1 = f"{job}-worker-0", f"{job}-worker-1"
+
+    # First failure: the same worker comes back as a new pod, and the restart is counted and told.
+    exit_worker(kube, namespace, worker0, 1)
+    replacement = wait_for(
+        "worker-0 replaced by a new running pod",
+        lambda: (
+            (pod := pods_by_name(kube, namespace, job).get(worker0))
+            and pod["metadata"]["uid"] != uids[worker0]
+            and worker0 in running_names([pod])
+            and pod
+        ),
+        timeout=30,
+    )
+    assert EXIT not in (replacement["metadata"].get("annotations") or {})
+    assert replacement["metadata"]["labels"][JOB_LABEL] == job
+    wait_for("status.restarts 1", lambda: kube.job_status(namespace, job).get("restarts") == 1)
+    failed_events = wait_for(
+        "a WorkerFailed event",
+        lambda: [e for e in kube.events(namespace, job) if e["reason"] == "WorkerFailed"],
+    )
+    assert failed_events[0]["type"] == "Warning"
+    assert worker0 in failed_events[0]["message"]
+    assert pods_by_name(kube, namespace, job)[worker1]["metadata"]["uid"] == uids[worker1]
+    wait_for("the job Running again", lambda: phase(kube, namespace, job) == "Running")
+
+    # Second failure: one more than maxRestarts allows.
+    exit_worker(kube, namespace, worker0, 1)
+    failed = wait_for(
+        "condition Failed=True",
+        lambda: (c := kube.condition(namespace, job, "Failed")) and c["status"] == "True" and c,
+        timeout=30,
+    )
+    assert failed["reason"] == "RestartLimitExceeded"
+    status = kube.job_status(namespace, job)
+    assert status["phase"] == "Failed"
+    assert status["restarts"] == 1
+    assert status["completionTime"]
+    assert "RestartLimitExceeded" in event_reasons(kube, namespace, job)
+
+    # The running worker is stopped to free its GPU; the failed one is kept for its logs.
+    wait_for("worker-1 deleted", lambda: worker1 not in pods_by_name(kube, namespace, job), timeout=30)
+    reconciled_after_poke(kube, operator, namespace, job)
+    pods = pods_by_name(kube, namespace, job)
+    assert list(pods) == [worker0], "a worker was recreated after the job failed"
+    assert pods[worker0]["status"]["phase"] == "Failed"
+
+    # Nothing is started again, not even once the failed worker is cleaned up (the restart count no
+    # longer holds the job back: only its Failed condition does).
+    delete_pods(kube, namespace, worker0)
+    reconciled_after_poke(kube, operator, namespace, job)
+    assert not kube.workers(namespace, job), "a worker was recreated after the job failed"
+    status = kube.job_status(namespace, job)
+    assert (status["phase"], status["restarts"]) == ("Failed", 1)
+
+
+# ---------------------------------------------------------------------------------------------- success
+
+
+def test_all_workers_exiting_zero_succeeds_the_job(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    job = "done"
+    uids = start(kube, namespace, small_job(job, namespace, 2), replicas=2)
+
+    for pod in uids:
+        exit_worker(kube, namespace, pod, 0)
+    succeeded = wait_for(
+        "condition Succeeded=True",
+        lambda: (c := kube.condition(namespace, job, "Succeeded")) and c["status"] == "True" and c,
+        timeout=30,
+    )
+    assert succeeded["reason"] == "AllWorkersSucceeded"
+    status = kube.job_status(namespace, job)
+    assert status["phase"] == "Succeeded"
+    completion = status["completionTime"]
+    assert completion
+    assert status["restarts"] == 0
+    assert "AllWorkersSucceeded" in event_reasons(kube, namespace, job)
+
+    reconciled_after_poke(kube, operator, namespace, job)
+    pods = pods_by_name(kube, namespace, job)
+    assert {name: pod["metadata"]["uid"] for name, pod in pods.items()} == uids, "a worker was recreated"
+    assert all(pod["status"]["phase"] == "Succeeded" for pod in pods.values())
+
+    # Finished is final: workers cleaned up after success are not started again.
+    delete_pods(kube, namespace, *uids)
+    reconciled_after_poke(kube, operator, namespace, job)
+    assert not kube.workers(namespace, job), "a worker was recreated after the job succeeded"
+    status = kube.job_status(namespace, job)
+    assert (status["phase"], status["completionTime"]) == ("Succeeded", completion)
+
+
+# ---------------------------------------------------------------------------------------------- suspend
+
+
+def set_suspend(kube: Kube, namespace: str, job: str, suspend: bool) -> None:
+    patch = '{"spec": {"runPolicy": {"suspend": %s}}}' % ("true" if suspend else "false")
+    kube.run("patch", "trainingjob", job, "-n", namespace, "--type", "merge", "-p", patch)
+
+
+def test_suspend_deletes_the_workers_and_resume_recreates_them(kube: Kube, namespace: str) -> None:
+    job = "pausable"
+    uids = start(kube, namespace, small_job(job, namespace, 2), replicas=2)
+
+    set_suspend(kube, namespace, job, True)
+    wait_for("every worker deleted", lambda: not kube.workers(namespace, job), timeout=30)
+    wait_for("phase Suspended", lambda: phase(kube, namespace, job) == "Suspended")
+    suspended = kube.condition(namespace, job, "Suspended")
+    assert suspended is not None and suspended["status"] == "True"
+    status = kube.job_status(namespace, job)
+    assert (status["replicas"], status["readyReplicas"]) == (0, 0)
+    assert kube.get("trainingjob", job, namespace) is not None
+
+    set_suspend(kube, namespace, job, False)
+    wait_for("2 running workers again", lambda: len(running_names(kube.workers(namespace, job))) == 2)
+    pods = pods_by_name(kube, namespace, job)
+    assert sorted(pods) == sorted(uids)
+    assert all(pod["metadata"]["uid"] != uids[name] for name, pod in pods.items())
+    wait_for("phase Running", lambda: phase(kube, namespace, job) == "Running")
+    resumed = kube.condition(namespace, job, "Suspended")
+    assert resumed is not None and (resumed["status"], resumed["reason"]) == ("False", "Resumed")
+    assert {"Suspended", "Resumed"} <= set(event_reasons(kube, namespace, job))
+
+
+# ---------------------------------------------------------------------------------------------- TTL
+
+
+def test_ttl_after_finished_deletes_the_job_and_its_objects(kube: Kube, namespace: str) -> None:
+    job, ttl = "ephemeral", 2
+    (pod,) = start(
+        kube, namespace, small_job(job, namespace, 1, runPolicy={"ttlSecondsAfterFinished": ttl}), 1
+    )
+    assert kube.get("service", job, namespace) is not None
+
+    exit_worker(kube, namespace, pod, 0)
+    completion = wait_for(
+        "completionTime", lambda: kube.job_status(namespace, job).get("completionTime"), timeout=30
+    )
+    completed_at = datetime.fromisoformat(completion.replace("Z", "+00:00")).timestamp()
+    wait_for("the TrainingJob deleted", lambda: kube.get("trainingjob", job, namespace) is None, timeout=30)
+    gone_after = time.time() - completed_at
+    # completionTime is whole seconds (rounded down): the job is deleted at the earliest ttl after it.
+    assert gone_after >= ttl - 0.1, f"deleted {gone_after:.1f}s after completion, before the {ttl}s TTL"
+    assert gone_after <= ttl + 4, f"deleted {gone_after:.1f}s after completion, long after the {ttl}s TTL"
+    wait_for("its pods deleted", lambda: not kube.workers(namespace, job), timeout=30)
+    wait_for("its Service deleted", lambda: kube.get("service", job, namespace) is None, timeout=30)
