@@ -71,6 +71,8 @@ ORPHAN_TIMEOUT_S = 60.0
 
 AGENT_PID_FILE = "agent.pid"
 AGENT_LOCK_FILE = "agent.lock"  # held by the running agent for its lifetime: one agent per sandbox
+AGENT_READY_FILE = "agent.ready"  # written with the agent's PID once it has listed its nodes and pods
+AGENT_READY_TIMEOUT_S = 30.0
 AGENT_START_LOCK_FILE = "agent-start.lock"
 LOCK_HELD_EXIT_CODE = 3  # the agent's exit status when another agent holds the lock
 AGENT_LOG_FILE = Path("logs") / "node-agent.log"
@@ -154,7 +156,13 @@ class KeyedTimers:
 class NodeAgent:
     """Plays the kubelet for every node labelled POOL_LABEL (see the module docstring)."""
 
-    def __init__(self, kubeconfig: str | Path, heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        kubeconfig: str | Path,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        ready_file: str | Path | None = None,
+    ) -> None:
+        self.ready_file = Path(ready_file) if ready_file else None
         self.kubeconfig = Path(kubeconfig)
         self.heartbeat_interval_s = heartbeat_interval_s
         self.stop_event = threading.Event()
@@ -253,6 +261,9 @@ class NodeAgent:
             make_node_ready(core, node)
         if known is None or known.uid != managed.uid:
             log.info("managing node %s (%s, pods in %s)", managed.name, managed.internal_ip, managed.pod_cidr)
+            # As a kubelet does on start: report at once, not an interval later. Nodes kept in etcd
+            # across `sandbox down`/`up` would otherwise show a stale heartbeat and lease meanwhile.
+            self._heartbeat_node(core, managed, rfc3339())
             if self._nodes_synced.is_set():
                 # Pods may have been bound before this node's event reached us: look at them now.
                 pods = response_json(
@@ -330,6 +341,11 @@ class NodeAgent:
                 if create_exc.status not in (404, 409):  # namespace missing (old server) or a race
                     raise
 
+    def _mark_ready(self) -> None:
+        """Nodes listed (and heartbeated), bound pods listed: start_agent may return."""
+        if self.ready_file is not None and not self.ready_file.exists():
+            self.ready_file.write_text(f"{os.getpid()}\n")
+
     # -- pods -----------------------------------------------------------------------------------
 
     def _pod_loop(self) -> None:
@@ -347,6 +363,7 @@ class NodeAgent:
             self._ips.observe(pod["metadata"]["uid"], (pod.get("status") or {}).get("podIP"))
         for pod in pods:
             self._pod_changed(core, pod)
+        self._mark_ready()
 
         def handle(event: dict) -> None:
             pod = event["object"]
@@ -503,7 +520,9 @@ def _spawn_agent(state_dir: Path, kubeconfig: Path) -> int:
     log_path = state_dir / AGENT_LOG_FILE
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", AGENT_MODULE, "--kubeconfig", str(kubeconfig)]
-    command += ["--lock-file", str(state_dir / AGENT_LOCK_FILE)]
+    ready_file = state_dir / AGENT_READY_FILE
+    ready_file.unlink(missing_ok=True)
+    command += ["--lock-file", str(state_dir / AGENT_LOCK_FILE), "--ready-file", str(ready_file)]
     with open(log_path, "ab") as log_file:
         # Own session: it outlives `kubefit sandbox up` and its terminal's signals.
         process = subprocess.Popen(
@@ -516,9 +535,7 @@ def _spawn_agent(state_dir: Path, kubeconfig: Path) -> int:
         )
     pid_file = state_dir / AGENT_PID_FILE
     pid_file.write_text(f"{process.pid}\n")
-    try:
-        process.wait(timeout=0.5)  # an agent that cannot start (bad install, lock held) dies at once
-    except subprocess.TimeoutExpired:
+    if _wait_until_ready(process, ready_file):
         print(f"  started node agent (pid {process.pid}), log {log_path}", file=sys.stderr, flush=True)
         return process.pid
     pid_file.unlink(missing_ok=True)
@@ -530,6 +547,22 @@ def _spawn_agent(state_dir: Path, kubeconfig: Path) -> int:
             return running
     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
     raise NodeAgentError(f"node agent exited at once ({process.returncode}); {log_path}:\n{tail}")
+
+
+def _wait_until_ready(process: subprocess.Popen[bytes], ready_file: Path) -> bool:
+    """True once the agent reports ready; False if it exited (bad install, lock held) first.
+
+    Returning earlier would let a caller read nodes the agent has not yet heartbeated, or create pods
+    before it watches them.
+    """
+    deadline = time.monotonic() + AGENT_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if ready_file.exists() and ready_file.read_text().strip() == str(process.pid):
+            return True
+        time.sleep(0.05)
+    raise NodeAgentError(f"node agent (pid {process.pid}) not ready after {AGENT_READY_TIMEOUT_S:.0f}s")
 
 
 def stop_agent(state_dir: str | Path, timeout_s: float = 5.0) -> bool:
@@ -563,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--heartbeat-seconds", type=float, default=HEARTBEAT_INTERVAL_S)
     parser.add_argument("--lock-file", help="held while running; a second agent with the same file exits")
+    parser.add_argument("--ready-file", help="written with the agent's PID once it has listed nodes and pods")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
     # urllib3 logs each of its own connection retries; the agent's one line per failed attempt is enough.
@@ -578,7 +612,9 @@ def main(argv: list[str] | None = None) -> int:
             return LOCK_HELD_EXIT_CODE
         os.ftruncate(lock, 0)
         os.write(lock, f"{os.getpid()}\n".encode())
-    agent = NodeAgent(args.kubeconfig, heartbeat_interval_s=args.heartbeat_seconds)
+    agent = NodeAgent(
+        args.kubeconfig, heartbeat_interval_s=args.heartbeat_seconds, ready_file=args.ready_file
+    )
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     agent.run()
