@@ -37,3 +37,7 @@ def sandbox() -> Iterator[Sandbox]:
         if not already_up:
             stop_agent(control_plane.state_dir)  # it would outlive its API server by a minute
             control_plane.down()
+
+
+# The operator tier's fixtures (kube, node_agent, operator, a namespace per test), shared by every module.
+from operator_support import kube, namespace, namespace_prefix, node_agent, operator  # noqa: E402, F401

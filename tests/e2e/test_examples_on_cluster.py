@@ -5,9 +5,6 @@ with the chosen accelerator's request and node affinity, the real kube-scheduler
 nodes that carry that accelerator, and status and `kubectl get tj` report the running workers.
 """
 
-# The module's fixtures are imported from operator_support and requested by name as arguments.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import json
@@ -16,13 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_support import (  # noqa: F401 - fixtures are used by name
+from operator_support import (
     Kube,
-    kube,
-    namespace,
-    namespace_prefix,
-    node_agent,
-    operator,
     running_names,
     wait_for,
 )

@@ -1,9 +1,6 @@
 """Bad manifests: refused by the API server's schema, or marked InvalidSpec by the operator, while a
 good job in the same namespace keeps being served."""
 
-# The module's fixtures are imported from operator_support and requested by name as arguments.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import json
@@ -11,14 +8,9 @@ import subprocess
 from typing import Any
 
 import pytest
-from operator_support import (  # noqa: F401 - fixtures are used by name
+from operator_support import (
     Kube,
     job_manifest,
-    kube,
-    namespace,
-    namespace_prefix,
-    node_agent,
-    operator,
     running_names,
     wait_for,
 )

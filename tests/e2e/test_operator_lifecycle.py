@@ -5,9 +5,6 @@ Failed), which is how these tests make workers fail or finish. Every job is smal
 that modules sharing the sandbox do not starve each other, and its pods stop at once when deleted.
 """
 
-# The module's fixtures are imported from operator_support and requested by name as arguments.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import time
@@ -15,16 +12,11 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from operator_support import (  # noqa: F401 - fixtures are used by name
+from operator_support import (
     JOB_LABEL,
     Kube,
     OperatorProcess,
     job_manifest,
-    kube,
-    namespace,
-    namespace_prefix,
-    node_agent,
-    operator,
     running_names,
     wait_for,
 )

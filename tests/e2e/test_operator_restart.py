@@ -5,24 +5,16 @@ job is scaled up. The restarted operator must recreate the missing worker, adopt
 not a copy), add the new one, and leave the rest alone: no duplicates, no orphans.
 """
 
-# The module's fixtures are imported from operator_support and requested by name as arguments.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import json
 import time
 
 import pytest
-from operator_support import (  # noqa: F401 - fixtures are used by name
+from operator_support import (
     Kube,
     OperatorProcess,
     job_manifest,
-    kube,
-    namespace,
-    namespace_prefix,
-    node_agent,
-    operator,
     running_names,
     wait_for,
 )
