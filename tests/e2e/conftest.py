@@ -7,19 +7,24 @@ from collections.abc import Iterator
 
 import pytest
 
-from kubefit.sandbox.controlplane import Sandbox
+from kubefit.sandbox.controlplane import Sandbox, default_state_dir
 from kubefit.sandbox.nodeagent import stop_agent
 
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
-    """The sandbox, started once per test run (reused if already up).
+    """The sandbox, started once per test run (a developer's running sandbox is reused).
 
-    Fails, never skips, when the control plane cannot come up: a broken sandbox must not look
-    like a green run. It is stopped at the end only if this fixture started it.
+    When none runs, the run gets a cluster of its own in a fresh state dir, so nothing an earlier run
+    left in etcd (nodes added by hand, jobs) leaks into this one. Fails, never skips, when the control
+    plane cannot come up: a broken sandbox must not look like a green run. It is stopped at the end
+    only if this fixture started it.
     """
     control_plane = Sandbox()
     already_up = control_plane.is_up()
+    if not already_up:
+        control_plane = Sandbox(state_dir=default_state_dir().with_name("sandbox-e2e"))
+        control_plane.purge()
     try:
         control_plane.up()
     except Exception as error:  # noqa: BLE001 - any failure to start is a test failure
