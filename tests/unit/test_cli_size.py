@@ -12,44 +12,23 @@ from typing import Any
 
 import pytest
 import yaml
+from sizing_inputs import LLAMA3_8B, SIZING_KEYS, TEMPLATE
 
 from kubefit.api.validation import parse_spec
 from kubefit.cli.main import main
 from kubefit.sizing.planner import plan
 
-TEMPLATE = {"spec": {"containers": [{"name": "trainer", "image": "example/train:1"}]}}
 LLAMA3_8B_FSDP = {
     "apiVersion": "kubefit.dev/v1alpha1",
     "kind": "TrainingJob",
     "metadata": {"name": "llama3-8b", "namespace": "ml"},
     "spec": {
         "template": TEMPLATE,
-        "model": {
-            "parameters": "8.03B",  # meta-llama/Meta-Llama-3-8B config.json
-            "architecture": {
-                "layers": 32,
-                "hiddenSize": 4096,
-                "attentionHeads": 32,
-                "kvHeads": 8,
-                "intermediateSize": 14336,
-                "vocabSize": 128256,
-            },
-        },
+        "model": LLAMA3_8B,
         "training": {"sharding": "fsdp", "activationCheckpointing": "full", "sequenceLength": 4096},
         "resources": {"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 8},
         "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 2},
     },
-}
-SIZING_KEYS = {
-    "accelerator",
-    "resourceName",
-    "deviceMemoryBytes",
-    "acceleratorsPerWorker",
-    "minWorkers",
-    "perDeviceBytes",
-    "fits",
-    "breakdown",
-    "warnings",
 }
 
 

@@ -6,12 +6,11 @@ Assertions are properties checked against the estimator itself (no layout with f
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from sizing_inputs import LLAMA2_70B, LLAMA3_8B, SIZING_KEYS, make_spec
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
-from kubefit.api.validation import InvalidSpec, parse_spec
+from kubefit.api.validation import InvalidSpec
 from kubefit.sizing.catalog import Accelerator, load_catalog
 from kubefit.sizing.estimator import Layout, estimate
 from kubefit.sizing.planner import (
@@ -27,35 +26,6 @@ from kubefit.sizing.planner import (
 )
 
 CATALOG = load_catalog()
-TEMPLATE = {"spec": {"containers": [{"name": "trainer", "image": "example/train:1"}]}}
-LLAMA3_8B = {  # meta-llama/Meta-Llama-3-8B config.json
-    "parameters": "8.03B",
-    "architecture": {
-        "layers": 32,
-        "hiddenSize": 4096,
-        "attentionHeads": 32,
-        "kvHeads": 8,
-        "intermediateSize": 14336,
-        "vocabSize": 128256,
-    },
-}
-LLAMA2_70B = {  # meta-llama/Llama-2-70b-hf config.json
-    "parameters": "69B",
-    "architecture": {
-        "layers": 80,
-        "hiddenSize": 8192,
-        "attentionHeads": 64,
-        "kvHeads": 8,
-        "intermediateSize": 28672,
-        "vocabSize": 32000,
-    },
-}
-
-
-def make_spec(**sections: Any) -> TrainingJobSpec:
-    raw: dict[str, Any] = {"template": TEMPLATE, "model": {"parameters": "1B"}}
-    raw.update(sections)
-    return parse_spec(raw)
 
 
 def fits(spec: TrainingJobSpec, device: Accelerator, per_worker: int, workers: int) -> bool:
@@ -356,17 +326,7 @@ def test_hopeless_job_says_nothing_in_the_catalog_holds_it() -> None:
 def test_status_shape_and_summary() -> None:
     sizing = plan(make_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}))
     dumped = sizing.model_dump(by_alias=True, mode="json")
-    assert set(dumped) == {
-        "accelerator",
-        "resourceName",
-        "deviceMemoryBytes",
-        "acceleratorsPerWorker",
-        "minWorkers",
-        "perDeviceBytes",
-        "fits",
-        "breakdown",
-        "warnings",
-    }
+    assert set(dumped) == SIZING_KEYS
     assert dumped["resourceName"] == "nvidia.com/gpu" and dumped["deviceMemoryBytes"] == 81559 * 2**20
     assert sum(dumped["breakdown"].values()) == dumped["perDeviceBytes"]
     assert sizing_summary(sizing).startswith("8 x nvidia-h100-80gb, ")

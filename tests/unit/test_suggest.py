@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from sizing_inputs import LLAMA3_8B, make_spec
 
 from kubefit.api.models import TrainingJobSpec
-from kubefit.api.validation import parse_spec
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import FP8_CAPABLE, plan, replace_field
 from kubefit.sizing.suggest import Suggestion, overprovisioned, suggest
 
 CATALOG = load_catalog()
-TEMPLATE = {"spec": {"containers": [{"name": "trainer", "image": "example/train:1"}]}}
-LLAMA3_8B = {  # meta-llama/Meta-Llama-3-8B config.json
-    "parameters": "8.03B",
-    "architecture": {
-        "layers": 32,
-        "hiddenSize": 4096,
-        "attentionHeads": 32,
-        "kvHeads": 8,
-        "intermediateSize": 14336,
-        "vocabSize": 128256,
-    },
-}
-
-
-def make_spec(**sections: Any) -> TrainingJobSpec:
-    raw: dict[str, Any] = {"template": TEMPLATE, "model": {"parameters": "1B"}}
-    raw.update(sections)
-    return parse_spec(raw)
 
 
 def cost(devices: int, device_memory: int, per_device: int) -> tuple[int, int, int]:
