@@ -35,7 +35,7 @@ class BuildError(RuntimeError):
     pass
 
 
-def _print_log(message: str) -> None:
+def print_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -329,7 +329,7 @@ def _install(built_dir: Path) -> Path:
     return final_dir
 
 
-def build_controlplane(force: bool = False, log: Log = _print_log, keep_source: bool = False) -> Path:
+def build_controlplane(force: bool = False, log: Log = print_log, keep_source: bool = False) -> Path:
     """Builds the three control-plane binaries into the cache (unless cached) and returns that folder."""
     if not force and cached_binaries() is not None:
         return controlplane_cache_dir()

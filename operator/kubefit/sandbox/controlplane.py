@@ -17,7 +17,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from kubefit.sandbox.build import build_controlplane, cached_binaries
+from kubefit.sandbox.build import Log, build_controlplane, cached_binaries, kubefit_cache_dir, print_log
 from kubefit.sandbox.tools import kubectl_path
 
 SANDBOX_DIR_ENV = "KUBEFIT_SANDBOX_DIR"
@@ -41,23 +40,16 @@ ADMIN_USER = "kubefit-admin"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager")
 STOP_GRACE_S = 10.0
 
-Log = Callable[[str], None]
-
 
 class SandboxError(RuntimeError):
     pass
-
-
-def _print_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def default_state_dir() -> Path:
     override = os.environ.get(SANDBOX_DIR_ENV)
     if override:
         return Path(override).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kubefit" / "sandbox"
+    return kubefit_cache_dir() / "sandbox"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +326,7 @@ class Sandbox:
     is ready and the `default` ServiceAccount exists; down() stops exactly the processes up() started.
     """
 
-    def __init__(self, state_dir: Path | str | None = None, log: Log = _print_log) -> None:
+    def __init__(self, state_dir: Path | str | None = None, log: Log = print_log) -> None:
         self.state_dir = Path(state_dir).expanduser() if state_dir else default_state_dir()
         self.log = log
 
