@@ -1,6 +1,6 @@
 """Existing estimators, implemented from their published formulas, to compare against kubefit.
 
-Sources (quoted in /work/shared/data/sizing-calibration.md sections 1.2 and 1.3):
+Sources (quoted in docs/data/sizing-calibration.md sections 1.2 and 1.3):
 - DeepSpeed `estimate_zero2_model_states_mem_needs` (deepspeed/runtime/zero/stage_1_and_2.py, current
   code after PR deepspeedai/DeepSpeed#5099) and `estimate_zero3_model_states_mem_needs`
   (deepspeed/runtime/zero/stage3.py). Model states only; no activations, buffers or context.
