@@ -53,30 +53,34 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "kubefit.catalogFile" -}}accelerators.yaml{{- end }}
 
 {{/*
-The rules the operator needs on namespaced resources (least privilege, explicit verbs, no wildcards).
+The rules the operator needs on namespaced resources: exactly the calls it makes (explicit verbs, no
+wildcards). tests/unit/test_rbac.py derives the same list from the code and fails when the two differ.
 Used by the ClusterRole when all namespaces are watched, else by a Role in each watched namespace.
 */}}
 {{- define "kubefit.namespacedRules" -}}
-# TrainingJobs: watched by the operator; it patches finalizers and kopf's annotations through the main
-# resource, and deletes a finished job once runPolicy.ttlSecondsAfterFinished has passed.
+# TrainingJobs: the reconciler reads each job (get) and deletes a finished one once
+# runPolicy.ttlSecondsAfterFinished has passed; kopf lists and watches them and patches its finalizer and
+# its progress annotations (kubefit.dev/*) on them.
 - apiGroups: ["kubefit.dev"]
   resources: ["trainingjobs"]
   verbs: ["get", "list", "watch", "patch", "delete"]
-# status is written through its subresource; scale clamps workers.replicas to the elastic bounds.
+# The sizing, conditions and phase are written through the status subresource.
 - apiGroups: ["kubefit.dev"]
-  resources: ["trainingjobs/status", "trainingjobs/scale"]
-  verbs: ["get", "patch"]
-# Worker pods and the headless rendezvous Service of each job; patch adopts an orphaned worker.
+  resources: ["trainingjobs/status"]
+  verbs: ["patch"]
+# Worker pods: created and deleted by the reconciler, patched to adopt an orphaned worker; kopf lists and
+# watches them (the worker index, and the accelerators each node's pods hold).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["create", "delete", "get", "list", "watch", "patch"]
+  verbs: ["create", "delete", "patch", "list", "watch"]
+# Each job's headless rendezvous Service is created once; the garbage collector deletes it with the job.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create", "delete", "get", "list", "watch"]
-# Events on TrainingJobs; kopf patches an event to count repeats.
+  verbs: ["create"]
+# Events on TrainingJobs (kopf posts each one with a create).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* Cluster-scoped reads, needed whatever the namespaces watched. */}}
@@ -85,11 +89,14 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["list", "watch"]
-# kopf checks that the CRDs it serves exist, and follows namespaces for its namespace patterns.
+# kopf lists and watches CRDs to follow the resources it serves.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
+# kopf follows namespaces only when it serves a list of them (--namespace), not with --all-namespaces.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
+{{- end }}
 {{- end }}
