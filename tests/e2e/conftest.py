@@ -1,48 +1,55 @@
-"""Fixtures for end-to-end tests against the real local control plane (kubefit sandbox)."""
+"""Fixtures for end-to-end tests against the real local control plane (kubefit sandbox).
+
+Every test run gets a control plane of its own (kubefit.sandbox.ephemeral), never the developer's
+sandbox: a running `make demo`, another test run, or state left by an earlier one cannot change what
+a test sees, and the run leaves nothing behind (processes, nodes, state dir).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 
-from kubefit.sandbox.controlplane import Sandbox, default_state_dir
-from kubefit.sandbox.nodeagent import stop_agent
+from kubefit.sandbox.controlplane import SANDBOX_DIR_ENV, Sandbox
+from kubefit.sandbox.ephemeral import ephemeral_sandbox
 
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
-    """The sandbox, started once per test run (a developer's running sandbox is reused).
+    """This run's own sandbox, in a fresh state dir under ~/.cache/kubefit/ephemeral/.
 
-    When none runs, the run gets a cluster of its own in a fresh state dir, so nothing an earlier run
-    left in etcd (nodes added by hand, jobs) leaks into this one. Fails, never skips, when the control
-    plane cannot come up: a broken sandbox must not look like a green run. It is stopped at the end
-    only if this fixture started it.
+    Fails, never skips, when the control plane cannot come up: a broken sandbox must not look like a
+    green run. At the end its node agent and control plane are stopped and the state dir deleted.
     """
-    control_plane = Sandbox()
-    already_up = control_plane.is_up()
-    if not already_up:
-        control_plane = Sandbox(state_dir=default_state_dir().with_name("sandbox-e2e"))
-        control_plane.purge()
-    try:
-        control_plane.up()
-    except Exception as error:  # noqa: BLE001 - any failure to start is a test failure
-        pytest.fail(f"kubefit sandbox could not come up ({control_plane.state_dir}): {error}", pytrace=False)
-    previous_kubeconfig = os.environ.get("KUBECONFIG")
-    # Lets code under test that reads KUBECONFIG (kopf, kubernetes client) find the sandbox.
-    os.environ["KUBECONFIG"] = str(control_plane.kubeconfig_path)
-    try:
-        yield control_plane
-    finally:
-        if previous_kubeconfig is None:
-            os.environ.pop("KUBECONFIG", None)
-        else:
-            os.environ["KUBECONFIG"] = previous_kubeconfig
-        if not already_up:
-            stop_agent(control_plane.state_dir)  # it would outlive its API server by a minute
-            control_plane.down()
+    with ExitStack() as stack:
+        try:
+            control_plane = stack.enter_context(ephemeral_sandbox("e2e"))
+        except Exception as error:  # noqa: BLE001 - any failure to start is a test failure
+            pytest.fail(f"kubefit sandbox could not come up: {error}", pytrace=False)
+        # Code under test that reads these (kopf, the kubernetes client, the kubefit CLI) finds this
+        # run's sandbox, even in a shell where `eval "$(kubefit sandbox env)"` points at a demo.
+        previous = {name: os.environ.get(name) for name in ("KUBECONFIG", SANDBOX_DIR_ENV)}
+        os.environ.update(control_plane.env())
+        try:
+            yield control_plane
+        finally:
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
-# The operator tier's fixtures (kube, node_agent, operator, a namespace per test), shared by every module.
-from operator_support import kube, namespace, namespace_prefix, node_agent, operator  # noqa: E402, F401
+# The operator tier's fixtures, shared by every module (see operator_support's docstring).
+from operator_support import (  # noqa: E402, F401
+    add_pool,
+    kube,
+    namespace,
+    namespace_prefix,
+    node_agent,
+    operator,
+    pool,
+)

@@ -1,7 +1,25 @@
-"""Helpers for the operator's end-to-end tests: the operator as a subprocess, kubectl, waits.
+"""Helpers and fixtures for the operator's end-to-end tests: kubectl, the operator as a subprocess,
+private node pools, waits.
 
-Everything runs against the real sandbox control plane (tests/e2e/conftest.py `sandbox`, which fails
-rather than skips when it cannot come up); the node agent plays the kubelets of the example nodes.
+Everything runs against this run's own control plane (tests/e2e/conftest.py `sandbox`: a fresh state
+dir per run, never a developer's sandbox; it fails rather than skips when it cannot come up). The node
+agent plays the kubelets of the example nodes (examples/sandbox/cluster.yaml) and of every pool below.
+
+Fixtures, for any e2e module (conftest.py makes them available):
+
+    kube        Kube: kubectl against the sandbox, JSON in and out; the CRD is installed (module)
+    node_agent  the node agent's PID, with the example nodes created (module)
+    operator    OperatorProcess: `kubefit run` watching only this module's namespaces (module)
+    namespace   a fresh namespace for the test, deleted at its end (function)
+    pool        PrivatePool: 2 x 8 nvidia-h100-80gb nodes of the test's own (function)
+    add_pool    add_pool(PoolNodes(...), ...) -> PrivatePool, for other shapes (function)
+
+A test that needs accelerators brings its own nodes: `pool` (or `add_pool`) creates nodes with unique
+names, the label e2e.kubefit.dev/pool=<unique name> and a NoSchedule taint of the same key, so only
+pods pinned to it land there, and deletes them (and the pods on them) at the end. Pin a job with
+`job_manifest(name, namespace, pool=pool, ...)` or `pool.pin(manifest)` (any TrainingJob or Pod):
+that adds the pool's nodeSelector and toleration. So no test depends on capacity that a demo, an
+earlier test or a leftover pod may hold.
 """
 
 from __future__ import annotations
@@ -16,13 +34,20 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from kubefit.sandbox.cluster import NodePool, build_node, free_node_index, load_cluster_config, parse_pool
 from kubefit.sandbox.controlplane import Sandbox
+from kubefit.sandbox.errors import NodeAgentError
+from kubefit.sandbox.kubeclient import core_api, new_api_client
 from kubefit.sandbox.nodeagent import start_agent
+from kubefit.sandbox.nodes import list_sandbox_nodes, register_node, remove_node
+from kubefit.sandbox.podstatus import rfc3339
+from kubefit.sizing.catalog import load_catalog
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "trainingjob.yaml"
@@ -106,8 +131,10 @@ def running_names(pods: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def job_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    """A small job (1B parameters, fits any GPU) with the given spec fields replaced."""
+def job_manifest(
+    name: str, namespace: str, *, pool: PrivatePool | None = None, **spec: Any
+) -> dict[str, Any]:
+    """A small job (1B parameters, fits any GPU) with the given spec fields replaced, pinned to `pool`."""
     body: dict[str, Any] = {
         "template": {
             "metadata": {"annotations": dict(FAST_SHUTDOWN)},
@@ -121,12 +148,103 @@ def job_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
         "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 4},
     }
     body.update(spec)
-    return {
+    manifest = {
         "apiVersion": "kubefit.dev/v1alpha1",
         "kind": "TrainingJob",
         "metadata": {"name": name, "namespace": namespace},
         "spec": body,
     }
+    return pool.pin(manifest) if pool is not None else manifest
+
+
+# ---------------------------------------------------------------------------------------------- pools
+
+PRIVATE_POOL_LABEL = "e2e.kubefit.dev/pool"
+
+
+@dataclass(frozen=True)
+class PoolNodes:
+    """`nodes` simulated nodes with `per_node` devices of a catalog accelerator each (None: CPU only)."""
+
+    accelerator: str | None
+    nodes: int = 1
+    per_node: int = 8
+
+
+DEFAULT_POOL = (PoolNodes("nvidia-h100-80gb", nodes=2, per_node=8),)
+
+
+@dataclass(frozen=True)
+class PrivatePool:
+    """Nodes only pods pinned to this pool may use (see the module docstring)."""
+
+    name: str
+    nodes: tuple[str, ...]
+
+    @property
+    def toleration(self) -> dict[str, str]:
+        return {"key": PRIVATE_POOL_LABEL, "operator": "Equal", "value": self.name, "effect": "NoSchedule"}
+
+    def pin_pod_spec(self, pod_spec: dict[str, Any]) -> dict[str, Any]:
+        pod_spec["nodeSelector"] = {**(pod_spec.get("nodeSelector") or {}), PRIVATE_POOL_LABEL: self.name}
+        pod_spec["tolerations"] = [*(pod_spec.get("tolerations") or []), self.toleration]
+        return pod_spec
+
+    def pin(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The TrainingJob's workers (spec.template.spec), or the Pod, may only run on this pool."""
+        if manifest.get("kind") == "TrainingJob":
+            self.pin_pod_spec(manifest["spec"].setdefault("template", {}).setdefault("spec", {}))
+        else:
+            self.pin_pod_spec(manifest.setdefault("spec", {}))
+        return manifest
+
+
+def example_pool_shapes() -> tuple[NodePool, ...]:
+    """The example cluster's accelerator pools (sizes, labels, capacity), to copy into a private pool."""
+    return tuple(pool for pool in load_cluster_config(CLUSTER_FILE).pools if pool.accelerator is not None)
+
+
+def _node_pool(shape: PoolNodes | NodePool, pool_name: str, label: str) -> NodePool:
+    """The shape as a NodePool named `pool_name` that carries the private label and taint."""
+    if isinstance(shape, PoolNodes):
+        raw: dict[str, Any] = {"name": pool_name, "accelerator": shape.accelerator, "nodes": shape.nodes}
+        if shape.accelerator is not None:
+            raw["acceleratorsPerNode"] = shape.per_node
+        shape = parse_pool({**raw, "cpu": 96, "memory": "1Ti"}, f"private pool {pool_name}", load_catalog())
+    taint = {"key": PRIVATE_POOL_LABEL, "value": label, "effect": "NoSchedule"}
+    labels = {**shape.labels, PRIVATE_POOL_LABEL: label}
+    return replace(shape, name=pool_name, labels=labels, taints=(*shape.taints, taint))
+
+
+def create_private_pool(sandbox: Sandbox, *shapes: PoolNodes | NodePool) -> PrivatePool:
+    """Registers the nodes (Ready, tainted only with the pool's taint); the node agent runs their pods."""
+    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    core = core_api(new_api_client(sandbox.kubeconfig_path))
+    existing, _ = list_sandbox_nodes(core)
+    cidrs = [(node.get("spec") or {}).get("podCIDR") for node in existing]
+    created: list[str] = []
+    try:
+        for index, shape in enumerate(shapes or DEFAULT_POOL):
+            node_pool = _node_pool(shape, f"{name}-{index}", name)
+            for node_name in node_pool.node_names():
+                manifest = build_node(node_pool, node_name, free_node_index(cidrs), rfc3339())
+                register_node(core, manifest)
+                cidrs.append(manifest["spec"]["podCIDR"])
+                created.append(node_name)
+    except BaseException:
+        remove_private_pool(sandbox, PrivatePool(name, tuple(created)))
+        raise
+    return PrivatePool(name, tuple(created))
+
+
+def remove_private_pool(sandbox: Sandbox, pool: PrivatePool) -> None:
+    """Deletes the pool's nodes and, at once, the pods bound to them."""
+    core = core_api(new_api_client(sandbox.kubeconfig_path))
+    for node_name in pool.nodes:
+        try:
+            remove_node(core, node_name)
+        except NodeAgentError:
+            pass  # already gone (a test may delete its nodes itself)
 
 
 # ---------------------------------------------------------------------------------------------- operator
@@ -224,8 +342,8 @@ def kube(sandbox: Sandbox) -> Kube:
 def node_agent(sandbox: Sandbox) -> int:
     """The node agent with the example pools, shared by every module of the run.
 
-    Never stopped here: other modules (and other sessions on the same sandbox) rely on it; the
-    session's sandbox fixture stops it with the control plane.
+    Never stopped here: later modules of the run rely on it; the session's sandbox fixture stops it
+    with the control plane.
     """
     try:
         return start_agent(sandbox, CLUSTER_FILE)
@@ -267,3 +385,27 @@ def namespace(kube: Kube, operator: OperatorProcess, namespace_prefix: str) -> I
     yield name
     kube.run("delete", "trainingjobs", "--all", "-n", name, "--wait=false", check=False)
     kube.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def add_pool(sandbox: Sandbox, node_agent: int) -> Iterator[Callable[..., PrivatePool]]:
+    """add_pool(*shapes) -> a PrivatePool of this test's own (default: DEFAULT_POOL); all removed at its end.
+
+    Shapes are PoolNodes(accelerator, nodes, per_node) or the example cluster's NodePools
+    (example_pool_shapes()); one pool may mix several accelerators.
+    """
+    created: list[PrivatePool] = []
+
+    def add(*shapes: PoolNodes | NodePool) -> PrivatePool:
+        created.append(create_private_pool(sandbox, *shapes))
+        return created[-1]
+
+    yield add
+    for private in created:
+        remove_private_pool(sandbox, private)
+
+
+@pytest.fixture
+def pool(add_pool: Callable[..., PrivatePool]) -> PrivatePool:
+    """2 x 8 nvidia-h100-80gb nodes that only this test's pinned pods use (job_manifest(..., pool=pool))."""
+    return add_pool()
