@@ -3,11 +3,16 @@
 For each file in examples/: the operator sizes it against the cluster, creates one pod per worker
 with the chosen accelerator's request and node affinity, the real kube-scheduler binds the pods to
 nodes that carry that accelerator, and status and `kubectl get tj` report the running workers.
+
+Each example runs on a private copy of the example cluster's accelerator pools (operator_support
+`add_pool`), so it never depends on devices that another job (a demo's quickstart, an earlier test)
+holds on the shared nodes.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,8 @@ import pytest
 import yaml
 from operator_support import (
     Kube,
+    PrivatePool,
+    example_pool_shapes,
     running_names,
     wait_for,
 )
@@ -55,8 +62,11 @@ def _printed_columns(kube: Kube, namespace: str, name: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
-def test_example_runs_on_matching_nodes(kube: Kube, namespace: str, path: Path) -> None:
-    manifest = _manifest(path, namespace)
+def test_example_runs_on_matching_nodes(
+    kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool], path: Path
+) -> None:
+    pool = add_pool(*example_pool_shapes())
+    manifest = pool.pin(_manifest(path, namespace))
     name = manifest["metadata"]["name"]
     kube.apply(manifest)
 
@@ -78,6 +88,7 @@ def test_example_runs_on_matching_nodes(kube: Kube, namespace: str, path: Path) 
     for pod in pods:
         limits = pod["spec"]["containers"][0]["resources"]["limits"]
         assert limits[sizing["resourceName"]] == str(sizing["acceleratorsPerWorker"])
+        assert pod["spec"]["nodeName"] in pool.nodes
         node = json.loads(kube.run("get", "node", pod["spec"]["nodeName"], "-o", "json").stdout)
         # The scheduler placed it on a node the catalog recognises as the chosen accelerator.
         assert CATALOG.identify(node["metadata"]["labels"]) == accelerator
@@ -87,7 +98,3 @@ def test_example_runs_on_matching_nodes(kube: Kube, namespace: str, path: Path) 
     assert columns["WORKERS"] == f"{len(pods)}/{len(pods)}"
     assert columns["ACCELERATOR"] == sizing["accelerator"]
     assert columns["FITS"] == "true"
-
-    # Free the devices for the next example.
-    kube.run("delete", "tj", name, "-n", namespace, "--wait=true")
-    wait_for(f"{path.name}'s workers to go", lambda: not kube.workers(namespace, name))

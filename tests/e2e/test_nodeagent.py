@@ -1,7 +1,9 @@
 """Simulated GPU/TPU nodes against the real control plane: the real kube-scheduler places pods on them.
 
-Needs the sandbox (tests/e2e/conftest.py `sandbox`, which fails rather than skips when it cannot come
-up) and starts the node agent with examples/sandbox/cluster.yaml unless it already runs.
+Needs the run's own sandbox (tests/e2e/conftest.py `sandbox`, which fails rather than skips when it
+cannot come up) and starts the node agent with examples/sandbox/cluster.yaml unless it already runs.
+Tests that need free GPUs use a private node (`private_h100`, tainted for everyone but the pods pinned
+to it), so pods left by an earlier test on the example nodes cannot starve them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client
+from operator_support import PoolNodes, PrivatePool, create_private_pool, remove_private_pool
 
 from kubefit.sandbox.cluster import NOT_READY_TAINT_KEY, POOL_LABEL, build_node, load_cluster_config
 from kubefit.sandbox.controlplane import Sandbox
@@ -50,8 +53,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, in
 def agent(sandbox: Sandbox) -> int:
     """The node agent with the example pools, started unless it runs.
 
-    Never stopped here: other test modules and sessions share the sandbox and its agent; when the
-    session's fixture stops the control plane, the agent exits by itself (ORPHAN_TIMEOUT_S).
+    Never stopped here: later modules of the run share it; the session's sandbox fixture stops it.
     """
     try:
         return start_agent(sandbox, EXAMPLE)
@@ -81,13 +83,13 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
 
 
 @pytest.fixture
-def private_h100(core: client.CoreV1Api) -> Iterator[str]:
-    """A fresh 8-GPU H100 node in a pool of its own, so that no other test's pods sit on it."""
-    (name,) = add_nodes(core, "nvidia-h100-80gb", count=8, pool=f"e2e-{uuid.uuid4().hex[:6]}")
+def private_h100(sandbox: Sandbox, core: client.CoreV1Api) -> Iterator[PrivatePool]:
+    """A fresh 8-GPU H100 node in a private pool: only pods pinned to it (`pool=`) land there."""
+    pool = create_private_pool(sandbox, PoolNodes("nvidia-h100-80gb", nodes=1, per_node=8))
     try:
-        yield name
+        yield pool
     finally:
-        remove_node(core, name)
+        remove_private_pool(sandbox, pool)
 
 
 def _service_account_token(core: client.CoreV1Api, namespace: str) -> bool:
@@ -109,7 +111,9 @@ def _exists(read: Callable[[], Any]) -> bool:
         raise
 
 
-def gpu_pod(name: str, gpus: int, product: str | None = H100_PRODUCT, **extra: Any) -> dict[str, Any]:
+def gpu_pod(
+    name: str, gpus: int, product: str | None = H100_PRODUCT, pool: PrivatePool | None = None, **extra: Any
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "containers": [
             {
@@ -123,7 +127,8 @@ def gpu_pod(name: str, gpus: int, product: str | None = H100_PRODUCT, **extra: A
     if product:
         spec["nodeSelector"] = {"nvidia.com/gpu.product": product}
     spec.update(extra.pop("spec", {}))
-    return {"metadata": {"name": name, "annotations": extra.pop("annotations", {})}, "spec": spec}
+    pod = {"metadata": {"name": name, "annotations": extra.pop("annotations", {})}, "spec": spec}
+    return pool.pin(pod) if pool is not None else pod
 
 
 def read_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
@@ -208,11 +213,13 @@ def test_node_lease_is_renewed(core: client.CoreV1Api) -> None:
 
 
 def test_gpu_pod_is_bound_by_the_scheduler_to_an_h100_node_and_runs(
-    core: client.CoreV1Api, namespace: str, private_h100: str
+    core: client.CoreV1Api, namespace: str, private_h100: PrivatePool
 ) -> None:
-    # private_h100 guarantees room on some H100 node even if other test sessions hold h100-0/1's GPUs;
-    # the pod is not pinned: the scheduler picks among all H100 nodes.
-    core.create_namespaced_pod(namespace, gpu_pod("worker", gpus=4))
+    # private_h100 guarantees room on some H100 node even if earlier tests' pods hold h100-0/1's GPUs;
+    # the pod tolerates its taint but is not pinned: the scheduler picks among all H100 nodes.
+    core.create_namespaced_pod(
+        namespace, gpu_pod("worker", gpus=4, spec={"tolerations": [private_h100.toleration]})
+    )
     pod = wait_phase(core, namespace, "worker", "Running")
     node = read_node(core, pod["spec"]["nodeName"])
     assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == H100_PRODUCT
@@ -234,12 +241,11 @@ def test_gpu_pod_is_bound_by_the_scheduler_to_an_h100_node_and_runs(
 
 
 def test_scheduler_respects_gpu_counts_on_a_node(
-    core: client.CoreV1Api, namespace: str, private_h100: str
+    core: client.CoreV1Api, namespace: str, private_h100: PrivatePool
 ) -> None:
-    # Pin to one 8-GPU node: two 4-GPU pods fit, the third does not.
-    pin = {"spec": {"nodeSelector": {"kubernetes.io/hostname": private_h100}}}
+    # Pinned to one 8-GPU node: two 4-GPU pods fit, the third does not.
     for index in range(3):
-        core.create_namespaced_pod(namespace, gpu_pod(f"w{index}", gpus=4, product=None, **pin))
+        core.create_namespaced_pod(namespace, gpu_pod(f"w{index}", gpus=4, product=None, pool=private_h100))
     wait_phase(core, namespace, "w0", "Running")
     wait_phase(core, namespace, "w1", "Running")
     third = wait_for("w2 to be found unschedulable", lambda: _unschedulable(core, namespace, "w2"))
@@ -261,9 +267,9 @@ def test_over_request_stays_pending_with_failed_scheduling(core: client.CoreV1Ap
     assert pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
 
 
-def test_pod_ips_are_unique(core: client.CoreV1Api, namespace: str) -> None:
+def test_pod_ips_are_unique(core: client.CoreV1Api, namespace: str, private_h100: PrivatePool) -> None:
     for index in range(6):
-        core.create_namespaced_pod(namespace, gpu_pod(f"p{index}", gpus=1, product=None))
+        core.create_namespaced_pod(namespace, gpu_pod(f"p{index}", gpus=1, product=None, pool=private_h100))
     ips = [wait_phase(core, namespace, f"p{index}", "Running")["status"]["podIP"] for index in range(6)]
     assert len(set(ips)) == 6, ips
 
@@ -306,9 +312,9 @@ def test_bind_to_running_latency(core: client.CoreV1Api, namespace: str) -> None
     ("code", "phase", "reason"), [("0", "Succeeded", "Completed"), ("3", "Failed", "Error")]
 )
 def test_exit_annotation_ends_the_pod(
-    core: client.CoreV1Api, namespace: str, code: str, phase: str, reason: str
+    core: client.CoreV1Api, namespace: str, private_h100: PrivatePool, code: str, phase: str, reason: str
 ) -> None:
-    core.create_namespaced_pod(namespace, gpu_pod("job", gpus=1))
+    core.create_namespaced_pod(namespace, gpu_pod("job", gpus=1, pool=private_h100))
     wait_phase(core, namespace, "job", "Running")
     core.patch_namespaced_pod("job", namespace, {"metadata": {"annotations": {EXIT_ANNOTATION: code}}})
     pod = wait_phase(core, namespace, "job", phase)
@@ -319,20 +325,21 @@ def test_exit_annotation_ends_the_pod(
 
 
 def test_a_finished_pod_frees_its_gpus_for_the_scheduler(
-    core: client.CoreV1Api, namespace: str, private_h100: str
+    core: client.CoreV1Api, namespace: str, private_h100: PrivatePool
 ) -> None:
-    pin = {"spec": {"nodeSelector": {"kubernetes.io/hostname": private_h100}}}
-    core.create_namespaced_pod(namespace, gpu_pod("first", gpus=8, product=None, **pin))
+    core.create_namespaced_pod(namespace, gpu_pod("first", gpus=8, product=None, pool=private_h100))
     wait_phase(core, namespace, "first", "Running")
-    core.create_namespaced_pod(namespace, gpu_pod("second", gpus=8, product=None, **pin))
+    core.create_namespaced_pod(namespace, gpu_pod("second", gpus=8, product=None, pool=private_h100))
     wait_for("second to be found unschedulable", lambda: _unschedulable(core, namespace, "second"))
     core.patch_namespaced_pod("first", namespace, {"metadata": {"annotations": {EXIT_ANNOTATION: "0"}}})
     # The scheduler retries unschedulable pods when a pod on the node terminates.
     wait_phase(core, namespace, "second", "Running", timeout=60)
 
 
-def test_bad_exit_annotation_leaves_the_pod_running_and_warns(core: client.CoreV1Api, namespace: str) -> None:
-    core.create_namespaced_pod(namespace, gpu_pod("job", gpus=1))
+def test_bad_exit_annotation_leaves_the_pod_running_and_warns(
+    core: client.CoreV1Api, namespace: str, private_h100: PrivatePool
+) -> None:
+    core.create_namespaced_pod(namespace, gpu_pod("job", gpus=1, pool=private_h100))
     wait_phase(core, namespace, "job", "Running")
     core.patch_namespaced_pod("job", namespace, {"metadata": {"annotations": {EXIT_ANNOTATION: "done"}}})
 
@@ -345,8 +352,10 @@ def test_bad_exit_annotation_leaves_the_pod_running_and_warns(core: client.CoreV
     assert read_pod(core, namespace, "job")["status"]["phase"] == "Running"
 
 
-def test_deleted_pod_is_removed_after_its_grace_period(core: client.CoreV1Api, namespace: str) -> None:
-    core.create_namespaced_pod(namespace, gpu_pod("job", gpus=1, grace=3))
+def test_deleted_pod_is_removed_after_its_grace_period(
+    core: client.CoreV1Api, namespace: str, private_h100: PrivatePool
+) -> None:
+    core.create_namespaced_pod(namespace, gpu_pod("job", gpus=1, grace=3, pool=private_h100))
     wait_phase(core, namespace, "job", "Running")
     requested = time.monotonic()
     core.delete_namespaced_pod("job", namespace)
@@ -357,8 +366,10 @@ def test_deleted_pod_is_removed_after_its_grace_period(core: client.CoreV1Api, n
     assert 1.5 <= elapsed < 6, elapsed
 
 
-def test_shutdown_annotation_removes_a_deleted_pod_sooner(core: client.CoreV1Api, namespace: str) -> None:
-    pod = gpu_pod("job", gpus=1, grace=60, annotations={SHUTDOWN_ANNOTATION: "0"})
+def test_shutdown_annotation_removes_a_deleted_pod_sooner(
+    core: client.CoreV1Api, namespace: str, private_h100: PrivatePool
+) -> None:
+    pod = gpu_pod("job", gpus=1, grace=60, annotations={SHUTDOWN_ANNOTATION: "0"}, pool=private_h100)
     core.create_namespaced_pod(namespace, pod)
     wait_phase(core, namespace, "job", "Running")
     requested = time.monotonic()
@@ -439,15 +450,14 @@ def test_cli_node_add_list_remove(sandbox: Sandbox, core: client.CoreV1Api) -> N
 
 
 def test_agent_restart_keeps_running_pods_and_their_ips(
-    sandbox: Sandbox, core: client.CoreV1Api, namespace: str, private_h100: str
+    sandbox: Sandbox, core: client.CoreV1Api, namespace: str, private_h100: PrivatePool
 ) -> None:
     # Both pods on one node: the restarted agent must not hand the running pod's IP to the new one.
-    pin = {"spec": {"nodeSelector": {"kubernetes.io/hostname": private_h100}}}
-    core.create_namespaced_pod(namespace, gpu_pod("before", gpus=1, **pin))
+    core.create_namespaced_pod(namespace, gpu_pod("before", gpus=1, pool=private_h100))
     before = wait_phase(core, namespace, "before", "Running")
     assert stop_agent(sandbox.state_dir)
     try:
-        core.create_namespaced_pod(namespace, gpu_pod("while-down", gpus=1, **pin))
+        core.create_namespaced_pod(namespace, gpu_pod("while-down", gpus=1, pool=private_h100))
         time.sleep(1)
         # Bound by the scheduler, but nothing plays the kubelet: it stays Pending.
         assert read_pod(core, namespace, "while-down")["status"]["phase"] == "Pending"

@@ -1,19 +1,22 @@
 """The operator against the real control plane: pods, placement, status, scaling, deletion.
 
-The real kube-scheduler binds the workers to the simulated nodes of examples/sandbox/cluster.yaml
-(2 x 8 nvidia-h100-80gb, 2 x 8 nvidia-a100-40gb, 1 x 4 nvidia-l4, 2 x 4 google-tpu-v5e); the node
-agent turns bound pods Running.
+The real kube-scheduler binds the workers to simulated nodes; the node agent turns bound pods Running.
+Each test pins its jobs to a private pool of its own (operator_support `pool`: 2 x 8 nvidia-h100-80gb
+unless it asks for another shape), so no other job can hold the devices it needs.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 from operator_support import (
     Kube,
     OperatorProcess,
+    PoolNodes,
+    PrivatePool,
     job_manifest,
     running_names,
     wait_for,
@@ -28,9 +31,11 @@ def node_labels(kube: Kube, node_name: str) -> dict[str, str]:
     return json.loads(kube.run("get", "node", node_name, "-o", "jsonpath={.metadata.labels}").stdout)
 
 
-def test_job_runs_on_matching_nodes_with_status_and_columns(kube: Kube, namespace: str) -> None:
+def test_job_runs_on_matching_nodes_with_status_and_columns(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
     started = time.monotonic()
-    kube.apply(job_manifest("llm", namespace))
+    kube.apply(job_manifest("llm", namespace, pool=pool))
     wait_for("2 running workers", lambda: len(running_names(kube.workers(namespace, "llm"))) == 2)
     elapsed = time.monotonic() - started
     print(f"\napply -> 2 workers Running: {elapsed:.2f}s")
@@ -48,6 +53,7 @@ def test_job_runs_on_matching_nodes_with_status_and_columns(kube: Kube, namespac
             expr["key"] for term in terms for expr in term["matchExpressions"]
         }
         assert node_labels(kube, pod["spec"]["nodeName"]).get("nvidia.com/gpu.product") in H100_PRODUCTS
+        assert pod["spec"]["nodeName"] in pool.nodes
         assert pod["spec"]["hostname"] == f"llm-worker-{index}" and pod["spec"]["subdomain"] == "llm"
         assert pod["spec"]["restartPolicy"] == "Never"
         env = {item["name"]: item.get("value") for item in container["env"]}
@@ -80,15 +86,13 @@ def test_job_runs_on_matching_nodes_with_status_and_columns(kube: Kube, namespac
     assert per_device_unit == "GiB" and float(per_device) > 0
 
 
-def test_kubectl_scale_changes_the_worker_count(kube: Kube, namespace: str) -> None:
+def test_kubectl_scale_changes_the_worker_count(kube: Kube, namespace: str, pool: PrivatePool) -> None:
     kube.apply(
         job_manifest(
             "elastic",
             namespace,
-            resources={
-                "accelerator": "nvidia-h100-80gb",
-                "acceleratorsPerWorker": 1,
-            },  # shared sandbox: small
+            pool=pool,
+            resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
             workers={"replicas": 1, "minReplicas": 1, "maxReplicas": 3},
         )
     )
@@ -116,18 +120,20 @@ def test_kubectl_scale_changes_the_worker_count(kube: Kube, namespace: str) -> N
     assert len(kube.workers(namespace, "elastic")) == 3
 
 
-def test_deleting_the_job_deletes_its_pods_and_service(kube: Kube, namespace: str) -> None:
-    kube.apply(job_manifest("doomed", namespace))
+def test_deleting_the_job_deletes_its_pods_and_service(kube: Kube, namespace: str, pool: PrivatePool) -> None:
+    kube.apply(job_manifest("doomed", namespace, pool=pool))
     wait_for("2 running workers", lambda: len(running_names(kube.workers(namespace, "doomed"))) == 2)
     kube.run("delete", "tj", "doomed", "-n", namespace, "--wait=true", "--timeout=60s")
     wait_for("the workers to be garbage-collected", lambda: kube.workers(namespace, "doomed") == [])
     wait_for("the service to be garbage-collected", lambda: kube.get("service", "doomed", namespace) is None)
 
 
-def test_jax_job_on_tpu_nodes(kube: Kube, namespace: str) -> None:
+def test_jax_job_on_tpu_nodes(kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]) -> None:
+    tpus = add_pool(PoolNodes("google-tpu-v5e", nodes=2, per_node=4))
     manifest = job_manifest(
         "jaxjob",
         namespace,
+        pool=tpus,
         framework="jax",
         model={"parameters": "300M"},  # a v5e chip has 16 GB
         resources={"accelerator": "google-tpu-v5e", "acceleratorsPerWorker": 4},
@@ -140,6 +146,7 @@ def test_jax_job_on_tpu_nodes(kube: Kube, namespace: str) -> None:
         assert container["resources"]["limits"] == {"google.com/tpu": "4"}
         labels = node_labels(kube, pod["spec"]["nodeName"])
         assert labels.get("cloud.google.com/gke-tpu-accelerator") == "tpu-v5-lite-podslice"
+        assert pod["spec"]["nodeName"] in tpus.nodes
         env = {item["name"]: item.get("value") for item in container["env"]}
         assert env == {
             "JAX_COORDINATOR_ADDRESS": "jaxjob-worker-0.jaxjob:29500",
@@ -149,9 +156,9 @@ def test_jax_job_on_tpu_nodes(kube: Kube, namespace: str) -> None:
 
 
 def test_metrics_report_the_job_and_drop_it_when_deleted(
-    kube: Kube, namespace: str, operator: OperatorProcess
+    kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
 ) -> None:
-    kube.apply(job_manifest("measured", namespace, workers={"replicas": 1}))
+    kube.apply(job_manifest("measured", namespace, pool=pool, workers={"replicas": 1}))
     wait_for("1 running worker", lambda: len(running_names(kube.workers(namespace, "measured"))) == 1)
     series = f'job="measured",namespace="{namespace}"'
     wait_for(

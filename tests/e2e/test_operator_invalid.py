@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from operator_support import (
     Kube,
+    PrivatePool,
     job_manifest,
     running_names,
     wait_for,
@@ -62,11 +63,13 @@ def test_api_server_rejects_a_job_without_model(kube: Kube, namespace: str) -> N
     assert "spec.model: Required value" in result.stderr, result.stderr
 
 
-def test_operator_marks_invalid_specs_and_keeps_serving(kube: Kube, namespace: str) -> None:
+def test_operator_marks_invalid_specs_and_keeps_serving(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
     names = [f"bad-{index}" for index in range(len(OPERATOR_REJECTIONS))]
     for name, (_, spec, _) in zip(names, OPERATOR_REJECTIONS, strict=True):
         kube.apply(job_manifest(name, namespace, **spec))
-    kube.apply(job_manifest("good", namespace, workers={"replicas": 1}))
+    kube.apply(job_manifest("good", namespace, pool=pool, workers={"replicas": 1}))
 
     for name, (case, _, field) in zip(names, OPERATOR_REJECTIONS, strict=True):
         ready = wait_for(f"{case}: Ready=False/InvalidSpec", lambda n=name: _invalid(kube, namespace, n))

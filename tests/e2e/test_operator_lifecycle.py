@@ -1,8 +1,8 @@
 """A job's life after it starts, on the real control plane: failures, completion, suspension, TTL.
 
 The node agent ends a pod when it carries `sandbox.kubefit.dev/exit: "<code>"` (0 -> Succeeded, else
-Failed), which is how these tests make workers fail or finish. Every job is small (1 GPU per worker) so
-that modules sharing the sandbox do not starve each other, and its pods stop at once when deleted.
+Failed), which is how these tests make workers fail or finish. Every job runs on the test's own private
+pool (operator_support `pool`), and its pods stop at once when deleted.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from operator_support import (
     JOB_LABEL,
     Kube,
     OperatorProcess,
+    PrivatePool,
     job_manifest,
     running_names,
     wait_for,
@@ -28,9 +29,9 @@ EXIT = "sandbox.kubefit.dev/exit"
 POKE = "e2e.kubefit.dev/poke"
 
 
-def small_job(name: str, namespace: str, replicas: int, **spec: Any) -> dict[str, Any]:
+def small_job(name: str, namespace: str, pool: PrivatePool, replicas: int, **spec: Any) -> dict[str, Any]:
     workers = {"replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas}
-    return job_manifest(name, namespace, resources=SMALL, workers=workers, **spec)
+    return job_manifest(name, namespace, pool=pool, resources=SMALL, workers=workers, **spec)
 
 
 def annotate_pod(kube: Kube, namespace: str, pod: str, key: str, value: str) -> None:
@@ -96,10 +97,12 @@ def delete_pods(kube: Kube, namespace: str, *names: str) -> None:
 
 
 def test_failed_worker_is_replaced_until_the_restart_limit_fails_the_job(
-    kube: Kube, namespace: str, operator: OperatorProcess
+    kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
 ) -> None:
     job = "flaky"
-    uids = start(kube, namespace, small_job(job, namespace, 2, runPolicy={"maxRestarts": 1}), replicas=2)
+    uids = start(
+        kube, namespace, small_job(job, namespace, pool, 2, runPolicy={"maxRestarts": 1}), replicas=2
+    )
     worker0, worker1 = f"{job}-worker-0", f"{job}-worker-1"
 
     # First failure: the same worker comes back as a new pod, and the restart is counted and told.
@@ -160,10 +163,10 @@ def test_failed_worker_is_replaced_until_the_restart_limit_fails_the_job(
 
 
 def test_all_workers_exiting_zero_succeeds_the_job(
-    kube: Kube, namespace: str, operator: OperatorProcess
+    kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
 ) -> None:
     job = "done"
-    uids = start(kube, namespace, small_job(job, namespace, 2), replicas=2)
+    uids = start(kube, namespace, small_job(job, namespace, pool, 2), replicas=2)
 
     for pod in uids:
         exit_worker(kube, namespace, pod, 0)
@@ -201,9 +204,11 @@ def set_suspend(kube: Kube, namespace: str, job: str, suspend: bool) -> None:
     kube.run("patch", "trainingjob", job, "-n", namespace, "--type", "merge", "-p", patch)
 
 
-def test_suspend_deletes_the_workers_and_resume_recreates_them(kube: Kube, namespace: str) -> None:
+def test_suspend_deletes_the_workers_and_resume_recreates_them(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
     job = "pausable"
-    uids = start(kube, namespace, small_job(job, namespace, 2), replicas=2)
+    uids = start(kube, namespace, small_job(job, namespace, pool, 2), replicas=2)
 
     set_suspend(kube, namespace, job, True)
     wait_for("every worker deleted", lambda: not kube.workers(namespace, job), timeout=30)
@@ -228,10 +233,12 @@ def test_suspend_deletes_the_workers_and_resume_recreates_them(kube: Kube, names
 # ---------------------------------------------------------------------------------------------- TTL
 
 
-def test_ttl_after_finished_deletes_the_job_and_its_objects(kube: Kube, namespace: str) -> None:
+def test_ttl_after_finished_deletes_the_job_and_its_objects(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
     job, ttl = "ephemeral", 2
     (pod,) = start(
-        kube, namespace, small_job(job, namespace, 1, runPolicy={"ttlSecondsAfterFinished": ttl}), 1
+        kube, namespace, small_job(job, namespace, pool, 1, runPolicy={"ttlSecondsAfterFinished": ttl}), 1
     )
     assert kube.get("service", job, namespace) is not None
 

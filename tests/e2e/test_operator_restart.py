@@ -14,6 +14,7 @@ import pytest
 from operator_support import (
     Kube,
     OperatorProcess,
+    PrivatePool,
     job_manifest,
     running_names,
     wait_for,
@@ -29,13 +30,11 @@ def uids(kube: Kube, namespace: str, job: str) -> dict[str, str]:
 
 
 def test_restart_mid_way_ends_with_exactly_the_right_pods(
-    kube: Kube, namespace: str, operator: OperatorProcess
+    kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
 ) -> None:
-    # One GPU per worker: the sandbox is shared with other tests, keep the footprint small.
     resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1}
-    kube.apply(
-        job_manifest("resilient", namespace, resources=resources, workers={"replicas": 3, "maxReplicas": 4})
-    )
+    workers = {"replicas": 3, "maxReplicas": 4}
+    kube.apply(job_manifest("resilient", namespace, pool=pool, resources=resources, workers=workers))
     wait_for("a first worker", lambda: kube.workers(namespace, "resilient"))
     operator.kill()
 
