@@ -19,6 +19,7 @@ import yaml
 
 import kubefit
 from kubefit.api.crd import crd
+from kubefit.reconcile.job import DEFAULT_MAX_WORKERS_PER_JOB
 from kubefit.sandbox.tools import helm_path
 from kubefit.sizing.catalog import parse_catalog
 
@@ -68,6 +69,7 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     ],
     "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
     "serviceAccount": {"name": "kubefit-operator", "annotations": {"example.com/owner": "ml-platform"}},
+    "maxWorkersPerJob": 4096,
 }
 
 
@@ -150,8 +152,17 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         ["--set", "metrics.port=0"],
         ["--set-json", 'catalog=[{"name": "gpu-without-memory", "resourceName": "nvidia.com/gpu"}]'],
         ["--set", "serviceAccount.create=false"],  # then serviceAccount.name is required
+        ["--set", "maxWorkersPerJob=0"],
+        ["--set", "maxWorkersPerJob=many"],
     ],
-    ids=["namespaces-string", "port-zero", "catalog-entry-incomplete", "no-service-account-name"],
+    ids=[
+        "namespaces-string",
+        "port-zero",
+        "catalog-entry-incomplete",
+        "no-service-account-name",
+        "max-workers-zero",
+        "max-workers-string",
+    ],
 )
 def test_bad_values_are_refused(bad: list[str]) -> None:
     result = _helm("template", RELEASE, str(CHART), *bad)
@@ -206,7 +217,12 @@ def test_deployment_defaults(default_objects: list[dict[str, Any]]) -> None:
     container = _container(default_objects)
     assert container["image"] == f"ghcr.io/kubefit/kubefit:{kubefit.__version__}"
     assert "command" not in container  # the image's ENTRYPOINT is `kubefit run`
-    assert container["args"] == ["--all-namespaces", "--metrics-port=9090", "--liveness-port=8080"]
+    assert container["args"] == [
+        "--all-namespaces",
+        "--metrics-port=9090",
+        "--liveness-port=8080",
+        f"--max-workers-per-job={DEFAULT_MAX_WORKERS_PER_JOB}",  # the chart's default is the operator's
+    ]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"metrics": 9090, "healthz": 8080}
     probe = container["livenessProbe"]["httpGet"]
@@ -237,6 +253,7 @@ def test_deployment_with_non_default_values(custom_objects: list[dict[str, Any]]
         "--namespace=team-b",
         "--metrics-port=9100",
         "--liveness-port=8181",
+        "--max-workers-per-job=4096",
     ]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"metrics": 9100, "healthz": 8181}

@@ -11,8 +11,15 @@ from kubefit.api.models import MemoryBreakdown, SizingStatus
 from kubefit.api.validation import parse_spec
 from kubefit.builders.naming import JobRef
 from kubefit.reconcile.conditions import ConditionUpdate, apply_conditions
+from kubefit.reconcile.failure import MESSAGE_LIMIT, reconcile_error
 from kubefit.reconcile.inventory import NodeFacts, PodUsage, build_inventory, node_facts, pod_usage
-from kubefit.reconcile.job import Decision, JobObservation, decide
+from kubefit.reconcile.job import (
+    DEFAULT_MAX_WORKERS_PER_JOB,
+    Decision,
+    JobObservation,
+    ReconcileSettings,
+    decide,
+)
 from kubefit.reconcile.observed import WorkerPod, worker_from_pod
 from kubefit.reconcile.status import sizing_message
 from kubefit.reconcile.workers import scale_workers, stop_workers, worker_bounds
@@ -82,7 +89,7 @@ def condition(decision: Decision, condition_type: str) -> dict[str, Any]:
 
 
 def created_names(decision: Decision) -> list[str]:
-    return [manifest["metadata"]["name"] for manifest in decision.create]
+    return [decision.worker_pod(index)["metadata"]["name"] for index in decision.create]
 
 
 # ---------------------------------------------------------------------------------------------- new job
@@ -287,6 +294,91 @@ def test_job_names_that_cannot_become_hostnames_are_refused(name: str) -> None:
     ready = condition(decision, "Ready")
     assert (ready["reason"], "metadata.name" in ready["message"]) == ("InvalidSpec", True)
     assert decision.create == ()
+
+
+# ---------------------------------------------------------------------------------------------- worker limit
+
+
+@pytest.mark.parametrize(
+    ("workers", "fields"),
+    [
+        ({"replicas": 9}, ["spec.workers.replicas"]),
+        ({"replicas": 2, "maxReplicas": 9}, ["spec.workers.maxReplicas"]),
+        (
+            {"replicas": 9, "minReplicas": 9, "maxReplicas": 12},
+            [f"spec.workers.{name}" for name in ("replicas", "maxReplicas", "minReplicas")],
+        ),
+    ],
+)
+def test_more_workers_than_the_operator_allows_is_invalid_and_names_the_field(
+    workers: dict[str, int], fields: list[str]
+) -> None:
+    decision = decide(observe(raw_spec(workers=workers)), CATALOG, ReconcileSettings(max_workers_per_job=8))
+    ready = condition(decision, "Ready")
+    assert ready["reason"] == "InvalidSpec"
+    named = [part.split(":")[0] for part in ready["message"].removeprefix("invalid spec: ").split("; ")]
+    assert named == fields
+    assert "exceed this operator's limit of 8 per job (kubefit run --max-workers-per-job)" in ready["message"]
+    assert decision.create == () and decision.status["sizing"] is None
+
+
+def test_a_job_at_the_limit_runs() -> None:
+    spec = raw_spec(workers={"replicas": 8, "maxReplicas": 8})
+    decision = decide(observe(spec), CATALOG, ReconcileSettings(max_workers_per_job=8))
+    assert decision.create == tuple(range(8))
+    assert ReconcileSettings().max_workers_per_job == DEFAULT_MAX_WORKERS_PER_JOB == 1024
+
+
+def test_a_decision_holds_worker_indices_not_manifests() -> None:
+    # Building 4096 manifests up front took seconds and ~32 MiB; indices and one shared WorkerSet do not.
+    spec = raw_spec(workers={"replicas": 4096})
+    decision = decide(observe(spec), CATALOG, ReconcileSettings(max_workers_per_job=4096))
+    assert decision.create == tuple(range(4096))
+    assert decision.worker_pod(4095)["metadata"]["name"] == "llama-worker-4095"
+    assert decide(observe(), CATALOG).worker_pod(0)["spec"]["hostname"] == "llama-worker-0"
+    with pytest.raises(ValueError, match="creates no workers"):
+        decide(observe(raw_spec(runPolicy={"suspend": True})), CATALOG).worker_pod(0)
+
+
+def test_the_offload_estimate_runs_once_per_job_not_once_per_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubefit.builders import pods as pod_builder
+
+    calls = []
+    real_estimate = pod_builder.estimate
+
+    def counted(*args: Any) -> Any:
+        calls.append(args)
+        return real_estimate(*args)
+
+    monkeypatch.setattr(pod_builder, "estimate", counted)
+    spec = raw_spec(training={"offload": "optimizer"}, workers={"replicas": 6})
+    decision = decide(observe(spec), CATALOG)
+    pods = [decision.worker_pod(index) for index in decision.create]
+    assert len(pods) == 6 and len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------------- reconcile errors
+
+
+def test_a_reconcile_error_is_recorded_once_per_message() -> None:
+    status = decide(observe(), CATALOG).status
+    first = reconcile_error(status, 3, "ZeroDivisionError:  division\nby zero", "2025-01-01T12:00:00Z")
+    assert first.status is not None
+    conditions = {item["type"]: item for item in first.status["conditions"]}
+    assert set(conditions) == {"Sized", "Ready", "Running"}  # the others are kept as they were
+    assert conditions["Sized"] == next(c for c in status["conditions"] if c["type"] == "Sized")
+    assert (conditions["Ready"]["reason"], conditions["Ready"]["message"]) == (
+        "ReconcileError",
+        "ZeroDivisionError: division by zero",
+    )
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "ReconcileError")]
+    after = {**status, **first.status}
+    again = reconcile_error(after, 3, "ZeroDivisionError: division by zero", "2025-01-01T12:05:00Z")
+    assert again.status is None and again.events == ()
+    other = reconcile_error(after, 3, "a different error", "2025-01-01T12:05:00Z")
+    assert other.status is not None and other.events[0].message == "a different error"
+    long = reconcile_error({}, None, "x" * 5000, "2025-01-01T12:00:00Z")
+    assert len(long.events[0].message) == MESSAGE_LIMIT and long.events[0].message.endswith("...")
 
 
 # ---------------------------------------------------------------------------------------------- ownership

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
@@ -47,12 +48,13 @@ class WorkerSet:
             elastic=self.spec.elastic.enabled,
         )
 
-
-def _offloaded_bytes(worker_set: WorkerSet) -> int:
-    if worker_set.spec.training.offload == "none":
-        return 0
-    layout = Layout(devices_per_worker=worker_set.sizing.accelerators_per_worker, workers=worker_set.workers)
-    return estimate(worker_set.spec, worker_set.accelerator, layout).host_bytes_per_worker
+    @cached_property
+    def offloaded_bytes(self) -> int:
+        """Host memory each worker needs for offloaded state: estimated once per job, not per pod."""
+        if self.spec.training.offload == "none":
+            return 0
+        layout = Layout(devices_per_worker=self.sizing.accelerators_per_worker, workers=self.workers)
+        return estimate(self.spec, self.accelerator, layout).host_bytes_per_worker
 
 
 def _with_env(container: dict[str, Any], extra: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -72,7 +74,7 @@ def _with_rendezvous_port(container: dict[str, Any]) -> list[dict[str, Any]]:
 def _trainer_container(container: dict[str, Any], worker_set: WorkerSet, index: int) -> dict[str, Any]:
     trainer = dict(container)
     trainer["resources"] = worker_resources(
-        container.get("resources"), worker_set.spec, worker_set.sizing, _offloaded_bytes(worker_set)
+        container.get("resources"), worker_set.spec, worker_set.sizing, worker_set.offloaded_bytes
     )
     trainer["env"] = _with_env(container, rendezvous_env(worker_set.spec.framework, worker_set.group, index))
     if worker_set.spec.framework != "none":

@@ -10,6 +10,7 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here: kopf and the kubernetes client are slow to import and only `run` needs them.
     from kubefit.controller.handlers import RESYNC_SECONDS
     from kubefit.controller.runner import OperatorOptions, default_bind_address, run_operator
+    from kubefit.reconcile.job import DEFAULT_MAX_WORKERS_PER_JOB
 
     run_operator(
         OperatorOptions(
@@ -19,11 +20,22 @@ def _run(args: argparse.Namespace) -> int:
             bind_address=args.bind_address or default_bind_address(),
             resync_seconds=args.resync_seconds or RESYNC_SECONDS,
             catalog_path=args.catalog,
+            max_workers_per_job=args.max_workers_per_job or DEFAULT_MAX_WORKERS_PER_JOB,
             verbose=args.verbose,
             debug=args.debug,
         )
     )
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def register(commands: Any) -> None:
@@ -63,6 +75,12 @@ def register(commands: Any) -> None:
         type=float,
         metavar="S",
         help="reconcile every job at least this often (default 30)",
+    )
+    parser.add_argument(
+        "--max-workers-per-job",
+        type=_positive_int,
+        metavar="N",
+        help="refuse (InvalidSpec) a job whose spec.workers asks for more workers than this (default 1024)",
     )
     parser.add_argument(
         "--catalog", metavar="FILE", help="extra accelerator catalog (default: $KUBEFIT_CATALOG)"

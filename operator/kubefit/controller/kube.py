@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 
 from kubernetes import client
@@ -15,6 +16,22 @@ MERGE_PATCH = "application/merge-patch+json"
 
 def _status_of(error: ApiException) -> int:
     return int(error.status or 0)
+
+
+def error_message(error: BaseException) -> str:
+    """What to tell the job's owner about `error`.
+
+    For an API error, the API server's own message (a 422 names the object and the field, a 403 the
+    quota), then the HTTP status; for anything else, the exception's type and message.
+    """
+    if isinstance(error, ApiException):
+        try:
+            body = json.loads(error.body or "")
+        except ValueError:
+            body = None
+        message = body.get("message") if isinstance(body, dict) else None
+        return f"{message or error.reason or 'API error'} (HTTP {_status_of(error)})"
+    return f"{type(error).__name__}: {error}"
 
 
 class KubeApi:

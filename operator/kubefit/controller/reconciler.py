@@ -1,9 +1,30 @@
 """The one reconcile path: observe a job (API + kopf indexes), `decide`, apply the decision.
 
-Every trigger (create/update/resume, the timer, pod events) calls `Reconciler.reconcile`. Calls for
-the same job are serialised and coalesced: a trigger arriving while that job is being reconciled
-only marks it dirty, and the running reconcile goes round once more with fresh observations. A decision
-that asks to be reconciled again later (`requeue_after`: a finished job's TTL) gets a one-shot timer.
+Triggers. Every trigger (create/update/resume, the resync timer, pod events) calls `Reconciler.reconcile`.
+Calls for the same job are serialised and coalesced: a trigger arriving while that job is being
+reconciled only marks it dirty, and the running reconcile goes round once more with fresh observations.
+A decision that asks to be reconciled again later (`requeue_after`: a finished job's TTL) gets a one-shot
+timer.
+
+Write order. `_apply` writes in an order where a failing call cannot lose what an earlier one did:
+1. the status patch (a failed worker is counted in status.restarts before the pod is deleted);
+2. at once, the events of that status's transitions (Sized, Ready, WorkerFailed, ...). They are derived
+   from the difference between the previous status and the new one, so once the status is written they
+   could never be derived again: they go out before any pod write can fail (a ResourceQuota's 403, a
+   422). If the status patch itself fails, nothing is posted and the next reconcile derives them again;
+3. adoption of orphaned workers, the headless Service;
+4. deletes, then creates: at most CREATE_BATCH worker manifests are built and created per pass, and a
+   job with more to create goes round again, so memory does not grow with the worker count;
+5. CreatedWorkers/DeletedWorkers events for the pods actually created or deleted, even when a later
+   call of the same pass failed;
+6. the TTL's delete of the job.
+
+Safety net. Any exception while observing, deciding or applying is caught, so the operator neither
+crashes nor stops serving other jobs: the job gets Ready=False, reason ReconcileError, with the error's
+message (for an API error the API server's, which names the field or quota), one Warning event, and a
+count in kubefit_reconcile_errors_total. It is retried after a per-job backoff (BACKOFF_FIRST seconds,
+doubling to BACKOFF_MAX; a successful reconcile resets it). While a job backs off, the resync timer and
+pod events leave it alone (the retry observes afresh); a change to the job itself reconciles it at once.
 """
 
 from __future__ import annotations
@@ -11,23 +32,41 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
-from kubefit.builders.naming import JobRef, owner_reference
-from kubefit.controller.kube import KubeApi
+from kubefit.builders.naming import JobRef, owner_reference, worker_name
+from kubefit.controller.kube import KubeApi, error_message
 from kubefit.metrics import OperatorMetrics
+from kubefit.reconcile.failure import reconcile_error
 from kubefit.reconcile.inventory import NodeFacts, PodUsage, build_inventory
-from kubefit.reconcile.job import Decision, JobObservation, decide
+from kubefit.reconcile.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
 from kubefit.reconcile.observed import WorkerPod
+from kubefit.reconcile.status import rfc3339
 from kubefit.sizing.catalog import Catalog
 
 logger = logging.getLogger("kubefit.reconciler")
 JobKey = tuple[str, str]  # (namespace, name)
+
+# 50 manifests are about 0.4 MiB, and at the API server's 10-20 ms per create a batch takes about a
+# second: a job deleted or suspended while its workers are being created stops within one batch.
+CREATE_BATCH = 50
+BACKOFF_FIRST = 5.0
+BACKOFF_MAX = 300.0
+RETRY_TRIGGER = "retry"
+# Triggers that wait for a job's backoff to end: neither says that the job itself changed.
+_DEFERRED_WHILE_BACKING_OFF = frozenset({"timer", "pod"})
+
+
+def backoff_seconds(failures: int) -> float:
+    """Delay before retrying a job whose last `failures` reconciles in a row failed (failures >= 1)."""
+    return min(BACKOFF_FIRST * 2 ** min(max(failures - 1, 0), 16), BACKOFF_MAX)
 
 
 @dataclass(frozen=True)
@@ -39,33 +78,65 @@ class ClusterView:
     workers: Callable[[JobKey], list[WorkerPod]]
 
 
+@dataclass(frozen=True)
+class Requeue:
+    """A scheduled reconcile of one job: why (`timer` for a TTL, `retry` after a failure) and when."""
+
+    trigger: str
+    delay: float
+    timer: threading.Timer
+
+
 @dataclass
 class _JobState:
     busy: bool = False
     dirty: bool = False
     replaced: set[str] = field(default_factory=set)  # uids of failed pods this process deleted
+    # Workers this reconcile loop created that kopf's index may not show yet: not created twice.
+    created: set[str] = field(default_factory=set)
+    failures: int = 0  # reconciles in a row that raised
+    retry_at: float = 0.0  # time.monotonic() before which deferrable triggers are ignored
+
+
+@dataclass
+class _Progress:
+    """What one pass has read and written so far: a failure is recorded on top of it."""
+
+    job: dict[str, Any] | None = None
+    status: Mapping[str, Any] | None = None  # the job's status as last read or written
 
 
 class Reconciler:
-    def __init__(self, api: KubeApi, catalog: Catalog, metrics: OperatorMetrics):
+    def __init__(
+        self,
+        api: KubeApi,
+        catalog: Catalog,
+        metrics: OperatorMetrics,
+        settings: ReconcileSettings | None = None,
+    ):
         self.api = api
         self.catalog = catalog
         self.metrics = metrics
+        self.settings = settings or ReconcileSettings()
         self._lock = threading.Lock()
         self._jobs: dict[JobKey, _JobState] = {}
-        self._requeues: dict[JobKey, threading.Timer] = {}
+        self._requeues: dict[JobKey, Requeue] = {}
 
     def reconcile(self, key: JobKey, trigger: str, view: ClusterView) -> None:
+        """Reconciles `key`; never raises (a failure is recorded on the job and retried after a backoff)."""
+        if self._backing_off(key, trigger):
+            return
         state = self._claim(key)
         if state is None:
             return  # a reconcile of this job is running; it will go round again
         try:
             while self._take_dirty(state):
-                with self.metrics.reconciling(trigger):
-                    self._reconcile_once(key, state, view)
+                if not self._reconcile_safely(key, trigger, state, view):
+                    break  # triggers that came meanwhile wait for the retry, not a tight loop
         finally:
             with self._lock:
                 state.busy = False
+                state.created.clear()
 
     def forget(self, key: JobKey) -> None:
         self.metrics.forget_job(*key)
@@ -75,7 +146,19 @@ class Reconciler:
             if state is not None and not state.busy:
                 del self._jobs[key]
 
-    # ------------------------------------------------------------------ coalescing
+    def pending_requeue(self, key: JobKey) -> Requeue | None:
+        """The reconcile of `key` scheduled for later, if any."""
+        with self._lock:
+            return self._requeues.get(key)
+
+    # ------------------------------------------------------------------ coalescing and backoff
+
+    def _backing_off(self, key: JobKey, trigger: str) -> bool:
+        if trigger not in _DEFERRED_WHILE_BACKING_OFF:
+            return False
+        with self._lock:
+            state = self._jobs.get(key)
+            return state is not None and state.retry_at > time.monotonic()
 
     def _claim(self, key: JobKey) -> _JobState | None:
         with self._lock:
@@ -91,84 +174,161 @@ class Reconciler:
             dirty, state.dirty = state.dirty, False
             return dirty
 
+    def _go_round_again(self, state: _JobState) -> None:
+        with self._lock:
+            state.dirty = True
+
+    def _reconcile_safely(self, key: JobKey, trigger: str, state: _JobState, view: ClusterView) -> bool:
+        """One pass; False if it failed (recorded on the job, retried after the backoff)."""
+        progress = _Progress()
+        try:
+            with self.metrics.reconciling(trigger):
+                self._reconcile_once(key, state, view, progress)
+        except Exception as error:  # noqa: BLE001 - the safety net: any failure becomes a condition
+            self._record_failure(key, state, view, progress, error)
+            return False
+        with self._lock:
+            state.failures, state.retry_at = 0, 0.0
+        return True
+
+    def _record_failure(
+        self, key: JobKey, state: _JobState, view: ClusterView, progress: _Progress, error: Exception
+    ) -> None:
+        with self._lock:
+            state.failures += 1
+            delay = backoff_seconds(state.failures)
+            state.retry_at = time.monotonic() + delay
+        message = error_message(error)
+        # A bug (not an API error) gets its traceback in the log; the job's condition gets the message.
+        logger.warning(
+            "reconcile of %s/%s failed (retry in %.0f s): %s",
+            *key,
+            delay,
+            message,
+            exc_info=not isinstance(error, ApiException),
+        )
+        self._requeue(key, delay, view, RETRY_TRIGGER)
+        try:
+            self._write_failure(key, progress, message)
+        except Exception as write_error:  # noqa: BLE001 - recording the error must not raise either
+            logger.warning("could not record the failure on %s/%s: %s", *key, error_message(write_error))
+
+    def _write_failure(self, key: JobKey, progress: _Progress, message: str) -> None:
+        job = progress.job if progress.job is not None else self.api.get_job(*key)
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            return
+        status = progress.status if progress.status is not None else job.get("status") or {}
+        now = rfc3339(datetime.now(UTC))
+        record = reconcile_error(status, job["metadata"].get("generation"), message, now)
+        if record.status is not None:
+            self.api.patch_job_status(*key, record.status)
+        _post_events(job, record.events)
+
     # ------------------------------------------------------------------ observe, decide, apply
 
-    def _reconcile_once(self, key: JobKey, state: _JobState, view: ClusterView) -> None:
+    def _reconcile_once(self, key: JobKey, state: _JobState, view: ClusterView, progress: _Progress) -> None:
         namespace, name = key
         job = self.api.get_job(namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
             self.metrics.forget_job(namespace, name)
             return
+        progress.job, progress.status = job, job.get("status") or {}
         pods = view.workers(key)
         state.replaced &= {pod.uid for pod in pods}  # forget pods that are gone for good
+        state.created -= {pod.name for pod in pods}  # the index shows them now
         observation = JobObservation(
             job=JobRef(name, namespace, job["metadata"]["uid"]),
             generation=job["metadata"].get("generation"),
             spec=job.get("spec"),
-            status=job.get("status") or {},
+            status=progress.status,
             pods=pods,
             inventory=build_inventory(view.nodes(), view.usage(), self.catalog, for_job=key),
             now=datetime.now(UTC),
             already_replaced=frozenset(state.replaced),
         )
-        decision = decide(observation, self.catalog)
-        self._apply(job, observation, decision, state)
+        decision = decide(observation, self.catalog, self.settings)
+        self._apply(job, observation, decision, state, progress)
         self.metrics.observe_job(namespace, name, decision)
         self._requeue(key, decision.requeue_after, view)
 
-    def _requeue(self, key: JobKey, delay: float | None, view: ClusterView | None) -> None:
+    def _requeue(
+        self, key: JobKey, delay: float | None, view: ClusterView | None, trigger: str = "timer"
+    ) -> None:
         """Reconciles `key` again after `delay` seconds (replacing any earlier request), or cancels."""
-        timer = None
+        requeue = None
         if delay is not None and view is not None:
             # kopf.event needs the handler's context variables (settings, event queue): carry them.
             context = contextvars.copy_context()
-            timer = threading.Timer(delay, context.run, args=(self.reconcile, key, "timer", view))
+            timer = threading.Timer(delay, context.run, args=(self.reconcile, key, trigger, view))
             timer.daemon = True
+            requeue = Requeue(trigger, delay, timer)
         with self._lock:
             previous = self._requeues.pop(key, None)
-            if timer is not None:
-                self._requeues[key] = timer
+            if requeue is not None:
+                self._requeues[key] = requeue
         if previous is not None:
-            previous.cancel()
-        if timer is not None:
-            timer.start()
+            previous.timer.cancel()
+        if requeue is not None:
+            requeue.timer.start()
 
     def _apply(
-        self, job: dict[str, Any], observation: JobObservation, decision: Decision, state: _JobState
+        self,
+        job: dict[str, Any],
+        observation: JobObservation,
+        decision: Decision,
+        state: _JobState,
+        progress: _Progress,
     ) -> None:
         ref = observation.job
-        if decision.service is not None:
-            self.api.create_service(ref.namespace, decision.service)
-        for name in decision.adopt:
-            self.api.adopt_pod(ref.namespace, name, owner_reference(ref))
-        # A failure is recorded in status.restarts before its evidence (the failed pod) is deleted.
-        state.replaced.update(pod.uid for pod in decision.replace)
         if _status_changed(observation.status, decision.status):
             self.api.patch_job_status(ref.namespace, ref.name, decision.status)
-        deleted = [
-            name
-            for name in (*decision.delete, *(p.name for p in decision.replace))
-            if self.api.delete_pod(ref.namespace, name)
-        ]
-        created = [
-            pod["metadata"]["name"] for pod in decision.create if self.api.create_pod(ref.namespace, pod)
-        ]
-        self._post_events(job, decision, created, deleted)
+            progress.status = decision.status
+        # Recorded in status.restarts now: deleted below, and never counted twice.
+        state.replaced.update(pod.uid for pod in decision.replace)
+        _post_events(job, decision.events)
+        for name in decision.adopt:
+            self.api.adopt_pod(ref.namespace, name, owner_reference(ref))
+        if decision.service is not None:
+            self.api.create_service(ref.namespace, decision.service)
+        created: list[str] = []
+        deleted: list[str] = []
+        try:
+            for name in (*decision.delete, *(pod.name for pod in decision.replace)):
+                if self.api.delete_pod(ref.namespace, name):
+                    deleted.append(name)
+            self._create_workers(ref, decision, state, created)
+        finally:
+            _post_worker_events(job, created, deleted)
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ref.namespace, ref.name)
             self.api.delete_job(ref.namespace, ref.name)
 
-    @staticmethod
-    def _post_events(
-        raw_job: dict[str, Any], decision: Decision, created: list[str], deleted: list[str]
-    ) -> None:
-        job = kopf.Body(cast(kopf.RawBody, raw_job))
-        for event in decision.events:
-            kopf.event(job, type=event.type, reason=event.reason, message=event.message)
-        if created:
-            kopf.event(job, type="Normal", reason="CreatedWorkers", message="created " + ", ".join(created))
-        if deleted:
-            kopf.event(job, type="Normal", reason="DeletedWorkers", message="deleted " + ", ".join(deleted))
+    def _create_workers(self, ref: JobRef, decision: Decision, state: _JobState, created: list[str]) -> None:
+        """Builds and creates at most CREATE_BATCH of the decision's workers; the loop goes round for more."""
+        todo = [index for index in decision.create if worker_name(ref.name, index) not in state.created]
+        for index in todo[:CREATE_BATCH]:
+            manifest = decision.worker_pod(index)
+            name = manifest["metadata"]["name"]
+            if self.api.create_pod(ref.namespace, manifest):
+                created.append(name)
+            state.created.add(name)  # created now, or already there (409): either way, not again
+        if len(todo) > CREATE_BATCH:
+            self._go_round_again(state)
+
+
+def _post_events(raw_job: dict[str, Any], events: Sequence[JobEvent]) -> None:
+    job = kopf.Body(cast(kopf.RawBody, raw_job))
+    for event in events:
+        kopf.event(job, type=event.type, reason=event.reason, message=event.message)
+
+
+def _post_worker_events(raw_job: dict[str, Any], created: list[str], deleted: list[str]) -> None:
+    events = []
+    if created:
+        events.append(JobEvent("Normal", "CreatedWorkers", "created " + ", ".join(created)))
+    if deleted:
+        events.append(JobEvent("Normal", "DeletedWorkers", "deleted " + ", ".join(deleted)))
+    _post_events(raw_job, events)
 
 
 def _present(mapping: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from kubefit.controller.handlers import RESYNC_SECONDS, register
 from kubefit.controller.kube import KubeApi
 from kubefit.controller.reconciler import Reconciler
 from kubefit.metrics import OperatorMetrics, serve_metrics
+from kubefit.reconcile.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.sizing.catalog import load_catalog
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -29,6 +30,7 @@ class OperatorOptions:
     bind_address: str = "127.0.0.1"  # see default_bind_address
     resync_seconds: float = RESYNC_SECONDS
     catalog_path: str | None = None
+    max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
     verbose: bool = False
     debug: bool = False
 
@@ -76,7 +78,8 @@ def run_operator(options: OperatorOptions) -> None:
     print(f"kubefit: liveness on http://{options.bind_address}:{liveness_port}/healthz", flush=True)
 
     registry = kopf.OperatorRegistry()
-    reconciler = Reconciler(KubeApi(), load_catalog(options.catalog_path), metrics)
+    settings = ReconcileSettings(max_workers_per_job=options.max_workers_per_job)
+    reconciler = Reconciler(KubeApi(), load_catalog(options.catalog_path), metrics, settings)
     register(registry, reconciler, options.resync_seconds)
     kopf.run(
         registry=registry,

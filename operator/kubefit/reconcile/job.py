@@ -3,6 +3,10 @@
 The controller observes (the job, its worker pods, the node inventory), calls `decide`, and applies the
 Decision: Service and pods to create, pods to delete, the status to write, events to post. Calling it
 again with the same observation gives the same decision, so every trigger can share this one path.
+
+Pods to create are worker indices, not manifests: the controller builds each one just before creating
+it (`Decision.worker_pod`), a bounded batch at a time, so what a decision holds does not grow with the
+worker count. Operator-wide limits come in as `ReconcileSettings`, so `decide` stays a pure function.
 """
 
 from __future__ import annotations
@@ -34,7 +38,19 @@ SIZED, READY, RUNNING, SUCCEEDED_TYPE, FAILED_TYPE, SUSPENDED = (
     "Failed",
     "Suspended",
 )
+RECONCILE_ERROR = "ReconcileError"  # Ready's reason while reconciling the job raises (see failure.py)
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# 1024 workers of 8 accelerators are 8,192 devices: more than all but the largest clusters hold, yet a
+# typo (replicas: 100000) cannot make the operator create and track tens of thousands of pods. A cluster
+# that runs bigger jobs raises it with `kubefit run --max-workers-per-job` (chart: maxWorkersPerJob).
+DEFAULT_MAX_WORKERS_PER_JOB = 1024
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    """Operator-wide settings that decisions depend on (from `kubefit run`'s flags)."""
+
+    max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,8 @@ class JobEvent:
 class Decision:
     status: dict[str, Any]
     service: dict[str, Any] | None = None
-    create: tuple[dict[str, Any], ...] = ()
+    create: tuple[int, ...] = ()  # worker indices to create, lowest first; `worker_pod` builds each
+    worker_set: WorkerSet | None = None  # what every worker of this decision shares (None: no creates)
     delete: tuple[str, ...] = ()
     replace: tuple[WorkerPod, ...] = ()  # failed workers deleted for replacement, counted in status.restarts
     adopt: tuple[str, ...] = ()  # labelled worker pods without a controller: take ownership
@@ -73,6 +90,12 @@ class Decision:
     desired_workers: int = 0
     requested_accelerators: int = 0
 
+    def worker_pod(self, index: int) -> dict[str, Any]:
+        """The manifest of worker `index`, one of `create`."""
+        if self.worker_set is None:
+            raise ValueError("this decision creates no workers")
+        return build_worker_pod(self.worker_set, index)
+
 
 @dataclass
 class _Draft:
@@ -80,7 +103,8 @@ class _Draft:
 
     phase: str
     updates: list[ConditionUpdate] = field(default_factory=list)
-    create: tuple[dict[str, Any], ...] = ()
+    create: tuple[int, ...] = ()
+    worker_set: WorkerSet | None = None
     delete: tuple[str, ...] = ()
     replace: tuple[WorkerPod, ...] = ()
     events: list[JobEvent] = field(default_factory=list)
@@ -94,13 +118,16 @@ class _Draft:
 # ------------------------------------------------------------------------------------------ entry
 
 
-def decide(observation: JobObservation, catalog: Catalog) -> Decision:
+def decide(
+    observation: JobObservation, catalog: Catalog, settings: ReconcileSettings = ReconcileSettings()
+) -> Decision:
     previous = observation.status
     ours, adopt = _our_workers(observation)
     if is_true(_conditions(previous), SUCCEEDED_TYPE) or is_true(_conditions(previous), FAILED_TYPE):
         return _finish(observation, _finished(observation, ours), None, ours, adopt)
     try:
         spec = parse_spec(observation.spec)
+        _check_worker_limit(spec, settings.max_workers_per_job)
         _check_name(observation.job.name, spec)
         sizing, bounds = _size(spec, observation.inventory, catalog)
         sizing, advice = with_overprovisioning_advice(spec, sizing, catalog)
@@ -223,7 +250,8 @@ def _active(
     draft = _Draft(
         phase=_active_phase(ours, desired, ready, start_time),
         updates=[_sized(sizing), *_readiness(ready, desired, bounds.floor), *_resumed(observation.status)],
-        create=tuple(build_worker_pod(worker_set, index) for index in changes.create),
+        create=changes.create,
+        worker_set=worker_set if changes.create else None,
         delete=changes.delete,
         replace=changes.replace,
         restarts=restarts,
@@ -281,8 +309,13 @@ def _finished(observation: JobObservation, ours: Sequence[WorkerPod]) -> _Draft:
     status = observation.status
     failed = is_true(_conditions(status), FAILED_TYPE)
     completion = status.get("completionTime") or rfc3339(observation.now)
+    phase = "Failed" if failed else "Succeeded"
+    ready = find_condition(_conditions(status), READY)
+    # A reconcile error (e.g. the TTL's delete failed) is over once a reconcile of the job succeeds.
+    recovered = ready is not None and ready.get("reason") == RECONCILE_ERROR
     return _Draft(
-        phase="Failed" if failed else "Succeeded",
+        phase=phase,
+        updates=[ConditionUpdate(READY, "False", phase, f"the job {phase.lower()}")] if recovered else [],
         delete=stop_workers(ours, keep_finished=True) if failed else (),
         restarts=_restarts(status),
         desired=0,
@@ -301,6 +334,27 @@ def _conditions(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def _restarts(status: Mapping[str, Any]) -> int:
     return int(status.get("restarts") or 0)
+
+
+def _check_worker_limit(spec: TrainingJobSpec, limit: int) -> None:
+    """Refuses a job that asks for more workers than this operator runs per job (--max-workers-per-job)."""
+    workers = spec.workers
+    counts: dict[str, int | None] = {
+        "replicas": workers.replicas,
+        "maxReplicas": workers.max_replicas,
+        "minReplicas": workers.min_replicas,
+    }
+    errors = [
+        FieldError(
+            f"spec.workers.{name}",
+            f"{count} workers exceed this operator's limit of {limit} per job "
+            "(kubefit run --max-workers-per-job)",
+        )
+        for name, count in counts.items()
+        if count is not None and count > limit
+    ]
+    if errors:
+        raise InvalidSpec(errors)
 
 
 def _check_name(job_name: str, spec: TrainingJobSpec) -> None:
@@ -472,6 +526,7 @@ def _finish(
         status=status,
         service=None if draft.phase in ("Succeeded", "Failed") else build_headless_service(observation.job),
         create=draft.create,
+        worker_set=draft.worker_set,
         delete=draft.delete,
         replace=draft.replace,
         adopt=adopt,
@@ -492,4 +547,11 @@ def _previous_sizing(status: Mapping[str, Any]) -> SizingStatus | None:
         return None
 
 
-__all__ = ["Decision", "JobEvent", "JobObservation", "decide"]
+__all__ = [
+    "RECONCILE_ERROR",
+    "Decision",
+    "JobEvent",
+    "JobObservation",
+    "ReconcileSettings",
+    "decide",
+]

@@ -1,0 +1,482 @@
+"""The controller's reconcile path against a recording fake of the Kubernetes API.
+
+The fake records every call (and every event posted through kopf.event) in one ordered log, and fails a
+chosen call with an ApiException, so these tests check what the pure `decide` tests cannot: the order of
+writes, what survives a failing write, the safety net and its backoff, coalescing and create batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import kopf
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from kubefit.builders.naming import worker_index
+from kubefit.cli.main import build_parser
+from kubefit.controller import reconciler as reconciler_module
+from kubefit.controller.kube import KubeApi, error_message
+from kubefit.controller.reconciler import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    CREATE_BATCH,
+    ClusterView,
+    Reconciler,
+    backoff_seconds,
+)
+from kubefit.metrics import OperatorMetrics
+from kubefit.reconcile.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
+from kubefit.reconcile.observed import WorkerPod
+from kubefit.sizing.catalog import load_catalog
+
+CATALOG = load_catalog()
+NAMESPACE = "team-a"
+KEY = (NAMESPACE, "llama")
+Call = tuple[str, ...]
+
+
+def job_manifest(name: str = "llama", replicas: int = 2, **workers: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubefit.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}", "generation": 1},
+        "spec": {
+            "template": {"spec": {"containers": [{"name": "trainer", "image": "ghcr.io/acme/train:1"}]}},
+            "model": {"parameters": "1B"},
+            "resources": {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
+            "workers": {"replicas": replicas, **workers},
+        },
+    }
+
+
+def api_error(status: int, message: str) -> ApiException:
+    error = ApiException(status=status, reason="Forbidden" if status == 403 else "Unprocessable Entity")
+    error.body = json.dumps({"kind": "Status", "status": "Failure", "message": message, "code": status})
+    return error
+
+
+QUOTA_403 = api_error(
+    403,
+    'pods "llama-worker-1" is forbidden: exceeded quota: no-pods, requested: pods=1, used: pods=1, '
+    "limited: pods=1",
+)
+
+
+class FakeKube:
+    """KubeApi's calls, recorded in order in `log`; `fail[(call, name)]` raises instead ("*": any name)."""
+
+    def __init__(self, log: list[Call]):
+        self.log = log
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.pods: dict[str, WorkerPod] = {}  # name -> what kopf's index would show
+        self.fail: dict[tuple[str, str], Exception] = {}
+        self.on_get: Callable[[], None] | None = None
+
+    def _call(self, call: str, name: str) -> None:
+        self.log.append((call, name))
+        error = self.fail.get((call, name)) or self.fail.get((call, "*"))
+        if error is not None:
+            raise error
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._call("get_job", name)
+        if self.on_get is not None:
+            self.on_get()
+        job = self.jobs.get(name)
+        return copy.deepcopy(job) if job else None
+
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._call("patch_job_status", name)
+        current = self.jobs[name].setdefault("status", {})
+        for field, value in status.items():  # a merge patch: null removes
+            if value is None:
+                current.pop(field, None)
+            else:
+                current[field] = copy.deepcopy(value)
+
+    def delete_job(self, namespace: str, name: str) -> bool:
+        self._call("delete_job", name)
+        return self.jobs.pop(name, None) is not None
+
+    def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        name = manifest["metadata"]["name"]
+        self._call("create_pod", name)
+        if name in self.pods:
+            return False  # 409
+        job = manifest["metadata"]["labels"]["kubefit.dev/job"]
+        owner = manifest["metadata"]["ownerReferences"][0]["uid"]
+        self.pods[name] = WorkerPod(
+            name, worker_index(name, job), f"uid-{name}", "Pending", None, False, owner
+        )
+        return True
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        self._call("delete_pod", name)
+        return self.pods.pop(name, None) is not None
+
+    def adopt_pod(self, namespace: str, name: str, owner: dict[str, Any]) -> bool:
+        self._call("adopt_pod", name)
+        return True
+
+    def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        self._call("create_service", manifest["metadata"]["name"])
+        return True
+
+
+class Harness:
+    def __init__(self, settings: ReconcileSettings | None = None):
+        self.log: list[Call] = []
+        self.kube = FakeKube(self.log)
+        self.metrics = OperatorMetrics()
+        self.reconciler = Reconciler(cast(KubeApi, self.kube), CATALOG, self.metrics, settings)
+        self.index_lags = False  # True: kopf's index shows none of the created pods yet
+
+    def view(self) -> ClusterView:
+        def workers(key: tuple[str, str]) -> list[WorkerPod]:
+            if self.index_lags:
+                return []
+            return [pod for name, pod in self.kube.pods.items() if name.startswith(f"{key[1]}-worker-")]
+
+        return ClusterView(nodes=lambda: [], usage=lambda: {}, workers=workers)
+
+    def reconcile(self, trigger: str = "create", key: tuple[str, str] = KEY) -> None:
+        self.reconciler.reconcile(key, trigger, self.view())
+
+    def calls(self, *kinds: str) -> list[Call]:
+        return [call for call in self.log if not kinds or call[0] in kinds]
+
+    def events(self, reason: str | None = None) -> list[Call]:
+        return [call for call in self.log if call[0] == "event" and reason in (None, call[1])]
+
+    def condition(self, condition_type: str, name: str = "llama") -> dict[str, Any]:
+        conditions = self.kube.jobs[name].get("status", {}).get("conditions", [])
+        return next(item for item in conditions if item["type"] == condition_type)
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+    harness = Harness()
+
+    def record_event(body: kopf.Body, *, type: str, reason: str, message: str = "") -> None:
+        harness.log.append(("event", reason, message, type))
+
+    monkeypatch.setattr(kopf, "event", record_event)
+    yield harness
+    for key in [KEY, (NAMESPACE, "other")]:
+        harness.reconciler.forget(key)  # cancels retry timers
+
+
+def fail_decide(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(reconciler_module, "decide", broken)
+
+
+# ---------------------------------------------------------------------------------------------- write order
+
+
+def test_a_new_job_writes_status_then_events_then_pods(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconcile()
+    assert [call[:2] for call in harness.log] == [
+        ("get_job", "llama"),
+        ("patch_job_status", "llama"),
+        ("event", "Fits"),  # the Sized transition, before any pod write
+        ("create_service", "llama"),
+        ("create_pod", "llama-worker-0"),
+        ("create_pod", "llama-worker-1"),
+        ("event", "CreatedWorkers"),
+    ]
+
+
+def test_deletes_come_after_the_transition_events_and_before_creates(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2, maxReplicas=3)
+    uid = "uid-llama"
+    harness.kube.pods = {
+        "llama-worker-1": WorkerPod("llama-worker-1", 1, "p1", "Failed", "n", False, uid),
+        "llama-worker-2": WorkerPod("llama-worker-2", 2, "p2", "Running", "n", False, uid),
+    }
+    harness.reconcile()
+    calls = [call[:2] for call in harness.log]
+    assert calls[:3] == [("get_job", "llama"), ("patch_job_status", "llama"), ("event", "Fits")]
+    assert calls[3] == ("event", "WorkerFailed")
+    writes = [call for call in calls if call[0] in ("delete_pod", "create_pod")]
+    assert writes == [
+        ("delete_pod", "llama-worker-2"),  # above replicas
+        ("delete_pod", "llama-worker-1"),  # failed: replaced
+        ("create_pod", "llama-worker-0"),
+    ]
+    assert calls[-2:] == [("event", "CreatedWorkers"), ("event", "DeletedWorkers")]
+    assert harness.kube.jobs["llama"]["status"]["restarts"] == 1
+
+
+def test_a_failing_create_keeps_the_transition_events_and_becomes_a_reconcile_error(
+    harness: Harness,
+) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=3)
+    harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403
+    harness.reconcile()  # raises nothing
+    assert [call[1] for call in harness.events()] == ["Fits", "CreatedWorkers", "ReconcileError"]
+    assert harness.events("CreatedWorkers")[0][2] == "created llama-worker-0"
+    ((_, _, message, event_type),) = harness.events("ReconcileError")
+    assert event_type == "Warning"
+    assert "exceeded quota: no-pods" in message and "(HTTP 403)" in message
+    ready = harness.condition("Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "ReconcileError", message)
+    assert harness.condition("Sized")["reason"] == "Fits"  # the status written before the create stays
+    assert harness.calls("create_pod")[-1] == ("create_pod", "llama-worker-1")  # stopped there
+    requeue = harness.reconciler.pending_requeue(KEY)
+    assert requeue is not None and (requeue.trigger, requeue.delay) == ("retry", BACKOFF_FIRST)
+    errors = harness.metrics.registry.get_sample_value(
+        "kubefit_reconcile_errors_total", {"trigger": "create"}
+    )
+    assert errors == 1
+
+
+def test_once_the_quota_is_gone_the_retry_creates_the_rest_and_clears_the_error(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=3)
+    harness.kube.fail[("create_pod", "*")] = QUOTA_403
+    harness.reconcile()
+    assert harness.condition("Ready")["reason"] == "ReconcileError"
+    del harness.kube.fail[("create_pod", "*")]
+    harness.reconcile("retry")
+    assert sorted(harness.kube.pods) == ["llama-worker-0", "llama-worker-1", "llama-worker-2"]
+    assert harness.condition("Ready")["reason"] == "WorkersNotReady"
+    assert harness.reconciler.pending_requeue(KEY) is None  # the success cancelled the retry
+    assert len(harness.events("Fits")) == 1  # the transition was told once, not again on the retry
+
+
+def test_the_api_servers_message_names_the_field_of_a_422(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=1)
+    harness.kube.fail[("create_pod", "*")] = api_error(
+        422,
+        'Pod "llama-worker-0" is invalid: spec.containers[0].resources.requests[memory]: '
+        'Invalid value: "16 Gi": quantities must match the regular expression',
+    )
+    harness.reconcile()
+    message = harness.condition("Ready")["message"]
+    assert "spec.containers[0].resources.requests[memory]" in message and "(HTTP 422)" in message
+
+
+# ---------------------------------------------------------------------------------------------- safety net
+
+
+def test_an_exception_in_decide_becomes_a_condition_and_other_jobs_are_still_served(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness.kube.jobs["llama"] = job_manifest()
+    harness.kube.jobs["other"] = job_manifest("other", replicas=1)
+    real_decide = reconciler_module.decide
+
+    def decide_failing_for_llama(observation: Any, *args: Any) -> Any:
+        if observation.job.name == "llama":
+            raise ZeroDivisionError("division by zero")
+        return real_decide(observation, *args)
+
+    monkeypatch.setattr(reconciler_module, "decide", decide_failing_for_llama)
+    harness.reconcile()
+    harness.reconcile(key=(NAMESPACE, "other"))
+    ready = harness.condition("Ready")
+    assert (ready["reason"], ready["message"]) == ("ReconcileError", "ZeroDivisionError: division by zero")
+    assert [call[1:3] for call in harness.events("ReconcileError")] == [
+        ("ReconcileError", "ZeroDivisionError: division by zero")
+    ]
+    assert not harness.calls("create_pod", "create_service")[0][1].startswith("llama")
+    assert "other-worker-0" in harness.kube.pods
+    requeue = harness.reconciler.pending_requeue(KEY)
+    assert requeue is not None and requeue.trigger == "retry"
+
+
+def test_a_failure_that_cannot_be_recorded_does_not_escape_either(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness.kube.jobs["llama"] = job_manifest()
+    fail_decide(monkeypatch, RuntimeError("bug"))
+    harness.kube.fail[("patch_job_status", "*")] = api_error(500, "etcd is unavailable")
+    harness.reconcile()
+    assert harness.calls("patch_job_status") == [("patch_job_status", "llama")]
+    assert harness.reconciler.pending_requeue(KEY) is not None
+
+
+def test_an_api_server_that_is_down_is_retried_with_backoff(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest()
+    harness.kube.fail[("get_job", "*")] = api_error(503, "the server is shutting down")
+    harness.reconcile()
+    assert harness.calls() == [("get_job", "llama"), ("get_job", "llama")]  # the pass, then the record
+    requeue = harness.reconciler.pending_requeue(KEY)
+    assert requeue is not None and requeue.delay == BACKOFF_FIRST
+
+
+def test_backoff_doubles_to_the_cap_and_a_success_resets_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness.kube.jobs["llama"] = job_manifest()
+    fail_decide(monkeypatch, RuntimeError("bug"))
+    delays = []
+    for _ in range(9):
+        harness.reconcile("retry")
+        requeue = harness.reconciler.pending_requeue(KEY)
+        assert requeue is not None
+        delays.append(requeue.delay)
+    assert delays == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0]
+    assert [backoff_seconds(n) for n in (1, 2, 1000)] == [BACKOFF_FIRST, 2 * BACKOFF_FIRST, BACKOFF_MAX]
+    # The same failure again changes nothing on the job: one status write and one event in all.
+    assert len(harness.calls("patch_job_status")) == 1 and len(harness.events("ReconcileError")) == 1
+
+    monkeypatch.undo()  # decide works again
+    monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
+    harness.reconcile("retry")
+    assert harness.reconciler.pending_requeue(KEY) is None
+    assert harness.condition("Ready")["reason"] == "WorkersNotReady"
+    fail_decide(monkeypatch, RuntimeError("bug again"))
+    harness.reconcile("retry")
+    requeue = harness.reconciler.pending_requeue(KEY)
+    assert requeue is not None and requeue.delay == BACKOFF_FIRST
+
+
+def test_while_backing_off_only_a_change_to_the_job_reconciles_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness.kube.jobs["llama"] = job_manifest()
+    fail_decide(monkeypatch, RuntimeError("bug"))
+    harness.reconcile()
+    harness.log.clear()
+    harness.reconcile("timer")
+    harness.reconcile("pod")
+    assert harness.log == []  # the retry timer will observe afresh; no tight loop
+    harness.reconcile("update")
+    assert harness.calls("get_job") == [("get_job", "llama")]
+
+
+def test_a_finished_job_recovers_from_a_reconcile_error(harness: Harness) -> None:
+    job = job_manifest()
+    job["status"] = {
+        "phase": "Succeeded",
+        "completionTime": "2025-01-01T00:00:00Z",
+        "conditions": [
+            {"type": "Succeeded", "status": "True", "reason": "AllWorkersSucceeded", "message": ""},
+            {"type": "Ready", "status": "False", "reason": "ReconcileError", "message": "boom"},
+        ],
+    }
+    harness.kube.jobs["llama"] = job
+    harness.reconcile("retry")
+    ready = harness.condition("Ready")
+    assert (ready["reason"], ready["message"]) == ("Succeeded", "the job succeeded")
+
+
+# ---------------------------------------------------------------------------------------------- coalescing
+
+
+def test_triggers_during_a_reconcile_make_it_go_round_exactly_once_more(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest()
+    arrivals = iter([3, 0])  # three triggers during the first pass, none during the second
+
+    def triggers_arrive() -> None:
+        for _ in range(next(arrivals, 0)):
+            harness.reconcile("pod")  # the job is busy: only marks it dirty
+
+    harness.kube.on_get = triggers_arrive
+    harness.reconcile()
+    assert harness.calls("get_job") == [("get_job", "llama")] * 2
+    passes = harness.metrics.registry.get_sample_value("kubefit_reconciles_total", {"trigger": "create"})
+    assert passes == 2
+
+
+def test_a_trigger_after_the_reconcile_ends_runs_a_new_one(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest()
+    harness.reconcile()
+    harness.reconcile("pod")
+    assert harness.calls("get_job") == [("get_job", "llama")] * 2
+
+
+def test_forget_cancels_the_requeue_timer(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness.kube.jobs["llama"] = job_manifest()
+    fail_decide(monkeypatch, RuntimeError("bug"))
+    harness.reconcile()
+    requeue = harness.reconciler.pending_requeue(KEY)
+    assert requeue is not None and requeue.timer.is_alive()
+    harness.reconciler.forget(KEY)
+    assert harness.reconciler.pending_requeue(KEY) is None
+    assert requeue.timer.finished.is_set()  # cancelled, not merely forgotten
+    harness.reconcile("pod")  # and the backoff went with the job's state
+    assert harness.calls("get_job")[-1] == ("get_job", "llama") and len(harness.calls("get_job")) == 2
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+@pytest.mark.parametrize("index_lags", [False, True], ids=["index-current", "index-lagging"])
+def test_workers_are_created_in_bounded_batches_each_once(harness: Harness, index_lags: bool) -> None:
+    workers = 2 * CREATE_BATCH + 20
+    harness.kube.jobs["llama"] = job_manifest(replicas=workers)
+    harness.index_lags = index_lags
+    harness.reconcile()
+    per_pass: list[int] = []
+    for call in harness.log:
+        if call[0] == "get_job":
+            per_pass.append(0)
+        elif call[0] == "create_pod":
+            per_pass[-1] += 1
+    assert max(per_pass) <= CREATE_BATCH
+    assert per_pass[:3] == [CREATE_BATCH, CREATE_BATCH, 20]
+    created = [call[1] for call in harness.calls("create_pod")]
+    assert len(created) == len(set(created)) == workers  # none twice, though the index lags
+    assert all(len(event[2].split(", ")) <= CREATE_BATCH for event in harness.events("CreatedWorkers"))
+
+
+def test_memory_of_a_reconcile_does_not_grow_with_the_worker_count(harness: Harness) -> None:
+    def peak_bytes(workers: int) -> int:
+        harness.kube.jobs["llama"] = job_manifest(replicas=workers)
+        harness.kube.pods.clear()
+        tracemalloc.start()
+        try:
+            harness.reconcile("update")
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak_bytes(CREATE_BATCH), peak_bytes(8 * CREATE_BATCH)
+    assert len(harness.kube.pods) == 8 * CREATE_BATCH
+    # Building every manifest up front costs ~8 KiB a worker: 2.8 MiB more for the large job.
+    assert large - small < 1 * 2**20, (small, large)
+
+
+# ---------------------------------------------------------------------------------------------- limit
+
+
+def test_a_job_over_the_operators_worker_limit_gets_invalid_spec_and_no_pods(harness: Harness) -> None:
+    harness.reconciler.settings = ReconcileSettings(max_workers_per_job=8)
+    harness.kube.jobs["llama"] = job_manifest(replicas=4, maxReplicas=9)
+    harness.reconcile()
+    ready = harness.condition("Ready")
+    assert ready["reason"] == "InvalidSpec"
+    assert "spec.workers.maxReplicas: 9 workers exceed this operator's limit of 8" in ready["message"]
+    assert harness.calls("create_pod") == []
+
+
+def test_the_limit_flag_reaches_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubefit.controller import runner
+
+    seen: list[Any] = []
+    monkeypatch.setattr(runner, "run_operator", seen.append)
+    args = build_parser().parse_args(["run", "--max-workers-per-job", "64"])
+    assert args.handler(args) == 0
+    assert seen[0].max_workers_per_job == 64
+    defaults = build_parser().parse_args(["run"])
+    defaults.handler(defaults)
+    assert seen[1].max_workers_per_job == DEFAULT_MAX_WORKERS_PER_JOB
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--max-workers-per-job", "0"])
+
+
+def test_error_message_of_a_non_json_api_error() -> None:
+    error = ApiException(status=500, reason="Internal Server Error")
+    error.body = "<html>proxy error</html>"
+    assert error_message(error) == "Internal Server Error (HTTP 500)"
+    assert error_message(KeyError("containers")) == "KeyError: 'containers'"
