@@ -1,0 +1,166 @@
+"""The operator under hard edges, on the real control plane: failing writes and absurd sizes.
+
+- A ResourceQuota that forbids pods makes every worker create fail with 403: the job gets
+  Ready=False/ReconcileError naming the quota, the transition events written before the creates are
+  still there, and once the quota is gone the retry (after its backoff) runs the job.
+- A job at the CRD's maximum worker count, beyond the operator's --max-workers-per-job, and a job whose
+  workers are created over several batches leave the operator's resident memory within 50 MiB of what
+  it was before, and the operator healthy.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from operator_support import (
+    JOB_LABEL,
+    Kube,
+    OperatorProcess,
+    PrivatePool,
+    job_manifest,
+    running_names,
+    wait_for,
+)
+
+from kubefit.controller.reconciler import CREATE_BATCH
+from kubefit.reconcile.job import DEFAULT_MAX_WORKERS_PER_JOB
+
+MIB = 2**20
+CRD_MAX_REPLICAS = 4096  # spec.workers.replicas' maximum in the CRD
+
+
+def resident_bytes(operator: OperatorProcess) -> int:
+    assert operator.process is not None
+    status = Path(f"/proc/{operator.process.pid}/status").read_text()
+    found = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.M)
+    assert found, status
+    return int(found.group(1)) * 1024
+
+
+def reasons(kube: Kube, namespace: str, job: str) -> list[str]:
+    return [event["reason"] for event in kube.events(namespace, job)]
+
+
+def quota(name: str, namespace: str, hard: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"hard": hard},
+    }
+
+
+def unschedulable(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Workers that no node matches: they stay Pending and hold no device anyone else needs."""
+    pod_spec = manifest["spec"]["template"]["spec"]
+    pod_spec["nodeSelector"] = {"e2e.kubefit.dev/nowhere": uuid.uuid4().hex[:8]}
+    return manifest
+
+
+def test_a_quota_that_forbids_pods_becomes_a_reconcile_error_and_the_job_runs_once_it_is_gone(
+    kube: Kube, operator: OperatorProcess, namespace: str, pool: PrivatePool
+) -> None:
+    kube.apply(quota("no-pods", namespace, {"pods": "0"}))
+    # The quota admission refuses every pod until the controller manager has computed the quota's usage.
+    wait_for(
+        "the quota's usage",
+        lambda: (kube.get("resourcequota", "no-pods", namespace) or {}).get("status", {}).get("used"),
+    )
+    kube.apply(job_manifest("quota", namespace, pool=pool))
+
+    ready = wait_for(
+        "Ready=False/ReconcileError naming the quota",
+        lambda: (
+            found
+            if (found := kube.condition(namespace, "quota", "Ready"))
+            and found["reason"] == "ReconcileError"
+            and "exceeded quota: no-pods" in found["message"]
+            else None
+        ),
+        timeout=120,
+        interval=1,
+    )
+    assert ready["status"] == "False" and "(HTTP 403)" in ready["message"], ready
+    sized = kube.condition(namespace, "quota", "Sized")
+    assert sized is not None and sized["reason"] == "Fits"
+    # The Sized transition was written before the first create failed: its event was not lost.
+    events = wait_for(
+        "the Fits and ReconcileError events",
+        lambda: (
+            found if {"Fits", "ReconcileError"} <= set(found := reasons(kube, namespace, "quota")) else None
+        ),
+        timeout=60,
+        interval=1,
+    )
+    assert "CreatedWorkers" not in events
+    assert kube.workers(namespace, "quota") == []
+    assert operator.healthy()
+
+    kube.run("delete", "resourcequota", "no-pods", "-n", namespace)
+    # Backoff: 5 s doubling; a few failures before the delete mean a retry within about a minute.
+    wait_for(
+        "the job running after the quota is deleted",
+        lambda: kube.job_status(namespace, "quota").get("phase") == "Running",
+        timeout=240,
+        interval=1,
+    )
+    ready = kube.condition(namespace, "quota", "Ready") or {}
+    assert (ready.get("status"), ready.get("reason")) == ("True", "AllWorkersReady"), ready
+    assert len(running_names(kube.workers(namespace, "quota"))) == 2
+    assert reasons(kube, namespace, "quota").count("Fits") == 1  # told once, not again by the retries
+
+
+def test_absurd_and_large_worker_counts_leave_the_operators_memory_flat(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    # Warm up every code path a reconcile takes (sizing, pod building, creates, events) before measuring.
+    kube.apply(unschedulable(job_manifest("warm", namespace, workers={"replicas": 2})))
+    wait_for("the warm-up job's workers", lambda: len(kube.workers(namespace, "warm")) == 2, interval=1)
+    before = resident_bytes(operator)
+
+    absurd = {"replicas": CRD_MAX_REPLICAS, "maxReplicas": CRD_MAX_REPLICAS}
+    kube.apply(unschedulable(job_manifest("absurd", namespace, workers=absurd)))
+    large = 3 * CREATE_BATCH + 7  # over several batches
+    kube.apply(unschedulable(job_manifest("large", namespace, workers={"replicas": large})))
+
+    ready = wait_for(
+        "the absurd job refused with InvalidSpec",
+        lambda: (
+            found
+            if (found := kube.condition(namespace, "absurd", "Ready")) and found["reason"] == "InvalidSpec"
+            else None
+        ),
+        timeout=120,
+        interval=1,
+    )
+    assert "spec.workers.replicas" in ready["message"], ready
+    assert f"limit of {DEFAULT_MAX_WORKERS_PER_JOB} per job" in ready["message"], ready
+    wait_for(
+        f"{large} workers of the large job",
+        lambda: len(kube.items("pods", namespace, f"{JOB_LABEL}=large")) == large,
+        timeout=300,
+        interval=2,
+    )
+    created = [
+        event["message"] for event in kube.events(namespace, "large") if event["reason"] == "CreatedWorkers"
+    ]
+    assert len(created) >= 4 and all(len(message.split(", ")) <= CREATE_BATCH for message in created)
+    # Let resyncs (every 10 s here) reconcile both jobs again with everything in place.
+    reconciles = _reconciles(operator)
+    wait_for("two more resyncs", lambda: _reconciles(operator) >= reconciles + 4, timeout=60, interval=1)
+
+    after = resident_bytes(operator)
+    assert after - before < 50 * MIB, f"resident memory grew {(after - before) / MIB:.1f} MiB"
+    assert kube.items("pods", namespace, f"{JOB_LABEL}=absurd") == []
+    assert operator.healthy()
+
+
+def _reconciles(operator: OperatorProcess) -> float:
+    total = 0.0
+    for line in operator.metrics().splitlines():
+        if line.startswith("kubefit_reconciles_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
