@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import copy
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
+from bad_specs import BAD_SPECS as SHARED_BAD_SPECS
+from bad_specs import BASE_SPEC, GENERATED_BASE, BadSpec, bad_spec_strategy
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kubefit.api.models import TrainingJobSpec
+from kubefit.api.models import (
+    MAX_HIDDEN_SIZE,
+    MAX_LAYERS,
+    MAX_MICRO_BATCH_SIZE,
+    MAX_SEQUENCE_LENGTH,
+    MAX_WORKERS,
+    TrainingJobSpec,
+)
+from kubefit.api.quantity import QUANTITY_PATTERN, parse_bytes
 from kubefit.api.validation import InvalidSpec, parse_spec
+from kubefit.builders.naming import JobRef
+from kubefit.reconcile.job import JobObservation, decide
+from kubefit.sizing.catalog import load_catalog
+from kubefit.sizing.planner import plan
+
+CATALOG = load_catalog()
 
 TEMPLATE = {"spec": {"containers": [{"name": "trainer", "image": "ghcr.io/acme/llm-train:1.4"}]}}
 
@@ -129,7 +147,7 @@ BAD_SPECS: list[tuple[str, Any, str, str]] = [
         "zero-accelerators-per-worker",
         _spec(resources={"acceleratorsPerWorker": 0}),
         "spec.resources.acceleratorsPerWorker",
-        "at least 1",
+        "from 1 to 64",
     ),
     (
         "headroom-one",
@@ -226,13 +244,18 @@ BAD_SPECS: list[tuple[str, Any, str, str]] = [
     ("unknown-top-level", _spec(modle={"parameters": "1B"}), "spec.modle", "unknown field"),
     ("unknown-nested", _spec(training={"microBatch": 4}), "spec.training.microBatch", "unknown field"),
     # empty or missing containers
-    ("empty-containers", _spec(template={"spec": {"containers": []}}), "spec.template", "containers"),
-    ("no-pod-spec", _spec(template={}), "spec.template", "containers"),
+    (
+        "empty-containers",
+        _spec(template={"spec": {"containers": []}}),
+        "spec.template.spec.containers",
+        "at least 1",
+    ),
+    ("no-pod-spec", _spec(template={}), "spec.template.spec", "required"),
     (
         "containers-not-list",
         _spec(template={"spec": {"containers": {"name": "x"}}}),
-        "spec.template",
-        "containers",
+        "spec.template.spec.containers",
+        "list",
     ),
     # not an object at all
     ("spec-is-a-list", [TEMPLATE], "spec", "object"),
@@ -355,3 +378,161 @@ def test_boolean_is_not_a_size(field: str) -> None:
     # YAML reads `yes`/`true` as a boolean, which Python would otherwise treat as the integer 1
     with pytest.raises(InvalidSpec, match=rf"spec\.model\.{field}: must be a number or a string"):
         parse_spec(_spec(model={field: True}))
+
+
+# ------------------------------------------------------------------ the shared table of bad specs
+
+
+def _observe(spec: Any) -> JobObservation:
+    return JobObservation(
+        job=JobRef(name="bad", namespace="team-a", uid="job-uid"),
+        generation=1,
+        spec=spec,
+        status={},
+        pods=[],
+        inventory=[],
+        now=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+
+
+def _assert_refused_by_decide(spec: Any, field: str) -> None:
+    decision = decide(_observe(spec), CATALOG)
+    (ready,) = [item for item in decision.status["conditions"] if item["type"] == "Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec"), ready
+    assert field in ready["message"], ready["message"]
+    assert decision.create == () and decision.desired_workers == 0
+    assert any(event.reason == "InvalidSpec" and field in event.message for event in decision.events)
+
+
+def test_the_table_holds_every_input_of_the_issue_and_more() -> None:
+    ids = {case.id for case in SHARED_BAD_SPECS}
+    assert len(ids) == len(SHARED_BAD_SPECS) >= 25
+    issue = {"parameters-below-one", "parameters-1e400", "parameters-1e999999999", "containers-of-strings",
+             "memory-with-space", "replicas-100000", "max-replicas-100000", "accelerators-per-worker-1000",
+             "headroom-nan", "parameters-infinity"}  # fmt: skip
+    assert issue <= ids
+
+
+def test_the_base_of_the_table_is_valid_and_creates_workers() -> None:
+    for base in (BASE_SPEC, GENERATED_BASE):
+        decision = decide(_observe(base), CATALOG)
+        assert len(decision.create) == 2, decision.status["conditions"]
+
+
+@pytest.mark.parametrize("case", SHARED_BAD_SPECS, ids=lambda case: case.id)
+def test_decide_marks_every_bad_spec_invalid_naming_the_field_and_creates_nothing(case: BadSpec) -> None:
+    _assert_refused_by_decide(case.spec(), case.field)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, database=None)
+@given(bad_spec_strategy())
+def test_decide_marks_generated_bad_specs_invalid(case: tuple[dict[str, Any], str]) -> None:
+    spec, field = case
+    _assert_refused_by_decide(spec, field)
+
+
+# ------------------------------------------------------------------ quantities and counts
+
+
+@pytest.mark.parametrize(
+    ("field", "written", "expected"),
+    [("memory", "1e3", 1000), ("memory", ".5Ki", 512), ("memory", "5.", 5), ("memory", "1500m", 1),
+     ("memory", "1E", 10**18), ("memory", "1Ei", 2**60), ("parameters", "1000T", 10**15),
+     ("parameters", "1", 1), ("parameters", "1.9", 1)],
+)  # fmt: skip
+def test_kubernetes_quantity_forms_and_bounds_parse(field: str, written: str, expected: int) -> None:
+    model = parse_spec(_spec(model={field: written})).model
+    assert (model.memory_bytes if field == "memory" else model.parameter_count) == expected
+
+
+@pytest.mark.parametrize(
+    "written", ["16 Gi", " 16Gi", "16Gi ", "16Gi\n", "16gi", "1e", "1e2.5", "+1Gi", "Gi", "", "1.2.3"]
+)
+def test_strings_outside_the_quantity_grammar_are_refused(written: str) -> None:
+    with pytest.raises(InvalidSpec, match=r"spec\.resources\.memory: .*not a positive Kubernetes quantity"):
+        parse_spec(_spec(resources={"memory": written}))
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(st.text(alphabet="0123456789.eE+-KMGTPEikmnu ", max_size=8))
+def test_the_crd_pattern_and_the_operator_accept_the_same_quantity_strings(text: str) -> None:
+    # The API server checks QUANTITY_PATTERN with Go's regexp, which anchors like fullmatch does.
+    grammatical = re.fullmatch(QUANTITY_PATTERN, text) is not None
+    try:
+        parse_bytes(text)
+        parsed = True
+    except ValueError as error:
+        parsed = False
+        message = str(error)
+    assert grammatical or not parsed
+    if grammatical and not parsed:  # refused for its size only, never for its form
+        assert "less than one" in message or "too large" in message or "greater than zero" in message
+
+
+@pytest.mark.parametrize("written", ["1e999999999", "9" * 60, "1e41", "1e400Ki"])
+def test_no_quantity_overflows(written: str) -> None:
+    with pytest.raises(ValueError, match="too large|not a positive"):
+        parse_bytes(written)
+
+
+# ------------------------------------------------------------------ valid specs never crash the planner
+
+_EDGE = {
+    "replicas": (1, MAX_WORKERS), "sequenceLength": (1, MAX_SEQUENCE_LENGTH),
+    "microBatchSize": (1, MAX_MICRO_BATCH_SIZE), "hiddenSize": (1, MAX_HIDDEN_SIZE), "layers": (1, MAX_LAYERS),
+}  # fmt: skip
+
+
+def _edge(name: str) -> st.SearchStrategy[int]:
+    low, high = _EDGE[name]
+    return st.one_of(st.sampled_from([low, high]), st.integers(low, high))
+
+
+@st.composite
+def _valid_extreme_spec(draw: st.DrawFn) -> dict[str, Any]:
+    hidden = draw(_edge("hiddenSize"))
+    heads = draw(st.integers(1, min(hidden, 64)))
+    architecture = {"layers": draw(_edge("layers")), "hiddenSize": hidden, "attentionHeads": heads}
+    size = draw(
+        st.sampled_from([{"parameters": 1}, {"parameters": "1000T"}, {"memory": "1Ei"}, {"memory": 1}])
+    )
+    return _spec(
+        model={
+            **size,
+            "architecture": architecture,
+            "precision": draw(st.sampled_from(["fp32", "bf16-mixed"])),
+        },
+        training={
+            "sequenceLength": draw(_edge("sequenceLength")),
+            "microBatchSize": draw(_edge("microBatchSize")),
+            "attention": draw(st.sampled_from(["eager", "sdpa"])),
+            "sharding": draw(st.sampled_from(["none", "zero3"])),
+        },
+        resources={"acceleratorsPerWorker": draw(st.sampled_from(["auto", 1, 64]))},
+        workers={"replicas": draw(_edge("replicas"))},
+    )
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, database=None)
+@given(_valid_extreme_spec())
+def test_specs_at_the_bounds_are_sized_without_an_exception_and_fit_the_status_integers(raw: dict) -> None:
+    # Anything but InvalidSpec from a spec that passed validation is a bug (the issue's ZeroDivisionError,
+    # OverflowError); status.sizing is written to the API server, whose integers are int64.
+    spec = parse_spec(raw)
+    try:
+        sizing = plan(spec, CATALOG)
+    except InvalidSpec as invalid:
+        assert all(error.path.startswith("spec.") for error in invalid.errors)
+        return
+    figures = [sizing.per_device_bytes, *sizing.breakdown.model_dump().values()]
+    assert all(0 <= figure <= 2**63 - 1 for figure in figures), figures
+
+
+def test_nan_and_infinity_from_yaml_are_refused() -> None:
+    raw = yaml.safe_load("resources: {memoryHeadroom: .nan}\nworkers: {replicas: .inf}\n")
+    with pytest.raises(InvalidSpec) as raised:
+        parse_spec(_spec(**raw))
+    assert {error.path for error in raised.value.errors} == {
+        "spec.resources.memoryHeadroom",
+        "spec.workers.replicas",
+    }

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bad_specs import BAD_SPECS, BadSpec
 from sizing_inputs import LLAMA3_8B, SIZING_KEYS, TEMPLATE
 
 from kubefit.api.validation import parse_spec
@@ -270,3 +271,23 @@ def test_size_does_not_import_the_operator_stack(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code, job], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ the shared table of bad specs
+
+
+@pytest.mark.parametrize("case", BAD_SPECS, ids=lambda case: case.id)
+def test_every_bad_spec_of_the_table_exits_2_naming_the_field(
+    case: BadSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = {**LLAMA3_8B_FSDP, "spec": case.spec()}
+    code, out, err = run_main(capsys, "-f", write(tmp_path, manifest), "-o", "json")
+    assert code == 2, err
+    assert out == ""
+    assert f"error: {case.field}" in err, err
+    assert "internal error" not in err and "Traceback" not in err
+
+
+def test_metadata_that_is_not_a_mapping_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys, "-f", write(tmp_path, {**LLAMA3_8B_FSDP, "metadata": ["x"]}))
+    assert code == 2 and "error: metadata: must be a mapping" in err, err

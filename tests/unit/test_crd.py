@@ -6,6 +6,7 @@ The CRD must apply to Kubernetes 1.20 and later (shared/api/trainingjob-v1alpha1
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -206,3 +207,59 @@ def test_printer_columns(version: dict[str, Any], schema: dict[str, Any]) -> Non
         assert field["type"] == column["type"], (
             f"column {name}: {column['type']} shows a {field['type']} field"
         )
+
+
+def test_worker_counts_have_the_documented_maximums(schema: dict[str, Any]) -> None:
+    # 4,096 workers: twice Llama 3 405B's 2,048 nodes; 64 per worker: twice the most devices one node
+    # advertises (the justification is at the constants in operator/kubefit/api/models.py).
+    for path in (".spec.workers.replicas", ".spec.workers.minReplicas", ".spec.workers.maxReplicas"):
+        assert (_resolve(schema, path)["minimum"], _resolve(schema, path)["maximum"]) == (1, 4096), path
+    per_worker = _resolve(schema, ".spec.resources.acceleratorsPerWorker")
+    assert per_worker["x-kubernetes-int-or-string"] is True
+    assert (per_worker["minimum"], per_worker["maximum"], per_worker["pattern"]) == (1, 64, "^(auto)$")
+
+
+def test_every_number_of_the_spec_is_bounded(schema: dict[str, Any]) -> None:
+    # Whatever reaches the estimator, the planner or a pod has a maximum the API server enforces.
+    spec = schema["properties"]["spec"]
+    unbounded = []
+    for path, node in _fields(spec, ".spec"):
+        if path.startswith(".spec.template"):
+            continue
+        numeric = node.get("type") in ("integer", "number") or node.get("x-kubernetes-int-or-string")
+        if numeric and not {"minimum", "maximum"} <= set(node):
+            unbounded.append(path)
+        if node.get("x-kubernetes-int-or-string") and "pattern" not in node:
+            unbounded.append(f"{path} (no pattern for its string form)")
+    assert not unbounded, f"unbounded numeric fields: {unbounded}"
+
+
+def test_quantities_carry_the_kubernetes_grammar(schema: dict[str, Any]) -> None:
+    for path in (".spec.resources.memory", ".spec.resources.cpu", ".spec.model.memory"):
+        pattern = _resolve(schema, path)["pattern"]
+        assert re.fullmatch(pattern, "16Gi") and re.fullmatch(pattern, "500m"), path
+        assert not re.fullmatch(pattern, "16 Gi") and not re.fullmatch(pattern, "-1Gi"), path
+
+
+def test_nothing_inside_the_template_is_pruned(schema: dict[str, Any]) -> None:
+    # The API server drops fields a structural schema does not declare, unless the object preserves
+    # unknown fields: every object declared inside the pod template must, or image, command, volumes...
+    # would vanish from the stored job.
+    template = _resolve(schema, ".spec.template")
+    closed = [
+        path
+        for path, node in _nodes(template, ".spec.template")
+        if node.get("type") == "object"
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+        and "additionalProperties" not in node
+    ]
+    assert not closed, f"objects that would be pruned: {closed}"
+
+
+def test_template_shape_is_in_the_schema(schema: dict[str, Any]) -> None:
+    containers = _resolve(schema, ".spec.template.spec.containers")
+    assert containers["type"] == "array" and containers["minItems"] == 1
+    assert containers["items"]["type"] == "object" and containers["items"]["required"] == ["name"]
+    assert containers["items"]["properties"]["name"]["pattern"] == "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    labels = _resolve(schema, ".spec.template.metadata.labels")
+    assert labels["additionalProperties"]["type"] == "string"

@@ -2,13 +2,17 @@
 
 The output is a structural OpenAPI v3 schema that Kubernetes 1.20 and later accept: every `$ref` is
 inlined, `X | None` becomes the plain type (optional fields are simply absent), `int | str` becomes
-`x-kubernetes-int-or-string`, and there is no CEL (`x-kubernetes-validations`), which 1.20 refuses.
-Rules the schema cannot express (min <= max, a known accelerator) are enforced by the operator.
+`x-kubernetes-int-or-string` (keeping the integer form's bounds and the string form's pattern), an open
+object (pydantic's extra="allow", inside spec.template) is marked x-kubernetes-preserve-unknown-fields so
+the API server prunes nothing from it, and there is no CEL (`x-kubernetes-validations`), which 1.20
+refuses. Rules the schema cannot express (min <= max, a known accelerator, a string count below the
+maximum) are enforced by the operator.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import yaml
@@ -21,7 +25,7 @@ PLURAL = "trainingjobs"
 SINGULAR = "trainingjob"
 SHORT_NAMES = ["tj"]
 
-_DROP_KEYS = {"title", "additionalProperties"}
+_DROP_KEYS = {"title"}
 
 
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
@@ -50,8 +54,8 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
         non_null = [variant for variant in variants if variant.get("type") != "null"]
         types = {variant.get("type") for variant in non_null}
         if types == {"integer", "string"}:
-            # int-or-string admits no typed validation in a structural schema; the operator checks it
             node["x-kubernetes-int-or-string"] = True
+            _lift_int_or_string_checks(node, non_null)
         elif len(non_null) == 1:
             node.update(_structural(non_null[0]))
         else:  # pragma: no cover - the models use no other unions
@@ -59,6 +63,11 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     if "const" in node:
         node["enum"] = [node.pop("const")]
 
+    extra = node.pop("additionalProperties", None)
+    if extra is True:  # an open object: keep whatever the user wrote in it
+        node["x-kubernetes-preserve-unknown-fields"] = True
+    elif isinstance(extra, dict) and "properties" not in node:  # a map: every value has this schema
+        node["additionalProperties"] = _structural(extra)
     if node.get("type") == "object" and "properties" in node:
         node["properties"] = {name: _structural(child) for name, child in node["properties"].items()}
     if node.get("type") == "array" and "items" in node:
@@ -78,6 +87,21 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     if description:
         node["description"] = " ".join(description.split())
     return node
+
+
+def _lift_int_or_string_checks(node: dict[str, Any], variants: list[dict[str, Any]]) -> None:
+    """Checks of the union's branches onto the int-or-string node, where the API server applies them:
+    minimum/maximum only to an integer, pattern only to a string."""
+    for variant in variants:
+        if variant.get("type") == "integer":
+            for key in ("minimum", "maximum"):
+                if key in variant:
+                    node.setdefault(key, variant[key])
+        elif "const" in variant or "enum" in variant:  # e.g. Literal["auto"]
+            words = [variant["const"]] if "const" in variant else variant["enum"]
+            node.setdefault("pattern", "^(" + "|".join(re.escape(word) for word in words) + ")$")
+        elif "pattern" in variant:
+            node.setdefault("pattern", variant["pattern"])
 
 
 def model_schema(model: type[Any]) -> dict[str, Any]:

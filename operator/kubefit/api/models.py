@@ -6,12 +6,22 @@ schema, so `kubectl explain trainingjob.spec...` shows the same words.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-from kubefit.api.quantity import parse_bytes, parse_count, parse_cpu_millis
+from kubefit.api.quantity import COUNT_PATTERN, QUANTITY_PATTERN, parse_bytes, parse_count, parse_cpu_millis
+from kubefit.api.template import PodTemplate
 
 Framework = Literal["pytorch", "jax", "none"]
 Precision = Literal["fp32", "fp16-mixed", "bf16-mixed", "bf16-true", "fp8-mixed"]
@@ -25,39 +35,132 @@ Loss = Literal["standard", "chunked"]
 Phase = Literal["Pending", "Queued", "Running", "Scaling", "Succeeded", "Failed", "Suspended"]
 
 # A count such as 8030000000 or "8.03B", and a quantity such as "120Gi": both are integers or strings
-# in the CRD (x-kubernetes-int-or-string), parsed by the validators below.
+# in the CRD (x-kubernetes-int-or-string, with the grammar as its pattern), parsed by the validators below.
 CountOrString = int | str
 QuantityOrString = int | str
 
+# ---------------------------------------------------------------- bounds
+# Every number that reaches the estimator, the planner or a pod has a maximum, written into the CRD so
+# the API server refuses a larger one naming the field. Each is far above any published training run;
+# together they keep every estimate finite (no float overflow) and every job a size the operator can
+# hold in memory.
+
+# Llama 3 405B trained on up to 16,384 H100s (Dubey et al. 2024, "The Llama 3 Herd of Models",
+# arXiv:2407.21783, section 3.3), 2,048 nodes of 8 GPUs: 4,096 workers of one node each is twice that.
+MAX_WORKERS = 4096
+# A worker is one pod on one node. Nodes carry at most 16 accelerator devices (the catalog's largest
+# perNode is 16; AWS trn1.32xlarge has 16 Trainium chips, which the Neuron device plugin can expose as
+# 32 NeuronCores): 64 is twice the largest count a device plugin advertises on one node.
+MAX_ACCELERATORS_PER_WORKER = 64
+# 10^15 parameters: over 600 times Switch-C's 1.6T, the largest published model (Fedus et al. 2021,
+# "Switch Transformers", arXiv:2101.03961, Table 9).
+MAX_PARAMETERS = 10**15
+# 1 EiB of training state: 10^15 parameters of mixed-precision Adam state (16 bytes each) is 16 PB.
+MAX_MODEL_MEMORY = 2**60
+# Per worker (one node): 1 PiB of host memory and 100,000 cores, a thousand times and a hundred times
+# the largest single servers (32 TiB and 896 vCPUs: AWS u7in-32tb.224xlarge, aws.amazon.com/ec2/instance-types/high-memory).
+MAX_HOST_MEMORY = 2**50
+MAX_CPU_MILLICORES = 100_000 * 1000
+# Transformer shape. Layers: 10 times DeepNet's 1,000 (Wang et al. 2022, arXiv:2203.00555). Width:
+# 40 times the widest published, h = 25,600 for a 1T-parameter GPT (Narayanan et al. 2021,
+# arXiv:2104.04473, Table 1); the MLP is at most 4 times that; vocabulary: 64 times Gemma's 256,000
+# (Gemma Team 2024, arXiv:2403.08295).
+MAX_LAYERS = 10_000
+MAX_HIDDEN_SIZE = 2**20
+MAX_INTERMEDIATE_SIZE = 2**22
+MAX_VOCAB_SIZE = 2**24
+# Tokens per sequence: above the 10M-token contexts Gemini 1.5 was evaluated at (Gemini Team 2024,
+# arXiv:2403.05530). Sequences per device per step: a bound that only keeps the arithmetic finite.
+MAX_SEQUENCE_LENGTH = 2**24
+MAX_MICRO_BATCH_SIZE = 2**16
+# The planner searches layouts of up to 4,096 devices (sizing.planner.MAX_DEVICES); a tensor- or
+# pipeline-parallel group larger than that never fits in a searched layout.
+MAX_PARALLEL_DEGREE = 4096
+# A LoRA rank above the hidden size adds nothing over full fine-tuning.
+MAX_LORA_RANK = MAX_HIDDEN_SIZE
+# Seconds and counts are int32, as Kubernetes' own are (batch/v1 Job ttlSecondsAfterFinished,
+# backoffLimit): 68 years, so now + the value stays inside Python's datetime.
+MAX_INT32 = 2**31 - 1
+# PriorityClass values for user classes range up to one billion (kubernetes.io/docs/concepts/
+# scheduling-eviction/pod-priority-preemption); the same range below zero.
+MAX_PRIORITY = 10**9
+
+
+def _int_or_string_schema(pattern: str, maximum: int) -> dict[str, Any]:
+    """CRD checks of an int-or-string field: the integer form within [1, maximum], the string form in the
+    grammar. A string past the maximum ("1e400") matches the grammar; the operator refuses it."""
+    return {"pattern": pattern, "minimum": 1, "maximum": maximum}
+
+
+def _refuse_boolean(value: Any) -> Any:
+    # YAML reads yes/true as a boolean, which Python would otherwise take for the integer 1.
+    if isinstance(value, bool):
+        raise ValueError("must be a number or a string, not true/false")
+    return value
+
+
+# The builders read the template as the plain mapping it is at run time; pydantic checks its shape.
+if TYPE_CHECKING:
+    _PodTemplateSpec = dict[str, Any]
+else:
+    _PodTemplateSpec = PodTemplate
+
 
 class _Model(BaseModel):
-    """Base: camelCase names on the wire, unknown fields refused (a typo is an error, not a no-op)."""
+    """Base: camelCase names on the wire, unknown fields refused (a typo is an error, not a no-op).
+
+    Integer fields are strict (strict=True): "4" or 4.0 is refused, as the API server refuses it.
+    """
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+        allow_inf_nan=False,  # YAML .nan and .inf are never a valid size or fraction
     )
 
 
 class Architecture(_Model):
     """Transformer shape; sharpens the activation and logits estimates."""
 
-    layers: int = Field(ge=1, description="Number of transformer layers (blocks).")
-    hidden_size: int = Field(ge=1, description="Model (embedding) width h.")
-    attention_heads: int = Field(ge=1, description="Number of query attention heads a.")
-    kv_heads: int | None = Field(
-        default=None,
+    layers: int = Field(
+        strict=True, ge=1, le=MAX_LAYERS, description="Number of transformer layers (blocks)."
+    )
+    hidden_size: int = Field(strict=True, ge=1, le=MAX_HIDDEN_SIZE, description="Model (embedding) width h.")
+    attention_heads: int = Field(
+        strict=True,
         ge=1,
-        description="Key/value heads for grouped-query attention. Default: attentionHeads.",
+        le=MAX_HIDDEN_SIZE,
+        description="Number of query attention heads a; at most hiddenSize.",
+    )
+    kv_heads: int | None = Field(
+        strict=True,
+        ge=1,
+        le=MAX_HIDDEN_SIZE,
+        default=None,
+        description="Key/value heads for grouped-query attention; at most attentionHeads. "
+        "Default: attentionHeads.",
     )
     intermediate_size: int | None = Field(
-        default=None, ge=1, description="Width of the MLP's hidden layer. Default: 4 x hiddenSize."
+        strict=True,
+        ge=1,
+        le=MAX_INTERMEDIATE_SIZE,
+        default=None,
+        description="Width of the MLP's hidden layer. Default: 4 x hiddenSize.",
     )
     vocab_size: int | None = Field(
-        default=None, ge=1, description="Vocabulary size; drives the logits memory. Default: 32000."
+        strict=True,
+        ge=1,
+        le=MAX_VOCAB_SIZE,
+        default=None,
+        description="Vocabulary size; drives the logits memory. Default: 32000.",
     )
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> Architecture:
+    def _heads_fit(self) -> Architecture:
+        if self.attention_heads > self.hidden_size:
+            raise ValueError("attentionHeads must not exceed hiddenSize (each head needs a dimension)")
         if self.kv_heads is not None and self.kv_heads > self.attention_heads:
             raise ValueError("kvHeads must not exceed attentionHeads")
         return self
@@ -72,20 +175,29 @@ class Finetuning(_Model):
         "trainable low-rank adapters. qlora: a frozen 4-bit (nf4) base plus adapters.",
     )
     lora_rank: int = Field(
-        default=8,
+        strict=True,
         ge=1,
+        le=MAX_LORA_RANK,
+        default=8,
         description="LoRA rank r, used to estimate the adapters when trainableParameters is absent.",
     )
     trainable_parameters: CountOrString | None = Field(
         default=None,
-        description="Number of trainable (adapter) parameters, a number or a string with a K/M/B/T suffix.",
+        description="Number of trainable (adapter) parameters, a number or a string with a K/M/B/T suffix; "
+        "at least 1 and at most 10^15.",
+        json_schema_extra=_int_or_string_schema(COUNT_PATTERN, MAX_PARAMETERS),
     )
+
+    @field_validator("trainable_parameters", mode="before")
+    @classmethod
+    def _not_boolean(cls, value: Any) -> Any:
+        return _refuse_boolean(value)
 
     @field_validator("trainable_parameters")
     @classmethod
     def _count(cls, value: CountOrString | None) -> CountOrString | None:
         if value is not None:
-            parse_count(value)
+            parse_count(value, MAX_PARAMETERS)
         return value
 
 
@@ -94,13 +206,17 @@ class Model(_Model):
 
     parameters: CountOrString | None = Field(
         default=None,
-        description="Parameter count: a number or a string with a decimal K/M/B/T suffix, e.g. 8.03B.",
+        description="Parameter count: a number or a string with a decimal K/M/B/T suffix, e.g. 8.03B; at "
+        "least 1 and at most 10^15 (1000T).",
+        json_schema_extra=_int_or_string_schema(COUNT_PATTERN, MAX_PARAMETERS),
     )
     memory: QuantityOrString | None = Field(
         default=None,
         description="Declared total training-state memory (weights, gradients, optimizer states) as a "
-        "Kubernetes quantity, e.g. 120Gi; used as-is instead of the parameter formulas. Activations still "
-        "come from `training`.",
+        "Kubernetes quantity, e.g. 120Gi, at most 1Ei. It replaces the parameter-based figures for that "
+        "state, split by the precision's and optimizer's byte ratios and sharded like them. Activations "
+        "still come from `training`.",
+        json_schema_extra=_int_or_string_schema(QUANTITY_PATTERN, MAX_MODEL_MEMORY),
     )
     architecture: Architecture | None = Field(
         default=None,
@@ -121,22 +237,20 @@ class Model(_Model):
     @field_validator("parameters", "memory", mode="before")
     @classmethod
     def _not_boolean(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number or a string, not true/false")
-        return value
+        return _refuse_boolean(value)
 
     @field_validator("parameters")
     @classmethod
     def _parameters(cls, value: CountOrString | None) -> CountOrString | None:
         if value is not None:
-            parse_count(value)
+            parse_count(value, MAX_PARAMETERS)
         return value
 
     @field_validator("memory")
     @classmethod
     def _memory(cls, value: QuantityOrString | None) -> QuantityOrString | None:
         if value is not None:
-            parse_bytes(value)
+            parse_bytes(value, MAX_MODEL_MEMORY)
         return value
 
     @model_validator(mode="after")
@@ -157,8 +271,16 @@ class Model(_Model):
 class Training(_Model):
     """How the job trains: batch, sequence, checkpointing, attention and parallelism."""
 
-    micro_batch_size: int = Field(default=1, ge=1, description="Sequences per device per forward pass.")
-    sequence_length: int = Field(default=2048, ge=1, description="Tokens per sequence.")
+    micro_batch_size: int = Field(
+        strict=True,
+        ge=1,
+        le=MAX_MICRO_BATCH_SIZE,
+        default=1,
+        description="Sequences per device per forward pass.",
+    )
+    sequence_length: int = Field(
+        strict=True, ge=1, le=MAX_SEQUENCE_LENGTH, default=2048, description="Tokens per sequence."
+    )
     activation_checkpointing: Checkpointing = Field(
         default="none",
         description="none: keep all activations. selective: recompute attention internals. full: keep only "
@@ -174,8 +296,16 @@ class Training(_Model):
         description="Data-parallel sharding of training state across all data-parallel devices: none (plain "
         "data parallel), zero1 (optimizer states), zero2 (+gradients), zero3 or fsdp (+parameters).",
     )
-    tensor_parallel: int = Field(default=1, ge=1, description="Tensor-parallel degree t.")
-    pipeline_parallel: int = Field(default=1, ge=1, description="Pipeline-parallel degree p.")
+    tensor_parallel: int = Field(
+        strict=True, ge=1, le=MAX_PARALLEL_DEGREE, default=1, description="Tensor-parallel degree t."
+    )
+    pipeline_parallel: int = Field(
+        strict=True,
+        ge=1,
+        le=MAX_PARALLEL_DEGREE,
+        default=1,
+        description="Pipeline-parallel degree p; at most the model's layers.",
+    )
     offload: Offload = Field(
         default="none",
         description="Host-memory offload: none, optimizer (optimizer states and their step on the CPU), or "
@@ -199,42 +329,60 @@ class Resources(_Model):
         default="auto",
         description="auto, or an accelerator catalog name such as nvidia-h100-80gb or google-tpu-v5e.",
     )
-    accelerators_per_worker: int | Literal["auto"] = Field(
-        default="auto", description="auto, or the number of accelerators each worker pod requests."
+    accelerators_per_worker: (
+        Annotated[int, Field(strict=True, ge=1, le=MAX_ACCELERATORS_PER_WORKER)] | Literal["auto"]
+    ) = Field(
+        default="auto",
+        description="auto, or the number of accelerators each worker pod requests (1 to 64).",
     )
     memory_headroom: float = Field(
         default=0.10,
         ge=0.0,
         lt=1.0,
-        description="Fraction of device memory kept free when deciding what fits (0 to 0.99).",
+        description="Fraction of device memory kept free when deciding what fits (at least 0, below 1).",
     )
     cpu: QuantityOrString | None = Field(
-        default=None, description="CPU request per worker. Default: 8 cores per accelerator, at most 96."
+        default=None,
+        description="CPU request of each worker's first container, a Kubernetes quantity such as 8 or "
+        "500m, at most 100000 cores. Default: the template's own cpu request, else 8 cores per "
+        "accelerator, at most 96.",
+        json_schema_extra=_int_or_string_schema(QUANTITY_PATTERN, MAX_CPU_MILLICORES // 1000),
     )
     memory: QuantityOrString | None = Field(
         default=None,
-        description="Host memory request per worker. Default: the offloaded state plus 16Gi per accelerator.",
+        description="Host memory request of each worker's first container, a Kubernetes quantity such as "
+        "64Gi, at most 1Pi. Default: the template's own memory request, else 16Gi per accelerator plus "
+        "the training state offloaded to the host.",
+        json_schema_extra=_int_or_string_schema(QUANTITY_PATTERN, MAX_HOST_MEMORY),
     )
 
-    @field_validator("accelerators_per_worker")
+    @field_validator("accelerators_per_worker", mode="wrap")
     @classmethod
-    def _positive(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be 'auto' or an integer of at least 1")
-        return value
+    def _count_or_auto(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:  # one message instead of one per union branch
+            raise ValueError(
+                f"must be 'auto' or an integer from 1 to {MAX_ACCELERATORS_PER_WORKER}, got {value!r}"
+            ) from None
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _not_boolean(cls, value: Any) -> Any:
+        return _refuse_boolean(value)
 
     @field_validator("memory")
     @classmethod
     def _memory(cls, value: QuantityOrString | None) -> QuantityOrString | None:
         if value is not None:
-            parse_bytes(value)
+            parse_bytes(value, MAX_HOST_MEMORY)
         return value
 
     @field_validator("cpu")
     @classmethod
     def _cpu(cls, value: QuantityOrString | None) -> QuantityOrString | None:
         if value is not None:
-            parse_cpu_millis(value)
+            parse_cpu_millis(value, MAX_CPU_MILLICORES)
         return value
 
 
@@ -242,17 +390,28 @@ class Workers(_Model):
     """Worker count and its elastic bounds."""
 
     replicas: int = Field(
-        default=1,
+        strict=True,
         ge=1,
-        description="Desired worker count; the scale subresource (kubectl scale, HPA) writes here.",
+        le=MAX_WORKERS,
+        default=1,
+        description="Desired worker count, 1 to 4096; the scale subresource (kubectl scale, HPA) writes "
+        "here. The operator runs this many workers, kept within [floor, maxReplicas].",
     )
     min_replicas: int | None = Field(
-        default=None,
+        strict=True,
         ge=1,
-        description="Elastic floor. The effective floor is max(minReplicas, the workers memory requires). "
-        "Default: replicas.",
+        le=MAX_WORKERS,
+        default=None,
+        description="Floor of the worker count. The effective floor is max(minReplicas, the workers memory "
+        "requires); when it exceeds maxReplicas no worker starts. Default: replicas.",
     )
-    max_replicas: int | None = Field(default=None, ge=1, description="Elastic ceiling. Default: replicas.")
+    max_replicas: int | None = Field(
+        strict=True,
+        ge=1,
+        le=MAX_WORKERS,
+        default=None,
+        description="Ceiling of the worker count, at most 4096. Default: replicas.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Workers:
@@ -276,44 +435,72 @@ class Workers(_Model):
 
 
 class Elastic(_Model):
-    """Elastic scaling between minReplicas and maxReplicas."""
+    """Elastic rendezvous: workers that can join and leave a running group."""
 
-    enabled: bool = Field(default=False, description="Let the operator scale workers between the bounds.")
+    enabled: bool = Field(
+        default=False,
+        description="true: framework pytorch workers get torchrun's elastic c10d rendezvous with "
+        "PET_NNODES=floor:maxReplicas, so the group re-forms when the worker count changes. The count "
+        "itself follows workers.replicas (kubectl scale, HPA); the operator does not resize on its own.",
+    )
     checkpoint_grace_period_seconds: int = Field(
-        default=120,
+        strict=True,
         ge=0,
-        description="Scale-down waits for the workers' checkpoint acknowledgement at most this long.",
+        le=MAX_INT32,
+        default=120,
+        description="Not enforced yet: scale-down will wait at most this long for the workers to "
+        "acknowledge a checkpoint; today surplus workers are deleted without waiting for one.",
     )
 
 
 class Scheduling(_Model):
-    """Gang placement and priority."""
+    """Scheduling settings that no code reads yet."""
 
     priority: int = Field(
-        default=0, description="Higher first; lower-priority elastic jobs shrink to make room."
+        strict=True,
+        ge=-MAX_PRIORITY,
+        le=MAX_PRIORITY,
+        default=0,
+        description="Not enforced yet: jobs of higher priority will be placed first and lower-priority "
+        "elastic jobs shrunk to make room; today the value changes nothing (a priorityClassName in the "
+        "template still applies to the worker pods).",
     )
     gang_timeout_seconds: int = Field(
-        default=300,
+        strict=True,
         ge=1,
-        description="A gang not fully placed by then releases everything and requeues.",
+        le=MAX_INT32,
+        default=300,
+        description="Not enforced yet: a job whose workers are not all placed by then will release them and "
+        "requeue; today workers that cannot be scheduled stay Pending.",
     )
 
 
 class RunPolicy(_Model):
     """Restarts, suspension and clean-up."""
 
-    max_restarts: int = Field(default=3, ge=0, description="Worker restarts allowed before the job fails.")
+    max_restarts: int = Field(
+        strict=True,
+        ge=0,
+        le=MAX_INT32,
+        default=3,
+        description="Worker restarts allowed before the job fails.",
+    )
     suspend: bool = Field(default=False, description="true deletes the workers and keeps the job.")
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the job this long after it succeeds or fails. Default: never."
+        strict=True,
+        ge=0,
+        le=MAX_INT32,
+        default=None,
+        description="Delete the job this long after it succeeds or fails. Default: never.",
     )
 
 
 class TrainingJobSpec(_Model):
     """Desired state of a TrainingJob."""
 
-    template: dict[str, Any] = Field(
-        description="A PodTemplateSpec for each worker (image, command, args, env, volumes, ...).",
+    template: _PodTemplateSpec = Field(
+        description="A PodTemplateSpec for each worker (image, command, args, env, volumes, ...), passed "
+        "through as written except what the operator adds: see template.spec and its containers.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     framework: Framework = Field(
@@ -325,16 +512,10 @@ class TrainingJobSpec(_Model):
     resources: Resources = Field(default_factory=Resources, description="Accelerator choice.")
     workers: Workers = Field(default_factory=Workers, description="Worker count and elastic bounds.")
     elastic: Elastic = Field(default_factory=Elastic, description="Elastic scaling.")
-    scheduling: Scheduling = Field(default_factory=Scheduling, description="Gang placement and priority.")
+    scheduling: Scheduling = Field(
+        default_factory=Scheduling, description="Priority and gang timeout; not enforced yet."
+    )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, suspension, clean-up.")
-
-    @field_validator("template")
-    @classmethod
-    def _template_has_containers(cls, value: dict[str, Any]) -> dict[str, Any]:
-        containers = (value.get("spec") or {}).get("containers")
-        if not isinstance(containers, list) or not containers:
-            raise ValueError("template.spec.containers must list at least one container")
-        return value
 
 
 # ---------------------------------------------------------------- status
@@ -343,9 +524,7 @@ class TrainingJobSpec(_Model):
 class Condition(_Model):
     """A metav1.Condition."""
 
-    type: str = Field(
-        description="Condition type: Sized, Ready, Admitted, Running, Succeeded, Failed, Suspended."
-    )
+    type: str = Field(description="Condition type: Sized, Ready, Running, Succeeded, Failed, Suspended.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="A CamelCase reason.")
     message: str = Field(default="", description="A human-readable explanation.")

@@ -1,86 +1,167 @@
-"""Parsing of counts ("8.03B") and Kubernetes memory quantities ("120Gi") into integers."""
+"""Parsing of counts ("8.03B") and Kubernetes quantities ("120Gi", "500m") into whole numbers.
+
+Each grammar is one regular expression, used both here and as the CRD's `pattern` (Go's RE2 and
+Python's `re` read it alike), so the API server and the operator accept exactly the same strings.
+A parsed value must be a whole number of at least one after conversion ("0.4" parameters or "500m"
+bytes are refused: the estimator divides by them) and at most the field's maximum; a huge exponent is
+refused before any arithmetic, so no input can overflow.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
+# A count: digits, an optional fraction and exponent, and a decimal K/M/B/T suffix ("8.03B", "2e9").
+COUNT_PATTERN = r"^([0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?)([KMBT]?)$"
+_COUNT_RE = re.compile(COUNT_PATTERN)  # groups: 1 the number, 4 the suffix
 _COUNT_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
-_COUNT_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*([KMBT]?)\s*$")
 
-# Kubernetes resource.Quantity suffixes (binary SI and decimal SI).
+# The Kubernetes quantity grammar (k8s.io/apimachinery/pkg/api/resource/quantity.go, "The serialization
+# format is: <quantity> ::= <signedNumber><suffix> ..."), without the sign: no size here may be negative.
+# No whitespace anywhere: "16 Gi" is not a quantity, and the API server refuses a pod that requests it.
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)  # groups: 1 the number, 3 the suffix
 _QUANTITY_SUFFIXES = {
-    "": 1,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
+    "": Decimal(1),
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal(10**3),
+    "M": Decimal(10**6),
+    "G": Decimal(10**9),
+    "T": Decimal(10**12),
+    "P": Decimal(10**15),
+    "E": Decimal(10**18),
 }
-_QUANTITY_RE = re.compile(
-    r"^\s*([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|)\s*$"
-)
+# Beyond 10^40 nothing is a plausible size; refusing it first keeps Decimal arithmetic from overflowing
+# ("1e999999999" would raise decimal.Overflow) and every result far inside a float.
+_LARGEST_MAGNITUDE = 40
 
 
-def parse_count(value: int | float | str) -> int:
+class _TooLarge(ValueError):
+    """A value beyond any plausible size; the parse functions say what the maximum is."""
+
+
+def _number(digits: str, value: object) -> Decimal:
+    try:
+        number = Decimal(digits)
+    except (InvalidOperation, ValueError) as exc:  # pragma: no cover - the patterns admit only decimals
+        raise ValueError(f"{value!r} is not a number") from exc
+    if not number.is_finite():
+        raise ValueError("must be a finite number")
+    if number and number.adjusted() > _LARGEST_MAGNITUDE:
+        raise _TooLarge(value)
+    return number
+
+
+def _whole(number: Decimal, value: object, unit: str, maximum: int | None) -> int:
+    """`number` truncated to an integer, refused below one or above `maximum`."""
+    if number.adjusted() > _LARGEST_MAGNITUDE or (maximum is not None and number > maximum):
+        raise _TooLarge(value)
+    whole = int(number)
+    if whole < 1:
+        raise ValueError(f"{value!r} is less than one {unit} after conversion; it must be at least 1")
+    return whole
+
+
+def _bounded(parse: Callable[[], int], value: object, unit: str, maximum: int | None) -> int:
+    try:
+        return parse()
+    except _TooLarge:
+        limit = f"at most {maximum:,} {unit}s" if maximum is not None else f"a plausible number of {unit}s"
+        raise ValueError(f"{value!r} is too large: it must be {limit}") from None
+
+
+def _plain(value: object, kind: str) -> Decimal | None:
+    """A number given as a number (not a string); None for a string."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"must be a number or a string such as {kind}, not {type(value).__name__}")
+    if isinstance(value, str):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return _number(str(value), value)
+
+
+def parse_count(value: int | float | str, maximum: int | None = None) -> int:
     """A parameter count: a number, or a string with a decimal K/M/B/T suffix ("8.03B")."""
-    if isinstance(value, bool):
-        raise ValueError("must be a number or a string such as '8.03B'")
-    if isinstance(value, int | float):
-        number = Decimal(str(value))
-    else:
-        match = _COUNT_RE.match(value)
+    return _bounded(lambda: _count(value, maximum), value, "parameter", maximum)
+
+
+def _count(value: int | float | str, maximum: int | None) -> int:
+    number = _plain(value, "'8.03B'")
+    if number is None:
+        assert isinstance(value, str)
+        match = _COUNT_RE.fullmatch(value)
         if not match:
             raise ValueError(f"{value!r} is not a count; use a number or a K/M/B/T suffix, e.g. '8.03B'")
-        try:
-            number = Decimal(match.group(1)) * _COUNT_SUFFIXES[match.group(2)]
-        except InvalidOperation as exc:  # pragma: no cover - the regex admits only valid decimals
-            raise ValueError(f"{value!r} is not a count") from exc
+        number = _number(match.group(1), value) * _COUNT_SUFFIXES[match.group(4)]
     if number <= 0:
         raise ValueError("must be greater than zero")
-    return int(number)
+    return _whole(number, value, "parameter", maximum)
 
 
-def parse_bytes(value: int | float | str) -> int:
+def _quantity(value: int | float | str, example: str) -> Decimal:
+    number = _plain(value, example)
+    if number is None:
+        assert isinstance(value, str)
+        match = _QUANTITY_RE.fullmatch(value)
+        if not match:
+            raise ValueError(
+                f"{value!r} is not a positive Kubernetes quantity (digits, then an optional suffix such as "
+                f"Ki, Mi, Gi, m, k, M, G, with no spaces), e.g. {example}"
+            )
+        suffix = match.group(3) or ""
+        number = _number(match.group(1), value)
+        if suffix[:1] in ("e", "E") and suffix not in _QUANTITY_SUFFIXES:
+            exponent = int(suffix[1:])
+            if exponent > _LARGEST_MAGNITUDE:
+                raise _TooLarge(value)
+            if exponent < -_LARGEST_MAGNITUDE:
+                raise ValueError(f"{value!r} is less than one unit; it must be at least 1")
+            number = number.scaleb(exponent)
+        else:
+            number *= _QUANTITY_SUFFIXES[suffix]
+    if number <= 0:
+        raise ValueError(f"{value!r} must be a Kubernetes quantity greater than zero, e.g. {example}")
+    return number
+
+
+def parse_bytes(value: int | float | str, maximum: int | None = None) -> int:
     """A Kubernetes memory quantity ("120Gi", "80G", 1073741824) in bytes."""
-    if isinstance(value, bool):
-        raise ValueError("must be a Kubernetes quantity such as '120Gi'")
-    if isinstance(value, int | float):
-        number = Decimal(str(value))
-    else:
-        match = _QUANTITY_RE.match(value)
-        if not match:
-            raise ValueError(f"{value!r} is not a Kubernetes quantity, e.g. '120Gi' or '80G'")
-        number = Decimal(match.group(1)) * _QUANTITY_SUFFIXES[match.group(2)]
-    if number <= 0:
-        raise ValueError("must be greater than zero")
-    return int(number)
+
+    def parse() -> int:
+        return _whole(_quantity(value, "'120Gi' or '80G'"), value, "byte", maximum)
+
+    return _bounded(parse, value, "byte", maximum)
 
 
-_CPU_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)(m?)\s*$")
-
-
-def parse_cpu_millis(value: int | float | str) -> int:
+def parse_cpu_millis(value: int | float | str, maximum: int | None = None) -> int:
     """A Kubernetes CPU quantity ("8", "500m", 0.5) in millicores."""
+
+    def parse() -> int:
+        return _whole(_quantity(value, "'8' or '500m'") * 1000, value, "millicore", maximum)
+
+    return _bounded(parse, value, "millicore", maximum)
+
+
+def is_quantity(value: object) -> bool:
+    """Whether `value` is what a Kubernetes quantity field takes: a non-negative integer or a string in the
+    quantity grammar (used for the requests and limits a pod template already carries)."""
     if isinstance(value, bool):
-        raise ValueError("must be a CPU quantity such as '8' or '500m'")
-    if isinstance(value, int | float):
-        millis = Decimal(str(value)) * 1000
-    else:
-        match = _CPU_RE.match(value)
-        if not match:
-            raise ValueError(f"{value!r} is not a CPU quantity, e.g. '8' or '500m'")
-        millis = Decimal(match.group(1)) * (1 if match.group(2) else 1000)
-    if millis <= 0:
-        raise ValueError("must be greater than zero")
-    return int(millis)
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, str) and _QUANTITY_RE.fullmatch(value) is not None
 
 
 def format_bytes(value: int) -> str:

@@ -156,6 +156,8 @@ def load_training_job(text: str, source: str) -> dict[str, Any]:
         raise InvalidInput([f"apiVersion: expected {API_VERSION}, got {manifest.get('apiVersion')!r}"])
     if "spec" not in manifest:
         raise InvalidInput(["spec: required"])
+    if not isinstance(manifest.get("metadata") or {}, dict):
+        raise InvalidInput(["metadata: must be a mapping"])
     return manifest
 
 

@@ -583,17 +583,30 @@ def sizing_summary(sizing: SizingStatus) -> str:
     return f"{layout}, {used} of {total} per device"
 
 
+# status.sizing goes to the API server, whose integers are int64. The spec's bounds keep every estimate
+# finite, but a shape at its maxima (a 16M-token sequence of 65,536 sequences) can still exceed 2^63
+# bytes per device; such a figure is reported as the largest int64 rather than refused by the server.
+MAX_REPORTED_BYTES = 2**63 - 1
+
+
+def _reported(value: int) -> int:
+    return min(value, MAX_REPORTED_BYTES)
+
+
 def _status(result: LayoutEstimate, min_workers: int, warnings: Iterable[str]) -> SizingStatus:
     unique = list(dict.fromkeys([*result.estimate.warnings, *warnings]))
+    breakdown = result.estimate.breakdown()
     return SizingStatus(
         accelerator=result.accelerator.name,
         resource_name=result.accelerator.resource_name,
         device_memory_bytes=result.accelerator.memory_bytes,
         accelerators_per_worker=result.layout.devices_per_worker,
         min_workers=min_workers,
-        per_device_bytes=result.estimate.total,
+        per_device_bytes=_reported(result.estimate.total),
         fits=result.fits,
-        breakdown=result.estimate.breakdown(),
+        breakdown=breakdown.model_copy(
+            update={name: _reported(value) for name, value in breakdown.model_dump().items()}
+        ),
         warnings=unique,
     )
 

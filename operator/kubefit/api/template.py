@@ -1,0 +1,229 @@
+"""The shape of spec.template the operator relies on, checked before any pod is built.
+
+The template is a PodTemplateSpec that passes through to every worker pod. Only what the pod builder
+reads (operator/kubefit/builders/) is typed here: the containers (the first is the trainer, whose env,
+ports and resources are merged with the operator's), metadata labels and annotations, nodeSelector,
+affinity and tolerations. A wrong type there is refused naming the field, instead of crashing the builder
+or failing every pod create. Everything else passes through as written and the API server checks it when
+the pod is created. Each object stays open (extra fields allowed), and the CRD marks it
+x-kubernetes-preserve-unknown-fields, so nothing the user writes is pruned.
+
+Patterns and lengths follow Kubernetes' own validation (k8s.io/apimachinery/pkg/util/validation).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, NotRequired
+
+from pydantic import AfterValidator, ConfigDict, Field, with_config
+from typing_extensions import TypedDict
+
+from kubefit.api.quantity import QUANTITY_PATTERN, is_quantity
+
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_LABEL_MAX = 63
+# A label value: empty, or up to 63 alphanumerics with '-', '_' or '.' inside (IsValidLabelValue).
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_VALUE_MAX = 63
+# A qualified name: an optional DNS-subdomain prefix and '/', then a name of up to 63 (IsQualifiedName).
+_QUALIFIED_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_PREFIX_MAX = 253
+
+_OPEN = ConfigDict(extra="allow", strict=True)
+
+
+def _dns_label(value: str) -> str:
+    if not re.fullmatch(DNS_LABEL_PATTERN, value) or len(value) > DNS_LABEL_MAX:
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label: at most {DNS_LABEL_MAX} lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _label_keys(labels: dict[str, str] | None) -> dict[str, str] | None:
+    for key in labels or {}:
+        prefix, _, name = key.rpartition("/")
+        if not _QUALIFIED_NAME.fullmatch(key) or len(prefix) > _PREFIX_MAX or len(name) > DNS_LABEL_MAX:
+            raise ValueError(
+                f"label key {key!r} is not a qualified name: an optional DNS prefix and '/', then at most "
+                f"{DNS_LABEL_MAX} letters, digits, '-', '_' or '.' starting and ending with a letter or digit"
+            )
+    return labels
+
+
+def _quantities(values: dict[str, Any]) -> dict[str, Any]:
+    for resource, value in values.items():
+        if not is_quantity(value):
+            raise ValueError(
+                f"{resource}: {value!r} is not a Kubernetes quantity (e.g. '8', '500m', '16Gi', no spaces)"
+            )
+    return values
+
+
+def _unique_names(containers: list[Container]) -> list[Container]:
+    seen: set[str] = set()
+    for index, container in enumerate(containers):
+        if container["name"] in seen:
+            raise ValueError(f"[{index}].name: duplicate container name {container['name']!r}")
+        seen.add(container["name"])
+    return containers
+
+
+DnsLabel = Annotated[
+    str,
+    AfterValidator(_dns_label),
+    Field(json_schema_extra={"pattern": DNS_LABEL_PATTERN, "maxLength": DNS_LABEL_MAX}),
+]
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=LABEL_VALUE_MAX)]
+QuantityMap = Annotated[
+    dict[str, int | str],
+    AfterValidator(_quantities),
+    Field(
+        json_schema_extra={
+            "additionalProperties": {"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}
+        }
+    ),
+]
+
+
+@with_config(_OPEN)
+class EnvVar(TypedDict):
+    name: Annotated[str, Field(min_length=1, description="Variable name.")]
+    value: NotRequired[Annotated[str, Field(description="Variable value (a string).")]]
+
+
+@with_config(_OPEN)
+class ContainerPort(TypedDict):
+    containerPort: Annotated[int, Field(ge=1, le=65535, description="Port number, 1 to 65535.")]
+
+
+@with_config(_OPEN)
+class ResourceRequirements(TypedDict, total=False):
+    requests: Annotated[QuantityMap, Field(description="Requested resources, as Kubernetes quantities.")]
+    limits: Annotated[QuantityMap, Field(description="Resource limits, as Kubernetes quantities.")]
+
+
+@with_config(_OPEN)
+class Container(TypedDict):
+    name: Annotated[DnsLabel, Field(description="Container name, a DNS-1123 label, unique in the pod.")]
+    image: NotRequired[Annotated[str, Field(description="Container image.")]]
+    env: NotRequired[
+        Annotated[
+            list[EnvVar] | None,
+            Field(
+                description="Environment variables. In the first container, a variable the operator sets "
+                "(MASTER_ADDR, RANK, ...) and that is given here keeps the value given here."
+            ),
+        ]
+    ]
+    ports: NotRequired[
+        Annotated[
+            list[ContainerPort] | None,
+            Field(
+                description="Ports. The first container also gets the rendezvous port 29500 unless "
+                "framework is none or it lists that port."
+            ),
+        ]
+    ]
+    resources: NotRequired[
+        Annotated[
+            ResourceRequirements | None,
+            Field(
+                description="Resources. In the first container the operator sets the accelerator request "
+                "and limit, and fills cpu and memory requests (see spec.resources)."
+            ),
+        ]
+    ]
+
+
+@with_config(_OPEN)
+class NodeSelectorTerm(TypedDict, total=False):
+    matchExpressions: Annotated[list[dict[str, Any]] | None, Field(description="Node label requirements.")]
+    matchFields: Annotated[list[dict[str, Any]] | None, Field(description="Node field requirements.")]
+
+
+@with_config(_OPEN)
+class NodeSelector(TypedDict, total=False):
+    nodeSelectorTerms: Annotated[
+        list[NodeSelectorTerm] | None,
+        Field(description="Terms, ORed; the operator ANDs each with the accelerator's node labels."),
+    ]
+
+
+@with_config(_OPEN)
+class NodeAffinity(TypedDict, total=False):
+    requiredDuringSchedulingIgnoredDuringExecution: Annotated[
+        NodeSelector | None, Field(description="Required node affinity, merged with the accelerator's.")
+    ]
+
+
+@with_config(_OPEN)
+class Affinity(TypedDict, total=False):
+    nodeAffinity: Annotated[NodeAffinity | None, Field(description="Node affinity.")]
+
+
+@with_config(_OPEN)
+class Toleration(TypedDict, total=False):
+    key: Annotated[str, Field(description="Taint key; empty with operator Exists matches every taint.")]
+    operator: Annotated[str, Field(description="Exists or Equal.")]
+    value: Annotated[str, Field(description="Taint value, for operator Equal.")]
+    effect: Annotated[str, Field(description="NoSchedule, PreferNoSchedule or NoExecute; empty: all.")]
+    tolerationSeconds: Annotated[int, Field(description="How long a NoExecute taint is tolerated.")]
+
+
+@with_config(_OPEN)
+class PodSpec(TypedDict):
+    containers: Annotated[
+        list[Container],
+        Field(
+            min_length=1,
+            description="At least one container. The first is the trainer: it gets the accelerators, the "
+            "rendezvous environment and port, and the cpu and memory requests.",
+        ),
+        AfterValidator(_unique_names),
+    ]
+    nodeSelector: NotRequired[
+        Annotated[dict[str, str] | None, Field(description="Node labels a worker's node must carry.")]
+    ]
+    affinity: NotRequired[
+        Annotated[
+            Affinity | None,
+            Field(description="Affinity. The operator adds a required node affinity for the accelerator."),
+        ]
+    ]
+    tolerations: NotRequired[
+        Annotated[
+            list[Toleration] | None,
+            Field(
+                description="Tolerations. The operator adds one for a taint keyed by the accelerator's "
+                "resource name (e.g. nvidia.com/gpu) unless one is given."
+            ),
+        ]
+    ]
+
+
+@with_config(_OPEN)
+class ObjectMeta(TypedDict, total=False):
+    labels: Annotated[
+        dict[str, LabelValue] | None,
+        AfterValidator(_label_keys),
+        Field(description="Labels for every worker pod; the operator adds kubefit.dev/job and worker-index."),
+    ]
+    annotations: Annotated[dict[str, str] | None, Field(description="Annotations for every worker pod.")]
+
+
+@with_config(_OPEN)
+class PodTemplate(TypedDict):
+    metadata: NotRequired[Annotated[ObjectMeta | None, Field(description="Labels and annotations.")]]
+    spec: Annotated[
+        PodSpec,
+        Field(
+            description="The worker pod's spec. The operator sets restartPolicy Never (it replaces failed "
+            "workers itself), hostname and subdomain (stable DNS for the rendezvous)."
+        ),
+    ]

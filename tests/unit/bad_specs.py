@@ -1,0 +1,249 @@
+"""Bad TrainingJob specs, each with the field its refusal must name: one table for every entry point.
+
+`kubefit size` (tests/unit/test_cli_size.py), the pure reconcile decision (tests/unit/test_api_validation.py)
+and the real API server with the operator (tests/e2e/test_bad_input.py) all take this table, so a value
+refused at one door is refused at all of them. `bad_spec_strategy` adds hypothesis-generated ones: a
+valid spec with one field given a value outside its type or bounds.
+
+`refused_by` says where the table expects the refusal on a cluster:
+- "api-server": the CRD schema refuses it (kubectl apply fails, naming the field);
+- "operator": the schema cannot express the rule, so the operator marks the job Ready=False/InvalidSpec;
+- "kubectl": an unknown field, which the API server prunes silently (structural schemas drop unknown
+  fields, Kubernetes 1.20 has no server-side field validation); kubectl's own schema check names it.
+`json` is False for values JSON cannot carry (NaN, infinity): YAML can, so `kubefit size` and a
+reconcile of a hand-made object see them, but kubectl cannot send them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import strategies as st
+
+from kubefit.api import models
+from kubefit.api.quantity import COUNT_PATTERN, QUANTITY_PATTERN
+
+CONTAINER = {"name": "trainer", "image": "ghcr.io/acme/train:1", "command": ["train"]}
+BASE_SPEC: dict[str, Any] = {
+    "template": {"spec": {"containers": [CONTAINER]}},
+    "framework": "pytorch",
+    "model": {"parameters": "1B"},
+    "resources": {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 4},
+    "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 4},
+}
+
+
+@dataclass(frozen=True)
+class BadSpec:
+    id: str
+    changes: dict[str, Any]  # top-level spec sections replaced, as tests/e2e job_manifest takes them
+    field: str  # the path the refusal must name
+    refused_by: str  # api-server | operator | kubectl
+    json: bool = True
+
+    def spec(self) -> dict[str, Any]:
+        return {**copy.deepcopy(BASE_SPEC), **copy.deepcopy(self.changes)}
+
+
+def _in(section: str, **fields: Any) -> dict[str, Any]:
+    """The base spec's `section` with `fields` set in it."""
+    return {section: {**copy.deepcopy(BASE_SPEC.get(section, {})), **fields}}
+
+
+def _model(**fields: Any) -> dict[str, Any]:
+    return {"model": {"parameters": "1B", **fields}}
+
+
+def _pod(**fields: Any) -> dict[str, Any]:
+    return {"template": {"spec": {"containers": [CONTAINER], **fields}}}
+
+
+def _container(**fields: Any) -> dict[str, Any]:
+    return {"template": {"spec": {"containers": [{**CONTAINER, **fields}]}}}
+
+
+ARCHITECTURE = {"layers": 16, "hiddenSize": 2048, "attentionHeads": 16}
+API, OPERATOR, KUBECTL = "api-server", "operator", "kubectl"
+
+BAD_SPECS: list[BadSpec] = [
+    # the inputs of the issue
+    BadSpec("parameters-below-one", _model(parameters="0.4"), "spec.model.parameters", OPERATOR),
+    BadSpec("parameters-1e400", _model(parameters="1e400"), "spec.model.parameters", OPERATOR),
+    BadSpec("parameters-1e999999999", _model(parameters="1e999999999"), "spec.model.parameters", OPERATOR),
+    BadSpec("containers-of-strings", {"template": {"spec": {"containers": ["x"]}}}, "spec.template.spec.containers[0]", API),
+    BadSpec("memory-with-space", _in("resources", memory="16 Gi"), "spec.resources.memory", API),
+    BadSpec("replicas-100000", _in("workers", replicas=100_000), "spec.workers.replicas", API),
+    BadSpec("max-replicas-100000", _in("workers", maxReplicas=100_000), "spec.workers.maxReplicas", API),
+    BadSpec("accelerators-per-worker-1000", _in("resources", acceleratorsPerWorker=1000), "spec.resources.acceleratorsPerWorker", API),
+    BadSpec("headroom-nan", _in("resources", memoryHeadroom=math.nan), "spec.resources.memoryHeadroom", API, json=False),
+    BadSpec("parameters-infinity", _model(parameters=math.inf), "spec.model.parameters", API, json=False),
+    BadSpec("sequence-infinity", {"training": {"sequenceLength": -math.inf}}, "spec.training.sequenceLength", API, json=False),
+    # counts: zero, negative, huge, wrong type
+    BadSpec("replicas-zero", _in("workers", replicas=0), "spec.workers.replicas", API),
+    BadSpec("replicas-negative", _in("workers", replicas=-2), "spec.workers.replicas", API),
+    BadSpec("replicas-string", _in("workers", replicas="4"), "spec.workers.replicas", API),
+    BadSpec("replicas-fraction", _in("workers", replicas=2.5), "spec.workers.replicas", API),
+    BadSpec("min-replicas-above-max", _in("workers", minReplicas=4, maxReplicas=3), "spec.workers", OPERATOR),
+    BadSpec("parameters-zero", _model(parameters=0), "spec.model.parameters", API),
+    BadSpec("parameters-negative-string", _model(parameters="-5B"), "spec.model.parameters", API),
+    BadSpec("parameters-word", _model(parameters="lots"), "spec.model.parameters", API),
+    BadSpec("parameters-boolean", _model(parameters=True), "spec.model.parameters", API),
+    BadSpec("parameters-above-max", _model(parameters=10**16), "spec.model.parameters", API),
+    BadSpec("parameters-above-max-string", _model(parameters="2000T"), "spec.model.parameters", OPERATOR),
+    BadSpec("trainable-below-one", _model(finetuning={"method": "lora", "trainableParameters": "0.1"}), "spec.model.finetuning.trainableParameters", OPERATOR),
+    BadSpec("lora-rank-zero", _model(finetuning={"method": "lora", "loraRank": 0}), "spec.model.finetuning.loraRank", API),
+    BadSpec("accelerators-per-worker-zero", _in("resources", acceleratorsPerWorker=0), "spec.resources.acceleratorsPerWorker", API),
+    BadSpec("accelerators-per-worker-word", _in("resources", acceleratorsPerWorker="many"), "spec.resources.acceleratorsPerWorker", API),
+    BadSpec("micro-batch-zero", {"training": {"microBatchSize": 0}}, "spec.training.microBatchSize", API),
+    BadSpec("sequence-above-max", {"training": {"sequenceLength": 2**30}}, "spec.training.sequenceLength", API),
+    BadSpec("layers-above-max", _model(architecture={**ARCHITECTURE, "layers": 10**6}), "spec.model.architecture.layers", API),
+    BadSpec("heads-above-width", _model(architecture={**ARCHITECTURE, "attentionHeads": 4096}), "spec.model.architecture", OPERATOR),
+    BadSpec("kv-heads-above-heads", _model(architecture={**ARCHITECTURE, "kvHeads": 32}), "spec.model.architecture", OPERATOR),
+    BadSpec("tensor-parallel-indivisible", {"training": {"tensorParallel": 3}}, "spec.training.tensorParallel", OPERATOR),
+    BadSpec("ttl-beyond-int32", {"runPolicy": {"ttlSecondsAfterFinished": 10**12}}, "spec.runPolicy.ttlSecondsAfterFinished", API),
+    BadSpec("priority-above-max", {"scheduling": {"priority": 2 * 10**9}}, "spec.scheduling.priority", API),
+    BadSpec("gang-timeout-zero", {"scheduling": {"gangTimeoutSeconds": 0}}, "spec.scheduling.gangTimeoutSeconds", API),
+    BadSpec("headroom-one", _in("resources", memoryHeadroom=1.0), "spec.resources.memoryHeadroom", API),
+    # quantities
+    BadSpec("model-memory-GB", _model(memory="120GB"), "spec.model.memory", API),
+    BadSpec("model-memory-below-one-byte", {"model": {"memory": "0.5"}}, "spec.model.memory", OPERATOR),
+    BadSpec("model-memory-above-max", {"model": {"memory": "2Ei"}}, "spec.model.memory", OPERATOR),
+    BadSpec("host-memory-negative", _in("resources", memory="-1Gi"), "spec.resources.memory", API),
+    BadSpec("cpu-word", _in("resources", cpu="lots"), "spec.resources.cpu", API),
+    BadSpec("cpu-above-max", _in("resources", cpu="1e9"), "spec.resources.cpu", OPERATOR),
+    BadSpec("container-request-with-space", _container(resources={"requests": {"cpu": "2 cores"}}), "spec.template.spec.containers[0].resources.requests", API),
+    # enums
+    BadSpec("framework-unknown", {"framework": "tensorflow"}, "spec.framework", API),
+    BadSpec("precision-unknown", _model(precision="fp64"), "spec.model.precision", API),
+    BadSpec("sharding-unknown", {"training": {"sharding": "zero4"}}, "spec.training.sharding", API),
+    BadSpec("accelerator-unknown", _in("resources", accelerator="nvidia-z9000"), "spec.resources.accelerator", OPERATOR),
+    # unknown fields
+    BadSpec("unknown-section", {"modle": {"parameters": "1B"}}, "spec.modle", KUBECTL),
+    BadSpec("unknown-nested", {"training": {"microBatch": 4}}, "spec.training.microBatch", KUBECTL),
+    BadSpec("snake-case-field", _in("workers", min_replicas=1), "spec.workers.min_replicas", KUBECTL),
+    # the pod template
+    BadSpec("containers-empty", {"template": {"spec": {"containers": []}}}, "spec.template.spec.containers", API),
+    BadSpec("template-without-spec", {"template": {"metadata": {}}}, "spec.template.spec", API),
+    BadSpec("pod-spec-a-list", {"template": {"spec": [CONTAINER]}}, "spec.template.spec", API),
+    BadSpec("container-without-name", {"template": {"spec": {"containers": [{"image": "x"}]}}}, "spec.template.spec.containers[0].name", API),
+    BadSpec("container-name-not-dns", _container(name="Trainer_1"), "spec.template.spec.containers[0].name", API),
+    BadSpec("container-names-repeat", _pod(containers=[CONTAINER, CONTAINER]), "spec.template.spec.containers", OPERATOR),
+    BadSpec("env-a-mapping", _container(env={"A": "b"}), "spec.template.spec.containers[0].env", API),
+    BadSpec("env-without-name", _container(env=[{"value": "x"}]), "spec.template.spec.containers[0].env[0].name", API),
+    BadSpec("env-value-a-number", _container(env=[{"name": "A", "value": 5}]), "spec.template.spec.containers[0].env[0].value", API),
+    BadSpec("ports-of-strings", _container(ports=["29500"]), "spec.template.spec.containers[0].ports[0]", API),
+    BadSpec("resources-a-list", _container(resources=["gpu"]), "spec.template.spec.containers[0].resources", API),
+    BadSpec("labels-a-string", {"template": {"metadata": {"labels": "team"}, "spec": {"containers": [CONTAINER]}}}, "spec.template.metadata.labels", API),
+    BadSpec("label-value-a-list", {"template": {"metadata": {"labels": {"team": ["a"]}}, "spec": {"containers": [CONTAINER]}}}, "spec.template.metadata.labels.team", API),
+    BadSpec("label-key-invalid", {"template": {"metadata": {"labels": {"bad key!": "a"}}, "spec": {"containers": [CONTAINER]}}}, "spec.template.metadata.labels", OPERATOR),
+    BadSpec("tolerations-a-mapping", _pod(tolerations={"key": "x"}), "spec.template.spec.tolerations", API),
+    BadSpec("affinity-a-string", _pod(affinity="anywhere"), "spec.template.spec.affinity", API),
+    BadSpec("node-affinity-terms-a-mapping", _pod(affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": {"a": 1}}}}), "spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms", API),
+    BadSpec("node-selector-value-a-number", _pod(nodeSelector={"zone": 1}), "spec.template.spec.nodeSelector.zone", API),
+]  # fmt: skip
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, allow_nan=False)
+
+
+# ------------------------------------------------------------------ generated
+
+
+@dataclass(frozen=True)
+class _Bounded:
+    section: str  # top-level spec section, "" for top-level fields
+    path: tuple[str, ...]  # inside the section
+    minimum: int
+    maximum: int
+
+
+# Every bounded integer field, with the bounds the models declare.
+BOUNDED = [
+    _Bounded("workers", ("replicas",), 1, models.MAX_WORKERS),
+    _Bounded("workers", ("minReplicas",), 1, models.MAX_WORKERS),
+    _Bounded("workers", ("maxReplicas",), 1, models.MAX_WORKERS),
+    _Bounded("resources", ("acceleratorsPerWorker",), 1, models.MAX_ACCELERATORS_PER_WORKER),
+    _Bounded("training", ("microBatchSize",), 1, models.MAX_MICRO_BATCH_SIZE),
+    _Bounded("training", ("sequenceLength",), 1, models.MAX_SEQUENCE_LENGTH),
+    _Bounded("training", ("tensorParallel",), 1, models.MAX_PARALLEL_DEGREE),
+    _Bounded("training", ("pipelineParallel",), 1, models.MAX_PARALLEL_DEGREE),
+    _Bounded("model", ("parameters",), 1, models.MAX_PARAMETERS),
+    _Bounded("model", ("architecture", "layers"), 1, models.MAX_LAYERS),
+    _Bounded("model", ("architecture", "hiddenSize"), 1, models.MAX_HIDDEN_SIZE),
+    _Bounded("model", ("architecture", "vocabSize"), 1, models.MAX_VOCAB_SIZE),
+    _Bounded("model", ("finetuning", "loraRank"), 1, models.MAX_LORA_RANK),
+    _Bounded("elastic", ("checkpointGracePeriodSeconds",), 0, models.MAX_INT32),
+    _Bounded("scheduling", ("priority",), -models.MAX_PRIORITY, models.MAX_PRIORITY),
+    _Bounded("scheduling", ("gangTimeoutSeconds",), 1, models.MAX_INT32),
+    _Bounded("runPolicy", ("maxRestarts",), 0, models.MAX_INT32),
+    _Bounded("runPolicy", ("ttlSecondsAfterFinished",), 0, models.MAX_INT32),
+]
+QUANTITIES = [("resources", "memory"), ("resources", "cpu"), ("model", "memory")]
+# The base of generated cases also names an architecture and LoRA, so that their fields exist to spoil.
+GENERATED_BASE: dict[str, Any] = {
+    **BASE_SPEC,
+    "model": {"parameters": "1B", "architecture": ARCHITECTURE, "finetuning": {"method": "lora"}},
+}
+_WRONG_TYPES = st.sampled_from(["ten", [1], {"a": 1}, True, 2.5])
+_PRINTABLE = string.ascii_letters + string.digits + " .-+_/%"
+
+
+def _set(spec: dict[str, Any], section: str, path: tuple[str, ...], value: Any) -> None:
+    node = spec.setdefault(section, {})
+    for name in path[:-1]:
+        node = node.setdefault(name, {})
+    node[path[-1]] = value
+
+
+def _path(section: str, path: tuple[str, ...]) -> str:
+    return ".".join(("spec", section, *path))
+
+
+@st.composite
+def _bad_bound(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
+    target = draw(st.sampled_from(BOUNDED))
+    outside = st.one_of(
+        st.integers(max_value=target.minimum - 1, min_value=target.minimum - 10**12),
+        st.integers(min_value=target.maximum + 1, max_value=target.maximum + 10**12),
+    )
+    value = draw(st.one_of(outside, _WRONG_TYPES))
+    if target.path == ("parameters",) and isinstance(value, str):
+        value = True  # a word is a valid-looking count to the type; keep the case about type and bounds
+    spec = copy.deepcopy(GENERATED_BASE)
+    _set(spec, target.section, target.path, value)
+    return spec, _path(target.section, target.path)
+
+
+def _not_matching(pattern: str) -> st.SearchStrategy[str]:
+    compiled = re.compile(pattern)
+    return st.text(alphabet=_PRINTABLE, min_size=1, max_size=8).filter(
+        lambda text: not compiled.fullmatch(text)
+    )
+
+
+@st.composite
+def _bad_string(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
+    kind = draw(st.sampled_from(["quantity", "count", "container-name"]))
+    spec = copy.deepcopy(GENERATED_BASE)
+    if kind == "quantity":
+        section, name = draw(st.sampled_from(QUANTITIES))
+        _set(spec, section, (name,), draw(_not_matching(QUANTITY_PATTERN)))
+        return spec, _path(section, (name,))
+    if kind == "count":
+        _set(spec, "model", ("parameters",), draw(_not_matching(COUNT_PATTERN)))
+        return spec, "spec.model.parameters"
+    name = draw(_not_matching(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
+    spec["template"] = {"spec": {"containers": [{**CONTAINER, "name": name}]}}
+    return spec, "spec.template.spec.containers[0].name"
+
+
+def bad_spec_strategy() -> st.SearchStrategy[tuple[dict[str, Any], str]]:
+    """A valid spec with one field made invalid, and that field's path."""
+    return st.one_of(_bad_bound(), _bad_string())
