@@ -244,6 +244,27 @@ def _bad_string(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     return spec, "spec.template.spec.containers[0].name"
 
 
+@st.composite
+def _out_of_range_string(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
+    """A string in the field's grammar (so the CRD's pattern admits it) whose value is out of range: below
+    one after conversion, or above the maximum. Only the operator can refuse these."""
+    section, name, too_large = draw(
+        st.sampled_from(
+            [
+                ("model", "parameters", st.integers(1001, 10**6).map(lambda count: f"{count}T")),
+                ("model", "memory", st.integers(2, 1000).map(lambda size: f"{size}Ei")),
+                ("resources", "memory", st.integers(2, 1000).map(lambda size: f"{size}Pi")),
+                ("resources", "cpu", st.integers(16, 40).map(lambda exponent: f"1e{exponent}")),
+            ]
+        )
+    )
+    # below one unit after conversion: a byte or parameter, or a millicore for cpu
+    below_one = st.from_regex(r"0\.000[0-9]{1,3}" if name == "cpu" else r"0\.[0-9]{1,4}", fullmatch=True)
+    spec = copy.deepcopy(GENERATED_BASE)
+    _set(spec, section, (name,), draw(st.one_of(below_one, too_large)))
+    return spec, _path(section, (name,))
+
+
 def bad_spec_strategy() -> st.SearchStrategy[tuple[dict[str, Any], str]]:
     """A valid spec with one field made invalid, and that field's path."""
-    return st.one_of(_bad_bound(), _bad_string())
+    return st.one_of(_bad_bound(), _bad_string(), _out_of_range_string())
