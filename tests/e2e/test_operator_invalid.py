@@ -36,14 +36,14 @@ SCHEMA_REJECTIONS = [
     ("unknown framework", {"framework": "tensorflow"}, "spec.framework"),
     ("unknown precision", {"model": {"parameters": "1B", "precision": "fp64"}}, "spec.model.precision"),
     ("model without size", {"model": {"precision": "bf16-mixed"}}, "spec.model"),
+    ("bad parameter count", {"model": {"parameters": "lots"}}, "spec.model.parameters"),
+    ("empty containers", {"template": {"spec": {"containers": []}}}, "spec.template.spec.containers"),
 ]
 
 # (case, spec fields replaced, the field the InvalidSpec condition names)
 OPERATOR_REJECTIONS = [
     ("min above max", {"workers": {"replicas": 2, "minReplicas": 4, "maxReplicas": 3}}, "spec.workers"),
     ("unknown accelerator", {"resources": {"accelerator": "nvidia-z9000"}}, "spec.resources.accelerator"),
-    ("bad parameter count", {"model": {"parameters": "lots"}}, "spec.model.parameters"),
-    ("empty containers", {"template": {"spec": {"containers": []}}}, "spec.template"),
 ]
 
 
