@@ -536,3 +536,24 @@ def test_nan_and_infinity_from_yaml_are_refused() -> None:
         "spec.resources.memoryHeadroom",
         "spec.workers.replicas",
     }
+
+
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(), st.text(max_size=6)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_SECTIONS = ["template", "model", "training", "resources", "workers", "elastic", "scheduling", "runPolicy"]
+
+
+@settings(max_examples=200, derandomize=True, deadline=None, database=None)
+@given(st.sampled_from(_SECTIONS), st.sampled_from([None, "spec", "parameters", "memory", "replicas"]), _JSON)
+def test_decide_never_raises_whatever_a_section_holds(section: str, key: str | None, value: Any) -> None:
+    # Junk anywhere in the spec becomes an InvalidSpec condition (or a valid decision), never an exception.
+    spec = copy.deepcopy(BASE_SPEC)
+    spec[section] = value if key is None else {**(spec.get(section) or {}), key: value}
+    decision = decide(_observe(spec), CATALOG)
+    (ready,) = [item for item in decision.status["conditions"] if item["type"] == "Ready"]
+    assert ready["reason"] in ("InvalidSpec", "WorkersNotReady"), ready

@@ -122,7 +122,7 @@ def openapi_schema() -> dict[str, Any]:
     status = model_schema(TrainingJobStatus)
     return {
         "type": "object",
-        "description": "A training job whose accelerators kubefit sizes from its model and runs as elastic workers.",
+        "description": "A training job whose accelerators kubefit sizes from its model and runs as worker pods.",
         "properties": {
             "apiVersion": {"type": "string", "description": "The API version, kubefit.dev/v1alpha1."},
             "kind": {"type": "string", "description": "TrainingJob."},

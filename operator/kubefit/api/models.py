@@ -508,10 +508,14 @@ class TrainingJobSpec(_Model):
         description="Which rendezvous environment the operator injects: pytorch (torchrun), jax, or none.",
     )
     model: Model = Field(description="What the job must hold in accelerator memory.")
-    training: Training = Field(default_factory=Training, description="Batch, sequence and parallelism.")
+    training: Training = Field(
+        default_factory=Training,
+        description="How the training code runs (batch, sequence, parallelism), used to size the job; the "
+        "operator passes none of it to the workers.",
+    )
     resources: Resources = Field(default_factory=Resources, description="Accelerator choice.")
-    workers: Workers = Field(default_factory=Workers, description="Worker count and elastic bounds.")
-    elastic: Elastic = Field(default_factory=Elastic, description="Elastic scaling.")
+    workers: Workers = Field(default_factory=Workers, description="Worker count and its bounds.")
+    elastic: Elastic = Field(default_factory=Elastic, description="Elastic rendezvous for the workers.")
     scheduling: Scheduling = Field(
         default_factory=Scheduling, description="Priority and gang timeout; not enforced yet."
     )

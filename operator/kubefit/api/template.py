@@ -200,8 +200,8 @@ class PodSpec(TypedDict):
         Annotated[
             list[Toleration] | None,
             Field(
-                description="Tolerations. The operator adds one for a taint keyed by the accelerator's "
-                "resource name (e.g. nvidia.com/gpu) unless one is given."
+                description="Tolerations. The operator adds one for a NoSchedule taint keyed by the "
+                "accelerator's resource name (e.g. nvidia.com/gpu) unless one with that key is given."
             ),
         ]
     ]
@@ -212,7 +212,10 @@ class ObjectMeta(TypedDict, total=False):
     labels: Annotated[
         dict[str, LabelValue] | None,
         AfterValidator(_label_keys),
-        Field(description="Labels for every worker pod; the operator adds kubefit.dev/job and worker-index."),
+        Field(
+            description="Labels for every worker pod; the operator adds kubefit.dev/job, "
+            "kubefit.dev/worker-index and app.kubernetes.io/managed-by, which win over labels given here."
+        ),
     ]
     annotations: Annotated[dict[str, str] | None, Field(description="Annotations for every worker pod.")]
 
