@@ -517,7 +517,7 @@ class TrainingJobSpec(_Model):
     workers: Workers = Field(default_factory=Workers, description="Worker count and its bounds.")
     elastic: Elastic = Field(default_factory=Elastic, description="Elastic rendezvous for the workers.")
     scheduling: Scheduling = Field(
-        default_factory=Scheduling, description="Priority and gang timeout; not enforced yet."
+        default_factory=Scheduling, description="Not enforced yet: priority and gang timeout."
     )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, suspension, clean-up.")
 
