@@ -33,8 +33,8 @@ CATALOG = load_catalog()
 
 TEMPLATE = {"spec": {"containers": [{"name": "trainer", "image": "ghcr.io/acme/llm-train:1.4"}]}}
 
-# The example spec of the API contract (shared/api/trainingjob-v1alpha1.md, section "spec"), verbatim
-# apart from its comments: whatever the contract shows must parse.
+# A spec that uses every field (the field reference is docs/api.md); whatever a user may write there must
+# parse.
 CONTRACT_EXAMPLE = yaml.safe_load(
     """
 template:

@@ -1,7 +1,7 @@
 """The TrainingJob CRD: checked-in copies are current, the schema is structural and fully described.
 
 Structural rules: https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#specifying-a-structural-schema
-The CRD must apply to Kubernetes 1.20 and later (shared/api/trainingjob-v1alpha1.md), hence no CEL.
+The CRD must apply to Kubernetes 1.20 and later (docs/install.md: the supported versions), hence no CEL.
 """
 
 from __future__ import annotations
