@@ -1,0 +1,28 @@
+"""The unit tier's own guards (tests/unit/conftest.py) do what they say."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from unit_tier import UNIT_TIMEOUT_SECONDS, NetworkUsed
+
+
+def test_a_connection_beyond_loopback_is_refused() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        with pytest.raises(NetworkUsed):
+            probe.connect(("192.0.2.1", 443))  # TEST-NET-1: never routed, and never tried here
+
+
+def test_loopback_stays_usable() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        with socket.create_connection(server.getsockname(), timeout=2):
+            pass
+
+
+def test_every_unit_test_has_a_short_timeout(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("timeout")
+    assert marker is not None and marker.args[0] == UNIT_TIMEOUT_SECONDS
