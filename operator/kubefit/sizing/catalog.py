@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-MIB = 2**20
+from kubefit.api.units import MIB
+
 BUILTIN_CATALOG = Path(__file__).with_name("accelerators.yaml")
 CATALOG_ENV = "KUBEFIT_CATALOG"
 

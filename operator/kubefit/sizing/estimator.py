@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 
 from kubefit.api.models import MemoryBreakdown, TrainingJobSpec
 from kubefit.api.quantity import parse_count
+from kubefit.api.units import GIB
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.sizing.architecture import ModelShape, assumed_shape, describe, shape_from_architecture
 from kubefit.sizing.catalog import Accelerator
-
-GIB = 2**30
 
 # ---------------------------------------------------------------- coefficients (sources: docs/sizing.md)
 

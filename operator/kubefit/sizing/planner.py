@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
-from kubefit.api.quantity import format_bytes
+from kubefit.api.units import format_gib
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
 from kubefit.sizing.estimator import Estimate, Layout, estimate
@@ -579,7 +579,7 @@ def layout_text(accelerator: str, devices_per_worker: int, workers: int) -> str:
 def sizing_summary(sizing: SizingStatus) -> str:
     """One line for the Sized condition, e.g. '8 x nvidia-h100-80gb, 61.2 GiB of 79.6 GiB per device'."""
     layout = layout_text(sizing.accelerator, sizing.accelerators_per_worker, sizing.min_workers)
-    used, total = format_bytes(sizing.per_device_bytes), format_bytes(sizing.device_memory_bytes)
+    used, total = format_gib(sizing.per_device_bytes), format_gib(sizing.device_memory_bytes)
     return f"{layout}, {used} of {total} per device"
 
 
@@ -709,8 +709,8 @@ def _explain(
             )
         return notes
 
-    need = format_bytes(shown.estimate.total)
-    usable = format_bytes(int(shown.usable_bytes))
+    need = format_gib(shown.estimate.total)
+    usable = format_gib(int(shown.usable_bytes))
     headroom = f"{spec.resources.memory_headroom:.0%}"
     shown_text = layout_text(shown.accelerator.name, shown.layout.devices_per_worker, shown.layout.workers)
     head = (
@@ -723,7 +723,7 @@ def _explain(
         remedies.append(
             f"{more} workers (workers.replicas and minReplicas) -> "
             f"{layout_text(shown.accelerator.name, shown.layout.devices_per_worker, more)}, "
-            f"{format_bytes(outcome.fewest.estimate.total)} per device"
+            f"{format_gib(outcome.fewest.estimate.total)} per device"
         )
     found = find_remedies(spec, catalog, pools)
     remedies.extend(f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in found)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
-from kubefit.api.quantity import format_bytes
+from kubefit.api.units import format_gib
 from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
 from kubefit.sizing.planner import (
     CHANGES,
@@ -192,8 +192,8 @@ def overprovisioned(
     current = layout_text(sizing.accelerator, sizing.accelerators_per_worker, sizing.min_workers)
     usable = sizing.device_memory_bytes * (1 - spec.resources.memory_headroom)
     opening = (
-        f"{current} is more than this job needs ({format_bytes(sizing.per_device_bytes)} of "
-        f"{format_bytes(int(usable))} usable per device)"
+        f"{current} is more than this job needs ({format_gib(sizing.per_device_bytes)} of "
+        f"{format_gib(int(usable))} usable per device)"
     )
 
     on_same = replace_field(_cheapest_layout(spec), "resources.accelerator", sizing.accelerator)
@@ -202,7 +202,7 @@ def overprovisioned(
     if same.fits and 2 * same_devices <= devices:
         return (
             f"{opening}: {layout_text(same.accelerator, same.accelerators_per_worker, same.min_workers)} "
-            f"holds it at {format_bytes(same.per_device_bytes)} per device; set "
+            f"holds it at {format_gib(same.per_device_bytes)} per device; set "
             f"resources.acceleratorsPerWorker: {same.accelerators_per_worker} (extra devices add "
             "data-parallel throughput only)"
         )
@@ -218,8 +218,8 @@ def overprovisioned(
     if anywhere.fits and (smaller_device or fewer_devices):
         layout = layout_text(anywhere.accelerator, anywhere.accelerators_per_worker, anywhere.min_workers)
         return (
-            f"{opening}: {layout} holds it at {format_bytes(anywhere.per_device_bytes)} of "
-            f"{format_bytes(anywhere.device_memory_bytes)} per device; set resources.accelerator: "
+            f"{opening}: {layout} holds it at {format_gib(anywhere.per_device_bytes)} of "
+            f"{format_gib(anywhere.device_memory_bytes)} per device; set resources.accelerator: "
             f"{anywhere.accelerator} and acceleratorsPerWorker: {anywhere.accelerators_per_worker}"
         )
     return None
