@@ -26,7 +26,7 @@ from operator_support import (
 )
 
 from kubefit.controller.reconciler import CREATE_BATCH
-from kubefit.reconcile.job import DEFAULT_MAX_WORKERS_PER_JOB
+from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB
 
 MIB = 2**20
 CRD_MAX_REPLICAS = 4096  # spec.workers.replicas' maximum in the CRD

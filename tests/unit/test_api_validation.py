@@ -25,7 +25,7 @@ from kubefit.api.models import (
 from kubefit.api.quantity import QUANTITY_PATTERN, parse_bytes
 from kubefit.api.validation import InvalidSpec, parse_spec
 from kubefit.builders.naming import JobRef
-from kubefit.reconcile.job import JobObservation, decide
+from kubefit.decisions.job import JobObservation, decide
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import plan
 

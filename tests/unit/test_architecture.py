@@ -19,12 +19,12 @@ EXPECTED_LAYERS = [
     "kubefit.cli",
     "kubefit.controller | kubefit.sandbox",
     "kubefit.metrics",
-    "kubefit.reconcile",
+    "kubefit.decisions",
     "kubefit.builders",
     "kubefit.sizing",
     "kubefit.api",
 ]
-PURE_CORE = {"kubefit.api", "kubefit.sizing", "kubefit.builders", "kubefit.reconcile"}
+PURE_CORE = {"kubefit.api", "kubefit.sizing", "kubefit.builders", "kubefit.decisions"}
 CLUSTER_LIBRARIES = {"kubernetes", "kopf", "prometheus_client"}
 
 

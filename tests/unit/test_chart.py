@@ -19,7 +19,7 @@ import yaml
 
 import kubefit
 from kubefit.api.crd import crd
-from kubefit.reconcile.job import DEFAULT_MAX_WORKERS_PER_JOB
+from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB
 from kubefit.sandbox.tools import helm_path
 from kubefit.sizing.catalog import parse_catalog
 

@@ -10,19 +10,19 @@ import pytest
 from kubefit.api.models import MemoryBreakdown, SizingStatus
 from kubefit.api.validation import parse_spec
 from kubefit.builders.naming import JobRef
-from kubefit.reconcile.conditions import ConditionUpdate, apply_conditions
-from kubefit.reconcile.failure import MESSAGE_LIMIT, reconcile_error
-from kubefit.reconcile.inventory import NodeFacts, PodUsage, build_inventory, node_facts, pod_usage
-from kubefit.reconcile.job import (
+from kubefit.decisions.conditions import ConditionUpdate, apply_conditions
+from kubefit.decisions.failure import MESSAGE_LIMIT, reconcile_error
+from kubefit.decisions.inventory import NodeFacts, PodUsage, build_inventory, node_facts, pod_usage
+from kubefit.decisions.job import (
     DEFAULT_MAX_WORKERS_PER_JOB,
     Decision,
     JobObservation,
     ReconcileSettings,
     decide,
 )
-from kubefit.reconcile.observed import WorkerPod, worker_from_pod
-from kubefit.reconcile.status import sizing_message
-from kubefit.reconcile.workers import scale_workers, stop_workers, worker_bounds
+from kubefit.decisions.observed import WorkerPod, worker_from_pod
+from kubefit.decisions.status import sizing_message
+from kubefit.decisions.workers import scale_workers, stop_workers, worker_bounds
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import NodeInventory
 

@@ -30,8 +30,8 @@ from kubefit.controller.reconciler import (
     backoff_seconds,
 )
 from kubefit.metrics import OperatorMetrics
-from kubefit.reconcile.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
-from kubefit.reconcile.observed import WorkerPod
+from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
+from kubefit.decisions.observed import WorkerPod
 from kubefit.sizing.catalog import load_catalog
 
 CATALOG = load_catalog()

@@ -10,7 +10,7 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here: kopf and the kubernetes client are slow to import and only `run` needs them.
     from kubefit.controller.handlers import RESYNC_SECONDS
     from kubefit.controller.runner import OperatorOptions, default_bind_address, run_operator
-    from kubefit.reconcile.job import DEFAULT_MAX_WORKERS_PER_JOB
+    from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB
 
     run_operator(
         OperatorOptions(

@@ -18,8 +18,8 @@ from kubefit import GROUP, VERSION
 from kubefit.api.crd import PLURAL
 from kubefit.builders.naming import JOB_LABEL
 from kubefit.controller.reconciler import ClusterView, JobKey, Reconciler
-from kubefit.reconcile.inventory import NodeFacts, PodUsage, node_facts, pod_usage
-from kubefit.reconcile.observed import WorkerPod, worker_from_pod
+from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts, pod_usage
+from kubefit.decisions.observed import WorkerPod, worker_from_pod
 
 RESYNC_SECONDS = 30.0
 JOBS = (GROUP, VERSION, PLURAL)

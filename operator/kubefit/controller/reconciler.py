@@ -44,11 +44,11 @@ from kubernetes.client.exceptions import ApiException
 from kubefit.builders.naming import JobRef, owner_reference, worker_name
 from kubefit.controller.kube import KubeApi, error_message
 from kubefit.metrics import OperatorMetrics
-from kubefit.reconcile.failure import reconcile_error
-from kubefit.reconcile.inventory import NodeFacts, PodUsage, build_inventory
-from kubefit.reconcile.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
-from kubefit.reconcile.observed import WorkerPod
-from kubefit.reconcile.status import rfc3339
+from kubefit.decisions.failure import reconcile_error
+from kubefit.decisions.inventory import NodeFacts, PodUsage, build_inventory
+from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
+from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.status import rfc3339
 from kubefit.sizing.catalog import Catalog
 
 logger = logging.getLogger("kubefit.reconciler")

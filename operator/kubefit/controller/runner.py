@@ -15,7 +15,7 @@ from kubefit.controller.handlers import RESYNC_SECONDS, register
 from kubefit.controller.kube import KubeApi
 from kubefit.controller.reconciler import Reconciler
 from kubefit.metrics import OperatorMetrics, serve_metrics
-from kubefit.reconcile.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
+from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.sizing.catalog import load_catalog
 
 FINALIZER = f"{GROUP}/finalizer"

@@ -1,5 +1,5 @@
 """Prometheus metrics of the operator: reconcile counts, errors and durations, and per-job gauges."""
 
-from kubefit.metrics.collectors import OperatorMetrics, serve_metrics
+from kubefit.metrics.operator_metrics import OperatorMetrics, serve_metrics
 
 __all__ = ["OperatorMetrics", "serve_metrics"]

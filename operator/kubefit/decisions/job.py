@@ -22,10 +22,10 @@ from kubefit.api.validation import FieldError, InvalidSpec, parse_spec
 from kubefit.builders.naming import DNS_LABEL_MAX, JobRef, job_selector, worker_name
 from kubefit.builders.pods import WorkerSet, build_worker_pod
 from kubefit.builders.service import build_headless_service
-from kubefit.reconcile.conditions import ConditionUpdate, apply_conditions, find_condition, is_true
-from kubefit.reconcile.observed import SUCCEEDED, WorkerPod
-from kubefit.reconcile.status import gib, parse_rfc3339, rfc3339, sizing_message, workers_column
-from kubefit.reconcile.workers import WorkerBounds, scale_workers, stop_workers, worker_bounds
+from kubefit.decisions.conditions import ConditionUpdate, apply_conditions, find_condition, is_true
+from kubefit.decisions.observed import SUCCEEDED, WorkerPod
+from kubefit.decisions.status import gib, parse_rfc3339, rfc3339, sizing_message, workers_column
+from kubefit.decisions.workers import WorkerBounds, scale_workers, stop_workers, worker_bounds
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.planner import NodeInventory, plan
 from kubefit.sizing.suggest import with_overprovisioning_advice

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubefit.reconcile.conditions import ConditionUpdate, apply_conditions, find_condition
-from kubefit.reconcile.job import READY, RECONCILE_ERROR, JobEvent
+from kubefit.decisions.conditions import ConditionUpdate, apply_conditions, find_condition
+from kubefit.decisions.job import READY, RECONCILE_ERROR, JobEvent
 
 # metav1.Condition allows 32 KiB of message, but an Event's note is cut at 1 KiB: keep both readable.
 MESSAGE_LIMIT = 1000

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubefit.builders.naming import JOB_LABEL
-from kubefit.reconcile.observed import FINISHED_PHASES
+from kubefit.decisions.observed import FINISHED_PHASES
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.planner import NodeInventory
 

@@ -24,7 +24,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from kubefit.reconcile.job import Decision
+from kubefit.decisions.job import Decision
 
 JobKey = tuple[str, str]  # (namespace, name)
 _JOB = ["namespace", "job"]

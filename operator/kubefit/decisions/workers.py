@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
-from kubefit.reconcile.observed import FAILED, WorkerPod
+from kubefit.decisions.observed import FAILED, WorkerPod
 
 
 @dataclass(frozen=True)

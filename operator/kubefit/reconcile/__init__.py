@@ -1,1 +1,0 @@
-"""kubefit.reconcile."""
