@@ -8,9 +8,9 @@ import pytest
 from prometheus_client import generate_latest
 
 from kubefit.builders.naming import JobRef
-from kubefit.metrics import OperatorMetrics
 from kubefit.decisions.job import Decision, JobObservation, decide
 from kubefit.decisions.observed import WorkerPod
+from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import load_catalog
 
 CATALOG = load_catalog()

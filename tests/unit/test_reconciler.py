@@ -29,9 +29,9 @@ from kubefit.controller.reconciler import (
     Reconciler,
     backoff_seconds,
 )
-from kubefit.metrics import OperatorMetrics
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.decisions.observed import WorkerPod
+from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import load_catalog
 
 CATALOG = load_catalog()

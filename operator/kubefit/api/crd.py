@@ -17,13 +17,19 @@ from typing import Any
 
 import yaml
 
-from kubefit import GROUP, VERSION
 from kubefit.api.models import TrainingJobSpec, TrainingJobStatus
-
-KIND = "TrainingJob"
-PLURAL = "trainingjobs"
-SINGULAR = "trainingjob"
-SHORT_NAMES = ["tj"]
+from kubefit.api.resource import (
+    API_VERSION,
+    CATEGORIES,
+    CRD_NAME,
+    GROUP,
+    KIND,
+    LIST_KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+)
 
 _DROP_KEYS = {"title"}
 
@@ -124,8 +130,8 @@ def openapi_schema() -> dict[str, Any]:
         "type": "object",
         "description": "A training job whose accelerators kubefit sizes from its model and runs as worker pods.",
         "properties": {
-            "apiVersion": {"type": "string", "description": "The API version, kubefit.dev/v1alpha1."},
-            "kind": {"type": "string", "description": "TrainingJob."},
+            "apiVersion": {"type": "string", "description": f"The API version, {API_VERSION}."},
+            "kind": {"type": "string", "description": f"{KIND}."},
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
@@ -158,17 +164,17 @@ def crd() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": CRD_NAME},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
                 "kind": KIND,
-                "listKind": f"{KIND}List",
+                "listKind": LIST_KIND,
                 "plural": PLURAL,
                 "singular": SINGULAR,
-                "shortNames": SHORT_NAMES,
-                "categories": ["all", "kubefit"],
+                "shortNames": list(SHORT_NAMES),
+                "categories": list(CATEGORIES),
             },
             "versions": [
                 {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubefit import GROUP, VERSION
+from kubefit.api.resource import API_VERSION, GROUP, KIND
 
 JOB_LABEL = f"{GROUP}/job"
 WORKER_INDEX_LABEL = f"{GROUP}/worker-index"
@@ -52,8 +52,8 @@ def owner_reference(job: JobRef) -> dict[str, Any]:
     # controller=true lets the garbage collector delete children with the job; blockOwnerDeletion makes
     # foreground deletion wait for them.
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "name": job.name,
         "uid": job.uid,
         "controller": True,

@@ -10,8 +10,8 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-API_VERSION = "kubefit.dev/v1alpha1"
-KIND = "TrainingJob"
+from kubefit.api.resource import API_VERSION, KIND
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # an internal error; reported in one line, never a traceback
 EXIT_INVALID = 2  # unreadable file, not YAML, not a TrainingJob, invalid spec or catalog

@@ -14,10 +14,9 @@ from typing import Any
 
 import kopf
 
-from kubefit import GROUP, VERSION
-from kubefit.api.crd import PLURAL
+from kubefit.api.resource import GROUP, PLURAL, VERSION, JobKey
 from kubefit.builders.naming import JOB_LABEL
-from kubefit.controller.reconciler import ClusterView, JobKey, Reconciler
+from kubefit.controller.reconciler import ClusterView, Reconciler
 from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts, pod_usage
 from kubefit.decisions.observed import WorkerPod, worker_from_pod
 

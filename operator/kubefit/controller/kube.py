@@ -8,8 +8,7 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kubefit import GROUP, VERSION
-from kubefit.api.crd import PLURAL
+from kubefit.api.resource import GROUP, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
 

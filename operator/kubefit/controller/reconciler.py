@@ -41,18 +41,18 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from kubefit.api.resource import JobKey
 from kubefit.builders.naming import JobRef, owner_reference, worker_name
 from kubefit.controller.kube import KubeApi, error_message
-from kubefit.metrics import OperatorMetrics
 from kubefit.decisions.failure import reconcile_error
 from kubefit.decisions.inventory import NodeFacts, PodUsage, build_inventory
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.status import rfc3339
+from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import Catalog
 
 logger = logging.getLogger("kubefit.reconciler")
-JobKey = tuple[str, str]  # (namespace, name)
 
 # 50 manifests are about 0.4 MiB, and at the API server's 10-20 ms per create a batch takes about a
 # second: a job deleted or suspended while its workers are being created stops within one batch.

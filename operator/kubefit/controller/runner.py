@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import kopf
 from kubernetes import config
 
-from kubefit import GROUP
+from kubefit.api.resource import GROUP
 from kubefit.controller.handlers import RESYNC_SECONDS, register
 from kubefit.controller.kube import KubeApi
 from kubefit.controller.reconciler import Reconciler
-from kubefit.metrics import OperatorMetrics, serve_metrics
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
+from kubefit.metrics import OperatorMetrics, serve_metrics
 from kubefit.sizing.catalog import load_catalog
 
 FINALIZER = f"{GROUP}/finalizer"

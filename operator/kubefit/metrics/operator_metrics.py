@@ -24,9 +24,9 @@ from prometheus_client import (
     start_http_server,
 )
 
+from kubefit.api.resource import JobKey
 from kubefit.decisions.job import Decision
 
-JobKey = tuple[str, str]  # (namespace, name)
 _JOB = ["namespace", "job"]
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
