@@ -15,9 +15,9 @@ the logits are freed, so only its excess over the logits counts.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from kubefit.api.models import MemoryBreakdown, TrainingJobSpec
+from kubefit.api.models import MemoryBreakdown, Training, TrainingJobSpec
 from kubefit.api.quantity import parse_count
 from kubefit.api.units import GIB
 from kubefit.api.validation import FieldError, InvalidSpec
@@ -311,7 +311,7 @@ def data_parallel_degree(spec: TrainingJobSpec, layout: Layout) -> int:
 
 def estimate(spec: TrainingJobSpec, device: Accelerator, layout: Layout) -> Estimate:
     """Peak memory of the most-loaded device when `spec` trains on `layout` devices of kind `device`."""
-    dp = data_parallel_degree(spec, layout)
+    sharding = _sharding(spec, data_parallel_degree(spec, layout))
     resolved = _resolve_model(spec)
     if spec.training.pipeline_parallel > resolved.shape.layers:
         raise _invalid(
@@ -320,73 +320,166 @@ def estimate(spec: TrainingJobSpec, device: Accelerator, layout: Layout) -> Esti
             f"{resolved.shape.layers} layers",
         )
     if spec.training.pipeline_parallel == 1:
-        return _stage_estimate(spec, device, layout, dp, resolved, "only")
-    first = _stage_estimate(spec, device, layout, dp, resolved, "first")
-    last = _stage_estimate(spec, device, layout, dp, resolved, "last")
+        return _stage_estimate(spec, device, layout, resolved, sharding, "only")
+    first = _stage_estimate(spec, device, layout, resolved, sharding, "first")
+    last = _stage_estimate(spec, device, layout, resolved, sharding, "last")
     return first if first.total >= last.total else last
 
 
+# ---------------------------------------------------------------- parameter states
+
+
+@dataclass(frozen=True)
+class _Sharding:
+    """How the training state divides over the data-parallel devices."""
+
+    strategy: str  # none, zero1, zero2 or zero3 (fsdp is zero3)
+    data_parallel: int
+    weight_shards: int
+    gradient_shards: int
+    optimizer_shards: int
+    per_parameter: StateBytes
+    warnings: tuple[str, ...]
+
+
+def _sharding(spec: TrainingJobSpec, data_parallel: int) -> _Sharding:
+    training = spec.training
+    strategy = "zero3" if training.sharding == "fsdp" else training.sharding
+    per = state_bytes(spec.model.precision, spec.model.optimizer, strategy)
+    weight_shards = data_parallel if strategy == "zero3" else 1
+    gradient_shards = data_parallel if strategy in ("zero2", "zero3") else 1
+    optimizer_shards = data_parallel if strategy in ("zero1", "zero2", "zero3") else 1
+    if training.pipeline_parallel == 1 or strategy not in ("zero2", "zero3"):
+        return _Sharding(strategy, data_parallel, weight_shards, gradient_shards, optimizer_shards, per, ())
+    # Pipelining runs many micro-batches per step: the stage's parameters stay gathered and its
+    # gradients accumulate unsharded (fp32 under mixed precision) until the last micro-batch
+    # (torchtitan: reshard_after_forward = not pipeline-parallel; DeepSpeed allows only ZeRO-1 with PP).
+    if spec.model.precision in MIXED_PRECISIONS:
+        per = replace(per, gradients=FP32_BYTES)
+    warning = (
+        f"sharding {training.sharding} with pipelineParallel > 1: parameters and gradients of a stage "
+        "are held unsharded across micro-batches; only optimizer states are sharded"
+    )
+    return _Sharding(strategy, data_parallel, 1, 1, optimizer_shards, per, (warning,))
+
+
+@dataclass(frozen=True)
+class _StageShare:
+    """The parameters one device of a pipeline stage holds before data-parallel sharding."""
+
+    embeddings: int  # embedding parameters on the stage: the input embedding first, the output head last
+    parameters: float  # after the tensor-parallel split
+    fraction: float  # of all the model's parameters
+
+
+def _stage_share(resolved: _Model, training: Training, stage: str) -> _StageShare:
+    # Blocks split across stages, the input embedding on the first stage and the (untied) output head on
+    # the last; TP splits all.
+    embedding = min(resolved.shape.embedding_parameters(), resolved.parameters // 4)
+    blocks = max(resolved.parameters - 2 * embedding, 0)
+    embeddings = {"only": 2 * embedding, "first": embedding, "last": embedding}[stage]
+    parameters = (blocks / training.pipeline_parallel + embeddings) / training.tensor_parallel
+    return _StageShare(embeddings, parameters, parameters / resolved.parameters)
+
+
+@dataclass(frozen=True)
+class _States:
+    """Training state one device holds, in bytes, after data-parallel sharding."""
+
+    weights: float
+    gradients: float
+    optimizer: float  # master copy + optimizer states
+    trainable: float  # trainable parameters on the device before sharding
+    gathered_bytes: float  # bytes per parameter of a unit all-gathered under ZeRO-3
+    gathered_gradient_bytes: float  # gradient bytes per parameter that a gathered unit produces
+
+
+def _parameter_states(
+    spec: TrainingJobSpec, resolved: _Model, share: _StageShare, sharding: _Sharding
+) -> _States:
+    trainable = _trainable_parameters(spec, resolved.shape)
+    if resolved.declared_state is not None:
+        return _declared_states(resolved.declared_state, share, sharding)
+    if trainable is None:
+        return _full_states(share, sharding)
+    return _adapter_states(spec, trainable, share, sharding)
+
+
+def _declared_states(declared: int, share: _StageShare, sharding: _Sharding) -> _States:
+    """The declared training state, split by the precision/optimizer byte ratios, then sharded."""
+    per = sharding.per_parameter
+    state = declared * share.fraction
+    full = per.weights + per.gradients + per.optimizer
+    return _States(
+        weights=state * per.weights / full / sharding.weight_shards,
+        gradients=state * per.gradients / full / sharding.gradient_shards,
+        optimizer=state * per.optimizer / full / sharding.optimizer_shards,
+        trainable=share.parameters,
+        gathered_bytes=per.weights,
+        gathered_gradient_bytes=0,
+    )
+
+
+def _full_states(share: _StageShare, sharding: _Sharding) -> _States:
+    """Every parameter trains: each kind of state at its bytes per parameter, sharded."""
+    per = sharding.per_parameter
+    return _States(
+        weights=share.parameters * per.weights / sharding.weight_shards,
+        gradients=share.parameters * per.gradients / sharding.gradient_shards,
+        optimizer=share.parameters * per.optimizer / sharding.optimizer_shards,
+        trainable=share.parameters,
+        gathered_bytes=per.weights,
+        gathered_gradient_bytes=per.gradients,
+    )
+
+
+def _adapter_states(
+    spec: TrainingJobSpec, trainable: int, share: _StageShare, sharding: _Sharding
+) -> _States:
+    """LoRA/QLoRA: a frozen base (16-bit, or nf4 under QLoRA) plus trainable adapters with full state."""
+    per = sharding.per_parameter
+    trainable_here = trainable / spec.training.pipeline_parallel / spec.training.tensor_parallel
+    base = _frozen_base_bytes(spec, share)
+    return _States(
+        weights=(base + trainable_here * per.weights) / sharding.weight_shards,
+        gradients=trainable_here * per.gradients / sharding.gradient_shards,
+        optimizer=trainable_here * per.optimizer / sharding.optimizer_shards,
+        trainable=trainable_here,
+        gathered_bytes=base / max(share.parameters, 1),
+        gathered_gradient_bytes=0,
+    )
+
+
+def _frozen_base_bytes(spec: TrainingJobSpec, share: _StageShare) -> float:
+    frozen = share.parameters
+    if spec.model.finetuning.method == "qlora":
+        frozen_embeddings = share.embeddings / spec.training.tensor_parallel
+        return (frozen - frozen_embeddings) * NF4_BYTES + frozen_embeddings * HALF_BYTES
+    return frozen * (FP32_BYTES if spec.model.precision == "fp32" else HALF_BYTES)
+
+
+# ---------------------------------------------------------------- one pipeline stage
+
+
 def _stage_estimate(
-    spec: TrainingJobSpec, device: Accelerator, layout: Layout, dp: int, resolved: _Model, stage: str
+    spec: TrainingJobSpec,
+    device: Accelerator,
+    layout: Layout,
+    resolved: _Model,
+    sharding_plan: _Sharding,
+    stage: str,
 ) -> Estimate:
     model, training = spec.model, spec.training
     shape = resolved.shape
     t, p = training.tensor_parallel, training.pipeline_parallel
-    sharding = "zero3" if training.sharding == "fsdp" else training.sharding
-    warnings = list(resolved.warnings)
-    per = state_bytes(model.precision, model.optimizer, sharding)
-
-    # Parameters on this stage's device before data-parallel sharding: blocks split across stages,
-    # the input embedding on the first stage and the (untied) output head on the last; TP splits all.
-    embedding = min(shape.embedding_parameters(), resolved.parameters // 4)
-    blocks = max(resolved.parameters - 2 * embedding, 0)
-    stage_embeddings = {"only": 2 * embedding, "first": embedding, "last": embedding}[stage]
-    stage_parameters = (blocks / p + stage_embeddings) / t
-    stage_fraction = stage_parameters / resolved.parameters
-
-    weight_shards = dp if sharding == "zero3" else 1
-    gradient_shards = dp if sharding in ("zero2", "zero3") else 1
-    optimizer_shards = dp if sharding in ("zero1", "zero2", "zero3") else 1
-    if p > 1 and sharding in ("zero2", "zero3"):
-        # Pipelining runs many micro-batches per step: the stage's parameters stay gathered and its
-        # gradients accumulate unsharded (fp32 under mixed precision) until the last micro-batch
-        # (torchtitan: reshard_after_forward = not pipeline-parallel; DeepSpeed allows only ZeRO-1 with PP).
-        weight_shards = gradient_shards = 1
-        if model.precision in MIXED_PRECISIONS:
-            per = StateBytes(per.weights, FP32_BYTES, per.optimizer, per.step_temporary)
-        warnings.append(
-            f"sharding {training.sharding} with pipelineParallel > 1: parameters and gradients of a stage "
-            "are held unsharded across micro-batches; only optimizer states are sharded"
-        )
-
-    trainable = _trainable_parameters(spec, shape)
-    if resolved.declared_state is not None:
-        # Declared training state, split by the precision/optimizer byte ratios, then sharded.
-        state = resolved.declared_state * stage_fraction
-        full = per.weights + per.gradients + per.optimizer
-        weights = state * per.weights / full / weight_shards
-        gradients = state * per.gradients / full / gradient_shards
-        optimizer = state * per.optimizer / full / optimizer_shards
-        trainable_stage = stage_parameters
-        gathered_bytes = per.weights
-    elif trainable is None:
-        trainable_stage = stage_parameters
-        gathered_bytes = per.weights
-        weights = stage_parameters * per.weights / weight_shards
-        gradients = stage_parameters * per.gradients / gradient_shards
-        optimizer = stage_parameters * per.optimizer / optimizer_shards
-    else:
-        trainable_stage = trainable / p / t
-        frozen = stage_parameters
-        if model.finetuning.method == "qlora":
-            frozen_embeddings = stage_embeddings / t
-            base = (frozen - frozen_embeddings) * NF4_BYTES + frozen_embeddings * HALF_BYTES
-        else:
-            base = frozen * (FP32_BYTES if model.precision == "fp32" else HALF_BYTES)
-        gathered_bytes = base / max(frozen, 1)
-        weights = (base + trainable_stage * per.weights) / weight_shards
-        gradients = trainable_stage * per.gradients / gradient_shards
-        optimizer = trainable_stage * per.optimizer / optimizer_shards
+    sharding, dp, per = sharding_plan.strategy, sharding_plan.data_parallel, sharding_plan.per_parameter
+    weight_shards, optimizer_shards = sharding_plan.weight_shards, sharding_plan.optimizer_shards
+    warnings = [*resolved.warnings, *sharding_plan.warnings]
+    share = _stage_share(resolved, training, stage)
+    stage_parameters = share.parameters
+    states = _parameter_states(spec, resolved, share, sharding_plan)
+    weights, gradients, optimizer = states.weights, states.gradients, states.optimizer
+    trainable_stage, gathered_bytes = states.trainable, states.gathered_bytes
 
     # Offload: the optimizer (and its step) to the host; with sharded gradients their partitions go
     # along (ZeRO-Offload, FSDP CPUOffload); parameters only under ZeRO-3/FSDP.
@@ -437,7 +530,7 @@ def _stage_estimate(
         gathered = min(ALLGATHER_UNITS_IN_FLIGHT * shape.largest_unit() / t, stage_parameters)
         if weights > 0:
             gathered *= 1 - 1 / dp  # the device's own shard is already there (unless offloaded)
-        gradient_bytes = per.gradients if trainable is None and resolved.declared_state is None else 0
+        gradient_bytes = states.gathered_gradient_bytes
         communication = gathered * gathered_bytes + gathered / ALLGATHER_UNITS_IN_FLIGHT * gradient_bytes
     elif dp == 1:
         communication = 0.0  # a single replica communicates nothing
