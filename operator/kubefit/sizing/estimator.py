@@ -458,6 +458,40 @@ def _frozen_base_bytes(spec: TrainingJobSpec, share: _StageShare) -> float:
     return frozen * (FP32_BYTES if spec.model.precision == "fp32" else HALF_BYTES)
 
 
+# ---------------------------------------------------------------- offload
+
+
+@dataclass(frozen=True)
+class _Offloaded:
+    """The training state split between the device and the host memory."""
+
+    on_device: _States
+    host: float  # bytes held in host memory for this device
+    step_on_device: bool  # the optimizer step (and its temporaries) runs on the device
+    warnings: tuple[str, ...]
+
+
+def _offload(offload: str, strategy: str, states: _States) -> _Offloaded:
+    """The optimizer (and its step) go to the host; with sharded gradients their partitions go along
+    (ZeRO-Offload, FSDP CPUOffload); parameters only under ZeRO-3/FSDP."""
+    if offload not in ("optimizer", "optimizer-and-parameters"):
+        return _Offloaded(states, 0.0, True, ())
+    host = states.optimizer
+    on_device = replace(states, optimizer=0.0)
+    if strategy in ("zero2", "zero3"):
+        host += states.gradients
+        on_device = replace(on_device, gradients=0.0)
+    if offload == "optimizer":
+        return _Offloaded(on_device, host, False, ())
+    if strategy != "zero3":
+        warning = (
+            "training.offload optimizer-and-parameters needs sharding zero3 or fsdp; parameters were "
+            "kept on the device"
+        )
+        return _Offloaded(on_device, host, False, (warning,))
+    return _Offloaded(replace(on_device, weights=0.0), host + states.weights, False, ())
+
+
 # ---------------------------------------------------------------- one pipeline stage
 
 
@@ -481,26 +515,14 @@ def _stage_estimate(
     weights, gradients, optimizer = states.weights, states.gradients, states.optimizer
     trainable_stage, gathered_bytes = states.trainable, states.gathered_bytes
 
-    # Offload: the optimizer (and its step) to the host; with sharded gradients their partitions go
-    # along (ZeRO-Offload, FSDP CPUOffload); parameters only under ZeRO-3/FSDP.
-    host = 0.0
-    step_on_device = True
-    if training.offload in ("optimizer", "optimizer-and-parameters"):
-        host += optimizer
-        optimizer = 0.0
-        step_on_device = False
-        if sharding in ("zero2", "zero3"):
-            host += gradients
-            gradients = 0.0
-    if training.offload == "optimizer-and-parameters":
-        if sharding == "zero3":
-            host += weights
-            weights = 0.0
-        else:
-            warnings.append(
-                "training.offload optimizer-and-parameters needs sharding zero3 or fsdp; parameters were "
-                "kept on the device"
-            )
+    offloaded = _offload(training.offload, sharding, states)
+    weights, gradients, optimizer = (
+        offloaded.on_device.weights,
+        offloaded.on_device.gradients,
+        offloaded.on_device.optimizer,
+    )
+    host, step_on_device = offloaded.host, offloaded.step_on_device
+    warnings.extend(offloaded.warnings)
 
     # Activations: on the first stage p micro-batches are in flight (1F1B), each with L/p layers.
     s, b = training.sequence_length, training.micro_batch_size
