@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kubefit.api.formatting import sizing_summary
 from kubefit.api.models import MemoryBreakdown, SizingStatus
 from kubefit.api.validation import parse_spec
 from kubefit.builders.naming import JobRef
@@ -21,7 +22,6 @@ from kubefit.decisions.job import (
     decide,
 )
 from kubefit.decisions.observed import WorkerPod, worker_from_pod
-from kubefit.decisions.status import sizing_message
 from kubefit.decisions.workers import scale_workers, stop_workers, worker_bounds
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import NodeInventory
@@ -115,7 +115,7 @@ def test_new_job_creates_the_service_and_every_worker() -> None:
     assert ("Normal", "Fits") in [(event.type, event.reason) for event in decision.events]
 
 
-def test_sizing_message_format() -> None:
+def test_sizing_summary_format() -> None:
     sizing = SizingStatus(
         accelerator="nvidia-h100-80gb",
         resource_name="nvidia.com/gpu",
@@ -128,7 +128,7 @@ def test_sizing_message_format() -> None:
             weights=0, gradients=0, optimizer_states=0, activations=0, logits=0, overhead=0
         ),
     )
-    assert sizing_message(sizing) == "8 x nvidia-h100-80gb, 61.2 GiB of 79.6 GiB per device"
+    assert sizing_summary(sizing) == "8 x nvidia-h100-80gb, 61.2 GiB of 79.6 GiB per device"
 
 
 def test_all_workers_running_makes_the_job_running_and_ready() -> None:

@@ -14,9 +14,8 @@ import math
 from typing import Any
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.api.units import GIB, MIB
 
-GIB = 2**30
-MIB = 2**20
 CPU_PER_ACCELERATOR = 8
 MAX_DEFAULT_CPU = 96
 HOST_MEMORY_PER_ACCELERATOR = 16 * GIB

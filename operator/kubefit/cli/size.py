@@ -11,6 +11,7 @@ import sys
 from typing import Any, TextIO
 
 from kubefit.api.resource import API_VERSION, KIND
+from kubefit.api.units import GIB, format_gib
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # an internal error; reported in one line, never a traceback
@@ -168,10 +169,6 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
-def _gib(value: float) -> str:
-    return f"{value / 2**30:.1f}"
-
-
 _BREAKDOWN_ROWS = (
     ("weights", "weights"),
     ("gradients", "gradients"),
@@ -183,6 +180,16 @@ _BREAKDOWN_ROWS = (
 
 
 def render_table(manifest: dict[str, Any], spec: Any, sizing: Any, suggestions: list[Any] | None) -> str:
+    lines = _summary_lines(manifest, spec, sizing) + _breakdown_lines(sizing)
+    if sizing.warnings:
+        lines += ["", "  warnings"]
+        lines += [f"    - {warning}" for warning in sizing.warnings]
+    if suggestions is not None:
+        lines += _suggestion_lines(suggestions)
+    return "\n".join(lines) + "\n"
+
+
+def _summary_lines(manifest: dict[str, Any], spec: Any, sizing: Any) -> list[str]:
     from kubefit.sizing.planner import evaluated_workers
 
     metadata = manifest.get("metadata") or {}
@@ -197,38 +204,40 @@ def render_table(manifest: dict[str, Any], spec: Any, sizing: Any, suggestions: 
         needs = f"memory needs at least {_count(sizing.min_workers, 'worker')} (minWorkers)"
     else:
         needs = "no worker count fits as configured (see warnings)"
-    lines = [
+    return [
         title,
         f"  accelerator   {sizing.accelerator} ({sizing.resource_name}), "
-        f"{_gib(sizing.device_memory_bytes)} GiB per device",
+        f"{format_gib(sizing.device_memory_bytes)} per device",
         f"  layout        {per_worker} per worker x {_count(workers, 'worker')} "
         f"= {_count(per_worker * workers, 'device')}; {needs}",
-        f"  per device    {_gib(sizing.per_device_bytes)} GiB estimated, {_gib(usable)} GiB usable "
+        f"  per device    {format_gib(sizing.per_device_bytes)} estimated, {format_gib(usable)} usable "
         f"({spec.resources.memory_headroom:.0%} headroom): {verdict}",
-        "",
-        "  GiB per device",
     ]
+
+
+def _breakdown_lines(sizing: Any) -> list[str]:
+    lines = ["", "  GiB per device"]
     breakdown = sizing.breakdown
     for attribute, label in _BREAKDOWN_ROWS:
-        lines.append(f"    {label:<18}{_gib(getattr(breakdown, attribute)):>8}")
-    lines.append(f"    {'total':<18}{_gib(sizing.per_device_bytes):>8}")
-    if sizing.warnings:
-        lines += ["", "  warnings"]
-        lines += [f"    - {warning}" for warning in sizing.warnings]
-    if suggestions is not None:
-        lines += ["", "  suggestions, cheapest first (total devices, then device memory)"]
-        if not suggestions:
-            lines.append("    none: no single change makes this job cheaper")
-        for rank, suggestion in enumerate(suggestions, start=1):
-            lines.append(f"    {rank}. {suggestion.description}")
-            per_device = _gib(suggestion.sizing.per_device_bytes)
-            device_memory = _gib(suggestion.sizing.device_memory_bytes)
-            lines.append(
-                f"       {suggestion.layout} = {_count(suggestion.devices, 'device')}, "
-                f"{per_device} of {device_memory} GiB per device"
-            )
-            lines.append(f"       trade-off: {suggestion.trade_off}")
-    return "\n".join(lines) + "\n"
+        lines.append(f"    {label:<18}{getattr(breakdown, attribute) / GIB:>8.1f}")
+    lines.append(f"    {'total':<18}{sizing.per_device_bytes / GIB:>8.1f}")
+    return lines
+
+
+def _suggestion_lines(suggestions: list[Any]) -> list[str]:
+    lines = ["", "  suggestions, cheapest first (total devices, then device memory)"]
+    if not suggestions:
+        lines.append("    none: no single change makes this job cheaper")
+    for rank, suggestion in enumerate(suggestions, start=1):
+        lines.append(f"    {rank}. {suggestion.description}")
+        per_device = suggestion.sizing.per_device_bytes / GIB
+        device_memory = format_gib(suggestion.sizing.device_memory_bytes)
+        lines.append(
+            f"       {suggestion.layout} = {_count(suggestion.devices, 'device')}, "
+            f"{per_device:.1f} of {device_memory} per device"
+        )
+        lines.append(f"       trade-off: {suggestion.trade_off}")
+    return lines
 
 
 def render_data(document: Any, output: str) -> str:

@@ -42,13 +42,13 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from kubefit.api.resource import JobKey
+from kubefit.api.units import rfc3339
 from kubefit.builders.naming import JobRef, owner_reference, worker_name
 from kubefit.controller.kube import KubeApi, error_message
 from kubefit.decisions.failure import reconcile_error
 from kubefit.decisions.inventory import NodeFacts, PodUsage, build_inventory
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
 from kubefit.decisions.observed import WorkerPod
-from kubefit.decisions.status import rfc3339
 from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import Catalog
 

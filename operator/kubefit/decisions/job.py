@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from kubefit.api.formatting import sizing_summary, workers_column
 from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.api.units import format_gib, parse_rfc3339, rfc3339
 from kubefit.api.validation import FieldError, InvalidSpec, parse_spec
 from kubefit.builders.naming import DNS_LABEL_MAX, JobRef, job_selector, worker_name
 from kubefit.builders.pods import WorkerSet, build_worker_pod
 from kubefit.builders.service import build_headless_service
 from kubefit.decisions.conditions import ConditionUpdate, apply_conditions, find_condition, is_true
 from kubefit.decisions.observed import SUCCEEDED, WorkerPod
-from kubefit.decisions.status import gib, parse_rfc3339, rfc3339, sizing_message, workers_column
 from kubefit.decisions.workers import WorkerBounds, scale_workers, stop_workers, worker_bounds
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.planner import NodeInventory, plan
@@ -199,9 +200,9 @@ def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds) 
     if bounds.feasible:
         reason = "DoesNotFit"
         headroom = spec.resources.memory_headroom
-        usable = gib(int(sizing.device_memory_bytes * (1 - headroom)))
+        usable = format_gib(int(sizing.device_memory_bytes * (1 - headroom)))
         message = (
-            f"{sizing_message(sizing)}: more than the {usable} usable with {headroom:.0%} headroom; "
+            f"{sizing_summary(sizing)}: more than the {usable} usable with {headroom:.0%} headroom; "
             "no workers are started"
         )
     else:
@@ -410,8 +411,8 @@ def _active_phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_tim
 
 def _sized(sizing: SizingStatus) -> ConditionUpdate:
     if sizing.fits:
-        return ConditionUpdate(SIZED, "True", "Fits", sizing_message(sizing))
-    return ConditionUpdate(SIZED, "False", "DoesNotFit", sizing_message(sizing))
+        return ConditionUpdate(SIZED, "True", "Fits", sizing_summary(sizing))
+    return ConditionUpdate(SIZED, "False", "DoesNotFit", sizing_summary(sizing))
 
 
 def _readiness(ready: int, desired: int, floor: int) -> list[ConditionUpdate]:
@@ -514,7 +515,7 @@ def _finish(
         "selector": job_selector(observation.job.name),
         "restarts": draft.restarts,
         "workers": workers_column(ready, draft.desired),
-        "perDeviceMemory": gib(sizing.per_device_bytes) if sizing else None,
+        "perDeviceMemory": format_gib(sizing.per_device_bytes) if sizing else None,
         "startTime": draft.start_time or previous.get("startTime"),
         "completionTime": completion,
     }
