@@ -13,6 +13,7 @@ from kubefit.sizing.architecture import ModelShape, assumed_shape
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.estimator import (
     QLORA_DEQUANT_COPIES,
+    LayerRun,
     Layout,
     estimate,
     layer_activation_bytes,
@@ -64,19 +65,21 @@ GPT = ModelShape(layers=24, hidden=2048, heads=16, kv_heads=16, ffn=8192, vocab=
 @pytest.mark.parametrize("s, b", [(2048, 1), (1024, 4), (4096, 2)])
 def test_layer_activations_match_korthikanti(s: int, b: int) -> None:
     sbh, a, h = s * b * GPT.hidden, GPT.heads, GPT.hidden
-    eager = layer_activation_bytes(GPT, s, b, attention="eager", checkpointing="none")
+    eager = layer_activation_bytes(GPT, LayerRun(s, b, attention="eager", checkpointing="none"))
     assert eager == pytest.approx(sbh * (34 + 5 * a * s / h))
-    assert layer_activation_bytes(GPT, s, b, attention="eager", checkpointing="selective") == pytest.approx(
-        34 * sbh
-    )
-    assert layer_activation_bytes(GPT, s, b, checkpointing="full") == pytest.approx(2 * sbh)
+    assert layer_activation_bytes(
+        GPT, LayerRun(s, b, attention="eager", checkpointing="selective")
+    ) == pytest.approx(34 * sbh)
+    assert layer_activation_bytes(GPT, LayerRun(s, b, checkpointing="full")) == pytest.approx(2 * sbh)
     # Tensor + sequence parallel row of Table 2: (sbh / t)(34 + 5as/h).
-    assert layer_activation_bytes(GPT, s, b, tensor_parallel=4, attention="eager") == pytest.approx(eager / 4)
+    assert layer_activation_bytes(GPT, LayerRun(s, b, tensor_parallel=4, attention="eager")) == pytest.approx(
+        eager / 4
+    )
 
 
 def test_flash_attention_keeps_only_softmax_statistics() -> None:
     s, b = 4096, 1
-    flash = layer_activation_bytes(GPT, s, b, attention="flash")
+    flash = layer_activation_bytes(GPT, LayerRun(s, b, attention="flash"))
     assert flash == pytest.approx(34 * s * b * GPT.hidden + 4 * GPT.heads * s * b)
 
 
@@ -85,7 +88,7 @@ def test_grouped_query_and_gated_mlp_change_the_layer_as_derived() -> None:
     sbh = 1024 * 4096
     # norms 2x2 + QKV input 2 + masks 2 + Q 2 + K,V 2x2x(8/32) + out-proj input 2 + MLP input 2 + 4 x 2 x 3.5
     expected = sbh * (4 + 2 + 2 + 2 + 1 + 2 + 2 + 28) + 4 * 32 * 1024
-    assert layer_activation_bytes(shape, 1024, 1, attention="sdpa") == pytest.approx(expected)
+    assert layer_activation_bytes(shape, LayerRun(1024, 1, attention="sdpa")) == pytest.approx(expected)
     # Llama 3.1 8B from its architecture: 8.03B parameters (untied head).
     assert shape.total_parameters() == pytest.approx(8.03e9, rel=0.005)
 
@@ -183,7 +186,7 @@ def test_recomputed_layer_and_logits_are_not_alive_together() -> None:
     # the logits, so only the recomputed layer's excess over the logits adds to the saved layer inputs.
     s, b, sbh = 2048, 2, 2048 * 2 * 4096
     saved = 32 * 2 * sbh + sbh + 2 * 2 * sbh  # layer inputs, embedding-dropout mask, final-norm/head inputs
-    recomputed = layer_activation_bytes(LLAMA3_8B_SHAPE, s, b, attention="flash")
+    recomputed = layer_activation_bytes(LLAMA3_8B_SHAPE, LayerRun(s, b, attention="flash"))
     large_vocab = estimate(
         job(microBatchSize=b, sequenceLength=s, activationCheckpointing="full", attention="flash"),
         H100,

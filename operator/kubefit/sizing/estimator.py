@@ -191,15 +191,19 @@ def activation_element_bytes(precision: str) -> int:
     return FP32_BYTES if precision == "fp32" else HALF_BYTES
 
 
-def layer_activation_bytes(
-    shape: ModelShape,
-    sequence: int,
-    micro_batch: int,
-    tensor_parallel: int = 1,
-    attention: str = "sdpa",
-    checkpointing: str = "none",
-    element_bytes: int = HALF_BYTES,
-) -> float:
+@dataclass(frozen=True)
+class LayerRun:
+    """How a transformer layer runs: the tokens it sees, its split and what it keeps for the backward."""
+
+    sequence: int
+    micro_batch: int
+    tensor_parallel: int = 1
+    attention: str = "sdpa"
+    checkpointing: str = "none"
+    element_bytes: int = HALF_BYTES  # of a saved activation (the compute dtype)
+
+
+def layer_activation_bytes(shape: ModelShape, run: LayerRun) -> float:
     """Bytes one transformer layer keeps for its backward pass (Korthikanti et al. 2022, section 4 and
     Table 2), generalised to grouped-query attention and gated MLPs.
 
@@ -208,10 +212,10 @@ def layer_activation_bytes(
     only the layer input, 2sbh. Tensor parallelism is taken with sequence parallelism (Table 2, "tensor +
     sequence parallel"), which divides every term by t, as Megatron-LM and torchtitan run it.
     """
-    s, b, h, e = sequence, micro_batch, shape.hidden, element_bytes
+    s, b, h, e = run.sequence, run.micro_batch, shape.hidden, run.element_bytes
     sbh = s * b * h
-    if checkpointing == "full":
-        return e * sbh / tensor_parallel
+    if run.checkpointing == "full":
+        return e * sbh / run.tensor_parallel
     kv_ratio = shape.kv_heads / shape.heads
     ffn_ratio = shape.ffn / h
     # Two norm inputs, the QKV input, the attention-output and MLP-output dropout masks.
@@ -220,13 +224,13 @@ def layer_activation_bytes(
     layer += sbh * e * (1 + 2 * kv_ratio + 1)
     # MLP: its input, then GeLU input and output; or gate, up, activation and product when gated.
     layer += sbh * e * (1 + ffn_ratio * (4 if shape.gated_mlp else 2))
-    if checkpointing == "none":
-        if attention == "eager":
+    if run.checkpointing == "none":
+        if run.attention == "eager":
             # softmax output + dropout output (e bytes each) + dropout mask, a x s x s per sequence.
             layer += shape.heads * s * s * b * (2 * e + DROPOUT_MASK_BYTES)
         else:
             layer += shape.heads * s * b * SOFTMAX_STATS_BYTES
-    return layer / tensor_parallel
+    return layer / run.tensor_parallel
 
 
 def logits_bytes_per_element(loss: str, element_bytes: int = HALF_BYTES) -> float:
@@ -492,6 +496,125 @@ def _offload(offload: str, strategy: str, states: _States) -> _Offloaded:
     return _Offloaded(replace(on_device, weights=0.0), host + states.weights, False, ())
 
 
+# ---------------------------------------------------------------- activations and logits
+
+
+@dataclass(frozen=True)
+class _Transient:
+    """Memory alive at the peak that the backward pass frees: saved activations and the logits."""
+
+    activations: float
+    logits: float
+
+
+def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _Transient:
+    training = spec.training
+    run = LayerRun(
+        sequence=training.sequence_length,
+        micro_batch=training.micro_batch_size,
+        tensor_parallel=training.tensor_parallel,
+        attention=training.attention,
+        checkpointing=training.activation_checkpointing,
+        element_bytes=activation_element_bytes(spec.model.precision),
+    )
+    saved = _saved_activations(shape, run, training.pipeline_parallel, stage)
+    head = _output_head(shape, run, training.loss) if stage in ("only", "last") else _Transient(0.0, 0.0)
+    activations = saved + head.activations
+    if run.checkpointing == "full":
+        # The layer being recomputed holds its full activations during its backward. The backward
+        # reaches the last layer only after the loss and output projection have run theirs, which frees
+        # the logits, so the recomputed layer and the logits are never alive together: only its excess
+        # over the logits raises the peak.
+        recomputed = layer_activation_bytes(shape, replace(run, checkpointing="none"))
+        activations += max(0.0, recomputed - head.logits)
+    return _Transient(activations, head.logits)
+
+
+def _saved_activations(shape: ModelShape, run: LayerRun, pipeline_parallel: int, stage: str) -> float:
+    """The layers' saved activations, and on the first stage the embedding-dropout mask. The first
+    stage has p micro-batches in flight (1F1B), each with L/p layers."""
+    layers_on_stage = math.ceil(shape.layers / pipeline_parallel)
+    in_flight = pipeline_parallel if stage == "first" else 1
+    activations = in_flight * layers_on_stage * layer_activation_bytes(shape, run)
+    if stage in ("only", "first"):
+        tokens = run.sequence * run.micro_batch
+        activations += in_flight * tokens * shape.hidden * DROPOUT_MASK_BYTES / run.tensor_parallel
+    return activations
+
+
+def _output_head(shape: ModelShape, run: LayerRun, loss: str) -> _Transient:
+    """On the last stage: the final-norm and output-projection inputs, and the logits."""
+    tokens = run.sequence * run.micro_batch
+    inputs = 2 * run.element_bytes * tokens * shape.hidden / run.tensor_parallel
+    logits = tokens * shape.vocab / run.tensor_parallel * logits_bytes_per_element(loss, run.element_bytes)
+    return _Transient(inputs, logits)
+
+
+# ---------------------------------------------------------------- overheads
+
+
+def _communication_buffers(
+    spec: TrainingJobSpec, shape: ModelShape, share: _StageShare, sharding: _Sharding, on_device: _States
+) -> float:
+    """Parameters gathered or gradients bucketed for communication, plus QLoRA's dequantised copies."""
+    tensor_parallel = spec.training.tensor_parallel
+    if sharding.strategy == "zero3" and sharding.weight_shards > 1:
+        communication = _gathered_units(shape, tensor_parallel, share, sharding, on_device)
+    elif sharding.data_parallel == 1:
+        communication = 0.0  # a single replica communicates nothing
+    elif sharding.strategy in ("zero1", "zero2", "zero3"):
+        # The reduce bucket; the all-gather of updated parameters writes into the flat parameter buffer.
+        communication = min(ZERO_BUCKET_ELEMENTS, on_device.trainable) * sharding.per_parameter.gradients
+    else:
+        # DDP copies gradients into its flat buckets unless gradient_as_bucket_view=True (PyTorch DDP docs).
+        communication = on_device.trainable * sharding.per_parameter.gradients
+    if spec.model.finetuning.method == "qlora":
+        communication += QLORA_DEQUANT_COPIES * shape.largest_block_matrix() / tensor_parallel * HALF_BYTES
+    return communication
+
+
+def _gathered_units(
+    shape: ModelShape, tensor_parallel: int, share: _StageShare, sharding: _Sharding, on_device: _States
+) -> float:
+    """ZeRO-3/FSDP: the units gathered beyond the shard the device already holds (never more than the
+    whole stage), and the unsharded gradients they produce."""
+    gathered = min(ALLGATHER_UNITS_IN_FLIGHT * shape.largest_unit() / tensor_parallel, share.parameters)
+    if on_device.weights > 0:  # the device's own shard is already there (unless offloaded)
+        gathered *= 1 - 1 / sharding.data_parallel
+    gradients = gathered / ALLGATHER_UNITS_IN_FLIGHT * on_device.gathered_gradient_bytes
+    return gathered * on_device.gathered_bytes + gradients
+
+
+def _step_temporaries(offloaded: _Offloaded, sharding: _Sharding, transient: _Transient) -> float:
+    """The optimizer step's intermediates, beyond the activations and logits already freed by then."""
+    if not offloaded.step_on_device:
+        return 0.0
+    temporary = (
+        offloaded.on_device.trainable * sharding.per_parameter.step_temporary / sharding.optimizer_shards
+    )
+    return max(0.0, temporary - transient.activations - transient.logits)
+
+
+@dataclass(frozen=True)
+class _Overheads:
+    """Memory beyond the training state and the transient tensors, each part in bytes."""
+
+    runtime_reserve: int
+    step_temporaries: int
+    communication_buffers: int
+    fragmentation: int
+
+    @property
+    def total(self) -> int:
+        return self.runtime_reserve + self.step_temporaries + self.communication_buffers + self.fragmentation
+
+
+def _overheads(device: Accelerator, step: float, communication: float, transient: _Transient) -> _Overheads:
+    runtime_reserve = RUNTIME_RESERVE.get(device.vendor, DEFAULT_RUNTIME_RESERVE)
+    fragmentation = FRAGMENTATION_FRACTION * (transient.activations + transient.logits + communication + step)
+    return _Overheads(round(runtime_reserve), round(step), round(communication), round(fragmentation))
+
+
 # ---------------------------------------------------------------- one pipeline stage
 
 
@@ -500,89 +623,32 @@ def _stage_estimate(
     device: Accelerator,
     layout: Layout,
     resolved: _Model,
-    sharding_plan: _Sharding,
+    sharding: _Sharding,
     stage: str,
 ) -> Estimate:
-    model, training = spec.model, spec.training
-    shape = resolved.shape
-    t, p = training.tensor_parallel, training.pipeline_parallel
-    sharding, dp, per = sharding_plan.strategy, sharding_plan.data_parallel, sharding_plan.per_parameter
-    weight_shards, optimizer_shards = sharding_plan.weight_shards, sharding_plan.optimizer_shards
-    warnings = [*resolved.warnings, *sharding_plan.warnings]
-    share = _stage_share(resolved, training, stage)
-    stage_parameters = share.parameters
-    states = _parameter_states(spec, resolved, share, sharding_plan)
-    weights, gradients, optimizer = states.weights, states.gradients, states.optimizer
-    trainable_stage, gathered_bytes = states.trainable, states.gathered_bytes
-
-    offloaded = _offload(training.offload, sharding, states)
-    weights, gradients, optimizer = (
-        offloaded.on_device.weights,
-        offloaded.on_device.gradients,
-        offloaded.on_device.optimizer,
+    """Parameter states, then offload, activations and logits, then the overheads they imply."""
+    share = _stage_share(resolved, spec.training, stage)
+    states = _parameter_states(spec, resolved, share, sharding)
+    offloaded = _offload(spec.training.offload, sharding.strategy, states)
+    transient = _transient_memory(spec, resolved.shape, stage)
+    communication = _communication_buffers(spec, resolved.shape, share, sharding, offloaded.on_device)
+    overheads = _overheads(
+        device, _step_temporaries(offloaded, sharding, transient), communication, transient
     )
-    host, step_on_device = offloaded.host, offloaded.step_on_device
-    warnings.extend(offloaded.warnings)
-
-    # Activations: on the first stage p micro-batches are in flight (1F1B), each with L/p layers.
-    s, b = training.sequence_length, training.micro_batch_size
-    e = activation_element_bytes(model.precision)
-    layers_on_stage = math.ceil(shape.layers / p)
-    in_flight = p if stage == "first" else 1
-    kept = layer_activation_bytes(shape, s, b, t, training.attention, training.activation_checkpointing, e)
-    activations = in_flight * layers_on_stage * kept
-    if stage in ("only", "first"):
-        activations += in_flight * s * b * shape.hidden * DROPOUT_MASK_BYTES / t  # embedding dropout
-    logits = 0.0
-    if stage in ("only", "last"):
-        activations += 2 * e * s * b * shape.hidden / t  # final-norm and output-projection inputs
-        logits = s * b * shape.vocab / t * logits_bytes_per_element(training.loss, e)
-    if training.activation_checkpointing == "full":
-        # The layer being recomputed holds its full activations during its backward. The backward
-        # reaches the last layer only after the loss and output projection have run theirs, which frees
-        # the logits, so the recomputed layer and the logits are never alive together: only its excess
-        # over the logits raises the peak.
-        recomputed = layer_activation_bytes(shape, s, b, t, training.attention, "none", e)
-        activations += max(0.0, recomputed - logits)
-
-    # Overheads.
-    runtime_reserve = RUNTIME_RESERVE.get(device.vendor, DEFAULT_RUNTIME_RESERVE)
-    if sharding == "zero3" and weight_shards > 1:
-        # Gathered units beyond the shard the device already holds; never more than the whole stage.
-        gathered = min(ALLGATHER_UNITS_IN_FLIGHT * shape.largest_unit() / t, stage_parameters)
-        if weights > 0:
-            gathered *= 1 - 1 / dp  # the device's own shard is already there (unless offloaded)
-        gradient_bytes = states.gathered_gradient_bytes
-        communication = gathered * gathered_bytes + gathered / ALLGATHER_UNITS_IN_FLIGHT * gradient_bytes
-    elif dp == 1:
-        communication = 0.0  # a single replica communicates nothing
-    elif sharding in ("zero1", "zero2", "zero3"):
-        # The reduce bucket; the all-gather of updated parameters writes into the flat parameter buffer.
-        communication = min(ZERO_BUCKET_ELEMENTS, trainable_stage) * per.gradients
-    else:
-        # DDP copies gradients into its flat buckets unless gradient_as_bucket_view=True (PyTorch DDP docs).
-        communication = trainable_stage * per.gradients
-    if model.finetuning.method == "qlora":
-        communication += QLORA_DEQUANT_COPIES * shape.largest_block_matrix() / t * HALF_BYTES
-    step = 0.0
-    if step_on_device:
-        temporary = trainable_stage * per.step_temporary / optimizer_shards
-        step = max(0.0, temporary - activations - logits)
-    fragmentation = FRAGMENTATION_FRACTION * (activations + logits + communication + step)
-
+    on_device = offloaded.on_device
     return Estimate(
-        weights=round(weights),
-        gradients=round(gradients),
-        optimizer_states=round(optimizer),
-        activations=round(activations),
-        logits=round(logits),
-        overhead=round(runtime_reserve) + round(step) + round(communication) + round(fragmentation),
-        host_bytes_per_worker=round(host * layout.devices_per_worker),
-        warnings=tuple(warnings),
-        runtime_reserve=round(runtime_reserve),
-        step_temporaries=round(step),
-        communication_buffers=round(communication),
-        fragmentation=round(fragmentation),
-        data_parallel=dp,
+        weights=round(on_device.weights),
+        gradients=round(on_device.gradients),
+        optimizer_states=round(on_device.optimizer),
+        activations=round(transient.activations),
+        logits=round(transient.logits),
+        overhead=overheads.total,
+        host_bytes_per_worker=round(offloaded.host * layout.devices_per_worker),
+        warnings=(*resolved.warnings, *sharding.warnings, *offloaded.warnings),
+        runtime_reserve=overheads.runtime_reserve,
+        step_temporaries=overheads.step_temporaries,
+        communication_buffers=overheads.communication_buffers,
+        fragmentation=overheads.fragmentation,
+        data_parallel=sharding.data_parallel,
         stage=stage,
     )
