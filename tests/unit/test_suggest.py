@@ -7,7 +7,8 @@ from sizing_inputs import LLAMA3_8B, make_spec
 
 from kubefit.api.models import TrainingJobSpec
 from kubefit.sizing.catalog import load_catalog
-from kubefit.sizing.planner import FP8_CAPABLE, plan, replace_field
+from kubefit.sizing.planner import FP8_CAPABLE, plan
+from kubefit.sizing.remedies import replace_field
 from kubefit.sizing.suggest import Suggestion, overprovisioned, suggest
 
 CATALOG = load_catalog()

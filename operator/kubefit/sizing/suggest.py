@@ -18,15 +18,8 @@ from typing import Any
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib
 from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
-from kubefit.sizing.planner import (
-    CHANGES,
-    Change,
-    find_remedies,
-    layout_text,
-    plan_quietly,
-    replace_field,
-    unsupported,
-)
+from kubefit.sizing.planner import find_remedies, layout_text, plan_quietly, unsupported
+from kubefit.sizing.remedies import CHANGES, Change, always, replace_field
 
 FEWER_DEVICES_TRADE_OFF = "fewer devices: less data-parallel throughput per step"
 OTHER_DEVICE_TRADE_OFF = "a different accelerator: different speed and price; the image must support it"
@@ -89,7 +82,7 @@ def _layout_changes(spec: TrainingJobSpec, sizing: SizingStatus) -> tuple[Change
     """The resource fields a layout-only suggestion sets, with their concrete values."""
     changes = []
     if spec.resources.accelerator != sizing.accelerator:
-        changes.append(Change("resources.accelerator", sizing.accelerator, OTHER_DEVICE_TRADE_OFF, _any))
+        changes.append(Change("resources.accelerator", sizing.accelerator, OTHER_DEVICE_TRADE_OFF, always))
     if isinstance(spec.resources.accelerators_per_worker, int) and (
         spec.resources.accelerators_per_worker != sizing.accelerators_per_worker
     ):
@@ -98,14 +91,10 @@ def _layout_changes(spec: TrainingJobSpec, sizing: SizingStatus) -> tuple[Change
                 "resources.acceleratorsPerWorker",
                 sizing.accelerators_per_worker,
                 FEWER_DEVICES_TRADE_OFF,
-                _any,
+                always,
             )
         )
     return tuple(changes)
-
-
-def _any(spec: TrainingJobSpec) -> bool:
-    return True
 
 
 def _breaks(before: TrainingJobSpec, after: TrainingJobSpec, device: Accelerator) -> bool:
