@@ -263,3 +263,27 @@ def test_template_shape_is_in_the_schema(schema: dict[str, Any]) -> None:
     assert containers["items"]["properties"]["name"]["pattern"] == "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
     labels = _resolve(schema, ".spec.template.metadata.labels")
     assert labels["additionalProperties"]["type"] == "string"
+
+
+def _constants(namespace: type) -> set[str]:
+    return {value for name, value in vars(namespace).items() if name.isupper()}
+
+
+def test_phase_constants_are_exactly_the_phases_the_schema_allows() -> None:
+    from typing import get_args
+
+    from kubefit.api.conditions import JobPhase, Phase
+
+    status = yaml.safe_load(crd_yaml())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    assert (
+        _constants(JobPhase) == set(get_args(Phase)) == set(status["status"]["properties"]["phase"]["enum"])
+    )
+
+
+def test_condition_description_names_every_condition_type() -> None:
+    from kubefit.api.conditions import ConditionType
+
+    status = yaml.safe_load(crd_yaml())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    description = status["status"]["properties"]["conditions"]["items"]["properties"]["type"]["description"]
+    named = set(re.findall(r"[A-Z][a-z]+", description.split(":", 1)[1]))
+    assert named == _constants(ConditionType), description

@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from kubefit.api.conditions import ConditionStatus, Phase
 from kubefit.api.quantity import COUNT_PATTERN, QUANTITY_PATTERN, parse_bytes, parse_count, parse_cpu_millis
 from kubefit.api.template import PodTemplate
 
@@ -32,7 +33,6 @@ Attention = Literal["sdpa", "flash", "eager"]
 Sharding = Literal["none", "zero1", "zero2", "zero3", "fsdp"]
 Offload = Literal["none", "optimizer", "optimizer-and-parameters"]
 Loss = Literal["standard", "chunked"]
-Phase = Literal["Pending", "Queued", "Running", "Scaling", "Succeeded", "Failed", "Suspended"]
 
 # A count such as 8030000000 or "8.03B", and a quantity such as "120Gi": both are integers or strings
 # in the CRD (x-kubernetes-int-or-string, with the grammar as its pattern), parsed by the validators below.
@@ -529,7 +529,7 @@ class Condition(_Model):
     """A metav1.Condition."""
 
     type: str = Field(description="Condition type: Sized, Ready, Running, Succeeded, Failed, Suspended.")
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(description="A CamelCase reason.")
     message: str = Field(default="", description="A human-readable explanation.")
     observed_generation: int | None = Field(default=None, description="The spec generation this reflects.")

@@ -41,6 +41,7 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from kubefit.api.conditions import EventReason
 from kubefit.api.resource import JobKey
 from kubefit.api.units import rfc3339
 from kubefit.builders.naming import JobRef, owner_reference, worker_name
@@ -325,9 +326,9 @@ def _post_events(raw_job: dict[str, Any], events: Sequence[JobEvent]) -> None:
 def _post_worker_events(raw_job: dict[str, Any], created: list[str], deleted: list[str]) -> None:
     events = []
     if created:
-        events.append(JobEvent("Normal", "CreatedWorkers", "created " + ", ".join(created)))
+        events.append(JobEvent("Normal", EventReason.CREATED_WORKERS, "created " + ", ".join(created)))
     if deleted:
-        events.append(JobEvent("Normal", "DeletedWorkers", "deleted " + ", ".join(deleted)))
+        events.append(JobEvent("Normal", EventReason.DELETED_WORKERS, "deleted " + ", ".join(deleted)))
     _post_events(raw_job, events)
 
 

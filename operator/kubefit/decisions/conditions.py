@@ -6,14 +6,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kubefit.api.conditions import ConditionStatus
+
 Condition = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class ConditionUpdate:
-    type: str
-    status: str  # "True" | "False" | "Unknown"
-    reason: str
+    type: str  # a kubefit.api.conditions.ConditionType
+    status: ConditionStatus
+    reason: str  # a kubefit.api.conditions.Reason
     message: str = ""
 
 

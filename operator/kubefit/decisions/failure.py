@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubefit.api.conditions import ConditionType, Reason
 from kubefit.decisions.conditions import ConditionUpdate, apply_conditions, find_condition
-from kubefit.decisions.job import READY, RECONCILE_ERROR, JobEvent
+from kubefit.decisions.job import JobEvent
 
 # metav1.Condition allows 32 KiB of message, but an Event's note is cut at 1 KiB: keep both readable.
 MESSAGE_LIMIT = 1000
@@ -30,13 +31,16 @@ def reconcile_error(
     """The change to `status` (the job's latest known status) that records a failed reconcile."""
     message = _shortened(message)
     previous = list(status.get("conditions") or [])
-    before = find_condition(previous, READY)
-    if before is not None and (before.get("reason"), before.get("message")) == (RECONCILE_ERROR, message):
+    before = find_condition(previous, ConditionType.READY)
+    if before is not None and (before.get("reason"), before.get("message")) == (
+        Reason.RECONCILE_ERROR,
+        message,
+    ):
         return FailureRecord(status=None, events=())
-    update = ConditionUpdate(READY, "False", RECONCILE_ERROR, message)
+    update = ConditionUpdate(ConditionType.READY, "False", Reason.RECONCILE_ERROR, message)
     conditions = apply_conditions(previous, [update], generation, now)
     return FailureRecord(
-        status={"conditions": conditions}, events=(JobEvent("Warning", RECONCILE_ERROR, message),)
+        status={"conditions": conditions}, events=(JobEvent("Warning", Reason.RECONCILE_ERROR, message),)
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubefit.builders.naming import JOB_LABEL
-from kubefit.decisions.observed import FINISHED_PHASES
+from kubefit.decisions.observed import POD_FINISHED_PHASES
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.planner import NodeInventory
 
@@ -59,7 +59,7 @@ def pod_usage(pod: Mapping[str, Any]) -> PodUsage | None:
     """What a bound, non-terminated pod requests of extended resources; None for any other pod."""
     spec = pod.get("spec") or {}
     node_name = spec.get("nodeName")
-    if not node_name or (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
+    if not node_name or (pod.get("status") or {}).get("phase") in POD_FINISHED_PHASES:
         return None
     total: Counter[str] = Counter()
     for container in spec.get("containers") or []:

@@ -17,6 +17,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from kubefit.api.conditions import (
+    FINISHED_PHASES,
+    ConditionType,
+    EventReason,
+    EventType,
+    JobPhase,
+    Phase,
+    Reason,
+)
 from kubefit.api.formatting import sizing_summary, workers_column
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib, parse_rfc3339, rfc3339
@@ -25,21 +34,12 @@ from kubefit.builders.naming import DNS_LABEL_MAX, JobRef, job_selector, worker_
 from kubefit.builders.pods import WorkerSet, build_worker_pod
 from kubefit.builders.service import build_headless_service
 from kubefit.decisions.conditions import ConditionUpdate, apply_conditions, find_condition, is_true
-from kubefit.decisions.observed import SUCCEEDED, WorkerPod
+from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
 from kubefit.decisions.workers import WorkerBounds, scale_workers, stop_workers, worker_bounds
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.planner import NodeInventory, plan
 from kubefit.sizing.suggest import with_overprovisioning_advice
 
-SIZED, READY, RUNNING, SUCCEEDED_TYPE, FAILED_TYPE, SUSPENDED = (
-    "Sized",
-    "Ready",
-    "Running",
-    "Succeeded",
-    "Failed",
-    "Suspended",
-)
-RECONCILE_ERROR = "ReconcileError"  # Ready's reason while reconciling the job raises (see failure.py)
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # 1024 workers of 8 accelerators are 8,192 devices: more than all but the largest clusters hold, yet a
 # typo (replicas: 100000) cannot make the operator create and track tens of thousands of pods. A cluster
@@ -68,7 +68,7 @@ class JobObservation:
 
 @dataclass(frozen=True)
 class JobEvent:
-    type: str  # Normal | Warning
+    type: EventType
     reason: str
     message: str
 
@@ -102,7 +102,7 @@ class Decision:
 class _Draft:
     """The parts of a decision being assembled by one of the paths below."""
 
-    phase: str
+    phase: Phase
     updates: list[ConditionUpdate] = field(default_factory=list)
     create: tuple[int, ...] = ()
     worker_set: WorkerSet | None = None
@@ -124,8 +124,10 @@ def decide(
 ) -> Decision:
     previous = observation.status
     ours, adopt = _our_workers(observation)
-    if is_true(_conditions(previous), SUCCEEDED_TYPE) or is_true(_conditions(previous), FAILED_TYPE):
-        return _finish(observation, _finished(observation, ours), None, ours, adopt)
+    if is_true(_conditions(previous), ConditionType.SUCCEEDED) or is_true(
+        _conditions(previous), ConditionType.FAILED
+    ):
+        return _to_decision(observation, _already_finished(observation, ours), None, ours, adopt)
     try:
         spec = parse_spec(observation.spec)
         _check_worker_limit(spec, settings.max_workers_per_job)
@@ -133,7 +135,7 @@ def decide(
         sizing, bounds = _size(spec, observation.inventory, catalog)
         sizing, advice = with_overprovisioning_advice(spec, sizing, catalog)
     except InvalidSpec as invalid:
-        return _finish(observation, _invalid(invalid), None, ours, adopt)
+        return _to_decision(observation, _invalid(invalid), None, ours, adopt)
     if spec.run_policy.suspend:
         draft = _suspended(sizing, ours)
     elif not bounds.feasible or not sizing.fits:
@@ -141,13 +143,13 @@ def decide(
     else:
         draft = _active(observation, spec, sizing, bounds, ours, catalog)
     draft.events.extend(_overprovisioning_events(advice, observation.status))
-    return _finish(observation, draft, sizing, ours, adopt)
+    return _to_decision(observation, draft, sizing, ours, adopt)
 
 
 def _overprovisioning_events(advice: str | None, previous: Mapping[str, Any]) -> list[JobEvent]:
     """A Normal event the first time a fixed layout is found far bigger than the job needs."""
     already_told = advice in ((previous.get("sizing") or {}).get("warnings") or [])
-    return [JobEvent("Normal", "OverProvisioned", advice)] if advice and not already_told else []
+    return [JobEvent("Normal", EventReason.OVER_PROVISIONED, advice)] if advice and not already_told else []
 
 
 def _size(
@@ -172,11 +174,21 @@ def _size(
 def _invalid(invalid: InvalidSpec) -> _Draft:
     message = "invalid spec: " + "; ".join(str(error) for error in invalid.errors)
     return _Draft(
-        phase="Pending",
+        phase=JobPhase.PENDING,
         updates=[
-            ConditionUpdate(SIZED, "Unknown", "InvalidSpec", "the spec must be valid before it can be sized"),
-            ConditionUpdate(READY, "False", "InvalidSpec", message),
-            ConditionUpdate(RUNNING, "False", "InvalidSpec", "no workers are started for an invalid spec"),
+            ConditionUpdate(
+                ConditionType.SIZED,
+                "Unknown",
+                Reason.INVALID_SPEC,
+                "the spec must be valid before it can be sized",
+            ),
+            ConditionUpdate(ConditionType.READY, "False", Reason.INVALID_SPEC, message),
+            ConditionUpdate(
+                ConditionType.RUNNING,
+                "False",
+                Reason.INVALID_SPEC,
+                "no workers are started for an invalid spec",
+            ),
         ],
     )
 
@@ -184,12 +196,11 @@ def _invalid(invalid: InvalidSpec) -> _Draft:
 def _suspended(sizing: SizingStatus, ours: Sequence[WorkerPod]) -> _Draft:
     message = "spec.runPolicy.suspend is true: the workers are deleted and the job is kept"
     return _Draft(
-        phase="Suspended",
+        phase=JobPhase.SUSPENDED,
         updates=[
             _sized(sizing),
-            ConditionUpdate(SUSPENDED, "True", "Suspended", message),
-            ConditionUpdate(READY, "False", "Suspended", message),
-            ConditionUpdate(RUNNING, "False", "Suspended", message),
+            ConditionUpdate(ConditionType.SUSPENDED, "True", Reason.SUSPENDED, message),
+            *_not_running(Reason.SUSPENDED, message),
         ],
         delete=stop_workers(ours, keep_finished=False),
         desired=0,
@@ -198,7 +209,7 @@ def _suspended(sizing: SizingStatus, ours: Sequence[WorkerPod]) -> _Draft:
 
 def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds) -> _Draft:
     if bounds.feasible:
-        reason = "DoesNotFit"
+        reason = Reason.DOES_NOT_FIT
         headroom = spec.resources.memory_headroom
         usable = format_gib(int(sizing.device_memory_bytes * (1 - headroom)))
         message = (
@@ -206,19 +217,15 @@ def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds) 
             "no workers are started"
         )
     else:
-        reason = "TooFewWorkers"
+        reason = Reason.TOO_FEW_WORKERS
         field_name = "maxReplicas" if spec.workers.max_replicas is not None else "replicas"
         message = (
             f"memory needs at least {bounds.floor} workers but spec.workers.{field_name} allows "
             f"{bounds.ceiling}; no workers are started"
         )
     return _Draft(
-        phase="Pending",
-        updates=[
-            _sized(sizing),
-            ConditionUpdate(READY, "False", reason, message),
-            ConditionUpdate(RUNNING, "False", reason, message),
-        ],
+        phase=JobPhase.PENDING,
+        updates=[_sized(sizing), *_not_running(reason, message)],
         desired=0,
     )
 
@@ -275,11 +282,10 @@ def _failed(
         f"spec.runPolicy.maxRestarts is {spec.run_policy.max_restarts}"
     )
     return _Draft(
-        phase="Failed",
+        phase=JobPhase.FAILED,
         updates=[
-            ConditionUpdate(FAILED_TYPE, "True", "RestartLimitExceeded", message),
-            ConditionUpdate(READY, "False", "Failed", message),
-            ConditionUpdate(RUNNING, "False", "Failed", message),
+            ConditionUpdate(ConditionType.FAILED, "True", Reason.RESTART_LIMIT_EXCEEDED, message),
+            *_not_running(Reason.JOB_FAILED, message),
         ],
         # Running workers of a failed job hold accelerators for nothing; finished ones keep their logs.
         delete=stop_workers(ours, keep_finished=True),
@@ -292,12 +298,11 @@ def _failed(
 def _succeeded(observation: JobObservation, sizing: SizingStatus, desired: int) -> _Draft:
     message = f"all {desired} workers succeeded"
     return _Draft(
-        phase="Succeeded",
+        phase=JobPhase.SUCCEEDED,
         updates=[
             _sized(sizing),
-            ConditionUpdate(SUCCEEDED_TYPE, "True", "AllWorkersSucceeded", message),
-            ConditionUpdate(READY, "False", "Succeeded", message),
-            ConditionUpdate(RUNNING, "False", "Succeeded", message),
+            ConditionUpdate(ConditionType.SUCCEEDED, "True", Reason.ALL_WORKERS_SUCCEEDED, message),
+            *_not_running(Reason.JOB_SUCCEEDED, message),
         ],
         restarts=_restarts(observation.status),
         desired=0,
@@ -305,18 +310,21 @@ def _succeeded(observation: JobObservation, sizing: SizingStatus, desired: int) 
     )
 
 
-def _finished(observation: JobObservation, ours: Sequence[WorkerPod]) -> _Draft:
+def _already_finished(observation: JobObservation, ours: Sequence[WorkerPod]) -> _Draft:
     """A job that already succeeded or failed: nothing more runs; the TTL may delete it."""
     status = observation.status
-    failed = is_true(_conditions(status), FAILED_TYPE)
+    failed = is_true(_conditions(status), ConditionType.FAILED)
     completion = status.get("completionTime") or rfc3339(observation.now)
-    phase = "Failed" if failed else "Succeeded"
-    ready = find_condition(_conditions(status), READY)
+    phase = JobPhase.FAILED if failed else JobPhase.SUCCEEDED
+    reason = Reason.JOB_FAILED if failed else Reason.JOB_SUCCEEDED
+    ready = find_condition(_conditions(status), ConditionType.READY)
     # A reconcile error (e.g. the TTL's delete failed) is over once a reconcile of the job succeeds.
-    recovered = ready is not None and ready.get("reason") == RECONCILE_ERROR
+    recovered = ready is not None and ready.get("reason") == Reason.RECONCILE_ERROR
     return _Draft(
         phase=phase,
-        updates=[ConditionUpdate(READY, "False", phase, f"the job {phase.lower()}")] if recovered else [],
+        updates=[ConditionUpdate(ConditionType.READY, "False", reason, f"the job {phase.lower()}")]
+        if recovered
+        else [],
         delete=stop_workers(ours, keep_finished=True) if failed else (),
         restarts=_restarts(status),
         desired=0,
@@ -327,6 +335,14 @@ def _finished(observation: JobObservation, ours: Sequence[WorkerPod]) -> _Draft:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def _not_running(reason: str, message: str) -> list[ConditionUpdate]:
+    """Ready=False and Running=False for the same reason: no workers run in this state."""
+    return [
+        ConditionUpdate(ConditionType.READY, "False", reason, message),
+        ConditionUpdate(ConditionType.RUNNING, "False", reason, message),
+    ]
 
 
 def _conditions(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -394,43 +410,47 @@ def _ready(ours: Sequence[WorkerPod], desired: int) -> int:
 
 
 def _all_succeeded(ours: Sequence[WorkerPod], desired: int) -> bool:
-    succeeded = {pod.index for pod in ours if pod.phase == SUCCEEDED and not pod.terminating}
+    succeeded = {pod.index for pod in ours if pod.phase == POD_SUCCEEDED and not pod.terminating}
     return desired > 0 and all(index in succeeded for index in range(desired))
 
 
-def _active_phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str | None) -> str:
+def _active_phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str | None) -> Phase:
     existing = [pod for pod in ours if not pod.terminating]
     if ready >= desired and len(existing) == desired:
-        return "Running"
+        return JobPhase.RUNNING
     if start_time:
-        return "Scaling"
+        return JobPhase.SCALING
     if any(pod.unscheduled for pod in existing):
-        return "Queued"
-    return "Pending"
+        return JobPhase.QUEUED
+    return JobPhase.PENDING
 
 
 def _sized(sizing: SizingStatus) -> ConditionUpdate:
     if sizing.fits:
-        return ConditionUpdate(SIZED, "True", "Fits", sizing_summary(sizing))
-    return ConditionUpdate(SIZED, "False", "DoesNotFit", sizing_summary(sizing))
+        return ConditionUpdate(ConditionType.SIZED, "True", Reason.FITS, sizing_summary(sizing))
+    return ConditionUpdate(ConditionType.SIZED, "False", Reason.DOES_NOT_FIT, sizing_summary(sizing))
 
 
 def _readiness(ready: int, desired: int, floor: int) -> list[ConditionUpdate]:
     counts = f"{ready}/{desired} workers running"
     return [
-        ConditionUpdate(READY, "True", "AllWorkersReady", counts)
+        ConditionUpdate(ConditionType.READY, "True", Reason.ALL_WORKERS_READY, counts)
         if ready >= desired
-        else ConditionUpdate(READY, "False", "WorkersNotReady", counts),
+        else ConditionUpdate(ConditionType.READY, "False", Reason.WORKERS_NOT_READY, counts),
         # Running: enough workers to train (the elastic floor), even while scaling.
-        ConditionUpdate(RUNNING, "True", "WorkersRunning", counts)
+        ConditionUpdate(ConditionType.RUNNING, "True", Reason.WORKERS_RUNNING, counts)
         if ready >= floor
-        else ConditionUpdate(RUNNING, "False", "WorkersStarting", counts),
+        else ConditionUpdate(ConditionType.RUNNING, "False", Reason.WORKERS_STARTING, counts),
     ]
 
 
 def _resumed(status: Mapping[str, Any]) -> list[ConditionUpdate]:
-    if is_true(_conditions(status), SUSPENDED):
-        return [ConditionUpdate(SUSPENDED, "False", "Resumed", "spec.runPolicy.suspend is false")]
+    if is_true(_conditions(status), ConditionType.SUSPENDED):
+        return [
+            ConditionUpdate(
+                ConditionType.SUSPENDED, "False", Reason.RESUMED, "spec.runPolicy.suspend is false"
+            )
+        ]
     return []
 
 
@@ -439,7 +459,7 @@ def _restart_events(replaced: Sequence[WorkerPod], restarts: int, max_restarts: 
     return [
         JobEvent(
             "Warning",
-            "WorkerFailed",
+            EventReason.WORKER_FAILED,
             f"worker {pod.name} failed{f' on {pod.node_name}' if pod.node_name else ''}; replacing it "
             f"(restart {first + offset} of at most {max_restarts})",
         )
@@ -461,16 +481,19 @@ def _ttl_left(observation: JobObservation, completion: str | None) -> float | No
 
 
 # Conditions whose change is worth an Event, and the Event's type.
-_EVENTFUL = {
-    (SIZED, "True"): "Normal",
-    (SIZED, "False"): "Warning",
-    (READY, "True"): "Normal",
-    (SUSPENDED, "True"): "Normal",
-    (SUSPENDED, "False"): "Normal",
-    (SUCCEEDED_TYPE, "True"): "Normal",
-    (FAILED_TYPE, "True"): "Warning",
+_EVENTFUL: dict[tuple[str, str], EventType] = {
+    (ConditionType.SIZED, "True"): "Normal",
+    (ConditionType.SIZED, "False"): "Warning",
+    (ConditionType.READY, "True"): "Normal",
+    (ConditionType.SUSPENDED, "True"): "Normal",
+    (ConditionType.SUSPENDED, "False"): "Normal",
+    (ConditionType.SUCCEEDED, "True"): "Normal",
+    (ConditionType.FAILED, "True"): "Warning",
 }
-_EVENTFUL_READY_REASONS = {"InvalidSpec": "Warning", "TooFewWorkers": "Warning"}
+_EVENTFUL_READY_REASONS: dict[str, EventType] = {
+    Reason.INVALID_SPEC: "Warning",
+    Reason.TOO_FEW_WORKERS: "Warning",
+}
 
 
 def _transition_events(
@@ -483,14 +506,14 @@ def _transition_events(
         if before is not None and (before.get("status"), before.get("reason"), before.get("message")) == key:
             continue
         event_type = _EVENTFUL.get((condition["type"], condition["status"]))
-        if condition["type"] == READY and condition["status"] == "False":
+        if condition["type"] == ConditionType.READY and condition["status"] == "False":
             event_type = _EVENTFUL_READY_REASONS.get(condition["reason"])
         if event_type:
             events.append(JobEvent(event_type, condition["reason"], condition["message"]))
     return events
 
 
-def _finish(
+def _to_decision(
     observation: JobObservation,
     draft: _Draft,
     sizing: SizingStatus | None,
@@ -502,7 +525,7 @@ def _finish(
     conditions = apply_conditions(_conditions(previous), draft.updates, observation.generation, now)
     existing = _counted(ours, observation.already_replaced)
     ready = sum(1 for pod in existing if pod.running)
-    if sizing is None and draft.phase in ("Succeeded", "Failed"):
+    if sizing is None and draft.phase in FINISHED_PHASES:
         sizing = _previous_sizing(previous)
     completion = draft.completion_time or previous.get("completionTime")
     status = {
@@ -521,11 +544,11 @@ def _finish(
     }
     per_worker = sizing.accelerators_per_worker if sizing else 0
     live = [pod for pod in existing if not pod.finished]
-    finished = draft.phase in ("Succeeded", "Failed") and not draft.delete_job
+    finished = draft.phase in FINISHED_PHASES and not draft.delete_job
     requeue_after = _ttl_left(observation, completion) if finished else None
     return Decision(
         status=status,
-        service=None if draft.phase in ("Succeeded", "Failed") else build_headless_service(observation.job),
+        service=None if draft.phase in FINISHED_PHASES else build_headless_service(observation.job),
         create=draft.create,
         worker_set=draft.worker_set,
         delete=draft.delete,
@@ -549,7 +572,6 @@ def _previous_sizing(status: Mapping[str, Any]) -> SizingStatus | None:
 
 
 __all__ = [
-    "RECONCILE_ERROR",
     "Decision",
     "JobEvent",
     "JobObservation",

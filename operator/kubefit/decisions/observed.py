@@ -8,11 +8,12 @@ from typing import Any
 
 from kubefit.builders.naming import JOB_LABEL, worker_index
 
-RUNNING = "Running"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-PENDING = "Pending"
-FINISHED_PHASES = frozenset({SUCCEEDED, FAILED})
+# Pod phases (core/v1 PodStatus.phase), not the job's: those are kubefit.api.conditions.JobPhase.
+POD_RUNNING = "Running"
+POD_SUCCEEDED = "Succeeded"
+POD_FAILED = "Failed"
+POD_PENDING = "Pending"
+POD_FINISHED_PHASES = frozenset({POD_SUCCEEDED, POD_FAILED})
 
 
 @dataclass(frozen=True)
@@ -27,21 +28,22 @@ class WorkerPod:
 
     @property
     def running(self) -> bool:
-        return self.phase == RUNNING and not self.terminating
+        return self.phase == POD_RUNNING and not self.terminating
 
     @property
     def finished(self) -> bool:
-        return self.phase in FINISHED_PHASES
+        return self.phase in POD_FINISHED_PHASES
 
     @property
     def unscheduled(self) -> bool:
-        return self.phase == PENDING and not self.node_name
+        return self.phase == POD_PENDING and not self.node_name
 
 
 def _controller_uid(metadata: Mapping[str, Any]) -> str | None:
     for reference in metadata.get("ownerReferences") or []:
         if reference.get("controller"):
-            return reference.get("uid")
+            uid = reference.get("uid")
+            return uid if isinstance(uid, str) else None
     return None
 
 
@@ -56,7 +58,7 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         name=name,
         index=worker_index(name, job_name),
         uid=metadata.get("uid", ""),
-        phase=(pod.get("status") or {}).get("phase") or PENDING,
+        phase=(pod.get("status") or {}).get("phase") or POD_PENDING,
         node_name=(pod.get("spec") or {}).get("nodeName") or None,
         terminating=metadata.get("deletionTimestamp") is not None,
         controller_uid=_controller_uid(metadata),

@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
-from kubefit.decisions.observed import FAILED, WorkerPod
+from kubefit.decisions.observed import POD_FAILED, WorkerPod
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def scale_workers(
                 for pod in live
                 if pod.index is not None
                 and pod.index < desired
-                and pod.phase == FAILED
+                and pod.phase == POD_FAILED
                 and not pod.terminating
             ),
             key=lambda pod: pod.index or 0,
