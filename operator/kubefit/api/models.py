@@ -6,10 +6,13 @@ schema, so `kubectl explain trainingjob.spec...` shows the same words.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -99,6 +102,34 @@ def _refuse_boolean(value: Any) -> Any:
     return value
 
 
+def _parses_within(parse: Callable[[Any, int], int], maximum: int) -> AfterValidator:
+    """Checks that a count or quantity parses and is at most `maximum`; keeps the value as written."""
+
+    def check(value: int | str | None) -> int | str | None:
+        if value is not None:
+            parse(value, maximum)
+        return value
+
+    return AfterValidator(check)
+
+
+# The four int-or-string fields: a boolean is refused, then the grammar and the maximum are checked.
+ParameterCount = Annotated[
+    CountOrString | None, BeforeValidator(_refuse_boolean), _parses_within(parse_count, MAX_PARAMETERS)
+]
+ModelMemory = Annotated[
+    QuantityOrString | None, BeforeValidator(_refuse_boolean), _parses_within(parse_bytes, MAX_MODEL_MEMORY)
+]
+HostMemory = Annotated[
+    QuantityOrString | None, BeforeValidator(_refuse_boolean), _parses_within(parse_bytes, MAX_HOST_MEMORY)
+]
+CpuQuantity = Annotated[
+    QuantityOrString | None,
+    BeforeValidator(_refuse_boolean),
+    _parses_within(parse_cpu_millis, MAX_CPU_MILLICORES),
+]
+
+
 # The builders read the template as the plain mapping it is at run time; pydantic checks its shape.
 if TYPE_CHECKING:
     _PodTemplateSpec = dict[str, Any]
@@ -181,36 +212,24 @@ class Finetuning(_Model):
         default=8,
         description="LoRA rank r, used to estimate the adapters when trainableParameters is absent.",
     )
-    trainable_parameters: CountOrString | None = Field(
+    trainable_parameters: ParameterCount = Field(
         default=None,
         description="Number of trainable (adapter) parameters, a number or a string with a K/M/B/T suffix; "
         "at least 1 and at most 10^15.",
         json_schema_extra=_int_or_string_schema(COUNT_PATTERN, MAX_PARAMETERS),
     )
 
-    @field_validator("trainable_parameters", mode="before")
-    @classmethod
-    def _not_boolean(cls, value: Any) -> Any:
-        return _refuse_boolean(value)
-
-    @field_validator("trainable_parameters")
-    @classmethod
-    def _count(cls, value: CountOrString | None) -> CountOrString | None:
-        if value is not None:
-            parse_count(value, MAX_PARAMETERS)
-        return value
-
 
 class Model(_Model):
     """What the job must hold in accelerator memory; `parameters` or `memory` is required."""
 
-    parameters: CountOrString | None = Field(
+    parameters: ParameterCount = Field(
         default=None,
         description="Parameter count: a number or a string with a decimal K/M/B/T suffix, e.g. 8.03B; at "
         "least 1 and at most 10^15 (1000T).",
         json_schema_extra=_int_or_string_schema(COUNT_PATTERN, MAX_PARAMETERS),
     )
-    memory: QuantityOrString | None = Field(
+    memory: ModelMemory = Field(
         default=None,
         description="Declared total training-state memory (weights, gradients, optimizer states) as a "
         "Kubernetes quantity, e.g. 120Gi, at most 1Ei. It replaces the parameter-based figures for that "
@@ -233,25 +252,6 @@ class Model(_Model):
         description="Optimizer, which sets the optimizer-state bytes per trainable parameter.",
     )
     finetuning: Finetuning = Field(default_factory=Finetuning, description="Full training or LoRA/QLoRA.")
-
-    @field_validator("parameters", "memory", mode="before")
-    @classmethod
-    def _not_boolean(cls, value: Any) -> Any:
-        return _refuse_boolean(value)
-
-    @field_validator("parameters")
-    @classmethod
-    def _parameters(cls, value: CountOrString | None) -> CountOrString | None:
-        if value is not None:
-            parse_count(value, MAX_PARAMETERS)
-        return value
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, value: QuantityOrString | None) -> QuantityOrString | None:
-        if value is not None:
-            parse_bytes(value, MAX_MODEL_MEMORY)
-        return value
 
     @model_validator(mode="after")
     def _parameters_or_memory(self) -> Model:
@@ -341,14 +341,14 @@ class Resources(_Model):
         lt=1.0,
         description="Fraction of device memory kept free when deciding what fits (at least 0, below 1).",
     )
-    cpu: QuantityOrString | None = Field(
+    cpu: CpuQuantity = Field(
         default=None,
         description="CPU request of each worker's first container, a Kubernetes quantity such as 8 or "
         "500m, at most 100000 cores. Default: the template's own cpu request, else 8 cores per "
         "accelerator, at most 96.",
         json_schema_extra=_int_or_string_schema(QUANTITY_PATTERN, MAX_CPU_MILLICORES // 1000),
     )
-    memory: QuantityOrString | None = Field(
+    memory: HostMemory = Field(
         default=None,
         description="Host memory request of each worker's first container, a Kubernetes quantity such as "
         "64Gi, at most 1Pi. Default: the template's own memory request, else 16Gi per accelerator plus "
@@ -365,25 +365,6 @@ class Resources(_Model):
             raise ValueError(
                 f"must be 'auto' or an integer from 1 to {MAX_ACCELERATORS_PER_WORKER}, got {value!r}"
             ) from None
-
-    @field_validator("cpu", "memory", mode="before")
-    @classmethod
-    def _not_boolean(cls, value: Any) -> Any:
-        return _refuse_boolean(value)
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, value: QuantityOrString | None) -> QuantityOrString | None:
-        if value is not None:
-            parse_bytes(value, MAX_HOST_MEMORY)
-        return value
-
-    @field_validator("cpu")
-    @classmethod
-    def _cpu(cls, value: QuantityOrString | None) -> QuantityOrString | None:
-        if value is not None:
-            parse_cpu_millis(value, MAX_CPU_MILLICORES)
-        return value
 
 
 class Workers(_Model):
