@@ -91,6 +91,14 @@ def pool_inventory(inventory: Iterable[NodeInventory]) -> dict[str, AcceleratorP
     return {name: AcceleratorPool(name, nodes[name], allocatable[name], free[name]) for name in allocatable}
 
 
+# The cluster's accelerator pools by catalog name; None when planning without an inventory.
+Pools = dict[str, AcceleratorPool] | None
+
+
+def _pool(pools: Pools, accelerator: str) -> AcceleratorPool | None:
+    return pools.get(accelerator) if pools is not None else None
+
+
 # ------------------------------------------------------------------ layouts
 
 
@@ -230,57 +238,65 @@ class _Candidate:
 
 
 def _candidates(
-    spec: TrainingJobSpec,
-    catalog: Catalog,
-    pools: dict[str, AcceleratorPool] | None,
-    warnings: list[str],
+    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, warnings: list[str]
 ) -> list[_Candidate]:
     fixed = resolve_accelerator(spec, catalog)
-    fixed_count = spec.resources.accelerators_per_worker
-    devices = [fixed] if fixed else list(catalog)
-    if fixed is None:
-        devices = [device for device in devices if unsupported(spec, device) is None] or devices
-    elif (reason := unsupported(spec, fixed)) is not None:
-        warnings.append(reason)
-    if pools is not None and fixed is None:
-        present = [device for device in devices if device.name in pools]
-        if present:
-            devices = present
-        else:
-            warnings.append(
-                "no node in the cluster carries a catalog accelerator; sized against the whole catalog"
-            )
-    elif pools is not None and fixed is not None and fixed.name not in pools:
-        warnings.append(
-            f"no node in the cluster carries {fixed.name}; the job cannot be placed until one joins"
-        )
-
     order = {name: index for index, name in enumerate(catalog.names())}
-    candidates: list[_Candidate] = []
-    for device in devices:
-        pool = pools.get(device.name) if pools is not None else None
-        if isinstance(fixed_count, int):
-            if fixed is None and fixed_count not in device.per_node:
-                continue  # auto accelerator: only types whose nodes offer that count
-            if pool is not None and fixed_count > pool.largest_node and fixed is None:
-                continue
-            counts = [fixed_count]
-        else:
-            counts = list(device.per_node)
-            if pool is not None:
-                on_nodes = [count for count in counts if count <= pool.largest_node]
-                counts = on_nodes or counts
-        candidates.extend(_Candidate(device, count, order[device.name]) for count in counts)
+    candidates = [
+        _Candidate(device, count, order[device.name])
+        for device in _candidate_devices(spec, catalog, fixed, pools, warnings)
+        for count in _per_worker_counts(spec, device, fixed is None, _pool(pools, device.name))
+    ]
     if not candidates:
         raise InvalidSpec(
             [
                 FieldError(
                     "spec.resources.acceleratorsPerWorker",
-                    f"no catalog accelerator offers {fixed_count} devices per node",
+                    f"no catalog accelerator offers {spec.resources.accelerators_per_worker} devices per node",
                 )
             ]
         )
     return candidates
+
+
+def _candidate_devices(
+    spec: TrainingJobSpec, catalog: Catalog, fixed: Accelerator | None, pools: Pools, warnings: list[str]
+) -> list[Accelerator]:
+    """The fixed device, or for auto the catalog's devices that can run the spec and the cluster has."""
+    if fixed is not None:
+        if (reason := unsupported(spec, fixed)) is not None:
+            warnings.append(reason)
+        if pools is not None and fixed.name not in pools:
+            warnings.append(
+                f"no node in the cluster carries {fixed.name}; the job cannot be placed until one joins"
+            )
+        return [fixed]
+    devices = [device for device in catalog if unsupported(spec, device) is None] or list(catalog)
+    if pools is None:
+        return devices
+    present = [device for device in devices if device.name in pools]
+    if not present:
+        warnings.append(
+            "no node in the cluster carries a catalog accelerator; sized against the whole catalog"
+        )
+    return present or devices
+
+
+def _per_worker_counts(
+    spec: TrainingJobSpec, device: Accelerator, auto_device: bool, pool: AcceleratorPool | None
+) -> list[int]:
+    """Devices per worker to try on `device`: the fixed count, or the per-node counts a node can hold."""
+    fixed_count = spec.resources.accelerators_per_worker
+    if isinstance(fixed_count, int):
+        if auto_device and fixed_count not in device.per_node:
+            return []  # auto accelerator: only types whose nodes offer that count
+        if auto_device and pool is not None and fixed_count > pool.largest_node:
+            return []
+        return [fixed_count]
+    counts = list(device.per_node)
+    if pool is None:
+        return counts
+    return [count for count in counts if count <= pool.largest_node] or counts
 
 
 def effective_workers(spec: TrainingJobSpec) -> int:
@@ -313,9 +329,9 @@ class _Option:
     candidate: _Candidate
     result: LayoutEstimate
 
-    def key(self, spec: TrainingJobSpec, pools: dict[str, AcceleratorPool] | None) -> tuple[Any, ...]:
+    def key(self, spec: TrainingJobSpec, pools: Pools) -> tuple[Any, ...]:
         layout = self.result.layout
-        pool = pools.get(self.candidate.accelerator.name) if pools is not None else None
+        pool = _pool(pools, self.candidate.accelerator.name)
         beyond_cluster = (
             pool is not None
             and pool.workers_placeable(layout.devices_per_worker, free_only=False) < layout.workers
@@ -335,9 +351,7 @@ class _Option:
         )
 
 
-def _search(
-    spec: TrainingJobSpec, candidates: Sequence[_Candidate], pools: dict[str, AcceleratorPool] | None
-) -> LayoutEstimate | None:
+def _search(spec: TrainingJobSpec, candidates: Sequence[_Candidate], pools: Pools) -> LayoutEstimate | None:
     best: tuple[tuple[Any, ...], LayoutEstimate] | None = None
     # Bigger devices and fewer per worker first: a small fitting layout found early bounds the rest.
     ordered = sorted(candidates, key=lambda c: (c.devices_per_worker, -c.accelerator.memory_bytes))
@@ -428,38 +442,43 @@ class _Outcome:
         return (self.fewest or self.shown).layout.workers
 
 
-def _plan(spec: TrainingJobSpec, catalog: Catalog, pools: dict[str, AcceleratorPool] | None) -> _Outcome:
+def _plan(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> _Outcome:
     warnings: list[str] = []
     candidates = _candidates(spec, catalog, pools, warnings)
     if is_fixed_layout(spec):
         (candidate,) = candidates
-        device, count = candidate.accelerator, candidate.devices_per_worker
-        fewest = fewest_workers(spec, device, count)
-        if count not in device.per_node:
-            warnings.append(
-                f"resources.acceleratorsPerWorker: {count} is not a per-node count the catalog lists for "
-                f"{device.name} ({', '.join(map(str, device.per_node))})"
-            )
-        pool = pools.get(device.name) if pools is not None else None
-        if pool is not None and count > pool.largest_node:
-            warnings.append(f"no node offers {count} x {device.name}; the largest has {pool.largest_node}")
-        if _replicas_given(spec) or fewest is None:
-            workers = effective_workers(spec)
-            if (count * workers) % parallel_group(spec):
-                warnings.append(
-                    f"{count * workers} devices do not divide into tensorParallel x pipelineParallel = "
-                    f"{parallel_group(spec)} groups"
-                )
-            return _Outcome(evaluate(spec, device, count, workers), fewest, warnings)
-        return _Outcome(fewest, fewest, warnings)
-
+        return _plan_fixed(spec, candidate, _pool(pools, candidate.accelerator.name), warnings)
     chosen = _search(spec, candidates, pools)
     if chosen is None:
         return _Outcome(_best_effort(spec, candidates), None, warnings)
     return _Outcome(chosen, chosen, warnings)
 
 
-def _pools(inventory: Sequence[NodeInventory] | None) -> dict[str, AcceleratorPool] | None:
+def _plan_fixed(
+    spec: TrainingJobSpec, candidate: _Candidate, pool: AcceleratorPool | None, warnings: list[str]
+) -> _Outcome:
+    """Accelerator and count per worker both named: the fewest workers, or the replicas asked for."""
+    device, count = candidate.accelerator, candidate.devices_per_worker
+    fewest = fewest_workers(spec, device, count)
+    if count not in device.per_node:
+        warnings.append(
+            f"resources.acceleratorsPerWorker: {count} is not a per-node count the catalog lists for "
+            f"{device.name} ({', '.join(map(str, device.per_node))})"
+        )
+    if pool is not None and count > pool.largest_node:
+        warnings.append(f"no node offers {count} x {device.name}; the largest has {pool.largest_node}")
+    if fewest is not None and not _replicas_given(spec):
+        return _Outcome(fewest, fewest, warnings)
+    workers = effective_workers(spec)
+    if (count * workers) % parallel_group(spec):
+        warnings.append(
+            f"{count * workers} devices do not divide into tensorParallel x pipelineParallel = "
+            f"{parallel_group(spec)} groups"
+        )
+    return _Outcome(evaluate(spec, device, count, workers), fewest, warnings)
+
+
+def _pools(inventory: Sequence[NodeInventory] | None) -> Pools:
     return None if inventory is None else pool_inventory(inventory)
 
 
@@ -472,105 +491,121 @@ def plan(
     catalog = catalog or load_catalog()
     pools = _pools(inventory)
     outcome = _plan(spec, catalog, pools)
-    warnings = [*outcome.warnings, *_explain(spec, catalog, pools, outcome)]
-    return _status(outcome.shown, outcome.min_workers, warnings)
+    if outcome.shown.fits:
+        notes = _fit_notes(spec, outcome, _pool(pools, outcome.shown.accelerator.name))
+    else:
+        notes = [_shortfall_note(spec, outcome, find_remedies(spec, catalog, pools))]
+    return _status(outcome.shown, outcome.min_workers, [*outcome.warnings, *notes])
 
 
-def plan_quietly(
-    spec: TrainingJobSpec, catalog: Catalog, pools: dict[str, AcceleratorPool] | None = None
-) -> SizingStatus:
+def plan_quietly(spec: TrainingJobSpec, catalog: Catalog, pools: Pools = None) -> SizingStatus:
     """`plan` without remedies for a spec that does not fit (used to evaluate alternatives)."""
     outcome = _plan(spec, catalog, pools)
     return _status(outcome.shown, outcome.min_workers, outcome.warnings)
 
 
-def _explain(
-    spec: TrainingJobSpec, catalog: Catalog, pools: dict[str, AcceleratorPool] | None, outcome: _Outcome
-) -> list[str]:
+# ------------------------------------------------------------------ wording
+
+
+def _fit_notes(spec: TrainingJobSpec, outcome: _Outcome, pool: AcceleratorPool | None) -> list[str]:
+    """What a fitting plan asks of the worker bounds and of the cluster."""
     shown, workers = outcome.shown, spec.workers
     notes: list[str] = []
-    if shown.fits:
-        layout = shown.layout
-        if outcome.min_workers > workers.ceiling:
-            notes.append(
-                f"memory needs at least {outcome.min_workers} workers but workers.maxReplicas allows "
-                f"{workers.ceiling}; raise workers.maxReplicas (and replicas)"
-            )
-        elif workers.min_replicas is not None and outcome.min_workers > workers.min_replicas:
-            notes.append(
-                f"memory needs at least {outcome.min_workers} workers; the elastic floor is raised from "
-                f"workers.minReplicas {workers.min_replicas}"
-            )
-        pool = pools.get(shown.accelerator.name) if pools is not None else None
-        if (
-            pool is not None
-            and pool.workers_placeable(layout.devices_per_worker, free_only=True) < layout.workers
-        ):
-            notes.append(
-                f"not enough free {shown.accelerator.name} now for "
-                f"{layout_text(shown.accelerator.name, layout.devices_per_worker, layout.workers)}; "
-                "the job queues until devices free up"
-            )
-        return notes
-
-    need = format_gib(shown.estimate.total)
-    usable = format_gib(int(shown.usable_bytes))
-    headroom = f"{spec.resources.memory_headroom:.0%}"
-    shown_text = layout_text(shown.accelerator.name, shown.layout.devices_per_worker, shown.layout.workers)
-    head = (
-        f"does not fit: {need} per device needed on {shown_text}, {usable} usable "
-        f"({headroom} headroom kept free)"
-    )
-    remedies: list[str] = []
-    if outcome.fewest is not None:
-        more = outcome.fewest.layout.workers
-        remedies.append(
-            f"{more} workers (workers.replicas and minReplicas) -> "
-            f"{layout_text(shown.accelerator.name, shown.layout.devices_per_worker, more)}, "
-            f"{format_gib(outcome.fewest.estimate.total)} per device"
+    if outcome.min_workers > workers.ceiling:
+        notes.append(
+            f"memory needs at least {outcome.min_workers} workers but workers.maxReplicas allows "
+            f"{workers.ceiling}; raise workers.maxReplicas (and replicas)"
         )
-    found = find_remedies(spec, catalog, pools)
-    remedies.extend(f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in found)
-    if not remedies:
+    elif workers.min_replicas is not None and outcome.min_workers > workers.min_replicas:
+        notes.append(
+            f"memory needs at least {outcome.min_workers} workers; the elastic floor is raised from "
+            f"workers.minReplicas {workers.min_replicas}"
+        )
+    layout = shown.layout
+    if (
+        pool is not None
+        and pool.workers_placeable(layout.devices_per_worker, free_only=True) < layout.workers
+    ):
+        notes.append(
+            f"not enough free {shown.accelerator.name} now for {_layout_of(shown, layout.workers)}; "
+            "the job queues until devices free up"
+        )
+    return notes
+
+
+def _shortfall_note(spec: TrainingJobSpec, outcome: _Outcome, remedies: Sequence[Remedy]) -> str:
+    """Why the plan does not fit, and what would: more workers, or the remedies found by re-planning."""
+    shown = outcome.shown
+    head = (
+        f"does not fit: {format_gib(shown.estimate.total)} per device needed on "
+        f"{_layout_of(shown, shown.layout.workers)}, {format_gib(int(shown.usable_bytes))} usable "
+        f"({spec.resources.memory_headroom:.0%} headroom kept free)"
+    )
+    would_fit = [] if outcome.fewest is None else [_more_workers_text(shown, outcome.fewest)]
+    would_fit += [f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in remedies]
+    if not would_fit:
         tried = " + ".join(change.description for change in applicable(spec, REMEDIES)) or "no change left"
-        return [
+        return (
             f"{head}; nothing in the catalog holds it even with {tried}: reduce training.sequenceLength "
             "or use tensorParallel/pipelineParallel"
-        ]
-    return [f"{head}. Would fit: {'; '.join(remedies[:MAX_REMEDIES_NAMED])}"]
+        )
+    return f"{head}. Would fit: {'; '.join(would_fit[:MAX_REMEDIES_NAMED])}"
 
 
-def find_remedies(
-    spec: TrainingJobSpec, catalog: Catalog | None = None, pools: dict[str, AcceleratorPool] | None = None
-) -> list[Remedy]:
+def _more_workers_text(shown: LayoutEstimate, fewest: LayoutEstimate) -> str:
+    workers = fewest.layout.workers
+    return (
+        f"{workers} workers (workers.replicas and minReplicas) -> {_layout_of(shown, workers)}, "
+        f"{format_gib(fewest.estimate.total)} per device"
+    )
+
+
+def _layout_of(result: LayoutEstimate, workers: int) -> str:
+    return layout_text(result.accelerator.name, result.layout.devices_per_worker, workers)
+
+
+# ------------------------------------------------------------------ remedies, each verified by planning
+
+
+def find_remedies(spec: TrainingJobSpec, catalog: Catalog | None = None, pools: Pools = None) -> list[Remedy]:
     """Changes that make a job fit, each verified by planning again with it applied.
 
     Single changes first (least disruptive first), then, when the accelerator is fixed, a bigger one;
     if no single change is enough, the changes accumulated in order until the job fits.
     """
     catalog = catalog or load_catalog()
-    found: list[Remedy] = []
+    found = [*_single_remedies(spec, catalog, pools), *_bigger_device(spec, catalog, pools)]
+    return found or _combined_remedy(spec, catalog, pools)
+
+
+def _single_remedies(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> list[Remedy]:
+    found = []
     for change in applicable(spec, REMEDIES):
         sizing = plan_quietly(change.apply(spec), catalog, pools)
         if sizing.fits:
             found.append(Remedy((change,), sizing))
-    if spec.resources.accelerator != "auto":
-        declared = resolve_accelerator(spec, catalog)
-        assert declared is not None
-        bigger = Catalog(device for device in catalog if device.memory_bytes > declared.memory_bytes)
-        if len(bigger):
-            any_device = replace_field(spec, "resources.accelerator", "auto")
-            sizing = plan_quietly(any_device, bigger, pools)
-            if sizing.fits:
-                bigger_device = Change(
-                    "resources.accelerator",
-                    sizing.accelerator,
-                    "a bigger device costs more per hour",
-                    always,
-                )
-                found.append(Remedy((bigger_device,), sizing))
-    if found:
-        return found
+    return found
+
+
+def _bigger_device(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> list[Remedy]:
+    """For a fixed accelerator: the plan on any catalog device with more memory, if one fits."""
+    declared = resolve_accelerator(spec, catalog)
+    if declared is None:
+        return []
+    bigger = Catalog(device for device in catalog if device.memory_bytes > declared.memory_bytes)
+    if not len(bigger):
+        return []
+    sizing = plan_quietly(replace_field(spec, "resources.accelerator", "auto"), bigger, pools)
+    if not sizing.fits:
+        return []
+    change = Change(
+        "resources.accelerator", sizing.accelerator, "a bigger device costs more per hour", always
+    )
+    return [Remedy((change,), sizing)]
+
+
+def _combined_remedy(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> list[Remedy]:
+    """The remedies applied one after another until the job fits (at most one Remedy)."""
     accumulated: list[Change] = []
     current = spec
     for change in REMEDIES:
