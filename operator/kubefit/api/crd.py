@@ -54,30 +54,10 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
         node.pop(key, None)
     description = node.get("description")
     default = node.pop("default", None)
-
-    variants = node.pop("anyOf", None)
-    if variants is not None:
-        non_null = [variant for variant in variants if variant.get("type") != "null"]
-        types = {variant.get("type") for variant in non_null}
-        if types == {"integer", "string"}:
-            node["x-kubernetes-int-or-string"] = True
-            _lift_int_or_string_checks(node, non_null)
-        elif len(non_null) == 1:
-            node.update(_structural(non_null[0]))
-        else:  # pragma: no cover - the models use no other unions
-            raise ValueError(f"cannot express union {variants} structurally")
+    _merge_union(node)
     if "const" in node:
         node["enum"] = [node.pop("const")]
-
-    extra = node.pop("additionalProperties", None)
-    if extra is True:  # an open object: keep whatever the user wrote in it
-        node["x-kubernetes-preserve-unknown-fields"] = True
-    elif isinstance(extra, dict) and "properties" not in node:  # a map: every value has this schema
-        node["additionalProperties"] = _structural(extra)
-    if node.get("type") == "object" and "properties" in node:
-        node["properties"] = {name: _structural(child) for name, child in node["properties"].items()}
-    if node.get("type") == "array" and "items" in node:
-        node["items"] = _structural(node["items"])
+    _rewrite_children(node)
     if node.get("x-kubernetes-preserve-unknown-fields"):
         node["type"] = "object"
     if "exclusiveMaximum" in node:  # OpenAPI v3.0 spells it as a boolean beside maximum
@@ -93,6 +73,35 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     if description:
         node["description"] = " ".join(description.split())
     return node
+
+
+def _merge_union(node: dict[str, Any]) -> None:
+    """`X | None` becomes X; `int | str` becomes x-kubernetes-int-or-string with both forms' checks."""
+    variants = node.pop("anyOf", None)
+    if variants is None:
+        return
+    non_null = [variant for variant in variants if variant.get("type") != "null"]
+    types = {variant.get("type") for variant in non_null}
+    if types == {"integer", "string"}:
+        node["x-kubernetes-int-or-string"] = True
+        _lift_int_or_string_checks(node, non_null)
+    elif len(non_null) == 1:
+        node.update(_structural(non_null[0]))
+    else:  # pragma: no cover - the models use no other unions
+        raise ValueError(f"cannot express union {variants} structurally")
+
+
+def _rewrite_children(node: dict[str, Any]) -> None:
+    """Properties, map values and array items, each made structural in turn."""
+    extra = node.pop("additionalProperties", None)
+    if extra is True:  # an open object: keep whatever the user wrote in it
+        node["x-kubernetes-preserve-unknown-fields"] = True
+    elif isinstance(extra, dict) and "properties" not in node:  # a map: every value has this schema
+        node["additionalProperties"] = _structural(extra)
+    if node.get("type") == "object" and "properties" in node:
+        node["properties"] = {name: _structural(child) for name, child in node["properties"].items()}
+    if node.get("type") == "array" and "items" in node:
+        node["items"] = _structural(node["items"])
 
 
 def _lift_int_or_string_checks(node: dict[str, Any], variants: list[dict[str, Any]]) -> None:

@@ -55,6 +55,11 @@ def register(
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
 
+    _register_indexes(registry)
+    _register_triggers(registry, reconciler, resync_seconds)
+
+
+def _register_indexes(registry: kopf.OperatorRegistry) -> None:
     @kopf.index("", "v1", "nodes", id="kubefit_nodes", registry=registry)
     def kubefit_nodes(body: kopf.Body, name: str, **_: Any) -> dict[str, NodeFacts]:
         return {name: node_facts(body)}
@@ -71,6 +76,10 @@ def register(
         worker = worker_from_pod(body)
         return {(namespace or "", labels[JOB_LABEL]): worker} if worker else {}
 
+
+def _register_triggers(
+    registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_seconds: float
+) -> None:
     def reconcile_job(trigger: str, namespace: str | None, name: str, **indexes: Any) -> None:
         reconciler.reconcile((namespace or "", name), trigger, cluster_view(**indexes))
 

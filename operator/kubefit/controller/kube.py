@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 from kubernetes import client
@@ -89,21 +90,22 @@ class KubeApi:
         )
 
     @staticmethod
-    def _ignoring_409(call: Any) -> bool:
-        try:
-            call()
-        except ApiException as error:
-            if _status_of(error) == 409:
-                return False
-            raise
-        return True
+    def _ignoring_409(call: Callable[[], object]) -> bool:
+        """True if `call` succeeded, False if the object already exists (409 Conflict)."""
+        return _done_unless(call, already_done=409)
 
     @staticmethod
-    def _ignoring_404(call: Any) -> bool:
-        try:
-            call()
-        except ApiException as error:
-            if _status_of(error) == 404:
-                return False
-            raise
-        return True
+    def _ignoring_404(call: Callable[[], object]) -> bool:
+        """True if `call` succeeded, False if the object is already gone (404 Not Found)."""
+        return _done_unless(call, already_done=404)
+
+
+def _done_unless(call: Callable[[], object], already_done: int) -> bool:
+    """Runs `call`: True if it succeeded, False if the API server answered `already_done`."""
+    try:
+        call()
+    except ApiException as error:
+        if _status_of(error) == already_done:
+            return False
+        raise
+    return True
