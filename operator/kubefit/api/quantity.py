@@ -162,8 +162,3 @@ def is_quantity(value: object) -> bool:
     if isinstance(value, int):
         return value >= 0
     return isinstance(value, str) and _QUANTITY_RE.fullmatch(value) is not None
-
-
-def format_bytes(value: int) -> str:
-    """Bytes as GiB with one decimal, the unit the status messages use."""
-    return f"{value / 2**30:.1f} GiB"
