@@ -36,7 +36,7 @@ from kubefit.api.units import format_gib
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
 from kubefit.sizing.estimator import Estimate, Layout, estimate
-from kubefit.sizing.remedies import REMEDIES, Change, Remedy, always, applicable, replace_field
+from kubefit.sizing.remedies import REMEDIES, Change, Remedy, always, applicable, describe, replace_field
 
 # Largest layout the search considers. Far above any single job's memory needs: at 4,096 devices ZeRO-3
 # already holds a 1T-parameter model's 16 TB of mixed-precision Adam state in 4 GB per device.
@@ -544,7 +544,7 @@ def _shortfall_note(spec: TrainingJobSpec, outcome: _Outcome, remedies: Sequence
     would_fit = [] if outcome.fewest is None else [_more_workers_text(shown, outcome.fewest)]
     would_fit += [f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in remedies]
     if not would_fit:
-        tried = " + ".join(change.description for change in applicable(spec, REMEDIES)) or "no change left"
+        tried = describe(applicable(spec, REMEDIES)) or "no change left"
         return (
             f"{head}; nothing in the catalog holds it even with {tried}: reduce training.sequenceLength "
             "or use tensorParallel/pipelineParallel"

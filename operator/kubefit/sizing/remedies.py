@@ -206,8 +206,18 @@ class Remedy:
 
     @property
     def description(self) -> str:
-        return " + ".join(change.description for change in self.changes) or "a bigger accelerator"
+        return describe(self.changes) or "a bigger accelerator"
 
 
 def applicable(spec: TrainingJobSpec, changes: Iterable[Change]) -> list[Change]:
     return [change for change in changes if change.applies(spec)]
+
+
+def describe(changes: Iterable[Change]) -> str:
+    """E.g. 'training.sharding: zero3 + training.activationCheckpointing: full'."""
+    return " + ".join(change.description for change in changes)
+
+
+def trade_offs(changes: Iterable[Change]) -> str:
+    """The changes' trade-offs, each once, separated by semicolons."""
+    return "; ".join(dict.fromkeys(change.trade_off for change in changes))

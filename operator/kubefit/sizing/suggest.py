@@ -12,14 +12,15 @@ estimate: the same job fits on half the devices, or on a device of half the memo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib
 from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
 from kubefit.sizing.planner import find_remedies, layout_text, plan_quietly, unsupported
-from kubefit.sizing.remedies import CHANGES, Change, always, replace_field
+from kubefit.sizing.remedies import CHANGES, Change, always, describe, replace_field, trade_offs
 
 FEWER_DEVICES_TRADE_OFF = "fewer devices: less data-parallel throughput per step"
 OTHER_DEVICE_TRADE_OFF = "a different accelerator: different speed and price; the image must support it"
@@ -43,7 +44,7 @@ class Suggestion:
 
     @property
     def description(self) -> str:
-        return " + ".join(change.description for change in self.changes)
+        return describe(self.changes)
 
     @property
     def layout(self) -> str:
@@ -112,23 +113,47 @@ def suggest(spec: TrainingJobSpec, catalog: Catalog | None = None) -> list[Sugge
     catalog = catalog or load_catalog()
     declared = plan_quietly(spec, catalog)
     same_device = plan_quietly(_cheapest_layout(spec), catalog)
-    found: list[tuple[tuple[int, int, int, int], Suggestion]] = []
+    shortlist = _Shortlist()
+    _consider_single_changes(spec, catalog, shortlist, (declared, same_device))
+    _consider_layouts(spec, catalog, shortlist, declared, same_device)
+    if not declared.fits:  # no single change may be enough: add the verified (possibly combined) remedies
+        _consider_remedies(spec, catalog, shortlist)
+    return shortlist.ranked()
 
-    def consider(
-        order: int,
-        changes: tuple[Change, ...],
-        sizing: SizingStatus,
-        trade_off: str,
-        *baselines: SizingStatus,
-    ) -> None:
+
+# Sort positions after the single changes (which take their index in CHANGES).
+_SAME_DEVICE_LAYOUT = len(CHANGES)
+_ANY_DEVICE_LAYOUT = len(CHANGES) + 1
+_FIRST_REMEDY = len(CHANGES) + 2
+
+
+@dataclass
+class _Shortlist:
+    """The alternatives kept so far, each with its sort key (cost, then position)."""
+
+    found: list[tuple[tuple[int, int, int, int], Suggestion]] = field(default_factory=list)
+
+    def consider(self, order: int, suggestion: Suggestion, baselines: Sequence[SizingStatus]) -> None:
+        """Keep `suggestion` if it fits and is cheaper than every baseline that fits."""
+        sizing = suggestion.sizing
         if not sizing.fits:
             return
         if any(baseline.fits and _cost(sizing) >= _cost(baseline) for baseline in baselines):
             return  # no fewer devices, no smaller device, no less memory: not an improvement
-        found.append(((*_cost(sizing), order), Suggestion(changes, sizing, trade_off)))
+        self.found.append(((*_cost(sizing), order), suggestion))
 
-    fixed = spec.resources.accelerator
-    fixed_device = catalog.get(fixed)
+    def descriptions(self) -> set[str]:
+        return {suggestion.description for _, suggestion in self.found}
+
+    def ranked(self) -> list[Suggestion]:
+        return [suggestion for _, suggestion in sorted(self.found, key=lambda pair: pair[0])]
+
+
+def _consider_single_changes(
+    spec: TrainingJobSpec, catalog: Catalog, shortlist: _Shortlist, baselines: Sequence[SizingStatus]
+) -> None:
+    """Each applicable change alone, at its cheapest layout on the declared accelerator."""
+    fixed_device = catalog.get(spec.resources.accelerator)
     for order, change in enumerate(CHANGES):
         if not change.applies(spec):
             continue
@@ -136,30 +161,39 @@ def suggest(spec: TrainingJobSpec, catalog: Catalog | None = None) -> list[Sugge
         if fixed_device is not None and _breaks(spec, changed, fixed_device):
             continue  # e.g. fp8-mixed on a device without FP8 units
         sizing = plan_quietly(_cheapest_layout(changed), catalog)
-        consider(order, (change,), sizing, change.trade_off, declared, same_device)
+        shortlist.consider(order, Suggestion((change,), sizing, change.trade_off), baselines)
 
-    base = len(CHANGES)
-    if _layout_changes(spec, same_device):
-        consider(base, _layout_changes(spec, same_device), same_device, FEWER_DEVICES_TRADE_OFF, declared)
-    if fixed != "auto":
-        any_device = plan_quietly(
-            replace_field(_cheapest_layout(spec), "resources.accelerator", "auto"), catalog
-        )
-        changes = _layout_changes(spec, any_device)
-        if changes:
-            trade_off = "; ".join(dict.fromkeys(change.trade_off for change in changes))
-            consider(base + 1, changes, any_device, trade_off, declared, same_device)
 
-    if not declared.fits:  # no single change may be enough: add the verified (possibly combined) remedies
-        listed = {suggestion.description for _, suggestion in found}
-        for order, remedy in enumerate(find_remedies(spec, catalog), start=base + 2):
-            layout_only = all(change.field.startswith("resources.") for change in remedy.changes)
-            if remedy.description not in listed and not layout_only:  # layouts are listed above
-                trade_off = "; ".join(change.trade_off for change in remedy.changes)
-                consider(order, remedy.changes, remedy.sizing, trade_off)
+def _consider_layouts(
+    spec: TrainingJobSpec,
+    catalog: Catalog,
+    shortlist: _Shortlist,
+    declared: SizingStatus,
+    same_device: SizingStatus,
+) -> None:
+    """The unchanged spec re-laid out: on the declared accelerator, then (if one is named) on any."""
+    changes = _layout_changes(spec, same_device)
+    if changes:
+        suggestion = Suggestion(changes, same_device, FEWER_DEVICES_TRADE_OFF)
+        shortlist.consider(_SAME_DEVICE_LAYOUT, suggestion, (declared,))
+    if spec.resources.accelerator == "auto":
+        return
+    any_device = plan_quietly(replace_field(_cheapest_layout(spec), "resources.accelerator", "auto"), catalog)
+    changes = _layout_changes(spec, any_device)
+    if changes:
+        suggestion = Suggestion(changes, any_device, trade_offs(changes))
+        shortlist.consider(_ANY_DEVICE_LAYOUT, suggestion, (declared, same_device))
 
-    found.sort(key=lambda pair: pair[0])
-    return [suggestion for _, suggestion in found]
+
+def _consider_remedies(spec: TrainingJobSpec, catalog: Catalog, shortlist: _Shortlist) -> None:
+    """The planner's remedies not listed already; layout-only ones are covered by _consider_layouts."""
+    listed = shortlist.descriptions()
+    for order, remedy in enumerate(find_remedies(spec, catalog), start=_FIRST_REMEDY):
+        layout_only = all(change.field.startswith("resources.") for change in remedy.changes)
+        if remedy.description not in listed and not layout_only:
+            shortlist.consider(
+                order, Suggestion(remedy.changes, remedy.sizing, trade_offs(remedy.changes)), ()
+            )
 
 
 def overprovisioned(
