@@ -40,7 +40,7 @@ class Suggestion:
 
     @property
     def devices(self) -> int:
-        return self.sizing.accelerators_per_worker * self.sizing.min_workers
+        return _devices(self.sizing)
 
     @property
     def description(self) -> str:
@@ -67,11 +67,7 @@ class Suggestion:
 
 
 def _cost(sizing: SizingStatus) -> tuple[int, int, int]:
-    return (
-        sizing.accelerators_per_worker * sizing.min_workers,
-        sizing.device_memory_bytes,
-        sizing.per_device_bytes,
-    )
+    return (_devices(sizing), sizing.device_memory_bytes, sizing.per_device_bytes)
 
 
 def _cheapest_layout(spec: TrainingJobSpec) -> TrainingJobSpec:
@@ -211,41 +207,53 @@ def overprovisioned(
     if spec.resources.accelerator == "auto" and spec.resources.accelerators_per_worker == "auto":
         return None
     catalog = catalog or load_catalog()
-    devices = sizing.accelerators_per_worker * sizing.min_workers
     current = layout_text(sizing.accelerator, sizing.accelerators_per_worker, sizing.min_workers)
     usable = sizing.device_memory_bytes * (1 - spec.resources.memory_headroom)
     opening = (
         f"{current} is more than this job needs ({format_gib(sizing.per_device_bytes)} of "
         f"{format_gib(int(usable))} usable per device)"
     )
+    advice = _fewer_of_the_same(spec, sizing, catalog) or _smaller_elsewhere(spec, sizing, catalog)
+    return None if advice is None else f"{opening}: {advice}"
 
+
+def _devices(sizing: SizingStatus) -> int:
+    return sizing.accelerators_per_worker * sizing.min_workers
+
+
+def _fewer_of_the_same(spec: TrainingJobSpec, sizing: SizingStatus, catalog: Catalog) -> str | None:
+    """The same accelerator holds the job on at most half the devices."""
     on_same = replace_field(_cheapest_layout(spec), "resources.accelerator", sizing.accelerator)
     same = plan_quietly(on_same, catalog)
-    same_devices = same.accelerators_per_worker * same.min_workers
-    if same.fits and 2 * same_devices <= devices:
-        return (
-            f"{opening}: {layout_text(same.accelerator, same.accelerators_per_worker, same.min_workers)} "
-            f"holds it at {format_gib(same.per_device_bytes)} per device; set "
-            f"resources.acceleratorsPerWorker: {same.accelerators_per_worker} (extra devices add "
-            "data-parallel throughput only)"
-        )
+    if not (same.fits and 2 * _devices(same) <= _devices(sizing)):
+        return None
+    return (
+        f"{layout_text(same.accelerator, same.accelerators_per_worker, same.min_workers)} "
+        f"holds it at {format_gib(same.per_device_bytes)} per device; set "
+        f"resources.acceleratorsPerWorker: {same.accelerators_per_worker} (extra devices add "
+        "data-parallel throughput only)"
+    )
 
+
+def _smaller_elsewhere(spec: TrainingJobSpec, sizing: SizingStatus, catalog: Catalog) -> str | None:
+    """Another accelerator holds the job with at most half the memory or half the devices (not more of
+    the other)."""
     anywhere = plan_quietly(replace_field(_cheapest_layout(spec), "resources.accelerator", "auto"), catalog)
-    other_devices = anywhere.accelerators_per_worker * anywhere.min_workers
+    devices, other_devices = _devices(sizing), _devices(anywhere)
     smaller_device = (
         2 * anywhere.device_memory_bytes <= sizing.device_memory_bytes and other_devices <= devices
     )
     fewer_devices = (
         2 * other_devices <= devices and anywhere.device_memory_bytes <= sizing.device_memory_bytes
     )
-    if anywhere.fits and (smaller_device or fewer_devices):
-        layout = layout_text(anywhere.accelerator, anywhere.accelerators_per_worker, anywhere.min_workers)
-        return (
-            f"{opening}: {layout} holds it at {format_gib(anywhere.per_device_bytes)} of "
-            f"{format_gib(anywhere.device_memory_bytes)} per device; set resources.accelerator: "
-            f"{anywhere.accelerator} and acceleratorsPerWorker: {anywhere.accelerators_per_worker}"
-        )
-    return None
+    if not (anywhere.fits and (smaller_device or fewer_devices)):
+        return None
+    layout = layout_text(anywhere.accelerator, anywhere.accelerators_per_worker, anywhere.min_workers)
+    return (
+        f"{layout} holds it at {format_gib(anywhere.per_device_bytes)} of "
+        f"{format_gib(anywhere.device_memory_bytes)} per device; set resources.accelerator: "
+        f"{anywhere.accelerator} and acceleratorsPerWorker: {anywhere.accelerators_per_worker}"
+    )
 
 
 def with_overprovisioning_advice(
