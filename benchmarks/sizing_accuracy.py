@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import accelerate_training_bytes, deepspeed_zero2, deepspeed_zero3  # noqa: E402
 from kubefit.api.models import TrainingJobSpec  # noqa: E402
+from kubefit.api.units import GIB, MIB  # noqa: E402
 from kubefit.api.validation import parse_spec  # noqa: E402
 from kubefit.sizing.architecture import shape_from_architecture  # noqa: E402
-from kubefit.sizing.catalog import MIB, Accelerator, load_catalog  # noqa: E402
+from kubefit.sizing.catalog import Accelerator, load_catalog  # noqa: E402
 from kubefit.sizing.estimator import Estimate, Layout, estimate  # noqa: E402
 
 ROWS = Path(__file__).resolve().parent / "data" / "calibration_rows.yaml"
-GIB = 2**30
 UNITS = {"GiB": GIB, "GB": 10**9}
 TEMPLATE = {"spec": {"containers": [{"name": "trainer", "image": "calibration"}]}}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from sizing_inputs import LLAMA2_70B, LLAMA3_8B, SIZING_KEYS, make_spec
 
+from kubefit.api.formatting import sizing_summary
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.validation import InvalidSpec
 from kubefit.sizing.catalog import Accelerator, load_catalog
@@ -20,7 +21,6 @@ from kubefit.sizing.planner import (
     parallel_group,
     plan,
     pool_inventory,
-    sizing_summary,
     unsupported,
     usable_bytes,
 )

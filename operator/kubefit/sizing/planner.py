@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kubefit.api.formatting import sizing_summary
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib
 from kubefit.api.validation import FieldError, InvalidSpec
@@ -392,13 +393,6 @@ def layout_text(accelerator: str, devices_per_worker: int, workers: int) -> str:
     if workers == 1:
         return f"{devices_per_worker} x {accelerator}"
     return f"{workers} workers x {devices_per_worker} {accelerator}"
-
-
-def sizing_summary(sizing: SizingStatus) -> str:
-    """One line for the Sized condition, e.g. '8 x nvidia-h100-80gb, 61.2 GiB of 79.6 GiB per device'."""
-    layout = layout_text(sizing.accelerator, sizing.accelerators_per_worker, sizing.min_workers)
-    used, total = format_gib(sizing.per_device_bytes), format_gib(sizing.device_memory_bytes)
-    return f"{layout}, {used} of {total} per device"
 
 
 # status.sizing goes to the API server, whose integers are int64. The spec's bounds keep every estimate
