@@ -175,6 +175,7 @@ class Race:
         self.bare_template: dict[str, Any] | None = None
         self.worker_count = 0  # learnt in the warm-up run, so timed runs do not poll the job's status
         self.shape = ""
+        self.cleanup_s: list[float] = []
 
     def operator_run(self, run: str) -> float:
         name = f"qs-{run}-{uuid.uuid4().hex[:4]}"
@@ -186,8 +187,7 @@ class Race:
         if self.bare_template is None:
             self.bare_template = self._pod(workers[0])
             self.shape = describe(self.bare_template, self.worker_count)
-        kubectl(self.sandbox, "delete", "tj", name, "-n", self.namespace, "--wait=false")
-        self.watch.all_gone(workers)
+        self._delete_and_wait("tj", name, workers)
         return ended - started
 
     def bare_run(self, run: str) -> float:
@@ -197,9 +197,28 @@ class Race:
         started = time.monotonic()
         kubectl(self.sandbox, "apply", "-n", self.namespace, "-f", "-", stdin=json.dumps(pod))
         ended = self.watch.all_running([name])
-        kubectl(self.sandbox, "delete", "pod", name, "-n", self.namespace, "--wait=false")
-        self.watch.all_gone([name])
+        self._delete_and_wait("pod", name, [name])
         return ended - started
+
+    def _delete_and_wait(self, kind: str, name: str, pods: list[str]) -> None:
+        """Untimed: the next run starts once these pods are gone and their devices are free."""
+        started = time.monotonic()
+        kubectl(self.sandbox, "delete", kind, name, "-n", self.namespace, "--wait=false")
+        if kind != "pod":
+            # Not left to the garbage collector: just after the CRD is installed it may not yet know
+            # TrainingJobs as owners, and the workers would hold their devices for a minute.
+            kubectl(
+                self.sandbox,
+                "delete",
+                "pod",
+                *pods,
+                "-n",
+                self.namespace,
+                "--wait=false",
+                "--ignore-not-found",
+            )
+        self.watch.all_gone(pods)
+        self.cleanup_s.append(time.monotonic() - started)
 
     def _worker_count(self, job: str) -> int:
         """How many workers the operator gives the job (status.replicas)."""
@@ -269,14 +288,24 @@ def main() -> int:
 
     operator_runs: list[float] = []
     bare_runs: list[float] = []
+    began = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - began:6.1f} s] {message}", file=sys.stderr, flush=True)
+
     with ephemeral_sandbox("bench", log=lambda _: None) as sandbox, benchmark_namespace(sandbox) as namespace:
+        progress(f"sandbox, nodes, CRD and operator up ({sandbox.state_dir})")
         race = Race(sandbox, namespace)
         race.operator_run("warmup")  # first sizing, first watch events; also yields the worker's shape
         race.bare_run("warmup")
+        progress(f"warm-up runs done (deleted in {race.cleanup_s[0]:.1f} s and {race.cleanup_s[1]:.1f} s)")
         for run in range(args.runs):
             operator_runs.append(race.operator_run(str(run)))
             bare_runs.append(race.bare_run(str(run)))
+            progress(f"run {run + 1}/{args.runs}: operator {operator_runs[-1]:.3f} s, bare pod {bare_runs[-1]:.3f} s "
+                     f"(then deleted in {race.cleanup_s[-2]:.1f} s and {race.cleanup_s[-1]:.1f} s)")  # fmt: skip
         race.watch.stopped.set()
+    progress("operator stopped, sandbox stopped and deleted")
 
     operator, bare = statistics.median(operator_runs), statistics.median(bare_runs)
     pair_ratios = [op / base for op, base in zip(operator_runs, bare_runs, strict=True)]
