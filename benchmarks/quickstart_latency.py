@@ -5,7 +5,7 @@ with kubectl, bound by the real scheduler and turned Running by the node agent. 
 (operator path / bare pod) is the operator's own cost: watch, sizing, Service and Pod creation.
 
 The race is fair:
-- a sandbox of its own (kubefit.sandbox.ephemeral, the example nodes): nothing else holds devices;
+- a sandbox of its own (kubefit_sandbox.ephemeral, the example nodes): nothing else holds devices;
 - fresh names for every run, so no run waits for a namesake that is still being deleted, and every
   run starts only once the previous run's pods are gone (the devices are free again);
 - runs interleaved, operator, bare, operator, bare, ..., so that a change in machine load hits both;
@@ -37,10 +37,10 @@ from typing import Any
 
 import yaml
 
-from kubefit.sandbox.controlplane import Sandbox
-from kubefit.sandbox.ephemeral import ephemeral_sandbox
-from kubefit.sandbox.kubeclient import WatchExpired, core_api, new_api_client, watch_events
-from kubefit.sandbox.nodeagent import start_agent
+from kubefit_sandbox.controlplane import Sandbox
+from kubefit_sandbox.ephemeral import ephemeral_sandbox
+from kubefit_sandbox.kubeclient import WatchExpired, core_api, new_api_client, watch_events
+from kubefit_sandbox.nodeagent import start_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
