@@ -9,9 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# Only what the package build needs (see .dockerignore); tests, docs and the chart stay out.
+# Only what the operator's package build needs (see .dockerignore): operator/kubefit. The sandbox
+# (sandbox/, a separate distribution), tests, docs and the chart stay out.
 COPY pyproject.toml README.md ./
-COPY operator ./operator
+COPY operator/kubefit ./operator/kubefit
 RUN pip install . && rm -rf /src
 
 # A fixed numeric UID/GID so that the chart's runAsUser/runAsNonRoot can be checked by the kubelet.

@@ -7,10 +7,11 @@ SHELL := /bin/bash
 VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
 KUBEFIT := $(VENV)/bin/kubefit
+SANDBOX := $(VENV)/bin/kubefit-sandbox
 STAMP   := $(VENV)/.kubefit-installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup system venv controlplane demo demo-down check test unit e2e lint crd bench clean
+.PHONY: help setup system venv tools controlplane demo demo-down check test unit e2e lint crd bench clean
 
 help:
 	@echo "make demo       start the local sandbox, the operator and the quickstart job"
@@ -24,17 +25,22 @@ help:
 system:
 	@bash scripts/setup-system.sh
 
-$(STAMP): pyproject.toml
-	@echo "==> virtualenv $(VENV) (pip install -e .[dev])"
+# Two distributions: the operator (pyproject.toml) and the sandbox (sandbox/pyproject.toml).
+$(STAMP): pyproject.toml sandbox/pyproject.toml
+	@echo "==> virtualenv $(VENV) (pip install -e .[dev] -e ./sandbox)"
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
-	@$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]' -e ./sandbox
 	@touch $(STAMP)
 
 venv: system $(STAMP)
 
+# kubectl and helm, fetched once into ~/.cache/kubefit/bin (the unit tier's chart tests use helm, offline).
+tools: venv
+	@$(SANDBOX) tools >/dev/null
+
 # Cold: about 6 minutes on 2 cores (progress is printed); afterwards cached in ~/.cache/kubefit.
-controlplane: venv
-	@$(KUBEFIT) sandbox build
+controlplane: venv tools
+	@$(SANDBOX) build
 
 setup: controlplane
 
@@ -45,15 +51,15 @@ demo-down: venv
 	@bash scripts/demo.sh down
 
 lint: venv
-	@$(PYTHON) -m ruff check operator tests benchmarks
-	@$(PYTHON) -m ruff format --check operator tests benchmarks
+	@$(PYTHON) -m ruff check operator sandbox tests benchmarks
+	@$(PYTHON) -m ruff format --check operator sandbox tests benchmarks
 	@$(VENV)/bin/lint-imports --no-cache
 	@$(PYTHON) -m mypy
 
 # The fast lane: everything that needs no control plane, in well under a minute once installed.
 check: lint unit
 
-unit: venv
+unit: venv tools
 	@$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
 
 e2e: setup

@@ -1,4 +1,4 @@
-"""Measures how long `kubefit sandbox up` takes.
+"""Measures how long `kubefit-sandbox up` takes.
 
 Warm (default): binaries cached; stops the sandbox, then times `up` until the API server is ready
 and the default ServiceAccount exists. With --cold, deletes the cached control-plane binaries first
@@ -16,8 +16,8 @@ import statistics
 import sys
 import time
 
-from kubefit.sandbox.build import build_controlplane, controlplane_cache_dir, go_build_cache_dir
-from kubefit.sandbox.controlplane import Sandbox
+from kubefit_sandbox.build import build_controlplane, controlplane_cache_dir, go_build_cache_dir
+from kubefit_sandbox.controlplane import Sandbox
 
 
 def _quiet(message: str) -> None:

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KUBEFIT=.venv/bin/kubefit
+SANDBOX=.venv/bin/kubefit-sandbox  # the sandbox command (sandbox/, installed by make beside the operator)
 STATE_DIR="${KUBEFIT_SANDBOX_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubefit/sandbox}"
 OPERATOR_PID="$STATE_DIR/demo-operator.pid"
 OPERATOR_LOG="$STATE_DIR/logs/demo-operator.log"
@@ -17,13 +18,13 @@ if [ "${1:-}" = "down" ]; then
     kill "$(cat "$OPERATOR_PID")" && rm -f "$OPERATOR_PID"
   fi
   echo "==> stopping the sandbox"
-  exec "$KUBEFIT" sandbox down
+  exec "$SANDBOX" down
 fi
 
 echo "==> sandbox: etcd, kube-apiserver, kube-scheduler, kube-controller-manager and simulated GPU nodes"
-"$KUBEFIT" sandbox up
-eval "$("$KUBEFIT" sandbox env)"
-kubectl() { "$KUBEFIT" sandbox kubectl "$@"; }
+"$SANDBOX" up
+eval "$("$SANDBOX" env)"
+kubectl() { "$SANDBOX" kubectl "$@"; }
 
 echo "==> installing the TrainingJob CRD"
 kubectl apply -f crds/trainingjob.yaml
@@ -62,7 +63,7 @@ if [ "${phase:-}" != "Running" ]; then
 fi
 cat <<MSG
 The demo keeps running. Try:
-  eval "\$($KUBEFIT sandbox env)"; kubectl get tj,pods
+  eval "\$($SANDBOX env)"; kubectl get tj,pods
   kubectl scale tj $job --replicas=2
 Stop it all with: make demo-down
 MSG

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian packages that `kubefit sandbox` needs (idempotent, fast when all is present).
+# Installs the Debian packages that `kubefit-sandbox` needs (idempotent, fast when all is present).
 # Called on every `make test`, so the common path must do nothing but a few checks.
 set -euo pipefail
 

@@ -8,7 +8,6 @@ The three binaries are cached under ~/.cache/kubefit/controlplane/<version>-<pat
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -16,9 +15,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
+
+from kubefit_sandbox.locks import exclusive_lock
 
 KUBERNETES_VERSION = "1.20.2"
 # Bump when the patches or build flags change, so that older cached binaries are not reused.
@@ -189,19 +189,6 @@ def patch_golang_sh_gocache(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _build_lock() -> Iterator[None]:
-    # Two `up`s at once (e.g. parallel test sessions) must not build into the same work dir.
-    lock_path = kubefit_cache_dir() / "build.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
 class _Progress:
     """Prints a line every PROGRESS_INTERVAL_S with elapsed time, the step and make's last output."""
 
@@ -333,7 +320,8 @@ def build_controlplane(force: bool = False, log: Log = print_log, keep_source: b
     """Builds the three control-plane binaries into the cache (unless cached) and returns that folder."""
     if not force and cached_binaries() is not None:
         return controlplane_cache_dir()
-    with _build_lock():
+    # Two `up`s at once (e.g. parallel test sessions) must not build into the same work dir.
+    with exclusive_lock(kubefit_cache_dir() / "build.lock"):
         if not force and cached_binaries() is not None:
             return controlplane_cache_dir()  # another process built it while we waited
         for tool in ("apt-get", "go", "make", "rsync", "tar"):

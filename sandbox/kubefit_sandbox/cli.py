@@ -1,7 +1,7 @@
-"""`kubefit sandbox build|up|down|status|env|kubectl|node`: argument parsing and output only.
+"""`kubefit-sandbox build|up|down|status|env|kubectl|tools|node`: argument parsing and output only.
 
-The work is done in kubefit.sandbox (controlplane, nodeagent, nodes); this module turns its results and
-errors into printed lines and exit statuses.
+The work is done in kubefit_sandbox (controlplane, nodeagent, nodes, binaries); this module turns its
+results and errors into printed lines and exit statuses.
 """
 
 from __future__ import annotations
@@ -15,21 +15,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# None of these imports the kubernetes package (it is imported when a client is made): `kubefit size`
-# registers this module's parsers too, and must start without it.
-from kubefit.sandbox.cluster import ACCELERATOR_LABEL, POOL_LABEL
-from kubefit.sandbox.errors import NodeAgentError
-from kubefit.sandbox.kubeclient import core_api, new_api_client, response_json
-from kubefit.sandbox.nodeagent import start_agent, stop_agent
-from kubefit.sandbox.nodes import add_nodes, list_sandbox_nodes, remove_node
-from kubefit.sandbox.podstatus import TERMINAL_PHASES
+# None of these imports the kubernetes package (it is imported when a client is made), so that
+# `kubefit-sandbox --help` and `env` start fast.
+from kubefit_sandbox.cluster import ACCELERATOR_LABEL, POOL_LABEL
+from kubefit_sandbox.errors import NodeAgentError
+from kubefit_sandbox.kubeclient import core_api, new_api_client, response_json
+from kubefit_sandbox.nodeagent import start_agent, stop_agent
+from kubefit_sandbox.nodes import NodeRequest, NodeRequestError, add_nodes, list_sandbox_nodes, remove_node
+from kubefit_sandbox.podstatus import TERMINAL_PHASES
 
+PROG = "kubefit-sandbox"
 DEFAULT_CLUSTER_FILE = Path("examples/sandbox/cluster.yaml")
-_REPO_ROOT = Path(__file__).resolve().parents[3]
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sandbox(args: argparse.Namespace) -> Any:
-    from kubefit.sandbox.controlplane import Sandbox
+    from kubefit_sandbox.controlplane import Sandbox
 
     return Sandbox(state_dir=args.state_dir)
 
@@ -42,7 +43,7 @@ def _default_cluster_file() -> Path | None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from kubefit.sandbox.build import build_controlplane, cached_binaries, controlplane_cache_dir
+    from kubefit_sandbox.build import build_controlplane, cached_binaries, controlplane_cache_dir
 
     if cached_binaries() is not None and not args.force:
         print(f"control-plane binaries already cached in {controlplane_cache_dir()} (use --force to rebuild)")
@@ -94,6 +95,14 @@ def _env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tools(args: argparse.Namespace) -> int:
+    from kubefit_sandbox.binaries import ensure_binaries
+
+    for name, path in ensure_binaries().items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _kubectl(args: argparse.Namespace) -> int:
     kubectl_args = list(args.kubectl_args)
     if kubectl_args[:1] == ["--"]:
@@ -104,7 +113,7 @@ def _kubectl(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# `kubefit sandbox node add|remove|list`
+# `kubefit-sandbox node add|remove|list`
 # ---------------------------------------------------------------------------------------------
 
 
@@ -113,7 +122,7 @@ def _kubeconfig_for(args: argparse.Namespace) -> Path:
         return Path(args.kubeconfig)
     state_dir = getattr(args, "state_dir", None)
     if not state_dir:
-        from kubefit.sandbox.controlplane import default_state_dir
+        from kubefit_sandbox.controlplane import default_state_dir
 
         state_dir = default_state_dir()
     return Path(state_dir) / "kubeconfig"
@@ -125,27 +134,47 @@ def _run_node_command(args: argparse.Namespace, action: Callable[[Any], int]) ->
     kubeconfig = _kubeconfig_for(args)
     if not kubeconfig.is_file():
         print(
-            f"kubefit: no sandbox kubeconfig at {kubeconfig}: run `kubefit sandbox up` first", file=sys.stderr
+            f"{PROG}: no sandbox kubeconfig at {kubeconfig}: run `kubefit-sandbox up` first", file=sys.stderr
         )
         return 1
     try:
         return action(core_api(new_api_client(kubeconfig)))
     except NodeAgentError as exc:
-        print(f"kubefit: {exc}", file=sys.stderr)
+        print(f"{PROG}: {_as_option_error(exc)}", file=sys.stderr)
         return 2
     except ApiException as exc:
-        print(f"kubefit: API server answered {exc.status} {exc.reason}: {exc.body}", file=sys.stderr)
+        print(f"{PROG}: API server answered {exc.status} {exc.reason}: {exc.body}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"kubefit: cannot reach the sandbox API server: {exc}", file=sys.stderr)
+        print(f"{PROG}: cannot reach the sandbox API server: {exc}", file=sys.stderr)
         return 1
+
+
+# NodeRequest fields as `node add` spells them.
+_OPTION_FOR_FIELD = {"accelerator": "--accelerator", "count": "--count", "pool": "--pool", "name": "--name",
+                     "nodes": "--nodes", "cpu": "--cpu", "memory": "--memory"}  # fmt: skip
+
+
+def _as_option_error(error: NodeAgentError) -> str:
+    """ "cpu must be ..." -> "--cpu must be ...": a bad request is worded as the option the user typed."""
+    if isinstance(error, NodeRequestError) and error.field in _OPTION_FOR_FIELD:
+        return _OPTION_FOR_FIELD[error.field] + error.detail
+    return str(error)
 
 
 def _node_add(args: argparse.Namespace) -> int:
+    request = NodeRequest(
+        accelerator=args.accelerator,
+        count=args.count,
+        pool=args.pool,
+        name=args.name,
+        nodes=args.nodes,
+        cpu=args.cpu,
+        memory=args.memory,
+    )
+
     def action(core: Any) -> int:
-        names = add_nodes(
-            core, args.accelerator, args.count, args.pool, args.name, args.nodes, args.cpu, args.memory
-        )
+        names = add_nodes(core, request)
         print(f"added {', '.join(names)}")
         return 0
 
@@ -205,7 +234,7 @@ def _node_list(args: argparse.Namespace) -> int:
 
 
 def add_node_commands(subparsers: Any) -> None:
-    """Adds `node add|remove|list` to the `kubefit sandbox` sub-commands."""
+    """Adds `node add|remove|list` to the `kubefit-sandbox` commands."""
     node = subparsers.add_parser("node", help="add, remove and list simulated GPU/TPU nodes")
     node.add_argument("--kubeconfig", help="the sandbox's kubeconfig (default: <state dir>/kubeconfig)")
     actions = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
@@ -230,24 +259,27 @@ def add_node_commands(subparsers: Any) -> None:
     listing.set_defaults(handler=_node_list)
 
 
-def register(commands: Any) -> None:
-    sandbox = commands.add_parser(
-        "sandbox",
-        help="a real local Kubernetes control plane (etcd, apiserver, scheduler, controller manager)",
-        description="Runs a real Kubernetes 1.20 control plane on 127.0.0.1, built from Debian's sources.",
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="A real local Kubernetes 1.20 control plane (etcd, kube-apiserver, kube-scheduler, "
+        "kube-controller-manager) on 127.0.0.1, built from Debian's sources, with simulated GPU/TPU nodes.",
     )
-    sandbox.add_argument(
+    parser.add_argument(
         "--state-dir",
         default=os.environ.get("KUBEFIT_SANDBOX_DIR"),
         help="where PIDs, logs, keys and the kubeconfig live (default: $KUBEFIT_SANDBOX_DIR or "
         "~/.cache/kubefit/sandbox)",
     )
-    actions = sandbox.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")
+    actions = parser.add_subparsers(dest="sandbox_command", required=True, metavar="COMMAND")
 
     build = actions.add_parser("build", help="build and cache the control-plane binaries (~6 min cold)")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.add_argument("--keep-source", action="store_true", help="keep the unpacked source tree")
     build.set_defaults(handler=_build)
+
+    tools = actions.add_parser("tools", help="fetch kubectl and helm into ~/.cache/kubefit/bin (once)")
+    tools.set_defaults(handler=_tools)
 
     up = actions.add_parser("up", help="start the control plane (builds it first if needed); idempotent")
     up.add_argument(
@@ -266,7 +298,7 @@ def register(commands: Any) -> None:
     status = actions.add_parser("status", help="show each component; exit 0 only if all are up")
     status.set_defaults(handler=_status)
 
-    env = actions.add_parser("env", help='print exports; use: eval "$(kubefit sandbox env)"')
+    env = actions.add_parser("env", help=f'print exports; use: eval "$({PROG} env)"')
     env.set_defaults(handler=_env)
 
     kubectl = actions.add_parser(
@@ -278,3 +310,14 @@ def register(commands: Any) -> None:
     kubectl.set_defaults(handler=_kubectl)
 
     add_node_commands(actions)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,8 +6,8 @@ A cluster file (see examples/sandbox/cluster.yaml) lists pools of identical node
     - {name: h100, accelerator: nvidia-h100-80gb, nodes: 2, acceleratorsPerNode: 8, cpu: 96, memory: 1Ti}
     - {name: cpu, nodes: 1, cpu: 16, memory: 64Gi}          # no accelerator: a CPU-only node
 
-Everything here is pure (no API calls) so that it can be unit-tested; kubefit.sandbox.nodes creates
-the nodes and kubefit.sandbox.nodeagent keeps them alive.
+Everything here is pure (no API calls) so that it can be unit-tested; kubefit_sandbox.nodes creates
+the nodes and kubefit_sandbox.nodeagent keeps them alive.
 """
 
 from __future__ import annotations
@@ -174,6 +174,29 @@ def default_instance_type(accelerator: Accelerator | None, accelerators_per_node
     return f"sandbox-{accelerators_per_node}x-{accelerator.name}"
 
 
+def _pool_accelerator(name: Any, where: str, catalog: Catalog) -> Accelerator | None:
+    """The pool's catalog accelerator; None for a CPU-only pool (no name, or "none")."""
+    if name in (None, NO_ACCELERATOR):
+        return None
+    if not isinstance(name, str) or name not in catalog:
+        raise ClusterConfigError(
+            f"{where}.accelerator: unknown accelerator {name!r}; "
+            f"known: {', '.join(catalog.names())} (or omit it for a CPU-only pool)"
+        )
+    return catalog.get(name)
+
+
+def _accelerators_per_node(raw: Mapping[str, Any], accelerator: Accelerator | None, where: str) -> int:
+    if accelerator is None:
+        if raw.get("acceleratorsPerNode") not in (None, 0):
+            raise ClusterConfigError(f"{where}.acceleratorsPerNode is set but the pool has no accelerator")
+        return 0
+    # Default: the largest count a worker may ask for on one node of that kind (the catalog's perNode).
+    return _positive_int(
+        raw.get("acceleratorsPerNode", max(accelerator.per_node)), f"{where}.acceleratorsPerNode"
+    )
+
+
 def parse_pool(raw: Any, where: str, catalog: Catalog) -> NodePool:
     """One entry of `pools`; `where` (e.g. "cluster.yaml: pools[0]") prefixes every error."""
     if not isinstance(raw, dict):
@@ -191,25 +214,9 @@ def parse_pool(raw: Any, where: str, catalog: Catalog) -> NodePool:
             f"got {name!r}"
         )
     where = f"{where}({name})"
-    accelerator_name = raw.get("accelerator")
-    accelerator: Accelerator | None = None
-    if accelerator_name not in (None, NO_ACCELERATOR):
-        if not isinstance(accelerator_name, str) or accelerator_name not in catalog:
-            raise ClusterConfigError(
-                f"{where}.accelerator: unknown accelerator {accelerator_name!r}; "
-                f"known: {', '.join(catalog.names())} (or omit it for a CPU-only pool)"
-            )
-        accelerator = catalog.get(accelerator_name)
+    accelerator = _pool_accelerator(raw.get("accelerator"), where, catalog)
     nodes = _positive_int(raw.get("nodes", 1), f"{where}.nodes", allow_zero=True)
-    if accelerator is None:
-        if raw.get("acceleratorsPerNode") not in (None, 0):
-            raise ClusterConfigError(f"{where}.acceleratorsPerNode is set but the pool has no accelerator")
-        per_node = 0
-    else:
-        # Default: the largest count a worker may ask for on one node of that kind (the catalog's perNode).
-        per_node = _positive_int(
-            raw.get("acceleratorsPerNode", max(accelerator.per_node)), f"{where}.acceleratorsPerNode"
-        )
+    per_node = _accelerators_per_node(raw, accelerator, where)
     cpu = _cpu(raw.get("cpu", DEFAULT_CPU), f"{where}.cpu")
     memory = _bytes_quantity(raw.get("memory", DEFAULT_MEMORY), f"{where}.memory")
     storage = _bytes_quantity(

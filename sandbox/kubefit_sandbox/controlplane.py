@@ -3,12 +3,11 @@
 Everything listens on 127.0.0.1 only, on free ports picked at start. The processes run in their own
 sessions so they outlive the command that started them; their PIDs, logs, keys, certificates and the
 admin kubeconfig live in the state dir (default ~/.cache/kubefit/sandbox/, or $KUBEFIT_SANDBOX_DIR).
-There are no nodes: the simulated GPU node agent (kubefit.sandbox.nodeagent) registers them.
+There are no nodes: the simulated GPU node agent (kubefit_sandbox.nodeagent) registers them.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
@@ -20,15 +19,15 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
-from kubefit.sandbox.build import Log, build_controlplane, cached_binaries, kubefit_cache_dir, print_log
-from kubefit.sandbox.tools import kubectl_path
+from kubefit_sandbox.binaries import ensure_binaries, kubectl_path
+from kubefit_sandbox.build import Log, build_controlplane, cached_binaries, kubefit_cache_dir, print_log
+from kubefit_sandbox.locks import exclusive_lock
 
 SANDBOX_DIR_ENV = "KUBEFIT_SANDBOX_DIR"
 LOOPBACK = "127.0.0.1"
@@ -193,7 +192,7 @@ def _reap(processes: Sequence[ComponentProcess]) -> None:
         try:
             os.waitpid(proc.pid, os.WNOHANG)
         except ChildProcessError:
-            pass  # not our child (started by an earlier `kubefit sandbox up`)
+            pass  # not our child (started by an earlier `kubefit-sandbox up`)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,21 +415,10 @@ class Sandbox:
 
     # -- up / down ------------------------------------------------------------------------------
 
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        # Serialises up/down across processes (CLI, several test sessions).
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "lock", "w") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
-
     def up(self, timeout: float = 180.0) -> None:
         """Starts the control plane, or returns at once if it is already up and healthy."""
         started = time.monotonic()
-        with self._lock():
+        with exclusive_lock(self.state_dir / "lock"):  # serialises up/down across processes
             if self.is_up():
                 self.log(f"sandbox already up: {self.api_url} (KUBECONFIG={self.kubeconfig_path})")
                 return
@@ -439,6 +427,7 @@ class Sandbox:
                 self.log("sandbox is partly up or unhealthy: stopping what is left before restarting")
             if state:
                 _terminate(self._in_stop_order(state), self.log)
+            ensure_binaries()  # kubectl and helm, for `kubefit-sandbox kubectl` and the tests (once)
             binaries = cached_binaries()
             if binaries is None:
                 self.log("control-plane binaries not cached yet: building them (one time, ~6 min)")
@@ -452,7 +441,7 @@ class Sandbox:
 
     def down(self) -> None:
         """Stops the processes `up` started (SIGTERM, then SIGKILL). Keeps data, keys and the build cache."""
-        with self._lock():
+        with exclusive_lock(self.state_dir / "lock"):  # serialises up/down across processes
             state = self._state()
             if state is None or not state.processes:
                 self.log("sandbox not running")
@@ -480,7 +469,6 @@ class Sandbox:
         deadline = time.monotonic() + timeout
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         create_pki(self.pki_dir)
-        tokens = load_or_create_tokens(self.tokens_file)
         preferred = (
             [previous.etcd_client_port, previous.etcd_peer_port, previous.apiserver_port] if previous else []
         )
@@ -492,46 +480,9 @@ class Sandbox:
             started_at=time.time(),
         )
         state.save(self.state_file)  # ports first, so api_url works while starting
-        server = f"https://{LOOPBACK}:{apiserver_port}"
-        _write_private(
-            self.kubeconfig_path,
-            yaml.safe_dump(kubeconfig_document(server, tokens.admin, self.ca_file, ADMIN_USER)),
-        )
-        scheduler_kubeconfig = self.pki_dir / "kube-scheduler.kubeconfig"
-        controller_manager_kubeconfig = self.pki_dir / "kube-controller-manager.kubeconfig"
-        _write_private(
-            scheduler_kubeconfig,
-            yaml.safe_dump(
-                kubeconfig_document(server, tokens.scheduler, self.ca_file, "system:kube-scheduler")
-            ),
-        )
-        _write_private(
-            controller_manager_kubeconfig,
-            yaml.safe_dump(
-                kubeconfig_document(
-                    server, tokens.controller_manager, self.ca_file, "system:kube-controller-manager"
-                )
-            ),
-        )
-
+        kubeconfigs = self._write_kubeconfigs(f"https://{LOOPBACK}:{apiserver_port}")
         try:
-            self._launch(state, "etcd", self._etcd_command(state))
-            self._wait(state, "etcd", lambda: self._etcd_healthy(state), deadline)
-            self._launch(state, "kube-apiserver", self._apiserver_command(binaries, state))
-            self._wait(state, "kube-apiserver", lambda: self.api_get("/readyz")[0] == 200, deadline)
-            self._launch(state, "kube-scheduler", self._scheduler_command(binaries, scheduler_kubeconfig))
-            self._launch(
-                state,
-                "kube-controller-manager",
-                self._controller_manager_command(binaries, controller_manager_kubeconfig),
-            )
-            # Pods are refused until the token controller has created the default ServiceAccount.
-            self._wait(
-                state,
-                "default ServiceAccount",
-                lambda: self.api_get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
-                deadline,
-            )
+            self._launch_components(binaries, state, kubeconfigs, deadline)
         except BaseException:
             self.log(f"sandbox failed to start; logs in {self.logs_dir}")
             _terminate(self._in_stop_order(state), self.log)
@@ -539,12 +490,56 @@ class Sandbox:
             state.save(self.state_file)
             raise
 
+    def _write_kubeconfigs(self, server: str) -> dict[str, Path]:
+        """The admin kubeconfig, and one per component that talks to the API server (by component)."""
+        tokens = load_or_create_tokens(self.tokens_file)
+        _write_private(
+            self.kubeconfig_path,
+            yaml.safe_dump(kubeconfig_document(server, tokens.admin, self.ca_file, ADMIN_USER)),
+        )
+        # The scheduler and controller manager act as the users Kubernetes' default RBAC bindings expect.
+        users = {
+            "kube-scheduler": ("system:kube-scheduler", tokens.scheduler),
+            "kube-controller-manager": ("system:kube-controller-manager", tokens.controller_manager),
+        }
+        paths = {}
+        for component, (user, token) in users.items():
+            paths[component] = self.pki_dir / f"{component}.kubeconfig"
+            _write_private(
+                paths[component], yaml.safe_dump(kubeconfig_document(server, token, self.ca_file, user))
+            )
+        return paths
+
+    def _launch_components(
+        self, binaries: dict[str, Path], state: SandboxState, kubeconfigs: dict[str, Path], deadline: float
+    ) -> None:
+        """etcd, then the API server once etcd is healthy, then the scheduler and controller manager."""
+        self._launch(state, "etcd", self._etcd_command(state))
+        self._wait(state, "etcd", lambda: self._etcd_healthy(state), deadline)
+        self._launch(state, "kube-apiserver", self._apiserver_command(binaries, state))
+        self._wait(state, "kube-apiserver", lambda: self.api_get("/readyz")[0] == 200, deadline)
+        self._launch(
+            state, "kube-scheduler", self._scheduler_command(binaries, kubeconfigs["kube-scheduler"])
+        )
+        self._launch(
+            state,
+            "kube-controller-manager",
+            self._controller_manager_command(binaries, kubeconfigs["kube-controller-manager"]),
+        )
+        # Pods are refused until the token controller has created the default ServiceAccount.
+        self._wait(
+            state,
+            "default ServiceAccount",
+            lambda: self.api_get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+            deadline,
+        )
+
     def _launch(self, state: SandboxState, name: str, command: list[str]) -> None:
         log_path = self.logs_dir / f"{name}.log"
         with open(log_path, "ab") as log_file:
             log_file.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
             log_file.flush()
-            # Own session: the component survives `kubefit sandbox up` exiting and its terminal's signals.
+            # Own session: the component survives `kubefit-sandbox up` exiting and its terminal's signals.
             process = subprocess.Popen(
                 command,
                 cwd=self.state_dir,

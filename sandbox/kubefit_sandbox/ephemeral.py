@@ -10,7 +10,6 @@ recorded in it (PID and start time must both match) and deleting it.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 import shutil
@@ -20,9 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kubefit.sandbox.build import Log, kubefit_cache_dir, print_log
-from kubefit.sandbox.controlplane import Sandbox
-from kubefit.sandbox.nodeagent import stop_agent
+from kubefit_sandbox.build import Log, kubefit_cache_dir, print_log
+from kubefit_sandbox.controlplane import Sandbox
+from kubefit_sandbox.locks import try_exclusive_lock
+from kubefit_sandbox.nodeagent import stop_agent
 
 OWNER_LOCK_FILE = "owner.lock"
 STAGING_PREFIX = ".new-"
@@ -32,17 +32,6 @@ STAGING_ABANDONED_AFTER_S = 600.0
 
 def ephemeral_root() -> Path:
     return kubefit_cache_dir() / "ephemeral"
-
-
-def _try_lock(path: Path) -> int | None:
-    """An fd holding an exclusive lock on `path`, or None if another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def reap_abandoned(root: Path | None = None, log: Log = print_log) -> list[Path]:
@@ -57,7 +46,7 @@ def reap_abandoned(root: Path | None = None, log: Log = print_log) -> list[Path]
                 shutil.rmtree(path, ignore_errors=True)
                 reaped.append(path)
             continue
-        lock_fd = _try_lock(path / OWNER_LOCK_FILE)
+        lock_fd = try_exclusive_lock(path / OWNER_LOCK_FILE)
         if lock_fd is None:
             continue  # its owner still runs
         try:
@@ -75,7 +64,7 @@ def _claim_state_dir(root: Path, purpose: str) -> tuple[Path, int]:
     that a concurrent reaper never sees it unlocked)."""
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
-    lock_fd = _try_lock(staging / OWNER_LOCK_FILE)
+    lock_fd = try_exclusive_lock(staging / OWNER_LOCK_FILE)
     assert lock_fd is not None, "a fresh lock file cannot be held by anyone else"
     state_dir = root / f"{purpose}-{os.getpid()}-{secrets.token_hex(3)}"
     os.rename(staging, state_dir)

@@ -1,7 +1,7 @@
 """Kubernetes API plumbing for the sandbox's node code: clients, raw JSON, and watches.
 
 Raw JSON dicts rather than the client's models: cheaper, and they match the pure code in
-kubefit.sandbox.podstatus. The kubernetes package is imported only when a client is made, so that
+kubefit_sandbox.podstatus. The kubernetes package is imported only when a client is made, so that
 the CLI can import this module without it.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kubefit.sandbox.errors import NodeAgentError
+from kubefit_sandbox.errors import NodeAgentError
 
 WATCH_TIMEOUT_S = 300  # server-side; the read timeout below is a little longer to notice dead links
 

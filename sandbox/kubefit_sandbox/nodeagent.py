@@ -15,19 +15,18 @@ the label `kubefit.dev/sandbox-pool`:
   pod GC would do it too, but only after its 40 s quarantine: quarantineTime in Kubernetes'
   pkg/controller/podgc/gc_controller.go).
 
-It runs as one background process (`python -m kubefit.sandbox.nodeagent --kubeconfig K`), started by
+It runs as one background process (`python -m kubefit_sandbox.nodeagent --kubeconfig K`), started by
 `start_agent` with its PID in <state dir>/agent.pid and its log in <state dir>/logs/node-agent.log, and
 stopped by `stop_agent`. Three threads: a node watch, a pod watch (only bound pods: field selector
 spec.nodeName!=), and a timer loop for heartbeats and delayed deletions; idle, it costs nothing.
 
-This module is the loop and the process; what to do with a pod is in kubefit.sandbox.podstatus (pure),
-node operations in kubefit.sandbox.nodes, the API client and watches in kubefit.sandbox.kubeclient.
+This module is the loop and the process; what to do with a pod is in kubefit_sandbox.podstatus (pure),
+node operations in kubefit_sandbox.nodes, the API client and watches in kubefit_sandbox.kubeclient.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import heapq
 import logging
 import os
@@ -42,10 +41,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubefit.sandbox.cluster import POOL_LABEL, load_cluster_config
-from kubefit.sandbox.errors import NodeAgentError
-from kubefit.sandbox.kubeclient import WatchExpired, core_api, new_api_client, response_json, watch_events
-from kubefit.sandbox.nodes import (
+from kubefit_sandbox.cluster import POOL_LABEL, load_cluster_config
+from kubefit_sandbox.errors import NodeAgentError
+from kubefit_sandbox.kubeclient import WatchExpired, core_api, new_api_client, response_json, watch_events
+from kubefit_sandbox.locks import exclusive_lock, try_exclusive_lock
+from kubefit_sandbox.nodes import (
     delete_pod_now,
     delete_pods_on_node,
     ensure_pool_nodes,
@@ -53,7 +53,7 @@ from kubefit.sandbox.nodes import (
     make_node_ready,
     node_needs_fixing,
 )
-from kubefit.sandbox.podstatus import (
+from kubefit_sandbox.podstatus import (
     PodIPAllocator,
     decide,
     exited_status_patch,
@@ -77,12 +77,12 @@ AGENT_START_LOCK_FILE = "agent-start.lock"
 LOCK_HELD_EXIT_CODE = 3  # the agent's exit status when another agent holds the lock
 AGENT_LOG_FILE = Path("logs") / "node-agent.log"
 # `python -m` runs this module as the agent process; _is_agent_process looks for it in /proc cmdlines.
-AGENT_MODULE = "kubefit.sandbox.nodeagent"
+AGENT_MODULE = "kubefit_sandbox.nodeagent"
 CLUSTER_FILE_ENV = "KUBEFIT_SANDBOX_CLUSTER"
 # The repository's example, used when no cluster file is named (editable installs and checkouts).
-EXAMPLE_CLUSTER_FILE = Path(__file__).resolve().parents[3] / "examples" / "sandbox" / "cluster.yaml"
+EXAMPLE_CLUSTER_FILE = Path(__file__).resolve().parents[2] / "examples" / "sandbox" / "cluster.yaml"
 
-log = logging.getLogger("kubefit.sandbox.nodeagent")
+log = logging.getLogger("kubefit_sandbox.nodeagent")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +496,7 @@ def start_agent(sandbox: Any, cluster_file: str | Path | None = None) -> int:
 
     Returns the agent's PID.
 
-    `sandbox` needs `state_dir` and `kubeconfig_path` (kubefit.sandbox.controlplane.Sandbox). Without
+    `sandbox` needs `state_dir` and `kubeconfig_path` (kubefit_sandbox.controlplane.Sandbox). Without
     `cluster_file`, default_cluster_file() is used; with none at all, only existing nodes are managed.
     The PID goes to <state_dir>/agent.pid; stop_agent(state_dir) stops it.
     """
@@ -508,8 +508,7 @@ def start_agent(sandbox: Any, cluster_file: str | Path | None = None) -> int:
             print(f"  simulated nodes from {path}: created {', '.join(created)}", file=sys.stderr, flush=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     # Serialises concurrent start_agent calls (several test sessions): one check-and-spawn at a time.
-    with open(state_dir / AGENT_START_LOCK_FILE, "w") as start_lock:
-        fcntl.flock(start_lock, fcntl.LOCK_EX)
+    with exclusive_lock(state_dir / AGENT_START_LOCK_FILE):
         pid = running_agent_pid(state_dir)
         if pid is not None:
             return pid
@@ -524,7 +523,7 @@ def _spawn_agent(state_dir: Path, kubeconfig: Path) -> int:
     ready_file.unlink(missing_ok=True)
     command += ["--lock-file", str(state_dir / AGENT_LOCK_FILE), "--ready-file", str(ready_file)]
     with open(log_path, "ab") as log_file:
-        # Own session: it outlives `kubefit sandbox up` and its terminal's signals.
+        # Own session: it outlives `kubefit-sandbox up` and its terminal's signals.
         process = subprocess.Popen(
             command,
             cwd=state_dir,
@@ -585,7 +584,7 @@ def stop_agent(state_dir: str | Path, timeout_s: float = 5.0) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# The agent process's entry point (`python -m kubefit.sandbox.nodeagent`, run by _spawn_agent)
+# The agent process's entry point (`python -m kubefit_sandbox.nodeagent`, run by _spawn_agent)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -603,10 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     if args.lock_file:
         # Not opened with "w": that would empty the file, and the PID in it, under the agent holding it.
-        lock = os.open(args.lock_file, os.O_RDWR | os.O_CREAT, 0o644)  # held open until the process exits
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        lock = try_exclusive_lock(args.lock_file)  # held open until the process exits
+        if lock is None:
             # Two agents would both patch the same pods, with different pod IPs.
             log.error("another node agent holds %s: exiting", args.lock_file)
             return LOCK_HELD_EXIT_CODE

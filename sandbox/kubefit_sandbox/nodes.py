@@ -1,16 +1,18 @@
 """Creating, readying and removing the sandbox's simulated nodes through the API server.
 
 Used by the agent (start_agent creates the cluster file's nodes; the agent readies nodes and clears
-the pods of deleted ones) and by `kubefit sandbox node add|remove|list`.
+the pods of deleted ones) and by `kubefit-sandbox node add|remove|list`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from kubefit.sandbox.cluster import (
+from kubefit.sizing.catalog import Catalog, load_catalog
+from kubefit_sandbox.cluster import (
     ACCELERATOR_LABEL,
     DEFAULT_CPU,
     DEFAULT_EPHEMERAL_STORAGE,
@@ -28,10 +30,9 @@ from kubefit.sandbox.cluster import (
     ready_conditions,
     without_not_ready_taint,
 )
-from kubefit.sandbox.errors import NodeAgentError
-from kubefit.sandbox.kubeclient import response_json
-from kubefit.sandbox.podstatus import rfc3339
-from kubefit.sizing.catalog import Catalog, load_catalog
+from kubefit_sandbox.errors import NodeAgentError
+from kubefit_sandbox.kubeclient import response_json
+from kubefit_sandbox.podstatus import rfc3339
 
 
 def list_sandbox_nodes(core: Any) -> tuple[list[dict], str]:
@@ -148,48 +149,67 @@ def ensure_pool_nodes(core: Any, config: ClusterConfig) -> list[str]:
     return created
 
 
-# Cluster-file fields as `node add` spells them.
-_OPTION_FOR_FIELD = {"acceleratorsPerNode": "--count", "cpu": "--cpu", "memory": "--memory", "name": "--pool"}
+@dataclass(frozen=True)
+class NodeRequest:
+    """What add_nodes is asked for: `nodes` nodes of a pool; None means "the pool's, or the default"."""
+
+    accelerator: str | None = None  # catalog name; None (or "none") for CPU-only nodes
+    count: int | None = None  # accelerators per node
+    pool: str | None = None  # default: the one pool of that accelerator, else one named after it
+    name: str | None = None  # default: <pool>-<first free index>; only with nodes == 1
+    nodes: int = 1
+    cpu: str | int | None = None
+    memory: str | None = None
 
 
-def _as_option_error(message: str) -> str:
-    """ "node add(h100).cpu must be ..." -> "--cpu must be ..."."""
-    match = re.match(r"^node add(?:\([^)]*\))?\.(\w+)(.*)$", message, re.DOTALL)
-    if match and match.group(1) in _OPTION_FOR_FIELD:
-        return _OPTION_FOR_FIELD[match.group(1)] + match.group(2)
-    return message
+class NodeRequestError(NodeAgentError):
+    """A NodeRequest that cannot be met; `field` names the NodeRequest field at fault, `detail` says why.
 
-
-def add_nodes(
-    core: Any,
-    accelerator: str | None,
-    count: int | None = None,
-    pool: str | None = None,
-    name: str | None = None,
-    nodes: int = 1,
-    cpu: str | int | None = None,
-    memory: str | None = None,
-    catalog: Catalog | None = None,
-) -> list[str]:
-    """Adds `nodes` nodes with `count` accelerators each; returns their names.
-
-    Without `pool`, the nodes join the one existing pool of that accelerator, or a new pool named after it
-    (`cpu` for no accelerator). A new node of an existing pool copies its sizes unless given.
+    str() reads "<field><detail>", e.g. "cpu must be a positive CPU quantity ..."; the CLI words the field
+    as its option instead.
     """
-    catalog = catalog if catalog is not None else load_catalog()
-    if accelerator in (None, "", NO_ACCELERATOR):
-        accelerator = None
-    elif accelerator not in catalog:
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}{detail}")
+        self.field = field
+        self.detail = detail
+
+
+# Cluster-file fields, as the NodeRequest names them.
+_REQUEST_FIELD = {"acceleratorsPerNode": "count", "cpu": "cpu", "memory": "memory", "name": "pool"}
+
+
+def _request_error(error: ClusterConfigError) -> NodeAgentError:
+    """ "node add(h100).cpu must be ..." -> NodeRequestError("cpu", " must be ...")."""
+    match = re.match(r"^node add(?:\([^)]*\))?\.(\w+)(.*)$", str(error), re.DOTALL)
+    if match and match.group(1) in _REQUEST_FIELD:
+        return NodeRequestError(_REQUEST_FIELD[match.group(1)], match.group(2))
+    return NodeAgentError(str(error))
+
+
+def _check_request(request: NodeRequest, catalog: Catalog) -> str | None:
+    """The request's accelerator (None for CPU-only) once the request is consistent."""
+    accelerator = None if request.accelerator in (None, "", NO_ACCELERATOR) else request.accelerator
+    if accelerator is not None and accelerator not in catalog:
         known = ", ".join(catalog.names())
-        raise NodeAgentError(f"--accelerator: unknown accelerator {accelerator!r}; known: {known}")
-    if nodes < 1:
-        raise NodeAgentError(f"--nodes must be at least 1, got {nodes}")
-    if count is not None and (accelerator is None or count < 1):
-        raise NodeAgentError("--count must be a positive number of accelerators, and needs --accelerator")
-    if name is not None and nodes != 1:
-        raise NodeAgentError("--name names a single node: it cannot be used with --nodes above 1")
-    existing, _ = list_sandbox_nodes(core)
+        raise NodeRequestError("accelerator", f": unknown accelerator {accelerator!r}; known: {known}")
+    if request.nodes < 1:
+        raise NodeRequestError("nodes", f" must be at least 1, got {request.nodes}")
+    if request.count is not None and (accelerator is None or request.count < 1):
+        raise NodeRequestError(
+            "count", " must be a positive number of accelerators, and needs an accelerator"
+        )
+    if request.name is not None and request.nodes != 1:
+        raise NodeRequestError("name", " names a single node: it cannot be used with more than 1 node")
+    return accelerator
+
+
+def _pool_for(
+    request: NodeRequest, accelerator: str | None, existing: list[dict], catalog: Catalog
+) -> NodePool:
+    """The pool the new nodes join: an existing one's sizes (unless overridden), or a new pool."""
     wanted_label = accelerator or NO_ACCELERATOR
+    pool = request.pool
     if pool is None:
         pools = {n["metadata"]["labels"][POOL_LABEL] for n in existing
                  if n["metadata"]["labels"].get(ACCELERATOR_LABEL) == wanted_label}  # fmt: skip
@@ -199,8 +219,8 @@ def add_nodes(
     if members:
         template = _pool_from_node(members[0], catalog)
         if template.accelerator_name != wanted_label:
-            raise NodeAgentError(
-                f"--pool: pool {pool!r} holds {template.accelerator_name} nodes, not {wanted_label}"
+            raise NodeRequestError(
+                "pool", f": pool {pool!r} holds {template.accelerator_name} nodes, not {wanted_label}"
             )
         raw.update(
             acceleratorsPerNode=template.accelerators_per_node or None,
@@ -209,30 +229,44 @@ def add_nodes(
             ephemeralStorage=template.ephemeral_storage,
             pods=template.pods,
         )
-    overrides = {"acceleratorsPerNode": count, "cpu": cpu, "memory": memory}
+    overrides = {"acceleratorsPerNode": request.count, "cpu": request.cpu, "memory": request.memory}
     raw.update({key: value for key, value in overrides.items() if value is not None})
     try:
-        node_pool = parse_pool({k: v for k, v in raw.items() if v is not None}, "node add", catalog)
+        return parse_pool({k: v for k, v in raw.items() if v is not None}, "node add", catalog)
     except ClusterConfigError as exc:
-        raise NodeAgentError(_as_option_error(str(exc))) from None
-    taken = {n["metadata"]["name"] for n in existing}
+        raise _request_error(exc) from None
+
+
+def _new_node_names(request: NodeRequest, pool: str, taken: set[str]) -> list[str]:
+    if request.name is not None:
+        if request.name in taken:
+            raise NodeRequestError("name", f": a node named {request.name} already exists")
+        return [request.name]
+    names: list[str] = []
+    index = 0
+    while len(names) < request.nodes:
+        if f"{pool}-{index}" not in taken:
+            names.append(f"{pool}-{index}")
+        index += 1
+    return names
+
+
+def add_nodes(core: Any, request: NodeRequest, catalog: Catalog | None = None) -> list[str]:
+    """Adds request.nodes nodes with request.count accelerators each; returns their names.
+
+    Without a pool, the nodes join the one existing pool of that accelerator, or a new pool named after it
+    (`cpu` for no accelerator). A new node of an existing pool copies its sizes unless given.
+    """
+    catalog = catalog if catalog is not None else load_catalog()
+    accelerator = _check_request(request, catalog)
+    existing, _ = list_sandbox_nodes(core)
+    node_pool = _pool_for(request, accelerator, existing, catalog)
+    names = _new_node_names(request, node_pool.name, {n["metadata"]["name"] for n in existing})
     cidrs = [(n.get("spec") or {}).get("podCIDR") for n in existing]
-    names = []
-    next_index = 0
-    for _ in range(nodes):
-        if name is None:
-            while f"{pool}-{next_index}" in taken:
-                next_index += 1
-            node_name = f"{pool}-{next_index}"
-        else:
-            node_name = name
-            if node_name in taken:
-                raise NodeAgentError(f"--name: a node named {node_name} already exists")
+    for node_name in names:
         manifest = build_node(node_pool, node_name, free_node_index(cidrs), rfc3339())
         register_node(core, manifest)
-        taken.add(node_name)
         cidrs.append(manifest["spec"]["podCIDR"])
-        names.append(node_name)
     return names
 
 

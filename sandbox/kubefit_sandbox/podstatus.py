@@ -1,7 +1,7 @@
 """What the node agent does with a pod, and the status patches a kubelet would send (pure).
 
 No API calls here: `decide` and the patches take a pod as a dict and return plain data, so that they
-are unit-tested without a cluster (kubefit.sandbox.nodeagent sends them).
+are unit-tested without a cluster (kubefit_sandbox.nodeagent sends them).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubefit.sandbox.errors import NodeAgentError
+from kubefit.api import units
+from kubefit_sandbox.errors import NodeAgentError
 
 EXIT_ANNOTATION = "sandbox.kubefit.dev/exit"
 SHUTDOWN_ANNOTATION = "sandbox.kubefit.dev/shutdown-seconds"
@@ -32,12 +33,16 @@ class InvalidAnnotation(ValueError):
 
 
 def rfc3339(moment: datetime | None = None) -> str:
-    """Kubernetes' metav1.Time format (second precision, UTC)."""
-    return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Kubernetes' metav1.Time format (kubefit.api.units.rfc3339); now, when no moment is given."""
+    return units.rfc3339(moment or datetime.now(UTC))
 
 
 def parse_rfc3339(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    """The moment a metav1.Time names, in UTC; ValueError when it is not one."""
+    parsed = units.parse_rfc3339(text)
+    if parsed is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    return parsed.astimezone(UTC)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""Fixtures for end-to-end tests against the real local control plane (kubefit sandbox).
+"""Fixtures for end-to-end tests against the real local control plane (kubefit-sandbox).
 
-Every test run gets a control plane of its own (kubefit.sandbox.ephemeral), never the developer's
+Every test run gets a control plane of its own (kubefit_sandbox.ephemeral), never the developer's
 sandbox: a running `make demo`, another test run, or state left by an earlier one cannot change what
 a test sees, and the run leaves nothing behind (processes, nodes, state dir).
 """
@@ -13,8 +13,8 @@ from contextlib import ExitStack
 
 import pytest
 
-from kubefit.sandbox.controlplane import SANDBOX_DIR_ENV, Sandbox
-from kubefit.sandbox.ephemeral import ephemeral_sandbox
+from kubefit_sandbox.controlplane import SANDBOX_DIR_ENV, Sandbox
+from kubefit_sandbox.ephemeral import ephemeral_sandbox
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +28,9 @@ def sandbox() -> Iterator[Sandbox]:
         try:
             control_plane = stack.enter_context(ephemeral_sandbox("e2e"))
         except Exception as error:  # noqa: BLE001 - any failure to start is a test failure
-            pytest.fail(f"kubefit sandbox could not come up: {error}", pytrace=False)
+            pytest.fail(f"kubefit-sandbox could not come up: {error}", pytrace=False)
         # Code under test that reads these (kopf, the kubernetes client, the kubefit CLI) finds this
-        # run's sandbox, even in a shell where `eval "$(kubefit sandbox env)"` points at a demo.
+        # run's sandbox, even in a shell where `eval "$(kubefit-sandbox env)"` points at a demo.
         previous = {name: os.environ.get(name) for name in ("KUBECONFIG", SANDBOX_DIR_ENV)}
         os.environ.update(control_plane.env())
         try:

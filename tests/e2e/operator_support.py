@@ -40,14 +40,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from kubefit.sandbox.cluster import NodePool, build_node, free_node_index, load_cluster_config, parse_pool
-from kubefit.sandbox.controlplane import Sandbox
-from kubefit.sandbox.errors import NodeAgentError
-from kubefit.sandbox.kubeclient import core_api, new_api_client
-from kubefit.sandbox.nodeagent import start_agent
-from kubefit.sandbox.nodes import list_sandbox_nodes, register_node, remove_node
-from kubefit.sandbox.podstatus import rfc3339
 from kubefit.sizing.catalog import load_catalog
+from kubefit_sandbox.cluster import NodePool, build_node, free_node_index, load_cluster_config, parse_pool
+from kubefit_sandbox.controlplane import Sandbox
+from kubefit_sandbox.errors import NodeAgentError
+from kubefit_sandbox.kubeclient import core_api, new_api_client
+from kubefit_sandbox.nodeagent import start_agent
+from kubefit_sandbox.nodes import list_sandbox_nodes, register_node, remove_node
+from kubefit_sandbox.podstatus import rfc3339
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "trainingjob.yaml"

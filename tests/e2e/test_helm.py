@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from kubefit.sandbox.controlplane import Sandbox
-from kubefit.sandbox.tools import helm_path
+from kubefit_sandbox.binaries import helm_path
+from kubefit_sandbox.controlplane import Sandbox
 
 pytestmark = pytest.mark.e2e
 

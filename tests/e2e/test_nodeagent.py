@@ -24,12 +24,12 @@ import pytest
 from kubernetes import client
 from operator_support import PoolNodes, PrivatePool, create_private_pool, remove_private_pool
 
-from kubefit.sandbox.cluster import NOT_READY_TAINT_KEY, POOL_LABEL, build_node, load_cluster_config
-from kubefit.sandbox.controlplane import Sandbox
-from kubefit.sandbox.kubeclient import new_api_client, watch_events
-from kubefit.sandbox.nodeagent import AGENT_LOCK_FILE, running_agent_pid, start_agent, stop_agent
-from kubefit.sandbox.nodes import add_nodes, remove_node
-from kubefit.sandbox.podstatus import EXIT_ANNOTATION, SHUTDOWN_ANNOTATION, parse_rfc3339
+from kubefit_sandbox.cluster import NOT_READY_TAINT_KEY, POOL_LABEL, build_node, load_cluster_config
+from kubefit_sandbox.controlplane import Sandbox
+from kubefit_sandbox.kubeclient import new_api_client, watch_events
+from kubefit_sandbox.nodeagent import AGENT_LOCK_FILE, running_agent_pid, start_agent, stop_agent
+from kubefit_sandbox.nodes import NodeRequest, add_nodes, remove_node
+from kubefit_sandbox.podstatus import EXIT_ANNOTATION, SHUTDOWN_ANNOTATION, parse_rfc3339
 
 pytestmark = pytest.mark.e2e
 
@@ -387,7 +387,7 @@ def test_node_added_at_run_time_takes_pods_and_removal_deletes_them(
     core: client.CoreV1Api, namespace: str
 ) -> None:
     pool = f"e2e-{uuid.uuid4().hex[:6]}"
-    (name,) = add_nodes(core, "nvidia-l4", count=2, pool=pool, cpu=8, memory="32Gi")
+    (name,) = add_nodes(core, NodeRequest("nvidia-l4", count=2, pool=pool, cpu=8, memory="32Gi"))
     try:
         assert name == f"{pool}-0"
         node = read_node(core, name)
@@ -409,7 +409,7 @@ def test_node_deleted_through_the_api_has_its_pods_deleted_by_the_agent(
     core: client.CoreV1Api, namespace: str
 ) -> None:
     pool = f"e2e-{uuid.uuid4().hex[:6]}"
-    (name,) = add_nodes(core, None, pool=pool, cpu=4, memory="8Gi")
+    (name,) = add_nodes(core, NodeRequest(None, pool=pool, cpu=4, memory="8Gi"))
     try:
         pin = {"spec": {"nodeSelector": {"kubernetes.io/hostname": name}}}
         core.create_namespaced_pod(namespace, gpu_pod("cpu-job", gpus=0, product=None, **pin))
@@ -421,10 +421,10 @@ def test_node_deleted_through_the_api_has_its_pods_deleted_by_the_agent(
 
 def test_cli_node_add_list_remove(sandbox: Sandbox, core: client.CoreV1Api) -> None:
     pool = f"e2e-{uuid.uuid4().hex[:6]}"
-    kubefit = [sys.executable, "-m", "kubefit.cli.main", "sandbox", "--state-dir", str(sandbox.state_dir)]
+    kubefit_sandbox = [sys.executable, "-m", "kubefit_sandbox.cli", "--state-dir", str(sandbox.state_dir)]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*kubefit, *args], capture_output=True, text=True, timeout=60)
+        return subprocess.run([*kubefit_sandbox, *args], capture_output=True, text=True, timeout=60)
 
     added = run("node", "add", "--accelerator", "google-tpu-v5e", "--count", "4", "--pool", pool)
     assert added.returncode == 0, added.stderr
@@ -476,7 +476,7 @@ def test_a_second_agent_for_the_same_sandbox_exits(sandbox: Sandbox) -> None:
     command = [
         sys.executable,
         "-m",
-        "kubefit.sandbox.nodeagent",
+        "kubefit_sandbox.nodeagent",
         "--kubeconfig",
         str(sandbox.kubeconfig_path),
     ]

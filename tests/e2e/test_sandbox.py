@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from kubefit.sandbox.controlplane import Sandbox
+from kubefit_sandbox.controlplane import Sandbox
 
 pytestmark = pytest.mark.e2e
 

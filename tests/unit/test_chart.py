@@ -1,7 +1,7 @@
 """The Helm chart: lints, renders with default and non-default values, and grants least privilege.
 
-Uses the helm binary that the sandbox provides (kubefit.sandbox.tools, cached in ~/.cache/kubefit/bin):
-without it these tests fail rather than skip.
+Uses the helm binary that `make tools` fetched into ~/.cache/kubefit/bin (looked up, never downloaded:
+the unit tier is offline): without it these tests fail, saying to run `make tools`, rather than skip.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import yaml
 import kubefit
 from kubefit.api.crd import crd
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB
-from kubefit.sandbox.tools import helm_path
 from kubefit.sizing.catalog import parse_catalog
+from kubefit_sandbox.binaries import helm_path
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubefit"

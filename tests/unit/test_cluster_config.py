@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kubefit.sandbox.cluster import (
+from kubefit.sizing.catalog import load_catalog
+from kubefit_sandbox.cluster import (
     ACCELERATOR_LABEL,
     NOT_READY_TAINT_KEY,
     POOL_LABEL,
@@ -18,7 +19,6 @@ from kubefit.sandbox.cluster import (
     parse_cluster_config,
     without_not_ready_taint,
 )
-from kubefit.sizing.catalog import load_catalog
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sandbox" / "cluster.yaml"
 NOW = "2026-01-02T03:04:05Z"

@@ -13,16 +13,16 @@ import yaml
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.validation import parse_spec
-from kubefit.sandbox.cluster import load_cluster_config
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import NodeInventory, plan
+from kubefit_sandbox.cluster import load_cluster_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))  # examples/sandbox/ holds cluster files, not jobs
 REQUIRED_EXAMPLES = {"quickstart.yaml", "llama3-8b-fsdp.yaml", "bert-large-dp.yaml", "jax-tpu-v5e.yaml"}
 
 # The sandbox's simulated accelerator nodes, read from its cluster file: accelerator -> (nodes, devices
-# per node). Every example must be placeable there, so that `kubefit sandbox up` runs them all.
+# per node). Every example must be placeable there, so that `kubefit-sandbox up` runs them all.
 SANDBOX_CLUSTER = load_cluster_config(REPO / "examples" / "sandbox" / "cluster.yaml")
 SANDBOX_POOLS = {
     pool.accelerator.name: (pool.nodes, pool.accelerators_per_node)

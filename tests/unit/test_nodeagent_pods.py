@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from kubefit.cli.sandbox import add_node_commands, node_rows
-from kubefit.sandbox.errors import NodeAgentError
-from kubefit.sandbox.kubeclient import WatchExpired, watch_events
-from kubefit.sandbox.nodeagent import KeyedTimers
-from kubefit.sandbox.podstatus import (
+from kubefit_sandbox.cli import _as_option_error, add_node_commands, node_rows
+from kubefit_sandbox.errors import NodeAgentError
+from kubefit_sandbox.kubeclient import WatchExpired, watch_events
+from kubefit_sandbox.nodeagent import KeyedTimers
+from kubefit_sandbox.nodes import NodeRequest, NodeRequestError, _check_request, _pool_for
+from kubefit_sandbox.podstatus import (
     EXIT_ANNOTATION,
     SHUTDOWN_ANNOTATION,
     PodIPAllocator,
@@ -328,6 +329,39 @@ def test_node_commands_parse() -> None:
     assert parser.parse_args(["node", "remove", "a-0", "a-1"]).names == ["a-0", "a-1"]
     with pytest.raises(SystemExit):
         parser.parse_args(["node", "add", "--count", "many"])
+
+
+@pytest.mark.parametrize(
+    ("request_", "field", "option_message"),
+    [
+        (NodeRequest("tpu-v99"), "accelerator", "--accelerator: unknown accelerator 'tpu-v99'"),
+        (NodeRequest("nvidia-l4", nodes=0), "nodes", "--nodes must be at least 1, got 0"),
+        (NodeRequest(None, count=2), "count", "--count must be a positive number of accelerators"),
+        (NodeRequest("nvidia-l4", name="x", nodes=2), "name", "--name names a single node"),
+    ],
+)
+def test_a_bad_node_request_names_its_field_and_the_cli_words_it_as_the_option(
+    request_: NodeRequest, field: str, option_message: str
+) -> None:
+    from kubefit.sizing.catalog import load_catalog
+
+    with pytest.raises(NodeRequestError) as raised:
+        _check_request(request_, load_catalog())
+    assert raised.value.field == field
+    assert str(raised.value).startswith(field)  # the library speaks of NodeRequest fields
+    assert _as_option_error(raised.value).startswith(option_message)  # the CLI of its options
+
+
+def test_pool_field_errors_of_a_node_request_name_the_request_field_not_the_cluster_file() -> None:
+    from kubefit.sizing.catalog import load_catalog
+
+    with pytest.raises(NodeRequestError) as raised:
+        _pool_for(NodeRequest("nvidia-l4", cpu="lots"), "nvidia-l4", [], load_catalog())
+    assert raised.value.field == "cpu"
+    assert str(raised.value).startswith("cpu must be a positive CPU quantity")
+    assert _as_option_error(raised.value).startswith("--cpu must be a positive CPU quantity")
+    pool = _pool_for(NodeRequest("nvidia-l4", count=2, cpu=8), "nvidia-l4", [], load_catalog())
+    assert (pool.name, pool.accelerators_per_node, pool.cpu) == ("nvidia-l4", 2, "8")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kubefit.sandbox import nodeagent
-from kubefit.sandbox.errors import NodeAgentError
+from kubefit_sandbox import nodeagent
+from kubefit_sandbox.errors import NodeAgentError
 
 
 def _process(script: str) -> subprocess.Popen[bytes]:

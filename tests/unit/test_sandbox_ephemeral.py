@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kubefit.sandbox.controlplane import ComponentProcess, SandboxState, process_start_time
-from kubefit.sandbox.ephemeral import OWNER_LOCK_FILE, STAGING_PREFIX, reap_abandoned
+from kubefit_sandbox.controlplane import ComponentProcess, SandboxState, process_start_time
+from kubefit_sandbox.ephemeral import OWNER_LOCK_FILE, STAGING_PREFIX, reap_abandoned
 
 
 @pytest.fixture

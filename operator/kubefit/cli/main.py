@@ -1,4 +1,4 @@
-"""The `kubefit` command: run | size | crd | sandbox."""
+"""The `kubefit` command: run | size | crd."""
 
 from __future__ import annotations
 
