@@ -618,9 +618,10 @@ def test_inventory_free_devices_and_own_job_excluded() -> None:
     cordoned = NodeFacts("h2", dict(h100.labels), {"nvidia.com/gpu": "8"}, schedulable=False)
     usage = {"h1": [pod_usage(gpu_pod("h1", "4", job="other")), pod_usage(gpu_pod("h1", "2", job="llama"))]}
     inventory = build_inventory([h100, cpu_only, cordoned], usage, CATALOG)
-    assert inventory == [NodeInventory("h1", "nvidia-h100-80gb", 8, 2)]
+    assert inventory.placeable == [NodeInventory("h1", "nvidia-h100-80gb", 8, 2)]
+    assert inventory.excluded == [NodeInventory("h2", "nvidia-h100-80gb", 8, 8)]  # cordoned
     mine_free = build_inventory([h100], usage, CATALOG, for_job=("team-a", "llama"))
-    assert mine_free == [NodeInventory("h1", "nvidia-h100-80gb", 8, 4)]
+    assert mine_free.placeable == [NodeInventory("h1", "nvidia-h100-80gb", 8, 4)]
 
 
 # ---------------------------------------------------------------------------------------------- waste

@@ -49,6 +49,7 @@ from kubefit.controller.kube import KubeApi, error_message
 from kubefit.decisions.failure import reconcile_error
 from kubefit.decisions.inventory import NodeFacts, PodUsage, build_inventory
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
+from kubefit.decisions.node_match import placement_of, template_pod_spec
 from kubefit.decisions.observed import WorkerPod
 from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import Catalog
@@ -237,15 +238,20 @@ class Reconciler:
         pods = view.workers(key)
         state.replaced &= {pod.uid for pod in pods}  # forget pods that are gone for good
         state.created -= {pod.name for pod in pods}  # the index shows them now
+        placement = placement_of(template_pod_spec(job.get("spec")))
+        inventory = build_inventory(
+            view.nodes(), view.usage(), self.catalog, for_job=key, placement=placement
+        )
         observation = JobObservation(
             job=JobRef(name, namespace, job["metadata"]["uid"]),
             generation=job["metadata"].get("generation"),
             spec=job.get("spec"),
             status=progress.status,
             pods=pods,
-            inventory=build_inventory(view.nodes(), view.usage(), self.catalog, for_job=key),
+            inventory=inventory.placeable,
             now=datetime.now(UTC),
             already_replaced=frozenset(state.replaced),
+            excluded=inventory.excluded,
         )
         decision = decide(observation, self.catalog, self.settings)
         self._apply(job, observation, decision, state, progress)

@@ -61,9 +61,11 @@ class JobObservation:
     spec: Any  # the raw manifest spec
     status: Mapping[str, Any]
     pods: Sequence[WorkerPod]  # pods labelled with this job's name
-    inventory: Sequence[NodeInventory]
+    inventory: Sequence[NodeInventory]  # accelerator nodes a worker pod could land on
     now: datetime
     already_replaced: frozenset[str] = frozenset()  # uids of failed pods deleted for replacement
+    # Accelerator nodes the template's nodeSelector, required node affinity or tolerations rule out.
+    excluded: Sequence[NodeInventory] = ()
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def decide(
         spec = parse_spec(observation.spec)
         _check_worker_limit(spec, settings.max_workers_per_job)
         _check_name(observation.job.name, spec)
-        sizing, bounds = _size(spec, observation.inventory, catalog)
+        sizing, bounds = _size(spec, observation, catalog)
         sizing, advice = with_overprovisioning_advice(spec, sizing, catalog)
     except InvalidSpec as invalid:
         return _to_decision(observation, _invalid(invalid), None, ours, adopt)
@@ -153,19 +155,45 @@ def _overprovisioning_events(advice: str | None, previous: Mapping[str, Any]) ->
 
 
 def _size(
-    spec: TrainingJobSpec, inventory: Sequence[NodeInventory], catalog: Catalog
+    spec: TrainingJobSpec, observation: JobObservation, catalog: Catalog
 ) -> tuple[SizingStatus, WorkerBounds]:
     """The sizing of the layout that actually runs.
 
     The planner evaluates spec.workers.replicas; when the clamp to [floor, ceiling] changes the worker
     count (e.g. memory needs more workers than replicas asks for), the effective count is evaluated again.
+    When the pod's placement rules out every accelerator node, it is planned from the whole catalog.
     """
+    inventory = observation.inventory or (None if observation.excluded else observation.inventory)
     sizing = plan(spec, catalog=catalog, inventory=inventory)
     bounds = worker_bounds(spec, sizing)
     if bounds.feasible and bounds.desired != spec.workers.replicas:
         workers = spec.workers.model_copy(update={"replicas": bounds.desired})
         sizing = plan(spec.model_copy(update={"workers": workers}), catalog=catalog, inventory=inventory)
+    warning = _placement_warning(sizing.accelerator, observation.inventory, observation.excluded)
+    if warning is not None:
+        sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
     return sizing, bounds
+
+
+def _placement_warning(
+    accelerator: str, placeable: Sequence[NodeInventory], excluded: Sequence[NodeInventory]
+) -> str | None:
+    """Why the chosen accelerator has no node to run on, when the pod's own placement is the reason."""
+    constraints = "the worker pod's nodeSelector, required node affinity and tolerations, or a cordon"
+    if not excluded or any(node.accelerator == accelerator for node in placeable):
+        return None
+    if not placeable:
+        return (
+            f"no node matches the pod's placement constraints: {constraints} rule out all "
+            f"{len(excluded)} accelerator nodes; sized against the whole catalog, the workers stay Pending"
+        )
+    ruled_out = sum(1 for node in excluded if node.accelerator == accelerator)
+    if not ruled_out:
+        return None
+    return (
+        f"no {accelerator} node matches the pod's placement constraints: {constraints} rule out all "
+        f"{ruled_out}; the workers stay Pending"
+    )
 
 
 # ------------------------------------------------------------------------------------------ paths
