@@ -107,37 +107,50 @@ def test_identity(crd: dict[str, Any], version: dict[str, Any]) -> None:
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
 
 
+def _shape_problems(path: str, node: dict[str, Any]) -> list[str]:
+    """What breaks a structural schema at one node, apart from its junctors."""
+    problems = []
+    if "$ref" in node:
+        problems.append(f"{path}: $ref is not allowed")
+    if "x-kubernetes-validations" in node:
+        problems.append(f"{path}: x-kubernetes-validations (CEL) is refused by Kubernetes 1.20")
+    escape = node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
+    if "type" not in node and not escape:
+        problems.append(f"{path}: no type")
+    if "properties" in node and node.get("type") != "object":
+        problems.append(f"{path}: has properties but type {node.get('type')!r}")
+    if "items" in node and node.get("type") != "array":
+        problems.append(f"{path}: has items but type {node.get('type')!r}")
+    if node.get("type") == "array" and "items" not in node:
+        problems.append(f"{path}: an array needs items")
+    if "properties" in node and "additionalProperties" in node:
+        problems.append(f"{path}: properties and additionalProperties are mutually exclusive")
+    return problems
+
+
+def _junctor_problems(path: str, node: dict[str, Any]) -> list[str]:
+    """allOf/anyOf/oneOf/not branches may only constrain, never declare types or new properties."""
+    problems = []
+    for junctor in _JUNCTORS:
+        branches = node.get(junctor)
+        if branches is None:
+            continue
+        for branch in branches if isinstance(branches, list) else [branches]:
+            typed = _TYPED_KEYS & set(branch)
+            if typed:
+                problems.append(f"{path}.{junctor}: a branch specifies {sorted(typed)}")
+            problems += [
+                f"{path}.{junctor}: requires {name!r}, which is not a declared property"
+                for name in branch.get("required", [])
+                if name not in node.get("properties", {})
+            ]
+    return problems
+
+
 def test_schema_is_structural(schema: dict[str, Any]) -> None:
     problems: list[str] = []
     for path, node in _nodes(schema):
-        if "$ref" in node:
-            problems.append(f"{path}: $ref is not allowed")
-        if "x-kubernetes-validations" in node:
-            problems.append(f"{path}: x-kubernetes-validations (CEL) is refused by Kubernetes 1.20")
-        escape = node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
-        if "type" not in node and not escape:
-            problems.append(f"{path}: no type")
-        if "properties" in node and node.get("type") != "object":
-            problems.append(f"{path}: has properties but type {node.get('type')!r}")
-        if "items" in node and node.get("type") != "array":
-            problems.append(f"{path}: has items but type {node.get('type')!r}")
-        if node.get("type") == "array" and "items" not in node:
-            problems.append(f"{path}: an array needs items")
-        if "properties" in node and "additionalProperties" in node:
-            problems.append(f"{path}: properties and additionalProperties are mutually exclusive")
-        for junctor in _JUNCTORS:
-            branches = node.get(junctor)
-            if branches is None:
-                continue
-            for branch in branches if isinstance(branches, list) else [branches]:
-                typed = _TYPED_KEYS & set(branch)
-                if typed:
-                    problems.append(f"{path}.{junctor}: a branch specifies {sorted(typed)}")
-                for name in branch.get("required", []):
-                    if name not in node.get("properties", {}):
-                        problems.append(
-                            f"{path}.{junctor}: requires {name!r}, which is not a declared property"
-                        )
+        problems += _shape_problems(path, node) + _junctor_problems(path, node)
     assert not problems, "\n".join(problems)
 
 
