@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.builders.checkpoint import CheckpointEnv
 from kubefit.builders.naming import (
     RENDEZVOUS_PORT,
     RENDEZVOUS_PORT_NAME,
@@ -35,6 +36,7 @@ class WorkerSet:
     workers: int  # effective worker count
     min_workers: int
     max_workers: int
+    checkpoint: CheckpointEnv | None = None  # the handshake endpoint and token; None: no handshake env
 
     @property
     def group(self) -> WorkerGroup:

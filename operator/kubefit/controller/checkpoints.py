@@ -1,0 +1,322 @@
+"""The operator's side of the checkpoint handshake: an in-memory board of open requests and its HTTP API.
+
+Before a planned removal of workers, decide asks for a checkpoint (Decision.checkpoint_request); the
+controller opens that request on the board, workers poll
+
+    GET  /v1/namespaces/{ns}/trainingjobs/{name}/checkpoint      -> {"requestId": "..." | null}
+    POST /v1/namespaces/{ns}/trainingjobs/{name}/checkpoint/ack  {"requestId", "worker", "step"}
+
+with `Authorization: Bearer <token>`, the token being HMAC-SHA256(operator key, job uid)
+(kubefit.builders.checkpoint.checkpoint_token). The contract and why HTTP is in
+docs/checkpoint-handshake.md. Everything a request carries is untrusted: paths, headers and bodies are
+checked here, and no request can crash the serving thread.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from kubefit.api.resource import PLURAL, JobKey
+from kubefit.builders.checkpoint import checkpoint_token
+from kubefit.builders.naming import worker_index
+
+logger = logging.getLogger("kubefit.checkpoints")
+
+API_PREFIX = "v1"
+MAX_BODY_BYTES = 4096
+MAX_REQUEST_ID_CHARS = 128
+MAX_STEP = 2**63 - 1
+# A job has at most a few thousand workers; more acks than this for one request is abuse, not training.
+MAX_ACKS_PER_REQUEST = 10_000
+MIN_KEY_BYTES = 16
+GENERATED_KEY_BYTES = 32
+SOCKET_TIMEOUT_SECONDS = 10.0  # a client that stops sending mid-request frees its thread after this
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_REQUEST_ID = re.compile(rf"^[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}$")
+
+TokenFor = Callable[[str, str], "str | None"]
+
+
+@dataclass
+class _Request:
+    request_id: str
+    open: bool = True
+    acks: dict[str, int] = field(default_factory=dict)
+
+
+class CheckpointBoard:
+    """Open checkpoint requests and their acknowledgements, per job; safe to use from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[JobKey, _Request] = {}
+
+    def open(self, key: JobKey, request_id: str) -> None:
+        """Asks the job's workers to checkpoint; reopening the same id keeps the acks already received."""
+        if not _REQUEST_ID.match(request_id):
+            raise ValueError(f"checkpoint request id {request_id!r} is not 1-128 of [A-Za-z0-9._:-]")
+        with self._lock:
+            current = self._requests.get(key)
+            if current is not None and current.request_id == request_id:
+                current.open = True
+            else:
+                self._requests[key] = _Request(request_id)
+
+    def close(self, key: JobKey) -> None:
+        """No request is open any more; the acks of the last one stay readable until the next open."""
+        with self._lock:
+            current = self._requests.get(key)
+            if current is not None:
+                current.open = False
+
+    def forget(self, key: JobKey) -> None:
+        """The job is gone: drop everything about it."""
+        with self._lock:
+            self._requests.pop(key, None)
+
+    def current(self, key: JobKey) -> str | None:
+        """The id of the job's open request, or None."""
+        with self._lock:
+            request = self._requests.get(key)
+            return request.request_id if request is not None and request.open else None
+
+    def acknowledged(self, key: JobKey, request_id: str) -> Mapping[str, int]:
+        """Worker pod name -> the step it saved, for this request (empty for any other id)."""
+        with self._lock:
+            request = self._requests.get(key)
+            if request is None or request.request_id != request_id:
+                return {}
+            return dict(request.acks)
+
+    def acknowledge(self, key: JobKey, request_id: str, worker: str, step: int) -> bool:
+        """Records a worker's ack; False when that request is not the job's open one (or is full)."""
+        with self._lock:
+            request = self._requests.get(key)
+            if request is None or not request.open or request.request_id != request_id:
+                return False
+            if worker not in request.acks and len(request.acks) >= MAX_ACKS_PER_REQUEST:
+                return False
+            request.acks[worker] = step
+            return True
+
+
+def load_checkpoint_key(path: str | None) -> bytes:
+    """The HMAC key from `--checkpoint-key-file` (surrounding whitespace dropped), else a random one.
+
+    A random key lives as long as the process: tokens given to pods before an operator restart stop
+    verifying after it (their acks get 401 and the operator waits out checkpointGracePeriodSeconds).
+    """
+    if path is None:
+        return secrets.token_bytes(GENERATED_KEY_BYTES)
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as error:
+        raise ValueError(f"--checkpoint-key-file {path}: cannot read it ({error.strerror})") from error
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(
+            f"--checkpoint-key-file {path}: the key has {len(key)} bytes, at least {MIN_KEY_BYTES} needed"
+        )
+    return key
+
+
+def token_lookup(key: bytes, uid_of: Callable[[str, str], str | None]) -> TokenFor:
+    """`token_for` for serve_checkpoints, from a lookup of a job's uid by (namespace, name)."""
+
+    def token_for(namespace: str, name: str) -> str | None:
+        uid = uid_of(namespace, name)
+        return checkpoint_token(key, uid) if uid else None
+
+    return token_for
+
+
+class _HttpError(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Target:
+    namespace: str
+    name: str
+    ack: bool
+
+    @property
+    def key(self) -> JobKey:
+        return (self.namespace, self.name)
+
+
+def parse_path(raw_path: str) -> _Target:
+    """The job a request is about; anything but the two documented paths is a 404."""
+    path = raw_path.split("?", 1)[0]
+    parts = path.split("/")
+    if len(parts) not in (7, 8) or parts[:3] != ["", API_PREFIX, "namespaces"] or parts[4] != PLURAL:
+        raise _HttpError(HTTPStatus.NOT_FOUND, "no such path")
+    if parts[6] != "checkpoint" or (len(parts) == 8 and parts[7] != "ack"):
+        raise _HttpError(HTTPStatus.NOT_FOUND, "no such path")
+    namespace, name = parts[3], parts[5]
+    if not _DNS_LABEL.match(namespace) or not _DNS_SUBDOMAIN.match(name):
+        raise _HttpError(HTTPStatus.NOT_FOUND, "no such trainingjob")
+    return _Target(namespace, name, ack=len(parts) == 8)
+
+
+@dataclass(frozen=True)
+class Ack:
+    request_id: str
+    worker: str
+    step: int
+
+
+def parse_ack(body: bytes, job_name: str) -> Ack:
+    """The ack body, checked field by field; the error names the field."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _HttpError(HTTPStatus.BAD_REQUEST, f"body: not JSON ({error})") from error
+    if not isinstance(document, dict):
+        raise _HttpError(HTTPStatus.BAD_REQUEST, "body: must be a JSON object")
+    request_id = document.get("requestId")
+    if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+        raise _HttpError(HTTPStatus.BAD_REQUEST, "requestId: must be the string the GET returned")
+    worker = document.get("worker")
+    if not isinstance(worker, str) or worker_index(worker, job_name) is None:
+        raise _HttpError(
+            HTTPStatus.BAD_REQUEST, f"worker: must be a worker pod name, {job_name}-worker-<index>"
+        )
+    step = document.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        raise _HttpError(HTTPStatus.BAD_REQUEST, f"step: must be an integer from 0 to {MAX_STEP}")
+    return Ack(request_id, worker, step)
+
+
+def _bearer(header: str | None) -> bytes:
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _HttpError(HTTPStatus.UNAUTHORIZED, "Authorization: a Bearer token is required")
+    return token.strip().encode("utf-8", "surrogateescape")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _CheckpointServer
+    protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_SECONDS
+    server_version = "kubefit-checkpoints"
+    sys_version = ""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._answer(self._get)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._answer(self._post)
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._answer(self._not_allowed)
+
+    do_DELETE = do_PATCH = do_HEAD = do_PUT  # noqa: N815
+
+    def _answer(self, handle: Callable[[], dict[str, Any]]) -> None:
+        try:
+            status, document = HTTPStatus.OK, handle()
+        except _HttpError as error:
+            status, document = error.status, {"error": error.message}
+        except Exception:  # a bug here must cost one request, never the serving thread
+            logger.exception("checkpoint request %s %s failed", self.command, self.path)
+            status, document = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"}
+        self._send(status, document)
+
+    def _send(self, status: HTTPStatus, document: dict[str, Any]) -> None:
+        body = json.dumps(document).encode() + b"\n"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Length", str(len(body)))
+        if status >= HTTPStatus.BAD_REQUEST:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
+            self.send_header("Allow", "GET" if self.path.split("?")[0].endswith("/checkpoint") else "POST")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _authorized(self) -> _Target:
+        target = parse_path(self.path)
+        expected = self.server.token_for(target.namespace, target.name)
+        if expected is None:
+            raise _HttpError(HTTPStatus.NOT_FOUND, f"no trainingjob {target.namespace}/{target.name}")
+        if not hmac.compare_digest(_bearer(self.headers.get("Authorization")), expected.encode()):
+            raise _HttpError(HTTPStatus.UNAUTHORIZED, "Authorization: wrong token for this trainingjob")
+        return target
+
+    def _not_allowed(self) -> dict[str, Any]:
+        parse_path(self.path)
+        raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"method {self.command} not allowed")
+
+    def _get(self) -> dict[str, Any]:
+        target = self._authorized()
+        if target.ack:
+            raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "method GET not allowed on .../checkpoint/ack")
+        return {"requestId": self.server.board.current(target.key)}
+
+    def _post(self) -> dict[str, Any]:
+        target = self._authorized()
+        if not target.ack:
+            raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "method POST not allowed on .../checkpoint")
+        ack = parse_ack(self._body(), target.name)
+        if not self.server.board.acknowledge(target.key, ack.request_id, ack.worker, ack.step):
+            raise _HttpError(
+                HTTPStatus.CONFLICT, f"requestId: {ack.request_id} is not this job's open request"
+            )
+        return {"requestId": ack.request_id, "acknowledged": True}
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "Transfer-Encoding: not supported, send Content-Length")
+        length_header = self.headers.get("Content-Length")
+        if length_header is None or not length_header.strip().isdigit():
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "Content-Length: required, a non-negative integer")
+        length = int(length_header)
+        if length > MAX_BODY_BYTES:
+            raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body: larger than {MAX_BODY_BYTES} bytes")
+        return self.rfile.read(length)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        logger.debug("checkpoint %s: " + format, self.address_string(), *args)
+
+
+class _CheckpointServer(ThreadingHTTPServer):
+    daemon_threads = True
+    board: CheckpointBoard
+    token_for: TokenFor
+
+
+def start_checkpoint_server(
+    board: CheckpointBoard, token_for: TokenFor, address: str, port: int
+) -> _CheckpointServer:
+    """Binds address:port (0 = any free port) and serves in a daemon thread; `.shutdown()` stops it."""
+    server = _CheckpointServer((address, port), _Handler)
+    server.board = board
+    server.token_for = token_for
+    thread = threading.Thread(target=server.serve_forever, name="kubefit-checkpoints", daemon=True)
+    thread.start()
+    return server
+
+
+def serve_checkpoints(board: CheckpointBoard, token_for: TokenFor, address: str, port: int) -> int:
+    """Serves the handshake API for the life of the process; returns the port bound."""
+    server = start_checkpoint_server(board, token_for, address, port)
+    return int(server.server_address[1])
