@@ -397,7 +397,9 @@ def _observe(spec: Any) -> JobObservation:
 
 def _assert_refused_by_decide(spec: Any, field: str) -> None:
     decision = decide(_observe(spec), CATALOG)
-    (ready,) = [item for item in decision.status["conditions"] if item["type"] == "Ready"]
+    (ready,) = [
+        item for item in decision.status.model_dump(by_alias=True)["conditions"] if item["type"] == "Ready"
+    ]
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec"), ready
     assert field in ready["message"], ready["message"]
     assert decision.create == () and decision.desired_workers == 0
@@ -416,7 +418,7 @@ def test_the_table_holds_every_input_of_the_issue_and_more() -> None:
 def test_the_base_of_the_table_is_valid_and_creates_workers() -> None:
     for base in (BASE_SPEC, GENERATED_BASE):
         decision = decide(_observe(base), CATALOG)
-        assert len(decision.create) == 2, decision.status["conditions"]
+        assert len(decision.create) == 2, decision.status.model_dump(by_alias=True)["conditions"]
 
 
 @pytest.mark.parametrize("case", SHARED_BAD_SPECS, ids=lambda case: case.id)
@@ -555,5 +557,7 @@ def test_decide_never_raises_whatever_a_section_holds(section: str, key: str | N
     spec = copy.deepcopy(BASE_SPEC)
     spec[section] = value if key is None else {**(spec.get(section) or {}), key: value}
     decision = decide(_observe(spec), CATALOG)
-    (ready,) = [item for item in decision.status["conditions"] if item["type"] == "Ready"]
+    (ready,) = [
+        item for item in decision.status.model_dump(by_alias=True)["conditions"] if item["type"] == "Ready"
+    ]
     assert ready["reason"] in ("InvalidSpec", "WorkersNotReady"), ready

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kubefit.api.formatting import sizing_summary
-from kubefit.api.models import MemoryBreakdown, SizingStatus
+from kubefit.api.models import MemoryBreakdown, SizingStatus, TrainingJobStatus
 from kubefit.api.validation import parse_spec
 from kubefit.builders.naming import JobRef
 from kubefit.decisions.conditions import ConditionUpdate, apply_conditions
@@ -62,14 +62,22 @@ def pod(
     )
 
 
+# The scheduling pass grants a job at most what it asks for: this grant admits every job in full.
+GRANT_ALL = 4096
+
+
 def observe(
     spec: Any = None,
     pods: list[WorkerPod] | None = None,
-    status: dict[str, Any] | None = None,
+    status: dict[str, Any] | TrainingJobStatus | None = None,
     now: datetime = NOW,
     replaced: frozenset[str] = frozenset(),
     job: JobRef = JOB,
+    grant: int | None = GRANT_ALL,
+    acks: dict[str, int] | None = None,
 ) -> JobObservation:
+    if isinstance(status, TrainingJobStatus):
+        status = status.model_dump(by_alias=True, exclude_none=True)
     return JobObservation(
         job=job,
         generation=3,
@@ -79,12 +87,19 @@ def observe(
         inventory=[],
         now=now,
         already_replaced=replaced,
+        grant=grant,
+        checkpoint_acks=acks or {},
     )
 
 
+def status_of(decision: Decision) -> dict[str, Any]:
+    """The status as the controller writes it (None: the merge patch removes the field)."""
+    return decision.status.model_dump(by_alias=True, exclude_none=False)
+
+
 def condition(decision: Decision, condition_type: str) -> dict[str, Any]:
-    found = [item for item in decision.status["conditions"] if item["type"] == condition_type]
-    assert found, f"no {condition_type} condition in {decision.status['conditions']}"
+    found = [item for item in status_of(decision)["conditions"] if item["type"] == condition_type]
+    assert found, f"no {condition_type} condition in {status_of(decision)['conditions']}"
     return found[0]
 
 
@@ -100,13 +115,13 @@ def test_new_job_creates_the_service_and_every_worker() -> None:
     assert decision.service is not None and decision.service["metadata"]["name"] == "llama"
     assert created_names(decision) == ["llama-worker-0", "llama-worker-1"]
     assert decision.delete == ()
-    assert decision.status["phase"] == "Pending"
-    assert decision.status["observedGeneration"] == 3
-    assert decision.status["selector"] == "kubefit.dev/job=llama"
-    assert decision.status["replicas"] == 0
-    assert decision.status["workers"] == "0/2"
-    assert decision.status["sizing"]["accelerator"] == "nvidia-h100-80gb"
-    assert decision.status["perDeviceMemory"].endswith(" GiB")
+    assert status_of(decision)["phase"] == "Pending"
+    assert status_of(decision)["observedGeneration"] == 3
+    assert status_of(decision)["selector"] == "kubefit.dev/job=llama"
+    assert status_of(decision)["replicas"] == 0
+    assert status_of(decision)["workers"] == "0/2"
+    assert status_of(decision)["sizing"]["accelerator"] == "nvidia-h100-80gb"
+    assert status_of(decision)["perDeviceMemory"].endswith(" GiB")
     sized = condition(decision, "Sized")
     assert (sized["status"], sized["reason"]) == ("True", "Fits")
     assert sized["message"].startswith("1 x nvidia-h100-80gb, ")
@@ -134,10 +149,10 @@ def test_sizing_summary_format() -> None:
 def test_all_workers_running_makes_the_job_running_and_ready() -> None:
     decision = decide(observe(pods=[pod(0), pod(1)]), CATALOG)
     assert decision.create == () and decision.delete == ()
-    assert decision.status["phase"] == "Running"
-    assert decision.status["readyReplicas"] == 2
-    assert decision.status["workers"] == "2/2"
-    assert decision.status["startTime"] == "2025-01-01T12:00:00Z"
+    assert status_of(decision)["phase"] == "Running"
+    assert status_of(decision)["readyReplicas"] == 2
+    assert status_of(decision)["workers"] == "2/2"
+    assert status_of(decision)["startTime"] == "2025-01-01T12:00:00Z"
     assert condition(decision, "Ready")["status"] == "True"
     assert condition(decision, "Running")["status"] == "True"
     assert decision.requested_accelerators == 2
@@ -145,16 +160,16 @@ def test_all_workers_running_makes_the_job_running_and_ready() -> None:
 
 def test_unscheduled_workers_are_queued() -> None:
     decision = decide(observe(pods=[pod(0, "Pending"), pod(1)]), CATALOG)
-    assert decision.status["phase"] == "Queued"
-    assert decision.status["readyReplicas"] == 1
+    assert status_of(decision)["phase"] == "Queued"
+    assert status_of(decision)["readyReplicas"] == 1
 
 
 def test_running_job_that_loses_a_worker_is_scaling() -> None:
-    status = decide(observe(pods=[pod(0), pod(1)]), CATALOG).status
+    status = status_of(decide(observe(pods=[pod(0), pod(1)]), CATALOG))
     decision = decide(observe(pods=[pod(0)], status=status), CATALOG)
     assert created_names(decision) == ["llama-worker-1"]
-    assert decision.status["phase"] == "Scaling"
-    assert decision.status["startTime"] == status["startTime"]
+    assert status_of(decision)["phase"] == "Scaling"
+    assert status_of(decision)["startTime"] == status["startTime"]
 
 
 def test_the_same_observation_gives_the_same_decision() -> None:
@@ -179,13 +194,13 @@ def test_scale_up_is_clamped_to_max_replicas() -> None:
     spec = raw_spec(workers={"replicas": 9, "minReplicas": 1, "maxReplicas": 3})
     decision = decide(observe(spec), CATALOG)
     assert created_names(decision) == ["llama-worker-0", "llama-worker-1", "llama-worker-2"]
-    assert decision.status["workers"] == "0/3"
+    assert status_of(decision)["workers"] == "0/3"
 
 
 def test_pods_being_deleted_are_neither_counted_nor_recreated() -> None:
     decision = decide(observe(pods=[pod(0), pod(1, terminating=True)]), CATALOG)
     assert decision.create == () and decision.delete == ()
-    assert decision.status["replicas"] == 1
+    assert status_of(decision)["replicas"] == 1
 
 
 @pytest.mark.parametrize(
@@ -219,7 +234,7 @@ def test_memory_needing_more_workers_than_allowed_starts_nothing() -> None:
     ready = condition(decision, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "TooFewWorkers")
     assert "spec.workers.maxReplicas" in ready["message"]
-    assert decision.status["phase"] == "Pending"
+    assert status_of(decision)["phase"] == "Pending"
 
 
 def test_memory_floor_raises_the_worker_count_and_sizes_that_layout() -> None:
@@ -243,7 +258,7 @@ def test_a_layout_that_does_not_fit_starts_nothing() -> None:
     sized = condition(decision, "Sized")
     assert (sized["status"], sized["reason"]) == ("False", "DoesNotFit")
     assert "nvidia-l4" in sized["message"]
-    assert decision.status["sizing"]["fits"] is False
+    assert status_of(decision)["sizing"]["fits"] is False
     assert ("Warning", "DoesNotFit") in [(event.type, event.reason) for event in decision.events]
 
 
@@ -268,8 +283,8 @@ def test_invalid_spec_names_the_field_and_starts_nothing(spec: Any, field: str) 
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
     assert field in ready["message"]
     assert decision.create == () and decision.delete == ()
-    assert decision.status["phase"] == "Pending"
-    assert decision.status["sizing"] is None
+    assert status_of(decision)["phase"] == "Pending"
+    assert status_of(decision)["sizing"] is None
     assert [(event.type, event.reason) for event in decision.events] == [("Warning", "InvalidSpec")]
 
 
@@ -285,7 +300,7 @@ def test_invalid_spec_leaves_existing_workers_alone() -> None:
     spec = raw_spec(workers={"replicas": 2, "minReplicas": 4, "maxReplicas": 3})
     decision = decide(observe(spec, pods=[pod(0), pod(1)]), CATALOG)
     assert decision.delete == () and decision.create == ()
-    assert decision.status["replicas"] == 2
+    assert status_of(decision)["replicas"] == 2
 
 
 @pytest.mark.parametrize("name", ["Llama", "llama.v2", "9lives", "x" * 60])
@@ -319,7 +334,7 @@ def test_more_workers_than_the_operator_allows_is_invalid_and_names_the_field(
     named = [part.split(":")[0] for part in ready["message"].removeprefix("invalid spec: ").split("; ")]
     assert named == fields
     assert "exceed this operator's limit of 8 per job (kubefit run --max-workers-per-job)" in ready["message"]
-    assert decision.create == () and decision.status["sizing"] is None
+    assert decision.create == () and status_of(decision)["sizing"] is None
 
 
 def test_a_job_at_the_limit_runs() -> None:
@@ -361,7 +376,7 @@ def test_the_offload_estimate_runs_once_per_job_not_once_per_pod(monkeypatch: py
 
 
 def test_a_reconcile_error_is_recorded_once_per_message() -> None:
-    status = decide(observe(), CATALOG).status
+    status = status_of(decide(observe(), CATALOG))
     first = reconcile_error(status, 3, "ZeroDivisionError:  division\nby zero", "2025-01-01T12:00:00Z")
     assert first.status is not None
     conditions = {item["type"]: item for item in first.status["conditions"]}
@@ -388,13 +403,13 @@ def test_pods_of_an_earlier_job_with_the_same_name_are_ignored() -> None:
     decision = decide(observe(pods=[pod(0, owner="old-uid"), pod(1)]), CATALOG)
     assert decision.delete == ()
     assert decision.create == ()  # worker-0's name is still taken until the garbage collector removes it
-    assert decision.status["replicas"] == 1
+    assert status_of(decision)["replicas"] == 1
 
 
 def test_labelled_pods_without_a_controller_are_adopted() -> None:
     decision = decide(observe(pods=[pod(0, owner=None), pod(1)]), CATALOG)
     assert decision.adopt == ("llama-worker-0",)
-    assert decision.status["readyReplicas"] == 2
+    assert status_of(decision)["readyReplicas"] == 2
 
 
 # ---------------------------------------------------------------------------------------------- restarts
@@ -404,11 +419,11 @@ def test_a_failed_worker_is_replaced_and_counted() -> None:
     decision = decide(observe(pods=[pod(0), pod(1, "Failed")]), CATALOG)
     assert [failed.name for failed in decision.replace] == ["llama-worker-1"]
     assert decision.create == ()  # recreated once the failed pod is gone
-    assert decision.status["restarts"] == 1
+    assert status_of(decision)["restarts"] == 1
     assert ("Warning", "WorkerFailed") in [(event.type, event.reason) for event in decision.events]
     gone = decide(observe(pods=[pod(0)], status=decision.status), CATALOG)
     assert created_names(gone) == ["llama-worker-1"]
-    assert gone.status["restarts"] == 1
+    assert status_of(gone)["restarts"] == 1
 
 
 def test_a_replaced_worker_still_in_the_cache_is_not_counted_twice() -> None:
@@ -417,20 +432,20 @@ def test_a_replaced_worker_still_in_the_cache_is_not_counted_twice() -> None:
         observe(pods=[pod(0), pod(1, "Failed")], status=first.status, replaced=frozenset({"pod-1"})), CATALOG
     )
     assert stale.replace == ()
-    assert stale.status["restarts"] == 1
+    assert status_of(stale)["restarts"] == 1
     assert stale.delete == ("llama-worker-1",)  # deleting again is harmless if the first delete was lost
 
 
 def test_exceeding_max_restarts_fails_the_job_and_stops_running_workers() -> None:
     spec = raw_spec(runPolicy={"maxRestarts": 1})
     decision = decide(observe(spec, pods=[pod(0), pod(1, "Failed")], status={"restarts": 1}), CATALOG)
-    assert decision.status["phase"] == "Failed"
+    assert status_of(decision)["phase"] == "Failed"
     failed = condition(decision, "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "RestartLimitExceeded")
     assert "spec.runPolicy.maxRestarts is 1" in failed["message"]
     assert decision.delete == ("llama-worker-0",)  # the failed pod is kept for its logs
-    assert decision.status["completionTime"] == "2025-01-01T12:00:00Z"
-    assert decision.status["restarts"] == 1
+    assert status_of(decision)["completionTime"] == "2025-01-01T12:00:00Z"
+    assert status_of(decision)["restarts"] == 1
     assert decision.service is None
 
 
@@ -440,8 +455,8 @@ def test_a_failed_job_stays_failed() -> None:
     later = decide(
         observe(spec, pods=[pod(1, "Failed")], status=failed.status, now=NOW + timedelta(hours=1)), CATALOG
     )
-    assert later.create == () and later.status["phase"] == "Failed"
-    assert later.status["completionTime"] == failed.status["completionTime"]
+    assert later.create == () and status_of(later)["phase"] == "Failed"
+    assert status_of(later)["completionTime"] == status_of(failed)["completionTime"]
     assert later.events == ()
 
 
@@ -450,16 +465,16 @@ def test_a_failed_job_stays_failed() -> None:
 
 def test_all_workers_succeeded_completes_the_job() -> None:
     decision = decide(observe(pods=[pod(0, "Succeeded"), pod(1, "Succeeded")]), CATALOG)
-    assert decision.status["phase"] == "Succeeded"
+    assert status_of(decision)["phase"] == "Succeeded"
     assert condition(decision, "Succeeded")["status"] == "True"
-    assert decision.status["completionTime"] == "2025-01-01T12:00:00Z"
+    assert status_of(decision)["completionTime"] == "2025-01-01T12:00:00Z"
     assert decision.create == () and decision.delete == ()
     assert decision.requested_accelerators == 0
 
 
 def test_one_worker_succeeded_is_not_yet_success() -> None:
     decision = decide(observe(pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
-    assert decision.status["phase"] != "Succeeded"
+    assert status_of(decision)["phase"] != "Succeeded"
 
 
 @pytest.mark.parametrize(("elapsed", "deleted"), [(59, False), (60, True)])
@@ -493,7 +508,7 @@ def test_ttl_after_finished_asks_to_be_reconciled_when_it_expires() -> None:
 def test_ttl_after_a_failure_asks_to_be_reconciled_when_it_expires() -> None:
     spec = raw_spec(runPolicy={"maxRestarts": 0, "ttlSecondsAfterFinished": 0})
     failed = decide(observe(spec, pods=[pod(0), pod(1, "Failed")]), CATALOG)
-    assert failed.status["phase"] == "Failed" and failed.requeue_after == 0
+    assert status_of(failed)["phase"] == "Failed" and failed.requeue_after == 0
     assert decide(observe(spec, pods=[pod(1, "Failed")], status=failed.status), CATALOG).delete_job
 
 
@@ -512,7 +527,7 @@ def test_suspend_deletes_every_worker_and_resume_recreates_them() -> None:
     suspended = decide(observe(spec, pods=[pod(0), pod(1, "Succeeded")]), CATALOG)
     assert suspended.delete == ("llama-worker-1", "llama-worker-0")
     assert suspended.create == ()
-    assert suspended.status["phase"] == "Suspended"
+    assert status_of(suspended)["phase"] == "Suspended"
     assert condition(suspended, "Suspended")["status"] == "True"
     resumed = decide(observe(raw_spec(), status=suspended.status), CATALOG)
     assert created_names(resumed) == ["llama-worker-0", "llama-worker-1"]
@@ -631,14 +646,14 @@ def test_overprovisioned_fixed_layout_is_warned_in_status_and_told_once_as_an_ev
     # A 1B model pinned to 8 x H100 per worker: far more than it needs.
     wasteful = raw_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8})
     first = decide(observe(spec=wasteful), CATALOG)
-    warnings = first.status["sizing"]["warnings"]
+    warnings = status_of(first)["sizing"]["warnings"]
     advice = [event for event in first.events if event.reason == "OverProvisioned"]
     assert len(advice) == 1 and advice[0].type == "Normal"
     assert advice[0].message in warnings
 
     again = decide(observe(spec=wasteful, status=first.status), CATALOG)
     assert not [event for event in again.events if event.reason == "OverProvisioned"]
-    assert advice[0].message in again.status["sizing"]["warnings"]
+    assert advice[0].message in status_of(again)["sizing"]["warnings"]
 
 
 def test_layout_the_planner_chose_is_not_called_overprovisioned() -> None:

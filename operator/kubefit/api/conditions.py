@@ -40,6 +40,12 @@ class ConditionType:
     """True while spec.runPolicy.suspend is true (the workers are deleted, the job kept); False after a
     resume."""
 
+    ADMITTED: Final = "Admitted"
+    """True once the operator's scheduling pass has granted the job workers (its effective minimum fits
+    free capacity); False while it waits in the queue, after a gang timeout, or after preemption. No
+    worker pod exists before it is True. Its lastTransitionTime is the admission time the gang timeout
+    counts from."""
+
 
 class Reason:
     """The `reason` of a condition, and of the event posted when that condition changes."""
@@ -88,6 +94,45 @@ class Reason:
     JOB_FAILED: Final = "Failed"
     """Ready=False, Running=False: the job has failed; nothing runs any more."""
 
+    QUEUED: Final = "Queued"
+    """Admitted=False: the job waits in the admission queue; the message says what capacity is missing
+    (e.g. needs 2 nodes with 8 free nvidia-h100-80gb; 1 has). No worker pods exist."""
+
+    ADMITTED: Final = "Admitted"
+    """Admitted=True: the scheduling pass granted the job workers; the message says how many."""
+
+    GANG_TIMEOUT: Final = "GangTimeout"
+    """Admitted=False: the admitted workers were not all Running within spec.scheduling.gangTimeoutSeconds;
+    every worker was deleted and the job requeues after a backoff (status.gang)."""
+
+    PREEMPTED: Final = "Preempted"
+    """Admitted=False: a higher-priority job whose spec.scheduling.preemption allows it took the devices;
+    the workers were asked to checkpoint, then deleted, and the job requeues (it does not fail)."""
+
+    SHRUNK_FOR_PRIORITY: Final = "ShrunkForPriority"
+    """Admitted=True: an elastic job runs fewer workers (never below its minimum) so a higher-priority job
+    could be admitted."""
+
+    SCALED_DOWN: Final = "ScaledDown"
+    """Admitted=True: the worker count went down (spec.workers.replicas lowered, or less capacity);
+    surplus workers are removed highest index first, after the checkpoint handshake."""
+
+    SCALED_UP: Final = "ScaledUp"
+    """Admitted=True: the job was granted more workers (capacity appeared or replicas went up)."""
+
+    CHECKPOINT_REQUESTED: Final = "CheckpointRequested"
+    """Running=True or Ready=False: the workers were asked to checkpoint before a planned removal; the
+    operator waits for every running worker's acknowledgement or spec.elastic.checkpointGracePeriodSeconds
+    (status.checkpoint)."""
+
+    RESTARTING: Final = "Restarting"
+    """Ready=False: a non-elastic job's world size changed (spec.workers.replicas); every worker is
+    stopped after the checkpoint handshake and recreated with the new size."""
+
+    RESTART_BACKOFF: Final = "RestartBackoff"
+    """Ready=False: a failed worker was deleted; its replacement is created once the backoff after the
+    last failure has passed (5 s doubled per restart, at most 5 minutes)."""
+
     RECONCILE_ERROR: Final = "ReconcileError"
     """Ready=False: reconciling the job raised (an API error or a bug); the message is the error's. It
     is retried with a backoff and cleared by the next reconcile that succeeds."""
@@ -108,15 +153,22 @@ class EventReason:
     DELETED_WORKERS: Final = "DeletedWorkers"
     """Normal: the named worker pods were deleted."""
 
+    CHECKPOINT_REQUESTED: Final = "CheckpointRequested"
+    """Normal: the workers were asked to checkpoint before some are removed (the message says why)."""
+
+    CHECKPOINT_DONE: Final = "CheckpointDone"
+    """Normal: every running worker acknowledged the checkpoint request, or the grace period passed (the
+    message says which); the planned removal proceeds."""
+
 
 class JobPhase:
     """status.phase, the one-word summary `kubectl get` prints; derived from the conditions."""
 
     PENDING: Final[Phase] = "Pending"
-    """No worker runs yet: the spec is invalid, the job does not fit, or its pods are starting."""
+    """No worker runs yet: the spec is invalid, the job does not fit, or its admitted pods are starting."""
 
     QUEUED: Final[Phase] = "Queued"
-    """Some workers wait for the scheduler to find them a node."""
+    """The job waits for admission (condition Admitted says why); no worker pod exists."""
 
     RUNNING: Final[Phase] = "Running"
     """Every desired worker runs."""

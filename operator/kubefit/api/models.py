@@ -509,7 +509,9 @@ class TrainingJobSpec(_Model):
 class Condition(_Model):
     """A metav1.Condition."""
 
-    type: str = Field(description="Condition type: Sized, Ready, Running, Succeeded, Failed, Suspended.")
+    type: str = Field(
+        description="Condition type: Sized, Admitted, Ready, Running, Succeeded, Failed, Suspended."
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(description="A CamelCase reason.")
     message: str = Field(default="", description="A human-readable explanation.")
@@ -546,6 +548,35 @@ class SizingStatus(_Model):
     warnings: list[str] = Field(default_factory=list, description="Assumptions made and remedies suggested.")
 
 
+class CheckpointStatus(_Model):
+    """The open checkpoint request: the workers are asked to checkpoint before some of them are removed."""
+
+    request_id: str = Field(description="The request's id, which the workers acknowledge.")
+    reason: str = Field(
+        description="Why workers will be removed: ScaledDown, ShrunkForPriority, Preempted, Suspended or "
+        "Restarting."
+    )
+    requested_at: str = Field(description="When the request was opened (RFC 3339).")
+    target_replicas: int = Field(description="Workers kept once the removal is done (0: all removed).")
+    acknowledged: int = Field(description="Running workers that acknowledged the request so far.")
+    workers: int = Field(description="Running workers asked to acknowledge.")
+
+
+class GangStatus(_Model):
+    """The gang timeout's bookkeeping: whether the admitted workers all ran, and the retries after it."""
+
+    started: bool = Field(
+        default=False,
+        description="True once every admitted worker has run at once; the gang timeout no longer applies "
+        "until the job is queued again.",
+    )
+    retries: int = Field(default=0, description="Times the gang timed out and the job was requeued.")
+    retry_after: str | None = Field(
+        default=None,
+        description="Until then (RFC 3339) the job does not ask for admission again after a gang timeout.",
+    )
+
+
 class TrainingJobStatus(_Model):
     """Observed state of a TrainingJob."""
 
@@ -563,6 +594,28 @@ class TrainingJobStatus(_Model):
     restarts: int | None = Field(default=None, description="Worker restarts so far.")
     workers: str | None = Field(
         default=None, description="Ready and desired workers as ready/desired, for printing."
+    )
+    desired_replicas: int | None = Field(
+        default=None,
+        description="Workers the operator runs now: spec.workers.replicas within its bounds, limited to "
+        "what the scheduling pass granted (0 while queued).",
+    )
+    message: str | None = Field(
+        default=None,
+        description="Why the running workers differ from spec.workers.replicas (queued, capacity, a "
+        "shrink for priority, a checkpoint wait, a restart backoff); absent when they match.",
+    )
+    checkpoint: CheckpointStatus | None = Field(
+        default=None, description="The open checkpoint request; absent when none is open."
+    )
+    checkpoint_requests: int | None = Field(
+        default=None, description="Checkpoint requests opened so far (numbers each request's id)."
+    )
+    gang: GangStatus | None = Field(default=None, description="Gang timeout bookkeeping.")
+    last_failure_time: str | None = Field(
+        default=None,
+        description="When a worker last failed and was deleted for replacement (RFC 3339); the restart "
+        "backoff counts from it.",
     )
     per_device_memory: str | None = Field(
         default=None, description="Estimated peak memory per device in GiB, for printing."

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubefit.api.conditions import (
     FINISHED_PHASES,
@@ -27,7 +27,7 @@ from kubefit.api.conditions import (
     Reason,
 )
 from kubefit.api.formatting import sizing_summary, workers_column
-from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.api.models import SizingStatus, TrainingJobSpec, TrainingJobStatus
 from kubefit.api.units import format_gib, parse_rfc3339, rfc3339
 from kubefit.api.validation import FieldError, InvalidSpec, parse_spec
 from kubefit.builders.naming import DNS_LABEL_MAX, JobRef, job_selector, worker_name
@@ -39,6 +39,9 @@ from kubefit.decisions.workers import WorkerBounds, scale_workers, stop_workers,
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.planner import NodeInventory, plan
 from kubefit.sizing.suggest import with_overprovisioning_advice
+
+if TYPE_CHECKING:
+    from kubefit.decisions.admission import Demand
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # 1024 workers of 8 accelerators are 8,192 devices: more than all but the largest clusters hold, yet a
@@ -52,6 +55,10 @@ class ReconcileSettings:
     """Operator-wide settings that decisions depend on (from `kubefit run`'s flags)."""
 
     max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
+    # The checkpoint handshake: the URL workers are told, and the HMAC key of their per-job tokens.
+    # Either None: workers get no handshake environment (and acknowledge nothing).
+    checkpoint_url: str | None = None
+    checkpoint_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,15 @@ class JobObservation:
     already_replaced: frozenset[str] = frozenset()  # uids of failed pods deleted for replacement
     # Accelerator nodes the template's nodeSelector, required node affinity or tolerations rule out.
     excluded: Sequence[NodeInventory] = ()
+    # Workers the scheduling pass grants the job (AdmissionPlan.grants); None: not decided yet (queued).
+    grant: int | None = None
+    # Why a queued job waits (AdmissionPlan.waiting), and why its grant changed (AdmissionPlan.reasons).
+    waiting: str | None = None
+    grant_reason: str | None = None
+    # Acknowledgements of the open checkpoint request (status.checkpoint.requestId): worker pod -> step.
+    checkpoint_acks: Mapping[str, int] = field(default_factory=dict)
+    # metadata.creationTimestamp: the queue's age order (older first). None: `now`.
+    created: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,8 @@ class JobEvent:
 
 @dataclass(frozen=True)
 class Decision:
-    status: dict[str, Any]
+    # The whole status; the controller patches status.model_dump(by_alias=True, exclude_none=False).
+    status: TrainingJobStatus
     service: dict[str, Any] | None = None
     create: tuple[int, ...] = ()  # worker indices to create, lowest first; `worker_pod` builds each
     worker_set: WorkerSet | None = None  # what every worker of this decision shares (None: no creates)
@@ -92,6 +109,11 @@ class Decision:
     sizing: SizingStatus | None = None
     desired_workers: int = 0
     requested_accelerators: int = 0
+    # What the job asks of the scheduling pass; None when it needs nothing (invalid, finished,
+    # suspended, does not fit, or in a gang-timeout backoff).
+    demand: Demand | None = None
+    # The checkpoint request that must be open on the board for this job; None: close any.
+    checkpoint_request: str | None = None
 
     def worker_pod(self, index: int) -> dict[str, Any]:
         """The manifest of worker `index`, one of `create`."""
@@ -575,7 +597,7 @@ def _to_decision(
     finished = draft.phase in FINISHED_PHASES and not draft.delete_job
     requeue_after = _ttl_left(observation, completion) if finished else None
     return Decision(
-        status=status,
+        status=TrainingJobStatus.model_validate(status),
         service=None if draft.phase in FINISHED_PHASES else build_headless_service(observation.job),
         create=draft.create,
         worker_set=draft.worker_set,
