@@ -8,6 +8,7 @@ import pytest
 
 from kubefit.api.models import MemoryBreakdown, SizingStatus
 from kubefit.api.validation import parse_spec
+from kubefit.builders.checkpoint import CheckpointEnv, checkpoint_token
 from kubefit.builders.naming import (
     JOB_LABEL,
     WORKER_INDEX_LABEL,
@@ -17,7 +18,7 @@ from kubefit.builders.naming import (
     worker_name,
 )
 from kubefit.builders.placement import accelerator_terms, merge_required_terms, with_accelerator_affinity
-from kubefit.builders.pods import WorkerSet, build_worker_pod
+from kubefit.builders.pods import KUBERNETES_DEFAULT_GRACE_SECONDS, WorkerSet, build_worker_pod
 from kubefit.builders.rendezvous import WorkerGroup, rendezvous_env
 from kubefit.builders.resources import default_cpu, default_memory, worker_resources
 from kubefit.builders.service import build_headless_service
@@ -64,6 +65,7 @@ def worker_set(
     accelerator: str = "nvidia-h100-80gb",
     per_worker: int = 8,
     bounds: tuple[int, int] = (2, 2),
+    checkpoint: CheckpointEnv | None = None,
 ) -> WorkerSet:
     entry = CATALOG.get(accelerator)
     assert entry is not None
@@ -75,11 +77,16 @@ def worker_set(
         workers=workers,
         min_workers=bounds[0],
         max_workers=bounds[1],
+        checkpoint=checkpoint,
     )
 
 
-def env_of(pod: dict[str, Any]) -> dict[str, str]:
-    return {variable["name"]: variable["value"] for variable in pod["spec"]["containers"][0].get("env", [])}
+def env_of(pod: dict[str, Any]) -> dict[str, Any]:
+    """name -> value, or -> valueFrom for a variable the kubelet fills in (the downward API)."""
+    return {
+        variable["name"]: variable["value"] if "value" in variable else variable["valueFrom"]
+        for variable in pod["spec"]["containers"][0].get("env", [])
+    }
 
 
 # ---------------------------------------------------------------------------------------------- naming
@@ -281,6 +288,37 @@ def test_pytorch_env_for_an_elastic_job_gives_torchrun_a_range() -> None:
     assert env["PET_RDZV_BACKEND"] == "c10d"
     assert env["PET_RDZV_ENDPOINT"] == "llama-worker-0.llama:29500"
     assert env["PET_RDZV_ID"] == "1234-uid"
+    assert env["PET_RDZV_CONF"] == "is_host=1"
+    assert env["PET_MAX_RESTARTS"] == "3"  # runPolicy.maxRestarts' default
+
+
+def test_elastic_rendezvous_is_hosted_by_worker_0_alone_and_every_worker_points_there() -> None:
+    spec = raw_spec(elastic={"enabled": True}, workers={"replicas": 3, "minReplicas": 2, "maxReplicas": 6})
+    spec["runPolicy"] = {"maxRestarts": 7}
+    envs = [env_of(build_worker_pod(worker_set(spec, workers=3, bounds=(2, 6)), index)) for index in range(3)]
+    assert [env["PET_RDZV_CONF"] for env in envs] == ["is_host=1", "is_host=0", "is_host=0"]
+    assert {env["PET_RDZV_ENDPOINT"] for env in envs} == {"llama-worker-0.llama:29500"}
+    assert {env["PET_RDZV_ID"] for env in envs} == {"1234-uid"}
+    assert {env["PET_NNODES"] for env in envs} == {"2:6"}
+    assert {env["PET_MAX_RESTARTS"] for env in envs} == {"7"}
+
+
+def test_fixed_size_pytorch_uses_the_static_rendezvous_on_worker_0() -> None:
+    envs = [env_of(build_worker_pod(worker_set(workers=2, bounds=(2, 2)), index)) for index in range(2)]
+    for index, env in enumerate(envs):
+        assert env["PET_MASTER_ADDR"] == "llama-worker-0.llama"
+        assert env["PET_NODE_RANK"] == str(index)
+        assert not {"PET_RDZV_BACKEND", "PET_RDZV_ENDPOINT", "PET_RDZV_CONF", "PET_MAX_RESTARTS"} & env.keys()
+
+
+def test_rendezvous_env_reflects_the_worker_count_when_the_pod_is_built() -> None:
+    # A restart of every worker (decide's answer to a membership change of a fixed-size or jax job)
+    # builds new pods from the new count: the env follows it.
+    for workers in (2, 3, 5):
+        jax = env_of(build_worker_pod(worker_set(raw_spec(framework="jax"), workers=workers), workers - 1))
+        assert (jax["JAX_NUM_PROCESSES"], jax["JAX_PROCESS_ID"]) == (str(workers), str(workers - 1))
+        torch = env_of(build_worker_pod(worker_set(workers=workers, bounds=(workers, workers)), 0))
+        assert torch["WORLD_SIZE"] == torch["PET_NNODES"] == str(workers)
 
 
 def test_jax_env() -> None:
@@ -314,6 +352,61 @@ def test_rendezvous_port_is_declared_once() -> None:
     assert pod["spec"]["containers"][0]["ports"] == [
         {"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"}
     ]
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint
+
+HANDSHAKE = CheckpointEnv(url="http://kubefit.kubefit-system.svc:8081/", token="ab" * 32)
+
+
+def test_checkpoint_env_names_the_endpoint_the_job_and_the_pod_itself() -> None:
+    env = env_of(build_worker_pod(worker_set(checkpoint=HANDSHAKE), 1))
+    assert env["KUBEFIT_CHECKPOINT_URL"] == "http://kubefit.kubefit-system.svc:8081"  # no trailing slash
+    assert env["KUBEFIT_CHECKPOINT_TOKEN"] == "ab" * 32
+    assert env["KUBEFIT_JOB_NAMESPACE"] == "team-a"
+    assert env["KUBEFIT_JOB_NAME"] == "llama"
+    assert env["KUBEFIT_WORKER"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "jax", "none"])
+def test_checkpoint_env_comes_with_every_framework_and_only_when_set(framework: str) -> None:
+    with_handshake = env_of(
+        build_worker_pod(worker_set(raw_spec(framework=framework), checkpoint=HANDSHAKE), 0)
+    )
+    without = env_of(build_worker_pod(worker_set(raw_spec(framework=framework)), 0))
+    assert "KUBEFIT_CHECKPOINT_TOKEN" in with_handshake
+    assert not any(name.startswith("KUBEFIT_") for name in without)
+
+
+def test_checkpoint_token_is_an_hmac_of_the_job_uid() -> None:
+    token = checkpoint_token(b"k" * 32, "1234-uid")
+    assert len(token) == 64 and int(token, 16) >= 0
+    assert token == checkpoint_token(b"k" * 32, "1234-uid")
+    assert token != checkpoint_token(b"k" * 32, "1234-uid2")  # a recreated job has a new uid
+    assert token != checkpoint_token(b"j" * 32, "1234-uid")  # another operator key
+
+
+@pytest.mark.parametrize(("key", "uid", "named"), [(b"", "u", "key"), (b"k" * 32, "", "uid")])
+def test_checkpoint_token_refuses_an_empty_key_or_uid(key: bytes, uid: str, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        checkpoint_token(key, uid)
+
+
+@pytest.mark.parametrize(
+    ("own", "checkpoint_grace", "expected"),
+    [
+        (None, 120, 120),  # the default grace period is longer than Kubernetes' 30 s
+        (None, 10, KUBERNETES_DEFAULT_GRACE_SECONDS),  # never shorter than what the pod would have had
+        (600, 120, 600),  # the template's own longer period is kept
+        (5, 120, 120),
+        (0, 0, 0),  # a template that asks for an immediate kill, with no checkpoint wait, keeps it
+    ],
+)
+def test_workers_have_time_to_save_on_sigterm(own: int | None, checkpoint_grace: int, expected: int) -> None:
+    spec = raw_spec(elastic={"checkpointGracePeriodSeconds": checkpoint_grace})
+    if own is not None:
+        spec["template"]["spec"]["terminationGracePeriodSeconds"] = own
+    assert build_worker_pod(worker_set(spec), 0)["spec"]["terminationGracePeriodSeconds"] == expected
 
 
 # ---------------------------------------------------------------------------------------------- service

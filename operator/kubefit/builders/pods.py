@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
-from kubefit.builders.checkpoint import CheckpointEnv
+from kubefit.builders.checkpoint import CheckpointEnv, checkpoint_env
 from kubefit.builders.naming import (
     RENDEZVOUS_PORT,
     RENDEZVOUS_PORT_NAME,
@@ -23,6 +23,9 @@ from kubefit.builders.rendezvous import WorkerGroup, rendezvous_env
 from kubefit.builders.resources import worker_resources
 from kubefit.sizing.catalog import Accelerator
 from kubefit.sizing.estimator import Layout, estimate
+
+# What Kubernetes gives a pod that sets no terminationGracePeriodSeconds (PodSpec API reference).
+KUBERNETES_DEFAULT_GRACE_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class WorkerSet:
             max_workers=self.max_workers,
             processes_per_worker=self.sizing.accelerators_per_worker,
             elastic=self.spec.elastic.enabled,
+            max_restarts=self.spec.run_policy.max_restarts,
         )
 
     @cached_property
@@ -59,7 +63,7 @@ class WorkerSet:
         return estimate(self.spec, self.accelerator, layout).host_bytes_per_worker
 
 
-def _with_env(container: dict[str, Any], extra: list[dict[str, str]]) -> list[dict[str, Any]]:
+def _with_env(container: dict[str, Any], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # A variable the user sets in the template wins: it is how a job overrides, e.g., MASTER_PORT.
     env = list(container.get("env") or [])
     present = {variable.get("name") for variable in env}
@@ -78,7 +82,10 @@ def _trainer_container(container: dict[str, Any], worker_set: WorkerSet, index: 
     trainer["resources"] = worker_resources(
         container.get("resources"), worker_set.spec, worker_set.sizing, worker_set.offloaded_bytes
     )
-    trainer["env"] = _with_env(container, rendezvous_env(worker_set.spec.framework, worker_set.group, index))
+    extra: list[dict[str, Any]] = [*rendezvous_env(worker_set.spec.framework, worker_set.group, index)]
+    if worker_set.checkpoint is not None:
+        extra += checkpoint_env(worker_set.checkpoint, worker_set.job.namespace, worker_set.job.name)
+    trainer["env"] = _with_env(container, extra)
     if worker_set.spec.framework != "none":
         trainer["ports"] = _with_rendezvous_port(container)
     return trainer
@@ -95,6 +102,14 @@ def _metadata(template: dict[str, Any], worker_set: WorkerSet, index: int) -> di
         "annotations": metadata.get("annotations") or {},
         "ownerReferences": [owner_reference(worker_set.job)],
     }
+
+
+def termination_grace_seconds(pod_spec: dict[str, Any], checkpoint_grace_seconds: int) -> int:
+    """At least the checkpoint grace period, so a worker told to stop has time to save on SIGTERM."""
+    own = pod_spec.get("terminationGracePeriodSeconds")
+    if isinstance(own, bool) or not isinstance(own, int):
+        own = KUBERNETES_DEFAULT_GRACE_SECONDS
+    return max(own, checkpoint_grace_seconds)
 
 
 def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
@@ -114,6 +129,9 @@ def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
         "affinity": with_accelerator_affinity(pod_spec.get("affinity"), worker_set.accelerator.match),
         "tolerations": with_accelerator_toleration(
             pod_spec.get("tolerations"), worker_set.sizing.resource_name
+        ),
+        "terminationGracePeriodSeconds": termination_grace_seconds(
+            pod_spec, worker_set.spec.elastic.checkpoint_grace_period_seconds
         ),
     }
     return {

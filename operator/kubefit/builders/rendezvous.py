@@ -1,9 +1,16 @@
 """Rendezvous environment for each worker: how the framework's processes find each other.
 
 pytorch: the classic MASTER_ADDR/WORLD_SIZE/RANK variables plus torchrun's PET_* variables (torchrun
-reads PET_<OPTION> for each command-line option). Elastic jobs get the c10d rendezvous and
-PET_NNODES=min:max, so torchrun re-forms the group when workers come and go.
-jax: the coordinator address and process count/id that `jax.distributed.initialize` expects.
+reads PET_<OPTION> for each command-line option). Elastic jobs get the c10d rendezvous with the job's
+UID as its id and PET_NNODES=min:max, so torchrun re-forms the group when workers come and go. The
+store lives on worker 0, which a scale-down never removes (the highest index goes first), and only
+worker 0 hosts it (PET_RDZV_CONF is_host=1, the others 0): torchrun's own guess compares host names and
+addresses, which fails where pods share a machine (the sandbox) or a name resolves elsewhere.
+PET_MAX_RESTARTS=runPolicy.maxRestarts, as Kubeflow's elastic policy does: when a peer leaves, the
+survivors' training processes fail and torchrun restarts them in place, which costs one restart.
+jax: the coordinator address and process count/id that `jax.distributed.initialize` expects, fixed when
+the pod is created; a change of the worker count restarts every worker (decide does that), so a new pod
+always sees the current count.
 none: nothing.
 """
 
@@ -26,6 +33,7 @@ class WorkerGroup:
     max_workers: int
     processes_per_worker: int  # one process per accelerator
     elastic: bool
+    max_restarts: int = 0  # torchrun's in-place restarts (PET_MAX_RESTARTS), elastic jobs only
 
 
 def rendezvous_env(framework: Framework, group: WorkerGroup, index: int) -> list[dict[str, str]]:
@@ -60,6 +68,8 @@ def _pytorch(group: WorkerGroup, index: int) -> dict[str, str]:
             "PET_RDZV_BACKEND": "c10d",
             "PET_RDZV_ENDPOINT": f"{host}:{RENDEZVOUS_PORT}",
             "PET_RDZV_ID": group.job_uid or group.job_name,
+            "PET_RDZV_CONF": f"is_host={1 if index == 0 else 0}",
+            "PET_MAX_RESTARTS": str(group.max_restarts),
         }
     return variables
 
