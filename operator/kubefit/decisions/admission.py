@@ -1,0 +1,502 @@
+"""The cluster-wide scheduling pass: how many workers every TrainingJob is granted right now (pure).
+
+One pass sees every job the operator knows (queued and admitted) and the accelerator nodes, and returns a
+grant for each: 0 for a queued job, at least its effective minimum for an admitted one. The rules:
+- each worker needs `per_worker` free devices of the job's accelerator on ONE node (of its eligible nodes);
+- free = allocatable - other workloads' devices - devices of admitted jobs' bound workers; then every
+  admitted job's granted-but-unbound workers are reserved on nodes (best fit, minimums first) before anyone
+  new is admitted, so two admissions never count the same devices;
+- the queue is ordered by priority (high first), then age (old first), then namespace/name. A queued job is
+  admitted at its minimum when that fits. StrictFIFO: the first job that does not fit blocks everyone
+  behind it. BestEffortFIFO: jobs behind it may pass, until it has waited longer than `head_wait_limit`:
+  then nothing behind it on its accelerator is admitted or grows (no starvation);
+- a queued job whose minimum does not fit may shrink strictly lower-priority elastic jobs toward their
+  minimums (lowest priority first, then youngest), and, only if that is not enough and its preemption is
+  LowerPriority, preempt whole lower-priority jobs; only when that makes it fit, and only as much as needed;
+- spare capacity then grows admitted elastic jobs toward `want_workers` (priority, then age); a job whose
+  want dropped is scaled down to it; a non-elastic job is all-or-nothing at `want_workers`.
+Pure and deterministic: the same inputs give the same plan.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kubefit.api.resource import JobKey
+
+AdmissionPolicy = Literal["StrictFIFO", "BestEffortFIFO"]
+Preemption = Literal["Never", "LowerPriority"]
+ADMISSION_POLICIES: tuple[AdmissionPolicy, ...] = ("StrictFIFO", "BestEffortFIFO")
+
+# Reason words of AdmissionPlan.reasons ("Word: detail"), for conditions and Events.
+ADMITTED = "Admitted"
+SCALED_UP = "ScaledUp"
+SCALED_DOWN = "ScaledDown"
+CAPACITY_CHANGED = "CapacityChanged"
+SHRUNK_FOR_PRIORITY = "ShrunkForPriority"
+PREEMPTED = "Preempted"
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one job asks of the cluster (built by the controller from the spec and its sizing)."""
+
+    key: JobKey
+    priority: int
+    created: float  # creationTimestamp, epoch seconds: older first among equal priorities
+    accelerator: str
+    per_worker: int
+    min_workers: int  # effective minimum: max(minReplicas, the sizing floor)
+    want_workers: int  # min(replicas, maxReplicas): what it runs with unlimited capacity
+    elastic: bool  # False: all-or-nothing at max(min_workers, want_workers)
+    preemption: Preemption
+    eligible_nodes: frozenset[str] | None = None  # None: every node of its accelerator
+
+    def __post_init__(self) -> None:
+        for name in ("per_worker", "min_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"Demand.{name} of {_name(self.key)} must be >= 1, got {getattr(self, name)}"
+                )
+        if self.want_workers < 0:
+            raise ValueError(
+                f"Demand.want_workers of {_name(self.key)} must be >= 0, got {self.want_workers}"
+            )
+
+
+@dataclass(frozen=True)
+class Holding:
+    """An admitted job and what it has now."""
+
+    demand: Demand
+    granted: int  # workers currently granted (its target)
+    placed: Mapping[str, int]  # node name -> its worker pods bound there (non-terminating)
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    name: str
+    accelerator: str | None  # catalog name; None for nodes without one
+    allocatable: int  # devices of that accelerator
+    used_by_others: int  # devices held by bound pods that are not workers of any Holding
+
+
+@dataclass(frozen=True)
+class AdmissionPlan:
+    grants: Mapping[JobKey, int]  # new worker count for every job passed in (0 = queued)
+    admitted_now: frozenset[JobKey]  # queued -> admitted in this pass
+    shrink: Mapping[JobKey, int]  # admitted elastic jobs shrunk for priority, to how many (also in grants)
+    preempt: frozenset[JobKey]  # whole jobs to stop and requeue (grants 0)
+    waiting: Mapping[JobKey, str]  # queued jobs: what is missing
+    reasons: Mapping[JobKey, str]  # changed grants: "Word: detail" (the words are the constants above)
+    # where the plan counts each granted job's workers: node -> bound pods there plus the places it reserved
+    # for the rest. A job shrunk or preempted was planned to lose its workers on the nodes missing here.
+    placement: Mapping[JobKey, Mapping[str, int]] = field(default_factory=dict)
+
+
+def _name(key: JobKey) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+@dataclass(eq=False)
+class _Job:
+    """One job's working state during the pass."""
+
+    demand: Demand
+    nodes: list[str]  # the nodes its workers may use, by name
+    before: int  # its grant when the pass started (0: queued)
+    admitted: bool  # admitted before the pass
+    grant: int = 0
+    bound: dict[str, int] = field(default_factory=dict)
+    reserved: dict[str, int] = field(default_factory=dict)
+    lost: int = 0  # granted workers that lost their place (capacity went away)
+    shrunk_for: JobKey | None = None
+    preempted_for: JobKey | None = None
+
+    @property
+    def key(self) -> JobKey:
+        return self.demand.key
+
+    @property
+    def order(self) -> tuple[int, float, str, str]:
+        return (-self.demand.priority, self.demand.created, *self.demand.key)
+
+    @property
+    def floor(self) -> int:
+        """Fewest workers it runs with: its minimum; a non-elastic job's whole gang."""
+        return self.demand.min_workers if self.demand.elastic else self.target
+
+    @property
+    def target(self) -> int:
+        return max(self.demand.min_workers, self.demand.want_workers)
+
+    @property
+    def placed(self) -> int:
+        return sum(self.bound.values()) + sum(self.reserved.values())
+
+    @property
+    def holds(self) -> bool:
+        return self.grant > 0 and self.preempted_for is None
+
+
+@dataclass
+class _Cluster:
+    free: dict[str, int]
+    allocatable: dict[str, int]
+    accelerator_of: dict[str, str]
+    nodes_of: dict[str, list[str]]  # accelerator -> node names, sorted
+    eligible_cache: dict[tuple[str, frozenset[str]], list[str]] = field(default_factory=dict)
+
+    def nodes_for(self, demand: Demand) -> list[str]:
+        nodes = self.nodes_of.get(demand.accelerator, [])
+        if demand.eligible_nodes is None:
+            return nodes
+        cache_key = (demand.accelerator, demand.eligible_nodes)
+        if cache_key not in self.eligible_cache:
+            self.eligible_cache[cache_key] = [name for name in nodes if name in demand.eligible_nodes]
+        return self.eligible_cache[cache_key]
+
+    def take(self, job: _Job, spots: Mapping[str, int]) -> None:
+        for node, workers in spots.items():
+            self.free[node] -= workers * job.demand.per_worker
+            job.reserved[node] = job.reserved.get(node, 0) + workers
+
+    def release(self, job: _Job, node: str, from_reserved: bool) -> None:
+        held = job.reserved if from_reserved else job.bound
+        held[node] -= 1
+        if not held[node]:
+            del held[node]
+        self.free[node] += job.demand.per_worker
+
+
+def _cluster(nodes: Iterable[NodeCapacity]) -> _Cluster:
+    cluster = _Cluster({}, {}, {}, {})
+    for node in sorted(nodes, key=lambda node: node.name):
+        if node.accelerator is None:
+            continue
+        cluster.free[node.name] = node.allocatable - node.used_by_others
+        cluster.allocatable[node.name] = node.allocatable
+        cluster.accelerator_of[node.name] = node.accelerator
+    for name, accelerator in cluster.accelerator_of.items():
+        cluster.nodes_of.setdefault(accelerator, []).append(name)
+    return cluster
+
+
+def _slots(free: Mapping[str, int], nodes: Iterable[str], per_worker: int) -> int:
+    return sum(free[node] // per_worker for node in nodes if free[node] >= per_worker)
+
+
+def _fits(cluster: _Cluster, nodes: Sequence[str], per_worker: int, count: int) -> bool:
+    """Whether `count` workers of `per_worker` devices each find a node (early exit)."""
+    free = cluster.free
+    for node in nodes:
+        if free[node] >= per_worker:
+            count -= free[node] // per_worker
+            if count <= 0:
+                return True
+    return count <= 0
+
+
+def _spots(cluster: _Cluster, nodes: Sequence[str], per_worker: int, count: int) -> dict[str, int]:
+    """Up to `count` worker places, best fit: the fullest node that still has room first."""
+    if count <= 0:
+        return {}
+    roomy = sorted((cluster.free[node], node) for node in nodes if cluster.free[node] >= per_worker)
+    spots: dict[str, int] = {}
+    for free, node in roomy:
+        workers = min(free // per_worker, count)
+        spots[node] = workers
+        count -= workers
+        if not count:
+            break
+    return spots
+
+
+def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Cluster) -> list[_Job]:
+    """Working state of every job, in queue order; admitted jobs' bound workers taken off the nodes."""
+    jobs: dict[JobKey, _Job] = {}
+    for holding in admitted:
+        demand = holding.demand
+        job = _Job(demand, cluster.nodes_for(demand), max(holding.granted, 0), admitted=True)
+        for node, workers in sorted(holding.placed.items()):
+            if workers > 0 and cluster.accelerator_of.get(node) == demand.accelerator:
+                job.bound[node] = workers
+                cluster.free[node] -= workers * demand.per_worker
+        jobs[demand.key] = job
+    for demand in queued:
+        if demand.key not in jobs:  # a job listed as admitted too is admitted
+            jobs[demand.key] = _Job(demand, cluster.nodes_for(demand), 0, admitted=False)
+    return sorted(jobs.values(), key=lambda job: job.order)
+
+
+def _reserve(cluster: _Cluster, job: _Job, upto: int) -> None:
+    cluster.take(job, _spots(cluster, job.nodes, job.demand.per_worker, upto - job.placed))
+
+
+def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
+    """Admitted jobs keep their grant (lowered to a dropped want): minimums are placed first, then the rest.
+
+    Workers above the minimum that find no place any more are released (the grant drops to what is
+    placed); a minimum that finds no place stays granted (the gang timeout releases it).
+    """
+    held = [job for job in jobs if job.admitted]
+    for job in held:
+        job.grant = max(job.floor, min(job.before, job.target))
+        _reserve(cluster, job, job.floor)
+    for job in held:
+        _reserve(cluster, job, job.grant)
+        if job.placed < job.grant and job.grant > job.floor:
+            kept = max(job.placed, job.floor)
+            job.lost = job.grant - kept
+            job.grant = kept
+
+
+@dataclass
+class _Queue:
+    """Admission state: who blocks whom."""
+
+    policy: AdmissionPolicy
+    now: float
+    head_wait_limit: float
+    strict_head: _Job | None = None
+    # accelerator -> the first job that did not fit and now keeps the devices it needs from jobs behind it
+    reserving: dict[str, _Job] = field(default_factory=dict)
+    waiting: dict[JobKey, str] = field(default_factory=dict)
+
+    def blocker(self, job: _Job) -> str | None:
+        if self.strict_head is not None:
+            return f"behind {_name(self.strict_head.key)} in the queue (StrictFIFO)"
+        head = self.reserving.get(job.demand.accelerator)
+        if head is None:
+            return None
+        waited = int(self.now - head.demand.created)
+        return f"waiting behind {_name(head.key)}, which has waited {waited}s (head of line)"
+
+    def blocked(self, job: _Job, message: str) -> None:
+        self.waiting[job.key] = message
+        if self.policy == "StrictFIFO":
+            self.strict_head = self.strict_head or job
+            self.reserving.setdefault(job.demand.accelerator, job)
+        elif self.now - job.demand.created > self.head_wait_limit:
+            self.reserving.setdefault(job.demand.accelerator, job)
+
+    def may_grow(self, job: _Job) -> bool:
+        head = self.reserving.get(job.demand.accelerator)
+        return head is None or head.order > job.order
+
+
+@dataclass
+class _Trial:
+    """Devices that shrinking and preempting lower-priority jobs would free for one queued job."""
+
+    job: _Job
+    free: dict[str, int]  # of the job's nodes
+    slots: int
+    removals: list[tuple[_Job, str, bool]] = field(default_factory=list)  # (job, node, from reserved)
+    victims: list[_Job] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.slots >= self.job.floor
+
+    def change(self, node: str, devices: int) -> None:
+        if node in self.free:
+            per_worker = self.job.demand.per_worker
+            old = self.free[node]
+            self.free[node] = old + devices
+            self.slots += max(old + devices, 0) // per_worker - max(old, 0) // per_worker
+
+
+def _shrink(trial: _Trial, other: _Job) -> None:
+    """Take workers of `other` off the trial's nodes, one at a time, until the job fits or `other` is at its
+    minimum: reserved places first (no pod to remove), each time on the node with the most free devices."""
+    pools = [
+        (True, {n: c for n, c in other.reserved.items() if n in trial.free}),
+        (False, {n: c for n, c in other.bound.items() if n in trial.free}),
+    ]
+    room = other.grant - other.floor
+    for from_reserved, pool in pools:
+        while room > 0 and pool and not trial.fits:
+            node = max(pool, key=lambda name: (trial.free[name], name))
+            pool[node] -= 1
+            if not pool[node]:
+                del pool[node]
+            trial.change(node, other.demand.per_worker)
+            trial.removals.append((other, node, from_reserved))
+            room -= 1
+
+
+def _preempt(trial: _Trial, victim: _Job) -> None:
+    """Free every worker of `victim` on the trial's nodes (those an earlier shrink took are freed already)."""
+    remaining = Counter(victim.bound) + Counter(victim.reserved)
+    remaining.subtract(node for other, node, _ in trial.removals if other is victim)
+    for node, workers in sorted(remaining.items()):
+        trial.change(node, workers * victim.demand.per_worker)
+    trial.victims.append(victim)
+
+
+def _trim(trial: _Trial) -> None:
+    """Give back shrink removals (latest first) that the job no longer needs once victims were preempted."""
+    for removal in reversed(list(trial.removals)):
+        other, node, _ = removal
+        if other in trial.victims:
+            continue
+        trial.change(node, -other.demand.per_worker)
+        if trial.fits:
+            trial.removals.remove(removal)
+        else:
+            trial.change(node, other.demand.per_worker)
+
+
+def _lower(jobs: Sequence[_Job], job: _Job) -> list[_Job]:
+    """Admitted jobs on the job's accelerator with strictly lower priority: lowest priority, then youngest."""
+    found = [
+        other
+        for other in jobs
+        if other.holds
+        and other.demand.accelerator == job.demand.accelerator
+        and other.demand.priority < job.demand.priority
+    ]
+    return sorted(found, key=lambda other: (other.demand.priority, -other.demand.created, other.key))
+
+
+def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job) -> bool:
+    """Shrink, then if allowed and still needed preempt, lower-priority jobs so that the job fits; commits
+    the changes only when it then fits."""
+    lower = _lower(jobs, job)
+    if not lower:
+        return False
+    free = {node: cluster.free[node] for node in job.nodes}
+    trial = _Trial(job, free, _slots(free, job.nodes, job.demand.per_worker))
+    for other in lower:
+        if other.demand.elastic and not trial.fits:
+            _shrink(trial, other)
+    if not trial.fits and job.demand.preemption == "LowerPriority":
+        for victim in lower:
+            if not trial.fits:
+                _preempt(trial, victim)
+        _trim(trial)
+    if not trial.fits:
+        return False
+    _commit(cluster, trial)
+    return True
+
+
+def _commit(cluster: _Cluster, trial: _Trial) -> None:
+    for other, node, from_reserved in trial.removals:
+        cluster.release(other, node, from_reserved)
+        other.grant -= 1
+        other.shrunk_for = trial.job.key
+    for victim in trial.victims:
+        for held in (victim.reserved, victim.bound):
+            for node, workers in held.items():
+                cluster.free[node] += workers * victim.demand.per_worker
+            held.clear()
+        victim.preempted_for = trial.job.key
+        victim.grant = 0
+
+
+def _admit(cluster: _Cluster, jobs: Sequence[_Job], job: _Job) -> bool:
+    per_worker = job.demand.per_worker
+    if not _fits(cluster, job.nodes, per_worker, job.floor) and not _make_room(cluster, jobs, job):
+        return False
+    cluster.take(job, _spots(cluster, job.nodes, per_worker, job.floor))
+    job.grant = job.floor
+    return True
+
+
+def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
+    for job in jobs:
+        if job.admitted:
+            continue
+        blocker = queue.blocker(job)
+        if blocker is not None:
+            queue.waiting[job.key] = blocker
+        elif not _admit(cluster, jobs, job):
+            queue.blocked(job, _missing(cluster, job))
+
+
+def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
+    """Spare capacity raises elastic jobs toward their want, in queue order. A job shrunk or preempted in
+    this pass does not grow in it (the plan counts the places it gives up as someone else's)."""
+    for job in jobs:
+        if not job.holds or not job.demand.elastic or job.shrunk_for is not None:
+            continue
+        if job.grant >= job.target or job.placed < job.grant or not queue.may_grow(job):
+            continue
+        spots = _spots(cluster, job.nodes, job.demand.per_worker, job.target - job.grant)
+        cluster.take(job, spots)
+        job.grant += sum(spots.values())
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _missing(cluster: _Cluster, job: _Job) -> str:
+    """What the job's minimum lacks, e.g. "needs 2 nodes with 8 free nvidia-h100-80gb; 1 has"."""
+    demand, count = job.demand, job.floor
+    scope = "eligible node" if demand.eligible_nodes is not None else "node"
+    per_worker, accelerator = demand.per_worker, demand.accelerator
+    wanted = f"needs {_plural(count, scope)} with {per_worker} free {accelerator}"
+    if not job.nodes:
+        return f"{wanted}; no {scope} has {accelerator}"
+    largest = max(cluster.allocatable[node] for node in job.nodes)
+    if largest < per_worker:
+        return f"{wanted}; the largest {scope} has {largest}"
+    hosts = sum(1 for node in job.nodes if cluster.free[node] >= per_worker)
+    if largest < 2 * per_worker:  # one worker per node at most
+        return f"{wanted}; {hosts} {'has' if hosts == 1 else 'have'}"
+    slots = _slots(cluster.free, job.nodes, per_worker)
+    return (
+        f"needs room for {_plural(count, 'worker')} of {per_worker} {accelerator}, each on one {scope}; "
+        f"only {slots} fit now ({_plural(hosts, scope)} with {per_worker} free)"
+    )
+
+
+def _reason(job: _Job) -> str | None:
+    if job.preempted_for is not None:
+        return f"{PREEMPTED}: to make room for {_name(job.preempted_for)}"
+    if job.grant == job.before:
+        return None
+    if not job.admitted:
+        return f"{ADMITTED}: {_plural(job.grant, 'worker')}"
+    if job.grant > job.before:
+        return f"{SCALED_UP}: room for {job.grant - job.before} more (wants {job.target})"
+    if job.shrunk_for is not None:
+        return f"{SHRUNK_FOR_PRIORITY}: to make room for {_name(job.shrunk_for)}"
+    if job.lost:
+        return f"{CAPACITY_CHANGED}: {_plural(job.lost, 'worker')} no longer fit on {job.demand.accelerator} nodes"
+    return f"{SCALED_DOWN}: wants {job.target}"
+
+
+def plan_admissions(
+    queued: Sequence[Demand],
+    admitted: Sequence[Holding],
+    nodes: Sequence[NodeCapacity],
+    policy: AdmissionPolicy,
+    now: float,
+    head_wait_limit: float,
+) -> AdmissionPlan:
+    """One scheduling pass over every job the operator knows (the module docstring has the rules)."""
+    cluster = _cluster(nodes)
+    jobs = _jobs(queued, admitted, cluster)
+    _reserve_admitted(cluster, jobs)
+    queue = _Queue(policy, now, head_wait_limit)
+    _admit_queue(cluster, jobs, queue)
+    _grow(cluster, jobs, queue)
+    reasons = {job.key: reason for job in jobs if (reason := _reason(job)) is not None}
+    return AdmissionPlan(
+        grants={job.key: job.grant for job in jobs},
+        admitted_now=frozenset(job.key for job in jobs if not job.admitted and job.grant > 0),
+        shrink={
+            job.key: job.grant for job in jobs if job.holds and job.shrunk_for and job.grant < job.before
+        },
+        preempt=frozenset(job.key for job in jobs if job.preempted_for is not None),
+        waiting=dict(queue.waiting),
+        reasons=reasons,
+        placement={job.key: dict(Counter(job.bound) + Counter(job.reserved)) for job in jobs if job.holds},
+    )
