@@ -211,22 +211,22 @@ def _bearer(header: str | None) -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _CheckpointServer
+    server: CheckpointServer
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT_SECONDS
     server_version = "kubefit-checkpoints"
     sys_version = ""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self._answer(self._get)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._answer(self._post)
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._answer(self._not_allowed)
 
-    do_DELETE = do_PATCH = do_HEAD = do_PUT  # noqa: N815
+    do_DELETE = do_PATCH = do_HEAD = do_PUT
 
     def _answer(self, handle: Callable[[], dict[str, Any]]) -> None:
         try:
@@ -294,11 +294,13 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body: larger than {MAX_BODY_BYTES} bytes")
         return self.rfile.read(length)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("checkpoint %s: " + format, self.address_string(), *args)
 
 
-class _CheckpointServer(ThreadingHTTPServer):
+class CheckpointServer(ThreadingHTTPServer):
+    """The handshake API's HTTP server: one daemon thread per connection."""
+
     daemon_threads = True
     board: CheckpointBoard
     token_for: TokenFor
@@ -306,9 +308,9 @@ class _CheckpointServer(ThreadingHTTPServer):
 
 def start_checkpoint_server(
     board: CheckpointBoard, token_for: TokenFor, address: str, port: int
-) -> _CheckpointServer:
+) -> CheckpointServer:
     """Binds address:port (0 = any free port) and serves in a daemon thread; `.shutdown()` stops it."""
-    server = _CheckpointServer((address, port), _Handler)
+    server = CheckpointServer((address, port), _Handler)
     server.board = board
     server.token_for = token_for
     thread = threading.Thread(target=server.serve_forever, name="kubefit-checkpoints", daemon=True)
