@@ -21,6 +21,11 @@ def _run(args: argparse.Namespace) -> int:
             resync_seconds=args.resync_seconds or RESYNC_SECONDS,
             catalog_path=args.catalog,
             max_workers_per_job=args.max_workers_per_job or DEFAULT_MAX_WORKERS_PER_JOB,
+            admission_policy=args.admission_policy,
+            head_of_line_timeout_seconds=args.head_of_line_timeout_seconds,
+            checkpoint_port=args.checkpoint_port,
+            checkpoint_url=args.checkpoint_url,
+            checkpoint_key_file=args.checkpoint_key_file,
             verbose=args.verbose,
             debug=args.debug,
         )
@@ -36,6 +41,32 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not at least 1")
     return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of seconds >= 0")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535; 0 = any free port)")
+    return value
+
+
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")) or len(text.split("://", 1)[1]) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text.rstrip("/")
 
 
 def register(commands: Any) -> None:
@@ -82,9 +113,46 @@ def register(commands: Any) -> None:
         metavar="N",
         help="refuse (InvalidSpec) a job whose spec.workers asks for more workers than this (default 1024)",
     )
+    _add_scheduling_arguments(parser)
     parser.add_argument(
         "--catalog", metavar="FILE", help="extra accelerator catalog (default: $KUBEFIT_CATALOG)"
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="log every reconcile")
     parser.add_argument("--debug", action="store_true", help="log kopf's internals too")
     parser.set_defaults(handler=_run)
+
+
+def _add_scheduling_arguments(parser: argparse.ArgumentParser) -> None:
+    # The choices are the planner's (decisions/admission.py): listed here so `--help` needs no import.
+    parser.add_argument(
+        "--admission-policy",
+        choices=("StrictFIFO", "BestEffortFIFO"),
+        default="BestEffortFIFO",
+        help="head-of-line policy of the admission queue (docs/scheduling.md; default BestEffortFIFO)",
+    )
+    parser.add_argument(
+        "--head-of-line-timeout-seconds",
+        type=_non_negative_seconds,
+        default=300.0,
+        metavar="S",
+        help="BestEffortFIFO: once the first job that does not fit has waited this long, nothing behind it "
+        "takes devices it needs (default 300)",
+    )
+    parser.add_argument(
+        "--checkpoint-port",
+        type=_port,
+        default=8081,
+        metavar="N",
+        help="port of the checkpoint handshake API that workers call; 0 = any free port (default 8081)",
+    )
+    parser.add_argument(
+        "--checkpoint-url",
+        type=_http_url,
+        metavar="URL",
+        help="the handshake URL worker pods are told (default http://<bind address>:<port>)",
+    )
+    parser.add_argument(
+        "--checkpoint-key-file",
+        metavar="FILE",
+        help="HMAC key of the workers' handshake tokens (default: a random key per operator process)",
+    )

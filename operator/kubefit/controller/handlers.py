@@ -4,7 +4,11 @@ Indexes (kept current by kopf's watches, populated before any handler runs):
 - kubefit_nodes: node name -> NodeFacts (labels, allocatable);
 - kubefit_pod_usage: node name -> PodUsage of each bound, non-terminated pod (any pod, not only workers);
 - kubefit_workers: (namespace, job name) -> WorkerPod of each pod labelled kubefit.dev/job.
-Triggers: TrainingJob create/update/resume, a timer every RESYNC_SECONDS, and any event of a worker pod.
+Triggers of a job's reconcile: TrainingJob create/update/resume, a timer every RESYNC_SECONDS, and any
+event of one of its worker pods. Triggers of a scheduling pass (controller/scheduler.py, debounced): a
+job's demand changing (after its reconcile), a job deleted, a node added, removed or changed (not its
+heartbeats), a worker pod bound, finished or deleted, any other pod finished or deleted (devices freed),
+and the resync timer.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import kopf
 
 from kubefit.api.resource import GROUP, PLURAL, VERSION, JobKey
 from kubefit.builders.naming import JOB_LABEL
-from kubefit.controller.reconciler import ClusterView, Reconciler
+from kubefit.controller.cluster import ClusterView
+from kubefit.controller.reconciler import Reconciler
+from kubefit.controller.scheduler import Scheduler
 from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts, pod_usage
-from kubefit.decisions.observed import WorkerPod, worker_from_pod
+from kubefit.decisions.observed import POD_FINISHED_PHASES, WorkerPod, worker_from_pod
 
 RESYNC_SECONDS = 30.0
 JOBS = (GROUP, VERSION, PLURAL)
@@ -44,8 +50,23 @@ def cluster_view(
     return ClusterView(nodes=lambda: _values(kubefit_nodes), usage=usage, workers=workers)
 
 
+def node_ready(body: Mapping[str, Any]) -> bool:
+    """The node's Ready condition is True (the kubelet reports in)."""
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(item.get("type") == "Ready" and item.get("status") == "True" for item in conditions)
+
+
+def _frees_devices(event_type: str | None, body: Mapping[str, Any]) -> bool:
+    """A pod event after which a bound pod holds its devices no longer (deleted or finished)."""
+    phase = (body.get("status") or {}).get("phase")
+    return event_type == "DELETED" or phase in POD_FINISHED_PHASES
+
+
 def register(
-    registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_seconds: float = RESYNC_SECONDS
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    scheduler: Scheduler,
+    resync_seconds: float = RESYNC_SECONDS,
 ) -> None:
     """Adds the indexes and handlers to `registry` (explicit, so that importing has no side effects)."""
 
@@ -56,7 +77,8 @@ def register(
         return kopf.login_via_client(**kwargs)
 
     _register_indexes(registry)
-    _register_triggers(registry, reconciler, resync_seconds)
+    _register_triggers(registry, reconciler, scheduler, resync_seconds)
+    _register_capacity_triggers(registry, scheduler)
 
 
 def _register_indexes(registry: kopf.OperatorRegistry) -> None:
@@ -78,7 +100,7 @@ def _register_indexes(registry: kopf.OperatorRegistry) -> None:
 
 
 def _register_triggers(
-    registry: kopf.OperatorRegistry, reconciler: Reconciler, resync_seconds: float
+    registry: kopf.OperatorRegistry, reconciler: Reconciler, scheduler: Scheduler, resync_seconds: float
 ) -> None:
     def reconcile_job(trigger: str, namespace: str | None, name: str, **indexes: Any) -> None:
         reconciler.reconcile((namespace or "", name), trigger, cluster_view(**indexes))
@@ -92,17 +114,39 @@ def _register_triggers(
 
     @kopf.timer(*JOBS, interval=resync_seconds, id="resync", registry=registry)
     def job_resync(namespace: str | None, name: str, **kwargs: Any) -> None:
-        reconcile_job("timer", namespace, name, **_indexes(kwargs))
+        indexes = _indexes(kwargs)
+        reconcile_job("timer", namespace, name, **indexes)
+        scheduler.request("timer", cluster_view(**indexes))
 
     @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, id="worker_pod", registry=registry)
-    def worker_pod_event(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
-        reconcile_job("pod", namespace, labels[JOB_LABEL], **_indexes(kwargs))
+    def worker_pod_event(
+        type: str | None, body: kopf.Body, namespace: str | None, labels: kopf.Labels, **kwargs: Any
+    ) -> None:
+        indexes = _indexes(kwargs)
+        reconcile_job("pod", namespace, labels[JOB_LABEL], **indexes)
+        # Bound, finished or deleted: what the job holds changed (a new unbound pod changes nothing yet).
+        if (body.get("spec") or {}).get("nodeName") or type == "DELETED":
+            scheduler.request("pod", cluster_view(**indexes))
 
     @kopf.on.event(*JOBS, id="job_deleted", registry=registry)
-    def job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    def job_event(type: str, namespace: str | None, name: str, **kwargs: Any) -> None:
         # Metrics of a deleted job go with it (kopf's delete handlers would need the object to linger).
         if type == "DELETED":
             reconciler.forget((namespace or "", name))
+            scheduler.forget((namespace or "", name), cluster_view(**_indexes(kwargs)))
+
+
+def _register_capacity_triggers(registry: kopf.OperatorRegistry, scheduler: Scheduler) -> None:
+    @kopf.on.event("", "v1", "nodes", id="node_changed", registry=registry)
+    def node_event(type: str | None, body: kopf.Body, name: str, **kwargs: Any) -> None:
+        facts = None if type == "DELETED" else node_facts(body)
+        scheduler.node_changed(facts, name, node_ready(body), cluster_view(**_indexes(kwargs)))
+
+    # Other workloads' pods: devices they free may admit a queued job or grow an elastic one.
+    @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.ABSENT}, id="pod_released", registry=registry)
+    def pod_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+        if (body.get("spec") or {}).get("nodeName") and _frees_devices(type, body):
+            scheduler.request("pod", cluster_view(**_indexes(kwargs)))
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:

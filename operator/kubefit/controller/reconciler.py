@@ -1,6 +1,12 @@
 """The one reconcile path: observe a job (API + kopf indexes), `decide`, apply the decision.
 
-Triggers. Every trigger (create/update/resume, the resync timer, pod events) calls `Reconciler.reconcile`.
+Admission. Before `decide`, the job's grant (workers the scheduling pass allows it, controller/scheduler.py)
+and the acknowledgements of its open checkpoint request (controller/checkpoints.py) are read; after the
+decision is applied, the board's request is opened or closed as the decision says, and the decision's
+demand is handed to the scheduler, whose pass reconciles every job whose grant changed.
+
+Triggers. Every trigger (create/update/resume, the resync timer, pod events, a changed grant, a worker's
+checkpoint acknowledgement) calls `Reconciler.reconcile`.
 Calls for the same job are serialised and coalesced: a trigger arriving while that job is being
 reconciled only marks it dirty, and the running reconcile goes round once more with fresh observations.
 A decision that asks to be reconciled again later (`requeue_after`: a finished job's TTL) gets a one-shot
@@ -33,7 +39,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -43,14 +49,16 @@ from kubernetes.client.exceptions import ApiException
 
 from kubefit.api.conditions import EventReason
 from kubefit.api.resource import JobKey
-from kubefit.api.units import rfc3339
+from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.builders.naming import JobRef, owner_reference, worker_name
+from kubefit.controller.checkpoints import CheckpointBoard
+from kubefit.controller.cluster import ClusterView
 from kubefit.controller.kube import KubeApi, error_message
+from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.failure import reconcile_error
-from kubefit.decisions.inventory import NodeFacts, PodUsage, build_inventory
+from kubefit.decisions.inventory import build_inventory
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
-from kubefit.decisions.node_match import placement_of, template_pod_spec
-from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.node_match import Placement, placement_of, template_pod_spec
 from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import Catalog
 
@@ -69,15 +77,6 @@ _DEFERRED_WHILE_BACKING_OFF = frozenset({"timer", "pod"})
 def backoff_seconds(failures: int) -> float:
     """Delay before retrying a job whose last `failures` reconciles in a row failed (failures >= 1)."""
     return min(BACKOFF_FIRST * 2 ** min(max(failures - 1, 0), 16), BACKOFF_MAX)
-
-
-@dataclass(frozen=True)
-class ClusterView:
-    """What kopf's indexes hold: the nodes, the accelerators pods hold per node, each job's workers."""
-
-    nodes: Callable[[], Iterable[NodeFacts]]
-    usage: Callable[[], Mapping[str, Iterable[PodUsage]]]
-    workers: Callable[[JobKey], list[WorkerPod]]
 
 
 @dataclass(frozen=True)
@@ -108,21 +107,45 @@ class _Progress:
     status: Mapping[str, Any] | None = None  # the job's status as last read or written
 
 
+class NotifyingBoard(CheckpointBoard):
+    """The checkpoint board, which also calls `on_ack` when a worker's acknowledgement is accepted, so a
+    removal goes ahead as soon as all workers acknowledged rather than after the grace period."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_ack: Callable[[JobKey], None] | None = None
+
+    def acknowledge(self, key: JobKey, request_id: str, worker: str, step: int) -> bool:
+        accepted = super().acknowledge(key, request_id, worker, step)
+        if accepted and self.on_ack is not None:
+            self.on_ack(key)
+        return accepted
+
+
 class Reconciler:
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the collaborators are each optional and named at the call
         self,
         api: KubeApi,
         catalog: Catalog,
         metrics: OperatorMetrics,
         settings: ReconcileSettings | None = None,
+        scheduler: Scheduler | None = None,
+        board: CheckpointBoard | None = None,
     ):
         self.api = api
         self.catalog = catalog
         self.metrics = metrics
         self.settings = settings or ReconcileSettings()
+        # Without a scheduler of its own (tests), passes run synchronously and reconcile inline.
+        self.scheduler = scheduler or Scheduler(catalog, metrics, SchedulerSettings(debounce=None))
+        self.scheduler.reconcile_with(self.reconcile)
+        self.board = board or CheckpointBoard()
+        if isinstance(self.board, NotifyingBoard):
+            self.board.on_ack = lambda key: self.scheduler.reconcile_soon(key, "checkpoint")
         self._lock = threading.Lock()
         self._jobs: dict[JobKey, _JobState] = {}
         self._requeues: dict[JobKey, Requeue] = {}
+        self._uids: dict[JobKey, str] = {}
 
     def reconcile(self, key: JobKey, trigger: str, view: ClusterView) -> None:
         """Reconciles `key`; never raises (a failure is recorded on the job and retried after a backoff)."""
@@ -142,11 +165,18 @@ class Reconciler:
 
     def forget(self, key: JobKey) -> None:
         self.metrics.forget_job(*key)
+        self.board.forget(key)
         self._requeue(key, None, None)
         with self._lock:
+            self._uids.pop(key, None)
             state = self._jobs.get(key)
             if state is not None and not state.busy:
                 del self._jobs[key]
+
+    def job_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of the job last read under that name (checkpoint tokens are per uid)."""
+        with self._lock:
+            return self._uids.get((namespace, name))
 
     def pending_requeue(self, key: JobKey) -> Requeue | None:
         """The reconcile of `key` scheduled for later, if any."""
@@ -233,30 +263,63 @@ class Reconciler:
         job = self.api.get_job(namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
             self.metrics.forget_job(namespace, name)
+            self.scheduler.forget(key, view)
             return
         progress.job, progress.status = job, job.get("status") or {}
+        with self._lock:
+            self._uids[key] = job["metadata"]["uid"]
         pods = view.workers(key)
         state.replaced &= {pod.uid for pod in pods}  # forget pods that are gone for good
         state.created -= {pod.name for pod in pods}  # the index shows them now
         placement = placement_of(template_pod_spec(job.get("spec")))
+        observation = self._observe(key, job, state, view, placement)
+        decision = decide(observation, self.catalog, self.settings)
+        self._apply(job, observation, decision, state, progress)
+        self._request_checkpoint(key, decision.checkpoint_request)
+        self.metrics.observe_job(namespace, name, decision)
+        self._requeue(key, decision.requeue_after, view)
+        self.scheduler.offer(key, decision.demand, placement, view)
+
+    def _observe(
+        self,
+        key: JobKey,
+        job: dict[str, Any],
+        state: _JobState,
+        view: ClusterView,
+        placement: Placement,
+    ) -> JobObservation:
+        namespace, name = key
+        metadata = job["metadata"]
+        status = job.get("status") or {}
+        pods = view.workers(key)
         inventory = build_inventory(
             view.nodes(), view.usage(), self.catalog, for_job=key, placement=placement
         )
-        observation = JobObservation(
-            job=JobRef(name, namespace, job["metadata"]["uid"]),
-            generation=job["metadata"].get("generation"),
+        grant = self.scheduler.grant(key, pods)
+        request_id = (status.get("checkpoint") or {}).get("requestId")
+        return JobObservation(
+            job=JobRef(name, namespace, metadata["uid"]),
+            generation=metadata.get("generation"),
             spec=job.get("spec"),
-            status=progress.status,
+            status=status,
             pods=pods,
             inventory=inventory.placeable,
             now=datetime.now(UTC),
             already_replaced=frozenset(state.replaced),
             excluded=inventory.excluded,
+            grant=grant.workers,
+            waiting=grant.waiting,
+            grant_reason=grant.reason,
+            checkpoint_acks=self.board.acknowledged(key, request_id) if request_id else {},
+            created=parse_rfc3339(metadata.get("creationTimestamp")),
         )
-        decision = decide(observation, self.catalog, self.settings)
-        self._apply(job, observation, decision, state, progress)
-        self.metrics.observe_job(namespace, name, decision)
-        self._requeue(key, decision.requeue_after, view)
+
+    def _request_checkpoint(self, key: JobKey, request_id: str | None) -> None:
+        """Keeps the board's open request as the decision says (None: none open)."""
+        if request_id is None:
+            self.board.close(key)
+        else:
+            self.board.open(key, request_id)
 
     def _requeue(
         self, key: JobKey, delay: float | None, view: ClusterView | None, trigger: str = "timer"
@@ -287,9 +350,10 @@ class Reconciler:
         progress: _Progress,
     ) -> None:
         ref = observation.job
-        if _status_changed(observation.status, decision.status):
-            self.api.patch_job_status(ref.namespace, ref.name, decision.status)
-            progress.status = decision.status
+        status = decision.status.model_dump(by_alias=True, exclude_none=False)
+        if _status_changed(observation.status, status):
+            self.api.patch_job_status(ref.namespace, ref.name, status)
+            progress.status = status
         # Recorded in status.restarts now: deleted below, and never counted twice.
         state.replaced.update(pod.uid for pod in decision.replace)
         _post_events(job, decision.events)
@@ -338,9 +402,14 @@ def _post_worker_events(raw_job: dict[str, Any], created: list[str], deleted: li
     _post_events(raw_job, events)
 
 
-def _present(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in mapping.items() if value is not None}
+def _present(value: Any) -> Any:
+    """`value` without the None fields at any depth (what a merge patch with nulls leaves stored)."""
+    if isinstance(value, Mapping):
+        return {key: _present(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_present(item) for item in value]
+    return value
 
 
 def _status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    return _present(current) != _present(desired)
+    return bool(_present(current) != _present(desired))

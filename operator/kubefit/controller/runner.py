@@ -1,19 +1,29 @@
-"""Starting the operator: kopf settings, the metrics and liveness endpoints, and kopf's run loop."""
+"""Starting the operator: kopf settings, the metrics, liveness and checkpoint endpoints, the admission
+scheduler, and kopf's run loop."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import kopf
 from kubernetes import config
 
 from kubefit.api.resource import GROUP
+from kubefit.controller.checkpoints import load_checkpoint_key, serve_checkpoints, token_lookup
 from kubefit.controller.handlers import RESYNC_SECONDS, register
 from kubefit.controller.kube import KubeApi
-from kubefit.controller.reconciler import Reconciler
+from kubefit.controller.reconciler import NotifyingBoard, Reconciler
+from kubefit.controller.scheduler import (
+    DEFAULT_HEAD_OF_LINE_TIMEOUT,
+    DEFAULT_POLICY,
+    Scheduler,
+    SchedulerSettings,
+)
+from kubefit.decisions.admission import AdmissionPolicy
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.metrics import OperatorMetrics, serve_metrics
 from kubefit.sizing.catalog import load_catalog
@@ -31,6 +41,11 @@ class OperatorOptions:
     resync_seconds: float = RESYNC_SECONDS
     catalog_path: str | None = None
     max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
+    admission_policy: AdmissionPolicy = DEFAULT_POLICY
+    head_of_line_timeout_seconds: float = DEFAULT_HEAD_OF_LINE_TIMEOUT
+    checkpoint_port: int = 8081  # 0: any free port
+    checkpoint_url: str | None = None  # what worker pods are told; None: http://<bind address>:<port>
+    checkpoint_key_file: str | None = None  # None: a random key for the life of the process
     verbose: bool = False
     debug: bool = False
 
@@ -67,9 +82,21 @@ def _load_kubeconfig() -> None:
         config.load_incluster_config()
 
 
+def _start_checkpoints(
+    options: OperatorOptions, key: bytes, board: NotifyingBoard, uid_of: Callable[[str, str], str | None]
+) -> str:
+    """Serves the checkpoint handshake; returns the URL worker pods are told."""
+    token_for = token_lookup(key, uid_of)
+    port = serve_checkpoints(board, token_for, options.bind_address, options.checkpoint_port)
+    served = f"http://{options.bind_address}:{port}"
+    print(f"kubefit: checkpoints on {served}", flush=True)
+    return options.checkpoint_url or served
+
+
 def run_operator(options: OperatorOptions) -> None:
     kopf.configure(verbose=options.verbose, debug=options.debug)
     _load_kubeconfig()
+    key = load_checkpoint_key(options.checkpoint_key_file)  # a bad key file fails before anything starts
     metrics = OperatorMetrics(process_metrics=True)
     metrics_port = serve_metrics(metrics, options.bind_address, options.metrics_port)
     liveness_port = options.liveness_port or _free_port(options.bind_address)
@@ -77,10 +104,21 @@ def run_operator(options: OperatorOptions) -> None:
     print(f"kubefit: metrics on http://{options.bind_address}:{metrics_port}/metrics", flush=True)
     print(f"kubefit: liveness on http://{options.bind_address}:{liveness_port}/healthz", flush=True)
 
+    catalog = load_catalog(options.catalog_path)
+    scheduler = Scheduler(
+        catalog,
+        metrics,
+        SchedulerSettings(options.admission_policy, options.head_of_line_timeout_seconds),
+    )
+    board = NotifyingBoard()
+    # The server asks the reconciler for job uids, which it records as it reads jobs.
+    url = _start_checkpoints(options, key, board, lambda namespace, name: reconciler.job_uid(namespace, name))
+    settings = ReconcileSettings(
+        max_workers_per_job=options.max_workers_per_job, checkpoint_url=url, checkpoint_key=key
+    )
+    reconciler = Reconciler(KubeApi(), catalog, metrics, settings, scheduler=scheduler, board=board)
     registry = kopf.OperatorRegistry()
-    settings = ReconcileSettings(max_workers_per_job=options.max_workers_per_job)
-    reconciler = Reconciler(KubeApi(), load_catalog(options.catalog_path), metrics, settings)
-    register(registry, reconciler, options.resync_seconds)
+    register(registry, reconciler, scheduler, options.resync_seconds)
     kopf.run(
         registry=registry,
         settings=operator_settings(),

@@ -6,13 +6,16 @@ Per job (labels namespace, job): `kubefit_job_desired_workers`, `kubefit_job_rea
 `kubefit_job_requested_accelerators{accelerator, resource}`, `kubefit_job_estimated_per_device_bytes{accelerator}`
 and `kubefit_job_device_memory_bytes{accelerator}` (compare the two to see the margin).
 A job's series are removed when the job is deleted, and a series whose accelerator changed is replaced.
+Admission queue (controller/scheduler.py): `kubefit_queued_jobs` (jobs waiting for admission after the
+last scheduling pass), `kubefit_admissions_total`, `kubefit_scale_events_total{direction}` (direction
+up: an admitted job's grant grew; down: it shrank; preempt: a whole job was stopped and requeued).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from prometheus_client import (
@@ -81,6 +84,18 @@ class OperatorMetrics:
             [*_JOB, "accelerator"],
             registry=self.registry,
         )
+        self.queued_jobs = Gauge(
+            "kubefit_queued_jobs", "TrainingJobs waiting for admission.", registry=self.registry
+        )
+        self.admissions = Counter(
+            "kubefit_admissions", "TrainingJobs admitted (queued -> admitted).", registry=self.registry
+        )
+        self.scale_events = Counter(
+            "kubefit_scale_events",
+            "Changes of an admitted job's granted worker count, by direction (up, down, preempt).",
+            ["direction"],
+            registry=self.registry,
+        )
         self._lock = threading.Lock()
         self._sized_labels: dict[JobKey, tuple[str, str]] = {}  # job -> (accelerator, resource) in use
 
@@ -101,7 +116,7 @@ class OperatorMetrics:
         key = (namespace, name)
         with self._lock:
             self.desired_workers.labels(namespace, name).set(decision.desired_workers)
-            self.ready_workers.labels(namespace, name).set(decision.status.get("readyReplicas") or 0)
+            self.ready_workers.labels(namespace, name).set(decision.status.ready_replicas or 0)
             sizing = decision.sizing
             labels = (sizing.accelerator, sizing.resource_name) if sizing else None
             if self._sized_labels.get(key) != labels:
@@ -114,6 +129,15 @@ class OperatorMetrics:
             self.device_memory_bytes.labels(namespace, name, sizing.accelerator).set(
                 sizing.device_memory_bytes
             )
+
+    def observe_queue(self, queued: int, admitted: int, scaled: Mapping[str, int]) -> None:
+        """One scheduling pass: the jobs still queued, those admitted now, grant changes by direction."""
+        self.queued_jobs.set(queued)
+        if admitted:
+            self.admissions.inc(admitted)
+        for direction, count in scaled.items():
+            if count:
+                self.scale_events.labels(direction).inc(count)
 
     def forget_job(self, namespace: str, name: str) -> None:
         """Removes every series of a deleted job, so dashboards do not show it forever."""

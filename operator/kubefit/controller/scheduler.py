@@ -1,0 +1,393 @@
+"""The admission queue: which TrainingJobs may run, and with how many workers, decided for all at once.
+
+Every job the operator knows hands its latest Demand here after each reconcile (`offer`). A scheduling
+pass (`kubefit.decisions.admission.plan_admissions`, pure) then decides every job's grant: 0 for a
+queued job, at least its effective minimum for an admitted one. Passes run one at a time under one
+lock, so two admissions never count the same devices, and they are debounced: the triggers of one
+burst (a node added, a job applied, twenty pod events) are coalesced into one pass DEBOUNCE_SECONDS
+after the first of them. Each job whose grant (or queue message) changed is reconciled at once; its
+reconcile reads the grant (`grant`) and `decide` applies it.
+
+Capacity comes from kopf's indexes (controller/cluster.py): per node, the devices of its accelerator,
+minus those held by bound pods that are not live workers of an admitted job (other workloads, and
+workers of jobs that are queued, preempted or terminating). An admitted job's bound workers are its
+Holding.placed; devices granted but not yet bound are reserved by the pass itself.
+
+Which nodes a job may use is computed here from the worker template's placement (nodeSelector,
+required node affinity, tolerations, cordons), on every pass, so a node added a moment ago counts
+before the job is reconciled again.
+
+Restart: the queue is in memory. The first time this process sees a job that already has live worker
+pods, it counts the job as admitted with those workers as its grant, so nothing is double-booked or
+restarted by an operator restart.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from kubefit.api.resource import JobKey
+from kubefit.controller.cluster import ClusterView
+from kubefit.decisions.admission import (
+    AdmissionPlan,
+    AdmissionPolicy,
+    Demand,
+    Holding,
+    NodeCapacity,
+    plan_admissions,
+)
+from kubefit.decisions.inventory import NodeFacts, PodUsage
+from kubefit.decisions.node_match import ANYWHERE, Placement
+from kubefit.decisions.observed import WorkerPod
+from kubefit.metrics import OperatorMetrics
+from kubefit.sizing.catalog import Catalog
+
+logger = logging.getLogger("kubefit.scheduler")
+
+# Long enough to coalesce one burst of watch events, short against the 2 s a new node may take to be
+# used (docs/scheduling.md).
+DEBOUNCE_SECONDS = 0.05
+DEFAULT_POLICY: AdmissionPolicy = "BestEffortFIFO"
+DEFAULT_HEAD_OF_LINE_TIMEOUT = 300.0
+ADMISSION_TRIGGER = "admission"
+RECONCILE_THREADS = 4
+
+ReconcileJob = Callable[[JobKey, str, ClusterView], None]
+Planner = Callable[..., AdmissionPlan]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the scheduler holds for one job, as its reconcile reads it."""
+
+    workers: int | None  # granted workers; None: no pass has decided yet (treat as queued)
+    waiting: str | None = None  # a queued job: what is missing
+    reason: str | None = None  # why the grant last changed (ScaledUp, ShrunkForPriority, Preempted, ...)
+
+
+@dataclass
+class _Entry:
+    demand: Demand | None
+    placement: Placement = ANYWHERE
+    granted: int | None = None
+    waiting: str | None = None
+    reason: str | None = None
+    eligible: tuple[int, frozenset[str]] | None = None  # (nodes fingerprint, node names)
+
+
+def live_workers(pods: Iterable[WorkerPod]) -> list[WorkerPod]:
+    """Workers that hold (or will hold) devices: neither finished nor being deleted."""
+    return [pod for pod in pods if pod.index is not None and not pod.terminating and not pod.finished]
+
+
+def _count(quantity: object) -> int:
+    try:
+        return int(str(quantity))
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    policy: AdmissionPolicy = DEFAULT_POLICY
+    head_of_line_timeout: float = DEFAULT_HEAD_OF_LINE_TIMEOUT
+    # None: passes run synchronously inside `request` and reconciles inline (tests, benchmarks).
+    debounce: float | None = DEBOUNCE_SECONDS
+
+
+class Scheduler:
+    def __init__(
+        self,
+        catalog: Catalog,
+        metrics: OperatorMetrics,
+        settings: SchedulerSettings | None = None,
+        planner: Planner = plan_admissions,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.catalog = catalog
+        self.metrics = metrics
+        self.settings = settings or SchedulerSettings()
+        self._planner = planner
+        self._clock = clock
+        self._lock = threading.Lock()  # the queue's state
+        self._pass_lock = threading.Lock()  # one pass at a time
+        self._entries: dict[JobKey, _Entry] = {}
+        self._seen: set[JobKey] = set()  # jobs this process has reconciled (restart recovery once)
+        self._not_ready: set[str] = set()
+        self._nodes: dict[str, NodeFacts] = {}
+        self._view: ClusterView | None = None
+        self._context: contextvars.Context | None = None
+        self._scheduled = False  # a debounced pass is pending
+        self._passing = False  # synchronous mode: a pass is running (re-requests loop in it)
+        self._requested = False
+        self._reconcile: ReconcileJob | None = None
+        self._executor: Executor | None = None
+        self.passes = 0
+
+    def reconcile_with(self, reconcile: ReconcileJob, executor: Executor | None = None) -> None:
+        """Who reconciles a job whose grant changed (the Reconciler), on which threads."""
+        self._reconcile = reconcile
+        if executor is None and self.settings.debounce is not None:
+            executor = ThreadPoolExecutor(RECONCILE_THREADS, thread_name_prefix="kubefit-admission")
+        self._executor = executor
+
+    # ------------------------------------------------------------------ what reconciles tell it
+
+    def grant(self, key: JobKey, pods: Sequence[WorkerPod]) -> Grant:
+        """The job's grant for its reconcile; the first time a job with live workers is seen (operator
+        restart), it is taken as admitted with those workers."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None and key not in self._seen:
+                self._seen.add(key)
+                live = len(live_workers(pods))
+                if live:
+                    entry = self._entries[key] = _Entry(demand=None, granted=live, reason="Recovered")
+            self._seen.add(key)
+            if entry is None:
+                return Grant(None)
+            return Grant(entry.granted, entry.waiting, entry.reason)
+
+    def offer(self, key: JobKey, demand: Demand | None, placement: Placement, view: ClusterView) -> None:
+        """The job's latest demand after its reconcile (None: it needs nothing; it leaves the queue)."""
+        with self._lock:
+            self._seen.add(key)
+            entry = self._entries.get(key)
+            if demand is None:
+                changed = self._entries.pop(key, None) is not None
+            elif entry is None:
+                self._entries[key] = _Entry(demand, placement)
+                changed = True
+            else:
+                changed = entry.demand != demand or entry.placement != placement
+                if entry.placement != placement:
+                    entry.eligible = None
+                entry.demand, entry.placement = demand, placement
+        if changed:
+            self.request("job", view)
+
+    def forget(self, key: JobKey, view: ClusterView | None = None) -> None:
+        """The job was deleted: its place in the queue goes, and the devices it held are offered again."""
+        with self._lock:
+            known = self._entries.pop(key, None) is not None
+            self._seen.discard(key)
+        if known and view is not None:
+            self.request("job", view)
+
+    def node_changed(self, facts: NodeFacts | None, name: str, ready: bool, view: ClusterView) -> None:
+        """A node event: a pass only when what scheduling reads of the node changed (not a heartbeat)."""
+        with self._lock:
+            before = (self._nodes.get(name), name not in self._not_ready)
+            if facts is None:
+                self._nodes.pop(name, None)
+                self._not_ready.discard(name)
+            else:
+                self._nodes[name] = facts
+                (self._not_ready.discard if ready else self._not_ready.add)(name)
+            after = (facts, ready or facts is None)
+        if before != after:
+            self.request("node", view)
+
+    def snapshot(self) -> dict[JobKey, Grant]:
+        with self._lock:
+            return {
+                key: Grant(entry.granted, entry.waiting, entry.reason) for key, entry in self._entries.items()
+            }
+
+    def reconcile_soon(self, key: JobKey, trigger: str) -> None:
+        """Reconciles one job on the scheduler's threads, in the context of the latest kopf handler
+        (for callers outside kopf, such as the checkpoint server's threads)."""
+        with self._lock:
+            view, context = self._view, self._context
+        if view is not None and context is not None:
+            context.copy().run(self._trigger, [key], view, trigger)
+
+    # ------------------------------------------------------------------ debounced passes
+
+    def request(self, trigger: str, view: ClusterView) -> None:
+        """Asks for a scheduling pass soon (one per burst of requests); never blocks on the pass."""
+        context = contextvars.copy_context()
+        with self._lock:
+            self._view, self._context, self._requested = view, context, True
+            if self.settings.debounce is None:
+                if self._passing:
+                    return  # the running synchronous pass goes round again
+                self._passing = True
+            elif self._scheduled:
+                return
+            else:
+                self._scheduled = True
+        logger.debug("scheduling pass requested by %s", trigger)
+        if self.settings.debounce is None:
+            self._drain()
+            return
+        timer = threading.Timer(self.settings.debounce, context.run, args=(self._scheduled_pass,))
+        timer.daemon = True
+        timer.start()
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if not self._requested:
+                        self._passing = False
+                        return
+                    self._requested = False
+                    view = self._view
+                if view is not None:
+                    self._trigger(self.run_pass(view), view)
+        except BaseException:
+            with self._lock:
+                self._passing = False
+            raise
+
+    def _scheduled_pass(self) -> None:
+        with self._pass_lock:
+            with self._lock:
+                self._scheduled, self._requested = False, False
+                view = self._view
+            if view is None:
+                return
+            try:
+                changed = self.run_pass(view)
+            except Exception:  # noqa: BLE001 - a failed pass must not kill the timer thread; the next retries
+                logger.exception("scheduling pass failed")
+                return
+        self._trigger(changed, view)
+
+    def _trigger(
+        self, changed: Iterable[JobKey], view: ClusterView, trigger: str = ADMISSION_TRIGGER
+    ) -> None:
+        reconcile = self._reconcile
+        if reconcile is None:
+            return
+        for key in changed:
+            if self._executor is None:
+                reconcile(key, trigger, view)
+            else:
+                # kopf.event needs the handler's context variables: each reconcile gets its own copy.
+                self._executor.submit(contextvars.copy_context().run, reconcile, key, trigger, view)
+
+    # ------------------------------------------------------------------ one pass
+
+    def run_pass(self, view: ClusterView) -> list[JobKey]:
+        """Plans every known job against the cluster now; returns the jobs whose grant or message changed."""
+        nodes = [node for node in view.nodes() if node.name not in self._not_ready_names()]
+        with self._lock:
+            entries = {key: entry for key, entry in self._entries.items() if entry.demand is not None}
+        demands = self._demands(entries, nodes)
+        holdings = {key: demand for key, demand in demands.items() if (entries[key].granted or 0) > 0}
+        workers = {key: live_workers(view.workers(key)) for key in holdings}
+        capacity = node_capacity(nodes, view.usage(), self.catalog, holdings, workers)
+        admitted = [
+            Holding(demand, entries[key].granted or 0, _placed(workers[key]))
+            for key, demand in holdings.items()
+        ]
+        queued = [demand for key, demand in demands.items() if key not in holdings]
+        plan = self._planner(
+            queued,
+            admitted,
+            capacity,
+            self.settings.policy,
+            self._clock(),
+            self.settings.head_of_line_timeout,
+        )
+        self.passes += 1
+        return self._store(plan, entries)
+
+    def _not_ready_names(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._not_ready)
+
+    def _demands(self, entries: Mapping[JobKey, _Entry], nodes: Sequence[NodeFacts]) -> dict[JobKey, Demand]:
+        """Each demand with the nodes its workers may land on now (None: every accelerator node).
+
+        Cached per job until the nodes change; kopf's index replaces a node's facts on every change.
+        """
+        fingerprint = hash(tuple(sorted((node.name, id(node)) for node in nodes)))
+        every = frozenset(node.name for node in nodes if self.catalog.identify(node.labels) is not None)
+        demands = {}
+        for key, entry in entries.items():
+            assert entry.demand is not None
+            if entry.eligible is None or entry.eligible[0] != fingerprint:
+                entry.eligible = (fingerprint, eligible_nodes(entry.placement, nodes, self.catalog))
+            eligible = entry.eligible[1]
+            demands[key] = replace(entry.demand, eligible_nodes=None if eligible == every else eligible)
+        return demands
+
+    def _store(self, plan: AdmissionPlan, planned: Mapping[JobKey, _Entry]) -> list[JobKey]:
+        changed: list[JobKey] = []
+        scaled: Counter[str] = Counter()
+        with self._lock:
+            for key, entry in planned.items():
+                if self._entries.get(key) is not entry:
+                    continue  # forgotten or replaced while the pass ran
+                granted = plan.grants.get(key, entry.granted or 0)
+                waiting = plan.waiting.get(key) if granted == 0 else None
+                before = entry.granted or 0
+                if key in plan.preempt:
+                    scaled["preempt"] += 1
+                elif before and granted != before:
+                    scaled["up" if granted > before else "down"] += 1
+                if granted != entry.granted or waiting != entry.waiting:
+                    changed.append(key)
+                    entry.reason = plan.reasons.get(key, entry.reason)
+                entry.granted, entry.waiting = granted, waiting
+            queued = sum(
+                1 for entry in self._entries.values() if entry.demand is not None and not entry.granted
+            )
+        self.metrics.observe_queue(queued, len(plan.admitted_now), scaled)
+        return changed
+
+
+def eligible_nodes(placement: Placement, nodes: Iterable[NodeFacts], catalog: Catalog) -> frozenset[str]:
+    """Accelerator nodes a worker with `placement` may land on (nodeSelector, affinity, taints, cordon)."""
+    names = []
+    tolerations: dict[str, list[dict[str, object]]] = {}
+    for node in nodes:
+        accelerator = catalog.identify(node.labels)
+        if accelerator is None:
+            continue
+        resource = accelerator.resource_name
+        if resource not in tolerations:
+            tolerations[resource] = placement.tolerations_on(resource)
+        if placement.admits(node.name, node.labels, node.scheduling_taints, tolerations[resource]):
+            names.append(node.name)
+    return frozenset(names)
+
+
+def node_capacity(
+    nodes: Iterable[NodeFacts],
+    usage: Mapping[str, Iterable[PodUsage]],
+    catalog: Catalog,
+    holdings: Mapping[JobKey, Demand],
+    workers: Mapping[JobKey, Sequence[WorkerPod]],
+) -> list[NodeCapacity]:
+    """Per accelerator node: its devices, and those held by anything but admitted jobs' live workers."""
+    held: Counter[str] = Counter()  # node -> devices of admitted jobs' live, bound workers
+    for key, demand in holdings.items():
+        for pod in workers.get(key, ()):
+            if pod.node_name:
+                held[pod.node_name] += demand.per_worker
+    capacity = []
+    for node in nodes:
+        accelerator = catalog.identify(node.labels)
+        if accelerator is None:
+            continue
+        resource = accelerator.resource_name
+        allocatable = _count(node.allocatable.get(resource, 0))
+        used = sum(pod.requests.get(resource, 0) for pod in usage.get(node.name, ()))
+        others = max(0, used - held[node.name])
+        capacity.append(NodeCapacity(node.name, accelerator.name, allocatable, others))
+    return capacity
+
+
+def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:
+    return dict(Counter(pod.node_name for pod in pods if pod.node_name))

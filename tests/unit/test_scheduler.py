@@ -1,0 +1,363 @@
+"""The admission queue (controller/scheduler.py) against fake indexes and P's real planner.
+
+What a pass reads of the cluster (capacity, what admitted jobs hold, eligible nodes), which jobs it
+reconciles, debouncing, restart recovery and forgetting. The planner's own rules are tested in
+test_admission.py; here every expected grant follows from them for the small clusters below.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from kubefit.api.resource import JobKey
+from kubefit.controller.cluster import ClusterView
+from kubefit.controller.scheduler import (
+    ADMISSION_TRIGGER,
+    Grant,
+    Scheduler,
+    SchedulerSettings,
+    eligible_nodes,
+    node_capacity,
+)
+from kubefit.decisions.admission import AdmissionPlan, Demand, plan_admissions
+from kubefit.decisions.inventory import NodeFacts, PodUsage
+from kubefit.decisions.node_match import ANYWHERE, Placement, Taint
+from kubefit.decisions.observed import WorkerPod
+from kubefit.metrics import OperatorMetrics
+from kubefit.sizing.catalog import load_catalog
+
+CATALOG = load_catalog()
+H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+GPU = "nvidia.com/gpu"
+
+
+def node(name: str, gpus: int = 8, labels: Mapping[str, str] | None = None, **facts: Any) -> NodeFacts:
+    return NodeFacts(name, {**H100, **(labels or {})}, {GPU: str(gpus)}, **facts)
+
+
+def demand(
+    name: str,
+    *,
+    per_worker: int = 4,
+    min_workers: int = 2,
+    want: int = 4,
+    priority: int = 0,
+    created: float = 0.0,
+) -> Demand:
+    return Demand(
+        key=("ns", name),
+        priority=priority,
+        created=created,
+        accelerator="nvidia-h100-80gb",
+        per_worker=per_worker,
+        min_workers=min_workers,
+        want_workers=want,
+        elastic=True,
+        preemption="Never",
+    )
+
+
+def worker(
+    job: str, index: int, node_name: str | None, *, terminating: bool = False, phase: str = "Running"
+) -> WorkerPod:
+    return WorkerPod(f"{job}-worker-{index}", index, f"uid-{job}-{index}", phase, node_name, terminating)
+
+
+@dataclass
+class FakeCluster:
+    """What kopf's indexes would hold; pods bound to nodes count in `usage` like the real index."""
+
+    nodes: list[NodeFacts] = field(default_factory=list)
+    workers: dict[JobKey, list[WorkerPod]] = field(default_factory=dict)
+    others: dict[str, int] = field(default_factory=dict)  # node -> GPUs held by other workloads
+    per_worker: dict[JobKey, int] = field(default_factory=dict)
+
+    def usage(self) -> Mapping[str, Iterable[PodUsage]]:
+        found: dict[str, list[PodUsage]] = {}
+        for name, gpus in self.others.items():
+            found.setdefault(name, []).append(PodUsage(name, {GPU: gpus}))
+        for key, pods in self.workers.items():
+            for pod in pods:
+                if pod.node_name and not pod.finished:
+                    found.setdefault(pod.node_name, []).append(
+                        PodUsage(pod.node_name, {GPU: self.per_worker.get(key, 4)}, key)
+                    )
+        return found
+
+    def view(self) -> ClusterView:
+        return ClusterView(
+            nodes=lambda: list(self.nodes),
+            usage=self.usage,
+            workers=lambda key: list(self.workers.get(key, [])),
+        )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[JobKey, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, key: JobKey, trigger: str, view: ClusterView) -> None:
+        with self.lock:
+            self.calls.append((key, trigger))
+
+    def keys(self) -> list[JobKey]:
+        with self.lock:
+            return sorted(key for key, _ in self.calls)
+
+
+def sync_scheduler(**settings: Any) -> tuple[Scheduler, Recorder]:
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None, **settings))
+    recorder = Recorder()
+    scheduler.reconcile_with(recorder)
+    return scheduler, recorder
+
+
+def test_a_pass_admits_what_fits_and_queues_the_rest_with_the_planners_message() -> None:
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    scheduler, recorder = sync_scheduler()
+    scheduler.offer(("ns", "a"), demand("a", created=1), ANYWHERE, cluster.view())
+    scheduler.offer(
+        ("ns", "b"), demand("b", per_worker=8, min_workers=2, want=2, created=2), ANYWHERE, cluster.view()
+    )
+
+    grants = scheduler.snapshot()
+    assert grants[("ns", "a")].workers == 4  # 4 workers of 4 GPUs fill both nodes
+    assert grants[("ns", "b")].workers == 0
+    # The planner's own words, unchanged.
+    expected = plan_admissions(
+        [demand("b", per_worker=8, min_workers=2, want=2, created=2)], [], [], "BestEffortFIFO", 0, 300
+    ).waiting[("ns", "b")]
+    assert "needs 2 nodes with 8 free nvidia-h100-80gb" in expected
+    assert grants[("ns", "b")].waiting is not None and grants[("ns", "b")].waiting.startswith(
+        "needs 2 nodes with 8 free"
+    )
+    assert set(recorder.keys()) == {("ns", "a"), ("ns", "b")}
+    assert {trigger for _, trigger in recorder.calls} == {ADMISSION_TRIGGER}
+
+
+def test_only_jobs_whose_grant_changed_are_reconciled() -> None:
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    scheduler, recorder = sync_scheduler()
+    scheduler.offer(("ns", "a"), demand("a", created=1), ANYWHERE, cluster.view())
+    recorder.calls.clear()
+
+    # A new job that cannot fit: only it is reconciled (to say why it waits); "a" keeps its 4.
+    scheduler.offer(
+        ("ns", "c"), demand("c", per_worker=8, min_workers=1, want=1, created=3), ANYWHERE, cluster.view()
+    )
+    assert recorder.keys() == [("ns", "c")]
+    recorder.calls.clear()
+
+    # The same demand again changes nothing: no pass result, no reconcile.
+    scheduler.offer(
+        ("ns", "c"), demand("c", per_worker=8, min_workers=1, want=1, created=3), ANYWHERE, cluster.view()
+    )
+    assert recorder.calls == []
+
+    # A node appears: "c" is admitted on it, and "a", already at its want, is not touched.
+    cluster.nodes.append(node("n3"))
+    scheduler.request("node", cluster.view())
+    assert recorder.keys() == [("ns", "c")]
+    assert scheduler.grant(("ns", "c"), []) == Grant(1, None, "Admitted: 1 worker")
+
+
+def test_admitted_workers_are_their_own_not_others_and_terminating_ones_are_others() -> None:
+    a = ("ns", "a")
+    nodes = [node("n1"), node("n2")]
+    workers = {a: [worker("a", 0, "n1"), worker("a", 1, "n1"), worker("a", 2, "n2", terminating=True)]}
+    usage = FakeCluster(nodes, workers, others={"n2": 2}).usage()
+    capacity = {
+        entry.name: entry
+        for entry in node_capacity(nodes, usage, CATALOG, {a: demand("a")}, {a: workers[a][:2]})
+    }
+    assert capacity["n1"].used_by_others == 0  # both of a's live workers there are its own
+    assert capacity["n2"].used_by_others == 4 + 2  # a terminating worker still holds its GPUs, as do others
+    assert capacity["n1"].allocatable == 8 and capacity["n1"].accelerator == "nvidia-h100-80gb"
+
+
+def test_devices_held_by_other_workloads_are_not_granted() -> None:
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")], others={"n1": 8, "n2": 4})
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(("ns", "a"), demand("a", min_workers=1), ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[("ns", "a")].workers == 1
+
+    # The other workload's pod on n1 finishes: the job grows into its devices.
+    cluster.others.pop("n1")
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[("ns", "a")].workers == 3
+
+
+def test_nodes_the_workers_cannot_land_on_are_not_offered() -> None:
+    nodes = [
+        node("pool", labels={"pool": "mine"}),
+        node("elsewhere"),
+        node("cordoned", labels={"pool": "mine"}, schedulable=False),
+        node("tainted", labels={"pool": "mine"}, taints=(Taint("dedicated", "x", "NoSchedule"),)),
+        NodeFacts("cpu", {}, {"cpu": "96"}),
+    ]
+    placement = Placement({"pool": "mine"}, (), ())
+    assert eligible_nodes(placement, nodes, CATALOG) == {"pool"}
+    assert eligible_nodes(ANYWHERE, nodes, CATALOG) == {"pool", "elsewhere"}
+
+    cluster = FakeCluster(nodes=nodes)
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(("ns", "a"), demand("a"), placement, cluster.view())
+    assert scheduler.snapshot()[("ns", "a")].workers == 2  # one 8-GPU node it may use
+
+
+def test_a_node_that_is_not_ready_is_not_offered_until_it_is() -> None:
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    scheduler, recorder = sync_scheduler()
+    scheduler.node_changed(cluster.nodes[1], "n2", ready=False, view=cluster.view())
+    scheduler.offer(("ns", "a"), demand("a"), ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[("ns", "a")].workers == 2
+    recorder.calls.clear()
+
+    # A heartbeat that changes nothing scheduling reads: no pass.
+    passes = scheduler.passes
+    scheduler.node_changed(cluster.nodes[1], "n2", ready=False, view=cluster.view())
+    assert scheduler.passes == passes
+
+    scheduler.node_changed(cluster.nodes[1], "n2", ready=True, view=cluster.view())
+    assert scheduler.snapshot()[("ns", "a")].workers == 4
+    assert recorder.keys() == [("ns", "a")]
+
+
+def test_a_job_with_live_workers_seen_first_after_a_restart_keeps_them() -> None:
+    a, b = ("ns", "a"), ("ns", "b")
+    pods = [worker("a", 0, "n1"), worker("a", 1, "n1"), worker("a", 2, None, phase="Pending")]
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")], workers={a: pods})
+    scheduler, recorder = sync_scheduler()
+
+    # Its first reconcile after the restart reads its grant before any pass: its three live workers; then
+    # it offers its demand (want 3), and nothing about it changes: its workers are left alone.
+    assert scheduler.grant(a, pods) == Grant(3, None, "Recovered")
+    scheduler.offer(a, demand("a", want=3, created=5), ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[a].workers == 3
+    assert a not in recorder.keys()
+    # b is older, but a's third worker keeps the 4 GPUs it was promised on n2: b does not fit.
+    scheduler.offer(b, demand("b", per_worker=8, min_workers=1, want=1, created=0), ANYWHERE, cluster.view())
+    grants = scheduler.snapshot()
+    assert grants[a].workers == 3 and grants[b].workers == 0
+
+    # Only the first sighting recovers: a job whose workers are later seen again is not re-admitted.
+    scheduler.offer(a, None, ANYWHERE, cluster.view())
+    assert scheduler.grant(a, pods) == Grant(None)
+
+
+def test_forgetting_a_deleted_job_frees_its_devices_for_the_queue() -> None:
+    a, b = ("ns", "a"), ("ns", "b")
+    cluster = FakeCluster(nodes=[node("n1")])
+    scheduler, recorder = sync_scheduler()
+    scheduler.offer(a, demand("a", min_workers=2, want=2, created=1), ANYWHERE, cluster.view())
+    scheduler.offer(b, demand("b", min_workers=2, want=2, created=2), ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[b].workers == 0
+    recorder.calls.clear()
+
+    scheduler.forget(a, cluster.view())
+    assert a not in scheduler.snapshot()
+    assert scheduler.snapshot()[b].workers == 2
+    assert recorder.keys() == [b]
+
+
+def test_a_job_that_needs_nothing_leaves_the_queue() -> None:
+    a = ("ns", "a")
+    cluster = FakeCluster(nodes=[node("n1")])
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(a, demand("a", per_worker=8, min_workers=2, want=2), ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[a].workers == 0
+    scheduler.offer(a, None, ANYWHERE, cluster.view())
+    assert a not in scheduler.snapshot()
+
+
+def test_the_queue_metrics_follow_the_passes() -> None:
+    cluster = FakeCluster(nodes=[node("n1")])
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(("ns", "a"), demand("a", min_workers=2, want=2, created=1), ANYWHERE, cluster.view())
+    scheduler.offer(("ns", "b"), demand("b", min_workers=2, want=2, created=2), ANYWHERE, cluster.view())
+    registry = scheduler.metrics.registry
+    assert registry.get_sample_value("kubefit_queued_jobs") == 1
+    assert registry.get_sample_value("kubefit_admissions_total") == 1
+    scheduler.forget(("ns", "a"), cluster.view())
+    assert registry.get_sample_value("kubefit_queued_jobs") == 0
+    assert registry.get_sample_value("kubefit_admissions_total") == 2
+
+
+def test_a_burst_of_triggers_is_one_pass_and_reconciles_run_on_worker_threads() -> None:
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    calls: list[int] = []
+
+    def counting(*args: Any) -> AdmissionPlan:
+        calls.append(1)
+        return plan_admissions(*args)
+
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=0.05), planner=counting)
+    recorder = Recorder()
+    scheduler.reconcile_with(recorder)
+    started = time.monotonic()
+    for index in range(20):
+        scheduler.offer(
+            ("ns", f"j{index}"),
+            demand(f"j{index}", min_workers=1, want=1, created=index),
+            ANYWHERE,
+            cluster.view(),
+        )
+    deadline = time.monotonic() + 5
+    while len(recorder.keys()) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(calls) == 1  # twenty offers, one pass
+    assert len(recorder.keys()) == 20  # four admitted, sixteen told why they wait
+    assert time.monotonic() - started < 2.0
+    assert sum(1 for grant in scheduler.snapshot().values() if grant.workers) == 4
+
+
+def test_a_failing_planner_leaves_the_grants_as_they_were_and_the_next_pass_works() -> None:
+    cluster = FakeCluster(nodes=[node("n1")])
+    failing = [True]
+
+    def flaky(*args: Any) -> AdmissionPlan:
+        if failing[0]:
+            raise RuntimeError("boom")
+        return plan_admissions(*args)
+
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=0.01), planner=flaky)
+    recorder = Recorder()
+    scheduler.reconcile_with(recorder)
+    scheduler.offer(("ns", "a"), demand("a", min_workers=1), ANYWHERE, cluster.view())
+    time.sleep(0.2)
+    assert scheduler.snapshot()[("ns", "a")].workers is None and recorder.calls == []
+    failing[0] = False
+    scheduler.request("timer", cluster.view())
+    deadline = time.monotonic() + 5
+    while not recorder.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scheduler.snapshot()[("ns", "a")].workers == 2
+
+
+@pytest.mark.parametrize("policy", ["StrictFIFO", "BestEffortFIFO"])
+def test_the_operators_policy_reaches_the_planner(policy: str) -> None:
+    seen: list[tuple[str, float]] = []
+
+    def recording(
+        queued: Any, admitted: Any, nodes: Any, chosen: str, now: float, limit: float
+    ) -> AdmissionPlan:
+        seen.append((chosen, limit))
+        return plan_admissions(queued, admitted, nodes, chosen, now, limit)  # type: ignore[arg-type]
+
+    scheduler = Scheduler(
+        CATALOG,
+        OperatorMetrics(),
+        SchedulerSettings(policy, head_of_line_timeout=42.0, debounce=None),  # type: ignore[arg-type]
+        planner=recording,
+    )
+    scheduler.reconcile_with(Recorder())
+    cluster = FakeCluster(nodes=[node("n1")])
+    scheduler.offer(("ns", "a"), demand("a"), ANYWHERE, cluster.view())
+    assert seen == [(policy, 42.0)]
