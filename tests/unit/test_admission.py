@@ -1,0 +1,427 @@
+"""The cluster-wide admission pass (kubefit.decisions.admission.plan_admissions): each rule on a small
+cluster, and a hypothesis property over random clusters (no node over-committed, minimums kept)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubefit.api.resource import JobKey
+from kubefit.decisions.admission import (
+    AdmissionPlan,
+    AdmissionPolicy,
+    Demand,
+    Holding,
+    NodeCapacity,
+    Preemption,
+    plan_admissions,
+)
+
+H100 = "nvidia-h100-80gb"
+L4 = "nvidia-l4"
+NOW = 10_000.0
+
+
+def key(name: str) -> JobKey:
+    return ("ml", name)
+
+
+def job(
+    name: str,
+    *,
+    per_worker: int = 4,
+    min_workers: int = 1,
+    want: int | None = None,
+    elastic: bool = True,
+    priority: int = 0,
+    created: float = NOW - 10,
+    preemption: Preemption = "Never",
+    accelerator: str = H100,
+    eligible: frozenset[str] | None = None,
+) -> Demand:
+    return Demand(
+        key=key(name),
+        priority=priority,
+        created=created,
+        accelerator=accelerator,
+        per_worker=per_worker,
+        min_workers=min_workers,
+        want_workers=min_workers if want is None else want,
+        elastic=elastic,
+        preemption=preemption,
+        eligible_nodes=eligible,
+    )
+
+
+def gang(name: str, workers: int, **kwargs: object) -> Demand:
+    """A non-elastic job: all-or-nothing at `workers`."""
+    return job(name, min_workers=workers, want=workers, elastic=False, **kwargs)  # type: ignore[arg-type]
+
+
+def holding(demand: Demand, granted: int, placed: dict[str, int] | None = None) -> Holding:
+    return Holding(demand, granted, placed or {})
+
+
+def nodes(count: int, devices: int = 8, accelerator: str = H100, prefix: str = "node") -> list[NodeCapacity]:
+    return [NodeCapacity(f"{prefix}-{index}", accelerator, devices, 0) for index in range(count)]
+
+
+def plan(
+    queued: Sequence[Demand] = (),
+    admitted: Sequence[Holding] = (),
+    cluster: Sequence[NodeCapacity] = (),
+    policy: AdmissionPolicy = "BestEffortFIFO",
+    limit: float = 300.0,
+) -> AdmissionPlan:
+    return plan_admissions(queued, admitted, cluster, policy, NOW, limit)
+
+
+def admitted_keys(result: AdmissionPlan) -> set[str]:
+    return {name for (_, name), grant in result.grants.items() if grant > 0}
+
+
+# -- per-node packing --------------------------------------------------------------------------------------
+
+
+def test_workers_of_four_pack_two_per_eight_gpu_node() -> None:
+    four = plan([gang("four", 4)], cluster=nodes(2))
+    assert four.grants[key("four")] == 4
+    assert four.placement[key("four")] == {"node-0": 2, "node-1": 2}
+    assert four.admitted_now == {key("four")}
+    five = plan([gang("five", 5)], cluster=nodes(2))
+    assert five.grants[key("five")] == 0 and not five.admitted_now
+    assert five.waiting[key("five")] == (
+        "needs room for 5 workers of 4 nvidia-h100-80gb, each on one node; only 4 fit now (2 nodes with 4 free)"
+    )
+
+
+def test_devices_spread_over_nodes_do_not_make_a_worker() -> None:
+    # 3 nodes x 6 free = 18 devices >= 4 x 4, but each node hosts one worker of 4
+    result = plan([gang("job", 4)], cluster=nodes(3, devices=6))
+    assert result.grants[key("job")] == 0
+    assert plan([gang("job", 3)], cluster=nodes(3, devices=6)).grants[key("job")] == 3
+
+
+def test_the_message_counts_nodes_that_could_host_a_worker() -> None:
+    cluster = [NodeCapacity("a", H100, 8, 0), NodeCapacity("b", H100, 8, 4), NodeCapacity("c", None, 0, 0)]
+    result = plan([gang("big", 2, per_worker=8)], cluster=cluster)
+    assert result.waiting[key("big")] == "needs 2 nodes with 8 free nvidia-h100-80gb; 1 has"
+    missing = plan([gang("l4", 1, per_worker=8, accelerator=L4)], cluster=cluster)
+    assert missing.waiting[key("l4")] == "needs 1 node with 8 free nvidia-l4; no node has nvidia-l4"
+    too_wide = plan([gang("wide", 1, per_worker=16)], cluster=cluster)
+    assert (
+        too_wide.waiting[key("wide")] == "needs 1 node with 16 free nvidia-h100-80gb; the largest node has 8"
+    )
+
+
+def test_other_workloads_usage_counts() -> None:
+    cluster = [NodeCapacity("a", H100, 8, 5), NodeCapacity("b", H100, 8, 4)]
+    result = plan([gang("job", 2, per_worker=4)], cluster=cluster)
+    assert result.grants[key("job")] == 0
+    assert plan([gang("job", 1, per_worker=4)], cluster=cluster).placement[key("job")] == {"b": 1}
+
+
+def test_eligible_nodes_are_the_only_ones_used() -> None:
+    cluster = nodes(2)
+    held = holding(gang("other", 1, per_worker=8), 1, {"node-1": 1})
+    only_full = plan([gang("job", 1, per_worker=8, eligible=frozenset({"node-1"}))], [held], cluster)
+    assert only_full.grants[key("job")] == 0
+    assert only_full.waiting[key("job")] == "needs 1 eligible node with 8 free nvidia-h100-80gb; 0 have"
+    only_free = plan([gang("job", 1, per_worker=8, eligible=frozenset({"node-0"}))], [held], cluster)
+    assert only_free.placement[key("job")] == {"node-0": 1}
+
+
+# -- reservations: no double counting -------------------------------------------------------------------------
+
+
+def test_granted_but_unbound_workers_hold_their_devices() -> None:
+    early = holding(gang("early", 2, per_worker=8), granted=2)  # admitted, no pod bound yet
+    result = plan([gang("late", 1, per_worker=8)], [early], nodes(2))
+    assert result.grants == {key("early"): 2, key("late"): 0}
+    assert result.placement[key("early")] == {"node-0": 1, "node-1": 1}
+    assert result.waiting[key("late")] == "needs 1 node with 8 free nvidia-h100-80gb; 0 have"
+
+
+def test_twenty_jobs_onto_room_for_ten_admit_exactly_ten_across_passes() -> None:
+    jobs = [gang(f"job-{index:02}", 1, per_worker=8, created=float(index)) for index in range(20)]
+    cluster = nodes(10)
+    first = plan(jobs, cluster=cluster)
+    assert admitted_keys(first) == {f"job-{index:02}" for index in range(10)}
+    # the next pass sees the ten as admitted, none bound yet: nobody else gets in
+    held = [holding(demand, first.grants[demand.key]) for demand in jobs[:10]]
+    second = plan(jobs[10:], held, cluster)
+    assert sum(second.grants.values()) == 10 and not second.admitted_now
+    # three finish: exactly three more start, the oldest waiting ones
+    third = plan(jobs[10:], held[3:], cluster)
+    assert third.admitted_now == {key(f"job-{index}") for index in (10, 11, 12)}
+
+
+def test_bound_workers_count_where_they_are() -> None:
+    early = holding(gang("early", 2, per_worker=4), 2, {"node-0": 2})
+    result = plan([gang("late", 2, per_worker=4)], [early], nodes(2))
+    assert result.placement[key("late")] == {"node-1": 2}
+
+
+# -- queue order and head-of-line policies --------------------------------------------------------------------
+
+
+def test_queue_order_is_priority_then_age_then_name() -> None:
+    contenders = [
+        gang("old-low", 1, per_worker=8, priority=0, created=1.0),
+        gang("young-high", 1, per_worker=8, priority=5, created=50.0),
+        gang("old-high", 1, per_worker=8, priority=5, created=20.0),
+    ]
+    assert admitted_keys(plan(contenders, cluster=nodes(1))) == {"old-high"}
+    assert admitted_keys(plan(contenders, cluster=nodes(2))) == {"old-high", "young-high"}
+    twins = [gang(name, 1, per_worker=8, created=1.0) for name in ("b", "a")]
+    assert admitted_keys(plan(twins, cluster=nodes(1))) == {"a"}
+
+
+def head_and_small(waited: float) -> list[Demand]:
+    return [
+        gang("big", 2, per_worker=8, created=NOW - waited),
+        gang("small", 1, per_worker=4, created=NOW - 1),
+        gang("other-kind", 1, per_worker=4, accelerator=L4, created=NOW - 1),
+    ]
+
+
+def test_strict_fifo_head_blocks_everyone_behind_it() -> None:
+    cluster = [*nodes(1), *nodes(1, accelerator=L4, prefix="l4")]
+    result = plan(head_and_small(10), cluster=cluster, policy="StrictFIFO")
+    assert admitted_keys(result) == set()
+    assert result.waiting[key("small")] == "behind ml/big in the queue (StrictFIFO)"
+    assert result.waiting[key("other-kind")] == "behind ml/big in the queue (StrictFIFO)"
+
+
+def test_best_effort_lets_small_jobs_pass_until_the_head_waited_too_long() -> None:
+    cluster = [*nodes(1), *nodes(1, accelerator=L4, prefix="l4")]
+    fresh = plan(head_and_small(10), cluster=cluster, limit=300)
+    assert admitted_keys(fresh) == {"small", "other-kind"}
+    starved = plan(head_and_small(400), cluster=cluster, limit=300)
+    assert admitted_keys(starved) == {"other-kind"}  # another accelerator is not the head's
+    assert starved.waiting[key("small")] == "waiting behind ml/big, which has waited 400s (head of line)"
+
+
+def test_a_starved_head_stops_elastic_growth_behind_it() -> None:
+    grower = holding(job("grower", per_worker=4, want=4, created=NOW - 5), 1, {"node-0": 1})
+    head = gang("big", 2, per_worker=8, created=NOW - 400)
+    assert plan([head], [grower], nodes(2), limit=300).grants[key("grower")] == 1
+    assert plan([head], [grower], nodes(2), limit=600).grants[key("grower")] == 4
+
+
+# -- elastic growth and scale-down ----------------------------------------------------------------------------
+
+
+def test_elastic_jobs_grow_to_their_want_when_capacity_appears() -> None:
+    demand = job("elastic", per_worker=4, min_workers=2, want=4)
+    running = holding(demand, 2, {"node-0": 2})
+    assert plan([], [running], nodes(1)).grants[key("elastic")] == 2
+    grown = plan([], [running], nodes(2))
+    assert grown.grants[key("elastic")] == 4
+    assert grown.reasons[key("elastic")] == "ScaledUp: room for 2 more (wants 4)"
+    assert plan([], [running], nodes(2, devices=6)).grants[key("elastic")] == 3
+
+
+def test_a_new_elastic_job_is_admitted_at_its_minimum_and_grows_in_the_same_pass() -> None:
+    result = plan([job("new", per_worker=4, min_workers=2, want=8)], cluster=nodes(3))
+    assert result.grants[key("new")] == 6 and result.admitted_now == {key("new")}
+
+
+def test_growth_goes_by_priority_then_age() -> None:
+    low = holding(job("low", per_worker=8, want=3, priority=0, created=1.0), 1, {"node-0": 1})
+    high = holding(job("high", per_worker=8, want=3, priority=1, created=2.0), 1, {"node-1": 1})
+    result = plan([], [low, high], nodes(4))
+    assert result.grants == {key("high"): 3, key("low"): 1}
+
+
+def test_a_lower_want_scales_down_but_never_below_the_minimum() -> None:
+    running = holding(job("job", per_worker=4, min_workers=2, want=2), 4, {"node-0": 2, "node-1": 2})
+    result = plan([], [running], nodes(2))
+    assert result.grants[key("job")] == 2 and not result.shrink
+    assert result.reasons[key("job")] == "ScaledDown: wants 2"
+    zero = holding(job("job", per_worker=4, min_workers=2, want=0), 4, {"node-0": 2, "node-1": 2})
+    assert plan([], [zero], nodes(2)).grants[key("job")] == 2
+
+
+def test_workers_on_a_removed_node_shrink_the_job_to_what_fits_and_not_below_its_minimum() -> None:
+    demand = job("job", per_worker=4, min_workers=2, want=4)
+    result = plan([], [holding(demand, 4, {"node-0": 2, "gone": 2})], nodes(1))
+    assert result.grants[key("job")] == 2
+    assert result.reasons[key("job")] == "CapacityChanged: 2 workers no longer fit on nvidia-h100-80gb nodes"
+    alone = plan([], [holding(demand, 4, {"gone": 4})], [])
+    assert alone.grants[key("job")] == 2  # its minimum stays granted: the gang timeout releases it
+
+
+# -- priority: shrink, then preempt ---------------------------------------------------------------------------
+
+
+def low_jobs(old_priority: int = 1) -> list[Holding]:
+    return [
+        holding(job("low-old", per_worker=2, want=4, priority=old_priority, created=1.0), 4, {"node-0": 4}),
+        holding(job("low-young", per_worker=2, want=4, priority=1, created=2.0), 4, {"node-1": 4}),
+    ]
+
+
+def test_shrinks_the_youngest_lowest_priority_job_only_as_much_as_needed() -> None:
+    high = gang("high", 1, per_worker=4, priority=10)
+    result = plan([high], low_jobs(), nodes(2))
+    assert result.grants == {key("high"): 1, key("low-young"): 2, key("low-old"): 4}
+    assert result.shrink == {key("low-young"): 2}
+    assert result.reasons[key("low-young")] == "ShrunkForPriority: to make room for ml/high"
+    assert result.placement[key("high")] == {"node-1": 1}
+    lowest_first = plan([high], low_jobs(old_priority=0), nodes(2))
+    assert lowest_first.shrink == {key("low-old"): 2}
+
+
+def test_shrinking_stops_at_the_minimum_and_never_happens_for_nothing() -> None:
+    high = gang("high", 2, per_worker=8, priority=10)  # needs both nodes whole: minimums are in the way
+    result = plan([high], low_jobs(), nodes(2))
+    assert result.grants == {key("high"): 0, key("low-young"): 4, key("low-old"): 4}
+    assert not result.shrink and not result.preempt and not result.reasons
+    two = gang("high", 2, per_worker=4, priority=10)  # the youngest to its minimum, then the older by two
+    shrunk = plan([two], low_jobs(), nodes(2))
+    assert shrunk.grants == {key("high"): 2, key("low-young"): 1, key("low-old"): 2}
+    assert shrunk.shrink == {key("low-young"): 1, key("low-old"): 2}
+
+
+def test_preempts_only_when_allowed_and_shrinking_is_not_enough() -> None:
+    never = plan([gang("high", 2, per_worker=8, priority=10)], low_jobs(), nodes(2))
+    assert not never.preempt
+    allowed = gang("high", 1, per_worker=8, priority=10, preemption="LowerPriority")
+    result = plan([allowed], low_jobs(), nodes(2))
+    assert result.preempt == {key("low-young")} and result.grants[key("low-young")] == 0
+    assert result.grants[key("low-old")] == 4 and not result.shrink  # the trial's shrink was given back
+    assert result.reasons[key("low-young")] == "Preempted: to make room for ml/high"
+    enough = plan(
+        [gang("high", 1, per_worker=4, priority=10, preemption="LowerPriority")], low_jobs(), nodes(2)
+    )
+    assert not enough.preempt and enough.shrink == {key("low-young"): 2}
+
+
+def test_preempts_non_elastic_jobs_lowest_priority_first_and_keeps_shrinks_that_are_not_needed_out() -> None:
+    gang_low = holding(gang("gang-low", 1, per_worker=8, priority=0), 1, {"node-0": 1})
+    elastic = holding(job("elastic", per_worker=4, want=2, priority=1), 2, {"node-1": 2})
+    high = gang("high", 1, per_worker=8, priority=5, preemption="LowerPriority")
+    result = plan([high], [gang_low, elastic], nodes(2))
+    assert result.preempt == {key("gang-low")} and result.grants[key("elastic")] == 2
+    assert result.placement[key("high")] == {"node-0": 1}
+
+
+def test_equal_priority_never_shrinks_or_preempts() -> None:
+    peer = gang("peer", 1, per_worker=4, priority=1, preemption="LowerPriority")
+    result = plan([peer], low_jobs(), nodes(2))
+    assert result.grants[key("peer")] == 0 and not result.shrink and not result.preempt
+
+
+# -- determinism and input checks -----------------------------------------------------------------------------
+
+
+def test_the_same_inputs_give_the_same_plan_in_any_order() -> None:
+    queued = [
+        gang(f"q{index}", 1 + index % 3, per_worker=2 * (1 + index % 2), created=index % 4)
+        for index in range(12)
+    ]
+    admitted = low_jobs()
+    cluster = [*nodes(3), *nodes(2, devices=4, prefix="small")]
+    expected = plan(queued, admitted, cluster)
+    shuffler = random.Random(7)
+    for _ in range(5):
+        shuffled = [list(queued), list(admitted), list(cluster)]
+        for items in shuffled:
+            shuffler.shuffle(items)
+        assert plan(*shuffled) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field_name", ["per_worker", "min_workers"])
+def test_a_demand_below_one_names_the_field(field_name: str) -> None:
+    with pytest.raises(ValueError, match=f"Demand.{field_name} of ml/bad must be >= 1, got 0"):
+        job("bad", **{field_name: 0})  # type: ignore[arg-type]
+
+
+# -- property: never over-commit, always keep minimums --------------------------------------------------------
+
+KINDS = ("a", "b")
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[list[Demand], list[Holding], list[NodeCapacity]]:
+    cluster = []
+    for index in range(draw(st.integers(0, 6))):
+        allocatable = draw(st.sampled_from([0, 1, 2, 4, 8]))
+        cluster.append(
+            NodeCapacity(
+                f"n{index}",
+                draw(st.sampled_from([*KINDS, None])),
+                allocatable,
+                draw(st.integers(0, allocatable)),
+            )
+        )
+    free = {node.name: node.allocatable - node.used_by_others for node in cluster if node.accelerator}
+
+    def demand(name: str) -> Demand:
+        minimum = draw(st.integers(1, 3))
+        eligible = draw(st.none() | st.frozensets(st.sampled_from([f"n{i}" for i in range(6)])))
+        return Demand(
+            key("j" + name),
+            priority=draw(st.integers(0, 2)),
+            created=float(draw(st.integers(0, 3))),
+            accelerator=draw(st.sampled_from(KINDS)),
+            per_worker=draw(st.sampled_from([1, 2, 4, 8])),
+            min_workers=minimum,
+            want_workers=draw(st.integers(0, 5)),
+            elastic=draw(st.booleans()),
+            preemption=draw(st.sampled_from(["Never", "LowerPriority"])),
+            eligible_nodes=eligible,
+        )
+
+    admitted = []
+    for index in range(draw(st.integers(0, 5))):
+        held = demand(f"h{index}")
+        placed: Counter[str] = Counter()
+        for node in cluster:
+            if node.accelerator == held.accelerator:
+                workers = draw(st.integers(0, max(free[node.name], 0) // held.per_worker))
+                free[node.name] -= workers * held.per_worker
+                placed[node.name] = workers
+        admitted.append(Holding(held, draw(st.integers(1, 6)), dict(+placed)))
+    queued = [demand(f"q{index}") for index in range(draw(st.integers(0, 8)))]
+    return queued, admitted, cluster
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), st.sampled_from(["StrictFIFO", "BestEffortFIFO"]), st.sampled_from([0.0, 1e9]))
+def test_no_node_is_over_committed_and_every_admitted_job_keeps_its_minimum(
+    scenario: tuple[list[Demand], list[Holding], list[NodeCapacity]], policy: AdmissionPolicy, limit: float
+) -> None:
+    queued, admitted, cluster = scenario
+    result = plan_admissions(queued, admitted, cluster, policy, 10.0, limit)
+    per_worker = {demand.key: demand.per_worker for demand in [*queued, *(h.demand for h in admitted)]}
+    assert set(result.grants) == set(per_worker)
+    used: Counter[str] = Counter()
+    for job_key, places in result.placement.items():
+        for node, workers in places.items():
+            used[node] += workers * per_worker[job_key]
+    for node in cluster:
+        assert used[node.name] <= node.allocatable - node.used_by_others, node.name
+    for held in admitted:
+        demand, grant = held.demand, result.grants[held.demand.key]
+        floor = demand.min_workers if demand.elastic else max(demand.min_workers, demand.want_workers)
+        if demand.key in result.preempt:
+            assert grant == 0
+        else:
+            assert floor <= grant <= max(floor, demand.want_workers)
+    admitted_keys_ = {held.demand.key for held in admitted}
+    for demand in queued:
+        if demand.key in admitted_keys_:
+            continue
+        grant = result.grants[demand.key]
+        if demand.key in result.admitted_now:
+            floor = demand.min_workers if demand.elastic else max(demand.min_workers, demand.want_workers)
+            assert grant >= floor and sum(result.placement[demand.key].values()) == grant
+        else:
+            assert grant == 0 and demand.key in result.waiting
