@@ -9,7 +9,8 @@ Fixtures, for any e2e module (conftest.py makes them available):
 
     kube        Kube: kubectl against the sandbox, JSON in and out; the CRD is installed (module)
     node_agent  the node agent's PID, with the example nodes created (module)
-    operator    OperatorProcess: `kubefit run` watching only this module's namespaces (module)
+    operator    OperatorProcess: `kubefit run` watching only this module's namespaces, with the module's
+                OPERATOR_ARGS flags if it has any (module)
     namespace   a fresh namespace for the test, deleted at its end (function)
     pool        PrivatePool: 2 x 8 nvidia-h100-80gb nodes of the test's own (function)
     add_pool    add_pool(PoolNodes(...), ...) -> PrivatePool, for other shapes (function)
@@ -253,21 +254,25 @@ def remove_private_pool(sandbox: Sandbox, pool: PrivatePool) -> None:
 class OperatorProcess:
     """`kubefit run` as a subprocess in its own session, so it can be killed like a crashed pod."""
 
-    def __init__(self, kubeconfig: Path, namespace_pattern: str, log_path: Path):
+    def __init__(
+        self, kubeconfig: Path, namespace_pattern: str, log_path: Path, extra_args: tuple[str, ...] = ()
+    ):
         self.kubeconfig = kubeconfig
         self.namespace_pattern = namespace_pattern
         self.log_path = log_path
+        self.extra_args = extra_args  # more `kubefit run` flags, e.g. ("--admission-policy", "StrictFIFO")
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_url = ""
         self.liveness_url = ""
+        self.checkpoint_url = ""
         self._log_offset = 0
 
     def start(self, timeout: float = 60.0) -> None:
         command = [
             sys.executable, "-m", "kubefit.cli.main", "run",
             "--namespace", self.namespace_pattern,
-            "--metrics-port", "0", "--liveness-port", "0", "--bind-address", "127.0.0.1",
-            "--resync-seconds", "10", "--verbose",
+            "--metrics-port", "0", "--liveness-port", "0", "--checkpoint-port", "0",
+            "--bind-address", "127.0.0.1", "--resync-seconds", "10", "--verbose", *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -280,6 +285,9 @@ class OperatorProcess:
         )
         self.liveness_url = wait_for(
             "the operator's liveness address", lambda: self._logged("liveness on (\\S+)"), timeout
+        )
+        self.checkpoint_url = wait_for(
+            "the operator's checkpoint address", lambda: self._logged("checkpoints on (\\S+)"), timeout
         )
         wait_for("the operator's /healthz", self.healthy, timeout)
 
@@ -364,10 +372,13 @@ def operator(
     node_agent: int,
     namespace_prefix: str,
     tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[OperatorProcess]:
-    """One operator per test module, watching only that module's namespaces."""
+    """One operator per test module, watching only that module's namespaces; a module's OPERATOR_ARGS
+    (a tuple of `kubefit run` flags) are added to its command line."""
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(sandbox.kubeconfig_path, f"{namespace_prefix}-*", log_path)
+    extra = tuple(getattr(request.module, "OPERATOR_ARGS", ()))
+    process = OperatorProcess(sandbox.kubeconfig_path, f"{namespace_prefix}-*", log_path, extra)
     process.start()
     yield process
     process.stop()
