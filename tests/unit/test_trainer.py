@@ -1,0 +1,257 @@
+"""kubefit-trainer (trainer/kubefit_trainer): the training loop's side of the checkpoint handshake.
+
+End to end against the operator's real checkpoint server on loopback: the board opens a request, the
+helper sees it, acknowledges, and the board shows the ack. The package must import only the standard
+library, so that it goes into any training image.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubefit_trainer import ENV_VARIABLES, CheckpointHandshake, Endpoint
+
+from kubefit.builders.checkpoint import (
+    CHECKPOINT_TOKEN_ENV,
+    CHECKPOINT_URL_ENV,
+    JOB_NAME_ENV,
+    JOB_NAMESPACE_ENV,
+    WORKER_ENV,
+    checkpoint_token,
+)
+from kubefit.controller.checkpoints import (
+    CheckpointBoard,
+    CheckpointServer,
+    start_checkpoint_server,
+    token_lookup,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TRAINER = REPO / "trainer"
+KEY = b"k" * 32
+JOB = ("team-a", "llama")
+TOKEN = checkpoint_token(KEY, "uid-1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[CheckpointServer]:
+    token_for = token_lookup(KEY, lambda namespace, name: "uid-1" if (namespace, name) == JOB else None)
+    running = start_checkpoint_server(CheckpointBoard(), token_for, "127.0.0.1", 0)
+    try:
+        yield running
+    finally:
+        running.shutdown()
+        running.server_close()
+
+
+@pytest.fixture
+def board(server: CheckpointServer) -> CheckpointBoard:
+    server.board = CheckpointBoard()
+    return server.board
+
+
+def environment(
+    server: CheckpointServer, token: str = TOKEN, worker: str = "llama-worker-1"
+) -> dict[str, str]:
+    return {
+        CHECKPOINT_URL_ENV: f"http://127.0.0.1:{server.server_address[1]}",
+        CHECKPOINT_TOKEN_ENV: token,
+        JOB_NAMESPACE_ENV: "team-a",
+        JOB_NAME_ENV: "llama",
+        WORKER_ENV: worker,
+    }
+
+
+def handshake(server: CheckpointServer, clock: Clock, **overrides: str) -> CheckpointHandshake:
+    # The poll cadence is tested with a clock the test moves, not with sleeps.
+    return CheckpointHandshake(
+        CheckpointHandshake.from_env(environment(server, **overrides)).endpoint, clock=clock
+    )
+
+
+def test_the_env_names_match_what_the_pod_builder_sets() -> None:
+    assert set(ENV_VARIABLES) == {
+        CHECKPOINT_URL_ENV,
+        CHECKPOINT_TOKEN_ENV,
+        JOB_NAMESPACE_ENV,
+        JOB_NAME_ENV,
+        WORKER_ENV,
+    }
+
+
+def test_end_to_end_request_seen_saved_and_acknowledged(
+    server: CheckpointServer, board: CheckpointBoard
+) -> None:
+    clock = Clock()
+    worker = handshake(server, clock)
+    assert worker.enabled
+    assert not worker.requested()
+    board.open(JOB, "r1")
+    clock.now += 2.0
+    assert worker.requested()
+    assert worker.request_id == "r1"
+    assert worker.acknowledge(120) is True
+    assert board.acknowledged(JOB, "r1") == {"llama-worker-1": 120}
+    assert not worker.requested()  # acknowledged: the loop does not save again for the same request
+    clock.now += 2.0
+    assert not worker.requested()
+    board.open(JOB, "r2")  # a later removal asks again
+    clock.now += 2.0
+    assert worker.requested() and worker.request_id == "r2"
+
+
+def test_polls_at_most_every_poll_seconds(server: CheckpointServer, board: CheckpointBoard) -> None:
+    clock = Clock()
+    worker = handshake(server, clock)
+    assert not worker.requested()  # first call asks the operator
+    board.open(JOB, "r1")
+    clock.now += 1.9
+    assert not worker.requested()  # within 2 s: the last answer stands, no HTTP call
+    clock.now += 0.1
+    assert worker.requested()
+
+
+def test_a_wrong_token_is_never_acknowledged(server: CheckpointServer, board: CheckpointBoard) -> None:
+    board.open(JOB, "r1")
+    honest = handshake(server, Clock())
+    assert honest.requested()
+    forged = handshake(server, Clock(), token=checkpoint_token(KEY, "uid-other"))
+    assert not forged.requested()  # 401: no request seen
+    forged.request_id = "r1"  # even knowing the id
+    assert forged.acknowledge(5) is False
+    assert board.acknowledged(JOB, "r1") == {}
+
+
+def test_an_ack_for_a_closed_request_is_refused_without_retries(
+    server: CheckpointServer, board: CheckpointBoard, caplog: pytest.LogCaptureFixture
+) -> None:
+    board.open(JOB, "r1")
+    worker = handshake(server, Clock())
+    assert worker.requested()
+    board.close(JOB)
+    with caplog.at_level(logging.WARNING, logger="kubefit_trainer"):
+        assert worker.acknowledge(7) is False
+    assert "409" in caplog.text
+    assert board.acknowledged(JOB, "r1") == {}
+
+
+@pytest.mark.parametrize("step", [-1, 1.5, True, "3"])
+def test_acknowledge_refuses_a_step_that_is_not_a_count(server: CheckpointServer, step: object) -> None:
+    with pytest.raises(ValueError, match="step"):
+        handshake(server, Clock()).acknowledge(step)  # type: ignore[arg-type]
+
+
+def test_outside_kubefit_it_is_a_no_op() -> None:
+    nothing = CheckpointHandshake.from_env({})
+    assert not nothing.enabled
+    assert not nothing.requested()
+    assert nothing.acknowledge(3) is False
+
+
+def test_a_partial_environment_is_a_no_op_and_says_what_is_missing(
+    server: CheckpointServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    partial = environment(server)
+    del partial[WORKER_ENV]
+    with caplog.at_level(logging.WARNING, logger="kubefit_trainer"):
+        assert not CheckpointHandshake.from_env(partial).enabled
+    assert WORKER_ENV in caplog.text
+
+
+def test_an_unreachable_operator_means_no_request_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    clock = Clock()
+    endpoint = Endpoint(f"http://127.0.0.1:{port}", TOKEN, "team-a", "llama", "llama-worker-0")
+    worker = CheckpointHandshake(endpoint, timeout_seconds=2, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="kubefit_trainer"):
+        for _ in range(3):
+            assert not worker.requested()
+            clock.now += 2.0
+    assert len([record for record in caplog.records if record.levelno == logging.WARNING]) == 1
+
+
+def test_sigterm_handler_saves_then_exits_143(tmp_path: Path) -> None:
+    saved = tmp_path / "saved"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, time
+        from kubefit_trainer import CheckpointHandshake
+        handshake = CheckpointHandshake.from_env({{}})
+        handshake.install_sigterm_handler(lambda: open({str(saved)!r}, "w").write("step 9"))
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 143
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert saved.read_text() == "step 9"
+
+
+# ---------------------------------------------------------------------------------------------- packaging
+
+
+def _imported_modules(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module.split(".")[0])
+    return modules
+
+
+def test_the_trainer_package_imports_only_the_standard_library() -> None:
+    sources = sorted((TRAINER / "kubefit_trainer").rglob("*.py"))
+    assert sources, "trainer/kubefit_trainer has no Python files"
+    imported = set().union(*(_imported_modules(path) for path in sources))
+    assert imported - {"__future__"} <= sys.stdlib_module_names, imported - sys.stdlib_module_names
+
+
+def test_the_trainer_distribution_declares_no_dependencies() -> None:
+    project = tomllib.loads((TRAINER / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "kubefit-trainer"
+    assert project["dependencies"] == []
+
+
+def test_the_trainer_runs_with_nothing_but_the_standard_library() -> None:
+    # -S: no site-packages at all (no kubefit, kopf, kubernetes); -I: ignore PYTHON* env and the cwd.
+    code = "import kubefit_trainer, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubefit', 'kopf', 'kubernetes')))"
+    result = subprocess.run(
+        [sys.executable, "-S", "-I", "-c", f"import sys; sys.path.insert(0, {str(TRAINER)!r}); {code}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,217 @@
+"""The trainer's side of kubefit's checkpoint handshake.
+
+Before kubefit removes workers of a job (scale-down, a shrink for a higher-priority job, preemption,
+suspension) it asks every worker to checkpoint and waits for their acknowledgements, at most
+spec.elastic.checkpointGracePeriodSeconds. A training loop takes part like this:
+
+    from kubefit_trainer import CheckpointHandshake
+
+    handshake = CheckpointHandshake.from_env()   # a no-op outside a kubefit worker pod
+    for step in range(start, steps):
+        train_one_step()
+        if handshake.requested():                # cheap: asks the operator at most every 2 s
+            save_checkpoint(step)
+            handshake.acknowledge(step)
+
+Standard library only. The HTTP contract, for other languages, is docs/checkpoint-handshake.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ENV_VARIABLES", "CheckpointHandshake", "Endpoint"]
+
+logger = logging.getLogger("kubefit_trainer")
+
+URL_ENV = "KUBEFIT_CHECKPOINT_URL"
+TOKEN_ENV = "KUBEFIT_CHECKPOINT_TOKEN"
+NAMESPACE_ENV = "KUBEFIT_JOB_NAMESPACE"
+JOB_NAME_ENV = "KUBEFIT_JOB_NAME"
+WORKER_ENV = "KUBEFIT_WORKER"
+ENV_VARIABLES = (URL_ENV, TOKEN_ENV, NAMESPACE_ENV, JOB_NAME_ENV, WORKER_ENV)
+
+DEFAULT_POLL_SECONDS = 2.0
+DEFAULT_TIMEOUT_SECONDS = 5.0
+ACK_ATTEMPTS = 3
+ACK_RETRY_SECONDS = 0.5
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # urllib would resend the Authorization header to wherever a redirect points: never follow one.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+# No proxies either: the operator is an in-cluster Service, and the token must not travel through a proxy.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where this worker's job is reached on the operator, and as whom (the KUBEFIT_* variables)."""
+
+    url: str  # the operator's checkpoint API, e.g. http://kubefit.kubefit-system.svc:8081
+    token: str  # the job's bearer token
+    namespace: str
+    job_name: str
+    worker: str  # this pod's name
+
+    @property
+    def checkpoint_url(self) -> str:
+        namespace, name = (urllib.parse.quote(part, safe="") for part in (self.namespace, self.job_name))
+        return f"{self.url.rstrip('/')}/v1/namespaces/{namespace}/trainingjobs/{name}/checkpoint"
+
+
+class CheckpointHandshake:
+    """Asks kubefit's operator whether a checkpoint is wanted and acknowledges it once saved."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint | None,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """endpoint None makes a no-op handshake: requested() is always False, acknowledge() does nothing."""
+        if poll_seconds < 0 or timeout_seconds <= 0:
+            raise ValueError("poll_seconds must be >= 0 and timeout_seconds > 0")
+        self.endpoint = endpoint
+        self.poll_seconds = poll_seconds
+        self.timeout_seconds = timeout_seconds
+        self._clock = clock
+        self.request_id: str | None = None  # the operator's open request, as last seen
+        self._acknowledged: str | None = None  # the request this worker already acknowledged
+        self._last_poll: float | None = None
+        self._warned = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, poll_seconds: float = DEFAULT_POLL_SECONDS
+    ) -> CheckpointHandshake:
+        """From the variables kubefit sets on worker pods; a no-op handshake when they are absent."""
+        env = os.environ if environ is None else environ
+        values = {name: env.get(name, "") for name in ENV_VARIABLES}
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            if len(missing) < len(ENV_VARIABLES):
+                logger.warning("checkpoint handshake off: %s not set", ", ".join(missing))
+            return cls(None)
+        endpoint = Endpoint(
+            url=values[URL_ENV],
+            token=values[TOKEN_ENV],
+            namespace=values[NAMESPACE_ENV],
+            job_name=values[JOB_NAME_ENV],
+            worker=values[WORKER_ENV],
+        )
+        return cls(endpoint, poll_seconds=poll_seconds)
+
+    def requested(self) -> bool:
+        """True while the operator has a checkpoint request open that this worker has not acknowledged.
+
+        Asks the operator at most every poll_seconds (in between, the last answer stands). An operator that
+        cannot be reached means no request: training goes on (the first error is logged as a warning).
+        """
+        if self.endpoint is None:
+            return False
+        now = self._clock()
+        if self._last_poll is None or now - self._last_poll >= self.poll_seconds:
+            self._last_poll = now
+            self._poll(self.endpoint)
+        return self.request_id is not None and self.request_id != self._acknowledged
+
+    def acknowledge(self, step: int) -> bool:
+        """Tells the operator this worker saved `step` for the open request; True once it is recorded.
+
+        Retries a few times on network errors and 5xx answers (about a second in all); a request the
+        operator has meanwhile closed (409) is not retried.
+        """
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative integer, not {step!r}")
+        if self.endpoint is None or self.request_id is None:
+            return False
+        body = {"requestId": self.request_id, "worker": self.endpoint.worker, "step": step}
+        for attempt in range(ACK_ATTEMPTS):
+            status, answer = self._call(self.endpoint, "/ack", body)
+            if status == 200:
+                self._acknowledged = self.request_id
+                return True
+            if status is not None and status < 500:
+                logger.warning("checkpoint ack of %s refused (%s): %s", self.request_id, status, answer)
+                return False
+            if attempt + 1 < ACK_ATTEMPTS:
+                time.sleep(ACK_RETRY_SECONDS * (attempt + 1))
+        return False
+
+    def install_sigterm_handler(self, save: Callable[[], Any]) -> None:
+        """On SIGTERM (a worker being removed), call save() and exit with 143.
+
+        Kubernetes waits terminationGracePeriodSeconds (kubefit makes it at least the checkpoint grace
+        period) before SIGKILL. save() runs in the main thread between two Python bytecodes, so it must
+        save state that is already in memory and must not wait on the other workers (no collectives).
+        """
+
+        def handler(signum: int, frame: Any) -> None:
+            try:
+                save()
+            finally:
+                sys.exit(SIGTERM_EXIT_CODE)
+
+        signal.signal(signal.SIGTERM, handler)
+
+    def _poll(self, endpoint: Endpoint) -> None:
+        status, answer = self._call(endpoint, "", None)
+        if status == 200 and isinstance(answer, dict):
+            request_id = answer.get("requestId")
+            self.request_id = request_id if isinstance(request_id, str) and request_id else None
+        elif status is not None:
+            self._warn_once("checkpoint poll answered %s: %s", status, answer)
+
+    def _call(
+        self, endpoint: Endpoint, suffix: str, body: Mapping[str, Any] | None
+    ) -> tuple[int | None, Any]:
+        """(HTTP status, decoded JSON answer); (None, error) when the operator cannot be reached."""
+        url = endpoint.checkpoint_url + suffix
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+        request.add_header("Authorization", f"Bearer {endpoint.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with _OPENER.open(request, timeout=self.timeout_seconds) as response:
+                return response.status, _decode(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, _decode(error.read())
+        except (OSError, ValueError) as error:  # URLError, timeouts, resets, a malformed URL
+            self._warn_once("checkpoint handshake: cannot reach %s: %s", url, error)
+            return None, str(error)
+
+    def _warn_once(self, message: str, *args: Any) -> None:
+        if self._warned:
+            logger.debug(message, *args)
+        else:
+            self._warned = True
+            logger.warning(message + " (further errors are logged at debug level)", *args)
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw[:200].decode("utf-8", "replace")
