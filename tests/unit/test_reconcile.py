@@ -158,9 +158,9 @@ def test_all_workers_running_makes_the_job_running_and_ready() -> None:
     assert decision.requested_accelerators == 2
 
 
-def test_unscheduled_workers_are_queued() -> None:
+def test_admitted_workers_not_yet_scheduled_are_pending() -> None:
     decision = decide(observe(pods=[pod(0, "Pending"), pod(1)]), CATALOG)
-    assert status_of(decision)["phase"] == "Queued"
+    assert status_of(decision)["phase"] == "Pending"  # Queued is for jobs not admitted
     assert status_of(decision)["readyReplicas"] == 1
 
 
@@ -174,7 +174,7 @@ def test_running_job_that_loses_a_worker_is_scaling() -> None:
 
 def test_the_same_observation_gives_the_same_decision() -> None:
     first = decide(observe(pods=[pod(0)]), CATALOG)
-    again = decide(observe(pods=[pod(0)], status=first.status, now=NOW + timedelta(minutes=5)), CATALOG)
+    again = decide(observe(pods=[pod(0)], status=first.status, now=NOW + timedelta(minutes=1)), CATALOG)
     assert again.status == first.status  # nothing changed: no status write, no transition
     assert created_names(again) == created_names(first) == ["llama-worker-1"]
     assert again.events == ()
@@ -184,10 +184,11 @@ def test_the_same_observation_gives_the_same_decision() -> None:
 
 
 def test_scale_down_deletes_the_highest_indices_first() -> None:
-    spec = raw_spec(workers={"replicas": 1, "maxReplicas": 4})
+    spec = raw_spec(workers={"replicas": 1, "maxReplicas": 4}, elastic={"checkpointGracePeriodSeconds": 0})
     decision = decide(observe(spec, pods=[pod(0), pod(1), pod(2), pod(3)]), CATALOG)
     assert decision.delete == ("llama-worker-3", "llama-worker-2", "llama-worker-1")
     assert decision.create == ()
+    assert decision.checkpoint_request is None  # a grace period of 0 asks for no checkpoint
 
 
 def test_scale_up_is_clamped_to_max_replicas() -> None:
@@ -380,7 +381,7 @@ def test_a_reconcile_error_is_recorded_once_per_message() -> None:
     first = reconcile_error(status, 3, "ZeroDivisionError:  division\nby zero", "2025-01-01T12:00:00Z")
     assert first.status is not None
     conditions = {item["type"]: item for item in first.status["conditions"]}
-    assert set(conditions) == {"Sized", "Ready", "Running"}  # the others are kept as they were
+    assert set(conditions) == {"Sized", "Admitted", "Ready", "Running"}  # the others are kept as they were
     assert conditions["Sized"] == next(c for c in status["conditions"] if c["type"] == "Sized")
     assert (conditions["Ready"]["reason"], conditions["Ready"]["message"]) == (
         "ReconcileError",
@@ -421,9 +422,13 @@ def test_a_failed_worker_is_replaced_and_counted() -> None:
     assert decision.create == ()  # recreated once the failed pod is gone
     assert status_of(decision)["restarts"] == 1
     assert ("Warning", "WorkerFailed") in [(event.type, event.reason) for event in decision.events]
+    assert status_of(decision)["lastFailureTime"] == "2025-01-01T12:00:00Z"
     gone = decide(observe(pods=[pod(0)], status=decision.status), CATALOG)
-    assert created_names(gone) == ["llama-worker-1"]
-    assert status_of(gone)["restarts"] == 1
+    assert gone.create == () and gone.requeue_after == 5.0  # the first restart waits 5 s
+    assert "restart backoff" in status_of(gone)["message"]
+    later = decide(observe(pods=[pod(0)], status=decision.status, now=NOW + timedelta(seconds=5)), CATALOG)
+    assert created_names(later) == ["llama-worker-1"]
+    assert status_of(later)["restarts"] == 1
 
 
 def test_a_replaced_worker_still_in_the_cache_is_not_counted_twice() -> None:
@@ -516,16 +521,17 @@ def test_running_and_suspended_jobs_ask_for_no_requeue() -> None:
     spec = raw_spec(runPolicy={"ttlSecondsAfterFinished": 60})
     assert decide(observe(spec, pods=[pod(0), pod(1)]), CATALOG).requeue_after is None
     suspended = raw_spec(runPolicy={"ttlSecondsAfterFinished": 60, "suspend": True})
-    assert decide(observe(suspended, pods=[pod(0)]), CATALOG).requeue_after is None
+    assert decide(observe(suspended), CATALOG).requeue_after is None
 
 
 # ---------------------------------------------------------------------------------------------- suspend
 
 
 def test_suspend_deletes_every_worker_and_resume_recreates_them() -> None:
-    spec = raw_spec(runPolicy={"suspend": True})
+    spec = raw_spec(runPolicy={"suspend": True}, elastic={"checkpointGracePeriodSeconds": 0})
     suspended = decide(observe(spec, pods=[pod(0), pod(1, "Succeeded")]), CATALOG)
     assert suspended.delete == ("llama-worker-1", "llama-worker-0")
+    assert suspended.demand is None  # a suspended job asks the scheduling pass for nothing
     assert suspended.create == ()
     assert status_of(suspended)["phase"] == "Suspended"
     assert condition(suspended, "Suspended")["status"] == "True"
@@ -587,7 +593,7 @@ def test_worker_from_pod_manifest() -> None:
     }
     worker = worker_from_pod(manifest)
     assert worker == WorkerPod("llama-worker-2", 2, "u2", "Running", "gpu-1", True, "job-uid")
-    assert not worker.running  # terminating
+    assert not worker.ready  # terminating
     assert worker_from_pod({"metadata": {"name": "x"}}) is None
 
 

@@ -36,6 +36,7 @@ Attention = Literal["sdpa", "flash", "eager"]
 Sharding = Literal["none", "zero1", "zero2", "zero3", "fsdp"]
 Offload = Literal["none", "optimizer", "optimizer-and-parameters"]
 Loss = Literal["standard", "chunked"]
+Preemption = Literal["Never", "LowerPriority"]
 
 # A count such as 8030000000 or "8.03B", and a quantity such as "120Gi": both are integers or strings
 # in the CRD (x-kubernetes-int-or-string, with the grammar as its pattern), parsed by the validators below.
@@ -376,7 +377,8 @@ class Workers(_Model):
         le=MAX_WORKERS,
         default=1,
         description="Desired worker count, 1 to 4096; the scale subresource (kubectl scale, HPA) writes "
-        "here. The operator runs this many workers, kept within [floor, maxReplicas].",
+        "here. Kept within [floor, maxReplicas]; an elastic job runs fewer while capacity is short, never "
+        "fewer than its floor.",
     )
     min_replicas: int | None = Field(
         strict=True,
@@ -420,39 +422,51 @@ class Elastic(_Model):
 
     enabled: bool = Field(
         default=False,
-        description="true: framework pytorch workers get torchrun's elastic c10d rendezvous with "
-        "PET_NNODES=floor:maxReplicas, so the group re-forms when the worker count changes. The count "
-        "itself follows workers.replicas (kubectl scale, HPA); the operator does not resize on its own.",
+        description="true: the job runs between its effective minimum and workers.replicas workers, as "
+        "many as free capacity allows; it grows when capacity appears and shrinks (after the checkpoint "
+        "handshake) when replicas drops or a higher-priority job needs the devices. framework pytorch "
+        "workers get torchrun's elastic c10d rendezvous with PET_NNODES=floor:maxReplicas, so the group "
+        "re-forms. false: all-or-nothing at replicas; changing replicas restarts every worker with the "
+        "new world size.",
     )
     checkpoint_grace_period_seconds: int = Field(
         strict=True,
         ge=0,
         le=MAX_INT32,
         default=120,
-        description="Not enforced yet: scale-down will wait at most this long for the workers to "
-        "acknowledge a checkpoint; today surplus workers are deleted without waiting for one.",
+        description="Before workers are removed on purpose (scale-down, shrink for priority, preemption, "
+        "suspend, a non-elastic restart) the operator asks every running worker to checkpoint and waits "
+        "until all acknowledge or this many seconds pass; 0 removes them without asking. Workers also "
+        "get a termination grace period at least this long.",
     )
 
 
 class Scheduling(_Model):
-    """Scheduling settings that no code reads yet."""
+    """Admission order, gang start and preemption in the operator's own queue."""
 
     priority: int = Field(
         strict=True,
         ge=-MAX_PRIORITY,
         le=MAX_PRIORITY,
         default=0,
-        description="Not enforced yet: jobs of higher priority will be placed first and lower-priority "
-        "elastic jobs shrunk to make room; today the value changes nothing (a priorityClassName in the "
-        "template still applies to the worker pods).",
+        description="Admission order: the operator's queue admits jobs of higher priority first (then "
+        "older first), and a job whose minimum does not fit may shrink lower-priority elastic jobs toward "
+        "their minimums. A priorityClassName in the template still applies to the worker pods.",
     )
     gang_timeout_seconds: int = Field(
         strict=True,
         ge=1,
         le=MAX_INT32,
         default=300,
-        description="Not enforced yet: a job whose workers are not all placed by then will release them and "
-        "requeue; today workers that cannot be scheduled stay Pending.",
+        description="Seconds after admission by which every admitted worker must be Running at once. "
+        "Otherwise all workers are deleted (Admitted=False, reason GangTimeout, a Warning event) and the "
+        "job asks for admission again after a backoff of 10 s doubled per timeout, at most 10 minutes.",
+    )
+    preemption: Preemption = Field(
+        default="Never",
+        description="Never: this job only waits, or shrinks lower-priority elastic jobs toward their "
+        "minimums. LowerPriority: when shrinking is not enough for its minimum, whole lower-priority jobs "
+        "are stopped (after the checkpoint handshake) and requeued; they do not fail.",
     )
 
 
@@ -498,7 +512,7 @@ class TrainingJobSpec(_Model):
     workers: Workers = Field(default_factory=Workers, description="Worker count and its bounds.")
     elastic: Elastic = Field(default_factory=Elastic, description="Elastic rendezvous for the workers.")
     scheduling: Scheduling = Field(
-        default_factory=Scheduling, description="Not enforced yet: priority and gang timeout."
+        default_factory=Scheduling, description="Priority, gang timeout and preemption in admission."
     )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, suspension, clean-up.")
 

@@ -17,25 +17,28 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from kubefit.api.conditions import (
-    FINISHED_PHASES,
-    ConditionType,
-    EventReason,
-    EventType,
-    JobPhase,
-    Phase,
-    Reason,
-)
+from kubefit.api.conditions import FINISHED_PHASES, ConditionType, EventReason, EventType, JobPhase, Reason
 from kubefit.api.formatting import sizing_summary, workers_column
-from kubefit.api.models import SizingStatus, TrainingJobSpec, TrainingJobStatus
+from kubefit.api.models import Condition, GangStatus, SizingStatus, TrainingJobSpec, TrainingJobStatus
 from kubefit.api.units import format_gib, parse_rfc3339, rfc3339
 from kubefit.api.validation import FieldError, InvalidSpec, parse_spec
 from kubefit.builders.naming import DNS_LABEL_MAX, JobRef, job_selector, worker_name
 from kubefit.builders.pods import WorkerSet, build_worker_pod
 from kubefit.builders.service import build_headless_service
 from kubefit.decisions.conditions import ConditionUpdate, apply_conditions, find_condition, is_true
-from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
-from kubefit.decisions.workers import WorkerBounds, scale_workers, stop_workers, worker_bounds
+from kubefit.decisions.draft import (
+    Draft,
+    JobContext,
+    JobEvent,
+    conditions_of,
+    not_running,
+    restarts_of,
+    sized,
+)
+from kubefit.decisions.gang import previous_gang
+from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.scheduled import scheduled, suspended
+from kubefit.decisions.workers import WorkerBounds, stop_workers, worker_bounds
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.planner import NodeInventory, plan
 from kubefit.sizing.suggest import with_overprovisioning_advice
@@ -85,13 +88,6 @@ class JobObservation:
 
 
 @dataclass(frozen=True)
-class JobEvent:
-    type: EventType
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class Decision:
     # The whole status; the controller patches status.model_dump(by_alias=True, exclude_none=False).
     status: TrainingJobStatus
@@ -122,24 +118,6 @@ class Decision:
         return build_worker_pod(self.worker_set, index)
 
 
-@dataclass
-class _Draft:
-    """The parts of a decision being assembled by one of the paths below."""
-
-    phase: Phase
-    updates: list[ConditionUpdate] = field(default_factory=list)
-    create: tuple[int, ...] = ()
-    worker_set: WorkerSet | None = None
-    delete: tuple[str, ...] = ()
-    replace: tuple[WorkerPod, ...] = ()
-    events: list[JobEvent] = field(default_factory=list)
-    restarts: int = 0
-    desired: int | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
-    delete_job: bool = False
-
-
 # ------------------------------------------------------------------------------------------ entry
 
 
@@ -148,8 +126,8 @@ def decide(
 ) -> Decision:
     previous = observation.status
     ours, adopt = _our_workers(observation)
-    if is_true(_conditions(previous), ConditionType.SUCCEEDED) or is_true(
-        _conditions(previous), ConditionType.FAILED
+    if is_true(conditions_of(previous), ConditionType.SUCCEEDED) or is_true(
+        conditions_of(previous), ConditionType.FAILED
     ):
         return _to_decision(observation, _already_finished(observation, ours), None, ours, adopt)
     try:
@@ -160,12 +138,13 @@ def decide(
         sizing, advice = with_overprovisioning_advice(spec, sizing, catalog)
     except InvalidSpec as invalid:
         return _to_decision(observation, _invalid(invalid), None, ours, adopt)
+    context = JobContext(observation, spec, sizing, bounds, ours, catalog, settings)
     if spec.run_policy.suspend:
-        draft = _suspended(sizing, ours)
+        draft = suspended(context)
     elif not bounds.feasible or not sizing.fits:
         draft = _blocked(spec, sizing, bounds)
     else:
-        draft = _active(observation, spec, sizing, bounds, ours, catalog)
+        draft = scheduled(context)
     draft.events.extend(_overprovisioning_events(advice, observation.status))
     return _to_decision(observation, draft, sizing, ours, adopt)
 
@@ -221,9 +200,9 @@ def _placement_warning(
 # ------------------------------------------------------------------------------------------ paths
 
 
-def _invalid(invalid: InvalidSpec) -> _Draft:
+def _invalid(invalid: InvalidSpec) -> Draft:
     message = "invalid spec: " + "; ".join(str(error) for error in invalid.errors)
-    return _Draft(
+    return Draft(
         phase=JobPhase.PENDING,
         updates=[
             ConditionUpdate(
@@ -243,21 +222,7 @@ def _invalid(invalid: InvalidSpec) -> _Draft:
     )
 
 
-def _suspended(sizing: SizingStatus, ours: Sequence[WorkerPod]) -> _Draft:
-    message = "spec.runPolicy.suspend is true: the workers are deleted and the job is kept"
-    return _Draft(
-        phase=JobPhase.SUSPENDED,
-        updates=[
-            _sized(sizing),
-            ConditionUpdate(ConditionType.SUSPENDED, "True", Reason.SUSPENDED, message),
-            *_not_running(Reason.SUSPENDED, message),
-        ],
-        delete=stop_workers(ours, keep_finished=False),
-        desired=0,
-    )
-
-
-def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds) -> _Draft:
+def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds) -> Draft:
     if bounds.feasible:
         reason = Reason.DOES_NOT_FIT
         headroom = spec.resources.memory_headroom
@@ -273,110 +238,30 @@ def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds) 
             f"memory needs at least {bounds.floor} workers but spec.workers.{field_name} allows "
             f"{bounds.ceiling}; no workers are started"
         )
-    return _Draft(
+    return Draft(
         phase=JobPhase.PENDING,
-        updates=[_sized(sizing), *_not_running(reason, message)],
+        updates=[sized(sizing), *not_running(reason, message)],
         desired=0,
     )
 
 
-def _active(
-    observation: JobObservation,
-    spec: TrainingJobSpec,
-    sizing: SizingStatus,
-    bounds: WorkerBounds,
-    ours: Sequence[WorkerPod],
-    catalog: Catalog,
-) -> _Draft:
-    desired = bounds.desired
-    foreign = [pod for pod in observation.pods if pod not in ours]
-    changes = scale_workers(desired, ours, observation.already_replaced, foreign)
-    restarts = _restarts(observation.status) + len(changes.replace)
-    if restarts > spec.run_policy.max_restarts:
-        return _failed(observation, spec, changes.replace, ours)
-    if _all_succeeded(ours, desired):
-        return _succeeded(observation, sizing, desired)
-
-    accelerator = catalog.get(sizing.accelerator)
-    if accelerator is None:  # the planner chose it from this catalog, so this is a bug, not bad input
-        raise LookupError(f"planner chose {sizing.accelerator!r}, which is not in the catalog")
-    worker_set = WorkerSet(observation.job, spec, sizing, accelerator, desired, bounds.floor, bounds.ceiling)
-    ready = _ready(ours, desired)
-    start_time = observation.status.get("startTime") or (
-        rfc3339(observation.now) if ready >= desired else None
-    )
-    draft = _Draft(
-        phase=_active_phase(ours, desired, ready, start_time),
-        updates=[_sized(sizing), *_readiness(ready, desired, bounds.floor), *_resumed(observation.status)],
-        create=changes.create,
-        worker_set=worker_set if changes.create else None,
-        delete=changes.delete,
-        replace=changes.replace,
-        restarts=restarts,
-        desired=desired,
-        start_time=start_time,
-    )
-    draft.events.extend(_restart_events(changes.replace, restarts, spec.run_policy.max_restarts))
-    return draft
-
-
-def _failed(
-    observation: JobObservation,
-    spec: TrainingJobSpec,
-    failures: Sequence[WorkerPod],
-    ours: Sequence[WorkerPod],
-) -> _Draft:
-    names = ", ".join(pod.name for pod in failures)
-    message = (
-        f"worker(s) {names} failed after {_restarts(observation.status)} restart(s); "
-        f"spec.runPolicy.maxRestarts is {spec.run_policy.max_restarts}"
-    )
-    return _Draft(
-        phase=JobPhase.FAILED,
-        updates=[
-            ConditionUpdate(ConditionType.FAILED, "True", Reason.RESTART_LIMIT_EXCEEDED, message),
-            *_not_running(Reason.JOB_FAILED, message),
-        ],
-        # Running workers of a failed job hold accelerators for nothing; finished ones keep their logs.
-        delete=stop_workers(ours, keep_finished=True),
-        restarts=_restarts(observation.status),
-        desired=0,
-        completion_time=rfc3339(observation.now),
-    )
-
-
-def _succeeded(observation: JobObservation, sizing: SizingStatus, desired: int) -> _Draft:
-    message = f"all {desired} workers succeeded"
-    return _Draft(
-        phase=JobPhase.SUCCEEDED,
-        updates=[
-            _sized(sizing),
-            ConditionUpdate(ConditionType.SUCCEEDED, "True", Reason.ALL_WORKERS_SUCCEEDED, message),
-            *_not_running(Reason.JOB_SUCCEEDED, message),
-        ],
-        restarts=_restarts(observation.status),
-        desired=0,
-        completion_time=rfc3339(observation.now),
-    )
-
-
-def _already_finished(observation: JobObservation, ours: Sequence[WorkerPod]) -> _Draft:
+def _already_finished(observation: JobObservation, ours: Sequence[WorkerPod]) -> Draft:
     """A job that already succeeded or failed: nothing more runs; the TTL may delete it."""
     status = observation.status
-    failed = is_true(_conditions(status), ConditionType.FAILED)
+    failed = is_true(conditions_of(status), ConditionType.FAILED)
     completion = status.get("completionTime") or rfc3339(observation.now)
     phase = JobPhase.FAILED if failed else JobPhase.SUCCEEDED
     reason = Reason.JOB_FAILED if failed else Reason.JOB_SUCCEEDED
-    ready = find_condition(_conditions(status), ConditionType.READY)
+    ready = find_condition(conditions_of(status), ConditionType.READY)
     # A reconcile error (e.g. the TTL's delete failed) is over once a reconcile of the job succeeds.
     recovered = ready is not None and ready.get("reason") == Reason.RECONCILE_ERROR
-    return _Draft(
+    return Draft(
         phase=phase,
         updates=[ConditionUpdate(ConditionType.READY, "False", reason, f"the job {phase.lower()}")]
         if recovered
         else [],
         delete=stop_workers(ours, keep_finished=True) if failed else (),
-        restarts=_restarts(status),
+        restarts=restarts_of(status),
         desired=0,
         start_time=status.get("startTime"),
         completion_time=completion,
@@ -385,22 +270,6 @@ def _already_finished(observation: JobObservation, ours: Sequence[WorkerPod]) ->
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def _not_running(reason: str, message: str) -> list[ConditionUpdate]:
-    """Ready=False and Running=False for the same reason: no workers run in this state."""
-    return [
-        ConditionUpdate(ConditionType.READY, "False", reason, message),
-        ConditionUpdate(ConditionType.RUNNING, "False", reason, message),
-    ]
-
-
-def _conditions(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return list(status.get("conditions") or [])
-
-
-def _restarts(status: Mapping[str, Any]) -> int:
-    return int(status.get("restarts") or 0)
 
 
 def _check_worker_limit(spec: TrainingJobSpec, limit: int) -> None:
@@ -455,68 +324,6 @@ def _counted(pods: Sequence[WorkerPod], already_replaced: frozenset[str]) -> lis
     return [pod for pod in pods if not pod.terminating and pod.uid not in already_replaced]
 
 
-def _ready(ours: Sequence[WorkerPod], desired: int) -> int:
-    return sum(1 for pod in ours if pod.running and pod.index is not None and pod.index < desired)
-
-
-def _all_succeeded(ours: Sequence[WorkerPod], desired: int) -> bool:
-    succeeded = {pod.index for pod in ours if pod.phase == POD_SUCCEEDED and not pod.terminating}
-    return desired > 0 and all(index in succeeded for index in range(desired))
-
-
-def _active_phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str | None) -> Phase:
-    existing = [pod for pod in ours if not pod.terminating]
-    if ready >= desired and len(existing) == desired:
-        return JobPhase.RUNNING
-    if start_time:
-        return JobPhase.SCALING
-    if any(pod.unscheduled for pod in existing):
-        return JobPhase.QUEUED
-    return JobPhase.PENDING
-
-
-def _sized(sizing: SizingStatus) -> ConditionUpdate:
-    if sizing.fits:
-        return ConditionUpdate(ConditionType.SIZED, "True", Reason.FITS, sizing_summary(sizing))
-    return ConditionUpdate(ConditionType.SIZED, "False", Reason.DOES_NOT_FIT, sizing_summary(sizing))
-
-
-def _readiness(ready: int, desired: int, floor: int) -> list[ConditionUpdate]:
-    counts = f"{ready}/{desired} workers running"
-    return [
-        ConditionUpdate(ConditionType.READY, "True", Reason.ALL_WORKERS_READY, counts)
-        if ready >= desired
-        else ConditionUpdate(ConditionType.READY, "False", Reason.WORKERS_NOT_READY, counts),
-        # Running: enough workers to train (the elastic floor), even while scaling.
-        ConditionUpdate(ConditionType.RUNNING, "True", Reason.WORKERS_RUNNING, counts)
-        if ready >= floor
-        else ConditionUpdate(ConditionType.RUNNING, "False", Reason.WORKERS_STARTING, counts),
-    ]
-
-
-def _resumed(status: Mapping[str, Any]) -> list[ConditionUpdate]:
-    if is_true(_conditions(status), ConditionType.SUSPENDED):
-        return [
-            ConditionUpdate(
-                ConditionType.SUSPENDED, "False", Reason.RESUMED, "spec.runPolicy.suspend is false"
-            )
-        ]
-    return []
-
-
-def _restart_events(replaced: Sequence[WorkerPod], restarts: int, max_restarts: int) -> list[JobEvent]:
-    first = restarts - len(replaced) + 1
-    return [
-        JobEvent(
-            "Warning",
-            EventReason.WORKER_FAILED,
-            f"worker {pod.name} failed{f' on {pod.node_name}' if pod.node_name else ''}; replacing it "
-            f"(restart {first + offset} of at most {max_restarts})",
-        )
-        for offset, pod in enumerate(replaced)
-    ]
-
-
 def _ttl_left(observation: JobObservation, completion: str | None) -> float | None:
     """Seconds until ttlSecondsAfterFinished deletes a job that finished at `completion` (0: now), or
     None when the job is kept."""
@@ -539,10 +346,15 @@ _EVENTFUL: dict[tuple[str, str], EventType] = {
     (ConditionType.SUSPENDED, "False"): "Normal",
     (ConditionType.SUCCEEDED, "True"): "Normal",
     (ConditionType.FAILED, "True"): "Warning",
+    (ConditionType.ADMITTED, "True"): "Normal",  # admitted, scaled up or down, shrunk for priority
 }
-_EVENTFUL_READY_REASONS: dict[str, EventType] = {
-    Reason.INVALID_SPEC: "Warning",
-    Reason.TOO_FEW_WORKERS: "Warning",
+_EVENTFUL_REASONS: dict[tuple[str, str], EventType] = {
+    (ConditionType.READY, Reason.INVALID_SPEC): "Warning",
+    (ConditionType.READY, Reason.TOO_FEW_WORKERS): "Warning",
+    (ConditionType.READY, Reason.RESTARTING): "Normal",
+    (ConditionType.ADMITTED, Reason.QUEUED): "Normal",
+    (ConditionType.ADMITTED, Reason.GANG_TIMEOUT): "Warning",
+    (ConditionType.ADMITTED, Reason.PREEMPTED): "Warning",
 }
 
 
@@ -552,65 +364,104 @@ def _transition_events(
     events = []
     for condition in current:
         before = find_condition(previous, condition["type"])
-        key = (condition["status"], condition["reason"], condition["message"])
-        if before is not None and (before.get("status"), before.get("reason"), before.get("message")) == key:
+        if before is not None and not _eventful_change(before, condition):
             continue
         event_type = _EVENTFUL.get((condition["type"], condition["status"]))
-        if condition["type"] == ConditionType.READY and condition["status"] == "False":
-            event_type = _EVENTFUL_READY_REASONS.get(condition["reason"])
+        if condition["status"] == "False" and condition["type"] in (
+            ConditionType.READY,
+            ConditionType.ADMITTED,
+        ):
+            event_type = _EVENTFUL_REASONS.get((condition["type"], condition["reason"]))
         if event_type:
             events.append(JobEvent(event_type, condition["reason"], condition["message"]))
     return events
 
 
+def _eventful_change(before: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """A queued job's message follows the free capacity: only a new status or reason is an Event."""
+    queued = now["type"] == ConditionType.ADMITTED and now["status"] == "False"
+    fields: tuple[str, ...] = ("status", "reason") if queued else ("status", "reason", "message")
+    return any(before.get(name) != now[name] for name in fields)
+
+
 def _to_decision(
     observation: JobObservation,
-    draft: _Draft,
+    draft: Draft,
     sizing: SizingStatus | None,
     ours: Sequence[WorkerPod],
     adopt: tuple[str, ...],
 ) -> Decision:
     previous = observation.status
-    now = rfc3339(observation.now)
-    conditions = apply_conditions(_conditions(previous), draft.updates, observation.generation, now)
+    conditions = apply_conditions(
+        conditions_of(previous), draft.updates, observation.generation, rfc3339(observation.now)
+    )
     existing = _counted(ours, observation.already_replaced)
-    ready = sum(1 for pod in existing if pod.running)
     if sizing is None and draft.phase in FINISHED_PHASES:
         sizing = _previous_sizing(previous)
-    completion = draft.completion_time or previous.get("completionTime")
-    status = {
-        "observedGeneration": observation.generation,
-        "conditions": conditions,
-        "phase": draft.phase,
-        "sizing": sizing.model_dump(by_alias=True) if sizing else None,
-        "replicas": len(existing),
-        "readyReplicas": ready,
-        "selector": job_selector(observation.job.name),
-        "restarts": draft.restarts,
-        "workers": workers_column(ready, draft.desired),
-        "perDeviceMemory": format_gib(sizing.per_device_bytes) if sizing else None,
-        "startTime": draft.start_time or previous.get("startTime"),
-        "completionTime": completion,
-    }
+    status = _status(observation, draft, sizing, existing, conditions)
     per_worker = sizing.accelerators_per_worker if sizing else 0
     live = [pod for pod in existing if not pod.finished]
     finished = draft.phase in FINISHED_PHASES and not draft.delete_job
-    requeue_after = _ttl_left(observation, completion) if finished else None
+    ttl = _ttl_left(observation, status.completion_time) if finished else None
+    waits = [wait for wait in (*draft.requeue_after, ttl) if wait is not None]
     return Decision(
-        status=TrainingJobStatus.model_validate(status),
+        status=status,
         service=None if draft.phase in FINISHED_PHASES else build_headless_service(observation.job),
         create=draft.create,
         worker_set=draft.worker_set,
         delete=draft.delete,
         replace=draft.replace,
         adopt=adopt,
-        events=tuple(_transition_events(_conditions(previous), conditions) + draft.events),
+        events=tuple(_transition_events(conditions_of(previous), conditions) + draft.events),
         delete_job=draft.delete_job,
-        requeue_after=requeue_after,
+        requeue_after=max(0.0, min(waits)) if waits else None,
         sizing=sizing,
         desired_workers=draft.desired or 0,
         requested_accelerators=len(live) * per_worker,
+        demand=draft.demand,
+        checkpoint_request=draft.checkpoint.request_id if draft.checkpoint else None,
     )
+
+
+def _status(
+    observation: JobObservation,
+    draft: Draft,
+    sizing: SizingStatus | None,
+    existing: Sequence[WorkerPod],
+    conditions: Sequence[Mapping[str, Any]],
+) -> TrainingJobStatus:
+    previous = observation.status
+    ready = sum(1 for pod in existing if pod.ready)
+    return TrainingJobStatus(
+        observed_generation=observation.generation,
+        conditions=[Condition.model_validate(condition) for condition in conditions],
+        phase=draft.phase,
+        sizing=sizing,
+        replicas=len(existing),
+        ready_replicas=ready,
+        selector=job_selector(observation.job.name),
+        restarts=draft.restarts,
+        workers=workers_column(ready, draft.desired),
+        desired_replicas=draft.desired or 0,
+        message=draft.message,
+        checkpoint=draft.checkpoint,
+        checkpoint_requests=_kept(draft.checkpoint_requests, previous.get("checkpointRequests")),
+        gang=draft.gang or _previous_gang(previous),
+        last_failure_time=draft.last_failure_time or previous.get("lastFailureTime"),
+        per_device_memory=format_gib(sizing.per_device_bytes) if sizing else None,
+        start_time=draft.start_time or previous.get("startTime"),
+        completion_time=draft.completion_time or previous.get("completionTime"),
+    )
+
+
+def _kept(value: int | None, before: Any) -> int | None:
+    if value is not None:
+        return value
+    return before if isinstance(before, int) else None
+
+
+def _previous_gang(status: Mapping[str, Any]) -> GangStatus | None:
+    return previous_gang(status) if status.get("gang") else None
 
 
 def _previous_sizing(status: Mapping[str, Any]) -> SizingStatus | None:

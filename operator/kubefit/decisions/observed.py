@@ -27,7 +27,9 @@ class WorkerPod:
     controller_uid: str | None = None  # uid of the owner reference with controller=true
 
     @property
-    def running(self) -> bool:
+    def ready(self) -> bool:
+        """The one definition of a ready worker, used by every count, condition and the gang timeout:
+        its pod is Running and not terminating (a deleted pod still shown Running is on its way out)."""
         return self.phase == POD_RUNNING and not self.terminating
 
     @property

@@ -1,0 +1,127 @@
+"""The parts of one reconcile decision being assembled, shared by the paths of decisions.job and
+decisions.scheduled."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from kubefit.api.conditions import ConditionType, EventType, Phase, Reason
+from kubefit.api.formatting import sizing_summary
+from kubefit.api.models import CheckpointStatus, GangStatus, SizingStatus, TrainingJobSpec
+from kubefit.builders.checkpoint import CheckpointEnv, checkpoint_token
+from kubefit.builders.pods import WorkerSet
+from kubefit.decisions.conditions import ConditionUpdate
+from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.workers import WorkerBounds
+from kubefit.sizing.catalog import Catalog
+
+if TYPE_CHECKING:
+    from kubefit.decisions.admission import Demand
+    from kubefit.decisions.job import JobObservation, ReconcileSettings
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass
+class Draft:
+    """The parts of a decision being assembled by one of the paths."""
+
+    phase: Phase
+    updates: list[ConditionUpdate] = field(default_factory=list)
+    create: tuple[int, ...] = ()
+    worker_set: WorkerSet | None = None
+    delete: tuple[str, ...] = ()
+    replace: tuple[WorkerPod, ...] = ()
+    events: list[JobEvent] = field(default_factory=list)
+    restarts: int = 0
+    desired: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    delete_job: bool = False
+    demand: Demand | None = None
+    message: str | None = None
+    checkpoint: CheckpointStatus | None = None  # the open request (None: none, any open one is closed)
+    checkpoint_requests: int | None = None  # None: as before
+    gang: GangStatus | None = None  # None: as before
+    last_failure_time: str | None = None  # None: as before
+    requeue_after: list[float] = field(default_factory=list)  # the earliest one is used
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """A valid job that fits, as one decision sees it."""
+
+    observation: JobObservation
+    spec: TrainingJobSpec
+    sizing: SizingStatus
+    bounds: WorkerBounds
+    ours: Sequence[WorkerPod]  # this job's worker pods (see decisions.job._our_workers)
+    catalog: Catalog
+    settings: ReconcileSettings
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return self.observation.status
+
+    @property
+    def now(self) -> datetime:
+        return self.observation.now
+
+    @property
+    def conditions(self) -> list[Mapping[str, Any]]:
+        return conditions_of(self.observation.status)
+
+    @property
+    def live(self) -> list[WorkerPod]:
+        """Workers that hold devices: not terminating, not finished."""
+        return [pod for pod in self.ours if not pod.terminating and not pod.finished]
+
+    @property
+    def running(self) -> list[WorkerPod]:
+        return [pod for pod in self.ours if pod.ready]
+
+
+def conditions_of(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return list(status.get("conditions") or [])
+
+
+def restarts_of(status: Mapping[str, Any]) -> int:
+    return int(status.get("restarts") or 0)
+
+
+def not_running(reason: str, message: str) -> list[ConditionUpdate]:
+    """Ready=False and Running=False for the same reason: no workers run in this state."""
+    return [
+        ConditionUpdate(ConditionType.READY, "False", reason, message),
+        ConditionUpdate(ConditionType.RUNNING, "False", reason, message),
+    ]
+
+
+def sized(sizing: SizingStatus) -> ConditionUpdate:
+    if sizing.fits:
+        return ConditionUpdate(ConditionType.SIZED, "True", Reason.FITS, sizing_summary(sizing))
+    return ConditionUpdate(ConditionType.SIZED, "False", Reason.DOES_NOT_FIT, sizing_summary(sizing))
+
+
+def worker_set(ctx: JobContext, workers: int) -> WorkerSet:
+    accelerator = ctx.catalog.get(ctx.sizing.accelerator)
+    if accelerator is None:  # the planner chose it from this catalog, so this is a bug, not bad input
+        raise LookupError(f"planner chose {ctx.sizing.accelerator!r}, which is not in the catalog")
+    settings, job = ctx.settings, ctx.observation.job
+    checkpoint = None
+    if settings.checkpoint_url and settings.checkpoint_key and job.uid:
+        checkpoint = CheckpointEnv(
+            settings.checkpoint_url, checkpoint_token(settings.checkpoint_key, job.uid)
+        )
+    bounds = ctx.bounds
+    return WorkerSet(
+        job, ctx.spec, ctx.sizing, accelerator, workers, bounds.floor, bounds.ceiling, checkpoint=checkpoint
+    )

@@ -1,0 +1,292 @@
+"""The decision for an admitted job: run its grant, remove surplus workers after the handshake, replace
+failed ones after a backoff, release a gang that did not start in time, and finish.
+
+Workers to run (the target):
+- elastic: the grant within [floor, desired] (desired = spec.workers.replicas within its bounds);
+- not elastic: all-or-nothing at desired. A change of desired restarts every worker with the new world
+  size (status.desiredReplicas is the world size the running workers were created with).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from kubefit.api.conditions import ConditionType, EventReason, JobPhase, Phase, Reason
+from kubefit.api.models import GangStatus
+from kubefit.api.units import rfc3339
+from kubefit.decisions.conditions import ConditionUpdate, is_true
+from kubefit.decisions.draft import (
+    Draft,
+    JobContext,
+    JobEvent,
+    not_running,
+    restarts_of,
+    sized,
+    worker_set,
+)
+from kubefit.decisions.elastic import Removal, apply_handshake, handshake, highest_first, removal_progress
+from kubefit.decisions.gang import (
+    admitted_at,
+    after_timeout,
+    backoff_left,
+    gang_timed_out,
+    previous_gang,
+    restart_backoff_left,
+)
+from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
+from kubefit.decisions.workers import WorkerChanges, scale_workers, stop_workers
+
+# Reason words the scheduling pass may give a changed grant (AdmissionPlan.reasons: "Word: detail").
+_GRANT_REASONS = {Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.SHRUNK_FOR_PRIORITY, Reason.ADMITTED}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    target: int  # workers to run once the removal (if any) is done
+    keep: int  # indices below this are kept (and created) now
+    removal: Removal | None  # workers to remove after the handshake
+    restart: str | None = None  # a non-elastic restart's message
+    hold: str | None = None  # why a non-elastic job keeps its old world size for now
+
+
+def admitted(ctx: JobContext, grant: int) -> Draft:
+    plan = _plan(ctx, grant)
+    foreign = [pod for pod in ctx.observation.pods if pod not in ctx.ours]
+    changes = scale_workers(plan.keep, ctx.ours, ctx.observation.already_replaced, foreign)
+    restarts = restarts_of(ctx.status) + len(changes.replace)
+    if restarts > ctx.spec.run_policy.max_restarts:
+        return failed(ctx, changes.replace)
+    if _all_succeeded(ctx.ours, plan.keep):
+        return succeeded(ctx, plan.keep)
+    ready = _ready(ctx.ours, plan.keep)
+    gang = previous_gang(ctx.status)
+    gang = gang.model_copy(update={"started": gang.started or ready >= plan.keep})
+    admitted_time = admitted_at(ctx.conditions) or ctx.now
+    timeout = ctx.spec.scheduling.gang_timeout_seconds
+    if gang_timed_out(gang, admitted_time, timeout, ctx.now):
+        return gang_timeout(ctx, plan.keep, ready)
+    draft = _running(ctx, plan, changes, restarts, ready)
+    draft.gang = gang
+    if not gang.started:  # wake up when the gang timeout expires
+        draft.requeue_after.append((admitted_time + timedelta(seconds=timeout) - ctx.now).total_seconds())
+    return draft
+
+
+def _running(ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int, ready: int) -> Draft:
+    shake = handshake(ctx, plan.removal)
+    doomed = plan.removal.doomed if plan.removal else ()
+    delete = tuple(name for name in changes.delete if name not in doomed) + (doomed if shake.proceed else ())
+    backoff = restart_backoff_left(ctx.status, restarts_of(ctx.status), ctx.now)
+    create = () if backoff > 0 or plan.restart else changes.create
+    desired = ctx.bounds.desired if plan.restart and shake.proceed else plan.keep
+    start_time = ctx.status.get("startTime") or (rfc3339(ctx.now) if ready >= plan.keep else None)
+    draft = Draft(
+        phase=_phase(ctx.ours, plan.keep, ready, start_time),
+        updates=[sized(ctx.sizing), _admitted(ctx, plan), *_readiness(ready, plan.keep, ctx.bounds.floor)],
+        create=create,
+        worker_set=worker_set(ctx, plan.keep) if create else None,
+        delete=delete,
+        replace=changes.replace,
+        restarts=restarts,
+        desired=desired,
+        start_time=start_time,
+        last_failure_time=rfc3339(ctx.now) if changes.replace else None,
+    )
+    draft.updates.extend(_resumed(ctx))
+    if plan.restart:
+        draft.updates.append(ConditionUpdate(ConditionType.READY, "False", Reason.RESTARTING, plan.restart))
+    if plan.removal is not None:
+        apply_handshake(draft, shake, plan.removal)
+    if backoff > 0:
+        draft.requeue_after.append(backoff)
+    draft.events.extend(_restart_events(changes.replace, restarts, ctx.spec.run_policy.max_restarts))
+    note = removal_progress(shake, plan.removal) if plan.removal is not None else None
+    draft.message = _message(ctx, plan, shake_note=note)
+    if backoff > 0 and draft.message is None:
+        draft.message = f"replacing failed workers in {backoff:.0f} s (restart backoff)"
+    return draft
+
+
+def _plan(ctx: JobContext, grant: int) -> _Plan:
+    bounds = ctx.bounds
+    if ctx.spec.elastic.enabled:
+        target = min(max(grant, bounds.floor), bounds.desired)
+        return _Plan(target, target, _surplus(ctx, target, _shrink_reason(ctx)))
+    world = int(ctx.status.get("desiredReplicas") or 0)
+    live = ctx.live
+    if live and world and grant < bounds.desired:
+        hold = (
+            f"spec.workers.replicas asks for {bounds.desired} workers, all at once; the {world} running "
+            f"keep their world size until the scheduling pass grants {bounds.desired}"
+        )
+        return _Plan(world, world, _surplus(ctx, world, Reason.SCALED_DOWN), hold=hold)
+    if live and world and world != bounds.desired:
+        restart = (
+            f"the world size changes from {world} to {bounds.desired} workers (spec.workers.replicas) and "
+            "the job is not elastic: every worker is stopped and started again with the new size"
+        )
+        return _Plan(bounds.desired, world, Removal(Reason.RESTARTING, 0, highest_first(live)), restart)
+    return _Plan(bounds.desired, bounds.desired, _surplus(ctx, bounds.desired, Reason.SCALED_DOWN))
+
+
+def _surplus(ctx: JobContext, target: int, reason: str) -> Removal | None:
+    surplus = [pod for pod in ctx.live if pod.index is not None and pod.index >= target]
+    return Removal(reason, target, highest_first(surplus)) if surplus else None
+
+
+def _shrink_reason(ctx: JobContext) -> str:
+    word = grant_reason(ctx)
+    return Reason.SHRUNK_FOR_PRIORITY if word == Reason.SHRUNK_FOR_PRIORITY else Reason.SCALED_DOWN
+
+
+def grant_detail(ctx: JobContext) -> str | None:
+    """The detail of the scheduling pass's reason for this job's grant ("Word: detail" -> detail)."""
+    reason = ctx.observation.grant_reason
+    if not reason:
+        return None
+    word, _, detail = reason.partition(":")
+    return (detail or word).strip()
+
+
+def grant_reason(ctx: JobContext) -> str:
+    """The Admitted=True reason: the scheduling pass's word when it is one of ours, else Admitted."""
+    word = (ctx.observation.grant_reason or "").partition(":")[0].strip()
+    return word if word in _GRANT_REASONS else Reason.ADMITTED
+
+
+def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
+    wanted = ctx.bounds.desired
+    if plan.target >= wanted:
+        message = f"{plan.target} workers granted"
+    else:
+        message = f"{plan.target} of {wanted} workers granted: {grant_detail(ctx) or 'no capacity for more'}"
+    return ConditionUpdate(ConditionType.ADMITTED, "True", grant_reason(ctx), message)
+
+
+def _message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str | None:
+    """status.message: why the workers running differ from spec.workers.replicas."""
+    if plan.restart or plan.hold:
+        return f"{plan.restart or plan.hold}; {shake_note}" if shake_note else plan.restart or plan.hold
+    replicas = ctx.spec.workers.replicas
+    why = None
+    if plan.target < replicas:
+        detail = grant_detail(ctx) or f"the scheduling pass granted {plan.target}"
+        ceiling = ctx.bounds.ceiling
+        why = f"spec.workers.maxReplicas is {ceiling}" if plan.target == ceiling < replicas else detail
+        why = f"running {plan.target} of spec.workers.replicas {replicas} workers: {why}"
+    elif plan.target > replicas:
+        why = f"running {plan.target} workers, more than spec.workers.replicas {replicas}: the floor is {plan.target}"
+    parts = [part for part in (why, shake_note) if part]
+    return "; ".join(parts) or None
+
+
+def gang_timeout(ctx: JobContext, target: int, ready: int) -> Draft:
+    """Release every worker of a gang that did not all run in time, and back off."""
+    timeout = ctx.spec.scheduling.gang_timeout_seconds
+    gang: GangStatus = after_timeout(previous_gang(ctx.status), ctx.now)
+    wait = backoff_left(gang, ctx.now)
+    message = (
+        f"{ready} of {target} admitted workers were Running {timeout} s after admission "
+        f"(spec.scheduling.gangTimeoutSeconds); every worker is deleted and the job asks for admission "
+        f"again in {wait:.0f} s (gang timeout {gang.retries})"
+    )
+    return Draft(
+        phase=JobPhase.QUEUED,
+        updates=[
+            ConditionUpdate(ConditionType.ADMITTED, "False", Reason.GANG_TIMEOUT, message),
+            *not_running(Reason.GANG_TIMEOUT, message),
+        ],
+        delete=stop_workers(ctx.ours, keep_finished=False),
+        restarts=restarts_of(ctx.status),
+        desired=0,
+        message=message,
+        gang=gang,
+        requeue_after=[wait],
+    )
+
+
+def failed(ctx: JobContext, failures: Sequence[WorkerPod]) -> Draft:
+    names = ", ".join(pod.name for pod in failures)
+    restarts = restarts_of(ctx.status)
+    message = (
+        f"worker(s) {names} failed after {restarts} restart(s); "
+        f"spec.runPolicy.maxRestarts is {ctx.spec.run_policy.max_restarts}"
+    )
+    return Draft(
+        phase=JobPhase.FAILED,
+        updates=[
+            ConditionUpdate(ConditionType.FAILED, "True", Reason.RESTART_LIMIT_EXCEEDED, message),
+            *not_running(Reason.JOB_FAILED, message),
+        ],
+        # Running workers of a failed job hold accelerators for nothing; finished ones keep their logs.
+        delete=stop_workers(ctx.ours, keep_finished=True),
+        restarts=restarts,
+        desired=0,
+        completion_time=rfc3339(ctx.now),
+    )
+
+
+def succeeded(ctx: JobContext, desired: int) -> Draft:
+    message = f"all {desired} workers succeeded"
+    return Draft(
+        phase=JobPhase.SUCCEEDED,
+        updates=[
+            sized(ctx.sizing),
+            ConditionUpdate(ConditionType.SUCCEEDED, "True", Reason.ALL_WORKERS_SUCCEEDED, message),
+            *not_running(Reason.JOB_SUCCEEDED, message),
+        ],
+        restarts=restarts_of(ctx.status),
+        desired=0,
+        completion_time=rfc3339(ctx.now),
+    )
+
+
+def _ready(ours: Sequence[WorkerPod], desired: int) -> int:
+    return sum(1 for pod in ours if pod.ready and pod.index is not None and pod.index < desired)
+
+
+def _all_succeeded(ours: Sequence[WorkerPod], desired: int) -> bool:
+    succeeded = {pod.index for pod in ours if pod.phase == POD_SUCCEEDED and not pod.terminating}
+    return desired > 0 and all(index in succeeded for index in range(desired))
+
+
+def _phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str | None) -> Phase:
+    existing = [pod for pod in ours if not pod.terminating]
+    if ready >= desired and len(existing) == desired:
+        return JobPhase.RUNNING
+    return JobPhase.SCALING if start_time else JobPhase.PENDING
+
+
+def _readiness(ready: int, desired: int, floor: int) -> list[ConditionUpdate]:
+    counts = f"{ready}/{desired} workers running"
+    return [
+        ConditionUpdate(ConditionType.READY, "True", Reason.ALL_WORKERS_READY, counts)
+        if ready >= desired
+        else ConditionUpdate(ConditionType.READY, "False", Reason.WORKERS_NOT_READY, counts),
+        # Running: enough workers to train (the elastic floor), even while scaling.
+        ConditionUpdate(ConditionType.RUNNING, "True", Reason.WORKERS_RUNNING, counts)
+        if ready >= min(floor, desired)
+        else ConditionUpdate(ConditionType.RUNNING, "False", Reason.WORKERS_STARTING, counts),
+    ]
+
+
+def _resumed(ctx: JobContext) -> list[ConditionUpdate]:
+    if is_true(ctx.conditions, ConditionType.SUSPENDED):
+        message = "spec.runPolicy.suspend is false"
+        return [ConditionUpdate(ConditionType.SUSPENDED, "False", Reason.RESUMED, message)]
+    return []
+
+
+def _restart_events(replaced: Sequence[WorkerPod], restarts: int, max_restarts: int) -> list[JobEvent]:
+    first = restarts - len(replaced) + 1
+    return [
+        JobEvent(
+            "Warning",
+            EventReason.WORKER_FAILED,
+            f"worker {pod.name} failed{f' on {pod.node_name}' if pod.node_name else ''}; replacing it "
+            f"(restart {first + offset} of at most {max_restarts})",
+        )
+        for offset, pod in enumerate(replaced)
+    ]

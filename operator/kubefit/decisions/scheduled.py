@@ -1,0 +1,121 @@
+"""Decisions for a valid job that fits: queued, admitted (elastic or all-or-nothing), released, suspended.
+
+No worker pod exists before the scheduling pass admits the job (JobObservation.grant > 0). An admitted
+job runs its grant within [floor, replicas] (all-or-nothing at replicas when not elastic); workers are
+removed on purpose only after the checkpoint handshake (decisions.elastic), highest index first.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from kubefit.api.conditions import ConditionType, JobPhase, Reason
+from kubefit.api.units import rfc3339
+from kubefit.decisions.conditions import ConditionUpdate, is_true
+from kubefit.decisions.demand import job_demand
+from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of, sized
+from kubefit.decisions.elastic import Removal, apply_handshake, handshake, removal_progress
+from kubefit.decisions.gang import backoff_left, previous_gang
+from kubefit.decisions.running import admitted, grant_detail
+from kubefit.decisions.workers import stop_workers
+
+
+def scheduled(ctx: JobContext) -> Draft:
+    """The decision for a valid job that fits, by its admission state."""
+    gang = previous_gang(ctx.status)
+    wait = backoff_left(gang, ctx.now)
+    if wait > 0:
+        return _backing_off(ctx, wait)
+    grant = _grant(ctx)
+    demand = job_demand(
+        ctx.observation.job,
+        ctx.spec,
+        ctx.sizing,
+        ctx.bounds,
+        ctx.observation.created or ctx.now,
+        (ctx.observation.inventory, ctx.observation.excluded),
+    )
+    if grant <= 0 and ctx.live:
+        draft = released(
+            ctx, Reason.PREEMPTED, grant_detail(ctx) or "the scheduling pass took the grant back"
+        )
+    elif grant <= 0 or (not ctx.spec.elastic.enabled and grant < ctx.bounds.desired and not ctx.live):
+        draft = _queued(ctx, grant)
+    else:
+        draft = admitted(ctx, grant)
+    draft.demand = demand
+    return draft
+
+
+def _grant(ctx: JobContext) -> int:
+    """The workers granted. Not decided yet (e.g. just after an operator restart) keeps what an admitted
+    job had, so a restart of the operator never deletes running workers."""
+    grant = ctx.observation.grant
+    if grant is None:
+        admitted = is_true(ctx.conditions, ConditionType.ADMITTED)
+        return int(ctx.status.get("desiredReplicas") or 0) if admitted else 0
+    return grant
+
+
+def _queued(ctx: JobContext, grant: int) -> Draft:
+    waiting = ctx.observation.waiting or "waiting for the operator's scheduling pass"
+    if 0 < grant < ctx.bounds.desired:  # a non-elastic job is admitted whole or not at all
+        waiting = f"granted {grant} of the {ctx.bounds.desired} workers it needs all at once; {waiting}"
+    message = f"queued: {waiting}"
+    gang = previous_gang(ctx.status).model_copy(update={"started": False})
+    return Draft(
+        phase=JobPhase.QUEUED,
+        updates=[
+            sized(ctx.sizing),
+            ConditionUpdate(ConditionType.ADMITTED, "False", Reason.QUEUED, waiting),
+            *not_running(Reason.QUEUED, message),
+        ],
+        restarts=restarts_of(ctx.status),
+        desired=0,
+        message=message,
+        gang=gang,
+    )
+
+
+def _backing_off(ctx: JobContext, wait: float) -> Draft:
+    """After a gang timeout: no demand, no workers, until the backoff has passed."""
+    retry_after = rfc3339(ctx.now + timedelta(seconds=wait))
+    message = f"the gang timed out; asking for admission again at {retry_after}"
+    return Draft(
+        phase=JobPhase.QUEUED,
+        updates=[sized(ctx.sizing), *not_running(Reason.GANG_TIMEOUT, message)],
+        delete=stop_workers(ctx.ours, keep_finished=False),
+        restarts=restarts_of(ctx.status),
+        desired=0,
+        message=message,
+        requeue_after=[wait],
+    )
+
+
+def released(ctx: JobContext, reason: str, why: str) -> Draft:
+    """Stop every worker after the checkpoint handshake (preemption, suspend); the job is kept."""
+    removal = Removal(reason, 0, stop_workers(ctx.ours, keep_finished=False))
+    shake = handshake(ctx, removal)
+    suspended = reason == Reason.SUSPENDED
+    message = f"{why}; {removal_progress(shake, removal)}"
+    updates = [sized(ctx.sizing), *not_running(reason, why)]
+    if suspended:
+        updates.append(ConditionUpdate(ConditionType.SUSPENDED, "True", Reason.SUSPENDED, why))
+    if suspended or is_true(ctx.conditions, ConditionType.ADMITTED):
+        updates.append(ConditionUpdate(ConditionType.ADMITTED, "False", reason, why))
+    draft = Draft(
+        phase=JobPhase.SUSPENDED if suspended else JobPhase.QUEUED,
+        updates=updates,
+        delete=removal.doomed if shake.proceed else (),
+        restarts=restarts_of(ctx.status),
+        desired=0,
+        message=message,
+        gang=previous_gang(ctx.status).model_copy(update={"started": False}),
+    )
+    apply_handshake(draft, shake, removal)
+    return draft
+
+
+def suspended(ctx: JobContext) -> Draft:
+    why = "spec.runPolicy.suspend is true: the workers are deleted and the job is kept"
+    return released(ctx, Reason.SUSPENDED, why)
