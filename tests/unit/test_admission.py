@@ -223,7 +223,7 @@ def test_elastic_jobs_grow_to_their_want_when_capacity_appears() -> None:
     assert plan([], [running], nodes(1)).grants[key("elastic")] == 2
     grown = plan([], [running], nodes(2))
     assert grown.grants[key("elastic")] == 4
-    assert grown.reasons[key("elastic")] == "ScaledUp: room for 2 more (wants 4)"
+    assert grown.reasons[key("elastic")] == "ScaledUp: 2 -> 4 workers (wants 4)"
     assert plan([], [running], nodes(2, devices=6)).grants[key("elastic")] == 3
 
 
@@ -255,6 +255,15 @@ def test_workers_on_a_removed_node_shrink_the_job_to_what_fits_and_not_below_its
     assert result.reasons[key("job")] == "CapacityChanged: 2 workers no longer fit on nvidia-h100-80gb nodes"
     alone = plan([], [holding(demand, 4, {"gone": 4})], [])
     assert alone.grants[key("job")] == 2  # its minimum stays granted: the gang timeout releases it
+
+
+def test_a_resized_gang_is_granted_whole_and_says_what_has_no_room() -> None:
+    resized = holding(gang("gang", 3, per_worker=8), 1, {"node-0": 1})
+    fits = plan([], [resized], nodes(3))
+    assert fits.grants[key("gang")] == 3 and fits.reasons[key("gang")] == "ScaledUp: 1 -> 3 workers (wants 3)"
+    short = plan([], [resized], nodes(2))
+    assert short.grants[key("gang")] == 3
+    assert short.reasons[key("gang")] == "ScaledUp: 1 -> 3 workers (wants 3); 1 have no room yet"
 
 
 # -- priority: shrink, then preempt ---------------------------------------------------------------------------
@@ -331,10 +340,11 @@ def test_the_same_inputs_give_the_same_plan_in_any_order() -> None:
     expected = plan(queued, admitted, cluster)
     shuffler = random.Random(7)
     for _ in range(5):
-        shuffled = [list(queued), list(admitted), list(cluster)]
-        for items in shuffled:
-            shuffler.shuffle(items)
-        assert plan(*shuffled) == expected  # type: ignore[arg-type]
+        queued_, admitted_, cluster_ = list(queued), list(admitted), list(cluster)
+        shuffler.shuffle(queued_)
+        shuffler.shuffle(admitted_)
+        shuffler.shuffle(cluster_)
+        assert plan(queued_, admitted_, cluster_) == expected
 
 
 @pytest.mark.parametrize("field_name", ["per_worker", "min_workers"])
@@ -402,10 +412,11 @@ def test_no_node_is_over_committed_and_every_admitted_job_keeps_its_minimum(
     result = plan_admissions(queued, admitted, cluster, policy, 10.0, limit)
     per_worker = {demand.key: demand.per_worker for demand in [*queued, *(h.demand for h in admitted)]}
     assert set(result.grants) == set(per_worker)
+    priorities = {held.demand.key: held.demand.priority for held in admitted}
     used: Counter[str] = Counter()
     for job_key, places in result.placement.items():
-        for node, workers in places.items():
-            used[node] += workers * per_worker[job_key]
+        for name, workers in places.items():
+            used[name] += workers * per_worker[job_key]
     for node in cluster:
         assert used[node.name] <= node.allocatable - node.used_by_others, node.name
     for held in admitted:
@@ -415,10 +426,10 @@ def test_no_node_is_over_committed_and_every_admitted_job_keeps_its_minimum(
             assert grant == 0
         else:
             assert floor <= grant <= max(floor, demand.want_workers)
-    admitted_keys_ = {held.demand.key for held in admitted}
+    preempting = [result.grants[d.key] > 0 and d.preemption == "LowerPriority" for d in queued]
+    for victim in result.preempt:
+        assert any(d.priority > priorities[victim] for d, ok in zip(queued, preempting, strict=True) if ok)
     for demand in queued:
-        if demand.key in admitted_keys_:
-            continue
         grant = result.grants[demand.key]
         if demand.key in result.admitted_now:
             floor = demand.min_workers if demand.elastic else max(demand.min_workers, demand.want_workers)

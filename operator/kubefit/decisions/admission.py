@@ -465,7 +465,9 @@ def _reason(job: _Job) -> str | None:
     if not job.admitted:
         return f"{ADMITTED}: {_plural(job.grant, 'worker')}"
     if job.grant > job.before:
-        return f"{SCALED_UP}: room for {job.grant - job.before} more (wants {job.target})"
+        unplaced = job.grant - job.placed  # a non-elastic gang resized beyond the room there is
+        waiting = f"; {unplaced} have no room yet" if unplaced > 0 else ""
+        return f"{SCALED_UP}: {job.before} -> {job.grant} workers (wants {job.target}){waiting}"
     if job.shrunk_for is not None:
         return f"{SHRUNK_FOR_PRIORITY}: to make room for {_name(job.shrunk_for)}"
     if job.lost:
