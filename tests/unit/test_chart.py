@@ -6,6 +6,7 @@ the unit tier is offline): without it these tests fail, saying to run `make tool
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -68,6 +69,8 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
     "serviceAccount": {"name": "kubefit-operator", "annotations": {"example.com/owner": "ml-platform"}},
     "maxWorkersPerJob": 4096,
+    "admission": {"policy": "StrictFIFO", "headOfLineTimeoutSeconds": 60},
+    "checkpoint": {"port": 8444, "existingSecret": "ml-checkpoint-key"},
 }
 
 
@@ -104,6 +107,11 @@ def _permissions(role: dict[str, Any]) -> set[tuple[str, str, str]]:
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
+
+
+def _service(objects: Iterable[dict[str, Any]], suffix: str) -> dict[str, Any]:
+    (found,) = [obj for obj in _by_kind(objects, "Service") if obj["metadata"]["name"].endswith(suffix)]
+    return found
 
 
 def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -152,6 +160,14 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         ["--set", "serviceAccount.create=false"],  # then serviceAccount.name is required
         ["--set", "maxWorkersPerJob=0"],
         ["--set", "maxWorkersPerJob=many"],
+        ["--set", "admission.policy=LIFO"],
+        ["--set", "admission.headOfLineTimeoutSeconds=-1"],
+        ["--set", "checkpoint.port=0"],
+        ["--set", "checkpoint.port=9090"],  # the metrics port
+        ["--set", "checkpoint.url=ftp://kubefit:8081"],
+        ["--set", "checkpoint.url=http://"],
+        ["--set", "checkpoint.existingSecret=Not_A_Name"],
+        ["--set", "checkpoint.portt=8081"],  # a misspelt key is an error, not ignored
     ],
     ids=[
         "namespaces-string",
@@ -160,6 +176,14 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         "no-service-account-name",
         "max-workers-zero",
         "max-workers-string",
+        "admission-policy-unknown",
+        "head-of-line-negative",
+        "checkpoint-port-zero",
+        "checkpoint-port-taken",
+        "checkpoint-url-not-http",
+        "checkpoint-url-no-host",
+        "checkpoint-secret-bad-name",
+        "checkpoint-misspelt-key",
     ],
 )
 def test_bad_values_are_refused(bad: list[str]) -> None:
@@ -172,7 +196,15 @@ def test_bad_values_are_refused(bad: list[str]) -> None:
 
 def test_default_render_has_the_expected_objects(default_objects: list[dict[str, Any]]) -> None:
     kinds = sorted(obj["kind"] for obj in default_objects)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Secret",  # the checkpoint key
+        "Service",  # metrics
+        "Service",  # checkpoints
+        "ServiceAccount",
+    ]
     for obj in default_objects:
         assert obj["metadata"]["name"].startswith(RELEASE), obj["metadata"]
         if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
@@ -188,9 +220,10 @@ def test_custom_render_has_the_expected_objects(custom_objects: list[dict[str, A
             "ConfigMap",
             "Deployment",
             "Service",
+            "Service",
             "ServiceAccount",
             "ServiceMonitor",
-        ]
+        ]  # no Secret: checkpoint.existingSecret names one
         + ["Role", "RoleBinding"] * 2
     )
 
@@ -220,9 +253,14 @@ def test_deployment_defaults(default_objects: list[dict[str, Any]]) -> None:
         "--metrics-port=9090",
         "--liveness-port=8080",
         f"--max-workers-per-job={DEFAULT_MAX_WORKERS_PER_JOB}",  # the chart's default is the operator's
+        "--admission-policy=BestEffortFIFO",
+        "--head-of-line-timeout-seconds=300",
+        "--checkpoint-port=8081",
+        f"--checkpoint-url=http://{RELEASE}-kubefit-checkpoints.{NAMESPACE}.svc:8081",
+        "--checkpoint-key-file=/etc/kubefit/checkpoint/key",
     ]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"metrics": 9090, "healthz": 8080}
+    assert ports == {"metrics": 9090, "healthz": 8080, "checkpoints": 8081}
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
     assert not any(env["name"] == "KUBEFIT_CATALOG" for env in container["env"])
@@ -252,9 +290,14 @@ def test_deployment_with_non_default_values(custom_objects: list[dict[str, Any]]
         "--metrics-port=9100",
         "--liveness-port=8181",
         "--max-workers-per-job=4096",
+        "--admission-policy=StrictFIFO",
+        "--head-of-line-timeout-seconds=60",
+        "--checkpoint-port=8444",
+        f"--checkpoint-url=http://{RELEASE}-kubefit-checkpoints.{NAMESPACE}.svc:8444",
+        "--checkpoint-key-file=/etc/kubefit/checkpoint/key",
     ]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"metrics": 9100, "healthz": 8181}
+    assert ports == {"metrics": 9100, "healthz": 8181, "checkpoints": 8444}
     assert container["resources"] == NON_DEFAULT_VALUES["resources"]
     assert pod_spec["priorityClassName"] == "system-cluster-critical"
     assert pod_spec["nodeSelector"] == NON_DEFAULT_VALUES["nodeSelector"]
@@ -294,7 +337,7 @@ def test_catalog_change_restarts_the_operator(
 
 
 def test_metrics_service_selects_the_operator_pod(default_objects: list[dict[str, Any]]) -> None:
-    service = _one(default_objects, "Service")
+    service = _service(default_objects, "-metrics")
     pod_labels = _one(default_objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     (port,) = service["spec"]["ports"]
@@ -303,12 +346,67 @@ def test_metrics_service_selects_the_operator_pod(default_objects: list[dict[str
 
 def test_service_monitor_scrapes_the_metrics_service(custom_objects: list[dict[str, Any]]) -> None:
     monitor = _one(custom_objects, "ServiceMonitor")
-    service = _one(custom_objects, "Service")
+    service = _service(custom_objects, "-metrics")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
     assert [endpoint["port"] for endpoint in monitor["spec"]["endpoints"]] == ["metrics"]
+
+
+# ------------------------------------------------------------------ checkpoint handshake
+
+
+@pytest.mark.parametrize("objects_fixture", ["default_objects", "custom_objects"])
+def test_checkpoint_service_is_the_url_workers_are_told(
+    objects_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    objects = request.getfixturevalue(objects_fixture)
+    service = _service(objects, "-checkpoints")
+    pod_labels = _one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = service["spec"]["ports"]
+    container_ports = {entry["name"]: entry["containerPort"] for entry in _container(objects)["ports"]}
+    assert port["targetPort"] == "checkpoints" and container_ports["checkpoints"] == port["port"]
+    url = f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{port['port']}"
+    assert f"--checkpoint-url={url}" in _container(objects)["args"]
+
+
+def test_checkpoint_url_can_be_set() -> None:
+    objects = _render("--set", "checkpoint.url=https://kubefit.example.com:8443/handshake")
+    assert "--checkpoint-url=https://kubefit.example.com:8443/handshake" in _container(objects)["args"]
+
+
+def _key_volume(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod_spec = _one(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [volume for volume in pod_spec["volumes"] if "secret" in volume]
+    (mount,) = [mount for mount in _container(objects)["volumeMounts"] if mount["name"] == volume["name"]]
+    return volume, mount
+
+
+def test_checkpoint_key_is_a_generated_secret_mounted_as_the_key_file(
+    default_objects: list[dict[str, Any]],
+) -> None:
+    secret = _one(default_objects, "Secret")
+    key = base64.b64decode(secret["data"]["key"])
+    assert re.fullmatch(rb"[A-Za-z0-9]{64}", key)
+    volume, mount = _key_volume(default_objects)
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volume["secret"]["items"] == [{"key": "key", "path": "key"}]
+    assert mount["readOnly"] is True
+    assert f"--checkpoint-key-file={mount['mountPath']}/key" in _container(default_objects)["args"]
+
+
+def test_each_fresh_render_generates_a_different_key() -> None:
+    # Without a cluster to look the Secret up in, every render is a first install.
+    first, second = (base64.b64decode(_one(_render(), "Secret")["data"]["key"]) for _ in range(2))
+    assert first != second
+
+
+def test_an_existing_secret_replaces_the_generated_one(custom_objects: list[dict[str, Any]]) -> None:
+    assert not _by_kind(custom_objects, "Secret")
+    volume, _ = _key_volume(custom_objects)
+    assert volume["secret"]["secretName"] == "ml-checkpoint-key"
 
 
 # ------------------------------------------------------------------ RBAC

@@ -52,6 +52,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "kubefit.catalogDir" -}}/etc/kubefit/catalog{{- end }}
 {{- define "kubefit.catalogFile" -}}accelerators.yaml{{- end }}
 
+{{/* The checkpoint handshake: its Service, the URL workers are told, and the Secret with the HMAC key. */}}
+{{- define "kubefit.checkpointService" -}}
+{{- printf "%s-checkpoints" (include "kubefit.fullname" . | trunc 51 | trimSuffix "-") }}
+{{- end }}
+{{- define "kubefit.checkpointUrl" -}}
+{{- default (printf "http://%s.%s.svc:%d" (include "kubefit.checkpointService" .) .Release.Namespace (.Values.checkpoint.port | int)) .Values.checkpoint.url }}
+{{- end }}
+{{- define "kubefit.checkpointKeySecret" -}}
+{{- default (printf "%s-checkpoint-key" (include "kubefit.fullname" . | trunc 48 | trimSuffix "-")) .Values.checkpoint.existingSecret }}
+{{- end }}
+{{- define "kubefit.checkpointKeyDir" -}}/etc/kubefit/checkpoint{{- end }}
+
 {{/*
 The rules the operator needs on namespaced resources: exactly the calls it makes (explicit verbs, no
 wildcards). tests/unit/test_rbac.py derives the same list from the code and fails when the two differ.
@@ -98,5 +110,13 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
+{{- end }}
+{{- end }}
+
+{{/* Values the schema cannot check: the operator's three ports must differ. */}}
+{{- define "kubefit.validate" -}}
+{{- $ports := list (.Values.metrics.port | int) (.Values.liveness.port | int) (.Values.checkpoint.port | int) }}
+{{- if ne (len (uniq $ports)) 3 }}
+{{- fail (printf "metrics.port, liveness.port and checkpoint.port must differ (got %v)" $ports) }}
 {{- end }}
 {{- end }}
