@@ -199,12 +199,23 @@ def test_strict_fifo_head_blocks_everyone_behind_it() -> None:
 
 
 def test_best_effort_lets_small_jobs_pass_until_the_head_waited_too_long() -> None:
-    cluster = [*nodes(1), *nodes(1, accelerator=L4, prefix="l4")]
-    fresh = plan(head_and_small(10), cluster=cluster, limit=300)
-    assert admitted_keys(fresh) == {"small", "other-kind"}
-    starved = plan(head_and_small(400), cluster=cluster, limit=300)
-    assert admitted_keys(starved) == {"other-kind"}  # another accelerator is not the head's
+    cluster = [*nodes(2), *nodes(1, accelerator=L4, prefix="l4")]
+    held = [holding(gang("held", 1, per_worker=8), 1, {"node-1": 1})]  # the head fits once it finishes
+    fresh = plan(head_and_small(10), held, cluster, limit=300)
+    assert admitted_keys(fresh) == {"held", "small", "other-kind"}
+    starved = plan(head_and_small(400), held, cluster, limit=300)
+    assert admitted_keys(starved) == {"held", "other-kind"}  # another accelerator is not the head's
     assert starved.waiting[key("small")] == "waiting behind ml/big, which has waited 400s (head of line)"
+
+
+def test_a_head_bigger_than_the_whole_cluster_never_holds_others_back() -> None:
+    cluster = [*nodes(1), *nodes(1, prefix="spare")]
+    huge = gang("huge", 3, per_worker=8, created=NOW - 400)  # 3 whole nodes; the cluster has 2
+    held = holding(gang("held", 1, per_worker=8), 1, {"node-0": 1})
+    result = plan([huge, gang("small", 1, per_worker=4)], [held], cluster, limit=300)
+    assert admitted_keys(result) == {"held", "small"}
+    strict = plan([huge, gang("small", 1, per_worker=4)], [held], cluster, policy="StrictFIFO")
+    assert admitted_keys(strict) == {"held"}  # StrictFIFO means strict
 
 
 def test_a_starved_head_stops_elastic_growth_behind_it() -> None:
@@ -319,6 +330,19 @@ def test_preempts_non_elastic_jobs_lowest_priority_first_and_keeps_shrinks_that_
     result = plan([high], [gang_low, elastic], nodes(2))
     assert result.preempt == {key("gang-low")} and result.grants[key("elastic")] == 2
     assert result.placement[key("high")] == {"node-0": 1}
+
+
+def test_preempts_only_jobs_whose_devices_it_can_use_and_gives_back_victims_not_needed() -> None:
+    cluster = [NodeCapacity("a", H100, 8, 4), NodeCapacity("b", H100, 8, 0)]
+    lowest = holding(gang("lowest", 1, per_worker=4, priority=0), 1, {"a": 1})
+    low = holding(gang("low", 1, per_worker=8, priority=1), 1, {"b": 1})
+    high = gang("high", 1, per_worker=8, priority=5, preemption="LowerPriority")
+    # stopping `lowest` leaves 4 free on a: not enough alone, and not needed once `low` is stopped
+    assert plan([high], [lowest, low], cluster).preempt == {key("low")}
+    only_a = gang("high", 1, per_worker=4, priority=5, preemption="LowerPriority", eligible=frozenset({"a"}))
+    assert plan([only_a], [lowest, low], cluster).preempt == {key("lowest")}
+    only_b = gang("high", 1, per_worker=8, priority=5, preemption="LowerPriority", eligible=frozenset({"b"}))
+    assert plan([only_b], [lowest, low], cluster).preempt == {key("low")}
 
 
 def test_equal_priority_never_shrinks_or_preempts() -> None:

@@ -275,12 +275,15 @@ class _Queue:
         waited = int(self.now - head.demand.created)
         return f"waiting behind {_name(head.key)}, which has waited {waited}s (head of line)"
 
-    def blocked(self, job: _Job, message: str) -> None:
+    def blocked(self, job: _Job, message: str, satisfiable: bool) -> None:
+        """A job that did not fit. It holds back the jobs behind it (StrictFIFO; BestEffortFIFO once it
+        waited too long) unless its minimum exceeds the whole cluster: waiting for it would stop the
+        accelerator for good, and it gets in when nodes are added anyway."""
         self.waiting[job.key] = message
         if self.policy == "StrictFIFO":
             self.strict_head = self.strict_head or job
             self.reserving.setdefault(job.demand.accelerator, job)
-        elif self.now - job.demand.created > self.head_wait_limit:
+        elif satisfiable and self.now - job.demand.created > self.head_wait_limit:
             self.reserving.setdefault(job.demand.accelerator, job)
 
     def may_grow(self, job: _Job) -> bool:
@@ -296,7 +299,7 @@ class _Trial:
     free: dict[str, int]  # of the job's nodes
     slots: int
     removals: list[tuple[_Job, str, bool]] = field(default_factory=list)  # (job, node, from reserved)
-    victims: list[_Job] = field(default_factory=list)
+    victims: dict[_Job, dict[str, int]] = field(default_factory=dict)  # victim -> node -> devices freed
 
     @property
     def fits(self) -> bool:
@@ -330,16 +333,29 @@ def _shrink(trial: _Trial, other: _Job) -> None:
 
 
 def _preempt(trial: _Trial, victim: _Job) -> None:
-    """Free every worker of `victim` on the trial's nodes (those an earlier shrink took are freed already)."""
+    """Free every worker of `victim` (those an earlier shrink took are freed already), if any is on the
+    trial's nodes: a job elsewhere would be stopped for nothing."""
     remaining = Counter(victim.bound) + Counter(victim.reserved)
     remaining.subtract(node for other, node, _ in trial.removals if other is victim)
-    for node, workers in sorted(remaining.items()):
-        trial.change(node, workers * victim.demand.per_worker)
-    trial.victims.append(victim)
+    freed = {node: workers * victim.demand.per_worker for node, workers in remaining.items() if workers > 0}
+    if not any(node in trial.free for node in freed):
+        return
+    for node, devices in sorted(freed.items()):
+        trial.change(node, devices)
+    trial.victims[victim] = freed
 
 
 def _trim(trial: _Trial) -> None:
-    """Give back shrink removals (latest first) that the job no longer needs once victims were preempted."""
+    """Give back what the job does not need once victims were preempted: victims first (the latest, of the
+    highest priority among them, first), then shrink removals (latest first)."""
+    for victim, freed in reversed(list(trial.victims.items())):
+        for node, devices in freed.items():
+            trial.change(node, -devices)
+        if trial.fits:
+            del trial.victims[victim]
+        else:
+            for node, devices in freed.items():
+                trial.change(node, devices)
     for removal in reversed(list(trial.removals)):
         other, node, _ = removal
         if other in trial.victims:
@@ -408,6 +424,12 @@ def _admit(cluster: _Cluster, jobs: Sequence[_Job], job: _Job) -> bool:
     return True
 
 
+def _satisfiable(cluster: _Cluster, job: _Job) -> bool:
+    """Whether its minimum would fit on its nodes if no other pod held any device."""
+    allocatable = cluster.allocatable
+    return _slots(allocatable, job.nodes, job.demand.per_worker) >= job.floor
+
+
 def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
     for job in jobs:
         if job.admitted:
@@ -416,7 +438,7 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None
         if blocker is not None:
             queue.waiting[job.key] = blocker
         elif not _admit(cluster, jobs, job):
-            queue.blocked(job, _missing(cluster, job))
+            queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
 
 
 def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
