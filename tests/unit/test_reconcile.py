@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kubefit.api.formatting import sizing_summary
 from kubefit.api.models import MemoryBreakdown, SizingStatus, TrainingJobStatus
 from kubefit.api.validation import parse_spec
+from kubefit.builders.checkpoint import checkpoint_token
 from kubefit.builders.naming import JobRef
 from kubefit.decisions.conditions import ConditionUpdate, apply_conditions
 from kubefit.decisions.failure import MESSAGE_LIMIT, reconcile_error
@@ -19,14 +25,66 @@ from kubefit.decisions.job import (
     Decision,
     JobObservation,
     ReconcileSettings,
-    decide,
 )
+from kubefit.decisions.job import decide as decide_unchecked
 from kubefit.decisions.observed import WorkerPod, worker_from_pod
 from kubefit.decisions.workers import scale_workers, stop_workers, worker_bounds
-from kubefit.sizing.catalog import load_catalog
+from kubefit.sizing.catalog import Catalog, load_catalog
 from kubefit.sizing.planner import NodeInventory
 
 CATALOG = load_catalog()
+REPO = Path(__file__).resolve().parents[2]
+STATUS_SCHEMA = yaml.safe_load((REPO / "crds" / "trainingjob.yaml").read_text())["spec"]["versions"][0][
+    "schema"
+]["openAPIV3Schema"]["properties"]["status"]
+
+
+def schema_errors(value: Any, schema: dict[str, Any], path: str = "status") -> list[str]:
+    """Where `value` breaks the CRD's structural schema: types, required and unknown fields, enums,
+    bounds and patterns (what the API server checks of a status write)."""
+    kind = schema.get("type")
+    checks = {
+        "object": lambda item: isinstance(item, dict),
+        "array": lambda item: isinstance(item, list),
+        "string": lambda item: isinstance(item, str),
+        "integer": lambda item: isinstance(item, int) and not isinstance(item, bool),
+        "number": lambda item: isinstance(item, int | float) and not isinstance(item, bool),
+        "boolean": lambda item: isinstance(item, bool),
+    }
+    if kind and not checks[kind](value):
+        return [f"{path}: {value!r} is not of type {kind}"]
+    errors = (
+        [f"{path}: {value!r} not in {schema['enum']}"] if value not in schema.get("enum", [value]) else []
+    )
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < schema.get("minimum", value) or value > schema.get("maximum", value):
+            errors.append(f"{path}: {value} outside [{schema.get('minimum')}, {schema.get('maximum')}]")
+    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
+        errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            errors += schema_errors(item, schema.get("items", {}), f"{path}[{index}]")
+    if isinstance(value, dict) and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        properties = schema.get("properties", {})
+        errors += [f"{path}.{name}: unknown field" for name in value if name not in properties]
+        errors += [f"{path}.{name}: required" for name in schema.get("required", []) if name not in value]
+        for name, item in value.items():
+            if name in properties:
+                errors += schema_errors(item, properties[name], f"{path}.{name}")
+    return errors
+
+
+def decide(
+    observation: JobObservation, catalog: Catalog, options: ReconcileSettings | None = None
+) -> Decision:
+    """decide, and every status it produces checked against the CRD's schema, as the API server would
+    (the merge patch's nulls remove fields, so the stored status has none)."""
+    decision = decide_unchecked(observation, catalog, options or ReconcileSettings())
+    stored = decision.status.model_dump(by_alias=True, exclude_none=True)
+    assert not schema_errors(stored, STATUS_SCHEMA), schema_errors(stored, STATUS_SCHEMA)
+    return decision
+
+
 JOB = JobRef(name="llama", namespace="team-a", uid="job-uid")
 NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -666,3 +724,398 @@ def test_layout_the_planner_chose_is_not_called_overprovisioned() -> None:
     chosen = raw_spec(resources={"accelerator": "auto", "acceleratorsPerWorker": "auto"})
     decision = decide(observe(spec=chosen), CATALOG)
     assert not [event for event in decision.events if event.reason == "OverProvisioned"]
+
+
+# ---------------------------------------------------------------------------------------------- the status schema
+
+
+def test_the_schema_check_finds_what_the_api_server_would_refuse() -> None:
+    stored = decide(observe(), CATALOG).status.model_dump(by_alias=True, exclude_none=True)
+    assert schema_errors(stored, STATUS_SCHEMA) == []
+    assert schema_errors({**stored, "phase": "Dancing"}, STATUS_SCHEMA) == [
+        "status.phase: 'Dancing' not in ['Pending', 'Queued', 'Running', 'Scaling', 'Succeeded', 'Failed', "
+        "'Suspended']"
+    ]
+    assert schema_errors({**stored, "restarts": "1"}, STATUS_SCHEMA) == [
+        "status.restarts: '1' is not of type integer"
+    ]
+    assert schema_errors({**stored, "surprise": 1}, STATUS_SCHEMA) == ["status.surprise: unknown field"]
+    broken = {**stored, "conditions": [{"type": "Ready"}]}
+    assert "status.conditions[0].status: required" in schema_errors(broken, STATUS_SCHEMA)
+
+
+_PHASES = st.sampled_from(["Pending", "Running", "Succeeded", "Failed"])
+_PODS = st.lists(
+    st.tuples(st.integers(0, 5), _PHASES, st.booleans(), st.sampled_from(["job-uid", None, "old"])),
+    max_size=6,
+    unique_by=lambda item: item[0],
+)
+_WORKERS = st.fixed_dictionaries(
+    {"replicas": st.integers(1, 5)},
+    optional={"minReplicas": st.integers(1, 3), "maxReplicas": st.integers(3, 6)},
+)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, database=None)
+@given(
+    workers=_WORKERS,
+    elastic=st.booleans(),
+    suspend=st.booleans(),
+    pods=_PODS,
+    grant=st.one_of(st.none(), st.integers(0, 6)),
+    steps=st.lists(st.integers(0, 400), min_size=1, max_size=4),
+    acked=st.booleans(),
+)
+def test_every_status_decide_produces_fits_the_crd_schema(
+    workers: dict[str, int],
+    elastic: bool,
+    suspend: bool,
+    pods: list[tuple[int, str, bool, str | None]],
+    grant: int | None,
+    steps: list[int],
+    acked: bool,
+) -> None:
+    # A few reconciles in a row, each from the status the one before wrote: every status fits the schema
+    # (checked inside `decide`), and none of them raises.
+    if "minReplicas" in workers and "maxReplicas" in workers:
+        workers["minReplicas"] = min(workers["minReplicas"], workers["maxReplicas"])
+    spec = raw_spec(
+        workers=workers,
+        elastic={"enabled": elastic, "checkpointGracePeriodSeconds": 30},
+        runPolicy={"suspend": suspend, "maxRestarts": 2},
+        scheduling={"gangTimeoutSeconds": 60},
+    )
+    observed = [
+        pod(index, phase, terminating=terminating, owner=owner) for index, phase, terminating, owner in pods
+    ]
+    status: dict[str, Any] | TrainingJobStatus = {}
+    now = NOW
+    for seconds in steps:
+        now += timedelta(seconds=seconds)
+        acks = {worker.name: 7 for worker in observed} if acked else {}
+        status = decide(observe(spec, observed, status, now, grant=grant, acks=acks), CATALOG).status
+
+
+# ---------------------------------------------------------------------------------------------- admission
+
+
+ELASTIC = {"enabled": True, "checkpointGracePeriodSeconds": 30}
+
+
+def elastic_spec(replicas: int = 4, minimum: int = 1, maximum: int = 4, **overrides: Any) -> dict[str, Any]:
+    workers = {"replicas": replicas, "minReplicas": minimum, "maxReplicas": maximum}
+    return raw_spec(workers=workers, elastic=ELASTIC, **overrides)
+
+
+def events_of(decision: Decision) -> list[tuple[str, str]]:
+    return [(event.type, event.reason) for event in decision.events]
+
+
+def test_a_job_not_admitted_creates_no_pod_and_says_what_is_missing() -> None:
+    waiting = "needs 2 nodes with 1 free nvidia-h100-80gb; 1 has"
+    observation = observe(grant=None)
+    queued = decide(JobObservation(**{**observation.__dict__, "waiting": waiting}), CATALOG)
+    assert queued.create == () and queued.worker_set is None
+    admitted = condition(queued, "Admitted")
+    assert (admitted["status"], admitted["reason"], admitted["message"]) == ("False", "Queued", waiting)
+    assert status_of(queued)["phase"] == "Queued"
+    assert status_of(queued)["desiredReplicas"] == 0
+    assert waiting in status_of(queued)["message"]
+    assert queued.demand is not None  # it asks the scheduling pass for its workers
+    assert decide(observe(grant=0), CATALOG).create == ()
+
+
+def test_a_queued_job_posts_one_event_however_its_waiting_message_changes() -> None:
+    first = decide(JobObservation(**{**observe(grant=None).__dict__, "waiting": "1 has"}), CATALOG)
+    assert ("Normal", "Queued") in events_of(first)
+    later = decide(
+        JobObservation(**{**observe(status=first.status, grant=None).__dict__, "waiting": "0 has"}), CATALOG
+    )
+    assert condition(later, "Admitted")["message"] == "0 has"
+    assert ("Normal", "Queued") not in events_of(later)
+
+
+def test_an_admitted_elastic_job_runs_its_grant_and_says_why_it_is_fewer() -> None:
+    observation = observe(elastic_spec(), grant=2)
+    decision = decide(
+        JobObservation(**{**observation.__dict__, "grant_reason": "CapacityChanged: 2 nodes have room"}),
+        CATALOG,
+    )
+    assert created_names(decision) == ["llama-worker-0", "llama-worker-1"]
+    admitted = condition(decision, "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("True", "Admitted")
+    assert admitted["message"] == "2 of 4 workers granted: 2 nodes have room"
+    status = status_of(decision)
+    assert status["desiredReplicas"] == 2 and status["workers"] == "0/2"
+    assert status["message"] == "running 2 of spec.workers.replicas 4 workers: 2 nodes have room"
+    assert ("Normal", "Admitted") in events_of(decision)
+    assert decision.worker_pod(0)["spec"]["containers"][0]["env"]  # built with the grant's world
+
+
+def test_a_grant_below_the_floor_still_runs_the_floor_and_above_replicas_runs_replicas() -> None:
+    assert len(decide(observe(elastic_spec(minimum=3), grant=1), CATALOG).create) == 3
+    assert len(decide(observe(elastic_spec(replicas=2), grant=9), CATALOG).create) == 2
+
+
+def test_the_demand_carries_the_minimum_the_want_and_the_eligible_nodes() -> None:
+    nodes = [
+        NodeInventory(name="h100-a", accelerator="nvidia-h100-80gb", allocatable=8, free=8),
+        NodeInventory(name="l4-a", accelerator="nvidia-l4", allocatable=8, free=8),
+    ]
+    excluded = [NodeInventory(name="h100-tainted", accelerator="nvidia-h100-80gb", allocatable=8, free=8)]
+    created = NOW - timedelta(hours=1)
+    spec = elastic_spec(
+        replicas=3, minimum=2, maximum=4, scheduling={"priority": 7, "preemption": "LowerPriority"}
+    )
+    observation = observe(spec, grant=None)
+    observation = JobObservation(
+        **{**observation.__dict__, "inventory": nodes, "excluded": excluded, "created": created}
+    )
+    demand = decide(observation, CATALOG).demand
+    assert demand is not None
+    assert (demand.key, demand.priority, demand.created) == (("team-a", "llama"), 7, created.timestamp())
+    assert (demand.accelerator, demand.per_worker) == ("nvidia-h100-80gb", 1)
+    assert (demand.min_workers, demand.want_workers, demand.elastic) == (2, 3, True)
+    assert demand.preemption == "LowerPriority"
+    assert demand.eligible_nodes == frozenset({"h100-a"})
+    fixed = decide(observe(raw_spec(workers={"replicas": 3}), grant=None), CATALOG).demand
+    assert fixed is not None
+    assert (fixed.min_workers, fixed.want_workers, fixed.elastic, fixed.preemption) == (3, 3, False, "Never")
+    assert fixed.eligible_nodes is None  # no node known at all: every node of its accelerator
+
+
+def test_no_demand_from_a_job_that_needs_nothing() -> None:
+    assert decide(observe({"model": {}}), CATALOG).demand is None  # invalid
+    huge = raw_spec(
+        model={"parameters": "400B"}, resources={"accelerator": "nvidia-l4", "acceleratorsPerWorker": 1}
+    )
+    assert decide(observe(huge), CATALOG).demand is None  # does not fit
+
+
+def test_an_operator_restart_keeps_the_workers_of_an_admitted_job_until_the_pass_decides() -> None:
+    running = decide(observe(elastic_spec(), pods=[pod(0), pod(1)], grant=2), CATALOG)
+    after_restart = decide(
+        observe(elastic_spec(), pods=[pod(0), pod(1)], status=running.status, grant=None), CATALOG
+    )
+    assert after_restart.delete == () and after_restart.create == ()
+    assert condition(after_restart, "Admitted")["status"] == "True"
+    assert after_restart.checkpoint_request is None
+
+
+# ---------------------------------------------------------------------------------------------- the handshake
+
+
+def test_a_shrink_asks_for_a_checkpoint_waits_for_every_ack_then_deletes_the_highest_first() -> None:
+    spec = elastic_spec()
+    pods = [pod(0), pod(1), pod(2), pod(3)]
+    running = decide(observe(spec, pods=pods, grant=4), CATALOG)
+    shrink = "ShrunkForPriority: team-b/urgent (priority 100) needs 2 nvidia-h100-80gb"
+    asked = decide(
+        JobObservation(**{**observe(spec, pods, running.status, grant=2).__dict__, "grant_reason": shrink}),
+        CATALOG,
+    )
+    assert asked.delete == () and asked.checkpoint_request == "3-1"
+    checkpoint = status_of(asked)["checkpoint"]
+    assert checkpoint["requestId"] == "3-1" and checkpoint["reason"] == "ShrunkForPriority"
+    assert (checkpoint["targetReplicas"], checkpoint["workers"], checkpoint["acknowledged"]) == (2, 4, 0)
+    assert checkpoint["requestedAt"] == "2025-01-01T12:00:00Z"
+    assert asked.requeue_after is not None and asked.requeue_after <= 30
+    assert ("Normal", "CheckpointRequested") in events_of(asked)
+    assert condition(asked, "Admitted")["reason"] == "ShrunkForPriority"
+    assert "acknowledge checkpoint 3-1" in status_of(asked)["message"]
+
+    later = NOW + timedelta(seconds=10)
+    partial = decide(observe(spec, pods, asked.status, later, grant=2, acks={"llama-worker-0": 40}), CATALOG)
+    assert partial.delete == () and partial.checkpoint_request == "3-1"
+    assert status_of(partial)["checkpoint"]["acknowledged"] == 1
+    acks = {worker.name: 40 for worker in pods}
+    done = decide(observe(spec, pods, partial.status, later, grant=2, acks=acks), CATALOG)
+    assert done.delete == ("llama-worker-3", "llama-worker-2")
+    assert done.checkpoint_request is None and status_of(done)["checkpoint"] is None
+    assert ("Normal", "CheckpointDone") in events_of(done)
+    assert status_of(done)["checkpointRequests"] == 1
+
+
+def test_the_grace_period_ends_the_wait_without_acks() -> None:
+    spec = elastic_spec(replicas=1)
+    pods = [pod(0), pod(1)]
+    asked = decide(observe(spec, pods), CATALOG)
+    assert asked.delete == () and asked.checkpoint_request is not None
+    waiting = decide(observe(spec, pods, asked.status, NOW + timedelta(seconds=29)), CATALOG)
+    assert waiting.delete == () and waiting.requeue_after == 1.0
+    expired = decide(observe(spec, pods, asked.status, NOW + timedelta(seconds=30)), CATALOG)
+    assert expired.delete == ("llama-worker-1",)  # worker-0, the rendezvous host, stays
+    done = [event.message for event in expired.events if event.reason == "CheckpointDone"]
+    assert done and "0 of 2 running workers acknowledged" in done[0]
+
+
+def test_a_scale_down_undone_before_the_deadline_closes_the_request_and_deletes_nothing() -> None:
+    pods = [pod(0), pod(1)]
+    asked = decide(observe(elastic_spec(replicas=1), pods), CATALOG)
+    undone = decide(
+        observe(elastic_spec(replicas=2), pods, asked.status, NOW + timedelta(seconds=5)), CATALOG
+    )
+    assert undone.delete == () and undone.checkpoint_request is None
+    assert status_of(undone)["checkpoint"] is None
+
+
+def test_surplus_workers_that_never_ran_are_removed_without_a_checkpoint() -> None:
+    decision = decide(observe(elastic_spec(replicas=1), pods=[pod(0), pod(1, "Pending")]), CATALOG)
+    assert decision.delete == ("llama-worker-1",) and decision.checkpoint_request is None
+
+
+def test_suspend_asks_for_a_checkpoint_before_deleting_every_worker() -> None:
+    spec = raw_spec(runPolicy={"suspend": True}, elastic={"checkpointGracePeriodSeconds": 60})
+    pods = [pod(0), pod(1)]
+    asked = decide(observe(spec, pods), CATALOG)
+    assert asked.delete == () and asked.checkpoint_request is not None
+    assert status_of(asked)["checkpoint"]["reason"] == "Suspended"
+    assert status_of(asked)["phase"] == "Suspended" and asked.demand is None
+    acks = {"llama-worker-0": 3, "llama-worker-1": 3}
+    done = decide(observe(spec, pods, asked.status, NOW + timedelta(seconds=1), acks=acks), CATALOG)
+    assert done.delete == ("llama-worker-1", "llama-worker-0") and done.checkpoint_request is None
+
+
+def test_a_preempted_job_checkpoints_then_stops_every_worker_and_requeues() -> None:
+    spec = elastic_spec(replicas=2)
+    pods = [pod(0), pod(1)]
+    running = decide(observe(spec, pods, grant=2), CATALOG)
+    preempted = "Preempted: team-b/urgent (priority 100) needs the devices"
+    observation = observe(spec, pods, running.status, NOW + timedelta(seconds=1), grant=0)
+    asked = decide(JobObservation(**{**observation.__dict__, "grant_reason": preempted}), CATALOG)
+    assert asked.delete == () and status_of(asked)["checkpoint"]["reason"] == "Preempted"
+    admitted = condition(asked, "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "Preempted")
+    assert ("Warning", "Preempted") in events_of(asked)
+    assert asked.demand is not None  # it requeues; it does not fail
+    acks = {"llama-worker-0": 9, "llama-worker-1": 9}
+    observation = observe(spec, pods, asked.status, NOW + timedelta(seconds=2), grant=0, acks=acks)
+    done = decide(JobObservation(**{**observation.__dict__, "grant_reason": preempted}), CATALOG)
+    assert done.delete == ("llama-worker-1", "llama-worker-0")
+    assert status_of(done)["phase"] == "Queued"
+    assert all(item["type"] != "Failed" for item in status_of(done)["conditions"])
+
+
+def test_a_non_elastic_job_restarts_every_worker_with_the_new_world_size() -> None:
+    grace = {"checkpointGracePeriodSeconds": 30}
+    two = raw_spec(workers={"replicas": 2}, elastic=grace)
+    pods = [pod(0), pod(1)]
+    running = decide(observe(two, pods), CATALOG)
+    assert status_of(running)["desiredReplicas"] == 2
+    three = raw_spec(workers={"replicas": 3}, elastic=grace)
+    asked = decide(observe(three, pods, running.status, NOW + timedelta(seconds=1)), CATALOG)
+    assert asked.create == () and asked.delete == ()  # no third worker joins a world of two
+    ready = condition(asked, "Ready")
+    assert (ready["reason"], "from 2 to 3 workers" in ready["message"]) == ("Restarting", True)
+    assert status_of(asked)["checkpoint"]["reason"] == "Restarting"
+    assert status_of(asked)["desiredReplicas"] == 2
+    acks = {"llama-worker-0": 5, "llama-worker-1": 5}
+    stopped = decide(observe(three, pods, asked.status, NOW + timedelta(seconds=2), acks=acks), CATALOG)
+    assert stopped.delete == ("llama-worker-1", "llama-worker-0") and stopped.create == ()
+    assert status_of(stopped)["desiredReplicas"] == 3
+    restarted = decide(observe(three, [], stopped.status, NOW + timedelta(seconds=3)), CATALOG)
+    assert created_names(restarted) == ["llama-worker-0", "llama-worker-1", "llama-worker-2"]
+    assert restarted.worker_set is not None and restarted.worker_set.workers == 3
+
+
+def test_a_non_elastic_job_keeps_its_world_until_the_whole_new_size_is_granted() -> None:
+    pods = [pod(0), pod(1)]
+    running = decide(observe(raw_spec(workers={"replicas": 2}), pods), CATALOG)
+    grow = decide(observe(raw_spec(workers={"replicas": 4}), pods, running.status, grant=2), CATALOG)
+    assert grow.create == () and grow.delete == () and grow.checkpoint_request is None
+    assert "until the scheduling pass grants 4" in status_of(grow)["message"]
+
+
+# ---------------------------------------------------------------------------------------------- gang timeout
+
+
+def test_a_gang_not_all_running_in_time_releases_every_pod_and_backs_off() -> None:
+    spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
+    pods = [pod(0), pod(1, "Pending")]
+    admitted = decide(observe(spec, pods), CATALOG)
+    assert condition(admitted, "Admitted")["lastTransitionTime"] == "2025-01-01T12:00:00Z"
+    assert admitted.requeue_after == 60.0  # wake up when the gang timeout expires
+    before = decide(observe(spec, pods, admitted.status, NOW + timedelta(seconds=59)), CATALOG)
+    assert before.delete == ()
+    timed_out = decide(observe(spec, pods, admitted.status, NOW + timedelta(seconds=60)), CATALOG)
+    assert timed_out.delete == ("llama-worker-1", "llama-worker-0")
+    released = condition(timed_out, "Admitted")
+    assert (released["status"], released["reason"]) == ("False", "GangTimeout")
+    assert "1 of 2 admitted workers were Running 60 s after admission" in released["message"]
+    assert ("Warning", "GangTimeout") in events_of(timed_out)
+    assert timed_out.demand is None and timed_out.requeue_after == 10.0
+    assert status_of(timed_out)["gang"] == {
+        "started": False,
+        "retries": 1,
+        "retryAfter": "2025-01-01T12:01:10Z",
+    }
+
+    backing_off = decide(observe(spec, [], timed_out.status, NOW + timedelta(seconds=65)), CATALOG)
+    assert backing_off.create == () and backing_off.demand is None and backing_off.requeue_after == 5.0
+    retried = decide(observe(spec, [], timed_out.status, NOW + timedelta(seconds=70), grant=None), CATALOG)
+    assert retried.demand is not None and condition(retried, "Admitted")["reason"] == "Queued"
+    readmitted = decide(observe(spec, [], retried.status, NOW + timedelta(seconds=71)), CATALOG)
+    assert len(readmitted.create) == 2
+    assert condition(readmitted, "Admitted")["lastTransitionTime"] == "2025-01-01T12:01:11Z"
+
+
+def test_the_gang_backoff_doubles_per_timeout() -> None:
+    spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
+    status = {**status_of(decide(observe(spec, [pod(0, "Pending")]), CATALOG))}
+    status["gang"] = {"started": False, "retries": 2}
+    status = {key: value for key, value in status.items() if value is not None}
+    timed_out = decide(observe(spec, [pod(0, "Pending")], status, NOW + timedelta(seconds=60)), CATALOG)
+    assert status_of(timed_out)["gang"]["retries"] == 3 and timed_out.requeue_after == 40.0
+
+
+def test_a_gang_that_ran_once_is_not_timed_out_later() -> None:
+    spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
+    started = decide(observe(spec, [pod(0), pod(1)]), CATALOG)
+    assert status_of(started)["gang"]["started"] is True and started.requeue_after is None
+    later = decide(
+        observe(spec, [pod(0), pod(1, "Pending")], started.status, NOW + timedelta(hours=1)), CATALOG
+    )
+    assert later.delete == () and condition(later, "Admitted")["status"] == "True"
+
+
+# ---------------------------------------------------------------------------------------------- failures
+
+
+def test_replacements_back_off_longer_with_each_restart() -> None:
+    status = status_of(decide(observe(pods=[pod(0), pod(1)]), CATALOG))
+    status.update(restarts=3, lastFailureTime="2025-01-01T12:00:00Z")
+    status = {key: value for key, value in status.items() if value is not None}
+    waiting = decide(observe(pods=[pod(0)], status=status, now=NOW + timedelta(seconds=19)), CATALOG)
+    assert waiting.create == () and waiting.requeue_after == 1.0  # 5 s doubled twice: 20 s
+    assert created_names(
+        decide(observe(pods=[pod(0)], status=status, now=NOW + timedelta(seconds=20)), CATALOG)
+    )
+
+
+def test_an_elastic_job_keeps_training_on_fewer_workers_while_its_minimum_runs() -> None:
+    spec = elastic_spec(replicas=3, minimum=2, maximum=3)
+    decision = decide(observe(spec, pods=[pod(0), pod(1), pod(2, "Failed")], grant=3), CATALOG)
+    assert [failed.name for failed in decision.replace] == ["llama-worker-2"]
+    running = condition(decision, "Running")
+    assert (running["status"], running["reason"]) == ("True", "WorkersRunning")
+
+
+# ---------------------------------------------------------------------------------------------- the handshake's env
+
+
+def test_workers_get_the_checkpoint_endpoint_and_their_jobs_token() -> None:
+    settings_ = ReconcileSettings(
+        checkpoint_url="http://kubefit.kubefit-system.svc:8081", checkpoint_key=b"k"
+    )
+    decision = decide(observe(), CATALOG, settings_)
+    assert decision.worker_set is not None and decision.worker_set.checkpoint is not None
+    assert decision.worker_set.checkpoint.url == "http://kubefit.kubefit-system.svc:8081"
+    assert decision.worker_set.checkpoint.token == checkpoint_token(b"k", "job-uid")
+    assert decide(observe(), CATALOG).worker_set.checkpoint is None  # type: ignore[union-attr]
+
+
+def test_a_finished_job_asks_for_nothing() -> None:
+    failed = decide(observe(raw_spec(runPolicy={"maxRestarts": 0}), pods=[pod(0), pod(1, "Failed")]), CATALOG)
+    assert status_of(failed)["phase"] == "Failed" and failed.demand is None
+    succeeded = decide(observe(pods=[pod(0, "Succeeded"), pod(1, "Succeeded")]), CATALOG)
+    assert status_of(succeeded)["phase"] == "Succeeded" and succeeded.demand is None

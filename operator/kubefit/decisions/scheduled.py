@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from kubefit.api.conditions import ConditionType, JobPhase, Reason
+from kubefit.api.conditions import FINISHED_PHASES, ConditionType, JobPhase, Reason
 from kubefit.api.units import rfc3339
 from kubefit.decisions.conditions import ConditionUpdate, is_true
 from kubefit.decisions.demand import job_demand
@@ -43,7 +43,9 @@ def scheduled(ctx: JobContext) -> Draft:
         draft = _queued(ctx, grant)
     else:
         draft = admitted(ctx, grant)
-    draft.demand = demand
+    # A finished job needs nothing; one that just timed out withholds its demand until the backoff passes.
+    withheld = draft.gang is not None and backoff_left(draft.gang, ctx.now) > 0
+    draft.demand = None if draft.phase in FINISHED_PHASES or withheld else demand
     return draft
 
 
