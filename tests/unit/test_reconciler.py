@@ -11,6 +11,7 @@ import copy
 import json
 import tracemalloc
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, cast
 
 import kopf
@@ -26,15 +27,22 @@ from kubefit.controller.reconciler import (
     BACKOFF_MAX,
     CREATE_BATCH,
     ClusterView,
+    NotifyingBoard,
     Reconciler,
     backoff_seconds,
 )
+from kubefit.decisions.inventory import NodeFacts
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.decisions.observed import WorkerPod
 from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import load_catalog
 
 CATALOG = load_catalog()
+# Room for every job below: the admission queue (controller/scheduler.py) admits what fits.
+NODES = [
+    NodeFacts(f"h{index}", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "8"})
+    for index in range(64)
+]
 NAMESPACE = "team-a"
 KEY = (NAMESPACE, "llama")
 Call = tuple[str, ...]
@@ -50,6 +58,8 @@ def job_manifest(name: str = "llama", replicas: int = 2, **workers: int) -> dict
             "model": {"parameters": "1B"},
             "resources": {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
             "workers": {"replicas": replicas, **workers},
+            # These tests are about write order: workers are removed without the checkpoint handshake.
+            "elastic": {"checkpointGracePeriodSeconds": 0},
         },
     }
 
@@ -142,7 +152,7 @@ class Harness:
                 return []
             return [pod for name, pod in self.kube.pods.items() if name.startswith(f"{key[1]}-worker-")]
 
-        return ClusterView(nodes=lambda: [], usage=lambda: {}, workers=workers)
+        return ClusterView(nodes=lambda: NODES, usage=lambda: {}, workers=workers)
 
     def reconcile(self, trigger: str = "create", key: tuple[str, str] = KEY) -> None:
         self.reconciler.reconcile(key, trigger, self.view())
@@ -171,6 +181,12 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
         harness.reconciler.forget(key)  # cancels retry timers
 
 
+def retrying(harness: Harness) -> bool:
+    """A retry after a failure is scheduled (a timer for the gang timeout may be pending too)."""
+    requeue = harness.reconciler.pending_requeue(KEY)
+    return requeue is not None and requeue.trigger == "retry"
+
+
 def fail_decide(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise error
@@ -181,13 +197,19 @@ def fail_decide(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
 # ---------------------------------------------------------------------------------------------- write order
 
 
-def test_a_new_job_writes_status_then_events_then_pods(harness: Harness) -> None:
+def test_a_new_job_is_queued_admitted_then_writes_status_then_events_then_pods(harness: Harness) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.reconcile()
     assert [call[:2] for call in harness.log] == [
         ("get_job", "llama"),
         ("patch_job_status", "llama"),
         ("event", "Fits"),  # the Sized transition, before any pod write
+        ("event", "Queued"),  # no grant yet: no pod before the scheduling pass admits it
+        ("create_service", "llama"),
+        # The pass (synchronous here) admitted it: the same reconcile goes round once more.
+        ("get_job", "llama"),
+        ("patch_job_status", "llama"),
+        ("event", "Admitted"),
         ("create_service", "llama"),
         ("create_pod", "llama-worker-0"),
         ("create_pod", "llama-worker-1"),
@@ -205,7 +227,8 @@ def test_deletes_come_after_the_transition_events_and_before_creates(harness: Ha
     harness.reconcile()
     calls = [call[:2] for call in harness.log]
     assert calls[:3] == [("get_job", "llama"), ("patch_job_status", "llama"), ("event", "Fits")]
-    assert calls[3] == ("event", "WorkerFailed")
+    # Found with workers (as after an operator restart): admitted with them, no Queued round.
+    assert calls[3:5] == [("event", "Admitted"), ("event", "WorkerFailed")]
     writes = [call for call in calls if call[0] in ("delete_pod", "create_pod")]
     assert writes == [
         ("delete_pod", "llama-worker-2"),  # above replicas
@@ -222,7 +245,13 @@ def test_a_failing_create_keeps_the_transition_events_and_becomes_a_reconcile_er
     harness.kube.jobs["llama"] = job_manifest(replicas=3)
     harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403
     harness.reconcile()  # raises nothing
-    assert [call[1] for call in harness.events()] == ["Fits", "CreatedWorkers", "ReconcileError"]
+    assert [call[1] for call in harness.events()] == [
+        "Fits",
+        "Queued",
+        "Admitted",
+        "CreatedWorkers",
+        "ReconcileError",
+    ]
     assert harness.events("CreatedWorkers")[0][2] == "created llama-worker-0"
     ((_, _, message, event_type),) = harness.events("ReconcileError")
     assert event_type == "Warning"
@@ -248,7 +277,7 @@ def test_once_the_quota_is_gone_the_retry_creates_the_rest_and_clears_the_error(
     harness.reconcile("retry")
     assert sorted(harness.kube.pods) == ["llama-worker-0", "llama-worker-1", "llama-worker-2"]
     assert harness.condition("Ready")["reason"] == "WorkersNotReady"
-    assert harness.reconciler.pending_requeue(KEY) is None  # the success cancelled the retry
+    assert not retrying(harness)  # the success cancelled the retry
     assert len(harness.events("Fits")) == 1  # the transition was told once, not again on the retry
 
 
@@ -332,7 +361,7 @@ def test_backoff_doubles_to_the_cap_and_a_success_resets_it(
     monkeypatch.undo()  # decide works again
     monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
     harness.reconcile("retry")
-    assert harness.reconciler.pending_requeue(KEY) is None
+    assert not retrying(harness)
     assert harness.condition("Ready")["reason"] == "WorkersNotReady"
     fail_decide(monkeypatch, RuntimeError("bug again"))
     harness.reconcile("retry")
@@ -390,9 +419,9 @@ def test_triggers_during_a_reconcile_make_it_go_round_exactly_once_more(harness:
 
 def test_a_trigger_after_the_reconcile_ends_runs_a_new_one(harness: Harness) -> None:
     harness.kube.jobs["llama"] = job_manifest()
-    harness.reconcile()
+    harness.reconcile()  # queued, then admitted: two passes
     harness.reconcile("pod")
-    assert harness.calls("get_job") == [("get_job", "llama")] * 2
+    assert harness.calls("get_job") == [("get_job", "llama")] * 3
 
 
 def test_forget_cancels_the_requeue_timer(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -424,7 +453,7 @@ def test_workers_are_created_in_bounded_batches_each_once(harness: Harness, inde
         elif call[0] == "create_pod":
             per_pass[-1] += 1
     assert max(per_pass) <= CREATE_BATCH
-    assert per_pass[:3] == [CREATE_BATCH, CREATE_BATCH, 20]
+    assert per_pass[:4] == [0, CREATE_BATCH, CREATE_BATCH, 20]  # queued first, then admitted
     created = [call[1] for call in harness.calls("create_pod")]
     assert len(created) == len(set(created)) == workers  # none twice, though the index lags
     assert all(len(event[2].split(", ")) <= CREATE_BATCH for event in harness.events("CreatedWorkers"))
@@ -480,3 +509,44 @@ def test_error_message_of_a_non_json_api_error() -> None:
     error.body = "<html>proxy error</html>"
     assert error_message(error) == "Internal Server Error (HTTP 500)"
     assert error_message(KeyError("containers")) == "KeyError: 'containers'"
+
+
+# ---------------------------------------------------------------------------------------------- handshake
+
+
+def test_a_scale_down_opens_a_checkpoint_request_and_the_last_ack_removes_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log: list[Call] = []
+    monkeypatch.setattr(
+        kopf, "event", lambda body, *, type, reason, message="": log.append(("event", reason))
+    )
+    kube = FakeKube(log)
+    board = NotifyingBoard()
+    reconciler = Reconciler(cast(KubeApi, kube), CATALOG, OperatorMetrics(), board=board)
+    job = job_manifest(replicas=2, maxReplicas=2, minReplicas=1)
+    job["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 600}
+    kube.jobs["llama"] = job
+    view = ClusterView(
+        nodes=lambda: NODES,
+        usage=lambda: {},
+        workers=lambda key: [replace(pod, phase="Running", node_name="h0") for pod in kube.pods.values()],
+    )
+    reconciler.reconcile(KEY, "create", view)
+    assert sorted(kube.pods) == ["llama-worker-0", "llama-worker-1"]
+    assert reconciler.scheduler.snapshot()[KEY].workers == 2
+
+    kube.jobs["llama"]["spec"]["workers"]["replicas"] = 1  # kubectl scale
+    reconciler.reconcile(KEY, "update", view)
+    request = board.current(KEY)
+    assert request is not None  # asked, and waiting: nobody acknowledged yet
+    assert kube.jobs["llama"]["status"]["checkpoint"]["requestId"] == request
+    assert sorted(kube.pods) == ["llama-worker-0", "llama-worker-1"]
+
+    assert board.acknowledge(KEY, request, "llama-worker-0", 120)
+    assert "llama-worker-1" in kube.pods  # one of two
+    assert board.acknowledge(KEY, request, "llama-worker-1", 120)  # the last: reconciled at once
+    assert sorted(kube.pods) == ["llama-worker-0"]
+    assert board.current(KEY) is None  # closed once the removal is done
+    reconciler.forget(KEY)
+    assert board.acknowledged(KEY, request) == {}

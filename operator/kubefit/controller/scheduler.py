@@ -45,7 +45,7 @@ from kubefit.decisions.admission import (
 )
 from kubefit.decisions.inventory import NodeFacts, PodUsage
 from kubefit.decisions.node_match import ANYWHERE, Placement
-from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
 from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import Catalog
 
@@ -57,6 +57,7 @@ DEBOUNCE_SECONDS = 0.05
 DEFAULT_POLICY: AdmissionPolicy = "BestEffortFIFO"
 DEFAULT_HEAD_OF_LINE_TIMEOUT = 300.0
 ADMISSION_TRIGGER = "admission"
+RECOVERED = "Recovered"  # Grant.reason of a job found with workers when this process first saw it
 RECONCILE_THREADS = 4
 
 ReconcileJob = Callable[[JobKey, str, ClusterView], None]
@@ -85,6 +86,18 @@ class _Entry:
 def live_workers(pods: Iterable[WorkerPod]) -> list[WorkerPod]:
     """Workers that hold (or will hold) devices: neither finished nor being deleted."""
     return [pod for pod in pods if pod.index is not None and not pod.terminating and not pod.finished]
+
+
+def _recovered_workers(pods: Iterable[WorkerPod]) -> int:
+    """Workers of a job found running when this process first sees it: the indices of pods not being
+    deleted and not Succeeded (a Failed one is about to be replaced)."""
+    return len(
+        {
+            pod.index
+            for pod in pods
+            if pod.index is not None and not pod.terminating and pod.phase != POD_SUCCEEDED
+        }
+    )
 
 
 def _count(quantity: object) -> int:
@@ -141,15 +154,16 @@ class Scheduler:
     # ------------------------------------------------------------------ what reconciles tell it
 
     def grant(self, key: JobKey, pods: Sequence[WorkerPod]) -> Grant:
-        """The job's grant for its reconcile; the first time a job with live workers is seen (operator
-        restart), it is taken as admitted with those workers."""
+        """The job's grant for its reconcile; the first time a job with workers is seen (operator restart),
+        it is taken as admitted with those workers (a failed one awaiting its replacement included, so
+        that a restart of the operator restarts no gang)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None and key not in self._seen:
                 self._seen.add(key)
-                live = len(live_workers(pods))
-                if live:
-                    entry = self._entries[key] = _Entry(demand=None, granted=live, reason="Recovered")
+                workers = _recovered_workers(pods)
+                if workers:
+                    entry = self._entries[key] = _Entry(demand=None, granted=workers, reason=RECOVERED)
             self._seen.add(key)
             if entry is None:
                 return Grant(None)
