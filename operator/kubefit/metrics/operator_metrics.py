@@ -84,6 +84,11 @@ class OperatorMetrics:
             [*_JOB, "accelerator"],
             registry=self.registry,
         )
+        self._add_queue_metrics()
+        self._lock = threading.Lock()
+        self._sized_labels: dict[JobKey, tuple[str, str]] = {}  # job -> (accelerator, resource) in use
+
+    def _add_queue_metrics(self) -> None:
         self.queued_jobs = Gauge(
             "kubefit_queued_jobs", "TrainingJobs waiting for admission.", registry=self.registry
         )
@@ -96,8 +101,6 @@ class OperatorMetrics:
             ["direction"],
             registry=self.registry,
         )
-        self._lock = threading.Lock()
-        self._sized_labels: dict[JobKey, tuple[str, str]] = {}  # job -> (accelerator, resource) in use
 
     @contextmanager
     def reconciling(self, trigger: str) -> Iterator[None]:
