@@ -27,7 +27,7 @@ def decision_for(accelerator: str = "nvidia-h100-80gb", running: int = 2) -> Dec
         WorkerPod(f"llama-worker-{i}", i, f"uid-{i}", "Running", "n", False, "job") for i in range(running)
     ]
     observation = JobObservation(
-        JobRef("llama", "team-a", "job"), 1, spec, {}, pods, [], datetime(2025, 1, 1, tzinfo=UTC)
+        JobRef("llama", "team-a", "job"), 1, spec, {}, pods, [], datetime(2025, 1, 1, tzinfo=UTC), grant=4096
     )
     return decide(observation, CATALOG)
 
