@@ -170,6 +170,7 @@ class PoolNodes:
     accelerator: str | None
     nodes: int = 1
     per_node: int = 8
+    processes: bool = False  # the node agent runs their pods as local processes (docs/sandbox.md)
 
 
 DEFAULT_POOL = (PoolNodes("nvidia-h100-80gb", nodes=2, per_node=8),)
@@ -208,7 +209,8 @@ def example_pool_shapes() -> tuple[NodePool, ...]:
 def _node_pool(shape: PoolNodes | NodePool, pool_name: str, label: str) -> NodePool:
     """The shape as a NodePool named `pool_name` that carries the private label and taint."""
     if isinstance(shape, PoolNodes):
-        raw: dict[str, Any] = {"name": pool_name, "accelerator": shape.accelerator, "nodes": shape.nodes}
+        raw: dict[str, Any] = {"name": pool_name, "accelerator": shape.accelerator, "nodes": shape.nodes,
+                               "processes": shape.processes}  # fmt: skip
         if shape.accelerator is not None:
             raw["acceleratorsPerNode"] = shape.per_node
         shape = parse_pool({**raw, "cpu": 96, "memory": "1Ti"}, f"private pool {pool_name}", load_catalog())
