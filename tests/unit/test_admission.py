@@ -460,3 +460,23 @@ def test_no_node_is_over_committed_and_every_admitted_job_keeps_its_minimum(
             assert grant >= floor and sum(result.placement[demand.key].values()) == grant
         else:
             assert grant == 0 and demand.key in result.waiting
+
+
+def test_a_shrink_frees_the_highest_indices_where_they_really_are() -> None:
+    """decide removes the highest worker indices first; the plan counts the devices those free."""
+    high = gang("high", 1, per_worker=8, priority=10)
+
+    def shrink_for_high(nodes_by_index: tuple[str, ...], min_workers: int) -> AdmissionPlan:
+        demand = job("low", per_worker=4, min_workers=min_workers, want=4, priority=0)
+        placed = dict(Counter(nodes_by_index))
+        return plan([high], [Holding(demand, 4, placed, nodes_by_index)], nodes(2))
+
+    grouped = shrink_for_high(("node-0", "node-0", "node-1", "node-1"), min_workers=2)
+    assert grouped.grants == {key("high"): 1, key("low"): 2}
+    # Spread by the scheduler: removing workers 3 and 2 frees half of each node, which holds no 8-GPU
+    # worker; the plan does not pretend it does.
+    spread = ("node-0", "node-1", "node-0", "node-1")
+    assert shrink_for_high(spread, min_workers=2).grants == {key("high"): 0, key("low"): 4}
+    # With a lower minimum, workers 3, 2 and 1 go (worker 2 frees nothing useful but is above worker 1).
+    deeper = shrink_for_high(spread, min_workers=1)
+    assert deeper.grants == {key("high"): 1, key("low"): 1}

@@ -74,6 +74,9 @@ class Holding:
     demand: Demand
     granted: int  # workers currently granted (its target)
     placed: Mapping[str, int]  # node name -> its worker pods bound there (non-terminating)
+    # The node of each bound worker, lowest index first. Given, a shrink frees workers the way decide
+    # removes them (highest index first), so the devices it counts on are the ones that really come free.
+    nodes_by_index: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class _Job:
     lost: int = 0  # granted workers that lost their place (capacity went away)
     shrunk_for: JobKey | None = None
     preempted_for: JobKey | None = None
+    removal_order: tuple[str, ...] = ()  # bound workers' nodes, the first removed first (highest index)
 
     @property
     def key(self) -> JobKey:
@@ -221,6 +225,7 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
     for holding in admitted:
         demand = holding.demand
         job = _Job(demand, cluster.nodes_for(demand), max(holding.granted, 0), admitted=True)
+        job.removal_order = tuple(reversed(holding.nodes_by_index))
         for node, workers in sorted(holding.placed.items()):
             if workers > 0 and cluster.accelerator_of.get(node) == demand.accelerator:
                 job.bound[node] = workers
@@ -314,22 +319,39 @@ class _Trial:
 
 
 def _shrink(trial: _Trial, other: _Job) -> None:
-    """Take workers of `other` off the trial's nodes, one at a time, until the job fits or `other` is at its
-    minimum: reserved places first (no pod to remove), each time on the node with the most free devices."""
-    pools = [
-        (True, {n: c for n, c in other.reserved.items() if n in trial.free}),
-        (False, {n: c for n, c in other.bound.items() if n in trial.free}),
-    ]
+    """Take workers of `other` off, one at a time, until the job fits or `other` is at its minimum: reserved
+    places first (no pod to remove), each on the trial's node with the most free devices; then bound
+    workers, in the order decide removes them (highest index first) when that order is known."""
     room = other.grant - other.floor
-    for from_reserved, pool in pools:
-        while room > 0 and pool and not trial.fits:
-            node = max(pool, key=lambda name: (trial.free[name], name))
-            pool[node] -= 1
-            if not pool[node]:
-                del pool[node]
-            trial.change(node, other.demand.per_worker)
-            trial.removals.append((other, node, from_reserved))
-            room -= 1
+    reserved = {n: c for n, c in other.reserved.items() if n in trial.free}
+    room = _take_by_room(trial, other, reserved, room, from_reserved=True)
+    if other.removal_order:
+        _take_in_order(trial, other, room)
+    else:
+        bound = {n: c for n, c in other.bound.items() if n in trial.free}
+        _take_by_room(trial, other, bound, room, from_reserved=False)
+
+
+def _take_by_room(trial: _Trial, other: _Job, pool: dict[str, int], room: int, from_reserved: bool) -> int:
+    while room > 0 and pool and not trial.fits:
+        node = max(pool, key=lambda name: (trial.free[name], name))
+        pool[node] -= 1
+        if not pool[node]:
+            del pool[node]
+        trial.change(node, other.demand.per_worker)
+        trial.removals.append((other, node, from_reserved))
+        room -= 1
+    return room
+
+
+def _take_in_order(trial: _Trial, other: _Job, room: int) -> None:
+    """Bound workers, highest index first; one on a node the job cannot use still goes (decide removes it
+    all the same), and frees nothing for the trial."""
+    for node in other.removal_order[: max(room, 0)]:
+        if trial.fits:
+            return
+        trial.change(node, other.demand.per_worker)
+        trial.removals.append((other, node, False))
 
 
 def _preempt(trial: _Trial, victim: _Job) -> None:
@@ -356,15 +378,18 @@ def _trim(trial: _Trial) -> None:
         else:
             for node, devices in freed.items():
                 trial.change(node, devices)
+    needed: set[_Job] = set()  # jobs removed in index order: only their lowest removals can go back
     for removal in reversed(list(trial.removals)):
         other, node, _ = removal
-        if other in trial.victims:
+        if other in trial.victims or other in needed:
             continue
         trial.change(node, -other.demand.per_worker)
         if trial.fits:
             trial.removals.remove(removal)
         else:
             trial.change(node, other.demand.per_worker)
+            if other.removal_order:
+                needed.add(other)
 
 
 def _lower(jobs: Sequence[_Job], job: _Job) -> list[_Job]:
