@@ -1,4 +1,4 @@
-"""`kubefit-sandbox build|up|down|status|env|kubectl|tools|node`: argument parsing and output only.
+"""`kubefit-sandbox build|up|down|status|env|kubectl|tools|node|logs`: argument parsing and output only.
 
 The work is done in kubefit_sandbox (controlplane, nodeagent, nodes, binaries); this module turns its
 results and errors into printed lines and exit statuses.
@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from kubefit_sandbox.kubeclient import core_api, new_api_client, response_json
 from kubefit_sandbox.nodeagent import start_agent, stop_agent
 from kubefit_sandbox.nodes import NodeRequest, NodeRequestError, add_nodes, list_sandbox_nodes, remove_node
 from kubefit_sandbox.podstatus import TERMINAL_PHASES
+from kubefit_sandbox.processpods import EXIT_FILE, LOG_FILE, latest_run
 
 PROG = "kubefit-sandbox"
 DEFAULT_CLUSTER_FILE = Path("examples/sandbox/cluster.yaml")
@@ -171,6 +173,7 @@ def _node_add(args: argparse.Namespace) -> int:
         nodes=args.nodes,
         cpu=args.cpu,
         memory=args.memory,
+        processes=args.processes,
     )
 
     def action(core: Any) -> int:
@@ -249,6 +252,12 @@ def add_node_commands(subparsers: Any) -> None:
     add.add_argument("--nodes", type=int, default=1, help="how many nodes to add (default 1)")
     add.add_argument("--cpu", default=None, help="CPU capacity, e.g. 96 (default: the pool's)")
     add.add_argument("--memory", default=None, help="memory capacity, e.g. 1Ti (default: the pool's)")
+    add.add_argument(
+        "--processes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the node's pods as local processes (default: as the pool's nodes do; docs/sandbox.md)",
+    )
     add.set_defaults(handler=_node_add)
 
     remove = actions.add_parser("remove", help="delete simulated node(s) and the pods bound to them")
@@ -257,6 +266,53 @@ def add_node_commands(subparsers: Any) -> None:
 
     listing = actions.add_parser("list", help="list the simulated nodes")
     listing.set_defaults(handler=_node_list)
+
+
+# ---------------------------------------------------------------------------------------------
+# `kubefit-sandbox logs NAMESPACE/POD [--follow]`
+# ---------------------------------------------------------------------------------------------
+
+FOLLOW_POLL_S = 0.2
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir:
+        return Path(args.state_dir)
+    from kubefit_sandbox.controlplane import default_state_dir
+
+    return Path(default_state_dir())
+
+
+def _copy_new_output(log_file: Any) -> bool:
+    chunk = log_file.read()
+    if chunk:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+    return bool(chunk)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    namespace, _, pod = args.pod.partition("/")
+    if not namespace or not pod:
+        print(f"{PROG} logs: give the pod as NAMESPACE/POD, got {args.pod!r}", file=sys.stderr)
+        return 2
+    state_dir = _state_dir(args)
+    run = latest_run(state_dir, namespace, pod)
+    if run is None:
+        print(
+            f"{PROG} logs: no process ran for pod {namespace}/{pod} in {state_dir} (only pods on "
+            "`processes: true` nodes have logs)",
+            file=sys.stderr,
+        )
+        return 1
+    with open(run / LOG_FILE, "rb") as log_file:
+        _copy_new_output(log_file)
+        # --follow: until the process has exited and its last output is printed (or Ctrl-C).
+        while args.follow and not (run / EXIT_FILE).exists():
+            if not _copy_new_output(log_file):
+                time.sleep(FOLLOW_POLL_S)
+        _copy_new_output(log_file)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     kubectl.set_defaults(handler=_kubectl)
 
     add_node_commands(actions)
+
+    logs = actions.add_parser("logs", help="print a process pod's output (stdout and stderr)")
+    logs.add_argument("pod", metavar="NAMESPACE/POD")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the process exits")
+    logs.set_defaults(handler=_logs)
     return parser
 
 

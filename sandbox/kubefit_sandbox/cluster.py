@@ -5,6 +5,10 @@ A cluster file (see examples/sandbox/cluster.yaml) lists pools of identical node
     pools:
     - {name: h100, accelerator: nvidia-h100-80gb, nodes: 2, acceleratorsPerNode: 8, cpu: 96, memory: 1Ti}
     - {name: cpu, nodes: 1, cpu: 16, memory: 64Gi}          # no accelerator: a CPU-only node
+    - {name: l4-run, accelerator: nvidia-l4, nodes: 3, acceleratorsPerNode: 1, processes: true}
+
+`processes: true` makes a pool's nodes run each pod's command as a real local process
+(kubefit_sandbox.podprocess); other pools only simulate their pods.
 
 Everything here is pure (no API calls) so that it can be unit-tested; kubefit_sandbox.nodes creates
 the nodes and kubefit_sandbox.nodeagent keeps them alive.
@@ -27,6 +31,8 @@ from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
 POOL_LABEL = "kubefit.dev/sandbox-pool"
 # The catalog name of the node's accelerator ("none" on CPU-only nodes), read by `node list` and `node add`.
 ACCELERATOR_LABEL = "kubefit.dev/sandbox-accelerator"
+# "true" on the nodes of a pool with `processes: true`: the node agent runs their pods as local processes.
+PROCESSES_LABEL = "kubefit.dev/sandbox-processes"
 NO_ACCELERATOR = "none"
 
 # Taint the API server's admission plugin (TaintNodesByCondition) puts on every new Node; a real kubelet
@@ -61,6 +67,7 @@ _POOL_FIELDS = {
     "instanceType",
     "labels",
     "taints",
+    "processes",
 }
 
 
@@ -81,6 +88,7 @@ class NodePool:
     instance_type: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     taints: tuple[Mapping[str, str], ...] = ()
+    processes: bool = False  # run pods as local processes (docs/sandbox.md, "Real processes")
 
     @property
     def accelerator_name(self) -> str:
@@ -227,8 +235,12 @@ def parse_pool(raw: Any, where: str, catalog: Catalog) -> NodePool:
     if not isinstance(instance_type, str):
         raise ClusterConfigError(f"{where}.instanceType must be a string")
     labels = _string_map(raw.get("labels"), f"{where}.labels")
-    if POOL_LABEL in labels:
-        raise ClusterConfigError(f"{where}.labels.{POOL_LABEL} is set by the sandbox from the pool name")
+    for reserved in (POOL_LABEL, PROCESSES_LABEL):
+        if reserved in labels:
+            raise ClusterConfigError(f"{where}.labels.{reserved} is set by the sandbox, not the cluster file")
+    processes = raw.get("processes", False)
+    if not isinstance(processes, bool):
+        raise ClusterConfigError(f"{where}.processes must be true or false, got {processes!r}")
     return NodePool(
         name=name,
         accelerator=accelerator,
@@ -241,6 +253,7 @@ def parse_pool(raw: Any, where: str, catalog: Catalog) -> NodePool:
         instance_type=instance_type,
         labels=labels,
         taints=_taints(raw.get("taints"), f"{where}.taints"),
+        processes=processes,
     )
 
 
@@ -309,6 +322,8 @@ def node_labels(pool: NodePool, node_name: str) -> dict[str, str]:
     labels.update(pool.labels)
     labels[POOL_LABEL] = pool.name
     labels[ACCELERATOR_LABEL] = pool.accelerator_name
+    if pool.processes:
+        labels[PROCESSES_LABEL] = "true"
     return labels
 
 

@@ -11,6 +11,9 @@ the label `kubefit.dev/sandbox-pool`:
   exit code (restartPolicy is not simulated: the containers are never restarted);
 * a pod being deleted is removed (grace 0, since no kubelet confirms) when its grace period ends, or
   sooner if `sandbox.kubefit.dev/shutdown-seconds: "<s>"` says its containers stop faster on SIGTERM;
+* on the nodes of a `processes: true` pool (label kubefit.dev/sandbox-processes=true), pods are not
+  simulated: each runs as a local process (kubefit_sandbox.processpods; the annotations above do not
+  apply there);
 * when one of its nodes is deleted, the pods bound to it are deleted at once (the controller manager's
   pod GC would do it too, but only after its 40 s quarantine: quarantineTime in Kubernetes'
   pkg/controller/podgc/gc_controller.go).
@@ -41,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubefit_sandbox.cluster import POOL_LABEL, load_cluster_config
+from kubefit_sandbox.cluster import POOL_LABEL, PROCESSES_LABEL, load_cluster_config
 from kubefit_sandbox.errors import NodeAgentError
 from kubefit_sandbox.kubeclient import WatchExpired, core_api, new_api_client, response_json, watch_events
 from kubefit_sandbox.locks import exclusive_lock, try_exclusive_lock
@@ -60,6 +63,7 @@ from kubefit_sandbox.podstatus import (
     rfc3339,
     running_status_patch,
 )
+from kubefit_sandbox.processpods import ProcessNode, ProcessPods
 
 HEARTBEAT_INTERVAL_S = 20.0
 NODE_LEASE_NAMESPACE = "kube-node-lease"
@@ -98,6 +102,7 @@ class ManagedNode:
     uid: str
     internal_ip: str
     pod_cidr: str
+    processes: bool = False  # its pods run as local processes
 
 
 def _managed_node(node: Mapping[str, Any]) -> ManagedNode | None:
@@ -110,7 +115,8 @@ def _managed_node(node: Mapping[str, Any]) -> ManagedNode | None:
             "node %s has no InternalIP or podCIDR: not a node this agent can run pods on", metadata["name"]
         )
         return None
-    return ManagedNode(metadata["name"], metadata.get("uid", ""), internal_ip, spec["podCIDR"])
+    processes = (metadata.get("labels") or {}).get(PROCESSES_LABEL) == "true"
+    return ManagedNode(metadata["name"], metadata.get("uid", ""), internal_ip, spec["podCIDR"], processes)
 
 
 class KeyedTimers:
@@ -161,7 +167,9 @@ class NodeAgent:
         kubeconfig: str | Path,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         ready_file: str | Path | None = None,
+        state_dir: str | Path | None = None,
     ) -> None:
+        """state_dir (default: the working directory) holds the process pods' directories."""
         self.ready_file = Path(ready_file) if ready_file else None
         self.kubeconfig = Path(kubeconfig)
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -171,6 +179,7 @@ class NodeAgent:
         self._nodes_synced = threading.Event()
         self._ips = PodIPAllocator()
         self._timers = KeyedTimers()
+        self._processes = ProcessPods(Path(state_dir or "."), self._new_core, self._ips, self._timers)
         self._reported_invalid: set[tuple[str, str]] = set()
         self._last_contact = time.monotonic()
 
@@ -186,6 +195,7 @@ class NodeAgent:
             threading.Thread(target=target, name=name, daemon=True).start()
         self._timers.schedule("heartbeat", self.heartbeat_interval_s, self._heartbeat)
         self._timers.run(self.stop_event)
+        self._processes.stop_all()
         log.info("node agent stopped")
 
     def stop(self) -> None:
@@ -369,6 +379,7 @@ class NodeAgent:
             pod = event["object"]
             if event["type"] == "DELETED":
                 uid = pod["metadata"]["uid"]
+                self._processes.pod_deleted(pod)
                 self._ips.release(uid)
                 self._timers.cancel(f"delete/{uid}")
             else:
@@ -380,45 +391,49 @@ class NodeAgent:
         from kubernetes import client
 
         metadata = pod["metadata"]
-        namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
         with self._nodes_lock:
             node = self._nodes.get(pod["spec"].get("nodeName", ""))
         if node is None:
             return
-        self._ips.observe(uid, (pod.get("status") or {}).get("podIP"))
-        seen = time.monotonic()
-        action = decide(pod, datetime.now(UTC))
+        self._ips.observe(metadata["uid"], (pod.get("status") or {}).get("podIP"))
         try:
-            if action.kind == "run":
-                pod_ip = self._ips.allocate(uid, node.pod_cidr)
-                core.patch_namespaced_pod_status(
-                    name, namespace, running_status_patch(pod, node.internal_ip, pod_ip, rfc3339())
-                )
-                took_ms = (time.monotonic() - seen) * 1000
-                log.info(
-                    "pod %s/%s on %s: Running (%s), %.1f ms after seen",
-                    namespace,
-                    name,
-                    node.name,
-                    pod_ip,
-                    took_ms,
-                )
-            elif action.kind == "exit":
-                assert action.exit_code is not None
-                pod_ip = self._ips.allocate(uid, node.pod_cidr)
-                patch = exited_status_patch(pod, action.exit_code, node.internal_ip, pod_ip, rfc3339())
-                core.patch_namespaced_pod_status(name, namespace, patch)
-                log.info("pod %s/%s on %s: %s (exit code %d)", namespace, name, node.name,
-                         patch["status"]["phase"], action.exit_code)  # fmt: skip
-            elif action.kind == "delete":
-                assert action.delete_at is not None
-                delay = (action.delete_at - datetime.now(UTC)).total_seconds()
-                self._timers.schedule(f"delete/{uid}", delay, lambda: self._delete_now(namespace, name, uid))
-            elif action.kind == "invalid":
-                self._report_invalid(core, pod, node.name, action.message)
+            if node.processes:
+                self._processes.pod_changed(core, pod, ProcessNode(node.name, node.internal_ip))
+            else:
+                self._simulate(core, pod, node)
         except client.ApiException as exc:
             if exc.status != 404:  # deleted while we acted: nothing to do
-                log.warning("pod %s/%s: %s %s: %s", namespace, name, action.kind, exc.status, exc.body)
+                log.warning(
+                    "pod %s/%s: %s: %s", metadata["namespace"], metadata["name"], exc.status, exc.body
+                )
+
+    def _simulate(self, core: Any, pod: Mapping[str, Any], node: ManagedNode) -> None:
+        """A pod on a simulated node: Running at once, ended by its exit annotation (module docstring)."""
+        metadata = pod["metadata"]
+        namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+        seen = time.monotonic()
+        action = decide(pod, datetime.now(UTC))
+        if action.kind == "run":
+            pod_ip = self._ips.allocate(uid, node.pod_cidr)
+            core.patch_namespaced_pod_status(
+                name, namespace, running_status_patch(pod, node.internal_ip, pod_ip, rfc3339())
+            )
+            took_ms = (time.monotonic() - seen) * 1000
+            log.info("pod %s/%s on %s: Running (%s), %.1f ms after seen", namespace, name, node.name, pod_ip,
+                     took_ms)  # fmt: skip
+        elif action.kind == "exit":
+            assert action.exit_code is not None
+            pod_ip = self._ips.allocate(uid, node.pod_cidr)
+            patch = exited_status_patch(pod, action.exit_code, node.internal_ip, pod_ip, rfc3339())
+            core.patch_namespaced_pod_status(name, namespace, patch)
+            log.info("pod %s/%s on %s: %s (exit code %d)", namespace, name, node.name,
+                     patch["status"]["phase"], action.exit_code)  # fmt: skip
+        elif action.kind == "delete":
+            assert action.delete_at is not None
+            delay = (action.delete_at - datetime.now(UTC)).total_seconds()
+            self._timers.schedule(f"delete/{uid}", delay, lambda: self._delete_now(namespace, name, uid))
+        elif action.kind == "invalid":
+            self._report_invalid(core, pod, node.name, action.message)
 
     def _delete_now(self, namespace: str, name: str, uid: str) -> None:
         if delete_pod_now(self._new_core(), namespace, name, uid):
@@ -522,6 +537,7 @@ def _spawn_agent(state_dir: Path, kubeconfig: Path) -> int:
     ready_file = state_dir / AGENT_READY_FILE
     ready_file.unlink(missing_ok=True)
     command += ["--lock-file", str(state_dir / AGENT_LOCK_FILE), "--ready-file", str(ready_file)]
+    command += ["--state-dir", str(state_dir)]
     with open(log_path, "ab") as log_file:
         # Own session: it outlives `kubefit-sandbox up` and its terminal's signals.
         process = subprocess.Popen(
@@ -596,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-seconds", type=float, default=HEARTBEAT_INTERVAL_S)
     parser.add_argument("--lock-file", help="held while running; a second agent with the same file exits")
     parser.add_argument("--ready-file", help="written with the agent's PID once it has listed nodes and pods")
+    parser.add_argument(
+        "--state-dir", default=".", help="the sandbox's state dir (process pods run under it)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
     # urllib3 logs each of its own connection retries; the agent's one line per failed attempt is enough.
@@ -610,7 +629,10 @@ def main(argv: list[str] | None = None) -> int:
         os.ftruncate(lock, 0)
         os.write(lock, f"{os.getpid()}\n".encode())
     agent = NodeAgent(
-        args.kubeconfig, heartbeat_interval_s=args.heartbeat_seconds, ready_file=args.ready_file
+        args.kubeconfig,
+        heartbeat_interval_s=args.heartbeat_seconds,
+        ready_file=args.ready_file,
+        state_dir=args.state_dir,
     )
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())

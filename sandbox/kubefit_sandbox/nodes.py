@@ -21,6 +21,7 @@ from kubefit_sandbox.cluster import (
     NO_ACCELERATOR,
     NOT_READY_TAINT_KEY,
     POOL_LABEL,
+    PROCESSES_LABEL,
     ClusterConfig,
     ClusterConfigError,
     NodePool,
@@ -125,6 +126,7 @@ def _pool_from_node(node: Mapping[str, Any], catalog: Catalog) -> NodePool:
         "ephemeralStorage": capacity.get("ephemeral-storage", DEFAULT_EPHEMERAL_STORAGE),
         "pods": int(capacity.get("pods", DEFAULT_MAX_PODS)),
         "instanceType": labels.get("node.kubernetes.io/instance-type"),
+        "processes": labels.get(PROCESSES_LABEL) == "true",
     }
     return parse_pool(
         {k: v for k, v in raw.items() if v is not None}, f"node {node['metadata']['name']}", catalog
@@ -160,6 +162,7 @@ class NodeRequest:
     nodes: int = 1
     cpu: str | int | None = None
     memory: str | None = None
+    processes: bool | None = None  # run pods as local processes (default: as the pool's nodes do)
 
 
 class NodeRequestError(NodeAgentError):
@@ -228,8 +231,10 @@ def _pool_for(
             memory=template.memory,
             ephemeralStorage=template.ephemeral_storage,
             pods=template.pods,
+            processes=template.processes,
         )
-    overrides = {"acceleratorsPerNode": request.count, "cpu": request.cpu, "memory": request.memory}
+    overrides = {"acceleratorsPerNode": request.count, "cpu": request.cpu, "memory": request.memory,
+                 "processes": request.processes}  # fmt: skip
     raw.update({key: value for key, value in overrides.items() if value is not None})
     try:
         return parse_pool({k: v for k, v in raw.items() if v is not None}, "node add", catalog)

@@ -197,9 +197,13 @@ def running_status_patch(pod: Mapping[str, Any], host_ip: str, pod_ip: str, now:
 
 
 def exited_status_patch(
-    pod: Mapping[str, Any], exit_code: int, host_ip: str, pod_ip: str, now: str
+    pod: Mapping[str, Any], exit_code: int, host_ip: str, pod_ip: str, now: str, message: str | None = None
 ) -> dict[str, Any]:
-    """The status patch for a pod whose containers all exited with `exit_code` (0 -> Succeeded)."""
+    """The status patch for a pod whose containers all exited with `exit_code` (0 -> Succeeded).
+
+    `message` (why it ended, e.g. a command that could not start) goes into the containers' terminated
+    state.
+    """
     if not 0 <= exit_code <= 255:
         raise ValueError(f"exit code {exit_code} is outside 0..255")
     if not pod.get("spec", {}).get("containers"):
@@ -217,6 +221,8 @@ def exited_status_patch(
             "finishedAt": now,
             "containerID": _container_id(pod, container["name"]),
         }
+        if message:
+            terminated["message"] = message
         containers.append(_container_status(pod, container, {"terminated": terminated}, ready=False))
     patch: dict[str, Any] = {
         "phase": "Succeeded" if succeeded else "Failed",
@@ -232,6 +238,24 @@ def exited_status_patch(
     if init_statuses:
         patch["initContainerStatuses"] = init_statuses
     return {"status": patch}
+
+
+def waiting_status_patch(pod: Mapping[str, Any], reason: str, message: str, now: str) -> dict[str, Any]:
+    """A pod whose containers cannot be created (the kubelet's CreateContainerConfigError): Pending, with
+    the reason and message in every container's waiting state."""
+    if not pod.get("spec", {}).get("containers"):
+        raise ValueError("pod has no spec.containers")
+    waiting = {"waiting": {"reason": reason, "message": message}}
+    return {
+        "status": {
+            "phase": "Pending",
+            "conditions": _conditions(pod, now, ready=False, reason="ContainersNotReady"),
+            "containerStatuses": [
+                _container_status(pod, container, waiting, ready=False)
+                for container in pod["spec"]["containers"]
+            ],
+        }
+    }
 
 
 class PodIPAllocator:
@@ -257,6 +281,21 @@ class PodIPAllocator:
                     self._by_pod[pod_uid] = str(host)
                     return str(host)
         raise NodeAgentError(f"no free pod IP left in {pod_cidr}")
+
+    def claim(self, pod_uid: str, preferred_ip: str, fallback_cidr: str) -> str:
+        """`preferred_ip` for the pod unless another pod holds it; else the first free one of fallback_cidr."""
+        with self._lock:
+            if pod_uid in self._by_pod:
+                return self._by_pod[pod_uid]
+            used = set(self._by_pod.values())
+            if preferred_ip not in used:
+                self._by_pod[pod_uid] = preferred_ip
+                return preferred_ip
+            for host in ipaddress.ip_network(fallback_cidr).hosts():
+                if str(host) not in used:
+                    self._by_pod[pod_uid] = str(host)
+                    return str(host)
+        raise NodeAgentError(f"no free pod IP left in {fallback_cidr}")
 
     def release(self, pod_uid: str) -> None:
         with self._lock:

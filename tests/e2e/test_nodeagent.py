@@ -29,7 +29,9 @@ from kubefit_sandbox.controlplane import Sandbox
 from kubefit_sandbox.kubeclient import new_api_client, watch_events
 from kubefit_sandbox.nodeagent import AGENT_LOCK_FILE, running_agent_pid, start_agent, stop_agent
 from kubefit_sandbox.nodes import NodeRequest, add_nodes, remove_node
+from kubefit_sandbox.podprocess import pod_loopback_ip
 from kubefit_sandbox.podstatus import EXIT_ANNOTATION, SHUTDOWN_ANNOTATION, parse_rfc3339
+from kubefit_sandbox.processpods import latest_run
 
 pytestmark = pytest.mark.e2e
 
@@ -490,3 +492,132 @@ def test_a_second_agent_for_the_same_sandbox_exits(sandbox: Sandbox) -> None:
     assert "another node agent holds" in (second.stderr.read() if second.stderr else "")
     assert running_agent_pid(sandbox.state_dir) == running
     assert lock.read_text().strip() == str(running)  # the loser did not overwrite the holder's PID
+
+
+# ---------------------------------------------------------------------------------------------
+# Process mode: pods on a `processes: true` pool run as local processes
+# ---------------------------------------------------------------------------------------------
+
+PRINT_ENV = (
+    "import os, pathlib, socket\n"
+    "for name in ('GREETING', 'COMBINED', 'POD_NAME', 'POD_NAMESPACE', 'POD_IP', 'PEER', 'HOSTNAME'):\n"
+    "    print(f'{name}={os.environ.get(name)}')\n"
+    "print('cwd=' + os.getcwd())\n"
+    "print('python=' + os.popen('command -v python').read().strip())\n"
+)
+
+
+@pytest.fixture
+def process_pool(sandbox: Sandbox, core: client.CoreV1Api) -> Iterator[PrivatePool]:
+    """A CPU-only node whose pods the agent runs as local processes; only pinned pods land there."""
+    pool = create_private_pool(sandbox, PoolNodes(None, nodes=1, processes=True))
+    try:
+        yield pool
+    finally:
+        remove_private_pool(sandbox, pool)
+
+
+def process_pod(name: str, pool: PrivatePool, command: list[str], **spec: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "main", "image": "python:3.11-slim", "command": command}
+    container["env"] = spec.pop("env", [])
+    pod_spec = {"containers": [container], "restartPolicy": "Never", **spec}
+    return {"metadata": {"name": name}, "spec": pool.pin_pod_spec(pod_spec)}
+
+
+def sandbox_cli(sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "kubefit_sandbox.cli", "--state-dir", str(sandbox.state_dir), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def terminated_state(pod: dict[str, Any]) -> dict[str, Any]:
+    return pod["status"]["containerStatuses"][0]["state"]["terminated"]
+
+
+def test_process_pod_runs_its_command_with_the_pod_env_and_its_log_is_readable(
+    sandbox: Sandbox, core: client.CoreV1Api, namespace: str, process_pool: PrivatePool
+) -> None:
+    env = [
+        {"name": "GREETING", "value": "hello"},
+        {"name": "COMBINED", "value": "$(GREETING)-world"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "PEER", "value": f"http://job-worker-1.job.{namespace}.svc:29500/x"},
+    ]
+    manifest = process_pod("printer", process_pool, ["python", "-c", PRINT_ENV], env=env,
+                           hostname="job-worker-0", subdomain="job")  # fmt: skip
+    core.create_namespaced_pod(namespace, manifest)
+    pod = wait_phase(core, namespace, "printer", "Succeeded", timeout=60)
+    pod_ip = pod["status"]["podIP"]
+    assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network("127.128.0.0/9"), pod_ip
+    assert pod_ip == pod_loopback_ip(namespace, "printer", "job-worker-0", "job")
+    assert terminated_state(pod)["exitCode"] == 0 and terminated_state(pod)["reason"] == "Completed"
+
+    result = sandbox_cli(sandbox, "logs", f"{namespace}/printer")
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    peer_ip = pod_loopback_ip(namespace, "job-worker-1", "job-worker-1", "job")
+    assert lines["GREETING"] == "hello" and lines["COMBINED"] == "hello-world"
+    assert lines["POD_NAME"] == "printer" and lines["POD_NAMESPACE"] == namespace
+    assert lines["POD_IP"] == pod_ip and lines["HOSTNAME"] == "job-worker-0"
+    assert lines["PEER"] == f"http://{peer_ip}:29500/x"
+    run = latest_run(sandbox.state_dir, namespace, "printer")
+    assert run is not None and lines["cwd"] == str(run / "work")
+    assert lines["python"] == str(Path(sys.executable).parent / "python")
+
+
+def test_process_exit_code_fails_the_pod(
+    sandbox: Sandbox, core: client.CoreV1Api, namespace: str, process_pool: PrivatePool
+) -> None:
+    code = "import sys; print('about to fail', flush=True); sys.exit(3)"
+    core.create_namespaced_pod(namespace, process_pod("failing", process_pool, ["python", "-c", code]))
+    pod = wait_phase(core, namespace, "failing", "Failed", timeout=60)
+    assert terminated_state(pod)["exitCode"] == 3 and terminated_state(pod)["reason"] == "Error"
+    assert "about to fail" in sandbox_cli(sandbox, "logs", f"{namespace}/failing").stdout
+
+
+def test_deleted_process_pod_gets_sigterm_within_its_grace_period(
+    sandbox: Sandbox, core: client.CoreV1Api, namespace: str, process_pool: PrivatePool
+) -> None:
+    code = (
+        "import pathlib, signal, sys, time\n"
+        "def stop(signum, frame):\n"
+        "    pathlib.Path('got-sigterm').write_text('yes')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('waiting', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    manifest = process_pod("sleeper", process_pool, ["python", "-c", code], terminationGracePeriodSeconds=30)
+    core.create_namespaced_pod(namespace, manifest)
+    wait_phase(core, namespace, "sleeper", "Running", timeout=60)
+    wait_for(
+        "the process to start",
+        lambda: "waiting" in sandbox_cli(sandbox, "logs", f"{namespace}/sleeper").stdout,
+    )
+    started = time.monotonic()
+    core.delete_namespaced_pod("sleeper", namespace)  # the pod's own grace period: 30 s
+    wait_for("the pod to be removed", lambda: pod_gone(core, namespace, "sleeper"), timeout=30)
+    assert time.monotonic() - started < 30, "removed only once the grace period was over: no SIGTERM"
+    run = latest_run(sandbox.state_dir, namespace, "sleeper")
+    assert run is not None and (run / "work" / "got-sigterm").read_text() == "yes"
+    assert (run / "exit-code").read_text().strip() == "0"
+
+
+def test_process_pod_with_an_unsupported_env_source_stays_pending_naming_it(
+    core: client.CoreV1Api, namespace: str, process_pool: PrivatePool
+) -> None:
+    env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
+    core.create_namespaced_pod(namespace, process_pod("secretive", process_pool, ["true"], env=env))
+
+    def waiting() -> dict | None:
+        statuses = read_pod(core, namespace, "secretive").get("status", {}).get("containerStatuses") or []
+        return statuses[0]["state"].get("waiting") if statuses else None
+
+    state = wait_for("the container's waiting state", waiting, timeout=60)
+    assert state["reason"] == "CreateContainerConfigError"
+    assert (
+        "spec.containers[0].env[0].valueFrom (TOKEN)" in state["message"]
+        and "secretKeyRef" in state["message"]
+    )
+    assert read_pod(core, namespace, "secretive")["status"]["phase"] == "Pending"

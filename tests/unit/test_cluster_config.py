@@ -11,6 +11,7 @@ from kubefit_sandbox.cluster import (
     ACCELERATOR_LABEL,
     NOT_READY_TAINT_KEY,
     POOL_LABEL,
+    PROCESSES_LABEL,
     ClusterConfigError,
     build_node,
     free_node_index,
@@ -146,6 +147,12 @@ def test_unknown_accelerator_lists_the_known_names() -> None:
         ("pools: [{nodes: 2}]", "pools[0].name"),
         ("pools: [{name: a}, {name: a}]", "pools[1].name 'a' is used by an earlier pool"),
         ("pools: [x]", "pools[0] must be a mapping"),
+        ("pools: [{name: a, processes: 'yes'}]", "pools[0](a).processes must be true or false"),
+        ("pools: [{name: a, processes: 1}]", "pools[0](a).processes must be true or false"),
+        (
+            "pools: [{name: a, labels: {kubefit.dev/sandbox-processes: 'true'}}]",
+            "pools[0](a).labels.kubefit.dev/sandbox-processes",
+        ),
     ],
 )
 def test_bad_pool_fields_are_named(text: str, field: str) -> None:
@@ -274,3 +281,11 @@ def test_only_the_not_ready_taint_is_removed() -> None:
     ]
     assert without_not_ready_taint(taints) == [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]
     assert without_not_ready_taint(None) == []
+
+
+def test_a_processes_pool_labels_its_nodes_and_other_pools_do_not() -> None:
+    config = parse("pools: [{name: run, processes: true}, {name: sim, accelerator: nvidia-l4}]")
+    running, simulated = config.pools
+    assert running.processes and not simulated.processes
+    assert build_node(running, "run-0", index=0, now=NOW)["metadata"]["labels"][PROCESSES_LABEL] == "true"
+    assert PROCESSES_LABEL not in build_node(simulated, "sim-0", index=1, now=NOW)["metadata"]["labels"]
