@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -361,3 +361,32 @@ def test_the_operators_policy_reaches_the_planner(policy: str) -> None:
     cluster = FakeCluster(nodes=[node("n1")])
     scheduler.offer(("ns", "a"), demand("a"), ANYWHERE, cluster.view())
     assert seen == [(policy, 42.0)]
+
+
+def test_a_preempted_job_is_not_readmitted_while_its_workers_are_still_going() -> None:
+    victim, urgent = ("ns", "victim"), ("ns", "urgent")
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(victim, demand("victim", created=1), ANYWHERE, cluster.view())
+    cluster.workers[victim] = [worker("victim", index, "n1" if index < 2 else "n2") for index in range(4)]
+    whole_nodes = replace(
+        demand("urgent", per_worker=8, min_workers=2, want=2, priority=100, created=2),
+        elastic=False,
+        preemption="LowerPriority",
+    )
+    scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[victim].workers == 0 and scheduler.snapshot()[urgent].workers == 2
+
+    # One victim worker per node is gone: each node has 4 free, room for the victim's minimum (2 x 4) but
+    # not for one of urgent's 8-GPU workers. The victim must not take them back.
+    cluster.workers[victim] = [worker("victim", 0, "n1"), worker("victim", 2, "n2")]
+    cluster.workers[urgent] = [
+        worker("urgent", 0, None, phase="Pending"),
+        worker("urgent", 1, None, phase="Pending"),
+    ]
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[victim].workers == 0
+
+    cluster.workers[victim] = []
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[victim].workers == 0 and scheduler.snapshot()[urgent].workers == 2

@@ -87,9 +87,11 @@ def _register_indexes(registry: kopf.OperatorRegistry) -> None:
         return {name: node_facts(body)}
 
     @kopf.index("", "v1", "pods", id="kubefit_pod_usage", registry=registry)
-    def kubefit_pod_usage(body: kopf.Body, **_: Any) -> dict[str, PodUsage] | None:
+    def kubefit_pod_usage(body: kopf.Body, **_: Any) -> dict[str, PodUsage]:
         usage = pod_usage(body)
-        return {usage.node_name: usage} if usage else None
+        # {} and not None: kopf keeps an object's previous entries when its indexer returns None, so a pod
+        # that finished would hold its devices in the index for as long as it exists.
+        return {usage.node_name: usage} if usage else {}
 
     @kopf.index("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, id="kubefit_workers", registry=registry)
     def kubefit_workers(

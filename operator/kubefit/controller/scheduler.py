@@ -176,6 +176,8 @@ class Scheduler:
             entry = self._entries.get(key)
             if demand is None:
                 changed = self._entries.pop(key, None) is not None
+                if changed:
+                    logger.info("%s/%s leaves the queue (needs nothing now)", *key)
             elif entry is None:
                 self._entries[key] = _Entry(demand, placement)
                 changed = True
@@ -304,7 +306,14 @@ class Scheduler:
             Holding(demand, entries[key].granted or 0, _placed(workers[key]))
             for key, demand in holdings.items()
         ]
-        queued = [demand for key, demand in demands.items() if key not in holdings]
+        # A queued job whose workers are still going (preempted, released after a gang timeout) waits until
+        # they are gone: re-admitted on the devices it is freeing, it would take them from the job it
+        # made room for.
+        queued = [
+            demand
+            for key, demand in demands.items()
+            if key not in holdings and not live_workers(view.workers(key))
+        ]
         plan = self._planner(
             queued,
             admitted,
@@ -353,6 +362,10 @@ class Scheduler:
                 if granted != entry.granted or waiting != entry.waiting:
                     changed.append(key)
                     entry.reason = plan.reasons.get(key, entry.reason)
+                    if granted != entry.granted:
+                        logger.info(
+                            "%s/%s: %s -> %d workers (%s)", *key, entry.granted, granted, entry.reason
+                        )
                 entry.granted, entry.waiting = granted, waiting
             queued = sum(
                 1 for entry in self._entries.values() if entry.demand is not None and not entry.granted
