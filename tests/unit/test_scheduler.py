@@ -379,7 +379,10 @@ def test_a_preempted_job_is_not_readmitted_while_its_workers_are_still_going() -
 
     # One victim worker per node is gone: each node has 4 free, room for the victim's minimum (2 x 4) but
     # not for one of urgent's 8-GPU workers. The victim must not take them back.
-    cluster.workers[victim] = [worker("victim", 0, "n1"), worker("victim", 2, "n2")]
+    cluster.workers[victim] = [
+        worker("victim", 0, "n1"),
+        worker("victim", 2, "n2", terminating=True),  # being deleted still counts
+    ]
     cluster.workers[urgent] = [
         worker("urgent", 0, None, phase="Pending"),
         worker("urgent", 1, None, phase="Pending"),

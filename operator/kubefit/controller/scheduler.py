@@ -88,6 +88,11 @@ def live_workers(pods: Iterable[WorkerPod]) -> list[WorkerPod]:
     return [pod for pod in pods if pod.index is not None and not pod.terminating and not pod.finished]
 
 
+def _still_holding(pods: Iterable[WorkerPod]) -> bool:
+    """Some worker still holds (or may hold) devices: not finished, being deleted or not."""
+    return any(not pod.finished for pod in pods)
+
+
 def _recovered_workers(pods: Iterable[WorkerPod]) -> int:
     """Workers of a job found running when this process first sees it: the indices of pods not being
     deleted and not Succeeded (a Failed one is about to be replaced)."""
@@ -307,12 +312,12 @@ class Scheduler:
             for key, demand in holdings.items()
         ]
         # A queued job whose workers are still going (preempted, released after a gang timeout) waits until
-        # they are gone: re-admitted on the devices it is freeing, it would take them from the job it
-        # made room for.
+        # all are gone: re-admitted on the devices it is freeing, it would take them from the job it made
+        # room for.
         queued = [
             demand
             for key, demand in demands.items()
-            if key not in holdings and not live_workers(view.workers(key))
+            if key not in holdings and not _still_holding(view.workers(key))
         ]
         plan = self._planner(
             queued,

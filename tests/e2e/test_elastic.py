@@ -1,0 +1,456 @@
+"""Elastic scheduling on the real control plane: admission, gang start, capacity-aware scaling, priority.
+
+Issue 8's "What it must show" 1-6, each on a private pool of simulated H100 nodes (operator_support), so
+the capacity each test counts is exactly its own. The real kube-scheduler binds the workers; the node
+agent turns bound pods Running, and ends one when it is annotated sandbox.kubefit.dev/exit (docs/sandbox.md).
+No worker here answers the checkpoint handshake, so every planned removal waits out the job's
+checkpointGracePeriodSeconds (GRACE): the operator's side of the handshake, not the trainer's.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from operator_support import (
+    Kube,
+    PoolNodes,
+    PrivatePool,
+    _node_pool,
+    job_manifest,
+    remove_private_pool,
+    running_names,
+    wait_for,
+)
+
+from kubefit_sandbox.cluster import build_node, free_node_index
+from kubefit_sandbox.controlplane import Sandbox
+from kubefit_sandbox.kubeclient import core_api, new_api_client
+from kubefit_sandbox.nodes import list_sandbox_nodes, register_node, remove_node
+from kubefit_sandbox.podstatus import rfc3339
+
+pytestmark = pytest.mark.e2e
+
+H100 = "nvidia-h100-80gb"
+GRACE = 3  # checkpointGracePeriodSeconds: nobody acknowledges, so removals wait this long
+EXIT_ANNOTATION = "sandbox.kubefit.dev/exit"
+
+
+def elastic_job(
+    name: str, namespace: str, pool: PrivatePool, *, replicas: int, low: int, high: int, **spec: Any
+) -> dict[str, Any]:
+    """`replicas` workers of 4 H100s, elastic between `low` and `high`."""
+    return job_manifest(
+        name,
+        namespace,
+        pool=pool,
+        resources={"accelerator": H100, "acceleratorsPerWorker": 4},
+        workers={"replicas": replicas, "minReplicas": low, "maxReplicas": high},
+        elastic={"enabled": True, "checkpointGracePeriodSeconds": GRACE},
+        **spec,
+    )
+
+
+def fixed_job(
+    name: str, namespace: str, pool: PrivatePool, *, replicas: int, per_worker: int, **spec: Any
+) -> dict[str, Any]:
+    """All-or-nothing at `replicas` workers of `per_worker` H100s."""
+    return job_manifest(
+        name,
+        namespace,
+        pool=pool,
+        resources={"accelerator": H100, "acceleratorsPerWorker": per_worker},
+        workers={"replicas": replicas},
+        elastic={"enabled": False, "checkpointGracePeriodSeconds": GRACE},
+        **spec,
+    )
+
+
+def live(kube: Kube, namespace: str, job: str) -> list[dict[str, Any]]:
+    return [pod for pod in kube.workers(namespace, job) if not pod["metadata"].get("deletionTimestamp")]
+
+
+def running(kube: Kube, namespace: str, job: str) -> int:
+    return len(running_names(kube.workers(namespace, job)))
+
+
+def condition_is(
+    kube: Kube, namespace: str, job: str, kind: str, status: str, reason: str | None = None
+) -> Any:
+    found = kube.condition(namespace, job, kind)
+    if found is None or found["status"] != status or (reason is not None and found["reason"] != reason):
+        return None
+    return found
+
+
+def explained(kube: Kube, namespace: str, *jobs: str) -> Any:
+    """A context manager: if the block fails, print the jobs' status and events and their pods."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def explaining() -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            for job in jobs:
+                status = kube.job_status(namespace, job)
+                print(f"--- {job}: {json.dumps(status, indent=1)}")
+                print(f"    events: {[(e['reason'], e.get('message')) for e in kube.events(namespace, job)]}")
+                pods = kube.workers(namespace, job)
+                print(
+                    f"    pods: {[(p['metadata']['name'], p['status'].get('phase'), p['spec'].get('nodeName')) for p in pods]}"
+                )
+            raise
+
+    return explaining()
+
+
+def event_reasons(kube: Kube, namespace: str, job: str) -> set[str]:
+    return {event["reason"] for event in kube.events(namespace, job)}
+
+
+# ---------------------------------------------------------------------------------------------- pools
+
+
+@pytest.fixture
+def grow_pool(sandbox: Sandbox) -> Iterator[Callable[[PrivatePool, int], tuple[str, ...]]]:
+    """grow_pool(pool, n) registers n more 8-GPU nodes in `pool` (same label and taint); all removed at the end."""
+    added: list[str] = []
+    core = core_api(new_api_client(sandbox.kubeconfig_path))
+
+    def grow(pool: PrivatePool, count: int) -> tuple[str, ...]:
+        shape = _node_pool(
+            PoolNodes(H100, nodes=count, per_node=8), f"{pool.name}-{uuid.uuid4().hex[:4]}", pool.name
+        )
+        existing, _ = list_sandbox_nodes(core)
+        cidrs = [(node.get("spec") or {}).get("podCIDR") for node in existing]
+        names = []
+        for node_name in shape.node_names():
+            manifest = build_node(shape, node_name, free_node_index(cidrs), rfc3339())
+            register_node(core, manifest)
+            cidrs.append(manifest["spec"]["podCIDR"])
+            names.append(node_name)
+            added.append(node_name)
+        return tuple(names)
+
+    yield grow
+    remove_private_pool(sandbox, PrivatePool("grown", tuple(added)))
+
+
+def remove_pool_node(sandbox: Sandbox, name: str) -> None:
+    remove_node(core_api(new_api_client(sandbox.kubeconfig_path)), name)
+
+
+# ---------------------------------------------------------------------------------------------- watching
+
+
+@dataclass
+class Watch:
+    """Samples a job's workers in a thread: the fewest running, and pods left unbound too long."""
+
+    kube: Kube
+    namespace: str
+    job: str
+    unbound_limit: float = 10.0  # a created worker the kube-scheduler has not bound by then is a partial gang
+    fewest: int | None = None
+    stuck: set[str] = field(default_factory=set)
+    history: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)  # (time, running) on change
+    _unbound_since: dict[str, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Watch:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.3):
+            pods = self.kube.workers(self.namespace, self.job)
+            names = tuple(sorted(running_names(pods)))
+            count = len(names)
+            self.fewest = count if self.fewest is None else min(self.fewest, count)
+            now = time.monotonic()
+            if not self.history or self.history[-1][1] != names:
+                self.history.append((now, names))
+            for pod in pods:
+                name = pod["metadata"]["name"]
+                if pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
+                    self._unbound_since.pop(name, None)
+                    continue
+                since = self._unbound_since.setdefault(name, now)
+                if now - since > self.unbound_limit:
+                    self.stuck.add(name)
+
+
+# ---------------------------------------------------------------------------------------------- 1
+
+
+def test_an_elastic_job_follows_capacity_without_going_below_its_minimum(
+    kube: Kube,
+    namespace: str,
+    sandbox: Sandbox,
+    pool: PrivatePool,
+    grow_pool: Callable[[PrivatePool, int], tuple[str, ...]],
+) -> None:
+    kube.apply(elastic_job("elastic", namespace, pool, replicas=4, low=2, high=4))
+    wait_for("4 running workers on two 8-GPU nodes", lambda: running(kube, namespace, "elastic") == 4)
+    assert condition_is(kube, namespace, "elastic", "Admitted", "True")
+
+    with Watch(kube, namespace, "elastic") as watch:
+        # The node without the rendezvous host (worker 0) goes, with its two workers: the harder case when
+        # worker 1 is among them (the survivors are not the lowest indices).
+        where = {
+            pod["metadata"]["name"]: pod["spec"]["nodeName"] for pod in kube.workers(namespace, "elastic")
+        }
+        other = next(name for name in pool.nodes if name != where["elastic-worker-0"])
+        remove_pool_node(sandbox, other)
+        wait_for(
+            "the job at 2 workers, desired 2",
+            lambda: (
+                running(kube, namespace, "elastic") == 2
+                and len(live(kube, namespace, "elastic")) == 2
+                and kube.job_status(namespace, "elastic").get("desiredReplicas") == 2
+            ),
+            timeout=60,
+        )
+        names = sorted(pod["metadata"]["name"] for pod in live(kube, namespace, "elastic"))
+        assert "elastic-worker-0" in names  # the rendezvous host was never removed
+
+        grow_pool(pool, 1)
+        wait_for("back to 4 running workers", lambda: running(kube, namespace, "elastic") == 4, timeout=60)
+
+    assert watch.fewest is not None and watch.fewest >= 2, f"fell to {watch.fewest}: {watch.history}"
+    assert not watch.stuck, f"workers left unbound (a partial gang): {sorted(watch.stuck)}"
+    status = kube.job_status(namespace, "elastic")
+    assert status["readyReplicas"] == 4 and status.get("desiredReplicas") == 4
+
+
+# ---------------------------------------------------------------------------------------------- 2
+
+
+def test_a_minimum_that_cannot_fit_creates_no_pods_says_why_and_starts_when_a_node_comes(
+    kube: Kube,
+    namespace: str,
+    add_pool: Callable[..., PrivatePool],
+    grow_pool: Callable[[PrivatePool, int], tuple[str, ...]],
+) -> None:
+    small = add_pool(PoolNodes(H100, nodes=1, per_node=8))
+    kube.apply(elastic_job("big", namespace, small, replicas=4, low=3, high=4))
+    queued = wait_for(
+        "Admitted=False, reason Queued, with what is missing",
+        lambda: (
+            (found := condition_is(kube, namespace, "big", "Admitted", "False", "Queued"))
+            and "needs" in found["message"]
+            and found
+        ),
+    )
+    # 3 workers of 4 GPUs need two 8-GPU nodes' worth; one node holds 2 of them.
+    assert "needs room for 3 workers of 4 nvidia-h100-80gb" in queued["message"], queued
+    assert "only 2 fit now" in queued["message"], queued
+    time.sleep(2)  # a queued job must create nothing, not merely not yet
+    assert kube.workers(namespace, "big") == []
+
+    grow_pool(small, 1)
+    wait_for(
+        "4 running workers once a second node is there",
+        lambda: running(kube, namespace, "big") == 4,
+        timeout=60,
+    )
+    assert condition_is(kube, namespace, "big", "Admitted", "True")
+
+
+# ---------------------------------------------------------------------------------------------- 3
+
+
+def test_a_higher_priority_job_shrinks_a_lower_priority_elastic_job_to_its_minimum(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    kube.apply(elastic_job("low", namespace, pool, replicas=4, low=2, high=4))
+    wait_for("low at 4 workers", lambda: running(kube, namespace, "low") == 4)
+
+    with Watch(kube, namespace, "low") as watch:
+        kube.apply(fixed_job("high", namespace, pool, replicas=2, per_worker=4, scheduling={"priority": 100}))
+        wait_for("high at 2 running workers", lambda: running(kube, namespace, "high") == 2, timeout=60)
+        wait_for("low at its minimum of 2", lambda: len(live(kube, namespace, "low")) == 2)
+    assert running(kube, namespace, "low") == 2
+    assert watch.fewest is not None and watch.fewest >= 2
+    assert "ShrunkForPriority" in (kube.job_status(namespace, "low").get("message") or "") or any(
+        "ShrunkForPriority" in (event.get("message") or "") + event["reason"]
+        for event in kube.events(namespace, "low")
+    ), kube.events(namespace, "low")
+
+
+def test_preemption_stops_a_whole_lower_priority_job_which_requeues_and_does_not_fail(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    kube.apply(elastic_job("victim", namespace, pool, replicas=4, low=2, high=4))
+    wait_for("victim at 4 workers", lambda: running(kube, namespace, "victim") == 4)
+
+    # 2 workers of 8 GPUs need both nodes: shrinking the victim to 2 is not enough.
+    preemptor = fixed_job(
+        "urgent",
+        namespace,
+        pool,
+        replicas=2,
+        per_worker=8,
+        scheduling={"priority": 100, "preemption": "LowerPriority"},
+    )
+    kube.apply(preemptor)
+    with explained(kube, namespace, "urgent", "victim"):
+        wait_for("urgent at 2 running workers", lambda: running(kube, namespace, "urgent") == 2, timeout=60)
+    # Admitted=False, reason Preempted while its workers checkpoint and go; then Queued like any job
+    # waiting for room (its message says what it waits for), never Failed.
+    with explained(kube, namespace, "urgent", "victim"):
+        wait_for("every worker of the victim gone", lambda: live(kube, namespace, "victim") == [], timeout=60)
+        preempted = next(
+            event for event in kube.events(namespace, "victim") if event["reason"] == "Preempted"
+        )
+    assert "urgent" in preempted["message"] and preempted["type"] == "Warning"
+    assert condition_is(kube, namespace, "victim", "Admitted", "False")
+    assert not condition_is(kube, namespace, "victim", "Failed", "True")
+    assert kube.job_status(namespace, "victim").get("phase") != "Failed"
+    assert "Preempted" in event_reasons(kube, namespace, "victim")
+
+    # It requeued: once the devices are free again it runs.
+    for pod in live(kube, namespace, "urgent"):  # urgent finishes: its devices are free again
+        kube.run("annotate", "pod", pod["metadata"]["name"], "-n", namespace, f"{EXIT_ANNOTATION}=0")
+    wait_for("the victim running again", lambda: running(kube, namespace, "victim") == 4, timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------- 4
+
+
+def test_an_admitted_gang_that_cannot_all_run_is_released_and_requeued(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    # The operator admits on accelerators only. A pod of another workload holds most of one node's CPUs, so
+    # of a gang admitted on both nodes' GPUs the kube-scheduler can bind only one worker: the same
+    # situation as a node tainted right after admission, without racing the kube-scheduler.
+    blocker = pool.pin(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "cpu-hog",
+                "namespace": namespace,
+                "annotations": {"sandbox.kubefit.dev/shutdown-seconds": "0"},
+            },
+            "spec": {
+                "nodeName": pool.nodes[1],
+                "containers": [{"name": "hog", "image": "busybox", "resources": {"requests": {"cpu": "80"}}}],
+            },
+        }
+    )
+    kube.apply(blocker)
+    wait_for(
+        "the CPU hog running",
+        lambda: (kube.get("pod", "cpu-hog", namespace) or {}).get("status", {}).get("phase") == "Running",
+    )
+
+    gang = fixed_job("gang", namespace, pool, replicas=2, per_worker=8, scheduling={"gangTimeoutSeconds": 5})
+    gang["spec"]["template"]["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "40"}}
+    kube.apply(gang)
+    wait_for("gang admitted", lambda: condition_is(kube, namespace, "gang", "Admitted", "True"))
+    timed_out = wait_for(
+        "Admitted=False, reason GangTimeout",
+        lambda: condition_is(kube, namespace, "gang", "Admitted", "False", "GangTimeout"),
+        timeout=60,
+    )
+    assert "5" in timed_out["message"]
+    wait_for("every worker of the gang released", lambda: live(kube, namespace, "gang") == [])
+    assert "GangTimeout" in event_reasons(kube, namespace, "gang")
+
+    # Requeued, not failed: with the hog gone it is admitted again after its backoff and runs.
+    kube.run("delete", "pod", "cpu-hog", "-n", namespace, "--wait=false")
+    wait_for("the gang running after its backoff", lambda: running(kube, namespace, "gang") == 2, timeout=90)
+
+
+# ---------------------------------------------------------------------------------------------- 5
+
+
+def test_twenty_jobs_onto_room_for_ten_run_ten_and_queue_ten_without_a_pod(
+    kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]
+) -> None:
+    room = add_pool(PoolNodes(H100, nodes=5, per_node=8))  # 5 x 8 GPUs: room for ten 4-GPU workers
+    names = [f"job-{index:02d}" for index in range(20)]
+    manifests = [fixed_job(name, namespace, room, replicas=1, per_worker=4) for name in names]
+    kube.run("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
+
+    def with_pods() -> dict[str, list[dict[str, Any]]]:
+        pods = kube.items("pods", namespace)
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for pod in pods:
+            job = (pod["metadata"].get("labels") or {}).get("kubefit.dev/job")
+            if job and not pod["metadata"].get("deletionTimestamp"):
+                grouped.setdefault(job, []).append(pod)
+        return grouped
+
+    def running_jobs() -> set[str]:
+        return {job for job, pods in with_pods().items() if running_names(pods)}
+
+    wait_for("10 jobs running", lambda: len(running_jobs()) == 10, timeout=90)
+    wait_for(
+        "10 jobs Queued",
+        lambda: (
+            sum(1 for name in names if condition_is(kube, namespace, name, "Admitted", "False", "Queued"))
+            == 10
+        ),
+        timeout=60,
+    )
+    first = running_jobs()
+    grouped = with_pods()
+    assert set(grouped) == first, f"jobs with pods but not running: {sorted(set(grouped) - first)}"
+    assert all(len(pods) == 1 for pods in grouped.values())
+
+    for job in sorted(first):
+        (pod,) = grouped[job]
+        kube.run("annotate", "pod", pod["metadata"]["name"], "-n", namespace, f"{EXIT_ANNOTATION}=0")
+    with explained(kube, namespace, *names):
+        wait_for(
+            "the first ten Succeeded",
+            lambda: all((kube.job_status(namespace, job).get("phase") == "Succeeded") for job in first),
+            timeout=90,
+        )
+        wait_for("the other ten running", lambda: running_jobs() - first == set(names) - first, timeout=90)
+
+
+# ---------------------------------------------------------------------------------------------- 6
+
+
+def test_kubectl_scale_and_a_raw_scale_subresource_write_move_the_worker_count(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    kube.apply(elastic_job("scaled", namespace, pool, replicas=2, low=1, high=4))
+    wait_for("2 running workers", lambda: running(kube, namespace, "scaled") == 2)
+
+    kube.run("scale", "trainingjob/scaled", "-n", namespace, "--replicas=3")
+    wait_for(
+        "3 running workers after kubectl scale", lambda: running(kube, namespace, "scaled") == 3, timeout=60
+    )
+
+    # What an HPA does: read the Scale, write it back with new replicas (PUT on the subresource).
+    path = f"/apis/kubefit.dev/v1alpha1/namespaces/{namespace}/trainingjobs/scaled/scale"
+    scale = json.loads(kube.run("get", "--raw", path).stdout)
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 3
+    scale["spec"]["replicas"] = 1
+    kube.run("replace", "--raw", path, "-f", "-", input=json.dumps(scale))
+    wait_for(
+        "1 worker after the scale subresource write (and the handshake's grace period)",
+        lambda: len(live(kube, namespace, "scaled")) == 1 and running(kube, namespace, "scaled") == 1,
+        timeout=60,
+    )
+    assert [pod["metadata"]["name"] for pod in live(kube, namespace, "scaled")] == ["scaled-worker-0"]
+    job = kube.get("trainingjob", "scaled", namespace)
+    assert job is not None and job["spec"]["workers"]["replicas"] == 1
