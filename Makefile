@@ -53,8 +53,8 @@ demo-down: venv
 	@bash scripts/demo.sh down
 
 lint: venv
-	@$(PYTHON) -m ruff check operator sandbox tests benchmarks
-	@$(PYTHON) -m ruff format --check operator sandbox tests benchmarks
+	@$(PYTHON) -m ruff check operator sandbox trainer tests benchmarks examples
+	@$(PYTHON) -m ruff format --check operator sandbox trainer tests benchmarks examples
 	@$(VENV)/bin/lint-imports --no-cache
 	@$(PYTHON) -m mypy
 
