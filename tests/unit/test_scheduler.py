@@ -393,3 +393,12 @@ def test_a_preempted_job_is_not_readmitted_while_its_workers_are_still_going() -
     cluster.workers[victim] = []
     scheduler.request("pod", cluster.view())
     assert scheduler.snapshot()[victim].workers == 0 and scheduler.snapshot()[urgent].workers == 2
+
+
+def test_a_gang_that_lost_a_pod_while_the_operator_was_down_keeps_its_admitted_size() -> None:
+    a = ("ns", "a")
+    pods = [worker("a", 1, "n1"), worker("a", 2, "n1")]  # worker 0 went while the operator was down
+    scheduler, _ = sync_scheduler()
+    assert scheduler.grant(a, pods, admitted_with=3) == Grant(3, None, "Recovered")
+    # A job without workers starts from the queue whatever its old status says.
+    assert scheduler.grant(("ns", "b"), [], admitted_with=3) == Grant(None)

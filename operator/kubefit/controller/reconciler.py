@@ -47,7 +47,7 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from kubefit.api.conditions import EventReason
+from kubefit.api.conditions import ConditionType, EventReason
 from kubefit.api.resource import JobKey
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.builders.naming import JobRef, owner_reference, worker_name
@@ -295,7 +295,7 @@ class Reconciler:
         inventory = build_inventory(
             view.nodes(), view.usage(), self.catalog, for_job=key, placement=placement
         )
-        grant = self.scheduler.grant(key, pods)
+        grant = self.scheduler.grant(key, pods, _admitted_with(status))
         request_id = (status.get("checkpoint") or {}).get("requestId")
         return JobObservation(
             job=JobRef(name, namespace, metadata["uid"]),
@@ -400,6 +400,16 @@ def _post_worker_events(raw_job: dict[str, Any], created: list[str], deleted: li
     if deleted:
         events.append(JobEvent("Normal", EventReason.DELETED_WORKERS, "deleted " + ", ".join(deleted)))
     _post_events(raw_job, events)
+
+
+def _admitted_with(status: Mapping[str, Any]) -> int:
+    """The workers the job's status says it was admitted with (0 when it is not admitted)."""
+    admitted = any(
+        item.get("type") == ConditionType.ADMITTED and item.get("status") == "True"
+        for item in status.get("conditions") or []
+    )
+    desired = status.get("desiredReplicas")
+    return desired if admitted and isinstance(desired, int) else 0
 
 
 def _present(value: Any) -> Any:

@@ -158,15 +158,19 @@ class Scheduler:
 
     # ------------------------------------------------------------------ what reconciles tell it
 
-    def grant(self, key: JobKey, pods: Sequence[WorkerPod]) -> Grant:
+    def grant(self, key: JobKey, pods: Sequence[WorkerPod], admitted_with: int = 0) -> Grant:
         """The job's grant for its reconcile; the first time a job with workers is seen (operator restart),
         it is taken as admitted with those workers (a failed one awaiting its replacement included, so
-        that a restart of the operator restarts no gang)."""
+        that a restart of the operator restarts no gang), or with `admitted_with` (what its status says it
+        was admitted with) if that is more."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None and key not in self._seen:
                 self._seen.add(key)
-                workers = _recovered_workers(pods)
+                # The status's admitted worker count keeps a gang whole when one of its pods went while
+                # the operator was down (it is recreated, not the gang resized).
+                found = _recovered_workers(pods)
+                workers = max(found, admitted_with) if found else 0
                 if workers:
                     entry = self._entries[key] = _Entry(demand=None, granted=workers, reason=RECOVERED)
             self._seen.add(key)
