@@ -34,7 +34,12 @@ def test_restart_mid_way_ends_with_exactly_the_right_pods(
 ) -> None:
     resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1}
     workers = {"replicas": 3, "maxReplicas": 4}
-    kube.apply(job_manifest("resilient", namespace, pool=pool, resources=resources, workers=workers))
+    # Elastic, so the scale to 4 adds a worker (a fixed-size gang would restart all of them instead).
+    elastic = {"enabled": True, "checkpointGracePeriodSeconds": 0}
+    manifest = job_manifest(
+        "resilient", namespace, pool=pool, resources=resources, workers=workers, elastic=elastic
+    )
+    kube.apply(manifest)
     wait_for("a first worker", lambda: kube.workers(namespace, "resilient"))
     operator.kill()
 

@@ -402,3 +402,16 @@ def test_a_gang_that_lost_a_pod_while_the_operator_was_down_keeps_its_admitted_s
     assert scheduler.grant(a, pods, admitted_with=3) == Grant(3, None, "Recovered")
     # A job without workers starts from the queue whatever its old status says.
     assert scheduler.grant(("ns", "b"), [], admitted_with=3) == Grant(None)
+
+
+def test_holdings_name_the_node_of_each_worker_in_index_order() -> None:
+    from kubefit.controller.scheduler import _nodes_by_index
+    from kubefit.decisions.observed import WorkerPod
+
+    pods = [
+        WorkerPod("j-worker-2", 2, "u2", "Running", "node-a"),
+        WorkerPod("j-worker-0", 0, "u0", "Running", "node-a"),
+        WorkerPod("j-worker-1", 1, "u1", "Running", "node-b"),
+        WorkerPod("j-worker-3", 3, "u3", "Pending", None),  # not bound: holds no node yet
+    ]
+    assert _nodes_by_index(pods) == ("node-a", "node-b", "node-a")

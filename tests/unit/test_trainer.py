@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubefit_trainer import ENV_VARIABLES, CheckpointHandshake, Endpoint
 
 from kubefit.builders.checkpoint import (
     CHECKPOINT_TOKEN_ENV,
@@ -36,6 +35,7 @@ from kubefit.controller.checkpoints import (
     start_checkpoint_server,
     token_lookup,
 )
+from kubefit_trainer import ENV_VARIABLES, CheckpointHandshake, Endpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINER = REPO / "trainer"

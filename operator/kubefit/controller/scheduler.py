@@ -312,7 +312,7 @@ class Scheduler:
         workers = {key: live_workers(view.workers(key)) for key in holdings}
         capacity = node_capacity(nodes, view.usage(), self.catalog, holdings, workers)
         admitted = [
-            Holding(demand, entries[key].granted or 0, _placed(workers[key]))
+            Holding(demand, entries[key].granted or 0, _placed(workers[key]), _nodes_by_index(workers[key]))
             for key, demand in holdings.items()
         ]
         # A queued job whose workers are still going (preempted, released after a gang timeout) waits until
@@ -427,3 +427,9 @@ def node_capacity(
 
 def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:
     return dict(Counter(pod.node_name for pod in pods if pod.node_name))
+
+
+def _nodes_by_index(pods: Iterable[WorkerPod]) -> tuple[str, ...]:
+    """The node of each bound worker, lowest index first: the order decide removes them in, reversed."""
+    bound = sorted((pod.index, pod.node_name) for pod in pods if pod.node_name and pod.index is not None)
+    return tuple(node for _, node in bound)
