@@ -480,3 +480,15 @@ def test_a_shrink_frees_the_highest_indices_where_they_really_are() -> None:
     # With a lower minimum, workers 3, 2 and 1 go (worker 2 frees nothing useful but is above worker 1).
     deeper = shrink_for_high(spread, min_workers=1)
     assert deeper.grants == {key("high"): 1, key("low"): 1}
+
+
+def test_an_admitted_job_without_room_yet_keeps_later_jobs_off_its_devices() -> None:
+    """Devices a preemption is still freeing go to the job it was for, not to whoever asks next."""
+    waiting_for_room = holding(gang("high", 1, per_worker=8, priority=10), 1, {})
+    node = [NodeCapacity("node-0", H100, 8, 4)]  # the victim's last pods still hold 4 devices
+    later = job("later", per_worker=4, priority=0)
+    result = plan([later], [waiting_for_room], node)
+    assert result.grants[key("later")] == 0
+    assert "ml/high" in result.waiting[key("later")]
+    higher = job("higher", per_worker=4, priority=20)  # a job before it in the queue is not held back
+    assert plan([higher], [waiting_for_room], node).grants[key("higher")] == 1

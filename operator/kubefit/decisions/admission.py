@@ -269,11 +269,26 @@ class _Queue:
     strict_head: _Job | None = None
     # accelerator -> the first job that did not fit and now keeps the devices it needs from jobs behind it
     reserving: dict[str, _Job] = field(default_factory=dict)
+    # accelerator -> the first admitted job whose minimum has no place yet (its devices are still being
+    # freed, e.g. by a preemption): jobs after it in the queue must not take them first
+    short: dict[str, _Job] = field(default_factory=dict)
     waiting: dict[JobKey, str] = field(default_factory=dict)
+
+    def note_short(self, jobs: Sequence[_Job]) -> None:
+        for job in jobs:
+            if job.admitted and job.holds and job.placed < job.floor:
+                self.short.setdefault(job.demand.accelerator, job)
+
+    def _behind_short(self, job: _Job) -> _Job | None:
+        short = self.short.get(job.demand.accelerator)
+        return short if short is not None and short is not job and short.order < job.order else None
 
     def blocker(self, job: _Job) -> str | None:
         if self.strict_head is not None:
             return f"behind {_name(self.strict_head.key)} in the queue (StrictFIFO)"
+        short = self._behind_short(job)
+        if short is not None:
+            return f"waiting for {_name(short.key)}, admitted, whose workers have no place yet"
         head = self.reserving.get(job.demand.accelerator)
         if head is None:
             return None
@@ -293,7 +308,7 @@ class _Queue:
 
     def may_grow(self, job: _Job) -> bool:
         head = self.reserving.get(job.demand.accelerator)
-        return head is None or head.order > job.order
+        return (head is None or head.order > job.order) and self._behind_short(job) is None
 
 
 @dataclass
@@ -535,6 +550,7 @@ def plan_admissions(
     jobs = _jobs(queued, admitted, cluster)
     _reserve_admitted(cluster, jobs)
     queue = _Queue(policy, now, head_wait_limit)
+    queue.note_short(jobs)
     _admit_queue(cluster, jobs, queue)
     _grow(cluster, jobs, queue)
     reasons = {job.key: reason for job in jobs if (reason := _reason(job)) is not None}
