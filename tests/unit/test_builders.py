@@ -303,6 +303,25 @@ def test_elastic_rendezvous_is_hosted_by_worker_0_alone_and_every_worker_points_
     assert {env["PET_MAX_RESTARTS"] for env in envs} == {"7"}
 
 
+def test_elastic_workers_keep_torchs_store_per_round_so_that_a_new_worker_can_join() -> None:
+    spec = raw_spec(elastic={"enabled": True}, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 3})
+    envs = [env_of(build_worker_pod(worker_set(spec, workers=3, bounds=(1, 3)), index)) for index in range(3)]
+    assert {env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] for env in envs} == {"1"}
+    fixed = env_of(build_worker_pod(worker_set(workers=2, bounds=(2, 2)), 0))
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in fixed  # one round only: nothing to rejoin
+
+
+def test_a_template_variable_overrides_the_store_sharing_choice() -> None:
+    spec = raw_spec(elastic={"enabled": True}, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 3})
+    spec["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "0"}
+    ]
+    pod = build_worker_pod(worker_set(spec, workers=2, bounds=(1, 3)), 1)
+    names = [variable["name"] for variable in pod["spec"]["containers"][0]["env"]]
+    assert names.count("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == 1
+    assert env_of(pod)["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "0"
+
+
 def test_fixed_size_pytorch_uses_the_static_rendezvous_on_worker_0() -> None:
     envs = [env_of(build_worker_pod(worker_set(workers=2, bounds=(2, 2)), index)) for index in range(2)]
     for index, env in enumerate(envs):

@@ -8,6 +8,15 @@ worker 0 hosts it (PET_RDZV_CONF is_host=1, the others 0): torchrun's own guess 
 addresses, which fails where pods share a machine (the sandbox) or a name resolves elsewhere.
 PET_MAX_RESTARTS=runPolicy.maxRestarts, as Kubeflow's elastic policy does: when a peer leaves, the
 survivors' training processes fail and torchrun restarts them in place, which costs one restart.
+TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with torch's default (the rank-0 agent shares its own TCPStore
+with the workers), a worker added to a running group never joins it. The rank-0 agent publishes that
+store's address once, under the first round's key prefix, and keeps it (`_bootstrap_store_info`,
+torch 2.13 torch/distributed/elastic/rendezvous/dynamic_rendezvous.py:1209); the new agent, not rank 0
+and with nothing cached, waits for the address under the new round's prefix (rendezvous/api.py:102),
+which nobody writes, so rank 0's exchange of ranks (`_assign_worker_ranks`, agent/server/api.py:635)
+times out after 60 s and every agent exits. With the
+option each round's rank 0 publishes a fresh address and its first training process hosts the store,
+torch's behaviour before 2.4. Measured by hand with three torchrun agents (docs/sandbox.md).
 jax: the coordinator address and process count/id that `jax.distributed.initialize` expects, fixed when
 the pod is created; a change of the worker count restarts every worker (decide does that), so a new pod
 always sees the current count.
@@ -70,6 +79,7 @@ def _pytorch(group: WorkerGroup, index: int) -> dict[str, str]:
             "PET_RDZV_ID": group.job_uid or group.job_name,
             "PET_RDZV_CONF": f"is_host={1 if index == 0 else 0}",
             "PET_MAX_RESTARTS": str(group.max_restarts),
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",  # so that workers can join a running group (doc)
         }
     return variables
 
