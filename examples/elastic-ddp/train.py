@@ -88,8 +88,10 @@ class Checkpoints:
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, reason: str) -> None:
         current = self.load()
-        if current is not None and current["step"] >= step:
+        if current is not None and current["step"] > step:
             return  # a newer one is there already (saved before a restart): never go back
+        # The same step again (e.g. "done" after a periodic save at the last step) is the same state:
+        # written again, so that the log says why the last checkpoint exists.
         temporary = self.path.with_suffix(f".tmp{os.getpid()}")
         state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
         torch.save(state, temporary)

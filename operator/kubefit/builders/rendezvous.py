@@ -14,9 +14,9 @@ store's address once, under the first round's key prefix, and keeps it (`_bootst
 torch 2.13 torch/distributed/elastic/rendezvous/dynamic_rendezvous.py:1209); the new agent, not rank 0
 and with nothing cached, waits for the address under the new round's prefix (rendezvous/api.py:102),
 which nobody writes, so rank 0's exchange of ranks (`_assign_worker_ranks`, agent/server/api.py:635)
-times out after 60 s and every agent exits. With the
-option each round's rank 0 publishes a fresh address and its first training process hosts the store,
-torch's behaviour before 2.4. Measured by hand with three torchrun agents (docs/sandbox.md).
+times out after 60 s and every agent exits. With the option each round's rank 0 publishes a fresh
+address and its first training process hosts the store, as before pytorch/pytorch#128096 made sharing
+the default. Measured by hand with three torchrun agents (docs/sandbox.md).
 jax: the coordinator address and process count/id that `jax.distributed.initialize` expects, fixed when
 the pod is created; a change of the worker count restarts every worker (decide does that), so a new pod
 always sees the current count.
