@@ -94,6 +94,8 @@ def test_kubectl_scale_changes_the_worker_count(kube: Kube, namespace: str, pool
             pool=pool,
             resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
             workers={"replicas": 1, "minReplicas": 1, "maxReplicas": 3},
+            # The simulated workers never acknowledge a checkpoint: no grace to wait out on a scale-down.
+            elastic={"enabled": True, "checkpointGracePeriodSeconds": 0},
         )
     )
     wait_for(
@@ -128,7 +130,9 @@ def test_deleting_the_job_deletes_its_pods_and_service(kube: Kube, namespace: st
     wait_for("the service to be garbage-collected", lambda: kube.get("service", "doomed", namespace) is None)
 
 
-def test_jax_job_on_tpu_nodes(kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]) -> None:
+def test_jax_job_on_tpu_nodes(
+    kube: Kube, namespace: str, operator: OperatorProcess, add_pool: Callable[..., PrivatePool]
+) -> None:
     tpus = add_pool(PoolNodes("google-tpu-v5e", nodes=2, per_node=4))
     manifest = job_manifest(
         "jaxjob",
@@ -148,11 +152,18 @@ def test_jax_job_on_tpu_nodes(kube: Kube, namespace: str, add_pool: Callable[...
         assert labels.get("cloud.google.com/gke-tpu-accelerator") == "tpu-v5-lite-podslice"
         assert pod["spec"]["nodeName"] in tpus.nodes
         env = {item["name"]: item.get("value") for item in container["env"]}
-        assert env == {
+        rendezvous = {name: value for name, value in env.items() if not name.startswith("KUBEFIT_")}
+        assert rendezvous == {
             "JAX_COORDINATOR_ADDRESS": "jaxjob-worker-0.jaxjob:29500",
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(index),
         }
+        # The checkpoint handshake's variables (docs/checkpoint-handshake.md), the worker's own name from
+        # the downward API.
+        assert (
+            env["KUBEFIT_JOB_NAME"] == "jaxjob" and env["KUBEFIT_CHECKPOINT_URL"] == operator.checkpoint_url
+        )
+        assert env["KUBEFIT_WORKER"] is None  # valueFrom, not a value
 
 
 def test_metrics_report_the_job_and_drop_it_when_deleted(

@@ -208,7 +208,9 @@ def test_suspend_deletes_the_workers_and_resume_recreates_them(
     kube: Kube, namespace: str, pool: PrivatePool
 ) -> None:
     job = "pausable"
-    uids = start(kube, namespace, small_job(job, namespace, pool, 2), replicas=2)
+    # The simulated workers never acknowledge a checkpoint: no grace to wait out before they go.
+    no_grace = {"checkpointGracePeriodSeconds": 0}
+    uids = start(kube, namespace, small_job(job, namespace, pool, 2, elastic=no_grace), replicas=2)
 
     set_suspend(kube, namespace, job, True)
     wait_for("every worker deleted", lambda: not kube.workers(namespace, job), timeout=30)

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import re
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from operator_support import (
     JOB_LABEL,
     Kube,
     OperatorProcess,
+    PoolNodes,
     PrivatePool,
     job_manifest,
     running_names,
@@ -51,13 +52,6 @@ def quota(name: str, namespace: str, hard: dict[str, str]) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"hard": hard},
     }
-
-
-def unschedulable(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Workers that no node matches: they stay Pending and hold no device anyone else needs."""
-    pod_spec = manifest["spec"]["template"]["spec"]
-    pod_spec["nodeSelector"] = {"e2e.kubefit.dev/nowhere": uuid.uuid4().hex[:8]}
-    return manifest
 
 
 def test_a_quota_that_forbids_pods_becomes_a_reconcile_error_and_the_job_runs_once_it_is_gone(
@@ -114,17 +108,24 @@ def test_a_quota_that_forbids_pods_becomes_a_reconcile_error_and_the_job_runs_on
 
 
 def test_absurd_and_large_worker_counts_leave_the_operators_memory_flat(
-    kube: Kube, operator: OperatorProcess, namespace: str
+    kube: Kube, operator: OperatorProcess, namespace: str, add_pool: Callable[..., PrivatePool]
 ) -> None:
+    large = 3 * CREATE_BATCH + 7  # over several batches
+    # Room for the warm-up job and the large one, one device a worker: both are admitted whole.
+    pool = add_pool(PoolNodes("nvidia-h100-80gb", nodes=(large + 2 + 7) // 8, per_node=8))
+    one_device = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1}
+
+    def job(name: str, workers: dict[str, int]) -> dict[str, Any]:
+        return job_manifest(name, namespace, pool=pool, resources=one_device, workers=workers)
+
     # Warm up every code path a reconcile takes (sizing, pod building, creates, events) before measuring.
-    kube.apply(unschedulable(job_manifest("warm", namespace, workers={"replicas": 2})))
+    kube.apply(job("warm", {"replicas": 2}))
     wait_for("the warm-up job's workers", lambda: len(kube.workers(namespace, "warm")) == 2, interval=1)
     before = resident_bytes(operator)
 
     absurd = {"replicas": CRD_MAX_REPLICAS, "maxReplicas": CRD_MAX_REPLICAS}
-    kube.apply(unschedulable(job_manifest("absurd", namespace, workers=absurd)))
-    large = 3 * CREATE_BATCH + 7  # over several batches
-    kube.apply(unschedulable(job_manifest("large", namespace, workers={"replicas": large})))
+    kube.apply(job("absurd", absurd))
+    kube.apply(job("large", {"replicas": large}))
 
     ready = wait_for(
         "the absurd job refused with InvalidSpec",

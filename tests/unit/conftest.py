@@ -14,13 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from unit_tier import UNIT_TIMEOUT_SECONDS, NetworkUsed
+from unit_tier import NetworkUsed, limit_unit_tests
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("timeout") is None:
-            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_SECONDS))
+    limit_unit_tests(items)
 
 
 def _is_local(address: Any) -> bool:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
-from unit_tier import UNIT_TIMEOUT_SECONDS, NetworkUsed
+from unit_tier import UNIT_DIR, UNIT_TIMEOUT_SECONDS, NetworkUsed, limit_unit_tests
 
 
 def test_a_connection_beyond_loopback_is_refused() -> None:
@@ -26,3 +27,23 @@ def test_loopback_stays_usable() -> None:
 def test_every_unit_test_has_a_short_timeout(request: pytest.FixtureRequest) -> None:
     marker = request.node.get_closest_marker("timeout")
     assert marker is not None and marker.args[0] == UNIT_TIMEOUT_SECONDS
+
+
+def test_the_short_timeout_stays_in_the_unit_tier() -> None:
+    """The hook sees every collected item; an e2e test (outside tests/unit) keeps the suite's own limit."""
+
+    class Item:
+        def __init__(self, path: Path) -> None:
+            self.path = path
+            self.markers: list[pytest.Mark] = []
+
+        def get_closest_marker(self, name: str) -> None:
+            return None
+
+        def add_marker(self, marker: pytest.MarkDecorator) -> None:
+            self.markers.append(marker.mark)
+
+    unit, e2e = Item(UNIT_DIR / "test_x.py"), Item(UNIT_DIR.parent / "e2e" / "test_y.py")
+    limit_unit_tests([unit, e2e])
+    assert [mark.args for mark in unit.markers] == [(UNIT_TIMEOUT_SECONDS,)]
+    assert e2e.markers == []
