@@ -43,7 +43,7 @@ from kubefit.decisions.admission import (
     NodeCapacity,
     plan_admissions,
 )
-from kubefit.decisions.inventory import NodeFacts, PodUsage
+from kubefit.decisions.inventory import NodeFacts, PodUsage, classify_nodes
 from kubefit.decisions.node_match import ANYWHERE, Placement
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
 from kubefit.metrics import OperatorMetrics
@@ -385,18 +385,7 @@ class Scheduler:
 
 def eligible_nodes(placement: Placement, nodes: Iterable[NodeFacts], catalog: Catalog) -> frozenset[str]:
     """Accelerator nodes a worker with `placement` may land on (nodeSelector, affinity, taints, cordon)."""
-    names = []
-    tolerations: dict[str, list[dict[str, object]]] = {}
-    for node in nodes:
-        accelerator = catalog.identify(node.labels)
-        if accelerator is None:
-            continue
-        resource = accelerator.resource_name
-        if resource not in tolerations:
-            tolerations[resource] = placement.tolerations_on(resource)
-        if placement.admits(node.name, node.labels, node.scheduling_taints, tolerations[resource]):
-            names.append(node.name)
-    return frozenset(names)
+    return frozenset(node.name for node, _, admitted in classify_nodes(nodes, catalog, placement) if admitted)
 
 
 def node_capacity(

@@ -8,7 +8,7 @@ can say why the planner did not see them (decisions/node_match.py holds the rule
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +121,17 @@ def build_inventory(
     """
     placeable: list[NodeInventory] = []
     excluded: list[NodeInventory] = []
+    for node, accelerator, admitted in classify_nodes(nodes, catalog, placement):
+        entry = _node_inventory(node, accelerator, usage.get(node.name, ()), for_job)
+        (placeable if admitted else excluded).append(entry)
+    return Inventory(_by_name(placeable), _by_name(excluded))
+
+
+def classify_nodes(
+    nodes: Iterable[NodeFacts], catalog: Catalog, placement: Placement
+) -> Iterator[tuple[NodeFacts, Accelerator, bool]]:
+    """Each node that carries a catalog accelerator, with it, and whether a worker with `placement` may land
+    there: the template's tolerations plus the one the pod builder adds for that accelerator."""
     tolerations: dict[str, list[dict[str, Any]]] = {}  # by resource name: a few accelerators, many nodes
     for node in nodes:
         accelerator = catalog.identify(node.labels)
@@ -129,10 +140,11 @@ def build_inventory(
         resource = accelerator.resource_name
         if resource not in tolerations:
             tolerations[resource] = placement.tolerations_on(resource)
-        entry = _node_inventory(node, accelerator, usage.get(node.name, ()), for_job)
-        admitted = placement.admits(node.name, node.labels, node.scheduling_taints, tolerations[resource])
-        (placeable if admitted else excluded).append(entry)
-    return Inventory(_by_name(placeable), _by_name(excluded))
+        yield (
+            node,
+            accelerator,
+            placement.admits(node.name, node.labels, node.scheduling_taints, tolerations[resource]),
+        )
 
 
 def _by_name(entries: list[NodeInventory]) -> list[NodeInventory]:
