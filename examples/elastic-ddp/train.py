@@ -21,6 +21,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -103,8 +104,13 @@ class Stop(Exception):
     """SIGTERM arrived: save and leave."""
 
 
-def _raise_stop(signum: int, frame: Any) -> None:
-    raise Stop()
+# Set by SIGTERM and acted on between steps: raising from the handler itself could land inside
+# optimizer.step() (a loop over parameters), saving a half-updated model under the previous step.
+STOP_REQUESTED = threading.Event()
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    STOP_REQUESTED.set()
 
 
 def train(args: argparse.Namespace) -> int:
@@ -128,9 +134,11 @@ def train(args: argparse.Namespace) -> int:
         if rank == 0:
             checkpoints.save(step, model, optimizer, reason)
 
-    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGTERM, _request_stop)
     try:
         while step < args.total_steps:
+            if STOP_REQUESTED.is_set():
+                raise Stop()
             inputs, targets = batch(step, rank)
             optimizer.zero_grad()
             loss = loss_fn(ddp(inputs), targets)
@@ -152,8 +160,9 @@ def train(args: argparse.Namespace) -> int:
                 time.sleep(args.step_seconds)
         save("done")
     except (Stop, RuntimeError) as stop:
-        # SIGTERM (torchrun re-forming the group, the pod deleted) or a peer gone mid-collective (gloo
-        # raises RuntimeError): the model and optimizer hold exactly `step` steps, so rank 0 saves them.
+        # SIGTERM (torchrun re-forming the group, the pod deleted; seen between steps) or a peer gone
+        # mid-collective (gloo raises RuntimeError in backward or an all_reduce, never inside
+        # optimizer.step): the model and optimizer hold exactly `step` steps, so rank 0 saves them.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         save("sigterm" if isinstance(stop, Stop) else "group-lost")
         print(f"stopped at step={step}: {type(stop).__name__} {stop}".rstrip(), flush=True)

@@ -34,7 +34,7 @@ PHASE_TIMEOUT_S = 300.0
 LINE = re.compile(
     r"^(?:step=(?P<step>\d+) loss=(?P<loss>[0-9.]+) world_size=(?P<world>\d+) rank=(?P<rank>\d+)"
     r"|resumed step=(?P<resumed>\d+) world_size=(?P<resumed_world>\d+) rank=\d+"
-    r"|checkpoint saved step=(?P<saved>\d+) reason=(?P<reason>\w+)"
+    r"|checkpoint saved step=(?P<saved>\d+) reason=(?P<reason>[\w-]+)"
     r"|checkpoint acknowledged step=(?P<acked>\d+))$"
 )
 
