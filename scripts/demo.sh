@@ -64,6 +64,6 @@ fi
 cat <<MSG
 The demo keeps running. Try:
   eval "\$($SANDBOX env)"; kubectl get tj,pods
-  kubectl scale tj $job --replicas=2
+  kubectl describe tj $job   # conditions (Sized, Admitted, Ready, Running) and events
 Stop it all with: make demo-down
 MSG
