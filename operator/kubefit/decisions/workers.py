@@ -80,24 +80,9 @@ def scale_workers(
     )
     return WorkerChanges(
         create=tuple(index for index in range(desired) if index not in taken),
-        delete=tuple(pod.name for pod in _removable(surplus, live, desired)) + tuple(undeleted),
+        delete=tuple(pod.name for pod in surplus) + tuple(undeleted),
         replace=failed,
     )
-
-
-def _removable(surplus: Sequence[WorkerPod], live: Sequence[WorkerPod], desired: int) -> list[WorkerPod]:
-    """The surplus workers that may go now, highest index first: a running one only while more than
-    `desired` run. When a node takes lower indices with it, a surviving higher one keeps training until
-    the lower index it is traded for runs, so the job never runs fewer than it is granted."""
-    spare = max(0, sum(1 for pod in live if pod.ready) - desired)
-    removable = []
-    for pod in surplus:
-        if not pod.ready:
-            removable.append(pod)
-        elif spare > 0:
-            removable.append(pod)
-            spare -= 1
-    return removable
 
 
 def stop_workers(pods: Sequence[WorkerPod], keep_finished: bool) -> tuple[str, ...]:
