@@ -28,7 +28,7 @@ from kubefit.decisions.job import (
 )
 from kubefit.decisions.job import decide as decide_unchecked
 from kubefit.decisions.observed import WorkerPod, worker_from_pod
-from kubefit.decisions.workers import scale_workers, stop_workers, worker_bounds
+from kubefit.decisions.workers import scale_workers, stop_workers, worker_bounds, worker_slots
 from kubefit.sizing.catalog import Catalog, load_catalog
 from kubefit.sizing.planner import NodeInventory
 
@@ -656,9 +656,15 @@ def test_worker_from_pod_manifest() -> None:
 
 
 def test_scale_workers_and_stop_workers_directly() -> None:
-    changes = scale_workers(2, [pod(0), pod(3), pod(5, terminating=True)])
-    assert changes.create == (1,)
-    assert changes.delete == ("llama-worker-3",)
+    pods = [pod(0), pod(3), pod(5, terminating=True)]
+    fixed = scale_workers(worker_slots(2, pods, (), keep_survivors=False), pods)
+    assert fixed.create == (1,)
+    assert fixed.delete == ("llama-worker-3",)
+    # An elastic job keeps its survivors: workers 0 and 3 are its two; nothing is traded.
+    elastic = scale_workers(worker_slots(2, pods, (), keep_survivors=True), pods)
+    assert elastic.create == () and elastic.delete == ()
+    assert worker_slots(4, pods, (), keep_survivors=True) == {0, 1, 2, 3}  # grows into the gaps
+    assert worker_slots(2, [pod(2), pod(3)], (), keep_survivors=True) == {0, 2}  # worker 0 always
     assert stop_workers([pod(0), pod(1, "Failed"), pod(2, terminating=True)], keep_finished=True) == (
         "llama-worker-0",
     )

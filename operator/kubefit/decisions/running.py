@@ -36,7 +36,7 @@ from kubefit.decisions.gang import (
     restart_backoff_left,
 )
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
-from kubefit.decisions.workers import WorkerChanges, scale_workers, stop_workers
+from kubefit.decisions.workers import WorkerChanges, scale_workers, stop_workers, worker_slots
 
 # Reason words the scheduling pass may give a changed grant (AdmissionPlan.reasons: "Word: detail").
 _GRANT_REASONS = {Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.SHRUNK_FOR_PRIORITY, Reason.ADMITTED}
@@ -54,13 +54,14 @@ class _Plan:
 def admitted(ctx: JobContext, grant: int) -> Draft:
     plan = _plan(ctx, grant)
     foreign = [pod for pod in ctx.observation.pods if pod not in ctx.ours]
-    changes = scale_workers(plan.keep, ctx.ours, ctx.observation.already_replaced, foreign)
+    slots = _slots(ctx, plan.keep)
+    changes = scale_workers(slots, ctx.ours, ctx.observation.already_replaced, foreign)
     restarts = restarts_of(ctx.status) + len(changes.replace)
     if restarts > ctx.spec.run_policy.max_restarts:
         return failed(ctx, changes.replace)
-    if _all_succeeded(ctx.ours, plan.keep):
+    if _all_succeeded(ctx.ours, slots):
         return succeeded(ctx, plan.keep)
-    ready = _ready(ctx.ours, plan.keep)
+    ready = _ready(ctx.ours, slots)
     gang = previous_gang(ctx.status)
     gang = gang.model_copy(update={"started": gang.started or ready >= plan.keep})
     admitted_time = admitted_at(ctx.conditions) or ctx.now
@@ -131,8 +132,14 @@ def _plan(ctx: JobContext, grant: int) -> _Plan:
     return _Plan(bounds.desired, bounds.desired, _surplus(ctx, bounds.desired, Reason.SCALED_DOWN))
 
 
+def _slots(ctx: JobContext, count: int) -> frozenset[int]:
+    already = ctx.observation.already_replaced
+    return worker_slots(count, ctx.ours, already, keep_survivors=ctx.spec.elastic.enabled)
+
+
 def _surplus(ctx: JobContext, target: int, reason: str) -> Removal | None:
-    surplus = [pod for pod in ctx.live if pod.index is not None and pod.index >= target]
+    slots = _slots(ctx, target)
+    surplus = [pod for pod in ctx.live if pod.index is not None and pod.index not in slots]
     return Removal(reason, target, highest_first(surplus)) if surplus else None
 
 
@@ -243,13 +250,13 @@ def succeeded(ctx: JobContext, desired: int) -> Draft:
     )
 
 
-def _ready(ours: Sequence[WorkerPod], desired: int) -> int:
-    return sum(1 for pod in ours if pod.ready and pod.index is not None and pod.index < desired)
+def _ready(ours: Sequence[WorkerPod], slots: frozenset[int]) -> int:
+    return sum(1 for pod in ours if pod.ready and pod.index in slots)
 
 
-def _all_succeeded(ours: Sequence[WorkerPod], desired: int) -> bool:
+def _all_succeeded(ours: Sequence[WorkerPod], slots: frozenset[int]) -> bool:
     succeeded = {pod.index for pod in ours if pod.phase == POD_SUCCEEDED and not pod.terminating}
-    return desired > 0 and all(index in succeeded for index in range(desired))
+    return bool(slots) and slots <= succeeded
 
 
 def _phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str | None) -> Phase:

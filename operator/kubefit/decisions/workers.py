@@ -44,13 +44,34 @@ def _live(pods: Sequence[WorkerPod], already_replaced: Collection[str]) -> list[
     return [pod for pod in pods if pod.index is not None and pod.uid not in already_replaced]
 
 
+def worker_slots(
+    desired: int, pods: Sequence[WorkerPod], already_replaced: Collection[str], keep_survivors: bool
+) -> frozenset[int]:
+    """The worker indices that make up the job: 0..desired-1, or for an elastic job (`keep_survivors`)
+    worker 0 (the rendezvous host), the lowest indices that already exist, then the lowest free ones.
+
+    torchrun's elastic rendezvous assigns ranks itself, so an elastic job need not renumber: when a node
+    takes workers 1 and 2 with it, workers 0 and 3 keep training instead of 3 being traded for a new 1
+    (which would leave the job below its grant in between, or forever if 1 has no room)."""
+    if not keep_survivors or desired <= 0:
+        return frozenset(range(desired))
+    existing = sorted(
+        {pod.index for pod in _live(pods, already_replaced) if pod.index and not pod.terminating}
+    )
+    slots = {0, *existing[: desired - 1]}
+    free = (index for index in range(1, desired + len(existing) + 1) if index not in slots)
+    while len(slots) < desired:
+        slots.add(next(free))
+    return frozenset(slots)
+
+
 def scale_workers(
-    desired: int,
+    slots: frozenset[int],
     pods: Sequence[WorkerPod],
     already_replaced: Collection[str] = frozenset(),
     foreign: Sequence[WorkerPod] = (),
 ) -> WorkerChanges:
-    """Pods to create (missing indices below `desired`), delete (indices at or above it) and replace (failed).
+    """Pods to create (missing slots), delete (indices outside the slots) and replace (failed).
 
     `already_replaced` holds uids of failed pods this operator has already deleted; a cache may still show
     them for a moment, and they must neither count as a second restart nor be deleted again.
@@ -61,25 +82,18 @@ def scale_workers(
     # A replaced pod still shown and not terminating: its deletion may have failed; deleting again is safe.
     undeleted = [pod.name for pod in pods if pod.uid in already_replaced and not pod.terminating]
     surplus = sorted(
-        (pod for pod in live if pod.index is not None and pod.index >= desired and not pod.terminating),
+        (pod for pod in live if pod.index is not None and pod.index not in slots and not pod.terminating),
         key=lambda pod: pod.index or 0,
         reverse=True,
     )
     failed = tuple(
         sorted(
-            (
-                pod
-                for pod in live
-                if pod.index is not None
-                and pod.index < desired
-                and pod.phase == POD_FAILED
-                and not pod.terminating
-            ),
+            (pod for pod in live if pod.index in slots and pod.phase == POD_FAILED and not pod.terminating),
             key=lambda pod: pod.index or 0,
         )
     )
     return WorkerChanges(
-        create=tuple(index for index in range(desired) if index not in taken),
+        create=tuple(index for index in sorted(slots) if index not in taken),
         delete=tuple(pod.name for pod in surplus) + tuple(undeleted),
         replace=failed,
     )
