@@ -41,6 +41,7 @@ from kubefit_sandbox.controlplane import Sandbox
 from kubefit_sandbox.ephemeral import ephemeral_sandbox
 from kubefit_sandbox.kubeclient import WatchExpired, core_api, new_api_client, watch_events
 from kubefit_sandbox.nodeagent import start_agent
+from operator_process import wait_until_serving  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -243,11 +244,7 @@ def start_operator(sandbox: Sandbox, namespace: str, log: Path) -> subprocess.Po
     command = [sys.executable, "-m", "kubefit.cli.main", "run", "--namespace", namespace]
     command += ["--metrics-port", "0", "--liveness-port", "0", "--bind-address", "127.0.0.1"]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 60
-    while "liveness on" not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the operator did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.1)
+    wait_until_serving(process, log)
     return process
 
 

@@ -38,6 +38,7 @@ from kubefit_sandbox.kubeclient import WatchExpired, core_api, new_api_client, w
 from kubefit_sandbox.nodeagent import start_agent
 from kubefit_sandbox.nodes import list_sandbox_nodes, register_node, remove_node
 from kubefit_sandbox.podstatus import rfc3339
+from operator_process import wait_until_serving  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_FILE = ROOT / "examples" / "sandbox" / "cluster.yaml"
@@ -194,11 +195,7 @@ def start_operator(sandbox: Sandbox, namespace: str, log: Path) -> subprocess.Po
         "127.0.0.1",
     ]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 60
-    while "liveness on" not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the operator did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.1)
+    wait_until_serving(process, log)
     return process
 
 
