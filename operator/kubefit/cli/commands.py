@@ -1,4 +1,4 @@
-"""Registers the sub-commands that live in their own modules (run, size)."""
+"""Registers the sub-commands that live in their own modules (run, size, top)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 from typing import Any
 
 # module name -> the function in it that adds its sub-parser; each takes the subparsers action
-_COMMAND_MODULES = ["kubefit.cli.size", "kubefit.cli.run"]
+_COMMAND_MODULES = ["kubefit.cli.size", "kubefit.cli.run", "kubefit.cli.top"]
 
 
 def register(commands: Any) -> None:

@@ -1,4 +1,4 @@
-"""The `kubefit` command: run | size | crd."""
+"""The `kubefit` command: run | size | top | crd."""
 
 from __future__ import annotations
 

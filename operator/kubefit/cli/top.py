@@ -1,0 +1,298 @@
+"""`kubefit top`: the TrainingJobs of a cluster, what accelerators they hold, and what of it is wasted.
+
+Reads the TrainingJobs through the kubeconfig (the operator's status: phase, workers, sizing) and, with
+`--prometheus URL`, each worker GPU's utilisation from DCGM exporter series in that Prometheus. The waste
+column names the same conditions the shipped alert rules fire on (docs/alerts.md), judged at this instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO, cast
+
+from kubefit.api.resource import GROUP, PLURAL, VERSION
+from kubefit.api.units import GIB
+from kubefit.builders.naming import worker_index
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+# Defaults shared with the alert rules' defaults (charts/kubefit/values.yaml): a device whose estimated
+# peak is under half its memory is over-provisioned; a GPU under 1% busy is idle (DCGM's noise floor).
+OVERPROVISIONED_BELOW = 0.5
+IDLE_BELOW = 0.01
+
+WASTE_IDLE = "idle"
+WASTE_OVERPROVISIONED = "overprovisioned"
+WASTE_PARTIAL_GANG = "partial-gang"
+
+# Utilisation per (namespace, pod): the fraction of time a GPU's graphics engine was busy, averaged over
+# the pod's GPUs. dcgm-exporter scraped with honorLabels false carries the workload in exported_*.
+_POD_LABELS = (
+    'label_replace(label_replace({metric}, "namespace", "$1", "exported_namespace", "(.+)"),'
+    ' "pod", "$1", "exported_pod", "(.+)")'
+)
+ENGINE_ACTIVE_QUERY = (
+    "avg by (namespace, pod) (" + _POD_LABELS.format(metric="DCGM_FI_PROF_GR_ENGINE_ACTIVE") + ")"
+)
+GPU_UTIL_QUERY = "avg by (namespace, pod) (" + _POD_LABELS.format(metric="DCGM_FI_DEV_GPU_UTIL") + ") / 100"
+
+PodKey = tuple[str, str]
+
+
+class TopError(Exception):
+    """A failure to read the cluster or Prometheus, with a message for the user."""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One line of `kubefit top`; `-o json` prints these fields (bytes as integers)."""
+
+    namespace: str
+    name: str
+    phase: str
+    running_workers: int
+    desired_workers: int
+    min_workers: int
+    accelerator: str
+    accelerators_allocated: int
+    accelerators_requested: int
+    memory_estimated_bytes: int | None
+    memory_requested_bytes: int | None
+    utilization: float | None
+    idle_accelerators: float | None
+    waste: list[str]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    overprovisioned_below: float = OVERPROVISIONED_BELOW
+    idle_below: float = IDLE_BELOW
+
+
+def min_workers_of(spec: Mapping[str, Any]) -> int:
+    workers = spec.get("workers") or {}
+    replicas = int(workers.get("replicas") or 1)
+    minimum = workers.get("minReplicas")
+    return int(minimum) if minimum is not None else replicas
+
+
+def job_utilization(namespace: str, name: str, pods: Mapping[PodKey, float]) -> float | None:
+    """Mean utilisation of the job's worker pods that Prometheus reports, None when it reports none."""
+    values = [
+        value
+        for (pod_namespace, pod), value in pods.items()
+        if pod_namespace == namespace and worker_index(pod, name) is not None
+    ]
+    return sum(values) / len(values) if values else None
+
+
+def job_row(job: Mapping[str, Any], pods: Mapping[PodKey, float] | None, limits: Thresholds) -> JobRow:
+    """The row of one TrainingJob object; `pods` is utilisation per pod, None without Prometheus."""
+    metadata, status = job.get("metadata") or {}, job.get("status") or {}
+    namespace, name = str(metadata.get("namespace", "")), str(metadata.get("name", ""))
+    sizing = status.get("sizing") or {}
+    per_worker = int(sizing.get("acceleratorsPerWorker") or 0)
+    running, desired = int(status.get("readyReplicas") or 0), int(status.get("desiredReplicas") or 0)
+    allocated = running * per_worker
+    estimated, requested = sizing.get("perDeviceBytes"), sizing.get("deviceMemoryBytes")
+    utilization = job_utilization(namespace, name, pods) if pods is not None else None
+    idle = allocated * (1.0 - utilization) if utilization is not None else None
+    minimum = min_workers_of(job.get("spec") or {})
+    waste = []
+    if utilization is not None and allocated and utilization < limits.idle_below:
+        waste.append(WASTE_IDLE)
+    if allocated and estimated and requested and estimated / requested < limits.overprovisioned_below:
+        waste.append(WASTE_OVERPROVISIONED)
+    if allocated and running < minimum:
+        waste.append(WASTE_PARTIAL_GANG)
+    return JobRow(
+        namespace=namespace,
+        name=name,
+        phase=str(status.get("phase") or "Pending"),
+        running_workers=running,
+        desired_workers=desired,
+        min_workers=minimum,
+        accelerator=str(sizing.get("accelerator") or ""),
+        accelerators_allocated=allocated,
+        accelerators_requested=desired * per_worker,
+        memory_estimated_bytes=int(estimated) if estimated is not None else None,
+        memory_requested_bytes=int(requested) if requested is not None else None,
+        utilization=utilization,
+        idle_accelerators=idle,
+        waste=waste,
+    )
+
+
+def build_rows(
+    jobs: Iterable[Mapping[str, Any]], pods: Mapping[PodKey, float] | None, limits: Thresholds
+) -> list[JobRow]:
+    rows = [job_row(job, pods, limits) for job in jobs]
+    return sorted(rows, key=lambda row: (row.namespace, row.name))
+
+
+# ---------------------------------------------------------------- rendering
+
+_HEADERS = ("NAMESPACE", "NAME", "PHASE", "WORKERS", "ACCELERATORS", "MEMORY/DEVICE", "UTIL", "WASTE")
+
+
+def _memory_cell(row: JobRow) -> str:
+    if not row.memory_estimated_bytes or not row.memory_requested_bytes:
+        return "-"
+    share = row.memory_estimated_bytes / row.memory_requested_bytes
+    return f"{row.memory_estimated_bytes / GIB:.1f}/{row.memory_requested_bytes / GIB:.1f} GiB ({share:.0%})"
+
+
+def _waste_cell(row: JobRow) -> str:
+    parts = list(row.waste)
+    if row.idle_accelerators is not None and row.accelerators_allocated:
+        parts.insert(0, f"{row.idle_accelerators:.1f} idle")
+    return ", ".join(parts) or "-"
+
+
+def _cells(row: JobRow) -> tuple[str, ...]:
+    accelerators = f"{row.accelerators_allocated}/{row.accelerators_requested}"
+    if row.accelerator:
+        accelerators += f" {row.accelerator}"
+    utilization = f"{row.utilization:.0%}" if row.utilization is not None else "-"
+    workers = f"{row.running_workers}/{row.desired_workers}"
+    return (row.namespace, row.name, row.phase, workers, accelerators, _memory_cell(row), utilization,
+            _waste_cell(row))  # fmt: skip
+
+
+def render_table(rows: Sequence[JobRow]) -> str:
+    if not rows:
+        return "No TrainingJobs found.\n"
+    lines = [_HEADERS, *(_cells(row) for row in rows)]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(_HEADERS))]
+    return "".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() + "\n"
+        for line in lines
+    )
+
+
+def render_json(rows: Sequence[JobRow]) -> str:
+    return json.dumps({"jobs": [asdict(row) for row in rows]}, indent=2) + "\n"
+
+
+# ---------------------------------------------------------------- reading the cluster and Prometheus
+
+
+def prometheus_vector(base_url: str, query: str, timeout: float = 10.0) -> dict[PodKey, float]:
+    """Runs an instant query; returns value per (namespace, pod) of the series that carry both labels."""
+    url = base_url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the user's URL
+            body = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise TopError(f"--prometheus {base_url}: cannot query it ({exc})") from exc
+    if body.get("status") != "success":
+        raise TopError(f"--prometheus {base_url}: query failed: {body.get('error', body)}")
+    values: dict[PodKey, float] = {}
+    for sample in body.get("data", {}).get("result", []):
+        labels = sample.get("metric", {})
+        if "namespace" in labels and "pod" in labels:
+            values[(labels["namespace"], labels["pod"])] = float(sample["value"][1])
+    return values
+
+
+def pod_utilization(base_url: str) -> dict[PodKey, float]:
+    """DCGM_FI_PROF_GR_ENGINE_ACTIVE where a GPU reports it, else DCGM_FI_DEV_GPU_UTIL / 100."""
+    merged = prometheus_vector(base_url, GPU_UTIL_QUERY)
+    merged.update(prometheus_vector(base_url, ENGINE_ACTIVE_QUERY))
+    return merged
+
+
+def list_jobs(namespace: str | None, context: str | None) -> list[dict[str, Any]]:
+    """TrainingJobs of one namespace, or of all when namespace is None."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        config.load_kube_config(context=context)
+        api = client.CustomObjectsApi()
+        if namespace is None:
+            listing = cast(dict[str, Any], api.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+        else:
+            listing = cast(
+                dict[str, Any], api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+            )
+    except ApiException as exc:
+        raise TopError(f"cannot list TrainingJobs: HTTP {exc.status} {exc.reason}") from exc
+    except (config.ConfigException, OSError) as exc:
+        raise TopError(f"cannot reach the cluster: {exc}") from exc
+    return list(listing.get("items", []))
+
+
+def current_namespace(context: str | None) -> str:
+    """The kubeconfig context's namespace, as kubectl uses it; "default" when it names none."""
+    from kubernetes import config
+
+    try:
+        contexts, active = config.list_kube_config_contexts()
+    except (config.ConfigException, OSError) as exc:
+        raise TopError(f"cannot read the kubeconfig: {exc}") from exc
+    chosen: dict[str, Any] | None = (
+        next((c for c in contexts if c["name"] == context), active) if context else active
+    )
+    return str((chosen or {}).get("context", {}).get("namespace") or "default")
+
+
+# ---------------------------------------------------------------- command
+
+
+def run_top(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    try:
+        namespace = None if args.all_namespaces else (args.namespace or current_namespace(args.context))
+        jobs = list_jobs(namespace, args.context)
+        pods = pod_utilization(args.prometheus) if args.prometheus else None
+    except TopError as exc:
+        err.write(f"kubefit top: {exc}\n")
+        return EXIT_FAILED
+    limits = Thresholds(args.overprovisioned_below, args.idle_below)
+    rows = build_rows(jobs, pods, limits)
+    out.write(render_json(rows) if args.output == "json" else render_table(rows))
+    return EXIT_OK
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def register(commands: Any) -> None:
+    top = commands.add_parser(
+        "top",
+        help="show TrainingJobs with their accelerators, memory per device and waste",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    scope = top.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    top.add_argument("--context", help="kubeconfig context (default: the current one)")
+    top.add_argument(
+        "--prometheus", metavar="URL", help="Prometheus with DCGM exporter series, for utilisation"
+    )
+    top.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    top.add_argument(
+        "--overprovisioned-below", type=_fraction, default=OVERPROVISIONED_BELOW, metavar="FRACTION",
+        help="estimated/requested memory per device under which a job is over-provisioned (default 0.5)",
+    )  # fmt: skip
+    top.add_argument(
+        "--idle-below", type=_fraction, default=IDLE_BELOW, metavar="FRACTION",
+        help="utilisation under which a job's GPUs are idle (default 0.01)",
+    )  # fmt: skip
+    top.set_defaults(handler=run_top)

@@ -1,0 +1,136 @@
+"""`kubefit top`: rows from TrainingJob objects and utilisation, the waste verdicts, rendering, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubefit.api.units import GIB
+from kubefit.cli.main import build_parser
+from kubefit.cli.top import (
+    WASTE_IDLE,
+    WASTE_OVERPROVISIONED,
+    WASTE_PARTIAL_GANG,
+    Thresholds,
+    build_rows,
+    job_row,
+    job_utilization,
+    render_json,
+    render_table,
+    run_top,
+)
+
+DEVICE = 80 * GIB
+
+
+def job(
+    name: str = "llm",
+    namespace: str = "team",
+    *,
+    ready: int = 2,
+    desired: int = 2,
+    per_worker: int = 4,
+    estimated: int = 60 * GIB,
+    replicas: int = 2,
+    min_replicas: int | None = None,
+    phase: str = "Running",
+) -> dict[str, Any]:
+    workers: dict[str, Any] = {"replicas": replicas}
+    if min_replicas is not None:
+        workers["minReplicas"] = min_replicas
+    return {
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"workers": workers},
+        "status": {
+            "phase": phase,
+            "readyReplicas": ready,
+            "desiredReplicas": desired,
+            "sizing": {
+                "accelerator": "nvidia-h100-80gb",
+                "acceleratorsPerWorker": per_worker,
+                "perDeviceBytes": estimated,
+                "deviceMemoryBytes": DEVICE,
+            },
+        },
+    }
+
+
+def test_a_busy_well_sized_job_wastes_nothing() -> None:
+    utilization = {("team", "llm-worker-0"): 0.9, ("team", "llm-worker-1"): 0.7}
+    row = job_row(job(), utilization, Thresholds())
+    assert (row.accelerators_allocated, row.accelerators_requested) == (8, 8)
+    assert row.utilization == pytest.approx(0.8)
+    assert row.idle_accelerators == pytest.approx(8 * 0.2)
+    assert row.waste == []
+
+
+def test_each_kind_of_waste_is_named() -> None:
+    idle = job_row(job(), {("team", "llm-worker-0"): 0.0}, Thresholds())
+    assert idle.waste == [WASTE_IDLE] and idle.idle_accelerators == pytest.approx(8.0)
+
+    small = job_row(job(estimated=10 * GIB), None, Thresholds())
+    assert small.waste == [WASTE_OVERPROVISIONED]
+    assert job_row(job(estimated=10 * GIB), None, Thresholds(overprovisioned_below=0.1)).waste == []
+
+    partial = job_row(job(ready=1, desired=3, replicas=3, min_replicas=2), None, Thresholds())
+    assert partial.waste == [WASTE_PARTIAL_GANG]
+    assert (partial.accelerators_allocated, partial.accelerators_requested, partial.min_workers) == (4, 12, 2)
+
+
+def test_a_job_holding_nothing_is_never_called_wasteful() -> None:
+    queued = job(ready=0, desired=0, estimated=GIB, phase="Queued")
+    row = job_row(queued, {}, Thresholds())
+    assert row.accelerators_allocated == 0 and row.waste == [] and row.utilization is None
+
+
+def test_utilisation_belongs_to_the_job_by_worker_name_and_namespace() -> None:
+    pods = {
+        ("team", "llm-worker-0"): 0.5,
+        ("team", "llm-worker-12"): 0.1,
+        ("other", "llm-worker-1"): 0.0,  # same name, another namespace
+        ("team", "llm-worker-1-worker-0"): 0.0,  # worker of a job named llm-worker-1
+        ("team", "llm-eval"): 0.0,
+    }
+    assert job_utilization("team", "llm", pods) == pytest.approx(0.3)
+    assert job_utilization("team", "llm-worker-1", pods) == pytest.approx(0.0)
+    assert job_utilization("team", "absent", pods) is None
+
+
+def test_table_and_json_show_every_job_sorted() -> None:
+    rows = build_rows([job("b"), job("a", estimated=10 * GIB)], None, Thresholds())
+    table = render_table(rows)
+    lines = table.splitlines()
+    assert lines[0].split() == ["NAMESPACE", "NAME", "PHASE", "WORKERS", "ACCELERATORS", "MEMORY/DEVICE",
+                                "UTIL", "WASTE"]  # fmt: skip
+    assert lines[1].split()[:5] == ["team", "a", "Running", "2/2", "8/8"]
+    assert "10.0/80.0 GiB (12%)" in lines[1] and "overprovisioned" in lines[1]
+    assert lines[2].split()[1] == "b" and lines[2].rstrip().endswith("-")
+
+    document = json.loads(render_json(rows))
+    assert [item["name"] for item in document["jobs"]] == ["a", "b"]
+    assert document["jobs"][0]["memory_estimated_bytes"] == 10 * GIB
+    assert document["jobs"][0]["waste"] == [WASTE_OVERPROVISIONED]
+    assert render_table([]) == "No TrainingJobs found.\n"
+
+
+def test_thresholds_outside_zero_to_one_are_refused_naming_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["top", "--idle-below", "5"])
+    assert exit_info.value.code == 2
+    assert "--idle-below" in capsys.readouterr().err
+
+
+def test_an_unreachable_cluster_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    args = build_parser().parse_args(["top", "-n", "team"])
+    out, err = io.StringIO(), io.StringIO()
+    assert run_top(args, out, err) == 1
+    assert out.getvalue() == ""
+    assert err.getvalue().startswith("kubefit top: cannot reach the cluster")
+    assert len(err.getvalue().splitlines()) == 1
