@@ -29,7 +29,7 @@ from kubefit.decisions.admission import AdmissionPlan, Demand, plan_admissions
 from kubefit.decisions.inventory import NodeFacts, PodUsage
 from kubefit.decisions.node_match import ANYWHERE, Placement, Taint
 from kubefit.decisions.observed import WorkerPod
-from kubefit.metrics import OperatorMetrics
+from kubefit.metrics import AcceleratorCount, OperatorMetrics
 from kubefit.sizing.catalog import load_catalog
 
 CATALOG = load_catalog()
@@ -277,17 +277,54 @@ def test_a_job_that_needs_nothing_leaves_the_queue() -> None:
     assert a not in scheduler.snapshot()
 
 
-def test_the_queue_metrics_follow_the_passes() -> None:
+def _sample(scheduler: Scheduler, name: str, **labels: str) -> float | None:
+    return scheduler.metrics.registry.get_sample_value(name, labels)
+
+
+def test_grant_changes_and_preemptions_are_counted_by_direction_and_reason() -> None:
+    a, urgent = ("ns", "a"), ("ns", "urgent")
     cluster = FakeCluster(nodes=[node("n1")])
     scheduler, _ = sync_scheduler()
-    scheduler.offer(("ns", "a"), demand("a", min_workers=2, want=2, created=1), ANYWHERE, cluster.view())
-    scheduler.offer(("ns", "b"), demand("b", min_workers=2, want=2, created=2), ANYWHERE, cluster.view())
-    registry = scheduler.metrics.registry
-    assert registry.get_sample_value("kubefit_queued_jobs") == 1
-    assert registry.get_sample_value("kubefit_admissions_total") == 1
-    scheduler.forget(("ns", "a"), cluster.view())
-    assert registry.get_sample_value("kubefit_queued_jobs") == 0
-    assert registry.get_sample_value("kubefit_admissions_total") == 2
+    scheduler.offer(a, demand("a", min_workers=2, want=4, created=1), ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[a].workers == 2
+    scale = "kubefit_scale_events_total"
+    assert _sample(scheduler, scale, direction="up", reason="ScaledUp") is None  # admission is no scale
+
+    cluster.nodes.append(node("n2"))
+    scheduler.node_changed(cluster.nodes[-1], "n2", True, cluster.view())
+    assert scheduler.snapshot()[a].workers == 4
+    assert _sample(scheduler, scale, direction="up", reason="ScaledUp") == 1
+
+    whole_nodes = replace(
+        demand("urgent", per_worker=8, min_workers=2, want=2, priority=100, created=2),
+        elastic=False,
+        preemption="LowerPriority",
+    )
+    scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[a].workers == 0 and scheduler.snapshot()[urgent].workers == 2
+    assert _sample(scheduler, "kubefit_preemptions_total", reason="HigherPriority") == 1
+    assert _sample(scheduler, scale, direction="down", reason="ShrunkForPriority") is None  # preempted whole
+
+
+def test_cluster_accelerators_count_ready_nodes_and_what_bound_pods_hold_there() -> None:
+    a = ("ns", "a")
+    cluster = FakeCluster(
+        nodes=[node("n1"), node("n2"), node("n3"), NodeFacts("cpu", {}, {"cpu": "8"})],
+        others={"n1": 3},
+        per_worker={a: 4},
+    )
+    cluster.workers[a] = [worker("a", 0, "n2"), worker("a", 1, None, phase="Pending")]  # one bound
+    scheduler, _ = sync_scheduler()
+    assert scheduler.cluster_accelerators() == {}  # nothing seen yet: no series rather than zeros
+    scheduler.node_changed(cluster.nodes[2], "n3", False, cluster.view())  # n3 is not Ready
+    assert scheduler.cluster_accelerators() == {"nvidia-h100-80gb": AcceleratorCount(16, 7)}
+    family = "kubefit_cluster_accelerators"
+    assert _sample(scheduler, family, accelerator="nvidia-h100-80gb", state="allocatable") == 16
+    assert _sample(scheduler, family, accelerator="nvidia-h100-80gb", state="allocated") == 7
+    assert _sample(scheduler, family, accelerator="nvidia-h100-80gb", state="free") == 9
+
+    cluster.others["n2"] = 8  # more requested than the node has (a stale index): allocated stops at 8
+    assert scheduler.cluster_accelerators()["nvidia-h100-80gb"] == AcceleratorCount(16, 11)
 
 
 def test_a_burst_of_triggers_is_one_pass_and_reconciles_run_on_worker_threads() -> None:

@@ -46,7 +46,7 @@ from kubefit.decisions.admission import (
 from kubefit.decisions.inventory import NodeFacts, PodUsage, classify_nodes
 from kubefit.decisions.node_match import ANYWHERE, Placement
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
-from kubefit.metrics import OperatorMetrics
+from kubefit.metrics import AcceleratorCount, OperatorMetrics
 from kubefit.sizing.catalog import Catalog
 
 logger = logging.getLogger("kubefit.scheduler")
@@ -59,6 +59,9 @@ DEFAULT_HEAD_OF_LINE_TIMEOUT = 300.0
 ADMISSION_TRIGGER = "admission"
 RECOVERED = "Recovered"  # Grant.reason of a job found with workers when this process first saw it
 RECONCILE_THREADS = 4
+# kubefit_preemptions_total's reason: the one way a whole job is stopped now (a higher-priority job that
+# may preempt needed its devices, decisions/admission.py).
+PREEMPTION_REASON = "HigherPriority"
 
 ReconcileJob = Callable[[JobKey, str, ClusterView], None]
 Planner = Callable[..., AdmissionPlan]
@@ -148,6 +151,7 @@ class Scheduler:
         self._reconcile: ReconcileJob | None = None
         self._executor: Executor | None = None
         self.passes = 0
+        metrics.watch_cluster(self.cluster_accelerators)
 
     def reconcile_with(self, reconcile: ReconcileJob, executor: Executor | None = None) -> None:
         """Who reconciles a job whose grant changed (the Reconciler), on which threads."""
@@ -356,36 +360,79 @@ class Scheduler:
 
     def _store(self, plan: AdmissionPlan, planned: Mapping[JobKey, _Entry]) -> list[JobKey]:
         changed: list[JobKey] = []
-        scaled: Counter[str] = Counter()
+        scaled: list[tuple[str, str]] = []  # (direction, reason word) of each admitted job's grant change
+        preempted: list[str] = []
         with self._lock:
             for key, entry in planned.items():
                 if self._entries.get(key) is not entry:
                     continue  # forgotten or replaced while the pass ran
                 granted = plan.grants.get(key, entry.granted or 0)
                 waiting = plan.waiting.get(key) if granted == 0 else None
-                before = entry.granted or 0
-                if key in plan.preempt:
-                    scaled["preempt"] += 1
-                elif before and granted != before:
-                    scaled["up" if granted > before else "down"] += 1
+                reason = plan.reasons.get(key)
+                _count_change(entry.granted or 0, granted, reason, key in plan.preempt, (scaled, preempted))
                 if granted != entry.granted or waiting != entry.waiting:
                     changed.append(key)
-                    entry.reason = plan.reasons.get(key, entry.reason)
+                    entry.reason = reason or entry.reason
                     if granted != entry.granted:
                         logger.info(
                             "%s/%s: %s -> %d workers (%s)", *key, entry.granted, granted, entry.reason
                         )
                 entry.granted, entry.waiting = granted, waiting
-            queued = sum(
-                1 for entry in self._entries.values() if entry.demand is not None and not entry.granted
-            )
-        self.metrics.observe_queue(queued, len(plan.admitted_now), scaled)
+        self.metrics.count_scale_events(scaled)
+        self.metrics.count_preemptions(preempted)
         return changed
+
+    def cluster_accelerators(self) -> dict[str, AcceleratorCount]:
+        """Per accelerator type, the devices of the ready nodes the passes count, and those that bound pods
+        hold (kubefit_cluster_accelerators, read at each scrape)."""
+        with self._lock:
+            view, not_ready = self._view, frozenset(self._not_ready)
+        if view is None:
+            return {}
+        nodes = [node for node in view.nodes() if node.name not in not_ready]
+        return accelerator_totals(nodes, view.usage(), self.catalog)
+
+
+def _count_change(
+    before: int,
+    granted: int,
+    reason: str | None,
+    preempt: bool,
+    into: tuple[list[tuple[str, str]], list[str]],
+) -> None:
+    """Records a preemption of a job that held workers, or the direction and reason word of a grant change
+    of an admitted job (a first admission is neither)."""
+    scaled, preempted = into
+    if preempt:
+        if before:
+            preempted.append(PREEMPTION_REASON)
+        return
+    if before and granted != before:
+        word = (reason or "").split(":", 1)[0]
+        scaled.append(("up" if granted > before else "down", word))
 
 
 def eligible_nodes(placement: Placement, nodes: Iterable[NodeFacts], catalog: Catalog) -> frozenset[str]:
     """Accelerator nodes a worker with `placement` may land on (nodeSelector, affinity, taints, cordon)."""
     return frozenset(node.name for node, _, admitted in classify_nodes(nodes, catalog, placement) if admitted)
+
+
+def accelerator_totals(
+    nodes: Iterable[NodeFacts], usage: Mapping[str, Iterable[PodUsage]], catalog: Catalog
+) -> dict[str, AcceleratorCount]:
+    """Per accelerator type: the devices of `nodes`, and those requested by the pods bound there (at most
+    the node's devices)."""
+    allocatable: Counter[str] = Counter()
+    allocated: Counter[str] = Counter()
+    for node in nodes:
+        accelerator = catalog.identify(node.labels)
+        if accelerator is None:
+            continue
+        devices = _count(node.allocatable.get(accelerator.resource_name, 0))
+        used = sum(pod.requests.get(accelerator.resource_name, 0) for pod in usage.get(node.name, ()))
+        allocatable[accelerator.name] += devices
+        allocated[accelerator.name] += min(used, devices)
+    return {name: AcceleratorCount(devices, allocated[name]) for name, devices in allocatable.items()}
 
 
 def node_capacity(

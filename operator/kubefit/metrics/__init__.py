@@ -1,5 +1,6 @@
-"""Prometheus metrics of the operator: reconcile counts, errors and durations, and per-job gauges."""
+"""Prometheus metrics of the operator: reconciles, per-job gauges, scheduling latencies and events, and
+the cluster's accelerators (docs/metrics.md)."""
 
-from kubefit.metrics.operator_metrics import OperatorMetrics, serve_metrics
+from kubefit.metrics.operator_metrics import AcceleratorCount, OperatorMetrics, serve_metrics
 
-__all__ = ["OperatorMetrics", "serve_metrics"]
+__all__ = ["AcceleratorCount", "OperatorMetrics", "serve_metrics"]

@@ -1,22 +1,26 @@
-"""The operator's Prometheus metrics.
+"""The operator's Prometheus metrics (docs/metrics.md lists each, with its labels and a query).
 
-Reconcile loop: `kubefit_reconciles_total{trigger}`, `kubefit_reconcile_errors_total{trigger}`,
-`kubefit_reconcile_duration_seconds{trigger}`.
-Per job (labels namespace, job): `kubefit_job_desired_workers`, `kubefit_job_ready_workers`,
-`kubefit_job_requested_accelerators{accelerator, resource}`, `kubefit_job_estimated_per_device_bytes{accelerator}`
-and `kubefit_job_device_memory_bytes{accelerator}` (compare the two to see the margin).
-A job's series are removed when the job is deleted, and a series whose accelerator changed is replaced.
-Admission queue (controller/scheduler.py): `kubefit_queued_jobs` (jobs waiting for admission after the
-last scheduling pass), `kubefit_admissions_total`, `kubefit_scale_events_total{direction}` (direction
-up: an admitted job's grant grew; down: it shrank; preempt: a whole job was stopped and requeued).
+Operator: `kubefit_build_info{version}`, `kubefit_reconcile_total{trigger,result}`,
+`kubefit_reconcile_duration_seconds`.
+Per job (labels namespace, name): `kubefit_trainingjob_info{accelerator,phase}`,
+`kubefit_trainingjob_workers{state}`, `kubefit_trainingjob_accelerators{accelerator,state}`,
+`kubefit_trainingjob_memory_estimated_bytes{accelerator}`, `kubefit_trainingjob_memory_requested_bytes
+{accelerator}`; every series of a job is removed when the job is deleted, and a series whose labels
+changed (a new phase, another accelerator) is replaced, never left behind.
+Scheduling: `kubefit_queue_wait_seconds`, `kubefit_scheduling_latency_seconds` (once per job),
+`kubefit_scale_events_total{direction,reason}`, `kubefit_preemptions_total{reason}`, and
+`kubefit_cluster_accelerators{accelerator,state}`, read from the scheduler at each scrape.
+Labels are bounded: job names, catalog accelerator names and fixed words, never pod names or messages.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,143 +30,278 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from kubefit import __version__
 from kubefit.api.resource import JobKey
-from kubefit.decisions.job import Decision
+from kubefit.decisions.job import Decision, JobObservation
+from kubefit.metrics.job_series import JobSeries, first_admission, first_run, job_series
 
-_JOB = ["namespace", "job"]
+logger = logging.getLogger("kubefit.metrics")
+
+_JOB = ["namespace", "name"]
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Seconds to minutes for an idle cluster, hours for a busy one.
+_WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+# Reconcile triggers (controller/handlers.py, scheduler.py, reconciler.py); anything else is "other".
+TRIGGERS = frozenset({"create", "update", "resume", "timer", "pod", "admission", "checkpoint", "retry"})
+SCALE_DIRECTIONS = frozenset({"up", "down"})
+# The scheduling pass's reason words (decisions/admission.py); anything else is "Other".
+SCALE_REASONS = frozenset({"ScaledUp", "ScaledDown", "CapacityChanged", "ShrunkForPriority"})
+PREEMPTION_REASONS = frozenset({"HigherPriority"})
+OTHER_TRIGGER, OTHER_REASON = "other", "Other"
+
+_Labels = tuple[str, ...]
+_Samples = dict[Gauge, dict[_Labels, float]]
+
+
+@dataclass(frozen=True)
+class AcceleratorCount:
+    """One accelerator type across the cluster: devices on its ready nodes, and those pods hold."""
+
+    allocatable: int
+    allocated: int
+
+    @property
+    def free(self) -> int:
+        return max(0, self.allocatable - self.allocated)
+
+
+ClusterSource = Callable[[], Mapping[str, AcceleratorCount]]
 
 
 class OperatorMetrics:
     """All metrics of one operator process, in their own registry (tests make as many as they like)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, process_metrics: bool = False):
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        process_metrics: bool = False,
+        version: str = __version__,
+    ):
         self.registry = registry or CollectorRegistry()
         if process_metrics:
             ProcessCollector(registry=self.registry)
-        self.reconciles = Counter(
-            "kubefit_reconciles",
-            "Reconciles of TrainingJobs, by trigger.",
-            ["trigger"],
+        Gauge(
+            "kubefit_build_info",
+            "The operator's version; the value is 1.",
+            ["version"],
             registry=self.registry,
-        )
-        self.reconcile_errors = Counter(
-            "kubefit_reconcile_errors",
-            "Reconciles that raised, by trigger.",
-            ["trigger"],
+        ).labels(version).set(1)
+        self._add_reconcile_metrics()
+        self._add_job_metrics()
+        self._add_scheduling_metrics()
+        self._cluster = _ClusterCollector()
+        self.registry.register(self._cluster)
+        self._lock = threading.Lock()
+        self._series: dict[JobKey, _Samples] = {}  # what each job exports now, to remove it exactly
+        self._admitted: dict[JobKey, str] = {}  # job -> uid whose queue wait was observed
+        self._started: dict[JobKey, str] = {}  # job -> uid whose scheduling latency was observed
+
+    def _add_reconcile_metrics(self) -> None:
+        self.reconciles = Counter(
+            "kubefit_reconcile",
+            "Reconciles of TrainingJobs, by trigger and result (success, error).",
+            ["trigger", "result"],
             registry=self.registry,
         )
         self.reconcile_duration = Histogram(
             "kubefit_reconcile_duration_seconds",
             "Time to observe, decide and apply one reconcile.",
-            ["trigger"],
             buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
-        self.desired_workers = Gauge(
-            "kubefit_job_desired_workers", "Effective worker count of the job.", _JOB, registry=self.registry
-        )
-        self.ready_workers = Gauge(
-            "kubefit_job_ready_workers", "Worker pods running.", _JOB, registry=self.registry
-        )
-        self.requested_accelerators = Gauge(
-            "kubefit_job_requested_accelerators",
-            "Accelerators requested by the job's live worker pods.",
-            [*_JOB, "accelerator", "resource"],
-            registry=self.registry,
-        )
-        self.per_device_bytes = Gauge(
-            "kubefit_job_estimated_per_device_bytes",
-            "Estimated peak memory per device of the job's layout.",
-            [*_JOB, "accelerator"],
-            registry=self.registry,
-        )
-        self.device_memory_bytes = Gauge(
-            "kubefit_job_device_memory_bytes",
-            "Memory of the job's accelerator as the driver reports it.",
-            [*_JOB, "accelerator"],
-            registry=self.registry,
-        )
-        self._add_queue_metrics()
-        self._lock = threading.Lock()
-        self._sized_labels: dict[JobKey, tuple[str, str]] = {}  # job -> (accelerator, resource) in use
 
-    def _add_queue_metrics(self) -> None:
-        self.queued_jobs = Gauge(
-            "kubefit_queued_jobs", "TrainingJobs waiting for admission.", registry=self.registry
+    def _add_job_metrics(self) -> None:
+        def gauge(name: str, documentation: str, *labels: str) -> Gauge:
+            return Gauge(name, documentation, [*_JOB, *labels], registry=self.registry)
+
+        self.job_info = gauge(
+            "kubefit_trainingjob_info",
+            "A TrainingJob, its accelerator and phase; the value is 1.",
+            "accelerator",
+            "phase",
         )
-        self.admissions = Counter(
-            "kubefit_admissions", "TrainingJobs admitted (queued -> admitted).", registry=self.registry
+        self.job_workers = gauge(
+            "kubefit_trainingjob_workers",
+            "Workers of a TrainingJob by state: desired, running, pending (pods not running yet), min, max.",
+            "state",
+        )
+        self.job_accelerators = gauge(
+            "kubefit_trainingjob_accelerators",
+            "Accelerators of a TrainingJob by state: requested by its live worker pods, allocated to its "
+            "running ones.",
+            "accelerator",
+            "state",
+        )
+        self.memory_estimated = gauge(
+            "kubefit_trainingjob_memory_estimated_bytes",
+            "Estimated peak memory per device of the job's layout.",
+            "accelerator",
+        )
+        self.memory_requested = gauge(
+            "kubefit_trainingjob_memory_requested_bytes",
+            "Memory of one device of the job's accelerator (what each device it holds offers).",
+            "accelerator",
+        )
+
+    def _add_scheduling_metrics(self) -> None:
+        self.queue_wait = Histogram(
+            "kubefit_queue_wait_seconds",
+            "Time from a TrainingJob's creation to its first admission.",
+            buckets=_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.scheduling_latency = Histogram(
+            "kubefit_scheduling_latency_seconds",
+            "Time from a TrainingJob's creation to its minimum of workers first running.",
+            buckets=_WAIT_BUCKETS,
+            registry=self.registry,
         )
         self.scale_events = Counter(
             "kubefit_scale_events",
-            "Changes of an admitted job's granted worker count, by direction (up, down, preempt).",
-            ["direction"],
+            "Changes of an admitted job's granted workers, by direction (up, down) and reason.",
+            ["direction", "reason"],
             registry=self.registry,
         )
+        self.preemptions = Counter(
+            "kubefit_preemptions",
+            "Whole jobs stopped and requeued to make room for another, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    # ------------------------------------------------------------------ reconciles
 
     @contextmanager
     def reconciling(self, trigger: str) -> Iterator[None]:
         """Counts one reconcile and its duration; an exception counts as an error and propagates."""
-        self.reconciles.labels(trigger).inc()
+        trigger = trigger if trigger in TRIGGERS else OTHER_TRIGGER
         started = time.perf_counter()
+        result = "error"
         try:
             yield
-        except BaseException:
-            self.reconcile_errors.labels(trigger).inc()
-            raise
+            result = "success"
         finally:
-            self.reconcile_duration.labels(trigger).observe(time.perf_counter() - started)
+            self.reconciles.labels(trigger, result).inc()
+            self.reconcile_duration.observe(time.perf_counter() - started)
 
-    def observe_job(self, namespace: str, name: str, decision: Decision) -> None:
-        key = (namespace, name)
+    # ------------------------------------------------------------------ jobs
+
+    def observe_job(self, observation: JobObservation, decision: Decision) -> None:
+        """Sets the job's gauges from its latest decision, and observes its latencies the first time."""
+        job = observation.job
+        key, uid = (job.namespace, job.name), job.uid
+        samples = self._samples(key, job_series(observation, decision))
+        admission = first_admission(observation, decision)
+        running = first_run(observation, decision)
         with self._lock:
-            self.desired_workers.labels(namespace, name).set(decision.desired_workers)
-            self.ready_workers.labels(namespace, name).set(decision.status.ready_replicas or 0)
-            sizing = decision.sizing
-            labels = (sizing.accelerator, sizing.resource_name) if sizing else None
-            if self._sized_labels.get(key) != labels:
-                self._remove_sized(key)
-            if sizing is None or labels is None:
-                return
-            self._sized_labels[key] = labels
-            self.requested_accelerators.labels(namespace, name, *labels).set(decision.requested_accelerators)
-            self.per_device_bytes.labels(namespace, name, sizing.accelerator).set(sizing.per_device_bytes)
-            self.device_memory_bytes.labels(namespace, name, sizing.accelerator).set(
-                sizing.device_memory_bytes
-            )
-
-    def observe_queue(self, queued: int, admitted: int, scaled: Mapping[str, int]) -> None:
-        """One scheduling pass: the jobs still queued, those admitted now, grant changes by direction."""
-        self.queued_jobs.set(queued)
-        if admitted:
-            self.admissions.inc(admitted)
-        for direction, count in scaled.items():
-            if count:
-                self.scale_events.labels(direction).inc(count)
+            self._replace_series(key, samples)
+            if admission is not None and self._admitted.get(key) != uid:
+                self._admitted[key] = uid
+                self.queue_wait.observe(admission)
+            if running is not None and self._started.get(key) != uid:
+                self._started[key] = uid
+                self.scheduling_latency.observe(running)
 
     def forget_job(self, namespace: str, name: str) -> None:
-        """Removes every series of a deleted job, so dashboards do not show it forever."""
+        """Removes every series of a deleted job, so dashboards and alerts do not show it forever."""
         key = (namespace, name)
         with self._lock:
-            for gauge in (self.desired_workers, self.ready_workers):
-                _remove(gauge, namespace, name)
-            self._remove_sized(key)
+            self._replace_series(key, {})
+            self._series.pop(key, None)
+            self._admitted.pop(key, None)
+            self._started.pop(key, None)
 
-    def _remove_sized(self, key: JobKey) -> None:
-        labels = self._sized_labels.pop(key, None)
-        if labels is None:
-            return
-        accelerator, resource = labels
-        _remove(self.requested_accelerators, *key, accelerator, resource)
-        _remove(self.per_device_bytes, *key, accelerator)
-        _remove(self.device_memory_bytes, *key, accelerator)
+    def jobs_observed(self) -> int:
+        with self._lock:
+            return len(self._series)
+
+    def _samples(self, key: JobKey, series: JobSeries) -> _Samples:
+        job = key
+        accelerator = series.accelerator
+        samples: _Samples = {
+            self.job_info: {(*job, accelerator, series.phase): 1},
+            self.job_workers: {(*job, state): count for state, count in series.workers.items()},
+            self.job_accelerators: {
+                (*job, accelerator, state): count for state, count in series.accelerators.items()
+            },
+        }
+        if series.memory_estimated_bytes is not None:
+            samples[self.memory_estimated] = {(*job, accelerator): series.memory_estimated_bytes}
+        if series.memory_requested_bytes is not None:
+            samples[self.memory_requested] = {(*job, accelerator): series.memory_requested_bytes}
+        return samples
+
+    def _replace_series(self, key: JobKey, samples: _Samples) -> None:
+        """Sets `samples` and removes the job's series that are not among them (under the lock)."""
+        before = self._series.get(key, {})
+        for gauge, labelled in before.items():
+            for labels in labelled.keys() - samples.get(gauge, {}).keys():
+                _remove(gauge, labels)
+        for gauge, labelled in samples.items():
+            for labels, value in labelled.items():
+                gauge.labels(*labels).set(value)
+        self._series[key] = samples
+
+    # ------------------------------------------------------------------ scheduling
+
+    def count_scale_events(self, events: Iterable[tuple[str, str]]) -> None:
+        """Grant changes of one scheduling pass, as (direction, reason word)."""
+        for direction, reason in events:
+            if direction not in SCALE_DIRECTIONS:
+                raise ValueError(
+                    f"scale direction must be one of {sorted(SCALE_DIRECTIONS)}, got {direction!r}"
+                )
+            self.scale_events.labels(direction, reason if reason in SCALE_REASONS else OTHER_REASON).inc()
+
+    def count_preemptions(self, reasons: Iterable[str]) -> None:
+        for reason in reasons:
+            self.preemptions.labels(reason if reason in PREEMPTION_REASONS else OTHER_REASON).inc()
+
+    def watch_cluster(self, source: ClusterSource | None) -> None:
+        """Where kubefit_cluster_accelerators comes from at each scrape (the scheduler's view)."""
+        self._cluster.source = source
 
 
-def _remove(metric: Gauge, *labels: str) -> None:
+class _ClusterCollector(Collector):
+    """kubefit_cluster_accelerators, computed when scraped so that it is never staler than the indexes."""
+
+    def __init__(self) -> None:
+        self.source: ClusterSource | None = None
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        source = self.source
+        counts: Mapping[str, AcceleratorCount] = {}
+        if source is not None:
+            try:
+                counts = source()
+            except Exception:  # noqa: BLE001 - a scrape must not fail on one metric
+                logger.exception("could not count the cluster's accelerators")
+        for accelerator, count in sorted(counts.items()):
+            family.add_metric([accelerator, "allocatable"], count.allocatable)
+            family.add_metric([accelerator, "allocated"], count.allocated)
+            family.add_metric([accelerator, "free"], count.free)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "kubefit_cluster_accelerators",
+            "Accelerators of each type on the cluster's ready nodes: allocatable, allocated (held by bound "
+            "pods) and free.",
+            labels=["accelerator", "state"],
+        )
+
+
+def _remove(gauge: Gauge, labels: _Labels) -> None:
     try:
-        metric.remove(*labels)
+        gauge.remove(*labels)
     except KeyError:
         pass  # never set: nothing to remove
 

@@ -1,0 +1,142 @@
+"""What one TrainingJob exports, derived from its observation and its reconcile decision (pure).
+
+`job_series` gives the values of the per-job gauges; `first_admission` and `first_run` give the two
+latencies, each only for the reconcile in which the job's condition turns True for the first time.
+Both latencies count from metadata.creationTimestamp to the condition's lastTransitionTime, so they are
+the same whichever operator process sees the transition; a process that finds the condition already True
+(an operator restart) observes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from kubefit.api.conditions import ConditionType, Reason
+from kubefit.api.models import Condition, SizingStatus, TrainingJobSpec
+from kubefit.api.units import parse_rfc3339
+from kubefit.api.validation import InvalidSpec, parse_spec
+from kubefit.decisions.job import Decision, JobObservation
+from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.workers import worker_bounds
+
+# Reasons of Admitted=False that say the job was admitted before (it left admission).
+_LEFT_ADMISSION = frozenset({Reason.PREEMPTED, Reason.GANG_TIMEOUT})
+
+
+@dataclass(frozen=True)
+class JobSeries:
+    """The values of one job's gauges now."""
+
+    accelerator: str  # catalog name; "" until the job is sized
+    phase: str  # status.phase; "" when the decision sets none
+    workers: Mapping[str, int]  # state (desired, running, pending, min, max) -> workers
+    accelerators: Mapping[str, int]  # state (requested, allocated) -> devices; empty until sized
+    memory_estimated_bytes: int | None  # estimated peak per device; None until sized
+    memory_requested_bytes: int | None  # memory of one device of its accelerator; None until sized
+
+
+def job_series(observation: JobObservation, decision: Decision) -> JobSeries:
+    sizing = decision.sizing
+    status = decision.status
+    running = status.ready_replicas or 0
+    workers = {
+        "desired": decision.desired_workers,
+        "running": running,
+        "pending": len(_pending(observation)),
+        **_bounds(observation.spec, sizing),
+    }
+    if sizing is None:
+        return JobSeries("", status.phase or "", workers, {}, None, None)
+    accelerators = {
+        "requested": decision.requested_accelerators,
+        "allocated": running * sizing.accelerators_per_worker,
+    }
+    return JobSeries(
+        sizing.accelerator,
+        status.phase or "",
+        workers,
+        accelerators,
+        sizing.per_device_bytes,
+        sizing.device_memory_bytes,
+    )
+
+
+def _pending(observation: JobObservation) -> list[WorkerPod]:
+    """The job's worker pods that exist but do not run yet (not Running, not finished, not deleted)."""
+    uid = observation.job.uid
+    return [
+        pod
+        for pod in observation.pods
+        if pod.index is not None
+        and pod.controller_uid in (None, uid)
+        and not (pod.ready or pod.finished or pod.terminating)
+    ]
+
+
+def _bounds(raw_spec: object, sizing: SizingStatus | None) -> dict[str, int]:
+    """min: the fewest workers the job runs with (an elastic job's floor, a gang's whole size); max: the
+    most it is scaled to. Empty for an invalid spec."""
+    try:
+        spec: TrainingJobSpec = parse_spec(raw_spec)
+    except InvalidSpec:
+        return {}
+    if sizing is None:
+        floor, ceiling, desired = spec.workers.floor, spec.workers.ceiling, spec.workers.replicas
+    else:
+        bounds = worker_bounds(spec, sizing)
+        floor, ceiling, desired = bounds.floor, bounds.ceiling, bounds.desired
+    if not spec.elastic.enabled:
+        return {"min": desired, "max": desired}
+    return {"min": floor, "max": ceiling}
+
+
+# ------------------------------------------------------------------------------------------ latencies
+
+
+def first_admission(observation: JobObservation, decision: Decision) -> float | None:
+    """Seconds from creation to admission, when this decision admits a job never admitted before."""
+    previous = observation.status
+    if previous.get("startTime") or (previous.get("gang") or {}).get("retries"):
+        return None  # it ran, or its gang timed out: it was admitted before
+    if previous.get("checkpointRequests"):
+        return None  # workers were asked to checkpoint: they ran
+    before = _previous_condition(previous, ConditionType.ADMITTED)
+    if before is not None and (before.get("status") == "True" or before.get("reason") in _LEFT_ADMISSION):
+        return None
+    return _since_creation(observation, decision.status.conditions, ConditionType.ADMITTED)
+
+
+def first_run(observation: JobObservation, decision: Decision) -> float | None:
+    """Seconds from creation to its minimum of workers running (condition Running), the first time."""
+    previous = observation.status
+    if previous.get("startTime"):
+        return None  # every worker ran before
+    before = _previous_condition(previous, ConditionType.RUNNING)
+    if before is not None and before.get("status") == "True":
+        return None
+    return _since_creation(observation, decision.status.conditions, ConditionType.RUNNING)
+
+
+def _previous_condition(status: Mapping[str, object], condition_type: str) -> Mapping[str, object] | None:
+    conditions = status.get("conditions")
+    if not isinstance(conditions, list):
+        return None
+    return next(
+        (item for item in conditions if isinstance(item, Mapping) and item.get("type") == condition_type),
+        None,
+    )
+
+
+def _since_creation(
+    observation: JobObservation, conditions: Sequence[Condition], condition_type: str
+) -> float | None:
+    """Creation to the condition's transition to True; None when it is not True or a time is missing."""
+    condition = next((item for item in conditions if item.type == condition_type), None)
+    if condition is None or condition.status != "True" or observation.created is None:
+        return None
+    became_true: datetime | None = parse_rfc3339(condition.last_transition_time)
+    if became_true is None:
+        return None
+    return max(0.0, (became_true - observation.created).total_seconds())
