@@ -28,7 +28,7 @@ Write order. `_apply` writes in an order where a failing call cannot lose what a
 Safety net. Any exception while observing, deciding or applying is caught, so the operator neither
 crashes nor stops serving other jobs: the job gets Ready=False, reason ReconcileError, with the error's
 message (for an API error the API server's, which names the field or quota), one Warning event, and a
-count in kubefit_reconcile_errors_total. It is retried after a per-job backoff (BACKOFF_FIRST seconds,
+count in kubefit_reconcile_total{result="error"}. It is retried after a per-job backoff (BACKOFF_FIRST seconds,
 doubling to BACKOFF_MAX; a successful reconcile resets it). While a job backs off, the resync timer and
 pod events leave it alone (the retry observes afresh); a change to the job itself reconciles it at once.
 """
@@ -276,7 +276,7 @@ class Reconciler:
         decision = decide(observation, self.catalog, self.settings)
         self._apply(job, observation, decision, state, progress)
         self._request_checkpoint(key, decision.checkpoint_request)
-        self.metrics.observe_job(namespace, name, decision)
+        self.metrics.observe_job(observation, decision)
         self._requeue(key, decision.requeue_after, view)
         self.scheduler.offer(key, decision.demand, placement, view)
 
