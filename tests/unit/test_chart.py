@@ -27,6 +27,8 @@ from kubefit_sandbox.binaries import helm_path
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubefit"
 RELEASE = "kf"
+# What a cluster with the Prometheus Operator serves; `helm template` assumes it only when told.
+MONITORING_API = "monitoring.coreos.com/v1"
 NAMESPACE = "kubefit-system"
 
 # What the operator does (controller/ and kopf), as (apiGroup, resource, verb). The chart must grant
@@ -58,7 +60,7 @@ EXTRA_CATALOG_ENTRY = {
 NON_DEFAULT_VALUES: dict[str, Any] = {
     "image": {"repository": "registry.example.com/ml/kubefit", "tag": "0.1.0-rc1", "pullPolicy": "Always"},
     "watchNamespaces": ["team-a", "team-b"],
-    "metrics": {"port": 9100, "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "metrics": {"port": 9100, "serviceMonitor": {"enabled": True, "additionalLabels": {"release": "prometheus"}}},
     "liveness": {"port": 8181},
     "catalog": [EXTRA_CATALOG_ENTRY],
     "priorityClassName": "system-cluster-critical",
@@ -126,7 +128,8 @@ def default_objects() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def custom_objects(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return _render("--values", str(_values_file(tmp_path_factory.mktemp("values"), NON_DEFAULT_VALUES)))
+    values = _values_file(tmp_path_factory.mktemp("values"), NON_DEFAULT_VALUES)
+    return _render("--values", str(values), "--api-versions", MONITORING_API)
 
 
 # ------------------------------------------------------------------ chart metadata and lint
