@@ -1,84 +1,278 @@
-"""Operator metrics: reconcile counters and per-job gauges, and their removal with the job."""
+"""Operator metrics (docs/metrics.md): each metric's value from real `decide` decisions, the latencies
+observed once per job, bounded labels, and every series of a job removed with it."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import urllib.request
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
 
+import kubefit
 from kubefit.builders.naming import JobRef
 from kubefit.decisions.job import Decision, JobObservation, decide
 from kubefit.decisions.observed import WorkerPod
-from kubefit.metrics import OperatorMetrics
+from kubefit.metrics import AcceleratorCount, OperatorMetrics, serve_metrics
 from kubefit.sizing.catalog import load_catalog
 
 CATALOG = load_catalog()
+H100 = "nvidia-h100-80gb"
+CREATED = datetime(2025, 1, 1, tzinfo=UTC)
+JOB = {"namespace": "team-a", "name": "llama"}
+UID = "uid-llama"
 
 
-def decision_for(accelerator: str = "nvidia-h100-80gb", running: int = 2) -> Decision:
-    spec = {
+def job_spec(
+    accelerator: str = H100, replicas: int = 2, elastic: tuple[int, int] | None = None, **extra: Any
+) -> dict[str, Any]:
+    workers: dict[str, Any] = {"replicas": replicas}
+    spec: dict[str, Any] = {
         "template": {"spec": {"containers": [{"name": "trainer", "image": "img"}]}},
         "model": {"parameters": "1B"},
         "resources": {"accelerator": accelerator, "acceleratorsPerWorker": 2},
-        "workers": {"replicas": 2},
+        "workers": workers,
+        **extra,
     }
-    pods = [
-        WorkerPod(f"llama-worker-{i}", i, f"uid-{i}", "Running", "n", False, "job") for i in range(running)
-    ]
-    observation = JobObservation(
-        JobRef("llama", "team-a", "job"), 1, spec, {}, pods, [], datetime(2025, 1, 1, tzinfo=UTC), grant=4096
-    )
-    return decide(observation, CATALOG)
+    if elastic is not None:
+        workers["minReplicas"], workers["maxReplicas"] = elastic
+        spec["elastic"] = {"enabled": True}
+    return spec
 
 
-def value(metrics: OperatorMetrics, name: str, **labels: str) -> float | None:
-    return metrics.registry.get_sample_value(name, labels)
+def pod(index: int, phase: str = "Running", node: str | None = "n1", **facts: Any) -> WorkerPod:
+    return WorkerPod(f"llama-worker-{index}", index, f"pod-{index}", phase, node, controller_uid=UID, **facts)
 
 
-def test_job_gauges_follow_the_decision() -> None:
+class Job:
+    """One TrainingJob reconciled again and again: each `reconcile` decides from the status the previous
+    one wrote (as the reconciler patches it) and hands the observation and decision to the metrics."""
+
+    def __init__(self, metrics: OperatorMetrics, spec: Mapping[str, Any], name: str = "llama"):
+        self.metrics, self.spec, self.name = metrics, spec, name
+        self.status: dict[str, Any] = {}
+
+    def reconcile(
+        self, after: float, pods: Sequence[WorkerPod] = (), grant: int | None = None, uid: str = UID
+    ) -> Decision:
+        observation = JobObservation(
+            JobRef(self.name, "team-a", uid),
+            1,
+            self.spec,
+            self.status,
+            pods,
+            [],
+            CREATED + timedelta(seconds=after),
+            grant=grant,
+            created=CREATED,
+        )
+        decision = decide(observation, CATALOG)
+        self.metrics.observe_job(observation, decision)
+        self.status = decision.status.model_dump(by_alias=True, exclude_none=True)
+        return decision
+
+
+def value(metrics: OperatorMetrics, sample: str, /, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(sample, labels)
+
+
+def admitted(status: Mapping[str, Any]) -> tuple[str, str]:
+    condition = next(item for item in status["conditions"] if item["type"] == "Admitted")
+    return condition["status"], condition["reason"]
+
+
+def series_of(metrics: OperatorMetrics, name: str) -> list[str]:
+    """The exposition lines that carry the job's name label."""
+    text = generate_latest(metrics.registry).decode()
+    return [line for line in text.splitlines() if f'name="{name}"' in line]
+
+
+def test_build_info_names_the_package_version() -> None:
     metrics = OperatorMetrics()
-    metrics.observe_job("team-a", "llama", decision_for(running=1))
-    job = {"namespace": "team-a", "job": "llama"}
-    assert value(metrics, "kubefit_job_desired_workers", **job) == 2
-    assert value(metrics, "kubefit_job_ready_workers", **job) == 1
-    sized = {**job, "accelerator": "nvidia-h100-80gb"}
-    assert value(metrics, "kubefit_job_requested_accelerators", **sized, resource="nvidia.com/gpu") == 2
-    assert (
-        value(metrics, "kubefit_job_device_memory_bytes", **sized)
-        == CATALOG.get("nvidia-h100-80gb").memory_bytes
-    )
-    assert 0 < value(metrics, "kubefit_job_estimated_per_device_bytes", **sized) < 80 * 2**30
+    assert value(metrics, "kubefit_build_info", version=kubefit.__version__) == 1
+    assert value(OperatorMetrics(version="9.9.9"), "kubefit_build_info", version="9.9.9") == 1
 
 
-def test_deleted_job_series_are_removed() -> None:
-    metrics = OperatorMetrics()
-    metrics.observe_job("team-a", "llama", decision_for())
-    metrics.observe_job("team-a", "other", decision_for())
-    metrics.forget_job("team-a", "llama")
-    exposition = generate_latest(metrics.registry).decode()
-    assert 'job="llama"' not in exposition
-    assert 'job="other"' in exposition
-    metrics.forget_job("team-a", "never-seen")  # harmless
-
-
-def test_a_changed_accelerator_replaces_the_series() -> None:
-    metrics = OperatorMetrics()
-    metrics.observe_job("team-a", "llama", decision_for("nvidia-h100-80gb"))
-    metrics.observe_job("team-a", "llama", decision_for("nvidia-a100-80gb"))
-    exposition = generate_latest(metrics.registry).decode()
-    assert "nvidia-h100-80gb" not in exposition
-    assert "nvidia-a100-80gb" in exposition
-
-
-def test_reconcile_count_errors_and_duration() -> None:
+def test_reconciles_count_by_trigger_and_result_with_their_duration() -> None:
     metrics = OperatorMetrics()
     with metrics.reconciling("timer"):
         pass
     with pytest.raises(RuntimeError), metrics.reconciling("pod"):
         raise RuntimeError("api down")
-    assert value(metrics, "kubefit_reconciles_total", trigger="timer") == 1
-    assert value(metrics, "kubefit_reconciles_total", trigger="pod") == 1
-    assert value(metrics, "kubefit_reconcile_errors_total", trigger="pod") == 1
-    assert value(metrics, "kubefit_reconcile_errors_total", trigger="timer") in (None, 0)
-    assert value(metrics, "kubefit_reconcile_duration_seconds_count", trigger="pod") == 1
+    with metrics.reconciling("something-new"):  # an unknown trigger does not make a new label value
+        pass
+    assert value(metrics, "kubefit_reconcile_total", trigger="timer", result="success") == 1
+    assert value(metrics, "kubefit_reconcile_total", trigger="timer", result="error") is None
+    assert value(metrics, "kubefit_reconcile_total", trigger="pod", result="error") == 1
+    assert value(metrics, "kubefit_reconcile_total", trigger="other", result="success") == 1
+    assert value(metrics, "kubefit_reconcile_duration_seconds_count") == 3
+    assert 'trigger="something-new"' not in generate_latest(metrics.registry).decode()
+
+
+def test_job_gauges_follow_the_decision() -> None:
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec(replicas=3, elastic=(2, 4)))
+    decision = job.reconcile(10, [pod(0), pod(1, "Pending", None), pod(2, "Running", terminating=True)], 3)
+    assert decision.status.phase == "Pending" and decision.desired_workers == 3
+    sizing = decision.sizing
+    assert sizing is not None and sizing.accelerator == H100
+
+    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Pending") == 1
+    workers = {
+        state: value(metrics, "kubefit_trainingjob_workers", **JOB, state=state)
+        for state in ("desired", "running", "pending", "min", "max")
+    }
+    # 1 runs; the unbound one is pending, the terminating one is neither.
+    assert workers == {"desired": 3, "running": 1, "pending": 1, "min": 2, "max": 4}
+    sized = {**JOB, "accelerator": H100}
+    # Requested: the live pods (the unbound one included); allocated: the running one only.
+    assert value(metrics, "kubefit_trainingjob_accelerators", **sized, state="requested") == 4
+    assert value(metrics, "kubefit_trainingjob_accelerators", **sized, state="allocated") == 2
+    assert (
+        value(metrics, "kubefit_trainingjob_memory_requested_bytes", **sized)
+        == CATALOG.get(H100).memory_bytes
+    )
+    assert value(metrics, "kubefit_trainingjob_memory_estimated_bytes", **sized) == sizing.per_device_bytes
+    assert 0 < sizing.per_device_bytes < CATALOG.get(H100).memory_bytes
+
+
+def test_a_gang_runs_with_its_whole_size_as_both_min_and_max() -> None:
+    metrics = OperatorMetrics()
+    Job(metrics, job_spec(replicas=3)).reconcile(10, [], 3)
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="min") == 3
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="max") == 3
+
+
+def test_a_new_phase_or_accelerator_replaces_the_series_instead_of_adding_one() -> None:
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec())
+    job.reconcile(1)  # queued: no grant yet
+    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Queued") == 1
+    job.reconcile(2, [pod(0), pod(1)], 2)
+    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Running") == 1
+    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Queued") is None
+
+    job.spec = job_spec("nvidia-a100-80gb")
+    job.reconcile(3, [], 2)
+    lines = series_of(metrics, "llama")
+    assert lines and not any(H100 in line for line in lines)
+    assert value(metrics, "kubefit_trainingjob_memory_requested_bytes", **JOB, accelerator="nvidia-a100-80gb")
+
+
+def test_an_invalid_job_exports_its_phase_without_accelerator_bounds_or_memory() -> None:
+    metrics = OperatorMetrics()
+    Job(metrics, {"workers": {"replicas": "many"}}).reconcile(1)
+    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator="", phase="Pending") == 1
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="desired") == 0
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="min") is None
+    assert not [line for line in series_of(metrics, "llama") if "accelerators" in line or "memory" in line]
+
+
+def test_every_series_of_a_deleted_job_is_removed_and_the_others_stay() -> None:
+    metrics = OperatorMetrics()
+    Job(metrics, job_spec(), "llama").reconcile(10, [pod(0), pod(1)], 2)
+    Job(metrics, job_spec(), "other").reconcile(10, [], None)
+    before = series_of(metrics, "llama")
+    assert len(before) == 10  # info, 5 worker states, 2 accelerator states, 2 memory gauges
+    metrics.forget_job("team-a", "llama")
+    assert series_of(metrics, "llama") == []
+    assert series_of(metrics, "other")
+    assert metrics.jobs_observed() == 1
+    metrics.forget_job("team-a", "never-seen")  # harmless
+
+
+def test_queue_wait_is_creation_to_admission_observed_once() -> None:
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec())
+    job.reconcile(5)  # queued
+    assert value(metrics, "kubefit_queue_wait_seconds_count") == 0
+    job.reconcile(42, [], 2)  # admitted 42 s after creation
+    assert value(metrics, "kubefit_queue_wait_seconds_count") == 1
+    assert value(metrics, "kubefit_queue_wait_seconds_sum") == 42
+    assert value(metrics, "kubefit_queue_wait_seconds_bucket", le="60.0") == 1
+    assert value(metrics, "kubefit_queue_wait_seconds_bucket", le="30.0") == 0
+    job.reconcile(50, [pod(0), pod(1)], 2)  # still admitted: nothing more
+    assert value(metrics, "kubefit_queue_wait_seconds_count") == 1
+
+
+def test_an_operator_restart_does_not_observe_an_admission_again() -> None:
+    first = OperatorMetrics()
+    job = Job(first, job_spec())
+    job.reconcile(42, [], 2)
+    assert value(first, "kubefit_queue_wait_seconds_count") == 1
+    restarted = OperatorMetrics()  # a new process reads the job with Admitted=True already
+    job.metrics = restarted
+    job.reconcile(60, [pod(0), pod(1)], 2)
+    assert value(restarted, "kubefit_queue_wait_seconds_count") == 0
+    assert value(restarted, "kubefit_trainingjob_workers", **JOB, state="running") == 2
+
+
+def test_a_job_admitted_again_after_a_preemption_is_not_observed_again() -> None:
+    for metrics in (OperatorMetrics(), None):  # in the same process, and in a process started meanwhile
+        job = Job(metrics or OperatorMetrics(), job_spec())
+        job.reconcile(42, [], 2)
+        job.reconcile(50, [pod(0), pod(1)], 2)
+        job.reconcile(60, [pod(0), pod(1)], 0)  # the pass took the grant back: preempted
+        assert admitted(job.status) == ("False", "Preempted")
+        job.metrics = metrics or OperatorMetrics()
+        job.reconcile(80, [], 0)
+        job.reconcile(90, [], 2)  # admitted again
+        assert admitted(job.status) == ("True", "Admitted")
+        assert value(job.metrics, "kubefit_queue_wait_seconds_count") == (1 if metrics else 0)
+
+
+def test_scheduling_latency_is_creation_to_the_minimum_running_observed_once() -> None:
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec(replicas=3, elastic=(2, 3)))
+    job.reconcile(10, [], 3)
+    job.reconcile(20, [pod(0), pod(1, "Pending", None)], 3)  # 1 of a minimum of 2 runs
+    assert value(metrics, "kubefit_scheduling_latency_seconds_count") == 0
+    job.reconcile(75, [pod(0), pod(1), pod(2, "Pending", None)], 3)  # the minimum runs
+    assert value(metrics, "kubefit_scheduling_latency_seconds_count") == 1
+    assert value(metrics, "kubefit_scheduling_latency_seconds_sum") == 75
+    job.reconcile(80, [pod(0)], 3)  # below the minimum again, then back: not a second observation
+    job.reconcile(90, [pod(0), pod(1)], 3)
+    assert value(metrics, "kubefit_scheduling_latency_seconds_count") == 1
+
+
+def test_scale_events_and_preemptions_keep_their_labels_bounded() -> None:
+    metrics = OperatorMetrics()
+    metrics.count_scale_events([("up", "ScaledUp"), ("down", "ShrunkForPriority"), ("down", "Whatever")])
+    metrics.count_preemptions(["HigherPriority", "HigherPriority", "team-b/urgent wanted it"])
+    assert value(metrics, "kubefit_scale_events_total", direction="up", reason="ScaledUp") == 1
+    assert value(metrics, "kubefit_scale_events_total", direction="down", reason="ShrunkForPriority") == 1
+    assert value(metrics, "kubefit_scale_events_total", direction="down", reason="Other") == 1
+    assert value(metrics, "kubefit_preemptions_total", reason="HigherPriority") == 2
+    assert value(metrics, "kubefit_preemptions_total", reason="Other") == 1
+    with pytest.raises(ValueError, match="scale direction must be one of"):
+        metrics.count_scale_events([("sideways", "ScaledUp")])
+
+
+def test_cluster_accelerators_come_from_the_source_at_each_scrape_and_a_failing_source_drops_them() -> None:
+    metrics = OperatorMetrics()
+    assert value(metrics, "kubefit_cluster_accelerators", accelerator=H100, state="free") is None
+    counts = {H100: AcceleratorCount(16, 12)}
+    metrics.watch_cluster(lambda: counts)
+    assert value(metrics, "kubefit_cluster_accelerators", accelerator=H100, state="allocatable") == 16
+    assert value(metrics, "kubefit_cluster_accelerators", accelerator=H100, state="allocated") == 12
+    assert value(metrics, "kubefit_cluster_accelerators", accelerator=H100, state="free") == 4
+    counts[H100] = AcceleratorCount(8, 12)  # over-requested: free is never negative
+    assert value(metrics, "kubefit_cluster_accelerators", accelerator=H100, state="free") == 0
+
+    def broken() -> Mapping[str, AcceleratorCount]:
+        raise RuntimeError("index changed during iteration")
+
+    metrics.watch_cluster(broken)
+    text = generate_latest(metrics.registry).decode()
+    assert "kubefit_build_info" in text and "kubefit_cluster_accelerators{" not in text
+
+
+def test_metrics_are_served_over_http() -> None:
+    metrics = OperatorMetrics()
+    Job(metrics, job_spec()).reconcile(1, [], 2)
+    port = serve_metrics(metrics, "127.0.0.1", 0)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert 'kubefit_trainingjob_workers{name="llama",namespace="team-a",state="desired"} 2.0' in text
