@@ -171,15 +171,29 @@ def test_metrics_report_the_job_and_drop_it_when_deleted(
 ) -> None:
     kube.apply(job_manifest("measured", namespace, pool=pool, workers={"replicas": 1}))
     wait_for("1 running worker", lambda: len(running_names(kube.workers(namespace, "measured"))) == 1)
-    series = f'job="measured",namespace="{namespace}"'
+    series = f'name="measured",namespace="{namespace}"'
     wait_for(
-        "ready-workers gauge at 1", lambda: f"kubefit_job_ready_workers{{{series}}} 1.0" in operator.metrics()
+        "running-workers gauge at 1",
+        lambda: f'kubefit_trainingjob_workers{{{series},state="running"}} 1.0' in operator.metrics(),
     )
     text = operator.metrics()
+    sized = f'accelerator="nvidia-h100-80gb",{series}'
+    assert f'kubefit_trainingjob_accelerators{{{sized},state="allocated"}} 4.0' in text
+    assert f'kubefit_trainingjob_info{{{sized},phase="Running"}} 1.0' in text
+    assert 'kubefit_reconcile_total{result="success",trigger="create"}' in text
+    # The job was admitted and its worker ran in this operator process: both latencies were observed.
+    assert _sample(text, "kubefit_queue_wait_seconds_count") >= 1
+    assert _sample(text, "kubefit_scheduling_latency_seconds_count") >= 1
     assert (
-        f'kubefit_job_requested_accelerators{{accelerator="nvidia-h100-80gb",{series},resource="nvidia.com/gpu"}} 4.0'
-        in text
+        _sample(text, 'kubefit_cluster_accelerators{accelerator="nvidia-h100-80gb",state="allocated"}') >= 4
     )
-    assert "kubefit_reconciles_total" in text
     kube.run("delete", "tj", "measured", "-n", namespace, "--wait=true", "--timeout=60s")
-    wait_for("the job's series to disappear", lambda: 'job="measured"' not in operator.metrics())
+    wait_for("the job's series to disappear", lambda: 'name="measured"' not in operator.metrics())
+
+
+def _sample(exposition: str, series: str) -> float:
+    """The value of one series in a /metrics text (0 when absent)."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

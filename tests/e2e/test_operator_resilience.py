@@ -162,6 +162,6 @@ def test_absurd_and_large_worker_counts_leave_the_operators_memory_flat(
 def _reconciles(operator: OperatorProcess) -> float:
     total = 0.0
     for line in operator.metrics().splitlines():
-        if line.startswith("kubefit_reconciles_total{"):
+        if line.startswith("kubefit_reconcile_total{"):
             total += float(line.rsplit(" ", 1)[1])
     return total

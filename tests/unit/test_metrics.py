@@ -104,7 +104,7 @@ def test_reconciles_count_by_trigger_and_result_with_their_duration() -> None:
     with metrics.reconciling("something-new"):  # an unknown trigger does not make a new label value
         pass
     assert value(metrics, "kubefit_reconcile_total", trigger="timer", result="success") == 1
-    assert value(metrics, "kubefit_reconcile_total", trigger="timer", result="error") is None
+    assert value(metrics, "kubefit_reconcile_total", trigger="timer", result="error") == 0  # there, at 0
     assert value(metrics, "kubefit_reconcile_total", trigger="pod", result="error") == 1
     assert value(metrics, "kubefit_reconcile_total", trigger="other", result="success") == 1
     assert value(metrics, "kubefit_reconcile_duration_seconds_count") == 3
@@ -239,6 +239,8 @@ def test_scheduling_latency_is_creation_to_the_minimum_running_observed_once() -
 
 def test_scale_events_and_preemptions_keep_their_labels_bounded() -> None:
     metrics = OperatorMetrics()
+    assert value(metrics, "kubefit_scale_events_total", direction="down", reason="ScaledDown") == 0
+    assert value(metrics, "kubefit_preemptions_total", reason="HigherPriority") == 0
     metrics.count_scale_events([("up", "ScaledUp"), ("down", "ShrunkForPriority"), ("down", "Whatever")])
     metrics.count_preemptions(["HigherPriority", "HigherPriority", "team-b/urgent wanted it"])
     assert value(metrics, "kubefit_scale_events_total", direction="up", reason="ScaledUp") == 1

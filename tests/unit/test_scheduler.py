@@ -288,7 +288,7 @@ def test_grant_changes_and_preemptions_are_counted_by_direction_and_reason() -> 
     scheduler.offer(a, demand("a", min_workers=2, want=4, created=1), ANYWHERE, cluster.view())
     assert scheduler.snapshot()[a].workers == 2
     scale = "kubefit_scale_events_total"
-    assert _sample(scheduler, scale, direction="up", reason="ScaledUp") is None  # admission is no scale
+    assert _sample(scheduler, scale, direction="up", reason="ScaledUp") == 0  # an admission is no scale
 
     cluster.nodes.append(node("n2"))
     scheduler.node_changed(cluster.nodes[-1], "n2", True, cluster.view())
@@ -303,7 +303,7 @@ def test_grant_changes_and_preemptions_are_counted_by_direction_and_reason() -> 
     scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
     assert scheduler.snapshot()[a].workers == 0 and scheduler.snapshot()[urgent].workers == 2
     assert _sample(scheduler, "kubefit_preemptions_total", reason="HigherPriority") == 1
-    assert _sample(scheduler, scale, direction="down", reason="ShrunkForPriority") is None  # preempted whole
+    assert _sample(scheduler, scale, direction="down", reason="ShrunkForPriority") == 0  # preempted whole
 
 
 def test_cluster_accelerators_count_ready_nodes_and_what_bound_pods_hold_there() -> None:

@@ -92,6 +92,7 @@ class OperatorMetrics:
         self._add_reconcile_metrics()
         self._add_job_metrics()
         self._add_scheduling_metrics()
+        self._start_counters_at_zero()
         self._cluster = _ClusterCollector()
         self.registry.register(self._cluster)
         self._lock = threading.Lock()
@@ -171,6 +172,18 @@ class OperatorMetrics:
             ["reason"],
             registry=self.registry,
         )
+
+    def _start_counters_at_zero(self) -> None:
+        """Every label value a counter can have exists from the start, so rate() and increase() see 0
+        rather than no data before the first event."""
+        for trigger in (*sorted(TRIGGERS), OTHER_TRIGGER):
+            for result in ("success", "error"):
+                self.reconciles.labels(trigger, result)
+        for direction in sorted(SCALE_DIRECTIONS):
+            for reason in (*sorted(SCALE_REASONS), OTHER_REASON):
+                self.scale_events.labels(direction, reason)
+        for reason in (*sorted(PREEMPTION_REASONS), OTHER_REASON):
+            self.preemptions.labels(reason)
 
     # ------------------------------------------------------------------ reconciles
 
