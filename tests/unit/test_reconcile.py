@@ -414,21 +414,30 @@ def test_a_decision_holds_worker_indices_not_manifests() -> None:
         decide(observe(raw_spec(runPolicy={"suspend": True})), CATALOG).worker_pod(0)
 
 
-def test_the_offload_estimate_runs_once_per_job_not_once_per_pod(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubefit.builders import pods as pod_builder
+def test_workers_request_the_host_memory_of_the_one_sizing_path_without_estimating_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubefit.builders.resources import default_memory
+    from kubefit.decisions.job_sizing import size_job
+    from kubefit.sizing import estimator
 
-    calls = []
-    real_estimate = pod_builder.estimate
-
-    def counted(*args: Any) -> Any:
-        calls.append(args)
-        return real_estimate(*args)
-
-    monkeypatch.setattr(pod_builder, "estimate", counted)
-    spec = raw_spec(training={"offload": "optimizer"}, workers={"replicas": 6})
+    spec = raw_spec(
+        model={"parameters": "8B"},
+        training={"offload": "optimizer", "sharding": "zero2"},
+        workers={"replicas": 6},
+    )
+    host_bytes = size_job(parse_spec(spec), CATALOG).host_bytes_per_worker
+    assert host_bytes > 0  # 8B parameters of Adam state, split over six workers, do not round to nothing
     decision = decide(observe(spec), CATALOG)
+
+    def no_estimate(*_: Any) -> Any:
+        raise AssertionError("the pod builder estimated memory again")
+
+    monkeypatch.setattr(estimator, "estimate", no_estimate)
     pods = [decision.worker_pod(index) for index in decision.create]
-    assert len(pods) == 6 and len(calls) == 1
+    requests = [pod["spec"]["containers"][0]["resources"]["requests"]["memory"] for pod in pods]
+    assert len(pods) == 6 and set(requests) == {default_memory(1, host_bytes)}
+    assert default_memory(1, host_bytes) != default_memory(1)
 
 
 # ---------------------------------------------------------------------------------------------- reconcile errors

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
@@ -22,7 +21,6 @@ from kubefit.builders.placement import with_accelerator_affinity, with_accelerat
 from kubefit.builders.rendezvous import WorkerGroup, rendezvous_env
 from kubefit.builders.resources import worker_resources
 from kubefit.sizing.catalog import Accelerator
-from kubefit.sizing.estimator import Layout, estimate
 
 # What Kubernetes gives a pod that sets no terminationGracePeriodSeconds (PodSpec API reference).
 KUBERNETES_DEFAULT_GRACE_SECONDS = 30
@@ -40,6 +38,9 @@ class WorkerSet:
     min_workers: int
     max_workers: int
     checkpoint: CheckpointEnv | None = None  # the handshake endpoint and token; None: no handshake env
+    # Training state offloaded to host memory per worker, added to the default memory request: sized once
+    # per job with the rest of the sizing (decisions.job_sizing), never estimated here.
+    host_bytes_per_worker: int = 0
 
     @property
     def group(self) -> WorkerGroup:
@@ -53,14 +54,6 @@ class WorkerSet:
             elastic=self.spec.elastic.enabled,
             max_restarts=self.spec.run_policy.max_restarts,
         )
-
-    @cached_property
-    def offloaded_bytes(self) -> int:
-        """Host memory each worker needs for offloaded state: estimated once per job, not per pod."""
-        if self.spec.training.offload == "none":
-            return 0
-        layout = Layout(devices_per_worker=self.sizing.accelerators_per_worker, workers=self.workers)
-        return estimate(self.spec, self.accelerator, layout).host_bytes_per_worker
 
 
 def _with_env(container: dict[str, Any], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,7 +73,7 @@ def _with_rendezvous_port(container: dict[str, Any]) -> list[dict[str, Any]]:
 def _trainer_container(container: dict[str, Any], worker_set: WorkerSet, index: int) -> dict[str, Any]:
     trainer = dict(container)
     trainer["resources"] = worker_resources(
-        container.get("resources"), worker_set.spec, worker_set.sizing, worker_set.offloaded_bytes
+        container.get("resources"), worker_set.spec, worker_set.sizing, worker_set.host_bytes_per_worker
     )
     extra: list[dict[str, Any]] = [*rendezvous_env(worker_set.spec.framework, worker_set.group, index)]
     if worker_set.checkpoint is not None:

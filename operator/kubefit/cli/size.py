@@ -16,11 +16,13 @@ from kubefit.api.units import GIB, format_gib
 EXIT_OK = 0
 EXIT_FAILED = 1  # an internal error; reported in one line, never a traceback
 EXIT_INVALID = 2  # unreadable file, not YAML, not a TrainingJob, invalid spec or catalog
+EXIT_CLUSTER = 3  # --cluster: the kubeconfig cannot be read or the cluster cannot be reached or listed
 
 DESCRIPTION = """\
 Estimate the peak accelerator memory per device of a TrainingJob and choose (or check) its layout:
-accelerator type, accelerators per worker and the fewest workers that hold it. Runs offline; prints
-the same object the operator writes to status.sizing."""
+accelerator type, accelerators per worker and the fewest workers that hold it. Runs offline against the
+accelerator catalog, or with --cluster against the live cluster's nodes; either way it sizes the job
+through the operator's own code and prints the object the operator writes to status.sizing."""
 
 EPILOG = """\
 inputs:
@@ -29,6 +31,12 @@ inputs:
                   TrainingJob; other documents are ignored.
   --catalog FILE  extra accelerator entries (same shape as the built-in catalog) that extend or
                   override it; without it $KUBEFIT_CATALOG is used when set.
+  --cluster       plan against the live cluster, read through the kubeconfig ($KUBECONFIG, else
+                  ~/.kube/config; --context NAME picks a context): its nodes and the accelerators
+                  bound pods hold, as the operator reads them. Only the nodes the worker pod's
+                  nodeSelector, required node affinity and tolerations admit are offered; the job's
+                  own workers (metadata.namespace, else the context's namespace, and metadata.name)
+                  count as free. Needs list on nodes and on pods in all namespaces.
 
 what is assumed:
   - Memory per device is the estimator's figure: weights, gradients, optimizer states, activations,
@@ -43,22 +51,26 @@ what is assumed:
     memory; tensorParallel x pipelineParallel devices are the least a replica needs). It is the
     elastic floor together with workers.minReplicas.
   - With accelerator and acceleratorsPerWorker both fixed and workers.replicas given, that layout is
-    evaluated at replicas (kept within minReplicas..maxReplicas) and fits may be false.
+    evaluated at the worker count the operator runs: replicas kept within [max(minReplicas,
+    minWorkers), maxReplicas]; fits may be false.
   - training.loss standard (the default) counts the whole fp32 logits of a plain cross-entropy, the
     safe figure; declare chunked only when the training code uses a chunked or fused loss.
   - Suggestions and "would fit" remedies draw from: ZeRO stages, selective/full recompute,
     micro-batch 1, a chunked loss, 8-bit AdamW/Adafactor, optimizer offload, bf16-true, fp8, LoRA,
     QLoRA and other accelerators; each is re-estimated, none is applied to the job.
-  - No cluster is consulted: free devices and node sizes are not known here (the operator knows them).
+  - Without --cluster no cluster is consulted: every catalog accelerator counts as present and free.
+    With it, only accelerator types and per-worker counts that some admitted node holds are
+    candidates, and a layout placeable on free devices now is preferred (a note says when it is not).
   - When a fixed layout is far bigger than the job needs, a warning says so (the operator adds the
     same sentence to status.sizing.warnings).
 
 output:
   -o table  (default) a breakdown for a person: GiB per component, the layout and the warnings.
-  -o json   exactly the status.sizing object: camelCase keys, bytes as integers.
+  -o json   exactly the status.sizing object: camelCase keys, bytes as integers. With --cluster it
+            equals the operator's status.sizing for the same job and cluster.
   -o yaml   the same object as YAML.
-  --suggest adds cheaper alternatives, ranked by total devices then device memory, each re-estimated,
-            with what it trades away. With -o json/yaml the output becomes
+  --suggest adds cheaper alternatives, ranked by total devices then device memory, each re-estimated
+            (against the catalog, not the cluster), with what it trades away. With -o json/yaml the output becomes
             {"sizing": <status.sizing>, "suggestions": [{"change", "changes": [{"field", "value"}],
             "accelerator", "acceleratorsPerWorker", "workers", "devices", "perDeviceBytes",
             "deviceMemoryBytes", "fits", "tradeOff"}, ...]}.
@@ -67,13 +79,20 @@ exit status:
   0  the job could be estimated (also when it does not fit: see "fits" and the warnings)
   2  invalid input: unreadable file, not YAML, wrong apiVersion/kind, invalid spec or catalog; the
      field is named on stderr, e.g. "error: spec.model.parameters: ..."
+  3  --cluster: the kubeconfig cannot be read, or the cluster cannot be reached or listed (the
+     message names the kubeconfig, the server and the cause)
   1  an internal error (reported in one line)
 
 examples:
   kubefit size -f examples/llama3-8b-fsdp.yaml
   kubefit size -f job.yaml -o json | jq .minWorkers
   cat job.yaml | kubefit size -f - --suggest
+  kubefit size -f job.yaml --cluster -o json
 """
+
+
+class ClusterError(Exception):
+    """--cluster could not read the cluster; the message names the kubeconfig, server and cause."""
 
 
 class InvalidInput(Exception):
@@ -112,6 +131,13 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--catalog", metavar="FILE", help="accelerator catalog file that extends the built-in one"
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="plan against the live cluster's nodes and free accelerators (through the kubeconfig), "
+        "as the operator does",
+    )
+    parser.add_argument("--context", help="kubeconfig context for --cluster (default: the current one)")
     parser.set_defaults(handler=run_size)
 
 
@@ -179,8 +205,12 @@ _BREAKDOWN_ROWS = (
 )
 
 
-def render_table(manifest: dict[str, Any], spec: Any, sizing: Any, suggestions: list[Any] | None) -> str:
-    lines = _summary_lines(manifest, spec, sizing) + _breakdown_lines(sizing)
+def render_table(
+    manifest: dict[str, Any], spec: Any, job_sizing: Any, suggestions: list[Any] | None, inventory: Any = None
+) -> str:
+    sizing = job_sizing.sizing
+    lines = _summary_lines(manifest, spec, job_sizing) + _context_lines(job_sizing, inventory)
+    lines += _breakdown_lines(sizing)
     if sizing.warnings:
         lines += ["", "  warnings"]
         lines += [f"    - {warning}" for warning in sizing.warnings]
@@ -189,15 +219,14 @@ def render_table(manifest: dict[str, Any], spec: Any, sizing: Any, suggestions: 
     return "\n".join(lines) + "\n"
 
 
-def _summary_lines(manifest: dict[str, Any], spec: Any, sizing: Any) -> list[str]:
-    from kubefit.sizing.planner import evaluated_workers
-
+def _summary_lines(manifest: dict[str, Any], spec: Any, job_sizing: Any) -> list[str]:
+    sizing = job_sizing.sizing
     metadata = manifest.get("metadata") or {}
     name = metadata.get("name", "(unnamed)")
     namespace = metadata.get("namespace")
     title = f"{KIND} {namespace}/{name}" if namespace else f"{KIND} {name}"
     usable = sizing.device_memory_bytes * (1 - spec.resources.memory_headroom)
-    workers = evaluated_workers(spec, sizing)
+    workers = job_sizing.evaluated_workers
     per_worker = sizing.accelerators_per_worker
     verdict = "fits" if sizing.fits else "DOES NOT FIT"
     if sizing.fits or sizing.min_workers > workers:
@@ -213,6 +242,25 @@ def _summary_lines(manifest: dict[str, Any], spec: Any, sizing: Any) -> list[str
         f"  per device    {format_gib(sizing.per_device_bytes)} estimated, {format_gib(usable)} usable "
         f"({spec.resources.memory_headroom:.0%} headroom): {verdict}",
     ]
+
+
+def _context_lines(job_sizing: Any, inventory: Any) -> list[str]:
+    """Where the plan was made, and the host memory a worker needs for offloaded state."""
+    if inventory is None:
+        lines = ["  cluster       not consulted: planned against the whole catalog (--cluster: the live one)"]
+    else:
+        placeable = sum(node.allocatable for node in inventory.placeable)
+        free = sum(node.free for node in inventory.placeable)
+        lines = [
+            f"  cluster       {_count(len(inventory.placeable), 'accelerator node')} the workers may use "
+            f"({free} of {placeable} devices free), {len(inventory.excluded)} ruled out by their placement"
+        ]
+    if job_sizing.host_bytes_per_worker:
+        lines.append(
+            f"  host memory   {format_gib(job_sizing.host_bytes_per_worker)} per worker of offloaded "
+            "state, added to the pod's default memory request"
+        )
+    return lines
 
 
 def _breakdown_lines(sizing: Any) -> list[str]:
@@ -254,32 +302,58 @@ def render_data(document: Any, output: str) -> str:
 
 
 def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) -> int:
-    from kubefit.api.validation import InvalidSpec, parse_spec
-    from kubefit.sizing.catalog import CatalogError, load_catalog
-    from kubefit.sizing.planner import plan
-    from kubefit.sizing.suggest import suggest, with_overprovisioning_advice
+    from kubefit.sizing.suggest import suggest
 
+    if args.context is not None and not args.cluster:
+        raise InvalidInput(["--context: only used with --cluster"])
     source = "<stdin>" if args.filename == "-" else args.filename
     manifest = load_training_job(read_text(args.filename, stdin), source)
-    try:
-        catalog = load_catalog(args.catalog)
-        spec = parse_spec(manifest["spec"])
-        sizing = plan(spec, catalog)
-    except CatalogError as exc:
-        raise InvalidInput([str(exc)]) from None
-    except InvalidSpec as exc:
-        raise InvalidInput([str(error) for error in exc.errors]) from None
-    sizing, _ = with_overprovisioning_advice(spec, sizing, catalog)
+    spec, catalog = _parse(manifest, args.catalog)
+    inventory = _live_inventory(manifest, catalog, args.context) if args.cluster else None
+    job_sizing = _size(spec, catalog, inventory)
     suggestions = suggest(spec, catalog) if args.suggest else None
 
     if args.output == "table":
-        stdout.write(render_table(manifest, spec, sizing, suggestions))
+        stdout.write(render_table(manifest, spec, job_sizing, suggestions, inventory))
         return EXIT_OK
-    document: Any = sizing.model_dump(by_alias=True, mode="json")
+    document: Any = job_sizing.sizing.model_dump(by_alias=True, mode="json")
     if suggestions is not None:
         document = {"sizing": document, "suggestions": [suggestion.to_dict() for suggestion in suggestions]}
     stdout.write(render_data(document, args.output))
     return EXIT_OK
+
+
+def _parse(manifest: dict[str, Any], catalog_file: str | None) -> tuple[Any, Any]:
+    from kubefit.api.validation import InvalidSpec, parse_spec
+    from kubefit.sizing.catalog import CatalogError, load_catalog
+
+    try:
+        catalog = load_catalog(catalog_file)
+        return parse_spec(manifest["spec"]), catalog
+    except CatalogError as exc:
+        raise InvalidInput([str(exc)]) from None
+    except InvalidSpec as exc:
+        raise InvalidInput([str(error) for error in exc.errors]) from None
+
+
+def _size(spec: Any, catalog: Any, inventory: Any) -> Any:
+    """The operator's own sizing path (decisions.job_sizing.size_job)."""
+    from kubefit.api.validation import InvalidSpec
+    from kubefit.decisions.job_sizing import size_job
+
+    try:
+        return size_job(spec, catalog, inventory)
+    except InvalidSpec as exc:
+        raise InvalidInput([str(error) for error in exc.errors]) from None
+
+
+def _live_inventory(manifest: dict[str, Any], catalog: Any, context: str | None) -> Any:
+    from kubefit.cli.cluster_inventory import ClusterUnreadable, read_inventory
+
+    try:
+        return read_inventory(manifest, catalog, context)
+    except ClusterUnreadable as exc:
+        raise ClusterError(f"--cluster: {exc}") from None
 
 
 def run_size(args: argparse.Namespace) -> int:
@@ -295,6 +369,9 @@ def run_size(args: argparse.Namespace) -> int:
         for line in exc.lines:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_INVALID
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CLUSTER
     except Exception as exc:  # noqa: BLE001 - the command promises one line, never a traceback
         print(
             f"error: internal error while sizing ({type(exc).__name__}: {exc}); please report it",

@@ -66,6 +66,7 @@ class JobContext:
     ours: Sequence[WorkerPod]  # this job's worker pods (see decisions.job._our_workers)
     catalog: Catalog
     settings: ReconcileSettings
+    host_bytes_per_worker: int = 0  # offloaded training state per worker (decisions.job_sizing)
 
     @property
     def status(self) -> Mapping[str, Any]:
@@ -123,5 +124,13 @@ def worker_set(ctx: JobContext, workers: int) -> WorkerSet:
         )
     bounds = ctx.bounds
     return WorkerSet(
-        job, ctx.spec, ctx.sizing, accelerator, workers, bounds.floor, bounds.ceiling, checkpoint=checkpoint
+        job,
+        ctx.spec,
+        ctx.sizing,
+        accelerator,
+        workers,
+        bounds.floor,
+        bounds.ceiling,
+        checkpoint=checkpoint,
+        host_bytes_per_worker=ctx.host_bytes_per_worker,
     )

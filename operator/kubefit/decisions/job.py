@@ -36,12 +36,13 @@ from kubefit.decisions.draft import (
     sized,
 )
 from kubefit.decisions.gang import previous_gang
+from kubefit.decisions.inventory import Inventory
+from kubefit.decisions.job_sizing import size_job
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.scheduled import scheduled, suspended
-from kubefit.decisions.workers import WorkerBounds, stop_workers, worker_bounds
+from kubefit.decisions.workers import WorkerBounds, stop_workers
 from kubefit.sizing.catalog import Catalog
-from kubefit.sizing.planner import NodeInventory, plan
-from kubefit.sizing.suggest import with_overprovisioning_advice
+from kubefit.sizing.planner import NodeInventory
 
 if TYPE_CHECKING:
     from kubefit.decisions.admission import Demand
@@ -134,18 +135,21 @@ def decide(
         spec = parse_spec(observation.spec)
         _check_worker_limit(spec, settings.max_workers_per_job)
         _check_name(observation.job.name, spec)
-        sizing, bounds = _size(spec, observation, catalog)
-        sizing, advice = with_overprovisioning_advice(spec, sizing, catalog)
+        inventory = Inventory(list(observation.inventory), list(observation.excluded))
+        job_sizing = size_job(spec, catalog, inventory)
     except InvalidSpec as invalid:
         return _to_decision(observation, _invalid(invalid), None, ours, adopt)
-    context = JobContext(observation, spec, sizing, bounds, ours, catalog, settings)
+    sizing, bounds = job_sizing.sizing, job_sizing.bounds
+    context = JobContext(
+        observation, spec, sizing, bounds, ours, catalog, settings, job_sizing.host_bytes_per_worker
+    )
     if spec.run_policy.suspend:
         draft = suspended(context)
     elif not bounds.feasible or not sizing.fits:
         draft = _blocked(spec, sizing, bounds)
     else:
         draft = scheduled(context)
-    draft.events.extend(_overprovisioning_events(advice, observation.status))
+    draft.events.extend(_overprovisioning_events(job_sizing.advice, observation.status))
     return _to_decision(observation, draft, sizing, ours, adopt)
 
 
@@ -153,48 +157,6 @@ def _overprovisioning_events(advice: str | None, previous: Mapping[str, Any]) ->
     """A Normal event the first time a fixed layout is found far bigger than the job needs."""
     already_told = advice in ((previous.get("sizing") or {}).get("warnings") or [])
     return [JobEvent("Normal", EventReason.OVER_PROVISIONED, advice)] if advice and not already_told else []
-
-
-def _size(
-    spec: TrainingJobSpec, observation: JobObservation, catalog: Catalog
-) -> tuple[SizingStatus, WorkerBounds]:
-    """The sizing of the layout that actually runs.
-
-    The planner evaluates spec.workers.replicas; when the clamp to [floor, ceiling] changes the worker
-    count (e.g. memory needs more workers than replicas asks for), the effective count is evaluated again.
-    When the pod's placement rules out every accelerator node, it is planned from the whole catalog.
-    """
-    inventory = observation.inventory or (None if observation.excluded else observation.inventory)
-    sizing = plan(spec, catalog=catalog, inventory=inventory)
-    bounds = worker_bounds(spec, sizing)
-    if bounds.feasible and bounds.desired != spec.workers.replicas:
-        workers = spec.workers.model_copy(update={"replicas": bounds.desired})
-        sizing = plan(spec.model_copy(update={"workers": workers}), catalog=catalog, inventory=inventory)
-    warning = _placement_warning(sizing.accelerator, observation.inventory, observation.excluded)
-    if warning is not None:
-        sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
-    return sizing, bounds
-
-
-def _placement_warning(
-    accelerator: str, placeable: Sequence[NodeInventory], excluded: Sequence[NodeInventory]
-) -> str | None:
-    """Why the chosen accelerator has no node to run on, when the pod's own placement is the reason."""
-    constraints = "the worker pod's nodeSelector, required node affinity and tolerations, or a cordon"
-    if not excluded or any(node.accelerator == accelerator for node in placeable):
-        return None
-    if not placeable:
-        return (
-            f"no node matches the pod's placement constraints: {constraints} rule out all "
-            f"{len(excluded)} accelerator nodes; sized against the whole catalog, the workers stay Pending"
-        )
-    ruled_out = sum(1 for node in excluded if node.accelerator == accelerator)
-    if not ruled_out:
-        return None
-    return (
-        f"no {accelerator} node matches the pod's placement constraints: {constraints} rule out all "
-        f"{ruled_out}; the workers stay Pending"
-    )
 
 
 # ------------------------------------------------------------------------------------------ paths

@@ -1,0 +1,108 @@
+"""The one sizing path: a job's spec, a catalog and (optionally) the cluster's inventory in, status.sizing out.
+
+The operator (decisions.job.decide) and `kubefit size` (cli/size.py, with or without --cluster) both call
+`size_job`, so `kubefit size -o json` prints what the operator writes to status.sizing for the same job
+and inventory. The steps, in order:
+
+1. plan the spec against the catalog and the nodes a worker pod may land on (sizing.planner.plan);
+2. keep the worker count within [floor, ceiling] (decisions.workers.worker_bounds) and, when that clamp
+   changes spec.workers.replicas, plan again at the clamped count (the layout that actually runs);
+3. say why the chosen accelerator has no node, when the pod's own placement rules every one out;
+4. add the over-provisioning sentence of a fixed layout far bigger than the job needs;
+5. estimate the offloaded state each worker holds in host memory, for the pod's memory request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.decisions.inventory import Inventory
+from kubefit.decisions.workers import WorkerBounds, worker_bounds
+from kubefit.sizing.catalog import Catalog
+from kubefit.sizing.estimator import Layout, estimate
+from kubefit.sizing.planner import NodeInventory, evaluated_workers, plan
+from kubefit.sizing.suggest import with_overprovisioning_advice
+
+
+@dataclass(frozen=True)
+class JobSizing:
+    """What sizing a job decides; `sizing` is status.sizing, exactly."""
+
+    sizing: SizingStatus
+    bounds: WorkerBounds  # the worker counts memory and spec.workers allow
+    evaluated_workers: int  # the worker count sizing.perDeviceBytes was estimated at
+    # Training state offloaded to host memory per worker (0 without training.offload), estimated at the
+    # fewest workers the job may run with: each worker then holds its largest share, so a worker created
+    # at a bigger size still has room for its share after an elastic scale-down.
+    host_bytes_per_worker: int
+    # The over-provisioning sentence (also among sizing.warnings), for the operator's one-time Event.
+    advice: str | None
+
+
+def size_job(spec: TrainingJobSpec, catalog: Catalog, inventory: Inventory | None = None) -> JobSizing:
+    """Sizes `spec` against `catalog` and, when given, the cluster's `inventory` (None: the whole catalog,
+    as if every accelerator were there and free). Raises InvalidSpec naming the field at fault."""
+    planned = _planned_inventory(inventory)
+    sizing = plan(spec, catalog=catalog, inventory=planned)
+    bounds = worker_bounds(spec, sizing)
+    planned_spec = spec
+    if bounds.feasible and bounds.desired != spec.workers.replicas:
+        workers = spec.workers.model_copy(update={"replicas": bounds.desired})
+        planned_spec = spec.model_copy(update={"workers": workers})
+        sizing = plan(planned_spec, catalog=catalog, inventory=planned)
+    if inventory is not None:
+        warning = placement_warning(sizing.accelerator, inventory.placeable, inventory.excluded)
+        if warning is not None:
+            sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
+    sizing, advice = with_overprovisioning_advice(spec, sizing, catalog)
+    return JobSizing(
+        sizing,
+        bounds,
+        evaluated_workers(planned_spec, sizing),
+        _host_bytes_per_worker(spec, sizing, bounds, catalog),
+        advice,
+    )
+
+
+def _planned_inventory(inventory: Inventory | None) -> list[NodeInventory] | None:
+    """The nodes the planner sees: the placeable ones. When the pod's placement rules out every
+    accelerator node there is nothing to choose from, so the whole catalog is planned (and a warning says
+    why); a cluster without any accelerator node is planned as empty (the planner warns)."""
+    if inventory is None or (not inventory.placeable and inventory.excluded):
+        return None
+    return list(inventory.placeable)
+
+
+def placement_warning(
+    accelerator: str, placeable: Sequence[NodeInventory], excluded: Sequence[NodeInventory]
+) -> str | None:
+    """Why the chosen accelerator has no node to run on, when the pod's own placement is the reason."""
+    constraints = "the worker pod's nodeSelector, required node affinity and tolerations, or a cordon"
+    if not excluded or any(node.accelerator == accelerator for node in placeable):
+        return None
+    if not placeable:
+        return (
+            f"no node matches the pod's placement constraints: {constraints} rule out all "
+            f"{len(excluded)} accelerator nodes; sized against the whole catalog, the workers stay Pending"
+        )
+    ruled_out = sum(1 for node in excluded if node.accelerator == accelerator)
+    if not ruled_out:
+        return None
+    return (
+        f"no {accelerator} node matches the pod's placement constraints: {constraints} rule out all "
+        f"{ruled_out}; the workers stay Pending"
+    )
+
+
+def _host_bytes_per_worker(
+    spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds, catalog: Catalog
+) -> int:
+    device = catalog.get(sizing.accelerator)
+    if spec.training.offload == "none" or device is None:
+        return 0
+    # More workers shard the offloaded state further: the fewest the job may run with hold the most.
+    workers = max(1, min(bounds.floor, bounds.ceiling))
+    layout = Layout(devices_per_worker=sizing.accelerators_per_worker, workers=workers)
+    return estimate(spec, device, layout).host_bytes_per_worker

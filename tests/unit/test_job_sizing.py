@@ -1,0 +1,155 @@
+"""The one sizing path (decisions.job_sizing.size_job): what the operator and `kubefit size` both call."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sizing_inputs import LLAMA3_8B, TEMPLATE
+
+from kubefit.api.validation import InvalidSpec, parse_spec
+from kubefit.builders.naming import JobRef
+from kubefit.decisions.inventory import Inventory
+from kubefit.decisions.job import JobObservation, decide
+from kubefit.decisions.job_sizing import size_job
+from kubefit.sizing.catalog import Accelerator, load_catalog
+from kubefit.sizing.estimator import Layout, estimate
+from kubefit.sizing.planner import NodeInventory, plan
+
+CATALOG = load_catalog()
+
+
+def device(name: str) -> Accelerator:
+    found = CATALOG.get(name)
+    assert found is not None
+    return found
+
+
+def raw_spec(**changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "template": TEMPLATE,
+        "model": {"parameters": "1B"},
+        "resources": {"accelerator": "auto", "acceleratorsPerWorker": "auto"},
+        "workers": {"replicas": 1},
+    }
+    return {**spec, **changes}
+
+
+# Fixed layout whose replicas (1) are fewer than memory needs (5 x A100-40GB under FSDP).
+TOO_FEW_REPLICAS = raw_spec(
+    model=LLAMA3_8B,
+    training={"sharding": "fsdp", "activationCheckpointing": "full", "sequenceLength": 4096},
+    resources={"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 1},
+    workers={"replicas": 1, "minReplicas": 1, "maxReplicas": 8},
+)
+
+
+def h100_nodes(count: int, free: int = 8) -> list[NodeInventory]:
+    return [NodeInventory(f"h100-{index}", "nvidia-h100-80gb", 8, free) for index in range(count)]
+
+
+def operator_sizing(
+    raw: dict[str, Any], placeable: list[NodeInventory], excluded: list[NodeInventory]
+) -> Any:
+    observation = JobObservation(
+        job=JobRef("job", "ns", "uid"),
+        generation=1,
+        spec=raw,
+        status={},
+        pods=[],
+        inventory=placeable,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+        excluded=excluded,
+    )
+    return decide(observation, CATALOG).sizing
+
+
+@pytest.mark.parametrize(
+    ("raw", "placeable", "excluded"),
+    [
+        (raw_spec(), h100_nodes(2), []),
+        (raw_spec(), h100_nodes(2, free=0), []),  # a note says the job queues for free devices
+        (raw_spec(), [], h100_nodes(2)),  # placement rules every node out: whole catalog, with a warning
+        (raw_spec(), [], []),  # no accelerator node at all
+        (TOO_FEW_REPLICAS, [], [NodeInventory("a100-0", "nvidia-a100-40gb", 8, 8)]),
+    ],
+    ids=["free", "busy", "all-excluded", "no-nodes", "clamped"],
+)
+def test_the_operator_writes_exactly_what_size_job_returns(
+    raw: dict[str, Any], placeable: list[NodeInventory], excluded: list[NodeInventory]
+) -> None:
+    expected = size_job(parse_spec(raw), CATALOG, Inventory(placeable, excluded)).sizing
+    assert operator_sizing(raw, placeable, excluded) == expected
+
+
+def test_the_inventory_changes_the_plan() -> None:
+    spec = parse_spec(raw_spec())
+    offline = size_job(spec, CATALOG).sizing
+    live = size_job(spec, CATALOG, Inventory(h100_nodes(2), [])).sizing
+    # Offline the cheapest device that holds 1B parameters of Adam state is a 40 GB A100; a cluster that
+    # has only H100s gets an H100 plan.
+    assert (offline.accelerator, live.accelerator) == ("nvidia-a100-40gb", "nvidia-h100-80gb")
+    assert live.fits and offline.fits
+
+
+def test_busy_devices_add_the_queue_note_only_with_an_inventory() -> None:
+    spec = parse_spec(raw_spec())
+    busy = size_job(spec, CATALOG, Inventory(h100_nodes(2, free=0), [])).sizing
+    free = size_job(spec, CATALOG, Inventory(h100_nodes(2), [])).sizing
+    note = (
+        "not enough free nvidia-h100-80gb now for 1 x nvidia-h100-80gb; the job queues until devices free up"
+    )
+    assert note in busy.warnings and note not in free.warnings
+
+
+def test_placement_that_rules_out_every_node_plans_the_catalog_and_says_why() -> None:
+    spec = parse_spec(raw_spec())
+    sizing = size_job(spec, CATALOG, Inventory([], h100_nodes(3))).sizing
+    assert sizing.accelerator == size_job(spec, CATALOG).sizing.accelerator
+    assert any("rule out all 3 accelerator nodes" in warning for warning in sizing.warnings)
+
+
+def test_the_second_plan_at_the_clamped_worker_count() -> None:
+    spec = parse_spec(TOO_FEW_REPLICAS)
+    first = plan(spec, CATALOG)
+    assert not first.fits and first.min_workers == 5  # evaluated at replicas 1
+    sized = size_job(spec, CATALOG)
+    assert sized.bounds.desired == 5 and sized.evaluated_workers == 5
+    assert sized.sizing.fits and sized.sizing.per_device_bytes < first.per_device_bytes
+    layout = Layout(devices_per_worker=1, workers=5)
+    assert sized.sizing.per_device_bytes == estimate(spec, device("nvidia-a100-40gb"), layout).total
+
+
+def test_no_offload_no_host_bytes() -> None:
+    assert size_job(parse_spec(raw_spec()), CATALOG).host_bytes_per_worker == 0
+
+
+def test_host_bytes_are_the_share_at_the_fewest_workers_the_job_may_run_with() -> None:
+    raw = raw_spec(
+        model={"parameters": "8B"},
+        training={"offload": "optimizer", "sharding": "zero2"},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+        workers={"replicas": 4, "minReplicas": 2, "maxReplicas": 4},
+    )
+    spec = parse_spec(raw)
+    sized = size_job(spec, CATALOG)
+    h100 = device("nvidia-h100-80gb")
+    at_floor = estimate(spec, h100, Layout(devices_per_worker=8, workers=2)).host_bytes_per_worker
+    at_replicas = estimate(spec, h100, Layout(devices_per_worker=8, workers=4)).host_bytes_per_worker
+    assert sized.bounds.floor == 2
+    assert sized.host_bytes_per_worker == at_floor > at_replicas > 0
+
+
+def test_an_unknown_accelerator_names_the_field() -> None:
+    spec = parse_spec(raw_spec(resources={"accelerator": "acme-x9", "acceleratorsPerWorker": 1}))
+    with pytest.raises(InvalidSpec) as raised:
+        size_job(spec, CATALOG, Inventory(h100_nodes(1), []))
+    assert [error.path for error in raised.value.errors] == ["spec.resources.accelerator"]
+
+
+def test_overprovisioning_advice_is_returned_and_in_the_warnings() -> None:
+    raw = raw_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8})
+    sized = size_job(parse_spec(raw), CATALOG)
+    assert sized.advice is not None and sized.advice in sized.sizing.warnings
+    assert size_job(parse_spec(raw_spec()), CATALOG).advice is None
