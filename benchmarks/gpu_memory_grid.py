@@ -1,0 +1,465 @@
+"""Measured training peak memory on a real GPU, over a grid of training setups.
+
+Trains randomly initialised Llama-shaped transformers built from a config (transformers' LlamaConfig; no
+weights are downloaded) for a few steps per setup, over precision x optimizer x micro-batch x sequence x
+activation checkpointing x LoRA/QLoRA x loss, and records for each setup:
+
+- torch.cuda.max_memory_allocated and max_memory_reserved (the caching allocator's peaks);
+- the whole-device peak: total - free from torch.cuda.mem_get_info (cudaMemGetInfo, what nvidia-smi
+  shows), sampled every 2 ms by a thread while the steps run, and the device memory used outside the
+  allocator (CUDA context, library handles) measured when the allocator holds nothing;
+- OOM as a row (oom: true) with the peaks reached before it.
+
+Each setup runs in this one process: between setups the model is deleted, the cache emptied and the peak
+statistics reset, so every row starts from an empty allocator. Rows are appended to OUT/gpu_rows.jsonl as
+they finish, so a run stopped by a timeout still leaves every finished row; --budget-s stops starting new
+setups after that many seconds.
+
+    python3 benchmarks/gpu_memory_grid.py --out "$OUT" --budget-s 420     # on a CUDA machine
+    .venv/bin/python benchmarks/gpu_memory_grid.py --out /tmp/g --tiny      # CPU smoke test, tiny models
+
+QLoRA and the 8-bit/paged optimizers need bitsandbytes; without it those setups are recorded as skipped.
+docs/data/gpu-measurements.md holds the rows measured with this script and how they were read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+GIB = 2**30
+
+# Llama-shaped models, untied output head (the estimator counts the head apart from the embedding).
+# small ~ GPT-2 small widths; medium = TinyLlama-1.1B's config.json widths; bigvocab = Gemma-2B's widths
+# (hidden 2048, 18 layers, 8 heads, 1 KV head, head_dim 256, ffn 16384) with its 256k vocabulary.
+MODELS: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, vocab_size=1000),
+    "tinyvocab": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                      intermediate_size=256, vocab_size=8000),
+    "small": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+                  intermediate_size=2048, vocab_size=32000),
+    "medium": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                   intermediate_size=5632, vocab_size=32000),
+    "bigvocab": dict(hidden_size=2048, num_hidden_layers=18, num_attention_heads=8, num_key_value_heads=1,
+                     intermediate_size=16384, vocab_size=256000),
+}  # fmt: skip
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LOSS_CHUNKS = 8  # torchtune CEWithChunkedOutputLoss num_output_chunks default
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One training setup of the grid, in the TrainingJob API's words where it has them."""
+
+    model: str
+    precision: str = "bf16-mixed"  # fp32, fp16-mixed, bf16-mixed, bf16-true
+    optimizer: str = "adamw"  # adamw, sgd, sgd-momentum, adafactor, adamw-8bit, paged-adamw, paged-adamw-8bit
+    micro_batch: int = 4
+    sequence: int = 2048
+    checkpointing: str = "none"  # none or full
+    finetuning: str = "full"  # full, lora, qlora
+    lora_rank: int = 16
+    loss: str = "standard"  # standard (transformers' loss on full logits) or chunked (torchtune's)
+    attention: str = "sdpa"  # sdpa or eager
+    steps: int = 3
+
+    @property
+    def name(self) -> str:
+        parts = [self.model, self.finetuning, self.precision, self.optimizer, f"b{self.micro_batch}",
+                 f"s{self.sequence}", f"ac-{self.checkpointing}", self.loss, self.attention]  # fmt: skip
+        return "/".join(parts)
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def gpu_grid() -> list[Setup]:
+    """Ordered by what the estimator most needs checked: QLoRA and the 256k vocabulary first."""
+    grid: list[Setup] = []
+    big = Setup("bigvocab", micro_batch=2, sequence=2048)
+    for finetuning in ("qlora", "lora"):
+        for checkpointing in ("full", "none"):
+            for loss in ("standard", "chunked"):
+                grid.append(replace(big, finetuning=finetuning, checkpointing=checkpointing, loss=loss))
+    grid.append(replace(big, finetuning="qlora", checkpointing="full", micro_batch=4, sequence=4096))
+    grid.append(replace(big, finetuning="qlora", checkpointing="full", optimizer="paged-adamw"))
+    for loss in ("standard", "chunked"):
+        for checkpointing in ("full", "none"):
+            grid.append(replace(big, loss=loss, checkpointing=checkpointing))
+        grid.append(replace(big, loss=loss, checkpointing="full", micro_batch=4, sequence=4096))
+    grid.append(replace(big, precision="bf16-true", checkpointing="full"))
+    medium = Setup("medium")
+    # Past the device: these should run out of memory (early, so that a time limit cannot drop them).
+    grid.append(replace(big, precision="fp32", micro_batch=8, sequence=4096))
+    grid.append(replace(medium, micro_batch=32, sequence=8192))
+    for finetuning in ("qlora", "lora"):
+        for micro_batch, sequence in ((4, 2048), (1, 8192)):
+            for checkpointing in ("none", "full"):
+                grid.append(replace(medium, finetuning=finetuning, micro_batch=micro_batch,
+                                    sequence=sequence, checkpointing=checkpointing))  # fmt: skip
+    grid += _medium_full(medium)
+    grid += [replace(Setup("small"), micro_batch=b, sequence=s, checkpointing=c, precision=p)
+             for b, s in ((8, 1024), (16, 2048)) for c in ("none", "full") for p in ("bf16-mixed", "fp32")]  # fmt: skip
+    return grid
+
+
+def _medium_full(medium: Setup) -> list[Setup]:
+    """Full fine-tuning of the 1.1B model: precision x optimizer, then micro-batch x sequence, eager."""
+    grid = []
+    for optimizer in ("adamw", "sgd-momentum", "adafactor", "adamw-8bit"):
+        for checkpointing in ("none", "full"):
+            grid.append(replace(medium, optimizer=optimizer, checkpointing=checkpointing))
+    for precision in ("bf16-true", "fp32", "fp16-mixed"):
+        for checkpointing in ("none", "full"):
+            grid.append(replace(medium, precision=precision, checkpointing=checkpointing))
+    for micro_batch, sequence in ((1, 512), (8, 2048), (4, 4096), (1, 16384)):
+        for checkpointing in ("none", "full"):
+            grid.append(
+                replace(medium, micro_batch=micro_batch, sequence=sequence, checkpointing=checkpointing)
+            )
+    grid.append(replace(medium, attention="eager", micro_batch=2, sequence=2048))
+    return grid
+
+
+def tiny_grid() -> list[Setup]:
+    """A CPU smoke test of every code path."""
+    tiny = Setup("tiny", micro_batch=2, sequence=64, steps=2)
+    return [
+        tiny,
+        replace(tiny, checkpointing="full", loss="chunked"),
+        replace(tiny, precision="bf16-true", optimizer="adafactor"),
+        replace(tiny, precision="fp32", optimizer="sgd-momentum", attention="eager"),
+        replace(tiny, finetuning="lora"),
+        replace(tiny, model="tinyvocab", finetuning="lora", checkpointing="full", loss="chunked"),
+        replace(tiny, finetuning="qlora"),
+        replace(tiny, optimizer="adamw-8bit"),
+    ]
+
+
+# ---------------------------------------------------------------- device memory
+
+
+class DevicePeak:
+    """Samples total - free of the device (cudaMemGetInfo) from a thread; no-op without CUDA."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> DevicePeak:
+        if torch.cuda.is_available():
+            self.peak = device_used()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, device_used())
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self.peak = max(self.peak, device_used())
+
+
+def device_used() -> int:
+    free, total = torch.cuda.mem_get_info()
+    return int(total - free)
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def allocator_stats() -> dict[str, Any]:
+    if not torch.cuda.is_available():
+        return {}
+    stats = torch.cuda.memory_stats()
+    return {
+        "max_allocated_bytes": torch.cuda.max_memory_allocated(),
+        "max_reserved_bytes": torch.cuda.max_memory_reserved(),
+        "alloc_retries": stats.get("num_alloc_retries", 0),
+    }
+
+
+# ---------------------------------------------------------------- building the model
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _config(setup: Setup) -> Any:
+    from transformers import LlamaConfig
+
+    shape = MODELS[setup.model]
+    head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+    return LlamaConfig(
+        **shape,
+        head_dim=head_dim,
+        tie_word_embeddings=False,
+        max_position_embeddings=max(setup.sequence, 2048),
+    )
+
+
+def build_model(setup: Setup, scratch: Path) -> tuple[Any, int]:
+    """The model ready to train, and its parameter count before any quantisation."""
+    from transformers import LlamaForCausalLM
+
+    config = _config(setup)
+    config._attn_implementation = setup.attention
+    if setup.finetuning == "qlora":
+        return _qlora_model(setup, config, scratch)
+    base_dtype = torch.float32
+    if setup.precision == "bf16-true" or (setup.finetuning == "lora" and setup.precision != "fp32"):
+        base_dtype = torch.bfloat16  # a LoRA base is frozen in 16 bits; adapters are added in fp32
+    with torch.device(_device()):
+        model = LlamaForCausalLM(config).to(base_dtype)
+    parameters = sum(p.numel() for p in model.parameters())
+    if setup.finetuning == "lora":
+        model = _with_lora(model, setup)
+    return model, parameters
+
+
+def _with_lora(model: Any, setup: Setup) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=setup.lora_rank, lora_alpha=2 * setup.lora_rank, target_modules=LORA_TARGETS)
+    return get_peft_model(model, lora)
+
+
+def _qlora_model(setup: Setup, config: Any, scratch: Path) -> tuple[Any, int]:
+    """The Hugging Face QLoRA recipe: nf4 with double quantisation and bf16 compute
+    (BitsAndBytesConfig), prepare_model_for_kbit_training, then LoRA on every projection."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig, LlamaForCausalLM
+
+    saved = scratch / f"{setup.model}-bf16"
+    if not saved.exists():  # random weights saved once per model, then loaded quantised
+        with torch.device(_device()):
+            model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model.save_pretrained(saved)
+        del model
+    parameters = _parameter_count(config)
+    quantisation = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    model = LlamaForCausalLM.from_pretrained(
+        saved, quantization_config=quantisation, dtype=torch.bfloat16, device_map={"": _device()},
+        attn_implementation=setup.attention,
+    )  # fmt: skip
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=setup.checkpointing == "full")
+    return _with_lora(model, setup), parameters
+
+
+def _parameter_count(config: Any) -> int:
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+
+
+def build_optimizer(setup: Setup, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    name = setup.optimizer
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=1e-5)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=1e-5)
+    if name == "sgd-momentum":
+        return torch.optim.SGD(parameters, lr=1e-5, momentum=0.9)
+    if name == "adafactor":
+        return torch.optim.Adafactor(parameters, lr=1e-3)
+    import bitsandbytes as bnb
+
+    classes = {"adamw-8bit": bnb.optim.AdamW8bit, "paged-adamw": bnb.optim.PagedAdamW,
+               "paged-adamw-8bit": bnb.optim.PagedAdamW8bit}  # fmt: skip
+    return classes[name](parameters, lr=1e-5)
+
+
+# ---------------------------------------------------------------- one training step
+
+
+def _autocast(setup: Setup) -> contextlib.AbstractContextManager[Any]:
+    if setup.precision in ("bf16-mixed", "fp16-mixed") or setup.finetuning == "qlora":
+        dtype = torch.float16 if setup.precision == "fp16-mixed" else torch.bfloat16
+        return torch.autocast(_device().type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def chunked_loss(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """torchtune's CEWithChunkedOutputLoss: the output projection in LOSS_CHUNKS chunks along the sequence
+    (every chunk's logits kept, in the compute dtype), each chunk upcast to fp32 in the cross-entropy."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(input_ids=tokens).last_hidden_state
+    logits = [base.lm_head(chunk) for chunk in hidden[:, :-1].chunk(LOSS_CHUNKS, dim=1)]
+    labels = tokens[:, 1:].chunk(LOSS_CHUNKS, dim=1)
+    total = sum(
+        F.cross_entropy(chunk.float().flatten(0, 1), label.flatten(), reduction="sum")
+        for chunk, label in zip(logits, labels, strict=True)
+    )
+    return total / labels[0].new_tensor(tokens[:, 1:].numel())
+
+
+def train_steps(setup: Setup, model: Any, optimizer: torch.optim.Optimizer) -> list[int]:
+    """Runs setup.steps steps; returns max_memory_allocated after each (cumulative)."""
+    vocab = MODELS[setup.model]["vocab_size"]
+    scaler = torch.amp.GradScaler(enabled=setup.precision == "fp16-mixed" and torch.cuda.is_available())
+    peaks = []
+    for _ in range(setup.steps):
+        tokens = torch.randint(0, vocab, (setup.micro_batch, setup.sequence), device=_device())
+        with _autocast(setup):
+            if setup.loss == "chunked":
+                loss = chunked_loss(model, tokens)
+            else:
+                loss = model(input_ids=tokens, labels=tokens).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        del loss, tokens
+        peaks.append(torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)
+    return peaks
+
+
+def _prepare(setup: Setup, scratch: Path) -> tuple[Any, torch.optim.Optimizer, int]:
+    model, parameters = build_model(setup, scratch)
+    if setup.checkpointing == "full":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return model, build_optimizer(setup, trainable), parameters
+
+
+def measure(setup: Setup, scratch: Path) -> dict[str, Any]:
+    """One row: the setup, its parameter counts, the peaks, and oom/error."""
+    row: dict[str, Any] = {"setup": asdict(setup), "name": setup.name, "oom": False, "error": None}
+    release_memory()
+    if torch.cuda.is_available():  # what the device holds with no model: context, handles, cached blocks
+        row["idle_device_used_bytes"], row["idle_reserved_bytes"] = (
+            device_used(),
+            torch.cuda.memory_reserved(),
+        )
+    row["started_unix"], started = time.time(), time.perf_counter()
+    try:
+        model, optimizer, parameters = _prepare(setup, scratch)
+        row["parameters"] = parameters
+        row["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        release_memory()  # construction transients (fp32 init, quantisation) are not the training peak
+        row["state_allocated_bytes"] = torch.cuda.memory_allocated() if torch.cuda.is_available() else None
+        with DevicePeak() as device_peak:
+            row["allocated_after_step"] = train_steps(setup, model, optimizer)
+    except torch.OutOfMemoryError as error:
+        row["oom"], row["error"] = True, str(error).split("\n")[0][:300]
+    except (ImportError, RuntimeError, ValueError, TypeError, AttributeError, KeyError) as error:
+        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+    row.update(allocator_stats())
+    if torch.cuda.is_available() and "device_peak" in locals():
+        row["device_peak_bytes"] = device_peak.peak
+    row["seconds"] = round(time.perf_counter() - started, 2)
+    return row
+
+
+# ---------------------------------------------------------------- the run
+
+
+def environment() -> dict[str, Any]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("transformers", "peft", "bitsandbytes"):
+        try:
+            versions[package] = __import__(package).__version__
+        except ImportError:
+            versions[package] = None
+    if not torch.cuda.is_available():
+        return {"device": "cpu", "versions": versions}
+    properties = torch.cuda.get_device_properties(0)
+    free, total = torch.cuda.mem_get_info()
+    return {
+        "device": torch.cuda.get_device_name(0),
+        "device_total_bytes": total,
+        "used_after_context_bytes": total - free,  # the CUDA context, before any allocation
+        "cuda": torch.version.cuda,
+        "capability": f"{properties.major}.{properties.minor}",
+        "versions": versions,
+        "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+    }
+
+
+def _summary(row: dict[str, Any]) -> str:
+    def gib(key: str) -> str:
+        value = row.get(key)
+        return "-" if value is None else f"{value / GIB:.2f}"
+
+    status = "OOM" if row["oom"] else (f"ERR {row['error']}" if row["error"] else "ok")
+    return (
+        f"{row['name']:<72} alloc {gib('max_allocated_bytes'):>6} reserved {gib('max_reserved_bytes'):>6} "
+        f"device {gib('device_peak_bytes'):>6} GiB {row['seconds']:>6}s {status}"
+    )
+
+
+def run(grid: list[Setup], out: Path, budget_s: float) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(os.environ.get("GRID_SCRATCH", "/tmp/kubefit-gpu-grid"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    if torch.cuda.is_available():
+        torch.cuda.init()
+        torch.zeros(1, device="cuda")  # create the context before reading what it uses
+    (out / "environment.json").write_text(json.dumps(environment(), indent=2))
+    started = time.monotonic()
+    with (out / "gpu_rows.jsonl").open("a") as rows:
+        for index, setup in enumerate(grid):
+            if time.monotonic() - started > budget_s:
+                print(f"budget of {budget_s:.0f}s spent: {len(grid) - index} setups not run", flush=True)
+                break
+            row = measure(setup, scratch)
+            rows.write(json.dumps(row) + "\n")
+            rows.flush()
+            os.fsync(rows.fileno())
+            print(_summary(row), flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-grid-out")))
+    parser.add_argument(
+        "--budget-s", type=float, default=420.0, help="start no setup after this many seconds"
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny models, for a CPU smoke test")
+    parser.add_argument("--only", default="", help="run only setups whose name contains this text")
+    args = parser.parse_args(argv)
+    grid = tiny_grid() if args.tiny else gpu_grid()
+    grid = [setup for setup in grid if args.only in setup.name]
+    sys.setswitchinterval(0.001)  # let the sampling thread in between kernel launches
+    return run(grid, args.out, args.budget_s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
