@@ -3,12 +3,17 @@ observed once per job, bounded labels, and every series of a job removed with it
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import generate_latest
 
 import kubefit
@@ -278,3 +283,53 @@ def test_metrics_are_served_over_http() -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     assert 'kubefit_trainingjob_workers{name="llama",namespace="team-a",state="desired"} 2.0' in text
+
+
+# ------------------------------------------------------------------------------------------ docs/metrics.md
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+
+
+def documented_table() -> dict[str, set[str]]:
+    """docs/metrics.md's table: metric -> its labels."""
+    rows = re.findall(r"^\| `(kubefit_\w+)` \| \w+ \| (.+) \|$", DOC.read_text(), re.MULTILINE)
+    return {name: set(re.findall(r"`(\w+)`", labels)) for name, labels in rows}
+
+
+def exported(metrics: OperatorMetrics) -> dict[str, set[str]]:
+    """What the registry exports: metric name as queried (counters with _total) -> its label names."""
+    found: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        labels = found.setdefault(name, set())
+        for sample in family.samples:
+            labels.update(label for label in sample.labels if label != "le")
+    return found
+
+
+def test_every_exported_metric_is_documented_with_its_labels_and_nothing_else_is() -> None:
+    metrics = OperatorMetrics()
+    Job(metrics, job_spec()).reconcile(10, [pod(0), pod(1)], 2)
+    metrics.watch_cluster(lambda: {H100: AcceleratorCount(8, 4)})
+    assert exported(metrics) == documented_table()
+    for name in documented_table():
+        assert re.search(rf"^### `{name}[{{`]", DOC.read_text(), re.MULTILINE), f"{name} has no section"
+
+
+def test_every_example_query_in_the_docs_parses(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed (Debian package prometheus: make system)"
+    queries = re.findall(r"```promql\n(.*?)```", DOC.read_text(), re.DOTALL)
+    assert len(queries) >= len(documented_table())
+    rules = {
+        "groups": [
+            {
+                "name": "docs-metrics-examples",
+                "rules": [{"record": f"example:{i}", "expr": query} for i, query in enumerate(queries)],
+            }
+        ]
+    }
+    path = tmp_path / "examples.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
