@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,12 @@ from bad_specs import BAD_SPECS, BadSpec
 from sizing_inputs import LLAMA3_8B, SIZING_KEYS, TEMPLATE
 
 from kubefit.api.validation import parse_spec
+from kubefit.builders.naming import JobRef
 from kubefit.cli.main import main
+from kubefit.decisions.inventory import build_inventory, node_facts, pod_usage
+from kubefit.decisions.job import JobObservation, decide
+from kubefit.decisions.node_match import placement_of, template_pod_spec
+from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import plan
 
 LLAMA3_8B_FSDP = {
@@ -291,3 +297,313 @@ def test_every_bad_spec_of_the_table_exits_2_naming_the_field(
 def test_metadata_that_is_not_a_mapping_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_main(capsys, "-f", write(tmp_path, {**LLAMA3_8B_FSDP, "metadata": ["x"]}))
     assert code == 2 and "error: metadata: must be a mapping" in err, err
+
+
+# ------------------------------------------------------------------ --cluster and the one sizing path
+
+
+def test_offline_json_is_the_operators_sizing_after_the_clamp(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # replicas 1 holds less than memory needs: the operator runs (and sizes) the clamped count, and so does
+    # `kubefit size` now. Planning replicas alone would say it does not fit.
+    manifest = with_spec(
+        resources={"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 1},
+        workers={"replicas": 1, "minReplicas": 1, "maxReplicas": 8},
+    )
+    code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest), "-o", "json")
+    printed = json.loads(out)
+    assert code == 0 and printed["fits"] is True and printed["minWorkers"] == 5
+    assert plan(parse_spec(manifest["spec"])).fits is False
+    operator = decide(observation(manifest, inventory=[]), load_catalog())
+    assert operator.sizing is not None
+    assert printed == without_cluster_warning(operator.sizing.model_dump(by_alias=True, mode="json"))
+    code, table, _ = run_main(capsys, "-f", write(tmp_path, manifest))
+    assert "1 per worker x 5 workers = 5 devices" in table and ": fits" in table
+
+
+def without_cluster_warning(sizing: dict[str, Any]) -> dict[str, Any]:
+    """The operator sees an empty cluster here; offline there is no cluster to warn about."""
+    warnings = [warning for warning in sizing["warnings"] if "no node in the cluster" not in warning]
+    return {**sizing, "warnings": warnings}
+
+
+def observation(manifest: dict[str, Any], inventory: Any, excluded: Any = ()) -> JobObservation:
+    metadata = manifest["metadata"]
+    return JobObservation(
+        job=JobRef(metadata["name"], metadata["namespace"], "uid"),
+        generation=1,
+        spec=manifest["spec"],
+        status={},
+        pods=[],
+        inventory=inventory,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+        excluded=excluded,
+    )
+
+
+H100_LABELS = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def node(name: str, labels: dict[str, str], taints: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"taints": taints or []},
+        "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}},
+    }
+
+
+def pod_on(node_name: str, gpus: int, namespace: str = "other", job: str | None = None) -> dict[str, Any]:
+    labels = {"kubefit.dev/job": job} if job else {}
+    return {
+        "metadata": {"name": f"p-{node_name}-{job}", "namespace": namespace, "labels": labels},
+        "spec": {
+            "nodeName": node_name,
+            "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}],
+        },
+        "status": {"phase": "Running"},
+    }
+
+
+class FakeApiServer:
+    """Answers GET /api/v1/nodes and /api/v1/pods from fixed lists, one object per page (so the client's
+    paging is exercised), or with a fixed HTTP error. A unit test's stand-in for reading: the e2e test
+    tests/e2e/test_size_cluster.py runs the same command against a real control plane."""
+
+    def __init__(self, nodes: list[dict[str, Any]], pods: list[dict[str, Any]], error: int | None = None):
+        import http.server
+        import threading
+
+        lists = {"/api/v1/nodes": nodes, "/api/v1/pods": pods}
+        self.requests: list[str] = []
+        requests = self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                from urllib.parse import parse_qs, urlsplit
+
+                requests.append(self.path)
+                url = urlsplit(self.path)
+                query = parse_qs(url.query)
+                if error is not None or url.path not in lists:
+                    self._send(error or 404, {"kind": "Status", "code": error or 404, "reason": "Forbidden"})
+                    return
+                start = int(query.get("continue", ["0"])[0])
+                items = lists[url.path]
+                more = {"continue": str(start + 1)} if start + 1 < len(items) else {}
+                self._send(200, {"items": items[start : start + 1], "metadata": more})
+
+            def _send(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def kubeconfig(tmp_path: Path, server: str, namespace: str | None = None) -> Path:
+    context: dict[str, Any] = {"cluster": "c", "user": "u", **({"namespace": namespace} if namespace else {})}
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "contexts": [{"name": "main", "context": context}, {"name": "other", "context": context}],
+        "current-context": "main",
+        "users": [{"name": "u", "user": {"token": "t"}}],
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+SMALL_AUTO = {
+    "apiVersion": "kubefit.dev/v1alpha1",
+    "kind": "TrainingJob",
+    "metadata": {"name": "small", "namespace": "ml"},
+    "spec": {
+        "template": {"spec": {**TEMPLATE["spec"], "tolerations": [{"key": "pool", "operator": "Exists"}]}},
+        "model": {"parameters": "1B"},
+        "resources": {"accelerator": "auto", "acceleratorsPerWorker": "auto"},
+        "workers": {"replicas": 1},
+    },
+}
+CLUSTER_NODES = [
+    node("h100-a", H100_LABELS, [{"key": "pool", "value": "x", "effect": "NoSchedule"}]),
+    node("h100-b", H100_LABELS),
+    node("h100-c", H100_LABELS, [{"key": "gpu-team", "value": "y", "effect": "NoSchedule"}]),  # not tolerated
+    node("cpu-0", {}),
+]
+CLUSTER_PODS = [
+    pod_on("h100-a", 8),  # another workload fills h100-a
+    pod_on("h100-b", 8, namespace="ml", job="small"),  # the job's own worker: counts as free
+    {**pod_on("h100-b", 8), "status": {"phase": "Succeeded"}},  # finished: holds nothing
+]
+
+
+def operator_sizing(manifest: dict[str, Any], nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> Any:
+    """status.sizing as the operator computes it from the same nodes and pods (its kopf indexes hold
+    node_facts and pod_usage of each)."""
+    usage: dict[str, list[Any]] = {}
+    for item in pods:
+        held = pod_usage(item)
+        if held is not None:
+            usage.setdefault(held.node_name, []).append(held)
+    placement = placement_of(template_pod_spec(manifest["spec"]))
+    catalog = load_catalog()
+    key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+    inventory = build_inventory(
+        [node_facts(n) for n in nodes], usage, catalog, for_job=key, placement=placement
+    )
+    decision = decide(observation(manifest, inventory.placeable, inventory.excluded), catalog)
+    assert decision.sizing is not None
+    return decision.sizing.model_dump(by_alias=True, mode="json")
+
+
+@pytest.fixture
+def api_server() -> Any:
+    servers: list[FakeApiServer] = []
+
+    def start(
+        nodes: list[dict[str, Any]], pods: list[dict[str, Any]], error: int | None = None
+    ) -> FakeApiServer:
+        servers.append(FakeApiServer(nodes, pods, error))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_cluster_json_equals_the_operators_sizing_from_the_same_nodes_and_pods(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
+) -> None:
+    server = api_server(CLUSTER_NODES, CLUSTER_PODS)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, server.url)))
+    job = write(tmp_path, SMALL_AUTO)
+    code, out, err = run_main(capsys, "-f", job, "--cluster", "-o", "json")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed == operator_sizing(SMALL_AUTO, CLUSTER_NODES, CLUSTER_PODS)
+    # The inventory decides: only H100 nodes are placeable, and h100-b is free once the job's own worker
+    # counts as free. Offline the plan is another accelerator.
+    assert printed["accelerator"] == "nvidia-h100-80gb"
+    assert not any("not enough free" in warning for warning in printed["warnings"])
+    _, offline, _ = run_main(capsys, "-f", job, "-o", "json")
+    assert json.loads(offline)["accelerator"] != "nvidia-h100-80gb"
+    # Every page was asked for: 4 nodes and 3 pods, one per page.
+    assert sum(path.startswith("/api/v1/nodes") for path in server.requests) == 4
+    assert sum(path.startswith("/api/v1/pods") for path in server.requests) == 3
+
+
+def test_cluster_counts_devices_other_pods_hold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
+) -> None:
+    pods = [pod_on("h100-a", 8), pod_on("h100-b", 8, namespace="ml", job="someone-else")]
+    server = api_server(CLUSTER_NODES, pods)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, server.url)))
+    code, out, err = run_main(capsys, "-f", write(tmp_path, SMALL_AUTO), "--cluster", "-o", "json")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed == operator_sizing(SMALL_AUTO, CLUSTER_NODES, pods)
+    assert any(warning.startswith("not enough free nvidia-h100-80gb now") for warning in printed["warnings"])
+
+
+def test_cluster_table_says_what_the_cluster_offers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
+) -> None:
+    server = api_server(CLUSTER_NODES, CLUSTER_PODS)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, server.url)))
+    code, out, _ = run_main(capsys, "-f", write(tmp_path, SMALL_AUTO), "--cluster", "--context", "other")
+    assert code == 0
+    assert (
+        "  cluster       2 accelerator nodes the workers may use (8 of 16 devices free), 1 ruled out" in out
+    )
+    _, offline, _ = run_main(capsys, "-f", write(tmp_path, SMALL_AUTO))
+    assert "  cluster       not consulted" in offline
+
+
+def test_a_job_without_namespace_takes_the_contexts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
+) -> None:
+    # The job's own worker lives in "ml", the context's namespace: it counts as free.
+    manifest = {**SMALL_AUTO, "metadata": {"name": "small"}}
+    server = api_server(CLUSTER_NODES, CLUSTER_PODS)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, server.url, namespace="ml")))
+    code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest), "--cluster", "-o", "json")
+    assert code == 0 and not any("not enough free" in warning for warning in json.loads(out)["warnings"])
+
+
+def test_host_offload_memory_is_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = with_spec(training={"sharding": "zero2", "offload": "optimizer"})
+    code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest))
+    assert code == 0 and "per worker of offloaded state" in out
+    _, plain, _ = run_main(capsys, "-f", write(tmp_path, LLAMA3_8B_FSDP))
+    assert "offloaded state" not in plain
+
+
+def kubefit_with(kubeconfig_path: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kubefit.cli.main", *argv],
+        input=yaml.safe_dump(SMALL_AUTO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KUBEFIT_CATALOG": "", "KUBECONFIG": kubeconfig_path},
+    )
+
+
+def test_an_unreachable_cluster_exits_3_naming_the_server_and_kubeconfig(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = str(kubeconfig(tmp_path, f"https://127.0.0.1:{port}"))
+    result = kubefit_with(path, "size", "-f", "-", "--cluster", "-o", "json")
+    assert result.returncode == 3 and result.stdout == ""
+    assert f"error: --cluster: cannot reach the cluster at https://127.0.0.1:{port} (kubeconfig {path})" in (
+        result.stderr
+    )
+    assert "Connection refused" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_missing_kubeconfig_or_context_exits_3_naming_it(tmp_path: Path) -> None:
+    missing = str(tmp_path / "absent")
+    result = kubefit_with(missing, "size", "-f", "-", "--cluster")
+    assert (
+        result.returncode == 3 and f"error: --cluster: cannot read the kubeconfig {missing}" in result.stderr
+    )
+    path = str(kubeconfig(tmp_path, "https://127.0.0.1:1"))
+    result = kubefit_with(path, "size", "-f", "-", "--cluster", "--context", "nope")
+    assert result.returncode == 3
+    assert f"error: --cluster: cannot read the kubeconfig {path}, context 'nope'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_forbidden_listing_exits_3_naming_the_access_needed(tmp_path: Path, api_server: Any) -> None:
+    server = api_server([], [], error=403)
+    result = kubefit_with(str(kubeconfig(tmp_path, server.url)), "size", "-f", "-", "--cluster")
+    assert result.returncode == 3, result.stderr
+    assert f"the cluster at {server.url} refused to list nodes: HTTP 403" in result.stderr
+    assert "needs list on nodes and on pods in all namespaces" in result.stderr
+
+
+def test_context_without_cluster_is_invalid_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(capsys, "-f", write(tmp_path, LLAMA3_8B_FSDP), "--context", "main")
+    assert code == 2 and out == "" and "error: --context: only used with --cluster" in err

@@ -51,8 +51,10 @@ def connect(context: str | None) -> Connection:
     configuration = client.Configuration()
     where = f"kubeconfig {kubeconfig_source()}" + (f", context {context!r}" if context else "")
     try:
-        config.load_kube_config(context=context, client_configuration=configuration)
-        contexts, active = config.list_kube_config_contexts()
+        # Read now, not from the client's default (taken from the environment when it was imported).
+        source = kubeconfig_source()
+        config.load_kube_config(config_file=source, context=context, client_configuration=configuration)
+        contexts, active = config.list_kube_config_contexts(config_file=source)
     except (config.ConfigException, OSError, ValueError) as exc:
         raise ClusterUnreadable(f"cannot read the {where}: {exc}") from None
     chosen = next((item for item in contexts if item["name"] == context), active) if context else active
