@@ -188,6 +188,26 @@ def test_default_cpu_and_memory_scale_with_accelerators() -> None:
     assert default_memory(1, offloaded_bytes=2**30) == f"{17 * 1024}Mi"
 
 
+def test_the_worker_requests_the_host_bytes_the_sizing_path_gave_it() -> None:
+    from dataclasses import replace
+
+    worker = replace(worker_set(per_worker=8), host_bytes_per_worker=40 * 2**30)
+    requests = build_worker_pod(worker, 0)["spec"]["containers"][0]["resources"]["requests"]
+    assert requests["memory"] == f"{(8 * 16 + 40) * 1024}Mi"
+    plain = build_worker_pod(worker_set(per_worker=8), 0)["spec"]["containers"][0]["resources"]["requests"]
+    assert plain["memory"] == f"{8 * 16 * 1024}Mi"
+
+
+def test_the_builders_never_run_the_estimator() -> None:
+    # The host-offload bytes come with the sizing (decisions.job_sizing); estimating again per pod is what
+    # the one sizing path removed.
+    import grimp
+
+    graph = grimp.build_graph("kubefit")
+    importers = graph.find_downstream_modules("kubefit.sizing.estimator")
+    assert not {module for module in importers if module.startswith("kubefit.builders")}
+
+
 def test_spec_resources_beat_the_template_which_beats_the_default() -> None:
     spec = parse_spec(raw_spec(resources={"cpu": "12", "accelerator": "nvidia-h100-80gb"}))
     template_resources = {"requests": {"cpu": "4", "memory": "10Gi"}, "limits": {"memory": "20Gi"}}
