@@ -1,4 +1,4 @@
-"""`kubefit-sandbox build|up|down|status|env|kubectl|tools|node|logs`: argument parsing and output only.
+"""`kubefit-sandbox build|up|down|status|env|kubectl|tools|node|logs|telemetry`: argument parsing and output only.
 
 The work is done in kubefit_sandbox (controlplane, nodeagent, nodes, binaries); this module turns its
 results and errors into printed lines and exit statuses.
@@ -21,10 +21,11 @@ from typing import Any
 from kubefit_sandbox.cluster import ACCELERATOR_LABEL, POOL_LABEL
 from kubefit_sandbox.errors import NodeAgentError
 from kubefit_sandbox.kubeclient import core_api, new_api_client, response_json
-from kubefit_sandbox.nodeagent import start_agent, stop_agent
+from kubefit_sandbox.nodeagent import running_agent_pid, start_agent, stop_agent
 from kubefit_sandbox.nodes import NodeRequest, NodeRequestError, add_nodes, list_sandbox_nodes, remove_node
 from kubefit_sandbox.podstatus import TERMINAL_PHASES
 from kubefit_sandbox.processpods import EXIT_FILE, LOG_FILE, latest_run
+from kubefit_sandbox.telemetry import read_telemetry_url
 
 PROG = "kubefit-sandbox"
 DEFAULT_CLUSTER_FILE = Path("examples/sandbox/cluster.yaml")
@@ -87,8 +88,22 @@ def _status(args: argparse.Namespace) -> int:
         ready = sandbox.api_get("/readyz")[0] == 200
         print(f"{'api /readyz':<26} {'ok' if ready else 'FAILING':<6} {sandbox.api_url}")
         all_alive = ready
+    url = read_telemetry_url(sandbox.state_dir) if running_agent_pid(sandbox.state_dir) else None
+    print(f"{'GPU telemetry':<26} {url or '- (no node agent)'}")
     print(f"state dir: {sandbox.state_dir}")
     return 0 if all_alive else 1
+
+
+def _telemetry(args: argparse.Namespace) -> int:
+    """Prints the node agent's GPU telemetry address (docs/sandbox.md, "GPU telemetry")."""
+    state_dir = _state_dir(args)
+    url = read_telemetry_url(state_dir) if running_agent_pid(state_dir) else None
+    if url is None:
+        print(f"{PROG} telemetry: no node agent runs for {state_dir} (start one with `{PROG} up`)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(url)
+    return 0
 
 
 def _env(args: argparse.Namespace) -> int:
@@ -371,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("pod", metavar="NAMESPACE/POD")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the process exits")
     logs.set_defaults(handler=_logs)
+
+    telemetry = actions.add_parser(
+        "telemetry", help="print the URL of the simulated GPUs' dcgm-exporter-shaped /metrics"
+    )
+    telemetry.set_defaults(handler=_telemetry)
     return parser
 
 

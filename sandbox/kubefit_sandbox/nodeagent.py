@@ -16,12 +16,15 @@ the label `kubefit.dev/sandbox-pool`:
   apply there);
 * when one of its nodes is deleted, the pods bound to it are deleted at once (the controller manager's
   pod GC would do it too, but only after its 40 s quarantine: quarantineTime in Kubernetes'
-  pkg/controller/podgc/gc_controller.go).
+  pkg/controller/podgc/gc_controller.go);
+* it serves dcgm-exporter-shaped GPU telemetry of its nodes at an HTTP /metrics endpoint on loopback,
+  whose address it writes to <state dir>/telemetry-url (kubefit_sandbox.telemetry).
 
 It runs as one background process (`python -m kubefit_sandbox.nodeagent --kubeconfig K`), started by
 `start_agent` with its PID in <state dir>/agent.pid and its log in <state dir>/logs/node-agent.log, and
 stopped by `stop_agent`. Three threads: a node watch, a pod watch (only bound pods: field selector
-spec.nodeName!=), and a timer loop for heartbeats and delayed deletions; idle, it costs nothing.
+spec.nodeName!=), and a timer loop for heartbeats and delayed deletions, plus the telemetry server's;
+idle, it costs nothing.
 
 This module is the loop and the process; what to do with a pod is in kubefit_sandbox.podstatus (pure),
 node operations in kubefit_sandbox.nodes, the API client and watches in kubefit_sandbox.kubeclient.
@@ -64,6 +67,7 @@ from kubefit_sandbox.podstatus import (
     running_status_patch,
 )
 from kubefit_sandbox.processpods import ProcessNode, ProcessPods
+from kubefit_sandbox.telemetry import TELEMETRY_URL_FILE, GpuTelemetry, TelemetryServer, write_telemetry_url
 
 HEARTBEAT_INTERVAL_S = 20.0
 NODE_LEASE_NAMESPACE = "kube-node-lease"
@@ -168,9 +172,14 @@ class NodeAgent:
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         ready_file: str | Path | None = None,
         state_dir: str | Path | None = None,
+        telemetry_port: int = 0,
     ) -> None:
-        """state_dir (default: the working directory) holds the process pods' directories."""
+        """state_dir (default: the working directory) holds the process pods' directories and the
+        telemetry-url file; telemetry_port 0 takes any free port."""
         self.ready_file = Path(ready_file) if ready_file else None
+        self.state_dir = Path(state_dir or ".")
+        self.telemetry = GpuTelemetry()
+        self._telemetry_port = telemetry_port
         self.kubeconfig = Path(kubeconfig)
         self.heartbeat_interval_s = heartbeat_interval_s
         self.stop_event = threading.Event()
@@ -191,11 +200,17 @@ class NodeAgent:
 
     def run(self) -> None:
         log.info("node agent starting (kubeconfig %s)", self.kubeconfig)
+        server = TelemetryServer(self.telemetry, port=self._telemetry_port)
+        server.start()
+        write_telemetry_url(self.state_dir, server.url)
+        log.info("GPU telemetry on %s", server.url)
         for target, name in ((self._node_loop, "node-watch"), (self._pod_loop, "pod-watch")):
             threading.Thread(target=target, name=name, daemon=True).start()
         self._timers.schedule("heartbeat", self.heartbeat_interval_s, self._heartbeat)
         self._timers.run(self.stop_event)
         self._processes.stop_all()
+        server.stop()
+        (self.state_dir / TELEMETRY_URL_FILE).unlink(missing_ok=True)
         log.info("node agent stopped")
 
     def stop(self) -> None:
@@ -263,6 +278,7 @@ class NodeAgent:
         managed = _managed_node(node)
         if managed is None:
             return
+        self.telemetry.node_changed(node)
         with self._nodes_lock:
             known = self._nodes.get(managed.name)
             self._nodes[managed.name] = managed
@@ -288,6 +304,7 @@ class NodeAgent:
         with self._nodes_lock:
             if self._nodes.pop(name, None) is None:
                 return
+        self.telemetry.node_deleted(name)
         deleted = delete_pods_on_node(core, name)
         log.info("node %s deleted: deleted the %d pod(s) bound to it", name, deleted)
 
@@ -379,6 +396,7 @@ class NodeAgent:
             pod = event["object"]
             if event["type"] == "DELETED":
                 uid = pod["metadata"]["uid"]
+                self.telemetry.pod_deleted(pod)
                 self._processes.pod_deleted(pod)
                 self._ips.release(uid)
                 self._timers.cancel(f"delete/{uid}")
@@ -397,6 +415,8 @@ class NodeAgent:
             return
         self._ips.observe(metadata["uid"], (pod.get("status") or {}).get("podIP"))
         try:
+            for message in self.telemetry.pod_changed(pod):
+                self._report_invalid(core, pod, node.name, message)
             if node.processes:
                 self._processes.pod_changed(core, pod, ProcessNode(node.name, node.internal_ip))
             else:
@@ -615,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--state-dir", default=".", help="the sandbox's state dir (process pods run under it)"
     )
+    parser.add_argument(
+        "--telemetry-port", type=int, default=0, help="port of the GPU telemetry on 127.0.0.1 (0: any free)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
     # urllib3 logs each of its own connection retries; the agent's one line per failed attempt is enough.
@@ -633,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_interval_s=args.heartbeat_seconds,
         ready_file=args.ready_file,
         state_dir=args.state_dir,
+        telemetry_port=args.telemetry_port,
     )
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
