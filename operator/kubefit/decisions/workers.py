@@ -48,21 +48,32 @@ def worker_slots(
     desired: int, pods: Sequence[WorkerPod], already_replaced: Collection[str], keep_survivors: bool
 ) -> frozenset[int]:
     """The worker indices that make up the job: 0..desired-1, or for an elastic job (`keep_survivors`)
-    worker 0 (the rendezvous host), the lowest indices that already exist, then the lowest free ones.
+    worker 0 (the rendezvous host), the indices that already exist (running ones first, then bound, then
+    unscheduled; lowest index first within each), then the lowest free ones.
 
     torchrun's elastic rendezvous assigns ranks itself, so an elastic job need not renumber: when a node
     takes workers 1 and 2 with it, workers 0 and 3 keep training instead of 3 being traded for a new 1
-    (which would leave the job below its grant in between, or forever if 1 has no room)."""
+    (which would leave the job below its grant in between, or forever if 1 has no room). Running first:
+    when the grant falls in two steps (a node's pods and the node itself are seen one event apart), the
+    first step may have created a new worker 1 that has no room yet; the second keeps the running 3."""
     if not keep_survivors or desired <= 0:
         return frozenset(range(desired))
-    existing = sorted(
-        {pod.index for pod in _live(pods, already_replaced) if pod.index and not pod.terminating}
-    )
+    existing = [
+        pod.index
+        for pod in sorted(_live(pods, already_replaced), key=_keep_first)
+        if pod.index and not pod.terminating
+    ]
     slots = {0, *existing[: desired - 1]}
     free = (index for index in range(1, desired + len(existing) + 1) if index not in slots)
     while len(slots) < desired:
         slots.add(next(free))
     return frozenset(slots)
+
+
+def _keep_first(pod: WorkerPod) -> tuple[int, int]:
+    """Which existing worker an elastic job keeps first: running, then bound, then unscheduled; then index."""
+    state = 0 if pod.ready else 1 if pod.node_name else 2
+    return state, pod.index or 0
 
 
 def scale_workers(

@@ -1,0 +1,64 @@
+"""Which workers an elastic job keeps when its grant falls (decisions/workers.py worker_slots).
+
+The case from tests/e2e/test_elastic.py's flake (1 run in 19): a node took workers 1 and 2 with it, the
+scheduling pass saw the loss in two steps (grant 4 -> 3 -> 2), and the first step created a new worker 1
+that had no room. Keeping "the lowest existing indices" then kept that unscheduled 1 and removed the
+running 3: the job ran one worker for seconds, below its minimum of two.
+"""
+
+from __future__ import annotations
+
+from kubefit.api.units import parse_rfc3339
+from kubefit.decisions.elastic import HandshakeInput, Removal, checkpoint_handshake
+from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.workers import scale_workers, worker_slots
+
+
+def worker(index: int, phase: str = "Running", node: str | None = "gpu-a") -> WorkerPod:
+    return WorkerPod(f"job-worker-{index}", index, f"uid-{index}", phase, node)
+
+
+def test_a_running_survivor_is_kept_over_a_new_worker_that_has_no_room() -> None:
+    pods = [worker(0), worker(3), worker(1, "Pending", None)]
+    slots = worker_slots(2, pods, (), keep_survivors=True)
+    assert slots == {0, 3}
+    changes = scale_workers(slots, pods)
+    assert changes.delete == ("job-worker-1",) and changes.create == ()
+
+
+def test_running_then_bound_then_unscheduled_then_lowest_index() -> None:
+    pods = [
+        worker(0),
+        worker(5),
+        worker(2, "Pending", None),
+        worker(4, "Pending", "gpu-b"),
+        worker(1, "Pending", None),
+    ]
+    assert worker_slots(2, pods, (), keep_survivors=True) == {0, 5}
+    assert worker_slots(3, pods, (), keep_survivors=True) == {0, 5, 4}  # bound before unscheduled
+    assert worker_slots(4, pods, (), keep_survivors=True) == {0, 5, 4, 1}  # then the lowest index
+    # Among running workers the lowest indices stay, as before.
+    assert worker_slots(2, [worker(0), worker(3), worker(1)], (), keep_survivors=True) == {0, 1}
+
+
+def test_removing_only_the_unscheduled_worker_needs_no_checkpoint_wait() -> None:
+    pods = [worker(0), worker(3), worker(1, "Pending", None)]
+    doomed = scale_workers(worker_slots(2, pods, (), keep_survivors=True), pods).delete
+    state = checkpoint_handshake(
+        HandshakeInput(
+            removal=Removal("CapacityChanged", 2, doomed),
+            running=[pod for pod in pods if pod.ready],
+            acks={},
+            previous=None,
+            requests=0,
+            grace_seconds=300,
+            now=parse_rfc3339("2026-01-01T00:00:00Z"),
+            generation=1,
+        )
+    )
+    assert state.proceed and state.checkpoint is None  # no running worker is removed: at once
+
+
+def test_a_fixed_size_job_still_runs_indices_zero_to_n() -> None:
+    pods = [worker(0), worker(3), worker(1, "Pending", None)]
+    assert worker_slots(2, pods, (), keep_survivors=False) == {0, 1}
