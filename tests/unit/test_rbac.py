@@ -3,6 +3,8 @@
 Three sources make up what the operator does, as (apiGroup, resource, verb):
 - its own API calls: every call through the kubernetes client in controller/kube.py, read from the AST
   (the client's method names say the verb and the resource: `create_namespaced_pod` is create pods);
+  the Lease calls of leader election (controller/leader.py) are granted by a Role of their own in the
+  release's namespace, limited to the one Lease by name where Kubernetes allows it (not for create);
 - the resources its kopf handlers and indexes serve (controller/handlers.py): kopf lists and watches
   each one, and patches the ones with changing handlers or timers (its finalizer and its progress
   annotations), see kopf/on.py (timers and daemons set requires_finalizer=True) and
@@ -27,6 +29,7 @@ from test_chart import NAMESPACE, _by_kind, _one, _permissions, _render
 
 import kubefit.controller.handlers as handlers_module
 import kubefit.controller.kube as kube_module
+import kubefit.controller.leader as leader_module
 from kubefit.controller.runner import operator_settings
 
 OPERATOR = Path(__file__).resolve().parents[2] / "operator" / "kubefit"
@@ -44,7 +47,12 @@ CLIENT_VERBS = {
     "delete_collection": "deletecollection",
     "delete": "delete",
 }
-API_CLASS_GROUPS = {"CoreV1Api": "", "AppsV1Api": "apps", "BatchV1Api": "batch"}
+API_CLASS_GROUPS = {
+    "CoreV1Api": "",
+    "AppsV1Api": "apps",
+    "BatchV1Api": "batch",
+    "CoordinationV1Api": "coordination.k8s.io",
+}
 SUBRESOURCES = ("status", "scale", "log", "binding", "eviction", "ephemeralcontainers", "resize", "exec")
 CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions"}
 
@@ -208,6 +216,11 @@ def used_permissions(watch_namespaces: bool) -> tuple[set[Permission], set[Permi
     return used - cluster, cluster
 
 
+def leader_election_permissions() -> set[Permission]:
+    """The Lease calls of leader election (controller/leader.py), derived like kube.py's."""
+    return client_permissions(_read(CONTROLLER / "leader.py"), _module_namespace(leader_module))
+
+
 def _kubernetes_client_importers(paths: Iterable[Path], root: Path = OPERATOR) -> set[str]:
     importers = set()
     for path in paths:
@@ -224,14 +237,14 @@ def _kubernetes_client_importers(paths: Iterable[Path], root: Path = OPERATOR) -
     return importers
 
 
-def test_only_kube_py_talks_to_the_api_server_through_the_client() -> None:
-    # Otherwise a call elsewhere would escape the scan above. sandbox/ and cli/ are not the operator.
+def test_only_kube_py_and_leader_py_talk_to_the_api_server_through_the_client() -> None:
+    # Otherwise a call elsewhere would escape the scans above. sandbox/ and cli/ are not the operator.
     operator_code = [
         path
         for path in OPERATOR.rglob("*.py")
         if path.relative_to(OPERATOR).parts[0] not in ("sandbox", "cli")
     ]
-    assert _kubernetes_client_importers(operator_code) == {"controller/kube.py"}
+    assert _kubernetes_client_importers(operator_code) == {"controller/kube.py", "controller/leader.py"}
 
 
 # ------------------------------------------------------------------ the chart
@@ -247,6 +260,21 @@ def two_namespaces() -> list[dict[str, Any]]:
     return _render("--set", "watchNamespaces={team-a,team-b}")
 
 
+LEADER_ROLE_SUFFIX = "-leader-election"
+
+
+def _leader_role(objects: list[dict[str, Any]]) -> dict[str, Any] | None:
+    found = [
+        role for role in _by_kind(objects, "Role") if role["metadata"]["name"].endswith(LEADER_ROLE_SUFFIX)
+    ]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def _watched_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [role for role in _by_kind(objects, "Role") if role is not _leader_role(objects)]
+
+
 def _compare(granted: set[Permission], used: set[Permission], where: str) -> None:
     missing, unused = sorted(used - granted), sorted(granted - used)
     assert not missing, f"{where}: the operator uses {missing} but the chart does not grant it"
@@ -255,14 +283,14 @@ def _compare(granted: set[Permission], used: set[Permission], where: str) -> Non
 
 def test_all_namespaces_grants_exactly_what_the_code_uses(all_namespaces: list[dict[str, Any]]) -> None:
     namespaced, cluster = used_permissions(watch_namespaces=False)
-    assert not _by_kind(all_namespaces, "Role")
+    assert not _watched_roles(all_namespaces)
     _compare(_permissions(_one(all_namespaces, "ClusterRole")), namespaced | cluster, "ClusterRole")
 
 
 def test_watched_namespaces_grant_exactly_what_the_code_uses(two_namespaces: list[dict[str, Any]]) -> None:
     namespaced, cluster = used_permissions(watch_namespaces=True)
     _compare(_permissions(_one(two_namespaces, "ClusterRole")), cluster, "ClusterRole")
-    roles = _by_kind(two_namespaces, "Role")
+    roles = _watched_roles(two_namespaces)
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
     for role in roles:
         _compare(_permissions(role), namespaced, f"Role in {role['metadata']['namespace']}")
@@ -271,6 +299,32 @@ def test_watched_namespaces_grant_exactly_what_the_code_uses(two_namespaces: lis
         for binding in _by_kind(two_namespaces, "RoleBinding")
         for subject in binding["subjects"]
     )
+
+
+@pytest.mark.parametrize("scope", [(), ("--set", "watchNamespaces={team-a,team-b}")])
+def test_leader_election_grants_exactly_the_lease_calls_on_its_own_lease(scope: tuple[str, ...]) -> None:
+    objects = _render(*scope, "--set", "leaderElection.leaseName=my-lease")
+    role = _leader_role(objects)
+    assert role is not None and role["metadata"]["namespace"] == NAMESPACE
+    _compare(_permissions(role), leader_election_permissions(), "leader-election Role")
+    assert leader_election_permissions() == {
+        ("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")
+    }
+    for rule in role["rules"]:  # create cannot name its object; every other verb is held to the one Lease
+        assert rule.get("resourceNames") == (None if rule["verbs"] == ["create"] else ["my-lease"]), rule
+    (binding,) = [
+        b for b in _by_kind(objects, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]
+    ]
+    assert binding["subjects"][0]["namespace"] == NAMESPACE
+    # Nothing else grants leases.
+    others = _by_kind(objects, "ClusterRole") + _watched_roles(objects)
+    assert not any(p[1] == "leases" for r in others for p in _permissions(r))
+
+
+def test_without_leader_election_no_lease_is_granted() -> None:
+    objects = _render("--set", "leaderElection.enabled=false")
+    assert _leader_role(objects) is None
+    assert not any(p[1] == "leases" for r in _by_kind(objects, "ClusterRole") for p in _permissions(r))
 
 
 def test_the_derived_list_is_what_the_operator_is_known_to_do() -> None:

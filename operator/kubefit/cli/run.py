@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from typing import Any
+
+# A Lease's name and namespace: a DNS subdomain and a DNS label (Kubernetes object names).
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+MIN_LEASE_SECONDS = 2
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -26,11 +33,42 @@ def _run(args: argparse.Namespace) -> int:
             checkpoint_port=args.checkpoint_port,
             checkpoint_url=args.checkpoint_url,
             checkpoint_key_file=args.checkpoint_key_file,
+            leader_election=_leader_election(args),
             verbose=args.verbose,
             debug=args.debug,
         )
     )
     return 0
+
+
+def _leader_election(args: argparse.Namespace) -> Any:
+    from kubefit.controller.leader import LeaseTimings
+    from kubefit.controller.runner import LeaderElection
+
+    if not args.leader_election:
+        return None
+    namespace = args.leader_election_namespace or os.environ.get("POD_NAMESPACE") or "default"
+    timings = LeaseTimings.for_lease(args.leader_election_lease_seconds)
+    return LeaderElection(args.leader_election_lease_name, _dns_label(namespace), timings)
+
+
+def _dns_subdomain(text: str) -> str:
+    if not _DNS_SUBDOMAIN.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid object name (lowercase DNS subdomain)")
+    return text
+
+
+def _dns_label(text: str) -> str:
+    if not _DNS_LABEL.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid namespace name (lowercase DNS label)")
+    return text
+
+
+def _lease_seconds(text: str) -> int:
+    value = _positive_int(text)
+    if value < MIN_LEASE_SECONDS:
+        raise argparse.ArgumentTypeError(f"{value} is less than {MIN_LEASE_SECONDS} seconds")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -114,6 +152,7 @@ def register(commands: Any) -> None:
         help="refuse (InvalidSpec) a job whose spec.workers asks for more workers than this (default 1024)",
     )
     _add_scheduling_arguments(parser)
+    _add_leader_election_arguments(parser)
     parser.add_argument(
         "--catalog", metavar="FILE", help="extra accelerator catalog (default: $KUBEFIT_CATALOG)"
     )
@@ -155,4 +194,35 @@ def _add_scheduling_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint-key-file",
         metavar="FILE",
         help="HMAC key of the workers' handshake tokens (default: a random key per operator process)",
+    )
+
+
+def _add_leader_election_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--leader-election",
+        action="store_true",
+        help="run as one of several replicas: only the holder of a coordination.k8s.io Lease reconciles, the "
+        "others wait and take over when it stops renewing (docs/operator.md)",
+    )
+    parser.add_argument(
+        "--leader-election-lease-name",
+        type=_dns_subdomain,
+        default="kubefit",
+        metavar="NAME",
+        help="the Lease's name (default kubefit)",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        type=_dns_label,
+        metavar="NS",
+        help="the Lease's namespace (default $POD_NAMESPACE, else default)",
+    )
+    parser.add_argument(
+        "--leader-election-lease-seconds",
+        type=_lease_seconds,
+        default=15,
+        metavar="S",
+        help="how long a Lease lasts unrenewed (default 15); the leader renews every S/7.5 s and gives up "
+        "leading after S*2/3 s without renewing; a standby takes over at most S + 2*S/7.5 s after the "
+        "leader died",
     )

@@ -6,8 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+from threading import Thread
 
 import kopf
 from kubernetes import config
@@ -16,6 +19,7 @@ from kubefit.api.resource import GROUP
 from kubefit.controller.checkpoints import load_checkpoint_key, serve_checkpoints, token_lookup
 from kubefit.controller.handlers import RESYNC_SECONDS, register
 from kubefit.controller.kube import KubeApi
+from kubefit.controller.leader import LeaderElector, LeaseApi, LeaseTimings, exit_on_lost_lease
 from kubefit.controller.reconciler import NotifyingBoard, Reconciler
 from kubefit.controller.scheduler import (
     DEFAULT_HEAD_OF_LINE_TIMEOUT,
@@ -33,6 +37,16 @@ logger = logging.getLogger("kubefit.operator")
 
 
 @dataclass(frozen=True)
+class LeaderElection:
+    """Run as one of several replicas: only the holder of the Lease `namespace`/`name` reconciles."""
+
+    name: str
+    namespace: str
+    timings: LeaseTimings = LeaseTimings()
+    identity: str = ""  # empty: <hostname>_<random>, as client-go (the hostname is the pod's name)
+
+
+@dataclass(frozen=True)
 class OperatorOptions:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     metrics_port: int = 8000  # 0: any free port
@@ -46,6 +60,7 @@ class OperatorOptions:
     checkpoint_port: int = 8081  # 0: any free port
     checkpoint_url: str | None = None  # what worker pods are told; None: http://<bind address>:<port>
     checkpoint_key_file: str | None = None  # None: a random key for the life of the process
+    leader_election: LeaderElection | None = None  # None: this process is the only operator
     verbose: bool = False
     debug: bool = False
 
@@ -93,6 +108,45 @@ def _start_checkpoints(
     return options.checkpoint_url or served
 
 
+class _StandbyHealth(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        found = self.path.split("?", 1)[0] == "/healthz"
+        body = b"standby\n" if found else b"not found\n"
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # the kubelet probes every few seconds
+
+
+def _serve_standby_health(address: str, port: int) -> HTTPServer:
+    """/healthz while waiting for the Lease (kopf serves it once leading), so the kubelet keeps a standby."""
+    server = ThreadingHTTPServer((address, port), _StandbyHealth)
+    server.daemon_threads = True
+    Thread(target=server.serve_forever, name="kubefit-standby-health", daemon=True).start()
+    return server
+
+
+def _become_leader(election: LeaderElection, address: str, liveness_port: int) -> LeaderElector:
+    """Blocks, answering /healthz, until this replica holds the Lease; then renews it in a thread."""
+    identity = election.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    elector = LeaderElector(LeaseApi(), (election.namespace, election.name), identity, election.timings)
+    where = f"{election.namespace}/{election.name}"
+    print(f"kubefit: standby as {identity}, waiting for the lease {where}", flush=True)
+    health = _serve_standby_health(address, liveness_port)
+    try:
+        elector.acquire()
+    finally:
+        health.shutdown()
+        health.server_close()  # kopf binds the same port next
+    print(f"kubefit: leading as {identity} (lease {where})", flush=True)
+    elector.keep_leading(exit_on_lost_lease(election.namespace, election.name))
+    return elector
+
+
 def run_operator(options: OperatorOptions) -> None:
     kopf.configure(verbose=options.verbose, debug=options.debug)
     _load_kubeconfig()
@@ -103,7 +157,18 @@ def run_operator(options: OperatorOptions) -> None:
     # Printed (and flushed) so that whoever started the operator can find the chosen ports.
     print(f"kubefit: metrics on http://{options.bind_address}:{metrics_port}/metrics", flush=True)
     print(f"kubefit: liveness on http://{options.bind_address}:{liveness_port}/healthz", flush=True)
+    elector = None
+    if options.leader_election is not None:
+        elector = _become_leader(options.leader_election, options.bind_address, liveness_port)
+    try:
+        _run_leading(options, key, metrics, liveness_port)
+    finally:
+        if elector is not None:
+            elector.release()  # a stopped leader hands over at once instead of after the lease
 
+
+def _run_leading(options: OperatorOptions, key: bytes, metrics: OperatorMetrics, liveness_port: int) -> None:
+    """The operator proper: the scheduler, the checkpoint API, the reconciler and kopf's loop."""
     catalog = load_catalog(options.catalog_path)
     scheduler = Scheduler(
         catalog,
@@ -122,7 +187,7 @@ def run_operator(options: OperatorOptions) -> None:
     kopf.run(
         registry=registry,
         settings=operator_settings(),
-        standalone=True,  # one replica (the chart's Deployment): no peering objects needed
+        standalone=True,  # no kopf peering: replicas are kept apart by the Lease (leader.py)
         clusterwide=not options.namespaces,
         namespaces=options.namespaces,
         liveness_endpoint=f"http://{options.bind_address}:{liveness_port}/healthz",

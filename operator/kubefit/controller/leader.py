@@ -1,0 +1,258 @@
+"""Leader election over a coordination.k8s.io/v1 Lease, so that of several operator replicas one reconciles.
+
+The rules are client-go's (k8s.io/client-go/tools/leaderelection/leaderelection.go, tryAcquireOrRenew):
+- a replica takes the Lease when it does not exist, when its holder is empty (released), or when the
+  record has not changed for leaseDurationSeconds *as this replica observed it* (its own monotonic clock,
+  so clock skew between machines does not matter);
+- every write is an update with the resourceVersion that was read: of two replicas racing for an expired
+  Lease, the API server lets exactly one through (409 Conflict for the other);
+- the leader renews every `retry_period`; if it has not renewed for `renew_deadline` (shorter than the
+  lease), it stops leading before anyone else may take over. Here "stops" means the process exits at
+  once (as kube-controller-manager does): nothing half-done keeps writing, and the Deployment restarts
+  it as a standby;
+- a leader that stops cleanly (SIGTERM) releases the Lease (empty holder), so a standby takes over
+  within one retry period instead of waiting out the lease.
+
+A standby does nothing but try to take the Lease every `retry_period`: no watches, no handlers. So after
+the leader dies, a standby leads within leaseDurationSeconds + 2 x retry_period (LeaseTimings.takeover_bound;
+at most 19 s with the defaults), and then starts the operator, whose resume handlers reconcile every job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+logger = logging.getLogger("kubefit.leader")
+
+DEFAULT_LEASE_SECONDS = 15  # client-go's defaults: lease 15 s, renew deadline 10 s, retry 2 s
+LOST_EXIT_CODE = 3
+
+
+@dataclass(frozen=True)
+class LeaseTimings:
+    """How long a lease lasts, how long the leader keeps trying to renew it, and how often anyone tries."""
+
+    lease_seconds: int = DEFAULT_LEASE_SECONDS
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+    @classmethod
+    def for_lease(cls, lease_seconds: int) -> LeaseTimings:
+        """client-go's proportions (15 / 10 / 2) for another lease duration."""
+        return cls(lease_seconds, renew_deadline=lease_seconds * 2 / 3, retry_period=lease_seconds / 7.5)
+
+    @property
+    def takeover_bound(self) -> float:
+        """Longest time from the leader's death to a standby holding the lease (API latency aside).
+
+        The leader renewed at most one retry period before it died; a standby saw that renewal at most one
+        retry period later, waits the lease duration from then, and tries every retry period.
+        """
+        return self.lease_seconds + 2 * self.retry_period
+
+
+def micro_time(moment: datetime) -> str:
+    """A Kubernetes MicroTime (RFC 3339 with microseconds), as the Lease's acquireTime/renewTime want."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaseApi:
+    """The three Lease calls (get, create, update); create and update answer None on a 409 Conflict."""
+
+    def __init__(self, api_client: client.ApiClient | None = None, request_timeout: float = 5.0):
+        self.coordination = client.CoordinationV1Api(api_client or client.ApiClient())
+        self.timeout = request_timeout
+
+    def read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            lease = self.coordination.read_namespaced_lease(name, namespace, _request_timeout=self.timeout)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return _as_dict(self.coordination.api_client, lease)
+
+    def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            lease = self.coordination.create_namespaced_lease(
+                namespace,
+                body,  # type: ignore[arg-type]
+                _request_timeout=self.timeout,
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+        return _as_dict(self.coordination.api_client, lease)
+
+    def replace(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            lease = self.coordination.replace_namespaced_lease(
+                name,
+                namespace,
+                body,  # type: ignore[arg-type]
+                _request_timeout=self.timeout,
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+        return _as_dict(self.coordination.api_client, lease)
+
+
+def _as_dict(api_client: client.ApiClient, lease: Any) -> dict[str, Any]:
+    serialized: dict[str, Any] = api_client.sanitize_for_serialization(lease)
+    return serialized
+
+
+@dataclass
+class _Observed:
+    """The Lease as this replica last saw it, and when (monotonic): the expiry clock of client-go."""
+
+    spec: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0
+
+
+class LeaderElector:
+    """Takes, renews and releases one Lease for `identity`."""
+
+    def __init__(
+        self,
+        api: LeaseApi,
+        lease: tuple[str, str],  # (namespace, name)
+        identity: str,
+        timings: LeaseTimings,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.api = api
+        self.namespace, self.name = lease
+        self.identity = identity
+        self.timings = timings
+        self.clock = clock
+        self._observed = _Observed()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    def try_acquire_or_renew(self) -> bool:
+        """One attempt: True if this replica holds the Lease afterwards."""
+        now = datetime.now(UTC)
+        current = self.api.read(self.namespace, self.name)
+        if current is None:
+            created = self.api.create(self.namespace, self._lease_body(self._spec(now, {}), None))
+            return self._record(created)
+        spec = current.get("spec") or {}
+        if spec != self._observed.spec:
+            self._observed = _Observed(spec, self.clock())
+        if self._held_by_another(spec):
+            return False
+        body = self._lease_body(self._spec(now, spec), current["metadata"].get("resourceVersion"))
+        return self._record(self.api.replace(self.namespace, self.name, body))
+
+    def _held_by_another(self, spec: dict[str, Any]) -> bool:
+        holder = spec.get("holderIdentity") or ""
+        if not holder or holder == self.identity:
+            return False
+        duration = spec.get("leaseDurationSeconds") or self.timings.lease_seconds
+        return self._observed.at + duration > self.clock()
+
+    def _spec(self, now: datetime, previous: dict[str, Any]) -> dict[str, Any]:
+        ours = previous.get("holderIdentity") == self.identity
+        transitions = int(previous.get("leaseTransitions") or 0)
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": self.timings.lease_seconds,
+            "acquireTime": previous.get("acquireTime") if ours else micro_time(now),
+            "renewTime": micro_time(now),
+            "leaseTransitions": transitions if ours or not previous else transitions + 1,
+        }
+
+    def _lease_body(self, spec: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if resource_version is not None:
+            metadata["resourceVersion"] = resource_version
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
+
+    def _record(self, written: dict[str, Any] | None) -> bool:
+        if written is None:
+            return False  # another replica wrote first (409)
+        self._observed = _Observed(written.get("spec") or {}, self.clock())
+        return True
+
+    def _attempt(self) -> bool:
+        """try_acquire_or_renew, with an unreachable API server counted as a failed attempt."""
+        try:
+            return self.try_acquire_or_renew()
+        except Exception as error:  # noqa: BLE001 - any failure is a failed attempt, retried
+            logger.warning("lease %s/%s: %s", self.namespace, self.name, error)
+            return False
+
+    # -- the loops -----------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Blocks until this replica holds the Lease (or stop() is called)."""
+        while not self._stop.is_set():
+            if self._attempt():
+                return
+            self._stop.wait(self.timings.retry_period)
+
+    def keep_leading(self, on_lost: Callable[[], None]) -> None:
+        """Renews the Lease in a thread; calls `on_lost` once it could not renew for the renew deadline."""
+        self._renewer = threading.Thread(
+            target=self._renew_until_lost, args=(on_lost,), name="kubefit-lease", daemon=True
+        )
+        self._renewer.start()
+
+    def _renew_until_lost(self, on_lost: Callable[[], None]) -> None:
+        renewed = self.clock()
+        while not self._stop.wait(self.timings.retry_period):
+            if self._attempt():
+                renewed = self.clock()
+            elif self._held_by_another(self._observed.spec) or (
+                self.clock() - renewed > self.timings.renew_deadline
+            ):
+                if not self._stop.is_set():
+                    on_lost()
+                return
+
+    def release(self) -> None:
+        """Stops renewing and, if this replica still holds the Lease, empties its holder."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(self.timings.renew_deadline)
+        try:
+            current = self.api.read(self.namespace, self.name)
+            spec = (current or {}).get("spec") or {}
+            if current is None or spec.get("holderIdentity") != self.identity:
+                return
+            released = {**spec, "holderIdentity": "", "leaseDurationSeconds": 1}
+            self.api.replace(
+                self.namespace,
+                self.name,
+                self._lease_body(released, current["metadata"].get("resourceVersion")),
+            )
+        except Exception as error:  # noqa: BLE001 - the lease then simply expires
+            logger.warning("could not release lease %s/%s: %s", self.namespace, self.name, error)
+
+
+def exit_on_lost_lease(namespace: str, name: str) -> Callable[[], None]:
+    """What a leader does when it lost the Lease: exit at once, so that two replicas never both reconcile."""
+
+    def lost() -> None:
+        message = f"kubefit: lost the lease {namespace}/{name}: exiting ({LOST_EXIT_CODE})"
+        logger.critical(message)
+        print(message, flush=True)
+        os._exit(LOST_EXIT_CODE)
+
+    return lost

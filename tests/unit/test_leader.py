@@ -1,0 +1,194 @@
+"""Leader election's rules (controller/leader.py) against an in-memory Lease store with the API server's
+optimistic concurrency (a write with a stale resourceVersion is a 409), on a clock the test moves.
+
+The real API server and two real operator processes are in tests/e2e/test_leader_election.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from kubefit.cli.run import register
+from kubefit.controller.leader import LeaderElector, LeaseTimings, micro_time
+
+TIMINGS = LeaseTimings(lease_seconds=15, renew_deadline=10.0, retry_period=2.0)
+LEASE = ("kubefit-system", "kubefit")
+
+
+class FakeLeases:
+    """get/create/update with resourceVersion checks, like the API server's."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, Any] | None = None
+        self.version = 0
+        self.unreachable = False
+
+    def _check(self) -> None:
+        if self.unreachable:
+            raise ConnectionRefusedError("API server down")
+
+    def read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._check()
+        return copy.deepcopy(self.stored)
+
+    def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        self._check()
+        if self.stored is not None:
+            return None
+        return self._store(body)
+
+    def replace(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        self._check()
+        assert self.stored is not None
+        if body["metadata"].get("resourceVersion") != self.stored["metadata"]["resourceVersion"]:
+            return None
+        return self._store(body)
+
+    def _store(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        self.stored = copy.deepcopy(body)
+        self.stored["metadata"]["resourceVersion"] = str(self.version)
+        return copy.deepcopy(self.stored)
+
+    @property
+    def holder(self) -> str:
+        return ((self.stored or {}).get("spec") or {}).get("holderIdentity", "")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def elector(leases: FakeLeases, identity: str, clock: Clock) -> LeaderElector:
+    return LeaderElector(leases, LEASE, identity, TIMINGS, clock=clock)  # type: ignore[arg-type]
+
+
+def test_the_first_replica_creates_the_lease_and_the_second_waits_it_out() -> None:
+    leases, clock = FakeLeases(), Clock()
+    a, b = elector(leases, "a", clock), elector(leases, "b", clock)
+    assert a.try_acquire_or_renew()
+    assert leases.holder == "a"
+    assert leases.stored is not None and leases.stored["spec"]["leaseTransitions"] == 0
+    assert not b.try_acquire_or_renew()  # held and fresh
+
+    # The leader renews: the record changes, so the standby's expiry clock starts again from now.
+    clock.now += 10
+    assert a.try_acquire_or_renew()
+    assert not b.try_acquire_or_renew()
+    clock.now += TIMINGS.lease_seconds - 1
+    assert not b.try_acquire_or_renew()  # 14 s since b saw the renewal: still a's
+    clock.now += 2
+    assert b.try_acquire_or_renew()  # 16 s without a change: expired
+    assert leases.holder == "b"
+    assert leases.stored is not None and leases.stored["spec"]["leaseTransitions"] == 1
+
+
+def test_expiry_is_measured_on_the_standbys_own_clock_not_the_recorded_times() -> None:
+    leases, clock = FakeLeases(), Clock()
+    assert elector(leases, "a", clock).try_acquire_or_renew()
+    assert leases.stored is not None
+    leases.stored["spec"]["renewTime"] = "2001-01-01T00:00:00.000000Z"  # a leader whose clock is far behind
+    b = elector(leases, "b", clock)
+    assert not b.try_acquire_or_renew()  # first sight of this record: b waits a whole lease from now
+
+
+def test_a_released_lease_is_taken_at_once() -> None:
+    leases, clock = FakeLeases(), Clock()
+    a, b = elector(leases, "a", clock), elector(leases, "b", clock)
+    assert a.try_acquire_or_renew()
+    assert not b.try_acquire_or_renew()
+    a.release()
+    assert leases.holder == ""
+    assert b.try_acquire_or_renew()
+    assert leases.holder == "b"
+
+
+def test_release_leaves_a_lease_someone_else_holds_alone() -> None:
+    leases, clock = FakeLeases(), Clock()
+    a, b = elector(leases, "a", clock), elector(leases, "b", clock)
+    assert a.try_acquire_or_renew()
+    b.release()
+    assert leases.holder == "a"
+
+
+def test_of_two_replicas_racing_for_an_expired_lease_exactly_one_wins() -> None:
+    leases, clock = FakeLeases(), Clock()
+    assert elector(leases, "a", clock).try_acquire_or_renew()
+    b, c = elector(leases, "b", clock), elector(leases, "c", clock)
+    assert not b.try_acquire_or_renew() and not c.try_acquire_or_renew()
+    clock.now += TIMINGS.lease_seconds + 1
+    # Both read the same expired record; b writes first, so c's write carries a stale resourceVersion.
+    stale = leases.read(*LEASE)
+    original_read = leases.read
+    leases.read = lambda namespace, name: copy.deepcopy(stale)  # type: ignore[method-assign]
+    assert b.try_acquire_or_renew()
+    assert not c.try_acquire_or_renew()
+    leases.read = original_read  # type: ignore[method-assign]
+    assert leases.holder == "b"
+
+
+def test_a_leader_that_cannot_renew_for_the_renew_deadline_stops_before_the_lease_expires() -> None:
+    timings = LeaseTimings(lease_seconds=1, renew_deadline=0.3, retry_period=0.02)
+    leases = FakeLeases()
+    a = LeaderElector(leases, LEASE, "a", timings)  # type: ignore[arg-type]
+    assert a.try_acquire_or_renew()
+    lost = threading.Event()
+    a.keep_leading(lost.set)
+    assert not lost.wait(0.5)  # renewing fine
+    leases.unreachable = True  # an unreachable API server is a failed attempt, not a crash
+    started = time.monotonic()
+    assert lost.wait(5)
+    # Gave up after the deadline and before the lease (1 s) could have expired for anyone else.
+    assert timings.renew_deadline - 0.05 <= time.monotonic() - started < timings.lease_seconds
+
+
+def test_a_leader_whose_lease_another_replica_took_stops_at_once() -> None:
+    timings = LeaseTimings(lease_seconds=30, renew_deadline=20.0, retry_period=0.02)
+    leases = FakeLeases()
+    a = LeaderElector(leases, LEASE, "a", timings)  # type: ignore[arg-type]
+    assert a.try_acquire_or_renew()
+    lost = threading.Event()
+    a.keep_leading(lost.set)
+    assert leases.stored is not None
+    leases.stored["spec"]["holderIdentity"] = "b"  # e.g. this process was frozen for longer than the lease
+    assert lost.wait(2)  # long before the renew deadline
+    a.release()
+    assert leases.holder == "b"
+
+
+def test_timings_keep_client_gos_proportions_and_state_the_takeover_bound() -> None:
+    assert LeaseTimings.for_lease(15) == LeaseTimings(15, 10.0, 2.0)
+    assert LeaseTimings().takeover_bound == 19.0
+    assert micro_time(__import__("datetime").datetime(2026, 1, 2, 3, 4, 5, 6789)).endswith(".006789Z")
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["run", *argv])
+
+
+def test_leader_election_flags_parse_and_bad_ones_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parse("--leader-election", "--leader-election-lease-name", "my-lease", "--leader-election-namespace",
+                  "ops", "--leader-election-lease-seconds", "30")  # fmt: skip
+    assert (args.leader_election, args.leader_election_lease_name) == (True, "my-lease")
+    assert (args.leader_election_namespace, args.leader_election_lease_seconds) == ("ops", 30)
+    assert not _parse().leader_election
+    for flag, value in [
+        ("--leader-election-lease-name", "Not_A_Name"),
+        ("--leader-election-namespace", "a.b"),
+        ("--leader-election-lease-seconds", "1"),
+    ]:
+        with pytest.raises(SystemExit):
+            _parse(flag, value)
+        assert flag in capsys.readouterr().err
