@@ -3,7 +3,7 @@
 Precedence, per quantity: `spec.resources.cpu` / `spec.resources.memory`, else what the template's
 first container already requests, else the derived default:
 - cpu: 8 cores per accelerator, at most 96 (data loaders and the host side of the step);
-- memory: 16Gi per accelerator plus the training state the estimator offloads to the host.
+- memory: 16Gi per accelerator plus the training state offloaded to the host (sized in decisions.job_sizing).
 The accelerator count is always the sizing decision's, as both request and limit (extended resources
 cannot be overcommitted, so Kubernetes requires the two to be equal).
 """

@@ -261,7 +261,7 @@ def with_overprovisioning_advice(
 ) -> tuple[SizingStatus, str | None]:
     """`sizing` with the over-provisioning sentence added to its warnings, and the sentence (or None).
 
-    Both `kubefit size` and the operator's status use it, so the CLI's JSON stays equal to status.sizing.
+    The one sizing path (decisions.job_sizing.size_job) applies it for the operator and `kubefit size`.
     """
     advice = overprovisioned(spec, sizing, catalog)
     if advice is None or advice in sizing.warnings:
