@@ -188,6 +188,18 @@ def test_every_series_of_a_deleted_job_is_removed_and_the_others_stay() -> None:
     metrics.forget_job("team-a", "never-seen")  # harmless
 
 
+def test_a_reconcile_that_ends_after_the_deletion_does_not_bring_the_series_back() -> None:
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec())
+    job.reconcile(10, [pod(0), pod(1)], 2)
+    metrics.forget_job("team-a", "llama")  # the job's DELETED event, while a reconcile of it runs
+    job.reconcile(11, [pod(0), pod(1)], 2)  # that reconcile read the job before it was deleted
+    assert series_of(metrics, "llama") == []
+    job.status = {}  # created again under the same name: a new uid, a new status
+    job.reconcile(12, [], None, uid="uid-of-a-new-llama")
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="desired") == 0
+
+
 def test_queue_wait_is_creation_to_admission_observed_once() -> None:
     metrics = OperatorMetrics()
     job = Job(metrics, job_spec())

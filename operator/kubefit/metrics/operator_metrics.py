@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ SCALE_DIRECTIONS = frozenset({"up", "down"})
 SCALE_REASONS = frozenset({"ScaledUp", "ScaledDown", "CapacityChanged", "ShrunkForPriority"})
 PREEMPTION_REASONS = frozenset({"HigherPriority"})
 OTHER_TRIGGER, OTHER_REASON = "other", "Other"
+# Deleted jobs remembered, so that a reconcile finishing after the deletion cannot re-add their series; a
+# reconcile lasts seconds, so far fewer jobs than this are deleted meanwhile.
+_DELETED_KEPT = 10_000
 
 _Labels = tuple[str, ...]
 _Samples = dict[Gauge, dict[_Labels, float]]
@@ -99,6 +103,10 @@ class OperatorMetrics:
         self._series: dict[JobKey, _Samples] = {}  # what each job exports now, to remove it exactly
         self._admitted: dict[JobKey, str] = {}  # job -> uid whose queue wait was observed
         self._started: dict[JobKey, str] = {}  # job -> uid whose scheduling latency was observed
+        self._uids: dict[JobKey, str] = {}  # job -> uid last observed
+        # uids of deleted jobs, latest last: a reconcile that read the job before its deletion and ends
+        # after it must not bring its series back.
+        self._deleted: OrderedDict[str, None] = OrderedDict()
 
     def _add_reconcile_metrics(self) -> None:
         self.reconciles = Counter(
@@ -210,6 +218,9 @@ class OperatorMetrics:
         admission = first_admission(observation, decision)
         running = first_run(observation, decision)
         with self._lock:
+            if uid in self._deleted:
+                return
+            self._uids[key] = uid
             self._replace_series(key, samples)
             if admission is not None and self._admitted.get(key) != uid:
                 self._admitted[key] = uid
@@ -226,6 +237,11 @@ class OperatorMetrics:
             self._series.pop(key, None)
             self._admitted.pop(key, None)
             self._started.pop(key, None)
+            uid = self._uids.pop(key, None)
+            if uid is not None:
+                self._deleted[uid] = None
+                if len(self._deleted) > _DELETED_KEPT:
+                    self._deleted.popitem(last=False)
 
     def jobs_observed(self) -> int:
         with self._lock:
