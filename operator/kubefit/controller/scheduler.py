@@ -20,6 +20,10 @@ before the job is reconciled again.
 Restart: the queue is in memory. The first time this process sees a job that already has live worker
 pods, it counts the job as admitted with those workers as its grant, so nothing is double-booked or
 restarted by an operator restart.
+
+Metrics (docs/metrics.md): each pass counts the grant changes of admitted jobs by direction and the
+planner's reason word (kubefit_scale_events_total) and the whole jobs it preempts
+(kubefit_preemptions_total); kubefit_cluster_accelerators is computed from the latest view when scraped.
 """
 
 from __future__ import annotations
