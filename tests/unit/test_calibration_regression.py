@@ -1,8 +1,14 @@
-"""The estimator against the published measurements in benchmarks/data/calibration_rows.yaml.
+"""The estimator against published measurements (benchmarks/data/*rows.yaml), held to issue 10's targets.
 
-A change that makes the estimate worse on these rows fails here; benchmarks/sizing_accuracy.py prints
-the full table. Rows beyond the 25% target are listed with the reason and marked xfail(strict), so they
-show in every run and a fix makes the test say so.
+The rows are split by whole sources into a development and a held-out set (benchmarks/data/
+sizing_split.yaml, committed before any formula of issue 10 changed). On every fully specified row of
+each set, with the operator's default headroom (10%), the targets are:
+- no under-estimate worse than -10%;
+- a median absolute error of at most 7%;
+- every out-of-memory row predicted not to fit, even without headroom;
+- every measured row predicted to fit with the headroom, except the rows whose measured peak itself lies
+  inside the headroom band (listed in HEADROOM_BAND_ROWS: a job the default would block although it ran).
+The bounds are these targets, not the figures of the day; benchmarks/sizing_accuracy.py prints them all.
 """
 
 from __future__ import annotations
@@ -23,68 +29,115 @@ sys.modules["sizing_accuracy"] = accuracy  # dataclasses look their module up
 _spec.loader.exec_module(accuracy)
 
 ROWS = accuracy.load_rows()
-IN_SUMMARY = [row for row in ROWS if row.expressible]
-MEASURED = [row for row in IN_SUMMARY if row.fully_specified and row.measured_bytes is not None]
+SETS = (accuracy.DEVELOPMENT, accuracy.HELD_OUT)
 
-ROW_TOLERANCE = 0.25  # the accuracy target per fully specified row
-MEDIAN_TOLERANCE = 0.07  # the target is 10%; the estimator reaches 6.0% (docs/sizing.md)
+WORST_UNDERESTIMATE = -0.10  # issue 10: "no under-estimate worse than -10%"
+MEDIAN_ABS_ERROR = 0.07  # issue 10: "median absolute error of at most 7% on each set"
 
-# Over-estimates beyond the target, with the physics the API cannot state. Each stays on the safe side
-# (over, not under) and below the bound given, so it cannot silently get worse.
-KNOWN_OVERESTIMATES = {
-    "54": (
-        0.36,
-        "no AC: torch.compile (the README runs it) recomputes pointwise ops instead of saving them, and "
-        "Llama has no dropout masks; neither is in the API",
-    ),
-    "57": (
-        0.29,
-        "weights + saved layer inputs alone are 41.4 GiB of the 41.7 measured: the source's 'GB' is "
-        "probably GiB, or the run used the config's batch_size 1",
-    ),
-}
+# Measured rows whose measured peak is above device memory x 0.9: the default headroom blocks them
+# although they ran. The set is fixed by the data (measurement, device), not by the estimator.
+# torchtitan 8B at 83.9-84.5 GiB of the 96 GB H100's 89.4 GiB (10 is not expressible, printed only);
+# Qwen-72B-Int4 QLoRA s=8192 at 75.6 GiB of 80 GiB; fsdp_qlora on 24 GB 3090s and 4090s at 22.0-23.0 GiB.
+HEADROOM_BAND_ROWS = {"10", "13", "14", "16", "141", "159", "160", "161", "163", "164", "165", "166"}
 
 
-def _params(rows):
-    return [pytest.param(row, id=f"row-{row.id}") for row in rows]
+def _results(name: str) -> list:
+    return [accuracy.evaluate(row) for row in ROWS if row.split == name]
 
 
-@pytest.mark.parametrize("row", _params([r for r in MEASURED if r.id not in KNOWN_OVERESTIMATES]))
-def test_fully_specified_row_within_tolerance(row) -> None:
-    result = accuracy.evaluate(row)
-    assert abs(result.error) <= ROW_TOLERANCE, f"{row.label}: {result.error:+.1%}"
+def _summary(name: str) -> list:
+    return [result for result in _results(name) if result.row.in_summary]
 
 
-@pytest.mark.parametrize("row", _params([r for r in MEASURED if r.id in KNOWN_OVERESTIMATES]))
-def test_known_overestimate_stays_safe_and_bounded(row) -> None:
-    bound, _why = KNOWN_OVERESTIMATES[row.id]
-    result = accuracy.evaluate(row)
-    assert 0 < result.error <= bound, f"{row.label}: {result.error:+.1%}"
+def _describe(results) -> str:
+    return "; ".join(f"row {r.row.id} {r.error:+.1%} ({r.row.label})" for r in results)
 
 
-@pytest.mark.parametrize("row", _params([r for r in MEASURED if r.id in KNOWN_OVERESTIMATES]))
-@pytest.mark.xfail(strict=True, reason="beyond the 25% target; see KNOWN_OVERESTIMATES and docs/sizing.md")
-def test_known_overestimate_meets_the_target(row) -> None:
-    assert abs(accuracy.evaluate(row).error) <= ROW_TOLERANCE
-
-
-def test_median_error_of_fully_specified_rows() -> None:
-    errors = [abs(accuracy.evaluate(row).error) for row in MEASURED]
-    assert len(errors) >= 15
-    assert statistics.median(errors) <= MEDIAN_TOLERANCE
-
-
-@pytest.mark.parametrize("row", _params([r for r in IN_SUMMARY if r.oom]))
-def test_out_of_memory_row_is_predicted_not_to_fit(row) -> None:
-    assert not accuracy.evaluate(row).fits
-
-
-@pytest.mark.parametrize("row", _params([r for r in IN_SUMMARY if not r.oom]))
-def test_measured_row_is_predicted_to_fit(row) -> None:
-    assert accuracy.evaluate(row).fits
-
-
-def test_rows_not_in_the_summary_say_why() -> None:
+def test_the_split_is_by_whole_sources_and_keeps_its_committed_rule() -> None:
+    split = accuracy.yaml.safe_load(accuracy.SPLIT.read_text())
+    assert split["seed"] == "kubefit-heldout-2026-11-30"
+    assert split["fixed"]["kubefit-gpu-grid"] == accuracy.DEVELOPMENT
     for row in ROWS:
-        assert row.expressible or row.why_not, row.id
-        assert row.source and row.assumed is not None
+        assert row.split == accuracy.split_of(row.source_key, split), row.id
+    sources = {name: {row.source_key for row in ROWS if row.split == name} for name in SETS}
+    assert sources[accuracy.DEVELOPMENT].isdisjoint(sources[accuracy.HELD_OUT])
+
+
+def test_a_new_source_goes_by_the_seeded_hash_of_its_key() -> None:
+    split = {"seed": "kubefit-heldout-2026-11-30", "fixed": {"github:pytorch/torchtune": "development"}}
+    assert accuracy.split_of("github:pytorch/torchtune", split) == accuracy.DEVELOPMENT
+    # sha256("kubefit-heldout-2026-11-30:github:qwenlm/qwen") is even; the key is compared in lower case
+    assert accuracy.split_of("github:QwenLM/Qwen", split) == accuracy.HELD_OUT
+    assert accuracy.split_of("github:answerdotai/fsdp_qlora", split) == accuracy.DEVELOPMENT
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_each_set_has_enough_fully_specified_rows(name: str) -> None:
+    assert len(_summary(name)) >= 30
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_no_underestimate_worse_than_the_target(name: str) -> None:
+    under = [r for r in _summary(name) if r.error < WORST_UNDERESTIMATE]
+    assert not under, (
+        f"{len(under)} rows under-estimated beyond {WORST_UNDERESTIMATE:.0%}: {_describe(under)}"
+    )
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_median_absolute_error_meets_the_target(name: str) -> None:
+    median = statistics.median(abs(r.error) for r in _summary(name))
+    assert median <= MEDIAN_ABS_ERROR, f"{name}: median |error| {median:.1%}"
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_out_of_memory_rows_are_predicted_not_to_fit_even_without_headroom(name: str) -> None:
+    ooms = [r for r in _results(name) if r.row.expressible and r.row.oom]
+    wrong = [r.row.id for r in ooms if r.fits_device]
+    assert not wrong, f"predicted to fit, but ran out of memory: rows {wrong}"
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_measured_rows_fit_with_the_default_headroom_outside_the_band(name: str) -> None:
+    ran = [r for r in _results(name) if r.row.expressible and not r.row.oom]
+    blocked = [r.row.id for r in ran if not r.fits and not r.row.in_headroom_band]
+    assert not blocked, f"ran, but predicted not to fit with the default headroom: rows {blocked}"
+
+
+def test_the_headroom_band_rows_are_the_listed_ones() -> None:
+    assert {row.id for row in ROWS if row.in_headroom_band} == HEADROOM_BAND_ROWS
+    for row in ROWS:
+        assert row.headroom == 0.10  # the operator's default, as users meet it
+
+
+def test_out_of_memory_rows_exist_in_the_development_set() -> None:
+    assert sum(1 for row in ROWS if row.oom and row.split == accuracy.DEVELOPMENT) >= 5
+
+
+def test_rows_kept_out_say_why_and_are_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    results = [accuracy.evaluate(row) for row in ROWS]
+    accuracy.print_exclusions(results)
+    printed = capsys.readouterr().out
+    for row in ROWS:
+        assert row.source and row.source_key, row.id
+        if not row.expressible:
+            assert row.why_not and f"row {row.id} " in printed, row.id
+        elif not row.fully_specified and not row.oom:
+            assert row.assumed and f"row {row.id} " in printed, row.id
+
+
+def test_baselines_are_shown_only_on_full_training_rows() -> None:
+    for row in ROWS:
+        shown = any(value is not None for value in accuracy.baselines(row))
+        if row.spec.model.finetuning.method != "full":
+            assert not shown, row.id
+
+
+def test_verdicts_use_the_default_headroom() -> None:
+    # A row whose estimate lies between device memory x 0.9 and device memory fits the device but not
+    # the operator's default: fits (headroom) and fits_device (none) must differ there.
+    for row in ROWS:
+        result = accuracy.evaluate(row)
+        total = result.estimate.total
+        assert result.fits == (total <= row.device.memory_bytes * 0.9), row.id
+        assert result.fits_device == (total <= row.device.memory_bytes), row.id
