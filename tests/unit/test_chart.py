@@ -29,6 +29,7 @@ CHART = REPO / "charts" / "kubefit"
 RELEASE = "kf"
 # What a cluster with the Prometheus Operator serves; `helm template` assumes it only when told.
 MONITORING_API = "monitoring.coreos.com/v1"
+DASHBOARD_TEMPLATE = "templates/configmap-dashboard.yaml"
 NAMESPACE = "kubefit-system"
 
 # What the operator does (controller/ and kopf), as (apiGroup, resource, verb). The chart must grant
@@ -60,7 +61,10 @@ EXTRA_CATALOG_ENTRY = {
 NON_DEFAULT_VALUES: dict[str, Any] = {
     "image": {"repository": "registry.example.com/ml/kubefit", "tag": "0.1.0-rc1", "pullPolicy": "Always"},
     "watchNamespaces": ["team-a", "team-b"],
-    "metrics": {"port": 9100, "serviceMonitor": {"enabled": True, "additionalLabels": {"release": "prometheus"}}},
+    "metrics": {
+        "port": 9100,
+        "serviceMonitor": {"enabled": True, "additionalLabels": {"release": "prometheus"}},
+    },
     "liveness": {"port": 8181},
     "catalog": [EXTRA_CATALOG_ENTRY],
     "priorityClassName": "system-cluster-critical",
@@ -171,6 +175,11 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         ["--set", "checkpoint.url=http://"],
         ["--set", "checkpoint.existingSecret=Not_A_Name"],
         ["--set", "checkpoint.portt=8081"],  # a misspelt key is an error, not ignored
+        ["--set", "replicaCount=0"],
+        ["--set", "replicaCount=2", "--set", "leaderElection.enabled=false"],  # two operators, no Lease
+        ["--set", "leaderElection.leaseName=Not_A_Name"],
+        ["--set", "metrics.serviceMonitor.interval=30 seconds"],
+        ["--set", "metrics.dashboard.additionalLabels.team=1"],  # a label value must be a string
     ],
     ids=[
         "namespaces-string",
@@ -187,6 +196,11 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         "checkpoint-url-no-host",
         "checkpoint-secret-bad-name",
         "checkpoint-misspelt-key",
+        "replicas-zero",
+        "replicas-without-leader-election",
+        "lease-name-invalid",
+        "scrape-interval-not-a-duration",
+        "label-not-a-string",
     ],
 )
 def test_bad_values_are_refused(bad: list[str]) -> None:
@@ -203,6 +217,8 @@ def test_default_render_has_the_expected_objects(default_objects: list[dict[str,
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",  # the leader-election Lease
+        "RoleBinding",
         "Secret",  # the checkpoint key
         "Service",  # metrics
         "Service",  # checkpoints
@@ -227,7 +243,7 @@ def test_custom_render_has_the_expected_objects(custom_objects: list[dict[str, A
             "ServiceAccount",
             "ServiceMonitor",
         ]  # no Secret: checkpoint.existingSecret names one
-        + ["Role", "RoleBinding"] * 2
+        + ["Role", "RoleBinding"] * 3  # team-a, team-b and the leader-election Lease
     )
 
 
@@ -244,7 +260,11 @@ def test_every_rendered_object_is_well_formed(
 def test_deployment_defaults(default_objects: list[dict[str, Any]]) -> None:
     deployment = _one(default_objects, "Deployment")
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    # leader election is on by default: a new pod stands by while the old leader still runs
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1},
+    }
     pod = deployment["spec"]["template"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     assert pod["spec"]["serviceAccountName"] == _one(default_objects, "ServiceAccount")["metadata"]["name"]
@@ -261,6 +281,9 @@ def test_deployment_defaults(default_objects: list[dict[str, Any]]) -> None:
         "--checkpoint-port=8081",
         f"--checkpoint-url=http://{RELEASE}-kubefit-checkpoints.{NAMESPACE}.svc:8081",
         "--checkpoint-key-file=/etc/kubefit/checkpoint/key",
+        "--leader-election",
+        f"--leader-election-lease-name={RELEASE}-kubefit",
+        f"--leader-election-namespace={NAMESPACE}",
     ]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"metrics": 9090, "healthz": 8080, "checkpoints": 8081}
@@ -298,6 +321,9 @@ def test_deployment_with_non_default_values(custom_objects: list[dict[str, Any]]
         "--checkpoint-port=8444",
         f"--checkpoint-url=http://{RELEASE}-kubefit-checkpoints.{NAMESPACE}.svc:8444",
         "--checkpoint-key-file=/etc/kubefit/checkpoint/key",
+        "--leader-election",
+        f"--leader-election-lease-name={RELEASE}-kubefit",
+        f"--leader-election-namespace={NAMESPACE}",
     ]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"metrics": 9100, "healthz": 8181, "checkpoints": 8444}
@@ -415,6 +441,14 @@ def test_an_existing_secret_replaces_the_generated_one(custom_objects: list[dict
 # ------------------------------------------------------------------ RBAC
 
 
+LEADER_ELECTION_ROLE = f"{RELEASE}-kubefit-leader-election"
+
+
+def _workload_roles(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The (Cluster)Roles or bindings for TrainingJobs, without the leader-election Lease's own."""
+    return [obj for obj in _by_kind(objects, kind) if obj["metadata"]["name"] != LEADER_ELECTION_ROLE]
+
+
 def _all_rbac_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [rule for obj in objects if obj["kind"] in ("ClusterRole", "Role") for rule in obj["rules"]]
 
@@ -426,13 +460,15 @@ def test_rbac_has_no_wildcards(objects_fixture: str, request: pytest.FixtureRequ
     for rule in rules:
         for key in ("apiGroups", "resources", "verbs"):
             assert all("*" not in item for item in rule[key]), rule
-        assert "nonResourceURLs" not in rule and "resourceNames" not in rule, rule
+        assert "nonResourceURLs" not in rule, rule
+        # names narrow a grant; only the leader-election Lease is named (get, update)
+        assert "resourceNames" not in rule or rule["resources"] == ["leases"], rule
 
 
 def test_all_namespaces_rbac_is_exactly_what_the_operator_needs(
     default_objects: list[dict[str, Any]],
 ) -> None:
-    assert not _by_kind(default_objects, "Role")
+    assert [role["metadata"]["name"] for role in _by_kind(default_objects, "Role")] == [LEADER_ELECTION_ROLE]
     cluster_role = _one(default_objects, "ClusterRole")
     assert _permissions(cluster_role) == NAMESPACED_PERMISSIONS | CLUSTER_PERMISSIONS
     assert not any(resource == "secrets" for _, resource, _ in _permissions(cluster_role))
@@ -454,12 +490,13 @@ def test_watched_namespaces_get_a_role_each(custom_objects: list[dict[str, Any]]
         _permissions(_one(custom_objects, "ClusterRole"))
         == CLUSTER_PERMISSIONS | NAMESPACE_PATTERN_PERMISSIONS
     )
-    roles = {role["metadata"]["namespace"]: role for role in _by_kind(custom_objects, "Role")}
+    roles = {role["metadata"]["namespace"]: role for role in _workload_roles(custom_objects, "Role")}
     assert set(roles) == {"team-a", "team-b"}
     for role in roles.values():
         assert _permissions(role) == NAMESPACED_PERMISSIONS
     bindings = {
-        binding["metadata"]["namespace"]: binding for binding in _by_kind(custom_objects, "RoleBinding")
+        binding["metadata"]["namespace"]: binding
+        for binding in _workload_roles(custom_objects, "RoleBinding")
     }
     assert set(bindings) == {"team-a", "team-b"}
     for namespace, binding in bindings.items():
@@ -504,3 +541,144 @@ def test_dockerfile_runs_kubefit_run_as_the_charts_non_root_user() -> None:
     patterns = [line for line in patterns if line and not line.startswith("#")]
     assert patterns[0] == "*"
     assert {"!pyproject.toml", "!README.md", "!operator/"} <= set(patterns)
+
+
+# ------------------------------------------------------------------ unknown keys
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "no.such.key",
+        "image.tagg",
+        "metrics.serviceMonitor.labels.release",  # the old name of additionalLabels
+        "metrics.prometheusRule.rules.KubefitAcceleratorsIdle.treshold",
+        "metrics.dashboard.label.team",
+        "liveness.portt",
+        "leaderElection.enable",
+        "resources.request.cpu",
+        "podSecurityContext.runAsUserr",
+        "securityContext.readOnlyRootFileSystem",
+        "serviceAccount.annotation.owner",
+    ],
+)
+def test_unknown_keys_are_refused_by_template_and_lint(key: str) -> None:
+    template = _helm("template", RELEASE, str(CHART), "--set", f"{key}=1")
+    assert template.returncode != 0 and "not allowed" in template.stderr, template.stderr
+    lint = _helm("lint", str(CHART), "--set", f"{key}=1")
+    assert lint.returncode != 0, lint.stdout
+
+
+# ------------------------------------------------------------------ ci/*-values.yaml combinations
+
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+# What each combination renders where the cluster serves the monitoring API.
+_BASE_KINDS = {"ClusterRole": 1, "ClusterRoleBinding": 1, "Deployment": 1, "Service": 2, "ServiceAccount": 1}
+CI_EXPECTED_KINDS = {
+    "default-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Secret": 1},
+    "monitoring-values.yaml": {
+        **_BASE_KINDS,
+        "Role": 1,
+        "RoleBinding": 1,
+        "Secret": 1,
+        "ServiceMonitor": 1,
+        "PrometheusRule": 1,
+        "ConfigMap": 1,  # the dashboard
+    },
+    # a Role per watched namespace and the Lease's; the catalog ConfigMap; the key is an existing Secret
+    "namespaces-values.yaml": {**_BASE_KINDS, "Role": 3, "RoleBinding": 3, "ConfigMap": 1},
+    "ha-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Secret": 1},
+    "single-values.yaml": {"Deployment": 1, "Service": 2, "Secret": 1},
+}
+
+
+def _kind_counts(objects: Iterable[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for obj in objects:
+        counts[obj["kind"]] = counts.get(obj["kind"], 0) + 1
+    return counts
+
+
+def test_every_ci_values_file_has_expectations() -> None:
+    assert len(CI_VALUES) >= 5
+    assert {path.name for path in CI_VALUES} == set(CI_EXPECTED_KINDS)
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda path: path.name)
+def test_ci_values_render_and_lint(values_file: Path) -> None:
+    objects = _render("--values", str(values_file), "--api-versions", MONITORING_API)
+    assert _kind_counts(objects) == CI_EXPECTED_KINDS[values_file.name]
+    name = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    for obj in objects:
+        assert name.match(obj["metadata"]["name"]) and len(obj["metadata"]["name"]) <= 63, obj["metadata"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    lint = _helm("lint", str(CHART), "--strict", "--values", str(values_file))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def _ci(name: str, *args: str) -> list[dict[str, Any]]:
+    return _render("--values", str(CHART / "ci" / name), *args)
+
+
+def test_replicas_and_a_named_lease() -> None:
+    objects = _ci("ha-values.yaml")
+    assert _one(objects, "Deployment")["spec"]["replicas"] == 3
+    args = _container(objects)["args"]
+    assert "--leader-election" in args and "--leader-election-lease-name=kubefit-leader" in args
+
+
+def test_without_leader_election_one_operator_is_recreated() -> None:
+    objects = _ci("single-values.yaml")
+    deployment = _one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [arg for arg in _container(objects)["args"] if arg.startswith("--leader-election")]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "kubefit-operator"
+
+
+# ------------------------------------------------------------------ monitoring objects
+
+
+def test_service_monitor_keeps_the_jobs_namespace_label(custom_objects: list[dict[str, Any]]) -> None:
+    (endpoint,) = _one(custom_objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True
+    objects = _render(
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.serviceMonitor.honorLabels=false",
+        "--api-versions", MONITORING_API,
+    )  # fmt: skip
+    (endpoint,) = _one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is False
+
+
+def test_monitoring_objects_need_the_monitoring_api() -> None:
+    objects = _ci("monitoring-values.yaml")  # helm template serves no monitoring.coreos.com/v1 unless told
+    assert not {"ServiceMonitor", "PrometheusRule"} & {obj["kind"] for obj in objects}
+    assert _by_kind(objects, "ConfigMap")  # the dashboard needs no Prometheus Operator
+    values = str(CHART / "ci" / "monitoring-values.yaml")
+    result = _helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE, "-f", values)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: ServiceMonitor and PrometheusRule not installed" in result.stdout
+
+
+def test_monitoring_objects_are_off_by_default(default_objects: list[dict[str, Any]]) -> None:
+    objects = _render("--api-versions", MONITORING_API)
+    assert _kind_counts(objects) == _kind_counts(default_objects)
+    assert not _by_kind(objects, "ConfigMap")
+
+
+def test_dashboard_configmap_holds_the_dashboard_for_grafanas_sidecar() -> None:
+    (config_map,) = _ci("monitoring-values.yaml", "--api-versions", MONITORING_API, "-s", DASHBOARD_TEMPLATE)
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["labels"]["grafana_folder"] == "ml-platform"  # additionalLabels
+    (filename,) = config_map["data"]
+    assert filename.endswith(".json")
+    shipped = json.loads((CHART / "files" / "dashboards" / "kubefit.json").read_text())
+    assert json.loads(config_map["data"][filename]) == shipped
+
+
+def test_prometheus_rule_and_service_monitor_carry_additional_labels() -> None:
+    objects = _ci("monitoring-values.yaml", "--api-versions", MONITORING_API)
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert _one(objects, kind)["metadata"]["labels"]["release"] == "prometheus", kind
+    (endpoint,) = _one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("15s", "5s")

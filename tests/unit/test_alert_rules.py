@@ -1,0 +1,303 @@
+"""The alert rules and the Grafana dashboard: promtool checks and unit-tests the rule file as it is and as
+the chart renders it with overridden values, and parses every dashboard query.
+
+promtool comes with Debian's `prometheus` package, which `make system` installs (scripts/setup-system.sh);
+without it these tests fail, saying so, rather than skip. helm is looked up as in test_chart.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubefit.metrics.operator_metrics import OperatorMetrics
+from kubefit_sandbox.binaries import helm_path
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kubefit"
+RULE_FILE = CHART / "files" / "kubefit-alerts.rules.yaml"
+DASHBOARD = CHART / "files" / "dashboards" / "kubefit.json"
+PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool"
+DEFAULT_TESTS = PROMTOOL_TESTS / "kubefit-alerts.test.yaml"
+OVERRIDDEN_TESTS = PROMTOOL_TESTS / "kubefit-alerts-overridden.test.yaml"
+ALERTS_DOC = REPO / "docs" / "alerts.md"
+MONITORING_API = "monitoring.coreos.com/v1"
+RUNBOOK_BASE = "https://github.com/kubefit/kubefit/blob/main/docs/alerts.md#"
+# The number the chart replaces with metrics.prometheusRule.rules.<alert>.threshold.
+THRESHOLD_MARK = re.compile(r"([0-9][0-9.e+-]*)( *# threshold)")
+# dcgm-exporter's utilisation gauges (NVIDIA/dcgm-exporter, etc/default-counters.csv and dcp-metrics-included.csv).
+DCGM_UTILISATION = {"DCGM_FI_PROF_GR_ENGINE_ACTIVE", "DCGM_FI_DEV_GPU_UTIL"}
+
+# What tests/unit/promtool/kubefit-alerts-overridden.test.yaml expects, set the ways users set values.
+OVERRIDDEN_VALUES: dict[str, Any] = {
+    "metrics": {
+        "prometheusRule": {
+            "enabled": True,
+            "additionalLabels": {"release": "prometheus"},
+            "rules": {
+                "KubefitAcceleratorMemoryOverprovisioned": {"for": "2m", "threshold": 0.3},
+                "KubefitPartialGangHoldingAccelerators": {"enabled": False},
+                "KubefitJobStuckPending": {"for": "3m"},
+                "KubefitAcceleratorsIdle": {"for": "1m"},
+                "KubefitAcceleratorTelemetryMissing": {"for": "1m"},
+                "KubefitReconcileErrors": {"for": "1m", "threshold": 0.5},
+            },
+        }
+    }
+}
+# `--set` hands helm a string for a decimal: the chart takes it as the number.
+OVERRIDDEN_SET = ["--set", "metrics.prometheusRule.rules.KubefitAcceleratorsIdle.threshold=0.2"]
+
+
+def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: `make system` installs Debian's prometheus package, which has it"
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=25, cwd=cwd)
+
+
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def _alerts(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def _file_alerts() -> list[dict[str, Any]]:
+    return _alerts(_load(RULE_FILE)["groups"])
+
+
+def _values_rules() -> dict[str, dict[str, Any]]:
+    rules: dict[str, dict[str, Any]] = _load(CHART / "values.yaml")["metrics"]["prometheusRule"]["rules"]
+    return rules
+
+
+def _render_prometheus_rules(tmp_path: Path, values: dict[str, Any], *args: str) -> list[dict[str, Any]]:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    command = [str(helm_path()), "template", "kf", str(CHART), "--values", str(values_file), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=25)
+    assert result.returncode == 0, result.stderr
+    objects = [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+    return [obj for obj in objects if obj["kind"] == "PrometheusRule"]
+
+
+def _rendered_groups(tmp_path: Path, values: dict[str, Any], *args: str) -> list[dict[str, Any]]:
+    (rule,) = _render_prometheus_rules(tmp_path, values, "--api-versions", MONITORING_API, *args)
+    groups: list[dict[str, Any]] = rule["spec"]["groups"]
+    return groups
+
+
+def _exported_metric_names() -> set[str]:
+    """Every series name the operator's registry can expose (names of counters and histograms expanded)."""
+    suffixes = {"counter": ["_total"], "histogram": ["", "_bucket", "_count", "_sum"], "gauge": [""]}
+    return {
+        family.name + suffix
+        for family in OperatorMetrics().registry.collect()
+        for suffix in suffixes[family.type]
+    }
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        (f"{panel['title']} {target['refId']}", target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+
+
+def _metric_names(text: str) -> set[str]:
+    return set(re.findall(r"\b(?:kubefit|DCGM)_[A-Za-z0-9_]+\b", text))
+
+
+# ------------------------------------------------------------------ the rule file as it is
+
+
+def test_rule_file_passes_promtool_check() -> None:
+    result = _promtool("check", "rules", str(RULE_FILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(_file_alerts())} rules found" in result.stdout
+
+
+def test_rule_file_passes_its_promtool_unit_tests() -> None:
+    result = _promtool("test", "rules", DEFAULT_TESTS.name, cwd=PROMTOOL_TESTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def _cases(test_file: Path) -> dict[str, dict[str, int]]:
+    """Per alert, how many evaluations expect it firing and how many expect it quiet."""
+    counts: dict[str, dict[str, int]] = {}
+    for test in _load(test_file)["tests"]:
+        for case in test.get("alert_rule_test", []):
+            outcome = "firing" if case["exp_alerts"] else "quiet"
+            counts.setdefault(case["alertname"], {"firing": 0, "quiet": 0})[outcome] += 1
+    return counts
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
+    names = [alert["alert"] for alert in _file_alerts()]
+    assert len(names) == len(set(names)) == 6
+    default_cases = _cases(DEFAULT_TESTS)
+    overridden_cases = _cases(OVERRIDDEN_TESTS)
+    disabled = {
+        name for name, settings in OVERRIDDEN_VALUES["metrics"]["prometheusRule"]["rules"].items()
+        if settings.get("enabled") is False
+    }  # fmt: skip
+    for name in names:
+        assert default_cases[name]["firing"] >= 1 and default_cases[name]["quiet"] >= 1, name
+        assert overridden_cases[name]["quiet"] >= 1, name
+        assert overridden_cases[name]["firing"] >= (0 if name in disabled else 1), name
+
+
+def _firing_labels(test_file: Path) -> dict[str, set[str]]:
+    """Per alert, the label names its expected firing alerts carry."""
+    labels: dict[str, set[str]] = {}
+    for test in _load(test_file)["tests"]:
+        for case in test.get("alert_rule_test", []):
+            for expected in case["exp_alerts"]:
+                labels.setdefault(case["alertname"], set()).update(expected["exp_labels"])
+    return labels
+
+
+def _github_anchor(heading: str) -> str:
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_has_severity_summary_description_and_a_runbook_section() -> None:
+    anchors = {
+        _github_anchor(line.lstrip("#"))
+        for line in ALERTS_DOC.read_text().splitlines()
+        if line.startswith("#")
+    }  # fmt: skip
+    for alert in _file_alerts():
+        assert alert["labels"]["severity"] in {"info", "warning", "critical"}, alert["alert"]
+        annotations = alert["annotations"]
+        assert annotations["summary"], alert["alert"]
+        # the numbers, and for an alert per job, the job
+        assert "{{ $value" in annotations["description"] or "| query" in annotations["description"]
+        if {"namespace", "name"} <= _firing_labels(DEFAULT_TESTS)[alert["alert"]]:
+            assert "{{ $labels.namespace }}/{{ $labels.name }}" in annotations["description"], alert["alert"]
+        assert annotations["runbook_url"] == RUNBOOK_BASE + alert["alert"].lower()
+        assert alert["alert"].lower() in anchors, f"docs/alerts.md has no section {alert['alert']}"
+
+
+def test_values_defaults_are_the_numbers_of_the_rule_file() -> None:
+    values = _values_rules()
+    assert list(values) == [alert["alert"] for alert in _file_alerts()]
+    for alert in _file_alerts():
+        settings = values[alert["alert"]]
+        assert settings["enabled"] is True and settings["for"] == alert["for"], alert["alert"]
+        marks = THRESHOLD_MARK.findall(alert["expr"])
+        assert len(marks) == (1 if "threshold" in settings else 0), alert["alert"]
+        if marks:
+            assert float(marks[0][0]) == settings["threshold"], alert["alert"]
+
+
+def test_every_metric_the_rules_and_dashboard_use_is_exported() -> None:
+    used = _metric_names(RULE_FILE.read_text()) | _metric_names(DASHBOARD.read_text())
+    kubefit_names = {name for name in used if name.startswith("kubefit_")}
+    assert kubefit_names - _exported_metric_names() == set()
+    assert {name for name in used if name.startswith("DCGM_")} == DCGM_UTILISATION
+    assert len(kubefit_names) >= 8  # the check sees the names, not nothing
+
+
+# ------------------------------------------------------------------ as the chart renders them
+
+
+def test_chart_renders_the_rule_file_unchanged_with_default_values(tmp_path: Path) -> None:
+    groups = _rendered_groups(tmp_path, {"metrics": {"prometheusRule": {"enabled": True}}})
+    assert groups == _load(RULE_FILE)["groups"]
+
+
+def test_chart_rules_with_overridden_values_pass_promtool(tmp_path: Path) -> None:
+    groups = _rendered_groups(tmp_path, OVERRIDDEN_VALUES, *OVERRIDDEN_SET)
+    rendered = {alert["alert"]: alert for alert in _alerts(groups)}
+    assert "KubefitPartialGangHoldingAccelerators" not in rendered
+    assert rendered["KubefitAcceleratorsIdle"]["for"] == "1m"
+    assert "< 0.2 # threshold" in rendered["KubefitAcceleratorsIdle"]["expr"]
+    assert "< 0.3 # threshold" in rendered["KubefitAcceleratorMemoryOverprovisioned"]["expr"]
+    (tmp_path / "rendered-rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    shutil.copy(OVERRIDDEN_TESTS, tmp_path / OVERRIDDEN_TESTS.name)
+    check = _promtool("check", "rules", "rendered-rules.yaml", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    result = _promtool("test", "rules", OVERRIDDEN_TESTS.name, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_rule_carries_additional_labels(tmp_path: Path) -> None:
+    (rule,) = _render_prometheus_rules(tmp_path, OVERRIDDEN_VALUES, "--api-versions", MONITORING_API)
+    assert rule["apiVersion"] == MONITORING_API
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_prometheus_rule_is_off_by_default_and_needs_the_monitoring_api(tmp_path: Path) -> None:
+    assert _render_prometheus_rules(tmp_path, {}, "--api-versions", MONITORING_API) == []
+    assert _render_prometheus_rules(tmp_path, OVERRIDDEN_VALUES) == []  # no Prometheus Operator CRDs
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "metrics.prometheusRule.rules.KubefitAcceleratorsIdle.threshold=1.5",
+        "metrics.prometheusRule.rules.KubefitAcceleratorsIdle.threshold=-0.1",
+        "metrics.prometheusRule.rules.KubefitAcceleratorsIdle.threshold=0.1 or vector(1)",
+        "metrics.prometheusRule.rules.KubefitAcceleratorMemoryOverprovisioned.threshold=0",
+        "metrics.prometheusRule.rules.KubefitJobStuckPending.threshold=0.5",  # it has none
+        "metrics.prometheusRule.rules.KubefitJobStuckPending.for=5 minutes",
+        "metrics.prometheusRule.rules.KubefitNoSuchAlert.enabled=true",
+        "metrics.prometheusRule.enable=true",
+    ],
+)
+def test_bad_rule_values_are_refused(bad: str) -> None:
+    command = [str(helm_path()), "template", "kf", str(CHART), "--api-versions", MONITORING_API]
+    result = subprocess.run([*command, "--set", bad], capture_output=True, text=True, timeout=25)
+    assert result.returncode != 0, result.stdout
+    assert "metrics" in result.stderr  # the error names where the value is
+
+
+# ------------------------------------------------------------------ the dashboard
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    queries = _dashboard_queries()
+    assert len(queries) >= 10
+    # promtool parses PromQL in rule files: one recording rule per panel query.
+    rules = [{"record": f"kubefit_dashboard:query_{i}", "expr": expr} for i, (_, expr) in enumerate(queries)]
+    (tmp_path / "dashboard.rules.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]})
+    )
+    result = _promtool("check", "rules", "dashboard.rules.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in result.stdout
+
+
+def test_dashboard_shows_what_the_issue_asks_for() -> None:
+    text = " ".join(expr for _, expr in _dashboard_queries())
+    for name in (
+        'kubefit_trainingjob_accelerators{state="allocated"}',
+        "DCGM_FI_PROF_GR_ENGINE_ACTIVE",  # used
+        "kubefit_trainingjob_memory_estimated_bytes",
+        "kubefit_trainingjob_memory_requested_bytes",
+        "kubefit_queue_wait_seconds_bucket",
+        "kubefit_scheduling_latency_seconds_bucket",
+        "kubefit_scale_events_total",
+        "kubefit_preemptions_total",
+    ):
+        assert name in text, name
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["templating"]["list"][0]["type"] == "datasource"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
