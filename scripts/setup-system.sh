@@ -61,6 +61,12 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup-system: installing ${missing[*]}"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # kubefit needs the prometheus package for promtool and for the binary its tests start on loopback; the
+  # server the package starts under systemd (port 9090, every interface) is not wanted: stop what we started.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    echo "setup-system: stopping and disabling the prometheus service the package started"
+    $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 if [ "$need_update" -eq 0 ]; then
   echo "setup-system: all system packages present"
