@@ -263,7 +263,7 @@ def test_a_failing_create_keeps_the_transition_events_and_becomes_a_reconcile_er
     requeue = harness.reconciler.pending_requeue(KEY)
     assert requeue is not None and (requeue.trigger, requeue.delay) == ("retry", BACKOFF_FIRST)
     errors = harness.metrics.registry.get_sample_value(
-        "kubefit_reconcile_errors_total", {"trigger": "create"}
+        "kubefit_reconcile_total", {"trigger": "create", "result": "error"}
     )
     assert errors == 1
 
@@ -413,7 +413,9 @@ def test_triggers_during_a_reconcile_make_it_go_round_exactly_once_more(harness:
     harness.kube.on_get = triggers_arrive
     harness.reconcile()
     assert harness.calls("get_job") == [("get_job", "llama")] * 2
-    passes = harness.metrics.registry.get_sample_value("kubefit_reconciles_total", {"trigger": "create"})
+    passes = harness.metrics.registry.get_sample_value(
+        "kubefit_reconcile_total", {"trigger": "create", "result": "success"}
+    )
     assert passes == 2
 
 
