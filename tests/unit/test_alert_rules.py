@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubefit.cli import top
 from kubefit.metrics.operator_metrics import OperatorMetrics
 from kubefit_sandbox.binaries import helm_path
 
@@ -200,6 +201,12 @@ def test_values_defaults_are_the_numbers_of_the_rule_file() -> None:
         assert len(marks) == (1 if "threshold" in settings else 0), alert["alert"]
         if marks:
             assert float(marks[0][0]) == settings["threshold"], alert["alert"]
+
+
+def test_kubefit_top_names_waste_by_the_alerts_default_thresholds() -> None:
+    values = _values_rules()
+    assert top.OVERPROVISIONED_BELOW == values["KubefitAcceleratorMemoryOverprovisioned"]["threshold"]
+    assert top.IDLE_BELOW == values["KubefitAcceleratorsIdle"]["threshold"]
 
 
 def test_every_metric_the_rules_and_dashboard_use_is_exported() -> None:
