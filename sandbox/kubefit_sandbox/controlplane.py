@@ -451,6 +451,27 @@ class Sandbox:
             state.save(self.state_file)
         self.log("sandbox down")
 
+    def restart_component(self, name: str, down_seconds: float = 0.0, timeout: float = 120.0) -> None:
+        """Stops one running component (SIGTERM, then SIGKILL), waits `down_seconds`, starts it again with
+        the same command line (same ports, same data) and waits until it serves. For fault tests: a
+        kube-apiserver restart drops every watch and connection its clients hold."""
+        with exclusive_lock(self.state_dir / "lock"):
+            state = self._state()
+            proc = state.processes.get(name) if state else None
+            if state is None or proc is None or not proc.is_alive():
+                raise SandboxError(f"{name} is not running in {self.state_dir}")
+            _terminate_one(proc, self.log)
+            time.sleep(down_seconds)
+            self._launch(state, name, proc.command)
+            self._wait(state, name, self._serving_check(state, name), time.monotonic() + timeout)
+
+    def _serving_check(self, state: SandboxState, name: str) -> Callable[[], bool]:
+        if name == "kube-apiserver":
+            return lambda: self.api_get("/readyz")[0] == 200
+        if name == "etcd":
+            return lambda: self._etcd_healthy(state)
+        return lambda: True  # the scheduler and controller manager: started is all _wait can tell
+
     def purge(self) -> None:
         """down() and delete the whole state dir (etcd data, keys, kubeconfig). The build cache stays."""
         self.down()
