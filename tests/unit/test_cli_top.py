@@ -17,8 +17,8 @@ from kubefit.cli.top import (
     WASTE_PARTIAL_GANG,
     Thresholds,
     build_rows,
+    job_gpu_utilization,
     job_row,
-    job_utilization,
     render_json,
     render_table,
     run_top,
@@ -60,7 +60,7 @@ def job(
 
 
 def test_a_busy_well_sized_job_wastes_nothing() -> None:
-    utilization = {("team", "llm-worker-0"): 0.9, ("team", "llm-worker-1"): 0.7}
+    utilization = {("team", "llm-worker-0", "GPU-0"): 0.9, ("team", "llm-worker-1", "GPU-1"): 0.7}
     row = job_row(job(), utilization, Thresholds())
     assert (row.accelerators_allocated, row.accelerators_requested) == (8, 8)
     assert row.utilization == pytest.approx(0.8)
@@ -69,8 +69,11 @@ def test_a_busy_well_sized_job_wastes_nothing() -> None:
 
 
 def test_each_kind_of_waste_is_named() -> None:
-    idle = job_row(job(), {("team", "llm-worker-0"): 0.0}, Thresholds())
+    idle = job_row(job(), {("team", "llm-worker-0", "GPU-0"): 0.0}, Thresholds())
     assert idle.waste == [WASTE_IDLE] and idle.idle_accelerators == pytest.approx(8.0)
+    # One busy GPU is enough for the job not to be idle, as in the KubefitAcceleratorsIdle alert.
+    gpus = {("team", "llm-worker-0", "GPU-0"): 0.0, ("team", "llm-worker-0", "GPU-1"): 0.2}
+    assert job_row(job(), gpus, Thresholds()).waste == []
 
     small = job_row(job(estimated=10 * GIB), None, Thresholds())
     assert small.waste == [WASTE_OVERPROVISIONED]
@@ -88,16 +91,16 @@ def test_a_job_holding_nothing_is_never_called_wasteful() -> None:
 
 
 def test_utilisation_belongs_to_the_job_by_worker_name_and_namespace() -> None:
-    pods = {
-        ("team", "llm-worker-0"): 0.5,
-        ("team", "llm-worker-12"): 0.1,
-        ("other", "llm-worker-1"): 0.0,  # same name, another namespace
-        ("team", "llm-worker-1-worker-0"): 0.0,  # worker of a job named llm-worker-1
-        ("team", "llm-eval"): 0.0,
+    gpus = {
+        ("team", "llm-worker-0", "GPU-a"): 0.5,
+        ("team", "llm-worker-12", "GPU-b"): 0.1,
+        ("other", "llm-worker-1", "GPU-c"): 0.0,  # same name, another namespace
+        ("team", "llm-worker-1-worker-0", "GPU-d"): 0.25,  # worker of a job named llm-worker-1
+        ("team", "llm-eval", "GPU-e"): 0.0,
     }
-    assert job_utilization("team", "llm", pods) == pytest.approx(0.3)
-    assert job_utilization("team", "llm-worker-1", pods) == pytest.approx(0.0)
-    assert job_utilization("team", "absent", pods) is None
+    assert sorted(job_gpu_utilization("team", "llm", gpus)) == [0.1, 0.5]
+    assert job_gpu_utilization("team", "llm-worker-1", gpus) == [0.25]
+    assert job_gpu_utilization("team", "absent", gpus) == []
 
 
 def test_table_and_json_show_every_job_sorted() -> None:

@@ -33,18 +33,16 @@ WASTE_IDLE = "idle"
 WASTE_OVERPROVISIONED = "overprovisioned"
 WASTE_PARTIAL_GANG = "partial-gang"
 
-# Utilisation per (namespace, pod): the fraction of time a GPU's graphics engine was busy, averaged over
-# the pod's GPUs. dcgm-exporter scraped with honorLabels false carries the workload in exported_*.
+# Utilisation per GPU of a pod: the fraction of time its graphics engine was busy. dcgm-exporter scraped
+# with honorLabels false carries the workload's pod and namespace in exported_*.
 _POD_LABELS = (
     'label_replace(label_replace({metric}, "namespace", "$1", "exported_namespace", "(.+)"),'
     ' "pod", "$1", "exported_pod", "(.+)")'
 )
-ENGINE_ACTIVE_QUERY = (
-    "avg by (namespace, pod) (" + _POD_LABELS.format(metric="DCGM_FI_PROF_GR_ENGINE_ACTIVE") + ")"
-)
-GPU_UTIL_QUERY = "avg by (namespace, pod) (" + _POD_LABELS.format(metric="DCGM_FI_DEV_GPU_UTIL") + ") / 100"
+ENGINE_ACTIVE_QUERY = _POD_LABELS.format(metric="DCGM_FI_PROF_GR_ENGINE_ACTIVE")
+GPU_UTIL_QUERY = _POD_LABELS.format(metric="DCGM_FI_DEV_GPU_UTIL") + " / 100"
 
-PodKey = tuple[str, str]
+GpuKey = tuple[str, str, str]  # namespace, pod, the GPU (its UUID, else host and index)
 
 
 class TopError(Exception):
@@ -84,18 +82,20 @@ def min_workers_of(spec: Mapping[str, Any]) -> int:
     return int(minimum) if minimum is not None else replicas
 
 
-def job_utilization(namespace: str, name: str, pods: Mapping[PodKey, float]) -> float | None:
-    """Mean utilisation of the job's worker pods that Prometheus reports, None when it reports none."""
-    values = [
+def job_gpu_utilization(namespace: str, name: str, gpus: Mapping[GpuKey, float]) -> list[float]:
+    """Utilisation of each GPU that Prometheus reports for the job's worker pods."""
+    return [
         value
-        for (pod_namespace, pod), value in pods.items()
-        if pod_namespace == namespace and worker_index(pod, name) is not None
+        for (gpu_namespace, pod, _gpu), value in gpus.items()
+        if gpu_namespace == namespace and worker_index(pod, name) is not None
     ]
-    return sum(values) / len(values) if values else None
 
 
-def job_row(job: Mapping[str, Any], pods: Mapping[PodKey, float] | None, limits: Thresholds) -> JobRow:
-    """The row of one TrainingJob object; `pods` is utilisation per pod, None without Prometheus."""
+def job_row(job: Mapping[str, Any], gpus: Mapping[GpuKey, float] | None, limits: Thresholds) -> JobRow:
+    """The row of one TrainingJob object; `gpus` is utilisation per GPU, None without Prometheus.
+
+    UTIL is the mean over the job's GPUs; "idle" means that even its busiest GPU is under the threshold,
+    as in the KubefitAcceleratorsIdle alert."""
     metadata, status = job.get("metadata") or {}, job.get("status") or {}
     namespace, name = str(metadata.get("namespace", "")), str(metadata.get("name", ""))
     sizing = status.get("sizing") or {}
@@ -103,11 +103,12 @@ def job_row(job: Mapping[str, Any], pods: Mapping[PodKey, float] | None, limits:
     running, desired = int(status.get("readyReplicas") or 0), int(status.get("desiredReplicas") or 0)
     allocated = running * per_worker
     estimated, requested = sizing.get("perDeviceBytes"), sizing.get("deviceMemoryBytes")
-    utilization = job_utilization(namespace, name, pods) if pods is not None else None
+    busy = job_gpu_utilization(namespace, name, gpus) if gpus is not None else []
+    utilization = sum(busy) / len(busy) if busy else None
     idle = allocated * (1.0 - utilization) if utilization is not None else None
     minimum = min_workers_of(job.get("spec") or {})
     waste = []
-    if utilization is not None and allocated and utilization < limits.idle_below:
+    if busy and allocated and max(busy) < limits.idle_below:
         waste.append(WASTE_IDLE)
     if allocated and estimated and requested and estimated / requested < limits.overprovisioned_below:
         waste.append(WASTE_OVERPROVISIONED)
@@ -132,9 +133,9 @@ def job_row(job: Mapping[str, Any], pods: Mapping[PodKey, float] | None, limits:
 
 
 def build_rows(
-    jobs: Iterable[Mapping[str, Any]], pods: Mapping[PodKey, float] | None, limits: Thresholds
+    jobs: Iterable[Mapping[str, Any]], gpus: Mapping[GpuKey, float] | None, limits: Thresholds
 ) -> list[JobRow]:
-    rows = [job_row(job, pods, limits) for job in jobs]
+    rows = [job_row(job, gpus, limits) for job in jobs]
     return sorted(rows, key=lambda row: (row.namespace, row.name))
 
 
@@ -185,8 +186,8 @@ def render_json(rows: Sequence[JobRow]) -> str:
 # ---------------------------------------------------------------- reading the cluster and Prometheus
 
 
-def prometheus_vector(base_url: str, query: str, timeout: float = 10.0) -> dict[PodKey, float]:
-    """Runs an instant query; returns value per (namespace, pod) of the series that carry both labels."""
+def prometheus_vector(base_url: str, query: str, timeout: float = 10.0) -> dict[GpuKey, float]:
+    """Runs an instant query; returns the value per GPU of the series that name a pod and namespace."""
     url = base_url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the user's URL
@@ -195,15 +196,16 @@ def prometheus_vector(base_url: str, query: str, timeout: float = 10.0) -> dict[
         raise TopError(f"--prometheus {base_url}: cannot query it ({exc})") from exc
     if body.get("status") != "success":
         raise TopError(f"--prometheus {base_url}: query failed: {body.get('error', body)}")
-    values: dict[PodKey, float] = {}
+    values: dict[GpuKey, float] = {}
     for sample in body.get("data", {}).get("result", []):
         labels = sample.get("metric", {})
         if "namespace" in labels and "pod" in labels:
-            values[(labels["namespace"], labels["pod"])] = float(sample["value"][1])
+            gpu = labels.get("UUID") or f"{labels.get('Hostname', '')}/{labels.get('gpu', '')}"
+            values[(labels["namespace"], labels["pod"], gpu)] = float(sample["value"][1])
     return values
 
 
-def pod_utilization(base_url: str) -> dict[PodKey, float]:
+def gpu_utilization(base_url: str) -> dict[GpuKey, float]:
     """DCGM_FI_PROF_GR_ENGINE_ACTIVE where a GPU reports it, else DCGM_FI_DEV_GPU_UTIL / 100."""
     merged = prometheus_vector(base_url, GPU_UTIL_QUERY)
     merged.update(prometheus_vector(base_url, ENGINE_ACTIVE_QUERY))
@@ -252,12 +254,12 @@ def run_top(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sy
     try:
         namespace = None if args.all_namespaces else (args.namespace or current_namespace(args.context))
         jobs = list_jobs(namespace, args.context)
-        pods = pod_utilization(args.prometheus) if args.prometheus else None
+        gpus = gpu_utilization(args.prometheus) if args.prometheus else None
     except TopError as exc:
         err.write(f"kubefit top: {exc}\n")
         return EXIT_FAILED
     limits = Thresholds(args.overprovisioned_below, args.idle_below)
-    rows = build_rows(jobs, pods, limits)
+    rows = build_rows(jobs, gpus, limits)
     out.write(render_json(rows) if args.output == "json" else render_table(rows))
     return EXIT_OK
 
