@@ -121,7 +121,17 @@ class Kube:
 
 def install_crd(kube: Kube) -> None:
     kube.run("apply", "-f", str(CRD_FILE))
-    kube.run("wait", "--for=condition=Established", "--timeout=60s", "crd/trainingjobs.kubefit.dev")
+    # Not `kubectl wait --for=condition=Established`: on a loaded machine it can read the new CRD before
+    # it has any status.conditions, and then fails at once ("<nil> is of the type <nil>") instead of waiting.
+    wait_for("the TrainingJob CRD Established", lambda: _crd_established(kube), timeout=60)
+
+
+def _crd_established(kube: Kube) -> bool:
+    found = kube.run("get", "crd", "trainingjobs.kubefit.dev", "-o", "json", check=False)
+    if found.returncode != 0:
+        return False
+    conditions = (json.loads(found.stdout).get("status") or {}).get("conditions") or []
+    return any(item["type"] == "Established" and item["status"] == "True" for item in conditions)
 
 
 def running_names(pods: list[dict[str, Any]]) -> list[str]:
