@@ -192,3 +192,24 @@ def test_leader_election_flags_parse_and_bad_ones_name_the_flag(capsys: pytest.C
         with pytest.raises(SystemExit):
             _parse(flag, value)
         assert flag in capsys.readouterr().err
+
+
+def test_a_standby_answers_healthz_and_frees_the_port_for_kopf() -> None:
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from kubefit.controller.runner import _serve_standby_health
+
+    server = _serve_standby_health("127.0.0.1", 0)
+    port = server.server_address[1]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        assert response.status == 200 and response.read() == b"standby\n"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert refused.value.code == 404
+    server.shutdown()
+    server.server_close()
+    with socket.socket() as probe:  # the leader's kopf binds the same port next
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
