@@ -73,6 +73,7 @@ TWO_FIXED = {"replicas": 2, "minReplicas": 2, "maxReplicas": 2}
 
 RUNNING_TIMEOUT_S = 300.0  # a loaded 2-core machine, several e2e runs at once
 ALERT_TIMEOUT_S = 240.0  # for: 15 s, plus scrapes, evaluations and the operator's reconciles under load
+SETTLE_S = 5.0  # several rule evaluations (1 s apart) after Prometheus has scraped a change
 
 
 def staged_job(
@@ -160,6 +161,14 @@ def staged(
         kube.apply(staged_job(jobs["idle"], namespace, pool, utilization="0"))
         for name in jobs.values():
             wait_running(kube, namespace, name, 2)
+        # Prometheus sees every worker running; then a few evaluations resolve what a slow start (one worker
+        # running before the other, a wait in the queue) may have fired, so the tests read steady alerts.
+        all_running = (
+            f'count(kubefit_trainingjob_workers{{namespace="{namespace}",state="running"}} == 2) == 3'
+        )
+        seen = seen_by_prometheus(prometheus, all_running)
+        wait_for("Prometheus to see every staged worker running", seen, 120, interval=1.0)
+        time.sleep(SETTLE_S)
         yield namespace, jobs
     finally:
         kube.run("delete", "trainingjobs", "--all", "-n", namespace, "--wait=false", check=False)
@@ -211,6 +220,7 @@ def test_overprovisioned_and_idle_jobs_fire_their_alerts_and_a_healthy_job_fires
         f'kubefit_trainingjob_workers{{namespace="{namespace}",name="{jobs["healthy"]}",state="running"}} == 2',
     )
     wait_for("Prometheus to see the healthy job's 2 running workers", healthy, 120, interval=1.0)
+    time.sleep(SETTLE_S)
     deadline = time.monotonic() + 3 * FOR_SECONDS + 10
     while time.monotonic() < deadline:
         assert job_alerts(prometheus.alerts(), namespace, jobs["healthy"]) == set()
