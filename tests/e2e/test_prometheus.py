@@ -15,9 +15,13 @@ annotations (sandbox.kubefit.dev/gpu-utilization).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +37,7 @@ from operator_support import (
     running_names,
     wait_for,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_support import (
     Prometheus,
     PrometheusError,
@@ -47,7 +52,7 @@ from prometheus_support import (
 from kubefit_sandbox.controlplane import Sandbox
 from kubefit_sandbox.kubeclient import core_api, new_api_client
 from kubefit_sandbox.nodes import remove_node
-from kubefit_sandbox.telemetry import UTILIZATION_ANNOTATION, read_telemetry_url
+from kubefit_sandbox.telemetry import MEMORY_USED_ANNOTATION, UTILIZATION_ANNOTATION, read_telemetry_url
 
 pytestmark = pytest.mark.e2e
 
@@ -306,3 +311,93 @@ def test_a_partial_gang_holding_accelerators_fires_its_alert(
         f'kubefit_trainingjob_accelerators{{namespace="{namespace}",name="gang",state="allocated"}}'
     )
     assert finite_values(held) == [8.0]
+
+
+# ---------------------------------------------------------------------------------------------- the telemetry
+
+
+def gpus_of(url: str, node: str) -> dict[str, dict[str, tuple[float, dict[str, str]]]]:
+    """GPU index -> metric -> (value, labels) of one node, from a scrape of the sandbox's telemetry."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, dict[str, tuple[float, dict[str, str]]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels["Hostname"] == node:
+                found.setdefault(sample.labels["gpu"], {})[sample.name] = (sample.value, sample.labels)
+    return found
+
+
+def gpu_pod(
+    name: str, namespace: str, pool: PrivatePool, gpus: int, annotations: dict[str, str]
+) -> dict[str, Any]:
+    resources = {"limits": {"nvidia.com/gpu": str(gpus)}}
+    return pool.pin({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "annotations": {**FAST_SHUTDOWN, **annotations}},
+        "spec": {"containers": [{"name": "main", "image": "ghcr.io/acme/train:1", "resources": resources}]},
+    })  # fmt: skip
+
+
+def test_the_sandbox_names_its_telemetry_address_and_serves_each_pods_gpus(
+    sandbox: Sandbox, kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]
+) -> None:
+    command = [
+        str(Path(sys.executable).with_name("kubefit-sandbox")),
+        "--state-dir",
+        str(sandbox.state_dir),
+        "telemetry",
+    ]
+    printed = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    url = printed.stdout.strip()
+    assert url == read_telemetry_url(sandbox.state_dir) and url.startswith("http://127.0.0.1:")
+
+    pool = add_pool(PoolNodes("nvidia-h100-80gb", nodes=1, per_node=8))
+    node = pool.nodes[0]
+    assert sorted(gpus_of(url, node), key=int) == [str(index) for index in range(8)]
+    kube.apply(
+        gpu_pod(
+            "staged", namespace, pool, 2, {UTILIZATION_ANNOTATION: "0.25", MEMORY_USED_ANNOTATION: "10Gi"}
+        )
+    )
+    kube.apply(gpu_pod("mistyped", namespace, pool, 1, {UTILIZATION_ANNOTATION: "lots"}))
+
+    def held() -> dict[str, str] | None:
+        holders = {
+            gpu: metrics["DCGM_FI_DEV_GPU_UTIL"][1].get("pod", "")
+            for gpu, metrics in gpus_of(url, node).items()
+        }
+        return holders if sorted(holders.values()).count("") == 5 else None
+
+    holders = wait_for("3 GPUs held in the telemetry", held, 120, interval=1.0)
+    staged = [gpu for gpu, pod in holders.items() if pod == "staged"]
+    mistyped = [gpu for gpu, pod in holders.items() if pod == "mistyped"]
+    assert len(staged) == 2 and len(mistyped) == 1
+    gpus = gpus_of(url, node)
+    labels = gpus[staged[0]]["DCGM_FI_DEV_GPU_UTIL"][1]
+    assert (labels["namespace"], labels["container"], labels["modelName"]) == (
+        namespace,
+        "main",
+        "NVIDIA H100 80GB HBM3",
+    )
+    assert gpus[staged[0]]["DCGM_FI_DEV_GPU_UTIL"][0] == 25
+    assert gpus[staged[1]]["DCGM_FI_DEV_FB_USED"][0] == 10 * 1024
+    assert gpus[mistyped[0]]["DCGM_FI_DEV_GPU_UTIL"][0] == 90  # the default, the bad value reported:
+
+    def warning() -> list[dict[str, Any]] | None:
+        events = kube.items("events", namespace)
+        return [event for event in events if event["reason"] == "InvalidSandboxAnnotation"] or None
+
+    (event, *_) = wait_for("an InvalidSandboxAnnotation event", warning, 120, interval=1.0)
+    assert event["involvedObject"]["name"] == "mistyped" and UTILIZATION_ANNOTATION in event["message"]
+
+    kube.run("delete", "pod", "staged", "-n", namespace, "--wait=true", "--timeout=120s")
+    wait_for(
+        "the deleted pod's GPUs free",
+        lambda: (
+            "staged" not in {m["DCGM_FI_DEV_GPU_UTIL"][1].get("pod") for m in gpus_of(url, node).values()}
+        ),
+        60,
+        interval=1.0,
+    )
