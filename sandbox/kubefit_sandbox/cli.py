@@ -381,7 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     kubectl.set_defaults(handler=_kubectl)
 
     add_node_commands(actions)
+    _add_pod_commands(actions)
+    return parser
 
+
+def _add_pod_commands(actions: Any) -> None:
+    """`logs` (a process pod's output) and `telemetry` (the address of the pods' GPU telemetry)."""
     logs = actions.add_parser("logs", help="print a process pod's output (stdout and stderr)")
     logs.add_argument("pod", metavar="NAMESPACE/POD")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the process exits")
@@ -391,7 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
         "telemetry", help="print the URL of the simulated GPUs' dcgm-exporter-shaped /metrics"
     )
     telemetry.set_defaults(handler=_telemetry)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
