@@ -446,6 +446,84 @@ def run(grid: list[Setup], out: Path, budget_s: float) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- rows for the calibration loader
+
+SOURCE_KEY = "kubefit-gpu-grid"
+OPTIMIZER_IN_API = {"paged-adamw": "adamw", "paged-adamw-8bit": "adamw-8bit"}
+
+
+def _architecture(model: str) -> dict[str, int]:
+    shape = MODELS[model]
+    return {
+        "layers": shape["num_hidden_layers"],
+        "hiddenSize": shape["hidden_size"],
+        "attentionHeads": shape["num_attention_heads"],
+        "kvHeads": shape["num_key_value_heads"],
+        "intermediateSize": shape["intermediate_size"],
+        "vocabSize": shape["vocab_size"],
+    }
+
+
+def _assumed(setup: Setup) -> list[str]:
+    notes = []
+    if setup.finetuning != "full":
+        notes.append(f"LoRA r={setup.lora_rank} on {', '.join(LORA_TARGETS)} (trainableParameters counted)")
+    if setup.finetuning == "qlora":
+        notes.append("Hugging Face QLoRA recipe: nf4 + double quantisation, bf16 compute, "
+                     "prepare_model_for_kbit_training (embeddings, head and norms upcast to fp32)")  # fmt: skip
+    if setup.optimizer in OPTIMIZER_IN_API:
+        notes.append(f"{setup.optimizer}: bitsandbytes paged states (CUDA managed memory), stated as "
+                     f"{OPTIMIZER_IN_API[setup.optimizer]}")  # fmt: skip
+    return notes
+
+
+def calibration_row(number: int, row: dict[str, Any], environment: dict[str, Any]) -> dict[str, Any]:
+    """One measured row in the form of benchmarks/data/*rows.yaml, compared as the whole-device peak."""
+    setup = Setup(**row["setup"])
+    versions = environment["versions"]
+    source = (
+        f"kubefit benchmarks/gpu_memory_grid.py on {environment['device']} (CUDA {environment['cuda']}, "
+        f"torch {versions['torch']}, transformers {versions['transformers']}, peft {versions['peft']}, "
+        f"bitsandbytes {versions['bitsandbytes']}); docs/data/gpu-measurements.md"
+    )
+    model: dict[str, Any] = {"parameters": row["parameters"], "architecture": _architecture(setup.model),
+                             "precision": setup.precision,
+                             "optimizer": OPTIMIZER_IN_API.get(setup.optimizer, setup.optimizer)}  # fmt: skip
+    if setup.finetuning != "full":
+        model["finetuning"] = {"method": setup.finetuning, "trainableParameters": row["trainable_parameters"]}
+    training = {"microBatchSize": setup.micro_batch, "sequenceLength": setup.sequence,
+                "activationCheckpointing": setup.checkpointing, "attention": setup.attention,
+                "loss": setup.loss}  # fmt: skip
+    result: dict[str, Any] = {"id": f"G{number}", "label": setup.name, "source": source,
+                              "sourceKey": SOURCE_KEY, "device": "nvidia-h200",
+                              "layout": {"devicesPerWorker": 1, "workers": 1}}  # fmt: skip
+    if row["oom"]:
+        result["oom"] = True
+    else:
+        result["measured"] = f"{row['device_peak_bytes'] / GIB:.3f} GiB"
+        result["metric"] = "smi"
+    result.update(
+        {"fully_specified": True, "assumed": _assumed(setup), "spec": {"model": model, "training": training}}
+    )
+    return result
+
+
+def write_rows_yaml(results: Path, target: Path) -> int:
+    """Turns a run's gpu_rows.jsonl (beside its environment.json) into calibration rows."""
+    import yaml
+
+    environment = json.loads((results.parent / "environment.json").read_text())
+    measured = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = [calibration_row(n, row, environment) for n, row in enumerate(measured, 1) if not row["error"]]
+    header = (
+        "# Rows measured by benchmarks/gpu_memory_grid.py (source kubefit-gpu-grid), one per setup; the\n"
+        "# measured figure is the whole-device peak (total - free, as nvidia-smi shows it). Allocated and\n"
+        "# reserved peaks, and how they were read: docs/data/gpu-measurements.md.\n"
+    )
+    target.write_text(header + yaml.safe_dump({"rows": rows}, sort_keys=False, width=110))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-grid-out")))
@@ -454,7 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny models, for a CPU smoke test")
     parser.add_argument("--only", default="", help="run only setups whose name contains this text")
+    parser.add_argument("--rows-from", type=Path, help="write calibration rows from this gpu_rows.jsonl")
+    parser.add_argument("--rows-to", type=Path, default=Path("benchmarks/data/gpu_grid_rows.yaml"))
     args = parser.parse_args(argv)
+    if args.rows_from:
+        return write_rows_yaml(args.rows_from, args.rows_to)
     grid = tiny_grid() if args.tiny else gpu_grid()
     grid = [setup for setup in grid if args.only in setup.name]
     sys.setswitchinterval(0.001)  # let the sampling thread in between kernel launches

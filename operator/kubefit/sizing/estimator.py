@@ -40,9 +40,10 @@ OPTIMIZER_STATES = {
     "sgd": 0.0,
     "sgd-momentum": 1.0,  # momentum_buffer
     "lion": 1.0,  # exp_avg only (Chen et al. 2023)
-    # Factored second moment: rows + cols per matrix, ~0.001 B/param at h = 4096; the 1.0 makes room
-    # for the optional first moment (beta1) that T5X and many HF recipes enable.
-    "adafactor": 1.0,
+    # Factored second moment: rows + cols per matrix, ~0.001 B/param at h = 4096, and no first moment
+    # (beta1 = None is the default of torch.optim.Adafactor and transformers' Adafactor); measured on an
+    # H200: no parameter-sized state (docs/data/gpu-measurements.md).
+    "adafactor": 0.0,
 }
 # bitsandbytes 8-bit AdamW: two 1-byte states per parameter whatever the precision (Dettmers et al.
 # 2022); block-wise fp32 absmax adds 4/2048 B per state, negligible.
@@ -63,12 +64,16 @@ QLORA_DEQUANT_COPIES = 2
 # log-softmax output kept for the backward (4, vram.asmirnov "x 2") + fp32 gradient materialised by a
 # non-fused cross-entropy (4).
 LOGITS_BYTES_PER_ELEMENT = 12
-# training.loss chunked (torchtune CEWithChunkedOutputLoss, fused linear cross-entropy): the logits are
-# held in the compute dtype (the activation element size) and only one chunk at a time is upcast to fp32
-# with its fp32 gradient (4 + 4 bytes). torchtune's default is num_output_chunks = 8; fused
-# linear-cross-entropy kernels hold less still, so this is an upper bound for them.
+# training.loss chunked (torchtune CEWithChunkedOutputLoss): the output projection runs per chunk and every
+# chunk's logits stay in the compute dtype until the loss returns; each chunk is upcast to fp32 in its
+# cross-entropy, whose log-softmax output (4 bytes) is saved for the backward, so all chunks' fp32
+# log-softmax outputs coexist; one chunk's fp32 upcast (4) is in flight. Measured on an H200 with
+# torchtune's algorithm (docs/data/gpu-measurements.md): e + 4 + 4/8 bytes per element. torchtune's
+# default is num_output_chunks = 8; fused linear-cross-entropy kernels hold less, so this is an upper
+# bound for them.
 LOSS_CHUNKS = 8
-CHUNK_FP32_BYTES_PER_ELEMENT = 8
+CHUNK_SAVED_FP32_BYTES = 4
+CHUNK_FP32_BYTES_PER_ELEMENT = 4
 # Flash/SDPA keep the fp32 log-sum-exp per query and head: 4 bytes x a x s x b.
 SOFTMAX_STATS_BYTES = 4
 DROPOUT_MASK_BYTES = 1  # Korthikanti et al. count dropout masks as one byte per element
@@ -201,44 +206,111 @@ class LayerRun:
     attention: str = "sdpa"
     checkpointing: str = "none"
     element_bytes: int = HALF_BYTES  # of a saved activation (the compute dtype)
+    # The residual stream between layers: fp32 under torch autocast over fp32 parameters (see
+    # residual_stream), else the compute dtype.
+    stream_bytes: int = HALF_BYTES
+    # Compute-dtype copies autocast makes of each projection's fp32 input and saves for the backward:
+    # one per projection under autocast, two under the QLoRA recipe (the nf4 layer's and the adapter's).
+    input_copies: int = 1
+
+
+def dropout_mask_bytes(shape: ModelShape) -> int:
+    """Bytes per element of a hidden-state dropout mask: Korthikanti's GPT keeps one per dropout; the
+    gated-MLP families (Llama, Mistral, Qwen, Gemma) train without hidden dropout (their config.json has
+    no hidden dropout, attention_dropout 0.0), and the H200 measurements show no mask."""
+    return 0 if shape.gated_mlp else DROPOUT_MASK_BYTES
+
+
+def _norm_and_projection_inputs(shape: ModelShape, run: LayerRun) -> float:
+    """Bytes per token x hidden for the two norms and the inputs of the projections they feed.
+
+    Megatron-style LayerNorm over a 16-bit stream (Korthikanti et al.): each norm keeps its input and the
+    projection after it keeps the norm's output, 2e each (4e). The RMSNorm of gated-MLP models (Llama in
+    transformers, torchtune, litgpt) upcasts its input to fp32 and keeps it (4 B) with the normalised
+    output (the stream's size) before the weight multiply. Over an fp32 stream whose projections run in
+    16 bits (torch autocast), every projection saves its own 16-bit copy of the input: q, k, v and the
+    MLP's gate and up (or its single input projection) each get one.
+    """
+    e, stream = run.element_bytes, run.stream_bytes
+    attention_inputs, mlp_inputs = (3, 2) if shape.gated_mlp else (1, 1)
+    if stream == e:
+        projection_inputs = 2 * e  # one shared input per sublayer
+    else:
+        projection_inputs = (attention_inputs + mlp_inputs) * e * run.input_copies
+    if shape.gated_mlp:  # RMSNorm: the fp32 input and the normalised output, per norm
+        return 2 * (FP32_BYTES + stream) + projection_inputs
+    return 2 * stream + projection_inputs
+
+
+def _attention_scores_bytes(shape: ModelShape, run: LayerRun) -> float:
+    """The attention's own saved tensors beyond Q, K, V and the output, per sequence of the batch."""
+    s, b = run.sequence, run.micro_batch
+    if run.attention == "eager":
+        # softmax output + dropout output (e bytes each) + dropout mask, a x s x s per sequence.
+        return shape.heads * s * s * b * (2 * run.element_bytes + DROPOUT_MASK_BYTES)
+    if run.element_bytes == FP32_BYTES and shape.kv_heads < shape.heads:
+        # fp32 with grouped KV heads: flash attention takes no fp32 and the memory-efficient kernel no
+        # grouped KV heads, so SDPA falls back to its math path and keeps the fp32 softmax (measured on an
+        # H200: docs/data/gpu-measurements.md).
+        return shape.heads * s * s * b * FP32_BYTES
+    return shape.heads * s * b * SOFTMAX_STATS_BYTES
 
 
 def layer_activation_bytes(shape: ModelShape, run: LayerRun) -> float:
     """Bytes one transformer layer keeps for its backward pass (Korthikanti et al. 2022, section 4 and
-    Table 2), generalised to grouped-query attention and gated MLPs.
+    Table 2), generalised to grouped-query attention, gated MLPs with RMSNorm and an fp32 stream.
 
-    With ffn = 4h, kvHeads = heads, 2-byte activations, eager attention and no checkpointing this is
-    sbh(34 + 5as/h); selective recompute drops the attention-score term (sbh * 34); full recompute keeps
-    only the layer input, 2sbh. Tensor parallelism is taken with sequence parallelism (Table 2, "tensor +
-    sequence parallel"), which divides every term by t, as Megatron-LM and torchtitan run it.
+    With ffn = 4h, kvHeads = heads, LayerNorm, 2-byte activations, eager attention and no checkpointing
+    this is sbh(34 + 5as/h); selective recompute drops the attention-score term (sbh * 34); full
+    recompute keeps only the layer input (the stream's element size). Tensor parallelism is taken with
+    sequence parallelism (Table 2, "tensor + sequence parallel"), which divides every term by t, as
+    Megatron-LM and torchtitan run it.
     """
     s, b, h, e = run.sequence, run.micro_batch, shape.hidden, run.element_bytes
     sbh = s * b * h
     if run.checkpointing == "full":
-        return e * sbh / run.tensor_parallel
+        return run.stream_bytes * sbh / run.tensor_parallel
     kv_ratio = shape.kv_heads / shape.heads
     ffn_ratio = shape.ffn / h
-    # Two norm inputs, the QKV input, the attention-output and MLP-output dropout masks.
-    layer: float = sbh * (3 * e + 2 * DROPOUT_MASK_BYTES)
+    # The norms and the projection inputs they feed; the attention-output and MLP-output dropout masks.
+    layer: float = sbh * (_norm_and_projection_inputs(shape, run) + 2 * dropout_mask_bytes(shape))
     # Q, K, V (K and V shrink with GQA) and the output-projection input.
     layer += sbh * e * (1 + 2 * kv_ratio + 1)
-    # MLP: its input, then GeLU input and output; or gate, up, activation and product when gated.
-    layer += sbh * e * (1 + ffn_ratio * (4 if shape.gated_mlp else 2))
+    # MLP: GeLU input and output; or gate, up, activation and product when gated (the MLP's input is
+    # counted with the norms).
+    layer += sbh * e * ffn_ratio * (4 if shape.gated_mlp else 2)
     if run.checkpointing == "none":
-        if run.attention == "eager":
-            # softmax output + dropout output (e bytes each) + dropout mask, a x s x s per sequence.
-            layer += shape.heads * s * s * b * (2 * e + DROPOUT_MASK_BYTES)
-        else:
-            layer += shape.heads * s * b * SOFTMAX_STATS_BYTES
+        layer += _attention_scores_bytes(shape, run)
     return layer / run.tensor_parallel
+
+
+def residual_stream(precision: str, finetuning: str, sharding: str) -> tuple[int, int]:
+    """(stream bytes, compute-dtype input copies per projection) of a training setup.
+
+    fp32 trains in fp32 throughout. Mixed precision on one device or under plain data parallelism is torch
+    autocast over fp32 parameters: the embedding output and so the residual stream stay fp32 and each
+    projection casts its input. Sharded mixed precision (FSDP MixedPrecision, DeepSpeed, Megatron) computes
+    on 16-bit parameters, and a LoRA base is loaded in 16 bits, so their stream is 16-bit. The QLoRA recipe
+    (PEFT prepare_model_for_kbit_training) upcasts every non-quantised parameter to fp32, so under autocast
+    its stream is fp32 too, and both the nf4 layer and its adapter cast the input.
+    """
+    if precision == "fp32":
+        return FP32_BYTES, 0
+    if precision not in MIXED_PRECISIONS:
+        return HALF_BYTES, 0
+    if finetuning == "qlora":
+        return FP32_BYTES, 2
+    if finetuning == "full" and sharding == "none":
+        return FP32_BYTES, 1
+    return HALF_BYTES, 0
 
 
 def logits_bytes_per_element(loss: str, element_bytes: int = HALF_BYTES) -> float:
     """Bytes per logit element (token x vocabulary entry) at the peak: standard cross-entropy holds fp32
-    logits, their log-softmax and gradient (12); a chunked loss the compute-dtype logits plus one chunk's
-    fp32 copy and gradient."""
+    logits, their log-softmax and gradient (12); a chunked loss keeps every chunk's compute-dtype logits
+    and fp32 log-softmax until the loss returns, with one chunk's fp32 upcast in flight."""
     if loss == "chunked":
-        return element_bytes + CHUNK_FP32_BYTES_PER_ELEMENT / LOSS_CHUNKS
+        return element_bytes + CHUNK_SAVED_FP32_BYTES + CHUNK_FP32_BYTES_PER_ELEMENT / LOSS_CHUNKS
     return LOGITS_BYTES_PER_ELEMENT
 
 
@@ -457,8 +529,11 @@ def _adapter_states(
 def _frozen_base_bytes(spec: TrainingJobSpec, share: _StageShare) -> float:
     frozen = share.parameters
     if spec.model.finetuning.method == "qlora":
+        # The embeddings and head are not quantised; the QLoRA recipe under autocast (PEFT
+        # prepare_model_for_kbit_training) upcasts them to fp32, bf16-true keeps them in 16 bits.
         frozen_embeddings = share.embeddings / spec.training.tensor_parallel
-        return (frozen - frozen_embeddings) * NF4_BYTES + frozen_embeddings * HALF_BYTES
+        embedding_bytes = FP32_BYTES if spec.model.precision in MIXED_PRECISIONS else HALF_BYTES
+        return (frozen - frozen_embeddings) * NF4_BYTES + frozen_embeddings * embedding_bytes
     return frozen * (FP32_BYTES if spec.model.precision == "fp32" else HALF_BYTES)
 
 
@@ -505,10 +580,12 @@ class _Transient:
 
     activations: float
     logits: float
+    unplaced: float = 0.0  # reserved beside the freed logits' blocks, not in them (full recompute)
 
 
 def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _Transient:
     training = spec.training
+    stream, copies = residual_stream(spec.model.precision, spec.model.finetuning.method, training.sharding)
     run = LayerRun(
         sequence=training.sequence_length,
         micro_batch=training.micro_batch_size,
@@ -516,18 +593,26 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
         attention=training.attention,
         checkpointing=training.activation_checkpointing,
         element_bytes=activation_element_bytes(spec.model.precision),
+        stream_bytes=stream,
+        input_copies=copies,
     )
     saved = _saved_activations(shape, run, training.pipeline_parallel, stage)
-    head = _output_head(shape, run, training.loss) if stage in ("only", "last") else _Transient(0.0, 0.0)
+    head = _Transient(0.0, 0.0)
+    if stage in ("only", "last"):
+        head = _output_head(shape, run, training.loss, _head_weight_copies(spec))
     activations = saved + head.activations
+    unplaced = 0.0
     if run.checkpointing == "full":
         # The layer being recomputed holds its full activations during its backward. The backward
         # reaches the last layer only after the loss and output projection have run theirs, which frees
-        # the logits, so the recomputed layer and the logits are never alive together: only its excess
-        # over the logits raises the peak.
+        # the logits, so the recomputed layer and the logits are never allocated together: only its excess
+        # over the logits raises the allocated peak. The allocator keeps the logits' freed blocks
+        # reserved and places the recomputed layer beside them (measured on an H200), so the rest of the
+        # layer still adds to the reserved peak.
         recomputed = layer_activation_bytes(shape, replace(run, checkpointing="none"))
         activations += max(0.0, recomputed - head.logits)
-    return _Transient(activations, head.logits)
+        unplaced = min(recomputed, head.logits)
+    return _Transient(activations, head.logits, unplaced)
 
 
 def _saved_activations(shape: ModelShape, run: LayerRun, pipeline_parallel: int, stage: str) -> float:
@@ -538,15 +623,26 @@ def _saved_activations(shape: ModelShape, run: LayerRun, pipeline_parallel: int,
     activations = in_flight * layers_on_stage * layer_activation_bytes(shape, run)
     if stage in ("only", "first"):
         tokens = run.sequence * run.micro_batch
-        activations += in_flight * tokens * shape.hidden * DROPOUT_MASK_BYTES / run.tensor_parallel
+        activations += in_flight * tokens * shape.hidden * dropout_mask_bytes(shape) / run.tensor_parallel
     return activations
 
 
-def _output_head(shape: ModelShape, run: LayerRun, loss: str) -> _Transient:
-    """On the last stage: the final-norm and output-projection inputs, and the logits."""
+def _head_weight_copies(spec: TrainingJobSpec) -> int:
+    """Compute-dtype copies of the output head's weight saved for the backward. Autocast caches the cast
+    of a trainable weight once per forward, but a frozen one is cast at every call; under the QLoRA recipe
+    the frozen head is fp32, so each call of the head (one per loss chunk) saves a 16-bit copy."""
+    if spec.model.finetuning.method != "qlora" or spec.model.precision not in MIXED_PRECISIONS:
+        return 0
+    return LOSS_CHUNKS if spec.training.loss == "chunked" else 1
+
+
+def _output_head(shape: ModelShape, run: LayerRun, loss: str, head_copies: int = 0) -> _Transient:
+    """On the last stage: the final-norm and output-projection inputs (the norm's fp32 input and its
+    output), the logits and any compute-dtype copies of the head's weight."""
     tokens = run.sequence * run.micro_batch
-    inputs = 2 * run.element_bytes * tokens * shape.hidden / run.tensor_parallel
+    inputs = (FP32_BYTES + run.stream_bytes) * tokens * shape.hidden / run.tensor_parallel
     logits = tokens * shape.vocab / run.tensor_parallel * logits_bytes_per_element(loss, run.element_bytes)
+    logits += head_copies * shape.embedding_parameters() / run.tensor_parallel * HALF_BYTES
     return _Transient(inputs, logits)
 
 
@@ -585,14 +681,20 @@ def _gathered_units(
     return gathered * on_device.gathered_bytes + gradients
 
 
-def _step_temporaries(offloaded: _Offloaded, sharding: _Sharding, transient: _Transient) -> float:
-    """The optimizer step's intermediates, beyond the activations and logits already freed by then."""
+def _step_temporaries(
+    offloaded: _Offloaded, sharding: _Sharding, transient: _Transient, autocast_weights: bool
+) -> float:
+    """The optimizer step's intermediates beyond the memory freed by then that they can reuse: the saved
+    activations (many blocks of layer size) and, under torch autocast, the 16-bit weight copies. The
+    logits' few large blocks stay reserved through the step (measured on an H200), so they are not
+    counted as room for it."""
     if not offloaded.step_on_device:
         return 0.0
     temporary = (
         offloaded.on_device.trainable * sharding.per_parameter.step_temporary / sharding.optimizer_shards
     )
-    return max(0.0, temporary - transient.activations - transient.logits)
+    freed = transient.activations + (offloaded.on_device.weights if autocast_weights else 0.0)
+    return max(0.0, temporary - freed)
 
 
 @dataclass(frozen=True)
@@ -611,7 +713,8 @@ class _Overheads:
 
 def _overheads(device: Accelerator, step: float, communication: float, transient: _Transient) -> _Overheads:
     runtime_reserve = RUNTIME_RESERVE.get(device.vendor, DEFAULT_RUNTIME_RESERVE)
-    fragmentation = FRAGMENTATION_FRACTION * (transient.activations + transient.logits + communication + step)
+    allocated = transient.activations + transient.logits + communication + step
+    fragmentation = FRAGMENTATION_FRACTION * allocated + transient.unplaced
     return _Overheads(round(runtime_reserve), round(step), round(communication), round(fragmentation))
 
 
@@ -632,9 +735,11 @@ def _stage_estimate(
     offloaded = _offload(spec.training.offload, sharding.strategy, states)
     transient = _transient_memory(spec, resolved.shape, stage)
     communication = _communication_buffers(spec, resolved.shape, share, sharding, offloaded.on_device)
-    overheads = _overheads(
-        device, _step_temporaries(offloaded, sharding, transient), communication, transient
-    )
+    autocast_weights = residual_stream(
+        spec.model.precision, spec.model.finetuning.method, sharding.strategy
+    ) == (FP32_BYTES, 1)
+    step = _step_temporaries(offloaded, sharding, transient, autocast_weights)
+    overheads = _overheads(device, step, communication, transient)
     on_device = offloaded.on_device
     return Estimate(
         weights=round(on_device.weights),
