@@ -136,6 +136,20 @@ def _medium_full(medium: Setup) -> list[Setup]:
     return grid
 
 
+def second_grid() -> list[Setup]:
+    """QLoRA and LoRA with every parameter in bf16 (torchtune's and litgpt's way), no autocast."""
+    big = Setup("bigvocab", precision="bf16-true", finetuning="qlora", micro_batch=2, sequence=2048)
+    grid = [
+        replace(big, checkpointing=c, loss=loss) for c in ("full", "none") for loss in ("standard", "chunked")
+    ]
+    medium = replace(big, model="medium", micro_batch=4)
+    grid += [
+        replace(medium, finetuning=f, checkpointing=c) for f in ("qlora", "lora") for c in ("none", "full")
+    ]
+    grid += [replace(big, finetuning="lora", checkpointing="full"), replace(big, finetuning="lora")]
+    return grid
+
+
 def tiny_grid() -> list[Setup]:
     """A CPU smoke test of every code path."""
     tiny = Setup("tiny", micro_batch=2, sequence=64, steps=2)
@@ -147,6 +161,7 @@ def tiny_grid() -> list[Setup]:
         replace(tiny, finetuning="lora"),
         replace(tiny, model="tinyvocab", finetuning="lora", checkpointing="full", loss="chunked"),
         replace(tiny, finetuning="qlora"),
+        replace(tiny, finetuning="qlora", precision="bf16-true", loss="chunked"),
         replace(tiny, optimizer="adamw-8bit"),
     ]
 
@@ -249,12 +264,14 @@ def _with_lora(model: Any, setup: Setup) -> Any:
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=setup.lora_rank, lora_alpha=2 * setup.lora_rank, target_modules=LORA_TARGETS)
-    return get_peft_model(model, lora)
+    # peft upcasts adapters of a 16-bit base to fp32 for autocast; bf16-true keeps them in bf16.
+    return get_peft_model(model, lora, autocast_adapter_dtype=setup.precision != "bf16-true")
 
 
 def _qlora_model(setup: Setup, config: Any, scratch: Path) -> tuple[Any, int]:
     """The Hugging Face QLoRA recipe: nf4 with double quantisation and bf16 compute
-    (BitsAndBytesConfig), prepare_model_for_kbit_training, then LoRA on every projection."""
+    (BitsAndBytesConfig), prepare_model_for_kbit_training (not under bf16-true), then LoRA on every
+    projection."""
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig, LlamaForCausalLM
 
@@ -275,7 +292,10 @@ def _qlora_model(setup: Setup, config: Any, scratch: Path) -> tuple[Any, int]:
         saved, quantization_config=quantisation, dtype=torch.bfloat16, device_map={"": _device()},
         attn_implementation=setup.attention,
     )  # fmt: skip
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=setup.checkpointing == "full")
+    if setup.precision != "bf16-true":  # bf16-true keeps the unquantised parameters in bf16 (torchtune)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=setup.checkpointing == "full"
+        )
     return _with_lora(model, setup), parameters
 
 
@@ -307,7 +327,7 @@ def build_optimizer(setup: Setup, parameters: list[torch.nn.Parameter]) -> torch
 
 
 def _autocast(setup: Setup) -> contextlib.AbstractContextManager[Any]:
-    if setup.precision in ("bf16-mixed", "fp16-mixed") or setup.finetuning == "qlora":
+    if setup.precision in ("bf16-mixed", "fp16-mixed"):
         dtype = torch.float16 if setup.precision == "fp16-mixed" else torch.bfloat16
         return torch.autocast(_device().type, dtype=dtype)
     return contextlib.nullcontext()
@@ -438,6 +458,7 @@ def run(grid: list[Setup], out: Path, budget_s: float) -> int:
                 print(f"budget of {budget_s:.0f}s spent: {len(grid) - index} setups not run", flush=True)
                 break
             row = measure(setup, scratch)
+            row["setups_before_in_process"] = index
             rows.write(json.dumps(row) + "\n")
             rows.flush()
             os.fsync(rows.fileno())
@@ -468,7 +489,10 @@ def _assumed(setup: Setup) -> list[str]:
     notes = []
     if setup.finetuning != "full":
         notes.append(f"LoRA r={setup.lora_rank} on {', '.join(LORA_TARGETS)} (trainableParameters counted)")
-    if setup.finetuning == "qlora":
+    if setup.finetuning == "qlora" and setup.precision == "bf16-true":
+        notes.append("QLoRA: nf4 + double quantisation, bf16 compute, unquantised parameters kept in bf16 "
+                     "(no prepare_model_for_kbit_training, no autocast)")  # fmt: skip
+    elif setup.finetuning == "qlora":
         notes.append("Hugging Face QLoRA recipe: nf4 + double quantisation, bf16 compute, "
                      "prepare_model_for_kbit_training (embeddings, head and norms upcast to fp32)")  # fmt: skip
     if setup.optimizer in OPTIMIZER_IN_API:
@@ -531,13 +555,14 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=420.0, help="start no setup after this many seconds"
     )
     parser.add_argument("--tiny", action="store_true", help="tiny models, for a CPU smoke test")
+    parser.add_argument("--second", action="store_true", help="the bf16 QLoRA/LoRA grid (second run)")
     parser.add_argument("--only", default="", help="run only setups whose name contains this text")
     parser.add_argument("--rows-from", type=Path, help="write calibration rows from this gpu_rows.jsonl")
     parser.add_argument("--rows-to", type=Path, default=Path("benchmarks/data/gpu_grid_rows.yaml"))
     args = parser.parse_args(argv)
     if args.rows_from:
         return write_rows_yaml(args.rows_from, args.rows_to)
-    grid = tiny_grid() if args.tiny else gpu_grid()
+    grid = tiny_grid() if args.tiny else second_grid() if args.second else gpu_grid()
     grid = [setup for setup in grid if args.only in setup.name]
     sys.setswitchinterval(0.001)  # let the sampling thread in between kernel launches
     return run(grid, args.out, args.budget_s)
