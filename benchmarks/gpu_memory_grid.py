@@ -518,7 +518,8 @@ def calibration_row(number: int, row: dict[str, Any], environment: dict[str, Any
     training = {"microBatchSize": setup.micro_batch, "sequenceLength": setup.sequence,
                 "activationCheckpointing": setup.checkpointing, "attention": setup.attention,
                 "loss": setup.loss}  # fmt: skip
-    result: dict[str, Any] = {"id": f"G{number}", "label": setup.name, "source": source,
+    label = setup.name + (" (first setup of its process)" if row.get("setups_before_in_process") == 0 else "")
+    result: dict[str, Any] = {"id": f"G{number}", "label": label, "source": source,
                               "sourceKey": SOURCE_KEY, "device": "nvidia-h200",
                               "layout": {"devicesPerWorker": 1, "workers": 1}}  # fmt: skip
     if row["oom"]:
@@ -526,19 +527,28 @@ def calibration_row(number: int, row: dict[str, Any], environment: dict[str, Any
     else:
         result["measured"] = f"{row['device_peak_bytes'] / GIB:.3f} GiB"
         result["metric"] = "smi"
-    result.update(
-        {"fully_specified": True, "assumed": _assumed(setup), "spec": {"model": model, "training": training}}
-    )
+    notes = _assumed(setup)
+    if row.get("idle_reserved_bytes"):
+        notes.append(f"{row['idle_reserved_bytes'] / GIB:.2f} GiB of segments cached by earlier setups of the "
+                     "process were reserved at its start (empty_cache could not release them)")  # fmt: skip
+    result.update({"fully_specified": True, "assumed": notes, "spec": {"model": model, "training": training}})
     return result
 
 
-def write_rows_yaml(results: Path, target: Path) -> int:
-    """Turns a run's gpu_rows.jsonl (beside its environment.json) into calibration rows."""
+def write_rows_yaml(results: list[Path], target: Path) -> int:
+    """Turns runs' gpu_rows.jsonl files (each beside its environment.json) into calibration rows,
+    numbered on across the files in the order given."""
     import yaml
 
-    environment = json.loads((results.parent / "environment.json").read_text())
-    measured = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    rows = [calibration_row(n, row, environment) for n, row in enumerate(measured, 1) if not row["error"]]
+    rows: list[dict[str, Any]] = []
+    number = 0
+    for result in results:
+        environment = json.loads((result.parent / "environment.json").read_text())
+        measured = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        for row in measured:
+            number += 1  # a setup that failed for another reason than memory keeps its number, unused
+            if row["oom"] or not row["error"]:
+                rows.append(calibration_row(number, row, environment))
     header = (
         "# Rows measured by benchmarks/gpu_memory_grid.py (source kubefit-gpu-grid), one per setup; the\n"
         "# measured figure is the whole-device peak (total - free, as nvidia-smi shows it). Allocated and\n"
@@ -557,7 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny models, for a CPU smoke test")
     parser.add_argument("--second", action="store_true", help="the bf16 QLoRA/LoRA grid (second run)")
     parser.add_argument("--only", default="", help="run only setups whose name contains this text")
-    parser.add_argument("--rows-from", type=Path, help="write calibration rows from this gpu_rows.jsonl")
+    parser.add_argument(
+        "--rows-from", type=Path, nargs="*", help="write calibration rows from these gpu_rows.jsonl"
+    )
     parser.add_argument("--rows-to", type=Path, default=Path("benchmarks/data/gpu_grid_rows.yaml"))
     args = parser.parse_args(argv)
     if args.rows_from:
