@@ -401,3 +401,34 @@ def test_the_sandbox_names_its_telemetry_address_and_serves_each_pods_gpus(
         60,
         interval=1.0,
     )
+
+
+def test_a_process_pod_reports_the_default_load_on_its_gpus_until_it_exits(
+    sandbox: Sandbox, kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]
+) -> None:
+    # processes: true runs the pod's command as a local process (which uses no GPU): the default applies.
+    url = read_telemetry_url(sandbox.state_dir)
+    assert url
+    pool = add_pool(PoolNodes("nvidia-l4", nodes=1, per_node=4, processes=True))
+    node = pool.nodes[0]
+    pod = gpu_pod("sleeper", namespace, pool, 2, {})
+    pod["spec"]["containers"][0]["command"] = ["sleep", "20"]
+    pod["spec"]["restartPolicy"] = "Never"
+    kube.apply(pod)
+
+    def held() -> list[float] | None:
+        gpus = gpus_of(url, node).values()
+        found = [
+            m["DCGM_FI_DEV_GPU_UTIL"][0] for m in gpus if m["DCGM_FI_DEV_GPU_UTIL"][1].get("pod") == "sleeper"
+        ]
+        return found or None
+
+    assert wait_for("the process pod's GPUs in the telemetry", held, 120, interval=0.5) == [90.0, 90.0]
+    labels = next(iter(gpus_of(url, node).values()))["DCGM_FI_DEV_GPU_UTIL"][1]
+    assert labels["modelName"] == "NVIDIA L4"
+    wait_for(
+        "the pod Succeeded",
+        lambda: (kube.get("pod", "sleeper", namespace) or {}).get("status", {}).get("phase") == "Succeeded",
+        120,
+    )
+    wait_for("its GPUs free once it ended", lambda: held() is None, 60, interval=0.5)
