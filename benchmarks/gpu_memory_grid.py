@@ -558,6 +558,29 @@ def write_rows_yaml(results: list[Path], target: Path) -> int:
     return 0
 
 
+def markdown_table(results: list[Path]) -> str:
+    """The measured peaks of every setup, in GiB, as docs/data/gpu-measurements.md shows them."""
+    lines = [
+        "| row | setup | parameters | trainable | allocated | reserved | device | device - reserved | "
+        "reserved - allocated |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    number = 0
+    for result in results:
+        for text in result.read_text().splitlines():
+            row, number = json.loads(text), number + 1
+            if row["error"] and not row["oom"]:
+                continue
+            alloc, reserved, device = (row[k] / GIB for k in ("max_allocated_bytes", "max_reserved_bytes",
+                                                              "device_peak_bytes"))  # fmt: skip
+            peaks = "OOM | OOM | OOM | - | -" if row["oom"] else (
+                f"{alloc:.2f} | {reserved:.2f} | {device:.2f} | {device - reserved:.3f} | {reserved - alloc:.2f}")  # fmt: skip
+            first = " (first in process)" if row.get("setups_before_in_process") == 0 else ""
+            lines.append(f"| G{number} | {row['name']}{first} | {row['parameters']:,} | "
+                         f"{row['trainable_parameters']:,} | {peaks} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-grid-out")))
@@ -571,7 +594,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rows-from", type=Path, nargs="*", help="write calibration rows from these gpu_rows.jsonl"
     )
     parser.add_argument("--rows-to", type=Path, default=Path("benchmarks/data/gpu_grid_rows.yaml"))
+    parser.add_argument("--table", action="store_true", help="with --rows-from: print the markdown table")
     args = parser.parse_args(argv)
+    if args.rows_from and args.table:
+        print(markdown_table(args.rows_from), end="")
+        return 0
     if args.rows_from:
         return write_rows_yaml(args.rows_from, args.rows_to)
     grid = tiny_grid() if args.tiny else second_grid() if args.second else gpu_grid()
