@@ -148,6 +148,7 @@ def test_per_parameter_bytes_follow_the_published_accounting() -> None:
     assert sum(vars(state_bytes("fp32", "adamw")).values()) - 4 == 16  # 4 + 4 + 8, plus a 4 B step temporary
     assert state_bytes("bf16-mixed", "adamw-8bit").optimizer == 6  # EleutherAI: 4 + 1 + 1
     assert state_bytes("bf16-mixed", "sgd-momentum").optimizer == 8  # EleutherAI: 4 + 4
+    assert state_bytes("bf16-mixed", "sgd-momentum").step_temporary == 0  # in-place momentum update
     assert state_bytes("bf16-true", "adamw").optimizer == 4  # bf16 states, no master copy
     assert state_bytes("fp32", "sgd").optimizer == 0
 

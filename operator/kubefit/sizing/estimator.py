@@ -48,8 +48,10 @@ OPTIMIZER_STATES = {
 # bitsandbytes 8-bit AdamW: two 1-byte states per parameter whatever the precision (Dettmers et al.
 # 2022); block-wise fp32 absmax adds 4/2048 B per state, negligible.
 ADAMW_8BIT_STATE_BYTES = 2.0
-# Optimizers whose foreach/for-loop step needs no parameter-sized intermediate.
-NO_STEP_TEMPORARY = ("sgd", "adamw-8bit")
+# Optimizers whose foreach/for-loop step needs no parameter-sized intermediate. SGD with momentum
+# updates its buffer and the parameters in place (torch.optim.SGD without nesterov); measured on an H200,
+# its first step peaked at parameters + gradients + momentum exactly (docs/data/gpu-measurements.md, G31).
+NO_STEP_TEMPORARY = ("sgd", "sgd-momentum", "adamw-8bit")
 
 # QLoRA nf4 with double quantisation: 4 bits + 0.127 bits of constants per parameter (Dettmers et al.
 # 2023, QLoRA paper section 3). Embeddings and the output head stay in 16 bits.
