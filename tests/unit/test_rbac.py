@@ -139,6 +139,45 @@ def client_permissions(source: str, namespace: dict[str, Any]) -> set[Permission
     return found
 
 
+# kube.py may also call the API server through its own REST helper: self._call("METHOD", <path>, ...),
+# the path built by _job_path(namespace, name) (the TrainingJob; + "/status" for its subresource) or
+# _core_path(namespace, "<plural>"[, name]) (core v1). A GET of a path without a name would be a list.
+REST_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def _rest_resource(path: ast.expr, namespace: dict[str, Any]) -> tuple[str, str, bool]:
+    """(apiGroup, resource, names one object) of a path expression; fails on a shape it does not know."""
+    if isinstance(path, ast.BinOp) and isinstance(path.op, ast.Add) and isinstance(path.right, ast.Constant):
+        group, resource, named = _rest_resource(path.left, namespace)
+        return group, f"{resource}{path.right.value}", named
+    if isinstance(path, ast.Call) and isinstance(path.func, ast.Name):
+        if path.func.id == "_job_path":
+            return namespace["GROUP"], namespace["PLURAL"], True
+        if path.func.id == "_core_path":
+            plural = _resolve(path.args[1], namespace)
+            assert isinstance(plural, str), ast.unparse(path)
+            return "", plural, len(path.args) > 2
+    raise AssertionError(f"cannot tell the resource of {ast.unparse(path)}: teach _rest_resource its shape")
+
+
+def rest_permissions(source: str, namespace: dict[str, Any]) -> set[Permission]:
+    """Every `self._call("METHOD", path, ...)`, as permissions."""
+    found: set[Permission] = set()
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr != "_call" or not (
+            isinstance(node.func.value, ast.Name) and node.func.value.id == "self"
+        ):
+            continue
+        method = _resolve(node.args[0], namespace)
+        assert method in REST_VERBS, f"{ast.unparse(node)}: say which verb {method!r} is"
+        group, resource, named = _rest_resource(node.args[1], namespace)
+        verb = "list" if REST_VERBS[method] == "get" and not named else REST_VERBS[method]
+        found.add((group, resource, verb))
+    return found
+
+
 def _module_namespace(module: Any) -> dict[str, Any]:
     return {name: getattr(module, name) for name in dir(module)}
 
@@ -204,7 +243,8 @@ def _read(path: Path) -> str:
 
 def used_permissions(watch_namespaces: bool) -> tuple[set[Permission], set[Permission]]:
     """(namespaced, cluster-scoped) permissions the operator uses, derived from its code."""
-    used = client_permissions(_read(CONTROLLER / "kube.py"), _module_namespace(kube_module))
+    kube_source, kube_names = _read(CONTROLLER / "kube.py"), _module_namespace(kube_module)
+    used = client_permissions(kube_source, kube_names) | rest_permissions(kube_source, kube_names)
     used |= kopf_handler_permissions(_read(CONTROLLER / "handlers.py"), _module_namespace(handlers_module))
     used |= KOPF_FRAMEWORK
     if watch_namespaces:
@@ -386,6 +426,34 @@ def test_client_scanner_reads_verbs_resources_and_subresources() -> None:
         ("kubefit.dev", "trainingjobs/scale", "patch"),
         ("example.com", "widgets", "list"),
     }
+
+
+SYNTHETIC_REST = """
+class Api:
+    def _call(self, method, path, body=None):
+        return self._api_client.call_api(method, path)
+
+    def calls(self):
+        self._call("GET", _job_path(namespace, name))
+        self._call("PATCH", _job_path(namespace, name) + "/status", {})
+        self._call("POST", _core_path(namespace, "pods"), {})
+        self._call("DELETE", _core_path(namespace, "services", name))
+        self._call("GET", _core_path(namespace, EVENTS))
+        other._call("PUT", _core_path(namespace, "secrets", name))  # not this object: ignored
+"""
+
+
+def test_rest_scanner_reads_methods_paths_and_subresources() -> None:
+    names = {"GROUP": "kubefit.dev", "PLURAL": "trainingjobs", "EVENTS": "events"}
+    assert rest_permissions(SYNTHETIC_REST, names) == {
+        ("kubefit.dev", "trainingjobs", "get"),
+        ("kubefit.dev", "trainingjobs/status", "patch"),
+        ("", "pods", "create"),
+        ("", "services", "delete"),
+        ("", "events", "list"),
+    }
+    with pytest.raises(AssertionError, match="cannot tell the resource"):
+        rest_permissions('self._call("GET", "/api/v1/nodes")', names)
 
 
 def test_handler_scanner_reads_kopf_decorators() -> None:
