@@ -1,8 +1,9 @@
 """The chart's RBAC is exactly what the operator's code uses, derived from the code itself.
 
 Three sources make up what the operator does, as (apiGroup, resource, verb):
-- its own API calls: every call through the kubernetes client in controller/kube.py, read from the AST
-  (the client's method names say the verb and the resource: `create_namespaced_pod` is create pods);
+- its own API calls: every call in controller/kube.py, read from the AST, through the kubernetes client
+  (the method names say the verb and the resource: `create_namespaced_pod` is create pods) or through
+  kube.py's REST helper (`self._call("POST", _core_path(namespace, "pods"), ...)` is create pods);
   the Lease calls of leader election (controller/leader.py) are granted by a Role of their own in the
   release's namespace, limited to the one Lease by name where Kubernetes allows it (not for create);
 - the resources its kopf handlers and indexes serve (controller/handlers.py): kopf lists and watches
