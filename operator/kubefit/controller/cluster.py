@@ -1,4 +1,5 @@
-"""What the controller reads of the cluster between API calls: kopf's indexes, behind plain callables."""
+"""What the controller reads of the cluster between API calls: kopf's indexes, behind plain callables, and the
+accelerator catalog with each node's accelerator remembered."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from dataclasses import dataclass
 from kubefit.api.resource import JobKey
 from kubefit.decisions.inventory import NodeFacts, PodUsage
 from kubefit.decisions.observed import WorkerPod
+from kubefit.sizing.catalog import Accelerator, Catalog
+
+# Distinct node label sets remembered; past it the memory starts afresh (labels changed on many nodes).
+REMEMBERED_LABEL_SETS = 50_000
 
 
 @dataclass(frozen=True)
@@ -17,3 +22,36 @@ class ClusterView:
     nodes: Callable[[], Iterable[NodeFacts]]
     usage: Callable[[], Mapping[str, Iterable[PodUsage]]]
     workers: Callable[[JobKey], list[WorkerPod]]
+
+
+class RememberingCatalog(Catalog):
+    """The catalog, whose `identify` remembers the answer for each node label set it has seen.
+
+    Every reconcile and every scheduling pass identifies the accelerator of every node, and matching a
+    node's labels against every catalog entry's label terms was most of a reconcile's time at 5,000 nodes
+    (docs/performance.md). A node's labels rarely change, so the answer is looked up by their content.
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        super().__init__(catalog)
+        self._identified: dict[frozenset[tuple[str, str]], Accelerator | None] = {}
+
+    def identify(self, labels: Mapping[str, str]) -> Accelerator | None:
+        key = frozenset(labels.items())
+        try:
+            return self._identified[key]
+        except KeyError:
+            pass
+        accelerator = super().identify(labels)
+        if len(self._identified) >= REMEMBERED_LABEL_SETS:
+            self._identified = {}  # one dict swap: a reader on another thread keeps the old one
+        self._identified[key] = accelerator
+        return accelerator
+
+    def extended(self, extra: Iterable[Accelerator]) -> Catalog:
+        return RememberingCatalog(super().extended(extra))
+
+
+def remembering(catalog: Catalog) -> Catalog:
+    """`catalog` with remembered identification (itself if it already is)."""
+    return catalog if isinstance(catalog, RememberingCatalog) else RememberingCatalog(catalog)

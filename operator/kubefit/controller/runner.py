@@ -17,6 +17,7 @@ from kubernetes import config
 
 from kubefit.api.resource import GROUP
 from kubefit.controller.checkpoints import load_checkpoint_key, serve_checkpoints, token_lookup
+from kubefit.controller.cluster import remembering
 from kubefit.controller.handlers import RESYNC_SECONDS, register
 from kubefit.controller.kube import KubeApi
 from kubefit.controller.leader import LeaderElector, LeaseApi, LeaseTimings, exit_on_lost_lease
@@ -169,7 +170,8 @@ def run_operator(options: OperatorOptions) -> None:
 
 def _run_leading(options: OperatorOptions, key: bytes, metrics: OperatorMetrics, liveness_port: int) -> None:
     """The operator proper: the scheduler, the checkpoint API, the reconciler and kopf's loop."""
-    catalog = load_catalog(options.catalog_path)
+    # One remembering catalog for the scheduler and the reconciler: node accelerators identified once.
+    catalog = remembering(load_catalog(options.catalog_path))
     scheduler = Scheduler(
         catalog,
         metrics,
