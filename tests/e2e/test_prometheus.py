@@ -15,6 +15,7 @@ annotations (sandbox.kubefit.dev/gpu-utilization).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -56,6 +57,7 @@ from kubefit_sandbox.telemetry import MEMORY_USED_ANNOTATION, UTILIZATION_ANNOTA
 
 pytestmark = pytest.mark.e2e
 
+KUBEFIT = Path(sys.executable).with_name("kubefit")
 FOR = "15s"  # every alert's `for:`, through the chart's values
 FOR_SECONDS = 15
 RULE_VALUES: dict[str, dict[str, Any]] = {
@@ -252,6 +254,31 @@ def test_every_dashboard_query_parses_and_returns_data(
         if not values:
             missing.append(f"{title}: {query}")
     assert missing == []
+
+
+def test_kubefit_top_reads_utilisation_from_prometheus_and_names_the_waste(
+    sandbox: Sandbox, prometheus: Prometheus, staged: tuple[str, dict[str, str]]
+) -> None:
+    namespace, jobs = staged
+    for name in jobs.values():
+        gpus_seen = seen_by_prometheus(
+            prometheus,
+            f'count(DCGM_FI_DEV_GPU_UTIL{{exported_namespace="{namespace}",exported_pod=~"{name}-worker-.*"}}) == 2',
+        )
+        wait_for(f"both GPUs of {name} in Prometheus", gpus_seen, 120, interval=1.0)
+    command = [str(KUBEFIT), "top", "-n", namespace, "--prometheus", prometheus.url, "-o", "json"]
+    env = {"KUBECONFIG": str(sandbox.kubeconfig_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)["jobs"]}
+
+    healthy, roomy, idle = (rows[jobs[role]] for role in ("healthy", "overprovisioned", "idle"))
+    assert healthy["waste"] == [] and healthy["utilization"] == pytest.approx(0.9)
+    assert roomy["waste"] == ["overprovisioned"] and roomy["utilization"] == pytest.approx(0.9)
+    assert idle["waste"] == ["idle"] and idle["utilization"] == 0.0
+    assert idle["idle_accelerators"] == pytest.approx(2.0) and healthy["idle_accelerators"] == pytest.approx(
+        0.2
+    )
 
 
 def test_deleting_a_job_removes_its_series(
