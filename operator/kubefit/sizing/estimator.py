@@ -2,8 +2,9 @@
 
 What it predicts: the peak *reserved* memory of the most-loaded device plus the runtime context, i.e.
 what must fit in the memory the driver reports for the device. It is built from published formulas
-(ZeRO, Korthikanti et al., PyTorch docs), not fitted to measurements; docs/sizing.md gives every
-formula and coefficient with its source, and benchmarks/sizing_accuracy.py its accuracy.
+(ZeRO, Korthikanti et al., PyTorch docs) and from which tensors a training step was measured to keep on
+an H200 (docs/data/gpu-measurements.md), not fitted to published rows; docs/sizing.md gives every formula
+and coefficient with its source, and benchmarks/sizing_accuracy.py its accuracy.
 
 The peak is taken at the start of the backward pass of the most-loaded pipeline stage, where weights,
 gradient buffers, optimizer states, all saved activations and the logits with their gradient coexist.
@@ -54,7 +55,7 @@ ADAMW_8BIT_STATE_BYTES = 2.0
 NO_STEP_TEMPORARY = ("sgd", "sgd-momentum", "adamw-8bit")
 
 # QLoRA nf4 with double quantisation: 4 bits + 0.127 bits of constants per parameter (Dettmers et al.
-# 2023, QLoRA paper section 3). Embeddings and the output head stay in 16 bits.
+# 2023, QLoRA paper section 3). Embeddings and the output head are not quantised (_frozen_base_bytes).
 NF4_BYTES = 0.5 + 0.127 / 8
 # Transient 16-bit copies while a QLoRA linear runs. torchao's LinearNF4 (what torchtune uses) saves only
 # the nf4 weight and dequantises it again in each forward and backward call, so one block matrix is
