@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -21,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from kubefit.builders.naming import worker_index
 from kubefit.cli.main import build_parser
 from kubefit.controller import reconciler as reconciler_module
+from kubefit.controller.cluster import RememberingCatalog, remembering
 from kubefit.controller.kube import KubeApi, error_message
 from kubefit.controller.reconciler import (
     BACKOFF_FIRST,
@@ -29,13 +32,15 @@ from kubefit.controller.reconciler import (
     ClusterView,
     NotifyingBoard,
     Reconciler,
+    Requeue,
+    RequeueClock,
     backoff_seconds,
 )
 from kubefit.decisions.inventory import NodeFacts
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.decisions.observed import WorkerPod
 from kubefit.metrics import OperatorMetrics
-from kubefit.sizing.catalog import load_catalog
+from kubefit.sizing.catalog import Catalog, load_catalog
 
 CATALOG = load_catalog()
 # Room for every job below: the admission queue (controller/scheduler.py) admits what fits.
@@ -197,24 +202,62 @@ def fail_decide(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
 # ---------------------------------------------------------------------------------------------- write order
 
 
-def test_a_new_job_is_queued_admitted_then_writes_status_then_events_then_pods(harness: Harness) -> None:
+def test_a_new_job_waits_for_its_first_pass_then_writes_status_then_events_then_pods(
+    harness: Harness,
+) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.reconcile()
     assert [call[:2] for call in harness.log] == [
+        # No pass has answered its demand yet: nothing is written, the demand goes to the scheduler.
         ("get_job", "llama"),
-        ("patch_job_status", "llama"),
-        ("event", "Fits"),  # the Sized transition, before any pod write
-        ("event", "Queued"),  # no grant yet: no pod before the scheduling pass admits it
-        ("create_service", "llama"),
         # The pass (synchronous here) admitted it: the same reconcile goes round once more.
         ("get_job", "llama"),
         ("patch_job_status", "llama"),
+        ("event", "Fits"),  # the Sized transition, before any pod write
         ("event", "Admitted"),
         ("create_service", "llama"),
         ("create_pod", "llama-worker-0"),
         ("create_pod", "llama-worker-1"),
         ("event", "CreatedWorkers"),
     ]
+    assert harness.condition("Admitted")["status"] == "True"
+
+
+def test_a_job_the_first_pass_queues_is_written_queued(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=600)  # more H100s than the 64 nodes hold
+    harness.reconcile()
+    assert [call[:2] for call in harness.log] == [
+        ("get_job", "llama"),
+        ("get_job", "llama"),
+        ("patch_job_status", "llama"),
+        ("event", "Fits"),
+        ("event", "Queued"),
+        ("create_service", "llama"),
+    ]
+    assert harness.condition("Admitted")["reason"] == "Queued"
+
+
+def test_the_first_pass_is_awaited_once_only(harness: Harness) -> None:
+    # A scheduler whose passes never answer (a pass that failed): the next trigger writes the status anyway.
+    harness.reconciler.scheduler.offer = lambda *args: None  # type: ignore[method-assign]
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconcile()
+    assert harness.calls("patch_job_status") == []
+    harness.reconcile("pod")
+    assert harness.calls("patch_job_status") == [("patch_job_status", "llama")]
+    assert harness.condition("Admitted")["reason"] == "Queued"
+
+
+def test_the_service_is_created_once_and_checked_again_by_the_resync(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconcile()
+    harness.reconcile("pod")
+    harness.reconcile("update")
+    assert harness.calls("create_service") == [("create_service", "llama")]
+    harness.reconcile("timer")  # the resync: a Service deleted behind the operator's back comes back
+    assert harness.calls("create_service") == [("create_service", "llama")] * 2
+    harness.reconcile("pod")
+    assert len(harness.calls("create_service")) == 2
 
 
 def test_deletes_come_after_the_transition_events_and_before_creates(harness: Harness) -> None:
@@ -247,7 +290,6 @@ def test_a_failing_create_keeps_the_transition_events_and_becomes_a_reconcile_er
     harness.reconcile()  # raises nothing
     assert [call[1] for call in harness.events()] == [
         "Fits",
-        "Queued",
         "Admitted",
         "CreatedWorkers",
         "ReconcileError",
@@ -426,17 +468,50 @@ def test_a_trigger_after_the_reconcile_ends_runs_a_new_one(harness: Harness) -> 
     assert harness.calls("get_job") == [("get_job", "llama")] * 3
 
 
-def test_forget_cancels_the_requeue_timer(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forget_cancels_the_requeue(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     harness.kube.jobs["llama"] = job_manifest()
     fail_decide(monkeypatch, RuntimeError("bug"))
     harness.reconcile()
     requeue = harness.reconciler.pending_requeue(KEY)
-    assert requeue is not None and requeue.timer.is_alive()
+    assert requeue is not None and requeue.trigger == "retry"
     harness.reconciler.forget(KEY)
     assert harness.reconciler.pending_requeue(KEY) is None
-    assert requeue.timer.finished.is_set()  # cancelled, not merely forgotten
     harness.reconcile("pod")  # and the backoff went with the job's state
     assert harness.calls("get_job")[-1] == ("get_job", "llama") and len(harness.calls("get_job")) == 2
+
+
+def test_requeues_run_in_due_order_once_and_replaced_or_cancelled_ones_never() -> None:
+    clock = RequeueClock()
+    ran: list[str] = []
+    done = threading.Event()
+
+    def requeue(name: str, delay: float) -> Requeue:
+        def run() -> None:
+            ran.append(name)
+            if name == "last":
+                done.set()
+
+        return Requeue("timer", delay, time.monotonic() + delay, run)
+
+    clock.schedule(("ns", "a"), requeue("a-replaced", 0.05))
+    clock.schedule(("ns", "a"), requeue("a", 0.15))  # replaces the one above
+    clock.schedule(("ns", "b"), requeue("b", 0.05))
+    clock.schedule(("ns", "c"), requeue("c-cancelled", 0.1))
+    clock.schedule(("ns", "c"), None)
+    clock.schedule(("ns", "d"), requeue("last", 0.3))
+    assert done.wait(10)
+    time.sleep(0.1)  # a late duplicate would show now
+    assert ran == ["b", "a", "last"]
+    assert clock.pending(("ns", "a")) is None
+
+
+def test_the_requeue_heap_sheds_replaced_entries() -> None:
+    clock = RequeueClock()
+    for index in range(1000):  # a finished job's TTL requeue, replaced on every resync for a day
+        clock.schedule(
+            ("ns", "done"), Requeue("timer", 86400.0, time.monotonic() + 86400 + index, lambda: None)
+        )
+    assert len(clock._heap) <= 2 * 1 + 64 + 1
 
 
 # ---------------------------------------------------------------------------------------------- batches
@@ -552,3 +627,31 @@ def test_a_scale_down_opens_a_checkpoint_request_and_the_last_ack_removes_the_wo
     assert board.current(KEY) is None  # closed once the removal is done
     reconciler.forget(KEY)
     assert board.acknowledged(KEY, request) == {}
+
+
+# ---------------------------------------------------------------------------------------------- the catalog
+
+
+def test_the_remembering_catalog_answers_as_the_catalog_and_matches_each_label_set_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    catalog = remembering(CATALOG)
+    assert remembering(catalog) is catalog
+    matched: list[str] = []
+    original = Catalog.identify
+
+    def counting(self: Catalog, labels: Any) -> Any:
+        matched.append(labels.get("kubernetes.io/hostname", ""))
+        return original(self, labels)
+
+    monkeypatch.setattr(Catalog, "identify", counting)
+    nodes = [*NODES[:3], NodeFacts("cpu", {"kubernetes.io/hostname": "cpu"}, {})]
+    for _ in range(5):
+        assert [catalog.identify(node.labels) for node in nodes] == [
+            CATALOG.identify(n.labels) for n in nodes
+        ]
+    assert sum(1 for name in matched if name == "cpu") == 5 + 1  # CATALOG's own five, and one for the memory
+    assert catalog.identify(NODES[0].labels) is not None and catalog.identify(NODES[0].labels).name == (
+        "nvidia-h100-80gb"
+    )
+    assert isinstance(catalog.extended([]), RememberingCatalog)

@@ -36,10 +36,12 @@ pod events leave it alone (the retry observes afresh); a change to the job itsel
 from __future__ import annotations
 
 import contextvars
+import heapq
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -52,7 +54,7 @@ from kubefit.api.resource import JobKey
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.builders.naming import JobRef, owner_reference, worker_name
 from kubefit.controller.checkpoints import CheckpointBoard
-from kubefit.controller.cluster import ClusterView
+from kubefit.controller.cluster import ClusterView, remembering
 from kubefit.controller.kube import KubeApi, error_message
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.failure import reconcile_error
@@ -70,6 +72,7 @@ CREATE_BATCH = 50
 BACKOFF_FIRST = 5.0
 BACKOFF_MAX = 300.0
 RETRY_TRIGGER = "retry"
+REQUEUE_THREADS = 2
 # Triggers that wait for a job's backoff to end: neither says that the job itself changed.
 _DEFERRED_WHILE_BACKING_OFF = frozenset({"timer", "pod"})
 
@@ -81,11 +84,70 @@ def backoff_seconds(failures: int) -> float:
 
 @dataclass(frozen=True)
 class Requeue:
-    """A scheduled reconcile of one job: why (`timer` for a TTL, `retry` after a failure) and when."""
+    """A scheduled reconcile of one job: why (`timer` for a TTL or a gang timeout, `retry` after a failure),
+    after how long, and when (time.monotonic())."""
 
     trigger: str
     delay: float
-    timer: threading.Timer
+    due: float
+    run: Callable[[], None] = field(compare=False, repr=False)
+
+
+class RequeueClock:
+    """Every job's scheduled reconcile on one thread and a heap, instead of a threading.Timer (a thread) per
+    job: 500 jobs waiting for their gang timeout were 500 sleeping threads, and every reconcile of each
+    replaced its thread with a new one (docs/performance.md). Due calls run on a few worker threads, so a
+    slow reconcile does not hold up the others."""
+
+    def __init__(self, workers: int = REQUEUE_THREADS) -> None:
+        self._lock = threading.Condition()
+        self._heap: list[tuple[float, int, JobKey]] = []
+        self._pending: dict[JobKey, tuple[int, Requeue]] = {}
+        self._sequence = 0
+        self._thread: threading.Thread | None = None
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="kubefit-requeue")
+
+    def schedule(self, key: JobKey, requeue: Requeue | None) -> None:
+        """Replaces `key`'s scheduled reconcile with `requeue` (None: cancels it)."""
+        with self._lock:
+            self._pending.pop(key, None)
+            if requeue is not None:
+                self._sequence += 1
+                self._pending[key] = (self._sequence, requeue)
+                heapq.heappush(self._heap, (requeue.due, self._sequence, key))
+            if len(self._heap) > 2 * len(self._pending) + 64:
+                # Replaced entries stay in the heap until due (a day for a TTL): drop them now and then.
+                self._heap = [(entry.due, sequence, k) for k, (sequence, entry) in self._pending.items()]
+                heapq.heapify(self._heap)
+            if requeue is not None:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name="kubefit-requeues", daemon=True)
+                    self._thread.start()
+                self._lock.notify()
+
+    def pending(self, key: JobKey) -> Requeue | None:
+        with self._lock:
+            entry = self._pending.get(key)
+            return entry[1] if entry else None
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                due = self._take_due()
+                if due is None:
+                    self._lock.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                    continue
+            self._executor.submit(due.run)
+
+    def _take_due(self) -> Requeue | None:
+        """The earliest due requeue still scheduled, taken off (cancelled and replaced ones are dropped)."""
+        while self._heap and self._heap[0][0] <= time.monotonic():
+            _, sequence, key = heapq.heappop(self._heap)
+            entry = self._pending.get(key)
+            if entry is not None and entry[0] == sequence:
+                del self._pending[key]
+                return entry[1]
+        return None
 
 
 @dataclass
@@ -97,6 +159,8 @@ class _JobState:
     created: set[str] = field(default_factory=set)
     failures: int = 0  # reconciles in a row that raised
     retry_at: float = 0.0  # time.monotonic() before which deferrable triggers are ignored
+    service_for: str | None = None  # uid of the job whose Service this process created (or found)
+    offered: bool = False  # its demand went to the scheduler before any status was written
 
 
 @dataclass
@@ -133,7 +197,7 @@ class Reconciler:
         board: CheckpointBoard | None = None,
     ):
         self.api = api
-        self.catalog = catalog
+        self.catalog = remembering(catalog)  # runner.py hands the Scheduler the same remembering catalog
         self.metrics = metrics
         self.settings = settings or ReconcileSettings()
         # Without a scheduler of its own (tests), passes run synchronously and reconcile inline.
@@ -144,7 +208,7 @@ class Reconciler:
             self.board.on_ack = lambda key: self.scheduler.reconcile_soon(key, "checkpoint")
         self._lock = threading.Lock()
         self._jobs: dict[JobKey, _JobState] = {}
-        self._requeues: dict[JobKey, Requeue] = {}
+        self._requeues = RequeueClock()
         self._uids: dict[JobKey, str] = {}
 
     def reconcile(self, key: JobKey, trigger: str, view: ClusterView) -> None:
@@ -154,6 +218,8 @@ class Reconciler:
         state = self._claim(key)
         if state is None:
             return  # a reconcile of this job is running; it will go round again
+        if trigger == "timer":
+            state.service_for = None  # the resync checks that the Service is still there
         try:
             while self._take_dirty(state):
                 if not self._reconcile_safely(key, trigger, state, view):
@@ -180,8 +246,7 @@ class Reconciler:
 
     def pending_requeue(self, key: JobKey) -> Requeue | None:
         """The reconcile of `key` scheduled for later, if any."""
-        with self._lock:
-            return self._requeues.get(key)
+        return self._requeues.pending(key)
 
     # ------------------------------------------------------------------ coalescing and backoff
 
@@ -274,6 +339,11 @@ class Reconciler:
         placement = placement_of(template_pod_spec(job.get("spec")))
         observation = self._observe(key, job, state, view, placement)
         decision = decide(observation, self.catalog, self.settings)
+        if self._awaits_first_pass(state, observation, decision):
+            # No pass has decided this job yet, and one is due within DEBOUNCE_SECONDS: its status is written
+            # once with its admission (or its place in the queue) instead of Queued now and Admitted after.
+            self.scheduler.offer(key, decision.demand, placement, view)
+            return
         self._apply(job, observation, decision, state, progress)
         self._request_checkpoint(key, decision.checkpoint_request)
         self.metrics.observe_job(observation, decision)
@@ -314,6 +384,13 @@ class Reconciler:
             created=parse_rfc3339(metadata.get("creationTimestamp")),
         )
 
+    @staticmethod
+    def _awaits_first_pass(state: _JobState, observation: JobObservation, decision: Decision) -> bool:
+        """Once per job, while no scheduling pass has answered its demand (the next reconcile writes all)."""
+        first = decision.demand is not None and observation.grant is None and not state.offered
+        state.offered = state.offered or first
+        return first
+
     def _request_checkpoint(self, key: JobKey, request_id: str | None) -> None:
         """Keeps the board's open request as the decision says (None: none open)."""
         if request_id is None:
@@ -329,17 +406,12 @@ class Reconciler:
         if delay is not None and view is not None:
             # kopf.event needs the handler's context variables (settings, event queue): carry them.
             context = contextvars.copy_context()
-            timer = threading.Timer(delay, context.run, args=(self.reconcile, key, trigger, view))
-            timer.daemon = True
-            requeue = Requeue(trigger, delay, timer)
-        with self._lock:
-            previous = self._requeues.pop(key, None)
-            if requeue is not None:
-                self._requeues[key] = requeue
-        if previous is not None:
-            previous.timer.cancel()
-        if requeue is not None:
-            requeue.timer.start()
+
+            def run() -> None:
+                context.run(self.reconcile, key, trigger, view)
+
+            requeue = Requeue(trigger, delay, time.monotonic() + delay, run)
+        self._requeues.schedule(key, requeue)
 
     def _apply(
         self,
@@ -359,8 +431,11 @@ class Reconciler:
         _post_events(job, decision.events)
         for name in decision.adopt:
             self.api.adopt_pod(ref.namespace, name, owner_reference(ref))
-        if decision.service is not None:
+        if decision.service is not None and state.service_for != ref.uid:
+            # Once per job (and per resync): a create answered 409 on every reconcile was a tenth of the
+            # operator's time and as many API writes as the rest together (docs/performance.md).
             self.api.create_service(ref.namespace, decision.service)
+            state.service_for = ref.uid
         created: list[str] = []
         deleted: list[str] = []
         try:
