@@ -272,6 +272,12 @@ def test_kubefit_top_reads_utilisation_from_prometheus_and_names_the_waste(
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)["jobs"]}
 
+    table = subprocess.run(command[:-2], capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert table.returncode == 0, table.stderr
+    print(f"\n{table.stdout}")
+    idle_line = next(line for line in table.stdout.splitlines() if line.split()[1] == jobs["idle"])
+    assert idle_line.split()[-3:] == ["0%", "2.0", "idle"]
+
     healthy, roomy, idle = (rows[jobs[role]] for role in ("healthy", "overprovisioned", "idle"))
     assert healthy["waste"] == [] and healthy["utilization"] == pytest.approx(0.9)
     assert roomy["waste"] == ["overprovisioned"] and roomy["utilization"] == pytest.approx(0.9)

@@ -108,7 +108,7 @@ def test_table_and_json_show_every_job_sorted() -> None:
     table = render_table(rows)
     lines = table.splitlines()
     assert lines[0].split() == ["NAMESPACE", "NAME", "PHASE", "WORKERS", "ACCELERATORS", "MEMORY/DEVICE",
-                                "UTIL", "WASTE"]  # fmt: skip
+                                "UTIL", "IDLE", "WASTE"]  # fmt: skip
     assert lines[1].split()[:5] == ["team", "a", "Running", "2/2", "8/8"]
     assert "10.0/80.0 GiB (12%)" in lines[1] and "overprovisioned" in lines[1]
     assert lines[2].split()[1] == "b" and lines[2].rstrip().endswith("-")

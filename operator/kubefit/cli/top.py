@@ -141,7 +141,7 @@ def build_rows(
 
 # ---------------------------------------------------------------- rendering
 
-_HEADERS = ("NAMESPACE", "NAME", "PHASE", "WORKERS", "ACCELERATORS", "MEMORY/DEVICE", "UTIL", "WASTE")
+_HEADERS = ("NAMESPACE", "NAME", "PHASE", "WORKERS", "ACCELERATORS", "MEMORY/DEVICE", "UTIL", "IDLE", "WASTE")
 
 
 def _memory_cell(row: JobRow) -> str:
@@ -151,11 +151,9 @@ def _memory_cell(row: JobRow) -> str:
     return f"{row.memory_estimated_bytes / GIB:.1f}/{row.memory_requested_bytes / GIB:.1f} GiB ({share:.0%})"
 
 
-def _waste_cell(row: JobRow) -> str:
-    parts = list(row.waste)
-    if row.idle_accelerators is not None and row.accelerators_allocated:
-        parts.insert(0, f"{row.idle_accelerators:.1f} idle")
-    return ", ".join(parts) or "-"
+def _idle_cell(row: JobRow) -> str:
+    """Allocated accelerators times the share of time they were not busy: GPU-equivalents doing nothing."""
+    return f"{row.idle_accelerators:.1f}" if row.idle_accelerators is not None else "-"
 
 
 def _cells(row: JobRow) -> tuple[str, ...]:
@@ -164,8 +162,9 @@ def _cells(row: JobRow) -> tuple[str, ...]:
         accelerators += f" {row.accelerator}"
     utilization = f"{row.utilization:.0%}" if row.utilization is not None else "-"
     workers = f"{row.running_workers}/{row.desired_workers}"
+    waste = ", ".join(row.waste) or "-"
     return (row.namespace, row.name, row.phase, workers, accelerators, _memory_cell(row), utilization,
-            _waste_cell(row))  # fmt: skip
+            _idle_cell(row), waste)  # fmt: skip
 
 
 def render_table(rows: Sequence[JobRow]) -> str:
