@@ -316,10 +316,11 @@ class Training(_Model):
         default="standard",
         description="How the loss handles the output logits. standard: a plain cross-entropy that holds the "
         "whole batch's logits in fp32 with their log-softmax and gradient. chunked: a chunked or fused "
-        "cross-entropy that keeps the logits in the compute dtype and upcasts them to fp32 one chunk at a "
+        "cross-entropy that computes the logits in chunks in the compute dtype and upcasts one chunk at a "
         "time, or never materialises them (torchtune CEWithChunkedOutputLoss or LinearCrossEntropyLoss, "
-        "Liger fused linear cross-entropy). Give chunked only when the training code uses such a loss: it "
-        "sizes the logits several times smaller.",
+        "Liger fused linear cross-entropy); sized as torchtune's chunked loss runs without compile, which "
+        "keeps every chunk's fp32 log-softmax, about half of standard. Give chunked only when the training "
+        "code uses such a loss.",
     )
 
 
