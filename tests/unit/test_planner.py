@@ -50,7 +50,7 @@ def candidate_layouts(spec: TrainingJobSpec, max_devices: int):
 
 AUTO_SPECS = {
     "1B defaults": make_spec(),
-    "8B full, plain data parallel": make_spec(model=LLAMA3_8B, training={"sequenceLength": 4096}),
+    "8B full, plain data parallel": make_spec(model=LLAMA3_8B, training={"sequenceLength": 2048}),
     "8B FSDP": make_spec(model=LLAMA3_8B, training={"sharding": "fsdp", "sequenceLength": 4096}),
     "70B ZeRO-3, full recompute": make_spec(
         model=LLAMA2_70B,
@@ -144,7 +144,11 @@ def test_fixed_layout_replicas_are_kept_within_the_elastic_bounds() -> None:
 
 
 def test_fixed_accelerator_chooses_only_its_per_node_counts() -> None:
-    spec = make_spec(model=LLAMA3_8B, training={"sharding": "fsdp"}, resources={"accelerator": "nvidia-l4"})
+    spec = make_spec(
+        model=LLAMA3_8B,
+        training={"sharding": "fsdp", "activationCheckpointing": "full"},
+        resources={"accelerator": "nvidia-l4"},
+    )
     sizing = plan(spec)
     device = CATALOG.get("nvidia-l4")
     assert sizing.accelerator == "nvidia-l4" and sizing.accelerators_per_worker in device.per_node
@@ -210,7 +214,11 @@ def test_pool_inventory_groups_nodes_and_counts_placeable_workers() -> None:
 
 
 def test_inventory_restricts_accelerator_types_and_counts() -> None:
-    spec = make_spec(model=LLAMA3_8B, training={"sharding": "fsdp"}, workers={"maxReplicas": 32})
+    spec = make_spec(
+        model=LLAMA3_8B,
+        training={"sharding": "fsdp", "activationCheckpointing": "full"},
+        workers={"maxReplicas": 32},
+    )
     without = plan(spec)
     inventory = nodes("nvidia-l4", 16, 4, 4)
     sizing = plan(spec, inventory=inventory)
