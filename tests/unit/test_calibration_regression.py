@@ -41,6 +41,20 @@ MEDIAN_ABS_ERROR = 0.07  # issue 10: "median absolute error of at most 7% on eac
 HEADROOM_BAND_ROWS = {"10", "13", "14", "16", "141", "159", "160", "161", "163", "164", "165", "166"}
 
 
+# Targets not met at the end of issue 10, per (test, set), with the reason. strict: a target that comes
+# to be met fails its xfail, so the entry must then be removed. Empty means every target is met.
+UNMET: dict[tuple[str, str], str] = {}
+
+
+def _sets(test: str) -> list:
+    return [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=UNMET[(test, name)]))
+        if (test, name) in UNMET
+        else name
+        for name in SETS
+    ]
+
+
 def _results(name: str) -> list:
     return [accuracy.evaluate(row) for row in ROWS if row.split == name]
 
@@ -76,27 +90,29 @@ def test_each_set_has_enough_fully_specified_rows(name: str) -> None:
     assert len(_summary(name)) >= 30
 
 
-@pytest.mark.parametrize("name", SETS)
+@pytest.mark.parametrize("name", _sets("test_no_underestimate_worse_than_the_target"))
 def test_no_underestimate_worse_than_the_target(name: str) -> None:
     under = [r for r in _summary(name) if r.error < WORST_UNDERESTIMATE]
     message = f"{len(under)} rows under-estimated beyond {WORST_UNDERESTIMATE:.0%}: {_describe(under)}"
     assert not [r.row.id for r in under], message
 
 
-@pytest.mark.parametrize("name", SETS)
+@pytest.mark.parametrize("name", _sets("test_median_absolute_error_meets_the_target"))
 def test_median_absolute_error_meets_the_target(name: str) -> None:
     median = statistics.median(abs(r.error) for r in _summary(name))
     assert median <= MEDIAN_ABS_ERROR, f"{name}: median |error| {median:.1%}"
 
 
-@pytest.mark.parametrize("name", SETS)
+@pytest.mark.parametrize(
+    "name", _sets("test_out_of_memory_rows_are_predicted_not_to_fit_even_without_headroom")
+)
 def test_out_of_memory_rows_are_predicted_not_to_fit_even_without_headroom(name: str) -> None:
     ooms = [r for r in _results(name) if r.row.expressible and r.row.oom]
     wrong = [r.row.id for r in ooms if r.fits_device]
     assert not wrong, f"predicted to fit, but ran out of memory: rows {wrong}"
 
 
-@pytest.mark.parametrize("name", SETS)
+@pytest.mark.parametrize("name", _sets("test_measured_rows_fit_with_the_default_headroom_outside_the_band"))
 def test_measured_rows_fit_with_the_default_headroom_outside_the_band(name: str) -> None:
     ran = [r for r in _results(name) if r.row.expressible and not r.row.oom]
     blocked = [r.row.id for r in ran if not r.fits and not r.row.in_headroom_band]
