@@ -105,8 +105,11 @@ class Storm:
                 storm.deleted.update(doomed)
         return storm
 
-    def run(self, kube: Kube, namespace: str, pool: PrivatePool) -> None:
+    def run(self, kube: Kube, namespace: str, pool: PrivatePool, pause: float = 0.0) -> None:
+        """Applies the operations in order, `pause` seconds (at most, seeded) apart."""
+        pauses = random.Random(self.rng.random())
         for kind, argument in self.operations:
+            time.sleep(pauses.uniform(0, pause))
             if kind == "create":
                 items = [one_device_job(name, namespace, pool, count) for name, count in argument.items()]
                 kube.apply({"apiVersion": "v1", "kind": "List", "items": items})
@@ -227,7 +230,7 @@ def test_operator_killed_at_random_during_a_storm_of_100_jobs_ends_with_exactly_
         storm = Storm.plan(f"r{rounds}-", rng)
         started = time.monotonic()
         with Killer(operator, random.Random(rng.random())) as killer:
-            storm.run(kube, namespace, pool)
+            storm.run(kube, namespace, pool, pause=0.6)  # about 20 s more than kubectl alone: more kills
         stormed = time.monotonic() - started
         assert killer.error is None, f"restarting the operator failed: {killer.error}"
         assert killer.kills, "the storm ended before the first kill: nothing was tested"
