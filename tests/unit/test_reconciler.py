@@ -248,16 +248,29 @@ def test_the_first_pass_is_awaited_once_only(harness: Harness) -> None:
     assert harness.condition("Admitted")["reason"] == "Queued"
 
 
-def test_the_service_is_created_once_and_checked_again_by_the_resync(harness: Harness) -> None:
+def test_the_service_is_created_once_and_checked_again_by_a_later_resync(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.reconcile()
     harness.reconcile("pod")
     harness.reconcile("update")
+    harness.reconcile("timer")  # a resync soon after the create trusts it
     assert harness.calls("create_service") == [("create_service", "llama")]
-    harness.reconcile("timer")  # the resync: a Service deleted behind the operator's back comes back
+    monkeypatch.setattr(reconciler_module, "SERVICE_RECHECK_SECONDS", 0.0)
+    harness.reconcile("timer")  # a later resync: a Service deleted behind the operator's back comes back
     assert harness.calls("create_service") == [("create_service", "llama")] * 2
     harness.reconcile("pod")
     assert len(harness.calls("create_service")) == 2
+
+
+def test_a_created_worker_the_index_does_not_show_yet_is_not_created_again(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.index_lags = True  # kopf's index shows none of the created pods yet
+    harness.reconcile()
+    harness.reconcile("admission")  # another watch's trigger arrives before the pods' own events
+    harness.reconcile("pod")
+    assert [call[1] for call in harness.calls("create_pod")] == ["llama-worker-0", "llama-worker-1"]
 
 
 def test_deletes_come_after_the_transition_events_and_before_creates(harness: Harness) -> None:
@@ -540,6 +553,7 @@ def test_memory_of_a_reconcile_does_not_grow_with_the_worker_count(harness: Harn
     def peak_bytes(workers: int) -> int:
         harness.kube.jobs["llama"] = job_manifest(replicas=workers)
         harness.kube.pods.clear()
+        harness.reconciler.forget(KEY)  # a new job: none of its workers created by this process yet
         tracemalloc.start()
         try:
             harness.reconcile("update")

@@ -9,8 +9,9 @@ Triggers. Every trigger (create/update/resume, the resync timer, pod events, a c
 checkpoint acknowledgement) calls `Reconciler.reconcile`.
 Calls for the same job are serialised and coalesced: a trigger arriving while that job is being
 reconciled only marks it dirty, and the running reconcile goes round once more with fresh observations.
-A decision that asks to be reconciled again later (`requeue_after`: a finished job's TTL) gets a one-shot
-timer.
+A decision that asks to be reconciled again later (`requeue_after`: a finished job's TTL, a gang timeout)
+gets an entry in the requeue clock (one thread for every job). A new job's first reconcile writes nothing
+while no scheduling pass has answered its demand: the pass, due within DEBOUNCE_SECONDS, reconciles it.
 
 Write order. `_apply` writes in an order where a failing call cannot lose what an earlier one did:
 1. the status patch (a failed worker is counted in status.restarts before the pod is deleted);
@@ -73,6 +74,13 @@ BACKOFF_FIRST = 5.0
 BACKOFF_MAX = 300.0
 RETRY_TRIGGER = "retry"
 REQUEUE_THREADS = 2
+# How long a created worker the index does not show yet is not created again. Kept only for the loop, each
+# pod event or admission that came before the pod's own event created it again (a 409): 0.75 creates a job
+# more at 500 jobs (docs/performance.md).
+CREATED_MEMORY_SECONDS = 10.0
+# A resync checks that a job's Service is still there at most this often: a create answered 409 every
+# resync was 17 API writes a second at 500 jobs.
+SERVICE_RECHECK_SECONDS = 300.0
 # Triggers that wait for a job's backoff to end: neither says that the job itself changed.
 _DEFERRED_WHILE_BACKING_OFF = frozenset({"timer", "pod"})
 
@@ -155,11 +163,13 @@ class _JobState:
     busy: bool = False
     dirty: bool = False
     replaced: set[str] = field(default_factory=set)  # uids of failed pods this process deleted
-    # Workers this reconcile loop created that kopf's index may not show yet: not created twice.
-    created: set[str] = field(default_factory=set)
+    # Workers this process created that kopf's index does not show yet (name -> time.monotonic() of the
+    # create): not created again, though a trigger of another watch (admission, the job) comes first.
+    created: dict[str, float] = field(default_factory=dict)
     failures: int = 0  # reconciles in a row that raised
     retry_at: float = 0.0  # time.monotonic() before which deferrable triggers are ignored
     service_for: str | None = None  # uid of the job whose Service this process created (or found)
+    service_at: float = 0.0  # time.monotonic() of that create
     offered: bool = False  # its demand went to the scheduler before any status was written
 
 
@@ -218,7 +228,7 @@ class Reconciler:
         state = self._claim(key)
         if state is None:
             return  # a reconcile of this job is running; it will go round again
-        if trigger == "timer":
+        if trigger == "timer" and time.monotonic() - state.service_at > SERVICE_RECHECK_SECONDS:
             state.service_for = None  # the resync checks that the Service is still there
         try:
             while self._take_dirty(state):
@@ -227,7 +237,7 @@ class Reconciler:
         finally:
             with self._lock:
                 state.busy = False
-                state.created.clear()
+                _forget_old_creates(state.created)
 
     def forget(self, key: JobKey) -> None:
         self.metrics.forget_job(*key)
@@ -335,7 +345,8 @@ class Reconciler:
             self._uids[key] = job["metadata"]["uid"]
         pods = view.workers(key)
         state.replaced &= {pod.uid for pod in pods}  # forget pods that are gone for good
-        state.created -= {pod.name for pod in pods}  # the index shows them now
+        for pod in pods:
+            state.created.pop(pod.name, None)  # the index shows it now
         placement = placement_of(template_pod_spec(job.get("spec")))
         observation = self._observe(key, job, state, view, placement)
         decision = decide(observation, self.catalog, self.settings)
@@ -435,7 +446,7 @@ class Reconciler:
             # Once per job (and per resync): a create answered 409 on every reconcile was a tenth of the
             # operator's time and as many API writes as the rest together (docs/performance.md).
             self.api.create_service(ref.namespace, decision.service)
-            state.service_for = ref.uid
+            state.service_for, state.service_at = ref.uid, time.monotonic()
         created: list[str] = []
         deleted: list[str] = []
         try:
@@ -457,9 +468,16 @@ class Reconciler:
             name = manifest["metadata"]["name"]
             if self.api.create_pod(ref.namespace, manifest):
                 created.append(name)
-            state.created.add(name)  # created now, or already there (409): either way, not again
+            state.created[name] = time.monotonic()  # created now, or already there (409): not again
         if len(todo) > CREATE_BATCH:
             self._go_round_again(state)
+
+
+def _forget_old_creates(created: dict[str, float]) -> None:
+    """Forgets creates the index should have shown by now (a pod deleted before it did is created again)."""
+    oldest = time.monotonic() - CREATED_MEMORY_SECONDS
+    for name in [name for name, at in created.items() if at < oldest]:
+        del created[name]
 
 
 def _post_events(raw_job: dict[str, Any], events: Sequence[JobEvent]) -> None:
