@@ -11,8 +11,9 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from kubefit.api.models import Architecture
 from kubefit.api.validation import InvalidSpec, parse_spec
-from kubefit.sizing.architecture import ModelShape, assumed_shape
+from kubefit.sizing.architecture import ModelShape, assumed_shape, shape_from_architecture
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.estimator import (
     QLORA_DEQUANT_COPIES,
@@ -218,6 +219,32 @@ def test_lora_trains_only_the_adapters_and_qlora_quantises_the_base() -> None:
     assert lora.gradients < 1e8 and lora.optimizer_states < 2e8
     assert 0.5 * 7e9 < qlora.weights < 0.5 * 8.03e9 + 2 * 2 * 525e6 + 1e8
     assert lora.activations == full.activations  # activations are the whole model's either way
+
+
+GEMMA_2B = {
+    "layers": 18,
+    "hiddenSize": 2048,
+    "attentionHeads": 8,
+    "kvHeads": 1,
+    "intermediateSize": 16384,
+    "vocabSize": 256000,
+}  # google/gemma-2b config.json: GeGLU MLP, head tied to the embedding (2.51B parameters)
+
+
+def test_a_parameter_count_with_a_tied_head_keeps_the_gated_mlp_and_one_embedding_matrix() -> None:
+    tied = shape_from_architecture(Architecture.model_validate(GEMMA_2B), 2_506_172_416)
+    assert tied.gated_mlp and tied.tied_embeddings
+    assert tied.total_parameters() == pytest.approx(2.506e9, rel=0.001)
+    # The same architecture trained with an untied head copy (litgpt copies the embedding into lm_head).
+    untied = shape_from_architecture(Architecture.model_validate(GEMMA_2B), 3_030_460_416)
+    assert untied.gated_mlp and not untied.tied_embeddings
+    as_tied = estimate(job({"parameters": "2.51B", "architecture": GEMMA_2B, "precision": "bf16-true"}), H100,
+                       Layout(1, 1))  # fmt: skip
+    as_untied = estimate(job({"parameters": "3.03B", "architecture": GEMMA_2B, "precision": "bf16-true"}), H100,
+                         Layout(1, 1))  # fmt: skip
+    assert as_tied.weights == pytest.approx(2 * 2.51e9, rel=0.001)
+    assert as_untied.weights == pytest.approx(2 * 3.03e9, rel=0.001)
+    assert as_tied.activations == as_untied.activations  # the same blocks either way
 
 
 LLAMA3_8B_SHAPE = ModelShape(32, 4096, 32, 8, 14336, 128256, gated_mlp=True)

@@ -31,6 +31,8 @@ class ModelShape:
     vocab: int
     gated_mlp: bool  # SwiGLU-style MLP with three matrices (gate, up, down) instead of two
     assumed: bool = False  # derived from a parameter count, not given by the user
+    # The output head shares the input embedding's matrix (Gemma, many small models): one V x h copy.
+    tied_embeddings: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -54,9 +56,18 @@ class ModelShape:
     def embedding_parameters(self) -> int:
         return self.vocab * self.hidden
 
+    @property
+    def embedding_copies(self) -> int:
+        """V x h matrices the model holds: the input embedding, and the output head unless tied."""
+        return 1 if self.tied_embeddings else 2
+
     def total_parameters(self) -> int:
-        """Blocks + input embedding + untied output head + final norm."""
-        return self.layers * self.block_parameters() + 2 * self.embedding_parameters() + self.hidden
+        """Blocks + input embedding + output head (unless tied) + final norm."""
+        return (
+            self.layers * self.block_parameters()
+            + self.embedding_copies * self.embedding_parameters()
+            + self.hidden
+        )
 
     def largest_matrix(self) -> int:
         return max(self.hidden * self.ffn, self.hidden * self.hidden, self.embedding_parameters())
@@ -79,8 +90,11 @@ class ModelShape:
 
 
 def shape_from_architecture(architecture: Architecture, parameters: int | None) -> ModelShape:
-    """The user's architecture. The MLP form is the one whose parameter count is nearer `parameters`;
-    without a count, an explicit intermediateSize means a gated (SwiGLU) MLP, as in Llama and Mistral."""
+    """The user's architecture. The MLP form (gated or not) and whether the output head is tied to the
+    input embedding are the combination whose parameter count is nearest `parameters` (untied first on a
+    tie: Gemma-2B's 2.51B is a gated MLP with a tied head, which an untied count mistakes for a plain MLP);
+    without a count, an explicit intermediateSize means a gated (SwiGLU) MLP, as in Llama and Mistral, and
+    the head is untied."""
     kv_heads = architecture.kv_heads or architecture.attention_heads
     vocab = architecture.vocab_size or DEFAULT_VOCAB
     ffn = architecture.intermediate_size or 4 * architecture.hidden_size
@@ -96,7 +110,8 @@ def shape_from_architecture(architecture: Architecture, parameters: int | None) 
     plain = replace(gated, gated_mlp=False)
     if parameters is None:
         return gated if architecture.intermediate_size is not None else plain
-    return min((gated, plain), key=lambda shape: abs(shape.total_parameters() - parameters))
+    candidates = (gated, plain, replace(gated, tied_embeddings=True), replace(plain, tied_embeddings=True))
+    return min(candidates, key=lambda shape: abs(shape.total_parameters() - parameters))
 
 
 def assumed_shape(parameters: int, vocab: int = DEFAULT_VOCAB) -> ModelShape:

@@ -452,11 +452,12 @@ class _StageShare:
 
 
 def _stage_share(resolved: _Model, training: Training, stage: str) -> _StageShare:
-    # Blocks split across stages, the input embedding on the first stage and the (untied) output head on
-    # the last; TP splits all.
-    embedding = min(resolved.shape.embedding_parameters(), resolved.parameters // 4)
-    blocks = max(resolved.parameters - 2 * embedding, 0)
-    embeddings = {"only": 2 * embedding, "first": embedding, "last": embedding}[stage]
+    # Blocks split across stages, the input embedding on the first stage and the output head on the last
+    # (a tied head is one matrix on a single stage, a copy on each end stage when pipelined); TP splits all.
+    copies = resolved.shape.embedding_copies
+    embedding = min(resolved.shape.embedding_parameters(), resolved.parameters // (2 * copies))
+    blocks = max(resolved.parameters - copies * embedding, 0)
+    embeddings = {"only": copies * embedding, "first": embedding, "last": embedding}[stage]
     parameters = (blocks / training.pipeline_parallel + embeddings) / training.tensor_parallel
     return _StageShare(embeddings, parameters, parameters / resolved.parameters)
 
