@@ -352,6 +352,32 @@ def test_declared_memory_is_used_for_the_training_state() -> None:
     )
 
 
+def test_fsdp_accumulation_under_no_sync_holds_unsharded_gradients() -> None:
+    full = {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": "bf16-true"}
+    one_step = estimate(job(full, sharding="fsdp"), H100, Layout(4, 1))
+    accumulating = estimate(job(full, sharding="fsdp", gradientAccumulation=4), H100, Layout(4, 1))
+    deepspeed = estimate(job(full, sharding="zero3", gradientAccumulation=4), H100, Layout(4, 1))
+    assert one_step.gradients == pytest.approx(2 * 8.03e9 / 4, rel=0.01)
+    assert accumulating.gradients == pytest.approx(2 * 8.03e9, rel=0.01)  # bf16, every parameter's
+    assert deepspeed.gradients == one_step.gradients  # ZeRO-3 reduce-scatters every micro-batch
+    assert (
+        accumulating.weights == one_step.weights
+        and accumulating.optimizer_states == one_step.optimizer_states
+    )
+    # Offloaded FSDP still accumulates them on the device.
+    offloaded = estimate(
+        job(full, sharding="fsdp", gradientAccumulation=4, offload="optimizer"), H100, Layout(4, 1)
+    )
+    assert offloaded.gradients == accumulating.gradients and offloaded.optimizer_states == 0
+
+
+@pytest.mark.parametrize("value", [0, -1, "4", 2.5])
+def test_a_bad_gradient_accumulation_names_the_field(value: Any) -> None:
+    with pytest.raises(InvalidSpec) as error:
+        job(gradientAccumulation=value)
+    assert [e.path for e in error.value.errors] == ["spec.training.gradientAccumulation"]
+
+
 def test_layout_that_parallelism_does_not_divide_names_the_field() -> None:
     with pytest.raises(InvalidSpec) as error:
         estimate(job(tensorParallel=4), H100, Layout(6, 1))

@@ -282,6 +282,15 @@ class Training(_Model):
     sequence_length: int = Field(
         strict=True, ge=1, le=MAX_SEQUENCE_LENGTH, default=2048, description="Tokens per sequence."
     )
+    gradient_accumulation: int = Field(
+        strict=True,
+        ge=1,
+        le=MAX_MICRO_BATCH_SIZE,
+        default=1,
+        description="Micro-batches per optimizer step. Under sharding fsdp, more than 1 is sized as FSDP's "
+        "no_sync accumulation (PyTorch FSDP, Lightning Fabric, Accelerate), which holds every gradient "
+        "unsharded on each device until the last micro-batch; zero2/zero3 keep gradients partitioned.",
+    )
     activation_checkpointing: Checkpointing = Field(
         default="none",
         description="none: keep all activations. selective: recompute attention internals. full: keep only "

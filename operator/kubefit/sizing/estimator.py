@@ -427,6 +427,8 @@ def _sharding(spec: TrainingJobSpec, data_parallel: int) -> _Sharding:
     per = state_bytes(spec.model.precision, spec.model.optimizer, strategy)
     weight_shards = data_parallel if strategy == "zero3" else 1
     gradient_shards = data_parallel if strategy in ("zero2", "zero3") else 1
+    if _unsharded_accumulation(training):
+        gradient_shards = 1
     optimizer_shards = data_parallel if strategy in ("zero1", "zero2", "zero3") else 1
     if training.pipeline_parallel == 1 or strategy not in ("zero2", "zero3"):
         return _Sharding(strategy, data_parallel, weight_shards, gradient_shards, optimizer_shards, per, ())
@@ -440,6 +442,14 @@ def _sharding(spec: TrainingJobSpec, data_parallel: int) -> _Sharding:
         "are held unsharded across micro-batches; only optimizer states are sharded"
     )
     return _Sharding(strategy, data_parallel, 1, 1, optimizer_shards, per, (warning,))
+
+
+def _unsharded_accumulation(training: Training) -> bool:
+    """FSDP accumulating over micro-batches under no_sync keeps every gradient unsharded until the last
+    one (PyTorch FSDP.no_sync docs: "FSDP will accumulate the full model gradients (instead of gradient
+    shards) until the eventual sync"); Lightning Fabric's no_backward_sync and Accelerate's accumulate
+    call it. DeepSpeed ZeRO-2/3 reduce-scatter every micro-batch."""
+    return training.sharding == "fsdp" and training.gradient_accumulation > 1
 
 
 @dataclass(frozen=True)
@@ -554,14 +564,15 @@ class _Offloaded:
     warnings: tuple[str, ...]
 
 
-def _offload(offload: str, strategy: str, states: _States) -> _Offloaded:
+def _offload(offload: str, strategy: str, states: _States, unsharded_gradients: bool = False) -> _Offloaded:
     """The optimizer (and its step) go to the host; with sharded gradients their partitions go along
-    (ZeRO-Offload, FSDP CPUOffload); parameters only under ZeRO-3/FSDP."""
+    (ZeRO-Offload, FSDP CPUOffload), unless they accumulate unsharded on the device; parameters only under
+    ZeRO-3/FSDP."""
     if offload not in ("optimizer", "optimizer-and-parameters"):
         return _Offloaded(states, 0.0, True, ())
     host = states.optimizer
     on_device = replace(states, optimizer=0.0)
-    if strategy in ("zero2", "zero3"):
+    if strategy in ("zero2", "zero3") and not unsharded_gradients:
         host += states.gradients
         on_device = replace(on_device, gradients=0.0)
     if offload == "optimizer":
@@ -736,7 +747,9 @@ def _stage_estimate(
     """Parameter states, then offload, activations and logits, then the overheads they imply."""
     share = _stage_share(resolved, spec.training, stage)
     states = _parameter_states(spec, resolved, share, sharding)
-    offloaded = _offload(spec.training.offload, sharding.strategy, states)
+    offloaded = _offload(
+        spec.training.offload, sharding.strategy, states, _unsharded_accumulation(spec.training)
+    )
     transient = _transient_memory(spec, resolved.shape, stage)
     communication = _communication_buffers(spec, resolved.shape, share, sharding, offloaded.on_device)
     autocast_weights = residual_stream(
