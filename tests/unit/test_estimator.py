@@ -247,6 +247,35 @@ def test_a_parameter_count_with_a_tied_head_keeps_the_gated_mlp_and_one_embeddin
     assert as_tied.activations == as_untied.activations  # the same blocks either way
 
 
+GEMMA_7B = {
+    "layers": 28,
+    "hiddenSize": 3072,
+    "attentionHeads": 16,
+    "kvHeads": 16,
+    "intermediateSize": 24576,
+    "vocabSize": 256000,
+    "headDim": 256,
+}  # google/gemma-7b config.json: 16 heads of 256 = 4096, wider than hiddenSize
+
+
+def test_a_head_wider_than_hidden_over_heads_sizes_the_attention_by_its_heads() -> None:
+    shape = shape_from_architecture(Architecture.model_validate(GEMMA_7B), 8_537_680_896)
+    assert shape.q_width == 4096 and shape.kv_width == 4096
+    assert shape.tied_embeddings and shape.total_parameters() == pytest.approx(8.5377e9, rel=1e-4)
+    derived = shape_from_architecture(Architecture.model_validate({**GEMMA_7B, "headDim": None}), None)
+    assert derived.head_dim == 192  # hiddenSize / attentionHeads when not given
+    s, b, e = 512, 1, 2
+    wider = layer_activation_bytes(shape, LayerRun(s, b)) - layer_activation_bytes(derived, LayerRun(s, b))
+    assert wider == pytest.approx(s * b * e * 4 * (4096 - 3072))  # Q, K, V and the attention output
+
+
+@pytest.mark.parametrize("value", [0, "256", 2.0])
+def test_a_bad_head_dim_names_the_field(value: Any) -> None:
+    with pytest.raises(InvalidSpec) as error:
+        job({"parameters": "8.54B", "architecture": {**GEMMA_7B, "headDim": value}})
+    assert [e.path for e in error.value.errors] == ["spec.model.architecture.headDim"]
+
+
 LLAMA3_8B_SHAPE = ModelShape(32, 4096, 32, 8, 14336, 128256, gated_mlp=True)
 
 

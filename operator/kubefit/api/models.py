@@ -188,6 +188,14 @@ class Architecture(_Model):
         default=None,
         description="Vocabulary size; drives the logits memory. Default: 32000.",
     )
+    head_dim: int | None = Field(
+        strict=True,
+        ge=1,
+        le=MAX_HIDDEN_SIZE,
+        default=None,
+        description="Width of one attention head. Default: hiddenSize / attentionHeads. Give it when the "
+        "model's config.json has a head_dim that differs (Gemma 7B and Gemma 2: 256).",
+    )
 
     @model_validator(mode="after")
     def _heads_fit(self) -> Architecture:

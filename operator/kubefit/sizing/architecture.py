@@ -33,18 +33,25 @@ class ModelShape:
     assumed: bool = False  # derived from a parameter count, not given by the user
     # The output head shares the input embedding's matrix (Gemma, many small models): one V x h copy.
     tied_embeddings: bool = False
+    # A head width other than hidden / heads (Gemma 7B, Gemma 2: 256); 0 means hidden / heads.
+    explicit_head_dim: int = 0
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.explicit_head_dim or self.hidden // self.heads
+
+    @property
+    def q_width(self) -> int:
+        """Width of the queries and of the attention output (the output projection's input)."""
+        return self.heads * self.head_dim
 
     @property
     def kv_width(self) -> int:
         return self.kv_heads * self.head_dim
 
     def attention_parameters(self) -> int:
-        # Q and O are h x h; K and V are h x (kvHeads * headDim) under grouped-query attention.
-        return 2 * self.hidden * self.hidden + 2 * self.hidden * self.kv_width
+        # Q and O are h x (heads * headDim); K and V are h x (kvHeads * headDim) under grouped-query attention.
+        return 2 * self.hidden * self.q_width + 2 * self.hidden * self.kv_width
 
     def mlp_parameters(self) -> int:
         return (3 if self.gated_mlp else 2) * self.hidden * self.ffn
@@ -70,12 +77,12 @@ class ModelShape:
         )
 
     def largest_matrix(self) -> int:
-        return max(self.hidden * self.ffn, self.hidden * self.hidden, self.embedding_parameters())
+        return max(self.hidden * self.ffn, self.hidden * self.q_width, self.embedding_parameters())
 
     def largest_block_matrix(self) -> int:
         """The largest weight matrix inside a block: what QLoRA quantises to nf4 and dequantises per call
         (the embedding and output head stay in 16 bits and are never dequantised)."""
-        return max(self.hidden * self.ffn, self.hidden * self.hidden)
+        return max(self.hidden * self.ffn, self.hidden * self.q_width)
 
     def largest_unit(self) -> int:
         """The largest group of parameters gathered at once under ZeRO-3/FSDP: a block or an embedding."""
@@ -83,8 +90,8 @@ class ModelShape:
 
     def lora_parameters(self, rank: int) -> int:
         """Adapters A (in x r) and B (r x out) on every attention and MLP projection of every block."""
-        h, kv, f = self.hidden, self.kv_width, self.ffn
-        attention = rank * ((h + h) + (h + kv) + (h + kv) + (h + h))  # q, k, v, o
+        h, q, kv, f = self.hidden, self.q_width, self.kv_width, self.ffn
+        attention = rank * ((h + q) + (h + kv) + (h + kv) + (q + h))  # q, k, v, o
         mlp = rank * ((h + f) * (2 if self.gated_mlp else 1) + (f + h))  # [gate,] up, down
         return self.layers * (attention + mlp)
 
@@ -106,6 +113,7 @@ def shape_from_architecture(architecture: Architecture, parameters: int | None) 
         ffn=ffn,
         vocab=vocab,
         gated_mlp=True,
+        explicit_head_dim=architecture.head_dim or 0,
     )
     plain = replace(gated, gated_mlp=False)
     if parameters is None:

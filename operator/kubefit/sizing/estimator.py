@@ -273,12 +273,11 @@ def layer_activation_bytes(shape: ModelShape, run: LayerRun) -> float:
     sbh = s * b * h
     if run.checkpointing == "full":
         return run.stream_bytes * sbh / run.tensor_parallel
-    kv_ratio = shape.kv_heads / shape.heads
     ffn_ratio = shape.ffn / h
     # The norms and the projection inputs they feed; the attention-output and MLP-output dropout masks.
     layer: float = sbh * (_norm_and_projection_inputs(shape, run) + 2 * dropout_mask_bytes(shape))
-    # Q, K, V (K and V shrink with GQA) and the output-projection input.
-    layer += sbh * e * (1 + 2 * kv_ratio + 1)
+    # Q, K, V (K and V shrink with GQA) and the output-projection input, each as wide as its heads.
+    layer += s * b * e * (2 * shape.q_width + 2 * shape.kv_width)
     # MLP: GeLU input and output; or gate, up, activation and product when gated (the MLP's input is
     # counted with the norms).
     layer += sbh * e * ffn_ratio * (4 if shape.gated_mlp else 2)
