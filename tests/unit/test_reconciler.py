@@ -31,6 +31,7 @@ from kubefit.controller.reconciler import (
     CREATE_BATCH,
     ClusterView,
     NotifyingBoard,
+    OncePer,
     Reconciler,
     Requeue,
     RequeueClock,
@@ -669,3 +670,14 @@ def test_the_remembering_catalog_answers_as_the_catalog_and_matches_each_label_s
         "nvidia-h100-80gb"
     )
     assert isinstance(catalog.extended([]), RememberingCatalog)
+
+
+def test_once_per_is_due_once_a_period_whoever_asks() -> None:
+    now = [100.0]
+    period = OncePer(30.0, clock=lambda: now[0])
+    asked = [period.due() for _ in range(500)]  # every job's resync timer in one period
+    assert asked.count(True) == 1 and asked[0]
+    now[0] += 29.9
+    assert not period.due()
+    now[0] += 0.1
+    assert period.due() and not period.due()

@@ -8,7 +8,7 @@ Triggers of a job's reconcile: TrainingJob create/update/resume, a timer every R
 event of one of its worker pods. Triggers of a scheduling pass (controller/scheduler.py, debounced): a
 job's demand changing (after its reconcile), a job deleted, a node added, removed or changed (not its
 heartbeats), a worker pod bound, finished or deleted, any other pod finished or deleted (devices freed),
-and the resync timer.
+and the resync timers (one pass per period for all jobs).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import kopf
 from kubefit.api.resource import GROUP, PLURAL, VERSION, JobKey
 from kubefit.builders.naming import JOB_LABEL
 from kubefit.controller.cluster import ClusterView
-from kubefit.controller.reconciler import Reconciler
+from kubefit.controller.reconciler import OncePer, Reconciler
 from kubefit.controller.scheduler import Scheduler
 from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts, pod_usage
 from kubefit.decisions.observed import POD_FINISHED_PHASES, WorkerPod, worker_from_pod
@@ -114,11 +114,15 @@ def _register_triggers(
     def job_changed(namespace: str | None, name: str, reason: str, **kwargs: Any) -> None:
         reconcile_job(str(reason), namespace, name, **_indexes(kwargs))
 
+    # One scheduling pass per resync period for all jobs, not one per job's timer (H8, docs/performance.md).
+    resync_pass = OncePer(resync_seconds)
+
     @kopf.timer(*JOBS, interval=resync_seconds, id="resync", registry=registry)
     def job_resync(namespace: str | None, name: str, **kwargs: Any) -> None:
         indexes = _indexes(kwargs)
         reconcile_job("timer", namespace, name, **indexes)
-        scheduler.request("timer", cluster_view(**indexes))
+        if resync_pass.due():
+            scheduler.request("timer", cluster_view(**indexes))
 
     @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, id="worker_pod", registry=registry)
     def worker_pod_event(

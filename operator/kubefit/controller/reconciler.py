@@ -101,6 +101,25 @@ class Requeue:
     run: Callable[[], None] = field(compare=False, repr=False)
 
 
+class OncePer:
+    """`due()` is True at most once per `seconds` (across threads): a periodic trigger that many callers fire,
+    such as the scheduling pass every job's resync timer asks for, runs once per period instead of once per
+    caller (500 jobs asked for 17 passes a second)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self._clock = seconds, clock
+        self._lock = threading.Lock()
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            if self._last is not None and now - self._last < self.seconds:
+                return False
+            self._last = now
+            return True
+
+
 class RequeueClock:
     """Every job's scheduled reconcile on one thread and a heap, instead of a threading.Timer (a thread) per
     job: 500 jobs waiting for their gang timeout were 500 sleeping threads, and every reconcile of each
