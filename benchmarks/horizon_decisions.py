@@ -1,0 +1,343 @@
+"""The next horizon in-process: 5,000 GPU nodes and 2,000 TrainingJobs (issue 11: every admission and reconcile
+decision under 1 s, memory under 500 MiB).
+
+The operator's own code runs as it does in `kubefit run` (Reconciler, Scheduler, decide, build_inventory,
+plan_admissions, OperatorMetrics), on what kopf's indexes would hold: NodeFacts built by `node_facts` from
+node manifests as the sandbox makes them, PodUsage and WorkerPod of every worker. Only the API server is
+replaced, by an in-memory store (job dicts; a created pod is bound first-fit to a node of its accelerator and
+turns Running, as kube-scheduler and a kubelet would), and kopf's event posting by a counter. So the figures
+are the operator's decisions alone: no network, no kopf, no JSON from a server.
+
+The jobs: 60% one worker of 1, 2, 4 or 8 GPUs; 30% gangs of 2-8 workers of 8 GPUs; 10% elastic, 2 to
+16 workers of 8 GPUs. About nine tenths of the 40,000 GPUs are asked for, so some jobs queue and the pass
+has work to do. Timed, after the cluster is filled:
+- one scheduling pass over every job (Scheduler.run_pass: capacity, eligible nodes, plan_admissions);
+- one job's reconcile that changes nothing (the resync timer's): observe (inventory of 5,000 nodes),
+  decide, compare the status;
+- one job's scale change end to end: its reconcile, the pass it requests (run inline here), and the
+  reconciles of every job whose grant that pass changed;
+and the memory the operator's state takes (tracemalloc: what is allocated while the cluster is filled and
+kept alive, the in-memory API store excluded) and the process's RSS.
+
+    .venv/bin/python benchmarks/horizon_decisions.py [--nodes 5000] [--jobs 2000] [--samples 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import platform
+import random
+import statistics
+import time
+import tracemalloc
+from collections import Counter
+from typing import Any, cast
+
+import kopf
+
+from kubefit.controller.cluster import ClusterView
+from kubefit.controller.kube import KubeApi
+from kubefit.controller.reconciler import Reconciler
+from kubefit.controller.scheduler import Scheduler, SchedulerSettings
+from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts
+from kubefit.decisions.observed import WorkerPod
+from kubefit.metrics import OperatorMetrics
+from kubefit.sizing.catalog import load_catalog
+from kubefit_sandbox.cluster import build_node, parse_pool
+
+CATALOG = load_catalog()
+NAMESPACE = "horizon"
+TARGET_S, MEMORY_TARGET_MIB = 1.0, 500.0
+POOLS = (("h100", "nvidia-h100-80gb", 0.6), ("a100", "nvidia-a100-80gb", 0.4))
+
+
+def build_nodes(count: int) -> tuple[list[NodeFacts], dict[str, str]]:
+    """`count` 8-GPU nodes as kopf's node index holds them, and each node's accelerator."""
+    facts, accelerator_of = [], {}
+    for pool_name, accelerator, share in POOLS:
+        raw = {"name": pool_name, "accelerator": accelerator, "nodes": 1, "acceleratorsPerNode": 8}
+        pool = parse_pool({**raw, "cpu": 96, "memory": "1Ti"}, pool_name, CATALOG)
+        for index in range(int(count * share)):
+            name = f"{pool_name}-{index:05d}"
+            # The index only picks the node's addresses, which node_facts does not read.
+            manifest = build_node(pool, name, index % 256, "2026-11-30T00:00:00Z")
+            manifest["metadata"]["name"] = name
+            facts.append(node_facts(manifest))
+            accelerator_of[name] = accelerator
+    return facts, accelerator_of
+
+
+def job_manifest(index: int, rng: random.Random) -> dict[str, Any]:
+    shape = rng.random()
+    accelerator = POOLS[0][1] if rng.random() < 0.6 else POOLS[1][1]
+    workers: dict[str, Any]
+    elastic: dict[str, Any] = {"checkpointGracePeriodSeconds": 0}
+    if shape < 0.6:
+        per_worker, workers = rng.choice([1, 2, 4, 8]), {"replicas": 1}
+    elif shape < 0.9:
+        per_worker, workers = 8, {"replicas": rng.randint(2, 8)}
+    else:
+        per_worker, workers = 8, {"replicas": 16, "minReplicas": 2, "maxReplicas": 16}
+        elastic["enabled"] = True
+    name = f"job-{index:05d}"
+    return {
+        "apiVersion": "kubefit.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "creationTimestamp": f"2026-11-30T00:{index // 60 % 60:02d}:{index % 60:02d}Z",
+        },
+        "spec": {
+            "framework": "pytorch",
+            "template": {"spec": {"containers": [{"name": "trainer", "image": "ghcr.io/acme/train:1"}]}},
+            "model": {"parameters": "1B"},
+            "resources": {"accelerator": accelerator, "acceleratorsPerWorker": per_worker},
+            "workers": workers,
+            "elastic": elastic,
+        },
+    }
+
+
+class Store:
+    """The API server and the cluster, in memory: jobs, pods bound first-fit, the indexes' contents."""
+
+    def __init__(self, nodes: list[NodeFacts], accelerator_of: dict[str, str]) -> None:
+        self.nodes = nodes
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.free = {node.name: 8 for node in nodes}
+        self.by_accelerator: dict[str, list[str]] = {}
+        for node in nodes:
+            self.by_accelerator.setdefault(accelerator_of[node.name], []).append(node.name)
+        self.usage: dict[str, dict[str, PodUsage]] = {}  # node -> pod name -> usage
+        self.workers: dict[tuple[str, str], dict[str, WorkerPod]] = {}
+        self.calls: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ KubeApi's calls
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls["get_job"] += 1
+        job = self.jobs.get(name)
+        return copy.deepcopy(job) if job is not None else None  # what json.loads of an answer costs, about
+
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.calls["patch_job_status"] += 1
+        current = self.jobs[name].setdefault("status", {})
+        for key, value in status.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = copy.deepcopy(value)
+
+    def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        self.calls["create_service"] += 1
+        return True
+
+    def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        self.calls["create_pod"] += 1
+        metadata = manifest["metadata"]
+        job = metadata["labels"]["kubefit.dev/job"]
+        workers = self.workers.setdefault((namespace, job), {})
+        if metadata["name"] in workers:
+            return False
+        per_worker = int(manifest["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        accelerator = self.jobs[job]["spec"]["resources"]["accelerator"]
+        node = next((n for n in self.by_accelerator[accelerator] if self.free[n] >= per_worker), None)
+        index = int(metadata["name"].rsplit("-", 1)[1])
+        uid = f"uid-{metadata['name']}"
+        owner = metadata["ownerReferences"][0]["uid"]
+        if node is None:
+            workers[metadata["name"]] = WorkerPod(metadata["name"], index, uid, "Pending", None, False, owner)
+            return True
+        self.free[node] -= per_worker
+        usage = PodUsage(node, {"nvidia.com/gpu": per_worker}, (namespace, job))
+        self.usage.setdefault(node, {})[metadata["name"]] = usage
+        workers[metadata["name"]] = WorkerPod(metadata["name"], index, uid, "Running", node, False, owner)
+        return True
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        self.calls["delete_pod"] += 1
+        job = name.rsplit("-worker-", 1)[0]
+        pod = self.workers.get((namespace, job), {}).pop(name, None)
+        if pod is not None and pod.node_name:
+            usage = self.usage[pod.node_name].pop(name)
+            self.free[pod.node_name] += usage.requests["nvidia.com/gpu"]
+        return pod is not None
+
+    def adopt_pod(self, namespace: str, name: str, owner: dict[str, Any]) -> bool:
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> bool:
+        return self.jobs.pop(name, None) is not None
+
+    # ------------------------------------------------------------------ what kopf's indexes would show
+
+    def view(self) -> ClusterView:
+        # As controller/handlers.py's cluster_view: the usage index is copied on each read.
+        return ClusterView(
+            nodes=lambda: self.nodes,
+            usage=lambda: {node: list(pods.values()) for node, pods in self.usage.items()},
+            workers=lambda key: list(self.workers.get(key, {}).values()),
+        )
+
+
+class SwitchablePlanner:
+    """plan_admissions, or (while the jobs are first read) nothing, so the fill is not 2,000 passes."""
+
+    def __init__(self) -> None:
+        from kubefit.decisions.admission import AdmissionPlan, plan_admissions
+
+        self.on = False
+        self.real = plan_admissions
+        self.empty = AdmissionPlan({}, frozenset(), {}, frozenset(), {}, {})
+
+    def __call__(self, *args: Any) -> Any:
+        return self.real(*args) if self.on else self.empty
+
+
+class Horizon:
+    def __init__(self, nodes: int, jobs: int, seed: int = 11) -> None:
+        self.rng = random.Random(seed)
+        facts, accelerator_of = build_nodes(nodes)
+        self.store = Store(facts, accelerator_of)
+        self.planner = SwitchablePlanner()
+        self.metrics = OperatorMetrics()
+        settings = SchedulerSettings(debounce=None)  # passes and their reconciles run inline, timed whole
+        self.scheduler = Scheduler(CATALOG, self.metrics, settings, planner=self.planner)
+        self.reconciler = Reconciler(
+            cast(KubeApi, self.store), CATALOG, self.metrics, scheduler=self.scheduler
+        )
+        self.view = self.store.view()
+        self.keys = [(NAMESPACE, f"job-{index:05d}") for index in range(jobs)]
+        for index, key in enumerate(self.keys):
+            self.store.jobs[key[1]] = job_manifest(index, self.rng)
+
+    def fill(self) -> float:
+        """Every job read once, then admission and the pod events, until nothing changes; seconds taken."""
+        started = time.perf_counter()
+        for key in self.keys:
+            self.reconciler.reconcile(key, "create", self.view)
+        self.planner.on = True
+        for _ in range(3):
+            self.scheduler.request(
+                "timer", self.view
+            )  # a pass; the jobs whose grant changed reconcile inline
+            for key in self.keys:
+                self.reconciler.reconcile(key, "pod", self.view)  # their pods were bound and run
+        return time.perf_counter() - started
+
+    def timed_passes(self, count: int) -> list[float]:
+        return [_seconds(lambda: self.scheduler.run_pass(self.view)) for _ in range(count)]
+
+    def timed_resyncs(self, count: int) -> list[float]:
+        keys = self.rng.sample(self.keys, count)
+        return [_seconds(lambda key=key: self.reconciler.reconcile(key, "timer", self.view)) for key in keys]
+
+    def timed_scales(self, count: int) -> tuple[list[float], list[int], list[float]]:
+        """An elastic job's replicas changed (as `kubectl scale` does): (its reconcile with the pass it asks
+        for, the other jobs that pass changed, their reconciles in all), per change."""
+        elastic = [key for key in self.keys if self.store.jobs[key[1]]["spec"]["elastic"].get("enabled")]
+        decisions, others, follow_on = [], [], []
+        for key in self.rng.choices(elastic, k=count):
+            job = self.store.jobs[key[1]]
+            workers = job["spec"]["workers"]
+            workers["replicas"] = self.rng.randint(workers["minReplicas"], workers["maxReplicas"])
+            job["metadata"]["generation"] += 1
+            changed: list[tuple[str, str]] = []
+            # The pass's other reconciles run on the scheduler's threads in the operator: counted here, then
+            # timed apart.
+            self.scheduler.reconcile_with(lambda other, trigger, view, changed=changed: changed.append(other))
+            decisions.append(_seconds(lambda key=key: self.reconciler.reconcile(key, "update", self.view)))
+            self.scheduler.reconcile_with(self.reconciler.reconcile)
+            others.append(len(set(changed) - {key}))
+            follow_on.append(
+                _seconds(
+                    lambda changed=changed: [
+                        self.reconciler.reconcile(k, "admission", self.view) for k in set(changed)
+                    ]
+                )
+            )
+        return decisions, others, follow_on
+
+    def admitted(self) -> tuple[int, int]:
+        grants = self.scheduler.snapshot()
+        return sum(1 for grant in grants.values() if grant.workers), sum(
+            1 for grant in grants.values() if not grant.workers
+        )
+
+
+def _seconds(call: Any) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def rss_mib() -> float:
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def line(label: str, values: list[float]) -> str:
+    ordered = sorted(values)
+    p99 = ordered[max(0, -(-len(ordered) * 99 // 100) - 1)]
+    verdict = "met" if max(values) < TARGET_S else "NOT met"
+    return (
+        f"{label}: median {statistics.median(values) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+        f"max {max(values) * 1000:.1f} ms over {len(values)} (target under {TARGET_S:.0f} s: {verdict})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=5000)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--samples", type=int, default=200, help="no-op reconciles and scale changes timed")
+    args = parser.parse_args()
+    print(f"python {platform.python_version()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    kopf.event = lambda *args, **kwargs: None  # no kopf posting queue here: events are not posted
+    rss_before = rss_mib()
+    gc.collect()
+    tracemalloc.start(1)
+    horizon = Horizon(args.nodes, args.jobs)
+    store_jobs, _ = tracemalloc.get_traced_memory()  # nodes' facts and the jobs' manifests so far
+    fill_s = horizon.fill()
+    gc.collect()
+    traced, peak = tracemalloc.get_traced_memory()
+    # The in-memory API store is not the operator's: measure a copy of its jobs and take it off.
+    before_copy, _ = tracemalloc.get_traced_memory()
+    jobs_copy = copy.deepcopy(horizon.store.jobs)
+    store_size = tracemalloc.get_traced_memory()[0] - before_copy
+    del jobs_copy
+    tracemalloc.stop()
+    admitted, queued = horizon.admitted()
+    print(f"{len(horizon.store.nodes)} nodes of 8 GPUs, {args.jobs} jobs: {admitted} admitted, {queued} queued "
+          f"after the fill ({fill_s:.1f} s for every job's first reconcile, 3 passes and the pod events)")  # fmt: skip
+    print(
+        line(
+            "scheduling pass over every job (run_pass)            ",
+            horizon.timed_passes(max(5, args.samples // 20)),
+        )
+    )
+    print(line("one job's reconcile that changes nothing (resync)    ", horizon.timed_resyncs(args.samples)))
+    decisions, others, follow_on = horizon.timed_scales(args.samples // 4)
+    print(line("one job's scale change: its reconcile and the pass   ", decisions))
+    print(f"  each pass changed {statistics.median(others):.0f} other jobs (median; max {max(others)}), whose "
+          f"reconciles took {statistics.median(follow_on) * 1000:.0f} ms in all (median; max "
+          f"{max(follow_on) * 1000:.0f} ms; on the scheduler's threads in the operator)")  # fmt: skip
+    operator_state = (traced - store_size) / 2**20
+    print(f"memory: the operator's state {operator_state:.1f} MiB (traced {traced / 2**20:.1f} MiB, less the "
+          f"API store's jobs {store_size / 2**20:.1f} MiB; peak {peak / 2**20:.1f} MiB); process RSS "
+          f"{rss_mib():.1f} MiB ({rss_before:.1f} MiB after imports)")  # fmt: skip
+    print(f"API calls the decisions made: {dict(horizon.store.calls)}")
+    del store_jobs
+
+
+if __name__ == "__main__":
+    main()
