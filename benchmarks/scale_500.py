@@ -14,7 +14,7 @@ On a throwaway sandbox with enough simulated 8 x H100 nodes for every worker, in
 4. the operator's resident memory (VmRSS of its process) before the jobs, as each fifth of them has its
    pod, and once all N run and it has been quiet for a few seconds: the slope per 1,000 jobs;
 5. a single change while the N jobs exist: an extra elastic job (minimum 1, maximum 2, no checkpoint
-   grace) scaled through the scale subresource, as `kubectl scale` does, between 1 and 2 workers; the
+   grace), once its first worker runs, scaled through the scale subresource, as `kubectl scale` does, between 1 and 2 workers; the
    clock runs from the patch to the pod watch event that shows the new worker (scale-up) or the removed
    worker being deleted (scale-down). p50 and p99 (targets: 200 ms and 1 s).
 
@@ -441,7 +441,9 @@ class Bench:
         name, pods = "probe", self.watch.pods
         first, second = (namespace, f"{name}-worker-0"), (namespace, f"{name}-worker-1")
         self.apply_job(namespace, job_manifest(name, elastic=True))
-        self.watch.wait("the probe's first worker", lambda: first in pods)
+        # A running job is changed, not one being created: its worker runs and its status has settled.
+        self.watch.wait("the probe's first worker to run", lambda: first in pods and pods[first].running)
+        time.sleep(2.0)
         ups: list[float] = []
         downs: list[float] = []
         for change in range(changes):

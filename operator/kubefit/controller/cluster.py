@@ -35,17 +35,25 @@ class RememberingCatalog(Catalog):
     def __init__(self, catalog: Catalog) -> None:
         super().__init__(catalog)
         self._identified: dict[frozenset[tuple[str, str]], Accelerator | None] = {}
+        # The same labels object again (kopf's index keeps a node's facts until the node changes): by identity,
+        # the labels held so that their id is not reused; dropped wholesale once twice the label sets known.
+        self._by_identity: dict[int, tuple[Mapping[str, str], Accelerator | None]] = {}
 
     def identify(self, labels: Mapping[str, str]) -> Accelerator | None:
+        seen = self._by_identity.get(id(labels))
+        if seen is not None and seen[0] is labels:
+            return seen[1]
         key = frozenset(labels.items())
         try:
-            return self._identified[key]
+            accelerator = self._identified[key]
         except KeyError:
-            pass
-        accelerator = super().identify(labels)
-        if len(self._identified) >= REMEMBERED_LABEL_SETS:
-            self._identified = {}  # one dict swap: a reader on another thread keeps the old one
-        self._identified[key] = accelerator
+            accelerator = super().identify(labels)
+            if len(self._identified) >= REMEMBERED_LABEL_SETS:
+                self._identified = {}  # one dict swap: a reader on another thread keeps the old one
+            self._identified[key] = accelerator
+        if len(self._by_identity) >= 2 * len(self._identified) + 1024:
+            self._by_identity = {}
+        self._by_identity[id(labels)] = (labels, accelerator)
         return accelerator
 
     def extended(self, extra: Iterable[Accelerator]) -> Catalog:
