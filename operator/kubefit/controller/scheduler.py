@@ -353,11 +353,18 @@ class Scheduler:
         """
         fingerprint = hash(tuple(sorted((node.name, id(node)) for node in nodes)))
         every = frozenset(node.name for node in nodes if self.catalog.identify(node.labels) is not None)
+        shared: dict[frozenset[str], frozenset[str]] = {every: every}
+        for entry in entries.values():
+            if entry.eligible is not None and entry.eligible[0] == fingerprint:
+                shared.setdefault(entry.eligible[1], entry.eligible[1])
         demands = {}
         for key, entry in entries.items():
             assert entry.demand is not None
             if entry.eligible is None or entry.eligible[0] != fingerprint:
-                entry.eligible = (fingerprint, eligible_nodes(entry.placement, nodes, self.catalog))
+                found = eligible_nodes(entry.placement, nodes, self.catalog)
+                # Jobs with the same eligible nodes share one set (H8: 2,000 jobs x 5,000 node names each
+                # would be hundreds of MiB; docs/performance.md).
+                entry.eligible = (fingerprint, shared.setdefault(found, found))
             eligible = entry.eligible[1]
             demands[key] = replace(entry.demand, eligible_nodes=None if eligible == every else eligible)
         return demands
