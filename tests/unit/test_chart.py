@@ -263,7 +263,7 @@ def test_deployment_defaults(default_objects: list[dict[str, Any]]) -> None:
     # leader election is on by default: a new pod stands by while the old leader still runs
     assert deployment["spec"]["strategy"] == {
         "type": "RollingUpdate",
-        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1},
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "100%"},
     }
     pod = deployment["spec"]["template"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
