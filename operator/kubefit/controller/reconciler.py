@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -58,6 +58,7 @@ from kubefit.controller.checkpoints import CheckpointBoard
 from kubefit.controller.cluster import ClusterView, remembering
 from kubefit.controller.kube import KubeApi, error_message
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
+from kubefit.decisions.admission import Demand
 from kubefit.decisions.failure import reconcile_error
 from kubefit.decisions.inventory import build_inventory
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
@@ -372,13 +373,13 @@ class Reconciler:
         if self._awaits_first_pass(state, observation, decision):
             # No pass has decided this job yet, and one is due within DEBOUNCE_SECONDS: its status is written
             # once with its admission (or its place in the queue) instead of Queued now and Admitted after.
-            self.scheduler.offer(key, decision.demand, placement, view)
+            self.scheduler.offer(key, _for_the_queue(decision.demand), placement, view)
             return
         self._apply(job, observation, decision, state, progress)
         self._request_checkpoint(key, decision.checkpoint_request)
         self.metrics.observe_job(observation, decision)
         self._requeue(key, decision.requeue_after, view)
-        self.scheduler.offer(key, decision.demand, placement, view)
+        self.scheduler.offer(key, _for_the_queue(decision.demand), placement, view)
 
     def _observe(
         self,
@@ -490,6 +491,13 @@ class Reconciler:
             state.created[name] = time.monotonic()  # created now, or already there (409): not again
         if len(todo) > CREATE_BATCH:
             self._go_round_again(state)
+
+
+def _for_the_queue(demand: Demand | None) -> Demand | None:
+    """The demand without its eligible node names: each pass works them out again from the placement and the
+    nodes of that moment (Scheduler._demands), and one set of every node name kept per queued job was most of
+    the operator's memory at 2,000 jobs and 5,000 nodes (docs/performance.md)."""
+    return replace(demand, eligible_nodes=None) if demand is not None else None
 
 
 def _forget_old_creates(created: dict[str, float]) -> None:

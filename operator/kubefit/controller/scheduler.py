@@ -147,6 +147,8 @@ class Scheduler:
         self._seen: set[JobKey] = set()  # jobs this process has reconciled (restart recovery once)
         self._not_ready: set[str] = set()
         self._nodes: dict[str, NodeFacts] = {}
+        # Eligible-node sets of the current nodes, one object per distinct set, shared by the jobs (H8).
+        self._shared_eligible: tuple[int, dict[frozenset[str], frozenset[str]]] = (0, {})
         self._view: ClusterView | None = None
         self._context: contextvars.Context | None = None
         self._scheduled = False  # a debounced pass is pending
@@ -353,10 +355,10 @@ class Scheduler:
         """
         fingerprint = hash(tuple(sorted((node.name, id(node)) for node in nodes)))
         every = frozenset(node.name for node in nodes if self.catalog.identify(node.labels) is not None)
-        shared: dict[frozenset[str], frozenset[str]] = {every: every}
-        for entry in entries.values():
-            if entry.eligible is not None and entry.eligible[0] == fingerprint:
-                shared.setdefault(entry.eligible[1], entry.eligible[1])
+        if self._shared_eligible[0] != fingerprint:
+            self._shared_eligible = (fingerprint, {})
+        shared = self._shared_eligible[1]
+        every = shared.setdefault(every, every)
         demands = {}
         for key, entry in entries.items():
             assert entry.demand is not None
