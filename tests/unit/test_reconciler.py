@@ -681,3 +681,12 @@ def test_once_per_is_due_once_a_period_whoever_asks() -> None:
     assert not period.due()
     now[0] += 0.1
     assert period.due() and not period.due()
+
+
+def test_the_queue_keeps_no_eligible_node_names_per_job(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconcile()
+    grants = harness.reconciler.scheduler.snapshot()
+    assert grants[KEY].workers == 2  # admitted on the 64 nodes, as before
+    entry = harness.reconciler.scheduler._entries[KEY]
+    assert entry.demand is not None and entry.demand.eligible_nodes is None
