@@ -5,17 +5,19 @@ The operator's own code runs as it does in `kubefit run` (Reconciler, Scheduler,
 plan_admissions, OperatorMetrics), on what kopf's indexes would hold: NodeFacts built by `node_facts` from
 node manifests as the sandbox makes them, PodUsage and WorkerPod of every worker. Only the API server is
 replaced, by an in-memory store (job dicts; a created pod is bound first-fit to a node of its accelerator and
-turns Running, as kube-scheduler and a kubelet would), and kopf's event posting by a counter. So the figures
+turns Running, as kube-scheduler and a kubelet would), and kopf's event posting by nothing. So the figures
 are the operator's decisions alone: no network, no kopf, no JSON from a server.
 
 The jobs: 60% one worker of 1, 2, 4 or 8 GPUs; 30% gangs of 2-8 workers of 8 GPUs; 10% elastic, 2 to
-16 workers of 8 GPUs. About nine tenths of the 40,000 GPUs are asked for, so some jobs queue and the pass
-has work to do. Timed, after the cluster is filled:
+16 workers of 8 GPUs. At full size they want more than the 40,000 GPUs: every job is admitted, the elastic
+ones below their maximum, so a pass has every job to place and a scale change moves devices. Timed, after
+the cluster is filled (every job's first reconcile, one pass for that burst, the pod events):
 - one scheduling pass over every job (Scheduler.run_pass: capacity, eligible nodes, plan_admissions);
 - one job's reconcile that changes nothing (the resync timer's): observe (inventory of 5,000 nodes),
   decide, compare the status;
-- one job's scale change end to end: its reconcile, the pass it requests (run inline here), and the
-  reconciles of every job whose grant that pass changed;
+- one job's scale change: its reconcile and the pass it requests (run inline here); the reconciles of the
+  other jobs whose grant that pass changed are counted and timed apart (the operator runs them on the
+  scheduler's threads);
 and the process's resident memory, less what a copy of the in-memory API store's jobs takes.
 
     .venv/bin/python benchmarks/horizon_decisions.py [--nodes 5000] [--jobs 2000] [--samples 200]
