@@ -9,6 +9,8 @@ each set, with the operator's default headroom (10%), the targets are:
 - every measured row predicted to fit with the headroom, except the rows whose measured peak itself lies
   inside the headroom band (listed in HEADROOM_BAND_ROWS: a job the default would block although it ran).
 The bounds are these targets, not the figures of the day; benchmarks/sizing_accuracy.py prints them all.
+A target not met at the end of issue 10 is a strict xfail with its reason (UNMET): it shows in every run,
+and meeting it makes the run fail until the entry is removed.
 """
 
 from __future__ import annotations
@@ -43,15 +45,38 @@ HEADROOM_BAND_ROWS = {"10", "13", "14", "16", "141", "159", "160", "161", "163",
 
 # Targets not met at the end of issue 10, per (test, set), with the reason. strict: a target that comes
 # to be met fails its xfail, so the entry must then be removed. Empty means every target is met.
-UNMET: dict[tuple[str, str], str] = {}
+UNMET: dict[tuple[str, str], str] = {
+    ("test_no_underestimate_worse_than_the_target", "development"): (
+        "19 rows below -10%: fsdp_qlora reserved peaks (rows 150-163, to -38%), litgpt config_hub QLoRA and "
+        "Gemma rows (201-209, to -43%; kubefit's H200 runs of litgpt's own modules sit 16-27% below the "
+        "table's QLoRA figures), gemma-2b full FSDP (200, -24%), litgpt QLoRA 71/74 (-14%)"
+    ),
+    (
+        "test_no_underestimate_worse_than_the_target",
+        "held-out",
+    ): "Qwen-1.8B-Chat LoRA rows 100-104: -13% to -16%",
+    ("test_median_absolute_error_meets_the_target", "held-out"): "median |error| 9.9% on the Qwen rows",
+    ("test_out_of_memory_rows_are_predicted_not_to_fit_even_without_headroom", "development"): (
+        "row 203 (litgpt gemma-7b LoRA on an A10G) is predicted at 22.0 GiB of the device's 22.5"
+    ),
+    ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "development"): (
+        "row 54 (torchtune 8B LoRA on an A6000, +51%) and row 73 (litgpt 13B LoRA: 35.5 GiB allocated on "
+        "a 40 GiB A100, just under the band; predicted 35.9 GiB allocated, above 36 GiB in total)"
+    ),
+    ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "held-out"): (
+        "row 140 (Qwen-72B-Int4 QLoRA s=4096, 68.0 of 80 GiB) is over-estimated by 16.5%, past the headroom"
+    ),
+}
+# The held-out sources report no out-of-memory run: that target applies to the sets that have OOM rows.
+OOM_SETS = tuple(name for name in SETS if any(row.oom and row.split == name for row in ROWS))
 
 
-def _sets(test: str) -> list:
+def _sets(test: str, names: tuple[str, ...] = SETS) -> list:
     return [
         pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=UNMET[(test, name)]))
         if (test, name) in UNMET
         else name
-        for name in SETS
+        for name in names
     ]
 
 
@@ -104,7 +129,7 @@ def test_median_absolute_error_meets_the_target(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", _sets("test_out_of_memory_rows_are_predicted_not_to_fit_even_without_headroom")
+    "name", _sets("test_out_of_memory_rows_are_predicted_not_to_fit_even_without_headroom", OOM_SETS)
 )
 def test_out_of_memory_rows_are_predicted_not_to_fit_even_without_headroom(name: str) -> None:
     ooms = [r for r in _results(name) if r.row.expressible and r.row.oom]
