@@ -74,37 +74,38 @@ class LeaseApi:
         self.timeout = request_timeout
 
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            lease = self.coordination.read_namespaced_lease(name, namespace, _request_timeout=self.timeout)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return _as_dict(self.coordination.api_client, lease)
+        return self._lease_or_none(
+            404,
+            lambda: self.coordination.read_namespaced_lease(name, namespace, _request_timeout=self.timeout),
+        )
 
     def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        try:
-            lease = self.coordination.create_namespaced_lease(
+        return self._lease_or_none(
+            409,
+            lambda: self.coordination.create_namespaced_lease(
                 namespace,
                 body,  # type: ignore[arg-type]
                 _request_timeout=self.timeout,
-            )
-        except ApiException as error:
-            if error.status == 409:
-                return None
-            raise
-        return _as_dict(self.coordination.api_client, lease)
+            ),
+        )
 
     def replace(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        try:
-            lease = self.coordination.replace_namespaced_lease(
+        return self._lease_or_none(
+            409,
+            lambda: self.coordination.replace_namespaced_lease(
                 name,
                 namespace,
                 body,  # type: ignore[arg-type]
                 _request_timeout=self.timeout,
-            )
+            ),
+        )
+
+    def _lease_or_none(self, none_on_status: int, call: Callable[[], Any]) -> dict[str, Any] | None:
+        """The Lease the call answers, as a dict; None when the API server answers `none_on_status`."""
+        try:
+            lease = call()
         except ApiException as error:
-            if error.status == 409:
+            if error.status == none_on_status:
                 return None
             raise
         return _as_dict(self.coordination.api_client, lease)
