@@ -329,6 +329,50 @@ def test_qlora_dequantises_one_block_matrix_not_the_16_bit_embedding() -> None:
     assert result.communication_buffers == pytest.approx(QLORA_DEQUANT_COPIES * 4096 * 14336 * 2, abs=1)
 
 
+def test_qlora_without_double_quantisation_holds_an_fp32_constant_per_64_weights() -> None:
+    model = {
+        "parameters": "8.03B",
+        "architecture": LLAMA3_8B,
+        "precision": "bf16-true",
+        "finetuning": {"method": "qlora", "loraRank": 8},
+    }
+    double = estimate(job(model), H100, Layout(1, 1))
+    plain = estimate(
+        job({**model, "finetuning": {**model["finetuning"], "doubleQuantization": False}}), H100, Layout(1, 1)
+    )
+    # 0.5 bits of fp32 absmax per weight instead of 0.127 (QLoRA paper section 3), on the quantised
+    # weights only: every parameter but the bf16 embedding and head.
+    quantised = 8.03e9 - 2 * 128256 * 4096
+    assert plain.weights - double.weights == pytest.approx(quantised * (0.5 - 0.127) / 8, rel=1e-3)
+    assert plain.activations == double.activations and plain.logits == double.logits
+
+
+def test_qlora_with_a_quantised_head_holds_it_in_nf4_and_dequantises_it() -> None:
+    # Lightning's BitsandbytesPrecision (litgpt --quantize bnb.nf4) quantises the untied head too; it is
+    # then the largest matrix dequantised, to fp16 and cast to bf16: two 16-bit copies of V x h.
+    model = {
+        "parameters": "8.03B",
+        "architecture": LLAMA3_8B,
+        "precision": "bf16-true",
+        "finetuning": {"method": "qlora", "loraRank": 8},
+    }
+    head = 128256 * 4096
+    kept = estimate(job(model), H100, Layout(1, 1))
+    quantised = estimate(
+        job({**model, "finetuning": {**model["finetuning"], "quantizedHead": True}}), H100, Layout(1, 1)
+    )
+    assert kept.weights - quantised.weights == pytest.approx(head * (2 - (0.5 + 0.127 / 8)), rel=1e-6)
+    assert quantised.communication_buffers == pytest.approx(QLORA_DEQUANT_COPIES * head * 2, abs=1)
+    # A tied head is the embedding, which stays 16-bit: nothing changes (7.50B parameters read as the
+    # same shape with the head tied).
+    tied = {**model, "parameters": "7.5B"}
+    tied_kept = estimate(job(tied), H100, Layout(1, 1))
+    tied_flag = estimate(
+        job({**tied, "finetuning": {**tied["finetuning"], "quantizedHead": True}}), H100, Layout(1, 1)
+    )
+    assert tied_flag.total == tied_kept.total
+
+
 def test_recomputed_layer_and_logits_are_not_alive_together() -> None:
     # Full AC: the last layer is recomputed only after the loss and head have run their backward and freed
     # the logits, so only the recomputed layer's excess over the logits adds to the saved layer inputs.

@@ -227,6 +227,20 @@ class Finetuning(_Model):
         "at least 1 and at most 10^15.",
         json_schema_extra=_int_or_string_schema(COUNT_PATTERN, MAX_PARAMETERS),
     )
+    double_quantization: bool = Field(
+        default=True,
+        description="qlora only. true: the 4-bit blocks' constants are quantised too (QLoRA's double "
+        "quantisation, bitsandbytes bnb_4bit_use_double_quant / litgpt bnb.nf4-dq, torchao NF4), 4.127 bits "
+        "per weight. false: one fp32 constant per 64-weight block (bitsandbytes' plain nf4, litgpt "
+        "bnb.nf4), 4.5 bits per weight.",
+    )
+    quantized_head: bool = Field(
+        default=False,
+        description="qlora only. true: the output head, when not tied to the embedding, is quantised like "
+        "the blocks' linear layers and dequantised to 16 bits at each call (Lightning's "
+        "BitsandbytesPrecision, which litgpt's --quantize bnb.* uses, replaces every nn.Linear). false: "
+        "the head stays 16-bit (PEFT/transformers, torchtune, fsdp_qlora).",
+    )
 
 
 class Model(_Model):

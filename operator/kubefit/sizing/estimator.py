@@ -55,12 +55,22 @@ ADAMW_8BIT_STATE_BYTES = 2.0
 NO_STEP_TEMPORARY = ("sgd", "sgd-momentum", "adamw-8bit")
 
 # QLoRA nf4 with double quantisation: 4 bits + 0.127 bits of constants per parameter (Dettmers et al.
-# 2023, QLoRA paper section 3). Embeddings and the output head are not quantised (_frozen_base_bytes).
+# 2023, QLoRA paper section 3). Embeddings and (unless finetuning.quantizedHead) the output head are not
+# quantised (_frozen_base_bytes).
 NF4_BYTES = 0.5 + 0.127 / 8
+# Without double quantisation (finetuning.doubleQuantization false): one fp32 absmax per 64-weight block,
+# 32/64 = 0.5 bits per parameter (QLoRA paper section 3; bitsandbytes' blocksize 64). litgpt's resource
+# table shows the difference: Llama 2 7B QLoRA 14.14 GB with bnb.nf4, 13.84 GB with bnb.nf4-dq, the
+# 0.047 B/param over its 6.5B quantised weights (tutorials/resource-tables.md).
+NF4_BYTES_WITHOUT_DOUBLE_QUANTIZATION = 0.5 + 4 / 64
 # Transient 16-bit copies while a QLoRA linear runs. torchao's LinearNF4 (what torchtune uses) saves only
 # the nf4 weight and dequantises it again in each forward and backward call, so one block matrix is
 # dequantised at a time; the second copy covers the unpacking intermediates of the dequantisation
-# (NF4Tensor.get_original_weight). Embeddings and the head are never quantised, so never dequantised.
+# (NF4Tensor.get_original_weight). Embeddings are never quantised, so never dequantised; the head only
+# under finetuning.quantizedHead, when it is the largest matrix dequantised: Lightning's
+# BitsandbytesPrecision quantises from fp16 (`weight.contiguous().to(device=device, dtype=torch.half)`,
+# lightning/fabric/plugins/precision/bitsandbytes.py), so bitsandbytes' MatMul4Bit dequantises to fp16
+# and casts to the bf16 input (`F.dequantize_4bit(B, quant_state).to(A.dtype)`): two 16-bit copies.
 QLORA_DEQUANT_COPIES = 2
 
 # Logits per element, training.loss standard: fp32 logits (4, Megatron/Korthikanti 4sbV) + fp32
@@ -458,6 +468,7 @@ class _StageShare:
     embeddings: int  # embedding parameters on the stage: the input embedding first, the output head last
     parameters: float  # after the tensor-parallel split
     fraction: float  # of all the model's parameters
+    head: int = 0  # of `embeddings`, an untied output head's parameters (a tied head is the embedding)
 
 
 def _stage_share(resolved: _Model, training: Training, stage: str) -> _StageShare:
@@ -468,7 +479,8 @@ def _stage_share(resolved: _Model, training: Training, stage: str) -> _StageShar
     blocks = max(resolved.parameters - copies * embedding, 0)
     embeddings = {"only": copies * embedding, "first": embedding, "last": embedding}[stage]
     parameters = (blocks / training.pipeline_parallel + embeddings) / training.tensor_parallel
-    return _StageShare(embeddings, parameters, parameters / resolved.parameters)
+    head = embedding if copies == 2 and stage in ("only", "last") else 0
+    return _StageShare(embeddings, parameters, parameters / resolved.parameters, head)
 
 
 @dataclass(frozen=True)
@@ -541,13 +553,32 @@ def _adapter_states(
 
 def _frozen_base_bytes(spec: TrainingJobSpec, share: _StageShare) -> float:
     frozen = share.parameters
-    if spec.model.finetuning.method == "qlora":
-        # The embeddings and head are not quantised; the QLoRA recipe under autocast (PEFT
-        # prepare_model_for_kbit_training) upcasts them to fp32, bf16-true keeps them in 16 bits.
-        frozen_embeddings = share.embeddings / spec.training.tensor_parallel
+    finetuning = spec.model.finetuning
+    if finetuning.method == "qlora":
+        # The embeddings and head are not quantised (unless quantizedHead: an untied head is); the QLoRA
+        # recipe under autocast (PEFT prepare_model_for_kbit_training) upcasts them to fp32, bf16-true
+        # keeps them in 16 bits.
+        quantized_head = share.head if finetuning.quantized_head else 0
+        frozen_embeddings = (share.embeddings - quantized_head) / spec.training.tensor_parallel
         embedding_bytes = FP32_BYTES if spec.model.precision in MIXED_PRECISIONS else HALF_BYTES
-        return (frozen - frozen_embeddings) * NF4_BYTES + frozen_embeddings * embedding_bytes
+        return (frozen - frozen_embeddings) * nf4_bytes(finetuning.double_quantization) + (
+            frozen_embeddings * embedding_bytes
+        )
     return frozen * (FP32_BYTES if spec.model.precision == "fp32" else HALF_BYTES)
+
+
+def nf4_bytes(double_quantization: bool) -> float:
+    """Bytes per 4-bit weight with its quantisation constants."""
+    return NF4_BYTES if double_quantization else NF4_BYTES_WITHOUT_DOUBLE_QUANTIZATION
+
+
+def _dequantized_matrix(spec: TrainingJobSpec, shape: ModelShape, share: _StageShare) -> int:
+    """Parameters of the largest matrix a QLoRA step dequantises at once: a block's, or the output head's
+    when it is quantised too (finetuning.quantizedHead) and held on this stage."""
+    largest = shape.largest_block_matrix()
+    if spec.model.finetuning.quantized_head and share.head:
+        return max(largest, share.head)
+    return largest
 
 
 # ---------------------------------------------------------------- offload
@@ -679,7 +710,8 @@ def _communication_buffers(
         # DDP copies gradients into its flat buckets unless gradient_as_bucket_view=True (PyTorch DDP docs).
         communication = on_device.trainable * sharding.per_parameter.gradients
     if spec.model.finetuning.method == "qlora":
-        communication += QLORA_DEQUANT_COPIES * shape.largest_block_matrix() / tensor_parallel * HALF_BYTES
+        dequantized = _dequantized_matrix(spec, shape, share)
+        communication += QLORA_DEQUANT_COPIES * dequantized / tensor_parallel * HALF_BYTES
     return communication
 
 
