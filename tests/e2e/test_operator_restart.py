@@ -71,3 +71,43 @@ def test_restart_mid_way_ends_with_exactly_the_right_pods(
     time.sleep(STABLE_FOR_S)  # a resync later, nothing was created or deleted
     assert uids(kube, namespace, "resilient") == settled
     assert len(kube.items("pods", namespace)) == 4  # nothing else in the namespace either
+
+
+def test_a_job_carries_nothing_of_kopf_and_is_deleted_while_the_operator_is_down(
+    kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
+) -> None:
+    resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1}
+    kube.apply(job_manifest("plain", namespace, pool=pool, resources=resources, workers={"replicas": 1}))
+    wait_for("a running worker", lambda: running_names(kube.workers(namespace, "plain")))
+    job = kube.get("trainingjob", "plain", namespace)
+    assert job is not None
+    # No finalizer and no kopf annotation: the operator follows jobs with a watch and a resync of its own.
+    assert not job["metadata"].get("finalizers")
+    assert not [key for key in job["metadata"].get("annotations") or {} if key.startswith("kubefit.dev/")]
+
+    operator.stop()
+    try:
+        # Nothing of the operator's holds the delete; the garbage collector takes the worker.
+        kube.run("delete", "trainingjob", "plain", "-n", namespace, "--wait=true", "--timeout=30s")
+        wait_for("the worker collected", lambda: not kube.workers(namespace, "plain"), timeout=60)
+    finally:
+        operator.start()
+
+
+def test_the_finalizer_of_an_earlier_version_is_removed(
+    kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
+) -> None:
+    # A job as operator versions with per-job kopf timers left it: finalized by kopf.
+    resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1}
+    manifest = job_manifest("legacy", namespace, pool=pool, resources=resources, workers={"replicas": 1})
+    manifest["metadata"]["finalizers"] = ["kubefit.dev/finalizer"]
+    kube.apply(manifest)
+    wait_for(
+        "the finalizer removed",
+        lambda: (
+            (job := kube.get("trainingjob", "legacy", namespace)) and not job["metadata"].get("finalizers")
+        ),
+        timeout=30,
+    )
+    wait_for("a running worker", lambda: running_names(kube.workers(namespace, "legacy")))
+    kube.run("delete", "trainingjob", "legacy", "-n", namespace, "--wait=true", "--timeout=30s")

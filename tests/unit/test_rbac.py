@@ -65,6 +65,10 @@ KOPF_FRAMEWORK = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
 KOPF_NAMESPACE_PATTERNS = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+# kopf removes the finalizer named in settings.persistence.finalizer from an object no handler needs it for
+# (kopf/_core/reactor/processing.py, "Removing the finalizer, as there are no handlers requiring it"): the
+# TrainingJobs that operator versions with per-job kopf timers finalized are patched once, on an upgrade.
+KOPF_LEGACY_FINALIZER_REMOVAL = {("kubefit.dev", "trainingjobs", "patch")}
 KOPF_EVENT_FUNCTIONS = {"event", "info", "warn", "exception"}
 
 
@@ -248,6 +252,8 @@ def used_permissions(watch_namespaces: bool) -> tuple[set[Permission], set[Permi
     used = client_permissions(kube_source, kube_names) | rest_permissions(kube_source, kube_names)
     used |= kopf_handler_permissions(_read(CONTROLLER / "handlers.py"), _module_namespace(handlers_module))
     used |= KOPF_FRAMEWORK
+    if operator_settings().persistence.finalizer:
+        used |= KOPF_LEGACY_FINALIZER_REMOVAL
     if watch_namespaces:
         used |= KOPF_NAMESPACE_PATTERNS
     controller_sources = [_read(path) for path in sorted(CONTROLLER.glob("*.py"))]
@@ -373,7 +379,7 @@ def test_the_derived_list_is_what_the_operator_is_known_to_do() -> None:
     namespaced, cluster = used_permissions(watch_namespaces=False)
     assert ("kubefit.dev", "trainingjobs", "delete") in namespaced  # ttlSecondsAfterFinished
     assert ("kubefit.dev", "trainingjobs/status", "patch") in namespaced
-    assert ("kubefit.dev", "trainingjobs", "patch") in namespaced  # kopf's finalizer and annotations
+    assert ("kubefit.dev", "trainingjobs", "patch") in namespaced  # kopf removing earlier versions' finalizer
     assert ("", "pods", "patch") in namespaced  # adopting an orphaned worker
     assert ("", "nodes", "watch") in cluster
     assert not {p for p in namespaced | cluster if p[1] in ("secrets", "configmaps", "trainingjobs/scale")}

@@ -31,7 +31,6 @@ from kubefit.controller.reconciler import (
     CREATE_BATCH,
     ClusterView,
     NotifyingBoard,
-    OncePer,
     Reconciler,
     Requeue,
     RequeueClock,
@@ -672,17 +671,6 @@ def test_the_remembering_catalog_answers_as_the_catalog_and_matches_each_label_s
     assert isinstance(catalog.extended([]), RememberingCatalog)
 
 
-def test_once_per_is_due_once_a_period_whoever_asks() -> None:
-    now = [100.0]
-    period = OncePer(30.0, clock=lambda: now[0])
-    asked = [period.due() for _ in range(500)]  # every job's resync timer in one period
-    assert asked.count(True) == 1 and asked[0]
-    now[0] += 29.9
-    assert not period.due()
-    now[0] += 0.1
-    assert period.due() and not period.due()
-
-
 def test_the_queue_keeps_no_eligible_node_names_per_job(harness: Harness) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.reconcile()
@@ -690,3 +678,27 @@ def test_the_queue_keeps_no_eligible_node_names_per_job(harness: Harness) -> Non
     assert grants[KEY].workers == 2  # admitted on the 64 nodes, as before
     entry = harness.reconciler.scheduler._entries[KEY]
     assert entry.demand is not None and entry.demand.eligible_nodes is None
+
+
+def test_a_job_the_watch_showed_is_reconciled_without_a_get_and_its_status_patch_answer_is_kept(
+    harness: Harness,
+) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))  # what handlers.py's job event keeps
+    answered = []
+
+    def patch_answering(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        FakeKube.patch_job_status(harness.kube, namespace, name, status)
+        written = copy.deepcopy(harness.kube.jobs[name])
+        answered.append(written)
+        return written  # the API server answers a patch with the object
+
+    harness.kube.patch_job_status = patch_answering  # type: ignore[assignment, method-assign]
+    harness.reconcile()
+    assert harness.calls("get_job") == [] and len(answered) == 1
+    assert harness.reconciler.jobs.read(KEY, harness.kube.get_job) == answered[0]
+    harness.reconcile("timer")  # the created workers are counted in the status
+    writes = len(harness.calls("patch_job_status"))
+    assert harness.reconciler.jobs.read(KEY, harness.kube.get_job) == answered[-1]
+    harness.reconcile("timer")  # reads what it wrote: nothing to write again
+    assert harness.calls("get_job") == [] and len(harness.calls("patch_job_status")) == writes

@@ -70,9 +70,9 @@ wildcards). tests/unit/test_rbac.py derives the same list from the code and fail
 Used by the ClusterRole when all namespaces are watched, else by a Role in each watched namespace.
 */}}
 {{- define "kubefit.namespacedRules" -}}
-# TrainingJobs: the reconciler reads each job (get) and deletes a finished one once
-# runPolicy.ttlSecondsAfterFinished has passed; kopf lists and watches them and patches its finalizer and
-# its progress annotations (kubefit.dev/*) on them.
+# TrainingJobs: the reconciler reads a job its watch has not shown yet (get) and deletes a finished one once
+# runPolicy.ttlSecondsAfterFinished has passed; kopf lists and watches them, and removes (patch) the finalizer
+# kubefit.dev/finalizer that earlier versions of the operator put on jobs.
 - apiGroups: ["kubefit.dev"]
   resources: ["trainingjobs"]
   verbs: ["get", "list", "watch", "patch", "delete"]

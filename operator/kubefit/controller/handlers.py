@@ -4,15 +4,21 @@ Indexes (kept current by kopf's watches, populated before any handler runs):
 - kubefit_nodes: node name -> NodeFacts (labels, allocatable);
 - kubefit_pod_usage: node name -> PodUsage of each bound, non-terminated pod (any pod, not only workers);
 - kubefit_workers: (namespace, job name) -> WorkerPod of each pod labelled kubefit.dev/job.
-Triggers of a job's reconcile: TrainingJob create/update/resume, a timer every RESYNC_SECONDS, and any
-event of one of its worker pods. Triggers of a scheduling pass (controller/scheduler.py, debounced): a
-job's demand changing (after its reconcile), a job deleted, a node added, removed or changed (not its
-heartbeats), a worker pod bound, finished or deleted, any other pod finished or deleted (devices freed),
-and the resync timers (one pass per period for all jobs).
+Triggers of a job's reconcile: a TrainingJob event that shows it new or changed (the operator's listing at
+its start included; its own status patches are no change), the resync (controller/resync.py: every job once
+per RESYNC_SECONDS, spread over the period), and an event of one of its worker pods that changes what the
+decisions read of it. Triggers of a scheduling pass (controller/scheduler.py, debounced): a job's demand
+changing (after its reconcile), a job deleted, a node added, removed or changed (not its heartbeats), a
+worker pod bound, finished or deleted, any other pod finished or deleted (devices freed), and the resync
+(one pass per period for all jobs).
+
+No handler here needs a finalizer or writes to the job: kopf writes nothing to TrainingJobs (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import contextvars
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,7 +27,8 @@ import kopf
 from kubefit.api.resource import GROUP, PLURAL, VERSION, JobKey
 from kubefit.builders.naming import JOB_LABEL
 from kubefit.controller.cluster import ClusterView
-from kubefit.controller.reconciler import OncePer, Reconciler
+from kubefit.controller.reconciler import Reconciler
+from kubefit.controller.resync import ResyncLoop
 from kubefit.controller.scheduler import Scheduler
 from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts, pod_usage
 from kubefit.decisions.observed import POD_FINISHED_PHASES, WorkerPod, worker_from_pod
@@ -76,15 +83,38 @@ def register(
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
 
-    _register_indexes(registry)
+    nodes_seen = SameFacts()
+    _register_indexes(registry, nodes_seen)
     _register_triggers(registry, reconciler, scheduler, resync_seconds)
-    _register_capacity_triggers(registry, scheduler)
+    _register_capacity_triggers(registry, scheduler, nodes_seen)
 
 
-def _register_indexes(registry: kopf.OperatorRegistry) -> None:
+class SameFacts:
+    """A node's facts object kept while what scheduling reads of the node (labels, allocatable, taints,
+    cordon) does not change: the scheduler recomputes the jobs' eligible nodes when any node's facts object
+    is a new one (controller/scheduler.py), and without this every node heartbeat made a new one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._facts: dict[str, NodeFacts] = {}
+
+    def same_or_new(self, facts: NodeFacts) -> NodeFacts:
+        with self._lock:
+            held = self._facts.get(facts.name)
+            if held == facts:
+                return held
+            self._facts[facts.name] = facts
+            return facts
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._facts.pop(name, None)
+
+
+def _register_indexes(registry: kopf.OperatorRegistry, nodes_seen: SameFacts) -> None:
     @kopf.index("", "v1", "nodes", id="kubefit_nodes", registry=registry)
     def kubefit_nodes(body: kopf.Body, name: str, **_: Any) -> dict[str, NodeFacts]:
-        return {name: node_facts(body)}
+        return {name: nodes_seen.same_or_new(node_facts(body))}
 
     @kopf.index("", "v1", "pods", id="kubefit_pod_usage", registry=registry)
     def kubefit_pod_usage(body: kopf.Body, **_: Any) -> dict[str, PodUsage]:
@@ -104,47 +134,89 @@ def _register_indexes(registry: kopf.OperatorRegistry) -> None:
 def _register_triggers(
     registry: kopf.OperatorRegistry, reconciler: Reconciler, scheduler: Scheduler, resync_seconds: float
 ) -> None:
+    jobs = reconciler.jobs
+    workers_seen = WorkerChanges()
+    live_indexes: dict[str, Any] = {}  # kopf's live index objects, for the resync's reconciles
+
     def reconcile_job(trigger: str, namespace: str | None, name: str, **indexes: Any) -> None:
         reconciler.reconcile((namespace or "", name), trigger, cluster_view(**indexes))
 
-    # create, update (incl. `kubectl scale`) and resume (operator start) all lead to the same reconcile.
-    @kopf.on.resume(*JOBS, id="resume", registry=registry)
-    @kopf.on.create(*JOBS, id="create", registry=registry)
-    @kopf.on.update(*JOBS, id="update", registry=registry)
-    def job_changed(namespace: str | None, name: str, reason: str, **kwargs: Any) -> None:
-        reconcile_job(str(reason), namespace, name, **_indexes(kwargs))
+    def resync_pass() -> None:
+        if live_indexes:
+            scheduler.request("timer", cluster_view(**live_indexes))
 
-    # One scheduling pass per resync period for all jobs, not one per job's timer (H8, docs/performance.md).
-    resync_pass = OncePer(resync_seconds)
+    resync = ResyncLoop(
+        resync_seconds,
+        keys=jobs.keys,
+        reconcile=lambda key: reconciler.reconcile(key, "timer", cluster_view(**live_indexes)),
+        schedule=resync_pass,
+    )
 
-    @kopf.timer(*JOBS, interval=resync_seconds, id="resync", registry=registry)
-    def job_resync(namespace: str | None, name: str, **kwargs: Any) -> None:
-        indexes = _indexes(kwargs)
-        reconcile_job("timer", namespace, name, **indexes)
-        if resync_pass.due():
-            scheduler.request("timer", cluster_view(**indexes))
+    # Every TrainingJob event, with no finalizer and no annotation of kopf's: the job is kept in the reconciler's
+    # cache and reconciled if it is new or changed (its status as this operator wrote it is no change). The
+    # listing at the operator's start is the "resume"; kopf removes the finalizer that earlier versions of the
+    # operator put on jobs (it is settings.persistence.finalizer, and no handler needs it now).
+    @kopf.on.event(*JOBS, id="job", registry=registry)
+    def job_event(
+        type: str | None, event: Mapping[str, Any], namespace: str | None, name: str, **kwargs: Any
+    ) -> None:
+        key, indexes = (namespace or "", name), _indexes(kwargs)
+        live_indexes.update(indexes)
+        resync.start(contextvars.copy_context())
+        job = event.get("object") or {}
+        if type == "DELETED":
+            # Metrics of a deleted job go with it (kopf's delete handlers would need the object to linger).
+            jobs.deleted(key, (job.get("metadata") or {}).get("uid"))
+            reconciler.forget(key)
+            scheduler.forget(key, cluster_view(**indexes))
+            return
+        known = key in jobs
+        if jobs.observe(key, dict(job)):
+            trigger = "resume" if type is None else "update" if known else "create"
+            reconcile_job(trigger, namespace, name, **indexes)
 
     @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, id="worker_pod", registry=registry)
     def worker_pod_event(
         type: str | None, body: kopf.Body, namespace: str | None, labels: kopf.Labels, **kwargs: Any
     ) -> None:
+        if not workers_seen.changed(type, body):
+            return  # nothing a decision reads of this worker changed (e.g. a container status's timestamps)
         indexes = _indexes(kwargs)
         reconcile_job("pod", namespace, labels[JOB_LABEL], **indexes)
         # Bound, finished or deleted: what the job holds changed (a new unbound pod changes nothing yet).
         if (body.get("spec") or {}).get("nodeName") or type == "DELETED":
             scheduler.request("pod", cluster_view(**indexes))
 
-    @kopf.on.event(*JOBS, id="job_deleted", registry=registry)
-    def job_event(type: str, namespace: str | None, name: str, **kwargs: Any) -> None:
-        # Metrics of a deleted job go with it (kopf's delete handlers would need the object to linger).
-        if type == "DELETED":
-            reconciler.forget((namespace or "", name))
-            scheduler.forget((namespace or "", name), cluster_view(**_indexes(kwargs)))
+
+class WorkerChanges:
+    """The worker view (decisions/observed.py) of each worker pod as last seen, to tell a pod event that
+    changes what a decision reads from one that does not: a worker pod has four to six events on its way to
+    Running, and each was a reconcile and a scheduling request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, WorkerPod | None] = {}  # pod uid -> its worker view
+
+    def changed(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        uid = (body.get("metadata") or {}).get("uid") or ""
+        with self._lock:
+            if event_type == "DELETED":
+                self._seen.pop(uid, None)
+                return True
+            worker = worker_from_pod(body)
+            if uid in self._seen and self._seen[uid] == worker:
+                return False
+            self._seen[uid] = worker
+            return True
 
 
-def _register_capacity_triggers(registry: kopf.OperatorRegistry, scheduler: Scheduler) -> None:
+def _register_capacity_triggers(
+    registry: kopf.OperatorRegistry, scheduler: Scheduler, nodes_seen: SameFacts
+) -> None:
     @kopf.on.event("", "v1", "nodes", id="node_changed", registry=registry)
     def node_event(type: str | None, body: kopf.Body, name: str, **kwargs: Any) -> None:
+        if type == "DELETED":
+            nodes_seen.forget(name)
         facts = None if type == "DELETED" else node_facts(body)
         scheduler.node_changed(facts, name, node_ready(body), cluster_view(**_indexes(kwargs)))
 

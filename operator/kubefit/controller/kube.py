@@ -98,9 +98,9 @@ class CustomObjectsApi:
 
     def patch_namespaced_custom_object_status(  # noqa: PLR0913 - the kubernetes client's signature
         self, group: str, version: str, namespace: str, plural: str, name: str, body: dict[str, Any]
-    ) -> None:
+    ) -> dict[str, Any]:
         path = self._path(group, version, namespace, plural, name) + "/status"
-        self._rest.call("PATCH", path, body, merge=True)
+        return cast(dict[str, Any], json.loads(self._rest.call("PATCH", path, body, merge=True)))
 
     def delete_namespaced_custom_object(  # noqa: PLR0913 - the kubernetes client's signature
         self, group: str, version: str, namespace: str, plural: str, name: str, propagation_policy: str
@@ -125,9 +125,10 @@ class KubeApi:
                 return None
             raise
 
-    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        # A merge patch: null removes a field (e.g. sizing of a spec that became invalid).
-        self.custom.patch_namespaced_custom_object_status(
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """The job as the patch left it. A merge patch: null removes a field (e.g. sizing of a spec that became
+        invalid)."""
+        return self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
 

@@ -5,7 +5,7 @@ and the acknowledgements of its open checkpoint request (controller/checkpoints.
 decision is applied, the board's request is opened or closed as the decision says, and the decision's
 demand is handed to the scheduler, whose pass reconciles every job whose grant changed.
 
-Triggers. Every trigger (create/update/resume, the resync timer, pod events, a changed grant, a worker's
+Triggers. Every trigger (the job's events, the resync, pod events, a changed grant, a worker's
 checkpoint acknowledgement) calls `Reconciler.reconcile`.
 Calls for the same job are serialised and coalesced: a trigger arriving while that job is being
 reconciled only marks it dirty, and the running reconcile goes round once more with fresh observations.
@@ -30,7 +30,7 @@ Safety net. Any exception while observing, deciding or applying is caught, so th
 crashes nor stops serving other jobs: the job gets Ready=False, reason ReconcileError, with the error's
 message (for an API error the API server's, which names the field or quota), one Warning event, and a
 count in kubefit_reconcile_total{result="error"}. It is retried after a per-job backoff (BACKOFF_FIRST seconds,
-doubling to BACKOFF_MAX; a successful reconcile resets it). While a job backs off, the resync timer and
+doubling to BACKOFF_MAX; a successful reconcile resets it). While a job backs off, the resync and
 pod events leave it alone (the retry observes afresh); a change to the job itself reconciles it at once.
 """
 
@@ -56,6 +56,7 @@ from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.builders.naming import JobRef, owner_reference, worker_name
 from kubefit.controller.checkpoints import CheckpointBoard
 from kubefit.controller.cluster import ClusterView, remembering
+from kubefit.controller.jobs import JobCache
 from kubefit.controller.kube import KubeApi, error_message
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.admission import Demand
@@ -100,25 +101,6 @@ class Requeue:
     delay: float
     due: float
     run: Callable[[], None] = field(compare=False, repr=False)
-
-
-class OncePer:
-    """`due()` is True at most once per `seconds` (across threads): a periodic trigger that many callers fire,
-    such as the scheduling pass every job's resync timer asks for, runs once per period instead of once per
-    caller (500 jobs asked for 17 passes a second)."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.seconds, self._clock = seconds, clock
-        self._lock = threading.Lock()
-        self._last: float | None = None
-
-    def due(self) -> bool:
-        with self._lock:
-            now = self._clock()
-            if self._last is not None and now - self._last < self.seconds:
-                return False
-            self._last = now
-            return True
 
 
 class RequeueClock:
@@ -225,8 +207,11 @@ class Reconciler:
         settings: ReconcileSettings | None = None,
         scheduler: Scheduler | None = None,
         board: CheckpointBoard | None = None,
+        jobs: JobCache | None = None,
     ):
         self.api = api
+        # The jobs as the watch (handlers.py) and this reconciler's own status patches last showed them.
+        self.jobs = jobs or JobCache()
         self.catalog = remembering(catalog)  # runner.py hands the Scheduler the same remembering catalog
         self.metrics = metrics
         self.settings = settings or ReconcileSettings()
@@ -341,21 +326,21 @@ class Reconciler:
             logger.warning("could not record the failure on %s/%s: %s", *key, error_message(write_error))
 
     def _write_failure(self, key: JobKey, progress: _Progress, message: str) -> None:
-        job = progress.job if progress.job is not None else self.api.get_job(*key)
+        job = progress.job if progress.job is not None else self.jobs.read(key, self.api.get_job)
         if job is None or job["metadata"].get("deletionTimestamp"):
             return
         status = progress.status if progress.status is not None else job.get("status") or {}
         now = rfc3339(datetime.now(UTC))
         record = reconcile_error(status, job["metadata"].get("generation"), message, now)
         if record.status is not None:
-            self.api.patch_job_status(*key, record.status)
+            self._patch_status(key, record.status)
         _post_events(job, record.events)
 
     # ------------------------------------------------------------------ observe, decide, apply
 
     def _reconcile_once(self, key: JobKey, state: _JobState, view: ClusterView, progress: _Progress) -> None:
         namespace, name = key
-        job = self.api.get_job(namespace, name)
+        job = self.jobs.read(key, self.api.get_job)
         if job is None or job["metadata"].get("deletionTimestamp"):
             self.metrics.forget_job(namespace, name)
             self.scheduler.forget(key, view)
@@ -455,7 +440,7 @@ class Reconciler:
         ref = observation.job
         status = decision.status.model_dump(by_alias=True, exclude_none=False)
         if _status_changed(observation.status, status):
-            self.api.patch_job_status(ref.namespace, ref.name, status)
+            self._patch_status((ref.namespace, ref.name), status)
             progress.status = status
         # Recorded in status.restarts now: deleted below, and never counted twice.
         state.replaced.update(pod.uid for pod in decision.replace)
@@ -479,6 +464,12 @@ class Reconciler:
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ref.namespace, ref.name)
             self.api.delete_job(ref.namespace, ref.name)
+
+    def _patch_status(self, key: JobKey, status: dict[str, Any]) -> None:
+        """Writes the job's status and keeps the answer, so the next reconcile reads what it wrote."""
+        written = self.api.patch_job_status(*key, status)
+        if isinstance(written, dict) and written.get("metadata"):
+            self.jobs.observe(key, written)
 
     def _create_workers(self, ref: JobRef, decision: Decision, state: _JobState, created: list[str]) -> None:
         """Builds and creates at most CREATE_BATCH of the decision's workers; the loop goes round for more."""

@@ -1,0 +1,73 @@
+"""The resync: every job reconciled once per period on one thread, spread evenly over the period, and one
+scheduling pass per period for all of them.
+
+It replaces a kopf timer per job. Such a timer needs a finalizer on every job (a PATCH at each create and
+each delete, and a delete that waits for the operator) and an asyncio task per job, and the timers of jobs
+created together fire together: at 500 jobs, the first wave of them came with the slowest single-job changes
+of the benchmark (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from kubefit.api.resource import JobKey
+
+logger = logging.getLogger("kubefit.resync")
+
+
+class ResyncLoop:
+    def __init__(
+        self,
+        period: float,
+        keys: Callable[[], list[JobKey]],
+        reconcile: Callable[[JobKey], None],
+        schedule: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.period = period
+        self._keys, self._reconcile, self._schedule = keys, reconcile, schedule
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self, context: contextvars.Context | None = None) -> None:
+        """Starts the loop once (later calls do nothing), in `context`: kopf.event needs the context
+        variables of kopf's handlers (its settings and event queue), so the first handler starts it."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            run = context.run if context is not None else (lambda target: target())
+            self._thread = threading.Thread(
+                target=run, args=(self._loop,), name="kubefit-resync", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_period(self) -> None:
+        """One period: the scheduling pass, then every job known now, the n-th of N at n/N of the period."""
+        start = self._clock()
+        self._schedule()
+        keys = self._keys()
+        for position, key in enumerate(keys):
+            if self._stop.wait(max(0.0, start + self.period * position / len(keys) - self._clock())):
+                return
+            try:
+                self._reconcile(key)
+            except Exception:  # noqa: BLE001 - the reconciler records its own failures; this must go on
+                logger.exception("resync of %s/%s failed", *key)
+        self._stop.wait(max(0.0, start + self.period - self._clock()))
+
+    def _loop(self) -> None:
+        # The first period starts one period after the start: what the start found was reconciled already.
+        if self._stop.wait(self.period):
+            return
+        while not self._stop.is_set():
+            self.run_period()

@@ -1,0 +1,173 @@
+"""The job cache the reconciler reads instead of a GET, the resync loop that replaces kopf's per-job timers, and
+the worker-pod event filter (controller/jobs.py, controller/resync.py, controller/handlers.py)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+from kubefit.api.resource import JobKey
+from kubefit.controller.handlers import SameFacts, WorkerChanges
+from kubefit.controller.jobs import DELETED_MEMORY_SECONDS, JobCache
+from kubefit.controller.resync import ResyncLoop
+from kubefit.decisions.inventory import NodeFacts
+
+KEY = ("team", "llama")
+
+
+def job(
+    version: int, replicas: int = 2, uid: str = "uid-1", status: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "llama", "namespace": "team", "uid": uid, "resourceVersion": str(version)},
+        "spec": {"replicas": replicas},
+        "status": status or {},
+    }
+
+
+class Fetches:
+    def __init__(self, answer: dict[str, Any] | None = None) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.answer = answer
+
+    def __call__(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append((namespace, name))
+        return self.answer
+
+
+def test_a_held_job_is_read_without_asking_the_api_server() -> None:
+    cache, fetch = JobCache(), Fetches()
+    assert cache.observe(KEY, job(5))  # new: reconcile it
+    assert cache.read(KEY, fetch) == job(5) and fetch.calls == []
+
+
+def test_a_job_not_held_is_fetched() -> None:
+    cache, fetch = JobCache(), Fetches(job(3))
+    assert cache.read(KEY, fetch) == job(3) and fetch.calls == [KEY]
+
+
+def test_an_older_event_does_not_replace_the_answer_of_a_status_patch() -> None:
+    cache = JobCache()
+    cache.observe(KEY, job(5))
+    written = job(7, status={"phase": "Running"})
+    cache.observe(KEY, written)  # the status patch's answer
+    assert not cache.observe(KEY, job(6))  # the watch event of an earlier write, late
+    assert cache.read(KEY, Fetches()) == written
+
+
+def test_only_a_change_besides_the_resource_version_is_a_change() -> None:
+    cache = JobCache()
+    cache.observe(KEY, job(5, status={"phase": "Running"}))
+    # The watch event of the operator's own status patch, whose answer it kept: nothing to reconcile.
+    same = job(6, status={"phase": "Running"})
+    same["metadata"]["managedFields"] = [{"manager": "kubefit"}]
+    assert not cache.observe(KEY, same)
+    assert cache.observe(KEY, job(7, replicas=3, status={"phase": "Running"}))  # kubectl scale
+    assert cache.observe(KEY, job(8, replicas=3, status={}))  # someone else's status edit
+
+
+def test_a_deleted_job_is_answered_gone_without_a_get_and_not_brought_back() -> None:
+    now = [100.0]
+    cache, fetch = JobCache(clock=lambda: now[0]), Fetches(job(9))
+    cache.observe(KEY, job(5))
+    cache.deleted(KEY, "uid-1")
+    assert cache.read(KEY, fetch) is None and fetch.calls == []  # its pods' deletion events ask for it
+    assert not cache.observe(KEY, job(6))  # a status patch's answer after the DELETED event
+    assert KEY not in cache
+    now[0] += DELETED_MEMORY_SECONDS + 1
+    assert cache.read(KEY, fetch) == job(9) and fetch.calls == [KEY]  # long gone: ask again
+
+
+def test_a_job_made_again_under_the_same_name_is_held_at_once() -> None:
+    cache = JobCache()
+    cache.observe(KEY, job(5))
+    cache.deleted(KEY, "uid-1")
+    assert cache.observe(KEY, job(9, uid="uid-2"))
+    assert cache.read(KEY, Fetches()) == job(9, uid="uid-2")
+
+
+def test_resync_spreads_every_job_over_the_period_and_passes_once() -> None:
+    now = [0.0]
+    reconciled: list[tuple[JobKey, float]] = []
+    passes: list[float] = []
+    keys = [("team", f"job-{n}") for n in range(4)]
+    loop = ResyncLoop(
+        30.0,
+        keys=lambda: list(keys),
+        reconcile=lambda key: reconciled.append((key, now[0])),
+        schedule=lambda: passes.append(now[0]),
+        clock=lambda: now[0],
+    )
+
+    def wait(seconds: float) -> bool:  # a clock that jumps instead of sleeping
+        now[0] += seconds
+        return False
+
+    loop._stop.wait = wait  # type: ignore[method-assign]
+    loop.run_period()
+    assert passes == [0.0]
+    assert reconciled == [(key, 7.5 * n) for n, key in enumerate(keys)]
+    assert now[0] == 30.0  # the next period starts one period after this one
+
+
+def test_resync_goes_on_after_a_reconcile_raises() -> None:
+    reconciled: list[JobKey] = []
+
+    def reconcile(key: JobKey) -> None:
+        reconciled.append(key)
+        if key[1] == "bad":
+            raise RuntimeError("boom")
+
+    loop = ResyncLoop(
+        0.01, keys=lambda: [("a", "bad"), ("a", "good")], reconcile=reconcile, schedule=lambda: None
+    )
+    loop.run_period()
+    assert reconciled == [("a", "bad"), ("a", "good")]
+
+
+def test_resync_starts_once_and_stops() -> None:
+    periods = threading.Semaphore(0)
+    loop = ResyncLoop(0.01, keys=lambda: [], reconcile=lambda key: None, schedule=periods.release)
+    loop.start()
+    loop.start()
+    assert periods.acquire(timeout=5) and periods.acquire(timeout=5)
+    loop.stop()
+    assert loop._thread is not None
+    loop._thread.join(timeout=5)
+    assert not loop._thread.is_alive()
+
+
+def pod(phase: str = "Pending", node: str | None = None, uid: str = "p1") -> dict[str, Any]:
+    return {
+        "metadata": {"name": "llama-worker-0", "uid": uid, "labels": {"kubefit.dev/job": "llama"}},
+        "spec": {"nodeName": node} if node else {},
+        "status": {"phase": phase, "conditions": [{"type": "PodScheduled", "status": "True"}]},
+    }
+
+
+def test_worker_pod_events_that_change_nothing_decisions_read_are_skipped() -> None:
+    seen = WorkerChanges()
+    assert seen.changed("ADDED", pod())
+    assert seen.changed("MODIFIED", pod(node="n1"))  # bound
+    later = copy.deepcopy(pod(node="n1"))
+    later["status"]["conditions"].append({"type": "Initialized", "status": "True"})
+    assert not seen.changed("MODIFIED", later)  # container creating: the same worker view
+    assert seen.changed("MODIFIED", pod("Running", "n1"))
+    assert seen.changed(None, pod("Running", "n1", uid="p2"))  # another pod, first seen at a listing
+    assert seen.changed("DELETED", pod("Running", "n1"))
+    assert seen.changed("ADDED", pod())  # a pod of the same uid is news again after its deletion
+
+
+def test_a_node_heartbeat_keeps_its_facts_object_and_a_real_change_does_not() -> None:
+    seen = SameFacts()
+    first = seen.same_or_new(NodeFacts("n1", {"gpu": "h100"}, {"nvidia.com/gpu": "8"}))
+    # A heartbeat: kopf's index gets a new, equal object; the scheduler's fingerprint is the objects' identities.
+    assert seen.same_or_new(NodeFacts("n1", {"gpu": "h100"}, {"nvidia.com/gpu": "8"})) is first
+    cordoned = seen.same_or_new(NodeFacts("n1", {"gpu": "h100"}, {"nvidia.com/gpu": "8"}, schedulable=False))
+    assert cordoned is not first and not cordoned.schedulable
+    seen.forget("n1")
+    assert (
+        seen.same_or_new(NodeFacts("n1", {"gpu": "h100"}, {"nvidia.com/gpu": "8"}, schedulable=False))
+        is not cordoned
+    )
