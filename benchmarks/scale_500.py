@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -192,6 +193,7 @@ class Operator:
     process: subprocess.Popen[bytes]
     namespace: str
     profile_dir: Path | None
+    log: Path
     snapshots: int = 0
 
     def pid(self) -> int:
@@ -200,6 +202,19 @@ class Operator:
             return self.process.pid
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         return int(children[0])
+
+    def reconciles(self) -> dict[str, float]:
+        """kubefit_reconcile_total by trigger so far, from the operator's /metrics."""
+        log = self.log.read_text(errors="replace")
+        url = log.split("metrics on ", 1)[1].split()[0]
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("kubefit_reconcile_total{"):
+                trigger = line.split('trigger="', 1)[1].split('"', 1)[0]
+                counts[trigger] = counts.get(trigger, 0.0) + float(line.rsplit(" ", 1)[1])
+        return counts
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.pid()}/status").read_text().splitlines():
@@ -238,7 +253,7 @@ def running_operator(sandbox: Sandbox, namespace: str, profile_dir: Path | None)
     process = subprocess.Popen(
         operator_command(namespace, profile_dir), stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
     )
-    operator = Operator(process, namespace, profile_dir)
+    operator = Operator(process, namespace, profile_dir, log)
     try:
         wait_until_serving(process, log, timeout=120)
         yield operator
@@ -295,6 +310,44 @@ def request_counts(sandbox: Sandbox) -> dict[str, float]:
         key = f"{labels.get('verb')} {resource}"
         counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds each process has used so far (/proc/PID/stat fields 14 and 15)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[name] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def cpu_difference(before: dict[str, float], after: dict[str, float], wall: float) -> str:
+    """CPU seconds per process over a side, and as a share of the side's wall time on all cores."""
+    lines = [
+        f"  {name:<24} {after[name] - before.get(name, 0.0):6.1f} s CPU"
+        f" ({(after[name] - before.get(name, 0.0)) / wall:4.0%} of one core)"
+        for name in sorted(after, key=lambda name: before.get(name, 0.0) - after[name])
+    ]
+    total = sum(after.values()) - sum(before.get(name, 0.0) for name in after)
+    lines.append(f"  {'all of them':<24} {total:6.1f} s CPU over {wall:.1f} s on {os.cpu_count()} cores")
+    return "\n".join(lines)
+
+
+def component_pids(sandbox: Sandbox, operator: Operator) -> dict[str, int]:
+    """The processes that share the machine during a side: the control plane, the node agent, the
+    operator and this benchmark's client."""
+    state = json.loads(sandbox.state_file.read_text())
+    pids = {name: int(proc["pid"]) for name, proc in (state.get("processes") or {}).items()}
+    agent = sandbox.state_dir / "agent.pid"
+    if agent.exists():
+        pids["node agent"] = int(agent.read_text().split()[0])
+    pids["operator"] = operator.pid()
+    pids["benchmark client"] = os.getpid()
+    return pids
 
 
 def count_difference(before: dict[str, float], after: dict[str, float], jobs: int) -> str:
@@ -519,6 +572,9 @@ class Figures:
     rss_samples: list[tuple[int, float]] = field(default_factory=list)
     requests_plain: str = ""
     requests_operator: str = ""
+    cpu_plain: str = ""
+    cpu_operator: str = ""
+    reconciles: str = ""
     ups: list[float] = field(default_factory=list)
     downs: list[float] = field(default_factory=list)
 
@@ -529,8 +585,11 @@ def run_sides(bench: Bench, operator: Operator, figures: Figures, progress: Call
     figures.rss_idle = operator.rss_mib()
     operator.snapshot()
     before = request_counts(sandbox)
+    pids = component_pids(sandbox, operator)
+    cpu_before = cpu_seconds(pids)
     assert bench.shapes is not None, "the plain side copies the warm-up job's objects"
     figures.plain = bench.plain_side(plain_ns, jobs, bench.shapes)
+    figures.cpu_plain = cpu_difference(cpu_before, cpu_seconds(pids), figures.plain[0])
     progress(f"plain side: {figures.plain[0]:.1f} s (writes {figures.plain[1]:.1f} s)")
     bench.watch.all_running(plain_ns, jobs)
     figures.requests_plain = count_difference(before, request_counts(sandbox), jobs)
@@ -538,11 +597,22 @@ def run_sides(bench: Bench, operator: Operator, figures: Figures, progress: Call
     progress(f"plain side deleted in {figures.cleanup_s:.1f} s")
     before = request_counts(sandbox)
     sampler = RssSampler(operator, bench.watch, operator_ns)
+    cpu_before, reconciles_before = cpu_seconds(pids), operator.reconciles()
     figures.operator = bench.operator_side(operator_ns, jobs)
+    figures.cpu_operator = cpu_difference(cpu_before, cpu_seconds(pids), figures.operator[0])
     progress(f"operator side: {figures.operator[0]:.1f} s (applies {figures.operator[1]:.1f} s)")
     bench.watch.all_running(operator_ns, jobs)
     time.sleep(10)  # the status patches and events of Running land
     figures.requests_operator = count_difference(before, request_counts(sandbox), jobs)
+    reconciles = operator.reconciles()
+    figures.reconciles = "\n".join(
+        f"  {trigger:<10} {reconciles[trigger] - reconciles_before.get(trigger, 0.0):6.0f}"
+        f"  {(reconciles[trigger] - reconciles_before.get(trigger, 0.0)) / jobs:5.2f}/job"
+        for trigger in sorted(
+            reconciles, key=lambda trigger: reconciles_before.get(trigger, 0.0) - reconciles[trigger]
+        )
+        if reconciles[trigger] > reconciles_before.get(trigger, 0.0)
+    )
     sampler.stopped.set()
     figures.rss_samples = sampler.samples
     figures.rss_settled = operator.rss_mib()
@@ -579,6 +649,9 @@ def report(figures: Figures, machine: str) -> None:
         p50, p99 = percentile(both, 0.5), percentile(both, 0.99)
         print(f"targets p50 < {P50_TARGET_S * 1000:.0f} ms: {verdict(p50, P50_TARGET_S)}; "
               f"p99 < {P99_TARGET_S * 1000:.0f} ms: {verdict(p99, P99_TARGET_S)}")  # fmt: skip
+    print(f"CPU while the plain side ran (to its last pod):\n{figures.cpu_plain}")
+    print(f"CPU while the operator side ran (to its last worker pod):\n{figures.cpu_operator}")
+    print(f"the operator's reconciles, by trigger, over its side and the 10 s after:\n{figures.reconciles}")
     print(f"API requests while the plain side ran (all clients; per job):\n{figures.requests_plain}")
     print(f"API requests while the operator side ran (all clients; per job):\n{figures.requests_operator}")
 

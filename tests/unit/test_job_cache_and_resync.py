@@ -171,3 +171,17 @@ def test_a_node_heartbeat_keeps_its_facts_object_and_a_real_change_does_not() ->
         seen.same_or_new(NodeFacts("n1", {"gpu": "h100"}, {"nvidia.com/gpu": "8"}, schedulable=False))
         is not cordoned
     )
+
+
+def test_the_creation_event_of_a_worker_the_reconciler_made_is_skipped_and_its_next_change_is_not() -> None:
+    made = {(("team", "llama"), "llama-worker-0")}
+    seen = WorkerChanges(lambda key, name: (key, name) in made)
+    mine = pod()
+    mine["metadata"]["namespace"] = "team"
+    assert not seen.changed("ADDED", mine)  # counted already by the reconcile that created it
+    bound = copy.deepcopy(mine)
+    bound["spec"]["nodeName"] = "n1"
+    assert seen.changed("MODIFIED", bound)
+    stranger = pod(uid="p9")
+    stranger["metadata"].update(namespace="team", name="llama-worker-1")
+    assert seen.changed("ADDED", stranger)  # made by someone else (or by an operator before a restart)

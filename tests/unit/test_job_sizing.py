@@ -155,3 +155,31 @@ def test_overprovisioning_advice_is_returned_and_in_the_warnings() -> None:
     sized = size_job(parse_spec(raw), CATALOG)
     assert sized.advice is not None and sized.advice in sized.sizing.warnings
     assert size_job(parse_spec(raw_spec()), CATALOG).advice is None
+
+
+def test_the_over_provisioning_advice_is_worked_out_once_per_spec_and_layout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubefit.decisions import job_sizing
+
+    asked: list[str] = []
+    original = job_sizing.overprovisioned
+
+    def counting(spec: Any, sizing: Any, catalog: Any) -> str | None:
+        asked.append(sizing.accelerator)
+        return original(spec, sizing, catalog)
+
+    monkeypatch.setattr(job_sizing, "overprovisioned", counting)
+    monkeypatch.setattr(job_sizing, "_ADVICE", job_sizing._AdviceMemory(size=2))
+    wasteful = parse_spec(raw_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}))
+    first = size_job(wasteful, CATALOG)
+    assert first.advice is not None and first.advice in first.sizing.warnings
+    for _ in range(3):  # every reconcile of the same job
+        again = size_job(wasteful, CATALOG)
+        assert (again.advice, again.sizing) == (first.advice, first.sizing)
+    assert len(asked) == 1
+    fitting = parse_spec(raw_spec())
+    assert size_job(fitting, CATALOG).advice is None and len(asked) == 2  # another spec: worked out
+    size_job(parse_spec(raw_spec(model={"parameters": "2B"})), CATALOG)  # a third: the first falls out
+    size_job(wasteful, CATALOG)
+    assert len(asked) == 4

@@ -176,7 +176,7 @@ def test_new_job_creates_the_service_and_every_worker() -> None:
     assert status_of(decision)["phase"] == "Pending"
     assert status_of(decision)["observedGeneration"] == 3
     assert status_of(decision)["selector"] == "kubefit.dev/job=llama"
-    assert status_of(decision)["replicas"] == 0
+    assert status_of(decision)["replicas"] == 2  # the two it creates: none of them is ready yet
     assert status_of(decision)["workers"] == "0/2"
     assert status_of(decision)["sizing"]["accelerator"] == "nvidia-h100-80gb"
     assert status_of(decision)["perDeviceMemory"].endswith(" GiB")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -135,7 +135,7 @@ def _register_triggers(
     registry: kopf.OperatorRegistry, reconciler: Reconciler, scheduler: Scheduler, resync_seconds: float
 ) -> None:
     jobs = reconciler.jobs
-    workers_seen = WorkerChanges()
+    workers_seen = WorkerChanges(reconciler.created_here)
     live_indexes: dict[str, Any] = {}  # kopf's live index objects, for the resync's reconciles
 
     def reconcile_job(trigger: str, namespace: str | None, name: str, **indexes: Any) -> None:
@@ -180,7 +180,7 @@ def _register_triggers(
         type: str | None, body: kopf.Body, namespace: str | None, labels: kopf.Labels, **kwargs: Any
     ) -> None:
         if not workers_seen.changed(type, body):
-            return  # nothing a decision reads of this worker changed (e.g. a container status's timestamps)
+            return  # nothing a decision reads of this worker changed, or the reconciler's own create
         indexes = _indexes(kwargs)
         reconcile_job("pod", namespace, labels[JOB_LABEL], **indexes)
         # Bound, finished or deleted: what the job holds changed (a new unbound pod changes nothing yet).
@@ -191,14 +191,17 @@ def _register_triggers(
 class WorkerChanges:
     """The worker view (decisions/observed.py) of each worker pod as last seen, to tell a pod event that
     changes what a decision reads from one that does not: a worker pod has four to six events on its way to
-    Running, and each was a reconcile and a scheduling request."""
+    Running, and each was a reconcile and a scheduling request. The creation of a worker the reconciler made
+    itself is no news either: the reconcile that created it counted it in status.replicas."""
 
-    def __init__(self) -> None:
+    def __init__(self, created_here: Callable[[JobKey, str], bool] = lambda key, name: False) -> None:
         self._lock = threading.Lock()
         self._seen: dict[str, WorkerPod | None] = {}  # pod uid -> its worker view
+        self._created_here = created_here
 
     def changed(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
-        uid = (body.get("metadata") or {}).get("uid") or ""
+        metadata = body.get("metadata") or {}
+        uid = metadata.get("uid") or ""
         with self._lock:
             if event_type == "DELETED":
                 self._seen.pop(uid, None)
@@ -207,7 +210,10 @@ class WorkerChanges:
             if uid in self._seen and self._seen[uid] == worker:
                 return False
             self._seen[uid] = worker
-            return True
+        if event_type == "ADDED" and worker is not None and worker.node_name is None:
+            job = (metadata.get("namespace") or "", (metadata.get("labels") or {}).get(JOB_LABEL, ""))
+            return not self._created_here(job, worker.name)
+        return True
 
 
 def _register_capacity_triggers(

@@ -254,6 +254,13 @@ class Reconciler:
             if state is not None and not state.busy:
                 del self._jobs[key]
 
+    def created_here(self, key: JobKey, pod_name: str) -> bool:
+        """This process created the worker `pod_name` of `key` moments ago (its own creation's event, which
+        tells the reconcile that made it nothing new)."""
+        with self._lock:
+            state = self._jobs.get(key)
+            return state is not None and pod_name in state.created
+
     def job_uid(self, namespace: str, name: str) -> str | None:
         """The uid of the job last read under that name (checkpoint tokens are per uid)."""
         with self._lock:

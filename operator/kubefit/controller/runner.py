@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from threading import Thread
+from typing import Any
 
 import kopf
 from kubernetes import config
@@ -71,12 +72,24 @@ def default_bind_address() -> str:
     return "0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1"
 
 
+class _NoEssence(kopf.AnnotationsDiffBaseStorage):
+    """kopf builds an object's "essence" (a deep copy of its body) on every event of every watched kind, for
+    change-detecting handlers (on.create/update/field). The operator has none (handlers.py: events and indexes
+    only), so none is built or read: the copies were 5% of the operator's CPU in the 200-job benchmark."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+
 def operator_settings() -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     # Annotations, not status.kopf: the status schema is structural and would prune kopf's field.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = _NoEssence(prefix=GROUP)
     settings.posting.enabled = True
     # Only the operator's own events and real problems; kopf's per-handler chatter stays in the log.
     settings.posting.level = logging.WARNING
@@ -150,6 +163,10 @@ def _become_leader(election: LeaderElection, address: str, liveness_port: int) -
 
 def run_operator(options: OperatorOptions) -> None:
     kopf.configure(verbose=options.verbose, debug=options.debug)
+    if not (options.verbose or options.debug):
+        # kopf logs "Handler ... succeeded" for every watch event at INFO: 5% of the operator's CPU at 200 jobs,
+        # and nothing a reader needs. Its warnings and errors, and the operator's own INFO lines, stay.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     _load_kubeconfig()
     key = load_checkpoint_key(options.checkpoint_key_file)  # a bad key file fails before anything starts
     metrics = OperatorMetrics(process_metrics=True)

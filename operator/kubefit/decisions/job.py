@@ -399,7 +399,9 @@ def _status(
         conditions=[Condition.model_validate(condition) for condition in conditions],
         phase=draft.phase,
         sizing=sizing,
-        replicas=len(existing),
+        # The workers this decision creates count already: they exist once it is applied, and counted only
+        # when their pods' events come back, each new worker cost one more status patch (docs/performance.md).
+        replicas=len(existing) + len(draft.create),
         ready_replicas=ready,
         selector=job_selector(observation.job.name),
         restarts=draft.restarts,

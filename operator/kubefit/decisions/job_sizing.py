@@ -14,6 +14,8 @@ and inventory. The steps, in order:
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +25,12 @@ from kubefit.decisions.workers import WorkerBounds, worker_bounds
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.estimator import Layout, estimate
 from kubefit.sizing.planner import NodeInventory, evaluated_workers, plan
-from kubefit.sizing.suggest import with_overprovisioning_advice
+from kubefit.sizing.suggest import overprovisioned
+
+# Over-provisioning sentences remembered, by (catalog, spec, sizing). Working one out plans the job on every
+# other accelerator: it was 9% of the operator's CPU in the 200-job benchmark, on every reconcile, for an
+# answer that changes only with the spec or the chosen layout (docs/performance.md).
+ADVICE_MEMORY = 4096
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,9 @@ def size_job(spec: TrainingJobSpec, catalog: Catalog, inventory: Inventory | Non
         warning = placement_warning(sizing.accelerator, inventory.placeable, inventory.excluded)
         if warning is not None:
             sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
-    sizing, advice = with_overprovisioning_advice(spec, sizing, catalog)
+    advice = _ADVICE.overprovisioned(spec, sizing, catalog)
+    if advice is not None and advice not in sizing.warnings:
+        sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, advice]})
     return JobSizing(
         sizing,
         bounds,
@@ -64,6 +73,32 @@ def size_job(spec: TrainingJobSpec, catalog: Catalog, inventory: Inventory | Non
         _host_bytes_per_worker(spec, sizing, bounds, catalog),
         advice,
     )
+
+
+class _AdviceMemory:
+    """sizing.suggest.overprovisioned, remembered for the last ADVICE_MEMORY (catalog, spec, sizing) asked."""
+
+    def __init__(self, size: int = ADVICE_MEMORY) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._answers: OrderedDict[tuple[int, str, str], tuple[Catalog, str | None]] = OrderedDict()
+
+    def overprovisioned(self, spec: TrainingJobSpec, sizing: SizingStatus, catalog: Catalog) -> str | None:
+        key = (id(catalog), spec.model_dump_json(), sizing.model_dump_json())
+        with self._lock:
+            held = self._answers.get(key)
+            if held is not None and held[0] is catalog:  # the catalog itself, not another at a reused id
+                self._answers.move_to_end(key)
+                return held[1]
+        advice = overprovisioned(spec, sizing, catalog)
+        with self._lock:
+            self._answers[key] = (catalog, advice)
+            while len(self._answers) > self.size:
+                self._answers.popitem(last=False)
+        return advice
+
+
+_ADVICE = _AdviceMemory()
 
 
 def _planned_inventory(inventory: Inventory | None) -> list[NodeInventory] | None:

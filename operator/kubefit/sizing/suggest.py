@@ -254,16 +254,3 @@ def _smaller_elsewhere(spec: TrainingJobSpec, sizing: SizingStatus, catalog: Cat
         f"{format_gib(anywhere.device_memory_bytes)} per device; set resources.accelerator: "
         f"{anywhere.accelerator} and acceleratorsPerWorker: {anywhere.accelerators_per_worker}"
     )
-
-
-def with_overprovisioning_advice(
-    spec: TrainingJobSpec, sizing: SizingStatus, catalog: Catalog | None = None
-) -> tuple[SizingStatus, str | None]:
-    """`sizing` with the over-provisioning sentence added to its warnings, and the sentence (or None).
-
-    The one sizing path (decisions.job_sizing.size_job) applies it for the operator and `kubefit size`.
-    """
-    advice = overprovisioned(spec, sizing, catalog)
-    if advice is None or advice in sizing.warnings:
-        return sizing, advice
-    return sizing.model_copy(update={"warnings": [*sizing.warnings, advice]}), advice
