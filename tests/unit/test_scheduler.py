@@ -19,6 +19,7 @@ from kubefit.api.resource import JobKey
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.scheduler import (
     ADMISSION_TRIGGER,
+    PASS_SPACING,
     Grant,
     Scheduler,
     SchedulerSettings,
@@ -353,6 +354,29 @@ def test_a_burst_of_triggers_is_one_pass_and_reconciles_run_on_worker_threads() 
     assert len(recorder.keys()) == 20  # four admitted, sixteen told why they wait
     assert time.monotonic() - started < 2.0
     assert sum(1 for grant in scheduler.snapshot().values() if grant.workers) == 4
+
+
+def test_a_slow_pass_spaces_out_the_next_one() -> None:
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    passes: list[float] = []
+
+    def slow(*args: Any) -> AdmissionPlan:
+        passes.append(time.monotonic())
+        time.sleep(0.1)  # a pass over many jobs
+        return plan_admissions(*args)
+
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=0.01), planner=slow)
+    scheduler.reconcile_with(Recorder())
+    assert scheduler.pass_delay() == 0.01
+    scheduler.offer(("ns", "a"), demand("a", min_workers=1), ANYWHERE, cluster.view())
+    deadline = time.monotonic() + 5
+    while scheduler.passes < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scheduler.pass_delay() >= PASS_SPACING * 0.1  # the debounce of 10 ms gives way
+    scheduler.request("timer", cluster.view())
+    while scheduler.passes < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(passes) == 2 and passes[1] - passes[0] >= 0.1 + PASS_SPACING * 0.1
 
 
 def test_a_failing_planner_leaves_the_grants_as_they_were_and_the_next_pass_works() -> None:

@@ -58,6 +58,10 @@ logger = logging.getLogger("kubefit.scheduler")
 # Long enough to coalesce one burst of watch events, short against the 2 s a new node may take to be
 # used (docs/scheduling.md).
 DEBOUNCE_SECONDS = 0.05
+# A debounced pass waits at least this many times as long as the last pass took: a pass plans every job, so
+# at 500 jobs back-to-back passes during a storm of creates were 28% of the operator's CPU; this keeps passes
+# under a third of one core whatever the job count (docs/performance.md).
+PASS_SPACING = 2.0
 DEFAULT_POLICY: AdmissionPolicy = "BestEffortFIFO"
 DEFAULT_HEAD_OF_LINE_TIMEOUT = 300.0
 ADMISSION_TRIGGER = "admission"
@@ -157,6 +161,7 @@ class Scheduler:
         self._reconcile: ReconcileJob | None = None
         self._executor: Executor | None = None
         self.passes = 0
+        self._last_pass_seconds = 0.0
         metrics.watch_cluster(self.cluster_accelerators)
 
     def reconcile_with(self, reconcile: ReconcileJob, executor: Executor | None = None) -> None:
@@ -263,9 +268,13 @@ class Scheduler:
         if self.settings.debounce is None:
             self._drain()
             return
-        timer = threading.Timer(self.settings.debounce, context.run, args=(self._scheduled_pass,))
+        timer = threading.Timer(self.pass_delay(), context.run, args=(self._scheduled_pass,))
         timer.daemon = True
         timer.start()
+
+    def pass_delay(self) -> float:
+        """How long a requested pass waits: the debounce, or PASS_SPACING times the last pass if longer."""
+        return max(self.settings.debounce or 0.0, PASS_SPACING * self._last_pass_seconds)
 
     def _drain(self) -> None:
         try:
@@ -290,11 +299,14 @@ class Scheduler:
                 view = self._view
             if view is None:
                 return
+            started = time.monotonic()
             try:
                 changed = self.run_pass(view)
             except Exception:  # noqa: BLE001 - a failed pass must not kill the timer thread; the next retries
                 logger.exception("scheduling pass failed")
                 return
+            finally:
+                self._last_pass_seconds = time.monotonic() - started
         self._trigger(changed, view)
 
     def _trigger(
