@@ -364,6 +364,21 @@ def test_fixed_accelerator_count_and_lora() -> None:
     assert spec.model.finetuning.method == "qlora" and spec.model.finetuning.lora_rank == 16
 
 
+@pytest.mark.parametrize(("field", "off_default"), [("doubleQuantization", False), ("quantizedHead", True)])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_4_bit_detail_without_a_4_bit_base_is_refused_naming_the_field(
+    field: str, off_default: bool, method: str
+) -> None:
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(_spec(model=_model(finetuning={"method": method, field: off_default})))
+    assert field in str(refused.value) and "spec.model.finetuning" in str(refused.value)
+    parse_spec(
+        _spec(model=_model(finetuning={"method": method, field: not off_default}))
+    )  # the default: fine
+    parsed = parse_spec(_spec(model=_model(finetuning={"method": "qlora", field: off_default})))
+    assert parsed.model.finetuning.method == "qlora"
+
+
 @given(st.integers(min_value=1, max_value=10**15))
 def test_parsed_spec_round_trips_through_the_wire_format(parameters: int) -> None:
     # What the operator writes back (by_alias, camelCase) must parse to the same spec.
