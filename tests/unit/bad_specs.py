@@ -98,6 +98,8 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("parameters-above-max-string", _model(parameters="2000T"), "spec.model.parameters", OPERATOR),
     BadSpec("trainable-below-one", _model(finetuning={"method": "lora", "trainableParameters": "0.1"}), "spec.model.finetuning.trainableParameters", OPERATOR),
     BadSpec("lora-rank-zero", _model(finetuning={"method": "lora", "loraRank": 0}), "spec.model.finetuning.loraRank", API),
+    BadSpec("double-quantization-off-without-qlora", _model(finetuning={"method": "lora", "doubleQuantization": False}), "spec.model.finetuning.doubleQuantization", OPERATOR),
+    BadSpec("quantized-head-on-full-training", _model(finetuning={"method": "full", "quantizedHead": True}), "spec.model.finetuning.quantizedHead", OPERATOR),
     BadSpec("accelerators-per-worker-zero", _in("resources", acceleratorsPerWorker=0), "spec.resources.acceleratorsPerWorker", API),
     BadSpec("accelerators-per-worker-word", _in("resources", acceleratorsPerWorker="many"), "spec.resources.acceleratorsPerWorker", API),
     BadSpec("micro-batch-zero", {"training": {"microBatchSize": 0}}, "spec.training.microBatchSize", API),

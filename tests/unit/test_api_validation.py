@@ -371,7 +371,7 @@ def test_a_4_bit_detail_without_a_4_bit_base_is_refused_naming_the_field(
 ) -> None:
     with pytest.raises(InvalidSpec) as refused:
         parse_spec(_spec(model=_model(finetuning={"method": method, field: off_default})))
-    assert field in str(refused.value) and "spec.model.finetuning" in str(refused.value)
+    assert f"spec.model.finetuning.{field}" in str(refused.value) and "method qlora" in str(refused.value)
     parse_spec(
         _spec(model=_model(finetuning={"method": method, field: not off_default}))
     )  # the default: fine

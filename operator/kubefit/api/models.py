@@ -242,15 +242,16 @@ class Finetuning(_Model):
         "the head stays 16-bit (PEFT/transformers, torchtune, fsdp_qlora).",
     )
 
-    @model_validator(mode="after")
-    def _qlora_fields_only_for_qlora(self) -> Finetuning:
+    @field_validator("double_quantization", "quantized_head")
+    @classmethod
+    def _only_for_qlora(cls, value: bool, info: ValidationInfo) -> bool:
         # A 4-bit detail changed for a run with no 4-bit base would be read by nothing: say so. Its default
         # is accepted anywhere, so a spec written back with its defaults filled in still parses.
-        changed = {"doubleQuantization": not self.double_quantization, "quantizedHead": self.quantized_head}
-        for alias, set_off_default in changed.items():
-            if set_off_default and self.method != "qlora":
-                raise ValueError(f"{alias} applies only to method qlora (method is {self.method})")
-        return self
+        default = cls.model_fields[info.field_name or ""].default
+        method = info.data.get("method")
+        if value != default and method != "qlora":
+            raise ValueError(f"applies only to method qlora (method is {method})")
+        return value
 
 
 class Model(_Model):
