@@ -92,6 +92,8 @@ class _Entry:
     waiting: str | None = None
     reason: str | None = None
     eligible: tuple[int, frozenset[str]] | None = None  # (nodes fingerprint, node names)
+    # (demand, eligible set, the demand with those nodes) of the last pass: the same objects, the same answer.
+    planned: tuple[Demand, frozenset[str], Demand] | None = None
 
 
 def live_workers(pods: Iterable[WorkerPod]) -> list[WorkerPod]:
@@ -326,7 +328,8 @@ class Scheduler:
 
     def run_pass(self, view: ClusterView) -> list[JobKey]:
         """Plans every known job against the cluster now; returns the jobs whose grant or message changed."""
-        nodes = [node for node in view.nodes() if node.name not in self._not_ready_names()]
+        not_ready = self._not_ready_names()
+        nodes = [node for node in view.nodes() if node.name not in not_ready]
         with self._lock:
             entries = {key: entry for key, entry in self._entries.items() if entry.demand is not None}
         demands = self._demands(entries, nodes)
@@ -380,7 +383,12 @@ class Scheduler:
                 # would be hundreds of MiB; docs/performance.md).
                 entry.eligible = (fingerprint, shared.setdefault(found, found))
             eligible = entry.eligible[1]
-            demands[key] = replace(entry.demand, eligible_nodes=None if eligible == every else eligible)
+            planned = entry.planned
+            if planned is None or planned[0] is not entry.demand or planned[1] is not eligible:
+                # `is`: the sets are interned in `shared`, so equal sets are the same object.
+                with_nodes = replace(entry.demand, eligible_nodes=None if eligible is every else eligible)
+                planned = entry.planned = (entry.demand, eligible, with_nodes)
+            demands[key] = planned[2]
         return demands
 
     def _store(self, plan: AdmissionPlan, planned: Mapping[JobKey, _Entry]) -> list[JobKey]:
@@ -487,7 +495,11 @@ def node_capacity(
 
 
 def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:
-    return dict(Counter(pod.node_name for pod in pods if pod.node_name))
+    placed: dict[str, int] = {}
+    for pod in pods:
+        if pod.node_name:
+            placed[pod.node_name] = placed.get(pod.node_name, 0) + 1
+    return placed
 
 
 def _nodes_by_index(pods: Iterable[WorkerPod]) -> tuple[str, ...]:

@@ -563,5 +563,13 @@ def plan_admissions(
         preempt=frozenset(job.key for job in jobs if job.preempted_for is not None),
         waiting=dict(queue.waiting),
         reasons=reasons,
-        placement={job.key: dict(Counter(job.bound) + Counter(job.reserved)) for job in jobs if job.holds},
+        placement={job.key: _added(job.bound, job.reserved) for job in jobs if job.holds},
     )
+
+
+def _added(first: Mapping[str, int], second: Mapping[str, int]) -> dict[str, int]:
+    """Workers per node of both, only nodes with some (Counter's + without two Counters per job and pass)."""
+    total = dict(first)
+    for node, workers in second.items():
+        total[node] = total.get(node, 0) + workers
+    return {node: workers for node, workers in total.items() if workers > 0}
