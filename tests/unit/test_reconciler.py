@@ -114,6 +114,10 @@ class FakeKube:
             else:
                 current[field] = copy.deepcopy(value)
 
+    def job_uids(self, namespace: str) -> dict[str, str]:
+        self._call("job_uids", namespace)
+        return {name: job["metadata"]["uid"] for name, job in self.jobs.items()}
+
     def delete_job(self, namespace: str, name: str) -> bool:
         self._call("delete_job", name)
         return self.jobs.pop(name, None) is not None
@@ -702,3 +706,63 @@ def test_a_job_the_watch_showed_is_reconciled_without_a_get_and_its_status_patch
     assert harness.reconciler.jobs.read(KEY, harness.kube.get_job) == answered[-1]
     harness.reconcile("timer")  # reads what it wrote: nothing to write again
     assert harness.calls("get_job") == [] and len(harness.calls("patch_job_status")) == writes
+
+
+def test_a_change_that_came_while_the_status_was_written_makes_the_reconcile_go_round_again(
+    harness: Harness,
+) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))
+    decided: list[int] = []
+    original = reconciler_module.decide
+
+    def recording(observation: Any, *args: Any) -> Any:
+        decided.append(observation.spec["workers"]["replicas"])
+        return original(observation, *args)
+
+    def patch_after_a_scale(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        FakeKube.patch_job_status(harness.kube, namespace, name, status)
+        if harness.kube.jobs[name]["spec"]["workers"]["replicas"] == 2:
+            harness.kube.jobs[name]["spec"]["workers"]["replicas"] = (
+                1  # kubectl scale, its event still queued
+            )
+        return copy.deepcopy(harness.kube.jobs[name])
+
+    reconciler_module.decide = recording  # type: ignore[assignment]
+    try:
+        harness.kube.patch_job_status = patch_after_a_scale  # type: ignore[assignment, method-assign]
+        harness.reconcile()
+    finally:
+        reconciler_module.decide = original  # type: ignore[assignment]
+    assert decided[-1] == 1  # the answer showed the scale: decided again on it, not at the next resync
+
+
+def test_a_job_gone_when_its_status_is_written_is_forgotten(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))
+    harness.kube.fail[("patch_job_status", "*")] = api_error(404, 'trainingjobs "llama" not found')
+    harness.reconcile()
+    assert KEY not in harness.reconciler.jobs and not retrying(harness)
+    assert harness.calls("create_pod") == [] and harness.events("ReconcileError") == []
+    assert KEY not in harness.reconciler.scheduler.snapshot()
+
+
+def test_jobs_deleted_while_no_watch_event_could_say_so_are_forgotten(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))
+    harness.reconcile()
+    assert KEY in harness.reconciler.scheduler.snapshot()
+    assert harness.reconciler.forget_vanished(harness.view()) == []  # still there: kept
+    del harness.kube.jobs["llama"]  # deleted while the watch was broken: no DELETED event
+    assert harness.reconciler.forget_vanished(harness.view()) == [KEY]
+    assert KEY not in harness.reconciler.jobs and KEY not in harness.reconciler.scheduler.snapshot()
+    assert harness.reconciler.jobs.read(KEY, harness.kube.get_job) is None
+
+
+def test_workers_whose_create_failed_are_not_counted_in_the_failures_status(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403
+    harness.reconcile()
+    status = harness.kube.jobs["llama"]["status"]
+    assert harness.condition("Ready")["reason"] == "ReconcileError"
+    assert status["replicas"] == 1  # worker-0 was created, worker-1 was refused

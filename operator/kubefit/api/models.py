@@ -248,7 +248,9 @@ class Finetuning(_Model):
         # A 4-bit detail changed for a run with no 4-bit base would be read by nothing: say so. Its default
         # is accepted anywhere, so a spec written back with its defaults filled in still parses.
         default = cls.model_fields[info.field_name or ""].default
-        method = info.data.get("method")
+        if "method" not in info.data:
+            return value  # the method itself is refused; its error is the one to read
+        method = info.data["method"]
         if value != default and method != "qlora":
             raise ValueError(f"applies only to method qlora (method is {method})")
         return value

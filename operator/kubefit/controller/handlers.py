@@ -150,6 +150,7 @@ def _register_triggers(
         keys=jobs.keys,
         reconcile=lambda key: reconciler.reconcile(key, "timer", cluster_view(**live_indexes)),
         schedule=resync_pass,
+        prune=lambda: reconciler.forget_vanished(cluster_view(**live_indexes)),
     )
 
     # Every TrainingJob event, with no finalizer and no annotation of kopf's: the job is kept in the reconciler's

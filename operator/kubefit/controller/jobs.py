@@ -54,7 +54,10 @@ class JobCache:
         True if it differs from the copy held in more than its resourceVersion: a job that is new to this
         process, or changed by someone else than this process's own status patches (whose answers were kept).
         """
-        uid = (job.get("metadata") or {}).get("uid")
+        metadata = job.get("metadata") or {}
+        uid = metadata.get("uid")
+        if "managedFields" in metadata:  # several KiB a job that nothing here reads
+            job = {**job, "metadata": {k: v for k, v in metadata.items() if k != "managedFields"}}
         with self._lock:
             if key in self._deleted and self._deleted[key][0] == uid:
                 return False  # a status patch's answer that came back after the job's DELETED event

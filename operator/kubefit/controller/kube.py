@@ -13,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from kubefit.api.resource import GROUP, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
 def _status_of(error: ApiException) -> int:
@@ -41,9 +42,16 @@ class _Rest:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, merge: bool = False) -> bytes:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        merge: bool = False,
+        accept: str = "application/json",
+    ) -> bytes:
         """The answer's body; raises ApiException (with the API server's Status as its body) unless 2xx."""
-        headers = {"Accept": "application/json", "Content-Type": MERGE_PATCH if merge else "application/json"}
+        headers = {"Accept": accept, "Content-Type": MERGE_PATCH if merge else "application/json"}
         request = self.api_client.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
@@ -96,6 +104,14 @@ class CustomObjectsApi:
         found = json.loads(self._rest.call("GET", self._path(group, version, namespace, plural, name)))
         return cast(dict[str, Any], found)
 
+    def list_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str
+    ) -> dict[str, Any]:
+        """The objects' metadata only (a PartialObjectMetadataList): names and uids, not 500 bodies."""
+        path = f"/apis/{_quoted(group, version)}/namespaces/{_quoted(namespace, plural)}"
+        found = json.loads(self._rest.call("GET", path, accept=METADATA_ONLY))
+        return cast(dict[str, Any], found)
+
     def patch_namespaced_custom_object_status(  # noqa: PLR0913 - the kubernetes client's signature
         self, group: str, version: str, namespace: str, plural: str, name: str, body: dict[str, Any]
     ) -> dict[str, Any]:
@@ -131,6 +147,11 @@ class KubeApi:
         return self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
+
+    def job_uids(self, namespace: str) -> dict[str, str]:
+        """name -> uid of every TrainingJob in `namespace` now (one LIST of their metadata)."""
+        listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        return {item["metadata"]["name"]: item["metadata"]["uid"] for item in listed.get("items") or []}
 
     def delete_job(self, namespace: str, name: str) -> bool:
         return self._ignoring_404(

@@ -181,6 +181,7 @@ class _Progress:
 
     job: dict[str, Any] | None = None
     status: Mapping[str, Any] | None = None  # the job's status as last read or written
+    replicas: int | None = None  # status.replicas to write with the failure (workers whose create failed)
 
 
 class NotifyingBoard(CheckpointBoard):
@@ -254,6 +255,27 @@ class Reconciler:
             if state is not None and not state.busy:
                 del self._jobs[key]
 
+    def forget_vanished(self, view: ClusterView) -> list[JobKey]:
+        """Forgets the held jobs that no longer exist (or exist again under a new uid): kopf lists again
+        after its watch broke, but sends no DELETED event for a job deleted meanwhile. One LIST of metadata
+        per namespace with jobs; the resync calls it once per period. Returns the keys forgotten."""
+        held: dict[str, dict[str, str]] = {}
+        for namespace, name in self.jobs.keys():
+            job = self.jobs.read((namespace, name), lambda *_: None)
+            if job is not None:
+                held.setdefault(namespace, {})[name] = job["metadata"].get("uid", "")
+        vanished = []
+        for namespace, jobs in held.items():
+            present = self.api.job_uids(namespace)
+            vanished += [(namespace, name) for name, uid in jobs.items() if present.get(name) != uid]
+        for key in vanished:
+            if self.jobs.read(key, lambda *_: None) is not None:  # not replaced by a newer event meanwhile
+                logger.info("%s/%s is gone (no longer listed): forgetting it", *key)
+                self.jobs.deleted(key, held[key[0]][key[1]])
+                self.forget(key)
+                self.scheduler.forget(key, view)
+        return vanished
+
     def created_here(self, key: JobKey, pod_name: str) -> bool:
         """This process created the worker `pod_name` of `key` moments ago (its own creation's event, which
         tells the reconcile that made it nothing new)."""
@@ -303,6 +325,9 @@ class Reconciler:
         try:
             with self.metrics.reconciling(trigger):
                 self._reconcile_once(key, state, view, progress)
+        except _JobGone:
+            self._gone(key, progress, view)
+            return True
         except Exception as error:  # noqa: BLE001 - the safety net: any failure becomes a condition
             self._record_failure(key, state, view, progress, error)
             return False
@@ -329,8 +354,18 @@ class Reconciler:
         self._requeue(key, delay, view, RETRY_TRIGGER)
         try:
             self._write_failure(key, progress, message)
+        except _JobGone:
+            self._gone(key, progress, view)
         except Exception as write_error:  # noqa: BLE001 - recording the error must not raise either
             logger.warning("could not record the failure on %s/%s: %s", *key, error_message(write_error))
+
+    def _gone(self, key: JobKey, progress: _Progress, view: ClusterView) -> None:
+        """The API server says the job is gone: forgotten as if its DELETED event had come."""
+        uid = (progress.job or {}).get("metadata", {}).get("uid")
+        logger.info("%s/%s is gone (404): forgetting it", *key)
+        self.jobs.deleted(key, uid)
+        self.forget(key)
+        self.scheduler.forget(key, view)
 
     def _write_failure(self, key: JobKey, progress: _Progress, message: str) -> None:
         job = progress.job if progress.job is not None else self.jobs.read(key, self.api.get_job)
@@ -339,8 +374,11 @@ class Reconciler:
         status = progress.status if progress.status is not None else job.get("status") or {}
         now = rfc3339(datetime.now(UTC))
         record = reconcile_error(status, job["metadata"].get("generation"), message, now)
-        if record.status is not None:
-            self._patch_status(key, record.status)
+        patch = dict(record.status or {})
+        if progress.replicas is not None:
+            patch["replicas"] = progress.replicas
+        if patch:
+            self._patch_status(key, patch, None, None)
         _post_events(job, record.events)
 
     # ------------------------------------------------------------------ observe, decide, apply
@@ -447,7 +485,7 @@ class Reconciler:
         ref = observation.job
         status = decision.status.model_dump(by_alias=True, exclude_none=False)
         if _status_changed(observation.status, status):
-            self._patch_status((ref.namespace, ref.name), status)
+            self._patch_status((ref.namespace, ref.name), status, job, state)
             progress.status = status
         # Recorded in status.restarts now: deleted below, and never counted twice.
         state.replaced.update(pod.uid for pod in decision.replace)
@@ -466,17 +504,36 @@ class Reconciler:
                 if self.api.delete_pod(ref.namespace, name):
                     deleted.append(name)
             self._create_workers(ref, decision, state, created)
+        except Exception:
+            # status.replicas counted every worker this decision creates: the failure's status must not.
+            if progress.status is not None and isinstance(progress.status.get("replicas"), int):
+                progress.replicas = progress.status["replicas"] - (len(decision.create) - len(created))
+            raise
         finally:
             _post_worker_events(job, created, deleted)
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ref.namespace, ref.name)
             self.api.delete_job(ref.namespace, ref.name)
 
-    def _patch_status(self, key: JobKey, status: dict[str, Any]) -> None:
-        """Writes the job's status and keeps the answer, so the next reconcile reads what it wrote."""
-        written = self.api.patch_job_status(*key, status)
+    def _patch_status(
+        self, key: JobKey, status: dict[str, Any], read: Mapping[str, Any] | None, state: _JobState | None
+    ) -> None:
+        """Writes the job's status and keeps the answer, so the next reconcile reads what it wrote.
+
+        The answer is the job as it is now: when someone changed it since the reconcile read it (a `kubectl
+        scale` whose watch event is still queued, and which the cache will now take for an older copy), the
+        reconcile goes round again. A job that is gone (404: deleted while the watch was broken, so no
+        DELETED event came) is forgotten."""
+        try:
+            written = self.api.patch_job_status(*key, status)
+        except ApiException as error:
+            if int(error.status or 0) == 404:
+                raise _JobGone from error
+            raise
         if isinstance(written, dict) and written.get("metadata"):
             self.jobs.observe(key, written)
+            if state is not None and read is not None and not same_but_status(read, written):
+                self._go_round_again(state)
 
     def _create_workers(self, ref: JobRef, decision: Decision, state: _JobState, created: list[str]) -> None:
         """Builds and creates at most CREATE_BATCH of the decision's workers; the loop goes round for more."""
@@ -489,6 +546,19 @@ class Reconciler:
             state.created[name] = time.monotonic()  # created now, or already there (409): not again
         if len(todo) > CREATE_BATCH:
             self._go_round_again(state)
+
+
+class _JobGone(Exception):
+    """The API server answered 404 for the job being reconciled."""
+
+
+def same_but_status(read: Mapping[str, Any], written: Mapping[str, Any]) -> bool:
+    """`written` is `read` but for its status and resourceVersion (nobody else changed the job meanwhile)."""
+    return bool(
+        read.get("spec") == written.get("spec")
+        and {**read.get("metadata", {}), "resourceVersion": None, "managedFields": None}
+        == {**written.get("metadata", {}), "resourceVersion": None, "managedFields": None}
+    )
 
 
 def _for_the_queue(demand: Demand | None) -> Demand | None:

@@ -28,9 +28,11 @@ class ResyncLoop:
         reconcile: Callable[[JobKey], None],
         schedule: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        prune: Callable[[], object] = lambda: None,
     ) -> None:
         self.period = period
         self._keys, self._reconcile, self._schedule = keys, reconcile, schedule
+        self._prune = prune  # forgets jobs deleted while no watch event could say so
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,6 +56,10 @@ class ResyncLoop:
     def run_period(self) -> None:
         """One period: the scheduling pass, then every job known now, the n-th of N at n/N of the period."""
         start = self._clock()
+        try:
+            self._prune()
+        except Exception:  # noqa: BLE001 - an API error now is retried next period
+            logger.exception("checking for vanished jobs failed")
         self._schedule()
         keys = self._keys()
         for position, key in enumerate(keys):

@@ -164,6 +164,7 @@ class Scheduler:
         self._executor: Executor | None = None
         self.passes = 0
         self._last_pass_seconds = 0.0
+        self._last_pass_end = 0.0  # time.monotonic() at the end of the last debounced pass
         metrics.watch_cluster(self.cluster_accelerators)
 
     def reconcile_with(self, reconcile: ReconcileJob, executor: Executor | None = None) -> None:
@@ -275,8 +276,10 @@ class Scheduler:
         timer.start()
 
     def pass_delay(self) -> float:
-        """How long a requested pass waits: the debounce, or PASS_SPACING times the last pass if longer."""
-        return max(self.settings.debounce or 0.0, PASS_SPACING * self._last_pass_seconds)
+        """How long a requested pass waits: the debounce, or until PASS_SPACING times the last pass's duration
+        has passed since it ended, if that is later (an idle cluster's next pass is not held back)."""
+        since_last = time.monotonic() - self._last_pass_end
+        return max(self.settings.debounce or 0.0, PASS_SPACING * self._last_pass_seconds - since_last)
 
     def _drain(self) -> None:
         try:
@@ -308,7 +311,8 @@ class Scheduler:
                 logger.exception("scheduling pass failed")
                 return
             finally:
-                self._last_pass_seconds = time.monotonic() - started
+                self._last_pass_end = time.monotonic()
+                self._last_pass_seconds = self._last_pass_end - started
         self._trigger(changed, view)
 
     def _trigger(
