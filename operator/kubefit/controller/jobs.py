@@ -98,7 +98,3 @@ class JobCache:
     def __contains__(self, key: object) -> bool:
         with self._lock:
             return key in self._jobs
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._jobs)
