@@ -167,9 +167,7 @@ def _register_triggers(
         job = event.get("object") or {}
         if type == "DELETED":
             # Metrics of a deleted job go with it (kopf's delete handlers would need the object to linger).
-            jobs.deleted(key, (job.get("metadata") or {}).get("uid"))
-            reconciler.forget(key)
-            scheduler.forget(key, cluster_view(**indexes))
+            reconciler.job_deleted(key, (job.get("metadata") or {}).get("uid"), cluster_view(**indexes))
             return
         known = key in jobs
         if jobs.observe(key, dict(job)):

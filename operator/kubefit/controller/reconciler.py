@@ -271,9 +271,7 @@ class Reconciler:
         for key in vanished:
             if self.jobs.read(key, lambda *_: None) is not None:  # not replaced by a newer event meanwhile
                 logger.info("%s/%s is gone (no longer listed): forgetting it", *key)
-                self.jobs.deleted(key, held[key[0]][key[1]])
-                self.forget(key)
-                self.scheduler.forget(key, view)
+                self.job_deleted(key, held[key[0]][key[1]], view)
         return vanished
 
     def created_here(self, key: JobKey, pod_name: str) -> bool:
@@ -359,13 +357,16 @@ class Reconciler:
         except Exception as write_error:  # noqa: BLE001 - recording the error must not raise either
             logger.warning("could not record the failure on %s/%s: %s", *key, error_message(write_error))
 
-    def _gone(self, key: JobKey, progress: _Progress, view: ClusterView) -> None:
-        """The API server says the job is gone: forgotten as if its DELETED event had come."""
-        uid = (progress.job or {}).get("metadata", {}).get("uid")
-        logger.info("%s/%s is gone (404): forgetting it", *key)
+    def job_deleted(self, key: JobKey, uid: str | None, view: ClusterView) -> None:
+        """The job is gone (its DELETED event, a 404, or missing from a list): out of the cache, its metrics
+        and its place in the queue."""
         self.jobs.deleted(key, uid)
         self.forget(key)
         self.scheduler.forget(key, view)
+
+    def _gone(self, key: JobKey, progress: _Progress, view: ClusterView) -> None:
+        logger.info("%s/%s is gone (404): forgetting it", *key)
+        self.job_deleted(key, (progress.job or {}).get("metadata", {}).get("uid"), view)
 
     def _write_failure(self, key: JobKey, progress: _Progress, message: str) -> None:
         job = progress.job if progress.job is not None else self.jobs.read(key, self.api.get_job)
