@@ -125,14 +125,10 @@ class Store:
         job = self.jobs.get(name)
         return copy.deepcopy(job) if job is not None else None  # what json.loads of an answer costs, about
 
-    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_job_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> None:
         self.calls["patch_job_status"] += 1
-        current = self.jobs[name].setdefault("status", {})
-        for key, value in status.items():
-            if value is None:
-                current.pop(key, None)
-            else:
-                current[key] = copy.deepcopy(value)
+        assert self.jobs[name]["metadata"]["uid"] == uid, "the API server's test of /metadata/uid"
+        self.jobs[name]["status"] = copy.deepcopy(status)  # written whole
 
     def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
         self.calls["create_service"] += 1

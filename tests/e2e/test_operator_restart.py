@@ -20,6 +20,10 @@ from operator_support import (
     wait_for,
 )
 
+from kubefit.controller.kube import JobReplaced, KubeApi
+from kubefit_sandbox.controlplane import Sandbox
+from kubefit_sandbox.kubeclient import new_api_client
+
 pytestmark = pytest.mark.e2e
 
 STABLE_FOR_S = 12.0  # longer than one resync interval of the test operator (10 s)
@@ -111,3 +115,31 @@ def test_the_finalizer_of_an_earlier_version_is_removed(
     )
     wait_for("a running worker", lambda: running_names(kube.workers(namespace, "legacy")))
     kube.run("delete", "trainingjob", "legacy", "-n", namespace, "--wait=true", "--timeout=30s")
+
+
+def test_a_status_written_for_a_job_deleted_and_created_again_is_refused_by_the_api_server(
+    kube: Kube, sandbox: Sandbox, namespace: str, operator: OperatorProcess, pool: PrivatePool
+) -> None:
+    """The operator's status write names the job's uid: one for the old job, still in flight when the job
+    was deleted and created again under its name, must not land on the new job (the real API server's
+    answer to the JSON patch's test, which unit tests can only imitate)."""
+    resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1}
+    manifest = job_manifest("again", namespace, pool=pool, resources=resources, workers={"replicas": 1})
+    kube.apply(manifest)
+    wait_for("the first job's status", lambda: kube.job_status(namespace, "again").get("phase"))
+    old = kube.get("trainingjob", "again", namespace)
+    assert old is not None
+    kube.run("delete", "trainingjob", "again", "-n", namespace, "--wait=true", "--timeout=30s")
+    kube.apply(manifest)
+    wait_for("the new job's status", lambda: kube.job_status(namespace, "again").get("phase") == "Running")
+    new = kube.get("trainingjob", "again", namespace)
+    assert new is not None and new["metadata"]["uid"] != old["metadata"]["uid"]
+
+    api = KubeApi(new_api_client(sandbox.kubeconfig_path))
+    with pytest.raises(JobReplaced):
+        api.patch_job_status(namespace, "again", old["metadata"]["uid"], {"phase": "Failed"})
+    after = kube.get("trainingjob", "again", namespace)
+    assert after is not None and after["status"]["phase"] == "Running"
+    # The right uid: the status written whole, what it omits gone (the operator writes it back after).
+    written = api.patch_job_status(namespace, "again", new["metadata"]["uid"], {"phase": "Running"})
+    assert written["status"] == {"phase": "Running"}

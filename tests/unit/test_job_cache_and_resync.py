@@ -87,6 +87,18 @@ def test_a_job_made_again_under_the_same_name_is_held_at_once() -> None:
     assert cache.read(KEY, Fetches()) == job(9, uid="uid-2")
 
 
+def test_the_old_job_found_gone_late_does_not_take_the_new_one_of_its_name_out() -> None:
+    """A reconcile of the old job learns it is gone (its status write refused) after the new job's event."""
+    cache, fetch = JobCache(), Fetches()
+    cache.observe(KEY, job(5))
+    cache.deleted(KEY, "uid-1")  # its DELETED event
+    cache.observe(KEY, job(9, uid="uid-2"))  # the new job's ADDED event
+    cache.deleted(KEY, "uid-1")  # the old job's reconcile, its write refused
+    assert cache.read(KEY, fetch) == job(9, uid="uid-2") and KEY in cache and fetch.calls == []
+    cache.deleted(KEY, "uid-2")
+    assert cache.read(KEY, fetch) is None
+
+
 def test_resync_spreads_every_job_over_the_period_and_passes_once() -> None:
     now = [0.0]
     reconciled: list[tuple[JobKey, float]] = []

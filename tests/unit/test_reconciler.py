@@ -24,7 +24,7 @@ from kubefit.builders.naming import worker_index
 from kubefit.cli.main import build_parser
 from kubefit.controller import reconciler as reconciler_module
 from kubefit.controller.cluster import RememberingCatalog, remembering
-from kubefit.controller.kube import KubeApi, error_message
+from kubefit.controller.kube import JobReplaced, KubeApi, error_message
 from kubefit.controller.reconciler import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
@@ -105,14 +105,13 @@ class FakeKube:
         job = self.jobs.get(name)
         return copy.deepcopy(job) if job else None
 
-    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_job_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> None:
         self._call("patch_job_status", name)
-        current = self.jobs[name].setdefault("status", {})
-        for field, value in status.items():  # a merge patch: null removes
-            if value is None:
-                current.pop(field, None)
-            else:
-                current[field] = copy.deepcopy(value)
+        if name not in self.jobs:
+            raise api_error(404, f'trainingjobs "{name}" not found')
+        if self.jobs[name]["metadata"]["uid"] != uid:  # the API server's test of /metadata/uid
+            raise JobReplaced(f"{namespace}/{name} is no longer the job {uid}")
+        self.jobs[name]["status"] = copy.deepcopy(status)  # written whole
 
     def job_uids(self, namespace: str) -> dict[str, str]:
         self._call("job_uids", namespace)
@@ -691,8 +690,8 @@ def test_a_job_the_watch_showed_is_reconciled_without_a_get_and_its_status_patch
     harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))  # what handlers.py's job event keeps
     answered = []
 
-    def patch_answering(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        FakeKube.patch_job_status(harness.kube, namespace, name, status)
+    def patch_answering(namespace: str, name: str, uid: str, status: dict[str, Any]) -> dict[str, Any]:
+        FakeKube.patch_job_status(harness.kube, namespace, name, uid, status)
         written = copy.deepcopy(harness.kube.jobs[name])
         answered.append(written)
         return written  # the API server answers a patch with the object
@@ -720,8 +719,8 @@ def test_a_change_that_came_while_the_status_was_written_makes_the_reconcile_go_
         decided.append(observation.spec["workers"]["replicas"])
         return original(observation, *args)
 
-    def patch_after_a_scale(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        FakeKube.patch_job_status(harness.kube, namespace, name, status)
+    def patch_after_a_scale(namespace: str, name: str, uid: str, status: dict[str, Any]) -> dict[str, Any]:
+        FakeKube.patch_job_status(harness.kube, namespace, name, uid, status)
         if harness.kube.jobs[name]["spec"]["workers"]["replicas"] == 2:
             harness.kube.jobs[name]["spec"]["workers"]["replicas"] = (
                 1  # kubectl scale, its event still queued
@@ -745,6 +744,36 @@ def test_a_job_gone_when_its_status_is_written_is_forgotten(harness: Harness) ->
     assert KEY not in harness.reconciler.jobs and not retrying(harness)
     assert harness.calls("create_pod") == [] and harness.events("ReconcileError") == []
     assert KEY not in harness.reconciler.scheduler.snapshot()
+
+
+def test_the_status_of_a_job_deleted_and_created_again_meanwhile_does_not_land_on_the_new_one(
+    harness: Harness,
+) -> None:
+    harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))  # the old job, as read
+    new = job_manifest(replicas=1)
+    new["metadata"]["uid"] = "uid-llama-again"
+    new["status"] = {"phase": "Queued"}
+    harness.kube.jobs["llama"] = copy.deepcopy(new)  # what the API server holds now
+    harness.reconcile()
+    assert harness.calls("patch_job_status") == [("patch_job_status", "llama")]  # tried, refused
+    assert harness.kube.jobs["llama"] == new  # untouched
+    assert harness.calls("create_pod") == [] and harness.events("ReconcileError") == []
+    assert KEY not in harness.reconciler.jobs and not retrying(harness)
+    assert KEY not in harness.reconciler.scheduler.snapshot()
+    harness.reconciler.jobs.observe(KEY, copy.deepcopy(new))  # the new job's ADDED event
+    harness.reconcile()
+    assert harness.kube.jobs["llama"]["status"]["replicas"] == 1  # the new job is reconciled as itself
+
+
+def test_a_status_is_written_whole_over_the_one_read_and_a_null_removes_a_field(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=1)
+    harness.reconcile()
+    written = harness.kube.jobs["llama"]["status"]
+    assert written["replicas"] == 1 and "sizing" in written
+    assert all(value is not None for value in written.values())
+    harness.kube.jobs["llama"]["spec"]["model"] = {"parameters": "not a size"}  # now invalid: no sizing
+    harness.reconcile("update")
+    assert "sizing" not in harness.kube.jobs["llama"]["status"]
 
 
 def test_jobs_deleted_while_no_watch_event_could_say_so_are_forgotten(harness: Harness) -> None:

@@ -71,9 +71,12 @@ class JobCache:
             return held is None or _essence(held) != _essence(job)
 
     def deleted(self, key: JobKey, uid: str | None) -> None:
-        """The watch showed the job deleted: forgotten, and answered as gone for a while."""
+        """The job `uid` is gone: forgotten, and answered as gone for a while, unless the copy held is already
+        another job created under its name since (its event came first)."""
         with self._lock:
-            self._jobs.pop(key, None)
+            held_uid = (self._jobs.get(key, {}).get("metadata") or {}).get("uid")
+            if uid is None or held_uid in (None, uid):
+                self._jobs.pop(key, None)
             self._deleted[key] = (uid or "", self._clock())
             oldest = self._clock() - DELETED_MEMORY_SECONDS
             for gone in [gone for gone, (_, at) in self._deleted.items() if at < oldest]:

@@ -13,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from kubefit.api.resource import GROUP, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
@@ -36,6 +37,10 @@ def error_message(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+class JobReplaced(Exception):
+    """The job was deleted and another created under its name since it was read."""
+
+
 class _Rest:
     """Plain REST on the kubernetes client's ApiClient (its configuration, auth and connection pool)."""
 
@@ -46,12 +51,14 @@ class _Rest:
         self,
         method: str,
         path: str,
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | list[dict[str, Any]] | None = None,
         merge: bool = False,
         accept: str = "application/json",
     ) -> bytes:
-        """The answer's body; raises ApiException (with the API server's Status as its body) unless 2xx."""
-        headers = {"Accept": accept, "Content-Type": MERGE_PATCH if merge else "application/json"}
+        """The answer's body; raises ApiException (with the API server's Status as its body) unless 2xx.
+        A PATCH is a merge patch, or a JSON patch when `body` is a list of operations."""
+        content_type = JSON_PATCH if isinstance(body, list) else MERGE_PATCH if merge else "application/json"
+        headers = {"Accept": accept, "Content-Type": content_type}
         request = self.api_client.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
@@ -113,7 +120,7 @@ class CustomObjectsApi:
         return cast(dict[str, Any], found)
 
     def patch_namespaced_custom_object_status(  # noqa: PLR0913 - the kubernetes client's signature
-        self, group: str, version: str, namespace: str, plural: str, name: str, body: dict[str, Any]
+        self, group: str, version: str, namespace: str, plural: str, name: str, body: list[dict[str, Any]]
     ) -> dict[str, Any]:
         path = self._path(group, version, namespace, plural, name) + "/status"
         return cast(dict[str, Any], json.loads(self._rest.call("PATCH", path, body, merge=True)))
@@ -141,12 +148,28 @@ class KubeApi:
                 return None
             raise
 
-    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        """The job as the patch left it. A merge patch: null removes a field (e.g. sizing of a spec that became
-        invalid)."""
-        return self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
-        )
+    def patch_job_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Sets the status of the job `uid` to `status` (whole: what it omits goes) and returns the job as it
+        is then. Raises JobReplaced when the job of that name is another one now: deleted and created again
+        while a reconcile of the old one ran, whose status must not land on the new one. A JSON patch, for
+        its `test` of the uid, which the API server applies to the job as it is when it writes."""
+        operations: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "add", "path": "/status", "value": status},  # add replaces a member that exists
+        ]
+        try:
+            return self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, operations
+            )
+        except ApiException as error:
+            # A failed test is a 422 that names nothing ("the server rejected our request due to an error in
+            # our request"), as a status the schema refuses is not: which one, the job's uid now tells.
+            if (
+                _status_of(error) == 422
+                and (self.get_job(namespace, name) or {}).get("metadata", {}).get("uid") != uid
+            ):
+                raise JobReplaced(f"{namespace}/{name} is no longer the job {uid}") from error
+            raise
 
     def job_uids(self, namespace: str) -> dict[str, str]:
         """name -> uid of every TrainingJob in `namespace` now (one LIST of their metadata)."""

@@ -57,7 +57,7 @@ from kubefit.builders.naming import JobRef, owner_reference, worker_name
 from kubefit.controller.checkpoints import CheckpointBoard
 from kubefit.controller.cluster import ClusterView, remembering
 from kubefit.controller.jobs import JobCache
-from kubefit.controller.kube import KubeApi, error_message
+from kubefit.controller.kube import JobReplaced, KubeApi, error_message
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.failure import reconcile_error
@@ -365,7 +365,7 @@ class Reconciler:
         self.scheduler.forget(key, view)
 
     def _gone(self, key: JobKey, progress: _Progress, view: ClusterView) -> None:
-        logger.info("%s/%s is gone (404): forgetting it", *key)
+        logger.info("%s/%s is gone (deleted, or deleted and created again): forgetting it", *key)
         self.job_deleted(key, (progress.job or {}).get("metadata", {}).get("uid"), view)
 
     def _write_failure(self, key: JobKey, progress: _Progress, message: str) -> None:
@@ -379,7 +379,7 @@ class Reconciler:
         if progress.replicas is not None:
             patch["replicas"] = progress.replicas
         if patch:
-            self._patch_status(key, patch, None, None)
+            self._patch_status(key, patch, {**job, "status": status}, None)
         _post_events(job, record.events)
 
     # ------------------------------------------------------------------ observe, decide, apply
@@ -486,8 +486,7 @@ class Reconciler:
         ref = observation.job
         status = decision.status.model_dump(by_alias=True, exclude_none=False)
         if _status_changed(observation.status, status):
-            self._patch_status((ref.namespace, ref.name), status, job, state)
-            progress.status = status
+            progress.status = self._patch_status((ref.namespace, ref.name), status, job, state)
         # Recorded in status.restarts now: deleted below, and never counted twice.
         state.replaced.update(pod.uid for pod in decision.replace)
         _post_events(job, decision.events)
@@ -517,24 +516,30 @@ class Reconciler:
             self.api.delete_job(ref.namespace, ref.name)
 
     def _patch_status(
-        self, key: JobKey, status: dict[str, Any], read: Mapping[str, Any] | None, state: _JobState | None
-    ) -> None:
-        """Writes the job's status and keeps the answer, so the next reconcile reads what it wrote.
+        self, key: JobKey, status: Mapping[str, Any], job: Mapping[str, Any], state: _JobState | None
+    ) -> dict[str, Any]:
+        """Writes the status of `job` (the copy this reconcile read): `status` as a merge over the status it
+        read (None removes a field), written whole and only onto that job, never onto one created under its
+        name since. Keeps the answer, so the next reconcile reads what it wrote, and returns the status.
 
         The answer is the job as it is now: when someone changed it since the reconcile read it (a `kubectl
         scale` whose watch event is still queued, and which the cache will now take for an older copy), the
-        reconcile goes round again. A job that is gone (404: deleted while the watch was broken, so no
-        DELETED event came) is forgotten."""
+        reconcile goes round again (`state` given). A job that is gone (404: deleted while the watch was
+        broken, so no DELETED event came) or replaced is forgotten."""
+        whole = without_nulls({**(job.get("status") or {}), **status})
         try:
-            written = self.api.patch_job_status(*key, status)
+            written = self.api.patch_job_status(*key, job["metadata"]["uid"], whole)
+        except JobReplaced as error:
+            raise _JobGone from error
         except ApiException as error:
             if int(error.status or 0) == 404:
                 raise _JobGone from error
             raise
         if isinstance(written, dict) and written.get("metadata"):
             self.jobs.observe(key, written)
-            if state is not None and read is not None and not same_but_status(read, written):
+            if state is not None and not same_but_status(job, written):
                 self._go_round_again(state)
+        return whole
 
     def _create_workers(self, ref: JobRef, decision: Decision, state: _JobState, created: list[str]) -> None:
         """Builds and creates at most CREATE_BATCH of the decision's workers; the loop goes round for more."""
@@ -551,6 +556,16 @@ class Reconciler:
 
 class _JobGone(Exception):
     """The API server answered 404 for the job being reconciled."""
+
+
+def without_nulls(value: Any) -> Any:
+    """`value` without the None members of its mappings, at every depth (None removed a field in the merge
+    patches the status was written with before; a whole status written now omits it)."""
+    if isinstance(value, Mapping):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [without_nulls(item) for item in value]
+    return value
 
 
 def same_but_status(read: Mapping[str, Any], written: Mapping[str, Any]) -> bool:
