@@ -337,6 +337,25 @@ def cpu_difference(before: dict[str, float], after: dict[str, float], wall: floa
     return "\n".join(lines)
 
 
+QUIET_SHARE = 0.3  # of one core, all processes but this client together: heartbeats and resyncs only
+QUIET_WINDOW_S = 3.0
+
+
+def wait_until_quiet(pids: dict[str, int], timeout: float = TIMEOUT_S) -> float:
+    """Waits until the processes but this client used under QUIET_SHARE of a core over QUIET_WINDOW_S, and
+    returns the seconds waited: the controller-manager works off a deleted namespace (its endpoints, events,
+    garbage) long after the namespace is gone, and a side that starts then would pay for the other's."""
+    others = {name: pid for name, pid in pids.items() if name != "benchmark client"}
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(others)
+        time.sleep(QUIET_WINDOW_S)
+        after = cpu_seconds(others)
+        if sum(after.values()) - sum(before.get(name, 0.0) for name in after) < QUIET_SHARE * QUIET_WINDOW_S:
+            return time.monotonic() - started
+    raise TimeoutError(f"the cluster did not go quiet within {timeout:.0f} s")
+
+
 def component_pids(sandbox: Sandbox, operator: Operator) -> dict[str, int]:
     """The processes that share the machine during a side: the control plane, the node agent, the
     operator and this benchmark's client."""
@@ -584,8 +603,9 @@ def run_sides(bench: Bench, operator: Operator, figures: Figures, progress: Call
     plain_ns, operator_ns = create_namespace(core, "bench-plain"), operator.namespace
     figures.rss_idle = operator.rss_mib()
     operator.snapshot()
-    before = request_counts(sandbox)
     pids = component_pids(sandbox, operator)
+    progress(f"quiet after {wait_until_quiet(pids):.1f} s")
+    before = request_counts(sandbox)
     cpu_before = cpu_seconds(pids)
     assert bench.shapes is not None, "the plain side copies the warm-up job's objects"
     figures.plain = bench.plain_side(plain_ns, jobs, bench.shapes)
@@ -595,6 +615,7 @@ def run_sides(bench: Bench, operator: Operator, figures: Figures, progress: Call
     figures.requests_plain = count_difference(before, request_counts(sandbox), jobs)
     figures.cleanup_s = bench.delete_namespace(plain_ns)
     progress(f"plain side deleted in {figures.cleanup_s:.1f} s")
+    progress(f"quiet after {wait_until_quiet(pids):.1f} s")
     before = request_counts(sandbox)
     sampler = RssSampler(operator, bench.watch, operator_ns)
     cpu_before, reconciles_before = cpu_seconds(pids), operator.reconciles()
