@@ -18,8 +18,10 @@ No handler here needs a finalizer or writes to the job: kopf writes nothing to T
 from __future__ import annotations
 
 import contextvars
+import enum
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -178,41 +180,76 @@ def _register_triggers(
     def worker_pod_event(
         type: str | None, body: kopf.Body, namespace: str | None, labels: kopf.Labels, **kwargs: Any
     ) -> None:
-        if not workers_seen.changed(type, body):
-            return  # nothing a decision reads of this worker changed, or the reconciler's own create
         indexes = _indexes(kwargs)
-        reconcile_job("pod", namespace, labels[JOB_LABEL], **indexes)
+        _after_worker_event(
+            workers_seen.news(type, body),
+            bound_or_deleted=bool((body.get("spec") or {}).get("nodeName")) or type == "DELETED",
+            reconcile=lambda: reconcile_job("pod", namespace, labels[JOB_LABEL], **indexes),
+            request_pass=lambda: scheduler.request("pod", cluster_view(**indexes)),
+        )
+
+
+def _after_worker_event(
+    news: WorkerNews, bound_or_deleted: bool, reconcile: Callable[[], None], request_pass: Callable[[], None]
+) -> None:
+    if news is WorkerNews.NONE:
+        return  # nothing a decision reads of this worker changed, or the reconciler's own create
+    if news is WorkerNews.CHANGED:
+        reconcile()
+    if bound_or_deleted:
         # Bound, finished or deleted: what the job holds changed (a new unbound pod changes nothing yet).
-        if (body.get("spec") or {}).get("nodeName") or type == "DELETED":
-            scheduler.request("pod", cluster_view(**indexes))
+        request_pass()
+
+
+class WorkerNews(enum.Enum):
+    NONE = "none"  # nothing a decision reads changed, or the reconciler's own create
+    BOUND = "bound"  # only bound to a node: the job's decisions and status are the same (not a reconcile),
+    # but where it holds devices is news to the scheduler
+    CHANGED = "changed"  # a reconcile
 
 
 class WorkerChanges:
     """The worker view (decisions/observed.py) of each worker pod as last seen, to tell a pod event that
     changes what a decision reads from one that does not: a worker pod has four to six events on its way to
     Running, and each was a reconcile and a scheduling request. The creation of a worker the reconciler made
-    itself is no news either: the reconcile that created it counted it in status.replicas."""
+    itself is no news either: the reconcile that created it counted it in status.replicas. Its binding to a
+    node changes no decision: nothing in the status or the metrics tells a bound Pending worker from an
+    unbound one (the order in which an elastic job's workers are removed does, read at the next reconcile)."""
 
     def __init__(self, created_here: Callable[[JobKey, str], bool] = lambda key, name: False) -> None:
         self._lock = threading.Lock()
         self._seen: dict[str, WorkerPod | None] = {}  # pod uid -> its worker view
         self._created_here = created_here
 
-    def changed(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
+    def news(self, event_type: str | None, body: Mapping[str, Any]) -> WorkerNews:
         metadata = body.get("metadata") or {}
         uid = metadata.get("uid") or ""
         with self._lock:
             if event_type == "DELETED":
                 self._seen.pop(uid, None)
-                return True
+                return WorkerNews.CHANGED
             worker = worker_from_pod(body)
-            if uid in self._seen and self._seen[uid] == worker:
-                return False
+            known, before = uid in self._seen, self._seen.get(uid)
+            if known and before == worker:
+                return WorkerNews.NONE
             self._seen[uid] = worker
+        if known and _only_bound(before, worker):
+            return WorkerNews.BOUND
         if event_type == "ADDED" and worker is not None and worker.node_name is None:
             job = (metadata.get("namespace") or "", (metadata.get("labels") or {}).get(JOB_LABEL, ""))
-            return not self._created_here(job, worker.name)
-        return True
+            if self._created_here(job, worker.name):
+                return WorkerNews.NONE
+        return WorkerNews.CHANGED
+
+
+def _only_bound(before: WorkerPod | None, after: WorkerPod | None) -> bool:
+    return (
+        before is not None
+        and after is not None
+        and before.node_name is None
+        and after.node_name is not None
+        and replace(before, node_name=after.node_name) == after
+    )
 
 
 def _register_capacity_triggers(
