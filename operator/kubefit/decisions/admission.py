@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from kubefit.api.resource import JobKey
@@ -537,7 +537,7 @@ def _reason(job: _Job) -> str | None:
     return f"{SCALED_DOWN}: wants {job.target}"
 
 
-def plan_admissions(
+def plan_admissions(  # noqa: PLR0913 - the pass's inputs, each named at the call
     queued: Sequence[Demand],
     admitted: Sequence[Holding],
     nodes: Sequence[NodeCapacity],
@@ -545,7 +545,73 @@ def plan_admissions(
     now: float,
     head_wait_limit: float,
 ) -> AdmissionPlan:
-    """One scheduling pass over every job the operator knows (the module docstring has the rules)."""
+    """One scheduling pass over every job the operator knows (the module docstring has the rules).
+
+    Settled jobs (admitted, granted their target, every granted worker bound on a node of their accelerator)
+    keep their grant in any pass in which no job waits, is shrunk or is preempted: nothing in it can move
+    them. So the pass plans the others first, with the settled jobs' devices counted as held, and plans
+    everyone only when that leaves a job waiting or takes workers from one; the same plan either way
+    (tests/unit/test_admission_settled.py), and a pass after a burst of new jobs plans the new ones, not
+    the hundreds already running."""
+    accelerators = {node.name: node.accelerator for node in nodes}
+    settled = [holding for holding in admitted if _settled(holding, accelerators)]
+    if settled:
+        keys = {holding.demand.key for holding in settled}
+        plan = _plan(
+            [demand for demand in queued if demand.key not in keys],
+            [holding for holding in admitted if holding.demand.key not in keys],
+            _holding_settled(nodes, settled),
+            policy,
+            now,
+            head_wait_limit,
+        )
+        if not (plan.waiting or plan.shrink or plan.preempt):
+            return _with_settled(plan, settled)
+    return _plan(queued, admitted, nodes, policy, now, head_wait_limit)
+
+
+def _settled(holding: Holding, accelerators: Mapping[str, str | None]) -> bool:
+    demand = holding.demand
+    if holding.granted != max(demand.min_workers, demand.want_workers):
+        return False
+    placed = [(node, workers) for node, workers in holding.placed.items() if workers > 0]
+    return (
+        all(accelerators.get(node) == demand.accelerator for node, _ in placed)
+        and sum(workers for _, workers in placed) == holding.granted
+    )
+
+
+def _holding_settled(nodes: Sequence[NodeCapacity], settled: Sequence[Holding]) -> list[NodeCapacity]:
+    """The nodes with the settled jobs' bound workers counted as other workloads' devices."""
+    held: Counter[str] = Counter()
+    for holding in settled:
+        for node, workers in holding.placed.items():
+            if workers > 0:
+                held[node] += workers * holding.demand.per_worker
+    return [
+        replace(node, used_by_others=node.used_by_others + held[node.name]) if held[node.name] else node
+        for node in nodes
+    ]
+
+
+def _with_settled(plan: AdmissionPlan, settled: Sequence[Holding]) -> AdmissionPlan:
+    grants = dict(plan.grants)
+    placement = dict(plan.placement)
+    for holding in settled:
+        grants[holding.demand.key] = holding.granted
+        placement[holding.demand.key] = {node: count for node, count in holding.placed.items() if count > 0}
+    return replace(plan, grants=grants, placement=placement)
+
+
+def _plan(  # noqa: PLR0913 - as plan_admissions
+    queued: Sequence[Demand],
+    admitted: Sequence[Holding],
+    nodes: Sequence[NodeCapacity],
+    policy: AdmissionPolicy,
+    now: float,
+    head_wait_limit: float,
+) -> AdmissionPlan:
+    """The pass over every job given."""
     cluster = _cluster(nodes)
     jobs = _jobs(queued, admitted, cluster)
     _reserve_admitted(cluster, jobs)
