@@ -176,12 +176,12 @@ class _Cluster:
         self.free[node] += job.demand.per_worker
 
 
-def _cluster(nodes: Iterable[NodeCapacity]) -> _Cluster:
+def _cluster(nodes: Iterable[NodeCapacity], held: Mapping[str, int]) -> _Cluster:
     cluster = _Cluster({}, {}, {}, {})
     for node in sorted(nodes, key=lambda node: node.name):
         if node.accelerator is None:
             continue
-        cluster.free[node.name] = node.allocatable - node.used_by_others
+        cluster.free[node.name] = node.allocatable - node.used_by_others - held.get(node.name, 0)
         cluster.allocatable[node.name] = node.allocatable
         cluster.accelerator_of[node.name] = node.accelerator
     for name, accelerator in cluster.accelerator_of.items():
@@ -557,16 +557,14 @@ def plan_admissions(  # noqa: PLR0913 - the pass's inputs, each named at the cal
     settled = [holding for holding in admitted if _settled(holding, accelerators)]
     if settled:
         keys = {holding.demand.key for holding in settled}
-        plan = _plan(
-            [demand for demand in queued if demand.key not in keys],
-            [holding for holding in admitted if holding.demand.key not in keys],
-            _holding_settled(nodes, settled),
-            policy,
-            now,
-            head_wait_limit,
-        )
-        if not (plan.waiting or plan.shrink or plan.preempt):
-            return _with_settled(plan, settled)
+        others = [holding for holding in admitted if holding.demand.key not in keys]
+        admitted_keys = {holding.demand.key for holding in admitted}
+        new = [demand for demand in queued if demand.key not in admitted_keys]
+        if _may_all_fit(new, admitted, nodes):
+            held = _devices(settled)
+            plan = _plan(new, others, nodes, policy, now, head_wait_limit, held)
+            if not (plan.waiting or plan.shrink or plan.preempt):
+                return _with_settled(plan, settled)
     return _plan(queued, admitted, nodes, policy, now, head_wait_limit)
 
 
@@ -581,17 +579,32 @@ def _settled(holding: Holding, accelerators: Mapping[str, str | None]) -> bool:
     )
 
 
-def _holding_settled(nodes: Sequence[NodeCapacity], settled: Sequence[Holding]) -> list[NodeCapacity]:
-    """The nodes with the settled jobs' bound workers counted as other workloads' devices."""
+def _devices(holdings: Sequence[Holding]) -> Counter[str]:
+    """node -> the devices the holdings' bound workers use there."""
     held: Counter[str] = Counter()
-    for holding in settled:
+    for holding in holdings:
         for node, workers in holding.placed.items():
             if workers > 0:
                 held[node] += workers * holding.demand.per_worker
-    return [
-        replace(node, used_by_others=node.used_by_others + held[node.name]) if held[node.name] else node
-        for node in nodes
-    ]
+    return held
+
+
+def _may_all_fit(
+    queued: Sequence[Demand], admitted: Sequence[Holding], nodes: Sequence[NodeCapacity]
+) -> bool:
+    """False when the queued jobs' minimums need more devices of an accelerator than are free (some job
+    would wait, shrink or preempt: a contended cluster, where planning only some jobs first is wasted)."""
+    needed: Counter[str] = Counter()
+    for demand in queued:
+        needed[demand.accelerator] += demand.min_workers * demand.per_worker
+    if not needed:
+        return True
+    held = _devices(admitted)
+    free: Counter[str] = Counter()
+    for node in nodes:
+        if node.accelerator in needed:
+            free[node.accelerator] += max(0, node.allocatable - node.used_by_others - held[node.name])
+    return all(devices <= free[accelerator] for accelerator, devices in needed.items())
 
 
 def _with_settled(plan: AdmissionPlan, settled: Sequence[Holding]) -> AdmissionPlan:
@@ -610,9 +623,10 @@ def _plan(  # noqa: PLR0913 - as plan_admissions
     policy: AdmissionPolicy,
     now: float,
     head_wait_limit: float,
+    held: Mapping[str, int] | None = None,
 ) -> AdmissionPlan:
-    """The pass over every job given."""
-    cluster = _cluster(nodes)
+    """The pass over every job given; `held`: node -> devices held by jobs left out of it."""
+    cluster = _cluster(nodes, held or {})
     jobs = _jobs(queued, admitted, cluster)
     _reserve_admitted(cluster, jobs)
     queue = _Queue(policy, now, head_wait_limit)
