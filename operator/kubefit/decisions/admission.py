@@ -602,7 +602,7 @@ def _may_all_fit(
     held = _devices(admitted)
     free: Counter[str] = Counter()
     for node in nodes:
-        if node.accelerator in needed:
+        if node.accelerator is not None and node.accelerator in needed:
             free[node.accelerator] += max(0, node.allocatable - node.used_by_others - held[node.name])
     return all(devices <= free[accelerator] for accelerator, devices in needed.items())
 
