@@ -4,7 +4,9 @@ Nothing runs containers on these machines, so the agent plays the kubelet for ev
 the label `kubefit.dev/sandbox-pool`:
 
 * nodes: removes the API server's `node.kubernetes.io/not-ready` taint, reports Ready with fresh
-  heartbeats (node status and node Lease, every HEARTBEAT_INTERVAL_S);
+  heartbeats (node status and node Lease, every HEARTBEAT_INTERVAL_S unless `--heartbeat-seconds` or
+  start_agent's heartbeat_interval_s says otherwise; a round of more than HEARTBEAT_BATCH_NODES nodes is
+  written in batches spread over the interval, not in one burst);
 * pods bound to its nodes by the real kube-scheduler turn Running (podIP, hostIP, conditions,
   containerStatuses) through the status subresource;
 * the annotation `sandbox.kubefit.dev/exit: "<code>"` ends a pod: 0 -> Succeeded, else Failed with that
@@ -41,7 +43,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +73,10 @@ from kubefit_sandbox.processpods import ProcessNode, ProcessPods
 from kubefit_sandbox.telemetry import TELEMETRY_URL_FILE, GpuTelemetry, TelemetryServer, write_telemetry_url
 
 HEARTBEAT_INTERVAL_S = 20.0
+# Nodes heartbeated in one go; a round of more is split into batches whose starts are spread evenly over the
+# interval (each node is still heartbeated once per interval), so many nodes are not 2 writes each at once
+# and the timer thread (which also runs the delayed pod deletions) is never held by a whole round.
+HEARTBEAT_BATCH_NODES = 50
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 LEASE_DURATION_S = 40  # the kubelet's default --node-lease-duration-seconds
 RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
@@ -121,6 +128,26 @@ def _managed_node(node: Mapping[str, Any]) -> ManagedNode | None:
         return None
     processes = (metadata.get("labels") or {}).get(PROCESSES_LABEL) == "true"
     return ManagedNode(metadata["name"], metadata.get("uid", ""), internal_ip, spec["podCIDR"], processes)
+
+
+def heartbeat_batches(
+    names: Sequence[str], interval_s: float, batch_nodes: int = HEARTBEAT_BATCH_NODES
+) -> tuple[list[list[str]], float]:
+    """One heartbeat round: the nodes in as few batches of at most `batch_nodes` as will do, of sizes that
+    differ by at most one, and the spacing between the starts of consecutive batches (the interval divided
+    by their number). No nodes: no batches, and the interval."""
+    if batch_nodes < 1:
+        raise ValueError(f"batch_nodes must be at least 1, got {batch_nodes}")
+    count = -(-len(names) // batch_nodes)
+    if count == 0:
+        return [], interval_s
+    size, extra = divmod(len(names), count)
+    batches, start = [], 0
+    for index in range(count):
+        end = start + size + (1 if index < extra else 0)
+        batches.append(list(names[start:end]))
+        start = end
+    return batches, interval_s / count
 
 
 class KeyedTimers:
@@ -191,6 +218,8 @@ class NodeAgent:
         self._processes = ProcessPods(Path(state_dir or "."), self._new_core, self._ips, self._timers)
         self._reported_invalid: set[tuple[str, str]] = set()
         self._last_contact = time.monotonic()
+        self._heartbeat_round: deque[list[str]] = deque()  # the current round's batches still to write
+        self._heartbeat_spacing = heartbeat_interval_s
 
     def _new_core(self) -> Any:
         # Read the kubeconfig afresh on every (re)connect: a `sandbox up` may have moved the API server.
@@ -309,16 +338,18 @@ class NodeAgent:
         log.info("node %s deleted: deleted the %d pod(s) bound to it", name, deleted)
 
     def _heartbeat(self) -> None:
+        """One batch of the heartbeat round (heartbeat_batches); the next is due a spacing after this one
+        began, so the round's batches start evenly over the interval."""
+        began = time.monotonic()
         try:
             core = self._new_core()
-            with self._nodes_lock:
-                nodes = list(self._nodes.values())
-            if not nodes:
+            batch = self._next_heartbeat_batch()
+            if not batch:
                 from kubernetes import client
 
                 client.VersionApi(core.api_client).get_code()  # still proves the API server is there
             now = rfc3339()
-            for node in nodes:
+            for node in batch:
                 self._heartbeat_node(core, node, now)
             self._last_contact = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - logged; the next heartbeat retries
@@ -328,7 +359,20 @@ class NodeAgent:
                 self.stop()
         finally:
             if not self.stop_event.is_set():
-                self._timers.schedule("heartbeat", self.heartbeat_interval_s, self._heartbeat)
+                delay = max(0.0, self._heartbeat_spacing - (time.monotonic() - began))
+                self._timers.schedule("heartbeat", delay, self._heartbeat)
+
+    def _next_heartbeat_batch(self) -> list[ManagedNode]:
+        """The next batch of the round, a new round (of the nodes managed now) when the last one is done;
+        a node gone since its round began is skipped."""
+        with self._nodes_lock:
+            if not self._heartbeat_round:
+                batches, self._heartbeat_spacing = heartbeat_batches(
+                    sorted(self._nodes), self.heartbeat_interval_s
+                )
+                self._heartbeat_round.extend(batches)
+            names = self._heartbeat_round.popleft() if self._heartbeat_round else []
+            return [self._nodes[name] for name in names if name in self._nodes]
 
     def _heartbeat_node(self, core: Any, node: ManagedNode, now: str) -> None:
         from kubernetes import client
@@ -526,14 +570,17 @@ def default_cluster_file() -> Path | None:
     return EXAMPLE_CLUSTER_FILE if EXAMPLE_CLUSTER_FILE.is_file() else None
 
 
-def start_agent(sandbox: Any, cluster_file: str | Path | None = None) -> int:
+def start_agent(
+    sandbox: Any, cluster_file: str | Path | None = None, heartbeat_interval_s: float | None = None
+) -> int:
     """Creates the cluster file's missing nodes (Ready, untainted), starts the agent unless it runs.
 
     Returns the agent's PID.
 
     `sandbox` needs `state_dir` and `kubeconfig_path` (kubefit_sandbox.controlplane.Sandbox). Without
     `cluster_file`, default_cluster_file() is used; with none at all, only existing nodes are managed.
-    The PID goes to <state_dir>/agent.pid; stop_agent(state_dir) stops it.
+    `heartbeat_interval_s` (default HEARTBEAT_INTERVAL_S) is how often the agent heartbeats each node; an
+    agent already running keeps its own. The PID goes to <state_dir>/agent.pid; stop_agent(state_dir) stops it.
     """
     state_dir, kubeconfig = Path(sandbox.state_dir), Path(sandbox.kubeconfig_path)
     path = Path(cluster_file) if cluster_file is not None else default_cluster_file()
@@ -547,17 +594,27 @@ def start_agent(sandbox: Any, cluster_file: str | Path | None = None) -> int:
         pid = running_agent_pid(state_dir)
         if pid is not None:
             return pid
-        return _spawn_agent(state_dir, kubeconfig)
+        return _spawn_agent(state_dir, kubeconfig, heartbeat_interval_s)
 
 
-def _spawn_agent(state_dir: Path, kubeconfig: Path) -> int:
+def agent_command(state_dir: Path, kubeconfig: Path, heartbeat_interval_s: float | None = None) -> list[str]:
+    """The agent process's command line (`python -m kubefit_sandbox.nodeagent ...`)."""
+    command = [sys.executable, "-m", AGENT_MODULE, "--kubeconfig", str(kubeconfig)]
+    command += ["--lock-file", str(state_dir / AGENT_LOCK_FILE)]
+    command += ["--ready-file", str(state_dir / AGENT_READY_FILE), "--state-dir", str(state_dir)]
+    if heartbeat_interval_s is not None:
+        if heartbeat_interval_s <= 0:
+            raise ValueError(f"heartbeat_interval_s must be positive, got {heartbeat_interval_s}")
+        command += ["--heartbeat-seconds", repr(float(heartbeat_interval_s))]
+    return command
+
+
+def _spawn_agent(state_dir: Path, kubeconfig: Path, heartbeat_interval_s: float | None = None) -> int:
     log_path = state_dir / AGENT_LOG_FILE
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", AGENT_MODULE, "--kubeconfig", str(kubeconfig)]
     ready_file = state_dir / AGENT_READY_FILE
     ready_file.unlink(missing_ok=True)
-    command += ["--lock-file", str(state_dir / AGENT_LOCK_FILE), "--ready-file", str(ready_file)]
-    command += ["--state-dir", str(state_dir)]
+    command = agent_command(state_dir, kubeconfig, heartbeat_interval_s)
     with open(log_path, "ab") as log_file:
         # Own session: it outlives `kubefit-sandbox up` and its terminal's signals.
         process = subprocess.Popen(
