@@ -64,6 +64,8 @@ JOB_LABEL = "kubefit.dev/job"
 FAST_SHUTDOWN = {"sandbox.kubefit.dev/shutdown-seconds": "0"}
 GPUS_PER_NODE = 8
 TIMEOUT_S = 900.0
+# Keys of Operator.reconciles() for the scheduling passes' count and total seconds.
+PASSES, PASS_SECONDS = "scheduling passes", "scheduling pass seconds"
 RATIO_TARGET, RSS_TARGET_MIB = 1.5, 200.0
 P50_TARGET_S, P99_TARGET_S = 0.2, 1.0
 SERVER_FIELDS = (
@@ -204,7 +206,8 @@ class Operator:
         return int(children[0])
 
     def reconciles(self) -> dict[str, float]:
-        """kubefit_reconcile_total by trigger so far, from the operator's /metrics."""
+        """kubefit_reconcile_total by trigger so far, and the scheduling passes' count and seconds (as
+        PASSES and PASS_SECONDS), from the operator's /metrics."""
         log = self.log.read_text(errors="replace")
         url = log.split("metrics on ", 1)[1].split()[0]
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -214,6 +217,10 @@ class Operator:
             if line.startswith("kubefit_reconcile_total{"):
                 trigger = line.split('trigger="', 1)[1].split('"', 1)[0]
                 counts[trigger] = counts.get(trigger, 0.0) + float(line.rsplit(" ", 1)[1])
+            elif line.startswith("kubefit_scheduling_pass_duration_seconds_count "):
+                counts[PASSES] = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("kubefit_scheduling_pass_duration_seconds_sum "):
+                counts[PASS_SECONDS] = float(line.rsplit(" ", 1)[1])
         return counts
 
     def rss_mib(self) -> float:
@@ -626,6 +633,9 @@ def run_sides(bench: Bench, operator: Operator, figures: Figures, progress: Call
     time.sleep(10)  # the status patches and events of Running land
     figures.requests_operator = count_difference(before, request_counts(sandbox), jobs)
     reconciles = operator.reconciles()
+    passes = {
+        name: reconciles.pop(name, 0.0) - reconciles_before.pop(name, 0.0) for name in (PASSES, PASS_SECONDS)
+    }
     figures.reconciles = "\n".join(
         f"  {trigger:<10} {reconciles[trigger] - reconciles_before.get(trigger, 0.0):6.0f}"
         f"  {(reconciles[trigger] - reconciles_before.get(trigger, 0.0)) / jobs:5.2f}/job"
@@ -633,6 +643,10 @@ def run_sides(bench: Bench, operator: Operator, figures: Figures, progress: Call
             reconciles, key=lambda trigger: reconciles_before.get(trigger, 0.0) - reconciles[trigger]
         )
         if reconciles[trigger] > reconciles_before.get(trigger, 0.0)
+    )
+    figures.reconciles += (
+        f"\n  scheduling passes: {passes[PASSES]:.0f}, {passes[PASS_SECONDS]:.1f} s in all"
+        f" (mean {passes[PASS_SECONDS] / max(passes[PASSES], 1) * 1000:.1f} ms)"
     )
     sampler.stopped.set()
     figures.rss_samples = sampler.samples
@@ -672,7 +686,10 @@ def report(figures: Figures, machine: str) -> None:
               f"p99 < {P99_TARGET_S * 1000:.0f} ms: {verdict(p99, P99_TARGET_S)}")  # fmt: skip
     print(f"CPU while the plain side ran (to its last pod):\n{figures.cpu_plain}")
     print(f"CPU while the operator side ran (to its last worker pod):\n{figures.cpu_operator}")
-    print(f"the operator's reconciles, by trigger, over its side and the 10 s after:\n{figures.reconciles}")
+    print(
+        f"the operator's reconciles, by trigger, and its scheduling passes, over its side and the 10 s after:\n"
+        f"{figures.reconciles}"
+    )
     print(f"API requests while the plain side ran (all clients; per job):\n{figures.requests_plain}")
     print(f"API requests while the operator side ran (all clients; per job):\n{figures.requests_operator}")
 

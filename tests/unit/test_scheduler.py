@@ -365,7 +365,8 @@ def test_a_slow_pass_spaces_out_the_next_one() -> None:
         time.sleep(0.1)  # a pass over many jobs
         return plan_admissions(*args)
 
-    scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=0.01), planner=slow)
+    settings = SchedulerSettings(debounce=0.01, pass_gap=0.0)
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), settings, planner=slow)
     scheduler.reconcile_with(Recorder())
     assert scheduler.pass_delay() == 0.01
     scheduler.offer(("ns", "a"), demand("a", min_workers=1), ANYWHERE, cluster.view())
@@ -378,6 +379,31 @@ def test_a_slow_pass_spaces_out_the_next_one() -> None:
         time.sleep(0.01)
     assert len(passes) == 2 and passes[1] - passes[0] >= 0.1 + PASS_SPACING * 0.1
     time.sleep(0.1 + PASS_SPACING * 0.1)
+    assert scheduler.pass_delay() == 0.01  # long after the last pass: only the debounce
+
+
+def test_passes_asked_for_back_to_back_keep_the_gap_and_a_lone_one_waits_only_the_debounce() -> None:
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    passes: list[float] = []
+
+    def fast(*args: Any) -> AdmissionPlan:
+        passes.append(time.monotonic())
+        return plan_admissions(*args)
+
+    settings = SchedulerSettings(debounce=0.01, pass_gap=0.3)
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), settings, planner=fast)
+    scheduler.reconcile_with(Recorder())
+    requested = time.monotonic()
+    scheduler.offer(("ns", "a"), demand("a", min_workers=1), ANYWHERE, cluster.view())
+    deadline = time.monotonic() + 5
+    while scheduler.passes < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert passes[0] - requested < 0.25  # the first: the debounce only
+    scheduler.request("job", cluster.view())  # a storm: the next pass keeps the gap
+    while scheduler.passes < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(passes) == 2 and passes[1] - passes[0] >= 0.3
+    time.sleep(0.35)
     assert scheduler.pass_delay() == 0.01  # long after the last pass: only the debounce
 
 

@@ -62,6 +62,10 @@ DEBOUNCE_SECONDS = 0.05
 # at 500 jobs back-to-back passes during a storm of creates were 28% of the operator's CPU; this keeps passes
 # under a third of one core whatever the job count (docs/performance.md).
 PASS_SPACING = 2.0
+# And at least this long after the last pass ended: during a storm of creates every job's reconcile asks for a
+# pass, and cheap passes (settled jobs are not planned again) would otherwise run back to back, each walking
+# every job's workers; a change that comes alone still waits only the debounce.
+PASS_GAP_SECONDS = 0.25
 DEFAULT_POLICY: AdmissionPolicy = "BestEffortFIFO"
 DEFAULT_HEAD_OF_LINE_TIMEOUT = 300.0
 ADMISSION_TRIGGER = "admission"
@@ -131,6 +135,7 @@ class SchedulerSettings:
     head_of_line_timeout: float = DEFAULT_HEAD_OF_LINE_TIMEOUT
     # None: passes run synchronously inside `request` and reconciles inline (tests, benchmarks).
     debounce: float | None = DEBOUNCE_SECONDS
+    pass_gap: float = PASS_GAP_SECONDS
 
 
 class Scheduler:
@@ -276,10 +281,12 @@ class Scheduler:
         timer.start()
 
     def pass_delay(self) -> float:
-        """How long a requested pass waits: the debounce, or until PASS_SPACING times the last pass's duration
-        has passed since it ended, if that is later (an idle cluster's next pass is not held back)."""
+        """How long a requested pass waits: the debounce, or until the pass gap or PASS_SPACING times the last
+        pass's duration, whichever is longer, has passed since it ended, if that is later (an idle cluster's
+        next pass is not held back)."""
         since_last = time.monotonic() - self._last_pass_end
-        return max(self.settings.debounce or 0.0, PASS_SPACING * self._last_pass_seconds - since_last)
+        gap = max(self.settings.pass_gap, PASS_SPACING * self._last_pass_seconds)
+        return max(self.settings.debounce or 0.0, gap - since_last)
 
     def _drain(self) -> None:
         try:
@@ -332,6 +339,7 @@ class Scheduler:
 
     def run_pass(self, view: ClusterView) -> list[JobKey]:
         """Plans every known job against the cluster now; returns the jobs whose grant or message changed."""
+        started = time.perf_counter()
         not_ready = self._not_ready_names()
         nodes = [node for node in view.nodes() if node.name not in not_ready]
         with self._lock:
@@ -361,7 +369,9 @@ class Scheduler:
             self.settings.head_of_line_timeout,
         )
         self.passes += 1
-        return self._store(plan, entries)
+        changed = self._store(plan, entries)
+        self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
+        return changed
 
     def _not_ready_names(self) -> frozenset[str]:
         with self._lock:

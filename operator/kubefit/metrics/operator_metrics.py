@@ -174,6 +174,12 @@ class OperatorMetrics:
             ["direction", "reason"],
             registry=self.registry,
         )
+        self.scheduling_pass_duration = Histogram(
+            "kubefit_scheduling_pass_duration_seconds",
+            "Time of one scheduling pass: every job's grant decided against the cluster.",
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
         self.preemptions = Counter(
             "kubefit_preemptions",
             "Whole jobs stopped and requeued to make room for another, by reason.",
