@@ -356,6 +356,24 @@ def test_a_burst_of_triggers_is_one_pass_and_reconciles_run_on_worker_threads() 
     assert sum(1 for grant in scheduler.snapshot().values() if grant.workers) == 4
 
 
+def test_a_queued_job_whose_message_alone_changed_is_not_reconciled_but_its_next_reconcile_reads_it() -> None:
+    cluster = FakeCluster(nodes=[node("n1")], others={"n1": 4})
+    scheduler, recorder = sync_scheduler()
+    big = demand("big", per_worker=8, min_workers=2, want=2)
+    scheduler.offer(("ns", "big"), big, ANYWHERE, cluster.view())
+    first = scheduler.snapshot()[("ns", "big")].waiting
+    assert first is not None and recorder.keys() == [("ns", "big")]  # began waiting: reconciled
+    cluster.nodes.append(node("n2"))  # more free devices: the message names them, still not enough
+    scheduler.request("node", cluster.view())
+    second = scheduler.snapshot()[("ns", "big")].waiting
+    assert second is not None and second != first
+    assert recorder.keys() == [("ns", "big")]  # no reconcile for the message alone
+    cluster.nodes.append(node("n3"))
+    scheduler.request("node", cluster.view())  # now it fits: admitted, reconciled
+    assert scheduler.snapshot()[("ns", "big")].workers == 2
+    assert recorder.keys() == [("ns", "big"), ("ns", "big")]
+
+
 def test_a_slow_pass_spaces_out_the_next_one() -> None:
     cluster = FakeCluster(nodes=[node("n1"), node("n2")])
     passes: list[float] = []

@@ -338,7 +338,8 @@ class Scheduler:
     # ------------------------------------------------------------------ one pass
 
     def run_pass(self, view: ClusterView) -> list[JobKey]:
-        """Plans every known job against the cluster now; returns the jobs whose grant or message changed."""
+        """Plans every known job against the cluster now; returns the jobs whose grant changed or that began or
+        stopped waiting in the queue."""
         started = time.perf_counter()
         not_ready = self._not_ready_names()
         nodes = [node for node in view.nodes() if node.name not in not_ready]
@@ -417,7 +418,10 @@ class Scheduler:
                 waiting = plan.waiting.get(key) if granted == 0 else None
                 reason = plan.reasons.get(key)
                 _count_change(entry.granted or 0, granted, reason, key in plan.preempt, (scaled, preempted))
-                if granted != entry.granted or waiting != entry.waiting:
+                # A queued job whose message alone changed (the free capacity it names moved) is not
+                # reconciled now: every pass would rewrite the status of every queued job (docs/performance.md,
+                # the horizon); its next reconcile (the resync at the latest) writes the new message.
+                if granted != entry.granted or (waiting is None) != (entry.waiting is None):
                     changed.append(key)
                     entry.reason = reason or entry.reason
                     if granted != entry.granted:
