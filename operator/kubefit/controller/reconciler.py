@@ -526,7 +526,7 @@ class Reconciler:
         scale` whose watch event is still queued, and which the cache will now take for an older copy), the
         reconcile goes round again (`state` given). A job that is gone (404: deleted while the watch was
         broken, so no DELETED event came) or replaced is forgotten."""
-        whole = without_nulls({**(job.get("status") or {}), **status})
+        whole = _present({**(job.get("status") or {}), **status})
         try:
             written = self.api.patch_job_status(*key, job["metadata"]["uid"], whole)
         except JobReplaced as error:
@@ -555,17 +555,7 @@ class Reconciler:
 
 
 class _JobGone(Exception):
-    """The API server answered 404 for the job being reconciled."""
-
-
-def without_nulls(value: Any) -> Any:
-    """`value` without the None members of its mappings, at every depth (None removed a field in the merge
-    patches the status was written with before; a whole status written now omits it)."""
-    if isinstance(value, Mapping):
-        return {key: without_nulls(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list):
-        return [without_nulls(item) for item in value]
-    return value
+    """The job being reconciled is gone: the API server answered 404, or its name is another job's now."""
 
 
 def same_but_status(read: Mapping[str, Any], written: Mapping[str, Any]) -> bool:
@@ -617,7 +607,8 @@ def _admitted_with(status: Mapping[str, Any]) -> int:
 
 
 def _present(value: Any) -> Any:
-    """`value` without the None fields at any depth (what a merge patch with nulls leaves stored)."""
+    """`value` without the None fields at any depth: what is stored of a status whose None fields are absent
+    (a status is written whole, and a decision's None removes a field)."""
     if isinstance(value, Mapping):
         return {key: _present(item) for key, item in value.items() if item is not None}
     if isinstance(value, list):
