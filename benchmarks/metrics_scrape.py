@@ -29,7 +29,7 @@ from typing import Any
 
 from kubefit.builders.naming import JobRef
 from kubefit.controller.scheduler import accelerator_totals
-from kubefit.decisions.inventory import NodeFacts, PodUsage
+from kubefit.decisions.inventory import EMPTY_INVENTORY, NodeFacts, PodUsage
 from kubefit.decisions.job import JobObservation, decide
 from kubefit.decisions.observed import WorkerPod
 from kubefit.metrics import AcceleratorCount, OperatorMetrics, serve_metrics
@@ -81,7 +81,7 @@ def reconcile(metrics: OperatorMetrics, catalog: Catalog, job: BenchJob, step: i
         job.spec,
         job.status,
         worker_pods,
-        [],
+        EMPTY_INVENTORY,
         CREATED + timedelta(seconds=30 * (step + 1)),
         grant=job.workers if step >= 1 else None,
         created=CREATED,

@@ -25,6 +25,7 @@ from kubefit.api.models import (
 from kubefit.api.quantity import QUANTITY_PATTERN, parse_bytes
 from kubefit.api.validation import InvalidSpec, parse_spec
 from kubefit.builders.naming import JobRef
+from kubefit.decisions.inventory import EMPTY_INVENTORY
 from kubefit.decisions.job import JobObservation, decide
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import plan
@@ -405,7 +406,7 @@ def _observe(spec: Any) -> JobObservation:
         spec=spec,
         status={},
         pods=[],
-        inventory=[],
+        inventory=EMPTY_INVENTORY,
         now=datetime(2025, 1, 1, tzinfo=UTC),
         grant=4096,  # admitted in full: what a valid spec then does is create its workers
     )

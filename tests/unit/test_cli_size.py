@@ -19,7 +19,7 @@ from sizing_inputs import LLAMA3_8B, SIZING_KEYS, TEMPLATE
 from kubefit.api.validation import parse_spec
 from kubefit.builders.naming import JobRef
 from kubefit.cli.main import main
-from kubefit.decisions.inventory import build_inventory, node_facts, pod_usage
+from kubefit.decisions.inventory import Inventory, build_inventory, node_facts, pod_usage
 from kubefit.decisions.job import JobObservation, decide
 from kubefit.decisions.node_match import placement_of, template_pod_spec
 from kubefit.sizing.catalog import load_catalog
@@ -338,9 +338,8 @@ def observation(manifest: dict[str, Any], inventory: Any, excluded: Any = ()) ->
         spec=manifest["spec"],
         status={},
         pods=[],
-        inventory=inventory,
+        inventory=Inventory(list(inventory), list(excluded)),
         now=datetime(2026, 1, 1, tzinfo=UTC),
-        excluded=excluded,
     )
 
 

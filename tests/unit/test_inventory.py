@@ -256,9 +256,8 @@ def decide_on(spec: dict[str, Any], nodes: list[NodeFacts]) -> tuple[dict[str, A
         spec=spec,
         status={},
         pods=[],
-        inventory=inventory.placeable,
+        inventory=inventory,
         now=datetime(2025, 1, 1, tzinfo=UTC),
-        excluded=inventory.excluded,
         grant=4096,  # admitted with room to spare: sizing is what these tests look at
     )
     return decide(observation, CATALOG).status.model_dump(by_alias=True)["sizing"], observation
@@ -278,8 +277,8 @@ def test_quickstart_with_a_node_selector_is_planned_on_the_only_node_it_may_use(
     # ... but only the H100 node carries team=a: the L4 nodes must not be planned on.
     sizing, observation = decide_on(quickstart_spec({"nodeSelector": {"team": "a"}}), TEAM_NODES)
     assert sizing["accelerator"] == "nvidia-h100-80gb" and sizing["fits"]
-    assert [node.name for node in observation.inventory] == ["h100-a"]
-    assert [node.name for node in observation.excluded] == ["l4-1", "l4-2"]
+    assert [node.name for node in observation.inventory.placeable] == ["h100-a"]
+    assert [node.name for node in observation.inventory.excluded] == ["l4-1", "l4-2"]
     assert not [warning for warning in sizing["warnings"] if "placement" in warning]
 
 
@@ -295,7 +294,7 @@ def test_the_built_worker_pod_lands_where_the_inventory_says() -> None:
 
 def test_no_node_matching_plans_from_the_catalog_and_says_why() -> None:
     sizing, observation = decide_on(quickstart_spec({"nodeSelector": {"team": "z"}}), TEAM_NODES)
-    assert observation.inventory == [] and len(observation.excluded) == 3
+    assert observation.inventory.placeable == [] and len(observation.inventory.excluded) == 3
     # As if the cluster were unknown: the smallest accelerator of the whole catalog that fits.
     assert sizing["accelerator"] == plan(parse_spec(observation.spec), CATALOG).accelerator != "nvidia-l4"
     placement = [warning for warning in sizing["warnings"] if "placement constraints" in warning]
@@ -311,6 +310,6 @@ def test_a_fixed_accelerator_whose_nodes_are_all_ruled_out_is_warned() -> None:
     spec = quickstart_spec({"nodeSelector": {"team": "b"}})
     spec["resources"] = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1}
     sizing, observation = decide_on(spec, TEAM_NODES)
-    assert [node.name for node in observation.inventory] == ["l4-1"]
+    assert [node.name for node in observation.inventory.placeable] == ["l4-1"]
     assert sizing["accelerator"] == "nvidia-h100-80gb"
     assert "no nvidia-h100-80gb node matches the pod's placement constraints" in " ".join(sizing["warnings"])

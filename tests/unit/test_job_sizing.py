@@ -58,9 +58,8 @@ def operator_sizing(
         spec=raw,
         status={},
         pods=[],
-        inventory=placeable,
+        inventory=Inventory(placeable, excluded),
         now=datetime(2026, 1, 1, tzinfo=UTC),
-        excluded=excluded,
     )
     return decide(observation, CATALOG).sizing
 

@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 
 import kubefit
 from kubefit.builders.naming import JobRef
+from kubefit.decisions.inventory import EMPTY_INVENTORY
 from kubefit.decisions.job import Decision, JobObservation, decide
 from kubefit.decisions.observed import WorkerPod
 from kubefit.metrics import AcceleratorCount, OperatorMetrics, serve_metrics
@@ -68,7 +69,7 @@ class Job:
             self.spec,
             self.status,
             pods,
-            [],
+            EMPTY_INVENTORY,
             CREATED + timedelta(seconds=after),
             grant=grant,
             created=CREATED,

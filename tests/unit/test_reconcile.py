@@ -19,7 +19,15 @@ from kubefit.builders.checkpoint import checkpoint_token
 from kubefit.builders.naming import JobRef
 from kubefit.decisions.conditions import ConditionUpdate, apply_conditions
 from kubefit.decisions.failure import MESSAGE_LIMIT, reconcile_error
-from kubefit.decisions.inventory import NodeFacts, PodUsage, build_inventory, node_facts, pod_usage
+from kubefit.decisions.inventory import (
+    EMPTY_INVENTORY,
+    Inventory,
+    NodeFacts,
+    PodUsage,
+    build_inventory,
+    node_facts,
+    pod_usage,
+)
 from kubefit.decisions.job import (
     DEFAULT_MAX_WORKERS_PER_JOB,
     Decision,
@@ -142,7 +150,7 @@ def observe(
         spec=raw_spec() if spec is None else spec,
         status=status or {},
         pods=pods or [],
-        inventory=[],
+        inventory=EMPTY_INVENTORY,
         now=now,
         already_replaced=replaced,
         grant=grant,
@@ -884,7 +892,7 @@ def test_the_demand_carries_the_minimum_the_want_and_the_eligible_nodes() -> Non
     )
     observation = observe(spec, grant=None)
     observation = JobObservation(
-        **{**observation.__dict__, "inventory": nodes, "excluded": excluded, "created": created}
+        **{**observation.__dict__, "inventory": Inventory(nodes, excluded), "created": created}
     )
     demand = decide(observation, CATALOG).demand
     assert demand is not None

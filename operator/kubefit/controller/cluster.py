@@ -3,7 +3,7 @@ accelerator catalog with each node's accelerator remembered."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kubefit.api.resource import JobKey
@@ -19,7 +19,7 @@ REMEMBERED_LABEL_SETS = 50_000
 class ClusterView:
     """What kopf's indexes hold: the nodes, the accelerators pods hold per node, each job's workers."""
 
-    nodes: Callable[[], Iterable[NodeFacts]]
+    nodes: Callable[[], Sequence[NodeFacts]]
     usage: Callable[[], Mapping[str, Iterable[PodUsage]]]
     workers: Callable[[JobKey], list[WorkerPod]]
 

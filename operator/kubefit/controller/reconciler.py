@@ -61,7 +61,7 @@ from kubefit.controller.kube import JobReplaced, KubeApi, error_message
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.failure import reconcile_error
-from kubefit.decisions.inventory import build_inventory
+from kubefit.decisions.inventory import InventoryMemo
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
 from kubefit.decisions.node_match import Placement, placement_of, template_pod_spec
 from kubefit.metrics import OperatorMetrics
@@ -215,6 +215,8 @@ class Reconciler:
         self.jobs = jobs or JobCache()
         self.catalog = remembering(catalog)  # runner.py hands the Scheduler the same remembering catalog
         self.metrics = metrics
+        # Each reconcile's inventory, from what the last one worked out while no node or pod has changed.
+        self.inventories = InventoryMemo()
         self.settings = settings or ReconcileSettings()
         # Without a scheduler of its own (tests), passes run synchronously and reconcile inline.
         self.scheduler = scheduler or Scheduler(catalog, metrics, SchedulerSettings(debounce=None))
@@ -424,7 +426,7 @@ class Reconciler:
         metadata = job["metadata"]
         status = job.get("status") or {}
         pods = view.workers(key)
-        inventory = build_inventory(
+        inventory = self.inventories.inventory(
             view.nodes(), view.usage(), self.catalog, for_job=key, placement=placement
         )
         grant = self.scheduler.grant(key, pods, _admitted_with(status))
@@ -435,10 +437,9 @@ class Reconciler:
             spec=job.get("spec"),
             status=status,
             pods=pods,
-            inventory=inventory.placeable,
+            inventory=inventory,
             now=datetime.now(UTC),
             already_replaced=frozenset(state.replaced),
-            excluded=inventory.excluded,
             grant=grant.workers,
             waiting=grant.waiting,
             grant_reason=grant.reason,

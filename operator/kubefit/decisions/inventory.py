@@ -7,16 +7,18 @@ can say why the planner did not see them (decisions/node_match.py holds the rule
 
 from __future__ import annotations
 
+import operator
+import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubefit.builders.naming import JOB_LABEL
 from kubefit.decisions.node_match import ANYWHERE, UNSCHEDULABLE_TAINT, Placement, Taint, node_taints
 from kubefit.decisions.observed import POD_FINISHED_PHASES
 from kubefit.sizing.catalog import Accelerator, Catalog
-from kubefit.sizing.planner import NodeInventory
+from kubefit.sizing.planner import AcceleratorPool, NodeInventory, pool_inventory, with_changed_nodes
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,30 @@ class Inventory:
     excluded: list[
         NodeInventory
     ]  # the others: nodeSelector, required node affinity or a taint rules them out
+    # What is worked out from `placeable` once: its pools, and its node names per accelerator (shared by
+    # the inventories of one snapshot that differ only in free devices: InventoryMemo).
+    known_pools: dict[str, AcceleratorPool] | None = field(default=None, compare=False, repr=False)
+    names: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def pools(self) -> dict[str, AcceleratorPool]:
+        """pool_inventory(placeable), worked out on first use."""
+        if self.known_pools is None:
+            object.__setattr__(self, "known_pools", pool_inventory(self.placeable))
+        assert self.known_pools is not None
+        return self.known_pools
+
+    def names_of(self, accelerator: str) -> frozenset[str]:
+        """The placeable nodes of `accelerator`, by name."""
+        found = self.names.get(accelerator)
+        if found is None:
+            found = self.names[accelerator] = frozenset(
+                node.name for node in self.placeable if node.accelerator == accelerator
+            )
+        return found
+
+
+EMPTY_INVENTORY = Inventory([], [])
 
 
 def _node_inventory(
@@ -149,3 +175,152 @@ def classify_nodes(
 
 def _by_name(entries: list[NodeInventory]) -> list[NodeInventory]:
     return sorted(entries, key=lambda entry: entry.name)
+
+
+# Placements (distinct worker placement rules) whose node split InventoryMemo keeps per snapshot of the nodes.
+REMEMBERED_PLACEMENTS = 256
+
+
+class InventoryMemo:
+    """build_inventory for the last snapshot of the cluster seen, shared by the reconciles of every job.
+
+    Each reconcile needs the inventory of every accelerator node, and building it (node by node: the
+    accelerator, whether the job's workers may land there, the devices other pods hold, then the pools)
+    was nearly all of a reconcile that changes nothing at 5,000 nodes (docs/performance.md). Nodes and pods
+    change far less often than jobs are reconciled. A snapshot is recognised by the identity of what
+    kopf's indexes hold (a node's facts object is kept across heartbeats, a pod's usage is a new object on
+    every change of the pod), so any change is a new snapshot and nothing is ever stale. What depends on
+    the job is applied per call: which nodes its placement admits (kept per placement), and its own
+    workers' devices counted as free (a few nodes changed, in the lists and the pools).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._nodes: _NodeSnapshot | None = None
+        self._usage: _UsageSnapshot | None = None
+        self._base: dict[str, Inventory] = {}  # by placement, for the snapshot pair above
+
+    def inventory(
+        self,
+        nodes: Sequence[NodeFacts],
+        usage: Mapping[str, Iterable[PodUsage]],
+        catalog: Catalog,
+        for_job: tuple[str, str] | None = None,
+        placement: Placement = ANYWHERE,
+    ) -> Inventory:
+        """What build_inventory(nodes, usage, catalog, for_job, placement) returns, equal in content."""
+        with self._lock:
+            node_snapshot = self._node_snapshot(nodes, catalog)
+            usage_snapshot = self._usage_snapshot(usage)
+            key = _placement_key(placement)
+            base = self._base.get(key)
+            if base is None:
+                if len(self._base) >= REMEMBERED_PLACEMENTS:
+                    self._base = {}
+                base = self._base[key] = node_snapshot.inventory(placement, key, usage_snapshot)
+            own = usage_snapshot.by_job.get(for_job) if for_job is not None else None
+            return base if not own else node_snapshot.without(base, key, own, usage_snapshot)
+
+    def _node_snapshot(self, nodes: Sequence[NodeFacts], catalog: Catalog) -> _NodeSnapshot:
+        held = self._nodes
+        if held is not None and held.catalog is catalog and _same_objects(held.nodes, nodes):
+            return held
+        self._nodes, self._base = _NodeSnapshot(list(nodes), catalog), {}
+        return self._nodes
+
+    def _usage_snapshot(self, usage: Mapping[str, Iterable[PodUsage]]) -> _UsageSnapshot:
+        pods = [pod for bound in usage.values() for pod in bound]
+        held = self._usage
+        if held is not None and _same_objects(held.pods, pods):
+            return held
+        self._usage, self._base = _UsageSnapshot(pods), {}
+        return self._usage
+
+
+def _same_objects(held: Sequence[Any], seen: Sequence[Any]) -> bool:
+    """The same objects in the same order (`held` keeps them alive, so their ids are not reused)."""
+    return len(held) == len(seen) and all(map(operator.is_, held, seen))
+
+
+def _placement_key(placement: Placement) -> str:
+    return "" if placement is ANYWHERE else repr(placement)
+
+
+class _UsageSnapshot:
+    """The extended resources pods hold: per node, and per node for each job's own workers."""
+
+    def __init__(self, pods: list[PodUsage]) -> None:
+        self.pods = pods
+        self.used: dict[str, Counter[str]] = {}
+        self.by_job: dict[tuple[str, str], dict[str, Counter[str]]] = {}
+        for pod in pods:
+            self.used.setdefault(pod.node_name, Counter()).update(pod.requests)
+            if pod.job is not None:
+                self.by_job.setdefault(pod.job, {}).setdefault(pod.node_name, Counter()).update(pod.requests)
+
+
+class _NodeSnapshot:
+    """The accelerator nodes, by name, with their accelerator; which ones each placement admits."""
+
+    def __init__(self, nodes: list[NodeFacts], catalog: Catalog) -> None:
+        self.nodes, self.catalog = nodes, catalog
+        self.accelerator_nodes = sorted(
+            ((node, accelerator) for node in nodes if (accelerator := catalog.identify(node.labels))),
+            key=lambda entry: entry[0].name,
+        )
+        # Per placement: each accelerator node's place in the inventory (placeable?, index in its list).
+        self.places: dict[str, dict[str, tuple[bool, int]]] = {}
+
+    def inventory(self, placement: Placement, key: str, usage: _UsageSnapshot) -> Inventory:
+        places = self.places.get(key)
+        if places is None:
+            if len(self.places) >= REMEMBERED_PLACEMENTS:
+                self.places = {}
+            places = self.places[key] = self._places(placement)
+        placeable: list[NodeInventory] = []
+        excluded: list[NodeInventory] = []
+        for node, accelerator in self.accelerator_nodes:
+            entry = _node_entry(node, accelerator, usage.used.get(node.name))
+            (placeable if places[node.name][0] else excluded).append(entry)
+        return Inventory(placeable, excluded, pool_inventory(placeable))
+
+    def _places(self, placement: Placement) -> dict[str, tuple[bool, int]]:
+        admitted = {node.name: ok for node, _, ok in classify_nodes(self.nodes, self.catalog, placement)}
+        counts = {True: 0, False: 0}
+        places = {}
+        for node, _ in self.accelerator_nodes:
+            ok = admitted[node.name]
+            places[node.name] = (ok, counts[ok])
+            counts[ok] += 1
+        return places
+
+    def without(
+        self, base: Inventory, key: str, own: Mapping[str, Counter[str]], usage: _UsageSnapshot
+    ) -> Inventory:
+        """`base` with the devices a job's own workers hold (`own`: per node) counted as free."""
+        placeable, excluded = list(base.placeable), list(base.excluded)
+        places = self.places[key]
+        changes = []
+        for name, held in own.items():
+            place = places.get(name)
+            if place is None:
+                continue  # not an accelerator node
+            is_placeable, index = place
+            entries = placeable if is_placeable else excluded
+            entry = entries[index]
+            accelerator = self.catalog.get(entry.accelerator)
+            resource = accelerator.resource_name if accelerator is not None else ""
+            others = usage.used[name][resource] - held[resource]
+            freed = replace(entry, free=max(0, entry.allocatable - others))
+            if freed != entry:
+                entries[index] = freed
+                if is_placeable:
+                    changes.append((entry, freed))
+        assert base.known_pools is not None
+        return Inventory(placeable, excluded, with_changed_nodes(base.known_pools, changes), base.names)
+
+
+def _node_entry(node: NodeFacts, accelerator: Accelerator, used: Mapping[str, int] | None) -> NodeInventory:
+    allocatable = _count(node.allocatable.get(accelerator.resource_name, 0))
+    free = allocatable - used.get(accelerator.resource_name, 0) if used else allocatable
+    return NodeInventory(node.name, accelerator.name, allocatable, max(0, free))

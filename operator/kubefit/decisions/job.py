@@ -42,7 +42,6 @@ from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.scheduled import scheduled, suspended
 from kubefit.decisions.workers import WorkerBounds, stop_workers
 from kubefit.sizing.catalog import Catalog
-from kubefit.sizing.planner import NodeInventory
 
 if TYPE_CHECKING:
     from kubefit.decisions.admission import Demand
@@ -72,11 +71,11 @@ class JobObservation:
     spec: Any  # the raw manifest spec
     status: Mapping[str, Any]
     pods: Sequence[WorkerPod]  # pods labelled with this job's name
-    inventory: Sequence[NodeInventory]  # accelerator nodes a worker pod could land on
+    # The accelerator nodes: those a worker pod could land on (placeable) and those the template's
+    # nodeSelector, required node affinity or tolerations rule out (excluded).
+    inventory: Inventory
     now: datetime
     already_replaced: frozenset[str] = frozenset()  # uids of failed pods deleted for replacement
-    # Accelerator nodes the template's nodeSelector, required node affinity or tolerations rule out.
-    excluded: Sequence[NodeInventory] = ()
     # Workers the scheduling pass grants the job (AdmissionPlan.grants); None: not decided yet (queued).
     grant: int | None = None
     # Why a queued job waits (AdmissionPlan.waiting), and why its grant changed (AdmissionPlan.reasons).
@@ -135,8 +134,7 @@ def decide(
         spec = parse_spec(observation.spec)
         _check_worker_limit(spec, settings.max_workers_per_job)
         _check_name(observation.job.name, spec)
-        inventory = Inventory(list(observation.inventory), list(observation.excluded))
-        job_sizing = size_job(spec, catalog, inventory)
+        job_sizing = size_job(spec, catalog, observation.inventory)
     except InvalidSpec as invalid:
         return _to_decision(observation, _invalid(invalid), None, ours, adopt)
     sizing, bounds = job_sizing.sizing, job_sizing.bounds

@@ -24,7 +24,7 @@ from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.workers import WorkerBounds, worker_bounds
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.estimator import Layout, estimate
-from kubefit.sizing.planner import NodeInventory, evaluated_workers, plan
+from kubefit.sizing.planner import NodeInventory, Pools, evaluated_workers, plan
 from kubefit.sizing.suggest import overprovisioned
 
 # Over-provisioning sentences remembered, by (catalog, spec, sizing). Working one out plans the job on every
@@ -51,14 +51,14 @@ class JobSizing:
 def size_job(spec: TrainingJobSpec, catalog: Catalog, inventory: Inventory | None = None) -> JobSizing:
     """Sizes `spec` against `catalog` and, when given, the cluster's `inventory` (None: the whole catalog,
     as if every accelerator were there and free). Raises InvalidSpec naming the field at fault."""
-    planned = _planned_inventory(inventory)
-    sizing = plan(spec, catalog=catalog, inventory=planned)
+    planned = _planned_pools(inventory)
+    sizing = plan(spec, catalog=catalog, pools=planned)
     bounds = worker_bounds(spec, sizing)
     planned_spec = spec
     if bounds.feasible and bounds.desired != spec.workers.replicas:
         workers = spec.workers.model_copy(update={"replicas": bounds.desired})
         planned_spec = spec.model_copy(update={"workers": workers})
-        sizing = plan(planned_spec, catalog=catalog, inventory=planned)
+        sizing = plan(planned_spec, catalog=catalog, pools=planned)
     if inventory is not None:
         warning = placement_warning(sizing.accelerator, inventory.placeable, inventory.excluded)
         if warning is not None:
@@ -101,13 +101,13 @@ class _AdviceMemory:
 _ADVICE = _AdviceMemory()
 
 
-def _planned_inventory(inventory: Inventory | None) -> list[NodeInventory] | None:
-    """The nodes the planner sees: the placeable ones. When the pod's placement rules out every
+def _planned_pools(inventory: Inventory | None) -> Pools:
+    """The nodes the planner sees, as pools: the placeable ones. When the pod's placement rules out every
     accelerator node there is nothing to choose from, so the whole catalog is planned (and a warning says
     why); a cluster without any accelerator node is planned as empty (the planner warns)."""
     if inventory is None or (not inventory.placeable and inventory.excluded):
         return None
-    return list(inventory.placeable)
+    return inventory.pools
 
 
 def placement_warning(

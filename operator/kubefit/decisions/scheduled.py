@@ -33,7 +33,7 @@ def scheduled(ctx: JobContext) -> Draft:
         ctx.sizing,
         ctx.bounds,
         ctx.observation.created or ctx.now,
-        (ctx.observation.inventory, ctx.observation.excluded),
+        ctx.observation.inventory,
     )
     if grant <= 0 and ctx.live:
         draft = released(

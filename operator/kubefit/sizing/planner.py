@@ -92,6 +92,28 @@ def pool_inventory(inventory: Iterable[NodeInventory]) -> dict[str, AcceleratorP
     return {name: AcceleratorPool(name, nodes[name], allocatable[name], free[name]) for name in allocatable}
 
 
+def with_changed_nodes(
+    pools: dict[str, AcceleratorPool], changes: Iterable[tuple[NodeInventory, NodeInventory]]
+) -> dict[str, AcceleratorPool]:
+    """`pools` with some nodes' entries replaced (old, new: same node, same accelerator and allocatable),
+    as pool_inventory would count them; O(changes), where pool_inventory walks every node."""
+    free = {name: pool.free for name, pool in pools.items()}
+    for old, new in changes:
+        if old.allocatable <= 0 or old.free == new.free:
+            continue
+        counts = free[old.accelerator]
+        if counts is pools[old.accelerator].free:
+            counts = free[old.accelerator] = Counter(counts)
+        counts[max(0, min(old.free, old.allocatable))] -= 1
+        counts[max(0, min(new.free, new.allocatable))] += 1
+    return {
+        name: pool
+        if free[name] is pool.free
+        else AcceleratorPool(name, pool.nodes, pool.allocatable, +free[name])
+        for name, pool in pools.items()
+    }
+
+
 # The cluster's accelerator pools by catalog name; None when planning without an inventory.
 Pools = dict[str, AcceleratorPool] | None
 
@@ -480,10 +502,16 @@ def plan(
     spec: TrainingJobSpec,
     catalog: Catalog | None = None,
     inventory: Sequence[NodeInventory] | None = None,
+    *,
+    pools: Pools = None,
 ) -> SizingStatus:
-    """The sizing decision for `spec`; see the module docstring for the rules."""
+    """The sizing decision for `spec`; see the module docstring for the rules. The cluster is given as its
+    nodes (`inventory`) or as their pools (pool_inventory of them, when the caller already has it)."""
     catalog = catalog or load_catalog()
-    pools = _pools(inventory)
+    if inventory is not None:
+        if pools is not None:
+            raise ValueError("plan takes the nodes or their pools, not both")
+        pools = _pools(inventory)
     outcome = _plan(spec, catalog, pools)
     if outcome.shown.fits:
         notes = _fit_notes(spec, outcome, _pool(pools, outcome.shown.accelerator.name))

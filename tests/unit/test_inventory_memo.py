@@ -1,0 +1,109 @@
+"""InventoryMemo gives what build_inventory gives, for every job and placement, while the nodes and pods stay
+the same objects and after any of them changes; its pools are pool_inventory's of the placeable nodes."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+import pytest
+
+from kubefit.decisions.inventory import InventoryMemo, NodeFacts, PodUsage, build_inventory
+from kubefit.decisions.node_match import ANYWHERE, Placement, Taint
+from kubefit.sizing.catalog import load_catalog
+from kubefit.sizing.planner import NodeInventory, pool_inventory, with_changed_nodes
+
+CATALOG = load_catalog()
+PRODUCTS = (
+    {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+    {"nvidia.com/gpu.product": "NVIDIA-L4"},
+    {},  # a CPU node
+)
+JOBS = [("ml", f"job-{index}") for index in range(6)]
+PLACEMENTS = [
+    ANYWHERE,
+    Placement({"pool": "a"}, (), ()),
+    Placement({}, (), ({"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"},)),
+]
+
+
+def random_node(rng: random.Random, index: int) -> NodeFacts:
+    labels = {**rng.choice(PRODUCTS), "pool": rng.choice("ab")}
+    taints = (Taint("dedicated", "x", "NoSchedule"),) if rng.random() < 0.2 else ()
+    allocatable = (
+        {"nvidia.com/gpu": str(rng.choice((0, 4, 8)))} if labels.get("nvidia.com/gpu.product") else {}
+    )
+    return NodeFacts(f"node-{index:03d}", labels, allocatable, rng.random() > 0.1, taints)
+
+
+def random_usage(rng: random.Random, nodes: list[NodeFacts]) -> dict[str, list[PodUsage]]:
+    usage: dict[str, list[PodUsage]] = {}
+    for index in range(rng.randint(0, 3 * len(nodes))):
+        node = rng.choice(nodes).name
+        job = rng.choice([*JOBS, None])
+        requests = {"nvidia.com/gpu": rng.choice((1, 2, 4, 8, 9))}  # 9: more than the node has
+        usage.setdefault(node, []).append(PodUsage(node, requests, job))
+        del index
+    return usage
+
+
+def assert_same(memo: InventoryMemo, nodes: list[NodeFacts], usage: Mapping[str, list[PodUsage]]) -> None:
+    for placement in PLACEMENTS:
+        for job in [*JOBS, None]:
+            expected = build_inventory(nodes, usage, CATALOG, for_job=job, placement=placement)
+            got = memo.inventory(nodes, usage, CATALOG, for_job=job, placement=placement)
+            assert (got.placeable, got.excluded) == (expected.placeable, expected.excluded)
+            assert got.pools == pool_inventory(expected.placeable)
+            for accelerator in ("nvidia-h100-80gb", "nvidia-l4"):
+                names = {node.name for node in expected.placeable if node.accelerator == accelerator}
+                assert got.names_of(accelerator) == names
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_memo_equals_build_inventory_as_nodes_and_pods_change(seed: int) -> None:
+    rng = random.Random(seed)
+    nodes = [random_node(rng, index) for index in range(rng.randint(1, 30))]
+    usage = random_usage(rng, nodes)
+    memo = InventoryMemo()
+    assert_same(memo, nodes, usage)
+    assert_same(memo, nodes, usage)  # the same snapshot: from the memo
+    # A pod changed (kopf's index holds a new object for it), then a node's facts, then one node is gone.
+    usage = {node: list(pods) for node, pods in usage.items()}
+    node = rng.choice(nodes).name
+    usage.setdefault(node, []).append(PodUsage(node, {"nvidia.com/gpu": 2}, rng.choice(JOBS)))
+    assert_same(memo, nodes, usage)
+    nodes = [*nodes[:-1], random_node(rng, len(nodes) - 1)]
+    assert_same(memo, nodes, usage)
+    assert_same(memo, nodes[1:], usage)
+
+
+def test_an_unchanged_snapshot_is_worked_out_once() -> None:
+    rng = random.Random(7)
+    nodes = [random_node(rng, index) for index in range(20)]
+    usage = random_usage(rng, nodes)
+    memo = InventoryMemo()
+    first = memo.inventory(nodes, usage, CATALOG)
+    assert memo.inventory(list(nodes), {node: list(pods) for node, pods in usage.items()}, CATALOG) is first
+    changed = {**usage, nodes[0].name: [*usage.get(nodes[0].name, []), PodUsage(nodes[0].name, {}, None)]}
+    assert memo.inventory(nodes, changed, CATALOG) is not first
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_pools_with_changed_nodes_count_as_pool_inventory(seed: int) -> None:
+    rng = random.Random(seed)
+    accelerators = ("nvidia-h100-80gb", "nvidia-l4")
+    before = [
+        NodeInventory(f"n{index}", rng.choice(accelerators), allocatable, rng.randint(-1, allocatable + 1))
+        for index in range(rng.randint(1, 12))
+        for allocatable in [rng.choice((0, 1, 4, 8))]
+    ]
+    after = list(before)
+    changes = []
+    for index in rng.sample(range(len(before)), rng.randint(0, len(before))):
+        after[index] = NodeInventory(
+            before[index].name, before[index].accelerator, before[index].allocatable, rng.randint(0, 8)
+        )
+        changes.append((before[index], after[index]))
+    pools = with_changed_nodes(pool_inventory(before), changes)
+    assert pools == pool_inventory(after)
