@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
+
+import pytest
 
 from kubefit.api.resource import JobKey
 from kubefit.controller.handlers import SameFacts, WorkerChanges, WorkerNews
 from kubefit.controller.jobs import DELETED_MEMORY_SECONDS, JobCache
 from kubefit.controller.resync import ResyncLoop
-from kubefit.decisions.inventory import NodeFacts
+from kubefit.decisions.inventory import NodeFacts, PodUsage
 
 KEY = ("team", "llama")
 
@@ -210,3 +213,41 @@ def test_the_creation_event_of_a_worker_the_reconciler_made_is_skipped_and_its_n
     assert (
         seen.news("ADDED", stranger) is WorkerNews.CHANGED
     )  # made by someone else (or by an operator before a restart)
+
+
+class ChangingIndex(Mapping[Any, Any]):
+    """A kopf index read while kopf's event loop changes it: the first `fails` iterations raise as a dict
+    changed during iteration does."""
+
+    def __init__(self, items: dict[Any, Any], fails: int) -> None:
+        self.items_, self.fails = items, fails
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.items_[key]
+
+    def __len__(self) -> int:
+        return len(self.items_)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.fails:
+            self.fails -= 1
+            raise RuntimeError("dictionary changed size during iteration")
+        return iter(self.items_)
+
+
+def test_an_index_read_that_meets_a_change_is_read_again() -> None:
+    from kubefit.controller.handlers import INDEX_READ_ATTEMPTS, cluster_view, read_consistently
+
+    node = NodeFacts("n1", {}, {})
+    usage = PodUsage("n1", {"nvidia.com/gpu": 1})
+    view = cluster_view(
+        cast(Any, ChangingIndex({"n1": [node]}, fails=3)),
+        cast(Any, ChangingIndex({"n1": [usage]}, fails=3)),
+        cast(Any, ChangingIndex({}, fails=0)),
+    )
+    assert view.nodes() == [node]
+    assert {name: list(pods) for name, pods in view.usage().items()} == {"n1": [usage]}
+
+    always = ChangingIndex({"n1": [node]}, fails=INDEX_READ_ATTEMPTS)
+    with pytest.raises(RuntimeError, match="changed size"):
+        read_consistently(lambda: list(always))
