@@ -454,3 +454,56 @@ def test_kubectl_scale_and_a_raw_scale_subresource_write_move_the_worker_count(
     assert [pod["metadata"]["name"] for pod in live(kube, namespace, "scaled")] == ["scaled-worker-0"]
     job = kube.get("trainingjob", "scaled", namespace)
     assert job is not None and job["spec"]["workers"]["replicas"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- placement
+
+
+def test_a_worker_lands_where_the_pass_reserved_it_so_a_gang_counted_on_the_empty_node_runs(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    # Another workload holds 4 GPUs and some CPUs of the first node. The pass puts a 4-GPU worker there
+    # (best fit), keeping the second node whole; kube-scheduler, left alone, spreads by CPU and memory and
+    # would take the emptier second node, and the 8-GPU job after it would find no node with 8 free.
+    other = pool.pin(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "other-workload",
+                "namespace": namespace,
+                "annotations": {"sandbox.kubefit.dev/shutdown-seconds": "0"},
+            },
+            "spec": {
+                "nodeName": pool.nodes[0],
+                "containers": [
+                    {
+                        "name": "other",
+                        "image": "busybox",
+                        "resources": {"requests": {"cpu": "8"}, "limits": {"nvidia.com/gpu": "4"}},
+                    }
+                ],
+            },
+        }
+    )
+    kube.apply(other)
+    wait_for(
+        "the other workload running",
+        lambda: (
+            (kube.get("pod", "other-workload", namespace) or {}).get("status", {}).get("phase") == "Running"
+        ),
+    )
+    with explained(kube, namespace, "small", "whole-node"):
+        kube.apply(fixed_job("small", namespace, pool, replicas=1, per_worker=4))
+        wait_for("the small job running", lambda: running(kube, namespace, "small") == 1)
+        assert [pod["spec"]["nodeName"] for pod in live(kube, namespace, "small")] == [pool.nodes[0]]
+        preferred = live(kube, namespace, "small")[0]["spec"]["affinity"]["nodeAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert preferred[-1]["preference"]["matchExpressions"][0]["values"] == [pool.nodes[0]]
+
+        kube.apply(fixed_job("whole-node", namespace, pool, replicas=1, per_worker=8))
+        wait_for(
+            "the 8-GPU job running on the second node", lambda: running(kube, namespace, "whole-node") == 1
+        )
+        assert [pod["spec"]["nodeName"] for pod in live(kube, namespace, "whole-node")] == [pool.nodes[1]]

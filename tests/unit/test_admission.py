@@ -458,8 +458,20 @@ def test_no_node_is_over_committed_and_every_admitted_job_keeps_its_minimum(
         if demand.key in result.admitted_now:
             floor = demand.min_workers if demand.elastic else max(demand.min_workers, demand.want_workers)
             assert grant >= floor and sum(result.placement[demand.key].values()) == grant
+            # Nothing of it is bound yet: every place is reserved for a worker to create.
+            assert result.reserved[demand.key] == result.placement[demand.key]
         else:
             assert grant == 0 and demand.key in result.waiting
+    assert_reserved_is_the_placement_not_bound(result, admitted)
+
+
+def assert_reserved_is_the_placement_not_bound(result: AdmissionPlan, admitted: list[Holding]) -> None:
+    for job_key, reserved in result.reserved.items():
+        placed = next((held.placed for held in admitted if held.demand.key == job_key), {})
+        for name, places in result.placement[job_key].items():
+            # What is not reserved on a node is bound there.
+            assert 0 <= places - reserved.get(name, 0) <= placed.get(name, 0)
+        assert all(workers > 0 for workers in reserved.values())
 
 
 def test_a_shrink_frees_the_highest_indices_where_they_really_are() -> None:

@@ -460,3 +460,29 @@ def test_headless_service_selects_the_workers() -> None:
     assert service["spec"]["selector"] == {JOB_LABEL: "llama"}
     assert service["spec"]["publishNotReadyAddresses"] is True
     assert [port["port"] for port in service["spec"]["ports"]] == [29500]
+
+
+def test_preferred_hostnames_add_one_preferred_term_and_keep_the_users() -> None:
+    from kubefit.builders.placement import with_preferred_hostnames
+
+    users = {
+        "weight": 5,
+        "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+    }
+    affinity = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [users]}}
+    merged = with_preferred_hostnames(affinity, ["b-host", "a-host"])
+    assert merged["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == [
+        users,
+        {
+            "weight": 100,
+            "preference": {
+                "matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": ["a-host", "b-host"]}
+                ]
+            },
+        },
+    ]
+    assert affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == [
+        users
+    ]  # not changed
+    assert with_preferred_hostnames(affinity, []) == affinity

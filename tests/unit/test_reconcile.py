@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -420,6 +421,24 @@ def test_a_decision_holds_worker_indices_not_manifests() -> None:
     assert decide(observe(), CATALOG).worker_pod(0)["spec"]["hostname"] == "llama-worker-0"
     with pytest.raises(ValueError, match="creates no workers"):
         decide(observe(raw_spec(runPolicy={"suspend": True})), CATALOG).worker_pod(0)
+
+
+def test_new_workers_prefer_the_nodes_the_pass_reserved_for_them() -> None:
+    reserved = replace(observe(), reserved_hostnames=frozenset({"gpu-b", "gpu-a"}))
+    affinity = decide(reserved, CATALOG).worker_pod(0)["spec"]["affinity"]["nodeAffinity"]
+    assert affinity["preferredDuringSchedulingIgnoredDuringExecution"] == [
+        {
+            "weight": 100,
+            "preference": {
+                "matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": ["gpu-a", "gpu-b"]}
+                ]
+            },
+        }
+    ]
+    assert affinity["requiredDuringSchedulingIgnoredDuringExecution"]  # the accelerator's terms stay
+    plain = decide(observe(), CATALOG).worker_pod(0)["spec"]["affinity"]["nodeAffinity"]
+    assert "preferredDuringSchedulingIgnoredDuringExecution" not in plain
 
 
 def test_workers_request_the_host_memory_of_the_one_sizing_path_without_estimating_again(

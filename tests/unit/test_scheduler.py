@@ -522,3 +522,30 @@ def test_holdings_name_the_node_of_each_worker_in_index_order() -> None:
         WorkerPod("j-worker-3", 3, "u3", "Pending", None),  # not bound: holds no node yet
     ]
     assert _nodes_by_index(pods) == ("node-a", "node-b", "node-a")
+
+
+def test_a_grant_names_the_hostnames_of_the_nodes_reserved_for_its_unbound_workers() -> None:
+    # n1 has 4 GPUs taken by another workload: best fit reserves the one 4-GPU worker there, not on empty n2.
+    hostnames = {"n1": "host-one", "n2": "host-two", "n3": ""}
+    nodes = [
+        node(name, labels={"kubernetes.io/hostname": value} if value else {})
+        for name, value in hostnames.items()
+    ]
+    cluster = FakeCluster(nodes=nodes, others={"n1": 4, "n3": 4})
+    cluster.nodes = [nodes[0], nodes[1]]
+    scheduler, _ = sync_scheduler()
+    key = ("ns", "small")
+    scheduler.offer(key, demand("small", per_worker=4, min_workers=1, want=1), ANYWHERE, cluster.view())
+    assert scheduler.grant(key, []) == Grant(1, None, "Admitted: 1 worker", frozenset({"host-one"}))
+
+    # Once its worker is bound, nothing is reserved for it any more.
+    cluster.workers[key] = [worker("small", 0, "n1")]
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(key, cluster.workers[key]).hostnames == frozenset()
+
+    # A node without the label is not named (no label to steer by): best fit is n3 (4 free) over n2 (8 free).
+    cluster.nodes = nodes
+    other = ("ns", "other")
+    scheduler.offer(other, demand("other", per_worker=4, min_workers=1, want=1), ANYWHERE, cluster.view())
+    grant = scheduler.grant(other, [])
+    assert (grant.workers, grant.hostnames) == (1, frozenset())

@@ -3,6 +3,13 @@
 The accelerator's catalog `match` label sets become required nodeAffinity terms (terms are ORed, so
 any one label set identifies a node). A user's own required terms are kept by ANDing each of them with
 each accelerator term; nodeSelector, preferred terms and pod (anti-)affinity are left untouched.
+
+A worker is also steered, softly, to the nodes the scheduling pass reserved for the job: one preferred term
+of the highest weight on their kubernetes.io/hostname labels. kube-scheduler scores nodes by its own rules
+(spreading by CPU and memory among them) and, left alone, can put a small job on the empty node a gang was
+counted on; a preference, not a requirement, so a worker still starts elsewhere if its reserved node went.
+The label, not the node's name: kube-scheduler before 1.21 scores preferred terms by their matchExpressions
+only.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 Term = dict[str, Any]
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+PREFERENCE_WEIGHT = 100  # the most a preferred term can weigh (PreferredSchedulingTerm.weight: 1-100)
 
 
 def accelerator_terms(match: Sequence[Mapping[str, str]]) -> list[Term]:
@@ -57,6 +66,19 @@ def with_accelerator_affinity(
             **required,
             "nodeSelectorTerms": terms,
         }
+    return merged
+
+
+def with_preferred_hostnames(affinity: Mapping[str, Any], hostnames: Sequence[str]) -> dict[str, Any]:
+    """A copy of `affinity` that also prefers nodes whose kubernetes.io/hostname is one of `hostnames`."""
+    merged: dict[str, Any] = copy.deepcopy(dict(affinity))
+    if not hostnames:
+        return merged
+    node_affinity = merged.setdefault("nodeAffinity", {})
+    preferred = list(node_affinity.get("preferredDuringSchedulingIgnoredDuringExecution") or [])
+    expression = {"key": HOSTNAME_LABEL, "operator": "In", "values": sorted(hostnames)}
+    preferred.append({"weight": PREFERENCE_WEIGHT, "preference": {"matchExpressions": [expression]}})
+    node_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = preferred
     return merged
 
 

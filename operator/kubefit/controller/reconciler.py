@@ -443,6 +443,7 @@ class Reconciler:
             grant=grant.workers,
             waiting=grant.waiting,
             grant_reason=grant.reason,
+            reserved_hostnames=grant.hostnames,
             checkpoint_acks=self.board.acknowledged(key, request_id) if request_id else {},
             created=parse_rfc3339(metadata.get("creationTimestamp")),
         )

@@ -38,6 +38,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from kubefit.api.resource import JobKey
+from kubefit.builders.placement import HOSTNAME_LABEL
 from kubefit.controller.cluster import ClusterView
 from kubefit.decisions.admission import (
     AdmissionPlan,
@@ -86,6 +87,8 @@ class Grant:
     workers: int | None  # granted workers; None: no pass has decided yet (treat as queued)
     waiting: str | None = None  # a queued job: what is missing
     reason: str | None = None  # why the grant last changed (ScaledUp, ShrunkForPriority, Preempted, ...)
+    # The kubernetes.io/hostname labels of the nodes the last pass reserved for the job's unbound workers.
+    hostnames: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -95,6 +98,7 @@ class _Entry:
     granted: int | None = None
     waiting: str | None = None
     reason: str | None = None
+    hostnames: frozenset[str] = frozenset()  # Grant.hostnames
     eligible: tuple[int, frozenset[str]] | None = None  # (nodes fingerprint, node names)
     # (demand, eligible set, the demand with those nodes) of the last pass: the same objects, the same answer.
     planned: tuple[Demand, frozenset[str], Demand] | None = None
@@ -199,7 +203,7 @@ class Scheduler:
             self._seen.add(key)
             if entry is None:
                 return Grant(None)
-            return Grant(entry.granted, entry.waiting, entry.reason)
+            return Grant(entry.granted, entry.waiting, entry.reason, entry.hostnames)
 
     def offer(self, key: JobKey, demand: Demand | None, placement: Placement, view: ClusterView) -> None:
         """The job's latest demand after its reconcile (None: it needs nothing; it leaves the queue)."""
@@ -370,7 +374,7 @@ class Scheduler:
             self.settings.head_of_line_timeout,
         )
         self.passes += 1
-        changed = self._store(plan, entries)
+        changed = self._store(plan, entries, _hostnames(plan, nodes))
         self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
         return changed
 
@@ -406,7 +410,12 @@ class Scheduler:
             demands[key] = planned[2]
         return demands
 
-    def _store(self, plan: AdmissionPlan, planned: Mapping[JobKey, _Entry]) -> list[JobKey]:
+    def _store(
+        self,
+        plan: AdmissionPlan,
+        planned: Mapping[JobKey, _Entry],
+        hostnames: Mapping[JobKey, frozenset[str]],
+    ) -> list[JobKey]:
         changed: list[JobKey] = []
         scaled: list[tuple[str, str]] = []  # (direction, reason word) of each admitted job's grant change
         preempted: list[str] = []
@@ -429,6 +438,7 @@ class Scheduler:
                             "%s/%s: %s -> %d workers (%s)", *key, entry.granted, granted, entry.reason
                         )
                 entry.granted, entry.waiting = granted, waiting
+                entry.hostnames = hostnames.get(key, frozenset())
         self.metrics.count_scale_events(scaled)
         self.metrics.count_preemptions(preempted)
         return changed
@@ -510,6 +520,18 @@ def node_capacity(
         others = max(0, used - held[node.name])
         capacity.append(NodeCapacity(node.name, accelerator.name, allocatable, others))
     return capacity
+
+
+def _hostnames(plan: AdmissionPlan, nodes: Iterable[NodeFacts]) -> dict[JobKey, frozenset[str]]:
+    """Per job with reserved places, the kubernetes.io/hostname labels of those nodes (a node without the
+    label is left out: a worker cannot be steered to it by a label)."""
+    if not plan.reserved:
+        return {}
+    label = {node.name: node.labels.get(HOSTNAME_LABEL) for node in nodes}
+    return {
+        key: frozenset(hostname for node in reserved if (hostname := label.get(node)))
+        for key, reserved in plan.reserved.items()
+    }
 
 
 def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:

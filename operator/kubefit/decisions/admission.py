@@ -98,6 +98,9 @@ class AdmissionPlan:
     # where the plan counts each granted job's workers: node -> bound pods there plus the places it reserved
     # for the rest. A job shrunk or preempted was planned to lose its workers on the nodes missing here.
     placement: Mapping[JobKey, Mapping[str, int]] = field(default_factory=dict)
+    # the part of `placement` not bound yet: node -> workers the plan reserved there for each job's unbound
+    # (and not yet created) workers; the pod builder steers new workers to these nodes.
+    reserved: Mapping[JobKey, Mapping[str, int]] = field(default_factory=dict)
 
 
 def _name(key: JobKey) -> str:
@@ -644,6 +647,9 @@ def _plan(  # noqa: PLR0913 - as plan_admissions
         waiting=dict(queue.waiting),
         reasons=reasons,
         placement={job.key: _added(job.bound, job.reserved) for job in jobs if job.holds},
+        reserved={
+            job.key: _added(job.reserved, {}) for job in jobs if job.holds and any(job.reserved.values())
+        },
     )
 
 

@@ -133,4 +133,5 @@ def worker_set(ctx: JobContext, workers: int) -> WorkerSet:
         bounds.ceiling,
         checkpoint=checkpoint,
         host_bytes_per_worker=ctx.host_bytes_per_worker,
+        preferred_hostnames=tuple(sorted(ctx.observation.reserved_hostnames)),
     )

@@ -81,6 +81,9 @@ class JobObservation:
     # Why a queued job waits (AdmissionPlan.waiting), and why its grant changed (AdmissionPlan.reasons).
     waiting: str | None = None
     grant_reason: str | None = None
+    # The kubernetes.io/hostname labels of the nodes the pass reserved for the job's unbound workers: new
+    # workers prefer them (scheduler.Grant.hostnames).
+    reserved_hostnames: frozenset[str] = frozenset()
     # Acknowledgements of the open checkpoint request (status.checkpoint.requestId): worker pod -> step.
     checkpoint_acks: Mapping[str, int] = field(default_factory=dict)
     # metadata.creationTimestamp: the queue's age order (older first). None: `now`.
