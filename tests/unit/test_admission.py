@@ -88,6 +88,23 @@ def admitted_keys(result: AdmissionPlan) -> set[str]:
 # -- per-node packing --------------------------------------------------------------------------------------
 
 
+def test_unbound_workers_are_reserved_again_where_the_last_pass_put_them_while_there_is_room() -> None:
+    # node-0 has 4 free, node-1 8: best fit puts a 4-GPU worker on node-0, but the last pass reserved node-1
+    # (its worker, created since, prefers node-1), so it is reserved there again.
+    cluster = [NodeCapacity("node-0", H100, 8, 4), NodeCapacity("node-1", H100, 8, 0)]
+    fresh = plan(admitted=[holding(gang("small", 1), 1)], cluster=cluster)
+    assert fresh.reserved[key("small")] == {"node-0": 1}
+    before = Holding(gang("small", 1), 1, {}, reserved={"node-1": 1})
+    again = plan(admitted=[before], cluster=cluster)
+    assert again.reserved[key("small")] == again.placement[key("small")] == {"node-1": 1}
+    # Where it no longer has room (another workload took node-1), best fit decides again.
+    taken = [cluster[0], NodeCapacity("node-1", H100, 8, 8)]
+    assert plan(admitted=[before], cluster=taken).reserved[key("small")] == {"node-0": 1}
+    # A newly queued job is then counted on what is left: the whole node-0 is not promised twice.
+    both = plan([gang("next", 1, per_worker=8, created=NOW)], [before], cluster)
+    assert both.grants[key("next")] == 0 and both.reserved[key("small")] == {"node-1": 1}
+
+
 def test_workers_of_four_pack_two_per_eight_gpu_node() -> None:
     four = plan([gang("four", 4)], cluster=nodes(2))
     assert four.grants[key("four")] == 4
@@ -422,7 +439,11 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Demand], list[Holding], list[NodeCa
                 workers = draw(st.integers(0, max(free[node.name], 0) // held.per_worker))
                 free[node.name] -= workers * held.per_worker
                 placed[node.name] = workers
-        admitted.append(Holding(held, draw(st.integers(1, 6)), dict(+placed)))
+        # What the last pass reserved for its unbound workers: any nodes, even gone or full ones.
+        reserved = draw(
+            st.dictionaries(st.sampled_from([f"n{i}" for i in range(7)]), st.integers(1, 3), max_size=3)
+        )
+        admitted.append(Holding(held, draw(st.integers(1, 6)), dict(+placed), reserved=reserved))
     queued = [demand(f"q{index}") for index in range(draw(st.integers(0, 8)))]
     return queued, admitted, cluster
 

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from kubefit.api.resource import JobKey
 from kubefit.builders.placement import HOSTNAME_LABEL
@@ -99,6 +99,7 @@ class _Entry:
     waiting: str | None = None
     reason: str | None = None
     hostnames: frozenset[str] = frozenset()  # Grant.hostnames
+    reserved: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.reserved of the last pass
     eligible: tuple[int, frozenset[str]] | None = None  # (nodes fingerprint, node names)
     # (demand, eligible set, the demand with those nodes) of the last pass: the same objects, the same answer.
     planned: tuple[Demand, frozenset[str], Demand] | None = None
@@ -354,7 +355,13 @@ class Scheduler:
         workers = {key: live_workers(view.workers(key)) for key in holdings}
         capacity = node_capacity(nodes, view.usage(), self.catalog, holdings, workers)
         admitted = [
-            Holding(demand, entries[key].granted or 0, _placed(workers[key]), _nodes_by_index(workers[key]))
+            Holding(
+                demand,
+                entries[key].granted or 0,
+                _placed(workers[key]),
+                _nodes_by_index(workers[key]),
+                entries[key].reserved,
+            )
             for key, demand in holdings.items()
         ]
         # A queued job whose workers are still going (preempted, released after a gang timeout) waits until
@@ -439,6 +446,7 @@ class Scheduler:
                         )
                 entry.granted, entry.waiting = granted, waiting
                 entry.hostnames = hostnames.get(key, frozenset())
+                entry.reserved = plan.reserved.get(key, {})
         self.metrics.count_scale_events(scaled)
         self.metrics.count_preemptions(preempted)
         return changed

@@ -77,6 +77,9 @@ class Holding:
     # The node of each bound worker, lowest index first. Given, a shrink frees workers the way decide
     # removes them (highest index first), so the devices it counts on are the ones that really come free.
     nodes_by_index: Sequence[str] = ()
+    # Where the last pass reserved its unbound workers (AdmissionPlan.reserved). They are reserved there again
+    # while those nodes have room: the workers created since prefer those nodes (builders/placement.py).
+    reserved: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class _Job:
     shrunk_for: JobKey | None = None
     preempted_for: JobKey | None = None
     removal_order: tuple[str, ...] = ()  # bound workers' nodes, the first removed first (highest index)
+    reserved_before: Mapping[str, int] = field(default_factory=dict)  # Holding.reserved
 
     @property
     def key(self) -> JobKey:
@@ -229,6 +233,7 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
         demand = holding.demand
         job = _Job(demand, cluster.nodes_for(demand), max(holding.granted, 0), admitted=True)
         job.removal_order = tuple(reversed(holding.nodes_by_index))
+        job.reserved_before = holding.reserved
         for node, workers in sorted(holding.placed.items()):
             if workers > 0 and cluster.accelerator_of.get(node) == demand.accelerator:
                 job.bound[node] = workers
@@ -241,7 +246,26 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
 
 
 def _reserve(cluster: _Cluster, job: _Job, upto: int) -> None:
+    cluster.take(job, _spots_as_before(cluster, job, upto - job.placed))
     cluster.take(job, _spots(cluster, job.nodes, job.demand.per_worker, upto - job.placed))
+
+
+def _spots_as_before(cluster: _Cluster, job: _Job, count: int) -> dict[str, int]:
+    """Up to `count` worker places on the nodes the last pass reserved for the job, as far as they have room."""
+    spots: dict[str, int] = {}
+    per_worker, eligible = job.demand.per_worker, job.demand.eligible_nodes
+    for node, workers in sorted(job.reserved_before.items()):
+        if count <= 0:
+            break
+        if cluster.accelerator_of.get(node) != job.demand.accelerator or (
+            eligible is not None and node not in eligible
+        ):
+            continue
+        take = min(workers - job.reserved.get(node, 0), cluster.free[node] // per_worker, count)
+        if take > 0:
+            spots[node] = take
+            count -= take
+    return spots
 
 
 def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
