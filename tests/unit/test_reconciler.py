@@ -301,7 +301,7 @@ def test_deletes_come_after_the_transition_events_and_before_creates(harness: Ha
 def test_a_failing_create_keeps_the_transition_events_and_becomes_a_reconcile_error(
     harness: Harness,
 ) -> None:
-    harness.kube.jobs["llama"] = job_manifest(replicas=3)
+    harness.kube.jobs["llama"] = job_manifest(replicas=5)
     harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403
     harness.reconcile()  # raises nothing
     assert [call[1] for call in harness.events()] == [
@@ -310,14 +310,16 @@ def test_a_failing_create_keeps_the_transition_events_and_becomes_a_reconcile_er
         "CreatedWorkers",
         "ReconcileError",
     ]
-    assert harness.events("CreatedWorkers")[0][2] == "created llama-worker-0"
+    # Creates go in waves of 1, 2, 4, ... at once: worker 2 shared the failed one's wave, 3 and 4 were not tried.
+    assert harness.events("CreatedWorkers")[0][2] == "created llama-worker-0, llama-worker-2"
+    assert sorted(name for _, name in harness.calls("create_pod")) == [f"llama-worker-{i}" for i in range(3)]
+    assert harness.kube.jobs["llama"]["status"]["replicas"] == 2
     ((_, _, message, event_type),) = harness.events("ReconcileError")
     assert event_type == "Warning"
     assert "exceeded quota: no-pods" in message and "(HTTP 403)" in message
     ready = harness.condition("Ready")
     assert (ready["status"], ready["reason"], ready["message"]) == ("False", "ReconcileError", message)
     assert harness.condition("Sized")["reason"] == "Fits"  # the status written before the create stays
-    assert harness.calls("create_pod")[-1] == ("create_pod", "llama-worker-1")  # stopped there
     requeue = harness.reconciler.pending_requeue(KEY)
     assert requeue is not None and (requeue.trigger, requeue.delay) == ("retry", BACKOFF_FIRST)
     errors = harness.metrics.registry.get_sample_value(
@@ -550,6 +552,28 @@ def test_workers_are_created_in_bounded_batches_each_once(harness: Harness, inde
     created = [call[1] for call in harness.calls("create_pod")]
     assert len(created) == len(set(created)) == workers  # none twice, though the index lags
     assert all(len(event[2].split(", ")) <= CREATE_BATCH for event in harness.events("CreatedWorkers"))
+
+
+def test_a_decisions_creates_run_in_growing_waves_at_once(harness: Harness) -> None:
+    # 7 workers: waves of 1, 2 and 4. The 4 of the last wave each wait at a barrier for the other 3, which
+    # only a wave sent at once passes (one at a time, the first would wait out the barrier's timeout).
+    harness.kube.jobs["llama"] = job_manifest(replicas=7)
+    barrier = threading.Barrier(4, timeout=10)
+    create = harness.kube.create_pod
+    waves: list[str] = []
+
+    def create_in_waves(namespace: str, manifest: dict[str, Any]) -> bool:
+        name = manifest["metadata"]["name"]
+        if worker_index(name, "llama") >= 3:
+            barrier.wait()
+        waves.append(name)
+        return create(namespace, manifest)
+
+    harness.kube.create_pod = create_in_waves  # type: ignore[method-assign]
+    harness.reconcile()
+    assert sorted(harness.kube.pods) == [f"llama-worker-{index}" for index in range(7)]
+    assert waves[0] == "llama-worker-0" and set(waves[1:3]) == {"llama-worker-1", "llama-worker-2"}
+    assert harness.condition("Ready")["reason"] == "WorkersNotReady"  # no reconcile error
 
 
 def test_memory_of_a_reconcile_does_not_grow_with_the_worker_count(harness: Harness) -> None:

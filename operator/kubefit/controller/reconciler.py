@@ -72,6 +72,12 @@ logger = logging.getLogger("kubefit.reconciler")
 # 50 manifests are about 0.4 MiB, and at the API server's 10-20 ms per create a batch takes about a
 # second: a job deleted or suspended while its workers are being created stops within one batch.
 CREATE_BATCH = 50
+# Within a batch, creates run at once in growing waves (1, 2, 4, then CREATE_PARALLEL at a time), as the
+# ReplicaSet controller's slow start does: a gang of 16 workers is 5 round trips to the API server instead of
+# 16 (on a loaded 1,000-node sandbox those reconciles took over a second), and a create refused for a reason
+# that refuses them all (a quota, an admission webhook) is one request, not 16.
+CREATE_PARALLEL = 8
+_CREATES = ThreadPoolExecutor(CREATE_PARALLEL, thread_name_prefix="kubefit-create")  # threads start on use
 BACKOFF_FIRST = 5.0
 BACKOFF_MAX = 300.0
 RETRY_TRIGGER = "retry"
@@ -544,16 +550,40 @@ class Reconciler:
         return whole
 
     def _create_workers(self, ref: JobRef, decision: Decision, state: _JobState, created: list[str]) -> None:
-        """Builds and creates at most CREATE_BATCH of the decision's workers; the loop goes round for more."""
+        """Builds and creates at most CREATE_BATCH of the decision's workers, wave by wave (CREATE_PARALLEL);
+        the loop goes round for more. A failed create stops it after its wave, and is raised."""
         todo = [index for index in decision.create if worker_name(ref.name, index) not in state.created]
-        for index in todo[:CREATE_BATCH]:
-            manifest = decision.worker_pod(index)
-            name = manifest["metadata"]["name"]
-            if self.api.create_pod(ref.namespace, manifest):
-                created.append(name)
-            state.created[name] = time.monotonic()  # created now, or already there (409): not again
+        batch, wave = todo[:CREATE_BATCH], 1
+        while batch:
+            manifests = [decision.worker_pod(index) for index in batch[:wave]]
+            batch, wave = batch[wave:], min(2 * wave, CREATE_PARALLEL)
+            if len(manifests) == 1:
+                outcomes = [_outcome(self.api.create_pod, ref.namespace, manifests[0])]
+            else:
+                outcomes = list(
+                    _CREATES.map(lambda m: _outcome(self.api.create_pod, ref.namespace, m), manifests)
+                )
+            for manifest, (answer, error) in zip(manifests, outcomes, strict=True):
+                if error is None:
+                    name = manifest["metadata"]["name"]
+                    if answer:
+                        created.append(name)
+                    state.created[name] = time.monotonic()  # created now, or already there (409): not again
+            failed = next((error for _, error in outcomes if error is not None), None)
+            if failed is not None:
+                raise failed
         if len(todo) > CREATE_BATCH:
             self._go_round_again(state)
+
+
+def _outcome(
+    create: Callable[[str, dict[str, Any]], bool], namespace: str, manifest: dict[str, Any]
+) -> tuple[bool, Exception | None]:
+    """create(namespace, manifest)'s answer, or the error it raised."""
+    try:
+        return create(namespace, manifest), None
+    except Exception as error:  # noqa: BLE001 - handed back to the reconcile thread, which raises it
+        return False, error
 
 
 class _JobGone(Exception):
