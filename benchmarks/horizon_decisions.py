@@ -1,7 +1,7 @@
 """The next horizon in-process: 5,000 GPU nodes and 2,000 TrainingJobs (issue 11: every admission and reconcile
 decision under 1 s, memory under 500 MiB).
 
-The operator's own code runs as it does in `kubefit run` (Reconciler, Scheduler, decide, build_inventory,
+The operator's own code runs as it does in `kubefit run` (Reconciler, Scheduler, decide, the inventory memo,
 plan_admissions, OperatorMetrics), on what kopf's indexes would hold: NodeFacts built by `node_facts` from
 node manifests as the sandbox makes them, PodUsage and WorkerPod of every worker. Only the API server is
 replaced, by an in-memory store (job dicts; a created pod is bound first-fit to a node of its accelerator and
