@@ -115,6 +115,30 @@ def event_reasons(kube: Kube, namespace: str, job: str) -> set[str]:
     return {event["reason"] for event in kube.events(namespace, job)}
 
 
+def run_other_workload(
+    kube: Kube, name: str, namespace: str, pool: PrivatePool, node: str, resources: dict[str, Any]
+) -> None:
+    """A pod that is no TrainingJob's, bound to `node` of the pool with `resources`, and Running."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {"sandbox.kubefit.dev/shutdown-seconds": "0"},
+        },
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "other", "image": "busybox", "resources": resources}],
+        },
+    }
+    kube.apply(pool.pin(pod))
+    wait_for(
+        f"{name} running",
+        lambda: (kube.get("pod", name, namespace) or {}).get("status", {}).get("phase") == "Running",
+    )
+
+
 # ---------------------------------------------------------------------------------------------- pools
 
 
@@ -338,26 +362,7 @@ def test_an_admitted_gang_that_cannot_all_run_is_released_and_requeued(
     # The operator admits on accelerators only. A pod of another workload holds most of one node's CPUs, so
     # of a gang admitted on both nodes' GPUs the kube-scheduler can bind only one worker: the same
     # situation as a node tainted right after admission, without racing the kube-scheduler.
-    blocker = pool.pin(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": "cpu-hog",
-                "namespace": namespace,
-                "annotations": {"sandbox.kubefit.dev/shutdown-seconds": "0"},
-            },
-            "spec": {
-                "nodeName": pool.nodes[1],
-                "containers": [{"name": "hog", "image": "busybox", "resources": {"requests": {"cpu": "80"}}}],
-            },
-        }
-    )
-    kube.apply(blocker)
-    wait_for(
-        "the CPU hog running",
-        lambda: (kube.get("pod", "cpu-hog", namespace) or {}).get("status", {}).get("phase") == "Running",
-    )
+    run_other_workload(kube, "cpu-hog", namespace, pool, pool.nodes[1], {"requests": {"cpu": "80"}})
 
     gang = fixed_job("gang", namespace, pool, replicas=2, per_worker=8, scheduling={"gangTimeoutSeconds": 5})
     gang["spec"]["template"]["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "40"}}
@@ -465,34 +470,8 @@ def test_a_worker_lands_where_the_pass_reserved_it_so_a_gang_counted_on_the_empt
     # Another workload holds 4 GPUs and some CPUs of the first node. The pass puts a 4-GPU worker there
     # (best fit), keeping the second node whole; kube-scheduler, left alone, spreads by CPU and memory and
     # would take the emptier second node, and the 8-GPU job after it would find no node with 8 free.
-    other = pool.pin(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": "other-workload",
-                "namespace": namespace,
-                "annotations": {"sandbox.kubefit.dev/shutdown-seconds": "0"},
-            },
-            "spec": {
-                "nodeName": pool.nodes[0],
-                "containers": [
-                    {
-                        "name": "other",
-                        "image": "busybox",
-                        "resources": {"requests": {"cpu": "8"}, "limits": {"nvidia.com/gpu": "4"}},
-                    }
-                ],
-            },
-        }
-    )
-    kube.apply(other)
-    wait_for(
-        "the other workload running",
-        lambda: (
-            (kube.get("pod", "other-workload", namespace) or {}).get("status", {}).get("phase") == "Running"
-        ),
-    )
+    resources = {"requests": {"cpu": "8"}, "limits": {"nvidia.com/gpu": "4"}}
+    run_other_workload(kube, "other-workload", namespace, pool, pool.nodes[0], resources)
     with explained(kube, namespace, "small", "whole-node"):
         kube.apply(fixed_job("small", namespace, pool, replicas=1, per_worker=4))
         wait_for("the small job running", lambda: running(kube, namespace, "small") == 1)
