@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -240,6 +241,75 @@ def test_a_starved_head_stops_elastic_growth_behind_it() -> None:
     head = gang("big", 2, per_worker=8, created=NOW - 400)
     assert plan([head], [grower], nodes(2), limit=300).grants[key("grower")] == 1
     assert plan([head], [grower], nodes(2), limit=600).grants[key("grower")] == 4
+
+
+def pools_with_a_starved_head() -> tuple[list[NodeCapacity], Holding, Demand]:
+    """Two H100 pools: `pool-*` (the head's) and `own-0` (tainted; only some jobs tolerate it). The head
+    needs both pool nodes whole, one is held, and it has waited past the limit."""
+    cluster = [*nodes(2, prefix="pool"), *nodes(1, prefix="own")]
+    held = holding(gang("held", 1, per_worker=8), 1, {"pool-1": 1})
+    head = gang("big", 2, per_worker=8, created=NOW - 400, eligible=frozenset({"pool-0", "pool-1"}))
+    return cluster, held, head
+
+
+def test_a_starved_head_keeps_only_the_nodes_it_may_use() -> None:
+    cluster, held, head = pools_with_a_starved_head()
+    on_pool = gang("on-pool", 1, eligible=frozenset({"pool-0"}))
+    on_own = gang("on-own", 1, eligible=frozenset({"own-0"}))
+    anywhere = gang("anywhere", 1)  # may use every H100 node: goes where the head cannot
+    result = plan([head, on_pool, on_own, anywhere], [held], cluster, limit=300)
+    assert admitted_keys(result) == {"held", "on-own", "anywhere"}
+    assert result.waiting[key("on-pool")] == "waiting behind ml/big, which has waited 400s (head of line)"
+    assert result.placement[key("on-own")] == result.placement[key("anywhere")] == {"own-0": 1}
+
+
+def test_a_job_that_fits_only_on_the_heads_nodes_waits_and_says_for_whom() -> None:
+    cluster, held, head = pools_with_a_starved_head()
+    too_big_for_own = gang("two-nodes", 2, per_worker=8)  # own-0 alone holds one of its workers
+    result = plan([head, too_big_for_own], [held], cluster, limit=300)
+    assert result.grants[key("two-nodes")] == 0
+    assert result.waiting[key("two-nodes")] == "waiting behind ml/big, which has waited 400s (head of line)"
+    # Before the limit the head keeps nothing: the job takes the head's free node too.
+    fresh = plan([replace(head, created=NOW - 10), too_big_for_own], [held], cluster, limit=300)
+    assert fresh.placement[key("two-nodes")] == {"own-0": 1, "pool-0": 1}
+
+
+def test_heads_on_disjoint_pools_each_keep_their_own() -> None:
+    cluster = [*nodes(2, prefix="pool"), *nodes(2, prefix="own")]
+    held = [
+        holding(gang("held-pool", 1, per_worker=8), 1, {"pool-1": 1}),
+        holding(gang("held-own", 1, per_worker=8), 1, {"own-1": 1}),
+    ]
+    pool = frozenset({"pool-0", "pool-1"})
+    own = frozenset({"own-0", "own-1"})
+    heads = [
+        gang("head-pool", 2, per_worker=8, created=NOW - 500, eligible=pool),
+        gang("head-own", 2, per_worker=8, created=NOW - 400, eligible=own),
+    ]
+    small = gang("small", 1)
+    result = plan([*heads, small], held, cluster, limit=300)
+    assert result.grants[key("small")] == 0
+    assert result.waiting[key("small")] == "waiting behind ml/head-pool, which has waited 500s (head of line)"
+    # The second head only waited 200 s: it keeps nothing, and the small job takes its pool's free node.
+    younger = [heads[0], replace(heads[1], created=NOW - 200)]
+    assert plan([*younger, small], held, cluster, limit=300).placement[key("small")] == {"own-0": 1}
+
+
+def test_a_starved_head_stops_growth_only_on_its_nodes() -> None:
+    cluster, held, head = pools_with_a_starved_head()
+    grower = holding(job("grower", per_worker=4, want=4, created=NOW - 5), 1, {"own-0": 1})
+    result = plan([head], [held, grower], cluster, limit=300)
+    assert result.grants[key("grower")] == 2  # the second half of own-0, not pool-0
+    assert result.placement[key("grower")] == {"own-0": 2}
+
+
+def test_an_admitted_job_without_room_keeps_only_its_own_nodes_from_later_jobs() -> None:
+    waiting_for_room = holding(gang("high", 1, per_worker=8, priority=10, eligible=frozenset({"a"})), 1, {})
+    cluster = [NodeCapacity("a", H100, 8, 4), NodeCapacity("b", H100, 8, 0)]
+    result = plan([job("later", per_worker=4)], [waiting_for_room], cluster)
+    assert result.placement[key("later")] == {"b": 1}
+    only_a = job("only-a", per_worker=4, eligible=frozenset({"a"}))
+    assert "ml/high" in plan([only_a], [waiting_for_room], cluster).waiting[key("only-a")]
 
 
 # -- elastic growth and scale-down ----------------------------------------------------------------------------
@@ -484,6 +554,37 @@ def test_no_node_is_over_committed_and_every_admitted_job_keeps_its_minimum(
         else:
             assert grant == 0 and demand.key in result.waiting
     assert_reserved_is_the_placement_not_bound(result, admitted)
+    if policy == "BestEffortFIFO" and limit == 0.0:
+        assert_no_one_admitted_behind_a_head_takes_its_nodes(result, queued, cluster)
+
+
+def assert_no_one_admitted_behind_a_head_takes_its_nodes(
+    result: AdmissionPlan, queued: list[Demand], cluster: list[NodeCapacity]
+) -> None:
+    """Every job waited past a limit of 0: each one that did not fit for want of room (and would fit on an
+    empty cluster) is a head, and no job behind it is admitted on a node it may use."""
+
+    def nodes_of(demand: Demand) -> set[str]:
+        return {
+            node.name
+            for node in cluster
+            if node.accelerator == demand.accelerator
+            and (demand.eligible_nodes is None or node.name in demand.eligible_nodes)
+        }
+
+    def order(demand: Demand) -> tuple[int, float, str, str]:
+        return (-demand.priority, demand.created, *demand.key)
+
+    allocatable = {node.name: node.allocatable for node in cluster}
+    for head in queued:
+        if result.grants[head.key] or not result.waiting[head.key].startswith("needs"):
+            continue
+        floor = head.min_workers if head.elastic else max(head.min_workers, head.want_workers)
+        if sum(allocatable[name] // head.per_worker for name in nodes_of(head)) < floor:
+            continue  # bigger than the cluster: keeps nothing
+        for later in queued:
+            if later.key in result.admitted_now and order(later) > order(head):
+                assert not nodes_of(head) & set(result.placement[later.key]), (head.key, later.key)
 
 
 def assert_reserved_is_the_placement_not_bound(result: AdmissionPlan, admitted: list[Holding]) -> None:

@@ -9,7 +9,8 @@ grant for each: 0 for a queued job, at least its effective minimum for an admitt
 - the queue is ordered by priority (high first), then age (old first), then namespace/name. A queued job is
   admitted at its minimum when that fits. StrictFIFO: the first job that does not fit blocks everyone
   behind it. BestEffortFIFO: jobs behind it may pass, until it has waited longer than `head_wait_limit`:
-  then nothing behind it on its accelerator is admitted or grows (no starvation);
+  then nothing behind it is admitted or grows on the nodes it may use (no starvation); nodes of its
+  accelerator it cannot use stay open to them;
 - a queued job whose minimum does not fit may shrink strictly lower-priority elastic jobs toward their
   minimums (lowest priority first, then youngest), and, only if that is not enough and its preemption is
   LowerPriority, preempt whole lower-priority jobs; only when that makes it fit, and only as much as needed;
@@ -21,7 +22,7 @@ Pure and deterministic: the same inputs give the same plan.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -288,37 +289,51 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
 
 @dataclass
 class _Queue:
-    """Admission state: who blocks whom."""
+    """Admission state: who keeps which nodes from whom.
+
+    A protector keeps the nodes it may use from every job behind it in the queue: the first job that did
+    not fit (StrictFIFO; BestEffortFIFO once it waited too long), and an admitted job whose minimum has no
+    place yet (its devices are still being freed, e.g. by a preemption). Jobs behind it may still use the
+    nodes of its accelerator it cannot use (another pool, a taint only they tolerate)."""
 
     policy: AdmissionPolicy
     now: float
     head_wait_limit: float
     strict_head: _Job | None = None
-    # accelerator -> the first job that did not fit and now keeps the devices it needs from jobs behind it
-    reserving: dict[str, _Job] = field(default_factory=dict)
-    # accelerator -> the first admitted job whose minimum has no place yet (its devices are still being
-    # freed, e.g. by a preemption): jobs after it in the queue must not take them first
-    short: dict[str, _Job] = field(default_factory=dict)
+    # accelerator -> the admitted jobs whose minimum has no place yet, in queue order
+    short: dict[str, list[_Job]] = field(default_factory=dict)
+    # accelerator -> the queued jobs that did not fit and keep the devices they need, in queue order
+    heads: dict[str, list[_Job]] = field(default_factory=dict)
     waiting: dict[JobKey, str] = field(default_factory=dict)
+    # (the job's node list, the protectors ahead of it) -> usable(): jobs share node lists (_Cluster.nodes_for)
+    usable_cache: dict[tuple[int, tuple[int, ...]], tuple[list[str], str | None]] = field(
+        default_factory=dict
+    )
 
     def note_short(self, jobs: Sequence[_Job]) -> None:
         for job in jobs:
             if job.admitted and job.holds and job.placed < job.floor:
-                self.short.setdefault(job.demand.accelerator, job)
+                self.short.setdefault(job.demand.accelerator, []).append(job)
 
-    def _behind_short(self, job: _Job) -> _Job | None:
-        short = self.short.get(job.demand.accelerator)
-        return short if short is not None and short is not job and short.order < job.order else None
+    def usable(self, job: _Job) -> tuple[list[str], str | None]:
+        """The job's nodes that no protector ahead of it keeps, and why any were left out (None: none was).
 
-    def blocker(self, job: _Job) -> str | None:
-        if self.strict_head is not None:
-            return f"behind {_name(self.strict_head.key)} in the queue (StrictFIFO)"
-        short = self._behind_short(job)
-        if short is not None:
-            return f"waiting for {_name(short.key)}, admitted, whose workers have no place yet"
-        head = self.reserving.get(job.demand.accelerator)
-        if head is None:
-            return None
+        A short job's reason comes before a head's, then queue order."""
+        accelerator = job.demand.accelerator
+        protectors = [
+            (other, reason)
+            for group, reason in ((self.short, _short_reason), (self.heads, self._head_reason))
+            for other in group.get(accelerator, ())
+            if other is not job and other.order < job.order
+        ]
+        if not protectors:
+            return job.nodes, None
+        cache_key = (id(job.nodes), tuple(id(other) for other, _ in protectors))
+        if cache_key not in self.usable_cache:
+            self.usable_cache[cache_key] = _unkept(job.nodes, protectors)
+        return self.usable_cache[cache_key]
+
+    def _head_reason(self, head: _Job) -> str:
         waited = int(self.now - head.demand.created)
         return f"waiting behind {_name(head.key)}, which has waited {waited}s (head of line)"
 
@@ -328,14 +343,29 @@ class _Queue:
         accelerator for good, and it gets in when nodes are added anyway."""
         self.waiting[job.key] = message
         if self.policy == "StrictFIFO":
-            self.strict_head = self.strict_head or job
-            self.reserving.setdefault(job.demand.accelerator, job)
-        elif satisfiable and self.now - job.demand.created > self.head_wait_limit:
-            self.reserving.setdefault(job.demand.accelerator, job)
+            self.strict_head = self.strict_head or job  # every later queued job waits: _admit_queue
+        elif not satisfiable or self.now - job.demand.created <= self.head_wait_limit:
+            return
+        self.heads.setdefault(job.demand.accelerator, []).append(job)
 
-    def may_grow(self, job: _Job) -> bool:
-        head = self.reserving.get(job.demand.accelerator)
-        return (head is None or head.order > job.order) and self._behind_short(job) is None
+
+def _unkept(
+    nodes: list[str], protectors: Sequence[tuple[_Job, Callable[[_Job], str]]]
+) -> tuple[list[str], str | None]:
+    """Queue.usable without the cache: `nodes` less those any protector may use, and the first such reason."""
+    kept: set[str] = set()
+    why = None
+    mine = set(nodes)
+    for other, reason in protectors:
+        overlap = mine.intersection(other.nodes)
+        if overlap:
+            kept |= overlap
+            why = why or reason(other)
+    return ([node for node in nodes if node not in kept] if kept else nodes), why
+
+
+def _short_reason(short: _Job) -> str:
+    return f"waiting for {_name(short.key)}, admitted, whose workers have no place yet"
 
 
 @dataclass
@@ -343,7 +373,7 @@ class _Trial:
     """Devices that shrinking and preempting lower-priority jobs would free for one queued job."""
 
     job: _Job
-    free: dict[str, int]  # of the job's nodes
+    free: dict[str, int]  # of the nodes it may use
     slots: int
     removals: list[tuple[_Job, str, bool]] = field(default_factory=list)  # (job, node, from reserved)
     victims: dict[_Job, dict[str, int]] = field(default_factory=dict)  # victim -> node -> devices freed
@@ -446,14 +476,14 @@ def _lower(jobs: Sequence[_Job], job: _Job) -> list[_Job]:
     return sorted(found, key=lambda other: (other.demand.priority, -other.demand.created, other.key))
 
 
-def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job) -> bool:
-    """Shrink, then if allowed and still needed preempt, lower-priority jobs so that the job fits; commits
-    the changes only when it then fits."""
+def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequence[str]) -> bool:
+    """Shrink, then if allowed and still needed preempt, lower-priority jobs so that the job fits on
+    `nodes`; commits the changes only when it then fits."""
     lower = _lower(jobs, job)
     if not lower:
         return False
-    free = {node: cluster.free[node] for node in job.nodes}
-    trial = _Trial(job, free, _slots(free, job.nodes, job.demand.per_worker))
+    free = {node: cluster.free[node] for node in nodes}
+    trial = _Trial(job, free, _slots(free, nodes, job.demand.per_worker))
     for other in lower:
         if other.demand.elastic and not trial.fits:
             _shrink(trial, other)
@@ -482,11 +512,12 @@ def _commit(cluster: _Cluster, trial: _Trial) -> None:
         victim.grant = 0
 
 
-def _admit(cluster: _Cluster, jobs: Sequence[_Job], job: _Job) -> bool:
+def _admit(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequence[str]) -> bool:
+    """Admit the job at its floor on `nodes` (its own, less those kept by jobs ahead of it)."""
     per_worker = job.demand.per_worker
-    if not _fits(cluster, job.nodes, per_worker, job.floor) and not _make_room(cluster, jobs, job):
+    if not _fits(cluster, nodes, per_worker, job.floor) and not _make_room(cluster, jobs, job, nodes):
         return False
-    cluster.take(job, _spots(cluster, job.nodes, per_worker, job.floor))
+    cluster.take(job, _spots(cluster, nodes, per_worker, job.floor))
     job.grant = job.floor
     return True
 
@@ -501,11 +532,15 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None
     for job in jobs:
         if job.admitted:
             continue
-        blocker = queue.blocker(job)
-        if blocker is not None:
-            queue.waiting[job.key] = blocker
-        elif not _admit(cluster, jobs, job):
-            queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
+        if queue.strict_head is not None:
+            queue.waiting[job.key] = f"behind {_name(queue.strict_head.key)} in the queue (StrictFIFO)"
+            continue
+        nodes, kept_by = queue.usable(job)
+        if kept_by is None:
+            if not _admit(cluster, jobs, job, nodes):
+                queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
+        elif not nodes or not _admit(cluster, jobs, job, nodes):
+            queue.waiting[job.key] = kept_by
 
 
 def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
@@ -514,9 +549,10 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
     for job in jobs:
         if not job.holds or not job.demand.elastic or job.shrunk_for is not None:
             continue
-        if job.grant >= job.target or job.placed < job.grant or not queue.may_grow(job):
+        if job.grant >= job.target or job.placed < job.grant:
             continue
-        spots = _spots(cluster, job.nodes, job.demand.per_worker, job.target - job.grant)
+        nodes, _ = queue.usable(job)
+        spots = _spots(cluster, nodes, job.demand.per_worker, job.target - job.grant)
         cluster.take(job, spots)
         job.grant += sum(spots.values())
 
