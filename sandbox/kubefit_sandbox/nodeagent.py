@@ -11,6 +11,8 @@ the label `kubefit.dev/sandbox-pool`:
   containerStatuses) through the status subresource;
 * the annotation `sandbox.kubefit.dev/exit: "<code>"` ends a pod: 0 -> Succeeded, else Failed with that
   exit code (restartPolicy is not simulated: the containers are never restarted);
+* `sandbox.kubefit.dev/start-seconds: "<s>"` keeps a bound pod Pending until s seconds after its
+  creation (an image pull), then it turns Running;
 * a pod being deleted is removed (grace 0, since no kubelet confirms) when its grace period ends, or
   sooner if `sandbox.kubefit.dev/shutdown-seconds: "<s>"` says its containers stop faster on SIGTERM;
 * on the nodes of a `processes: true` pool (label kubefit.dev/sandbox-processes=true), pods are not
@@ -444,6 +446,7 @@ class NodeAgent:
                 self._processes.pod_deleted(pod)
                 self._ips.release(uid)
                 self._timers.cancel(f"delete/{uid}")
+                self._timers.cancel(f"start/{uid}")
             else:
                 self._pod_changed(core, pod)
 
@@ -492,12 +495,31 @@ class NodeAgent:
             core.patch_namespaced_pod_status(name, namespace, patch)
             log.info("pod %s/%s on %s: %s (exit code %d)", namespace, name, node.name,
                      patch["status"]["phase"], action.exit_code)  # fmt: skip
+        elif action.kind == "start-later":
+            assert action.start_at is not None
+            delay = (action.start_at - datetime.now(UTC)).total_seconds()
+            self._timers.schedule(f"start/{uid}", delay, lambda: self._look_again(namespace, name, uid))
         elif action.kind == "delete":
             assert action.delete_at is not None
             delay = (action.delete_at - datetime.now(UTC)).total_seconds()
             self._timers.schedule(f"delete/{uid}", delay, lambda: self._delete_now(namespace, name, uid))
         elif action.kind == "invalid":
             self._report_invalid(core, pod, node.name, action.message)
+
+    def _look_again(self, namespace: str, name: str, uid: str) -> None:
+        """A pod whose start was delayed: read it again and act on it as on a watch event (if it is the same
+        pod and still there)."""
+        from kubernetes import client
+
+        core = self._new_core()
+        try:
+            pod = response_json(core.read_namespaced_pod(name, namespace, _preload_content=False))
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        if pod["metadata"]["uid"] == uid:
+            self._pod_changed(core, pod)
 
     def _delete_now(self, namespace: str, name: str, uid: str) -> None:
         if delete_pod_now(self._new_core(), namespace, name, uid):

@@ -20,6 +20,7 @@ from kubefit_sandbox.errors import NodeAgentError
 
 EXIT_ANNOTATION = "sandbox.kubefit.dev/exit"
 SHUTDOWN_ANNOTATION = "sandbox.kubefit.dev/shutdown-seconds"
+START_ANNOTATION = "sandbox.kubefit.dev/start-seconds"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -70,7 +71,16 @@ def exit_code_from(pod: Mapping[str, Any]) -> int | None:
 
 def shutdown_seconds_from(pod: Mapping[str, Any]) -> float | None:
     """How long the pod's containers take to stop after SIGTERM (SHUTDOWN_ANNOTATION), or None."""
-    value = _annotations(pod).get(SHUTDOWN_ANNOTATION)
+    return _seconds_from(pod, SHUTDOWN_ANNOTATION)
+
+
+def start_seconds_from(pod: Mapping[str, Any]) -> float | None:
+    """How long after its creation the pod's containers start (START_ANNOTATION: an image pull), or None."""
+    return _seconds_from(pod, START_ANNOTATION)
+
+
+def _seconds_from(pod: Mapping[str, Any], annotation: str) -> float | None:
+    value = _annotations(pod).get(annotation)
     if value is None:
         return None
     try:
@@ -79,7 +89,7 @@ def shutdown_seconds_from(pod: Mapping[str, Any]) -> float | None:
         seconds = -1.0
     if not 0 <= seconds < 86400:
         raise InvalidAnnotation(
-            f"annotation {SHUTDOWN_ANNOTATION}={value!r} must be a number of seconds from 0 to 86400"
+            f"annotation {annotation}={value!r} must be a number of seconds from 0 to 86400"
         )
     return seconds
 
@@ -88,30 +98,18 @@ def shutdown_seconds_from(pod: Mapping[str, Any]) -> float | None:
 class PodAction:
     """What the agent does with a pod bound to one of its nodes."""
 
-    kind: str  # "none" | "run" | "exit" | "delete" | "invalid"
+    kind: str  # "none" | "run" | "start-later" | "exit" | "delete" | "invalid"
     exit_code: int | None = None
     delete_at: datetime | None = None  # for "delete"
+    start_at: datetime | None = None  # for "start-later": look at the pod again then
     message: str = ""  # for "invalid"
 
 
 def decide(pod: Mapping[str, Any], now: datetime) -> PodAction:
     """The next step for a pod bound to a sandbox node (pure: the caller checks the node)."""
-    metadata = pod.get("metadata", {})
     phase = (pod.get("status") or {}).get("phase") or "Pending"
-    deletion = metadata.get("deletionTimestamp")
-    if deletion:
-        if phase != "Running":
-            return PodAction("delete", delete_at=now)  # no running container to wait for
-        deadline = parse_rfc3339(deletion)
-        try:
-            shutdown = shutdown_seconds_from(pod)
-        except InvalidAnnotation:
-            shutdown = None  # fall back to the full grace period; the annotation is reported elsewhere
-        if shutdown is not None:
-            # deletionTimestamp = time of the delete request + the grace period.
-            requested = deadline - timedelta(seconds=metadata.get("deletionGracePeriodSeconds") or 0)
-            deadline = min(deadline, requested + timedelta(seconds=shutdown))
-        return PodAction("delete", delete_at=deadline)
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return _deletion(pod, phase, now)
     if phase in TERMINAL_PHASES:
         return PodAction("none")
     try:
@@ -120,9 +118,39 @@ def decide(pod: Mapping[str, Any], now: datetime) -> PodAction:
         return PodAction("invalid", message=str(exc))
     if exit_code is not None:
         return PodAction("exit", exit_code=exit_code)
+    if phase == "Running":
+        return PodAction("none")
+    return _start(pod, now)
+
+
+def _deletion(pod: Mapping[str, Any], phase: str, now: datetime) -> PodAction:
     if phase != "Running":
-        return PodAction("run")
-    return PodAction("none")
+        return PodAction("delete", delete_at=now)  # no running container to wait for
+    metadata = pod["metadata"]
+    deadline = parse_rfc3339(metadata["deletionTimestamp"])
+    try:
+        shutdown = shutdown_seconds_from(pod)
+    except InvalidAnnotation:
+        shutdown = None  # fall back to the full grace period; the annotation is reported elsewhere
+    if shutdown is not None:
+        # deletionTimestamp = time of the delete request + the grace period.
+        requested = deadline - timedelta(seconds=metadata.get("deletionGracePeriodSeconds") or 0)
+        deadline = min(deadline, requested + timedelta(seconds=shutdown))
+    return PodAction("delete", delete_at=deadline)
+
+
+def _start(pod: Mapping[str, Any], now: datetime) -> PodAction:
+    """A pod not running yet: now, or at its creation plus START_ANNOTATION's seconds."""
+    try:
+        start = start_seconds_from(pod)
+    except InvalidAnnotation as exc:
+        return PodAction("invalid", message=str(exc))
+    created = pod.get("metadata", {}).get("creationTimestamp")
+    if start is not None and created:
+        start_at = parse_rfc3339(created) + timedelta(seconds=start)
+        if start_at > now:
+            return PodAction("start-later", start_at=start_at)
+    return PodAction("run")
 
 
 def _container_id(pod: Mapping[str, Any], container: str) -> str:

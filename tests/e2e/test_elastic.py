@@ -33,7 +33,7 @@ from kubefit_sandbox.cluster import build_node, free_node_index
 from kubefit_sandbox.controlplane import Sandbox
 from kubefit_sandbox.kubeclient import core_api, new_api_client
 from kubefit_sandbox.nodes import list_sandbox_nodes, register_node, remove_node
-from kubefit_sandbox.podstatus import rfc3339
+from kubefit_sandbox.podstatus import START_ANNOTATION, rfc3339
 
 pytestmark = pytest.mark.e2e
 
@@ -380,6 +380,40 @@ def test_an_admitted_gang_that_cannot_all_run_is_released_and_requeued(
     # Requeued, not failed: with the hog gone it is admitted again after its backoff and runs.
     kube.run("delete", "pod", "cpu-hog", "-n", namespace, "--wait=false")
     wait_for("the gang running after its backoff", lambda: running(kube, namespace, "gang") == 2, timeout=90)
+
+
+def test_a_gang_bound_to_its_nodes_but_still_starting_is_not_released(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    # Every worker is bound at once, and the node agent starts them only START s after their creation (an
+    # image pull): the gang holds its devices, so its 3 s gang timeout does not release it.
+    start = 20
+    gang = fixed_job(
+        "pulling", namespace, pool, replicas=2, per_worker=8, scheduling={"gangTimeoutSeconds": 3}
+    )
+    gang["spec"]["template"]["metadata"]["annotations"][START_ANNOTATION] = str(start)
+    with explained(kube, namespace, "pulling"):
+        kube.apply(gang)
+        wait_for(
+            "both workers bound and not running yet",
+            lambda: (
+                len(pods := live(kube, namespace, "pulling")) == 2
+                and all(
+                    pod["spec"].get("nodeName") and pod["status"].get("phase") == "Pending" for pod in pods
+                )
+            ),
+        )
+        uids = {pod["metadata"]["uid"] for pod in live(kube, namespace, "pulling")}
+        admitted = condition_is(kube, namespace, "pulling", "Admitted", "True")
+        assert admitted is not None
+        time.sleep(6)  # twice the gang timeout, well before the workers start
+        assert running(kube, namespace, "pulling") == 0
+        assert condition_is(kube, namespace, "pulling", "Admitted", "True") is not None
+        assert {pod["metadata"]["uid"] for pod in live(kube, namespace, "pulling")} == uids
+        assert (kube.job_status(namespace, "pulling") or {}).get("gang", {}).get("started") is True
+        wait_for("both workers running", lambda: running(kube, namespace, "pulling") == 2, timeout=60)
+        assert {pod["metadata"]["uid"] for pod in live(kube, namespace, "pulling")} == uids
+        assert "GangTimeout" not in event_reasons(kube, namespace, "pulling")
 
 
 # ---------------------------------------------------------------------------------------------- 5

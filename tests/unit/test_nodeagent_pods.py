@@ -20,6 +20,7 @@ from kubefit_sandbox.nodes import NodeRequest, NodeRequestError, _check_request,
 from kubefit_sandbox.podstatus import (
     EXIT_ANNOTATION,
     SHUTDOWN_ANNOTATION,
+    START_ANNOTATION,
     PodIPAllocator,
     decide,
     exit_code_from,
@@ -70,6 +71,26 @@ def make_pod(
 def test_a_pending_pod_is_run() -> None:
     assert decide(make_pod("Pending"), NOW).kind == "run"
     assert decide(make_pod(None), NOW).kind == "run"  # no phase yet
+
+
+def test_a_start_annotation_keeps_a_bound_pod_pending_until_that_long_after_its_creation() -> None:
+    created = rfc3339(NOW - timedelta(seconds=10))
+    slow = make_pod("Pending", {START_ANNOTATION: "30"}, creationTimestamp=created)
+    action = decide(slow, NOW)
+    assert (action.kind, action.start_at) == ("start-later", NOW + timedelta(seconds=20))
+    assert decide(slow, NOW + timedelta(seconds=20)).kind == "run"
+    assert decide(make_pod("Pending", {START_ANNOTATION: "5"}, creationTimestamp=created), NOW).kind == "run"
+    assert (
+        decide(make_pod("Running", {START_ANNOTATION: "30"}, creationTimestamp=created), NOW).kind == "none"
+    )
+    # An exit asked for ends it at once, pulling or not.
+    assert decide(make_pod("Pending", {START_ANNOTATION: "30", EXIT_ANNOTATION: "0"}), NOW).kind == "exit"
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "86400"])
+def test_a_bad_start_annotation_is_reported_with_its_name(value: str) -> None:
+    action = decide(make_pod("Pending", {START_ANNOTATION: value}, creationTimestamp=NOW_TEXT), NOW)
+    assert action.kind == "invalid" and START_ANNOTATION in action.message and repr(value) in action.message
 
 
 def test_a_running_pod_without_annotation_is_left_alone() -> None:

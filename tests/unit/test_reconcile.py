@@ -1071,7 +1071,7 @@ def test_a_non_elastic_job_keeps_its_world_until_the_whole_new_size_is_granted()
 # ---------------------------------------------------------------------------------------------- gang timeout
 
 
-def test_a_gang_not_all_running_in_time_releases_every_pod_and_backs_off() -> None:
+def test_a_gang_not_all_placed_in_time_releases_every_pod_and_backs_off() -> None:
     spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
     pods = [pod(0), pod(1, "Pending")]
     admitted = decide(observe(spec, pods), CATALOG)
@@ -1083,7 +1083,7 @@ def test_a_gang_not_all_running_in_time_releases_every_pod_and_backs_off() -> No
     assert timed_out.delete == ("llama-worker-1", "llama-worker-0")
     released = condition(timed_out, "Admitted")
     assert (released["status"], released["reason"]) == ("False", "GangTimeout")
-    assert "1 of 2 admitted workers were Running 60 s after admission" in released["message"]
+    assert "1 of 2 admitted workers were placed on a node 60 s after admission" in released["message"]
     assert ("Warning", "GangTimeout") in events_of(timed_out)
     assert timed_out.demand is None and timed_out.requeue_after == 10.0
     assert status_of(timed_out)["gang"] == {
@@ -1108,6 +1108,17 @@ def test_the_gang_backoff_doubles_per_timeout() -> None:
     status = {key: value for key, value in status.items() if value is not None}
     timed_out = decide(observe(spec, [pod(0, "Pending")], status, NOW + timedelta(seconds=60)), CATALOG)
     assert status_of(timed_out)["gang"]["retries"] == 3 and timed_out.requeue_after == 40.0
+
+
+def test_a_gang_bound_to_its_nodes_but_not_running_yet_is_not_timed_out() -> None:
+    """Every worker bound (pulling a large image, say): the gang holds its devices, nothing to release."""
+    spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
+    pulling = [pod(0, "Pending", node="node-b"), pod(1, "Pending", node="node-c")]
+    bound = decide(observe(spec, pulling), CATALOG)
+    assert status_of(bound)["gang"]["started"] is True and bound.requeue_after is None
+    later = decide(observe(spec, pulling, bound.status, NOW + timedelta(minutes=30)), CATALOG)
+    assert later.delete == () and condition(later, "Admitted")["status"] == "True"
+    assert status_of(later)["phase"] == "Pending"  # placed is not running: the phase still says so
 
 
 def test_a_gang_that_ran_once_is_not_timed_out_later() -> None:

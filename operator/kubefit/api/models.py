@@ -503,9 +503,10 @@ class Scheduling(_Model):
         ge=1,
         le=MAX_INT32,
         default=300,
-        description="Seconds after admission by which every admitted worker must be Running at once. "
-        "Otherwise all workers are deleted (Admitted=False, reason GangTimeout, a Warning event) and the "
-        "job asks for admission again after a backoff of 10 s doubled per timeout, at most 10 minutes.",
+        description="Seconds after admission by which every admitted worker must be placed on a node "
+        "(bound by the scheduler; pulling its image or starting counts) at once. Otherwise all workers are "
+        "deleted (Admitted=False, reason GangTimeout, a Warning event) and the job asks for admission again "
+        "after a backoff of 10 s doubled per timeout, at most 10 minutes.",
     )
     preemption: Preemption = Field(
         default="Never",
@@ -622,12 +623,12 @@ class CheckpointStatus(_Model):
 
 
 class GangStatus(_Model):
-    """The gang timeout's bookkeeping: whether the admitted workers all ran, and the retries after it."""
+    """The gang timeout's bookkeeping: whether the admitted workers were all placed, and the retries."""
 
     started: bool = Field(
         default=False,
-        description="True once every admitted worker has run at once; the gang timeout no longer applies "
-        "until the job is queued again.",
+        description="True once every admitted worker has been placed on a node at once; the gang timeout "
+        "no longer applies until the job is queued again.",
     )
     retries: int = Field(default=0, description="Times the gang timed out and the job was requeued.")
     retry_after: str | None = Field(

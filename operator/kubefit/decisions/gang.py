@@ -56,7 +56,8 @@ def admitted_at(conditions: Sequence[Mapping[str, Any]]) -> datetime | None:
 
 
 def gang_timed_out(gang: GangStatus, admitted: datetime | None, timeout: int, now: datetime) -> bool:
-    """An admitted gang that has not all run at once within `timeout` seconds of its admission."""
+    """An admitted gang whose workers were not all placed on nodes at once within `timeout` seconds of its
+    admission."""
     return not gang.started and admitted is not None and now >= admitted + timedelta(seconds=timeout)
 
 

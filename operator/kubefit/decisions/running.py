@@ -62,12 +62,13 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     if _all_succeeded(ctx.ours, slots):
         return succeeded(ctx, plan.keep)
     ready = _ready(ctx.ours, slots)
+    placed = _placed(ctx.ours, slots)
     gang = previous_gang(ctx.status)
-    gang = gang.model_copy(update={"started": gang.started or ready >= plan.keep})
+    gang = gang.model_copy(update={"started": gang.started or placed >= plan.keep})
     admitted_time = admitted_at(ctx.conditions) or ctx.now
     timeout = ctx.spec.scheduling.gang_timeout_seconds
     if gang_timed_out(gang, admitted_time, timeout, ctx.now):
-        return gang_timeout(ctx, plan.keep, ready)
+        return gang_timeout(ctx, plan.keep, placed)
     draft = _running(ctx, plan, changes, restarts, ready)
     draft.gang = gang
     if not gang.started:  # wake up when the gang timeout expires
@@ -189,13 +190,13 @@ def _message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str | None
     return "; ".join(parts) or None
 
 
-def gang_timeout(ctx: JobContext, target: int, ready: int) -> Draft:
-    """Release every worker of a gang that did not all run in time, and back off."""
+def gang_timeout(ctx: JobContext, target: int, placed: int) -> Draft:
+    """Release every worker of a gang that was not all placed on nodes in time, and back off."""
     timeout = ctx.spec.scheduling.gang_timeout_seconds
     gang: GangStatus = after_timeout(previous_gang(ctx.status), ctx.now)
     wait = backoff_left(gang, ctx.now)
     message = (
-        f"{ready} of {target} admitted workers were Running {timeout} s after admission "
+        f"{placed} of {target} admitted workers were placed on a node {timeout} s after admission "
         f"(spec.scheduling.gangTimeoutSeconds); every worker is deleted and the job asks for admission "
         f"again in {wait:.0f} s (gang timeout {gang.retries})"
     )
@@ -252,6 +253,11 @@ def succeeded(ctx: JobContext, desired: int) -> Draft:
 
 def _ready(ours: Sequence[WorkerPod], slots: frozenset[int]) -> int:
     return sum(1 for pod in ours if pod.ready and pod.index in slots)
+
+
+def _placed(ours: Sequence[WorkerPod], slots: frozenset[int]) -> int:
+    """Workers bound to a node (pulling, starting, running or finished): the gang holds their devices."""
+    return sum(1 for pod in ours if pod.node_name and not pod.terminating and pod.index in slots)
 
 
 def _all_succeeded(ours: Sequence[WorkerPod], slots: frozenset[int]) -> bool:
