@@ -78,6 +78,47 @@ def test_the_memo_equals_build_inventory_as_nodes_and_pods_change(seed: int) -> 
     assert_same(memo, nodes[1:], usage)
 
 
+def change_some_pods(
+    rng: random.Random, nodes: list[NodeFacts], usage: dict[str, list[PodUsage]]
+) -> set[str]:
+    """What kopf's index sees as workers come and go: pods added, removed, replaced by a new object (a
+    change of the pod), a node's last pod gone (its key with it, or an empty list). Returns the nodes."""
+    touched = set()
+    for _ in range(rng.randint(1, 4)):
+        node = rng.choice(nodes).name
+        pods = usage.setdefault(node, [])
+        action = rng.choice(("add", "remove", "replace", "empty"))
+        if action == "add" or not pods:
+            pods.append(
+                PodUsage(node, {"nvidia.com/gpu": rng.choice((1, 2, 4, 8))}, rng.choice([*JOBS, None]))
+            )
+        elif action == "remove":
+            pods.pop(rng.randrange(len(pods)))
+        elif action == "replace":
+            index = rng.randrange(len(pods))
+            pods[index] = PodUsage(node, dict(pods[index].requests), pods[index].job)
+        else:
+            pods.clear()
+        if not pods and rng.random() < 0.5:
+            del usage[node]
+        touched.add(node)
+    return touched
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_memo_follows_pods_changing_a_few_nodes_at_a_time(seed: int) -> None:
+    """Each step changes some pods; the memo counts those nodes again and must equal build_inventory."""
+    rng = random.Random(seed)
+    nodes = [random_node(rng, index) for index in range(rng.randint(8, 30))]
+    usage = random_usage(rng, nodes)
+    memo = InventoryMemo()
+    assert_same(memo, nodes, usage)
+    for _ in range(12):
+        usage = {node: list(pods) for node, pods in usage.items()}  # same objects, new lists: no change
+        change_some_pods(rng, nodes, usage)
+        assert_same(memo, nodes, usage)
+
+
 def test_an_unchanged_snapshot_is_worked_out_once() -> None:
     rng = random.Random(7)
     nodes = [random_node(rng, index) for index in range(20)]

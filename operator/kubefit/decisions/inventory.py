@@ -192,6 +192,10 @@ class InventoryMemo:
     every change of the pod), so any change is a new snapshot and nothing is ever stale. What depends on
     the job is applied per call: which nodes its placement admits (kept per placement), and its own
     workers' devices counted as free (a few nodes changed, in the lists and the pools).
+
+    While workers are created, bound and started, nearly every reconcile meets a new snapshot of the pods.
+    The pods are compared node by node, and only the nodes whose pods changed are counted again and changed
+    in the inventories kept (unless a quarter of the nodes changed: those are built again when asked for).
     """
 
     def __init__(self) -> None:
@@ -211,7 +215,7 @@ class InventoryMemo:
         """What build_inventory(nodes, usage, catalog, for_job, placement) returns, equal in content."""
         with self._lock:
             node_snapshot = self._node_snapshot(nodes, catalog)
-            usage_snapshot = self._usage_snapshot(usage)
+            usage_snapshot = self._usage_snapshot(usage, node_snapshot)
             key = _placement_key(placement)
             base = self._base.get(key)
             if base is None:
@@ -228,13 +232,24 @@ class InventoryMemo:
         self._nodes, self._base = _NodeSnapshot(list(nodes), catalog), {}
         return self._nodes
 
-    def _usage_snapshot(self, usage: Mapping[str, Iterable[PodUsage]]) -> _UsageSnapshot:
-        pods = [pod for bound in usage.values() for pod in bound]
+    def _usage_snapshot(
+        self, usage: Mapping[str, Iterable[PodUsage]], nodes: _NodeSnapshot
+    ) -> _UsageSnapshot:
         held = self._usage
-        if held is not None and _same_objects(held.pods, pods):
+        if held is None:
+            self._usage, self._base = _UsageSnapshot.of(usage), {}
+            return self._usage
+        updated, changed = held.updated(usage)
+        if not changed:
             return held
-        self._usage, self._base = _UsageSnapshot(pods), {}
-        return self._usage
+        self._usage = updated
+        if len(changed) * 4 > len(nodes.accelerator_nodes):
+            self._base = {}
+        else:
+            self._base = {
+                key: nodes.with_usage(base, key, changed, updated) for key, base in self._base.items()
+            }
+        return updated
 
 
 def _same_objects(held: Sequence[Any], seen: Sequence[Any]) -> bool:
@@ -249,14 +264,58 @@ def _placement_key(placement: Placement) -> str:
 class _UsageSnapshot:
     """The extended resources pods hold: per node, and per node for each job's own workers."""
 
-    def __init__(self, pods: list[PodUsage]) -> None:
-        self.pods = pods
-        self.used: dict[str, Counter[str]] = {}
-        self.by_job: dict[tuple[str, str], dict[str, Counter[str]]] = {}
-        for pod in pods:
-            self.used.setdefault(pod.node_name, Counter()).update(pod.requests)
-            if pod.job is not None:
-                self.by_job.setdefault(pod.job, {}).setdefault(pod.node_name, Counter()).update(pod.requests)
+    def __init__(
+        self,
+        pods_by_node: dict[str, list[PodUsage]],
+        used: dict[str, Counter[str]],
+        by_job: dict[tuple[str, str], dict[str, Counter[str]]],
+    ) -> None:
+        self.pods_by_node = pods_by_node  # the PodUsage objects seen, by node name (kopf's index key)
+        self.used = used
+        self.by_job = by_job
+
+    @classmethod
+    def of(cls, usage: Mapping[str, Iterable[PodUsage]]) -> _UsageSnapshot:
+        return cls({}, {}, {}).updated(usage)[0]
+
+    def updated(self, usage: Mapping[str, Iterable[PodUsage]]) -> tuple[_UsageSnapshot, set[str]]:
+        """This snapshot with `usage` (node name -> its pods) seen instead, and the nodes whose pods changed
+        (itself and none when no pod did). Only those nodes are counted again; this one is not changed."""
+        changed: dict[str, list[PodUsage]] = {}
+        for node, bound in usage.items():
+            pods = list(bound)
+            if not _same_objects(self.pods_by_node.get(node, []), pods):
+                changed[node] = pods
+        changed.update((node, []) for node in self.pods_by_node if node not in usage)
+        if not changed:
+            return self, set()
+        return self._recounted(changed), set(changed)
+
+    def _recounted(self, changed: Mapping[str, list[PodUsage]]) -> _UsageSnapshot:
+        snapshot = _UsageSnapshot(dict(self.pods_by_node), dict(self.used), dict(self.by_job))
+        jobs: dict[tuple[str, str], dict[str, Counter[str]]] = {}  # copies of the jobs' entries changed
+
+        def of_job(job: tuple[str, str]) -> dict[str, Counter[str]]:
+            if job not in jobs:
+                jobs[job] = dict(self.by_job.get(job, {}))
+            return jobs[job]
+
+        for node, pods in changed.items():
+            for job in {pod.job for pod in self.pods_by_node.get(node, ()) if pod.job is not None}:
+                of_job(job).pop(node, None)
+            used: Counter[str] = Counter()
+            for pod in pods:
+                used.update(pod.requests)
+                if pod.job is not None:
+                    of_job(pod.job).setdefault(node, Counter()).update(pod.requests)
+            snapshot.pods_by_node[node], snapshot.used[node] = pods, used
+            if not pods:
+                del snapshot.pods_by_node[node], snapshot.used[node]
+        for job, per_node in jobs.items():
+            snapshot.by_job[job] = per_node
+            if not per_node:
+                del snapshot.by_job[job]
+        return snapshot
 
 
 class _NodeSnapshot:
@@ -268,6 +327,7 @@ class _NodeSnapshot:
             ((node, accelerator) for node in nodes if (accelerator := catalog.identify(node.labels))),
             key=lambda entry: entry[0].name,
         )
+        self.by_name = {node.name: (node, accelerator) for node, accelerator in self.accelerator_nodes}
         # Per placement: each accelerator node's place in the inventory (placeable?, index in its list).
         self.places: dict[str, dict[str, tuple[bool, int]]] = {}
 
@@ -293,6 +353,25 @@ class _NodeSnapshot:
             places[node.name] = (ok, counts[ok])
             counts[ok] += 1
         return places
+
+    def with_usage(self, base: Inventory, key: str, nodes: set[str], usage: _UsageSnapshot) -> Inventory:
+        """`base` (of an earlier snapshot of the pods) with the free devices of `nodes` as `usage` counts them."""
+        placeable, excluded = list(base.placeable), list(base.excluded)
+        places = self.places[key]
+        changes = []
+        for name in nodes:
+            place = places.get(name)
+            if place is None:
+                continue  # not an accelerator node
+            is_placeable, index = place
+            entries = placeable if is_placeable else excluded
+            node, accelerator = self.by_name[name]
+            entry = _node_entry(node, accelerator, usage.used.get(name))
+            if entry != entries[index]:
+                if is_placeable:
+                    changes.append((entries[index], entry))
+                entries[index] = entry
+        return Inventory(placeable, excluded, with_changed_nodes(base.pools, changes), base.names)
 
     def without(
         self, base: Inventory, key: str, own: Mapping[str, Counter[str]], usage: _UsageSnapshot
