@@ -13,7 +13,7 @@ import pytest
 from kubefit.api.resource import JobKey
 from kubefit.controller.handlers import SameFacts, WorkerChanges, WorkerNews
 from kubefit.controller.jobs import DELETED_MEMORY_SECONDS, JobCache
-from kubefit.controller.resync import ResyncLoop
+from kubefit.controller.resync import BUSY_SHARE, ResyncLoop
 from kubefit.decisions.inventory import NodeFacts, PodUsage
 
 KEY = ("team", "llama")
@@ -124,6 +124,31 @@ def test_resync_spreads_every_job_over_the_period_and_passes_once() -> None:
     assert passes == [0.0]
     assert reconciled == [(key, 7.5 * n) for n, key in enumerate(keys)]
     assert now[0] == 30.0  # the next period starts one period after this one
+
+
+def test_resync_stretches_its_period_so_reconciles_take_at_most_their_share_of_the_time() -> None:
+    now = [0.0]
+    reconciled: list[float] = []
+    keys = [("team", f"job-{n}") for n in range(10)]
+
+    def reconcile(key: JobKey) -> None:
+        reconciled.append(now[0])
+        now[0] += 1.0  # each reconcile takes 1 s: 10 s of work for a 30 s period, more than its share
+
+    loop = ResyncLoop(30.0, keys=lambda: list(keys), reconcile=reconcile, schedule=lambda: None,
+                      clock=lambda: now[0])  # fmt: skip
+
+    def wait(seconds: float) -> bool:
+        now[0] += seconds
+        return False
+
+    loop._stop.wait = wait  # type: ignore[method-assign]
+    loop.run_period()
+    gaps = [later - earlier for earlier, later in zip(reconciled, reconciled[1:], strict=False)]
+    assert gaps == [pytest.approx(1.0 / BUSY_SHARE)] * 9  # the reconcile, then 4 s of rest at a fifth
+    assert now[0] == pytest.approx(10 / BUSY_SHARE - (1 / BUSY_SHARE - 1))  # no wait after the last one
+    busy = len(keys) * 1.0
+    assert busy / now[0] <= BUSY_SHARE + 0.05
 
 
 def test_resync_goes_on_after_a_reconcile_raises() -> None:
