@@ -14,7 +14,8 @@ ones below their maximum, so a pass has every job to place and a scale change mo
 the cluster is filled (every job's first reconcile, one pass for that burst, the pod events):
 - one scheduling pass over every job (Scheduler.run_pass: capacity, eligible nodes, plan_admissions);
 - one job's reconcile that changes nothing (the resync timer's): observe (inventory of 5,000 nodes),
-  decide, compare the status;
+  decide, compare the status; and the same, each after one other pod changed (kopf's index holds a new
+  object for it), as while workers are created and started;
 - one job's scale change: its reconcile and the pass it requests (run inline here); the reconciles of the
   other jobs whose grant that pass changed are counted and timed apart (the operator runs them on the
   scheduler's threads);
@@ -34,6 +35,7 @@ import random
 import statistics
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Any, cast
 
 import kopf
@@ -237,6 +239,19 @@ class Horizon:
         keys = self.rng.sample(self.keys, count)
         return [_seconds(lambda key=key: self.reconciler.reconcile(key, "timer", self.view)) for key in keys]
 
+    def timed_after_a_pod_change(self, count: int) -> list[float]:
+        """A reconcile that changes nothing, each after one other pod changed (kopf's index holds a new object
+        for it: a worker bound or started elsewhere), as while workers are being created and started."""
+        keys = self.rng.sample(self.keys, count)
+        nodes = sorted(node for node, pods in self.store.usage.items() if pods)
+        timed = []
+        for key in keys:
+            pods = self.store.usage[self.rng.choice(nodes)]
+            name = self.rng.choice(sorted(pods))
+            pods[name] = replace(pods[name])
+            timed.append(_seconds(lambda key=key: self.reconciler.reconcile(key, "timer", self.view)))
+        return timed
+
     def timed_scales(self, count: int) -> tuple[list[float], list[int], list[float]]:
         """An elastic job's replicas changed (as `kubectl scale` does): (its reconcile with the pass it asks
         for, the other jobs that pass changed, their reconciles in all), per change."""
@@ -311,6 +326,8 @@ def main() -> None:
     passes = horizon.timed_passes(max(5, args.samples // 20))
     print(line("scheduling pass over every job (run_pass)            ", passes))
     print(line("one job's reconcile that changes nothing (resync)    ", horizon.timed_resyncs(args.samples)))
+    print(line("the same, each after another pod changed             ",
+               horizon.timed_after_a_pod_change(args.samples)))  # fmt: skip
     decisions, others, follow_on = horizon.timed_scales(args.samples // 4)
     print(line("one job's scale change: its reconcile and the pass   ", decisions))
     print(f"  each pass changed {statistics.median(others):.0f} other jobs (median; max {max(others)}), whose "

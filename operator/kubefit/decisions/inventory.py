@@ -273,6 +273,7 @@ class _UsageSnapshot:
         self.pods_by_node = pods_by_node  # the PodUsage objects seen, by node name (kopf's index key)
         self.used = used
         self.by_job = by_job
+        self.pods: list[PodUsage] = []  # all of them, in the order seen: one comparison says "no change"
 
     @classmethod
     def of(cls, usage: Mapping[str, Iterable[PodUsage]]) -> _UsageSnapshot:
@@ -281,15 +282,21 @@ class _UsageSnapshot:
     def updated(self, usage: Mapping[str, Iterable[PodUsage]]) -> tuple[_UsageSnapshot, set[str]]:
         """This snapshot with `usage` (node name -> its pods) seen instead, and the nodes whose pods changed
         (itself and none when no pod did). Only those nodes are counted again; this one is not changed."""
+        every_pod = [pod for bound in usage.values() for pod in bound]
+        if _same_objects(self.pods, every_pod):
+            return self, set()
         changed: dict[str, list[PodUsage]] = {}
         for node, bound in usage.items():
             pods = list(bound)
             if not _same_objects(self.pods_by_node.get(node, []), pods):
                 changed[node] = pods
         changed.update((node, []) for node in self.pods_by_node if node not in usage)
-        if not changed:
+        if not changed:  # the same pods per node, listed in another order of the nodes
+            self.pods = every_pod
             return self, set()
-        return self._recounted(changed), set(changed)
+        snapshot = self._recounted(changed)
+        snapshot.pods = every_pod
+        return snapshot, set(changed)
 
     def _recounted(self, changed: Mapping[str, list[PodUsage]]) -> _UsageSnapshot:
         snapshot = _UsageSnapshot(dict(self.pods_by_node), dict(self.used), dict(self.by_job))
