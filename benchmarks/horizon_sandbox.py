@@ -98,9 +98,8 @@ GPUS_PER_NODE = 8
 # Heartbeats the node agent may write a second (each is 2 writes: the node status and its Lease): at 5,000
 # nodes every 20 s would be 250 a second, more than 2 cores hold beside the rest.
 HEARTBEAT_NODES_PER_S = 25.0
-# The probe's accelerator, which no other job asks for: the admission queue's head-of-line reservation is
-# per accelerator (decisions/admission.py, _Queue.reserving), so a probe on H100 would wait behind any H100
-# job that has waited past --head-of-line-timeout-seconds, even on a node that job cannot use.
+# The probe's accelerator, which no other job asks for, on a node of its own: a probe on H100 would wait
+# behind any H100 job that has waited past --head-of-line-timeout-seconds and may use its node.
 PROBE_POOL, PROBE_ACCELERATOR = "probe", "nvidia-l40s"
 NODE_CREATORS = 4  # threads creating nodes
 RSS_SAMPLE_S = 2.0
@@ -279,7 +278,7 @@ def buckets_line(label: str, histogram: Histogram) -> str:
 class JobState:
     phase: str | None = None
     admitted_at: float | None = None  # when first seen with Admitted=True
-    gang_timeouts: int = 0  # status.gang.retries: admitted workers not all Running within the gang timeout
+    gang_timeouts: int = 0  # status.gang.retries: admitted workers not all placed within the gang timeout
     settled_at: float | None = None  # when last seen turning Running or Queued
 
 
