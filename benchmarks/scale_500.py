@@ -262,11 +262,14 @@ def operator_command(namespace: str, profile_dir: Path | None) -> list[str]:
 
 
 @contextmanager
-def running_operator(sandbox: Sandbox, namespace: str, profile_dir: Path | None) -> Iterator[Operator]:
+def running_operator(
+    sandbox: Sandbox, namespace: str, profile_dir: Path | None, watched: str | None = None
+) -> Iterator[Operator]:
+    """`kubefit run` watching `watched` (a namespace pattern; default: `namespace` alone)."""
     log = sandbox.state_dir / "logs" / "bench-scale-operator.log"
     env = {**os.environ, **sandbox.env(), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        operator_command(f"{OPERATOR_NAMESPACES}-*", profile_dir),
+        operator_command(watched or namespace, profile_dir),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,
@@ -795,7 +798,7 @@ def main() -> int:
         api_client = new_api_client(sandbox.kubeconfig_path)
         bench = Bench(sandbox, api_client, PodWatch(api_client))
         namespace = create_namespace(bench.core, OPERATOR_NAMESPACES)
-        with running_operator(sandbox, namespace, args.profile) as operator:
+        with running_operator(sandbox, namespace, args.profile, f"{OPERATOR_NAMESPACES}-*") as operator:
             progress(f"sandbox, {args.jobs} jobs' nodes and the operator up ({sandbox.state_dir})")
             bench.shapes = bench.warm_up(namespace)
             run_sides(bench, operator, figures, progress)
