@@ -87,7 +87,8 @@ class Grant:
     workers: int | None  # granted workers; None: no pass has decided yet (treat as queued)
     waiting: str | None = None  # a queued job: what is missing
     reason: str | None = None  # why the grant last changed (ScaledUp, ShrunkForPriority, Preempted, ...)
-    # The kubernetes.io/hostname labels of the nodes the last pass reserved for the job's unbound workers.
+    # The kubernetes.io/hostname labels of the nodes the last pass reserved for the job's unbound workers,
+    # which new workers are held to (builders/placement.py).
     hostnames: frozenset[str] = frozenset()
 
 
@@ -531,15 +532,16 @@ def node_capacity(
 
 
 def _hostnames(plan: AdmissionPlan, nodes: Iterable[NodeFacts]) -> dict[JobKey, frozenset[str]]:
-    """Per job with reserved places, the kubernetes.io/hostname labels of those nodes (a node without the
-    label is left out: a worker cannot be steered to it by a label)."""
+    """Per job with reserved places, the kubernetes.io/hostname labels of those nodes. If one of them has no
+    such label, none: workers held to the labelled ones alone could not use it (the kubelet always sets it)."""
     if not plan.reserved:
         return {}
     label = {node.name: node.labels.get(HOSTNAME_LABEL) for node in nodes}
-    return {
-        key: frozenset(hostname for node in reserved if (hostname := label.get(node)))
-        for key, reserved in plan.reserved.items()
-    }
+    hostnames = {}
+    for key, reserved in plan.reserved.items():
+        labels = [label.get(node) for node in reserved]
+        hostnames[key] = frozenset(name for name in labels if name) if all(labels) else frozenset()
+    return hostnames
 
 
 def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:
