@@ -462,58 +462,27 @@ def test_headless_service_selects_the_workers() -> None:
     assert [port["port"] for port in service["spec"]["ports"]] == [29500]
 
 
-def test_reserved_hostnames_are_anded_into_every_required_term_and_keep_the_users() -> None:
-    from kubefit.builders.placement import pinned_hostnames, with_reserved_hostnames
+def test_preferred_hostnames_add_one_preferred_term_and_keep_the_users() -> None:
+    from kubefit.builders.placement import with_preferred_hostnames
 
-    zone = {"key": "zone", "operator": "In", "values": ["a"]}
-    rack = {"key": "rack", "operator": "In", "values": ["r1"]}
-    preferred = [{"weight": 5, "preference": {"matchExpressions": [zone]}}]
-    affinity = {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": [zone]}, {"matchExpressions": [rack]}]
-            },
-            "preferredDuringSchedulingIgnoredDuringExecution": preferred,
-        }
+    users = {
+        "weight": 5,
+        "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
     }
-    merged = with_reserved_hostnames(affinity, ["b-host", "a-host"])
-    hold = {"key": "kubernetes.io/hostname", "operator": "In", "values": ["a-host", "b-host"]}
-    node_affinity = merged["nodeAffinity"]
-    assert node_affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] == [
-        {"matchExpressions": [zone, hold]},
-        {"matchExpressions": [rack, hold]},
-    ]
-    assert node_affinity["preferredDuringSchedulingIgnoredDuringExecution"] == preferred
-    assert (
-        len(
-            affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][
-                0
-            ]["matchExpressions"]
-        )
-        == 1
-    )  # not changed
-    assert with_reserved_hostnames(affinity, []) == affinity
-    assert with_reserved_hostnames({}, ["h"])["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    ] == {
-        "nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["h"]}]}
-        ]
-    }
-
-    assert pinned_hostnames(merged) == frozenset({"a-host", "b-host"})
-    assert pinned_hostnames(affinity) is None  # a term without the label allows any node
-    assert pinned_hostnames(None) is None
-    # Terms are ORed; two expressions on the label within a term intersect.
-    own = {"key": "kubernetes.io/hostname", "operator": "In", "values": ["b-host", "c-host"]}
-    both = with_reserved_hostnames(
+    affinity = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [users]}}
+    merged = with_preferred_hostnames(affinity, ["b-host", "a-host"])
+    assert merged["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == [
+        users,
         {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [{"matchExpressions": [own]}, {"matchExpressions": [zone]}]
-                }
-            }
+            "weight": 100,
+            "preference": {
+                "matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": ["a-host", "b-host"]}
+                ]
+            },
         },
-        ["a-host", "b-host"],
-    )
-    assert pinned_hostnames(both) == frozenset({"b-host", "a-host"})
+    ]
+    assert affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == [
+        users
+    ]  # not changed
+    assert with_preferred_hostnames(affinity, []) == affinity

@@ -423,49 +423,22 @@ def test_a_decision_holds_worker_indices_not_manifests() -> None:
         decide(observe(raw_spec(runPolicy={"suspend": True})), CATALOG).worker_pod(0)
 
 
-def test_new_workers_are_held_to_the_nodes_the_pass_reserved_for_them() -> None:
+def test_new_workers_prefer_the_nodes_the_pass_reserved_for_them() -> None:
     reserved = replace(observe(), reserved_hostnames=frozenset({"gpu-b", "gpu-a"}))
-    manifest = decide(reserved, CATALOG).worker_pod(0)
-    terms = manifest["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"
+    affinity = decide(reserved, CATALOG).worker_pod(0)["spec"]["affinity"]["nodeAffinity"]
+    assert affinity["preferredDuringSchedulingIgnoredDuringExecution"] == [
+        {
+            "weight": 100,
+            "preference": {
+                "matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": ["gpu-a", "gpu-b"]}
+                ]
+            },
+        }
     ]
-    hold = {"key": "kubernetes.io/hostname", "operator": "In", "values": ["gpu-a", "gpu-b"]}
-    assert terms and all(term["matchExpressions"][-1] == hold for term in terms)
-    # the accelerator's label is still required in every term
-    assert all(len(term["matchExpressions"]) > 1 for term in terms)
-    assert worker_from_pod(manifest).pinned_to == frozenset({"gpu-a", "gpu-b"})  # type: ignore[union-attr]
-    plain = decide(observe(), CATALOG).worker_pod(0)
-    assert worker_from_pod(plain).pinned_to is None  # type: ignore[union-attr]
-
-
-def held(index: int, hostnames: set[str], *, node: str | None = None, phase: str = "Pending") -> WorkerPod:
-    return replace(pod(index, phase, node=node), pinned_to=frozenset(hostnames))
-
-
-def test_an_unbound_worker_held_to_nodes_no_longer_reserved_is_made_again_without_a_restart() -> None:
-    spec = raw_spec(workers={"replicas": 3})
-    pods = [
-        held(0, {"gpu-a"}, node="gpu-a", phase="Running"),  # bound: stays wherever it runs
-        held(1, {"gpu-a", "gpu-b"}),  # gpu-b is still reserved: it may still go there
-        held(2, {"gpu-c"}),  # gpu-c was taken: none of its nodes is reserved any more
-    ]
-    observation = replace(observe(spec, pods), reserved_hostnames=frozenset({"gpu-b", "gpu-d"}))
-    decision = decide(observation, CATALOG)
-    assert decision.delete == ("llama-worker-2",)
-    assert decision.create == ()  # its name is free only once it is gone
-    assert status_of(decision)["restarts"] == 0
-    # Gone: made again, held to the reservation of now.
-    again = decide(replace(observation, pods=pods[:2]), CATALOG)
-    assert again.create == (2,)
-    assert worker_from_pod(again.worker_pod(2)).pinned_to == frozenset({"gpu-b", "gpu-d"})  # type: ignore[union-attr]
-
-
-def test_held_workers_stay_while_no_pass_has_reserved_anything_since_the_operator_started() -> None:
-    pods = [held(0, {"gpu-c"}), held(1, {"gpu-c"})]
-    assert decide(observe(pods=pods), CATALOG).delete == ()
-    # and a worker whose affinity allows any node is never moved
-    free = [pod(0, "Pending"), pod(1, "Pending")]
-    assert decide(replace(observe(pods=free), reserved_hostnames=frozenset({"gpu-b"})), CATALOG).delete == ()
+    assert affinity["requiredDuringSchedulingIgnoredDuringExecution"]  # the accelerator's terms stay
+    plain = decide(observe(), CATALOG).worker_pod(0)["spec"]["affinity"]["nodeAffinity"]
+    assert "preferredDuringSchedulingIgnoredDuringExecution" not in plain
 
 
 def test_workers_request_the_host_memory_of_the_one_sizing_path_without_estimating_again(

@@ -543,8 +543,7 @@ def test_a_grant_names_the_hostnames_of_the_nodes_reserved_for_its_unbound_worke
     scheduler.request("pod", cluster.view())
     assert scheduler.grant(key, cluster.workers[key]).hostnames == frozenset()
 
-    # A node without the label: nothing is named (workers held to the others could not use it); best fit is
-    # n3 (4 free) over n2 (8 free).
+    # A node without the label is not named (no label to steer by): best fit is n3 (4 free) over n2 (8 free).
     cluster.nodes = nodes
     other = ("ns", "other")
     scheduler.offer(other, demand("other", per_worker=4, min_workers=1, want=1), ANYWHERE, cluster.view())

@@ -4,13 +4,12 @@ The accelerator's catalog `match` label sets become required nodeAffinity terms 
 any one label set identifies a node). A user's own required terms are kept by ANDing each of them with
 each accelerator term; nodeSelector, preferred terms and pod (anti-)affinity are left untouched.
 
-A worker is also held to the nodes the scheduling pass reserved for its job: every required term gets a
-`kubernetes.io/hostname In (...)` expression. kube-scheduler scores nodes by its own rules (spreading by CPU
-and memory) and, left alone, can put a small job on the empty node a gang was counted on; a preference was
-not enough on a full cluster (another job's worker still took the node). A requirement also narrows what
-kube-scheduler evaluates per pod to those nodes, which is what kept it from falling behind at 5,000 nodes.
-A worker whose reserved nodes are all taken is deleted unbound and made again for the pass's new
-reservation (decisions/running.py), so the requirement never strands it.
+A worker is also steered, softly, to the nodes the scheduling pass reserved for the job: one preferred term
+of the highest weight on their kubernetes.io/hostname labels. kube-scheduler scores nodes by its own rules
+(spreading by CPU and memory among them) and, left alone, can put a small job on the empty node a gang was
+counted on; a preference, not a requirement, so a worker still starts elsewhere if its reserved node went.
+The label, not the node's name: kube-scheduler before 1.21 scores preferred terms by their matchExpressions
+only.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from typing import Any
 
 Term = dict[str, Any]
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+PREFERENCE_WEIGHT = 100  # the most a preferred term can weigh (PreferredSchedulingTerm.weight: 1-100)
 
 
 def accelerator_terms(match: Sequence[Mapping[str, str]]) -> list[Term]:
@@ -69,42 +69,17 @@ def with_accelerator_affinity(
     return merged
 
 
-def with_reserved_hostnames(affinity: Mapping[str, Any], hostnames: Sequence[str]) -> dict[str, Any]:
-    """A copy of `affinity` whose required node affinity also demands a kubernetes.io/hostname among
-    `hostnames` (ANDed into every required term; the only term if there is none)."""
+def with_preferred_hostnames(affinity: Mapping[str, Any], hostnames: Sequence[str]) -> dict[str, Any]:
+    """A copy of `affinity` that also prefers nodes whose kubernetes.io/hostname is one of `hostnames`."""
     merged: dict[str, Any] = copy.deepcopy(dict(affinity))
     if not hostnames:
         return merged
-    expression = {"key": HOSTNAME_LABEL, "operator": "In", "values": sorted(hostnames)}
     node_affinity = merged.setdefault("nodeAffinity", {})
-    required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
-    terms = merge_required_terms(
-        required.get("nodeSelectorTerms") or [], [{"matchExpressions": [expression]}]
-    )
-    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {**required, "nodeSelectorTerms": terms}
+    preferred = list(node_affinity.get("preferredDuringSchedulingIgnoredDuringExecution") or [])
+    expression = {"key": HOSTNAME_LABEL, "operator": "In", "values": sorted(hostnames)}
+    preferred.append({"weight": PREFERENCE_WEIGHT, "preference": {"matchExpressions": [expression]}})
+    node_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = preferred
     return merged
-
-
-def pinned_hostnames(affinity: Mapping[str, Any] | None) -> frozenset[str] | None:
-    """The kubernetes.io/hostname values a pod's required node affinity allows, or None if some term allows
-    any hostname. Terms are ORed; within a term, several `In` expressions on the label intersect."""
-    required = ((affinity or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    )
-    terms = (required or {}).get("nodeSelectorTerms") or []
-    if not terms:
-        return None
-    allowed: set[str] = set()
-    for term in terms:
-        sets = [
-            set(expression.get("values") or ())
-            for expression in term.get("matchExpressions") or ()
-            if expression.get("key") == HOSTNAME_LABEL and expression.get("operator") == "In"
-        ]
-        if not sets:
-            return None
-        allowed |= set.intersection(*sets)
-    return frozenset(allowed)
 
 
 def with_accelerator_toleration(

@@ -20,7 +20,7 @@ from kubefit.builders.naming import (
 from kubefit.builders.placement import (
     with_accelerator_affinity,
     with_accelerator_toleration,
-    with_reserved_hostnames,
+    with_preferred_hostnames,
 )
 from kubefit.builders.rendezvous import WorkerGroup, rendezvous_env
 from kubefit.builders.resources import worker_resources
@@ -46,8 +46,8 @@ class WorkerSet:
     # per job with the rest of the sizing (decisions.job_sizing), never estimated here.
     host_bytes_per_worker: int = 0
     # The kubernetes.io/hostname labels of the nodes the scheduling pass reserved for the workers to create
-    # (required: builders/placement.py); empty: no reservation, any eligible node.
-    reserved_hostnames: tuple[str, ...] = ()
+    # (a preference: builders/placement.py).
+    preferred_hostnames: tuple[str, ...] = ()
 
     @property
     def group(self) -> WorkerGroup:
@@ -126,9 +126,9 @@ def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
         "restartPolicy": "Never",
         "hostname": worker_name(worker_set.job.name, index),
         "subdomain": worker_set.job.name,
-        "affinity": with_reserved_hostnames(
+        "affinity": with_preferred_hostnames(
             with_accelerator_affinity(pod_spec.get("affinity"), worker_set.accelerator.match),
-            worker_set.reserved_hostnames,
+            worker_set.preferred_hostnames,
         ),
         "tolerations": with_accelerator_toleration(
             pod_spec.get("tolerations"), worker_set.sizing.resource_name

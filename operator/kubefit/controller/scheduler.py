@@ -87,8 +87,7 @@ class Grant:
     workers: int | None  # granted workers; None: no pass has decided yet (treat as queued)
     waiting: str | None = None  # a queued job: what is missing
     reason: str | None = None  # why the grant last changed (ScaledUp, ShrunkForPriority, Preempted, ...)
-    # The kubernetes.io/hostname labels of the nodes the last pass reserved for the job's unbound workers,
-    # which new workers are held to (builders/placement.py).
+    # The kubernetes.io/hostname labels of the nodes the last pass reserved for the job's unbound workers.
     hostnames: frozenset[str] = frozenset()
 
 
@@ -532,16 +531,15 @@ def node_capacity(
 
 
 def _hostnames(plan: AdmissionPlan, nodes: Iterable[NodeFacts]) -> dict[JobKey, frozenset[str]]:
-    """Per job with reserved places, the kubernetes.io/hostname labels of those nodes. If one of them has no
-    such label, none: workers held to the labelled ones alone could not use it (the kubelet always sets it)."""
+    """Per job with reserved places, the kubernetes.io/hostname labels of those nodes (a node without the
+    label is left out: a worker cannot be steered to it by a label)."""
     if not plan.reserved:
         return {}
     label = {node.name: node.labels.get(HOSTNAME_LABEL) for node in nodes}
-    hostnames = {}
-    for key, reserved in plan.reserved.items():
-        labels = [label.get(node) for node in reserved]
-        hostnames[key] = frozenset(name for name in labels if name) if all(labels) else frozenset()
-    return hostnames
+    return {
+        key: frozenset(hostname for node in reserved if (hostname := label.get(node)))
+        for key, reserved in plan.reserved.items()
+    }
 
 
 def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:

@@ -79,7 +79,7 @@ class Holding:
     # removes them (highest index first), so the devices it counts on are the ones that really come free.
     nodes_by_index: Sequence[str] = ()
     # Where the last pass reserved its unbound workers (AdmissionPlan.reserved). They are reserved there again
-    # while those nodes have room: the workers created since are held to those nodes (builders/placement.py).
+    # while those nodes have room: the workers created since prefer those nodes (builders/placement.py).
     reserved: Mapping[str, int] = field(default_factory=dict)
 
 

@@ -133,5 +133,5 @@ def worker_set(ctx: JobContext, workers: int) -> WorkerSet:
         bounds.ceiling,
         checkpoint=checkpoint,
         host_bytes_per_worker=ctx.host_bytes_per_worker,
-        reserved_hostnames=tuple(sorted(ctx.observation.reserved_hostnames)),
+        preferred_hostnames=tuple(sorted(ctx.observation.reserved_hostnames)),
     )

@@ -82,7 +82,7 @@ class JobObservation:
     waiting: str | None = None
     grant_reason: str | None = None
     # The kubernetes.io/hostname labels of the nodes the pass reserved for the job's unbound workers: new
-    # workers are held to them (scheduler.Grant.hostnames; builders/placement.py).
+    # workers prefer them (scheduler.Grant.hostnames).
     reserved_hostnames: frozenset[str] = frozenset()
     # Acknowledgements of the open checkpoint request (status.checkpoint.requestId): worker pod -> step.
     checkpoint_acks: Mapping[str, int] = field(default_factory=dict)

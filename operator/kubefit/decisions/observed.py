@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubefit.builders.naming import JOB_LABEL, worker_index
-from kubefit.builders.placement import pinned_hostnames
 
 # Pod phases (core/v1 PodStatus.phase), not the job's: those are kubefit.api.conditions.JobPhase.
 POD_RUNNING = "Running"
@@ -26,8 +25,6 @@ class WorkerPod:
     node_name: str | None = None
     terminating: bool = False  # deletionTimestamp set
     controller_uid: str | None = None  # uid of the owner reference with controller=true
-    # The kubernetes.io/hostname labels its required node affinity allows; None: any (builders/placement.py).
-    pinned_to: frozenset[str] | None = None
 
     @property
     def ready(self) -> bool:
@@ -67,5 +64,4 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         node_name=(pod.get("spec") or {}).get("nodeName") or None,
         terminating=metadata.get("deletionTimestamp") is not None,
         controller_uid=_controller_uid(metadata),
-        pinned_to=pinned_hostnames((pod.get("spec") or {}).get("affinity")),
     )

@@ -69,20 +69,17 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     timeout = ctx.spec.scheduling.gang_timeout_seconds
     if gang_timed_out(gang, admitted_time, timeout, ctx.now):
         return gang_timeout(ctx, plan.keep, placed)
-    draft = _running(ctx, plan, changes, restarts, ready, _held_elsewhere(ctx, slots))
+    draft = _running(ctx, plan, changes, restarts, ready)
     draft.gang = gang
     if not gang.started:  # wake up when the gang timeout expires
         draft.requeue_after.append((admitted_time + timedelta(seconds=timeout) - ctx.now).total_seconds())
     return draft
 
 
-def _running(
-    ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int, ready: int, moved: Sequence[str]
-) -> Draft:
+def _running(ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int, ready: int) -> Draft:
     shake = handshake(ctx, plan.removal)
     doomed = plan.removal.doomed if plan.removal else ()
     delete = tuple(name for name in changes.delete if name not in doomed) + (doomed if shake.proceed else ())
-    delete += tuple(name for name in moved if name not in delete)
     backoff = restart_backoff_left(ctx.status, restarts_of(ctx.status), ctx.now)
     create = () if backoff > 0 or plan.restart else changes.create
     desired = ctx.bounds.desired if plan.restart and shake.proceed else plan.keep
@@ -251,24 +248,6 @@ def succeeded(ctx: JobContext, desired: int) -> Draft:
         restarts=restarts_of(ctx.status),
         desired=0,
         completion_time=rfc3339(ctx.now),
-    )
-
-
-def _held_elsewhere(ctx: JobContext, slots: frozenset[int]) -> tuple[str, ...]:
-    """Unbound workers held to nodes of which the pass reserves none for the job any more (another pod took
-    the devices, or the node went). A pod's affinity cannot change, so each is deleted and made again for
-    the new reservation; being unbound, it holds no devices and has run nothing, so it is not a restart."""
-    reserved = ctx.observation.reserved_hostnames
-    if not reserved:  # no pass has reserved anything since this operator started: nothing to compare with
-        return ()
-    return tuple(
-        pod.name
-        for pod in ctx.ours
-        if pod.index in slots
-        and pod.unscheduled
-        and not pod.terminating
-        and pod.pinned_to is not None
-        and not pod.pinned_to & reserved
     )
 
 
