@@ -149,10 +149,13 @@ def node_manifest(pool: NodePool, name: str, index: int, now: str) -> dict[str, 
     return manifest
 
 
-def horizon_job(index: int, rng: random.Random) -> dict[str, Any]:
+def horizon_job(index: int, rng: random.Random, gang_timeout: int | None = None) -> dict[str, Any]:
     """horizon_decisions.py's job of this index, as a client applies it: only a name in its metadata, and a
-    worker template with a command whose pods stop at once when deleted."""
+    worker template with a command whose pods stop at once when deleted; spec.scheduling.gangTimeoutSeconds
+    when given (else the API's default)."""
     job = decisions_job(index, rng)
+    if gang_timeout is not None:
+        job["spec"].setdefault("scheduling", {})["gangTimeoutSeconds"] = gang_timeout
     job["metadata"] = {"name": job["metadata"]["name"]}
     container = {"name": "trainer", "image": "ghcr.io/acme/train:1", "command": ["train"]}
     job["spec"]["template"] = {
@@ -547,14 +550,20 @@ class Run:
         self.phases.append(phase)
 
 
-def fill(run: Run, names: list[str], timeout: float, progress: Callable[[str], None]) -> None:
+def fill(
+    run: Run,
+    names: list[str],
+    timeout: float,
+    progress: Callable[[str], None],
+    gang_timeout: int | None = None,
+) -> None:
     """Applies the jobs; times the applies, the last admission, the last worker pod, the settled state."""
     rng, namespace = random.Random(11), run.operator.namespace
     watch = JobWatch(run.bench.api_client, namespace)
     with run.phase("fill: the jobs applied until every one is Running or Queued") as phase:
         started = run.fill_started = time.monotonic()
         for index in range(len(names)):
-            run.bench.apply_job(namespace, horizon_job(index, rng))
+            run.bench.apply_job(namespace, horizon_job(index, rng, gang_timeout))
         applied = time.monotonic() - started
         progress(f"{len(names)} jobs applied in {applied:.1f} s; waiting for them to settle")
         settled_at = watch.wait_settled(names, timeout) - started
@@ -676,6 +685,13 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--resync-seconds", type=float, help="the operator's --resync-seconds (its default)")
     parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="for the fill to settle (3600 s)")
     parser.add_argument("--operator-log", type=Path, help="copy the operator's log here at the end")
+    parser.add_argument(
+        "--gang-timeout-seconds",
+        type=int,
+        help="the jobs' spec.scheduling.gangTimeoutSeconds (default: the API's 300 s); kube-scheduler on a "
+        "2-core machine places about 3 pods a second at 5,000 nodes, so gangs admitted into its backlog "
+        "time out and are made again unless this is longer than the backlog",
+    )
     args = parser.parse_args()
     if args.nodes < 1 or args.jobs < 1 or args.changes < 0 or not 0 < args.nodes < 8192:
         parser.error("--nodes must be 1 to 8191, --jobs at least 1, --changes at least 0")
@@ -737,7 +753,9 @@ def measure(run: Run, args: argparse.Namespace, progress: Callable[[str], None])
     sampler = Sampler(
         {"operator": run.pids["operator"], "kube-apiserver": run.pids["kube-apiserver"]}, run.metrics_text
     )
-    fill(run, names, args.timeout, progress)
+    gang_timeout = args.gang_timeout_seconds
+    run.facts.append(f"the jobs' gangTimeoutSeconds: {gang_timeout or 'the default, 300'} s")
+    fill(run, names, args.timeout, progress, gang_timeout)
     progress(f"settled; steady for {args.steady_seconds:.0f} s")
     steady(run, args.steady_seconds)
     progress(f"scaling the probe job {args.changes} times")
