@@ -695,6 +695,8 @@ def arguments() -> argparse.Namespace:
     args = parser.parse_args()
     if args.nodes < 1 or args.jobs < 1 or args.changes < 0 or not 0 < args.nodes < 8192:
         parser.error("--nodes must be 1 to 8191, --jobs at least 1, --changes at least 0")
+    if args.gang_timeout_seconds is not None and args.gang_timeout_seconds < 1:
+        parser.error("--gang-timeout-seconds must be at least 1 (spec.scheduling.gangTimeoutSeconds)")
     return args
 
 

@@ -96,6 +96,24 @@ def test_the_jobs_are_horizon_decisions_mix_as_a_client_applies_them() -> None:
     }
 
 
+def test_a_gang_timeout_given_is_every_jobs_and_a_bad_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(11)
+    assert all(
+        job["spec"]["scheduling"]["gangTimeoutSeconds"] == 3600
+        for job in (horizon.horizon_job(index, rng, 3600) for index in range(50))
+    )
+    plain = horizon.horizon_job(0, random.Random(11))
+    assert "gangTimeoutSeconds" not in plain["spec"].get("scheduling", {})
+    monkeypatch.setattr(sys, "argv", ["horizon_sandbox.py", "--gang-timeout-seconds", "3600"])
+    assert horizon.arguments().gang_timeout_seconds == 3600
+    monkeypatch.setattr(sys, "argv", ["horizon_sandbox.py", "--gang-timeout-seconds", "0"])
+    with pytest.raises(SystemExit):
+        horizon.arguments()
+    assert "--gang-timeout-seconds must be at least 1" in capsys.readouterr().err
+
+
 def test_the_probe_asks_for_an_accelerator_no_other_job_does() -> None:
     spec = horizon.probe_job()["spec"]
     rng = random.Random(11)
