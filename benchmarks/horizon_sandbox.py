@@ -777,7 +777,7 @@ def main() -> int:
     def progress(message: str) -> None:
         print(f"[{time.monotonic() - began:7.1f} s] {message}", file=sys.stderr, flush=True)
 
-    scale_500.stop_cleanly_on_sigterm()
+    scale_500.stop_cleanly_on_signals()
     machine_before = machine()
     with (
         tempfile.TemporaryDirectory() as scratch,

@@ -772,7 +772,7 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({model}), load average {load}, Python {sys.version.split()[0]}"
 
 
-def stop_cleanly_on_sigterm() -> None:
+def stop_cleanly_on_signals() -> None:
     """SIGTERM (and SIGINT, which a shell ignores in a background job) raise SystemExit, so the `finally`s
     stop the operator and delete the sandbox instead of leaving them running."""
     for number in (signal.SIGTERM, signal.SIGINT):
@@ -780,7 +780,7 @@ def stop_cleanly_on_sigterm() -> None:
 
 
 def main() -> int:
-    stop_cleanly_on_sigterm()
+    stop_cleanly_on_signals()
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500, help="TrainingJobs on each side (default 500)")
     parser.add_argument("--changes", type=int, default=50, help="scale changes of the probe job (default 50)")
