@@ -21,6 +21,7 @@ Pure and deterministic: the same inputs give the same plan.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -161,6 +162,17 @@ class _Cluster:
     accelerator_of: dict[str, str]
     nodes_of: dict[str, list[str]]  # accelerator -> node names, sorted
     eligible_cache: dict[tuple[str, frozenset[str]], list[str]] = field(default_factory=dict)
+    # accelerator -> free devices -> its nodes with that many free, sorted by name. A job that may use every
+    # node of its accelerator (the usual case) finds its best-fit places and counts its slots from these
+    # few lists instead of walking thousands of nodes (docs/performance.md, the seventh round).
+    rooms: dict[str, dict[int, list[str]]] = field(default_factory=dict)
+    # id of a nodes_of list -> its accelerator: `nodes` is every node of one accelerator.
+    whole: dict[int, str] = field(default_factory=dict)
+    # (id of a node list, devices per worker) -> workers it holds with nothing else running (_satisfiable).
+    capacity_slots: dict[tuple[int, int], int] = field(default_factory=dict)
+    largest_of: dict[int, int] = field(
+        default_factory=dict
+    )  # id of a node list -> its largest node's devices
 
     def nodes_for(self, demand: Demand) -> list[str]:
         nodes = self.nodes_of.get(demand.accelerator, [])
@@ -171,9 +183,65 @@ class _Cluster:
             self.eligible_cache[cache_key] = [name for name in nodes if name in demand.eligible_nodes]
         return self.eligible_cache[cache_key]
 
+    def index_rooms(self) -> None:
+        """Builds `rooms` and `whole` from `free` and `nodes_of` (once, after both are filled)."""
+        for accelerator, nodes in self.nodes_of.items():
+            self.whole[id(nodes)] = accelerator
+            rooms = self.rooms[accelerator] = {}
+            for node in nodes:  # sorted, so every list is too
+                rooms.setdefault(self.free[node], []).append(node)
+
+    def add_free(self, node: str, devices: int) -> None:
+        """Every change of a node's free devices comes here, so that `rooms` follows it."""
+        before = self.free[node]
+        self.free[node] = before + devices
+        if devices:
+            rooms = self.rooms[self.accelerator_of[node]]
+            bucket = rooms[before]
+            del bucket[bisect_left(bucket, node)]
+            if not bucket:
+                del rooms[before]
+            insort(rooms.setdefault(before + devices, []), node)
+
+    def rooms_of(self, nodes: Sequence[str], per_worker: int) -> list[tuple[int, list[str]]] | None:
+        """(free devices, nodes) with room for a worker, fewest free first, when `nodes` is every node of one
+        accelerator; None for any other list (its nodes are walked)."""
+        accelerator = self.whole.get(id(nodes))
+        if accelerator is None or self.nodes_of.get(accelerator) is not nodes:
+            return None
+        rooms = self.rooms[accelerator]
+        return [(free, rooms[free]) for free in sorted(rooms) if free >= per_worker]
+
+    def slots(self, nodes: Sequence[str], per_worker: int) -> int:
+        """Workers of `per_worker` devices that fit on `nodes` now."""
+        rooms = self.rooms_of(nodes, per_worker)
+        if rooms is None:
+            return _slots(self.free, nodes, per_worker)
+        return sum(free // per_worker * len(names) for free, names in rooms)
+
+    def hosts(self, nodes: Sequence[str], per_worker: int) -> int:
+        """Nodes of `nodes` with room for one worker of `per_worker` devices now."""
+        rooms = self.rooms_of(nodes, per_worker)
+        if rooms is None:
+            return sum(1 for node in nodes if self.free[node] >= per_worker)
+        return sum(len(names) for _, names in rooms)
+
+    def slots_when_empty(self, nodes: list[str], per_worker: int) -> int:
+        """Workers of `per_worker` devices `nodes` would hold if no pod held any device (per list, once)."""
+        cache_key = (id(nodes), per_worker)
+        if cache_key not in self.capacity_slots:
+            self.capacity_slots[cache_key] = _slots(self.allocatable, nodes, per_worker)
+        return self.capacity_slots[cache_key]
+
+    def largest(self, nodes: list[str]) -> int:
+        """The devices of the largest node of `nodes` (per list, once)."""
+        if id(nodes) not in self.largest_of:
+            self.largest_of[id(nodes)] = max(self.allocatable[node] for node in nodes)
+        return self.largest_of[id(nodes)]
+
     def take(self, job: _Job, spots: Mapping[str, int]) -> None:
         for node, workers in spots.items():
-            self.free[node] -= workers * job.demand.per_worker
+            self.add_free(node, -workers * job.demand.per_worker)
             job.reserved[node] = job.reserved.get(node, 0) + workers
 
     def release(self, job: _Job, node: str, from_reserved: bool) -> None:
@@ -181,7 +249,7 @@ class _Cluster:
         held[node] -= 1
         if not held[node]:
             del held[node]
-        self.free[node] += job.demand.per_worker
+        self.add_free(node, job.demand.per_worker)
 
 
 def _cluster(nodes: Iterable[NodeCapacity], held: Mapping[str, int]) -> _Cluster:
@@ -194,6 +262,7 @@ def _cluster(nodes: Iterable[NodeCapacity], held: Mapping[str, int]) -> _Cluster
         cluster.accelerator_of[node.name] = node.accelerator
     for name, accelerator in cluster.accelerator_of.items():
         cluster.nodes_of.setdefault(accelerator, []).append(name)
+    cluster.index_rooms()
     return cluster
 
 
@@ -203,6 +272,8 @@ def _slots(free: Mapping[str, int], nodes: Iterable[str], per_worker: int) -> in
 
 def _fits(cluster: _Cluster, nodes: Sequence[str], per_worker: int, count: int) -> bool:
     """Whether `count` workers of `per_worker` devices each find a node (early exit)."""
+    if cluster.rooms_of(nodes, per_worker) is not None:
+        return cluster.slots(nodes, per_worker) >= count
     free = cluster.free
     for node in nodes:
         if free[node] >= per_worker:
@@ -213,18 +284,33 @@ def _fits(cluster: _Cluster, nodes: Sequence[str], per_worker: int, count: int) 
 
 
 def _spots(cluster: _Cluster, nodes: Sequence[str], per_worker: int, count: int) -> dict[str, int]:
-    """Up to `count` worker places, best fit: the fullest node that still has room first."""
+    """Up to `count` worker places, best fit: the fullest node that still has room first (by name among
+    equals)."""
     if count <= 0:
         return {}
-    roomy = sorted((cluster.free[node], node) for node in nodes if cluster.free[node] >= per_worker)
+    rooms = cluster.rooms_of(nodes, per_worker)
+    if rooms is None:
+        rooms = _rooms_by_walk(cluster.free, nodes, per_worker)
     spots: dict[str, int] = {}
-    for free, node in roomy:
-        workers = min(free // per_worker, count)
-        spots[node] = workers
-        count -= workers
-        if not count:
-            break
+    for free, names in rooms:
+        for node in names:
+            workers = min(free // per_worker, count)
+            spots[node] = workers
+            count -= workers
+            if not count:
+                return spots
     return spots
+
+
+def _rooms_by_walk(
+    free: Mapping[str, int], nodes: Iterable[str], per_worker: int
+) -> list[tuple[int, list[str]]]:
+    """_Cluster.rooms_of for any node list: its nodes with room, grouped by free devices, fewest first."""
+    rooms: dict[int, list[str]] = {}
+    for node in nodes:
+        if free[node] >= per_worker:
+            rooms.setdefault(free[node], []).append(node)
+    return [(devices, sorted(rooms[devices])) for devices in sorted(rooms)]
 
 
 def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Cluster) -> list[_Job]:
@@ -238,7 +324,7 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
         for node, workers in sorted(holding.placed.items()):
             if workers > 0 and cluster.accelerator_of.get(node) == demand.accelerator:
                 job.bound[node] = workers
-                cluster.free[node] -= workers * demand.per_worker
+                cluster.add_free(node, -workers * demand.per_worker)
         jobs[demand.key] = job
     for demand in queued:
         if demand.key not in jobs:  # a job listed as admitted too is admitted
@@ -506,7 +592,7 @@ def _commit(cluster: _Cluster, trial: _Trial) -> None:
     for victim in trial.victims:
         for held in (victim.reserved, victim.bound):
             for node, workers in held.items():
-                cluster.free[node] += workers * victim.demand.per_worker
+                cluster.add_free(node, workers * victim.demand.per_worker)
             held.clear()
         victim.preempted_for = trial.job.key
         victim.grant = 0
@@ -524,8 +610,7 @@ def _admit(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequence[s
 
 def _satisfiable(cluster: _Cluster, job: _Job) -> bool:
     """Whether its minimum would fit on its nodes if no other pod held any device."""
-    allocatable = cluster.allocatable
-    return _slots(allocatable, job.nodes, job.demand.per_worker) >= job.floor
+    return cluster.slots_when_empty(job.nodes, job.demand.per_worker) >= job.floor
 
 
 def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
@@ -569,13 +654,13 @@ def _missing(cluster: _Cluster, job: _Job) -> str:
     wanted = f"needs {_plural(count, scope)} with {per_worker} free {accelerator}"
     if not job.nodes:
         return f"{wanted}; no {scope} has {accelerator}"
-    largest = max(cluster.allocatable[node] for node in job.nodes)
+    largest = cluster.largest(job.nodes)
     if largest < per_worker:
         return f"{wanted}; the largest {scope} has {largest}"
-    hosts = sum(1 for node in job.nodes if cluster.free[node] >= per_worker)
+    hosts = cluster.hosts(job.nodes, per_worker)
     if largest < 2 * per_worker:  # one worker per node at most
         return f"{wanted}; {hosts} {'has' if hosts == 1 else 'have'}"
-    slots = _slots(cluster.free, job.nodes, per_worker)
+    slots = cluster.slots(job.nodes, per_worker)
     return (
         f"needs room for {_plural(count, 'worker')} of {per_worker} {accelerator}, each on one {scope}; "
         f"only {slots} fit now ({_plural(hosts, scope)} with {per_worker} free)"
