@@ -134,6 +134,35 @@ def _count(quantity: object) -> int:
         return 0
 
 
+class NodeDevices:
+    """Per node: its accelerator's name, that accelerator's resource name and the node's devices of it (None
+    for a node without a catalog accelerator), remembered while kopf's index holds the same facts object for
+    the node: a heartbeat keeps it (handlers.SameFacts), so a pass at 5,000 nodes does not identify and parse
+    every node again (docs/performance.md, the seventh round)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._known: dict[str, tuple[NodeFacts, tuple[str, str, int] | None]] = {}
+
+    def __call__(self, node: NodeFacts) -> tuple[str, str, int] | None:
+        known = self._known.get(node.name)
+        if known is not None and known[0] is node:
+            return known[1]
+        accelerator = self.catalog.identify(node.labels)
+        found = None
+        if accelerator is not None:
+            resource = accelerator.resource_name
+            found = (accelerator.name, resource, _count(node.allocatable.get(resource, 0)))
+        self._known[node.name] = (node, found)
+        return found
+
+    def keep_only(self, nodes: Sequence[NodeFacts]) -> None:
+        """Forgets removed nodes once they are many (a dict rebuilt now and then, not a check per pass)."""
+        if len(self._known) > 2 * len(nodes) + 1024:
+            names = {node.name for node in nodes}
+            self._known = {name: known for name, known in self._known.items() if name in names}
+
+
 @dataclass(frozen=True)
 class SchedulerSettings:
     policy: AdmissionPolicy = DEFAULT_POLICY
@@ -163,6 +192,7 @@ class Scheduler:
         self._seen: set[JobKey] = set()  # jobs this process has reconciled (restart recovery once)
         self._not_ready: set[str] = set()
         self._nodes: dict[str, NodeFacts] = {}
+        self._node_devices = NodeDevices(catalog)
         # Eligible-node sets of the current nodes, one object per distinct set, shared by the jobs (H8).
         self._shared_eligible: tuple[int, dict[frozenset[str], frozenset[str]]] = (0, {})
         self._view: ClusterView | None = None
@@ -353,7 +383,8 @@ class Scheduler:
         demands = self._demands(entries, nodes)
         holdings = {key: demand for key, demand in demands.items() if (entries[key].granted or 0) > 0}
         workers = {key: live_workers(view.workers(key)) for key in holdings}
-        capacity = node_capacity(nodes, view.usage(), self.catalog, holdings, workers)
+        self._node_devices.keep_only(nodes)
+        capacity = node_capacity(nodes, view.usage(), self.catalog, holdings, workers, self._node_devices)
         admitted = [
             Holding(
                 demand,
@@ -504,14 +535,17 @@ def accelerator_totals(
     return {name: AcceleratorCount(devices, allocated[name]) for name, devices in allocatable.items()}
 
 
-def node_capacity(
+def node_capacity(  # noqa: PLR0913 - what the pass reads, and how it identifies nodes
     nodes: Iterable[NodeFacts],
     usage: Mapping[str, Iterable[PodUsage]],
     catalog: Catalog,
     holdings: Mapping[JobKey, Demand],
     workers: Mapping[JobKey, Sequence[WorkerPod]],
+    devices_of: Callable[[NodeFacts], tuple[str, str, int] | None] | None = None,
 ) -> list[NodeCapacity]:
-    """Per accelerator node: its devices, and those held by anything but admitted jobs' live workers."""
+    """Per accelerator node: its devices, and those held by anything but admitted jobs' live workers.
+    `devices_of` (NodeDevices): a node's accelerator, resource and devices, remembered between passes."""
+    devices_of = devices_of or NodeDevices(catalog)
     held: Counter[str] = Counter()  # node -> devices of admitted jobs' live, bound workers
     for key, demand in holdings.items():
         for pod in workers.get(key, ()):
@@ -519,14 +553,15 @@ def node_capacity(
                 held[pod.node_name] += demand.per_worker
     capacity = []
     for node in nodes:
-        accelerator = catalog.identify(node.labels)
-        if accelerator is None:
+        devices = devices_of(node)
+        if devices is None:
             continue
-        resource = accelerator.resource_name
-        allocatable = _count(node.allocatable.get(resource, 0))
-        used = sum(pod.requests.get(resource, 0) for pod in usage.get(node.name, ()))
-        others = max(0, used - held[node.name])
-        capacity.append(NodeCapacity(node.name, accelerator.name, allocatable, others))
+        accelerator, resource, allocatable = devices
+        used = 0
+        for bound in usage.get(node.name, ()):
+            used += bound.requests.get(resource, 0)
+        others = max(0, used - held[node.name]) if used else 0
+        capacity.append(NodeCapacity(node.name, accelerator, allocatable, others))
     return capacity
 
 
