@@ -19,9 +19,15 @@ the cluster is filled (every job's first reconcile, one pass for that burst, the
 - one job's scale change: its reconcile and the pass it requests (run inline here); the reconciles of the
   other jobs whose grant that pass changed are counted and timed apart (the operator runs them on the
   scheduler's threads);
-and the process's resident memory, less what a copy of the in-memory API store's jobs takes.
+- one scheduling pass while the workers of a share of the jobs (`--unbound`, 40%) exist but are not bound
+  (kube-scheduler's backlog during a fill, as on the sandbox), so those jobs are planned again, not taken
+  as settled; with the time the garbage collector took in those passes;
+and the process's resident memory, less what a copy of the in-memory API store's jobs takes. The process's
+garbage collector is set up as `kubefit run` sets it (runner.tune_garbage_collection) unless
+`--python-gc-defaults`.
 
     .venv/bin/python benchmarks/horizon_decisions.py [--nodes 5000] [--jobs 2000] [--samples 200]
+        [--unbound 0.4] [--python-gc-defaults]
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import kopf
 from kubefit.controller.cluster import ClusterView, remembering
 from kubefit.controller.kube import KubeApi
 from kubefit.controller.reconciler import Reconciler
+from kubefit.controller.runner import tune_garbage_collection
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts
 from kubefit.decisions.observed import WorkerPod
@@ -278,11 +285,51 @@ class Horizon:
             )
         return decisions, others, follow_on
 
+    def timed_passes_with_unbound(self, share: float, count: int) -> tuple[int, list[float], list[float]]:
+        """(workers unbound, pass seconds, garbage-collection seconds in each pass) after the workers of
+        `share` of the jobs lost their node, as if kube-scheduler had not bound them yet."""
+        unbound = 0
+        for workers in self.store.workers.values():
+            if self.rng.random() >= share:
+                continue
+            for name, pod in list(workers.items()):
+                if pod.node_name:
+                    usage = self.store.usage[pod.node_name].pop(name)
+                    self.store.free[pod.node_name] += usage.requests["nvidia.com/gpu"]
+                    workers[name] = replace(pod, node_name=None, phase="Pending")
+                    unbound += 1
+        collecting = CollectorClock()
+        passes, collected = [], []
+        for _ in range(count):
+            collecting.seconds = 0.0
+            passes.append(_seconds(lambda: self.scheduler.run_pass(self.view)))
+            collected.append(collecting.seconds)
+        collecting.stop()
+        return unbound, passes, collected
+
     def admitted(self) -> tuple[int, int]:
         grants = self.scheduler.snapshot()
         return sum(1 for grant in grants.values() if grant.workers), sum(
             1 for grant in grants.values() if not grant.workers
         )
+
+
+class CollectorClock:
+    """Seconds the garbage collector ran since `seconds` was last reset (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._tick)
+
+    def _tick(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._tick)
 
 
 def _seconds(call: Any) -> float:
@@ -313,7 +360,21 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=5000)
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--samples", type=int, default=200, help="no-op reconciles and scale changes timed")
+    parser.add_argument(
+        "--unbound", type=float, default=0.4, help="share of jobs whose workers lose their node"
+    )
+    parser.add_argument(
+        "--python-gc-defaults", action="store_true", help="leave the collector as Python sets it"
+    )
     args = parser.parse_args()
+    if not 0.0 <= args.unbound <= 1.0:
+        parser.error(f"--unbound must be between 0 and 1, got {args.unbound}")
+    if not args.python_gc_defaults:
+        tune_garbage_collection()
+    print(
+        f"garbage collector: {'Python defaults' if args.python_gc_defaults else 'as kubefit run sets it'}, "
+        f"thresholds {gc.get_threshold()}"
+    )
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     kopf.event = lambda *args, **kwargs: None  # no kopf posting queue here: events are not posted
     gc.collect()
@@ -345,6 +406,10 @@ def main() -> None:
           f"about {store_mib:.1f} MiB of it: the operator's part {operator_mib:.1f} MiB (target under "
           f"{MEMORY_TARGET_MIB:.0f} MiB: {verdict}; without kopf's own per-object memory)")  # fmt: skip
     print(f"API calls the decisions made: {dict(horizon.store.calls)}")
+    unbound, passes, collected = horizon.timed_passes_with_unbound(args.unbound, max(5, args.samples // 10))
+    print(line(f"pass with {unbound} workers unbound ({args.unbound:.0%} of jobs)     ", passes))
+    print(f"  the garbage collector in those passes: {sum(collected) * 1000:.0f} ms of {sum(passes) * 1000:.0f} ms, "
+          f"longest {max(collected) * 1000:.0f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":
