@@ -410,21 +410,26 @@ class JobWatch:
         with self.lock:
             record_job(self.jobs, kind, job, time.monotonic())
 
-    def wait_settled(self, names: list[str], timeout: float) -> float:
-        """Waits until every job of `names` is Running or Queued; returns when the last of them turned so.
-        Checked once a second, not on every event (thousands of jobs, several events each)."""
+    def wait_settled(self, names: list[str], timeout: float) -> float | None:
+        """Waits until every job of `names` is Running or Queued; returns when the last of them turned so, or
+        None after `timeout` (the run goes on and reports what it saw). Checked once a second, not on every
+        event (thousands of jobs, several events each)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
                 if settled(self.jobs, names):
                     return max(self.jobs[name].settled_at or 0.0 for name in names)
             time.sleep(1.0)
+        return None
+
+    def phases(self, names: list[str]) -> dict[str, int]:
+        """How many of `names` are in each phase now ("unseen": no event of it yet)."""
         with self.lock:
-            phases: dict[str | None, int] = {}
+            found: dict[str, int] = {}
             for name in names:
-                phase = self.jobs[name].phase if name in self.jobs else "unseen"
-                phases[phase] = phases.get(phase, 0) + 1
-        raise TimeoutError(f"not settled after {timeout:.0f} s: phases {phases}")
+                phase = (self.jobs[name].phase if name in self.jobs else None) or "unseen"
+                found[phase] = found.get(phase, 0) + 1
+        return found
 
 
 class Sampler:
@@ -566,7 +571,9 @@ def fill(
             run.bench.apply_job(namespace, horizon_job(index, rng, gang_timeout))
         applied = time.monotonic() - started
         progress(f"{len(names)} jobs applied in {applied:.1f} s; waiting for them to settle")
-        settled_at = watch.wait_settled(names, timeout) - started
+        settled_at = watch.wait_settled(names, timeout)
+        if settled_at is None:
+            progress(f"NOT settled after {timeout:.0f} s: {watch.phases(names)}; reporting what was seen")
         with watch.lock:
             states = dict(watch.jobs)
         admitted = [at for name in names if (at := states[name].admitted_at) is not None]
@@ -580,7 +587,9 @@ def fill(
             f"{(max(admitted, default=started) - started):.1f} s after the first apply",
             f"  worker pods (those there once settled): {len(pods)}; the last created {(max(pods, default=started) - started):.1f} s after "
             f"the first apply",
-            f"  settled (every job Running or Queued): {settled_at:.1f} s after the first apply",
+            f"  settled (every job Running or Queued): {settled_at - started:.1f} s after the first apply"
+            if settled_at is not None
+            else f"  NOT settled within --timeout {timeout:.0f} s; phases then: {watch.phases(names)}",
             f"  gang timeouts (admitted workers not all Running in time, job requeued): {sum(timed_out)} in "
             f"{len(timed_out)} jobs",
         ]
@@ -683,7 +692,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--steady-seconds", type=float, default=60.0, help="quiet phase length (default 60)")
     parser.add_argument("--heartbeat-seconds", type=float, help="node heartbeat interval (default: by size)")
     parser.add_argument("--resync-seconds", type=float, help="the operator's --resync-seconds (its default)")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="for the fill to settle (3600 s)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=TIMEOUT_S,
+        help="for the fill to settle (3600 s); then it reports what it saw",
+    )
     parser.add_argument("--operator-log", type=Path, help="copy the operator's log here at the end")
     parser.add_argument(
         "--gang-timeout-seconds",
@@ -758,7 +772,7 @@ def measure(run: Run, args: argparse.Namespace, progress: Callable[[str], None])
     gang_timeout = args.gang_timeout_seconds
     run.facts.append(f"the jobs' gangTimeoutSeconds: {gang_timeout or 'the default, 300'} s")
     fill(run, names, args.timeout, progress, gang_timeout)
-    progress(f"settled; steady for {args.steady_seconds:.0f} s")
+    progress(f"fill over; steady for {args.steady_seconds:.0f} s")
     steady(run, args.steady_seconds)
     progress(f"scaling the probe job {args.changes} times")
     probe(run, args.changes)
