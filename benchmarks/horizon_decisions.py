@@ -49,7 +49,6 @@ import kopf
 from kubefit.controller.cluster import ClusterView, remembering
 from kubefit.controller.kube import KubeApi
 from kubefit.controller.reconciler import Reconciler
-from kubefit.controller.runner import tune_garbage_collection
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts
 from kubefit.decisions.observed import WorkerPod
@@ -370,6 +369,10 @@ def main() -> None:
     if not 0.0 <= args.unbound <= 1.0:
         parser.error(f"--unbound must be between 0 and 1, got {args.unbound}")
     if not args.python_gc_defaults:
+        # Imported here: horizon_sandbox.py imports this module for its job mix and may run against an operator
+        # tree without it.
+        from kubefit.controller.runner import tune_garbage_collection
+
         tune_garbage_collection()
     print(
         f"garbage collector: {'Python defaults' if args.python_gc_defaults else 'as kubefit run sets it'}, "
