@@ -123,6 +123,30 @@ class PodRecord:
     running: bool = False
 
 
+def record_pod(pods: dict[tuple[str, str], PodRecord], kind: str, pod: dict[str, Any], seen: float) -> None:
+    """One watch event (ADDED, MODIFIED, DELETED) of `pod`, seen at `seen`, into `pods`."""
+    metadata = pod["metadata"]
+    key = (metadata.get("namespace", ""), metadata["name"])
+    if kind == "DELETED":
+        pods.pop(key, None)
+        return
+    record = pods.setdefault(key, PodRecord(seen))
+    if metadata.get("deletionTimestamp") and record.deleting_at is None:
+        record.deleting_at = seen
+    record.running = (pod.get("status") or {}).get("phase") == "Running"
+
+
+def relist(pods: dict[tuple[str, str], PodRecord], items: list[dict[str, Any]], seen: float) -> None:
+    """A full list into `pods`: the listed pods recorded (those known keep when they were first seen), the
+    others dropped (deleted while no watch was open)."""
+    listed = set()
+    for pod in items:
+        record_pod(pods, "ADDED", pod, seen)
+        listed.add((pod["metadata"].get("namespace", ""), pod["metadata"]["name"]))
+    for key in [key for key in pods if key not in listed]:
+        del pods[key]
+
+
 class PodWatch:
     """Every pod of the cluster: when it was first seen, when first seen being deleted, and which exist."""
 
@@ -140,8 +164,10 @@ class PodWatch:
         while not self.stopped.is_set():
             try:
                 listed = json.loads(self.core.list_pod_for_all_namespaces(_preload_content=False).data)
-                for pod in listed["items"]:
-                    self._record("ADDED", pod)
+                with self.changed:
+                    # After a broken watch, pods deleted meanwhile are in no event: the list replaces the records.
+                    relist(self.pods, listed["items"], time.monotonic())
+                    self.changed.notify_all()
                 self._ready.set()
                 version = listed["metadata"]["resourceVersion"]
                 for event in watch_events(self.core.list_pod_for_all_namespaces, version):
@@ -155,19 +181,10 @@ class PodWatch:
                 time.sleep(0.1)
 
     def _record(self, kind: str, pod: dict[str, Any]) -> None:
-        seen = time.monotonic()
         if kind == "BOOKMARK":
             return
-        metadata = pod["metadata"]
-        key = (metadata.get("namespace", ""), metadata["name"])
         with self.changed:
-            if kind == "DELETED":
-                self.pods.pop(key, None)
-            else:
-                record = self.pods.setdefault(key, PodRecord(seen))
-                if metadata.get("deletionTimestamp") and record.deleting_at is None:
-                    record.deleting_at = seen
-                record.running = (pod.get("status") or {}).get("phase") == "Running"
+            record_pod(self.pods, kind, pod, time.monotonic())
             self.changed.notify_all()
 
     def wait(self, what: str, done: Callable[[], bool], timeout: float = TIMEOUT_S) -> None:
