@@ -354,7 +354,7 @@ def line(label: str, values: list[float]) -> str:
     )
 
 
-def main() -> None:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--nodes", type=int, default=5000)
     parser.add_argument("--jobs", type=int, default=2000)
@@ -365,9 +365,14 @@ def main() -> None:
     parser.add_argument(
         "--python-gc-defaults", action="store_true", help="leave the collector as Python sets it"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not 0.0 <= args.unbound <= 1.0:
         parser.error(f"--unbound must be between 0 and 1, got {args.unbound}")
+    return args
+
+
+def main() -> None:
+    args = arguments()
     if not args.python_gc_defaults:
         # Imported here: horizon_sandbox.py imports this module for its job mix and may run against an operator
         # tree without it.

@@ -170,9 +170,8 @@ class _Cluster:
     whole: dict[int, str] = field(default_factory=dict)
     # (id of a node list, devices per worker) -> workers it holds with nothing else running (_satisfiable).
     capacity_slots: dict[tuple[int, int], int] = field(default_factory=dict)
-    largest_of: dict[int, int] = field(
-        default_factory=dict
-    )  # id of a node list -> its largest node's devices
+    # id of a node list -> the devices of its largest node.
+    largest_of: dict[int, int] = field(default_factory=dict)
 
     def nodes_for(self, demand: Demand) -> list[str]:
         nodes = self.nodes_of.get(demand.accelerator, [])
@@ -217,7 +216,7 @@ class _Cluster:
         rooms = self.rooms_of(nodes, per_worker)
         if rooms is None:
             return _slots(self.free, nodes, per_worker)
-        return sum(free // per_worker * len(names) for free, names in rooms)
+        return _room_slots(rooms, per_worker)
 
     def hosts(self, nodes: Sequence[str], per_worker: int) -> int:
         """Nodes of `nodes` with room for one worker of `per_worker` devices now."""
@@ -270,10 +269,16 @@ def _slots(free: Mapping[str, int], nodes: Iterable[str], per_worker: int) -> in
     return sum(free[node] // per_worker for node in nodes if free[node] >= per_worker)
 
 
+def _room_slots(rooms: Iterable[tuple[int, list[str]]], per_worker: int) -> int:
+    """Workers of `per_worker` devices that fit in groups of (free devices, nodes)."""
+    return sum(free // per_worker * len(names) for free, names in rooms)
+
+
 def _fits(cluster: _Cluster, nodes: Sequence[str], per_worker: int, count: int) -> bool:
     """Whether `count` workers of `per_worker` devices each find a node (early exit)."""
-    if cluster.rooms_of(nodes, per_worker) is not None:
-        return cluster.slots(nodes, per_worker) >= count
+    rooms = cluster.rooms_of(nodes, per_worker)
+    if rooms is not None:
+        return _room_slots(rooms, per_worker) >= count
     free = cluster.free
     for node in nodes:
         if free[node] >= per_worker:
