@@ -188,25 +188,27 @@ def pod(phase: str = "Pending", node: str | None = None, uid: str = "p1") -> dic
 
 def test_worker_pod_events_that_change_nothing_decisions_read_are_skipped() -> None:
     seen = WorkerChanges()
-    assert seen.news("ADDED", pod()) is WorkerNews.CHANGED
-    assert seen.news("MODIFIED", pod(node="n1")) is WorkerNews.BOUND  # a pass, not a reconcile
+    assert seen.observe("ADDED", pod()).news is WorkerNews.CHANGED
+    assert seen.observe("MODIFIED", pod(node="n1")).news is WorkerNews.BOUND  # a pass, not a reconcile
     later = copy.deepcopy(pod(node="n1"))
     later["status"]["conditions"].append({"type": "Initialized", "status": "True"})
-    assert seen.news("MODIFIED", later) is WorkerNews.NONE  # container creating: the same worker view
-    assert seen.news("MODIFIED", pod("Running", "n1")) is WorkerNews.CHANGED
-    assert seen.news(None, pod("Running", "n1", uid="p2")) is WorkerNews.CHANGED  # first seen at a listing
-    assert seen.news("DELETED", pod("Running", "n1")) is WorkerNews.CHANGED
-    assert seen.news("ADDED", pod()) is WorkerNews.CHANGED  # the same uid is news again after its deletion
+    assert seen.observe("MODIFIED", later).news is WorkerNews.NONE  # container creating: the same worker view
+    assert seen.observe("MODIFIED", pod("Running", "n1")).news is WorkerNews.CHANGED
+    # First seen at a listing.
+    assert seen.observe(None, pod("Running", "n1", uid="p2")).news is WorkerNews.CHANGED
+    assert seen.observe("DELETED", pod("Running", "n1")).news is WorkerNews.CHANGED
+    # The same uid is news again after its deletion.
+    assert seen.observe("ADDED", pod()).news is WorkerNews.CHANGED
 
 
 def test_a_worker_bound_and_changed_in_one_event_is_a_reconcile() -> None:
     seen = WorkerChanges()
-    seen.news("ADDED", pod())
-    assert seen.news("MODIFIED", pod("Running", "n1")) is WorkerNews.CHANGED
-    seen.news("ADDED", pod(uid="p3"))
+    seen.observe("ADDED", pod())
+    assert seen.observe("MODIFIED", pod("Running", "n1")).news is WorkerNews.CHANGED
+    seen.observe("ADDED", pod(uid="p3"))
     gone = pod(node="n2", uid="p3")
     gone["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
-    assert seen.news("MODIFIED", gone) is WorkerNews.CHANGED  # bound while being deleted
+    assert seen.observe("MODIFIED", gone).news is WorkerNews.CHANGED  # bound while being deleted
 
 
 def test_a_node_heartbeat_keeps_its_facts_object_and_a_real_change_does_not() -> None:
@@ -228,15 +230,16 @@ def test_the_creation_event_of_a_worker_the_reconciler_made_is_skipped_and_its_n
     seen = WorkerChanges(lambda key, name: (key, name) in made)
     mine = pod()
     mine["metadata"]["namespace"] = "team"
-    assert seen.news("ADDED", mine) is WorkerNews.NONE  # counted already by the reconcile that created it
+    # Counted already by the reconcile that created it.
+    assert seen.observe("ADDED", mine).news is WorkerNews.NONE
     running = copy.deepcopy(mine)
     running["spec"]["nodeName"] = "n1"
     running["status"]["phase"] = "Running"
-    assert seen.news("MODIFIED", running) is WorkerNews.CHANGED
+    assert seen.observe("MODIFIED", running).news is WorkerNews.CHANGED
     stranger = pod(uid="p9")
     stranger["metadata"].update(namespace="team", name="llama-worker-1")
     assert (
-        seen.news("ADDED", stranger) is WorkerNews.CHANGED
+        seen.observe("ADDED", stranger).news is WorkerNews.CHANGED
     )  # made by someone else (or by an operator before a restart)
 
 

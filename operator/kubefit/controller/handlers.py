@@ -9,8 +9,9 @@ its start included; its own status patches are no change), the resync (controlle
 per RESYNC_SECONDS, spread over the period), and an event of one of its worker pods that changes what the
 decisions read of it. Triggers of a scheduling pass (controller/scheduler.py, debounced): a job's demand
 changing (after its reconcile), a job deleted, a node added, removed or changed (not its heartbeats), a
-worker pod bound, finished or deleted, any other pod finished or deleted (devices freed), and the resync
-(one pass per period for all jobs).
+worker pod bound (unless on a node the last pass counted its job's workers on already), finished, being
+deleted or deleted, any other pod finished or deleted (devices freed), and the resync (one pass per period
+for all jobs).
 
 No handler here needs a finalizer or writes to the job: kopf writes nothing to TrainingJobs (docs/performance.md).
 """
@@ -22,7 +23,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import kopf
@@ -199,23 +200,24 @@ def _register_triggers(
         type: str | None, body: kopf.Body, namespace: str | None, labels: kopf.Labels, **kwargs: Any
     ) -> None:
         indexes = _indexes(kwargs)
+        key = (namespace or "", labels[JOB_LABEL])
         _after_worker_event(
-            workers_seen.news(type, body),
-            bound_or_deleted=bool((body.get("spec") or {}).get("nodeName")) or type == "DELETED",
+            workers_seen.observe(type, body),
             reconcile=lambda: reconcile_job("pod", namespace, labels[JOB_LABEL], **indexes),
             request_pass=lambda: scheduler.request("pod", cluster_view(**indexes)),
+            counted_there=lambda node: scheduler.counted_there(key, node, cluster_view(**indexes)),
         )
 
 
 def _after_worker_event(
-    news: WorkerNews, bound_or_deleted: bool, reconcile: Callable[[], None], request_pass: Callable[[], None]
+    change: WorkerChange,
+    reconcile: Callable[[], None],
+    request_pass: Callable[[], None],
+    counted_there: Callable[[str], bool],
 ) -> None:
-    if news is WorkerNews.NONE:
-        return  # nothing a decision reads of this worker changed, or the reconciler's own create
-    if news is WorkerNews.CHANGED:
+    if change.news is WorkerNews.CHANGED:
         reconcile()
-    if bound_or_deleted:
-        # Bound, finished or deleted: what the job holds changed (a new unbound pod changes nothing yet).
+    if change.moves_devices and not (change.bound_on and counted_there(change.bound_on)):
         request_pass()
 
 
@@ -224,6 +226,42 @@ class WorkerNews(enum.Enum):
     BOUND = "bound"  # only bound to a node: the job's decisions and status are the same (not a reconcile),
     # but where it holds devices is news to the scheduler
     CHANGED = "changed"  # a reconcile
+
+
+@dataclass(frozen=True)
+class WorkerChange:
+    """What a worker pod event means for the job's reconcile (`news`) and for the scheduling pass."""
+
+    news: WorkerNews
+    # What a pass reads of the worker changed: its node, or whether it is live (terminating, finished, deleted).
+    moves_devices: bool = False
+    # That change was a live worker's bind alone, to this node: a pass is needed only if the last pass did not
+    # count the job's workers there already (Scheduler.counted_there).
+    bound_on: str | None = None
+
+
+def _holds(worker: WorkerPod) -> tuple[int | None, str | None, bool, bool]:
+    """What a scheduling pass reads of a worker (controller/scheduler.py: live_workers, node_capacity)."""
+    return (worker.index, worker.node_name, worker.terminating, worker.finished)
+
+
+def _pass_change(before: WorkerPod | None, after: WorkerPod | None) -> WorkerChange:
+    """The pass's part of a change from `before` (None: first seen) to `after` (None: deleted)."""
+    if after is None:
+        return WorkerChange(WorkerNews.CHANGED, moves_devices=True)
+    if before is None:
+        # A new unbound pod changes nothing yet: its job's grant counted it when the pod was made.
+        return WorkerChange(WorkerNews.CHANGED, moves_devices=after.node_name is not None)
+    held, holds = _holds(before), _holds(after)
+    if held == holds:
+        return WorkerChange(WorkerNews.CHANGED)
+    live = after.index is not None and not after.terminating and not after.finished
+    only_bound = before.node_name is None and after.node_name is not None and held[2:] == holds[2:]
+    return WorkerChange(
+        WorkerNews.CHANGED,
+        moves_devices=True,
+        bound_on=after.node_name if live and only_bound and held[0] == holds[0] else None,
+    )
 
 
 class WorkerChanges:
@@ -239,25 +277,27 @@ class WorkerChanges:
         self._seen: dict[str, WorkerPod | None] = {}  # pod uid -> its worker view
         self._created_here = created_here
 
-    def news(self, event_type: str | None, body: Mapping[str, Any]) -> WorkerNews:
+    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> WorkerChange:
         metadata = body.get("metadata") or {}
         uid = metadata.get("uid") or ""
         with self._lock:
             if event_type == "DELETED":
-                self._seen.pop(uid, None)
-                return WorkerNews.CHANGED
+                return _pass_change(self._seen.pop(uid, None), None)
             worker = worker_from_pod(body)
             known, before = uid in self._seen, self._seen.get(uid)
             if known and before == worker:
-                return WorkerNews.NONE
+                return WorkerChange(WorkerNews.NONE)
             self._seen[uid] = worker
+        if worker is None:
+            return WorkerChange(WorkerNews.CHANGED)
+        change = _pass_change(before, worker)
         if known and _only_bound(before, worker):
-            return WorkerNews.BOUND
-        if event_type == "ADDED" and worker is not None and worker.node_name is None:
+            return replace(change, news=WorkerNews.BOUND)
+        if event_type == "ADDED" and worker.node_name is None:
             job = (metadata.get("namespace") or "", (metadata.get("labels") or {}).get(JOB_LABEL, ""))
             if self._created_here(job, worker.name):
-                return WorkerNews.NONE
-        return WorkerNews.CHANGED
+                return WorkerChange(WorkerNews.NONE)
+        return change
 
 
 def _only_bound(before: WorkerPod | None, after: WorkerPod | None) -> bool:

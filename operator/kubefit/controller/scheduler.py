@@ -100,6 +100,7 @@ class _Entry:
     reason: str | None = None
     hostnames: frozenset[str] = frozenset()  # Grant.hostnames
     reserved: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.reserved of the last pass
+    counted: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.placement of the last pass
     eligible: tuple[int, frozenset[str]] | None = None  # (nodes fingerprint, node names)
     # (demand, eligible set, the demand with those nodes) of the last pass: the same objects, the same answer.
     planned: tuple[Demand, frozenset[str], Demand] | None = None
@@ -203,6 +204,7 @@ class Scheduler:
         self._reconcile: ReconcileJob | None = None
         self._executor: Executor | None = None
         self.passes = 0
+        self._passes_running = 0  # counted_there: a running pass may store a plan made before a bind
         self._last_pass_seconds = 0.0
         self._last_pass_end = 0.0  # time.monotonic() at the end of the last debounced pass
         metrics.watch_cluster(self.cluster_accelerators)
@@ -277,6 +279,18 @@ class Scheduler:
             after = (facts, ready or facts is None)
         if before != after:
             self.request("node", view)
+
+    def counted_there(self, key: JobKey, node: str, view: ClusterView) -> bool:
+        """A live worker of the job was just bound on `node`: whether the last pass counted as many of the job's
+        workers there (bound, or reserved for the unbound), with no pass running since that could store a plan
+        made before the bind. Then a pass now would find the same free devices everywhere and change no grant,
+        and none is needed (docs/performance.md, the eighth round)."""
+        bound = sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
+        with self._lock:
+            entry = self._entries.get(key)
+            if self._passes_running or entry is None or not entry.granted:
+                return False
+            return 0 < bound <= entry.counted.get(node, 0)
 
     def snapshot(self) -> dict[JobKey, Grant]:
         with self._lock:
@@ -375,6 +389,15 @@ class Scheduler:
     def run_pass(self, view: ClusterView) -> list[JobKey]:
         """Plans every known job against the cluster now; returns the jobs whose grant changed or that began or
         stopped waiting in the queue."""
+        with self._lock:
+            self._passes_running += 1
+        try:
+            return self._plan_and_store(view)
+        finally:
+            with self._lock:
+                self._passes_running -= 1
+
+    def _plan_and_store(self, view: ClusterView) -> list[JobKey]:
         started = time.perf_counter()
         not_ready = self._not_ready_names()
         nodes = [node for node in view.nodes() if node.name not in not_ready]
@@ -385,16 +408,14 @@ class Scheduler:
         workers = {key: live_workers(view.workers(key)) for key in holdings}
         self._node_devices.keep_only(nodes)
         capacity = node_capacity(nodes, view.usage(), self.catalog, holdings, workers, self._node_devices)
-        admitted = [
-            Holding(
-                demand,
-                entries[key].granted or 0,
-                _placed(workers[key]),
-                _nodes_by_index(workers[key]),
-                entries[key].reserved,
+        admitted = []
+        for key, demand in holdings.items():
+            placed = _placed(workers[key])
+            entry = entries[key]
+            reserved = _still_reserved(entry.reserved, entry.counted, placed)
+            admitted.append(
+                Holding(demand, entry.granted or 0, placed, _nodes_by_index(workers[key]), reserved)
             )
-            for key, demand in holdings.items()
-        ]
         # A queued job whose workers are still going (preempted, released after a gang timeout) waits until
         # all are gone: re-admitted on the devices it is freeing, it would take them from the job it made
         # room for.
@@ -478,6 +499,7 @@ class Scheduler:
                 entry.granted, entry.waiting = granted, waiting
                 entry.hostnames = hostnames.get(key, frozenset())
                 entry.reserved = plan.reserved.get(key, {})
+                entry.counted = plan.placement.get(key, {})
         self.metrics.count_scale_events(scaled)
         self.metrics.count_preemptions(preempted)
         return changed
@@ -575,6 +597,22 @@ def _hostnames(plan: AdmissionPlan, nodes: Iterable[NodeFacts]) -> dict[JobKey, 
         key: frozenset(hostname for node in reserved if (hostname := label.get(node)))
         for key, reserved in plan.reserved.items()
     }
+
+
+def _still_reserved(
+    reserved: Mapping[str, int], counted: Mapping[str, int], placed: Mapping[str, int]
+) -> Mapping[str, int]:
+    """The last pass's reservations less the workers bound on them since: a worker that took its reserved place
+    holds it now, and the place is not reserved a second time for a worker still unbound (that took room
+    another job was counted on; the binds tests in tests/unit/test_scheduler_binds.py)."""
+    if not reserved:
+        return reserved
+    left = {}
+    for node, workers in reserved.items():
+        bound_since = placed.get(node, 0) - (counted.get(node, 0) - workers)
+        if workers - max(0, bound_since) > 0:
+            left[node] = workers - max(0, bound_since)
+    return left
 
 
 def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:
