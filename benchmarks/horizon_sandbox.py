@@ -536,13 +536,16 @@ class Run:
         triggers = {
             key: after.triggers[key] - before.triggers.get(key, 0.0)
             for key in after.triggers
-            if key not in (scale_500.PASSES, scale_500.PASS_SECONDS)  # the pass histogram says it
+            # The pass histogram says these; the binds have their own line.
+            if key not in (scale_500.PASSES, scale_500.PASS_SECONDS, *scale_500.BINDS)
         }
+        binds = {key: after.triggers.get(key, 0.0) - before.triggers.get(key, 0.0) for key in scale_500.BINDS}
         phase.lines += [
             decisions_line("  reconciles", phase.reconciles),
             decisions_line("  scheduling passes", after.passes.minus(before.passes), "passes"),
             "  by trigger: "
             + (", ".join(f"{key} {count:.0f}" for key, count in sorted(triggers.items()) if count) or "none"),
+            "  " + scale_500.binds_line(binds),
             buckets_line(
                 "  queue wait (creation -> first admission)", after.queue_wait.minus(before.queue_wait)
             ),

@@ -71,6 +71,8 @@ GPUS_PER_NODE = 8
 TIMEOUT_S = 900.0
 # Keys of Operator.reconciles() for the scheduling passes' count and total seconds.
 PASSES, PASS_SECONDS = "scheduling passes", "scheduling pass seconds"
+# kubefit_worker_binds_total by placement, as keys of Operator.reconciles (the operator's BIND_PLACEMENTS)
+BINDS = {f"worker binds {placement}": placement for placement in ("counted", "elsewhere", "unchecked")}
 RATIO_TARGET, RSS_TARGET_MIB = 1.5, 200.0
 P50_TARGET_S, P99_TARGET_S = 0.2, 1.0
 SERVER_FIELDS = (
@@ -229,7 +231,8 @@ class Operator:
 
     def reconciles(self) -> dict[str, float]:
         """kubefit_reconcile_total by trigger so far, and the scheduling passes' count and seconds (as
-        PASSES and PASS_SECONDS), from the operator's /metrics."""
+        PASSES and PASS_SECONDS) and worker binds by placement (the keys of BINDS), from the operator's
+        /metrics."""
         log = self.log.read_text(errors="replace")
         url = log.split("metrics on ", 1)[1].split()[0]
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -243,6 +246,9 @@ class Operator:
                 counts[PASSES] = float(line.rsplit(" ", 1)[1])
             elif line.startswith("kubefit_scheduling_pass_duration_seconds_sum "):
                 counts[PASS_SECONDS] = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("kubefit_worker_binds_total{"):
+                placement = line.split('placement="', 1)[1].split('"', 1)[0]
+                counts[f"worker binds {placement}"] = float(line.rsplit(" ", 1)[1])
         return counts
 
     def rss_mib(self) -> float:
@@ -712,7 +718,8 @@ def run_sides(bench: Bench, operator: Operator, figures: Figures, progress: Call
     figures.requests_operator = count_difference(before, request_counts(sandbox), jobs)
     reconciles = operator.reconciles()
     passes = {
-        name: reconciles.pop(name, 0.0) - reconciles_before.pop(name, 0.0) for name in (PASSES, PASS_SECONDS)
+        name: reconciles.pop(name, 0.0) - reconciles_before.pop(name, 0.0)
+        for name in (PASSES, PASS_SECONDS, *BINDS)
     }
     figures.reconciles = "\n".join(
         f"  {trigger:<10} {reconciles[trigger] - reconciles_before.get(trigger, 0.0):6.0f}"
@@ -725,11 +732,19 @@ def run_sides(bench: Bench, operator: Operator, figures: Figures, progress: Call
     figures.reconciles += (
         f"\n  scheduling passes: {passes[PASSES]:.0f}, {passes[PASS_SECONDS]:.1f} s in all"
         f" (mean {passes[PASS_SECONDS] / max(passes[PASSES], 1) * 1000:.1f} ms)"
+        f"\n  {binds_line(passes)}"
     )
     sampler.stopped.set()
     figures.rss_samples = sampler.samples
     figures.rss_settled = operator.rss_mib()
     operator.snapshot()
+
+
+def binds_line(counts: dict[str, float]) -> str:
+    """Workers bound where the last pass counted their job (no pass asked), elsewhere, unchecked."""
+    return "worker binds: " + ", ".join(
+        f"{placement} {counts.get(key, 0.0):.0f}" for key, placement in BINDS.items()
+    )
 
 
 def report(figures: Figures, machine: str) -> None:

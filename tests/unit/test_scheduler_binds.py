@@ -1,4 +1,4 @@
-"""A worker bound where the last pass counted its job (Scheduler.counted_there) asks for no pass.
+"""A worker bound where the last pass counted its job (Scheduler.worker_bound) asks for no pass.
 
 The premise, checked on random clusters with the real planner: after such a bind, a pass changes no job's
 grant and no job's place in the queue, so the pass the bind used to ask for was work for nothing.
@@ -36,14 +36,21 @@ def admitted_two_workers() -> tuple[Scheduler, FakeCluster]:
 def test_a_bind_on_a_node_reserved_for_the_job_is_counted_there_and_one_beyond_it_is_not() -> None:
     scheduler, cluster = admitted_two_workers()
     cluster.workers[KEY][0] = worker("a", 0, "n1", phase="Pending")
-    assert scheduler.counted_there(KEY, "n1", cluster.view())
+    assert scheduler.worker_bound(KEY, "n1", cluster.view())
     # The second worker on n1 too: the last pass counted one there, so the devices it holds are news.
     cluster.workers[KEY][1] = worker("a", 1, "n1", phase="Pending")
-    assert not scheduler.counted_there(KEY, "n1", cluster.view())
+    assert not scheduler.worker_bound(KEY, "n1", cluster.view())
     cluster.workers[KEY][1] = worker("a", 1, "n2", phase="Pending")
-    assert scheduler.counted_there(KEY, "n2", cluster.view())
-    assert not scheduler.counted_there(KEY, "n3", cluster.view())  # nothing of the job's there
-    assert not scheduler.counted_there(("ns", "unknown"), "n1", cluster.view())
+    assert scheduler.worker_bound(KEY, "n2", cluster.view())
+    assert not scheduler.worker_bound(KEY, "n3", cluster.view())  # nothing of the job's there
+    assert not scheduler.worker_bound(("ns", "unknown"), "n1", cluster.view())
+    binds = {
+        placement: scheduler.metrics.registry.get_sample_value(
+            "kubefit_worker_binds_total", {"placement": placement}
+        )
+        for placement in ("counted", "elsewhere", "unchecked")
+    }
+    assert binds == {"counted": 2, "elsewhere": 2, "unchecked": 1}
 
 
 def test_a_queued_jobs_worker_is_never_counted_there() -> None:
@@ -52,7 +59,7 @@ def test_a_queued_jobs_worker_is_never_counted_there() -> None:
     scheduler.offer(KEY, demand("a", min_workers=1, want=1), ANYWHERE, cluster.view())
     assert scheduler.grant(KEY, []).workers == 0
     cluster.workers[KEY] = [worker("a", 0, "n1", phase="Pending")]
-    assert not scheduler.counted_there(KEY, "n1", cluster.view())
+    assert not scheduler.worker_bound(KEY, "n1", cluster.view())
 
 
 def test_a_bind_seen_while_a_pass_runs_asks_for_a_pass() -> None:
@@ -62,16 +69,18 @@ def test_a_bind_seen_while_a_pass_runs_asks_for_a_pass() -> None:
 
     def planner(*args: object, **kwargs: object) -> AdmissionPlan:
         if cluster.workers.get(KEY):
-            answers.append(scheduler.counted_there(KEY, "n1", cluster.view()))
+            answers.append(scheduler.worker_bound(KEY, "n1", cluster.view()))
         return plan_admissions(*args, **kwargs)  # type: ignore[arg-type]
 
     scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None), planner=planner)
     scheduler.reconcile_with(lambda key, trigger, view: None)
     scheduler.offer(KEY, demand("a", min_workers=2, want=2), ANYWHERE, cluster.view())
     cluster.workers[KEY] = [worker("a", 0, "n1", phase="Pending"), worker("a", 1, None, phase="Pending")]
-    assert scheduler.counted_there(KEY, "n1", cluster.view())  # no pass running
+    assert scheduler.worker_bound(KEY, "n1", cluster.view())  # no pass running
     scheduler.request("pod", cluster.view())
     assert answers == [False]
+    unchecked = {"placement": "unchecked"}
+    assert scheduler.metrics.registry.get_sample_value("kubefit_worker_binds_total", unchecked) == 1
 
 
 def test_only_changes_a_pass_reads_ask_for_one_and_a_plain_bind_names_its_node() -> None:
@@ -99,7 +108,7 @@ def test_a_bind_counted_there_asks_for_no_pass_and_any_other_does() -> None:
             change,
             reconcile=lambda: asked.append("reconcile"),
             request_pass=lambda: asked.append("pass"),
-            counted_there=lambda node: counted,
+            bound_as_counted=lambda node: counted,
         )
         return list(asked)
 
@@ -136,7 +145,7 @@ def _random_bind(rng: random.Random, scheduler: Scheduler, cluster: FakeCluster)
         return False
     pod = cluster.workers[key][i]
     cluster.workers[key][i] = WorkerPod(pod.name, pod.index, pod.uid, "Pending", rng.choice(choices))
-    return scheduler.counted_there(key, cluster.workers[key][i].node_name or "", cluster.view())
+    return scheduler.worker_bound(key, cluster.workers[key][i].node_name or "", cluster.view())
 
 
 def _make_workers(scheduler: Scheduler, cluster: FakeCluster) -> None:
@@ -191,12 +200,12 @@ def test_on_random_clusters_a_pass_after_a_bind_counted_there_changes_no_grant()
     assert counted_binds > 200  # the premise was put to the test many times
 
 
-def test_counted_there_is_safe_to_call_from_event_threads() -> None:
+def test_worker_bound_is_safe_to_call_from_event_threads() -> None:
     scheduler, cluster = admitted_two_workers()
     cluster.workers[KEY][0] = worker("a", 0, "n1", phase="Pending")
     results: list[bool] = []
     threads = [
-        threading.Thread(target=lambda: results.append(scheduler.counted_there(KEY, "n1", cluster.view())))
+        threading.Thread(target=lambda: results.append(scheduler.worker_bound(KEY, "n1", cluster.view())))
         for _ in range(8)
     ]
     for thread in threads:

@@ -205,7 +205,7 @@ def _register_triggers(
             workers_seen.observe(type, body),
             reconcile=lambda: reconcile_job("pod", namespace, labels[JOB_LABEL], **indexes),
             request_pass=lambda: scheduler.request("pod", cluster_view(**indexes)),
-            counted_there=lambda node: scheduler.counted_there(key, node, cluster_view(**indexes)),
+            bound_as_counted=lambda node: scheduler.worker_bound(key, node, cluster_view(**indexes)),
         )
 
 
@@ -213,11 +213,11 @@ def _after_worker_event(
     change: WorkerChange,
     reconcile: Callable[[], None],
     request_pass: Callable[[], None],
-    counted_there: Callable[[str], bool],
+    bound_as_counted: Callable[[str], bool],
 ) -> None:
     if change.news is WorkerNews.CHANGED:
         reconcile()
-    if change.moves_devices and not (change.bound_on and counted_there(change.bound_on)):
+    if change.moves_devices and not (change.bound_on and bound_as_counted(change.bound_on)):
         request_pass()
 
 
@@ -236,7 +236,7 @@ class WorkerChange:
     # What a pass reads of the worker changed: its node, or whether it is live (terminating, finished, deleted).
     moves_devices: bool = False
     # That change was a live worker's bind alone, to this node: a pass is needed only if the last pass did not
-    # count the job's workers there already (Scheduler.counted_there).
+    # count the job's workers there already (Scheduler.worker_bound).
     bound_on: str | None = None
 
 

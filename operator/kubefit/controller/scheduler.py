@@ -52,6 +52,7 @@ from kubefit.decisions.inventory import NodeFacts, PodUsage, classify_nodes
 from kubefit.decisions.node_match import ANYWHERE, Placement
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
 from kubefit.metrics import AcceleratorCount, OperatorMetrics
+from kubefit.metrics.operator_metrics import BIND_COUNTED, BIND_ELSEWHERE, BIND_UNCHECKED
 from kubefit.sizing.catalog import Catalog
 
 logger = logging.getLogger("kubefit.scheduler")
@@ -204,7 +205,7 @@ class Scheduler:
         self._reconcile: ReconcileJob | None = None
         self._executor: Executor | None = None
         self.passes = 0
-        self._passes_running = 0  # counted_there: a running pass may store a plan made before a bind
+        self._passes_running = 0  # worker_bound: a running pass may store a plan made before a bind
         self._last_pass_seconds = 0.0
         self._last_pass_end = 0.0  # time.monotonic() at the end of the last debounced pass
         metrics.watch_cluster(self.cluster_accelerators)
@@ -280,17 +281,22 @@ class Scheduler:
         if before != after:
             self.request("node", view)
 
-    def counted_there(self, key: JobKey, node: str, view: ClusterView) -> bool:
+    def worker_bound(self, key: JobKey, node: str, view: ClusterView) -> bool:
         """A live worker of the job was just bound on `node`: whether the last pass counted as many of the job's
         workers there (bound, or reserved for the unbound), with no pass running since that could store a plan
         made before the bind. Then a pass now would find the same free devices everywhere and change no grant,
-        and none is needed (docs/performance.md, the eighth round)."""
+        and none is needed (docs/performance.md, the eighth round). Counted in kubefit_worker_binds_total."""
         bound = sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
         with self._lock:
             entry = self._entries.get(key)
             if self._passes_running or entry is None or not entry.granted:
-                return False
-            return 0 < bound <= entry.counted.get(node, 0)
+                placement = BIND_UNCHECKED
+            elif 0 < bound <= entry.counted.get(node, 0):
+                placement = BIND_COUNTED
+            else:
+                placement = BIND_ELSEWHERE
+        self.metrics.count_worker_bind(placement)
+        return placement == BIND_COUNTED
 
     def snapshot(self) -> dict[JobKey, Grant]:
         with self._lock:

@@ -8,8 +8,9 @@ Per job (labels namespace, name): `kubefit_trainingjob_info{accelerator,phase}`,
 {accelerator}`; every series of a job is removed when the job is deleted, and a series whose labels
 changed (a new phase, another accelerator) is replaced, never left behind.
 Scheduling: `kubefit_queue_wait_seconds`, `kubefit_scheduling_latency_seconds` (once per job),
-`kubefit_scale_events_total{direction,reason}`, `kubefit_preemptions_total{reason}`, and
-`kubefit_cluster_accelerators{accelerator,state}`, read from the scheduler at each scrape.
+`kubefit_scale_events_total{direction,reason}`, `kubefit_preemptions_total{reason}`,
+`kubefit_worker_binds_total{placement}`, and `kubefit_cluster_accelerators{accelerator,state}`, read from the
+scheduler at each scrape.
 Labels are bounded: job names, catalog accelerator names and fixed words, never pod names or messages.
 """
 
@@ -51,6 +52,9 @@ SCALE_DIRECTIONS = frozenset({"up", "down"})
 # The scheduling pass's reason words (decisions/admission.py); anything else is "Other".
 SCALE_REASONS = frozenset({"ScaledUp", "ScaledDown", "CapacityChanged", "ShrunkForPriority"})
 PREEMPTION_REASONS = frozenset({"HigherPriority"})
+# kubefit_worker_binds_total's placement: where kube-scheduler bound a live worker, against the last pass.
+BIND_COUNTED, BIND_ELSEWHERE, BIND_UNCHECKED = "counted", "elsewhere", "unchecked"
+BIND_PLACEMENTS = (BIND_COUNTED, BIND_ELSEWHERE, BIND_UNCHECKED)
 OTHER_TRIGGER, OTHER_REASON = "other", "Other"
 # Deleted jobs remembered, so that a reconcile finishing after the deletion cannot re-add their series; a
 # reconcile lasts seconds, so far fewer jobs than this are deleted meanwhile.
@@ -186,6 +190,13 @@ class OperatorMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.worker_binds = Counter(
+            "kubefit_worker_binds",
+            "Workers bound to a node, by placement against the last scheduling pass: counted (where it counted"
+            " the job's workers), elsewhere, or unchecked (a pass was running).",
+            ["placement"],
+            registry=self.registry,
+        )
 
     def _start_counters_at_zero(self) -> None:
         """Every label value a counter can have exists from the start, so rate() and increase() see 0
@@ -198,6 +209,8 @@ class OperatorMetrics:
                 self.scale_events.labels(direction, reason)
         for reason in (*sorted(PREEMPTION_REASONS), OTHER_REASON):
             self.preemptions.labels(reason)
+        for placement in BIND_PLACEMENTS:
+            self.worker_binds.labels(placement)
 
     # ------------------------------------------------------------------ reconciles
 
@@ -294,6 +307,11 @@ class OperatorMetrics:
     def count_preemptions(self, reasons: Iterable[str]) -> None:
         for reason in reasons:
             self.preemptions.labels(reason if reason in PREEMPTION_REASONS else OTHER_REASON).inc()
+
+    def count_worker_bind(self, placement: str) -> None:
+        if placement not in BIND_PLACEMENTS:
+            raise ValueError(f"bind placement must be one of {list(BIND_PLACEMENTS)}, got {placement!r}")
+        self.worker_binds.labels(placement).inc()
 
     def watch_cluster(self, source: ClusterSource | None) -> None:
         """Where kubefit_cluster_accelerators comes from at each scrape (the scheduler's view)."""
