@@ -72,7 +72,7 @@ TIMEOUT_S = 900.0
 # Keys of Operator.reconciles() for the scheduling passes' count and total seconds.
 PASSES, PASS_SECONDS = "scheduling passes", "scheduling pass seconds"
 # kubefit_worker_binds_total by placement, as keys of Operator.reconciles (the operator's BIND_PLACEMENTS)
-BINDS = {f"worker binds {placement}": placement for placement in ("counted", "elsewhere", "unchecked")}
+BINDS = {f"worker binds {placement}": placement for placement in ("counted", "elsewhere")}
 RATIO_TARGET, RSS_TARGET_MIB = 1.5, 200.0
 P50_TARGET_S, P99_TARGET_S = 0.2, 1.0
 SERVER_FIELDS = (
@@ -741,7 +741,7 @@ def run_sides(bench: Bench, operator: Operator, figures: Figures, progress: Call
 
 
 def binds_line(counts: dict[str, float]) -> str:
-    """Workers bound where the last pass counted their job (no pass asked), elsewhere, unchecked."""
+    """Workers bound where the last pass counted their job (no pass asked for), and elsewhere."""
     return "worker binds: " + ", ".join(
         f"{placement} {counts.get(key, 0.0):.0f}" for key, placement in BINDS.items()
     )

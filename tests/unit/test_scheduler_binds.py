@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
 from test_scheduler import CATALOG, FakeCluster, demand, node, sync_scheduler, worker
 
 from kubefit.api.resource import JobKey
@@ -48,9 +49,9 @@ def test_a_bind_on_a_node_reserved_for_the_job_is_counted_there_and_one_beyond_i
         placement: scheduler.metrics.registry.get_sample_value(
             "kubefit_worker_binds_total", {"placement": placement}
         )
-        for placement in ("counted", "elsewhere", "unchecked")
+        for placement in ("counted", "elsewhere")
     }
-    assert binds == {"counted": 2, "elsewhere": 2, "unchecked": 1}
+    assert binds == {"counted": 2, "elsewhere": 3}
 
 
 def test_a_queued_jobs_worker_is_never_counted_there() -> None:
@@ -62,25 +63,35 @@ def test_a_queued_jobs_worker_is_never_counted_there() -> None:
     assert not scheduler.worker_bound(KEY, "n1", cluster.view())
 
 
-def test_a_bind_seen_while_a_pass_runs_asks_for_a_pass() -> None:
-    # The running pass may have read the cluster before the bind and reserve that worker elsewhere.
+@pytest.mark.parametrize(("bound_on", "passes", "placement"), [("n2", 1, "counted"), ("n3", 2, "elsewhere")])
+def test_a_bind_seen_while_a_pass_runs_is_checked_against_the_plan_that_pass_stores(
+    bound_on: str, passes: int, placement: str
+) -> None:
+    # The pass read the cluster before the bind: best fit reserves worker 0 on n1 (4 GPUs free) and worker 1
+    # on n2. Worker 1 is bound mid-pass; once the plan is stored, a bind on n2 is where it was counted, a
+    # bind on n3 is not and asks for a pass.
+    cluster = FakeCluster(nodes=[node("n1"), node("n2"), node("n3")], others={"n1": 4})
     answers: list[bool] = []
-    cluster = FakeCluster(nodes=[node("n1"), node("n2")], others={"n1": 4})
 
     def planner(*args: object, **kwargs: object) -> AdmissionPlan:
-        if cluster.workers.get(KEY):
-            answers.append(scheduler.worker_bound(KEY, "n1", cluster.view()))
-        return plan_admissions(*args, **kwargs)  # type: ignore[arg-type]
+        plan = plan_admissions(*args, **kwargs)  # type: ignore[arg-type]
+        if cluster.workers.get(KEY) and cluster.workers[KEY][1].node_name is None:
+            cluster.workers[KEY][1] = worker("a", 1, bound_on, phase="Pending")
+            answers.append(scheduler.worker_bound(KEY, bound_on, cluster.view()))
+        return plan
 
     scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None), planner=planner)
     scheduler.reconcile_with(lambda key, trigger, view: None)
     scheduler.offer(KEY, demand("a", min_workers=2, want=2), ANYWHERE, cluster.view())
     cluster.workers[KEY] = [worker("a", 0, "n1", phase="Pending"), worker("a", 1, None, phase="Pending")]
-    assert scheduler.worker_bound(KEY, "n1", cluster.view())  # no pass running
+    before = scheduler.passes
     scheduler.request("pod", cluster.view())
-    assert answers == [False]
-    unchecked = {"placement": "unchecked"}
-    assert scheduler.metrics.registry.get_sample_value("kubefit_worker_binds_total", unchecked) == 1
+    assert answers == [True]  # no pass asked for while the pass runs: judged once it has stored its plan
+    assert scheduler.passes - before == passes
+    count = scheduler.metrics.registry.get_sample_value(
+        "kubefit_worker_binds_total", {"placement": placement}
+    )
+    assert count == 1
 
 
 def test_only_changes_a_pass_reads_ask_for_one_and_a_plain_bind_names_its_node() -> None:

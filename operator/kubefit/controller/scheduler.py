@@ -52,7 +52,7 @@ from kubefit.decisions.inventory import NodeFacts, PodUsage, classify_nodes
 from kubefit.decisions.node_match import ANYWHERE, Placement
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
 from kubefit.metrics import AcceleratorCount, OperatorMetrics
-from kubefit.metrics.operator_metrics import BIND_COUNTED, BIND_ELSEWHERE, BIND_UNCHECKED
+from kubefit.metrics.operator_metrics import BIND_COUNTED, BIND_ELSEWHERE
 from kubefit.sizing.catalog import Catalog
 
 logger = logging.getLogger("kubefit.scheduler")
@@ -206,6 +206,7 @@ class Scheduler:
         self._executor: Executor | None = None
         self.passes = 0
         self._passes_running = 0  # worker_bound: a running pass may store a plan made before a bind
+        self._binds_in_pass: list[tuple[JobKey, str]] = []  # (job, node) of binds seen while a pass ran
         self._last_pass_seconds = 0.0
         self._last_pass_end = 0.0  # time.monotonic() at the end of the last debounced pass
         metrics.watch_cluster(self.cluster_accelerators)
@@ -283,20 +284,40 @@ class Scheduler:
 
     def worker_bound(self, key: JobKey, node: str, view: ClusterView) -> bool:
         """A live worker of the job was just bound on `node`: whether the last pass counted as many of the job's
-        workers there (bound, or reserved for the unbound), with no pass running since that could store a plan
-        made before the bind. Then a pass now would find the same free devices everywhere and change no grant,
-        and none is needed (docs/performance.md, the eighth round). Counted in kubefit_worker_binds_total."""
-        bound = sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
+        workers there (bound, or reserved for the unbound). Then a pass now would find the same free devices
+        everywhere and change no grant, and none is needed (docs/performance.md, the eighth round). A bind seen
+        while a pass runs is checked against the plan that pass stores (it may have read the cluster before the
+        bind), and a pass is asked for then if it is not counted there. Counted in kubefit_worker_binds_total."""
+        bound = _bound_on(view, key, node)
         with self._lock:
-            entry = self._entries.get(key)
-            if self._passes_running or entry is None or not entry.granted:
-                placement = BIND_UNCHECKED
-            elif 0 < bound <= entry.counted.get(node, 0):
-                placement = BIND_COUNTED
-            else:
-                placement = BIND_ELSEWHERE
+            if self._passes_running:
+                self._binds_in_pass.append((key, node))
+                return True
+            placement = self._bind_placement(key, node, bound)
         self.metrics.count_worker_bind(placement)
         return placement == BIND_COUNTED
+
+    def _bind_placement(self, key: JobKey, node: str, bound: int) -> str:
+        entry = self._entries.get(key)
+        if entry is not None and entry.granted and 0 < bound <= entry.counted.get(node, 0):
+            return BIND_COUNTED
+        return BIND_ELSEWHERE
+
+    def _check_binds_in_pass(self, view: ClusterView) -> None:
+        """After the last running pass stored its plan: the binds seen meanwhile, checked against it."""
+        with self._lock:
+            if self._passes_running or not self._binds_in_pass:
+                return
+            binds, self._binds_in_pass = self._binds_in_pass, []
+        placements = []
+        for key, node in binds:
+            bound = _bound_on(view, key, node)
+            with self._lock:
+                placements.append(self._bind_placement(key, node, bound))
+        for placement in placements:
+            self.metrics.count_worker_bind(placement)
+        if any(placement != BIND_COUNTED for placement in placements):
+            self.request("pod", view)
 
     def snapshot(self) -> dict[JobKey, Grant]:
         with self._lock:
@@ -402,6 +423,7 @@ class Scheduler:
         finally:
             with self._lock:
                 self._passes_running -= 1
+            self._check_binds_in_pass(view)
 
     def _plan_and_store(self, view: ClusterView) -> list[JobKey]:
         started = time.perf_counter()
@@ -619,6 +641,10 @@ def _still_reserved(
         if workers - max(0, bound_since) > 0:
             left[node] = workers - max(0, bound_since)
     return left
+
+
+def _bound_on(view: ClusterView, key: JobKey, node: str) -> int:
+    return sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
 
 
 def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:

@@ -53,8 +53,8 @@ SCALE_DIRECTIONS = frozenset({"up", "down"})
 SCALE_REASONS = frozenset({"ScaledUp", "ScaledDown", "CapacityChanged", "ShrunkForPriority"})
 PREEMPTION_REASONS = frozenset({"HigherPriority"})
 # kubefit_worker_binds_total's placement: where kube-scheduler bound a live worker, against the last pass.
-BIND_COUNTED, BIND_ELSEWHERE, BIND_UNCHECKED = "counted", "elsewhere", "unchecked"
-BIND_PLACEMENTS = (BIND_COUNTED, BIND_ELSEWHERE, BIND_UNCHECKED)
+BIND_COUNTED, BIND_ELSEWHERE = "counted", "elsewhere"
+BIND_PLACEMENTS = (BIND_COUNTED, BIND_ELSEWHERE)
 OTHER_TRIGGER, OTHER_REASON = "other", "Other"
 # Deleted jobs remembered, so that a reconcile finishing after the deletion cannot re-add their series; a
 # reconcile lasts seconds, so far fewer jobs than this are deleted meanwhile.
@@ -193,7 +193,7 @@ class OperatorMetrics:
         self.worker_binds = Counter(
             "kubefit_worker_binds",
             "Workers bound to a node, by placement against the last scheduling pass: counted (where it counted"
-            " the job's workers), elsewhere, or unchecked (a pass was running).",
+            " the job's workers) or elsewhere.",
             ["placement"],
             registry=self.registry,
         )
