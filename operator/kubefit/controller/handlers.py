@@ -256,11 +256,10 @@ def _pass_change(before: WorkerPod | None, after: WorkerPod | None) -> WorkerCha
     if held == holds:
         return WorkerChange(WorkerNews.CHANGED)
     live = after.index is not None and not after.terminating and not after.finished
-    only_bound = before.node_name is None and after.node_name is not None and held[2:] == holds[2:]
+    # Index, terminating and finished as they were: only the node is new.
+    only_bound = before.node_name is None and (held[0], *held[2:]) == (holds[0], *holds[2:])
     return WorkerChange(
-        WorkerNews.CHANGED,
-        moves_devices=True,
-        bound_on=after.node_name if live and only_bound and held[0] == holds[0] else None,
+        WorkerNews.CHANGED, moves_devices=True, bound_on=after.node_name if live and only_bound else None
     )
 
 

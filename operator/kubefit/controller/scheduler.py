@@ -637,9 +637,9 @@ def _still_reserved(
         return reserved
     left = {}
     for node, workers in reserved.items():
-        bound_since = placed.get(node, 0) - (counted.get(node, 0) - workers)
-        if workers - max(0, bound_since) > 0:
-            left[node] = workers - max(0, bound_since)
+        bound_since = max(0, placed.get(node, 0) - (counted.get(node, 0) - workers))
+        if workers > bound_since:
+            left[node] = workers - bound_since
     return left
 
 
