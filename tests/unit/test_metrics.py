@@ -270,6 +270,16 @@ def test_scale_events_and_preemptions_keep_their_labels_bounded() -> None:
         metrics.count_scale_events([("sideways", "ScaledUp")])
 
 
+def test_worker_binds_start_at_zero_and_an_unknown_placement_is_refused_by_name() -> None:
+    metrics = OperatorMetrics()
+    assert value(metrics, "kubefit_worker_binds_total", placement="elsewhere") == 0
+    metrics.count_worker_bind("counted")
+    assert value(metrics, "kubefit_worker_binds_total", placement="counted") == 1
+    with pytest.raises(ValueError, match="bind placement must be one of .*got 'nowhere'"):
+        metrics.count_worker_bind("nowhere")
+    assert value(metrics, "kubefit_worker_binds_total", placement="counted") == 1  # nothing counted for it
+
+
 def test_cluster_accelerators_come_from_the_source_at_each_scrape_and_a_failing_source_drops_them() -> None:
     metrics = OperatorMetrics()
     assert value(metrics, "kubefit_cluster_accelerators", accelerator=H100, state="free") is None
