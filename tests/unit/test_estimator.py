@@ -444,6 +444,27 @@ def test_fsdp_accumulation_under_no_sync_holds_unsharded_gradients() -> None:
     assert offloaded.gradients == accumulating.gradients and offloaded.optimizer_states == 0
 
 
+@pytest.mark.parametrize("devices", [2, 8])
+def test_fsdp_gathers_whole_units_beside_the_devices_own_shard(devices: int) -> None:
+    # FSDP1 all-gathers into _full_param_padded, a buffer of the whole unit, while the device's
+    # _local_shard stays allocated: two whole units are in flight whatever the data-parallel degree.
+    lora = {
+        "parameters": "8.03B",
+        "architecture": LLAMA3_8B,
+        "precision": "bf16-true",
+        "finetuning": {"method": "lora", "loraRank": 8},
+    }
+    unit = shape_from_architecture(Architecture.model_validate(LLAMA3_8B), None).largest_unit()
+    sharded = estimate(job(lora, sharding="fsdp"), H100, Layout(devices, 1))
+    # The frozen 16-bit base produces no gradient, so the buffers are the two gathered units alone.
+    assert sharded.communication_buffers == pytest.approx(2 * unit * 2, rel=1e-6)
+    offloaded = estimate(
+        job(lora, sharding="fsdp", offload="optimizer-and-parameters"), H100, Layout(devices, 1)
+    )
+    assert offloaded.weights == 0
+    assert offloaded.communication_buffers == sharded.communication_buffers
+
+
 @pytest.mark.parametrize("value", [0, -1, "4", 2.5])
 def test_a_bad_gradient_accumulation_names_the_field(value: Any) -> None:
     with pytest.raises(InvalidSpec) as error:

@@ -700,7 +700,7 @@ def _communication_buffers(
     """Parameters gathered or gradients bucketed for communication, plus QLoRA's dequantised copies."""
     tensor_parallel = spec.training.tensor_parallel
     if sharding.strategy == "zero3" and sharding.weight_shards > 1:
-        communication = _gathered_units(shape, tensor_parallel, share, sharding, on_device)
+        communication = _gathered_units(shape, tensor_parallel, share, on_device)
     elif sharding.data_parallel == 1:
         communication = 0.0  # a single replica communicates nothing
     elif sharding.strategy in ("zero1", "zero2", "zero3"):
@@ -715,14 +715,13 @@ def _communication_buffers(
     return communication
 
 
-def _gathered_units(
-    shape: ModelShape, tensor_parallel: int, share: _StageShare, sharding: _Sharding, on_device: _States
-) -> float:
-    """ZeRO-3/FSDP: the units gathered beyond the shard the device already holds (never more than the
-    whole stage), and the unsharded gradients they produce."""
+def _gathered_units(shape: ModelShape, tensor_parallel: int, share: _StageShare, on_device: _States) -> float:
+    """ZeRO-3/FSDP: the units gathered in flight, each whole (never more than the whole stage), and the
+    unsharded gradients they produce. The all-gather writes into a buffer of the whole unit beside the
+    device's shard, which stays allocated: FSDP1's `_full_param_padded` beside `_local_shard`
+    (torch/distributed/fsdp/_flat_param.py), FSDP2's all-gather output and unsharded parameters beside the
+    local DTensor shards, DeepSpeed ZeRO-3's gathered `param.data` beside `param.ds_tensor`."""
     gathered = min(ALLGATHER_UNITS_IN_FLIGHT * shape.largest_unit() / tensor_parallel, share.parameters)
-    if on_device.weights > 0:  # the device's own shard is already there (unless offloaded)
-        gathered *= 1 - 1 / sharding.data_parallel
     gradients = gathered / ALLGATHER_UNITS_IN_FLIGHT * on_device.gathered_gradient_bytes
     return gathered * on_device.gathered_bytes + gradients
 
