@@ -104,6 +104,8 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("accelerators-per-worker-word", _in("resources", acceleratorsPerWorker="many"), "spec.resources.acceleratorsPerWorker", API),
     BadSpec("micro-batch-zero", {"training": {"microBatchSize": 0}}, "spec.training.microBatchSize", API),
     BadSpec("sequence-above-max", {"training": {"sequenceLength": 2**30}}, "spec.training.sequenceLength", API),
+    BadSpec("fsdp-wrap-without-fsdp", {"training": {"sharding": "zero3", "fsdpWrap": "blocks-and-embeddings"}}, "spec.training.fsdpWrap", OPERATOR),
+    BadSpec("fsdp-wrap-unknown", {"training": {"sharding": "fsdp", "fsdpWrap": "layers"}}, "spec.training.fsdpWrap", API),
     BadSpec("layers-above-max", _model(architecture={**ARCHITECTURE, "layers": 10**6}), "spec.model.architecture.layers", API),
     BadSpec("heads-above-width", _model(architecture={**ARCHITECTURE, "attentionHeads": 4096}), "spec.model.architecture", OPERATOR),
     BadSpec("kv-heads-above-heads", _model(architecture={**ARCHITECTURE, "kvHeads": 32}), "spec.model.architecture", OPERATOR),

@@ -380,6 +380,17 @@ def test_a_4_bit_detail_without_a_4_bit_base_is_refused_naming_the_field(
     assert parsed.model.finetuning.method == "qlora"
 
 
+@pytest.mark.parametrize("sharding", ["none", "zero1", "zero2", "zero3"])
+def test_an_fsdp_wrap_without_fsdp_is_refused_naming_the_field(sharding: str) -> None:
+    wrapped = {"sharding": sharding, "fsdpWrap": "blocks-and-embeddings"}
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(_spec(training=wrapped))
+    assert "spec.training.fsdpWrap" in str(refused.value) and "sharding fsdp" in str(refused.value)
+    parse_spec(_spec(training={"sharding": sharding, "fsdpWrap": "blocks"}))  # the default: fine
+    parsed = parse_spec(_spec(training={**wrapped, "sharding": "fsdp"}))
+    assert parsed.training.fsdp_wrap == "blocks-and-embeddings"
+
+
 @given(st.integers(min_value=1, max_value=10**15))
 def test_parsed_spec_round_trips_through_the_wire_format(parameters: int) -> None:
     # What the operator writes back (by_alias, camelCase) must parse to the same spec.

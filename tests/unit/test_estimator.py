@@ -444,25 +444,53 @@ def test_fsdp_accumulation_under_no_sync_holds_unsharded_gradients() -> None:
     assert offloaded.gradients == accumulating.gradients and offloaded.optimizer_states == 0
 
 
+LLAMA3_8B_LORA = {
+    "parameters": "8.03B",
+    "architecture": LLAMA3_8B,
+    "precision": "bf16-true",
+    "finetuning": {"method": "lora", "loraRank": 8},
+}
+LLAMA3_8B_SHAPE = shape_from_architecture(Architecture.model_validate(LLAMA3_8B), None)
+
+
 @pytest.mark.parametrize("devices", [2, 8])
 def test_fsdp_gathers_whole_units_beside_the_devices_own_shard(devices: int) -> None:
     # FSDP1 all-gathers into _full_param_padded, a buffer of the whole unit, while the device's
-    # _local_shard stays allocated: two whole units are in flight whatever the data-parallel degree.
-    lora = {
-        "parameters": "8.03B",
-        "architecture": LLAMA3_8B,
-        "precision": "bf16-true",
-        "finetuning": {"method": "lora", "loraRank": 8},
-    }
-    unit = shape_from_architecture(Architecture.model_validate(LLAMA3_8B), None).largest_unit()
-    sharded = estimate(job(lora, sharding="fsdp"), H100, Layout(devices, 1))
-    # The frozen 16-bit base produces no gradient, so the buffers are the two gathered units alone.
-    assert sharded.communication_buffers == pytest.approx(2 * unit * 2, rel=1e-6)
-    offloaded = estimate(
-        job(lora, sharding="fsdp", offload="optimizer-and-parameters"), H100, Layout(devices, 1)
+    # _local_shard stays allocated: what is gathered does not shrink with the data-parallel degree.
+    apart = job(LLAMA3_8B_LORA, sharding="fsdp", fsdpWrap="blocks-and-embeddings")
+    sharded = estimate(apart, H100, Layout(devices, 1))
+    # The frozen 16-bit base produces no gradient: two whole units of the largest (one V x h), 2 bytes each.
+    assert sharded.communication_buffers == pytest.approx(2 * LLAMA3_8B_SHAPE.largest_unit() * 2, rel=1e-6)
+    offload = job(
+        LLAMA3_8B_LORA, sharding="fsdp", fsdpWrap="blocks-and-embeddings", offload="optimizer-and-parameters"
     )
+    offloaded = estimate(offload, H100, Layout(devices, 1))
     assert offloaded.weights == 0
     assert offloaded.communication_buffers == sharded.communication_buffers
+
+
+def test_fsdp_wrapping_blocks_alone_keeps_the_root_with_embedding_and_head_gathered() -> None:
+    # FSDP keeps the root unit gathered from the forward through the backward; with only the blocks wrapped,
+    # the root holds the embedding and the untied head (2 x V x h) beside the two blocks in flight.
+    shape = LLAMA3_8B_SHAPE
+    blocks = estimate(job(LLAMA3_8B_LORA, sharding="fsdp"), H100, Layout(8, 1))
+    root = 2 * shape.embedding_parameters()
+    assert blocks.communication_buffers == pytest.approx((root + 2 * shape.block_parameters()) * 2, rel=1e-6)
+    apart = estimate(
+        job(LLAMA3_8B_LORA, sharding="fsdp", fsdpWrap="blocks-and-embeddings"), H100, Layout(8, 1)
+    )
+    assert blocks.communication_buffers > apart.communication_buffers
+    assert blocks.weights == apart.weights and blocks.activations == apart.activations
+    # DeepSpeed ZeRO-3 gathers per module: no root unit, sized like the embeddings wrapped apart.
+    deepspeed = estimate(job(LLAMA3_8B_LORA, sharding="zero3"), H100, Layout(8, 1))
+    assert deepspeed.communication_buffers == apart.communication_buffers
+    # Full training: the head's gradient is there from the start of the backward, with one block's.
+    full = {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": "bf16-true"}
+    trained = estimate(job(full, sharding="fsdp"), H100, Layout(8, 1))
+    gradients = (shape.embedding_parameters() + shape.block_parameters()) * 2
+    assert trained.communication_buffers == pytest.approx(
+        (root + 2 * shape.block_parameters()) * 2 + gradients, rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("value", [0, -1, "4", 2.5])

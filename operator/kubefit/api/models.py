@@ -36,6 +36,7 @@ Attention = Literal["sdpa", "flash", "eager"]
 Sharding = Literal["none", "zero1", "zero2", "zero3", "fsdp"]
 Offload = Literal["none", "optimizer", "optimizer-and-parameters"]
 Loss = Literal["standard", "chunked"]
+FsdpWrap = Literal["blocks", "blocks-and-embeddings"]
 Preemption = Literal["Never", "LowerPriority"]
 
 # A count such as 8030000000 or "8.03B", and a quantity such as "120Gi": both are integers or strings
@@ -341,6 +342,15 @@ class Training(_Model):
         description="Data-parallel sharding of training state across all data-parallel devices: none (plain "
         "data parallel), zero1 (optimizer states), zero2 (+gradients), zero3 or fsdp (+parameters).",
     )
+    fsdp_wrap: FsdpWrap = Field(
+        default="blocks",
+        description="sharding fsdp only: which modules FSDP shards as their own units. blocks: the "
+        "transformer blocks alone (Hugging Face Accelerate's transformer wrap policy, litgpt, fsdp_qlora, "
+        "torchtitan, torchtune without custom_sharded_layers); the embedding and output head stay in the "
+        "root unit, which FSDP keeps gathered from the forward through the backward. "
+        "blocks-and-embeddings: the embedding and head are sharded apart too (torchtune's "
+        "custom_sharded_layers), so they are gathered one at a time like a block.",
+    )
     tensor_parallel: int = Field(
         strict=True, ge=1, le=MAX_PARALLEL_DEGREE, default=1, description="Tensor-parallel degree t."
     )
@@ -366,6 +376,18 @@ class Training(_Model):
         "keeps every chunk's fp32 log-softmax, about half of standard. Give chunked only when the training "
         "code uses such a loss.",
     )
+
+    @field_validator("fsdp_wrap")
+    @classmethod
+    def _only_for_fsdp(cls, value: str, info: ValidationInfo) -> str:
+        # How FSDP wraps the model means nothing to another sharding; its default is accepted anywhere, so a
+        # spec written back with its defaults filled in still parses.
+        if "sharding" not in info.data:
+            return value  # the sharding itself is refused; its error is the one to read
+        sharding = info.data["sharding"]
+        if value != cls.model_fields["fsdp_wrap"].default and sharding != "fsdp":
+            raise ValueError(f"applies only to sharding fsdp (sharding is {sharding})")
+        return value
 
 
 class Resources(_Model):

@@ -700,7 +700,7 @@ def _communication_buffers(
     """Parameters gathered or gradients bucketed for communication, plus QLoRA's dequantised copies."""
     tensor_parallel = spec.training.tensor_parallel
     if sharding.strategy == "zero3" and sharding.weight_shards > 1:
-        communication = _gathered_units(shape, tensor_parallel, share, on_device)
+        communication = _gathered_units(spec.training, shape, share, on_device)
     elif sharding.data_parallel == 1:
         communication = 0.0  # a single replica communicates nothing
     elif sharding.strategy in ("zero1", "zero2", "zero3"):
@@ -715,15 +715,30 @@ def _communication_buffers(
     return communication
 
 
-def _gathered_units(shape: ModelShape, tensor_parallel: int, share: _StageShare, on_device: _States) -> float:
-    """ZeRO-3/FSDP: the units gathered in flight, each whole (never more than the whole stage), and the
-    unsharded gradients they produce. The all-gather writes into a buffer of the whole unit beside the
-    device's shard, which stays allocated: FSDP1's `_full_param_padded` beside `_local_shard`
-    (torch/distributed/fsdp/_flat_param.py), FSDP2's all-gather output and unsharded parameters beside the
-    local DTensor shards, DeepSpeed ZeRO-3's gathered `param.data` beside `param.ds_tensor`."""
-    gathered = min(ALLGATHER_UNITS_IN_FLIGHT * shape.largest_unit() / tensor_parallel, share.parameters)
-    gradients = gathered / ALLGATHER_UNITS_IN_FLIGHT * on_device.gathered_gradient_bytes
-    return gathered * on_device.gathered_bytes + gradients
+def _gathered_units(training: Training, shape: ModelShape, share: _StageShare, on_device: _States) -> float:
+    """ZeRO-3/FSDP: the parameters gathered at the peak, each unit whole, and the unsharded gradients they
+    produce. The all-gather writes into a buffer of the whole unit beside the device's shard, which stays
+    allocated: FSDP1's `_full_param_padded` beside `_local_shard` (torch/distributed/fsdp/_flat_param.py),
+    FSDP2's unsharded parameters beside the local DTensor shards, DeepSpeed ZeRO-3's gathered `param.data`
+    beside `param.ds_tensor`.
+
+    Two units are in flight: the block being computed and the one prefetched. Under fsdpWrap blocks the
+    embedding and the head are in FSDP's root unit, which FSDP keeps gathered from the forward through the
+    backward (FSDP1 `_post_forward_reshard` frees no root parameters; FSDP2 sets the root's
+    `post_forward_mesh_info` to None), and the head's gradient is there from the start of the backward.
+    Otherwise (DeepSpeed, which gathers per module, or the embedding and head wrapped apart) the largest
+    unit, a block or one V x h matrix, stands for both in flight."""
+    tensor_parallel = training.tensor_parallel
+    if training.sharding == "fsdp" and training.fsdp_wrap == "blocks":
+        root = share.embeddings / tensor_parallel
+        blocks = ALLGATHER_UNITS_IN_FLIGHT * shape.block_parameters() / tensor_parallel
+        gathered = min(root + blocks, share.parameters)
+        gradient_parameters = (shape.embedding_parameters() + shape.block_parameters()) / tensor_parallel
+    else:
+        gathered = min(ALLGATHER_UNITS_IN_FLIGHT * shape.largest_unit() / tensor_parallel, share.parameters)
+        gradient_parameters = gathered / ALLGATHER_UNITS_IN_FLIGHT
+    # Fresh gradients, before FSDP reduces them (or, under no_sync, adds them to the unsharded ones).
+    return gathered * on_device.gathered_bytes + gradient_parameters * on_device.gathered_gradient_bytes
 
 
 def _step_temporaries(
