@@ -58,8 +58,10 @@ UNMET: dict[tuple[str, str], str] = {
     ): "Qwen-1.8B-Chat LoRA rows 100-104: -13% to -16%",
     ("test_median_absolute_error_meets_the_target", "held-out"): "median |error| 9.9% on the Qwen rows",
     ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "development"): (
-        "row 54 (torchtune 8B LoRA on an A6000, +51%) and row 73 (litgpt 13B LoRA: 35.5 GiB allocated on "
-        "a 40 GiB A100, just under the band; predicted 35.9 GiB allocated, above 36 GiB in total)"
+        "row 28 (torchtune 8B full with optimizer in the backward on a 24 GB 4090, +13%: its torch.compile "
+        "is not in the API), row 54 (torchtune 8B LoRA on an A6000, +51%) and row 73 (litgpt 13B LoRA: 35.5 "
+        "GiB allocated on a 40 GiB A100, just under the band; predicted 35.9 GiB allocated, above 36 GiB in "
+        "total)"
     ),
     ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "held-out"): (
         "row 140 (Qwen-72B-Int4 QLoRA s=4096, 68.0 of 80 GiB) is over-estimated by 16.5%, past the headroom"

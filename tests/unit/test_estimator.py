@@ -493,6 +493,30 @@ def test_fsdp_wrapping_blocks_alone_keeps_the_root_with_embedding_and_head_gathe
     )
 
 
+def test_optimizer_in_backward_holds_one_matrix_of_gradients_and_steps_it_alone() -> None:
+    full = {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": "bf16-true", "optimizer": "adamw"}
+    held = estimate(job(full), H100, Layout(1, 1))
+    stepped = estimate(job(full, optimizerInBackward=True), H100, Layout(1, 1))
+    largest = LLAMA3_8B_SHAPE.largest_matrix()  # the 128256 x 4096 head, whose gradient comes first
+    assert held.gradients == pytest.approx(2 * 8.03e9, rel=0.01)
+    assert stepped.gradients == pytest.approx(2 * largest, rel=1e-6)
+    # The per-parameter step runs beside the live activations: one bf16 temporary of that matrix.
+    assert stepped.step_temporaries == pytest.approx(2 * largest, rel=1e-6)
+    assert stepped.weights == held.weights and stepped.optimizer_states == held.optimizer_states
+    assert stepped.activations == held.activations and stepped.logits == held.logits
+    # LoRA: never more than the adapters themselves.
+    lora = estimate(job(LLAMA3_8B_LORA, optimizerInBackward=True), H100, Layout(1, 1))
+    adapters = estimate(job(LLAMA3_8B_LORA), H100, Layout(1, 1))
+    assert lora.gradients == adapters.gradients
+
+
+def test_optimizer_in_backward_with_accumulation_is_refused_naming_the_field() -> None:
+    with pytest.raises(InvalidSpec) as refused:
+        job(None, optimizerInBackward=True, gradientAccumulation=2)
+    assert "spec.training.optimizerInBackward" in str(refused.value)
+    assert "gradientAccumulation 1" in str(refused.value)
+
+
 @pytest.mark.parametrize("value", [0, -1, "4", 2.5])
 def test_a_bad_gradient_accumulation_names_the_field(value: Any) -> None:
     with pytest.raises(InvalidSpec) as error:

@@ -229,6 +229,7 @@ class Finetuning(_Model):
         json_schema_extra=_int_or_string_schema(COUNT_PATTERN, MAX_PARAMETERS),
     )
     double_quantization: bool = Field(
+        strict=True,
         default=True,
         description="qlora only. true: the 4-bit blocks' constants are quantised too (QLoRA's double "
         "quantisation, bitsandbytes bnb_4bit_use_double_quant / litgpt bnb.nf4-dq, torchao NF4), 4.127 bits "
@@ -236,6 +237,7 @@ class Finetuning(_Model):
         "bnb.nf4), 4.5 bits per weight.",
     )
     quantized_head: bool = Field(
+        strict=True,
         default=False,
         description="qlora only. true: the output head, when not tied to the embedding, is quantised like "
         "the blocks' linear layers and dequantised to 16 bits at each call (Lightning's "
@@ -327,6 +329,13 @@ class Training(_Model):
         "no_sync accumulation (PyTorch FSDP, Lightning Fabric, Accelerate), which holds every gradient "
         "unsharded on each device until the last micro-batch; zero2/zero3 keep gradients partitioned.",
     )
+    optimizer_in_backward: bool = Field(
+        strict=True,
+        default=False,
+        description="true: each parameter's optimizer step runs in the backward pass as soon as its gradient "
+        "is ready, and the gradient is freed (torchtune optimizer_in_bwd, PyTorch's optimizer-step-in-"
+        "backward hooks), so the model's gradients are never held together. Needs gradientAccumulation 1.",
+    )
     activation_checkpointing: Checkpointing = Field(
         default="none",
         description="none: keep all activations. selective: recompute attention internals. full: keep only "
@@ -376,6 +385,15 @@ class Training(_Model):
         "keeps every chunk's fp32 log-softmax, about half of standard. Give chunked only when the training "
         "code uses such a loss.",
     )
+
+    @field_validator("optimizer_in_backward")
+    @classmethod
+    def _one_micro_batch_per_step(cls, value: bool, info: ValidationInfo) -> bool:
+        # A step inside the backward cannot wait for more micro-batches: nothing accumulates the gradients.
+        accumulation = info.data.get("gradient_accumulation")
+        if value and accumulation is not None and accumulation > 1:
+            raise ValueError(f"needs gradientAccumulation 1 (gradientAccumulation is {accumulation})")
+        return value
 
     @field_validator("fsdp_wrap")
     @classmethod

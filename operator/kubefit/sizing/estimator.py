@@ -742,7 +742,11 @@ def _gathered_units(training: Training, shape: ModelShape, share: _StageShare, o
 
 
 def _step_temporaries(
-    offloaded: _Offloaded, sharding: _Sharding, transient: _Transient, autocast_weights: bool
+    offloaded: _Offloaded,
+    sharding: _Sharding,
+    transient: _Transient,
+    autocast_weights: bool,
+    stepped_matrix: float = 0.0,
 ) -> float:
     """The optimizer step's intermediates beyond the memory freed by then that they can reuse: the saved
     activations (many blocks of layer size) and, under torch autocast, the 16-bit weight copies. The
@@ -750,6 +754,8 @@ def _step_temporaries(
     counted as room for it."""
     if not offloaded.step_on_device:
         return 0.0
+    if stepped_matrix:  # optimizer in the backward: one parameter at a time, beside the live activations
+        return stepped_matrix * sharding.per_parameter.step_temporary
     temporary = (
         offloaded.on_device.trainable * sharding.per_parameter.step_temporary / sharding.optimizer_shards
     )
@@ -792,6 +798,14 @@ def _stage_estimate(
     """Parameter states, then offload, activations and logits, then the overheads they imply."""
     share = _stage_share(resolved, spec.training, stage)
     states = _parameter_states(spec, resolved, share, sharding)
+    stepped_matrix = 0.0
+    if spec.training.optimizer_in_backward:
+        # Each gradient is stepped and freed as soon as it is ready: at most one matrix's gradient (the
+        # largest, which the head's is, first in the backward) is held, whole, before any reduction.
+        stepped_matrix = min(
+            resolved.shape.largest_matrix() / spec.training.tensor_parallel, states.trainable
+        )
+        states = replace(states, gradients=stepped_matrix * sharding.per_parameter.gradients)
     offloaded = _offload(
         spec.training.offload, sharding.strategy, states, _unsharded_accumulation(spec.training)
     )
@@ -800,7 +814,7 @@ def _stage_estimate(
     autocast_weights = residual_stream(
         spec.model.precision, spec.model.finetuning.method, sharding.strategy
     ) == (FP32_BYTES, 1)
-    step = _step_temporaries(offloaded, sharding, transient, autocast_weights)
+    step = _step_temporaries(offloaded, sharding, transient, autocast_weights, stepped_matrix)
     overheads = _overheads(device, step, communication, transient)
     on_device = offloaded.on_device
     return Estimate(
