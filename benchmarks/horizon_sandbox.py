@@ -30,6 +30,8 @@ kube-controller-manager, the node agent playing every node's kubelet) with the o
 Measured in each phase: the operator's decision durations from its /metrics histograms
 kubefit_reconcile_duration_seconds and kubefit_scheduling_pass_duration_seconds (count, mean, how many above
 1 s; their buckets run from 5 ms to 10 s, so "every one at most 1 s" is what they can say, not a maximum),
+the passes' CPU time (kubefit_scheduling_pass_cpu_seconds: a pass longer than its CPU time waited for a CPU
+or for the interpreter lock),
 its reconciles by trigger, the CPU seconds of every process, the API requests per second; RSS (VmRSS) of the
 operator and the API server sampled every 2 s (peaks), and of every process at the end of each phase. The
 histograms are also scraped every 10 s, to say when the decisions above 1 s happened. The operator's
@@ -106,6 +108,7 @@ RSS_SAMPLE_S = 2.0
 SCRAPE_EVERY = 5  # RSS samples: the operator's /metrics every 10 s
 RECONCILE_HISTOGRAM = "kubefit_reconcile_duration_seconds"
 PASS_HISTOGRAM = "kubefit_scheduling_pass_duration_seconds"
+PASS_CPU_HISTOGRAM = "kubefit_scheduling_pass_cpu_seconds"
 QUEUE_WAIT_HISTOGRAM = "kubefit_queue_wait_seconds"
 SETTLED_PHASES = frozenset({"Running", "Queued"})
 TIMEOUT_S = 3600.0
@@ -477,6 +480,7 @@ class Snapshot:
     requests: dict[str, float]
     reconciles: Histogram
     passes: Histogram
+    pass_cpu: Histogram
     queue_wait: Histogram
     triggers: dict[str, float]
 
@@ -504,6 +508,7 @@ class Run:
     rss_idle: float = 0.0
     lifetime_reconciles: Histogram = field(default_factory=Histogram)
     lifetime_passes: Histogram = field(default_factory=Histogram)
+    lifetime_pass_cpu: Histogram = field(default_factory=Histogram)
     fill_started: float = 0.0
 
     def metrics_text(self) -> str:
@@ -520,6 +525,7 @@ class Run:
             request_counts(self.sandbox),
             parse_histogram(text, RECONCILE_HISTOGRAM),
             parse_histogram(text, PASS_HISTOGRAM),
+            parse_histogram(text, PASS_CPU_HISTOGRAM),
             parse_histogram(text, QUEUE_WAIT_HISTOGRAM),
             self.operator.reconciles(),
         )
@@ -543,6 +549,7 @@ class Run:
         phase.lines += [
             decisions_line("  reconciles", phase.reconciles),
             decisions_line("  scheduling passes", after.passes.minus(before.passes), "passes"),
+            decisions_line("  their CPU time", after.pass_cpu.minus(before.pass_cpu), "passes"),
             "  by trigger: "
             + (", ".join(f"{key} {count:.0f}" for key, count in sorted(triggers.items()) if count) or "none"),
             "  " + scale_500.binds_line(binds),
@@ -671,6 +678,7 @@ def verdicts(run: Run, sampler: Sampler) -> None:
     reconciles, passes = run.lifetime_reconciles, run.lifetime_passes
     print(decisions_line("every reconcile of the operator's life", reconciles))
     print(decisions_line("every scheduling pass of the operator's life", passes, "passes"))
+    print(decisions_line("  their CPU time", run.lifetime_pass_cpu, "passes"))
     slow = slow_windows(sampler.timeline, run.fill_started)
     print("decisions above 1 s, by time from the first apply (10 s scrapes): " + ("; ".join(slow) or "none"))
     within = all(h.count and h.count == h.at_most(DECISION_TARGET_S) for h in (reconciles, passes))
@@ -789,6 +797,7 @@ def measure(run: Run, args: argparse.Namespace, progress: Callable[[str], None])
     text = run.metrics_text()
     run.lifetime_reconciles = parse_histogram(text, RECONCILE_HISTOGRAM)
     run.lifetime_passes = parse_histogram(text, PASS_HISTOGRAM)
+    run.lifetime_pass_cpu = parse_histogram(text, PASS_CPU_HISTOGRAM)
     run.facts.append(nodes_ready_line(run.sandbox))
     return sampler
 

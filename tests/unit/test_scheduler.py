@@ -549,3 +549,28 @@ def test_a_grant_names_the_hostnames_of_the_nodes_reserved_for_its_unbound_worke
     scheduler.offer(other, demand("other", per_worker=4, min_workers=1, want=1), ANYWHERE, cluster.view())
     grant = scheduler.grant(other, [])
     assert (grant.workers, grant.hostnames) == (1, frozenset())
+
+
+def test_a_pass_reports_its_cpu_time_apart_from_its_duration() -> None:
+    # A pass that waits (here: sleeps inside the planner, as it would wait for a CPU or the interpreter
+    # lock) takes that long, but its thread spends almost none of it computing.
+    waited = 0.2
+
+    def waiting_planner(*args: object, **kwargs: object) -> AdmissionPlan:
+        time.sleep(waited)
+        return plan_admissions(*args, **kwargs)  # type: ignore[arg-type]
+
+    cluster = FakeCluster(nodes=[node("n1")])
+    scheduler = Scheduler(
+        CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None), planner=waiting_planner
+    )
+    scheduler.reconcile_with(lambda key, trigger, view: None)
+    scheduler.offer(("ns", "a"), demand("a", min_workers=1, want=1), ANYWHERE, cluster.view())
+    registry = scheduler.metrics.registry
+    passes = registry.get_sample_value("kubefit_scheduling_pass_duration_seconds_count")
+    assert passes and registry.get_sample_value("kubefit_scheduling_pass_cpu_seconds_count") == passes
+    duration = registry.get_sample_value("kubefit_scheduling_pass_duration_seconds_sum")
+    cpu = registry.get_sample_value("kubefit_scheduling_pass_cpu_seconds_sum")
+    assert duration is not None and cpu is not None
+    assert duration >= waited * passes
+    assert 0 < cpu < duration - waited * passes / 2

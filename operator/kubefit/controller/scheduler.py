@@ -426,7 +426,7 @@ class Scheduler:
             self._check_binds_in_pass(view)
 
     def _plan_and_store(self, view: ClusterView) -> list[JobKey]:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         not_ready = self._not_ready_names()
         nodes = [node for node in view.nodes() if node.name not in not_ready]
         with self._lock:
@@ -463,6 +463,7 @@ class Scheduler:
         self.passes += 1
         changed = self._store(plan, entries, _hostnames(plan, nodes))
         self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
+        self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
 
     def _not_ready_names(self) -> frozenset[str]:

@@ -184,6 +184,13 @@ class OperatorMetrics:
             buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
+        self.scheduling_pass_cpu = Histogram(
+            "kubefit_scheduling_pass_cpu_seconds",
+            "CPU time the operator's thread spent in one scheduling pass; below the pass's duration by the time"
+            " it waited for a CPU or for Python's interpreter lock.",
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
         self.preemptions = Counter(
             "kubefit_preemptions",
             "Whole jobs stopped and requeued to make room for another, by reason.",
