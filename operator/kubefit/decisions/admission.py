@@ -128,14 +128,17 @@ class _Job:
     preempted_for: JobKey | None = None
     removal_order: tuple[str, ...] = ()  # bound workers' nodes, the first removed first (highest index)
     reserved_before: Mapping[str, int] = field(default_factory=dict)  # Holding.reserved
+    # Queue order, worked out once: the demand is frozen, and passes compare it many times.
+    order: tuple[int, float, str, str] = field(init=False)
+    # Workers in `bound` and `reserved`, kept by the three places that change them (_jobs, take, release).
+    placed_count: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.order = (-self.demand.priority, self.demand.created, *self.demand.key)
 
     @property
     def key(self) -> JobKey:
         return self.demand.key
-
-    @property
-    def order(self) -> tuple[int, float, str, str]:
-        return (-self.demand.priority, self.demand.created, *self.demand.key)
 
     @property
     def floor(self) -> int:
@@ -148,7 +151,7 @@ class _Job:
 
     @property
     def placed(self) -> int:
-        return sum(self.bound.values()) + sum(self.reserved.values())
+        return self.placed_count
 
     @property
     def holds(self) -> bool:
@@ -242,10 +245,12 @@ class _Cluster:
         for node, workers in spots.items():
             self.add_free(node, -workers * job.demand.per_worker)
             job.reserved[node] = job.reserved.get(node, 0) + workers
+            job.placed_count += workers
 
     def release(self, job: _Job, node: str, from_reserved: bool) -> None:
         held = job.reserved if from_reserved else job.bound
         held[node] -= 1
+        job.placed_count -= 1
         if not held[node]:
             del held[node]
         self.add_free(node, job.demand.per_worker)
@@ -329,6 +334,7 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
         for node, workers in sorted(holding.placed.items()):
             if workers > 0 and cluster.accelerator_of.get(node) == demand.accelerator:
                 job.bound[node] = workers
+                job.placed_count += workers
                 cluster.add_free(node, -workers * demand.per_worker)
         jobs[demand.key] = job
     for demand in queued:
@@ -338,8 +344,14 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
 
 
 def _reserve(cluster: _Cluster, job: _Job, upto: int) -> None:
-    cluster.take(job, _spots_as_before(cluster, job, upto - job.placed))
-    cluster.take(job, _spots(cluster, job.nodes, job.demand.per_worker, upto - job.placed))
+    # Most admitted jobs have every worker placed already (bound): nothing to look for.
+    missing = upto - job.placed
+    if missing <= 0:
+        return
+    cluster.take(job, _spots_as_before(cluster, job, missing))
+    missing = upto - job.placed
+    if missing > 0:
+        cluster.take(job, _spots(cluster, job.nodes, job.demand.per_worker, missing))
 
 
 def _spots_as_before(cluster: _Cluster, job: _Job, count: int) -> dict[str, int]:
