@@ -50,6 +50,7 @@ import functools
 import json
 import math
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -110,6 +111,8 @@ RECONCILE_HISTOGRAM = "kubefit_reconcile_duration_seconds"
 PASS_HISTOGRAM = "kubefit_scheduling_pass_duration_seconds"
 PASS_CPU_HISTOGRAM = "kubefit_scheduling_pass_cpu_seconds"
 QUEUE_WAIT_HISTOGRAM = "kubefit_queue_wait_seconds"
+COLLECTION_HISTOGRAM = "kubefit_garbage_collection_seconds"
+GENERATIONS = ("0", "1", "2")
 SETTLED_PHASES = frozenset({"Running", "Queued"})
 TIMEOUT_S = 3600.0
 
@@ -217,19 +220,52 @@ class Histogram:
         return next((le for le, count in self.buckets if count >= self.count), None)
 
 
-def parse_histogram(text: str, name: str) -> Histogram:
-    """The unlabelled histogram `name` from a /metrics page (Prometheus text format)."""
+def parse_histogram(text: str, name: str, labels: Mapping[str, str] | None = None) -> Histogram:
+    """The histogram `name` from a /metrics page (Prometheus text format); with `labels`, its series with
+    those label values."""
+    wanted = dict(labels or {})
     buckets: list[tuple[float, float]] = []
     count = total = 0.0
     for line in text.splitlines():
-        if line.startswith(f"{name}_bucket{{"):
-            bound = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((math.inf if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
-        elif line.startswith(f"{name}_count "):
-            count = float(line.rsplit(" ", 1)[1])
-        elif line.startswith(f"{name}_sum "):
-            total = float(line.rsplit(" ", 1)[1])
+        if not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        metric, _, label_text = series.partition("{")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+        if any(found.get(key) != want for key, want in wanted.items()):
+            continue
+        if metric == f"{name}_bucket":
+            bound = found["le"]
+            buckets.append((math.inf if bound == "+Inf" else float(bound), float(value)))
+        elif metric == f"{name}_count":
+            count = float(value)
+        elif metric == f"{name}_sum":
+            total = float(value)
     return Histogram(tuple(sorted(buckets)), count, total)
+
+
+def collections_line(label: str, by_generation: Mapping[str, Histogram], operator_cpu: float | None) -> str:
+    """The garbage collector's collections by generation: how many, their time, the longest (to the bucket)."""
+    parts = []
+    for generation, histogram in by_generation.items():
+        if not histogram.count:
+            parts.append(f"generation {generation}: none")
+            continue
+        bound = histogram.smallest_bound_holding_all()
+        longest = (
+            "past the last bucket (1 s)" if bound in (None, math.inf) else f"each at most {bound * 1000:g} ms"
+        )
+        parts.append(
+            f"generation {generation}: {histogram.count:.0f}, {histogram.total * 1000:.0f} ms "
+            f"(mean {histogram.total / histogram.count * 1000:.1f} ms, {longest})"
+        )
+    seconds = sum(histogram.total for histogram in by_generation.values())
+    share = f"; {seconds / operator_cpu:.1%} of the operator's CPU time" if operator_cpu else ""
+    return f"{label}: {seconds:.1f} s in all{share}; " + "; ".join(parts)
+
+
+def collections_by_generation(text: str) -> dict[str, Histogram]:
+    return {gen: parse_histogram(text, COLLECTION_HISTOGRAM, {"generation": gen}) for gen in GENERATIONS}
 
 
 def decisions_line(
@@ -483,6 +519,7 @@ class Snapshot:
     pass_cpu: Histogram
     queue_wait: Histogram
     triggers: dict[str, float]
+    collections: dict[str, Histogram]
 
 
 @dataclass
@@ -509,6 +546,8 @@ class Run:
     lifetime_reconciles: Histogram = field(default_factory=Histogram)
     lifetime_passes: Histogram = field(default_factory=Histogram)
     lifetime_pass_cpu: Histogram = field(default_factory=Histogram)
+    lifetime_collections: dict[str, Histogram] = field(default_factory=dict)
+    lifetime_cpu: float = 0.0
     fill_started: float = 0.0
 
     def metrics_text(self) -> str:
@@ -528,6 +567,7 @@ class Run:
             parse_histogram(text, PASS_CPU_HISTOGRAM),
             parse_histogram(text, QUEUE_WAIT_HISTOGRAM),
             self.operator.reconciles(),
+            collections_by_generation(text),
         )
 
     @contextmanager
@@ -550,6 +590,11 @@ class Run:
             decisions_line("  reconciles", phase.reconciles),
             decisions_line("  scheduling passes", after.passes.minus(before.passes), "passes"),
             decisions_line("  their CPU time", after.pass_cpu.minus(before.pass_cpu), "passes"),
+            collections_line(
+                "  garbage collections",
+                {gen: after.collections[gen].minus(before.collections[gen]) for gen in GENERATIONS},
+                after.cpu.get("operator", 0.0) - before.cpu.get("operator", 0.0),
+            ),
             "  by trigger: "
             + (", ".join(f"{key} {count:.0f}" for key, count in sorted(triggers.items()) if count) or "none"),
             "  " + scale_500.binds_line(binds),
@@ -679,6 +724,7 @@ def verdicts(run: Run, sampler: Sampler) -> None:
     print(decisions_line("every reconcile of the operator's life", reconciles))
     print(decisions_line("every scheduling pass of the operator's life", passes, "passes"))
     print(decisions_line("  their CPU time", run.lifetime_pass_cpu, "passes"))
+    print(collections_line("  garbage collections", run.lifetime_collections, run.lifetime_cpu))
     slow = slow_windows(sampler.timeline, run.fill_started)
     print("decisions above 1 s, by time from the first apply (10 s scrapes): " + ("; ".join(slow) or "none"))
     within = all(h.count and h.count == h.at_most(DECISION_TARGET_S) for h in (reconciles, passes))
@@ -798,6 +844,8 @@ def measure(run: Run, args: argparse.Namespace, progress: Callable[[str], None])
     run.lifetime_reconciles = parse_histogram(text, RECONCILE_HISTOGRAM)
     run.lifetime_passes = parse_histogram(text, PASS_HISTOGRAM)
     run.lifetime_pass_cpu = parse_histogram(text, PASS_CPU_HISTOGRAM)
+    run.lifetime_collections = collections_by_generation(text)
+    run.lifetime_cpu = cpu_seconds({"operator": run.pids["operator"]}).get("operator", 0.0)
     run.facts.append(nodes_ready_line(run.sandbox))
     return sampler
 

@@ -132,6 +132,31 @@ def test_a_histogram_is_read_from_the_metrics_page() -> None:
     assert horizon.parse_histogram("", "kubefit_reconcile_duration_seconds") == horizon.Histogram()
 
 
+COLLECTIONS = """\
+kubefit_garbage_collection_seconds_bucket{generation="0",le="0.001"} 40.0
+kubefit_garbage_collection_seconds_bucket{generation="0",le="+Inf"} 40.0
+kubefit_garbage_collection_seconds_count{generation="0"} 40.0
+kubefit_garbage_collection_seconds_sum{generation="0"} 0.02
+kubefit_garbage_collection_seconds_bucket{generation="2",le="0.1"} 1.0
+kubefit_garbage_collection_seconds_bucket{generation="2",le="0.25"} 3.0
+kubefit_garbage_collection_seconds_bucket{generation="2",le="+Inf"} 3.0
+kubefit_garbage_collection_seconds_count{generation="2"} 3.0
+kubefit_garbage_collection_seconds_sum{generation="2"} 0.48
+"""
+
+
+def test_a_labelled_histogram_is_read_by_its_label_values() -> None:
+    by_generation = horizon.collections_by_generation(COLLECTIONS)
+    assert by_generation["0"].count == 40 and by_generation["0"].total == pytest.approx(0.02)
+    assert by_generation["2"].buckets == ((0.1, 1.0), (0.25, 3.0), (math.inf, 3.0))
+    assert by_generation["1"] == horizon.Histogram()
+    line = horizon.collections_line("gc", by_generation, operator_cpu=10.0)
+    assert line == (
+        "gc: 0.5 s in all; 5.0% of the operator's CPU time; generation 0: 40, 20 ms (mean 0.5 ms, each at most "
+        "1 ms); generation 1: none; generation 2: 3, 480 ms (mean 160.0 ms, each at most 250 ms)"
+    )
+
+
 def test_a_phase_is_the_difference_of_two_scrapes() -> None:
     after = horizon.parse_histogram(METRICS, "kubefit_reconcile_duration_seconds")
     before = horizon.Histogram(

@@ -3,6 +3,7 @@ observed once per job, bounded labels, and every series of a job removed with it
 
 from __future__ import annotations
 
+import gc
 import re
 import shutil
 import subprocess
@@ -308,6 +309,48 @@ def test_metrics_are_served_over_http() -> None:
     assert 'kubefit_trainingjob_workers{name="llama",namespace="team-a",state="desired"} 2.0' in text
 
 
+def test_each_garbage_collection_is_timed_by_its_generation_while_installed() -> None:
+    metrics = OperatorMetrics(process_metrics=True)
+    timer = metrics.garbage_collection
+    assert timer is not None and timer._on_collection in gc.callbacks
+
+    def collections(generation: str) -> float:
+        value = metrics.registry.get_sample_value(
+            "kubefit_garbage_collection_seconds_count", {"generation": generation}
+        )
+        return value or 0.0
+
+    enabled = gc.isenabled()
+    gc.disable()  # only the collections asked for below run
+    try:
+        before = {generation: collections(generation) for generation in ("0", "1", "2")}
+        gc.collect(2)
+        gc.collect(2)
+        after_full = collections("2")
+        assert after_full == before["2"] + 2
+        assert (
+            metrics.registry.get_sample_value("kubefit_garbage_collection_seconds_sum", {"generation": "2"})
+            or 0.0
+        ) > 0.0
+        assert collections("1") == before["1"]  # a full collection is counted once, as generation 2
+        gc.collect(0)
+        assert collections("0") == before["0"] + 1
+    finally:
+        timer.uninstall()
+        if enabled:
+            gc.enable()
+    assert timer._on_collection not in gc.callbacks
+    gc.collect(2)
+    assert collections("2") == after_full  # uninstalled: no longer observed
+
+
+def test_an_operator_metrics_without_process_metrics_does_not_time_collections() -> None:
+    callbacks = list(gc.callbacks)
+    metrics = OperatorMetrics()
+    assert metrics.garbage_collection is None and gc.callbacks == callbacks
+    assert "kubefit_garbage_collection_seconds" not in generate_latest(metrics.registry).decode()
+
+
 # ------------------------------------------------------------------------------------------ docs/metrics.md
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -331,10 +374,15 @@ def exported(metrics: OperatorMetrics) -> dict[str, set[str]]:
 
 
 def test_every_exported_metric_is_documented_with_its_labels_and_nothing_else_is() -> None:
-    metrics = OperatorMetrics()
-    Job(metrics, job_spec()).reconcile(10, [pod(0), pod(1)], 2)
-    metrics.watch_cluster(lambda: {H100: AcceleratorCount(8, 4)})
-    assert exported(metrics) == documented_table()
+    metrics = OperatorMetrics(process_metrics=True)
+    try:
+        Job(metrics, job_spec()).reconcile(10, [pod(0), pod(1)], 2)
+        metrics.watch_cluster(lambda: {H100: AcceleratorCount(8, 4)})
+        ours = {name: labels for name, labels in exported(metrics).items() if name.startswith("kubefit_")}
+    finally:
+        assert metrics.garbage_collection is not None
+        metrics.garbage_collection.uninstall()
+    assert ours == documented_table()
     for name in documented_table():
         assert re.search(rf"^### `{name}[{{`]", DOC.read_text(), re.MULTILINE), f"{name} has no section"
 

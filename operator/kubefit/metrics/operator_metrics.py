@@ -11,6 +11,8 @@ Scheduling: `kubefit_queue_wait_seconds`, `kubefit_scheduling_latency_seconds` (
 `kubefit_scale_events_total{direction,reason}`, `kubefit_preemptions_total{reason}`,
 `kubefit_worker_binds_total{placement}`, and `kubefit_cluster_accelerators{accelerator,state}`, read from the
 scheduler at each scrape.
+Process (with process_metrics): the process collector's `process_*`, and
+`kubefit_garbage_collection_seconds{generation}`.
 Labels are bounded: job names, catalog accelerator names and fixed words, never pod names or messages.
 """
 
@@ -38,6 +40,7 @@ from prometheus_client.registry import Collector
 from kubefit import __version__
 from kubefit.api.resource import JobKey
 from kubefit.decisions.job import Decision, JobObservation
+from kubefit.metrics.garbage_collection import GarbageCollectionTimer
 from kubefit.metrics.job_series import JobSeries, first_admission, first_run, job_series
 
 logger = logging.getLogger("kubefit.metrics")
@@ -89,8 +92,11 @@ class OperatorMetrics:
         version: str = __version__,
     ):
         self.registry = registry or CollectorRegistry()
+        self.garbage_collection: GarbageCollectionTimer | None = None
         if process_metrics:
             ProcessCollector(registry=self.registry)
+            self.garbage_collection = GarbageCollectionTimer(self.registry)
+            self.garbage_collection.install()
         Gauge(
             "kubefit_build_info",
             "The operator's version; the value is 1.",
