@@ -1,5 +1,6 @@
 """The pass's index of nodes by free devices (admission._Cluster.rooms) gives exactly the plan of walking
-every node, on random clusters, and follows every change of a node's free devices."""
+every node, on random clusters, and follows every change of a node's free devices, in the lists of every
+node of an accelerator and in those of the nodes a placement admits."""
 
 from __future__ import annotations
 
@@ -22,17 +23,22 @@ def test_the_room_index_gives_the_plan_of_walking_every_node(
         plan_admissions(queued, admitted, nodes, policy, NOW, 600.0) for queued, admitted, nodes in cases
     ]
     used: list[bool] = []
+    used_on_part = []  # an indexed list that is not every node of its accelerator (a placement's eligible ones)
     rooms_of = admission._Cluster.rooms_of
 
     def counted(self: admission._Cluster, nodes: list[str], per_worker: int) -> object:
         found = rooms_of(self, nodes, per_worker)
         used.append(found is not None)
+        whole = any(nodes is listed for listed in self.nodes_of.values())
+        used_on_part.append(found is not None and not whole)
         return found
 
     monkeypatch.setattr(admission._Cluster, "rooms_of", counted)
     for (queued, admitted, nodes), plan in zip(cases[:50], indexed[:50], strict=True):
         assert plan_admissions(queued, admitted, nodes, policy, NOW, 600.0) == plan
-    assert any(used) and not all(used)  # both ways are taken in these clusters: whole lists and eligible ones
+    # Both ways are taken in these clusters: indexed lists (whole and eligible ones) and walked ones (the
+    # nodes a queued job may use past the jobs that keep nodes from it).
+    assert any(used) and not all(used) and any(used_on_part)
     monkeypatch.setattr(admission._Cluster, "rooms_of", lambda self, nodes, per_worker: None)
     walked = [
         plan_admissions(queued, admitted, nodes, policy, NOW, 600.0) for queued, admitted, nodes in cases
@@ -48,6 +54,10 @@ def test_the_rooms_follow_every_change_of_free_devices() -> None:
         for index in range(60)
     ]
     cluster = admission._cluster(nodes, {})
+    # Lists of some of an accelerator's nodes, as a placement that admits only those makes (nodes_for).
+    eligible = [[name for name in names if rng.random() < 0.5] for names in cluster.nodes_of.values()]
+    for names in eligible:
+        cluster.index(names)
     for _ in range(2000):
         node = rng.choice(sorted(cluster.free))
         cluster.add_free(node, rng.randint(-3, 3))
@@ -55,8 +65,10 @@ def test_the_rooms_follow_every_change_of_free_devices() -> None:
         dict(cluster.free), cluster.allocatable, cluster.accelerator_of, cluster.nodes_of
     )
     rebuilt.index_rooms()
+    for names in eligible:
+        rebuilt.index(names)
     assert cluster.rooms == rebuilt.rooms
-    for names in cluster.nodes_of.values():
+    for names in [*cluster.nodes_of.values(), *eligible]:
         for per_worker in (1, 2, 3, 8):
             walk = admission._rooms_by_walk(cluster.free, names, per_worker)
             assert cluster.rooms_of(names, per_worker) == walk

@@ -165,12 +165,16 @@ class _Cluster:
     accelerator_of: dict[str, str]
     nodes_of: dict[str, list[str]]  # accelerator -> node names, sorted
     eligible_cache: dict[tuple[str, frozenset[str]], list[str]] = field(default_factory=dict)
-    # accelerator -> free devices -> its nodes with that many free, sorted by name. A job that may use every
-    # node of its accelerator (the usual case) finds its best-fit places and counts its slots from these
-    # few lists instead of walking thousands of nodes (docs/performance.md, the seventh round).
-    rooms: dict[str, dict[int, list[str]]] = field(default_factory=dict)
-    # id of a nodes_of list -> its accelerator: `nodes` is every node of one accelerator.
-    whole: dict[int, str] = field(default_factory=dict)
+    # id of a node list the pass hands to jobs (every node of an accelerator, or those of it a job's placement
+    # admits) -> (the list, free devices -> its nodes with that many free, sorted by name). A job finds its
+    # best-fit places and counts its slots from these few lists instead of walking thousands of nodes
+    # (docs/performance.md, the seventh round); one node tainted or cordoned makes every job's list an
+    # eligible one (the tenth round).
+    rooms: dict[int, tuple[list[str], dict[int, list[str]]]] = field(default_factory=dict)
+    # accelerator -> the room groups of its whole node list; node -> those of the other indexed lists that
+    # hold it (few: one per distinct placement that leaves some nodes out). add_free keeps both current.
+    accelerator_rooms: dict[str, dict[int, list[str]]] = field(default_factory=dict)
+    rooms_holding: dict[str, list[dict[int, list[str]]]] = field(default_factory=dict)
     # (id of a node list, devices per worker) -> workers it holds with nothing else running (_satisfiable).
     capacity_slots: dict[tuple[int, int], int] = field(default_factory=dict)
     # id of a node list -> the devices of its largest node.
@@ -182,37 +186,48 @@ class _Cluster:
             return nodes
         cache_key = (demand.accelerator, demand.eligible_nodes)
         if cache_key not in self.eligible_cache:
-            self.eligible_cache[cache_key] = [name for name in nodes if name in demand.eligible_nodes]
+            eligible = self.eligible_cache[cache_key] = [
+                name for name in nodes if name in demand.eligible_nodes
+            ]
+            self.index(eligible)
         return self.eligible_cache[cache_key]
 
     def index_rooms(self) -> None:
-        """Builds `rooms` and `whole` from `free` and `nodes_of` (once, after both are filled)."""
+        """Indexes every accelerator's whole node list (once, after `free` and `nodes_of` are filled)."""
         for accelerator, nodes in self.nodes_of.items():
-            self.whole[id(nodes)] = accelerator
-            rooms = self.rooms[accelerator] = {}
-            for node in nodes:  # sorted, so every list is too
-                rooms.setdefault(self.free[node], []).append(node)
+            self.accelerator_rooms[accelerator] = self._grouped(nodes)
+
+    def index(self, nodes: list[str]) -> None:
+        """Indexes a list of some nodes of one accelerator (sorted by name, as every list of the pass is)."""
+        groups = self._grouped(nodes)
+        for node in nodes:
+            self.rooms_holding.setdefault(node, []).append(groups)
+
+    def _grouped(self, nodes: list[str]) -> dict[int, list[str]]:
+        """`nodes` grouped by their free devices now, each group sorted by name."""
+        groups: dict[int, list[str]] = {}
+        for node in nodes:
+            groups.setdefault(self.free[node], []).append(node)
+        self.rooms[id(nodes)] = (nodes, groups)
+        return groups
 
     def add_free(self, node: str, devices: int) -> None:
-        """Every change of a node's free devices comes here, so that `rooms` follows it."""
+        """Every change of a node's free devices comes here, so that the room groups follow it."""
         before = self.free[node]
         self.free[node] = before + devices
         if devices:
-            rooms = self.rooms[self.accelerator_of[node]]
-            bucket = rooms[before]
-            del bucket[bisect_left(bucket, node)]
-            if not bucket:
-                del rooms[before]
-            insort(rooms.setdefault(before + devices, []), node)
+            _move(self.accelerator_rooms[self.accelerator_of[node]], node, before, before + devices)
+            for groups in self.rooms_holding.get(node, ()):
+                _move(groups, node, before, before + devices)
 
     def rooms_of(self, nodes: Sequence[str], per_worker: int) -> list[tuple[int, list[str]]] | None:
-        """(free devices, nodes) with room for a worker, fewest free first, when `nodes` is every node of one
-        accelerator; None for any other list (its nodes are walked)."""
-        accelerator = self.whole.get(id(nodes))
-        if accelerator is None or self.nodes_of.get(accelerator) is not nodes:
+        """(free devices, nodes) with room for a worker, fewest free first, when `nodes` is a list the pass
+        indexed; None for any other list (its nodes are walked)."""
+        indexed = self.rooms.get(id(nodes))
+        if indexed is None or indexed[0] is not nodes:
             return None
-        rooms = self.rooms[accelerator]
-        return [(free, rooms[free]) for free in sorted(rooms) if free >= per_worker]
+        groups = indexed[1]
+        return [(free, groups[free]) for free in sorted(groups) if free >= per_worker]
 
     def slots(self, nodes: Sequence[str], per_worker: int) -> int:
         """Workers of `per_worker` devices that fit on `nodes` now."""
@@ -254,6 +269,15 @@ class _Cluster:
         if not held[node]:
             del held[node]
         self.add_free(node, job.demand.per_worker)
+
+
+def _move(groups: dict[int, list[str]], node: str, before: int, after: int) -> None:
+    """A node from the room group of `before` free devices to that of `after`."""
+    bucket = groups[before]
+    del bucket[bisect_left(bucket, node)]
+    if not bucket:
+        del groups[before]
+    insort(groups.setdefault(after, []), node)
 
 
 def _cluster(nodes: Iterable[NodeCapacity], held: Mapping[str, int]) -> _Cluster:
