@@ -21,13 +21,22 @@ the cluster is filled (every job's first reconcile, one pass for that burst, the
   scheduler's threads);
 - one scheduling pass while the workers of a share of the jobs (`--unbound`, 40%) exist but are not bound
   (kube-scheduler's backlog during a fill, as on the sandbox), so those jobs are planned again, not taken
-  as settled; with the time the garbage collector took in those passes;
+  as settled; with the time the garbage collector took in those passes; and the same passes once one node
+  carries a NoSchedule taint no job tolerates (a cordoned node, or one the node controller marks
+  unreachable), which leaves every job's list of usable nodes one short of its accelerator's;
 and the process's resident memory, less what a copy of the in-memory API store's jobs takes. The process's
 garbage collector is set up as `kubefit run` sets it (runner.tune_garbage_collection) unless
 `--python-gc-defaults`.
 
+With `--busy-neighbours K`, the passes with unbound workers are timed once more, in CPU time
+(`time.thread_time`, what kubefit_scheduling_pass_cpu_seconds measures) as well as duration, alternately
+alone and beside K processes that walk a large heap of Python objects in random order (stopped with SIGSTOP
+between the passes timed alone). On the sandbox a pass shares two cores with the control plane, the
+simulated nodes and the operator's other threads: the ratio says how much of its CPU time there is the
+machine's (caches and memory bandwidth shared) rather than more work.
+
     .venv/bin/python benchmarks/horizon_decisions.py [--nodes 5000] [--jobs 2000] [--samples 200]
-        [--unbound 0.4] [--python-gc-defaults]
+        [--unbound 0.4] [--python-gc-defaults] [--busy-neighbours 0]
 """
 
 from __future__ import annotations
@@ -38,9 +47,14 @@ import gc
 import os
 import platform
 import random
+import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, cast
 
@@ -51,6 +65,7 @@ from kubefit.controller.kube import KubeApi
 from kubefit.controller.reconciler import Reconciler
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts
+from kubefit.decisions.node_match import Taint
 from kubefit.decisions.observed import WorkerPod
 from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import load_catalog
@@ -306,11 +321,71 @@ class Horizon:
         collecting.stop()
         return unbound, passes, collected
 
+    def timed_passes_with_a_tainted_node(self, count: int) -> list[float]:
+        """Pass seconds once one node carries a NoSchedule taint that no job tolerates (cordoned, or
+        unreachable as the node controller marks a node whose heartbeats are late): every job may then use all
+        nodes of its accelerator but one."""
+        nodes = self.store.nodes
+        tainted = replace(nodes[0], taints=(Taint("node.kubernetes.io/unreachable", effect="NoSchedule"),))
+        self.store.nodes = [tainted, *nodes[1:]]
+        return [_seconds(lambda: self.scheduler.run_pass(self.view)) for _ in range(count)]
+
     def admitted(self) -> tuple[int, int]:
         grants = self.scheduler.snapshot()
         return sum(1 for grant in grants.values() if grant.workers), sum(
             1 for grant in grants.values() if not grant.workers
         )
+
+
+# A neighbour: a heap of a million small dicts (about 250 MiB) read in random order, for ever.
+NEIGHBOUR_CODE = """
+import random
+objects = [{"index": index, "name": str(index)} for index in range(1_000_000)]
+order = list(range(len(objects)))
+random.shuffle(order)
+print("ready", flush=True)
+while True:
+    total = 0
+    for index in order:
+        total += objects[index]["index"]
+"""
+
+
+@contextmanager
+def busy_neighbours(count: int) -> Iterator[list[subprocess.Popen[str]]]:
+    """`count` neighbour processes, each started and ready (then stopped: SIGCONT runs them)."""
+    processes = [
+        subprocess.Popen([sys.executable, "-c", NEIGHBOUR_CODE], stdout=subprocess.PIPE, text=True)
+        for _ in range(count)
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+            process.send_signal(signal.SIGSTOP)
+        yield processes
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def timed_passes_beside(horizon: Horizon, neighbours: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Passes timed alternately alone and beside `neighbours` busy processes: {"alone"|"beside":
+    {"cpu"|"wall": seconds}}."""
+    timings: dict[str, dict[str, list[float]]] = {
+        side: {"cpu": [], "wall": []} for side in ("alone", "beside")
+    }
+    with busy_neighbours(neighbours) as processes:
+        for _ in range(rounds):
+            for side, sig in (("alone", signal.SIGSTOP), ("beside", signal.SIGCONT)):
+                for process in processes:
+                    process.send_signal(sig)
+                time.sleep(0.5)  # the neighbours at work (or stopped) before the pass
+                started, cpu_started = time.perf_counter(), time.thread_time()
+                horizon.scheduler.run_pass(horizon.view)
+                timings[side]["cpu"].append(time.thread_time() - cpu_started)
+                timings[side]["wall"].append(time.perf_counter() - started)
+    return timings
 
 
 class CollectorClock:
@@ -365,7 +440,15 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--python-gc-defaults", action="store_true", help="leave the collector as Python sets it"
     )
+    parser.add_argument(
+        "--busy-neighbours",
+        type=int,
+        default=0,
+        help="time the passes with unbound workers again beside this many busy processes (0: not)",
+    )
     args = parser.parse_args(argv)
+    if args.busy_neighbours < 0:
+        parser.error(f"--busy-neighbours must be 0 or more, got {args.busy_neighbours}")
     if not 0.0 <= args.unbound <= 1.0:
         parser.error(f"--unbound must be between 0 and 1, got {args.unbound}")
     return args
@@ -418,6 +501,18 @@ def main() -> None:
     print(line(f"pass with {unbound} workers unbound ({args.unbound:.0%} of jobs)     ", passes))
     print(f"  the garbage collector in those passes: {sum(collected) * 1000:.0f} ms of {sum(passes) * 1000:.0f} ms, "
           f"longest {max(collected) * 1000:.0f} ms")  # fmt: skip
+    if args.busy_neighbours:
+        timings = timed_passes_beside(horizon, args.busy_neighbours, max(5, args.samples // 20))
+        alone, beside = timings["alone"], timings["beside"]
+        print(f"the same passes, alternately alone and beside {args.busy_neighbours} busy processes "
+              f"({len(alone['cpu'])} each, {os.cpu_count()} cores):")  # fmt: skip
+        for side, measured in timings.items():
+            print(f"  {side}: CPU time median {statistics.median(measured['cpu']) * 1000:.1f} ms, duration "
+                  f"median {statistics.median(measured['wall']) * 1000:.1f} ms")  # fmt: skip
+        ratio = statistics.median(beside["cpu"]) / statistics.median(alone["cpu"])
+        print(f"  CPU time beside them / alone: {ratio:.2f}x (the same work)")
+    print(line("the same passes, one node tainted NoSchedule          ",
+               horizon.timed_passes_with_a_tainted_node(max(5, args.samples // 20))))  # fmt: skip
 
 
 if __name__ == "__main__":
