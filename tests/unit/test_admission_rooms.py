@@ -74,3 +74,31 @@ def test_the_rooms_follow_every_change_of_free_devices() -> None:
             assert cluster.rooms_of(names, per_worker) == walk
             assert cluster.slots(names, per_worker) == admission._slots(cluster.free, names, per_worker)
             assert cluster.rooms_of(list(names), per_worker) is None  # a copy is not known to be whole
+
+
+def test_skipping_make_room_below_the_lowest_priority_gives_the_plan_of_looking_at_every_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(20261203)
+    cases = [random_cluster(rng) for _ in range(1500)]
+    assert len({demand.priority for queued, _, _ in cases for demand in queued}) > 1
+    shortcut = [
+        plan_admissions(queued, admitted, nodes, "BestEffortFIFO", NOW, 600.0)
+        for queued, admitted, nodes in cases
+    ]
+    jobs = admission._jobs
+
+    def without_shortcut(*args: object) -> list[admission._Job]:
+        found = jobs(*args)  # type: ignore[arg-type]
+        cluster = args[2]
+        assert isinstance(cluster, admission._Cluster)
+        cluster.lowest_priority = dict.fromkeys(cluster.lowest_priority, -(2**62))
+        return found
+
+    monkeypatch.setattr(admission, "_jobs", without_shortcut)
+    looked = [
+        plan_admissions(queued, admitted, nodes, "BestEffortFIFO", NOW, 600.0)
+        for queued, admitted, nodes in cases
+    ]
+    assert looked == shortcut
+    assert sum(1 for plan in shortcut if plan.shrink or plan.preempt) > 50  # room was made in many of them

@@ -175,6 +175,9 @@ class _Cluster:
     # hold it (few: one per distinct placement that leaves some nodes out). add_free keeps both current.
     accelerator_rooms: dict[str, dict[int, list[str]]] = field(default_factory=dict)
     rooms_holding: dict[str, list[dict[int, list[str]]]] = field(default_factory=dict)
+    # accelerator -> the lowest priority of the pass's jobs on it: a job at or below it has nobody to shrink
+    # or preempt, found without looking at every job (_make_room; most clusters use one priority).
+    lowest_priority: dict[str, int] = field(default_factory=dict)
     # (id of a node list, devices per worker) -> workers it holds with nothing else running (_satisfiable).
     capacity_slots: dict[tuple[int, int], int] = field(default_factory=dict)
     # id of a node list -> the devices of its largest node.
@@ -364,6 +367,11 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
     for demand in queued:
         if demand.key not in jobs:  # a job listed as admitted too is admitted
             jobs[demand.key] = _Job(demand, cluster.nodes_for(demand), 0, admitted=False)
+    lowest = cluster.lowest_priority
+    for job in jobs.values():
+        accelerator, priority = job.demand.accelerator, job.demand.priority
+        if priority < lowest.get(accelerator, priority + 1):
+            lowest[accelerator] = priority
     return sorted(jobs.values(), key=lambda job: job.order)
 
 
@@ -606,6 +614,8 @@ def _lower(jobs: Sequence[_Job], job: _Job) -> list[_Job]:
 def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequence[str]) -> bool:
     """Shrink, then if allowed and still needed preempt, lower-priority jobs so that the job fits on
     `nodes`; commits the changes only when it then fits."""
+    if job.demand.priority <= cluster.lowest_priority.get(job.demand.accelerator, job.demand.priority):
+        return False  # no job on its accelerator has a lower priority
     lower = _lower(jobs, job)
     if not lower:
         return False
