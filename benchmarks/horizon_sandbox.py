@@ -49,6 +49,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -262,6 +263,31 @@ def collections_line(label: str, by_generation: Mapping[str, Histogram], operato
     seconds = sum(histogram.total for histogram in by_generation.values())
     share = f"; {seconds / operator_cpu:.1%} of the operator's CPU time" if operator_cpu else ""
     return f"{label}: {seconds:.1f} s in all{share}; " + "; ".join(parts)
+
+
+def machine_cpu(stat: str | None = None) -> dict[str, float]:
+    """Seconds the machine's CPUs spent busy, idle and stolen (by the hypervisor, for other guests) since
+    boot, from /proc/stat's first line (user nice system idle iowait irq softirq steal, in clock ticks)."""
+    line = (stat if stat is not None else Path("/proc/stat").read_text()).splitlines()[0]
+    ticks = [int(value) for value in line.split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks
+    per_second = os.sysconf("SC_CLK_TCK")
+    return {
+        "busy": (user + nice + system + irq + softirq) / per_second,
+        "idle": (idle + iowait) / per_second,
+        "steal": steal / per_second,
+    }
+
+
+def machine_line(before: Mapping[str, float], after: Mapping[str, float]) -> str:
+    """The machine's CPU seconds over a phase: busy, stolen by the hypervisor, idle."""
+    used = {key: after[key] - before[key] for key in ("busy", "idle", "steal")}
+    running = used["busy"] + used["steal"]
+    share = f" ({used['steal'] / running:.1%} of busy and stolen)" if running else ""
+    return (
+        f"  the machine's CPUs: busy {used['busy']:.1f} s, stolen by the hypervisor {used['steal']:.1f} s{share}, "
+        f"idle {used['idle']:.1f} s"
+    )
 
 
 def collections_by_generation(text: str) -> dict[str, Histogram]:
@@ -520,6 +546,7 @@ class Snapshot:
     queue_wait: Histogram
     triggers: dict[str, float]
     collections: dict[str, Histogram]
+    machine: dict[str, float]
 
 
 @dataclass
@@ -568,6 +595,7 @@ class Run:
             parse_histogram(text, QUEUE_WAIT_HISTOGRAM),
             self.operator.reconciles(),
             collections_by_generation(text),
+            machine_cpu(),
         )
 
     @contextmanager
@@ -602,6 +630,7 @@ class Run:
                 "  queue wait (creation -> first admission)", after.queue_wait.minus(before.queue_wait)
             ),
             f"  CPU:\n{cpu_difference(before.cpu, after.cpu, phase.seconds)}",
+            machine_line(before.machine, after.machine),
             f"  API requests a second (all clients; LIST and WATCH only of TrainingJobs):\n"
             f"{rate_lines(before.requests, after.requests, phase.seconds)}",
             "  RSS at its end: "

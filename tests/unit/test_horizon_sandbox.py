@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import random
 import sys
 from pathlib import Path
@@ -249,3 +250,16 @@ def test_a_job_is_settled_from_when_it_last_turned_running_or_queued() -> None:
     assert states["a"] == horizon.JobState("Queued", admitted_at=4.0, gang_timeouts=1, settled_at=5.0)
     horizon.record_job(states, "DELETED", _job("Queued"), 7.0)
     assert states == {}
+
+
+def test_the_machine_line_says_busy_stolen_and_idle_seconds_of_a_phase() -> None:
+    ticks = os.sysconf("SC_CLK_TCK")
+    before = horizon.machine_cpu(
+        f"cpu  {100 * ticks} 0 {50 * ticks} {400 * ticks} 0 0 0 {10 * ticks} 0 0\ncpu0 1\n"
+    )
+    after = horizon.machine_cpu(f"cpu  {160 * ticks} 0 {70 * ticks} {420 * ticks} 0 0 0 {30 * ticks} 0 0\n")
+    assert before == {"busy": 150.0, "idle": 400.0, "steal": 10.0}
+    assert horizon.machine_line(before, after) == (
+        "  the machine's CPUs: busy 80.0 s, stolen by the hypervisor 20.0 s (20.0% of busy and stolen), idle 20.0 s"
+    )
+    assert set(horizon.machine_cpu()) == {"busy", "idle", "steal"}  # this machine's /proc/stat reads
