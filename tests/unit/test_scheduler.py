@@ -213,6 +213,39 @@ def test_nodes_the_workers_cannot_land_on_are_not_offered() -> None:
     assert scheduler.snapshot()[("ns", "a")].workers == 2  # one 8-GPU node it may use
 
 
+def test_a_node_change_works_out_the_eligible_nodes_once_per_placement_not_per_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubefit.controller import scheduler as scheduler_module
+
+    cluster = FakeCluster(nodes=[node(f"n{index}", labels={"pool": "mine"}) for index in range(6)])
+    scheduler, _ = sync_scheduler()
+    pool = Placement({"pool": "mine"}, (), ())
+    placements = [ANYWHERE, pool]
+    for index in range(10):
+        scheduler.offer(
+            ("ns", f"j{index}"),
+            demand(f"j{index}", min_workers=1, want=1),
+            placements[index % 2],
+            cluster.view(),
+        )
+    classified: list[Placement] = []
+    real = scheduler_module.eligible_nodes
+
+    def counted(placement: Placement, nodes: Iterable[NodeFacts], catalog: Any) -> frozenset[str]:
+        classified.append(placement)
+        return real(placement, nodes, catalog)
+
+    monkeypatch.setattr(scheduler_module, "eligible_nodes", counted)
+    cluster.nodes[0] = replace(cluster.nodes[0], taints=(Taint("dedicated", "x", "NoSchedule"),))
+    scheduler.run_pass(cluster.view())
+    assert sorted(map(repr, classified)) == sorted(map(repr, placements))  # once each, for ten jobs
+    scheduler.run_pass(cluster.view())
+    assert len(classified) == 2  # the nodes did not change again: nothing worked out
+    eligible = {entry.eligible[1] for entry in scheduler._entries.values() if entry.eligible}
+    assert eligible == {frozenset(f"n{index}" for index in range(1, 6))}  # the tainted node is nobody's
+
+
 def test_a_node_that_is_not_ready_is_not_offered_until_it_is() -> None:
     cluster = FakeCluster(nodes=[node("n1"), node("n2")])
     scheduler, recorder = sync_scheduler()
