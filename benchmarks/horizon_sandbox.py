@@ -254,7 +254,9 @@ def collections_line(label: str, by_generation: Mapping[str, Histogram], operato
             continue
         bound = histogram.smallest_bound_holding_all()
         longest = (
-            "past the last bucket (1 s)" if bound in (None, math.inf) else f"each at most {bound * 1000:g} ms"
+            "past the last bucket (2.5 s)"
+            if bound in (None, math.inf)
+            else f"each at most {bound * 1000:g} ms"
         )
         parts.append(
             f"generation {generation}: {histogram.count:.0f}, {histogram.total * 1000:.0f} ms "
