@@ -25,7 +25,7 @@ the cluster is filled (every job's first reconcile, one pass for that burst, the
   carries a NoSchedule taint no job tolerates (a cordoned node, or one the node controller marks
   unreachable), which leaves every job's list of usable nodes one short of its accelerator's;
 and the process's resident memory, less what a copy of the in-memory API store's jobs takes. The process's
-garbage collector is set up as `kubefit run` sets it (runner.tune_garbage_collection) unless
+garbage collector is set up as `kubefit run` sets it (controller/garbage_collection.py) unless
 `--python-gc-defaults`.
 
 With `--busy-neighbours K`, the passes with unbound workers are timed once more, in CPU time
@@ -459,7 +459,10 @@ def main() -> None:
     if not args.python_gc_defaults:
         # Imported here: horizon_sandbox.py imports this module for its job mix and may run against an operator
         # tree without it.
-        from kubefit.controller.runner import tune_garbage_collection
+        try:
+            from kubefit.controller.garbage_collection import tune_garbage_collection
+        except ImportError:  # an operator tree from before the eleventh round
+            from kubefit.controller.runner import tune_garbage_collection  # type: ignore[attr-defined,no-redef]
 
         tune_garbage_collection()
     print(

@@ -25,7 +25,8 @@ kube-controller-manager, the node agent playing every node's kubelet) with the o
 5. a single change: the probe job (elastic, 1 to 2 workers of one L40S, on its own node) scaled through the
    scale subresource as `kubectl scale` does, --changes times: patch -> new worker pod seen (up), patch ->
    the removed worker seen being deleted (down). Each change that needs a worker is a scheduling pass over
-   every job and reconciles, so this bounds a whole admission decision from outside.
+   every job and reconciles, so this bounds a whole admission decision from outside. --changes 0 skips
+   it (after a fill that did not settle, its worker can wait out the watch's limit behind kube-scheduler).
 
 Measured in each phase: the operator's decision durations from its /metrics histograms
 kubefit_reconcile_duration_seconds and kubefit_scheduling_pass_duration_seconds (count, mean, how many above
@@ -776,7 +777,9 @@ def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--nodes", type=int, default=5000, help="GPU nodes of 8 GPUs (default 5000)")
     parser.add_argument("--jobs", type=int, default=2000, help="TrainingJobs (default 2000)")
-    parser.add_argument("--changes", type=int, default=10, help="scale changes of the probe job (default 10)")
+    parser.add_argument(
+        "--changes", type=int, default=10, help="scale changes of the probe job (default 10; 0: no probe)"
+    )
     parser.add_argument("--steady-seconds", type=float, default=60.0, help="quiet phase length (default 60)")
     parser.add_argument("--heartbeat-seconds", type=float, help="node heartbeat interval (default: by size)")
     parser.add_argument("--resync-seconds", type=float, help="the operator's --resync-seconds (its default)")
@@ -862,14 +865,17 @@ def measure(run: Run, args: argparse.Namespace, progress: Callable[[str], None])
     fill(run, names, args.timeout, progress, gang_timeout)
     progress(f"fill over; steady for {args.steady_seconds:.0f} s")
     steady(run, args.steady_seconds)
-    progress(f"scaling the probe job {args.changes} times")
-    try:
-        probe(run, args.changes)
-    except TimeoutError as error:
-        # After a fill that did not settle, the probe's own worker can wait in kube-scheduler's backlog past
-        # the watch's limit; what was measured so far is still reported.
-        run.facts.append(f"probe: not finished ({error}); {len(run.ups) + len(run.downs)} changes timed")
-        progress(f"probe not finished: {error}")
+    if args.changes:
+        progress(f"scaling the probe job {args.changes} times")
+        try:
+            probe(run, args.changes)
+        except TimeoutError as error:
+            # After a fill that did not settle, the probe's own worker can wait in kube-scheduler's backlog past
+            # the watch's limit; what was measured so far is still reported.
+            run.facts.append(f"probe: not finished ({error}); {len(run.ups) + len(run.downs)} changes timed")
+            progress(f"probe not finished: {error}")
+    else:
+        run.facts.append("probe: not run (--changes 0)")
     sampler.stopped.set()
     text = run.metrics_text()
     run.lifetime_reconciles = parse_histogram(text, RECONCILE_HISTOGRAM)

@@ -3,7 +3,6 @@ scheduler, and kopf's run loop."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import socket
@@ -20,6 +19,7 @@ from kubernetes import config
 from kubefit.api.resource import GROUP
 from kubefit.controller.checkpoints import load_checkpoint_key, serve_checkpoints, token_lookup
 from kubefit.controller.cluster import remembering
+from kubefit.controller.garbage_collection import tune_garbage_collection
 from kubefit.controller.handlers import RESYNC_SECONDS, register
 from kubefit.controller.kube import KubeApi
 from kubefit.controller.leader import LeaderElector, LeaseApi, LeaseTimings, exit_on_lost_lease
@@ -37,13 +37,6 @@ from kubefit.sizing.catalog import load_catalog
 
 FINALIZER = f"{GROUP}/finalizer"
 logger = logging.getLogger("kubefit.operator")
-# Allocations (less deallocations) between two collections of the youngest generation; Python's default is 700.
-# A scheduling pass at 5,000 nodes allocates hundreds of thousands of short-lived objects: at 700 the
-# collector ran so often that every tenth pass or so also walked the whole heap, 240-280 ms of a pause for all
-# threads, and collections were a quarter of the passes' time; at 10,000 they took a twentieth of it with no
-# pause above 10 ms (docs/performance.md, the seventh round). Garbage in reference cycles waits for at most
-# this many more allocations.
-YOUNG_GENERATION_THRESHOLD = 10_000
 
 
 @dataclass(frozen=True)
@@ -167,15 +160,6 @@ def _become_leader(election: LeaderElection, address: str, liveness_port: int) -
     print(f"kubefit: leading as {identity} (lease {where})", flush=True)
     elector.keep_leading(exit_on_lost_lease(election.namespace, election.name))
     return elector
-
-
-def tune_garbage_collection() -> None:
-    """Collects once, then freezes what the imports made (modules, classes, functions: never garbage) so that
-    no later full collection walks them, and raises the youngest generation's threshold."""
-    gc.collect()
-    gc.freeze()
-    _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, oldest)
 
 
 def run_operator(options: OperatorOptions) -> None:
