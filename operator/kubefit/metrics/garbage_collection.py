@@ -1,9 +1,9 @@
 """`kubefit_garbage_collection_seconds{generation}`: how long each of Python's garbage collections took.
 
 A collection holds the interpreter lock from start to end, so every thread of the operator (reconciles,
-scheduling passes, the watch loop) waits for it; a collection of the oldest generation walks every live
-object. The time is taken in `gc.callbacks`, which the interpreter calls at the start and the end of each
-collection, in the thread that triggered it.
+scheduling passes, the watch loop) waits for it; a collection of the oldest generation walks every object
+that is not frozen (controller/garbage_collection.py). The time is taken in `gc.callbacks`, which the
+interpreter calls at the start and the end of each collection, in the thread that triggered it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class GarbageCollectionTimer:
         self.histogram = Histogram(
             "kubefit_garbage_collection_seconds",
             "Duration of each of the Python garbage collector's collections, by generation (2: a full one, "
-            "which walks every live object); every thread of the operator waits while one runs.",
+            "which walks every object not frozen); every thread of the operator waits while one runs.",
             ["generation"],
             buckets=_PAUSE_BUCKETS,
             registry=registry,
