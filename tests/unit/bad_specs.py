@@ -124,6 +124,8 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("host-memory-negative", _in("resources", memory="-1Gi"), "spec.resources.memory", API),
     BadSpec("cpu-word", _in("resources", cpu="lots"), "spec.resources.cpu", API),
     BadSpec("cpu-above-max", _in("resources", cpu="1e9"), "spec.resources.cpu", OPERATOR),
+    BadSpec("cpu-above-template-limit", {**_in("resources", cpu="16"), **_container(resources={"limits": {"cpu": "4"}})}, "spec.resources.cpu", OPERATOR),
+    BadSpec("memory-above-template-limit", {**_in("resources", memory="64Gi"), **_container(resources={"limits": {"memory": "8Gi"}})}, "spec.resources.memory", OPERATOR),
     BadSpec("container-request-with-space", _container(resources={"requests": {"cpu": "2 cores"}}), "spec.template.spec.containers[0].resources.requests", API),
     # enums
     BadSpec("framework-unknown", {"framework": "tensorflow"}, "spec.framework", API),

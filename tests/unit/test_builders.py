@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from kubefit.api.models import MemoryBreakdown, SizingStatus
-from kubefit.api.validation import parse_spec
+from kubefit.api.validation import InvalidSpec, parse_spec
 from kubefit.builders.checkpoint import CheckpointEnv, checkpoint_token
 from kubefit.builders.naming import (
     JOB_LABEL,
@@ -215,6 +215,32 @@ def test_spec_resources_beat_the_template_which_beats_the_default() -> None:
     assert resources["requests"] == {"cpu": "12", "memory": "10Gi", "nvidia.com/gpu": "2"}
     assert resources["limits"] == {"memory": "20Gi", "nvidia.com/gpu": "2"}
     assert template_resources["requests"] == {"cpu": "4", "memory": "10Gi"}  # not mutated
+
+
+def test_a_template_limit_without_a_request_is_the_request_as_kubernetes_defaults_it() -> None:
+    # The derived default (8 cores, 16Gi per device: 64 and 128Gi here) above the limit: a pod the API
+    # server refuses ("must be less than or equal to cpu limit").
+    spec = parse_spec(raw_spec())
+    template_resources = {"limits": {"cpu": "4", "memory": "8Gi"}}
+    resources = worker_resources(template_resources, spec, sizing(per_worker=8))
+    assert resources["requests"] == {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "8"}
+    assert resources["limits"] == {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "8"}
+
+
+def test_a_spec_request_at_the_template_limit_is_kept_and_one_above_it_is_refused() -> None:
+    template = {
+        "spec": {"containers": [{"name": "trainer", "image": "x", "resources": {"limits": {"cpu": "4"}}}]}
+    }
+    spec = parse_spec(
+        raw_spec(resources={"cpu": "4000m", "accelerator": "nvidia-h100-80gb"}, template=template)
+    )
+    assert (
+        worker_resources({"limits": {"cpu": "4"}}, spec, sizing(per_worker=2))["requests"]["cpu"] == "4000m"
+    )
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(raw_spec(resources={"cpu": "4001m"}, template=template))
+    assert [error.path for error in refused.value.errors] == ["spec.resources.cpu"]
+    assert "limit 4" in str(refused.value)
 
 
 def test_sizing_overrides_a_template_accelerator_request() -> None:

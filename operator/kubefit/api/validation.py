@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubefit.api.models import TrainingJobSpec
+from kubefit.api.quantity import parse_bytes, parse_cpu_millis
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def parse_spec(raw: Any) -> TrainingJobSpec:
         raise InvalidSpec([FieldError("spec", "must be an object")])
     try:
         # By alias only: a Python name such as min_replicas is an unknown field, as the API server sees it.
-        return TrainingJobSpec.model_validate(raw, by_alias=True, by_name=False)
+        spec = TrainingJobSpec.model_validate(raw, by_alias=True, by_name=False)
     except ValidationError as exc:
         seen: dict[str, str] = {}
         for error in exc.errors():
@@ -64,3 +65,36 @@ def parse_spec(raw: Any) -> TrainingJobSpec:
                 message = _message(error)
             seen.setdefault(path, message)  # a union reports each branch; the first message is enough
         raise InvalidSpec([FieldError(path, message) for path, message in seen.items()]) from None
+    above_limits = _requests_above_template_limits(spec)
+    if above_limits:
+        raise InvalidSpec(above_limits)
+    return spec
+
+
+_LIMIT_PARSERS = {"cpu": parse_cpu_millis, "memory": parse_bytes}
+
+
+def _requests_above_template_limits(spec: TrainingJobSpec) -> list[FieldError]:
+    """spec.resources.cpu/memory above the first container's own limit: the API server would refuse every
+    worker pod (a request may not exceed its limit)."""
+    containers = spec.template["spec"]["containers"]
+    limits = (containers[0].get("resources") or {}).get("limits") or {}
+    errors = []
+    for resource, parse in _LIMIT_PARSERS.items():
+        requested, limit = getattr(spec.resources, resource), limits.get(resource)
+        if requested is None or limit is None:
+            continue
+        try:
+            above = parse(requested) > parse(limit)
+        except ValueError:  # a zero limit: the API server's to judge
+            continue
+        if above:
+            errors.append(
+                FieldError(
+                    f"spec.resources.{resource}",
+                    f"{requested} is above the trainer container's {resource} limit {limit} "
+                    f"(spec.template.spec.containers[0].resources.limits.{resource}); a request may not "
+                    "exceed its limit",
+                )
+            )
+    return errors

@@ -1,7 +1,9 @@
 """CPU and host-memory requests of a worker, and its accelerator request.
 
 Precedence, per quantity: `spec.resources.cpu` / `spec.resources.memory`, else what the template's
-first container already requests, else the derived default:
+first container already requests, else its limit (Kubernetes takes a missing request to be the limit, and
+refuses a pod whose request exceeds it; api.validation refuses a spec.resources value above the limit),
+else the derived default:
 - cpu: 8 cores per accelerator, at most 96 (data loaders and the host side of the step);
 - memory: 16Gi per accelerator plus the training state offloaded to the host (sized in decisions.job_sizing).
 The accelerator count is always the sizing decision's, as both request and limit (extended resources
@@ -46,10 +48,10 @@ def worker_resources(
 
     if spec.resources.cpu is not None:
         requests["cpu"] = str(spec.resources.cpu)
-    requests.setdefault("cpu", default_cpu(accelerators))
+    requests.setdefault("cpu", limits.get("cpu", default_cpu(accelerators)))
     if spec.resources.memory is not None:
         requests["memory"] = str(spec.resources.memory)
-    requests.setdefault("memory", default_memory(accelerators, offloaded_bytes))
+    requests.setdefault("memory", limits.get("memory", default_memory(accelerators, offloaded_bytes)))
 
     requests[sizing.resource_name] = str(accelerators)
     limits[sizing.resource_name] = str(accelerators)
