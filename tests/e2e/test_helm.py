@@ -186,6 +186,8 @@ ALLOWED_EVERYWHERE = [
     ("patch", "trainingjobs.kubefit.dev"),
     ("delete", "trainingjobs.kubefit.dev"),  # ttlSecondsAfterFinished
     ("patch", "trainingjobs.kubefit.dev", "--subresource=status"),
+    # blockOwnerDeletion on the children's owner references, where OwnerReferencesPermissionEnforcement is on
+    ("update", "trainingjobs.kubefit.dev", "--subresource=finalizers"),
     ("create", "pods"),
     ("delete", "pods"),
     ("patch", "pods"),  # adopting an orphaned worker

@@ -37,6 +37,7 @@ NAMESPACE = "kubefit-system"
 NAMESPACED_PERMISSIONS = {
     *(("kubefit.dev", "trainingjobs", verb) for verb in ("get", "list", "watch", "patch", "delete")),
     ("kubefit.dev", "trainingjobs/status", "patch"),
+    ("kubefit.dev", "trainingjobs/finalizers", "update"),
     *(("", "pods", verb) for verb in ("create", "delete", "patch", "list", "watch")),
     ("", "services", "create"),
     ("", "events", "create"),

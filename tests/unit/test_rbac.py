@@ -31,6 +31,7 @@ from test_chart import NAMESPACE, _by_kind, _one, _permissions, _render
 import kubefit.controller.handlers as handlers_module
 import kubefit.controller.kube as kube_module
 import kubefit.controller.leader as leader_module
+from kubefit.builders.naming import JobRef, owner_reference
 from kubefit.controller.runner import operator_settings
 
 OPERATOR = Path(__file__).resolve().parents[2] / "operator" / "kubefit"
@@ -70,6 +71,10 @@ KOPF_NAMESPACE_PATTERNS = {("", "namespaces", "list"), ("", "namespaces", "watch
 # TrainingJobs that operator versions with per-job kopf timers finalized are patched once, on an upgrade.
 KOPF_LEGACY_FINALIZER_REMOVAL = {("kubefit.dev", "trainingjobs", "patch")}
 KOPF_EVENT_FUNCTIONS = {"event", "info", "warn", "exception"}
+# The children's owner references set blockOwnerDeletion (builders/naming.py): the
+# OwnerReferencesPermissionEnforcement admission plugin allows that only with update on the owner's finalizers
+# (https://kubernetes.io/docs/reference/access-authn-authz/admission-controllers/#ownerreferencespermissionenforcement).
+OWNER_DELETION_BLOCKING = {("kubefit.dev", "trainingjobs/finalizers", "update")}
 
 
 # ------------------------------------------------------------------ the operator's own client calls
@@ -256,6 +261,8 @@ def used_permissions(watch_namespaces: bool) -> tuple[set[Permission], set[Permi
         used |= KOPF_LEGACY_FINALIZER_REMOVAL
     if watch_namespaces:
         used |= KOPF_NAMESPACE_PATTERNS
+    if owner_reference(JobRef("job", "namespace", "uid")).get("blockOwnerDeletion"):
+        used |= OWNER_DELETION_BLOCKING
     controller_sources = [_read(path) for path in sorted(CONTROLLER.glob("*.py"))]
     if operator_settings().posting.enabled or any(posts_events(source) for source in controller_sources):
         used.add(("", "events", "create"))

@@ -80,6 +80,12 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
 - apiGroups: ["kubefit.dev"]
   resources: ["trainingjobs/status"]
   verbs: ["patch"]
+# The owner references on workers and Services set blockOwnerDeletion, which the
+# OwnerReferencesPermissionEnforcement admission plugin (on by default in OpenShift) allows only to a client
+# that may update the owner's finalizers: without it every worker create is refused there.
+- apiGroups: ["kubefit.dev"]
+  resources: ["trainingjobs/finalizers"]
+  verbs: ["update"]
 # Worker pods: created and deleted by the reconciler, patched to adopt an orphaned worker; kopf lists and
 # watches them (the worker index, and the accelerators each node's pods hold).
 - apiGroups: [""]

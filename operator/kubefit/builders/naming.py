@@ -50,7 +50,8 @@ def rendezvous_host(job_name: str) -> str:
 
 def owner_reference(job: JobRef) -> dict[str, Any]:
     # controller=true lets the garbage collector delete children with the job; blockOwnerDeletion makes
-    # foreground deletion wait for them.
+    # foreground deletion wait for them. Setting it needs update on trainingjobs/finalizers where the
+    # OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift's default): the chart grants it.
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
