@@ -67,6 +67,7 @@ RULE_VALUES: dict[str, dict[str, Any]] = {
     "KubefitAcceleratorsIdle": {"for": FOR, "threshold": 0.01},
     "KubefitAcceleratorTelemetryMissing": {"for": FOR},
     "KubefitReconcileErrors": {"for": FOR, "threshold": 0.1},
+    "KubefitOperatorAbsent": {"for": FOR},
 }
 VALUES = {"metrics": {"prometheusRule": {"enabled": True, "rules": RULE_VALUES}}}
 DCGM_EXPORTER_TARGET = {"namespace": "gpu-operator", "pod": "nvidia-dcgm-exporter-sandbox"}
@@ -202,6 +203,32 @@ def test_the_chart_renders_every_alert_with_the_for_values_set_and_prometheus_ev
 
     health = wait_for("every rule evaluated", evaluated, 120, interval=1.0)
     assert health == {name: "ok" for name in RULE_VALUES}
+
+
+def test_operator_absent_fires_only_where_no_operator_is_scraped(
+    sandbox: Sandbox, prometheus: Prometheus, tmp_path: Path
+) -> None:
+    telemetry_url = read_telemetry_url(sandbox.state_dir)
+    assert telemetry_url
+    # The same rules in a second Prometheus that scrapes the GPU telemetry but no operator.
+    jobs = [ScrapeJob("dcgm-exporter", telemetry_url, honor_labels=False, target_labels=DCGM_EXPORTER_TARGET)]
+    without_operator = Prometheus(tmp_path, jobs, render_rule_groups(VALUES, tmp_path))
+    without_operator.start()
+    try:
+
+        def firing() -> bool:
+            return any(
+                alert["labels"]["alertname"] == "KubefitOperatorAbsent" and alert["state"] == "firing"
+                for alert in without_operator.alerts()
+            )
+
+        wait_for("KubefitOperatorAbsent firing without an operator", firing, ALERT_TIMEOUT_S, interval=1.0)
+    finally:
+        without_operator.stop()
+    # The module's Prometheus scrapes the operator: its rule was evaluated (the test above) and is quiet.
+    assert not [
+        alert for alert in prometheus.alerts() if alert["labels"]["alertname"] == "KubefitOperatorAbsent"
+    ]
 
 
 def test_overprovisioned_and_idle_jobs_fire_their_alerts_and_a_healthy_job_fires_nothing(
