@@ -495,6 +495,39 @@ def test_kubectl_scale_and_a_raw_scale_subresource_write_move_the_worker_count(
     assert job is not None and job["spec"]["workers"]["replicas"] == 1
 
 
+def _jax_processes(pod: dict[str, Any]) -> str | None:
+    env = pod["spec"]["containers"][0].get("env") or []
+    return next((item.get("value") for item in env if item["name"] == "JAX_NUM_PROCESSES"), None)
+
+
+def test_scaling_an_elastic_jax_job_restarts_every_worker_with_the_new_process_count(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    # jax.distributed.initialize reads JAX_NUM_PROCESSES once: a worker added beside the running two would
+    # wait for a third process the other two never expect.
+    kube.apply(elastic_job("jaxed", namespace, pool, replicas=2, low=1, high=4, framework="jax"))
+    wait_for("2 running workers", lambda: running(kube, namespace, "jaxed") == 2)
+    before = {pod["metadata"]["uid"] for pod in live(kube, namespace, "jaxed")}
+    assert {_jax_processes(pod) for pod in live(kube, namespace, "jaxed")} == {"2"}
+
+    kube.run("scale", "trainingjob/jaxed", "-n", namespace, "--replicas=3")
+    with explained(kube, namespace, "jaxed"):
+        wait_for(
+            "Ready=False Restarting",
+            lambda: condition_is(kube, namespace, "jaxed", "Ready", "False", "Restarting"),
+            timeout=30,
+        )
+
+        def restarted() -> list[dict[str, Any]] | None:
+            pods = live(kube, namespace, "jaxed")
+            fresh = [pod for pod in pods if pod["metadata"]["uid"] not in before]
+            return pods if len(fresh) == 3 and running(kube, namespace, "jaxed") == 3 else None
+
+        pods = wait_for("3 new running workers after the handshake's grace period", restarted, timeout=90)
+    assert sorted(pod["metadata"]["name"] for pod in pods) == [f"jaxed-worker-{index}" for index in range(3)]
+    assert {_jax_processes(pod) for pod in pods} == {"3"}
+
+
 # ---------------------------------------------------------------------------------------------- placement
 
 

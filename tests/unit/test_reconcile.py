@@ -1060,6 +1060,39 @@ def test_a_non_elastic_job_restarts_every_worker_with_the_new_world_size() -> No
     assert restarted.worker_set is not None and restarted.worker_set.workers == 3
 
 
+def test_an_elastic_jax_job_restarts_every_worker_when_its_grant_changes() -> None:
+    # jax.distributed.initialize reads JAX_NUM_PROCESSES once: a third worker cannot join a group of two.
+    spec = elastic_spec(replicas=4, minimum=1, maximum=4, framework="jax")
+    pods = [pod(0), pod(1)]
+    running = decide(observe(spec, pods, grant=2), CATALOG)
+    assert running.create == () and running.delete == () and status_of(running)["desiredReplicas"] == 2
+    grown = observe(spec, pods, running.status, NOW + timedelta(seconds=1), grant=3)
+    asked = decide(grown, CATALOG)
+    assert asked.create == () and asked.delete == ()
+    ready = condition(asked, "Ready")
+    assert ready["reason"] == "Restarting" and "from 2 to 3 workers (framework jax" in ready["message"]
+    assert status_of(asked)["checkpoint"]["reason"] == "Restarting"
+    acks = {"llama-worker-0": 5, "llama-worker-1": 5}
+    stopped = decide(
+        observe(spec, pods, asked.status, NOW + timedelta(seconds=2), grant=3, acks=acks), CATALOG
+    )
+    assert stopped.delete == ("llama-worker-1", "llama-worker-0") and stopped.create == ()
+    assert status_of(stopped)["desiredReplicas"] == 3
+    restarted = decide(observe(spec, [], stopped.status, NOW + timedelta(seconds=3), grant=3), CATALOG)
+    assert created_names(restarted) == ["llama-worker-0", "llama-worker-1", "llama-worker-2"]
+    assert restarted.worker_set is not None and restarted.worker_set.workers == 3
+    # A shrink restarts them too; a pytorch job under the same grants only adds or removes workers.
+    three = [pod(0), pod(1), pod(2)]
+    shrunk = decide(observe(spec, three, restarted.status, NOW + timedelta(seconds=4), grant=1), CATALOG)
+    assert condition(shrunk, "Ready")["reason"] == "Restarting"
+    torch = elastic_spec(replicas=4, minimum=1, maximum=4)
+    torch_running = decide(observe(torch, pods, grant=2), CATALOG)
+    torch_grown = decide(
+        observe(torch, pods, torch_running.status, NOW + timedelta(seconds=1), grant=3), CATALOG
+    )
+    assert created_names(torch_grown) == ["llama-worker-2"] and torch_grown.delete == ()
+
+
 def test_a_non_elastic_job_keeps_its_world_until_the_whole_new_size_is_granted() -> None:
     pods = [pod(0), pod(1)]
     running = decide(observe(raw_spec(workers={"replicas": 2}), pods), CATALOG)

@@ -512,8 +512,9 @@ class Elastic(_Model):
         "many as free capacity allows; it grows when capacity appears and shrinks (after the checkpoint "
         "handshake) when replicas drops or a higher-priority job needs the devices. framework pytorch "
         "workers get torchrun's elastic c10d rendezvous with PET_NNODES=floor:maxReplicas, so the group "
-        "re-forms. false: all-or-nothing at replicas; changing replicas restarts every worker with the "
-        "new world size.",
+        "re-forms; framework jax fixes the process count when workers start, so each change of the count "
+        "restarts every worker with the new one. false: all-or-nothing at replicas; changing replicas "
+        "restarts every worker with the new world size.",
     )
     checkpoint_grace_period_seconds: int = Field(
         strict=True,

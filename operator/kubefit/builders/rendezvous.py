@@ -18,8 +18,8 @@ times out after 60 s and every agent exits. With the option each round's rank 0 
 address and its first training process hosts the store, as before pytorch/pytorch#128096 made sharing
 the default. Measured by hand with three torchrun agents (docs/sandbox.md).
 jax: the coordinator address and process count/id that `jax.distributed.initialize` expects, fixed when
-the pod is created; a change of the worker count restarts every worker (decide does that), so a new pod
-always sees the current count.
+the pod is created; a change of the worker count restarts every worker, elastic or not
+(decisions/running.py, `_restart_plan`), so a new pod always sees the current count.
 none: nothing.
 """
 

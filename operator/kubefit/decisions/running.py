@@ -82,7 +82,7 @@ def _running(ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int
     delete = tuple(name for name in changes.delete if name not in doomed) + (doomed if shake.proceed else ())
     backoff = restart_backoff_left(ctx.status, restarts_of(ctx.status), ctx.now)
     create = () if backoff > 0 or plan.restart else changes.create
-    desired = ctx.bounds.desired if plan.restart and shake.proceed else plan.keep
+    desired = plan.target if plan.restart and shake.proceed else plan.keep
     start_time = ctx.status.get("startTime") or (rfc3339(ctx.now) if ready >= plan.keep else None)
     draft = Draft(
         phase=_phase(ctx.ours, plan.keep, ready, start_time),
@@ -115,22 +115,42 @@ def _plan(ctx: JobContext, grant: int) -> _Plan:
     bounds = ctx.bounds
     if ctx.spec.elastic.enabled:
         target = min(max(grant, bounds.floor), bounds.desired)
+        if ctx.spec.framework == "jax":
+            # jax.distributed.initialize takes the process count once (JAX_NUM_PROCESSES): workers cannot
+            # join or leave a running group, so a new count restarts them all.
+            why = "framework jax fixes it when the workers start"
+            return _restart_plan(ctx, target, why) or _Plan(
+                target, target, _surplus(ctx, target, Reason.SCALED_DOWN)
+            )
         return _Plan(target, target, _surplus(ctx, target, _shrink_reason(ctx)))
-    world = int(ctx.status.get("desiredReplicas") or 0)
-    live = ctx.live
-    if live and world and grant < bounds.desired:
+    world = _world(ctx)
+    if ctx.live and world and grant < bounds.desired:
         hold = (
             f"spec.workers.replicas asks for {bounds.desired} workers, all at once; the {world} running "
             f"keep their world size until the scheduling pass grants {bounds.desired}"
         )
         return _Plan(world, world, _surplus(ctx, world, Reason.SCALED_DOWN), hold=hold)
-    if live and world and world != bounds.desired:
-        restart = (
-            f"the world size changes from {world} to {bounds.desired} workers (spec.workers.replicas) and "
-            "the job is not elastic: every worker is stopped and started again with the new size"
-        )
-        return _Plan(bounds.desired, world, Removal(Reason.RESTARTING, 0, highest_first(live)), restart)
-    return _Plan(bounds.desired, bounds.desired, _surplus(ctx, bounds.desired, Reason.SCALED_DOWN))
+    why = "spec.workers.replicas; the job is not elastic"
+    restart = _restart_plan(ctx, bounds.desired, why)
+    return restart or _Plan(bounds.desired, bounds.desired, _surplus(ctx, bounds.desired, Reason.SCALED_DOWN))
+
+
+def _world(ctx: JobContext) -> int:
+    """The worker count the running workers were started with (status.desiredReplicas)."""
+    return int(ctx.status.get("desiredReplicas") or 0)
+
+
+def _restart_plan(ctx: JobContext, target: int, why: str) -> _Plan | None:
+    """For workers whose group size is fixed when they start: all of them stop (after the checkpoint
+    handshake) and `target` start again, if the running group's size is not `target`."""
+    world, live = _world(ctx), ctx.live
+    if not (live and world and world != target):
+        return None
+    restart = (
+        f"the world size changes from {world} to {target} workers ({why}): every worker is stopped and "
+        "started again with the new size"
+    )
+    return _Plan(target, world, Removal(Reason.RESTARTING, 0, highest_first(live)), restart)
 
 
 def _slots(ctx: JobContext, count: int) -> frozenset[int]:
