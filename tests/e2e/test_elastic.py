@@ -273,9 +273,9 @@ def test_a_minimum_that_cannot_fit_creates_no_pods_says_why_and_starts_when_a_no
     small = add_pool(PoolNodes(H100, nodes=1, per_node=8))
     kube.apply(elastic_job("big", namespace, small, replicas=4, low=3, high=4))
     queued = wait_for(
-        "Admitted=False, reason Queued, with what is missing",
+        "Admitted=False, reason InsufficientCapacity, with what is missing",
         lambda: (
-            (found := condition_is(kube, namespace, "big", "Admitted", "False", "Queued"))
+            (found := condition_is(kube, namespace, "big", "Admitted", "False", "InsufficientCapacity"))
             and "needs" in found["message"]
             and found
         ),
@@ -441,9 +441,13 @@ def test_twenty_jobs_onto_room_for_ten_run_ten_and_queue_ten_without_a_pod(
 
     wait_for("10 jobs running", lambda: len(running_jobs()) == 10, timeout=90)
     wait_for(
-        "10 jobs Queued",
+        "10 jobs queued for want of capacity",
         lambda: (
-            sum(1 for name in names if condition_is(kube, namespace, name, "Admitted", "False", "Queued"))
+            sum(
+                1
+                for name in names
+                if condition_is(kube, namespace, name, "Admitted", "False", "InsufficientCapacity")
+            )
             == 10
         ),
         timeout=60,

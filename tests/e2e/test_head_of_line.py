@@ -32,7 +32,7 @@ def test_a_starved_head_holds_back_jobs_on_its_nodes_only(
         kube.apply(fixed_job("head", namespace, heads_pool, replicas=2, per_worker=8))
         wait_for(
             "the head queued for want of a second whole node",
-            lambda: condition_is(kube, namespace, "head", "Admitted", "False", "Queued"),
+            lambda: condition_is(kube, namespace, "head", "Admitted", "False", "InsufficientCapacity"),
         )
         time.sleep(HEAD_WAIT + 1)  # the head has now waited past the limit
 

@@ -114,7 +114,7 @@ def test_workers_of_four_pack_two_per_eight_gpu_node() -> None:
     five = plan([gang("five", 5)], cluster=nodes(2))
     assert five.grants[key("five")] == 0 and not five.admitted_now
     assert five.waiting[key("five")] == (
-        "needs room for 5 workers of 4 nvidia-h100-80gb, each on one node; only 4 fit now (2 nodes with 4 free)"
+        "InsufficientCapacity: needs room for 5 workers of 4 nvidia-h100-80gb, each on one node; only 4 fit now (2 nodes with 4 free)"
     )
 
 
@@ -128,12 +128,19 @@ def test_devices_spread_over_nodes_do_not_make_a_worker() -> None:
 def test_the_message_counts_nodes_that_could_host_a_worker() -> None:
     cluster = [NodeCapacity("a", H100, 8, 0), NodeCapacity("b", H100, 8, 4), NodeCapacity("c", None, 0, 0)]
     result = plan([gang("big", 2, per_worker=8)], cluster=cluster)
-    assert result.waiting[key("big")] == "needs 2 nodes with 8 free nvidia-h100-80gb; 1 has"
+    assert (
+        result.waiting[key("big")]
+        == "InsufficientCapacity: needs 2 nodes with 8 free nvidia-h100-80gb; 1 has"
+    )
     missing = plan([gang("l4", 1, per_worker=8, accelerator=L4)], cluster=cluster)
-    assert missing.waiting[key("l4")] == "needs 1 node with 8 free nvidia-l4; no node has nvidia-l4"
+    assert (
+        missing.waiting[key("l4")]
+        == "InsufficientCapacity: needs 1 node with 8 free nvidia-l4; no node has nvidia-l4"
+    )
     too_wide = plan([gang("wide", 1, per_worker=16)], cluster=cluster)
     assert (
-        too_wide.waiting[key("wide")] == "needs 1 node with 16 free nvidia-h100-80gb; the largest node has 8"
+        too_wide.waiting[key("wide")]
+        == "InsufficientCapacity: needs 1 node with 16 free nvidia-h100-80gb; the largest node has 8"
     )
 
 
@@ -149,7 +156,10 @@ def test_eligible_nodes_are_the_only_ones_used() -> None:
     held = holding(gang("other", 1, per_worker=8), 1, {"node-1": 1})
     only_full = plan([gang("job", 1, per_worker=8, eligible=frozenset({"node-1"}))], [held], cluster)
     assert only_full.grants[key("job")] == 0
-    assert only_full.waiting[key("job")] == "needs 1 eligible node with 8 free nvidia-h100-80gb; 0 have"
+    assert (
+        only_full.waiting[key("job")]
+        == "InsufficientCapacity: needs 1 eligible node with 8 free nvidia-h100-80gb; 0 have"
+    )
     only_free = plan([gang("job", 1, per_worker=8, eligible=frozenset({"node-0"}))], [held], cluster)
     assert only_free.placement[key("job")] == {"node-0": 1}
 
@@ -162,7 +172,10 @@ def test_granted_but_unbound_workers_hold_their_devices() -> None:
     result = plan([gang("late", 1, per_worker=8)], [early], nodes(2))
     assert result.grants == {key("early"): 2, key("late"): 0}
     assert result.placement[key("early")] == {"node-0": 1, "node-1": 1}
-    assert result.waiting[key("late")] == "needs 1 node with 8 free nvidia-h100-80gb; 0 have"
+    assert (
+        result.waiting[key("late")]
+        == "InsufficientCapacity: needs 1 node with 8 free nvidia-h100-80gb; 0 have"
+    )
 
 
 def test_twenty_jobs_onto_room_for_ten_admit_exactly_ten_across_passes() -> None:
@@ -212,8 +225,8 @@ def test_strict_fifo_head_blocks_everyone_behind_it() -> None:
     cluster = [*nodes(1), *nodes(1, accelerator=L4, prefix="l4")]
     result = plan(head_and_small(10), cluster=cluster, policy="StrictFIFO")
     assert admitted_keys(result) == set()
-    assert result.waiting[key("small")] == "behind ml/big in the queue (StrictFIFO)"
-    assert result.waiting[key("other-kind")] == "behind ml/big in the queue (StrictFIFO)"
+    assert result.waiting[key("small")] == "Queued: behind ml/big in the queue (StrictFIFO)"
+    assert result.waiting[key("other-kind")] == "Queued: behind ml/big in the queue (StrictFIFO)"
 
 
 def test_best_effort_lets_small_jobs_pass_until_the_head_waited_too_long() -> None:
@@ -223,7 +236,9 @@ def test_best_effort_lets_small_jobs_pass_until_the_head_waited_too_long() -> No
     assert admitted_keys(fresh) == {"held", "small", "other-kind"}
     starved = plan(head_and_small(400), held, cluster, limit=300)
     assert admitted_keys(starved) == {"held", "other-kind"}  # another accelerator is not the head's
-    assert starved.waiting[key("small")] == "waiting behind ml/big, which has waited 400s (head of line)"
+    assert (
+        starved.waiting[key("small")] == "Queued: waiting behind ml/big, which has waited 400s (head of line)"
+    )
 
 
 def test_a_head_bigger_than_the_whole_cluster_never_holds_others_back() -> None:
@@ -259,7 +274,10 @@ def test_a_starved_head_keeps_only_the_nodes_it_may_use() -> None:
     anywhere = gang("anywhere", 1)  # may use every H100 node: goes where the head cannot
     result = plan([head, on_pool, on_own, anywhere], [held], cluster, limit=300)
     assert admitted_keys(result) == {"held", "on-own", "anywhere"}
-    assert result.waiting[key("on-pool")] == "waiting behind ml/big, which has waited 400s (head of line)"
+    assert (
+        result.waiting[key("on-pool")]
+        == "Queued: waiting behind ml/big, which has waited 400s (head of line)"
+    )
     assert result.placement[key("on-own")] == result.placement[key("anywhere")] == {"own-0": 1}
 
 
@@ -268,7 +286,10 @@ def test_a_job_that_fits_only_on_the_heads_nodes_waits_and_says_for_whom() -> No
     too_big_for_own = gang("two-nodes", 2, per_worker=8)  # own-0 alone holds one of its workers
     result = plan([head, too_big_for_own], [held], cluster, limit=300)
     assert result.grants[key("two-nodes")] == 0
-    assert result.waiting[key("two-nodes")] == "waiting behind ml/big, which has waited 400s (head of line)"
+    assert (
+        result.waiting[key("two-nodes")]
+        == "Queued: waiting behind ml/big, which has waited 400s (head of line)"
+    )
     # Before the limit the head keeps nothing: the job takes the head's free node too.
     fresh = plan([replace(head, created=NOW - 10), too_big_for_own], [held], cluster, limit=300)
     assert fresh.placement[key("two-nodes")] == {"own-0": 1, "pool-0": 1}
@@ -289,7 +310,10 @@ def test_heads_on_disjoint_pools_each_keep_their_own() -> None:
     small = gang("small", 1)
     result = plan([*heads, small], held, cluster, limit=300)
     assert result.grants[key("small")] == 0
-    assert result.waiting[key("small")] == "waiting behind ml/head-pool, which has waited 500s (head of line)"
+    assert (
+        result.waiting[key("small")]
+        == "Queued: waiting behind ml/head-pool, which has waited 500s (head of line)"
+    )
     # The second head only waited 200 s: it keeps nothing, and the small job takes its pool's free node.
     younger = [heads[0], replace(heads[1], created=NOW - 200)]
     assert plan([*younger, small], held, cluster, limit=300).placement[key("small")] == {"own-0": 1}
@@ -577,7 +601,7 @@ def assert_no_one_admitted_behind_a_head_takes_its_nodes(
 
     allocatable = {node.name: node.allocatable for node in cluster}
     for head in queued:
-        if result.grants[head.key] or not result.waiting[head.key].startswith("needs"):
+        if result.grants[head.key] or not result.waiting[head.key].startswith("InsufficientCapacity: needs"):
             continue
         floor = head.min_workers if head.elastic else max(head.min_workers, head.want_workers)
         if sum(allocatable[name] // head.per_worker for name in nodes_of(head)) < floor:

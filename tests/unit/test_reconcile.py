@@ -520,8 +520,14 @@ def test_a_failed_worker_is_replaced_and_counted() -> None:
     gone = decide(observe(pods=[pod(0)], status=decision.status), CATALOG)
     assert gone.create == () and gone.requeue_after == 5.0  # the first restart waits 5 s
     assert "restart backoff" in status_of(gone)["message"]
+    waiting = condition(gone, "Ready")
+    assert (waiting["reason"], waiting["message"]) == (
+        "RestartBackoff",
+        "1/2 workers running; replacing failed workers in 5 s",
+    )
     later = decide(observe(pods=[pod(0)], status=decision.status, now=NOW + timedelta(seconds=5)), CATALOG)
     assert created_names(later) == ["llama-worker-1"]
+    assert condition(later, "Ready")["reason"] == "WorkersNotReady"
     assert status_of(later)["restarts"] == 1
 
 
@@ -856,10 +862,15 @@ def events_of(decision: Decision) -> list[tuple[str, str]]:
 def test_a_job_not_admitted_creates_no_pod_and_says_what_is_missing() -> None:
     waiting = "needs 2 nodes with 1 free nvidia-h100-80gb; 1 has"
     observation = observe(grant=None)
-    queued = decide(JobObservation(**{**observation.__dict__, "waiting": waiting}), CATALOG)
+    planned = f"InsufficientCapacity: {waiting}"  # AdmissionPlan.waiting's "Word: detail"
+    queued = decide(JobObservation(**{**observation.__dict__, "waiting": planned}), CATALOG)
     assert queued.create == () and queued.worker_set is None
     admitted = condition(queued, "Admitted")
-    assert (admitted["status"], admitted["reason"], admitted["message"]) == ("False", "Queued", waiting)
+    assert (admitted["status"], admitted["reason"], admitted["message"]) == (
+        "False",
+        "InsufficientCapacity",
+        waiting,
+    )
     assert status_of(queued)["phase"] == "Queued"
     assert status_of(queued)["desiredReplicas"] == 0
     assert waiting in status_of(queued)["message"]
@@ -868,13 +879,20 @@ def test_a_job_not_admitted_creates_no_pod_and_says_what_is_missing() -> None:
 
 
 def test_a_queued_job_posts_one_event_however_its_waiting_message_changes() -> None:
-    first = decide(JobObservation(**{**observe(grant=None).__dict__, "waiting": "1 has"}), CATALOG)
-    assert ("Normal", "Queued") in events_of(first)
-    later = decide(
-        JobObservation(**{**observe(status=first.status, grant=None).__dict__, "waiting": "0 has"}), CATALOG
-    )
+    def waiting(status: dict[str, Any] | None, why: str) -> Decision:
+        return decide(
+            JobObservation(**{**observe(status=status, grant=None).__dict__, "waiting": why}), CATALOG
+        )
+
+    first = waiting(None, "InsufficientCapacity: 1 has")
+    assert ("Normal", "InsufficientCapacity") in events_of(first)
+    later = waiting(first.status, "InsufficientCapacity: 0 has")
     assert condition(later, "Admitted")["message"] == "0 has"
-    assert ("Normal", "Queued") not in events_of(later)
+    assert events_of(later) == []
+    # Between waiting for capacity and waiting behind another job, as the queue moves: no Event either.
+    behind = waiting(later.status, "Queued: behind ml/big in the queue (StrictFIFO)")
+    assert condition(behind, "Admitted")["reason"] == "Queued" and events_of(behind) == []
+    assert events_of(waiting(behind.status, "InsufficientCapacity: 0 has")) == []
 
 
 def test_an_admitted_elastic_job_runs_its_grant_and_says_why_it_is_fewer() -> None:

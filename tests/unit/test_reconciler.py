@@ -234,10 +234,10 @@ def test_a_job_the_first_pass_queues_is_written_queued(harness: Harness) -> None
         ("get_job", "llama"),
         ("patch_job_status", "llama"),
         ("event", "Fits"),
-        ("event", "Queued"),
+        ("event", "InsufficientCapacity"),
         ("create_service", "llama"),
     ]
-    assert harness.condition("Admitted")["reason"] == "Queued"
+    assert harness.condition("Admitted")["reason"] == "InsufficientCapacity"
 
 
 def test_the_first_pass_is_awaited_once_only(harness: Harness) -> None:

@@ -137,7 +137,7 @@ def test_a_pass_admits_what_fits_and_queues_the_rest_with_the_planners_message()
     ).waiting[("ns", "b")]
     assert "needs 2 nodes with 8 free nvidia-h100-80gb" in expected
     assert grants[("ns", "b")].waiting is not None and grants[("ns", "b")].waiting.startswith(
-        "needs 2 nodes with 8 free"
+        "InsufficientCapacity: needs 2 nodes with 8 free"
     )
     assert set(recorder.keys()) == {("ns", "a"), ("ns", "b")}
     assert {trigger for _, trigger in recorder.calls} == {ADMISSION_TRIGGER}

@@ -94,9 +94,15 @@ class Reason:
     JOB_FAILED: Final = "Failed"
     """Ready=False, Running=False: the job has failed; nothing runs any more."""
 
+    INSUFFICIENT_CAPACITY: Final = "InsufficientCapacity"
+    """Admitted=False: the job waits in the admission queue because its minimum does not fit the free
+    devices it may use; the message says what is missing (e.g. needs 2 nodes with 8 free
+    nvidia-h100-80gb; 1 has). No worker pods exist."""
+
     QUEUED: Final = "Queued"
-    """Admitted=False: the job waits in the admission queue; the message says what capacity is missing
-    (e.g. needs 2 nodes with 8 free nvidia-h100-80gb; 1 has). No worker pods exist."""
+    """Admitted=False: the job waits in the admission queue behind another job (StrictFIFO, or a job at the
+    head of the line keeping the nodes), or for the operator's first scheduling pass; the message says
+    which. Ready=False, Running=False: the job is queued. No worker pods exist."""
 
     ADMITTED: Final = "Admitted"
     """Admitted=True: the scheduling pass granted the job workers; the message says how many."""
@@ -119,11 +125,6 @@ class Reason:
 
     SCALED_UP: Final = "ScaledUp"
     """Admitted=True: the job was granted more workers (capacity appeared or replicas went up)."""
-
-    CHECKPOINT_REQUESTED: Final = "CheckpointRequested"
-    """Running=True or Ready=False: the workers were asked to checkpoint before a planned removal; the
-    operator waits for every running worker's acknowledgement or spec.elastic.checkpointGracePeriodSeconds
-    (status.checkpoint)."""
 
     RESTARTING: Final = "Restarting"
     """Ready=False: a non-elastic job's world size changed (spec.workers.replicas); every worker is

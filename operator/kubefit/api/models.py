@@ -472,14 +472,15 @@ class Workers(_Model):
         le=MAX_WORKERS,
         default=None,
         description="Floor of the worker count. The effective floor is max(minReplicas, the workers memory "
-        "requires); when it exceeds maxReplicas no worker starts. Default: replicas.",
+        "requires); when it exceeds maxReplicas no worker starts. Default: replicas, at most maxReplicas.",
     )
     max_replicas: int | None = Field(
         strict=True,
         ge=1,
         le=MAX_WORKERS,
         default=None,
-        description="Ceiling of the worker count, at most 4096. Default: replicas.",
+        description="Ceiling of the worker count, at most 4096. Default: the larger of replicas and "
+        "minReplicas.",
     )
 
     @model_validator(mode="after")

@@ -40,6 +40,9 @@ SCALED_DOWN = "ScaledDown"
 CAPACITY_CHANGED = "CapacityChanged"
 SHRUNK_FOR_PRIORITY = "ShrunkForPriority"
 PREEMPTED = "Preempted"
+# Reason words of AdmissionPlan.waiting ("Word: detail"): the Admitted=False reason of a queued job.
+INSUFFICIENT_CAPACITY = "InsufficientCapacity"  # its minimum does not fit the free devices it may use
+QUEUED = "Queued"  # it waits behind another job (StrictFIFO, or a head of line keeping its nodes)
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class AdmissionPlan:
     admitted_now: frozenset[JobKey]  # queued -> admitted in this pass
     shrink: Mapping[JobKey, int]  # admitted elastic jobs shrunk for priority, to how many (also in grants)
     preempt: frozenset[JobKey]  # whole jobs to stop and requeue (grants 0)
-    waiting: Mapping[JobKey, str]  # queued jobs: what is missing
+    waiting: Mapping[JobKey, str]  # queued jobs: "Word: what is missing" (INSUFFICIENT_CAPACITY or QUEUED)
     reasons: Mapping[JobKey, str]  # changed grants: "Word: detail" (the words are the constants above)
     # where the plan counts each granted job's workers: node -> bound pods there plus the places it reserved
     # for the rest. A job shrunk or preempted was planned to lose its workers on the nodes missing here.
@@ -476,7 +479,7 @@ class _Queue:
         """A job that did not fit. It holds back the jobs behind it (StrictFIFO; BestEffortFIFO once it
         waited too long) unless its minimum exceeds the whole cluster: waiting for it would stop the
         accelerator for good, and it gets in when nodes are added anyway."""
-        self.waiting[job.key] = message
+        self.waiting[job.key] = f"{INSUFFICIENT_CAPACITY}: {message}"
         if self.policy == "StrictFIFO":
             self.strict_head = self.strict_head or job  # every later queued job waits: _admit_queue
         elif not satisfiable or self.now - job.demand.created <= self.head_wait_limit:
@@ -669,14 +672,16 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None
         if job.admitted:
             continue
         if queue.strict_head is not None:
-            queue.waiting[job.key] = f"behind {_name(queue.strict_head.key)} in the queue (StrictFIFO)"
+            queue.waiting[job.key] = (
+                f"{QUEUED}: behind {_name(queue.strict_head.key)} in the queue (StrictFIFO)"
+            )
             continue
         nodes, kept_by = queue.usable(job)
         if kept_by is None:
             if not _admit(cluster, jobs, job, nodes):
                 queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
         elif not nodes or not _admit(cluster, jobs, job, nodes):
-            queue.waiting[job.key] = kept_by
+            queue.waiting[job.key] = f"{QUEUED}: {kept_by}"
 
 
 def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:

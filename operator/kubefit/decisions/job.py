@@ -316,6 +316,7 @@ _EVENTFUL_REASONS: dict[tuple[str, str], EventType] = {
     (ConditionType.READY, Reason.TOO_FEW_WORKERS): "Warning",
     (ConditionType.READY, Reason.RESTARTING): "Normal",
     (ConditionType.ADMITTED, Reason.QUEUED): "Normal",
+    (ConditionType.ADMITTED, Reason.INSUFFICIENT_CAPACITY): "Normal",
     (ConditionType.ADMITTED, Reason.GANG_TIMEOUT): "Warning",
     (ConditionType.ADMITTED, Reason.PREEMPTED): "Warning",
 }
@@ -340,9 +341,19 @@ def _transition_events(
     return events
 
 
+_WAITING_REASONS = frozenset({Reason.QUEUED, Reason.INSUFFICIENT_CAPACITY})
+
+
 def _eventful_change(before: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
-    """A queued job's message follows the free capacity: only a new status or reason is an Event."""
+    """A queued job's message follows the free capacity, and whether it waits for capacity or behind another
+    job can change every pass: only a new status, or a reason outside those two, is an Event."""
     queued = now["type"] == ConditionType.ADMITTED and now["status"] == "False"
+    if (
+        queued
+        and before.get("status") == "False"
+        and {before.get("reason"), now["reason"]} <= _WAITING_REASONS
+    ):
+        return False
     fields: tuple[str, ...] = ("status", "reason") if queued else ("status", "reason", "message")
     return any(before.get(name) != now[name] for name in fields)
 

@@ -103,6 +103,11 @@ def _running(ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int
         apply_handshake(draft, shake, plan.removal)
     if backoff > 0:
         draft.requeue_after.append(backoff)
+        if not plan.restart and ready < plan.keep:
+            waiting = f"{ready}/{plan.keep} workers running; replacing failed workers in {backoff:.0f} s"
+            draft.updates.append(
+                ConditionUpdate(ConditionType.READY, "False", Reason.RESTART_BACKOFF, waiting)
+            )
     draft.events.extend(_restart_events(changes.replace, restarts, ctx.spec.run_policy.max_restarts))
     note = removal_progress(shake, plan.removal) if plan.removal is not None else None
     draft.message = _message(ctx, plan, shake_note=note)

@@ -60,7 +60,11 @@ def _grant(ctx: JobContext) -> int:
 
 
 def _queued(ctx: JobContext, grant: int) -> Draft:
-    waiting = ctx.observation.waiting or "waiting for the operator's scheduling pass"
+    # AdmissionPlan.waiting is "Word: detail": InsufficientCapacity (the job's minimum does not fit the free
+    # devices) or Queued (it waits behind another job).
+    word, _, waiting = (ctx.observation.waiting or "").partition(": ")
+    reason = Reason.INSUFFICIENT_CAPACITY if word == Reason.INSUFFICIENT_CAPACITY else Reason.QUEUED
+    waiting = waiting or "waiting for the operator's scheduling pass"
     if 0 < grant < ctx.bounds.desired:  # a non-elastic job is admitted whole or not at all
         waiting = f"granted {grant} of the {ctx.bounds.desired} workers it needs all at once; {waiting}"
     message = f"queued: {waiting}"
@@ -69,7 +73,7 @@ def _queued(ctx: JobContext, grant: int) -> Draft:
         phase=JobPhase.QUEUED,
         updates=[
             sized(ctx.sizing),
-            ConditionUpdate(ConditionType.ADMITTED, "False", Reason.QUEUED, waiting),
+            ConditionUpdate(ConditionType.ADMITTED, "False", reason, waiting),
             *not_running(Reason.QUEUED, message),
         ],
         restarts=restarts_of(ctx.status),
