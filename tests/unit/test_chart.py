@@ -600,6 +600,21 @@ def _kind_counts(objects: Iterable[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
+def test_a_63_character_fullname_keeps_every_service_name_a_dns_label() -> None:
+    # Service names are DNS-1035 labels of at most 63 characters; the API server refuses longer ones.
+    long_name = "a" * 63
+    objects = _render(
+        "--set", f"fullnameOverride={long_name}",
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--api-versions", MONITORING_API,
+    )  # fmt: skip
+    services = _by_kind(objects, "Service")
+    assert len(services) >= 2  # metrics and checkpoints
+    label = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    for service in services:
+        assert label.match(service["metadata"]["name"]) and len(service["metadata"]["name"]) <= 63, service
+
+
 def test_every_ci_values_file_has_expectations() -> None:
     assert len(CI_VALUES) >= 5
     assert {path.name for path in CI_VALUES} == set(CI_EXPECTED_KINDS)

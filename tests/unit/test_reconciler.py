@@ -768,6 +768,10 @@ def test_a_job_gone_when_its_status_is_written_is_forgotten(harness: Harness) ->
     assert KEY not in harness.reconciler.jobs and not retrying(harness)
     assert harness.calls("create_pod") == [] and harness.events("ReconcileError") == []
     assert KEY not in harness.reconciler.scheduler.snapshot()
+    # A deletion racing the reconcile is no failure for KubefitReconcileErrors to count.
+    registry = harness.metrics.registry
+    assert not registry.get_sample_value("kubefit_reconcile_total", {"trigger": "create", "result": "error"})
+    assert registry.get_sample_value("kubefit_reconcile_total", {"trigger": "create", "result": "success"})
 
 
 def test_the_status_of_a_job_deleted_and_created_again_meanwhile_does_not_land_on_the_new_one(

@@ -328,15 +328,19 @@ class Reconciler:
     def _reconcile_safely(self, key: JobKey, trigger: str, state: _JobState, view: ClusterView) -> bool:
         """One pass; False if it failed (recorded on the job, retried after the backoff)."""
         progress = _Progress()
+        gone = False
         try:
             with self.metrics.reconciling(trigger):
-                self._reconcile_once(key, state, view, progress)
-        except _JobGone:
-            self._gone(key, progress, view)
-            return True
+                try:
+                    self._reconcile_once(key, state, view, progress)
+                except _JobGone:  # deleted while it was reconciled: not a failed reconcile
+                    gone = True
         except Exception as error:  # noqa: BLE001 - the safety net: any failure becomes a condition
             self._record_failure(key, state, view, progress, error)
             return False
+        if gone:
+            self._gone(key, progress, view)
+            return True
         with self._lock:
             state.failures, state.retry_at = 0, 0.0
         return True
