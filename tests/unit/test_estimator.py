@@ -425,6 +425,26 @@ def test_declared_memory_is_used_for_the_training_state() -> None:
     )
 
 
+def test_declared_memory_under_lora_counts_only_the_adapters_as_trainable() -> None:
+    lora = {"method": "lora", "trainableParameters": "4M"}
+    by_parameters = estimate(
+        job({"parameters": "8.03B", "architecture": LLAMA3_8B, "finetuning": lora}), H100, Layout(8, 1)
+    )
+    state = by_parameters.weights + by_parameters.gradients + by_parameters.optimizer_states
+    model = {"memory": str(state), "parameters": "8.03B", "architecture": LLAMA3_8B, "finetuning": lora}
+    declared = estimate(job(model), H100, Layout(8, 1))
+    # The same state declared as measured gives the same split and the same buckets: used as-is.
+    assert declared.weights + declared.gradients + declared.optimizer_states == pytest.approx(state, abs=3)
+    assert declared.gradients == pytest.approx(by_parameters.gradients, abs=1)
+    assert declared.communication_buffers == pytest.approx(by_parameters.communication_buffers, abs=1)
+    # More trainable parameters: more of the declared state is the adapters', and the DDP buckets grow.
+    model["finetuning"] = {"method": "lora", "trainableParameters": "400M"}
+    larger = estimate(job(model), H100, Layout(8, 1))
+    assert larger.gradients > 50 * declared.gradients
+    assert larger.communication_buffers > 50 * declared.communication_buffers
+    assert larger.weights + larger.gradients + larger.optimizer_states == pytest.approx(state, abs=3)
+
+
 def test_fsdp_accumulation_under_no_sync_holds_unsharded_gradients() -> None:
     full = {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": "bf16-true"}
     one_step = estimate(job(full, sharding="fsdp"), H100, Layout(4, 1))

@@ -272,8 +272,9 @@ class Model(_Model):
         default=None,
         description="Declared total training-state memory (weights, gradients, optimizer states) as a "
         "Kubernetes quantity, e.g. 120Gi, at most 1Ei. It replaces the parameter-based figures for that "
-        "state, split by the precision's and optimizer's byte ratios and sharded like them. Activations "
-        "still come from `training`.",
+        "state, split by the precision's and optimizer's byte ratios and sharded like them; under LoRA or "
+        "QLoRA the adapters' gradients and optimizer states are taken from it at their own size and the "
+        "rest is the frozen base. Activations still come from `training`.",
         json_schema_extra=_int_or_string_schema(QUANTITY_PATTERN, MAX_MODEL_MEMORY),
     )
     architecture: Architecture | None = Field(

@@ -499,6 +499,8 @@ def _parameter_states(
     spec: TrainingJobSpec, resolved: _Model, share: _StageShare, sharding: _Sharding
 ) -> _States:
     trainable = _trainable_parameters(spec, resolved.shape)
+    if resolved.declared_state is not None and trainable is not None:
+        return _declared_adapter_states(spec, resolved.declared_state, trainable, share, sharding)
     if resolved.declared_state is not None:
         return _declared_states(resolved.declared_state, share, sharding)
     if trainable is None:
@@ -517,6 +519,29 @@ def _declared_states(declared: int, share: _StageShare, sharding: _Sharding) -> 
         optimizer=state * per.optimizer / full / sharding.optimizer_shards,
         trainable=share.parameters,
         gathered_bytes=per.weights,
+        gathered_gradient_bytes=0,
+    )
+
+
+def _declared_adapter_states(
+    spec: TrainingJobSpec, declared: int, trainable: int, share: _StageShare, sharding: _Sharding
+) -> _States:
+    """LoRA/QLoRA with the training state declared: the adapters' gradients and optimizer states at their
+    bytes per trainable parameter, the rest of the declared state the frozen base. Split by the full-training
+    ratios instead, a LoRA state would be mostly optimizer states, and every parameter would count as
+    trainable (the gradient buckets)."""
+    per = sharding.per_parameter
+    state = declared * share.fraction
+    trainable_here = trainable / spec.training.pipeline_parallel / spec.training.tensor_parallel
+    adapter_gradients = min(state, trainable_here * per.gradients)
+    adapter_optimizer = min(state - adapter_gradients, trainable_here * per.optimizer)
+    base = state - adapter_gradients - adapter_optimizer
+    return _States(
+        weights=base / sharding.weight_shards,
+        gradients=adapter_gradients / sharding.gradient_shards,
+        optimizer=adapter_optimizer / sharding.optimizer_shards,
+        trainable=trainable_here,
+        gathered_bytes=base / max(share.parameters, 1),
         gathered_gradient_bytes=0,
     )
 
