@@ -33,12 +33,23 @@ def _run(args: argparse.Namespace) -> int:
             checkpoint_port=args.checkpoint_port,
             checkpoint_url=args.checkpoint_url,
             checkpoint_key_file=args.checkpoint_key_file,
+            webhook=_webhook(args),
             leader_election=_leader_election(args),
             verbose=args.verbose,
             debug=args.debug,
         )
     )
     return 0
+
+
+def _webhook(args: argparse.Namespace) -> Any:
+    from kubefit.controller.runner import AdmissionWebhook
+
+    if not (args.webhook_cert_file or args.webhook_key_file):
+        return None
+    if not (args.webhook_cert_file and args.webhook_key_file):
+        raise SystemExit("kubefit run: --webhook-cert-file and --webhook-key-file go together")
+    return AdmissionWebhook(args.webhook_port, args.webhook_cert_file, args.webhook_key_file)
 
 
 def _leader_election(args: argparse.Namespace) -> Any:
@@ -153,6 +164,7 @@ def register(commands: Any) -> None:
         help="refuse (InvalidSpec) a job whose spec.workers asks for more workers than this (default 1024)",
     )
     _add_scheduling_arguments(parser)
+    _add_webhook_arguments(parser)
     _add_leader_election_arguments(parser)
     parser.add_argument(
         "--catalog", metavar="FILE", help="extra accelerator catalog (default: $KUBEFIT_CATALOG)"
@@ -195,6 +207,25 @@ def _add_scheduling_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint-key-file",
         metavar="FILE",
         help="HMAC key of the workers' handshake tokens (default: a random key per operator process)",
+    )
+
+
+def _add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--webhook-cert-file",
+        metavar="FILE",
+        help="serve the validating admission webhook over HTTPS with this certificate (PEM; with "
+        "--webhook-key-file; default: no webhook)",
+    )
+    parser.add_argument(
+        "--webhook-key-file", metavar="FILE", help="the webhook certificate's private key (PEM)"
+    )
+    parser.add_argument(
+        "--webhook-port",
+        type=_port,
+        default=9443,
+        metavar="N",
+        help="port of the validating admission webhook, POST /validate; 0 = any free port (default 9443)",
     )
 
 

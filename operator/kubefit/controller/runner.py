@@ -3,6 +3,7 @@ scheduler, and kopf's run loop."""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import socket
@@ -30,8 +31,10 @@ from kubefit.controller.scheduler import (
     Scheduler,
     SchedulerSettings,
 )
+from kubefit.controller.webhook import VALIDATE_PATH, start_webhook_server
 from kubefit.decisions.admission import AdmissionPolicy
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
+from kubefit.decisions.validating import review
 from kubefit.metrics import OperatorMetrics, serve_metrics
 from kubefit.sizing.catalog import load_catalog
 
@@ -50,6 +53,15 @@ class LeaderElection:
 
 
 @dataclass(frozen=True)
+class AdmissionWebhook:
+    """Serve the validating admission webhook (controller/webhook.py) over HTTPS."""
+
+    port: int
+    certfile: str
+    keyfile: str
+
+
+@dataclass(frozen=True)
 class OperatorOptions:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     metrics_port: int = 8000  # 0: any free port
@@ -63,6 +75,7 @@ class OperatorOptions:
     checkpoint_port: int = 8081  # 0: any free port
     checkpoint_url: str | None = None  # what worker pods are told; None: http://<bind address>:<port>
     checkpoint_key_file: str | None = None  # None: a random key for the life of the process
+    webhook: AdmissionWebhook | None = None  # None: no admission webhook
     leader_election: LeaderElection | None = None  # None: this process is the only operator
     verbose: bool = False
     debug: bool = False
@@ -177,6 +190,8 @@ def run_operator(options: OperatorOptions) -> None:
     # Printed (and flushed) so that whoever started the operator can find the chosen ports.
     print(f"kubefit: metrics on http://{options.bind_address}:{metrics_port}/metrics", flush=True)
     print(f"kubefit: liveness on http://{options.bind_address}:{liveness_port}/healthz", flush=True)
+    if options.webhook is not None:  # every replica, standby too: validation reads only the request
+        _start_webhook(options, options.webhook)
     elector = None
     if options.leader_election is not None:
         elector = _become_leader(options.leader_election, options.bind_address, liveness_port)
@@ -185,6 +200,33 @@ def run_operator(options: OperatorOptions) -> None:
     finally:
         if elector is not None:
             elector.release()  # a stopped leader hands over at once instead of after the lease
+
+
+def _start_webhook(options: OperatorOptions, webhook: AdmissionWebhook) -> None:
+    catalog = load_catalog(options.catalog_path)
+
+    def answer(admission_review: dict[str, Any]) -> dict[str, Any]:
+        return review(admission_review, catalog, options.max_workers_per_job, serves(options.namespaces))
+
+    server = start_webhook_server(
+        answer, options.bind_address, webhook.port, webhook.certfile, webhook.keyfile
+    )
+    print(f"kubefit: admission webhook on https://{options.bind_address}:{server.server_address[1]}"
+          f"{VALIDATE_PATH}", flush=True)  # fmt: skip
+
+
+def serves(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a namespace is one `--namespace` names, as kopf matches them: globs, `!` excluding; none
+    given, every namespace."""
+    included = [pattern for pattern in patterns if not pattern.startswith("!")]
+    excluded = [pattern[1:] for pattern in patterns if pattern.startswith("!")]
+
+    def matches(namespace: str) -> bool:
+        if any(fnmatch.fnmatchcase(namespace, pattern) for pattern in excluded):
+            return False
+        return not included or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in included)
+
+    return matches
 
 
 def _run_leading(options: OperatorOptions, key: bytes, metrics: OperatorMetrics, liveness_port: int) -> None:

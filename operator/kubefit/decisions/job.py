@@ -37,7 +37,7 @@ from kubefit.decisions.draft import (
 )
 from kubefit.decisions.gang import previous_gang
 from kubefit.decisions.inventory import Inventory
-from kubefit.decisions.job_sizing import size_job
+from kubefit.decisions.job_sizing import JobSizing, size_job
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.scheduled import scheduled, suspended
 from kubefit.decisions.workers import WorkerBounds, stop_workers
@@ -134,10 +134,13 @@ def decide(
     ):
         return _to_decision(observation, _already_finished(observation, ours), None, ours, adopt)
     try:
-        spec = parse_spec(observation.spec)
-        _check_worker_limit(spec, settings.max_workers_per_job)
-        _check_name(observation.job.name, spec)
-        job_sizing = size_job(spec, catalog, observation.inventory)
+        spec, job_sizing = checked_spec(
+            observation.job.name,
+            observation.spec,
+            catalog,
+            settings.max_workers_per_job,
+            observation.inventory,
+        )
     except InvalidSpec as invalid:
         return _to_decision(observation, _invalid(invalid), None, ours, adopt)
     sizing, bounds = job_sizing.sizing, job_sizing.bounds
@@ -152,6 +155,17 @@ def decide(
         draft = scheduled(context)
     draft.events.extend(_overprovisioning_events(job_sizing.advice, observation.status))
     return _to_decision(observation, draft, sizing, ours, adopt)
+
+
+def checked_spec(
+    name: str, raw_spec: Any, catalog: Catalog, max_workers_per_job: int, inventory: Inventory | None = None
+) -> tuple[TrainingJobSpec, JobSizing]:
+    """The spec and its sizing, or InvalidSpec naming every field at fault: every rule the CRD's schema
+    cannot express, for the reconcile (Ready=False InvalidSpec) and the admission webhook alike."""
+    spec = parse_spec(raw_spec)
+    _check_worker_limit(spec, max_workers_per_job)
+    _check_name(name, spec)
+    return spec, size_job(spec, catalog, inventory)
 
 
 def _overprovisioning_events(advice: str | None, previous: Mapping[str, Any]) -> list[JobEvent]:

@@ -1,0 +1,139 @@
+"""The validating admission webhook's HTTPS endpoint: POST /validate, an AdmissionReview in and out.
+
+The decision is decisions.validating.review (pure); this module only serves it, over TLS with the
+certificate and key files given (the chart's Secret, which cert-manager or helm may replace: the files are
+read again when they change). Each connection gets a daemon thread, and its TLS handshake runs there, so
+a client that stalls mid-handshake holds only its own thread, for at most SOCKET_TIMEOUT_SECONDS.
+Every replica serves it, leading or standby: validation reads nothing but the request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+logger = logging.getLogger("kubefit.webhook")
+
+VALIDATE_PATH = "/validate"
+# An AdmissionReview of an UPDATE carries the object twice; the API server keeps objects under 1.5 MiB.
+MAX_BODY_BYTES = 8 * 2**20
+SOCKET_TIMEOUT_SECONDS = 10.0
+
+Review = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class _Certificate:
+    """An SSL context for the certificate and key files, loaded again when either file changes."""
+
+    def __init__(self, certfile: str, keyfile: str) -> None:
+        self.certfile, self.keyfile = certfile, keyfile
+        self._lock = threading.Lock()
+        self._stamp: tuple[float, float] | None = None
+        self._context: ssl.SSLContext | None = None
+        self.context()  # a missing or bad file fails at start, not at the first request
+
+    def context(self) -> ssl.SSLContext:
+        stamp = (os.stat(self.certfile).st_mtime, os.stat(self.keyfile).st_mtime)
+        with self._lock:
+            if self._context is None or stamp != self._stamp:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.minimum_version = ssl.TLSVersion.TLSv1_2
+                context.load_cert_chain(self.certfile, self.keyfile)
+                self._context, self._stamp = context, stamp
+            return self._context
+
+
+class WebhookServer(ThreadingHTTPServer):
+    daemon_threads = True
+    review: Review
+    certificate: _Certificate
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        try:
+            wrapped = self.certificate.context().wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        except (OSError, ssl.SSLError):
+            connection.close()
+            raise
+        return wrapped, address
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: WebhookServer
+    protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_SECONDS
+    server_version = "kubefit-webhook"
+    sys_version = ""
+
+    def setup(self) -> None:
+        self.request.settimeout(self.timeout)
+        self.request.do_handshake()  # here, in this connection's thread (WebhookServer.get_request)
+        super().setup()
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (OSError, ssl.SSLError) as error:  # a client that went away or spoke no TLS
+            logger.debug("webhook connection from %s: %s", self.client_address, error)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.split("?", 1)[0] != VALIDATE_PATH:
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no {self.path}; POST {VALIDATE_PATH}"})
+            return
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            self._send(
+                HTTPStatus.BAD_REQUEST, {"error": f"Content-Length: required, at most {MAX_BODY_BYTES}"}
+            )
+            return
+        try:
+            document = json.loads(self.rfile.read(int(length)))
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": f"body: not an AdmissionReview ({error})"})
+            return
+        try:
+            answer = self.server.review(document)
+        except (
+            Exception
+        ):  # a bug here must cost one request (allowed by failurePolicy Ignore), not the thread
+            logger.exception("admission review failed")
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+            return
+        self._send(HTTPStatus.OK, answer)
+
+    def _send(self, status: HTTPStatus, document: dict[str, Any]) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if status != HTTPStatus.OK:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("webhook %s: " + format, self.address_string(), *args)
+
+
+def start_webhook_server(
+    review: Review, address: str, port: int, certfile: str, keyfile: str
+) -> WebhookServer:
+    """Binds address:port (0: any free port) and serves in a daemon thread; `.shutdown()` stops it."""
+    certificate = _Certificate(certfile, keyfile)
+    server = WebhookServer((address, port), _Handler)
+    server.review, server.certificate = review, certificate
+    threading.Thread(target=server.serve_forever, name="kubefit-webhook", daemon=True).start()
+    return server

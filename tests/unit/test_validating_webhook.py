@@ -1,0 +1,214 @@
+"""The validating admission webhook: its decision (decisions/validating.py) on the shared bad-spec table,
+and its HTTPS endpoint (controller/webhook.py) with a real TLS handshake."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bad_specs import BAD_SPECS, BASE_SPEC, OPERATOR
+
+from kubefit.cli.run import _webhook, register
+from kubefit.controller.runner import serves
+from kubefit.controller.webhook import VALIDATE_PATH, WebhookServer, start_webhook_server
+from kubefit.decisions.validating import review
+from kubefit.sizing.catalog import load_catalog
+
+CATALOG = load_catalog()
+MAX_WORKERS = 1024
+
+
+def admission_review(
+    spec: Any, operation: str = "CREATE", old_spec: Any = None, namespace: str = "ml", **metadata: Any
+) -> dict[str, Any]:
+    job = {
+        "apiVersion": "kubefit.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "llama", "namespace": namespace, **metadata},
+        "spec": spec,
+    }
+    request: dict[str, Any] = {
+        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "kind": {"group": "kubefit.dev", "version": "v1alpha1", "kind": "TrainingJob"},
+        "operation": operation,
+        "namespace": namespace,
+        "name": "llama",
+        "object": job,
+    }
+    if old_spec is not None:
+        request["oldObject"] = {**copy.deepcopy(job), "spec": old_spec}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+def answer(document: dict[str, Any], **options: Any) -> dict[str, Any]:
+    reviewed = review(document, CATALOG, MAX_WORKERS, **options)
+    assert reviewed["apiVersion"] == "admission.k8s.io/v1" and reviewed["kind"] == "AdmissionReview"
+    assert reviewed["response"]["uid"] == document["request"]["uid"]
+    return reviewed["response"]
+
+
+OPERATOR_REFUSALS = [bad for bad in BAD_SPECS if bad.refused_by == OPERATOR and bad.json]
+
+
+@pytest.mark.parametrize("bad", OPERATOR_REFUSALS, ids=[bad.id for bad in OPERATOR_REFUSALS])
+def test_what_the_operator_refuses_the_webhook_refuses_naming_the_field(bad: Any) -> None:
+    response = answer(admission_review(bad.spec()))
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 422
+    assert bad.field in response["status"]["message"], response
+
+
+def test_a_valid_job_is_allowed() -> None:
+    assert answer(admission_review(copy.deepcopy(BASE_SPEC))) == {
+        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "allowed": True,
+    }
+
+
+def test_the_operator_limits_and_the_job_name_are_checked_too() -> None:
+    too_many = {**copy.deepcopy(BASE_SPEC), "workers": {"replicas": 8}}
+    response = review(admission_review(too_many), CATALOG, max_workers_per_job=4)["response"]
+    assert not response["allowed"] and "spec.workers.replicas" in response["status"]["message"]
+    named = admission_review(copy.deepcopy(BASE_SPEC))
+    named["request"]["object"]["metadata"]["name"] = "Llama.3"
+    response = answer(named)
+    assert not response["allowed"] and "metadata.name" in response["status"]["message"]
+
+
+def test_an_update_that_keeps_an_invalid_spec_is_allowed_and_one_that_makes_it_invalid_is_not() -> None:
+    invalid = next(bad for bad in OPERATOR_REFUSALS).spec()
+    # Labels, annotations or finalizers of a job that was already invalid: it must stay deletable.
+    assert answer(admission_review(invalid, "UPDATE", old_spec=copy.deepcopy(invalid)))["allowed"]
+    changed = answer(admission_review(invalid, "UPDATE", old_spec=copy.deepcopy(BASE_SPEC)))
+    assert changed["allowed"] is False
+
+
+def test_jobs_being_deleted_and_jobs_of_namespaces_not_served_are_allowed() -> None:
+    invalid = next(bad for bad in OPERATOR_REFUSALS).spec()
+    deleting = admission_review(invalid, deletionTimestamp="2026-12-02T00:00:00Z")
+    assert answer(deleting)["allowed"]
+    served = serves(("team-*", "!team-x"))
+    assert answer(admission_review(invalid, namespace="other"), serves=served)["allowed"]
+    assert answer(admission_review(invalid, namespace="team-x"), serves=served)["allowed"]
+    assert not answer(admission_review(invalid, namespace="team-a"), serves=served)["allowed"]
+
+
+def test_serves_matches_namespaces_as_kopf_does() -> None:
+    assert serves(())("anything")
+    assert serves(("ml",))("ml") and not serves(("ml",))("ml-2")
+    assert serves(("ml-*",))("ml-2") and not serves(("ml-*", "!ml-x"))("ml-x")
+    assert serves(("!kube-*",))("ml") and not serves(("!kube-*",))("kube-system")
+
+
+# ---------------------------------------------------------------------------------------------- HTTPS
+
+
+def _self_signed(directory: Path, name: str = "webhook") -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[WebhookServer, Path]]:
+    cert, key = _self_signed(tmp_path)
+
+    def decide(document: dict[str, Any]) -> dict[str, Any]:
+        return review(document, CATALOG, MAX_WORKERS)
+
+    server = start_webhook_server(decide, "127.0.0.1", 0, str(cert), str(key))
+    try:
+        yield server, cert
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _post(server: WebhookServer, cafile: Path, body: bytes, path: str = VALIDATE_PATH) -> tuple[int, Any]:
+    context = ssl.create_default_context(cafile=str(cafile))
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server.server_address[1], context=context, timeout=10
+    )
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_the_endpoint_answers_an_admission_review_over_tls(served: tuple[WebhookServer, Path]) -> None:
+    server, cert = served
+    bad = OPERATOR_REFUSALS[0]
+    status, document = _post(server, cert, json.dumps(admission_review(bad.spec())).encode())
+    assert status == 200 and document["response"]["allowed"] is False
+    assert bad.field in document["response"]["status"]["message"]
+    status, document = _post(server, cert, json.dumps(admission_review(copy.deepcopy(BASE_SPEC))).encode())
+    assert status == 200 and document["response"]["allowed"] is True
+
+
+def test_the_endpoint_refuses_what_is_not_a_review_and_outlives_a_client_without_tls(
+    served: tuple[WebhookServer, Path],
+) -> None:
+    server, cert = served
+    assert _post(server, cert, b"{}", path="/other")[0] == 404
+    assert _post(server, cert, b"[1, 2")[0] == 400
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as plain:
+        plain.sendall(b"POST /validate HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+        plain.recv(100)  # the TLS alert or nothing: the server drops it
+    status, _ = _post(server, cert, json.dumps(admission_review(copy.deepcopy(BASE_SPEC))).encode())
+    assert status == 200
+
+
+def test_a_replaced_certificate_is_served_to_the_next_connection(
+    served: tuple[WebhookServer, Path], tmp_path: Path
+) -> None:
+    server, served_cert = served
+    old_cert = tmp_path / "old.crt"
+    old_cert.write_bytes(served_cert.read_bytes())
+    new_cert, new_key = _self_signed(tmp_path, "rotated")
+    os.replace(new_key, tmp_path / "webhook.key")
+    os.replace(new_cert, tmp_path / "webhook.crt")
+    stat = (tmp_path / "webhook.crt").stat()
+    os.utime(tmp_path / "webhook.crt", (stat.st_atime, stat.st_mtime + 5))  # a new mtime, however fast
+    body = json.dumps(admission_review(copy.deepcopy(BASE_SPEC))).encode()
+    assert _post(server, tmp_path / "webhook.crt", body)[0] == 200  # trusted only as the new certificate
+    with pytest.raises(ssl.SSLError):
+        _post(server, old_cert, body)
+
+
+# ---------------------------------------------------------------------------------------------- flags
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["run", *argv])
+
+
+def test_webhook_flags_go_together_and_a_bad_port_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _webhook(_parse()) is None
+    webhook = _webhook(
+        _parse("--webhook-cert-file", "c.pem", "--webhook-key-file", "k.pem", "--webhook-port", "0")
+    )
+    assert (webhook.port, webhook.certfile, webhook.keyfile) == (0, "c.pem", "k.pem")
+    assert _parse().webhook_port == 9443
+    with pytest.raises(SystemExit, match="--webhook-cert-file and --webhook-key-file go together"):
+        _webhook(_parse("--webhook-cert-file", "c.pem"))
+    with pytest.raises(SystemExit):
+        _parse("--webhook-port", "70000")
+    assert "--webhook-port" in capsys.readouterr().err
