@@ -303,6 +303,10 @@ class OperatorProcess:
         )
         wait_for("the operator's /healthz", self.healthy, timeout)
 
+    def logged(self, pattern: str) -> str | None:
+        """The last match of `pattern`'s group in this start's log, e.g. an address the operator printed."""
+        return self._logged(pattern)
+
     def _logged(self, pattern: str) -> str | None:
         self._check_alive()
         # Only this start's output: a restarted operator prints new ports.

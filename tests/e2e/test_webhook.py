@@ -1,0 +1,156 @@
+"""The validating admission webhook on the real control plane: kube-apiserver calls the operator's
+/validate over TLS, and `kubectl apply` of a spec the schema cannot refuse fails at once, naming the field.
+
+The ValidatingWebhookConfiguration here points at the operator process by URL (the sandbox has no pod
+network; the chart points at a Service instead) and selects only this module's labelled namespaces, so the
+other tests' jobs, and those of a `make demo` running beside, never meet it. failurePolicy Fail: a refusal
+that names the field can only come from the webhook, and an unreachable webhook would fail every apply.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from operator_support import Kube, OperatorProcess, job_manifest, wait_for
+
+from kubefit_sandbox.controlplane import Sandbox
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the table is shared with unit tests
+from bad_specs import BAD_SPECS, OPERATOR  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+SELECTOR_LABEL = "kubefit.dev/e2e-webhook"
+OPERATOR_REFUSALS = [bad for bad in BAD_SPECS if bad.refused_by == OPERATOR and bad.json]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("webhook-tls")
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def operator(
+    sandbox: Sandbox,
+    kube: Kube,
+    node_agent: int,
+    namespace_prefix: str,
+    certificate: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    """This module's operator, serving the webhook on a free port of 127.0.0.1."""
+    cert, key = certificate
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    flags = ("--webhook-cert-file", str(cert), "--webhook-key-file", str(key), "--webhook-port", "0")
+    process = OperatorProcess(sandbox.kubeconfig_path, f"{namespace_prefix}-*", log_path, flags)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def registered(kube: Kube, operator: OperatorProcess, certificate: tuple[Path, Path]) -> Iterator[str]:
+    """A ValidatingWebhookConfiguration calling this module's operator; yields the namespace label value."""
+    url = wait_for("the webhook's address", lambda: operator.logged(r"admission webhook on (\S+)"))
+    selector = uuid.uuid4().hex[:8]
+    name = f"kubefit-e2e-{selector}"
+    configuration = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "validate.trainingjobs.kubefit.dev",
+                "clientConfig": {
+                    "url": url,
+                    "caBundle": base64.b64encode(certificate[0].read_bytes()).decode(),
+                },
+                "rules": [
+                    {
+                        "apiGroups": ["kubefit.dev"],
+                        "apiVersions": ["v1alpha1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["trainingjobs"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {SELECTOR_LABEL: selector}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }
+        ],
+    }
+    kube.apply(configuration)
+    yield selector
+    kube.run("delete", "validatingwebhookconfiguration", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def guarded(kube: Kube, namespace: str, registered: str) -> str:
+    """The test's namespace, in the webhook's scope."""
+    kube.run("label", "namespace", namespace, f"{SELECTOR_LABEL}={registered}")
+    # The API server's webhook source follows the configuration through a watch: wait until it calls.
+    probe = _bad_job("probe", namespace, OPERATOR_REFUSALS[0].spec())
+    wait_for(
+        "the API server calling the webhook",
+        lambda: "denied the request" in kube.apply(probe, check=False).stderr,
+        timeout=30,
+        interval=0.5,
+    )
+    return namespace
+
+
+def _bad_job(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "kubefit.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name, "namespace": namespace}, "spec": spec}  # fmt: skip
+
+
+def test_kubectl_apply_of_what_the_operator_refuses_fails_at_once_naming_the_field(
+    kube: Kube, guarded: str
+) -> None:
+    unnamed = []
+    for index, bad in enumerate(OPERATOR_REFUSALS):
+        result = kube.apply(_bad_job(f"bad-{index}", guarded, bad.spec()), check=False)
+        if (
+            result.returncode == 0
+            or "denied the request" not in result.stderr
+            or bad.field not in result.stderr
+        ):
+            unnamed.append(
+                f"{bad.id}: rc {result.returncode}, {result.stderr.strip() or result.stdout.strip()}"
+            )
+    assert not unnamed, "\n".join(unnamed)
+    assert kube.items("trainingjobs", guarded) == []  # nothing was stored
+
+
+def test_a_valid_job_is_admitted_and_an_edit_that_breaks_it_is_refused(kube: Kube, guarded: str) -> None:
+    manifest = job_manifest("fine", guarded, workers={"replicas": 1})
+    kube.apply(manifest)
+    stored = kube.get("trainingjob", "fine", guarded)
+    assert stored is not None
+    broken = copy.deepcopy(manifest)
+    broken["spec"]["workers"] = {"replicas": 2, "minReplicas": 3, "maxReplicas": 2}
+    refused = kube.apply(broken, check=False)
+    assert refused.returncode != 0 and "spec.workers" in refused.stderr, refused.stderr
+    after = kube.get("trainingjob", "fine", guarded)
+    assert after is not None and after["spec"]["workers"] == stored["spec"]["workers"]
+    # A change that leaves the spec alone still goes through.
+    kube.run("label", "trainingjob", "fine", "-n", guarded, "team=a")
+    labelled = kube.get("trainingjob", "fine", guarded)
+    assert labelled is not None and labelled["metadata"]["labels"]["team"] == "a"
