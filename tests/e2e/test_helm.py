@@ -112,6 +112,15 @@ def test_install_creates_the_operator_objects(sandbox: Sandbox, release: Release
     sandbox.kubectl("get", "service", f"{release.name}-kubefit-metrics", "-n", release.namespace)
     sandbox.kubectl("get", "clusterrole", f"{release.name}-kubefit")
     sandbox.kubectl("get", "clusterrolebinding", f"{release.name}-kubefit")
+    sandbox.kubectl("get", "service", f"{release.name}-kubefit-webhook", "-n", release.namespace)
+    configuration = json.loads(
+        sandbox.kubectl(
+            "get", "validatingwebhookconfiguration", f"{release.name}-kubefit", "-o", "json"
+        ).stdout
+    )
+    (webhook,) = configuration["webhooks"]
+    assert webhook["clientConfig"]["service"]["name"] == f"{release.name}-kubefit-webhook"
+    assert webhook["failurePolicy"] == "Ignore"  # no operator pod runs here: applies must still pass
 
 
 def test_crd_is_established_with_its_subresources(sandbox: Sandbox, release: Release) -> None:
@@ -267,6 +276,8 @@ def test_uninstall_removes_everything_but_the_crd(sandbox: Sandbox) -> None:
             ("deployment", ["-n", short_lived.namespace]),
             ("serviceaccount", ["-n", short_lived.namespace]),
             ("service", ["-n", short_lived.namespace]),
+            ("secret", ["-n", short_lived.namespace]),
+            ("validatingwebhookconfiguration", []),
             ("clusterrole", []),
             ("clusterrolebinding", []),
         ]:

@@ -78,6 +78,7 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "maxWorkersPerJob": 4096,
     "admission": {"policy": "StrictFIFO", "headOfLineTimeoutSeconds": 60},
     "checkpoint": {"port": 8444, "existingSecret": "ml-checkpoint-key"},
+    "webhook": {"enabled": False, "port": 9443, "failurePolicy": "Ignore", "timeoutSeconds": 5},
 }
 
 
@@ -221,13 +222,16 @@ def test_default_render_has_the_expected_objects(default_objects: list[dict[str,
         "Role",  # the leader-election Lease
         "RoleBinding",
         "Secret",  # the checkpoint key
+        "Secret",  # the webhook's certificate
         "Service",  # metrics
         "Service",  # checkpoints
+        "Service",  # webhook
         "ServiceAccount",
+        "ValidatingWebhookConfiguration",
     ]
     for obj in default_objects:
         assert obj["metadata"]["name"].startswith(RELEASE), obj["metadata"]
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration"):
             assert obj["metadata"]["namespace"] == NAMESPACE
 
 
@@ -282,12 +286,15 @@ def test_deployment_defaults(default_objects: list[dict[str, Any]]) -> None:
         "--checkpoint-port=8081",
         f"--checkpoint-url=http://{RELEASE}-kubefit-checkpoints.{NAMESPACE}.svc:8081",
         "--checkpoint-key-file=/etc/kubefit/checkpoint/key",
+        "--webhook-port=9443",
+        "--webhook-cert-file=/etc/kubefit/webhook/tls.crt",
+        "--webhook-key-file=/etc/kubefit/webhook/tls.key",
         "--leader-election",
         f"--leader-election-lease-name={RELEASE}-kubefit",
         f"--leader-election-namespace={NAMESPACE}",
     ]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"metrics": 9090, "healthz": 8080, "checkpoints": 8081}
+    assert ports == {"metrics": 9090, "healthz": 8080, "checkpoints": 8081, "webhook": 9443}
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
     assert not any(env["name"] == "KUBEFIT_CATALOG" for env in container["env"])
@@ -409,7 +416,7 @@ def test_checkpoint_url_can_be_set() -> None:
 
 def _key_volume(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     pod_spec = _one(objects, "Deployment")["spec"]["template"]["spec"]
-    (volume,) = [volume for volume in pod_spec["volumes"] if "secret" in volume]
+    (volume,) = [volume for volume in pod_spec["volumes"] if volume["name"] == "checkpoint-key"]
     (mount,) = [mount for mount in _container(objects)["volumeMounts"] if mount["name"] == volume["name"]]
     return volume, mount
 
@@ -417,7 +424,7 @@ def _key_volume(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str
 def test_checkpoint_key_is_a_generated_secret_mounted_as_the_key_file(
     default_objects: list[dict[str, Any]],
 ) -> None:
-    secret = _one(default_objects, "Secret")
+    (secret,) = [found for found in _by_kind(default_objects, "Secret") if "key" in found["data"]]
     key = base64.b64decode(secret["data"]["key"])
     assert re.fullmatch(rb"[A-Za-z0-9]{64}", key)
     volume, mount = _key_volume(default_objects)
@@ -427,14 +434,75 @@ def test_checkpoint_key_is_a_generated_secret_mounted_as_the_key_file(
     assert f"--checkpoint-key-file={mount['mountPath']}/key" in _container(default_objects)["args"]
 
 
+def test_the_webhook_trusts_the_generated_ca_which_signed_the_mounted_certificate(
+    default_objects: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    (configuration,) = _by_kind(default_objects, "ValidatingWebhookConfiguration")
+    (webhook,) = configuration["webhooks"]
+    (secret,) = [
+        found for found in _by_kind(default_objects, "Secret") if found["type"] == "kubernetes.io/tls"
+    ]
+    service = next(
+        found
+        for found in _by_kind(default_objects, "Service")
+        if found["metadata"]["name"].endswith("-webhook")
+    )
+    assert webhook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    assert webhook["clientConfig"]["service"] == {
+        "name": service["metadata"]["name"], "namespace": NAMESPACE, "path": "/validate", "port": 443,
+    }  # fmt: skip
+    assert (webhook["failurePolicy"], webhook["sideEffects"], webhook["timeoutSeconds"]) == (
+        "Ignore",
+        "None",
+        5,
+    )
+    assert webhook["rules"][0]["resources"] == ["trainingjobs"]
+    assert webhook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+    # Every replica answers, standbys (not ready) too.
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["ports"] == [
+        {"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
+    ]
+    # openssl: the serving certificate chains to the CA and names the Service's DNS name.
+    for name in ("ca.crt", "tls.crt"):
+        (tmp_path / name).write_bytes(base64.b64decode(secret["data"][name]))
+    dns_name = f"{service['metadata']['name']}.{NAMESPACE}.svc"
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), "-verify_hostname", dns_name,
+         str(tmp_path / "tls.crt")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    pod_spec = _one(default_objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [volume for volume in pod_spec["volumes"] if volume["name"] == "webhook-tls"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_the_webhook_can_be_turned_off_and_its_port_must_differ() -> None:
+    objects = _render("--set", "webhook.enabled=false")
+    assert not _by_kind(objects, "ValidatingWebhookConfiguration")
+    assert not any(arg.startswith("--webhook") for arg in _container(objects)["args"])
+    clash = _helm("template", RELEASE, str(CHART), "--set", "webhook.port=8081")
+    assert clash.returncode != 0 and "webhook.port must differ" in clash.stderr, clash.stderr
+    fail = _render("--set", "webhook.failurePolicy=Fail")
+    assert _one(fail, "ValidatingWebhookConfiguration")["webhooks"][0]["failurePolicy"] == "Fail"
+    wrong = _helm("template", RELEASE, str(CHART), "--set", "webhook.failurePolicy=Maybe")
+    assert wrong.returncode != 0 and "failurePolicy" in wrong.stderr, wrong.stderr
+
+
 def test_each_fresh_render_generates_a_different_key() -> None:
     # Without a cluster to look the Secret up in, every render is a first install.
-    first, second = (base64.b64decode(_one(_render(), "Secret")["data"]["key"]) for _ in range(2))
+    first, second = (base64.b64decode(_checkpoint_key_secret(_render())["data"]["key"]) for _ in range(2))
     assert first != second
 
 
+def _checkpoint_key_secret(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (secret,) = [found for found in _by_kind(objects, "Secret") if found["metadata"]["name"].endswith("-key")]
+    return secret
+
+
 def test_an_existing_secret_replaces_the_generated_one(custom_objects: list[dict[str, Any]]) -> None:
-    assert not _by_kind(custom_objects, "Secret")
+    assert not _by_kind(custom_objects, "Secret")  # and the webhook is off there
     volume, _ = _key_volume(custom_objects)
     assert volume["secret"]["secretName"] == "ml-checkpoint-key"
 
@@ -574,22 +642,30 @@ def test_unknown_keys_are_refused_by_template_and_lint(key: str) -> None:
 
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 # What each combination renders where the cluster serves the monitoring API.
-_BASE_KINDS = {"ClusterRole": 1, "ClusterRoleBinding": 1, "Deployment": 1, "Service": 2, "ServiceAccount": 1}
+# The webhook (on by default): its Service, its certificate's Secret, its configuration.
+_WEBHOOK_KINDS = {"Service": 3, "ValidatingWebhookConfiguration": 1}
+_BASE_KINDS = {
+    "ClusterRole": 1,
+    "ClusterRoleBinding": 1,
+    "Deployment": 1,
+    "ServiceAccount": 1,
+    **_WEBHOOK_KINDS,
+}
 CI_EXPECTED_KINDS = {
-    "default-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Secret": 1},
+    "default-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Secret": 2},
     "monitoring-values.yaml": {
         **_BASE_KINDS,
         "Role": 1,
         "RoleBinding": 1,
-        "Secret": 1,
+        "Secret": 2,
         "ServiceMonitor": 1,
         "PrometheusRule": 1,
         "ConfigMap": 1,  # the dashboard
     },
     # a Role per watched namespace and the Lease's; the catalog ConfigMap; the key is an existing Secret
-    "namespaces-values.yaml": {**_BASE_KINDS, "Role": 3, "RoleBinding": 3, "ConfigMap": 1},
-    "ha-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Secret": 1},
-    "single-values.yaml": {"Deployment": 1, "Service": 2, "Secret": 1},
+    "namespaces-values.yaml": {**_BASE_KINDS, "Role": 3, "RoleBinding": 3, "ConfigMap": 1, "Secret": 1},
+    "ha-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Secret": 2},
+    "single-values.yaml": {"Deployment": 1, "Secret": 2, **_WEBHOOK_KINDS},
 }
 
 

@@ -119,10 +119,22 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
 {{- end }}
 {{- end }}
 
-{{/* Values the schema cannot check: the operator's three ports must differ. */}}
+{{/* Values the schema cannot check: the operator's ports must differ. */}}
 {{- define "kubefit.validate" -}}
 {{- $ports := list (.Values.metrics.port | int) (.Values.liveness.port | int) (.Values.checkpoint.port | int) }}
-{{- if ne (len (uniq $ports)) 3 }}
-{{- fail (printf "metrics.port, liveness.port and checkpoint.port must differ (got %v)" $ports) }}
+{{- if .Values.webhook.enabled }}
+{{- $ports = append $ports (.Values.webhook.port | int) }}
+{{- end }}
+{{- if ne (len (uniq $ports)) (len $ports) }}
+{{- fail (printf "metrics.port, liveness.port, checkpoint.port and webhook.port must differ (got %v)" $ports) }}
 {{- end }}
 {{- end }}
+
+{{/* The validating admission webhook: its Service, the Secret with its certificate, and where it is mounted. */}}
+{{- define "kubefit.webhookService" -}}
+{{- printf "%s-webhook" (include "kubefit.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+{{- define "kubefit.webhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "kubefit.fullname" . | trunc 51 | trimSuffix "-") }}
+{{- end }}
+{{- define "kubefit.webhookCertDir" -}}/etc/kubefit/webhook{{- end }}
