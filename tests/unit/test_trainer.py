@@ -8,6 +8,8 @@ library, so that it goes into any training image.
 from __future__ import annotations
 
 import ast
+import http.server
+import json
 import logging
 import os
 import signal
@@ -15,6 +17,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,3 +258,99 @@ def test_the_trainer_runs_with_nothing_but_the_standard_library() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------- a faulty operator
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """Answers each request with the next (status, body) of the server's script; the last one repeats."""
+
+    server: _ScriptedServer
+
+    def _answer(self) -> None:
+        self.server.hits.append((self.command, self.path))
+        if self.command == "POST":
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        status, body = self.server.script[min(len(self.server.hits) - 1, len(self.server.script) - 1)]
+        if status == 0:  # a garbled status line
+            self.wfile.write(b"garbage\r\n\r\n")
+            return
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload) + (100 if status == 299 else 0)))
+        self.end_headers()
+        self.wfile.write(payload)  # 299: the body is cut off (an operator that died mid-reply)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _ScriptedServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    script: list[tuple[int, object]]
+    hits: list[tuple[str, str]]
+
+
+@pytest.fixture
+def scripted() -> Iterator[_ScriptedServer]:
+    running = _ScriptedServer(("127.0.0.1", 0), _Scripted)
+    running.script, running.hits = [(200, {"requestId": None})], []
+    threading.Thread(target=running.serve_forever, daemon=True).start()
+    try:
+        yield running
+    finally:
+        running.shutdown()
+        running.server_close()
+
+
+def _worker(server: _ScriptedServer, clock: Clock) -> CheckpointHandshake:
+    endpoint = Endpoint(
+        f"http://127.0.0.1:{server.server_address[1]}", TOKEN, "team-a", "llama", "llama-worker-0"
+    )
+    return CheckpointHandshake(endpoint, timeout_seconds=2, clock=clock)
+
+
+def test_a_failed_ack_does_not_make_the_loop_save_on_every_step(scripted: _ScriptedServer) -> None:
+    # The request is seen, the ack refused, then every call unauthorised (an operator restarted without
+    # its key file): the loop saved once, and is not asked again.
+    scripted.script = [(200, {"requestId": "7-2"}), (400, {"error": "bad"}), (401, {"error": "token"})]
+    clock = Clock()
+    worker = _worker(scripted, clock)
+    assert worker.requested()
+    assert worker.acknowledge(10) is False
+    asked_again = 0
+    for _ in range(100):
+        clock.now += 1.0
+        asked_again += worker.requested()
+    assert asked_again == 0
+
+
+@pytest.mark.parametrize("status", [0, 299], ids=["garbled-status-line", "cut-off-body"])
+def test_a_garbled_answer_is_no_request_and_never_the_loops_exception(
+    scripted: _ScriptedServer, status: int
+) -> None:
+    scripted.script = [(status, {"requestId": "7-2"})]
+    worker = _worker(scripted, Clock())
+    assert worker.requested() is False
+    worker.request_id = "7-2"
+    assert worker.acknowledge(3) is False
+
+
+def test_failed_polls_back_off_and_a_success_restores_the_cadence(scripted: _ScriptedServer) -> None:
+    scripted.script = [(503, {"error": "down"})]
+    clock = Clock()
+    worker = _worker(scripted, clock)
+    for _ in range(61):  # a step a second for a minute
+        worker.requested()
+        clock.now += 1.0
+    # Polls at 0, 4, 12, 28 and 60 s (each wait doubled), not every 2 s (31 polls).
+    assert len(scripted.hits) == 5
+    scripted.script, scripted.hits = [(200, {"requestId": None})], []
+    clock.now += 64.0
+    for _ in range(10):
+        worker.requested()
+        clock.now += 1.0
+    assert len(scripted.hits) == 5  # at 0, 2, 4, 6 and 8 s of the ten

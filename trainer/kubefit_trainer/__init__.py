@@ -18,6 +18,7 @@ Standard library only. The HTTP contract, for other languages, is docs/checkpoin
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -46,6 +47,9 @@ DEFAULT_POLL_SECONDS = 2.0
 DEFAULT_TIMEOUT_SECONDS = 5.0
 ACK_ATTEMPTS = 3
 ACK_RETRY_SECONDS = 0.5
+# After a poll that failed, the next waits twice as long, up to this: each failure can block a training
+# step for the whole timeout, which every 2 s would take most of the loop's time.
+MAX_POLL_BACKOFF_SECONDS = 60.0
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
@@ -95,6 +99,7 @@ class CheckpointHandshake:
         self.request_id: str | None = None  # the operator's open request, as last seen
         self._acknowledged: str | None = None  # the request this worker already acknowledged
         self._last_poll: float | None = None
+        self._poll_failures = 0  # consecutive failed polls: the next waits longer
         self._warned = False
 
     @property
@@ -126,12 +131,17 @@ class CheckpointHandshake:
         """True while the operator has a checkpoint request open that this worker has not acknowledged.
 
         Asks the operator at most every poll_seconds (in between, the last answer stands). An operator that
-        cannot be reached means no request: training goes on (the first error is logged as a warning).
+        cannot be reached, or answers with an error, means no request: training goes on (the first error
+        is logged as a warning), and each further failure doubles the wait before the next poll, up to
+        MAX_POLL_BACKOFF_SECONDS.
         """
         if self.endpoint is None:
             return False
         now = self._clock()
-        if self._last_poll is None or now - self._last_poll >= self.poll_seconds:
+        wait = min(
+            self.poll_seconds * 2**self._poll_failures, max(self.poll_seconds, MAX_POLL_BACKOFF_SECONDS)
+        )
+        if self._last_poll is None or now - self._last_poll >= wait:
             self._last_poll = now
             self._poll(self.endpoint)
         return self.request_id is not None and self.request_id != self._acknowledged
@@ -139,24 +149,28 @@ class CheckpointHandshake:
     def acknowledge(self, step: int) -> bool:
         """Tells the operator this worker saved `step` for the open request; True once it is recorded.
 
-        Retries a few times on network errors and 5xx answers (about a second in all); a request the
-        operator has meanwhile closed (409) is not retried.
+        Makes up to ACK_ATTEMPTS attempts on network errors and 5xx answers (0.5 s, then 1 s apart, each
+        bounded by timeout_seconds); a refusal (4xx, e.g. 409 for a request the operator has meanwhile
+        closed) is not retried. Either way the request counts as handled: requested() stays False for it,
+        so a failed ack never makes the loop save again on every step (the operator then waits out the
+        grace period).
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative integer, not {step!r}")
         if self.endpoint is None or self.request_id is None:
             return False
         body = {"requestId": self.request_id, "worker": self.endpoint.worker, "step": step}
+        self._acknowledged = self.request_id
         for attempt in range(ACK_ATTEMPTS):
             status, answer = self._call(self.endpoint, "/ack", body)
             if status == 200:
-                self._acknowledged = self.request_id
                 return True
             if status is not None and status < 500:
                 logger.warning("checkpoint ack of %s refused (%s): %s", self.request_id, status, answer)
                 return False
             if attempt + 1 < ACK_ATTEMPTS:
                 time.sleep(ACK_RETRY_SECONDS * (attempt + 1))
+        logger.warning("checkpoint ack of %s not delivered after %d attempts", self.request_id, ACK_ATTEMPTS)
         return False
 
     def install_sigterm_handler(self, save: Callable[[], Any]) -> None:
@@ -180,8 +194,12 @@ class CheckpointHandshake:
         if status == 200 and isinstance(answer, dict):
             request_id = answer.get("requestId")
             self.request_id = request_id if isinstance(request_id, str) and request_id else None
-        elif status is not None:
+            self._poll_failures = 0
+            return
+        if status is not None:
             self._warn_once("checkpoint poll answered %s: %s", status, answer)
+        self.request_id = None  # no answer is no request (docs/checkpoint-handshake.md)
+        self._poll_failures += 1
 
     def _call(
         self, endpoint: Endpoint, suffix: str, body: Mapping[str, Any] | None
@@ -197,8 +215,13 @@ class CheckpointHandshake:
             with _OPENER.open(request, timeout=self.timeout_seconds) as response:
                 return response.status, _decode(response.read())
         except urllib.error.HTTPError as error:
-            return error.code, _decode(error.read())
-        except (OSError, ValueError) as error:  # URLError, timeouts, resets, a malformed URL
+            try:
+                return error.code, _decode(error.read())
+            except (OSError, http.client.HTTPException):
+                return error.code, None
+        # URLError, timeouts, resets, a malformed URL; a garbled or cut-off answer (BadStatusLine,
+        # IncompleteRead: an operator that died mid-reply) is no answer either, never the loop's exception.
+        except (OSError, ValueError, http.client.HTTPException) as error:
             self._warn_once("checkpoint handshake: cannot reach %s: %s", url, error)
             return None, str(error)
 
