@@ -1152,6 +1152,54 @@ def test_a_gang_not_all_placed_in_time_releases_every_pod_and_backs_off() -> Non
     assert condition(readmitted, "Admitted")["lastTransitionTime"] == "2025-01-01T12:01:11Z"
 
 
+def test_an_elastic_gang_has_started_once_its_floor_is_placed() -> None:
+    # Three of four workers train (floor 2); the fourth cannot be placed. The gang timeout must not delete
+    # the three, without a checkpoint, and requeue the job.
+    spec = elastic_spec(replicas=4, minimum=2, maximum=4, scheduling={"gangTimeoutSeconds": 300})
+    pods = [pod(0), pod(1), pod(2), pod(3, "Pending")]
+    first = decide(observe(spec, pods, grant=4), CATALOG)
+    assert status_of(first)["gang"]["started"] is True
+    later = decide(observe(spec, pods, first.status, NOW + timedelta(seconds=300), grant=4), CATALOG)
+    assert later.delete == () and condition(later, "Admitted")["status"] == "True"
+    # Below its floor it has not started: the timeout still releases it.
+    few = [pod(0), pod(1, "Pending"), pod(2, "Pending"), pod(3, "Pending")]
+    waiting = decide(observe(spec, few, grant=4), CATALOG)
+    released = decide(observe(spec, few, waiting.status, NOW + timedelta(seconds=300), grant=4), CATALOG)
+    assert condition(released, "Admitted")["reason"] == "GangTimeout"
+
+
+def test_undoing_an_edit_that_blocked_a_running_job_keeps_its_workers() -> None:
+    # The blocked spec withdrew the job's demand, so the scheduler forgot its grant (None): the running
+    # workers are kept until the pass decides, not taken for a preemption.
+    grace = {"checkpointGracePeriodSeconds": 0}
+    fits = raw_spec(workers={"replicas": 2}, elastic=grace)
+    pods = [pod(0), pod(1)]
+    running = decide(observe(fits, pods), CATALOG)
+    too_big = raw_spec(workers={"replicas": 2}, elastic=grace, model={"parameters": "70B"})
+    blocked = decide(observe(too_big, pods, running.status, NOW + timedelta(seconds=1)), CATALOG)
+    assert blocked.demand is None and blocked.delete == ()
+    undone = decide(observe(fits, pods, blocked.status, NOW + timedelta(seconds=2), grant=None), CATALOG)
+    assert undone.delete == () and undone.checkpoint_request is None
+    assert ("Warning", "Preempted") not in events_of(undone)
+    assert status_of(undone)["desiredReplicas"] == 2
+
+
+def test_a_resumed_job_that_must_queue_is_no_longer_suspended() -> None:
+    grace = {"checkpointGracePeriodSeconds": 0}
+    suspended = raw_spec(runPolicy={"suspend": True}, elastic=grace)
+    stopping = decide(observe(suspended, [pod(0), pod(1)]), CATALOG)
+    stopped = decide(observe(suspended, [], stopping.status, NOW + timedelta(seconds=5)), CATALOG)
+    assert condition(stopped, "Suspended")["status"] == "True"
+    queued = decide(
+        observe(raw_spec(elastic=grace), [], stopped.status, NOW + timedelta(seconds=9), grant=None), CATALOG
+    )
+    assert status_of(queued)["phase"] == "Queued"
+    assert (condition(queued, "Suspended")["status"], condition(queued, "Suspended")["reason"]) == (
+        "False",
+        "Resumed",
+    )
+
+
 def test_the_gang_backoff_doubles_per_timeout() -> None:
     spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
     status = {**status_of(decide(observe(spec, [pod(0, "Pending")]), CATALOG))}

@@ -550,7 +550,8 @@ class Scheduling(_Model):
         description="Seconds after admission by which every admitted worker must be placed on a node "
         "(bound by the scheduler; pulling its image or starting counts) at once. Otherwise all workers are "
         "deleted (Admitted=False, reason GangTimeout, a Warning event) and the job asks for admission again "
-        "after a backoff of 10 s doubled per timeout, at most 10 minutes.",
+        "after a backoff of 10 s doubled per timeout, at most 10 minutes. An elastic job's gang counts as "
+        "placed once its floor is.",
     )
     preemption: Preemption = Field(
         default="Never",

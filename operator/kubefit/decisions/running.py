@@ -64,7 +64,10 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     ready = _ready(ctx.ours, slots)
     placed = _placed(ctx.ours, slots)
     gang = previous_gang(ctx.status)
-    gang = gang.model_copy(update={"started": gang.started or placed >= plan.keep})
+    # A gang has started once its workers are all placed at once; an elastic job's, once its floor is: it
+    # trains on those, and a worker that cannot be placed must not cost it the workers that run.
+    started_at = min(plan.keep, ctx.bounds.floor) if ctx.spec.elastic.enabled else plan.keep
+    gang = gang.model_copy(update={"started": gang.started or placed >= started_at})
     admitted_time = admitted_at(ctx.conditions) or ctx.now
     timeout = ctx.spec.scheduling.gang_timeout_seconds
     if gang_timed_out(gang, admitted_time, timeout, ctx.now):
@@ -96,7 +99,7 @@ def _running(ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int
         start_time=start_time,
         last_failure_time=rfc3339(ctx.now) if changes.replace else None,
     )
-    draft.updates.extend(_resumed(ctx))
+    draft.updates.extend(resumed(ctx))
     if plan.restart:
         draft.updates.append(ConditionUpdate(ConditionType.READY, "False", Reason.RESTARTING, plan.restart))
     if plan.removal is not None:
@@ -310,7 +313,8 @@ def _readiness(ready: int, desired: int, floor: int) -> list[ConditionUpdate]:
     ]
 
 
-def _resumed(ctx: JobContext) -> list[ConditionUpdate]:
+def resumed(ctx: JobContext) -> list[ConditionUpdate]:
+    """Suspended=False once spec.runPolicy.suspend is false again (admitted or still queued)."""
     if is_true(ctx.conditions, ConditionType.SUSPENDED):
         message = "spec.runPolicy.suspend is false"
         return [ConditionUpdate(ConditionType.SUSPENDED, "False", Reason.RESUMED, message)]

@@ -16,7 +16,7 @@ from kubefit.decisions.demand import job_demand
 from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of, sized
 from kubefit.decisions.elastic import Removal, apply_handshake, handshake, removal_progress
 from kubefit.decisions.gang import backoff_left, previous_gang
-from kubefit.decisions.running import admitted, grant_detail
+from kubefit.decisions.running import admitted, grant_detail, resumed
 from kubefit.decisions.workers import stop_workers
 
 
@@ -50,12 +50,13 @@ def scheduled(ctx: JobContext) -> Draft:
 
 
 def _grant(ctx: JobContext) -> int:
-    """The workers granted. Not decided yet (e.g. just after an operator restart) keeps what an admitted
-    job had, so a restart of the operator never deletes running workers."""
+    """The workers granted. Not decided yet (just after an operator restart, or after a spec edit that
+    blocked the job for a while and was undone) keeps what an admitted job had or still runs, so neither
+    deletes running workers: the scheduling pass decides."""
     grant = ctx.observation.grant
     if grant is None:
         admitted = is_true(ctx.conditions, ConditionType.ADMITTED)
-        return int(ctx.status.get("desiredReplicas") or 0) if admitted else 0
+        return max(int(ctx.status.get("desiredReplicas") or 0), len(ctx.live)) if admitted else 0
     return grant
 
 
@@ -75,6 +76,7 @@ def _queued(ctx: JobContext, grant: int) -> Draft:
             sized(ctx.sizing),
             ConditionUpdate(ConditionType.ADMITTED, "False", reason, waiting),
             *not_running(Reason.QUEUED, message),
+            *resumed(ctx),
         ],
         restarts=restarts_of(ctx.status),
         desired=0,
