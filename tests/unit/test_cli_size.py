@@ -73,6 +73,38 @@ def test_json_is_exactly_the_sizing_object(tmp_path: Path, capsys: pytest.Captur
     assert isinstance(printed["perDeviceBytes"], int) and isinstance(printed["deviceMemoryBytes"], int)
 
 
+def test_what_the_operator_refuses_for_its_name_or_worker_limit_is_refused_here_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # decisions.job.checked_spec, the operator's and the webhook's checks: status 2, naming the field.
+    bad_name = json.loads(json.dumps(LLAMA3_8B_FSDP))
+    bad_name["metadata"]["name"] = "Llama_3"
+    code, _, err = run_main(capsys, "-f", write(tmp_path, bad_name))
+    assert code == 2 and "metadata.name" in err, err
+    many = with_spec(workers={"replicas": 2000})
+    code, _, err = run_main(capsys, "-f", write(tmp_path, many))
+    assert code == 2 and "spec.workers.replicas" in err and "1024" in err, err
+    code, _, err = run_main(capsys, "-f", write(tmp_path, many), "--max-workers-per-job", "4096")
+    assert code == 0, err
+    unnamed = json.loads(json.dumps(LLAMA3_8B_FSDP))
+    del unnamed["metadata"]
+    assert run_main(capsys, "-f", write(tmp_path, unnamed))[0] == 0  # no name, nothing to check
+    with pytest.raises(SystemExit):
+        main(["size", "-f", write(tmp_path, unnamed), "--max-workers-per-job", "0"])
+    assert "--max-workers-per-job" in capsys.readouterr().err
+
+
+def test_the_worker_limit_defaults_to_the_operators() -> None:
+    import argparse
+
+    from kubefit.cli.size import register
+    from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["size", "-f", "x"]).max_workers_per_job == DEFAULT_MAX_WORKERS_PER_JOB
+
+
 def test_yaml_prints_the_same_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, LLAMA3_8B_FSDP)
     _, as_json, _ = run_main(capsys, "-f", path, "-o", "json")

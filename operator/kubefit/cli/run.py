@@ -76,13 +76,13 @@ def _dns_label(text: str) -> str:
 
 
 def _lease_seconds(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value < MIN_LEASE_SECONDS:
         raise argparse.ArgumentTypeError(f"{value} is less than {MIN_LEASE_SECONDS} seconds")
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -159,7 +159,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--max-workers-per-job",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="refuse (InvalidSpec) a job whose spec.workers asks for more workers than this (default 1024)",
     )

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from kubefit.api.resource import API_VERSION, KIND
 from kubefit.api.units import GIB, format_gib
+from kubefit.cli.run import positive_int
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # an internal error; reported in one line, never a traceback
@@ -138,6 +139,14 @@ def register(commands: Any) -> None:
         "as the operator does",
     )
     parser.add_argument("--context", help="kubeconfig context for --cluster (default: the current one)")
+    parser.add_argument(
+        "--max-workers-per-job",
+        type=positive_int,
+        default=1024,
+        metavar="N",
+        help="refuse a job asking for more workers, as `kubefit run --max-workers-per-job N` does (default "
+        "1024, the operator's)",
+    )
     parser.set_defaults(handler=run_size)
 
 
@@ -310,7 +319,7 @@ def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) 
     manifest = load_training_job(read_text(args.filename, stdin), source)
     spec, catalog = _parse(manifest, args.catalog)
     inventory = _live_inventory(manifest, catalog, args.context) if args.cluster else None
-    job_sizing = _size(spec, catalog, inventory)
+    job_sizing = _size(manifest, catalog, inventory, args.max_workers_per_job)
     suggestions = suggest(spec, catalog) if args.suggest else None
 
     if args.output == "table":
@@ -336,15 +345,20 @@ def _parse(manifest: dict[str, Any], catalog_file: str | None) -> tuple[Any, Any
         raise InvalidInput([str(error) for error in exc.errors]) from None
 
 
-def _size(spec: Any, catalog: Any, inventory: Any) -> Any:
-    """The operator's own sizing path (decisions.job_sizing.size_job)."""
+def _size(manifest: dict[str, Any], catalog: Any, inventory: Any, max_workers_per_job: int) -> Any:
+    """The operator's own checks and sizing path (decisions.job.checked_spec): what it would mark
+    InvalidSpec is refused here too, the job name included when the manifest has one."""
     from kubefit.api.validation import InvalidSpec
-    from kubefit.decisions.job_sizing import size_job
+    from kubefit.decisions.job import checked_spec
 
+    name = (manifest.get("metadata") or {}).get("name")
     try:
-        return size_job(spec, catalog, inventory)
+        _, job_sizing = checked_spec(
+            name if isinstance(name, str) else None, manifest["spec"], catalog, max_workers_per_job, inventory
+        )
     except InvalidSpec as exc:
         raise InvalidInput([str(error) for error in exc.errors]) from None
+    return job_sizing
 
 
 def _live_inventory(manifest: dict[str, Any], catalog: Any, context: str | None) -> Any:

@@ -158,13 +158,19 @@ def decide(
 
 
 def checked_spec(
-    name: str, raw_spec: Any, catalog: Catalog, max_workers_per_job: int, inventory: Inventory | None = None
+    name: str | None,
+    raw_spec: Any,
+    catalog: Catalog,
+    max_workers_per_job: int,
+    inventory: Inventory | None = None,
 ) -> tuple[TrainingJobSpec, JobSizing]:
     """The spec and its sizing, or InvalidSpec naming every field at fault: every rule the CRD's schema
-    cannot express, for the reconcile (Ready=False InvalidSpec) and the admission webhook alike."""
+    cannot express, for the reconcile (Ready=False InvalidSpec), the admission webhook and `kubefit size`
+    alike. `name` None (a manifest without one, for `kubefit size`) skips the job-name check."""
     spec = parse_spec(raw_spec)
     _check_worker_limit(spec, max_workers_per_job)
-    _check_name(name, spec)
+    if name is not None:
+        _check_name(name, spec)
     return spec, size_job(spec, catalog, inventory)
 
 
