@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +19,11 @@ from kubefit.cli.top import (
     WASTE_OVERPROVISIONED,
     WASTE_PARTIAL_GANG,
     Thresholds,
+    TopError,
     build_rows,
     job_gpu_utilization,
     job_row,
+    prometheus_vector,
     render_json,
     render_table,
     run_top,
@@ -137,3 +142,63 @@ def test_an_unreachable_cluster_is_one_clear_line(tmp_path: Path, monkeypatch: p
     assert out.getvalue() == ""
     assert err.getvalue().startswith("kubefit top: cannot reach the cluster")
     assert len(err.getvalue().splitlines()) == 1
+
+
+def test_a_cluster_that_refuses_connections_is_one_clear_line_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }  # fmt: skip
+    (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    out, err = io.StringIO(), io.StringIO()
+    assert run_top(build_parser().parse_args(["top", "-n", "team"]), out, err) == 1
+    assert err.getvalue().startswith("kubefit top: cannot reach the cluster"), err.getvalue()
+    assert len(err.getvalue().splitlines()) == 1 and "Traceback" not in err.getvalue()
+
+
+class _Prometheus(http.server.BaseHTTPRequestHandler):
+    answer: bytes = b""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.answer)))
+        self.end_headers()
+        self.wfile.write(self.answer)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b'{"status": "success", "data": {"result": [{"metric": {"namespace": "ml", "pod": "a-worker-0", "UUID": "G"}, "value": [1, "NaN"]}]}}', {}),
+        (b"[1, 2]", "query failed"),
+        (b'{"status": "success", "data": {"result": [{"metric": {"namespace": "ml", "pod": "p"}}]}}', "not a Prometheus"),
+    ],
+    ids=["nan-sample", "not-an-object", "sample-without-value"],
+)  # fmt: skip
+def test_odd_prometheus_answers_are_dropped_or_one_clear_error(answer: bytes, expected: object) -> None:
+    handler = type("Answer", (_Prometheus,), {"answer": answer})
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        if isinstance(expected, dict):
+            assert prometheus_vector(url, "up") == expected  # a NaN sample is no utilisation
+        else:
+            with pytest.raises(TopError, match=str(expected)):
+                prometheus_vector(url, "up")
+    finally:
+        server.shutdown()
+        server.server_close()

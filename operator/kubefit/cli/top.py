@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import urllib.error
 import urllib.parse
@@ -20,6 +21,10 @@ from typing import Any, TextIO, cast
 from kubefit.api.resource import GROUP, PLURAL, VERSION
 from kubefit.api.units import GIB
 from kubefit.builders.naming import worker_index
+
+# A cluster that does not answer fails the command in bounded time (as `kubefit size --cluster` does).
+CONNECT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 60
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -193,14 +198,20 @@ def prometheus_vector(base_url: str, query: str, timeout: float = 10.0) -> dict[
             body = json.load(response)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise TopError(f"--prometheus {base_url}: cannot query it ({exc})") from exc
-    if body.get("status") != "success":
-        raise TopError(f"--prometheus {base_url}: query failed: {body.get('error', body)}")
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error", body) if isinstance(body, dict) else body
+        raise TopError(f"--prometheus {base_url}: query failed: {error}")
     values: dict[GpuKey, float] = {}
-    for sample in body.get("data", {}).get("result", []):
-        labels = sample.get("metric", {})
-        if "namespace" in labels and "pod" in labels:
-            gpu = labels.get("UUID") or f"{labels.get('Hostname', '')}/{labels.get('gpu', '')}"
-            values[(labels["namespace"], labels["pod"], gpu)] = float(sample["value"][1])
+    try:
+        for sample in body.get("data", {}).get("result", []):
+            labels = sample.get("metric", {})
+            value = float(sample["value"][1])
+            # NaN (an exporter's gap) says nothing about the GPU, and is not JSON for `-o json`.
+            if "namespace" in labels and "pod" in labels and math.isfinite(value):
+                gpu = labels.get("UUID") or f"{labels.get('Hostname', '')}/{labels.get('gpu', '')}"
+                values[(labels["namespace"], labels["pod"], gpu)] = value
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise TopError(f"--prometheus {base_url}: not a Prometheus instant-query answer ({exc!r})") from exc
     return values
 
 
@@ -215,20 +226,29 @@ def list_jobs(namespace: str | None, context: str | None) -> list[dict[str, Any]
     """TrainingJobs of one namespace, or of all when namespace is None."""
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
+    timeout = (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)
     try:
         config.load_kube_config(context=context)
         api = client.CustomObjectsApi()
         if namespace is None:
-            listing = cast(dict[str, Any], api.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+            listing = cast(
+                dict[str, Any],
+                api.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=timeout),
+            )
         else:
             listing = cast(
-                dict[str, Any], api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+                dict[str, Any],
+                api.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, _request_timeout=timeout
+                ),
             )
     except ApiException as exc:
         raise TopError(f"cannot list TrainingJobs: HTTP {exc.status} {exc.reason}") from exc
-    except (config.ConfigException, OSError) as exc:
-        raise TopError(f"cannot reach the cluster: {exc}") from exc
+    except (config.ConfigException, HTTPError, OSError) as exc:  # HTTPError: urllib3's, e.g. MaxRetryError
+        reason = getattr(exc, "reason", None) or exc
+        raise TopError(f"cannot reach the cluster: {reason}") from exc
     return list(listing.get("items", []))
 
 
