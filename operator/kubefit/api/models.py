@@ -569,7 +569,8 @@ class RunPolicy(_Model):
         ge=0,
         le=MAX_INT32,
         default=3,
-        description="Worker restarts allowed before the job fails.",
+        description="Worker restarts allowed before the job fails. Each failed worker pod counts once: 4 "
+        "workers failing together are 4 restarts.",
     )
     suspend: bool = Field(default=False, description="true deletes the workers and keeps the job.")
     ttl_seconds_after_finished: int | None = Field(
