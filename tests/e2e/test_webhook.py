@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from kubefit_sandbox.controlplane import Sandbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the table is shared with unit tests
 from bad_specs import BAD_SPECS, OPERATOR  # noqa: E402
+from self_signed import self_signed_certificate  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -34,14 +34,7 @@ OPERATOR_REFUSALS = [bad for bad in BAD_SPECS if bad.refused_by == OPERATOR and 
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("webhook-tls")
-    cert, key = directory / "tls.crt", directory / "tls.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("webhook-tls"))
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import json
 import os
 import socket
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bad_specs import BAD_SPECS, BASE_SPEC, OPERATOR
+from self_signed import self_signed_certificate
 
 from kubefit.cli.run import _webhook, register
 from kubefit.controller.runner import serves
@@ -114,13 +114,7 @@ def test_serves_matches_namespaces_as_kopf_does() -> None:
 
 
 def _self_signed(directory: Path, name: str = "webhook") -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_certificate(directory, name)
 
 
 @pytest.fixture
