@@ -823,3 +823,40 @@ def test_workers_whose_create_failed_are_not_counted_in_the_failures_status(harn
     status = harness.kube.jobs["llama"]["status"]
     assert harness.condition("Ready")["reason"] == "ReconcileError"
     assert status["replicas"] == 1  # worker-0 was created, worker-1 was refused
+
+
+def test_a_trigger_that_comes_as_a_reconcile_ends_is_reconciled(harness: Harness) -> None:
+    # A trigger that finds the job busy marks it dirty; if it lands just before the reconcile ends, the
+    # reconcile goes round again rather than leaving the job dirty and idle until the resync.
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconcile("create")
+    harness.reconcile("pod")
+    reconciler = harness.reconciler
+    release = reconciler._release_unless_dirty
+    injected: list[bool] = []
+
+    def trigger_then_release(key: tuple[str, str], state: Any) -> bool:
+        if not injected:
+            injected.append(True)
+            harness.kube.jobs["llama"]["spec"]["runPolicy"] = {"suspend": True}
+            other = threading.Thread(target=harness.reconcile, args=("update",))
+            other.start()
+            other.join()  # it found the job busy, marked it dirty and returned
+        return release(key, state)
+
+    reconciler._release_unless_dirty = trigger_then_release  # type: ignore[method-assign]
+    reads = len(harness.calls("get_job"))
+    harness.reconcile("pod")
+    assert injected and len(harness.calls("get_job")) > reads
+    assert harness.condition("Suspended")["status"] == "True"
+
+
+def test_a_deleted_jobs_state_goes_once_its_workers_events_are_reconciled(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, harness.kube.get_job(*KEY))
+    harness.reconcile("create")
+    job = harness.kube.jobs.pop("llama")
+    harness.reconciler.job_deleted(KEY, job["metadata"]["uid"], harness.view())
+    harness.kube.pods.clear()  # the garbage collector deletes the workers; their events reconcile the job
+    harness.reconcile("pod")
+    assert KEY not in harness.reconciler._jobs  # no per-job state left for a job that is gone

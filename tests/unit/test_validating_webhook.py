@@ -7,6 +7,7 @@ import argparse
 import copy
 import http.client
 import json
+import logging
 import os
 import socket
 import ssl
@@ -166,6 +167,20 @@ def test_the_endpoint_refuses_what_is_not_a_review_and_outlives_a_client_without
         plain.recv(100)  # the TLS alert or nothing: the server drops it
     status, _ = _post(server, cert, json.dumps(admission_review(copy.deepcopy(BASE_SPEC))).encode())
     assert status == 200
+
+
+def test_clients_without_tls_cost_a_debug_line_not_a_traceback(
+    served: tuple[WebhookServer, Path], capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, cert = served
+    with caplog.at_level(logging.DEBUG, logger="kubefit.webhook"):
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as plain:
+            plain.sendall(b"GET /validate HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP to a TLS port
+            plain.recv(100)
+        body = json.dumps(admission_review(copy.deepcopy(BASE_SPEC))).encode()
+        assert _post(server, cert, body)[0] == 200  # answered after it, so its thread has finished
+    assert "Traceback" not in capfd.readouterr().err
+    assert any("webhook connection from" in record.getMessage() for record in caplog.records)
 
 
 def test_a_replaced_certificate_is_served_to_the_next_connection(

@@ -179,6 +179,7 @@ class _JobState:
     service_for: str | None = None  # uid of the job whose Service this process created (or found)
     service_at: float = 0.0  # time.monotonic() of that create
     offered: bool = False  # its demand went to the scheduler before any status was written
+    gone: bool = False  # the last pass found the job deleted: the state goes with the reconcile's end
 
 
 @dataclass
@@ -244,14 +245,16 @@ class Reconciler:
             return  # a reconcile of this job is running; it will go round again
         if trigger == "timer" and time.monotonic() - state.service_at > SERVICE_RECHECK_SECONDS:
             state.service_for = None  # the resync checks that the Service is still there
+        released = False
         try:
-            while self._take_dirty(state):
+            while not (released := self._release_unless_dirty(key, state)):
                 if not self._reconcile_safely(key, trigger, state, view):
                     break  # triggers that came meanwhile wait for the retry, not a tight loop
         finally:
-            with self._lock:
-                state.busy = False
-                _forget_old_creates(state.created)
+            if not released:
+                with self._lock:
+                    state.busy = False
+                    _forget_old_creates(state.created)
 
     def forget(self, key: JobKey) -> None:
         self.metrics.forget_job(*key)
@@ -316,10 +319,20 @@ class Reconciler:
             state.busy = True
             return state
 
-    def _take_dirty(self, state: _JobState) -> bool:
+    def _release_unless_dirty(self, key: JobKey, state: _JobState) -> bool:
+        """Takes the next round's trigger (False), or, if none came, ends the reconcile (True). One lock for
+        both: a trigger that found the job busy and marked it dirty between a check and the release would
+        otherwise be lost until the next resync. A job gone from the cache (deleted: its workers' events
+        reconciled it once more, or it answered 404) leaves no state behind."""
         with self._lock:
-            dirty, state.dirty = state.dirty, False
-            return dirty
+            if state.dirty:
+                state.dirty = False
+                return False
+            state.busy = False
+            _forget_old_creates(state.created)
+            if state.gone and self._jobs.get(key) is state:
+                del self._jobs[key]
+            return True
 
     def _go_round_again(self, state: _JobState) -> None:
         with self._lock:
@@ -339,6 +352,7 @@ class Reconciler:
             self._record_failure(key, state, view, progress, error)
             return False
         if gone:
+            state.gone = True
             self._gone(key, progress, view)
             return True
         with self._lock:
@@ -400,9 +414,11 @@ class Reconciler:
         namespace, name = key
         job = self.jobs.read(key, self.api.get_job)
         if job is None or job["metadata"].get("deletionTimestamp"):
+            state.gone = True
             self.metrics.forget_job(namespace, name)
             self.scheduler.forget(key, view)
             return
+        state.gone = False
         progress.job, progress.status = job, job.get("status") or {}
         with self._lock:
             self._uids[key] = job["metadata"]["uid"]

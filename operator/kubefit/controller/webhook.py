@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -67,6 +68,15 @@ class WebhookServer(ThreadingHTTPServer):
             raise
         return wrapped, address
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that spoke no TLS, stalled in the handshake or went away: one debug line, not
+        socketserver's traceback on stderr (a port scan or a TCP probe would fill the log)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # ssl.SSLError and timeouts are OSErrors
+            logger.debug("webhook connection from %s: %s", client_address, error)
+        else:
+            logger.exception("webhook connection from %s failed", client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: WebhookServer
@@ -79,12 +89,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.request.settimeout(self.timeout)
         self.request.do_handshake()  # here, in this connection's thread (WebhookServer.get_request)
         super().setup()
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except (OSError, ssl.SSLError) as error:  # a client that went away or spoke no TLS
-            logger.debug("webhook connection from %s: %s", self.client_address, error)
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         if self.path.split("?", 1)[0] != VALIDATE_PATH:
