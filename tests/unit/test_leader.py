@@ -152,6 +152,32 @@ def test_a_leader_that_cannot_renew_for_the_renew_deadline_stops_before_the_leas
     assert timings.renew_deadline - 0.05 <= time.monotonic() - started < timings.lease_seconds
 
 
+def test_a_leader_whose_renewal_hangs_stops_by_the_renew_deadline_not_when_the_request_returns() -> None:
+    timings = LeaseTimings(lease_seconds=1, renew_deadline=0.3, retry_period=0.02)
+    leases = FakeLeases()
+    a = LeaderElector(leases, LEASE, "a", timings)  # type: ignore[arg-type]
+    assert a.try_acquire_or_renew()
+    hang = threading.Event()
+    reads = leases.read
+
+    def slow_read(namespace: str, name: str) -> dict[str, Any] | None:
+        hang.wait(5)  # an API server that accepted the connection and never answers (up to the timeout)
+        return reads(namespace, name)
+
+    lost = threading.Event()
+    a.keep_leading(lost.set)
+    assert not lost.wait(0.2)
+    leases.read = slow_read  # type: ignore[method-assign]
+    started = time.monotonic()
+    try:
+        assert lost.wait(3)
+        # Stopped by the deadline (0.3 s from the last renewal), long before the hung request returned,
+        # and before the lease (1 s) could have expired for a standby.
+        assert time.monotonic() - started < timings.lease_seconds
+    finally:
+        hang.set()
+
+
 def test_a_leader_whose_lease_another_replica_took_stops_at_once() -> None:
     timings = LeaseTimings(lease_seconds=30, renew_deadline=20.0, retry_period=0.02)
     leases = FakeLeases()

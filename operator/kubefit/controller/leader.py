@@ -143,6 +143,8 @@ class LeaderElector:
         self._observed = _Observed()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
+        self._renewed_at = 0.0  # clock() of the last renewal this replica committed
+        self._lost_once = threading.Lock()
 
     # -- one attempt ---------------------------------------------------------------------------
 
@@ -209,22 +211,47 @@ class LeaderElector:
             self._stop.wait(self.timings.retry_period)
 
     def keep_leading(self, on_lost: Callable[[], None]) -> None:
-        """Renews the Lease in a thread; calls `on_lost` once it could not renew for the renew deadline."""
+        """Renews the Lease in a thread; calls `on_lost` once it could not renew for the renew deadline.
+
+        A watchdog thread holds that deadline too: an attempt can hang in its requests (each up to the
+        API's timeout, a read and a replace) well past it, and a standby may take the Lease from the lease
+        duration on, so the leader must stop on time whatever the renewing thread is waiting for (client-go
+        cancels the request instead).
+        """
+        self._renewed_at = self.clock()
+        lost = self._once(on_lost)
         self._renewer = threading.Thread(
-            target=self._renew_until_lost, args=(on_lost,), name="kubefit-lease", daemon=True
+            target=self._renew_until_lost, args=(lost,), name="kubefit-lease", daemon=True
         )
         self._renewer.start()
+        threading.Thread(
+            target=self._watch_deadline, args=(lost,), name="kubefit-lease-deadline", daemon=True
+        ).start()
+
+    def _once(self, on_lost: Callable[[], None]) -> Callable[[], None]:
+        def lost() -> None:
+            if not self._stop.is_set() and self._lost_once.acquire(blocking=False):
+                on_lost()
+
+        return lost
+
+    def _past_deadline(self) -> bool:
+        return self.clock() - self._renewed_at > self.timings.renew_deadline
 
     def _renew_until_lost(self, on_lost: Callable[[], None]) -> None:
-        renewed = self.clock()
         while not self._stop.wait(self.timings.retry_period):
+            started = self.clock()  # the renewal's time is when it began, not when its answer came
             if self._attempt():
-                renewed = self.clock()
-            elif self._held_by_another(self._observed.spec) or (
-                self.clock() - renewed > self.timings.renew_deadline
-            ):
-                if not self._stop.is_set():
-                    on_lost()
+                self._renewed_at = started
+            elif self._held_by_another(self._observed.spec) or self._past_deadline():
+                on_lost()
+                return
+
+    def _watch_deadline(self, on_lost: Callable[[], None]) -> None:
+        check = min(1.0, self.timings.retry_period / 2)
+        while not self._stop.wait(check):
+            if self._past_deadline():
+                on_lost()
                 return
 
     def release(self) -> None:
