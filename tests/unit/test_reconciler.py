@@ -816,6 +816,25 @@ def test_jobs_deleted_while_no_watch_event_could_say_so_are_forgotten(harness: H
     assert harness.reconciler.jobs.read(KEY, harness.kube.get_job) is None
 
 
+def test_a_job_created_again_while_the_jobs_were_listed_is_not_forgotten(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))
+    harness.reconcile()
+    again = job_manifest(replicas=1)
+    again["metadata"]["uid"] = "uid-llama-again"
+
+    def listed_before_the_new_job_arrived(namespace: str) -> dict[str, str]:
+        harness.reconciler.jobs.observe(KEY, copy.deepcopy(again))  # its ADDED event, during the LIST
+        return {}  # the LIST saw neither: the old one was deleted, the new one not created yet
+
+    harness.kube.job_uids = listed_before_the_new_job_arrived  # type: ignore[method-assign]
+    assert KEY in harness.reconciler.scheduler.snapshot()
+    harness.reconciler.forget_vanished(harness.view())
+    held = harness.reconciler.jobs.read(KEY, lambda *_: None)
+    assert held is not None and held["metadata"]["uid"] == "uid-llama-again"
+    assert KEY in harness.reconciler.scheduler.snapshot()  # its place in the queue is not taken from it
+
+
 def test_workers_whose_create_failed_are_not_counted_in_the_failures_status(harness: Harness) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403

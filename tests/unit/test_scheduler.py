@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import kubefit.controller.scheduler as scheduler_module
 from kubefit.api.resource import JobKey
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.scheduler import (
@@ -387,6 +388,28 @@ def test_a_burst_of_triggers_is_one_pass_and_reconciles_run_on_worker_threads() 
     assert len(recorder.keys()) == 20  # four admitted, sixteen told why they wait
     assert time.monotonic() - started < 2.0
     assert sum(1 for grant in scheduler.snapshot().values() if grant.workers) == 4
+
+
+def test_a_failed_pass_runs_again_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "FAILED_PASS_RETRY_SECONDS", 0.1)
+    cluster = FakeCluster(nodes=[node("n1")])
+    calls: list[int] = []
+
+    def failing_once(*args: Any) -> AdmissionPlan:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the nodes changed under the pass")
+        return plan_admissions(*args)
+
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=0.01), planner=failing_once)
+    recorder = Recorder()
+    scheduler.reconcile_with(recorder)
+    scheduler.offer(("ns", "job"), demand("job", min_workers=1, want=1), ANYWHERE, cluster.view())
+    deadline = time.monotonic() + 5
+    while not recorder.keys() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(calls) == 2 and recorder.keys() == [("ns", "job")]  # no other trigger came
+    assert scheduler.snapshot()[("ns", "job")].workers == 1
 
 
 def test_a_queued_job_whose_message_alone_changed_is_not_reconciled_but_its_next_reconcile_reads_it() -> None:

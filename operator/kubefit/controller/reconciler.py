@@ -280,7 +280,9 @@ class Reconciler:
             present = self.api.job_uids(namespace)
             vanished += [(namespace, name) for name, uid in jobs.items() if present.get(name) != uid]
         for key in vanished:
-            if self.jobs.read(key, lambda *_: None) is not None:  # not replaced by a newer event meanwhile
+            current = self.jobs.read(key, lambda *_: None)
+            # Still the job that was listed as gone: one created again under its name meanwhile is not.
+            if current is not None and current["metadata"].get("uid", "") == held[key[0]][key[1]]:
                 logger.info("%s/%s is gone (no longer listed): forgetting it", *key)
                 self.job_deleted(key, held[key[0]][key[1]], view)
         return vanished

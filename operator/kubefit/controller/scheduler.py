@@ -68,6 +68,9 @@ PASS_SPACING = 2.0
 # pass, and cheap passes (settled jobs are not planned again) would otherwise run back to back, each walking
 # every job's workers; a change that comes alone still waits only the debounce.
 PASS_GAP_SECONDS = 0.25
+# A pass that raised (the API server's answers kept changing under it, a bug) runs again after this; its
+# triggers were already taken, and a new job waiting for its first pass would otherwise wait for the resync.
+FAILED_PASS_RETRY_SECONDS = 5.0
 DEFAULT_POLICY: AdmissionPolicy = "BestEffortFIFO"
 DEFAULT_HEAD_OF_LINE_TIMEOUT = 300.0
 ADMISSION_TRIGGER = "admission"
@@ -396,7 +399,14 @@ class Scheduler:
             try:
                 changed = self.run_pass(view)
             except Exception:  # noqa: BLE001 - a failed pass must not kill the timer thread; the next retries
-                logger.exception("scheduling pass failed")
+                logger.exception("scheduling pass failed; again in %.0f s", FAILED_PASS_RETRY_SECONDS)
+                retry = threading.Timer(
+                    FAILED_PASS_RETRY_SECONDS,
+                    contextvars.copy_context().run,
+                    args=(self.request, "retry", view),
+                )
+                retry.daemon = True
+                retry.start()
                 return
             finally:
                 self._last_pass_end = time.monotonic()
