@@ -1111,6 +1111,33 @@ def test_an_elastic_jax_job_restarts_every_worker_when_its_grant_changes() -> No
     assert created_names(torch_grown) == ["llama-worker-2"] and torch_grown.delete == ()
 
 
+def test_a_world_restarted_with_a_new_size_is_a_gang_again_with_its_own_timeout() -> None:
+    # The new world's workers could not all be placed: those placed would hold devices with nobody to
+    # rendezvous with. The gang timeout counts from the restart and releases them.
+    grace = {"checkpointGracePeriodSeconds": 0}
+    two = raw_spec(workers={"replicas": 2}, elastic=grace, scheduling={"gangTimeoutSeconds": 60})
+    three = raw_spec(workers={"replicas": 3}, elastic=grace, scheduling={"gangTimeoutSeconds": 60})
+    old = [pod(0), pod(1)]
+    running = decide(observe(two, old), CATALOG)
+    assert status_of(running)["gang"]["started"] is True
+    later = NOW + timedelta(minutes=30)  # long after admission
+    restarting = decide(observe(three, old, running.status, later), CATALOG)
+    assert restarting.delete == ("llama-worker-1", "llama-worker-0")
+    gang = status_of(restarting)["gang"]
+    assert gang["started"] is False and gang["since"] == "2025-01-01T12:30:00Z"
+    new = [pod(0), pod(1), pod(2, "Pending")]
+    waiting = decide(observe(three, new, restarting.status, later + timedelta(seconds=30)), CATALOG)
+    assert waiting.delete == () and waiting.requeue_after == 30.0  # 60 s from the restart, not admission
+    timed_out = decide(observe(three, new, waiting.status, later + timedelta(seconds=60)), CATALOG)
+    released = condition(timed_out, "Admitted")
+    assert released["reason"] == "GangTimeout" and "60 s after the restart" in released["message"]
+    assert set(timed_out.delete) == {"llama-worker-0", "llama-worker-1", "llama-worker-2"}
+    # Placed in time instead: started, and the restart's time is dropped.
+    placed = [pod(0), pod(1), pod(2)]
+    settled = decide(observe(three, placed, restarting.status, later + timedelta(seconds=30)), CATALOG)
+    assert status_of(settled)["gang"]["started"] is True and status_of(settled)["gang"]["since"] is None
+
+
 def test_a_non_elastic_job_keeps_its_world_until_the_whole_new_size_is_granted() -> None:
     pods = [pod(0), pod(1)]
     running = decide(observe(raw_spec(workers={"replicas": 2}), pods), CATALOG)
@@ -1139,6 +1166,7 @@ def test_a_gang_not_all_placed_in_time_releases_every_pod_and_backs_off() -> Non
     assert timed_out.demand is None and timed_out.requeue_after == 10.0
     assert status_of(timed_out)["gang"] == {
         "started": False,
+        "since": None,
         "retries": 1,
         "retryAfter": "2025-01-01T12:01:10Z",
     }

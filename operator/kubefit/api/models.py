@@ -674,7 +674,12 @@ class GangStatus(_Model):
     started: bool = Field(
         default=False,
         description="True once every admitted worker has been placed on a node at once; the gang timeout "
-        "no longer applies until the job is queued again.",
+        "no longer applies until the job is queued again, or restarts every worker with a new world size.",
+    )
+    since: str | None = Field(
+        default=None,
+        description="When the gang began waiting to be placed, if not at its admission: the restart of every "
+        "worker with a new world size (RFC 3339); the gang timeout counts from then.",
     )
     retries: int = Field(default=0, description="Times the gang timed out and the job was requeued.")
     retry_after: str | None = Field(

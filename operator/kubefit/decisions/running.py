@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from kubefit.api.conditions import ConditionType, EventReason, JobPhase, Phase, Reason
 from kubefit.api.models import GangStatus
-from kubefit.api.units import rfc3339
+from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.decisions.conditions import ConditionUpdate, is_true
 from kubefit.decisions.draft import (
     Draft,
@@ -68,14 +68,20 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     # trains on those, and a worker that cannot be placed must not cost it the workers that run.
     started_at = min(plan.keep, ctx.bounds.floor) if ctx.spec.elastic.enabled else plan.keep
     gang = gang.model_copy(update={"started": gang.started or placed >= started_at})
-    admitted_time = admitted_at(ctx.conditions) or ctx.now
+    restarted_at = parse_rfc3339(gang.since)
+    waiting_since = restarted_at or admitted_at(ctx.conditions) or ctx.now
     timeout = ctx.spec.scheduling.gang_timeout_seconds
-    if gang_timed_out(gang, admitted_time, timeout, ctx.now):
-        return gang_timeout(ctx, plan.keep, placed)
+    if gang_timed_out(gang, waiting_since, timeout, ctx.now):
+        return gang_timeout(ctx, plan.keep, placed, "the restart" if restarted_at else "admission")
     draft = _running(ctx, plan, changes, restarts, ready)
+    if plan.restart is not None and draft.desired == plan.target:
+        # The old world goes now: the new one is a gang of its own, to be placed within the timeout from now.
+        gang, waiting_since = GangStatus(retries=gang.retries, since=rfc3339(ctx.now)), ctx.now
+    elif gang.started and gang.since is not None:
+        gang = gang.model_copy(update={"since": None})
     draft.gang = gang
     if not gang.started:  # wake up when the gang timeout expires
-        draft.requeue_after.append((admitted_time + timedelta(seconds=timeout) - ctx.now).total_seconds())
+        draft.requeue_after.append((waiting_since + timedelta(seconds=timeout) - ctx.now).total_seconds())
     return draft
 
 
@@ -218,13 +224,13 @@ def _message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str | None
     return "; ".join(parts) or None
 
 
-def gang_timeout(ctx: JobContext, target: int, placed: int) -> Draft:
+def gang_timeout(ctx: JobContext, target: int, placed: int, since: str = "admission") -> Draft:
     """Release every worker of a gang that was not all placed on nodes in time, and back off."""
     timeout = ctx.spec.scheduling.gang_timeout_seconds
     gang: GangStatus = after_timeout(previous_gang(ctx.status), ctx.now)
     wait = backoff_left(gang, ctx.now)
     message = (
-        f"{placed} of {target} admitted workers were placed on a node {timeout} s after admission "
+        f"{placed} of {target} admitted workers were placed on a node {timeout} s after {since} "
         f"(spec.scheduling.gangTimeoutSeconds); every worker is deleted and the job asks for admission "
         f"again in {wait:.0f} s (gang timeout {gang.retries})"
     )

@@ -69,7 +69,7 @@ def _queued(ctx: JobContext, grant: int) -> Draft:
     if 0 < grant < ctx.bounds.desired:  # a non-elastic job is admitted whole or not at all
         waiting = f"granted {grant} of the {ctx.bounds.desired} workers it needs all at once; {waiting}"
     message = f"queued: {waiting}"
-    gang = previous_gang(ctx.status).model_copy(update={"started": False})
+    gang = previous_gang(ctx.status).model_copy(update={"started": False, "since": None})
     return Draft(
         phase=JobPhase.QUEUED,
         updates=[
@@ -118,7 +118,7 @@ def released(ctx: JobContext, reason: str, why: str) -> Draft:
         restarts=restarts_of(ctx.status),
         desired=0,
         message=message,
-        gang=previous_gang(ctx.status).model_copy(update={"started": False}),
+        gang=previous_gang(ctx.status).model_copy(update={"started": False, "since": None}),
     )
     apply_handshake(draft, shake, removal)
     return draft
