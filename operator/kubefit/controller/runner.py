@@ -204,9 +204,10 @@ def run_operator(options: OperatorOptions) -> None:
 
 def _start_webhook(options: OperatorOptions, webhook: AdmissionWebhook) -> None:
     catalog = load_catalog(options.catalog_path)
+    served = serves(options.namespaces)  # once, not per request
 
     def answer(admission_review: dict[str, Any]) -> dict[str, Any]:
-        return review(admission_review, catalog, options.max_workers_per_job, serves(options.namespaces))
+        return review(admission_review, catalog, options.max_workers_per_job, served)
 
     server = start_webhook_server(
         answer, options.bind_address, webhook.port, webhook.certfile, webhook.keyfile
