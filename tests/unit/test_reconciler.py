@@ -24,7 +24,7 @@ from kubefit.builders.naming import worker_index
 from kubefit.cli.main import build_parser
 from kubefit.controller import reconciler as reconciler_module
 from kubefit.controller.cluster import RememberingCatalog, remembering
-from kubefit.controller.kube import JobReplaced, KubeApi, error_message
+from kubefit.controller.kube import JobReplaced, KubeApi, WritesStopped, error_message
 from kubefit.controller.reconciler import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
@@ -879,3 +879,20 @@ def test_a_deleted_jobs_state_goes_once_its_workers_events_are_reconciled(harnes
     harness.kube.pods.clear()  # the garbage collector deletes the workers; their events reconcile the job
     harness.reconcile("pod")
     assert KEY not in harness.reconciler._jobs  # no per-job state left for a job that is gone
+
+
+def test_a_reconcile_whose_writes_are_stopped_records_no_failure_and_schedules_no_retry(
+    harness: Harness,
+) -> None:
+    """A leader handing the Lease over refuses its own writes (kube.WriteGate): a reconcile still running
+    then is neither an error on the job (the next leader would read it) nor retried here."""
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.kube.fail[("patch_job_status", "*")] = WritesStopped("the operator is stopping")
+    harness.reconcile()
+    assert harness.calls("patch_job_status") == [("patch_job_status", "llama")]  # tried once, not recorded
+    assert harness.calls("create_pod", "event") == []
+    assert harness.reconciler.pending_requeue(KEY) is None
+    errors = harness.metrics.registry.get_sample_value(
+        "kubefit_reconcile_total", {"trigger": "create", "result": "error"}
+    )
+    assert not errors

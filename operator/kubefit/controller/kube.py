@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -41,11 +43,49 @@ class JobReplaced(Exception):
     """The job was deleted and another created under its name since it was read."""
 
 
+class WritesStopped(Exception):
+    """This operator stopped writing (it is handing the Lease over): the write was not sent."""
+
+
+class WriteGate:
+    """Lets writes through until `stop`, which then waits for those already sent to finish.
+
+    kopf runs sync handlers in threads it cannot cancel, and the scheduler's and requeue's threads outlive
+    kopf's loop; without the gate they could still write after this replica gave up the Lease, beside the
+    replica that took it."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._in_flight = 0
+        self._stopped = False
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._changed:
+            if self._stopped:
+                raise WritesStopped("the operator is stopping: no more writes")
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._in_flight -= 1
+                self._changed.notify_all()
+
+    def stop(self, timeout: float) -> bool:
+        """Refuses every write from now on; True once none is in flight, False if some still were after
+        `timeout` seconds."""
+        with self._changed:
+            self._stopped = True
+            return self._changed.wait_for(lambda: self._in_flight == 0, timeout)
+
+
 class _Rest:
     """Plain REST on the kubernetes client's ApiClient (its configuration, auth and connection pool)."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
+        self.writes = WriteGate()
 
     def call(
         self,
@@ -57,6 +97,19 @@ class _Rest:
     ) -> bytes:
         """The answer's body; raises ApiException (with the API server's Status as its body) unless 2xx.
         A PATCH is a merge patch, or a JSON patch when `body` is a list of operations."""
+        if method == "GET":
+            return self._send(method, path, body, merge, accept)
+        with self.writes.writing():
+            return self._send(method, path, body, merge, accept)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | list[dict[str, Any]] | None,
+        merge: bool,
+        accept: str,
+    ) -> bytes:
         content_type = JSON_PATCH if isinstance(body, list) else MERGE_PATCH if merge else "application/json"
         headers = {"Accept": accept, "Content-Type": content_type}
         request = self.api_client.param_serialize(
@@ -139,6 +192,12 @@ class KubeApi:
         rest = _Rest(api_client or client.ApiClient())
         self.core = CoreV1Api(rest)
         self.custom = CustomObjectsApi(rest)
+        self._writes = rest.writes
+
+    def stop_writes(self, timeout: float) -> bool:
+        """No write is sent from now on (each raises WritesStopped); True once those in flight finished,
+        False if some had not after `timeout` seconds."""
+        return self._writes.stop(timeout)
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

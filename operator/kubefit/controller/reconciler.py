@@ -57,7 +57,7 @@ from kubefit.builders.naming import JobRef, owner_reference, worker_name
 from kubefit.controller.checkpoints import CheckpointBoard
 from kubefit.controller.cluster import ClusterView, remembering
 from kubefit.controller.jobs import JobCache
-from kubefit.controller.kube import JobReplaced, KubeApi, error_message
+from kubefit.controller.kube import JobReplaced, KubeApi, WritesStopped, error_message
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.failure import reconcile_error
@@ -350,6 +350,8 @@ class Reconciler:
                     self._reconcile_once(key, state, view, progress)
                 except _JobGone:  # deleted while it was reconciled: not a failed reconcile
                     gone = True
+                except WritesStopped:  # handing the Lease over: the next leader reconciles it
+                    return True
         except Exception as error:  # noqa: BLE001 - the safety net: any failure becomes a condition
             self._record_failure(key, state, view, progress, error)
             return False

@@ -39,6 +39,7 @@ from kubefit.metrics import OperatorMetrics, serve_metrics
 from kubefit.sizing.catalog import load_catalog
 
 FINALIZER = f"{GROUP}/finalizer"
+WRITES_DRAIN_SECONDS = 10.0  # how long a stopping leader waits for its writes in flight (see hand_over)
 logger = logging.getLogger("kubefit.operator")
 
 
@@ -195,11 +196,23 @@ def run_operator(options: OperatorOptions) -> None:
     elector = None
     if options.leader_election is not None:
         elector = _become_leader(options.leader_election, options.bind_address, liveness_port)
+    api = KubeApi()
     try:
-        _run_leading(options, key, metrics, liveness_port)
+        _run_leading(options, api, key, metrics, liveness_port)
     finally:
         if elector is not None:
-            elector.release()  # a stopped leader hands over at once instead of after the lease
+            hand_over(elector, api)
+
+
+def hand_over(elector: LeaderElector, api: KubeApi, drain_seconds: float = WRITES_DRAIN_SECONDS) -> None:
+    """A stopped leader releases the Lease, so that a standby takes over at once instead of after the
+    lease, but only once none of its writes can follow: reconciles still running in threads kopf cannot
+    cancel would otherwise act beside the new leader. A write still hanging after `drain_seconds` leaves
+    the Lease to expire instead."""
+    if api.stop_writes(drain_seconds):
+        elector.release()
+    else:
+        logger.warning("writes still in flight after %.0f s: leaving the lease to expire", drain_seconds)
 
 
 def _start_webhook(options: OperatorOptions, webhook: AdmissionWebhook) -> None:
@@ -230,7 +243,9 @@ def serves(patterns: tuple[str, ...]) -> Callable[[str], bool]:
     return matches
 
 
-def _run_leading(options: OperatorOptions, key: bytes, metrics: OperatorMetrics, liveness_port: int) -> None:
+def _run_leading(
+    options: OperatorOptions, api: KubeApi, key: bytes, metrics: OperatorMetrics, liveness_port: int
+) -> None:
     """The operator proper: the scheduler, the checkpoint API, the reconciler and kopf's loop."""
     # One remembering catalog for the scheduler and the reconciler: node accelerators identified once.
     catalog = remembering(load_catalog(options.catalog_path))
@@ -245,7 +260,7 @@ def _run_leading(options: OperatorOptions, key: bytes, metrics: OperatorMetrics,
     settings = ReconcileSettings(
         max_workers_per_job=options.max_workers_per_job, checkpoint_url=url, checkpoint_key=key
     )
-    reconciler = Reconciler(KubeApi(), catalog, metrics, settings, scheduler=scheduler, board=board)
+    reconciler = Reconciler(api, catalog, metrics, settings, scheduler=scheduler, board=board)
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, scheduler, options.resync_seconds)
     kopf.run(
