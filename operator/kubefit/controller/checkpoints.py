@@ -23,13 +23,13 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from kubefit.api.resource import PLURAL, JobKey
 from kubefit.builders.checkpoint import checkpoint_token
 from kubefit.builders.naming import worker_index
+from kubefit.controller.bounded_http import BoundedHTTPServer, DeadlineRequestHandler
 
 logger = logging.getLogger("kubefit.checkpoints")
 
@@ -210,7 +210,7 @@ def _bearer(header: str | None) -> bytes:
     return token.strip().encode("utf-8", "surrogateescape")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(DeadlineRequestHandler):
     server: CheckpointServer
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT_SECONDS
@@ -298,10 +298,10 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("checkpoint %s: " + format, self.address_string(), *args)
 
 
-class CheckpointServer(ThreadingHTTPServer):
-    """The handshake API's HTTP server: one daemon thread per connection."""
+class CheckpointServer(BoundedHTTPServer):
+    """The handshake API's HTTP server: one daemon thread per connection, within bounded_http's cap."""
 
-    daemon_threads = True
+    name = "checkpoints"
     board: CheckpointBoard
     token_for: TokenFor
 

@@ -3,7 +3,7 @@
 The decision is decisions.validating.review (pure); this module only serves it, over TLS with the
 certificate and key files given (the chart's Secret, which cert-manager or helm may replace: the files are
 read again when they change). Each connection gets a daemon thread, and its TLS handshake runs there, so
-a client that stalls mid-handshake holds only its own thread, for at most SOCKET_TIMEOUT_SECONDS.
+a client that stalls mid-handshake holds only its own thread, within bounded_http's cap and deadline.
 Every replica serves it, leading or standby: validation reads nothing but the request.
 """
 
@@ -14,12 +14,12 @@ import logging
 import os
 import socket
 import ssl
-import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from kubefit.controller.bounded_http import BoundedHTTPServer, DeadlineRequestHandler
 
 logger = logging.getLogger("kubefit.webhook")
 
@@ -52,8 +52,8 @@ class _Certificate:
             return self._context
 
 
-class WebhookServer(ThreadingHTTPServer):
-    daemon_threads = True
+class WebhookServer(BoundedHTTPServer):
+    name = "webhook"
     review: Review
     certificate: _Certificate
 
@@ -68,17 +68,8 @@ class WebhookServer(ThreadingHTTPServer):
             raise
         return wrapped, address
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that spoke no TLS, stalled in the handshake or went away: one debug line, not
-        socketserver's traceback on stderr (a port scan or a TCP probe would fill the log)."""
-        error = sys.exc_info()[1]
-        if isinstance(error, OSError):  # ssl.SSLError and timeouts are OSErrors
-            logger.debug("webhook connection from %s: %s", client_address, error)
-        else:
-            logger.exception("webhook connection from %s failed", client_address)
 
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(DeadlineRequestHandler):
     server: WebhookServer
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT_SECONDS

@@ -1,0 +1,115 @@
+"""An HTTP server for ports any pod may reach (the checkpoint API, the admission webhook): a thread per
+connection, as http.server's ThreadingHTTPServer, but with a cap on the connections served at once and a
+deadline on each request.
+
+A socket timeout alone bounds only each read: a client that sends one byte every few seconds, or many
+clients at once, would hold threads and memory without end. Past the cap a new connection waits to be
+served until one ends; a request still unanswered at its deadline has its connection shut down.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MAX_CONNECTIONS = 128
+LISTEN_BACKLOG = 128  # socketserver's default, 5, drops a burst of polls from a large job's workers
+REQUEST_DEADLINE_SECONDS = 30.0
+_REAP_EVERY_SECONDS = 0.5
+
+
+class _Deadlines:
+    """Connections and the moment each must be answered by; one thread shuts down the late ones, and only
+    while there are any to watch."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._due: dict[int, tuple[float, socket.socket]] = {}
+        self._watching = False
+
+    def arm(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._due[id(connection)] = (time.monotonic() + self.seconds, connection)
+            if not self._watching:
+                self._watching = True
+                threading.Thread(target=self._watch, name="kubefit-http-deadlines", daemon=True).start()
+
+    def disarm(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._due.pop(id(connection), None)
+
+    def _watch(self) -> None:
+        watching = True
+        while watching:
+            time.sleep(_REAP_EVERY_SECONDS)
+            now = time.monotonic()
+            with self._lock:
+                late = [key for key, (due, _) in self._due.items() if due <= now]
+                connections = [self._due.pop(key)[1] for key in late]
+                watching = self._watching = bool(self._due)
+            for connection in connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)  # its blocked read returns; its thread finishes
+                except OSError:
+                    pass
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
+    max_connections = MAX_CONNECTIONS
+    request_deadline_seconds = REQUEST_DEADLINE_SECONDS
+    name = "http"  # the log's: logger kubefit.<name>, lines "<name> connection from ..."
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self.deadlines = _Deadlines(self.request_deadline_seconds)
+        self._log = logging.getLogger(f"kubefit.{self.name}")
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Past the cap, accepting waits for a slot (the kernel queues new connections meanwhile); one frees
+        # within the deadline at the latest, since every served request is cut there.
+        if not self._slots.acquire(timeout=self.request_deadline_seconds + 1):
+            self._log.warning("%s: %d connections open for %.0f s, closing one from %s", self.name,
+                              self.max_connections, self.request_deadline_seconds, client_address)  # fmt: skip
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        self.deadlines.arm(request)  # covers a TLS handshake and the first request
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.deadlines.disarm(request)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away, stalled or spoke no TLS: one debug line, not socketserver's traceback
+        on stderr (a port scan or a TCP probe would fill the log)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # ssl.SSLError and timeouts are OSErrors
+            self._log.debug("%s connection from %s: %s", self.name, client_address, error)
+        else:
+            self._log.exception("%s connection from %s failed", self.name, client_address)
+
+
+class DeadlineRequestHandler(BaseHTTPRequestHandler):
+    """Each request on a kept-alive connection gets its own deadline."""
+
+    server: BoundedHTTPServer
+
+    def handle_one_request(self) -> None:
+        self.server.deadlines.arm(self.connection)
+        super().handle_one_request()

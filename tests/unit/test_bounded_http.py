@@ -1,0 +1,120 @@
+"""The checkpoint API's and the webhook's server (controller/bounded_http.py): connections served at once
+are capped, and a request that trickles in is cut at its deadline, over real sockets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from kubefit.controller.bounded_http import BoundedHTTPServer, DeadlineRequestHandler
+
+
+class _Hello(DeadlineRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 10.0  # per read, as the real handlers
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Small(BoundedHTTPServer):
+    max_connections = 2
+    request_deadline_seconds = 1.0
+
+
+@pytest.fixture
+def server() -> Iterator[_Small]:
+    server = _Small(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _connect(server: _Small) -> socket.socket:
+    connection = socket.create_connection(server.server_address[:2], timeout=5)
+    return connection
+
+
+def _get(connection: socket.socket) -> bytes:
+    connection.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    return connection.recv(4096)
+
+
+def _closed_within(connection: socket.socket, seconds: float) -> bool:
+    connection.settimeout(seconds)
+    try:
+        return connection.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_past_the_cap_a_connection_waits_until_a_deadline_frees_a_slot(server: _Small) -> None:
+    held = [_connect(server), _connect(server)]
+    assert all(_get(connection).startswith(b"HTTP/1.1 200") for connection in held)  # both being served
+    started = time.monotonic()
+    third = _connect(server)  # accepted by the kernel, not served: both slots are held
+    answer = _get(third)
+    waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert 0.5 < waited < 4.0, f"served after {waited:.1f} s"  # when the 1 s deadline cut a held one
+    assert any(_closed_within(connection, 2.0) for connection in held)
+    for connection in (*held, third):
+        connection.close()
+
+
+def test_a_slot_freed_by_a_client_serves_the_waiting_connection_at_once(server: _Small) -> None:
+    held = [_connect(server), _connect(server)]
+    assert all(_get(connection).startswith(b"HTTP/1.1 200") for connection in held)
+    third = _connect(server)
+    third.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    started = time.monotonic()
+    held[0].close()
+    assert third.recv(4096).startswith(b"HTTP/1.1 200")
+    assert time.monotonic() - started < 0.5
+    for connection in (held[1], third):
+        connection.close()
+
+
+def test_a_request_that_trickles_in_is_cut_at_its_deadline(server: _Small) -> None:
+    """One byte every 0.2 s never meets the 10 s read timeout; the 1 s deadline ends it."""
+    connection = _connect(server)
+    started = time.monotonic()
+    cut = False
+    for byte in b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+        try:
+            connection.sendall(bytes([byte]))
+        except OSError:
+            cut = True
+            break
+        connection.settimeout(0.2)
+        try:
+            if connection.recv(1) == b"":
+                cut = True
+                break
+        except TimeoutError:
+            pass
+    elapsed = time.monotonic() - started
+    connection.close()
+    assert cut and elapsed < 5.0, f"still open after {elapsed:.1f} s"
+
+
+def test_each_request_on_a_kept_alive_connection_gets_its_own_deadline(server: _Small) -> None:
+    connection = _connect(server)
+    for _ in range(3):  # 3 x 0.6 s on one connection: past one deadline in all, within it each time
+        assert _get(connection).startswith(b"HTTP/1.1 200")
+        time.sleep(0.6)
+    assert _get(connection).startswith(b"HTTP/1.1 200")
+    connection.close()
