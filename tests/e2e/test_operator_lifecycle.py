@@ -196,6 +196,37 @@ def test_all_workers_exiting_zero_succeeds_the_job(
     assert (status["phase"], status["completionTime"]) == ("Succeeded", completion)
 
 
+def test_a_worker_that_succeeded_is_not_run_again_when_its_pod_goes(
+    kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
+) -> None:
+    """Worker 0 finishes first and its pod goes (as with a node that a cluster autoscaler removes once it
+    holds only finished pods); worker 1 trains on. Worker 0 is not started again, and the job succeeds
+    when worker 1 does."""
+    job = "staggered"
+    uids = start(kube, namespace, small_job(job, namespace, pool, 2), replicas=2)
+    first, second = sorted(uids)
+    exit_worker(kube, namespace, first, 0)
+    wait_for(
+        f"{first} recorded as succeeded",
+        lambda: kube.job_status(namespace, job).get("succeededWorkers") == "0",
+        timeout=30,
+    )
+    delete_pods(kube, namespace, first)
+    reconciled_after_poke(kube, operator, namespace, job)
+    pods = pods_by_name(kube, namespace, job)
+    assert list(pods) == [second], "the worker that succeeded was started again"
+    assert pods[second]["metadata"]["uid"] == uids[second]
+
+    exit_worker(kube, namespace, second, 0)
+    wait_for(
+        "condition Succeeded=True",
+        lambda: (c := kube.condition(namespace, job, "Succeeded")) and c["status"] == "True",
+        timeout=30,
+    )
+    status = kube.job_status(namespace, job)
+    assert (status["phase"], status["succeededWorkers"], status["restarts"]) == ("Succeeded", "0-1", 0)
+
+
 # ---------------------------------------------------------------------------------------------- suspend
 
 

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kubefit.api.formatting import sizing_summary
+from kubefit.api.formatting import index_ranges, parse_index_ranges, sizing_summary
 from kubefit.api.models import MemoryBreakdown, SizingStatus, TrainingJobStatus
 from kubefit.api.validation import parse_spec
 from kubefit.builders.checkpoint import checkpoint_token
@@ -580,6 +580,53 @@ def test_all_workers_succeeded_completes_the_job() -> None:
 def test_one_worker_succeeded_is_not_yet_success() -> None:
     decision = decide(observe(pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
     assert status_of(decision)["phase"] != "Succeeded"
+
+
+def test_a_worker_that_succeeded_is_not_run_again_when_its_pod_goes() -> None:
+    """A node removed after its worker finished (a cluster autoscaler removes nodes that hold only finished
+    pods) takes the pod with it: status.succeededWorkers keeps the worker done."""
+    one_done = decide(observe(pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
+    assert status_of(one_done)["succeededWorkers"] == "0"
+    gone = decide(observe(pods=[pod(1)], status=one_done.status), CATALOG)
+    assert gone.create == () and gone.delete == ()
+    assert status_of(gone)["succeededWorkers"] == "0"
+    finished = decide(observe(pods=[pod(1, "Succeeded")], status=gone.status), CATALOG)
+    assert status_of(finished)["phase"] == "Succeeded"
+    assert status_of(finished)["succeededWorkers"] == "0-1"
+
+
+def test_an_elastic_job_keeps_a_succeeded_worker_whose_pod_went_instead_of_starting_another() -> None:
+    spec = elastic_spec(replicas=3, minimum=1, maximum=4)
+    pods = [pod(0), pod(1), pod(2, "Succeeded")]
+    one_done = decide(observe(spec, pods=pods), CATALOG)
+    assert status_of(one_done)["succeededWorkers"] == "2"
+    gone = decide(observe(spec, pods=pods[:2], status=one_done.status), CATALOG)
+    assert gone.create == () and gone.delete == ()
+
+
+def test_a_stopped_group_forgets_what_succeeded_in_it() -> None:
+    """Preempted: the next admission starts a new group, whose every worker runs."""
+    one_done = decide(observe(pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
+    preempted = decide(observe(pods=[pod(0, "Succeeded"), pod(1)], status=one_done.status, grant=0), CATALOG)
+    assert status_of(preempted)["succeededWorkers"] is None
+    again = decide(observe(status=preempted.status), CATALOG)
+    assert again.create == (0, 1)
+
+
+def test_a_garbled_succeeded_workers_record_counts_as_none() -> None:
+    one_done = decide(observe(pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
+    garbled = {**one_done.status.model_dump(by_alias=True, exclude_none=True), "succeededWorkers": "0-x"}
+    decision = decide(observe(pods=[pod(1)], status=garbled), CATALOG)
+    assert decision.create == (0,)
+    assert status_of(decision)["succeededWorkers"] is None
+
+
+@given(st.frozensets(st.integers(min_value=0, max_value=300), max_size=40))
+@settings(deadline=None, max_examples=200, derandomize=True, database=None)
+def test_worker_index_ranges_read_back_as_written(indices: frozenset[int]) -> None:
+    written = index_ranges(indices)
+    assert parse_index_ranges(written) == indices
+    assert re.fullmatch(r"(\d+(-\d+)?(,\d+(-\d+)?)*)?", written)
 
 
 @pytest.mark.parametrize(("elapsed", "deleted"), [(59, False), (60, True)])

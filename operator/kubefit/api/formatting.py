@@ -18,6 +18,37 @@ def sizing_summary(sizing: SizingStatus) -> str:
     return summary
 
 
+def index_ranges(indices: frozenset[int]) -> str:
+    """Worker indices as Kubernetes writes an Indexed Job's completedIndexes: "0-2,5"."""
+    ranges: list[str] = []
+    ordered = sorted(indices)
+    start = previous = ordered[0] if ordered else 0
+    for index in [*ordered[1:], None]:
+        if index is not None and index == previous + 1:
+            previous = index
+            continue
+        ranges.append(f"{start}-{previous}" if previous > start else str(start))
+        if index is not None:
+            start = previous = index
+    return ",".join(ranges) if ordered else ""
+
+
+def parse_index_ranges(text: object) -> frozenset[int]:
+    """index_ranges' inverse; anything else (a status edited by hand) is no indices."""
+    if not isinstance(text, str) or not text:
+        return frozenset()
+    indices: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or not (last.isdigit() or not last):
+            return frozenset()
+        low, high = int(first), int(last or first)
+        if high < low or high - low > 100_000:
+            return frozenset()
+        indices.update(range(low, high + 1))
+    return frozenset(indices)
+
+
 def workers_column(ready: int, desired: int | None) -> str:
     """status.workers, the Workers printer column: "ready/desired", "-" for an unknown desired count."""
     return f"{ready}/{'-' if desired is None else desired}"

@@ -723,6 +723,12 @@ class TrainingJobStatus(_Model):
         default=None, description="Checkpoint requests opened so far (numbers each request's id)."
     )
     gang: GangStatus | None = Field(default=None, description="Gang timeout bookkeeping.")
+    succeeded_workers: str | None = Field(
+        default=None,
+        description="Indices of the running group's workers that succeeded, as 0-2,5: such a worker is not "
+        "created again when its pod goes (a node removed after it finished). Cleared when the workers "
+        "are stopped or restarted with a new world size.",
+    )
     last_failure_time: str | None = Field(
         default=None,
         description="When a worker last failed and was deleted for replacement (RFC 3339); the restart "

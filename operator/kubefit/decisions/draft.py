@@ -52,6 +52,7 @@ class Draft:
     checkpoint_requests: int | None = None  # None: as before
     gang: GangStatus | None = None  # None: as before
     last_failure_time: str | None = None  # None: as before
+    succeeded_workers: frozenset[int] | None = None  # None: as before
     requeue_after: list[float] = field(default_factory=list)  # the earliest one is used
 
 

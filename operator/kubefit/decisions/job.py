@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from kubefit.api.conditions import FINISHED_PHASES, ConditionType, EventReason, EventType, JobPhase, Reason
-from kubefit.api.formatting import sizing_summary, workers_column
+from kubefit.api.formatting import index_ranges, parse_index_ranges, sizing_summary, workers_column
 from kubefit.api.models import Condition, GangStatus, SizingStatus, TrainingJobSpec, TrainingJobStatus
 from kubefit.api.units import format_gib, parse_rfc3339, rfc3339
 from kubefit.api.validation import FieldError, InvalidSpec, parse_spec
@@ -443,6 +443,7 @@ def _status(
         checkpoint=draft.checkpoint,
         checkpoint_requests=_kept(draft.checkpoint_requests, previous.get("checkpointRequests")),
         gang=draft.gang or _previous_gang(previous),
+        succeeded_workers=_succeeded_workers(draft, previous),
         last_failure_time=draft.last_failure_time or previous.get("lastFailureTime"),
         per_device_memory=format_gib(sizing.per_device_bytes) if sizing else None,
         start_time=draft.start_time or previous.get("startTime"),
@@ -454,6 +455,13 @@ def _kept(value: int | None, before: Any) -> int | None:
     if value is not None:
         return value
     return before if isinstance(before, int) else None
+
+
+def _succeeded_workers(draft: Draft, previous: Mapping[str, Any]) -> str | None:
+    if draft.succeeded_workers is None:
+        kept = parse_index_ranges(previous.get("succeededWorkers"))
+        return index_ranges(kept) if kept else None
+    return index_ranges(draft.succeeded_workers) or None
 
 
 def _previous_gang(status: Mapping[str, Any]) -> GangStatus | None:

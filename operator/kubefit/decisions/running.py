@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from kubefit.api.conditions import ConditionType, EventReason, JobPhase, Phase, Reason
+from kubefit.api.formatting import parse_index_ranges
 from kubefit.api.models import GangStatus
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.decisions.conditions import ConditionUpdate, is_true
@@ -55,12 +56,15 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     plan = _plan(ctx, grant)
     foreign = [pod for pod in ctx.observation.pods if pod not in ctx.ours]
     slots = _slots(ctx, plan.keep)
-    changes = scale_workers(slots, ctx.ours, ctx.observation.already_replaced, foreign)
+    # A worker that succeeded is not run again when its pod goes (a node removed once it finished).
+    gone_after_success = _gone_after_success(ctx)
+    changes = scale_workers(slots - gone_after_success, ctx.ours, ctx.observation.already_replaced, foreign)
     restarts = restarts_of(ctx.status) + len(changes.replace)
     if restarts > ctx.spec.run_policy.max_restarts:
         return failed(ctx, changes.replace)
-    if _all_succeeded(ctx.ours, slots):
-        return succeeded(ctx, plan.keep)
+    done = (_succeeded_now(ctx.ours) | gone_after_success) & slots
+    if slots and slots <= done:
+        return succeeded(ctx, plan.keep, done)
     ready = _ready(ctx.ours, slots)
     placed = _placed(ctx.ours, slots)
     gang = previous_gang(ctx.status)
@@ -80,6 +84,10 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     elif gang.started and gang.since is not None:
         gang = gang.model_copy(update={"since": None})
     draft.gang = gang
+    # A new world size starts a new group: what succeeded in the old one does not count for it.
+    draft.succeeded_workers = (
+        frozenset() if plan.restart is not None and draft.desired == plan.target else done
+    )
     if not gang.started:  # wake up when the gang timeout expires
         draft.requeue_after.append((waiting_since + timedelta(seconds=timeout) - ctx.now).total_seconds())
     return draft
@@ -169,7 +177,23 @@ def _restart_plan(ctx: JobContext, target: int, why: str) -> _Plan | None:
 
 def _slots(ctx: JobContext, count: int) -> frozenset[int]:
     already = ctx.observation.already_replaced
-    return worker_slots(count, ctx.ours, already, keep_survivors=ctx.spec.elastic.enabled)
+    return worker_slots(
+        count, ctx.ours, already, keep_survivors=ctx.spec.elastic.enabled, finished=_gone_after_success(ctx)
+    )
+
+
+def _gone_after_success(ctx: JobContext) -> frozenset[int]:
+    """Workers recorded as succeeded (status.succeededWorkers) whose pods are gone."""
+    present = {pod.index for pod in ctx.ours if not pod.terminating}
+    return parse_index_ranges(ctx.status.get("succeededWorkers")) - present
+
+
+def _succeeded_now(ours: Sequence[WorkerPod]) -> frozenset[int]:
+    return frozenset(
+        pod.index
+        for pod in ours
+        if pod.phase == POD_SUCCEEDED and not pod.terminating and pod.index is not None
+    )
 
 
 def _surplus(ctx: JobContext, target: int, reason: str) -> Removal | None:
@@ -246,6 +270,7 @@ def gang_timeout(ctx: JobContext, target: int, placed: int, since: str = "admiss
         message=message,
         gang=gang,
         requeue_after=[wait],
+        succeeded_workers=frozenset(),
     )
 
 
@@ -270,7 +295,7 @@ def failed(ctx: JobContext, failures: Sequence[WorkerPod]) -> Draft:
     )
 
 
-def succeeded(ctx: JobContext, desired: int) -> Draft:
+def succeeded(ctx: JobContext, desired: int, workers: frozenset[int] | None = None) -> Draft:
     message = f"all {desired} workers succeeded"
     return Draft(
         phase=JobPhase.SUCCEEDED,
@@ -282,6 +307,7 @@ def succeeded(ctx: JobContext, desired: int) -> Draft:
         restarts=restarts_of(ctx.status),
         desired=0,
         completion_time=rfc3339(ctx.now),
+        succeeded_workers=workers,
     )
 
 
@@ -292,11 +318,6 @@ def _ready(ours: Sequence[WorkerPod], slots: frozenset[int]) -> int:
 def _placed(ours: Sequence[WorkerPod], slots: frozenset[int]) -> int:
     """Workers bound to a node (pulling, starting, running or finished): the gang holds their devices."""
     return sum(1 for pod in ours if pod.node_name and not pod.terminating and pod.index in slots)
-
-
-def _all_succeeded(ours: Sequence[WorkerPod], slots: frozenset[int]) -> bool:
-    succeeded = {pod.index for pod in ours if pod.phase == POD_SUCCEEDED and not pod.terminating}
-    return bool(slots) and slots <= succeeded
 
 
 def _phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str | None) -> Phase:

@@ -82,6 +82,7 @@ def _queued(ctx: JobContext, grant: int) -> Draft:
         desired=0,
         message=message,
         gang=gang,
+        succeeded_workers=frozenset(),  # the group stops: a new one starts from none
     )
 
 
@@ -97,6 +98,7 @@ def _backing_off(ctx: JobContext, wait: float) -> Draft:
         desired=0,
         message=message,
         requeue_after=[wait],
+        succeeded_workers=frozenset(),
     )
 
 
@@ -119,6 +121,7 @@ def released(ctx: JobContext, reason: str, why: str) -> Draft:
         desired=0,
         message=message,
         gang=previous_gang(ctx.status).model_copy(update={"started": False, "since": None}),
+        succeeded_workers=frozenset(),
     )
     apply_handshake(draft, shake, removal)
     return draft
