@@ -29,7 +29,7 @@ system:
 # (sandbox/pyproject.toml) and the trainer's checkpoint helper (trainer/pyproject.toml). The torch extra
 # (CPU torch 2.13.0, for examples/elastic-ddp) took 18 s and 754 MiB here, from the wheel on this disk.
 $(STAMP): pyproject.toml sandbox/pyproject.toml trainer/pyproject.toml
-	@echo "==> virtualenv $(VENV) (pip install -e .[dev,torch] -e ./sandbox -e ./trainer)"
+	@echo "==> virtualenv $(VENV) (pip install -e .[dev,torch] -e ./sandbox -e ./trainer; a minute or two, longer where torch is downloaded)"
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	@$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev,torch]' -e ./sandbox -e ./trainer
 	@touch $(STAMP)
