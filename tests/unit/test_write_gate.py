@@ -63,29 +63,32 @@ def test_after_stop_no_write_is_sent_and_reads_still_are() -> None:
     assert client.sent == [("GET", "/apis/kubefit.dev/v1alpha1/namespaces/team/trainingjobs/llama")]
 
 
-def test_stop_waits_for_a_write_in_flight_and_says_whether_it_finished() -> None:
+def _write_held_in_flight() -> tuple[KubeApi, RecordingClient, threading.Thread]:
+    """An api whose one write (a pod delete) is sent and not answered until client.hold is set."""
     client = RecordingClient()
     client.hold = threading.Event()
     api = _api(client)
     writer = threading.Thread(target=api.delete_pod, args=("team", "llama-worker-1"))
     writer.start()
     assert client.in_flight.wait(5)
+    return api, client, writer
+
+
+def test_stop_waits_for_a_write_in_flight_and_says_whether_it_finished() -> None:
+    api, client, writer = _write_held_in_flight()
     assert not api.stop_writes(0.2)  # still in flight
+    assert client.hold is not None
     client.hold.set()
     writer.join(5)
     assert api.stop_writes(1.0)
 
 
 def test_hand_over_releases_only_once_no_write_can_follow() -> None:
-    client = RecordingClient()
-    client.hold = threading.Event()
-    api = _api(client)
-    writer = threading.Thread(target=api.delete_pod, args=("team", "llama-worker-1"))
-    writer.start()
-    assert client.in_flight.wait(5)
+    api, client, writer = _write_held_in_flight()
     hanging = RecordingElector()
     hand_over(cast(LeaderElector, hanging), api, drain_seconds=0.2)
     assert not hanging.released  # left to expire: the hanging write may still land
+    assert client.hold is not None
     client.hold.set()
     writer.join(5)
     drained = RecordingElector()
