@@ -445,6 +445,44 @@ def test_declared_memory_under_lora_counts_only_the_adapters_as_trainable() -> N
     assert larger.weights + larger.gradients + larger.optimizer_states == pytest.approx(state, abs=3)
 
 
+@pytest.mark.parametrize(
+    "precision, finetuning",
+    [
+        ("bf16-mixed", {"method": "lora"}),
+        ("fp32", {"method": "lora", "loraRank": 64}),
+        ("bf16-true", {"method": "lora", "trainableParameters": "40M"}),
+        ("bf16-mixed", {"method": "qlora"}),
+        ("bf16-true", {"method": "qlora", "doubleQuantization": False}),
+    ],
+)
+def test_declared_memory_alone_under_lora_stands_for_the_model_whose_adapter_state_it_is(
+    precision: str, finetuning: dict[str, Any]
+) -> None:
+    # The state the parameter formulas give an 8B model, declared as model.memory without the count:
+    # the count read back is the 8B model's (to the assumed shape's rounding), not the 0.9B model whose
+    # full-training state (18 B/param) would be as large, so its activations are the 8B model's.
+    model = {"precision": precision, "finetuning": finetuning}
+    training = {"sequenceLength": 4096, "microBatchSize": 4}
+    by_parameters = estimate(job({**model, "parameters": "8.03B"}, **training), H100, Layout(1, 1))
+    state = by_parameters.weights + by_parameters.gradients + by_parameters.optimizer_states
+    declared = estimate(job({**model, "memory": str(state)}, **training), H100, Layout(1, 1))
+    (assumed,) = [warning for warning in declared.warnings if "model.parameters not given" in warning]
+    inferred = float(assumed.split("assumed ")[1].split("B parameters")[0]) * 1e9
+    assert inferred == pytest.approx(8.03e9, rel=0.03), assumed
+    assert finetuning["method"] in assumed
+    assert declared.activations == pytest.approx(by_parameters.activations, rel=0.03)
+    assert declared.weights + declared.gradients + declared.optimizer_states == pytest.approx(state, abs=3)
+
+
+def test_fifteen_gibibytes_of_lora_state_do_not_fit_one_h100_at_a_long_sequence() -> None:
+    # The reviewer's case: 15Gi is an 8B model's LoRA state (2 B/param frozen base), whose activations at
+    # s = 4096, b = 4 are ~77 GiB; read as 0.89B parameters at 18 B/param they were 16 GiB, 40 GiB in all.
+    model = {"memory": "15Gi", "finetuning": {"method": "lora"}}
+    result = estimate(job(model, sequenceLength=4096, microBatchSize=4), H100, Layout(1, 1))
+    assert result.activations > 70 * 2**30
+    assert result.total > H100.memory_bytes
+
+
 def test_fsdp_accumulation_under_no_sync_holds_unsharded_gradients() -> None:
     full = {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": "bf16-true"}
     one_step = estimate(job(full, sharding="fsdp"), H100, Layout(4, 1))

@@ -346,12 +346,10 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
         parameters = shape_from_architecture(model.architecture, None).total_parameters()
     if parameters is None:
         assert declared is not None  # the API requires parameters or memory
-        per_parameter = _full_state_bytes(spec)
-        parameters = max(1, int(declared / per_parameter))
+        parameters, basis = _parameters_from_declared(spec, declared)
         warnings.append(
             f"model.parameters not given: assumed {parameters / 1e9:.2f}B parameters from model.memory "
-            f"at {per_parameter:g} bytes per parameter ({model.precision}, {model.optimizer}) "
-            "to size activations"
+            f"at {declared / parameters:.3g} bytes per parameter ({basis}) to size activations"
         )
     if model.architecture is not None:
         shape = shape_from_architecture(model.architecture, parameters)
@@ -367,6 +365,45 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
 def _full_state_bytes(spec: TrainingJobSpec) -> float:
     per = state_bytes(spec.model.precision, spec.model.optimizer, spec.training.sharding)
     return per.weights + per.gradients + per.optimizer
+
+
+def _parameters_from_declared(spec: TrainingJobSpec, declared: int) -> tuple[int, str]:
+    """The parameter count whose training state, by the parameter formulas, is the declared memory, and
+    what the bytes per parameter stand for. Full training: every parameter at its full-state bytes. LoRA
+    and QLoRA: the count whose frozen base plus adapters (`_adapter_state`, what `_adapter_states` holds
+    and `_declared_adapter_states` splits the declared memory into) comes to the declared memory; the
+    full-state bytes would read an 8B model's 15 GiB of LoRA state as a 0.9B model's."""
+    model = spec.model
+    if model.finetuning.method == "full":
+        return max(1, int(declared / _full_state_bytes(spec))), f"{model.precision}, {model.optimizer}"
+    low, high = 1, max(2, math.ceil(declared / NF4_BYTES))  # no frozen base is under nf4's bytes
+    while high - low > 1:  # the state grows with the count: bisect for the largest not above it
+        middle = (low + high) // 2
+        if _adapter_state(spec, middle) <= declared:
+            low = middle
+        else:
+            high = middle
+    if model.finetuning.method == "qlora":
+        base = "nf4 base (embeddings unquantised)"
+    else:
+        base = "32-bit base" if model.precision == "fp32" else "16-bit base"
+    basis = (
+        f"{model.finetuning.method}, {model.precision}, {model.optimizer}: a frozen {base} plus the "
+        "adapters' weights, gradients and optimizer states"
+    )
+    return low, basis
+
+
+def _adapter_state(spec: TrainingJobSpec, parameters: int) -> float:
+    """The whole LoRA/QLoRA training state of a model of `parameters` parameters in the assumed shape, by
+    the parameter formulas (`_adapter_states` on a single device)."""
+    shape = assumed_shape(parameters)
+    whole = spec.model_copy(
+        update={"training": spec.training.model_copy(update={"tensor_parallel": 1, "pipeline_parallel": 1})}
+    )
+    share = _stage_share(_Model(shape, parameters, None, ()), whole.training, "only")
+    trainable = _trainable_parameters(whole, shape) or 0
+    return _frozen_base_bytes(whole, share) + trainable * _full_state_bytes(spec)
 
 
 def _trainable_parameters(spec: TrainingJobSpec, shape: ModelShape) -> int | None:
