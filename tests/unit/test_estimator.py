@@ -601,7 +601,13 @@ def test_pipeline_keeps_activations_of_all_in_flight_micro_batches() -> None:
     model = {"parameters": "7.0B", "architecture": small_vocab, "precision": "bf16-true", "optimizer": "sgd"}
     one = estimate(job(model, sequenceLength=4096, activationCheckpointing="full"), H100, Layout(1, 1))
     four = estimate(
-        job(model, sequenceLength=4096, activationCheckpointing="full", pipelineParallel=4),
+        job(
+            model,
+            sequenceLength=4096,
+            activationCheckpointing="full",
+            pipelineParallel=4,
+            gradientAccumulation=4,
+        ),
         H100,
         Layout(4, 1),
     )
@@ -611,6 +617,25 @@ def test_pipeline_keeps_activations_of_all_in_flight_micro_batches() -> None:
     # and the recomputed layer counts whole, where on a single stage the freed logits absorbed part of it.
     assert four.activations == pytest.approx(one.activations + one.logits - (4 + 2) * sbh, abs=2)
     assert four.logits == 0 and four.weights < one.weights / 3
+
+
+def test_the_first_pipeline_stage_holds_no_more_micro_batches_than_a_step_runs() -> None:
+    # 1F1B: the first stage runs min(p, m) forwards before its first backward (Megatron-LM's
+    # num_warmup_microbatches = min(p - rank - 1, m), plus the steady state's one), m = gradientAccumulation.
+    # Llama-3-8B, p = 8, s = 8192: one micro-batch per step leaves one in flight, not eight.
+    def first_stage(micro_batches: int):
+        spec = job(pipelineParallel=8, sequenceLength=8192, gradientAccumulation=micro_batches)
+        return estimate(spec, H100, Layout(8, 1))
+
+    one, four, eight, sixteen = (first_stage(m) for m in (1, 4, 8, 16))
+    # bf16-mixed on one replica: torch autocast over an fp32 stream; L/p = 4 layers a micro-batch.
+    layers = 4 * layer_activation_bytes(LLAMA3_8B_SHAPE, LayerRun(8192, 1, stream_bytes=4, input_copies=1))
+    assert eight.stage == "first" and eight.activations == pytest.approx(8 * layers, abs=8)
+    assert four.stage == "first" and four.activations == pytest.approx(4 * layers, abs=8)
+    assert sixteen.activations == eight.activations
+    # One micro-batch: the first stage holds 4 layers' worth, less than the last with its logits.
+    assert one.stage == "last" and one.total < four.total < eight.total
+    assert one.total < 50 * 2**30 < eight.total
 
 
 GPU_ROWS = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "gpu_grid_rows.yaml"

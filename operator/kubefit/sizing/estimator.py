@@ -703,7 +703,7 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
         stream_bytes=stream,
         input_copies=copies,
     )
-    saved = _saved_activations(shape, run, training.pipeline_parallel, stage)
+    saved = _saved_activations(shape, run, training.pipeline_parallel, stage, training.gradient_accumulation)
     head = _Transient(0.0, 0.0)
     if stage in ("only", "last"):
         head = _output_head(shape, run, training.loss, _head_weight_copies(spec))
@@ -722,11 +722,15 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
     return _Transient(activations, head.logits, unplaced)
 
 
-def _saved_activations(shape: ModelShape, run: LayerRun, pipeline_parallel: int, stage: str) -> float:
-    """The layers' saved activations, and on the first stage the embedding-dropout mask. The first
-    stage has p micro-batches in flight (1F1B), each with L/p layers."""
+def _saved_activations(
+    shape: ModelShape, run: LayerRun, pipeline_parallel: int, stage: str, micro_batches: int = 1
+) -> float:
+    """The layers' saved activations, and on the first stage the embedding-dropout mask. Under 1F1B the
+    first stage runs min(p, m) forwards of the step's m micro-batches (gradientAccumulation) before its
+    first backward, each keeping L/p layers (Megatron-LM: num_warmup_microbatches = min(p - rank - 1, m),
+    then one more forward in the steady state)."""
     layers_on_stage = math.ceil(shape.layers / pipeline_parallel)
-    in_flight = pipeline_parallel if stage == "first" else 1
+    in_flight = min(pipeline_parallel, micro_batches) if stage == "first" else 1
     activations = in_flight * layers_on_stage * layer_activation_bytes(shape, run)
     if stage in ("only", "first"):
         tokens = run.sequence * run.micro_batch
