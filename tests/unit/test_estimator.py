@@ -329,6 +329,22 @@ def test_qlora_dequantises_one_block_matrix_not_the_16_bit_embedding() -> None:
     assert result.communication_buffers == pytest.approx(QLORA_DEQUANT_COPIES * 4096 * 14336 * 2, abs=1)
 
 
+def test_qlora_in_fp32_keeps_fp32_embeddings_and_dequantises_to_fp32() -> None:
+    # fp32 loads the model in fp32: the modules bitsandbytes does not quantise (embedding, head) stay in
+    # the load dtype, 4 B as under the mixed-precision recipe's upcast, and the nf4 matrix is dequantised
+    # in the compute dtype, fp32.
+    model = {"parameters": "8.03B", "architecture": LLAMA3_8B, "finetuning": {"method": "qlora"}}
+    fp32 = estimate(job({**model, "precision": "fp32"}), H100, Layout(1, 1))
+    mixed = estimate(job({**model, "precision": "bf16-mixed"}), H100, Layout(1, 1))
+    true = estimate(job({**model, "precision": "bf16-true"}), H100, Layout(1, 1))
+    adapters = fp32.weights - mixed.weights  # the adapters' fp32 weights against their 2 B working copy
+    assert 0 < adapters < 0.1 * 2**30
+    embeddings = 2 * 128256 * 4096
+    assert fp32.weights - true.weights == pytest.approx(embeddings * (4 - 2) + adapters, rel=1e-3)
+    assert fp32.communication_buffers == pytest.approx(QLORA_DEQUANT_COPIES * 4096 * 14336 * 4, abs=1)
+    assert mixed.communication_buffers == pytest.approx(QLORA_DEQUANT_COPIES * 4096 * 14336 * 2, abs=1)
+
+
 def test_qlora_without_double_quantisation_holds_an_fp32_constant_per_64_weights() -> None:
     model = {
         "parameters": "8.03B",

@@ -63,9 +63,9 @@ NF4_BYTES = 0.5 + 0.127 / 8
 # table shows the difference: Llama 2 7B QLoRA 14.14 GB with bnb.nf4, 13.84 GB with bnb.nf4-dq, the
 # 0.047 B/param over its 6.5B quantised weights (tutorials/resource-tables.md).
 NF4_BYTES_WITHOUT_DOUBLE_QUANTIZATION = 0.5 + 4 / 64
-# Transient 16-bit copies while a QLoRA linear runs. torchao's LinearNF4 (what torchtune uses) saves only
-# the nf4 weight and dequantises it again in each forward and backward call, so one block matrix is
-# dequantised at a time; the second copy covers the unpacking intermediates of the dequantisation
+# Transient copies in the compute dtype (16-bit; fp32 under fp32) while a QLoRA linear runs. torchao's
+# LinearNF4 (what torchtune uses) saves only the nf4 weight and dequantises it again in each forward and
+# backward call, so one block matrix is dequantised at a time; the second copy covers the unpacking intermediates of the dequantisation
 # (NF4Tensor.get_original_weight). Embeddings are never quantised, so never dequantised; the head only
 # under finetuning.quantizedHead, when it is the largest matrix dequantised: Lightning's
 # BitsandbytesPrecision quantises from fp16 (`weight.contiguous().to(device=device, dtype=torch.half)`,
@@ -618,11 +618,12 @@ def _frozen_base_bytes(spec: TrainingJobSpec, share: _StageShare) -> float:
     finetuning = spec.model.finetuning
     if finetuning.method == "qlora":
         # The embeddings and head are not quantised (unless quantizedHead: an untied head is); the QLoRA
-        # recipe under autocast (PEFT prepare_model_for_kbit_training) upcasts them to fp32, bf16-true
-        # keeps them in 16 bits.
+        # recipe under autocast (PEFT prepare_model_for_kbit_training) upcasts them to fp32, fp32 loads
+        # them in fp32 (bitsandbytes leaves what it does not quantise in the load dtype), bf16-true keeps
+        # them in 16 bits.
         quantized_head = share.head if finetuning.quantized_head else 0
         frozen_embeddings = (share.embeddings - quantized_head) / spec.training.tensor_parallel
-        embedding_bytes = FP32_BYTES if spec.model.precision in MIXED_PRECISIONS else HALF_BYTES
+        embedding_bytes = HALF_BYTES if spec.model.precision == "bf16-true" else FP32_BYTES
         return (frozen - frozen_embeddings) * nf4_bytes(finetuning.double_quantization) + (
             frozen_embeddings * embedding_bytes
         )
@@ -776,8 +777,11 @@ def _communication_buffers(
         # DDP copies gradients into its flat buckets unless gradient_as_bucket_view=True (PyTorch DDP docs).
         communication = on_device.trainable * sharding.per_parameter.gradients
     if spec.model.finetuning.method == "qlora":
+        # Dequantised in the compute dtype: 16 bits, or fp32 under fp32 (bitsandbytes' MatMul4Bit casts the
+        # dequantised weight to its input's dtype).
         dequantized = _dequantized_matrix(spec, shape, share)
-        communication += QLORA_DEQUANT_COPIES * dequantized / tensor_parallel * HALF_BYTES
+        element = activation_element_bytes(spec.model.precision)
+        communication += QLORA_DEQUANT_COPIES * dequantized / tensor_parallel * element
     return communication
 
 
