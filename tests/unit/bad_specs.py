@@ -97,6 +97,7 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("parameters-above-max", _model(parameters=10**16), "spec.model.parameters", API),
     BadSpec("parameters-above-max-string", _model(parameters="2000T"), "spec.model.parameters", OPERATOR),
     BadSpec("trainable-below-one", _model(finetuning={"method": "lora", "trainableParameters": "0.1"}), "spec.model.finetuning.trainableParameters", OPERATOR),
+    BadSpec("trainable-above-parameters", _model(finetuning={"method": "lora", "trainableParameters": "100B"}), "spec.model.finetuning.trainableParameters", OPERATOR),
     BadSpec("lora-rank-zero", _model(finetuning={"method": "lora", "loraRank": 0}), "spec.model.finetuning.loraRank", API),
     BadSpec("double-quantization-off-without-qlora", _model(finetuning={"method": "lora", "doubleQuantization": False}), "spec.model.finetuning.doubleQuantization", OPERATOR),
     BadSpec("double-quantization-string", _model(finetuning={"method": "qlora", "doubleQuantization": "no"}), "spec.model.finetuning.doubleQuantization", API),

@@ -598,6 +598,40 @@ def test_a_bad_gradient_accumulation_names_the_field(value: Any) -> None:
     assert [e.path for e in error.value.errors] == ["spec.training.gradientAccumulation"]
 
 
+@pytest.mark.parametrize(
+    "parameters, warned", [("8.03B", False), ("9.5B", False), ("10B", True), ("70.6B", True), ("4B", True)]
+)
+def test_a_parameter_count_the_architecture_contradicts_is_warned_about(
+    parameters: str, warned: bool
+) -> None:
+    # Llama-3-8B's architecture counts 8.03B parameters; 70.6B is the 70B model's count, with ~5x its
+    # activations: the estimate mixes the two models, so status.sizing.warnings says so beyond 20% of the
+    # nearest count the architecture can have (down to 5.62B with a plain MLP and a tied head).
+    result = estimate(job({"parameters": parameters, "architecture": LLAMA3_8B}), H100, Layout(8, 1))
+    mismatch = [warning for warning in result.warnings if "model.architecture describes" in warning]
+    assert bool(mismatch) == warned, result.warnings
+    if warned:
+        own = "5.63B" if parameters == "4B" else "8.03B"
+        assert f"from the {own} parameters model.architecture describes" in mismatch[0], mismatch
+
+
+def test_adapters_larger_than_the_model_are_refused_naming_trainable_parameters() -> None:
+    lora = {"method": "lora", "trainableParameters": "100B"}
+    for model in (
+        {"parameters": "1B", "finetuning": lora},
+        {"memory": "20Gi", "architecture": LLAMA3_8B, "finetuning": lora},
+        {"memory": "20Gi", "finetuning": lora},
+    ):
+        with pytest.raises(InvalidSpec) as error:
+            estimate(job(model), H100, Layout(1, 1))
+        assert error.value.errors[0].path == "spec.model.finetuning.trainableParameters", model
+        assert "100B" in error.value.errors[0].message
+    # As many adapter parameters as the model has are odd but possible (a rank near the width).
+    estimate(
+        job({"parameters": "1B", "finetuning": {**lora, "trainableParameters": "1B"}}), H100, Layout(1, 1)
+    )
+
+
 def test_layout_that_parallelism_does_not_divide_names_the_field() -> None:
     with pytest.raises(InvalidSpec) as error:
         estimate(job(tensorParallel=4), H100, Layout(6, 1))

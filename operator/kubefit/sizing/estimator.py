@@ -103,6 +103,11 @@ DEFAULT_RUNTIME_RESERVE = 3 * GIB // 4
 # Caching-allocator slack on transient (activation, logits, buffer) memory: reserved minus allocated.
 FRAGMENTATION_FRACTION = 0.10
 
+# model.parameters further than this from the architecture's own count is warned about. The count forms
+# (gated or plain MLP, tied or untied head, no biases) come within 2% of every calibration row's stated
+# count; a model of another size in the same family is 2x or more away.
+COUNT_CONTRADICTION = 0.20
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -353,6 +358,8 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
         )
     if model.architecture is not None:
         shape = shape_from_architecture(model.architecture, parameters)
+        if model.parameter_count is not None:
+            warnings.extend(_count_contradiction(shape, parameters))
     else:
         shape = assumed_shape(parameters)
         warnings.append(
@@ -360,6 +367,42 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
             f"({describe(shape)}) for the parameter count; give model.architecture for a sharper estimate"
         )
     return _Model(shape, parameters, declared, tuple(warnings))
+
+
+def _count_contradiction(shape: ModelShape, parameters: int) -> list[str]:
+    """A warning when model.parameters and the architecture's own count (of the MLP and head form nearest
+    it) describe different models: the training state then follows the one, activations and logits the
+    other."""
+    own = shape.total_parameters()
+    if abs(parameters - own) <= COUNT_CONTRADICTION * own:
+        return []
+    return [
+        f"model.parameters ({parameters / 1e9:.2f}B) differs by {parameters / own - 1:+.0%} from the "
+        f"{own / 1e9:.2f}B parameters model.architecture describes: the training state follows the "
+        "parameter count, activations and logits the architecture; give both for the same model"
+    ]
+
+
+def _check_adapters(spec: TrainingJobSpec, resolved: _Model) -> None:
+    """Adapters with more trainable parameters than the whole model are a slip (a count for another model
+    or a wrong suffix): refused, naming the field."""
+    declared = spec.model.finetuning.trainable_parameters
+    if spec.model.finetuning.method == "full" or declared is None:
+        return
+    trainable = parse_count(declared)
+    if trainable <= resolved.parameters:
+        return
+    if spec.model.parameter_count is not None:
+        source = "model.parameters"
+    elif spec.model.architecture is not None:
+        source = "the count of model.architecture"
+    else:
+        source = "what model.memory leaves for the model beside these adapters' state"
+    raise _invalid(
+        "spec.model.finetuning.trainableParameters",
+        f"{declared} trainable parameters exceed the model's {resolved.parameters / 1e9:.3g}B ({source}); "
+        "adapters cannot train more parameters than the model has",
+    )
 
 
 def _full_state_bytes(spec: TrainingJobSpec) -> float:
@@ -438,6 +481,7 @@ def estimate(spec: TrainingJobSpec, device: Accelerator, layout: Layout) -> Esti
     """Peak memory of the most-loaded device when `spec` trains on `layout` devices of kind `device`."""
     sharding = _sharding(spec, data_parallel_degree(spec, layout))
     resolved = _resolve_model(spec)
+    _check_adapters(spec, resolved)
     if spec.training.pipeline_parallel > resolved.shape.layers:
         raise _invalid(
             "spec.training.pipelineParallel",
