@@ -44,7 +44,9 @@ def test_restart_mid_way_ends_with_exactly_the_right_pods(
         "resilient", namespace, pool=pool, resources=resources, workers=workers, elastic=elastic
     )
     kube.apply(manifest)
-    wait_for("a first worker", lambda: kube.workers(namespace, "resilient"))
+    # All 3 first workers exist before the kill: worker-0 is deleted and worker-2 orphaned below.
+    first = [f"resilient-worker-{index}" for index in range(3)]
+    wait_for("the first 3 workers", lambda: sorted(uids(kube, namespace, "resilient")) == first)
     operator.kill()
 
     # The world moves on while the operator is down.
@@ -53,9 +55,8 @@ def test_restart_mid_way_ends_with_exactly_the_right_pods(
         "delete", "pod", "resilient-worker-0", "-n", namespace, "--grace-period=0", "--force", check=False
     )
     orphan = "resilient-worker-2"
-    if orphan in before:
-        patch = json.dumps({"metadata": {"ownerReferences": None}})
-        kube.run("patch", "pod", orphan, "-n", namespace, "--type=merge", "-p", patch)
+    patch = json.dumps({"metadata": {"ownerReferences": None}})
+    kube.run("patch", "pod", orphan, "-n", namespace, "--type=merge", "-p", patch)
     kube.run("scale", "tj", "resilient", "-n", namespace, "--replicas=4")
 
     operator.start()
@@ -64,9 +65,8 @@ def test_restart_mid_way_ends_with_exactly_the_right_pods(
         "exactly 4 running workers", lambda: running_names(kube.workers(namespace, "resilient")) == expected
     )
     settled = uids(kube, namespace, "resilient")
-    if orphan in before:
-        assert settled[orphan] == before[orphan], "the orphan was replaced instead of adopted"
-    assert settled["resilient-worker-0"] != before.get("resilient-worker-0"), "worker 0 was not recreated"
+    assert settled[orphan] == before[orphan], "the orphan was replaced instead of adopted"
+    assert settled["resilient-worker-0"] != before["resilient-worker-0"], "worker 0 was not recreated"
     for pod in kube.workers(namespace, "resilient"):
         (owner,) = pod["metadata"]["ownerReferences"]
         assert (owner["name"], owner["controller"]) == ("resilient", True)
