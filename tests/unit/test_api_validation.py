@@ -391,6 +391,7 @@ def test_an_fsdp_wrap_without_fsdp_is_refused_naming_the_field(sharding: str) ->
     assert parsed.training.fsdp_wrap == "blocks-and-embeddings"
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=1, max_value=10**15))
 def test_parsed_spec_round_trips_through_the_wire_format(parameters: int) -> None:
     # What the operator writes back (by_alias, camelCase) must parse to the same spec.
@@ -483,7 +484,7 @@ def test_strings_outside_the_quantity_grammar_are_refused(written: str) -> None:
         parse_spec(_spec(resources={"memory": written}))
 
 
-@settings(max_examples=300, derandomize=True, database=None)
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
 @given(st.text(alphabet="0123456789.eE+-KMGTPEikmnu ", max_size=8))
 def test_the_crd_pattern_and_the_operator_accept_the_same_quantity_strings(text: str) -> None:
     # The API server checks QUANTITY_PATTERN with Go's regexp, which anchors like fullmatch does.
