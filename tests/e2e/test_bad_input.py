@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
-from operator_support import Kube, OperatorProcess, job_manifest, running_names, wait_for
+from operator_support import Kube, OperatorProcess, PrivatePool, job_manifest, running_names, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the table is shared with unit tests
 from bad_specs import BAD_SPECS, bad_spec_strategy  # noqa: E402
@@ -71,9 +71,9 @@ def _verdicts(kube: Kube, namespace: str, names: set[str]) -> dict[str, dict[str
 
 
 @pytest.fixture
-def good_job(kube: Kube, namespace: str) -> str:
-    """A job that runs before the bad ones arrive; returns its worker's uid."""
-    manifest = job_manifest("good", namespace, workers={"replicas": 1})
+def good_job(kube: Kube, namespace: str, pool: PrivatePool) -> str:
+    """A job that runs (on this test's own nodes) before the bad ones arrive; returns its worker's uid."""
+    manifest = job_manifest("good", namespace, pool=pool, workers={"replicas": 1})
     kube.apply(manifest)
     wait_for(
         "the good job's worker running",
@@ -175,6 +175,7 @@ def _generated(count: int) -> list[tuple[dict[str, Any], str]]:
         derandomize=True,
         database=None,
         phases=[Phase.generate],
+        deadline=None,
         suppress_health_check=list(HealthCheck),
     )
     @given(bad_spec_strategy())
