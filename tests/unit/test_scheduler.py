@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -103,11 +103,13 @@ class FakeCluster:
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[JobKey, str]] = []
+        self.threads: set[str] = set()  # the names of the threads the reconciles ran on
         self.lock = threading.Lock()
 
     def __call__(self, key: JobKey, trigger: str, view: ClusterView) -> None:
         with self.lock:
             self.calls.append((key, trigger))
+            self.threads.add(threading.current_thread().name)
 
     def keys(self) -> list[JobKey]:
         with self.lock:
@@ -362,7 +364,39 @@ def test_cluster_accelerators_count_ready_nodes_and_what_bound_pods_hold_there()
     assert scheduler.cluster_accelerators()["nvidia-h100-80gb"] == AcceleratorCount(16, 11)
 
 
-def test_a_burst_of_triggers_is_one_pass_and_reconciles_run_on_worker_threads() -> None:
+@dataclass
+class HeldTimer:
+    """A threading.Timer the scheduler started, held until the test fires it: the debounce ends when the
+    test says, however slowly a loaded box runs the burst."""
+
+    interval: float
+    function: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    daemon: bool = False
+    started: bool = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def fire(self) -> None:
+        self.function(*self.args)
+
+
+def hold_timers(monkeypatch: pytest.MonkeyPatch) -> list[HeldTimer]:
+    timers: list[HeldTimer] = []
+
+    def held(interval: float, function: Callable[..., Any], args: tuple[Any, ...] = ()) -> HeldTimer:
+        timers.append(HeldTimer(interval, function, tuple(args)))
+        return timers[-1]
+
+    monkeypatch.setattr(scheduler_module.threading, "Timer", held)
+    return timers
+
+
+def test_a_burst_of_triggers_is_one_pass_and_reconciles_run_on_worker_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    timers = hold_timers(monkeypatch)
     cluster = FakeCluster(nodes=[node("n1"), node("n2")])
     calls: list[int] = []
 
@@ -373,7 +407,6 @@ def test_a_burst_of_triggers_is_one_pass_and_reconciles_run_on_worker_threads() 
     scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=0.05), planner=counting)
     recorder = Recorder()
     scheduler.reconcile_with(recorder)
-    started = time.monotonic()
     for index in range(20):
         scheduler.offer(
             ("ns", f"j{index}"),
@@ -381,12 +414,17 @@ def test_a_burst_of_triggers_is_one_pass_and_reconciles_run_on_worker_threads() 
             ANYWHERE,
             cluster.view(),
         )
-    deadline = time.monotonic() + 5
+    # Twenty offers within the debounce ask for one pass, after the debounce (not the pass gap).
+    assert [(timer.interval, timer.started) for timer in timers] == [(0.05, True)]
+    assert calls == []
+    timers[0].fire()  # the debounce ends
+    deadline = time.monotonic() + 20
     while len(recorder.keys()) < 20 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(calls) == 1  # twenty offers, one pass
     assert len(recorder.keys()) == 20  # four admitted, sixteen told why they wait
-    assert time.monotonic() - started < 2.0
+    assert recorder.threads and threading.current_thread().name not in recorder.threads
+    assert len(timers) == 1  # the pass asked for no other
     assert sum(1 for grant in scheduler.snapshot().values() if grant.workers) == 4
 
 
@@ -434,9 +472,11 @@ def test_a_slow_pass_spaces_out_the_next_one() -> None:
     cluster = FakeCluster(nodes=[node("n1"), node("n2")])
     passes: list[float] = []
 
+    slow_pass = 0.3  # a pass over many jobs; the spacing after it (0.6 s) leaves a loaded box 0.4 s to look
+
     def slow(*args: Any) -> AdmissionPlan:
         passes.append(time.monotonic())
-        time.sleep(0.1)  # a pass over many jobs
+        time.sleep(slow_pass)
         return plan_admissions(*args)
 
     settings = SchedulerSettings(debounce=0.01, pass_gap=0.0)
@@ -444,21 +484,31 @@ def test_a_slow_pass_spaces_out_the_next_one() -> None:
     scheduler.reconcile_with(Recorder())
     assert scheduler.pass_delay() == 0.01
     scheduler.offer(("ns", "a"), demand("a", min_workers=1), ANYWHERE, cluster.view())
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while scheduler._last_pass_seconds == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert scheduler.pass_delay() > PASS_SPACING * 0.1 - 0.05  # the debounce of 10 ms gives way
+    assert scheduler.pass_delay() > PASS_SPACING * slow_pass / 3  # the debounce of 10 ms gives way
     scheduler.request("timer", cluster.view())
     while scheduler.passes < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(passes) == 2 and passes[1] - passes[0] >= 0.1 + PASS_SPACING * 0.1
-    time.sleep(0.1 + PASS_SPACING * 0.1)
+    assert len(passes) == 2 and passes[1] - passes[0] >= slow_pass + PASS_SPACING * slow_pass
+    time.sleep(slow_pass + PASS_SPACING * slow_pass)
     assert scheduler.pass_delay() == 0.01  # long after the last pass: only the debounce
 
 
-def test_passes_asked_for_back_to_back_keep_the_gap_and_a_lone_one_waits_only_the_debounce() -> None:
+def test_passes_asked_for_back_to_back_keep_the_gap_and_a_lone_one_waits_only_the_debounce(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cluster = FakeCluster(nodes=[node("n1"), node("n2")])
     passes: list[float] = []
+    delays: list[float] = []  # what each pass was asked to wait (real timers, only recorded)
+    timer = threading.Timer
+
+    def recorded(interval: float, function: Callable[..., Any], args: Any = ()) -> threading.Timer:
+        delays.append(interval)
+        return timer(interval, function, args=args)
+
+    monkeypatch.setattr(scheduler_module.threading, "Timer", recorded)
 
     def fast(*args: Any) -> AdmissionPlan:
         passes.append(time.monotonic())
@@ -467,12 +517,11 @@ def test_passes_asked_for_back_to_back_keep_the_gap_and_a_lone_one_waits_only_th
     settings = SchedulerSettings(debounce=0.01, pass_gap=0.3)
     scheduler = Scheduler(CATALOG, OperatorMetrics(), settings, planner=fast)
     scheduler.reconcile_with(Recorder())
-    requested = time.monotonic()
     scheduler.offer(("ns", "a"), demand("a", min_workers=1), ANYWHERE, cluster.view())
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while scheduler.passes < 1 and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert passes[0] - requested < 0.25  # the first: the debounce only
+    assert delays == [0.01]  # the first: the debounce only, not the 0.3 s gap
     scheduler.request("job", cluster.view())  # a storm: the next pass keeps the gap
     while scheduler.passes < 2 and time.monotonic() < deadline:
         time.sleep(0.005)
