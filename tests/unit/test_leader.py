@@ -137,45 +137,76 @@ def test_of_two_replicas_racing_for_an_expired_lease_exactly_one_wins() -> None:
     assert leases.holder == "b"
 
 
-def test_a_leader_that_cannot_renew_for_the_renew_deadline_stops_before_the_lease_expires() -> None:
-    timings = LeaseTimings(lease_seconds=1, renew_deadline=0.3, retry_period=0.02)
-    leases = FakeLeases()
-    a = LeaderElector(leases, LEASE, "a", timings)  # type: ignore[arg-type]
+def _renewed_at(leases: FakeLeases, clock: Clock, moment: float) -> None:
+    """Moves the clock to `moment` and waits until a renewal that began there was written: the leader's
+    last renewal is then `moment`, whatever a loaded box did to its threads' timing."""
+    clock.now = moment
+    version = leases.version
+    deadline = time.monotonic() + 20
+    # The 2nd write's attempt began after the move; the 3rd's began once the 2nd had been recorded.
+    while leases.version < version + 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert leases.version >= version + 3, "the leader stopped renewing"
+
+
+def _leading(leases: FakeLeases, timings: LeaseTimings) -> tuple[LeaderElector, Clock, threading.Event]:
+    """A leader renewing every 20 ms (real time) on a clock the test moves; an Event set when it gives up.
+
+    It renews fine while the clock moves 1 s, over three renew deadlines, in 0.1 s steps."""
+    clock = Clock()
+    a = LeaderElector(leases, LEASE, "a", timings, clock=clock)  # type: ignore[arg-type]
     assert a.try_acquire_or_renew()
     lost = threading.Event()
     a.keep_leading(lost.set)
-    assert not lost.wait(0.5)  # renewing fine
-    leases.unreachable = True  # an unreachable API server is a failed attempt, not a crash
-    started = time.monotonic()
-    assert lost.wait(5)
-    # Gave up after the deadline and before the lease (1 s) could have expired for anyone else.
-    assert timings.renew_deadline - 0.05 <= time.monotonic() - started < timings.lease_seconds
+    for step in range(1, 11):
+        _renewed_at(leases, clock, 1000.0 + step / 10)
+        assert not lost.is_set()
+    return a, clock, lost
+
+
+def test_a_leader_that_cannot_renew_for_the_renew_deadline_stops_before_the_lease_expires() -> None:
+    timings = LeaseTimings(lease_seconds=1, renew_deadline=0.3, retry_period=0.02)
+    leases = FakeLeases()
+    a, clock, lost = _leading(leases, timings)
+    renewed = clock.now
+    try:
+        leases.unreachable = True  # an unreachable API server is a failed attempt, not a crash
+        clock.now = renewed + 0.25
+        assert not lost.wait(0.3)  # failed attempts, within the renew deadline: still leading
+        clock.now = renewed + 0.35
+        # Gave up after the deadline and before the lease (1 s) could have expired for anyone else.
+        assert lost.wait(10)
+        assert clock.now - renewed < timings.lease_seconds
+    finally:
+        a.release()
 
 
 def test_a_leader_whose_renewal_hangs_stops_by_the_renew_deadline_not_when_the_request_returns() -> None:
     timings = LeaseTimings(lease_seconds=1, renew_deadline=0.3, retry_period=0.02)
     leases = FakeLeases()
-    a = LeaderElector(leases, LEASE, "a", timings)  # type: ignore[arg-type]
-    assert a.try_acquire_or_renew()
-    hang = threading.Event()
+    a, clock, lost = _leading(leases, timings)
+    renewed = clock.now
+    hang, hanging = threading.Event(), threading.Event()
     reads = leases.read
 
     def slow_read(namespace: str, name: str) -> dict[str, Any] | None:
-        hang.wait(5)  # an API server that accepted the connection and never answers (up to the timeout)
+        hanging.set()
+        hang.wait(60)  # an API server that accepted the connection and never answers (up to the timeout)
         return reads(namespace, name)
 
-    lost = threading.Event()
-    a.keep_leading(lost.set)
-    assert not lost.wait(0.2)
     leases.read = slow_read  # type: ignore[method-assign]
-    started = time.monotonic()
     try:
-        assert lost.wait(3)
-        # Stopped by the deadline (0.3 s from the last renewal), long before the hung request returned,
-        # and before the lease (1 s) could have expired for a standby.
-        assert time.monotonic() - started < timings.lease_seconds
+        assert hanging.wait(10)  # a renewal is in its request, which does not return
+        clock.now = renewed + 0.25
+        assert not lost.wait(0.3)
+        clock.now = renewed + 0.35
+        # Stopped by the deadline (0.3 s from the last renewal) while the request still hangs, and before
+        # the lease (1 s) could have expired for a standby.
+        assert lost.wait(10)
+        assert clock.now - renewed < timings.lease_seconds
     finally:
         hang.set()
+        a.release()
 
 
 def test_a_leader_whose_lease_another_replica_took_stops_at_once() -> None:
@@ -187,7 +218,7 @@ def test_a_leader_whose_lease_another_replica_took_stops_at_once() -> None:
     a.keep_leading(lost.set)
     assert leases.stored is not None
     leases.stored["spec"]["holderIdentity"] = "b"  # e.g. this process was frozen for longer than the lease
-    assert lost.wait(2)  # long before the renew deadline
+    assert lost.wait(10)  # at its next attempt, long before the 20 s renew deadline
     a.release()
     assert leases.holder == "b"
 
