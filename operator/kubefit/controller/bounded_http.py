@@ -75,10 +75,11 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Past the cap, accepting waits for a slot (the kernel queues new connections meanwhile); one frees
-        # within the deadline at the latest, since every served request is cut there.
-        if not self._slots.acquire(timeout=self.request_deadline_seconds + 1):
+        # within the deadline at the latest, since every served request is cut there. Giving up only after
+        # twice that leaves a stalled machine time to finish the cut.
+        if not self._slots.acquire(timeout=2 * self.request_deadline_seconds):
             self._log.warning("%s: %d connections open for %.0f s, closing one from %s", self.name,
-                              self.max_connections, self.request_deadline_seconds, client_address)  # fmt: skip
+                              self.max_connections, 2 * self.request_deadline_seconds, client_address)  # fmt: skip
             self.shutdown_request(request)
             return
         try:
