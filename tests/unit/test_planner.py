@@ -16,10 +16,10 @@ from kubefit.sizing.catalog import Accelerator, load_catalog
 from kubefit.sizing.estimator import Layout, estimate
 from kubefit.sizing.planner import (
     NodeInventory,
-    evaluated_workers,
     find_remedies,
     parallel_group,
     plan,
+    plan_job,
     pool_inventory,
     unsupported,
     usable_bytes,
@@ -113,7 +113,7 @@ def test_zero3_min_workers_is_the_fewest_that_fit() -> None:
     assert not fits(spec, device, 8, sizing.min_workers - 1)
 
 
-def test_fixed_layout_with_replicas_is_evaluated_there_even_when_it_does_not_fit() -> None:
+def test_fixed_layout_with_too_few_replicas_is_evaluated_at_the_floor_memory_raises() -> None:
     spec = make_spec(
         model=LLAMA2_70B,
         training={"sharding": "zero3", "activationCheckpointing": "full"},
@@ -121,14 +121,32 @@ def test_fixed_layout_with_replicas_is_evaluated_there_even_when_it_does_not_fit
         workers={"replicas": 1, "maxReplicas": 16},
     )
     device = CATALOG.get("nvidia-a100-40gb")
-    sizing = plan(spec)
+    planned = plan_job(spec)
+    sizing = planned.sizing
     assert sizing.accelerator == "nvidia-a100-40gb" and sizing.accelerators_per_worker == 8
-    assert sizing.fits is False
-    assert sizing.per_device_bytes == estimate(spec, device, Layout(8, 1)).total
-    assert evaluated_workers(spec, sizing) == 1
+    # The operator raises the floor to what memory requires (69B x 16 B of state does not fit 8 x 40 GB),
+    # so that is the layout sized.
+    assert sizing.min_workers > 1 and planned.evaluated_workers == sizing.min_workers
+    assert sizing.fits and fits(spec, device, 8, sizing.min_workers)
+    assert sizing.per_device_bytes == estimate(spec, device, Layout(8, sizing.min_workers)).total
+
+
+def test_fixed_layout_with_more_replicas_than_fit_is_evaluated_there() -> None:
+    # Plain data parallel: one device holds the job, two add DDP's gradient buckets and do not.
+    spec = make_spec(
+        model={"parameters": "3.5B"},
+        training={"sequenceLength": 1024},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
+        workers={"replicas": 2},
+    )
+    device = CATALOG.get("nvidia-h100-80gb")
+    planned = plan_job(spec)
+    sizing = planned.sizing
+    assert planned.evaluated_workers == 2 and sizing.fits is False
+    assert sizing.per_device_bytes == estimate(spec, device, Layout(1, 2)).total
     # minWorkers still reports what memory requires, and the warning says so.
-    assert sizing.min_workers > 1 and fits(spec, device, 8, sizing.min_workers)
-    assert any(f"{sizing.min_workers} workers" in warning for warning in sizing.warnings)
+    assert sizing.min_workers == 1 and fits(spec, device, 1, 1)
+    assert any("Would fit: 1 workers" in warning for warning in sizing.warnings)
 
 
 def test_fixed_layout_replicas_are_kept_within_the_elastic_bounds() -> None:
@@ -138,9 +156,11 @@ def test_fixed_layout_replicas_are_kept_within_the_elastic_bounds() -> None:
         resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
         workers={"replicas": 9, "minReplicas": 1, "maxReplicas": 4},
     )
-    sizing = plan(spec)
-    assert evaluated_workers(spec, sizing) == 4
-    assert sizing.per_device_bytes == estimate(spec, CATALOG.get("nvidia-h100-80gb"), Layout(8, 4)).total
+    planned = plan_job(spec)
+    assert planned.evaluated_workers == 4
+    assert (
+        planned.sizing.per_device_bytes == estimate(spec, CATALOG.get("nvidia-h100-80gb"), Layout(8, 4)).total
+    )
 
 
 def test_fixed_accelerator_chooses_only_its_per_node_counts() -> None:

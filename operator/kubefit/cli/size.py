@@ -51,9 +51,9 @@ what is assumed:
   - minWorkers is the fewest workers that hold the job (sharding over more devices shrinks per-device
     memory; tensorParallel x pipelineParallel devices are the least a replica needs). It is the
     elastic floor together with workers.minReplicas.
-  - With accelerator and acceleratorsPerWorker both fixed and workers.replicas given, that layout is
-    evaluated at the worker count the operator runs: replicas kept within [max(minReplicas,
-    minWorkers), maxReplicas]; fits may be false.
+  - Every layout is judged at the worker count the operator runs: replicas kept within
+    [max(minReplicas, minWorkers), maxReplicas]; an elastic job at the largest estimate between that
+    floor and that count. With accelerator and acceleratorsPerWorker both fixed, fits may be false.
   - training.loss standard (the default) counts the whole fp32 logits of a plain cross-entropy, the
     safe figure; declare chunked only when the training code uses a chunked or fused loss.
   - Suggestions and "would fit" remedies draw from: ZeRO stages, selective/full recompute,

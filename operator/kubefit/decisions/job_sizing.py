@@ -5,8 +5,8 @@ The operator (decisions.job.decide) and `kubefit size` (cli/size.py, with or wit
 and inventory. The steps, in order:
 
 1. plan the spec against the catalog and the nodes a worker pod may land on (sizing.planner.plan);
-2. keep the worker count within [floor, ceiling] (decisions.workers.worker_bounds) and, when that clamp
-   changes spec.workers.replicas, plan again at the clamped count (the layout that actually runs);
+2. keep the worker count within [floor, ceiling] (decisions.workers.worker_bounds: the counts the
+   planner judged the layout at, so the sizing is that of the layout that actually runs);
 3. say why the chosen accelerator has no node, when the pod's own placement rules every one out;
 4. add the over-provisioning sentence of a fixed layout far bigger than the job needs;
 5. estimate the offloaded state each worker holds in host memory, for the pod's memory request.
@@ -24,7 +24,7 @@ from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.workers import WorkerBounds, worker_bounds
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.estimator import Layout, estimate
-from kubefit.sizing.planner import NodeInventory, Pools, evaluated_workers, plan
+from kubefit.sizing.planner import NodeInventory, Pools, plan_job
 from kubefit.sizing.suggest import overprovisioned
 
 # Over-provisioning sentences remembered, by (catalog, spec, sizing). Working one out plans the job on every
@@ -51,14 +51,9 @@ class JobSizing:
 def size_job(spec: TrainingJobSpec, catalog: Catalog, inventory: Inventory | None = None) -> JobSizing:
     """Sizes `spec` against `catalog` and, when given, the cluster's `inventory` (None: the whole catalog,
     as if every accelerator were there and free). Raises InvalidSpec naming the field at fault."""
-    planned = _planned_pools(inventory)
-    sizing = plan(spec, catalog=catalog, pools=planned)
+    planned = plan_job(spec, catalog=catalog, pools=_planned_pools(inventory))
+    sizing = planned.sizing
     bounds = worker_bounds(spec, sizing)
-    planned_spec = spec
-    if bounds.feasible and bounds.desired != spec.workers.replicas:
-        workers = spec.workers.model_copy(update={"replicas": bounds.desired})
-        planned_spec = spec.model_copy(update={"workers": workers})
-        sizing = plan(planned_spec, catalog=catalog, pools=planned)
     if inventory is not None:
         warning = placement_warning(sizing.accelerator, inventory.placeable, inventory.excluded)
         if warning is not None:
@@ -69,7 +64,7 @@ def size_job(spec: TrainingJobSpec, catalog: Catalog, inventory: Inventory | Non
     return JobSizing(
         sizing,
         bounds,
-        evaluated_workers(planned_spec, sizing),
+        planned.evaluated_workers,
         _host_bytes_per_worker(spec, sizing, bounds, catalog),
         advice,
     )

@@ -3,7 +3,9 @@
 Effective worker count: spec.workers.replicas clamped to [floor, ceiling] where
     floor   = max(minReplicas (default: replicas), sizing.minWorkers)
     ceiling = maxReplicas (default: replicas)
-A floor above the ceiling means the allowed workers cannot hold the job: nothing runs.
+Both in whole tensorParallel x pipelineParallel groups (the floor rounded up, the desired count down).
+A floor above the ceiling means the allowed workers cannot hold the job: nothing runs. These are the
+counts the planner judged the layout at (sizing.planner.worker_counts), so what runs is what was sized.
 """
 
 from __future__ import annotations
@@ -13,24 +15,15 @@ from dataclasses import dataclass
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.decisions.observed import POD_FAILED, WorkerPod
+from kubefit.sizing.planner import WorkerCounts, worker_counts
 
-
-@dataclass(frozen=True)
-class WorkerBounds:
-    floor: int
-    ceiling: int
-    desired: int  # the effective worker count; meaningless when not feasible
-
-    @property
-    def feasible(self) -> bool:
-        return self.floor <= self.ceiling
+# floor, ceiling and desired (the effective worker count; meaningless when not feasible)
+WorkerBounds = WorkerCounts
 
 
 def worker_bounds(spec: TrainingJobSpec, sizing: SizingStatus) -> WorkerBounds:
-    workers = spec.workers
-    floor = max(workers.floor, sizing.min_workers)
-    ceiling = workers.ceiling
-    return WorkerBounds(floor=floor, ceiling=ceiling, desired=min(max(workers.replicas, floor), ceiling))
+    """The counts the planner judged `sizing` at (sizing.planner.worker_counts)."""
+    return worker_counts(spec, sizing.min_workers, sizing.accelerators_per_worker)
 
 
 @dataclass(frozen=True)

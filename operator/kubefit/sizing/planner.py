@@ -12,13 +12,20 @@ returns the `status.sizing` object. Rules, in order:
   The smallest layout is tried first: going from one device to several adds communication buffers.
   Beyond that, per-device memory never grows with more devices (ZeRO/FSDP shard over them, plain data
   parallel replicates), so the search is exponential then binary. Devices come in whole TP x PP groups.
+* Each candidate is judged at the worker counts the operator runs it with (`worker_counts`): replicas
+  kept within [floor, maxReplicas], the floor being max(minReplicas, the fewest workers that fit). A
+  non-elastic job runs exactly that count; an elastic one anything from the floor up to it, so it is
+  estimated at the floor, at the count and, when the floor is a single device, at two workers (where
+  data-parallel buffers appear), and the largest estimate is the one reported. A candidate fits when
+  that estimate fits; `minWorkers` reports the fewest workers that fit.
 * The cheapest fitting candidate wins: within workers.maxReplicas (and the cluster's capacity) first,
-  then fewest devices, then (with an inventory) placeable on free devices now, then the smallest device
-  memory, then fewest workers (more devices per node keeps traffic on the node's fast links), then
-  catalog order.
-* With both accelerator and acceleratorsPerWorker fixed and workers.replicas given, the layout is
-  evaluated at the effective worker count (replicas within [minReplicas, maxReplicas]); `fits` may be
-  false and `minWorkers` still reports what memory requires.
+  then fewest devices at the count it runs, then (with an inventory) placeable on free devices now,
+  then the smallest device memory, then fewest workers (more devices per node keeps traffic on the
+  node's fast links), then catalog order.
+* With both accelerator and acceleratorsPerWorker fixed the one candidate is evaluated the same way;
+  `fits` may be false (a replica count too large for plain data parallel, say).
+* When memory needs more workers than maxReplicas allows, the fewest-workers layout is reported with a
+  warning; the operator starts no worker (TooFewWorkers).
 * When nothing fits, the status carries the best-effort layout, `fits: false` and a warning naming
   the changes that would fit, each found by planning again with the change applied.
 """
@@ -36,7 +43,7 @@ from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
-from kubefit.sizing.estimator import Estimate, Layout, estimate
+from kubefit.sizing.estimator import Estimate, Layout, data_parallel_degree, estimate
 from kubefit.sizing.remedies import REMEDIES, Change, Remedy, always, applicable, describe, replace_field
 
 # Largest layout the search considers. Far above any single job's memory needs: at 4,096 devices ZeRO-3
@@ -322,26 +329,70 @@ def _per_worker_counts(
     return [count for count in counts if count <= pool.largest_node] or counts
 
 
-def effective_workers(spec: TrainingJobSpec) -> int:
-    """workers.replicas kept within [minReplicas, maxReplicas]."""
-    workers = spec.workers
-    return min(max(workers.replicas, workers.floor), workers.ceiling)
-
-
-def _replicas_given(spec: TrainingJobSpec) -> bool:
-    return "replicas" in spec.workers.model_fields_set
-
-
 def is_fixed_layout(spec: TrainingJobSpec) -> bool:
     """Both the accelerator and the count per worker are named: the planner evaluates, not chooses."""
     return spec.resources.accelerator != "auto" and isinstance(spec.resources.accelerators_per_worker, int)
 
 
-def evaluated_workers(spec: TrainingJobSpec, sizing: SizingStatus) -> int:
-    """The worker count at which `sizing.perDeviceBytes` was estimated."""
-    if is_fixed_layout(spec) and _replicas_given(spec):
-        return effective_workers(spec)
-    return sizing.min_workers
+# ------------------------------------------------------------------ worker counts
+
+
+@dataclass(frozen=True)
+class WorkerCounts:
+    """The worker counts a job runs with on one layout (decisions.workers.worker_bounds is this)."""
+
+    floor: int  # max(the spec's floor, the fewest workers memory requires)
+    ceiling: int  # the spec's ceiling (maxReplicas)
+    desired: int  # replicas kept within [floor, ceiling]; meaningless when not feasible
+
+    @property
+    def feasible(self) -> bool:
+        return self.floor <= self.ceiling
+
+
+def worker_counts(spec: TrainingJobSpec, min_workers: int, devices_per_worker: int) -> WorkerCounts:
+    """The counts of a layout of `devices_per_worker` on which memory needs at least `min_workers`
+    workers, in whole TP x PP groups: the spec's counts are rounded down to a multiple of the step
+    (at least one step), what memory needs up."""
+    workers, step = spec.workers, _worker_step(spec, devices_per_worker)
+    floor = max(math.ceil(min_workers / step) * step, workers.floor - workers.floor % step, step)
+    desired = min(max(workers.replicas, floor), workers.ceiling)
+    if desired >= floor:
+        desired -= desired % step
+    return WorkerCounts(floor, workers.ceiling, desired)
+
+
+def running_counts(spec: TrainingJobSpec, counts: WorkerCounts, devices_per_worker: int) -> list[int]:
+    """The worker counts whose estimates the sizing must cover, the desired count first.
+
+    A non-elastic job runs exactly the desired count. An elastic one runs anything from its floor up to
+    it: per-device memory only shrinks with more devices once there are two (ZeRO/FSDP shard over more,
+    plain data parallel replicates), so the floor, the desired count and, when the floor is one device,
+    two workers (where data-parallel buffers appear) bound every count in between."""
+    if not spec.elastic.enabled:
+        return [counts.desired]
+    found = [counts.desired, counts.floor]
+    if counts.floor * devices_per_worker == 1 and counts.desired >= 2:
+        found.append(2)
+    return list(dict.fromkeys(found))
+
+
+def _at_counts(
+    spec: TrainingJobSpec,
+    device: Accelerator,
+    devices_per_worker: int,
+    counts: WorkerCounts,
+    known: LayoutEstimate | None = None,
+) -> LayoutEstimate:
+    """The largest estimate among the counts the job runs with (the desired count on a tie); `known`, an
+    estimate already made on this layout, is reused at its own count."""
+    results = [
+        known
+        if known is not None and known.layout.workers == workers
+        else evaluate(spec, device, devices_per_worker, workers)
+        for workers in running_counts(spec, counts, devices_per_worker)
+    ]
+    return max(results, key=lambda result: result.estimate.total)
 
 
 # ------------------------------------------------------------------ ranking
@@ -349,63 +400,95 @@ def evaluated_workers(spec: TrainingJobSpec, sizing: SizingStatus) -> int:
 
 @dataclass(frozen=True)
 class _Option:
+    """A candidate planned: its fewest-workers layout, its worker counts and the layout shown."""
+
     candidate: _Candidate
-    result: LayoutEstimate
+    fewest: LayoutEstimate | None  # the fewest workers that fit, if any number up to the limit does
+    counts: WorkerCounts
+    shown: LayoutEstimate  # at the counts the job runs (the fewest that fit when they are not feasible)
+
+    @property
+    def fits(self) -> bool:
+        return self.shown.fits
+
+    @property
+    def workers(self) -> int:
+        """Workers the job runs with on this layout (the fewest that fit when the bounds forbid those)."""
+        return self.counts.desired if self.counts.feasible else self.shown.layout.workers
+
+    @property
+    def devices(self) -> int:
+        return self.workers * self.candidate.devices_per_worker
+
+    def needed_workers(self, spec: TrainingJobSpec) -> int:
+        """Workers the cluster must place at once: an elastic job's floor, else all it runs."""
+        if spec.elastic.enabled and self.counts.feasible:
+            return self.counts.floor
+        return self.workers
 
     def key(self, spec: TrainingJobSpec, pools: Pools) -> tuple[Any, ...]:
-        layout = self.result.layout
+        per_worker = self.candidate.devices_per_worker
         pool = _pool(pools, self.candidate.accelerator.name)
-        beyond_cluster = (
-            pool is not None
-            and pool.workers_placeable(layout.devices_per_worker, free_only=False) < layout.workers
-        )
-        not_free_now = (
-            pool is not None
-            and pool.workers_placeable(layout.devices_per_worker, free_only=True) < layout.workers
-        )
+        needed = self.needed_workers(spec)
+        beyond_cluster = pool is not None and pool.workers_placeable(per_worker, free_only=False) < needed
+        not_free_now = pool is not None and pool.workers_placeable(per_worker, free_only=True) < needed
         return (
             beyond_cluster,
-            layout.workers > spec.workers.ceiling,
-            layout.devices,
+            not self.counts.feasible,
+            self.devices,
             not_free_now,
             self.candidate.accelerator.memory_bytes,
-            layout.workers,
+            self.workers,
             self.candidate.order,
         )
 
 
-def _search(spec: TrainingJobSpec, candidates: Sequence[_Candidate], pools: Pools) -> LayoutEstimate | None:
-    best: tuple[tuple[Any, ...], LayoutEstimate] | None = None
+def _option(spec: TrainingJobSpec, candidate: _Candidate, fewest: LayoutEstimate | None) -> _Option:
+    """`candidate` planned from its fewest workers that fit: the layout at the counts the job runs with;
+    with none that fits, at the job's own counts (a best effort)."""
+    device, per_worker = candidate.accelerator, candidate.devices_per_worker
+    counts = worker_counts(spec, fewest.layout.workers if fewest else 1, per_worker)
+    if counts.feasible:
+        shown = _at_counts(spec, device, per_worker, counts, fewest)
+    else:  # memory (or the TP x PP groups) needs more workers than maxReplicas allows
+        shown = fewest or evaluate(spec, device, per_worker, counts.floor)
+    return _Option(candidate, fewest, counts, shown)
+
+
+def _search(spec: TrainingJobSpec, candidates: Sequence[_Candidate], pools: Pools) -> _Option | None:
+    """The best candidate that fits at the counts it runs with, or None."""
+    best: tuple[tuple[Any, ...], _Option] | None = None
     # Bigger devices and fewer per worker first: a small fitting layout found early bounds the rest.
     ordered = sorted(candidates, key=lambda c: (c.devices_per_worker, -c.accelerator.memory_bytes))
     for candidate in ordered:
         limit = MAX_DEVICES
         if best is not None and not any(best[0][:2]):  # best is placeable within the bounds
             limit = best[1].devices  # a candidate needing more devices cannot win
-        result = fewest_workers(spec, candidate.accelerator, candidate.devices_per_worker, limit)
-        if result is None:
+        fewest = fewest_workers(spec, candidate.accelerator, candidate.devices_per_worker, limit)
+        if fewest is None:
             continue
-        key = _Option(candidate, result).key(spec, pools)
+        option = _option(spec, candidate, fewest)
+        if not option.fits:
+            continue  # fits with fewer workers than it runs with (data-parallel buffers at two devices)
+        key = option.key(spec, pools)
         if best is None or key < best[0]:
-            best = (key, result)
+            best = (key, option)
     return best[1] if best else None
 
 
-def _round_up_workers(spec: TrainingJobSpec, devices_per_worker: int, workers: int) -> int:
-    step = _worker_step(spec, devices_per_worker)
-    return max(step, math.ceil(workers / step) * step)
-
-
-def _best_effort(spec: TrainingJobSpec, candidates: Sequence[_Candidate]) -> LayoutEstimate:
-    """Nothing fits: the candidate closest to fitting at the job's own worker count."""
-    results = []
-    for candidate in candidates:
-        workers = _round_up_workers(spec, candidate.devices_per_worker, effective_workers(spec))
-        results.append(
-            (candidate, evaluate(spec, candidate.accelerator, candidate.devices_per_worker, workers))
+def _best_effort(spec: TrainingJobSpec, candidates: Sequence[_Candidate]) -> _Option:
+    """Nothing fits: the candidate closest to fitting at the job's own worker counts."""
+    options = [
+        (
+            candidate,
+            _option(
+                spec, candidate, fewest_workers(spec, candidate.accelerator, candidate.devices_per_worker)
+            ),
         )
-    _, result = min(results, key=lambda pair: (pair[1].fill, pair[1].devices, pair[0].order))
-    return result
+        for candidate in candidates
+    ]
+    _, option = min(options, key=lambda pair: (pair[1].shown.fill, pair[1].shown.devices, pair[0].order))
+    return option
 
 
 # ------------------------------------------------------------------ status
@@ -449,9 +532,17 @@ def _status(result: LayoutEstimate, min_workers: int, warnings: Iterable[str]) -
 class _Outcome:
     """The planner's answer before it becomes a status."""
 
-    shown: LayoutEstimate  # the layout the status describes
-    fewest: LayoutEstimate | None  # fewest-workers fitting layout on the shown candidate, if any
+    option: _Option  # the chosen candidate; option.shown is the layout the status describes
     warnings: list[str]
+
+    @property
+    def shown(self) -> LayoutEstimate:
+        return self.option.shown
+
+    @property
+    def fewest(self) -> LayoutEstimate | None:
+        """The fewest-workers fitting layout on the shown candidate, if any."""
+        return self.option.fewest
 
     @property
     def min_workers(self) -> int:
@@ -465,17 +556,14 @@ def _plan(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> _Outcome:
         (candidate,) = candidates
         return _plan_fixed(spec, candidate, _pool(pools, candidate.accelerator.name), warnings)
     chosen = _search(spec, candidates, pools)
-    if chosen is None:
-        return _Outcome(_best_effort(spec, candidates), None, warnings)
-    return _Outcome(chosen, chosen, warnings)
+    return _Outcome(chosen or _best_effort(spec, candidates), warnings)
 
 
 def _plan_fixed(
     spec: TrainingJobSpec, candidate: _Candidate, pool: AcceleratorPool | None, warnings: list[str]
 ) -> _Outcome:
-    """Accelerator and count per worker both named: the fewest workers, or the replicas asked for."""
+    """Accelerator and count per worker both named: that layout at the counts the job runs with."""
     device, count = candidate.accelerator, candidate.devices_per_worker
-    fewest = fewest_workers(spec, device, count)
     if count not in device.per_node:
         warnings.append(
             f"resources.acceleratorsPerWorker: {count} is not a per-node count the catalog lists for "
@@ -483,28 +571,31 @@ def _plan_fixed(
         )
     if pool is not None and count > pool.largest_node:
         warnings.append(f"no node offers {count} x {device.name}; the largest has {pool.largest_node}")
-    if fewest is not None and not _replicas_given(spec):
-        return _Outcome(fewest, fewest, warnings)
-    workers = effective_workers(spec)
-    if (count * workers) % parallel_group(spec):
-        warnings.append(
-            f"{count * workers} devices do not divide into tensorParallel x pipelineParallel = "
-            f"{parallel_group(spec)} groups"
-        )
-    return _Outcome(evaluate(spec, device, count, workers), fewest, warnings)
+    # The worker count the spec asks for must split into whole TP x PP groups (InvalidSpec otherwise).
+    workers = spec.workers
+    data_parallel_degree(spec, Layout(count, min(max(workers.replicas, workers.floor), workers.ceiling)))
+    return _Outcome(_option(spec, candidate, fewest_workers(spec, device, count)), warnings)
 
 
 def _pools(inventory: Sequence[NodeInventory] | None) -> Pools:
     return None if inventory is None else pool_inventory(inventory)
 
 
-def plan(
+@dataclass(frozen=True)
+class Plan:
+    """`plan_job`'s answer: status.sizing and the worker count its perDeviceBytes was estimated at."""
+
+    sizing: SizingStatus
+    evaluated_workers: int
+
+
+def plan_job(
     spec: TrainingJobSpec,
     catalog: Catalog | None = None,
     inventory: Sequence[NodeInventory] | None = None,
     *,
     pools: Pools = None,
-) -> SizingStatus:
+) -> Plan:
     """The sizing decision for `spec`; see the module docstring for the rules. The cluster is given as its
     nodes (`inventory`) or as their pools (pool_inventory of them, when the caller already has it)."""
     catalog = catalog or load_catalog()
@@ -517,7 +608,19 @@ def plan(
         notes = _fit_notes(spec, outcome, _pool(pools, outcome.shown.accelerator.name))
     else:
         notes = [_shortfall_note(spec, outcome, find_remedies(spec, catalog, pools))]
-    return _status(outcome.shown, outcome.min_workers, [*outcome.warnings, *notes])
+    sizing = _status(outcome.shown, outcome.min_workers, [*outcome.warnings, *notes])
+    return Plan(sizing, outcome.shown.layout.workers)
+
+
+def plan(
+    spec: TrainingJobSpec,
+    catalog: Catalog | None = None,
+    inventory: Sequence[NodeInventory] | None = None,
+    *,
+    pools: Pools = None,
+) -> SizingStatus:
+    """status.sizing for `spec` (`plan_job`'s sizing)."""
+    return plan_job(spec, catalog, inventory, pools=pools).sizing
 
 
 def plan_quietly(spec: TrainingJobSpec, catalog: Catalog, pools: Pools = None) -> SizingStatus:
@@ -543,13 +646,10 @@ def _fit_notes(spec: TrainingJobSpec, outcome: _Outcome, pool: AcceleratorPool |
             f"memory needs at least {outcome.min_workers} workers; the elastic floor is raised from "
             f"workers.minReplicas {workers.min_replicas}"
         )
-    layout = shown.layout
-    if (
-        pool is not None
-        and pool.workers_placeable(layout.devices_per_worker, free_only=True) < layout.workers
-    ):
+    needed = outcome.option.needed_workers(spec)
+    if pool is not None and pool.workers_placeable(shown.layout.devices_per_worker, free_only=True) < needed:
         notes.append(
-            f"not enough free {shown.accelerator.name} now for {_layout_of(shown, layout.workers)}; "
+            f"not enough free {shown.accelerator.name} now for {_layout_of(shown, needed)}; "
             "the job queues until devices free up"
         )
     return notes
