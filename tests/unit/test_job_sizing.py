@@ -83,8 +83,13 @@ def operator_sizing(
         (raw_spec(), [], []),  # no accelerator node at all
         (TOO_FEW_REPLICAS, [], [NodeInventory("a100-0", "nvidia-a100-40gb", 8, 8)]),
         (TWO_DDP_WORKERS, h100_nodes(2), []),
+        (
+            raw_spec(resources={"accelerator": "auto", "acceleratorsPerWorker": 8}),
+            [NodeInventory(f"h100-{index}", "nvidia-h100-80gb", 4, 4) for index in range(2)],
+            [],
+        ),  # no node offers 8: sized against the catalog, not InvalidSpec
     ],
-    ids=["free", "busy", "all-excluded", "no-nodes", "clamped", "auto-two-workers"],
+    ids=["free", "busy", "all-excluded", "no-nodes", "clamped", "auto-two-workers", "count-no-node-offers"],
 )
 def test_the_operator_writes_exactly_what_size_job_returns(
     raw: dict[str, Any], placeable: list[NodeInventory], excluded: list[NodeInventory]

@@ -359,3 +359,52 @@ def test_status_shape_and_summary() -> None:
     assert sum(dumped["breakdown"].values()) == dumped["perDeviceBytes"]
     assert sizing_summary(sizing).startswith("8 x nvidia-h100-80gb, ")
     assert sizing_summary(sizing).endswith(" of 79.6 GiB per device")
+
+
+# ------------------------------------------------------------------ no candidate is not an invalid spec
+
+
+def test_a_count_no_node_of_the_cluster_offers_is_sized_against_the_catalog_with_a_warning() -> None:
+    # Valid against the catalog (H100 nodes come with 8), but this cluster's nodes have 4 each.
+    spec = make_spec(model={"parameters": "7B"}, resources={"acceleratorsPerWorker": 8})
+    sizing = plan(spec, inventory=nodes("nvidia-h100-80gb", 4, 4, 4))
+    assert sizing.accelerators_per_worker == 8 and 8 in CATALOG.get(sizing.accelerator).per_node
+    assert sizing == plan(spec).model_copy(update={"warnings": sizing.warnings})
+    assert any("no node in the cluster offers 8 devices" in warning for warning in sizing.warnings)
+
+
+def test_a_count_no_catalog_accelerator_offers_is_still_an_invalid_spec() -> None:
+    with pytest.raises(InvalidSpec) as raised:
+        plan(make_spec(resources={"acceleratorsPerWorker": 3}))
+    (error,) = raised.value.errors
+    assert error.path == "spec.resources.acceleratorsPerWorker" and "3 devices per node" in error.message
+
+
+def test_no_bigger_device_in_the_cluster_with_the_count_is_no_remedy() -> None:
+    spec = make_spec(
+        model=LLAMA2_70B, resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
+    )
+    inventory = [*nodes("nvidia-h100-80gb", 2, 8, 8), *nodes("nvidia-h200", 2, 4, 4)]
+    sizing = plan(spec, inventory=inventory)
+    assert sizing.fits is False and sizing.accelerator == "nvidia-h100-80gb"
+    assert all(
+        remedy.sizing.accelerator == "nvidia-h100-80gb"
+        for remedy in find_remedies(spec, CATALOG, pool_inventory(inventory))
+    )
+    assert any(
+        "bigger accelerator" in warning and "8 devices" in warning and "cluster" in warning
+        for warning in sizing.warnings
+    )
+
+
+def test_no_bigger_catalog_device_with_the_count_is_no_remedy() -> None:
+    spec = make_spec(
+        model={"parameters": "7B"},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 3},
+    )
+    sizing = plan(spec)
+    assert sizing.fits is False and sizing.accelerators_per_worker == 3
+    assert all(remedy.sizing.accelerator == "nvidia-h100-80gb" for remedy in find_remedies(spec))
+    assert any(
+        "bigger accelerator" in warning and "3 devices per node" in warning for warning in sizing.warnings
+    )

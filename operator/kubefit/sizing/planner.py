@@ -267,26 +267,48 @@ class _Candidate:
     order: int  # catalog position, the last tie-break
 
 
+class NoCandidate(InvalidSpec):
+    """No accelerator of the catalog (or of the cluster, when planning strictly against it) offers the
+    spec's acceleratorsPerWorker on a node. InvalidSpec only for the spec itself against the catalog;
+    the remedy search takes it as "no remedy"."""
+
+
 def _candidates(
+    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, warnings: list[str], *, strict: bool = False
+) -> list[_Candidate]:
+    """The (device, devices per worker) layouts to plan. With an inventory, those some node can hold;
+    when none can, the catalog's, with a warning (`strict`: NoCandidate instead)."""
+    candidates = _candidate_list(spec, catalog, pools, warnings)
+    count = spec.resources.accelerators_per_worker
+    if not candidates and pools is not None:
+        if strict:
+            raise _no_candidate(f"no node in the cluster offers {count} devices of a catalog accelerator")
+        candidates = _candidate_list(spec, catalog, None, [])
+        if candidates:
+            warnings.append(
+                f"no node in the cluster offers {count} devices of an accelerator that can run this job "
+                "(resources.acceleratorsPerWorker); sized against the whole catalog, the workers stay "
+                "Pending until such a node joins"
+            )
+    if not candidates:
+        raise _no_candidate(f"no catalog accelerator offers {count} devices per node")
+    return candidates
+
+
+def _no_candidate(message: str) -> NoCandidate:
+    return NoCandidate([FieldError("spec.resources.acceleratorsPerWorker", message)])
+
+
+def _candidate_list(
     spec: TrainingJobSpec, catalog: Catalog, pools: Pools, warnings: list[str]
 ) -> list[_Candidate]:
     fixed = resolve_accelerator(spec, catalog)
     order = {name: index for index, name in enumerate(catalog.names())}
-    candidates = [
+    return [
         _Candidate(device, count, order[device.name])
         for device in _candidate_devices(spec, catalog, fixed, pools, warnings)
         for count in _per_worker_counts(spec, device, fixed is None, _pool(pools, device.name))
     ]
-    if not candidates:
-        raise InvalidSpec(
-            [
-                FieldError(
-                    "spec.resources.acceleratorsPerWorker",
-                    f"no catalog accelerator offers {spec.resources.accelerators_per_worker} devices per node",
-                )
-            ]
-        )
-    return candidates
 
 
 def _candidate_devices(
@@ -549,9 +571,9 @@ class _Outcome:
         return (self.fewest or self.shown).layout.workers
 
 
-def _plan(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> _Outcome:
+def _plan(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: bool = False) -> _Outcome:
     warnings: list[str] = []
-    candidates = _candidates(spec, catalog, pools, warnings)
+    candidates = _candidates(spec, catalog, pools, warnings, strict=strict)
     if is_fixed_layout(spec):
         (candidate,) = candidates
         return _plan_fixed(spec, candidate, _pool(pools, candidate.accelerator.name), warnings)
@@ -607,7 +629,8 @@ def plan_job(
     if outcome.shown.fits:
         notes = _fit_notes(spec, outcome, _pool(pools, outcome.shown.accelerator.name))
     else:
-        notes = [_shortfall_note(spec, outcome, find_remedies(spec, catalog, pools))]
+        remedies, notes = _remedy_search(spec, catalog, pools)
+        notes = [_shortfall_note(spec, outcome, remedies), *notes]
     sizing = _status(outcome.shown, outcome.min_workers, [*outcome.warnings, *notes])
     return Plan(sizing, outcome.shown.layout.workers)
 
@@ -695,29 +718,57 @@ def find_remedies(spec: TrainingJobSpec, catalog: Catalog | None = None, pools: 
     Single changes first (least disruptive first), then, when the accelerator is fixed, a bigger one;
     if no single change is enough, the changes accumulated in order until the job fits.
     """
-    catalog = catalog or load_catalog()
-    found = [*_single_remedies(spec, catalog, pools), *_bigger_device(spec, catalog, pools)]
-    return found or _combined_remedy(spec, catalog, pools)
+    return _remedy_search(spec, catalog or load_catalog(), pools)[0]
+
+
+def _remedy_search(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> tuple[list[Remedy], list[str]]:
+    """find_remedies, and why a bigger accelerator was not tried (when it was not)."""
+    notes: list[str] = []
+    found = [*_single_remedies(spec, catalog, pools), *_bigger_device(spec, catalog, pools, notes)]
+    return found or _combined_remedy(spec, catalog, pools), notes
+
+
+def _replanned(
+    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: bool = False
+) -> SizingStatus | None:
+    """plan_quietly of a changed spec; None when no accelerator offers its per-worker count (no remedy)."""
+    try:
+        outcome = _plan(spec, catalog, pools, strict=strict)
+    except NoCandidate:
+        return None
+    return _status(outcome.shown, outcome.min_workers, outcome.warnings)
 
 
 def _single_remedies(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> list[Remedy]:
     found = []
     for change in applicable(spec, REMEDIES):
-        sizing = plan_quietly(change.apply(spec), catalog, pools)
-        if sizing.fits:
+        sizing = _replanned(change.apply(spec), catalog, pools)
+        if sizing is not None and sizing.fits:
             found.append(Remedy((change,), sizing))
     return found
 
 
-def _bigger_device(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> list[Remedy]:
-    """For a fixed accelerator: the plan on any catalog device with more memory, if one fits."""
+def _bigger_device(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, notes: list[str]) -> list[Remedy]:
+    """For a fixed accelerator: the plan on any catalog device with more memory, if one fits. With an
+    inventory only devices (and per-worker counts) some node holds are tried."""
     declared = resolve_accelerator(spec, catalog)
     if declared is None:
         return []
     bigger = Catalog(device for device in catalog if device.memory_bytes > declared.memory_bytes)
     if not len(bigger):
         return []
-    sizing = plan_quietly(replace_field(spec, "resources.accelerator", "auto"), bigger, pools)
+    sizing = _replanned(replace_field(spec, "resources.accelerator", "auto"), bigger, pools, strict=True)
+    if sizing is None:
+        count = spec.resources.accelerators_per_worker
+        where = (
+            f"no node in the cluster with an accelerator of more memory than {declared.name} offers {count} devices"
+            if pools is not None
+            else f"no catalog accelerator with more memory than {declared.name} offers {count} devices per node"
+        )
+        notes.append(
+            f"a bigger accelerator was not tried as a remedy: {where} (resources.acceleratorsPerWorker)"
+        )
+        return []
     if not sizing.fits:
         return []
     change = Change(
@@ -736,7 +787,7 @@ def _combined_remedy(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> l
         current = change.apply(current)
         # a later value of the same field (full after selective checkpointing) replaces the earlier one
         accumulated = [*(kept for kept in accumulated if kept.field != change.field), change]
-        sizing = plan_quietly(current, catalog, pools)
-        if sizing.fits:
+        sizing = _replanned(current, catalog, pools)
+        if sizing is not None and sizing.fits:
             return [Remedy(tuple(accumulated), sizing)]
     return []
