@@ -198,6 +198,22 @@ def test_host_bytes_are_the_share_at_the_fewest_workers_the_job_may_run_with() -
     assert sized.host_bytes_per_worker == at_floor > at_replicas > 0
 
 
+def test_offload_with_more_workers_needed_than_allowed_sizes_like_without_offload() -> None:
+    # Memory (and the two pipeline stages of one device each) needs 2 workers; maxReplicas allows 1. The
+    # host share was estimated at min(floor, ceiling) = 1 worker: 1 device for 2 stages, an InvalidSpec
+    # naming spec.training.tensorParallel.
+    training = {"pipelineParallel": 2}
+    raw = raw_spec(model={"parameters": "8B"}, training=training, resources={"acceleratorsPerWorker": 1})
+    plain = size_job(parse_spec(raw), CATALOG)
+    offloaded = parse_spec({**raw, "training": {**training, "offload": "optimizer"}})
+    sized = size_job(offloaded, CATALOG)
+    assert not sized.bounds.feasible and not plain.bounds.feasible
+    assert any("workers.maxReplicas allows 1" in warning for warning in sized.sizing.warnings)
+    layout = Layout(devices_per_worker=1, workers=sized.bounds.floor)
+    expected = estimate(offloaded, device(sized.sizing.accelerator), layout).host_bytes_per_worker
+    assert sized.host_bytes_per_worker == expected > 0
+
+
 def test_an_unknown_accelerator_names_the_field() -> None:
     spec = parse_spec(raw_spec(resources={"accelerator": "acme-x9", "acceleratorsPerWorker": 1}))
     with pytest.raises(InvalidSpec) as raised:

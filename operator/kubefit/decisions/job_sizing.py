@@ -132,7 +132,8 @@ def _host_bytes_per_worker(
     device = catalog.get(sizing.accelerator)
     if spec.training.offload == "none" or device is None:
         return 0
-    # More workers shard the offloaded state further: the fewest the job may run with hold the most.
-    workers = max(1, min(bounds.floor, bounds.ceiling))
+    # More workers shard the offloaded state further: the fewest the job may run with hold the most. The
+    # floor is in whole TP x PP groups; above the ceiling (no worker starts) it is still the count to show.
+    workers = bounds.floor
     layout = Layout(devices_per_worker=sizing.accelerators_per_worker, workers=workers)
     return estimate(spec, device, layout).host_bytes_per_worker
