@@ -114,6 +114,8 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("heads-above-width", _model(architecture={**ARCHITECTURE, "attentionHeads": 4096}), "spec.model.architecture", OPERATOR),
     BadSpec("kv-heads-above-heads", _model(architecture={**ARCHITECTURE, "kvHeads": 32}), "spec.model.architecture", OPERATOR),
     BadSpec("tensor-parallel-indivisible", {"training": {"tensorParallel": 3}}, "spec.training.tensorParallel", OPERATOR),
+    BadSpec("pipeline-parallel-indivisible", {"training": {"tensorParallel": 2, "pipelineParallel": 3}}, "spec.training.pipelineParallel", OPERATOR),
+    BadSpec("min-replicas-not-whole-groups", {"training": {"tensorParallel": 8}}, "spec.workers.minReplicas", OPERATOR),
     BadSpec("ttl-beyond-int32", {"runPolicy": {"ttlSecondsAfterFinished": 10**12}}, "spec.runPolicy.ttlSecondsAfterFinished", API),
     BadSpec("priority-above-max", {"scheduling": {"priority": 2 * 10**9}}, "spec.scheduling.priority", API),
     BadSpec("gang-timeout-zero", {"scheduling": {"gangTimeoutSeconds": 0}}, "spec.scheduling.gangTimeoutSeconds", API),

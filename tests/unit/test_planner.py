@@ -408,3 +408,52 @@ def test_no_bigger_catalog_device_with_the_count_is_no_remedy() -> None:
     assert any(
         "bigger accelerator" in warning and "3 devices per node" in warning for warning in sizing.warnings
     )
+
+
+# ------------------------------------------------------------------ whole TP x PP groups
+
+
+def test_an_auto_layout_runs_whole_groups_and_says_when_replicas_are_rounded() -> None:
+    spec = make_spec(
+        model={"parameters": "70B"},
+        training={"tensorParallel": 8, "pipelineParallel": 2},
+        workers={"replicas": 3},
+    )
+    planned = plan_job(spec)
+    sizing = planned.sizing
+    assert sizing.fits and (sizing.accelerators_per_worker * planned.evaluated_workers) % 16 == 0
+    assert planned.evaluated_workers == 2  # 3 workers of 8 are 24 devices: rounded down to 2 (16)
+    assert any("workers.replicas 3" in warning and "2 workers run" in warning for warning in sizing.warnings)
+
+
+FIXED_GROUP_CASES = {
+    # per worker, tensorParallel, pipelineParallel, workers, elastic -> the field named
+    "replicas, one device per worker": (1, 1, 2, {"replicas": 3}, False, "spec.workers.replicas"),
+    "replicas, a group spans two workers": (8, 8, 2, {"replicas": 3}, False, "spec.workers.replicas"),
+    "maxReplicas clamps replicas": (
+        1,
+        1,
+        2,
+        {"replicas": 5, "maxReplicas": 3},
+        False,
+        "spec.workers.maxReplicas",
+    ),
+    "elastic floor": (1, 1, 2, {"replicas": 4, "minReplicas": 1}, True, "spec.workers.minReplicas"),
+    "tensorParallel straddles workers": (4, 3, 1, {"replicas": 2}, False, "spec.training.tensorParallel"),
+    "pipelineParallel straddles workers": (4, 2, 3, {"replicas": 2}, False, "spec.training.pipelineParallel"),
+}
+
+
+@pytest.mark.parametrize("name", FIXED_GROUP_CASES)
+def test_a_fixed_layout_not_in_whole_groups_names_the_field_at_fault(name: str) -> None:
+    per_worker, tensor, pipeline, workers, elastic, field = FIXED_GROUP_CASES[name]
+    spec = make_spec(
+        model={"parameters": "7B"},
+        training={"tensorParallel": tensor, "pipelineParallel": pipeline},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": per_worker},
+        workers=workers,
+        elastic={"enabled": elastic},
+    )
+    with pytest.raises(InvalidSpec) as raised:
+        plan(spec)
+    assert [error.path for error in raised.value.errors] == [field], raised.value.errors

@@ -43,7 +43,7 @@ from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
-from kubefit.sizing.estimator import Estimate, Layout, data_parallel_degree, estimate
+from kubefit.sizing.estimator import Estimate, Layout, estimate
 from kubefit.sizing.remedies import REMEDIES, Change, Remedy, always, applicable, describe, replace_field
 
 # Largest layout the search considers. Far above any single job's memory needs: at 4,096 devices ZeRO-3
@@ -577,8 +577,8 @@ def _plan(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: bool
     if is_fixed_layout(spec):
         (candidate,) = candidates
         return _plan_fixed(spec, candidate, _pool(pools, candidate.accelerator.name), warnings)
-    chosen = _search(spec, candidates, pools)
-    return _Outcome(chosen or _best_effort(spec, candidates), warnings)
+    chosen = _search(spec, candidates, pools) or _best_effort(spec, candidates)
+    return _Outcome(chosen, [*warnings, *_group_notes(spec, chosen)])
 
 
 def _plan_fixed(
@@ -593,10 +593,80 @@ def _plan_fixed(
         )
     if pool is not None and count > pool.largest_node:
         warnings.append(f"no node offers {count} x {device.name}; the largest has {pool.largest_node}")
-    # The worker count the spec asks for must split into whole TP x PP groups (InvalidSpec otherwise).
-    workers = spec.workers
-    data_parallel_degree(spec, Layout(count, min(max(workers.replicas, workers.floor), workers.ceiling)))
+    _check_whole_groups(spec, count)
     return _Outcome(_option(spec, candidate, fewest_workers(spec, device, count)), warnings)
+
+
+def _asked_workers(spec: TrainingJobSpec) -> tuple[int, str]:
+    """The worker count the spec itself asks for (replicas within [minReplicas, maxReplicas]), and the
+    field that sets it."""
+    workers = spec.workers
+    asked = min(max(workers.replicas, workers.floor), workers.ceiling)
+    if asked == workers.replicas:
+        return asked, "replicas"
+    return asked, "maxReplicas" if asked == workers.ceiling else "minReplicas"
+
+
+def _check_whole_groups(spec: TrainingJobSpec, devices_per_worker: int) -> None:
+    """A fixed layout: the worker counts the spec states (the count it asks for, and minReplicas) must
+    hold whole TP x PP groups, else InvalidSpec naming the field at fault. That is the count's field when
+    a group is a whole number of workers; when it is not (tensorParallel 3 over workers of 4), the degree
+    that straddles the workers."""
+    group, step = parallel_group(spec), _worker_step(spec, devices_per_worker)
+    if step == 1:
+        return
+    asked = [_asked_workers(spec)]
+    if spec.workers.min_replicas is not None:
+        asked.append((spec.workers.min_replicas, "minReplicas"))
+    errors: dict[str, str] = {}
+    for workers, field in asked:
+        if workers % step == 0:
+            continue
+        devices = workers * devices_per_worker
+        split = (
+            f"{workers} workers x {devices_per_worker} = {devices} devices do not split into "
+            f"tensorParallel x pipelineParallel = {spec.training.tensor_parallel} x "
+            f"{spec.training.pipeline_parallel} = {group}-device groups"
+        )
+        if group % devices_per_worker == 0:  # a group is step whole workers: the count is at fault
+            errors.setdefault(f"spec.workers.{field}", f"{split}; use a multiple of {step} workers")
+        else:
+            errors.setdefault(
+                _straddling_degree(spec, devices_per_worker),
+                f"{split}, and a group does not fit whole workers of {devices_per_worker} devices "
+                f"(resources.acceleratorsPerWorker); the devices must be a multiple of {group}",
+            )
+    if errors:
+        raise InvalidSpec([FieldError(path, message) for path, message in errors.items()])
+
+
+def _straddling_degree(spec: TrainingJobSpec, devices_per_worker: int) -> str:
+    """The parallel degree whose groups do not fit whole workers: tensorParallel unless it does."""
+    tensor = spec.training.tensor_parallel
+    if tensor % devices_per_worker == 0 or devices_per_worker % tensor == 0:
+        return "spec.training.pipelineParallel"
+    return "spec.training.tensorParallel"
+
+
+def _group_notes(spec: TrainingJobSpec, option: _Option) -> list[str]:
+    """What rounding the spec's worker counts to whole TP x PP groups changed (a layout the planner
+    chose: a fixed one is refused instead, see _check_whole_groups)."""
+    per_worker = option.candidate.devices_per_worker
+    step, counts = _worker_step(spec, per_worker), option.counts
+    if step == 1 or not counts.feasible:
+        return []
+    why = (
+        f"tensorParallel x pipelineParallel = {parallel_group(spec)} devices per model replica come in "
+        f"{step} workers of {per_worker}"
+    )
+    notes = []
+    asked, field = _asked_workers(spec)
+    if asked % step and counts.desired != asked:
+        notes.append(f"workers.{field} {asked}: {why}, so {counts.desired} workers run")
+    floor = spec.workers.min_replicas
+    if floor is not None and floor % step and counts.floor != floor:
+        notes.append(f"workers.minReplicas {floor}: {why}, so the floor is {counts.floor}")
+    return notes
 
 
 def _pools(inventory: Sequence[NodeInventory] | None) -> Pools:
