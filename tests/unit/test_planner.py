@@ -457,3 +457,20 @@ def test_a_fixed_layout_not_in_whole_groups_names_the_field_at_fault(name: str) 
     with pytest.raises(InvalidSpec) as raised:
         plan(spec)
     assert [error.path for error in raised.value.errors] == [field], raised.value.errors
+
+
+def test_remedies_never_propose_what_the_fixed_device_cannot_run() -> None:
+    spec = make_spec(
+        model={"parameters": "1.5B", "precision": "fp16-mixed"},
+        resources={"accelerator": "nvidia-v100-32gb", "acceleratorsPerWorker": 1},
+    )
+    device = CATALOG.get("nvidia-v100-32gb")
+    assert plan(spec).fits is False and unsupported(spec, device) is None
+    remedies = find_remedies(spec)
+    assert remedies  # others (ZeRO-3, 8-bit AdamW, offload, ...) do fit
+    for remedy in remedies:
+        changed = spec
+        for change in remedy.changes:
+            changed = change.apply(changed)
+        if remedy.sizing.accelerator == device.name:
+            assert unsupported(changed, device) is None, remedy.description  # e.g. bf16-true on a V100

@@ -260,6 +260,12 @@ def unsupported(spec: TrainingJobSpec, device: Accelerator) -> str | None:
     return None
 
 
+def breaks(before: TrainingJobSpec, after: TrainingJobSpec, device: Accelerator) -> bool:
+    """A change makes `device` unable to run the job (a new incompatibility, e.g. bf16 on a V100)."""
+    reason = unsupported(after, device)
+    return reason is not None and reason != unsupported(before, device)
+
+
 @dataclass(frozen=True)
 class _Candidate:
     accelerator: Accelerator
@@ -759,7 +765,10 @@ def _shortfall_note(spec: TrainingJobSpec, outcome: _Outcome, remedies: Sequence
     would_fit = [] if outcome.fewest is None else [_more_workers_text(shown, outcome.fewest)]
     would_fit += [f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in remedies]
     if not would_fit:
-        tried = describe(applicable(spec, REMEDIES)) or "no change left"
+        fixed = spec.resources.accelerator != "auto"
+        changes = applicable(spec, REMEDIES)
+        runnable = [c for c in changes if not (fixed and breaks(spec, c.apply(spec), shown.accelerator))]
+        tried = describe(runnable) or "no change left"
         return (
             f"{head}; nothing in the catalog holds it even with {tried}: reduce training.sequenceLength "
             "or use tensorParallel/pipelineParallel"
@@ -809,9 +818,17 @@ def _replanned(
     return _status(outcome.shown, outcome.min_workers, outcome.warnings)
 
 
+def _runnable(spec: TrainingJobSpec, catalog: Catalog, changes: Iterable[Change]) -> list[Change]:
+    """The changes a fixed accelerator can still run (bf16-true is no remedy on a V100)."""
+    declared = resolve_accelerator(spec, catalog)
+    return [
+        change for change in changes if declared is None or not breaks(spec, change.apply(spec), declared)
+    ]
+
+
 def _single_remedies(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> list[Remedy]:
     found = []
-    for change in applicable(spec, REMEDIES):
+    for change in _runnable(spec, catalog, applicable(spec, REMEDIES)):
         sizing = _replanned(change.apply(spec), catalog, pools)
         if sizing is not None and sizing.fits:
             found.append(Remedy((change,), sizing))
@@ -851,7 +868,7 @@ def _combined_remedy(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> l
     """The remedies applied one after another until the job fits (at most one Remedy)."""
     accumulated: list[Change] = []
     current = spec
-    for change in REMEDIES:
+    for change in _runnable(spec, catalog, REMEDIES):
         if not change.applies(current):
             continue
         current = change.apply(current)

@@ -18,8 +18,8 @@ from typing import Any
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib
-from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
-from kubefit.sizing.planner import find_remedies, layout_text, plan_quietly, unsupported
+from kubefit.sizing.catalog import Catalog, load_catalog
+from kubefit.sizing.planner import breaks, find_remedies, layout_text, plan_quietly
 from kubefit.sizing.remedies import CHANGES, Change, always, describe, replace_field, trade_offs
 
 FEWER_DEVICES_TRADE_OFF = "fewer devices: less data-parallel throughput per step"
@@ -94,12 +94,6 @@ def _layout_changes(spec: TrainingJobSpec, sizing: SizingStatus) -> tuple[Change
     return tuple(changes)
 
 
-def _breaks(before: TrainingJobSpec, after: TrainingJobSpec, device: Accelerator) -> bool:
-    """The change makes the declared device unable to run the job (a new incompatibility)."""
-    reason = unsupported(after, device)
-    return reason is not None and reason != unsupported(before, device)
-
-
 def suggest(spec: TrainingJobSpec, catalog: Catalog | None = None) -> list[Suggestion]:
     """Alternatives that fit and improve on the declared plan, cheapest first.
 
@@ -154,7 +148,7 @@ def _consider_single_changes(
         if not change.applies(spec):
             continue
         changed = change.apply(spec)
-        if fixed_device is not None and _breaks(spec, changed, fixed_device):
+        if fixed_device is not None and breaks(spec, changed, fixed_device):
             continue  # e.g. fp8-mixed on a device without FP8 units
         sizing = plan_quietly(_cheapest_layout(changed), catalog)
         shortlist.consider(order, Suggestion((change,), sizing, change.trade_off), baselines)
