@@ -114,6 +114,8 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("heads-above-width", _model(architecture={**ARCHITECTURE, "attentionHeads": 4096}), "spec.model.architecture", OPERATOR),
     BadSpec("kv-heads-above-heads", _model(architecture={**ARCHITECTURE, "kvHeads": 32}), "spec.model.architecture", OPERATOR),
     BadSpec("tensor-parallel-indivisible", {"training": {"tensorParallel": 3}}, "spec.training.tensorParallel", OPERATOR),
+    BadSpec("tensor-parallel-above-heads", {**_model(architecture=ARCHITECTURE), "training": {"tensorParallel": 32}}, "spec.training.tensorParallel", OPERATOR),
+    BadSpec("tensor-parallel-not-dividing-kv-heads", {**_model(architecture={**ARCHITECTURE, "kvHeads": 4}), "training": {"tensorParallel": 8}}, "spec.training.tensorParallel", OPERATOR),
     BadSpec("pipeline-parallel-indivisible", {"training": {"tensorParallel": 2, "pipelineParallel": 3}}, "spec.training.pipelineParallel", OPERATOR),
     BadSpec("min-replicas-not-whole-groups", {"training": {"tensorParallel": 8}}, "spec.workers.minReplicas", OPERATOR),
     BadSpec("ttl-beyond-int32", {"runPolicy": {"ttlSecondsAfterFinished": 10**12}}, "spec.runPolicy.ttlSecondsAfterFinished", API),

@@ -590,3 +590,37 @@ def test_decide_never_raises_whatever_a_section_holds(section: str, key: str | N
         item for item in decision.status.model_dump(by_alias=True)["conditions"] if item["type"] == "Ready"
     ]
     assert ready["reason"] in ("InvalidSpec", "WorkersNotReady"), ready
+
+
+ARCH_32_HEADS = {"layers": 32, "hiddenSize": 4096, "attentionHeads": 32}
+
+
+@pytest.mark.parametrize(
+    ("kv_heads", "tensor_parallel"),
+    [(None, 3), (12, 3), (None, 4096), (8, 16), (4, 8)],
+    ids=["3-of-32-heads", "3-of-12-kv-heads", "4096-of-32-heads", "16-of-8-kv-heads", "8-of-4-kv-heads"],
+)
+def test_tensor_parallel_must_divide_the_attention_and_kv_heads(
+    kv_heads: int | None, tensor_parallel: int
+) -> None:
+    architecture = {**ARCH_32_HEADS, **({} if kv_heads is None else {"kvHeads": kv_heads})}
+    raw = _spec(
+        model={"parameters": "7B", "architecture": architecture}, training={"tensorParallel": tensor_parallel}
+    )
+    with pytest.raises(InvalidSpec) as raised:
+        parse_spec(raw)
+    (error,) = raised.value.errors
+    assert error.path == "spec.training.tensorParallel" and "heads" in error.message
+
+
+@pytest.mark.parametrize(("kv_heads", "tensor_parallel"), [(None, 8), (8, 8), (8, 4), (None, 32), (32, 16)])
+def test_tensor_parallel_dividing_the_heads_is_accepted(kv_heads: int | None, tensor_parallel: int) -> None:
+    architecture = {**ARCH_32_HEADS, **({} if kv_heads is None else {"kvHeads": kv_heads})}
+    raw = _spec(
+        model={"parameters": "7B", "architecture": architecture}, training={"tensorParallel": tensor_parallel}
+    )
+    assert parse_spec(raw).training.tensor_parallel == tensor_parallel
+
+
+def test_tensor_parallel_is_not_checked_against_heads_without_an_architecture() -> None:
+    assert parse_spec(_spec(training={"tensorParallel": 3})).training.tensor_parallel == 3

@@ -65,10 +65,33 @@ def parse_spec(raw: Any) -> TrainingJobSpec:
                 message = _message(error)
             seen.setdefault(path, message)  # a union reports each branch; the first message is enough
         raise InvalidSpec([FieldError(path, message) for path, message in seen.items()]) from None
-    above_limits = _requests_above_template_limits(spec)
-    if above_limits:
-        raise InvalidSpec(above_limits)
+    errors = [*_requests_above_template_limits(spec), *_tensor_parallel_splits_heads(spec)]
+    if errors:
+        raise InvalidSpec(errors)
     return spec
+
+
+def _tensor_parallel_splits_heads(spec: TrainingJobSpec) -> list[FieldError]:
+    """Each tensor-parallel rank holds whole query heads and whole key/value heads: Megatron-Core divides
+    both by the TP size and refuses a remainder (megatron/core/transformer/attention.py,
+    `divide(num_attention_heads, tp)` and `divide(num_query_groups, tp)`); torchtitan's colwise split of
+    wq/wk/wv needs the same. Checked when model.architecture gives the heads."""
+    architecture = spec.model.architecture
+    tensor_parallel = spec.training.tensor_parallel
+    if architecture is None or tensor_parallel == 1:
+        return []
+    heads = architecture.attention_heads
+    kv_heads = architecture.kv_heads if architecture.kv_heads is not None else heads
+    if heads % tensor_parallel == 0 and kv_heads % tensor_parallel == 0:
+        return []
+    given = f"attentionHeads {heads}" + (f" and kvHeads {kv_heads}" if kv_heads != heads else "")
+    return [
+        FieldError(
+            "spec.training.tensorParallel",
+            f"{tensor_parallel} must divide model.architecture {given}: each tensor-parallel rank holds "
+            "whole attention heads and whole key/value heads",
+        )
+    ]
 
 
 _LIMIT_PARSERS = {"cpu": parse_cpu_millis, "memory": parse_bytes}
