@@ -1346,3 +1346,19 @@ def test_a_finished_job_asks_for_nothing() -> None:
     assert status_of(failed)["phase"] == "Failed" and failed.demand is None
     succeeded = decide(observe(pods=[pod(0, "Succeeded"), pod(1, "Succeeded")]), CATALOG)
     assert status_of(succeeded)["phase"] == "Succeeded" and succeeded.demand is None
+
+
+def test_an_elastic_grant_runs_whole_tensor_and_pipeline_parallel_groups() -> None:
+    """TP 8 x PP 2 on 8 devices a worker: a group is two workers, so a grant of 5 runs 4, never a half
+    group that the training code cannot place."""
+    spec = elastic_spec(
+        replicas=6,
+        minimum=2,
+        maximum=6,
+        model={"parameters": "8B"},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+        training={"tensorParallel": 8, "pipelineParallel": 2},
+    )
+    assert decide(observe(spec, grant=5), CATALOG).create == (0, 1, 2, 3)
+    assert decide(observe(spec, grant=6), CATALOG).create == tuple(range(6))
+    assert decide(observe(spec, grant=3), CATALOG).create == (0, 1)

@@ -136,7 +136,8 @@ def _running(ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int
 def _plan(ctx: JobContext, grant: int) -> _Plan:
     bounds = ctx.bounds
     if ctx.spec.elastic.enabled:
-        target = min(max(grant, bounds.floor), bounds.desired)
+        # A grant between floor and desired need not split into whole TP x PP groups: run the whole ones.
+        target = bounds.whole_groups(min(max(grant, bounds.floor), bounds.desired))
         if ctx.spec.framework == "jax":
             # jax.distributed.initialize takes the process count once (JAX_NUM_PROCESSES): workers cannot
             # join or leave a running group, so a new count restarts them all.

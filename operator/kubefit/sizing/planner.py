@@ -372,10 +372,15 @@ class WorkerCounts:
     floor: int  # max(the spec's floor, the fewest workers memory requires)
     ceiling: int  # the spec's ceiling (maxReplicas)
     desired: int  # replicas kept within [floor, ceiling]; meaningless when not feasible
+    step: int = 1  # worker counts come in multiples of this: whole TP x PP groups
 
     @property
     def feasible(self) -> bool:
         return self.floor <= self.ceiling
+
+    def whole_groups(self, workers: int) -> int:
+        """`workers` rounded down to whole TP x PP groups, not below the floor (itself whole groups)."""
+        return max(self.floor, workers - workers % self.step)
 
 
 def worker_counts(spec: TrainingJobSpec, min_workers: int, devices_per_worker: int) -> WorkerCounts:
@@ -387,7 +392,7 @@ def worker_counts(spec: TrainingJobSpec, min_workers: int, devices_per_worker: i
     desired = min(max(workers.replicas, floor), workers.ceiling)
     if desired >= floor:
         desired -= desired % step
-    return WorkerCounts(floor, workers.ceiling, desired)
+    return WorkerCounts(floor, workers.ceiling, desired, step)
 
 
 def running_counts(spec: TrainingJobSpec, counts: WorkerCounts, devices_per_worker: int) -> list[int]:
