@@ -17,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+SOCKET_TIMEOUT_SECONDS = 10.0  # a client that stops sending mid-request frees its thread after this
 MAX_CONNECTIONS = 128
 LISTEN_BACKLOG = 128  # socketserver's default, 5, drops a burst of polls from a large job's workers
 REQUEST_DEADLINE_SECONDS = 30.0
@@ -107,9 +108,13 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
 
 class DeadlineRequestHandler(BaseHTTPRequestHandler):
-    """Each request on a kept-alive connection gets its own deadline."""
+    """HTTP/1.1 with kept-alive connections, each request with its own deadline; a read waits at most
+    SOCKET_TIMEOUT_SECONDS; the Server header names no Python version."""
 
     server: BoundedHTTPServer
+    protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_SECONDS
+    sys_version = ""
 
     def handle_one_request(self) -> None:
         self.server.deadlines.arm(self.connection)

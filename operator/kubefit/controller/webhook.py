@@ -26,7 +26,6 @@ logger = logging.getLogger("kubefit.webhook")
 VALIDATE_PATH = "/validate"
 # An AdmissionReview of an UPDATE carries the object twice; the API server keeps objects under 1.5 MiB.
 MAX_BODY_BYTES = 8 * 2**20
-SOCKET_TIMEOUT_SECONDS = 10.0
 
 Review = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -71,10 +70,7 @@ class WebhookServer(BoundedHTTPServer):
 
 class _Handler(DeadlineRequestHandler):
     server: WebhookServer
-    protocol_version = "HTTP/1.1"
-    timeout = SOCKET_TIMEOUT_SECONDS
     server_version = "kubefit-webhook"
-    sys_version = ""
 
     def setup(self) -> None:
         self.request.settimeout(self.timeout)
