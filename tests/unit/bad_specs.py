@@ -113,6 +113,7 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("layers-above-max", _model(architecture={**ARCHITECTURE, "layers": 10**6}), "spec.model.architecture.layers", API),
     BadSpec("heads-above-width", _model(architecture={**ARCHITECTURE, "attentionHeads": 4096}), "spec.model.architecture", OPERATOR),
     BadSpec("kv-heads-above-heads", _model(architecture={**ARCHITECTURE, "kvHeads": 32}), "spec.model.architecture", OPERATOR),
+    BadSpec("kv-heads-not-dividing-heads", _model(architecture={**ARCHITECTURE, "kvHeads": 6}), "spec.model.architecture", OPERATOR),
     BadSpec("tensor-parallel-indivisible", {"training": {"tensorParallel": 3}}, "spec.training.tensorParallel", OPERATOR),
     BadSpec("tensor-parallel-above-heads", {**_model(architecture=ARCHITECTURE), "training": {"tensorParallel": 32}}, "spec.training.tensorParallel", OPERATOR),
     BadSpec("tensor-parallel-not-dividing-kv-heads", {**_model(architecture={**ARCHITECTURE, "kvHeads": 4}), "training": {"tensorParallel": 8}}, "spec.training.tensorParallel", OPERATOR),

@@ -597,8 +597,8 @@ ARCH_32_HEADS = {"layers": 32, "hiddenSize": 4096, "attentionHeads": 32}
 
 @pytest.mark.parametrize(
     ("kv_heads", "tensor_parallel"),
-    [(None, 3), (12, 3), (None, 4096), (8, 16), (4, 8)],
-    ids=["3-of-32-heads", "3-of-12-kv-heads", "4096-of-32-heads", "16-of-8-kv-heads", "8-of-4-kv-heads"],
+    [(None, 3), (2, 4), (None, 4096), (8, 16), (4, 8)],
+    ids=["3-of-32-heads", "4-of-2-kv-heads", "4096-of-32-heads", "16-of-8-kv-heads", "8-of-4-kv-heads"],
 )
 def test_tensor_parallel_must_divide_the_attention_and_kv_heads(
     kv_heads: int | None, tensor_parallel: int

@@ -172,7 +172,7 @@ class Architecture(_Model):
         ge=1,
         le=MAX_HIDDEN_SIZE,
         default=None,
-        description="Key/value heads for grouped-query attention; at most attentionHeads. "
+        description="Key/value heads for grouped-query attention; divides attentionHeads. "
         "Default: attentionHeads.",
     )
     intermediate_size: int | None = Field(
@@ -204,6 +204,13 @@ class Architecture(_Model):
             raise ValueError("attentionHeads must not exceed hiddenSize (each head needs a dimension)")
         if self.kv_heads is not None and self.kv_heads > self.attention_heads:
             raise ValueError("kvHeads must not exceed attentionHeads")
+        if self.kv_heads is not None and self.attention_heads % self.kv_heads:
+            # Grouped-query attention shares each key/value head among attentionHeads / kvHeads query heads
+            # (transformers' repeat_kv, Megatron-Core's num_query_groups).
+            raise ValueError(
+                f"kvHeads ({self.kv_heads}) must divide attentionHeads ({self.attention_heads}): each "
+                "key/value head serves a whole group of query heads"
+            )
         return self
 
 
