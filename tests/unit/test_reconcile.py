@@ -1362,3 +1362,30 @@ def test_an_elastic_grant_runs_whole_tensor_and_pipeline_parallel_groups() -> No
     assert decide(observe(spec, grant=5), CATALOG).create == (0, 1, 2, 3)
     assert decide(observe(spec, grant=6), CATALOG).create == tuple(range(6))
     assert decide(observe(spec, grant=3), CATALOG).create == (0, 1)
+
+
+def test_a_restart_with_a_new_world_size_removes_the_old_groups_finished_workers() -> None:
+    """Worker 3 of 4 succeeded; replicas go to 6: the new group needs a new worker 3, so the finished pod
+    goes with the rest and is not recorded as done for the new group."""
+    spec4 = raw_spec(workers={"replicas": 4}, elastic={"checkpointGracePeriodSeconds": 0})
+    pods = [pod(0), pod(1), pod(2), pod(3, "Succeeded")]
+    before = decide(observe(spec4, pods=pods), CATALOG)
+    assert status_of(before)["succeededWorkers"] == "3"
+    spec6 = raw_spec(workers={"replicas": 6}, elastic={"checkpointGracePeriodSeconds": 0})
+    restart = decide(observe(spec6, pods=pods, status=before.status), CATALOG)
+    assert "llama-worker-3" in restart.delete
+    assert set(restart.delete) == {f"llama-worker-{index}" for index in range(4)}
+    assert status_of(restart)["succeededWorkers"] is None
+    after = decide(observe(spec6, status=restart.status), CATALOG)
+    assert after.create == tuple(range(6))
+
+
+def test_an_elastic_scale_down_keeps_running_workers_before_a_finished_one_whose_pod_went() -> None:
+    workers = {"replicas": 4, "minReplicas": 2, "maxReplicas": 4}
+    spec = raw_spec(workers=workers, elastic={"enabled": True, "checkpointGracePeriodSeconds": 0})
+    running = [pod(0), pod(1), pod(2)]
+    done = decide(observe(spec, pods=[*running, pod(3, "Succeeded")]), CATALOG)
+    assert status_of(done)["succeededWorkers"] == "3"
+    shrunk = decide(observe(spec, pods=running, status=done.status, grant=2), CATALOG)
+    assert shrunk.delete == ("llama-worker-2",)  # workers 0 and 1 train on; not 1 and 2 traded for 3
+    assert shrunk.create == ()

@@ -97,6 +97,14 @@ def _running(ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int
     shake = handshake(ctx, plan.removal)
     doomed = plan.removal.doomed if plan.removal else ()
     delete = tuple(name for name in changes.delete if name not in doomed) + (doomed if shake.proceed else ())
+    if plan.restart and shake.proceed:
+        # The old group's succeeded workers go too: the new group runs every index afresh, and a finished
+        # pod left in place would keep its index from being created (or be recorded as done again).
+        delete += tuple(
+            pod.name
+            for pod in ctx.ours
+            if pod.phase == POD_SUCCEEDED and not pod.terminating and pod.name not in delete
+        )
     backoff = restart_backoff_left(ctx.status, restarts_of(ctx.status), ctx.now)
     create = () if backoff > 0 or plan.restart else changes.create
     desired = plan.target if plan.restart and shake.proceed else plan.keep

@@ -46,8 +46,8 @@ def worker_slots(
 ) -> frozenset[int]:
     """The worker indices that make up the job: 0..desired-1, or for an elastic job (`keep_survivors`)
     worker 0 (the rendezvous host), the indices that already exist (running ones first, then bound, then
-    unscheduled; lowest index first within each; `finished`, workers that succeeded and whose pods are
-    gone, count as running), then the lowest free ones.
+    unscheduled; lowest index first within each; then `finished`, workers that succeeded and whose pods
+    are gone, so that a scale-down keeps the workers that still train), then the lowest free ones.
 
     torchrun's elastic rendezvous assigns ranks itself, so an elastic job need not renumber: when a node
     takes workers 1 and 2 with it, workers 0 and 3 keep training instead of 3 being traded for a new 1
@@ -61,7 +61,7 @@ def worker_slots(
         for pod in sorted(_live(pods, already_replaced), key=_keep_first)
         if pod.index and not pod.terminating
     ]
-    existing = [*sorted(index for index in finished if index), *existing]
+    existing = [*existing, *sorted(index for index in finished if index and index not in existing)]
     slots = {0, *existing[: desired - 1]}
     free = (index for index in range(1, desired + len(existing) + 1) if index not in slots)
     while len(slots) < desired:
