@@ -140,3 +140,27 @@ def test_each_request_on_a_kept_alive_connection_gets_its_own_deadline(server: _
         time.sleep(1.0)
     assert _get(connection).startswith(b"HTTP/1.1 200")
     connection.close()
+
+
+def test_a_watcher_that_cannot_start_costs_that_connection_not_the_slot(
+    server: _Small, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread left for the deadline watcher: the connection is closed and its slot freed, and the next
+    connection, with a watcher again, is served and bounded."""
+    real_start = threading.Thread.start
+    failed: list[str] = []
+
+    def start_once_failing(thread: threading.Thread) -> None:
+        if thread.name == "kubefit-http-deadlines" and not failed:
+            failed.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_once_failing)
+    refused = _connect(server)
+    assert _closed_within(refused, 5.0)
+    assert failed
+    served = [_connect(server), _connect(server)]  # both slots: the refused connection's was freed
+    assert all(_get(connection).startswith(b"HTTP/1.1 200") for connection in served)
+    for connection in [refused, *served]:
+        connection.close()

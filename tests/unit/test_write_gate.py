@@ -42,9 +42,13 @@ class RecordingClient:
 class RecordingElector:
     def __init__(self) -> None:
         self.released = False
+        self.renewing = True
 
     def release(self) -> None:
         self.released = True
+
+    def stop_renewing(self) -> None:
+        self.renewing = False
 
 
 def _api(client: RecordingClient) -> KubeApi:
@@ -86,14 +90,16 @@ def test_stop_waits_for_a_write_in_flight_and_says_whether_it_finished() -> None
 def test_hand_over_releases_only_once_no_write_can_follow() -> None:
     api, client, writer = _write_held_in_flight()
     hanging = RecordingElector()
-    hand_over(cast(LeaderElector, hanging), api, drain_seconds=0.2)
+    exits: list[int] = []
+    hand_over(cast(LeaderElector, hanging), api, drain_seconds=0.2, exit_now=exits.append)
     assert not hanging.released  # left to expire: the hanging write may still land
+    assert not hanging.renewing and exits == [0]  # and it does expire: no renewal, the process ends
     assert client.hold is not None
     client.hold.set()
     writer.join(5)
     drained = RecordingElector()
-    hand_over(cast(LeaderElector, drained), api, drain_seconds=1.0)
-    assert drained.released
+    hand_over(cast(LeaderElector, drained), api, drain_seconds=1.0, exit_now=exits.append)
+    assert drained.released and exits == [0]
 
 
 def test_a_write_begun_before_stop_is_not_cut_short() -> None:

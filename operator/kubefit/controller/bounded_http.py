@@ -38,8 +38,9 @@ class _Deadlines:
         with self._lock:
             self._due[id(connection)] = (time.monotonic() + self.seconds, connection)
             if not self._watching:
+                watcher = threading.Thread(target=self._watch, name="kubefit-http-deadlines", daemon=True)
+                watcher.start()  # if it cannot start (no threads left), the next arm tries again
                 self._watching = True
-                threading.Thread(target=self._watch, name="kubefit-http-deadlines", daemon=True).start()
 
     def disarm(self, connection: socket.socket) -> None:
         with self._lock:
@@ -90,8 +91,12 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        self.deadlines.arm(request)  # covers a TLS handshake and the first request
         try:
+            try:
+                self.deadlines.arm(request)  # covers a TLS handshake and the first request
+            except RuntimeError:  # no thread for the watcher: this connection cannot be bounded, so it goes
+                self.shutdown_request(request)
+                return
             super().process_request_thread(request, client_address)
         finally:
             self.deadlines.disarm(request)

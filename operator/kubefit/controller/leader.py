@@ -254,6 +254,10 @@ class LeaderElector:
                 on_lost()
                 return
 
+    def stop_renewing(self) -> None:
+        """Renews no more: the Lease expires a lease after the last renewal (and no one is told it is lost)."""
+        self._stop.set()
+
     def release(self) -> None:
         """Stops renewing and, if this replica still holds the Lease, empties its holder."""
         self._stop.set()

@@ -204,15 +204,25 @@ def run_operator(options: OperatorOptions) -> None:
             hand_over(elector, api)
 
 
-def hand_over(elector: LeaderElector, api: KubeApi, drain_seconds: float = WRITES_DRAIN_SECONDS) -> None:
+def hand_over(
+    elector: LeaderElector,
+    api: KubeApi,
+    drain_seconds: float = WRITES_DRAIN_SECONDS,
+    exit_now: Callable[[int], None] = os._exit,
+) -> None:
     """A stopped leader releases the Lease, so that a standby takes over at once instead of after the
     lease, but only once none of its writes can follow: reconciles still running in threads kopf cannot
     cancel would otherwise act beside the new leader. A write still hanging after `drain_seconds` leaves
-    the Lease to expire instead."""
+    the Lease to expire instead: renewing stops and the process exits at once, since the hung write's
+    thread (not a daemon) would otherwise keep it, and its Lease, alive."""
     if api.stop_writes(drain_seconds):
         elector.release()
-    else:
-        logger.warning("writes still in flight after %.0f s: leaving the lease to expire", drain_seconds)
+        return
+    elector.stop_renewing()
+    message = f"kubefit: writes still in flight after {drain_seconds:g} s: exiting, the lease expires"
+    logger.warning(message)
+    print(message, flush=True)
+    exit_now(0)
 
 
 def _start_webhook(options: OperatorOptions, webhook: AdmissionWebhook) -> None:
