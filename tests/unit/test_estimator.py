@@ -688,6 +688,15 @@ def test_the_first_pipeline_stage_holds_no_more_micro_batches_than_a_step_runs()
     assert one.total < 50 * 2**30 < eight.total
 
 
+def test_a_pipeline_that_does_not_state_its_micro_batches_is_sized_with_p_in_flight() -> None:
+    """Unset gradientAccumulation under pipelineParallel is not one micro-batch: a pipeline runs at least p
+    to keep its stages busy, and sizing a spec that does not say for one would size it short."""
+    unstated = estimate(job(pipelineParallel=8, sequenceLength=8192), H100, Layout(8, 1))
+    eight = estimate(job(pipelineParallel=8, sequenceLength=8192, gradientAccumulation=8), H100, Layout(8, 1))
+    one = estimate(job(pipelineParallel=8, sequenceLength=8192, gradientAccumulation=1), H100, Layout(8, 1))
+    assert unstated.total == eight.total > one.total
+
+
 GPU_ROWS = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "gpu_grid_rows.yaml"
 H200 = load_catalog().get("nvidia-h200")
 

@@ -334,7 +334,8 @@ class Training(_Model):
         le=MAX_MICRO_BATCH_SIZE,
         default=1,
         description="Micro-batches per optimizer step; under pipelineParallel > 1, those each pipeline runs, "
-        "of which the first stage holds min(pipelineParallel, gradientAccumulation) in flight (1F1B). "
+        "of which the first stage holds min(pipelineParallel, gradientAccumulation) in flight (1F1B); "
+        "unset under pipelineParallel, pipelineParallel are assumed in flight. "
         "Under sharding fsdp, more than 1 is sized as FSDP's "
         "no_sync accumulation (PyTorch FSDP, Lightning Fabric, Accelerate), which holds every gradient "
         "unsharded on each device until the last micro-batch; zero2/zero3 keep gradients partitioned.",

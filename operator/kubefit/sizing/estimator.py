@@ -748,7 +748,9 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
         stream_bytes=stream,
         input_copies=copies,
     )
-    saved = _saved_activations(shape, run, training.pipeline_parallel, stage, training.gradient_accumulation)
+    saved = _saved_activations(
+        shape, run, training.pipeline_parallel, stage, _pipeline_micro_batches(training)
+    )
     head = _Transient(0.0, 0.0)
     if stage in ("only", "last"):
         head = _output_head(shape, run, training.loss, _head_weight_copies(spec))
@@ -765,6 +767,15 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
         activations += max(0.0, recomputed - head.logits)
         unplaced = min(recomputed, head.logits)
     return _Transient(activations, head.logits, unplaced)
+
+
+def _pipeline_micro_batches(training: Training) -> int:
+    """The micro-batches a pipeline runs per step: gradientAccumulation when the spec gives it; unset, at
+    least pipelineParallel (a pipeline runs as many to keep its stages busy, and torchtitan splits each
+    batch into them without calling it accumulation), so that the first stage is never sized short."""
+    if "gradient_accumulation" in training.model_fields_set:
+        return training.gradient_accumulation
+    return training.pipeline_parallel
 
 
 def _saved_activations(
