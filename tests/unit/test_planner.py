@@ -426,6 +426,20 @@ def test_an_auto_layout_runs_whole_groups_and_says_when_replicas_are_rounded() -
     assert any("workers.replicas 3" in warning and "2 workers run" in warning for warning in sizing.warnings)
 
 
+def test_an_auto_layout_that_runs_the_replicas_asked_beats_one_cheaper_only_by_dropping_workers() -> None:
+    """TP 8, 3 replicas on H100s: 4 per worker would make 12 devices, so 2 workers (one model replica)
+    would run; 8 per worker runs the 3 asked."""
+    spec = make_spec(
+        model={"parameters": "8B"},
+        training={"tensorParallel": 8},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": "auto"},
+        workers={"replicas": 3},
+    )
+    planned = plan_job(spec)
+    assert (planned.sizing.accelerators_per_worker, planned.evaluated_workers) == (8, 3)
+    assert not any("workers.replicas" in warning for warning in planned.sizing.warnings)
+
+
 FIXED_GROUP_CASES = {
     # per worker, tensorParallel, pipelineParallel, workers, elastic -> the field named
     "replicas, one device per worker": (1, 1, 2, {"replicas": 3}, False, "spec.workers.replicas"),

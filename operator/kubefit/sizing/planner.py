@@ -19,7 +19,8 @@ returns the `status.sizing` object. Rules, in order:
   data-parallel buffers appear), and the largest estimate is the one reported. A candidate fits when
   that estimate fits; `minWorkers` reports the fewest workers that fit.
 * The cheapest fitting candidate wins: within workers.maxReplicas (and the cluster's capacity) first,
-  then fewest devices at the count it runs, then (with an inventory) placeable on free devices now,
+  then running the replicas asked (not rounded down to whole TP x PP groups), then fewest devices at the
+  count it runs, then (with an inventory) placeable on free devices now,
   then the smallest device memory, then fewest workers (more devices per node keeps traffic on the
   node's fast links), then catalog order.
 * With both accelerator and acceleratorsPerWorker fixed the one candidate is evaluated the same way;
@@ -453,6 +454,13 @@ class _Option:
     def devices(self) -> int:
         return self.workers * self.candidate.devices_per_worker
 
+    def rounds_replicas(self, spec: TrainingJobSpec) -> bool:
+        """Whether this layout runs fewer workers than asked, to make whole TP x PP groups: a layout that
+        runs what was asked is preferred to one that looks cheaper only by dropping workers."""
+        counts = self.counts
+        asked = min(max(spec.workers.replicas, counts.floor), counts.ceiling)
+        return counts.feasible and asked % counts.step != 0
+
     def needed_workers(self, spec: TrainingJobSpec) -> int:
         """Workers the cluster must place at once: an elastic job's floor, else all it runs."""
         if spec.elastic.enabled and self.counts.feasible:
@@ -468,6 +476,7 @@ class _Option:
         return (
             beyond_cluster,
             not self.counts.feasible,
+            self.rounds_replicas(spec),
             self.devices,
             not_free_now,
             self.candidate.accelerator.memory_bytes,
@@ -495,7 +504,7 @@ def _search(spec: TrainingJobSpec, candidates: Sequence[_Candidate], pools: Pool
     ordered = sorted(candidates, key=lambda c: (c.devices_per_worker, -c.accelerator.memory_bytes))
     for candidate in ordered:
         limit = MAX_DEVICES
-        if best is not None and not any(best[0][:2]):  # best is placeable within the bounds
+        if best is not None and not any(best[0][:3]):  # best is placeable, within the bounds, unrounded
             limit = best[1].devices  # a candidate needing more devices cannot win
         fewest = fewest_workers(spec, candidate.accelerator, candidate.devices_per_worker, limit)
         if fewest is None:
