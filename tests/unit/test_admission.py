@@ -44,6 +44,7 @@ def job(
     preemption: Preemption = "Never",
     accelerator: str = H100,
     eligible: frozenset[str] | None = None,
+    step: int = 1,
 ) -> Demand:
     return Demand(
         key=key(name),
@@ -56,6 +57,7 @@ def job(
         elastic=elastic,
         preemption=preemption,
         eligible_nodes=eligible,
+        worker_step=step,
     )
 
 
@@ -420,6 +422,58 @@ def test_shrinking_stops_at_the_minimum_and_never_happens_for_nothing() -> None:
     assert shrunk.shrink == {key("low-young"): 1, key("low-old"): 2}
 
 
+# -- whole TP x PP groups ----------------------------------------------------------------------------------
+
+
+def test_an_elastic_job_grows_by_whole_groups_only() -> None:
+    """Groups of 2 workers (TP x PP over 2 nodes' worth), room for 5 workers: it is granted 4, and the
+    fifth place stays free for someone else."""
+    grouped = job("grouped", per_worker=8, min_workers=2, want=6, step=2)
+    result = plan([grouped], cluster=nodes(5))
+    assert result.grants[key("grouped")] == 4
+    assert sum(result.reserved[key("grouped")].values()) == 4
+    small = job("small", per_worker=8, created=NOW)
+    assert plan([grouped, small], cluster=nodes(5)).grants[key("small")] == 1
+
+
+def test_a_shrink_for_priority_takes_whole_groups_and_gives_back_only_whole_groups() -> None:
+    low = job("low", per_worker=4, min_workers=2, want=6, step=2, priority=1)
+    held = holding(low, 6, {"node-0": 2, "node-1": 2, "node-2": 2})
+    one = plan([gang("high", 1, per_worker=4, priority=10)], [held], nodes(3))
+    assert one.grants == {key("high"): 1, key("low"): 4} and one.shrink == {key("low"): 4}
+    three = plan([gang("high", 3, per_worker=4, priority=10)], [held], nodes(3))
+    assert three.grants == {key("high"): 3, key("low"): 2}  # two groups: one and a half would do
+
+
+def test_a_shrink_partly_unneeded_after_a_preemption_gives_back_whole_groups_only() -> None:
+    """Shrinking `low` by 2 is not enough for 3 workers, preempting `other` frees 2 more: one of low's
+    workers could go back, but not half of a group."""
+
+    def low_grant(step: int) -> int:
+        low = job("low", per_worker=4, min_workers=2, want=4, step=step, priority=1)
+        held = holding(low, 4, {"node-0": 1, "node-1": 1, "node-2": 1, "node-3": 1})
+        other = holding(gang("other", 2, per_worker=4), 2, {"node-4": 1, "node-5": 1})
+        high = gang("high", 3, per_worker=4, priority=10, preemption="LowerPriority")
+        result = plan([high], [held, other], nodes(6, devices=4))
+        assert result.preempt == {key("other")} and result.grants[key("high")] == 3
+        return result.grants[key("low")]
+
+    assert low_grant(step=1) == 3
+    assert low_grant(step=2) == 2
+
+
+def test_workers_whose_places_went_away_leave_whole_groups() -> None:
+    """Granted 6 in groups of 2, one node gone: 5 places remain, the job keeps 4 and reserves nothing for
+    the part group."""
+    grouped = job("grouped", per_worker=8, min_workers=2, want=6, step=2)
+    held = Holding(grouped, 6, {"node-0": 1, "node-1": 1, "node-2": 1, "node-3": 1},
+                   reserved={"node-4": 1, "node-5": 1})  # fmt: skip
+    result = plan(admitted=[held], cluster=nodes(5))
+    assert result.grants[key("grouped")] == 4
+    assert result.reserved.get(key("grouped"), {}) == {}
+    assert plan([job("small", per_worker=8)], [held], nodes(5)).grants[key("small")] == 1
+
+
 def test_preempts_only_when_allowed_and_shrinking_is_not_enough() -> None:
     never = plan([gang("high", 2, per_worker=8, priority=10)], low_jobs(), nodes(2))
     assert not never.preempt
@@ -509,7 +563,9 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Demand], list[Holding], list[NodeCa
     free = {node.name: node.allocatable - node.used_by_others for node in cluster if node.accelerator}
 
     def demand(name: str) -> Demand:
-        minimum = draw(st.integers(1, 3))
+        elastic = draw(st.booleans())
+        step = draw(st.sampled_from([1, 2, 3])) if elastic else 1  # whole TP x PP groups
+        minimum = draw(st.integers(1, 3)) * step
         eligible = draw(st.none() | st.frozensets(st.sampled_from([f"n{i}" for i in range(6)])))
         return Demand(
             key("j" + name),
@@ -518,10 +574,11 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Demand], list[Holding], list[NodeCa
             accelerator=draw(st.sampled_from(KINDS)),
             per_worker=draw(st.sampled_from([1, 2, 4, 8])),
             min_workers=minimum,
-            want_workers=draw(st.integers(0, 5)),
-            elastic=draw(st.booleans()),
+            want_workers=draw(st.integers(0, 5)) * step,
+            elastic=elastic,
             preemption=draw(st.sampled_from(["Never", "LowerPriority"])),
             eligible_nodes=eligible,
+            worker_step=step,
         )
 
     admitted = []
@@ -549,6 +606,7 @@ def test_no_node_is_over_committed_and_every_admitted_job_keeps_its_minimum(
 ) -> None:
     queued, admitted, cluster = scenario
     result = plan_admissions(queued, admitted, cluster, policy, 10.0, limit)
+    assert_whole_groups_and_no_place_held_for_nothing(result, queued, admitted)
     per_worker = {demand.key: demand.per_worker for demand in [*queued, *(h.demand for h in admitted)]}
     assert set(result.grants) == set(per_worker)
     priorities = {held.demand.key: held.demand.priority for held in admitted}
@@ -580,6 +638,19 @@ def test_no_node_is_over_committed_and_every_admitted_job_keeps_its_minimum(
     assert_reserved_is_the_placement_not_bound(result, admitted)
     if policy == "BestEffortFIFO" and limit == 0.0:
         assert_no_one_admitted_behind_a_head_takes_its_nodes(result, queued, cluster)
+
+
+def assert_whole_groups_and_no_place_held_for_nothing(
+    result: AdmissionPlan, queued: list[Demand], admitted: list[Holding]
+) -> None:
+    over_granted = {held.demand.key for held in admitted if sum(held.placed.values()) > held.granted}
+    for demand in [*queued, *(held.demand for held in admitted)]:
+        grant = result.grants[demand.key]
+        assert grant % demand.worker_step == 0, (demand.key, grant, demand.worker_step)
+        if demand.key not in over_granted:  # (workers beyond the grant are still being removed)
+            reserved = sum(result.reserved.get(demand.key, {}).values())
+            bound = sum(result.placement.get(demand.key, {}).values()) - reserved
+            assert reserved <= max(grant - bound, 0), demand.key  # no place held for a worker never made
 
 
 def assert_no_one_admitted_behind_a_head_takes_its_nodes(

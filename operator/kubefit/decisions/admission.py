@@ -59,9 +59,11 @@ class Demand:
     elastic: bool  # False: all-or-nothing at max(min_workers, want_workers)
     preemption: Preemption
     eligible_nodes: frozenset[str] | None = None  # None: every node of its accelerator
+    # An elastic job's grants come in multiples of this (whole TP x PP groups; min and want are multiples).
+    worker_step: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("per_worker", "min_workers"):
+        for name in ("per_worker", "min_workers", "worker_step"):
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"Demand.{name} of {_name(self.key)} must be >= 1, got {getattr(self, name)}"
@@ -155,6 +157,10 @@ class _Job:
     @property
     def placed(self) -> int:
         return self.placed_count
+
+    def whole_groups(self, workers: int) -> int:
+        """`workers` rounded down to whole TP x PP groups: an elastic job runs no part of a group."""
+        return workers - workers % self.demand.worker_step
 
     @property
     def holds(self) -> bool:
@@ -415,14 +421,22 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
     """
     held = [job for job in jobs if job.admitted]
     for job in held:
-        job.grant = max(job.floor, min(job.before, job.target))
+        job.grant = max(job.floor, job.whole_groups(min(job.before, job.target)))
         _reserve(cluster, job, job.floor)
     for job in held:
         _reserve(cluster, job, job.grant)
         if job.placed < job.grant and job.grant > job.floor:
-            kept = max(job.placed, job.floor)
+            kept = max(job.whole_groups(job.placed), job.floor)
             job.lost = job.grant - kept
             job.grant = kept
+            _release_reserved_beyond(cluster, job)
+
+
+def _release_reserved_beyond(cluster: _Cluster, job: _Job) -> None:
+    """Reserved places beyond the grant (a part group the grant was rounded down from) go back."""
+    for node in sorted(job.reserved, reverse=True):
+        while job.placed > job.grant and job.reserved.get(node):
+            cluster.release(job, node, from_reserved=True)
 
 
 @dataclass
@@ -529,9 +543,10 @@ class _Trial:
 
 
 def _shrink(trial: _Trial, other: _Job) -> None:
-    """Take workers of `other` off, one at a time, until the job fits or `other` is at its minimum: reserved
-    places first (no pod to remove), each on the trial's node with the most free devices; then bound
-    workers, in the order decide removes them (highest index first) when that order is known."""
+    """Take workers of `other` off, one at a time, until the job fits or `other` is at its minimum, and on
+    to whole TP x PP groups: reserved places first (no pod to remove), each on the trial's node with the
+    most free devices; then bound workers, in the order decide removes them (highest index first) when
+    that order is known."""
     room = other.grant - other.floor
     reserved = {n: c for n, c in other.reserved.items() if n in trial.free}
     room = _take_by_room(trial, other, reserved, room, from_reserved=True)
@@ -542,8 +557,13 @@ def _shrink(trial: _Trial, other: _Job) -> None:
         _take_by_room(trial, other, bound, room, from_reserved=False)
 
 
+def _wants_more(trial: _Trial, other: _Job, room: int) -> bool:
+    """Whether to take another worker of `other`: the job does not fit yet, or a group is taken in part."""
+    return not trial.fits or room % other.demand.worker_step != 0
+
+
 def _take_by_room(trial: _Trial, other: _Job, pool: dict[str, int], room: int, from_reserved: bool) -> int:
-    while room > 0 and pool and not trial.fits:
+    while room > 0 and pool and _wants_more(trial, other, room):
         node = max(pool, key=lambda name: (trial.free[name], name))
         pool[node] -= 1
         if not pool[node]:
@@ -558,8 +578,9 @@ def _take_in_order(trial: _Trial, other: _Job, room: int) -> None:
     """Bound workers, highest index first; one on a node the job cannot use still goes (decide removes it
     all the same), and frees nothing for the trial."""
     for node in other.removal_order[: max(room, 0)]:
-        if trial.fits:
+        if not _wants_more(trial, other, room):
             return
+        room -= 1
         trial.change(node, other.demand.per_worker)
         trial.removals.append((other, node, False))
 
@@ -588,18 +609,42 @@ def _trim(trial: _Trial) -> None:
         else:
             for node, devices in freed.items():
                 trial.change(node, devices)
+    _give_back_removals(trial)
+
+
+def _give_back_removals(trial: _Trial) -> None:
+    """Shrink removals the job fits without go back, latest first, a whole TP x PP group at a time."""
     needed: set[_Job] = set()  # jobs removed in index order: only their lowest removals can go back
-    for removal in reversed(list(trial.removals)):
-        other, node, _ = removal
+    for group in reversed(_whole_group_removals(trial.removals)):
+        other = group[0][0]
         if other in trial.victims or other in needed:
             continue
-        trial.change(node, -other.demand.per_worker)
+        for _, node, _ in group:
+            trial.change(node, -other.demand.per_worker)
         if trial.fits:
-            trial.removals.remove(removal)
+            for removal in group:
+                trial.removals.remove(removal)
         else:
-            trial.change(node, other.demand.per_worker)
+            for _, node, _ in group:
+                trial.change(node, other.demand.per_worker)
             if other.removal_order:
                 needed.add(other)
+
+
+def _whole_group_removals(
+    removals: Sequence[tuple[_Job, str, bool]],
+) -> list[list[tuple[_Job, str, bool]]]:
+    """The removals in the units that may go back: a job's TP x PP groups (one worker when its step is 1).
+    A job's removals are consecutive: _shrink takes one job at a time."""
+    groups: list[list[tuple[_Job, str, bool]]] = []
+    for removal in removals:
+        other = removal[0]
+        last = groups[-1] if groups else None
+        if last is not None and last[0][0] is other and len(last) < other.demand.worker_step:
+            last.append(removal)
+        else:
+            groups.append([removal])
+    return groups
 
 
 def _lower(jobs: Sequence[_Job], job: _Job) -> list[_Job]:
@@ -643,6 +688,10 @@ def _commit(cluster: _Cluster, trial: _Trial) -> None:
         cluster.release(other, node, from_reserved)
         other.grant -= 1
         other.shrunk_for = trial.job.key
+    for other in {other for other, _, _ in trial.removals}:
+        # A group taken in part (its other workers had no place to take) goes whole.
+        other.grant = max(other.floor, other.whole_groups(other.grant))
+        _release_reserved_beyond(cluster, other)
     for victim in trial.victims:
         for held in (victim.reserved, victim.bound):
             for node, workers in held.items():
@@ -694,6 +743,9 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
             continue
         nodes, _ = queue.usable(job)
         spots = _spots(cluster, nodes, job.demand.per_worker, job.target - job.grant)
+        found = sum(spots.values())
+        if job.whole_groups(found) != found:  # the same best-fit places, up to whole groups
+            spots = _spots(cluster, nodes, job.demand.per_worker, job.whole_groups(found))
         cluster.take(job, spots)
         job.grant += sum(spots.values())
 

@@ -23,7 +23,8 @@ def job_demand(
 
     An elastic job asks for at least bounds.floor and at most bounds.desired (replicas within its
     bounds); a non-elastic one for exactly bounds.desired. Its eligible nodes are the placeable nodes
-    of the chosen accelerator; None when no node is known at all.
+    of the chosen accelerator; None when no node is known at all. An elastic job is granted whole
+    TP x PP groups (bounds.step workers each).
     """
     elastic = spec.elastic.enabled
     known = inventory.placeable or inventory.excluded
@@ -39,4 +40,5 @@ def job_demand(
         elastic=elastic,
         preemption=spec.scheduling.preemption,
         eligible_nodes=eligible,
+        worker_step=bounds.step if elastic else 1,
     )
