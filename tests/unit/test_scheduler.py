@@ -245,8 +245,56 @@ def test_a_node_change_works_out_the_eligible_nodes_once_per_placement_not_per_j
     assert sorted(map(repr, classified)) == sorted(map(repr, placements))  # once each, for ten jobs
     scheduler.run_pass(cluster.view())
     assert len(classified) == 2  # the nodes did not change again: nothing worked out
-    eligible = {entry.eligible[1] for entry in scheduler._entries.values() if entry.eligible}
+    eligible = {entry.eligible[2] for entry in scheduler._entries.values() if entry.eligible}
     assert eligible == {frozenset(f"n{index}" for index in range(1, 6))}  # the tainted node is nobody's
+
+
+def test_a_placement_changed_while_a_pass_works_out_the_old_one_is_worked_out_in_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pass works out eligible nodes outside the lock: a reconcile that moves the job to another pool
+    meanwhile must not leave the old pool's nodes cached for the new placement."""
+    cluster = FakeCluster(
+        nodes=[node(f"n{index}", labels={"pool": "a" if index < 2 else "b"}) for index in range(4)]
+    )
+    scheduler, _ = sync_scheduler()
+    key, job = ("ns", "moved"), demand("moved", min_workers=1, want=1)
+    pool_a, pool_b = Placement({"pool": "a"}, (), ()), Placement({"pool": "b"}, (), ())
+    scheduler.offer(key, job, pool_a, cluster.view())
+    real = scheduler_module.eligible_nodes
+    moved: list[threading.Thread] = []
+
+    def moved_meanwhile(placement: Placement, nodes: Iterable[NodeFacts], catalog: Any) -> frozenset[str]:
+        if not moved:  # the first one worked out in the pass below: pool a
+            moved.append(threading.Thread(target=scheduler.offer, args=(key, job, pool_b, cluster.view())))
+            moved[0].start()
+            deadline = time.monotonic() + 10
+            while scheduler._entries[key].placement is not pool_b and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return real(placement, nodes, catalog)
+
+    monkeypatch.setattr(scheduler_module, "eligible_nodes", moved_meanwhile)
+    cluster.nodes[3] = replace(cluster.nodes[3], labels={**cluster.nodes[3].labels, "zone": "1"})  # a change
+    scheduler.run_pass(cluster.view())
+    moved[0].join(timeout=10)
+    scheduler.run_pass(cluster.view())  # the pass its request asked for (the nodes are as before)
+    entry = scheduler._entries[key]
+    assert entry.planned is not None and entry.planned[2].eligible_nodes == frozenset({"n2", "n3"})
+
+
+def test_node_generations_never_take_new_facts_for_ones_seen_before() -> None:
+    """A fingerprint of ids matched new facts whenever CPython gave them a freed object's address."""
+    generations = scheduler_module.NodeGenerations()
+    first = generations.of([node("n1")])
+    assert generations.of([node("n1")]) != first  # new facts objects, the same content: it cannot tell
+    for attempt in range(200):  # freed facts, and new ones at the same address: still a change
+        facts = node("n1", labels={"attempt": str(attempt)})
+        seen = generations.of([facts])
+        del facts
+        assert generations.of([node("n1", labels={"attempt": "new"})]) != seen
+    kept = [node("n1"), node("n2")]
+    same = generations.of(kept)
+    assert generations.of(list(reversed(kept))) == same  # the same objects, in any order
 
 
 def test_a_node_that_is_not_ready_is_not_offered_until_it_is() -> None:

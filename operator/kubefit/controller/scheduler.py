@@ -105,7 +105,9 @@ class _Entry:
     hostnames: frozenset[str] = frozenset()  # Grant.hostnames
     reserved: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.reserved of the last pass
     counted: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.placement of the last pass
-    eligible: tuple[int, frozenset[str]] | None = None  # (nodes fingerprint, node names)
+    # (node generation, the placement it was worked out for, node names): the placement may change
+    # (update(), under the lock) while a pass works it out (outside it).
+    eligible: tuple[int, Placement, frozenset[str]] | None = None
     # (demand, eligible set, the demand with those nodes) of the last pass: the same objects, the same answer.
     planned: tuple[Demand, frozenset[str], Demand] | None = None
 
@@ -168,6 +170,27 @@ class NodeDevices:
             self._known = {name: known for name, known in self._known.items() if name in names}
 
 
+class NodeGenerations:
+    """A number that changes whenever any node's facts change (kopf's index replaces a node's facts
+    object on every change, so the same objects mean the same facts).
+
+    It keeps the objects it compared, so none can be freed and its id() given to a new node's facts: a
+    fingerprint of ids alone could match facts it had never seen."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[NodeFacts, ...] = ()
+        self._generation = 0
+
+    def of(self, nodes: Iterable[NodeFacts]) -> int:
+        current = tuple(sorted(nodes, key=lambda node: node.name))
+        if len(current) != len(self._seen) or any(
+            a is not b for a, b in zip(current, self._seen, strict=True)
+        ):
+            self._seen = current
+            self._generation += 1
+        return self._generation
+
+
 @dataclass(frozen=True)
 class SchedulerSettings:
     policy: AdmissionPolicy = DEFAULT_POLICY
@@ -199,7 +222,8 @@ class Scheduler:
         self._nodes: dict[str, NodeFacts] = {}
         self._node_devices = NodeDevices(catalog)
         # Eligible-node sets of the current nodes, one object per distinct set, shared by the jobs (H8).
-        # For one fingerprint of the nodes: each distinct eligible set, and the set of each placement (repr).
+        # For one generation of the nodes: each distinct eligible set, and the set of each placement (repr).
+        self._node_generations = NodeGenerations()
         self._shared_eligible: tuple[int, dict[frozenset[str], frozenset[str]], dict[str, frozenset[str]]] = (
             0,
             {},
@@ -262,9 +286,9 @@ class Scheduler:
                 changed = True
             else:
                 changed = entry.demand != demand or entry.placement != placement
-                if entry.placement != placement:
-                    entry.eligible = None
-                entry.demand, entry.placement = demand, placement
+                entry.demand = demand
+                if entry.placement != placement:  # an equal one is kept: `eligible` stays good for it
+                    entry.placement = placement
         if changed:
             self.request("job", view)
 
@@ -490,32 +514,33 @@ class Scheduler:
 
         Cached per job until the nodes change; kopf's index replaces a node's facts on every change.
         """
-        fingerprint = hash(tuple(sorted((node.name, id(node)) for node in nodes)))
+        generation = self._node_generations.of(nodes)
         every = frozenset(node.name for node in nodes if self.catalog.identify(node.labels) is not None)
-        if self._shared_eligible[0] != fingerprint:
-            self._shared_eligible = (fingerprint, {}, {})
+        if self._shared_eligible[0] != generation:
+            self._shared_eligible = (generation, {}, {})
         _, shared, by_placement = self._shared_eligible
         every = shared.setdefault(every, every)
         demands = {}
         for key, entry in entries.items():
-            assert entry.demand is not None
-            if entry.eligible is None or entry.eligible[0] != fingerprint:
+            demand, placement, cached = entry.demand, entry.placement, entry.eligible  # read once: see _Entry
+            assert demand is not None
+            if cached is None or cached[0] != generation or cached[1] is not placement:
                 # Worked out once per placement when any node changed: per job, a cordoned node made the
                 # next pass classify every node for each of 3,000 jobs, 30 s (docs/performance.md, the tenth
                 # round). Jobs with the same eligible nodes share one set (H8: 2,000 jobs x 5,000 node
                 # names each would be hundreds of MiB).
-                placement_key = repr(entry.placement)
+                placement_key = repr(placement)
                 found = by_placement.get(placement_key)
                 if found is None:
-                    found = eligible_nodes(entry.placement, nodes, self.catalog)
+                    found = eligible_nodes(placement, nodes, self.catalog)
                     found = by_placement[placement_key] = shared.setdefault(found, found)
-                entry.eligible = (fingerprint, found)
-            eligible = entry.eligible[1]
+                cached = entry.eligible = (generation, placement, found)
+            eligible = cached[2]
             planned = entry.planned
-            if planned is None or planned[0] is not entry.demand or planned[1] is not eligible:
+            if planned is None or planned[0] is not demand or planned[1] is not eligible:
                 # `is`: the sets are interned in `shared`, so equal sets are the same object.
-                with_nodes = replace(entry.demand, eligible_nodes=None if eligible is every else eligible)
-                planned = entry.planned = (entry.demand, eligible, with_nodes)
+                with_nodes = replace(demand, eligible_nodes=None if eligible is every else eligible)
+                planned = entry.planned = (demand, eligible, with_nodes)
             demands[key] = planned[2]
         return demands
 
