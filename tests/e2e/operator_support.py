@@ -409,9 +409,10 @@ def namespace(kube: Kube, operator: OperatorProcess, namespace_prefix: str) -> I
         "the default ServiceAccount",
         lambda: kube.run("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
     )
-    # kopf finds a namespace that matches the operator's glob through its namespace watch, which took 61 s
-    # and over 180 s in two runs on a loaded 2-core box (its CRD watch reported itself inactive meanwhile):
-    # a test's own timeouts start once the operator watches the namespace.
+    # kopf finds a namespace that matches the operator's glob through its namespace watch. It took 61 s and
+    # over 180 s in two runs on a loaded 2-core box while the handlers were plain functions: kopf then waited
+    # for the deleted namespace's queued handlers before it watched a new one (controller/handlers.py,
+    # HandlerThreads). A test's own timeouts still start once the operator watches the namespace.
     wait_for(
         f"the operator watching {name}",
         lambda: operator.logged(rf"watch-stream for trainingjobs\S* in '({re.escape(name)})'"),
