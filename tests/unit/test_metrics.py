@@ -202,6 +202,18 @@ def test_a_reconcile_that_ends_after_the_deletion_does_not_bring_the_series_back
     assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="desired") == 0
 
 
+def test_a_job_deleted_during_its_first_reconcile_leaves_no_series() -> None:
+    """Its DELETED event comes before the reconcile that first observes it ends: a job with no demand (here
+    one that does not fit) is reconciled no more, and its Pending series would stay for good."""
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec())
+    metrics.forget_job("team-a", "llama", UID)  # never observed: only the event's uid tells it
+    job.reconcile(10, [], None)
+    assert series_of(metrics, "llama") == []
+    job.reconcile(12, [], None, uid="uid-of-a-new-llama")  # created again under the same name
+    assert series_of(metrics, "llama")
+
+
 def test_queue_wait_is_creation_to_admission_observed_once() -> None:
     metrics = OperatorMetrics()
     job = Job(metrics, job_spec())

@@ -256,8 +256,9 @@ class Reconciler:
                     state.busy = False
                     _forget_old_creates(state.created)
 
-    def forget(self, key: JobKey) -> None:
-        self.metrics.forget_job(*key)
+    def forget(self, key: JobKey, uid: str | None = None) -> None:
+        """Drops what the operator holds of the job; `uid`, when known, is the deleted job's."""
+        self.metrics.forget_job(*key, uid)
         self.board.forget(key)
         self._requeue(key, None, None)
         with self._lock:
@@ -391,7 +392,7 @@ class Reconciler:
         """The job is gone (its DELETED event, a 404, or missing from a list): out of the cache, its metrics
         and its place in the queue."""
         self.jobs.deleted(key, uid)
-        self.forget(key)
+        self.forget(key, uid)
         self.scheduler.forget(key, view)
 
     def _gone(self, key: JobKey, progress: _Progress, view: ClusterView) -> None:
@@ -419,7 +420,7 @@ class Reconciler:
         job = self.jobs.read(key, self.api.get_job)
         if job is None or job["metadata"].get("deletionTimestamp"):
             state.gone = True
-            self.metrics.forget_job(namespace, name)
+            self.metrics.forget_job(namespace, name, None if job is None else job["metadata"].get("uid"))
             self.scheduler.forget(key, view)
             return
         state.gone = False

@@ -261,19 +261,21 @@ class OperatorMetrics:
                 self._started[key] = uid
                 self.scheduling_latency.observe(running)
 
-    def forget_job(self, namespace: str, name: str) -> None:
-        """Removes every series of a deleted job, so dashboards and alerts do not show it forever."""
+    def forget_job(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Removes every series of a deleted job, so dashboards and alerts do not show it forever. `uid`, the
+        deleted job's, keeps a reconcile still running from setting them again, even one that had not
+        observed the job yet (a job deleted during its first reconcile)."""
         key = (namespace, name)
         with self._lock:
             self._replace_series(key, {})
             self._series.pop(key, None)
             self._admitted.pop(key, None)
             self._started.pop(key, None)
-            uid = self._uids.pop(key, None)
-            if uid is not None:
-                self._deleted[uid] = None
-                if len(self._deleted) > _DELETED_KEPT:
-                    self._deleted.popitem(last=False)
+            for deleted in dict.fromkeys((self._uids.pop(key, None), uid)):
+                if deleted is not None:
+                    self._deleted[deleted] = None
+            while len(self._deleted) > _DELETED_KEPT:
+                self._deleted.popitem(last=False)
 
     def jobs_observed(self) -> int:
         with self._lock:
