@@ -263,6 +263,10 @@ def test_prometheus_rule_is_off_by_default_and_needs_the_monitoring_api(tmp_path
         "metrics.prometheusRule.rules.KubefitAcceleratorMemoryOverprovisioned.threshold=0",
         "metrics.prometheusRule.rules.KubefitJobStuckPending.threshold=0.5",  # it has none
         "metrics.prometheusRule.rules.KubefitJobStuckPending.for=5 minutes",
+        "metrics.prometheusRule.rules.KubefitJobStuckPending.for=30m1h",  # Prometheus wants units in order
+        "metrics.prometheusRule.rules.KubefitJobStuckPending.for=1m1m",
+        "metrics.prometheusRule.rules.KubefitJobStuckPending.for=",
+        "metrics.serviceMonitor.interval=1h30",
         "metrics.prometheusRule.rules.KubefitNoSuchAlert.enabled=true",
         "metrics.prometheusRule.enable=true",
     ],
@@ -272,6 +276,16 @@ def test_bad_rule_values_are_refused(bad: str) -> None:
     result = subprocess.run([*command, "--set", bad], capture_output=True, text=True, timeout=25)
     assert result.returncode != 0, result.stdout
     assert "metrics" in result.stderr  # the error names where the value is
+
+
+@pytest.mark.parametrize("zero", ["0", "0.0", ".0", "0.000"])
+def test_a_threshold_above_zero_is_refused_at_zero_as_a_string_too(zero: str) -> None:
+    """`--set-string` passes a string: `< 0` would make an alert that can never fire."""
+    value = f"metrics.prometheusRule.rules.KubefitAcceleratorMemoryOverprovisioned.threshold={zero}"
+    command = [str(helm_path()), "template", "kf", str(CHART), "--api-versions", MONITORING_API]
+    result = subprocess.run([*command, "--set-string", value], capture_output=True, text=True, timeout=25)
+    assert result.returncode != 0, result.stdout
+    assert "threshold" in result.stderr
 
 
 # ------------------------------------------------------------------ the dashboard

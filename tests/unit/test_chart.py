@@ -595,6 +595,17 @@ def test_notes_render() -> None:
     assert "all namespaces" in result.stdout and "kubectl get trainingjobs" in result.stdout
 
 
+def test_notes_name_the_metrics_service_the_chart_creates_even_for_a_long_name() -> None:
+    override = "a" * 60
+    result = _helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
+                   "--set", f"fullnameOverride={override}")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    objects = _render("--set", f"fullnameOverride={override}")
+    (service,) = [obj for obj in _by_kind(objects, "Service") if obj["metadata"]["name"].endswith("-metrics")]
+    notes = result.stdout.split("NOTES:")[1]
+    assert f"http://{service['metadata']['name']}.{NAMESPACE}.svc:" in notes
+
+
 def test_dockerfile_runs_kubefit_run_as_the_charts_non_root_user() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
@@ -774,3 +785,28 @@ def test_prometheus_rule_and_service_monitor_carry_additional_labels() -> None:
         assert _one(objects, kind)["metadata"]["labels"]["release"] == "prometheus", kind
     (endpoint,) = _one(objects, "ServiceMonitor")["spec"]["endpoints"]
     assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("15s", "5s")
+
+
+def test_a_scrape_timeout_is_left_to_prometheus_unless_set_and_never_longer_than_the_interval() -> None:
+    monitor = ("--set", "metrics.serviceMonitor.enabled=true", "--api-versions", MONITORING_API)
+    (endpoint,) = _one(_render(*monitor, "--set", "metrics.serviceMonitor.interval=5s"), "ServiceMonitor")[
+        "spec"
+    ]["endpoints"]
+    assert endpoint["interval"] == "5s" and "scrapeTimeout" not in endpoint  # Prometheus caps its own
+    for interval, timeout in (("5s", "10s"), ("1m30s", "90500ms"), ("1m", "1h")):
+        result = _helm("template", RELEASE, str(CHART), *monitor,
+                       "--set", f"metrics.serviceMonitor.interval={interval}",
+                       "--set", f"metrics.serviceMonitor.scrapeTimeout={timeout}")  # fmt: skip
+        assert result.returncode != 0, (interval, timeout)
+        assert "metrics.serviceMonitor.scrapeTimeout" in result.stderr and "interval" in result.stderr
+    (endpoint,) = _one(
+        _render(
+            *monitor,
+            "--set",
+            "metrics.serviceMonitor.interval=1m30s",
+            "--set",
+            "metrics.serviceMonitor.scrapeTimeout=90s",
+        ),  # fmt: skip
+        "ServiceMonitor",
+    )["spec"]["endpoints"]
+    assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("1m30s", "90s")

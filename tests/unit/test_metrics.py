@@ -177,6 +177,18 @@ def test_an_invalid_job_exports_its_phase_without_accelerator_bounds_or_memory()
     assert not [line for line in series_of(metrics, "llama") if "accelerators" in line or "memory" in line]
 
 
+def test_a_spec_that_parses_but_is_invalid_exports_no_bounds_either() -> None:
+    """Refused after parsing: a count over --max-workers-per-job, a name too long for its pods' names."""
+    metrics = OperatorMetrics()
+    Job(metrics, {**job_spec(), "workers": {"replicas": 2000}}).reconcile(1)
+    Job(metrics, job_spec(), name="x" * 60).reconcile(1)
+    for name in ("llama", "x" * 60):
+        labels = {"namespace": "team-a", "name": name}
+        assert value(metrics, "kubefit_trainingjob_workers", **labels, state="desired") == 0
+        assert value(metrics, "kubefit_trainingjob_workers", **labels, state="min") is None
+        assert value(metrics, "kubefit_trainingjob_workers", **labels, state="max") is None
+
+
 def test_every_series_of_a_deleted_job_is_removed_and_the_others_stay() -> None:
     metrics = OperatorMetrics()
     Job(metrics, job_spec(), "llama").reconcile(10, [pod(0), pod(1)], 2)

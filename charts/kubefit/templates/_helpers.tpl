@@ -138,3 +138,15 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
 {{- printf "%s-webhook-tls" (include "kubefit.fullname" . | trunc 51 | trimSuffix "-") }}
 {{- end }}
 {{- define "kubefit.webhookCertDir" -}}/etc/kubefit/webhook{{- end }}
+
+{{/*
+A Prometheus duration (1h30m, 90s, 0) in milliseconds, as a string: for comparing two of them.
+*/}}
+{{- define "kubefit.durationMillis" -}}
+{{- $factors := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 "w" 604800000 "y" 31536000000 -}}
+{{- $total := 0 -}}
+{{- range regexFindAll "[0-9]+(ms|[smhdwy])" . -1 -}}
+{{- $total = add $total (mul (regexReplaceAll "[a-z]+$" . "" | atoi) (get $factors (regexReplaceAll "^[0-9]+" . ""))) -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}

@@ -45,7 +45,7 @@ def job_series(observation: JobObservation, decision: Decision) -> JobSeries:
         "desired": decision.desired_workers,
         "running": running,
         "pending": len(_pending(observation)),
-        **_bounds(observation.spec, sizing),
+        **({} if _invalid(status.conditions) else _bounds(observation.spec, sizing)),
     }
     if sizing is None:
         return JobSeries("", status.phase or "", workers, {}, None, None)
@@ -73,6 +73,12 @@ def _pending(observation: JobObservation) -> list[WorkerPod]:
         and pod.controller_uid in (None, uid)
         and not (pod.ready or pod.finished or pod.terminating)
     ]
+
+
+def _invalid(conditions: Sequence[Condition] | None) -> bool:
+    """Whether the decision found the spec invalid: it parsed, and broke a rule checked later (a count over
+    --max-workers-per-job, a name too long for its pods)."""
+    return any(condition.reason == Reason.INVALID_SPEC for condition in conditions or ())
 
 
 def _bounds(raw_spec: object, sizing: SizingStatus | None) -> dict[str, int]:
