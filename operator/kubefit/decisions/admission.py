@@ -735,11 +735,13 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None
 
 def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
     """Spare capacity raises elastic jobs toward their want, in queue order. A job shrunk or preempted in
-    this pass does not grow in it (the plan counts the places it gives up as someone else's)."""
+    this pass does not grow in it (the plan counts the places it gives up as someone else's), nor does one
+    whose workers beyond its grant are still bound: they are leaving for someone else (a shrink waiting for
+    its checkpoint), and a grant raised again would keep them where that job was counted."""
     for job in jobs:
         if not job.holds or not job.demand.elastic or job.shrunk_for is not None:
             continue
-        if job.grant >= job.target or job.placed < job.grant:
+        if job.grant >= job.target or job.placed != job.grant:
             continue
         nodes, _ = queue.usable(job)
         spots = _spots(cluster, nodes, job.demand.per_worker, job.target - job.grant)
