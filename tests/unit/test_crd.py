@@ -300,3 +300,57 @@ def test_condition_description_names_every_condition_type() -> None:
     description = status["status"]["properties"]["conditions"]["items"]["properties"]["type"]["description"]
     named = set(re.findall(r"[A-Z][a-z]+", description.split(":", 1)[1]))
     assert named == _constants(ConditionType), description
+
+
+def _with_defaults(value: Any, node: dict[str, Any]) -> Any:
+    """`value` as the API server stores it: each absent property with a default set, in every object given."""
+    if isinstance(value, dict):
+        properties = node.get("properties") or {}
+        filled = {key: _with_defaults(item, properties.get(key, {})) for key, item in value.items()}
+        for key, child in properties.items():
+            if key not in filled and "default" in child:
+                filled[key] = _with_defaults(child["default"], child)
+        return filled
+    if isinstance(value, list) and "items" in node:
+        return [_with_defaults(item, node["items"]) for item in value]
+    return value
+
+
+def _specs_to_size() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in sorted((REPO / "examples").rglob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document and document.get("kind") == "TrainingJob":
+                yield path.name, document["spec"]
+    pipelined = {  # Llama-3-8B over a 4-stage pipeline, no gradientAccumulation given
+        "template": {"spec": {"containers": [{"name": "trainer", "image": "example/train:1"}]}},
+        "model": {
+            "parameters": "8.03B",
+            "architecture": {
+                "layers": 32,
+                "hiddenSize": 4096,
+                "attentionHeads": 32,
+                "kvHeads": 8,
+                "intermediateSize": 14336,
+                "vocabSize": 128256,
+            },
+        },  # fmt: skip
+        "training": {"sequenceLength": 8192, "pipelineParallel": 4},
+        "resources": {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 4},
+    }
+    yield "pipelined", pipelined
+
+
+@pytest.mark.parametrize(("name", "spec"), list(_specs_to_size()), ids=lambda item: str(item)[:24])
+def test_a_job_is_sized_the_same_before_and_after_the_api_server_sets_the_crds_defaults(
+    schema: dict[str, Any], name: str, spec: dict[str, Any]
+) -> None:
+    """kubefit size reads the manifest as written; the operator reads it as stored. A default in the CRD
+    that the sizing reads as "not given" would make the two disagree (gradientAccumulation under a
+    pipeline: 1 micro-batch in flight instead of 4)."""
+    from kubefit.api.validation import parse_spec
+    from kubefit.sizing.planner import plan
+
+    stored = _with_defaults(spec, schema["properties"]["spec"])
+    assert stored != spec  # defaults were set
+    as_written = plan(parse_spec(spec)).model_dump(by_alias=True, mode="json")
+    assert plan(parse_spec(stored)).model_dump(by_alias=True, mode="json") == as_written, name

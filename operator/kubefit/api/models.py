@@ -328,14 +328,16 @@ class Training(_Model):
     sequence_length: int = Field(
         strict=True, ge=1, le=MAX_SEQUENCE_LENGTH, default=2048, description="Tokens per sequence."
     )
-    gradient_accumulation: int = Field(
+    # No default in the CRD: the API server would write 1 into every stored job, and a pipelined job would
+    # then be sized with one micro-batch in flight instead of pipelineParallel (unset below).
+    gradient_accumulation: int | None = Field(
         strict=True,
         ge=1,
         le=MAX_MICRO_BATCH_SIZE,
-        default=1,
-        description="Micro-batches per optimizer step; under pipelineParallel > 1, those each pipeline runs, "
-        "of which the first stage holds min(pipelineParallel, gradientAccumulation) in flight (1F1B); "
-        "unset under pipelineParallel, pipelineParallel are assumed in flight. "
+        default=None,
+        description="Micro-batches per optimizer step (unset: 1); under pipelineParallel > 1, those each "
+        "pipeline runs, of which the first stage holds min(pipelineParallel, gradientAccumulation) in flight "
+        "(1F1B); unset under pipelineParallel, pipelineParallel are assumed in flight. "
         "Under sharding fsdp, more than 1 is sized as FSDP's "
         "no_sync accumulation (PyTorch FSDP, Lightning Fabric, Accelerate), which holds every gradient "
         "unsharded on each device until the last micro-batch; zero2/zero3 keep gradients partitioned.",

@@ -539,7 +539,7 @@ def _unsharded_accumulation(training: Training) -> bool:
     one (PyTorch FSDP.no_sync docs: "FSDP will accumulate the full model gradients (instead of gradient
     shards) until the eventual sync"); Lightning Fabric's no_backward_sync and Accelerate's accumulate
     call it. DeepSpeed ZeRO-2/3 reduce-scatter every micro-batch."""
-    return training.sharding == "fsdp" and training.gradient_accumulation > 1
+    return training.sharding == "fsdp" and (training.gradient_accumulation or 1) > 1
 
 
 @dataclass(frozen=True)
@@ -773,7 +773,7 @@ def _pipeline_micro_batches(training: Training) -> int:
     """The micro-batches a pipeline runs per step: gradientAccumulation when the spec gives it; unset, at
     least pipelineParallel (a pipeline runs as many to keep its stages busy, and torchtitan splits each
     batch into them without calling it accumulation), so that the first stage is never sized short."""
-    if "gradient_accumulation" in training.model_fields_set:
+    if training.gradient_accumulation is not None:
         return training.gradient_accumulation
     return training.pipeline_parallel
 
