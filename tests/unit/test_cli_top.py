@@ -89,6 +89,41 @@ def test_each_kind_of_waste_is_named() -> None:
     assert (partial.accelerators_allocated, partial.accelerators_requested, partial.min_workers) == (4, 12, 2)
 
 
+@pytest.mark.parametrize(
+    ("elastic", "workers", "minimum"),
+    [
+        (False, {"replicas": 4, "minReplicas": 1, "maxReplicas": 4}, 4),  # a gang: all of it
+        (True, {"replicas": 4, "minReplicas": 1, "maxReplicas": 4}, 3),  # its memory needs 3
+    ],
+)
+def test_the_minimum_is_the_one_the_operator_exports_and_the_alert_reads(
+    elastic: bool, workers: dict[str, int], minimum: int
+) -> None:
+    """The partial-gang alert compares running workers with the `min` workers series: a gang's whole size,
+    an elastic job's floor raised to what its memory needs, not minReplicas as written."""
+    from sizing_inputs import LLAMA3_8B, TEMPLATE
+
+    from kubefit.api.validation import parse_spec
+    from kubefit.decisions.workers import min_max_workers
+    from kubefit.sizing.planner import plan
+
+    spec = {
+        "template": TEMPLATE, "model": LLAMA3_8B, "workers": workers, "elastic": {"enabled": elastic},
+        "training": {"sharding": "fsdp", "sequenceLength": 2048},
+        "resources": {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
+    }  # fmt: skip
+    sizing = plan(parse_spec(spec))
+    assert sizing.min_workers == 3
+    expected = min_max_workers(spec, sizing)
+    assert expected is not None and expected[0] == minimum
+    status = {"phase": "Scaling", "readyReplicas": 1, "desiredReplicas": 4,
+              "sizing": sizing.model_dump(by_alias=True, mode="json")}  # fmt: skip
+    row = job_row({"metadata": {"name": "llm", "namespace": "team"}, "spec": spec, "status": status}, None,
+                  Thresholds())  # fmt: skip
+    assert row.min_workers == minimum
+    assert WASTE_PARTIAL_GANG in row.waste  # 1 running of at least 3
+
+
 def test_a_job_holding_nothing_is_never_called_wasteful() -> None:
     queued = job(ready=0, desired=0, estimated=GIB, phase="Queued")
     row = job_row(queued, {}, Thresholds())

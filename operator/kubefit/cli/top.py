@@ -18,9 +18,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO, cast
 
+from pydantic import ValidationError
+
+from kubefit.api.models import SizingStatus
 from kubefit.api.resource import GROUP, PLURAL, VERSION
 from kubefit.api.units import GIB
 from kubefit.builders.naming import worker_index
+from kubefit.decisions.workers import min_max_workers
 
 # A cluster that does not answer fails the command in bounded time (as `kubefit size --cluster` does).
 CONNECT_TIMEOUT_SECONDS = 10
@@ -80,11 +84,18 @@ class Thresholds:
     idle_below: float = IDLE_BELOW
 
 
-def min_workers_of(spec: Mapping[str, Any]) -> int:
-    workers = spec.get("workers") or {}
-    replicas = int(workers.get("replicas") or 1)
-    minimum = workers.get("minReplicas")
-    return int(minimum) if minimum is not None else replicas
+def min_workers_of(spec: Mapping[str, Any], sizing: Mapping[str, Any]) -> int:
+    """The fewest workers the job trains with, as the operator's `min` workers series (the partial-gang
+    alert's): a gang's whole size, an elastic job's floor with what its memory needs."""
+    try:
+        sized: SizingStatus | None = SizingStatus.model_validate(sizing) if sizing else None
+    except ValidationError:
+        sized = None
+    found = min_max_workers(spec, sized)
+    if found is not None:
+        return found[0]
+    workers = spec.get("workers") or {}  # a spec the operator refuses runs nothing; a rough figure
+    return int(workers.get("minReplicas") or workers.get("replicas") or 1)
 
 
 def job_gpu_utilization(namespace: str, name: str, gpus: Mapping[GpuKey, float]) -> list[float]:
@@ -111,7 +122,7 @@ def job_row(job: Mapping[str, Any], gpus: Mapping[GpuKey, float] | None, limits:
     busy = job_gpu_utilization(namespace, name, gpus) if gpus is not None else []
     utilization = sum(busy) / len(busy) if busy else None
     idle = allocated * (1.0 - utilization) if utilization is not None else None
-    minimum = min_workers_of(job.get("spec") or {})
+    minimum = min_workers_of(job.get("spec") or {}, sizing)
     waste = []
     if busy and allocated and max(busy) < limits.idle_below:
         waste.append(WASTE_IDLE)

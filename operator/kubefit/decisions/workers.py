@@ -14,6 +14,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.api.validation import InvalidSpec, parse_spec
 from kubefit.decisions.observed import POD_FAILED, WorkerPod
 from kubefit.sizing.planner import WorkerCounts, worker_counts
 
@@ -24,6 +25,22 @@ WorkerBounds = WorkerCounts
 def worker_bounds(spec: TrainingJobSpec, sizing: SizingStatus) -> WorkerBounds:
     """The counts the planner judged `sizing` at (sizing.planner.worker_counts)."""
     return worker_counts(spec, sizing.min_workers, sizing.accelerators_per_worker)
+
+
+def min_max_workers(raw_spec: object, sizing: SizingStatus | None) -> tuple[int, int] | None:
+    """(min, max): the fewest workers the job runs with (an elastic job's floor, a gang's whole size) and
+    the most it is scaled to; None for a spec that does not parse. What the metrics export and the
+    partial-gang alert and `kubefit top` judge by."""
+    try:
+        spec = parse_spec(raw_spec)
+    except InvalidSpec:
+        return None
+    if sizing is None:
+        floor, ceiling, desired = spec.workers.floor, spec.workers.ceiling, spec.workers.replicas
+    else:
+        bounds = worker_bounds(spec, sizing)
+        floor, ceiling, desired = bounds.floor, bounds.ceiling, bounds.desired
+    return (desired, desired) if not spec.elastic.enabled else (floor, ceiling)
 
 
 @dataclass(frozen=True)

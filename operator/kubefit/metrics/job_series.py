@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from kubefit.api.conditions import ConditionType, Reason
-from kubefit.api.models import Condition, SizingStatus, TrainingJobSpec
+from kubefit.api.models import Condition, SizingStatus
 from kubefit.api.units import parse_rfc3339
-from kubefit.api.validation import InvalidSpec, parse_spec
 from kubefit.decisions.job import Decision, JobObservation
 from kubefit.decisions.observed import WorkerPod
-from kubefit.decisions.workers import worker_bounds
+from kubefit.decisions.workers import min_max_workers
 
 # Reasons of Admitted=False that say the job was admitted before (it left admission).
 _LEFT_ADMISSION = frozenset({Reason.PREEMPTED, Reason.GANG_TIMEOUT})
@@ -84,18 +83,8 @@ def _invalid(conditions: Sequence[Condition] | None) -> bool:
 def _bounds(raw_spec: object, sizing: SizingStatus | None) -> dict[str, int]:
     """min: the fewest workers the job runs with (an elastic job's floor, a gang's whole size); max: the
     most it is scaled to. Empty for an invalid spec."""
-    try:
-        spec: TrainingJobSpec = parse_spec(raw_spec)
-    except InvalidSpec:
-        return {}
-    if sizing is None:
-        floor, ceiling, desired = spec.workers.floor, spec.workers.ceiling, spec.workers.replicas
-    else:
-        bounds = worker_bounds(spec, sizing)
-        floor, ceiling, desired = bounds.floor, bounds.ceiling, bounds.desired
-    if not spec.elastic.enabled:
-        return {"min": desired, "max": desired}
-    return {"min": floor, "max": ceiling}
+    found = min_max_workers(raw_spec, sizing)
+    return {} if found is None else {"min": found[0], "max": found[1]}
 
 
 # ------------------------------------------------------------------------------------------ latencies
