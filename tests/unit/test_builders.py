@@ -335,12 +335,15 @@ def test_pytorch_env_for_an_elastic_job_gives_torchrun_a_range() -> None:
     assert env["PET_RDZV_ENDPOINT"] == "llama-worker-0.llama:29500"
     assert env["PET_RDZV_ID"] == "1234-uid"
     assert env["PET_RDZV_CONF"] == "is_host=1"
-    assert env["PET_MAX_RESTARTS"] == "3"  # runPolicy.maxRestarts' default
+    # elastic.maxRestarts' default: every planned removal uses one on each survivor, so it is not
+    # runPolicy.maxRestarts (3), which four scale-downs would have used up.
+    assert env["PET_MAX_RESTARTS"] == "100"
 
 
 def test_elastic_rendezvous_is_hosted_by_worker_0_alone_and_every_worker_points_there() -> None:
     spec = raw_spec(elastic={"enabled": True}, workers={"replicas": 3, "minReplicas": 2, "maxReplicas": 6})
-    spec["runPolicy"] = {"maxRestarts": 7}
+    spec["runPolicy"] = {"maxRestarts": 2}  # counts failed pods, not torchrun's in-place restarts
+    spec["elastic"]["maxRestarts"] = 7
     envs = [env_of(build_worker_pod(worker_set(spec, workers=3, bounds=(2, 6)), index)) for index in range(3)]
     assert [env["PET_RDZV_CONF"] for env in envs] == ["is_host=1", "is_host=0", "is_host=0"]
     assert {env["PET_RDZV_ENDPOINT"] for env in envs} == {"llama-worker-0.llama:29500"}

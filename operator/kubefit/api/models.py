@@ -89,6 +89,10 @@ MAX_INT32 = 2**31 - 1
 # PriorityClass values for user classes range up to one billion (kubernetes.io/docs/concepts/
 # scheduling-eviction/pod-priority-preemption); the same range below zero.
 MAX_PRIORITY = 10**9
+# torchrun's in-place restarts of an elastic worker (elastic.maxRestarts). Each planned removal uses one on
+# every surviving worker, so a small budget fails a long-lived scaled job; 100 is what Kubeflow's elastic
+# PyTorchJob examples set (elasticPolicy.maxRestarts) and what examples/elastic-ddp passed torchrun.
+DEFAULT_IN_PLACE_RESTARTS = 100
 
 
 def _int_or_string_schema(pattern: str, maximum: int) -> dict[str, Any]:
@@ -529,6 +533,17 @@ class Elastic(_Model):
         "re-forms; framework jax fixes the process count when workers start, so each change of the count "
         "restarts every worker with the new one. false: all-or-nothing at replicas; changing replicas "
         "restarts every worker with the new world size.",
+    )
+    max_restarts: int = Field(
+        strict=True,
+        ge=0,
+        le=MAX_INT32,
+        default=DEFAULT_IN_PLACE_RESTARTS,
+        description="framework pytorch: torchrun's in-place restarts of each worker's processes "
+        "(PET_MAX_RESTARTS; Kubeflow's elasticPolicy.maxRestarts). Every worker removed on purpose "
+        "(scale-down, shrink for priority) or lost makes the others' processes fail and restart in place, "
+        "using one each, and so does a crash of the training script. When a worker's are used up its pod "
+        "fails, and that counts against runPolicy.maxRestarts.",
     )
     checkpoint_grace_period_seconds: int = Field(
         strict=True,

@@ -59,7 +59,7 @@ class WorkerSet:
             max_workers=self.max_workers,
             processes_per_worker=self.sizing.accelerators_per_worker,
             elastic=self.spec.elastic.enabled,
-            max_restarts=self.spec.run_policy.max_restarts,
+            max_restarts=self.spec.elastic.max_restarts,
         )
 
 
