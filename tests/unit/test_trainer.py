@@ -122,6 +122,24 @@ def test_end_to_end_request_seen_saved_and_acknowledged(
     assert worker.requested() and worker.request_id == "r2"
 
 
+def test_a_process_that_never_polled_acknowledges_the_open_request(
+    server: CheckpointServer, board: CheckpointBoard, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The documented pattern: rank 0 polls and broadcasts, local rank 0 of every pod acknowledges. Those
+    other pods' processes never called requested(); their acks were dropped, and every removal waited out
+    its grace period."""
+    poller = handshake(server, Clock(), worker="llama-worker-0")
+    other = handshake(server, Clock(), worker="llama-worker-1")
+    assert other.acknowledge(5) is False  # nothing open: nothing sent, and said why
+    assert "no request open" in caplog.text
+    board.open(JOB, "r1")
+    assert poller.requested()
+    assert poller.acknowledge(100) is True
+    assert other.acknowledge(100) is True
+    assert board.acknowledged(JOB, "r1") == {"llama-worker-0": 100, "llama-worker-1": 100}
+    assert not other.requested()  # handled: its loop does not save again for r1
+
+
 def test_polls_at_most_every_poll_seconds(server: CheckpointServer, board: CheckpointBoard) -> None:
     clock = Clock()
     worker = handshake(server, clock)

@@ -154,11 +154,20 @@ class CheckpointHandshake:
         closed) is not retried. Either way the request counts as handled: requested() stays False for it,
         so a failed ack never makes the loop save again on every step (the operator then waits out the
         grace period).
+
+        A process that never called requested() (local rank 0 of a pod, when rank 0 polls and broadcasts)
+        asks the operator for the open request first; with none open, nothing is sent (logged).
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative integer, not {step!r}")
-        if self.endpoint is None or self.request_id is None:
+        if self.endpoint is None:
             return False
+        if self.request_id is None:
+            self._last_poll = self._clock()
+            self._poll(self.endpoint)
+            if self.request_id is None:
+                logger.warning("checkpoint ack of step %d not sent: the operator has no request open", step)
+                return False
         body = {"requestId": self.request_id, "worker": self.endpoint.worker, "step": step}
         self._acknowledged = self.request_id
         for attempt in range(ACK_ATTEMPTS):
