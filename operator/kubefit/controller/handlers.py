@@ -176,6 +176,24 @@ def _register_indexes(registry: kopf.OperatorRegistry, nodes_seen: SameFacts) ->
         return {(namespace or "", labels[JOB_LABEL]): worker} if worker else {}
 
 
+def _resync_loop(
+    reconciler: Reconciler, scheduler: Scheduler, resync_seconds: float, live_indexes: Mapping[str, Any]
+) -> ResyncLoop:
+    """The resync over the jobs, reading kopf's indexes as the handlers last saw them."""
+
+    def resync_pass() -> None:
+        if live_indexes:
+            scheduler.request("timer", cluster_view(**live_indexes))
+
+    return ResyncLoop(
+        resync_seconds,
+        keys=reconciler.jobs.keys,
+        reconcile=lambda key: reconciler.reconcile(key, "timer", cluster_view(**live_indexes)),
+        schedule=resync_pass,
+        prune=lambda: reconciler.forget_vanished(cluster_view(**live_indexes)),
+    )
+
+
 def _register_triggers(
     registry: kopf.OperatorRegistry,
     threads: HandlerThreads,
@@ -186,21 +204,10 @@ def _register_triggers(
     jobs = reconciler.jobs
     workers_seen = WorkerChanges(reconciler.created_here)
     live_indexes: dict[str, Any] = {}  # kopf's live index objects, for the resync's reconciles
+    resync = _resync_loop(reconciler, scheduler, resync_seconds, live_indexes)
 
     def reconcile_job(trigger: str, namespace: str | None, name: str, **indexes: Any) -> None:
         reconciler.reconcile((namespace or "", name), trigger, cluster_view(**indexes))
-
-    def resync_pass() -> None:
-        if live_indexes:
-            scheduler.request("timer", cluster_view(**live_indexes))
-
-    resync = ResyncLoop(
-        resync_seconds,
-        keys=jobs.keys,
-        reconcile=lambda key: reconciler.reconcile(key, "timer", cluster_view(**live_indexes)),
-        schedule=resync_pass,
-        prune=lambda: reconciler.forget_vanished(cluster_view(**live_indexes)),
-    )
 
     # Every TrainingJob event, with no finalizer and no annotation of kopf's: the job is kept in the reconciler's
     # cache and reconciled if it is new or changed (its status as this operator wrote it is no change). The
