@@ -123,7 +123,8 @@ def test_pod_identity_labels_and_owner() -> None:
         WORKER_INDEX_LABEL: "1",
         "app.kubernetes.io/managed-by": "kubefit",
     }
-    assert metadata["annotations"] == {"note": "x"}
+    # The template's, and the world size a worker of a fixed-size group starts with (a non-elastic job).
+    assert metadata["annotations"] == {"note": "x", "kubefit.dev/world-size": "2"}
     (owner,) = metadata["ownerReferences"]
     assert owner == {
         "apiVersion": "kubefit.dev/v1alpha1",
@@ -515,3 +516,32 @@ def test_preferred_hostnames_add_one_preferred_term_and_keep_the_users() -> None
         users
     ]  # not changed
     assert with_preferred_hostnames(affinity, []) == affinity
+
+
+@pytest.mark.parametrize(
+    ("elastic", "framework", "stamped"),
+    [
+        (False, "pytorch", True),
+        (False, "none", True),
+        (True, "jax", True),
+        (True, "pytorch", False),
+        (True, "none", False),
+    ],  # fmt: skip
+)
+def test_a_worker_whose_world_is_fixed_at_start_carries_its_size_and_the_worker_view_reads_it(
+    elastic: bool, framework: str, stamped: bool
+) -> None:
+    """Non-elastic jobs and elastic jax ones restart every worker for a new count: a worker of the old
+    world that survived is told apart by it. An elastic pytorch group re-forms: no size to carry."""
+    from kubefit.decisions.observed import worker_from_pod
+
+    spec = raw_spec(elastic={"enabled": elastic}, framework=framework)
+    manifest = build_worker_pod(worker_set(spec, workers=3, bounds=(1, 3) if elastic else (3, 3)), 1)
+    annotations = manifest["metadata"]["annotations"]
+    assert annotations.get("kubefit.dev/world-size") == ("3" if stamped else None)
+    seen = worker_from_pod({**manifest, "metadata": {**manifest["metadata"], "uid": "u"}})
+    assert seen is not None and seen.world_size == (3 if stamped else None)
+    for garbled in ("three", "-3", "", "9" * 12):
+        metadata = {**manifest["metadata"], "annotations": {"kubefit.dev/world-size": garbled}}
+        garbled_view = worker_from_pod({**manifest, "metadata": metadata})
+        assert garbled_view is not None and garbled_view.world_size is None

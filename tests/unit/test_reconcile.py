@@ -1125,6 +1125,27 @@ def test_a_non_elastic_job_restarts_every_worker_with_the_new_world_size() -> No
     assert restarted.worker_set is not None and restarted.worker_set.workers == 3
 
 
+def test_a_restart_whose_old_workers_were_not_all_deleted_restarts_again() -> None:
+    """The restart to 2 workers wrote desiredReplicas 2 and deleted workers 3 and 2 of 4, then the operator
+    stopped: workers 0 and 1 still run with WORLD_SIZE 4. Taken for the new world they would hang; their
+    annotation tells them apart, and the job restarts them."""
+    grace = {"checkpointGracePeriodSeconds": 30}
+    two = raw_spec(workers={"replicas": 2}, elastic=grace)
+    old_world = [replace(pod(0), world_size=4), replace(pod(1), world_size=4)]
+    status = {"phase": "Running", "desiredReplicas": 2, "readyReplicas": 2}
+    decision = decide(observe(two, old_world, status), CATALOG)
+    ready = condition(decision, "Ready")
+    assert (ready["reason"], "from 4 to 2 workers" in ready["message"]) == ("Restarting", True)
+    acks = {"llama-worker-0": 5, "llama-worker-1": 5}
+    stopped = decide(observe(two, old_world, decision.status, NOW + timedelta(seconds=1), acks=acks), CATALOG)
+    assert stopped.delete == ("llama-worker-1", "llama-worker-0")
+    # Workers of the new world, and workers made before the annotation existed, are the world they say.
+    new_world = [replace(pod(0), world_size=2), replace(pod(1), world_size=2)]
+    for pods in (new_world, [pod(0), pod(1)]):
+        settled = decide(observe(two, pods, status), CATALOG)
+        assert settled.delete == () and condition(settled, "Ready")["reason"] != "Restarting"
+
+
 def test_an_elastic_jax_job_restarts_every_worker_when_its_grant_changes() -> None:
     # jax.distributed.initialize reads JAX_NUM_PROCESSES once: a third worker cannot join a group of two.
     spec = elastic_spec(replicas=4, minimum=1, maximum=4, framework="jax")

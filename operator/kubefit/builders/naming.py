@@ -9,6 +9,9 @@ from kubefit.api.resource import API_VERSION, GROUP, KIND
 
 JOB_LABEL = f"{GROUP}/job"
 WORKER_INDEX_LABEL = f"{GROUP}/worker-index"
+# The worker count a worker whose group size is fixed at start was started with (its WORLD_SIZE or
+# JAX_NUM_PROCESSES): a worker of an older world that survived a restart is told apart by it.
+WORLD_SIZE_ANNOTATION = f"{GROUP}/world-size"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubefit"
 RENDEZVOUS_PORT = 29500

@@ -12,6 +12,7 @@ from kubefit.builders.naming import (
     RENDEZVOUS_PORT,
     RENDEZVOUS_PORT_NAME,
     WORKER_INDEX_LABEL,
+    WORLD_SIZE_ANNOTATION,
     JobRef,
     child_labels,
     owner_reference,
@@ -48,6 +49,12 @@ class WorkerSet:
     # The kubernetes.io/hostname labels of the nodes the scheduling pass reserved for the workers to create
     # (a preference: builders/placement.py).
     preferred_hostnames: tuple[str, ...] = ()
+
+    @property
+    def fixed_world(self) -> bool:
+        """Whether a new worker count restarts every worker (decisions/running.py): a job that is not
+        elastic, and an elastic jax one (its process count is read once)."""
+        return not self.spec.elastic.enabled or self.spec.framework == "jax"
 
     @property
     def group(self) -> WorkerGroup:
@@ -95,11 +102,14 @@ def _metadata(template: dict[str, Any], worker_set: WorkerSet, index: int) -> di
     metadata = copy.deepcopy(template.get("metadata") or {})
     labels = {**(metadata.get("labels") or {}), **child_labels(worker_set.job.name)}
     labels[WORKER_INDEX_LABEL] = str(index)
+    annotations = dict(metadata.get("annotations") or {})
+    if worker_set.fixed_world:
+        annotations[WORLD_SIZE_ANNOTATION] = str(worker_set.workers)
     return {
         "name": worker_name(worker_set.job.name, index),
         "namespace": worker_set.job.namespace,
         "labels": labels,
-        "annotations": metadata.get("annotations") or {},
+        "annotations": annotations,
         "ownerReferences": [owner_reference(worker_set.job)],
     }
 

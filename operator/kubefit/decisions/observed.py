@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubefit.builders.naming import JOB_LABEL, worker_index
+from kubefit.builders.naming import JOB_LABEL, WORLD_SIZE_ANNOTATION, worker_index
 
 # Pod phases (core/v1 PodStatus.phase), not the job's: those are kubefit.api.conditions.JobPhase.
 POD_RUNNING = "Running"
@@ -25,6 +25,7 @@ class WorkerPod:
     node_name: str | None = None
     terminating: bool = False  # deletionTimestamp set
     controller_uid: str | None = None  # uid of the owner reference with controller=true
+    world_size: int | None = None  # the worker count it was started with, where that is fixed at start
 
     @property
     def ready(self) -> bool:
@@ -64,4 +65,10 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         node_name=(pod.get("spec") or {}).get("nodeName") or None,
         terminating=metadata.get("deletionTimestamp") is not None,
         controller_uid=_controller_uid(metadata),
+        world_size=_world_size(metadata),
     )
+
+
+def _world_size(metadata: Mapping[str, Any]) -> int | None:
+    value = (metadata.get("annotations") or {}).get(WORLD_SIZE_ANNOTATION)
+    return int(value) if isinstance(value, str) and value.isdigit() and len(value) < 10 else None

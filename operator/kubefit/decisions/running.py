@@ -167,8 +167,14 @@ def _plan(ctx: JobContext, grant: int) -> _Plan:
 
 
 def _world(ctx: JobContext) -> int:
-    """The worker count the running workers were started with (status.desiredReplicas)."""
-    return int(ctx.status.get("desiredReplicas") or 0)
+    """The worker count the running workers were started with: their world-size annotation, else (made
+    before it existed) status.desiredReplicas. status.desiredReplicas takes the new size as soon as a
+    restart deletes the old workers; one whose deletion failed, or did not happen before the operator
+    stopped, still has the old size, and is not taken for the new world: it makes the size differ again."""
+    recorded = int(ctx.status.get("desiredReplicas") or 0)
+    stamped = {pod.world_size for pod in ctx.live if pod.world_size is not None}
+    other = sorted(stamped - {recorded})
+    return other[-1] if other else recorded
 
 
 def _restart_plan(ctx: JobContext, target: int, why: str) -> _Plan | None:
