@@ -539,9 +539,15 @@ def test_a_worker_whose_world_is_fixed_at_start_carries_its_size_and_the_worker_
     manifest = build_worker_pod(worker_set(spec, workers=3, bounds=(1, 3) if elastic else (3, 3)), 1)
     annotations = manifest["metadata"]["annotations"]
     assert annotations.get("kubefit.dev/world-size") == ("3" if stamped else None)
+    # An elastic pytorch worker carries torchrun's range instead: the same as its PET_NNODES.
+    ranged = elastic and framework == "pytorch"
+    assert annotations.get("kubefit.dev/nnodes") == ("1:3" if ranged else None)
+    assert not ranged or env_of(manifest)["PET_NNODES"] == "1:3"
     seen = worker_from_pod({**manifest, "metadata": {**manifest["metadata"], "uid": "u"}})
     assert seen is not None and seen.world_size == (3 if stamped else None)
-    for garbled in ("three", "-3", "", "9" * 12):
-        metadata = {**manifest["metadata"], "annotations": {"kubefit.dev/world-size": garbled}}
+    assert seen.nnodes == ("1:3" if ranged else None)
+    for garbled in ("three", "-3", "", "9" * 12, "1:", "1-3"):
+        garbage = {"kubefit.dev/world-size": garbled, "kubefit.dev/nnodes": garbled}
+        metadata = {**manifest["metadata"], "annotations": garbage}
         garbled_view = worker_from_pod({**manifest, "metadata": metadata})
-        assert garbled_view is not None and garbled_view.world_size is None
+        assert garbled_view is not None and (garbled_view.world_size, garbled_view.nnodes) == (None, None)

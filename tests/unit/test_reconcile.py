@@ -1146,6 +1146,43 @@ def test_a_restart_whose_old_workers_were_not_all_deleted_restarts_again() -> No
         assert settled.delete == () and condition(settled, "Ready")["reason"] != "Restarting"
 
 
+def test_elastic_pytorch_workers_whose_node_range_is_no_longer_the_jobs_restart_with_the_new_one() -> None:
+    """No minReplicas or maxReplicas: the bounds follow replicas, and torchrun's range with them. Scaled
+    from 4 to 2, survivors started with 4:4 would wait for 4 peers; they restart with 2:2 instead."""
+    fixed_range = raw_spec(workers={"replicas": 2}, elastic=ELASTIC)
+    started = [replace(pod(index), nnodes="4:4") for index in range(4)]
+    status = {"phase": "Running", "desiredReplicas": 4, "readyReplicas": 4}
+    decision = decide(observe(fixed_range, started, status), CATALOG)
+    ready = condition(decision, "Ready")
+    assert ready["reason"] == "Restarting" and "from 4:4 to 2:2" in ready["message"]
+    assert decision.create == ()
+    acks = {pod.name: 7 for pod in started}
+    stopped = decide(
+        observe(fixed_range, started, decision.status, NOW + timedelta(seconds=1), acks=acks), CATALOG
+    )
+    assert stopped.delete == tuple(f"llama-worker-{index}" for index in (3, 2, 1, 0))
+    assert status_of(stopped)["desiredReplicas"] == 2
+    restarted = decide(observe(fixed_range, [], stopped.status, NOW + timedelta(seconds=2)), CATALOG)
+    assert restarted.worker_set is not None and restarted.worker_set.group.nnodes == "2:2"
+    # A count inside the workers' range needs no restart: scaled up from 3 (3:4) to 4, the new worker
+    # joins the three.
+    up = raw_spec(workers={"replicas": 4, "maxReplicas": 4}, elastic=ELASTIC)
+    three = [replace(pod(index), nnodes="3:4") for index in range(3)]
+    grown = decide(observe(up, three, {**status, "desiredReplicas": 3}), CATALOG)
+    assert created_names(grown) == ["llama-worker-3"] and grown.delete == ()
+    # With its own bounds the range stays: a scale-down removes workers, and the others re-form.
+    own_range = elastic_spec(replicas=2, minimum=1, maximum=4)
+    steady = [replace(pod(index), nnodes="1:4") for index in range(4)]
+    shrunk = decide(observe(own_range, steady, status), CATALOG)
+    assert condition(shrunk, "Ready")["reason"] != "Restarting"
+    assert status_of(shrunk)["checkpoint"]["reason"] == "ScaledDown"
+    # Workers made before the range was recorded are left as they are.
+    assert (
+        condition(decide(observe(fixed_range, [pod(0), pod(1)], status), CATALOG), "Ready")["reason"]
+        != "Restarting"
+    )
+
+
 def test_an_elastic_jax_job_restarts_every_worker_when_its_grant_changes() -> None:
     # jax.distributed.initialize reads JAX_NUM_PROCESSES once: a third worker cannot join a group of two.
     spec = elastic_spec(replicas=4, minimum=1, maximum=4, framework="jax")

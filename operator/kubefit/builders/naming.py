@@ -12,6 +12,8 @@ WORKER_INDEX_LABEL = f"{GROUP}/worker-index"
 # The worker count a worker whose group size is fixed at start was started with (its WORLD_SIZE or
 # JAX_NUM_PROCESSES): a worker of an older world that survived a restart is told apart by it.
 WORLD_SIZE_ANNOTATION = f"{GROUP}/world-size"
+# torchrun's node range an elastic pytorch worker was started with (its PET_NNODES, floor:ceiling).
+NNODES_ANNOTATION = f"{GROUP}/nnodes"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubefit"
 RENDEZVOUS_PORT = 29500

@@ -9,6 +9,7 @@ from typing import Any
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.builders.checkpoint import CheckpointEnv, checkpoint_env
 from kubefit.builders.naming import (
+    NNODES_ANNOTATION,
     RENDEZVOUS_PORT,
     RENDEZVOUS_PORT_NAME,
     WORKER_INDEX_LABEL,
@@ -105,6 +106,8 @@ def _metadata(template: dict[str, Any], worker_set: WorkerSet, index: int) -> di
     annotations = dict(metadata.get("annotations") or {})
     if worker_set.fixed_world:
         annotations[WORLD_SIZE_ANNOTATION] = str(worker_set.workers)
+    elif worker_set.spec.framework == "pytorch":
+        annotations[NNODES_ANNOTATION] = worker_set.group.nnodes
     return {
         "name": worker_name(worker_set.job.name, index),
         "namespace": worker_set.job.namespace,

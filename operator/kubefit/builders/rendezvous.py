@@ -44,6 +44,11 @@ class WorkerGroup:
     elastic: bool
     max_restarts: int = 0  # torchrun's in-place restarts (PET_MAX_RESTARTS), elastic jobs only
 
+    @property
+    def nnodes(self) -> str:
+        """torchrun's node range of an elastic group (PET_NNODES): read once, when the worker starts."""
+        return f"{self.min_workers}:{self.max_workers}"
+
 
 def rendezvous_env(framework: Framework, group: WorkerGroup, index: int) -> list[dict[str, str]]:
     if framework == "pytorch":
@@ -57,7 +62,7 @@ def rendezvous_env(framework: Framework, group: WorkerGroup, index: int) -> list
 
 def _pytorch(group: WorkerGroup, index: int) -> dict[str, str]:
     host = rendezvous_host(group.job_name)
-    nnodes = f"{group.min_workers}:{group.max_workers}" if group.elastic else str(group.workers)
+    nnodes = group.nnodes if group.elastic else str(group.workers)
     variables = {
         "MASTER_ADDR": host,
         "MASTER_PORT": str(RENDEZVOUS_PORT),

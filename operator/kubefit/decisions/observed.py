@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubefit.builders.naming import JOB_LABEL, WORLD_SIZE_ANNOTATION, worker_index
+from kubefit.builders.naming import JOB_LABEL, NNODES_ANNOTATION, WORLD_SIZE_ANNOTATION, worker_index
 
 # Pod phases (core/v1 PodStatus.phase), not the job's: those are kubefit.api.conditions.JobPhase.
 POD_RUNNING = "Running"
@@ -26,6 +27,7 @@ class WorkerPod:
     terminating: bool = False  # deletionTimestamp set
     controller_uid: str | None = None  # uid of the owner reference with controller=true
     world_size: int | None = None  # the worker count it was started with, where that is fixed at start
+    nnodes: str | None = None  # torchrun's node range it was started with (elastic pytorch), "floor:ceiling"
 
     @property
     def ready(self) -> bool:
@@ -66,7 +68,13 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         terminating=metadata.get("deletionTimestamp") is not None,
         controller_uid=_controller_uid(metadata),
         world_size=_world_size(metadata),
+        nnodes=_nnodes(metadata),
     )
+
+
+def _nnodes(metadata: Mapping[str, Any]) -> str | None:
+    value = (metadata.get("annotations") or {}).get(NNODES_ANNOTATION)
+    return value if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}:[0-9]{1,9}", value) else None
 
 
 def _world_size(metadata: Mapping[str, Any]) -> int | None:

@@ -153,7 +153,9 @@ def _plan(ctx: JobContext, grant: int) -> _Plan:
             return _restart_plan(ctx, target, why) or _Plan(
                 target, target, _surplus(ctx, target, Reason.SCALED_DOWN)
             )
-        return _Plan(target, target, _surplus(ctx, target, _shrink_reason(ctx)))
+        return _range_restart_plan(ctx, target) or _Plan(
+            target, target, _surplus(ctx, target, _shrink_reason(ctx))
+        )
     world = _world(ctx)
     if ctx.live and world and grant < bounds.desired:
         hold = (
@@ -188,6 +190,33 @@ def _restart_plan(ctx: JobContext, target: int, why: str) -> _Plan | None:
         "started again with the new size"
     )
     return _Plan(target, world, Removal(Reason.RESTARTING, 0, highest_first(live)), restart)
+
+
+def _range_restart_plan(ctx: JobContext, target: int) -> _Plan | None:
+    """torchrun reads its node range (PET_NNODES, floor:ceiling) once, when a worker starts. The bounds
+    follow replicas when minReplicas or maxReplicas is not given, and the sizing's minimum may move: a
+    worker whose range does not hold the new count could not re-form with the others (below its old
+    floor it waits for peers that never come; above its old ceiling it does not take the new ones). All
+    of them restart with the new range. A count inside every running worker's range needs nothing."""
+    if ctx.spec.framework != "pytorch":
+        return None
+    wanted = f"{ctx.bounds.floor}:{ctx.bounds.ceiling}"
+    stale = sorted(
+        {pod.nnodes for pod in ctx.live if pod.nnodes is not None and not _holds_count(pod.nnodes, target)}
+    )
+    if not stale:
+        return None
+    restart = (
+        f"torchrun's node range changes from {stale[-1]} to {wanted} (the workers' bounds): every worker "
+        "is stopped and started again with the new range"
+    )
+    keep = _world(ctx) or len(ctx.live)
+    return _Plan(target, keep, Removal(Reason.RESTARTING, 0, highest_first(ctx.live)), restart)
+
+
+def _holds_count(nnodes: str, count: int) -> bool:
+    low, high = (int(part) for part in nnodes.split(":"))
+    return low <= count <= high
 
 
 def _slots(ctx: JobContext, count: int) -> frozenset[int]:
