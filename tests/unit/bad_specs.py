@@ -123,6 +123,13 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("priority-above-max", {"scheduling": {"priority": 2 * 10**9}}, "spec.scheduling.priority", API),
     BadSpec("gang-timeout-zero", {"scheduling": {"gangTimeoutSeconds": 0}}, "spec.scheduling.gangTimeoutSeconds", API),
     BadSpec("headroom-one", _in("resources", memoryHeadroom=1.0), "spec.resources.memoryHeadroom", API),
+    # The CRD's types: a string or a bool is no number, and a string or a number no bool (kubectl apply
+    # refuses them; kubefit size had taken them and said the job was fine).
+    BadSpec("headroom-string", _in("resources", memoryHeadroom="0.1"), "spec.resources.memoryHeadroom", API),
+    BadSpec("headroom-bool", _in("resources", memoryHeadroom=True), "spec.resources.memoryHeadroom", API),
+    BadSpec("suspend-string", {"runPolicy": {"suspend": "yes"}}, "spec.runPolicy.suspend", API),
+    BadSpec("suspend-number", {"runPolicy": {"suspend": 1}}, "spec.runPolicy.suspend", API),
+    BadSpec("elastic-enabled-string", {"elastic": {"enabled": "true"}}, "spec.elastic.enabled", API),
     # quantities
     BadSpec("model-memory-GB", _model(memory="120GB"), "spec.model.memory", API),
     BadSpec("model-memory-below-one-byte", {"model": {"memory": "0.5"}}, "spec.model.memory", OPERATOR),

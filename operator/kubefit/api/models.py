@@ -439,6 +439,7 @@ class Resources(_Model):
         description="auto, or the number of accelerators each worker pod requests (1 to 64).",
     )
     memory_headroom: float = Field(
+        strict=True,  # a number, as the CRD's type: "0.1" or true would pass here and fail kubectl apply
         default=0.10,
         ge=0.0,
         lt=1.0,
@@ -525,6 +526,7 @@ class Elastic(_Model):
     """Elastic rendezvous: workers that can join and leave a running group."""
 
     enabled: bool = Field(
+        strict=True,
         default=False,
         description="true: the job runs between its effective minimum and workers.replicas workers, as "
         "many as free capacity allows; it grows when capacity appears and shrinks (after the checkpoint "
@@ -599,7 +601,7 @@ class RunPolicy(_Model):
         description="Worker restarts allowed before the job fails. Each failed worker pod counts once: 4 "
         "workers failing together are 4 restarts.",
     )
-    suspend: bool = Field(default=False, description="true deletes the workers and keeps the job.")
+    suspend: bool = Field(strict=True, default=False, description="true deletes the workers and keeps the job.")
     ttl_seconds_after_finished: int | None = Field(
         strict=True,
         ge=0,
