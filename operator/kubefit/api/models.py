@@ -601,7 +601,9 @@ class RunPolicy(_Model):
         description="Worker restarts allowed before the job fails. Each failed worker pod counts once: 4 "
         "workers failing together are 4 restarts.",
     )
-    suspend: bool = Field(strict=True, default=False, description="true deletes the workers and keeps the job.")
+    suspend: bool = Field(
+        strict=True, default=False, description="true deletes the workers and keeps the job."
+    )
     ttl_seconds_after_finished: int | None = Field(
         strict=True,
         ge=0,
