@@ -251,6 +251,29 @@ def test_leader_election_flags_parse_and_bad_ones_name_the_flag(capsys: pytest.C
         assert flag in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--resync-seconds", "0"),
+        ("--resync-seconds", "-5"),
+        ("--resync-seconds", "nan"),
+        ("--resync-seconds", "inf"),
+        ("--metrics-port", "70000"),
+        ("--metrics-port", "-1"),
+        ("--liveness-port", "65536"),
+    ],  # fmt: skip
+)
+def test_run_refuses_a_period_or_port_that_cannot_work_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    """0 had silently become 30 s; a negative or NaN period would spin the resync loop; a port out of range
+    failed only at bind."""
+    with pytest.raises(SystemExit):
+        _parse(flag, value)
+    assert flag in capsys.readouterr().err
+    assert _parse("--resync-seconds", "0.5", "--metrics-port", "0").resync_seconds == 0.5
+
+
 def test_a_standby_answers_healthz_and_frees_the_port_for_kopf() -> None:
     import socket
     import urllib.error

@@ -102,6 +102,16 @@ def _non_negative_seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of seconds > 0")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -137,13 +147,13 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=8000,
         metavar="N",
         help="Prometheus /metrics port; 0 = any free port",
     )
     parser.add_argument(
-        "--liveness-port", type=int, default=8080, metavar="N", help="/healthz port; 0 = any free port"
+        "--liveness-port", type=_port, default=8080, metavar="N", help="/healthz port; 0 = any free port"
     )
     parser.add_argument(
         "--bind-address",
@@ -152,7 +162,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--resync-seconds",
-        type=float,
+        type=_positive_seconds,
         metavar="S",
         help="reconcile every job at least this often (default 30), or as often as keeps those reconciles to "
         "a fifth of the time when there are many jobs",
