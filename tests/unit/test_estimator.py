@@ -431,6 +431,17 @@ def test_parameters_alone_give_an_assumed_shape_and_a_warning() -> None:
     assert shape.hidden == 4096 and shape.layers == 32  # Llama 2 7B's shape
 
 
+def test_trainable_parameters_under_full_training_are_sized_as_full_and_said_so() -> None:
+    """A user who forgot `method: lora` gets a full-training estimate: without a word it looked like the
+    adapters had been counted."""
+    full = {"parameters": "6.74B", "finetuning": {"trainableParameters": "1M"}}
+    result = estimate(job(full), H100, Layout(1, 1))
+    assert result.total == estimate(job({"parameters": "6.74B"}), H100, Layout(1, 1)).total
+    assert any("trainableParameters is read with method lora or qlora only" in w for w in result.warnings)
+    lora = {"parameters": "6.74B", "finetuning": {"method": "lora", "trainableParameters": "1M"}}
+    assert not any("trainableParameters" in w for w in estimate(job(lora), H100, Layout(1, 1)).warnings)
+
+
 def test_declared_memory_is_used_for_the_training_state() -> None:
     declared = 120 * 2**30
     result = estimate(job({"memory": "120Gi", "parameters": "7B"}), H100, Layout(1, 1))

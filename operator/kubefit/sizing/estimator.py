@@ -345,6 +345,12 @@ class _Model:
 def _resolve_model(spec: TrainingJobSpec) -> _Model:
     model = spec.model
     warnings: list[str] = []
+    if model.finetuning.method == "full" and model.finetuning.trainable_parameters is not None:
+        # Not refused: the API contract's own example gives it beside the default method.
+        warnings.append(
+            "model.finetuning.trainableParameters is read with method lora or qlora only: method full "
+            "trains every parameter, and is sized so"
+        )
     parameters = model.parameter_count
     declared = model.memory_bytes
     if parameters is None and model.architecture is not None:
