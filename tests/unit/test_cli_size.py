@@ -25,6 +25,7 @@ from kubefit.decisions.node_match import placement_of, template_pod_spec
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import plan
 
+REPO = Path(__file__).resolve().parents[2]
 LLAMA3_8B_FSDP = {
     "apiVersion": "kubefit.dev/v1alpha1",
     "kind": "TrainingJob",
@@ -103,6 +104,21 @@ def test_the_worker_limit_defaults_to_the_operators() -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     assert parser.parse_args(["size", "-f", "x"]).max_workers_per_job == DEFAULT_MAX_WORKERS_PER_JOB
+
+
+def test_an_elastic_job_shows_the_worker_range_it_runs_and_the_count_it_was_sized_at(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples/llama3-8b-fsdp.yaml runs 1 to 2 workers of 8: "8 per worker x 1 worker = 8 devices" read
+    as if 8 devices were all it would take."""
+    manifest = yaml.safe_load((REPO / "examples" / "llama3-8b-fsdp.yaml").read_text())
+    code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest))
+    assert code == 0
+    assert "8 per worker x 1-2 workers = up to 16 devices" in out
+    assert "sized at 1 worker: the count where each device holds most" in out
+    readme = (REPO / "README.md").read_text()
+    shown = [line for line in out.splitlines() if line.startswith(("  layout", "  elastic", "  per device"))]
+    assert all(line in readme for line in shown)  # the README's sample is this output
 
 
 def test_yaml_prints_the_same_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

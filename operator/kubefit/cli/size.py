@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from kubefit.api.resource import API_VERSION, KIND
 from kubefit.api.units import GIB, format_gib
 from kubefit.cli.run import positive_int
+from kubefit.decisions.workers import worker_bounds
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # an internal error; reported in one line, never a traceback
@@ -242,12 +243,21 @@ def _summary_lines(manifest: dict[str, Any], spec: Any, job_sizing: Any) -> list
         needs = f"memory needs at least {_count(sizing.min_workers, 'worker')} (minWorkers)"
     else:
         needs = "no worker count fits as configured (see warnings)"
+    runs, devices, elastic = _count(workers, "worker"), _count(per_worker * workers, "device"), []
+    bounds = worker_bounds(spec, sizing)
+    if spec.elastic.enabled and bounds.feasible and bounds.floor != bounds.desired:
+        # An elastic job runs anything from its floor to its desired count: say so, and which was sized.
+        runs = f"{bounds.floor}-{bounds.desired} workers"
+        devices = f"up to {_count(per_worker * bounds.desired, 'device')}"
+        elastic = [
+            f"  elastic       sized at {_count(workers, 'worker')}: the count where each device holds most"
+        ]
     return [
         title,
         f"  accelerator   {sizing.accelerator} ({sizing.resource_name}), "
         f"{format_gib(sizing.device_memory_bytes)} per device",
-        f"  layout        {per_worker} per worker x {_count(workers, 'worker')} "
-        f"= {_count(per_worker * workers, 'device')}; {needs}",
+        f"  layout        {per_worker} per worker x {runs} = {devices}; {needs}",
+        *elastic,
         f"  per device    {format_gib(sizing.per_device_bytes)} estimated, {format_gib(usable)} usable "
         f"({spec.resources.memory_headroom:.0%} headroom): {verdict}",
     ]
