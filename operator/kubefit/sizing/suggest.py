@@ -151,7 +151,9 @@ def _consider_single_changes(
         if fixed_device is not None and breaks(spec, changed, fixed_device):
             continue  # e.g. fp8-mixed on a device without FP8 units
         sizing = plan_quietly(_cheapest_layout(changed), catalog)
-        shortlist.consider(order, Suggestion((change,), sizing, change.trade_off), baselines)
+        # Planned at its cheapest layout: the devices per worker it needs are part of what to change.
+        changes = (change, *_layout_changes(spec, sizing))
+        shortlist.consider(order, Suggestion(changes, sizing, change.trade_off), baselines)
 
 
 def _consider_layouts(
