@@ -896,3 +896,35 @@ def test_a_reconcile_whose_writes_are_stopped_records_no_failure_and_schedules_n
         "kubefit_reconcile_total", {"trigger": "create", "result": "error"}
     )
     assert not errors
+
+
+def test_a_removal_that_went_ahead_is_not_asked_for_again_while_the_index_still_shows_the_worker(
+    harness: Harness,
+) -> None:
+    """After the handshake the worker is deleted; kopf's index shows it live a moment longer. Taken as
+    live, it opened a second checkpoint request: the survivors saved again, and a grace period ran again."""
+    manifest = job_manifest(replicas=3, minReplicas=1, maxReplicas=3)
+    manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 60}
+    harness.kube.jobs["llama"] = manifest
+    uid = "uid-llama"
+    running = {
+        f"llama-worker-{index}": WorkerPod(
+            f"llama-worker-{index}", index, f"p{index}", "Running", "n", False, uid
+        )
+        for index in range(3)
+    }
+    harness.kube.pods = dict(running)
+    harness.reconcile()
+    harness.kube.jobs["llama"]["spec"]["workers"]["replicas"] = 2
+    harness.reconcile("update")
+    request = harness.kube.jobs["llama"]["status"]["checkpoint"]["requestId"]
+    assert len(harness.events("CheckpointRequested")) == 1
+    for name in running:
+        harness.reconciler.board.acknowledge(KEY, request, name, 100)
+    harness.reconcile("pod")
+    assert harness.calls("delete_pod") == [("delete_pod", "llama-worker-2")]
+    harness.kube.pods["llama-worker-2"] = running["llama-worker-2"]  # the index, one event behind
+    harness.reconcile("pod")
+    assert len(harness.events("CheckpointRequested")) == 1
+    assert harness.calls("delete_pod") == [("delete_pod", "llama-worker-2")]
+    assert harness.kube.jobs["llama"]["status"].get("checkpoint") is None

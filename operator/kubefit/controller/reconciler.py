@@ -64,6 +64,7 @@ from kubefit.decisions.failure import reconcile_error
 from kubefit.decisions.inventory import InventoryMemo
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
 from kubefit.decisions.node_match import Placement, placement_of, template_pod_spec
+from kubefit.decisions.observed import WorkerPod
 from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import Catalog
 
@@ -86,6 +87,9 @@ REQUEUE_THREADS = 2
 # pod event or admission that came before the pod's own event created it again (a 409): 0.75 creates a job
 # more at 500 jobs (docs/performance.md).
 CREATED_MEMORY_SECONDS = 10.0
+# How long a worker this process deleted is taken as terminating while the index still shows it live: its
+# own event shows it terminating or gone within moments, unless the delete did not take.
+DELETE_MEMORY_SECONDS = 30.0
 # A resync checks that a job's Service is still there at most this often: a create answered 409 every
 # resync was 17 API writes a second at 500 jobs.
 SERVICE_RECHECK_SECONDS = 300.0
@@ -174,6 +178,10 @@ class _JobState:
     # Workers this process created that kopf's index does not show yet (name -> time.monotonic() of the
     # create): not created again, though a trigger of another watch (admission, the job) comes first.
     created: dict[str, float] = field(default_factory=dict)
+    # Workers this process deleted that kopf's index still shows live (uid -> time.monotonic() of the
+    # delete): seen as terminating, so a removal that went ahead is not asked for again (a second
+    # checkpoint request to the survivors, and its grace period waited out once more).
+    deleted: dict[str, float] = field(default_factory=dict)
     failures: int = 0  # reconciles in a row that raised
     retry_at: float = 0.0  # time.monotonic() before which deferrable triggers are ignored
     service_for: str | None = None  # uid of the job whose Service this process created (or found)
@@ -427,12 +435,12 @@ class Reconciler:
         progress.job, progress.status = job, job.get("status") or {}
         with self._lock:
             self._uids[key] = job["metadata"]["uid"]
-        pods = view.workers(key)
+        pods = _as_deleted(view.workers(key), state.deleted)
         state.replaced &= {pod.uid for pod in pods}  # forget pods that are gone for good
         for pod in pods:
             state.created.pop(pod.name, None)  # the index shows it now
         placement = placement_of(template_pod_spec(job.get("spec")))
-        observation = self._observe(key, job, state, view, placement)
+        observation = self._observe(key, job, state, pods, view, placement)
         decision = decide(observation, self.catalog, self.settings)
         if self._awaits_first_pass(state, observation, decision):
             # No pass has decided this job yet, and one is due within DEBOUNCE_SECONDS: its status is written
@@ -450,13 +458,13 @@ class Reconciler:
         key: JobKey,
         job: dict[str, Any],
         state: _JobState,
+        pods: list[WorkerPod],
         view: ClusterView,
         placement: Placement,
     ) -> JobObservation:
         namespace, name = key
         metadata = job["metadata"]
         status = job.get("status") or {}
-        pods = view.workers(key)
         inventory = self.inventories.inventory(
             view.nodes(), view.usage(), self.catalog, for_job=key, placement=placement
         )
@@ -532,10 +540,13 @@ class Reconciler:
             state.service_for, state.service_at = ref.uid, time.monotonic()
         created: list[str] = []
         deleted: list[str] = []
+        uids = {pod.name: pod.uid for pod in observation.pods}
         try:
             for name in (*decision.delete, *(pod.name for pod in decision.replace)):
                 if self.api.delete_pod(ref.namespace, name):
                     deleted.append(name)
+                    if name in uids:
+                        state.deleted[uids[name]] = time.monotonic()
             self._create_workers(ref, decision, state, created)
         except Exception:
             # status.replicas counted every worker this decision creates: the failure's status must not.
@@ -629,6 +640,19 @@ def _for_the_queue(demand: Demand | None) -> Demand | None:
     nodes of that moment (Scheduler._demands), and one set of every node name kept per queued job was most of
     the operator's memory at 2,000 jobs and 5,000 nodes (docs/performance.md)."""
     return replace(demand, eligible_nodes=None) if demand is not None else None
+
+
+def _as_deleted(pods: list[WorkerPod], deleted: dict[str, float]) -> list[WorkerPod]:
+    """The index's workers, those this process deleted shown terminating until the index shows it; an
+    entry is forgotten once its pod is gone or shown terminating, or after DELETE_MEMORY_SECONDS."""
+    if not deleted:
+        return pods
+    now, present = time.monotonic(), {pod.uid: pod for pod in pods}
+    for uid, at in list(deleted.items()):
+        pod = present.get(uid)
+        if pod is None or pod.terminating or now - at > DELETE_MEMORY_SECONDS:
+            del deleted[uid]
+    return [replace(pod, terminating=True) if pod.uid in deleted else pod for pod in pods]
 
 
 def _forget_old_creates(created: dict[str, float]) -> None:
