@@ -1237,6 +1237,14 @@ def test_a_world_restarted_with_a_new_size_is_a_gang_again_with_its_own_timeout(
     released = condition(timed_out, "Admitted")
     assert released["reason"] == "GangTimeout" and "60 s after the restart" in released["message"]
     assert set(timed_out.delete) == {"llama-worker-0", "llama-worker-1", "llama-worker-2"}
+    # Old workers that take long to go (saving on SIGTERM) hold the new ones' names: the clock starts
+    # when the last is gone, not while they save.
+    going = [pod(0, terminating=True), pod(1, terminating=True)]
+    slow = decide(observe(three, going, restarting.status, later + timedelta(seconds=90)), CATALOG)
+    assert condition(slow, "Admitted")["reason"] != "GangTimeout"
+    assert status_of(slow)["gang"]["since"] == "2025-01-01T12:31:30Z"
+    fresh = decide(observe(three, new, slow.status, later + timedelta(seconds=120)), CATALOG)
+    assert condition(fresh, "Admitted")["reason"] != "GangTimeout" and fresh.requeue_after == 30.0
     # Placed in time instead: started, and the restart's time is dropped.
     placed = [pod(0), pod(1), pod(2)]
     settled = decide(observe(three, placed, restarting.status, later + timedelta(seconds=30)), CATALOG)

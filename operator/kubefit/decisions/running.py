@@ -72,6 +72,10 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     # trains on those, and a worker that cannot be placed must not cost it the workers that run.
     started_at = min(plan.keep, ctx.bounds.floor) if ctx.spec.elastic.enabled else plan.keep
     gang = gang.model_copy(update={"started": gang.started or placed >= started_at})
+    if not gang.started and gang.since is not None and any(pod.terminating for pod in ctx.ours):
+        # A restart's new workers take the old ones' names: none can be made while an old one is still
+        # going (saving on SIGTERM, for up to its termination grace). The gang's clock starts once all are.
+        gang = gang.model_copy(update={"since": rfc3339(ctx.now)})
     restarted_at = parse_rfc3339(gang.since)
     waiting_since = restarted_at or admitted_at(ctx.conditions) or ctx.now
     timeout = ctx.spec.scheduling.gang_timeout_seconds
