@@ -138,6 +138,10 @@ def test_a_process_that_never_polled_acknowledges_the_open_request(
     assert other.acknowledge(100) is True
     assert board.acknowledged(JOB, "r1") == {"llama-worker-0": 100, "llama-worker-1": 100}
     assert not other.requested()  # handled: its loop does not save again for r1
+    board.close(JOB)
+    board.open(JOB, "r2")  # the next removal: it knows r1 only, and asks again
+    assert other.acknowledge(200) is True
+    assert board.acknowledged(JOB, "r2") == {"llama-worker-1": 200}
 
 
 def test_polls_at_most_every_poll_seconds(server: CheckpointServer, board: CheckpointBoard) -> None:

@@ -162,10 +162,11 @@ class CheckpointHandshake:
             raise ValueError(f"step must be a non-negative integer, not {step!r}")
         if self.endpoint is None:
             return False
-        if self.request_id is None:
+        if self.request_id is None or self.request_id == self._acknowledged:
+            # Never polled, or what it knows is the request it already acknowledged: ask for the open one.
             self._last_poll = self._clock()
             self._poll(self.endpoint)
-            if self.request_id is None:
+            if self.request_id is None or self.request_id == self._acknowledged:
                 logger.warning("checkpoint ack of step %d not sent: the operator has no request open", step)
                 return False
         body = {"requestId": self.request_id, "worker": self.endpoint.worker, "step": step}
