@@ -86,6 +86,10 @@ def test_the_changes_a_suggestion_lists_are_all_it_takes(name: str) -> None:
         layout = (sizing.accelerator, sizing.accelerators_per_worker, sizing.min_workers)
         shown = (suggestion.sizing.accelerator, suggestion.sizing.accelerators_per_worker, suggestion.workers)
         assert layout == shown, suggestion.description
+        if spec.resources.accelerator == "auto":  # left open by the user: a suggestion does not pin it
+            assert suggestion.changes[0].field == "resources.accelerator" or all(
+                change.field != "resources.accelerator" for change in suggestion.changes
+            ), suggestion.description
 
 
 def test_each_suggestion_says_what_it_trades_away() -> None:

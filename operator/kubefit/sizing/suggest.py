@@ -151,8 +151,10 @@ def _consider_single_changes(
         if fixed_device is not None and breaks(spec, changed, fixed_device):
             continue  # e.g. fp8-mixed on a device without FP8 units
         sizing = plan_quietly(_cheapest_layout(changed), catalog)
-        # Planned at its cheapest layout: the devices per worker it needs are part of what to change.
-        changes = (change, *_layout_changes(spec, sizing))
+        # Planned at its cheapest layout on the declared accelerator (auto stays auto): the devices per
+        # worker it needs are part of what to change.
+        per_worker = [c for c in _layout_changes(spec, sizing) if c.field == "resources.acceleratorsPerWorker"]
+        changes = (change, *per_worker)
         shortlist.consider(order, Suggestion(changes, sizing, change.trade_off), baselines)
 
 
