@@ -153,7 +153,9 @@ def _consider_single_changes(
         sizing = plan_quietly(_cheapest_layout(changed), catalog)
         # Planned at its cheapest layout on the declared accelerator (auto stays auto): the devices per
         # worker it needs are part of what to change.
-        per_worker = [c for c in _layout_changes(spec, sizing) if c.field == "resources.acceleratorsPerWorker"]
+        per_worker = [
+            c for c in _layout_changes(spec, sizing) if c.field == "resources.acceleratorsPerWorker"
+        ]
         changes = (change, *per_worker)
         shortlist.consider(order, Suggestion(changes, sizing, change.trade_off), baselines)
 
