@@ -739,7 +739,16 @@ def test_worker_from_pod_manifest() -> None:
         "status": {"phase": "Running"},
     }
     worker = worker_from_pod(manifest)
-    assert worker == WorkerPod("llama-worker-2", 2, "u2", "Running", "gpu-1", True, "job-uid")
+    assert worker == WorkerPod(
+        "llama-worker-2",
+        2,
+        "u2",
+        "Running",
+        "gpu-1",
+        True,
+        "job-uid",
+        deletion_timestamp="2025-01-01T00:00:00Z",
+    )
     assert not worker.ready  # terminating
     assert worker_from_pod({"metadata": {"name": "x"}}) is None
 
@@ -1237,14 +1246,19 @@ def test_a_world_restarted_with_a_new_size_is_a_gang_again_with_its_own_timeout(
     released = condition(timed_out, "Admitted")
     assert released["reason"] == "GangTimeout" and "60 s after the restart" in released["message"]
     assert set(timed_out.delete) == {"llama-worker-0", "llama-worker-1", "llama-worker-2"}
-    # Old workers that take long to go (saving on SIGTERM) hold the new ones' names: the clock starts
-    # when the last is gone, not while they save.
-    going = [pod(0, terminating=True), pod(1, terminating=True)]
+    # Old workers that take their termination grace to go (saving on SIGTERM; deleted at 12:30:00 with 300 s
+    # of grace) hold the new ones' names: the clock starts when that grace ends, not while they save.
+    saving = "2025-01-01T12:35:00Z"
+    going = [replace(pod(index, terminating=True), deletion_timestamp=saving) for index in (0, 1)]
     slow = decide(observe(three, going, restarting.status, later + timedelta(seconds=90)), CATALOG)
     assert condition(slow, "Admitted")["reason"] != "GangTimeout"
-    assert status_of(slow)["gang"]["since"] == "2025-01-01T12:31:30Z"
-    fresh = decide(observe(three, new, slow.status, later + timedelta(seconds=120)), CATALOG)
+    assert status_of(slow)["gang"]["since"] == saving
+    fresh = decide(observe(three, new, slow.status, later + timedelta(seconds=330)), CATALOG)
     assert condition(fresh, "Admitted")["reason"] != "GangTimeout" and fresh.requeue_after == 30.0
+    # One stuck terminating (its node unreachable) does not hold the clock back for ever.
+    stuck = [going[0], pod(1), pod(2, "Pending")]
+    held = decide(observe(three, stuck, slow.status, later + timedelta(hours=2)), CATALOG)
+    assert condition(held, "Admitted")["reason"] == "GangTimeout"
     # Placed in time instead: started, and the restart's time is dropped.
     placed = [pod(0), pod(1), pod(2)]
     settled = decide(observe(three, placed, restarting.status, later + timedelta(seconds=30)), CATALOG)

@@ -28,6 +28,9 @@ class WorkerPod:
     controller_uid: str | None = None  # uid of the owner reference with controller=true
     world_size: int | None = None  # the worker count it was started with, where that is fixed at start
     nnodes: str | None = None  # torchrun's node range it was started with (elastic pytorch), "floor:ceiling"
+    # metadata.deletionTimestamp: when its termination grace ends (the API server sets it to the delete's
+    # time plus the grace period)
+    deletion_timestamp: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -69,7 +72,12 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         controller_uid=_controller_uid(metadata),
         world_size=_world_size(metadata),
         nnodes=_nnodes(metadata),
+        deletion_timestamp=_text(metadata.get("deletionTimestamp")),
     )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _nnodes(metadata: Mapping[str, Any]) -> str | None:

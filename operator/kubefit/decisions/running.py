@@ -72,10 +72,8 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     # trains on those, and a worker that cannot be placed must not cost it the workers that run.
     started_at = min(plan.keep, ctx.bounds.floor) if ctx.spec.elastic.enabled else plan.keep
     gang = gang.model_copy(update={"started": gang.started or placed >= started_at})
-    if not gang.started and gang.since is not None and any(pod.terminating for pod in ctx.ours):
-        # A restart's new workers take the old ones' names: none can be made while an old one is still
-        # going (saving on SIGTERM, for up to its termination grace). The gang's clock starts once all are.
-        gang = gang.model_copy(update={"since": rfc3339(ctx.now)})
+    if not gang.started and gang.since is not None:
+        gang = _timed_from_old_workers_gone(gang, ctx.ours)
     restarted_at = parse_rfc3339(gang.since)
     waiting_since = restarted_at or admitted_at(ctx.conditions) or ctx.now
     timeout = ctx.spec.scheduling.gang_timeout_seconds
@@ -95,6 +93,19 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     if not gang.started:  # wake up when the gang timeout expires
         draft.requeue_after.append((waiting_since + timedelta(seconds=timeout) - ctx.now).total_seconds())
     return draft
+
+
+def _timed_from_old_workers_gone(gang: GangStatus, ours: Sequence[WorkerPod]) -> GangStatus:
+    """A restart's new workers take the old ones' names: none can be made while an old one is still going
+    (saving on SIGTERM, up to its termination grace). The new gang's clock starts when the last one's grace
+    ends (its deletionTimestamp), a fixed time: an old worker stuck terminating (its node unreachable)
+    does not hold the clock back for ever."""
+    since = parse_rfc3339(gang.since)
+    ends = [parse_rfc3339(pod.deletion_timestamp) for pod in ours if pod.terminating]
+    latest = max((end for end in ends if end is not None), default=None)
+    if since is None or latest is None or latest <= since:
+        return gang
+    return gang.model_copy(update={"since": rfc3339(latest)})
 
 
 def _running(ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int, ready: int) -> Draft:
