@@ -488,6 +488,18 @@ def test_a_job_shrunk_for_another_does_not_grow_back_while_its_leaving_workers_a
     assert key("low") not in result.reserved or not result.reserved[key("low")]
 
 
+def test_replicas_raised_back_during_a_scale_down_take_the_leaving_workers_back() -> None:
+    """Scaled 8 -> 4, its 4 leaving workers still bound (the handshake): raised back to 8, it keeps them, and
+    no new place is reserved for workers it has."""
+    raised = job("raised", per_worker=1, want=8)
+    result = plan(admitted=[Holding(raised, 4, {"node-0": 8})], cluster=nodes(4))
+    assert result.grants[key("raised")] == 8
+    assert not result.reserved.get(key("raised"))
+    # Raised to 6 only: 6 of them, still without a new place.
+    six = plan(admitted=[Holding(job("raised", per_worker=1, want=6), 4, {"node-0": 8})], cluster=nodes(4))
+    assert six.grants[key("raised")] == 6 and not six.reserved.get(key("raised"))
+
+
 def test_preempts_only_when_allowed_and_shrinking_is_not_enough() -> None:
     never = plan([gang("high", 2, per_worker=8, priority=10)], low_jobs(), nodes(2))
     assert not never.preempt

@@ -462,6 +462,11 @@ class _Queue:
         default_factory=dict
     )
 
+    def anyone_waits(self, accelerator: str) -> bool:
+        """Whether a job waits for devices of this accelerator: queued and kept out, or admitted short."""
+        strict = self.strict_head is not None and self.strict_head.demand.accelerator == accelerator
+        return strict or bool(self.short.get(accelerator)) or bool(self.heads.get(accelerator))
+
     def note_short(self, jobs: Sequence[_Job]) -> None:
         for job in jobs:
             if job.admitted and job.holds and job.placed < job.floor:
@@ -737,10 +742,14 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
     """Spare capacity raises elastic jobs toward their want, in queue order. A job shrunk or preempted in
     this pass does not grow in it (the plan counts the places it gives up as someone else's), nor does one
     whose workers beyond its grant are still bound: they are leaving for someone else (a shrink waiting for
-    its checkpoint), and a grant raised again would keep them where that job was counted."""
+    its checkpoint), and a grant raised again would keep them where that job was counted. Those workers
+    are its own again, with no new place, when its want rose meanwhile (replicas raised back during the
+    handshake) and no job waits for devices of its accelerator."""
     for job in jobs:
         if not job.holds or not job.demand.elastic or job.shrunk_for is not None:
             continue
+        if job.grant < min(job.target, job.placed) and not queue.anyone_waits(job.demand.accelerator):
+            job.grant = max(job.grant, job.whole_groups(min(job.placed, job.target)))
         if job.grant >= job.target or job.placed != job.grant:
             continue
         nodes, _ = queue.usable(job)
