@@ -445,6 +445,19 @@ def test_a_shrink_for_priority_takes_whole_groups_and_gives_back_only_whole_grou
     assert three.grants == {key("high"): 3, key("low"): 2}  # two groups: one and a half would do
 
 
+def test_a_group_taken_in_part_is_completed_with_reserved_places_before_running_workers() -> None:
+    """`low` (groups of 2) runs 2 workers on a and has 2 places reserved, on b and c; `high` may use b
+    only. Taking b's place is enough for high, and the group is completed with c's place, not with a
+    running worker on a (a checkpoint and a re-form for nothing)."""
+    cluster = [NodeCapacity("a", H100, 8, 0), NodeCapacity("b", H100, 4, 0), NodeCapacity("c", H100, 4, 0)]
+    low = Holding(job("low", per_worker=4, min_workers=2, want=4, step=2), 4, {"a": 2}, ("a", "a"),
+                  reserved={"b": 1, "c": 1})  # fmt: skip
+    high = gang("high", 1, per_worker=4, priority=10, eligible=frozenset({"b"}))
+    result = plan([high], [low], cluster)
+    assert result.grants == {key("high"): 1, key("low"): 2}
+    assert result.placement[key("low")] == {"a": 2}
+
+
 def test_a_shrink_partly_unneeded_after_a_preemption_gives_back_whole_groups_only() -> None:
     """Shrinking `low` by 2 is not enough for 3 workers, preempting `other` frees 2 more: one of low's
     workers could go back, but not half of a group."""

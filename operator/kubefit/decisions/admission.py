@@ -555,11 +555,27 @@ def _shrink(trial: _Trial, other: _Job) -> None:
     room = other.grant - other.floor
     reserved = {n: c for n, c in other.reserved.items() if n in trial.free}
     room = _take_by_room(trial, other, reserved, room, from_reserved=True)
+    room = _complete_group_from_reserved(trial, other, room)
     if other.removal_order:
         _take_in_order(trial, other, room)
     else:
         bound = {n: c for n, c in other.bound.items() if n in trial.free}
         _take_by_room(trial, other, bound, room, from_reserved=False)
+
+
+def _complete_group_from_reserved(trial: _Trial, other: _Job, room: int) -> int:
+    """A group taken in part once the job fits is completed with `other`'s reserved places on any node
+    (no pod to remove) before any of its running workers."""
+    if not trial.fits:
+        return room
+    taken = Counter(node for job, node, from_reserved in trial.removals if job is other and from_reserved)
+    for node in sorted(other.reserved):
+        left = other.reserved[node] - taken[node]
+        while left > 0 and room > 0 and room % other.demand.worker_step:
+            trial.change(node, other.demand.per_worker)
+            trial.removals.append((other, node, True))
+            left, room = left - 1, room - 1
+    return room
 
 
 def _wants_more(trial: _Trial, other: _Job, room: int) -> bool:
