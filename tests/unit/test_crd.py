@@ -321,19 +321,11 @@ def _specs_to_size() -> Iterator[tuple[str, dict[str, Any]]]:
         for document in yaml.safe_load_all(path.read_text()):
             if document and document.get("kind") == "TrainingJob":
                 yield path.name, document["spec"]
+    from sizing_inputs import LLAMA3_8B, TEMPLATE
+
     pipelined = {  # Llama-3-8B over a 4-stage pipeline, no gradientAccumulation given
-        "template": {"spec": {"containers": [{"name": "trainer", "image": "example/train:1"}]}},
-        "model": {
-            "parameters": "8.03B",
-            "architecture": {
-                "layers": 32,
-                "hiddenSize": 4096,
-                "attentionHeads": 32,
-                "kvHeads": 8,
-                "intermediateSize": 14336,
-                "vocabSize": 128256,
-            },
-        },  # fmt: skip
+        "template": TEMPLATE,
+        "model": LLAMA3_8B,
         "training": {"sequenceLength": 8192, "pipelineParallel": 4},
         "resources": {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 4},
     }
