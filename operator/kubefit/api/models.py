@@ -531,8 +531,9 @@ class Elastic(_Model):
         description="true: the job runs between its effective minimum and workers.replicas workers, as "
         "many as free capacity allows; it grows when capacity appears and shrinks (after the checkpoint "
         "handshake) when replicas drops or a higher-priority job needs the devices. framework pytorch "
-        "workers get torchrun's elastic c10d rendezvous with PET_NNODES=floor:maxReplicas, so the group "
-        "re-forms; framework jax fixes the process count when workers start, so each change of the count "
+        "workers get torchrun's elastic c10d rendezvous with PET_NNODES=floor:ceiling, so the group "
+        "re-forms (a count outside that range, when the bounds follow replicas, restarts every worker with "
+        "the new range); framework jax fixes the process count when workers start, so each change of the count "
         "restarts every worker with the new one. false: all-or-nothing at replicas; changing replicas "
         "restarts every worker with the new world size.",
     )
