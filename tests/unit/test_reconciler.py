@@ -128,9 +128,11 @@ class FakeKube:
             return False  # 409
         job = manifest["metadata"]["labels"]["kubefit.dev/job"]
         owner = manifest["metadata"]["ownerReferences"][0]["uid"]
+        world = manifest["metadata"].get("annotations", {}).get("kubefit.dev/world-size")
         self.pods[name] = WorkerPod(
-            name, worker_index(name, job), f"uid-{name}", "Pending", None, False, owner
-        )
+            name, worker_index(name, job), f"uid-{name}", "Pending", None, False, owner,
+            world_size=int(world) if world else None,
+        )  # fmt: skip
         return True
 
     def delete_pod(self, namespace: str, name: str) -> bool:
@@ -928,3 +930,22 @@ def test_a_removal_that_went_ahead_is_not_asked_for_again_while_the_index_still_
     assert len(harness.events("CheckpointRequested")) == 1
     assert harness.calls("delete_pod") == [("delete_pod", "llama-worker-2")]
     assert harness.kube.jobs["llama"]["status"].get("checkpoint") is None
+
+
+def test_a_fixed_size_group_gets_no_worker_of_another_size_beside_ones_the_index_does_not_show_yet(
+    harness: Harness,
+) -> None:
+    """Workers 0 and 1 were created for a world of 2; before kopf's index shows them the job asks for 3.
+    Creating worker 2 for a world of 3 then made a mixed group (seen on the sandbox with a jax job)."""
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.index_lags = True
+    harness.reconcile()
+    assert harness.calls("create_pod") == [("create_pod", "llama-worker-0"), ("create_pod", "llama-worker-1")]
+    harness.kube.jobs["llama"]["spec"]["workers"]["replicas"] = 3
+    harness.reconcile("update")
+    assert ("create_pod", "llama-worker-2") not in harness.calls("create_pod")
+    harness.index_lags = False  # the index shows the two: the decision restarts the group with 3
+    harness.reconcile("pod")
+    assert ("create_pod", "llama-worker-2") not in harness.calls("create_pod")
+    ready = harness.condition("Ready")
+    assert ready["reason"] == "Restarting" and "from 2 to 3 workers" in ready["message"]

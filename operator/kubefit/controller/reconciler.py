@@ -178,6 +178,7 @@ class _JobState:
     # Workers this process created that kopf's index does not show yet (name -> time.monotonic() of the
     # create): not created again, though a trigger of another watch (admission, the job) comes first.
     created: dict[str, float] = field(default_factory=dict)
+    created_world: int | None = None  # the world size of those creates, for a group whose size is fixed
     # Workers this process deleted that kopf's index still shows live (uid -> time.monotonic() of the
     # delete): seen as terminating, so a removal that went ahead is not asked for again (a second
     # checkpoint request to the survivors, and its grace period waited out once more).
@@ -588,6 +589,13 @@ class Reconciler:
     def _create_workers(self, ref: JobRef, decision: Decision, state: _JobState, created: list[str]) -> None:
         """Builds and creates at most CREATE_BATCH of the decision's workers, wave by wave (CREATE_PARALLEL);
         the loop goes round for more. A failed create stops it after its wave, and is raised."""
+        workers = decision.worker_set
+        world = workers.workers if workers is not None and workers.fixed_world else None
+        if world is not None and state.created and state.created_world not in (None, world):
+            # Workers of another world size were created moments ago and the index does not show them yet:
+            # one of this size beside them would make a mixed group. Their events reconcile again, and the
+            # decision then sees them (and restarts the group).
+            return
         todo = [index for index in decision.create if worker_name(ref.name, index) not in state.created]
         batch, wave = todo[:CREATE_BATCH], 1
         while batch:
@@ -605,6 +613,7 @@ class Reconciler:
                     if answer:
                         created.append(name)
                     state.created[name] = time.monotonic()  # created now, or already there (409): not again
+                    state.created_world = world
             failed = next((error for _, error in outcomes if error is not None), None)
             if failed is not None:
                 raise failed
