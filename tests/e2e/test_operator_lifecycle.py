@@ -96,40 +96,53 @@ def delete_pods(kube: Kube, namespace: str, *names: str) -> None:
 # ---------------------------------------------------------------------------------------------- failures
 
 
-def test_failed_worker_is_replaced_until_the_restart_limit_fails_the_job(
+def replaced_group(kube: Kube, namespace: str, job: str, uids: dict[str, str]) -> dict[str, str]:
+    """Waits until every worker in `uids` runs again as a new pod and the job is Running; their new uids."""
+    pods = wait_for(
+        f"every worker of {job} replaced by a new running pod",
+        lambda: (
+            (pods := pods_by_name(kube, namespace, job))
+            and set(running_names(list(pods.values()))) == set(uids)
+            and all(pods[name]["metadata"]["uid"] != uid for name, uid in uids.items())
+            and pods
+        ),
+        timeout=60,
+    )
+    for pod in pods.values():
+        assert EXIT not in (pod["metadata"].get("annotations") or {})
+        assert pod["metadata"]["labels"][JOB_LABEL] == job
+    wait_for(f"{job} Running again", lambda: phase(kube, namespace, job) == "Running")
+    return {name: pod["metadata"]["uid"] for name, pod in pods.items()}
+
+
+def test_a_failed_worker_restarts_its_group_until_the_restart_limit_fails_the_job(
     kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
 ) -> None:
+    """A job that is not elastic is one group (static rendezvous, WORLD_SIZE 2): a failed worker restarts
+    every worker, and workers failing together (one rank's crash taking the other down) are one restart."""
     job = "flaky"
     uids = start(
-        kube, namespace, small_job(job, namespace, pool, 2, runPolicy={"maxRestarts": 1}), replicas=2
+        kube, namespace, small_job(job, namespace, pool, 2, runPolicy={"maxRestarts": 2}), replicas=2
     )
     worker0, worker1 = f"{job}-worker-0", f"{job}-worker-1"
 
-    # First failure: the same worker comes back as a new pod, and the restart is counted and told.
-    exit_worker(kube, namespace, worker0, 1)
-    replacement = wait_for(
-        "worker-0 replaced by a new running pod",
-        lambda: (
-            (pod := pods_by_name(kube, namespace, job).get(worker0))
-            and pod["metadata"]["uid"] != uids[worker0]
-            and worker0 in running_names([pod])
-            and pod
-        ),
-        timeout=30,
-    )
-    assert EXIT not in (replacement["metadata"].get("annotations") or {})
-    assert replacement["metadata"]["labels"][JOB_LABEL] == job
-    wait_for("status.restarts 1", lambda: kube.job_status(namespace, job).get("restarts") == 1)
+    # First incident: both workers exit 1 at once. Both come back as new pods; one restart, told.
+    kube.run("annotate", "pod", worker0, worker1, "-n", namespace, f"{EXIT}=1", "--overwrite")
+    uids = replaced_group(kube, namespace, job, uids)
+    assert kube.job_status(namespace, job).get("restarts") == 1
     failed_events = wait_for(
         "a WorkerFailed event",
         lambda: [e for e in kube.events(namespace, job) if e["reason"] == "WorkerFailed"],
     )
-    assert failed_events[0]["type"] == "Warning"
-    assert worker0 in failed_events[0]["message"]
-    assert pods_by_name(kube, namespace, job)[worker1]["metadata"]["uid"] == uids[worker1]
-    wait_for("the job Running again", lambda: phase(kube, namespace, job) == "Running")
+    assert [event["type"] for event in failed_events] == ["Warning"]
+    assert "(restart 1 of at most 2)" in failed_events[0]["message"]
 
-    # Second failure: one more than maxRestarts allows.
+    # Second incident: worker-0 alone fails, and worker-1, still running, restarts with it.
+    exit_worker(kube, namespace, worker0, 1)
+    uids = replaced_group(kube, namespace, job, uids)
+    assert kube.job_status(namespace, job).get("restarts") == 2
+
+    # Third incident: one more than maxRestarts allows.
     exit_worker(kube, namespace, worker0, 1)
     failed = wait_for(
         "condition Failed=True",
@@ -139,7 +152,7 @@ def test_failed_worker_is_replaced_until_the_restart_limit_fails_the_job(
     assert failed["reason"] == "RestartLimitExceeded"
     status = kube.job_status(namespace, job)
     assert status["phase"] == "Failed"
-    assert status["restarts"] == 1
+    assert status["restarts"] == 2
     assert status["completionTime"]
     assert "RestartLimitExceeded" in event_reasons(kube, namespace, job)
 
@@ -156,7 +169,7 @@ def test_failed_worker_is_replaced_until_the_restart_limit_fails_the_job(
     reconciled_after_poke(kube, operator, namespace, job)
     assert not kube.workers(namespace, job), "a worker was recreated after the job failed"
     status = kube.job_status(namespace, job)
-    assert (status["phase"], status["restarts"]) == ("Failed", 1)
+    assert (status["phase"], status["restarts"]) == ("Failed", 2)
 
 
 # ---------------------------------------------------------------------------------------------- success

@@ -510,25 +510,85 @@ def test_labelled_pods_without_a_controller_are_adopted() -> None:
 # ---------------------------------------------------------------------------------------------- restarts
 
 
-def test_a_failed_worker_is_replaced_and_counted() -> None:
+def test_a_failed_worker_of_a_fixed_group_restarts_the_group_once_counted() -> None:
+    """Not elastic: the others' rendezvous (WORLD_SIZE 2) cannot take a new worker 1, so both go, and
+    come back together after the backoff; one restart."""
     decision = decide(observe(pods=[pod(0), pod(1, "Failed")]), CATALOG)
     assert [failed.name for failed in decision.replace] == ["llama-worker-1"]
-    assert decision.create == ()  # recreated once the failed pod is gone
+    assert decision.delete == ("llama-worker-0",)
+    assert decision.create == ()  # recreated once the old pods are gone and the backoff is over
     assert status_of(decision)["restarts"] == 1
-    assert ("Warning", "WorkerFailed") in [(event.type, event.reason) for event in decision.events]
+    failed_events = [event for event in decision.events if event.reason == "WorkerFailed"]
+    assert [event.type for event in failed_events] == ["Warning"]
+    assert "llama-worker-1 failed on node-a" in failed_events[0].message
+    assert "(restart 1 of at most 3)" in failed_events[0].message
+    restarting = condition(decision, "Ready")
+    assert (restarting["status"], restarting["reason"]) == ("False", "Restarting")
     assert status_of(decision)["lastFailureTime"] == "2025-01-01T12:00:00Z"
-    gone = decide(observe(pods=[pod(0)], status=decision.status), CATALOG)
+    # The new group's gang clock starts when its backoff ends, not now.
+    assert status_of(decision)["gang"]["started"] is False
+    assert status_of(decision)["gang"]["since"] == "2025-01-01T12:00:05Z"
+
+    going = decide(observe(pods=[pod(0, terminating=True)], status=decision.status), CATALOG)
+    assert going.create == () and going.delete == () and status_of(going)["restarts"] == 1
+    gone = decide(observe(status=decision.status), CATALOG)
     assert gone.create == () and gone.requeue_after == 5.0  # the first restart waits 5 s
     assert "restart backoff" in status_of(gone)["message"]
     waiting = condition(gone, "Ready")
     assert (waiting["reason"], waiting["message"]) == (
         "RestartBackoff",
-        "1/2 workers running; replacing failed workers in 5 s",
+        "0/2 workers running; replacing failed workers in 5 s",
     )
-    later = decide(observe(pods=[pod(0)], status=decision.status, now=NOW + timedelta(seconds=5)), CATALOG)
-    assert created_names(later) == ["llama-worker-1"]
+    later = decide(observe(status=decision.status, now=NOW + timedelta(seconds=5)), CATALOG)
+    assert created_names(later) == ["llama-worker-0", "llama-worker-1"]
     assert condition(later, "Ready")["reason"] == "WorkersNotReady"
     assert status_of(later)["restarts"] == 1
+
+
+def test_workers_of_a_fixed_group_failing_together_are_one_restart() -> None:
+    """One rank's crash takes the others down: four failed workers are one incident, not four restarts
+    (which at maxRestarts 3 would fail the job at its first crash)."""
+    spec = raw_spec(workers={"replicas": 4})
+    decision = decide(observe(spec, pods=[pod(index, "Failed") for index in range(4)]), CATALOG)
+    assert status_of(decision)["phase"] != "Failed"
+    assert status_of(decision)["restarts"] == 1
+    assert {failed.name for failed in decision.replace} == {f"llama-worker-{index}" for index in range(4)}
+    # A worker of the old group that fails while it is being stopped is not counted either.
+    cascade = decide(
+        observe(spec, pods=[pod(0, "Failed", terminating=True)], status=decision.status), CATALOG
+    )
+    assert status_of(cascade)["restarts"] == 1 and cascade.replace == ()
+
+
+def test_a_group_restart_after_a_failure_reruns_the_workers_that_had_finished() -> None:
+    first = decide(observe(pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
+    assert status_of(first)["succeededWorkers"] == "0"
+    failed = decide(observe(pods=[pod(0, "Succeeded"), pod(1, "Failed")], status=first.status), CATALOG)
+    assert failed.delete == ("llama-worker-0",)
+    assert status_of(failed)["succeededWorkers"] is None
+    later = decide(observe(status=failed.status, now=NOW + timedelta(seconds=5)), CATALOG)
+    assert later.create == (0, 1)
+
+
+def test_a_failed_worker_of_an_elastic_jax_job_restarts_the_group() -> None:
+    spec = elastic_spec(replicas=3, minimum=2, maximum=3, framework="jax")
+    decision = decide(observe(spec, pods=[pod(0), pod(1), pod(2, "Failed")], grant=3), CATALOG)
+    assert set(decision.delete) == {"llama-worker-0", "llama-worker-1"}
+    assert status_of(decision)["restarts"] == 1
+
+
+def test_a_restarted_group_not_placed_in_time_after_its_backoff_times_out() -> None:
+    failed = decide(observe(pods=[pod(0), pod(1, "Failed")]), CATALOG)
+    timeout = 300  # scheduling.gangTimeoutSeconds' default
+    pending = [pod(0, "Pending"), pod(1, "Pending")]
+    in_time = decide(
+        observe(pods=pending, status=failed.status, now=NOW + timedelta(seconds=5 + timeout - 1)), CATALOG
+    )
+    assert condition(in_time, "Admitted")["status"] == "True"
+    late = decide(
+        observe(pods=pending, status=failed.status, now=NOW + timedelta(seconds=5 + timeout)), CATALOG
+    )
+    assert condition(late, "Admitted")["reason"] == "GangTimeout"
 
 
 def test_a_replaced_worker_still_in_the_cache_is_not_counted_twice() -> None:
@@ -1403,6 +1463,7 @@ def test_an_elastic_job_keeps_training_on_fewer_workers_while_its_minimum_runs()
     spec = elastic_spec(replicas=3, minimum=2, maximum=3)
     decision = decide(observe(spec, pods=[pod(0), pod(1), pod(2, "Failed")], grant=3), CATALOG)
     assert [failed.name for failed in decision.replace] == ["llama-worker-2"]
+    assert decision.delete == ()  # torchrun re-forms the group: the others train on
     running = condition(decision, "Running")
     assert (running["status"], running["reason"]) == ("True", "WorkersRunning")
 

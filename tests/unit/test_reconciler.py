@@ -288,15 +288,25 @@ def test_deletes_come_after_the_transition_events_and_before_creates(harness: Ha
     harness.reconcile()
     calls = [call[:2] for call in harness.log]
     assert calls[:3] == [("get_job", "llama"), ("patch_job_status", "llama"), ("event", "Fits")]
-    # Found with workers (as after an operator restart): admitted with them, no Queued round.
-    assert calls[3:5] == [("event", "Admitted"), ("event", "WorkerFailed")]
+    # Found with workers (as after an operator restart): admitted with them, no Queued round. The job is
+    # not elastic, so the failure restarts its group (Ready=False, Restarting).
+    assert calls[3:6] == [("event", "Admitted"), ("event", "Restarting"), ("event", "WorkerFailed")]
     writes = [call for call in calls if call[0] in ("delete_pod", "create_pod")]
     assert writes == [
-        ("delete_pod", "llama-worker-2"),  # above replicas
+        ("delete_pod", "llama-worker-2"),  # the rest of the group
         ("delete_pod", "llama-worker-1"),  # failed: replaced
-        ("create_pod", "llama-worker-0"),
     ]
-    assert calls[-2:] == [("event", "CreatedWorkers"), ("event", "DeletedWorkers")]
+    assert calls[-1:] == [("event", "DeletedWorkers")]
+    assert harness.kube.jobs["llama"]["status"]["restarts"] == 1
+
+    # The group comes back once its old pods are gone and the backoff is over: creates, then their event.
+    harness.kube.pods = {}
+    harness.kube.jobs["llama"]["status"]["lastFailureTime"] = "2000-01-01T00:00:00Z"
+    harness.log.clear()
+    harness.reconcile()
+    writes = [call[:2] for call in harness.log if call[0] in ("delete_pod", "create_pod")]
+    assert writes == [("create_pod", "llama-worker-0"), ("create_pod", "llama-worker-1")]
+    assert [call[:2] for call in harness.log][-1:] == [("event", "CreatedWorkers")]
     assert harness.kube.jobs["llama"]["status"]["restarts"] == 1
 
 

@@ -599,8 +599,9 @@ class RunPolicy(_Model):
         ge=0,
         le=MAX_INT32,
         default=3,
-        description="Worker restarts allowed before the job fails. Each failed worker pod counts once: 4 "
-        "workers failing together are 4 restarts.",
+        description="Restarts allowed before the job fails. A fixed group (not elastic, or framework jax) "
+        "restarts every worker when one fails, which counts once however many fail with it; an elastic "
+        "pytorch job replaces each failed worker, one restart each.",
     )
     suspend: bool = Field(
         strict=True, default=False, description="true deletes the workers and keeps the job."

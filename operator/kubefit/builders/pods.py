@@ -24,7 +24,7 @@ from kubefit.builders.placement import (
     with_accelerator_toleration,
     with_preferred_hostnames,
 )
-from kubefit.builders.rendezvous import WorkerGroup, rendezvous_env
+from kubefit.builders.rendezvous import WorkerGroup, fixed_world, rendezvous_env
 from kubefit.builders.resources import worker_resources
 from kubefit.sizing.catalog import Accelerator
 
@@ -53,9 +53,8 @@ class WorkerSet:
 
     @property
     def fixed_world(self) -> bool:
-        """Whether a new worker count restarts every worker (decisions/running.py): a job that is not
-        elastic, and an elastic jax one (its process count is read once)."""
-        return not self.spec.elastic.enabled or self.spec.framework == "jax"
+        """Whether a new worker count restarts every worker (decisions/running.py; rendezvous.fixed_world)."""
+        return fixed_world(self.spec)
 
     @property
     def group(self) -> WorkerGroup:

@@ -6,7 +6,7 @@ UID as its id and PET_NNODES=min:max, so torchrun re-forms the group when worker
 store lives on worker 0, which a scale-down never removes (the highest index goes first), and only
 worker 0 hosts it (PET_RDZV_CONF is_host=1, the others 0): torchrun's own guess compares host names and
 addresses, which fails where pods share a machine (the sandbox) or a name resolves elsewhere.
-PET_MAX_RESTARTS=runPolicy.maxRestarts, as Kubeflow's elastic policy does: when a peer leaves, the
+PET_MAX_RESTARTS=elastic.maxRestarts, as Kubeflow's elasticPolicy.maxRestarts: when a peer leaves, the
 survivors' training processes fail and torchrun restarts them in place, which costs one restart.
 TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with torch's default (the rank-0 agent shares its own TCPStore
 with the workers), a worker added to a running group never joins it. The rank-0 agent publishes that
@@ -27,8 +27,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kubefit.api.models import Framework
+from kubefit.api.models import Framework, TrainingJobSpec
 from kubefit.builders.naming import RENDEZVOUS_PORT, rendezvous_host
+
+
+def fixed_world(spec: TrainingJobSpec) -> bool:
+    """Whether the workers' group size is fixed when they start: a job that is not elastic (static
+    rendezvous, WORLD_SIZE), and an elastic jax one (JAX_NUM_PROCESSES is read once). Such a group cannot
+    lose or gain a worker while it runs: a new count, or a failed worker, restarts every worker."""
+    return not spec.elastic.enabled or spec.framework == "jax"
 
 
 @dataclass(frozen=True)

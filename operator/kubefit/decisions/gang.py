@@ -68,10 +68,15 @@ def after_timeout(gang: GangStatus, now: datetime) -> GangStatus:
     return GangStatus(started=False, retries=retries, retry_after=rfc3339(now + timedelta(seconds=wait)))
 
 
+def restart_backoff(restarts: int) -> float:
+    """Seconds from a failure to the replacement, after `restarts` restarts in all (this one included)."""
+    return doubling(RESTART_BACKOFF_BASE_SECONDS, RESTART_BACKOFF_MAX_SECONDS, restarts)
+
+
 def restart_backoff_left(status: Mapping[str, Any], restarts: int, now: datetime) -> float:
     """Seconds before a replacement worker may be created after the last failure (0: now)."""
     failed_at = parse_rfc3339(status.get("lastFailureTime"))
     if failed_at is None or restarts <= 0:
         return 0.0
-    wait = doubling(RESTART_BACKOFF_BASE_SECONDS, RESTART_BACKOFF_MAX_SECONDS, restarts)
+    wait = restart_backoff(restarts)
     return max(0.0, (failed_at + timedelta(seconds=wait) - now).total_seconds())

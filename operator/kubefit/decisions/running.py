@@ -5,6 +5,12 @@ Workers to run (the target):
 - elastic: the grant within [floor, desired] (desired = spec.workers.replicas within its bounds);
 - not elastic: all-or-nothing at desired. A change of desired restarts every worker with the new world
   size (status.desiredReplicas is the world size the running workers were created with).
+
+A failed worker: an elastic pytorch job replaces that worker (torchrun re-forms the group around it), one
+restart per failed pod. A fixed group (not elastic, or jax: builders.rendezvous.fixed_world) cannot take
+a new member while the others run (their collectives wait for the dead rank, or fail one by one), so a
+failure restarts the whole group, counted once however many of its workers fail with it: JobSet's
+failurePolicy (what Kubeflow Trainer v2 runs on) and Volcano's RestartJob policy do the same.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from kubefit.api.conditions import ConditionType, EventReason, JobPhase, Phase, 
 from kubefit.api.formatting import parse_index_ranges
 from kubefit.api.models import GangStatus
 from kubefit.api.units import parse_rfc3339, rfc3339
+from kubefit.builders.rendezvous import fixed_world
 from kubefit.decisions.conditions import ConditionUpdate, is_true
 from kubefit.decisions.draft import (
     Draft,
@@ -34,6 +41,7 @@ from kubefit.decisions.gang import (
     backoff_left,
     gang_timed_out,
     previous_gang,
+    restart_backoff,
     restart_backoff_left,
 )
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
@@ -59,7 +67,8 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     # A worker that succeeded is not run again when its pod goes (a node removed once it finished).
     gone_after_success = _gone_after_success(ctx)
     changes = scale_workers(slots - gone_after_success, ctx.ours, ctx.observation.already_replaced, foreign)
-    restarts = restarts_of(ctx.status) + len(changes.replace)
+    group_failed = bool(changes.replace) and fixed_world(ctx.spec)
+    restarts = restarts_of(ctx.status) + (1 if group_failed else len(changes.replace))
     if restarts > ctx.spec.run_policy.max_restarts:
         return failed(ctx, changes.replace)
     done = (_succeeded_now(ctx.ours) | gone_after_success) & slots
@@ -80,19 +89,49 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     if gang_timed_out(gang, waiting_since, timeout, ctx.now):
         return gang_timeout(ctx, plan.keep, placed, "the restart" if restarted_at else "admission")
     draft = _running(ctx, plan, changes, restarts, ready)
-    if plan.restart is not None and draft.desired == plan.target:
+    new_world = plan.restart is not None and draft.desired == plan.target
+    if group_failed:
+        _restart_group(ctx, draft, changes.replace)
+        # The new group is a gang of its own, to be placed within the timeout once its backoff is over.
+        waiting_since = ctx.now + timedelta(seconds=restart_backoff(restarts))
+        gang = GangStatus(retries=gang.retries, since=rfc3339(waiting_since))
+    elif new_world:
         # The old world goes now: the new one is a gang of its own, to be placed within the timeout from now.
         gang, waiting_since = GangStatus(retries=gang.retries, since=rfc3339(ctx.now)), ctx.now
     elif gang.started and gang.since is not None:
         gang = gang.model_copy(update={"since": None})
     draft.gang = gang
-    # A new world size starts a new group: what succeeded in the old one does not count for it.
-    draft.succeeded_workers = (
-        frozenset() if plan.restart is not None and draft.desired == plan.target else done
-    )
+    # A new group (a new world size, or after a failure) runs every worker afresh: what succeeded in the
+    # old one does not count for it.
+    draft.succeeded_workers = frozenset() if new_world or group_failed else done
     if not gang.started:  # wake up when the gang timeout expires
         draft.requeue_after.append((waiting_since + timedelta(seconds=timeout) - ctx.now).total_seconds())
     return draft
+
+
+def _restart_group(ctx: JobContext, draft: Draft, failures: Sequence[WorkerPod]) -> None:
+    """A worker of a fixed group failed: every other worker goes too (finished ones included: the new group
+    runs every index afresh), and all are created again after the restart backoff."""
+    replaced = {pod.name for pod in failures}
+    others = [
+        pod for pod in ctx.ours if not pod.terminating and pod.name not in replaced and pod.index is not None
+    ]
+    draft.delete = tuple(dict.fromkeys((*draft.delete, *highest_first(others))))
+    draft.create, draft.worker_set = (), None
+    draft.checkpoint = None  # a removal waiting for its checkpoint is moot: every worker goes now
+    limit = ctx.spec.run_policy.max_restarts
+    names = ", ".join(pod.name for pod in failures)
+    where = ", ".join(sorted({pod.node_name for pod in failures if pod.node_name}))
+    message = (
+        f"worker {names} failed{f' on {where}' if where else ''}: its group cannot run without it, so every "
+        f"worker is stopped and started again in {restart_backoff(draft.restarts):.0f} s "
+        f"(restart {draft.restarts} of at most {limit})"
+    )
+    draft.events = [event for event in draft.events if event.reason != EventReason.WORKER_FAILED]
+    draft.events.append(JobEvent("Warning", EventReason.WORKER_FAILED, message))
+    draft.updates = [update for update in draft.updates if update.type != ConditionType.READY]
+    draft.updates.append(ConditionUpdate(ConditionType.READY, "False", Reason.RESTARTING, message))
+    draft.message = message
 
 
 def _timed_from_old_workers_gone(gang: GangStatus, ours: Sequence[WorkerPod]) -> GangStatus:
