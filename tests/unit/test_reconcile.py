@@ -231,12 +231,44 @@ def test_admitted_workers_not_yet_scheduled_are_pending() -> None:
     assert status_of(decision)["readyReplicas"] == 1
 
 
-def test_running_job_that_loses_a_worker_is_scaling() -> None:
-    status = status_of(decide(observe(pods=[pod(0), pod(1)]), CATALOG))
-    decision = decide(observe(pods=[pod(0)], status=status), CATALOG)
+def test_running_elastic_job_that_loses_a_worker_is_scaling_and_makes_it_again() -> None:
+    spec = elastic_spec(replicas=2, minimum=1, maximum=2)
+    status = status_of(decide(observe(spec, pods=[pod(0), pod(1)]), CATALOG))
+    decision = decide(observe(spec, pods=[pod(0)], status=status), CATALOG)
     assert created_names(decision) == ["llama-worker-1"]
+    assert decision.delete == ()
     assert status_of(decision)["phase"] == "Scaling"
     assert status_of(decision)["startTime"] == status["startTime"]
+
+
+def test_a_running_fixed_group_that_loses_a_worker_restarts_whole_and_uncounted() -> None:
+    """Worker 1's node went: worker 0's static rendezvous cannot take a new worker 1, so both start again
+    (a disruption, not a restart against maxRestarts), and none before the old worker 0 is gone."""
+    status = status_of(decide(observe(pods=[pod(0), pod(1)]), CATALOG))
+    assert status["gang"]["started"] is True
+    decision = decide(observe(pods=[pod(0)], status=status), CATALOG)
+    assert decision.create == () and decision.delete == ("llama-worker-0",)
+    assert status_of(decision)["restarts"] == 0
+    assert status_of(decision)["phase"] == "Scaling"
+    lost = [event for event in decision.events if event.reason == "WorkerLost"]
+    assert [event.type for event in lost] == ["Warning"]
+    assert "llama-worker-1 is gone" in lost[0].message
+    assert condition(decision, "Ready")["reason"] == "Restarting"
+    assert status_of(decision)["gang"]["started"] is False
+    going = decide(observe(pods=[pod(0, terminating=True)], status=decision.status), CATALOG)
+    assert going.create == () and going.delete == ()  # no new worker 1 beside the old worker 0
+    gone = decide(observe(status=decision.status), CATALOG)
+    assert gone.create == (0, 1)
+    assert status_of(gone)["restarts"] == 0
+
+
+def test_a_fixed_group_being_created_is_not_taken_for_one_that_lost_workers() -> None:
+    """Workers not created yet (a gang not placed yet) are not lost workers."""
+    first = decide(observe(raw_spec(workers={"replicas": 4})), CATALOG)
+    partly = decide(
+        observe(raw_spec(workers={"replicas": 4}), pods=[pod(0), pod(1)], status=first.status), CATALOG
+    )
+    assert partly.create == (2, 3) and partly.delete == ()
 
 
 def test_the_same_observation_gives_the_same_decision() -> None:
@@ -674,9 +706,10 @@ def test_a_stopped_group_forgets_what_succeeded_in_it() -> None:
 
 
 def test_a_garbled_succeeded_workers_record_counts_as_none() -> None:
-    one_done = decide(observe(pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
+    spec = elastic_spec(replicas=2, minimum=1, maximum=2)  # a fixed group would restart whole instead
+    one_done = decide(observe(spec, pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
     garbled = {**one_done.status.model_dump(by_alias=True, exclude_none=True), "succeededWorkers": "0-x"}
-    decision = decide(observe(pods=[pod(1)], status=garbled), CATALOG)
+    decision = decide(observe(spec, pods=[pod(1)], status=garbled), CATALOG)
     assert decision.create == (0,)
     assert status_of(decision)["succeededWorkers"] is None
 
@@ -1452,11 +1485,10 @@ def test_replacements_back_off_longer_with_each_restart() -> None:
     status = status_of(decide(observe(pods=[pod(0), pod(1)]), CATALOG))
     status.update(restarts=3, lastFailureTime="2025-01-01T12:00:00Z")
     status = {key: value for key, value in status.items() if value is not None}
-    waiting = decide(observe(pods=[pod(0)], status=status, now=NOW + timedelta(seconds=19)), CATALOG)
+    # The group's old workers are gone (a fixed group restarts whole).
+    waiting = decide(observe(status=status, now=NOW + timedelta(seconds=19)), CATALOG)
     assert waiting.create == () and waiting.requeue_after == 1.0  # 5 s doubled twice: 20 s
-    assert created_names(
-        decide(observe(pods=[pod(0)], status=status, now=NOW + timedelta(seconds=20)), CATALOG)
-    )
+    assert created_names(decide(observe(status=status, now=NOW + timedelta(seconds=20)), CATALOG))
 
 
 def test_an_elastic_job_keeps_training_on_fewer_workers_while_its_minimum_runs() -> None:

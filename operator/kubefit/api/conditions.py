@@ -148,6 +148,10 @@ class EventReason:
     WORKER_FAILED: Final = "WorkerFailed"
     """Warning: a worker pod failed and is being replaced (the message counts the restarts)."""
 
+    WORKER_LOST: Final = "WorkerLost"
+    """Warning: a worker of a running fixed group is gone (its node removed, its pod deleted by someone else):
+    the group restarts, which is not counted against runPolicy.maxRestarts."""
+
     CREATED_WORKERS: Final = "CreatedWorkers"
     """Normal: the named worker pods were created."""
 

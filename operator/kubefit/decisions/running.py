@@ -10,7 +10,11 @@ A failed worker: an elastic pytorch job replaces that worker (torchrun re-forms 
 restart per failed pod. A fixed group (not elastic, or jax: builders.rendezvous.fixed_world) cannot take
 a new member while the others run (their collectives wait for the dead rank, or fail one by one), so a
 failure restarts the whole group, counted once however many of its workers fail with it: JobSet's
-failurePolicy (what Kubeflow Trainer v2 runs on) and Volcano's RestartJob policy do the same.
+failurePolicy (what Kubeflow Trainer v2 runs on) and Volcano's RestartJob policy do the same. A worker of
+a running fixed group that is gone (its node removed, its pod deleted by someone else) restarts the group
+too, uncounted: a disruption, not the job's fault (a Job's podFailurePolicy Ignore for DisruptionTarget).
+A fixed group starts whole: none of its new workers is created while an old one is still terminating
+(saving on SIGTERM), which could still host the rendezvous the new ones would join.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from kubefit.api.conditions import ConditionType, EventReason, JobPhase, Phase, 
 from kubefit.api.formatting import parse_index_ranges
 from kubefit.api.models import GangStatus
 from kubefit.api.units import parse_rfc3339, rfc3339
+from kubefit.builders.naming import worker_name
 from kubefit.builders.rendezvous import fixed_world
 from kubefit.decisions.conditions import ConditionUpdate, is_true
 from kubefit.decisions.draft import (
@@ -67,8 +72,10 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     # A worker that succeeded is not run again when its pod goes (a node removed once it finished).
     gone_after_success = _gone_after_success(ctx)
     changes = scale_workers(slots - gone_after_success, ctx.ours, ctx.observation.already_replaced, foreign)
-    group_failed = bool(changes.replace) and fixed_world(ctx.spec)
+    fixed = fixed_world(ctx.spec)
+    group_failed = bool(changes.replace) and fixed
     restarts = restarts_of(ctx.status) + (1 if group_failed else len(changes.replace))
+    lost = _lost(ctx, plan, changes) if fixed and not group_failed else ()
     if restarts > ctx.spec.run_policy.max_restarts:
         return failed(ctx, changes.replace)
     done = (_succeeded_now(ctx.ours) | gone_after_success) & slots
@@ -90,10 +97,12 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
         return gang_timeout(ctx, plan.keep, placed, "the restart" if restarted_at else "admission")
     draft = _running(ctx, plan, changes, restarts, ready)
     new_world = plan.restart is not None and draft.desired == plan.target
-    if group_failed:
-        _restart_group(ctx, draft, changes.replace)
+    if fixed and any(pod.terminating for pod in ctx.ours):
+        draft.create, draft.worker_set = (), None  # the group starts whole (module docstring)
+    if group_failed or lost:
+        _restart_group(ctx, draft, changes.replace, lost)
         # The new group is a gang of its own, to be placed within the timeout once its backoff is over.
-        waiting_since = ctx.now + timedelta(seconds=restart_backoff(restarts))
+        waiting_since = ctx.now + timedelta(seconds=restart_backoff(restarts) if group_failed else 0)
         gang = GangStatus(retries=gang.retries, since=rfc3339(waiting_since))
     elif new_world:
         # The old world goes now: the new one is a gang of its own, to be placed within the timeout from now.
@@ -103,15 +112,26 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     draft.gang = gang
     # A new group (a new world size, or after a failure) runs every worker afresh: what succeeded in the
     # old one does not count for it.
-    draft.succeeded_workers = frozenset() if new_world or group_failed else done
+    draft.succeeded_workers = frozenset() if new_world or group_failed or lost else done
     if not gang.started:  # wake up when the gang timeout expires
         draft.requeue_after.append((waiting_since + timedelta(seconds=timeout) - ctx.now).total_seconds())
     return draft
 
 
-def _restart_group(ctx: JobContext, draft: Draft, failures: Sequence[WorkerPod]) -> None:
-    """A worker of a fixed group failed: every other worker goes too (finished ones included: the new group
-    runs every index afresh), and all are created again after the restart backoff."""
+def _lost(ctx: JobContext, plan: _Plan, changes: WorkerChanges) -> tuple[str, ...]:
+    """Names of the workers a running fixed group lost: its gang had started (every worker placed at once),
+    no restart is under way, and an index it runs has no pod any more while others still run."""
+    if not previous_gang(ctx.status).started or plan.restart or not changes.create or not ctx.live:
+        return ()
+    return tuple(worker_name(ctx.observation.job.name, index) for index in changes.create)
+
+
+def _restart_group(
+    ctx: JobContext, draft: Draft, failures: Sequence[WorkerPod], lost: Sequence[str] = ()
+) -> None:
+    """A worker of a fixed group failed or is gone: every other worker goes too (finished ones included: the
+    new group runs every index afresh), and all are created again once the old ones are gone (after the
+    restart backoff for a failure)."""
     replaced = {pod.name for pod in failures}
     others = [
         pod for pod in ctx.ours if not pod.terminating and pod.name not in replaced and pod.index is not None
@@ -120,15 +140,23 @@ def _restart_group(ctx: JobContext, draft: Draft, failures: Sequence[WorkerPod])
     draft.create, draft.worker_set = (), None
     draft.checkpoint = None  # a removal waiting for its checkpoint is moot: every worker goes now
     limit = ctx.spec.run_policy.max_restarts
-    names = ", ".join(pod.name for pod in failures)
-    where = ", ".join(sorted({pod.node_name for pod in failures if pod.node_name}))
-    message = (
-        f"worker {names} failed{f' on {where}' if where else ''}: its group cannot run without it, so every "
-        f"worker is stopped and started again in {restart_backoff(draft.restarts):.0f} s "
-        f"(restart {draft.restarts} of at most {limit})"
-    )
+    if failures:
+        names = ", ".join(pod.name for pod in failures)
+        where = ", ".join(sorted({pod.node_name for pod in failures if pod.node_name}))
+        message = (
+            f"worker {names} failed{f' on {where}' if where else ''}: its group cannot run without it, so "
+            f"every worker is stopped and started again in {restart_backoff(draft.restarts):.0f} s "
+            f"(restart {draft.restarts} of at most {limit})"
+        )
+        reason = EventReason.WORKER_FAILED
+    else:
+        message = (
+            f"worker {', '.join(lost)} is gone (its node removed or its pod deleted): its group cannot run "
+            "without it, so every worker is stopped and started again (not counted as a restart)"
+        )
+        reason = EventReason.WORKER_LOST
     draft.events = [event for event in draft.events if event.reason != EventReason.WORKER_FAILED]
-    draft.events.append(JobEvent("Warning", EventReason.WORKER_FAILED, message))
+    draft.events.append(JobEvent("Warning", reason, message))
     draft.updates = [update for update in draft.updates if update.type != ConditionType.READY]
     draft.updates.append(ConditionUpdate(ConditionType.READY, "False", Reason.RESTARTING, message))
     draft.message = message
