@@ -1448,6 +1448,28 @@ def test_a_resumed_job_that_must_queue_is_no_longer_suspended() -> None:
     )
 
 
+def test_the_gang_clock_waits_while_its_places_are_held_by_workers_leaving_for_it() -> None:
+    """Admitted by shrinking a lower-priority job whose removed workers save for 600 s (their checkpoint
+    grace) against this job's gang timeout of 60 s: the clock waits until those places are given up."""
+    spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
+    pods = [pod(0, "Pending"), pod(1, "Pending")]
+    admitted = decide(observe(spec, pods), CATALOG)
+
+    def at(seconds: int, **grant: Any) -> Decision:
+        observed = observe(spec, pods, admitted.status, NOW + timedelta(seconds=seconds))
+        return decide(replace(observed, **grant), CATALOG)
+
+    held = at(300, places_held=True)
+    assert condition(held, "Admitted")["status"] == "True" and held.delete == ()
+    assert held.requeue_after == 60.0
+    freed_at = NOW + timedelta(seconds=590)
+    assert condition(at(649, places_freed_at=freed_at), "Admitted")["status"] == "True"
+    late = at(650, places_freed_at=freed_at)
+    assert condition(late, "Admitted")["reason"] == "GangTimeout"
+    # Without the handshake in the way, the clock runs from admission as before.
+    assert condition(at(60), "Admitted")["reason"] == "GangTimeout"
+
+
 def test_the_gang_backoff_doubles_per_timeout() -> None:
     spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
     status = {**status_of(decide(observe(spec, [pod(0, "Pending")]), CATALOG))}

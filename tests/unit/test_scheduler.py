@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -727,3 +728,46 @@ def test_a_pass_reports_its_cpu_time_apart_from_its_duration() -> None:
     assert duration is not None and cpu is not None
     assert duration >= waited * passes
     assert 0 < cpu < duration - waited * passes / 2
+
+
+def test_a_job_whose_reserved_places_are_held_by_workers_leaving_for_it_is_told_until_they_go() -> None:
+    """A shrink for priority: the victim's removed workers keep their devices through their checkpoint
+    grace, which can outlast the newcomer's gang timeout; the newcomer's grant says so (its gang clock
+    waits, decisions/running.py), and it is reconciled once the places are given up."""
+    victim, urgent = ("ns", "victim"), ("ns", "urgent")
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    scheduler, recorder = sync_scheduler()
+    scheduler.offer(victim, demand("victim", min_workers=2, want=4, created=1), ANYWHERE, cluster.view())
+    cluster.workers[victim] = [worker("victim", index, "n1" if index < 2 else "n2") for index in range(4)]
+    scheduler.request("pod", cluster.view())
+    whole_node = demand("urgent", per_worker=8, min_workers=1, want=1, priority=100, created=2)
+    scheduler.offer(urgent, whole_node, ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[victim].workers == 2 and scheduler.snapshot()[urgent].workers == 1
+    held = scheduler.grant(urgent, [])
+    assert held.places_held and held.places_freed_at is None
+    assert not scheduler.grant(victim, cluster.workers[victim]).places_held
+
+    # The handshake goes on: still held, and nothing to reconcile for it.
+    cluster.workers[urgent] = [worker("urgent", 0, None, phase="Pending")]
+    recorder.calls.clear()
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(urgent, cluster.workers[urgent]).places_held
+    assert urgent not in recorder.keys()
+
+    # The removed workers are gone: the places are free, and the newcomer is reconciled to start its clock.
+    before = datetime.now(UTC)
+    cluster.workers[victim] = cluster.workers[victim][:2]
+    scheduler.request("pod", cluster.view())
+    freed = scheduler.grant(urgent, cluster.workers[urgent])
+    assert not freed.places_held
+    assert freed.places_freed_at is not None and freed.places_freed_at >= before
+    assert urgent in recorder.keys()
+
+
+def test_places_reserved_on_free_nodes_are_not_held() -> None:
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    scheduler, _ = sync_scheduler()
+    key = ("ns", "a")
+    scheduler.offer(key, demand("a", min_workers=2, want=4), ANYWHERE, cluster.view())
+    grant = scheduler.grant(key, [])
+    assert grant.workers == 4 and not grant.places_held and grant.places_freed_at is None

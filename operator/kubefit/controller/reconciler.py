@@ -484,6 +484,8 @@ class Reconciler:
             waiting=grant.waiting,
             grant_reason=grant.reason,
             reserved_hostnames=grant.hostnames,
+            places_held=grant.places_held,
+            places_freed_at=grant.places_freed_at,
             checkpoint_acks=self.board.acknowledged(key, request_id) if request_id else {},
             created=parse_rfc3339(metadata.get("creationTimestamp")),
         )

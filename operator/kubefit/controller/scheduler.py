@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from kubefit.api.resource import JobKey
 from kubefit.builders.placement import HOSTNAME_LABEL
@@ -46,6 +47,7 @@ from kubefit.decisions.admission import (
     Demand,
     Holding,
     NodeCapacity,
+    awaiting_leaving_workers,
     plan_admissions,
 )
 from kubefit.decisions.inventory import NodeFacts, PodUsage, classify_nodes
@@ -93,6 +95,10 @@ class Grant:
     reason: str | None = None  # why the grant last changed (ScaledUp, ShrunkForPriority, Preempted, ...)
     # The kubernetes.io/hostname labels of the nodes the last pass reserved for the job's unbound workers.
     hostnames: frozenset[str] = frozenset()
+    # Some of those places are still held by workers leaving for this job (admission.awaiting_leaving_workers),
+    # and when the last pass saw them all given up after being held (None: never held, or not seen).
+    places_held: bool = False
+    places_freed_at: datetime | None = None
 
 
 @dataclass
@@ -103,6 +109,8 @@ class _Entry:
     waiting: str | None = None
     reason: str | None = None
     hostnames: frozenset[str] = frozenset()  # Grant.hostnames
+    places_held: bool = False  # Grant.places_held
+    places_freed_at: datetime | None = None  # Grant.places_freed_at
     reserved: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.reserved of the last pass
     counted: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.placement of the last pass
     # (node generation, the placement it was worked out for, node names): the placement may change
@@ -270,7 +278,14 @@ class Scheduler:
             self._seen.add(key)
             if entry is None:
                 return Grant(None)
-            return Grant(entry.granted, entry.waiting, entry.reason, entry.hostnames)
+            return Grant(
+                entry.granted,
+                entry.waiting,
+                entry.reason,
+                entry.hostnames,
+                entry.places_held,
+                entry.places_freed_at,
+            )
 
     def offer(self, key: JobKey, demand: Demand | None, placement: Placement, view: ClusterView) -> None:
         """The job's latest demand after its reconcile (None: it needs nothing; it leaves the queue)."""
@@ -500,7 +515,9 @@ class Scheduler:
             self.settings.head_of_line_timeout,
         )
         self.passes += 1
-        changed = self._store(plan, entries, _hostnames(plan, nodes))
+        bound_by_job = {key: _placed(pods) for key, pods in workers.items()}
+        awaiting = awaiting_leaving_workers(plan, bound_by_job, demands)
+        changed = self._store(plan, entries, _hostnames(plan, nodes), awaiting)
         self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
@@ -549,6 +566,7 @@ class Scheduler:
         plan: AdmissionPlan,
         planned: Mapping[JobKey, _Entry],
         hostnames: Mapping[JobKey, frozenset[str]],
+        awaiting: frozenset[JobKey] = frozenset(),
     ) -> list[JobKey]:
         changed: list[JobKey] = []
         scaled: list[tuple[str, str]] = []  # (direction, reason word) of each admitted job's grant change
@@ -571,6 +589,14 @@ class Scheduler:
                         logger.info(
                             "%s/%s: %s -> %d workers (%s)", *key, entry.granted, granted, entry.reason
                         )
+                held = key in awaiting
+                if held != entry.places_held:
+                    # Reconciled when its places free up: its gang clock starts then (decisions/running.py).
+                    if not held:
+                        entry.places_freed_at = datetime.now(UTC)
+                        if key not in changed:
+                            changed.append(key)
+                    entry.places_held = held
                 entry.granted, entry.waiting = granted, waiting
                 entry.hostnames = hostnames.get(key, frozenset())
                 entry.reserved = plan.reserved.get(key, {})

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from kubefit.api.conditions import ConditionType, EventReason, JobPhase, Phase, Reason
 from kubefit.api.formatting import parse_index_ranges
@@ -91,7 +91,7 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     if not gang.started and gang.since is not None:
         gang = _timed_from_old_workers_gone(gang, ctx.ours)
     restarted_at = parse_rfc3339(gang.since)
-    waiting_since = restarted_at or admitted_at(ctx.conditions) or ctx.now
+    waiting_since = _gang_clock_start(ctx, gang, restarted_at or admitted_at(ctx.conditions) or ctx.now)
     timeout = ctx.spec.scheduling.gang_timeout_seconds
     if gang_timed_out(gang, waiting_since, timeout, ctx.now):
         return gang_timeout(ctx, plan.keep, placed, "the restart" if restarted_at else "admission")
@@ -160,6 +160,19 @@ def _restart_group(
     draft.updates = [update for update in draft.updates if update.type != ConditionType.READY]
     draft.updates.append(ConditionUpdate(ConditionType.READY, "False", Reason.RESTARTING, message))
     draft.message = message
+
+
+def _gang_clock_start(ctx: JobContext, gang: GangStatus, since: datetime) -> datetime:
+    """When the gang's timeout starts counting: `since`, but not while places reserved for its workers are
+    still held by another job's workers leaving for it (shrunk or preempted, saving within their checkpoint
+    grace, which may be longer than this job's gang timeout), and not before they were given up. Known to
+    this operator process only: after a restart the clock counts from `since` again."""
+    if gang.started:
+        return since
+    if ctx.observation.places_held:
+        return ctx.now
+    freed = ctx.observation.places_freed_at
+    return max(since, freed) if freed is not None else since
 
 
 def _timed_from_old_workers_gone(gang: GangStatus, ours: Sequence[WorkerPod]) -> GangStatus:
