@@ -124,7 +124,11 @@ def test_pod_identity_labels_and_owner() -> None:
         "app.kubernetes.io/managed-by": "kubefit",
     }
     # The template's, and the world size a worker of a fixed-size group starts with (a non-elastic job).
-    assert metadata["annotations"] == {"note": "x", "kubefit.dev/world-size": "2"}
+    assert metadata["annotations"] == {
+        "note": "x",
+        "kubefit.dev/world-size": "2",
+        "kubefit.dev/restart-attempt": "0",
+    }
     (owner,) = metadata["ownerReferences"]
     assert owner == {
         "apiVersion": "kubefit.dev/v1alpha1",

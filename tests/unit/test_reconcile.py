@@ -117,6 +117,8 @@ def pod(
     owner: str | None = "job-uid",
     node: str | None = "node-a",
     terminating: bool = False,
+    attempt: int | None = None,
+    deletion: str | None = None,
 ) -> WorkerPod:
     return WorkerPod(
         name=f"llama-worker-{index}",
@@ -124,8 +126,10 @@ def pod(
         uid=uid or f"pod-{index}",
         phase=phase,
         node_name=None if phase == "Pending" and node == "node-a" else node,
-        terminating=terminating,
+        terminating=terminating or deletion is not None,
         controller_uid=owner,
+        deletion_timestamp=deletion,
+        attempt=attempt,
     )
 
 
@@ -244,9 +248,9 @@ def test_running_elastic_job_that_loses_a_worker_is_scaling_and_makes_it_again()
 def test_a_running_fixed_group_that_loses_a_worker_restarts_whole_and_uncounted() -> None:
     """Worker 1's node went: worker 0's static rendezvous cannot take a new worker 1, so both start again
     (a disruption, not a restart against maxRestarts), and none before the old worker 0 is gone."""
-    status = status_of(decide(observe(pods=[pod(0), pod(1)]), CATALOG))
+    status = status_of(decide(observe(pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG))
     assert status["gang"]["started"] is True
-    decision = decide(observe(pods=[pod(0)], status=status), CATALOG)
+    decision = decide(observe(pods=[pod(0, attempt=0)], status=status), CATALOG)
     assert decision.create == () and decision.delete == ("llama-worker-0",)
     assert status_of(decision)["restarts"] == 0
     assert status_of(decision)["phase"] == "Scaling"
@@ -255,11 +259,73 @@ def test_a_running_fixed_group_that_loses_a_worker_restarts_whole_and_uncounted(
     assert "llama-worker-1 is gone" in lost[0].message
     assert condition(decision, "Ready")["reason"] == "Restarting"
     assert status_of(decision)["gang"]["started"] is False
-    going = decide(observe(pods=[pod(0, terminating=True)], status=decision.status), CATALOG)
+    assert status_of(decision)["gang"]["attempt"] == 1
+    going = decide(observe(pods=[pod(0, attempt=0, terminating=True)], status=decision.status), CATALOG)
     assert going.create == () and going.delete == ()  # no new worker 1 beside the old worker 0
     gone = decide(observe(status=decision.status), CATALOG)
     assert gone.create == (0, 1)
+    assert gone.worker_pod(1)["metadata"]["annotations"]["kubefit.dev/restart-attempt"] == "1"
     assert status_of(gone)["restarts"] == 0
+    # Once the new group runs whole, a worker gone again is lost again (attempt 2).
+    running = [pod(0, attempt=1, uid="new-0"), pod(1, attempt=1, uid="new-1")]
+    whole = decide(observe(pods=running, status=gone.status), CATALOG)
+    assert whole.delete == () and status_of(whole)["gang"]["started"] is True
+    again = decide(observe(pods=running[:1], status=whole.status), CATALOG)
+    assert again.delete == ("llama-worker-0",) and status_of(again)["gang"]["attempt"] == 2
+
+
+def test_a_fixed_group_whose_workers_were_all_deleted_by_someone_restarts_as_a_new_gang() -> None:
+    """`kubectl delete pods -l kubefit.dev/job=llama`: no survivor to stop, but the new group is a new
+    attempt and a gang again, with its own timeout."""
+    running = [pod(0, attempt=0), pod(1, attempt=0)]
+    status = status_of(decide(observe(pods=running, status=None), CATALOG))
+    deleted = [replace(worker, terminating=True) for worker in running]
+    decision = decide(observe(pods=deleted, status=status), CATALOG)
+    assert "WorkerLost" in [event.reason for event in decision.events]
+    gang = status_of(decision)["gang"]
+    assert (gang["started"], gang["attempt"]) == (False, 1) and status_of(decision)["restarts"] == 0
+    recreated = decide(observe(status=decision.status), CATALOG)
+    assert recreated.create == (0, 1)
+    # The index shows one new worker so far: nothing is taken for lost.
+    partly = decide(observe(pods=[pod(0, "Pending", attempt=1)], status=recreated.status), CATALOG)
+    assert partly.delete == () and "WorkerLost" not in [event.reason for event in partly.events]
+
+
+def test_an_elastic_jax_worker_not_created_yet_is_not_a_lost_one() -> None:
+    """Floor 2 placed (the elastic gang has started), worker 2's create refused so far: it is created
+    again, and the two running are not restarted."""
+    spec = elastic_spec(replicas=3, minimum=2, maximum=3, framework="jax")
+    first = decide(observe(spec, pods=[pod(0, attempt=0), pod(1, attempt=0)], grant=3), CATALOG)
+    assert status_of(first)["gang"]["started"] is True
+    again = decide(observe(spec, pods=[pod(0, attempt=0), pod(1, attempt=0)], status=first.status), CATALOG)
+    assert again.create == (2,) and again.delete == ()
+    assert status_of(again)["gang"]["attempt"] == 0
+
+
+def test_a_group_restart_whose_deletes_were_lost_deletes_the_old_workers_again() -> None:
+    """The status said attempt 1 and then the deletes failed (or the operator stopped): the old workers
+    are still there, and no new worker starts beside them."""
+    failed = decide(observe(pods=[pod(0, attempt=0), pod(1, "Failed", attempt=0)]), CATALOG)
+    assert status_of(failed)["gang"]["attempt"] == 1 and status_of(failed)["restarts"] == 1
+    retry = decide(
+        observe(pods=[pod(0, attempt=0)], status=failed.status, now=NOW + timedelta(seconds=30)), CATALOG
+    )
+    assert retry.delete == ("llama-worker-0",) and retry.create == ()
+    assert status_of(retry)["restarts"] == 1
+    # An old failed worker whose delete was lost is not a new failure either.
+    stale = decide(
+        observe(pods=[pod(0, attempt=0), pod(1, "Failed", attempt=0)], status=failed.status), CATALOG
+    )
+    assert set(stale.delete) == {"llama-worker-0", "llama-worker-1"} and status_of(stale)["restarts"] == 1
+
+
+def test_an_old_worker_stuck_terminating_past_its_grace_does_not_hold_the_new_group_back() -> None:
+    failed = decide(observe(pods=[pod(0, attempt=0), pod(1, "Failed", attempt=0)]), CATALOG)
+    stuck = [pod(0, attempt=0, deletion="2025-01-01T12:00:30Z")]
+    within = decide(observe(pods=stuck, status=failed.status, now=NOW + timedelta(seconds=10)), CATALOG)
+    assert within.create == () and within.requeue_after == 20.0
+    past = decide(observe(pods=stuck, status=failed.status, now=NOW + timedelta(seconds=31)), CATALOG)
+    assert past.create == (1,)  # worker 0's name is still taken by the stuck pod
 
 
 def test_a_fixed_group_being_created_is_not_taken_for_one_that_lost_workers() -> None:
@@ -1389,6 +1455,7 @@ def test_a_gang_not_all_placed_in_time_releases_every_pod_and_backs_off() -> Non
         "since": None,
         "retries": 1,
         "retryAfter": "2025-01-01T12:01:10Z",
+        "attempt": 0,
     }
 
     backing_off = decide(observe(spec, [], timed_out.status, NOW + timedelta(seconds=65)), CATALOG)
@@ -1505,7 +1572,7 @@ def test_a_gang_that_ran_once_is_not_timed_out_later() -> None:
 
 def test_replacements_back_off_longer_with_each_restart() -> None:
     status = status_of(decide(observe(pods=[pod(0), pod(1)]), CATALOG))
-    status.update(restarts=3, lastFailureTime="2025-01-01T12:00:00Z")
+    status.update(restarts=3, lastFailureTime="2025-01-01T12:00:00Z", readyReplicas=1)
     status = {key: value for key, value in status.items() if value is not None}
     # The group's old workers are gone (a fixed group restarts whole).
     waiting = decide(observe(status=status, now=NOW + timedelta(seconds=19)), CATALOG)

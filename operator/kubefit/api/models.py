@@ -707,12 +707,21 @@ class GangStatus(_Model):
     started: bool = Field(
         default=False,
         description="True once every admitted worker has been placed on a node at once; the gang timeout "
-        "no longer applies until the job is queued again, or restarts every worker with a new world size.",
+        "no longer applies until the job is queued again, or restarts every worker (a new world size, or a "
+        "fixed group after a failed or lost worker).",
     )
     since: str | None = Field(
         default=None,
-        description="When the gang began waiting to be placed, if not at its admission: the restart of every "
-        "worker with a new world size (RFC 3339); the gang timeout counts from then.",
+        description="When the gang began waiting to be placed, if not at its admission: a restart of every "
+        "worker, or the end of its restart backoff (RFC 3339, may be ahead); the gang timeout counts from "
+        "then.",
+    )
+    attempt: int = Field(
+        default=0,
+        ge=0,
+        description="The fixed group's restart attempt (not elastic, or framework jax): each restart of every "
+        "worker starts a new one. Workers carry theirs (annotation kubefit.dev/restart-attempt); those of "
+        "another attempt are stopped, and no new worker is created while they are still going.",
     )
     retries: int = Field(default=0, description="Times the gang timed out and the job was requeued.")
     retry_after: str | None = Field(

@@ -14,6 +14,9 @@ WORKER_INDEX_LABEL = f"{GROUP}/worker-index"
 WORLD_SIZE_ANNOTATION = f"{GROUP}/world-size"
 # torchrun's node range an elastic pytorch worker was started with (its PET_NNODES, floor:ceiling).
 NNODES_ANNOTATION = f"{GROUP}/nnodes"
+# The restart attempt of the fixed group a worker was created for (status.gang.attempt): a worker of an
+# earlier attempt is stopped, and no new one starts beside it (decisions/running.py).
+ATTEMPT_ANNOTATION = f"{GROUP}/restart-attempt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubefit"
 RENDEZVOUS_PORT = 29500

@@ -9,6 +9,7 @@ from typing import Any
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.builders.checkpoint import CheckpointEnv, checkpoint_env
 from kubefit.builders.naming import (
+    ATTEMPT_ANNOTATION,
     NNODES_ANNOTATION,
     RENDEZVOUS_PORT,
     RENDEZVOUS_PORT_NAME,
@@ -50,6 +51,8 @@ class WorkerSet:
     # The kubernetes.io/hostname labels of the nodes the scheduling pass reserved for the workers to create
     # (a preference: builders/placement.py).
     preferred_hostnames: tuple[str, ...] = ()
+    # The fixed group's restart attempt the workers are created for (status.gang.attempt).
+    attempt: int = 0
 
     @property
     def fixed_world(self) -> bool:
@@ -105,6 +108,7 @@ def _metadata(template: dict[str, Any], worker_set: WorkerSet, index: int) -> di
     annotations = dict(metadata.get("annotations") or {})
     if worker_set.fixed_world:
         annotations[WORLD_SIZE_ANNOTATION] = str(worker_set.workers)
+        annotations[ATTEMPT_ANNOTATION] = str(worker_set.attempt)
     elif worker_set.spec.framework == "pytorch":
         annotations[NNODES_ANNOTATION] = worker_set.group.nnodes
     return {

@@ -14,6 +14,7 @@ from kubefit.api.models import CheckpointStatus, GangStatus, SizingStatus, Train
 from kubefit.builders.checkpoint import CheckpointEnv, checkpoint_token
 from kubefit.builders.pods import WorkerSet
 from kubefit.decisions.conditions import ConditionUpdate
+from kubefit.decisions.gang import previous_gang
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.workers import WorkerBounds
 from kubefit.sizing.catalog import Catalog
@@ -135,4 +136,5 @@ def worker_set(ctx: JobContext, workers: int) -> WorkerSet:
         checkpoint=checkpoint,
         host_bytes_per_worker=ctx.host_bytes_per_worker,
         preferred_hostnames=tuple(sorted(ctx.observation.reserved_hostnames)),
+        attempt=previous_gang(ctx.status).attempt,
     )

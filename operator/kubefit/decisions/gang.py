@@ -65,7 +65,12 @@ def after_timeout(gang: GangStatus, now: datetime) -> GangStatus:
     """The bookkeeping after one more gang timeout: the backoff starts now."""
     retries = gang.retries + 1
     wait = doubling(GANG_BACKOFF_BASE_SECONDS, GANG_BACKOFF_MAX_SECONDS, retries)
-    return GangStatus(started=False, retries=retries, retry_after=rfc3339(now + timedelta(seconds=wait)))
+    return GangStatus(
+        started=False,
+        retries=retries,
+        retry_after=rfc3339(now + timedelta(seconds=wait)),
+        attempt=gang.attempt,
+    )
 
 
 def restart_backoff(restarts: int) -> float:

@@ -7,7 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubefit.builders.naming import JOB_LABEL, NNODES_ANNOTATION, WORLD_SIZE_ANNOTATION, worker_index
+from kubefit.builders.naming import (
+    ATTEMPT_ANNOTATION,
+    JOB_LABEL,
+    NNODES_ANNOTATION,
+    WORLD_SIZE_ANNOTATION,
+    worker_index,
+)
 
 # Pod phases (core/v1 PodStatus.phase), not the job's: those are kubefit.api.conditions.JobPhase.
 POD_RUNNING = "Running"
@@ -31,6 +37,7 @@ class WorkerPod:
     # metadata.deletionTimestamp: when its termination grace ends (the API server sets it to the delete's
     # time plus the grace period)
     deletion_timestamp: str | None = None
+    attempt: int | None = None  # the fixed group's restart attempt it was created for (None: not stated)
 
     @property
     def ready(self) -> bool:
@@ -70,7 +77,8 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         node_name=(pod.get("spec") or {}).get("nodeName") or None,
         terminating=metadata.get("deletionTimestamp") is not None,
         controller_uid=_controller_uid(metadata),
-        world_size=_world_size(metadata),
+        world_size=_count_annotation(metadata, WORLD_SIZE_ANNOTATION),
+        attempt=_count_annotation(metadata, ATTEMPT_ANNOTATION),
         nnodes=_nnodes(metadata),
         deletion_timestamp=_text(metadata.get("deletionTimestamp")),
     )
@@ -85,6 +93,6 @@ def _nnodes(metadata: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}:[0-9]{1,9}", value) else None
 
 
-def _world_size(metadata: Mapping[str, Any]) -> int | None:
-    value = (metadata.get("annotations") or {}).get(WORLD_SIZE_ANNOTATION)
+def _count_annotation(metadata: Mapping[str, Any], key: str) -> int | None:
+    value = (metadata.get("annotations") or {}).get(key)
     return int(value) if isinstance(value, str) and value.isdigit() and len(value) < 10 else None

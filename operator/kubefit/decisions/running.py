@@ -20,7 +20,7 @@ A fixed group starts whole: none of its new workers is created while an old one 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from kubefit.api.conditions import ConditionType, EventReason, JobPhase, Phase, Reason
@@ -66,16 +66,59 @@ class _Plan:
 
 
 def admitted(ctx: JobContext, grant: int) -> Draft:
+    fixed = fixed_world(ctx.spec)
+    leaving = _other_attempts(ctx) if fixed else []
+    if not leaving:
+        return _admitted_job(ctx, grant, fixed)
+    # Workers of an earlier attempt of a fixed group: they are stopped, and the decision is made as if
+    # they were gone (their names stay taken until they are).
+    draft = _admitted_job(replace(ctx, ours=[pod for pod in ctx.ours if pod not in leaving]), grant, fixed)
+    _stop_other_attempts(ctx, draft, leaving)
+    return draft
+
+
+def _other_attempts(ctx: JobContext) -> list[WorkerPod]:
+    """Workers created for another restart attempt of the group than status.gang.attempt."""
+    attempt = previous_gang(ctx.status).attempt
+    return [pod for pod in ctx.ours if pod.attempt is not None and pod.attempt != attempt]
+
+
+def _stop_other_attempts(ctx: JobContext, draft: Draft, leaving: Sequence[WorkerPod]) -> None:
+    """Deletes the workers of another attempt (again, if a delete was lost: a failed write, an operator
+    restart), and creates nothing while one is still going: an old worker saving on SIGTERM may still host
+    the rendezvous the new ones would join. One still terminating past the end of its grace (its node
+    unreachable) is not waited for."""
+    draft.delete = tuple(
+        dict.fromkeys((*draft.delete, *highest_first([pod for pod in leaving if not pod.terminating])))
+    )
+    ends = [parse_rfc3339(pod.deletion_timestamp) for pod in leaving if pod.terminating]
+    going = any(not pod.terminating for pod in leaving) or any(end is None or end > ctx.now for end in ends)
+    if not going:
+        return
+    if draft.create:
+        draft.create, draft.worker_set = (), None
+    later = [(end - ctx.now).total_seconds() for end in ends if end is not None and end > ctx.now]
+    if later:
+        draft.requeue_after.append(max(later))
+    if draft.gang is not None and not draft.gang.started:
+        # The new gang's clock starts when the old workers' grace ends at the latest (their names are
+        # the new workers').
+        latest = max((end for end in ends if end is not None), default=None)
+        since = parse_rfc3339(draft.gang.since)
+        if latest is not None and since is not None and latest > since:
+            draft.gang = draft.gang.model_copy(update={"since": rfc3339(latest)})
+
+
+def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     plan = _plan(ctx, grant)
     foreign = [pod for pod in ctx.observation.pods if pod not in ctx.ours]
     slots = _slots(ctx, plan.keep)
     # A worker that succeeded is not run again when its pod goes (a node removed once it finished).
     gone_after_success = _gone_after_success(ctx)
     changes = scale_workers(slots - gone_after_success, ctx.ours, ctx.observation.already_replaced, foreign)
-    fixed = fixed_world(ctx.spec)
     group_failed = bool(changes.replace) and fixed
     restarts = restarts_of(ctx.status) + (1 if group_failed else len(changes.replace))
-    lost = _lost(ctx, plan, changes) if fixed and not group_failed else ()
+    lost = _lost(ctx, plan, slots - gone_after_success) if fixed and not group_failed else ()
     if restarts > ctx.spec.run_policy.max_restarts:
         return failed(ctx, changes.replace)
     done = (_succeeded_now(ctx.ours) | gone_after_success) & slots
@@ -97,16 +140,18 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
         return gang_timeout(ctx, plan.keep, placed, "the restart" if restarted_at else "admission")
     draft = _running(ctx, plan, changes, restarts, ready)
     new_world = plan.restart is not None and draft.desired == plan.target
-    if fixed and any(pod.terminating for pod in ctx.ours):
-        draft.create, draft.worker_set = (), None  # the group starts whole (module docstring)
+    # Each restart of every worker of a fixed group is a new attempt: workers of the old one are stopped
+    # (durably: again after a lost write) and none of the new one starts beside them.
+    attempt = gang.attempt + 1 if fixed else gang.attempt
     if group_failed or lost:
         _restart_group(ctx, draft, changes.replace, lost)
         # The new group is a gang of its own, to be placed within the timeout once its backoff is over.
         waiting_since = ctx.now + timedelta(seconds=restart_backoff(restarts) if group_failed else 0)
-        gang = GangStatus(retries=gang.retries, since=rfc3339(waiting_since))
+        gang = GangStatus(retries=gang.retries, since=rfc3339(waiting_since), attempt=attempt)
     elif new_world:
         # The old world goes now: the new one is a gang of its own, to be placed within the timeout from now.
-        gang, waiting_since = GangStatus(retries=gang.retries, since=rfc3339(ctx.now)), ctx.now
+        gang = GangStatus(retries=gang.retries, since=rfc3339(ctx.now), attempt=attempt)
+        waiting_since = ctx.now
     elif gang.started and gang.since is not None:
         gang = gang.model_copy(update={"since": None})
     draft.gang = gang
@@ -118,12 +163,17 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     return draft
 
 
-def _lost(ctx: JobContext, plan: _Plan, changes: WorkerChanges) -> tuple[str, ...]:
-    """Names of the workers a running fixed group lost: its gang had started (every worker placed at once),
-    no restart is under way, and an index it runs has no pod any more while others still run."""
-    if not previous_gang(ctx.status).started or plan.restart or not changes.create or not ctx.live:
+def _lost(ctx: JobContext, plan: _Plan, slots: frozenset[int]) -> tuple[str, ...]:
+    """Names of the workers a running fixed group lost: the last status saw all of them ready, no restart
+    or removal of this decision's own is under way, and now one of them is gone or being deleted by someone
+    else (this decision path deletes none of a fixed group's running workers otherwise). Workers not
+    created yet, or created and not all running yet, are never taken for lost ones."""
+    if plan.restart or plan.removal is not None or plan.keep <= 0:
         return ()
-    return tuple(worker_name(ctx.observation.job.name, index) for index in changes.create)
+    if int(ctx.status.get("readyReplicas") or 0) < plan.keep:
+        return ()
+    present = {pod.index for pod in ctx.ours if not pod.terminating}
+    return tuple(worker_name(ctx.observation.job.name, index) for index in sorted(slots - present))
 
 
 def _restart_group(
@@ -143,19 +193,24 @@ def _restart_group(
     if failures:
         names = ", ".join(pod.name for pod in failures)
         where = ", ".join(sorted({pod.node_name for pod in failures if pod.node_name}))
+        who = f"worker {names}" if len(failures) == 1 else f"workers {names}"
         message = (
-            f"worker {names} failed{f' on {where}' if where else ''}: its group cannot run without it, so "
+            f"{who} failed{f' on {where}' if where else ''}: the group cannot run without it, so "
             f"every worker is stopped and started again in {restart_backoff(draft.restarts):.0f} s "
             f"(restart {draft.restarts} of at most {limit})"
         )
         reason = EventReason.WORKER_FAILED
     else:
+        who = f"worker {lost[0]} is" if len(lost) == 1 else f"workers {', '.join(lost)} are"
         message = (
-            f"worker {', '.join(lost)} is gone (its node removed or its pod deleted): its group cannot run "
-            "without it, so every worker is stopped and started again (not counted as a restart)"
+            f"{who} gone (a node removed or a pod deleted): the group cannot run without it, so every "
+            "worker is stopped and started again (not counted as a restart)"
         )
         reason = EventReason.WORKER_LOST
-    draft.events = [event for event in draft.events if event.reason != EventReason.WORKER_FAILED]
+    # A checkpoint request this decision would have opened is not: the workers go now, unasked.
+    draft.checkpoint_requests = None
+    dropped = (EventReason.WORKER_FAILED, EventReason.CHECKPOINT_REQUESTED)
+    draft.events = [event for event in draft.events if event.reason not in dropped]
     draft.events.append(JobEvent("Warning", reason, message))
     draft.updates = [update for update in draft.updates if update.type != ConditionType.READY]
     draft.updates.append(ConditionUpdate(ConditionType.READY, "False", Reason.RESTARTING, message))
