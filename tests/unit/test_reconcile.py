@@ -292,11 +292,10 @@ def test_a_fixed_group_whose_workers_were_all_deleted_by_someone_restarts_as_a_n
 
 
 def test_an_elastic_jax_worker_not_created_yet_is_not_a_lost_one() -> None:
-    """Floor 2 placed (the elastic gang has started), worker 2's create refused so far: it is created
-    again, and the two running are not restarted."""
+    """Two of three running, worker 2's create refused so far: it is created again, and the two running
+    are not restarted."""
     spec = elastic_spec(replicas=3, minimum=2, maximum=3, framework="jax")
     first = decide(observe(spec, pods=[pod(0, attempt=0), pod(1, attempt=0)], grant=3), CATALOG)
-    assert status_of(first)["gang"]["started"] is True
     again = decide(observe(spec, pods=[pod(0, attempt=0), pod(1, attempt=0)], status=first.status), CATALOG)
     assert again.create == (2,) and again.delete == ()
     assert status_of(again)["gang"]["attempt"] == 0
@@ -1465,6 +1464,19 @@ def test_a_gang_not_all_placed_in_time_releases_every_pod_and_backs_off() -> Non
     readmitted = decide(observe(spec, [], retried.status, NOW + timedelta(seconds=71)), CATALOG)
     assert len(readmitted.create) == 2
     assert condition(readmitted, "Admitted")["lastTransitionTime"] == "2025-01-01T12:01:11Z"
+
+
+def test_an_elastic_jax_gang_starts_only_once_its_whole_world_is_placed() -> None:
+    """jax.distributed.initialize waits for JAX_NUM_PROCESSES processes: three of four placed do not train,
+    so the gang timeout still releases the devices they hold."""
+    spec = elastic_spec(
+        replicas=4, minimum=2, maximum=4, framework="jax", scheduling={"gangTimeoutSeconds": 300}
+    )
+    pods = [pod(0), pod(1), pod(2), pod(3, "Pending")]
+    first = decide(observe(spec, pods, grant=4), CATALOG)
+    assert status_of(first)["gang"]["started"] is False
+    later = decide(observe(spec, pods, first.status, NOW + timedelta(seconds=300), grant=4), CATALOG)
+    assert condition(later, "Admitted")["reason"] == "GangTimeout"
 
 
 def test_an_elastic_gang_has_started_once_its_floor_is_placed() -> None:

@@ -127,9 +127,10 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     ready = _ready(ctx.ours, slots)
     placed = _placed(ctx.ours, slots)
     gang = previous_gang(ctx.status)
-    # A gang has started once its workers are all placed at once; an elastic job's, once its floor is: it
-    # trains on those, and a worker that cannot be placed must not cost it the workers that run.
-    started_at = min(plan.keep, ctx.bounds.floor) if ctx.spec.elastic.enabled else plan.keep
+    # A gang has started once its workers are all placed at once; an elastic pytorch job's, once its floor
+    # is: it trains on those, and a worker that cannot be placed must not cost it the workers that run. A
+    # fixed group (elastic jax included: JAX_NUM_PROCESSES is its whole count) trains only when all are.
+    started_at = plan.keep if fixed else min(plan.keep, ctx.bounds.floor)
     gang = gang.model_copy(update={"started": gang.started or placed >= started_at})
     if not gang.started and gang.since is not None:
         gang = _timed_from_old_workers_gone(gang, ctx.ours)
