@@ -318,6 +318,43 @@ def test_a_group_restart_whose_deletes_were_lost_deletes_the_old_workers_again()
     assert set(stale.delete) == {"llama-worker-0", "llama-worker-1"} and status_of(stale)["restarts"] == 1
 
 
+def test_a_world_size_restart_is_one_new_attempt_and_no_worker_is_taken_for_lost() -> None:
+    spec3 = raw_spec(workers={"replicas": 3}, elastic={"checkpointGracePeriodSeconds": 0})
+    old = [pod(index, attempt=0) for index in range(3)]
+    running = decide(observe(spec3, pods=old), CATALOG)
+    spec2 = raw_spec(workers={"replicas": 2}, elastic={"checkpointGracePeriodSeconds": 0})
+    restart = decide(observe(spec2, pods=old, status=running.status), CATALOG)
+    assert set(restart.delete) == {"llama-worker-0", "llama-worker-1", "llama-worker-2"}
+    assert status_of(restart)["gang"]["attempt"] == 1
+    # The index does not show the deletions yet (or they were lost): deleted again, nothing else.
+    for _ in range(2):
+        again = decide(observe(spec2, pods=old, status=restart.status), CATALOG)
+        assert set(again.delete) == set(restart.delete) and again.create == ()
+        assert status_of(again)["gang"]["attempt"] == 1
+        assert "WorkerLost" not in [event.reason for event in again.events]
+    gone = decide(observe(spec2, status=restart.status), CATALOG)
+    assert gone.create == (0, 1) and "WorkerLost" not in [event.reason for event in gone.events]
+
+
+def test_a_worker_made_before_attempts_were_numbered_still_holds_the_new_group_back() -> None:
+    failed = decide(observe(pods=[pod(0), pod(1, "Failed")]), CATALOG)
+    unnumbered = [pod(0, deletion="2025-01-01T12:00:30Z")]
+    going = decide(observe(pods=unnumbered, status=failed.status, now=NOW + timedelta(seconds=10)), CATALOG)
+    assert going.create == ()
+    past = decide(observe(pods=unnumbered, status=failed.status, now=NOW + timedelta(seconds=31)), CATALOG)
+    assert past.create == (1,)
+
+
+def test_a_group_with_a_finished_worker_that_loses_a_running_one_restarts() -> None:
+    spec = raw_spec(workers={"replicas": 3})
+    pods = [pod(0, attempt=0), pod(1, attempt=0), pod(2, "Succeeded", attempt=0)]
+    first = decide(observe(spec, pods=pods), CATALOG)
+    assert status_of(first)["succeededWorkers"] == "2"
+    lost = decide(observe(spec, pods=[pods[0], pods[2]], status=first.status), CATALOG)
+    assert "WorkerLost" in [event.reason for event in lost.events]
+    assert set(lost.delete) == {"llama-worker-0", "llama-worker-2"}
+
+
 def test_an_old_worker_stuck_terminating_past_its_grace_does_not_hold_the_new_group_back() -> None:
     failed = decide(observe(pods=[pod(0, attempt=0), pod(1, "Failed", attempt=0)]), CATALOG)
     stuck = [pod(0, attempt=0, deletion="2025-01-01T12:00:30Z")]

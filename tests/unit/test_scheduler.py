@@ -732,8 +732,8 @@ def test_a_pass_reports_its_cpu_time_apart_from_its_duration() -> None:
 
 def test_a_job_whose_reserved_places_are_held_by_workers_leaving_for_it_is_told_until_they_go() -> None:
     """A shrink for priority: the victim's removed workers keep their devices through their checkpoint
-    grace, which can outlast the newcomer's gang timeout; the newcomer's grant says so (its gang clock
-    waits, decisions/running.py), and it is reconciled once the places are given up."""
+    grace and then their termination grace, which can outlast the newcomer's gang timeout; the newcomer's
+    grant says so (its gang clock waits, decisions/running.py), and it is reconciled once they are gone."""
     victim, urgent = ("ns", "victim"), ("ns", "urgent")
     cluster = FakeCluster(nodes=[node("n1"), node("n2")])
     scheduler, recorder = sync_scheduler()
@@ -747,14 +747,18 @@ def test_a_job_whose_reserved_places_are_held_by_workers_leaving_for_it_is_told_
     assert held.places_held and held.places_freed_at is None
     assert not scheduler.grant(victim, cluster.workers[victim]).places_held
 
-    # The handshake goes on: still held, and nothing to reconcile for it.
+    # The handshake goes on, then the removed workers terminate (saving on SIGTERM): still held, and
+    # nothing to reconcile for it.
     cluster.workers[urgent] = [worker("urgent", 0, None, phase="Pending")]
     recorder.calls.clear()
     scheduler.request("pod", cluster.view())
     assert scheduler.grant(urgent, cluster.workers[urgent]).places_held
+    cluster.workers[victim][2:] = [worker("victim", index, "n2", terminating=True) for index in (2, 3)]
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(urgent, cluster.workers[urgent]).places_held
     assert urgent not in recorder.keys()
 
-    # The removed workers are gone: the places are free, and the newcomer is reconciled to start its clock.
+    # The removed workers are gone: the newcomer is reconciled to start its clock.
     before = datetime.now(UTC)
     cluster.workers[victim] = cluster.workers[victim][:2]
     scheduler.request("pod", cluster.view())
@@ -762,6 +766,47 @@ def test_a_job_whose_reserved_places_are_held_by_workers_leaving_for_it_is_told_
     assert not freed.places_held
     assert freed.places_freed_at is not None and freed.places_freed_at >= before
     assert urgent in recorder.keys()
+    # A later pass leaves it so.
+    scheduler.request("pod", cluster.view())
+    assert not scheduler.grant(urgent, cluster.workers[urgent]).places_held
+
+
+def test_a_job_admitted_by_preempting_another_is_held_until_every_worker_of_it_is_gone() -> None:
+    victim, urgent = ("ns", "victim"), ("ns", "urgent")
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(victim, demand("victim", created=1), ANYWHERE, cluster.view())
+    cluster.workers[victim] = [worker("victim", index, "n1" if index < 2 else "n2") for index in range(4)]
+    whole_nodes = replace(
+        demand("urgent", per_worker=8, min_workers=2, want=2, priority=100, created=2),
+        elastic=False,
+        preemption="LowerPriority",
+    )
+    scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[victim].workers == 0
+    assert scheduler.grant(urgent, []).places_held
+    # Passes after the preempting one: the victim holds no grant, and its workers still save.
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(urgent, []).places_held
+    cluster.workers[victim] = [worker("victim", 3, "n2", terminating=True)]
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(urgent, []).places_held
+    cluster.workers[victim] = []
+    scheduler.request("pod", cluster.view())
+    assert not scheduler.grant(urgent, []).places_held
+
+
+def test_only_workers_leaving_for_a_job_that_still_holds_its_grant_hold_it() -> None:
+    from kubefit.decisions.admission import leaving_for
+
+    victim, other, urgent, gone = ("ns", "victim"), ("ns", "other"), ("ns", "urgent"), ("ns", "gone")
+    grants = {victim: 2, other: 1, urgent: 1}
+    victims = {victim: urgent, other: gone}
+    # The victim still holds 4 for a grant of 2; `other` made room for a job that holds no grant any more.
+    assert leaving_for(victims, {victim: 4, other: 3}, grants) == {victim: urgent}
+    assert leaving_for(victims, {victim: 2, other: 3}, grants) == {}
+    # A scale-down by its user (or any job's surplus) is not in `victims`: it holds nobody.
+    assert leaving_for({}, {victim: 4}, grants) == {}
 
 
 def test_places_reserved_on_free_nodes_are_not_held() -> None:

@@ -47,7 +47,7 @@ from kubefit.decisions.admission import (
     Demand,
     Holding,
     NodeCapacity,
-    awaiting_leaving_workers,
+    leaving_for,
     plan_admissions,
 )
 from kubefit.decisions.inventory import NodeFacts, PodUsage, classify_nodes
@@ -95,8 +95,8 @@ class Grant:
     reason: str | None = None  # why the grant last changed (ScaledUp, ShrunkForPriority, Preempted, ...)
     # The kubernetes.io/hostname labels of the nodes the last pass reserved for the job's unbound workers.
     hostnames: frozenset[str] = frozenset()
-    # Some of those places are still held by workers leaving for this job (admission.awaiting_leaving_workers),
-    # and when the last pass saw them all given up after being held (None: never held, or not seen).
+    # Workers of a job shrunk or preempted for this one still hold devices (admission.leaving_for), and when
+    # the last pass saw them all gone after that (None: never held, or not seen by this process).
     places_held: bool = False
     places_freed_at: datetime | None = None
 
@@ -111,6 +111,7 @@ class _Entry:
     hostnames: frozenset[str] = frozenset()  # Grant.hostnames
     places_held: bool = False  # Grant.places_held
     places_freed_at: datetime | None = None  # Grant.places_freed_at
+    leaving_for: JobKey | None = None  # shrunk or preempted for that job, and its workers still leaving
     reserved: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.reserved of the last pass
     counted: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.placement of the last pass
     # (node generation, the placement it was worked out for, node names): the placement may change
@@ -515,9 +516,11 @@ class Scheduler:
             self.settings.head_of_line_timeout,
         )
         self.passes += 1
-        bound_by_job = {key: _placed(pods) for key, pods in workers.items()}
-        awaiting = awaiting_leaving_workers(plan, bound_by_job, demands)
-        changed = self._store(plan, entries, _hostnames(plan, nodes), awaiting)
+        victims = {key: entry.leaving_for for key, entry in entries.items() if entry.leaving_for}
+        victims.update(plan.made_room_for)
+        holding = {key: _holding_devices(view.workers(key)) for key in victims}
+        still_leaving = leaving_for(victims, holding, plan.grants)
+        changed = self._store(plan, entries, _hostnames(plan, nodes), still_leaving)
         self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
@@ -566,15 +569,18 @@ class Scheduler:
         plan: AdmissionPlan,
         planned: Mapping[JobKey, _Entry],
         hostnames: Mapping[JobKey, frozenset[str]],
-        awaiting: frozenset[JobKey] = frozenset(),
+        still_leaving: Mapping[JobKey, JobKey] | None = None,
     ) -> list[JobKey]:
         changed: list[JobKey] = []
         scaled: list[tuple[str, str]] = []  # (direction, reason word) of each admitted job's grant change
         preempted: list[str] = []
+        still_leaving = still_leaving or {}
+        awaiting = frozenset(still_leaving.values())
         with self._lock:
             for key, entry in planned.items():
                 if self._entries.get(key) is not entry:
                     continue  # forgotten or replaced while the pass ran
+                entry.leaving_for = still_leaving.get(key)
                 granted = plan.grants.get(key, entry.granted or 0)
                 waiting = plan.waiting.get(key) if granted == 0 else None
                 reason = plan.reasons.get(key)
@@ -718,6 +724,12 @@ def _still_reserved(
 
 def _bound_on(view: ClusterView, key: JobKey, node: str) -> int:
     return sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
+
+
+def _holding_devices(pods: Iterable[WorkerPod]) -> int:
+    """Workers bound to a node and not finished, terminating ones included: they keep their devices until
+    they are gone (through their termination grace)."""
+    return sum(1 for pod in pods if pod.node_name and not pod.finished)
 
 
 def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:

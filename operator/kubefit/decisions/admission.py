@@ -111,6 +111,8 @@ class AdmissionPlan:
     # the part of `placement` not bound yet: node -> workers the plan reserved there for each job's unbound
     # (and not yet created) workers; the pod builder steers new workers to these nodes.
     reserved: Mapping[JobKey, Mapping[str, int]] = field(default_factory=dict)
+    # jobs shrunk or preempted in this pass -> the job each made room for
+    made_room_for: Mapping[JobKey, JobKey] = field(default_factory=dict)
 
 
 def _name(key: JobKey) -> str:
@@ -930,6 +932,11 @@ def _plan(  # noqa: PLR0913 - as plan_admissions
         reserved={
             job.key: _added(job.reserved, {}) for job in jobs if job.holds and any(job.reserved.values())
         },
+        made_room_for={
+            job.key: beneficiary
+            for job in jobs
+            if (beneficiary := job.preempted_for or (job.shrunk_for if job.grant < job.before else None))
+        },
     )
 
 
@@ -941,38 +948,17 @@ def _added(first: Mapping[str, int], second: Mapping[str, int]) -> dict[str, int
     return {node: workers for node, workers in total.items() if workers > 0}
 
 
-def awaiting_leaving_workers(
-    plan: AdmissionPlan, placed: Mapping[JobKey, Mapping[str, int]], demands: Mapping[JobKey, Demand]
-) -> frozenset[JobKey]:
-    """Jobs whose granted workers wait for devices that workers leaving for them still hold: a shrink or a
-    preemption waiting for its checkpoint handshake keeps its removed workers bound through their grace,
-    which can be longer than the newcomer's gang timeout; the newcomer's gang clock must not run meanwhile
-    (decisions/running.py). `placed`: per admitted job, node -> its bound live workers.
-
-    Leaving workers: a job's bound workers beyond what the plan counts for it on a node (in the pass that
-    shrinks it), or beyond its grant (in the passes after, which count them where they are). A job waits for
-    them when a place reserved for it is on such a node, or when the plan found places for fewer than its
-    grant while its accelerator has leaving workers."""
-    leaving_nodes: dict[str, set[JobKey]] = {}
-    leaving_accelerators: dict[str, set[JobKey]] = {}
-    for key, nodes in placed.items():
-        counted = plan.placement.get(key, {})
-        for node, bound in nodes.items():
-            if bound > counted.get(node, 0):
-                leaving_nodes.setdefault(node, set()).add(key)
-        demand = demands.get(key)
-        if demand is not None and sum(nodes.values()) > plan.grants.get(key, 0):
-            leaving_accelerators.setdefault(demand.accelerator, set()).add(key)
-    if not leaving_nodes and not leaving_accelerators:
-        return frozenset()
-    awaiting = set()
-    for key, grant in plan.grants.items():
-        reserved = plan.reserved.get(key, {})
-        if any(leaving_nodes.get(node, set()) - {key} for node, count in reserved.items() if count > 0):
-            awaiting.add(key)
-            continue
-        demand = demands.get(key)
-        short = grant > 0 and sum(plan.placement.get(key, {}).values()) < grant
-        if short and demand is not None and leaving_accelerators.get(demand.accelerator, set()) - {key}:
-            awaiting.add(key)
-    return frozenset(awaiting)
+def leaving_for(
+    victims: Mapping[JobKey, JobKey], holding: Mapping[JobKey, int], grants: Mapping[JobKey, int]
+) -> dict[JobKey, JobKey]:
+    """Of the jobs shrunk or preempted to make room for another (`victims`: victim -> the job it made room
+    for, AdmissionPlan.made_room_for, kept across passes), those whose workers are still leaving: they hold
+    more workers (`holding`: bound, not finished, terminating included, which keep their devices through
+    their grace) than the pass grants them, while the job they made room for still holds a grant. Such
+    workers save within their checkpoint grace, which can be longer than that job's gang timeout: its gang
+    clock must not run meanwhile (decisions/running.py)."""
+    return {
+        victim: beneficiary
+        for victim, beneficiary in victims.items()
+        if holding.get(victim, 0) > grants.get(victim, 0) and grants.get(beneficiary, 0) > 0
+    }

@@ -84,8 +84,8 @@ class JobObservation:
     # The kubernetes.io/hostname labels of the nodes the pass reserved for the job's unbound workers: new
     # workers prefer them (scheduler.Grant.hostnames).
     reserved_hostnames: frozenset[str] = frozenset()
-    # Places reserved for its unbound workers are still held by workers leaving for it (scheduler.Grant), and
-    # when they were last seen given up: the gang clock waits for them (decisions/running.py).
+    # Workers of a job shrunk or preempted for it still hold devices (scheduler.Grant), and when they were
+    # last seen gone: the gang clock waits for them (decisions/running.py).
     places_held: bool = False
     places_freed_at: datetime | None = None
     # Acknowledgements of the open checkpoint request (status.checkpoint.requestId): worker pod -> step.

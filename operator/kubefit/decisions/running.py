@@ -92,8 +92,7 @@ def _stop_other_attempts(ctx: JobContext, draft: Draft, leaving: Sequence[Worker
         dict.fromkeys((*draft.delete, *highest_first([pod for pod in leaving if not pod.terminating])))
     )
     ends = [parse_rfc3339(pod.deletion_timestamp) for pod in leaving if pod.terminating]
-    going = any(not pod.terminating for pod in leaving) or any(end is None or end > ctx.now for end in ends)
-    if not going:
+    if not _still_going(leaving, ctx.now):
         return
     if draft.create:
         draft.create, draft.worker_set = (), None
@@ -107,6 +106,18 @@ def _stop_other_attempts(ctx: JobContext, draft: Draft, leaving: Sequence[Worker
         since = parse_rfc3339(draft.gang.since)
         if latest is not None and since is not None and latest > since:
             draft.gang = draft.gang.model_copy(update={"since": rfc3339(latest)})
+
+
+def _still_going(pods: Sequence[WorkerPod], now: datetime) -> bool:
+    """Whether one of `pods` is running or terminating within its grace (a pod terminating past its
+    deletionTimestamp is stuck, its node unreachable: not waited for)."""
+    for pod in pods:
+        if not pod.terminating:
+            return True
+        end = parse_rfc3339(pod.deletion_timestamp)
+        if end is None or end > now:
+            return True
+    return False
 
 
 def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
@@ -144,6 +155,11 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     # Each restart of every worker of a fixed group is a new attempt: workers of the old one are stopped
     # (durably: again after a lost write) and none of the new one starts beside them.
     attempt = gang.attempt + 1 if fixed else gang.attempt
+    unnumbered = [pod for pod in ctx.ours if pod.terminating and pod.attempt is None]
+    if fixed and draft.create and _still_going(unnumbered, ctx.now):
+        # Workers made before attempts were numbered (an operator upgrade): the old rule, no new worker of
+        # a fixed group while one of them is still terminating.
+        draft.create, draft.worker_set = (), None
     if group_failed or lost:
         _restart_group(ctx, draft, changes.replace, lost)
         # The new group is a gang of its own, to be placed within the timeout once its backoff is over.
@@ -165,13 +181,17 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
 
 
 def _lost(ctx: JobContext, plan: _Plan, slots: frozenset[int]) -> tuple[str, ...]:
-    """Names of the workers a running fixed group lost: the last status saw all of them ready, no restart
-    or removal of this decision's own is under way, and now one of them is gone or being deleted by someone
-    else (this decision path deletes none of a fixed group's running workers otherwise). Workers not
-    created yet, or created and not all running yet, are never taken for lost ones."""
+    """Names of the workers a running fixed group lost: its gang had started (every worker placed at once)
+    and the last status saw all of them running or succeeded, no restart or removal of this decision's own
+    is under way, and now one of them is gone or being deleted by someone else (this decision path deletes
+    none of a fixed group's running workers otherwise). Workers not created yet, or created and not all
+    running yet, are never taken for lost ones."""
     if plan.restart or plan.removal is not None or plan.keep <= 0:
         return ()
-    if int(ctx.status.get("readyReplicas") or 0) < plan.keep:
+    if not previous_gang(ctx.status).started:
+        return ()  # a group restarted, or not placed whole yet: the status's counts may be an older group's
+    finished = len(parse_index_ranges(ctx.status.get("succeededWorkers")))
+    if int(ctx.status.get("readyReplicas") or 0) + finished < plan.keep:
         return ()
     present = {pod.index for pod in ctx.ours if not pod.terminating}
     return tuple(worker_name(ctx.observation.job.name, index) for index in sorted(slots - present))
