@@ -1700,3 +1700,13 @@ def test_an_elastic_scale_down_keeps_running_workers_before_a_finished_one_whose
     shrunk = decide(observe(spec, pods=running, status=done.status, grant=2), CATALOG)
     assert shrunk.delete == ("llama-worker-2",)  # workers 0 and 1 train on; not 1 and 2 traded for 3
     assert shrunk.create == ()
+
+
+@pytest.mark.parametrize("status", [None, {"phase": "Running"}, {"gang": {"started": True}}])
+def test_a_status_that_lost_its_attempt_takes_the_one_its_running_workers_carry(status: Any) -> None:
+    """A wiped status, a restore without it, or an operator rolled back and forward: the healthy group
+    of attempt 1 keeps running instead of being taken for an old one."""
+    running = [pod(0, attempt=1), pod(1, attempt=1)]
+    decision = decide(observe(pods=running, status=status), CATALOG)
+    assert decision.delete == () and decision.create == ()
+    assert status_of(decision)["gang"]["attempt"] == 1

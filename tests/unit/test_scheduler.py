@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -801,9 +801,9 @@ def test_only_workers_leaving_for_a_job_that_still_holds_its_grant_hold_it() -> 
 
     victim, other, urgent, gone = ("ns", "victim"), ("ns", "other"), ("ns", "urgent"), ("ns", "gone")
     grants = {victim: 2, other: 1, urgent: 1}
-    victims = {victim: urgent, other: gone}
+    victims = {victim: frozenset({urgent}), other: frozenset({gone})}
     # The victim still holds 4 for a grant of 2; `other` made room for a job that holds no grant any more.
-    assert leaving_for(victims, {victim: 4, other: 3}, grants) == {victim: urgent}
+    assert leaving_for(victims, {victim: 4, other: 3}, grants) == {victim: frozenset({urgent})}
     assert leaving_for(victims, {victim: 2, other: 3}, grants) == {}
     # A scale-down by its user (or any job's surplus) is not in `victims`: it holds nobody.
     assert leaving_for({}, {victim: 4}, grants) == {}
@@ -816,3 +816,43 @@ def test_places_reserved_on_free_nodes_are_not_held() -> None:
     scheduler.offer(key, demand("a", min_workers=2, want=4), ANYWHERE, cluster.view())
     grant = scheduler.grant(key, [])
     assert grant.workers == 4 and not grant.places_held and grant.places_freed_at is None
+
+
+def _preempted_for_urgent() -> tuple[FakeCluster, Scheduler, JobKey, JobKey]:
+    victim, urgent = ("ns", "victim"), ("ns", "urgent")
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(victim, demand("victim", created=1), ANYWHERE, cluster.view())
+    cluster.workers[victim] = [worker("victim", index, "n1" if index < 2 else "n2") for index in range(4)]
+    whole_nodes = replace(
+        demand("urgent", per_worker=8, min_workers=2, want=2, priority=100, created=2),
+        elastic=False,
+        preemption="LowerPriority",
+    )
+    scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
+    assert scheduler.grant(urgent, []).places_held
+    return cluster, scheduler, victim, urgent
+
+
+def test_a_victims_worker_stuck_terminating_past_its_grace_holds_nobody() -> None:
+    """Its node unreachable, a pod stays Terminating for ever: the job it made room for must not wait for
+    ever (its gang timeout then releases it, as before)."""
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
+    soon = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stuck = WorkerPod("victim-worker-3", 3, "uid-3", "Running", "n2", True, deletion_timestamp=soon)
+    cluster.workers[victim] = [stuck]
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(urgent, []).places_held  # within its grace
+    cluster.workers[victim] = [replace(stuck, deletion_timestamp="2020-01-01T00:00:00Z")]
+    scheduler.request("pod", cluster.view())
+    assert not scheduler.grant(urgent, []).places_held
+
+
+def test_a_victim_deleted_while_its_workers_save_still_holds_until_they_are_gone() -> None:
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
+    scheduler.forget(victim, cluster.view())
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(urgent, []).places_held
+    cluster.workers[victim] = []
+    scheduler.request("pod", cluster.view())
+    assert not scheduler.grant(urgent, []).places_held

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from kubefit.api.resource import JobKey
+from kubefit.api.units import parse_rfc3339
 from kubefit.builders.placement import HOSTNAME_LABEL
 from kubefit.controller.cluster import ClusterView
 from kubefit.decisions.admission import (
@@ -111,7 +112,6 @@ class _Entry:
     hostnames: frozenset[str] = frozenset()  # Grant.hostnames
     places_held: bool = False  # Grant.places_held
     places_freed_at: datetime | None = None  # Grant.places_freed_at
-    leaving_for: JobKey | None = None  # shrunk or preempted for that job, and its workers still leaving
     reserved: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.reserved of the last pass
     counted: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.placement of the last pass
     # (node generation, the placement it was worked out for, node names): the placement may change
@@ -226,6 +226,9 @@ class Scheduler:
         self._lock = threading.Lock()  # the queue's state
         self._pass_lock = threading.Lock()  # one pass at a time
         self._entries: dict[JobKey, _Entry] = {}
+        # job shrunk or preempted -> the jobs it made room for, while its workers are leaving
+        # (admission.leaving_for); their gang clocks wait.
+        self._leaving: dict[JobKey, frozenset[JobKey]] = {}
         self._seen: set[JobKey] = set()  # jobs this process has reconciled (restart recovery once)
         self._not_ready: set[str] = set()
         self._nodes: dict[str, NodeFacts] = {}
@@ -516,11 +519,19 @@ class Scheduler:
             self.settings.head_of_line_timeout,
         )
         self.passes += 1
-        victims = {key: entry.leaving_for for key, entry in entries.items() if entry.leaving_for}
-        victims.update(plan.made_room_for)
-        holding = {key: _holding_devices(view.workers(key)) for key in victims}
+        with self._lock:
+            victims = dict(self._leaving)
+        for victim, beneficiary in plan.made_room_for.items():
+            victims[victim] = victims.get(victim, frozenset()) | {beneficiary}
+        now = datetime.now(UTC)
+        holding = {key: _holding_devices(view.workers(key), now) for key in victims}
         still_leaving = leaving_for(victims, holding, plan.grants)
-        changed = self._store(plan, entries, _hostnames(plan, nodes), still_leaving)
+        with self._lock:
+            # Kept apart from the entries: a victim deleted (or suspended) meanwhile still holds devices
+            # until its workers are gone.
+            self._leaving = still_leaving
+        awaiting = frozenset(job for jobs in still_leaving.values() for job in jobs)
+        changed = self._store(plan, entries, _hostnames(plan, nodes), awaiting)
         self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
@@ -569,18 +580,15 @@ class Scheduler:
         plan: AdmissionPlan,
         planned: Mapping[JobKey, _Entry],
         hostnames: Mapping[JobKey, frozenset[str]],
-        still_leaving: Mapping[JobKey, JobKey] | None = None,
+        awaiting: frozenset[JobKey] = frozenset(),
     ) -> list[JobKey]:
         changed: list[JobKey] = []
         scaled: list[tuple[str, str]] = []  # (direction, reason word) of each admitted job's grant change
         preempted: list[str] = []
-        still_leaving = still_leaving or {}
-        awaiting = frozenset(still_leaving.values())
         with self._lock:
             for key, entry in planned.items():
                 if self._entries.get(key) is not entry:
                     continue  # forgotten or replaced while the pass ran
-                entry.leaving_for = still_leaving.get(key)
                 granted = plan.grants.get(key, entry.granted or 0)
                 waiting = plan.waiting.get(key) if granted == 0 else None
                 reason = plan.reasons.get(key)
@@ -726,10 +734,19 @@ def _bound_on(view: ClusterView, key: JobKey, node: str) -> int:
     return sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
 
 
-def _holding_devices(pods: Iterable[WorkerPod]) -> int:
-    """Workers bound to a node and not finished, terminating ones included: they keep their devices until
-    they are gone (through their termination grace)."""
-    return sum(1 for pod in pods if pod.node_name and not pod.finished)
+def _holding_devices(pods: Iterable[WorkerPod], now: datetime) -> int:
+    """Workers bound to a node and not finished, terminating ones within their grace included: they keep
+    their devices until they are gone. One terminating past its grace (its node unreachable, a finalizer)
+    is not counted: a job it made room for would otherwise wait for ever."""
+    count = 0
+    for pod in pods:
+        if not pod.node_name or pod.finished:
+            continue
+        end = parse_rfc3339(pod.deletion_timestamp) if pod.terminating else None
+        if end is not None and end <= now:
+            continue
+        count += 1
+    return count
 
 
 def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:

@@ -949,16 +949,19 @@ def _added(first: Mapping[str, int], second: Mapping[str, int]) -> dict[str, int
 
 
 def leaving_for(
-    victims: Mapping[JobKey, JobKey], holding: Mapping[JobKey, int], grants: Mapping[JobKey, int]
-) -> dict[JobKey, JobKey]:
-    """Of the jobs shrunk or preempted to make room for another (`victims`: victim -> the job it made room
-    for, AdmissionPlan.made_room_for, kept across passes), those whose workers are still leaving: they hold
-    more workers (`holding`: bound, not finished, terminating included, which keep their devices through
-    their grace) than the pass grants them, while the job they made room for still holds a grant. Such
-    workers save within their checkpoint grace, which can be longer than that job's gang timeout: its gang
-    clock must not run meanwhile (decisions/running.py)."""
-    return {
-        victim: beneficiary
-        for victim, beneficiary in victims.items()
-        if holding.get(victim, 0) > grants.get(victim, 0) and grants.get(beneficiary, 0) > 0
-    }
+    victims: Mapping[JobKey, frozenset[JobKey]], holding: Mapping[JobKey, int], grants: Mapping[JobKey, int]
+) -> dict[JobKey, frozenset[JobKey]]:
+    """Of the jobs shrunk or preempted to make room for others (`victims`: victim -> the jobs it made room
+    for, AdmissionPlan.made_room_for, kept across passes and after the victim itself is deleted), those
+    whose workers are still leaving: they hold more workers (`holding`: bound, not finished, terminating
+    within their grace included, which keep their devices) than the pass grants them. Each maps to the jobs
+    it made room for that still hold a grant. Such workers save within their checkpoint grace, which can be
+    longer than those jobs' gang timeouts: their gang clocks must not run meanwhile (decisions/running.py)."""
+    leaving = {}
+    for victim, beneficiaries in victims.items():
+        if holding.get(victim, 0) <= grants.get(victim, 0):
+            continue
+        waiting = frozenset(job for job in beneficiaries if grants.get(job, 0) > 0)
+        if waiting:
+            leaving[victim] = waiting
+    return leaving

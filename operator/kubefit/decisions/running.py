@@ -19,7 +19,7 @@ A fixed group starts whole: none of its new workers is created while an old one 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -67,6 +67,8 @@ class _Plan:
 
 def admitted(ctx: JobContext, grant: int) -> Draft:
     fixed = fixed_world(ctx.spec)
+    if fixed:
+        ctx = _with_adopted_attempt(ctx)
     leaving = _other_attempts(ctx) if fixed else []
     if not leaving:
         return _admitted_job(ctx, grant, fixed)
@@ -75,6 +77,22 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
     draft = _admitted_job(replace(ctx, ours=[pod for pod in ctx.ours if pod not in leaving]), grant, fixed)
     _stop_other_attempts(ctx, draft, leaving)
     return draft
+
+
+def _with_adopted_attempt(ctx: JobContext) -> JobContext:
+    """A status without status.gang.attempt (wiped, restored from a backup without it, or written by an
+    operator version before it) takes the attempt its workers carry, the running ones first: read as 0, a
+    healthy group of attempt 1 would be taken for an old one and stopped."""
+    gang = ctx.status.get("gang")
+    if isinstance(gang, Mapping) and isinstance(gang.get("attempt"), int):
+        return ctx
+    running = [pod.attempt for pod in ctx.ours if pod.attempt is not None and not pod.terminating]
+    carried = running or [pod.attempt for pod in ctx.ours if pod.attempt is not None]
+    if not carried:
+        return ctx
+    kept = dict(gang) if isinstance(gang, Mapping) else {}
+    status = {**ctx.status, "gang": {**kept, "attempt": max(carried)}}
+    return replace(ctx, observation=replace(ctx.observation, status=status))
 
 
 def _other_attempts(ctx: JobContext) -> list[WorkerPod]:
