@@ -119,6 +119,7 @@ def pod(
     terminating: bool = False,
     attempt: int | None = None,
     deletion: str | None = None,
+    disrupted: bool = False,
 ) -> WorkerPod:
     return WorkerPod(
         name=f"llama-worker-{index}",
@@ -130,6 +131,7 @@ def pod(
         controller_uid=owner,
         deletion_timestamp=deletion,
         attempt=attempt,
+        disrupted=disrupted,
     )
 
 
@@ -1710,3 +1712,33 @@ def test_a_status_that_lost_its_attempt_takes_the_one_its_running_workers_carry(
     decision = decide(observe(pods=running, status=status), CATALOG)
     assert decision.delete == () and decision.create == ()
     assert status_of(decision)["gang"]["attempt"] == 1
+
+
+def test_a_worker_kubernetes_disrupted_is_replaced_without_counting_a_restart() -> None:
+    """Kubernetes 1.26+ marks a pod it stops for its own reasons (node deleted, taint, preemption,
+    eviction) Failed with DisruptionTarget=True: not the training's fault, so not against maxRestarts."""
+    fixed = decide(observe(pods=[pod(0, attempt=0), pod(1, "Failed", attempt=0, disrupted=True)]), CATALOG)
+    assert status_of(fixed)["restarts"] == 0 and status_of(fixed)["lastFailureTime"] is None
+    assert [failed.name for failed in fixed.replace] == ["llama-worker-1"]
+    assert fixed.delete == ("llama-worker-0",) and status_of(fixed)["gang"]["attempt"] == 1
+    assert [event.reason for event in fixed.events if event.type == "Warning"] == ["WorkerLost"]
+    spec = elastic_spec(replicas=3, minimum=2, maximum=3)
+    elastic = decide(observe(spec, pods=[pod(0), pod(1), pod(2, "Failed", disrupted=True)], grant=3), CATALOG)
+    assert [failed.name for failed in elastic.replace] == ["llama-worker-2"] and elastic.delete == ()
+    assert status_of(elastic)["restarts"] == 0
+    assert "WorkerLost" in [event.reason for event in elastic.events]
+
+
+def test_the_disruption_target_condition_is_read_from_the_pod() -> None:
+    manifest = {
+        "metadata": {"name": "llama-worker-1", "uid": "u", "labels": {"kubefit.dev/job": "llama"}},
+        "status": {
+            "phase": "Failed",
+            "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC"}],
+        },
+    }
+    seen = worker_from_pod(manifest)
+    assert seen is not None and seen.disrupted
+    manifest["status"]["conditions"][0]["status"] = "False"
+    seen = worker_from_pod(manifest)
+    assert seen is not None and not seen.disrupted

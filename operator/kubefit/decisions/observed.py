@@ -38,6 +38,9 @@ class WorkerPod:
     # time plus the grace period)
     deletion_timestamp: str | None = None
     attempt: int | None = None  # the fixed group's restart attempt it was created for (None: not stated)
+    # condition DisruptionTarget=True: Kubernetes (1.26+) stopped it for a reason not its own (its node
+    # deleted, a taint, preemption, an eviction), not a fault of the training
+    disrupted: bool = False
 
     @property
     def ready(self) -> bool:
@@ -79,8 +82,21 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         controller_uid=_controller_uid(metadata),
         world_size=_count_annotation(metadata, WORLD_SIZE_ANNOTATION),
         attempt=_count_annotation(metadata, ATTEMPT_ANNOTATION),
+        disrupted=_disrupted(pod.get("status") or {}),
         nnodes=_nnodes(metadata),
         deletion_timestamp=_text(metadata.get("deletionTimestamp")),
+    )
+
+
+def _disrupted(status: Mapping[str, Any]) -> bool:
+    conditions = status.get("conditions")
+    if not isinstance(conditions, list):
+        return False
+    return any(
+        isinstance(condition, Mapping)
+        and condition.get("type") == "DisruptionTarget"
+        and condition.get("status") == "True"
+        for condition in conditions
     )
 
 

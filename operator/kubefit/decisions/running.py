@@ -145,11 +145,16 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     # A worker that succeeded is not run again when its pod goes (a node removed once it finished).
     gone_after_success = _gone_after_success(ctx)
     changes = scale_workers(slots - gone_after_success, ctx.ours, ctx.observation.already_replaced, foreign)
-    group_failed = bool(changes.replace) and fixed
-    restarts = restarts_of(ctx.status) + (1 if group_failed else len(changes.replace))
-    lost = _lost(ctx, plan, slots - gone_after_success) if fixed and not group_failed else ()
+    # A failed worker that Kubernetes disrupted (DisruptionTarget) is replaced, but counts like a lost one.
+    faults = tuple(pod for pod in changes.replace if not pod.disrupted)
+    group_failed = bool(faults) and fixed
+    restarts = restarts_of(ctx.status) + (1 if group_failed else len(faults))
+    lost: tuple[str, ...] = ()
+    if fixed and not group_failed:
+        disrupted = tuple(pod.name for pod in changes.replace)
+        lost = disrupted or _lost(ctx, plan, slots - gone_after_success)
     if restarts > ctx.spec.run_policy.max_restarts:
-        return failed(ctx, changes.replace)
+        return failed(ctx, faults)
     done = (_succeeded_now(ctx.ours) | gone_after_success) & slots
     if slots and slots <= done:
         return succeeded(ctx, plan.keep, done)
@@ -168,7 +173,7 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     timeout = ctx.spec.scheduling.gang_timeout_seconds
     if gang_timed_out(gang, waiting_since, timeout, ctx.now):
         return gang_timeout(ctx, plan.keep, placed, "the restart" if restarted_at else "admission")
-    draft = _running(ctx, plan, changes, restarts, ready)
+    draft = _running(ctx, plan, changes, restarts, ready, faults)
     new_world = plan.restart is not None and draft.desired == plan.target
     # Each restart of every worker of a fixed group is a new attempt: workers of the old one are stopped
     # (durably: again after a lost write) and none of the new one starts beside them.
@@ -179,7 +184,7 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
         # a fixed group while one of them is still terminating.
         draft.create, draft.worker_set = (), None
     if group_failed or lost:
-        _restart_group(ctx, draft, changes.replace, lost)
+        _restart_group(ctx, draft, faults, lost)
         # The new group is a gang of its own, to be placed within the timeout once its backoff is over.
         waiting_since = ctx.now + timedelta(seconds=restart_backoff(restarts) if group_failed else 0)
         gang = GangStatus(retries=gang.retries, since=rfc3339(waiting_since), attempt=attempt)
@@ -221,7 +226,7 @@ def _restart_group(
     """A worker of a fixed group failed or is gone: every other worker goes too (finished ones included: the
     new group runs every index afresh), and all are created again once the old ones are gone (after the
     restart backoff for a failure)."""
-    replaced = {pod.name for pod in failures}
+    replaced = {pod.name for pod in draft.replace}
     others = [
         pod for pod in ctx.ours if not pod.terminating and pod.name not in replaced and pod.index is not None
     ]
@@ -248,7 +253,7 @@ def _restart_group(
         reason = EventReason.WORKER_LOST
     # A checkpoint request this decision would have opened is not: the workers go now, unasked.
     draft.checkpoint_requests = None
-    dropped = (EventReason.WORKER_FAILED, EventReason.CHECKPOINT_REQUESTED)
+    dropped = (EventReason.WORKER_FAILED, EventReason.WORKER_LOST, EventReason.CHECKPOINT_REQUESTED)
     draft.events = [event for event in draft.events if event.reason not in dropped]
     draft.events.append(JobEvent("Warning", reason, message))
     draft.updates = [update for update in draft.updates if update.type != ConditionType.READY]
@@ -282,7 +287,14 @@ def _timed_from_old_workers_gone(gang: GangStatus, ours: Sequence[WorkerPod]) ->
     return gang.model_copy(update={"since": rfc3339(latest)})
 
 
-def _running(ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int, ready: int) -> Draft:
+def _running(  # noqa: PLR0913 - the parts of the decision worked out before
+    ctx: JobContext,
+    plan: _Plan,
+    changes: WorkerChanges,
+    restarts: int,
+    ready: int,
+    faults: Sequence[WorkerPod],
+) -> Draft:
     shake = handshake(ctx, plan.removal)
     doomed = plan.removal.doomed if plan.removal else ()
     delete = tuple(name for name in changes.delete if name not in doomed) + (doomed if shake.proceed else ())
@@ -308,7 +320,7 @@ def _running(ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int
         restarts=restarts,
         desired=desired,
         start_time=start_time,
-        last_failure_time=rfc3339(ctx.now) if changes.replace else None,
+        last_failure_time=rfc3339(ctx.now) if faults else None,
     )
     draft.updates.extend(resumed(ctx))
     if plan.restart:
@@ -322,7 +334,17 @@ def _running(ctx: JobContext, plan: _Plan, changes: WorkerChanges, restarts: int
             draft.updates.append(
                 ConditionUpdate(ConditionType.READY, "False", Reason.RESTART_BACKOFF, waiting)
             )
-    draft.events.extend(_restart_events(changes.replace, restarts, ctx.spec.run_policy.max_restarts))
+    draft.events.extend(_restart_events(faults, restarts, ctx.spec.run_policy.max_restarts))
+    draft.events.extend(
+        JobEvent(
+            "Warning",
+            EventReason.WORKER_LOST,
+            f"worker {pod.name} was stopped by Kubernetes (DisruptionTarget); replacing it (not counted "
+            "as a restart)",
+        )
+        for pod in changes.replace
+        if pod.disrupted
+    )
     note = removal_progress(shake, plan.removal) if plan.removal is not None else None
     draft.message = _message(ctx, plan, shake_note=note)
     if backoff > 0 and draft.message is None:
