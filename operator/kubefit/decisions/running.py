@@ -145,14 +145,9 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     # A worker that succeeded is not run again when its pod goes (a node removed once it finished).
     gone_after_success = _gone_after_success(ctx)
     changes = scale_workers(slots - gone_after_success, ctx.ours, ctx.observation.already_replaced, foreign)
-    # A failed worker that Kubernetes disrupted (DisruptionTarget) is replaced, but counts like a lost one.
-    faults = tuple(pod for pod in changes.replace if not pod.disrupted)
+    faults, lost = _faults_and_losses(ctx, plan, changes, slots - gone_after_success, fixed)
     group_failed = bool(faults) and fixed
     restarts = restarts_of(ctx.status) + (1 if group_failed else len(faults))
-    lost: tuple[str, ...] = ()
-    if fixed and not group_failed:
-        disrupted = tuple(pod.name for pod in changes.replace)
-        lost = disrupted or _lost(ctx, plan, slots - gone_after_success)
     if restarts > ctx.spec.run_policy.max_restarts:
         return failed(ctx, faults)
     done = (_succeeded_now(ctx.ours) | gone_after_success) & slots
@@ -201,6 +196,18 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     if not gang.started:  # wake up when the gang timeout expires
         draft.requeue_after.append((waiting_since + timedelta(seconds=timeout) - ctx.now).total_seconds())
     return draft
+
+
+def _faults_and_losses(
+    ctx: JobContext, plan: _Plan, changes: WorkerChanges, slots: frozenset[int], fixed: bool
+) -> tuple[tuple[WorkerPod, ...], tuple[str, ...]]:
+    """The failed workers that count as restarts, and (a fixed group's) the workers lost without a fault
+    of theirs: a failed worker that Kubernetes disrupted (DisruptionTarget) is replaced, but counts like
+    one whose pod went."""
+    faults = tuple(pod for pod in changes.replace if not pod.disrupted)
+    if not fixed or faults:
+        return faults, ()
+    return faults, tuple(pod.name for pod in changes.replace) or _lost(ctx, plan, slots)
 
 
 def _lost(ctx: JobContext, plan: _Plan, slots: frozenset[int]) -> tuple[str, ...]:
