@@ -625,17 +625,7 @@ def test_the_operators_policy_reaches_the_planner(policy: str) -> None:
 
 
 def test_a_preempted_job_is_not_readmitted_while_its_workers_are_still_going() -> None:
-    victim, urgent = ("ns", "victim"), ("ns", "urgent")
-    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
-    scheduler, _ = sync_scheduler()
-    scheduler.offer(victim, demand("victim", created=1), ANYWHERE, cluster.view())
-    cluster.workers[victim] = [worker("victim", index, "n1" if index < 2 else "n2") for index in range(4)]
-    whole_nodes = replace(
-        demand("urgent", per_worker=8, min_workers=2, want=2, priority=100, created=2),
-        elastic=False,
-        preemption="LowerPriority",
-    )
-    scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
     assert scheduler.snapshot()[victim].workers == 0 and scheduler.snapshot()[urgent].workers == 2
 
     # One victim worker per node is gone: each node has 4 free, room for the victim's minimum (2 x 4) but
@@ -772,19 +762,8 @@ def test_a_job_whose_reserved_places_are_held_by_workers_leaving_for_it_is_told_
 
 
 def test_a_job_admitted_by_preempting_another_is_held_until_every_worker_of_it_is_gone() -> None:
-    victim, urgent = ("ns", "victim"), ("ns", "urgent")
-    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
-    scheduler, _ = sync_scheduler()
-    scheduler.offer(victim, demand("victim", created=1), ANYWHERE, cluster.view())
-    cluster.workers[victim] = [worker("victim", index, "n1" if index < 2 else "n2") for index in range(4)]
-    whole_nodes = replace(
-        demand("urgent", per_worker=8, min_workers=2, want=2, priority=100, created=2),
-        elastic=False,
-        preemption="LowerPriority",
-    )
-    scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
     assert scheduler.snapshot()[victim].workers == 0
-    assert scheduler.grant(urgent, []).places_held
     # Passes after the preempting one: the victim holds no grant, and its workers still save.
     scheduler.request("pod", cluster.view())
     assert scheduler.grant(urgent, []).places_held
@@ -819,6 +798,7 @@ def test_places_reserved_on_free_nodes_are_not_held() -> None:
 
 
 def _preempted_for_urgent() -> tuple[FakeCluster, Scheduler, JobKey, JobKey]:
+    """Urgent (2 workers of 8 GPUs, LowerPriority) preempts the whole victim (4 workers of 4 on n1, n2)."""
     victim, urgent = ("ns", "victim"), ("ns", "urgent")
     cluster = FakeCluster(nodes=[node("n1"), node("n2")])
     scheduler, _ = sync_scheduler()
