@@ -352,8 +352,9 @@ def test_a_partial_gang_holding_accelerators_fires_its_alert(
     prometheus: Prometheus, sandbox: Sandbox, kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]
 ) -> None:
     # A gang of 2 workers of 8 H100s each, one per node. Admission starts it only when both fit; then the
-    # node under worker 1 goes away (its pods with it), so the replacement worker has nowhere to run while
-    # worker 0 keeps its 8 GPUs. The gang timeout is long: the job does not give up during the test.
+    # node under worker 1 goes away (its pods with it). The group restarts whole: one of its new workers
+    # finds the node left and holds its 8 GPUs, the other has nowhere to run. The gang timeout is long:
+    # the job does not give up during the test.
     pool = add_pool(PoolNodes("nvidia-h100-80gb", nodes=2, per_node=8))
     gang = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
     kube.apply(staged_job("gang", namespace, pool, resources=gang, scheduling={"gangTimeoutSeconds": 3600}))
@@ -366,7 +367,7 @@ def test_a_partial_gang_holding_accelerators_fires_its_alert(
     firing = wait_alert(prometheus, "KubefitPartialGangHoldingAccelerators", namespace, "gang")
     assert "KubefitAcceleratorsIdle" not in firing
     running = running_names(kube.workers(namespace, "gang"))
-    assert running == ["gang-worker-0"]
+    assert len(running) == 1, running
     held = prometheus.query(
         f'kubefit_trainingjob_accelerators{{namespace="{namespace}",name="gang",state="allocated"}}'
     )

@@ -118,12 +118,7 @@ def _stop_other_attempts(ctx: JobContext, draft: Draft, leaving: Sequence[Worker
     if later:
         draft.requeue_after.append(max(later))
     if draft.gang is not None and not draft.gang.started:
-        # The new gang's clock starts when the old workers' grace ends at the latest (their names are
-        # the new workers').
-        latest = max((end for end in ends if end is not None), default=None)
-        since = parse_rfc3339(draft.gang.since)
-        if latest is not None and since is not None and latest > since:
-            draft.gang = draft.gang.model_copy(update={"since": rfc3339(latest)})
+        draft.gang = _timed_from_old_workers_gone(draft.gang, leaving)
 
 
 def _still_going(pods: Sequence[WorkerPod], now: datetime) -> bool:
@@ -342,16 +337,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
                 ConditionUpdate(ConditionType.READY, "False", Reason.RESTART_BACKOFF, waiting)
             )
     draft.events.extend(_restart_events(faults, restarts, ctx.spec.run_policy.max_restarts))
-    draft.events.extend(
-        JobEvent(
-            "Warning",
-            EventReason.WORKER_LOST,
-            f"worker {pod.name} was stopped by Kubernetes (DisruptionTarget); replacing it (not counted "
-            "as a restart)",
-        )
-        for pod in changes.replace
-        if pod.disrupted
-    )
+    draft.events.extend(_disruption_events(changes.replace))
     note = removal_progress(shake, plan.removal) if plan.removal is not None else None
     draft.message = _message(ctx, plan, shake_note=note)
     if backoff > 0 and draft.message is None:
@@ -608,6 +594,19 @@ def resumed(ctx: JobContext) -> list[ConditionUpdate]:
         message = "spec.runPolicy.suspend is false"
         return [ConditionUpdate(ConditionType.SUSPENDED, "False", Reason.RESUMED, message)]
     return []
+
+
+def _disruption_events(replaced: Sequence[WorkerPod]) -> list[JobEvent]:
+    return [
+        JobEvent(
+            "Warning",
+            EventReason.WORKER_LOST,
+            f"worker {pod.name} was stopped by Kubernetes (DisruptionTarget); replacing it (not counted "
+            "as a restart)",
+        )
+        for pod in replaced
+        if pod.disrupted
+    ]
 
 
 def _restart_events(replaced: Sequence[WorkerPod], restarts: int, max_restarts: int) -> list[JobEvent]:
