@@ -318,27 +318,37 @@ def test_a_higher_priority_job_shrinks_a_lower_priority_elastic_job_to_its_minim
     ), kube.events(namespace, "low")
 
 
+@pytest.mark.parametrize(
+    ("per_worker", "preemption"),
+    [(4, "Never"), (8, "LowerPriority")],
+    ids=["shrink", "preemption"],
+)
 def test_a_gang_admitted_by_a_shrink_waits_out_the_victims_longer_checkpoint_grace_without_timing_out(
-    kube: Kube, namespace: str, pool: PrivatePool
+    kube: Kube, namespace: str, pool: PrivatePool, per_worker: int, preemption: str
 ) -> None:
-    """The shrunk job's removed workers save for up to 20 s (nobody acknowledges); the newcomer's gang
-    timeout is 8 s. Its clock waits for those places: it starts once they are free, and never times out."""
+    """The victim's removed workers save for up to 30 s (nobody acknowledges); the newcomer's gang timeout
+    is 15 s. Its clock waits for those places: it starts once they are free, and never times out. Two
+    workers of 4 devices are made room for by shrinking the victim to its minimum; two of 8 need both
+    nodes, so the whole victim is preempted. (Not shorter: once the places are free, kube-scheduler takes
+    up to its pod backoff, 10 s in 1.20, to try the newcomer's pending pods again.)"""
     slow_saver = elastic_job("slow-saver", namespace, pool, replicas=4, low=2, high=4)
-    slow_saver["spec"]["elastic"]["checkpointGracePeriodSeconds"] = 20
+    slow_saver["spec"]["elastic"]["checkpointGracePeriodSeconds"] = 30
     kube.apply(slow_saver)
     wait_for("slow-saver at 4 workers", lambda: running(kube, namespace, "slow-saver") == 4)
     started = time.monotonic()
     kube.apply(
         fixed_job(
-            "impatient", namespace, pool, replicas=2, per_worker=4,
-            scheduling={"priority": 100, "gangTimeoutSeconds": 8},
+            "impatient", namespace, pool, replicas=2, per_worker=per_worker,
+            scheduling={"priority": 100, "gangTimeoutSeconds": 15, "preemption": preemption},
         )
     )  # fmt: skip
     with explained(kube, namespace, "impatient", "slow-saver"):
         wait_for("impatient at 2 running workers", lambda: running(kube, namespace, "impatient") == 2, 90)
     took = time.monotonic() - started
-    print(f"\nthe newcomer ran {took:.1f} s after it was applied (victim's grace 20 s, its gang timeout 8 s)")
-    assert took >= 15, "the newcomer ran before the victim's workers could have left: no grace was waited"
+    print(
+        f"\nthe newcomer ran {took:.1f} s after it was applied (victim's grace 30 s, its gang timeout 15 s)"
+    )
+    assert took >= 25, "the newcomer ran before the victim's workers could have left: no grace was waited"
     assert "GangTimeout" not in event_reasons(kube, namespace, "impatient")
     assert (kube.job_status(namespace, "impatient").get("gang") or {}).get("retries", 0) == 0
 

@@ -343,7 +343,7 @@ def test_a_worker_made_before_attempts_were_numbered_still_holds_the_new_group_b
     unnumbered = [pod(0, deletion="2025-01-01T12:00:30Z")]
     going = decide(observe(pods=unnumbered, status=failed.status, now=NOW + timedelta(seconds=10)), CATALOG)
     assert going.create == ()
-    past = decide(observe(pods=unnumbered, status=failed.status, now=NOW + timedelta(seconds=31)), CATALOG)
+    past = decide(observe(pods=unnumbered, status=failed.status, now=NOW + timedelta(seconds=90)), CATALOG)
     assert past.create == (1,)
 
 
@@ -361,8 +361,11 @@ def test_an_old_worker_stuck_terminating_past_its_grace_does_not_hold_the_new_gr
     failed = decide(observe(pods=[pod(0, attempt=0), pod(1, "Failed", attempt=0)]), CATALOG)
     stuck = [pod(0, attempt=0, deletion="2025-01-01T12:00:30Z")]
     within = decide(observe(pods=stuck, status=failed.status, now=NOW + timedelta(seconds=10)), CATALOG)
-    assert within.create == () and within.requeue_after == 20.0
-    past = decide(observe(pods=stuck, status=failed.status, now=NOW + timedelta(seconds=31)), CATALOG)
+    assert within.create == () and within.requeue_after == 80.0  # stuck a minute after its grace
+    # Just past its grace the kubelet is still removing it: it still holds the new group back.
+    removing = decide(observe(pods=stuck, status=failed.status, now=NOW + timedelta(seconds=40)), CATALOG)
+    assert removing.create == ()
+    past = decide(observe(pods=stuck, status=failed.status, now=NOW + timedelta(seconds=90)), CATALOG)
     assert past.create == (1,)  # worker 0's name is still taken by the stuck pod
 
 

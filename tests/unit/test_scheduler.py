@@ -823,6 +823,11 @@ def test_a_victims_worker_stuck_terminating_past_its_grace_holds_nobody() -> Non
     cluster.workers[victim] = [stuck]
     scheduler.request("pod", cluster.view())
     assert scheduler.grant(urgent, []).places_held  # within its grace
+    # Just past its grace the kubelet is still removing it (the sandbox's takes seconds): still held.
+    just_past = (datetime.now(UTC) - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cluster.workers[victim] = [replace(stuck, deletion_timestamp=just_past)]
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(urgent, []).places_held
     cluster.workers[victim] = [replace(stuck, deletion_timestamp="2020-01-01T00:00:00Z")]
     scheduler.request("pod", cluster.view())
     assert not scheduler.grant(urgent, []).places_held

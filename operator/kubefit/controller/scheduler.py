@@ -39,7 +39,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from kubefit.api.resource import JobKey
-from kubefit.api.units import parse_rfc3339
 from kubefit.builders.placement import HOSTNAME_LABEL
 from kubefit.controller.cluster import ClusterView
 from kubefit.decisions.admission import (
@@ -736,17 +735,10 @@ def _bound_on(view: ClusterView, key: JobKey, node: str) -> int:
 
 def _holding_devices(pods: Iterable[WorkerPod], now: datetime) -> int:
     """Workers bound to a node and not finished, terminating ones within their grace included: they keep
-    their devices until they are gone. One terminating past its grace (its node unreachable, a finalizer)
-    is not counted: a job it made room for would otherwise wait for ever."""
-    count = 0
-    for pod in pods:
-        if not pod.node_name or pod.finished:
-            continue
-        end = parse_rfc3339(pod.deletion_timestamp) if pod.terminating else None
-        if end is not None and end <= now:
-            continue
-        count += 1
-    return count
+    their devices until they are gone. One stuck terminating (observed.STUCK_AFTER_GRACE_SECONDS past its
+    grace: its node unreachable, a finalizer) is not counted: a job it made room for would otherwise wait
+    for ever."""
+    return sum(1 for pod in pods if pod.node_name and not pod.finished and not pod.stuck_terminating(now))
 
 
 def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from kubefit.api.units import parse_rfc3339
 from kubefit.builders.naming import (
     ATTEMPT_ANNOTATION,
     JOB_LABEL,
@@ -21,6 +23,10 @@ POD_SUCCEEDED = "Succeeded"
 POD_FAILED = "Failed"
 POD_PENDING = "Pending"
 POD_FINISHED_PHASES = frozenset({POD_SUCCEEDED, POD_FAILED})
+# A pod still shown terminating this long after its deletionTimestamp is taken for stuck (its node
+# unreachable, a finalizer), not waited for. Not at the timestamp itself: the kubelet kills the containers
+# then and removes the pod after, seconds later on a busy node, while it still holds its devices.
+STUCK_AFTER_GRACE_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,11 @@ class WorkerPod:
         """The one definition of a ready worker, used by every count, condition and the gang timeout:
         its pod is Running and not terminating (a deleted pod still shown Running is on its way out)."""
         return self.phase == POD_RUNNING and not self.terminating
+
+    def stuck_terminating(self, now: datetime) -> bool:
+        """Terminating, and past its deletionTimestamp by STUCK_AFTER_GRACE_SECONDS."""
+        end = parse_rfc3339(self.deletion_timestamp) if self.terminating else None
+        return end is not None and now >= end + timedelta(seconds=STUCK_AFTER_GRACE_SECONDS)
 
     @property
     def finished(self) -> bool:

@@ -49,7 +49,7 @@ from kubefit.decisions.gang import (
     restart_backoff,
     restart_backoff_left,
 )
-from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
+from kubefit.decisions.observed import POD_SUCCEEDED, STUCK_AFTER_GRACE_SECONDS, WorkerPod
 from kubefit.decisions.workers import WorkerChanges, scale_workers, stop_workers, worker_slots
 
 # Reason words the scheduling pass may give a changed grant (AdmissionPlan.reasons: "Word: detail").
@@ -114,7 +114,8 @@ def _stop_other_attempts(ctx: JobContext, draft: Draft, leaving: Sequence[Worker
         return
     if draft.create:
         draft.create, draft.worker_set = (), None
-    later = [(end - ctx.now).total_seconds() for end in ends if end is not None and end > ctx.now]
+    stuck_at = [end + timedelta(seconds=STUCK_AFTER_GRACE_SECONDS) for end in ends if end is not None]
+    later = [(at - ctx.now).total_seconds() for at in stuck_at if at > ctx.now]
     if later:
         draft.requeue_after.append(max(later))
     if draft.gang is not None and not draft.gang.started:
@@ -122,15 +123,9 @@ def _stop_other_attempts(ctx: JobContext, draft: Draft, leaving: Sequence[Worker
 
 
 def _still_going(pods: Sequence[WorkerPod], now: datetime) -> bool:
-    """Whether one of `pods` is running or terminating within its grace (a pod terminating past its
-    deletionTimestamp is stuck, its node unreachable: not waited for)."""
-    for pod in pods:
-        if not pod.terminating:
-            return True
-        end = parse_rfc3339(pod.deletion_timestamp)
-        if end is None or end > now:
-            return True
-    return False
+    """Whether one of `pods` is running or terminating and not stuck (WorkerPod.stuck_terminating: its node
+    unreachable, not waited for)."""
+    return any(not pod.stuck_terminating(now) for pod in pods)
 
 
 def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
