@@ -104,8 +104,8 @@ def _other_attempts(ctx: JobContext) -> list[WorkerPod]:
 def _stop_other_attempts(ctx: JobContext, draft: Draft, leaving: Sequence[WorkerPod]) -> None:
     """Deletes the workers of another attempt (again, if a delete was lost: a failed write, an operator
     restart), and creates nothing while one is still going: an old worker saving on SIGTERM may still host
-    the rendezvous the new ones would join. One still terminating past the end of its grace (its node
-    unreachable) is not waited for."""
+    the rendezvous the new ones would join. One stuck terminating (WorkerPod.stuck_terminating: a minute
+    past its grace, its node unreachable) is not waited for; the requeue comes when it counts as stuck."""
     draft.delete = tuple(
         dict.fromkeys((*draft.delete, *highest_first([pod for pod in leaving if not pod.terminating])))
     )
