@@ -199,7 +199,7 @@ def test_host_bytes_are_the_share_at_the_fewest_workers_the_job_may_run_with() -
 
 
 def test_offload_with_more_workers_needed_than_allowed_sizes_like_without_offload() -> None:
-    # Memory (and the two pipeline stages of one device each) needs 2 workers; maxReplicas allows 1. The
+    # Memory (and the two pipeline stages of one device each) needs 2 workers; replicas allows 1. The
     # host share was estimated at min(floor, ceiling) = 1 worker: 1 device for 2 stages, an InvalidSpec
     # naming spec.training.tensorParallel.
     training = {"pipelineParallel": 2}
@@ -208,7 +208,7 @@ def test_offload_with_more_workers_needed_than_allowed_sizes_like_without_offloa
     offloaded = parse_spec({**raw, "training": {**training, "offload": "optimizer"}})
     sized = size_job(offloaded, CATALOG)
     assert not sized.bounds.feasible and not plain.bounds.feasible
-    assert any("workers.maxReplicas allows 1" in warning for warning in sized.sizing.warnings)
+    assert any("workers.replicas allows 1" in warning for warning in sized.sizing.warnings)
     layout = Layout(devices_per_worker=1, workers=sized.bounds.floor)
     expected = estimate(offloaded, device(sized.sizing.accelerator), layout).host_bytes_per_worker
     assert sized.host_bytes_per_worker == expected > 0

@@ -429,18 +429,28 @@ def test_worker_bounds(workers: dict[str, int], min_workers: int, expected: tupl
     assert bounds.feasible == (expected[0] <= expected[1])
 
 
-def test_memory_needing_more_workers_than_allowed_starts_nothing() -> None:
+@pytest.mark.parametrize(
+    ("workers", "ceiling"),
+    [
+        ({"replicas": 1, "maxReplicas": 2}, "spec.workers.maxReplicas allows 2"),
+        ({"replicas": 1, "minReplicas": 2}, "spec.workers.minReplicas allows 2"),  # min sets the ceiling
+        ({"replicas": 2, "minReplicas": 1}, "spec.workers.replicas allows 2"),
+    ],
+)
+def test_memory_needing_more_workers_than_allowed_starts_nothing(
+    workers: dict[str, int], ceiling: str
+) -> None:
     spec = raw_spec(
         model={"parameters": "70B"},
         training={"sharding": "fsdp"},
         resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
-        workers={"replicas": 1, "maxReplicas": 2},
+        workers=workers,
     )
     decision = decide(observe(spec), CATALOG)
     assert decision.create == ()
     ready = condition(decision, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "TooFewWorkers")
-    assert "spec.workers.maxReplicas" in ready["message"]
+    assert ceiling in ready["message"]
     assert status_of(decision)["phase"] == "Pending"
 
 

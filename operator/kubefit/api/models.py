@@ -521,6 +521,15 @@ class Workers(_Model):
             self.max_replicas if self.max_replicas is not None else max(self.replicas, self.min_replicas or 1)
         )
 
+    @property
+    def ceiling_field(self) -> str:
+        """The field that sets `ceiling`, for messages that tell the user what to raise."""
+        if self.max_replicas is not None:
+            return "maxReplicas"
+        if self.min_replicas is not None and self.min_replicas > self.replicas:
+            return "minReplicas"
+        return "replicas"
+
 
 class Elastic(_Model):
     """Elastic rendezvous: workers that can join and leave a running group."""

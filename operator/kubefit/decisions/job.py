@@ -220,7 +220,7 @@ def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds) 
         )
     else:
         reason = Reason.TOO_FEW_WORKERS
-        field_name = "maxReplicas" if spec.workers.max_replicas is not None else "replicas"
+        field_name = spec.workers.ceiling_field
         message = (
             f"memory needs at least {bounds.floor} workers but spec.workers.{field_name} allows "
             f"{bounds.ceiling}; no workers are started"

@@ -751,7 +751,7 @@ def _fit_notes(spec: TrainingJobSpec, outcome: _Outcome, pool: AcceleratorPool |
     notes: list[str] = []
     if outcome.min_workers > workers.ceiling:
         notes.append(
-            f"memory needs at least {outcome.min_workers} workers but workers.maxReplicas allows "
+            f"memory needs at least {outcome.min_workers} workers but workers.{workers.ceiling_field} allows "
             f"{workers.ceiling}; raise workers.maxReplicas (and replicas)"
         )
     elif workers.min_replicas is not None and outcome.min_workers > workers.min_replicas:
