@@ -69,7 +69,8 @@ what is assumed:
 output:
   -o table  (default) a breakdown for a person: GiB per component, the layout and the warnings.
   -o json   exactly the status.sizing object: camelCase keys, bytes as integers. With --cluster it
-            equals the operator's status.sizing for the same job, cluster and catalog.
+            equals the operator's status.sizing for the same job, cluster and catalog (an operator
+            that watches only some namespaces does not count the pods of the others; this does).
   -o yaml   the same object as YAML.
   --suggest adds cheaper alternatives, ranked by total devices then device memory, each re-estimated
             (against the catalog, not the cluster), with what it trades away. With -o json/yaml the output becomes
