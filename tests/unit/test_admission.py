@@ -381,13 +381,35 @@ def test_workers_on_a_removed_node_shrink_the_job_to_what_fits_and_not_below_its
     assert alone.grants[key("job")] == 2  # its minimum stays granted: the gang timeout releases it
 
 
-def test_a_resized_gang_is_granted_whole_and_says_what_has_no_room() -> None:
+def test_a_resized_running_gang_is_granted_its_new_size_only_once_it_fits_whole() -> None:
     resized = holding(gang("gang", 3, per_worker=8), 1, {"node-0": 1})
     fits = plan([], [resized], nodes(3))
     assert fits.grants[key("gang")] == 3 and fits.reasons[key("gang")] == "ScaledUp: 1 -> 3 workers (wants 3)"
+    # With room for 2 of the 3, a grant of 3 would stop the running worker for a gang that cannot start
+    # (decide restarts a fixed group at its new size): it keeps its grant, and nothing is reserved for it.
+    short = plan([], [resized], nodes(2))
+    assert short.grants[key("gang")] == 1 and key("gang") not in short.reasons
+    assert short.placement[key("gang")] == {"node-0": 1} and key("gang") not in short.reserved
+    # Nor is it short of its minimum: a younger job takes the free node.
+    younger = plan([job("younger", per_worker=8, created=NOW)], [resized], nodes(2))
+    assert younger.grants[key("younger")] == 1 and younger.grants[key("gang")] == 1
+
+
+def test_a_resized_gang_whose_workers_are_not_all_placed_yet_is_granted_its_new_size() -> None:
+    # Not running yet: nothing to keep. The new size is granted, and the gang timeout releases it.
+    resized = holding(gang("gang", 3, per_worker=8), 2, {"node-0": 1})
     short = plan([], [resized], nodes(2))
     assert short.grants[key("gang")] == 3
-    assert short.reasons[key("gang")] == "ScaledUp: 1 -> 3 workers (wants 3); 1 have no room yet"
+    assert short.reasons[key("gang")] == "ScaledUp: 2 -> 3 workers (wants 3); 1 have no room yet"
+
+
+def test_an_elastic_jobs_raised_minimum_is_granted_whole_or_not_at_all() -> None:
+    # min follows replicas (no minReplicas): kubectl scale 2 -> 6 raises it; 2 of the 4 more fit.
+    raised = holding(job("raised", per_worker=8, min_workers=6, want=6), 2, {"node-0": 1, "node-1": 1})
+    short = plan([], [raised], nodes(4))
+    assert short.grants[key("raised")] == 2 and key("raised") not in short.reserved
+    fits = plan([], [raised], nodes(6))
+    assert fits.grants[key("raised")] == 6
 
 
 # -- priority: shrink, then preempt ---------------------------------------------------------------------------
@@ -656,12 +678,7 @@ def test_no_node_is_over_committed_and_every_admitted_job_keeps_its_minimum(
     for node in cluster:
         assert used[node.name] <= node.allocatable - node.used_by_others, node.name
     for held in admitted:
-        demand, grant = held.demand, result.grants[held.demand.key]
-        floor = demand.min_workers if demand.elastic else max(demand.min_workers, demand.want_workers)
-        if demand.key in result.preempt:
-            assert grant == 0
-        else:
-            assert floor <= grant <= max(floor, demand.want_workers)
+        assert_keeps_its_minimum(held, result)
     preempting = [result.grants[d.key] > 0 and d.preemption == "LowerPriority" for d in queued]
     for victim in result.preempt:
         assert any(d.priority > priorities[victim] for d, ok in zip(queued, preempting, strict=True) if ok)
@@ -677,6 +694,19 @@ def test_no_node_is_over_committed_and_every_admitted_job_keeps_its_minimum(
     assert_reserved_is_the_placement_not_bound(result, admitted)
     if policy == "BestEffortFIFO" and limit == 0.0:
         assert_no_one_admitted_behind_a_head_takes_its_nodes(result, queued, cluster)
+
+
+def assert_keeps_its_minimum(held: Holding, result: AdmissionPlan) -> None:
+    demand, grant = held.demand, result.grants[held.demand.key]
+    floor = demand.min_workers if demand.elastic else max(demand.min_workers, demand.want_workers)
+    if demand.key in result.preempt:
+        assert grant == 0
+    elif grant < floor:
+        # A minimum raised above the grant its bound workers run on waits until it fits whole.
+        assert 0 < grant == held.granted - held.granted % demand.worker_step
+        assert sum(held.placed.values()) >= grant
+    else:
+        assert floor <= grant <= max(floor, demand.want_workers)
 
 
 def assert_whole_groups_and_no_place_held_for_nothing(

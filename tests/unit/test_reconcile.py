@@ -1755,3 +1755,70 @@ def test_the_disruption_target_condition_is_read_from_the_pod() -> None:
     manifest["status"]["conditions"][0]["status"] = "False"
     seen = worker_from_pod(manifest)
     assert seen is not None and not seen.disrupted
+
+
+def test_an_elastic_job_whose_minimum_was_raised_keeps_running_on_its_grant_until_the_pass_grants_more() -> (
+    None
+):
+    """No minReplicas: kubectl scale from 2 to 6 raises the minimum to 6. The pass grants 6 only once it
+    fits whole (admission._reserve_admitted); meanwhile the 2 running, whose torchrun range 2:8 holds 2,
+    go on."""
+    raised = raw_spec(workers={"replicas": 6, "maxReplicas": 8}, elastic=ELASTIC)
+    running = [replace(pod(index), nnodes="2:8") for index in range(2)]
+    status = {"phase": "Running", "desiredReplicas": 2, "readyReplicas": 2, "gang": {"started": True}}
+    held = decide(observe(raised, running, status, grant=2), CATALOG)
+    assert held.create == () and held.delete == () and held.checkpoint_request is None
+    assert "the 2 running keep running until the scheduling pass grants 6" in status_of(held)["message"]
+    assert status_of(held)["gang"]["started"] is True
+    # Workers whose range does not hold the grant cannot go on at it (3 of min = max = 4 left after a node
+    # loss, the grant taken from them after an operator restart): the minimum is made up.
+    short = [replace(pod(index), nnodes="4:4") for index in range(3)]
+    made_up = decide(observe(elastic_spec(replicas=4, minimum=4, maximum=4), short, status, grant=3), CATALOG)
+    assert created_names(made_up) == ["llama-worker-3"]
+    # Granted whole, the 4 more are made and join.
+    grown = decide(observe(raised, running, status, grant=6), CATALOG)
+    assert created_names(grown) == [f"llama-worker-{index}" for index in range(2, 6)]
+
+
+def test_an_elastic_job_below_its_minimum_after_it_started_is_released_by_its_gang_timeout() -> None:
+    """min = max = 4, a node lost: torchrun cannot re-form with 3, so the 3 left hold their devices for
+    nothing. The gang clock runs again from the loss; placed again in time, the job goes on."""
+    spec = elastic_spec(replicas=4, minimum=4, maximum=4, scheduling={"gangTimeoutSeconds": 60})
+    full = [pod(index, node=f"node-{index}") for index in range(4)]
+    started = decide(observe(spec, full), CATALOG)
+    assert status_of(started)["gang"]["started"] is True
+    three = full[:3]
+    lost = decide(observe(spec, three, started.status, NOW + timedelta(seconds=10)), CATALOG)
+    assert created_names(lost) == ["llama-worker-3"]
+    gang = status_of(lost)["gang"]
+    assert gang.get("started") is not True and gang["since"] == "2025-01-01T12:00:10Z"
+    waiting = [*three, pod(3, "Pending", node=None)]
+    later = NOW + timedelta(seconds=40)
+    still = decide(observe(spec, waiting, lost.status, later), CATALOG)
+    assert status_of(still)["gang"]["since"] == gang["since"] and still.delete == ()
+    assert still.requeue_after is not None and 29 <= still.requeue_after <= 31  # when the timeout ends
+    timed_out = decide(observe(spec, waiting, still.status, NOW + timedelta(seconds=71)), CATALOG)
+    assert condition(timed_out, "Admitted")["reason"] == "GangTimeout"
+    assert "fell below its minimum" in condition(timed_out, "Admitted")["message"]
+    assert sorted(timed_out.delete) == [f"llama-worker-{index}" for index in range(4)]
+    # Placed again before the timeout: started, the clock stopped.
+    back = decide(observe(spec, full, still.status, later), CATALOG)
+    assert status_of(back)["gang"]["started"] is True and status_of(back)["gang"].get("since") is None
+
+
+def test_an_elastic_jobs_gang_clock_below_its_minimum_waits_out_the_restart_backoff() -> None:
+    """A failed worker of a job at its minimum is replaced after the restart backoff: the clock counts
+    from the end of the backoff, not from the failure."""
+    spec = elastic_spec(replicas=2, minimum=2, maximum=2, scheduling={"gangTimeoutSeconds": 60})
+    status = {
+        "phase": "Running",
+        "desiredReplicas": 2,
+        "gang": {"started": True},
+        "restarts": 3,
+        "lastFailureTime": "2025-01-01T12:00:00Z",
+    }
+    one = [pod(0, node="node-0")]
+    backing_off = decide(observe(spec, one, status, NOW + timedelta(seconds=5)), CATALOG)
+    assert backing_off.create == ()
+    since = status_of(backing_off)["gang"]["since"]
+    assert since == "2025-01-01T12:00:20Z"  # the third restart's backoff: 5 s doubled twice

@@ -419,12 +419,18 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
     """Admitted jobs keep their grant (lowered to a dropped want): minimums are placed first, then the rest.
 
     Workers above the minimum that find no place any more are released (the grant drops to what is
-    placed); a minimum that finds no place stays granted (the gang timeout releases it).
+    placed); a minimum that finds no place stays granted (the gang timeout releases it). A minimum raised
+    above a running group's grant (replicas of a fixed job raised) is granted only once it fits whole: the
+    group keeps running at its grant meanwhile (decisions/running.py holds it), where a new world granted
+    without room would stop it for a gang that cannot start.
     """
     held = [job for job in jobs if job.admitted]
     for job in held:
         job.grant = max(job.floor, job.whole_groups(min(job.before, job.target)))
         _reserve(cluster, job, job.floor)
+        if job.placed < job.floor and _raised_above_running(job):
+            job.grant = job.whole_groups(job.before)
+            _release_reserved_beyond(cluster, job)
     for job in held:
         _reserve(cluster, job, job.grant)
         if job.placed < job.grant and job.grant > job.floor:
@@ -432,6 +438,12 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
             job.lost = job.grant - kept
             job.grant = kept
             _release_reserved_beyond(cluster, job)
+
+
+def _raised_above_running(job: _Job) -> bool:
+    """Whether the job's minimum rose above the grant its bound workers all run on."""
+    running = job.whole_groups(job.before)
+    return 0 < running < job.floor and sum(job.bound.values()) >= running
 
 
 def _release_reserved_beyond(cluster: _Cluster, job: _Job) -> None:
@@ -471,7 +483,8 @@ class _Queue:
 
     def note_short(self, jobs: Sequence[_Job]) -> None:
         for job in jobs:
-            if job.admitted and job.holds and job.placed < job.floor:
+            # One held below a raised minimum (_reserve_admitted) runs on its grant: not short.
+            if job.admitted and job.holds and job.placed < min(job.floor, job.grant):
                 self.short.setdefault(job.demand.accelerator, []).append(job)
 
     def usable(self, job: _Job) -> tuple[list[str], str | None]:
@@ -773,6 +786,8 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
         nodes, _ = queue.usable(job)
         spots = _spots(cluster, nodes, job.demand.per_worker, job.target - job.grant)
         found = sum(spots.values())
+        if job.grant + found < job.floor:
+            continue  # held below a raised minimum (_reserve_admitted): that minimum comes whole
         if job.whole_groups(found) != found:  # the same best-fit places, up to whole groups
             spots = _spots(cluster, nodes, job.demand.per_worker, job.whole_groups(found))
         cluster.take(job, spots)

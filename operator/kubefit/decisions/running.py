@@ -62,7 +62,7 @@ class _Plan:
     keep: int  # indices below this are kept (and created) now
     removal: Removal | None  # workers to remove after the handshake
     restart: str | None = None  # a non-elastic restart's message
-    hold: str | None = None  # why a non-elastic job keeps its old world size for now
+    hold: str | None = None  # why the running workers keep their count below what the spec asks for now
 
 
 def admitted(ctx: JobContext, grant: int) -> Draft:
@@ -145,19 +145,13 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
         return succeeded(ctx, plan.keep, done)
     ready = _ready(ctx.ours, slots)
     placed = _placed(ctx.ours, slots)
-    gang = previous_gang(ctx.status)
-    # A gang has started once its workers are all placed at once; an elastic pytorch job's, once its floor
-    # is: it trains on those, and a worker that cannot be placed must not cost it the workers that run. A
-    # fixed group (elastic jax included: JAX_NUM_PROCESSES is its whole count) trains only when all are.
-    started_at = plan.keep if fixed else min(plan.keep, ctx.bounds.floor)
-    gang = gang.model_copy(update={"started": gang.started or placed >= started_at})
-    if not gang.started and gang.since is not None:
-        gang = _timed_from_old_workers_gone(gang, ctx.ours)
+    gang = _gang_now(ctx, plan, placed, fixed)
     restarted_at = parse_rfc3339(gang.since)
     waiting_since = _gang_clock_start(ctx, gang, restarted_at or admitted_at(ctx.conditions) or ctx.now)
     timeout = ctx.spec.scheduling.gang_timeout_seconds
     if gang_timed_out(gang, waiting_since, timeout, ctx.now):
-        return gang_timeout(ctx, plan.keep, placed, "the restart" if restarted_at else "admission")
+        since = "admission" if restarted_at is None else "the restart" if fixed else _FELL_BELOW_FLOOR
+        return gang_timeout(ctx, plan.keep, placed, since)
     draft = _running(ctx, plan, changes, restarts, ready, faults)
     new_world = plan.restart is not None and draft.desired == plan.target
     # Each restart of every worker of a fixed group is a new attempt: workers of the old one are stopped
@@ -258,6 +252,44 @@ def _restart_group(
     draft.message = message
 
 
+_FELL_BELOW_FLOOR = "its placed workers fell below its minimum"
+
+
+def _gang_now(ctx: JobContext, plan: _Plan, placed: int, fixed: bool) -> GangStatus:
+    """The gang's state with `placed` of its workers on nodes now.
+
+    A gang has started once its workers are all placed at once; an elastic pytorch job's, once its floor
+    is: it trains on those, and a worker that cannot be placed must not cost it the workers that run. A
+    fixed group (elastic jax included: JAX_NUM_PROCESSES is its whole count) trains only when all are."""
+    gang = previous_gang(ctx.status)
+    started_at = plan.keep if fixed else min(plan.keep, ctx.bounds.floor)
+    gang = gang.model_copy(update={"started": gang.started or placed >= started_at})
+    if (
+        not fixed
+        and plan.restart is None
+        and (gang.started or gang.since is not None)
+        and placed < started_at
+    ):
+        gang = _regathering(ctx, gang)
+    if not gang.started and gang.since is not None:
+        gang = _timed_from_old_workers_gone(gang, ctx.ours)
+    return gang
+
+
+def _regathering(ctx: JobContext, gang: GangStatus) -> GangStatus:
+    """An elastic pytorch job whose placed workers fell below its minimum after it started (a node lost, a
+    worker failed) trains on none of them: torchrun re-forms only with its minimum of nodes. Its gang clock
+    runs again, from when its replacements may be made (after the restart backoff), so that the gang timeout
+    releases its devices if they find no place, as Kueue's waitForPodsReady recoveryTimeout requeues a
+    workload that lost its pods; before, it held them for ever."""
+    backoff = restart_backoff_left(ctx.status, restarts_of(ctx.status), ctx.now)
+    since = ctx.now + timedelta(seconds=backoff)
+    counting = parse_rfc3339(gang.since) if not gang.started else None
+    if counting is not None and (backoff <= 0 or counting >= since):
+        return gang  # the clock runs from when it fell below, or from the end of a backoff since
+    return GangStatus(retries=gang.retries, since=rfc3339(since), attempt=gang.attempt)
+
+
 def _gang_clock_start(ctx: JobContext, gang: GangStatus, since: datetime) -> datetime:
     """When the gang's timeout starts counting: `since`, but not while places reserved for its workers are
     still held by another job's workers leaving for it (shrunk or preempted, saving within their checkpoint
@@ -343,6 +375,9 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
 def _plan(ctx: JobContext, grant: int) -> _Plan:
     bounds = ctx.bounds
     if ctx.spec.elastic.enabled:
+        held = _held_below_floor(ctx, grant)
+        if held is not None:
+            return held
         # A grant between floor and desired need not split into whole TP x PP groups: run the whole ones.
         target = bounds.whole_groups(min(max(grant, bounds.floor), bounds.desired))
         if ctx.spec.framework == "jax":
@@ -365,6 +400,26 @@ def _plan(ctx: JobContext, grant: int) -> _Plan:
     why = "spec.workers.replicas; the job is not elastic"
     restart = _restart_plan(ctx, bounds.desired, why)
     return restart or _Plan(bounds.desired, bounds.desired, _surplus(ctx, bounds.desired, Reason.SCALED_DOWN))
+
+
+def _held_below_floor(ctx: JobContext, grant: int) -> _Plan | None:
+    """An elastic job whose minimum rose above the grant its running workers have (the pass grants a raised
+    minimum only once it fits whole, admission._reserve_admitted) keeps running at the grant, if the running
+    group can: torchrun's node range of every worker holds it, or jax's process count is it."""
+    floor = ctx.bounds.floor
+    if not (ctx.live and 0 < grant < floor):
+        return None
+    if ctx.spec.framework == "jax":
+        goes_on = _world(ctx) == grant
+    else:
+        goes_on = all(pod.nnodes is None or _holds_count(pod.nnodes, grant) for pod in ctx.live)
+    if not goes_on:
+        return None
+    hold = (
+        f"the workers' minimum is {floor}; the {grant} running keep running until the scheduling pass "
+        f"grants {floor}"
+    )
+    return _Plan(grant, grant, _surplus(ctx, grant, Reason.SCALED_DOWN), hold=hold)
 
 
 def _world(ctx: JobContext) -> int:
