@@ -263,6 +263,39 @@ def test_an_elastic_job_follows_capacity_without_going_below_its_minimum(
     assert status["readyReplicas"] == 4 and status.get("desiredReplicas") == 4
 
 
+def test_an_elastic_job_left_below_its_minimum_is_released_by_its_gang_timeout_and_runs_again(
+    kube: Kube,
+    namespace: str,
+    sandbox: Sandbox,
+    add_pool: Callable[..., PrivatePool],
+    grow_pool: Callable[[PrivatePool, int], tuple[str, ...]],
+) -> None:
+    # min = max = 2 workers of 8 GPUs on two nodes; one node goes and no other has room. torchrun cannot
+    # re-form with one: the survivor held its node for ever (Running=False), where the gang clock now runs
+    # again from the loss and releases it.
+    two = add_pool(PoolNodes(H100, nodes=2, per_node=8))
+    job = elastic_job(
+        "floor", namespace, two, replicas=2, low=2, high=2, scheduling={"gangTimeoutSeconds": 10}
+    )
+    job["spec"]["resources"]["acceleratorsPerWorker"] = 8
+    kube.apply(job)
+    wait_for("2 running workers", lambda: running(kube, namespace, "floor") == 2)
+    with explained(kube, namespace, "floor"):
+        where = {pod["metadata"]["name"]: pod["spec"]["nodeName"] for pod in kube.workers(namespace, "floor")}
+        remove_pool_node(sandbox, where["floor-worker-1"])
+        timed_out = wait_for(
+            "Admitted=False, reason GangTimeout",
+            lambda: condition_is(kube, namespace, "floor", "Admitted", "False", "GangTimeout"),
+            timeout=90,
+        )
+        assert "fell below its minimum" in timed_out["message"], timed_out
+        wait_for("every worker released", lambda: live(kube, namespace, "floor") == [])
+        assert kube.job_status(namespace, "floor").get("restarts", 0) == 0  # requeued, not failed
+
+        grow_pool(two, 1)
+        wait_for("2 running workers again", lambda: running(kube, namespace, "floor") == 2, timeout=90)
+
+
 # ---------------------------------------------------------------------------------------------- 2
 
 
@@ -535,6 +568,40 @@ def test_kubectl_scale_and_a_raw_scale_subresource_write_move_the_worker_count(
     assert [pod["metadata"]["name"] for pod in live(kube, namespace, "scaled")] == ["scaled-worker-0"]
     job = kube.get("trainingjob", "scaled", namespace)
     assert job is not None and job["spec"]["workers"]["replicas"] == 1
+
+
+def test_a_fixed_job_scaled_up_beyond_the_room_keeps_running_until_the_new_size_fits_whole(
+    kube: Kube,
+    namespace: str,
+    add_pool: Callable[..., PrivatePool],
+    grow_pool: Callable[[PrivatePool, int], tuple[str, ...]],
+) -> None:
+    # Granted its new size with no room, the running worker was stopped (after the handshake) for a gang of
+    # 2 that could not start, which the gang timeout then released.
+    one = add_pool(PoolNodes(H100, nodes=1, per_node=8))
+    kube.apply(fixed_job("resized", namespace, one, replicas=1, per_worker=8))
+    wait_for("1 running worker", lambda: running(kube, namespace, "resized") == 1)
+    (first,) = [pod["metadata"]["uid"] for pod in live(kube, namespace, "resized")]
+
+    kube.run("scale", "trainingjob/resized", "-n", namespace, "--replicas=2")
+    with explained(kube, namespace, "resized"):
+        wait_for(
+            "the status to say the running worker keeps its world size",
+            lambda: "keep their world size" in (kube.job_status(namespace, "resized").get("message") or ""),
+        )
+        time.sleep(3 * GRACE)  # well past the handshake a restart would wait out
+        assert [pod["metadata"]["uid"] for pod in live(kube, namespace, "resized")] == [first]
+        assert running(kube, namespace, "resized") == 1
+
+        grow_pool(one, 1)
+
+        def restarted() -> list[dict[str, Any]] | None:
+            pods = live(kube, namespace, "resized")
+            fresh = [pod for pod in pods if pod["metadata"]["uid"] != first]
+            return pods if len(fresh) == 2 and running(kube, namespace, "resized") == 2 else None
+
+        pods = wait_for("2 new running workers once a second node is there", restarted, timeout=90)
+        assert sorted(pod["metadata"]["name"] for pod in pods) == ["resized-worker-0", "resized-worker-1"]
 
 
 def _jax_processes(pod: dict[str, Any]) -> str | None:
