@@ -152,6 +152,23 @@ def test_a_gang_runs_with_its_whole_size_as_both_min_and_max() -> None:
     assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="max") == 3
 
 
+def test_an_elastic_jax_job_runs_only_with_its_whole_group_so_that_is_its_min() -> None:
+    """JAX_NUM_PROCESSES is fixed when the workers start: 2 of a group of 3 train on nothing, and the
+    partial-gang alert (running below min) must see it."""
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec(replicas=3, elastic=(2, 4), framework="jax"))
+    decision = job.reconcile(10, [pod(0), pod(1), pod(2, "Pending", None)], 3)
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="min") == 3
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="max") == 4
+    running = next(c for c in decision.status.conditions or () if c.type == "Running")
+    assert running.status == "False"
+    pytorch = OperatorMetrics()
+    Job(pytorch, job_spec(replicas=3, elastic=(2, 4))).reconcile(
+        10, [pod(0), pod(1), pod(2, "Pending", None)], 3
+    )
+    assert value(pytorch, "kubefit_trainingjob_workers", **JOB, state="min") == 2
+
+
 def test_a_new_phase_or_accelerator_replaces_the_series_instead_of_adding_one() -> None:
     metrics = OperatorMetrics()
     job = Job(metrics, job_spec())

@@ -84,14 +84,15 @@ class Thresholds:
     idle_below: float = IDLE_BELOW
 
 
-def min_workers_of(spec: Mapping[str, Any], sizing: Mapping[str, Any]) -> int:
+def min_workers_of(spec: Mapping[str, Any], sizing: Mapping[str, Any], desired: int = 0) -> int:
     """The fewest workers the job trains with, as the operator's `min` workers series (the partial-gang
-    alert's): a gang's whole size, an elastic job's floor with what its memory needs."""
+    alert's): a gang's whole size, an elastic job's floor with what its memory needs, an elastic jax
+    job's group (`desired`, status.desiredReplicas)."""
     try:
         sized: SizingStatus | None = SizingStatus.model_validate(sizing) if sizing else None
     except ValidationError:
         sized = None
-    found = min_max_workers(spec, sized)
+    found = min_max_workers(spec, sized, desired)
     if found is not None:
         return found[0]
     workers = spec.get("workers") or {}  # a spec the operator refuses runs nothing; a rough figure
@@ -122,7 +123,7 @@ def job_row(job: Mapping[str, Any], gpus: Mapping[GpuKey, float] | None, limits:
     busy = job_gpu_utilization(namespace, name, gpus) if gpus is not None else []
     utilization = sum(busy) / len(busy) if busy else None
     idle = allocated * (1.0 - utilization) if utilization is not None else None
-    minimum = min_workers_of(job.get("spec") or {}, sizing)
+    minimum = min_workers_of(job.get("spec") or {}, sizing, desired)
     waste = []
     if busy and allocated and max(busy) < limits.idle_below:
         waste.append(WASTE_IDLE)

@@ -341,7 +341,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
     start_time = ctx.status.get("startTime") or (rfc3339(ctx.now) if ready >= plan.keep else None)
     draft = Draft(
         phase=_phase(ctx.ours, plan.keep, ready, start_time),
-        updates=[sized(ctx.sizing), _admitted(ctx, plan), *_readiness(ready, plan.keep, ctx.bounds.floor)],
+        updates=[sized(ctx.sizing), _admitted(ctx, plan), *_readiness(ready, plan.keep, _trains_with(ctx))],
         create=create,
         worker_set=worker_set(ctx, plan.keep) if create else None,
         delete=delete,
@@ -623,6 +623,12 @@ def _phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str 
     if ready >= desired and len(existing) == desired:
         return JobPhase.RUNNING
     return JobPhase.SCALING if start_time else JobPhase.PENDING
+
+
+def _trains_with(ctx: JobContext) -> int:
+    """The fewest running workers it trains on: an elastic pytorch job's floor; a fixed group (elastic jax
+    included) only whole."""
+    return ctx.bounds.ceiling if fixed_world(ctx.spec) else ctx.bounds.floor
 
 
 def _readiness(ready: int, desired: int, floor: int) -> list[ConditionUpdate]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.validation import InvalidSpec, parse_spec
+from kubefit.builders.rendezvous import fixed_world
 from kubefit.decisions.observed import POD_FAILED, WorkerPod
 from kubefit.sizing.planner import WorkerCounts, worker_counts
 
@@ -27,10 +28,13 @@ def worker_bounds(spec: TrainingJobSpec, sizing: SizingStatus) -> WorkerBounds:
     return worker_counts(spec, sizing.min_workers, sizing.accelerators_per_worker)
 
 
-def min_max_workers(raw_spec: object, sizing: SizingStatus | None) -> tuple[int, int] | None:
+def min_max_workers(
+    raw_spec: object, sizing: SizingStatus | None, group: int | None = None
+) -> tuple[int, int] | None:
     """(min, max): the fewest workers the job runs with (an elastic job's floor, a gang's whole size) and
     the most it is scaled to; None for a spec that does not parse. What the metrics export and the
-    partial-gang alert and `kubefit top` judge by."""
+    partial-gang alert and `kubefit top` judge by. An elastic jax job's group (`group`, its
+    status.desiredReplicas) runs only whole: JAX_NUM_PROCESSES is fixed when its workers start."""
     try:
         spec = parse_spec(raw_spec)
     except InvalidSpec:
@@ -40,7 +44,11 @@ def min_max_workers(raw_spec: object, sizing: SizingStatus | None) -> tuple[int,
     else:
         bounds = worker_bounds(spec, sizing)
         floor, ceiling, desired = bounds.floor, bounds.ceiling, bounds.desired
-    return (desired, desired) if not spec.elastic.enabled else (floor, ceiling)
+    if not spec.elastic.enabled:
+        return desired, desired
+    if fixed_world(spec) and group:
+        return max(group, floor), ceiling
+    return floor, ceiling
 
 
 @dataclass(frozen=True)

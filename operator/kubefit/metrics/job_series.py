@@ -44,7 +44,9 @@ def job_series(observation: JobObservation, decision: Decision) -> JobSeries:
         "desired": decision.desired_workers,
         "running": running,
         "pending": len(_pending(observation)),
-        **({} if _invalid(status.conditions) else _bounds(observation.spec, sizing)),
+        **(
+            {} if _invalid(status.conditions) else _bounds(observation.spec, sizing, decision.desired_workers)
+        ),
     }
     if sizing is None:
         return JobSeries("", status.phase or "", workers, {}, None, None)
@@ -80,10 +82,10 @@ def _invalid(conditions: Sequence[Condition] | None) -> bool:
     return any(condition.reason == Reason.INVALID_SPEC for condition in conditions or ())
 
 
-def _bounds(raw_spec: object, sizing: SizingStatus | None) -> dict[str, int]:
-    """min: the fewest workers the job runs with (an elastic job's floor, a gang's whole size); max: the
-    most it is scaled to. Empty for an invalid spec."""
-    found = min_max_workers(raw_spec, sizing)
+def _bounds(raw_spec: object, sizing: SizingStatus | None, desired: int) -> dict[str, int]:
+    """min: the fewest workers the job runs with (an elastic job's floor, a gang's whole size, an elastic
+    jax job's group); max: the most it is scaled to. Empty for an invalid spec."""
+    found = min_max_workers(raw_spec, sizing, desired)
     return {} if found is None else {"min": found[0], "max": found[1]}
 
 
