@@ -655,7 +655,7 @@ def test_a_gang_that_lost_a_pod_while_the_operator_was_down_keeps_its_admitted_s
     assert scheduler.grant(("ns", "b"), [], admitted_with=3) == Grant(None)
 
 
-def test_holdings_name_the_node_of_each_worker_in_index_order() -> None:
+def test_holdings_name_the_node_of_each_worker_in_the_order_decide_keeps_them() -> None:
     from kubefit.controller.scheduler import _nodes_by_index
     from kubefit.decisions.observed import WorkerPod
 
@@ -666,6 +666,15 @@ def test_holdings_name_the_node_of_each_worker_in_index_order() -> None:
         WorkerPod("j-worker-3", 3, "u3", "Pending", None),  # not bound: holds no node yet
     ]
     assert _nodes_by_index(pods) == ("node-a", "node-b", "node-a")
+    # In the order decide keeps them (workers.keep_order): worker 0, running ones, then one bound and still
+    # starting, one being deleted last. A shrink counts removals from the end, as decide removes them.
+    starting = [
+        WorkerPod("j-worker-0", 0, "u0", "Running", "node-a"),
+        WorkerPod("j-worker-1", 1, "u1", "Pending", "node-b"),
+        WorkerPod("j-worker-2", 2, "u2", "Running", "node-c", terminating=True),
+        WorkerPod("j-worker-3", 3, "u3", "Running", "node-d"),
+    ]
+    assert _nodes_by_index(starting) == ("node-a", "node-d", "node-b", "node-c")
 
 
 def test_a_grant_names_the_hostnames_of_the_nodes_reserved_for_its_unbound_workers() -> None:

@@ -53,6 +53,7 @@ from kubefit.decisions.admission import (
 from kubefit.decisions.inventory import NodeFacts, PodUsage, classify_nodes
 from kubefit.decisions.node_match import ANYWHERE, Placement
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
+from kubefit.decisions.workers import keep_order
 from kubefit.metrics import AcceleratorCount, OperatorMetrics
 from kubefit.metrics.operator_metrics import BIND_COUNTED, BIND_ELSEWHERE
 from kubefit.sizing.catalog import Catalog
@@ -750,6 +751,8 @@ def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:
 
 
 def _nodes_by_index(pods: Iterable[WorkerPod]) -> tuple[str, ...]:
-    """The node of each bound worker, lowest index first: the order decide removes them in, reversed."""
-    bound = sorted((pod.index, pod.node_name) for pod in pods if pod.node_name and pod.index is not None)
-    return tuple(node for _, node in bound)
+    """The node of each bound worker in the order an elastic job keeps them (workers.keep_order): the order
+    decide removes them in, reversed. By index alone, a shrink counted a running worker 3's node while
+    decide removed a worker 2 still starting on another."""
+    bound = sorted((pod for pod in pods if pod.node_name and pod.index is not None), key=keep_order)
+    return tuple(pod.node_name for pod in bound if pod.node_name)

@@ -100,6 +100,13 @@ def _keep_first(pod: WorkerPod) -> tuple[int, int]:
     return state, pod.index or 0
 
 
+def keep_order(pod: WorkerPod) -> tuple[int, int, int, int]:
+    """The order in which worker_slots keeps an elastic job's workers (worker 0, then _keep_first), those
+    being deleted last: the scheduling pass counts a shrink's removals in its reverse, so that the places
+    it frees are those of the workers decide removes."""
+    return (0 if pod.index == 0 else 1, 1 if pod.terminating else 0, *_keep_first(pod))
+
+
 def scale_workers(
     slots: frozenset[int],
     pods: Sequence[WorkerPod],
