@@ -276,6 +276,33 @@ def test_suspend_deletes_the_workers_and_resume_recreates_them(
     assert {"Suspended", "Resumed"} <= set(event_reasons(kube, namespace, job))
 
 
+def test_a_job_resumed_while_its_workers_wait_to_checkpoint_keeps_them(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    # Suspended with a grace of a minute (nobody acknowledges), then resumed: the workers, still running,
+    # were stopped after the grace and the job requeued as Preempted.
+    job = "undecided"
+    grace = {"checkpointGracePeriodSeconds": 60}
+    uids = start(kube, namespace, small_job(job, namespace, pool, 2, elastic=grace), replicas=2)
+    set_suspend(kube, namespace, job, True)
+    wait_for(
+        "the suspend's checkpoint request",
+        lambda: (kube.job_status(namespace, job).get("checkpoint") or {}).get("reason") == "Suspended",
+    )
+    set_suspend(kube, namespace, job, False)
+    wait_for(
+        "Suspended=False, reason Resumed",
+        lambda: (c := kube.condition(namespace, job, "Suspended")) and c["reason"] == "Resumed",
+    )
+    wait_for("phase Running", lambda: phase(kube, namespace, job) == "Running")
+    status = kube.job_status(namespace, job)
+    assert status.get("checkpoint") is None, status  # the request is closed
+    pods = pods_by_name(kube, namespace, job)
+    assert {name: pod["metadata"]["uid"] for name, pod in pods.items()} == uids, "a worker was replaced"
+    assert all(not pod["metadata"].get("deletionTimestamp") for pod in pods.values())
+    assert "Preempted" not in set(event_reasons(kube, namespace, job))
+
+
 # ---------------------------------------------------------------------------------------------- TTL
 
 

@@ -959,3 +959,33 @@ def test_a_fixed_size_group_gets_no_worker_of_another_size_beside_ones_the_index
     assert ("create_pod", "llama-worker-2") not in harness.calls("create_pod")
     ready = harness.condition("Ready")
     assert ready["reason"] == "Restarting" and "from 2 to 3 workers" in ready["message"]
+
+
+def test_a_job_resumed_before_its_suspend_handshake_ends_keeps_its_workers(harness: Harness) -> None:
+    """Suspended, the job leaves the queue while its workers wait to checkpoint; resumed before they are
+    deleted, they are its own again: not stopped, not requeued as if preempted."""
+    manifest = job_manifest(replicas=2, minReplicas=1, maxReplicas=2)
+    manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 600}
+    harness.kube.jobs["llama"] = manifest
+    running = {
+        f"llama-worker-{index}": WorkerPod(
+            f"llama-worker-{index}", index, f"p{index}", "Running", "n", False, "uid-llama"
+        )
+        for index in range(2)
+    }
+    harness.kube.pods = dict(running)
+    harness.reconcile()
+    harness.kube.jobs["llama"]["spec"]["runPolicy"] = {"suspend": True}
+    harness.reconcile("update")
+    assert harness.condition("Suspended")["status"] == "True"
+    assert harness.kube.jobs["llama"]["status"]["checkpoint"]["reason"] == "Suspended"
+    assert KEY not in harness.reconciler.scheduler.snapshot()  # out of the queue
+
+    harness.kube.jobs["llama"]["spec"]["runPolicy"] = {"suspend": False}
+    harness.reconcile("update")
+    assert harness.condition("Suspended")["status"] == "False"
+    assert harness.condition("Admitted")["status"] == "True"
+    assert harness.kube.jobs["llama"]["status"].get("checkpoint") is None  # the request is closed
+    assert harness.kube.jobs["llama"]["status"]["phase"] == "Running"
+    assert harness.calls("delete_pod") == []
+    assert harness.reconciler.scheduler.snapshot()[KEY].workers == 2

@@ -65,6 +65,7 @@ from kubefit.decisions.inventory import InventoryMemo
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
 from kubefit.decisions.node_match import Placement, placement_of, template_pod_spec
 from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.scheduled import resumed_while_suspended
 from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import Catalog
 
@@ -469,7 +470,8 @@ class Reconciler:
         inventory = self.inventories.inventory(
             view.nodes(), view.usage(), self.catalog, for_job=key, placement=placement
         )
-        grant = self.scheduler.grant(key, pods, _admitted_with(status))
+        resumed = resumed_while_suspended(job.get("spec"), status)
+        grant = self.scheduler.grant(key, pods, _admitted_with(status), resumed)
         request_id = (status.get("checkpoint") or {}).get("requestId")
         return JobObservation(
             job=JobRef(name, namespace, metadata["uid"]),

@@ -264,14 +264,17 @@ class Scheduler:
 
     # ------------------------------------------------------------------ what reconciles tell it
 
-    def grant(self, key: JobKey, pods: Sequence[WorkerPod], admitted_with: int = 0) -> Grant:
+    def grant(
+        self, key: JobKey, pods: Sequence[WorkerPod], admitted_with: int = 0, resumed: bool = False
+    ) -> Grant:
         """The job's grant for its reconcile; the first time a job with workers is seen (operator restart),
         it is taken as admitted with those workers (a failed one awaiting its replacement included, so
         that a restart of the operator restarts no gang), or with `admitted_with` (what its status says it
-        was admitted with) if that is more."""
+        was admitted with) if that is more. So is a job `resumed` while its suspend's handshake was still
+        waiting (scheduled.resumed_while_suspended): its workers never stopped holding their devices."""
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None and key not in self._seen:
+            if entry is None and (key not in self._seen or resumed):
                 self._seen.add(key)
                 # The status's admitted worker count keeps a gang whole when one of its pods went while
                 # the operator was down (it is recreated, not the gang resized).

@@ -7,7 +7,9 @@ removed on purpose only after the checkpoint handshake (decisions.elastic), high
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from kubefit.api.conditions import FINISHED_PHASES, ConditionType, JobPhase, Reason
 from kubefit.api.units import rfc3339
@@ -125,6 +127,16 @@ def released(ctx: JobContext, reason: str, why: str) -> Draft:
     )
     apply_handshake(draft, shake, removal)
     return draft
+
+
+def resumed_while_suspended(raw_spec: object, status: Mapping[str, Any]) -> bool:
+    """Whether spec.runPolicy.suspend is false again while the status still says Suspended: the suspend's
+    handshake may not be over, and workers that still run are the job's again (the scheduler takes it as
+    admitted with them, as after an operator restart) rather than stopped and queued."""
+    spec = raw_spec if isinstance(raw_spec, Mapping) else {}
+    run_policy = spec.get("runPolicy")
+    suspend = run_policy.get("suspend") if isinstance(run_policy, Mapping) else None
+    return suspend is not True and is_true(status.get("conditions") or [], ConditionType.SUSPENDED)
 
 
 def suspended(ctx: JobContext) -> Draft:
