@@ -30,7 +30,7 @@ kube-controller-manager, the node agent playing every node's kubelet) with the o
 
 Measured in each phase: the operator's decision durations from its /metrics histograms
 kubefit_reconcile_duration_seconds and kubefit_scheduling_pass_duration_seconds (count, mean, how many above
-1 s; their buckets run from 5 ms to 10 s, so "every one at most 1 s" is what they can say, not a maximum),
+1 s; their buckets run from 5 ms to 60 s, so "every one at most 1 s" is what they can say, not a maximum),
 the passes' CPU time (kubefit_scheduling_pass_cpu_seconds: a pass longer than its CPU time waited for a CPU
 or for the interpreter lock),
 its reconciles by trigger, the CPU seconds of every process, the API requests per second; RSS (VmRSS) of the
