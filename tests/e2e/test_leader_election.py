@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,15 @@ class Replica(OperatorProcess):
 
     def text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def leader_gauge(self) -> float | None:
+        """kubefit_leader from the replica's /metrics (KubefitOperatorAbsent's series)."""
+        url = self._logged(r"metrics on (\S+)")
+        assert url is not None
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        found = re.search(r"^kubefit_leader (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else None
 
     def handler_lines_before(self, marker: str) -> list[str]:
         """kopf handler lines logged before the first line containing `marker` (all if it never came)."""
@@ -161,6 +171,7 @@ def test_the_standby_takes_over_a_killed_leader_in_the_stated_time_and_a_stopped
     assert second.handler_lines_before("leading as") == []  # the standby reconciled nothing
     time.sleep(2 * TIMINGS.retry_period)  # the standby has seen a renewal
     assert not second.leading()  # while the leader lives and renews, the standby stays one
+    assert (first.leader_gauge(), second.leader_gauge()) == (1.0, 0.0)
 
     first.kill()
     killed = time.monotonic()
@@ -176,6 +187,7 @@ def test_the_standby_takes_over_a_killed_leader_in_the_stated_time_and_a_stopped
     assert spec["holderIdentity"] == second.identity() and spec["leaseTransitions"] == 1, spec
     assert _uids(kube, namespace, "before") == before  # the first job's workers were left alone
     assert second.handler_lines_before("leading as") == []
+    assert second.leader_gauge() == 1.0
 
     # A stopped leader releases the Lease: a standby leads within a few retry periods, not a lease.
     third = _replica(sandbox, started, lease_name, namespace_prefix, tmp_path)

@@ -196,6 +196,7 @@ def run_operator(options: OperatorOptions) -> None:
     elector = None
     if options.leader_election is not None:
         elector = _become_leader(options.leader_election, options.bind_address, liveness_port)
+    metrics.leader.set(1)
     api = KubeApi()
     try:
         _run_leading(options, api, key, metrics, liveness_port)

@@ -105,6 +105,13 @@ class OperatorMetrics:
             ["version"],
             registry=self.registry,
         ).labels(version).set(1)
+        # 0 until this replica leads (the runner sets it): a standby is scraped and healthy while it waits,
+        # so only this says whether any replica reconciles (KubefitOperatorAbsent).
+        self.leader = Gauge(
+            "kubefit_leader",
+            "1 on the replica that reconciles and schedules; 0 on a standby waiting for the leader Lease.",
+            registry=self.registry,
+        )
         self._add_reconcile_metrics()
         self._add_job_metrics()
         self._add_scheduling_metrics()
