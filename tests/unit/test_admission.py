@@ -603,6 +603,21 @@ def test_a_demand_below_one_names_the_field(field_name: str) -> None:
         job("bad", **{field_name: 0})  # type: ignore[arg-type]
 
 
+def test_workers_leaving_after_a_scale_down_make_room_for_a_higher_priority_job_before_any_shrink() -> None:
+    """low was scaled from 4 to 2 and its workers 2 and 3 (on node-1) wait to checkpoint. high needs one
+    worker of 4 GPUs: a place of those leaving is enough, and low keeps its grant. Taken as a shrink, low's
+    grant fell to 1, and decide removed worker 1 as well, whose place nobody counted."""
+    high = gang("high", 1, per_worker=4, priority=10)
+    low = job("low", per_worker=4, min_workers=1, want=2, priority=0)
+    leaving = Holding(low, 2, {"node-0": 2, "node-1": 2}, ("node-0", "node-0", "node-1", "node-1"))
+    result = plan([high], [leaving], nodes(2))
+    assert result.grants[key("high")] == 1 and result.placement[key("high")] == {"node-1": 1}
+    assert result.grants[key("low")] == 2 and key("low") not in result.shrink
+    assert key("low") not in result.reasons  # no ShrunkForPriority: nothing more is taken from it
+    # high's gang clock waits for low's leaving workers (admission.leaving_for).
+    assert result.made_room_for == {key("low"): key("high")}
+
+
 # -- property: never over-commit, always keep minimums --------------------------------------------------------
 
 KINDS = ("a", "b")
@@ -655,7 +670,11 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Demand], list[Holding], list[NodeCa
         reserved = draw(
             st.dictionaries(st.sampled_from([f"n{i}" for i in range(7)]), st.integers(1, 3), max_size=3)
         )
-        admitted.append(Holding(held, draw(st.integers(1, 6)), dict(+placed), reserved=reserved))
+        # The order decide removes its bound workers in (reversed), when known: a shrink follows it, and
+        # takes the places of workers beyond the grant (leaving anyway) first.
+        bound = sorted(placed.elements())
+        order = tuple(draw(st.permutations(bound))) if draw(st.booleans()) else ()
+        admitted.append(Holding(held, draw(st.integers(1, 6)), dict(+placed), order, reserved=reserved))
     queued = [demand(f"q{index}") for index in range(draw(st.integers(0, 8)))]
     return queued, admitted, cluster
 

@@ -133,6 +133,8 @@ class _Job:
     lost: int = 0  # granted workers that lost their place (capacity went away)
     shrunk_for: JobKey | None = None
     preempted_for: JobKey | None = None
+    # The job whose places its workers leaving anyway (beyond its grant: a scale-down's handshake) make.
+    freed_for: JobKey | None = None
     removal_order: tuple[str, ...] = ()  # bound workers' nodes, the first removed first (highest index)
     reserved_before: Mapping[str, int] = field(default_factory=dict)  # Holding.reserved
     # Queue order, worked out once: the demand is frozen, and passes compare it many times.
@@ -548,6 +550,7 @@ class _Trial:
     free: dict[str, int]  # of the nodes it may use
     slots: int
     removals: list[tuple[_Job, str, bool]] = field(default_factory=list)  # (job, node, from reserved)
+    leaving: list[tuple[_Job, str]] = field(default_factory=list)  # (job, node) of workers going anyway
     victims: dict[_Job, dict[str, int]] = field(default_factory=dict)  # victim -> node -> devices freed
 
     @property
@@ -567,15 +570,35 @@ def _shrink(trial: _Trial, other: _Job) -> None:
     to whole TP x PP groups: reserved places first (no pod to remove), each on the trial's node with the
     most free devices; then bound workers, in the order decide removes them (highest index first) when
     that order is known."""
+    leaving = _take_leaving(trial, other)
     room = other.grant - other.floor
     reserved = {n: c for n, c in other.reserved.items() if n in trial.free}
     room = _take_by_room(trial, other, reserved, room, from_reserved=True)
     room = _complete_group_from_reserved(trial, other, room)
     if other.removal_order:
-        _take_in_order(trial, other, room)
+        _take_in_order(trial, other, room, leaving)
     else:
         bound = {n: c for n, c in other.bound.items() if n in trial.free}
         _take_by_room(trial, other, bound, room, from_reserved=False)
+
+
+def _take_leaving(trial: _Trial, other: _Job) -> int:
+    """Places of `other`'s bound workers beyond its grant, which decide removes anyway (a scale-down whose
+    handshake is still open): they come first, and cost `other` nothing. Taken as a shrink instead, they
+    lowered its grant again, and decide removed one more worker, whose place nobody had counted. Returns
+    how many of its removal order they are."""
+    if not other.removal_order:
+        return 0
+    leaving = max(0, len(other.removal_order) - other.grant)
+    taken = Counter(node for job, node in trial.leaving if job is other)
+    for node in other.removal_order[:leaving]:
+        if trial.fits:
+            break
+        if node in trial.free and other.bound.get(node, 0) > taken[node]:
+            taken[node] += 1
+            trial.change(node, other.demand.per_worker)
+            trial.leaving.append((other, node))
+    return leaving
 
 
 def _complete_group_from_reserved(trial: _Trial, other: _Job, room: int) -> int:
@@ -610,10 +633,10 @@ def _take_by_room(trial: _Trial, other: _Job, pool: dict[str, int], room: int, f
     return room
 
 
-def _take_in_order(trial: _Trial, other: _Job, room: int) -> None:
-    """Bound workers, highest index first; one on a node the job cannot use still goes (decide removes it
-    all the same), and frees nothing for the trial."""
-    for node in other.removal_order[: max(room, 0)]:
+def _take_in_order(trial: _Trial, other: _Job, room: int, leaving: int) -> None:
+    """Bound workers in the order decide removes them, after the `leaving` ones it removes anyway; one on a
+    node the job cannot use still goes (decide removes it all the same), and frees nothing for the trial."""
+    for node in other.removal_order[leaving : leaving + max(room, 0)]:
         if not _wants_more(trial, other, room):
             return
         room -= 1
@@ -626,6 +649,7 @@ def _preempt(trial: _Trial, victim: _Job) -> None:
     trial's nodes: a job elsewhere would be stopped for nothing."""
     remaining = Counter(victim.bound) + Counter(victim.reserved)
     remaining.subtract(node for other, node, _ in trial.removals if other is victim)
+    remaining.subtract(node for other, node in trial.leaving if other is victim)
     freed = {node: workers * victim.demand.per_worker for node, workers in remaining.items() if workers > 0}
     if not any(node in trial.free for node in freed):
         return
@@ -720,6 +744,9 @@ def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequen
 
 
 def _commit(cluster: _Cluster, trial: _Trial) -> None:
+    for other, node in trial.leaving:
+        cluster.release(other, node, from_reserved=False)
+        other.freed_for = trial.job.key
     for other, node, from_reserved in trial.removals:
         cluster.release(other, node, from_reserved)
         other.grant -= 1
@@ -777,7 +804,7 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
     are its own again, with no new place, when its want rose meanwhile (replicas raised back during the
     handshake) and no job waits for devices of its accelerator."""
     for job in jobs:
-        if not job.holds or not job.demand.elastic or job.shrunk_for is not None:
+        if not job.holds or not job.demand.elastic or job.shrunk_for or job.freed_for:
             continue
         if job.grant < min(job.target, job.placed) and not queue.anyone_waits(job.demand.accelerator):
             job.grant = max(job.grant, job.whole_groups(min(job.placed, job.target)))
@@ -950,7 +977,11 @@ def _plan(  # noqa: PLR0913 - as plan_admissions
         made_room_for={
             job.key: beneficiary
             for job in jobs
-            if (beneficiary := job.preempted_for or (job.shrunk_for if job.grant < job.before else None))
+            if (
+                beneficiary := job.preempted_for
+                or (job.shrunk_for if job.grant < job.before else None)
+                or job.freed_for
+            )
         },
     )
 
