@@ -618,6 +618,30 @@ def test_workers_leaving_after_a_scale_down_make_room_for_a_higher_priority_job_
     assert result.made_room_for == {key("low"): key("high")}
 
 
+def test_a_job_waiting_for_room_keeps_only_the_nodes_one_of_its_workers_fits_on() -> None:
+    """A node smaller than a worker (4 devices for workers of 8, or an 8-GPU node with a failed GPU) is
+    not kept from the jobs behind: the short job or the head could never use it."""
+    small = job("small", per_worker=4, created=NOW - 10)
+    short = job("short", per_worker=8, min_workers=3, want=3, created=NOW - 1000)
+    cluster = [
+        NodeCapacity("n8-0", H100, 8, 0),
+        NodeCapacity("n8-1", H100, 8, 0),
+        NodeCapacity("n4", H100, 4, 0),
+    ]
+    behind_short = plan([small], [Holding(short, 3, {"n8-0": 1, "n8-1": 1}, ("n8-0", "n8-1"))], cluster)
+    assert behind_short.grants[key("small")] == 1 and behind_short.placement[key("small")] == {"n4": 1}
+    head = job("head", per_worker=8, elastic=False, created=NOW - 1000)
+    tight = [NodeCapacity("n8-0", H100, 8, 4), NodeCapacity("n4", H100, 4, 0)]
+    behind_head = plan([head, small], [], tight, limit=300)
+    assert behind_head.grants[key("head")] == 0 and behind_head.grants[key("small")] == 1
+    assert behind_head.placement[key("small")] == {"n4": 1}
+    # A node that fits the head's worker stays kept.
+    kept = plan(
+        [head, small], [], [NodeCapacity("n8-0", H100, 8, 4), NodeCapacity("n8-1", H100, 8, 4)], limit=300
+    )
+    assert kept.grants[key("small")] == 0 and "head of line" in kept.waiting[key("small")]
+
+
 # -- property: never over-commit, always keep minimums --------------------------------------------------------
 
 KINDS = ("a", "b")

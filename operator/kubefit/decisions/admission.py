@@ -467,6 +467,7 @@ class _Queue:
     policy: AdmissionPolicy
     now: float
     head_wait_limit: float
+    allocatable: Mapping[str, int] = field(default_factory=dict)  # _Cluster.allocatable
     strict_head: _Job | None = None
     # accelerator -> the admitted jobs whose minimum has no place yet, in queue order
     short: dict[str, list[_Job]] = field(default_factory=dict)
@@ -504,7 +505,7 @@ class _Queue:
             return job.nodes, None
         cache_key = (id(job.nodes), tuple(id(other) for other, _ in protectors))
         if cache_key not in self.usable_cache:
-            self.usable_cache[cache_key] = _unkept(job.nodes, protectors)
+            self.usable_cache[cache_key] = _unkept(job.nodes, protectors, self.allocatable)
         return self.usable_cache[cache_key]
 
     def _head_reason(self, head: _Job) -> str:
@@ -524,14 +525,19 @@ class _Queue:
 
 
 def _unkept(
-    nodes: list[str], protectors: Sequence[tuple[_Job, Callable[[_Job], str]]]
+    nodes: list[str],
+    protectors: Sequence[tuple[_Job, Callable[[_Job], str]]],
+    allocatable: Mapping[str, int],
 ) -> tuple[list[str], str | None]:
-    """Queue.usable without the cache: `nodes` less those any protector may use, and the first such reason."""
+    """Queue.usable without the cache: `nodes` less those any protector may use, and the first such reason.
+    A node too small for one of a protector's workers (4 devices for workers of 8, or one device failed)
+    is not its to keep."""
     kept: set[str] = set()
     why = None
     mine = set(nodes)
     for other, reason in protectors:
-        overlap = mine.intersection(other.nodes)
+        per_worker = other.demand.per_worker
+        overlap = {node for node in mine.intersection(other.nodes) if allocatable.get(node, 0) >= per_worker}
         if overlap:
             kept |= overlap
             why = why or reason(other)
@@ -956,7 +962,7 @@ def _plan(  # noqa: PLR0913 - as plan_admissions
     cluster = _cluster(nodes, held or {})
     jobs = _jobs(queued, admitted, cluster)
     _reserve_admitted(cluster, jobs)
-    queue = _Queue(policy, now, head_wait_limit)
+    queue = _Queue(policy, now, head_wait_limit, cluster.allocatable)
     queue.note_short(jobs)
     _admit_queue(cluster, jobs, queue)
     _grow(cluster, jobs, queue)
