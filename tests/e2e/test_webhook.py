@@ -78,7 +78,7 @@ def registered(kube: Kube, operator: OperatorProcess, certificate: tuple[Path, P
                         "apiGroups": ["kubefit.dev"],
                         "apiVersions": ["v1alpha1"],
                         "operations": ["CREATE", "UPDATE"],
-                        "resources": ["trainingjobs"],
+                        "resources": ["trainingjobs", "trainingjobs/scale"],
                         "scope": "Namespaced",
                     }
                 ],
@@ -147,3 +147,19 @@ def test_a_valid_job_is_admitted_and_an_edit_that_breaks_it_is_refused(kube: Kub
     kube.run("label", "trainingjob", "fine", "-n", guarded, "team=a")
     labelled = kube.get("trainingjob", "fine", guarded)
     assert labelled is not None and labelled["metadata"]["labels"]["team"] == "a"
+
+
+def test_kubectl_scale_beyond_the_operators_worker_limit_is_refused_naming_the_field(
+    kube: Kube, guarded: str
+) -> None:
+    # The scale subresource sends a Scale, not the job: without the rule for trainingjobs/scale the count
+    # was stored and the job turned InvalidSpec afterwards.
+    kube.apply(job_manifest("scaled", guarded, workers={"replicas": 1}))
+    refused = kube.run("scale", "trainingjob/scaled", "-n", guarded, "--replicas=2000", check=False)
+    assert refused.returncode != 0 and "denied the request" in refused.stderr, refused.stderr
+    assert "spec.workers.replicas" in refused.stderr and "--max-workers-per-job" in refused.stderr
+    stored = kube.get("trainingjob", "scaled", guarded)
+    assert stored is not None and stored["spec"]["workers"]["replicas"] == 1
+    kube.run("scale", "trainingjob/scaled", "-n", guarded, "--replicas=2")  # within the limit: stored
+    stored = kube.get("trainingjob", "scaled", guarded)
+    assert stored is not None and stored["spec"]["workers"]["replicas"] == 2

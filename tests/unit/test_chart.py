@@ -456,7 +456,7 @@ def test_the_webhook_trusts_the_generated_ca_which_signed_the_mounted_certificat
         "None",
         5,
     )
-    assert webhook["rules"][0]["resources"] == ["trainingjobs"]
+    assert webhook["rules"][0]["resources"] == ["trainingjobs", "trainingjobs/scale"]
     assert webhook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
     # Every replica answers, standbys (not ready) too.
     assert service["spec"]["publishNotReadyAddresses"] is True

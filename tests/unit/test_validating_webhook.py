@@ -69,6 +69,36 @@ def test_what_the_operator_refuses_the_webhook_refuses_naming_the_field(bad: Any
     assert bad.field in response["status"]["message"], response
 
 
+def scale_review(replicas: int, namespace: str = "ml", operation: str = "UPDATE") -> dict[str, Any]:
+    """What the API server sends for `kubectl scale` (the scale subresource: a Scale, not the job)."""
+    scale = {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": "llama", "namespace": namespace},
+    }
+    request = {
+        "uid": "705ab4f5-6393-11e8-b7cc-42010a800003",
+        "kind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+        "resource": {"group": "kubefit.dev", "version": "v1alpha1", "resource": "trainingjobs"},
+        "subResource": "scale",
+        "operation": operation,
+        "namespace": namespace,
+        "name": "llama",
+        "object": {**scale, "spec": {"replicas": replicas}},
+        "oldObject": {**scale, "spec": {"replicas": 2}},
+    }
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+def test_a_scale_beyond_the_worker_limit_is_refused_naming_the_field_and_one_within_passes() -> None:
+    refused = answer(scale_review(MAX_WORKERS + 1))
+    assert refused["allowed"] is False and refused["status"]["code"] == 422
+    assert refused["status"]["message"].startswith(f"spec.workers.replicas: {MAX_WORKERS + 1} workers exceed")
+    assert answer(scale_review(MAX_WORKERS))["allowed"] is True
+    # Another operator's namespace is its own business.
+    assert answer(scale_review(MAX_WORKERS + 1), serves=lambda namespace: False)["allowed"] is True
+
+
 def test_a_valid_job_is_allowed() -> None:
     assert answer(admission_review(copy.deepcopy(BASE_SPEC))) == {
         "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",

@@ -6,6 +6,9 @@ rules the reconcile applies (decisions.job.checked_spec): `kubectl apply` fails 
 turning Ready=False, reason InvalidSpec. The operator still checks every job it reconciles, so the webhook
 may be off or down (failurePolicy Ignore) without letting anything invalid run.
 
+The scale subresource (`kubectl scale`, an HPA) comes as a Scale: its count is held to the same worker
+limit.
+
 Allowed whatever the spec:
 - an UPDATE that leaves the spec as it was: a job that was already invalid (created before the webhook, or
   while it was down) must still take label, annotation and finalizer changes, or it could not be deleted;
@@ -45,6 +48,8 @@ def review(
 def _refusal(
     request: Mapping[str, Any], catalog: Catalog, max_workers_per_job: int, serves: Callable[[str], bool]
 ) -> str | None:
+    if request.get("subResource") == "scale":
+        return _scale_refusal(request, max_workers_per_job, serves)
     job = request.get("object") or {}
     metadata = job.get("metadata") or {}
     if (request.get("kind") or {}).get("kind") != KIND or request.get("operation") not in (
@@ -62,4 +67,21 @@ def _refusal(
         checked_spec(name, spec, catalog, max_workers_per_job)
     except InvalidSpec as invalid:
         return str(invalid)
+    return None
+
+
+def _scale_refusal(
+    request: Mapping[str, Any], max_workers_per_job: int, serves: Callable[[str], bool]
+) -> str | None:
+    """`kubectl scale` and an HPA write the scale subresource: an autoscaling/v1 Scale, not the job. Its
+    count goes to spec.workers.replicas, so the operator's limit applies to it; the bounds need no check
+    (a count outside minReplicas..maxReplicas is clamped, docs/api.md)."""
+    if request.get("operation") != "UPDATE" or not serves(request.get("namespace") or ""):
+        return None
+    replicas = ((request.get("object") or {}).get("spec") or {}).get("replicas")
+    if isinstance(replicas, int) and replicas > max_workers_per_job:
+        return (
+            f"spec.workers.replicas: {replicas} workers exceed this operator's limit of "
+            f"{max_workers_per_job} per job (kubefit run --max-workers-per-job)"
+        )
     return None
