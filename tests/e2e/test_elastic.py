@@ -288,7 +288,7 @@ def test_an_elastic_job_left_below_its_minimum_is_released_by_its_gang_timeout_a
             lambda: condition_is(kube, namespace, "floor", "Admitted", "False", "GangTimeout"),
             timeout=90,
         )
-        assert "fell below its minimum" in timed_out["message"], timed_out
+        assert "left it below its minimum" in timed_out["message"], timed_out
         wait_for("every worker released", lambda: live(kube, namespace, "floor") == [])
         assert kube.job_status(namespace, "floor").get("restarts", 0) == 0  # requeued, not failed
 

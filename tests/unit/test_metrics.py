@@ -169,6 +169,20 @@ def test_an_elastic_jax_job_runs_only_with_its_whole_group_so_that_is_its_min() 
     assert value(pytorch, "kubefit_trainingjob_workers", **JOB, state="min") == 2
 
 
+def test_a_job_held_below_a_raised_minimum_trains_on_its_group_and_is_no_partial_gang() -> None:
+    """Fixed at 2, replicas raised to 4 with no room: the pass keeps its grant of 2, and the two running
+    train. Judged by the new size, they would fire the partial-gang alert."""
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec(replicas=2))
+    job.reconcile(10, [pod(0), pod(1)], 2)
+    job.spec = job_spec(replicas=4)
+    decision = job.reconcile(20, [pod(0), pod(1)], 2)
+    assert decision.desired_workers == 2
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="min") == 2
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="max") == 4
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="running") == 2
+
+
 def test_a_new_phase_or_accelerator_replaces_the_series_instead_of_adding_one() -> None:
     metrics = OperatorMetrics()
     job = Job(metrics, job_spec())

@@ -1799,7 +1799,7 @@ def test_an_elastic_job_below_its_minimum_after_it_started_is_released_by_its_ga
     assert still.requeue_after is not None and 29 <= still.requeue_after <= 31  # when the timeout ends
     timed_out = decide(observe(spec, waiting, still.status, NOW + timedelta(seconds=71)), CATALOG)
     assert condition(timed_out, "Admitted")["reason"] == "GangTimeout"
-    assert "fell below its minimum" in condition(timed_out, "Admitted")["message"]
+    assert "the loss that left it below its minimum" in condition(timed_out, "Admitted")["message"]
     assert sorted(timed_out.delete) == [f"llama-worker-{index}" for index in range(4)]
     # Placed again before the timeout: started, the clock stopped.
     back = decide(observe(spec, full, still.status, later), CATALOG)
@@ -1822,3 +1822,38 @@ def test_an_elastic_jobs_gang_clock_below_its_minimum_waits_out_the_restart_back
     assert backing_off.create == ()
     since = status_of(backing_off)["gang"]["since"]
     assert since == "2025-01-01T12:00:20Z"  # the third restart's backoff: 5 s doubled twice
+
+
+def test_a_raised_minimum_granted_at_once_leaves_the_running_group_training_and_its_clock_stopped() -> None:
+    """minReplicas raised from 2 to 4 and granted (it fits): the 2 running, started with the range 2:8,
+    go on training while the 2 new ones start; one that never binds is not a loss of the running group."""
+    spec = raw_spec(
+        workers={"replicas": 4, "minReplicas": 4, "maxReplicas": 8},
+        elastic=ELASTIC,
+        scheduling={"gangTimeoutSeconds": 60},
+    )
+    running = [replace(pod(index, node=f"node-{index}"), nnodes="2:8") for index in range(2)]
+    status = {"phase": "Running", "desiredReplicas": 2, "readyReplicas": 2, "gang": {"started": True}}
+    grown = decide(observe(spec, running, status, grant=4), CATALOG)
+    assert created_names(grown) == ["llama-worker-2", "llama-worker-3"]
+    assert status_of(grown)["gang"]["started"] is True
+    assert condition(grown, "Running")["status"] == "True"
+    starting = [*running, *[replace(pod(index, "Pending", node=None), nnodes="4:8") for index in (2, 3)]]
+    later = decide(observe(spec, starting, grown.status, NOW + timedelta(seconds=61), grant=4), CATALOG)
+    assert later.delete == () and condition(later, "Admitted")["reason"] != "GangTimeout"
+
+
+def test_a_worker_that_succeeded_and_whose_pod_went_is_not_a_loss_below_the_minimum() -> None:
+    """min = max = 2; worker 1 succeeds and its node is scaled away while worker 0 writes its last
+    checkpoint: the job is not a gang again, and nothing is deleted or run again."""
+    spec = elastic_spec(replicas=2, minimum=2, maximum=2, scheduling={"gangTimeoutSeconds": 60})
+    both = [pod(index, node=f"node-{index}") for index in range(2)]
+    started = decide(observe(spec, both), CATALOG)
+    done = decide(observe(spec, [both[0], pod(1, "Succeeded", node="node-1")], started.status), CATALOG)
+    assert status_of(done)["succeededWorkers"] == "1"
+    status = done.status
+    for seconds in (600, 700):
+        later = decide(observe(spec, [both[0]], status, NOW + timedelta(seconds=seconds)), CATALOG)
+        assert later.delete == () and later.create == ()
+        assert status_of(later)["gang"]["started"] is True and status_of(later)["succeededWorkers"] == "1"
+        status = later.status

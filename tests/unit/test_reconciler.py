@@ -989,3 +989,18 @@ def test_a_job_resumed_before_its_suspend_handshake_ends_keeps_its_workers(harne
     assert harness.kube.jobs["llama"]["status"]["phase"] == "Running"
     assert harness.calls("delete_pod") == []
     assert harness.reconciler.scheduler.snapshot()[KEY].workers == 2
+
+
+def test_only_a_suspends_own_handshake_is_undone_by_resuming() -> None:
+    from kubefit.decisions.scheduled import resumed_while_suspended
+
+    suspended = {"type": "Suspended", "status": "True", "reason": "Suspended"}
+    status = {"conditions": [suspended], "checkpoint": {"requestId": "3-1", "reason": "Suspended"}}
+    assert resumed_while_suspended({"runPolicy": {"suspend": False}}, status)
+    assert resumed_while_suspended({}, status)
+    assert not resumed_while_suspended({"runPolicy": {"suspend": True}}, status)  # still suspended
+    # Workers leaving for a preemption (the job suspended during that handshake) stay gone for the job
+    # that preempted them.
+    preempted = {**status, "checkpoint": {"requestId": "3-1", "reason": "Preempted"}}
+    assert not resumed_while_suspended({}, preempted)
+    assert not resumed_while_suspended({}, {"conditions": [suspended]})  # no handshake open: none to undo

@@ -716,14 +716,15 @@ class GangStatus(_Model):
     started: bool = Field(
         default=False,
         description="True once every admitted worker has been placed on a node at once; the gang timeout "
-        "no longer applies until the job is queued again, or restarts every worker (a new world size, or a "
-        "fixed group after a failed or lost worker).",
+        "no longer applies until the job is queued again, restarts every worker (a new world size, or a "
+        "fixed group after a failed or lost worker), or (elastic pytorch) falls below what its running "
+        "group re-forms with.",
     )
     since: str | None = Field(
         default=None,
         description="When the gang began waiting to be placed, if not at its admission: a restart of every "
-        "worker, or the end of its restart backoff (RFC 3339, may be ahead); the gang timeout counts from "
-        "then.",
+        "worker, a loss below its minimum, or the end of its restart backoff (RFC 3339, may be ahead); the "
+        "gang timeout counts from then.",
     )
     attempt: int = Field(
         default=0,

@@ -81,8 +81,8 @@ class Holding:
     demand: Demand
     granted: int  # workers currently granted (its target)
     placed: Mapping[str, int]  # node name -> its worker pods bound there (non-terminating)
-    # The node of each bound worker, lowest index first. Given, a shrink frees workers the way decide
-    # removes them (highest index first), so the devices it counts on are the ones that really come free.
+    # The node of each bound worker in the order decide keeps them (workers.keep_order). Given, a shrink frees
+    # workers the way decide removes them (that order reversed), so the devices it counts on come free.
     nodes_by_index: Sequence[str] = ()
     # Where the last pass reserved its unbound workers (AdmissionPlan.reserved). They are reserved there again
     # while those nodes have room: the workers created since prefer those nodes (builders/placement.py).
@@ -443,9 +443,10 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
 
 
 def _raised_above_running(job: _Job) -> bool:
-    """Whether the job's minimum rose above the grant its bound workers all run on."""
+    """Whether the job's minimum rose above the grant its workers run on: some of them are bound (one of
+    them failed or lost meanwhile does not end the hold; with none left there is nothing to keep)."""
     running = job.whole_groups(job.before)
-    return 0 < running < job.floor and sum(job.bound.values()) >= running
+    return 0 < running < job.floor and sum(job.bound.values()) > 0
 
 
 def _release_reserved_beyond(cluster: _Cluster, job: _Job) -> None:

@@ -144,7 +144,8 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     if slots and slots <= done:
         return succeeded(ctx, plan.keep, done)
     ready = _ready(ctx.ours, slots)
-    placed = _placed(ctx.ours, slots)
+    # A worker that succeeded and whose pod went (its node scaled away) is done, not missing.
+    placed = _placed(ctx.ours, slots) + len(gone_after_success & slots)
     gang = _gang_now(ctx, plan, placed, fixed)
     restarted_at = parse_rfc3339(gang.since)
     waiting_since = _gang_clock_start(ctx, gang, restarted_at or admitted_at(ctx.conditions) or ctx.now)
@@ -252,7 +253,7 @@ def _restart_group(
     draft.message = message
 
 
-_FELL_BELOW_FLOOR = "its placed workers fell below its minimum"
+_FELL_BELOW_FLOOR = "the restart or the loss that left it below its minimum"
 
 
 def _gang_now(ctx: JobContext, plan: _Plan, placed: int, fixed: bool) -> GangStatus:
@@ -263,17 +264,24 @@ def _gang_now(ctx: JobContext, plan: _Plan, placed: int, fixed: bool) -> GangSta
     fixed group (elastic jax included: JAX_NUM_PROCESSES is its whole count) trains only when all are."""
     gang = previous_gang(ctx.status)
     started_at = plan.keep if fixed else min(plan.keep, ctx.bounds.floor)
+    was_started = gang.started
     gang = gang.model_copy(update={"started": gang.started or placed >= started_at})
-    if (
-        not fixed
-        and plan.restart is None
-        and (gang.started or gang.since is not None)
-        and placed < started_at
-    ):
-        gang = _regathering(ctx, gang)
+    if not fixed and plan.restart is None:
+        # Lost: fewer placed than the running group re-forms with (a minimum raised since it started, and
+        # granted, leaves it training meanwhile). Once counting, the clock waits out a restart backoff.
+        lost = was_started and placed < min(started_at, _running_group_floor(ctx, started_at))
+        if lost or (not gang.started and gang.since is not None and placed < started_at):
+            gang = _regathering(ctx, gang)
     if not gang.started and gang.since is not None:
         gang = _timed_from_old_workers_gone(gang, ctx.ours)
     return gang
+
+
+def _running_group_floor(ctx: JobContext, default: int) -> int:
+    """The fewest workers the running torchrun group re-forms with: the lowest floor of its workers' node
+    ranges (PET_NNODES). Below a minimum raised since they started, they still train."""
+    floors = [int(pod.nnodes.split(":")[0]) for pod in ctx.live if pod.nnodes is not None]
+    return min(floors, default=default)
 
 
 def _regathering(ctx: JobContext, gang: GangStatus) -> GangStatus:
@@ -626,9 +634,11 @@ def _phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str 
 
 
 def _trains_with(ctx: JobContext) -> int:
-    """The fewest running workers it trains on: an elastic pytorch job's floor; a fixed group (elastic jax
-    included) only whole."""
-    return ctx.bounds.ceiling if fixed_world(ctx.spec) else ctx.bounds.floor
+    """The fewest running workers it trains on: an elastic pytorch job's floor (its running group's, if a
+    raised minimum has not reached it yet); a fixed group (elastic jax included) only whole."""
+    if fixed_world(ctx.spec):
+        return ctx.bounds.ceiling
+    return min(ctx.bounds.floor, _running_group_floor(ctx, ctx.bounds.floor))
 
 
 def _readiness(ready: int, desired: int, floor: int) -> list[ConditionUpdate]:

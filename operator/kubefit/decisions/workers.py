@@ -33,8 +33,9 @@ def min_max_workers(
 ) -> tuple[int, int] | None:
     """(min, max): the fewest workers the job runs with (an elastic job's floor, a gang's whole size) and
     the most it is scaled to; None for a spec that does not parse. What the metrics export and the
-    partial-gang alert and `kubefit top` judge by. An elastic jax job's group (`group`, its
-    status.desiredReplicas) runs only whole: JAX_NUM_PROCESSES is fixed when its workers start."""
+    partial-gang alert and `kubefit top` judge by. `group` is the workers its grant runs (the decision's
+    desired workers, status.desiredReplicas): an elastic jax job's runs only whole (JAX_NUM_PROCESSES is
+    fixed when its workers start), and a job held below a raised minimum trains on it."""
     try:
         spec = parse_spec(raw_spec)
     except InvalidSpec:
@@ -44,11 +45,13 @@ def min_max_workers(
     else:
         bounds = worker_bounds(spec, sizing)
         floor, ceiling, desired = bounds.floor, bounds.ceiling, bounds.desired
+    # A job held below a raised minimum (admission._reserve_admitted) trains on its group, the workers its
+    # grant runs (`group`): judged by the new minimum it would look like a partial gang.
     if not spec.elastic.enabled:
-        return desired, desired
+        return (min(desired, group) if group else desired), desired
     if fixed_world(spec) and group:
-        return max(group, floor), ceiling
-    return floor, ceiling
+        return group, ceiling
+    return (min(floor, group) if group else floor), ceiling
 
 
 @dataclass(frozen=True)
