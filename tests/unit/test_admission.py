@@ -442,10 +442,12 @@ def test_shrinking_stops_at_the_minimum_and_never_happens_for_nothing() -> None:
     result = plan([high], low_jobs(), nodes(2))
     assert result.grants == {key("high"): 0, key("low-young"): 4, key("low-old"): 4}
     assert not result.shrink and not result.preempt and not result.reasons
-    two = gang("high", 2, per_worker=4, priority=10)  # the youngest to its minimum, then the older by two
+    # The youngest toward its minimum, then the older by two; the youngest's third removal (6 free devices
+    # hold one worker of 4, as 4 do) is given back once the job fits.
+    two = gang("high", 2, per_worker=4, priority=10)
     shrunk = plan([two], low_jobs(), nodes(2))
-    assert shrunk.grants == {key("high"): 2, key("low-young"): 1, key("low-old"): 2}
-    assert shrunk.shrink == {key("low-young"): 1, key("low-old"): 2}
+    assert shrunk.grants == {key("high"): 2, key("low-young"): 2, key("low-old"): 2}
+    assert shrunk.shrink == {key("low-young"): 2, key("low-old"): 2}
 
 
 # -- whole TP x PP groups ----------------------------------------------------------------------------------
@@ -619,7 +621,7 @@ def test_workers_leaving_after_a_scale_down_make_room_for_a_higher_priority_job_
     assert result.grants[key("low")] == 2 and key("low") not in result.shrink
     assert key("low") not in result.reasons  # no ShrunkForPriority: nothing more is taken from it
     # high's gang clock waits for low's leaving workers (admission.leaving_for).
-    assert result.made_room_for == {key("low"): key("high")}
+    assert result.made_room_for == {key("low"): frozenset({key("high")})}
 
 
 def test_a_job_waiting_for_room_keeps_only_the_nodes_one_of_its_workers_fits_on() -> None:
@@ -644,6 +646,47 @@ def test_a_job_waiting_for_room_keeps_only_the_nodes_one_of_its_workers_fits_on(
         [head, small], [], [NodeCapacity("n8-0", H100, 8, 4), NodeCapacity("n8-1", H100, 8, 4)], limit=300
     )
     assert kept.grants[key("small")] == 0 and "head of line" in kept.waiting[key("small")]
+
+
+def test_places_one_trial_of_a_pass_took_are_not_taken_again_by_the_next() -> None:
+    """low runs 2 workers of 4 GPUs on its only node, at its grant. high1 shrinks it by one; high2, planned
+    next, must not take low's remaining worker's place as if it were leaving too (node-0 promised twice)."""
+    low = Holding(job("low", per_worker=4, min_workers=1, want=2), 2, {"node-0": 2}, ("node-0", "node-0"))
+    high1 = gang("high1", 1, per_worker=4, priority=10, created=1)
+    high2 = gang("high2", 1, per_worker=4, priority=10, created=2)
+    result = plan([high1, high2], [low], nodes(1))
+    assert result.grants == {key("high1"): 1, key("high2"): 0, key("low"): 1}
+    used = sum(4 * workers for places in result.placement.values() for workers in places.values())
+    assert used == 8
+
+
+def test_leaving_places_of_any_lower_job_come_before_shrinking_the_lowest() -> None:
+    """A (priority 0) runs at its grant; B (priority 1) was scaled down and its worker 1 leaves anyway.
+    high takes B's leaving place: A, the lowest, is not shrunk for what costs nobody anything."""
+    a = Holding(
+        job("A", per_worker=4, min_workers=1, want=2, priority=0), 2, {"node-0": 2}, ("node-0", "node-0")
+    )
+    b = Holding(
+        job("B", per_worker=4, min_workers=1, want=1, priority=1), 1, {"node-1": 2}, ("node-1", "node-1")
+    )
+    result = plan([gang("high", 1, per_worker=4, priority=10)], [a, b], nodes(2))
+    assert result.grants[key("high")] == 1 and result.placement[key("high")] == {"node-1": 1}
+    assert result.grants[key("A")] == 2 and not result.shrink
+    assert result.made_room_for == {key("B"): frozenset({key("high")})}
+
+
+def test_a_job_whose_leaving_places_two_jobs_took_holds_both_their_clocks() -> None:
+    low = Holding(
+        job("low", per_worker=8, min_workers=1, want=1),
+        1,
+        {"node-0": 1, "node-1": 1, "node-2": 1},
+        ("node-0", "node-1", "node-2"),
+    )
+    h1 = gang("h1", 1, per_worker=8, priority=10, created=1)
+    h2 = gang("h2", 1, per_worker=8, priority=10, created=2)
+    result = plan([h1, h2], [low], nodes(3))
+    assert result.grants[key("h1")] == 1 and result.grants[key("h2")] == 1
+    assert result.made_room_for == {key("low"): frozenset({key("h1"), key("h2")})}
 
 
 # -- property: never over-commit, always keep minimums --------------------------------------------------------

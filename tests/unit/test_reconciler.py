@@ -38,6 +38,7 @@ from kubefit.controller.reconciler import (
 )
 from kubefit.decisions.inventory import NodeFacts
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
+from kubefit.decisions.node_match import ANYWHERE
 from kubefit.decisions.observed import WorkerPod
 from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import Catalog, load_catalog
@@ -1001,6 +1002,20 @@ def test_only_a_suspends_own_handshake_is_undone_by_resuming() -> None:
     assert not resumed_while_suspended({"runPolicy": {"suspend": True}}, status)  # still suspended
     # Workers leaving for a preemption (the job suspended during that handshake) stay gone for the job
     # that preempted them.
-    preempted = {**status, "checkpoint": {"requestId": "3-1", "reason": "Preempted"}}
-    assert not resumed_while_suspended({}, preempted)
-    assert not resumed_while_suspended({}, {"conditions": [suspended]})  # no handshake open: none to undo
+    assert not resumed_while_suspended({}, {"conditions": []})  # never suspended
+
+
+def test_a_job_resumed_while_its_workers_leave_for_a_preemption_is_not_taken_back(harness: Harness) -> None:
+    """Preempted for another job, then suspended and resumed within the handshake: its workers' places are
+    that job's, so the scheduler does not take it as admitted with them."""
+    scheduler = harness.reconciler.scheduler
+    pods = [
+        WorkerPod(f"llama-worker-{index}", index, f"p{index}", "Running", "n", False, "uid")
+        for index in range(2)
+    ]
+    scheduler.grant(KEY, pods)  # seen once: recovered (operator start)
+    scheduler.offer(KEY, None, ANYWHERE, harness.view())  # suspended: out of the queue
+    scheduler._leaving[KEY] = frozenset({("team-a", "other")})  # a pass preempted it for another job
+    assert scheduler.grant(KEY, pods, resumed=True).workers is None
+    del scheduler._leaving[KEY]
+    assert scheduler.grant(KEY, pods, resumed=True).workers == 2

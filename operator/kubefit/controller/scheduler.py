@@ -271,10 +271,11 @@ class Scheduler:
         it is taken as admitted with those workers (a failed one awaiting its replacement included, so
         that a restart of the operator restarts no gang), or with `admitted_with` (what its status says it
         was admitted with) if that is more. So is a job `resumed` while its suspend's handshake was still
-        waiting (scheduled.resumed_while_suspended): its workers never stopped holding their devices."""
+        waiting (scheduled.resumed_while_suspended): its workers never stopped holding their devices; unless
+        they are leaving for another job too (preempted, then suspended), whose places they are."""
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None and (key not in self._seen or resumed):
+            if entry is None and (key not in self._seen or (resumed and key not in self._leaving)):
                 self._seen.add(key)
                 # The status's admitted worker count keeps a gang whole when one of its pods went while
                 # the operator was down (it is recreated, not the gang resized).
@@ -524,8 +525,8 @@ class Scheduler:
         self.passes += 1
         with self._lock:
             victims = dict(self._leaving)
-        for victim, beneficiary in plan.made_room_for.items():
-            victims[victim] = victims.get(victim, frozenset()) | {beneficiary}
+        for victim, beneficiaries in plan.made_room_for.items():
+            victims[victim] = victims.get(victim, frozenset()) | beneficiaries
         now = datetime.now(UTC)
         holding = {key: _holding_devices(view.workers(key), now) for key in victims}
         still_leaving = leaving_for(victims, holding, plan.grants)

@@ -111,8 +111,9 @@ class AdmissionPlan:
     # the part of `placement` not bound yet: node -> workers the plan reserved there for each job's unbound
     # (and not yet created) workers; the pod builder steers new workers to these nodes.
     reserved: Mapping[JobKey, Mapping[str, int]] = field(default_factory=dict)
-    # jobs shrunk or preempted in this pass -> the job each made room for
-    made_room_for: Mapping[JobKey, JobKey] = field(default_factory=dict)
+    # jobs shrunk or preempted in this pass, or whose leaving workers' places were taken -> the jobs each
+    # made room for
+    made_room_for: Mapping[JobKey, frozenset[JobKey]] = field(default_factory=dict)
 
 
 def _name(key: JobKey) -> str:
@@ -135,6 +136,10 @@ class _Job:
     preempted_for: JobKey | None = None
     # The job whose places its workers leaving anyway (beyond its grant: a scale-down's handshake) make.
     freed_for: JobKey | None = None
+    made_room: set[JobKey] = field(default_factory=set)  # every job it was shrunk, preempted or freed for
+    # Bound workers whose places a trial of this pass took (leaving, or removed by a shrink), per node: the
+    # first of them in removal_order are not there to take again.
+    released: Counter[str] = field(default_factory=Counter)
     removal_order: tuple[str, ...] = ()  # bound workers' nodes, the first removed first (highest index)
     reserved_before: Mapping[str, int] = field(default_factory=dict)  # Holding.reserved
     # Queue order, worked out once: the demand is frozen, and passes compare it many times.
@@ -577,7 +582,7 @@ def _shrink(trial: _Trial, other: _Job) -> None:
     to whole TP x PP groups: reserved places first (no pod to remove), each on the trial's node with the
     most free devices; then bound workers, in the order decide removes them (highest index first) when
     that order is known."""
-    leaving = _take_leaving(trial, other)
+    leaving = _leaving(other)
     room = other.grant - other.floor
     reserved = {n: c for n, c in other.reserved.items() if n in trial.free}
     room = _take_by_room(trial, other, reserved, room, from_reserved=True)
@@ -589,23 +594,25 @@ def _shrink(trial: _Trial, other: _Job) -> None:
         _take_by_room(trial, other, bound, room, from_reserved=False)
 
 
-def _take_leaving(trial: _Trial, other: _Job) -> int:
-    """Places of `other`'s bound workers beyond its grant, which decide removes anyway (a scale-down whose
-    handshake is still open): they come first, and cost `other` nothing. Taken as a shrink instead, they
-    lowered its grant again, and decide removed one more worker, whose place nobody had counted. Returns
-    how many of its removal order they are."""
-    if not other.removal_order:
-        return 0
-    leaving = max(0, len(other.removal_order) - other.grant)
-    taken = Counter(node for job, node in trial.leaving if job is other)
-    for node in other.removal_order[:leaving]:
+def _leaving(other: _Job) -> int:
+    """How many of `other`'s removal order decide removes whatever the pass does: its bound workers beyond
+    its grant (a scale-down whose handshake is still open; those a trial of this pass took included)."""
+    return max(0, len(other.removal_order) - other.grant) if other.removal_order else 0
+
+
+def _take_leaving(trial: _Trial, other: _Job) -> None:
+    """Places of `other`'s workers leaving anyway (_leaving): they come first, and cost `other` nothing.
+    Taken as a shrink instead, they lowered its grant again, and decide removed one more worker, whose
+    place nobody had counted. Those an earlier trial of the pass took are not taken again."""
+    skip = Counter(other.released)
+    for node in other.removal_order[: _leaving(other)]:
         if trial.fits:
-            break
-        if node in trial.free and other.bound.get(node, 0) > taken[node]:
-            taken[node] += 1
+            return
+        if skip[node] > 0:
+            skip[node] -= 1
+        elif node in trial.free:
             trial.change(node, other.demand.per_worker)
             trial.leaving.append((other, node))
-    return leaving
 
 
 def _complete_group_from_reserved(trial: _Trial, other: _Job, room: int) -> int:
@@ -736,10 +743,10 @@ def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequen
         return False
     free = {node: cluster.free[node] for node in nodes}
     trial = _Trial(job, free, _slots(free, nodes, job.demand.per_worker))
-    for other in lower:
-        if other.demand.elastic and not trial.fits:
-            _shrink(trial, other)
-    if not trial.fits and job.demand.preemption == "LowerPriority":
+    _shrink_lower(trial, lower)
+    if trial.fits:
+        _give_back_removals(trial)  # a shrink that a later one made unneeded
+    elif job.demand.preemption == "LowerPriority":
         for victim in lower:
             if not trial.fits:
                 _preempt(trial, victim)
@@ -750,14 +757,31 @@ def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequen
     return True
 
 
+def _shrink_lower(trial: _Trial, lower: Sequence[_Job]) -> None:
+    """Lower-priority elastic jobs' places toward the trial: those of workers leaving anyway first, from
+    every job (they cost nobody anything), then shrinks in `lower`'s order."""
+    elastic = [other for other in lower if other.demand.elastic]
+    for other in elastic:
+        if not trial.fits:
+            _take_leaving(trial, other)
+    for other in elastic:
+        if not trial.fits:
+            _shrink(trial, other)
+
+
 def _commit(cluster: _Cluster, trial: _Trial) -> None:
     for other, node in trial.leaving:
         cluster.release(other, node, from_reserved=False)
+        other.released[node] += 1
         other.freed_for = trial.job.key
+        other.made_room.add(trial.job.key)
     for other, node, from_reserved in trial.removals:
         cluster.release(other, node, from_reserved)
+        if not from_reserved:
+            other.released[node] += 1
         other.grant -= 1
         other.shrunk_for = trial.job.key
+        other.made_room.add(trial.job.key)
     for other in {other for other, _, _ in trial.removals}:
         # A group taken in part (its other workers had no place to take) goes whole.
         other.grant = max(other.floor, other.whole_groups(other.grant))
@@ -768,6 +792,7 @@ def _commit(cluster: _Cluster, trial: _Trial) -> None:
                 cluster.add_free(node, workers * victim.demand.per_worker)
             held.clear()
         victim.preempted_for = trial.job.key
+        victim.made_room.add(trial.job.key)
         victim.grant = 0
 
 
@@ -981,15 +1006,7 @@ def _plan(  # noqa: PLR0913 - as plan_admissions
         reserved={
             job.key: _added(job.reserved, {}) for job in jobs if job.holds and any(job.reserved.values())
         },
-        made_room_for={
-            job.key: beneficiary
-            for job in jobs
-            if (
-                beneficiary := job.preempted_for
-                or (job.shrunk_for if job.grant < job.before else None)
-                or job.freed_for
-            )
-        },
+        made_room_for={job.key: frozenset(job.made_room) for job in jobs if job.made_room},
     )
 
 

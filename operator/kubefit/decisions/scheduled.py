@@ -136,12 +136,7 @@ def resumed_while_suspended(raw_spec: object, status: Mapping[str, Any]) -> bool
     spec = raw_spec if isinstance(raw_spec, Mapping) else {}
     run_policy = spec.get("runPolicy")
     suspend = run_policy.get("suspend") if isinstance(run_policy, Mapping) else None
-    # The open request must be the suspend's: workers leaving for a preemption stay gone for the job that
-    # preempted them, however the spec changes.
-    request = status.get("checkpoint")
-    for_suspend = isinstance(request, Mapping) and request.get("reason") == Reason.SUSPENDED
-    suspended = is_true(status.get("conditions") or [], ConditionType.SUSPENDED)
-    return suspend is not True and for_suspend and suspended
+    return suspend is not True and is_true(status.get("conditions") or [], ConditionType.SUSPENDED)
 
 
 def suspended(ctx: JobContext) -> Draft:

@@ -6,8 +6,8 @@ rules the reconcile applies (decisions.job.checked_spec): `kubectl apply` fails 
 turning Ready=False, reason InvalidSpec. The operator still checks every job it reconciles, so the webhook
 may be off or down (failurePolicy Ignore) without letting anything invalid run.
 
-The scale subresource (`kubectl scale`, an HPA) comes as a Scale: its count is held to the same worker
-limit.
+The scale subresource (`kubectl scale`, an HPA) comes as a Scale, without the job: its count is held to the
+operator's worker limit, and the rules that need the rest of the spec are left to the reconcile.
 
 Allowed whatever the spec:
 - an UPDATE that leaves the spec as it was: a job that was already invalid (created before the webhook, or
