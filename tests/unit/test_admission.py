@@ -689,6 +689,19 @@ def test_a_job_whose_leaving_places_two_jobs_took_holds_both_their_clocks() -> N
     assert result.made_room_for == {key("low"): frozenset({key("h1"), key("h2")})}
 
 
+def test_leaving_places_a_preemption_made_unneeded_are_given_back() -> None:
+    """B's leaving worker (4 GPUs on node-1) is not enough for high's worker of 8; preempting C frees
+    node-0, which is. B's place goes back: B is nobody's victim, and no clock waits for it."""
+    b = Holding(
+        job("B", per_worker=4, min_workers=1, want=1, priority=1), 1, {"node-1": 2}, ("node-1", "node-1")
+    )
+    c = holding(gang("C", 1, per_worker=8, priority=0), 1, {"node-0": 1})
+    high = gang("high", 1, per_worker=8, priority=10, preemption="LowerPriority")
+    result = plan([high], [b, c], nodes(2))
+    assert result.preempt == {key("C")} and result.placement[key("high")] == {"node-0": 1}
+    assert result.made_room_for == {key("C"): frozenset({key("high")})}
+
+
 # -- property: never over-commit, always keep minimums --------------------------------------------------------
 
 KINDS = ("a", "b")

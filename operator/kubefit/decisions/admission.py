@@ -684,6 +684,7 @@ def _trim(trial: _Trial) -> None:
             for node, devices in freed.items():
                 trial.change(node, devices)
     _give_back_removals(trial)
+    _give_back_leaving(trial)
 
 
 def _give_back_removals(trial: _Trial) -> None:
@@ -703,6 +704,18 @@ def _give_back_removals(trial: _Trial) -> None:
                 trial.change(node, other.demand.per_worker)
             if other.removal_order:
                 needed.add(other)
+
+
+def _give_back_leaving(trial: _Trial) -> None:
+    """Leaving places the job fits without go back (a victim preempted later freed enough), latest first:
+    their job then keeps them for its own growth, and no one's clock waits for them."""
+    for entry in reversed(list(trial.leaving)):
+        other, node = entry
+        trial.change(node, -other.demand.per_worker)
+        if trial.fits:
+            trial.leaving.remove(entry)
+        else:
+            trial.change(node, other.demand.per_worker)
 
 
 def _whole_group_removals(
@@ -746,6 +759,7 @@ def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequen
     _shrink_lower(trial, lower)
     if trial.fits:
         _give_back_removals(trial)  # a shrink that a later one made unneeded
+        _give_back_leaving(trial)
     elif job.demand.preemption == "LowerPriority":
         for victim in lower:
             if not trial.fits:
