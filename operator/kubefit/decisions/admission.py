@@ -588,10 +588,24 @@ def _shrink(trial: _Trial, other: _Job) -> None:
     room = _take_by_room(trial, other, reserved, room, from_reserved=True)
     room = _complete_group_from_reserved(trial, other, room)
     if other.removal_order:
+        room = _take_reserved_elsewhere(trial, other, room)
         _take_in_order(trial, other, room, leaving)
     else:
         bound = {n: c for n, c in other.bound.items() if n in trial.free}
         _take_by_room(trial, other, bound, room, from_reserved=False)
+
+
+def _take_reserved_elsewhere(trial: _Trial, other: _Job, room: int) -> int:
+    """Before any of `other`'s bound workers, its reserved places off the trial's nodes: they free nothing
+    for the trial, but decide drops a lowered grant's unscheduled workers before its bound ones
+    (workers.keep_order), so a bound worker counted as removed while they stayed would stay too."""
+    taken = Counter(node for job, node, from_reserved in trial.removals if job is other and from_reserved)
+    for node in sorted(other.reserved):
+        left = other.reserved[node] - taken[node]
+        while left > 0 and room > 0 and _wants_more(trial, other, room):
+            trial.removals.append((other, node, True))
+            left, room = left - 1, room - 1
+    return room
 
 
 def _leaving(other: _Job) -> int:
@@ -790,7 +804,9 @@ def _commit(cluster: _Cluster, trial: _Trial) -> None:
         other.freed_for = trial.job.key
         other.made_room.add(trial.job.key)
     for other, node, from_reserved in trial.removals:
-        cluster.release(other, node, from_reserved)
+        # A worker on a node outside the pass (NotReady) goes all the same, and frees nothing in it.
+        if from_reserved or other.bound.get(node, 0) > 0:
+            cluster.release(other, node, from_reserved)
         if not from_reserved:
             other.released[node] += 1
         other.grant -= 1
