@@ -1014,6 +1014,7 @@ def test_a_job_resumed_while_its_workers_leave_for_a_preemption_is_not_taken_bac
         for index in range(2)
     ]
     scheduler.grant(KEY, pods)  # seen once: recovered (operator start)
+    scheduler._entries[KEY].granted = 0  # a pass preempted it for another job
     scheduler.offer(KEY, None, ANYWHERE, harness.view())  # suspended: out of the queue
     scheduler._leaving[KEY] = frozenset({("team-a", "other")})  # a pass preempted it for another job
     assert scheduler.grant(KEY, pods, resumed=True).workers is None

@@ -338,6 +338,35 @@ def test_a_job_with_live_workers_seen_first_after_a_restart_keeps_them() -> None
     assert scheduler.grant(a, pods) == Grant(None)
 
 
+def test_a_job_shrunk_then_suspended_and_resumed_in_its_handshake_is_taken_back_at_its_shrunk_grant() -> None:
+    """Shrunk from 4 to 2 workers for a higher-priority job, suspended while workers 2 and 3 wait to
+    checkpoint, then resumed: workers 0 and 1, whose places nobody took, are its own again. It was taken
+    back at no grant, as if preempted, and lost all four; one preempted and resumed gets none back."""
+    low, high, gone = ("ns", "low"), ("ns", "high"), ("ns", "gone")
+    pods = [worker("low", index, "n1" if index < 2 else "n2") for index in range(4)]
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")], workers={low: pods})
+    scheduler, _ = sync_scheduler()
+    scheduler.grant(low, pods)  # seen with its four workers
+    scheduler.offer(low, demand("low", min_workers=2, want=4, created=1), ANYWHERE, cluster.view())
+    scheduler.offer(
+        high, demand("high", min_workers=2, want=2, priority=10, created=2), ANYWHERE, cluster.view()
+    )
+    assert scheduler.snapshot()[low].workers == 2  # shrunk for high, its workers 2 and 3 leaving
+    scheduler.offer(low, None, ANYWHERE, cluster.view())  # suspended during the handshake
+
+    resumed = scheduler.grant(low, pods, admitted_with=2, resumed=True)
+    assert resumed.workers == 2
+    assert scheduler.snapshot()[high].workers == 2  # its places stay counted for high
+
+    # Preempted (grant 0), then suspended and resumed: its places are the preemptor's.
+    gone_pods = [worker("gone", index, "n3") for index in range(2)]
+    scheduler.grant(gone, gone_pods)
+    scheduler._entries[gone].granted = 0  # what a pass stores for a job it preempted
+    scheduler.offer(gone, None, ANYWHERE, cluster.view())
+    scheduler._leaving[gone] = frozenset({high})
+    assert scheduler.grant(gone, gone_pods, resumed=True).workers is None
+
+
 def test_forgetting_a_deleted_job_frees_its_devices_for_the_queue() -> None:
     a, b = ("ns", "a"), ("ns", "b")
     cluster = FakeCluster(nodes=[node("n1")])

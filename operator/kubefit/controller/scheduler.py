@@ -230,6 +230,9 @@ class Scheduler:
         # (admission.leaving_for); their gang clocks wait.
         self._leaving: dict[JobKey, frozenset[JobKey]] = {}
         self._seen: set[JobKey] = set()  # jobs this process has reconciled (restart recovery once)
+        # The grant of each job when it left the queue (offer None: suspended, finished): a victim resumed
+        # during its handshake is taken back at it (a shrink's), or not at all (a preemption's 0).
+        self._grant_on_leaving: dict[JobKey, int] = {}
         self._not_ready: set[str] = set()
         self._nodes: dict[str, NodeFacts] = {}
         self._node_devices = NodeDevices(catalog)
@@ -271,16 +274,20 @@ class Scheduler:
         it is taken as admitted with those workers (a failed one awaiting its replacement included, so
         that a restart of the operator restarts no gang), or with `admitted_with` (what its status says it
         was admitted with) if that is more. So is a job `resumed` while its suspend's handshake was still
-        waiting (scheduled.resumed_while_suspended): its workers never stopped holding their devices; unless
-        they are leaving for another job too (preempted, then suspended), whose places they are."""
+        waiting (scheduled.resumed_while_suspended): its workers never stopped holding their devices. Those
+        leaving for another job too are that job's places: a job shrunk, then suspended, is taken back at the
+        grant it was shrunk to; one preempted, then suspended, not at all."""
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None and (key not in self._seen or (resumed and key not in self._leaving)):
+            if entry is None and (key not in self._seen or resumed):
                 self._seen.add(key)
                 # The status's admitted worker count keeps a gang whole when one of its pods went while
                 # the operator was down (it is recreated, not the gang resized).
                 found = _recovered_workers(pods)
                 workers = max(found, admitted_with) if found else 0
+                left_with = self._grant_on_leaving.pop(key, 0)
+                if resumed and key in self._leaving:
+                    workers = min(workers, left_with)
                 if workers:
                     entry = self._entries[key] = _Entry(demand=None, granted=workers, reason=RECOVERED)
             self._seen.add(key)
@@ -303,6 +310,7 @@ class Scheduler:
             if demand is None:
                 changed = self._entries.pop(key, None) is not None
                 if changed:
+                    self._grant_on_leaving[key] = (entry.granted or 0) if entry is not None else 0
                     logger.info("%s/%s leaves the queue (needs nothing now)", *key)
             elif entry is None:
                 self._entries[key] = _Entry(demand, placement)
@@ -320,6 +328,7 @@ class Scheduler:
         with self._lock:
             known = self._entries.pop(key, None) is not None
             self._seen.discard(key)
+            self._grant_on_leaving.pop(key, None)
         if known and view is not None:
             self.request("job", view)
 
