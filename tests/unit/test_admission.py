@@ -789,6 +789,7 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Demand], list[Holding], list[NodeCa
             placed["gone"] = draw(st.integers(1, 2))
             bound += ["gone"] * placed["gone"]
         order = tuple(draw(st.permutations(bound))) if draw(st.booleans()) else ()
+        held = replace(held, finished_workers=draw(st.integers(0, 2)))  # succeeded: placed on no node
         admitted.append(Holding(held, draw(st.integers(1, 6)), dict(+placed), order, reserved=reserved))
     queued = [demand(f"q{index}") for index in range(draw(st.integers(0, 8)))]
     return queued, admitted, cluster
@@ -913,6 +914,42 @@ def test_a_shrink_frees_the_highest_indices_where_they_really_are() -> None:
     # With a lower minimum, workers 3, 2 and 1 go (worker 2 frees nothing useful but is above worker 1).
     deeper = shrink_for_high(spread, min_workers=1)
     assert deeper.grants == {key("high"): 1, key("low"): 1}
+
+
+def test_a_worker_that_succeeded_counts_as_placed_and_keeps_no_device() -> None:
+    """Worker 3 of a job succeeded and its pod is gone (decide counts it done and never runs it again).
+    The pass took it for missing: it reserved a place for it, lowered an elastic job's grant on a full
+    cluster (decide then dropped the succeeded worker and ran it again later), and took a gang for short
+    of its minimum, keeping its nodes from the jobs behind it."""
+    three = {"node-0": 1, "node-1": 1, "node-2": 1}
+    elastic = replace(job("a", per_worker=8, min_workers=2, want=4), finished_workers=1)
+    full = [NodeCapacity(name, H100, 8, 0) for name in three]
+    assert plan(admitted=[Holding(elastic, 4, three)], cluster=full).grants == {key("a"): 4}
+
+    later = job("later", per_worker=8, created=NOW)
+    free_node = [*full, NodeCapacity("node-3", H100, 8, 0)]
+    result = plan([later], [Holding(elastic, 4, three)], free_node)
+    assert result.grants == {key("a"): 4, key("later"): 1}
+    assert key("a") not in result.reserved
+
+    fixed = replace(gang("f", 4, per_worker=8), finished_workers=1)
+    small = job("small", per_worker=4, created=NOW)
+    half_free = [*full, NodeCapacity("node-4", H100, 8, 4)]
+    assert plan([small], [Holding(fixed, 4, three)], half_free).grants[key("small")] == 1
+
+
+def test_a_shrink_takes_a_finished_worker_off_the_grant_first_as_decide_does() -> None:
+    """decide drops a lowered grant's finished workers before any that still holds a device. Counting
+    worker 2's node as freed by a grant of 3, while decide drops worker 3's slot and keeps worker 2, would
+    promise that node twice."""
+    high = gang("high", 1, per_worker=8, priority=10)
+    low = replace(job("low", per_worker=8, min_workers=1, want=4), finished_workers=1)
+    order = ("node-0", "node-1", "node-2")  # workers 0..2; worker 3 succeeded
+    held = Holding(low, 4, dict(Counter(order)), order)
+    result = plan([high], [held], [NodeCapacity(name, H100, 8, 0) for name in order])
+    # Worker 3's slot goes first and frees nothing; worker 2's node then makes room for high.
+    assert result.grants == {key("high"): 1, key("low"): 2}
+    assert result.placement[key("high")] == {"node-2": 1}
 
 
 def test_an_admitted_job_without_room_yet_keeps_later_jobs_off_its_devices() -> None:

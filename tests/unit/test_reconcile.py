@@ -802,6 +802,9 @@ def test_a_worker_that_succeeded_is_not_run_again_when_its_pod_goes() -> None:
     finished = decide(observe(pods=[pod(1, "Succeeded")], status=gone.status), CATALOG)
     assert status_of(finished)["phase"] == "Succeeded"
     assert status_of(finished)["succeededWorkers"] == "0-1"
+    # The scheduling pass counts it placed, on no node: it reserved a place for it, or lowered the grant.
+    assert one_done.demand is not None and one_done.demand.finished_workers == 1
+    assert gone.demand is not None and gone.demand.finished_workers == 1
 
 
 def test_an_elastic_job_keeps_a_succeeded_worker_whose_pod_went_instead_of_starting_another() -> None:

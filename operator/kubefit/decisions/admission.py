@@ -44,6 +44,10 @@ PREEMPTED = "Preempted"
 INSUFFICIENT_CAPACITY = "InsufficientCapacity"  # its minimum does not fit the free devices it may use
 QUEUED = "Queued"  # it waits behind another job (StrictFIFO, or a head of line keeping its nodes)
 
+# The "node" of a shrink removal that takes a finished worker (Demand.finished_workers) off a grant: it frees
+# no device anywhere. Node names are never empty.
+_FINISHED = ""
+
 
 @dataclass(frozen=True)
 class Demand:
@@ -61,6 +65,10 @@ class Demand:
     eligible_nodes: frozenset[str] | None = None  # None: every node of its accelerator
     # An elastic job's grants come in multiples of this (whole TP x PP groups; min and want are multiples).
     worker_step: int = 1
+    # Workers of its running group that succeeded (status.succeededWorkers: their pods finished or gone).
+    # decide counts them as placed and never runs them again, so the pass counts them placed too, on no
+    # node: it reserved a place for each, took the job for short of its minimum, or lowered its grant.
+    finished_workers: int = 0
 
     def __post_init__(self) -> None:
         for name in ("per_worker", "min_workers", "worker_step"):
@@ -142,9 +150,11 @@ class _Job:
     released: Counter[str] = field(default_factory=Counter)
     removal_order: tuple[str, ...] = ()  # bound workers' nodes, the first removed first (highest index)
     reserved_before: Mapping[str, int] = field(default_factory=dict)  # Holding.reserved
+    finished: int = 0  # Demand.finished_workers still in its grant: placed on no node
     # Queue order, worked out once: the demand is frozen, and passes compare it many times.
     order: tuple[int, float, str, str] = field(init=False)
-    # Workers in `bound` and `reserved`, kept by the three places that change them (_jobs, take, release).
+    # Workers in `bound` and `reserved`, and `finished`, kept by the places that change them (_jobs, take,
+    # release, _commit).
     placed_count: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -381,6 +391,9 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
                 job.bound[node] = workers
                 job.placed_count += workers
                 cluster.add_free(node, -workers * demand.per_worker)
+        # Finished workers are slots of its grant (decide's succeededWorkers), never more than it has left.
+        job.finished = min(demand.finished_workers, max(0, job.grant - job.placed_count))
+        job.placed_count += job.finished
         jobs[demand.key] = job
     for demand in queued:
         if demand.key not in jobs:  # a job listed as admitted too is admitted
@@ -583,7 +596,7 @@ def _shrink(trial: _Trial, other: _Job) -> None:
     most free devices; then bound workers, in the order decide removes them (highest index first) when
     that order is known."""
     leaving = _leaving(other)
-    room = other.grant - other.floor
+    room = _take_finished(trial, other, other.grant - other.floor)
     reserved = {n: c for n, c in other.reserved.items() if n in trial.free}
     room = _take_by_room(trial, other, reserved, room, from_reserved=True)
     room = _complete_group_from_reserved(trial, other, room)
@@ -593,6 +606,18 @@ def _shrink(trial: _Trial, other: _Job) -> None:
     else:
         bound = {n: c for n, c in other.bound.items() if n in trial.free}
         _take_by_room(trial, other, bound, room, from_reserved=False)
+
+
+def _take_finished(trial: _Trial, other: _Job, room: int) -> int:
+    """Before anything else, `other`'s finished workers still in its grant: they free nothing, but decide
+    drops a lowered grant's finished workers first (workers.worker_slots keeps them last), so a worker
+    counted as removed while they stayed would stay too."""
+    taken = sum(1 for job, node, _ in trial.removals if job is other and node == _FINISHED)
+    left = min(other.finished, other.grant - len(other.removal_order)) - taken
+    while left > 0 and room > 0 and _wants_more(trial, other, room):
+        trial.removals.append((other, _FINISHED, False))
+        left, room = left - 1, room - 1
+    return room
 
 
 def _take_reserved_elsewhere(trial: _Trial, other: _Job, room: int) -> int:
@@ -807,7 +832,10 @@ def _commit(cluster: _Cluster, trial: _Trial) -> None:
         # A worker on a node outside the pass (NotReady) goes all the same, and frees nothing in it.
         if from_reserved or other.bound.get(node, 0) > 0:
             cluster.release(other, node, from_reserved)
-        if not from_reserved:
+        elif node == _FINISHED:
+            other.finished -= 1
+            other.placed_count -= 1
+        if not from_reserved and node != _FINISHED:
             other.released[node] += 1
         other.grant -= 1
         other.shrunk_for = trial.job.key
@@ -964,7 +992,7 @@ def _settled(holding: Holding, accelerators: Mapping[str, str | None]) -> bool:
     placed = [(node, workers) for node, workers in holding.placed.items() if workers > 0]
     return (
         all(accelerators.get(node) == demand.accelerator for node, _ in placed)
-        and sum(workers for _, workers in placed) == holding.granted
+        and sum(workers for _, workers in placed) + demand.finished_workers == holding.granted
     )
 
 

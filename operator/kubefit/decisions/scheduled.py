@@ -8,11 +8,14 @@ removed on purpose only after the checkpoint handshake (decisions.elastic), high
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from kubefit.api.conditions import FINISHED_PHASES, ConditionType, JobPhase, Reason
+from kubefit.api.formatting import parse_index_ranges
 from kubefit.api.units import rfc3339
+from kubefit.decisions.admission import Demand
 from kubefit.decisions.conditions import ConditionUpdate, is_true
 from kubefit.decisions.demand import job_demand
 from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of, sized
@@ -47,8 +50,16 @@ def scheduled(ctx: JobContext) -> Draft:
         draft = admitted(ctx, grant)
     # A finished job needs nothing; one that just timed out withholds its demand until the backoff passes.
     withheld = draft.gang is not None and backoff_left(draft.gang, ctx.now) > 0
-    draft.demand = None if draft.phase in FINISHED_PHASES or withheld else demand
+    draft.demand = None if draft.phase in FINISHED_PHASES or withheld else _with_finished(demand, draft, ctx)
     return draft
+
+
+def _with_finished(demand: Demand, draft: Draft, ctx: JobContext) -> Demand:
+    """The demand with the running group's succeeded workers, which the pass counts as placed."""
+    finished = draft.succeeded_workers
+    if finished is None:
+        finished = parse_index_ranges(ctx.status.get("succeededWorkers"))
+    return replace(demand, finished_workers=len(finished)) if finished else demand
 
 
 def _grant(ctx: JobContext) -> int:
