@@ -21,6 +21,7 @@ from kubefit.sizing.estimator import (
     Layout,
     estimate,
     layer_activation_bytes,
+    nf4_bytes,
     residual_stream,
     state_bytes,
 )
@@ -576,6 +577,26 @@ def test_fsdp_wrapping_blocks_alone_keeps_the_root_with_embedding_and_head_gathe
     assert trained.communication_buffers == pytest.approx(
         (root + 2 * shape.block_parameters()) * 2 + gradients, rel=1e-6
     )
+
+
+def test_fsdp_qlora_gathers_its_root_at_16_bits_and_its_blocks_at_nf4() -> None:
+    """The root unit's embedding and head stay 16-bit under QLoRA (fsdp_qlora skips `lm_head`, torchtune
+    never quantises it); counted at the base's average bytes (nf4 blocks and 16-bit embeddings), it came
+    to about 0.56 B a parameter."""
+    shape = LLAMA3_8B_SHAPE
+    qlora = {**LLAMA3_8B_LORA, "finetuning": {"method": "qlora", "loraRank": 8}}
+    sharded = estimate(job(qlora, sharding="fsdp"), H100, Layout(2, 1))
+    nf4 = nf4_bytes(double_quantization=True)
+    gathered = 2 * shape.embedding_parameters() * 2 + 2 * shape.block_parameters() * nf4
+    dequantized = QLORA_DEQUANT_COPIES * shape.largest_block_matrix() * 2
+    assert sharded.communication_buffers == pytest.approx(gathered + dequantized, rel=1e-6)
+    # A quantised head (finetuning.quantizedHead) is gathered at nf4 with the blocks.
+    head_quantized = {**qlora, "finetuning": {**qlora["finetuning"], "quantizedHead": True}}
+    quantized = estimate(job(head_quantized, sharding="fsdp"), H100, Layout(2, 1))
+    head = shape.embedding_parameters()
+    dequantized_head = QLORA_DEQUANT_COPIES * head * 2  # the head is now the largest matrix dequantised
+    expected = gathered - head * (2 - nf4) + dequantized_head
+    assert quantized.communication_buffers == pytest.approx(expected, rel=1e-6)
 
 
 def test_optimizer_in_backward_holds_one_matrix_of_gradients_and_steps_it_alone() -> None:

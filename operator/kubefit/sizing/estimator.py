@@ -580,6 +580,9 @@ class _States:
     trainable: float  # trainable parameters on the device before sharding
     gathered_bytes: float  # bytes per parameter of a unit all-gathered under ZeRO-3
     gathered_gradient_bytes: float  # gradient bytes per parameter that a gathered unit produces
+    # Where the units differ (QLoRA: 16-bit embeddings, nf4 blocks), bytes per parameter of FSDP's root unit
+    # (the embedding and head) and of a block; None: gathered_bytes for both.
+    unit_bytes: tuple[float, float] | None = None
 
 
 def _parameter_states(
@@ -660,7 +663,22 @@ def _adapter_states(
         trainable=trainable_here,
         gathered_bytes=base / max(share.parameters, 1),
         gathered_gradient_bytes=0,
+        unit_bytes=_qlora_unit_bytes(spec, share),
     )
+
+
+def _qlora_unit_bytes(spec: TrainingJobSpec, share: _StageShare) -> tuple[float, float] | None:
+    """QLoRA's bytes per parameter of the root unit and of a block (_frozen_base_bytes' parts): the
+    average of the two counted FSDP's gathered root, 16-bit embeddings and head, at about nf4's half byte
+    (AnswerDotAI fsdp_qlora keeps `lm_head` out of `replace_linear`, so in bf16)."""
+    finetuning = spec.model.finetuning
+    if finetuning.method != "qlora" or not share.embeddings:
+        return None
+    quantized_head = share.head if finetuning.quantized_head else 0
+    embedding_bytes = HALF_BYTES if spec.model.precision == "bf16-true" else FP32_BYTES
+    nf4 = nf4_bytes(finetuning.double_quantization)
+    root = ((share.embeddings - quantized_head) * embedding_bytes + quantized_head * nf4) / share.embeddings
+    return root, nf4
 
 
 def _frozen_base_bytes(spec: TrainingJobSpec, share: _StageShare) -> float:
@@ -860,16 +878,19 @@ def _gathered_units(training: Training, shape: ModelShape, share: _StageShare, o
     Otherwise (DeepSpeed, which gathers per module, or the embedding and head wrapped apart) the largest
     unit, a block or one V x h matrix, stands for both in flight."""
     tensor_parallel = training.tensor_parallel
+    whole = share.parameters * on_device.gathered_bytes
     if training.sharding == "fsdp" and training.fsdp_wrap == "blocks":
-        root = share.embeddings / tensor_parallel
-        blocks = ALLGATHER_UNITS_IN_FLIGHT * shape.block_parameters() / tensor_parallel
-        gathered = min(root + blocks, share.parameters)
+        root_bytes, block_bytes = on_device.unit_bytes or (on_device.gathered_bytes, on_device.gathered_bytes)
+        root = share.embeddings / tensor_parallel * root_bytes
+        blocks = ALLGATHER_UNITS_IN_FLIGHT * shape.block_parameters() / tensor_parallel * block_bytes
+        gathered = min(root + blocks, whole)
         gradient_parameters = (shape.embedding_parameters() + shape.block_parameters()) / tensor_parallel
     else:
-        gathered = min(ALLGATHER_UNITS_IN_FLIGHT * shape.largest_unit() / tensor_parallel, share.parameters)
-        gradient_parameters = gathered / ALLGATHER_UNITS_IN_FLIGHT
+        units = min(ALLGATHER_UNITS_IN_FLIGHT * shape.largest_unit() / tensor_parallel, share.parameters)
+        gathered = units * on_device.gathered_bytes
+        gradient_parameters = units / ALLGATHER_UNITS_IN_FLIGHT
     # Fresh gradients, before FSDP reduces them (or, under no_sync, adds them to the unsharded ones).
-    return gathered * on_device.gathered_bytes + gradient_parameters * on_device.gathered_gradient_bytes
+    return gathered + gradient_parameters * on_device.gathered_gradient_bytes
 
 
 def _step_temporaries(
