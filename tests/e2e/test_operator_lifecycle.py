@@ -8,6 +8,7 @@ pool (operator_support `pool`), and its pods stop at once when deleted.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from operator_support import (
     JOB_LABEL,
     Kube,
     OperatorProcess,
+    PoolNodes,
     PrivatePool,
     job_manifest,
     running_names,
@@ -238,6 +240,33 @@ def test_a_worker_that_succeeded_is_not_run_again_when_its_pod_goes(
     )
     status = kube.job_status(namespace, job)
     assert (status["phase"], status["succeededWorkers"], status["restarts"]) == ("Succeeded", "0-1", 0)
+
+
+def test_the_device_of_a_worker_that_succeeded_goes_to_the_next_job(
+    kube: Kube, namespace: str, operator: OperatorProcess, add_pool: Callable[..., PrivatePool]
+) -> None:
+    """A gang of 2 on a node of 2 GPUs; worker 0 finishes first, worker 1 trains on. The pass counted the
+    finished worker as missing: it kept its GPU for it and held the queue behind the gang, so a job
+    applied then waited for the whole gang to end."""
+    two_gpus = add_pool(PoolNodes("nvidia-h100-80gb", nodes=1, per_node=2))
+    uids = start(kube, namespace, small_job("gang", namespace, two_gpus, 2), replicas=2)
+    first, second = sorted(uids)
+    exit_worker(kube, namespace, first, 0)
+    wait_for(
+        f"{first} recorded as succeeded",
+        lambda: kube.job_status(namespace, "gang").get("succeededWorkers") == "0",
+        timeout=30,
+    )
+    kube.apply(small_job("next", namespace, two_gpus, 1))
+    wait_for(
+        "the next job's worker running on the finished worker's GPU",
+        lambda: running_names(kube.workers(namespace, "next")) == ["next-worker-0"],
+        timeout=60,
+    )
+    pods = pods_by_name(kube, namespace, "gang")
+    assert sorted(pods) == [first, second], "the worker that succeeded was started again"
+    assert pods[second]["status"]["phase"] == "Running"
+    assert kube.job_status(namespace, "gang")["phase"] != "Failed"
 
 
 # ---------------------------------------------------------------------------------------------- suspend
