@@ -351,6 +351,39 @@ def test_a_higher_priority_job_shrinks_a_lower_priority_elastic_job_to_its_minim
     ), kube.events(namespace, "low")
 
 
+def test_a_job_shrunk_then_suspended_and_resumed_in_its_handshake_keeps_the_workers_it_was_shrunk_to(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    # Shrunk from 4 to 2 for a higher-priority job, suspended while workers 2 and 3 wait to checkpoint
+    # (nobody acknowledges), resumed: it was taken back at no grant, as if preempted, and lost all four.
+    low = elastic_job("low", namespace, pool, replicas=4, low=2, high=4)
+    low["spec"]["elastic"]["checkpointGracePeriodSeconds"] = 600
+    kube.apply(low)
+    wait_for("low at 4 workers", lambda: running(kube, namespace, "low") == 4)
+    kept = {
+        pod["metadata"]["name"]: pod["metadata"]["uid"]
+        for pod in kube.workers(namespace, "low")
+        if pod["metadata"]["name"] in ("low-worker-0", "low-worker-1")
+    }
+    kube.apply(fixed_job("high", namespace, pool, replicas=2, per_worker=4, scheduling={"priority": 100}))
+    wait_for(
+        "low's shrink handshake",
+        lambda: (
+            (kube.job_status(namespace, "low").get("checkpoint") or {}).get("reason") == "ShrunkForPriority"
+        ),
+    )
+    suspend = '{"spec": {"runPolicy": {"suspend": %s}}}'
+    kube.run("patch", "trainingjob", "low", "-n", namespace, "--type", "merge", "-p", suspend % "true")
+    wait_for("Suspended=True", lambda: condition_is(kube, namespace, "low", "Suspended", "True"))
+    kube.run("patch", "trainingjob", "low", "-n", namespace, "--type", "merge", "-p", suspend % "false")
+    with explained(kube, namespace, "low"):
+        wait_for("low admitted again", lambda: condition_is(kube, namespace, "low", "Admitted", "True"))
+        status = kube.job_status(namespace, "low")
+        assert (status.get("checkpoint") or {}).get("targetReplicas") == 2, status
+        pods = {pod["metadata"]["name"]: pod for pod in live(kube, namespace, "low")}
+        assert {name: pods[name]["metadata"]["uid"] for name in kept if name in pods} == kept, pods.keys()
+
+
 @pytest.mark.parametrize(
     ("per_worker", "preemption"),
     [(4, "Never"), (8, "LowerPriority")],
