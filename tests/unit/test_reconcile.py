@@ -37,6 +37,7 @@ from kubefit.decisions.job import (
 )
 from kubefit.decisions.job import decide as decide_unchecked
 from kubefit.decisions.observed import WorkerPod, worker_from_pod
+from kubefit.decisions.running import FAILURE_BURST_SECONDS
 from kubefit.decisions.workers import scale_workers, stop_workers, worker_bounds, worker_slots
 from kubefit.sizing.catalog import Catalog, load_catalog
 from kubefit.sizing.planner import NodeInventory
@@ -120,6 +121,7 @@ def pod(
     attempt: int | None = None,
     deletion: str | None = None,
     disrupted: bool = False,
+    created: str | None = None,
 ) -> WorkerPod:
     return WorkerPod(
         name=f"llama-worker-{index}",
@@ -132,6 +134,7 @@ def pod(
         deletion_timestamp=deletion,
         attempt=attempt,
         disrupted=disrupted,
+        created=created,
     )
 
 
@@ -707,6 +710,39 @@ def test_workers_of_a_fixed_group_failing_together_are_one_restart() -> None:
         observe(spec, pods=[pod(0, "Failed", terminating=True)], status=decision.status), CATALOG
     )
     assert status_of(cascade)["restarts"] == 1 and cascade.replace == ()
+
+
+def test_elastic_pytorch_workers_failing_together_are_one_restart_and_a_replacement_failing_is_another() -> (
+    None
+):
+    """An agent that gives up closes torchrun's rendezvous (worker 0's takes the store with it), so the
+    other workers fail after it, seconds or a collective timeout later. Counted one per pod, one crash of
+    four workers passed maxRestarts 3 and failed the job."""
+    spec = elastic_spec(replicas=4, minimum=1, maximum=4)
+    started = "2025-01-01T11:00:00Z"
+    first = decide(observe(spec, pods=[pod(0), pod(1), pod(2, "Failed", created=started), pod(3)]), CATALOG)
+    assert status_of(first)["restarts"] == 1
+    assert status_of(first)["lastFailureTime"] == "2025-01-01T12:00:00Z"
+    # The rest of the group, created before that failure, fail within the collectives' timeout.
+    later = NOW + timedelta(minutes=3)
+    rest = [pod(index, "Failed", created=started) for index in (0, 1, 3)]
+    cascade = decide(observe(spec, pods=rest, status=first.status, now=later), CATALOG)
+    assert status_of(cascade)["phase"] != "Failed"
+    assert status_of(cascade)["restarts"] == 1
+    assert status_of(cascade)["lastFailureTime"] == "2025-01-01T12:00:00Z"  # the burst's start
+    assert {failed.name for failed in cascade.replace} == {f"llama-worker-{index}" for index in (0, 1, 3)}
+    # A replacement, created after the failure, failing is a new one.
+    replacement = pod(2, "Failed", uid="pod-2b", created="2025-01-01T12:00:05Z")
+    again = decide(observe(spec, pods=[replacement], status=cascade.status, now=later), CATALOG)
+    assert status_of(again)["restarts"] == 2
+    # So is an old worker failing long after the last failure, and one whose creation is not known.
+    long_after = NOW + timedelta(seconds=FAILURE_BURST_SECONDS + 1)
+    old = decide(
+        observe(spec, pods=[pod(1, "Failed", created=started)], status=first.status, now=long_after), CATALOG
+    )
+    assert status_of(old)["restarts"] == 2
+    unknown = decide(observe(spec, pods=[pod(1, "Failed")], status=first.status, now=later), CATALOG)
+    assert status_of(unknown)["restarts"] == 2
 
 
 def test_a_group_restart_after_a_failure_reruns_the_workers_that_had_finished() -> None:

@@ -610,7 +610,8 @@ class RunPolicy(_Model):
         default=3,
         description="Restarts allowed before the job fails. A fixed group (not elastic, or framework jax) "
         "restarts every worker when one fails, which counts once however many fail with it; an elastic "
-        "pytorch job replaces each failed worker, one restart each.",
+        "pytorch job replaces each failed worker, and workers that fail together (created before the last "
+        "counted failure, failing within 10 minutes of it) count once.",
     )
     suspend: bool = Field(
         strict=True, default=False, description="true deletes the workers and keeps the job."

@@ -47,6 +47,7 @@ class WorkerPod:
     # condition DisruptionTarget=True: Kubernetes (1.26+) stopped it for a reason not its own (its node
     # deleted, a taint, preemption, an eviction), not a fault of the training
     disrupted: bool = False
+    created: str | None = None  # metadata.creationTimestamp
 
     @property
     def ready(self) -> bool:
@@ -96,6 +97,7 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         disrupted=_disrupted(pod.get("status") or {}),
         nnodes=_nnodes(metadata),
         deletion_timestamp=_text(metadata.get("deletionTimestamp")),
+        created=_text(metadata.get("creationTimestamp")),
     )
 
 

@@ -137,7 +137,8 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     changes = scale_workers(slots - gone_after_success, ctx.ours, ctx.observation.already_replaced, foreign)
     faults, lost = _faults_and_losses(ctx, plan, changes, slots - gone_after_success, fixed)
     group_failed = bool(faults) and fixed
-    restarts = restarts_of(ctx.status) + (1 if group_failed else len(faults))
+    new_failure = group_failed or _new_failure(ctx, faults)
+    restarts = restarts_of(ctx.status) + (1 if new_failure else 0)
     if restarts > ctx.spec.run_policy.max_restarts:
         return failed(ctx, faults)
     done = (_succeeded_now(ctx.ours) | gone_after_success) & slots
@@ -154,6 +155,7 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
         since = "admission" if restarted_at is None else "the restart" if fixed else _FELL_BELOW_FLOOR
         return gang_timeout(ctx, plan.keep, placed, since)
     draft = _running(ctx, plan, changes, restarts, ready, faults)
+    draft.last_failure_time = rfc3339(ctx.now) if new_failure else None
     new_world = plan.restart is not None and draft.desired == plan.target
     # Each restart of every worker of a fixed group is a new attempt: workers of the old one are stopped
     # (durably: again after a lost write) and none of the new one starts beside them.
@@ -181,6 +183,22 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     if not gang.started:  # wake up when the gang timeout expires
         draft.requeue_after.append((waiting_since + timedelta(seconds=timeout) - ctx.now).total_seconds())
     return draft
+
+
+def _new_failure(ctx: JobContext, faults: Sequence[WorkerPod]) -> bool:
+    """Whether an elastic job's failed workers are a new failure, one restart however many fail together.
+    torchrun's agents restart their group as one, and an agent that gives up closes the rendezvous (and
+    worker 0's takes the store with it), so the others fail after it, up to the collectives' timeout
+    later. A worker created before the last counted failure and failing within FAILURE_BURST_SECONDS of
+    it is part of that failure; its replacement failing is a new one."""
+    last = parse_rfc3339(ctx.status.get("lastFailureTime"))
+    for pod in faults:
+        created = parse_rfc3339(pod.created)
+        if last is None or created is None or created >= last:
+            return True
+        if ctx.now - last > timedelta(seconds=FAILURE_BURST_SECONDS):
+            return True
+    return False
 
 
 def _faults_and_losses(
@@ -254,6 +272,10 @@ def _restart_group(
 
 
 _FELL_BELOW_FLOOR = "the restart or the loss that left it below its minimum"
+# How long after a counted failure the workers of the group it struck may still fail from it: torch's
+# default collective timeout for NCCL process groups (10 minutes), after which a rank left waiting on a
+# peer that went fails too.
+FAILURE_BURST_SECONDS = 600
 
 
 def _gang_now(ctx: JobContext, plan: _Plan, placed: int, fixed: bool) -> GangStatus:
@@ -357,7 +379,6 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
         restarts=restarts,
         desired=desired,
         start_time=start_time,
-        last_failure_time=rfc3339(ctx.now) if faults else None,
     )
     draft.updates.extend(resumed(ctx))
     if plan.restart:
