@@ -39,8 +39,9 @@ MEDIAN_ABS_ERROR = 0.07  # issue 10: "median absolute error of at most 7% on eac
 # Measured rows whose measured peak is above device memory x 0.9: the default headroom blocks them
 # although they ran. The set is fixed by the data (measurement, device), not by the estimator.
 # torchtitan 8B at 83.9-84.5 GiB of the 96 GB H100's 89.4 GiB (10 is not expressible, printed only);
-# Qwen-72B-Int4 QLoRA s=8192 at 75.6 GiB of 80 GiB; fsdp_qlora on 24 GB 3090s and 4090s at 22.0-23.0 GiB.
-HEADROOM_BAND_ROWS = {"10", "13", "14", "16", "141", "159", "160", "161", "163", "164", "165", "166"}
+# Qwen-72B-Int4 QLoRA s=8192 at 75.6 GiB of 80 GiB; fsdp_qlora on 24 GB 3090s and 4090s at 22.0-23.0 GiB;
+# ColossalAI's GPT2-XL under DDP at 37.0 GiB allocated of the 40 GB A100's 39.4 GiB.
+HEADROOM_BAND_ROWS = {"10", "13", "14", "16", "141", "159", "160", "161", "163", "164", "165", "166", "300"}
 
 
 # Targets not met at the end of issue 10, per (test, set), with the reason. strict: a target that comes
@@ -55,7 +56,10 @@ UNMET: dict[tuple[str, str], str] = {
     (
         "test_no_underestimate_worse_than_the_target",
         "held-out",
-    ): "Qwen-1.8B-Chat LoRA rows 100-104: -13% to -16%",
+    ): (
+        "Qwen-1.8B-Chat LoRA rows 100-104: -13% to -16%; ColossalAI's GPT-2 18B under DeepSpeed ZeRO-3 with "
+        "parameters and optimizer offloaded on one A100 (row 302): -76%"
+    ),
     ("test_median_absolute_error_meets_the_target", "held-out"): "median |error| 9.9% on the Qwen rows",
     ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "development"): (
         "row 28 (torchtune 8B full with optimizer in the backward on a 24 GB 4090, +13%: its torch.compile "
@@ -65,7 +69,8 @@ UNMET: dict[tuple[str, str], str] = {
         "-0.3%, which with the runtime context passes 21.6)"
     ),
     ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "held-out"): (
-        "row 140 (Qwen-72B-Int4 QLoRA s=4096, 68.0 of 80 GiB) is over-estimated by 16.5%, past the headroom"
+        "row 140 (Qwen-72B-Int4 QLoRA s=4096, 68.0 of 80 GiB) is over-estimated by 16.5%, past the headroom; "
+        "row 301 (ColossalAI's GPT2-XL under DeepSpeed ZeRO-3, micro-batch 40) by 43.5%"
     ),
 }
 # The held-out sources report no out-of-memory run: that target applies to the sets that have OOM rows.
