@@ -174,6 +174,31 @@ def test_a_failed_worker_restarts_its_group_until_the_restart_limit_fails_the_jo
     assert (status["phase"], status["restarts"]) == ("Failed", 2)
 
 
+def test_elastic_pytorch_workers_failing_one_after_another_are_one_restart(
+    kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
+) -> None:
+    """An agent that gives up closes torchrun's rendezvous, and the rest of the group fails after it. Four
+    workers failing a few seconds apart were four restarts: at maxRestarts 1 the job failed at once."""
+    job = "cascade"
+    elastic = {"enabled": True, "checkpointGracePeriodSeconds": 0}
+    manifest = job_manifest(
+        job,
+        namespace,
+        pool=pool,
+        resources=SMALL,
+        workers={"replicas": 4, "minReplicas": 1, "maxReplicas": 4},
+        elastic=elastic,
+        runPolicy={"maxRestarts": 1},
+    )
+    uids = start(kube, namespace, manifest, replicas=4)
+    for name in sorted(uids, reverse=True):  # worker 3 first, the store host last
+        exit_worker(kube, namespace, name, 1)
+        time.sleep(1)
+    replaced_group(kube, namespace, job, uids)
+    status = kube.job_status(namespace, job)
+    assert (status["phase"], status["restarts"]) == ("Running", 1), status
+
+
 # ---------------------------------------------------------------------------------------------- success
 
 
