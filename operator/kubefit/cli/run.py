@@ -211,7 +211,8 @@ def _add_scheduling_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint-url",
         type=_http_url,
         metavar="URL",
-        help="the handshake URL worker pods are told (default http://<bind address>:<port>)",
+        help="the handshake URL worker pods are told (default http://<bind address>:<port>, this host's "
+        "address where the bind address is 0.0.0.0: the pod IP in a pod)",
     )
     parser.add_argument(
         "--checkpoint-key-file",

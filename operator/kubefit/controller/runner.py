@@ -132,9 +132,21 @@ def _start_checkpoints(
     """Serves the checkpoint handshake; returns the URL worker pods are told."""
     token_for = token_lookup(key, uid_of)
     port = serve_checkpoints(board, token_for, options.bind_address, options.checkpoint_port)
-    served = f"http://{options.bind_address}:{port}"
+    served = f"http://{advertised_address(options.bind_address)}:{port}"
     print(f"kubefit: checkpoints on {served}", flush=True)
     return options.checkpoint_url or served
+
+
+def advertised_address(bind_address: str) -> str:
+    """The address workers can reach the operator on: a wildcard bind (every interface, the default in a
+    pod) is no address to connect to (a worker dialling 0.0.0.0 reaches its own pod), so this host's own
+    address stands for it: the pod IP in a pod."""
+    if bind_address not in ("0.0.0.0", "::", ""):
+        return bind_address
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 class _StandbyHealth(BaseHTTPRequestHandler):

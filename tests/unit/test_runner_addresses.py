@@ -1,0 +1,20 @@
+"""The addresses the operator tells worker pods (controller/runner.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubefit.controller import runner
+
+
+def test_workers_are_told_an_address_they_can_reach_not_a_wildcard_bind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a pod the operator binds 0.0.0.0; told http://0.0.0.0:8081, a worker reached its own pod, found
+    no checkpoint request ever, and every removal waited out its whole grace period."""
+    assert runner.advertised_address("127.0.0.1") == "127.0.0.1"
+    assert runner.advertised_address("10.1.2.3") == "10.1.2.3"
+    monkeypatch.setattr(runner.socket, "gethostname", lambda: "kubefit-7d9f")
+    monkeypatch.setattr(runner.socket, "gethostbyname", lambda name: "10.244.3.17")
+    assert runner.advertised_address("0.0.0.0") == "10.244.3.17"
+    assert runner.advertised_address("::") == "10.244.3.17"
