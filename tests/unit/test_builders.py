@@ -339,7 +339,7 @@ def test_pytorch_env_for_an_elastic_job_gives_torchrun_a_range() -> None:
     assert env["PET_RDZV_BACKEND"] == "c10d"
     assert env["PET_RDZV_ENDPOINT"] == "llama-worker-0.llama:29500"
     assert env["PET_RDZV_ID"] == "1234-uid"
-    assert env["PET_RDZV_CONF"] == "is_host=1"
+    assert env["PET_RDZV_CONF"] == "is_host=1,read_timeout=600"
     # elastic.maxRestarts' default: every planned removal uses one on each survivor, so it is not
     # runPolicy.maxRestarts (3), which four scale-downs would have used up.
     assert env["PET_MAX_RESTARTS"] == "100"
@@ -350,11 +350,28 @@ def test_elastic_rendezvous_is_hosted_by_worker_0_alone_and_every_worker_points_
     spec["runPolicy"] = {"maxRestarts": 2}  # counts failed pods, not torchrun's in-place restarts
     spec["elastic"]["maxRestarts"] = 7
     envs = [env_of(build_worker_pod(worker_set(spec, workers=3, bounds=(2, 6)), index)) for index in range(3)]
-    assert [env["PET_RDZV_CONF"] for env in envs] == ["is_host=1", "is_host=0", "is_host=0"]
+    hosts = [env["PET_RDZV_CONF"].split(",")[0] for env in envs]
+    assert hosts == ["is_host=1", "is_host=0", "is_host=0"]
     assert {env["PET_RDZV_ENDPOINT"] for env in envs} == {"llama-worker-0.llama:29500"}
     assert {env["PET_RDZV_ID"] for env in envs} == {"1234-uid"}
     assert {env["PET_NNODES"] for env in envs} == {"2:6"}
     assert {env["PET_MAX_RESTARTS"] for env in envs} == {"7"}
+
+
+def test_elastic_workers_wait_for_worker_0s_store_as_long_as_torchruns_join_timeout() -> None:
+    """Created together, the others reach worker 0's store while it may still pull its image: the c10d
+    backend's 60 s default read timeout made their agents give up and every one of them fail."""
+    spec = raw_spec(elastic={"enabled": True}, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 2})
+    env = env_of(build_worker_pod(worker_set(spec, workers=2, bounds=(1, 2)), 1))
+    assert env["PET_RDZV_CONF"] == "is_host=0,read_timeout=600"
+    # A template's own options are kept (they win), but is_host stays the operator's for each worker.
+    container = spec["template"]["spec"]["containers"][0]
+    container["env"] = [{"name": "PET_RDZV_CONF", "value": "read_timeout=900,is_host=1,join_timeout=1200"}]
+    envs = [env_of(build_worker_pod(worker_set(spec, workers=2, bounds=(1, 2)), index)) for index in (0, 1)]
+    assert [env["PET_RDZV_CONF"] for env in envs] == [
+        "is_host=1,read_timeout=900,join_timeout=1200",
+        "is_host=0,read_timeout=900,join_timeout=1200",
+    ]
 
 
 def test_elastic_workers_keep_torchs_store_per_round_so_that_a_new_worker_can_join() -> None:

@@ -25,7 +25,13 @@ from kubefit.builders.placement import (
     with_accelerator_toleration,
     with_preferred_hostnames,
 )
-from kubefit.builders.rendezvous import WorkerGroup, fixed_world, rendezvous_env
+from kubefit.builders.rendezvous import (
+    RENDEZVOUS_CONF,
+    WorkerGroup,
+    fixed_world,
+    merged_rendezvous_conf,
+    rendezvous_env,
+)
 from kubefit.builders.resources import worker_resources
 from kubefit.sizing.catalog import Accelerator
 
@@ -74,10 +80,19 @@ class WorkerSet:
 
 
 def _with_env(container: dict[str, Any], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # A variable the user sets in the template wins: it is how a job overrides, e.g., MASTER_PORT.
-    env = list(container.get("env") or [])
+    # A variable the user sets in the template wins (e.g. NCCL_*, or a rendezvous option), except that the
+    # rendezvous options are merged: worker 0 alone hosts the store (rendezvous.merged_rendezvous_conf).
+    ours = {variable["name"]: variable for variable in extra}
+    env = [_merged(variable, ours.get(variable.get("name"))) for variable in container.get("env") or []]
     present = {variable.get("name") for variable in env}
     return env + [variable for variable in extra if variable["name"] not in present]
+
+
+def _merged(variable: dict[str, Any], ours: dict[str, Any] | None) -> dict[str, Any]:
+    value = variable.get("value")
+    if ours is None or variable.get("name") != RENDEZVOUS_CONF or not isinstance(value, str):
+        return variable
+    return {**variable, "value": merged_rendezvous_conf(ours["value"], value)}
 
 
 def _with_rendezvous_port(container: dict[str, Any]) -> list[dict[str, Any]]:

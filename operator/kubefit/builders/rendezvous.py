@@ -17,8 +17,12 @@ which nobody writes, so rank 0's exchange of ranks (`_assign_worker_ranks`, agen
 times out after 60 s and every agent exits. With the option each round's rank 0 publishes a fresh
 address and its first training process hosts the store, as before pytorch/pytorch#128096 made sharing
 the default. Measured by hand with three torchrun agents (docs/sandbox.md).
-jax: the coordinator address and process count/id that `jax.distributed.initialize` expects, fixed when
-the pod is created; a change of the worker count restarts every worker, elastic or not
+PET_RDZV_CONF also sets read_timeout=RENDEZVOUS_READ_TIMEOUT_SECONDS: the c10d backend's default of 60 s
+is how long a worker's agent waits to reach worker 0's store (torch/distributed/elastic/rendezvous/
+c10d_rendezvous_backend.py, `_create_tcp_store`), and workers are created together while worker 0 may
+still pull its image. A template's PET_RDZV_CONF keeps its own keys; is_host stays the operator's.
+jax: the coordinator address and process count/id for `jax.distributed.initialize`, fixed when the pod
+is created (jax reads JAX_COORDINATOR_ADDRESS alone from the environment: pass the other two); a change of the worker count restarts every worker, elastic or not
 (decisions/running.py, `_restart_plan`), so a new pod always sees the current count.
 none: nothing.
 """
@@ -29,6 +33,12 @@ from dataclasses import dataclass
 
 from kubefit.api.models import Framework, TrainingJobSpec
 from kubefit.builders.naming import RENDEZVOUS_PORT, rendezvous_host
+
+# How long an elastic worker's torchrun agent waits for worker 0's rendezvous store: torchrun's own
+# rendezvous join timeout (600 s), where the c10d backend's 60 s gave up on a worker 0 still pulling its
+# image, so every other worker failed.
+RENDEZVOUS_READ_TIMEOUT_SECONDS = 600
+RENDEZVOUS_CONF = "PET_RDZV_CONF"
 
 
 def fixed_world(spec: TrainingJobSpec) -> bool:
@@ -89,7 +99,7 @@ def _pytorch(group: WorkerGroup, index: int) -> dict[str, str]:
             "PET_RDZV_BACKEND": "c10d",
             "PET_RDZV_ENDPOINT": f"{host}:{RENDEZVOUS_PORT}",
             "PET_RDZV_ID": group.job_uid or group.job_name,
-            "PET_RDZV_CONF": f"is_host={1 if index == 0 else 0}",
+            RENDEZVOUS_CONF: f"is_host={1 if index == 0 else 0},read_timeout={RENDEZVOUS_READ_TIMEOUT_SECONDS}",
             "PET_MAX_RESTARTS": str(group.max_restarts),
             "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",  # so that workers can join a running group (doc)
         }
@@ -102,3 +112,18 @@ def _jax(group: WorkerGroup, index: int) -> dict[str, str]:
         "JAX_NUM_PROCESSES": str(group.workers),
         "JAX_PROCESS_ID": str(index),
     }
+
+
+def merged_rendezvous_conf(ours: str, template: str) -> str:
+    """torchrun's rendezvous options (`key=value,...`) with a template's own keys: theirs win, but is_host
+    stays ours, since one template serves every worker and only worker 0 hosts the store."""
+    options = dict(_options(ours))
+    for key, value in _options(template):
+        if key != "is_host":
+            options[key] = value
+    return ",".join(f"{key}={value}" for key, value in options.items())
+
+
+def _options(conf: str) -> list[tuple[str, str]]:
+    pairs = (part.partition("=") for part in conf.split(",") if part.strip())
+    return [(key.strip(), value.strip()) for key, _, value in pairs]
