@@ -222,6 +222,15 @@ def test_spec_resources_beat_the_template_which_beats_the_default() -> None:
     assert template_resources["requests"] == {"cpu": "4", "memory": "10Gi"}  # not mutated
 
 
+def test_template_resources_other_than_requests_and_limits_are_kept() -> None:
+    # Dynamic resource claims (resources.claims, a list) were dropped without a word.
+    spec = parse_spec(raw_spec())
+    claims = [{"name": "rdma"}]
+    resources = worker_resources({"claims": claims, "requests": None}, spec, sizing(per_worker=1))
+    assert resources["claims"] == claims
+    assert resources["requests"]["nvidia.com/gpu"] == "1"
+
+
 def test_a_template_limit_without_a_request_is_the_request_as_kubernetes_defaults_it() -> None:
     # The derived default (8 cores, 16Gi per device: 64 and 128Gi here) above the limit: a pod the API
     # server refuses ("must be less than or equal to cpu limit").
@@ -442,6 +451,16 @@ def test_rendezvous_port_is_declared_once() -> None:
     assert pod["spec"]["containers"][0]["ports"] == [
         {"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"}
     ]
+
+
+def test_a_template_port_named_rendezvous_does_not_get_a_second_port_of_that_name() -> None:
+    # Two ports of one name in a container: the API server refuses the pod, so no worker could start.
+    spec = raw_spec()
+    spec["template"]["spec"]["containers"][0]["ports"] = [{"name": "rendezvous", "containerPort": 29400}]
+    pod = build_worker_pod(worker_set(spec), 0)
+    ports = pod["spec"]["containers"][0]["ports"]
+    assert [port.get("name") for port in ports] == ["rendezvous", None]
+    assert ports[1]["containerPort"] == 29500
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint

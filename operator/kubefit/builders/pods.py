@@ -98,7 +98,10 @@ def _merged(variable: dict[str, Any], ours: dict[str, Any] | None) -> dict[str, 
 def _with_rendezvous_port(container: dict[str, Any]) -> list[dict[str, Any]]:
     ports = list(container.get("ports") or [])
     if not any(port.get("containerPort") == RENDEZVOUS_PORT for port in ports):
-        ports.append({"name": RENDEZVOUS_PORT_NAME, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
+        port = {"name": RENDEZVOUS_PORT_NAME, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}
+        if any(existing.get("name") == RENDEZVOUS_PORT_NAME for existing in ports):
+            del port["name"]  # a second port of that name would have the API server refuse every worker
+        ports.append(port)
     return ports
 
 

@@ -39,11 +39,11 @@ def worker_resources(
     offloaded_bytes: int = 0,
 ) -> dict[str, Any]:
     """The first container's `resources`, with the accelerator and cpu/memory filled in."""
-    resources = {
-        key: dict(value) for key, value in (container_resources or {}).items() if isinstance(value, dict)
-    }
-    requests = resources.setdefault("requests", {})
-    limits = resources.setdefault("limits", {})
+    # requests and limits are copied to be filled in; anything else (claims) is kept as the template has it.
+    given = container_resources or {}
+    resources = {key: value for key, value in given.items() if key not in ("requests", "limits")}
+    requests = resources["requests"] = _copied(given.get("requests"))
+    limits = resources["limits"] = _copied(given.get("limits"))
     accelerators = sizing.accelerators_per_worker
 
     if spec.resources.cpu is not None:
@@ -56,3 +56,7 @@ def worker_resources(
     requests[sizing.resource_name] = str(accelerators)
     limits[sizing.resource_name] = str(accelerators)
     return resources
+
+
+def _copied(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
