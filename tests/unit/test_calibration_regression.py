@@ -60,7 +60,9 @@ UNMET: dict[tuple[str, str], str] = {
         "Qwen-1.8B-Chat LoRA rows 100-104: -13% to -16%; ColossalAI's GPT-2 18B under DeepSpeed ZeRO-3 with "
         "parameters and optimizer offloaded on one A100 (row 302): -76%"
     ),
-    ("test_median_absolute_error_meets_the_target", "held-out"): "median |error| 9.9% on the Qwen rows",
+    ("test_median_absolute_error_meets_the_target", "held-out"): (
+        "median |error| 9.9% on the Qwen and ColossalAI rows"
+    ),
     ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "development"): (
         "row 28 (torchtune 8B full with optimizer in the backward on a 24 GB 4090, +13%: its torch.compile "
         "is not in the API), row 54 (torchtune 8B LoRA on an A6000, +51%), row 73 (litgpt 13B LoRA: 35.5 "

@@ -14,7 +14,16 @@ def test_workers_are_told_an_address_they_can_reach_not_a_wildcard_bind(
     no checkpoint request ever, and every removal waited out its whole grace period."""
     assert runner.advertised_address("127.0.0.1") == "127.0.0.1"
     assert runner.advertised_address("10.1.2.3") == "10.1.2.3"
+    monkeypatch.delenv("POD_IP", raising=False)
     monkeypatch.setattr(runner.socket, "gethostname", lambda: "kubefit-7d9f")
-    monkeypatch.setattr(runner.socket, "gethostbyname", lambda name: "10.244.3.17")
+    addresses = ["127.0.1.1", "fd00::17", "10.244.3.17"]  # a Debian hosts file lists 127.0.1.1 first
+    infos = [(0, 0, 0, "", (address, 0)) for address in addresses]
+    monkeypatch.setattr(runner.socket, "getaddrinfo", lambda host, port: infos)
+    assert runner.advertised_address("0.0.0.0") == "fd00::17"
+    assert runner.advertised_address("::") == "fd00::17"
+    assert runner._url_host("fd00::17") == "[fd00::17]"
+    monkeypatch.setenv("POD_IP", "10.244.3.17")  # the downward API's status.podIP, where given
     assert runner.advertised_address("0.0.0.0") == "10.244.3.17"
-    assert runner.advertised_address("::") == "10.244.3.17"
+    monkeypatch.delenv("POD_IP")
+    monkeypatch.setattr(runner.socket, "getaddrinfo", lambda host, port: infos[:1])
+    assert runner.advertised_address("0.0.0.0") == "127.0.0.1"  # nothing better: loopback, with a warning

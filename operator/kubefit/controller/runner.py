@@ -4,6 +4,7 @@ scheduler, and kopf's run loop."""
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import logging
 import os
 import socket
@@ -132,21 +133,47 @@ def _start_checkpoints(
     """Serves the checkpoint handshake; returns the URL worker pods are told."""
     token_for = token_lookup(key, uid_of)
     port = serve_checkpoints(board, token_for, options.bind_address, options.checkpoint_port)
-    served = f"http://{advertised_address(options.bind_address)}:{port}"
+    address = advertised_address(options.bind_address)
+    served = f"http://{_url_host(address)}:{port}"
     print(f"kubefit: checkpoints on {served}", flush=True)
+    if options.checkpoint_url is None and options.bind_address in WILDCARDS and _loopback(address):
+        print(
+            "kubefit: warning: no address of this host but loopback was found for the checkpoint handshake; "
+            "workers on other machines cannot reach it: pass --checkpoint-url",
+            flush=True,
+        )
     return options.checkpoint_url or served
+
+
+WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def advertised_address(bind_address: str) -> str:
     """The address workers can reach the operator on: a wildcard bind (every interface, the default in a
     pod) is no address to connect to (a worker dialling 0.0.0.0 reaches its own pod), so this host's own
-    address stands for it: the pod IP in a pod."""
-    if bind_address not in ("0.0.0.0", "::", ""):
+    address stands for it: POD_IP where the downward API gives it, else the first of the host name's
+    addresses that is not loopback (the pod IP in a pod), else loopback."""
+    if bind_address not in WILDCARDS:
         return bind_address
+    pod_ip = os.environ.get("POD_IP")
+    if pod_ip:
+        return pod_ip
     try:
-        return socket.gethostbyname(socket.gethostname())
+        found = [str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)]
     except OSError:
-        return "127.0.0.1"
+        found = []
+    return next((address for address in found if not _loopback(address)), "127.0.0.1")
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 class _StandbyHealth(BaseHTTPRequestHandler):

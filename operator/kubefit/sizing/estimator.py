@@ -580,9 +580,20 @@ class _States:
     trainable: float  # trainable parameters on the device before sharding
     gathered_bytes: float  # bytes per parameter of a unit all-gathered under ZeRO-3
     gathered_gradient_bytes: float  # gradient bytes per parameter that a gathered unit produces
-    # Where the units differ (QLoRA: 16-bit embeddings, nf4 blocks), bytes per parameter of FSDP's root unit
-    # (the embedding and head) and of a block; None: gathered_bytes for both.
-    unit_bytes: tuple[float, float] | None = None
+    # Where the units differ (QLoRA: embeddings in the load dtype, nf4 blocks); None: gathered_bytes for all.
+    unit_bytes: _UnitBytes | None = None
+
+
+@dataclass(frozen=True)
+class _UnitBytes:
+    """Bytes per parameter of each kind of gathered unit."""
+
+    root: float  # FSDP's root unit: the input embedding and the head (a quantised head at nf4)
+    block: float
+    embedding: float  # one unquantised V x h matrix, a unit of its own under blocks-and-embeddings
+
+    def scaled(self, factor: float) -> _UnitBytes:
+        return _UnitBytes(self.root * factor, self.block * factor, self.embedding * factor)
 
 
 def _parameter_states(
@@ -626,6 +637,8 @@ def _declared_adapter_states(
     adapter_gradients = min(state, trainable_here * per.gradients)
     adapter_optimizer = min(state - adapter_gradients, trainable_here * per.optimizer)
     base = state - adapter_gradients - adapter_optimizer
+    units = _qlora_unit_bytes(spec, share)
+    formula_base = _frozen_base_bytes(spec, share)
     return _States(
         weights=base / sharding.weight_shards,
         gradients=adapter_gradients / sharding.gradient_shards,
@@ -633,6 +646,8 @@ def _declared_adapter_states(
         trainable=trainable_here,
         gathered_bytes=base / max(share.parameters, 1),
         gathered_gradient_bytes=0,
+        # The declared base, split between the units as the formulas split theirs.
+        unit_bytes=units.scaled(base / formula_base) if units is not None and formula_base > 0 else None,
     )
 
 
@@ -667,9 +682,9 @@ def _adapter_states(
     )
 
 
-def _qlora_unit_bytes(spec: TrainingJobSpec, share: _StageShare) -> tuple[float, float] | None:
-    """QLoRA's bytes per parameter of the root unit and of a block (_frozen_base_bytes' parts): the
-    average of the two counted FSDP's gathered root, 16-bit embeddings and head, at about nf4's half byte
+def _qlora_unit_bytes(spec: TrainingJobSpec, share: _StageShare) -> _UnitBytes | None:
+    """QLoRA's bytes per parameter of each unit (_frozen_base_bytes' parts): the base's average counted
+    the unquantised embedding and head (16-bit, fp32 under autocast or fp32) at about nf4's half byte
     (AnswerDotAI fsdp_qlora keeps `lm_head` out of `replace_linear`, so in bf16)."""
     finetuning = spec.model.finetuning
     if finetuning.method != "qlora" or not share.embeddings:
@@ -678,7 +693,7 @@ def _qlora_unit_bytes(spec: TrainingJobSpec, share: _StageShare) -> tuple[float,
     embedding_bytes = HALF_BYTES if spec.model.precision == "bf16-true" else FP32_BYTES
     nf4 = nf4_bytes(finetuning.double_quantization)
     root = ((share.embeddings - quantized_head) * embedding_bytes + quantized_head * nf4) / share.embeddings
-    return root, nf4
+    return _UnitBytes(root=root, block=nf4, embedding=embedding_bytes)
 
 
 def _frozen_base_bytes(spec: TrainingJobSpec, share: _StageShare) -> float:
@@ -879,15 +894,17 @@ def _gathered_units(training: Training, shape: ModelShape, share: _StageShare, o
     unit, a block or one V x h matrix, stands for both in flight."""
     tensor_parallel = training.tensor_parallel
     whole = share.parameters * on_device.gathered_bytes
+    same = on_device.gathered_bytes
+    unit = on_device.unit_bytes or _UnitBytes(root=same, block=same, embedding=same)
     if training.sharding == "fsdp" and training.fsdp_wrap == "blocks":
-        root_bytes, block_bytes = on_device.unit_bytes or (on_device.gathered_bytes, on_device.gathered_bytes)
-        root = share.embeddings / tensor_parallel * root_bytes
-        blocks = ALLGATHER_UNITS_IN_FLIGHT * shape.block_parameters() / tensor_parallel * block_bytes
+        root = share.embeddings / tensor_parallel * unit.root
+        blocks = ALLGATHER_UNITS_IN_FLIGHT * shape.block_parameters() / tensor_parallel * unit.block
         gathered = min(root + blocks, whole)
         gradient_parameters = (shape.embedding_parameters() + shape.block_parameters()) / tensor_parallel
     else:
+        largest = max(shape.block_parameters() * unit.block, shape.embedding_parameters() * unit.embedding)
+        gathered = min(ALLGATHER_UNITS_IN_FLIGHT * largest / tensor_parallel, whole)
         units = min(ALLGATHER_UNITS_IN_FLIGHT * shape.largest_unit() / tensor_parallel, share.parameters)
-        gathered = units * on_device.gathered_bytes
         gradient_parameters = units / ALLGATHER_UNITS_IN_FLIGHT
     # Fresh gradients, before FSDP reduces them (or, under no_sync, adds them to the unsharded ones).
     return gathered + gradient_parameters * on_device.gathered_gradient_bytes
