@@ -924,18 +924,26 @@ def test_a_worker_that_succeeded_counts_as_placed_and_keeps_no_device() -> None:
     three = {"node-0": 1, "node-1": 1, "node-2": 1}
     elastic = replace(job("a", per_worker=8, min_workers=2, want=4), finished_workers=1)
     full = [NodeCapacity(name, H100, 8, 0) for name in three]
-    assert plan(admitted=[Holding(elastic, 4, three)], cluster=full).grants == {key("a"): 4}
+    # A job that cannot fit anywhere makes every pass a full one (no settled shortcut).
+    waits = job("waits", per_worker=8, min_workers=2, created=NOW + 1)
+    result = plan([waits], [Holding(elastic, 4, three)], full)
+    assert result.grants == {key("a"): 4, key("waits"): 0}
 
     later = job("later", per_worker=8, created=NOW)
     free_node = [*full, NodeCapacity("node-3", H100, 8, 0)]
-    result = plan([later], [Holding(elastic, 4, three)], free_node)
-    assert result.grants == {key("a"): 4, key("later"): 1}
+    result = plan([later, waits], [Holding(elastic, 4, three)], free_node)
+    assert result.grants == {key("a"): 4, key("later"): 1, key("waits"): 0}
     assert key("a") not in result.reserved
 
     fixed = replace(gang("f", 4, per_worker=8), finished_workers=1)
     small = job("small", per_worker=4, created=NOW)
     half_free = [*full, NodeCapacity("node-4", H100, 8, 4)]
-    assert plan([small], [Holding(fixed, 4, three)], half_free).grants[key("small")] == 1
+    result = plan([small, waits], [Holding(fixed, 4, three)], half_free)
+    assert result.grants[key("small")] == 1
+    assert "ml/f" not in result.waiting[key("waits")]
+    # Lowered to 3 (replicas dropped), the grant keeps the three running workers: the finished one goes.
+    lowered = replace(elastic, want_workers=3)
+    assert plan([waits], [Holding(lowered, 4, three)], full).grants[key("a")] == 3
 
 
 def test_a_shrink_takes_a_finished_worker_off_the_grant_first_as_decide_does() -> None:

@@ -41,6 +41,17 @@ def test_running_then_bound_then_unscheduled_then_lowest_index() -> None:
     assert worker_slots(2, [worker(0), worker(3), worker(1)], (), keep_survivors=True) == {0, 1}
 
 
+def test_a_worker_that_succeeded_is_dropped_first_whether_its_pod_is_there_or_gone() -> None:
+    # The scheduling pass counts a succeeded worker placed on no node and takes it off a lowered grant
+    # first (Demand.finished_workers); kept by index like a bound one, worker 3, still starting, went
+    # instead, and the node the pass had counted as kept came free.
+    pods = [worker(0), worker(1, "Succeeded"), worker(2), worker(3, "Pending")]
+    assert worker_slots(3, pods, frozenset(), keep_survivors=True) == {0, 2, 3}
+    gone = [worker(0), worker(2), worker(3, "Pending")]
+    assert worker_slots(3, gone, frozenset(), keep_survivors=True, finished=(1,)) == {0, 2, 3}
+    assert worker_slots(4, pods, frozenset(), keep_survivors=True) == {0, 1, 2, 3}
+
+
 def test_removing_only_the_unscheduled_worker_needs_no_checkpoint_wait() -> None:
     pods = [worker(0), worker(3), worker(1, "Pending", None)]
     doomed = scale_workers(worker_slots(2, pods, (), keep_survivors=True), pods).delete

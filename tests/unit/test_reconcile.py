@@ -731,6 +731,11 @@ def test_elastic_pytorch_workers_failing_together_are_one_restart_and_a_replacem
     assert status_of(cascade)["restarts"] == 1
     assert status_of(cascade)["lastFailureTime"] == "2025-01-01T12:00:00Z"  # the burst's start
     assert {failed.name for failed in cascade.replace} == {f"llama-worker-{index}" for index in (0, 1, 3)}
+    notes = [event.message for event in cascade.events if event.reason == "WorkerFailed"]
+    assert len(notes) == 3 and all("(part of restart 1 of at most 3, not counted again)" in n for n in notes)
+    assert [e.message for e in first.events if e.reason == "WorkerFailed"][0].endswith(
+        "(restart 1 of at most 3)"
+    )
     # A replacement, created after the failure, failing is a new one.
     replacement = pod(2, "Failed", uid="pod-2b", created="2025-01-01T12:00:05Z")
     again = decide(observe(spec, pods=[replacement], status=cascade.status, now=later), CATALOG)

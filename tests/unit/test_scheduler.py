@@ -358,6 +358,22 @@ def test_a_job_shrunk_then_suspended_and_resumed_in_its_handshake_is_taken_back_
     assert resumed.workers == 2
     assert scheduler.snapshot()[high].workers == 2  # its places stay counted for high
 
+    # Suspended while a pass that shrinks it runs: taken back at no more than that pass left it.
+    mid = ("ns", "mid")
+    scheduler._grant_on_leaving[mid] = 4
+    entry = scheduler._entries[high]
+    plan = AdmissionPlan(
+        grants={mid: 2, high: 2},
+        admitted_now=frozenset(),
+        shrink={mid: 2},
+        preempt=frozenset(),
+        waiting={},
+        reasons={},
+        placement={},
+    )
+    scheduler._store(plan, {mid: replace(entry), high: entry}, {})
+    assert scheduler._grant_on_leaving[mid] == 2
+
     # Preempted (grant 0), then suspended and resumed: its places are the preemptor's.
     gone_pods = [worker("gone", index, "n3") for index in range(2)]
     scheduler.grant(gone, gone_pods)

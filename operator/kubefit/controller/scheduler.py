@@ -601,7 +601,11 @@ class Scheduler:
         with self._lock:
             for key, entry in planned.items():
                 if self._entries.get(key) is not entry:
-                    continue  # forgotten or replaced while the pass ran
+                    # Forgotten or replaced while the pass ran. One that left the queue meanwhile (suspended)
+                    # is taken back, if resumed during its handshake, at no more than this pass left it.
+                    if key in self._grant_on_leaving and key in plan.grants:
+                        self._grant_on_leaving[key] = min(self._grant_on_leaving[key], plan.grants[key])
+                    continue
                 granted = plan.grants.get(key, entry.granted or 0)
                 waiting = plan.waiting.get(key) if granted == 0 else None
                 reason = plan.reasons.get(key)

@@ -392,7 +392,7 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
                 job.placed_count += workers
                 cluster.add_free(node, -workers * demand.per_worker)
         # Finished workers are slots of its grant (decide's succeededWorkers), never more than it has left.
-        job.finished = min(demand.finished_workers, max(0, job.grant - job.placed_count))
+        job.finished = min(demand.finished_workers, max(0, job.before - job.placed_count))
         job.placed_count += job.finished
         jobs[demand.key] = job
     for demand in queued:
@@ -447,6 +447,7 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
     held = [job for job in jobs if job.admitted]
     for job in held:
         job.grant = max(job.floor, job.whole_groups(min(job.before, job.target)))
+        _drop_finished_beyond(job)
         _reserve(cluster, job, job.floor)
         if job.placed < job.floor and _raised_above_running(job):
             job.grant = job.whole_groups(job.before)
@@ -458,6 +459,15 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
             job.lost = job.grant - kept
             job.grant = kept
             _release_reserved_beyond(cluster, job)
+
+
+def _drop_finished_beyond(job: _Job) -> None:
+    """A grant lowered below its workers drops finished ones first, as decide does (workers.worker_slots
+    keeps them last)."""
+    beyond = job.finished - max(0, job.grant - sum(job.bound.values()))
+    if beyond > 0:
+        job.finished -= beyond
+        job.placed_count -= beyond
 
 
 def _raised_above_running(job: _Job) -> bool:

@@ -7,7 +7,7 @@ Workers to run (the target):
   size (status.desiredReplicas is the world size the running workers were created with).
 
 A failed worker: an elastic pytorch job replaces that worker (torchrun re-forms the group around it), one
-restart per failed pod. A fixed group (not elastic, or jax: builders.rendezvous.fixed_world) cannot take
+restart however many fail together (_new_failure). A fixed group (not elastic, or jax: builders.rendezvous.fixed_world) cannot take
 a new member while the others run (their collectives wait for the dead rank, or fail one by one), so a
 failure restarts the whole group, counted once however many of its workers fail with it: JobSet's
 failurePolicy (what Kubeflow Trainer v2 runs on) and Volcano's RestartJob policy do the same. A worker of
@@ -392,7 +392,8 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
             draft.updates.append(
                 ConditionUpdate(ConditionType.READY, "False", Reason.RESTART_BACKOFF, waiting)
             )
-    draft.events.extend(_restart_events(faults, restarts, ctx.spec.run_policy.max_restarts))
+    counted = restarts > restarts_of(ctx.status)
+    draft.events.extend(_restart_events(faults, restarts, ctx.spec.run_policy.max_restarts, counted))
     draft.events.extend(_disruption_events(changes.replace))
     note = removal_progress(shake, plan.removal) if plan.removal is not None else None
     draft.message = _message(ctx, plan, shake_note=note)
@@ -696,14 +697,17 @@ def _disruption_events(replaced: Sequence[WorkerPod]) -> list[JobEvent]:
     ]
 
 
-def _restart_events(replaced: Sequence[WorkerPod], restarts: int, max_restarts: int) -> list[JobEvent]:
-    first = restarts - len(replaced) + 1
+def _restart_events(
+    replaced: Sequence[WorkerPod], restarts: int, max_restarts: int, counted: bool
+) -> list[JobEvent]:
+    """One Warning per failed worker; those of one failure name the one restart they count as."""
+    which = f"restart {restarts} of at most {max_restarts}"
+    note = which if counted else f"part of {which}, not counted again"
     return [
         JobEvent(
             "Warning",
             EventReason.WORKER_FAILED,
-            f"worker {pod.name} failed{f' on {pod.node_name}' if pod.node_name else ''}; replacing it "
-            f"(restart {first + offset} of at most {max_restarts})",
+            f"worker {pod.name} failed{f' on {pod.node_name}' if pod.node_name else ''}; replacing it ({note})",
         )
-        for offset, pod in enumerate(replaced)
+        for pod in replaced
     ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.validation import InvalidSpec, parse_spec
 from kubefit.builders.rendezvous import fixed_world
-from kubefit.decisions.observed import POD_FAILED, WorkerPod
+from kubefit.decisions.observed import POD_FAILED, POD_SUCCEEDED, WorkerPod
 from kubefit.sizing.planner import WorkerCounts, worker_counts
 
 # floor, ceiling and desired (the effective worker count; meaningless when not feasible)
@@ -58,7 +58,7 @@ def min_max_workers(
 class WorkerChanges:
     create: tuple[int, ...] = ()  # worker indices to create, lowest first
     delete: tuple[str, ...] = ()  # pod names to delete, highest index first
-    replace: tuple[WorkerPod, ...] = ()  # failed workers to delete now and recreate (each is one restart)
+    replace: tuple[WorkerPod, ...] = ()  # failed workers to recreate (running.py counts the restarts)
 
 
 def _live(pods: Sequence[WorkerPod], already_replaced: Collection[str]) -> list[WorkerPod]:
@@ -74,8 +74,9 @@ def worker_slots(
 ) -> frozenset[int]:
     """The worker indices that make up the job: 0..desired-1, or for an elastic job (`keep_survivors`)
     worker 0 (the rendezvous host), the indices that already exist (running ones first, then bound, then
-    unscheduled; lowest index first within each; then `finished`, workers that succeeded and whose pods
-    are gone, so that a scale-down keeps the workers that still train), then the lowest free ones.
+    unscheduled; lowest index first within each; then the workers that succeeded, their pods there or
+    gone (`finished`), so that a scale-down keeps the workers that still train, and the scheduling pass
+    counts them alike: Demand.finished_workers), then the lowest free ones.
 
     torchrun's elastic rendezvous assigns ranks itself, so an elastic job need not renumber: when a node
     takes workers 1 and 2 with it, workers 0 and 3 keep training instead of 3 being traded for a new 1
@@ -84,12 +85,10 @@ def worker_slots(
     first step may have created a new worker 1 that has no room yet; the second keeps the running 3."""
     if not keep_survivors or desired <= 0:
         return frozenset(range(desired))
-    existing = [
-        pod.index
-        for pod in sorted(_live(pods, already_replaced), key=_keep_first)
-        if pod.index and not pod.terminating
-    ]
-    existing = [*existing, *sorted(index for index in finished if index and index not in existing)]
+    live = sorted(_live(pods, already_replaced), key=_keep_first)
+    existing = [pod.index for pod in live if pod.index and not pod.terminating and pod.phase != POD_SUCCEEDED]
+    done = {pod.index for pod in live if pod.index and pod.phase == POD_SUCCEEDED} | set(finished)
+    existing = [*existing, *sorted(index for index in done if index and index not in existing)]
     slots = {0, *existing[: desired - 1]}
     free = (index for index in range(1, desired + len(existing) + 1) if index not in slots)
     while len(slots) < desired:
