@@ -736,6 +736,10 @@ def test_elastic_pytorch_workers_failing_together_are_one_restart_and_a_replacem
     assert [e.message for e in first.events if e.reason == "WorkerFailed"][0].endswith(
         "(restart 1 of at most 3)"
     )
+    # One created in the second the failure was seen (timestamps are to the second) was there before it.
+    same_second = [pod(1, "Failed", created="2025-01-01T12:00:00Z")]
+    quick = decide(observe(spec, pods=same_second, status=first.status, now=later), CATALOG)
+    assert status_of(quick)["restarts"] == 1
     # A replacement, created after the failure, failing is a new one.
     replacement = pod(2, "Failed", uid="pod-2b", created="2025-01-01T12:00:05Z")
     again = decide(observe(spec, pods=[replacement], status=cascade.status, now=later), CATALOG)

@@ -194,7 +194,9 @@ def _new_failure(ctx: JobContext, faults: Sequence[WorkerPod]) -> bool:
     last = parse_rfc3339(ctx.status.get("lastFailureTime"))
     for pod in faults:
         created = parse_rfc3339(pod.created)
-        if last is None or created is None or created >= last:
+        # Both to the second: a worker created in the second of the failure was there before it (its
+        # replacement comes a backoff later, 5 s at least).
+        if last is None or created is None or created > last:
             return True
         if ctx.now - last > timedelta(seconds=FAILURE_BURST_SECONDS):
             return True
