@@ -624,3 +624,22 @@ def test_tensor_parallel_dividing_the_heads_is_accepted(kv_heads: int | None, te
 
 def test_tensor_parallel_is_not_checked_against_heads_without_an_architecture() -> None:
     assert parse_spec(_spec(training={"tensorParallel": 3})).training.tensor_parallel == 3
+
+
+def test_lora_details_parse_and_their_defaults_are_accepted_on_full_training() -> None:
+    parsed = parse_spec(
+        _spec(
+            model=_model(
+                finetuning={"method": "qlora", "loraDropout": 0.1, "loraTargets": ["value", "query"]}
+            )
+        )
+    )
+    assert parsed.model.finetuning.lora_dropout == 0.1
+    assert parsed.model.finetuning.lora_targets == ["value", "query"]
+    # A full-training spec written back with every default filled in, the list in any order, still parses.
+    every = ["down", "up", "gate", "output", "value", "key", "query"]
+    full = parse_spec(
+        _spec(model=_model(finetuning={"method": "full", "loraDropout": 0, "loraTargets": every}))
+    )
+    assert full.model.finetuning.method == "full"
+    assert parse_spec(_spec()).model.finetuning.lora_targets == list(reversed(every))

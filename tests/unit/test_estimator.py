@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -874,3 +875,102 @@ def test_a_chunked_loss_never_needs_more_than_the_standard_one(
     standard = estimate(_spec({**draw, "loss": "standard"}, sharding), H100, Layout(devices, 1))
     chunked = estimate(_spec({**draw, "loss": "chunked"}, sharding), H100, Layout(devices, 1))
     assert chunked.total <= standard.total
+
+
+def _adapters(method: str, precision: str = "bf16-true", **finetuning: Any) -> dict[str, Any]:
+    return {
+        "parameters": "8.03B",
+        "architecture": LLAMA3_8B,
+        "precision": precision,
+        "finetuning": {"method": method, "loraRank": 8, **finetuning},
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "precision", "targets", "bytes_per_token_and_layer"),
+    [
+        # 16-bit stream: n adapters on one input keep n dropped copies and masks (3 B each) in place of the
+        # shared input (2 B) counted without dropout. Llama 3 8B: h = q = 4096, ffn 14336.
+        (
+            "lora",
+            "bf16-true",
+            ["query", "key", "value", "output", "gate", "up", "down"],
+            7 * 4096 + 4096 + 4 * 4096 + 14336,
+        ),
+        ("lora", "bf16-mixed", ["query", "value"], 4 * 4096),
+        ("qlora", "bf16-true", ["query", "value", "down"], 4 * 4096 + 14336),
+        # QLoRA under autocast: an fp32 stream whose adapters' 16-bit copies are counted already (input
+        # copies), so the sublayer inputs gain a mask each; the output and down inputs are 16-bit as above.
+        (
+            "qlora",
+            "bf16-mixed",
+            ["query", "key", "value", "output", "gate", "up", "down"],
+            3 * 4096 + 4096 + 2 * 4096 + 14336,
+        ),
+    ],
+)
+def test_lora_dropout_keeps_a_dropped_copy_and_a_mask_per_adapter(
+    method: str, precision: str, targets: list[str], bytes_per_token_and_layer: int
+) -> None:
+    tokens, layers = 2 * 1024, 32
+    plain = estimate(
+        job(_adapters(method, precision, loraTargets=targets), microBatchSize=2, sequenceLength=1024),
+        H100,
+        Layout(1, 1),
+    )
+    dropped = estimate(
+        job(
+            _adapters(method, precision, loraTargets=targets, loraDropout=0.05),
+            microBatchSize=2,
+            sequenceLength=1024,
+        ),
+        H100,
+        Layout(1, 1),
+    )
+    assert dropped.activations - plain.activations == pytest.approx(
+        tokens * layers * bytes_per_token_and_layer, abs=2
+    )
+    assert dropped.weights == plain.weights and dropped.logits == plain.logits
+
+
+def test_lora_dropout_under_full_recompute_adds_only_to_the_layer_being_recomputed() -> None:
+    shape = shape_from_architecture(Architecture.model_validate(LLAMA3_8B), 8_030_000_000)
+    run = LayerRun(sequence=1024, micro_batch=1, checkpointing="full")
+    dropped = LayerRun(
+        sequence=1024, micro_batch=1, checkpointing="full", dropped_adapters=frozenset({"query"})
+    )
+    assert layer_activation_bytes(shape, dropped) == layer_activation_bytes(shape, run)  # the kept input only
+    unrolled = LayerRun(sequence=1024, micro_batch=1, dropped_adapters=frozenset({"query"}))
+    assert (
+        layer_activation_bytes(shape, unrolled)
+        - layer_activation_bytes(shape, replace(unrolled, dropped_adapters=frozenset()))
+        == 1024 * 4096
+    )
+
+
+def test_a_two_matrix_mlp_has_no_gate_to_adapt() -> None:
+    shape = ModelShape(layers=2, hidden=1024, heads=8, kv_heads=8, ffn=4096, vocab=32000, gated_mlp=False)
+    run = LayerRun(sequence=10, micro_batch=1, dropped_adapters=frozenset({"gate", "up"}))
+    base = replace(run, dropped_adapters=frozenset())
+    assert (
+        layer_activation_bytes(shape, run) - layer_activation_bytes(shape, base) == 10 * 1024
+    )  # up alone: one mask
+    assert shape.lora_parameters(8, ["gate"]) == 0
+    assert shape.lora_parameters(8, ["up", "down"]) == 2 * 8 * 2 * (1024 + 4096)
+
+
+def test_lora_targets_size_the_adapters_when_trainable_parameters_are_absent() -> None:
+    shape = shape_from_architecture(Architecture.model_validate(LLAMA3_8B), 8_030_000_000)
+    # q: 4096 -> 4096, v: 4096 -> 1024 (8 KV heads of 128), rank 16, 32 layers.
+    assert shape.lora_parameters(16, ["query", "value"]) == 32 * 16 * ((4096 + 4096) + (4096 + 1024))
+    assert shape.lora_parameters(16) == shape.lora_parameters(
+        16, ["query", "key", "value", "output", "gate", "up", "down"]
+    )
+    few = estimate(job(_adapters("lora", loraTargets=["query", "value"])), H100, Layout(1, 1))
+    every = estimate(job(_adapters("lora")), H100, Layout(1, 1))
+    assert few.optimizer_states < every.optimizer_states
+
+
+def test_lora_dropout_zero_or_full_training_adds_nothing() -> None:
+    plain = estimate(job(_adapters("lora")), H100, Layout(1, 1))
+    assert estimate(job(_adapters("lora", loraDropout=0.0)), H100, Layout(1, 1)) == plain

@@ -37,6 +37,9 @@ Sharding = Literal["none", "zero1", "zero2", "zero3", "fsdp"]
 Offload = Literal["none", "optimizer", "optimizer-and-parameters"]
 Loss = Literal["standard", "chunked"]
 FsdpWrap = Literal["blocks", "blocks-and-embeddings"]
+# The projections of a transformer block that can carry LoRA adapters (PEFT's q_proj ... down_proj).
+LoraTarget = Literal["query", "key", "value", "output", "gate", "up", "down"]
+LORA_TARGETS: tuple[LoraTarget, ...] = ("query", "key", "value", "output", "gate", "up", "down")
 Preemption = Literal["Never", "LowerPriority"]
 
 # A count such as 8030000000 or "8.03B", and a quantity such as "120Gi": both are integers or strings
@@ -255,6 +258,48 @@ class Finetuning(_Model):
         "BitsandbytesPrecision, which litgpt's --quantize bnb.* uses, replaces every nn.Linear). false: "
         "the head stays 16-bit (PEFT/transformers, torchtune, fsdp_qlora).",
     )
+
+    lora_targets: list[LoraTarget] = Field(
+        default_factory=lambda: list(LORA_TARGETS),
+        min_length=1,
+        max_length=len(LORA_TARGETS),
+        description="lora and qlora only. The projections of every block that carry adapters: query, key, "
+        "value, output (attention), gate, up, down (MLP; a two-matrix MLP has up and down), as PEFT's "
+        "target_modules q_proj ... down_proj. Default: all. Read for the adapters' size when "
+        "trainableParameters is absent, and for the dropout copies (loraDropout).",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    lora_dropout: float = Field(
+        strict=True,
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="lora and qlora only. The adapters' dropout probability (PEFT and litgpt lora_dropout). "
+        "Above 0, every adapter keeps its own dropped copy of its input and a one-byte mask for the "
+        "backward; 0 (PEFT's and torchtune's default) keeps neither.",
+    )
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _targets_once(cls, value: list[LoraTarget]) -> list[LoraTarget]:
+        repeated = sorted({target for target in value if value.count(target) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return value
+
+    @field_validator("lora_targets", "lora_dropout")
+    @classmethod
+    def _only_for_adapters(cls, value: Any, info: ValidationInfo) -> Any:
+        if "method" not in info.data:
+            return value  # the method itself is refused; its error is the one to read
+        field = cls.model_fields[info.field_name or ""]
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        method = info.data["method"]
+        if method == "full" and (sorted(value) if isinstance(value, list) else value) != (
+            sorted(default) if isinstance(default, list) else default
+        ):
+            raise ValueError("applies only to methods lora and qlora (method is full)")
+        return value
 
     @field_validator("double_quantization", "quantized_head")
     @classmethod

@@ -6,9 +6,10 @@ adapter counts. Conventions and their sources are in docs/sizing.md ("Model shap
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from kubefit.api.models import Architecture
+from kubefit.api.models import LORA_TARGETS, Architecture
 
 # Vocabulary assumed when the architecture gives none (the API default; Llama 1/2 use 32000).
 DEFAULT_VOCAB = 32000
@@ -88,12 +89,27 @@ class ModelShape:
         """The largest group of parameters gathered at once under ZeRO-3/FSDP: a block or an embedding."""
         return max(self.block_parameters(), self.embedding_parameters())
 
-    def lora_parameters(self, rank: int) -> int:
-        """Adapters A (in x r) and B (r x out) on every attention and MLP projection of every block."""
+    def projection_widths(self) -> dict[str, tuple[int, int]]:
+        """(input, output) width of each projection of a block that can carry an adapter; a two-matrix
+        MLP has no gate."""
         h, q, kv, f = self.hidden, self.q_width, self.kv_width, self.ffn
-        attention = rank * ((h + q) + (h + kv) + (h + kv) + (q + h))  # q, k, v, o
-        mlp = rank * ((h + f) * (2 if self.gated_mlp else 1) + (f + h))  # [gate,] up, down
-        return self.layers * (attention + mlp)
+        widths = {
+            "query": (h, q),
+            "key": (h, kv),
+            "value": (h, kv),
+            "output": (q, h),
+            "up": (h, f),
+            "down": (f, h),
+        }
+        if self.gated_mlp:
+            widths["gate"] = (h, f)
+        return widths
+
+    def lora_parameters(self, rank: int, targets: Iterable[str] = LORA_TARGETS) -> int:
+        """Adapters A (in x r) and B (r x out) on the targeted projections of every block."""
+        widths = self.projection_widths()
+        per_block = sum(rank * sum(widths[target]) for target in set(targets) if target in widths)
+        return self.layers * per_block
 
 
 def shape_from_architecture(architecture: Architecture, parameters: int | None) -> ModelShape:

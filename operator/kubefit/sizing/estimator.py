@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from kubefit.api.models import MemoryBreakdown, Training, TrainingJobSpec
+from kubefit.api.models import Finetuning, MemoryBreakdown, Training, TrainingJobSpec
 from kubefit.api.quantity import parse_count
 from kubefit.api.units import GIB
 from kubefit.api.validation import FieldError, InvalidSpec
@@ -230,6 +230,8 @@ class LayerRun:
     # Compute-dtype copies autocast makes of each projection's fp32 input and saves for the backward:
     # one per projection under autocast, two under the QLoRA recipe (the nf4 layer's and the adapter's).
     input_copies: int = 1
+    # The projections whose LoRA adapters apply dropout (finetuning.loraTargets when loraDropout > 0).
+    dropped_adapters: frozenset[str] = frozenset()
 
 
 def dropout_mask_bytes(shape: ModelShape) -> int:
@@ -258,6 +260,37 @@ def _norm_and_projection_inputs(shape: ModelShape, run: LayerRun) -> float:
     if shape.gated_mlp:  # RMSNorm: the fp32 input and the normalised output, per norm
         return 2 * (FP32_BYTES + stream) + projection_inputs
     return 2 * stream + projection_inputs
+
+
+def _adapter_dropout_bytes(shape: ModelShape, run: LayerRun) -> float:
+    """Bytes per token that LoRA dropout adds to a layer. Each adapter (PEFT's LoraLayer, one per targeted
+    projection) applies its own dropout and its A matrix keeps the dropped copy: e bytes and a one-byte mask
+    per input element. On a 16-bit stream the undropped input of q, k, v (or of gate, up) was counted once
+    as their shared saved input and a frozen projection keeps none, so n adapters on one input add
+    n(e + 1) - e bytes per element. Over an fp32 stream (the QLoRA recipe under autocast) each adapter's
+    16-bit copy is already counted (input_copies), its dropout is taken in fp32 and freed by the cast, so
+    only the mask is added."""
+    adapters = run.dropped_adapters
+    if not adapters:
+        return 0.0
+    e, mask = run.element_bytes, DROPOUT_MASK_BYTES
+    widths = shape.projection_widths()
+
+    def one_input(targets: set[str], from_stream: bool) -> float:
+        present = [target for target in targets if target in adapters and target in widths]
+        if not present:
+            return 0.0
+        width = widths[present[0]][0]
+        if from_stream and run.stream_bytes != e:
+            return len(present) * mask * width
+        return (len(present) * (e + mask) - e) * width
+
+    return (
+        one_input({"query", "key", "value"}, True)
+        + one_input({"output"}, False)
+        + one_input({"gate", "up"}, True)
+        + one_input({"down"}, False)
+    )
 
 
 def _attention_scores_bytes(shape: ModelShape, run: LayerRun) -> float:
@@ -298,6 +331,7 @@ def layer_activation_bytes(shape: ModelShape, run: LayerRun) -> float:
     layer += sbh * e * ffn_ratio * (4 if shape.gated_mlp else 2)
     if run.checkpointing == "none":
         layer += _attention_scores_bytes(shape, run)
+    layer += s * b * _adapter_dropout_bytes(shape, run)
     return layer / run.tensor_parallel
 
 
@@ -461,7 +495,7 @@ def _trainable_parameters(spec: TrainingJobSpec, shape: ModelShape) -> int | Non
         return None
     if finetuning.trainable_parameters is not None:
         return parse_count(finetuning.trainable_parameters)
-    return shape.lora_parameters(finetuning.lora_rank)
+    return shape.lora_parameters(finetuning.lora_rank, finetuning.lora_targets)
 
 
 # ---------------------------------------------------------------- the estimate
@@ -786,6 +820,7 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
         element_bytes=activation_element_bytes(spec.model.precision),
         stream_bytes=stream,
         input_copies=copies,
+        dropped_adapters=_dropped_adapters(spec.model.finetuning),
     )
     saved = _saved_activations(
         shape, run, training.pipeline_parallel, stage, _pipeline_micro_batches(training)
@@ -806,6 +841,12 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
         activations += max(0.0, recomputed - head.logits)
         unplaced = min(recomputed, head.logits)
     return _Transient(activations, head.logits, unplaced)
+
+
+def _dropped_adapters(finetuning: Finetuning) -> frozenset[str]:
+    if finetuning.method == "full" or finetuning.lora_dropout == 0:
+        return frozenset()
+    return frozenset(finetuning.lora_targets)
 
 
 def _pipeline_micro_batches(training: Training) -> int:
