@@ -146,7 +146,7 @@ def test_fixed_layout_with_more_replicas_than_fit_is_evaluated_there() -> None:
     assert sizing.per_device_bytes == estimate(spec, device, Layout(1, 2)).total
     # minWorkers still reports what memory requires, and the warning says so.
     assert sizing.min_workers == 1 and fits(spec, device, 1, 1)
-    assert any("Would fit: 1 workers" in warning for warning in sizing.warnings)
+    assert any("Would fit: 1 worker (" in warning for warning in sizing.warnings)
 
 
 def test_fixed_layout_replicas_are_kept_within_the_elastic_bounds() -> None:
@@ -488,3 +488,34 @@ def test_remedies_never_propose_what_the_fixed_device_cannot_run() -> None:
             changed = change.apply(changed)
         if remedy.sizing.accelerator == device.name:
             assert unsupported(changed, device) is None, remedy.description  # e.g. bf16-true on a V100
+
+
+def test_a_remedy_must_fit_within_the_worker_count_the_spec_allows() -> None:
+    # 70B on two fixed workers of 8 H100s: zero3 with full recompute fits on 4 workers, which
+    # replicas: 2 (not elastic) does not allow, so the job would stay blocked (TooFewWorkers).
+    spec = make_spec(
+        model=LLAMA2_70B,
+        training={"microBatchSize": 2, "sequenceLength": 4096},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+        workers={"replicas": 2},
+    )
+    remedies = find_remedies(spec)
+    assert remedies
+    for remedy in remedies:
+        changed = spec
+        for change in remedy.changes:
+            changed = change.apply(changed)
+        sizing = plan_job(changed).sizing
+        assert sizing.fits and sizing.min_workers <= 2, (remedy.description, sizing.min_workers)
+
+
+def test_a_change_that_makes_the_spec_invalid_is_no_remedy_and_breaks_nothing() -> None:
+    # trainableParameters under full training is read only with lora/qlora; the LoRA remedy would make
+    # it exceed the model. Planning the job must neither fail nor offer that change.
+    spec = make_spec(
+        model={"parameters": "8B", "finetuning": {"method": "full", "trainableParameters": "9B"}},
+        resources={"accelerator": "nvidia-l4", "acceleratorsPerWorker": 1},
+    )
+    sizing = plan_job(spec).sizing
+    assert not sizing.fits
+    assert not any("finetuning.method: lora" in remedy.description for remedy in find_remedies(spec))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 from sizing_inputs import LLAMA3_8B, make_spec
 
 from kubefit.api.models import TrainingJobSpec
+from kubefit.api.validation import parse_spec
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import FP8_CAPABLE, plan
 from kubefit.sizing.remedies import replace_field
@@ -186,16 +190,18 @@ def test_a_right_sized_or_auto_or_failing_layout_is_not_flagged() -> None:
 
 
 def test_chunked_loss_is_offered_where_the_logits_weigh_and_lowers_the_estimate() -> None:
-    # A 128k vocabulary at 8k tokens: the fp32 logits of a standard loss are several GiB per device.
+    # A 128k vocabulary at 16k tokens: the fp32 logits of a standard loss are several GiB per device, and
+    # without them the job needs 4 H100s instead of 8.
     spec = make_spec(
         model=LLAMA3_8B,
-        training={"sharding": "fsdp", "activationCheckpointing": "full", "sequenceLength": 8192},
-        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+        training={"sharding": "fsdp", "activationCheckpointing": "full", "sequenceLength": 16384},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 4},
     )
     chunked = [s for s in suggest(spec, CATALOG) if s.changes[0].field == "training.loss"]
     assert chunked, "a chunked loss should be among the suggestions"
     assert "training script" in chunked[0].trade_off
     declared = plan(spec, CATALOG)
+    assert chunked[0].devices < declared.accelerators_per_worker * declared.min_workers
     with_chunked = plan(replace_field(spec, "training.loss", "chunked"), CATALOG)
     assert with_chunked.breakdown.logits < declared.breakdown.logits
 
@@ -203,3 +209,44 @@ def test_chunked_loss_is_offered_where_the_logits_weigh_and_lowers_the_estimate(
 def test_chunked_loss_is_not_suggested_twice() -> None:
     spec = make_spec(model=LLAMA3_8B, training={"loss": "chunked", "sequenceLength": 8192})
     assert not [s for s in suggest(spec, CATALOG) if "training.loss" in [c.field for c in s.changes]]
+
+
+def test_no_suggestion_or_advice_sets_a_count_that_splits_a_tensor_parallel_group() -> None:
+    # tensorParallel 2 on 8 H100s per worker, elastic from 1: one device per worker fits, but a fixed
+    # acceleratorsPerWorker: 1 with minReplicas 1 splits no 2-device group, and the operator refuses it.
+    spec = make_spec(
+        model={"parameters": "8B", "precision": "fp32"},
+        training={"sequenceLength": 4096, "sharding": "zero3", "tensorParallel": 2},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+        workers={"replicas": 4, "minReplicas": 1, "maxReplicas": 16},
+        elastic={"enabled": True},
+    )
+    sizing = plan(spec, CATALOG)
+    for suggestion in suggest(spec, CATALOG):
+        changed = spec
+        for change in suggestion.changes:
+            changed = change.apply(changed)
+        plan(changed, CATALOG)  # raises InvalidSpec for a count that splits a group
+    sentence = overprovisioned(spec, sizing)
+    assert sentence is None or "acceleratorsPerWorker: 1 " not in sentence
+
+
+def test_a_suggestion_is_cheaper_only_with_fewer_devices_or_a_smaller_device() -> None:
+    # examples/bert-large-dp.yaml: one L4 holds it; the same job on one A10G (6 MiB less memory), at
+    # micro-batch 1 or with full recompute still takes one 24 GB device, which is no saving.
+    example = yaml.safe_load((Path(__file__).parents[2] / "examples" / "bert-large-dp.yaml").read_text())
+    spec = parse_spec(example["spec"])
+    declared = plan(spec, CATALOG)
+    assert declared.fits and declared.min_workers == 1
+    for suggestion in suggest(spec, CATALOG):
+        fewer = suggestion.devices < 1
+        smaller = suggestion.sizing.device_memory_bytes <= 0.9 * declared.device_memory_bytes
+        assert fewer or smaller, suggestion.description
+
+
+def test_suggest_survives_a_change_that_makes_the_spec_invalid() -> None:
+    spec = make_spec(
+        model={"parameters": "8B", "finetuning": {"method": "full", "trainableParameters": "9B"}},
+        resources={"accelerator": "nvidia-b200", "acceleratorsPerWorker": 1},
+    )
+    assert all("finetuning.method" not in s.description for s in suggest(spec, CATALOG))

@@ -793,7 +793,7 @@ def _shortfall_note(spec: TrainingJobSpec, outcome: _Outcome, remedies: Sequence
 def _more_workers_text(shown: LayoutEstimate, fewest: LayoutEstimate) -> str:
     workers = fewest.layout.workers
     return (
-        f"{workers} workers (workers.replicas and minReplicas) -> {_layout_of(shown, workers)}, "
+        f"{workers} worker{'' if workers == 1 else 's'} (workers.replicas and minReplicas) -> {_layout_of(shown, workers)}, "
         f"{format_gib(fewest.estimate.total)} per device"
     )
 
@@ -821,13 +821,23 @@ def _remedy_search(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> tup
     return found or _combined_remedy(spec, catalog, pools), notes
 
 
-def _replanned(
-    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: bool = False
-) -> SizingStatus | None:
-    """plan_quietly of a changed spec; None when no accelerator offers its per-worker count (no remedy)."""
+def _replanned(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> SizingStatus | None:
+    """The status of a changed spec when it fits at worker counts its bounds allow, else None (no remedy).
+
+    A change that fits only with more workers than maxReplicas (or replicas, when not elastic) allows
+    leaves the job blocked (TooFewWorkers), and one that makes the spec invalid (LoRA with more trainable
+    parameters than the model, a count that splits no TP x PP group) is no remedy either.
+    """
     try:
-        outcome = _plan(spec, catalog, pools, strict=strict)
-    except NoCandidate:
+        outcome = _plan(spec, catalog, pools)
+    except InvalidSpec:  # NoCandidate included: no accelerator offers its per-worker count
+        return None
+    return _runs(outcome)
+
+
+def _runs(outcome: _Outcome) -> SizingStatus | None:
+    """The outcome's status when it fits at worker counts the spec's bounds allow."""
+    if not (outcome.shown.fits and outcome.option.counts.feasible):
         return None
     return _status(outcome.shown, outcome.min_workers, outcome.warnings)
 
@@ -844,7 +854,7 @@ def _single_remedies(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> l
     found = []
     for change in _runnable(spec, catalog, applicable(spec, REMEDIES)):
         sizing = _replanned(change.apply(spec), catalog, pools)
-        if sizing is not None and sizing.fits:
+        if sizing is not None:
             found.append(Remedy((change,), sizing))
     return found
 
@@ -858,8 +868,10 @@ def _bigger_device(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, notes:
     bigger = Catalog(device for device in catalog if device.memory_bytes > declared.memory_bytes)
     if not len(bigger):
         return []
-    sizing = _replanned(replace_field(spec, "resources.accelerator", "auto"), bigger, pools, strict=True)
-    if sizing is None:
+    on_bigger = replace_field(spec, "resources.accelerator", "auto")
+    try:
+        outcome = _plan(on_bigger, bigger, pools, strict=True)
+    except NoCandidate:
         count = spec.resources.accelerators_per_worker
         where = (
             f"no node in the cluster with an accelerator of more memory than {declared.name} offers {count} devices"
@@ -870,7 +882,10 @@ def _bigger_device(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, notes:
             f"a bigger accelerator was not tried as a remedy: {where} (resources.acceleratorsPerWorker)"
         )
         return []
-    if not sizing.fits:
+    except InvalidSpec:
+        return []
+    sizing = _runs(outcome)
+    if sizing is None:
         return []
     change = Change(
         "resources.accelerator", sizing.accelerator, "a bigger device costs more per hour", always
@@ -889,6 +904,6 @@ def _combined_remedy(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> l
         # a later value of the same field (full after selective checkpointing) replaces the earlier one
         accumulated = [*(kept for kept in accumulated if kept.field != change.field), change]
         sizing = _replanned(current, catalog, pools)
-        if sizing is not None and sizing.fits:
+        if sizing is not None:
             return [Remedy(tuple(accumulated), sizing)]
     return []

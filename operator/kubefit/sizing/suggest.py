@@ -5,6 +5,9 @@ micro-batch, offload, LoRA/QLoRA, or only a different layout) and plans each alt
 layout: on the declared accelerator when one is named, on any catalog accelerator when it is `auto`,
 with `acceleratorsPerWorker` and the worker count chosen again. Alternatives that fit and improve on the
 declared plan are ranked by total accelerator count, then device memory, then per-device estimate.
+An alternative improves on a plan when it needs fewer devices, or as many on a device with at least a
+tenth less memory; one that the operator would refuse or block once applied (a fixed count that splits
+no TP x PP group, more workers than maxReplicas) is not listed.
 
 `overprovisioned(spec, sizing)` says in one sentence when a fixed layout is far bigger than its
 estimate: the same job fits on half the devices, or on a device of half the memory.
@@ -18,12 +21,16 @@ from typing import Any
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib
+from kubefit.api.validation import InvalidSpec
 from kubefit.sizing.catalog import Catalog, load_catalog
-from kubefit.sizing.planner import breaks, find_remedies, layout_text, plan_quietly
+from kubefit.sizing.planner import breaks, find_remedies, layout_text, plan_quietly, worker_counts
 from kubefit.sizing.remedies import CHANGES, Change, always, describe, replace_field, trade_offs
 
 FEWER_DEVICES_TRADE_OFF = "fewer devices: less data-parallel throughput per step"
 OTHER_DEVICE_TRADE_OFF = "a different accelerator: different speed and price; the image must support it"
+# A device counts as smaller, for the same number of devices, only with at least this much less memory:
+# 24 GB cards that differ by a few MiB (an L4 and an A10G) are no saving.
+SMALLER_DEVICE = 0.9
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,34 @@ def _cost(sizing: SizingStatus) -> tuple[int, int, int]:
     return (_devices(sizing), sizing.device_memory_bytes, sizing.per_device_bytes)
 
 
+def _cheaper(sizing: SizingStatus, baseline: SizingStatus) -> bool:
+    """Fewer devices, or as many on a device with at least a tenth less memory. Less memory used on
+    the same devices costs the same."""
+    devices, baseline_devices = _devices(sizing), _devices(baseline)
+    if devices != baseline_devices:
+        return devices < baseline_devices
+    return sizing.device_memory_bytes <= SMALLER_DEVICE * baseline.device_memory_bytes
+
+
+def _planned(spec: TrainingJobSpec, catalog: Catalog) -> SizingStatus | None:
+    """plan_quietly, or None when the spec is no valid job (a change that makes it invalid)."""
+    try:
+        return plan_quietly(spec, catalog)
+    except InvalidSpec:
+        return None
+
+
+def _runs_as_suggested(spec: TrainingJobSpec, changes: Sequence[Change], catalog: Catalog) -> bool:
+    """Whether `spec` with `changes` applied is a valid job that fits within its worker bounds."""
+    changed = spec
+    for change in changes:
+        changed = change.apply(changed)
+    sizing = _planned(changed, catalog)
+    if sizing is None or not sizing.fits:
+        return False
+    return worker_counts(changed, sizing.min_workers, sizing.accelerators_per_worker).feasible
+
+
 def _cheapest_layout(spec: TrainingJobSpec) -> TrainingJobSpec:
     """Let the planner choose devices per worker and workers again (the accelerator stays as declared)."""
     return replace_field(spec, "resources.acceleratorsPerWorker", "auto")
@@ -103,7 +138,7 @@ def suggest(spec: TrainingJobSpec, catalog: Catalog | None = None) -> list[Sugge
     catalog = catalog or load_catalog()
     declared = plan_quietly(spec, catalog)
     same_device = plan_quietly(_cheapest_layout(spec), catalog)
-    shortlist = _Shortlist()
+    shortlist = _Shortlist(spec, catalog)
     _consider_single_changes(spec, catalog, shortlist, (declared, same_device))
     _consider_layouts(spec, catalog, shortlist, declared, same_device)
     if not declared.fits:  # no single change may be enough: add the verified (possibly combined) remedies
@@ -121,15 +156,20 @@ _FIRST_REMEDY = len(CHANGES) + 2
 class _Shortlist:
     """The alternatives kept so far, each with its sort key (cost, then position)."""
 
+    spec: TrainingJobSpec
+    catalog: Catalog
     found: list[tuple[tuple[int, int, int, int], Suggestion]] = field(default_factory=list)
 
     def consider(self, order: int, suggestion: Suggestion, baselines: Sequence[SizingStatus]) -> None:
-        """Keep `suggestion` if it fits and is cheaper than every baseline that fits."""
+        """Keep `suggestion` if it fits, is cheaper than every baseline that fits, and runs as
+        suggested once applied."""
         sizing = suggestion.sizing
         if not sizing.fits:
             return
-        if any(baseline.fits and _cost(sizing) >= _cost(baseline) for baseline in baselines):
-            return  # no fewer devices, no smaller device, no less memory: not an improvement
+        if any(baseline.fits and not _cheaper(sizing, baseline) for baseline in baselines):
+            return  # no fewer devices and no smaller device: not an improvement
+        if not _runs_as_suggested(self.spec, suggestion.changes, self.catalog):
+            return
         self.found.append(((*_cost(sizing), order), suggestion))
 
     def descriptions(self) -> set[str]:
@@ -150,7 +190,9 @@ def _consider_single_changes(
         changed = change.apply(spec)
         if fixed_device is not None and breaks(spec, changed, fixed_device):
             continue  # e.g. fp8-mixed on a device without FP8 units
-        sizing = plan_quietly(_cheapest_layout(changed), catalog)
+        sizing = _planned(_cheapest_layout(changed), catalog)
+        if sizing is None:
+            continue
         # Planned at its cheapest layout on the declared accelerator (auto stays auto): the devices per
         # worker it needs are part of what to change.
         per_worker = [
@@ -227,6 +269,9 @@ def _fewer_of_the_same(spec: TrainingJobSpec, sizing: SizingStatus, catalog: Cat
     same = plan_quietly(on_same, catalog)
     if not (same.fits and 2 * _devices(same) <= _devices(sizing)):
         return None
+    per_worker = replace_field(spec, "resources.acceleratorsPerWorker", same.accelerators_per_worker)
+    if not _runs_as_suggested(per_worker, (), catalog):
+        return None  # the count alone would split a TP x PP group or need more workers than allowed
     return (
         f"{layout_text(same.accelerator, same.accelerators_per_worker, same.min_workers)} "
         f"holds it at {format_gib(same.per_device_bytes)} per device; set "
