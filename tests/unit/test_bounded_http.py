@@ -164,3 +164,25 @@ def test_a_watcher_that_cannot_start_costs_that_connection_not_the_slot(
     assert all(_get(connection).startswith(b"HTTP/1.1 200") for connection in served)
     for connection in [refused, *served]:
         connection.close()
+
+
+def test_a_kept_alive_connection_is_closed_once_old_so_pollers_share_the_slots() -> None:
+    # Two clients polling over kept-alive connections hold both slots; without a lifetime a third
+    # waited for ever (past the cap, accepting waits for a slot).
+    short = type("_Short", (_Small,), {"request_deadline_seconds": 30.0, "connection_lifetime_seconds": 1.0})
+    server = short(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pollers = [_connect(server), _connect(server)]
+        for poller in pollers:
+            assert b"Connection: close" not in _get(poller)  # young: kept alive
+        time.sleep(1.2)
+        third = _connect(server)
+        for poller in pollers:
+            assert b"Connection: close" in _get(poller)  # old: answered, then closed
+            assert _closed_within(poller, 2.0)
+        assert _get(third).startswith(b"HTTP/1.1 200")  # a slot freed for the waiting client
+        third.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -376,3 +376,17 @@ def test_failed_polls_back_off_and_a_success_restores_the_cadence(scripted: _Scr
         worker.requested()
         clock.now += 1.0
     assert len(scripted.hits) == 5  # at 0, 2, 4, 6 and 8 s of the ten
+
+
+def test_an_operator_unreachable_for_days_never_breaks_the_loop(scripted: _ScriptedServer) -> None:
+    # Every poll refused (a key that no longer matches): after 1,024 failed polls 2**failures no longer
+    # fit a float, which raised OverflowError out of requested() into the training loop (about 17 h).
+    scripted.script = [(401, {"error": "token"})]
+    clock = Clock()
+    worker = _worker(scripted, clock)
+    worker._poll_failures = 2000  # as after 2,000 failed polls, without making them
+    clock.now += 61.0
+    assert worker.requested() is False
+    clock.now += 30.0
+    worker.requested()
+    assert len(scripted.hits) == 1  # the wait stays capped at 60 s

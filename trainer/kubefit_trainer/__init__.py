@@ -50,6 +50,8 @@ ACK_RETRY_SECONDS = 0.5
 # After a poll that failed, the next waits twice as long, up to this: each failure can block a training
 # step for the whole timeout, which every 2 s would take most of the loop's time.
 MAX_POLL_BACKOFF_SECONDS = 60.0
+# Far past any poll interval times 2**n reaching MAX_POLL_BACKOFF_SECONDS, and far below float overflow.
+MAX_POLL_DOUBLINGS = 64
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 
@@ -138,9 +140,10 @@ class CheckpointHandshake:
         if self.endpoint is None:
             return False
         now = self._clock()
-        wait = min(
-            self.poll_seconds * 2**self._poll_failures, max(self.poll_seconds, MAX_POLL_BACKOFF_SECONDS)
-        )
+        # The exponent stops growing once the wait is capped: an operator that stays unreachable for
+        # hours would otherwise make 2**failures too large for a float (OverflowError after 1024 polls).
+        doublings = min(self._poll_failures, MAX_POLL_DOUBLINGS)
+        wait = min(self.poll_seconds * 2**doublings, max(self.poll_seconds, MAX_POLL_BACKOFF_SECONDS))
         if self._last_poll is None or now - self._last_poll >= wait:
             self._last_poll = now
             self._poll(self.endpoint)

@@ -4,7 +4,10 @@ deadline on each request.
 
 A socket timeout alone bounds only each read: a client that sends one byte every few seconds, or many
 clients at once, would hold threads and memory without end. Past the cap a new connection waits to be
-served until one ends; a request still unanswered at its deadline has its connection shut down.
+served until one ends; a request still unanswered at its deadline has its connection shut down. A
+kept-alive connection is closed (`Connection: close` on its answer) once it is CONNECTION_LIFETIME_SECONDS
+old: workers that poll every few seconds over one connection (Go's net/http, requests.Session) would
+otherwise hold their slots for good, and past the cap every other client would wait for ever.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ SOCKET_TIMEOUT_SECONDS = 10.0  # a client that stops sending mid-request frees i
 MAX_CONNECTIONS = 128
 LISTEN_BACKLOG = 128  # socketserver's default, 5, drops a burst of polls from a large job's workers
 REQUEST_DEADLINE_SECONDS = 30.0
+CONNECTION_LIFETIME_SECONDS = 30.0
 _REAP_EVERY_SECONDS = 0.5
 
 
@@ -67,6 +71,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
     max_connections = MAX_CONNECTIONS
     request_deadline_seconds = REQUEST_DEADLINE_SECONDS
+    connection_lifetime_seconds = CONNECTION_LIFETIME_SECONDS
     name = "http"  # the log's: logger kubefit.<name>, lines "<name> connection from ..."
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -120,6 +125,15 @@ class DeadlineRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT_SECONDS
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        self._opened = time.monotonic()
+
+    def end_headers(self) -> None:
+        if time.monotonic() - self._opened >= self.server.connection_lifetime_seconds:
+            self.send_header("Connection", "close")  # sets close_connection: the socket closes after this
+        super().end_headers()
 
     def handle_one_request(self) -> None:
         self.server.deadlines.arm(self.connection)
