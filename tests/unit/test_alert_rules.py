@@ -261,6 +261,8 @@ def test_prometheus_rule_is_off_by_default_and_needs_the_monitoring_api(tmp_path
         "metrics.prometheusRule.rules.KubefitAcceleratorsIdle.threshold=-0.1",
         "metrics.prometheusRule.rules.KubefitAcceleratorsIdle.threshold=0.1 or vector(1)",
         "metrics.prometheusRule.rules.KubefitAcceleratorMemoryOverprovisioned.threshold=0",
+        "metrics.prometheusRule.rules.KubefitAcceleratorsIdle.threshold=0",  # `< 0` never fires
+        "metrics.prometheusRule.rules.KubefitReconcileErrors.threshold=1",  # `> 1` never fires
         "metrics.prometheusRule.rules.KubefitJobStuckPending.threshold=0.5",  # it has none
         "metrics.prometheusRule.rules.KubefitJobStuckPending.for=5 minutes",
         "metrics.prometheusRule.rules.KubefitJobStuckPending.for=30m1h",  # Prometheus wants units in order
@@ -276,6 +278,23 @@ def test_bad_rule_values_are_refused(bad: str) -> None:
     result = subprocess.run([*command, "--set", bad], capture_output=True, text=True, timeout=25)
     assert result.returncode != 0, result.stdout
     assert "metrics" in result.stderr  # the error names where the value is
+
+
+@pytest.mark.parametrize(
+    "never",
+    [
+        "KubefitAcceleratorsIdle.threshold=0",
+        "KubefitAcceleratorsIdle.threshold=.0",
+        "KubefitReconcileErrors.threshold=1",
+        "KubefitReconcileErrors.threshold=1.0",
+    ],
+)
+def test_a_threshold_whose_alert_could_never_fire_is_refused_as_a_string(never: str) -> None:
+    command = [str(helm_path()), "template", "kf", str(CHART), "--api-versions", MONITORING_API]
+    value = f"metrics.prometheusRule.rules.{never}"
+    result = subprocess.run([*command, "--set-string", value], capture_output=True, text=True, timeout=25)
+    assert result.returncode != 0, result.stdout
+    assert "metrics" in result.stderr
 
 
 @pytest.mark.parametrize("zero", ["0", "0.0", ".0", "0.000"])
