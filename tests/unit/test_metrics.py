@@ -459,3 +459,18 @@ def test_every_example_query_in_the_docs_parses(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(rules))
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_running_job_whose_spec_turns_invalid_still_exports_the_devices_its_workers_hold() -> None:
+    # The workers keep running (and holding 4 H100s) until the spec is put right; the waste alerts read
+    # these series, so they must not vanish after the first reconcile of the invalid spec.
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec())
+    job.reconcile(10, [pod(0), pod(1)], 2)
+    job.spec = {**job_spec(), "workers": {"replicas": 100_000}}
+    for after in (20, 30, 40):
+        decision = job.reconcile(after, [pod(0), pod(1)], 2)
+        assert decision.delete == ()
+    lines = series_of(metrics, "llama")
+    assert any('state="allocated"} 4.0' in line for line in lines), lines
+    assert any(line.startswith("kubefit_trainingjob_memory_estimated_bytes") for line in lines), lines

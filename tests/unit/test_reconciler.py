@@ -808,13 +808,27 @@ def test_the_status_of_a_job_deleted_and_created_again_meanwhile_does_not_land_o
 
 def test_a_status_is_written_whole_over_the_one_read_and_a_null_removes_a_field(harness: Harness) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=1)
+    harness.kube.jobs["llama"]["spec"]["runPolicy"] = {"suspend": True}  # sized, and no worker runs
     harness.reconcile()
     written = harness.kube.jobs["llama"]["status"]
-    assert written["replicas"] == 1 and "sizing" in written
+    assert written["replicas"] == 0 and "sizing" in written
     assert all(value is not None for value in written.values())
-    harness.kube.jobs["llama"]["spec"]["model"] = {"parameters": "not a size"}  # now invalid: no sizing
+    # Now invalid with no worker holding devices: no sizing (one whose workers run keeps theirs).
+    harness.kube.jobs["llama"]["spec"]["model"] = {"parameters": "not a size"}
     harness.reconcile("update")
     assert "sizing" not in harness.kube.jobs["llama"]["status"]
+
+
+def test_a_job_whose_spec_turns_invalid_while_its_workers_run_keeps_their_sizing(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=1)
+    harness.reconcile()
+    sizing = harness.kube.jobs["llama"]["status"]["sizing"]
+    harness.kube.jobs["llama"]["spec"]["model"] = {"parameters": "not a size"}
+    for _ in range(2):
+        harness.reconcile("update")
+    status = harness.kube.jobs["llama"]["status"]
+    assert status["sizing"] == sizing
+    assert any(item["reason"] == "InvalidSpec" for item in status["conditions"])
 
 
 def test_jobs_deleted_while_no_watch_event_could_say_so_are_forgotten(harness: Harness) -> None:

@@ -394,7 +394,9 @@ def _to_decision(
         conditions_of(previous), draft.updates, observation.generation, rfc3339(observation.now)
     )
     existing = _counted(ours, observation.already_replaced)
-    if sizing is None and draft.phase in FINISHED_PHASES:
+    if sizing is None and (draft.phase in FINISHED_PHASES or any(not pod.finished for pod in existing)):
+        # A finished job, or one whose spec became invalid while its workers run on (they keep their
+        # devices until the spec is put right): the last sizing is still what its workers were given.
         sizing = _previous_sizing(previous)
     status = _status(observation, draft, sizing, existing, conditions)
     per_worker = sizing.accelerators_per_worker if sizing else 0
