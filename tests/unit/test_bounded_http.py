@@ -186,3 +186,17 @@ def test_a_kept_alive_connection_is_closed_once_old_so_pollers_share_the_slots()
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("host", ["::1", "::"])
+def test_an_ipv6_bind_address_serves(host: str) -> None:
+    # `--bind-address ::` (a single-stack IPv6 cluster) failed at start: socketserver binds IPv4 only.
+    server = _Small((host, 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        connection = socket.create_connection(("::1", server.server_address[1]), timeout=5.0)
+        assert _get(connection).startswith(b"HTTP/1.1 200")
+        connection.close()
+    finally:
+        server.shutdown()
+        server.server_close()

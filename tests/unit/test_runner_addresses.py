@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from kubefit.controller import runner
@@ -27,3 +29,18 @@ def test_workers_are_told_an_address_they_can_reach_not_a_wildcard_bind(
     monkeypatch.delenv("POD_IP")
     monkeypatch.setattr(runner.socket, "getaddrinfo", lambda host, port: infos[:1])
     assert runner.advertised_address("0.0.0.0") == "127.0.0.1"  # nothing better: loopback, with a warning
+
+
+def test_the_standby_health_server_and_the_free_port_take_an_ipv6_bind_address() -> None:
+    from kubefit.controller.runner import _free_port, _serve_standby_health
+
+    port = _free_port("::1")
+    server = _serve_standby_health("::1", port)
+    try:
+        connection = socket.create_connection(("::1", port), timeout=5.0)
+        connection.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert connection.recv(64).startswith(b"HTTP/1.0 200")
+        connection.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -66,6 +66,16 @@ class _Deadlines:
                     pass
 
 
+def address_family(host: str) -> socket.AddressFamily:
+    """IPv6 for an address with a colon (`::`, `fd00::1`), else IPv4: socketserver binds IPv4 only."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 class BoundedHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
@@ -74,8 +84,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     connection_lifetime_seconds = CONNECTION_LIFETIME_SECONDS
     name = "http"  # the log's: logger kubefit.<name>, lines "<name> connection from ..."
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, server_address: Any, *args: Any, **kwargs: Any) -> None:
+        self.address_family = address_family(str(server_address[0]))
+        super().__init__(server_address, *args, **kwargs)
         self._slots = threading.BoundedSemaphore(self.max_connections)
         self.deadlines = _Deadlines(self.request_deadline_seconds)
         self._log = logging.getLogger(f"kubefit.{self.name}")

@@ -19,6 +19,7 @@ import kopf
 from kubernetes import config
 
 from kubefit.api.resource import GROUP
+from kubefit.controller.bounded_http import address_family, url_host
 from kubefit.controller.checkpoints import load_checkpoint_key, serve_checkpoints, token_lookup
 from kubefit.controller.cluster import remembering
 from kubefit.controller.garbage_collection import tune_garbage_collection
@@ -114,7 +115,7 @@ def operator_settings() -> kopf.OperatorSettings:
 
 
 def _free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    with socket.socket(address_family(address), socket.SOCK_STREAM) as probe:
         probe.bind((address, 0))
         return int(probe.getsockname()[1])
 
@@ -192,7 +193,10 @@ class _StandbyHealth(BaseHTTPRequestHandler):
 
 def _serve_standby_health(address: str, port: int) -> HTTPServer:
     """/healthz while waiting for the Lease (kopf serves it once leading), so the kubelet keeps a standby."""
-    server = ThreadingHTTPServer((address, port), _StandbyHealth)
+    server_class = type(
+        "StandbyHealthServer", (ThreadingHTTPServer,), {"address_family": address_family(address)}
+    )
+    server = server_class((address, port), _StandbyHealth)
     server.daemon_threads = True
     Thread(target=server.serve_forever, name="kubefit-standby-health", daemon=True).start()
     return server
@@ -228,8 +232,9 @@ def run_operator(options: OperatorOptions) -> None:
     metrics_port = serve_metrics(metrics, options.bind_address, options.metrics_port)
     liveness_port = options.liveness_port or _free_port(options.bind_address)
     # Printed (and flushed) so that whoever started the operator can find the chosen ports.
-    print(f"kubefit: metrics on http://{options.bind_address}:{metrics_port}/metrics", flush=True)
-    print(f"kubefit: liveness on http://{options.bind_address}:{liveness_port}/healthz", flush=True)
+    host = url_host(options.bind_address)
+    print(f"kubefit: metrics on http://{host}:{metrics_port}/metrics", flush=True)
+    print(f"kubefit: liveness on http://{host}:{liveness_port}/healthz", flush=True)
     if options.webhook is not None:  # every replica, standby too: validation reads only the request
         _start_webhook(options, options.webhook)
     elector = None
@@ -275,7 +280,7 @@ def _start_webhook(options: OperatorOptions, webhook: AdmissionWebhook) -> None:
     server = start_webhook_server(
         answer, options.bind_address, webhook.port, webhook.certfile, webhook.keyfile
     )
-    print(f"kubefit: admission webhook on https://{options.bind_address}:{server.server_address[1]}"
+    print(f"kubefit: admission webhook on https://{url_host(options.bind_address)}:{server.server_address[1]}"
           f"{VALIDATE_PATH}", flush=True)  # fmt: skip
 
 
@@ -319,5 +324,5 @@ def _run_leading(
         standalone=True,  # no kopf peering: replicas are kept apart by the Lease (leader.py)
         clusterwide=not options.namespaces,
         namespaces=options.namespaces,
-        liveness_endpoint=f"http://{options.bind_address}:{liveness_port}/healthz",
+        liveness_endpoint=f"http://{url_host(options.bind_address)}:{liveness_port}/healthz",
     )
