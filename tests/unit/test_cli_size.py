@@ -656,3 +656,40 @@ def test_a_forbidden_listing_exits_3_naming_the_access_needed(tmp_path: Path, ap
 def test_context_without_cluster_is_invalid_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_main(capsys, "-f", write(tmp_path, LLAMA3_8B_FSDP), "--context", "main")
     assert code == 2 and out == "" and "error: --context: only used with --cluster" in err
+
+
+def test_the_table_says_no_worker_starts_when_memory_needs_more_workers_than_allowed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # 70B with zero3 and full recompute fits on 4 workers of 8 H100s; replicas: 2 allows 2, so the
+    # operator starts none (TooFewWorkers): "fits" alone misled.
+    manifest = {
+        "apiVersion": "kubefit.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "r1"},
+        "spec": {
+            "template": TEMPLATE,
+            "model": {
+                "parameters": "70B",
+                "architecture": {
+                    "layers": 80,
+                    "hiddenSize": 8192,
+                    "attentionHeads": 64,
+                    "kvHeads": 8,
+                    "intermediateSize": 28672,
+                    "vocabSize": 128256,
+                },
+            },
+            "training": {
+                "microBatchSize": 2,
+                "sequenceLength": 4096,
+                "sharding": "zero3",
+                "activationCheckpointing": "full",
+            },
+            "resources": {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+            "workers": {"replicas": 2},
+        },
+    }
+    code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest))
+    assert code == 0
+    assert "no worker starts (TooFewWorkers" in out and "more than the spec allows (2)" in out

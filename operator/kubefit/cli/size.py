@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any, TextIO
 
+from kubefit.api.conditions import Reason
 from kubefit.api.resource import API_VERSION, KIND
 from kubefit.api.units import GIB, format_gib
 from kubefit.cli.run import positive_int
@@ -246,6 +247,10 @@ def _summary_lines(manifest: dict[str, Any], spec: Any, job_sizing: Any) -> list
         needs = "no worker count fits as configured (see warnings)"
     runs, devices, elastic = _count(workers, "worker"), _count(per_worker * workers, "device"), []
     bounds = worker_bounds(spec, sizing)
+    if not bounds.feasible:
+        # The operator starts no worker (TooFewWorkers) although the estimate alone fits.
+        needs += f", more than the spec allows ({bounds.ceiling})"
+        verdict = f"{verdict}, but no worker starts ({Reason.TOO_FEW_WORKERS}; see warnings)"
     if spec.elastic.enabled and bounds.feasible and bounds.floor != bounds.desired:
         # An elastic job runs anything from its floor to its desired count: say so, and which was sized.
         runs = f"{bounds.floor}-{bounds.desired} workers"
