@@ -519,3 +519,13 @@ def test_a_change_that_makes_the_spec_invalid_is_no_remedy_and_breaks_nothing() 
     sizing = plan_job(spec).sizing
     assert not sizing.fits
     assert not any("finetuning.method: lora" in remedy.description for remedy in find_remedies(spec))
+
+
+def test_a_job_nothing_holds_names_each_field_it_tried_once() -> None:
+    spec = make_spec(model={"parameters": "900T"}, training={"sequenceLength": 8192})
+    sizing = plan_job(spec).sizing
+    (note,) = [warning for warning in sizing.warnings if "nothing in the catalog holds it" in warning]
+    # Tried together, full recompute replaced selective and QLoRA replaced LoRA: only the last is named.
+    assert "activationCheckpointing: full" in note and "activationCheckpointing: selective" not in note
+    assert "method: qlora" in note and "method: lora " not in note
+    assert note.count("training.activationCheckpointing") == 1 and note.count("model.finetuning.method") == 1

@@ -782,7 +782,10 @@ def _shortfall_note(spec: TrainingJobSpec, outcome: _Outcome, remedies: Sequence
         fixed = spec.resources.accelerator != "auto"
         changes = applicable(spec, REMEDIES)
         runnable = [c for c in changes if not (fixed and breaks(spec, c.apply(spec), shown.accelerator))]
-        tried = describe(runnable) or "no change left"
+        # All of them at once, as the combined remedy tried them: a later value of a field replaces the
+        # earlier (full recompute after selective, QLoRA after LoRA).
+        last = {change.field: change for change in runnable}
+        tried = describe(change for change in runnable if last[change.field] is change) or "no change left"
         return (
             f"{head}; nothing in the catalog holds it even with {tried}: reduce training.sequenceLength "
             "or use tensorParallel/pipelineParallel"
