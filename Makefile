@@ -58,7 +58,7 @@ lint: venv
 	@$(VENV)/bin/lint-imports --no-cache
 	@$(PYTHON) -m mypy
 
-# The fast lane: everything that needs no control plane, in well under a minute once installed.
+# The fast lane: everything that needs no control plane, in about 3 minutes once installed.
 check: lint unit
 
 unit: venv tools

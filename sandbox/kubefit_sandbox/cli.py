@@ -21,7 +21,7 @@ from typing import Any
 from kubefit_sandbox.cluster import ACCELERATOR_LABEL, POOL_LABEL
 from kubefit_sandbox.errors import NodeAgentError
 from kubefit_sandbox.kubeclient import core_api, new_api_client, response_json
-from kubefit_sandbox.nodeagent import running_agent_pid, start_agent, stop_agent
+from kubefit_sandbox.nodeagent import CLUSTER_FILE_ENV, running_agent_pid, start_agent, stop_agent
 from kubefit_sandbox.nodes import NodeRequest, NodeRequestError, add_nodes, list_sandbox_nodes, remove_node
 from kubefit_sandbox.podstatus import TERMINAL_PHASES
 from kubefit_sandbox.processpods import EXIT_FILE, LOG_FILE, latest_run
@@ -39,6 +39,10 @@ def _sandbox(args: argparse.Namespace) -> Any:
 
 
 def _default_cluster_file() -> Path | None:
+    """$KUBEFIT_SANDBOX_CLUSTER, else examples/sandbox/cluster.yaml (here or in the repository)."""
+    override = os.environ.get(CLUSTER_FILE_ENV)
+    if override:
+        return Path(override).resolve()
     for candidate in (DEFAULT_CLUSTER_FILE, _REPO_ROOT / DEFAULT_CLUSTER_FILE):
         if candidate.is_file():
             return candidate.resolve()

@@ -314,3 +314,17 @@ def test_cli_up_and_down_drive_the_node_agent(tmp_path: Path, monkeypatch: pytes
 
     assert fake.calls == ["up", "down", "up"]
     assert agent_calls == [("start", cluster.resolve()), ("stop", tmp_path)]
+
+
+def test_the_cluster_file_variable_names_the_default_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubefit_sandbox import cli
+
+    mine = tmp_path / "cluster.yaml"
+    mine.write_text("pools: []\n")
+    monkeypatch.setenv("KUBEFIT_SANDBOX_CLUSTER", str(mine))
+    assert cli._default_cluster_file() == mine.resolve()
+    monkeypatch.delenv("KUBEFIT_SANDBOX_CLUSTER")
+    example = cli._default_cluster_file()
+    assert example is not None and example.name == "cluster.yaml" and example.parent.name == "sandbox"

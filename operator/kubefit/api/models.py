@@ -634,8 +634,9 @@ class Scheduling(_Model):
         description="Seconds after admission by which every admitted worker must be placed on a node "
         "(bound by the scheduler; pulling its image or starting counts) at once. Otherwise all workers are "
         "deleted (Admitted=False, reason GangTimeout, a Warning event) and the job asks for admission again "
-        "after a backoff of 10 s doubled per timeout, at most 10 minutes. An elastic job's gang counts as "
-        "placed once its floor is.",
+        "after a backoff of 10 s doubled per timeout, at most 10 minutes. An elastic pytorch job's gang "
+        "counts as placed once its floor is; an elastic jax job, whose group is fixed at start, only when "
+        "every admitted worker is.",
     )
     preemption: Preemption = Field(
         default="Never",
