@@ -974,3 +974,20 @@ def test_lora_targets_size_the_adapters_when_trainable_parameters_are_absent() -
 def test_lora_dropout_zero_or_full_training_adds_nothing() -> None:
     plain = estimate(job(_adapters("lora")), H100, Layout(1, 1))
     assert estimate(job(_adapters("lora", loraDropout=0.0)), H100, Layout(1, 1)) == plain
+
+
+def test_a_lora_target_the_shape_lacks_is_named_in_a_warning() -> None:
+    # No architecture: a GPT-like two-matrix MLP is assumed, which has no gate.
+    alone = estimate(
+        job({"parameters": "1.3B", "finetuning": {"method": "lora", "loraTargets": ["gate"]}}),
+        H100,
+        Layout(1, 1),
+    )
+    assert any("loraTargets: gate" in w and "no adapter is counted" in w for w in alone.warnings)
+    mixed = estimate(
+        job({"parameters": "1.3B", "finetuning": {"method": "lora", "loraTargets": ["gate", "query"]}}),
+        H100,
+        Layout(1, 1),
+    )
+    assert any("loraTargets: gate" in w and "sized without it" in w for w in mixed.warnings)
+    assert mixed.optimizer_states > 0

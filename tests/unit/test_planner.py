@@ -23,6 +23,7 @@ from kubefit.sizing.planner import (
     pool_inventory,
     unsupported,
     usable_bytes,
+    worker_counts,
 )
 
 CATALOG = load_catalog()
@@ -506,7 +507,29 @@ def test_a_remedy_must_fit_within_the_worker_count_the_spec_allows() -> None:
         for change in remedy.changes:
             changed = change.apply(changed)
         sizing = plan_job(changed).sizing
-        assert sizing.fits and sizing.min_workers <= 2, (remedy.description, sizing.min_workers)
+        assert sizing.fits and worker_counts(changed, sizing.min_workers, 8).feasible, remedy.description
+        if not any(change.field.startswith("workers.") for change in remedy.changes):
+            assert sizing.min_workers <= 2, (remedy.description, sizing.min_workers)
+    assert not any(change.field.startswith("workers.") for change in remedies[0].changes)
+
+
+def test_a_remedy_that_needs_more_workers_names_the_bound_to_raise() -> None:
+    # 70B without sharding on one L4 and replicas 1: nothing fits on one worker, zero3 and the rest fit
+    # on many. The advice is that set with workers.replicas raised, not "nothing holds it".
+    spec = make_spec(
+        model=LLAMA2_70B,
+        resources={"accelerator": "nvidia-l4", "acceleratorsPerWorker": 1},
+    )
+    sizing = plan_job(spec).sizing
+    assert not sizing.fits
+    (note,) = [warning for warning in sizing.warnings if warning.startswith("does not fit")]
+    assert "nothing in the catalog holds it" not in note and "workers.replicas: " in note
+    remedy = next(r for r in find_remedies(spec) if any(c.field == "workers.replicas" for c in r.changes))
+    changed = spec
+    for change in remedy.changes:
+        changed = change.apply(changed)
+    again = plan_job(changed).sizing
+    assert again.fits and worker_counts(changed, again.min_workers, 1).feasible
 
 
 def test_a_change_that_makes_the_spec_invalid_is_no_remedy_and_breaks_nothing() -> None:

@@ -250,3 +250,17 @@ def test_suggest_survives_a_change_that_makes_the_spec_invalid() -> None:
         resources={"accelerator": "nvidia-b200", "acceleratorsPerWorker": 1},
     )
     assert all("finetuning.method" not in s.description for s in suggest(spec, CATALOG))
+
+
+def test_the_advice_of_a_smaller_device_elsewhere_is_a_layout_the_operator_runs() -> None:
+    # 1B with tensorParallel 2 on 8 H200s, elastic from 1: one A10G per worker would hold it, but a fixed
+    # acceleratorsPerWorker: 1 with minReplicas 1 splits a 2-device group, which the operator refuses.
+    spec = make_spec(
+        training={"tensorParallel": 2},
+        resources={"accelerator": "nvidia-h200", "acceleratorsPerWorker": 8},
+        workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 2},
+        elastic={"enabled": True},
+    )
+    sizing = plan(spec, CATALOG)
+    sentence = overprovisioned(spec, sizing)
+    assert sentence is None or "acceleratorsPerWorker: 1" not in sentence, sentence

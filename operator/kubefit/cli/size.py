@@ -248,9 +248,10 @@ def _summary_lines(manifest: dict[str, Any], spec: Any, job_sizing: Any) -> list
     runs, devices, elastic = _count(workers, "worker"), _count(per_worker * workers, "device"), []
     bounds = worker_bounds(spec, sizing)
     if not bounds.feasible:
-        # The operator starts no worker (TooFewWorkers) although the estimate alone fits.
+        # Memory needs more workers than the spec allows: the operator starts none (TooFewWorkers).
         needs += f", more than the spec allows ({bounds.ceiling})"
-        verdict = f"{verdict}, but no worker starts ({Reason.TOO_FEW_WORKERS}; see warnings)"
+        if sizing.fits:
+            verdict = f"fits, but no worker starts ({Reason.TOO_FEW_WORKERS}; see warnings)"
     if spec.elastic.enabled and bounds.feasible and bounds.floor != bounds.desired:
         # An elastic job runs anything from its floor to its desired count: say so, and which was sized.
         runs = f"{bounds.floor}-{bounds.desired} workers"

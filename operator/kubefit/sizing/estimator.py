@@ -406,7 +406,27 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
             "model.architecture not given: activations and logits assume a GPT-like shape "
             f"({describe(shape)}) for the parameter count; give model.architecture for a sharper estimate"
         )
+    warnings.extend(_missing_targets(spec, shape))
     return _Model(shape, parameters, declared, tuple(warnings))
+
+
+def _missing_targets(spec: TrainingJobSpec, shape: ModelShape) -> list[str]:
+    """A warning for each named LoRA target the model's shape does not have (a gate in a two-matrix
+    MLP): it is sized without it, and with none left no adapter at all is counted."""
+    finetuning = spec.model.finetuning
+    if finetuning.method == "full":
+        return []
+    widths = shape.projection_widths()
+    missing = [target for target in finetuning.lora_targets if target not in widths]
+    if not missing:
+        return []
+    form = "an assumed" if shape.assumed else "this"
+    what = f"model.finetuning.loraTargets: {', '.join(missing)} is not a projection of {form} model's shape (a two-matrix MLP has no gate)"
+    if len(missing) == len(finetuning.lora_targets) and finetuning.trainable_parameters is None:
+        return [
+            f"{what}: no adapter is counted; give model.architecture or model.finetuning.trainableParameters"
+        ]
+    return [f"{what}: sized without it"]
 
 
 def _count_contradiction(shape: ModelShape, parameters: int) -> list[str]:

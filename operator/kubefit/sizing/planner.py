@@ -818,31 +818,66 @@ def find_remedies(spec: TrainingJobSpec, catalog: Catalog | None = None, pools: 
 
 
 def _remedy_search(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> tuple[list[Remedy], list[str]]:
-    """find_remedies, and why a bigger accelerator was not tried (when it was not)."""
+    """find_remedies, and why a bigger accelerator was not tried (when it was not). Remedies that fit
+    within the worker counts the spec allows come first; one that needs more workers names the bound to
+    raise, and is offered alone only when nothing fits within them."""
     notes: list[str] = []
     found = [*_single_remedies(spec, catalog, pools), *_bigger_device(spec, catalog, pools, notes)]
-    return found or _combined_remedy(spec, catalog, pools), notes
+    within = [remedy for remedy, in_bounds in found if in_bounds]
+    if within:
+        return within + [remedy for remedy, in_bounds in found if not in_bounds], notes
+    combined = _combined_remedy(spec, catalog, pools)
+    if combined is not None and combined[1]:
+        return [combined[0]], notes
+    raised = [remedy for remedy, _ in found] or ([combined[0]] if combined is not None else [])
+    return raised, notes
 
 
-def _replanned(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> SizingStatus | None:
-    """The status of a changed spec when it fits at worker counts its bounds allow, else None (no remedy).
-
-    A change that fits only with more workers than maxReplicas (or replicas, when not elastic) allows
-    leaves the job blocked (TooFewWorkers), and one that makes the spec invalid (LoRA with more trainable
-    parameters than the model, a count that splits no TP x PP group) is no remedy either.
-    """
+def _remedy(
+    spec: TrainingJobSpec,
+    changes: tuple[Change, ...],
+    outcome: _Outcome,
+    catalog: Catalog,
+    pools: Pools,
+    *,
+    strict: bool = False,
+) -> tuple[Remedy, bool] | None:
+    """`outcome`, the plan of `spec` with `changes` applied, as a remedy, and whether it fits within the
+    worker counts the spec allows. Fitting only with more workers than those (a job left with too few
+    starts none: TooFewWorkers), it carries the raise of the worker bound too, planned again with it."""
+    if not outcome.shown.fits:
+        return None
+    if outcome.option.counts.feasible:
+        return Remedy(changes, _status(outcome.shown, outcome.min_workers, outcome.warnings)), True
+    changed = _applied(spec, changes)
+    bound = "workers.maxReplicas" if changed.workers.max_replicas is not None else "workers.replicas"
+    raise_bound = Change(bound, outcome.option.counts.floor, "more workers: more devices at once", always)
     try:
-        outcome = _plan(spec, catalog, pools)
+        raised = _plan(raise_bound.apply(changed), catalog, pools, strict=strict)
+    except InvalidSpec:
+        return None
+    if not (raised.shown.fits and raised.option.counts.feasible):
+        return None
+    return Remedy((*changes, raise_bound), _status(raised.shown, raised.min_workers, raised.warnings)), False
+
+
+def _applied(spec: TrainingJobSpec, changes: Iterable[Change]) -> TrainingJobSpec:
+    for change in changes:
+        spec = change.apply(spec)
+    return spec
+
+
+def _replanned(
+    spec: TrainingJobSpec, changes: tuple[Change, ...], catalog: Catalog, pools: Pools
+) -> tuple[Remedy, bool] | None:
+    """`changes` applied and planned again (_remedy); None when the job still does not fit, or when the
+    changes make the spec invalid (LoRA with more trainable parameters than the model, a count that
+    splits no TP x PP group)."""
+    try:
+        outcome = _plan(_applied(spec, changes), catalog, pools)
     except InvalidSpec:  # NoCandidate included: no accelerator offers its per-worker count
         return None
-    return _runs(outcome)
-
-
-def _runs(outcome: _Outcome) -> SizingStatus | None:
-    """The outcome's status when it fits at worker counts the spec's bounds allow."""
-    if not (outcome.shown.fits and outcome.option.counts.feasible):
-        return None
-    return _status(outcome.shown, outcome.min_workers, outcome.warnings)
+    return _remedy(spec, changes, outcome, catalog, pools)
 
 
 def _runnable(spec: TrainingJobSpec, catalog: Catalog, changes: Iterable[Change]) -> list[Change]:
@@ -853,16 +888,18 @@ def _runnable(spec: TrainingJobSpec, catalog: Catalog, changes: Iterable[Change]
     ]
 
 
-def _single_remedies(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> list[Remedy]:
+def _single_remedies(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> list[tuple[Remedy, bool]]:
     found = []
     for change in _runnable(spec, catalog, applicable(spec, REMEDIES)):
-        sizing = _replanned(change.apply(spec), catalog, pools)
-        if sizing is not None:
-            found.append(Remedy((change,), sizing))
+        remedy = _replanned(spec, (change,), catalog, pools)
+        if remedy is not None:
+            found.append(remedy)
     return found
 
 
-def _bigger_device(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, notes: list[str]) -> list[Remedy]:
+def _bigger_device(
+    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, notes: list[str]
+) -> list[tuple[Remedy, bool]]:
     """For a fixed accelerator: the plan on any catalog device with more memory, if one fits. With an
     inventory only devices (and per-worker counts) some node holds are tried."""
     declared = resolve_accelerator(spec, catalog)
@@ -887,26 +924,26 @@ def _bigger_device(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, notes:
         return []
     except InvalidSpec:
         return []
-    sizing = _runs(outcome)
-    if sizing is None:
-        return []
-    change = Change(
-        "resources.accelerator", sizing.accelerator, "a bigger device costs more per hour", always
-    )
-    return [Remedy((change,), sizing)]
+    chosen = outcome.shown.accelerator.name
+    change = Change("resources.accelerator", chosen, "a bigger device costs more per hour", always)
+    remedy = _remedy(spec, (change,), outcome, bigger, pools, strict=True)
+    return [] if remedy is None else [remedy]
 
 
-def _combined_remedy(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> list[Remedy]:
-    """The remedies applied one after another until the job fits (at most one Remedy)."""
+def _combined_remedy(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> tuple[Remedy, bool] | None:
+    """The remedies applied one after another until the job fits within its worker counts; failing
+    that, the first set that fits with more workers."""
     accumulated: list[Change] = []
     current = spec
+    first_raised: tuple[Remedy, bool] | None = None
     for change in _runnable(spec, catalog, REMEDIES):
         if not change.applies(current):
             continue
         current = change.apply(current)
         # a later value of the same field (full after selective checkpointing) replaces the earlier one
         accumulated = [*(kept for kept in accumulated if kept.field != change.field), change]
-        sizing = _replanned(current, catalog, pools)
-        if sizing is not None:
-            return [Remedy(tuple(accumulated), sizing)]
-    return []
+        remedy = _replanned(spec, tuple(accumulated), catalog, pools)
+        if remedy is not None and remedy[1]:
+            return remedy
+        first_raised = first_raised or remedy
+    return first_raised

@@ -293,6 +293,10 @@ def _smaller_elsewhere(spec: TrainingJobSpec, sizing: SizingStatus, catalog: Cat
     )
     if not (anywhere.fits and (smaller_device or fewer_devices)):
         return None
+    elsewhere = replace_field(spec, "resources.accelerator", anywhere.accelerator)
+    elsewhere = replace_field(elsewhere, "resources.acceleratorsPerWorker", anywhere.accelerators_per_worker)
+    if not _runs_as_suggested(elsewhere, (), catalog):
+        return None  # that layout would split a TP x PP group or need more workers than allowed
     layout = layout_text(anywhere.accelerator, anywhere.accelerators_per_worker, anywhere.min_workers)
     return (
         f"{layout} holds it at {format_gib(anywhere.per_device_bytes)} of "
