@@ -991,3 +991,9 @@ def test_a_lora_target_the_shape_lacks_is_named_in_a_warning() -> None:
     )
     assert any("loraTargets: gate" in w and "sized without it" in w for w in mixed.warnings)
     assert mixed.optimizer_states > 0
+
+
+def test_the_default_lora_targets_warn_about_nothing() -> None:
+    # The default names every projection; a two-matrix MLP simply has no gate.
+    plain = estimate(job({"parameters": "1.3B", "finetuning": {"method": "lora"}}), H100, Layout(1, 1))
+    assert not any("loraTargets" in warning for warning in plain.warnings)

@@ -6,6 +6,8 @@ Assertions are properties checked against the estimator itself (no layout with f
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sizing_inputs import LLAMA2_70B, LLAMA3_8B, SIZING_KEYS, make_spec
 
@@ -552,3 +554,94 @@ def test_a_job_nothing_holds_names_each_field_it_tried_once() -> None:
     assert "activationCheckpointing: full" in note and "activationCheckpointing: selective" not in note
     assert "method: qlora" in note and "method: lora " not in note
     assert note.count("training.activationCheckpointing") == 1 and note.count("model.finetuning.method") == 1
+
+
+def _remedy_warning(sizing: SizingStatus) -> str:
+    (note,) = [warning for warning in sizing.warnings if warning.startswith("does not fit")]
+    return note
+
+
+def _apply(spec: TrainingJobSpec, remedy: object) -> TrainingJobSpec:
+    for change in remedy.changes:  # type: ignore[attr-defined]
+        spec = change.apply(spec)
+    return spec
+
+
+def test_no_remedy_asks_for_more_workers_than_the_operator_runs_per_job() -> None:
+    from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, operator_check
+
+    # zero3 alone fits on 1,095 A100s: more than the operator's 1,024 per job; zero3 with offload or
+    # LoRA fits on fewer, and is what is named.
+    spec = make_spec(
+        model={"parameters": "730B", "precision": "bf16-true", "optimizer": "adafactor"},
+        training={
+            "activationCheckpointing": "full",
+            "microBatchSize": 1,
+            "sequenceLength": 512,
+            "loss": "chunked",
+        },
+        resources={"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 1},
+    )
+    check = operator_check("big", DEFAULT_MAX_WORKERS_PER_JOB)
+    remedies = find_remedies(spec, check=check)
+    assert remedies
+    for remedy in remedies:
+        changed = _apply(spec, remedy)
+        check(changed)  # the operator accepts it
+        assert plan_job(changed).sizing.fits
+    note = _remedy_warning(plan_job(spec, check=check).sizing)
+    assert "workers.replicas: 1095" not in note and "nothing in the catalog holds it" not in note
+
+
+def test_raising_max_replicas_raises_replicas_too_when_the_count_would_split_a_group() -> None:
+    # replicas 6 above maxReplicas 4 was clamped to 4; under a raised maxReplicas it counts, and 6 splits
+    # the 4-device tensor-parallel groups. The remedy raises both.
+    spec = make_spec(
+        model={"parameters": "1.6T", "finetuning": {"method": "qlora"}},
+        training={
+            "tensorParallel": 4,
+            "activationCheckpointing": "full",
+            "microBatchSize": 1,
+            "loss": "chunked",
+            "offload": "optimizer",
+        },
+        resources={"accelerator": "amd-mi300x", "acceleratorsPerWorker": 1},
+        workers={"replicas": 6, "maxReplicas": 4},
+        elastic={"enabled": True},
+    )
+    note = _remedy_warning(plan_job(spec).sizing)
+    assert "nothing in the catalog holds it" not in note
+    remedy = next(r for r in find_remedies(spec) if any(c.field == "workers.maxReplicas" for c in r.changes))
+    changed = _apply(spec, remedy)
+    sizing = plan_job(changed).sizing
+    assert sizing.fits and worker_counts(changed, sizing.min_workers, 1).feasible
+
+
+def test_no_remedy_makes_the_job_name_too_long_for_its_workers() -> None:
+    from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, operator_check
+
+    name = "n" * 54  # worker-9 fits in 63 characters, worker-334 does not
+    spec = make_spec(model=LLAMA2_70B, resources={"accelerator": "nvidia-t4", "acceleratorsPerWorker": 1})
+    check = operator_check(name, DEFAULT_MAX_WORKERS_PER_JOB)
+    for remedy in find_remedies(spec, check=check):
+        check(_apply(spec, remedy))
+
+
+def test_the_operators_sizing_path_names_no_remedy_beyond_its_worker_limit() -> None:
+    from kubefit.decisions.job import checked_spec
+
+    raw = {
+        "template": {"spec": {"containers": [{"name": "t", "image": "i"}]}},
+        "model": {"parameters": "730B", "precision": "bf16-true", "optimizer": "adafactor"},
+        "training": {
+            "activationCheckpointing": "full",
+            "microBatchSize": 1,
+            "sequenceLength": 512,
+            "loss": "chunked",
+        },
+        "resources": {"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 1},
+    }
+    _, job_sizing = checked_spec("big", raw, CATALOG, 64)
+    note = _remedy_warning(job_sizing.sizing)
+    counts = [int(n) for n in re.findall(r"workers\.(?:replicas|maxReplicas): (\d+)", note)]
+    assert all(count <= 64 for count in counts), note

@@ -328,6 +328,7 @@ def render_data(document: Any, output: str) -> str:
 
 
 def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) -> int:
+    from kubefit.decisions.job import operator_check
     from kubefit.sizing.suggest import suggest
 
     if args.context is not None and not args.cluster:
@@ -337,7 +338,9 @@ def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) 
     spec, catalog = _parse(manifest, args.catalog)
     inventory = _live_inventory(manifest, catalog, args.context) if args.cluster else None
     job_sizing = _size(manifest, catalog, inventory, args.max_workers_per_job)
-    suggestions = suggest(spec, catalog) if args.suggest else None
+    name = (manifest.get("metadata") or {}).get("name")
+    check = operator_check(name if isinstance(name, str) else None, args.max_workers_per_job)
+    suggestions = suggest(spec, catalog, check) if args.suggest else None
 
     if args.output == "table":
         stdout.write(render_table(manifest, spec, job_sizing, suggestions, inventory))

@@ -12,7 +12,7 @@ worker count. Operator-wide limits come in as `ReconcileSettings`, so `decide` s
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -172,10 +172,22 @@ def checked_spec(
     cannot express, for the reconcile (Ready=False InvalidSpec), the admission webhook and `kubefit size`
     alike. `name` None (a manifest without one, for `kubefit size`) skips the job-name check."""
     spec = parse_spec(raw_spec)
-    _check_worker_limit(spec, max_workers_per_job)
-    if name is not None:
-        _check_name(name, spec)
-    return spec, size_job(spec, catalog, inventory)
+    check = operator_check(name, max_workers_per_job)
+    check(spec)
+    return spec, size_job(spec, catalog, inventory, check=check)
+
+
+def operator_check(name: str | None, max_workers_per_job: int) -> Callable[[TrainingJobSpec], None]:
+    """The checks of a parsed spec beyond its schema and the planner's: the per-job worker limit and the
+    job name's length with its workers' host names (`name` None skips it). The planner runs them on its
+    remedies too, so none names a change the operator would refuse."""
+
+    def check(spec: TrainingJobSpec) -> None:
+        _check_worker_limit(spec, max_workers_per_job)
+        if name is not None:
+            _check_name(name, spec)
+
+    return check
 
 
 def _overprovisioning_events(advice: str | None, previous: Mapping[str, Any]) -> list[JobEvent]:

@@ -24,7 +24,7 @@ from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.workers import WorkerBounds, worker_bounds
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.estimator import Layout, estimate
-from kubefit.sizing.planner import NodeInventory, Pools, plan_job
+from kubefit.sizing.planner import NodeInventory, Pools, SpecCheck, plan_job
 from kubefit.sizing.suggest import overprovisioned
 
 # Over-provisioning sentences remembered, by (catalog, spec, sizing). Working one out plans the job on every
@@ -48,10 +48,16 @@ class JobSizing:
     advice: str | None
 
 
-def size_job(spec: TrainingJobSpec, catalog: Catalog, inventory: Inventory | None = None) -> JobSizing:
+def size_job(
+    spec: TrainingJobSpec,
+    catalog: Catalog,
+    inventory: Inventory | None = None,
+    *,
+    check: SpecCheck | None = None,
+) -> JobSizing:
     """Sizes `spec` against `catalog` and, when given, the cluster's `inventory` (None: the whole catalog,
     as if every accelerator were there and free). Raises InvalidSpec naming the field at fault."""
-    planned = plan_job(spec, catalog=catalog, pools=_planned_pools(inventory))
+    planned = plan_job(spec, catalog=catalog, pools=_planned_pools(inventory), check=check)
     sizing = planned.sizing
     bounds = worker_bounds(spec, sizing)
     if inventory is not None:

@@ -414,8 +414,8 @@ def _missing_targets(spec: TrainingJobSpec, shape: ModelShape) -> list[str]:
     """A warning for each named LoRA target the model's shape does not have (a gate in a two-matrix
     MLP): it is sized without it, and with none left no adapter at all is counted."""
     finetuning = spec.model.finetuning
-    if finetuning.method == "full":
-        return []
+    if finetuning.method == "full" or "lora_targets" not in finetuning.model_fields_set:
+        return []  # the default, every projection, names what each model has
     widths = shape.projection_widths()
     missing = [target for target in finetuning.lora_targets if target not in widths]
     if not missing:

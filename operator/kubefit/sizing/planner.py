@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,11 @@ from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
 from kubefit.sizing.estimator import Estimate, Layout, estimate
 from kubefit.sizing.remedies import REMEDIES, Change, Remedy, always, applicable, describe, replace_field
+
+# What the operator refuses beyond the planner's rules (decisions.job.operator_check: its per-job worker
+# limit, the job name's length with its workers' host names): raises InvalidSpec.
+SpecCheck = Callable[[TrainingJobSpec], None]
+MORE_WORKERS_TRADE_OFF = "more workers: more devices at once"
 
 # Largest layout the search considers. Far above any single job's memory needs: at 4,096 devices ZeRO-3
 # already holds a 1T-parameter model's 16 TB of mixed-precision Adam state in 4 GB per device.
@@ -707,9 +712,12 @@ def plan_job(
     inventory: Sequence[NodeInventory] | None = None,
     *,
     pools: Pools = None,
+    check: SpecCheck | None = None,
 ) -> Plan:
     """The sizing decision for `spec`; see the module docstring for the rules. The cluster is given as its
-    nodes (`inventory`) or as their pools (pool_inventory of them, when the caller already has it)."""
+    nodes (`inventory`) or as their pools (pool_inventory of them, when the caller already has it).
+    `check` refuses (InvalidSpec) what the operator refuses beyond the planner's own rules: a remedy whose
+    changes it refuses is not named."""
     catalog = catalog or load_catalog()
     if inventory is not None:
         if pools is not None:
@@ -719,8 +727,8 @@ def plan_job(
     if outcome.shown.fits:
         notes = _fit_notes(spec, outcome, _pool(pools, outcome.shown.accelerator.name))
     else:
-        remedies, notes = _remedy_search(spec, catalog, pools)
-        notes = [_shortfall_note(spec, outcome, remedies), *notes]
+        remedies, notes = _remedy_search(spec, catalog, pools, check)
+        notes = [_shortfall_note(spec, outcome, remedies, check), *notes]
     sizing = _status(outcome.shown, outcome.min_workers, [*outcome.warnings, *notes])
     return Plan(sizing, outcome.shown.layout.workers)
 
@@ -768,7 +776,9 @@ def _fit_notes(spec: TrainingJobSpec, outcome: _Outcome, pool: AcceleratorPool |
     return notes
 
 
-def _shortfall_note(spec: TrainingJobSpec, outcome: _Outcome, remedies: Sequence[Remedy]) -> str:
+def _shortfall_note(
+    spec: TrainingJobSpec, outcome: _Outcome, remedies: Sequence[Remedy], check: SpecCheck | None = None
+) -> str:
     """Why the plan does not fit, and what would: more workers, or the remedies found by re-planning."""
     shown = outcome.shown
     head = (
@@ -776,7 +786,12 @@ def _shortfall_note(spec: TrainingJobSpec, outcome: _Outcome, remedies: Sequence
         f"{_layout_of(shown, shown.layout.workers)}, {format_gib(int(shown.usable_bytes))} usable "
         f"({spec.resources.memory_headroom:.0%} headroom kept free)"
     )
-    would_fit = [] if outcome.fewest is None else [_more_workers_text(shown, outcome.fewest)]
+    fewest = outcome.fewest
+    if fewest is not None and not _passes(
+        check, replace_field(spec, "workers.replicas", fewest.layout.workers)
+    ):
+        fewest = None  # more workers than the operator runs per job (or than the job's name allows)
+    would_fit = [] if fewest is None else [_more_workers_text(shown, fewest)]
     would_fit += [f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in remedies]
     if not would_fit:
         fixed = spec.resources.accelerator != "auto"
@@ -808,57 +823,94 @@ def _layout_of(result: LayoutEstimate, workers: int) -> str:
 # ------------------------------------------------------------------ remedies, each verified by planning
 
 
-def find_remedies(spec: TrainingJobSpec, catalog: Catalog | None = None, pools: Pools = None) -> list[Remedy]:
+def find_remedies(
+    spec: TrainingJobSpec, catalog: Catalog | None = None, pools: Pools = None, check: SpecCheck | None = None
+) -> list[Remedy]:
     """Changes that make a job fit, each verified by planning again with it applied.
 
     Single changes first (least disruptive first), then, when the accelerator is fixed, a bigger one;
     if no single change is enough, the changes accumulated in order until the job fits.
     """
-    return _remedy_search(spec, catalog or load_catalog(), pools)[0]
+    return _remedy_search(spec, catalog or load_catalog(), pools, check)[0]
 
 
-def _remedy_search(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> tuple[list[Remedy], list[str]]:
+def _remedy_search(
+    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, check: SpecCheck | None = None
+) -> tuple[list[Remedy], list[str]]:
     """find_remedies, and why a bigger accelerator was not tried (when it was not). Remedies that fit
     within the worker counts the spec allows come first; one that needs more workers names the bound to
     raise, and is offered alone only when nothing fits within them."""
     notes: list[str] = []
-    found = [*_single_remedies(spec, catalog, pools), *_bigger_device(spec, catalog, pools, notes)]
+    found = [
+        *_single_remedies(spec, catalog, pools, check),
+        *_bigger_device(spec, catalog, pools, notes, check),
+    ]
     within = [remedy for remedy, in_bounds in found if in_bounds]
     if within:
         return within + [remedy for remedy, in_bounds in found if not in_bounds], notes
-    combined = _combined_remedy(spec, catalog, pools)
+    combined = _combined_remedy(spec, catalog, pools, check)
     if combined is not None and combined[1]:
         return [combined[0]], notes
     raised = [remedy for remedy, _ in found] or ([combined[0]] if combined is not None else [])
     return raised, notes
 
 
+@dataclass(frozen=True)
+class _Search:
+    """Where remedies are planned: the catalog, the cluster's pools and the operator's own check."""
+
+    catalog: Catalog
+    pools: Pools
+    check: SpecCheck | None = None
+
+
 def _remedy(
     spec: TrainingJobSpec,
     changes: tuple[Change, ...],
     outcome: _Outcome,
-    catalog: Catalog,
-    pools: Pools,
+    search: _Search,
     *,
     strict: bool = False,
 ) -> tuple[Remedy, bool] | None:
     """`outcome`, the plan of `spec` with `changes` applied, as a remedy, and whether it fits within the
     worker counts the spec allows. Fitting only with more workers than those (a job left with too few
-    starts none: TooFewWorkers), it carries the raise of the worker bound too, planned again with it."""
+    starts none: TooFewWorkers), it carries the raise of the worker bound too, planned again with it;
+    raising maxReplicas, replicas is raised with it when the count it then asks for would split a
+    TP x PP group. None when `check` refuses the changed spec."""
     if not outcome.shown.fits:
         return None
-    if outcome.option.counts.feasible:
-        return Remedy(changes, _status(outcome.shown, outcome.min_workers, outcome.warnings)), True
     changed = _applied(spec, changes)
+    if outcome.option.counts.feasible:
+        if not _passes(search.check, changed):
+            return None
+        return Remedy(changes, _status(outcome.shown, outcome.min_workers, outcome.warnings)), True
+    floor = outcome.option.counts.floor
     bound = "workers.maxReplicas" if changed.workers.max_replicas is not None else "workers.replicas"
-    raise_bound = Change(bound, outcome.option.counts.floor, "more workers: more devices at once", always)
+    raises: list[tuple[Change, ...]] = [(Change(bound, floor, MORE_WORKERS_TRADE_OFF, always),)]
+    if bound == "workers.maxReplicas":
+        raises.append((*raises[0], Change("workers.replicas", floor, MORE_WORKERS_TRADE_OFF, always)))
+    for raise_bound in raises:
+        raised_spec = _applied(changed, raise_bound)
+        if not _passes(search.check, raised_spec):
+            continue
+        try:
+            raised = _plan(raised_spec, search.catalog, search.pools, strict=strict)
+        except InvalidSpec:
+            continue
+        if raised.shown.fits and raised.option.counts.feasible:
+            sizing = _status(raised.shown, raised.min_workers, raised.warnings)
+            return Remedy((*changes, *raise_bound), sizing), False
+    return None
+
+
+def _passes(check: SpecCheck | None, spec: TrainingJobSpec) -> bool:
+    if check is None:
+        return True
     try:
-        raised = _plan(raise_bound.apply(changed), catalog, pools, strict=strict)
+        check(spec)
     except InvalidSpec:
-        return None
-    if not (raised.shown.fits and raised.option.counts.feasible):
-        return None
-    return Remedy((*changes, raise_bound), _status(raised.shown, raised.min_workers, raised.warnings)), False
+        return False
+    return True
 
 
 def _applied(spec: TrainingJobSpec, changes: Iterable[Change]) -> TrainingJobSpec:
@@ -868,7 +920,11 @@ def _applied(spec: TrainingJobSpec, changes: Iterable[Change]) -> TrainingJobSpe
 
 
 def _replanned(
-    spec: TrainingJobSpec, changes: tuple[Change, ...], catalog: Catalog, pools: Pools
+    spec: TrainingJobSpec,
+    changes: tuple[Change, ...],
+    catalog: Catalog,
+    pools: Pools,
+    check: SpecCheck | None,
 ) -> tuple[Remedy, bool] | None:
     """`changes` applied and planned again (_remedy); None when the job still does not fit, or when the
     changes make the spec invalid (LoRA with more trainable parameters than the model, a count that
@@ -877,7 +933,7 @@ def _replanned(
         outcome = _plan(_applied(spec, changes), catalog, pools)
     except InvalidSpec:  # NoCandidate included: no accelerator offers its per-worker count
         return None
-    return _remedy(spec, changes, outcome, catalog, pools)
+    return _remedy(spec, changes, outcome, _Search(catalog, pools, check))
 
 
 def _runnable(spec: TrainingJobSpec, catalog: Catalog, changes: Iterable[Change]) -> list[Change]:
@@ -888,17 +944,19 @@ def _runnable(spec: TrainingJobSpec, catalog: Catalog, changes: Iterable[Change]
     ]
 
 
-def _single_remedies(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> list[tuple[Remedy, bool]]:
+def _single_remedies(
+    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, check: SpecCheck | None
+) -> list[tuple[Remedy, bool]]:
     found = []
     for change in _runnable(spec, catalog, applicable(spec, REMEDIES)):
-        remedy = _replanned(spec, (change,), catalog, pools)
+        remedy = _replanned(spec, (change,), catalog, pools, check)
         if remedy is not None:
             found.append(remedy)
     return found
 
 
 def _bigger_device(
-    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, notes: list[str]
+    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, notes: list[str], check: SpecCheck | None
 ) -> list[tuple[Remedy, bool]]:
     """For a fixed accelerator: the plan on any catalog device with more memory, if one fits. With an
     inventory only devices (and per-worker counts) some node holds are tried."""
@@ -926,11 +984,13 @@ def _bigger_device(
         return []
     chosen = outcome.shown.accelerator.name
     change = Change("resources.accelerator", chosen, "a bigger device costs more per hour", always)
-    remedy = _remedy(spec, (change,), outcome, bigger, pools, strict=True)
+    remedy = _remedy(spec, (change,), outcome, _Search(bigger, pools, check), strict=True)
     return [] if remedy is None else [remedy]
 
 
-def _combined_remedy(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> tuple[Remedy, bool] | None:
+def _combined_remedy(
+    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, check: SpecCheck | None
+) -> tuple[Remedy, bool] | None:
     """The remedies applied one after another until the job fits within its worker counts; failing
     that, the first set that fits with more workers."""
     accumulated: list[Change] = []
@@ -942,7 +1002,7 @@ def _combined_remedy(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> t
         current = change.apply(current)
         # a later value of the same field (full after selective checkpointing) replaces the earlier one
         accumulated = [*(kept for kept in accumulated if kept.field != change.field), change]
-        remedy = _replanned(spec, tuple(accumulated), catalog, pools)
+        remedy = _replanned(spec, tuple(accumulated), catalog, pools, check)
         if remedy is not None and remedy[1]:
             return remedy
         first_raised = first_raised or remedy

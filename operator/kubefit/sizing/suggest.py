@@ -23,7 +23,7 @@ from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib
 from kubefit.api.validation import InvalidSpec
 from kubefit.sizing.catalog import Catalog, load_catalog
-from kubefit.sizing.planner import breaks, find_remedies, layout_text, plan_quietly, worker_counts
+from kubefit.sizing.planner import SpecCheck, breaks, find_remedies, layout_text, plan_quietly, worker_counts
 from kubefit.sizing.remedies import CHANGES, Change, always, describe, replace_field, trade_offs
 
 FEWER_DEVICES_TRADE_OFF = "fewer devices: less data-parallel throughput per step"
@@ -94,11 +94,19 @@ def _planned(spec: TrainingJobSpec, catalog: Catalog) -> SizingStatus | None:
         return None
 
 
-def _runs_as_suggested(spec: TrainingJobSpec, changes: Sequence[Change], catalog: Catalog) -> bool:
-    """Whether `spec` with `changes` applied is a valid job that fits within its worker bounds."""
+def _runs_as_suggested(
+    spec: TrainingJobSpec, changes: Sequence[Change], catalog: Catalog, check: SpecCheck | None = None
+) -> bool:
+    """Whether `spec` with `changes` applied is a valid job that fits within its worker bounds (and that
+    the operator's own `check` accepts)."""
     changed = spec
     for change in changes:
         changed = change.apply(changed)
+    try:
+        if check is not None:
+            check(changed)
+    except InvalidSpec:
+        return False
     sizing = _planned(changed, catalog)
     if sizing is None or not sizing.fits:
         return False
@@ -129,7 +137,9 @@ def _layout_changes(spec: TrainingJobSpec, sizing: SizingStatus) -> tuple[Change
     return tuple(changes)
 
 
-def suggest(spec: TrainingJobSpec, catalog: Catalog | None = None) -> list[Suggestion]:
+def suggest(
+    spec: TrainingJobSpec, catalog: Catalog | None = None, check: SpecCheck | None = None
+) -> list[Suggestion]:
     """Alternatives that fit and improve on the declared plan, cheapest first.
 
     A spec change is listed only when it beats both the declared plan and the declared spec merely
@@ -138,7 +148,7 @@ def suggest(spec: TrainingJobSpec, catalog: Catalog | None = None) -> list[Sugge
     catalog = catalog or load_catalog()
     declared = plan_quietly(spec, catalog)
     same_device = plan_quietly(_cheapest_layout(spec), catalog)
-    shortlist = _Shortlist(spec, catalog)
+    shortlist = _Shortlist(spec, catalog, check)
     _consider_single_changes(spec, catalog, shortlist, (declared, same_device))
     _consider_layouts(spec, catalog, shortlist, declared, same_device)
     if not declared.fits:  # no single change may be enough: add the verified (possibly combined) remedies
@@ -158,6 +168,7 @@ class _Shortlist:
 
     spec: TrainingJobSpec
     catalog: Catalog
+    check: SpecCheck | None = None
     found: list[tuple[tuple[int, int, int, int], Suggestion]] = field(default_factory=list)
 
     def consider(self, order: int, suggestion: Suggestion, baselines: Sequence[SizingStatus]) -> None:
@@ -168,7 +179,7 @@ class _Shortlist:
             return
         if any(baseline.fits and not _cheaper(sizing, baseline) for baseline in baselines):
             return  # no fewer devices and no smaller device: not an improvement
-        if not _runs_as_suggested(self.spec, suggestion.changes, self.catalog):
+        if not _runs_as_suggested(self.spec, suggestion.changes, self.catalog, self.check):
             return
         self.found.append(((*_cost(sizing), order), suggestion))
 
@@ -226,7 +237,7 @@ def _consider_layouts(
 def _consider_remedies(spec: TrainingJobSpec, catalog: Catalog, shortlist: _Shortlist) -> None:
     """The planner's remedies not listed already; layout-only ones are covered by _consider_layouts."""
     listed = shortlist.descriptions()
-    for order, remedy in enumerate(find_remedies(spec, catalog), start=_FIRST_REMEDY):
+    for order, remedy in enumerate(find_remedies(spec, catalog, check=shortlist.check), start=_FIRST_REMEDY):
         layout_only = all(change.field.startswith("resources.") for change in remedy.changes)
         if remedy.description not in listed and not layout_only:
             shortlist.consider(
