@@ -13,7 +13,7 @@ from sizing_inputs import LLAMA2_70B, LLAMA3_8B, SIZING_KEYS, make_spec
 
 from kubefit.api.formatting import sizing_summary
 from kubefit.api.models import SizingStatus, TrainingJobSpec
-from kubefit.api.validation import InvalidSpec
+from kubefit.api.validation import InvalidSpec, parse_spec
 from kubefit.sizing.catalog import Accelerator, load_catalog
 from kubefit.sizing.estimator import Layout, estimate
 from kubefit.sizing.planner import (
@@ -645,3 +645,54 @@ def test_the_operators_sizing_path_names_no_remedy_beyond_its_worker_limit() -> 
     note = _remedy_warning(job_sizing.sizing)
     counts = [int(n) for n in re.findall(r"workers\.(?:replicas|maxReplicas): (\d+)", note)]
     assert all(count <= 64 for count in counts), note
+
+
+_BIG_ON_A100 = {
+    "template": {"spec": {"containers": [{"name": "t", "image": "i"}]}},
+    "model": {"parameters": "730B", "precision": "bf16-true", "optimizer": "adafactor"},
+    "training": {
+        "activationCheckpointing": "full",
+        "microBatchSize": 1,
+        "sequenceLength": 512,
+        "loss": "chunked",
+    },
+    "resources": {"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 1},
+}
+
+
+def test_a_job_that_fits_only_on_more_workers_than_the_operator_runs_is_told_what_fits_on_fewer() -> None:
+    from kubefit.decisions.job import checked_spec, operator_check
+
+    raw = {**_BIG_ON_A100, "training": {**_BIG_ON_A100["training"], "sharding": "zero3"}}
+    spec, job_sizing = checked_spec("big", raw, CATALOG, 1024)
+    assert job_sizing.sizing.fits and job_sizing.sizing.min_workers == 1095
+    warnings = job_sizing.sizing.warnings
+    assert any("more than this operator runs per job" in warning for warning in warnings), warnings
+    assert not any("raise workers.maxReplicas" in warning for warning in warnings)
+    assert any(warning.startswith("Would fit on fewer workers: ") for warning in warnings)
+    check = operator_check("big", 1024)
+    for remedy in find_remedies(spec, check=check):
+        check(_apply(spec, remedy))
+
+
+def test_a_refused_worker_count_is_tried_again_with_more_devices_per_worker() -> None:
+    from kubefit.decisions.job import operator_check
+
+    # Under a limit of 2 workers, the remedy packs 16 devices into each worker.
+    spec = parse_spec(_BIG_ON_A100)
+    check = operator_check("big", 2)
+    remedies = find_remedies(spec, check=check)
+    assert remedies
+    for remedy in remedies:
+        changed = _apply(spec, remedy)
+        check(changed)
+        assert plan_job(changed).sizing.fits
+
+
+def test_when_only_the_operators_limit_stands_in_the_way_the_note_says_so() -> None:
+    from kubefit.decisions.job import checked_spec
+
+    _, job_sizing = checked_spec("big", _BIG_ON_A100, CATALOG, 1)
+    note = _remedy_warning(job_sizing.sizing)
+    assert "nothing in the catalog holds it" not in note
+    assert "fits only with more workers than this operator runs per job" in note

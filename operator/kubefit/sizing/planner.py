@@ -51,6 +51,7 @@ from kubefit.sizing.remedies import REMEDIES, Change, Remedy, always, applicable
 # limit, the job name's length with its workers' host names): raises InvalidSpec.
 SpecCheck = Callable[[TrainingJobSpec], None]
 MORE_WORKERS_TRADE_OFF = "more workers: more devices at once"
+LARGER_WORKERS_TRADE_OFF = "more devices per worker: each worker needs a node with that many free"
 
 # Largest layout the search considers. Far above any single job's memory needs: at 4,096 devices ZeRO-3
 # already holds a 1T-parameter model's 16 TB of mixed-precision Adam state in 4 GB per device.
@@ -725,10 +726,14 @@ def plan_job(
         pools = _pools(inventory)
     outcome = _plan(spec, catalog, pools)
     if outcome.shown.fits:
-        notes = _fit_notes(spec, outcome, _pool(pools, outcome.shown.accelerator.name))
+        refused = _raise_refused(spec, outcome, check)
+        notes = _fit_notes(spec, outcome, _pool(pools, outcome.shown.accelerator.name), refused)
+        if refused:
+            remedies, more = _remedy_search(spec, catalog, pools, check)
+            notes += [_within_the_limit(remedies), *more]
     else:
         remedies, notes = _remedy_search(spec, catalog, pools, check)
-        notes = [_shortfall_note(spec, outcome, remedies, check), *notes]
+        notes = [_shortfall_note(spec, outcome, remedies, _Search(catalog, pools, check)), *notes]
     sizing = _status(outcome.shown, outcome.min_workers, [*outcome.warnings, *notes])
     return Plan(sizing, outcome.shown.layout.workers)
 
@@ -753,14 +758,23 @@ def plan_quietly(spec: TrainingJobSpec, catalog: Catalog, pools: Pools = None) -
 # ------------------------------------------------------------------ wording
 
 
-def _fit_notes(spec: TrainingJobSpec, outcome: _Outcome, pool: AcceleratorPool | None) -> list[str]:
-    """What a fitting plan asks of the worker bounds and of the cluster."""
+def _fit_notes(
+    spec: TrainingJobSpec, outcome: _Outcome, pool: AcceleratorPool | None, refused: bool = False
+) -> list[str]:
+    """What a fitting plan asks of the worker bounds and of the cluster. `refused`: the operator refuses
+    the worker count memory needs (_raise_refused), so raising the bound is no advice."""
     shown, workers = outcome.shown, spec.workers
     notes: list[str] = []
     if outcome.min_workers > workers.ceiling:
+        advice = (
+            "more than this operator runs per job (kubefit run --max-workers-per-job) or than the job's "
+            "name leaves room for in its workers' host names"
+            if refused
+            else "raise workers.maxReplicas (and replicas)"
+        )
         notes.append(
             f"memory needs at least {outcome.min_workers} workers but workers.{workers.ceiling_field} allows "
-            f"{workers.ceiling}; raise workers.maxReplicas (and replicas)"
+            f"{workers.ceiling}; {advice}"
         )
     elif workers.min_replicas is not None and outcome.min_workers > workers.min_replicas:
         notes.append(
@@ -776,8 +790,29 @@ def _fit_notes(spec: TrainingJobSpec, outcome: _Outcome, pool: AcceleratorPool |
     return notes
 
 
+def _raised_bounds(spec: TrainingJobSpec, workers: int) -> TrainingJobSpec:
+    """`spec` with its worker ceiling (and replicas) raised to `workers`."""
+    raised = replace_field(spec, "workers.replicas", max(workers, spec.workers.replicas))
+    if spec.workers.max_replicas is not None:
+        raised = replace_field(raised, "workers.maxReplicas", workers)
+    return raised
+
+
+def _raise_refused(spec: TrainingJobSpec, outcome: _Outcome, check: SpecCheck | None) -> bool:
+    """Whether memory needs more workers than the spec allows and the operator refuses that many."""
+    floor = outcome.option.counts.floor
+    return not outcome.option.counts.feasible and not _passes(check, _raised_bounds(spec, floor))
+
+
+def _within_the_limit(remedies: Sequence[Remedy]) -> str:
+    if not remedies:
+        return "no change the planner tries brings the worker count within what the operator runs"
+    named = "; ".join(f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in remedies)
+    return f"Would fit on fewer workers: {named}"
+
+
 def _shortfall_note(
-    spec: TrainingJobSpec, outcome: _Outcome, remedies: Sequence[Remedy], check: SpecCheck | None = None
+    spec: TrainingJobSpec, outcome: _Outcome, remedies: Sequence[Remedy], search: _Search
 ) -> str:
     """Why the plan does not fit, and what would: more workers, or the remedies found by re-planning."""
     shown = outcome.shown
@@ -788,11 +823,20 @@ def _shortfall_note(
     )
     fewest = outcome.fewest
     if fewest is not None and not _passes(
-        check, replace_field(spec, "workers.replicas", fewest.layout.workers)
+        search.check, replace_field(spec, "workers.replicas", fewest.layout.workers)
     ):
         fewest = None  # more workers than the operator runs per job (or than the job's name allows)
     would_fit = [] if fewest is None else [_more_workers_text(shown, fewest)]
     would_fit += [f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in remedies]
+    if not would_fit and search.check is not None:
+        unchecked = _remedy_search(spec, search.catalog, search.pools)[0]
+        if unchecked:
+            first = unchecked[0]
+            return (
+                f"{head}; it fits only with more workers than this operator runs per job (kubefit run "
+                "--max-workers-per-job) or than the job's name leaves room for in its workers' host names: "
+                f"{first.description} -> {sizing_summary(first.sizing)}"
+            )
     if not would_fit:
         fixed = spec.resources.accelerator != "auto"
         changes = applicable(spec, REMEDIES)
@@ -871,6 +915,7 @@ def _remedy(
     search: _Search,
     *,
     strict: bool = False,
+    widen: bool = True,
 ) -> tuple[Remedy, bool] | None:
     """`outcome`, the plan of `spec` with `changes` applied, as a remedy, and whether it fits within the
     worker counts the spec allows. Fitting only with more workers than those (a job left with too few
@@ -889,9 +934,11 @@ def _remedy(
     raises: list[tuple[Change, ...]] = [(Change(bound, floor, MORE_WORKERS_TRADE_OFF, always),)]
     if bound == "workers.maxReplicas":
         raises.append((*raises[0], Change("workers.replicas", floor, MORE_WORKERS_TRADE_OFF, always)))
+    refused = False
     for raise_bound in raises:
         raised_spec = _applied(changed, raise_bound)
         if not _passes(search.check, raised_spec):
+            refused = True
             continue
         try:
             raised = _plan(raised_spec, search.catalog, search.pools, strict=strict)
@@ -900,6 +947,27 @@ def _remedy(
         if raised.shown.fits and raised.option.counts.feasible:
             sizing = _status(raised.shown, raised.min_workers, raised.warnings)
             return Remedy((*changes, *raise_bound), sizing), False
+    if refused and widen:
+        return _with_more_devices_per_worker(spec, changes, outcome, search, strict)
+    return None
+
+
+def _with_more_devices_per_worker(
+    spec: TrainingJobSpec, changes: tuple[Change, ...], outcome: _Outcome, search: _Search, strict: bool
+) -> tuple[Remedy, bool] | None:
+    """A remedy whose worker count the operator refuses, tried again with more devices per worker: the
+    planner ranks the fewest devices first and knows no per-job limit, so the same devices in fewer,
+    larger workers can pass where its layout did not."""
+    shown = outcome.shown
+    for count in sorted(n for n in shown.accelerator.per_node if n > shown.layout.devices_per_worker):
+        wider = (*changes, Change("resources.acceleratorsPerWorker", count, LARGER_WORKERS_TRADE_OFF, always))
+        try:
+            again = _plan(_applied(spec, wider), search.catalog, search.pools, strict=strict)
+        except InvalidSpec:
+            continue
+        found = _remedy(spec, wider, again, search, strict=strict, widen=False)
+        if found is not None:
+            return found
     return None
 
 
