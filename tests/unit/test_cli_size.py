@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from bad_specs import BAD_SPECS, BadSpec
-from sizing_inputs import LLAMA3_8B, SIZING_KEYS, TEMPLATE
+from sizing_inputs import LLAMA2_70B, LLAMA3_8B, SIZING_KEYS, TEMPLATE
 
 from kubefit.api.validation import parse_spec
 from kubefit.builders.naming import JobRef
@@ -661,7 +661,7 @@ def test_context_without_cluster_is_invalid_input(tmp_path: Path, capsys: pytest
 def test_the_table_says_no_worker_starts_when_memory_needs_more_workers_than_allowed(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    # 70B with zero3 and full recompute fits on 4 workers of 8 H100s; replicas: 2 allows 2, so the
+    # Llama 2 70B with zero3 and full recompute fits on 3 workers of 8 H100s; replicas: 2 allows 2, so the
     # operator starts none (TooFewWorkers): "fits" alone misled.
     manifest = {
         "apiVersion": "kubefit.dev/v1alpha1",
@@ -669,17 +669,7 @@ def test_the_table_says_no_worker_starts_when_memory_needs_more_workers_than_all
         "metadata": {"name": "r1"},
         "spec": {
             "template": TEMPLATE,
-            "model": {
-                "parameters": "70B",
-                "architecture": {
-                    "layers": 80,
-                    "hiddenSize": 8192,
-                    "attentionHeads": 64,
-                    "kvHeads": 8,
-                    "intermediateSize": 28672,
-                    "vocabSize": 128256,
-                },
-            },
+            "model": LLAMA2_70B,
             "training": {
                 "microBatchSize": 2,
                 "sequenceLength": 4096,

@@ -627,26 +627,6 @@ def test_no_remedy_makes_the_job_name_too_long_for_its_workers() -> None:
         check(_apply(spec, remedy))
 
 
-def test_the_operators_sizing_path_names_no_remedy_beyond_its_worker_limit() -> None:
-    from kubefit.decisions.job import checked_spec
-
-    raw = {
-        "template": {"spec": {"containers": [{"name": "t", "image": "i"}]}},
-        "model": {"parameters": "730B", "precision": "bf16-true", "optimizer": "adafactor"},
-        "training": {
-            "activationCheckpointing": "full",
-            "microBatchSize": 1,
-            "sequenceLength": 512,
-            "loss": "chunked",
-        },
-        "resources": {"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 1},
-    }
-    _, job_sizing = checked_spec("big", raw, CATALOG, 64)
-    note = _remedy_warning(job_sizing.sizing)
-    counts = [int(n) for n in re.findall(r"workers\.(?:replicas|maxReplicas): (\d+)", note)]
-    assert all(count <= 64 for count in counts), note
-
-
 _BIG_ON_A100 = {
     "template": {"spec": {"containers": [{"name": "t", "image": "i"}]}},
     "model": {"parameters": "730B", "precision": "bf16-true", "optimizer": "adafactor"},
@@ -658,6 +638,15 @@ _BIG_ON_A100 = {
     },
     "resources": {"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 1},
 }
+
+
+def test_the_operators_sizing_path_names_no_remedy_beyond_its_worker_limit() -> None:
+    from kubefit.decisions.job import checked_spec
+
+    _, job_sizing = checked_spec("big", _BIG_ON_A100, CATALOG, 64)
+    note = _remedy_warning(job_sizing.sizing)
+    counts = [int(n) for n in re.findall(r"workers\.(?:replicas|maxReplicas): (\d+)", note)]
+    assert all(count <= 64 for count in counts), note
 
 
 def test_a_job_that_fits_only_on_more_workers_than_the_operator_runs_is_told_what_fits_on_fewer() -> None:
