@@ -685,3 +685,24 @@ def test_when_only_the_operators_limit_stands_in_the_way_the_note_says_so() -> N
     note = _remedy_warning(job_sizing.sizing)
     assert "nothing in the catalog holds it" not in note
     assert "fits only with more workers than this operator runs per job" in note
+
+
+@pytest.mark.parametrize(("parameters", "group_note"), [("8B", True), ("70B", False)])
+def test_the_group_note_names_a_floor_only_the_grouping_set(parameters: str, group_note: bool) -> None:
+    # 16-device groups of 2 workers of 8: minReplicas 1 becomes 2 by the grouping. At 70B memory
+    # needs 4 workers, which the memory note explains; the group note would name the wrong cause.
+    spec = make_spec(
+        model={**LLAMA3_8B, "parameters": parameters} if parameters == "8B" else LLAMA2_70B,
+        training={
+            "sharding": "zero3",
+            "activationCheckpointing": "full",
+            "tensorParallel": 8,
+            "pipelineParallel": 2,
+            "sequenceLength": 4096,
+        },
+        resources={"accelerator": "nvidia-h100-80gb"},
+        workers={"replicas": 3, "minReplicas": 1, "maxReplicas": 5},
+        elastic={"enabled": True},
+    )
+    warnings = plan_job(spec).sizing.warnings
+    assert any("workers.minReplicas 1:" in warning for warning in warnings) is group_note, warnings

@@ -690,7 +690,8 @@ def _group_notes(spec: TrainingJobSpec, option: _Option) -> list[str]:
     if asked % step and counts.desired != asked:
         notes.append(f"workers.{field} {asked}: {why}, so {counts.desired} workers run")
     floor = spec.workers.min_replicas
-    if floor is not None and floor % step and counts.floor != floor:
+    # Only a floor the grouping set: one memory raised further is _fit_notes' to explain.
+    if floor is not None and floor % step and counts.floor == max(floor - floor % step, step):
         notes.append(f"workers.minReplicas {floor}: {why}, so the floor is {counts.floor}")
     return notes
 
