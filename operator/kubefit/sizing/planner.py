@@ -52,6 +52,10 @@ from kubefit.sizing.remedies import REMEDIES, Change, Remedy, always, applicable
 SpecCheck = Callable[[TrainingJobSpec], None]
 MORE_WORKERS_TRADE_OFF = "more workers: more devices at once"
 LARGER_WORKERS_TRADE_OFF = "more devices per worker: each worker needs a node with that many free"
+BEYOND_THE_OPERATOR = (
+    "than this operator runs per job (kubefit run --max-workers-per-job) or than the job's "
+    "name leaves room for in its workers' host names"
+)
 
 # Largest layout the search considers. Far above any single job's memory needs: at 4,096 devices ZeRO-3
 # already holds a 1T-parameter model's 16 TB of mixed-precision Adam state in 4 GB per device.
@@ -767,12 +771,7 @@ def _fit_notes(
     shown, workers = outcome.shown, spec.workers
     notes: list[str] = []
     if outcome.min_workers > workers.ceiling:
-        advice = (
-            "more than this operator runs per job (kubefit run --max-workers-per-job) or than the job's "
-            "name leaves room for in its workers' host names"
-            if refused
-            else "raise workers.maxReplicas (and replicas)"
-        )
+        advice = f"more {BEYOND_THE_OPERATOR}" if refused else "raise workers.maxReplicas (and replicas)"
         notes.append(
             f"memory needs at least {outcome.min_workers} workers but workers.{workers.ceiling_field} allows "
             f"{workers.ceiling}; {advice}"
@@ -791,18 +790,22 @@ def _fit_notes(
     return notes
 
 
-def _raised_bounds(spec: TrainingJobSpec, workers: int) -> TrainingJobSpec:
-    """`spec` with its worker ceiling (and replicas) raised to `workers`."""
-    raised = replace_field(spec, "workers.replicas", max(workers, spec.workers.replicas))
-    if spec.workers.max_replicas is not None:
-        raised = replace_field(raised, "workers.maxReplicas", workers)
-    return raised
+def _bound_raises(spec: TrainingJobSpec, workers: int) -> list[tuple[Change, ...]]:
+    """The changes that raise the spec's worker ceiling to `workers`, mildest first: maxReplicas alone
+    (when given), then with replicas too (a count above the old ceiling would otherwise split a TP x PP
+    group); or replicas."""
+    if spec.workers.max_replicas is None:
+        return [(Change("workers.replicas", workers, MORE_WORKERS_TRADE_OFF, always),)]
+    ceiling = Change("workers.maxReplicas", workers, MORE_WORKERS_TRADE_OFF, always)
+    return [(ceiling,), (ceiling, Change("workers.replicas", workers, MORE_WORKERS_TRADE_OFF, always))]
 
 
 def _raise_refused(spec: TrainingJobSpec, outcome: _Outcome, check: SpecCheck | None) -> bool:
     """Whether memory needs more workers than the spec allows and the operator refuses that many."""
-    floor = outcome.option.counts.floor
-    return not outcome.option.counts.feasible and not _passes(check, _raised_bounds(spec, floor))
+    if outcome.option.counts.feasible:
+        return False
+    raised = _applied(spec, _bound_raises(spec, outcome.option.counts.floor)[-1])
+    return not _passes(check, raised)
 
 
 def _within_the_limit(remedies: Sequence[Remedy]) -> str:
@@ -834,8 +837,7 @@ def _shortfall_note(
         if unchecked:
             first = unchecked[0]
             return (
-                f"{head}; it fits only with more workers than this operator runs per job (kubefit run "
-                "--max-workers-per-job) or than the job's name leaves room for in its workers' host names: "
+                f"{head}; it fits only with more workers {BEYOND_THE_OPERATOR}: "
                 f"{first.description} -> {sizing_summary(first.sizing)}"
             )
     if not would_fit:
@@ -930,13 +932,8 @@ def _remedy(
         if not _passes(search.check, changed):
             return None
         return Remedy(changes, _status(outcome.shown, outcome.min_workers, outcome.warnings)), True
-    floor = outcome.option.counts.floor
-    bound = "workers.maxReplicas" if changed.workers.max_replicas is not None else "workers.replicas"
-    raises: list[tuple[Change, ...]] = [(Change(bound, floor, MORE_WORKERS_TRADE_OFF, always),)]
-    if bound == "workers.maxReplicas":
-        raises.append((*raises[0], Change("workers.replicas", floor, MORE_WORKERS_TRADE_OFF, always)))
     refused = False
-    for raise_bound in raises:
+    for raise_bound in _bound_raises(changed, outcome.option.counts.floor):
         raised_spec = _applied(changed, raise_bound)
         if not _passes(search.check, raised_spec):
             refused = True
