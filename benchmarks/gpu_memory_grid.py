@@ -58,7 +58,10 @@ MODELS: dict[str, dict[str, int]] = {
     "bigvocab": dict(hidden_size=2048, num_hidden_layers=18, num_attention_heads=8, num_key_value_heads=1,
                      intermediate_size=16384, vocab_size=256000),
 }  # fmt: skip
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The same projections in the API's words (finetuning.loraTargets).
+TARGET_IN_API = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "o_proj": "output",
+                 "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}  # fmt: skip
 LOSS_CHUNKS = 8  # torchtune CEWithChunkedOutputLoss num_output_chunks default
 
 
@@ -74,6 +77,8 @@ class Setup:
     checkpointing: str = "none"  # none or full
     finetuning: str = "full"  # full, lora, qlora
     lora_rank: int = 16
+    lora_dropout: float = 0.0  # peft's default; the API's finetuning.loraDropout
+    lora_targets: tuple[str, ...] = LORA_TARGETS  # the API's finetuning.loraTargets
     loss: str = "standard"  # standard (transformers' loss on full logits) or chunked (torchtune's)
     attention: str = "sdpa"  # sdpa or eager
     steps: int = 3
@@ -82,6 +87,11 @@ class Setup:
     def name(self) -> str:
         parts = [self.model, self.finetuning, self.precision, self.optimizer, f"b{self.micro_batch}",
                  f"s{self.sequence}", f"ac-{self.checkpointing}", self.loss, self.attention]  # fmt: skip
+        # Named only when not the default, so that earlier runs' rows keep their names.
+        if self.lora_dropout:
+            parts.append(f"dropout{self.lora_dropout:g}")
+        if tuple(self.lora_targets) != LORA_TARGETS:
+            parts.append("+".join(TARGET_IN_API[target] for target in self.lora_targets))
         return "/".join(parts)
 
 
@@ -150,6 +160,23 @@ def second_grid() -> list[Setup]:
     return grid
 
 
+def dropout_grid() -> list[Setup]:
+    """LoRA dropout and targets (the estimator's finetuning.loraDropout/loraTargets, modelled on peft's
+    modules and a probe of litgpt's, not yet measured through peft): each setup beside its dropout-0
+    twin, so that the difference is the dropout's alone; all projections and query+value only."""
+    grid: list[Setup] = []
+    medium = Setup("medium", finetuning="lora", micro_batch=4, sequence=2048)
+    for finetuning in ("lora", "qlora"):
+        for checkpointing in ("none", "full"):
+            for targets in (LORA_TARGETS, ("q_proj", "v_proj")):
+                for dropout in (0.0, 0.1):
+                    grid.append(replace(medium, finetuning=finetuning, checkpointing=checkpointing,
+                                        lora_targets=targets, lora_dropout=dropout))  # fmt: skip
+    big = Setup("bigvocab", finetuning="lora", micro_batch=2, sequence=2048, checkpointing="full")
+    grid += [replace(big, lora_dropout=dropout) for dropout in (0.0, 0.05, 0.1)]
+    return grid
+
+
 def tiny_grid() -> list[Setup]:
     """A CPU smoke test of every code path."""
     tiny = Setup("tiny", micro_batch=2, sequence=64, steps=2)
@@ -159,6 +186,7 @@ def tiny_grid() -> list[Setup]:
         replace(tiny, precision="bf16-true", optimizer="adafactor"),
         replace(tiny, precision="fp32", optimizer="sgd-momentum", attention="eager"),
         replace(tiny, finetuning="lora"),
+        replace(tiny, finetuning="lora", lora_dropout=0.1, lora_targets=("q_proj", "v_proj")),
         replace(tiny, model="tinyvocab", finetuning="lora", checkpointing="full", loss="chunked"),
         replace(tiny, finetuning="qlora"),
         replace(tiny, finetuning="qlora", precision="bf16-true", loss="chunked"),
@@ -263,7 +291,8 @@ def build_model(setup: Setup, scratch: Path) -> tuple[Any, int]:
 def _with_lora(model: Any, setup: Setup) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=setup.lora_rank, lora_alpha=2 * setup.lora_rank, target_modules=LORA_TARGETS)
+    lora = LoraConfig(r=setup.lora_rank, lora_alpha=2 * setup.lora_rank, lora_dropout=setup.lora_dropout,
+                      target_modules=list(setup.lora_targets))  # fmt: skip
     # peft upcasts adapters of a 16-bit base to fp32 for autocast; bf16-true keeps them in bf16.
     return get_peft_model(model, lora, autocast_adapter_dtype=setup.precision != "bf16-true")
 
@@ -488,7 +517,8 @@ def _architecture(model: str) -> dict[str, int]:
 def _assumed(setup: Setup) -> list[str]:
     notes = []
     if setup.finetuning != "full":
-        notes.append(f"LoRA r={setup.lora_rank} on {', '.join(LORA_TARGETS)} (trainableParameters counted)")
+        notes.append(f"peft LoRA r={setup.lora_rank}, dropout {setup.lora_dropout:g}, on "
+                     f"{', '.join(setup.lora_targets)} (trainableParameters counted)")  # fmt: skip
     if setup.finetuning == "qlora" and setup.precision == "bf16-true":
         notes.append("QLoRA: nf4 + double quantisation, bf16 compute, unquantised parameters kept in bf16 "
                      "(no prepare_model_for_kbit_training, no autocast)")  # fmt: skip
@@ -515,6 +545,10 @@ def calibration_row(number: int, row: dict[str, Any], environment: dict[str, Any
                              "optimizer": OPTIMIZER_IN_API.get(setup.optimizer, setup.optimizer)}  # fmt: skip
     if setup.finetuning != "full":
         model["finetuning"] = {"method": setup.finetuning, "trainableParameters": row["trainable_parameters"]}
+        if setup.lora_dropout:
+            model["finetuning"]["loraDropout"] = setup.lora_dropout
+        if tuple(setup.lora_targets) != LORA_TARGETS:
+            model["finetuning"]["loraTargets"] = [TARGET_IN_API[target] for target in setup.lora_targets]
     training = {"microBatchSize": setup.micro_batch, "sequenceLength": setup.sequence,
                 "activationCheckpointing": setup.checkpointing, "attention": setup.attention,
                 "loss": setup.loss}  # fmt: skip
@@ -589,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny models, for a CPU smoke test")
     parser.add_argument("--second", action="store_true", help="the bf16 QLoRA/LoRA grid (second run)")
+    parser.add_argument("--dropout", action="store_true", help="the LoRA dropout and targets grid")
     parser.add_argument("--only", default="", help="run only setups whose name contains this text")
     parser.add_argument(
         "--rows-from", type=Path, nargs="*", help="write calibration rows from these gpu_rows.jsonl"
@@ -605,7 +640,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.rows_from:
         return write_rows_yaml(args.rows_from, args.rows_to)
-    grid = tiny_grid() if args.tiny else second_grid() if args.second else gpu_grid()
+    if args.tiny:
+        grid = tiny_grid()
+    else:
+        grid = second_grid() if args.second else dropout_grid() if args.dropout else gpu_grid()
     grid = [setup for setup in grid if args.only in setup.name]
     sys.setswitchinterval(0.001)  # let the sampling thread in between kernel launches
     return run(grid, args.out, args.budget_s)

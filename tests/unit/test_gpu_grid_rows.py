@@ -1,0 +1,58 @@
+"""benchmarks/gpu_memory_grid.py turns a measured setup into a calibration row the API reads as the run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from kubefit.api.validation import parse_spec
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import gpu_memory_grid as grid  # noqa: E402
+
+TEMPLATE = {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}}
+ENVIRONMENT = {"device": "NVIDIA H200", "cuda": "13.0",
+               "versions": {"torch": "2.11", "transformers": "5", "peft": "0.17", "bitsandbytes": "0.50"}}  # fmt: skip
+
+
+def _row_of(setup: grid.Setup) -> dict:
+    # As run() writes it and write_rows_yaml reads it back: through JSON, so tuples come back as lists.
+    measured = {"setup": asdict(setup), "parameters": 1_100_048_384, "trainable_parameters": 2_252_800,
+                "oom": False, "error": None, "device_peak_bytes": 20 * 2**30}  # fmt: skip
+    return grid.calibration_row(1, json.loads(json.dumps(measured)), ENVIRONMENT)
+
+
+def test_the_dropout_grid_states_dropout_and_targets_in_the_api_words() -> None:
+    stated = []
+    for setup in grid.dropout_grid():
+        spec = parse_spec({"template": TEMPLATE, **_row_of(setup)["spec"]})
+        finetuning = spec.model.finetuning
+        assert finetuning.lora_dropout == setup.lora_dropout
+        targets = [grid.TARGET_IN_API[name] for name in setup.lora_targets]
+        assert sorted(finetuning.lora_targets) == sorted(targets), setup.name
+        stated.append((setup.lora_dropout, tuple(sorted(targets))))
+    # Every pairing of the grid is there: dropout 0 and 0.1, all projections and query+value only.
+    assert {(0.0, ("query", "value")), (0.1, ("query", "value"))} <= set(stated)
+    assert {(0.0, 7), (0.1, 7)} <= {(dropout, len(targets)) for dropout, targets in stated}
+
+
+def test_a_dropout_0_setup_on_every_projection_keeps_the_name_of_the_measured_row() -> None:
+    # Earlier runs' rows are matched by name (docs/data/gpu-measurements.md); the new fields must not rename them.
+    labels = {
+        raw["label"].split(" (")[0]
+        for raw in yaml.safe_load((BENCHMARKS / "data" / "gpu_grid_rows.yaml").read_text())["rows"]
+    }
+    twins = [
+        setup
+        for setup in grid.dropout_grid()
+        if not setup.lora_dropout and setup.lora_targets == grid.LORA_TARGETS
+    ]
+    assert twins and all(setup.name in labels for setup in twins)
+    spec = _row_of(twins[0])["spec"]["model"]["finetuning"]
+    assert "loraDropout" not in spec and "loraTargets" not in spec
