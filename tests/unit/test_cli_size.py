@@ -638,6 +638,11 @@ def test_a_missing_kubeconfig_or_context_exits_3_naming_it(tmp_path: Path) -> No
     assert (
         result.returncode == 3 and f"error: --cluster: cannot read the kubeconfig {missing}" in result.stderr
     )
+    malformed = tmp_path / "malformed"
+    malformed.write_text("clusters: [\n")  # a YAML error: it was "internal error", exit 1
+    result = kubefit_with(str(malformed), "size", "-f", "-", "--cluster")
+    assert result.returncode == 3 and len(result.stderr.splitlines()) == 1
+    assert f"error: --cluster: cannot read the kubeconfig {malformed}: while parsing" in result.stderr
     path = str(kubeconfig(tmp_path, "https://127.0.0.1:1"))
     result = kubefit_with(path, "size", "-f", "-", "--cluster", "--context", "nope")
     assert result.returncode == 3

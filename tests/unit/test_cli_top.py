@@ -169,13 +169,20 @@ def test_thresholds_outside_zero_to_one_are_refused_naming_the_flag(
     assert "--idle-below" in capsys.readouterr().err
 
 
-def test_an_unreachable_cluster_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
-    args = build_parser().parse_args(["top", "-n", "team"])
+@pytest.mark.parametrize("kubeconfig", [None, "clusters: [\n", "{}"], ids=["missing", "malformed", "empty"])
+@pytest.mark.parametrize("namespace", [["-n", "team"], [], ["-A"]], ids=["namespace", "current", "all"])
+def test_a_kubeconfig_that_cannot_be_read_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kubeconfig: str | None, namespace: list[str]
+) -> None:
+    # A malformed one raised a YAML traceback; a missing one was told as a cluster that does not answer.
+    if kubeconfig is not None:
+        (tmp_path / "kubeconfig").write_text(kubeconfig)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    args = build_parser().parse_args(["top", *namespace])
     out, err = io.StringIO(), io.StringIO()
     assert run_top(args, out, err) == 1
     assert out.getvalue() == ""
-    assert err.getvalue().startswith("kubefit top: cannot reach the cluster")
+    assert err.getvalue().startswith("kubefit top: cannot read the kubeconfig"), err.getvalue()
     assert len(err.getvalue().splitlines()) == 1
 
 
@@ -199,6 +206,28 @@ def test_a_cluster_that_refuses_connections_is_one_clear_line_too(
     assert run_top(build_parser().parse_args(["top", "-n", "team"]), out, err) == 1
     assert err.getvalue().startswith("kubefit top: cannot reach the cluster"), err.getvalue()
     assert len(err.getvalue().splitlines()) == 1 and "Traceback" not in err.getvalue()
+
+
+def test_top_retries_a_silent_cluster_once_like_size_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # urllib3's default of three retries made the bounded timeouts four times as long.
+    from kubernetes import client
+
+    retries: list[object] = []
+
+    def listing_api(api_client: client.ApiClient) -> None:
+        retries.append(api_client.configuration.retries)
+        raise OSError("not sent")
+
+    monkeypatch.setattr(client, "CustomObjectsApi", listing_api)
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                  "users": [{"name": "u", "user": {"token": "t"}}], "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                  "current-context": "x"}  # fmt: skip
+    (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    assert run_top(build_parser().parse_args(["top", "-A"]), io.StringIO(), io.StringIO()) == 1
+    assert retries == [1]
 
 
 class _Prometheus(http.server.BaseHTTPRequestHandler):

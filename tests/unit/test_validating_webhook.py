@@ -19,7 +19,7 @@ import pytest
 from bad_specs import BAD_SPECS, BASE_SPEC, OPERATOR
 from self_signed import self_signed_certificate
 
-from kubefit.cli.run import _webhook, register
+from kubefit.cli.run import UsageError, _webhook, register
 from kubefit.controller.runner import serves
 from kubefit.controller.webhook import VALIDATE_PATH, WebhookServer, start_webhook_server
 from kubefit.decisions.validating import review
@@ -245,9 +245,12 @@ def test_webhook_flags_go_together_and_a_bad_port_names_the_flag(capsys: pytest.
         _parse("--webhook-cert-file", "c.pem", "--webhook-key-file", "k.pem", "--webhook-port", "0")
     )
     assert (webhook.port, webhook.certfile, webhook.keyfile) == (0, "c.pem", "k.pem")
-    assert _parse().webhook_port == 9443
-    with pytest.raises(SystemExit, match="--webhook-cert-file and --webhook-key-file go together"):
+    both = ("--webhook-cert-file", "c.pem", "--webhook-key-file", "k.pem")
+    assert _webhook(_parse(*both)).port == 9443
+    with pytest.raises(UsageError, match="--webhook-cert-file and --webhook-key-file go together"):
         _webhook(_parse("--webhook-cert-file", "c.pem"))
+    with pytest.raises(UsageError, match="--webhook-port goes with --webhook-cert-file"):
+        _webhook(_parse("--webhook-port", "9444"))  # it was accepted and served nothing
     with pytest.raises(SystemExit):
         _parse("--webhook-port", "70000")
     assert "--webhook-port" in capsys.readouterr().err

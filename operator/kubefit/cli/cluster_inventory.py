@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
@@ -55,8 +56,9 @@ def connect(context: str | None) -> Connection:
         source = kubeconfig_source()
         config.load_kube_config(config_file=source, context=context, client_configuration=configuration)
         contexts, active = config.list_kube_config_contexts(config_file=source)
-    except (config.ConfigException, OSError, ValueError) as exc:
-        raise ClusterUnreadable(f"cannot read the {where}: {exc}") from None
+    except (config.ConfigException, yaml.YAMLError, OSError, ValueError) as exc:
+        detail = " ".join(str(exc).split())  # a YAML error spans lines; the command reports in one
+        raise ClusterUnreadable(f"cannot read the {where}: {detail}") from None
     chosen = next((item for item in contexts if item["name"] == context), active) if context else active
     namespace = str(((chosen or {}).get("context") or {}).get("namespace") or "default")
     configuration.retries = 1  # fail in seconds, not minutes, when the server does not answer

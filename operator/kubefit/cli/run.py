@@ -5,51 +5,93 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
+import sys
 from typing import Any
 
 # A Lease's name and namespace: a DNS subdomain and a DNS label (Kubernetes object names).
 _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# What the chart's values.schema.json allows for checkpoint.url: a host, an optional path, nothing else.
+# Workers append the API's paths to it, so a query or fragment would swallow them.
+_HTTP_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 MIN_LEASE_SECONDS = 2
+# Each period lists every watched namespace's jobs and asks for a scheduling pass, which the pacing of the
+# period's reconciles does not slow down.
+MIN_RESYNC_SECONDS = 0.5
+DEFAULT_WEBHOOK_PORT = 9443
+DEFAULT_LEASE_NAME = "kubefit"
+DEFAULT_LEASE_SECONDS = 15
+_LEADER_ELECTION_FLAGS = {
+    "leader_election_lease_name": "--leader-election-lease-name",
+    "leader_election_namespace": "--leader-election-namespace",
+    "leader_election_lease_seconds": "--leader-election-lease-seconds",
+}
+
+
+class UsageError(Exception):
+    """Flags that cannot work together (or with the environment); the message names them."""
 
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here: kopf and the kubernetes client are slow to import and only `run` needs them.
+    from kubefit.controller.runner import StartupError, run_operator
+
+    try:
+        options = operator_options(args)
+    except UsageError as error:
+        print(f"kubefit run: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        run_operator(options)
+    except StartupError as error:  # a port taken, an unreadable kubeconfig, catalog or certificate
+        print(f"kubefit run: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def operator_options(args: argparse.Namespace) -> Any:
+    """The operator's options from the flags, or UsageError naming the flags that cannot work."""
     from kubefit.controller.handlers import RESYNC_SECONDS
-    from kubefit.controller.runner import OperatorOptions, default_bind_address, run_operator
+    from kubefit.controller.runner import OperatorOptions, default_bind_address
     from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB
 
-    run_operator(
-        OperatorOptions(
-            namespaces=tuple(args.namespace or ()),
-            metrics_port=args.metrics_port,
-            liveness_port=args.liveness_port,
-            bind_address=args.bind_address or default_bind_address(),
-            resync_seconds=args.resync_seconds or RESYNC_SECONDS,
-            catalog_path=args.catalog,
-            max_workers_per_job=args.max_workers_per_job or DEFAULT_MAX_WORKERS_PER_JOB,
-            admission_policy=args.admission_policy,
-            head_of_line_timeout_seconds=args.head_of_line_timeout_seconds,
-            checkpoint_port=args.checkpoint_port,
-            checkpoint_url=args.checkpoint_url,
-            checkpoint_key_file=args.checkpoint_key_file,
-            webhook=_webhook(args),
-            leader_election=_leader_election(args),
-            verbose=args.verbose,
-            debug=args.debug,
-        )
+    webhook = _webhook(args)
+    _check_distinct_ports(args, webhook is not None)
+    if args.bind_address is not None:
+        _check_bind_address(args.bind_address)
+    return OperatorOptions(
+        namespaces=tuple(args.namespace or ()),
+        metrics_port=args.metrics_port,
+        liveness_port=args.liveness_port,
+        bind_address=args.bind_address or default_bind_address(),
+        resync_seconds=args.resync_seconds or RESYNC_SECONDS,
+        catalog_path=args.catalog,
+        max_workers_per_job=args.max_workers_per_job or DEFAULT_MAX_WORKERS_PER_JOB,
+        admission_policy=args.admission_policy,
+        head_of_line_timeout_seconds=args.head_of_line_timeout_seconds,
+        checkpoint_port=args.checkpoint_port,
+        checkpoint_url=args.checkpoint_url,
+        checkpoint_key_file=args.checkpoint_key_file,
+        webhook=webhook,
+        leader_election=_leader_election(args),
+        verbose=args.verbose,
+        debug=args.debug,
     )
-    return 0
 
 
 def _webhook(args: argparse.Namespace) -> Any:
     from kubefit.controller.runner import AdmissionWebhook
 
     if not (args.webhook_cert_file or args.webhook_key_file):
+        if args.webhook_port is not None:
+            raise UsageError("--webhook-port goes with --webhook-cert-file and --webhook-key-file (no webhook "
+                             "is served without them)")  # fmt: skip
         return None
     if not (args.webhook_cert_file and args.webhook_key_file):
-        raise SystemExit("kubefit run: --webhook-cert-file and --webhook-key-file go together")
-    return AdmissionWebhook(args.webhook_port, args.webhook_cert_file, args.webhook_key_file)
+        raise UsageError("--webhook-cert-file and --webhook-key-file go together")
+    port = DEFAULT_WEBHOOK_PORT if args.webhook_port is None else args.webhook_port
+    return AdmissionWebhook(port, args.webhook_cert_file, args.webhook_key_file)
 
 
 def _leader_election(args: argparse.Namespace) -> Any:
@@ -57,10 +99,43 @@ def _leader_election(args: argparse.Namespace) -> Any:
     from kubefit.controller.runner import LeaderElection
 
     if not args.leader_election:
+        given = [flag for field, flag in _LEADER_ELECTION_FLAGS.items() if getattr(args, field) is not None]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} with --leader-election"
+            )
         return None
-    namespace = args.leader_election_namespace or os.environ.get("POD_NAMESPACE") or "default"
-    timings = LeaseTimings.for_lease(args.leader_election_lease_seconds)
-    return LeaderElection(args.leader_election_lease_name, _dns_label(namespace), timings)
+    namespace = args.leader_election_namespace
+    if namespace is None:
+        namespace = os.environ.get("POD_NAMESPACE") or "default"
+        if not _DNS_LABEL.match(namespace):
+            raise UsageError(f"$POD_NAMESPACE {namespace!r}, the Lease's namespace by default, is not a valid "
+                             "namespace name (lowercase DNS label); set --leader-election-namespace")  # fmt: skip
+    seconds = args.leader_election_lease_seconds or DEFAULT_LEASE_SECONDS
+    timings = LeaseTimings.for_lease(seconds)
+    return LeaderElection(args.leader_election_lease_name or DEFAULT_LEASE_NAME, namespace, timings)
+
+
+def _check_distinct_ports(args: argparse.Namespace, webhook: bool) -> None:
+    """Each endpoint binds its own port on the one address (0: any free one); a clash would fail late, at
+    bind, or for the checkpoint port only once this replica leads."""
+    ports = {"--metrics-port": args.metrics_port, "--liveness-port": args.liveness_port,
+             "--checkpoint-port": args.checkpoint_port}  # fmt: skip
+    if webhook:
+        ports["--webhook-port"] = DEFAULT_WEBHOOK_PORT if args.webhook_port is None else args.webhook_port
+    seen: dict[int, str] = {}
+    for flag, port in ports.items():
+        if port and port in seen:
+            raise UsageError(f"{seen[port]} and {flag} are both {port}: each endpoint needs a port of its own "
+                             "(0 = any free port)")  # fmt: skip
+        seen.setdefault(port, flag)
+
+
+def _check_bind_address(address: str) -> None:
+    try:
+        socket.getaddrinfo(address, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as error:
+        raise UsageError(f"--bind-address {address!r}: cannot resolve it ({error})") from None
 
 
 def _dns_subdomain(text: str) -> str:
@@ -102,13 +177,15 @@ def _non_negative_seconds(text: str) -> float:
     return value
 
 
-def _positive_seconds(text: str) -> float:
+def _resync_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number of seconds > 0")
+    if not value >= MIN_RESYNC_SECONDS or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a finite number of seconds >= {MIN_RESYNC_SECONDS:g}"
+        )
     return value
 
 
@@ -123,8 +200,10 @@ def _port(text: str) -> int:
 
 
 def _http_url(text: str) -> str:
-    if not text.startswith(("http://", "https://")) or len(text.split("://", 1)[1]) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    if not _HTTP_URL.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an http:// or https:// URL of a host and an optional path (no query or fragment)"
+        )
     return text.rstrip("/")
 
 
@@ -162,9 +241,9 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--resync-seconds",
-        type=_positive_seconds,
+        type=_resync_seconds,
         metavar="S",
-        help="reconcile every job at least this often (default 30), or as often as keeps those reconciles to "
+        help="reconcile every job at least this often (default 30; at least 0.5), or as often as keeps those reconciles to "
         "a fifth of the time when there are many jobs",
     )
     parser.add_argument(
@@ -234,7 +313,6 @@ def _add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--webhook-port",
         type=_port,
-        default=9443,
         metavar="N",
         help="port of the validating admission webhook, POST /validate; 0 = any free port (default 9443)",
     )
@@ -250,7 +328,6 @@ def _add_leader_election_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--leader-election-lease-name",
         type=_dns_subdomain,
-        default="kubefit",
         metavar="NAME",
         help="the Lease's name (default kubefit)",
     )
@@ -263,7 +340,6 @@ def _add_leader_election_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--leader-election-lease-seconds",
         type=_lease_seconds,
-        default=15,
         metavar="S",
         help="how long a Lease lasts unrenewed (default 15); the leader renews every S/7.5 s and gives up "
         "leading after S*2/3 s without renewing; a standby takes over at most S + 2*S/7.5 s after the "

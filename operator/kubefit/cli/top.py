@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import urllib.error
 import urllib.parse
@@ -236,14 +237,21 @@ def gpu_utilization(base_url: str) -> dict[GpuKey, float]:
 
 def list_jobs(namespace: str | None, context: str | None) -> list[dict[str, Any]]:
     """TrainingJobs of one namespace, or of all when namespace is None."""
+    import yaml
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     timeout = (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)
+    configuration = client.Configuration()
     try:
-        config.load_kube_config(context=context)
-        api = client.CustomObjectsApi()
+        config.load_kube_config(kubeconfig_path(), context=context, client_configuration=configuration)
+    except (config.ConfigException, yaml.YAMLError, OSError, ValueError) as exc:
+        raise TopError(f"cannot read the kubeconfig: {_one_line(exc)}") from exc
+    # One retry, as `kubefit size --cluster`: urllib3's default of three would quadruple the timeouts.
+    configuration.retries = 1
+    try:
+        api = client.CustomObjectsApi(client.ApiClient(configuration))
         if namespace is None:
             listing = cast(
                 dict[str, Any],
@@ -258,20 +266,30 @@ def list_jobs(namespace: str | None, context: str | None) -> list[dict[str, Any]
             )
     except ApiException as exc:
         raise TopError(f"cannot list TrainingJobs: HTTP {exc.status} {exc.reason}") from exc
-    except (config.ConfigException, HTTPError, OSError) as exc:  # HTTPError: urllib3's, e.g. MaxRetryError
+    except (HTTPError, OSError) as exc:  # HTTPError: urllib3's, e.g. MaxRetryError
         reason = getattr(exc, "reason", None) or exc
         raise TopError(f"cannot reach the cluster: {reason}") from exc
     return list(listing.get("items", []))
 
 
+def kubeconfig_path() -> str:
+    # Read now: the client's default is $KUBECONFIG as it was when the client was imported.
+    return os.environ.get("KUBECONFIG") or "~/.kube/config"
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())  # a YAML error spans lines; the command reports in one
+
+
 def current_namespace(context: str | None) -> str:
     """The kubeconfig context's namespace, as kubectl uses it; "default" when it names none."""
+    import yaml
     from kubernetes import config
 
     try:
-        contexts, active = config.list_kube_config_contexts()
-    except (config.ConfigException, OSError) as exc:
-        raise TopError(f"cannot read the kubeconfig: {exc}") from exc
+        contexts, active = config.list_kube_config_contexts(kubeconfig_path())
+    except (config.ConfigException, yaml.YAMLError, OSError, ValueError) as exc:
+        raise TopError(f"cannot read the kubeconfig: {_one_line(exc)}") from exc
     chosen: dict[str, Any] | None = (
         next((c for c in contexts if c["name"] == context), active) if context else active
     )

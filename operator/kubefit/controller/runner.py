@@ -3,11 +3,13 @@ scheduler, and kopf's run loop."""
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import ipaddress
 import logging
 import os
 import socket
+import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from threading import Thread
 from typing import Any
 
 import kopf
+import yaml
 from kubernetes import config
 
 from kubefit.api.resource import GROUP
@@ -38,11 +41,16 @@ from kubefit.decisions.admission import AdmissionPolicy
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.decisions.validating import review
 from kubefit.metrics import OperatorMetrics, serve_metrics
-from kubefit.sizing.catalog import load_catalog
+from kubefit.sizing.catalog import CATALOG_ENV, Catalog, CatalogError, load_catalog
 
 FINALIZER = f"{GROUP}/finalizer"
 WRITES_DRAIN_SECONDS = 10.0  # how long a stopping leader waits for its writes in flight (see hand_over)
 logger = logging.getLogger("kubefit.operator")
+
+
+class StartupError(Exception):
+    """What keeps the operator from starting, naming the flag or file: a port that cannot be bound, an
+    unreadable kubeconfig, catalog, key or certificate."""
 
 
 @dataclass(frozen=True)
@@ -121,11 +129,49 @@ def _free_port(address: str) -> int:
 
 
 def _load_kubeconfig() -> None:
-    """KUBECONFIG (or ~/.kube/config), else the pod's service account."""
+    """KUBECONFIG (or ~/.kube/config), else, in a pod, the pod's service account. Outside a pod the
+    kubeconfig's own error is the one to show, not the service account's."""
     try:
         config.load_kube_config()
-    except config.ConfigException:
+        return
+    except (config.ConfigException, yaml.YAMLError, OSError) as error:
+        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+            detail = " ".join(str(error).split())  # a YAML error spans lines
+            raise StartupError(f"cannot read the kubeconfig ({where}): {detail}") from error
+    try:
         config.load_incluster_config()
+    except config.ConfigException as error:
+        raise StartupError(f"no kubeconfig and no service account to use: {error}") from error
+
+
+def _bind_error(flag: str, address: str, port: int, error: OSError) -> StartupError:
+    if error.errno == errno.EADDRNOTAVAIL:  # the address, not the port
+        return StartupError(f"--bind-address {address}: not an address of this host ({error.strerror})")
+    return StartupError(
+        f"{flag} {port}: cannot listen on {url_host(address)}:{port} ({error.strerror or error})"
+    )
+
+
+def _check_port_free(flag: str, address: str, port: int) -> None:
+    """A port bound later (by kopf, or once this replica leads) is tried now, so that a clash is told at
+    start; SO_REUSEADDR as the servers bind, so a port in TIME_WAIT passes as it will bind."""
+    if port == 0:
+        return
+    with socket.socket(address_family(address), socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            raise _bind_error(flag, address, port, error) from error
+
+
+def _catalog(path: str | None) -> Catalog:
+    try:
+        return load_catalog(path)
+    except CatalogError as error:
+        flag = "--catalog" if path else f"${CATALOG_ENV}"
+        raise StartupError(f"{flag}: {error}") from error
 
 
 def _start_checkpoints(
@@ -133,7 +179,12 @@ def _start_checkpoints(
 ) -> str:
     """Serves the checkpoint handshake; returns the URL worker pods are told."""
     token_for = token_lookup(key, uid_of)
-    port = serve_checkpoints(board, token_for, options.bind_address, options.checkpoint_port)
+    try:
+        port = serve_checkpoints(board, token_for, options.bind_address, options.checkpoint_port)
+    except OSError as error:
+        raise _bind_error(
+            "--checkpoint-port", options.bind_address, options.checkpoint_port, error
+        ) from error
     address = advertised_address(options.bind_address)
     served = f"http://{_url_host(address)}:{port}"
     print(f"kubefit: checkpoints on {served}", flush=True)
@@ -208,7 +259,10 @@ def _become_leader(election: LeaderElection, address: str, liveness_port: int) -
     elector = LeaderElector(LeaseApi(), (election.namespace, election.name), identity, election.timings)
     where = f"{election.namespace}/{election.name}"
     print(f"kubefit: standby as {identity}, waiting for the lease {where}", flush=True)
-    health = _serve_standby_health(address, liveness_port)
+    try:
+        health = _serve_standby_health(address, liveness_port)
+    except OSError as error:
+        raise _bind_error("--liveness-port", address, liveness_port, error) from error
     try:
         elector.acquire()
     finally:
@@ -227,23 +281,34 @@ def run_operator(options: OperatorOptions) -> None:
         # and nothing a reader needs. Its warnings and errors, and the operator's own INFO lines, stay.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     _load_kubeconfig()
-    key = load_checkpoint_key(options.checkpoint_key_file)  # a bad key file fails before anything starts
+    try:
+        key = load_checkpoint_key(options.checkpoint_key_file)  # a bad key file fails before anything starts
+    except ValueError as error:
+        raise StartupError(str(error)) from error
+    # Read before waiting for the Lease: a bad catalog, or a port the leader would bind, found at failover
+    # would stop every replica in turn.
+    catalog = _catalog(options.catalog_path)
+    _check_port_free("--checkpoint-port", options.bind_address, options.checkpoint_port)
+    _check_port_free("--liveness-port", options.bind_address, options.liveness_port)
     metrics = OperatorMetrics(process_metrics=True)
-    metrics_port = serve_metrics(metrics, options.bind_address, options.metrics_port)
+    try:
+        metrics_port = serve_metrics(metrics, options.bind_address, options.metrics_port)
+    except OSError as error:
+        raise _bind_error("--metrics-port", options.bind_address, options.metrics_port, error) from error
     liveness_port = options.liveness_port or _free_port(options.bind_address)
     # Printed (and flushed) so that whoever started the operator can find the chosen ports.
     host = url_host(options.bind_address)
     print(f"kubefit: metrics on http://{host}:{metrics_port}/metrics", flush=True)
     print(f"kubefit: liveness on http://{host}:{liveness_port}/healthz", flush=True)
     if options.webhook is not None:  # every replica, standby too: validation reads only the request
-        _start_webhook(options, options.webhook)
+        _start_webhook(options, options.webhook, catalog)
     elector = None
     if options.leader_election is not None:
         elector = _become_leader(options.leader_election, options.bind_address, liveness_port)
     metrics.leader.set(1)
     api = KubeApi()
     try:
-        _run_leading(options, api, key, metrics, liveness_port)
+        _run_leading(options, api, key, metrics, liveness_port, catalog)
     finally:
         if elector is not None:
             hand_over(elector, api)
@@ -270,16 +335,22 @@ def hand_over(
     exit_now(0)
 
 
-def _start_webhook(options: OperatorOptions, webhook: AdmissionWebhook) -> None:
-    catalog = load_catalog(options.catalog_path)
+def _start_webhook(options: OperatorOptions, webhook: AdmissionWebhook, catalog: Catalog) -> None:
     served = serves(options.namespaces)  # once, not per request
 
     def answer(admission_review: dict[str, Any]) -> dict[str, Any]:
         return review(admission_review, catalog, options.max_workers_per_job, served)
 
-    server = start_webhook_server(
-        answer, options.bind_address, webhook.port, webhook.certfile, webhook.keyfile
-    )
+    try:
+        server = start_webhook_server(
+            answer, options.bind_address, webhook.port, webhook.certfile, webhook.keyfile
+        )
+    except (ssl.SSLError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+        # The certificate is loaded before the port is bound (webhook.py, _Certificate).
+        files = f"--webhook-cert-file {webhook.certfile} / --webhook-key-file {webhook.keyfile}"
+        raise StartupError(f"{files}: cannot load the certificate ({error})") from error
+    except OSError as error:
+        raise _bind_error("--webhook-port", options.bind_address, webhook.port, error) from error
     print(f"kubefit: admission webhook on https://{url_host(options.bind_address)}:{server.server_address[1]}"
           f"{VALIDATE_PATH}", flush=True)  # fmt: skip
 
@@ -298,12 +369,17 @@ def serves(patterns: tuple[str, ...]) -> Callable[[str], bool]:
     return matches
 
 
-def _run_leading(
-    options: OperatorOptions, api: KubeApi, key: bytes, metrics: OperatorMetrics, liveness_port: int
+def _run_leading(  # noqa: PLR0913 - what the process set up before leading
+    options: OperatorOptions,
+    api: KubeApi,
+    key: bytes,
+    metrics: OperatorMetrics,
+    liveness_port: int,
+    plain_catalog: Catalog,
 ) -> None:
     """The operator proper: the scheduler, the checkpoint API, the reconciler and kopf's loop."""
     # One remembering catalog for the scheduler and the reconciler: node accelerators identified once.
-    catalog = remembering(load_catalog(options.catalog_path))
+    catalog = remembering(plain_catalog)
     scheduler = Scheduler(
         catalog,
         metrics,

@@ -1,0 +1,145 @@
+"""`kubefit run` refuses flags that cannot work, naming them (exit 2), and a start that cannot happen (a port
+taken, a kubeconfig or catalog that cannot be read) ends in one line naming the cause (exit 1), before a
+standby waits for the Lease, never in a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubefit.cli.main import build_parser
+from kubefit.cli.run import UsageError, operator_options
+
+# A kubeconfig that loads; its server is never reached by the failures below.
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: x}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+"""
+
+
+def _options(*argv: str) -> object:
+    return operator_options(build_parser().parse_args(["run", *argv]))
+
+
+@pytest.mark.parametrize(
+    "url", ["http:///", "http://host?x=1", "http://host/path#part", "http://a b", "ftp://host"]
+)
+def test_a_checkpoint_url_workers_cannot_append_paths_to_is_refused(
+    capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    # Workers call <url>/v1/...: with no host, or with a query, the handshake never reaches the operator.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--checkpoint-url", url])
+    assert "--checkpoint-url" in capsys.readouterr().err
+
+
+def test_a_checkpoint_url_with_a_host_and_a_path_is_taken_without_its_trailing_slash() -> None:
+    args = build_parser().parse_args(["run", "--checkpoint-url", "https://kubefit.ops.svc:8081/hooks/"])
+    assert args.checkpoint_url == "https://kubefit.ops.svc:8081/hooks"
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--metrics-port", "9000", "--checkpoint-port", "9000"], ["--metrics-port", "--checkpoint-port"]),
+        (["--liveness-port", "8000"], ["--metrics-port", "--liveness-port"]),  # the metrics default
+        (
+            ["--webhook-cert-file", "c", "--webhook-key-file", "k", "--webhook-port", "8081"],
+            ["--checkpoint-port", "--webhook-port"],
+        ),
+        (["--leader-election-lease-seconds", "30"], ["--leader-election-lease-seconds", "--leader-election"]),
+        (
+            ["--leader-election-lease-name", "x", "--leader-election-namespace", "ops"],
+            ["--leader-election-lease-name", "--leader-election-namespace"],
+        ),
+        (["--bind-address", "no-such-host.invalid"], ["--bind-address"]),
+    ],  # fmt: skip
+)
+def test_flags_that_cannot_work_together_are_refused_naming_them(argv: list[str], named: list[str]) -> None:
+    with pytest.raises(UsageError) as refused:
+        _options(*argv)
+    assert all(flag in str(refused.value) for flag in named), refused.value
+
+
+def test_ports_of_0_may_repeat_and_the_webhook_port_counts_only_with_a_webhook() -> None:
+    _options("--metrics-port", "0", "--liveness-port", "0", "--checkpoint-port", "0")
+    webhook = _options("--webhook-cert-file", "c", "--webhook-key-file", "k").webhook  # type: ignore[attr-defined]
+    assert webhook.port == 9443
+    election = _options("--leader-election").leader_election  # type: ignore[attr-defined]
+    assert (election.name, election.timings.lease_seconds) == ("kubefit", 15)
+
+
+def test_an_invalid_pod_namespace_is_named_as_the_lease_namespace_it_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POD_NAMESPACE", "Team_A")
+    with pytest.raises(UsageError, match=r"\$POD_NAMESPACE 'Team_A'.*--leader-election-namespace"):
+        _options("--leader-election")
+    assert (
+        _options("--leader-election", "--leader-election-namespace", "ops").leader_election.namespace == "ops"
+    )  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("seconds", ["0.1", "1e-300"])
+def test_a_resync_period_that_would_list_jobs_back_to_back_is_refused(
+    capsys: pytest.CaptureFixture[str], seconds: str
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--resync-seconds", seconds])
+    assert "--resync-seconds" in capsys.readouterr().err
+
+
+def _start(
+    tmp_path: Path, *argv: str, kubeconfig: str | None = KUBECONFIG
+) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "KUBERNETES_SERVICE_HOST"}
+    env["KUBECONFIG"] = str(tmp_path / "kubeconfig")
+    if kubeconfig is not None:
+        (tmp_path / "kubeconfig").write_text(kubeconfig)
+    command = [sys.executable, "-m", "kubefit.cli.main", "run", "--metrics-port", "0", *argv]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("kubeconfig", "said"),
+    [("clusters: [\n", "cannot read the kubeconfig"), (None, "cannot read the kubeconfig")],
+    ids=["malformed", "missing"],
+)
+def test_an_unreadable_kubeconfig_is_told_in_one_line(
+    tmp_path: Path, kubeconfig: str | None, said: str
+) -> None:
+    # Outside a pod the kubeconfig's own error, not the service account's "host/port is not set".
+    started = _start(tmp_path, kubeconfig=kubeconfig)
+    assert started.returncode == 1
+    assert started.stderr.startswith(f"kubefit run: {said} ({tmp_path / 'kubeconfig'})")
+    assert "Traceback" not in started.stderr and len(started.stderr.splitlines()) == 1
+
+
+def test_a_bad_catalog_stops_a_replica_before_it_waits_for_the_lease(tmp_path: Path) -> None:
+    # Read at failover before, every standby looked healthy and then failed in turn when it came to lead.
+    started = _start(tmp_path, "--leader-election", "--catalog", str(tmp_path / "none.yaml"))
+    assert started.returncode == 1 and "standby" not in started.stdout
+    assert started.stderr.startswith("kubefit run: --catalog: ") and "Traceback" not in started.stderr
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint-port", "--liveness-port", "--metrics-port"])
+def test_a_port_taken_is_named_with_its_flag(tmp_path: Path, flag: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = _start(tmp_path, "--bind-address", "127.0.0.1", "--checkpoint-port", "0",
+                         "--liveness-port", "0", flag, str(port))  # fmt: skip
+    assert started.returncode == 1 and "Traceback" not in started.stderr
+    assert (
+        started.stderr
+        == f"kubefit run: {flag} {port}: cannot listen on 127.0.0.1:{port} (Address already in use)\n"
+    )
