@@ -970,3 +970,57 @@ def test_an_admitted_job_without_room_yet_keeps_later_jobs_off_its_devices() -> 
     assert "ml/high" in result.waiting[key("later")]
     higher = job("higher", per_worker=4, priority=20)  # a job before it in the queue is not held back
     assert plan([higher], [waiting_for_room], node).grants[key("higher")] == 1
+
+
+# -- review findings (3 December): a kept-out head, room made for a second job, the wait since requeued --
+
+
+@pytest.mark.parametrize("policy", ["StrictFIFO", "BestEffortFIFO"])
+def test_a_head_kept_out_in_part_by_a_short_job_still_holds_back_the_jobs_behind_it(policy: str) -> None:
+    # S is admitted with one of its two workers bound on n1 and no place yet for the other (short): it keeps
+    # n1 from the jobs behind it. A, the oldest queued gang, needs n1 and n3; B only one node. B was admitted
+    # on n3, because A, kept out by S, never became StrictFIFO's head or a head of line past its wait.
+    short = Holding(gang("S", 2, per_worker=8, created=NOW - 2000, eligible=frozenset({"n1", "n2"})), 2,
+                    {"n1": 1}, ("n1",))  # fmt: skip
+    head = gang("A", 2, per_worker=8, created=NOW - 1000)
+    behind = gang("B", 1, per_worker=8, created=NOW - 40)
+    cluster = [NodeCapacity("n1", H100, 8, 0), NodeCapacity("n2", H100, 8, 8),
+               NodeCapacity("n3", H100, 8, 0), NodeCapacity("n4", H100, 8, 8)]  # fmt: skip
+    result = plan([head, behind], [short], cluster, policy=policy)  # type: ignore[arg-type]
+    assert admitted_keys(result) == {"S"}
+    assert result.waiting[key("A")].startswith("Queued: waiting for ml/S")
+    assert result.waiting[key("B")].startswith("Queued: ")
+
+
+def test_a_second_job_placed_on_devices_a_preemption_frees_has_its_gang_clock_held_too() -> None:
+    # H1 preempts V on n1; H2 fits in the same pass on the other half of V's devices. Both wait for V's
+    # checkpoint, so V makes room for both (the scheduler then holds both gang clocks, leaving_for).
+    victim = gang("V", 1, per_worker=8, created=NOW - 500)
+    first = gang("H1", 1, per_worker=4, priority=5, preemption="LowerPriority", created=NOW - 20)
+    second = gang("H2", 1, per_worker=4, priority=5, created=NOW - 10)
+    result = plan([first, second], [Holding(victim, 1, {"n1": 1}, ("n1",))], [NodeCapacity("n1", H100, 8, 0)])
+    assert result.preempt == {key("V")} and admitted_keys(result) == {"H1", "H2"}
+    assert result.made_room_for[key("V")] == {key("H1"), key("H2")}
+
+
+def test_a_job_that_did_not_fit_on_free_devices_makes_no_room_claim() -> None:
+    # Placed on devices nobody leaves: no victim, no made_room_for entry.
+    result = plan([gang("A", 1, per_worker=4)], [], nodes(1))
+    assert admitted_keys(result) == {"A"} and result.made_room_for == {}
+
+
+def test_a_requeued_head_has_waited_from_its_requeue_not_from_its_creation() -> None:
+    # A was created a day ago and requeued (preempted, or a gang timeout) 5 s ago: it has not waited past
+    # the head-of-line limit, so B behind it still goes to a node A could use.
+    cluster = [NodeCapacity("n1", H100, 8, 0), NodeCapacity("n2", H100, 8, 8)]
+    requeued = replace(gang("A", 2, per_worker=8, created=NOW - 86_400), queued_since=NOW - 5)
+    behind = gang("B", 1, per_worker=8, created=NOW - 60)
+    assert admitted_keys(plan([requeued, behind], [], cluster)) == {"B"}
+    waited = replace(requeued, queued_since=NOW - 400)
+    result = plan([waited, behind], [], cluster)
+    assert admitted_keys(result) == set()
+    assert result.waiting[key("B")] == "Queued: waiting behind ml/A, which has waited 400s (head of line)"
+    # Never admitted: it has waited since it was created.
+    assert plan([gang("A", 2, per_worker=8, created=NOW - 400), behind], [], cluster).waiting[key("B")] == (
+        "Queued: waiting behind ml/A, which has waited 400s (head of line)"
+    )

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from kubefit.api.formatting import index_ranges, parse_index_ranges, sizing_summary
 from kubefit.api.models import MemoryBreakdown, SizingStatus, TrainingJobStatus
+from kubefit.api.units import parse_rfc3339
 from kubefit.api.validation import parse_spec
 from kubefit.builders.checkpoint import checkpoint_token
 from kubefit.builders.naming import JobRef
@@ -1256,6 +1257,20 @@ def test_the_demand_carries_the_minimum_the_want_and_the_eligible_nodes() -> Non
     assert fixed is not None
     assert (fixed.min_workers, fixed.want_workers, fixed.elastic, fixed.preemption) == (3, 3, False, "Never")
     assert fixed.eligible_nodes is None  # no node known at all: every node of its accelerator
+
+
+def test_the_demand_has_been_queued_since_admitted_turned_false_not_before() -> None:
+    # The pass measures a head of line's wait from its requeue, not from its creation.
+    queued = decide(observe(elastic_spec(), grant=0), CATALOG)  # its first reconcile: Admitted=False now
+    since = parse_rfc3339(condition(queued, "Admitted")["lastTransitionTime"]).timestamp()
+    assert queued.demand is not None and queued.demand.queued_since == since
+    an_hour_on = NOW + timedelta(hours=1)
+    later = decide(observe(elastic_spec(), status=queued.status, grant=0, now=an_hour_on), CATALOG)
+    assert later.demand is not None and later.demand.queued_since == since  # kept while it stays False
+    admitted = decide(observe(elastic_spec(), status=queued.status, grant=2), CATALOG)
+    assert admitted.demand is not None and admitted.demand.queued_since is None  # Admitted=True
+    # Equal demands otherwise: the new field alone asks the scheduler for no pass.
+    assert queued.demand == replace(queued.demand, queued_since=None)
 
 
 def test_no_demand_from_a_job_that_needs_nothing() -> None:

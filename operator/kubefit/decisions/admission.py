@@ -69,6 +69,14 @@ class Demand:
     # decide counts them as placed and never runs them again, so the pass counts them placed too, on no
     # node: it reserved a place for each, took the job for short of its minimum, or lowered its grant.
     finished_workers: int = 0
+    # When it last entered the queue (its Admitted=False transition), epoch seconds; None: created. A head
+    # of line has waited from then: a job requeued by preemption or a gang timeout has not waited its life.
+    # Not compared: it is written with the status a pass's decision causes, and alone asks for no pass.
+    queued_since: float | None = field(default=None, compare=False)
+
+    @property
+    def waiting_since(self) -> float:
+        return self.created if self.queued_since is None else self.queued_since
 
     def __post_init__(self) -> None:
         for name in ("per_worker", "min_workers", "worker_step"):
@@ -210,6 +218,9 @@ class _Cluster:
     capacity_slots: dict[tuple[int, int], int] = field(default_factory=dict)
     # id of a node list -> the devices of its largest node.
     largest_of: dict[int, int] = field(default_factory=dict)
+    # node -> the jobs whose bound workers this pass took away there (shrunk, preempted, or leaving anyway
+    # for someone): a job given places there waits for them, so each of them makes room for it too.
+    vacating: dict[str, set[_Job]] = field(default_factory=dict)
 
     def nodes_for(self, demand: Demand) -> list[str]:
         nodes = self.nodes_of.get(demand.accelerator, [])
@@ -289,12 +300,26 @@ class _Cluster:
 
     def take(self, job: _Job, spots: Mapping[str, int]) -> None:
         for node, workers in spots.items():
+            for leaving in self.vacating.get(node, ()):
+                if leaving is not job:
+                    leaving.made_room.add(job.key)
             self.add_free(node, -workers * job.demand.per_worker)
             job.reserved[node] = job.reserved.get(node, 0) + workers
             job.placed_count += workers
 
+    def evict(self, job: _Job) -> None:
+        """Every place of a preempted job goes back; its bound workers leave after their checkpoint."""
+        for node in job.bound:
+            self.vacating.setdefault(node, set()).add(job)
+        for held in (job.reserved, job.bound):
+            for node, workers in held.items():
+                self.add_free(node, workers * job.demand.per_worker)
+            held.clear()
+
     def release(self, job: _Job, node: str, from_reserved: bool) -> None:
         held = job.reserved if from_reserved else job.bound
+        if not from_reserved:  # a bound worker: it leaves, after its checkpoint
+            self.vacating.setdefault(node, set()).add(job)
         held[node] -= 1
         job.placed_count -= 1
         if not held[node]:
@@ -538,7 +563,7 @@ class _Queue:
         return self.usable_cache[cache_key]
 
     def _head_reason(self, head: _Job) -> str:
-        waited = int(self.now - head.demand.created)
+        waited = int(self.now - head.demand.waiting_since)
         return f"waiting behind {_name(head.key)}, which has waited {waited}s (head of line)"
 
     def blocked(self, job: _Job, message: str, satisfiable: bool) -> None:
@@ -548,7 +573,7 @@ class _Queue:
         self.waiting[job.key] = f"{INSUFFICIENT_CAPACITY}: {message}"
         if self.policy == "StrictFIFO":
             self.strict_head = self.strict_head or job  # every later queued job waits: _admit_queue
-        elif not satisfiable or self.now - job.demand.created <= self.head_wait_limit:
+        elif not satisfiable or self.now - job.demand.waiting_since <= self.head_wait_limit:
             return
         self.heads.setdefault(job.demand.accelerator, []).append(job)
 
@@ -855,10 +880,7 @@ def _commit(cluster: _Cluster, trial: _Trial) -> None:
         other.grant = max(other.floor, other.whole_groups(other.grant))
         _release_reserved_beyond(cluster, other)
     for victim in trial.victims:
-        for held in (victim.reserved, victim.bound):
-            for node, workers in held.items():
-                cluster.add_free(node, workers * victim.demand.per_worker)
-            held.clear()
+        cluster.evict(victim)
         victim.preempted_for = trial.job.key
         victim.made_room.add(trial.job.key)
         victim.grant = 0
@@ -893,6 +915,9 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None
             if not _admit(cluster, jobs, job, nodes):
                 queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
         elif not nodes or not _admit(cluster, jobs, job, nodes):
+            # Still the first that did not fit (StrictFIFO's head) or a head past its wait: those behind it
+            # must not take the nodes it may use, whoever keeps the others.
+            queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
             queue.waiting[job.key] = f"{QUEUED}: {kept_by}"
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from kubefit.api.conditions import FINISHED_PHASES, ConditionType, JobPhase, Reason
 from kubefit.api.formatting import parse_index_ranges
-from kubefit.api.units import rfc3339
+from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.decisions.admission import Demand
-from kubefit.decisions.conditions import ConditionUpdate, is_true
+from kubefit.decisions.conditions import ConditionUpdate, find_condition, is_true
 from kubefit.decisions.demand import job_demand
 from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of, sized
 from kubefit.decisions.elastic import Removal, apply_handshake, handshake, removal_progress
@@ -51,7 +51,24 @@ def scheduled(ctx: JobContext) -> Draft:
     # A finished job needs nothing; one that just timed out withholds its demand until the backoff passes.
     withheld = draft.gang is not None and backoff_left(draft.gang, ctx.now) > 0
     draft.demand = None if draft.phase in FINISHED_PHASES or withheld else _with_finished(demand, draft, ctx)
+    if draft.demand is not None:
+        draft.demand = replace(draft.demand, queued_since=_queued_since(ctx, draft))
     return draft
+
+
+def _queued_since(ctx: JobContext, draft: Draft) -> float | None:
+    """When the job last entered the queue, as the status this decision writes says it: the transition of
+    Admitted to False (a preemption, a gang timeout, a suspension ended); None while admitted or before
+    any condition (its creation, then)."""
+    previous = find_condition(ctx.conditions, ConditionType.ADMITTED)
+    update = next((update for update in draft.updates if update.type == ConditionType.ADMITTED), None)
+    status = update.status if update is not None else (previous or {}).get("status")
+    if status != "False":
+        return None
+    if previous is None or previous.get("status") != "False":
+        return ctx.now.timestamp()  # it turns False now
+    moment = parse_rfc3339(previous.get("lastTransitionTime"))
+    return None if moment is None else moment.timestamp()
 
 
 def _with_finished(demand: Demand, draft: Draft, ctx: JobContext) -> Demand:
