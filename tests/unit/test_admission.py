@@ -1024,3 +1024,21 @@ def test_a_requeued_head_has_waited_from_its_requeue_not_from_its_creation() -> 
     assert plan([gang("A", 2, per_worker=8, created=NOW - 400), behind], [], cluster).waiting[key("B")] == (
         "Queued: waiting behind ml/A, which has waited 400s (head of line)"
     )
+
+
+def test_leaving_workers_are_taken_back_unless_a_job_that_did_not_fit_may_use_their_nodes() -> None:
+    # E runs 4 workers of 2 on n1; a scale-down to 2 waits for its checkpoint and replicas is raised back to 4.
+    # H, a head past its wait, can use only n3: E's workers on n1 are no use to it, so E takes them back
+    # (they were removed, and regrown on n1 by the next pass: a checkpoint and a restart for nothing).
+    elastic = job("E", per_worker=2, want=4, created=NOW - 100, eligible=frozenset({"n1", "n2"}))
+    elsewhere = gang("H", 1, per_worker=8, created=NOW - 1000, eligible=frozenset({"n3"}))
+    cluster = [NodeCapacity("n1", H100, 8, 0), NodeCapacity("n2", H100, 8, 0), NodeCapacity("n3", H100, 8, 8)]
+    leaving = Holding(elastic, 2, {"n1": 4}, ("n1",) * 4)
+    assert plan([elsewhere], [leaving], cluster).grants[key("E")] == 4
+    # Q, older than E and not yet past its wait, needs a whole node: the nodes of E's leaving workers are
+    # what it waits for, so E does not take them back.
+    spread = job("E", per_worker=4, want=4, created=NOW - 50)
+    waiting = gang("Q", 1, per_worker=8, created=NOW - 100)
+    two_nodes = [NodeCapacity("n1", H100, 8, 0), NodeCapacity("n2", H100, 8, 0)]
+    result = plan([waiting], [Holding(spread, 2, {"n1": 2, "n2": 2}, ("n1", "n1", "n2", "n2"))], two_nodes)
+    assert result.grants[key("E")] == 2 and result.waiting[key("Q")].startswith("InsufficientCapacity")

@@ -528,15 +528,28 @@ class _Queue:
     # accelerator -> the queued jobs that did not fit and keep the devices they need, in queue order
     heads: dict[str, list[_Job]] = field(default_factory=dict)
     waiting: dict[JobKey, str] = field(default_factory=dict)
+    # The queued jobs that did not fit, in queue order (not those waiting behind StrictFIFO's head).
+    did_not_fit: list[_Job] = field(default_factory=list)
+    node_sets: dict[int, frozenset[str]] = field(default_factory=dict)  # id of a job's node list -> its set
     # (the job's node list, the protectors ahead of it) -> usable(): jobs share node lists (_Cluster.nodes_for)
     usable_cache: dict[tuple[int, tuple[int, ...]], tuple[list[str], str | None]] = field(
         default_factory=dict
     )
 
-    def anyone_waits(self, accelerator: str) -> bool:
-        """Whether a job waits for devices of this accelerator: queued and kept out, or admitted short."""
-        strict = self.strict_head is not None and self.strict_head.demand.accelerator == accelerator
-        return strict or bool(self.short.get(accelerator)) or bool(self.heads.get(accelerator))
+    def anyone_waits_for(self, job: _Job) -> bool:
+        """Whether a job that did not fit in this pass, or an admitted one short of its minimum, may use a
+        node where this job has workers bound (those beyond its grant are the ones leaving)."""
+        accelerator = job.demand.accelerator
+        for other in (*self.did_not_fit, *self.short.get(accelerator, ())):
+            if other is job or other.demand.accelerator != accelerator:
+                continue
+            usable = self.node_sets.get(id(other.nodes))
+            if usable is None:
+                usable = self.node_sets[id(other.nodes)] = frozenset(other.nodes)
+            per_worker = other.demand.per_worker
+            if any(node in usable and self.allocatable.get(node, 0) >= per_worker for node in job.bound):
+                return True
+        return False
 
     def note_short(self, jobs: Sequence[_Job]) -> None:
         for job in jobs:
@@ -571,6 +584,7 @@ class _Queue:
         waited too long) unless its minimum exceeds the whole cluster: waiting for it would stop the
         accelerator for good, and it gets in when nodes are added anyway."""
         self.waiting[job.key] = f"{INSUFFICIENT_CAPACITY}: {message}"
+        self.did_not_fit.append(job)
         if self.policy == "StrictFIFO":
             self.strict_head = self.strict_head or job  # every later queued job waits: _admit_queue
         elif not satisfiable or self.now - job.demand.waiting_since <= self.head_wait_limit:
@@ -927,11 +941,11 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
     whose workers beyond its grant are still bound: they are leaving for someone else (a shrink waiting for
     its checkpoint), and a grant raised again would keep them where that job was counted. Those workers
     are its own again, with no new place, when its want rose meanwhile (replicas raised back during the
-    handshake) and no job waits for devices of its accelerator."""
+    handshake) and no job that did not fit, or is short of its minimum, may use their nodes."""
     for job in jobs:
         if not job.holds or not job.demand.elastic or job.shrunk_for or job.freed_for:
             continue
-        if job.grant < min(job.target, job.placed) and not queue.anyone_waits(job.demand.accelerator):
+        if job.grant < min(job.target, job.placed) and not queue.anyone_waits_for(job):
             job.grant = max(job.grant, job.whole_groups(min(job.placed, job.target)))
         if job.grant >= job.target or job.placed != job.grant:
             continue
