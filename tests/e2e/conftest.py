@@ -10,11 +10,21 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
 from kubefit_sandbox.controlplane import SANDBOX_DIR_ENV, Sandbox
 from kubefit_sandbox.ephemeral import ephemeral_sandbox
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of this folder is an e2e test, with or without its own `pytestmark`: `pytest -m e2e`
+    (docs/sandbox.md) must not leave a file out."""
+    folder = Path(__file__).resolve().parent
+    for item in items:
+        if folder in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

@@ -190,34 +190,47 @@ class Watch:
     _unbound_since: dict[str, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    samples: int = 0  # taken; a listing that fails (a busy API server) is tried again at the next one
+    failures: list[str] = field(default_factory=list)
 
     def __enter__(self) -> Watch:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, error_type: object, *_: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+        # A sampler that saw nothing would let every assertion on `fewest` and `stuck` pass.
+        assert error_type is not None or self.samples > 0, (
+            f"no sample of {self.job}'s workers was taken: {self.failures[-3:]}"
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(0.3):
-            pods = self.kube.workers(self.namespace, self.job)
-            names = tuple(sorted(running_names(pods)))
-            count = len(names)
-            self.fewest = count if self.fewest is None else min(self.fewest, count)
-            now = time.monotonic()
-            if not self.history or self.history[-1][1] != names:
-                self.history.append((now, names))
-            for pod in pods:
-                name = pod["metadata"]["name"]
-                if pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
-                    self._unbound_since.pop(name, None)
-                    continue
-                since = self._unbound_since.setdefault(name, now)
-                if now - since > self.unbound_limit:
-                    self.stuck.add(name)
+            try:
+                self._sample()
+            except Exception as error:  # noqa: BLE001 - kept and shown; the next sample tries again
+                self.failures.append(repr(error))
+
+    def _sample(self) -> None:
+        pods = self.kube.workers(self.namespace, self.job)
+        names = tuple(sorted(running_names(pods)))
+        count = len(names)
+        self.fewest = count if self.fewest is None else min(self.fewest, count)
+        now = time.monotonic()
+        if not self.history or self.history[-1][1] != names:
+            self.history.append((now, names))
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            if pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
+                self._unbound_since.pop(name, None)
+                continue
+            since = self._unbound_since.setdefault(name, now)
+            if now - since > self.unbound_limit:
+                self.stuck.add(name)
+        self.samples += 1
 
 
 # ---------------------------------------------------------------------------------------------- 1

@@ -289,7 +289,10 @@ def test_the_device_of_a_worker_that_succeeded_goes_to_the_next_job(
         timeout=60,
     )
     pods = pods_by_name(kube, namespace, "gang")
-    assert sorted(pods) == [first, second], "the worker that succeeded was started again"
+    assert sorted(pods) == [first, second]
+    # The same pod, finished: a recreated worker 0 would have its name but not its uid.
+    assert pods[first]["metadata"]["uid"] == uids[first], "the worker that succeeded was started again"
+    assert pods[first]["status"]["phase"] == "Succeeded"
     assert pods[second]["status"]["phase"] == "Running"
     assert kube.job_status(namespace, "gang")["phase"] != "Failed"
 

@@ -149,15 +149,27 @@ def _renewed_at(leases: FakeLeases, clock: Clock, moment: float) -> None:
     assert leases.version >= version + 3, "the leader stopped renewing"
 
 
-def _leading(leases: FakeLeases, timings: LeaseTimings) -> tuple[LeaderElector, Clock, threading.Event]:
+class _Lost(threading.Event):
+    """Set when the leader gives up; `at` holds the test clock's reading at each call."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock, self.at = clock, []  # type: list[float]
+
+    def __call__(self) -> None:
+        self.at.append(self.clock.now)
+        self.set()
+
+
+def _leading(leases: FakeLeases, timings: LeaseTimings) -> tuple[LeaderElector, Clock, _Lost]:
     """A leader renewing every 20 ms (real time) on a clock the test moves; an Event set when it gives up.
 
     It renews fine while the clock moves 1 s, over three renew deadlines, in 0.1 s steps."""
     clock = Clock()
     a = LeaderElector(leases, LEASE, "a", timings, clock=clock)  # type: ignore[arg-type]
     assert a.try_acquire_or_renew()
-    lost = threading.Event()
-    a.keep_leading(lost.set)
+    lost = _Lost(clock)
+    a.keep_leading(lost)
     for step in range(1, 11):
         _renewed_at(leases, clock, 1000.0 + step / 10)
         assert not lost.is_set()
@@ -176,7 +188,8 @@ def test_a_leader_that_cannot_renew_for_the_renew_deadline_stops_before_the_leas
         clock.now = renewed + 0.35
         # Gave up after the deadline and before the lease (1 s) could have expired for anyone else.
         assert lost.wait(10)
-        assert clock.now - renewed < timings.lease_seconds
+        # Given up once, at the first reading past the renew deadline: before the lease could expire.
+        assert lost.at == [renewed + 0.35] and lost.at[0] - renewed < timings.lease_seconds
     finally:
         a.release()
 
@@ -203,7 +216,8 @@ def test_a_leader_whose_renewal_hangs_stops_by_the_renew_deadline_not_when_the_r
         # Stopped by the deadline (0.3 s from the last renewal) while the request still hangs, and before
         # the lease (1 s) could have expired for a standby.
         assert lost.wait(10)
-        assert clock.now - renewed < timings.lease_seconds
+        # Given up once, at the first reading past the renew deadline: before the lease could expire.
+        assert lost.at == [renewed + 0.35] and lost.at[0] - renewed < timings.lease_seconds
     finally:
         hang.set()
         a.release()

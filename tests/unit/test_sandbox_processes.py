@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -147,7 +150,14 @@ def test_loopback_addresses_share_a_block_per_job_and_worker_0_is_first() -> Non
     assert min(str(ip) for ip in ips) == str(ips[0])  # torch sorts its nodes by address string
     other_job = pod_loopback_ip(NS, "other-worker-0", "other-worker-0", "other")
     assert other_job != str(ips[0])
-    assert pod_loopback_ip(NS, "x", None, None) == pod_loopback_ip(NS, "x", None, None)
+    # The same address in another process with another hash seed: a recreated pod gets its old one back.
+    code = f"from kubefit_sandbox.podprocess import pod_loopback_ip; print(pod_loopback_ip({NS!r}, 'x', None, None))"
+    elsewhere = {
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
+                       capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+        for seed in ("1", "2")
+    }  # fmt: skip
+    assert elsewhere == {pod_loopback_ip(NS, "x", None, None)}
 
 
 def test_claim_keeps_the_preferred_address_unless_another_pod_holds_it() -> None:
