@@ -1,6 +1,6 @@
 # kubefit: two commands for a fresh Debian machine, `make demo` and `make test`.
 # Each installs what it needs (system packages, the virtualenv, the control-plane build, cached
-# under ~/.cache/kubefit) and is safe to run twice.
+# under ~/.cache/kubefit) and is safe to run twice, or beside the other.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -10,6 +10,13 @@ KUBEFIT := $(VENV)/bin/kubefit
 SANDBOX := $(VENV)/bin/kubefit-sandbox
 STAMP   := $(VENV)/.kubefit-installed
 PYTEST_ARGS ?=
+# `make demo` and `make test` started together must not both run apt and pip: the system and virtualenv
+# steps take this lock (flock, util-linux, on every Debian) one make at a time.
+KUBEFIT_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kubefit
+SETUP_LOCK    := $(KUBEFIT_CACHE)/setup.lock
+# Says why a make is silent: the other one may be installing torch for minutes.
+SETUP_LOCK_NOTE = mkdir -p "$(KUBEFIT_CACHE)" && { flock -n "$(SETUP_LOCK)" true || \
+	echo "==> waiting for the set-up (apt, pip) that another make is running"; }
 
 .PHONY: help setup system venv tools controlplane demo demo-down check test unit e2e lint crd bench clean
 
@@ -23,16 +30,16 @@ help:
 	@echo "make bench      run the benchmarks under benchmarks/"
 
 system:
-	@bash scripts/setup-system.sh
+	@$(SETUP_LOCK_NOTE)
+	@flock "$(SETUP_LOCK)" bash scripts/setup-system.sh
 
 # Three distributions: the operator (pyproject.toml, with its dev and torch test extras), the sandbox
 # (sandbox/pyproject.toml) and the trainer's checkpoint helper (trainer/pyproject.toml). The torch extra
-# (CPU torch 2.13.0, for examples/elastic-ddp) took 18 s and 754 MiB here, from the wheel on this disk.
+# (CPU torch 2.13.0, for examples/elastic-ddp) took 18 s and 754 MiB here, from the wheel on this disk;
+# elsewhere pip downloads it, with its progress shown (scripts/setup-venv.sh).
 $(STAMP): pyproject.toml sandbox/pyproject.toml trainer/pyproject.toml
-	@echo "==> virtualenv $(VENV) (pip install -e .[dev,torch] -e ./sandbox -e ./trainer; a minute or two, longer where torch is downloaded)"
-	@test -x $(PYTHON) || python3 -m venv $(VENV)
-	@$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev,torch]' -e ./sandbox -e ./trainer
-	@touch $(STAMP)
+	@$(SETUP_LOCK_NOTE)
+	@flock "$(SETUP_LOCK)" bash scripts/setup-venv.sh $(VENV)
 
 venv: system $(STAMP)
 

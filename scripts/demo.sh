@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the local sandbox (real control plane + simulated GPU nodes), the CRD, the operator
 # and the quickstart job, left running. `make demo-down` (this script with `down`) stops it all.
+# Sourcing it only defines the functions (tests/unit/test_setup_scripts.py).
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 KUBEFIT=.venv/bin/kubefit
 SANDBOX=.venv/bin/kubefit-sandbox  # the sandbox command (sandbox/, installed by make beside the operator)
@@ -10,60 +10,91 @@ STATE_DIR="${KUBEFIT_SANDBOX_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubefit/sandbo
 OPERATOR_PID="$STATE_DIR/demo-operator.pid"
 OPERATOR_LOG="$STATE_DIR/logs/demo-operator.log"
 
-operator_alive() { [ -f "$OPERATOR_PID" ] && kill -0 "$(cat "$OPERATOR_PID")" 2>/dev/null; }
+# The PID file outlives a reboot, and its PID may then be another process's: only a live `kubefit run`
+# counts (its cmdline: the interpreter, .../kubefit, run, ...); any other PID makes the file stale.
+is_demo_operator() {
+  local arg has_kubefit=0 has_run=0
+  [ -r "/proc/$1/cmdline" ] || return 1
+  while IFS= read -r -d '' arg; do
+    if [ "${arg##*/}" = kubefit ]; then has_kubefit=1; fi
+    if [ "$arg" = run ]; then has_run=1; fi
+  done < "/proc/$1/cmdline"
+  [ "$has_kubefit" = 1 ] && [ "$has_run" = 1 ]
+}
 
-if [ "${1:-}" = "down" ]; then
-  if operator_alive; then
-    echo "==> stopping the demo operator (pid $(cat "$OPERATOR_PID"))"
-    kill "$(cat "$OPERATOR_PID")" && rm -f "$OPERATOR_PID"
+operator_alive() {
+  local pid
+  [ -f "$OPERATOR_PID" ] || return 1
+  pid=$(cat "$OPERATOR_PID")
+  if [[ "$pid" =~ ^[0-9]+$ ]] && is_demo_operator "$pid"; then return 0; fi
+  rm -f "$OPERATOR_PID"  # stale
+  return 1
+}
+
+main() {
+  cd "$(dirname "$0")/.."
+  if [ "${1:-}" = "down" ]; then
+    if operator_alive; then
+      echo "==> stopping the demo operator (pid $(cat "$OPERATOR_PID"))"
+      kill "$(cat "$OPERATOR_PID")" && rm -f "$OPERATOR_PID"
+    fi
+    echo "==> stopping the sandbox"
+    exec "$SANDBOX" down
   fi
-  echo "==> stopping the sandbox"
-  exec "$SANDBOX" down
-fi
 
-echo "==> sandbox: etcd, kube-apiserver, kube-scheduler, kube-controller-manager and simulated GPU nodes"
-"$SANDBOX" up
-eval "$("$SANDBOX" env)"
-kubectl() { "$SANDBOX" kubectl "$@"; }
+  echo "==> sandbox: etcd, kube-apiserver, kube-scheduler, kube-controller-manager and simulated GPU nodes"
+  "$SANDBOX" up
+  eval "$("$SANDBOX" env)"
+  kubectl() { "$SANDBOX" kubectl "$@"; }
 
-echo "==> installing the TrainingJob CRD"
-kubectl apply -f crds/trainingjob.yaml
-kubectl wait --for condition=established --timeout=60s crd/trainingjobs.kubefit.dev >/dev/null
+  echo "==> installing the TrainingJob CRD"
+  kubectl apply -f crds/trainingjob.yaml
+  kubectl wait --for condition=established --timeout=60s crd/trainingjobs.kubefit.dev >/dev/null
 
-if operator_alive; then
-  echo "==> operator already running (pid $(cat "$OPERATOR_PID"))"
-else
-  echo "==> starting the operator (log: $OPERATOR_LOG)"
-  mkdir -p "$(dirname "$OPERATOR_LOG")"
-  setsid "$KUBEFIT" run --all-namespaces --metrics-port 0 >"$OPERATOR_LOG" 2>&1 < /dev/null &
-  echo $! > "$OPERATOR_PID"
-fi
+  if operator_alive; then
+    echo "==> operator already running (pid $(cat "$OPERATOR_PID"))"
+  else
+    echo "==> starting the operator (log: $OPERATOR_LOG)"
+    mkdir -p "$(dirname "$OPERATOR_LOG")"
+    # Free ports picked at start (the log's `kubefit:` lines name them): the defaults (8000, 8080, 8081) may be taken.
+    setsid "$KUBEFIT" run --all-namespaces --metrics-port 0 --liveness-port 0 --checkpoint-port 0 \
+      >"$OPERATOR_LOG" 2>&1 < /dev/null &
+    echo $! > "$OPERATOR_PID"
+  fi
 
-echo "==> applying examples/quickstart.yaml"
-kubectl apply -f examples/quickstart.yaml
-job=$(.venv/bin/python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["metadata"]["name"])' examples/quickstart.yaml)
-for _ in $(seq 1 90); do
-  phase=$(kubectl get tj "$job" -o jsonpath='{.status.phase}' 2>/dev/null || true)
-  [ "$phase" = "Running" ] && break
-  sleep 1
-done
+  echo "==> applying examples/quickstart.yaml"
+  kubectl apply -f examples/quickstart.yaml
+  job=$(.venv/bin/python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["metadata"]["name"])' examples/quickstart.yaml)
+  for _ in $(seq 1 90); do
+    phase=$(kubectl get tj "$job" -o jsonpath='{.status.phase}' 2>/dev/null || true)
+    [ "$phase" = "Running" ] && break
+    sleep 1
+  done
 
-echo
-kubectl get tj
-echo
-kubectl get pods -l "kubefit.dev/job=$job" -o wide
-echo
-echo "==> sizing (kubefit size -f examples/quickstart.yaml)"
-echo "    kubefit size plans against the whole accelerator catalog; the operator planned against the"
-echo "    accelerators this cluster's nodes have, so the two may choose different devices."
-"$KUBEFIT" size -f examples/quickstart.yaml
-echo
-if [ "${phase:-}" != "Running" ]; then
-  echo "The job is not Running yet (phase: ${phase:-none}); see $OPERATOR_LOG" >&2
-fi
-cat <<MSG
+  echo
+  kubectl get tj
+  echo
+  kubectl get pods -l "kubefit.dev/job=$job" -o wide
+  echo
+  echo "==> sizing (kubefit size -f examples/quickstart.yaml)"
+  echo "    kubefit size plans against the whole accelerator catalog; the operator planned against the"
+  echo "    accelerators this cluster's nodes have, so the two may choose different devices."
+  "$KUBEFIT" size -f examples/quickstart.yaml
+  echo
+  if ! operator_alive; then
+    echo "The operator has exited; its log: $OPERATOR_LOG" >&2
+  elif [ "${phase:-}" != "Running" ]; then
+    echo "The job is not Running yet (phase: ${phase:-none}); see $OPERATOR_LOG" >&2
+  fi
+  cat <<MSG
 The demo keeps running. Try:
-  eval "\$($SANDBOX env)"; kubectl get tj,pods
+  eval "\$($SANDBOX env)"; kubectl get tj,pods   # env puts kubectl (~/.cache/kubefit/bin) on PATH
   kubectl describe tj $job   # conditions (Sized, Admitted, Ready, Running) and events
+The operator's endpoints (free ports): grep '^kubefit:' $OPERATOR_LOG
 Stop it all with: make demo-down
 MSG
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi

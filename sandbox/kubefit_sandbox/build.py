@@ -15,10 +15,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from kubefit_sandbox.locks import exclusive_lock
+from kubefit_sandbox.locks import exclusive_lock, try_exclusive_lock
 
 KUBERNETES_VERSION = "1.20.2"
 # Bump when the patches or build flags change, so that older cached binaries are not reused.
@@ -316,12 +317,33 @@ def _install(built_dir: Path) -> Path:
     return final_dir
 
 
+@contextmanager
+def _build_lock(log: Log) -> Iterator[None]:
+    """Holds build.lock; says so first when another build holds it (a cold build takes minutes, silently
+    for this process)."""
+    path = kubefit_cache_dir() / "build.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = try_exclusive_lock(path)
+    if fd is not None:
+        try:
+            yield
+        finally:
+            os.close(fd)
+        return
+    log(
+        f"another control-plane build holds {path}: waiting for it to finish "
+        f"(its make log: {source_work_dir().parent / 'make.log'})"
+    )
+    with exclusive_lock(path):
+        yield
+
+
 def build_controlplane(force: bool = False, log: Log = print_log, keep_source: bool = False) -> Path:
     """Builds the three control-plane binaries into the cache (unless cached) and returns that folder."""
     if not force and cached_binaries() is not None:
         return controlplane_cache_dir()
     # Two `up`s at once (e.g. parallel test sessions) must not build into the same work dir.
-    with exclusive_lock(kubefit_cache_dir() / "build.lock"):
+    with _build_lock(log):
         if not force and cached_binaries() is not None:
             return controlplane_cache_dir()  # another process built it while we waited
         for tool in ("apt-get", "go", "make", "rsync", "tar"):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from kubefit_sandbox.binaries import ensure_binaries, kubectl_path
+from kubefit_sandbox.binaries import binaries_dir, ensure_binaries, kubectl_path
 from kubefit_sandbox.build import Log, build_controlplane, cached_binaries, kubefit_cache_dir, print_log
 from kubefit_sandbox.locks import exclusive_lock
 
@@ -371,8 +371,16 @@ class Sandbox:
         return load_or_create_tokens(self.tokens_file).admin
 
     def env(self) -> dict[str, str]:
-        """Environment variables that point kubectl, kopf and the kubernetes client at the sandbox."""
-        return {"KUBECONFIG": str(self.kubeconfig_path), SANDBOX_DIR_ENV: str(self.state_dir)}
+        """Environment variables that point kubectl, kopf and the kubernetes client at the sandbox.
+
+        PATH gets ~/.cache/kubefit/bin first (once), where `kubefit-sandbox tools` puts kubectl and helm: a
+        fresh machine has no other kubectl, and `eval "$(kubefit-sandbox env)"; kubectl ...` must work.
+        """
+        path = os.environ.get("PATH", "")
+        bin_dir = str(binaries_dir())
+        if bin_dir not in path.split(os.pathsep):
+            path = os.pathsep.join([bin_dir, path]) if path else bin_dir
+        return {"KUBECONFIG": str(self.kubeconfig_path), SANDBOX_DIR_ENV: str(self.state_dir), "PATH": path}
 
     # -- health ---------------------------------------------------------------------------------
 
