@@ -156,11 +156,14 @@ def test_schema_is_structural(schema: dict[str, Any]) -> None:
 
 def test_defaults_satisfy_their_own_schema(schema: dict[str, Any]) -> None:
     # The API server rejects a CRD whose default violates the schema it sits in.
-    python_types = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
+    python_types = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict}
     for path, node in _nodes(schema):
         if "default" not in node:
             continue
         default = node["default"]
+        if node.get("type") == "object":  # a section's {}: valid only where it requires nothing
+            assert default == {} and not node.get("required"), f"{path}: default {default!r}"
+            continue
         expected = python_types.get(node.get("type", ""))
         assert expected is not None and isinstance(default, expected), f"{path}: default {default!r}"
         if "enum" in node:
@@ -207,6 +210,44 @@ def test_status_and_scale_subresources(version: dict[str, Any], schema: dict[str
     assert _resolve(schema, ".spec.workers.replicas")["type"] == "integer"
     assert _resolve(schema, ".status.replicas")["type"] == "integer"
     assert _resolve(schema, ".status.selector")["type"] == "string"
+
+
+def test_a_job_without_spec_workers_gets_the_scale_subresources_replicas(schema: dict[str, Any]) -> None:
+    # The scale subresource reads and writes .spec.workers.replicas: the API server must create it for a
+    # job written without spec.workers, or `kubectl scale` and an HPA fail ("the spec replicas field does
+    # not exist"). It defaults top-down, so the section's {} gets replicas' own default.
+    spec = _resolve(schema, ".spec")
+    stored = _with_defaults({"template": {}, "model": {"parameters": "1B"}}, spec)
+    assert stored["workers"] == {"replicas": 1}
+
+
+def test_every_section_that_requires_nothing_is_created_when_omitted(schema: dict[str, Any]) -> None:
+    # Every section built from its own defaults (default_factory in models.py) is stored as the operator
+    # reads it when omitted; model and template are required, architecture has required fields.
+    sections = {
+        path
+        for path, node in _nodes(_resolve(schema, ".spec"), ".spec")
+        if node.get("type") == "object" and node.get("default") == {}
+    }
+    assert sections == {
+        ".spec.training",
+        ".spec.resources",
+        ".spec.workers",
+        ".spec.elastic",
+        ".spec.scheduling",
+        ".spec.runPolicy",
+        ".spec.model.finetuning",
+    }
+
+
+def test_template_quantities_and_grace_period_are_not_negative(schema: dict[str, Any]) -> None:
+    # The operator refuses a negative request or grace period; the API server must refuse it at apply too.
+    resources = _resolve(schema, ".spec.template.spec.containers").get("items", {})["properties"]["resources"]
+    for kind in ("requests", "limits"):
+        value = resources["properties"][kind]["additionalProperties"]
+        assert value["x-kubernetes-int-or-string"] is True and value["minimum"] == 0, kind
+    grace = _resolve(schema, ".spec.template.spec.terminationGracePeriodSeconds")
+    assert (grace["type"], grace["minimum"]) == ("integer", 0)
 
 
 def test_printer_columns(version: dict[str, Any], schema: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 The output is a structural OpenAPI v3 schema that Kubernetes 1.20 and later accept: every `$ref` is
 inlined, `X | None` becomes the plain type (optional fields are simply absent), `int | str` becomes
-`x-kubernetes-int-or-string` (keeping the integer form's bounds and the string form's pattern), an open
+`x-kubernetes-int-or-string` (keeping the integer form's bounds and the string form's pattern), a section
+built from its own defaults (spec.workers, spec.training, ...) gets `default: {}`, an open
 object (pydantic's extra="allow", inside spec.template) is marked x-kubernetes-preserve-unknown-fields so
 the API server prunes nothing from it, and there is no CEL (`x-kubernetes-validations`), which 1.20
 refuses. Rules the schema cannot express (min <= max, a known accelerator, a string count below the
@@ -16,6 +17,9 @@ import re
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import core_schema
 
 from kubefit.api.models import TrainingJobSpec, TrainingJobStatus
 from kubefit.api.resource import (
@@ -63,8 +67,12 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
     if "exclusiveMaximum" in node:  # OpenAPI v3.0 spells it as a boolean beside maximum
         node["maximum"] = node.pop("exclusiveMaximum")
         node["exclusiveMaximum"] = True
+    # An omitted section is created empty and its fields defaulted in turn (the API server defaults
+    # top-down), so `kubectl scale` finds .spec.workers.replicas on a job written without spec.workers.
+    if default == {} and node.get("type") == "object" and not node.get("required"):
+        node["default"] = {}
     # 1.20 reads an empty-string default as null and refuses the CRD, so only non-empty scalars
-    if (
+    elif (
         default not in (None, "")
         and not isinstance(default, dict | list)
         and "x-kubernetes-int-or-string" not in node
@@ -119,8 +127,19 @@ def _lift_int_or_string_checks(node: dict[str, Any], variants: list[dict[str, An
             node.setdefault("pattern", variant["pattern"])
 
 
+class _SectionDefaults(GenerateJsonSchema):
+    """pydantic writes no default for a default_factory; a section the model builds from its own class
+    (`workers: Workers = Field(default_factory=Workers)`) gets {} here, which _structural keeps."""
+
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        if isinstance(factory, type) and issubclass(factory, BaseModel):
+            return {}
+        return super().get_default_value(schema)
+
+
 def model_schema(model: type[Any]) -> dict[str, Any]:
-    raw = model.model_json_schema(by_alias=True, mode="validation")
+    raw = model.model_json_schema(by_alias=True, mode="validation", schema_generator=_SectionDefaults)
     defs = raw.pop("$defs", {})
     return _structural(_resolve(raw, defs))
 

@@ -24,7 +24,14 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from kubefit.api.conditions import ConditionStatus, Phase
-from kubefit.api.quantity import COUNT_PATTERN, QUANTITY_PATTERN, parse_bytes, parse_count, parse_cpu_millis
+from kubefit.api.quantity import (
+    COUNT_PATTERN,
+    QUANTITY_PATTERN,
+    int_or_string,
+    parse_bytes,
+    parse_count,
+    parse_cpu_millis,
+)
 from kubefit.api.template import PodTemplate
 
 Framework = Literal["pytorch", "jax", "none"]
@@ -104,11 +111,9 @@ def _int_or_string_schema(pattern: str, maximum: int) -> dict[str, Any]:
     return {"pattern": pattern, "minimum": 1, "maximum": maximum}
 
 
-def _refuse_boolean(value: Any) -> Any:
-    # YAML reads yes/true as a boolean, which Python would otherwise take for the integer 1.
-    if isinstance(value, bool):
-        raise ValueError("must be a number or a string, not true/false")
-    return value
+def _int_or_string(example: str) -> BeforeValidator:
+    """An integer or a string, else one message naming what to write (quantity.int_or_string)."""
+    return BeforeValidator(lambda value: int_or_string(value, example))
 
 
 def _parses_within(parse: Callable[[Any, int], int], maximum: int) -> AfterValidator:
@@ -122,19 +127,19 @@ def _parses_within(parse: Callable[[Any, int], int], maximum: int) -> AfterValid
     return AfterValidator(check)
 
 
-# The four int-or-string fields: a boolean is refused, then the grammar and the maximum are checked.
+# The four int-or-string fields: an integer or a string, then the grammar and the maximum are checked.
 ParameterCount = Annotated[
-    CountOrString | None, BeforeValidator(_refuse_boolean), _parses_within(parse_count, MAX_PARAMETERS)
+    CountOrString | None, _int_or_string("'8.03B'"), _parses_within(parse_count, MAX_PARAMETERS)
 ]
 ModelMemory = Annotated[
-    QuantityOrString | None, BeforeValidator(_refuse_boolean), _parses_within(parse_bytes, MAX_MODEL_MEMORY)
+    QuantityOrString | None, _int_or_string("'1.5Gi'"), _parses_within(parse_bytes, MAX_MODEL_MEMORY)
 ]
 HostMemory = Annotated[
-    QuantityOrString | None, BeforeValidator(_refuse_boolean), _parses_within(parse_bytes, MAX_HOST_MEMORY)
+    QuantityOrString | None, _int_or_string("'1.5Gi'"), _parses_within(parse_bytes, MAX_HOST_MEMORY)
 ]
 CpuQuantity = Annotated[
     QuantityOrString | None,
-    BeforeValidator(_refuse_boolean),
+    _int_or_string("'0.5' or '500m'"),
     _parses_within(parse_cpu_millis, MAX_CPU_MILLICORES),
 ]
 

@@ -16,8 +16,8 @@ from decimal import Decimal, InvalidOperation
 
 # A count: digits, an optional fraction and exponent, and a decimal K/M/B/T suffix ("8.03B", "2e9").
 COUNT_PATTERN = r"^([0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?)([KMBT]?)$"
-_COUNT_RE = re.compile(COUNT_PATTERN)  # groups: 1 the number, 4 the suffix
-_COUNT_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+_COUNT_RE = re.compile(COUNT_PATTERN)  # groups: 1 the number, 3 its exponent, 4 the suffix
+_COUNT_SUFFIXES = {"": 0, "K": 3, "M": 6, "B": 9, "T": 12}  # powers of ten
 
 # The Kubernetes quantity grammar (k8s.io/apimachinery/pkg/api/resource/quantity.go, "The serialization
 # format is: <quantity> ::= <signedNumber><suffix> ..."), without the sign: no size here may be negative.
@@ -45,22 +45,38 @@ _QUANTITY_SUFFIXES = {
 # Beyond 10^40 nothing is a plausible size; refusing it first keeps Decimal arithmetic from overflowing
 # ("1e999999999" would raise decimal.Overflow) and every result far inside a float.
 _LARGEST_MAGNITUDE = 40
+# An exponent with more digits is far beyond that magnitude either way (and int() refuses 4,300 digits).
+_EXPONENT_DIGITS = 9
 
 
 class _TooLarge(ValueError):
     """A value beyond any plausible size; the parse functions say what the maximum is."""
 
 
-def _number(digits: str, value: object) -> Decimal:
+def _number(digits: str, value: object, exponent: int = 0, factor: Decimal = Decimal(1)) -> Decimal:
+    """`digits` x 10**exponent x factor (a suffix). The magnitude is judged with integers before any Decimal
+    arithmetic, and as the value's, not the mantissa's: 10^41 x 10^-30 bytes is 10^11, not too large."""
     try:
         number = Decimal(digits)
     except (InvalidOperation, ValueError) as exc:  # pragma: no cover - the patterns admit only decimals
         raise ValueError(f"{value!r} is not a number") from exc
     if not number.is_finite():
         raise ValueError("must be a finite number")
-    if number and number.adjusted() > _LARGEST_MAGNITUDE:
-        raise _TooLarge(value)
-    return number
+    if number:
+        magnitude = number.adjusted() + exponent + factor.adjusted()
+        if magnitude > _LARGEST_MAGNITUDE:
+            raise _TooLarge(value)
+        if magnitude < -_LARGEST_MAGNITUDE:
+            raise ValueError(f"{value!r} is less than one unit; it must be at least 1")
+    return number.scaleb(exponent) * factor
+
+
+def _exponent(text: str) -> int:
+    """The power of an exponent suffix ("e-30": -30); a longer one than _EXPONENT_DIGITS as one _number
+    refuses."""
+    sign = -1 if text[1:2] == "-" else 1
+    digits = text[1:].lstrip("+-").lstrip("0") or "0"
+    return sign * (int(digits) if len(digits) <= _EXPONENT_DIGITS else 10**_EXPONENT_DIGITS)
 
 
 def _whole(number: Decimal, value: object, unit: str, maximum: int | None) -> int:
@@ -104,7 +120,9 @@ def _count(value: int | float | str, maximum: int | None) -> int:
         match = _COUNT_RE.fullmatch(value)
         if not match:
             raise ValueError(f"{value!r} is not a count; use a number or a K/M/B/T suffix, e.g. '8.03B'")
-        number = _number(match.group(1), value) * _COUNT_SUFFIXES[match.group(4)]
+        number_text, exponent_text = match.group(1), match.group(3) or ""
+        exponent = _exponent(exponent_text) + _COUNT_SUFFIXES[match.group(4)]
+        number = _number(number_text[: len(number_text) - len(exponent_text)], value, exponent)
     if number <= 0:
         raise ValueError("must be greater than zero")
     return _whole(number, value, "parameter", maximum)
@@ -121,16 +139,10 @@ def _quantity(value: int | float | str, example: str) -> Decimal:
                 f"Ki, Mi, Gi, m, k, M, G, with no spaces), e.g. {example}"
             )
         suffix = match.group(3) or ""
-        number = _number(match.group(1), value)
         if suffix[:1] in ("e", "E") and suffix not in _QUANTITY_SUFFIXES:
-            exponent = int(suffix[1:])
-            if exponent > _LARGEST_MAGNITUDE:
-                raise _TooLarge(value)
-            if exponent < -_LARGEST_MAGNITUDE:
-                raise ValueError(f"{value!r} is less than one unit; it must be at least 1")
-            number = number.scaleb(exponent)
+            number = _number(match.group(1), value, _exponent(suffix))
         else:
-            number *= _QUANTITY_SUFFIXES[suffix]
+            number = _number(match.group(1), value, factor=_QUANTITY_SUFFIXES[suffix])
     if number <= 0:
         raise ValueError(f"{value!r} must be a Kubernetes quantity greater than zero, e.g. {example}")
     return number
@@ -152,6 +164,32 @@ def parse_cpu_millis(value: int | float | str, maximum: int | None = None) -> in
         return _whole(_quantity(value, "'8' or '500m'") * 1000, value, "millicore", maximum)
 
     return _bounded(parse, value, "millicore", maximum)
+
+
+def int_or_string(value: object, example: str) -> object:
+    """What an int-or-string field (the CRD's x-kubernetes-int-or-string) takes: an integer or a string, with
+    one message for anything else instead of one per union branch. A whole float (YAML's 2.0) is the integer
+    the API server reads; a fraction must be quoted, since the API server refuses an unquoted 0.5 there."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number or a string, not true/false")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if not value.is_integer():
+            raise ValueError(
+                f"{value!r} is a fraction: this field takes an integer or a string, so quote it, e.g. {example}"
+            )
+        return int(value)
+    if value is not None and not isinstance(value, int | str):
+        kind = (
+            "a list"
+            if isinstance(value, list)
+            else "a mapping"
+            if isinstance(value, dict)
+            else type(value).__name__
+        )
+        raise ValueError(f"must be an integer or a string such as {example}, not {kind}")
+    return value
 
 
 def is_quantity(value: object) -> bool:

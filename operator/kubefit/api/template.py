@@ -3,10 +3,10 @@
 The template is a PodTemplateSpec that passes through to every worker pod. Only what the pod builder
 reads (operator/kubefit/builders/) is typed here: the containers (the first is the trainer, whose env,
 ports and resources are merged with the operator's), metadata labels and annotations, nodeSelector,
-affinity and tolerations. A wrong type there is refused naming the field, instead of crashing the builder
-or failing every pod create. Everything else passes through as written and the API server checks it when
-the pod is created. Each object stays open (extra fields allowed), and the CRD marks it
-x-kubernetes-preserve-unknown-fields, so nothing the user writes is pruned.
+affinity, tolerations and terminationGracePeriodSeconds. A wrong type there is refused naming the field,
+instead of crashing the builder or failing every pod create. Everything else passes through as written
+and the API server checks it when the pod is created. Each object stays open (extra fields allowed), and
+the CRD marks it x-kubernetes-preserve-unknown-fields, so nothing the user writes is pruned.
 
 Patterns and lengths follow Kubernetes' own validation (k8s.io/apimachinery/pkg/util/validation).
 """
@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, NotRequired
 
-from pydantic import AfterValidator, ConfigDict, Field, with_config
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, with_config
 from typing_extensions import TypedDict
 
-from kubefit.api.quantity import QUANTITY_PATTERN, is_quantity
+from kubefit.api.quantity import QUANTITY_PATTERN, int_or_string, is_quantity
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_LABEL_MAX = 63
@@ -56,13 +56,12 @@ def _label_keys(labels: dict[str, str] | None) -> dict[str, str] | None:
     return labels
 
 
-def _quantities(values: dict[str, Any]) -> dict[str, Any]:
-    for resource, value in values.items():
-        if not is_quantity(value):
-            raise ValueError(
-                f"{resource}: {value!r} is not a Kubernetes quantity (e.g. '8', '500m', '16Gi', no spaces)"
-            )
-    return values
+def _quantity(value: int | str) -> int | str:
+    if not is_quantity(value):
+        raise ValueError(
+            f"{value!r} is not a Kubernetes quantity (e.g. '8', '500m', '16Gi', no spaces, not negative)"
+        )
+    return value
 
 
 def _unique_names(containers: list[Container]) -> list[Container]:
@@ -80,12 +79,22 @@ DnsLabel = Annotated[
     Field(json_schema_extra={"pattern": DNS_LABEL_PATTERN, "maxLength": DNS_LABEL_MAX}),
 ]
 LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=LABEL_VALUE_MAX)]
+# One value checked at a time, so that an error names its resource (requests.cpu).
+Quantity = Annotated[
+    int | str,
+    BeforeValidator(lambda value: int_or_string(value, "'0.5' or '500m'")),
+    AfterValidator(_quantity),
+]
 QuantityMap = Annotated[
-    dict[str, int | str],
-    AfterValidator(_quantities),
+    dict[str, Quantity],
     Field(
         json_schema_extra={
-            "additionalProperties": {"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}
+            # minimum: the API server refuses a negative integer at apply, as the pattern a negative string
+            "additionalProperties": {
+                "x-kubernetes-int-or-string": True,
+                "pattern": QUANTITY_PATTERN,
+                "minimum": 0,
+            }
         }
     ),
 ]
@@ -117,7 +126,9 @@ class Container(TypedDict):
             list[EnvVar] | None,
             Field(
                 description="Environment variables. In the first container, a variable the operator sets "
-                "(MASTER_ADDR, RANK, ...) and that is given here keeps the value given here."
+                "(MASTER_ADDR, RANK, ...) and that is given here keeps the value given here, except "
+                "PET_RDZV_CONF, whose options are merged with the operator's: those given here win, "
+                "but is_host stays the operator's (1 on worker 0 only)."
             ),
         ]
     ]
@@ -205,6 +216,16 @@ class PodSpec(TypedDict):
             ),
         ]
     ]
+    terminationGracePeriodSeconds: NotRequired[
+        Annotated[
+            int | None,
+            Field(
+                ge=0,
+                description="Seconds a worker has to stop after SIGTERM. The operator raises it to at least "
+                "spec.elastic.checkpointGracePeriodSeconds. Default: Kubernetes' 30, raised likewise.",
+            ),
+        ]
+    ]
 
 
 @with_config(_OPEN)
@@ -217,7 +238,13 @@ class ObjectMeta(TypedDict, total=False):
             "kubefit.dev/worker-index and app.kubernetes.io/managed-by, which win over labels given here."
         ),
     ]
-    annotations: Annotated[dict[str, str] | None, Field(description="Annotations for every worker pod.")]
+    annotations: Annotated[
+        dict[str, str] | None,
+        Field(
+            description="Annotations for every worker pod; the operator's kubefit.dev/world-size, "
+            "kubefit.dev/restart-attempt and kubefit.dev/nnodes win over annotations given here."
+        ),
+    ]
 
 
 @with_config(_OPEN)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +34,28 @@ def _is_union_tag(item: str) -> bool:
     return item in {"int", "str", "float", "bool"} or "[" in item or item.startswith("function-")
 
 
-def field_path(location: tuple[int | str, ...], root: str = "spec") -> str:
-    path = root
+def field_path(location: tuple[int | str, ...], raw: Any, root: str = "spec") -> str:
+    """The manifest path of an error `location` in `raw`. A union branch's tag is dropped only where `raw`
+    has no such key: a user's map key that reads like one (labels: {str: ...}) stays in the path."""
+    path, node = root, raw
     for item in location:
         if isinstance(item, int):
             path += f"[{item}]"
-        elif not _is_union_tag(item):
+        elif not _is_union_tag(item) or (isinstance(node, dict) and item in node):
             path += "." + item  # already the manifest's (camelCase) name: validation is by alias
+        else:
+            continue  # the tag names no value of the input: the path stays where it is
+        node = _child(node, item)
     return path
+
+
+def _child(node: Any, item: int | str) -> Any:
+    """The input at `item` of `node`; None where there is none (a missing field)."""
+    if isinstance(node, dict):
+        return node.get(item)
+    if isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
+        return node[item]
+    return None
 
 
 def _message(error: Any) -> str:
@@ -48,8 +63,9 @@ def _message(error: Any) -> str:
     return message.removeprefix("Value error, ")
 
 
-def parse_spec(raw: Any) -> TrainingJobSpec:
-    """Validate `raw` (the manifest's spec) or raise InvalidSpec naming every bad field once."""
+def parse_spec(raw: Any, accelerator_resources: Collection[str] = ()) -> TrainingJobSpec:
+    """Validate `raw` (the manifest's spec) or raise InvalidSpec naming every bad field once.
+    `accelerator_resources`: the catalog's extended resources (nvidia.com/gpu, ...), refused in the template."""
     if not isinstance(raw, dict):
         raise InvalidSpec([FieldError("spec", "must be an object")])
     try:
@@ -58,14 +74,18 @@ def parse_spec(raw: Any) -> TrainingJobSpec:
     except ValidationError as exc:
         seen: dict[str, str] = {}
         for error in exc.errors():
-            path = field_path(tuple(error["loc"]))
+            path = field_path(tuple(error["loc"]), raw)
             if error["type"] == "extra_forbidden":
                 message = "unknown field"
             else:
                 message = _message(error)
             seen.setdefault(path, message)  # a union reports each branch; the first message is enough
         raise InvalidSpec([FieldError(path, message) for path, message in seen.items()]) from None
-    errors = [*_requests_above_template_limits(spec), *_tensor_parallel_splits_heads(spec)]
+    errors = [
+        *_requests_above_template_limits(spec),
+        *_tensor_parallel_splits_heads(spec),
+        *_accelerators_in_template(spec, accelerator_resources),
+    ]
     if errors:
         raise InvalidSpec(errors)
     return spec
@@ -120,4 +140,23 @@ def _requests_above_template_limits(spec: TrainingJobSpec) -> list[FieldError]:
                     "exceed its limit",
                 )
             )
+    return errors
+
+
+def _accelerators_in_template(spec: TrainingJobSpec, resources: Collection[str]) -> list[FieldError]:
+    """An accelerator in the template's requests or limits: the operator requests the one it sized the job
+    for, and another vendor's left beside it (nvidia.com/gpu with amd.com/gpu) would never schedule."""
+    errors = []
+    for index, container in enumerate(spec.template["spec"]["containers"]):
+        for kind in ("requests", "limits"):
+            for name in (container.get("resources") or {}).get(kind) or {}:
+                if name in resources:
+                    errors.append(
+                        FieldError(
+                            f"spec.template.spec.containers[{index}].resources.{kind}.{name}",
+                            f"{name} is an accelerator, which the operator requests itself (the one it sizes "
+                            "the job for, see spec.resources.accelerator and acceleratorsPerWorker); remove it "
+                            "from the template",
+                        )
+                    )
     return errors

@@ -171,7 +171,7 @@ def checked_spec(
     """The spec and its sizing, or InvalidSpec naming every field at fault: every rule the CRD's schema
     cannot express, for the reconcile (Ready=False InvalidSpec), the admission webhook and `kubefit size`
     alike. `name` None (a manifest without one, for `kubefit size`) skips the job-name check."""
-    spec = parse_spec(raw_spec)
+    spec = parse_spec(raw_spec, {accelerator.resource_name for accelerator in catalog})
     check = operator_check(name, max_workers_per_job)
     check(spec)
     return spec, size_job(spec, catalog, inventory, check=check)

@@ -1,0 +1,44 @@
+"""A count's or quantity's size is judged by its value, not its mantissa's: 10^41 x 10^-30 is 10^11."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from kubefit.api.quantity import parse_bytes, parse_count, parse_cpu_millis
+
+LONG_MANTISSA = "1" + "0" * 41  # 10^41, above the largest plausible magnitude on its own
+
+
+@pytest.mark.parametrize(
+    ("parse", "written", "expected"),
+    [
+        (parse_bytes, LONG_MANTISSA + "e-30", 10**11),
+        (parse_cpu_millis, LONG_MANTISSA + "e-30", 10**14),
+        (parse_count, LONG_MANTISSA + "e-30", 10**11),
+        (parse_bytes, "0." + "0" * 45 + "1e50", 10**4),  # a tiny mantissa with a large exponent
+        (parse_count, "0." + "0" * 45 + "1e50T", 10**16),
+        (parse_bytes, LONG_MANTISSA + "e-0030", 10**11),
+    ],
+)
+def test_a_long_mantissa_with_a_small_exponent_is_its_value(
+    parse: Callable[[str], int], written: str, expected: int
+) -> None:
+    assert parse(written) == expected
+
+
+@pytest.mark.parametrize("parse", [parse_bytes, parse_count])
+@pytest.mark.parametrize("written", ["1e" + "9" * 50, "1e" + "9" * 5000, "9" * 60, LONG_MANTISSA + "e+1"])
+def test_a_huge_value_is_too_large_whatever_its_spelling(parse: Callable[[str], int], written: str) -> None:
+    with pytest.raises(ValueError, match="too large"):
+        parse(written)
+
+
+@pytest.mark.parametrize("parse", [parse_bytes, parse_count])
+@pytest.mark.parametrize("written", ["1e-" + "9" * 50, "1e-" + "9" * 5000, LONG_MANTISSA + "e-999999999"])
+def test_a_tiny_value_is_less_than_one_whatever_its_spelling(
+    parse: Callable[[str], int], written: str
+) -> None:
+    with pytest.raises(ValueError, match="less than one"):
+        parse(written)
