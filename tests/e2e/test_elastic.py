@@ -208,11 +208,13 @@ class Watch:
         )
 
     def _run(self) -> None:
-        while not self._stop.wait(0.3):
+        while True:  # from the start: what the block does can be over within the first interval
             try:
                 self._sample()
             except Exception as error:  # noqa: BLE001 - kept and shown; the next sample tries again
                 self.failures.append(repr(error))
+            if self._stop.wait(0.3):
+                return
 
     def _sample(self) -> None:
         pods = self.kube.workers(self.namespace, self.job)
@@ -614,6 +616,24 @@ def test_kubectl_scale_and_a_raw_scale_subresource_write_move_the_worker_count(
     assert [pod["metadata"]["name"] for pod in live(kube, namespace, "scaled")] == ["scaled-worker-0"]
     job = kube.get("trainingjob", "scaled", namespace)
     assert job is not None and job["spec"]["workers"]["replicas"] == 1
+
+
+def test_a_job_written_without_a_workers_section_can_be_scaled(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    # The CRD gave spec.workers no default: the API server stored no .spec.workers.replicas, and the scale
+    # subresource (what kubectl scale and an HPA read) answered that the field does not exist.
+    manifest = fixed_job("bare", namespace, pool, replicas=1, per_worker=1)
+    del manifest["spec"]["workers"]
+    kube.apply(manifest)
+    stored = kube.get("trainingjob", "bare", namespace)
+    assert stored is not None and stored["spec"]["workers"]["replicas"] == 1  # defaulted by the API server
+    path = f"/apis/kubefit.dev/v1alpha1/namespaces/{namespace}/trainingjobs/bare/scale"
+    assert json.loads(kube.run("get", "--raw", path).stdout)["spec"]["replicas"] == 1
+    kube.run("scale", "trainingjob/bare", "-n", namespace, "--replicas=2")
+    wait_for(
+        "2 running workers after kubectl scale", lambda: running(kube, namespace, "bare") == 2, timeout=60
+    )
 
 
 def test_a_fixed_job_scaled_up_beyond_the_room_keeps_running_until_the_new_size_fits_whole(
