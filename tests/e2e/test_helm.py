@@ -36,6 +36,11 @@ class Release:
     def service_account(self) -> str:
         return f"system:serviceaccount:{self.namespace}:{self.name}-kubefit"
 
+    @property
+    def cluster_name(self) -> str:
+        """The name of the release's cluster-scoped objects: its namespace is part of it."""
+        return f"{self.namespace}-{self.name}-kubefit"
+
 
 def _helm(sandbox: Sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     command = [str(helm_path()), f"--kubeconfig={sandbox.kubeconfig_path}", *args]
@@ -110,17 +115,59 @@ def test_install_creates_the_operator_objects(sandbox: Sandbox, release: Release
     assert pod_spec["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"
     sandbox.kubectl("get", "serviceaccount", f"{release.name}-kubefit", "-n", release.namespace)
     sandbox.kubectl("get", "service", f"{release.name}-kubefit-metrics", "-n", release.namespace)
-    sandbox.kubectl("get", "clusterrole", f"{release.name}-kubefit")
-    sandbox.kubectl("get", "clusterrolebinding", f"{release.name}-kubefit")
+    sandbox.kubectl("get", "clusterrole", release.cluster_name)
+    sandbox.kubectl("get", "clusterrolebinding", release.cluster_name)
     sandbox.kubectl("get", "service", f"{release.name}-kubefit-webhook", "-n", release.namespace)
     configuration = json.loads(
-        sandbox.kubectl(
-            "get", "validatingwebhookconfiguration", f"{release.name}-kubefit", "-o", "json"
-        ).stdout
+        sandbox.kubectl("get", "validatingwebhookconfiguration", release.cluster_name, "-o", "json").stdout
     )
     (webhook,) = configuration["webhooks"]
     assert webhook["clientConfig"]["service"]["name"] == f"{release.name}-kubefit-webhook"
     assert webhook["failurePolicy"] == "Ignore"  # no operator pod runs here: applies must still pass
+
+
+def _generated_secrets(sandbox: Sandbox, release: Release) -> tuple[dict, dict, str]:
+    def data(name: str) -> dict:
+        secret = sandbox.kubectl("get", "secret", name, "-n", release.namespace, "-o", "json").stdout
+        return json.loads(secret)["data"]
+
+    configuration = json.loads(
+        sandbox.kubectl("get", "validatingwebhookconfiguration", release.cluster_name, "-o", "json").stdout
+    )
+    (webhook,) = configuration["webhooks"]
+    return (
+        data(f"{release.name}-kubefit-webhook-tls"),
+        data(f"{release.name}-kubefit-checkpoint-key"),
+        webhook["clientConfig"]["caBundle"],
+    )
+
+
+def test_upgrade_keeps_the_generated_webhook_certificate_and_checkpoint_key(
+    sandbox: Sandbox, release: Release
+) -> None:
+    # helm lookup: an upgrade reuses what the install generated, so nothing rotates on every upgrade.
+    before = _generated_secrets(sandbox, release)
+    assert before[2] == before[0]["ca.crt"]  # the configuration trusts the CA in the Secret
+    _helm(sandbox, "upgrade", release.name, str(CHART), "--namespace", release.namespace, "--reuse-values")
+    assert _generated_secrets(sandbox, release) == before
+
+
+def test_same_named_releases_in_two_namespaces_both_install(sandbox: Sandbox) -> None:
+    # Each team's namespace with its own operator, both releases named alike: their ClusterRole,
+    # ClusterRoleBinding and ValidatingWebhookConfiguration must not collide.
+    suffix = uuid.uuid4().hex[:6]
+    twins = [Release(name=f"kftw{suffix}", namespace=f"e2e-helm-{suffix}-{team}") for team in ("a", "b")]
+    try:
+        for twin in twins:
+            _install(sandbox, twin, "--set", f"watchNamespaces={{{twin.namespace}}}")
+        for twin in twins:
+            for kind in ("clusterrole", "clusterrolebinding", "validatingwebhookconfiguration"):
+                sandbox.kubectl("get", kind, twin.cluster_name)
+            assert _can_i(sandbox, twin, "create", "pods", "-n", twin.namespace)
+        assert not _can_i(sandbox, twins[0], "create", "pods", "-n", twins[1].namespace)
+    finally:
+        for twin in twins:
+            _uninstall(sandbox, twin)
 
 
 def test_crd_is_established_with_its_subresources(sandbox: Sandbox, release: Release) -> None:

@@ -31,6 +31,11 @@ RELEASE = "kf"
 MONITORING_API = "monitoring.coreos.com/v1"
 DASHBOARD_TEMPLATE = "templates/configmap-dashboard.yaml"
 NAMESPACE = "kubefit-system"
+CLUSTER_SCOPED_KINDS = ("ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration")
+# A webhook.caBundle: base64 of PEM certificates (the chart checks the PEM header; nothing here parses it).
+CA_BUNDLE = base64.b64encode(
+    b"-----BEGIN CERTIFICATE-----\nMIIBkubefit\n-----END CERTIFICATE-----\n"
+).decode()
 
 # What the operator does (controller/ and kopf), as (apiGroup, resource, verb). The chart must grant
 # exactly this: one permission more is privilege nobody asked for, one less breaks the operator.
@@ -182,6 +187,14 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         ["--set", "leaderElection.leaseName=Not_A_Name"],
         ["--set", "metrics.serviceMonitor.interval=30 seconds"],
         ["--set", "metrics.dashboard.additionalLabels.team=1"],  # a label value must be a string
+        ["--set", "webhook.existingSecret=Not_A_Name", "--set", f"webhook.caBundle={CA_BUNDLE}"],
+        ["--set", "webhook.caBundle=not base64!"],
+        [
+            "--set",
+            "webhook.certManager.issuerRef.name=Not_A_Name",
+            "--set",
+            "webhook.certManager.enabled=true",
+        ],
     ],
     ids=[
         "namespaces-string",
@@ -203,6 +216,9 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         "lease-name-invalid",
         "scrape-interval-not-a-duration",
         "label-not-a-string",
+        "webhook-secret-bad-name",
+        "webhook-ca-bundle-not-base64",
+        "webhook-issuer-bad-name",
     ],
 )
 def test_bad_values_are_refused(bad: list[str]) -> None:
@@ -230,9 +246,53 @@ def test_default_render_has_the_expected_objects(default_objects: list[dict[str,
         "ValidatingWebhookConfiguration",
     ]
     for obj in default_objects:
-        assert obj["metadata"]["name"].startswith(RELEASE), obj["metadata"]
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration"):
+        if obj["kind"] in CLUSTER_SCOPED_KINDS:
+            # two releases of one name in two namespaces must not share cluster-scoped objects
+            assert obj["metadata"]["name"] == f"{NAMESPACE}-{RELEASE}-kubefit", obj["metadata"]
+            assert "namespace" not in obj["metadata"]
+        else:
+            assert obj["metadata"]["name"].startswith(RELEASE), obj["metadata"]
             assert obj["metadata"]["namespace"] == NAMESPACE
+
+
+def _cluster_scoped(objects: Iterable[dict[str, Any]]) -> dict[str, str]:
+    return {obj["kind"]: obj["metadata"]["name"] for obj in objects if obj["kind"] in CLUSTER_SCOPED_KINDS}
+
+
+def test_same_named_releases_in_two_namespaces_have_their_own_cluster_scoped_objects() -> None:
+    # The natural watchNamespaces set-up: release "kf" in team-a's namespace and in team-b's.
+    names = [
+        _cluster_scoped(
+            _helm_template_objects("--namespace", namespace, "--set", f"watchNamespaces={{{namespace}}}")
+        )
+        for namespace in ("team-a", "team-b")
+    ]
+    assert set(names[0]) == set(CLUSTER_SCOPED_KINDS) == set(names[1])
+    assert not set(names[0].values()) & set(names[1].values())
+    assert names[0]["ClusterRole"] == f"team-a-{RELEASE}-kubefit"
+
+
+def test_long_cluster_scoped_names_are_cut_to_63_characters_and_stay_distinct() -> None:
+    prefix = "n" * 50
+    found = []
+    for namespace in (f"{prefix}-one", f"{prefix}-two"):
+        objects = _helm_template_objects("--namespace", namespace)
+        names = _cluster_scoped(objects)
+        assert len(set(names.values())) == 1, names
+        (name,) = set(names.values())
+        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
+        assert name.startswith(prefix) and re.search(r"-[0-9a-f]{8}$", name), name
+        binding = _one(objects, "ClusterRoleBinding")
+        assert binding["roleRef"]["name"] == name
+        found.append(name)
+    assert found[0] != found[1]  # the hash tells apart what the cut made equal
+
+
+def _helm_template_objects(*args: str) -> list[dict[str, Any]]:
+    """Like _render, for a namespace of the caller's choosing."""
+    result = _helm("template", RELEASE, str(CHART), *args)
+    assert result.returncode == 0, result.stderr
+    return [document for document in yaml.safe_load_all(result.stdout) if document]
 
 
 def test_custom_render_has_the_expected_objects(custom_objects: list[dict[str, Any]]) -> None:
@@ -299,6 +359,24 @@ def test_deployment_defaults(default_objects: list[dict[str, Any]]) -> None:
     assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
     assert not any(env["name"] == "KUBEFIT_CATALOG" for env in container["env"])
     assert "priorityClassName" not in pod["spec"] and "nodeSelector" not in pod["spec"]
+
+
+def test_pod_labels_cannot_change_the_selector_labels() -> None:
+    objects = _render("--set", "podLabels.team=ml", "--set", r"podLabels.app\.kubernetes\.io/name=kubefit")
+    deployment = _one(objects, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "ml"
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # each key once: the template does not repeat the selector's keys (YAML would keep the last)
+    result = _helm("template", RELEASE, str(CHART), "--set", r"podLabels.app\.kubernetes\.io/name=kubefit",
+                   "-s", "templates/deployment.yaml")  # fmt: skip
+    assert result.stdout.count("app.kubernetes.io/name:") == 3, result.stdout  # metadata, selector, pod
+    for key, value in (("name", "other"), ("instance", "someone-else")):
+        refused = _helm(
+            "template", RELEASE, str(CHART), "--set", rf"podLabels.app\.kubernetes\.io/{key}={value}"
+        )
+        assert refused.returncode != 0, refused.stdout
+        assert f"podLabels.app.kubernetes.io/{key} must not be set" in refused.stderr, refused.stderr
 
 
 def test_deployment_runs_non_root_with_a_read_only_root(default_objects: list[dict[str, Any]]) -> None:
@@ -490,6 +568,103 @@ def test_the_webhook_can_be_turned_off_and_its_port_must_differ() -> None:
     assert wrong.returncode != 0 and "failurePolicy" in wrong.stderr, wrong.stderr
 
 
+def _webhook_configuration(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (webhook,) = _one(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    return webhook
+
+
+def _webhook_volume(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    pod_spec = _one(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [volume for volume in pod_spec["volumes"] if volume["name"] == "webhook-tls"]
+    return volume
+
+
+def _tls_secrets(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [found for found in _by_kind(objects, "Secret") if found["type"] == "kubernetes.io/tls"]
+
+
+def test_the_webhook_can_use_an_existing_secret_and_ca_bundle() -> None:
+    # GitOps: with the checkpoint key's Secret also given, every render is the same, nothing generated.
+    values = (
+        "--set", "webhook.existingSecret=ml-webhook-tls", "--set", f"webhook.caBundle={CA_BUNDLE}",
+        "--set", "checkpoint.existingSecret=ml-checkpoint-key",
+    )  # fmt: skip
+    first, second = _render(*values), _render(*values)
+    assert first == second
+    assert not _by_kind(first, "Secret") and not _by_kind(first, "Certificate")
+    assert _webhook_volume(first)["secret"]["secretName"] == "ml-webhook-tls"
+    assert _webhook_volume(first)["secret"]["items"] == [
+        {"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"},
+    ]  # fmt: skip
+    assert _webhook_configuration(first)["clientConfig"]["caBundle"] == CA_BUNDLE
+
+
+def test_the_webhook_certificate_can_come_from_cert_manager() -> None:
+    objects = _render(
+        "--set", "webhook.certManager.enabled=true",
+        "--set", "webhook.certManager.issuerRef.name=kubefit-ca",
+        "--set", "webhook.certManager.issuerRef.kind=ClusterIssuer",
+    )  # fmt: skip
+    assert not _tls_secrets(objects)  # cert-manager writes it
+    certificate = _one(objects, "Certificate")
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    assert certificate["metadata"]["namespace"] == NAMESPACE
+    assert certificate["spec"]["issuerRef"] == {
+        "name": "kubefit-ca", "kind": "ClusterIssuer", "group": "cert-manager.io",
+    }  # fmt: skip
+    assert _webhook_volume(objects)["secret"]["secretName"] == certificate["spec"]["secretName"]
+    service = _service(objects, "-webhook")["metadata"]["name"]
+    assert f"{service}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]  # what the API server calls
+    configuration = _one(objects, "ValidatingWebhookConfiguration")
+    annotation = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+    assert annotation == f"{NAMESPACE}/{certificate['metadata']['name']}"
+    assert "caBundle" not in _webhook_configuration(objects)["clientConfig"]  # the cainjector's to fill in
+    # The same on every render (GitOps); the default render has neither the annotation nor a Certificate.
+    assert _ci("certmanager-values.yaml") == _ci("certmanager-values.yaml")
+    assert "annotations" not in _one(_render(), "ValidatingWebhookConfiguration")["metadata"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "webhook.existingSecret=ml-webhook-tls"], "webhook.existingSecret needs webhook.caBundle"),
+        (["--set", f"webhook.caBundle={CA_BUNDLE}"], "webhook.caBundle applies only with webhook.existingSecret"),
+        (
+            ["--set", "webhook.existingSecret=ml-webhook-tls", "--set", "webhook.caBundle=a3ViZWZpdA=="],
+            "webhook.caBundle must be base64 of PEM certificates",
+        ),
+        (
+            ["--set", "webhook.existingSecret=ml-webhook-tls", "--set", f"webhook.caBundle={CA_BUNDLE}",
+             "--set", "webhook.certManager.enabled=true", "--set", "webhook.certManager.issuerRef.name=ca"],
+            "exclude each other",
+        ),
+        (["--set", "webhook.certManager.enabled=true"], "needs webhook.certManager.issuerRef.name"),
+    ],
+    ids=["secret-without-ca", "ca-without-secret", "ca-not-pem", "secret-and-cert-manager", "no-issuer"],
+)  # fmt: skip
+def test_webhook_certificate_values_that_do_not_fit_are_refused(values: list[str], message: str) -> None:
+    result = _helm("template", RELEASE, str(CHART), *values)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_the_webhook_asks_only_for_the_watched_namespaces_from_kubernetes_1_21() -> None:
+    watched = ("--set", "watchNamespaces={team-a,team-b}")
+    selector = {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+        ]
+    }
+    for version in ("1.21.0", "1.30.2"):
+        objects = _render(*watched, "--kube-version", version)
+        assert _webhook_configuration(objects)["namespaceSelector"] == selector, version
+    # helm template's own default version (a recent one) gets it too
+    assert _webhook_configuration(_render(*watched))["namespaceSelector"] == selector
+    # Kubernetes 1.20 has no kubernetes.io/metadata.name label: every namespace, as before (docs/install.md)
+    assert "namespaceSelector" not in _webhook_configuration(_render(*watched, "--kube-version", "1.20.15"))
+    # all namespaces watched: no selector at all
+    assert "namespaceSelector" not in _webhook_configuration(_render("--kube-version", "1.30.2"))
+
+
 def test_each_fresh_render_generates_a_different_key() -> None:
     # Without a cluster to look the Secret up in, every render is a first install.
     first, second = (base64.b64decode(_checkpoint_key_secret(_render())["data"]["key"]) for _ in range(2))
@@ -640,6 +815,8 @@ def test_dockerfile_runs_kubefit_run_as_the_charts_non_root_user() -> None:
         "podSecurityContext.runAsUserr",
         "securityContext.readOnlyRootFileSystem",
         "serviceAccount.annotation.owner",
+        "webhook.certManager.issuer",
+        "webhook.certManager.issuerRef.nam",
     ],
 )
 def test_unknown_keys_are_refused_by_template_and_lint(key: str) -> None:
@@ -677,6 +854,8 @@ CI_EXPECTED_KINDS = {
     "namespaces-values.yaml": {**_BASE_KINDS, "Role": 3, "RoleBinding": 3, "ConfigMap": 1, "Secret": 1},
     "ha-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Secret": 2},
     "single-values.yaml": {"Deployment": 1, "Secret": 2, **_WEBHOOK_KINDS},
+    # the webhook's Secret is cert-manager's to write; the checkpoint key is an existing Secret
+    "certmanager-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Certificate": 1},
 }
 
 
@@ -810,3 +989,13 @@ def test_a_scrape_timeout_is_left_to_prometheus_unless_set_and_never_longer_than
         "ServiceMonitor",
     )["spec"]["endpoints"]
     assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("1m30s", "90s")
+
+
+def test_scrape_durations_are_rendered_as_strings() -> None:
+    # "0" is a valid duration; unquoted it would be the number 0, which the ServiceMonitor CRD refuses.
+    objects = _render(
+        "--set", "metrics.serviceMonitor.enabled=true", "--api-versions", MONITORING_API,
+        "--set-string", "metrics.serviceMonitor.interval=0", "--set-string", "metrics.serviceMonitor.scrapeTimeout=0",
+    )  # fmt: skip
+    (endpoint,) = _one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("0", "0")

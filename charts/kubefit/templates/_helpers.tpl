@@ -3,7 +3,10 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Release-qualified name for namespaced and cluster-scoped objects alike (unique per release). */}}
+{{/*
+Release-qualified name for namespaced objects: unique within the release's namespace. Cluster-scoped
+objects use kubefit.clusterScopedName, since two releases of one name in two namespaces share it.
+*/}}
 {{- define "kubefit.fullname" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
@@ -14,6 +17,21 @@
 {{- else }}
 {{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name for cluster-scoped objects (ClusterRole, ClusterRoleBinding, ValidatingWebhookConfiguration):
+"<namespace>-<fullname>", so that releases of the same name in different namespaces do not collide.
+Past 63 characters it is cut to 54 and ends in "-" and 8 hex digits of the full name's sha256, so two
+long names that share a prefix still differ.
+*/}}
+{{- define "kubefit.clusterScopedName" -}}
+{{- $name := printf "%s-%s" .Release.Namespace (include "kubefit.fullname" .) }}
+{{- if gt (len $name) 63 }}
+{{- printf "%s-%s" ($name | trunc 54 | trimSuffix "-") ($name | sha256sum | trunc 8) }}
+{{- else }}
+{{- $name }}
 {{- end }}
 {{- end }}
 
@@ -128,14 +146,43 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
 {{- if ne (len (uniq $ports)) (len $ports) }}
 {{- fail (printf "metrics.port, liveness.port, checkpoint.port and webhook.port must differ (got %v)" $ports) }}
 {{- end }}
+{{- /* The Deployment's selector labels are the pod's: podLabels may repeat them but not change them. */}}
+{{- range $key, $value := include "kubefit.selectorLabels" . | fromYaml }}
+{{- if and (hasKey $.Values.podLabels $key) (ne (toString (get $.Values.podLabels $key)) (toString $value)) }}
+{{- fail (printf "podLabels.%s must not be set (or must be %q): the Deployment selects its pods by it" $key (toString $value)) }}
+{{- end }}
+{{- end }}
+{{- with .Values.webhook }}
+{{- if and .enabled .existingSecret .certManager.enabled }}
+{{- fail "webhook.existingSecret and webhook.certManager.enabled exclude each other: cert-manager writes its own Secret" }}
+{{- end }}
+{{- if and .enabled .existingSecret (not .caBundle) }}
+{{- fail "webhook.existingSecret needs webhook.caBundle: the base64-encoded PEM of the CA that signed its tls.crt" }}
+{{- end }}
+{{- if and .enabled .caBundle (not .existingSecret) }}
+{{- fail "webhook.caBundle applies only with webhook.existingSecret (the chart's own and cert-manager's certificates bring their CA)" }}
+{{- end }}
+{{- if and .enabled .caBundle (not (contains "-----BEGIN CERTIFICATE-----" (b64dec .caBundle))) }}
+{{- fail "webhook.caBundle must be base64 of PEM certificates (-----BEGIN CERTIFICATE-----), e.g. `base64 -w0 ca.crt`" }}
+{{- end }}
+{{- if and .enabled .certManager.enabled (not .certManager.issuerRef.name) }}
+{{- fail "webhook.certManager.enabled needs webhook.certManager.issuerRef.name: the Issuer or ClusterIssuer that signs the certificate" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
-{{/* The validating admission webhook: its Service, the Secret with its certificate, and where it is mounted. */}}
+{{/*
+The validating admission webhook: its Service, the Secret with its certificate (webhook.existingSecret, or
+the one the chart or cert-manager writes), the cert-manager Certificate, and where the Secret is mounted.
+*/}}
 {{- define "kubefit.webhookService" -}}
 {{- printf "%s-webhook" (include "kubefit.fullname" . | trunc 55 | trimSuffix "-") }}
 {{- end }}
 {{- define "kubefit.webhookSecret" -}}
-{{- printf "%s-webhook-tls" (include "kubefit.fullname" . | trunc 51 | trimSuffix "-") }}
+{{- default (printf "%s-webhook-tls" (include "kubefit.fullname" . | trunc 51 | trimSuffix "-")) .Values.webhook.existingSecret }}
+{{- end }}
+{{- define "kubefit.webhookCertificate" -}}
+{{- include "kubefit.webhookService" . }}
 {{- end }}
 {{- define "kubefit.webhookCertDir" -}}/etc/kubefit/webhook{{- end }}
 
