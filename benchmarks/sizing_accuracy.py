@@ -1,7 +1,7 @@
 """Accuracy of the kubefit memory estimator against published peak-memory measurements.
 
-Runs every row of benchmarks/data/*rows.yaml (calibration_rows.yaml: public measurements, each with its
-source; gpu_rows.yaml, when present: kubefit's own GPU grid) and reports the development and the
+Runs every row of benchmarks/data/*rows.yaml (calibration_rows.yaml and colossalai_rows.yaml: public
+measurements, each with its source; gpu_grid_rows.yaml: kubefit's own GPU grid) and reports the development and the
 held-out set apart (the split, by whole sources, is benchmarks/data/sizing_split.yaml). Development
 figures are FITS: the formulas were developed on those rows. Held-out figures are predictions.
 

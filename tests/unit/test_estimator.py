@@ -997,3 +997,48 @@ def test_the_default_lora_targets_warn_about_nothing() -> None:
     # The default names every projection; a two-matrix MLP simply has no gate.
     plain = estimate(job({"parameters": "1.3B", "finetuning": {"method": "lora"}}), H100, Layout(1, 1))
     assert not any("loraTargets" in warning for warning in plain.warnings)
+
+
+# ------------------------------------------------------------------ review findings (3 December): docs vs code
+
+
+def test_parameters_offloaded_under_zero3_on_one_device_are_gathered_onto_it() -> None:
+    # With one data-parallel device nothing is sharded, so no unit was counted as gathered: an 18B model was
+    # sized with no weights on the device at all (docs/sizing.md said two gathered units).
+    model = {"parameters": "8.03B", "architecture": LLAMA3_8B}
+    offloaded = estimate(job(model, sharding="zero3", offload="optimizer-and-parameters"), H100, Layout(1, 1))
+    on_two = estimate(job(model, sharding="zero3", offload="optimizer-and-parameters"), H100, Layout(2, 1))
+    assert offloaded.weights == 0
+    assert offloaded.communication_buffers > 0
+    assert offloaded.communication_buffers == pytest.approx(on_two.communication_buffers, rel=0.01)
+
+
+def test_a_quantized_untied_head_has_no_autocast_copies_of_an_fp32_head() -> None:
+    # Under *-mixed the QLoRA recipe's fp32 head is cast to 16 bits at every call; a head quantised with the
+    # blocks is dequantised instead (counted with the communication buffers), so those copies were extra.
+    finetuning = {"method": "qlora", "trainableParameters": "20M"}
+    plain = job({"parameters": "8.03B", "architecture": LLAMA3_8B, "finetuning": finetuning}, loss="chunked")
+    quantized = job(
+        {
+            "parameters": "8.03B",
+            "architecture": LLAMA3_8B,
+            "finetuning": {**finetuning, "quantizedHead": True},
+        },
+        loss="chunked",
+    )
+    head_bytes = 128_256 * 4096 * 2  # one 16-bit copy of Llama 3's V x h head
+    difference = estimate(plain, H100, Layout(1, 1)).logits - estimate(quantized, H100, Layout(1, 1)).logits
+    assert difference == pytest.approx(8 * head_bytes)  # one per loss chunk
+
+
+def test_a_declared_training_state_gathers_gradients_like_the_formula() -> None:
+    # model.memory equal to the formula's state gave 1.4 GiB less communication under FSDP: no gathered gradients.
+    formula = job({"parameters": "8.03B", "architecture": LLAMA3_8B}, sharding="fsdp")
+    computed = estimate(formula, H100, Layout(8, 1))
+    state = computed.weights + computed.gradients + computed.optimizer_states
+    declared = job(
+        {"parameters": "8.03B", "architecture": LLAMA3_8B, "memory": str(int(state * 8))}, sharding="fsdp"
+    )
+    assert estimate(declared, H100, Layout(8, 1)).communication_buffers == pytest.approx(
+        computed.communication_buffers, rel=0.01
+    )

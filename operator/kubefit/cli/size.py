@@ -48,7 +48,8 @@ what is assumed:
     device memory being what the driver reports (the catalog's figure).
   - resources.accelerator auto: every catalog accelerator that can run the spec (no bf16 on T4/V100,
     fp8 only with FP8 units, no TPUs for framework pytorch) is a candidate. The cheapest layout that
-    fits wins: fewest total devices, then smallest device memory, then fewest workers.
+    fits wins: one the cluster can hold (with --cluster), within the worker bounds, running the replicas
+    asked; then fewest total devices, devices free now, smallest device memory, fewest workers.
   - resources.acceleratorsPerWorker auto: the per-node counts the catalog lists for the accelerator.
   - minWorkers is the fewest workers that hold the job (sharding over more devices shrinks per-device
     memory; tensorParallel x pipelineParallel devices are the least a replica needs). It is the

@@ -674,7 +674,7 @@ def _declared_states(declared: int, share: _StageShare, sharding: _Sharding) -> 
         optimizer=state * per.optimizer / full / sharding.optimizer_shards,
         trainable=share.parameters,
         gathered_bytes=per.weights,
-        gathered_gradient_bytes=0,
+        gathered_gradient_bytes=per.gradients,  # every parameter trains, as in _full_states
     )
 
 
@@ -847,7 +847,7 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
     )
     head = _Transient(0.0, 0.0)
     if stage in ("only", "last"):
-        head = _output_head(shape, run, training.loss, _head_weight_copies(spec))
+        head = _output_head(shape, run, training.loss, _head_weight_copies(spec, shape))
     activations = saved + head.activations
     unplaced = 0.0
     if run.checkpointing == "full":
@@ -894,11 +894,15 @@ def _saved_activations(
     return activations
 
 
-def _head_weight_copies(spec: TrainingJobSpec) -> int:
+def _head_weight_copies(spec: TrainingJobSpec, shape: ModelShape) -> int:
     """Compute-dtype copies of the output head's weight saved for the backward. Autocast caches the cast
     of a trainable weight once per forward, but a frozen one is cast at every call; under the QLoRA recipe
-    the frozen head is fp32, so each call of the head (one per loss chunk) saves a 16-bit copy."""
+    the frozen head is fp32, so each call of the head (one per loss chunk) saves a 16-bit copy. An untied
+    head quantised with the blocks (finetuning.quantizedHead) is no fp32 weight: its dequantised copies are
+    the communication buffers' (_dequantized_matrix)."""
     if spec.model.finetuning.method != "qlora" or spec.model.precision not in MIXED_PRECISIONS:
+        return 0
+    if spec.model.finetuning.quantized_head and shape.embedding_copies == 2:
         return 0
     return LOSS_CHUNKS if spec.training.loss == "chunked" else 1
 
@@ -921,7 +925,10 @@ def _communication_buffers(
 ) -> float:
     """Parameters gathered or gradients bucketed for communication, plus QLoRA's dequantised copies."""
     tensor_parallel = spec.training.tensor_parallel
-    if sharding.strategy == "zero3" and sharding.weight_shards > 1:
+    # Offloaded parameters are gathered onto the device unit by unit even with nothing to shard them over
+    # (one data-parallel device): none of them stays on the device.
+    offloaded = spec.training.offload == "optimizer-and-parameters"
+    if sharding.strategy == "zero3" and (sharding.weight_shards > 1 or offloaded):
         communication = _gathered_units(spec.training, shape, share, on_device)
     elif sharding.data_parallel == 1:
         communication = 0.0  # a single replica communicates nothing
