@@ -1920,3 +1920,97 @@ def test_a_worker_that_succeeded_and_whose_pod_went_is_not_a_loss_below_the_mini
         assert later.delete == () and later.create == ()
         assert status_of(later)["gang"]["started"] is True and status_of(later)["succeededWorkers"] == "1"
         status = later.status
+
+
+# ------------------------------------------------------------------ review findings (3 December): lifecycle
+
+
+def _gpu_node(name: str, product: str) -> NodeFacts:
+    return node_facts(
+        {
+            "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": product}},
+            "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "64", "memory": "512Gi"}},
+        }
+    )
+
+
+def test_a_running_auto_job_keeps_its_accelerator_when_another_comes_free() -> None:
+    # Admitted onto H100s while the A100 node was full; the A100s then came free. The job was re-sized onto
+    # them: a Fits event per capacity swing, and a replacement worker required an A100 beside H100 workers.
+    nodes = [_gpu_node("a1", "NVIDIA-A100-SXM4-40GB"), _gpu_node("h1", "NVIDIA-H100-80GB-HBM3")]
+    spec = elastic_spec(replicas=3, minimum=1, maximum=3, resources={"accelerator": "auto"})
+    busy = build_inventory(
+        nodes,
+        {"a1": [pod_usage(gpu_pod("a1", "8", job="other"))]},
+        CATALOG,
+        for_job=(JOB.namespace, JOB.name),
+    )
+    free = build_inventory(nodes, {}, CATALOG, for_job=(JOB.namespace, JOB.name))
+    workers = [pod(index, node="h1") for index in range(3)]
+    running = decide(replace(observe(spec, pods=workers), inventory=busy), CATALOG)
+    assert running.status.sizing is not None and running.status.sizing.accelerator == "nvidia-h100-80gb"
+    later = decide(replace(observe(spec, pods=workers, status=running.status), inventory=free), CATALOG)
+    assert later.status.sizing is not None and later.status.sizing.accelerator == "nvidia-h100-80gb"
+    assert later.demand is not None and later.demand.accelerator == "nvidia-h100-80gb"
+    assert "Fits" not in [event.reason for event in later.events]
+    # Queued, with nothing running, it is planned against every free device again.
+    queued = decide(replace(observe(spec, status=running.status, grant=0), inventory=free), CATALOG)
+    assert queued.status.sizing is not None and queued.status.sizing.accelerator == "nvidia-a100-40gb"
+
+
+def test_an_elastic_job_whose_training_ended_succeeds_though_a_granted_worker_never_started() -> None:
+    # Workers 0 and 1 ran and finished (torchrun's agents exit together); 2 and 3 were never placed. The job
+    # stayed Pending with them asking for devices, and ended Failed once they could not rendezvous.
+    spec = elastic_spec(replicas=4, minimum=2, maximum=4)
+    started = decide(
+        observe(spec, pods=[pod(0), pod(1), pod(2, "Pending"), pod(3, "Pending")], grant=4), CATALOG
+    )
+    finished = [pod(0, "Succeeded"), pod(1, "Succeeded"), pod(2, "Pending"), pod(3, "Pending")]
+    for grant in (4, 2):  # the pass may have lowered the grant meanwhile
+        done = decide(observe(spec, pods=finished, status=started.status, grant=grant), CATALOG)
+        assert status_of(done)["phase"] == "Succeeded", grant
+        assert sorted(done.delete) == ["llama-worker-2", "llama-worker-3"]  # the finished pods stay, for logs
+    # While another worker still runs, the job is not done.
+    running = [pod(0, "Succeeded"), pod(1), pod(2, "Pending"), pod(3, "Pending")]
+    assert (
+        status_of(decide(observe(spec, pods=running, status=started.status, grant=4), CATALOG))["phase"]
+        != "Succeeded"
+    )
+
+
+def test_a_finished_job_deletes_workers_left_unfinished_and_keeps_the_finished() -> None:
+    spec = elastic_spec(replicas=4, minimum=2, maximum=4)
+    started = decide(observe(spec, pods=[pod(0), pod(1)], grant=2), CATALOG)
+    done = decide(
+        observe(spec, pods=[pod(0, "Succeeded"), pod(1, "Succeeded")], status=started.status, grant=2),
+        CATALOG,
+    )
+    assert status_of(done)["phase"] == "Succeeded"
+    leftover = [pod(0, "Succeeded"), pod(1, "Succeeded"), pod(2, "Pending")]
+    again = decide(observe(spec, pods=leftover, status=done.status, grant=2), CATALOG)
+    assert again.delete == ("llama-worker-2",)
+
+
+def test_resuming_during_a_gang_timeout_backoff_clears_suspended_at_once() -> None:
+    spec = elastic_spec(replicas=2, minimum=2, maximum=2)
+    admitted = decide(observe(spec, pods=[pod(0), pod(1, "Pending")], grant=2), CATALOG)
+    timed_out = decide(
+        observe(
+            spec,
+            pods=[pod(0), pod(1, "Pending")],
+            status=admitted.status,
+            grant=2,
+            now=NOW + timedelta(hours=1),
+        ),
+        CATALOG,
+    )
+    assert status_of(timed_out)["gang"]["retryAfter"]  # backing off
+    suspended_spec = {**spec, "runPolicy": {"suspend": True}}
+    paused = decide(
+        observe(suspended_spec, status=timed_out.status, now=NOW + timedelta(hours=1, seconds=5)), CATALOG
+    )
+    assert condition(paused, "Suspended")["status"] == "True"
+    resumed_now = decide(
+        observe(spec, status=paused.status, now=NOW + timedelta(hours=1, seconds=15)), CATALOG
+    )
+    assert condition(resumed_now, "Suspended")["status"] == "False"

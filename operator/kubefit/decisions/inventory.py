@@ -99,6 +99,15 @@ class Inventory:
     known_pools: dict[str, AcceleratorPool] | None = field(default=None, compare=False, repr=False)
     names: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
 
+    def only(self, accelerator: str) -> Inventory:
+        """The inventory with `accelerator`'s placeable nodes alone (the excluded ones kept, for warnings)."""
+        pools = self.pools
+        return Inventory(
+            [node for node in self.placeable if node.accelerator == accelerator],
+            self.excluded,
+            known_pools={accelerator: pools[accelerator]} if accelerator in pools else {},
+        )
+
     @property
     def pools(self) -> dict[str, AcceleratorPool]:
         """pool_inventory(placeable), worked out on first use."""

@@ -143,7 +143,7 @@ def decide(
             observation.spec,
             catalog,
             settings.max_workers_per_job,
-            observation.inventory,
+            _kept_accelerator(observation.inventory, previous, ours),
         )
     except InvalidSpec as invalid:
         return _to_decision(observation, _invalid(invalid), None, ours, adopt)
@@ -159,6 +159,22 @@ def decide(
         draft = scheduled(context)
     draft.events.extend(_overprovisioning_events(job_sizing.advice, observation.status))
     return _to_decision(observation, draft, sizing, ours, adopt)
+
+
+def _kept_accelerator(
+    inventory: Inventory | None, previous: Mapping[str, Any], ours: Sequence[WorkerPod]
+) -> Inventory | None:
+    """While workers run, the planner sees only the nodes of the accelerator they run on. Planned against
+    every free device instead, `accelerator: auto` moved to another device whenever capacity elsewhere came
+    free, and new or replacement workers then joined the running group on that other device."""
+    accelerator = ((previous.get("sizing") or {}) if isinstance(previous, Mapping) else {}).get("accelerator")
+    if (
+        inventory is None
+        or not accelerator
+        or not any(not pod.terminating and not pod.finished for pod in ours)
+    ):
+        return inventory
+    return inventory.only(accelerator)
 
 
 def checked_spec(
@@ -259,7 +275,7 @@ def _already_finished(observation: JobObservation, ours: Sequence[WorkerPod]) ->
         updates=[ConditionUpdate(ConditionType.READY, "False", reason, f"the job {phase.lower()}")]
         if recovered
         else [],
-        delete=stop_workers(ours, keep_finished=True) if failed else (),
+        delete=stop_workers(ours, keep_finished=True),  # finished pods stay, for their logs
         restarts=restarts_of(status),
         desired=0,
         start_time=status.get("startTime"),

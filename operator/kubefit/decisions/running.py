@@ -144,6 +144,10 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     done = (_succeeded_now(ctx.ours) | gone_after_success) & slots
     if slots and slots <= done:
         return succeeded(ctx, plan.keep, done)
+    if done and not fixed and not _ready(ctx.ours, slots - done):
+        # torchrun's agents all exit once training ends: a worker that succeeded with none other running
+        # means the job is done; workers never placed would only look for a rendezvous that is gone.
+        return succeeded(ctx, plan.keep, done)
     ready = _ready(ctx.ours, slots)
     # A worker that succeeded and whose pod went (its node scaled away) is done, not missing.
     placed = _placed(ctx.ours, slots) + len(gone_after_success & slots)
@@ -638,6 +642,7 @@ def succeeded(ctx: JobContext, desired: int, workers: frozenset[int] | None = No
         desired=0,
         completion_time=rfc3339(ctx.now),
         succeeded_workers=workers,
+        delete=stop_workers(ctx.ours, keep_finished=True),  # workers left unfinished; the finished stay
     )
 
 

@@ -122,7 +122,8 @@ def _backing_off(ctx: JobContext, wait: float) -> Draft:
     message = f"the gang timed out; asking for admission again at {retry_after}"
     return Draft(
         phase=JobPhase.QUEUED,
-        updates=[sized(ctx.sizing), *not_running(Reason.GANG_TIMEOUT, message)],
+        # resumed: a job whose suspend was lifted during the backoff is no longer Suspended.
+        updates=[sized(ctx.sizing), *not_running(Reason.GANG_TIMEOUT, message), *resumed(ctx)],
         delete=stop_workers(ctx.ours, keep_finished=False),
         restarts=restarts_of(ctx.status),
         desired=0,

@@ -73,10 +73,10 @@ def worker_slots(
     finished: Collection[int] = (),
 ) -> frozenset[int]:
     """The worker indices that make up the job: 0..desired-1, or for an elastic job (`keep_survivors`)
-    worker 0 (the rendezvous host), the indices that already exist (running ones first, then bound, then
-    unscheduled; lowest index first within each; then the workers that succeeded, their pods there or
-    gone (`finished`), so that a scale-down keeps the workers that still train, and the scheduling pass
-    counts them alike: Demand.finished_workers), then the lowest free ones.
+    worker 0 (the rendezvous host), the indices that already exist (running ones first, then bound; lowest
+    index first within each; then the workers that succeeded, their pods there or gone (`finished`), so
+    that a scale-down keeps the workers that still train, and the scheduling pass counts them alike:
+    Demand.finished_workers; then unscheduled ones), then the lowest free ones.
 
     torchrun's elastic rendezvous assigns ranks itself, so an elastic job need not renumber: when a node
     takes workers 1 and 2 with it, workers 0 and 3 keep training instead of 3 being traded for a new 1
@@ -87,8 +87,15 @@ def worker_slots(
         return frozenset(range(desired))
     live = sorted(_live(pods, already_replaced), key=_keep_first)
     existing = [pod.index for pod in live if pod.index and not pod.terminating and pod.phase != POD_SUCCEEDED]
+    unscheduled = {pod.index for pod in live if pod.index in existing and not pod.node_name and not pod.ready}
     done = {pod.index for pod in live if pod.index and pod.phase == POD_SUCCEEDED} | set(finished)
-    existing = [*existing, *sorted(index for index in done if index and index not in existing)]
+    placed = [index for index in existing if index not in unscheduled]
+    # A worker that succeeded comes before one never placed: dropping it for that one deleted its pod.
+    existing = [
+        *placed,
+        *sorted(index for index in done if index and index not in existing),
+        *(index for index in existing if index in unscheduled),
+    ]
     slots = {0, *existing[: desired - 1]}
     free = (index for index in range(1, desired + len(existing) + 1) if index not in slots)
     while len(slots) < desired:
