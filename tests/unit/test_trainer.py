@@ -180,9 +180,43 @@ def test_an_ack_for_a_closed_request_is_refused_without_retries(
 
 
 @pytest.mark.parametrize("step", [-1, 1.5, True, "3"])
-def test_acknowledge_refuses_a_step_that_is_not_a_count(server: CheckpointServer, step: object) -> None:
-    with pytest.raises(ValueError, match="step"):
-        handshake(server, Clock()).acknowledge(step)  # type: ignore[arg-type]
+def test_acknowledge_refuses_a_step_that_is_not_a_count_without_raising_into_the_loop(
+    server: CheckpointServer, board: CheckpointBoard, step: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Raised, it stopped the training loop right after its checkpoint was saved.
+    board.open(JOB, "r1")
+    worker = handshake(server, Clock())
+    assert worker.requested()
+    with caplog.at_level(logging.WARNING, logger="kubefit_trainer"):
+        assert worker.acknowledge(step) is False  # type: ignore[arg-type]
+    assert "step must be a non-negative integer" in caplog.text
+    assert board.acknowledged(JOB, "r1") == {}
+
+
+def test_acknowledge_takes_an_integer_tensor_as_its_step(
+    server: CheckpointServer, board: CheckpointBoard
+) -> None:
+    torch = pytest.importorskip("torch")  # in the test extra; a tensor step is what a loop often holds
+    board.open(JOB, "r1")
+    worker = handshake(server, Clock())
+    assert worker.requested() and worker.acknowledge(torch.tensor(7)) is True
+    assert list(board.acknowledged(JOB, "r1").values()) == [7]
+
+
+def test_an_ack_the_operator_lost_is_sent_again_while_the_request_stays_open(
+    server: CheckpointServer, board: CheckpointBoard
+) -> None:
+    # Acks live in the operator's memory: after a restart it reopens the same request with none recorded,
+    # and the worker, which already saved, answered requested() False for it until the grace period ended.
+    board.open(JOB, "r1")
+    clock = Clock()
+    worker = handshake(server, clock)
+    assert worker.requested() and worker.acknowledge(7) is True
+    restarted = server.board = CheckpointBoard()  # the restarted operator's board, the request reopened
+    restarted.open(JOB, "r1")
+    clock.now += 3.0
+    assert worker.requested() is False  # not asked to save again
+    assert list(restarted.acknowledged(JOB, "r1").values()) == [7]
 
 
 def test_outside_kubefit_it_is_a_no_op() -> None:
@@ -368,8 +402,8 @@ def test_failed_polls_back_off_and_a_success_restores_the_cadence(scripted: _Scr
     for _ in range(61):  # a step a second for a minute
         worker.requested()
         clock.now += 1.0
-    # Polls at 0, 4, 12, 28 and 60 s (each wait doubled), not every 2 s (31 polls).
-    assert len(scripted.hits) == 5
+    # Polls at 0, 4, 12 s (each wait doubled), then every 15 s: 27, 42 and 57; not every 2 s (31 polls).
+    assert len(scripted.hits) == 6
     scripted.script, scripted.hits = [(200, {"requestId": None})], []
     clock.now += 64.0
     for _ in range(10):
@@ -387,6 +421,61 @@ def test_an_operator_unreachable_for_days_never_breaks_the_loop(scripted: _Scrip
     worker._poll_failures = 2000  # as after 2,000 failed polls, without making them
     clock.now += 61.0
     assert worker.requested() is False
-    clock.now += 30.0
+    clock.now += 14.0
     worker.requested()
-    assert len(scripted.hits) == 1  # the wait stays capped at 60 s
+    assert len(scripted.hits) == 1  # the wait stays capped at 15 s
+    clock.now += 1.0
+    worker.requested()
+    assert len(scripted.hits) == 2
+
+
+def test_a_poll_interval_of_0_still_backs_off_from_an_unreachable_operator(scripted: _ScriptedServer) -> None:
+    # 0 * 2**n is 0: every step waited out a failed call.
+    scripted.script = [(503, {"error": "down"})]
+    clock = Clock()
+    endpoint = Endpoint(
+        f"http://127.0.0.1:{scripted.server_address[1]}", TOKEN, "team-a", "llama", "llama-worker-0"
+    )
+    worker = CheckpointHandshake(endpoint, poll_seconds=0, timeout_seconds=2, clock=clock)
+    for _ in range(20):
+        worker.requested()
+        clock.now += 0.5
+    assert len(scripted.hits) <= 5  # 0, 2, 6 s (doubling from 1 s) of the 10 s, not 20 calls
+
+
+AGREE = """
+import sys
+import torch.distributed as dist
+from kubefit_trainer import CheckpointHandshake
+
+rank, store = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+worker = CheckpointHandshake(None)
+# Rank 1 sees the request at step 3, rank 0 would only at step 9 (each polls on its own clock).
+calls = iter(range(100))
+worker.requested = lambda: next(calls) >= (3 if rank == 1 else 9)
+print(next(step for step in range(20) if worker.requested_by_any()))
+dist.destroy_process_group()
+"""
+
+
+def test_requested_by_any_gives_every_rank_the_same_answer_at_the_same_step(tmp_path: Path) -> None:
+    # With requested() alone the two ranks would enter save_checkpoint 6 steps apart, and a collective in
+    # it would hang both.
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", AGREE, str(rank), str(tmp_path / "store")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    answers = [process.communicate(timeout=120) for process in ranks]
+    assert [out.strip() for out, _ in answers] == ["3", "3"], [err[-1500:] for _, err in answers]
+
+
+def test_requested_by_any_is_requested_without_torch_distributed(
+    server: CheckpointServer, board: CheckpointBoard
+) -> None:
+    worker = handshake(server, Clock())
+    assert worker.requested_by_any() is False
+    board.open(JOB, "r2")
+    worker = handshake(server, Clock())
+    assert worker.requested_by_any() is True

@@ -9,9 +9,13 @@ spec.elastic.checkpointGracePeriodSeconds. A training loop takes part like this:
     handshake = CheckpointHandshake.from_env()   # a no-op outside a kubefit worker pod
     for step in range(start, steps):
         train_one_step()
-        if handshake.requested():                # cheap: asks the operator at most every 2 s
+        if handshake.requested_by_any():         # every rank, every step: one answer for all of them
             save_checkpoint(step)
             handshake.acknowledge(step)
+
+Each process polls on its own clock, so with several processes plain requested() turns True at different
+steps on different ranks, and a save_checkpoint with a collective (a sharded save, a barrier) would hang:
+requested_by_any() agrees through torch.distributed when it is initialised (requested() otherwise).
 
 Standard library only. The HTTP contract, for other languages, is docs/checkpoint-handshake.md.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import operator
 import os
 import signal
 import sys
@@ -49,7 +54,11 @@ ACK_ATTEMPTS = 3
 ACK_RETRY_SECONDS = 0.5
 # After a poll that failed, the next waits twice as long, up to this: each failure can block a training
 # step for the whole timeout, which every 2 s would take most of the loop's time.
-MAX_POLL_BACKOFF_SECONDS = 60.0
+# Kept well below the grace periods the examples use (60 s): a request opened as the operator comes back
+# is seen at most this late.
+MAX_POLL_BACKOFF_SECONDS = 15.0
+# The wait a backoff doubles from when poll_seconds is 0 (poll on every call while the operator answers).
+MIN_BACKOFF_BASE_SECONDS = 1.0
 # Far past any poll interval times 2**n reaching MAX_POLL_BACKOFF_SECONDS, and far below float overflow.
 MAX_POLL_DOUBLINGS = 64
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
@@ -100,6 +109,7 @@ class CheckpointHandshake:
         self._clock = clock
         self.request_id: str | None = None  # the operator's open request, as last seen
         self._acknowledged: str | None = None  # the request this worker already acknowledged
+        self._acknowledged_step: int | None = None  # and the step it saved for it
         self._last_poll: float | None = None
         self._poll_failures = 0  # consecutive failed polls: the next waits longer
         self._warned = False
@@ -143,11 +153,42 @@ class CheckpointHandshake:
         # The exponent stops growing once the wait is capped: an operator that stays unreachable for
         # hours would otherwise make 2**failures too large for a float (OverflowError after 1024 polls).
         doublings = min(self._poll_failures, MAX_POLL_DOUBLINGS)
-        wait = min(self.poll_seconds * 2**doublings, max(self.poll_seconds, MAX_POLL_BACKOFF_SECONDS))
+        wait = self.poll_seconds
+        if doublings:
+            base = max(self.poll_seconds, MIN_BACKOFF_BASE_SECONDS)
+            wait = min(base * 2**doublings, max(self.poll_seconds, MAX_POLL_BACKOFF_SECONDS))
         if self._last_poll is None or now - self._last_poll >= wait:
             self._last_poll = now
             self._poll(self.endpoint)
+            self._ack_again()
         return self.request_id is not None and self.request_id != self._acknowledged
+
+    def requested_by_any(self) -> bool:
+        """requested() agreed by every process of the job: True on all of them once one sees a request.
+
+        A collective when torch.distributed is initialised (an all-reduce of one integer, MAX): every rank
+        must call it at the same point of each step. Without torch.distributed, requested()."""
+        mine = self.requested()
+        # Not imported here: a process group exists only where the training code imported torch.distributed
+        # (and the package stays standard library only).
+        dist, torch = sys.modules.get("torch.distributed"), sys.modules.get("torch")
+        if dist is None or torch is None or not (dist.is_available() and dist.is_initialized()):
+            return mine
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        flag = torch.tensor([1 if mine else 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _ack_again(self) -> None:
+        """An ack this worker sent for a request still open is sent again, once per poll: the operator keeps
+        acks in memory, so one that restarted (or an ack lost on the way) would otherwise wait out the grace
+        period for a checkpoint that was saved."""
+        if self.endpoint is None or self._acknowledged_step is None:
+            return
+        if self.request_id is None or self.request_id != self._acknowledged:
+            return
+        body = {"requestId": self.request_id, "worker": self.endpoint.worker, "step": self._acknowledged_step}
+        self._call(self.endpoint, "/ack", body)
 
     def acknowledge(self, step: int) -> bool:
         """Tells the operator this worker saved `step` for the open request; True once it is recorded.
@@ -161,9 +202,15 @@ class CheckpointHandshake:
         A process that never called requested() (local rank 0 of a pod, when rank 0 polls and broadcasts)
         asks the operator for the open request first; with none open, nothing is sent (logged).
         """
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative integer, not {step!r}")
         if self.endpoint is None:
+            return False
+        try:  # an int, or what stands for one: numpy.int64, a one-element integer tensor
+            step = -1 if isinstance(step, bool) else operator.index(step)
+        except TypeError:
+            step = -1
+        if step < 0:
+            # Raised here, it would stop the training loop just after its checkpoint was saved.
+            logger.warning("checkpoint ack not sent: step must be a non-negative integer, not %r", step)
             return False
         if self.request_id is None or self.request_id == self._acknowledged:
             # Never polled, or what it knows is the request it already acknowledged: ask for the open one.
@@ -173,7 +220,7 @@ class CheckpointHandshake:
                 logger.warning("checkpoint ack of step %d not sent: the operator has no request open", step)
                 return False
         body = {"requestId": self.request_id, "worker": self.endpoint.worker, "step": step}
-        self._acknowledged = self.request_id
+        self._acknowledged, self._acknowledged_step = self.request_id, step
         for attempt in range(ACK_ATTEMPTS):
             status, answer = self._call(self.endpoint, "/ack", body)
             if status == 200:
@@ -190,15 +237,25 @@ class CheckpointHandshake:
         """On SIGTERM (a worker being removed), call save() and exit with 143.
 
         Kubernetes waits terminationGracePeriodSeconds (kubefit makes it at least the checkpoint grace
-        period) before SIGKILL. save() runs in the main thread between two Python bytecodes, so it must
-        save state that is already in memory and must not wait on the other workers (no collectives).
+        period) before SIGKILL. save() runs in the main thread between two Python bytecodes: possibly in
+        the middle of an optimizer step, so what it saves may be half updated. It must save state already
+        in memory and must not wait on the other workers (no collectives). A second SIGTERM during save() is
+        ignored, and the process then ends at once (os._exit, after flushing stdout and stderr): an
+        interpreter shutdown with a live process group can block until SIGKILL. A loop that checks a flag
+        at a step boundary (examples/elastic-ddp/train.py) avoids both limits.
         """
 
         def handler(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
                 save()
             finally:
-                sys.exit(SIGTERM_EXIT_CODE)
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except (OSError, ValueError):
+                        pass
+                os._exit(SIGTERM_EXIT_CODE)
 
         signal.signal(signal.SIGTERM, handler)
 
