@@ -2007,10 +2007,10 @@ def test_resuming_during_a_gang_timeout_backoff_clears_suspended_at_once() -> No
     assert status_of(timed_out)["gang"]["retryAfter"]  # backing off
     suspended_spec = {**spec, "runPolicy": {"suspend": True}}
     paused = decide(
-        observe(suspended_spec, status=timed_out.status, now=NOW + timedelta(hours=1, seconds=5)), CATALOG
+        observe(suspended_spec, status=timed_out.status, now=NOW + timedelta(hours=1, seconds=2)), CATALOG
     )
     assert condition(paused, "Suspended")["status"] == "True"
-    resumed_now = decide(
-        observe(spec, status=paused.status, now=NOW + timedelta(hours=1, seconds=15)), CATALOG
-    )
+    resumed_at = NOW + timedelta(hours=1, seconds=5)  # within the first backoff (10 s)
+    resumed_now = decide(observe(spec, status=paused.status, now=resumed_at), CATALOG)
+    assert parse_rfc3339(status_of(resumed_now)["gang"]["retryAfter"]) > resumed_at  # still backing off
     assert condition(resumed_now, "Suspended")["status"] == "False"
