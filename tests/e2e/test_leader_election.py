@@ -48,7 +48,10 @@ HANDLER_LINE = re.compile(r"^\[(\S+ \S+)\] kopf\.objects .*Handler '")
 
 
 class Replica(OperatorProcess):
-    """`kubefit run --leader-election`: started, it answers /healthz, leading or not."""
+    """`kubefit run --leader-election`: started, it answers /healthz, leading or not. `pod_env` names a pod
+    that stands for its own (POD_NAME, POD_NAMESPACE), which it labels with its role."""
+
+    pod_env: dict[str, str] = {}
 
     def start(self, timeout: float = 60.0) -> None:
         command = [
@@ -56,7 +59,7 @@ class Replica(OperatorProcess):
             "--metrics-port", "0", "--liveness-port", "0", "--checkpoint-port", "0",
             "--bind-address", "127.0.0.1", "--resync-seconds", "10", "--verbose", *self.extra_args,
         ]  # fmt: skip
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.pod_env}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -91,6 +94,22 @@ class Replica(OperatorProcess):
         return [line for line in lines[:end] if HANDLER_LINE.match(line)]
 
 
+def role_of(kube: Kube, pod: str) -> str | None:
+    found = kube.get("pod", pod, LEASE_NAMESPACE) or {}
+    return ((found.get("metadata") or {}).get("labels") or {}).get("kubefit.dev/role")
+
+
+def stand_in_pod(kube: Kube, name: str) -> dict[str, str]:
+    """A pod that stands for a replica's own (it never runs: no node has its label), and the environment
+    the chart gives the operator container about it."""
+    kube.apply({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": LEASE_NAMESPACE},
+        "spec": {"nodeSelector": {"e2e.kubefit.dev/never": "true"},
+                 "containers": [{"name": "operator", "image": "kubefit:stand-in"}]},
+    })  # fmt: skip
+    return {"POD_NAME": name, "POD_NAMESPACE": LEASE_NAMESPACE}
+
+
 def lease(kube: Kube, name: str) -> dict:
     return (kube.get("lease", name, LEASE_NAMESPACE) or {}).get("spec") or {}
 
@@ -114,6 +133,16 @@ def replicas(
         wait_for("the jobs' finalizers removed", lambda: not kube.items("trainingjobs", namespace), 120, 1)
     for replica in started:
         replica.stop()
+        if replica.pod_env:
+            kube.run(
+                "delete",
+                "pod",
+                replica.pod_env["POD_NAME"],
+                "-n",
+                LEASE_NAMESPACE,
+                "--wait=false",
+                check=False,
+            )
     kube.run("delete", "namespace", namespace, "--wait=false", check=False)
     kube.run("delete", "lease", lease_name, "-n", LEASE_NAMESPACE, "--ignore-not-found", check=False)
 
@@ -126,6 +155,7 @@ def _replica(
     replica = Replica(
         sandbox.kubeconfig_path, f"{namespace_prefix}-*", log_dir / f"replica-{len(started)}.log", args
     )
+    replica.pod_env = stand_in_pod(Kube(sandbox), f"{lease_name}-{len(started)}")
     started.append(replica)
     replica.start()
     return replica
@@ -163,6 +193,8 @@ def test_the_standby_takes_over_a_killed_leader_in_the_stated_time_and_a_stopped
     wait_for("the first replica leading", first.leading, 60)
     second = _replica(sandbox, started, lease_name, namespace_prefix, tmp_path)
     assert "standby as" in second.text() and not second.leading()
+    # The chart's checkpoints Service selects kubefit.dev/role=leader: each replica labels its own pod.
+    assert (role_of(kube, f"{lease_name}-0"), role_of(kube, f"{lease_name}-1")) == ("leader", "standby")
 
     kube.apply(_job("before", namespace, pool))
     wait_for("the first job's 2 workers", lambda: _two_running(kube, namespace, "before"), 120, 1)
@@ -188,6 +220,7 @@ def test_the_standby_takes_over_a_killed_leader_in_the_stated_time_and_a_stopped
     assert _uids(kube, namespace, "before") == before  # the first job's workers were left alone
     assert second.handler_lines_before("leading as") == []
     assert second.leader_gauge() == 1.0
+    assert role_of(kube, f"{lease_name}-1") == "leader"
 
     # A stopped leader releases the Lease: a standby leads within a few retry periods, not a lease.
     third = _replica(sandbox, started, lease_name, namespace_prefix, tmp_path)
@@ -196,7 +229,9 @@ def test_the_standby_takes_over_a_killed_leader_in_the_stated_time_and_a_stopped
     second.stop()
     stopped = time.monotonic()
     assert second.process is not None and second.process.returncode == 0, second.log_tail()
+    assert role_of(kube, f"{lease_name}-2") == "standby"
     wait_for("the third replica leading", third.leading, TIMINGS.lease_seconds, 0.1)
+    assert role_of(kube, f"{lease_name}-2") == "leader"
     handover = time.monotonic() - stopped
     print(f"handover after SIGTERM: {handover:.1f} s")
     assert handover < TIMINGS.lease_seconds - TIMINGS.retry_period  # sooner than an expiry could give

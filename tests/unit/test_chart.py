@@ -325,10 +325,10 @@ def test_every_rendered_object_is_well_formed(
 def test_deployment_defaults(default_objects: list[dict[str, Any]]) -> None:
     deployment = _one(default_objects, "Deployment")
     assert deployment["spec"]["replicas"] == 1
-    # leader election is on by default: a new pod stands by while the old leader still runs
+    # leader election is on by default: a new pod stands by (ready) before an old one stops
     assert deployment["spec"]["strategy"] == {
         "type": "RollingUpdate",
-        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "100%"},
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
     }
     pod = deployment["spec"]["template"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
@@ -479,7 +479,15 @@ def test_checkpoint_service_is_the_url_workers_are_told(
     objects = request.getfixturevalue(objects_fixture)
     service = _service(objects, "-checkpoints")
     pod_labels = _one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
+    selector = dict(service["spec"]["selector"])
+    # The leader alone: each replica writes this label on its own pod (leader.py mark_role).
+    assert selector.pop("kubefit.dev/role") == "leader"
+    assert selector.items() <= pod_labels.items()
+    env = {
+        entry["name"]: entry.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        for entry in _container(objects)["env"]
+    }
+    assert (env["POD_NAME"], env["POD_NAMESPACE"]) == ("metadata.name", "metadata.namespace")
     (port,) = service["spec"]["ports"]
     container_ports = {entry["name"]: entry["containerPort"] for entry in _container(objects)["ports"]}
     assert port["targetPort"] == "checkpoints" and container_ports["checkpoints"] == port["port"]
@@ -536,8 +544,8 @@ def test_the_webhook_trusts_the_generated_ca_which_signed_the_mounted_certificat
     )
     assert webhook["rules"][0]["resources"] == ["trainingjobs", "trainingjobs/scale"]
     assert webhook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
-    # Every replica answers, standbys (not ready) too.
-    assert service["spec"]["publishNotReadyAddresses"] is True
+    # Every replica answers once ready (its webhook port is bound before /healthz answers), standbys too.
+    assert "publishNotReadyAddresses" not in service["spec"]
     assert service["spec"]["ports"] == [
         {"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
     ]
@@ -999,3 +1007,16 @@ def test_scrape_durations_are_rendered_as_strings() -> None:
     )  # fmt: skip
     (endpoint,) = _one(objects, "ServiceMonitor")["spec"]["endpoints"]
     assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("0", "0")
+
+
+def test_without_leader_election_the_checkpoints_service_selects_the_one_replica() -> None:
+    objects = _render("--set", "leaderElection.enabled=false")
+    assert "kubefit.dev/role" not in _service(objects, "-checkpoints")["spec"]["selector"]
+    assert "POD_NAME" not in {entry["name"] for entry in _container(objects)["env"]}
+
+
+def test_every_replica_is_ready_once_it_answers_healthz() -> None:
+    # Only the leader was ready (a TCP check of the checkpoint port): with 3 replicas the Deployment never
+    # completed its rollout, and `helm --wait` and kstatus-based tools waited forever.
+    probe = _container(_render("--set", "replicaCount=3"))["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "healthz"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import threading
 import time
 from typing import Any
@@ -307,3 +308,31 @@ def test_a_standby_answers_healthz_and_frees_the_port_for_kopf() -> None:
     with socket.socket() as probe:  # the leader's kopf binds the same port next
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
+
+
+class _Labels:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls: list[tuple[str, str, dict[str, str]]] = []
+        self.error = error
+
+    def label_pod(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        self.calls.append((namespace, name, labels))
+        if self.error is not None:
+            raise self.error
+
+
+def test_a_replica_labels_its_own_pod_with_its_role_and_only_in_a_pod(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from kubefit.controller.leader import ROLE_LABEL, mark_role
+
+    api = _Labels()
+    in_pod = {"POD_NAME": "kubefit-7d9-abc", "POD_NAMESPACE": "ops"}
+    assert mark_role("leader", api, in_pod) is True  # type: ignore[arg-type]
+    assert api.calls == [("ops", "kubefit-7d9-abc", {ROLE_LABEL: "leader"})]
+    assert mark_role("standby", api, {"POD_NAMESPACE": "ops"}) is False  # not in a pod: nothing sent
+    assert len(api.calls) == 1
+    refused = _Labels(OSError("connection refused"))
+    with caplog.at_level(logging.WARNING, logger="kubefit.leader"):
+        assert mark_role("standby", refused, in_pod) is False  # type: ignore[arg-type]
+    assert "could not label pod ops/kubefit-7d9-abc" in caplog.text

@@ -31,9 +31,16 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3 import exceptions as urllib3_errors
 
 logger = logging.getLogger("kubefit.leader")
 
+# On the operator's own pod: "leader" on the replica that holds the Lease, "standby" on the others. The
+# chart's checkpoints Service selects the leader by it, so every replica can be ready (a rollout completes)
+# while workers' handshakes reach the one that acts.
+ROLE_LABEL = "kubefit.dev/role"
+POD_NAME_ENV = "POD_NAME"
+POD_NAMESPACE_ENV = "POD_NAMESPACE"
 DEFAULT_LEASE_SECONDS = 15  # client-go's defaults: lease 15 s, renew deadline 10 s, retry 2 s
 LOST_EXIT_CODE = 3
 
@@ -70,8 +77,15 @@ class LeaseApi:
     """The three Lease calls (get, create, update); create and update answer None on a 409 Conflict."""
 
     def __init__(self, api_client: client.ApiClient | None = None, request_timeout: float = 5.0):
-        self.coordination = client.CoordinationV1Api(api_client or client.ApiClient())
+        api_client = api_client or client.ApiClient()
+        self.coordination = client.CoordinationV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)  # only to label the replica's own pod (mark_role)
         self.timeout = request_timeout
+
+    def label_pod(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        self.core.patch_namespaced_pod(
+            name, namespace, {"metadata": {"labels": labels}}, _request_timeout=self.timeout
+        )
 
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._lease_or_none(
@@ -288,3 +302,20 @@ def exit_on_lost_lease(namespace: str, name: str) -> Callable[[], None]:
         os._exit(LOST_EXIT_CODE)
 
     return lost
+
+
+def mark_role(role: str, api: LeaseApi | None = None, environ: Any = None) -> bool:
+    """Labels this process's own pod (POD_NAME, POD_NAMESPACE: the chart sets them from the downward API)
+    with ROLE_LABEL = `role`; True once patched. Outside a pod nothing is done. A patch that fails is
+    logged, not raised: only the routing of the checkpoint handshake depends on it."""
+    env = os.environ if environ is None else environ
+    name, namespace = env.get(POD_NAME_ENV), env.get(POD_NAMESPACE_ENV)
+    if not name or not namespace:
+        return False
+    try:
+        (api or LeaseApi()).label_pod(namespace, name, {ROLE_LABEL: role})
+    except (ApiException, OSError, urllib3_errors.HTTPError) as error:
+        reason = getattr(error, "reason", None) or error
+        logger.warning("could not label pod %s/%s %s=%s: %s", namespace, name, ROLE_LABEL, role, reason)
+        return False
+    return True

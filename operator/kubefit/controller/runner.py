@@ -28,7 +28,7 @@ from kubefit.controller.cluster import remembering
 from kubefit.controller.garbage_collection import tune_garbage_collection
 from kubefit.controller.handlers import RESYNC_SECONDS, register
 from kubefit.controller.kube import KubeApi
-from kubefit.controller.leader import LeaderElector, LeaseApi, LeaseTimings, exit_on_lost_lease
+from kubefit.controller.leader import LeaderElector, LeaseApi, LeaseTimings, exit_on_lost_lease, mark_role
 from kubefit.controller.reconciler import NotifyingBoard, Reconciler
 from kubefit.controller.scheduler import (
     DEFAULT_HEAD_OF_LINE_TIMEOUT,
@@ -258,6 +258,9 @@ def _become_leader(election: LeaderElection, address: str, liveness_port: int) -
     identity = election.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     elector = LeaderElector(LeaseApi(), (election.namespace, election.name), identity, election.timings)
     where = f"{election.namespace}/{election.name}"
+    # Before this replica answers /healthz: a container restarted after leading must not keep the label
+    # that sends the handshakes to it.
+    mark_role("standby")
     print(f"kubefit: standby as {identity}, waiting for the lease {where}", flush=True)
     try:
         health = _serve_standby_health(address, liveness_port)
@@ -268,6 +271,7 @@ def _become_leader(election: LeaderElection, address: str, liveness_port: int) -
     finally:
         health.shutdown()
         health.server_close()  # kopf binds the same port next
+    mark_role("leader")  # before the line that says so: whoever reads it finds the label there
     print(f"kubefit: leading as {identity} (lease {where})", flush=True)
     elector.keep_leading(exit_on_lost_lease(election.namespace, election.name))
     return elector
