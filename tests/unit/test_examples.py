@@ -18,7 +18,8 @@ from kubefit.sizing.planner import NodeInventory, plan
 from kubefit_sandbox.cluster import load_cluster_config
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))  # examples/sandbox/ holds cluster files, not jobs
+# examples/sandbox/ holds cluster files, not jobs; a job with files of its own has a folder (elastic-ddp/).
+EXAMPLES = sorted([*(REPO / "examples").glob("*.yaml"), *(REPO / "examples").glob("*/trainingjob.yaml")])
 REQUIRED_EXAMPLES = {"quickstart.yaml", "llama3-8b-fsdp.yaml", "bert-large-dp.yaml", "jax-tpu-v5e.yaml"}
 
 # The sandbox's simulated accelerator nodes, read from its cluster file: accelerator -> (nodes, devices
