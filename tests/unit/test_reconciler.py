@@ -36,7 +36,7 @@ from kubefit.controller.reconciler import (
     RequeueClock,
     backoff_seconds,
 )
-from kubefit.decisions.inventory import NodeFacts
+from kubefit.decisions.inventory import NodeFacts, PodUsage
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.decisions.node_match import ANYWHERE
 from kubefit.decisions.observed import WorkerPod
@@ -245,7 +245,7 @@ def test_a_job_the_first_pass_queues_is_written_queued(harness: Harness) -> None
 
 def test_the_first_pass_is_awaited_once_only(harness: Harness) -> None:
     # A scheduler whose passes never answer (a pass that failed): the next trigger writes the status anyway.
-    harness.reconciler.scheduler.offer = lambda *args: None  # type: ignore[method-assign]
+    harness.reconciler.scheduler.offer = lambda *args, **kwargs: None  # type: ignore[method-assign]
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.reconcile()
     assert harness.calls("patch_job_status") == []
@@ -1034,3 +1034,63 @@ def test_a_job_resumed_while_its_workers_leave_for_a_preemption_is_not_taken_bac
     assert scheduler.grant(KEY, pods, resumed=True).workers is None
     del scheduler._leaving[KEY]
     assert scheduler.grant(KEY, pods, resumed=True).workers == 2
+
+
+def test_an_ack_sent_again_wakes_no_reconcile() -> None:
+    # kubefit_trainer sends its ack again at each poll while the request stays open: each one reconciled
+    # the job (about 64 reconciles a second for a job of 128 workers).
+    from kubefit.controller.reconciler import NotifyingBoard
+
+    board, woken = NotifyingBoard(), []
+    board.on_ack = woken.append
+    key = ("team-a", "llama")
+    board.open(key, "r1")
+    assert board.acknowledge(key, "r1", "llama-worker-1", 7)
+    assert board.acknowledge(key, "r1", "llama-worker-1", 7)  # accepted, as before
+    assert woken == [key]
+    assert board.acknowledge(key, "r1", "llama-worker-1", 9)  # a new step is news
+    assert woken == [key, key]
+
+
+def test_a_job_created_again_under_a_deleted_ones_name_is_not_granted_its_workers(harness: Harness) -> None:
+    # Deleted and applied again at once (kubectl replace --force): the old job's pods, not yet collected,
+    # were granted to the new one as Recovered, ahead of the queue, with no scheduling pass.
+    node = [NodeFacts("h0", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "8"})]
+
+    def running() -> dict[str, WorkerPod]:
+        return {
+            name: replace(pod, node_name="h0", phase="Running") for name, pod in harness.kube.pods.items()
+        }
+
+    def view() -> ClusterView:
+        usage = {
+            "h0": [
+                PodUsage("h0", {"nvidia.com/gpu": 1}, (NAMESPACE, name.rsplit("-worker-", 1)[0]))
+                for name in running()
+            ]
+        }
+        return ClusterView(
+            nodes=lambda: node,
+            usage=lambda: usage,
+            workers=lambda key: [
+                pod for name, pod in running().items() if name.startswith(key[1] + "-worker-")
+            ],
+        )
+
+    harness.view = view  # type: ignore[method-assign]
+
+    def create(name: str, uid: str) -> None:
+        manifest = job_manifest(name, replicas=8)
+        manifest["metadata"]["uid"] = uid
+        harness.kube.jobs[name] = manifest
+        harness.reconciler.jobs.observe((NAMESPACE, name), manifest)
+        harness.reconcile("create", key=(NAMESPACE, name))
+
+    create("llama", "uid-old")
+    create("other", "uid-other")
+    assert harness.reconciler.scheduler.snapshot()[(NAMESPACE, "llama")].workers == 8
+    harness.kube.jobs.pop("llama")
+    harness.reconciler.job_deleted((NAMESPACE, "llama"), "uid-old", harness.view())
+    create("llama", "uid-new")  # the old workers are still there
+    grant = harness.reconciler.scheduler.snapshot().get((NAMESPACE, "llama"))
+    assert grant is None or not grant.workers, grant

@@ -31,7 +31,8 @@ class RecordingClient:
     def param_serialize(self, method: str, path: str, **_: Any) -> tuple[str, str]:
         return method, path
 
-    def call_api(self, method: str, path: str) -> _Response:
+    def call_api(self, method: str, path: str, _request_timeout: object = None) -> _Response:
+        assert _request_timeout is not None  # every call is bounded in time (a dead connection held a reconcile)
         self.sent.append((method, path))
         self.in_flight.set()
         if self.hold is not None:

@@ -39,6 +39,11 @@ def error_message(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+# (connect, read) seconds of every call through KubeApi: a LIST of a namespace's jobs at thousands of jobs
+# reads in well under the read timeout.
+REQUEST_TIMEOUT = (10.0, 60.0)
+
+
 class JobReplaced(Exception):
     """The job was deleted and another created under its name since it was read."""
 
@@ -115,7 +120,9 @@ class _Rest:
         request = self.api_client.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
-        response = self.api_client.call_api(*request)
+        # Bounded: a connection that stopped answering (an idle one a load balancer dropped) held the job's
+        # reconcile, and the resync of every job behind it, for as long as TCP retransmits.
+        response = self.api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
         data = response.read()
         if not 200 <= response.status <= 299:
             raise ApiException(http_resp=response, body=data.decode("utf-8", errors="replace"))

@@ -210,8 +210,10 @@ class NotifyingBoard(CheckpointBoard):
         self.on_ack: Callable[[JobKey], None] | None = None
 
     def acknowledge(self, key: JobKey, request_id: str, worker: str, step: int) -> bool:
+        already = self.acknowledged(key, request_id).get(worker) == step
         accepted = super().acknowledge(key, request_id, worker, step)
-        if accepted and self.on_ack is not None:
+        # An ack sent again (kubefit_trainer repeats it while the request stays open) changes nothing.
+        if accepted and not already and self.on_ack is not None:
             self.on_ack(key)
         return accepted
 
@@ -276,6 +278,10 @@ class Reconciler:
             state = self._jobs.get(key)
             if state is not None and not state.busy:
                 del self._jobs[key]
+            elif state is not None:
+                # Its reconcile is under way and may offer the job again, or arm a timer: once more, and it
+                # finds the job gone (state.gone) and lets it go.
+                state.dirty = True
 
     def forget_vanished(self, view: ClusterView) -> list[JobKey]:
         """Forgets the held jobs that no longer exist (or exist again under a new uid): kopf lists again
@@ -447,13 +453,17 @@ class Reconciler:
         if self._awaits_first_pass(state, observation, decision):
             # No pass has decided this job yet, and one is due within DEBOUNCE_SECONDS: its status is written
             # once with its admission (or its place in the queue) instead of Queued now and Admitted after.
-            self.scheduler.offer(key, _for_the_queue(decision.demand), placement, view)
+            self.scheduler.offer(
+                key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
+            )
             return
         self._apply(job, observation, decision, state, progress)
         self._request_checkpoint(key, decision.checkpoint_request)
         self.metrics.observe_job(observation, decision)
         self._requeue(key, decision.requeue_after, view)
-        self.scheduler.offer(key, _for_the_queue(decision.demand), placement, view)
+        self.scheduler.offer(
+            key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
+        )
 
     def _observe(
         self,
@@ -471,7 +481,10 @@ class Reconciler:
             view.nodes(), view.usage(), self.catalog, for_job=key, placement=placement
         )
         resumed = resumed_while_suspended(job.get("spec"), status)
-        grant = self.scheduler.grant(key, pods, _admitted_with(status), resumed)
+        # Only its own workers: a job deleted and created again under the name leaves the old one's pods
+        # behind for the garbage collector, which were granted to the new one as Recovered.
+        own = [pod for pod in pods if pod.controller_uid in (None, metadata["uid"])]
+        grant = self.scheduler.grant(key, own, _admitted_with(status), resumed)
         request_id = (status.get("checkpoint") or {}).get("requestId")
         return JobObservation(
             job=JobRef(name, namespace, metadata["uid"]),

@@ -119,6 +119,12 @@ class _Entry:
     eligible: tuple[int, Placement, frozenset[str]] | None = None
     # (demand, eligible set, the demand with those nodes) of the last pass: the same objects, the same answer.
     planned: tuple[Demand, frozenset[str], Demand] | None = None
+    uid: str | None = None  # the job's: workers of an earlier job of the same name are not its own
+
+
+def _owned(pods: Iterable[WorkerPod], uid: str | None) -> list[WorkerPod]:
+    """The job's own workers: those its controller reference names (or none does; uid None: all)."""
+    return [pod for pod in pods if uid is None or pod.controller_uid in (None, uid)]
 
 
 def live_workers(pods: Iterable[WorkerPod]) -> list[WorkerPod]:
@@ -302,7 +308,14 @@ class Scheduler:
                 entry.places_freed_at,
             )
 
-    def offer(self, key: JobKey, demand: Demand | None, placement: Placement, view: ClusterView) -> None:
+    def offer(  # noqa: PLR0913 - the job's uid rides along with what its reconcile decided
+        self,
+        key: JobKey,
+        demand: Demand | None,
+        placement: Placement,
+        view: ClusterView,
+        uid: str | None = None,
+    ) -> None:
         """The job's latest demand after its reconcile (None: it needs nothing; it leaves the queue)."""
         with self._lock:
             self._seen.add(key)
@@ -313,9 +326,10 @@ class Scheduler:
                     self._grant_on_leaving[key] = (entry.granted or 0) if entry is not None else 0
                     logger.info("%s/%s leaves the queue (needs nothing now)", *key)
             elif entry is None:
-                self._entries[key] = _Entry(demand, placement)
+                self._entries[key] = _Entry(demand, placement, uid=uid)
                 changed = True
             else:
+                entry.uid = uid or entry.uid
                 changed = entry.demand != demand or entry.placement != placement
                 entry.demand = demand
                 if entry.placement != placement:  # an equal one is kept: `eligible` stays good for it
@@ -504,7 +518,7 @@ class Scheduler:
             entries = {key: entry for key, entry in self._entries.items() if entry.demand is not None}
         demands = self._demands(entries, nodes)
         holdings = {key: demand for key, demand in demands.items() if (entries[key].granted or 0) > 0}
-        workers = {key: live_workers(view.workers(key)) for key in holdings}
+        workers = {key: live_workers(_owned(view.workers(key), entries[key].uid)) for key in holdings}
         self._node_devices.keep_only(nodes)
         capacity = node_capacity(nodes, view.usage(), self.catalog, holdings, workers, self._node_devices)
         admitted = []
