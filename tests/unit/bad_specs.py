@@ -147,7 +147,6 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("cpu-above-template-limit", {**_in("resources", cpu="16"), **_container(resources={"limits": {"cpu": "4"}})}, "spec.resources.cpu", OPERATOR),
     BadSpec("memory-above-template-limit", {**_in("resources", memory="64Gi"), **_container(resources={"limits": {"memory": "8Gi"}})}, "spec.resources.memory", OPERATOR),
     BadSpec("container-request-with-space", _container(resources={"requests": {"cpu": "2 cores"}}), "spec.template.spec.containers[0].resources.requests", API),
-    BadSpec("container-gpu-limit", _container(resources={"limits": {"nvidia.com/gpu": 8}}), "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu", OPERATOR),
     BadSpec("container-request-fraction", _container(resources={"requests": {"cpu": 0.5}}), "spec.template.spec.containers[0].resources.requests.cpu", API),
     BadSpec("container-request-negative", _container(resources={"requests": {"cpu": -1}}), "spec.template.spec.containers[0].resources.requests.cpu", API),
     BadSpec("grace-period-word", _pod(terminationGracePeriodSeconds="sixty"), "spec.template.spec.terminationGracePeriodSeconds", API),

@@ -1042,3 +1042,13 @@ def test_leaving_workers_are_taken_back_unless_a_job_that_did_not_fit_may_use_th
     two_nodes = [NodeCapacity("n1", H100, 8, 0), NodeCapacity("n2", H100, 8, 0)]
     result = plan([waiting], [Holding(spread, 2, {"n1": 2, "n2": 2}, ("n1", "n1", "n2", "n2"))], two_nodes)
     assert result.grants[key("E")] == 2 and result.waiting[key("Q")].startswith("InsufficientCapacity")
+
+
+def test_a_job_that_cannot_fit_even_on_an_empty_cluster_does_not_stop_workers_being_taken_back() -> None:
+    # U needs 3 whole nodes of a 2-node cluster: nothing freed in a pass lets it in, so E's leaving workers
+    # are taken back (they were removed and regrown).
+    elastic = job("E", per_worker=2, want=4, created=NOW - 100)
+    never = gang("U", 3, per_worker=8, created=NOW - 1000)
+    cluster = [NodeCapacity("n1", H100, 8, 0), NodeCapacity("n2", H100, 8, 8)]
+    leaving = Holding(elastic, 2, {"n1": 4}, ("n1",) * 4)
+    assert plan([never], [leaving], cluster).grants[key("E")] == 4

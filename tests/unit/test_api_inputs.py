@@ -1,6 +1,6 @@
 """Template and int-or-string inputs: each refusal names the field and says what to write instead.
 
-A catalog accelerator in the template, a fraction where the CRD takes an integer or a string, a map key
+A fraction where the CRD takes an integer or a string, a map key
 that reads like a pydantic union tag, a negative request, a grace period that is not a number.
 """
 
@@ -42,10 +42,8 @@ def _errors(raw: Any) -> dict[str, str]:
 
 # ------------------------------------------------------------------ accelerators in the template
 
-GPU_LIMIT = "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu"
 
-
-def _ready(raw: dict[str, Any]) -> dict[str, Any]:
+def _worker(raw: dict[str, Any], catalog: Any = CATALOG) -> dict[str, Any]:
     observation = JobObservation(
         job=JobRef(name="job", namespace="team-a", uid="uid"),
         generation=1,
@@ -56,46 +54,57 @@ def _ready(raw: dict[str, Any]) -> dict[str, Any]:
         now=datetime(2025, 1, 1, tzinfo=UTC),
         grant=4096,
     )
-    decision = decide(observation, CATALOG)
-    assert decision.create == ()
-    (ready,) = [c for c in decision.status.model_dump(by_alias=True)["conditions"] if c["type"] == "Ready"]
-    return ready
+    decision = decide(observation, catalog)
+    assert decision.create, decision.status
+    return decision.worker_pod(decision.create[0])
 
 
-def test_a_gpu_limit_in_the_template_is_refused_naming_it() -> None:
-    # With accelerator auto the planner may pick amd-mi300x: the pod would ask for nvidia.com/gpu: 8 and
-    # amd.com/gpu: 1 at once and never schedule.
-    raw = _spec({"resources": {"limits": {"nvidia.com/gpu": 8, "cpu": "4"}}})
-    ready = _ready(raw)
-    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
-    assert GPU_LIMIT in ready["message"] and "remove it" in ready["message"]
+def test_another_vendors_accelerator_in_the_template_is_taken_out_of_every_container() -> None:
+    # Sized for an AMD device, the pod asked for nvidia.com/gpu: 8 and amd.com/gpu: 1 at once and fit no
+    # node. Refusing the spec instead turned running jobs that had nvidia.com/gpu there invalid.
+    raw = _spec(
+        {"resources": {"limits": {"nvidia.com/gpu": 8, "cpu": "4"}}}, resources={"accelerator": "amd-mi300x"}
+    )
+    raw["template"]["spec"]["containers"].append(
+        {"name": "side", "image": "i:1", "resources": {"requests": {"nvidia.com/gpu": "1", "cpu": "1"}}}
+    )
+    trainer, side = _worker(raw)["spec"]["containers"]
+    assert (
+        trainer["resources"]["limits"]["amd.com/gpu"]
+        and "nvidia.com/gpu" not in trainer["resources"]["limits"]
+    )
+    assert trainer["resources"]["limits"]["cpu"] == "4"
+    assert side["resources"]["requests"] == {"cpu": "1"}
 
 
-def test_every_container_and_both_requests_and_limits_are_checked() -> None:
-    sidecar = {"name": "side", "resources": {"requests": {"amd.com/gpu": "1"}}}
-    raw = _spec({"resources": {"requests": {"google.com/tpu": 4}}})
-    raw["template"]["spec"]["containers"].append(sidecar)
-    with pytest.raises(InvalidSpec) as raised:
-        checked_spec("job", raw, CATALOG, 1024)
-    assert [error.path for error in raised.value.errors] == [
-        "spec.template.spec.containers[0].resources.requests.google.com/tpu",
-        "spec.template.spec.containers[1].resources.requests.amd.com/gpu",
-    ]
+def test_the_chosen_accelerator_in_the_template_is_replaced_by_the_sized_count() -> None:
+    raw = _spec(
+        {"resources": {"limits": {"nvidia.com/gpu": 8}}},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
+    )
+    checked_spec("job", raw, CATALOG, 1024)  # a valid spec, as it always was
+    limits = _worker(raw)["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"nvidia.com/gpu": "1"}
 
 
 def test_a_catalog_entry_added_by_the_cluster_operator_counts_too() -> None:
     gaudi = Accelerator("intel-gaudi2", "intel", 96 * 2**30, "habana.ai/gaudi", (8,))
-    raw = _spec({"resources": {"limits": {"habana.ai/gaudi": 8}}})
-    checked_spec("job", raw, CATALOG, 1024)  # not an accelerator of the built-in catalog
-    with pytest.raises(InvalidSpec, match=r"containers\[0\]\.resources\.limits\.habana\.ai/gaudi: "):
-        checked_spec("job", raw, CATALOG.extended([gaudi]), 1024)
+    raw = _spec(
+        {"resources": {"limits": {"habana.ai/gaudi": 8}}}, resources={"accelerator": "nvidia-h100-80gb"}
+    )
+    assert (
+        "habana.ai/gaudi" in _worker(raw)["spec"]["containers"][0]["resources"]["limits"]
+    )  # not a catalog accelerator
+    extended = CATALOG.extended([gaudi])
+    assert "habana.ai/gaudi" not in _worker(raw, extended)["spec"]["containers"][0]["resources"]["limits"]
 
 
 def test_other_extended_resources_pass_through() -> None:
     # EFA and RDMA devices are what multi-node training asks for beside its accelerators.
     limits = {"vpc.amazonaws.com/efa": 4, "rdma/hca": "1", "hugepages-2Mi": "1Gi", "cpu": "8"}
-    spec, _ = checked_spec("job", _spec({"resources": {"limits": limits}}), CATALOG, 1024)
-    assert spec.template["spec"]["containers"][0]["resources"]["limits"] == limits
+    raw = _spec({"resources": {"limits": limits}}, resources={"accelerator": "nvidia-h100-80gb"})
+    built = _worker(raw)["spec"]["containers"][0]["resources"]["limits"]
+    assert {name: built[name] for name in limits} == limits
 
 
 # ------------------------------------------------------------------ int-or-string fields

@@ -330,9 +330,26 @@ def test_a_replica_labels_its_own_pod_with_its_role_and_only_in_a_pod(
     in_pod = {"POD_NAME": "kubefit-7d9-abc", "POD_NAMESPACE": "ops"}
     assert mark_role("leader", api, in_pod) is True  # type: ignore[arg-type]
     assert api.calls == [("ops", "kubefit-7d9-abc", {ROLE_LABEL: "leader"})]
-    assert mark_role("standby", api, {"POD_NAMESPACE": "ops"}) is False  # not in a pod: nothing sent
+    assert mark_role("standby", api, {"POD_NAMESPACE": "ops"}) is None  # not in a pod: nothing sent
     assert len(api.calls) == 1
     refused = _Labels(OSError("connection refused"))
     with caplog.at_level(logging.WARNING, logger="kubefit.leader"):
         assert mark_role("standby", refused, in_pod) is False  # type: ignore[arg-type]
     assert "could not label pod ops/kubefit-7d9-abc" in caplog.text
+
+
+def test_the_role_label_is_written_until_it_sticks() -> None:
+    from kubefit.controller.leader import keep_marking
+
+    answers = iter([False, False, True])
+    calls: list[str] = []
+
+    def mark(role: str) -> bool | None:
+        calls.append(role)
+        return next(answers)
+
+    assert (
+        keep_marking("leader", attempts=None, interval_s=0.0, mark=mark) is True and calls == ["leader"] * 3
+    )
+    assert keep_marking("standby", attempts=2, interval_s=0.0, mark=lambda role: False) is False
+    assert keep_marking("standby", attempts=2, interval_s=0.0, mark=lambda role: None) is True  # not in a pod

@@ -42,3 +42,14 @@ def test_a_tiny_value_is_less_than_one_whatever_its_spelling(
 ) -> None:
     with pytest.raises(ValueError, match="less than one"):
         parse(written)
+
+
+@pytest.mark.parametrize("written", ["0e9999999999", "0.0e-9999999999", "0e40"])
+@pytest.mark.parametrize("parse", [parse_bytes, parse_count, parse_cpu_millis])
+def test_zero_with_any_exponent_is_zero_and_refused_as_such(
+    parse: Callable[[str], int], written: str
+) -> None:
+    # Decimal(0).scaleb(10**9) raised InvalidOperation, not a ValueError: it escaped validation, the reconcile
+    # and the webhook instead of naming the field.
+    with pytest.raises(ValueError, match="greater than zero"):
+        parse(written)

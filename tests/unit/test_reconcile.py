@@ -2014,3 +2014,57 @@ def test_resuming_during_a_gang_timeout_backoff_clears_suspended_at_once() -> No
     resumed_now = decide(observe(spec, status=paused.status, now=resumed_at), CATALOG)
     assert parse_rfc3339(status_of(resumed_now)["gang"]["retryAfter"]) > resumed_at  # still backing off
     assert condition(resumed_now, "Suspended")["status"] == "False"
+
+
+def test_the_accelerator_is_kept_only_for_auto_and_only_while_its_nodes_are_there() -> None:
+    nodes = [_gpu_node("a1", "NVIDIA-A100-SXM4-40GB"), _gpu_node("h1", "NVIDIA-H100-80GB-HBM3")]
+    free = build_inventory(nodes, {}, CATALOG, for_job=(JOB.namespace, JOB.name))
+    busy = build_inventory(
+        nodes,
+        {"a1": [pod_usage(gpu_pod("a1", "8", job="other"))]},
+        CATALOG,
+        for_job=(JOB.namespace, JOB.name),
+    )
+    workers = [pod(index, node="h1") for index in range(3)]
+    auto = elastic_spec(replicas=3, minimum=1, maximum=3, resources={"accelerator": "auto"})
+    running = decide(replace(observe(auto, pods=workers), inventory=busy), CATALOG)
+    # The spec now names another device: it is planned on that device, with the cluster's nodes of it.
+    named = elastic_spec(replicas=3, minimum=1, maximum=3, resources={"accelerator": "nvidia-a100-40gb"})
+    moved = decide(replace(observe(named, pods=workers, status=running.status), inventory=free), CATALOG)
+    assert moved.status.sizing is not None and moved.status.sizing.accelerator == "nvidia-a100-40gb"
+    assert not any("no node in the cluster carries" in warning for warning in moved.status.sizing.warnings)
+    # The H100 nodes are gone (the workers' too, not yet seen): planned against what is there.
+    only_a100 = build_inventory(nodes[:1], {}, CATALOG, for_job=(JOB.namespace, JOB.name))
+    gone = decide(replace(observe(auto, pods=workers, status=running.status), inventory=only_a100), CATALOG)
+    assert gone.status.sizing is not None and gone.status.sizing.accelerator == "nvidia-a100-40gb"
+
+
+def test_the_early_success_is_torchruns_alone() -> None:
+    # framework none: one process finishing says nothing of the others; a worker still starting is not deleted.
+    spec = elastic_spec(replicas=3, minimum=1, maximum=3, framework="none")
+    started = decide(
+        observe(spec, pods=[pod(0), pod(1, "Pending", node="node-b"), pod(2, "Pending")], grant=3), CATALOG
+    )
+    later = [pod(0, "Succeeded"), pod(1, "Pending", node="node-b"), pod(2, "Pending")]
+    decision = decide(observe(spec, pods=later, status=started.status, grant=3), CATALOG)
+    assert status_of(decision)["phase"] != "Succeeded" and "llama-worker-1" not in decision.delete
+
+
+def test_a_head_waits_from_the_end_of_its_suspension_not_its_start() -> None:
+    spec = elastic_spec(replicas=2, minimum=2, maximum=2)
+    queued = decide(observe(spec, grant=0), CATALOG)
+    paused = decide(
+        observe(
+            {**spec, "runPolicy": {"suspend": True}},
+            status=queued.status,
+            grant=0,
+            now=NOW + timedelta(minutes=1),
+        ),
+        CATALOG,
+    )
+    resumed_at = NOW + timedelta(hours=2)
+    resumed_now = decide(observe(spec, status=paused.status, grant=0, now=resumed_at), CATALOG)
+    later = decide(
+        observe(spec, status=resumed_now.status, grant=0, now=resumed_at + timedelta(seconds=30)), CATALOG
+    )
+    assert later.demand is not None and later.demand.queued_since == resumed_at.timestamp()

@@ -174,7 +174,10 @@ class CheckpointHandshake:
         dist, torch = sys.modules.get("torch.distributed"), sys.modules.get("torch")
         if dist is None or torch is None or not (dist.is_available() and dist.is_initialized()):
             return mine
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        device = torch.device("cpu")
+        if dist.get_backend() == "nccl":  # NCCL reduces on each rank's own GPU: torchrun's LOCAL_RANK
+            local = os.environ.get("LOCAL_RANK")
+            device = torch.device("cuda", int(local) if local else torch.cuda.current_device())
         flag = torch.tensor([1 if mine else 0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

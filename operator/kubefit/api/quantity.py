@@ -68,6 +68,8 @@ def _number(digits: str, value: object, exponent: int = 0, factor: Decimal = Dec
             raise _TooLarge(value)
         if magnitude < -_LARGEST_MAGNITUDE:
             raise ValueError(f"{value!r} is less than one unit; it must be at least 1")
+    if not number:
+        return number  # zero whatever the exponent (Decimal(0).scaleb(10**9) raises InvalidOperation)
     return number.scaleb(exponent) * factor
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,9 +62,8 @@ def _message(error: Any) -> str:
     return message.removeprefix("Value error, ")
 
 
-def parse_spec(raw: Any, accelerator_resources: Collection[str] = ()) -> TrainingJobSpec:
-    """Validate `raw` (the manifest's spec) or raise InvalidSpec naming every bad field once.
-    `accelerator_resources`: the catalog's extended resources (nvidia.com/gpu, ...), refused in the template."""
+def parse_spec(raw: Any) -> TrainingJobSpec:
+    """Validate `raw` (the manifest's spec) or raise InvalidSpec naming every bad field once."""
     if not isinstance(raw, dict):
         raise InvalidSpec([FieldError("spec", "must be an object")])
     try:
@@ -84,7 +82,6 @@ def parse_spec(raw: Any, accelerator_resources: Collection[str] = ()) -> Trainin
     errors = [
         *_requests_above_template_limits(spec),
         *_tensor_parallel_splits_heads(spec),
-        *_accelerators_in_template(spec, accelerator_resources),
     ]
     if errors:
         raise InvalidSpec(errors)
@@ -140,23 +137,4 @@ def _requests_above_template_limits(spec: TrainingJobSpec) -> list[FieldError]:
                     "exceed its limit",
                 )
             )
-    return errors
-
-
-def _accelerators_in_template(spec: TrainingJobSpec, resources: Collection[str]) -> list[FieldError]:
-    """An accelerator in the template's requests or limits: the operator requests the one it sized the job
-    for, and another vendor's left beside it (nvidia.com/gpu with amd.com/gpu) would never schedule."""
-    errors = []
-    for index, container in enumerate(spec.template["spec"]["containers"]):
-        for kind in ("requests", "limits"):
-            for name in (container.get("resources") or {}).get(kind) or {}:
-                if name in resources:
-                    errors.append(
-                        FieldError(
-                            f"spec.template.spec.containers[{index}].resources.{kind}.{name}",
-                            f"{name} is an accelerator, which the operator requests itself (the one it sizes "
-                            "the job for, see spec.resources.accelerator and acceleratorsPerWorker); remove it "
-                            "from the template",
-                        )
-                    )
     return errors

@@ -54,6 +54,10 @@ class WorkerSet:
     # Training state offloaded to host memory per worker, added to the default memory request: sized once
     # per job with the rest of the sizing (decisions.job_sizing), never estimated here.
     host_bytes_per_worker: int = 0
+    # The catalog's other accelerator resources (nvidia.com/gpu when an amd.com/gpu was chosen, ...): taken
+    # out of every container's requests and limits, where a template that names one would make a pod that
+    # fits no node (the accelerator is the operator's to request, docs/security.md).
+    other_accelerator_resources: frozenset[str] = frozenset()
     # The kubernetes.io/hostname labels of the nodes the scheduling pass reserved for the workers to create
     # (a preference: builders/placement.py).
     preferred_hostnames: tuple[str, ...] = ()
@@ -105,6 +109,18 @@ def _with_rendezvous_port(container: dict[str, Any]) -> list[dict[str, Any]]:
     return ports
 
 
+def _without(container: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """The container without the resources `names` in its requests and limits."""
+    resources = container.get("resources")
+    if not names or not isinstance(resources, dict):
+        return container
+    kept = dict(resources)
+    for kind in ("requests", "limits"):
+        if isinstance(resources.get(kind), dict):
+            kept[kind] = {name: value for name, value in resources[kind].items() if name not in names}
+    return {**container, "resources": kept}
+
+
 def _trainer_container(container: dict[str, Any], worker_set: WorkerSet, index: int) -> dict[str, Any]:
     trainer = dict(container)
     trainer["resources"] = worker_resources(
@@ -152,7 +168,9 @@ def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
         raise ValueError(f"worker index {index} outside 0..{worker_set.workers - 1}")
     template = copy.deepcopy(worker_set.spec.template)
     pod_spec: dict[str, Any] = template.get("spec") or {}
-    containers = pod_spec["containers"]
+    containers = [
+        _without(container, worker_set.other_accelerator_resources) for container in pod_spec["containers"]
+    ]
     containers[0] = _trainer_container(containers[0], worker_set, index)
     pod_spec |= {
         "containers": containers,

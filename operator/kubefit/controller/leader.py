@@ -304,14 +304,14 @@ def exit_on_lost_lease(namespace: str, name: str) -> Callable[[], None]:
     return lost
 
 
-def mark_role(role: str, api: LeaseApi | None = None, environ: Any = None) -> bool:
+def mark_role(role: str, api: LeaseApi | None = None, environ: Any = None) -> bool | None:
     """Labels this process's own pod (POD_NAME, POD_NAMESPACE: the chart sets them from the downward API)
-    with ROLE_LABEL = `role`; True once patched. Outside a pod nothing is done. A patch that fails is
-    logged, not raised: only the routing of the checkpoint handshake depends on it."""
+    with ROLE_LABEL = `role`; True once patched, None outside a pod (nothing to do). A patch that fails is
+    logged and answers False (keep_marking tries again)."""
     env = os.environ if environ is None else environ
     name, namespace = env.get(POD_NAME_ENV), env.get(POD_NAMESPACE_ENV)
     if not name or not namespace:
-        return False
+        return None
     try:
         (api or LeaseApi()).label_pod(namespace, name, {ROLE_LABEL: role})
     except (ApiException, OSError, urllib3_errors.HTTPError) as error:
@@ -319,3 +319,20 @@ def mark_role(role: str, api: LeaseApi | None = None, environ: Any = None) -> bo
         logger.warning("could not label pod %s/%s %s=%s: %s", namespace, name, ROLE_LABEL, role, reason)
         return False
     return True
+
+
+def keep_marking(
+    role: str, attempts: int | None, interval_s: float = 2.0, mark: Callable[[str], bool | None] = mark_role
+) -> bool:
+    """mark_role until it works or `attempts` are spent (None: no limit). A leader whose label did not stick
+    gets no handshakes (the checkpoints Service selects the label); a standby whose old `leader` label
+    stayed would get them and not serve them."""
+    attempt = 0
+    while True:
+        done = mark(role)
+        if done is not False:
+            return True
+        attempt += 1
+        if attempts is not None and attempt >= attempts:
+            return False
+        time.sleep(interval_s)

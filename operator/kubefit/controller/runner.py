@@ -28,7 +28,7 @@ from kubefit.controller.cluster import remembering
 from kubefit.controller.garbage_collection import tune_garbage_collection
 from kubefit.controller.handlers import RESYNC_SECONDS, register
 from kubefit.controller.kube import KubeApi
-from kubefit.controller.leader import LeaderElector, LeaseApi, LeaseTimings, exit_on_lost_lease, mark_role
+from kubefit.controller.leader import LeaderElector, LeaseApi, LeaseTimings, exit_on_lost_lease, keep_marking
 from kubefit.controller.reconciler import NotifyingBoard, Reconciler
 from kubefit.controller.scheduler import (
     DEFAULT_HEAD_OF_LINE_TIMEOUT,
@@ -44,6 +44,9 @@ from kubefit.metrics import OperatorMetrics, serve_metrics
 from kubefit.sizing.catalog import CATALOG_ENV, Catalog, CatalogError, load_catalog
 
 FINALIZER = f"{GROUP}/finalizer"
+# A standby tries its label a few times before it answers /healthz, then goes on (an operator without the
+# RBAC to label its pod still runs; docs/operator.md).
+STANDBY_LABEL_ATTEMPTS = 5
 WRITES_DRAIN_SECONDS = 10.0  # how long a stopping leader waits for its writes in flight (see hand_over)
 logger = logging.getLogger("kubefit.operator")
 
@@ -260,7 +263,7 @@ def _become_leader(election: LeaderElection, address: str, liveness_port: int) -
     where = f"{election.namespace}/{election.name}"
     # Before this replica answers /healthz: a container restarted after leading must not keep the label
     # that sends the handshakes to it.
-    mark_role("standby")
+    keep_marking("standby", attempts=STANDBY_LABEL_ATTEMPTS)
     print(f"kubefit: standby as {identity}, waiting for the lease {where}", flush=True)
     try:
         health = _serve_standby_health(address, liveness_port)
@@ -271,7 +274,9 @@ def _become_leader(election: LeaderElection, address: str, liveness_port: int) -
     finally:
         health.shutdown()
         health.server_close()  # kopf binds the same port next
-    mark_role("leader")  # before the line that says so: whoever reads it finds the label there
+    if not keep_marking("leader", attempts=1):  # before the line that says so: the label is there then
+        # Tried on in the background for as long as this replica leads (it exits when it stops).
+        Thread(target=keep_marking, args=("leader", None), name="kubefit-role-label", daemon=True).start()
     print(f"kubefit: leading as {identity} (lease {where})", flush=True)
     elector.keep_leading(exit_on_lost_lease(election.namespace, election.name))
     return elector

@@ -584,7 +584,8 @@ class _Queue:
         waited too long) unless its minimum exceeds the whole cluster: waiting for it would stop the
         accelerator for good, and it gets in when nodes are added anyway."""
         self.waiting[job.key] = f"{INSUFFICIENT_CAPACITY}: {message}"
-        self.did_not_fit.append(job)
+        if satisfiable:  # one that cannot fit even on an empty cluster waits for nothing freed here
+            self.did_not_fit.append(job)
         if self.policy == "StrictFIFO":
             self.strict_head = self.strict_head or job  # every later queued job waits: _admit_queue
         elif not satisfiable or self.now - job.demand.waiting_since <= self.head_wait_limit:

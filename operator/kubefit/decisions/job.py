@@ -143,7 +143,7 @@ def decide(
             observation.spec,
             catalog,
             settings.max_workers_per_job,
-            _kept_accelerator(observation.inventory, previous, ours),
+            _kept_accelerator(observation.inventory, previous, ours, _spec_accelerator(observation.spec)),
         )
     except InvalidSpec as invalid:
         return _to_decision(observation, _invalid(invalid), None, ours, adopt)
@@ -162,7 +162,7 @@ def decide(
 
 
 def _kept_accelerator(
-    inventory: Inventory | None, previous: Mapping[str, Any], ours: Sequence[WorkerPod]
+    inventory: Inventory | None, previous: Mapping[str, Any], ours: Sequence[WorkerPod], spec_accelerator: Any
 ) -> Inventory | None:
     """While workers run, the planner sees only the nodes of the accelerator they run on. Planned against
     every free device instead, `accelerator: auto` moved to another device whenever capacity elsewhere came
@@ -174,7 +174,14 @@ def _kept_accelerator(
         or not any(not pod.terminating and not pod.finished for pod in ours)
     ):
         return inventory
+    if spec_accelerator not in (None, "auto") or accelerator not in inventory.pools:
+        return inventory  # a spec that names its device, or one whose nodes are gone: planned as any job
     return inventory.only(accelerator)
+
+
+def _spec_accelerator(raw_spec: Any) -> Any:
+    resources = raw_spec.get("resources") if isinstance(raw_spec, Mapping) else None
+    return resources.get("accelerator") if isinstance(resources, Mapping) else None
 
 
 def checked_spec(
@@ -187,7 +194,7 @@ def checked_spec(
     """The spec and its sizing, or InvalidSpec naming every field at fault: every rule the CRD's schema
     cannot express, for the reconcile (Ready=False InvalidSpec), the admission webhook and `kubefit size`
     alike. `name` None (a manifest without one, for `kubefit size`) skips the job-name check."""
-    spec = parse_spec(raw_spec, {accelerator.resource_name for accelerator in catalog})
+    spec = parse_spec(raw_spec)
     check = operator_check(name, max_workers_per_job)
     check(spec)
     return spec, size_job(spec, catalog, inventory, check=check)

@@ -144,7 +144,7 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     done = (_succeeded_now(ctx.ours) | gone_after_success) & slots
     if slots and slots <= done:
         return succeeded(ctx, plan.keep, done)
-    if done and not fixed and not _ready(ctx.ours, slots - done):
+    if done and not fixed and ctx.spec.framework == "pytorch" and not _ready(ctx.ours, slots - done):
         # torchrun's agents all exit once training ends: a worker that succeeded with none other running
         # means the job is done; workers never placed would only look for a rendezvous that is gone.
         return succeeded(ctx, plan.keep, done)

@@ -67,8 +67,13 @@ def _queued_since(ctx: JobContext, draft: Draft) -> float | None:
         return None
     if previous is None or previous.get("status") != "False":
         return ctx.now.timestamp()  # it turns False now
-    moment = parse_rfc3339(previous.get("lastTransitionTime"))
-    return None if moment is None else moment.timestamp()
+    moments = [parse_rfc3339(previous.get("lastTransitionTime"))]
+    resumed_at = find_condition(ctx.conditions, ConditionType.SUSPENDED)
+    if resumed_at is not None and resumed_at.get("status") == "False":
+        moments.append(parse_rfc3339(resumed_at.get("lastTransitionTime")))  # a suspension waits for nothing
+    moments.append(parse_rfc3339((ctx.status.get("gang") or {}).get("retryAfter")))  # nor does a backoff
+    found = [moment.timestamp() for moment in moments if moment is not None]
+    return min(max(found), ctx.now.timestamp()) if found else None
 
 
 def _with_finished(demand: Demand, draft: Draft, ctx: JobContext) -> Demand:
