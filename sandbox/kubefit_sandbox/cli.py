@@ -320,7 +320,13 @@ def _logs(args: argparse.Namespace) -> int:
     if run is None:
         print(
             f"{PROG} logs: no process ran for pod {namespace}/{pod} in {state_dir} (only pods on "
-            "`processes: true` nodes have logs)",
+            "`processes: true` nodes have logs; a pod that could not start says why in its status)",
+            file=sys.stderr,
+        )
+        return 1
+    if not (run / LOG_FILE).is_file():  # a run directory an earlier agent made for a pod it then refused
+        print(
+            f"{PROG} logs: pod {namespace}/{pod} did not start a process (its status says why)",
             file=sys.stderr,
         )
         return 1

@@ -219,6 +219,9 @@ class NodeAgent:
         self._timers = KeyedTimers()
         self._processes = ProcessPods(Path(state_dir or "."), self._new_core, self._ips, self._timers)
         self._reported_invalid: set[tuple[str, str]] = set()
+        # The last seen state of every bound pod, by uid: a relist handles those missing from it as deleted.
+        self._pods: dict[str, Mapping[str, Any]] = {}
+        self._pods_lock = threading.Lock()
         self._last_contact = time.monotonic()
         self._heartbeat_round: deque[list[str]] = deque()  # the current round's batches still to write
         self._heartbeat_spacing = heartbeat_interval_s
@@ -428,10 +431,19 @@ class NodeAgent:
     def _list_and_watch_pods(self, core: Any) -> None:
         # Only pods bound to some node; a pod enters this watch (as ADDED) when the scheduler binds it.
         selector = {"field_selector": "spec.nodeName!="}
+        with self._pods_lock:
+            known = dict(self._pods)  # taken before the list: a pod seen later may be newer than the list
         body = response_json(core.list_pod_for_all_namespaces(_preload_content=False, **selector))
         pods = body.get("items", [])
         resource_version = body["metadata"]["resourceVersion"]
         log.info("listed %d bound pod(s); watching from resourceVersion %s", len(pods), resource_version)
+        # Pods deleted while there was no watch (the API server down, a 410): their DELETED event is lost.
+        listed = {pod["metadata"]["uid"] for pod in pods}
+        for uid, gone in known.items():
+            if uid not in listed:
+                log.info("pod %s/%s: gone from the list, handled as deleted", gone["metadata"]["namespace"],
+                         gone["metadata"]["name"])  # fmt: skip
+                self._pod_deleted(gone)
         for pod in pods:  # every IP in use first, so a new pod never gets one a listed pod holds
             self._ips.observe(pod["metadata"]["uid"], (pod.get("status") or {}).get("podIP"))
         for pod in pods:
@@ -439,23 +451,30 @@ class NodeAgent:
         self._mark_ready()
 
         def handle(event: dict) -> None:
-            pod = event["object"]
             if event["type"] == "DELETED":
-                uid = pod["metadata"]["uid"]
-                self.telemetry.pod_deleted(pod)
-                self._processes.pod_deleted(pod)
-                self._ips.release(uid)
-                self._timers.cancel(f"delete/{uid}")
-                self._timers.cancel(f"start/{uid}")
+                self._pod_deleted(event["object"])
             else:
-                self._pod_changed(core, pod)
+                self._pod_changed(core, event["object"])
 
         self._watch(core.list_pod_for_all_namespaces, resource_version, handle, **selector)
+
+    def _pod_deleted(self, pod: Mapping[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        with self._pods_lock:
+            self._pods.pop(uid, None)
+        self.telemetry.pod_deleted(pod)
+        # A process pod's process may still run (its grace period): its IP is released when it exits.
+        if not self._processes.pod_deleted(pod):
+            self._ips.release(uid)
+        self._timers.cancel(f"delete/{uid}")
+        self._timers.cancel(f"start/{uid}")
 
     def _pod_changed(self, core: Any, pod: Mapping[str, Any]) -> None:
         from kubernetes import client
 
         metadata = pod["metadata"]
+        with self._pods_lock:
+            self._pods[metadata["uid"]] = pod
         with self._nodes_lock:
             node = self._nodes.get(pod["spec"].get("nodeName", ""))
         if node is None:
@@ -568,18 +587,38 @@ def _is_agent_process(pid: int) -> bool:
     return state not in ("Z", "X") and AGENT_MODULE.encode() in cmdline
 
 
+def _holds_open(pid: int, path: Path) -> bool:
+    """True if process pid has the file `path` open (the agent keeps its agent.lock open while it runs)."""
+    try:
+        wanted = path.stat()
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            found = fd.stat()
+        except OSError:  # closed meanwhile
+            continue
+        if (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino):
+            return True
+    return False
+
+
 def running_agent_pid(state_dir: str | Path) -> int | None:
     """The PID of the node agent running for this sandbox, or None.
 
     From agent.pid (written by start_agent), else from agent.lock (written by the agent itself once it
-    holds the lock), so that an agent whose pid file was lost is still found.
+    holds the lock), so that an agent whose pid file was lost is still found. Either is this sandbox's
+    agent only if that process holds this sandbox's agent.lock open: a stale PID may be any process's,
+    another sandbox's agent included.
     """
+    lock = Path(state_dir) / AGENT_LOCK_FILE
     for name in (AGENT_PID_FILE, AGENT_LOCK_FILE):
         try:
             pid = int((Path(state_dir) / name).read_text().strip())
         except (OSError, ValueError):
             continue
-        if _is_agent_process(pid):
+        if _is_agent_process(pid) and _holds_open(pid, lock):
             return pid
     return None
 

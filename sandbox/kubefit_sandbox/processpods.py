@@ -9,7 +9,8 @@ module starts and stops the processes and reports them as a kubelet would:
 * the process's exit ends the pod: exit code 0 -> Succeeded, any other -> Failed, with the code (128 + N
   for signal N) in the container's terminated state; <run>/exit-code records it;
 * a deleted pod's process group gets SIGTERM at once and SIGKILL (with everything it started) when the grace
-  period (deletionTimestamp) ends; the pod is removed once the process is gone;
+  period (deletionTimestamp) ends (a later delete with a shorter grace period brings that forward); the pod
+  is removed once the process is gone;
 * a pod the agent cannot run (no command, an unsupported `valueFrom`) stays Pending with the reason in
   its container's waiting state, like the kubelet's CreateContainerConfigError;
 * a Running pod whose process the agent does not know (it ran under an agent that stopped: the agent
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,6 +61,9 @@ WORK_DIR = "work"
 START_FAILED_EXIT_CODE = 128  # what container runtimes report when the command cannot be started
 LOST_EXIT_CODE = 137
 STOP_ALL_GRACE_S = 2.0
+# Pauses between the tries of a status write (Running, the exit) that failed on a connection error, a 5xx or
+# a 409: a few short tries, never for ever (the write is made with the lock held).
+STATUS_WRITE_BACKOFF_S = (0.2, 0.5, 1.0)
 
 log = logging.getLogger("kubefit_sandbox.nodeagent")
 
@@ -117,6 +122,30 @@ def process_tree(root: int) -> list[int]:
     return sorted(tree | {pid for pid, _, session in table if session == root})
 
 
+def _retryable(exc: Exception) -> bool:
+    """A connection error, a 5xx or a conflict: worth another try."""
+    from kubernetes import client
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(exc, client.ApiException):
+        return exc.status == 409 or (exc.status or 0) >= 500
+    return isinstance(exc, (HTTPError, OSError))
+
+
+def _with_retries(write: Callable[[], object]) -> None:
+    """write(), tried again after each pause of STATUS_WRITE_BACKOFF_S while it fails retryably; the last
+    failure is raised (for the caller to log)."""
+    for pause in (*STATUS_WRITE_BACKOFF_S, None):
+        try:
+            write()
+            return
+        except Exception as exc:
+            if pause is None or not _retryable(exc):
+                raise
+            log.info("status write failed (%s: %s), trying again in %.1fs", type(exc).__name__, exc, pause)
+            time.sleep(pause)
+
+
 def _signal_all(pids: Iterable[int], signum: int) -> None:
     for pid in pids:
         try:
@@ -143,6 +172,7 @@ class PodRun:
     process: subprocess.Popen[bytes]
     exit_code: int | None = None
     deleting: bool = False
+    kill_at: datetime | None = None  # when the deleted pod's grace period ends (SIGKILL)
     tree: list[int] = field(default_factory=list)
 
     @property
@@ -162,7 +192,12 @@ class ProcessPods:
         self._ips = ips
         self._timers = timers
         self._runs: dict[str, PodRun] = {}  # by pod uid
+        # Runs whose pod is gone from the API while their process still runs (its grace period): by pod uid,
+        # until the process exits; its IP stays claimed until then, and stop_all stops them too.
+        self._terminating: dict[str, PodRun] = {}
+        self._starting: set[str] = set()  # uids being started (claimed, so only one caller starts a pod)
         self._refused: set[str] = set()  # uids reported as not runnable
+        self._stopping = False  # set by stop_all: nothing starts after it
         self._lock = threading.Lock()  # held while a status is sent, so Running never lands after an exit
         # The virtualenv's bin (python, torchrun) comes first on the processes' PATH.
         self.bin_dir = str(Path(sys.executable).parent)
@@ -181,30 +216,48 @@ class ProcessPods:
                 delete_pod_now(core, metadata["namespace"], metadata["name"], uid)
             return
         phase = (pod.get("status") or {}).get("phase") or "Pending"
-        if run is not None or uid in self._refused or phase in TERMINAL_PHASES:
+        if run is not None or phase in TERMINAL_PHASES:
             return
         if phase == "Running":
             self._report_lost(core, pod, node)
             return
-        self._start(core, pod, node)
+        with self._lock:
+            # The node watch and the pod watch may both see a new pod: the first to claim it starts it.
+            if self._stopping or uid in self._refused or uid in self._runs or uid in self._starting:
+                return
+            self._starting.add(uid)
+        try:
+            self._start(core, pod, node)
+        finally:
+            with self._lock:
+                self._starting.discard(uid)
 
-    def pod_deleted(self, pod: Mapping[str, Any]) -> None:
+    def pod_deleted(self, pod: Mapping[str, Any]) -> bool:
         """The pod is gone from the API; a process still running (a forced delete, its node removed) gets
-        SIGTERM now and SIGKILL after the pod's terminationGracePeriodSeconds."""
+        SIGTERM now and SIGKILL after the pod's terminationGracePeriodSeconds.
+
+        True while that process runs: the pod's IP is then released when it exits, not by the caller."""
         uid = pod["metadata"]["uid"]
         with self._lock:
             run = self._runs.pop(uid, None)
             self._refused.discard(uid)
-        if run is not None and run.exit_code is None:
+            running = run is not None and run.exit_code is None
+            if run is not None and running:
+                self._terminating[uid] = run
+        if run is not None and running:
             grace = pod["spec"].get("terminationGracePeriodSeconds")
             self._terminate(run, datetime.now(UTC) + timedelta(seconds=30 if grace is None else grace))
         else:
             self._timers.cancel(f"kill/{uid}")
+        return running
 
     def stop_all(self) -> None:
-        """SIGTERM to every running process, SIGKILL to what is left after STOP_ALL_GRACE_S."""
+        """SIGTERM to every running process (pods deleted in their grace period included), SIGKILL to what
+        is left after STOP_ALL_GRACE_S; nothing starts after this."""
         with self._lock:
-            running = [run for run in self._runs.values() if run.exit_code is None]
+            self._stopping = True
+            runs = [*self._runs.values(), *self._terminating.values()]
+            running = [run for run in runs if run.exit_code is None]
         trees = {id(run): process_tree(run.process.pid) for run in running}
         for run in running:
             _signal_group(run.process.pid, signal.SIGTERM)
@@ -227,11 +280,10 @@ class ProcessPods:
         return PeerLookup(ips)
 
     def _new_run_dir(self, pod: Mapping[str, Any]) -> Path:
+        """The path of the pod's run directory (made only once the pod can run: `logs` reads its output)."""
         metadata = pod["metadata"]
         run = f"{time.time_ns() // 1_000_000:013d}-{metadata['uid'][:8]}"
-        directory = pod_runs_dir(self.state_dir, metadata["namespace"], metadata["name"]) / run
-        (directory / WORK_DIR).mkdir(parents=True)
-        return directory
+        return pod_runs_dir(self.state_dir, metadata["namespace"], metadata["name"]) / run
 
     def _start(self, core: Any, pod: Mapping[str, Any], node: ProcessNode) -> None:
         metadata, spec = pod["metadata"], pod["spec"]
@@ -248,28 +300,39 @@ class ProcessPods:
         except ProcessSpecError as error:
             self._refuse(core, pod, str(error))
             return
-        with self._lock, open(directory / LOG_FILE, "ab") as output:
-            try:
-                process = subprocess.Popen(
-                    list(launch.argv), env=dict(launch.env), cwd=directory / WORK_DIR, stdin=subprocess.DEVNULL,
-                    stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-                )  # fmt: skip
-            except OSError as error:
-                message = f"cannot start {launch.argv[0]!r}: {error.strerror}"
-                output.write(f"kubefit-sandbox: {message}\n".encode())
-                (directory / EXIT_FILE).write_text(f"{START_FAILED_EXIT_CODE}\n")
-                patch = exited_status_patch(pod, START_FAILED_EXIT_CODE, node.internal_ip, address.pod_ip,
-                                            rfc3339(), message)  # fmt: skip
-                core.patch_namespaced_pod_status(metadata["name"], metadata["namespace"], patch)
-                log.warning("pod %s/%s: %s", metadata["namespace"], metadata["name"], message)
+        patch = running_status_patch(pod, node.internal_ip, address.pod_ip, rfc3339())
+        with self._lock:
+            if self._stopping:  # stop_all has begun: it would not stop a process started now
                 return
-            patch = running_status_patch(pod, node.internal_ip, address.pod_ip, rfc3339())
+            (directory / WORK_DIR).mkdir(parents=True)
+            with open(directory / LOG_FILE, "ab") as output:
+                try:
+                    process = subprocess.Popen(
+                        list(launch.argv), env=dict(launch.env), cwd=directory / WORK_DIR,
+                        stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )  # fmt: skip
+                except OSError as error:
+                    message = f"cannot start {launch.argv[0]!r}: {error.strerror}"
+                    output.write(f"kubefit-sandbox: {message}\n".encode())
+                    (directory / EXIT_FILE).write_text(f"{START_FAILED_EXIT_CODE}\n")
+                    failed = exited_status_patch(pod, START_FAILED_EXIT_CODE, node.internal_ip,
+                                                 address.pod_ip, rfc3339(), message)  # fmt: skip
+                    core.patch_namespaced_pod_status(metadata["name"], metadata["namespace"], failed)
+                    log.warning("pod %s/%s: %s", metadata["namespace"], metadata["name"], message)
+                    return
             run = PodRun({**pod, "status": patch["status"]}, node, address.pod_ip, directory, process)
             self._runs[metadata["uid"]] = run
-            core.patch_namespaced_pod_status(metadata["name"], metadata["namespace"], patch)
+            # Its reaper at once, so that the process has one even if the Running write fails; the exit is
+            # reported after that write all the same (_wait needs the lock).
+            threading.Thread(
+                target=self._wait, args=(run,), name=f"process-{process.pid}", daemon=True
+            ).start()
+            _with_retries(
+                partial(core.patch_namespaced_pod_status, metadata["name"], metadata["namespace"], patch)
+            )
         log.info("pod %s on %s: Running as process %d (%s), in %s", run.key, node.name, process.pid,
                  address.pod_ip, directory)  # fmt: skip
-        threading.Thread(target=self._wait, args=(run,), name=f"process-{process.pid}", daemon=True).start()
 
     def _refuse(self, core: Any, pod: Mapping[str, Any], message: str) -> None:
         metadata = pod["metadata"]
@@ -300,14 +363,20 @@ class ProcessPods:
             run.exit_code = code
             deleting = run.deleting
             self._timers.cancel(f"kill/{metadata['uid']}")
+            if self._terminating.get(metadata["uid"]) is run:
+                # Its pod is gone already: the process held the pod's IP until now.
+                del self._terminating[metadata["uid"]]
+                self._ips.release(metadata["uid"])
             try:
                 core = self._new_core()
                 if deleting:
                     # The container is gone: what the kubelet confirms by removing the pod.
-                    delete_pod_now(core, metadata["namespace"], metadata["name"], metadata["uid"])
+                    _with_retries(partial(delete_pod_now, core, metadata["namespace"], metadata["name"],
+                                          metadata["uid"]))  # fmt: skip
                 else:
                     patch = exited_status_patch(run.pod, code, run.node.internal_ip, run.ip, rfc3339())
-                    core.patch_namespaced_pod_status(metadata["name"], metadata["namespace"], patch)
+                    _with_retries(partial(core.patch_namespaced_pod_status, metadata["name"],
+                                          metadata["namespace"], patch))  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - the pod may be gone; logged, never fatal
                 log.warning(
                     "pod %s: reporting exit %d failed: %s: %s", run.key, code, type(exc).__name__, exc
@@ -315,15 +384,25 @@ class ProcessPods:
         log.info("pod %s: process exited with %d%s", run.key, code, " (deleted)" if deleting else "")
 
     def _terminate(self, run: PodRun, deadline: datetime) -> None:
+        """SIGTERM now (once), SIGKILL at the deadline; a later call with an earlier deadline (a second
+        delete with a shorter grace period) brings the SIGKILL forward."""
         with self._lock:
-            if run.deleting:
+            first = not run.deleting
+            if not first and run.kill_at is not None and deadline >= run.kill_at:
                 return
-            run.deleting = True
-            run.tree = process_tree(run.process.pid)
-        _signal_group(run.process.pid, signal.SIGTERM)
-        delay = (deadline - datetime.now(UTC)).total_seconds()
-        log.info("pod %s deleted: SIGTERM to process %d, SIGKILL in %.0fs", run.key, run.process.pid, delay)
-        self._timers.schedule(f"kill/{run.pod['metadata']['uid']}", delay, lambda: self._kill(run))
+            run.deleting, run.kill_at = True, deadline
+            if first:
+                run.tree = process_tree(run.process.pid)
+            delay = (deadline - datetime.now(UTC)).total_seconds()
+            # Scheduled with the lock held: of two calls at once, the earlier deadline is the one that stays.
+            self._timers.schedule(f"kill/{run.pod['metadata']['uid']}", delay, lambda: self._kill(run))
+        if first:
+            _signal_group(run.process.pid, signal.SIGTERM)
+            log.info(
+                "pod %s deleted: SIGTERM to process %d, SIGKILL in %.0fs", run.key, run.process.pid, delay
+            )
+        else:
+            log.info("pod %s deleted again: SIGKILL now in %.0fs", run.key, delay)
 
     def _kill(self, run: PodRun) -> None:
         if run.process.poll() is None:

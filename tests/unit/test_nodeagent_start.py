@@ -47,3 +47,37 @@ def test_an_agent_that_exits_first_is_not_ready(tmp_path: Path) -> None:
     process = _process("raise SystemExit(3)")
     assert nodeagent._wait_until_ready(process, tmp_path / "agent.ready") is False
     assert process.returncode == 3
+
+
+# Looks like an agent (the module in its cmdline) and holds the lock file it is given, as the agent does.
+HOLDS_LOCK = (
+    "import fcntl, os, sys, time\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(20)\n"
+)
+
+
+def test_a_stale_pid_of_another_sandboxs_agent_is_not_this_sandboxs_agent(tmp_path: Path) -> None:
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine.mkdir()
+    other.mkdir()
+    command = [
+        sys.executable,
+        "-c",
+        HOLDS_LOCK,
+        str(other / nodeagent.AGENT_LOCK_FILE),
+        nodeagent.AGENT_MODULE,
+    ]
+    agent = subprocess.Popen(command, stdout=subprocess.PIPE)
+    try:
+        assert agent.stdout is not None and agent.stdout.readline() == b"locked\n"
+        for name in (nodeagent.AGENT_PID_FILE, nodeagent.AGENT_LOCK_FILE):
+            (mine / name).write_text(f"{agent.pid}\n")  # left from an agent of this sandbox that is gone
+        (other / nodeagent.AGENT_LOCK_FILE).write_text(f"{agent.pid}\n")
+        assert nodeagent.running_agent_pid(mine) is None
+        assert nodeagent.running_agent_pid(other) == agent.pid
+    finally:
+        agent.kill()
+        agent.wait()
