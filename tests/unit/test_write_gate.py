@@ -32,7 +32,9 @@ class RecordingClient:
         return method, path
 
     def call_api(self, method: str, path: str, _request_timeout: object = None) -> _Response:
-        assert _request_timeout is not None  # every call is bounded in time (a dead connection held a reconcile)
+        assert (
+            _request_timeout is not None
+        )  # every call is bounded in time (a dead connection held a reconcile)
         self.sent.append((method, path))
         self.in_flight.set()
         if self.hold is not None:
