@@ -146,7 +146,8 @@ class Container(TypedDict):
             ResourceRequirements | None,
             Field(
                 description="Resources. In the first container the operator sets the accelerator request "
-                "and limit, and fills cpu and memory requests (see spec.resources)."
+                "and limit, and fills cpu and memory requests (see spec.resources); the catalog's other "
+                "accelerators are taken out of every container's requests and limits."
             ),
         ]
     ]
