@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -396,3 +397,49 @@ def test_a_node_with_running_workers_removed_each_job_recovers_per_its_policy(
     assert all(now.get(name) != uid for name, uid in fixed_survivors.items())  # restarted with the lost one
     assert "WorkerLost" in [event["reason"] for event in kube.events(namespace, "fixed")]
     assert kube.job_status(namespace, "fixed").get("restarts", 0) == 0
+
+
+# ---------------------------------------------------------------------------------------------- 4
+
+
+def test_pods_deleted_while_the_operators_watches_were_broken_neither_hold_devices_nor_stand_for_workers(
+    sandbox: Sandbox,
+    kube: Kube,
+    operator: OperatorProcess,
+    namespace: str,
+    add_pool: Callable[..., PrivatePool],
+) -> None:
+    """The operator frozen while the API server restarts and two pods are deleted: its watches then resume
+    from a revision the new API server does not have (410 Gone), kopf lists again and sends no DELETED event
+    for the two. The operator must still see that they went (controller/relist.py)."""
+    pool = add_pool(PoolNodes(H100, nodes=1, per_node=8))
+    kube.apply(one_device_job("kept", namespace, pool, 2))
+    wait_for("2 kept workers", lambda: _running_count(kube, namespace, "kept") == 2, 120, 1)
+    other = pool.pin({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "other-workload", "namespace": namespace},
+        "spec": {"containers": [{"name": "main", "image": "busybox", "resources": {"limits": {"nvidia.com/gpu": 6}}}]},
+    })  # fmt: skip
+    kube.apply(other)
+    wait_for("the other workload running", lambda: running_names([kube.get("pod", "other-workload", namespace) or {"metadata": {}, "status": {}}]), 60, 1)  # fmt: skip
+    kube.apply(one_device_job("waiting", namespace, pool, 1))
+    wait_for("the waiting job queued", lambda: (kube.condition(namespace, "waiting", "Admitted") or {}).get("status") == "False", 60, 1)  # fmt: skip
+    worker_uid = kube.get("pod", "kept-worker-0", namespace)["metadata"]["uid"]
+
+    assert operator.process is not None
+    os.killpg(operator.process.pid, signal.SIGSTOP)
+    try:
+        # Restarted first: the frozen operator's connections close, so no event of the deletions can wait
+        # in its sockets, and the new API server's watch cache begins after the revision it last saw.
+        sandbox.restart_component("kube-apiserver", down_seconds=1)
+        for pod in ("other-workload", "kept-worker-0"):
+            kube.run("delete", "pod", pod, "-n", namespace, "--grace-period=0", "--force", "--wait=true")
+    finally:
+        os.killpg(operator.process.pid, signal.SIGCONT)
+
+    def replaced() -> bool:
+        pod = kube.get("pod", "kept-worker-0", namespace)
+        return pod is not None and pod["metadata"]["uid"] != worker_uid and bool(running_names([pod]))
+
+    wait_for("kept-worker-0 made again", replaced, 120, 1)
+    wait_for("the waiting job admitted onto the freed devices", lambda: _running_count(kube, namespace, "waiting") >= 1, 120, 1)  # fmt: skip
+    assert operator.logged(r"gone while a watch was broken: .*other-workload") is not None

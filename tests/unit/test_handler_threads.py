@@ -24,7 +24,9 @@ def test_every_handler_and_index_is_a_coroutine_kopf_can_cancel() -> None:
     """A plain `def` runs in kopf's executor shielded from cancellation: stopping a namespace's watch waits
     for it, and no new namespace is watched meanwhile."""
     registry = kopf.OperatorRegistry()
-    stand_in = SimpleNamespace(jobs=SimpleNamespace(keys=list), created_here=lambda key, name: False)
+    stand_in = SimpleNamespace(
+        jobs=SimpleNamespace(keys=list), created_here=lambda key, name: False, api=None
+    )
     handlers.register(registry, cast(Any, stand_in), cast(Any, SimpleNamespace()))
     # kopf keeps them in private registries; these two hold every index and every event handler.
     found = [*registry._indexing.get_all_handlers(), *registry._watching.get_all_handlers()]

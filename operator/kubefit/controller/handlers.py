@@ -22,6 +22,7 @@ import asyncio
 import contextvars
 import enum
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,10 +36,13 @@ from kubefit.api.resource import GROUP, PLURAL, VERSION, JobKey
 from kubefit.builders.naming import JOB_LABEL
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.reconciler import Reconciler
+from kubefit.controller.relist import NODES, PODS, Indexed, RelistCheck
 from kubefit.controller.resync import ResyncLoop
 from kubefit.controller.scheduler import Scheduler
 from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts, pod_usage
 from kubefit.decisions.observed import POD_FINISHED_PHASES, WorkerPod, worker_from_pod
+
+logger = logging.getLogger("kubefit.handlers")
 
 RESYNC_SECONDS = 30.0
 T = TypeVar("T")
@@ -127,10 +131,10 @@ def register(
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
 
-    nodes_seen, threads = SameFacts(), HandlerThreads()
+    nodes_seen, threads, relists = SameFacts(), HandlerThreads(), RelistCheck(reconciler.api)
     _register_indexes(registry, nodes_seen)
-    _register_triggers(registry, threads, reconciler, scheduler, resync_seconds)
-    _register_capacity_triggers(registry, threads, scheduler, nodes_seen)
+    _register_triggers(registry, threads, reconciler, scheduler, resync_seconds, (relists, nodes_seen))
+    _register_capacity_triggers(registry, threads, scheduler, nodes_seen, relists)
 
 
 class SameFacts:
@@ -177,7 +181,11 @@ def _register_indexes(registry: kopf.OperatorRegistry, nodes_seen: SameFacts) ->
 
 
 def _resync_loop(
-    reconciler: Reconciler, scheduler: Scheduler, resync_seconds: float, live_indexes: Mapping[str, Any]
+    reconciler: Reconciler,
+    scheduler: Scheduler,
+    resync_seconds: float,
+    live_indexes: Mapping[str, Any],
+    check_relists: Callable[[], object],
 ) -> ResyncLoop:
     """The resync over the jobs, reading kopf's indexes as the handlers last saw them."""
 
@@ -185,13 +193,69 @@ def _resync_loop(
         if live_indexes:
             scheduler.request("timer", cluster_view(**live_indexes))
 
+    def prune() -> None:
+        try:
+            check_relists()
+        except Exception:  # noqa: BLE001 - an API error now is retried next period
+            logger.exception("checking for pods and nodes deleted while a watch was broken failed")
+        reconciler.forget_vanished(cluster_view(**live_indexes))
+
     return ResyncLoop(
         resync_seconds,
         keys=reconciler.jobs.keys,
         reconcile=lambda key: reconciler.reconcile(key, "timer", cluster_view(**live_indexes)),
         schedule=resync_pass,
-        prune=lambda: reconciler.forget_vanished(cluster_view(**live_indexes)),
+        prune=prune,
     )
+
+
+def _relist_checker(
+    relisting: tuple[RelistCheck, SameFacts],
+    workers_seen: WorkerChanges,
+    scheduler: Scheduler,
+    reconciler: Reconciler,
+    live_indexes: Mapping[str, Any],
+) -> Callable[[], object]:
+    """The resync's check for pods and nodes deleted while a watch was broken (controller/relist.py)."""
+    relists, nodes_seen = relisting
+
+    def after_vanished(vanished: list[Indexed]) -> None:
+        """What the DELETED events of `vanished` would have done."""
+        view = cluster_view(**live_indexes)
+        for item in vanished:
+            if item.kind == NODES:
+                nodes_seen.forget(item.name)
+                scheduler.node_changed(None, item.name, False, view)
+            elif item.job is not None:
+                workers_seen.observe("DELETED", {"metadata": {"uid": item.uid}})
+                reconciler.reconcile((item.namespace or "", item.job), "pod", view)
+        scheduler.request("pod", view)
+
+    return lambda: relists.check(
+        lambda: _indexed(live_indexes), lambda gone: _discard(live_indexes, gone), after_vanished
+    )
+
+
+def _indexed(indexes: Mapping[str, Any]) -> list[Indexed]:
+    """The objects kopf's indexes hold entries of (a worker pod once, with its job)."""
+    nodes = [Indexed(NODES, None, facts.name, facts.uid) for facts in _values(indexes["kubefit_nodes"])]
+    pods = [Indexed(PODS, *usage.pod) for usage in _values(indexes["kubefit_pod_usage"])]
+    workers = read_consistently(
+        lambda: [
+            Indexed(PODS, key[0], worker.name, worker.uid, job=key[1])
+            for key, store in indexes["kubefit_workers"].items()
+            for worker in store
+        ]
+    )
+    return list({item.key: item for item in [*nodes, *pods, *workers]}.values())
+
+
+def _discard(indexes: Mapping[str, Any], vanished: Iterable[Indexed]) -> None:
+    """Drops the objects' entries from kopf's indexes as kopf does on their DELETED event (its indexers'
+    own `discard`, kopf `_core/engines/indexing.py`; tests/unit/test_relist.py holds kopf to it)."""
+    for index in indexes.values():
+        for item in vanished:
+            index._discard(item.key)
 
 
 def _register_triggers(
@@ -200,14 +264,18 @@ def _register_triggers(
     reconciler: Reconciler,
     scheduler: Scheduler,
     resync_seconds: float,
+    relisting: tuple[RelistCheck, SameFacts],
 ) -> None:
     jobs = reconciler.jobs
     workers_seen = WorkerChanges(reconciler.created_here)
     live_indexes: dict[str, Any] = {}  # kopf's live index objects, for the resync's reconciles
-    resync = _resync_loop(reconciler, scheduler, resync_seconds, live_indexes)
+    relists = relisting[0]
 
     def reconcile_job(trigger: str, namespace: str | None, name: str, **indexes: Any) -> None:
         reconciler.reconcile((namespace or "", name), trigger, cluster_view(**indexes))
+
+    check_relists = _relist_checker(relisting, workers_seen, scheduler, reconciler, live_indexes)
+    resync = _resync_loop(reconciler, scheduler, resync_seconds, live_indexes, check_relists)
 
     # Every TrainingJob event, with no finalizer and no annotation of kopf's: the job is kept in the reconciler's
     # cache and reconciled if it is new or changed (its status as this operator wrote it is no change). The
@@ -235,6 +303,8 @@ def _register_triggers(
 
     @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, id="worker_pod", registry=registry)
     async def worker_pod_event(**kwargs: Any) -> None:
+        if kwargs["type"] is None:
+            relists.listed(PODS)
         await threads.run(on_worker_pod_event, kwargs)
 
     def on_worker_pod_event(
@@ -351,10 +421,17 @@ def _only_bound(before: WorkerPod | None, after: WorkerPod | None) -> bool:
 
 
 def _register_capacity_triggers(
-    registry: kopf.OperatorRegistry, threads: HandlerThreads, scheduler: Scheduler, nodes_seen: SameFacts
+    registry: kopf.OperatorRegistry,
+    threads: HandlerThreads,
+    scheduler: Scheduler,
+    nodes_seen: SameFacts,
+    relists: RelistCheck,
 ) -> None:
+    # A listing's events come with no type (kopf's start, and its relisting after a watch broke for good).
     @kopf.on.event("", "v1", "nodes", id="node_changed", registry=registry)
     async def node_event(**kwargs: Any) -> None:
+        if kwargs["type"] is None:
+            relists.listed(NODES)
         await threads.run(on_node_event, kwargs)
 
     def on_node_event(type: str | None, body: kopf.Body, name: str, **kwargs: Any) -> None:
@@ -366,6 +443,8 @@ def _register_capacity_triggers(
     # Other workloads' pods: devices they free may admit a queued job or grow an elastic one.
     @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.ABSENT}, id="pod_released", registry=registry)
     async def pod_event(**kwargs: Any) -> None:
+        if kwargs["type"] is None:
+            relists.listed(PODS)
         await threads.run(on_pod_event, kwargs)
 
     def on_pod_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:

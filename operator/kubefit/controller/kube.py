@@ -42,6 +42,7 @@ def error_message(error: BaseException) -> str:
 # (connect, read) seconds of every call through KubeApi: a LIST of a namespace's jobs at thousands of jobs
 # reads in well under the read timeout.
 REQUEST_TIMEOUT = (10.0, 60.0)
+LIST_PAGE = 500  # objects per page of a list (metadata only)
 
 
 class JobReplaced(Exception):
@@ -154,6 +155,19 @@ class CoreV1Api:
     def create_namespaced_service(self, namespace: str, body: dict[str, Any]) -> None:
         self._rest.call("POST", f"/api/v1/namespaces/{_quoted(namespace)}/services", body)
 
+    def list_node(self, limit: int, continue_token: str = "") -> dict[str, Any]:
+        """One page of the nodes' metadata (a PartialObjectMetadataList)."""
+        return _page(self._rest, "/api/v1/nodes", limit, continue_token)
+
+    def list_namespaced_pod(self, namespace: str, limit: int, continue_token: str = "") -> dict[str, Any]:
+        """One page of the metadata of the pods in `namespace`."""
+        return _page(self._rest, f"/api/v1/namespaces/{_quoted(namespace)}/pods", limit, continue_token)
+
+
+def _page(rest: _Rest, path: str, limit: int, continue_token: str) -> dict[str, Any]:
+    query = f"?limit={limit}" + (f"&continue={quote(continue_token, safe='')}" if continue_token else "")
+    return cast(dict[str, Any], json.loads(rest.call("GET", path + query, accept=METADATA_ONLY)))
+
 
 class CustomObjectsApi:
     """The TrainingJob calls, as the kubernetes client's CustomObjectsApi names them (see CoreV1Api)."""
@@ -242,6 +256,14 @@ class KubeApi:
         listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
         return {item["metadata"]["name"]: item["metadata"]["uid"] for item in listed.get("items") or []}
 
+    def node_uids(self) -> set[str]:
+        """The uid of every node now (their metadata listed in pages of LIST_PAGE)."""
+        return _uids(lambda token: self.core.list_node(LIST_PAGE, token))
+
+    def pod_uids(self, namespace: str) -> set[str]:
+        """The uid of every pod in `namespace` now."""
+        return _uids(lambda token: self.core.list_namespaced_pod(namespace, LIST_PAGE, token))
+
     def delete_job(self, namespace: str, name: str) -> bool:
         return self._ignoring_404(
             lambda: self.custom.delete_namespaced_custom_object(
@@ -273,6 +295,19 @@ class KubeApi:
     def _ignoring_404(call: Callable[[], object]) -> bool:
         """True if `call` succeeded, False if the object is already gone (404 Not Found)."""
         return _done_unless(call, already_done=404)
+
+
+def _uids(page: Callable[[str], dict[str, Any]]) -> set[str]:
+    """The uids of a paged list's items: every page of one list is of the same revision (the API server's
+    continue token carries it)."""
+    uids: set[str] = set()
+    token = ""
+    while True:
+        listed = page(token)
+        uids.update(item["metadata"]["uid"] for item in listed.get("items") or [])
+        token = (listed.get("metadata") or {}).get("continue") or ""
+        if not token:
+            return uids
 
 
 def _done_unless(call: Callable[[], object], already_done: int) -> bool:

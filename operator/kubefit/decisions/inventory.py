@@ -28,6 +28,7 @@ class NodeFacts:
     allocatable: Mapping[str, str] = field(default_factory=dict)
     schedulable: bool = True
     taints: tuple[Taint, ...] = ()
+    uid: str = ""  # a node deleted and registered again under its name is another node
 
     @property
     def scheduling_taints(self) -> tuple[Taint, ...]:
@@ -44,6 +45,7 @@ def node_facts(node: Mapping[str, Any]) -> NodeFacts:
         allocatable=dict((node.get("status") or {}).get("allocatable") or {}),
         schedulable=not spec.get("unschedulable", False),
         taints=node_taints(spec),
+        uid=metadata.get("uid", ""),
     )
 
 
@@ -66,6 +68,7 @@ class PodUsage:
     node_name: str
     requests: Mapping[str, int]
     job: tuple[str, str] | None = None  # (namespace, TrainingJob name) for a kubefit worker
+    pod: tuple[str, str, str] = ("", "", "")  # (namespace, name, uid): to drop it if it goes unseen
 
 
 def pod_usage(pod: Mapping[str, Any]) -> PodUsage | None:
@@ -85,7 +88,8 @@ def pod_usage(pod: Mapping[str, Any]) -> PodUsage | None:
     metadata = pod.get("metadata") or {}
     job_name = (metadata.get("labels") or {}).get(JOB_LABEL)
     job = (metadata.get("namespace", ""), job_name) if job_name else None
-    return PodUsage(node_name, dict(total), job)
+    pod_key = (metadata.get("namespace", ""), metadata.get("name", ""), metadata.get("uid", ""))
+    return PodUsage(node_name, dict(total), job, pod_key)
 
 
 @dataclass(frozen=True)

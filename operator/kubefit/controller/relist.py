@@ -1,0 +1,114 @@
+"""Pods and nodes deleted while a watch was broken, which kopf never reports as deleted.
+
+A watch that cannot resume (410 Gone: the API server no longer has the revision it last saw, as after a
+restart of the API server) makes kopf list the objects again and watch on, but it sends no DELETED event for
+those deleted meanwhile (kopf 1.45, `_cogs/clients/watching.py` `continuous_watch`), so their entries stayed
+in its indexes for good: a pod that went so held its devices in the inventory, a worker that went so stood
+for a live one and was never made again, a node so offered devices that are not there. client-go's informers
+handle the same case at their relist (`DeletedFinalStateUnknown`).
+
+A listing's events reach the handlers with no type. After one for pods or nodes, the next resync period
+checks that kind: it notes what the indexes hold, then lists those objects' metadata (nodes once, pods once
+per namespace noted). An object noted before that list began and absent from it was deleted (uids are never
+used again), and is dropped as its DELETED event would have dropped it. The operator's own start is a listing
+too, so the first period checks once; nothing more is listed until kopf lists again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+logger = logging.getLogger("kubefit.relist")
+
+NODES, PODS = "nodes", "pods"
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """An object kopf's indexes hold an entry of."""
+
+    kind: str  # NODES or PODS
+    namespace: str | None  # None for a node
+    name: str
+    uid: str
+    job: str | None = field(default=None, compare=False)  # the TrainingJob of a worker pod
+
+    @property
+    def key(self) -> tuple[str | None, str, str]:
+        """kopf's key of the object's entries (kopf `_core/engines/indexing.py`, `make_key`)."""
+        return (self.namespace, self.name, self.uid)
+
+    def __str__(self) -> str:
+        return f"{self.kind[:-1]} {self.namespace}/{self.name}" if self.namespace else f"node {self.name}"
+
+
+class UidLister(Protocol):
+    def node_uids(self) -> set[str]: ...
+
+    def pod_uids(self, namespace: str) -> set[str]: ...
+
+
+def gone(noted: Iterable[Indexed], lister: UidLister) -> list[Indexed]:
+    """Those of `noted` (read from the indexes before this call) that the API server no longer has."""
+    noted = list(noted)
+    listed: dict[tuple[str, str | None], set[str]] = {}
+    for item in noted:
+        where = (item.kind, item.namespace)
+        if where not in listed:
+            listed[where] = (
+                lister.node_uids() if item.kind == NODES else lister.pod_uids(item.namespace or "")
+            )
+    return [item for item in noted if item.uid not in listed[(item.kind, item.namespace)]]
+
+
+class RelistCheck:
+    """Notes kopf's listings (on its event loop) and, at the resync, drops what they hid the deletion of."""
+
+    def __init__(self, lister: UidLister) -> None:
+        self._lister = lister
+        self._lock = threading.Lock()
+        self._due: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def listed(self, kind: str) -> None:
+        """An event of kopf's listing of `kind` arrived; called on kopf's event loop."""
+        with self._lock:
+            self._due.add(kind)
+            self._loop = asyncio.get_running_loop()
+
+    def check(
+        self,
+        held: Callable[[], Iterable[Indexed]],
+        discard: Callable[[list[Indexed]], None],
+        handle: Callable[[list[Indexed]], None],
+    ) -> list[Indexed]:
+        """The objects of the kinds listed since the last check that are gone: `discard` drops their
+        entries (run on kopf's loop, which alone changes its indexes), then `handle` does what their DELETED
+        events would have. A failed list leaves the kind due for the next check."""
+        with self._lock:
+            due, self._due = self._due, set()
+            loop = self._loop
+        if not due or loop is None:
+            return []
+        try:
+            vanished = gone([item for item in held() if item.kind in due], self._lister)
+        except Exception:
+            with self._lock:
+                self._due |= due
+            raise
+        if vanished:
+            logger.warning(
+                "gone while a watch was broken: %s; dropping them", ", ".join(sorted(map(str, vanished)))
+            )
+            asyncio.run_coroutine_threadsafe(_on_loop(discard, vanished), loop).result(timeout=60)
+            handle(vanished)
+        return vanished
+
+
+async def _on_loop(discard: Callable[[list[Indexed]], None], vanished: list[Indexed]) -> None:
+    discard(vanished)

@@ -1,0 +1,169 @@
+"""Pods and nodes deleted while a watch was broken (controller/relist.py): found by a list after kopf's
+listing, and dropped from kopf's own indexes. The end-to-end proof is in tests/e2e/test_chaos.py (test 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from kopf._core.engines.indexing import OperatorIndexer
+
+from kubefit.controller.handlers import _discard, _indexed
+from kubefit.controller.relist import NODES, PODS, Indexed, RelistCheck, gone
+from kubefit.decisions.inventory import node_facts, pod_usage
+from kubefit.decisions.observed import worker_from_pod
+
+
+class Lister:
+    def __init__(self, nodes: set[str], pods: dict[str, set[str]], fail: bool = False) -> None:
+        self.nodes, self.pods, self.fail = nodes, pods, fail
+        self.calls: list[str] = []
+
+    def node_uids(self) -> set[str]:
+        self.calls.append("nodes")
+        if self.fail:
+            raise OSError("connection refused")
+        return self.nodes
+
+    def pod_uids(self, namespace: str) -> set[str]:
+        self.calls.append(f"pods/{namespace}")
+        if self.fail:
+            raise OSError("connection refused")
+        return self.pods.get(namespace, set())
+
+
+NODE_A, NODE_B = Indexed(NODES, None, "a", "uid-a"), Indexed(NODES, None, "b", "uid-b")
+POD_1, POD_2 = Indexed(PODS, "ns1", "p1", "uid-1"), Indexed(PODS, "ns1", "p2", "uid-2")
+POD_3 = Indexed(PODS, "ns2", "p3", "uid-3", job="train")
+
+
+def test_gone_lists_each_kind_and_namespace_once_and_returns_what_it_no_longer_has() -> None:
+    lister = Lister({"uid-a"}, {"ns1": {"uid-1"}, "ns2": set()})
+    assert gone([NODE_A, NODE_B, POD_1, POD_2, POD_3], lister) == [NODE_B, POD_2, POD_3]
+    assert sorted(lister.calls) == ["nodes", "pods/ns1", "pods/ns2"]
+
+
+def test_a_node_registered_again_under_its_name_is_another_node() -> None:
+    assert gone([Indexed(NODES, None, "a", "old"), NODE_A], Lister({"uid-a"}, {})) == [
+        Indexed(NODES, None, "a", "old")
+    ]
+
+
+def _listed_on_a_loop(check: RelistCheck, *kinds: str) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    """A running event loop on a thread of its own (kopf's), on which `kinds` were listed."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def listed() -> None:
+        for kind in kinds:
+            check.listed(kind)
+
+    asyncio.run_coroutine_threadsafe(listed(), loop).result(5)
+    return loop, thread
+
+
+def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def test_nothing_is_listed_until_kopf_lists_and_then_only_the_kind_it_listed() -> None:
+    lister = Lister(set(), {})
+    check = RelistCheck(lister)
+    held = [NODE_A, POD_1]
+    dropped: list[tuple[str, list[Indexed]]] = []
+
+    def discard(vanished: list[Indexed]) -> None:
+        dropped.append((threading.current_thread().name, vanished))
+
+    handled: list[list[Indexed]] = []
+    assert check.check(lambda: held, discard, handled.append) == []
+    assert lister.calls == []
+    loop, thread = _listed_on_a_loop(check, PODS)
+    try:
+        assert check.check(lambda: held, discard, handled.append) == [POD_1]
+        assert lister.calls == ["pods/ns1"]  # nodes were not listed again: their node stays
+        # kopf's loop alone changes its indexes: the entries are dropped there, not on the resync's thread
+        assert [vanished for _, vanished in dropped] == [[POD_1]]
+        assert dropped[0][0] != threading.current_thread().name
+        assert handled == [[POD_1]]
+        assert check.check(lambda: held, discard, handled.append) == []  # done: not due again
+        assert lister.calls == ["pods/ns1"]
+    finally:
+        _stop(loop, thread)
+
+
+def test_a_list_that_fails_is_tried_again_at_the_next_check() -> None:
+    lister = Lister({"uid-a"}, {}, fail=True)
+    check = RelistCheck(lister)
+    loop, thread = _listed_on_a_loop(check, NODES)
+    try:
+        with pytest.raises(OSError):
+            check.check(lambda: [NODE_A, NODE_B], lambda _: None, lambda _: None)
+        lister.fail = False
+        assert check.check(lambda: [NODE_A, NODE_B], lambda _: None, lambda _: None) == [NODE_B]
+    finally:
+        _stop(loop, thread)
+
+
+def _pod(namespace: str, name: str, uid: str, node: str, job: str | None = None) -> dict[str, Any]:
+    labels = {"kubefit.dev/job": job} if job else {}
+    return {
+        "metadata": {"namespace": namespace, "name": name, "uid": uid, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"resources": {"limits": {"nvidia.com/gpu": "2"}}}]},
+        "status": {"phase": "Running"},
+    }
+
+
+def _indexes_of(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """kopf's own indexers filled as its indexing of these objects would (keys: kopf's make_key)."""
+    indexers = {name: OperatorIndexer() for name in ("kubefit_nodes", "kubefit_pod_usage", "kubefit_workers")}
+    for node in nodes:
+        facts = node_facts(node)
+        indexers["kubefit_nodes"].replace((None, facts.name, node["metadata"]["uid"]), {facts.name: facts})
+    for pod in pods:
+        metadata = pod["metadata"]
+        key = (metadata["namespace"], metadata["name"], metadata["uid"])
+        usage = pod_usage(pod)
+        assert usage is not None
+        indexers["kubefit_pod_usage"].replace(key, {usage.node_name: usage})
+        worker = worker_from_pod(pod)
+        if metadata["labels"] and worker is not None:
+            job_key = (metadata["namespace"], metadata["labels"]["kubefit.dev/job"])
+            indexers["kubefit_workers"].replace(key, {job_key: worker})
+    return {name: indexer.index for name, indexer in indexers.items()}
+
+
+def test_the_indexes_objects_are_read_with_kopfs_keys_and_dropped_from_every_index() -> None:
+    old_node = {
+        "metadata": {"name": "n1", "uid": "node-old"},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+    }
+    new_node = {
+        "metadata": {"name": "n1", "uid": "node-new"},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+    }
+    worker = _pod("ns", "train-worker-0", "w0", "n1", job="train")
+    other = _pod("ns", "other", "o1", "n1")
+    indexes = _indexes_of([old_node, new_node], [worker, other])
+
+    held = _indexed(indexes)
+    assert sorted(held, key=str) == sorted(
+        [
+            Indexed(NODES, None, "n1", "node-old"),
+            Indexed(NODES, None, "n1", "node-new"),
+            Indexed(PODS, "ns", "other", "o1"),
+            Indexed(PODS, "ns", "train-worker-0", "w0"),
+        ],
+        key=str,
+    )
+    assert next(item for item in held if item.uid == "w0").job == "train"
+
+    _discard(indexes, [Indexed(NODES, None, "n1", "node-old"), Indexed(PODS, "ns", "train-worker-0", "w0")])
+    assert [facts.uid for store in indexes["kubefit_nodes"].values() for facts in store] == ["node-new"]
+    assert [usage.pod[1] for store in indexes["kubefit_pod_usage"].values() for usage in store] == ["other"]
+    assert "ns" not in {key[0] for key in indexes["kubefit_workers"]}
