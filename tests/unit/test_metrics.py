@@ -257,6 +257,22 @@ def test_a_job_deleted_during_its_first_reconcile_leaves_no_series() -> None:
     assert series_of(metrics, "llama")
 
 
+def test_the_old_jobs_deletion_that_comes_after_the_new_ones_reconcile_leaves_the_new_series() -> None:
+    """kopf handles each uid on its own: the old job's DELETED event can come after the first reconcile of
+    the job created again under its name (kubectl delete, then apply)."""
+    metrics = OperatorMetrics()
+    Job(metrics, job_spec()).reconcile(10, [pod(0), pod(1)], 2)  # the old job, UID
+    new = Job(metrics, job_spec())
+    new.reconcile(20, [], 2, uid="uid-of-a-new-llama")
+    before = series_of(metrics, "llama")
+    metrics.forget_job("team-a", "llama", UID)
+    assert series_of(metrics, "llama") == before
+    new.reconcile(21, [], 2, uid="uid-of-a-new-llama")
+    assert series_of(metrics, "llama")
+    Job(metrics, job_spec()).reconcile(22, [pod(0), pod(1)], 2)  # a late reconcile of the old one: barred
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="running") == 0
+
+
 def test_queue_wait_is_creation_to_admission_observed_once() -> None:
     metrics = OperatorMetrics()
     job = Job(metrics, job_spec())

@@ -862,6 +862,34 @@ def test_a_job_created_again_while_the_jobs_were_listed_is_not_forgotten(harness
     assert KEY in harness.reconciler.scheduler.snapshot()  # its place in the queue is not taken from it
 
 
+def test_the_old_jobs_deletion_that_comes_after_the_new_ones_event_leaves_the_new_job_alone(
+    harness: Harness,
+) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))
+    harness.reconcile()
+    old_uid = harness.kube.jobs["llama"]["metadata"]["uid"]
+    again = job_manifest(replicas=1)
+    again["metadata"]["uid"] = "uid-llama-again"
+    harness.kube.jobs["llama"] = copy.deepcopy(again)
+    harness.reconciler.jobs.observe(KEY, copy.deepcopy(again))  # kopf handled the new uid's ADDED first
+    harness.reconcile("create")
+    series = harness.metrics.registry.get_sample_value(
+        "kubefit_trainingjob_workers", {"namespace": NAMESPACE, "name": "llama", "state": "desired"}
+    )
+    assert series == 1
+    harness.reconciler.job_deleted(KEY, old_uid, harness.view())  # then the old uid's DELETED
+    held = harness.reconciler.jobs.read(KEY, lambda *_: None)
+    assert held is not None and held["metadata"]["uid"] == "uid-llama-again"
+    assert KEY in harness.reconciler.scheduler.snapshot()
+    assert (
+        harness.metrics.registry.get_sample_value(
+            "kubefit_trainingjob_workers", {"namespace": NAMESPACE, "name": "llama", "state": "desired"}
+        )
+        == 1
+    )
+
+
 def test_workers_whose_create_failed_are_not_counted_in_the_failures_status(harness: Harness) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403

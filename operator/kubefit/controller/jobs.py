@@ -70,17 +70,19 @@ class JobCache:
             self._jobs[key] = job
             return held is None or _essence(held) != _essence(job)
 
-    def deleted(self, key: JobKey, uid: str | None) -> None:
+    def deleted(self, key: JobKey, uid: str | None) -> bool:
         """The job `uid` is gone: forgotten, and answered as gone for a while, unless the copy held is already
-        another job created under its name since (its event came first)."""
+        another job created under its name since (its event came first). False in that case."""
         with self._lock:
             held_uid = (self._jobs.get(key, {}).get("metadata") or {}).get("uid")
-            if uid is None or held_uid in (None, uid):
+            replaced = uid is not None and held_uid not in (None, uid)
+            if not replaced:
                 self._jobs.pop(key, None)
             self._deleted[key] = (uid or "", self._clock())
             oldest = self._clock() - DELETED_MEMORY_SECONDS
             for gone in [gone for gone, (_, at) in self._deleted.items() if at < oldest]:
                 del self._deleted[gone]
+            return not replaced
 
     def keys(self) -> list[JobKey]:
         with self._lock:

@@ -407,7 +407,10 @@ class Reconciler:
     def job_deleted(self, key: JobKey, uid: str | None, view: ClusterView) -> None:
         """The job is gone (its DELETED event, a 404, or missing from a list): out of the cache, its metrics
         and its place in the queue."""
-        self.jobs.deleted(key, uid)
+        if not self.jobs.deleted(key, uid):
+            # The new job under its name came first: its state, queue place and series are not the old one's.
+            self.metrics.forget_job(*key, uid)
+            return
         self.forget(key, uid)
         self.scheduler.forget(key, view)
 

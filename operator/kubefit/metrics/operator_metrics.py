@@ -276,6 +276,12 @@ class OperatorMetrics:
         observed the job yet (a job deleted during its first reconcile)."""
         key = (namespace, name)
         with self._lock:
+            if uid is not None and self._uids.get(key) not in (None, uid):
+                # Another job has its name already (kopf handles each uid on its own, so the old job's DELETED
+                # event can come after the new one's first reconcile): only the deleted one is barred.
+                self._deleted[uid] = None
+                self._trim_deleted()
+                return
             self._replace_series(key, {})
             self._series.pop(key, None)
             self._admitted.pop(key, None)
@@ -283,8 +289,11 @@ class OperatorMetrics:
             for deleted in dict.fromkeys((self._uids.pop(key, None), uid)):
                 if deleted is not None:
                     self._deleted[deleted] = None
-            while len(self._deleted) > _DELETED_KEPT:
-                self._deleted.popitem(last=False)
+            self._trim_deleted()
+
+    def _trim_deleted(self) -> None:
+        while len(self._deleted) > _DELETED_KEPT:
+            self._deleted.popitem(last=False)
 
     def jobs_observed(self) -> int:
         with self._lock:
