@@ -225,7 +225,7 @@ def test_every_series_of_a_deleted_job_is_removed_and_the_others_stay() -> None:
     Job(metrics, job_spec(), "llama").reconcile(10, [pod(0), pod(1)], 2)
     Job(metrics, job_spec(), "other").reconcile(10, [], None)
     before = series_of(metrics, "llama")
-    assert len(before) == 10  # info, 5 worker states, 2 accelerator states, 2 memory gauges
+    assert len(before) == 11  # info, 6 worker states, 2 accelerator states, 2 memory gauges
     metrics.forget_job("team-a", "llama")
     assert series_of(metrics, "llama") == []
     assert series_of(metrics, "other")
@@ -271,6 +271,16 @@ def test_the_old_jobs_deletion_that_comes_after_the_new_ones_reconcile_leaves_th
     assert series_of(metrics, "llama")
     Job(metrics, job_spec()).reconcile(22, [pod(0), pod(1)], 2)  # a late reconcile of the old one: barred
     assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="running") == 0
+
+
+def test_workers_that_finished_their_part_are_counted_apart_from_those_short_of_the_gang() -> None:
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec())
+    job.reconcile(10, [pod(0), pod(1)], 2)
+    job.reconcile(20, [pod(0, "Succeeded"), pod(1)], 2)  # worker 0 done, worker 1 still saving
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="succeeded") == 1
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="running") == 1
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="pending") == 0
 
 
 def test_queue_wait_is_creation_to_admission_observed_once() -> None:

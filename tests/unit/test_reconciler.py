@@ -899,6 +899,17 @@ def test_workers_whose_create_failed_are_not_counted_in_the_failures_status(harn
     assert status["replicas"] == 1  # worker-0 was created, worker-1 was refused
 
 
+def test_a_job_whose_workers_are_refused_has_its_series_and_its_admission_observed(harness: Harness) -> None:
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.kube.jobs["llama"]["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    harness.kube.fail[("create_pod", "llama-worker-0")] = QUOTA_403
+    harness.reconcile()
+    assert harness.condition("Ready")["reason"] == "ReconcileError"
+    labels = {"namespace": NAMESPACE, "name": "llama", "state": "desired"}
+    assert harness.metrics.registry.get_sample_value("kubefit_trainingjob_workers", labels) == 2
+    assert harness.metrics.registry.get_sample_value("kubefit_queue_wait_seconds_count") == 1
+
+
 def test_a_trigger_that_comes_as_a_reconcile_ends_is_reconciled(harness: Harness) -> None:
     # A trigger that finds the job busy marks it dirty; if it lands just before the reconcile ends, the
     # reconcile goes round again rather than leaving the job dirty and idle until the resync.

@@ -30,7 +30,7 @@ class JobSeries:
 
     accelerator: str  # catalog name; "" until the job is sized
     phase: str  # status.phase; "" when the decision sets none
-    workers: Mapping[str, int]  # state (desired, running, pending, min, max) -> workers
+    workers: Mapping[str, int]  # state (desired, running, pending, succeeded, min, max) -> workers
     accelerators: Mapping[str, int]  # state (requested, allocated) -> devices; empty until sized
     memory_estimated_bytes: int | None  # estimated peak per device; None until sized
     memory_requested_bytes: int | None  # memory of one device of its accelerator; None until sized
@@ -44,6 +44,7 @@ def job_series(observation: JobObservation, decision: Decision) -> JobSeries:
         "desired": decision.desired_workers,
         "running": running,
         "pending": len(_pending(observation)),
+        "succeeded": len(_succeeded(observation)),
         **(
             {} if _invalid(status.conditions) else _bounds(observation.spec, sizing, decision.desired_workers)
         ),
@@ -73,6 +74,17 @@ def _pending(observation: JobObservation) -> list[WorkerPod]:
         if pod.index is not None
         and pod.controller_uid in (None, uid)
         and not (pod.ready or pod.finished or pod.terminating)
+    ]
+
+
+def _succeeded(observation: JobObservation) -> list[WorkerPod]:
+    """The job's worker pods that finished their part: a gang whose first workers are done while others
+    still save or evaluate is finishing, not short of its minimum."""
+    uid = observation.job.uid
+    return [
+        pod
+        for pod in observation.pods
+        if pod.index is not None and pod.controller_uid in (None, uid) and pod.phase == "Succeeded"
     ]
 
 
