@@ -91,3 +91,22 @@ def test_operator_marks_invalid_specs_and_keeps_serving(
 def _invalid(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
     ready = kube.condition(namespace, name, "Ready")
     return ready if ready and ready["status"] == "False" and ready["reason"] == "InvalidSpec" else None
+
+
+def test_a_service_of_the_jobs_name_that_is_not_its_own_is_reported(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    """A 409 on the job's headless Service taken for its own: the workers' DNS names would never resolve."""
+    kube.apply({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "taken", "namespace": namespace},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": "inference"}},
+    })  # fmt: skip
+    kube.apply(job_manifest("taken", namespace, pool=pool, workers={"replicas": 1}))
+
+    def reported() -> dict[str, Any] | None:
+        ready = kube.condition(namespace, "taken", "Ready")
+        return ready if ready and ready["reason"] == "ReconcileError" else None
+
+    ready = wait_for("Ready=False naming the Service", reported)
+    assert f"Service {namespace}/taken exists and is not this TrainingJob's" in ready["message"]
+    assert kube.workers(namespace, "taken") == []  # no worker is made that could not find the others

@@ -45,6 +45,7 @@ NAMESPACED_PERMISSIONS = {
     ("kubefit.dev", "trainingjobs/finalizers", "update"),
     *(("", "pods", verb) for verb in ("create", "delete", "patch", "list", "watch")),
     ("", "services", "create"),
+    ("", "services", "get"),
     ("", "events", "create"),
 }
 CLUSTER_PERMISSIONS = {

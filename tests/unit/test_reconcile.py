@@ -25,7 +25,6 @@ from kubefit.decisions.inventory import (
     EMPTY_INVENTORY,
     Inventory,
     NodeFacts,
-    PodUsage,
     build_inventory,
     node_facts,
     pod_usage,
@@ -1043,7 +1042,10 @@ def gpu_pod(node: str | None, gpus: str, phase: str = "Running", job: str | None
 
 
 def test_pod_usage_counts_bound_live_pods_only() -> None:
-    assert pod_usage(gpu_pod("n1", "4")) == PodUsage("n1", {"nvidia.com/gpu": 4}, None)
+    usage = pod_usage(gpu_pod("n1", "4"))
+    assert usage is not None
+    assert (usage.node_name, usage.requests, usage.job) == ("n1", {"nvidia.com/gpu": 4}, None)
+    assert usage.pod[0] == "team-a"  # kopf's key of the pod: (namespace, name, uid)
     assert pod_usage(gpu_pod("n1", "4", job="llama")).job == ("team-a", "llama")
     assert pod_usage(gpu_pod(None, "4")) is None
     assert pod_usage(gpu_pod("n1", "4", phase="Succeeded")) is None

@@ -109,10 +109,11 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["create", "delete", "patch", "list", "watch"]
-# Each job's headless rendezvous Service is created once; the garbage collector deletes it with the job.
+# Each job's headless rendezvous Service is created once (one of its name that exists is read, to check
+# that it is the job's); the garbage collector deletes it with the job.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create"]
+  verbs: ["create", "get"]
 # Events on TrainingJobs (kopf posts each one with a create).
 - apiGroups: [""]
   resources: ["events"]

@@ -49,6 +49,10 @@ class JobReplaced(Exception):
     """The job was deleted and another created under its name since it was read."""
 
 
+class ServiceTaken(Exception):
+    """A Service of the job's name exists and is not the job's: the workers' names would not resolve."""
+
+
 class WritesStopped(Exception):
     """This operator stopped writing (it is handing the Lease over): the write was not sent."""
 
@@ -154,6 +158,10 @@ class CoreV1Api:
 
     def create_namespaced_service(self, namespace: str, body: dict[str, Any]) -> None:
         self._rest.call("POST", f"/api/v1/namespaces/{_quoted(namespace)}/services", body)
+
+    def read_namespaced_service(self, name: str, namespace: str) -> dict[str, Any]:
+        path = f"/api/v1/namespaces/{_quoted(namespace, 'services', name)}"
+        return cast(dict[str, Any], json.loads(self._rest.call("GET", path)))
 
     def list_node(self, limit: int, continue_token: str = "") -> dict[str, Any]:
         """One page of the nodes' metadata (a PartialObjectMetadataList)."""
@@ -284,7 +292,24 @@ class KubeApi:
         return self._ignoring_404(lambda: self.core.patch_namespaced_pod(name, namespace, patch))
 
     def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
-        return self._ignoring_409(lambda: self.core.create_namespaced_service(namespace, manifest))
+        """True if created, False if the job's own Service is there already; raises ServiceTaken when a
+        Service of that name belongs to something else (a 409 alone would leave the workers unable to
+        resolve each other, with nothing saying why)."""
+        if self._ignoring_409(lambda: self.core.create_namespaced_service(namespace, manifest)):
+            return True
+        metadata = manifest["metadata"]
+        owner = metadata["ownerReferences"][0]
+        found = self.core.read_namespaced_service(metadata["name"], namespace)
+        owners = (found.get("metadata") or {}).get("ownerReferences") or []
+        if any(ref.get("uid") == owner["uid"] for ref in owners):
+            return False
+        held_by = ", ".join(f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})" for ref in owners)
+        raise ServiceTaken(
+            f"Service {namespace}/{metadata['name']} exists and is not this TrainingJob's (owned by "
+            f"{held_by or 'nothing'}): the workers could not find each other by name. Delete or rename that "
+            "Service, or the job; a TrainingJob of this name deleted moments ago keeps its Service until "
+            "the garbage collector removes it"
+        )
 
     @staticmethod
     def _ignoring_409(call: Callable[[], object]) -> bool:
