@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -643,3 +644,17 @@ def test_lora_details_parse_and_their_defaults_are_accepted_on_full_training() -
     )
     assert full.model.finetuning.method == "full"
     assert parse_spec(_spec()).model.finetuning.lora_targets == list(reversed(every))
+
+
+def test_an_accelerator_name_longer_than_a_label_value_is_refused_by_its_length() -> None:
+    # Echoed in every message that names it: a 200 KB name made a 200 KB denial and status condition.
+    with pytest.raises(InvalidSpec) as raised:
+        parse_spec(_spec(resources={"accelerator": "x" * 200_000}))
+    assert [str(error) for error in raised.value.errors] == [
+        "spec.resources.accelerator: String should have at most 63 characters"
+    ]
+    for name in ("auto", "x" * 63, *CATALOG.names()):
+        assert parse_spec(_spec(resources={"accelerator": name})).resources.accelerator == name
+    crd = yaml.safe_load((Path(__file__).parents[2] / "crds" / "trainingjob.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert schema["properties"]["resources"]["properties"]["accelerator"]["maxLength"] == 63

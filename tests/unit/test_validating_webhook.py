@@ -124,6 +124,73 @@ def test_an_update_that_keeps_an_invalid_spec_is_allowed_and_one_that_makes_it_i
     assert changed["allowed"] is False
 
 
+def _over_the_limit() -> dict[str, Any]:
+    """A job stored under a higher --max-workers-per-job than the operator now runs with."""
+    return {**copy.deepcopy(BASE_SPEC), "workers": {"replicas": 1500, "minReplicas": 1, "maxReplicas": 1500}}
+
+
+def test_an_update_of_a_job_that_became_invalid_is_refused_only_for_errors_it_adds() -> None:
+    stored = _over_the_limit()
+    suspended = {**copy.deepcopy(stored), "runPolicy": {"suspend": True}}
+    assert answer(admission_review(suspended, "UPDATE", old_spec=stored))["allowed"]
+    gone = {**copy.deepcopy(stored), "resources": {"accelerator": "nvidia-h900", "acceleratorsPerWorker": 4}}
+    refused = answer(admission_review(gone, "UPDATE", old_spec=stored))
+    assert refused["allowed"] is False
+    # Only the new error: the one the stored spec already had is not the update's fault.
+    assert refused["status"]["message"].startswith("spec.resources.accelerator: unknown accelerator")
+    assert "spec.workers.replicas" not in refused["status"]["message"]
+    # A worse value of the same field is a new error too.
+    more = {**copy.deepcopy(stored), "workers": {"replicas": 1600, "minReplicas": 1, "maxReplicas": 1600}}
+    assert answer(admission_review(more, "UPDATE", old_spec=stored))["allowed"] is False
+
+
+def test_a_create_names_every_field_at_fault_at_once() -> None:
+    spec = copy.deepcopy(BASE_SPEC)
+    spec["resources"]["accelerator"] = "nvidia-h900"
+    spec["training"] = {"tensorParallel": 3}
+    spec["model"] = {
+        "parameters": "1B",
+        "architecture": {"layers": 16, "hiddenSize": 2048, "attentionHeads": 16},
+    }
+    message = answer(admission_review(spec, name="x" * 60))["status"]["message"]
+    for path in ("spec.training.tensorParallel", "metadata.name", "spec.resources.accelerator"):
+        assert message.count(f"{path}:") == 1, message
+
+
+def test_a_huge_accelerator_name_is_refused_by_its_length_not_echoed() -> None:
+    spec = copy.deepcopy(BASE_SPEC)
+    spec["resources"]["accelerator"] = "x" * 200_000
+    response = answer(admission_review(spec))
+    assert response["allowed"] is False
+    assert response["status"]["message"].startswith("spec.resources.accelerator:")
+    assert len(response["status"]["message"]) < 200
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"kind": "TrainingJob"},
+        {"kind": ["TrainingJob"], "operation": "CREATE"},
+        {"subResource": "scale", "operation": "UPDATE", "object": []},
+        {"subResource": "scale", "operation": "UPDATE", "object": {"spec": "5000"}},
+        {"kind": {"kind": "TrainingJob"}, "operation": "CREATE", "object": ["a"]},
+        {"kind": {"kind": "TrainingJob"}, "operation": "CREATE", "object": {"metadata": "x", "spec": []}},
+        {
+            "kind": {"kind": "TrainingJob"},
+            "operation": "UPDATE",
+            "namespace": 7,
+            "object": {},
+            "oldObject": [],
+        },
+    ],
+)
+def test_a_malformed_request_is_answered_not_raised(request_: dict[str, Any]) -> None:
+    response = answer({"request": {"uid": "u-1", **request_}})
+    if response["allowed"] is False:  # a TrainingJob without a usable object: its spec is missing
+        assert response["status"]["message"].startswith("spec: must be an object")
+    assert review({"request": ["not", "a", "mapping"]}, CATALOG, MAX_WORKERS)["response"]["allowed"]
+
+
 def test_jobs_being_deleted_and_jobs_of_namespaces_not_served_are_allowed() -> None:
     invalid = next(bad for bad in OPERATOR_REFUSALS).spec()
     deleting = admission_review(invalid, deletionTimestamp="2026-12-02T00:00:00Z")

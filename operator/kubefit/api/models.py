@@ -32,7 +32,7 @@ from kubefit.api.quantity import (
     parse_count,
     parse_cpu_millis,
 )
-from kubefit.api.template import PodTemplate
+from kubefit.api.template import LABEL_VALUE_MAX, PodTemplate
 
 Framework = Literal["pytorch", "jax", "none"]
 Precision = Literal["fp32", "fp16-mixed", "bf16-mixed", "bf16-true", "fp8-mixed"]
@@ -480,7 +480,10 @@ class Resources(_Model):
 
     accelerator: str = Field(
         default="auto",
-        description="auto, or an accelerator catalog name such as nvidia-h100-80gb or google-tpu-v5e.",
+        # A label value's bound: the name is echoed in messages, which a 200 KB string would flood.
+        max_length=LABEL_VALUE_MAX,
+        description="auto, or an accelerator catalog name such as nvidia-h100-80gb or google-tpu-v5e "
+        f"(at most {LABEL_VALUE_MAX} characters).",
     )
     accelerators_per_worker: (
         Annotated[int, Field(strict=True, ge=1, le=MAX_ACCELERATORS_PER_WORKER)] | Literal["auto"]

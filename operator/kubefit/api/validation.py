@@ -64,6 +64,16 @@ def _message(error: Any) -> str:
 
 def parse_spec(raw: Any) -> TrainingJobSpec:
     """Validate `raw` (the manifest's spec) or raise InvalidSpec naming every bad field once."""
+    spec = schema_spec(raw)
+    errors = rule_errors(spec)
+    if errors:
+        raise InvalidSpec(errors)
+    return spec
+
+
+def schema_spec(raw: Any) -> TrainingJobSpec:
+    """`raw` checked against the schema only (InvalidSpec naming every bad field once); `rule_errors`
+    are the checks of a parsed spec that parse_spec adds."""
     if not isinstance(raw, dict):
         raise InvalidSpec([FieldError("spec", "must be an object")])
     try:
@@ -79,13 +89,12 @@ def parse_spec(raw: Any) -> TrainingJobSpec:
                 message = _message(error)
             seen.setdefault(path, message)  # a union reports each branch; the first message is enough
         raise InvalidSpec([FieldError(path, message) for path, message in seen.items()]) from None
-    errors = [
-        *_requests_above_template_limits(spec),
-        *_tensor_parallel_splits_heads(spec),
-    ]
-    if errors:
-        raise InvalidSpec(errors)
     return spec
+
+
+def rule_errors(spec: TrainingJobSpec) -> list[FieldError]:
+    """What a schema-valid spec breaks among the rules the pydantic models do not express."""
+    return [*_requests_above_template_limits(spec), *_tensor_parallel_splits_heads(spec)]
 
 
 def _tensor_parallel_splits_heads(spec: TrainingJobSpec) -> list[FieldError]:

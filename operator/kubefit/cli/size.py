@@ -354,12 +354,13 @@ def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) 
 
 
 def _parse(manifest: dict[str, Any], catalog_file: str | None) -> tuple[Any, Any]:
-    from kubefit.api.validation import InvalidSpec, parse_spec
+    from kubefit.api.validation import InvalidSpec, schema_spec
     from kubefit.sizing.catalog import CatalogError, load_catalog
 
     try:
         catalog = load_catalog(catalog_file)
-        return parse_spec(manifest["spec"]), catalog
+        # The schema alone: the rules come with the operator's checks (_size), all in one answer.
+        return schema_spec(manifest["spec"]), catalog
     except CatalogError as exc:
         raise InvalidInput([str(exc)]) from None
     except InvalidSpec as exc:

@@ -21,7 +21,7 @@ from kubefit.api.conditions import FINISHED_PHASES, ConditionType, EventReason, 
 from kubefit.api.formatting import index_ranges, parse_index_ranges, sizing_summary, workers_column
 from kubefit.api.models import Condition, GangStatus, SizingStatus, TrainingJobSpec, TrainingJobStatus
 from kubefit.api.units import format_gib, parse_rfc3339, rfc3339
-from kubefit.api.validation import FieldError, InvalidSpec, parse_spec
+from kubefit.api.validation import FieldError, InvalidSpec, parse_spec, rule_errors, schema_spec
 from kubefit.builders.naming import DNS_LABEL_MAX, JobRef, job_selector, worker_name
 from kubefit.builders.pods import WorkerSet, build_worker_pod
 from kubefit.builders.service import build_headless_service
@@ -193,11 +193,31 @@ def checked_spec(
 ) -> tuple[TrainingJobSpec, JobSizing]:
     """The spec and its sizing, or InvalidSpec naming every field at fault: every rule the CRD's schema
     cannot express, for the reconcile (Ready=False InvalidSpec), the admission webhook and `kubefit size`
-    alike. `name` None (a manifest without one, for `kubefit size`) skips the job-name check."""
-    spec = parse_spec(raw_spec)
-    check = operator_check(name, max_workers_per_job)
-    check(spec)
-    return spec, size_job(spec, catalog, inventory, check=check)
+    alike. `name` None (a manifest without one, for `kubefit size`) skips the job-name check.
+
+    Every check that can run does, so one apply shows every error: the schema's errors stop the rest
+    (they need a parsed spec) but for the name's pattern. One error per field, the earliest check's."""
+    try:
+        spec = schema_spec(raw_spec)
+    except InvalidSpec as invalid:
+        raise _once([*invalid.errors, *_name_errors(name, None)]) from None
+    errors = [*rule_errors(spec), *_operator_errors(spec, name, max_workers_per_job)]
+    try:
+        job_sizing = size_job(spec, catalog, inventory, check=operator_check(name, max_workers_per_job))
+    except InvalidSpec as invalid:
+        errors.extend(invalid.errors)
+    if errors:
+        raise _once(errors)
+    return spec, job_sizing
+
+
+def _once(errors: Sequence[FieldError]) -> InvalidSpec:
+    """InvalidSpec with the first of `errors` on each field: a later check often fails only because of an
+    earlier one's fault (tensorParallel splitting the heads also straddles the workers)."""
+    first: dict[str, FieldError] = {}
+    for error in errors:
+        first.setdefault(error.path, error)
+    return InvalidSpec(list(first.values()))
 
 
 def operator_check(name: str | None, max_workers_per_job: int) -> Callable[[TrainingJobSpec], None]:
@@ -206,11 +226,15 @@ def operator_check(name: str | None, max_workers_per_job: int) -> Callable[[Trai
     remedies too, so none names a change the operator would refuse."""
 
     def check(spec: TrainingJobSpec) -> None:
-        _check_worker_limit(spec, max_workers_per_job)
-        if name is not None:
-            _check_name(name, spec)
+        errors = _operator_errors(spec, name, max_workers_per_job)
+        if errors:
+            raise InvalidSpec(errors)
 
     return check
+
+
+def _operator_errors(spec: TrainingJobSpec, name: str | None, max_workers_per_job: int) -> list[FieldError]:
+    return [*_worker_limit_errors(spec, max_workers_per_job), *_name_errors(name, spec)]
 
 
 def _overprovisioning_events(advice: str | None, previous: Mapping[str, Any]) -> list[JobEvent]:
@@ -294,15 +318,15 @@ def _already_finished(observation: JobObservation, ours: Sequence[WorkerPod]) ->
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _check_worker_limit(spec: TrainingJobSpec, limit: int) -> None:
-    """Refuses a job that asks for more workers than this operator runs per job (--max-workers-per-job)."""
+def _worker_limit_errors(spec: TrainingJobSpec, limit: int) -> list[FieldError]:
+    """A job that asks for more workers than this operator runs per job (--max-workers-per-job)."""
     workers = spec.workers
     counts: dict[str, int | None] = {
         "replicas": workers.replicas,
         "maxReplicas": workers.max_replicas,
         "minReplicas": workers.min_replicas,
     }
-    errors = [
+    return [
         FieldError(
             f"spec.workers.{name}",
             f"{count} workers exceed this operator's limit of {limit} per job "
@@ -311,20 +335,20 @@ def _check_worker_limit(spec: TrainingJobSpec, limit: int) -> None:
         for name, count in counts.items()
         if count is not None and count > limit
     ]
-    if errors:
-        raise InvalidSpec(errors)
 
 
-def _check_name(job_name: str, spec: TrainingJobSpec) -> None:
-    """The job name becomes the Service name and part of each worker's hostname: both DNS labels."""
-    longest = worker_name(job_name, spec.workers.ceiling - 1)
+def _name_errors(job_name: str | None, spec: TrainingJobSpec | None) -> list[FieldError]:
+    """The job name becomes the Service name and part of each worker's hostname: both DNS labels. None
+    skips the check; without a parsed `spec` (the worker count) only the pattern is checked."""
+    if job_name is None:
+        return []
     if not _DNS_1035.match(job_name):
         problem = "must be a DNS label (lowercase letters, digits and '-', starting with a letter)"
-    elif len(longest) > DNS_LABEL_MAX:
+    elif spec is not None and len(longest := worker_name(job_name, spec.workers.ceiling - 1)) > DNS_LABEL_MAX:
         problem = f"is too long: worker hostname {longest!r} exceeds {DNS_LABEL_MAX} characters"
     else:
-        return
-    raise InvalidSpec([FieldError("metadata.name", problem)])
+        return []
+    return [FieldError("metadata.name", problem)]
 
 
 def _our_workers(observation: JobObservation) -> tuple[list[WorkerPod], tuple[str, ...]]:

@@ -9,6 +9,10 @@ may be off or down (failurePolicy Ignore) without letting anything invalid run.
 The scale subresource (`kubectl scale`, an HPA) comes as a Scale, without the job: its count is held to the
 operator's worker limit, and the rules that need the rest of the spec are left to the reconcile.
 
+An UPDATE is refused only for errors the stored spec (oldObject) did not already have, as Kubernetes
+ratchets a CRD's schema: a job that became invalid (a lower --max-workers-per-job, an accelerator gone from
+the catalog) can still be suspended or otherwise edited while its workers run on.
+
 Allowed whatever the spec:
 - an UPDATE that leaves the spec as it was: a job that was already invalid (created before the webhook, or
   while it was down) must still take label, annotation and finalizer changes, or it could not be deleted;
@@ -22,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubefit.api.resource import KIND
-from kubefit.api.validation import InvalidSpec
+from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.decisions.job import checked_spec
 from kubefit.sizing.catalog import Catalog
 
@@ -37,7 +41,7 @@ def review(
     serves: Callable[[str], bool] = lambda namespace: True,
 ) -> dict[str, Any]:
     """The AdmissionReview to answer `admission_review` with."""
-    request = admission_review.get("request") or {}
+    request = _mapping(admission_review.get("request"))
     refusal = _refusal(request, catalog, max_workers_per_job, serves)
     response: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": refusal is None}
     if refusal is not None:
@@ -45,29 +49,48 @@ def review(
     return {"apiVersion": REVIEW_API_VERSION, "kind": "AdmissionReview", "response": response}
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A part of the request as a mapping: a malformed part (a list, a string) reads as absent, so the
+    answer is the one for a missing part instead of a 500 (the API server never sends one)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 def _refusal(
     request: Mapping[str, Any], catalog: Catalog, max_workers_per_job: int, serves: Callable[[str], bool]
 ) -> str | None:
     if request.get("subResource") == "scale":
         return _scale_refusal(request, max_workers_per_job, serves)
-    job = request.get("object") or {}
-    metadata = job.get("metadata") or {}
-    if (request.get("kind") or {}).get("kind") != KIND or request.get("operation") not in (
-        "CREATE",
-        "UPDATE",
-    ):
+    job = _mapping(request.get("object"))
+    metadata = _mapping(job.get("metadata"))
+    operation = request.get("operation")
+    if _mapping(request.get("kind")).get("kind") != KIND or operation not in ("CREATE", "UPDATE"):
         return None
-    if metadata.get("deletionTimestamp") or not serves(request.get("namespace") or ""):
+    if metadata.get("deletionTimestamp") or not serves(_text(request.get("namespace"))):
         return None
-    spec = job.get("spec")
-    if request.get("operation") == "UPDATE" and spec == (request.get("oldObject") or {}).get("spec"):
+    spec, old_spec = job.get("spec"), _mapping(request.get("oldObject")).get("spec")
+    if operation == "UPDATE" and spec == old_spec:
         return None
-    name = metadata.get("name") or request.get("name") or ""
+    name = _text(metadata.get("name")) or _text(request.get("name"))
+    errors = _errors(name, spec, catalog, max_workers_per_job)
+    if errors and operation == "UPDATE":
+        # Ratcheting, as Kubernetes does for a CRD's schema: an error the stored spec already had is no
+        # reason to refuse an update, or a job that a lower --max-workers-per-job or a smaller catalog
+        # made invalid could not even be suspended while its workers run on.
+        before = set(_errors(name, old_spec, catalog, max_workers_per_job))
+        errors = [error for error in errors if error not in before]
+    return str(InvalidSpec(errors)) if errors else None
+
+
+def _errors(name: str, spec: Any, catalog: Catalog, max_workers_per_job: int) -> list[FieldError]:
     try:
         checked_spec(name, spec, catalog, max_workers_per_job)
     except InvalidSpec as invalid:
-        return str(invalid)
-    return None
+        return invalid.errors
+    return []
 
 
 def _scale_refusal(
@@ -76,9 +99,9 @@ def _scale_refusal(
     """`kubectl scale` and an HPA write the scale subresource: an autoscaling/v1 Scale, not the job. Its
     count goes to spec.workers.replicas, so the operator's limit applies to it; the bounds need no check
     (a count outside minReplicas..maxReplicas is clamped, docs/api.md)."""
-    if request.get("operation") != "UPDATE" or not serves(request.get("namespace") or ""):
+    if request.get("operation") != "UPDATE" or not serves(_text(request.get("namespace"))):
         return None
-    replicas = ((request.get("object") or {}).get("spec") or {}).get("replicas")
+    replicas = _mapping(_mapping(request.get("object")).get("spec")).get("replicas")
     if isinstance(replicas, int) and replicas > max_workers_per_job:
         return (
             f"spec.workers.replicas: {replicas} workers exceed this operator's limit of "

@@ -1,0 +1,96 @@
+"""checked_spec names every field at fault in one InvalidSpec, for the webhook, the reconcile and `kubefit
+size` alike: a spec with errors in several checks needs one apply to see them all, not one per check."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from bad_specs import BASE_SPEC
+
+from kubefit.api.validation import InvalidSpec
+from kubefit.builders.naming import JobRef
+from kubefit.decisions.inventory import EMPTY_INVENTORY
+from kubefit.decisions.job import JobObservation, ReconcileSettings, checked_spec, decide
+from kubefit.sizing.catalog import load_catalog
+
+CATALOG = load_catalog()
+ARCHITECTURE = {"layers": 16, "hiddenSize": 2048, "attentionHeads": 16}
+LONG_NAME = "x" * 60  # its workers' host names pass 63 characters
+
+
+def _spec(**sections: dict[str, Any]) -> dict[str, Any]:
+    spec = copy.deepcopy(BASE_SPEC)
+    for section, fields in sections.items():
+        spec[section] = {**spec.get(section, {}), **fields}
+    return spec
+
+
+# One error from each check after the schema: the spec's own rules (template limits, tensor-parallel
+# heads), the worker limit, the job name and the planner (an unknown accelerator).
+EVERY_CHECK = _spec(
+    template={
+        "spec": {"containers": [{"name": "trainer", "image": "t", "resources": {"limits": {"cpu": "4"}}}]}
+    },
+    resources={"accelerator": "nvidia-h900", "cpu": "8"},
+    training={"tensorParallel": 3},
+    model={"parameters": "1B", "architecture": ARCHITECTURE},
+    workers={"replicas": 8, "minReplicas": 1, "maxReplicas": 8},
+)
+EVERY_PATH = [
+    "spec.resources.cpu",
+    "spec.training.tensorParallel",
+    "spec.workers.replicas",
+    "spec.workers.maxReplicas",
+    "metadata.name",
+    "spec.resources.accelerator",
+]
+
+
+def _paths(name: str | None, raw: Any, max_workers: int = 4) -> list[str]:
+    with pytest.raises(InvalidSpec) as raised:
+        checked_spec(name, raw, CATALOG, max_workers)
+    return [error.path for error in raised.value.errors]
+
+
+def test_errors_of_every_check_come_in_one_invalid_spec_each_field_once() -> None:
+    assert sorted(_paths(LONG_NAME, EVERY_CHECK)) == sorted(EVERY_PATH)
+
+
+def test_the_reconcile_names_every_field_at_fault_in_its_ready_condition() -> None:
+    observation = JobObservation(
+        job=JobRef(LONG_NAME, "ml", "uid-1"),
+        generation=1,
+        spec=EVERY_CHECK,
+        status={},
+        pods=[],
+        inventory=EMPTY_INVENTORY,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    status = decide(observation, CATALOG, ReconcileSettings(max_workers_per_job=4)).status
+    ready = next(condition for condition in status.conditions if condition.type == "Ready")
+    assert ready.reason == "InvalidSpec"
+    for path in EVERY_PATH:
+        assert ready.message.count(f"{path}:") == 1, (path, ready.message)
+
+
+def test_a_field_two_checks_fault_is_named_once_by_the_earlier_check() -> None:
+    # tensorParallel 3 splits 16 heads (the spec's rules) and straddles 4-device workers (the planner).
+    raw = _spec(training={"tensorParallel": 3}, model={"parameters": "1B", "architecture": ARCHITECTURE})
+    with pytest.raises(InvalidSpec) as raised:
+        checked_spec("llama", raw, CATALOG, 1024)
+    assert [error.path for error in raised.value.errors] == ["spec.training.tensorParallel"]
+    assert "must divide model.architecture attentionHeads 16" in raised.value.errors[0].message
+
+
+def test_a_schema_error_stops_the_later_checks_but_not_the_name_pattern() -> None:
+    raw = _spec(resources={"memory": "16 Gi"}, training={"tensorParallel": 3})
+    assert _paths("Llama.3", raw) == ["spec.resources.memory", "metadata.name"]
+    assert _paths(None, raw) == ["spec.resources.memory"]  # `kubefit size` of a manifest without a name
+
+
+def test_a_valid_spec_is_sized_as_before() -> None:
+    spec, job_sizing = checked_spec("llama", copy.deepcopy(BASE_SPEC), CATALOG, 1024)
+    assert spec.resources.accelerator == "nvidia-h100-80gb" == job_sizing.sizing.accelerator
