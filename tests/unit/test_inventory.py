@@ -203,9 +203,12 @@ def test_the_builder_toleration_for_the_accelerator_counts() -> None:
     gpu_evicting = gpu_node("gpu-ne", {}, Taint("nvidia.com/gpu", "present", "NoExecute"))
     # The pod builder adds {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}.
     assert admitted({}, gpu_tainted, gpu_evicting) == ["gpu-ns"]
-    # A toleration of that key given in the template replaces the builder's, so it is the one that counts.
+    # A template's toleration of that key that does not tolerate the taint's value leaves the builder's in.
     own = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "other", "effect": "NoSchedule"}
-    assert admitted({"tolerations": [own]}, gpu_tainted) == []
+    assert admitted({"tolerations": [own]}, gpu_tainted) == ["gpu-ns"]
+    # One that tolerates every value of the key with NoSchedule takes its place.
+    every = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    assert admitted({"tolerations": [every]}, gpu_tainted) == ["gpu-ns"]
 
 
 def test_a_cordoned_node_admits_only_a_pod_tolerating_the_unschedulable_taint() -> None:

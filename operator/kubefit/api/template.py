@@ -125,10 +125,11 @@ class Container(TypedDict):
         Annotated[
             list[EnvVar] | None,
             Field(
-                description="Environment variables. In the first container, a variable the operator sets "
-                "(MASTER_ADDR, RANK, ...) and that is given here keeps the value given here, except "
-                "PET_RDZV_CONF, whose options are merged with the operator's: those given here win, "
-                "but is_host stays the operator's (1 on worker 0 only)."
+                description="Environment variables. In the first container the operator's (MASTER_ADDR, "
+                "RANK, ...) come first, so these can refer to them as $(MASTER_ADDR); one of them given "
+                "here keeps the value given here (and so does its torchrun twin, MASTER_PORT and "
+                "PET_MASTER_PORT say), except PET_RDZV_CONF, whose options are merged with the "
+                "operator's: those given here win, but is_host stays the operator's (1 on worker 0 only)."
             ),
         ]
     ]
@@ -242,8 +243,9 @@ class ObjectMeta(TypedDict, total=False):
     annotations: Annotated[
         dict[str, str] | None,
         Field(
-            description="Annotations for every worker pod; the operator's kubefit.dev/world-size, "
-            "kubefit.dev/restart-attempt and kubefit.dev/nnodes win over annotations given here."
+            description="Annotations for every worker pod, less those under kubefit.dev/: the operator "
+            "sets and reads back its own (kubefit.dev/world-size, kubefit.dev/restart-attempt, "
+            "kubefit.dev/nnodes)."
         ),
     ]
 

@@ -58,7 +58,7 @@ def with_accelerator_affinity(
 ) -> dict[str, Any]:
     """A copy of `affinity` whose required node affinity also demands the accelerator."""
     merged: dict[str, Any] = copy.deepcopy(dict(affinity or {}))
-    node_affinity = merged.setdefault("nodeAffinity", {})
+    node_affinity = merged["nodeAffinity"] = merged.get("nodeAffinity") or {}  # null: none
     required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
     terms = merge_required_terms(required.get("nodeSelectorTerms") or [], accelerator_terms(match))
     if terms:
@@ -74,7 +74,7 @@ def with_preferred_hostnames(affinity: Mapping[str, Any], hostnames: Sequence[st
     merged: dict[str, Any] = copy.deepcopy(dict(affinity))
     if not hostnames:
         return merged
-    node_affinity = merged.setdefault("nodeAffinity", {})
+    node_affinity = merged["nodeAffinity"] = merged.get("nodeAffinity") or {}
     preferred = list(node_affinity.get("preferredDuringSchedulingIgnoredDuringExecution") or [])
     expression = {"key": HOSTNAME_LABEL, "operator": "In", "values": sorted(hostnames)}
     preferred.append({"weight": PREFERENCE_WEIGHT, "preference": {"matchExpressions": [expression]}})
@@ -87,6 +87,17 @@ def with_accelerator_toleration(
 ) -> list[dict]:
     """Accelerator nodes are commonly tainted with their resource name (GKE, GPU operator); tolerate that."""
     result = [dict(toleration) for toleration in tolerations or []]
-    if not any(toleration.get("key") == resource_name for toleration in result):
+    if not any(_tolerates_any_value(toleration, resource_name, "NoSchedule") for toleration in result):
         result.append({"key": resource_name, "operator": "Exists", "effect": "NoSchedule"})
     return result
+
+
+def _tolerates_any_value(toleration: Mapping[str, Any], key: str, effect: str) -> bool:
+    """Whether `toleration` tolerates the taint `key:effect` whatever its value (clusters set different
+    ones), by Kubernetes' Toleration.ToleratesTaint: an empty effect matches every effect, an empty key
+    with Exists every key, and Equal only the value it names."""
+    return (
+        toleration.get("effect") in (None, "", effect)
+        and toleration.get("key") in (None, "", key)
+        and toleration.get("operator") == "Exists"
+    )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.api.resource import GROUP
 from kubefit.builders.checkpoint import CheckpointEnv, checkpoint_env
 from kubefit.builders.naming import (
     ATTEMPT_ANNOTATION,
@@ -27,6 +28,7 @@ from kubefit.builders.placement import (
 )
 from kubefit.builders.rendezvous import (
     RENDEZVOUS_CONF,
+    TORCHRUN_TWINS,
     WorkerGroup,
     fixed_world,
     merged_rendezvous_conf,
@@ -37,6 +39,9 @@ from kubefit.sizing.catalog import Accelerator
 
 # What Kubernetes gives a pod that sets no terminationGracePeriodSeconds (PodSpec API reference).
 KUBERNETES_DEFAULT_GRACE_SECONDS = 30
+# Kubernetes' DNS policy for a hostNetwork pod that resolves cluster names (with none, ClusterFirst falls
+# back to the node's resolver, where <job>-worker-0.<job> does not resolve).
+HOST_NETWORK_DNS_POLICY = "ClusterFirstWithHostNet"
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,11 @@ class WorkerSet:
     # Training state offloaded to host memory per worker, added to the default memory request: sized once
     # per job with the rest of the sizing (decisions.job_sizing), never estimated here.
     host_bytes_per_worker: int = 0
-    # The catalog's other accelerator resources (nvidia.com/gpu when an amd.com/gpu was chosen, ...): taken
-    # out of every container's requests and limits, where a template that names one would make a pod that
-    # fits no node (the accelerator is the operator's to request, docs/security.md).
-    other_accelerator_resources: frozenset[str] = frozenset()
+    # The catalog's accelerator resources (nvidia.com/gpu, amd.com/gpu, ...): taken out of the requests and
+    # limits of every container and initContainer, where a template that names one would make a pod that
+    # needs more devices than sized, or fits no node; the first container then gets the sizing's (the
+    # accelerator is the operator's to request, docs/security.md). The chosen one is always among them.
+    accelerator_resources: frozenset[str] = frozenset()
     # The kubernetes.io/hostname labels of the nodes the scheduling pass reserved for the workers to create
     # (a preference: builders/placement.py).
     preferred_hostnames: tuple[str, ...] = ()
@@ -86,10 +92,25 @@ class WorkerSet:
 def _with_env(container: dict[str, Any], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # A variable the user sets in the template wins (e.g. NCCL_*, or a rendezvous option), except that the
     # rendezvous options are merged: worker 0 alone hosts the store (rendezvous.merged_rendezvous_conf).
+    # Ours come first: Kubernetes expands $(MASTER_ADDR) in a value only if it is defined earlier.
     ours = {variable["name"]: variable for variable in extra}
     env = [_merged(variable, ours.get(variable.get("name"))) for variable in container.get("env") or []]
+    env = _with_twins(env, ours)
     present = {variable.get("name") for variable in env}
-    return env + [variable for variable in extra if variable["name"] not in present]
+    return [variable for variable in extra if variable["name"] not in present] + env
+
+
+def _with_twins(env: list[dict[str, Any]], ours: dict[str, Any]) -> list[dict[str, Any]]:
+    """`env` with a copy of a variable whose torchrun twin (MASTER_PORT, PET_MASTER_PORT) the operator sets
+    and the template does not, right after its last definition (the one Kubernetes keeps), so both agree."""
+    names = [variable.get("name") for variable in env]
+    result = []
+    for index, variable in enumerate(env):
+        result.append(variable)
+        twin = TORCHRUN_TWINS.get(str(variable.get("name")), "")
+        if twin in ours and twin not in names and variable.get("name") not in names[index + 1 :]:
+            result.append({**variable, "name": twin})
+    return result
 
 
 def _merged(variable: dict[str, Any], ours: dict[str, Any] | None) -> dict[str, Any]:
@@ -139,7 +160,12 @@ def _metadata(template: dict[str, Any], worker_set: WorkerSet, index: int) -> di
     metadata = copy.deepcopy(template.get("metadata") or {})
     labels = {**(metadata.get("labels") or {}), **child_labels(worker_set.job.name)}
     labels[WORKER_INDEX_LABEL] = str(index)
-    annotations = dict(metadata.get("annotations") or {})
+    # The operator reads its own annotations back (decisions/observed.py): a template's would pass for them.
+    annotations = {
+        key: value
+        for key, value in (metadata.get("annotations") or {}).items()
+        if not key.startswith(f"{GROUP}/")
+    }
     if worker_set.fixed_world:
         annotations[WORLD_SIZE_ANNOTATION] = str(worker_set.workers)
         annotations[ATTEMPT_ANNOTATION] = str(worker_set.attempt)
@@ -152,6 +178,24 @@ def _metadata(template: dict[str, Any], worker_set: WorkerSet, index: int) -> di
         "annotations": annotations,
         "ownerReferences": [owner_reference(worker_set.job)],
     }
+
+
+def _init_containers(pod_spec: dict[str, Any], accelerators: frozenset[str]) -> dict[str, Any]:
+    init = pod_spec.get("initContainers")
+    if not isinstance(init, list):
+        return {}
+    return {
+        "initContainers": [
+            _without(container, accelerators) if isinstance(container, dict) else container
+            for container in init
+        ]
+    }
+
+
+def _host_network_dns(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    if pod_spec.get("hostNetwork") is True and not pod_spec.get("dnsPolicy"):
+        return {"dnsPolicy": HOST_NETWORK_DNS_POLICY}
+    return {}
 
 
 def termination_grace_seconds(pod_spec: dict[str, Any], checkpoint_grace_seconds: int) -> int:
@@ -168,10 +212,10 @@ def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
         raise ValueError(f"worker index {index} outside 0..{worker_set.workers - 1}")
     template = copy.deepcopy(worker_set.spec.template)
     pod_spec: dict[str, Any] = template.get("spec") or {}
-    containers = [
-        _without(container, worker_set.other_accelerator_resources) for container in pod_spec["containers"]
-    ]
+    accelerators = worker_set.accelerator_resources | {worker_set.sizing.resource_name}
+    containers = [_without(container, accelerators) for container in pod_spec["containers"]]
     containers[0] = _trainer_container(containers[0], worker_set, index)
+    pod_spec |= _init_containers(pod_spec, accelerators) | _host_network_dns(pod_spec)
     pod_spec |= {
         "containers": containers,
         # The operator replaces failed workers itself (counting restarts), so the kubelet must not.

@@ -39,6 +39,10 @@ from kubefit.builders.naming import RENDEZVOUS_PORT, rendezvous_host
 # image, so every other worker failed.
 RENDEZVOUS_READ_TIMEOUT_SECONDS = 600
 RENDEZVOUS_CONF = "PET_RDZV_CONF"
+# The variables set under both names, torchrun reading the PET_ one: a template that sets one of a pair sets
+# both (builders/pods.py). NNODES is not one: an elastic job's PET_NNODES is a range.
+_PAIRS = {name: f"PET_{name}" for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "NPROC_PER_NODE")}
+TORCHRUN_TWINS = _PAIRS | {pet: plain for plain, pet in _PAIRS.items()}
 
 
 def fixed_world(spec: TrainingJobSpec) -> bool:

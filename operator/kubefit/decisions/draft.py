@@ -137,7 +137,5 @@ def worker_set(ctx: JobContext, workers: int) -> WorkerSet:
         host_bytes_per_worker=ctx.host_bytes_per_worker,
         preferred_hostnames=tuple(sorted(ctx.observation.reserved_hostnames)),
         attempt=previous_gang(ctx.status).attempt,
-        other_accelerator_resources=frozenset(
-            entry.resource_name for entry in ctx.catalog if entry.resource_name != accelerator.resource_name
-        ),
+        accelerator_resources=frozenset(entry.resource_name for entry in ctx.catalog),
     )

@@ -1,0 +1,191 @@
+"""What the worker pod builder does with the parts of a template that would break the job as written."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from test_builders import CATALOG, env_of, raw_spec, worker_set
+from test_reconcile import decide, observe
+from test_reconcile import raw_spec as job_spec
+
+from kubefit.builders.placement import (
+    accelerator_terms,
+    with_accelerator_toleration,
+    with_preferred_hostnames,
+)
+from kubefit.builders.pods import build_worker_pod
+
+ALL_ACCELERATORS = frozenset(entry.resource_name for entry in CATALOG)
+
+
+def expanded(env: list[dict[str, Any]]) -> dict[str, str]:
+    """The values a container sees: Kubernetes expands $(NAME) only to a variable defined before it."""
+    seen: dict[str, str] = {}
+    for variable in env:
+        value = variable.get("value", "")
+        seen[variable["name"]] = re.sub(r"\$\((\w+)\)", lambda ref: seen.get(ref[1], ref[0]), value)
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------- accelerators
+
+
+def _template_asking_for_accelerators() -> dict[str, Any]:
+    spec = raw_spec()
+    pod_spec = spec["template"]["spec"]
+    pod_spec["containers"][0]["resources"] = {"limits": {"amd.com/gpu": "2"}}
+    pod_spec["containers"].append(
+        {
+            "name": "side",
+            "image": "b",
+            "resources": {"limits": {"nvidia.com/gpu": "1", "vendor.com/efa": "1"}},
+        }
+    )
+    init = {
+        "requests": {"cpu": "1", "amd.com/gpu": "1"},
+        "limits": {"amd.com/gpu": "1", "nvidia.com/gpu": "1"},
+    }
+    pod_spec["initContainers"] = [{"name": "init", "image": "b", "resources": init}]
+    return spec
+
+
+def test_only_the_trainer_asks_for_an_accelerator_and_only_for_the_sizings() -> None:
+    # A sidecar's nvidia.com/gpu: 1 beside 8 for the trainer made a pod of 9 devices, which fits no node.
+    worker = replace(worker_set(_template_asking_for_accelerators()), accelerator_resources=ALL_ACCELERATORS)
+    pod_spec = build_worker_pod(worker, 0)["spec"]
+    trainer, side = pod_spec["containers"]
+    assert trainer["resources"]["limits"] == {"nvidia.com/gpu": "8"}
+    assert side["resources"] == {"limits": {"vendor.com/efa": "1"}}  # other extended resources pass
+    assert pod_spec["initContainers"][0]["resources"] == {"requests": {"cpu": "1"}, "limits": {}}
+
+
+def test_the_reconcile_takes_every_catalog_accelerator_out_of_the_template() -> None:
+    spec = job_spec(template=_template_asking_for_accelerators()["template"])
+    pod_spec = decide(observe(spec), CATALOG).worker_pod(0)["spec"]
+    limits = [container["resources"]["limits"] for container in pod_spec["containers"]]
+    assert limits == [{"nvidia.com/gpu": "1"}, {"vendor.com/efa": "1"}]
+    assert pod_spec["initContainers"][0]["resources"] == {"requests": {"cpu": "1"}, "limits": {}}
+
+
+def test_init_containers_of_another_shape_pass_through() -> None:
+    spec = raw_spec()
+    spec["template"]["spec"]["initContainers"] = [{"name": "init", "image": "b", "resources": None}]
+    init = build_worker_pod(worker_set(spec), 0)["spec"]["initContainers"]
+    assert init == [{"name": "init", "image": "b", "resources": None}]
+
+
+# ---------------------------------------------------------------------------------------------- host network
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"hostNetwork": True}, "ClusterFirstWithHostNet"),  # else worker 0's name would not resolve
+        ({"hostNetwork": True, "dnsPolicy": "Default"}, "Default"),  # the template's own choice
+        ({"hostNetwork": False}, None),
+        ({}, None),
+    ],
+)
+def test_a_host_network_worker_resolves_cluster_names(given: dict[str, Any], expected: str | None) -> None:
+    spec = raw_spec()
+    spec["template"]["spec"] |= given
+    assert build_worker_pod(worker_set(spec), 0)["spec"].get("dnsPolicy") == expected
+
+
+# ---------------------------------------------------------------------------------------------- env
+
+
+def test_template_variables_can_refer_to_the_injected_ones() -> None:
+    spec = raw_spec()
+    spec["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "MASTER_PORT", "value": "1234"},
+        {"name": "INIT_METHOD", "value": "tcp://$(MASTER_ADDR):$(MASTER_PORT)"},
+    ]
+    env = build_worker_pod(worker_set(spec), 1)["spec"]["containers"][0]["env"]
+    names = [variable["name"] for variable in env]
+    assert names.count("MASTER_PORT") == 1  # the template's, which wins
+    assert expanded(env)["INIT_METHOD"] == "tcp://llama-worker-0.llama:1234"
+    assert names[-2:] == ["PET_MASTER_PORT", "INIT_METHOD"]  # the template's last, in its order
+
+
+def test_a_template_that_sets_one_of_torchruns_pairs_sets_both() -> None:
+    spec = raw_spec(elastic={"enabled": True}, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 4})
+    from_field = {"fieldRef": {"fieldPath": "metadata.annotations['procs']"}}
+    spec["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "MASTER_PORT", "value": "1234"},
+        {"name": "PET_NPROC_PER_NODE", "valueFrom": from_field},
+        {"name": "MASTER_ADDR", "value": "a"},
+        {"name": "PET_MASTER_ADDR", "value": "b"},
+        {"name": "NNODES", "value": "3"},  # not a pair: an elastic PET_NNODES is a range
+    ]
+    pod = build_worker_pod(worker_set(spec, workers=2, bounds=(1, 4)), 0)
+    env = env_of(pod)
+    assert env["MASTER_PORT"] == env["PET_MASTER_PORT"] == "1234"
+    assert env["NPROC_PER_NODE"] == env["PET_NPROC_PER_NODE"] == from_field
+    assert (env["MASTER_ADDR"], env["PET_MASTER_ADDR"]) == ("a", "b")  # both set: both kept
+    assert (env["NNODES"], env["PET_NNODES"]) == ("3", "1:4")
+    names = [variable["name"] for variable in pod["spec"]["containers"][0]["env"]]
+    assert len(names) == len(set(names))
+
+
+def test_a_pair_is_only_filled_in_where_the_operator_sets_it() -> None:
+    spec = raw_spec(framework="jax")
+    spec["template"]["spec"]["containers"][0]["env"] = [{"name": "MASTER_PORT", "value": "1234"}]
+    assert "PET_MASTER_PORT" not in env_of(build_worker_pod(worker_set(spec), 0))
+
+
+# ---------------------------------------------------------------------------------------------- placement
+
+ADDED = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+@pytest.mark.parametrize(
+    ("toleration", "tolerates"),
+    [
+        ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"}, False),
+        ({"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}, False),
+        ({"key": "nvidia.com/gpu", "value": "present"}, False),  # Equal, the default
+        ({"key": "amd.com/gpu", "operator": "Exists"}, False),
+        ({"key": "nvidia.com/gpu", "operator": "Exists"}, True),
+        ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}, True),
+        ({"operator": "Exists"}, True),  # every taint
+    ],
+)
+def test_the_accelerator_toleration_is_added_unless_one_tolerates_its_taint(
+    toleration: dict[str, Any], tolerates: bool
+) -> None:
+    # The taint's value differs between clusters: only Exists tolerates it whatever it is.
+    spec = raw_spec()
+    spec["template"]["spec"]["tolerations"] = [toleration]
+    tolerations = build_worker_pod(worker_set(spec), 0)["spec"]["tolerations"]
+    assert tolerations == ([toleration] if tolerates else [toleration, ADDED])
+    assert with_accelerator_toleration([toleration], "nvidia.com/gpu") == tolerations
+
+
+def test_a_null_node_affinity_is_none() -> None:
+    spec = raw_spec()
+    spec["template"]["spec"]["affinity"] = {"nodeAffinity": None}
+    affinity = build_worker_pod(worker_set(spec), 0)["spec"]["affinity"]
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == accelerator_terms(CATALOG.get("nvidia-h100-80gb").match)  # type: ignore[union-attr]
+    preferred = with_preferred_hostnames({"nodeAffinity": None}, ["n1"])["nodeAffinity"]
+    assert len(preferred["preferredDuringSchedulingIgnoredDuringExecution"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+
+
+def test_a_templates_kubefit_annotations_never_reach_a_worker() -> None:
+    # The operator reads its own back (decisions/observed.py): a template's would pass for them.
+    forged = {"kubefit.dev/nnodes": "1:8", "kubefit.dev/world-size": "9", "kubefit.dev/x": "y", "note": "x"}
+    elastic = raw_spec(elastic={"enabled": True}, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 4})
+    elastic["template"]["metadata"]["annotations"] = forged
+    pod = build_worker_pod(worker_set(elastic, workers=2, bounds=(1, 4)), 0)
+    assert pod["metadata"]["annotations"] == {"note": "x", "kubefit.dev/nnodes": "1:4"}
+    fixed = raw_spec()
+    fixed["template"]["metadata"]["annotations"] = forged
+    annotations = build_worker_pod(worker_set(fixed), 0)["metadata"]["annotations"]
+    assert annotations == {"note": "x", "kubefit.dev/world-size": "2", "kubefit.dev/restart-attempt": "0"}
