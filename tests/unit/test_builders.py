@@ -20,7 +20,7 @@ from kubefit.builders.naming import (
 from kubefit.builders.placement import accelerator_terms, merge_required_terms, with_accelerator_affinity
 from kubefit.builders.pods import KUBERNETES_DEFAULT_GRACE_SECONDS, WorkerSet, build_worker_pod
 from kubefit.builders.rendezvous import WorkerGroup, rendezvous_env
-from kubefit.builders.resources import default_cpu, default_memory, worker_resources
+from kubefit.builders.resources import HostShare, default_cpu, default_memory, worker_resources
 from kubefit.builders.service import build_headless_service
 from kubefit.sizing.catalog import load_catalog
 
@@ -183,6 +183,16 @@ def test_index_outside_the_worker_count_is_refused(index: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- resources
+
+
+def test_default_cpu_and_memory_take_at_most_nine_tenths_of_the_nodes_share() -> None:
+    share = HostShare(cpu_millis=7910, memory_bytes=15 * 2**30)  # one device on a small node
+    assert default_cpu(1, share) == "7119m"
+    assert default_cpu(2, HostShare(cpu_millis=12000)) == "16"  # 21.6 cores offered: the usual 16
+    assert default_memory(1, share=share) == f"{int(15 * 1024 * 0.9)}Mi"
+    # The offloaded state is the job's need, not a default: it is never cut to fit.
+    assert default_memory(1, 2**30, share) == f"{int(15 * 1024 * 0.9) + 1024}Mi"
+    assert default_cpu(1, HostShare()) == "8" and default_memory(1, share=HostShare()) == f"{16 * 1024}Mi"
 
 
 def test_default_cpu_and_memory_scale_with_accelerators() -> None:

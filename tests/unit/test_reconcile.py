@@ -1062,10 +1062,10 @@ def test_inventory_free_devices_and_own_job_excluded() -> None:
     cordoned = NodeFacts("h2", dict(h100.labels), {"nvidia.com/gpu": "8"}, schedulable=False)
     usage = {"h1": [pod_usage(gpu_pod("h1", "4", job="other")), pod_usage(gpu_pod("h1", "2", job="llama"))]}
     inventory = build_inventory([h100, cpu_only, cordoned], usage, CATALOG)
-    assert inventory.placeable == [NodeInventory("h1", "nvidia-h100-80gb", 8, 2)]
+    assert inventory.placeable == [NodeInventory("h1", "nvidia-h100-80gb", 8, 2, cpu_millis=32000)]
     assert inventory.excluded == [NodeInventory("h2", "nvidia-h100-80gb", 8, 8)]  # cordoned
     mine_free = build_inventory([h100], usage, CATALOG, for_job=("team-a", "llama"))
-    assert mine_free.placeable == [NodeInventory("h1", "nvidia-h100-80gb", 8, 4)]
+    assert mine_free.placeable == [NodeInventory("h1", "nvidia-h100-80gb", 8, 4, cpu_millis=32000)]
 
 
 # ---------------------------------------------------------------------------------------------- waste
@@ -2070,3 +2070,38 @@ def test_a_head_waits_from_the_end_of_its_suspension_not_its_start() -> None:
         observe(spec, status=resumed_now.status, grant=0, now=resumed_at + timedelta(seconds=30)), CATALOG
     )
     assert later.demand is not None and later.demand.queued_since == resumed_at.timestamp()
+
+
+def test_default_cpu_and_memory_fit_a_node_with_one_accelerator_and_little_host() -> None:
+    """An 8-vCPU, 16 GiB node with one L4 (AWS g6.xlarge-like: a little under 8 cores allocatable): 8 cores
+    and 16Gi a device would leave the worker Pending for good. A 96-core node keeps the usual default."""
+    from dataclasses import replace as with_fields
+
+    from kubefit.decisions.inventory import node_facts
+
+    def node(name: str, cpu: str, memory: str, devices: str) -> NodeFacts:
+        labels = {"nvidia.com/gpu.product": "NVIDIA-L4"}
+        allocatable = {"nvidia.com/gpu": devices, "cpu": cpu, "memory": memory}
+        return node_facts(
+            {"metadata": {"name": name, "labels": labels}, "status": {"allocatable": allocatable}}
+        )
+
+    def requests(*nodes: NodeFacts) -> dict[str, str]:
+        spec = raw_spec(
+            model={"parameters": "300M"},
+            resources={"accelerator": "nvidia-l4", "acceleratorsPerWorker": 1},
+            workers={"replicas": 1},
+        )
+        inventory = build_inventory(list(nodes), {}, CATALOG)
+        decision = decide(with_fields(observe(spec), inventory=inventory), CATALOG)
+        created = decision.worker_pod(decision.create[0])
+        return {
+            resource: value
+            for resource, value in created["spec"]["containers"][0]["resources"]["requests"].items()
+            if resource != "nvidia.com/gpu"
+        }
+
+    small = node("small", "7910m", "15Gi", "1")
+    assert requests(small) == {"cpu": "7119m", "memory": "13824Mi"}  # 90% of what the node offers
+    assert requests(node("big", "96", "1Ti", "8")) == {"cpu": "8", "memory": "16384Mi"}
+    assert requests(small, node("big", "96", "1Ti", "8")) == requests(small)  # fits either node

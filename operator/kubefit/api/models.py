@@ -502,14 +502,16 @@ class Resources(_Model):
         default=None,
         description="CPU request of each worker's first container, a Kubernetes quantity such as 8 or "
         "500m, at most 100000 cores and not above the template's own cpu limit. Default: the template's "
-        "own cpu request, else its cpu limit, else 8 cores per accelerator, at most 96.",
+        "own cpu request, else its cpu limit, else 8 cores per accelerator, at most 96, and at most 90% of "
+        "the allocatable cpu per device of the smallest node the workers may land on.",
         json_schema_extra=_int_or_string_schema(QUANTITY_PATTERN, MAX_CPU_MILLICORES // 1000),
     )
     memory: HostMemory = Field(
         default=None,
         description="Host memory request of each worker's first container, a Kubernetes quantity such as "
         "64Gi, at most 1Pi and not above the template's own memory limit. Default: the template's own "
-        "memory request, else its memory limit, else 16Gi per accelerator plus the training state "
+        "memory request, else its memory limit, else 16Gi per accelerator (at most 90% of the allocatable "
+        "memory per device of the smallest node the workers may land on) plus the training state "
         "offloaded to the host.",
         json_schema_extra=_int_or_string_schema(QUANTITY_PATTERN, MAX_HOST_MEMORY),
     )

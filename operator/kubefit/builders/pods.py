@@ -34,7 +34,7 @@ from kubefit.builders.rendezvous import (
     merged_rendezvous_conf,
     rendezvous_env,
 )
-from kubefit.builders.resources import worker_resources
+from kubefit.builders.resources import HostShare, worker_resources
 from kubefit.sizing.catalog import Accelerator
 
 # What Kubernetes gives a pod that sets no terminationGracePeriodSeconds (PodSpec API reference).
@@ -69,6 +69,8 @@ class WorkerSet:
     preferred_hostnames: tuple[str, ...] = ()
     # The fixed group's restart attempt the workers are created for (status.gang.attempt).
     attempt: int = 0
+    # What the job's nodes offer per device, which the default cpu and memory requests fit (None: not known).
+    host_share: HostShare | None = None
 
     @property
     def fixed_world(self) -> bool:
@@ -145,7 +147,11 @@ def _without(container: dict[str, Any], names: frozenset[str]) -> dict[str, Any]
 def _trainer_container(container: dict[str, Any], worker_set: WorkerSet, index: int) -> dict[str, Any]:
     trainer = dict(container)
     trainer["resources"] = worker_resources(
-        container.get("resources"), worker_set.spec, worker_set.sizing, worker_set.host_bytes_per_worker
+        container.get("resources"),
+        worker_set.spec,
+        worker_set.sizing,
+        worker_set.host_bytes_per_worker,
+        worker_set.host_share,
     )
     extra: list[dict[str, Any]] = [*rendezvous_env(worker_set.spec.framework, worker_set.group, index)]
     if worker_set.checkpoint is not None:

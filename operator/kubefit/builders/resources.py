@@ -5,7 +5,10 @@ first container already requests, else its limit (Kubernetes takes a missing req
 refuses a pod whose request exceeds it; api.validation refuses a spec.resources value above the limit),
 else the derived default:
 - cpu: 8 cores per accelerator, at most 96 (data loaders and the host side of the step);
-- memory: 16Gi per accelerator plus the training state offloaded to the host (sized in decisions.job_sizing).
+- memory: 16Gi per accelerator plus the training state offloaded to the host (sized in decisions.job_sizing);
+- each of the two held, but for the offloaded state, to NODE_SHARE of what the job's nodes offer per device
+  (HostShare): an 8-vCPU node with one GPU (AWS g5.2xlarge, GKE g2-standard-8) has under 8 cores
+  allocatable, and a request of 8 would leave its worker Pending for good.
 The accelerator count is always the sizing decision's, as both request and limit (extended resources
 cannot be overcommitted, so Kubernetes requires the two to be equal).
 """
@@ -13,6 +16,7 @@ cannot be overcommitted, so Kubernetes requires the two to be equal).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
@@ -21,15 +25,34 @@ from kubefit.api.units import GIB, MIB
 CPU_PER_ACCELERATOR = 8
 MAX_DEFAULT_CPU = 96
 HOST_MEMORY_PER_ACCELERATOR = 16 * GIB
+# Of a node's allocatable CPU and memory per device, what a default takes at most: the rest is for the node's
+# daemon pods (device plugin, exporters, log and network agents), which request their own.
+NODE_SHARE = 0.9
 
 
-def default_cpu(accelerators: int) -> str:
-    return str(min(MAX_DEFAULT_CPU, CPU_PER_ACCELERATOR * max(1, accelerators)))
+@dataclass(frozen=True)
+class HostShare:
+    """What the job's nodes offer per device: allocatable CPU and memory over devices, of the node that
+    offers least (0: not known)."""
+
+    cpu_millis: int = 0
+    memory_bytes: int = 0
 
 
-def default_memory(accelerators: int, offloaded_bytes: int = 0) -> str:
-    total = HOST_MEMORY_PER_ACCELERATOR * max(1, accelerators) + max(0, offloaded_bytes)
-    return f"{math.ceil(total / MIB)}Mi"
+def default_cpu(accelerators: int, share: HostShare | None = None) -> str:
+    count = max(1, accelerators)
+    millis = min(MAX_DEFAULT_CPU, CPU_PER_ACCELERATOR * count) * 1000
+    if share is not None and share.cpu_millis > 0:
+        millis = max(1, min(millis, int(share.cpu_millis * count * NODE_SHARE)))
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def default_memory(accelerators: int, offloaded_bytes: int = 0, share: HostShare | None = None) -> str:
+    count = max(1, accelerators)
+    base = HOST_MEMORY_PER_ACCELERATOR * count
+    if share is not None and share.memory_bytes > 0:
+        base = max(MIB, min(base, int(share.memory_bytes * count * NODE_SHARE)))
+    return f"{math.ceil((base + max(0, offloaded_bytes)) / MIB)}Mi"
 
 
 def worker_resources(
@@ -37,6 +60,7 @@ def worker_resources(
     spec: TrainingJobSpec,
     sizing: SizingStatus,
     offloaded_bytes: int = 0,
+    share: HostShare | None = None,
 ) -> dict[str, Any]:
     """The first container's `resources`, with the accelerator and cpu/memory filled in."""
     # requests and limits are copied to be filled in; anything else (claims) is kept as the template has it.
@@ -48,10 +72,10 @@ def worker_resources(
 
     if spec.resources.cpu is not None:
         requests["cpu"] = str(spec.resources.cpu)
-    requests.setdefault("cpu", limits.get("cpu", default_cpu(accelerators)))
+    requests.setdefault("cpu", limits.get("cpu", default_cpu(accelerators, share)))
     if spec.resources.memory is not None:
         requests["memory"] = str(spec.resources.memory)
-    requests.setdefault("memory", limits.get("memory", default_memory(accelerators, offloaded_bytes)))
+    requests.setdefault("memory", limits.get("memory", default_memory(accelerators, offloaded_bytes, share)))
 
     requests[sizing.resource_name] = str(accelerators)
     limits[sizing.resource_name] = str(accelerators)

@@ -3,7 +3,7 @@ decisions.scheduled."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -13,11 +13,13 @@ from kubefit.api.formatting import sizing_summary
 from kubefit.api.models import CheckpointStatus, GangStatus, SizingStatus, TrainingJobSpec
 from kubefit.builders.checkpoint import CheckpointEnv, checkpoint_token
 from kubefit.builders.pods import WorkerSet
+from kubefit.builders.resources import HostShare
 from kubefit.decisions.conditions import ConditionUpdate
 from kubefit.decisions.gang import previous_gang
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.workers import WorkerBounds
 from kubefit.sizing.catalog import Catalog
+from kubefit.sizing.planner import NodeInventory
 
 if TYPE_CHECKING:
     from kubefit.decisions.admission import Demand
@@ -138,4 +140,20 @@ def worker_set(ctx: JobContext, workers: int) -> WorkerSet:
         preferred_hostnames=tuple(sorted(ctx.observation.reserved_hostnames)),
         attempt=previous_gang(ctx.status).attempt,
         accelerator_resources=frozenset(entry.resource_name for entry in ctx.catalog),
+        host_share=host_share(ctx.observation.inventory.placeable, accelerator.name),
     )
+
+
+def host_share(nodes: Iterable[NodeInventory], accelerator: str) -> HostShare | None:
+    """Allocatable CPU and memory per device of the `accelerator` nodes the workers may land on, each the
+    smallest among them (so a default request fits whichever node a worker goes to); None without any."""
+    shares = [
+        (node.cpu_millis / node.allocatable, node.memory_bytes / node.allocatable)
+        for node in nodes
+        if node.accelerator == accelerator and node.allocatable > 0
+    ]
+    cpu = [share[0] for share in shares if share[0] > 0]
+    memory = [share[1] for share in shares if share[1] > 0]
+    if not cpu and not memory:
+        return None
+    return HostShare(int(min(cpu, default=0)), int(min(memory, default=0)))

@@ -7,6 +7,7 @@ can say why the planner did not see them (decisions/node_match.py holds the rule
 
 from __future__ import annotations
 
+import functools
 import operator
 import threading
 from collections import Counter
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from kubefit.api.quantity import parse_bytes, parse_cpu_millis
 from kubefit.builders.naming import JOB_LABEL
 from kubefit.decisions.node_match import ANYWHERE, UNSCHEDULABLE_TAINT, Placement, Taint, node_taints
 from kubefit.decisions.observed import POD_FINISHED_PHASES
@@ -142,7 +144,24 @@ def _node_inventory(
         for pod in usage
         if for_job is None or pod.job != for_job
     )
-    return NodeInventory(node.name, accelerator.name, allocatable, max(0, allocatable - used))
+    return NodeInventory(node.name, accelerator.name, allocatable, max(0, allocatable - used), *_host(node))
+
+
+def _host(node: NodeFacts) -> tuple[int, int]:
+    """The node's allocatable CPU (millicores) and memory (bytes); 0 for one it does not state well."""
+    return _parsed_host(str(node.allocatable.get("cpu", 0)), str(node.allocatable.get("memory", 0)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_host(cpu: str, memory: str) -> tuple[int, int]:
+    # Remembered: a cluster has few node shapes, and every snapshot of the inventory reads every node.
+    found = []
+    for value, parse in ((cpu, parse_cpu_millis), (memory, parse_bytes)):
+        try:
+            found.append(parse(value))
+        except ValueError:
+            found.append(0)
+    return found[0], found[1]
 
 
 def build_inventory(
@@ -422,4 +441,4 @@ class _NodeSnapshot:
 def _node_entry(node: NodeFacts, accelerator: Accelerator, used: Mapping[str, int] | None) -> NodeInventory:
     allocatable = _count(node.allocatable.get(accelerator.resource_name, 0))
     free = allocatable - used.get(accelerator.resource_name, 0) if used else allocatable
-    return NodeInventory(node.name, accelerator.name, allocatable, max(0, free))
+    return NodeInventory(node.name, accelerator.name, allocatable, max(0, free), *_host(node))

@@ -72,6 +72,10 @@ class NodeInventory:
     accelerator: str  # catalog name
     allocatable: int  # devices the node offers
     free: int  # devices not requested by any pod
+    # Its allocatable CPU (millicores) and memory (bytes), 0 where not known: what a worker's default cpu
+    # and memory requests must fit (builders/resources.py).
+    cpu_millis: int = 0
+    memory_bytes: int = 0
 
 
 # ------------------------------------------------------------------ inventory
