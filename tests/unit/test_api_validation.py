@@ -658,3 +658,12 @@ def test_an_accelerator_name_longer_than_a_label_value_is_refused_by_its_length(
     crd = yaml.safe_load((Path(__file__).parents[2] / "crds" / "trainingjob.yaml").read_text())
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert schema["properties"]["resources"]["properties"]["accelerator"]["maxLength"] == 63
+
+
+def test_a_catalog_entry_whose_name_no_spec_could_pin_is_refused_when_the_catalog_loads() -> None:
+    from kubefit.sizing.catalog import CatalogError, parse_catalog
+
+    entry = "accelerators:\n- {name: %s, vendor: acme, memoryMiB: 1024, resourceName: acme.com/npu}\n"
+    assert parse_catalog(entry % ("a" * 63))[0].name == "a" * 63
+    with pytest.raises(CatalogError, match="longer than 63 characters"):
+        parse_catalog(entry % ("a" * 64))

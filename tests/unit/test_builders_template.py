@@ -59,7 +59,23 @@ def test_only_the_trainer_asks_for_an_accelerator_and_only_for_the_sizings() -> 
     trainer, side = pod_spec["containers"]
     assert trainer["resources"]["limits"] == {"nvidia.com/gpu": "8"}
     assert side["resources"] == {"limits": {"vendor.com/efa": "1"}}  # other extended resources pass
-    assert pod_spec["initContainers"][0]["resources"] == {"requests": {"cpu": "1"}, "limits": {}}
+    # A classic init container runs before the trainer: it keeps the chosen accelerator, not another vendor's.
+    assert pod_spec["initContainers"][0]["resources"] == {
+        "requests": {"cpu": "1"},
+        "limits": {"nvidia.com/gpu": "1"},
+    }
+
+
+def test_a_native_sidecar_holds_no_accelerator_and_an_init_container_at_most_the_workers() -> None:
+    spec = raw_spec()
+    spec["template"]["spec"]["initContainers"] = [
+        {"name": "sidecar", "image": "b", "restartPolicy": "Always", "resources": {"limits": {"nvidia.com/gpu": "1"}}},
+        {"name": "check", "image": "b", "resources": {"limits": {"nvidia.com/gpu": "16"}, "requests": {"nvidia.com/gpu": "16"}}},
+    ]  # fmt: skip
+    worker = replace(worker_set(spec), accelerator_resources=ALL_ACCELERATORS)
+    sidecar, check = build_worker_pod(worker, 0)["spec"]["initContainers"]
+    assert sidecar["resources"] == {"limits": {}}  # it runs beside the trainer: its devices would add up
+    assert check["resources"] == {"limits": {"nvidia.com/gpu": "8"}, "requests": {"nvidia.com/gpu": "8"}}
 
 
 def test_the_reconcile_takes_every_catalog_accelerator_out_of_the_template() -> None:
@@ -67,7 +83,10 @@ def test_the_reconcile_takes_every_catalog_accelerator_out_of_the_template() -> 
     pod_spec = decide(observe(spec), CATALOG).worker_pod(0)["spec"]
     limits = [container["resources"]["limits"] for container in pod_spec["containers"]]
     assert limits == [{"nvidia.com/gpu": "1"}, {"vendor.com/efa": "1"}]
-    assert pod_spec["initContainers"][0]["resources"] == {"requests": {"cpu": "1"}, "limits": {}}
+    assert pod_spec["initContainers"][0]["resources"] == {
+        "requests": {"cpu": "1"},
+        "limits": {"nvidia.com/gpu": "1"},
+    }
 
 
 def test_init_containers_of_another_shape_pass_through() -> None:
@@ -129,6 +148,15 @@ def test_a_template_that_sets_one_of_torchruns_pairs_sets_both() -> None:
     assert (env["NNODES"], env["PET_NNODES"]) == ("3", "1:4")
     names = [variable["name"] for variable in pod["spec"]["containers"][0]["env"]]
     assert len(names) == len(set(names))
+
+
+def test_a_variable_that_refers_to_its_twin_leaves_the_twin_the_operators() -> None:
+    spec = raw_spec()
+    spec["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "MASTER_PORT", "value": "$(PET_MASTER_PORT)"}
+    ]
+    env = expanded(build_worker_pod(worker_set(spec), 0)["spec"]["containers"][0]["env"])
+    assert env["MASTER_PORT"] == env["PET_MASTER_PORT"] == "29500"
 
 
 def test_a_pair_is_only_filled_in_where_the_operator_sets_it() -> None:

@@ -2086,10 +2086,10 @@ def test_default_cpu_and_memory_fit_a_node_with_one_accelerator_and_little_host(
             {"metadata": {"name": name, "labels": labels}, "status": {"allocatable": allocatable}}
         )
 
-    def requests(*nodes: NodeFacts) -> dict[str, str]:
+    def requests(*nodes: NodeFacts, per_worker: int = 1) -> dict[str, str]:
         spec = raw_spec(
             model={"parameters": "300M"},
-            resources={"accelerator": "nvidia-l4", "acceleratorsPerWorker": 1},
+            resources={"accelerator": "nvidia-l4", "acceleratorsPerWorker": per_worker},
             workers={"replicas": 1},
         )
         inventory = build_inventory(list(nodes), {}, CATALOG)
@@ -2105,3 +2105,7 @@ def test_default_cpu_and_memory_fit_a_node_with_one_accelerator_and_little_host(
     assert requests(small) == {"cpu": "7119m", "memory": "13824Mi"}  # 90% of what the node offers
     assert requests(node("big", "96", "1Ti", "8")) == {"cpu": "8", "memory": "16384Mi"}
     assert requests(small, node("big", "96", "1Ti", "8")) == requests(small)  # fits either node
+    assert requests(node("big", "96", "1Ti", "8"), node("c", "8", "32Gi", "1"), per_worker=8) == {
+        "cpu": "64",
+        "memory": "131072Mi",
+    }  # the 1-device node cannot hold an 8-device worker: it sets no bound

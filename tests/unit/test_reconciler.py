@@ -874,20 +874,13 @@ def test_the_old_jobs_deletion_that_comes_after_the_new_ones_event_leaves_the_ne
     harness.kube.jobs["llama"] = copy.deepcopy(again)
     harness.reconciler.jobs.observe(KEY, copy.deepcopy(again))  # kopf handled the new uid's ADDED first
     harness.reconcile("create")
-    series = harness.metrics.registry.get_sample_value(
-        "kubefit_trainingjob_workers", {"namespace": NAMESPACE, "name": "llama", "state": "desired"}
-    )
-    assert series == 1
+    labels = {"namespace": NAMESPACE, "name": "llama", "state": "max"}
+    assert harness.metrics.registry.get_sample_value("kubefit_trainingjob_workers", labels) == 1
     harness.reconciler.job_deleted(KEY, old_uid, harness.view())  # then the old uid's DELETED
     held = harness.reconciler.jobs.read(KEY, lambda *_: None)
     assert held is not None and held["metadata"]["uid"] == "uid-llama-again"
     assert KEY in harness.reconciler.scheduler.snapshot()
-    assert (
-        harness.metrics.registry.get_sample_value(
-            "kubefit_trainingjob_workers", {"namespace": NAMESPACE, "name": "llama", "state": "desired"}
-        )
-        == 1
-    )
+    assert harness.metrics.registry.get_sample_value("kubefit_trainingjob_workers", labels) == 1
 
 
 def test_workers_whose_create_failed_are_not_counted_in_the_failures_status(harness: Harness) -> None:
@@ -1091,7 +1084,12 @@ def test_an_ack_sent_again_wakes_no_reconcile() -> None:
     assert woken == [key, key]
 
 
-def test_a_job_created_again_under_a_deleted_ones_name_is_not_granted_its_workers(harness: Harness) -> None:
+@pytest.mark.parametrize(
+    "deletion_seen_first", [True, False], ids=["deleted-then-created", "created-then-deleted"]
+)
+def test_a_job_created_again_under_a_deleted_ones_name_is_not_granted_its_workers(
+    harness: Harness, deletion_seen_first: bool
+) -> None:
     # Deleted and applied again at once (kubectl replace --force): the old job's pods, not yet collected,
     # were granted to the new one as Recovered, ahead of the queue, with no scheduling pass.
     node = [NodeFacts("h0", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "8"})]
@@ -1129,7 +1127,10 @@ def test_a_job_created_again_under_a_deleted_ones_name_is_not_granted_its_worker
     create("other", "uid-other")
     assert harness.reconciler.scheduler.snapshot()[(NAMESPACE, "llama")].workers == 8
     harness.kube.jobs.pop("llama")
-    harness.reconciler.job_deleted((NAMESPACE, "llama"), "uid-old", harness.view())
+    if deletion_seen_first:
+        harness.reconciler.job_deleted((NAMESPACE, "llama"), "uid-old", harness.view())
     create("llama", "uid-new")  # the old workers are still there
+    if not deletion_seen_first:  # kopf handles each uid on its own: the old one's DELETED can come after
+        harness.reconciler.job_deleted((NAMESPACE, "llama"), "uid-old", harness.view())
     grant = harness.reconciler.scheduler.snapshot().get((NAMESPACE, "llama"))
     assert grant is None or not grant.workers, grant

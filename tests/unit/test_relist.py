@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kopf._core.engines.indexing import OperatorIndexer
 
-from kubefit.controller.handlers import _discard, _indexed
+from kubefit.controller.handlers import SameFacts, WorkerChanges, _discard, _indexed, _relist_checker
 from kubefit.controller.relist import NODES, PODS, Indexed, RelistCheck, gone
 from kubefit.decisions.inventory import node_facts, pod_usage
 from kubefit.decisions.observed import worker_from_pod
@@ -167,3 +167,31 @@ def test_the_indexes_objects_are_read_with_kopfs_keys_and_dropped_from_every_ind
     assert [facts.uid for store in indexes["kubefit_nodes"].values() for facts in store] == ["node-new"]
     assert [usage.pod[1] for store in indexes["kubefit_pod_usage"].values() for usage in store] == ["other"]
     assert "ns" not in {key[0] for key in indexes["kubefit_workers"]}
+
+
+def test_a_node_registered_again_under_its_name_is_not_replayed_as_deleted() -> None:
+    """The relist indexed the new node before the check found the old one gone: dropping the old entry must
+    not tell the scheduler that the name is gone (it would count the new node as Ready, whatever it is)."""
+    allocatable = {"nvidia.com/gpu": "8"}
+    old_node = {"metadata": {"name": "n1", "uid": "node-old"}, "status": {"allocatable": allocatable}}
+    new_node = {"metadata": {"name": "n1", "uid": "node-new"}, "status": {"allocatable": allocatable}}
+    gone_node = {"metadata": {"name": "n2", "uid": "node-2"}, "status": {"allocatable": allocatable}}
+    indexes = _indexes_of([old_node, new_node, gone_node], [])
+    told: list[str] = []
+
+    class Scheduler:
+        def node_changed(self, facts: Any, name: str, ready: bool, view: Any) -> None:
+            told.append(name)
+
+        def request(self, *_: Any) -> None:
+            pass
+
+    relists = RelistCheck(Lister({"node-new"}, {}))
+    check = _relist_checker((relists, SameFacts()), WorkerChanges(), Scheduler(), None, indexes)  # type: ignore[arg-type]
+    loop, thread = _listed_on_a_loop(relists, NODES)
+    try:
+        check()
+    finally:
+        _stop(loop, thread)
+    assert told == ["n2"]
+    assert [facts.uid for store in indexes["kubefit_nodes"].values() for facts in store] == ["node-new"]

@@ -110,7 +110,13 @@ def _with_twins(env: list[dict[str, Any]], ours: dict[str, Any]) -> list[dict[st
     for index, variable in enumerate(env):
         result.append(variable)
         twin = TORCHRUN_TWINS.get(str(variable.get("name")), "")
-        if twin in ours and twin not in names and variable.get("name") not in names[index + 1 :]:
+        refers = f"$({twin})" in str(variable.get("value", ""))  # MASTER_PORT: $(PET_MASTER_PORT) keeps ours
+        if (
+            twin in ours
+            and twin not in names
+            and not refers
+            and variable.get("name") not in names[index + 1 :]
+        ):
             result.append({**variable, "name": twin})
     return result
 
@@ -186,16 +192,46 @@ def _metadata(template: dict[str, Any], worker_set: WorkerSet, index: int) -> di
     }
 
 
-def _init_containers(pod_spec: dict[str, Any], accelerators: frozenset[str]) -> dict[str, Any]:
+def _init_containers(
+    pod_spec: dict[str, Any], accelerators: frozenset[str], sizing: SizingStatus
+) -> dict[str, Any]:
     init = pod_spec.get("initContainers")
     if not isinstance(init, list):
         return {}
     return {
         "initContainers": [
-            _without(container, accelerators) if isinstance(container, dict) else container
+            _init_container(container, accelerators, sizing) if isinstance(container, dict) else container
             for container in init
         ]
     }
+
+
+def _init_container(
+    container: dict[str, Any], accelerators: frozenset[str], sizing: SizingStatus
+) -> dict[str, Any]:
+    """A native sidecar (restartPolicy Always) runs beside the trainer, so its requests add to the pod's: it
+    holds no accelerator. A classic init container runs before it, and the pod needs the larger of the two:
+    it keeps the chosen accelerator (a GPU check, a warm-up), at most the worker's count, and no other."""
+    if container.get("restartPolicy") == "Always":
+        return _without(container, accelerators)
+    chosen, count = sizing.resource_name, sizing.accelerators_per_worker
+    kept = _without(container, accelerators - {chosen})
+    resources = kept.get("resources")
+    if not isinstance(resources, dict):
+        return kept
+    capped = dict(resources)
+    for kind in ("requests", "limits"):
+        amounts = resources.get(kind)
+        if isinstance(amounts, dict) and chosen in amounts:
+            capped[kind] = {**amounts, chosen: str(min(_devices(amounts[chosen], count), count))}
+    return {**kept, "resources": capped}
+
+
+def _devices(quantity: Any, otherwise: int) -> int:
+    try:
+        return int(str(quantity))
+    except ValueError:
+        return otherwise
 
 
 def _host_network_dns(pod_spec: dict[str, Any]) -> dict[str, Any]:
@@ -221,7 +257,7 @@ def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
     accelerators = worker_set.accelerator_resources | {worker_set.sizing.resource_name}
     containers = [_without(container, accelerators) for container in pod_spec["containers"]]
     containers[0] = _trainer_container(containers[0], worker_set, index)
-    pod_spec |= _init_containers(pod_spec, accelerators) | _host_network_dns(pod_spec)
+    pod_spec |= _init_containers(pod_spec, accelerators, worker_set.sizing) | _host_network_dns(pod_spec)
     pod_spec |= {
         "containers": containers,
         # The operator replaces failed workers itself (counting restarts), so the kubelet must not.

@@ -222,8 +222,9 @@ def _relist_checker(
     def after_vanished(vanished: list[Indexed]) -> None:
         """What the DELETED events of `vanished` would have done."""
         view = cluster_view(**live_indexes)
+        registered_again = {facts.name for facts in view.nodes()}  # the same name, a new node (its own uid)
         for item in vanished:
-            if item.kind == NODES:
+            if item.kind == NODES and item.name not in registered_again:
                 nodes_seen.forget(item.name)
                 scheduler.node_changed(None, item.name, False, view)
             elif item.job is not None:

@@ -325,7 +325,9 @@ class Scheduler:
                 if changed:
                     self._grant_on_leaving[key] = (entry.granted or 0) if entry is not None else 0
                     logger.info("%s/%s leaves the queue (needs nothing now)", *key)
-            elif entry is None:
+            elif entry is None or (uid is not None and entry.uid not in (None, uid)):
+                # A job created again under a deleted one's name (its event before the old one's DELETED)
+                # starts afresh: nothing the old one was granted or reserved is its own.
                 self._entries[key] = _Entry(demand, placement, uid=uid)
                 changed = True
             else:

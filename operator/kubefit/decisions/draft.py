@@ -140,17 +140,20 @@ def worker_set(ctx: JobContext, workers: int) -> WorkerSet:
         preferred_hostnames=tuple(sorted(ctx.observation.reserved_hostnames)),
         attempt=previous_gang(ctx.status).attempt,
         accelerator_resources=frozenset(entry.resource_name for entry in ctx.catalog),
-        host_share=host_share(ctx.observation.inventory.placeable, accelerator.name),
+        host_share=host_share(
+            ctx.observation.inventory.placeable, accelerator.name, ctx.sizing.accelerators_per_worker
+        ),
     )
 
 
-def host_share(nodes: Iterable[NodeInventory], accelerator: str) -> HostShare | None:
-    """Allocatable CPU and memory per device of the `accelerator` nodes the workers may land on, each the
-    smallest among them (so a default request fits whichever node a worker goes to); None without any."""
+def host_share(nodes: Iterable[NodeInventory], accelerator: str, per_worker: int = 1) -> HostShare | None:
+    """Allocatable CPU and memory per device of the `accelerator` nodes the workers may land on (those with
+    `per_worker` devices or more), each the smallest among them (so a default request fits whichever node a
+    worker goes to); None without any."""
     shares = [
         (node.cpu_millis / node.allocatable, node.memory_bytes / node.allocatable)
         for node in nodes
-        if node.accelerator == accelerator and node.allocatable > 0
+        if node.accelerator == accelerator and node.allocatable >= max(1, per_worker)
     ]
     cpu = [share[0] for share in shares if share[0] > 0]
     memory = [share[1] for share in shares if share[1] > 0]

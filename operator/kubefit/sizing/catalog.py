@@ -19,6 +19,7 @@ import yaml
 from kubefit.api.units import MIB
 
 BUILTIN_CATALOG = Path(__file__).with_name("accelerators.yaml")
+NAME_MAX = 63  # spec.resources.accelerator's maxLength (api/models.py), a label value's
 CATALOG_ENV = "KUBEFIT_CATALOG"
 
 
@@ -47,6 +48,10 @@ def _entry(raw: Any, source: str) -> Accelerator:
     if not isinstance(name, str) or not name:
         raise CatalogError(f"{source}: an entry has no name")
     where = f"{source}: accelerators[{name}]"
+    if len(name) > NAME_MAX:
+        raise CatalogError(
+            f"{where}: the name is longer than {NAME_MAX} characters, the most spec.resources.accelerator takes"
+        )
     memory = raw.get("memoryMiB")
     if not isinstance(memory, int) or memory <= 0:
         raise CatalogError(f"{where}.memoryMiB must be a positive integer (MiB as the driver reports it)")
