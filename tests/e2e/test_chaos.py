@@ -14,6 +14,10 @@ with running workers removed. Each test is bounded (a few minutes on a loaded 2-
 3. A node with running workers removed: the elastic job keeps its surviving workers, never runs below its
    minimum, and is back at its size on the remaining room; the fixed-size job, one group, starts again
    whole (its surviving worker too), and that is not counted as a restart.
+4. Pods deleted while the operator's watches were broken for good (the operator frozen, the API server
+   restarted, then the deletions): kopf lists again and sends no DELETED event for them, and the operator
+   still sees that they went: the deleted worker is made again, and a queued job runs on the devices the
+   other deleted pod held.
 """
 
 from __future__ import annotations
