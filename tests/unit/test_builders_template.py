@@ -217,3 +217,26 @@ def test_a_templates_kubefit_annotations_never_reach_a_worker() -> None:
     fixed["template"]["metadata"]["annotations"] = forged
     annotations = build_worker_pod(worker_set(fixed), 0)["metadata"]["annotations"]
     assert annotations == {"note": "x", "kubefit.dev/world-size": "2", "kubefit.dev/restart-attempt": "0"}
+
+
+# ---------------------------------------------------------------------------------------------- /dev/shm
+
+
+def test_the_trainer_gets_a_memory_backed_dev_shm_as_large_as_its_memory_request() -> None:
+    pod_spec = build_worker_pod(worker_set(raw_spec()), 0)["spec"]
+    trainer = pod_spec["containers"][0]
+    memory = trainer["resources"]["requests"]["memory"]
+    assert {"name": "kubefit-shm", "mountPath": "/dev/shm"} in trainer["volumeMounts"]
+    assert {"name": "kubefit-shm", "emptyDir": {"medium": "Memory", "sizeLimit": memory}} in pod_spec[
+        "volumes"
+    ]
+
+
+def test_a_dev_shm_of_the_templates_own_is_kept_and_none_is_added() -> None:
+    spec = raw_spec()
+    pod_spec = spec["template"]["spec"]
+    pod_spec["containers"][0]["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm/"}]
+    pod_spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}}]
+    built = build_worker_pod(worker_set(spec), 0)["spec"]
+    assert built["volumes"] == pod_spec["volumes"]
+    assert built["containers"][0]["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm/"}]

@@ -39,6 +39,11 @@ from kubefit.sizing.catalog import Accelerator
 
 # What Kubernetes gives a pod that sets no terminationGracePeriodSeconds (PodSpec API reference).
 KUBERNETES_DEFAULT_GRACE_SECONDS = 30
+# A memory-backed /dev/shm for the trainer: the runtime's default is 64 MiB, where NCCL's shared-memory
+# transport between a worker's GPUs and PyTorch's DataLoader workers fail ("No space left on device", bus
+# errors). Its size is bounded by the worker's memory request, against which its pages count.
+SHARED_MEMORY_VOLUME = "kubefit-shm"
+SHARED_MEMORY_PATH = "/dev/shm"
 # Kubernetes' DNS policy for a hostNetwork pod that resolves cluster names (with none, ClusterFirst falls
 # back to the node's resolver, where <job>-worker-0.<job> does not resolve).
 HOST_NETWORK_DNS_POLICY = "ClusterFirstWithHostNet"
@@ -234,6 +239,25 @@ def _devices(quantity: Any, otherwise: int) -> int:
         return otherwise
 
 
+def _shared_memory(pod_spec: dict[str, Any], containers: list[dict[str, Any]]) -> dict[str, Any]:
+    """A memory-backed /dev/shm mounted in the trainer, unless the template mounts something there or
+    already has a volume of that name."""
+    trainer = containers[0]
+    mounts = trainer.get("volumeMounts") or []
+    volumes = pod_spec.get("volumes") or []
+    if any(str(mount.get("mountPath", "")).rstrip("/") == SHARED_MEMORY_PATH for mount in mounts) or any(
+        volume.get("name") == SHARED_MEMORY_VOLUME for volume in volumes
+    ):
+        return {}
+    size = (trainer.get("resources") or {}).get("requests", {}).get("memory")
+    empty_dir = {"medium": "Memory", **({"sizeLimit": size} if size else {})}
+    containers[0] = {
+        **trainer,
+        "volumeMounts": [*mounts, {"name": SHARED_MEMORY_VOLUME, "mountPath": SHARED_MEMORY_PATH}],
+    }
+    return {"volumes": [*volumes, {"name": SHARED_MEMORY_VOLUME, "emptyDir": empty_dir}]}
+
+
 def _host_network_dns(pod_spec: dict[str, Any]) -> dict[str, Any]:
     if pod_spec.get("hostNetwork") is True and not pod_spec.get("dnsPolicy"):
         return {"dnsPolicy": HOST_NETWORK_DNS_POLICY}
@@ -258,6 +282,7 @@ def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
     containers = [_without(container, accelerators) for container in pod_spec["containers"]]
     containers[0] = _trainer_container(containers[0], worker_set, index)
     pod_spec |= _init_containers(pod_spec, accelerators, worker_set.sizing) | _host_network_dns(pod_spec)
+    pod_spec |= _shared_memory(pod_spec, containers)
     pod_spec |= {
         "containers": containers,
         # The operator replaces failed workers itself (counting restarts), so the kubelet must not.
