@@ -354,7 +354,7 @@ def test_pytorch_env_for_a_fixed_size_job() -> None:
 def test_pytorch_env_for_an_elastic_job_gives_torchrun_a_range() -> None:
     spec = raw_spec(elastic={"enabled": True}, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 4})
     env = env_of(build_worker_pod(worker_set(spec, workers=2, bounds=(1, 4)), 0))
-    assert env["PET_NNODES"] == "1:4"
+    assert env["PET_NNODES"] == env["NNODES"] == "1:4"  # a `torchrun --nnodes=$NNODES` stays elastic
     assert env["PET_RDZV_BACKEND"] == "c10d"
     assert env["PET_RDZV_ENDPOINT"] == "llama-worker-0.llama:29500"
     assert env["PET_RDZV_ID"] == "1234-uid"

@@ -90,7 +90,8 @@ def _pytorch(group: WorkerGroup, index: int) -> dict[str, str]:
         "WORLD_SIZE": str(group.workers),
         "RANK": str(index),
         "NODE_RANK": str(index),
-        "NNODES": str(group.workers),
+        # The range on an elastic job, as PET_NNODES: `torchrun --nnodes=$NNODES` must not make it static.
+        "NNODES": nnodes,
         "NPROC_PER_NODE": str(group.processes_per_worker),
         "PET_MASTER_ADDR": host,
         "PET_MASTER_PORT": str(RENDEZVOUS_PORT),
