@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
+from kubefit.api.conditions import Phase
 from kubefit.cli import top
 from kubefit.metrics.operator_metrics import OperatorMetrics
 from kubefit_sandbox.binaries import helm_path
@@ -362,3 +364,82 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+# ------------------------------------------------------------------ the labels they select on
+
+SELECTOR = re.compile(r"\b(kubefit_[A-Za-z0-9_]+)\{([^{}]*)\}")
+MATCHER = re.compile(r"""(\w+)\s*(?:=~|!~|!=|=)\s*(?:"([^"]*)"|'([^']*)')""")
+SERIES_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
+
+
+def _selectors(text: str) -> list[tuple[str, str, str]]:
+    """(metric, label, value) of every label matcher on a kubefit metric in `text`."""
+    return [
+        (metric, label, double or single)  # findall gives "" for the group that did not match
+        for metric, inside in SELECTOR.findall(text)
+        for label, double, single in MATCHER.findall(inside)
+    ]
+
+
+def _family(series: str) -> str:
+    for suffix in SERIES_SUFFIXES:
+        if series.endswith(suffix):
+            return series.removesuffix(suffix)
+    return series
+
+
+def _exported_labels() -> dict[str, set[str]]:
+    """Each metric family's label names as the operator registers them (histograms add `le`)."""
+    found: dict[str, set[str]] = {}
+    for collector in list(OperatorMetrics().registry._collector_to_names):  # noqa: SLF001 - all of them
+        if isinstance(collector, MetricWrapperBase):  # a Gauge, Counter or Histogram of the operator's
+            histogram = collector._type == "histogram"  # noqa: SLF001
+            found[collector._name] = {*collector._labelnames, *(["le"] if histogram else [])}  # noqa: SLF001
+        else:  # a custom collector (the cluster's accelerators): its families name their labels
+            for family in collector.describe():  # type: ignore[attr-defined]
+                found[family.name] = set(getattr(family, "_labelnames", ()) or ())
+    return found
+
+
+def _job_state_values() -> dict[str, set[str]]:
+    """The `state` values of the per-job metrics, from a job observed as the reconciler does."""
+    from test_metrics import Job, job_spec, pod
+
+    metrics = OperatorMetrics()
+    Job(metrics, job_spec()).reconcile(10, [pod(0), pod(1, "Succeeded")], 2)
+    values: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if family.name.startswith("kubefit_trainingjob_") and "state" in sample.labels:
+                values.setdefault(family.name, set()).add(sample.labels["state"])
+    return values
+
+
+def test_every_label_the_rules_the_dashboard_and_their_tests_select_on_is_exported() -> None:
+    """Names alone could not catch `state="alocated"` or a renamed label written in a rule and its test
+    alike: every matcher's label must be one the metric has, and every state and phase one it takes."""
+    queries = "\n".join(expr for _, expr in _dashboard_queries())  # decoded from the JSON's escapes
+    texts = [
+        RULE_FILE.read_text(),
+        queries,
+        DEFAULT_TESTS.read_text(),
+        OVERRIDDEN_TESTS.read_text(),
+    ]
+    selectors = [selector for text in texts for selector in _selectors(text)]
+    labels, states = _exported_labels(), _job_state_values()
+    phases = set(Phase.__args__)  # type: ignore[attr-defined]
+    wrong = []
+    for metric, label, value in selectors:
+        family = _family(metric)
+        if label not in labels.get(family, set()) | {"job", "instance", "namespace", "pod"}:
+            wrong.append(
+                f"{metric}{{{label}}}: not a label of {family} ({sorted(labels.get(family, set()))})"
+            )
+        elif label == "state" and family in states and not set(value.split("|")) <= states[family]:
+            wrong.append(f'{metric}{{state="{value}"}}: it exports {sorted(states[family])}')
+        elif label == "phase" and value and not set(value.split("|")) <= phases:
+            wrong.append(f'{metric}{{phase="{value}"}}: phases are {sorted(phases)}')
+    assert wrong == []
+    assert len(selectors) >= 40  # the check sees the matchers, not nothing
+    assert {"succeeded", "min", "running", "pending"} <= states["kubefit_trainingjob_workers"]
