@@ -11,7 +11,10 @@ A listing's events reach the handlers with no type. After one for pods or nodes,
 checks that kind: it notes what the indexes hold, then lists those objects' metadata (nodes once, pods once
 per namespace noted). An object noted before that list began and absent from it was deleted (uids are never
 used again), and is dropped as its DELETED event would have dropped it. The operator's own start is a listing
-too, so the first period checks once; nothing more is listed until kopf lists again.
+too, so the first period checks once; nothing more is listed until kopf lists again. The check is by kind,
+over every namespace the indexes hold pods of: an API server restart breaks every watch, and any listing of
+pods brings them all. One limit: a single namespace's watch that breaks alone and lists nothing again (every
+pod of it deleted meanwhile) sends no listing event, and its entries wait for the next listing of pods.
 """
 
 from __future__ import annotations
