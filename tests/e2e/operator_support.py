@@ -181,6 +181,8 @@ class PoolNodes:
     nodes: int = 1
     per_node: int = 8
     processes: bool = False  # the node agent runs their pods as local processes (docs/sandbox.md)
+    cpu: str = "96"  # allocatable CPU and memory of each node
+    memory: str = "1Ti"
 
 
 DEFAULT_POOL = (PoolNodes("nvidia-h100-80gb", nodes=2, per_node=8),)
@@ -223,7 +225,9 @@ def _node_pool(shape: PoolNodes | NodePool, pool_name: str, label: str) -> NodeP
                                "processes": shape.processes}  # fmt: skip
         if shape.accelerator is not None:
             raw["acceleratorsPerNode"] = shape.per_node
-        shape = parse_pool({**raw, "cpu": 96, "memory": "1Ti"}, f"private pool {pool_name}", load_catalog())
+        shape = parse_pool(
+            {**raw, "cpu": shape.cpu, "memory": shape.memory}, f"private pool {pool_name}", load_catalog()
+        )
     taint = {"key": PRIVATE_POOL_LABEL, "value": label, "effect": "NoSchedule"}
     labels = {**shape.labels, PRIVATE_POOL_LABEL: label}
     return replace(shape, name=pool_name, labels=labels, taints=(*shape.taints, taint))

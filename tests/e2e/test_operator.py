@@ -130,6 +130,25 @@ def test_deleting_the_job_deletes_its_pods_and_service(kube: Kube, namespace: st
     wait_for("the service to be garbage-collected", lambda: kube.get("service", "doomed", namespace) is None)
 
 
+def test_a_worker_runs_on_a_node_with_one_gpu_and_little_host_memory_and_cpu(
+    kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]
+) -> None:
+    """An 8-vCPU node with one L4 and 15 GiB (a little under 8 cores allocatable, as clouds' g6.xlarge-like
+    nodes): the default of 8 cores and 16Gi a device fit no such node, and the worker stayed Pending."""
+    small = add_pool(PoolNodes("nvidia-l4", nodes=1, per_node=1, cpu="7910m", memory="15Gi"))
+    kube.apply(
+        job_manifest(
+            "small", namespace, pool=small, model={"parameters": "300M"},
+            resources={"accelerator": "nvidia-l4", "acceleratorsPerWorker": 1}, workers={"replicas": 1},
+        )
+    )  # fmt: skip
+    wait_for(
+        "the worker running", lambda: running_names(kube.workers(namespace, "small")) == ["small-worker-0"]
+    )
+    requests = kube.workers(namespace, "small")[0]["spec"]["containers"][0]["resources"]["requests"]
+    assert (requests["cpu"], requests["memory"]) == ("7119m", "13824Mi")  # 90% of the node's
+
+
 def test_jax_job_on_tpu_nodes(
     kube: Kube, namespace: str, operator: OperatorProcess, add_pool: Callable[..., PrivatePool]
 ) -> None:
