@@ -239,23 +239,24 @@ def _devices(quantity: Any, otherwise: int) -> int:
         return otherwise
 
 
-def _shared_memory(pod_spec: dict[str, Any], containers: list[dict[str, Any]]) -> dict[str, Any]:
-    """A memory-backed /dev/shm mounted in the trainer, unless the template mounts something there or
-    already has a volume of that name."""
-    trainer = containers[0]
+def _shared_memory(
+    pod_spec: dict[str, Any], trainer: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trainer, pod fields): a memory-backed /dev/shm mounted in the trainer, unless the template mounts
+    something there or already has a volume of that name."""
     mounts = trainer.get("volumeMounts") or []
     volumes = pod_spec.get("volumes") or []
     if any(str(mount.get("mountPath", "")).rstrip("/") == SHARED_MEMORY_PATH for mount in mounts) or any(
         volume.get("name") == SHARED_MEMORY_VOLUME for volume in volumes
     ):
-        return {}
+        return trainer, {}
     size = (trainer.get("resources") or {}).get("requests", {}).get("memory")
     empty_dir = {"medium": "Memory", **({"sizeLimit": size} if size else {})}
-    containers[0] = {
+    mounted = {
         **trainer,
         "volumeMounts": [*mounts, {"name": SHARED_MEMORY_VOLUME, "mountPath": SHARED_MEMORY_PATH}],
     }
-    return {"volumes": [*volumes, {"name": SHARED_MEMORY_VOLUME, "emptyDir": empty_dir}]}
+    return mounted, {"volumes": [*volumes, {"name": SHARED_MEMORY_VOLUME, "emptyDir": empty_dir}]}
 
 
 def _host_network_dns(pod_spec: dict[str, Any]) -> dict[str, Any]:
@@ -282,7 +283,8 @@ def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
     containers = [_without(container, accelerators) for container in pod_spec["containers"]]
     containers[0] = _trainer_container(containers[0], worker_set, index)
     pod_spec |= _init_containers(pod_spec, accelerators, worker_set.sizing) | _host_network_dns(pod_spec)
-    pod_spec |= _shared_memory(pod_spec, containers)
+    containers[0], shared_memory = _shared_memory(pod_spec, containers[0])
+    pod_spec |= shared_memory
     pod_spec |= {
         "containers": containers,
         # The operator replaces failed workers itself (counting restarts), so the kubelet must not.
