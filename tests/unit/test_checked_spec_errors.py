@@ -94,3 +94,38 @@ def test_a_schema_error_stops_the_later_checks_but_not_the_name_pattern() -> Non
 def test_a_valid_spec_is_sized_as_before() -> None:
     spec, job_sizing = checked_spec("llama", copy.deepcopy(BASE_SPEC), CATALOG, 1024)
     assert spec.resources.accelerator == "nvidia-h100-80gb" == job_sizing.sizing.accelerator
+
+
+def test_an_unknown_accelerator_hides_no_error_of_the_model() -> None:
+    # The planner refuses the name before it estimates anything; the estimator's own refusals (adapters
+    # larger than the model, more pipeline stages than layers) come in the same answer.
+    raw = _spec(
+        resources={"accelerator": "nvidia-h900"},
+        model={
+            "parameters": "1B",
+            "architecture": ARCHITECTURE,
+            "finetuning": {"method": "lora", "trainableParameters": "2B"},
+        },
+        training={"pipelineParallel": 32},
+    )
+    assert _paths("llama", raw) == [
+        "spec.resources.accelerator",
+        "spec.model.finetuning.trainableParameters",
+    ]
+    raw["model"]["finetuning"]["trainableParameters"] = "10M"
+    assert _paths("llama", raw) == ["spec.resources.accelerator", "spec.training.pipelineParallel"]
+
+
+def test_a_count_no_device_offers_hides_no_error_of_the_model() -> None:
+    raw = _spec(
+        resources={"accelerator": "auto", "acceleratorsPerWorker": 64},
+        model={
+            "parameters": "1B",
+            "architecture": ARCHITECTURE,
+            "finetuning": {"method": "qlora", "trainableParameters": "2B"},
+        },
+    )
+    assert _paths("llama", raw) == [
+        "spec.resources.acceleratorsPerWorker",
+        "spec.model.finetuning.trainableParameters",
+    ]

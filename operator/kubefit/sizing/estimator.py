@@ -540,6 +540,17 @@ def data_parallel_degree(spec: TrainingJobSpec, layout: Layout) -> int:
 def estimate(spec: TrainingJobSpec, device: Accelerator, layout: Layout) -> Estimate:
     """Peak memory of the most-loaded device when `spec` trains on `layout` devices of kind `device`."""
     sharding = _sharding(spec, data_parallel_degree(spec, layout))
+    resolved = _checked_model(spec)
+    if spec.training.pipeline_parallel == 1:
+        return _stage_estimate(spec, device, layout, resolved, sharding, "only")
+    first = _stage_estimate(spec, device, layout, resolved, sharding, "first")
+    last = _stage_estimate(spec, device, layout, resolved, sharding, "last")
+    return first if first.total >= last.total else last
+
+
+def _checked_model(spec: TrainingJobSpec) -> _Model:
+    """The model as sized, refusing (InvalidSpec) what no device can run: adapters larger than the model,
+    more pipeline stages than layers."""
     resolved = _resolve_model(spec)
     _check_adapters(spec, resolved)
     if spec.training.pipeline_parallel > resolved.shape.layers:
@@ -548,11 +559,17 @@ def estimate(spec: TrainingJobSpec, device: Accelerator, layout: Layout) -> Esti
             f"{spec.training.pipeline_parallel} pipeline stages exceed the model's "
             f"{resolved.shape.layers} layers",
         )
-    if spec.training.pipeline_parallel == 1:
-        return _stage_estimate(spec, device, layout, resolved, sharding, "only")
-    first = _stage_estimate(spec, device, layout, resolved, sharding, "first")
-    last = _stage_estimate(spec, device, layout, resolved, sharding, "last")
-    return first if first.total >= last.total else last
+    return resolved
+
+
+def model_errors(spec: TrainingJobSpec) -> list[FieldError]:
+    """What `estimate` refuses on every device, so that a refusal made before any estimate (an unknown
+    accelerator) names these fields too."""
+    try:
+        _checked_model(spec)
+    except InvalidSpec as error:
+        return list(error.errors)
+    return []
 
 
 # ---------------------------------------------------------------- parameter states

@@ -44,7 +44,7 @@ from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
-from kubefit.sizing.estimator import Estimate, Layout, estimate
+from kubefit.sizing.estimator import Estimate, Layout, estimate, model_errors
 from kubefit.sizing.remedies import REMEDIES, Change, Remedy, always, applicable, describe, replace_field
 
 # What the operator refuses beyond the planner's rules (decisions.job.operator_check: its per-job worker
@@ -606,6 +606,21 @@ class _Outcome:
 
 
 def _plan(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: bool = False) -> _Outcome:
+    try:
+        return _planned(spec, catalog, pools, strict=strict)
+    except InvalidSpec as error:
+        raise _with_model_errors(error, spec) from None
+
+
+def _with_model_errors(error: InvalidSpec, spec: TrainingJobSpec) -> InvalidSpec:
+    """`error` (of its own class: NoCandidate stays one) with the model's errors it does not name: a
+    refusal before any estimate (an unknown accelerator, a count no device offers) hides none of them."""
+    named = {found.path for found in error.errors}
+    more = [found for found in model_errors(spec) if found.path not in named]
+    return type(error)([*error.errors, *more]) if more else error
+
+
+def _planned(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: bool) -> _Outcome:
     warnings: list[str] = []
     candidates = _candidates(spec, catalog, pools, warnings, strict=strict)
     if is_fixed_layout(spec):
