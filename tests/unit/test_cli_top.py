@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import os
 import socket
 import threading
 from pathlib import Path
@@ -266,3 +267,23 @@ def test_odd_prometheus_answers_are_dropped_or_one_clear_error(answer: bytes, ex
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_gang_finishing_is_not_a_partial_gang_as_in_the_alert() -> None:
+    """KubefitPartialGangHoldingAccelerators counts running and succeeded workers; so does top."""
+    finishing = job(ready=2, desired=4, replicas=4)
+    finishing["status"]["succeededWorkers"] = "0-1"
+    assert WASTE_PARTIAL_GANG not in job_row(finishing, None, Thresholds()).waste
+    finishing["status"]["succeededWorkers"] = "0"  # 2 running + 1 done of a gang of 4: short
+    assert WASTE_PARTIAL_GANG in job_row(finishing, None, Thresholds()).waste
+
+
+def test_a_reader_that_leaves_ends_top_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kubefit top | head`: a closed pipe is exit 0 with no traceback, as `kubefit size`."""
+    import kubefit.cli.top as top
+
+    monkeypatch.setattr(top, "list_jobs", lambda namespace, context: [job()])
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w") as out:
+        assert run_top(build_parser().parse_args(["top", "-n", "team"]), out, io.StringIO()) == 0

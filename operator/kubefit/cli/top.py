@@ -21,6 +21,7 @@ from typing import Any, TextIO, cast
 
 from pydantic import ValidationError
 
+from kubefit.api.formatting import parse_index_ranges
 from kubefit.api.models import SizingStatus
 from kubefit.api.resource import GROUP, PLURAL, VERSION
 from kubefit.api.units import GIB
@@ -130,7 +131,9 @@ def job_row(job: Mapping[str, Any], gpus: Mapping[GpuKey, float] | None, limits:
         waste.append(WASTE_IDLE)
     if allocated and estimated and requested and estimated / requested < limits.overprovisioned_below:
         waste.append(WASTE_OVERPROVISIONED)
-    if allocated and running < minimum:
+    # As the alert: workers that finished their part count, so a gang finishing is not short.
+    finished = len(parse_index_ranges(status.get("succeededWorkers")))
+    if allocated and running + finished < minimum:
         waste.append(WASTE_PARTIAL_GANG)
     return JobRow(
         namespace=namespace,
@@ -301,6 +304,14 @@ def current_namespace(context: str | None) -> str:
 
 def run_top(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     try:
+        return _top(args, out, err)
+    except BrokenPipeError:  # `kubefit top | head`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return EXIT_OK
+
+
+def _top(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
         namespace = None if args.all_namespaces else (args.namespace or current_namespace(args.context))
         jobs = list_jobs(namespace, args.context)
         gpus = gpu_utilization(args.prometheus) if args.prometheus else None
@@ -310,6 +321,7 @@ def run_top(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sy
     limits = Thresholds(args.overprovisioned_below, args.idle_below)
     rows = build_rows(jobs, gpus, limits)
     out.write(render_json(rows) if args.output == "json" else render_table(rows))
+    out.flush()  # a closed pipe fails here, inside run_top, not at the interpreter's exit
     return EXIT_OK
 
 
