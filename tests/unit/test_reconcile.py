@@ -1051,6 +1051,30 @@ def test_pod_usage_counts_bound_live_pods_only() -> None:
     assert pod_usage(gpu_pod("n1", "4", phase="Succeeded")) is None
 
 
+
+def test_pod_usage_charges_init_containers_and_sidecars_as_kube_scheduler_does() -> None:
+    def with_init(*inits: dict) -> dict:
+        pod = gpu_pod("n1", "1")
+        pod["spec"]["initContainers"] = list(inits)
+        return pod
+
+    def init(count: str, sidecar: bool = False) -> dict:
+        container = {"name": "i", "resources": {"limits": {"nvidia.com/gpu": count}}}
+        return {**container, "restartPolicy": "Always"} if sidecar else container
+
+    def held(pod: dict) -> dict:
+        usage = pod_usage(pod)
+        assert usage is not None
+        return usage.requests
+
+    # An init container's 8 devices stay charged beside a 1-device container: the node has 8 fewer.
+    assert held(with_init(init("8"))) == {"nvidia.com/gpu": 8}
+    assert held(with_init(init("0"))) == {"nvidia.com/gpu": 1}
+    # A sidecar runs beside the containers: 1 + 2; an init container after it runs beside it: 2 + 4.
+    assert held(with_init(init("2", sidecar=True))) == {"nvidia.com/gpu": 3}
+    assert held(with_init(init("2", sidecar=True), init("4"))) == {"nvidia.com/gpu": 6}
+    assert held(with_init(init("4"), init("2", sidecar=True))) == {"nvidia.com/gpu": 4}
+
 def test_inventory_free_devices_and_own_job_excluded() -> None:
     h100 = node_facts(
         {

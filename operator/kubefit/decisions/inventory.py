@@ -79,19 +79,35 @@ def pod_usage(pod: Mapping[str, Any]) -> PodUsage | None:
     node_name = spec.get("nodeName")
     if not node_name or (pod.get("status") or {}).get("phase") in POD_FINISHED_PHASES:
         return None
-    total: Counter[str] = Counter()
-    for container in spec.get("containers") or []:
-        resources = container.get("resources") or {}
-        # An extended resource given only as a limit is requested at that limit.
-        amounts = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
-        for resource, quantity in amounts.items():
-            if _is_extended(resource):
-                total[resource] += _count(quantity)
     metadata = pod.get("metadata") or {}
     job_name = (metadata.get("labels") or {}).get(JOB_LABEL)
     job = (metadata.get("namespace", ""), job_name) if job_name else None
     pod_key = (metadata.get("namespace", ""), metadata.get("name", ""), metadata.get("uid", ""))
-    return PodUsage(node_name, dict(total), job, pod_key)
+    return PodUsage(node_name, dict(effective_requests(spec)), job, pod_key)
+
+
+def _extended_requests(container: Mapping[str, Any]) -> Counter[str]:
+    resources = container.get("resources") or {}
+    # An extended resource given only as a limit is requested at that limit.
+    amounts = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+    return Counter({name: _count(quantity) for name, quantity in amounts.items() if _is_extended(name)})
+
+
+def effective_requests(spec: Mapping[str, Any]) -> Counter[str]:
+    """The extended resources a pod holds on its node, as kube-scheduler charges them: its containers and
+    sidecars (init containers with restartPolicy Always) together, or an init container with the sidecars
+    started before it, whichever is more. An init container's devices stay charged for the pod's life."""
+    running: Counter[str] = Counter()
+    for container in spec.get("containers") or []:
+        running += _extended_requests(container)
+    sidecars: Counter[str] = Counter()
+    init_peak: Counter[str] = Counter()
+    for init in spec.get("initContainers") or []:
+        if init.get("restartPolicy") == "Always":
+            sidecars += _extended_requests(init)
+        else:
+            init_peak |= _extended_requests(init) + sidecars
+    return (running + sidecars) | init_peak
 
 
 @dataclass(frozen=True)
