@@ -1051,7 +1051,6 @@ def test_pod_usage_counts_bound_live_pods_only() -> None:
     assert pod_usage(gpu_pod("n1", "4", phase="Succeeded")) is None
 
 
-
 def test_pod_usage_charges_init_containers_and_sidecars_as_kube_scheduler_does() -> None:
     def with_init(*inits: dict) -> dict:
         pod = gpu_pod("n1", "1")
@@ -1074,6 +1073,7 @@ def test_pod_usage_charges_init_containers_and_sidecars_as_kube_scheduler_does()
     assert held(with_init(init("2", sidecar=True))) == {"nvidia.com/gpu": 3}
     assert held(with_init(init("2", sidecar=True), init("4"))) == {"nvidia.com/gpu": 6}
     assert held(with_init(init("4"), init("2", sidecar=True))) == {"nvidia.com/gpu": 4}
+
 
 def test_inventory_free_devices_and_own_job_excluded() -> None:
     h100 = node_facts(
