@@ -1134,3 +1134,44 @@ def test_a_job_created_again_under_a_deleted_ones_name_is_not_granted_its_worker
         harness.reconciler.job_deleted((NAMESPACE, "llama"), "uid-old", harness.view())
     grant = harness.reconciler.scheduler.snapshot().get((NAMESPACE, "llama"))
     assert grant is None or not grant.workers, grant
+
+
+def test_after_a_restart_a_job_its_status_says_is_not_admitted_is_not_taken_back_with_its_workers(
+    harness: Harness,
+) -> None:
+    """Preempted (Admitted=False) with its workers still saving: the restarted operator's first reconcile
+    does not admit it with them (they would keep the devices of the job they leave for)."""
+    uid = "uid-llama"
+    job = job_manifest(replicas=2)
+    job["status"] = {"conditions": [{"type": "Admitted", "status": "False", "reason": "Preempted"}]}
+    harness.kube.jobs["llama"] = job
+    harness.kube.pods = {
+        f"llama-worker-{i}": WorkerPod(f"llama-worker-{i}", i, f"p{i}", "Running", "n", False, uid)
+        for i in range(2)
+    }
+    harness.reconcile()
+    # Its preemption goes on (this test's grace is 0): both workers are deleted, not kept as admitted.
+    assert sorted(call[1] for call in harness.calls("delete_pod")) == ["llama-worker-0", "llama-worker-1"]
+
+
+def test_after_a_restart_an_open_shrink_is_taken_back_at_its_target(harness: Harness) -> None:
+    uid = "uid-llama"
+    job = job_manifest(replicas=4, minReplicas=1, maxReplicas=4)
+    job["spec"]["elastic"]["enabled"] = True
+    job["status"] = {
+        "desiredReplicas": 2,
+        "conditions": [{"type": "Admitted", "status": "True", "reason": "ShrunkForPriority"}],
+        "checkpoint": {"requestId": "r1", "reason": "ShrunkForPriority", "requestedAt": "2026-01-01T00:00:00Z",
+                       "targetReplicas": 2, "acknowledged": 0, "workers": 4},
+    }  # fmt: skip
+    harness.kube.jobs["llama"] = job
+    harness.kube.pods = {
+        f"llama-worker-{i}": WorkerPod(
+            f"llama-worker-{i}", i, f"p{i}", "Running", "n", False, uid, world_size=None, nnodes="1:4"
+        )
+        for i in range(4)
+    }
+    harness.reconcile()
+    # The shrink goes on (this test's grace is 0): workers 3 and 2 go, as the open request said; taken
+    # back at 4, the request was closed instead, to be opened again by a later pass.
+    assert [call[1] for call in harness.calls("delete_pod")] == ["llama-worker-3", "llama-worker-2"]

@@ -700,6 +700,41 @@ def test_a_gang_that_lost_a_pod_while_the_operator_was_down_keeps_its_admitted_s
     assert scheduler.grant(("ns", "b"), [], admitted_with=3) == Grant(None)
 
 
+def test_a_restarted_operator_takes_back_neither_a_preempted_job_nor_a_shrink_in_its_handshake() -> None:
+    # Its status says it is not admitted (preempted, or released after its gang timeout): its workers are
+    # leaving, not running for it; taken back, they would keep the devices of the job they left for.
+    pods = [worker("v", 0, "n1"), worker("v", 1, "n2")]
+    scheduler, _ = sync_scheduler()
+    assert scheduler.grant(("ns", "v"), pods, admitted_with=None) == Grant(None)
+    # A job shrunk 4 -> 2 for another, its request open: taken back at 2, so the handshake goes on
+    # (at 4, the request would be closed and opened again later, the workers saving twice).
+    four = [worker("e", index, "n1") for index in range(4)]
+    assert scheduler.grant(("ns", "e"), four, admitted_with=2, target=2) == Grant(2, None, "Recovered")
+
+
+def test_undoing_an_edit_that_blocked_a_running_job_gives_it_back_the_grant_of_its_kept_workers() -> None:
+    a = ("ns", "a")
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    scheduler, _ = sync_scheduler()
+    wanted = demand("a", per_worker=8, min_workers=2, want=2)
+    scheduler.offer(a, wanted, ANYWHERE, cluster.view())
+    cluster.workers[a] = [worker("a", 0, "n1"), worker("a", 1, "n2")]
+    assert scheduler.grant(a, cluster.workers[a], 2).workers == 2
+    # An edit blocks it (DoesNotFit): it leaves the queue and keeps its workers. Undone, it is back: its
+    # workers hold the devices still, and it is not queued afresh (granted 0, they went as preempted).
+    scheduler.offer(a, None, ANYWHERE, cluster.view())
+    assert scheduler.grant(a, cluster.workers[a], 0).workers is None
+    scheduler.offer(a, wanted, ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[a].workers == 2
+    # Its workers gone meanwhile (deleted by hand), it queues as any newcomer: behind b, which took n1.
+    scheduler.offer(a, None, ANYWHERE, cluster.view())
+    cluster.workers[a] = []
+    b = ("ns", "b")
+    scheduler.offer(b, demand("b", per_worker=8, min_workers=1, want=1, created=-1), ANYWHERE, cluster.view())
+    scheduler.offer(a, wanted, ANYWHERE, cluster.view())
+    assert (scheduler.snapshot()[b].workers, scheduler.snapshot()[a].workers) == (1, 0)
+
+
 def test_holdings_name_the_node_of_each_worker_in_the_order_decide_keeps_them() -> None:
     from kubefit.controller.scheduler import _nodes_by_index
     from kubefit.decisions.observed import WorkerPod
@@ -895,3 +930,23 @@ def test_a_victim_deleted_while_its_workers_save_still_holds_until_they_are_gone
     cluster.workers[victim] = []
     scheduler.request("pod", cluster.view())
     assert not scheduler.grant(urgent, []).places_held
+
+
+def test_a_queued_job_waiting_for_a_worker_stuck_terminating_says_which_and_where() -> None:
+    """Its gang released, one worker is stuck on an unreachable node (its kubelet never confirms the
+    delete). The job waits (the stuck pod keeps its worker's name, so a new gang could not start whole),
+    and its message names the pod and the node instead of a scheduling pass that never comes."""
+    a = ("ns", "a")
+    stuck = replace(worker("a", 1, "n2", terminating=True), deletion_timestamp="2020-01-01T00:00:00Z")
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")], workers={a: [stuck]})
+    scheduler, _ = sync_scheduler()
+    scheduler.node_changed(cluster.nodes[1], "n2", False, cluster.view())  # n2 NotReady
+    scheduler.offer(a, demand("a", per_worker=8, min_workers=1, want=1), ANYWHERE, cluster.view())
+    grant = scheduler.snapshot()[a]
+    assert grant.workers == 0 and grant.waiting is not None
+    assert "a-worker-1" in grant.waiting and "n2" in grant.waiting and "--force" in grant.waiting
+    # Once it is gone the job is queued as any other, and admitted on the free node.
+    cluster.workers[a] = []
+    scheduler.node_changed(cluster.nodes[0], "n1", True, cluster.view())
+    scheduler.offer(a, demand("a", per_worker=8, min_workers=1, want=2), ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[a].workers == 1

@@ -50,7 +50,7 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from kubefit.api.conditions import ConditionType, EventReason
+from kubefit.api.conditions import ConditionType, EventReason, Reason
 from kubefit.api.resource import JobKey
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.builders.naming import JobRef, owner_reference, worker_name
@@ -486,7 +486,7 @@ class Reconciler:
         # Only its own workers: a job deleted and created again under the name leaves the old one's pods
         # behind for the garbage collector, which were granted to the new one as Recovered.
         own = [pod for pod in pods if pod.controller_uid in (None, metadata["uid"])]
-        grant = self.scheduler.grant(key, own, _admitted_with(status), resumed)
+        grant = self.scheduler.grant(key, own, _admitted_with(status), resumed, _checkpoint_target(status))
         request_id = (status.get("checkpoint") or {}).get("requestId")
         return JobObservation(
             job=JobRef(name, namespace, metadata["uid"]),
@@ -708,14 +708,32 @@ def _post_worker_events(raw_job: dict[str, Any], created: list[str], deleted: li
     _post_events(raw_job, events)
 
 
-def _admitted_with(status: Mapping[str, Any]) -> int:
-    """The workers the job's status says it was admitted with (0 when it is not admitted)."""
-    admitted = any(
-        item.get("type") == ConditionType.ADMITTED and item.get("status") == "True"
+def _admitted_with(status: Mapping[str, Any]) -> int | None:
+    """The workers the job's status says it was admitted with; None when it says it is not admitted
+    (preempted, released). A status without the condition (lost, or restored from a backup) says nothing:
+    0, and the workers found are taken for admitted."""
+    admitted = [
+        item.get("status") == "True"
         for item in status.get("conditions") or []
-    )
+        if item.get("type") == ConditionType.ADMITTED
+    ]
+    if admitted and not admitted[0]:
+        return None
     desired = status.get("desiredReplicas")
     return desired if admitted and isinstance(desired, int) else 0
+
+
+# An open checkpoint request of these reasons moves an admitted job to its target count.
+_ADMITTED_REQUESTS = frozenset({Reason.SHRUNK_FOR_PRIORITY, Reason.SCALED_DOWN, Reason.RESTARTING})
+
+
+def _checkpoint_target(status: Mapping[str, Any]) -> int | None:
+    """The worker count an open checkpoint request of an admitted job goes to (None: no such request)."""
+    checkpoint = status.get("checkpoint") or {}
+    target = checkpoint.get("targetReplicas")
+    if checkpoint.get("reason") in _ADMITTED_REQUESTS and isinstance(target, int):
+        return target
+    return None
 
 
 def _present(value: Any) -> Any:

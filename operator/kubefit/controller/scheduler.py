@@ -38,6 +38,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from kubefit.api.conditions import Reason
 from kubefit.api.resource import JobKey
 from kubefit.builders.placement import HOSTNAME_LABEL
 from kubefit.controller.cluster import ClusterView
@@ -132,9 +133,17 @@ def live_workers(pods: Iterable[WorkerPod]) -> list[WorkerPod]:
     return [pod for pod in pods if pod.index is not None and not pod.terminating and not pod.finished]
 
 
-def _still_holding(pods: Iterable[WorkerPod]) -> bool:
-    """Some worker still holds (or may hold) devices: not finished, being deleted or not."""
-    return any(not pod.finished for pod in pods)
+def _waiting_for(going: Sequence[WorkerPod], now: datetime) -> str:
+    """The waiting message of a job whose old workers have not all gone (AdmissionPlan.waiting's form)."""
+    stuck = sorted(pod.name for pod in going if pod.stuck_terminating(now))
+    if not stuck:
+        return f"{Reason.QUEUED}: waiting for its {len(going)} old worker(s) to stop"
+    nodes = sorted({pod.node_name for pod in going if pod.name in stuck and pod.node_name})
+    return (
+        f"{Reason.QUEUED}: waiting for {', '.join(stuck)}, terminating past its grace on "
+        f"{', '.join(nodes) or 'no node'}, whose kubelet has not confirmed it (unreachable?); delete that "
+        "node, or the pod with --force once sure it no longer runs"
+    )
 
 
 def _recovered_workers(pods: Iterable[WorkerPod]) -> int:
@@ -273,16 +282,24 @@ class Scheduler:
 
     # ------------------------------------------------------------------ what reconciles tell it
 
-    def grant(
-        self, key: JobKey, pods: Sequence[WorkerPod], admitted_with: int = 0, resumed: bool = False
+    def grant(  # noqa: PLR0913 - what the job's status says of its grant rides along
+        self,
+        key: JobKey,
+        pods: Sequence[WorkerPod],
+        admitted_with: int | None = 0,
+        resumed: bool = False,
+        target: int | None = None,
     ) -> Grant:
         """The job's grant for its reconcile; the first time a job with workers is seen (operator restart),
         it is taken as admitted with those workers (a failed one awaiting its replacement included, so
         that a restart of the operator restarts no gang), or with `admitted_with` (what its status says it
-        was admitted with) if that is more. So is a job `resumed` while its suspend's handshake was still
-        waiting (scheduled.resumed_while_suspended): its workers never stopped holding their devices. Those
-        leaving for another job too are that job's places: a job shrunk, then suspended, is taken back at the
-        grant it was shrunk to; one preempted, then suspended, not at all."""
+        was admitted with) if that is more; with `target` (the count an open checkpoint request shrinks or
+        restarts it to), at that count, so that the handshake goes on; with `admitted_with` None (its
+        status says it is not admitted: preempted, or released after its gang timeout, its workers still
+        leaving), not at all. So is a job `resumed` while its suspend's handshake was still waiting
+        (scheduled.resumed_while_suspended): its workers never stopped holding their devices. Those leaving
+        for another job too are that job's places: a job shrunk, then suspended, is taken back at the grant
+        it was shrunk to; one preempted, then suspended, not at all."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None and (key not in self._seen or resumed):
@@ -290,7 +307,12 @@ class Scheduler:
                 # The status's admitted worker count keeps a gang whole when one of its pods went while
                 # the operator was down (it is recreated, not the gang resized).
                 found = _recovered_workers(pods)
-                workers = max(found, admitted_with) if found else 0
+                if not found or (admitted_with is None and not resumed):
+                    workers = 0
+                elif target is not None:
+                    workers = target
+                else:
+                    workers = max(found, admitted_with or 0)
                 left_with = self._grant_on_leaving.pop(key, 0)
                 if resumed and key in self._leaving:
                     workers = min(workers, left_with)
@@ -328,7 +350,9 @@ class Scheduler:
             elif entry is None or (uid is not None and entry.uid not in (None, uid)):
                 # A job created again under a deleted one's name (its event before the old one's DELETED)
                 # starts afresh: nothing the old one was granted or reserved is its own.
-                self._entries[key] = _Entry(demand, placement, uid=uid)
+                fresh = self._entries[key] = _Entry(demand, placement, uid=uid)
+                if entry is None:
+                    fresh.granted = self._kept_grant(key, view, uid)
                 changed = True
             else:
                 entry.uid = uid or entry.uid
@@ -338,6 +362,15 @@ class Scheduler:
                     entry.placement = placement
         if changed:
             self.request("job", view)
+
+    def _kept_grant(self, key: JobKey, view: ClusterView, uid: str | None) -> int | None:
+        """A job back in the queue that left it with a grant and kept its workers meanwhile (a spec edit
+        that blocked it, DoesNotFit or InvalidSpec, undone): it holds those devices still, at no more than
+        it left with, and is not queued afresh (the pass would give it nothing, and its workers would go
+        as if preempted). None for any other newcomer."""
+        left_with = self._grant_on_leaving.pop(key, 0)
+        kept = len(live_workers(_owned(view.workers(key), uid)))
+        return min(left_with, kept) or None
 
     def forget(self, key: JobKey, view: ClusterView | None = None) -> None:
         """The job was deleted: its place in the queue goes, and the devices it held are offered again."""
@@ -533,12 +566,18 @@ class Scheduler:
             )
         # A queued job whose workers are still going (preempted, released after a gang timeout) waits until
         # all are gone: re-admitted on the devices it is freeing, it would take them from the job it made
-        # room for.
-        queued = [
-            demand
-            for key, demand in demands.items()
-            if key not in holdings and not _still_holding(view.workers(key))
-        ]
+        # room for. One stuck terminating keeps its worker's name, so the job could not start whole: it
+        # waits too, and its status says for which pod.
+        now = datetime.now(UTC)
+        queued, old_workers_going = [], {}
+        for key, demand in demands.items():
+            if key in holdings:
+                continue
+            going = [pod for pod in view.workers(key) if not pod.finished]
+            if going:
+                old_workers_going[key] = _waiting_for(going, now)
+            else:
+                queued.append(demand)
         plan = self._planner(
             queued,
             admitted,
@@ -552,7 +591,6 @@ class Scheduler:
             victims = dict(self._leaving)
         for victim, beneficiaries in plan.made_room_for.items():
             victims[victim] = victims.get(victim, frozenset()) | beneficiaries
-        now = datetime.now(UTC)
         holding = {key: _holding_devices(view.workers(key), now) for key in victims}
         still_leaving = leaving_for(victims, holding, plan.grants)
         with self._lock:
@@ -560,7 +598,7 @@ class Scheduler:
             # until its workers are gone.
             self._leaving = still_leaving
         awaiting = frozenset(job for jobs in still_leaving.values() for job in jobs)
-        changed = self._store(plan, entries, _hostnames(plan, nodes), awaiting)
+        changed = self._store(plan, entries, _hostnames(plan, nodes), awaiting, old_workers_going)
         self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
@@ -610,6 +648,7 @@ class Scheduler:
         planned: Mapping[JobKey, _Entry],
         hostnames: Mapping[JobKey, frozenset[str]],
         awaiting: frozenset[JobKey] = frozenset(),
+        old_workers_going: Mapping[JobKey, str] | None = None,
     ) -> list[JobKey]:
         changed: list[JobKey] = []
         scaled: list[tuple[str, str]] = []  # (direction, reason word) of each admitted job's grant change
@@ -623,7 +662,9 @@ class Scheduler:
                         self._grant_on_leaving[key] = min(self._grant_on_leaving[key], plan.grants[key])
                     continue
                 granted = plan.grants.get(key, entry.granted or 0)
-                waiting = plan.waiting.get(key) if granted == 0 else None
+                waiting = (
+                    (plan.waiting.get(key) or (old_workers_going or {}).get(key)) if granted == 0 else None
+                )
                 reason = plan.reasons.get(key)
                 _count_change(entry.granted or 0, granted, reason, key in plan.preempt, (scaled, preempted))
                 # A queued job whose message alone changed (the free capacity it names moved) is not
