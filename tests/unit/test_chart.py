@@ -190,6 +190,7 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         ["--set", "metrics.dashboard.additionalLabels.team=1"],  # a label value must be a string
         ["--set", "webhook.existingSecret=Not_A_Name", "--set", f"webhook.caBundle={CA_BUNDLE}"],
         ["--set", "webhook.caBundle=not base64!"],
+        ["--set", "podDisruptionBudget.enabled=maybe"],
         [
             "--set",
             "webhook.certManager.issuerRef.name=Not_A_Name",
@@ -219,6 +220,7 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         "label-not-a-string",
         "webhook-secret-bad-name",
         "webhook-ca-bundle-not-base64",
+        "disruption-budget-not-a-boolean",
         "webhook-issuer-bad-name",
     ],
 )
@@ -691,6 +693,41 @@ def test_an_existing_secret_replaces_the_generated_one(custom_objects: list[dict
     assert volume["secret"]["secretName"] == "ml-checkpoint-key"
 
 
+def _generated_secret_name(value: str, release: str, naming: list[str]) -> str:
+    """The Secret the chart writes itself when `value` is empty."""
+    result = _helm("template", release, str(CHART), "--namespace", NAMESPACE, *naming)
+    assert result.returncode == 0, result.stderr
+    objects = [document for document in yaml.safe_load_all(result.stdout) if document]
+    if value == "checkpoint.existingSecret":
+        return str(_checkpoint_key_secret(objects)["metadata"]["name"])
+    (secret,) = _tls_secrets(objects)
+    return str(secret["metadata"]["name"])
+
+
+@pytest.mark.parametrize("value", ["checkpoint.existingSecret", "webhook.existingSecret"])
+@pytest.mark.parametrize(
+    ("release", "naming"),
+    [
+        (RELEASE, []),
+        ("kubefit", []),  # fullname "kubefit": the chart's Secret is kubefit-checkpoint-key
+        (RELEASE, ["--set", "fullnameOverride=ml-ops"]),
+        (RELEASE, ["--set", f"fullnameOverride={'a' * 63}"]),  # the generated name is cut
+    ],
+    ids=["release-kf", "release-kubefit", "fullname-override", "fullname-63-characters"],
+)
+def test_an_existing_secret_must_not_be_the_one_the_chart_writes(
+    value: str, release: str, naming: list[str]
+) -> None:
+    # Naming it would stop the chart rendering that Secret: `helm upgrade` deletes it while the pod mounts it.
+    generated = _generated_secret_name(value, release, naming)
+    ca_bundle = ["--set", f"webhook.caBundle={CA_BUNDLE}"] if value.startswith("webhook.") else []
+    result = _helm("template", release, str(CHART), "--namespace", NAMESPACE, *naming,
+                   "--set", f"{value}={generated}", *ca_bundle)  # fmt: skip
+    assert result.returncode != 0, result.stdout
+    refusal = f"{value} must not be {generated}, the Secret this chart writes itself"
+    assert refusal in result.stderr, result.stderr
+
+
 # ------------------------------------------------------------------ RBAC
 
 
@@ -826,6 +863,7 @@ def test_dockerfile_runs_kubefit_run_as_the_charts_non_root_user() -> None:
         "serviceAccount.annotation.owner",
         "webhook.certManager.issuer",
         "webhook.certManager.issuerRef.nam",
+        "podDisruptionBudget.enable",
     ],
 )
 def test_unknown_keys_are_refused_by_template_and_lint(key: str) -> None:
@@ -861,7 +899,7 @@ CI_EXPECTED_KINDS = {
     },
     # a Role per watched namespace and the Lease's; the catalog ConfigMap; the key is an existing Secret
     "namespaces-values.yaml": {**_BASE_KINDS, "Role": 3, "RoleBinding": 3, "ConfigMap": 1, "Secret": 1},
-    "ha-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Secret": 2},
+    "ha-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Secret": 2, "PodDisruptionBudget": 1},
     "single-values.yaml": {"Deployment": 1, "Secret": 2, **_WEBHOOK_KINDS},
     # the webhook's Secret is cert-manager's to write; the checkpoint key is an existing Secret
     "certmanager-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Certificate": 1},
@@ -1014,6 +1052,51 @@ def test_without_leader_election_the_checkpoints_service_selects_the_one_replica
     objects = _render("--set", "leaderElection.enabled=false")
     assert "kubefit.dev/role" not in _service(objects, "-checkpoints")["spec"]["selector"]
     assert "POD_NAME" not in {entry["name"] for entry in _container(objects)["env"]}
+
+
+# ------------------------------------------------------------------ disruption budget
+
+
+def test_several_replicas_keep_one_through_a_node_drain() -> None:
+    objects = _render("--set", "replicaCount=2", "--set", "leaderElection.enabled=true")
+    budget = _one(objects, "PodDisruptionBudget")
+    deployment = _one(objects, "Deployment")
+    assert budget["metadata"]["name"] == deployment["metadata"]["name"]
+    assert budget["metadata"]["namespace"] == NAMESPACE
+    assert budget["spec"] == {
+        "minAvailable": 1,
+        "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+    }
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["--set", "replicaCount=2", "--set", "podDisruptionBudget.enabled=false"]],
+    ids=["one-replica", "disabled"],
+)
+def test_no_disruption_budget_for_one_replica_or_when_disabled(values: list[str]) -> None:
+    assert not _by_kind(_render(*values), "PodDisruptionBudget")
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "api_version"),
+    [
+        ([], "policy/v1"),  # helm template: a recent Kubernetes, no kinds listed
+        (["--kube-version", "1.21.0"], "policy/v1"),
+        (["--kube-version", "1.20.15"], "policy/v1beta1"),
+        # what a cluster serves decides: 1.20 lists only v1beta1, 1.21 to 1.24 both, 1.25 on only v1
+        (["--api-versions", "policy/v1beta1/PodDisruptionBudget"], "policy/v1beta1"),
+        (["--api-versions", "policy/v1beta1/PodDisruptionBudget",
+          "--api-versions", "policy/v1/PodDisruptionBudget"], "policy/v1"),
+        (["--kube-version", "1.20.15", "--api-versions", "policy/v1/PodDisruptionBudget"], "policy/v1"),
+    ],
+    ids=["default", "kube-1.21", "kube-1.20", "serves-v1beta1", "serves-both", "serves-v1"],
+)  # fmt: skip
+def test_the_disruption_budget_uses_an_api_version_the_cluster_serves(
+    capabilities: list[str], api_version: str
+) -> None:
+    objects = _render("--set", "replicaCount=2", *capabilities)
+    assert _one(objects, "PodDisruptionBudget")["apiVersion"] == api_version
 
 
 def test_every_replica_is_ready_once_it_answers_healthz() -> None:

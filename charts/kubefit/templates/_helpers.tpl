@@ -77,8 +77,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "kubefit.checkpointUrl" -}}
 {{- default (printf "http://%s.%s.svc:%d" (include "kubefit.checkpointService" .) .Release.Namespace (.Values.checkpoint.port | int)) .Values.checkpoint.url }}
 {{- end }}
+{{- define "kubefit.generatedCheckpointKeySecret" -}}
+{{- printf "%s-checkpoint-key" (include "kubefit.fullname" . | trunc 48 | trimSuffix "-") }}
+{{- end }}
 {{- define "kubefit.checkpointKeySecret" -}}
-{{- default (printf "%s-checkpoint-key" (include "kubefit.fullname" . | trunc 48 | trimSuffix "-")) .Values.checkpoint.existingSecret }}
+{{- default (include "kubefit.generatedCheckpointKeySecret" .) .Values.checkpoint.existingSecret }}
 {{- end }}
 {{- define "kubefit.checkpointKeyDir" -}}/etc/kubefit/checkpoint{{- end }}
 
@@ -153,6 +156,18 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
 {{- fail (printf "podLabels.%s must not be set (or must be %q): the Deployment selects its pods by it" $key (toString $value)) }}
 {{- end }}
 {{- end }}
+{{- /*
+An existingSecret named like the Secret the chart writes stops the chart rendering it: `helm upgrade` then
+deletes it (it was in the last release) while the Deployment still mounts it.
+*/}}
+{{- $checkpointKeySecret := include "kubefit.generatedCheckpointKeySecret" . }}
+{{- if eq .Values.checkpoint.existingSecret $checkpointKeySecret }}
+{{- fail (include "kubefit.ownSecretRefused" (list "checkpoint.existingSecret" $checkpointKeySecret)) }}
+{{- end }}
+{{- $webhookSecret := include "kubefit.generatedWebhookSecret" . }}
+{{- if and .Values.webhook.enabled (eq .Values.webhook.existingSecret $webhookSecret) }}
+{{- fail (include "kubefit.ownSecretRefused" (list "webhook.existingSecret" $webhookSecret)) }}
+{{- end }}
 {{- with .Values.webhook }}
 {{- if and .enabled .existingSecret .certManager.enabled }}
 {{- fail "webhook.existingSecret and webhook.certManager.enabled exclude each other: cert-manager writes its own Secret" }}
@@ -172,6 +187,13 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
 {{- end }}
 {{- end }}
 
+{{/* Why an existingSecret (the value's name, then the Secret's) must not be a Secret the chart writes. */}}
+{{- define "kubefit.ownSecretRefused" -}}
+{{- $value := index . 0 }}
+{{- $secret := index . 1 }}
+{{- printf "%s must not be %s, the Secret this chart writes itself: Helm deletes it once the chart stops rendering it; copy it under another name (kubectl get secret %s -o yaml, rename, apply) and name that" $value $secret $secret }}
+{{- end }}
+
 {{/*
 The validating admission webhook: its Service, the Secret with its certificate (webhook.existingSecret, or
 the one the chart or cert-manager writes), the cert-manager Certificate, and where the Secret is mounted.
@@ -179,8 +201,11 @@ the one the chart or cert-manager writes), the cert-manager Certificate, and whe
 {{- define "kubefit.webhookService" -}}
 {{- printf "%s-webhook" (include "kubefit.fullname" . | trunc 55 | trimSuffix "-") }}
 {{- end }}
+{{- define "kubefit.generatedWebhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "kubefit.fullname" . | trunc 51 | trimSuffix "-") }}
+{{- end }}
 {{- define "kubefit.webhookSecret" -}}
-{{- default (printf "%s-webhook-tls" (include "kubefit.fullname" . | trunc 51 | trimSuffix "-")) .Values.webhook.existingSecret }}
+{{- default (include "kubefit.generatedWebhookSecret" .) .Values.webhook.existingSecret }}
 {{- end }}
 {{- define "kubefit.webhookCertificate" -}}
 {{- include "kubefit.webhookService" . }}
