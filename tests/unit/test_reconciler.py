@@ -1175,3 +1175,26 @@ def test_after_a_restart_an_open_shrink_is_taken_back_at_its_target(harness: Har
     # The shrink goes on (this test's grace is 0): workers 3 and 2 go, as the open request said; taken
     # back at 4, the request was closed instead, to be opened again by a later pass.
     assert [call[1] for call in harness.calls("delete_pod")] == ["llama-worker-3", "llama-worker-2"]
+
+
+def test_a_checkpoint_request_the_status_names_is_told_to_workers_though_a_later_write_fails(
+    harness: Harness,
+) -> None:
+    """Found after a restart with 3 workers and `replicas` lowered to 2 meanwhile: the reconcile writes the
+    request into the status, then its Service create fails. The workers must be asked all the same: the
+    removal goes ahead at the deadline whether they were asked or not."""
+    uid = "uid-llama"
+    job = job_manifest(replicas=2, minReplicas=1, maxReplicas=3)
+    job["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 60}
+    job["status"] = {"desiredReplicas": 3, "conditions": [{"type": "Admitted", "status": "True"}]}
+    harness.kube.jobs["llama"] = job
+    harness.kube.pods = {
+        f"llama-worker-{i}": WorkerPod(
+            f"llama-worker-{i}", i, f"p{i}", "Running", "n", False, uid, world_size=None, nnodes="1:3"
+        )
+        for i in range(3)
+    }
+    harness.kube.fail[("create_service", "llama")] = api_error(500, "etcd timeout")
+    harness.reconcile()
+    request = harness.kube.jobs["llama"]["status"]["checkpoint"]["requestId"]
+    assert harness.reconciler.board.current(KEY) == request

@@ -461,7 +461,6 @@ class Reconciler:
             )
             return
         self._apply(job, observation, decision, state, progress)
-        self._request_checkpoint(key, decision.checkpoint_request)
         self._requeue(key, decision.requeue_after, view)
         self.scheduler.offer(
             key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
@@ -549,8 +548,11 @@ class Reconciler:
         if _status_changed(observation.status, status):
             progress.status = self._patch_status((ref.namespace, ref.name), status, job, state)
         # Once the status says what the decision did, before the writes below that may fail: a job whose
-        # workers a quota refuses still has its series, and its admission is observed once, now.
+        # workers a quota refuses still has its series, and its admission is observed once, now; and the
+        # checkpoint request the status names is the one workers are told of, or its grace would run out
+        # with nobody asked (the removals go ahead at the deadline even while a create keeps failing).
         self.metrics.observe_job(observation, decision)
+        self._request_checkpoint((ref.namespace, ref.name), decision.checkpoint_request)
         # Recorded in status.restarts now: deleted below, and never counted twice.
         state.replaced.update(pod.uid for pod in decision.replace)
         _post_events(job, decision.events)
