@@ -14,7 +14,8 @@ failurePolicy (what Kubeflow Trainer v2 runs on) and Volcano's RestartJob policy
 a running fixed group that is gone (its node removed, its pod deleted by someone else) restarts the group
 too, uncounted: a disruption, not the job's fault (a Job's podFailurePolicy Ignore for DisruptionTarget).
 A fixed group starts whole: none of its new workers is created while an old one is still terminating
-(saving on SIGTERM), which could still host the rendezvous the new ones would join.
+(saving on SIGTERM), which could still host the rendezvous the new ones would join. So does an elastic
+pytorch group restarted with a new node range (or from static workers, elastic.enabled turned on).
 """
 
 from __future__ import annotations
@@ -109,11 +110,17 @@ def _stop_other_attempts(ctx: JobContext, draft: Draft, leaving: Sequence[Worker
     draft.delete = tuple(
         dict.fromkeys((*draft.delete, *highest_first([pod for pod in leaving if not pod.terminating])))
     )
-    ends = [parse_rfc3339(pod.deletion_timestamp) for pod in leaving if pod.terminating]
+    _hold_for_old_group(ctx, draft, leaving)
+
+
+def _hold_for_old_group(ctx: JobContext, draft: Draft, leaving: Sequence[WorkerPod]) -> None:
+    """Creates none of a new group's workers while one of the old group's (`leaving`) is still going; the
+    requeue comes when the last counts as stuck, and the new gang's clock starts once they are gone."""
     if not _still_going(leaving, ctx.now):
         return
     if draft.create:
         draft.create, draft.worker_set = (), None
+    ends = [parse_rfc3339(pod.deletion_timestamp) for pod in leaving if pod.terminating]
     stuck_at = [end + timedelta(seconds=STUCK_AFTER_GRACE_SECONDS) for end in ends if end is not None]
     later = [(at - ctx.now).total_seconds() for at in stuck_at if at > ctx.now]
     if later:
@@ -164,11 +171,6 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     # Each restart of every worker of a fixed group is a new attempt: workers of the old one are stopped
     # (durably: again after a lost write) and none of the new one starts beside them.
     attempt = gang.attempt + 1 if fixed else gang.attempt
-    unnumbered = [pod for pod in ctx.ours if pod.terminating and pod.attempt is None]
-    if fixed and draft.create and _still_going(unnumbered, ctx.now):
-        # Workers made before attempts were numbered (an operator upgrade): the old rule, no new worker of
-        # a fixed group while one of them is still terminating.
-        draft.create, draft.worker_set = (), None
     if group_failed or lost:
         _restart_group(ctx, draft, faults, lost)
         # The new group is a gang of its own, to be placed within the timeout once its backoff is over.
@@ -181,12 +183,28 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     elif gang.started and gang.since is not None:
         gang = gang.model_copy(update={"since": None})
     draft.gang = gang
+    _wait_for_old_workers(ctx, draft, plan.target, fixed)
     # A new group (a new world size, or after a failure) runs every worker afresh: what succeeded in the
     # old one does not count for it.
     draft.succeeded_workers = frozenset() if new_world or group_failed or lost else done
     if not gang.started:  # wake up when the gang timeout expires
         draft.requeue_after.append((waiting_since + timedelta(seconds=timeout) - ctx.now).total_seconds())
     return draft
+
+
+def _wait_for_old_workers(ctx: JobContext, draft: Draft, target: int, fixed: bool) -> None:
+    """No new worker starts beside a terminating one of the old group: it could still host the rendezvous
+    (for a fixed group, other attempts' workers are held back by admitted: _stop_other_attempts)."""
+    if fixed:
+        # Workers made before attempts were numbered (an operator upgrade): the old rule, no new worker of
+        # a fixed group while one of them is still terminating.
+        unnumbered = [pod for pod in ctx.ours if pod.terminating and pod.attempt is None]
+        if draft.create and _still_going(unnumbered, ctx.now):
+            draft.create, draft.worker_set = (), None
+    else:
+        # A range restart's new group: its old worker 0 may still host the c10d store the new agents
+        # would join. A scale-up that keeps the group has no old one, and waits for nothing.
+        _hold_for_old_group(ctx, draft, _restarted_group(ctx, target))
 
 
 def _new_failure(ctx: JobContext, faults: Sequence[WorkerPod]) -> bool:
@@ -491,17 +509,39 @@ def _range_restart_plan(ctx: JobContext, target: int) -> _Plan | None:
     if ctx.spec.framework != "pytorch":
         return None
     wanted = f"{ctx.bounds.floor}:{ctx.bounds.ceiling}"
-    stale = sorted(
-        {pod.nnodes for pod in ctx.live if pod.nnodes is not None and not _holds_count(pod.nnodes, target)}
-    )
+    stale = [pod for pod in ctx.live if _outside_group(pod, target)]
     if not stale:
         return None
-    restart = (
-        f"torchrun's node range changes from {stale[-1]} to {wanted} (the workers' bounds): every worker "
-        "is stopped and started again with the new range"
-    )
+    ranges = sorted({pod.nnodes for pod in stale if pod.nnodes is not None})
+    if ranges:
+        change = f"torchrun's node range changes from {ranges[-1]} to {wanted} (the workers' bounds)"
+    else:
+        change = (
+            "the workers started with a static rendezvous (elastic.enabled was false) and the job is "
+            f"elastic now (torchrun's node range {wanted})"
+        )
+    restart = f"{change}: every worker is stopped and started again with the new range"
     keep = _world(ctx) or len(ctx.live)
     return _Plan(target, keep, Removal(Reason.RESTARTING, 0, highest_first(ctx.live)), restart)
+
+
+def _outside_group(pod: WorkerPod, count: int) -> bool:
+    """Whether an elastic pytorch job's worker cannot be one of a group of `count`: torchrun's node range
+    it started with does not hold it, or it started with a static rendezvous (a world size and no range:
+    made before elastic.enabled was turned on), whose group cannot take or lose a worker. One made before
+    either annotation existed is taken for what it is."""
+    if pod.nnodes is None:
+        return pod.world_size is not None
+    return not _holds_count(pod.nnodes, count)
+
+
+def _restarted_group(ctx: JobContext, target: int) -> list[WorkerPod]:
+    """An elastic pytorch job's terminating workers that no group of `target` could hold (_outside_group):
+    the old group of a range restart, or of a suspended or preempted job back at a count outside its range.
+    Workers removed by a scale-down are of the running group: none is waited for."""
+    if ctx.spec.framework != "pytorch":
+        return []
+    return [pod for pod in ctx.ours if pod.terminating and _outside_group(pod, target)]
 
 
 def _holds_count(nnodes: str, count: int) -> bool:
