@@ -130,6 +130,32 @@ def test_deleting_the_job_deletes_its_pods_and_service(kube: Kube, namespace: st
     wait_for("the service to be garbage-collected", lambda: kube.get("service", "doomed", namespace) is None)
 
 
+def test_undoing_an_edit_that_made_a_running_job_not_fit_keeps_its_workers(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    """A slip (a model a thousand times larger) marks the job DoesNotFit and leaves its workers running;
+    put right, the job runs on with the same workers. It was queued afresh, granted nothing, and its
+    workers were deleted as if preempted (seen on fcd5a6d)."""
+    # No grace to wait out, so that a removal, were one decided, would show at once.
+    manifest = job_manifest("slip", namespace, pool=pool, elastic={"checkpointGracePeriodSeconds": 0})
+    kube.apply(manifest)
+    wait_for("2 running workers", lambda: len(running_names(kube.workers(namespace, "slip"))) == 2)
+    uids = sorted(pod["metadata"]["uid"] for pod in kube.workers(namespace, "slip"))
+
+    kube.apply({**manifest, "spec": {**manifest["spec"], "model": {"parameters": "1T"}}})
+    wait_for(
+        "Sized=False DoesNotFit",
+        lambda: (kube.condition(namespace, "slip", "Sized") or {}).get("reason") == "DoesNotFit",
+    )
+    kube.apply(manifest)
+    wait_for("Sized=True", lambda: (kube.condition(namespace, "slip", "Sized") or {}).get("status") == "True")
+    wait_for("status 2/2", lambda: kube.job_status(namespace, "slip").get("workers") == "2/2")
+    time.sleep(5)  # a pass and the reconciles it asks for take well under a second on the sandbox
+    assert sorted(pod["metadata"]["uid"] for pod in kube.workers(namespace, "slip")) == uids
+    assert kube.job_status(namespace, "slip")["phase"] == "Running"
+    reasons = [event["reason"] for event in kube.events(namespace, "slip")]
+    assert "Preempted" not in reasons and "DeletedWorkers" not in reasons, reasons
+
 def test_a_worker_runs_on_a_node_with_one_gpu_and_little_host_memory_and_cpu(
     kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]
 ) -> None:
