@@ -156,6 +156,7 @@ def test_undoing_an_edit_that_made_a_running_job_not_fit_keeps_its_workers(
     reasons = [event["reason"] for event in kube.events(namespace, "slip")]
     assert "Preempted" not in reasons and "DeletedWorkers" not in reasons, reasons
 
+
 def test_a_worker_runs_on_a_node_with_one_gpu_and_little_host_memory_and_cpu(
     kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]
 ) -> None:
