@@ -143,3 +143,44 @@ def test_a_status_written_for_a_job_deleted_and_created_again_is_refused_by_the_
     # The right uid: the status written whole, what it omits gone (the operator writes it back after).
     written = api.patch_job_status(namespace, "again", new["metadata"]["uid"], {"phase": "Running"})
     assert written["status"] == {"phase": "Running"}
+
+
+def test_a_restart_during_a_preemption_lets_the_handshake_go_on(
+    kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
+) -> None:
+    """The operator is killed while a preempted job's workers are asked to checkpoint. The restarted one
+    must not take the victim back as admitted with the workers still leaving it: that closed the request,
+    the next pass preempted it again, and its workers were asked to save a second time (seen on fcd5a6d)."""
+    grace = 20  # the simulated workers never acknowledge: the removal waits this long
+    resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
+    victim = job_manifest(
+        "victim", namespace, pool=pool, resources=resources, workers={"replicas": 2},
+        elastic={"enabled": False, "checkpointGracePeriodSeconds": grace},
+    )  # fmt: skip
+    kube.apply(victim)
+    wait_for("the victim's 2 workers", lambda: len(running_names(kube.workers(namespace, "victim"))) == 2)
+    urgent = job_manifest(
+        "urgent", namespace, pool=pool, resources=resources, workers={"replicas": 1},
+        scheduling={"priority": 100, "preemption": "LowerPriority"},
+        elastic={"enabled": False, "checkpointGracePeriodSeconds": 0},
+    )  # fmt: skip
+    kube.apply(urgent)
+
+    def request_id() -> str | None:
+        return (kube.job_status(namespace, "victim").get("checkpoint") or {}).get("requestId")
+
+    first = wait_for("the victim asked to checkpoint", request_id)
+    operator.kill()
+    operator.start()
+    seen, admitted_again = {first}, False
+    deadline = time.monotonic() + grace + 40
+    while running_names(kube.workers(namespace, "urgent")) != ["urgent-worker-0"]:
+        assert time.monotonic() < deadline, f"urgent not running; victim requests {seen}"
+        current = request_id()
+        if current is not None:
+            seen.add(current)
+        admitted = kube.condition(namespace, "victim", "Admitted") or {}
+        admitted_again = admitted_again or admitted.get("status") == "True"
+        time.sleep(0.3)
+    assert seen == {first}, f"the victim was asked to checkpoint again: {sorted(seen)}"
+    assert not admitted_again, "the restarted operator took the preempted victim back as admitted"
