@@ -149,8 +149,8 @@ def test_a_restart_during_a_preemption_lets_the_handshake_go_on(
     kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
 ) -> None:
     """The operator is killed while a preempted job's workers are asked to checkpoint. The restarted one
-    must not take the victim back as admitted with the workers still leaving it: that closed the request,
-    the next pass preempted it again, and its workers were asked to save a second time (seen on fcd5a6d)."""
+    must not take the victim back as admitted with the workers still leaving it: on fcd5a6d it did, the
+    victim kept its devices, and the preemptor was still not running 60 s after the restart."""
     grace = 20  # the simulated workers never acknowledge: the removal waits this long
     resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
     victim = job_manifest(
