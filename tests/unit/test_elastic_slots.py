@@ -9,7 +9,7 @@ running 3: the job ran one worker for seconds, below its minimum of two.
 from __future__ import annotations
 
 from kubefit.api.units import parse_rfc3339
-from kubefit.decisions.elastic import HandshakeInput, Removal, checkpoint_handshake
+from kubefit.decisions.elastic import HandshakeInput, HandshakeState, Removal, checkpoint_handshake
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.workers import scale_workers, worker_slots
 
@@ -73,3 +73,33 @@ def test_removing_only_the_unscheduled_worker_needs_no_checkpoint_wait() -> None
 def test_a_fixed_size_job_still_runs_indices_zero_to_n() -> None:
     pods = [worker(0), worker(3), worker(1, "Pending", None)]
     assert worker_slots(2, pods, (), keep_survivors=False) == {0, 1}
+
+
+def test_an_operator_restarted_during_the_wait_gives_the_workers_the_whole_grace_from_its_offer() -> None:
+    """The request opened at 00:00 with 120 s of grace; the operator was down from 00:00:01 to 00:03 and
+    offers it again only then: the workers, who could not see it meanwhile, get until 00:05."""
+    pods = [WorkerPod(f"j-worker-{index}", index, f"u{index}", "Running", "n1", False) for index in (0, 1)]
+    opened = checkpoint_handshake(
+        HandshakeInput(
+            removal=Removal("ScaledDown", 1, ("j-worker-1",)), running=pods, acks={}, previous=None,
+            requests=0, grace_seconds=120, now=parse_rfc3339("2026-01-01T00:00:00Z"), generation=1,
+        )
+    )  # fmt: skip
+    assert opened.checkpoint is not None
+
+    def at(now: str, told_at: str | None) -> HandshakeState:
+        return checkpoint_handshake(
+            HandshakeInput(
+                removal=Removal("ScaledDown", 1, ("j-worker-1",)), running=pods, acks={},
+                previous=opened.checkpoint, requests=1, grace_seconds=120, now=parse_rfc3339(now),
+                generation=1, told_at=parse_rfc3339(told_at) if told_at else None,
+            )
+        )  # fmt: skip
+
+    assert at("2026-01-01T00:03:00Z", None).proceed  # told when opened: the grace is over
+    waiting = at("2026-01-01T00:03:00Z", "2026-01-01T00:03:00Z")
+    assert not waiting.proceed and waiting.checkpoint == opened.checkpoint.model_copy(
+        update={"acknowledged": 0, "workers": 2}
+    )
+    assert not at("2026-01-01T00:04:59Z", "2026-01-01T00:03:00Z").proceed
+    assert at("2026-01-01T00:05:00Z", "2026-01-01T00:03:00Z").proceed

@@ -1198,3 +1198,34 @@ def test_a_checkpoint_request_the_status_names_is_told_to_workers_though_a_later
     harness.reconcile()
     request = harness.kube.jobs["llama"]["status"]["checkpoint"]["requestId"]
     assert harness.reconciler.board.current(KEY) == request
+
+
+def test_a_restarted_operator_gives_workers_the_grace_from_when_it_offers_the_request(
+    harness: Harness,
+) -> None:
+    """A scale-down's request opened long ago, before the operator went down: its workers could not see it
+    while it was down. The restarted operator offers it and waits the grace again, not removing at once."""
+    uid = "uid-llama"
+    job = job_manifest(replicas=1, minReplicas=1, maxReplicas=2)
+    job["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 60}
+    job["status"] = {
+        "desiredReplicas": 1,
+        "conditions": [{"type": "Admitted", "status": "True", "reason": "ScaledDown"}],
+        "checkpoint": {"requestId": "1-1", "reason": "ScaledDown", "requestedAt": "2026-01-01T00:00:00Z",
+                       "targetReplicas": 1, "acknowledged": 0, "workers": 2},
+        "checkpointRequests": 1,
+    }  # fmt: skip
+    harness.kube.jobs["llama"] = job
+    harness.kube.pods = {
+        f"llama-worker-{i}": WorkerPod(
+            f"llama-worker-{i}", i, f"p{i}", "Running", "n", False, uid, world_size=None, nnodes="1:2"
+        )
+        for i in range(2)
+    }
+    harness.reconcile()
+    assert harness.calls("delete_pod") == []
+    assert harness.reconciler.board.current(KEY) == "1-1"
+    for name in harness.kube.pods:  # both save and acknowledge: the removal goes ahead
+        assert harness.reconciler.board.acknowledge(KEY, "1-1", name, 7)
+    harness.reconcile("pod")
+    assert harness.calls("delete_pod") == [("delete_pod", "llama-worker-1")]

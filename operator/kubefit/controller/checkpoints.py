@@ -22,6 +22,7 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ class _Request:
     request_id: str
     open: bool = True
     acks: dict[str, int] = field(default_factory=dict)
+    # When this process first offered it to the workers: after an operator restart, later than its
+    # status.checkpoint.requestedAt.
+    told_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class CheckpointBoard:
@@ -91,6 +95,12 @@ class CheckpointBoard:
         with self._lock:
             request = self._requests.get(key)
             return request.request_id if request is not None and request.open else None
+
+    def told_at(self, key: JobKey, request_id: str) -> datetime | None:
+        """When this process first offered the request to the job's workers; None if it has not (yet)."""
+        with self._lock:
+            request = self._requests.get(key)
+            return request.told_at if request is not None and request.request_id == request_id else None
 
     def acknowledged(self, key: JobKey, request_id: str) -> Mapping[str, int]:
         """Worker pod name -> the step it saved, for this request (empty for any other id)."""

@@ -487,6 +487,7 @@ class Reconciler:
         own = [pod for pod in pods if pod.controller_uid in (None, metadata["uid"])]
         grant = self.scheduler.grant(key, own, _admitted_with(status), resumed, _checkpoint_target(status))
         request_id = (status.get("checkpoint") or {}).get("requestId")
+        now = datetime.now(UTC)
         return JobObservation(
             job=JobRef(name, namespace, metadata["uid"]),
             generation=metadata.get("generation"),
@@ -494,7 +495,7 @@ class Reconciler:
             status=status,
             pods=pods,
             inventory=inventory,
-            now=datetime.now(UTC),
+            now=now,
             already_replaced=frozenset(state.replaced),
             grant=grant.workers,
             waiting=grant.waiting,
@@ -503,6 +504,8 @@ class Reconciler:
             places_held=grant.places_held,
             places_freed_at=grant.places_freed_at,
             checkpoint_acks=self.board.acknowledged(key, request_id) if request_id else {},
+            # Not offered by this process yet (just restarted): it will be once this decision is applied.
+            checkpoint_told_at=(self.board.told_at(key, request_id) or now) if request_id else None,
             created=parse_rfc3339(metadata.get("creationTimestamp")),
         )
 

@@ -4,7 +4,8 @@ Any membership change makes torchrun restart every worker from its last checkpoi
 are removed on purpose (scale-down, shrink for priority, preemption, suspend, a non-elastic restart) the
 operator opens a checkpoint request, waits until every running worker has acknowledged it or
 spec.elastic.checkpointGracePeriodSeconds has passed since it was opened, and only then deletes. The
-request lives in status.checkpoint (so an operator restart resumes the wait); the acknowledgements
+request lives in status.checkpoint (so an operator restart resumes the wait, the whole grace again from
+when the restarted operator offers the request: the workers could not see it meanwhile); the acknowledgements
 arrive over the operator's checkpoint endpoint (docs/checkpoint-handshake.md) and come in as
 JobObservation.checkpoint_acks.
 """
@@ -57,6 +58,7 @@ class HandshakeInput:
     grace_seconds: int
     now: datetime
     generation: int | None
+    told_at: datetime | None = None  # JobObservation.checkpoint_told_at
 
 
 def checkpoint_handshake(given: HandshakeInput) -> HandshakeState:
@@ -76,7 +78,12 @@ def checkpoint_handshake(given: HandshakeInput) -> HandshakeState:
         return _open(given, removal)
     asked = [pod.name for pod in given.running]
     acknowledged = sum(1 for name in asked if name in given.acks)
-    deadline = (parse_rfc3339(previous.requested_at) or given.now) + timedelta(seconds=given.grace_seconds)
+    grace = timedelta(seconds=given.grace_seconds)
+    deadline = (parse_rfc3339(previous.requested_at) or given.now) + grace
+    if given.told_at is not None:
+        # The workers could see the request only from then (an operator restarted during the wait): what
+        # they had saved and acknowledged is sent again on their next poll, a save under way gets its time.
+        deadline = max(deadline, given.told_at + grace)
     if acknowledged == len(asked):
         note = (
             f"all {len(asked)} running workers acknowledged checkpoint {previous.request_id}{_steps(given)}"
@@ -152,6 +159,7 @@ def handshake(ctx: JobContext, removal: Removal | None) -> HandshakeState:
             grace_seconds=ctx.spec.elastic.checkpoint_grace_period_seconds,
             now=ctx.now,
             generation=ctx.observation.generation,
+            told_at=ctx.observation.checkpoint_told_at,
         )
     )
 

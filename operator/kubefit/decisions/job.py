@@ -90,6 +90,9 @@ class JobObservation:
     places_freed_at: datetime | None = None
     # Acknowledgements of the open checkpoint request (status.checkpoint.requestId): worker pod -> step.
     checkpoint_acks: Mapping[str, int] = field(default_factory=dict)
+    # When this operator process offered that request to the workers (None: when it was opened). An operator
+    # restarted during the wait tells them only then, and they get the whole grace from there.
+    checkpoint_told_at: datetime | None = None
     # metadata.creationTimestamp: the queue's age order (older first). None: `now`.
     created: datetime | None = None
 
