@@ -15,12 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from kubefit.api.conditions import EventReason
 from kubefit.api.models import CheckpointStatus
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.decisions.draft import Draft, JobContext, JobEvent
 from kubefit.decisions.observed import WorkerPod
+
+if TYPE_CHECKING:
+    from kubefit.decisions.job import JobObservation
 
 # While waiting, reconcile at least this often, so an acknowledgement is seen even if nothing else
 # triggers a reconcile of the job.
@@ -144,7 +148,17 @@ def highest_first(pods: Sequence[WorkerPod]) -> tuple[str, ...]:
 
 
 def handshake(ctx: JobContext, removal: Removal | None) -> HandshakeState:
-    raw = ctx.status.get("checkpoint")
+    return handshake_for(
+        ctx.observation, ctx.running, ctx.spec.elastic.checkpoint_grace_period_seconds, removal
+    )
+
+
+def handshake_for(
+    observation: JobObservation, running: Sequence[WorkerPod], grace_seconds: int, removal: Removal | None
+) -> HandshakeState:
+    """The handshake of a job as observed, its `running` workers asked, with `grace_seconds`."""
+    status = observation.status
+    raw = status.get("checkpoint")
     try:
         previous = CheckpointStatus.model_validate(raw) if raw else None
     except ValueError:
@@ -152,14 +166,14 @@ def handshake(ctx: JobContext, removal: Removal | None) -> HandshakeState:
     return checkpoint_handshake(
         HandshakeInput(
             removal=removal,
-            running=ctx.running,
-            acks=ctx.observation.checkpoint_acks,
+            running=running,
+            acks=observation.checkpoint_acks,
             previous=previous,
-            requests=int(ctx.status.get("checkpointRequests") or 0),
-            grace_seconds=ctx.spec.elastic.checkpoint_grace_period_seconds,
-            now=ctx.now,
-            generation=ctx.observation.generation,
-            told_at=ctx.observation.checkpoint_told_at,
+            requests=int(status.get("checkpointRequests") or 0),
+            grace_seconds=grace_seconds,
+            now=observation.now,
+            generation=observation.generation,
+            told_at=observation.checkpoint_told_at,
         )
     )
 

@@ -36,6 +36,7 @@ from kubefit.decisions.draft import (
     sized,
 )
 from kubefit.decisions.gang import previous_gang
+from kubefit.decisions.held import with_held_workers
 from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.job_sizing import JobSizing, size_job
 from kubefit.decisions.observed import WorkerPod
@@ -149,7 +150,9 @@ def decide(
             _kept_accelerator(observation.inventory, previous, ours, _spec_accelerator(observation.spec)),
         )
     except InvalidSpec as invalid:
-        return _to_decision(observation, _invalid(invalid), None, ours, adopt)
+        return _to_decision(
+            observation, with_held_workers(_invalid(invalid), observation, ours), None, ours, adopt
+        )
     sizing, bounds = job_sizing.sizing, job_sizing.bounds
     context = JobContext(
         observation, spec, sizing, bounds, ours, catalog, settings, job_sizing.host_bytes_per_worker
@@ -157,7 +160,7 @@ def decide(
     if spec.run_policy.suspend:
         draft = suspended(context)
     elif not bounds.feasible or not sizing.fits:
-        draft = _blocked(spec, sizing, bounds)
+        draft = with_held_workers(_blocked(spec, sizing, bounds), observation, ours)
     else:
         draft = scheduled(context)
     draft.events.extend(_overprovisioning_events(job_sizing.advice, observation.status))

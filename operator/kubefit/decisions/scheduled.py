@@ -7,10 +7,10 @@ removed on purpose only after the checkpoint handshake (decisions.elastic), high
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubefit.api.conditions import FINISHED_PHASES, ConditionType, JobPhase, Reason
 from kubefit.api.formatting import parse_index_ranges
@@ -19,10 +19,14 @@ from kubefit.decisions.admission import Demand
 from kubefit.decisions.conditions import ConditionUpdate, find_condition, is_true
 from kubefit.decisions.demand import job_demand
 from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of, sized
-from kubefit.decisions.elastic import Removal, apply_handshake, handshake, removal_progress
+from kubefit.decisions.elastic import Removal, apply_handshake, handshake_for, removal_progress
 from kubefit.decisions.gang import backoff_left, previous_gang
+from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.running import admitted, grant_detail, resumed
 from kubefit.decisions.workers import stop_workers
+
+if TYPE_CHECKING:
+    from kubefit.decisions.job import JobObservation
 
 
 def scheduled(ctx: JobContext) -> Draft:
@@ -140,23 +144,36 @@ def _backing_off(ctx: JobContext, wait: float) -> Draft:
 
 def released(ctx: JobContext, reason: str, why: str) -> Draft:
     """Stop every worker after the checkpoint handshake (preemption, suspend); the job is kept."""
-    removal = Removal(reason, 0, stop_workers(ctx.ours, keep_finished=False))
-    shake = handshake(ctx, removal)
+    grace = ctx.spec.elastic.checkpoint_grace_period_seconds
+    return stop_every_worker(ctx.observation, ctx.ours, grace, reason, why, [sized(ctx.sizing)])
+
+
+def stop_every_worker(  # noqa: PLR0913 - a job as observed, and why and how its workers stop
+    observation: JobObservation,
+    ours: Sequence[WorkerPod],
+    grace_seconds: int,
+    reason: str,
+    why: str,
+    first_updates: Sequence[ConditionUpdate],
+) -> Draft:
+    """`released` for a job as observed: also one whose spec no longer parses (decisions/held.py)."""
+    removal = Removal(reason, 0, stop_workers(ours, keep_finished=False))
+    shake = handshake_for(observation, [pod for pod in ours if pod.ready], grace_seconds, removal)
     suspended = reason == Reason.SUSPENDED
     message = f"{why}; {removal_progress(shake, removal)}"
-    updates = [sized(ctx.sizing), *not_running(reason, why)]
+    updates = [*first_updates, *not_running(reason, why)]
     if suspended:
         updates.append(ConditionUpdate(ConditionType.SUSPENDED, "True", Reason.SUSPENDED, why))
-    if suspended or is_true(ctx.conditions, ConditionType.ADMITTED):
+    if suspended or is_true(observation.status.get("conditions") or [], ConditionType.ADMITTED):
         updates.append(ConditionUpdate(ConditionType.ADMITTED, "False", reason, why))
     draft = Draft(
         phase=JobPhase.SUSPENDED if suspended else JobPhase.QUEUED,
         updates=updates,
         delete=removal.doomed if shake.proceed else (),
-        restarts=restarts_of(ctx.status),
+        restarts=restarts_of(observation.status),
         desired=0,
         message=message,
-        gang=previous_gang(ctx.status).model_copy(update={"started": False, "since": None}),
+        gang=previous_gang(observation.status).model_copy(update={"started": False, "since": None}),
         succeeded_workers=frozenset(),
     )
     apply_handshake(draft, shake, removal)
@@ -173,6 +190,8 @@ def resumed_while_suspended(raw_spec: object, status: Mapping[str, Any]) -> bool
     return suspend is not True and is_true(status.get("conditions") or [], ConditionType.SUSPENDED)
 
 
+SUSPENDED_WHY = "spec.runPolicy.suspend is true: the workers are deleted and the job is kept"
+
+
 def suspended(ctx: JobContext) -> Draft:
-    why = "spec.runPolicy.suspend is true: the workers are deleted and the job is kept"
-    return released(ctx, Reason.SUSPENDED, why)
+    return released(ctx, Reason.SUSPENDED, SUSPENDED_WHY)
