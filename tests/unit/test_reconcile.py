@@ -350,14 +350,16 @@ def test_a_worker_made_before_attempts_were_numbered_still_holds_the_new_group_b
     assert past.create == (1,)
 
 
-def test_a_group_with_a_finished_worker_that_loses_a_running_one_restarts() -> None:
+def test_a_group_with_a_finished_worker_that_loses_a_running_one_does_not_run_again() -> None:
+    """A static group's rank exits 0 only after the last collective: the training is over, and a worker
+    lost after that is done, not a reason to run the whole group again (tests/unit/test_finishing_groups.py)."""
     spec = raw_spec(workers={"replicas": 3})
     pods = [pod(0, attempt=0), pod(1, attempt=0), pod(2, "Succeeded", attempt=0)]
     first = decide(observe(spec, pods=pods), CATALOG)
     assert status_of(first)["succeededWorkers"] == "2"
     lost = decide(observe(spec, pods=[pods[0], pods[2]], status=first.status), CATALOG)
-    assert "WorkerLost" in [event.reason for event in lost.events]
-    assert set(lost.delete) == {"llama-worker-0", "llama-worker-2"}
+    assert "WorkerLost" not in [event.reason for event in lost.events]
+    assert lost.delete == () and lost.create == ()
 
 
 def test_an_old_worker_stuck_terminating_past_its_grace_does_not_hold_the_new_group_back() -> None:

@@ -140,20 +140,24 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     foreign = [pod for pod in ctx.observation.pods if pod not in ctx.ours]
     slots = _slots(ctx, plan.keep)
     # A worker that succeeded is not run again when its pod goes (a node removed once it finished).
-    gone_after_success = _gone_after_success(ctx)
+    gone_after_success = _done_without_pods(ctx, plan, slots, fixed)
     changes = scale_workers(slots - gone_after_success, ctx.ours, ctx.observation.already_replaced, foreign)
+    succeeded_in_group = _succeeded_in_group(ctx)
+    training_ended = not fixed and ctx.spec.framework == "pytorch" and bool(succeeded_in_group)
+    changes = _nothing_new(changes) if training_ended else changes
     faults, lost = _faults_and_losses(ctx, plan, changes, slots - gone_after_success, fixed)
     group_failed = bool(faults) and fixed
     new_failure = group_failed or _new_failure(ctx, faults)
     restarts = restarts_of(ctx.status) + (1 if new_failure else 0)
-    if restarts > ctx.spec.run_policy.max_restarts:
+    # Judged when a worker fails: a limit lowered below the restarts so far does not stop a healthy job.
+    if new_failure and restarts > ctx.spec.run_policy.max_restarts:
         return failed(ctx, faults)
     done = (_succeeded_now(ctx.ours) | gone_after_success) & slots
     if slots and slots <= done:
         return succeeded(ctx, plan.keep, done)
-    if done and not fixed and ctx.spec.framework == "pytorch" and not _ready(ctx.ours, slots - done):
+    if training_ended and not _ready(ctx.ours, slots - succeeded_in_group):
         # torchrun's agents all exit once training ends: a worker that succeeded with none other running
-        # means the job is done; workers never placed would only look for a rendezvous that is gone.
+        # means the job is done; workers never placed, or failed since, only found the rendezvous closed.
         return succeeded(ctx, plan.keep, done)
     ready = _ready(ctx.ours, slots)
     # A worker that succeeded and whose pod went (its node scaled away) is done, not missing.
@@ -238,20 +242,46 @@ def _faults_and_losses(
 
 
 def _lost(ctx: JobContext, plan: _Plan, slots: frozenset[int]) -> tuple[str, ...]:
-    """Names of the workers a running fixed group lost: its gang had started (every worker placed at once)
-    and the last status saw all of them running or succeeded, no restart or removal of this decision's own
-    is under way, and now one of them is gone or being deleted by someone else (this decision path deletes
-    none of a fixed group's running workers otherwise). Workers not created yet, or created and not all
-    running yet, are never taken for lost ones."""
+    """Names of the workers a running fixed group lost (_gone_from_group)."""
+    gone = _gone_from_group(ctx, plan, slots)
+    return tuple(worker_name(ctx.observation.job.name, index) for index in sorted(gone))
+
+
+def _gone_from_group(ctx: JobContext, plan: _Plan, slots: frozenset[int]) -> frozenset[int]:
+    """The workers of a running fixed group that are gone: its gang had started (every worker placed at
+    once) and the last status saw all of them running or succeeded, no restart or removal of this
+    decision's own is under way, and now one of them is gone or being deleted by someone else (this
+    decision path deletes none of a fixed group's running workers otherwise). Workers not created yet, or
+    created and not all running yet, are never taken for gone ones."""
     if plan.restart or plan.removal is not None or plan.keep <= 0:
-        return ()
+        return frozenset()
     if not previous_gang(ctx.status).started:
-        return ()  # a group restarted, or not placed whole yet: the status's counts may be an older group's
+        # A group restarted, or not placed whole yet: the status's counts may be an older group's.
+        return frozenset()
     finished = len(parse_index_ranges(ctx.status.get("succeededWorkers")))
     if int(ctx.status.get("readyReplicas") or 0) + finished < plan.keep:
-        return ()
+        return frozenset()
     present = {pod.index for pod in ctx.ours if not pod.terminating}
-    return tuple(worker_name(ctx.observation.job.name, index) for index in sorted(slots - present))
+    return slots - present
+
+
+def _done_without_pods(ctx: JobContext, plan: _Plan, slots: frozenset[int], fixed: bool) -> frozenset[int]:
+    """Workers done whose pods are gone: those recorded as succeeded (status.succeededWorkers), and a fixed
+    group's gone (_gone_from_group) once one of it succeeded: its ranks run every collective together, so
+    one that succeeded means all finished, and a pod that went before its success was seen (its node
+    removed, pods cleaned up while the operator was down) is done, not lost."""
+    recorded = _gone_after_success(ctx)
+    if not (fixed and _succeeded_in_group(ctx) & slots):
+        return recorded
+    return recorded | _gone_from_group(ctx, plan, slots)
+
+
+def _nothing_new(changes: WorkerChanges) -> WorkerChanges:
+    """An elastic pytorch group whose training ended (a worker succeeded: torchrun's agents all exit then,
+    and the first to go closes the rendezvous) takes no new worker: one created, as a scale-up or a
+    replacement, would only find the rendezvous closed. A worker failing now is no failure of the
+    training: it is neither counted nor replaced, and its pod stays for its logs."""
+    return replace(changes, create=(), replace=())
 
 
 def _restart_group(
@@ -560,6 +590,12 @@ def _gone_after_success(ctx: JobContext) -> frozenset[int]:
     """Workers recorded as succeeded (status.succeededWorkers) whose pods are gone."""
     present = {pod.index for pod in ctx.ours if not pod.terminating}
     return parse_index_ranges(ctx.status.get("succeededWorkers")) - present
+
+
+def _succeeded_in_group(ctx: JobContext) -> frozenset[int]:
+    """The running group's workers that succeeded: their pods say so, or status.succeededWorkers does
+    (cleared when the group is stopped or restarted; other attempts' workers are not in ctx.ours)."""
+    return _succeeded_now(ctx.ours) | parse_index_ranges(ctx.status.get("succeededWorkers"))
 
 
 def _succeeded_now(ours: Sequence[WorkerPod]) -> frozenset[int]:

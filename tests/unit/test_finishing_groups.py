@@ -1,0 +1,125 @@
+"""A group whose training has ended (decisions/running.py): one of its workers succeeded.
+
+torchrun's agents all exit once an elastic group's training ends, and the rendezvous closes behind the
+first (late nodes are told it is closed): a worker created then would only fail at it. A fixed group's
+ranks run every collective together, so one that succeeded means every rank finished. And the restart
+limit is judged when a worker fails, not when the limit is edited."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from test_reconcile import CATALOG, condition, decide, elastic_spec, observe, pod, raw_spec, status_of
+
+from kubefit.decisions.job import Decision
+
+
+def reasons(decision: Decision) -> list[str]:
+    return [event.reason for event in decision.events]
+
+
+# ---------------------------------------------------------------------------- elastic pytorch, finished
+
+
+def _running_at_two() -> tuple[dict[str, Any], Decision]:
+    spec = elastic_spec(replicas=3, minimum=1, maximum=3)
+    return spec, decide(observe(spec, pods=[pod(0), pod(1)], grant=2), CATALOG)
+
+
+def test_an_elastic_group_with_a_succeeded_worker_is_not_scaled_up() -> None:
+    spec, running = _running_at_two()
+    grown = decide(observe(spec, pods=[pod(0), pod(1, "Succeeded")], status=running.status, grant=3), CATALOG)
+    assert grown.create == () and grown.worker_set is None
+    # Worker 0 finishes too: the group is done, nothing else runs.
+    done = decide(
+        observe(spec, pods=[pod(0, "Succeeded"), pod(1, "Succeeded")], status=grown.status, grant=3), CATALOG
+    )
+    assert status_of(done)["phase"] == "Succeeded"
+
+
+def test_an_elastic_group_with_a_succeeded_worker_does_not_recreate_one_that_went() -> None:
+    spec = elastic_spec(replicas=3, minimum=1, maximum=3)
+    running = decide(observe(spec, pods=[pod(0), pod(1), pod(2)]), CATALOG)
+    gone = decide(observe(spec, pods=[pod(0), pod(1, "Succeeded")], status=running.status), CATALOG)
+    assert gone.create == ()
+
+
+def test_a_worker_failing_after_the_group_succeeded_is_neither_counted_nor_replaced() -> None:
+    """A late joiner (created before the success was seen) fails at the closed rendezvous: the training
+    ended, so this is no restart, and at the restart limit it does not fail the job."""
+    spec, running = _running_at_two()
+    status = {**status_of(running), "restarts": 3}  # runPolicy.maxRestarts defaults to 3
+    late = [pod(0), pod(1, "Succeeded"), pod(2, "Failed")]
+    waiting = decide(observe(spec, pods=late, status=status, grant=3), CATALOG)
+    assert status_of(waiting)["phase"] not in ("Failed", "Succeeded")
+    assert waiting.create == () and waiting.replace == () and waiting.delete == ()
+    assert status_of(waiting)["restarts"] == 3 and "WorkerFailed" not in reasons(waiting)
+    finished = [pod(0, "Succeeded"), pod(1, "Succeeded"), pod(2, "Failed")]
+    done = decide(observe(spec, pods=finished, status=waiting.status, grant=3), CATALOG)
+    assert status_of(done)["phase"] == "Succeeded" and status_of(done)["restarts"] == 3
+    assert done.delete == ()  # the failed pod is kept for its logs
+
+
+def test_an_elastic_group_where_nobody_succeeded_still_replaces_a_failed_worker() -> None:
+    spec = elastic_spec(replicas=2, minimum=1, maximum=2)
+    running = decide(observe(spec, pods=[pod(0), pod(1)]), CATALOG)
+    failed = decide(observe(spec, pods=[pod(0), pod(1, "Failed")], status=running.status), CATALOG)
+    assert [worker.name for worker in failed.replace] == ["llama-worker-1"]
+    assert status_of(failed)["restarts"] == 1
+
+
+# ------------------------------------------------------------------------------------ fixed, finished
+
+FIXED_SPECS = {
+    "static": raw_spec(),
+    "elastic jax": elastic_spec(replicas=2, minimum=2, maximum=2, framework="jax"),
+}
+
+
+@pytest.mark.parametrize("spec", FIXED_SPECS.values(), ids=FIXED_SPECS.keys())
+def test_a_fixed_group_that_succeeded_is_not_restarted_for_a_pod_that_went(spec: dict[str, Any]) -> None:
+    """Worker 1's pod went before its success was seen (its node removed, pods cleaned up while the
+    operator was down): worker 0 succeeded, so worker 1 finished too."""
+    running = decide(observe(spec, pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG)
+    decision = decide(observe(spec, pods=[pod(0, "Succeeded", attempt=0)], status=running.status), CATALOG)
+    assert status_of(decision)["phase"] == "Succeeded"
+    assert decision.delete == () and decision.create == ()
+    assert "WorkerLost" not in reasons(decision) and status_of(decision)["gang"]["attempt"] == 0
+    assert status_of(decision)["succeededWorkers"] == "0-1"
+
+
+def test_a_fixed_group_that_succeeded_waits_for_its_running_workers() -> None:
+    spec = raw_spec(workers={"replicas": 3})
+    running = decide(observe(spec, pods=[pod(index, attempt=0) for index in range(3)]), CATALOG)
+    pods = [pod(0, attempt=0), pod(2, "Succeeded", attempt=0)]
+    waiting = decide(observe(spec, pods=pods, status=running.status), CATALOG)
+    assert waiting.create == () and waiting.delete == () and "WorkerLost" not in reasons(waiting)
+    assert status_of(waiting)["succeededWorkers"] == "1-2"
+    pods = [pod(0, "Succeeded", attempt=0), pod(2, "Succeeded", attempt=0)]
+    done = decide(observe(spec, pods=pods, status=waiting.status), CATALOG)
+    assert status_of(done)["phase"] == "Succeeded"
+
+
+def test_a_fixed_group_where_nobody_succeeded_still_restarts_for_a_lost_worker() -> None:
+    running = decide(observe(pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG)
+    lost = decide(observe(pods=[pod(0, attempt=0)], status=running.status), CATALOG)
+    assert "WorkerLost" in reasons(lost) and lost.delete == ("llama-worker-0",)
+    assert status_of(lost)["gang"]["attempt"] == 1
+
+
+# ---------------------------------------------------------------------------------- the restart limit
+
+
+def test_lowering_max_restarts_below_the_restarts_so_far_fails_only_on_the_next_failure() -> None:
+    running = decide(observe(pods=[pod(0), pod(1)]), CATALOG)
+    status = {**status_of(running), "restarts": 2}
+    spec = raw_spec(runPolicy={"maxRestarts": 1})
+    healthy = decide(observe(spec, pods=[pod(0), pod(1)], status=status), CATALOG)
+    assert status_of(healthy)["phase"] == "Running" and status_of(healthy)["restarts"] == 2
+    failing = decide(observe(spec, pods=[pod(0), pod(1, "Failed")], status=healthy.status), CATALOG)
+    failed = condition(failing, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "RestartLimitExceeded")
+    assert failed["message"] == (
+        "worker(s) llama-worker-1 failed after 2 restart(s); spec.runPolicy.maxRestarts is 1"
+    )
