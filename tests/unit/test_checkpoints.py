@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -307,6 +308,37 @@ def test_a_body_without_its_length_is_400(api: Api) -> None:
     assert response.status == 400
     assert json.loads(response.read())["error"].startswith("Transfer-Encoding:")
     connection.close()
+
+
+def _raw_ack(api: Api, length: str, body: bytes) -> tuple[int, Any]:
+    """An ack sent byte for byte, with the Content-Length header as given."""
+    head = (f"POST {PATH}/ack HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Length: {length}\r\n\r\n")  # fmt: skip
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as raw:
+        raw.sendall(head.encode("latin-1") + body)
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.mark.parametrize(
+    ("length", "body", "field"),
+    [
+        ("\u00b9", b"{}", "Content-Length"),  # a digit to isdigit(), not to int()
+        (None, b"[" * 4000, "body"),  # nested past the recursion limit: RecursionError, not ValueError
+    ],
+    ids=["superscript-length", "deep-json"],
+)
+def test_a_malformed_length_or_body_is_400_not_an_error(
+    api: Api, caplog: pytest.LogCaptureFixture, length: str | None, body: bytes, field: str
+) -> None:
+    api.board.open(JOB, "r1")
+    with caplog.at_level(logging.DEBUG, logger="kubefit.checkpoints"):
+        status, answer = _raw_ack(api, str(len(body)) if length is None else length, body)
+    assert status == 400 and answer["error"].startswith(f"{field}:")
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize(

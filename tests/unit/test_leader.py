@@ -338,18 +338,23 @@ def test_a_replica_labels_its_own_pod_with_its_role_and_only_in_a_pod(
     assert "could not label pod ops/kubefit-7d9-abc" in caplog.text
 
 
-def test_the_role_label_is_written_until_it_sticks() -> None:
-    from kubefit.controller.leader import keep_marking
+def test_the_role_label_is_written_until_it_sticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubefit.controller import leader
+    from kubefit.controller.leader import RoleLabeller
+
+    monkeypatch.setattr(leader, "ROLE_LABEL_RETRY_SECONDS", 0.01)
 
     answers = iter([False, False, True])
     calls: list[str] = []
 
     def mark(role: str) -> bool | None:
         calls.append(role)
-        return next(answers)
+        return next(answers, True)
 
-    assert (
-        keep_marking("leader", attempts=None, interval_s=0.0, mark=mark) is True and calls == ["leader"] * 3
-    )
-    assert keep_marking("standby", attempts=2, interval_s=0.0, mark=lambda role: False) is False
-    assert keep_marking("standby", attempts=2, interval_s=0.0, mark=lambda role: None) is True  # not in a pod
+    labeller = RoleLabeller(mark)
+    assert labeller.label("leader", wait_attempts=1) is False  # the caller waited for one patch only
+    deadline = time.monotonic() + 10
+    while calls != ["leader"] * 3 and time.monotonic() < deadline:  # the thread goes on trying
+        time.sleep(0.05)
+    assert calls == ["leader"] * 3 and labeller.label("leader") is True
+    assert RoleLabeller(lambda role: None).label("standby", wait_attempts=2) is True  # not in a pod

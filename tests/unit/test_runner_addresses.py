@@ -39,7 +39,7 @@ def test_the_standby_health_server_and_the_free_port_take_an_ipv6_bind_address()
     try:
         connection = socket.create_connection(("::1", port), timeout=5.0)
         connection.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-        assert connection.recv(64).startswith(b"HTTP/1.0 200")
+        assert connection.recv(64).startswith(b"HTTP/1.1 200")  # HTTP/1.1 servers answer so
         connection.close()
     finally:
         server.shutdown()

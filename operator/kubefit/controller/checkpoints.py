@@ -194,7 +194,7 @@ def parse_ack(body: bytes, job_name: str) -> Ack:
     """The ack body, checked field by field; the error names the field."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # Recursion: nested too deep
         raise _HttpError(HTTPStatus.BAD_REQUEST, f"body: not JSON ({error})") from error
     if not isinstance(document, dict):
         raise _HttpError(HTTPStatus.BAD_REQUEST, "body: must be a JSON object")
@@ -292,8 +292,9 @@ class _Handler(DeadlineRequestHandler):
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
             raise _HttpError(HTTPStatus.BAD_REQUEST, "Transfer-Encoding: not supported, send Content-Length")
-        length_header = self.headers.get("Content-Length")
-        if length_header is None or not length_header.strip().isdigit():
+        length_header = (self.headers.get("Content-Length") or "").strip()
+        # isascii too: "¹" is a digit to isdigit() and not to int()
+        if not (length_header.isascii() and length_header.isdigit()):
             raise _HttpError(HTTPStatus.BAD_REQUEST, "Content-Length: required, a non-negative integer")
         length = int(length_header)
         if length > MAX_BODY_BYTES:

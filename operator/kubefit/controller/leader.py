@@ -20,6 +20,7 @@ at most 19 s with the defaults), and then starts the operator, whose resume hand
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -43,6 +44,10 @@ POD_NAME_ENV = "POD_NAME"
 POD_NAMESPACE_ENV = "POD_NAMESPACE"
 DEFAULT_LEASE_SECONDS = 15  # client-go's defaults: lease 15 s, renew deadline 10 s, retry 2 s
 LOST_EXIT_CODE = 3
+# A SIGTERM'd leader first waits up to 10 s for its writes (runner.hand_over), all within the pod's 30 s of
+# grace; a release that cannot finish in this long leaves the Lease to expire instead.
+RELEASE_BUDGET_SECONDS = 5.0
+ROLE_LABEL_RETRY_SECONDS = 2.0  # between patches of the role label that failed
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,15 @@ def micro_time(moment: datetime) -> str:
 
 
 class LeaseApi:
-    """The three Lease calls (get, create, update); create and update answer None on a 409 Conflict."""
+    """The three Lease calls (get, create, update); create and update answer None on a 409 Conflict.
 
-    def __init__(self, api_client: client.ApiClient | None = None, request_timeout: float = 5.0):
-        api_client = api_client or client.ApiClient()
+    Each call is one request of at most `request_timeout`: urllib3 would otherwise retry a GET or PUT three
+    times, and the renew deadline and a release's budget count on the timeout."""
+
+    def __init__(self, configuration: client.Configuration | None = None, request_timeout: float = 5.0):
+        configuration = copy.deepcopy(configuration or client.Configuration.get_default_copy())
+        configuration.retries = False  # no retries: a failed request raises its own error at once
+        api_client = client.ApiClient(configuration)
         self.coordination = client.CoordinationV1Api(api_client)
         self.core = client.CoreV1Api(api_client)  # only to label the replica's own pod (mark_role)
         self.timeout = request_timeout
@@ -157,25 +167,42 @@ class LeaderElector:
         self._observed = _Observed()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
-        self._renewed_at = 0.0  # clock() of the last renewal this replica committed
+        self._renewed_at = 0.0  # clock() at the start of the last attempt that wrote the Lease
         self._lost_once = threading.Lock()
 
     # -- one attempt ---------------------------------------------------------------------------
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt: True if this replica holds the Lease afterwards."""
-        now = datetime.now(UTC)
+        now, started = datetime.now(UTC), self.clock()
         current = self.api.read(self.namespace, self.name)
         if current is None:
             created = self.api.create(self.namespace, self._lease_body(self._spec(now, {}), None))
-            return self._record(created)
+            return self._record(created, started)
         spec = current.get("spec") or {}
         if spec != self._observed.spec:
             self._observed = _Observed(spec, self.clock())
         if self._held_by_another(spec):
             return False
         body = self._lease_body(self._spec(now, spec), current["metadata"].get("resourceVersion"))
-        return self._record(self.api.replace(self.namespace, self.name, body))
+        return self._record(self.api.replace(self.namespace, self.name, body), started)
+
+    def _renew(self) -> bool:
+        """One renewal: True if written. Only a Lease this replica still holds is renewed, and nothing is
+        written once renewing has stopped: a renewal answered late, after release() emptied the holder,
+        must not write this replica back."""
+        now, started = datetime.now(UTC), self.clock()
+        current = self.api.read(self.namespace, self.name)
+        spec = (current or {}).get("spec") or {}
+        if spec != self._observed.spec:
+            self._observed = _Observed(spec, self.clock())
+        if current is None or not self._holds(spec) or self._stop.is_set():
+            return False
+        body = self._lease_body(self._spec(now, spec), current["metadata"].get("resourceVersion"))
+        return self._record(self.api.replace(self.namespace, self.name, body), started)
+
+    def _holds(self, spec: dict[str, Any]) -> bool:
+        return spec.get("holderIdentity") == self.identity
 
     def _held_by_another(self, spec: dict[str, Any]) -> bool:
         holder = spec.get("holderIdentity") or ""
@@ -201,16 +228,19 @@ class LeaderElector:
             metadata["resourceVersion"] = resource_version
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
-    def _record(self, written: dict[str, Any] | None) -> bool:
+    def _record(self, written: dict[str, Any] | None, started: float) -> bool:
         if written is None:
             return False  # another replica wrote first (409)
         self._observed = _Observed(written.get("spec") or {}, self.clock())
+        # The renew deadline counts from when the attempt began, not when its answer came: a standby
+        # counts the lease from when it saw the write, which can only be later.
+        self._renewed_at = started
         return True
 
-    def _attempt(self) -> bool:
-        """try_acquire_or_renew, with an unreachable API server counted as a failed attempt."""
+    def _attempt(self, attempt: Callable[[], bool]) -> bool:
+        """try_acquire_or_renew or _renew, with an unreachable API server counted as a failed attempt."""
         try:
-            return self.try_acquire_or_renew()
+            return attempt()
         except Exception as error:  # noqa: BLE001 - any failure is a failed attempt, retried
             logger.warning("lease %s/%s: %s", self.namespace, self.name, error)
             return False
@@ -218,9 +248,10 @@ class LeaderElector:
     # -- the loops -----------------------------------------------------------------------------
 
     def acquire(self) -> None:
-        """Blocks until this replica holds the Lease (or stop() is called)."""
+        """Blocks until this replica holds the Lease (or renewing is stopped). The renew deadline already
+        runs then (from the start of the attempt that took it): keep_leading should follow at once."""
         while not self._stop.is_set():
-            if self._attempt():
+            if self._attempt(self.try_acquire_or_renew):
                 return
             self._stop.wait(self.timings.retry_period)
 
@@ -230,9 +261,8 @@ class LeaderElector:
         A watchdog thread holds that deadline too: an attempt can hang in its requests (each up to the
         API's timeout, a read and a replace) well past it, and a standby may take the Lease from the lease
         duration on, so the leader must stop on time whatever the renewing thread is waiting for (client-go
-        cancels the request instead).
+        cancels the request instead). The deadline runs from the acquiring attempt, not from this call.
         """
-        self._renewed_at = self.clock()
         lost = self._once(on_lost)
         self._renewer = threading.Thread(
             target=self._renew_until_lost, args=(lost,), name="kubefit-lease", daemon=True
@@ -254,10 +284,9 @@ class LeaderElector:
 
     def _renew_until_lost(self, on_lost: Callable[[], None]) -> None:
         while not self._stop.wait(self.timings.retry_period):
-            started = self.clock()  # the renewal's time is when it began, not when its answer came
-            if self._attempt():
-                self._renewed_at = started
-            elif self._held_by_another(self._observed.spec) or self._past_deadline():
+            renewed = self._attempt(self._renew)
+            # Taken, or emptied (anyone may take it now): lost at once; on_lost does nothing if stopping.
+            if not renewed and (not self._holds(self._observed.spec) or self._past_deadline()):
                 on_lost()
                 return
 
@@ -273,14 +302,28 @@ class LeaderElector:
         self._stop.set()
 
     def release(self) -> None:
-        """Stops renewing and, if this replica still holds the Lease, empties its holder."""
+        """Stops renewing and, if this replica still holds the Lease, empties its holder; gives up after
+        RELEASE_BUDGET_SECONDS, the Lease then expiring, so that a stopping pod exits within its grace."""
         self._stop.set()
+        budget = RELEASE_BUDGET_SECONDS
+        releasing = threading.Thread(
+            target=self._empty_holder, args=(budget,), name="kubefit-lease-release", daemon=True
+        )
+        releasing.start()
+        releasing.join(budget)
+        if releasing.is_alive():
+            logger.warning("lease %s/%s: not released within %g s, it expires instead",
+                           self.namespace, self.name, budget)  # fmt: skip
+
+    def _empty_holder(self, budget: float) -> None:
         if self._renewer is not None:
-            self._renewer.join(self.timings.renew_deadline)
+            # A renewal in flight would make the release's write a conflict; one that is stuck past this
+            # cannot write any more (_renew).
+            self._renewer.join(min(budget, self.timings.renew_deadline))
         try:
             current = self.api.read(self.namespace, self.name)
             spec = (current or {}).get("spec") or {}
-            if current is None or spec.get("holderIdentity") != self.identity:
+            if current is None or not self._holds(spec):
                 return
             released = {**spec, "holderIdentity": "", "leaseDurationSeconds": 1}
             self.api.replace(
@@ -307,7 +350,7 @@ def exit_on_lost_lease(namespace: str, name: str) -> Callable[[], None]:
 def mark_role(role: str, api: LeaseApi | None = None, environ: Any = None) -> bool | None:
     """Labels this process's own pod (POD_NAME, POD_NAMESPACE: the chart sets them from the downward API)
     with ROLE_LABEL = `role`; True once patched, None outside a pod (nothing to do). A patch that fails is
-    logged and answers False (keep_marking tries again)."""
+    logged and answers False (RoleLabeller tries again)."""
     env = os.environ if environ is None else environ
     name, namespace = env.get(POD_NAME_ENV), env.get(POD_NAMESPACE_ENV)
     if not name or not namespace:
@@ -321,18 +364,54 @@ def mark_role(role: str, api: LeaseApi | None = None, environ: Any = None) -> bo
     return True
 
 
-def keep_marking(
-    role: str, attempts: int | None, interval_s: float = 2.0, mark: Callable[[str], bool | None] = mark_role
-) -> bool:
-    """mark_role until it works or `attempts` are spent (None: no limit). A leader whose label did not stick
-    gets no handshakes (the checkpoints Service selects the label); a standby whose old `leader` label
-    stayed would get them and not serve them."""
-    attempt = 0
-    while True:
-        done = mark(role)
-        if done is not False:
-            return True
-        attempt += 1
-        if attempts is not None and attempt >= attempts:
-            return False
-        time.sleep(interval_s)
+class RoleLabeller:
+    """Keeps this replica's pod labelled with the role it was last given: one background thread patches
+    it, again every ROLE_LABEL_RETRY_SECONDS until a patch sticks, for as long as the process lives.
+
+    A leader whose label did not stick gets no handshakes (the checkpoints Service selects the label); a
+    standby whose old `leader` label stayed would get them and not serve them. One thread writes every
+    role, in order, so a `standby` patch still being retried cannot land after `leader`."""
+
+    def __init__(self, mark: Callable[[str], bool | None] = mark_role) -> None:
+        self._mark = mark
+        self._changed = threading.Condition()
+        self._wanted: str | None = None
+        self._written: str | None = None
+        self._failures = 0  # patches of the wanted role that failed
+        self._writer: threading.Thread | None = None
+
+    def label(self, role: str, wait_attempts: int = 0) -> bool:
+        """Asks for `role`, then waits until it is written or `wait_attempts` patches of it failed (the
+        thread goes on trying); True if it is written."""
+        with self._changed:
+            if role != self._wanted:
+                self._wanted, self._failures = role, 0
+                self._changed.notify_all()
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_forever, name="kubefit-role-label", daemon=True
+                )
+                self._writer.start()
+            self._changed.wait_for(
+                lambda: self._written == role or self._wanted != role or self._failures >= wait_attempts
+            )
+            return self._written == role
+
+    def _write_forever(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._wanted != self._written)
+                role = self._wanted
+            if role is not None:
+                self._write(role)
+
+    def _write(self, role: str) -> None:
+        written = self._mark(role) is not False  # None: not in a pod, nothing to write
+        with self._changed:
+            if written:
+                self._written = role  # if another role is wanted meanwhile, it is written next
+            elif role == self._wanted:
+                self._failures += 1
+            self._changed.notify_all()
+            if not written:  # a new role is written at once, the same one after the pause
+                self._changed.wait_for(lambda: self._wanted != role, timeout=ROLE_LABEL_RETRY_SECONDS)

@@ -63,11 +63,9 @@ class ResyncLoop:
     def run_period(self) -> None:
         """One period: the scheduling pass, then every job known now, the n-th of N at n/N of the period."""
         start = self._clock()
-        try:
-            self._prune()
-        except Exception:  # noqa: BLE001 - an API error now is retried next period
-            logger.exception("checking for vanished jobs failed")
-        self._schedule()
+        # Either failing now is tried again next period; the jobs are reconciled meanwhile.
+        self._guarded(self._prune, "checking for vanished jobs failed")
+        self._guarded(self._schedule, "the resync's scheduling pass failed")
         keys = self._keys()
         paced_until = start
         for position, key in enumerate(keys):
@@ -83,9 +81,21 @@ class ResyncLoop:
             paced_until = ended + (ended - began) * (1 - BUSY_SHARE) / BUSY_SHARE
         self._stop.wait(max(0.0, start + self.period - self._clock()))
 
+    @staticmethod
+    def _guarded(step: Callable[[], object], failure: str) -> None:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - an API error or a bug costs this period's step, not the loop
+            logger.exception(failure)
+
     def _loop(self) -> None:
         # The first period starts one period after the start: what the start found was reconciled already.
         if self._stop.wait(self.period):
             return
         while not self._stop.is_set():
-            self.run_period()
+            start = self._clock()
+            try:
+                self.run_period()
+            except Exception:  # noqa: BLE001 - nothing restarts this thread: one failure must not end it
+                logger.exception("resync period failed; the next one starts on time")
+                self._stop.wait(max(0.0, start + self.period - self._clock()))

@@ -13,7 +13,6 @@ import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from threading import Thread
 from typing import Any
 
@@ -22,13 +21,25 @@ import yaml
 from kubernetes import config
 
 from kubefit.api.resource import GROUP
-from kubefit.controller.bounded_http import address_family, url_host
+from kubefit.controller.bounded_http import (
+    BoundedHTTPServer,
+    DeadlineRequestHandler,
+    address_family,
+    url_host,
+)
 from kubefit.controller.checkpoints import load_checkpoint_key, serve_checkpoints, token_lookup
 from kubefit.controller.cluster import remembering
 from kubefit.controller.garbage_collection import tune_garbage_collection
 from kubefit.controller.handlers import RESYNC_SECONDS, register
 from kubefit.controller.kube import KubeApi
-from kubefit.controller.leader import LeaderElector, LeaseApi, LeaseTimings, exit_on_lost_lease, keep_marking
+from kubefit.controller.leader import (
+    LeaderElector,
+    LeaseApi,
+    LeaseTimings,
+    RoleLabeller,
+    exit_on_lost_lease,
+    mark_role,
+)
 from kubefit.controller.reconciler import NotifyingBoard, Reconciler
 from kubefit.controller.scheduler import (
     DEFAULT_HEAD_OF_LINE_TIMEOUT,
@@ -44,8 +55,8 @@ from kubefit.metrics import OperatorMetrics, serve_metrics
 from kubefit.sizing.catalog import CATALOG_ENV, Catalog, CatalogError, load_catalog
 
 FINALIZER = f"{GROUP}/finalizer"
-# A standby tries its label a few times before it answers /healthz, then goes on (an operator without the
-# RBAC to label its pod still runs; docs/operator.md).
+# A standby tries its label a few times before it answers /healthz, then goes on and keeps trying in the
+# background (an operator without the RBAC to label its pod still runs; docs/operator.md).
 STANDBY_LABEL_ATTEMPTS = 5
 WRITES_DRAIN_SECONDS = 10.0  # how long a stopping leader waits for its writes in flight (see hand_over)
 logger = logging.getLogger("kubefit.operator")
@@ -231,7 +242,7 @@ def _url_host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-class _StandbyHealth(BaseHTTPRequestHandler):
+class _StandbyHealth(DeadlineRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         found = self.path.split("?", 1)[0] == "/healthz"
         body = b"standby\n" if found else b"not found\n"
@@ -245,13 +256,16 @@ class _StandbyHealth(BaseHTTPRequestHandler):
         pass  # the kubelet probes every few seconds
 
 
-def _serve_standby_health(address: str, port: int) -> HTTPServer:
+class _StandbyHealthServer(BoundedHTTPServer):
+    """Capped and with deadlines as the other servers: the port is the pod's, any pod can reach it."""
+
+    name = "standby-health"
+    max_connections = 16  # the kubelet probes one at a time; a few more for a person's curl
+
+
+def _serve_standby_health(address: str, port: int) -> BoundedHTTPServer:
     """/healthz while waiting for the Lease (kopf serves it once leading), so the kubelet keeps a standby."""
-    server_class = type(
-        "StandbyHealthServer", (ThreadingHTTPServer,), {"address_family": address_family(address)}
-    )
-    server = server_class((address, port), _StandbyHealth)
-    server.daemon_threads = True
+    server = _StandbyHealthServer((address, port), _StandbyHealth)
     Thread(target=server.serve_forever, name="kubefit-standby-health", daemon=True).start()
     return server
 
@@ -259,11 +273,13 @@ def _serve_standby_health(address: str, port: int) -> HTTPServer:
 def _become_leader(election: LeaderElection, address: str, liveness_port: int) -> LeaderElector:
     """Blocks, answering /healthz, until this replica holds the Lease; then renews it in a thread."""
     identity = election.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-    elector = LeaderElector(LeaseApi(), (election.namespace, election.name), identity, election.timings)
+    api = LeaseApi()
+    elector = LeaderElector(api, (election.namespace, election.name), identity, election.timings)
+    labeller = RoleLabeller(lambda role: mark_role(role, api))
     where = f"{election.namespace}/{election.name}"
     # Before this replica answers /healthz: a container restarted after leading must not keep the label
-    # that sends the handshakes to it.
-    keep_marking("standby", attempts=STANDBY_LABEL_ATTEMPTS)
+    # that sends the handshakes to it. Past these attempts the labeller goes on trying in the background.
+    labeller.label("standby", wait_attempts=STANDBY_LABEL_ATTEMPTS)
     print(f"kubefit: standby as {identity}, waiting for the lease {where}", flush=True)
     try:
         health = _serve_standby_health(address, liveness_port)
@@ -271,14 +287,14 @@ def _become_leader(election: LeaderElection, address: str, liveness_port: int) -
         raise _bind_error("--liveness-port", address, liveness_port, error) from error
     try:
         elector.acquire()
+        # At once: the renew deadline runs from the attempt that took the Lease, whatever follows here.
+        elector.keep_leading(exit_on_lost_lease(election.namespace, election.name))
     finally:
         health.shutdown()
         health.server_close()  # kopf binds the same port next
-    if not keep_marking("leader", attempts=1):  # before the line that says so: the label is there then
-        # Tried on in the background for as long as this replica leads (it exits when it stops).
-        Thread(target=keep_marking, args=("leader", None), name="kubefit-role-label", daemon=True).start()
+    # Tried once before the line that says so (the label is there then), on in the background if it failed.
+    labeller.label("leader", wait_attempts=1)
     print(f"kubefit: leading as {identity} (lease {where})", flush=True)
-    elector.keep_leading(exit_on_lost_lease(election.namespace, election.name))
     return elector
 
 

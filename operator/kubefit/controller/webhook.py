@@ -30,25 +30,56 @@ MAX_BODY_BYTES = 8 * 2**20
 Review = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+_Stamp = tuple[tuple[int, int], ...]
+
+
 class _Certificate:
-    """An SSL context for the certificate and key files, loaded again when either file changes."""
+    """An SSL context for the certificate and key files, loaded again when either file changes.
+
+    A pair that does not load (the certificate replaced before its key, a file missing or half-written)
+    leaves the previous context serving: logged once for that state of the files, tried again once they
+    change. Failing instead, the server would reset every connection without a word."""
 
     def __init__(self, certfile: str, keyfile: str) -> None:
         self.certfile, self.keyfile = certfile, keyfile
         self._lock = threading.Lock()
-        self._stamp: tuple[float, float] | None = None
-        self._context: ssl.SSLContext | None = None
-        self.context()  # a missing or bad file fails at start, not at the first request
+        self._stamp = self._files_stamp()
+        self._failed: _Stamp | None = None  # the files' state that last failed to load
+        self._context = self._load()  # a missing or bad file fails at start, not at the first request
 
     def context(self) -> ssl.SSLContext:
-        stamp = (os.stat(self.certfile).st_mtime, os.stat(self.keyfile).st_mtime)
+        stamp = self._files_stamp()
         with self._lock:
-            if self._context is None or stamp != self._stamp:
-                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                context.minimum_version = ssl.TLSVersion.TLSv1_2
-                context.load_cert_chain(self.certfile, self.keyfile)
-                self._context, self._stamp = context, stamp
+            if stamp not in (self._stamp, self._failed):
+                self._reload(stamp)
             return self._context
+
+    def _files_stamp(self) -> _Stamp:
+        stamps = []
+        for path in (self.certfile, self.keyfile):
+            try:
+                status = os.stat(path)
+            except OSError:
+                stamps.append((-1, -1))  # missing for now: loading it fails, and is logged
+            else:
+                stamps.append((status.st_mtime_ns, status.st_size))
+        return tuple(stamps)
+
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.certfile, self.keyfile)
+        return context
+
+    def _reload(self, stamp: _Stamp) -> None:
+        try:
+            self._context = self._load()
+        except OSError as error:  # ssl.SSLError is one
+            self._failed = stamp
+            logger.warning("webhook certificate %s / key %s: cannot load them (%s): serving the previous "
+                           "certificate until they change", self.certfile, self.keyfile, error)  # fmt: skip
+            return
+        self._stamp, self._failed = stamp, None
 
 
 class WebhookServer(BoundedHTTPServer):
@@ -82,7 +113,8 @@ class _Handler(DeadlineRequestHandler):
             self._send(HTTPStatus.NOT_FOUND, {"error": f"no {self.path}; POST {VALIDATE_PATH}"})
             return
         length = self.headers.get("Content-Length", "")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        # isascii too: "²" is a digit to isdigit() and not to int()
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY_BYTES:
             self._send(
                 HTTPStatus.BAD_REQUEST, {"error": f"Content-Length: required, at most {MAX_BODY_BYTES}"}
             )
@@ -91,7 +123,7 @@ class _Handler(DeadlineRequestHandler):
             document = json.loads(self.rfile.read(int(length)))
             if not isinstance(document, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: arrays or objects nested too deep
             self._send(HTTPStatus.BAD_REQUEST, {"error": f"body: not an AdmissionReview ({error})"})
             return
         try:

@@ -1,0 +1,150 @@
+"""A replica waiting for the Lease and becoming leader (runner._become_leader): its role label, its
+/healthz server, and when it starts renewing. The Lease and the pod label are in memory (test_leader.py's
+FakeLeases); the /healthz server is real, on loopback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from test_leader import LEASE, FakeLeases
+
+from kubefit.controller import leader as leader_module
+from kubefit.controller import runner
+from kubefit.controller.leader import ROLE_LABEL, LeaderElector, LeaseTimings
+from kubefit.controller.runner import LeaderElection, _become_leader, _serve_standby_health
+
+TIMINGS = LeaseTimings(lease_seconds=60, renew_deadline=40.0, retry_period=0.02)
+
+
+class FakeCluster(FakeLeases):
+    """The Lease store, and this replica's pod labels: `label_pod` fails `failures[role]` times for that
+    role, and waits while `hold[role]` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: dict[str, int] = {}
+        self.hold: dict[str, threading.Event] = {}
+        self.asked: list[str] = []
+        self.labelled: list[str] = []  # the roles written, in order
+        self.label_asked = threading.Event()
+
+    def label_pod(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        role = labels[ROLE_LABEL]
+        self.asked.append(role)
+        self.label_asked.set()
+        if role in self.hold:
+            self.hold[role].wait(20)
+        if self.failures.get(role, 0) > 0:
+            self.failures[role] -= 1
+            raise OSError("connection refused")
+        self.labelled.append(role)
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCluster]:
+    fake = FakeCluster()
+    monkeypatch.setattr(runner, "LeaseApi", lambda: fake)
+    monkeypatch.setattr(leader_module, "LeaseApi", lambda: fake)
+    monkeypatch.setattr(runner, "exit_on_lost_lease", lambda namespace, name: lambda: None)
+    monkeypatch.setattr(leader_module, "ROLE_LABEL_RETRY_SECONDS", 0.01, raising=False)
+    monkeypatch.setenv("POD_NAME", "kubefit-abc")
+    monkeypatch.setenv("POD_NAMESPACE", LEASE[0])
+    yield fake
+    for event in fake.hold.values():
+        event.set()
+
+
+def _become_leader_in_a_thread() -> tuple[threading.Thread, list[LeaderElector]]:
+    election = LeaderElection(name=LEASE[1], namespace=LEASE[0], timings=TIMINGS, identity="me")
+    elected: list[LeaderElector] = []
+    thread = threading.Thread(
+        target=lambda: elected.append(_become_leader(election, "127.0.0.1", 0)), daemon=True
+    )
+    thread.start()
+    return thread, elected
+
+
+def _until(condition: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(condition())
+
+
+def test_a_standby_keeps_trying_its_label_until_it_sticks_and_a_late_one_does_not_undo_leader(
+    cluster: FakeCluster,
+) -> None:
+    """Its five tries failed: the `leader` label of its previous life stayed, and the checkpoints Service
+    sent workers' acks to a replica that does not serve them."""
+    other = LeaderElector(cluster, LEASE, "other", TIMINGS)  # type: ignore[arg-type]
+    assert other.try_acquire_or_renew()
+    cluster.failures["standby"] = runner.STANDBY_LABEL_ATTEMPTS + 3
+    thread, elected = _become_leader_in_a_thread()
+    try:
+        assert _until(lambda: "standby" in cluster.labelled), f"labels tried: {cluster.asked}"
+        other.release()  # this replica leads next
+        thread.join(10)
+        assert elected, "it did not become leader"
+        assert _until(lambda: cluster.labelled[-1:] == ["leader"])
+        time.sleep(0.1)
+        assert cluster.labelled[-1] == "leader"
+    finally:
+        for elector in elected:
+            elector.stop_renewing()
+
+
+def test_a_standby_label_failing_when_the_replica_leads_is_not_written_over_leader(
+    cluster: FakeCluster,
+) -> None:
+    """One labeller writes the latest role: a `standby` patch still being retried when the replica
+    becomes leader gives way to `leader`, and nothing writes `standby` after it."""
+    cluster.failures["standby"] = 1000
+    thread, elected = _become_leader_in_a_thread()
+    try:
+        thread.join(15)
+        assert elected, "it did not become leader"
+        cluster.failures["standby"] = 0  # the API server answers again
+        assert _until(lambda: "leader" in cluster.labelled)
+        time.sleep(0.1)
+        assert cluster.labelled == ["leader"], cluster.labelled
+    finally:
+        for elector in elected:
+            elector.stop_renewing()
+
+
+def test_the_new_leader_renews_while_its_label_is_still_being_written(cluster: FakeCluster) -> None:
+    """The Lease was written when the replica took it: a label PATCH that hangs (up to its timeout) must
+    not keep it from renewing, or a standby could take the Lease from a leader that still acts."""
+    cluster.hold["leader"] = threading.Event()
+    thread, elected = _become_leader_in_a_thread()
+    try:
+        assert _until(lambda: "leader" in cluster.asked)
+        version = cluster.version
+        assert _until(lambda: cluster.version >= version + 3, seconds=5), "no renewal while labelling"
+    finally:
+        cluster.hold["leader"].set()
+        thread.join(10)
+        for elector in elected:
+            elector.stop_renewing()
+
+
+def test_the_standby_health_server_caps_connections_that_never_finish_their_request() -> None:
+    server = _serve_standby_health("127.0.0.1", 0)
+    port = server.server_address[1]
+    before = threading.active_count()
+    half_sent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
+    try:
+        for connection in half_sent:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never the rest
+        time.sleep(0.5)
+        assert threading.active_count() - before <= 20, "a thread for every half-sent request"
+    finally:
+        for connection in half_sent:
+            connection.close()
+        server.shutdown()
+        server.server_close()
