@@ -123,3 +123,29 @@ def test_lowering_max_restarts_below_the_restarts_so_far_fails_only_on_the_next_
     assert failed["message"] == (
         "worker(s) llama-worker-1 failed after 2 restart(s); spec.runPolicy.maxRestarts is 1"
     )
+
+
+def test_a_finishing_job_is_neither_suspended_nor_preempted_into_running_again() -> None:
+    """A worker succeeded: the training is over. A suspend, or the pass taking the grant back, deleted the
+    finished pods, cleared status.succeededWorkers and queued the job: on resume all of it ran again."""
+    from test_reconcile import CATALOG, observe, pod, raw_spec, status_of
+
+    from kubefit.decisions.job import decide
+
+    running = decide(observe(pods=[pod(0), pod(1)]), CATALOG)
+    finishing = [pod(0, "Succeeded"), pod(1)]
+    suspend = raw_spec(runPolicy={"suspend": True})
+    for decision in (
+        decide(observe(suspend, finishing, running.status), CATALOG),
+        decide(observe(raw_spec(), finishing, running.status, grant=0), CATALOG),
+    ):
+        assert decision.delete == () and decision.create == ()
+        assert status_of(decision)["phase"] not in ("Suspended", "Queued")
+        assert status_of(decision)["succeededWorkers"] == "0"
+    done = [pod(0, "Succeeded"), pod(1, "Succeeded")]
+    for decision in (
+        decide(observe(suspend, done, running.status), CATALOG),
+        decide(observe(raw_spec(), done, running.status, grant=0), CATALOG),
+    ):
+        assert status_of(decision)["phase"] == "Succeeded"
+        assert decision.delete == ()

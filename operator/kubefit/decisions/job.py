@@ -40,6 +40,7 @@ from kubefit.decisions.held import with_held_workers
 from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.job_sizing import JobSizing, size_job
 from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.running import training_ended
 from kubefit.decisions.scheduled import scheduled, suspended
 from kubefit.decisions.workers import WorkerBounds, stop_workers
 from kubefit.sizing.catalog import Catalog
@@ -157,7 +158,7 @@ def decide(
     context = JobContext(
         observation, spec, sizing, bounds, ours, catalog, settings, job_sizing.host_bytes_per_worker
     )
-    if spec.run_policy.suspend:
+    if spec.run_policy.suspend and not training_ended(context):
         draft = suspended(context)
     elif not bounds.feasible or not sizing.fits:
         draft = with_held_workers(_blocked(spec, sizing, bounds), observation, ours)

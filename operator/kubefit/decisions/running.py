@@ -592,6 +592,14 @@ def _gone_after_success(ctx: JobContext) -> frozenset[int]:
     return parse_index_ranges(ctx.status.get("succeededWorkers")) - present
 
 
+def training_ended(ctx: JobContext) -> bool:
+    """A worker of the running group succeeded: a fixed group's ranks finish together, and torchrun's
+    agents all exit once one has. Stopping it now (a suspend, a grant taken back) would throw the finished
+    training away and run it again on resume: the job finishes instead."""
+    leaving = _other_attempts(ctx) if fixed_world(ctx.spec) else []
+    return bool(_succeeded_in_group(replace(ctx, ours=[pod for pod in ctx.ours if pod not in leaving])))
+
+
 def _succeeded_in_group(ctx: JobContext) -> frozenset[int]:
     """The running group's workers that succeeded: their pods say so, or status.succeededWorkers does
     (cleared when the group is stopped or restarted; other attempts' workers are not in ctx.ours)."""

@@ -22,7 +22,7 @@ from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of,
 from kubefit.decisions.elastic import Removal, apply_handshake, handshake_for, removal_progress
 from kubefit.decisions.gang import backoff_left, previous_gang
 from kubefit.decisions.observed import WorkerPod
-from kubefit.decisions.running import admitted, grant_detail, resumed
+from kubefit.decisions.running import admitted, grant_detail, resumed, training_ended
 from kubefit.decisions.workers import stop_workers
 
 if TYPE_CHECKING:
@@ -44,7 +44,11 @@ def scheduled(ctx: JobContext) -> Draft:
         ctx.observation.created or ctx.now,
         ctx.observation.inventory,
     )
-    if grant <= 0 and ctx.live:
+    if training_ended(ctx):
+        # Finishing: its last workers go on to the end (and it succeeds) whatever the pass grants now,
+        # rather than being stopped or queued and the whole training run again.
+        draft = admitted(ctx, max(grant, int(ctx.status.get("desiredReplicas") or 0), len(ctx.live)))
+    elif grant <= 0 and ctx.live:
         draft = released(
             ctx, Reason.PREEMPTED, grant_detail(ctx) or "the scheduling pass took the grant back"
         )
