@@ -121,3 +121,23 @@ def test_elastic_workers_restart_as_a_static_group_when_elastic_is_turned_off_an
     restarted = decide(observe(two, [], stopped.status, NOW + timedelta(seconds=40)), CATALOG)
     assert created_names(restarted) == ["llama-worker-0", "llama-worker-1"]
     assert restarted.worker_set is not None and restarted.worker_set.fixed_world
+
+
+def test_no_new_worker_starts_beside_a_worker_0_still_going_with_none_in_its_place() -> None:
+    """Back from a suspend within its node range (both bounds given, so no range restart): the old worker 0
+    still saves on SIGTERM and may host the c10d store of the same run id. Worker 1 started now would join
+    it and fail when it goes; it waits, as a restarted group's workers do."""
+    spec = elastic_spec(replicas=2, minimum=1, maximum=4)
+    going = [replace(pod(0), nnodes="1:4", terminating=True, deletion_timestamp=GRACE_ENDS)]
+    queued = {"phase": "Queued", "desiredReplicas": 0}
+    held = decide(observe(spec, going, queued, grant=2), CATALOG)
+    assert held.create == ()
+    assert held.requeue_after is not None
+    gone = decide(observe(spec, [], queued, grant=2), CATALOG)
+    assert gone.create == (0, 1)
+    # A scale-up of a running group is not held back: worker 0 runs.
+    running = [replace(pod(index), nnodes="1:4") for index in (0, 1)]
+    grown = decide(
+        observe(elastic_spec(replicas=3, minimum=1, maximum=4), running, RUNNING_TWO, grant=3), CATALOG
+    )
+    assert grown.create == (2,)

@@ -207,8 +207,17 @@ def _wait_for_old_workers(ctx: JobContext, draft: Draft, target: int, fixed: boo
             draft.create, draft.worker_set = (), None
     else:
         # A range restart's new group: its old worker 0 may still host the c10d store the new agents
-        # would join. A scale-up that keeps the group has no old one, and waits for nothing.
-        _hold_for_old_group(ctx, draft, _restarted_group(ctx, target))
+        # would join. A scale-up that keeps the group has no old one, and waits for nothing. Neither does
+        # any new worker start while the store's host, worker 0, is going with none to take its place
+        # (back from a suspend or a preemption within the node range, or worker 0 replaced).
+        old_group = _restarted_group(ctx, target)
+        if ctx.spec.framework == "pytorch" and not any(
+            pod.index == 0 and not pod.terminating for pod in ctx.ours
+        ):
+            old_group += [
+                pod for pod in ctx.ours if pod.index == 0 and pod.terminating and pod not in old_group
+            ]
+        _hold_for_old_group(ctx, draft, old_group)
 
 
 def _new_failure(ctx: JobContext, faults: Sequence[WorkerPod]) -> bool:
