@@ -70,6 +70,24 @@ def job_manifest(name: str = "llama", replicas: int = 2, **workers: int) -> dict
     }
 
 
+def elastic_workers(count: int, nnodes: str) -> dict[str, WorkerPod]:
+    """`count` running workers of the job started with torchrun's node range `nnodes`."""
+    return {
+        f"llama-worker-{i}": WorkerPod(
+            f"llama-worker-{i}",
+            i,
+            f"p{i}",
+            "Running",
+            "n",
+            False,
+            "uid-llama",
+            world_size=None,
+            nnodes=nnodes,
+        )
+        for i in range(count)
+    }
+
+
 def api_error(status: int, message: str) -> ApiException:
     error = ApiException(status=status, reason="Forbidden" if status == 403 else "Unprocessable Entity")
     error.body = json.dumps({"kind": "Status", "status": "Failure", "message": message, "code": status})
@@ -1155,7 +1173,6 @@ def test_after_a_restart_a_job_its_status_says_is_not_admitted_is_not_taken_back
 
 
 def test_after_a_restart_an_open_shrink_is_taken_back_at_its_target(harness: Harness) -> None:
-    uid = "uid-llama"
     job = job_manifest(replicas=4, minReplicas=1, maxReplicas=4)
     job["spec"]["elastic"]["enabled"] = True
     job["status"] = {
@@ -1165,12 +1182,7 @@ def test_after_a_restart_an_open_shrink_is_taken_back_at_its_target(harness: Har
                        "targetReplicas": 2, "acknowledged": 0, "workers": 4},
     }  # fmt: skip
     harness.kube.jobs["llama"] = job
-    harness.kube.pods = {
-        f"llama-worker-{i}": WorkerPod(
-            f"llama-worker-{i}", i, f"p{i}", "Running", "n", False, uid, world_size=None, nnodes="1:4"
-        )
-        for i in range(4)
-    }
+    harness.kube.pods = elastic_workers(4, "1:4")
     harness.reconcile()
     # The shrink goes on (this test's grace is 0): workers 3 and 2 go, as the open request said; taken
     # back at 4, the request was closed instead, to be opened again by a later pass.
@@ -1183,17 +1195,11 @@ def test_a_checkpoint_request_the_status_names_is_told_to_workers_though_a_later
     """Found after a restart with 3 workers and `replicas` lowered to 2 meanwhile: the reconcile writes the
     request into the status, then its Service create fails. The workers must be asked all the same: the
     removal goes ahead at the deadline whether they were asked or not."""
-    uid = "uid-llama"
     job = job_manifest(replicas=2, minReplicas=1, maxReplicas=3)
     job["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 60}
     job["status"] = {"desiredReplicas": 3, "conditions": [{"type": "Admitted", "status": "True"}]}
     harness.kube.jobs["llama"] = job
-    harness.kube.pods = {
-        f"llama-worker-{i}": WorkerPod(
-            f"llama-worker-{i}", i, f"p{i}", "Running", "n", False, uid, world_size=None, nnodes="1:3"
-        )
-        for i in range(3)
-    }
+    harness.kube.pods = elastic_workers(3, "1:3")
     harness.kube.fail[("create_service", "llama")] = api_error(500, "etcd timeout")
     harness.reconcile()
     request = harness.kube.jobs["llama"]["status"]["checkpoint"]["requestId"]
@@ -1205,7 +1211,6 @@ def test_a_restarted_operator_gives_workers_the_grace_from_when_it_offers_the_re
 ) -> None:
     """A scale-down's request opened long ago, before the operator went down: its workers could not see it
     while it was down. The restarted operator offers it and waits the grace again, not removing at once."""
-    uid = "uid-llama"
     job = job_manifest(replicas=1, minReplicas=1, maxReplicas=2)
     job["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 60}
     job["status"] = {
@@ -1216,12 +1221,7 @@ def test_a_restarted_operator_gives_workers_the_grace_from_when_it_offers_the_re
         "checkpointRequests": 1,
     }  # fmt: skip
     harness.kube.jobs["llama"] = job
-    harness.kube.pods = {
-        f"llama-worker-{i}": WorkerPod(
-            f"llama-worker-{i}", i, f"p{i}", "Running", "n", False, uid, world_size=None, nnodes="1:2"
-        )
-        for i in range(2)
-    }
+    harness.kube.pods = elastic_workers(2, "1:2")
     harness.reconcile()
     assert harness.calls("delete_pod") == []
     assert harness.reconciler.board.current(KEY) == "1-1"
