@@ -618,6 +618,39 @@ def test_kubectl_scale_and_a_raw_scale_subresource_write_move_the_worker_count(
     assert job is not None and job["spec"]["workers"]["replicas"] == 1
 
 
+def test_a_scale_up_right_after_a_scale_down_starts_a_worker_beside_the_one_still_terminating(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    # Worker 1, removed by the scale-down, takes 120 s to stop (saving on SIGTERM). Before, the scale-up
+    # made worker 1 again and so waited for that pod's name: up to its grace period.
+    manifest = elastic_job("rescaled", namespace, pool, replicas=2, low=1, high=3)
+    manifest["spec"]["template"]["metadata"]["annotations"] = {"sandbox.kubefit.dev/shutdown-seconds": "120"}
+    manifest["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 180
+    kube.apply(manifest)
+    wait_for("2 running workers", lambda: running(kube, namespace, "rescaled") == 2)
+
+    kube.run("scale", "trainingjob/rescaled", "-n", namespace, "--replicas=1")
+    wait_for(
+        "worker 1 terminating after the scale-down's handshake",
+        lambda: (
+            [pod["metadata"]["name"] for pod in live(kube, namespace, "rescaled")] == ["rescaled-worker-0"]
+        ),
+        timeout=30,
+    )
+    kube.run("scale", "trainingjob/rescaled", "-n", namespace, "--replicas=2")
+    with explained(kube, namespace, "rescaled"):
+        wait_for(
+            "a new worker running while worker 1 still stops",
+            lambda: (
+                sorted(running_names(kube.workers(namespace, "rescaled")))
+                == ["rescaled-worker-0", "rescaled-worker-2"]
+            ),
+            timeout=30,
+        )
+    leaving = [pod for pod in kube.workers(namespace, "rescaled") if pod["metadata"].get("deletionTimestamp")]
+    assert [pod["metadata"]["name"] for pod in leaving] == ["rescaled-worker-1"]
+
+
 def test_a_job_written_without_a_workers_section_can_be_scaled(
     kube: Kube, namespace: str, pool: PrivatePool
 ) -> None:

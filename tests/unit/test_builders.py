@@ -182,6 +182,18 @@ def test_index_outside_the_worker_count_is_refused(index: int) -> None:
         build_worker_pod(worker_set(workers=2), index)
 
 
+def test_an_elastic_pytorch_worker_may_be_numbered_above_the_count_a_fixed_world_may_not() -> None:
+    # torchrun's rendezvous assigns an elastic group's ranks: a new worker skips an index still
+    # terminating (decisions.workers.worker_slots). jax's JAX_PROCESS_ID is the index, so it stays in range.
+    spec = raw_spec(elastic={"enabled": True}, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 3})
+    pod = build_worker_pod(worker_set(spec, workers=2, bounds=(1, 3)), 3)
+    assert pod["metadata"]["name"].endswith("-worker-3")
+    assert env_of(pod)["PET_NNODES"] == "1:3"
+    jax = raw_spec(framework="jax", elastic={"enabled": True}, workers={"replicas": 2, "minReplicas": 1})
+    with pytest.raises(ValueError, match="worker index 3 outside 0..1"):
+        build_worker_pod(worker_set(jax, workers=2, bounds=(1, 2)), 3)
+
+
 # ---------------------------------------------------------------------------------------------- resources
 
 

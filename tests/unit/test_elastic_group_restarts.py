@@ -70,13 +70,13 @@ def test_a_range_restart_creates_no_new_worker_while_an_old_one_is_still_termina
 
 def test_a_scale_up_that_keeps_the_group_does_not_wait_for_a_removed_worker() -> None:
     """Its own bounds (1:4): a worker removed by an earlier scale-down is still saving; the group goes on,
-    and the new worker joins the running ones at once."""
+    and the new workers join the running ones at once: neither waits for the removed worker's name."""
     spec = elastic_spec(replicas=4, minimum=1, maximum=4)
     pods = [replace(pod(index), nnodes="1:4") for index in range(2)]
     removed = terminating([replace(pod(2), nnodes="1:4")])
     grown = decide(observe(spec, [*pods, *removed], {**RUNNING_TWO, "desiredReplicas": 3}), CATALOG)
     assert condition(grown, "Ready")["reason"] != "Restarting"
-    assert created_names(grown) == ["llama-worker-3"] and grown.delete == ()
+    assert created_names(grown) == ["llama-worker-3", "llama-worker-4"] and grown.delete == ()
 
 
 def static_workers(count: int) -> list[WorkerPod]:

@@ -9,6 +9,7 @@ running 3: the job ran one worker for seconds, below its minimum of two.
 from __future__ import annotations
 
 from kubefit.api.units import parse_rfc3339
+from kubefit.builders.naming import largest_worker_index, worker_name
 from kubefit.decisions.elastic import HandshakeInput, HandshakeState, Removal, checkpoint_handshake
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.workers import scale_workers, worker_slots
@@ -103,3 +104,41 @@ def test_an_operator_restarted_during_the_wait_gives_the_workers_the_whole_grace
     )
     assert not at("2026-01-01T00:04:59Z", "2026-01-01T00:03:00Z").proceed
     assert at("2026-01-01T00:05:00Z", "2026-01-01T00:03:00Z").proceed
+
+
+def leaving(index: int) -> WorkerPod:
+    pod = worker(index)
+    return WorkerPod(pod.name, pod.index, pod.uid, pod.phase, pod.node_name, terminating=True)
+
+
+def test_a_scale_up_right_after_a_scale_down_does_not_wait_for_the_index_still_terminating() -> None:
+    # Scaled 3 -> 2 -> 3: worker 2 is still saving on SIGTERM. Its name stays taken until its pod is gone
+    # (up to the grace period); an elastic pytorch job's ranks come from torchrun, so the new worker is 3.
+    pods = [worker(0), worker(1), leaving(2)]
+    slots = worker_slots(3, pods, (), keep_survivors=True, new_index_limit=99)
+    assert slots == {0, 1, 3}
+    assert scale_workers(slots, pods).create == (3,)
+    # Two leaving, two wanted: neither index is taken.
+    pods = [worker(0), leaving(1), leaving(2)]
+    assert worker_slots(3, pods, (), keep_survivors=True, new_index_limit=99) == {0, 3, 4}
+
+
+def test_a_fixed_world_waits_for_its_rank_and_worker_0_is_always_kept() -> None:
+    # jax's JAX_PROCESS_ID is the index: ranks 0..n-1 are reused whatever is still terminating.
+    pods = [worker(0), worker(1), leaving(2)]
+    assert worker_slots(3, pods, (), keep_survivors=True) == {0, 1, 2}
+    assert scale_workers(frozenset({0, 1, 2}), pods).create == ()
+    # Worker 0 hosts torchrun's store: its slot stays, whatever is terminating.
+    assert 0 in worker_slots(2, [leaving(0), worker(1)], (), keep_survivors=True, new_index_limit=99)
+
+
+def test_a_terminating_index_is_reused_only_when_no_other_name_fits() -> None:
+    # A job name so long that one digit is all a worker's name may have: indices 1-9.
+    name = "j" * (63 - len("-worker-0"))
+    assert largest_worker_index(name) == 9
+    assert largest_worker_index("j" * (63 - len("-worker-00"))) == 99
+    assert len(worker_name(name, largest_worker_index(name))) == 63
+    pods = [*(worker(index) for index in range(8)), leaving(8), leaving(9)]
+    # 0-7 run; 8 and 9 are terminating: a ninth worker has only those indices left, and takes the lowest.
+    slots = worker_slots(9, pods, (), keep_survivors=True, new_index_limit=largest_worker_index(name))
+    assert slots == {*range(8), 8}

@@ -37,6 +37,11 @@ def worker_name(job_name: str, index: int) -> str:
     return f"{job_name}-worker-{index}"
 
 
+def largest_worker_index(job_name: str) -> int:
+    """The largest index whose worker name (a pod's hostname) is a DNS label: the most digits that fit."""
+    return 10 ** (DNS_LABEL_MAX - len(worker_name(job_name, 0)) + 1) - 1
+
+
 def worker_index(pod_name: str, job_name: str) -> int | None:
     """The index encoded in a worker's name, or None for a name this job would not give a worker."""
     prefix = f"{job_name}-worker-"

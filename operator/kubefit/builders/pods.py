@@ -275,7 +275,9 @@ def termination_grace_seconds(pod_spec: dict[str, Any], checkpoint_grace_seconds
 
 def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
     """Worker `index` of the job: deterministic name, stable DNS, accelerator request and placement."""
-    if not 0 <= index < worker_set.workers:
+    # A fixed world's indices are its ranks. An elastic pytorch group's are names only (torchrun's
+    # rendezvous assigns ranks): survivors keep theirs, and a new worker skips one still terminating.
+    if index < 0 or (fixed_world(worker_set.spec) and index >= worker_set.workers):
         raise ValueError(f"worker index {index} outside 0..{worker_set.workers - 1}")
     template = copy.deepcopy(worker_set.spec.template)
     pod_spec: dict[str, Any] = template.get("spec") or {}

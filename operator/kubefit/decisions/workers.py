@@ -71,6 +71,7 @@ def worker_slots(
     already_replaced: Collection[str],
     keep_survivors: bool,
     finished: Collection[int] = (),
+    new_index_limit: int | None = None,
 ) -> frozenset[int]:
     """The worker indices that make up the job: 0..desired-1, or for an elastic job (`keep_survivors`)
     worker 0 (the rendezvous host), the indices that already exist (running ones first, then bound; lowest
@@ -82,7 +83,12 @@ def worker_slots(
     takes workers 1 and 2 with it, workers 0 and 3 keep training instead of 3 being traded for a new 1
     (which would leave the job below its grant in between, or forever if 1 has no room). Running first:
     when the grant falls in two steps (a node's pods and the node itself are seen one event apart), the
-    first step may have created a new worker 1 that has no room yet; the second keeps the running 3."""
+    first step may have created a new worker 1 that has no room yet; the second keeps the running 3.
+
+    With `new_index_limit` (an elastic pytorch job, whose ranks torchrun assigns) a new worker takes no
+    index of one still terminating, whose pod name it would have to wait for (up to the grace period, as a
+    scale-up right after a scale-down would), but none above the limit (the longest name that fits) either.
+    Without it (a fixed world, whose indices are its ranks) the lowest free index is reused."""
     if not keep_survivors or desired <= 0:
         return frozenset(range(desired))
     live = sorted(_live(pods, already_replaced), key=_keep_first)
@@ -97,7 +103,13 @@ def worker_slots(
         *(index for index in existing if index in unscheduled),
     ]
     slots = {0, *existing[: desired - 1]}
-    free = (index for index in range(1, desired + len(existing) + 1) if index not in slots)
+    leaving = {pod.index for pod in live if pod.terminating} if new_index_limit is not None else set()
+    top = desired + len(existing) + len(leaving)
+    if new_index_limit is not None:
+        top = min(top, new_index_limit)
+    unused = [index for index in range(1, top + 1) if index not in slots]
+    # Indices still terminating last: taken only when no other fits in a name.
+    free = iter(sorted(unused, key=lambda index: (index in leaving, index)))
     while len(slots) < desired:
         slots.add(next(free))
     return frozenset(slots)
