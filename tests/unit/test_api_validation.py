@@ -660,6 +660,18 @@ def test_an_accelerator_name_longer_than_a_label_value_is_refused_by_its_length(
     assert schema["properties"]["resources"]["properties"]["accelerator"]["maxLength"] == 63
 
 
+@pytest.mark.parametrize("labels", ["match: [{}]", "match: [{a: b}, {}]"])
+def test_a_catalog_entry_with_an_empty_label_set_is_refused_when_the_catalog_loads(labels: str) -> None:
+    # An empty node-selector term selects no node, where the pass would count every node for it.
+    from kubefit.sizing.catalog import CatalogError, parse_catalog
+
+    entry = "accelerators:\n- {name: npu, vendor: acme, memoryMiB: 1024, resourceName: acme.com/npu, %s}\n"
+    assert parse_catalog(entry % "match: [{a: b}]")[0].match == ({"a": "b"},)
+    assert parse_catalog(entry % "nodeLabels: {}")[0].match == ()  # sized, never placed: no label set
+    with pytest.raises(CatalogError, match=r"accelerators\[npu\]\.match: each label set needs at least one"):
+        parse_catalog(entry % labels)
+
+
 def test_a_catalog_entry_whose_name_no_spec_could_pin_is_refused_when_the_catalog_loads() -> None:
     from kubefit.sizing.catalog import CatalogError, parse_catalog
 

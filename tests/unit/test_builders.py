@@ -319,6 +319,25 @@ def test_user_required_terms_are_anded_with_the_accelerator() -> None:
     assert merged[3]["matchExpressions"] == zone_b["matchExpressions"] + accel[1]["matchExpressions"]
 
 
+def test_a_required_term_with_null_match_expressions_is_anded_as_an_empty_one() -> None:
+    # The schema allows null there (a Helm template rendering an empty list): it crashed the builder.
+    by_name = {
+        "matchExpressions": None,
+        "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}],
+    }
+    spec = raw_spec()
+    spec["template"]["spec"]["affinity"] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [by_name]}}
+    }
+    affinity = build_worker_pod(worker_set(spec), 0)["spec"]["affinity"]
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert H100 is not None
+    assert terms == [
+        {"matchExpressions": term["matchExpressions"], "matchFields": by_name["matchFields"]}
+        for term in accelerator_terms(H100.match)
+    ]
+
+
 def test_user_affinity_node_selector_and_preferences_are_kept() -> None:
     spec = raw_spec()
     preferred = [{"weight": 1, "preference": {"matchExpressions": [{"key": "k", "operator": "Exists"}]}}]

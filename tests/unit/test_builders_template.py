@@ -104,6 +104,8 @@ def test_init_containers_of_another_shape_pass_through() -> None:
     [
         ({"hostNetwork": True}, "ClusterFirstWithHostNet"),  # else worker 0's name would not resolve
         ({"hostNetwork": True, "dnsPolicy": "Default"}, "Default"),  # the template's own choice
+        # Kubernetes runs ClusterFirst on the host network as Default: `kubectl get pod -o yaml` writes it.
+        ({"hostNetwork": True, "dnsPolicy": "ClusterFirst"}, "ClusterFirstWithHostNet"),
         ({"hostNetwork": False}, None),
         ({}, None),
     ],

@@ -38,7 +38,7 @@ def accelerator_terms(match: Sequence[Mapping[str, str]]) -> list[Term]:
 def _and_terms(user_term: Term, accelerator_term: Term) -> Term:
     combined = copy.deepcopy(user_term)
     combined["matchExpressions"] = [
-        *user_term.get("matchExpressions", []),
+        *(user_term.get("matchExpressions") or []),  # null is allowed, as an empty list
         *accelerator_term["matchExpressions"],
     ]
     return combined

@@ -260,7 +260,9 @@ def _shared_memory(
 
 
 def _host_network_dns(pod_spec: dict[str, Any]) -> dict[str, Any]:
-    if pod_spec.get("hostNetwork") is True and not pod_spec.get("dnsPolicy"):
+    # On the host network Kubernetes runs ClusterFirst (the default, and what a pod copied from
+    # `kubectl get -o yaml` states) as Default, the node's resolver: worker 0's name would not resolve.
+    if pod_spec.get("hostNetwork") is True and pod_spec.get("dnsPolicy") in (None, "", "ClusterFirst"):
         return {"dnsPolicy": HOST_NETWORK_DNS_POLICY}
     return {}
 

@@ -73,6 +73,10 @@ def _entry(raw: Any, source: str) -> Accelerator:
         or not all(isinstance(t, dict) for t in match)
     ):
         raise CatalogError(f"{where}.nodeLabels must be a mapping and match a list of mappings")
+    if not all(match):
+        # The scheduling pass would count every node for an empty label set, where the node-selector term
+        # it becomes selects none: the workers would never be placed.
+        raise CatalogError(f"{where}.match: each label set needs at least one label")
     return Accelerator(
         name=name,
         vendor=str(raw.get("vendor", "unknown")),
