@@ -20,7 +20,7 @@ import yaml
 
 import kubefit
 from kubefit.api.crd import crd
-from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB
+from kubefit.decisions.job import DEFAULT_CLUSTER_DOMAIN, DEFAULT_MAX_WORKERS_PER_JOB
 from kubefit.sizing.catalog import parse_catalog
 from kubefit_sandbox.binaries import helm_path
 
@@ -82,6 +82,7 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
     "serviceAccount": {"name": "kubefit-operator", "annotations": {"example.com/owner": "ml-platform"}},
     "maxWorkersPerJob": 4096,
+    "clusterDomain": "corp.example",
     "admission": {"policy": "StrictFIFO", "headOfLineTimeoutSeconds": 60},
     "checkpoint": {"port": 8444, "existingSecret": "ml-checkpoint-key"},
     "webhook": {"enabled": False, "port": 9443, "failurePolicy": "Ignore", "timeoutSeconds": 5},
@@ -175,6 +176,7 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         ["--set", "serviceAccount.create=false"],  # then serviceAccount.name is required
         ["--set", "maxWorkersPerJob=0"],
         ["--set", "maxWorkersPerJob=many"],
+        ["--set", "clusterDomain=Cluster_Local"],
         ["--set", "admission.policy=LIFO"],
         ["--set", "admission.headOfLineTimeoutSeconds=-1"],
         ["--set", "checkpoint.port=0"],
@@ -205,6 +207,7 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         "no-service-account-name",
         "max-workers-zero",
         "max-workers-string",
+        "cluster-domain-not-dns",
         "admission-policy-unknown",
         "head-of-line-negative",
         "checkpoint-port-zero",
@@ -344,6 +347,7 @@ def test_deployment_defaults(default_objects: list[dict[str, Any]]) -> None:
         "--metrics-port=9090",
         "--liveness-port=8080",
         f"--max-workers-per-job={DEFAULT_MAX_WORKERS_PER_JOB}",  # the chart's default is the operator's
+        f"--cluster-domain={DEFAULT_CLUSTER_DOMAIN}",
         "--admission-policy=BestEffortFIFO",
         "--head-of-line-timeout-seconds=300",
         "--checkpoint-port=8081",
@@ -405,6 +409,7 @@ def test_deployment_with_non_default_values(custom_objects: list[dict[str, Any]]
         "--metrics-port=9100",
         "--liveness-port=8181",
         "--max-workers-per-job=4096",
+        "--cluster-domain=corp.example",
         "--admission-policy=StrictFIFO",
         "--head-of-line-timeout-seconds=60",
         "--checkpoint-port=8444",

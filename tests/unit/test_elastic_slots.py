@@ -9,7 +9,7 @@ running 3: the job ran one worker for seconds, below its minimum of two.
 from __future__ import annotations
 
 from kubefit.api.units import parse_rfc3339
-from kubefit.builders.naming import largest_worker_index, worker_name
+from kubefit.builders.naming import widest_index
 from kubefit.decisions.elastic import HandshakeInput, HandshakeState, Removal, checkpoint_handshake
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.workers import scale_workers, worker_slots
@@ -133,12 +133,9 @@ def test_a_fixed_world_waits_for_its_rank_and_worker_0_is_always_kept() -> None:
 
 
 def test_a_terminating_index_is_reused_only_when_no_other_name_fits() -> None:
-    # A job name so long that one digit is all a worker's name may have: indices 1-9.
-    name = "j" * (63 - len("-worker-0"))
-    assert largest_worker_index(name) == 9
-    assert largest_worker_index("j" * (63 - len("-worker-00"))) == 99
-    assert len(worker_name(name, largest_worker_index(name))) == 63
+    # The job-name checks passed the names up to the ceiling's last index: a new index adds no digit.
+    assert widest_index(9) == 9 and widest_index(10) == 9 and widest_index(11) == 99 and widest_index(1) == 9
     pods = [*(worker(index) for index in range(8)), leaving(8), leaving(9)]
     # 0-7 run; 8 and 9 are terminating: a ninth worker has only those indices left, and takes the lowest.
-    slots = worker_slots(9, pods, (), keep_survivors=True, new_index_limit=largest_worker_index(name))
+    slots = worker_slots(9, pods, (), keep_survivors=True, new_index_limit=widest_index(10))
     assert slots == {*range(8), 8}

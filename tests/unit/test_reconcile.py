@@ -533,6 +533,18 @@ def test_job_names_that_cannot_become_hostnames_are_refused(name: str) -> None:
     assert decision.create == ()
 
 
+def test_a_worker_fqdn_longer_than_the_kubelet_allows_is_refused_in_the_jobs_namespace_and_domain() -> None:
+    # Under setHostnameAsFQDN the kubelet would never start the pod (ContainerCreating, no failure).
+    spec = raw_spec()
+    spec["template"]["spec"]["setHostnameAsFQDN"] = True
+    job = JobRef(name="llama", namespace="n" * 30, uid="u")
+    ready = condition(decide(observe(spec, job=job), CATALOG), "Ready")
+    assert ready["reason"] == "InvalidSpec" and "setHostnameAsFQDN" in ready["message"]
+    assert ".svc.cluster.local'" in ready["message"]
+    short = ReconcileSettings(cluster_domain="k8s")
+    assert condition(decide(observe(spec, job=job), CATALOG, short), "Ready")["reason"] != "InvalidSpec"
+
+
 # ---------------------------------------------------------------------------------------------- worker limit
 
 

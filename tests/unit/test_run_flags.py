@@ -143,3 +143,13 @@ def test_a_port_taken_is_named_with_its_flag(tmp_path: Path, flag: str) -> None:
         started.stderr
         == f"kubefit run: {flag} {port}: cannot listen on 127.0.0.1:{port} (Address already in use)\n"
     )
+
+
+def test_the_cluster_domain_defaults_to_cluster_local_and_a_bad_one_is_refused_naming_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _options().cluster_domain == "cluster.local"  # type: ignore[attr-defined]
+    assert _options("--cluster-domain", "corp.example.").cluster_domain == "corp.example"  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--cluster-domain", "Cluster_Local"])
+    assert "--cluster-domain" in capsys.readouterr().err

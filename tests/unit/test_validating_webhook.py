@@ -116,6 +116,22 @@ def test_the_operator_limits_and_the_job_name_are_checked_too() -> None:
     assert not response["allowed"] and "metadata.name" in response["status"]["message"]
 
 
+def test_a_worker_fqdn_the_kubelet_would_refuse_is_refused_with_the_namespace_and_cluster_domain() -> None:
+    # <job>-worker-0.<job>.<namespace>.svc.<domain>: the kubelet allows 64 characters under setHostnameAsFQDN.
+    spec = copy.deepcopy(BASE_SPEC)
+    spec["template"]["spec"]["setHostnameAsFQDN"] = True
+    assert answer(admission_review(spec, namespace="ml"))["allowed"]  # 41 characters
+    long_namespace = "team-" + "x" * 21  # llama-worker-3.llama.<26>.svc.cluster.local: 65 characters
+    response = answer(admission_review(spec, namespace=long_namespace))
+    assert not response["allowed"]
+    message = response["status"]["message"]
+    assert "metadata.name" in message and "setHostnameAsFQDN" in message and "65 characters" in message
+    assert answer(admission_review(spec, namespace=long_namespace[:-1]))["allowed"]  # 64: allowed
+    assert not answer(admission_review(spec, namespace="ml"), cluster_domain="x" * 40)["allowed"]
+    del spec["template"]["spec"]["setHostnameAsFQDN"]
+    assert answer(admission_review(spec, namespace=long_namespace))["allowed"]  # the hostname alone is short
+
+
 def test_an_update_that_keeps_an_invalid_spec_is_allowed_and_one_that_makes_it_invalid_is_not() -> None:
     invalid = next(bad for bad in OPERATOR_REFUSALS).spec()
     # Labels, annotations or finalizers of a job that was already invalid: it must stay deletable.

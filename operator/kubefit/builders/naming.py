@@ -37,9 +37,10 @@ def worker_name(job_name: str, index: int) -> str:
     return f"{job_name}-worker-{index}"
 
 
-def largest_worker_index(job_name: str) -> int:
-    """The largest index whose worker name (a pod's hostname) is a DNS label: the most digits that fit."""
-    return 10 ** (DNS_LABEL_MAX - len(worker_name(job_name, 0)) + 1) - 1
+def widest_index(workers: int) -> int:
+    """The largest worker index written with no more digits than `workers - 1`: the job-name checks
+    (decisions.job._name_errors: the hostname, and its FQDN) passed that index, so every such name fits."""
+    return 10 ** len(str(max(workers - 1, 0))) - 1
 
 
 def worker_index(pod_name: str, job_name: str) -> int | None:

@@ -54,7 +54,7 @@ def operator_options(args: argparse.Namespace) -> Any:
     """The operator's options from the flags, or UsageError naming the flags that cannot work."""
     from kubefit.controller.handlers import RESYNC_SECONDS
     from kubefit.controller.runner import OperatorOptions, default_bind_address
-    from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB
+    from kubefit.decisions.job import DEFAULT_CLUSTER_DOMAIN, DEFAULT_MAX_WORKERS_PER_JOB
 
     webhook = _webhook(args)
     _check_distinct_ports(args, webhook is not None)
@@ -68,6 +68,7 @@ def operator_options(args: argparse.Namespace) -> Any:
         resync_seconds=args.resync_seconds or RESYNC_SECONDS,
         catalog_path=args.catalog,
         max_workers_per_job=args.max_workers_per_job or DEFAULT_MAX_WORKERS_PER_JOB,
+        cluster_domain=args.cluster_domain or DEFAULT_CLUSTER_DOMAIN,
         admission_policy=args.admission_policy,
         head_of_line_timeout_seconds=args.head_of_line_timeout_seconds,
         checkpoint_port=args.checkpoint_port,
@@ -189,6 +190,14 @@ def _resync_seconds(text: str) -> float:
     return value
 
 
+def _cluster_domain(text: str) -> str:
+    """A DNS subdomain, as the kubelet's --cluster-domain (a trailing dot, as in a resolv.conf, dropped)."""
+    domain = text.removesuffix(".")
+    if not _DNS_SUBDOMAIN.match(domain):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a DNS domain such as cluster.local")
+    return domain
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -246,12 +255,7 @@ def register(commands: Any) -> None:
         help="reconcile every job at least this often (default 30; at least 0.5), or as often as keeps those reconciles to "
         "a fifth of the time when there are many jobs",
     )
-    parser.add_argument(
-        "--max-workers-per-job",
-        type=positive_int,
-        metavar="N",
-        help="refuse (InvalidSpec) a job whose spec.workers asks for more workers than this (default 1024)",
-    )
+    _add_job_check_arguments(parser)
     _add_scheduling_arguments(parser)
     _add_webhook_arguments(parser)
     _add_leader_election_arguments(parser)
@@ -261,6 +265,22 @@ def register(commands: Any) -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="log every reconcile")
     parser.add_argument("--debug", action="store_true", help="log kopf's internals too")
     parser.set_defaults(handler=_run)
+
+
+def _add_job_check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-workers-per-job",
+        type=positive_int,
+        metavar="N",
+        help="refuse (InvalidSpec) a job whose spec.workers asks for more workers than this (default 1024)",
+    )
+    parser.add_argument(
+        "--cluster-domain",
+        type=_cluster_domain,
+        metavar="DOMAIN",
+        help="the kubelets' cluster domain: a job whose template sets setHostnameAsFQDN is refused (InvalidSpec) "
+        "when a worker's FQDN would pass the kubelet's 64 characters (default cluster.local)",
+    )
 
 
 def _add_scheduling_arguments(parser: argparse.ArgumentParser) -> None:

@@ -49,7 +49,7 @@ from kubefit.controller.scheduler import (
 )
 from kubefit.controller.webhook import VALIDATE_PATH, start_webhook_server
 from kubefit.decisions.admission import AdmissionPolicy
-from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
+from kubefit.decisions.job import DEFAULT_CLUSTER_DOMAIN, DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.decisions.validating import review
 from kubefit.metrics import OperatorMetrics, serve_metrics
 from kubefit.sizing.catalog import CATALOG_ENV, Catalog, CatalogError, load_catalog
@@ -95,6 +95,7 @@ class OperatorOptions:
     resync_seconds: float = RESYNC_SECONDS
     catalog_path: str | None = None
     max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     admission_policy: AdmissionPolicy = DEFAULT_POLICY
     head_of_line_timeout_seconds: float = DEFAULT_HEAD_OF_LINE_TIMEOUT
     checkpoint_port: int = 8081  # 0: any free port
@@ -364,7 +365,7 @@ def _start_webhook(options: OperatorOptions, webhook: AdmissionWebhook, catalog:
     served = serves(options.namespaces)  # once, not per request
 
     def answer(admission_review: dict[str, Any]) -> dict[str, Any]:
-        return review(admission_review, catalog, options.max_workers_per_job, served)
+        return review(admission_review, catalog, options.max_workers_per_job, served, options.cluster_domain)
 
     try:
         server = start_webhook_server(
@@ -414,7 +415,10 @@ def _run_leading(  # noqa: PLR0913 - what the process set up before leading
     # The server asks the reconciler for job uids, which it records as it reads jobs.
     url = _start_checkpoints(options, key, board, lambda namespace, name: reconciler.job_uid(namespace, name))
     settings = ReconcileSettings(
-        max_workers_per_job=options.max_workers_per_job, checkpoint_url=url, checkpoint_key=key
+        max_workers_per_job=options.max_workers_per_job,
+        cluster_domain=options.cluster_domain,
+        checkpoint_url=url,
+        checkpoint_key=key,
     )
     reconciler = Reconciler(api, catalog, metrics, settings, scheduler=scheduler, board=board)
     registry = kopf.OperatorRegistry()

@@ -53,6 +53,9 @@ _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # typo (replicas: 100000) cannot make the operator create and track tens of thousands of pods. A cluster
 # that runs bigger jobs raises it with `kubefit run --max-workers-per-job` (chart: maxWorkersPerJob).
 DEFAULT_MAX_WORKERS_PER_JOB = 1024
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"  # the kubelet's --cluster-domain in most clusters
+# The kubelet refuses a pod whose FQDN hostname (setHostnameAsFQDN) is longer (kubelet_pods.go, hostnameMaxLen).
+FQDN_HOSTNAME_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class ReconcileSettings:
     """Operator-wide settings that decisions depend on (from `kubefit run`'s flags)."""
 
     max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
+    # The kubelets' --cluster-domain: a worker's FQDN ends in it (setHostnameAsFQDN, _name_errors).
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     # The checkpoint handshake: the URL workers are told, and the HMAC key of their per-job tokens.
     # Either None: workers get no handshake environment (and acknowledge nothing).
     checkpoint_url: str | None = None
@@ -149,6 +154,7 @@ def decide(
             catalog,
             settings.max_workers_per_job,
             _kept_accelerator(observation.inventory, previous, ours, _spec_accelerator(observation.spec)),
+            domain=host_domain(observation.job.namespace, settings.cluster_domain),
         )
     except InvalidSpec as invalid:
         return _to_decision(
@@ -197,10 +203,12 @@ def checked_spec(
     catalog: Catalog,
     max_workers_per_job: int,
     inventory: Inventory | None = None,
+    domain: str | None = None,
 ) -> tuple[TrainingJobSpec, JobSizing]:
     """The spec and its sizing, or InvalidSpec naming every field at fault: every rule the CRD's schema
     cannot express, for the reconcile (Ready=False InvalidSpec), the admission webhook and `kubefit size`
-    alike. `name` None (a manifest without one, for `kubefit size`) skips the job-name check.
+    alike. `name` None (a manifest without one, for `kubefit size`) skips the job-name check, and `domain`
+    None (host_domain: no namespace known) the length of a worker's FQDN.
 
     Every check that can run does, so one apply shows every error: the schema's errors stop the rest
     (they need a parsed spec) but for the name's pattern. One error per field, the earliest check's."""
@@ -208,9 +216,10 @@ def checked_spec(
         spec = schema_spec(raw_spec)
     except InvalidSpec as invalid:
         raise _once([*invalid.errors, *_name_errors(name, None)]) from None
-    errors = [*rule_errors(spec), *_operator_errors(spec, name, max_workers_per_job)]
+    errors = [*rule_errors(spec), *_operator_errors(spec, name, max_workers_per_job, domain)]
     try:
-        job_sizing = size_job(spec, catalog, inventory, check=operator_check(name, max_workers_per_job))
+        check = operator_check(name, max_workers_per_job, domain)
+        job_sizing = size_job(spec, catalog, inventory, check=check)
     except InvalidSpec as invalid:
         errors.extend(invalid.errors)
     if errors:
@@ -227,21 +236,25 @@ def _once(errors: Sequence[FieldError]) -> InvalidSpec:
     return InvalidSpec(list(first.values()))
 
 
-def operator_check(name: str | None, max_workers_per_job: int) -> Callable[[TrainingJobSpec], None]:
+def operator_check(
+    name: str | None, max_workers_per_job: int, domain: str | None = None
+) -> Callable[[TrainingJobSpec], None]:
     """The checks of a parsed spec beyond its schema and the planner's: the per-job worker limit and the
     job name's length with its workers' host names (`name` None skips it). The planner runs them on its
     remedies too, so none names a change the operator would refuse."""
 
     def check(spec: TrainingJobSpec) -> None:
-        errors = _operator_errors(spec, name, max_workers_per_job)
+        errors = _operator_errors(spec, name, max_workers_per_job, domain)
         if errors:
             raise InvalidSpec(errors)
 
     return check
 
 
-def _operator_errors(spec: TrainingJobSpec, name: str | None, max_workers_per_job: int) -> list[FieldError]:
-    return [*_worker_limit_errors(spec, max_workers_per_job), *_name_errors(name, spec)]
+def _operator_errors(
+    spec: TrainingJobSpec, name: str | None, max_workers_per_job: int, domain: str | None = None
+) -> list[FieldError]:
+    return [*_worker_limit_errors(spec, max_workers_per_job), *_name_errors(name, spec, domain)]
 
 
 def _overprovisioning_events(advice: str | None, previous: Mapping[str, Any]) -> list[JobEvent]:
@@ -344,7 +357,14 @@ def _worker_limit_errors(spec: TrainingJobSpec, limit: int) -> list[FieldError]:
     ]
 
 
-def _name_errors(job_name: str | None, spec: TrainingJobSpec | None) -> list[FieldError]:
+def host_domain(namespace: str, cluster_domain: str) -> str:
+    """The DNS domain of a job's namespace: a worker's FQDN is <hostname>.<job>.<this>."""
+    return f"{namespace}.svc.{cluster_domain}"
+
+
+def _name_errors(
+    job_name: str | None, spec: TrainingJobSpec | None, domain: str | None = None
+) -> list[FieldError]:
     """The job name becomes the Service name and part of each worker's hostname: both DNS labels. None
     skips the check; without a parsed `spec` (the worker count) only the pattern is checked."""
     if job_name is None:
@@ -353,9 +373,23 @@ def _name_errors(job_name: str | None, spec: TrainingJobSpec | None) -> list[Fie
         problem = "must be a DNS label (lowercase letters, digits and '-', starting with a letter)"
     elif spec is not None and len(longest := worker_name(job_name, spec.workers.ceiling - 1)) > DNS_LABEL_MAX:
         problem = f"is too long: worker hostname {longest!r} exceeds {DNS_LABEL_MAX} characters"
+    elif spec is not None and domain is not None and _fqdn_hostname(spec):
+        fqdn = f"{worker_name(job_name, spec.workers.ceiling - 1)}.{job_name}.{domain}"
+        if len(fqdn) <= FQDN_HOSTNAME_MAX:
+            return []
+        # The kubelet refuses the pod's sandbox: the worker would wait in ContainerCreating, never failing.
+        problem = (
+            f"with spec.template.spec.setHostnameAsFQDN, worker FQDN {fqdn!r} is {len(fqdn)} characters; the "
+            f"kubelet allows {FQDN_HOSTNAME_MAX}: shorten the job or namespace name, or unset setHostnameAsFQDN"
+        )
     else:
         return []
     return [FieldError("metadata.name", problem)]
+
+
+def _fqdn_hostname(spec: TrainingJobSpec) -> bool:
+    pod_spec = spec.template.get("spec") if isinstance(spec.template, Mapping) else None
+    return isinstance(pod_spec, Mapping) and pod_spec.get("setHostnameAsFQDN") is True
 
 
 def _our_workers(observation: JobObservation) -> tuple[list[WorkerPod], tuple[str, ...]]:

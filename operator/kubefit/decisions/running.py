@@ -28,7 +28,7 @@ from kubefit.api.conditions import ConditionType, EventReason, JobPhase, Phase, 
 from kubefit.api.formatting import parse_index_ranges
 from kubefit.api.models import GangStatus
 from kubefit.api.units import parse_rfc3339, rfc3339
-from kubefit.builders.naming import largest_worker_index, worker_name
+from kubefit.builders.naming import widest_index, worker_name
 from kubefit.builders.rendezvous import fixed_world
 from kubefit.decisions.conditions import ConditionUpdate, is_true
 from kubefit.decisions.draft import (
@@ -596,7 +596,7 @@ def _slots(ctx: JobContext, count: int) -> frozenset[int]:
         already,
         keep_survivors=ctx.spec.elastic.enabled,
         finished=_gone_after_success(ctx),
-        new_index_limit=None if fixed_world(ctx.spec) else largest_worker_index(ctx.observation.job.name),
+        new_index_limit=None if fixed_world(ctx.spec) else widest_index(ctx.bounds.ceiling),
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from kubefit.api.resource import KIND
 from kubefit.api.validation import FieldError, InvalidSpec
-from kubefit.decisions.job import checked_spec
+from kubefit.decisions.job import DEFAULT_CLUSTER_DOMAIN, checked_spec, host_domain
 from kubefit.sizing.catalog import Catalog
 
 REVIEW_API_VERSION = "admission.k8s.io/v1"
@@ -39,10 +39,11 @@ def review(
     catalog: Catalog,
     max_workers_per_job: int,
     serves: Callable[[str], bool] = lambda namespace: True,
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN,
 ) -> dict[str, Any]:
     """The AdmissionReview to answer `admission_review` with."""
     request = _mapping(admission_review.get("request"))
-    refusal = _refusal(request, catalog, max_workers_per_job, serves)
+    refusal = _refusal(request, catalog, max_workers_per_job, serves, cluster_domain)
     response: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": refusal is None}
     if refusal is not None:
         response["status"] = {"code": UNPROCESSABLE, "reason": "Invalid", "message": refusal}
@@ -60,7 +61,11 @@ def _text(value: Any) -> str:
 
 
 def _refusal(
-    request: Mapping[str, Any], catalog: Catalog, max_workers_per_job: int, serves: Callable[[str], bool]
+    request: Mapping[str, Any],
+    catalog: Catalog,
+    max_workers_per_job: int,
+    serves: Callable[[str], bool],
+    cluster_domain: str,
 ) -> str | None:
     if request.get("subResource") == "scale":
         return _scale_refusal(request, max_workers_per_job, serves)
@@ -75,19 +80,23 @@ def _refusal(
     if operation == "UPDATE" and spec == old_spec:
         return None
     name = _text(metadata.get("name")) or _text(request.get("name"))
-    errors = _errors(name, spec, catalog, max_workers_per_job)
+    namespace = _text(request.get("namespace")) or _text(metadata.get("namespace"))
+    domain = host_domain(namespace, cluster_domain) if namespace else None
+    errors = _errors(name, spec, catalog, max_workers_per_job, domain)
     if errors and operation == "UPDATE":
         # Ratcheting, as Kubernetes does for a CRD's schema: an error the stored spec already had is no
         # reason to refuse an update, or a job that a lower --max-workers-per-job or a smaller catalog
         # made invalid could not even be suspended while its workers run on.
-        before = set(_errors(name, old_spec, catalog, max_workers_per_job))
+        before = set(_errors(name, old_spec, catalog, max_workers_per_job, domain))
         errors = [error for error in errors if error not in before]
     return str(InvalidSpec(errors)) if errors else None
 
 
-def _errors(name: str, spec: Any, catalog: Catalog, max_workers_per_job: int) -> list[FieldError]:
+def _errors(
+    name: str, spec: Any, catalog: Catalog, max_workers_per_job: int, domain: str | None
+) -> list[FieldError]:
     try:
-        checked_spec(name, spec, catalog, max_workers_per_job)
+        checked_spec(name, spec, catalog, max_workers_per_job, domain=domain)
     except InvalidSpec as invalid:
         return invalid.errors
     return []

@@ -87,7 +87,7 @@ def worker_slots(
 
     With `new_index_limit` (an elastic pytorch job, whose ranks torchrun assigns) a new worker takes no
     index of one still terminating, whose pod name it would have to wait for (up to the grace period, as a
-    scale-up right after a scale-down would), but none above the limit (the longest name that fits) either.
+    scale-up right after a scale-down would), but none above the limit (one more digit than the checked names have) either.
     Without it (a fixed world, whose indices are its ranks) the lowest free index is reused."""
     if not keep_survivors or desired <= 0:
         return frozenset(range(desired))
