@@ -140,6 +140,32 @@ def test_an_update_that_keeps_an_invalid_spec_is_allowed_and_one_that_makes_it_i
     assert changed["allowed"] is False
 
 
+def test_an_edit_elsewhere_of_a_job_already_at_fault_is_allowed_though_the_fault_message_quotes_it() -> None:
+    # The name's fault quotes the longest worker hostname, which the worker count sets: halving the workers
+    # changed the message, not the field at fault (the name), and was refused as a new error.
+    stored = {**copy.deepcopy(BASE_SPEC), "workers": {"replicas": 100, "minReplicas": 1, "maxReplicas": 100}}
+    halved = {**copy.deepcopy(stored), "workers": {"replicas": 50, "minReplicas": 1, "maxReplicas": 50}}
+    long_name = "j" * 54  # j...j-worker-99 is 64 characters, j...j-worker-49 too
+    update = admission_review(halved, "UPDATE", old_spec=stored)
+    for part in (update["request"]["object"], update["request"]["oldObject"]):
+        part["metadata"]["name"] = long_name
+    assert "worker-99" in answer(admission_review(stored, name=long_name))["status"]["message"]
+    assert answer(update)["allowed"]
+    # A new fault on a field that was valid is still refused.
+    update["request"]["object"]["spec"]["resources"]["accelerator"] = "nvidia-h900"
+    refused = answer(update)
+    assert not refused["allowed"] and refused["status"]["message"].startswith("spec.resources.accelerator")
+
+
+def test_a_field_path_names_its_value_through_lists_and_keys_with_dots() -> None:
+    from kubefit.decisions.validating import _ABSENT, _value_at
+
+    job = {"spec": {"template": {"spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": 8}}}]}}}}
+    assert _value_at(job, "spec.template.spec.containers[0].resources.limits[nvidia.com/gpu]") == 8
+    assert _value_at(job, "spec.template.spec.containers[1]") is _ABSENT
+    assert _value_at(job, "spec.workers.replicas") is _ABSENT
+
+
 def _over_the_limit() -> dict[str, Any]:
     """A job stored under a higher --max-workers-per-job than the operator now runs with."""
     return {**copy.deepcopy(BASE_SPEC), "workers": {"replicas": 1500, "minReplicas": 1, "maxReplicas": 1500}}

@@ -22,6 +22,7 @@ Allowed whatever the spec:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -84,12 +85,42 @@ def _refusal(
     domain = host_domain(namespace, cluster_domain) if namespace else None
     errors = _errors(name, spec, catalog, max_workers_per_job, domain)
     if errors and operation == "UPDATE":
-        # Ratcheting, as Kubernetes does for a CRD's schema: an error the stored spec already had is no
-        # reason to refuse an update, or a job that a lower --max-workers-per-job or a smaller catalog
-        # made invalid could not even be suspended while its workers run on.
-        before = set(_errors(name, old_spec, catalog, max_workers_per_job, domain))
-        errors = [error for error in errors if error not in before]
+        # Ratcheting, as Kubernetes does for a CRD's schema: an error on a field the update leaves as it
+        # was, and at fault before too, is no reason to refuse it, or a job that a lower
+        # --max-workers-per-job or a smaller catalog made invalid could not even be suspended while its
+        # workers run on. By field, not message: a message may quote another field (the worker count in
+        # a hostname) that the update changes.
+        faulty_before = {
+            error.path for error in _errors(name, old_spec, catalog, max_workers_per_job, domain)
+        }
+        old_job = {"metadata": _mapping(_mapping(request.get("oldObject")).get("metadata")), "spec": old_spec}
+        new_job = {"metadata": metadata, "spec": spec}
+        errors = [
+            error
+            for error in errors
+            if error.path not in faulty_before
+            or _value_at(new_job, error.path) != _value_at(old_job, error.path)
+        ]
     return str(InvalidSpec(errors)) if errors else None
+
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[([^\]]*)\]")
+_ABSENT = object()
+
+
+def _value_at(document: Any, path: str) -> Any:
+    """The value a FieldError's path (`spec.workers.replicas`, `...containers[0].image`, `...limits[x.y/z]`)
+    names in `document`; _ABSENT where there is none."""
+    value = document
+    for name, bracketed in _PATH_PART.findall(path):
+        key: Any = name or bracketed
+        if isinstance(value, list) and str(key).isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        elif isinstance(value, Mapping) and key in value:
+            value = value[key]
+        else:
+            return _ABSENT
+    return value
 
 
 def _errors(
