@@ -199,6 +199,28 @@ def test_a_new_phase_or_accelerator_replaces_the_series_instead_of_adding_one() 
     assert value(metrics, "kubefit_trainingjob_memory_requested_bytes", **JOB, accelerator="nvidia-a100-80gb")
 
 
+def test_a_scrape_during_a_phase_change_sees_the_job_in_one_phase_or_the_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A scrape takes no lock of the operator's: one between removing the old series and setting the new
+    # saw no info series, and KubefitJobStuckPending's `unless` on the current phase had nothing to hold it.
+    import kubefit.metrics.operator_metrics as operator_metrics
+
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec())
+    job.reconcile(1)  # Queued
+    seen: list[list[str]] = []
+    remove = operator_metrics._remove
+
+    def scraped_after(gauge: Any, labels: Any) -> None:
+        remove(gauge, labels)
+        seen.append([line for line in series_of(metrics, "llama") if "trainingjob_info" in line])
+
+    monkeypatch.setattr(operator_metrics, "_remove", scraped_after)
+    job.reconcile(2, [pod(0), pod(1)], 2)  # Running
+    assert seen and all(seen), "a scrape in the middle of the change saw the job with no info series"
+
+
 def test_an_invalid_job_exports_its_phase_without_accelerator_bounds_or_memory() -> None:
     metrics = OperatorMetrics()
     Job(metrics, {"workers": {"replicas": "many"}}).reconcile(1)

@@ -950,3 +950,16 @@ def test_a_queued_job_waiting_for_a_worker_stuck_terminating_says_which_and_wher
     scheduler.node_changed(cluster.nodes[0], "n1", True, cluster.view())
     scheduler.offer(a, demand("a", per_worker=8, min_workers=1, want=2), ANYWHERE, cluster.view())
     assert scheduler.snapshot()[a].workers == 1
+
+
+def test_an_accelerator_type_whose_nodes_are_all_not_ready_counts_zero_not_nothing() -> None:
+    from kubefit.controller.scheduler import accelerator_totals
+
+    usage = {"n1": [PodUsage("n1", {GPU: 4})]}
+    nodes = [node("n1"), node("n2")]
+    assert accelerator_totals(nodes, usage, CATALOG) == {"nvidia-h100-80gb": AcceleratorCount(16, 4)}
+    assert accelerator_totals(nodes, usage, CATALOG, {"n1"}) == {"nvidia-h100-80gb": AcceleratorCount(8, 0)}
+    # A gap in kubefit_cluster_accelerators would hide the outage from an alert on a low count.
+    assert accelerator_totals(nodes, usage, CATALOG, {"n1", "n2"}) == {
+        "nvidia-h100-80gb": AcceleratorCount(0, 0)
+    }

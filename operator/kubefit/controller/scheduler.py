@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -700,8 +700,7 @@ class Scheduler:
             view, not_ready = self._view, frozenset(self._not_ready)
         if view is None:
             return {}
-        nodes = [node for node in view.nodes() if node.name not in not_ready]
-        return accelerator_totals(nodes, view.usage(), self.catalog)
+        return accelerator_totals(view.nodes(), view.usage(), self.catalog, not_ready)
 
 
 def _count_change(
@@ -729,15 +728,22 @@ def eligible_nodes(placement: Placement, nodes: Iterable[NodeFacts], catalog: Ca
 
 
 def accelerator_totals(
-    nodes: Iterable[NodeFacts], usage: Mapping[str, Iterable[PodUsage]], catalog: Catalog
+    nodes: Iterable[NodeFacts],
+    usage: Mapping[str, Iterable[PodUsage]],
+    catalog: Catalog,
+    not_ready: Collection[str] = frozenset(),
 ) -> dict[str, AcceleratorCount]:
-    """Per accelerator type: the devices of `nodes`, and those requested by the pods bound there (at most
-    the node's devices)."""
+    """Per accelerator type: the devices of the ready `nodes`, and those requested by the pods bound there
+    (at most the node's devices). A type whose nodes are all `not_ready` counts 0, not nothing: a gap in
+    the series would hide the outage from an alert on a low count."""
     allocatable: Counter[str] = Counter()
     allocated: Counter[str] = Counter()
     for node in nodes:
         accelerator = catalog.identify(node.labels)
         if accelerator is None:
+            continue
+        allocatable[accelerator.name] += 0
+        if node.name in not_ready:
             continue
         devices = _count(node.allocatable.get(accelerator.resource_name, 0))
         used = sum(pod.requests.get(accelerator.resource_name, 0) for pod in usage.get(node.name, ()))

@@ -316,14 +316,15 @@ class OperatorMetrics:
         return samples
 
     def _replace_series(self, key: JobKey, samples: _Samples) -> None:
-        """Sets `samples` and removes the job's series that are not among them (under the lock)."""
+        """Sets `samples`, then removes the job's series that are not among them (under the lock, which a
+        scrape does not take: removed first, a scrape in between saw the job without its info series)."""
         before = self._series.get(key, {})
-        for gauge, labelled in before.items():
-            for labels in labelled.keys() - samples.get(gauge, {}).keys():
-                _remove(gauge, labels)
         for gauge, labelled in samples.items():
             for labels, value in labelled.items():
                 gauge.labels(*labels).set(value)
+        for gauge, labelled in before.items():
+            for labels in labelled.keys() - samples.get(gauge, {}).keys():
+                _remove(gauge, labels)
         self._series[key] = samples
 
     # ------------------------------------------------------------------ scheduling
