@@ -225,7 +225,10 @@ def test_metrics_report_the_job_and_drop_it_when_deleted(
     text = operator.metrics()
     sized = f'accelerator="nvidia-h100-80gb",{series}'
     assert f'kubefit_trainingjob_accelerators{{{sized},state="allocated"}} 4.0' in text
-    assert f'kubefit_trainingjob_info{{{sized},phase="Running"}} 1.0' in text
+    stored = kube.get("trainingjob", "measured", namespace)
+    assert stored is not None
+    uid = stored["metadata"]["uid"]
+    assert f'kubefit_trainingjob_info{{{sized},phase="Running",uid="{uid}"}} 1.0' in text
     assert 'kubefit_reconcile_total{result="success",trigger="create"}' in text
     # The job was admitted and its worker ran in this operator process: both latencies were observed.
     assert _sample(text, "kubefit_queue_wait_seconds_count") >= 1

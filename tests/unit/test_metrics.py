@@ -126,7 +126,7 @@ def test_job_gauges_follow_the_decision() -> None:
     sizing = decision.sizing
     assert sizing is not None and sizing.accelerator == H100
 
-    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Pending") == 1
+    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Pending", uid=UID) == 1
     workers = {
         state: value(metrics, "kubefit_trainingjob_workers", **JOB, state=state)
         for state in ("desired", "running", "pending", "min", "max")
@@ -187,10 +187,10 @@ def test_a_new_phase_or_accelerator_replaces_the_series_instead_of_adding_one() 
     metrics = OperatorMetrics()
     job = Job(metrics, job_spec())
     job.reconcile(1)  # queued: no grant yet
-    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Queued") == 1
+    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Queued", uid=UID) == 1
     job.reconcile(2, [pod(0), pod(1)], 2)
-    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Running") == 1
-    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Queued") is None
+    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Running", uid=UID) == 1
+    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Queued", uid=UID) is None
 
     job.spec = job_spec("nvidia-a100-80gb")
     job.reconcile(3, [], 2)
@@ -224,7 +224,7 @@ def test_a_scrape_during_a_phase_change_sees_the_job_in_one_phase_or_the_other(
 def test_an_invalid_job_exports_its_phase_without_accelerator_bounds_or_memory() -> None:
     metrics = OperatorMetrics()
     Job(metrics, {"workers": {"replicas": "many"}}).reconcile(1)
-    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator="", phase="Pending") == 1
+    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator="", phase="Pending", uid=UID) == 1
     assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="desired") == 0
     assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="min") is None
     assert not [line for line in series_of(metrics, "llama") if "accelerators" in line or "memory" in line]

@@ -34,6 +34,7 @@ class JobSeries:
     accelerators: Mapping[str, int]  # state (requested, allocated) -> devices; empty until sized
     memory_estimated_bytes: int | None  # estimated peak per device; None until sized
     memory_requested_bytes: int | None  # memory of one device of its accelerator; None until sized
+    uid: str = ""  # metadata.uid: a job deleted and created again under its name is another job
 
 
 def job_series(observation: JobObservation, decision: Decision) -> JobSeries:
@@ -50,7 +51,7 @@ def job_series(observation: JobObservation, decision: Decision) -> JobSeries:
         ),
     }
     if sizing is None:
-        return JobSeries("", status.phase or "", workers, {}, None, None)
+        return JobSeries("", status.phase or "", workers, {}, None, None, observation.job.uid)
     accelerators = {
         "requested": decision.requested_accelerators,
         "allocated": running * sizing.accelerators_per_worker,
@@ -62,6 +63,7 @@ def job_series(observation: JobObservation, decision: Decision) -> JobSeries:
         accelerators,
         sizing.per_device_bytes,
         sizing.device_memory_bytes,
+        observation.job.uid,
     )
 
 

@@ -2,7 +2,7 @@
 
 Operator: `kubefit_build_info{version}`, `kubefit_reconcile_total{trigger,result}`,
 `kubefit_reconcile_duration_seconds`.
-Per job (labels namespace, name): `kubefit_trainingjob_info{accelerator,phase}`,
+Per job (labels namespace, name): `kubefit_trainingjob_info{accelerator,phase,uid}`,
 `kubefit_trainingjob_workers{state}`, `kubefit_trainingjob_accelerators{accelerator,state}`,
 `kubefit_trainingjob_memory_estimated_bytes{accelerator}`, `kubefit_trainingjob_memory_requested_bytes
 {accelerator}`; every series of a job is removed when the job is deleted, and a series whose labels
@@ -147,9 +147,10 @@ class OperatorMetrics:
 
         self.job_info = gauge(
             "kubefit_trainingjob_info",
-            "A TrainingJob, its accelerator and phase; the value is 1.",
+            "A TrainingJob, its accelerator, phase and uid; the value is 1.",
             "accelerator",
             "phase",
+            "uid",
         )
         self.job_workers = gauge(
             "kubefit_trainingjob_workers",
@@ -303,7 +304,7 @@ class OperatorMetrics:
         job = key
         accelerator = series.accelerator
         samples: _Samples = {
-            self.job_info: {(*job, accelerator, series.phase): 1},
+            self.job_info: {(*job, accelerator, series.phase, series.uid): 1},
             self.job_workers: {(*job, state): count for state, count in series.workers.items()},
             self.job_accelerators: {
                 (*job, accelerator, state): count for state, count in series.accelerators.items()
