@@ -28,7 +28,8 @@ Write order. `_apply` writes in an order where a failing call cannot lose what a
 
 Safety net. Any exception while observing, deciding or applying is caught, so the operator neither
 crashes nor stops serving other jobs: the job gets Ready=False, reason ReconcileError, with the error's
-message (for an API error the API server's, which names the field or quota), one Warning event, and a
+message (for an API error the API server's, which names the field or quota; with_limit_hint adds the way
+out of a request above a LimitRange's default limit), one Warning event, and a
 count in kubefit_reconcile_total{result="error"}. It is retried after a per-job backoff (BACKOFF_FIRST seconds,
 doubling to BACKOFF_MAX; a successful reconcile resets it). While a job backs off, the resync and
 pod events leave it alone (the retry observes afresh); a change to the job itself reconciles it at once.
@@ -39,6 +40,7 @@ from __future__ import annotations
 import contextvars
 import heapq
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -96,6 +98,14 @@ DELETE_MEMORY_SECONDS = 30.0
 SERVICE_RECHECK_SECONDS = 300.0
 # Triggers that wait for a job's backoff to end: neither says that the job itself changed.
 _DEFERRED_WHILE_BACKING_OFF = frozenset({"timer", "pod"})
+# The API server's 422 for a container whose cpu or memory request is above its limit ("must be less than or
+# equal to cpu limit", newer versions adding "of 2"). Where the template gives no limit, a LimitRange's
+# default limit is what the operator's request is above (docs/operator.md).
+_ABOVE_LIMIT = re.compile(r"must be less than or equal to (cpu|memory) limit")
+LIMIT_HINT = (
+    "; where the template sets no limit, a LimitRange's default limit applies: set spec.resources.cpu and "
+    "memory, or the template's requests, within it, or give the template's first container its own limits"
+)
 
 
 def backoff_seconds(failures: int) -> float:
@@ -387,7 +397,7 @@ class Reconciler:
             state.failures += 1
             delay = backoff_seconds(state.failures)
             state.retry_at = time.monotonic() + delay
-        message = error_message(error)
+        message = with_limit_hint(error_message(error))
         # A bug (not an API error) gets its traceback in the log; the job's condition gets the message.
         logger.warning(
             "reconcile of %s/%s failed (retry in %.0f s): %s",
@@ -656,6 +666,12 @@ def _outcome(
         return create(namespace, manifest), None
     except Exception as error:  # noqa: BLE001 - handed back to the reconcile thread, which raises it
         return False, error
+
+
+def with_limit_hint(message: str) -> str:
+    """`message`, with LIMIT_HINT after it where the API server refused a cpu or memory request above its
+    limit: the operator's default request against a namespace's LimitRange default, most often."""
+    return message + LIMIT_HINT if _ABOVE_LIMIT.search(message) else message
 
 
 class _JobGone(Exception):
