@@ -190,7 +190,9 @@ def test_a_new_phase_or_accelerator_replaces_the_series_instead_of_adding_one() 
     assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Queued", uid=UID) == 1
     job.reconcile(2, [pod(0), pod(1)], 2)
     assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Running", uid=UID) == 1
-    assert value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Queued", uid=UID) is None
+    assert (
+        value(metrics, "kubefit_trainingjob_info", **JOB, accelerator=H100, phase="Queued", uid=UID) is None
+    )
 
     job.spec = job_spec("nvidia-a100-80gb")
     job.reconcile(3, [], 2)
