@@ -321,6 +321,20 @@ def test_queue_wait_is_creation_to_admission_observed_once() -> None:
     assert value(metrics, "kubefit_queue_wait_seconds_count") == 1
 
 
+def test_queue_wait_and_scheduling_latency_of_a_job_created_suspended_count_from_its_resume() -> None:
+    # A pipeline creates the job suspended and resumes it an hour later: the hour was its user's, not a
+    # wait for capacity.
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec(runPolicy={"suspend": True}))
+    job.reconcile(5)
+    job.spec = job_spec(runPolicy={"suspend": False})
+    job.reconcile(3600)  # resumed: queued
+    job.reconcile(3642, [], 2)  # admitted 42 s later
+    assert value(metrics, "kubefit_queue_wait_seconds_sum") == 42
+    job.reconcile(3700, [pod(0), pod(1)], 2)
+    assert value(metrics, "kubefit_scheduling_latency_seconds_sum") == 100
+
+
 def test_an_operator_restart_does_not_observe_an_admission_again() -> None:
     first = OperatorMetrics()
     job = Job(first, job_spec())

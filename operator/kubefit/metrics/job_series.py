@@ -143,11 +143,19 @@ def _previous_condition(status: Mapping[str, object], condition_type: str) -> Ma
 def _since_creation(
     observation: JobObservation, conditions: Sequence[Condition], condition_type: str
 ) -> float | None:
-    """Creation to the condition's transition to True; None when it is not True or a time is missing."""
+    """Creation, or the resume of a job created suspended (the time its user held it is no wait for
+    capacity), to the condition's transition to True; None when it is not True or a time is missing."""
     condition = next((item for item in conditions if item.type == condition_type), None)
     if condition is None or condition.status != "True" or observation.created is None:
         return None
     became_true: datetime | None = parse_rfc3339(condition.last_transition_time)
     if became_true is None:
         return None
-    return max(0.0, (became_true - observation.created).total_seconds())
+    began = observation.created
+    suspended = next((item for item in conditions if item.type == ConditionType.SUSPENDED), None)
+    resumed = (
+        parse_rfc3339(suspended.last_transition_time) if suspended and suspended.status == "False" else None
+    )
+    if resumed is not None and resumed > began:
+        began = resumed
+    return max(0.0, (became_true - began).total_seconds())
