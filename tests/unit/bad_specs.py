@@ -91,6 +91,7 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("replicas-fraction", _in("workers", replicas=2.5), "spec.workers.replicas", API),
     BadSpec("min-replicas-above-max", _in("workers", minReplicas=4, maxReplicas=3), "spec.workers", OPERATOR),
     BadSpec("parameters-zero", _model(parameters=0), "spec.model.parameters", API),
+    BadSpec("parameters-fraction", _model(parameters="1.5"), "spec.model.parameters", OPERATOR),
     BadSpec("parameters-negative-string", _model(parameters="-5B"), "spec.model.parameters", API),
     BadSpec("parameters-word", _model(parameters="lots"), "spec.model.parameters", API),
     BadSpec("parameters-boolean", _model(parameters=True), "spec.model.parameters", API),
@@ -108,6 +109,7 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("lora-targets-empty", _model(finetuning={"method": "lora", "loraTargets": []}), "spec.model.finetuning.loraTargets", API),
     BadSpec("lora-targets-repeated", _model(finetuning={"method": "lora", "loraTargets": ["query", "query"]}), "spec.model.finetuning.loraTargets", API),
     BadSpec("lora-targets-on-full-training", _model(finetuning={"method": "full", "loraTargets": ["query"]}), "spec.model.finetuning.loraTargets", OPERATOR),
+    BadSpec("lora-rank-on-full-training", _model(finetuning={"method": "full", "loraRank": 16}), "spec.model.finetuning.loraRank", OPERATOR),
     BadSpec("quantized-head-on-full-training", _model(finetuning={"method": "full", "quantizedHead": True}), "spec.model.finetuning.quantizedHead", OPERATOR),
     BadSpec("accelerators-per-worker-zero", _in("resources", acceleratorsPerWorker=0), "spec.resources.acceleratorsPerWorker", API),
     BadSpec("accelerators-per-worker-word", _in("resources", acceleratorsPerWorker="many"), "spec.resources.acceleratorsPerWorker", API),
@@ -140,12 +142,16 @@ BAD_SPECS: list[BadSpec] = [
     # quantities
     BadSpec("model-memory-GB", _model(memory="120GB"), "spec.model.memory", API),
     BadSpec("model-memory-below-one-byte", {"model": {"memory": "0.5"}}, "spec.model.memory", OPERATOR),
+    BadSpec("model-memory-fraction-of-a-byte", {"model": {"memory": "1.5"}}, "spec.model.memory", OPERATOR),
+    BadSpec("host-memory-fraction-of-a-byte", _in("resources", memory="0.1Gi"), "spec.resources.memory", OPERATOR),
     BadSpec("model-memory-above-max", {"model": {"memory": "2Ei"}}, "spec.model.memory", OPERATOR),
     BadSpec("host-memory-negative", _in("resources", memory="-1Gi"), "spec.resources.memory", API),
     BadSpec("cpu-word", _in("resources", cpu="lots"), "spec.resources.cpu", API),
     BadSpec("cpu-above-max", _in("resources", cpu="1e9"), "spec.resources.cpu", OPERATOR),
     BadSpec("cpu-above-template-limit", {**_in("resources", cpu="16"), **_container(resources={"limits": {"cpu": "4"}})}, "spec.resources.cpu", OPERATOR),
     BadSpec("memory-above-template-limit", {**_in("resources", memory="64Gi"), **_container(resources={"limits": {"memory": "8Gi"}})}, "spec.resources.memory", OPERATOR),
+    BadSpec("cpu-above-zero-template-limit", {**_in("resources", cpu="2"), **_container(resources={"limits": {"cpu": "0"}})}, "spec.resources.cpu", OPERATOR),
+    BadSpec("memory-above-sub-byte-template-limit", {**_in("resources", memory="2"), **_container(resources={"limits": {"memory": "500m"}})}, "spec.resources.memory", OPERATOR),
     BadSpec("container-request-with-space", _container(resources={"requests": {"cpu": "2 cores"}}), "spec.template.spec.containers[0].resources.requests", API),
     BadSpec("container-request-fraction", _container(resources={"requests": {"cpu": 0.5}}), "spec.template.spec.containers[0].resources.requests.cpu", API),
     BadSpec("container-request-negative", _container(resources={"requests": {"cpu": -1}}), "spec.template.spec.containers[0].resources.requests.cpu", API),
@@ -178,6 +184,13 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("affinity-a-string", _pod(affinity="anywhere"), "spec.template.spec.affinity", API),
     BadSpec("node-affinity-terms-a-mapping", _pod(affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": {"a": 1}}}}), "spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms", API),
     BadSpec("node-selector-value-a-number", _pod(nodeSelector={"zone": 1}), "spec.template.spec.nodeSelector.zone", API),
+    # the template parts the pod builder reads (each crashed it, or made every worker pod be refused)
+    BadSpec("volume-mounts-a-string", _container(volumeMounts="data"), "spec.template.spec.containers[0].volumeMounts", API),
+    BadSpec("volume-mount-without-path", _container(volumeMounts=[{"name": "data"}]), "spec.template.spec.containers[0].volumeMounts[0].mountPath", API),
+    BadSpec("volumes-a-mapping", _pod(volumes={"a": 1}), "spec.template.spec.volumes", API),
+    BadSpec("volumes-of-strings", _pod(volumes=["x"]), "spec.template.spec.volumes[0]", API),
+    BadSpec("volume-without-name", _pod(volumes=[{"emptyDir": {}}]), "spec.template.spec.volumes[0].name", API),
+    BadSpec("preferred-node-affinity-a-number", _pod(affinity={"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": 5}}), "spec.template.spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution", API),
 ]  # fmt: skip
 
 

@@ -468,9 +468,9 @@ def test_decide_marks_generated_bad_specs_invalid(case: tuple[dict[str, Any], st
 
 @pytest.mark.parametrize(
     ("field", "written", "expected"),
-    [("memory", "1e3", 1000), ("memory", ".5Ki", 512), ("memory", "5.", 5), ("memory", "1500m", 1),
+    [("memory", "1e3", 1000), ("memory", ".5Ki", 512), ("memory", "5.", 5), ("memory", "2000m", 2),
      ("memory", "1E", 10**18), ("memory", "1Ei", 2**60), ("parameters", "1000T", 10**15),
-     ("parameters", "1", 1), ("parameters", "1.9", 1)],
+     ("parameters", "1", 1), ("parameters", "1.9K", 1900)],
 )  # fmt: skip
 def test_kubernetes_quantity_forms_and_bounds_parse(field: str, written: str, expected: int) -> None:
     model = parse_spec(_spec(model={field: written})).model
@@ -679,3 +679,148 @@ def test_a_catalog_entry_whose_name_no_spec_could_pin_is_refused_when_the_catalo
     assert parse_catalog(entry % ("a" * 63))[0].name == "a" * 63
     with pytest.raises(CatalogError, match="longer than 63 characters"):
         parse_catalog(entry % ("a" * 64))
+
+
+# ------------------------------------------------------------------ the template parts the pod builder reads
+
+
+def _with_pod(**fields: Any) -> dict[str, Any]:
+    return _spec(template={"spec": {**copy.deepcopy(TEMPLATE["spec"]), **fields}})
+
+
+def _with_trainer(**fields: Any) -> dict[str, Any]:
+    return _with_pod(containers=[{**TEMPLATE["spec"]["containers"][0], **fields}])
+
+
+_POD = "spec.template.spec"
+_PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
+
+
+@pytest.mark.parametrize(
+    ("spec", "path"),
+    [
+        (_with_trainer(volumeMounts="data"), f"{_POD}.containers[0].volumeMounts"),
+        (_with_trainer(volumeMounts=["data"]), f"{_POD}.containers[0].volumeMounts[0]"),
+        (_with_trainer(volumeMounts=[{"name": "data"}]), f"{_POD}.containers[0].volumeMounts[0].mountPath"),
+        (_with_trainer(volumeMounts=[{"mountPath": "/d"}]), f"{_POD}.containers[0].volumeMounts[0].name"),
+        (_with_trainer(volumeMounts=[{"name": "d", "mountPath": 5}]), f"{_POD}.containers[0].volumeMounts[0].mountPath"),
+        (_with_pod(volumes={"a": 1}), f"{_POD}.volumes"),
+        (_with_pod(volumes=["x"]), f"{_POD}.volumes[0]"),
+        (_with_pod(volumes=[{"emptyDir": {}}]), f"{_POD}.volumes[0].name"),
+        (_with_pod(volumes=[{"name": 5}]), f"{_POD}.volumes[0].name"),
+        (_with_pod(affinity={"nodeAffinity": {_PREFERRED: 5}}), f"{_POD}.affinity.nodeAffinity.{_PREFERRED}"),
+        (_with_pod(affinity={"nodeAffinity": {_PREFERRED: "ab"}}), f"{_POD}.affinity.nodeAffinity.{_PREFERRED}"),
+        (_with_pod(affinity={"nodeAffinity": {_PREFERRED: ["x"]}}), f"{_POD}.affinity.nodeAffinity.{_PREFERRED}[0]"),
+    ],
+    ids=["mounts-a-string", "mounts-of-strings", "mount-without-path", "mount-without-name", "mount-path-a-number",
+         "volumes-a-mapping", "volumes-of-strings", "volume-without-name", "volume-name-a-number",
+         "preferred-a-number", "preferred-a-string", "preferred-of-strings"],
+)  # fmt: skip
+def test_a_template_part_the_pod_builder_reads_is_refused_naming_it(spec: dict[str, Any], path: str) -> None:
+    # Each of these passed parse_spec, then crashed build_worker_pod (.get on a string) or made a worker pod
+    # the API server refuses: the job must be refused instead, naming the field.
+    with pytest.raises(InvalidSpec) as raised:
+        parse_spec(spec)
+    assert [error.path for error in raised.value.errors] == [path], str(raised.value)
+
+
+def test_volumes_mounts_and_preferred_terms_of_the_right_shape_pass_through_to_the_workers() -> None:
+    mount = {"name": "data", "mountPath": "/data", "readOnly": True, "subPath": "x"}
+    volume = {"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}
+    preferred = {"weight": 5, "preference": {"matchExpressions": [{"key": "a", "operator": "Exists"}]}}
+    spec = copy.deepcopy(BASE_SPEC)
+    spec["template"]["spec"] |= {"volumes": [volume], "affinity": {"nodeAffinity": {_PREFERRED: [preferred]}}}
+    spec["template"]["spec"]["containers"][0]["volumeMounts"] = [mount]
+    decision = decide(_observe(spec), CATALOG)
+    pod_spec = decision.worker_pod(decision.create[0])["spec"]
+    assert pod_spec["volumes"][0] == volume and pod_spec["containers"][0]["volumeMounts"][0] == mount
+    assert pod_spec["affinity"]["nodeAffinity"][_PREFERRED][0] == preferred
+
+
+# ------------------------------------------------------------------ requests against the template's limits
+
+
+@pytest.mark.parametrize(
+    ("resource", "requested", "limit"),
+    [("cpu", "2", "0"), ("cpu", "2", 0), ("cpu", "1m", "0.5m"), ("memory", "2", "500m"), ("memory", "2", "0"),
+     ("memory", "1Gi", "1e-50"), ("cpu", "2001m", "2")],
+)  # fmt: skip
+def test_a_request_above_a_zero_or_tiny_template_limit_is_refused_naming_it(
+    resource: str, requested: str, limit: str | int
+) -> None:
+    # A limit below one unit was skipped: every worker pod was then refused (request above limit).
+    spec = _spec(
+        resources={resource: requested},
+        template={"spec": {"containers": [{"name": "trainer", "resources": {"limits": {resource: limit}}}]}},
+    )
+    with pytest.raises(InvalidSpec) as raised:
+        parse_spec(spec)
+    assert [error.path for error in raised.value.errors] == [f"spec.resources.{resource}"], str(raised.value)
+    assert "a request may not exceed its limit" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("resource", "requested", "limit"),
+    [("cpu", "2", "2"), ("cpu", "2", "2000m"), ("cpu", "2", "1e50"), ("memory", "1Gi", "1e999999999"),
+     ("memory", "1024Mi", "1Gi"), ("memory", "1", "1000m")],
+)  # fmt: skip
+def test_a_request_at_or_below_the_template_limit_is_accepted(
+    resource: str, requested: str, limit: str
+) -> None:
+    spec = _spec(
+        resources={resource: requested},
+        template={"spec": {"containers": [{"name": "trainer", "resources": {"limits": {resource: limit}}}]}},
+    )
+    assert getattr(parse_spec(spec).resources, resource) == requested
+
+
+# ------------------------------------------------------------------ LoRA's rank
+
+
+def test_a_lora_rank_on_full_training_is_refused_naming_it_and_its_default_is_accepted() -> None:
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(_spec(model=_model(finetuning={"method": "full", "loraRank": 16})))
+    assert [error.path for error in refused.value.errors] == ["spec.model.finetuning.loraRank"]
+    assert "applies only to methods lora and qlora" in str(refused.value)
+    # What the API server stores for a full-training job (the CRD's default 8) still parses.
+    assert parse_spec(_spec(model=_model(finetuning={"method": "full", "loraRank": 8}))).model.finetuning
+    for method in ("lora", "qlora"):
+        parsed = parse_spec(_spec(model=_model(finetuning={"method": method, "loraRank": 16})))
+        assert parsed.model.finetuning.lora_rank == 16
+
+
+# ------------------------------------------------------------------ counts and bytes are whole
+
+
+@pytest.mark.parametrize(
+    ("model", "path"),
+    [({"parameters": "1.5"}, "parameters"), ({"parameters": "1.9"}, "parameters"),
+     ({"parameters": "2.5e0"}, "parameters"), ({"parameters": "1.0000000005B"}, "parameters"),
+     ({"memory": "1.5"}, "memory"), ({"memory": "1500m"}, "memory"), ({"memory": "1.0000000001Ki"}, "memory"),
+     ({"parameters": "8B", "finetuning": {"method": "lora", "trainableParameters": "10.5"}},
+      "finetuning.trainableParameters")],
+)  # fmt: skip
+def test_a_count_or_size_that_is_no_whole_number_is_refused_naming_it(
+    model: dict[str, Any], path: str
+) -> None:
+    with pytest.raises(InvalidSpec) as raised:
+        parse_spec(_spec(model=model))
+    assert [error.path for error in raised.value.errors] == [f"spec.model.{path}"], str(raised.value)
+    assert "whole number" in str(raised.value)
+
+
+@pytest.mark.parametrize("memory", ["1.5", "0.1Gi", "1500m"])
+def test_a_host_memory_that_is_no_whole_number_of_bytes_is_refused(memory: str) -> None:
+    with pytest.raises(InvalidSpec, match=r"spec\.resources\.memory: .*whole number"):
+        parse_spec(_spec(resources={"memory": memory}))
+
+
+@pytest.mark.parametrize(
+    ("field", "written", "expected"),
+    [("parameters", "1.5B", 1_500_000_000), ("parameters", "2.5e1", 25), ("parameters", "1.0", 1),
+     ("parameters", "0.5K", 500), ("memory", "1.5Ki", 1536), ("memory", "2000m", 2), ("memory", "0.5e1", 5),
+     ("memory", "1.000", 1)],
+)  # fmt: skip
+def test_a_fraction_that_comes_to_a_whole_number_is_accepted(field: str, written: str, expected: int) -> None:
+    model = parse_spec(_spec(model={field: written})).model
+    assert (model.memory_bytes if field == "memory" else model.parameter_count) == expected

@@ -387,3 +387,75 @@ def test_a_job_is_sized_the_same_before_and_after_the_api_server_sets_the_crds_d
     assert stored != spec  # defaults were set
     as_written = plan(parse_spec(spec)).model_dump(by_alias=True, mode="json")
     assert plan(parse_spec(stored)).model_dump(by_alias=True, mode="json") == as_written, name
+
+
+# ------------------------------------------------------------------ kubectl explain and docs/api.md say what runs
+
+API_DOC = REPO / "docs" / "api.md"
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_the_tolerations_text_says_which_toleration_keeps_the_operator_from_adding_its_own(
+    schema: dict[str, Any],
+) -> None:
+    from kubefit.builders.placement import with_accelerator_toleration
+
+    ours = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    # A toleration with that key but operator Equal, or another effect, does not stop it (the text said it did).
+    for given in ({"key": "nvidia.com/gpu", "operator": "Equal", "value": "x"},
+                  {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"}):  # fmt: skip
+        assert ours in with_accelerator_toleration([given], "nvidia.com/gpu")
+    for given in (
+        {"key": "nvidia.com/gpu", "operator": "Exists"},
+        {"operator": "Exists", "effect": "NoSchedule"},
+    ):
+        assert ours not in with_accelerator_toleration([given], "nvidia.com/gpu")
+    text = _words(_resolve(schema, ".spec.template.spec.tolerations")["description"])
+    assert "unless one with that key is given" not in text
+    assert "operator Exists" in text and "that key or none" in text and "effect NoSchedule or none" in text
+
+
+def test_the_container_resources_text_says_the_chosen_accelerator_leaves_the_other_containers(
+    schema: dict[str, Any],
+) -> None:
+    containers = _resolve(schema, ".spec.template.spec.containers")
+    text = _words(containers["items"]["properties"]["resources"]["description"])
+    assert "the catalog's other accelerators are taken out of every container" not in text
+    assert "the chosen one included" in text
+
+
+def test_elastic_max_restarts_is_described_as_elastic_pytorch_only(schema: dict[str, Any]) -> None:
+    # builders/rendezvous.py sets PET_MAX_RESTARTS only for an elastic pytorch group.
+    text = _words(_resolve(schema, ".spec.elastic.maxRestarts")["description"])
+    assert text.startswith("Elastic pytorch jobs only (enabled true, framework pytorch)"), text
+    (row,) = [
+        line for line in API_DOC.read_text().splitlines() if line.startswith("| `maxRestarts` | `100` |")
+    ]
+    assert "Elastic `pytorch` jobs only (`enabled: true`, `framework: pytorch`" in row, row
+
+
+def test_lora_rank_is_described_as_lora_and_qlora_only(schema: dict[str, Any]) -> None:
+    text = _words(_resolve(schema, ".spec.model.finetuning.loraRank")["description"])
+    assert text.startswith("lora and qlora only"), text
+    (row,) = [
+        line for line in API_DOC.read_text().splitlines() if line.startswith("| `finetuning.loraRank` |")
+    ]
+    assert "`lora` and `qlora` only" in row, row
+
+
+def test_api_doc_says_which_template_metadata_reaches_the_workers() -> None:
+    from test_builders import raw_spec, worker_set
+
+    from kubefit.builders.pods import build_worker_pod
+
+    spec = raw_spec()
+    spec["template"]["metadata"] |= {"name": "x", "generateName": "y-", "finalizers": ["f"], "namespace": "n"}
+    metadata = build_worker_pod(worker_set(spec), 0)["metadata"]
+    assert set(metadata) == {"name", "namespace", "labels", "annotations", "ownerReferences"}
+    assert metadata["name"] != "x" and metadata["namespace"] != "n"
+    text = _words(API_DOC.read_text())
+    assert "everything else passes through to the pods as written" not in text
+    assert "Of the template's `metadata` only `labels` and `annotations` are kept" in text

@@ -7,6 +7,7 @@ schema, so `kubectl explain trainingjob.spec...` shows the same words.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -27,6 +28,8 @@ from kubefit.api.conditions import ConditionStatus, Phase
 from kubefit.api.quantity import (
     COUNT_PATTERN,
     QUANTITY_PATTERN,
+    exact_count,
+    exact_quantity,
     int_or_string,
     parse_bytes,
     parse_count,
@@ -127,15 +130,41 @@ def _parses_within(parse: Callable[[Any, int], int], maximum: int) -> AfterValid
     return AfterValidator(check)
 
 
-# The four int-or-string fields: an integer or a string, then the grammar and the maximum are checked.
+def _whole(exact: Callable[[Any], Decimal | None], unit: str) -> AfterValidator:
+    """Checks that a count or quantity that parsed comes to a whole number of `unit`s: parse_count and
+    parse_bytes would truncate a fraction ("1.5" parameters to 1) without a word."""
+
+    def check(value: int | str | None) -> int | str | None:
+        number = exact(value) if isinstance(value, str) else None
+        if number is not None and number != number.to_integral_value(rounding=ROUND_DOWN):
+            raise ValueError(
+                f"{value!r} is {number.normalize():f} {unit}s, not a whole number: give a whole number "
+                f"of {unit}s (a fraction is not rounded)"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+# The four int-or-string fields: an integer or a string, then the grammar and the maximum are checked, and
+# for counts and bytes that the value is whole.
 ParameterCount = Annotated[
-    CountOrString | None, _int_or_string("'8.03B'"), _parses_within(parse_count, MAX_PARAMETERS)
+    CountOrString | None,
+    _int_or_string("'8.03B'"),
+    _parses_within(parse_count, MAX_PARAMETERS),
+    _whole(exact_count, "parameter"),
 ]
 ModelMemory = Annotated[
-    QuantityOrString | None, _int_or_string("'1.5Gi'"), _parses_within(parse_bytes, MAX_MODEL_MEMORY)
+    QuantityOrString | None,
+    _int_or_string("'1.5Gi'"),
+    _parses_within(parse_bytes, MAX_MODEL_MEMORY),
+    _whole(exact_quantity, "byte"),
 ]
 HostMemory = Annotated[
-    QuantityOrString | None, _int_or_string("'1.5Gi'"), _parses_within(parse_bytes, MAX_HOST_MEMORY)
+    QuantityOrString | None,
+    _int_or_string("'1.5Gi'"),
+    _parses_within(parse_bytes, MAX_HOST_MEMORY),
+    _whole(exact_quantity, "byte"),
 ]
 CpuQuantity = Annotated[
     QuantityOrString | None,
@@ -239,7 +268,9 @@ class Finetuning(_Model):
         ge=1,
         le=MAX_LORA_RANK,
         default=8,
-        description="LoRA rank r, used to estimate the adapters when trainableParameters is absent.",
+        description="lora and qlora only (with method full only the default, which the API server "
+        "stores, is accepted). LoRA rank r, used to estimate the adapters when trainableParameters is "
+        "absent.",
     )
     trainable_parameters: ParameterCount = Field(
         default=None,
@@ -292,7 +323,7 @@ class Finetuning(_Model):
             raise ValueError(f"lists {', '.join(repeated)} more than once")
         return value
 
-    @field_validator("lora_targets", "lora_dropout")
+    @field_validator("lora_rank", "lora_targets", "lora_dropout")
     @classmethod
     def _only_for_adapters(cls, value: Any, info: ValidationInfo) -> Any:
         if "method" not in info.data:
@@ -606,7 +637,8 @@ class Elastic(_Model):
         ge=0,
         le=MAX_INT32,
         default=DEFAULT_IN_PLACE_RESTARTS,
-        description="framework pytorch: torchrun's in-place restarts of each worker's processes "
+        description="Elastic pytorch jobs only (enabled true, framework pytorch): torchrun's in-place "
+        "restarts of each worker's processes "
         "(PET_MAX_RESTARTS; Kubeflow's elasticPolicy.maxRestarts). Every worker removed on purpose "
         "(scale-down, shrink for priority) or lost makes the others' processes fail and restart in place, "
         "using one each, and so does a crash of the training script. When a worker's are used up its pod "

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from contextlib import AbstractContextManager
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation, localcontext
 
 # A count: digits, an optional fraction and exponent, and a decimal K/M/B/T suffix ("8.03B", "2e9").
 COUNT_PATTERN = r"^([0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?)([KMBT]?)$"
@@ -202,3 +203,30 @@ def is_quantity(value: object) -> bool:
     if isinstance(value, int):
         return value >= 0
     return isinstance(value, str) and _QUANTITY_RE.fullmatch(value) is not None
+
+
+def _exactly(digits: int) -> AbstractContextManager[Context]:
+    """A decimal context in which a number of up to `digits` digits, scaled by any suffix, stays exact."""
+    return localcontext(prec=digits + 40, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
+def exact_quantity(value: int | str) -> Decimal | None:
+    """The exact value of a Kubernetes quantity the template or the spec holds (bytes, or cores for cpu):
+    parse_bytes and parse_cpu_millis truncate. 0 for zero or below 10^-40, None above 10^40 (no plausible
+    size)."""
+    with _exactly(len(str(value))):
+        try:
+            return _quantity(value, "'1Gi'")
+        except _TooLarge:
+            return None
+        except ValueError:  # zero, or far below one unit: the grammar admits nothing else here
+            return Decimal(0)
+
+
+def exact_count(value: int | str) -> Decimal:
+    """The exact value of a count that parse_count accepted (so its exponent is bounded): parse_count
+    truncates."""
+    match = _COUNT_RE.fullmatch(str(value))
+    assert match is not None  # parse_count accepted it
+    with _exactly(len(str(value))):
+        return Decimal(match.group(1)).scaleb(_COUNT_SUFFIXES[match.group(4)])

@@ -2,10 +2,12 @@
 
 The template is a PodTemplateSpec that passes through to every worker pod. Only what the pod builder
 reads (operator/kubefit/builders/) is typed here: the containers (the first is the trainer, whose env,
-ports and resources are merged with the operator's), metadata labels and annotations, nodeSelector,
-affinity, tolerations and terminationGracePeriodSeconds. A wrong type there is refused naming the field,
-instead of crashing the builder or failing every pod create. Everything else passes through as written
-and the API server checks it when the pod is created. Each object stays open (extra fields allowed), and
+ports, resources and volumeMounts are merged with the operator's), volumes, metadata labels and
+annotations, nodeSelector, affinity (node affinity's required and preferred terms), tolerations and
+terminationGracePeriodSeconds. A wrong type there is refused naming the field,
+instead of crashing the builder or failing every pod create. The rest of the pod spec passes through as
+written and the API server checks it when the pod is created; of the metadata, only labels and
+annotations are kept (builders/pods.py _metadata). Each object stays open (extra fields allowed), and
 the CRD marks it x-kubernetes-preserve-unknown-fields, so nothing the user writes is pruned.
 
 Patterns and lengths follow Kubernetes' own validation (k8s.io/apimachinery/pkg/util/validation).
@@ -112,6 +114,17 @@ class ContainerPort(TypedDict):
 
 
 @with_config(_OPEN)
+class VolumeMount(TypedDict):
+    name: Annotated[str, Field(description="Name of the pod volume to mount.")]
+    mountPath: Annotated[str, Field(description="Path in the container to mount it at.")]
+
+
+@with_config(_OPEN)
+class Volume(TypedDict):
+    name: Annotated[str, Field(description="Volume name, which volumeMounts refer to.")]
+
+
+@with_config(_OPEN)
 class ResourceRequirements(TypedDict, total=False):
     requests: Annotated[QuantityMap, Field(description="Requested resources, as Kubernetes quantities.")]
     limits: Annotated[QuantityMap, Field(description="Resource limits, as Kubernetes quantities.")]
@@ -142,13 +155,25 @@ class Container(TypedDict):
             ),
         ]
     ]
+    volumeMounts: NotRequired[
+        Annotated[
+            list[VolumeMount] | None,
+            Field(
+                description="Volume mounts. The first container also gets the volume kubefit-shm mounted "
+                "at /dev/shm unless one of its mounts is at /dev/shm or spec.volumes has a volume of that "
+                "name."
+            ),
+        ]
+    ]
     resources: NotRequired[
         Annotated[
             ResourceRequirements | None,
             Field(
-                description="Resources. In the first container the operator sets the accelerator request "
-                "and limit, and fills cpu and memory requests (see spec.resources); the catalog's other "
-                "accelerators are taken out of every container's requests and limits."
+                description="Resources. Every accelerator resource of the catalog (nvidia.com/gpu, "
+                "amd.com/gpu, google.com/tpu, ...), the chosen one included, is taken out of every "
+                "container's requests and limits; the first container then gets the sizing's accelerator "
+                "count as its request and limit, and its cpu and memory requests filled in (see "
+                "spec.resources). Other extended resources (EFA, RDMA) pass through."
             ),
         ]
     ]
@@ -172,6 +197,13 @@ class NodeSelector(TypedDict, total=False):
 class NodeAffinity(TypedDict, total=False):
     requiredDuringSchedulingIgnoredDuringExecution: Annotated[
         NodeSelector | None, Field(description="Required node affinity, merged with the accelerator's.")
+    ]
+    preferredDuringSchedulingIgnoredDuringExecution: Annotated[
+        list[dict[str, Any]] | None,
+        Field(
+            description="Preferred terms (weight and preference), kept; the operator appends one for the "
+            "nodes the scheduling pass reserved for a new worker."
+        ),
     ]
 
 
@@ -213,8 +245,21 @@ class PodSpec(TypedDict):
         Annotated[
             list[Toleration] | None,
             Field(
-                description="Tolerations. The operator adds one for a NoSchedule taint keyed by the "
-                "accelerator's resource name (e.g. nvidia.com/gpu) unless one with that key is given."
+                description="Tolerations. The operator adds {key: <the accelerator's resource name, e.g. "
+                "nvidia.com/gpu>, operator: Exists, effect: NoSchedule} unless one given here already "
+                "tolerates that taint whatever its value: operator Exists, key that key or none, and "
+                "effect NoSchedule or none. One with that key and operator Equal, or another effect, "
+                "does not stop it."
+            ),
+        ]
+    ]
+    volumes: NotRequired[
+        Annotated[
+            list[Volume] | None,
+            Field(
+                description="Volumes. The operator adds kubefit-shm, an emptyDir of medium Memory whose "
+                "sizeLimit is the worker's memory request, for the first container's /dev/shm, unless "
+                "one here has that name or the first container mounts something at /dev/shm."
             ),
         ]
     ]
@@ -252,7 +297,15 @@ class ObjectMeta(TypedDict, total=False):
 
 @with_config(_OPEN)
 class PodTemplate(TypedDict):
-    metadata: NotRequired[Annotated[ObjectMeta | None, Field(description="Labels and annotations.")]]
+    metadata: NotRequired[
+        Annotated[
+            ObjectMeta | None,
+            Field(
+                description="Labels and annotations for the workers; nothing else of it is kept (the "
+                "operator sets each worker's name, namespace and ownerReferences)."
+            ),
+        ]
+    ]
     spec: Annotated[
         PodSpec,
         Field(

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubefit.api.models import TrainingJobSpec
-from kubefit.api.quantity import parse_bytes, parse_cpu_millis
+from kubefit.api.quantity import exact_quantity
 
 
 @dataclass(frozen=True)
@@ -120,24 +120,20 @@ def _tensor_parallel_splits_heads(spec: TrainingJobSpec) -> list[FieldError]:
     ]
 
 
-_LIMIT_PARSERS = {"cpu": parse_cpu_millis, "memory": parse_bytes}
-
-
 def _requests_above_template_limits(spec: TrainingJobSpec) -> list[FieldError]:
-    """spec.resources.cpu/memory above the first container's own limit: the API server would refuse every
-    worker pod (a request may not exceed its limit)."""
+    """spec.resources.cpu/memory above the first container's own limit, zero or below one unit included:
+    the API server would refuse every worker pod (a request may not exceed its limit; it compares the
+    exact quantities)."""
     containers = spec.template["spec"]["containers"]
     limits = (containers[0].get("resources") or {}).get("limits") or {}
     errors = []
-    for resource, parse in _LIMIT_PARSERS.items():
+    for resource in ("cpu", "memory"):
         requested, limit = getattr(spec.resources, resource), limits.get(resource)
         if requested is None or limit is None:
             continue
-        try:
-            above = parse(requested) > parse(limit)
-        except ValueError:  # a zero limit: the API server's to judge
-            continue
-        if above:
+        requested_value, limit_value = exact_quantity(requested), exact_quantity(limit)
+        # None: a limit beyond any plausible size, which no request exceeds (the request's is bounded)
+        if requested_value is not None and limit_value is not None and requested_value > limit_value:
             errors.append(
                 FieldError(
                     f"spec.resources.{resource}",
