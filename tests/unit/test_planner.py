@@ -456,6 +456,15 @@ FIXED_GROUP_CASES = {
         "spec.workers.maxReplicas",
     ),
     "elastic floor": (1, 1, 2, {"replicas": 4, "minReplicas": 1}, True, "spec.workers.minReplicas"),
+    # No maxReplicas: minReplicas above replicas sets the count (it named maxReplicas, not in the spec).
+    "minReplicas above replicas": (
+        2,
+        8,
+        1,
+        {"replicas": 4, "minReplicas": 6},
+        False,
+        "spec.workers.minReplicas",
+    ),
     "tensorParallel straddles workers": (4, 3, 1, {"replicas": 2}, False, "spec.training.tensorParallel"),
     "pipelineParallel straddles workers": (4, 2, 3, {"replicas": 2}, False, "spec.training.pipelineParallel"),
 }
@@ -706,3 +715,75 @@ def test_the_group_note_names_a_floor_only_the_grouping_set(parameters: str, gro
     )
     warnings = plan_job(spec).sizing.warnings
     assert any("workers.minReplicas 1:" in warning for warning in warnings) is group_note, warnings
+
+
+def test_an_elastic_floor_of_one_tp_group_is_checked_at_two_replicas_where_the_sharding_buffers_appear() -> (
+    None
+):
+    # From one replica to two, FSDP's all-gather buffers come in before sharding over more devices helps:
+    # sized at its floor (one TP group of 2 devices) and desired count only, this job read 35.8 GiB per
+    # device and fitting, where 2 workers need 36.2 of the A100 40GB's 36.0 usable.
+    spec = make_spec(
+        model={**LLAMA3_8B, "finetuning": {"method": "qlora"}},
+        training={"sharding": "fsdp", "tensorParallel": 2, "sequenceLength": 5632},
+        resources={"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 2},
+        workers={"replicas": 8, "minReplicas": 1},
+        elastic={"enabled": True},
+    )
+    a100 = CATALOG.get("nvidia-a100-40gb")
+    assert a100 is not None
+    at_two = estimate(spec, a100, Layout(2, 2)).total
+    sizing = plan(spec, CATALOG)
+    assert at_two > usable_bytes(spec, a100)  # the case: two workers do not fit on these devices
+    assert not sizing.fits or sizing.min_workers > 2
+    assert sizing.per_device_bytes >= at_two or sizing.min_workers > 2
+
+
+def test_when_nothing_fits_the_layout_shown_is_one_the_worker_bounds_allow() -> None:
+    # 12 workers x 1 and 6 x 2 A100s came out equally close; the first, above replicas 8, made the job
+    # TooFewWorkers ("memory needs at least 12 workers") where 12 would not fit either.
+    spec = make_spec(
+        model={"parameters": "20B"},
+        training={"tensorParallel": 4, "pipelineParallel": 3, "sequenceLength": 65536},
+        resources={"accelerator": "nvidia-a100-80gb"},
+        workers={"replicas": 8},
+    )
+    sizing = plan(spec, CATALOG)
+    assert not sizing.fits
+    assert worker_counts(spec, sizing.min_workers, sizing.accelerators_per_worker).feasible
+
+
+def test_with_an_inventory_no_remedy_names_an_accelerator_no_node_carries() -> None:
+    # An H100-only cluster: the job fits no H100; "resources.accelerator: nvidia-h200" could never be placed.
+    spec = make_spec(
+        model={
+            "parameters": "1B",
+            "precision": "bf16-true",
+            "optimizer": "sgd",
+            "finetuning": {"method": "qlora"},
+        },
+        training={
+            "sequenceLength": 200000,
+            "activationCheckpointing": "full",
+            "loss": "chunked",
+            "sharding": "zero3",
+        },
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
+    )
+    inventory = pool_inventory(nodes("nvidia-h100-80gb", 1, 8, 8))
+    assert not plan(spec, inventory=nodes("nvidia-h100-80gb", 1, 8, 8)).fits
+    remedies = find_remedies(spec, CATALOG, inventory)
+    named = [c.value for remedy in remedies for c in remedy.changes if c.field == "resources.accelerator"]
+    assert all(value in inventory for value in named), named
+    # Without the inventory the catalog's bigger devices are fair game.
+    anywhere = [c.field for remedy in find_remedies(spec, CATALOG) for c in remedy.changes]
+    assert "resources.accelerator" in anywhere
+
+
+def test_a_cluster_of_accelerators_that_cannot_run_the_job_is_told_so() -> None:
+    sizing = plan(make_spec(model={"parameters": "1B"}), inventory=nodes("nvidia-t4", 2, 4, 4))  # bf16-mixed
+    assert any(
+        "no node in the cluster carries an accelerator that can run this job" in warning
+        and "nvidia-t4" in warning
+        for warning in sizing.warnings
+    ), sizing.warnings

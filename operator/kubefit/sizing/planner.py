@@ -349,9 +349,13 @@ def _candidate_devices(
         return devices
     present = [device for device in devices if device.name in pools]
     if not present:
-        warnings.append(
-            "no node in the cluster carries a catalog accelerator; sized against the whole catalog"
+        carried = [device for device in catalog if device.name in pools]
+        why = (
+            f"no node in the cluster carries an accelerator that can run this job ({unsupported(spec, carried[0])})"
+            if carried
+            else "no node in the cluster carries a catalog accelerator"
         )
+        warnings.append(f"{why}; sized against the whole catalog")
     return present or devices
 
 
@@ -414,14 +418,15 @@ def running_counts(spec: TrainingJobSpec, counts: WorkerCounts, devices_per_work
     """The worker counts whose estimates the sizing must cover, the desired count first.
 
     A non-elastic job runs exactly the desired count. An elastic one runs anything from its floor up to
-    it: per-device memory only shrinks with more devices once there are two (ZeRO/FSDP shard over more,
-    plain data parallel replicates), so the floor, the desired count and, when the floor is one device,
-    two workers (where data-parallel buffers appear) bound every count in between."""
+    it: per-device memory only shrinks with more devices once there are two data-parallel replicas
+    (ZeRO/FSDP shard over more, plain data parallel replicates), so the floor, the desired count and, when
+    the floor is one replica (one device, or one TP x PP group), the count of two replicas (where the
+    data-parallel and sharding buffers appear) bound every count in between."""
     if not spec.elastic.enabled:
         return [counts.desired]
     found = [counts.desired, counts.floor]
-    if counts.floor * devices_per_worker == 1 and counts.desired >= 2:
-        found.append(2)
+    if counts.floor * devices_per_worker == parallel_group(spec) and counts.desired >= 2 * counts.floor:
+        found.append(2 * counts.floor)
     return list(dict.fromkeys(found))
 
 
@@ -533,7 +538,8 @@ def _search(spec: TrainingJobSpec, candidates: Sequence[_Candidate], pools: Pool
 
 
 def _best_effort(spec: TrainingJobSpec, candidates: Sequence[_Candidate]) -> _Option:
-    """Nothing fits: the candidate closest to fitting at the job's own worker counts."""
+    """Nothing fits: the candidate closest to fitting at the job's own worker counts, one the worker bounds
+    allow first (another, as close, would turn the job's diagnosis into TooFewWorkers)."""
     options = [
         (
             candidate,
@@ -543,7 +549,15 @@ def _best_effort(spec: TrainingJobSpec, candidates: Sequence[_Candidate]) -> _Op
         )
         for candidate in candidates
     ]
-    _, option = min(options, key=lambda pair: (pair[1].shown.fill, pair[1].shown.devices, pair[0].order))
+    _, option = min(
+        options,
+        key=lambda pair: (
+            not pair[1].counts.feasible,
+            pair[1].shown.fill,
+            pair[1].shown.devices,
+            pair[0].order,
+        ),
+    )
     return option
 
 
@@ -653,7 +667,8 @@ def _asked_workers(spec: TrainingJobSpec) -> tuple[int, str]:
     asked = min(max(workers.replicas, workers.floor), workers.ceiling)
     if asked == workers.replicas:
         return asked, "replicas"
-    return asked, "maxReplicas" if asked == workers.ceiling else "minReplicas"
+    # maxReplicas unset, the ceiling is minReplicas where that is above replicas (Workers.ceiling_field)
+    return asked, workers.ceiling_field if asked == workers.ceiling else "minReplicas"
 
 
 def _check_whole_groups(spec: TrainingJobSpec, devices_per_worker: int) -> None:
@@ -1049,6 +1064,16 @@ def _bigger_device(
     if declared is None:
         return []
     bigger = Catalog(device for device in catalog if device.memory_bytes > declared.memory_bytes)
+    if pools is not None:
+        # The whole catalog is the fallback of auto only where the cluster has none the job can use: a
+        # remedy naming a device no node carries would leave the job unplaceable.
+        bigger = Catalog(device for device in bigger if device.name in pools)
+        if not len(bigger):
+            notes.append(
+                "a bigger accelerator was not tried as a remedy: no node in the cluster carries one with "
+                f"more memory than {declared.name}"
+            )
+            return []
     if not len(bigger):
         return []
     on_bigger = replace_field(spec, "resources.accelerator", "auto")
