@@ -787,3 +787,16 @@ def test_a_cluster_of_accelerators_that_cannot_run_the_job_is_told_so() -> None:
         and "nvidia-t4" in warning
         for warning in sizing.warnings
     ), sizing.warnings
+
+
+def test_nodes_smaller_than_every_per_node_count_of_the_catalog_are_told() -> None:
+    # v5p's catalog count is 4 chips a worker; nodes of 2 can never hold one: the job would queue forever.
+    spec = make_spec(
+        framework="jax",
+        model={"parameters": "8B"},
+        training={"sharding": "fsdp"},
+        resources={"accelerator": "google-tpu-v5p"},
+        workers={"replicas": 2},
+    )
+    sizing = plan(spec, inventory=nodes("google-tpu-v5p", 3, 2, 2))
+    assert "no node offers 4 x google-tpu-v5p; the largest has 2" in sizing.warnings

@@ -641,6 +641,10 @@ def _planned(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: b
         (candidate,) = candidates
         return _plan_fixed(spec, candidate, _pool(pools, candidate.accelerator.name), warnings)
     chosen = _search(spec, candidates, pools) or _best_effort(spec, candidates)
+    device, count = chosen.candidate.accelerator, chosen.candidate.devices_per_worker
+    pool = _pool(pools, device.name)
+    if pool is not None and count > pool.largest_node:  # every per-node count is above the cluster's nodes
+        warnings = [*warnings, f"no node offers {count} x {device.name}; the largest has {pool.largest_node}"]
     return _Outcome(chosen, [*warnings, *_group_notes(spec, chosen)])
 
 
