@@ -82,7 +82,8 @@ crd: venv
 	@cp crds/trainingjob.yaml charts/kubefit/crds/trainingjob.yaml
 	@echo "wrote crds/trainingjob.yaml and charts/kubefit/crds/trainingjob.yaml"
 
-# Every benchmark with its defaults (scale_500.py alone takes 4-6 minutes on 2 cores); the helpers they import
+# Every benchmark with its defaults: an hour or more on 2 cores (horizon_sandbox.py fills 5,000 simulated
+# nodes with 2,000 jobs and waits up to an hour for them; scale_500.py takes 4-6 minutes); the helpers they import
 # are not benchmarks. `make bench BENCH_ARGS_scale_500="--jobs 100 --changes 20"` gives one of them arguments.
 BENCH_HELPERS := benchmarks/operator_process.py benchmarks/profiled_operator.py benchmarks/baselines.py
 bench: setup
