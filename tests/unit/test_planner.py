@@ -800,3 +800,26 @@ def test_nodes_smaller_than_every_per_node_count_of_the_catalog_are_told() -> No
     )
     sizing = plan(spec, inventory=nodes("google-tpu-v5p", 3, 2, 2))
     assert "no node offers 4 x google-tpu-v5p; the largest has 2" in sizing.warnings
+
+
+def test_a_count_set_by_the_tp_group_is_not_blamed_on_memory() -> None:
+    # 1B on A10Gs fits one device; it is tensorParallel 3 that needs 3 workers of 1.
+    spec = make_spec(
+        model={"parameters": "1B"},
+        training={"tensorParallel": 3},
+        resources={"accelerator": "nvidia-a10g"},
+        workers={"replicas": 2},
+    )
+    sizing = plan(spec)
+    assert sizing.min_workers == 3
+    told = [warning for warning in sizing.warnings if "allows 2" in warning]
+    assert told == [
+        "a tensorParallel x pipelineParallel group of 3 devices needs at least 3 workers of 1 but "
+        "workers.replicas allows 2; raise workers.maxReplicas (and replicas)"
+    ]
+    memory = make_spec(
+        model={"parameters": "3B"},
+        training={"sharding": "fsdp", "activationCheckpointing": "full"},
+        resources={"accelerator": "nvidia-a10g", "acceleratorsPerWorker": 1},
+    )
+    assert "memory needs at least 4 workers but workers.replicas allows 1" in plan(memory).warnings[-1]

@@ -459,6 +459,20 @@ def test_memory_needing_more_workers_than_allowed_starts_nothing(
     assert status_of(decision)["phase"] == "Pending"
 
 
+def test_too_few_workers_for_a_tp_group_names_the_group_not_memory() -> None:
+    spec = raw_spec(
+        model={"parameters": "1B"},
+        training={"tensorParallel": 3},
+        resources={"accelerator": "nvidia-a10g"},
+        workers={"replicas": 2},
+    )
+    ready = condition(decide(observe(spec), CATALOG), "Ready")
+    assert ready["reason"] == "TooFewWorkers"
+    assert ready["message"].startswith(
+        "a tensorParallel x pipelineParallel group of 3 devices needs at least 3"
+    )
+
+
 def test_memory_floor_raises_the_worker_count_and_sizes_that_layout() -> None:
     spec = raw_spec(
         model={"parameters": "70B"},

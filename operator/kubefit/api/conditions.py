@@ -108,7 +108,8 @@ class Reason:
     """Admitted=True: the scheduling pass granted the job workers; the message says how many."""
 
     GANG_TIMEOUT: Final = "GangTimeout"
-    """Admitted=False: the admitted workers were not all Running within spec.scheduling.gangTimeoutSeconds;
+    """Admitted=False: the admitted workers were not all placed (bound to a node) within
+    spec.scheduling.gangTimeoutSeconds;
     every worker was deleted and the job requeues after a backoff (status.gang)."""
 
     PREEMPTED: Final = "Preempted"

@@ -44,6 +44,7 @@ from kubefit.decisions.running import training_ended
 from kubefit.decisions.scheduled import scheduled, suspended
 from kubefit.decisions.workers import WorkerBounds, stop_workers
 from kubefit.sizing.catalog import Catalog
+from kubefit.sizing.planner import needs_workers
 
 if TYPE_CHECKING:
     from kubefit.decisions.admission import Demand
@@ -300,10 +301,8 @@ def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds) 
     else:
         reason = Reason.TOO_FEW_WORKERS
         field_name = spec.workers.ceiling_field
-        message = (
-            f"memory needs at least {bounds.floor} workers but spec.workers.{field_name} allows "
-            f"{bounds.ceiling}; no workers are started"
-        )
+        needs = needs_workers(spec, bounds.floor, sizing.accelerators_per_worker)
+        message = f"{needs} but spec.workers.{field_name} allows {bounds.ceiling}; no workers are started"
     return Draft(
         phase=JobPhase.PENDING,
         updates=[sized(sizing), *not_running(reason, message)],

@@ -51,8 +51,9 @@ class WorkerPod:
 
     @property
     def ready(self) -> bool:
-        """The one definition of a ready worker, used by every count, condition and the gang timeout:
-        its pod is Running and not terminating (a deleted pod still shown Running is on its way out)."""
+        """The one definition of a ready worker, used by every count and condition (the gang timeout
+        counts placement instead: running.py _placed): its pod is Running and not terminating (a deleted
+        pod still shown Running is on its way out)."""
         return self.phase == POD_RUNNING and not self.terminating
 
     def stuck_terminating(self, now: datetime) -> bool:

@@ -801,6 +801,18 @@ def plan_quietly(spec: TrainingJobSpec, catalog: Catalog, pools: Pools = None) -
 # ------------------------------------------------------------------ wording
 
 
+def needs_workers(spec: TrainingJobSpec, workers: int, devices_per_worker: int) -> str:
+    """Why the job needs at least `workers`: memory, or (when one tensorParallel x pipelineParallel group
+    already spans that many workers) the group, which a message blaming memory would misname."""
+    group = parallel_group(spec)
+    if group > 1 and workers <= _worker_step(spec, devices_per_worker):
+        return (
+            f"a tensorParallel x pipelineParallel group of {group} devices needs at least {workers} workers "
+            f"of {devices_per_worker}"
+        )
+    return f"memory needs at least {workers} workers"
+
+
 def _fit_notes(
     spec: TrainingJobSpec, outcome: _Outcome, pool: AcceleratorPool | None, refused: bool = False
 ) -> list[str]:
@@ -810,15 +822,11 @@ def _fit_notes(
     notes: list[str] = []
     if outcome.min_workers > workers.ceiling:
         advice = f"more {BEYOND_THE_OPERATOR}" if refused else "raise workers.maxReplicas (and replicas)"
-        notes.append(
-            f"memory needs at least {outcome.min_workers} workers but workers.{workers.ceiling_field} allows "
-            f"{workers.ceiling}; {advice}"
-        )
+        needs = needs_workers(spec, outcome.min_workers, shown.layout.devices_per_worker)
+        notes.append(f"{needs} but workers.{workers.ceiling_field} allows {workers.ceiling}; {advice}")
     elif workers.min_replicas is not None and outcome.min_workers > workers.min_replicas:
-        notes.append(
-            f"memory needs at least {outcome.min_workers} workers; the elastic floor is raised from "
-            f"workers.minReplicas {workers.min_replicas}"
-        )
+        needs = needs_workers(spec, outcome.min_workers, shown.layout.devices_per_worker)
+        notes.append(f"{needs}; the elastic floor is raised from workers.minReplicas {workers.min_replicas}")
     needed = outcome.option.needed_workers(spec)
     if pool is not None and pool.workers_placeable(shown.layout.devices_per_worker, free_only=True) < needed:
         notes.append(
