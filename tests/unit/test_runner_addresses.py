@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,17 @@ def test_the_standby_health_server_and_the_free_port_take_an_ipv6_bind_address()
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_free_liveness_port_lies_below_the_ephemeral_range(tmp_path: Path) -> None:
+    # kopf binds the liveness port well after it is picked; one from the ephemeral range had meanwhile
+    # become the local port of the operator's own API connection (an e2e run failed on it).
+    from kubefit.controller.runner import LOWEST_PICKED_PORT, _free_port
+
+    ports = tmp_path / "ip_local_port_range"
+    ports.write_text("32768\t60999\n")
+    for _ in range(20):
+        assert LOWEST_PICKED_PORT <= _free_port("127.0.0.1", str(ports)) < 32768
+    ports.write_text("1024 60999\n")  # no room below it: any free port
+    assert _free_port("127.0.0.1", str(ports)) > 0
+    assert LOWEST_PICKED_PORT <= _free_port("127.0.0.1", str(tmp_path / "missing")) < 32768

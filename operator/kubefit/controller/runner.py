@@ -8,6 +8,7 @@ import fnmatch
 import ipaddress
 import logging
 import os
+import random
 import socket
 import ssl
 import uuid
@@ -137,7 +138,27 @@ def operator_settings() -> kopf.OperatorSettings:
     return settings
 
 
-def _free_port(address: str) -> int:
+# Where the kernel takes the local ports of outgoing connections (Linux's default, if unreadable).
+EPHEMERAL_PORTS = "/proc/sys/net/ipv4/ip_local_port_range"
+LOWEST_PICKED_PORT = 10000
+
+
+def _free_port(address: str, ephemeral: str = EPHEMERAL_PORTS) -> int:
+    """A port free now for the liveness endpoint, which kopf binds only later. Below the ephemeral range:
+    a port from it could meanwhile become the local port of one of this operator's own connections to the
+    API server, and kopf's bind then fails (seen once in an e2e run). Any free port if none is found."""
+    try:
+        with open(ephemeral) as ports:
+            low = int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.sample(range(LOWEST_PICKED_PORT, low), k=min(64, max(low - LOWEST_PICKED_PORT, 0))):
+        with socket.socket(address_family(address), socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(address_family(address), socket.SOCK_STREAM) as probe:
         probe.bind((address, 0))
         return int(probe.getsockname()[1])
