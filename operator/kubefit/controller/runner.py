@@ -145,8 +145,9 @@ LOWEST_PICKED_PORT = 10000
 
 def _free_port(address: str, ephemeral: str = EPHEMERAL_PORTS) -> int:
     """A port free now for the liveness endpoint, which kopf binds only later. Below the ephemeral range:
-    a port from it could meanwhile become the local port of one of this operator's own connections to the
-    API server, and kopf's bind then fails (seen once in an e2e run). Any free port if none is found."""
+    a port from it can meanwhile become the local port of an outgoing connection (this operator's or
+    another process's), and kopf's bind then fails, as it did once in an e2e run. Any free port if none
+    is found below."""
     try:
         with open(ephemeral) as ports:
             low = int(ports.read().split()[0])

@@ -87,7 +87,8 @@ def worker_slots(
 
     With `new_index_limit` (an elastic pytorch job, whose ranks torchrun assigns) a new worker takes no
     index of one still terminating, whose pod name it would have to wait for (up to the grace period, as a
-    scale-up right after a scale-down would), but none above the limit (one more digit than the checked names have) either.
+    scale-up right after a scale-down would), nor one above the limit (no more digits than the names the
+    job-name checks passed).
     Without it (a fixed world, whose indices are its ranks) the lowest free index is reused."""
     if not keep_survivors or desired <= 0:
         return frozenset(range(desired))
