@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,12 +11,14 @@ from sizing_inputs import LLAMA3_8B, TEMPLATE
 
 from kubefit.api.validation import InvalidSpec, parse_spec
 from kubefit.builders.naming import JobRef
+from kubefit.decisions import job_sizing
 from kubefit.decisions.inventory import Inventory
-from kubefit.decisions.job import JobObservation, decide
+from kubefit.decisions.job import JobObservation, checked_spec, decide, operator_check
 from kubefit.decisions.job_sizing import size_job
+from kubefit.sizing import planner
 from kubefit.sizing.catalog import Accelerator, load_catalog
 from kubefit.sizing.estimator import Layout, estimate
-from kubefit.sizing.planner import NodeInventory, plan
+from kubefit.sizing.planner import NodeInventory, plan, plan_job
 
 CATALOG = load_catalog()
 
@@ -254,3 +257,97 @@ def test_the_over_provisioning_advice_is_worked_out_once_per_spec_and_layout(
     size_job(parse_spec(raw_spec(model={"parameters": "2B"})), CATALOG)  # a third: the first falls out
     size_job(wasteful, CATALOG)
     assert len(asked) == 4
+
+
+# A job that does not fit anywhere: the planner looks for remedies by planning it again many times.
+DOES_NOT_FIT = raw_spec(
+    model={"parameters": "70B"},
+    resources={"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 8},
+    workers={"replicas": 2},
+)
+
+
+class CountingPlanner:
+    """plan_job, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return plan_job(*args, **kwargs)
+
+
+@pytest.fixture
+def counting_planner(monkeypatch: pytest.MonkeyPatch) -> CountingPlanner:
+    counter = CountingPlanner()
+    monkeypatch.setattr(job_sizing, "plan_job", counter)
+    monkeypatch.setattr(job_sizing, "_PLANS", job_sizing._PlanMemory())
+    return counter
+
+
+def test_a_plan_is_remembered_until_the_spec_the_cluster_or_the_check_changes(
+    counting_planner: CountingPlanner,
+) -> None:
+    spec = parse_spec(DOES_NOT_FIT)
+    cluster = Inventory([NodeInventory(f"a100-{i}", "nvidia-a100-40gb", 8, 8) for i in range(2)], [])
+    first = size_job(spec, CATALOG, cluster, check=operator_check("job", 64))
+    again = size_job(parse_spec(DOES_NOT_FIT), CATALOG, cluster, check=operator_check("job", 64))
+    assert counting_planner.calls == 1
+    assert again == first
+    assert not first.sizing.fits and first.sizing.warnings  # the remembered plan keeps its advice
+
+    busy = Inventory([NodeInventory(f"a100-{i}", "nvidia-a100-40gb", 8, 0) for i in range(2)], [])
+    size_job(spec, CATALOG, busy, check=operator_check("job", 64))  # free devices changed
+    size_job(spec, CATALOG, cluster, check=operator_check("job", 8))  # the operator's worker limit changed
+    size_job(spec, CATALOG, cluster, check=operator_check("other", 64))  # another job's name
+    bigger = parse_spec({**DOES_NOT_FIT, "workers": {"replicas": 3}})
+    size_job(bigger, CATALOG, cluster, check=operator_check("job", 64))
+    size_job(spec, copy.deepcopy(CATALOG), cluster, check=operator_check("job", 64))  # another catalog
+    assert counting_planner.calls == 6
+
+
+def test_a_remembered_plan_equals_a_fresh_one(counting_planner: CountingPlanner) -> None:
+    for raw in (DOES_NOT_FIT, TOO_FEW_REPLICAS, TWO_DDP_WORKERS, raw_spec()):
+        spec = parse_spec(raw)
+        counting_planner.calls = 0
+        remembered = [size_job(spec, CATALOG, Inventory(h100_nodes(2), [])) for _ in range(2)][1]
+        assert counting_planner.calls == 1
+        job_sizing._PLANS = job_sizing._PlanMemory()
+        assert remembered == size_job(spec, CATALOG, Inventory(h100_nodes(2), []))
+
+
+def test_without_advice_the_same_errors_and_layout_without_the_remedy_search(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    specs = [
+        DOES_NOT_FIT,
+        TOO_FEW_REPLICAS,
+        raw_spec(),
+        raw_spec(model={"parameters": "405B"}, workers={"minReplicas": 1, "maxReplicas": 4096}),
+        raw_spec(
+            training={"tensorParallel": 3}, resources={"accelerator": "auto", "acceleratorsPerWorker": 8}
+        ),
+        raw_spec(resources={"accelerator": "nvidia-nope"}),
+        raw_spec(workers={"replicas": 100}),  # above the per-job worker limit below
+    ]
+    advised: list[Any] = []
+    for raw in specs:
+        try:
+            advised.append(checked_spec("job", raw, CATALOG, 64)[1].sizing)
+        except InvalidSpec as invalid:
+            advised.append(invalid.errors)
+
+    def no_remedies(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the remedy search ran")
+
+    monkeypatch.setattr(planner, "_remedy_search", no_remedies)
+    for raw, with_advice in zip(specs, advised, strict=True):
+        try:
+            sizing = checked_spec("job", raw, CATALOG, 64, advise=False)[1].sizing
+        except InvalidSpec as invalid:
+            assert invalid.errors == with_advice
+            continue
+        assert not isinstance(with_advice, list)
+        plain = ("accelerator", "accelerators_per_worker", "min_workers", "per_device_bytes", "fits")
+        assert {f: getattr(sizing, f) for f in plain} == {f: getattr(with_advice, f) for f in plain}

@@ -90,6 +90,29 @@ def scale_review(replicas: int, namespace: str = "ml", operation: str = "UPDATE"
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
 
 
+def test_a_spec_that_does_not_fit_is_allowed_without_searching_for_remedies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The remedy search plans a job that does not fit dozens of times (seconds for an extreme spec, past
+    the webhook's timeout); whether a spec is valid never depends on it."""
+    from kubefit.sizing import planner
+
+    def no_remedies(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the webhook searched for remedies")
+
+    monkeypatch.setattr(planner, "_remedy_search", no_remedies)
+    too_big = {
+        **copy.deepcopy(BASE_SPEC),
+        "model": {"parameters": "70B"},
+        "resources": {"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 8},
+        "workers": {"replicas": 2},
+    }
+    assert answer(admission_review(too_big))["allowed"] is True
+    over_limit = {**too_big, "workers": {"replicas": MAX_WORKERS + 1}}
+    refused = answer(admission_review(over_limit))
+    assert refused["allowed"] is False and "spec.workers.replicas" in refused["status"]["message"]
+
+
 def test_a_scale_beyond_the_worker_limit_is_refused_naming_the_field_and_one_within_passes() -> None:
     refused = answer(scale_review(MAX_WORKERS + 1))
     assert refused["allowed"] is False and refused["status"]["code"] == 422

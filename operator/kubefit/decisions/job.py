@@ -12,7 +12,7 @@ worker count. Operator-wide limits come in as `ReconcileSettings`, so `decide` s
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -198,18 +198,20 @@ def _spec_accelerator(raw_spec: Any) -> Any:
     return resources.get("accelerator") if isinstance(resources, Mapping) else None
 
 
-def checked_spec(
+def checked_spec(  # noqa: PLR0913 - the job, the operator's settings, and how much to work out
     name: str | None,
     raw_spec: Any,
     catalog: Catalog,
     max_workers_per_job: int,
     inventory: Inventory | None = None,
     domain: str | None = None,
+    advise: bool = True,
 ) -> tuple[TrainingJobSpec, JobSizing]:
     """The spec and its sizing, or InvalidSpec naming every field at fault: every rule the CRD's schema
     cannot express, for the reconcile (Ready=False InvalidSpec), the admission webhook and `kubefit size`
     alike. `name` None (a manifest without one, for `kubefit size`) skips the job-name check, and `domain`
-    None (host_domain: no namespace known) the length of a worker's FQDN.
+    None (host_domain: no namespace known) the length of a worker's FQDN. `advise` False (the webhook, which
+    needs only the errors) leaves the planner's notes and remedies out of the sizing.
 
     Every check that can run does, so one apply shows every error: the schema's errors stop the rest
     (they need a parsed spec) but for the name's pattern. One error per field, the earliest check's."""
@@ -220,7 +222,7 @@ def checked_spec(
     errors = [*rule_errors(spec), *_operator_errors(spec, name, max_workers_per_job, domain)]
     try:
         check = operator_check(name, max_workers_per_job, domain)
-        job_sizing = size_job(spec, catalog, inventory, check=check)
+        job_sizing = size_job(spec, catalog, inventory, check=check, advise=advise)
     except InvalidSpec as invalid:
         errors.extend(invalid.errors)
     if errors:
@@ -237,19 +239,25 @@ def _once(errors: Sequence[FieldError]) -> InvalidSpec:
     return InvalidSpec(list(first.values()))
 
 
-def operator_check(
-    name: str | None, max_workers_per_job: int, domain: str | None = None
-) -> Callable[[TrainingJobSpec], None]:
+@dataclass(frozen=True)
+class OperatorCheck:
     """The checks of a parsed spec beyond its schema and the planner's: the per-job worker limit and the
     job name's length with its workers' host names (`name` None skips it). The planner runs them on its
-    remedies too, so none names a change the operator would refuse."""
+    remedies too, so none names a change the operator would refuse. A value, so that plans made with equal
+    checks are remembered as one (decisions.job_sizing)."""
 
-    def check(spec: TrainingJobSpec) -> None:
-        errors = _operator_errors(spec, name, max_workers_per_job, domain)
+    name: str | None
+    max_workers_per_job: int
+    domain: str | None = None
+
+    def __call__(self, spec: TrainingJobSpec) -> None:
+        errors = _operator_errors(spec, self.name, self.max_workers_per_job, self.domain)
         if errors:
             raise InvalidSpec(errors)
 
-    return check
+
+def operator_check(name: str | None, max_workers_per_job: int, domain: str | None = None) -> OperatorCheck:
+    return OperatorCheck(name, max_workers_per_job, domain)
 
 
 def _operator_errors(

@@ -14,9 +14,10 @@ and inventory. The steps, in order:
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
@@ -24,13 +25,18 @@ from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.workers import WorkerBounds, worker_bounds
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.estimator import Layout, estimate
-from kubefit.sizing.planner import NodeInventory, Pools, SpecCheck, plan_job
+from kubefit.sizing.planner import NodeInventory, Plan, Pools, SpecCheck, plan_job
 from kubefit.sizing.suggest import overprovisioned
 
 # Over-provisioning sentences remembered, by (catalog, spec, sizing). Working one out plans the job on every
 # other accelerator: it was 9% of the operator's CPU in the 200-job benchmark, on every reconcile, for an
 # answer that changes only with the spec or the chosen layout (docs/performance.md).
 ADVICE_MEMORY = 4096
+# Plans remembered, by (catalog, spec, the cluster's pools, the operator's check). A job that does not fit
+# is planned again dozens of times for its remedies: 0.1-0.3 s for a realistic spec, seconds for an extreme
+# one, on every reconcile (the resync's too) while nothing changed. Enough for every job of a 2,000-job
+# cluster twice over; an entry is a digest and a status, about 2 KiB.
+PLAN_MEMORY = 4096
 
 
 @dataclass(frozen=True)
@@ -54,17 +60,21 @@ def size_job(
     inventory: Inventory | None = None,
     *,
     check: SpecCheck | None = None,
+    advise: bool = True,
 ) -> JobSizing:
     """Sizes `spec` against `catalog` and, when given, the cluster's `inventory` (None: the whole catalog,
-    as if every accelerator were there and free). Raises InvalidSpec naming the field at fault."""
-    planned = plan_job(spec, catalog=catalog, pools=_planned_pools(inventory), check=check)
+    as if every accelerator were there and free). Raises InvalidSpec naming the field at fault. `advise`
+    False leaves out the planner's notes and remedies (plan_job): the same errors, far less work for a job
+    that does not fit."""
+    spec_json = spec.model_dump_json()
+    planned = _PLANS.planned(spec, spec_json, catalog, _planned_pools(inventory), check, advise)
     sizing = planned.sizing
     bounds = worker_bounds(spec, sizing)
     if inventory is not None:
         warning = placement_warning(sizing.accelerator, inventory.placeable, inventory.excluded)
         if warning is not None:
             sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
-    advice = _ADVICE.overprovisioned(spec, sizing, catalog)
+    advice = _ADVICE.overprovisioned(spec, spec_json, sizing, catalog)
     if advice is not None and advice not in sizing.warnings:
         sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, advice]})
     return JobSizing(
@@ -84,8 +94,10 @@ class _AdviceMemory:
         self._lock = threading.Lock()
         self._answers: OrderedDict[tuple[int, str, str], tuple[Catalog, str | None]] = OrderedDict()
 
-    def overprovisioned(self, spec: TrainingJobSpec, sizing: SizingStatus, catalog: Catalog) -> str | None:
-        key = (id(catalog), spec.model_dump_json(), sizing.model_dump_json())
+    def overprovisioned(
+        self, spec: TrainingJobSpec, spec_json: str, sizing: SizingStatus, catalog: Catalog
+    ) -> str | None:
+        key = (id(catalog), spec_json, sizing.model_dump_json())
         with self._lock:
             held = self._answers.get(key)
             if held is not None and held[0] is catalog:  # the catalog itself, not another at a reused id
@@ -100,6 +112,57 @@ class _AdviceMemory:
 
 
 _ADVICE = _AdviceMemory()
+
+
+class _PlanMemory:
+    """plan_job, remembered for the last PLAN_MEMORY (catalog, spec, pools, check, advise) asked. The plan
+    depends on nothing else: the pools hold every count of the cluster the planner reads (a job's own
+    workers already counted free), and the check is a value (decisions.job.OperatorCheck). A catalog is
+    told apart by identity (a reloaded one is another), the spec by a digest of its JSON."""
+
+    def __init__(self, size: int = PLAN_MEMORY) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._plans: OrderedDict[Hashable, tuple[Catalog, Plan]] = OrderedDict()
+
+    def planned(
+        self,
+        spec: TrainingJobSpec,
+        spec_json: str,
+        catalog: Catalog,
+        pools: Pools,
+        check: SpecCheck | None,
+        advise: bool,
+    ) -> Plan:
+        digest = hashlib.blake2b(spec_json.encode(), digest_size=16).digest()
+        key = (id(catalog), digest, _pools_key(pools), check, advise)
+        with self._lock:
+            held = self._plans.get(key)
+            if held is not None and held[0] is catalog:
+                self._plans.move_to_end(key)
+                return held[1]
+        # An InvalidSpec is not remembered: the planner refuses before any estimate, at little cost.
+        plan = plan_job(spec, catalog=catalog, pools=pools, check=check, advise=advise)
+        with self._lock:
+            self._plans[key] = (catalog, plan)
+            while len(self._plans) > self.size:
+                self._plans.popitem(last=False)
+        return plan
+
+
+def _pools_key(pools: Pools) -> Hashable:
+    """Everything of `pools` the planner reads, as a value."""
+    if pools is None:
+        return None
+    return tuple(
+        sorted(
+            (name, pool.nodes, tuple(sorted(pool.allocatable.items())), tuple(sorted(pool.free.items())))
+            for name, pool in pools.items()
+        )
+    )
+
+
+_PLANS = _PlanMemory()
 
 
 def _planned_pools(inventory: Inventory | None) -> Pools:

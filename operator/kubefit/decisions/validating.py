@@ -127,7 +127,9 @@ def _errors(
     name: str, spec: Any, catalog: Catalog, max_workers_per_job: int, domain: str | None
 ) -> list[FieldError]:
     try:
-        checked_spec(name, spec, catalog, max_workers_per_job, domain=domain)
+        # Without the planner's advice: a spec that does not fit would be re-planned for its remedies,
+        # seconds for an extreme one, past the API server's timeout for this webhook.
+        checked_spec(name, spec, catalog, max_workers_per_job, domain=domain, advise=False)
     except InvalidSpec as invalid:
         return invalid.errors
     return []

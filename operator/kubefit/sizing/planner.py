@@ -757,17 +757,24 @@ def plan_job(
     *,
     pools: Pools = None,
     check: SpecCheck | None = None,
+    advise: bool = True,
 ) -> Plan:
     """The sizing decision for `spec`; see the module docstring for the rules. The cluster is given as its
     nodes (`inventory`) or as their pools (pool_inventory of them, when the caller already has it).
     `check` refuses (InvalidSpec) what the operator refuses beyond the planner's own rules: a remedy whose
-    changes it refuses is not named."""
+    changes it refuses is not named. `advise` False leaves out the notes and remedies, which re-plan the
+    job dozens of times when it does not fit (the admission webhook needs only whether the spec is valid:
+    no remedy search raises)."""
     catalog = catalog or load_catalog()
     if inventory is not None:
         if pools is not None:
             raise ValueError("plan takes the nodes or their pools, not both")
         pools = _pools(inventory)
     outcome = _plan(spec, catalog, pools)
+    if not advise:
+        return Plan(
+            _status(outcome.shown, outcome.min_workers, outcome.warnings), outcome.shown.layout.workers
+        )
     if outcome.shown.fits:
         refused = _raise_refused(spec, outcome, check)
         notes = _fit_notes(spec, outcome, _pool(pools, outcome.shown.accelerator.name), refused)
