@@ -148,3 +148,31 @@ def test_pools_with_changed_nodes_count_as_pool_inventory(seed: int) -> None:
         changes.append((before[index], after[index]))
     pools = with_changed_nodes(pool_inventory(before), changes)
     assert pools == pool_inventory(after)
+
+
+def test_more_placements_than_the_memo_keeps_still_give_the_inventory_build_inventory_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the cap, the memo forgets placements; an inventory kept must not outlive its placement's places
+    (a KeyError on the next pod change, then free devices of an older snapshot)."""
+    from kubefit.decisions import inventory
+
+    monkeypatch.setattr(inventory, "REMEMBERED_PLACEMENTS", 4)
+    nodes = [NodeFacts(f"node-{index}", dict(PRODUCTS[0]), {"nvidia.com/gpu": "8"}) for index in range(8)]
+    placements = [Placement({}, (), ({"key": f"team-{index}", "operator": "Exists"},)) for index in range(6)]
+    memo = InventoryMemo()
+    usages = [
+        {},
+        {f"node-{index}": [PodUsage(f"node-{index}", {"nvidia.com/gpu": 1})] for index in range(4)},
+    ]
+    usages.append({**usages[1], "node-7": [PodUsage("node-7", {"nvidia.com/gpu": 8})]})
+    for placement in placements[:4]:
+        memo.inventory(nodes, usages[0], CATALOG, placement=placement)
+    for usage, placement in [
+        (usages[1], placements[0]),
+        (usages[1], placements[4]),
+        (usages[2], placements[4]),
+    ]:
+        expected = build_inventory(nodes, usage, CATALOG, placement=placement)
+        got = memo.inventory(nodes, usage, CATALOG, placement=placement)
+        assert (got.placeable, got.excluded) == (expected.placeable, expected.excluded)

@@ -267,8 +267,9 @@ class InventoryMemo:
             key = _placement_key(placement)
             base = self._base.get(key)
             if base is None:
-                if len(self._base) >= REMEMBERED_PLACEMENTS:
-                    self._base = {}
+                if max(len(self._base), len(node_snapshot.places)) >= REMEMBERED_PLACEMENTS:
+                    # Both at once: every inventory kept must find its placement's places (with_usage).
+                    self._base, node_snapshot.places = {}, {}
                 base = self._base[key] = node_snapshot.inventory(placement, key, usage_snapshot)
             own = usage_snapshot.by_job.get(for_job) if for_job is not None else None
             return base if not own else node_snapshot.without(base, key, own, usage_snapshot)
@@ -388,9 +389,7 @@ class _NodeSnapshot:
 
     def inventory(self, placement: Placement, key: str, usage: _UsageSnapshot) -> Inventory:
         places = self.places.get(key)
-        if places is None:
-            if len(self.places) >= REMEMBERED_PLACEMENTS:
-                self.places = {}
+        if places is None:  # bounded by InventoryMemo.inventory, with the inventories kept
             places = self.places[key] = self._places(placement)
         placeable: list[NodeInventory] = []
         excluded: list[NodeInventory] = []
