@@ -156,6 +156,7 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("container-request-fraction", _container(resources={"requests": {"cpu": 0.5}}), "spec.template.spec.containers[0].resources.requests.cpu", API),
     BadSpec("container-request-negative", _container(resources={"requests": {"cpu": -1}}), "spec.template.spec.containers[0].resources.requests.cpu", API),
     BadSpec("grace-period-word", _pod(terminationGracePeriodSeconds="sixty"), "spec.template.spec.terminationGracePeriodSeconds", API),
+    BadSpec("template-node-name", _pod(nodeName="gpu-node-1"), "spec.template.spec.nodeName", OPERATOR),
     # enums
     BadSpec("framework-unknown", {"framework": "tensorflow"}, "spec.framework", API),
     BadSpec("precision-unknown", _model(precision="fp64"), "spec.model.precision", API),

@@ -4,7 +4,7 @@ The template is a PodTemplateSpec that passes through to every worker pod. Only 
 reads (operator/kubefit/builders/) is typed here: the containers (the first is the trainer, whose env,
 ports, resources and volumeMounts are merged with the operator's), volumes, metadata labels and
 annotations, nodeSelector, affinity (node affinity's required and preferred terms), tolerations and
-terminationGracePeriodSeconds. A wrong type there is refused naming the field,
+terminationGracePeriodSeconds; nodeName is refused (it would bypass the placement the operator counts). A wrong type there is refused naming the field,
 instead of crashing the builder or failing every pod create. The rest of the pod spec passes through as
 written and the API server checks it when the pod is created; of the metadata, only labels and
 annotations are kept (builders/pods.py _metadata). Each object stays open (extra fields allowed), and
@@ -62,6 +62,16 @@ def _quantity(value: int | str) -> int | str:
     if not is_quantity(value):
         raise ValueError(
             f"{value!r} is not a Kubernetes quantity (e.g. '8', '500m', '16Gi', no spaces, not negative)"
+        )
+    return value
+
+
+def _no_node_name(value: str | None) -> str | None:
+    if value:
+        raise ValueError(
+            f"{value!r}: a node name binds every worker to that one node past kube-scheduler and kubefit's "
+            "placement of the gang, which would count the workers on other nodes; to pin workers to nodes, "
+            "use nodeSelector (kubernetes.io/hostname) or a required node affinity"
         )
     return value
 
@@ -234,6 +244,16 @@ class PodSpec(TypedDict):
     ]
     nodeSelector: NotRequired[
         Annotated[dict[str, str] | None, Field(description="Node labels a worker's node must carry.")]
+    ]
+    nodeName: NotRequired[
+        Annotated[
+            str | None,
+            AfterValidator(_no_node_name),
+            Field(
+                description="Must be empty: workers are placed by kube-scheduler where kubefit's scheduling "
+                "pass counted them. Use nodeSelector or node affinity to pin them."
+            ),
+        ]
     ]
     affinity: NotRequired[
         Annotated[
