@@ -260,6 +260,27 @@ def test_a_starved_head_stops_elastic_growth_behind_it() -> None:
     assert plan([head], [grower], nodes(2), limit=600).grants[key("grower")] == 4
 
 
+def test_a_starved_head_stops_the_growth_of_an_older_job_of_its_priority_too() -> None:
+    """The older job is ahead of the head in the queue, but growth is new capacity: were it to take every
+    node that frees up, the head, which cannot shrink a job of its own priority, would wait for its end."""
+    head = gang("big", 2, per_worker=8, created=NOW - 400)
+    others_running = {"node-1": 8, "node-2": 8, "node-3": 8}  # freed one node per pass
+    grower_nodes = {"node-0": 1}
+    grants = []
+    for freed in ("node-1", "node-2", "node-3"):
+        cluster = [NodeCapacity(f"node-{i}", H100, 8, others_running.get(f"node-{i}", 0)) for i in range(4)]
+        grower = holding(job("older", per_worker=8, want=4, created=NOW - 1000), 1, grower_nodes)
+        result = plan([head], [grower], cluster, limit=300)
+        grants.append((result.grants[key("older")], result.grants.get(key("big"), 0)))
+        grower_nodes = dict(result.placement[key("older")])
+        del others_running[freed]
+    assert grants == [(1, 0), (1, 0), (1, 2)]  # the freed node waits for the head, which then starts whole
+    # A head of lower priority does not hold back the growth of a job above it.
+    low_head = gang("big", 2, per_worker=8, created=NOW - 400, priority=-1)
+    grower = holding(job("older", per_worker=8, want=4, created=NOW - 1000), 1, {"node-0": 1})
+    assert plan([low_head], [grower], nodes(2), limit=300).grants[key("older")] == 2
+
+
 def pools_with_a_starved_head() -> tuple[list[NodeCapacity], Holding, Demand]:
     """Two H100 pools: `pool-*` (the head's) and `own-0` (tainted; only some jobs tolerate it). The head
     needs both pool nodes whole, one is held, and it has waited past the limit."""

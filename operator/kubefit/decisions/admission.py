@@ -557,8 +557,11 @@ class _Queue:
             if job.admitted and job.holds and job.placed < min(job.floor, job.grant):
                 self.short.setdefault(job.demand.accelerator, []).append(job)
 
-    def usable(self, job: _Job) -> tuple[list[str], str | None]:
+    def usable(self, job: _Job, *, growing: bool = False) -> tuple[list[str], str | None]:
         """The job's nodes that no protector ahead of it keeps, and why any were left out (None: none was).
+        `growing` (an elastic job raised above what it has): a protector of its priority or higher keeps
+        its nodes from it wherever it stands in the queue, or an older job that keeps growing into every
+        node freed would starve a head of its priority for good.
 
         A short job's reason comes before a head's, then queue order."""
         accelerator = job.demand.accelerator
@@ -566,7 +569,8 @@ class _Queue:
             (other, reason)
             for group, reason in ((self.short, _short_reason), (self.heads, self._head_reason))
             for other in group.get(accelerator, ())
-            if other is not job and other.order < job.order
+            if other is not job
+            and (other.order < job.order or (growing and other.demand.priority >= job.demand.priority))
         ]
         if not protectors:
             return job.nodes, None
@@ -950,7 +954,7 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
             job.grant = max(job.grant, job.whole_groups(min(job.placed, job.target)))
         if job.grant >= job.target or job.placed != job.grant:
             continue
-        nodes, _ = queue.usable(job)
+        nodes, _ = queue.usable(job, growing=True)
         spots = _spots(cluster, nodes, job.demand.per_worker, job.target - job.grant)
         found = sum(spots.values())
         if job.grant + found < job.floor:
