@@ -116,6 +116,21 @@ def test_a_host_network_worker_resolves_cluster_names(given: dict[str, Any], exp
     assert build_worker_pod(worker_set(spec), 0)["spec"].get("dnsPolicy") == expected
 
 
+@pytest.mark.parametrize("framework", ["pytorch", "jax"])
+def test_on_the_host_network_only_worker_0_declares_the_rendezvous_port(framework: str) -> None:
+    """A declared port of a host-network pod is a port of the node, which kube-scheduler gives one pod per
+    node: declared by every worker, two workers of 4 devices could never share the 8-device node the
+    scheduling pass counted them on. Only worker 0 listens on it."""
+    spec = raw_spec(framework=framework)
+    spec["template"]["spec"]["hostNetwork"] = True
+    workers = worker_set(spec, per_worker=4)
+    ports = [build_worker_pod(workers, index)["spec"]["containers"][0].get("ports") for index in range(2)]
+    assert [port["containerPort"] for port in ports[0]] == [29500]
+    assert not ports[1]
+    spec["template"]["spec"]["hostNetwork"] = False  # on the pod network every worker declares it
+    assert build_worker_pod(worker_set(spec, per_worker=4), 1)["spec"]["containers"][0]["ports"]
+
+
 # ---------------------------------------------------------------------------------------------- env
 
 

@@ -168,7 +168,11 @@ def _trainer_container(container: dict[str, Any], worker_set: WorkerSet, index: 
     if worker_set.checkpoint is not None:
         extra += checkpoint_env(worker_set.checkpoint, worker_set.job.namespace, worker_set.job.name)
     trainer["env"] = _with_env(container, extra)
-    if worker_set.spec.framework != "none":
+    # On the host network a declared port becomes a port of the node (hostPort), which kube-scheduler
+    # gives one pod per node: only worker 0 listens on it (the store's or coordinator's host), so only
+    # worker 0 declares it, and the other workers may share a node as the scheduling pass counted them.
+    listens = index == 0 or (worker_set.spec.template.get("spec") or {}).get("hostNetwork") is not True
+    if worker_set.spec.framework != "none" and listens:
         trainer["ports"] = _with_rendezvous_port(container)
     return trainer
 
