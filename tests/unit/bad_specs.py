@@ -157,6 +157,8 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("container-request-negative", _container(resources={"requests": {"cpu": -1}}), "spec.template.spec.containers[0].resources.requests.cpu", API),
     BadSpec("grace-period-word", _pod(terminationGracePeriodSeconds="sixty"), "spec.template.spec.terminationGracePeriodSeconds", API),
     BadSpec("template-node-name", _pod(nodeName="gpu-node-1"), "spec.template.spec.nodeName", OPERATOR),
+    BadSpec("container-request-above-own-limit", _container(resources={"requests": {"cpu": "8"}, "limits": {"cpu": "4"}}), "spec.template.spec.containers[0].resources.requests.cpu", OPERATOR),
+    BadSpec("sidecar-request-above-own-limit", {"template": {"spec": {"containers": [CONTAINER, {"name": "log", "image": "busybox", "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}}]}}}, "spec.template.spec.containers[1].resources.requests.memory", OPERATOR),
     # enums
     BadSpec("framework-unknown", {"framework": "tensorflow"}, "spec.framework", API),
     BadSpec("precision-unknown", _model(precision="fp64"), "spec.model.precision", API),

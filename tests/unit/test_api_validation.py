@@ -774,6 +774,40 @@ def test_a_request_at_or_below_the_template_limit_is_accepted(
     assert getattr(parse_spec(spec).resources, resource) == requested
 
 
+def test_a_container_request_above_its_own_limit_is_refused_where_it_reaches_the_pods() -> None:
+    def containers(**spec: Any) -> dict[str, Any]:
+        return {"spec": spec}
+
+    trainer = {
+        "name": "trainer",
+        "resources": {
+            "requests": {"cpu": "8", "ephemeral-storage": "2Gi"},
+            "limits": {"cpu": "4", "ephemeral-storage": "1Gi"},
+        },
+    }
+    init = {
+        "name": "fetch",
+        "image": "busybox",
+        "resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "512Mi"}},
+    }
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(_spec(template=containers(containers=[trainer], initContainers=[init])))
+    assert [error.path for error in refused.value.errors] == [
+        "spec.template.spec.containers[0].resources.requests.cpu",
+        "spec.template.spec.containers[0].resources.requests.ephemeral-storage",
+        "spec.template.spec.initContainers[0].resources.requests.memory",
+    ]
+    # spec.resources.cpu replaces the trainer's own cpu request (checked against the limit on its own);
+    # a request at its limit, or without one, passes.
+    fine = {
+        "name": "trainer",
+        "resources": {"requests": {"cpu": "8", "memory": "1Gi"}, "limits": {"cpu": "4", "memory": "1024Mi"}},
+    }
+    assert parse_spec(_spec(resources={"cpu": "2"}, template=containers(containers=[fine])))
+    unlimited = {"name": "trainer", "resources": {"requests": {"cpu": "8"}}}
+    assert parse_spec(_spec(template=containers(containers=[unlimited])))
+
+
 # ------------------------------------------------------------------ LoRA's rank
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubefit.api.models import TrainingJobSpec
-from kubefit.api.quantity import exact_quantity
+from kubefit.api.quantity import exact_quantity, is_quantity
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,11 @@ def schema_spec(raw: Any) -> TrainingJobSpec:
 
 def rule_errors(spec: TrainingJobSpec) -> list[FieldError]:
     """What a schema-valid spec breaks among the rules the pydantic models do not express."""
-    return [*_requests_above_template_limits(spec), *_tensor_parallel_splits_heads(spec)]
+    return [
+        *_requests_above_template_limits(spec),
+        *_container_requests_above_own_limits(spec),
+        *_tensor_parallel_splits_heads(spec),
+    ]
 
 
 def _tensor_parallel_splits_heads(spec: TrainingJobSpec) -> list[FieldError]:
@@ -118,6 +122,39 @@ def _tensor_parallel_splits_heads(spec: TrainingJobSpec) -> list[FieldError]:
             "whole attention heads and whole key/value heads",
         )
     ]
+
+
+def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldError]:
+    """A template container's own request above its own limit, which reaches every worker pod as written
+    and has the API server refuse each one. The trainer's cpu and memory requests are spec.resources' where
+    that gives them (checked by _requests_above_template_limits)."""
+    pod_spec = spec.template["spec"]
+    errors = []
+    for kind in ("containers", "initContainers"):
+        containers = pod_spec.get(kind)
+        for index, container in enumerate(containers if isinstance(containers, list) else []):
+            resources = container.get("resources") if isinstance(container, dict) else None
+            requests = resources.get("requests") if isinstance(resources, dict) else None
+            limits = resources.get("limits") if isinstance(resources, dict) else None
+            if not isinstance(requests, dict) or not isinstance(limits, dict):
+                continue
+            for name, requested in requests.items():
+                limit = limits.get(name)
+                replaced = name in ("cpu", "memory") and getattr(spec.resources, name) is not None
+                if kind == "containers" and index == 0 and replaced:
+                    continue  # spec.resources.cpu/memory replaces this request in the pod
+                if limit is None or not (is_quantity(requested) and is_quantity(limit)):
+                    continue  # no limit, or a malformed one (the schema names those in containers)
+                requested_value, limit_value = exact_quantity(requested), exact_quantity(limit)
+                if requested_value is not None and limit_value is not None and requested_value > limit_value:
+                    errors.append(
+                        FieldError(
+                            f"spec.template.spec.{kind}[{index}].resources.requests.{name}",
+                            f"{requested} is above the container's {name} limit {limit}; a request may not "
+                            "exceed its limit (the API server would refuse every worker pod)",
+                        )
+                    )
+    return errors
 
 
 def _requests_above_template_limits(spec: TrainingJobSpec) -> list[FieldError]:
