@@ -15,6 +15,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
 
 import kopf
 import pytest
@@ -24,7 +25,7 @@ from kubefit.builders.naming import worker_index
 from kubefit.cli.main import build_parser
 from kubefit.controller import reconciler as reconciler_module
 from kubefit.controller.cluster import RememberingCatalog, remembering
-from kubefit.controller.kube import JobReplaced, KubeApi, WritesStopped, error_message
+from kubefit.controller.kube import JobReplaced, KubeApi, PodNameTaken, WritesStopped, error_message
 from kubefit.controller.reconciler import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
@@ -165,6 +166,51 @@ class FakeKube:
     def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
         self._call("create_service", manifest["metadata"]["name"])
         return True
+
+
+class _Answer:
+    """An HTTP response as _Rest reads it."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status, self.reason, self.headers = status, "", {}
+        self._data = json.dumps(body).encode()
+
+    def read(self) -> bytes:
+        return self._data
+
+
+class PodServer:
+    """The API server's pods (name -> metadata) behind the two ApiClient methods KubeApi's REST calls use:
+    a create of a name that exists is a 409, and a list by name answers that pod's metadata."""
+
+    def __init__(self, pods: dict[str, dict[str, Any]]) -> None:
+        self.pods = pods
+        self.sent: list[tuple[str, str]] = []
+
+    def param_serialize(self, method: str, path: str, body: Any = None, **_: Any) -> tuple[str, str, Any]:
+        return method, path, body
+
+    def call_api(self, method: str, path: str, body: Any, _request_timeout: object = None) -> _Answer:
+        self.sent.append((method, path))
+        if method == "POST":
+            name = body["metadata"]["name"]
+            if name in self.pods:
+                return _Answer(
+                    409, {"kind": "Status", "code": 409, "message": f'pods "{name}" already exists'}
+                )
+            self.pods[name] = body["metadata"]
+            return _Answer(201, body)
+        (selector,) = parse_qs(urlsplit(path).query)["fieldSelector"]
+        name = selector.removeprefix("metadata.name=")
+        items = [{"metadata": self.pods[name]}] if name in self.pods else []
+        return _Answer(200, {"kind": "PartialObjectMetadataList", "items": items})
+
+
+def stateful_set_pod(name: str) -> dict[str, Any]:
+    """A pod a StatefulSet `llama-worker` owns: not labelled as a worker, so kopf's index does not show it."""
+    owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "llama-worker", "uid": "uid-sts",
+             "controller": True}  # fmt: skip
+    return {"name": name, "labels": {"app": "llama"}, "ownerReferences": [owner]}
 
 
 class Harness:
@@ -372,6 +418,74 @@ def test_once_the_quota_is_gone_the_retry_creates_the_rest_and_clears_the_error(
     assert len(harness.events("Fits")) == 1  # the transition was told once, not again on the retry
 
 
+def test_a_worker_name_taken_by_a_pod_not_the_jobs_is_a_reconcile_error_naming_its_owner(
+    harness: Harness,
+) -> None:
+    """The create's 409 was taken for the job's own worker: the job waited for it forever, with no error."""
+    server = PodServer({"llama-worker-1": stateful_set_pod("llama-worker-1")})
+    api = KubeApi(cast(Any, server))
+    index_shows = harness.kube.create_pod
+
+    def create_pod(namespace: str, manifest: dict[str, Any]) -> bool:
+        return api.create_pod(namespace, manifest) and index_shows(namespace, manifest)
+
+    harness.kube.create_pod = create_pod  # type: ignore[method-assign]
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconcile()
+    ready = harness.condition("Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ReconcileError")
+    assert "team-a/llama-worker-1" in ready["message"]
+    assert "owned by StatefulSet llama-worker (uid uid-sts)" in ready["message"]
+    ((_, _, message, event_type),) = harness.events("ReconcileError")
+    assert (message, event_type) == (ready["message"], "Warning")
+    assert sorted(harness.kube.pods) == ["llama-worker-0"] and retrying(harness)
+
+
+@pytest.mark.parametrize("found", ["controlled by the job", "an orphan labelled as its worker"])
+def test_a_409_from_the_jobs_own_worker_is_success(harness: Harness, found: str) -> None:
+    # An earlier create whose answer was lost, or a worker whose owner reference was removed (adopted).
+    owner = {"kind": "TrainingJob", "name": "llama", "uid": "uid-llama", "controller": True}
+    own = {"name": "llama-worker-1", "labels": {"kubefit.dev/job": "llama"}}
+    own["ownerReferences"] = [owner] if found == "controlled by the job" else []
+    server = PodServer({"llama-worker-1": own})
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.kube.create_pod = KubeApi(cast(Any, server)).create_pod  # type: ignore[method-assign]
+    harness.reconcile()
+    assert harness.condition("Ready")["reason"] == "WorkersNotReady" and not retrying(harness)
+    assert sorted(server.pods) == ["llama-worker-0", "llama-worker-1"]
+    assert server.sent[-1] == (
+        "GET",
+        "/api/v1/namespaces/team-a/pods?limit=1&fieldSelector=metadata.name%3Dllama-worker-1",
+    )
+
+
+def test_a_pod_of_a_workers_name_owned_by_nothing_is_not_the_jobs() -> None:
+    bare = {"name": "llama-worker-0", "labels": {"app": "llama"}}
+    api = KubeApi(cast(Any, PodServer({"llama-worker-0": bare})))
+    worker = {"metadata": {"name": "llama-worker-0", "labels": {"kubefit.dev/job": "llama"},
+                           "ownerReferences": [{"uid": "uid-llama", "controller": True}]}}  # fmt: skip
+    with pytest.raises(PodNameTaken, match=r"team-a/llama-worker-0 exists .* \(owned by nothing\)"):
+        api.create_pod(NAMESPACE, worker)
+
+
+def test_a_create_refused_the_same_way_on_every_retry_posts_one_warning(harness: Harness) -> None:
+    # Each retry writes its decision's status (no error in it) before the create fails again: the error
+    # was taken for news against that status, and every retry posted a Warning more.
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403
+    harness.reconcile()
+    for _ in range(3):
+        harness.reconcile("retry")
+    assert len(harness.events("ReconcileError")) == 1
+    ready = harness.condition("Ready")
+    assert ready["reason"] == "ReconcileError" and "exceeded quota: no-pods" in ready["message"]
+    assert harness.kube.jobs["llama"]["status"]["replicas"] == 1
+    # Another failure is news.
+    harness.kube.fail[("create_pod", "llama-worker-1")] = api_error(403, "exceeded quota: gpus")
+    harness.reconcile("retry")
+    assert [call[2] for call in harness.events("ReconcileError")][1:] == ["exceeded quota: gpus (HTTP 403)"]
+
+
 def test_the_api_servers_message_names_the_field_of_a_422(harness: Harness) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=1)
     harness.kube.fail[("create_pod", "*")] = api_error(
@@ -515,6 +629,56 @@ def test_a_trigger_after_the_reconcile_ends_runs_a_new_one(harness: Harness) -> 
     harness.reconcile()  # queued, then admitted: two passes
     harness.reconcile("pod")
     assert harness.calls("get_job") == [("get_job", "llama")] * 3
+
+
+def test_an_edit_made_while_a_reconcile_fails_is_reconciled_at_once_not_at_the_retry(
+    harness: Harness,
+) -> None:
+    """The job suspended while a quota refuses its workers: the update event finds the failing reconcile
+    running, which then waited for its retry (up to BACKOFF_MAX) before reading the edit."""
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.kube.fail[("create_pod", "*")] = QUOTA_403
+    create = harness.kube.create_pod
+
+    def suspended_as_the_create_is_refused(namespace: str, manifest: dict[str, Any]) -> bool:
+        if not harness.events("ReconcileError"):
+            harness.kube.jobs["llama"]["spec"]["runPolicy"] = {"suspend": True}
+            harness.reconcile("update")  # its watch event: the job is busy
+        return create(namespace, manifest)
+
+    harness.kube.create_pod = suspended_as_the_create_is_refused  # type: ignore[method-assign]
+    harness.reconcile()
+    assert len(harness.events("ReconcileError")) == 1  # the pass before the edit failed
+    assert harness.condition("Suspended")["status"] == "True"  # and the edit was reconciled at once
+    assert harness.condition("Ready")["reason"] != "ReconcileError" and not retrying(harness)
+
+
+def test_an_edit_the_failures_status_write_answers_with_is_reconciled_at_once(harness: Harness) -> None:
+    """The edit's watch event comes after the answer to the write that records the failure, which holds the
+    edit and a newer resourceVersion: the cache keeps the answer and takes the event for an older copy, so
+    the event reconciles nothing, and the edit waited for the retry."""
+    job = job_manifest(replicas=2)
+    job["metadata"]["resourceVersion"] = "10"
+    harness.kube.jobs["llama"] = copy.deepcopy(job)
+    harness.reconciler.jobs.observe(KEY, copy.deepcopy(job))
+    harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403
+    edits: list[dict[str, Any]] = []
+
+    def patch(namespace: str, name: str, uid: str, status: dict[str, Any]) -> dict[str, Any]:
+        stored = harness.kube.jobs[name]
+        if not edits and any(item["reason"] == "ReconcileError" for item in status.get("conditions", [])):
+            stored["spec"]["workers"]["replicas"] = 1  # kubectl scale, just before this write
+            stored["metadata"]["resourceVersion"] = str(int(stored["metadata"]["resourceVersion"]) + 1)
+            edits.append(copy.deepcopy(stored))  # its watch event, still on its way
+        FakeKube.patch_job_status(harness.kube, namespace, name, uid, status)
+        stored["metadata"]["resourceVersion"] = str(int(stored["metadata"]["resourceVersion"]) + 1)
+        return copy.deepcopy(stored)
+
+    harness.kube.patch_job_status = patch  # type: ignore[assignment, method-assign]
+    harness.reconcile()
+    assert len(edits) == 1 and not harness.reconciler.jobs.observe(KEY, edits[0])  # the event comes too late
+    assert harness.condition("Ready")["reason"] == "WorkersNotReady"  # decided again on 1 worker, at once
+    assert harness.kube.jobs["llama"]["status"]["desiredReplicas"] == 1 and not retrying(harness)
 
 
 def test_forget_cancels_the_requeue(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -931,14 +1095,14 @@ def test_a_trigger_that_comes_as_a_reconcile_ends_is_reconciled(harness: Harness
     release = reconciler._release_unless_dirty
     injected: list[bool] = []
 
-    def trigger_then_release(key: tuple[str, str], state: Any) -> bool:
+    def trigger_then_release(key: tuple[str, str], state: Any, failed: bool = False) -> bool:
         if not injected:
             injected.append(True)
             harness.kube.jobs["llama"]["spec"]["runPolicy"] = {"suspend": True}
             other = threading.Thread(target=harness.reconcile, args=("update",))
             other.start()
             other.join()  # it found the job busy, marked it dirty and returned
-        return release(key, state)
+        return release(key, state, failed)
 
     reconciler._release_unless_dirty = trigger_then_release  # type: ignore[method-assign]
     reads = len(harness.calls("get_job"))
@@ -956,6 +1120,61 @@ def test_a_deleted_jobs_state_goes_once_its_workers_events_are_reconciled(harnes
     harness.kube.pods.clear()  # the garbage collector deletes the workers; their events reconcile the job
     harness.reconcile("pod")
     assert KEY not in harness.reconciler._jobs  # no per-job state left for a job that is gone
+
+
+def test_a_job_deleted_while_its_failure_is_recorded_leaves_no_state_behind(harness: Harness) -> None:
+    # The failure's status write answers 404: the job is forgotten, and so is its backoff (a job created
+    # again under the name does not start out backing off, with the old job's creates remembered).
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, copy.deepcopy(harness.kube.jobs["llama"]))
+    harness.kube.fail[("create_pod", "*")] = QUOTA_403
+    patch = harness.kube.patch_job_status
+
+    def deleted_as_the_failure_is_written(
+        namespace: str, name: str, uid: str, status: dict[str, Any]
+    ) -> None:
+        if any(item["reason"] == "ReconcileError" for item in status.get("conditions", [])):
+            harness.kube.jobs.pop(name)  # kubectl delete came first
+        patch(namespace, name, uid, status)
+
+    harness.kube.patch_job_status = deleted_as_the_failure_is_written  # type: ignore[method-assign]
+    harness.reconcile()
+    assert harness.calls("patch_job_status")[-1] == ("patch_job_status", "llama")  # answered 404
+    assert KEY not in harness.reconciler.jobs and not retrying(harness)
+    assert KEY not in harness.reconciler._jobs
+
+
+def test_a_checkpoint_request_a_running_reconcile_opens_after_the_job_was_deleted_is_closed(
+    harness: Harness,
+) -> None:
+    """The job's DELETED event is handled while its reconcile is between its status write and opening the
+    request that status names: the request stayed open on the board, for a job that is gone."""
+    manifest = job_manifest(replicas=3, minReplicas=1, maxReplicas=3)
+    manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 60}
+    harness.kube.jobs["llama"] = manifest
+    harness.kube.pods = {
+        f"llama-worker-{index}": WorkerPod(
+            f"llama-worker-{index}", index, f"p{index}", "Running", "n", False, "uid-llama"
+        )
+        for index in range(3)
+    }
+    harness.reconcile()
+    patch = harness.kube.patch_job_status
+
+    def deleted_as_the_request_is_written(
+        namespace: str, name: str, uid: str, status: dict[str, Any]
+    ) -> None:
+        patch(namespace, name, uid, status)
+        if status.get("checkpoint"):
+            del harness.kube.jobs[name]
+            harness.reconciler.job_deleted(KEY, uid, harness.view())  # the job is busy: marked dirty
+
+    harness.kube.patch_job_status = deleted_as_the_request_is_written  # type: ignore[method-assign]
+    harness.kube.jobs["llama"]["spec"]["workers"]["replicas"] = 2
+    harness.reconcile("update")
+    assert harness.events("CheckpointRequested")  # the status named the request
+    assert harness.reconciler.board.current(KEY) is None
+    assert harness.reconciler.pending_requeue(KEY) is None and KEY not in harness.reconciler._jobs
 
 
 def test_a_reconcile_whose_writes_are_stopped_records_no_failure_and_schedules_no_retry(
@@ -1102,14 +1321,9 @@ def test_an_ack_sent_again_wakes_no_reconcile() -> None:
     assert woken == [key, key]
 
 
-@pytest.mark.parametrize(
-    "deletion_seen_first", [True, False], ids=["deleted-then-created", "created-then-deleted"]
-)
-def test_a_job_created_again_under_a_deleted_ones_name_is_not_granted_its_workers(
-    harness: Harness, deletion_seen_first: bool
-) -> None:
-    # Deleted and applied again at once (kubectl replace --force): the old job's pods, not yet collected,
-    # were granted to the new one as Recovered, ahead of the queue, with no scheduling pass.
+def on_one_node(harness: Harness) -> Callable[[str, str], None]:
+    """One node of 8 GPUs, each worker running there and holding one; returns create(name, uid), which
+    creates a job of 8 workers as its watch event would and reconciles it."""
     node = [NodeFacts("h0", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "8"})]
 
     def running() -> dict[str, WorkerPod]:
@@ -1141,6 +1355,18 @@ def test_a_job_created_again_under_a_deleted_ones_name_is_not_granted_its_worker
         harness.reconciler.jobs.observe((NAMESPACE, name), manifest)
         harness.reconcile("create", key=(NAMESPACE, name))
 
+    return create
+
+
+@pytest.mark.parametrize(
+    "deletion_seen_first", [True, False], ids=["deleted-then-created", "created-then-deleted"]
+)
+def test_a_job_created_again_under_a_deleted_ones_name_is_not_granted_its_workers(
+    harness: Harness, deletion_seen_first: bool
+) -> None:
+    # Deleted and applied again at once (kubectl replace --force): the old job's pods, not yet collected,
+    # were granted to the new one as Recovered, ahead of the queue, with no scheduling pass.
+    create = on_one_node(harness)
     create("llama", "uid-old")
     create("other", "uid-other")
     assert harness.reconciler.scheduler.snapshot()[(NAMESPACE, "llama")].workers == 8
@@ -1152,6 +1378,33 @@ def test_a_job_created_again_under_a_deleted_ones_name_is_not_granted_its_worker
         harness.reconciler.job_deleted((NAMESPACE, "llama"), "uid-old", harness.view())
     grant = harness.reconciler.scheduler.snapshot().get((NAMESPACE, "llama"))
     assert grant is None or not grant.workers, grant
+
+
+def test_a_job_created_again_before_the_old_ones_deletion_is_seen_waits_for_a_pass(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kopf handles each uid on its own: the new job's ADDED can come before the old one's DELETED, while
+    the queue still holds the old job's grant under the name. The new job took that grant: admitted with 8
+    workers and created them with no pass, ahead of the job queued behind the old one."""
+    create = on_one_node(harness)
+    create("llama", "uid-old")
+    create("other", "uid-other")  # queued: the old llama holds the node
+    harness.kube.jobs.pop("llama")
+    harness.kube.pods = {}  # the garbage collector removed the old workers; the DELETED is still queued
+    scheduler = harness.reconciler.scheduler
+    passes: list[str] = []
+    run_pass = scheduler.request
+    monkeypatch.setattr(scheduler, "request", lambda reason, view: passes.append(reason))  # due, not run
+    harness.log.clear()
+    create("llama", "uid-new")
+    assert passes, "its demand went to the queue"
+    assert harness.calls("create_pod", "patch_job_status") == [] and harness.events() == []
+    assert "status" not in harness.kube.jobs["llama"]  # not admitted before a pass
+    run_pass("job", harness.view())
+    # The pass admits the job that waited longer; the new llama queues behind it.
+    assert harness.condition("Admitted", "other")["status"] == "True"
+    assert harness.condition("Admitted")["status"] == "False"
+    assert sorted(harness.kube.pods) == [f"other-worker-{index}" for index in range(8)]
 
 
 def test_after_a_restart_a_job_its_status_says_is_not_admitted_is_not_taken_back_with_its_workers(

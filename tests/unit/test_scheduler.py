@@ -398,6 +398,23 @@ def test_forgetting_a_deleted_job_frees_its_devices_for_the_queue() -> None:
     assert recorder.keys() == [b]
 
 
+def test_a_job_created_again_under_a_name_is_not_granted_the_deleted_ones_entry() -> None:
+    # Its reconcile may come before the old job's DELETED: the old grant is not its own, and it takes
+    # no Recovered grant either; its offer replaces the entry and waits for a pass.
+    a = ("ns", "a")
+    cluster = FakeCluster(nodes=[node("n1")])
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(a, demand("a", min_workers=2, want=2), ANYWHERE, cluster.view(), uid="uid-old")
+    assert scheduler.grant(a, [], uid="uid-old").workers == 2
+    assert scheduler.grant(a, [], uid="uid-new") == Grant(None)
+    assert scheduler.grant(a, []).workers == 2  # no uid given: the entry as it is
+
+    restarted, _ = sync_scheduler()  # an entry recovered from the workers found is the job's that read it
+    pods = [worker("a", 0, "n1"), worker("a", 1, "n1")]
+    assert restarted.grant(a, pods, uid="uid-old") == Grant(2, None, "Recovered")
+    assert restarted.grant(a, [], uid="uid-new") == Grant(None)
+
+
 def test_a_job_that_needs_nothing_leaves_the_queue() -> None:
     a = ("ns", "a")
     cluster = FakeCluster(nodes=[node("n1")])

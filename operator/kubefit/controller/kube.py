@@ -1,4 +1,5 @@
-"""Kubernetes I/O for the reconciler: every call idempotent (409 on create, 404 on delete are success)."""
+"""Kubernetes I/O for the reconciler: every call idempotent (a 409 on creating what is already the job's, a
+404 on delete, are success)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubefit.api.resource import GROUP, PLURAL, VERSION
+from kubefit.builders.naming import JOB_LABEL
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -51,6 +53,10 @@ class JobReplaced(Exception):
 
 class ServiceTaken(Exception):
     """A Service of the job's name exists and is not the job's: the workers' names would not resolve."""
+
+
+class PodNameTaken(Exception):
+    """A pod of a worker's name exists and is not the job's: that worker cannot be created."""
 
 
 class WritesStopped(Exception):
@@ -167,13 +173,19 @@ class CoreV1Api:
         """One page of the nodes' metadata (a PartialObjectMetadataList)."""
         return _page(self._rest, "/api/v1/nodes", limit, continue_token)
 
-    def list_namespaced_pod(self, namespace: str, limit: int, continue_token: str = "") -> dict[str, Any]:
-        """One page of the metadata of the pods in `namespace`."""
-        return _page(self._rest, f"/api/v1/namespaces/{_quoted(namespace)}/pods", limit, continue_token)
+    def list_namespaced_pod(
+        self, namespace: str, limit: int, continue_token: str = "", field_selector: str = ""
+    ) -> dict[str, Any]:
+        """One page of the metadata of the pods in `namespace` (those `field_selector` selects)."""
+        path = f"/api/v1/namespaces/{_quoted(namespace)}/pods"
+        return _page(self._rest, path, limit, continue_token, field_selector)
 
 
-def _page(rest: _Rest, path: str, limit: int, continue_token: str) -> dict[str, Any]:
+def _page(
+    rest: _Rest, path: str, limit: int, continue_token: str, field_selector: str = ""
+) -> dict[str, Any]:
     query = f"?limit={limit}" + (f"&continue={quote(continue_token, safe='')}" if continue_token else "")
+    query += f"&fieldSelector={quote(field_selector, safe='')}" if field_selector else ""
     return cast(dict[str, Any], json.loads(rest.call("GET", path + query, accept=METADATA_ONLY)))
 
 
@@ -280,8 +292,35 @@ class KubeApi:
         )
 
     def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
-        """True if created, False if a pod of that name already exists (deterministic names)."""
-        return self._ignoring_409(lambda: self.core.create_namespaced_pod(namespace, manifest))
+        """True if created, False if the job's own worker of that name is there already (deterministic names:
+        an earlier create whose answer was lost, or an orphan of the job's, which its reconcile adopts);
+        raises PodNameTaken when a pod of that name belongs to something else (a 409 alone left the job
+        waiting for a worker that never came, with nothing saying why)."""
+        if self._ignoring_409(lambda: self.core.create_namespaced_pod(namespace, manifest)):
+            return True
+        metadata = manifest["metadata"]
+        # A LIST of metadata by name: the operator lists pods (kopf's index) and gets none.
+        selector = f"metadata.name={metadata['name']}"
+        listed = self.core.list_namespaced_pod(namespace, 1, field_selector=selector)
+        found = next(iter(listed.get("items") or []), None)
+        if found is None:
+            return False  # gone since the 409: created once the reconcile no longer remembers this create
+        found_metadata = found.get("metadata") or {}
+        owners = found_metadata.get("ownerReferences") or []
+        controller = next((ref for ref in owners if ref.get("controller")), None)
+        if controller is None:
+            ours = (found_metadata.get("labels") or {}).get(JOB_LABEL) == metadata["labels"][JOB_LABEL]
+        else:
+            ours = controller.get("uid") == metadata["ownerReferences"][0]["uid"]
+        if ours:
+            return False
+        held_by = ", ".join(f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})" for ref in owners)
+        raise PodNameTaken(
+            f"Pod {namespace}/{metadata['name']} exists and is not this TrainingJob's (owned by "
+            f"{held_by or 'nothing'}): the worker of that name cannot be created. Delete or rename that pod "
+            "(or what owns it), or the job; a TrainingJob of this name deleted moments ago keeps its workers "
+            "until the garbage collector removes them"
+        )
 
     def delete_pod(self, namespace: str, name: str) -> bool:
         """True if deleted now, False if it was already gone."""

@@ -32,7 +32,8 @@ message (for an API error the API server's, which names the field or quota; with
 out of a request above a LimitRange's default limit), one Warning event, and a
 count in kubefit_reconcile_total{result="error"}. It is retried after a per-job backoff (BACKOFF_FIRST seconds,
 doubling to BACKOFF_MAX; a successful reconcile resets it). While a job backs off, the resync and
-pod events leave it alone (the retry observes afresh); a change to the job itself reconciles it at once.
+pod events leave it alone (the retry observes afresh); a change to the job itself reconciles it at once,
+one that came while a pass was failing too (the reconcile goes round for it rather than wait for the retry).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -59,7 +60,14 @@ from kubefit.builders.naming import JobRef, owner_reference, worker_name
 from kubefit.controller.checkpoints import CheckpointBoard
 from kubefit.controller.cluster import ClusterView, remembering
 from kubefit.controller.jobs import JobCache
-from kubefit.controller.kube import JobReplaced, KubeApi, WritesStopped, error_message
+from kubefit.controller.kube import (
+    JobReplaced,
+    KubeApi,
+    PodNameTaken,
+    ServiceTaken,
+    WritesStopped,
+    error_message,
+)
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.failure import reconcile_error
@@ -200,6 +208,21 @@ class _JobState:
     service_at: float = 0.0  # time.monotonic() of that create
     offered: bool = False  # its demand went to the scheduler before any status was written
     gone: bool = False  # the last pass found the job deleted: the state goes with the reconcile's end
+    # A trigger that does not wait for the backoff (not in _DEFERRED_WHILE_BACKING_OFF: a change to the job)
+    # came during the pass, or its status write showed one: the reconcile goes round even if the pass failed.
+    urgent: bool = False
+    uid: str | None = None  # the job the fields above are of (None: none read yet)
+
+    def of_job(self, uid: str) -> None:
+        """Makes this the state of the job `uid`. One created again under a deleted job's name (its event
+        handled before the old one's DELETED) starts afresh: the old job's creates, backoff and offer to the
+        scheduler are not its own (it would skip its first pass). Only what says that the reconcile runs
+        and must go round is kept."""
+        if self.uid not in (None, uid):
+            fresh = _JobState(busy=self.busy, dirty=self.dirty, urgent=self.urgent)
+            for name in (item.name for item in fields(self)):
+                setattr(self, name, getattr(fresh, name))
+        self.uid = uid
 
 
 @dataclass
@@ -262,16 +285,15 @@ class Reconciler:
         """Reconciles `key`; never raises (a failure is recorded on the job and retried after a backoff)."""
         if self._backing_off(key, trigger):
             return
-        state = self._claim(key)
+        state = self._claim(key, trigger)
         if state is None:
             return  # a reconcile of this job is running; it will go round again
         if trigger == "timer" and time.monotonic() - state.service_at > SERVICE_RECHECK_SECONDS:
             state.service_for = None  # the resync checks that the Service is still there
-        released = False
+        released = failed = False
         try:
-            while not (released := self._release_unless_dirty(key, state)):
-                if not self._reconcile_safely(key, trigger, state, view):
-                    break  # triggers that came meanwhile wait for the retry, not a tight loop
+            while not (released := self._release_unless_dirty(key, state, failed)):
+                failed = not self._reconcile_safely(key, trigger, state, view)
         finally:
             if not released:
                 with self._lock:
@@ -339,23 +361,26 @@ class Reconciler:
             state = self._jobs.get(key)
             return state is not None and state.retry_at > time.monotonic()
 
-    def _claim(self, key: JobKey) -> _JobState | None:
+    def _claim(self, key: JobKey, trigger: str) -> _JobState | None:
         with self._lock:
             state = self._jobs.setdefault(key, _JobState())
             state.dirty = True
             if state.busy:
+                state.urgent = state.urgent or trigger not in _DEFERRED_WHILE_BACKING_OFF
                 return None
             state.busy = True
             return state
 
-    def _release_unless_dirty(self, key: JobKey, state: _JobState) -> bool:
-        """Takes the next round's trigger (False), or, if none came, ends the reconcile (True). One lock for
-        both: a trigger that found the job busy and marked it dirty between a check and the release would
-        otherwise be lost until the next resync. A job gone from the cache (deleted: its workers' events
-        reconciled it once more, or it answered 404) leaves no state behind."""
+    def _release_unless_dirty(self, key: JobKey, state: _JobState, failed: bool = False) -> bool:
+        """Takes the next round's trigger (False), or, if none came, ends the reconcile (True). After a
+        `failed` pass only a trigger that does not wait for the backoff (a change to the job itself) is
+        taken: the others wait for the retry, not a tight loop. One lock for both: a trigger that found the
+        job busy and marked it dirty between a check and the release would otherwise be lost until the next
+        resync (or the retry). A job gone from the cache (deleted: its workers' events reconciled it once
+        more, or it answered 404) leaves no state behind."""
         with self._lock:
-            if state.dirty:
-                state.dirty = False
+            if state.dirty and (state.urgent or not failed):
+                state.dirty = state.urgent = False
                 return False
             state.busy = False
             _forget_old_creates(state.created)
@@ -363,9 +388,10 @@ class Reconciler:
                 del self._jobs[key]
             return True
 
-    def _go_round_again(self, state: _JobState) -> None:
+    def _go_round_again(self, state: _JobState, urgent: bool = False) -> None:
         with self._lock:
             state.dirty = True
+            state.urgent = state.urgent or urgent
 
     def _reconcile_safely(self, key: JobKey, trigger: str, state: _JobState, view: ClusterView) -> bool:
         """One pass; False if it failed (recorded on the job, retried after the backoff)."""
@@ -398,18 +424,20 @@ class Reconciler:
             delay = backoff_seconds(state.failures)
             state.retry_at = time.monotonic() + delay
         message = with_limit_hint(error_message(error))
-        # A bug (not an API error) gets its traceback in the log; the job's condition gets the message.
+        # A bug (not an API error or a name taken) gets its traceback in the log; the job's condition gets
+        # the message.
         logger.warning(
             "reconcile of %s/%s failed (retry in %.0f s): %s",
             *key,
             delay,
             message,
-            exc_info=not isinstance(error, ApiException),
+            exc_info=not isinstance(error, ApiException | PodNameTaken | ServiceTaken),
         )
         self._requeue(key, delay, view, RETRY_TRIGGER)
         try:
-            self._write_failure(key, progress, message)
-        except _JobGone:
+            self._write_failure(key, state, progress, message)
+        except _JobGone:  # deleted meanwhile: forgotten, and its state goes as the reconcile ends
+            state.gone = True
             self._gone(key, progress, view)
         except Exception as write_error:  # noqa: BLE001 - recording the error must not raise either
             logger.warning("could not record the failure on %s/%s: %s", *key, error_message(write_error))
@@ -428,19 +456,25 @@ class Reconciler:
         logger.info("%s/%s is gone (deleted, or deleted and created again): forgetting it", *key)
         self.job_deleted(key, (progress.job or {}).get("metadata", {}).get("uid"), view)
 
-    def _write_failure(self, key: JobKey, progress: _Progress, message: str) -> None:
+    def _write_failure(self, key: JobKey, state: _JobState, progress: _Progress, message: str) -> None:
         job = progress.job if progress.job is not None else self.jobs.read(key, self.api.get_job)
         if job is None or job["metadata"].get("deletionTimestamp"):
             return
-        status = progress.status if progress.status is not None else job.get("status") or {}
-        now = rfc3339(datetime.now(UTC))
-        record = reconcile_error(status, job["metadata"].get("generation"), message, now)
+        read = job.get("status") or {}
+        status = progress.status if progress.status is not None else read
+        now, generation = rfc3339(datetime.now(UTC)), job["metadata"].get("generation")
+        record = reconcile_error(status, generation, message, now)
         patch = dict(record.status or {})
         if progress.replicas is not None:
             patch["replicas"] = progress.replicas
         if patch:
-            self._patch_status(key, patch, {**job, "status": status}, None)
-        _post_events(job, record.events)
+            # Its answer may show an edit whose watch event the cache will now take for an older copy: the
+            # reconcile goes round for it at once, not at the retry.
+            self._patch_status(key, patch, {**job, "status": status}, state)
+        # Told once: a retry that fails the same way after writing its decision's status (which has no
+        # error) records the error again, but the status it read had it already.
+        if reconcile_error(read, generation, message, now).events:
+            _post_events(job, record.events)
 
     # ------------------------------------------------------------------ observe, decide, apply
 
@@ -451,11 +485,16 @@ class Reconciler:
             state.gone = True
             self.metrics.forget_job(namespace, name, None if job is None else job["metadata"].get("uid"))
             self.scheduler.forget(key, view)
+            # What a pass running when the job was forgotten opened again after it: its checkpoint request
+            # and its timer.
+            self.board.forget(key)
+            self._requeue(key, None, None)
             return
         state.gone = False
         progress.job, progress.status = job, job.get("status") or {}
         with self._lock:
             self._uids[key] = job["metadata"]["uid"]
+            state.of_job(job["metadata"]["uid"])
         pods = _as_deleted(view.workers(key), state.deleted)
         state.replaced &= {pod.uid for pod in pods}  # forget pods that are gone for good
         for pod in pods:
@@ -495,7 +534,9 @@ class Reconciler:
         # Only its own workers: a job deleted and created again under the name leaves the old one's pods
         # behind for the garbage collector, which were granted to the new one as Recovered.
         own = [pod for pod in pods if pod.controller_uid in (None, metadata["uid"])]
-        grant = self.scheduler.grant(key, own, _admitted_with(status), resumed, _checkpoint_target(status))
+        grant = self.scheduler.grant(
+            key, own, _admitted_with(status), resumed, _checkpoint_target(status), metadata["uid"]
+        )
         request_id = (status.get("checkpoint") or {}).get("requestId")
         now = datetime.now(UTC)
         return JobObservation(
@@ -620,7 +661,7 @@ class Reconciler:
         if isinstance(written, dict) and written.get("metadata"):
             self.jobs.observe(key, written)
             if state is not None and not same_but_status(job, written):
-                self._go_round_again(state)
+                self._go_round_again(state, urgent=True)
         return whole
 
     def _create_workers(self, ref: JobRef, decision: Decision, state: _JobState, created: list[str]) -> None:

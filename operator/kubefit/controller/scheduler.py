@@ -289,6 +289,7 @@ class Scheduler:
         admitted_with: int | None = 0,
         resumed: bool = False,
         target: int | None = None,
+        uid: str | None = None,
     ) -> Grant:
         """The job's grant for its reconcile; the first time a job with workers is seen (operator restart),
         it is taken as admitted with those workers (a failed one awaiting its replacement included, so
@@ -299,9 +300,13 @@ class Scheduler:
         leaving), not at all. So is a job `resumed` while its suspend's handshake was still waiting
         (scheduled.resumed_while_suspended): its workers never stopped holding their devices. Those leaving
         for another job too are that job's places: a job shrunk, then suspended, is taken back at the grant
-        it was shrunk to; one preempted, then suspended, not at all."""
+        it was shrunk to; one preempted, then suspended, not at all. With `uid` (the job's), an entry of
+        another job of the same name (deleted, its DELETED event not handled yet) is not its grant: none,
+        as for a job no pass has decided, until its offer replaces that entry."""
         with self._lock:
             entry = self._entries.get(key)
+            if entry is not None and uid is not None and entry.uid not in (None, uid):
+                return Grant(None)
             if entry is None and (key not in self._seen or resumed):
                 self._seen.add(key)
                 # The status's admitted worker count keeps a gang whole when one of its pods went while
@@ -317,7 +322,9 @@ class Scheduler:
                 if resumed and key in self._leaving:
                     workers = min(workers, left_with)
                 if workers:
-                    entry = self._entries[key] = _Entry(demand=None, granted=workers, reason=RECOVERED)
+                    entry = self._entries[key] = _Entry(
+                        demand=None, granted=workers, reason=RECOVERED, uid=uid
+                    )
             self._seen.add(key)
             if entry is None:
                 return Grant(None)
