@@ -141,3 +141,17 @@ def test_no_new_worker_starts_beside_a_worker_0_still_going_with_none_in_its_pla
         observe(elastic_spec(replicas=3, minimum=1, maximum=4), running, RUNNING_TWO, grant=3), CATALOG
     )
     assert grown.create == (2,)
+
+
+def test_bounds_lowered_while_a_worker_is_missing_restart_the_group_with_the_new_range() -> None:
+    """12 workers started with 12:16, worker 11 gone with its node; minReplicas and maxReplicas lowered to
+    2 and 8. Every reconcile crashed (StopIteration): the restart kept the old world of 12, one more than
+    runs, and no free index was left for it below 9 (names no wider than the new ceiling's)."""
+    spec = elastic_spec(replicas=4, minimum=2, maximum=8)
+    old = [replace(pod(index), nnodes="12:16") for index in range(11)]
+    status = {"phase": "Running", "desiredReplicas": 12, "readyReplicas": 12, "gang": {"started": True}}
+    stopped = restart_through_handshake(spec, old, status)
+    assert status_of(stopped)["desiredReplicas"] == 4
+    restarted = decide(observe(spec, [], stopped.status, NOW + timedelta(seconds=40)), CATALOG)
+    assert created_names(restarted) == [f"llama-worker-{index}" for index in range(4)]
+    assert restarted.worker_set is not None and restarted.worker_set.group.nnodes == "2:8"

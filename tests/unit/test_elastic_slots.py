@@ -139,3 +139,9 @@ def test_a_terminating_index_is_reused_only_when_no_other_name_fits() -> None:
     # 0-7 run; 8 and 9 are terminating: a ninth worker has only those indices left, and takes the lowest.
     slots = worker_slots(9, pods, (), keep_survivors=True, new_index_limit=widest_index(10))
     assert slots == {*range(8), 8}
+
+
+def test_a_count_beyond_the_free_indices_below_the_limit_gets_those_there_are() -> None:
+    """It raised StopIteration, on every reconcile of the job."""
+    pods = [worker(index) for index in range(3)]
+    assert worker_slots(5, pods, (), keep_survivors=True, new_index_limit=3) == {0, 1, 2, 3}

@@ -7,10 +7,23 @@ limit is judged when a worker fails, not when the limit is edited."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from test_reconcile import CATALOG, condition, decide, elastic_spec, observe, pod, raw_spec, status_of
+from test_reconcile import (
+    CATALOG,
+    ELASTIC,
+    NOW,
+    condition,
+    decide,
+    elastic_spec,
+    observe,
+    pod,
+    raw_spec,
+    status_of,
+)
 
 from kubefit.decisions.job import Decision
 
@@ -99,6 +112,84 @@ def test_a_fixed_group_that_succeeded_waits_for_its_running_workers() -> None:
     pods = [pod(0, "Succeeded", attempt=0), pod(2, "Succeeded", attempt=0)]
     done = decide(observe(spec, pods=pods, status=waiting.status), CATALOG)
     assert status_of(done)["phase"] == "Succeeded"
+
+
+FIXED_THREES = {
+    "static": raw_spec(workers={"replicas": 3}),
+    "elastic jax": elastic_spec(replicas=3, minimum=3, maximum=3, framework="jax"),
+}
+
+
+@pytest.mark.parametrize("kind", FIXED_SPECS)
+def test_a_rank_failing_after_another_of_its_fixed_group_succeeded_neither_restarts_nor_fails_it(
+    kind: str,
+) -> None:
+    """Rank 2 succeeded, so every rank is past the last collective; rank 1 then exits non-zero (in its
+    teardown, say). That restarted the whole finished group, counted, or at spec.runPolicy.maxRestarts failed
+    the job, where an elastic pytorch group in the same state ends Succeeded."""
+    three = FIXED_THREES[kind]
+    running = decide(observe(three, pods=[pod(index, attempt=0) for index in range(3)]), CATALOG)
+    pods = [pod(0, attempt=0), pod(1, "Failed", attempt=0), pod(2, "Succeeded", attempt=0)]
+    waiting = decide(observe(three, pods=pods, status=running.status), CATALOG)
+    assert status_of(waiting)["phase"] not in ("Failed", "Succeeded")
+    assert waiting.delete == () and waiting.create == () and waiting.replace == ()
+    assert status_of(waiting)["restarts"] == 0 and "WorkerFailed" not in reasons(waiting)
+    assert status_of(waiting)["gang"]["attempt"] == 0
+    pods[0] = pod(0, "Succeeded", attempt=0)
+    done = decide(observe(three, pods=pods, status=waiting.status), CATALOG)
+    assert status_of(done)["phase"] == "Succeeded" and done.delete == ()  # the failed pod stays, for its logs
+    assert condition(done, "Succeeded")["message"] == (
+        "the training ended: 2 of 3 workers succeeded, the others failed or never started"
+    )
+    # At the restart limit, the same: the job succeeded.
+    last = {**FIXED_SPECS[kind], "runPolicy": {"maxRestarts": 0}}
+    running = decide(observe(last, pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG)
+    pods = [pod(0, "Succeeded", attempt=0), pod(1, "Failed", attempt=0)]
+    assert status_of(decide(observe(last, pods, running.status), CATALOG))["phase"] == "Succeeded"
+
+
+SCALED = {
+    "static": (raw_spec(), raw_spec(workers={"replicas": 3}), None),
+    "elastic jax": (
+        elastic_spec(replicas=2, minimum=1, maximum=4, framework="jax"),
+        elastic_spec(replicas=3, minimum=1, maximum=4, framework="jax"),
+        None,
+    ),
+    # Its bounds follow replicas: 3 lies outside the node range 2:2 its workers started with.
+    "elastic pytorch": (
+        raw_spec(workers={"replicas": 2}, elastic=ELASTIC),
+        raw_spec(workers={"replicas": 3}, elastic=ELASTIC),
+        "2:2",
+    ),
+}
+
+
+@pytest.mark.parametrize(("before", "after", "nnodes"), SCALED.values(), ids=SCALED.keys())
+def test_a_group_whose_training_ended_is_not_restarted_by_a_new_count(
+    before: dict[str, Any], after: dict[str, Any], nnodes: str | None
+) -> None:
+    """Worker 0 succeeded, worker 1 still runs; replicas go from 2 to 3. The new world size (or node range)
+    restarted the group after the handshake: its finished pod deleted, status.succeededWorkers cleared, and
+    the whole training run again."""
+    running = decide(observe(before, pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG)
+    finishing = [
+        replace(pod(0, "Succeeded", attempt=0), nnodes=nnodes),
+        replace(pod(1, attempt=0), nnodes=nnodes),
+    ]
+    scaled = decide(observe(after, finishing, running.status), CATALOG)
+    later = decide(observe(after, finishing, scaled.status, now=NOW + timedelta(seconds=300)), CATALOG)
+    for decision in (scaled, later):
+        assert condition(decision, "Ready")["reason"] != "Restarting"
+        assert decision.delete == () and decision.create == () and status_of(decision)["checkpoint"] is None
+        assert status_of(decision)["succeededWorkers"] == "0" and status_of(decision)["desiredReplicas"] == 2
+        assert status_of(decision)["gang"]["attempt"] == 0
+    assert status_of(later)["message"] == (
+        "the training has ended (a worker succeeded): its 2 workers finish as they are, neither restarted nor "
+        "scaled to the 3 the spec asks for"
+    )
+    done = [replace(worker, phase="Succeeded") for worker in finishing]
+    finished = decide(observe(after, done, later.status, now=NOW + timedelta(seconds=310)), CATALOG)
+    assert status_of(finished)["phase"] == "Succeeded" and status_of(finished)["succeededWorkers"] == "0-1"
 
 
 def test_a_fixed_group_where_nobody_succeeded_still_restarts_for_a_lost_worker() -> None:

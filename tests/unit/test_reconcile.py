@@ -783,12 +783,15 @@ def test_elastic_pytorch_workers_failing_together_are_one_restart_and_a_replacem
 
 
 def test_a_group_restart_after_a_failure_reruns_the_workers_that_had_finished() -> None:
-    first = decide(observe(pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
+    # framework none: one process finishing says nothing of the others (a pytorch or jax group's training
+    # ended with it, and a later failure restarts nothing: tests/unit/test_finishing_groups.py).
+    spec = raw_spec(framework="none")
+    first = decide(observe(spec, pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
     assert status_of(first)["succeededWorkers"] == "0"
-    failed = decide(observe(pods=[pod(0, "Succeeded"), pod(1, "Failed")], status=first.status), CATALOG)
+    failed = decide(observe(spec, pods=[pod(0, "Succeeded"), pod(1, "Failed")], status=first.status), CATALOG)
     assert failed.delete == ("llama-worker-0",)
     assert status_of(failed)["succeededWorkers"] is None
-    later = decide(observe(status=failed.status, now=NOW + timedelta(seconds=5)), CATALOG)
+    later = decide(observe(spec, status=failed.status, now=NOW + timedelta(seconds=5)), CATALOG)
     assert later.create == (0, 1)
 
 
@@ -890,12 +893,16 @@ def test_an_elastic_job_keeps_a_succeeded_worker_whose_pod_went_instead_of_start
 
 
 def test_a_restarted_group_forgets_what_succeeded_in_it() -> None:
-    """A fixed group restarted after a failure: the new group's every worker runs. (Preempted or suspended
-    once a worker succeeded, a group is not stopped: it finishes, tests/unit/test_finishing_groups.py.)"""
-    one_done = decide(observe(pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
-    failed = decide(observe(pods=[pod(0, "Succeeded"), pod(1, "Failed")], status=one_done.status), CATALOG)
+    """A fixed group restarted after a failure: the new group's every worker runs. (framework none: a
+    pytorch or jax group with a worker that succeeded is finishing, and is neither restarted, preempted nor
+    suspended: tests/unit/test_finishing_groups.py.)"""
+    spec = raw_spec(framework="none")
+    one_done = decide(observe(spec, pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
+    failed = decide(
+        observe(spec, pods=[pod(0, "Succeeded"), pod(1, "Failed")], status=one_done.status), CATALOG
+    )
     assert status_of(failed)["succeededWorkers"] is None
-    again = decide(observe(status=failed.status, now=NOW + timedelta(seconds=10)), CATALOG)
+    again = decide(observe(spec, status=failed.status, now=NOW + timedelta(seconds=10)), CATALOG)
     assert again.create == (0, 1)
 
 
@@ -1440,6 +1447,37 @@ def test_a_preempted_job_checkpoints_then_stops_every_worker_and_requeues() -> N
     assert all(item["type"] != "Failed" for item in status_of(done)["conditions"])
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [raw_spec(), elastic_spec(replicas=2, minimum=2, maximum=2, framework="jax")],
+    ids=["static", "elastic jax"],
+)
+@pytest.mark.parametrize("stop", ["preempted", "suspended"])
+def test_a_fixed_group_stopped_whole_starts_again_only_once_its_old_workers_are_gone(
+    spec: dict[str, Any], stop: str
+) -> None:
+    """A preemption or a suspend keeps the group's attempt: its old workers are neither another attempt
+    nor were they waited for, so a new worker 1 started beside the old worker 0 still saving on SIGTERM,
+    which may still host the rendezvous it joins."""
+    old = [pod(0, attempt=0), pod(1, attempt=0)]
+    running = decide(observe(spec, old), CATALOG)
+    stopping = {**spec, "runPolicy": {"suspend": True}} if stop == "suspended" else spec
+    grant = 0 if stop == "preempted" else GRANT_ALL
+    asked = decide(
+        observe(stopping, old, running.status, grant=grant, now=NOW + timedelta(seconds=10)), CATALOG
+    )
+    stopped = decide(
+        observe(stopping, old, asked.status, grant=grant, now=NOW + timedelta(seconds=300)), CATALOG
+    )
+    assert set(stopped.delete) == {"llama-worker-0", "llama-worker-1"}
+    saving = [replace(old[0], terminating=True, deletion_timestamp="2025-01-01T12:07:00Z")]
+    back = decide(observe(spec, saving, stopped.status, now=NOW + timedelta(seconds=305)), CATALOG)
+    assert back.create == () and back.worker_set is None
+    assert back.requeue_after is not None and back.requeue_after <= 175.0  # stuck a minute past its grace
+    gone = decide(observe(spec, [], stopped.status, now=NOW + timedelta(seconds=310)), CATALOG)
+    assert gone.create == (0, 1)
+
+
 def test_a_non_elastic_job_restarts_every_worker_with_the_new_world_size() -> None:
     grace = {"checkpointGracePeriodSeconds": 30}
     two = raw_spec(workers={"replicas": 2}, elastic=grace)
@@ -1810,12 +1848,14 @@ def test_an_elastic_grant_runs_whole_tensor_and_pipeline_parallel_groups() -> No
 
 def test_a_restart_with_a_new_world_size_removes_the_old_groups_finished_workers() -> None:
     """Worker 3 of 4 succeeded; replicas go to 6: the new group needs a new worker 3, so the finished pod
-    goes with the rest and is not recorded as done for the new group."""
-    spec4 = raw_spec(workers={"replicas": 4}, elastic={"checkpointGracePeriodSeconds": 0})
+    goes with the rest and is not recorded as done for the new group. (framework none: a pytorch or jax
+    group's training ended with worker 3, and it finishes as it is: tests/unit/test_finishing_groups.py.)"""
+    no_grace = {"checkpointGracePeriodSeconds": 0}
+    spec4 = raw_spec(workers={"replicas": 4}, elastic=no_grace, framework="none")
     pods = [pod(0), pod(1), pod(2), pod(3, "Succeeded")]
     before = decide(observe(spec4, pods=pods), CATALOG)
     assert status_of(before)["succeededWorkers"] == "3"
-    spec6 = raw_spec(workers={"replicas": 6}, elastic={"checkpointGracePeriodSeconds": 0})
+    spec6 = raw_spec(workers={"replicas": 6}, elastic=no_grace, framework="none")
     restart = decide(observe(spec6, pods=pods, status=before.status), CATALOG)
     assert "llama-worker-3" in restart.delete
     assert set(restart.delete) == {f"llama-worker-{index}" for index in range(4)}
@@ -1960,6 +2000,27 @@ def test_a_raised_minimum_granted_at_once_leaves_the_running_group_training_and_
     starting = [*running, *[replace(pod(index, "Pending", node=None), nnodes="4:8") for index in (2, 3)]]
     later = decide(observe(spec, starting, grown.status, NOW + timedelta(seconds=61), grant=4), CATALOG)
     assert later.delete == () and condition(later, "Admitted")["reason"] != "GangTimeout"
+
+
+def test_a_lowered_minimum_does_not_let_a_running_group_below_its_own_floor_hold_its_devices() -> None:
+    """minReplicas lowered from 2 to 1 while 2 workers run with the range 2:4, then worker 1's node goes.
+    Worker 0's torchrun waits for a second node; its replacement (range 1:4) finds no room. Judged by the
+    new minimum, or by the replacement's range, the job showed Running=True and held its devices for ever."""
+    spec = elastic_spec(replicas=2, minimum=1, maximum=4, scheduling={"gangTimeoutSeconds": 60})
+    worker_0 = replace(pod(0, node="node-0"), nnodes="2:4")
+    status = {"phase": "Running", "desiredReplicas": 2, "readyReplicas": 2, "gang": {"started": True}}
+    both = decide(observe(spec, [worker_0, replace(pod(1, node="node-1"), nnodes="2:4")], status), CATALOG)
+    assert condition(both, "Running")["status"] == "True"
+    lost = decide(observe(spec, [worker_0], both.status, NOW + timedelta(seconds=10)), CATALOG)
+    assert created_names(lost) == ["llama-worker-1"]
+    assert condition(lost, "Running")["status"] == "False"
+    assert status_of(lost)["gang"].get("started") is not True
+    waiting = [worker_0, replace(pod(1, "Pending", node=None), nnodes="1:4")]
+    still = decide(observe(spec, waiting, lost.status, NOW + timedelta(seconds=40)), CATALOG)
+    assert condition(still, "Running")["status"] == "False" and still.delete == ()
+    timed_out = decide(observe(spec, waiting, still.status, NOW + timedelta(seconds=71)), CATALOG)
+    assert condition(timed_out, "Admitted")["reason"] == "GangTimeout"
+    assert sorted(timed_out.delete) == ["llama-worker-0", "llama-worker-1"]
 
 
 def test_a_worker_that_succeeded_and_whose_pod_went_is_not_a_loss_below_the_minimum() -> None:

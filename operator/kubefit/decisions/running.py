@@ -16,6 +16,8 @@ too, uncounted: a disruption, not the job's fault (a Job's podFailurePolicy Igno
 A fixed group starts whole: none of its new workers is created while an old one is still terminating
 (saving on SIGTERM), which could still host the rendezvous the new ones would join. So does an elastic
 pytorch group restarted with a new node range (or from static workers, elastic.enabled turned on).
+Once a worker of the group succeeded (framework pytorch or jax) its training has ended: none is created,
+replaced or restarted after that, whatever fails or the spec asks for, and the job succeeds once none runs.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     gone_after_success = _done_without_pods(ctx, plan, slots, fixed)
     changes = scale_workers(slots - gone_after_success, ctx.ours, ctx.observation.already_replaced, foreign)
     succeeded_in_group = _succeeded_in_group(ctx)
-    training_ended = not fixed and ctx.spec.framework == "pytorch" and bool(succeeded_in_group)
+    training_ended = _finishing(ctx)
     changes = _nothing_new(changes) if training_ended else changes
     faults, lost = _faults_and_losses(ctx, plan, changes, slots - gone_after_success, fixed)
     group_failed = bool(faults) and fixed
@@ -156,8 +158,9 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     if slots and slots <= done:
         return succeeded(ctx, plan.keep, done)
     if training_ended and not _ready(ctx.ours, slots - succeeded_in_group):
-        # torchrun's agents all exit once training ends: a worker that succeeded with none other running
-        # means the job is done; workers never placed, or failed since, only found the rendezvous closed.
+        # The training ended: a worker that succeeded with none other running means the job is done;
+        # workers never placed only found torchrun's rendezvous closed, and one that failed since failed
+        # after the last step (a fixed group's ranks run every collective together).
         return succeeded(ctx, plan.keep, done)
     ready = _ready(ctx.ours, slots)
     # A worker that succeeded and whose pod went (its node scaled away) is done, not missing.
@@ -200,11 +203,10 @@ def _wait_for_old_workers(ctx: JobContext, draft: Draft, target: int, fixed: boo
     """No new worker starts beside a terminating one of the old group: it could still host the rendezvous
     (for a fixed group, other attempts' workers are held back by admitted: _stop_other_attempts)."""
     if fixed:
-        # Workers made before attempts were numbered (an operator upgrade): the old rule, no new worker of
-        # a fixed group while one of them is still terminating.
-        unnumbered = [pod for pod in ctx.ours if pod.terminating and pod.attempt is None]
-        if draft.create and _still_going(unnumbered, ctx.now):
-            draft.create, draft.worker_set = (), None
+        # Workers of this attempt stopped whole, the attempt kept (a suspend, a preemption, a gang
+        # timeout), or made before attempts were numbered (an operator upgrade): the group starts again
+        # only once they are gone, its old worker 0 may still host the rendezvous.
+        _hold_for_old_group(ctx, draft, [pod for pod in ctx.ours if pod.terminating])
     else:
         # A range restart's new group: its old worker 0 may still host the c10d store the new agents
         # would join. A scale-up that keeps the group has no old one, and waits for nothing. Neither does
@@ -285,11 +287,19 @@ def _done_without_pods(ctx: JobContext, plan: _Plan, slots: frozenset[int], fixe
     return recorded | _gone_from_group(ctx, plan, slots)
 
 
+def _finishing(ctx: JobContext) -> bool:
+    """Whether the running group's training has ended: one of its workers succeeded. torchrun's elastic
+    agents all exit once one has, and a fixed group's ranks (pytorch or jax) run every collective together,
+    so one done means all are past the last. Not with framework none: the job organises itself, and one
+    process finishing says nothing of the others."""
+    return ctx.spec.framework != "none" and bool(_succeeded_in_group(ctx))
+
+
 def _nothing_new(changes: WorkerChanges) -> WorkerChanges:
-    """An elastic pytorch group whose training ended (a worker succeeded: torchrun's agents all exit then,
-    and the first to go closes the rendezvous) takes no new worker: one created, as a scale-up or a
-    replacement, would only find the rendezvous closed. A worker failing now is no failure of the
-    training: it is neither counted nor replaced, and its pod stays for its logs."""
+    """A group whose training ended (_finishing; an elastic group's first agent to go closes torchrun's
+    rendezvous) takes no new worker: one created, as a scale-up or a replacement, would only find the
+    rendezvous closed, or a fixed group that no longer trains. A worker failing now is no failure of the
+    training: it is neither counted nor replaced (nor its group restarted), and its pod stays for its logs."""
     return replace(changes, create=(), replace=())
 
 
@@ -348,13 +358,19 @@ def _gang_now(ctx: JobContext, plan: _Plan, placed: int, fixed: bool) -> GangSta
     is: it trains on those, and a worker that cannot be placed must not cost it the workers that run. A
     fixed group (elastic jax included: JAX_NUM_PROCESSES is its whole count) trains only when all are."""
     gang = previous_gang(ctx.status)
-    started_at = plan.keep if fixed else min(plan.keep, ctx.bounds.floor)
+    if fixed:
+        started_at = plan.keep
+    elif plan.restart is None:
+        # The running group re-forms with its own floor (_running_group_floor), not the bounds' now.
+        started_at = min(plan.keep, _running_group_floor(ctx, ctx.bounds.floor))
+    else:
+        started_at = min(plan.keep, ctx.bounds.floor)
     was_started = gang.started
     gang = gang.model_copy(update={"started": gang.started or placed >= started_at})
     if not fixed and plan.restart is None:
-        # Lost: fewer placed than the running group re-forms with (a minimum raised since it started, and
-        # granted, leaves it training meanwhile). Once counting, the clock waits out a restart backoff.
-        lost = was_started and placed < min(started_at, _running_group_floor(ctx, started_at))
+        # Lost: fewer placed than the running group re-forms with. Once counting, the clock waits out a
+        # restart backoff.
+        lost = was_started and placed < started_at
         if lost or (not gang.started and gang.since is not None and placed < started_at):
             gang = _regathering(ctx, gang)
     if not gang.started and gang.since is not None:
@@ -363,8 +379,13 @@ def _gang_now(ctx: JobContext, plan: _Plan, placed: int, fixed: bool) -> GangSta
 
 
 def _running_group_floor(ctx: JobContext, default: int) -> int:
-    """The fewest workers the running torchrun group re-forms with: the lowest floor of its workers' node
-    ranges (PET_NNODES). Below a minimum raised since they started, they still train."""
+    """The fewest workers the torchrun group re-forms with: the lowest floor of its running workers' node
+    ranges (PET_NNODES), whatever the bounds say now. Below a minimum raised since they started they still
+    train; a minimum lowered since does not let them train on fewer (a replacement made with the new range
+    does not lower it before it runs). With none running: the lowest of `default` and the others' floors."""
+    running = [int(pod.nnodes.split(":")[0]) for pod in ctx.running if pod.nnodes is not None]
+    if running:
+        return min(running)
     floors = [int(pod.nnodes.split(":")[0]) for pod in ctx.live if pod.nnodes is not None]
     return min(floors, default=default)
 
@@ -467,6 +488,9 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
 
 def _plan(ctx: JobContext, grant: int) -> _Plan:
     bounds = ctx.bounds
+    finishing = _finishing_plan(ctx)
+    if finishing is not None:
+        return finishing
     if ctx.spec.elastic.enabled:
         held = _held_below_floor(ctx, grant)
         if held is not None:
@@ -493,6 +517,27 @@ def _plan(ctx: JobContext, grant: int) -> _Plan:
     why = "spec.workers.replicas; the job is not elastic"
     restart = _restart_plan(ctx, bounds.desired, why)
     return restart or _Plan(bounds.desired, bounds.desired, _surplus(ctx, bounds.desired, Reason.SCALED_DOWN))
+
+
+def _finishing_plan(ctx: JobContext) -> _Plan | None:
+    """A group whose training has ended (_finishing) keeps the workers it has until they finish. A new
+    count (spec.workers.replicas, the bounds) restarted it, deleting the finished workers and running the
+    whole training again, or scaled a group that no longer trains: suspend and preemption wait for the end
+    the same way (training_ended)."""
+    if not _finishing(ctx):
+        return None
+    world = _world(ctx)
+    if not fixed_world(ctx.spec):
+        # Every worker there (worker 0's slot is always kept) and every one done whose pod went.
+        present = {pod.index for pod in ctx.ours if pod.index is not None and not pod.terminating}
+        world = max(world, len({0, *present, *_gone_after_success(ctx)}))
+    if not world:
+        return None
+    hold = (
+        f"the training has ended (a worker succeeded): its {world} workers finish as they are, neither "
+        f"restarted nor scaled to the {ctx.bounds.desired} the spec asks for"
+    )
+    return _Plan(world, world, None, hold=hold if world != ctx.bounds.desired else None)
 
 
 def _held_below_floor(ctx: JobContext, grant: int) -> _Plan | None:
@@ -560,7 +605,9 @@ def _range_restart_plan(ctx: JobContext, target: int) -> _Plan | None:
             f"elastic now (torchrun's node range {wanted})"
         )
     restart = f"{change}: every worker is stopped and started again with the new range"
-    keep = _world(ctx) or len(ctx.live)
+    # Nothing is created before the old group is gone: the running workers are the count kept meanwhile. A
+    # missing one of the old world would need a new index, which the new ceiling's names may not have.
+    keep = min(_world(ctx) or len(ctx.live), len(ctx.live))
     return _Plan(target, keep, Removal(Reason.RESTARTING, 0, highest_first(ctx.live)), restart)
 
 
@@ -659,7 +706,9 @@ def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
     if plan.target >= wanted:
         message = f"{plan.target} workers granted"
     else:
-        message = f"{plan.target} of {wanted} workers granted: {grant_detail(ctx) or 'no capacity for more'}"
+        # Held below it (the training ended, a raised minimum not granted yet): why, rather than capacity.
+        why = grant_detail(ctx) or plan.hold or "no capacity for more"
+        message = f"{plan.target} of {wanted} workers granted: {why}"
     return ConditionUpdate(ConditionType.ADMITTED, "True", grant_reason(ctx), message)
 
 
@@ -728,7 +777,12 @@ def failed(ctx: JobContext, failures: Sequence[WorkerPod]) -> Draft:
 
 
 def succeeded(ctx: JobContext, desired: int, workers: frozenset[int] | None = None) -> Draft:
+    done = desired if workers is None else len(workers)
     message = f"all {desired} workers succeeded"
+    if done < desired:  # the training ended (_finishing): the others failed or never ran after it
+        message = (
+            f"the training ended: {done} of {desired} workers succeeded, the others failed or never started"
+        )
     return Draft(
         phase=JobPhase.SUCCEEDED,
         updates=[
@@ -761,11 +815,12 @@ def _phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str 
 
 
 def _trains_with(ctx: JobContext) -> int:
-    """The fewest running workers it trains on: an elastic pytorch job's floor (its running group's, if a
-    raised minimum has not reached it yet); a fixed group (elastic jax included) only whole."""
+    """The fewest running workers it trains on: an elastic pytorch job's running group's floor (which a
+    minimum raised or lowered since it started does not move); a fixed group (elastic jax included) only
+    whole."""
     if fixed_world(ctx.spec):
         return ctx.bounds.ceiling
-    return min(ctx.bounds.floor, _running_group_floor(ctx, ctx.bounds.floor))
+    return _running_group_floor(ctx, ctx.bounds.floor)
 
 
 def _readiness(ready: int, desired: int, floor: int) -> list[ConditionUpdate]:

@@ -88,7 +88,7 @@ def worker_slots(
     With `new_index_limit` (an elastic pytorch job, whose ranks torchrun assigns) a new worker takes no
     index of one still terminating, whose pod name it would have to wait for (up to the grace period, as a
     scale-up right after a scale-down would), nor one above the limit (no more digits than the names the
-    job-name checks passed).
+    job-name checks passed); when no free index is left below it, fewer than `desired` are returned.
     Without it (a fixed world, whose indices are its ranks) the lowest free index is reused."""
     if not keep_survivors or desired <= 0:
         return frozenset(range(desired))
@@ -110,9 +110,8 @@ def worker_slots(
         top = min(top, new_index_limit)
     unused = [index for index in range(1, top + 1) if index not in slots]
     # Indices still terminating last: taken only when no other fits in a name.
-    free = iter(sorted(unused, key=lambda index: (index in leaving, index)))
-    while len(slots) < desired:
-        slots.add(next(free))
+    free = sorted(unused, key=lambda index: (index in leaving, index))
+    slots.update(free[: desired - len(slots)])
     return frozenset(slots)
 
 
