@@ -22,6 +22,7 @@ from kubefit.cli.main import main
 from kubefit.decisions.inventory import Inventory, build_inventory, node_facts, pod_usage
 from kubefit.decisions.job import JobObservation, decide
 from kubefit.decisions.node_match import placement_of, template_pod_spec
+from kubefit.decisions.observed import WorkerPod
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import plan
 
@@ -161,6 +162,29 @@ def test_suggest_in_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 0 and "suggestions, cheapest first" in out and "trade-off: " in out
 
 
+def test_suggest_counts_the_workers_the_changed_job_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A fixed 4-worker job: LoRA at one device a worker runs 4 workers, as `kubefit size` of the changed job
+    # says; it was listed as "1 device" with the per-device estimate made at 4.
+    gang = with_spec(workers={"replicas": 4})
+    code, out, err = run_main(capsys, "-f", write(tmp_path, gang), "--suggest", "-o", "json")
+    assert code == 0, err
+    suggestions = json.loads(out)["suggestions"]
+    lora = next(s for s in suggestions if s["change"].startswith("model.finetuning.method: lora"))
+    assert (lora["workers"], lora["devices"], lora["acceleratorsPerWorker"]) == (4, 4, 1)
+    changed = json.loads(json.dumps(gang))
+    changed["spec"]["model"]["finetuning"] = {"method": "lora"}
+    changed["spec"]["resources"]["acceleratorsPerWorker"] = 1
+    _, applied, _ = run_main(capsys, "-f", write(tmp_path, changed, "lora.yaml"), "-o", "json")
+    assert json.loads(applied)["perDeviceBytes"] == lora["perDeviceBytes"]
+    _, table, _ = run_main(capsys, "-f", write(tmp_path, changed, "lora.yaml"))
+    assert "1 per worker x 4 workers = 4 devices" in table
+    _, table, _ = run_main(capsys, "-f", write(tmp_path, gang), "--suggest")
+    per_device = lora["perDeviceBytes"] / 2**30
+    assert f"4 workers x 1 nvidia-a100-40gb = 4 devices, {per_device:.1f} of 40.0 GiB per device" in table
+
+
 def test_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(yaml.safe_dump(LLAMA3_8B_FSDP)))
     code, out, _ = run_main(capsys, "-f", "-", "-o", "json")
@@ -190,6 +214,33 @@ def test_overprovisioned_layout_is_warned(tmp_path: Path, capsys: pytest.Capture
     code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest), "-o", "json")
     assert code == 0
     assert any("is more than this job needs" in warning for warning in json.loads(out)["warnings"])
+
+
+def test_the_overprovisioning_warning_names_the_workers_its_figures_were_estimated_at(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 4 workers of 8 H100s with FSDP: "8 x nvidia-h100-80gb ... 1 x nvidia-h100-80gb holds it at 8.5 GiB",
+    # figures estimated at 4 workers told of one (one device holds 20.6 GiB).
+    from kubefit.api.units import format_gib
+
+    gang = with_spec(
+        model={"parameters": "1B"},
+        training={"sharding": "fsdp"},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+        workers={"replicas": 4},
+    )
+    code, out, err = run_main(capsys, "-f", write(tmp_path, gang), "-o", "json")
+    assert code == 0, err
+    printed = json.loads(out)
+    (warning,) = [w for w in printed["warnings"] if "is more than this job needs" in w]
+    assert warning.startswith(
+        f"4 workers x 8 nvidia-h100-80gb is more than this job needs ({format_gib(printed['perDeviceBytes'])} of"
+    ), warning
+    smaller = json.loads(json.dumps(gang))
+    smaller["spec"]["resources"]["acceleratorsPerWorker"] = 1
+    _, applied, _ = run_main(capsys, "-f", write(tmp_path, smaller, "smaller.yaml"), "-o", "json")
+    per_device = format_gib(json.loads(applied)["perDeviceBytes"])
+    assert f": 4 workers x 1 nvidia-h100-80gb holds it at {per_device} per device; set " in warning, warning
 
 
 def test_catalog_file_extends_the_catalog(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -581,10 +632,27 @@ def test_cluster_table_says_what_the_cluster_offers(
     code, out, _ = run_main(capsys, "-f", write(tmp_path, SMALL_AUTO), "--cluster", "--context", "other")
     assert code == 0
     assert (
-        "  cluster       2 accelerator nodes the workers may use (8 of 16 devices free), 1 ruled out" in out
+        "  cluster       2 nvidia-h100-80gb nodes the workers may use (8 of 16 devices free), 1 ruled out"
+        in out
     )
     _, offline, _ = run_main(capsys, "-f", write(tmp_path, SMALL_AUTO))
     assert "  cluster       not consulted" in offline
+
+
+def test_the_cluster_line_counts_the_nodes_of_the_jobs_accelerator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
+) -> None:
+    # One free L4 node, a job pinned to nvidia-a100-40gb: "1 accelerator node the workers may use (8 of 8
+    # devices free)" stood next to "no node in the cluster carries nvidia-a100-40gb".
+    server = api_server([node("l4-a", {"nvidia.com/gpu.product": "NVIDIA-L4"})], [])
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, server.url)))
+    code, out, err = run_main(capsys, "-f", write(tmp_path, LLAMA3_8B_FSDP), "--cluster")
+    assert code == 0, err
+    assert (
+        "  cluster       0 nvidia-a100-40gb nodes the workers may use (0 of 0 devices free), 0 ruled out by "
+        "their placement; 1 node of other accelerators\n" in out
+    )
+    assert "no node in the cluster carries nvidia-a100-40gb" in out
 
 
 def test_a_job_without_namespace_takes_the_contexts(
@@ -596,6 +664,55 @@ def test_a_job_without_namespace_takes_the_contexts(
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, server.url, namespace="ml")))
     code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest), "--cluster", "-o", "json")
     assert code == 0 and not any("not enough free" in warning for warning in json.loads(out)["warnings"])
+
+
+L4_LABELS = {"nvidia.com/gpu.product": "NVIDIA-L4"}
+
+
+def test_cluster_keeps_an_auto_job_on_the_accelerator_its_running_workers_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
+) -> None:
+    # The job's worker runs on an H100 node; an L4 node is free. The operator plans a running auto job on
+    # the accelerator its workers use (decisions.job.kept_accelerator): the CLI printed nvidia-l4.
+    manifest = json.loads(json.dumps(SMALL_AUTO))
+    manifest["spec"]["model"] = {"parameters": "300M"}
+    nodes = [node("h100-a", H100_LABELS), node("l4-a", L4_LABELS)]
+    worker = pod_on("h100-a", 1, namespace="ml", job="small")
+    worker["metadata"]["name"] = "small-worker-0"
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, api_server(nodes, [worker]).url)))
+    code, out, err = run_main(capsys, "-f", write(tmp_path, manifest), "--cluster", "-o", "json")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["accelerator"] == "nvidia-h100-80gb"
+    # The operator's answer for the same cluster, its workers and last status on the H100.
+    usage = {"h100-a": [pod_usage(worker)]}
+    catalog = load_catalog()
+    inventory = build_inventory(
+        [node_facts(n) for n in nodes],
+        usage,
+        catalog,
+        for_job=("ml", "small"),
+        placement=placement_of(template_pod_spec(manifest["spec"])),
+    )
+    running = JobObservation(
+        job=JobRef("small", "ml", "uid"),
+        generation=1,
+        spec=manifest["spec"],
+        status={"phase": "Running", "sizing": printed},
+        pods=[WorkerPod("small-worker-0", 0, "pod-uid", "Running", "h100-a", controller_uid="uid")],
+        inventory=inventory,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    operator = decide(running, catalog).sizing
+    assert operator is not None and printed == operator.model_dump(by_alias=True, mode="json")
+    # Without a live worker of its own (another job's, a finished one) the job goes where it is cheapest.
+    for other in (
+        pod_on("h100-a", 1, namespace="ml", job="someone"),
+        {**worker, "status": {"phase": "Failed"}},
+    ):
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, api_server(nodes, [other]).url)))
+        code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest), "--cluster", "-o", "json")
+        assert code == 0 and json.loads(out)["accelerator"] == "nvidia-l4"
 
 
 def test_host_offload_memory_is_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -688,3 +805,154 @@ def test_the_table_says_no_worker_starts_when_memory_needs_more_workers_than_all
     code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest))
     assert code == 0
     assert "no worker starts (TooFewWorkers" in out and "more than the spec allows (2)" in out
+
+
+# ------------------------------------------------------------------ review findings: what the operator refuses
+
+
+def fqdn_job(name: str, namespace: str | None) -> dict[str, Any]:
+    manifest = json.loads(json.dumps(LLAMA3_8B_FSDP))
+    manifest["metadata"] = {"name": name, **({"namespace": namespace} if namespace else {})}
+    manifest["spec"]["template"] = {"spec": {**TEMPLATE["spec"], "setHostnameAsFQDN": True}}
+    return manifest
+
+
+def test_a_worker_fqdn_too_long_for_the_kubelet_is_refused_as_the_operator_refuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
+) -> None:
+    # setHostnameAsFQDN, a 30-character name in team-ml: the operator and the webhook refuse it
+    # (metadata.name), `kubefit size` exited 0.
+    long_name = "a" * 30
+    code, out, err = run_main(capsys, "-f", write(tmp_path, fqdn_job(long_name, "team-ml")))
+    assert code == 2 and out == "", err
+    assert err.startswith("error: metadata.name: with spec.template.spec.setHostnameAsFQDN, worker FQDN ")
+    assert f"'{long_name}-worker-1.{long_name}.team-ml.svc.cluster.local' is 96 characters" in err
+    code, _, err = run_main(
+        capsys, "-f", write(tmp_path, fqdn_job(long_name, "team-ml")), "--cluster-domain", "c.io"
+    )
+    assert code == 2 and ".team-ml.svc.c.io' is 87 characters" in err
+    assert run_main(capsys, "-f", write(tmp_path, fqdn_job("short", "team-ml")))[0] == 0
+    # No namespace, nothing to check offline; with --cluster the context's namespace is the job's, and the
+    # job is refused before the cluster is listed.
+    assert run_main(capsys, "-f", write(tmp_path, fqdn_job(long_name, None)))[0] == 0
+    server = api_server([], [])
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, server.url, namespace="team-ml")))
+    code, _, err = run_main(capsys, "-f", write(tmp_path, fqdn_job(long_name, None)), "--cluster")
+    assert code == 2 and ".team-ml.svc.cluster.local' is 96 characters" in err, err
+    assert server.requests == []
+
+
+def test_the_cluster_domain_defaults_to_the_operators() -> None:
+    import argparse
+
+    from kubefit.cli.size import register
+    from kubefit.decisions.job import DEFAULT_CLUSTER_DOMAIN
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["size", "-f", "x"]).cluster_domain == DEFAULT_CLUSTER_DOMAIN
+    assert parser.parse_args(["size", "-f", "x", "--cluster-domain", "corp.example."]).cluster_domain == (
+        "corp.example"
+    )
+
+
+def test_an_invalid_spec_is_named_before_the_cluster_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It exited 3 "cannot reach the cluster" where the spec alone was at fault.
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, f"http://127.0.0.1:{port}")))
+    # Rules beyond the schema: the operator's worker limit, an accelerator no catalog lists.
+    invalid = with_spec(workers={"replicas": 2000})
+    code, out, err = run_main(capsys, "-f", write(tmp_path, invalid), "--cluster")
+    assert code == 2 and out == ""
+    assert err.startswith("error: spec.workers.replicas: 2000 workers exceed this operator's limit"), err
+    invalid = with_spec(resources={"accelerator": "nvidia-h100-800gb"})
+    code, _, err = run_main(capsys, "-f", write(tmp_path, invalid), "--cluster")
+    assert code == 2 and err.startswith("error: spec.resources.accelerator: unknown accelerator"), err
+    code, _, err = run_main(capsys, "-f", write(tmp_path, LLAMA3_8B_FSDP), "--cluster")
+    assert code == 3 and "cannot reach the cluster" in err  # a valid one still needs the cluster
+
+
+def test_a_schema_error_does_not_hide_the_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = with_spec(workers={"replicas": -1})
+    manifest["metadata"]["name"] = "Bad_Name"
+    code, _, err = run_main(capsys, "-f", write(tmp_path, manifest))
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 2, err
+    assert lines[0].startswith("error: spec.workers.replicas: ")
+    assert lines[1].startswith("error: metadata.name: must be a DNS label")
+
+
+def test_a_name_that_is_not_a_string_is_refused_and_an_absent_one_is_unnamed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `name: 12345` skipped the name's checks (exit 0) though the API server refuses it; `name:` (null)
+    # titled the table "TrainingJob ml/None".
+    numbered = json.loads(json.dumps(LLAMA3_8B_FSDP))
+    numbered["metadata"]["name"] = 12345
+    code, out, err = run_main(capsys, "-f", write(tmp_path, numbered))
+    assert (code, out, err) == (2, "", "error: metadata.name: must be a string, got int 12345\n")
+    numbered["spec"]["workers"] = {"replicas": -1}  # with the spec's errors, in one answer
+    code, _, err = run_main(capsys, "-f", write(tmp_path, numbered))
+    assert code == 2 and err.startswith("error: metadata.name: must be a string, got int 12345\n")
+    assert "error: spec.workers.replicas: " in err
+    unnamed = json.loads(json.dumps(LLAMA3_8B_FSDP))
+    unnamed["metadata"]["name"] = None
+    code, out, _ = run_main(capsys, "-f", write(tmp_path, unnamed))
+    assert code == 0 and out.startswith("TrainingJob ml/(unnamed)\n")
+    listed = json.loads(json.dumps(LLAMA3_8B_FSDP))
+    listed["metadata"]["namespace"] = ["ml"]
+    code, _, err = run_main(capsys, "-f", write(tmp_path, listed))
+    assert code == 2 and "error: metadata.namespace: must be a string, got list ['ml']" in err
+
+
+def test_a_catalog_that_is_not_utf8_or_not_yaml_is_one_line_exit_2(tmp_path: Path) -> None:
+    # A UTF-16 catalog was an internal error (exit 1); a YAML error printed across five lines.
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_bytes("accelerators: []\n".encode("utf-16"))
+    result = kubefit("size", "-f", "-", "--catalog", str(utf16), stdin=yaml.safe_dump(LLAMA3_8B_FSDP))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"error: {utf16}: not UTF-8 text (expected a YAML catalog)\n"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("accelerators: [\n")
+    result = kubefit("size", "-f", "-", "--catalog", str(broken), stdin=yaml.safe_dump(LLAMA3_8B_FSDP))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: {broken}: not valid YAML (line 2, column 1): ")
+
+
+def test_standard_input_that_is_not_utf8_exits_2() -> None:
+    # The stream's own strict decoding raised UnicodeDecodeError: an internal error, exit 1.
+    result = subprocess.run(
+        [sys.executable, "-m", "kubefit.cli.main", "size", "-f", "-"],
+        input=b"kind: \xff\n",
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "KUBEFIT_CATALOG": "", "PYTHONIOENCODING": "utf-8:strict"},
+    )
+    assert (result.returncode, result.stdout) == (2, b"")
+    assert result.stderr == b"error: <stdin>: not UTF-8 text (expected a YAML manifest)\n"
+
+
+def test_a_context_named_needs_no_current_context(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
+) -> None:
+    # kubectl --context needs no current-context; --cluster --context failed "Expected key current-context".
+    server = api_server(CLUSTER_NODES, CLUSTER_PODS)
+    path = kubeconfig(tmp_path, server.url, namespace="ml")
+    config = yaml.safe_load(path.read_text())
+    del config["current-context"]
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    manifest = {**SMALL_AUTO, "metadata": {"name": "small"}}  # its namespace: the context's
+    code, out, err = run_main(
+        capsys, "-f", write(tmp_path, manifest), "--cluster", "--context", "main", "-o", "json"
+    )
+    assert code == 0, err
+    assert json.loads(out) == operator_sizing(SMALL_AUTO, CLUSTER_NODES, CLUSTER_PODS)
+    code, _, err = run_main(capsys, "-f", write(tmp_path, manifest), "--cluster")
+    assert code == 3 and "current-context" in err  # none named, none current: kubectl fails too

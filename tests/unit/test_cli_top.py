@@ -287,3 +287,46 @@ def test_a_reader_that_leaves_ends_top_quietly(monkeypatch: pytest.MonkeyPatch) 
     os.close(read_end)
     with open(write_end, "w") as out:
         assert run_top(build_parser().parse_args(["top", "-n", "team"]), out, io.StringIO()) == 0
+
+
+def test_a_context_named_needs_no_current_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # kubectl --context needs no current-context in the kubeconfig; `kubefit top --context` failed on it
+    # ("cannot read the kubeconfig: ... Expected key current-context").
+    paths: list[str] = []
+
+    class Jobs(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            paths.append(self.path)
+            body = json.dumps({"items": [job(namespace="team-ml")]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Jobs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        kubeconfig = {"apiVersion": "v1", "kind": "Config",
+                      "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
+                      "users": [{"name": "u", "user": {"token": "t"}}],
+                      "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "team-ml"}}]}  # fmt: skip
+        (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        out, err = io.StringIO(), io.StringIO()
+        assert run_top(build_parser().parse_args(["top", "--context", "x"]), out, err) == 0, err.getvalue()
+        assert paths and "/namespaces/team-ml/trainingjobs" in paths[0]
+        assert "llm" in out.getvalue()
+        # Without --context the current one is needed: none is set, as kubectl says too.
+        err = io.StringIO()
+        assert run_top(build_parser().parse_args(["top"]), io.StringIO(), err) == 1
+        assert (
+            err.getvalue().startswith("kubefit top: cannot read the kubeconfig")
+            and "current-context" in err.getvalue()
+        )
+    finally:
+        server.shutdown()
+        server.server_close()

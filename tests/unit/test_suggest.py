@@ -13,7 +13,7 @@ from kubefit.api.validation import parse_spec
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import FP8_CAPABLE, plan
 from kubefit.sizing.remedies import replace_field
-from kubefit.sizing.suggest import Suggestion, overprovisioned, suggest
+from kubefit.sizing.suggest import Suggestion, overprovisioned, running_workers, suggest
 
 CATALOG = load_catalog()
 
@@ -42,6 +42,13 @@ SPECS = {
         resources={"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 8},
     ),
     "1B auto": make_spec(training={"microBatchSize": 8}),
+    # A fixed gang of 4 workers: each suggestion still runs 4, and is estimated (and counted) at 4.
+    "8B FSDP on 4 workers of 8 A100-40GB": make_spec(
+        model=LLAMA3_8B,
+        training={"sharding": "fsdp", "activationCheckpointing": "full", "sequenceLength": 4096},
+        resources={"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 8},
+        workers={"replicas": 4},
+    ),
 }
 
 
@@ -53,10 +60,11 @@ def test_suggestions_fit_when_applied_and_are_ranked_cheapest_first(name: str) -
     keys = [cost(s.devices, s.sizing.device_memory_bytes, s.sizing.per_device_bytes) for s in suggestions]
     assert keys == sorted(keys)
     for suggestion in suggestions:
-        replanned = plan(applied(spec, suggestion))
+        changed = applied(spec, suggestion)
+        replanned = plan(changed)
         assert replanned.fits, suggestion.description
         assert replanned.per_device_bytes == suggestion.sizing.per_device_bytes
-        assert replanned.accelerators_per_worker * replanned.min_workers == suggestion.devices
+        assert replanned.accelerators_per_worker * running_workers(changed, replanned) == suggestion.devices
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -64,7 +72,7 @@ def test_every_suggestion_improves_on_the_declared_plan(name: str) -> None:
     spec = SPECS[name]
     declared = plan(spec)
     declared_cost = cost(
-        declared.accelerators_per_worker * declared.min_workers,
+        declared.accelerators_per_worker * running_workers(spec, declared),
         declared.device_memory_bytes,
         declared.per_device_bytes,
     )
@@ -87,13 +95,25 @@ def test_the_changes_a_suggestion_lists_are_all_it_takes(name: str) -> None:
         for change in suggestion.changes:
             as_listed = change.apply(as_listed)
         sizing = plan(as_listed, CATALOG)
-        layout = (sizing.accelerator, sizing.accelerators_per_worker, sizing.min_workers)
+        layout = (sizing.accelerator, sizing.accelerators_per_worker, running_workers(as_listed, sizing))
         shown = (suggestion.sizing.accelerator, suggestion.sizing.accelerators_per_worker, suggestion.workers)
         assert layout == shown, suggestion.description
         if spec.resources.accelerator == "auto":  # left open by the user: a suggestion does not pin it
             assert suggestion.changes[0].field == "resources.accelerator" or all(
                 change.field != "resources.accelerator" for change in suggestion.changes
             ), suggestion.description
+
+
+def test_a_fixed_gang_is_counted_at_the_workers_it_runs_in_every_suggestion() -> None:
+    """A 4-worker job keeps its 4 workers once changed: LoRA at one device a worker was listed as "1 device,
+    16.0 GiB", the estimate made at 4 workers shown for a count that holds 24 GiB per device."""
+    spec = SPECS["8B FSDP on 4 workers of 8 A100-40GB"]
+    suggestions = suggest(spec, CATALOG)
+    assert suggestions and all(s.workers == 4 for s in suggestions)
+    lora = next(s for s in suggestions if s.description.startswith("model.finetuning.method: lora"))
+    assert (lora.devices, lora.layout) == (4, "4 workers x 1 nvidia-a100-40gb")
+    # The declared job runs 32 devices: 8 a worker x 4; two a worker is a saving, listed on its own.
+    assert "resources.acceleratorsPerWorker: 2" in [s.description for s in suggestions]
 
 
 def test_each_suggestion_says_what_it_trades_away() -> None:

@@ -4,7 +4,10 @@ The operator keeps every node and every pod in kopf indexes and turns them into 
 decisions.inventory (node_facts, pod_usage, build_inventory), counting the job's own workers as free and
 offering only the nodes the worker pod's nodeSelector, required node affinity and tolerations admit. Here
 the same functions run over one listing of the nodes and of the pods of all namespaces, through the
-kubeconfig ($KUBECONFIG, else ~/.kube/config) and its current context or --context.
+kubeconfig ($KUBECONFIG, else ~/.kube/config) and its current context or --context. While the job's own
+workers run, the operator plans an `accelerator: auto` job on their accelerator alone
+(decisions.job.kept_accelerator, keyed by the accelerator of its last status.sizing); here that
+accelerator is the one the nodes of its live workers carry.
 
 Imported only when --cluster is given, so that the offline `kubefit size` never loads the Kubernetes client.
 """
@@ -13,7 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +26,12 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from kubefit.decisions.inventory import Inventory, PodUsage, build_inventory, node_facts, pod_usage
+from kubefit.builders.naming import JOB_LABEL
+from kubefit.cli.top import context_namespace
+from kubefit.decisions.inventory import Inventory, NodeFacts, PodUsage, build_inventory, node_facts, pod_usage
+from kubefit.decisions.job import kept_accelerator, spec_accelerator
 from kubefit.decisions.node_match import placement_of, template_pod_spec
+from kubefit.decisions.observed import WorkerPod, worker_from_pod
 from kubefit.sizing.catalog import Catalog
 
 PAGE_SIZE = 500  # objects per list call: a 5,000-node cluster is read in pages, never in one response
@@ -48,19 +56,18 @@ def kubeconfig_source() -> str:
 
 
 def connect(context: str | None) -> Connection:
-    """A client for the kubeconfig's current context (or `context`); no request is sent yet."""
+    """A client for the kubeconfig's current context (or `context`, which needs no current-context in the
+    file, as with kubectl); no request is sent yet."""
     configuration = client.Configuration()
     where = f"kubeconfig {kubeconfig_source()}" + (f", context {context!r}" if context else "")
     try:
         # Read now, not from the client's default (taken from the environment when it was imported).
         source = kubeconfig_source()
         config.load_kube_config(config_file=source, context=context, client_configuration=configuration)
-        contexts, active = config.list_kube_config_contexts(config_file=source)
+        namespace = context_namespace(source, context)
     except (config.ConfigException, yaml.YAMLError, OSError, ValueError) as exc:
         detail = " ".join(str(exc).split())  # a YAML error spans lines; the command reports in one
         raise ClusterUnreadable(f"cannot read the {where}: {detail}") from None
-    chosen = next((item for item in contexts if item["name"] == context), active) if context else active
-    namespace = str(((chosen or {}).get("context") or {}).get("namespace") or "default")
     configuration.retries = 1  # fail in seconds, not minutes, when the server does not answer
     return Connection(client.CoreV1Api(client.ApiClient(configuration)), configuration.host, namespace)
 
@@ -98,23 +105,56 @@ def _pages(connection: Connection, kind: str) -> Iterator[dict[str, Any]]:
             return
 
 
-def job_key(manifest: Mapping[str, Any], default_namespace: str) -> tuple[str, str]:
-    """(namespace, name) of the TrainingJob, as the operator keys its workers."""
-    metadata = manifest.get("metadata") or {}
-    return str(metadata.get("namespace") or default_namespace), str(metadata.get("name") or "")
-
-
-def read_inventory(manifest: Mapping[str, Any], catalog: Catalog, context: str | None) -> Inventory:
-    """The inventory the operator would size `manifest` against: nodes split by the worker pod's
-    placement, free devices net of every bound, unfinished pod except the job's own workers."""
-    connection = connect(context)
+def read_inventory(
+    connection: Connection, manifest: Mapping[str, Any], catalog: Catalog, namespace: str
+) -> tuple[Inventory, str | None]:
+    """The inventory the operator would size `manifest` (a job in `namespace`) against: nodes split by the
+    worker pod's placement, free devices net of every bound, unfinished pod except the job's own workers.
+    While those run, an `accelerator: auto` job sees only the nodes of their accelerator, as in the
+    operator: that accelerator is returned too (None when the inventory is whole)."""
+    key = (namespace, str((manifest.get("metadata") or {}).get("name") or ""))
     nodes = [node_facts(node) for node in _pages(connection, "nodes")]
     usage: dict[str, list[PodUsage]] = {}
+    ours: list[WorkerPod] = []
     for pod in _pages(connection, "pods"):
         held = pod_usage(pod)
         if held is not None:
             usage.setdefault(held.node_name, []).append(held)
+        worker = _own_worker(pod, key)
+        if worker is not None:
+            ours.append(worker)
     placement = placement_of(template_pod_spec(manifest.get("spec")))
-    return build_inventory(
-        nodes, usage, catalog, for_job=job_key(manifest, connection.namespace), placement=placement
-    )
+    inventory = build_inventory(nodes, usage, catalog, for_job=key, placement=placement)
+    running_on = _workers_accelerator(ours, nodes, catalog)
+    # The operator keys the rule by its last status.sizing, which names the accelerator the workers run on.
+    previous = {"sizing": {"accelerator": running_on}} if running_on else {}
+    kept = kept_accelerator(inventory, previous, ours, spec_accelerator(manifest.get("spec")))
+    if kept is None or kept is inventory:
+        return inventory, None
+    return kept, running_on
+
+
+def _own_worker(pod: Mapping[str, Any], key: tuple[str, str]) -> WorkerPod | None:
+    """`pod` as a worker of the job `key` (in its namespace, with its job label, named like a worker), else
+    None. The operator also drops a pod another job of the same name controls; its uid is unknown here."""
+    metadata = pod.get("metadata") or {}
+    if metadata.get("namespace") != key[0] or (metadata.get("labels") or {}).get(JOB_LABEL) != key[1]:
+        return None
+    worker = worker_from_pod(pod)
+    return worker if worker is not None and worker.index is not None else None
+
+
+def _workers_accelerator(
+    ours: Sequence[WorkerPod], nodes: Sequence[NodeFacts], catalog: Catalog
+) -> str | None:
+    """The accelerator the nodes of the job's live, bound workers carry (the most common, should they
+    differ); None when none runs."""
+    labels = {node.name: node.labels for node in nodes}
+    found: Counter[str] = Counter()
+    for worker in sorted(ours, key=lambda pod: pod.index or 0):
+        if worker.terminating or worker.finished or worker.node_name not in labels:
+            continue
+        accelerator = catalog.identify(labels[worker.node_name])
+        if accelerator is not None:
+            found[accelerator.name] += 1
+    return found.most_common(1)[0][0] if found else None

@@ -190,7 +190,7 @@ def _resync_seconds(text: str) -> float:
     return value
 
 
-def _cluster_domain(text: str) -> str:
+def cluster_domain_name(text: str) -> str:
     """A DNS subdomain, as the kubelet's --cluster-domain (a trailing dot, as in a resolv.conf, dropped)."""
     domain = text.removesuffix(".")
     if not _DNS_SUBDOMAIN.match(domain):
@@ -276,7 +276,7 @@ def _add_job_check_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cluster-domain",
-        type=_cluster_domain,
+        type=cluster_domain_name,
         metavar="DOMAIN",
         help="the kubelets' cluster domain: a job whose template sets setHostnameAsFQDN is refused (InvalidSpec) "
         "when a worker's FQDN would pass the kubelet's 64 characters (default cluster.local)",

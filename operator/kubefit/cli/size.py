@@ -13,13 +13,14 @@ from typing import Any, TextIO
 from kubefit.api.conditions import Reason
 from kubefit.api.resource import API_VERSION, KIND
 from kubefit.api.units import GIB, format_gib
-from kubefit.cli.run import positive_int
+from kubefit.cli.run import cluster_domain_name, positive_int
 from kubefit.decisions.workers import worker_bounds
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # an internal error; reported in one line, never a traceback
 EXIT_INVALID = 2  # unreadable file, not YAML, not a TrainingJob, invalid spec or catalog
 EXIT_CLUSTER = 3  # --cluster: the kubeconfig cannot be read or the cluster cannot be reached or listed
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"  # decisions.job's, the operator's; not imported: --help stays fast
 
 DESCRIPTION = """\
 Estimate the peak accelerator memory per device of a TrainingJob and choose (or check) its layout:
@@ -39,7 +40,14 @@ inputs:
                   bound pods hold, as the operator reads them. Only the nodes the worker pod's
                   nodeSelector, required node affinity and tolerations admit are offered; the job's
                   own workers (metadata.namespace, else the context's namespace, and metadata.name)
-                  count as free. Needs list on nodes and on pods in all namespaces.
+                  count as free; while they run, an accelerator: auto job is planned on their
+                  accelerator alone, as the operator plans it. Needs list on nodes and on pods in all
+                  namespaces. --context NAME needs no current-context in the kubeconfig.
+  --cluster-domain DOMAIN
+                  the kubelets' cluster domain (default cluster.local), as `kubefit run` takes it: with
+                  setHostnameAsFQDN, a worker's FQDN <job>-worker-<i>.<job>.<namespace>.svc.<domain>
+                  must fit the kubelet's 64 characters. Checked when the namespace is known:
+                  metadata.namespace, else with --cluster the context's.
 
 what is assumed:
   - Memory per device is the estimator's figure: weights, gradients, optimizer states, activations,
@@ -75,7 +83,9 @@ output:
             that watches only some namespaces does not count the pods of the others; this does).
   -o yaml   the same object as YAML.
   --suggest adds cheaper alternatives, ranked by total devices then device memory, each re-estimated
-            (against the catalog, not the cluster), with what it trades away. With -o json/yaml the output becomes
+            (against the catalog, not the cluster), with what it trades away. Devices and "workers" are
+            what the changed job runs (replicas kept within its bounds), the count its estimate was
+            made at. With -o json/yaml the output becomes
             {"sizing": <status.sizing>, "suggestions": [{"change", "changes": [{"field", "value"}],
             "accelerator", "acceleratorsPerWorker", "workers", "devices", "perDeviceBytes",
             "deviceMemoryBytes", "fits", "tradeOff"}, ...]}.
@@ -151,6 +161,14 @@ def register(commands: Any) -> None:
         help="refuse a job asking for more workers, as `kubefit run --max-workers-per-job N` does (default "
         "1024, the operator's)",
     )
+    parser.add_argument(
+        "--cluster-domain",
+        type=cluster_domain_name,
+        default=DEFAULT_CLUSTER_DOMAIN,
+        metavar="DOMAIN",
+        help="the kubelets' cluster domain, as `kubefit run --cluster-domain` (default cluster.local): with "
+        "setHostnameAsFQDN, a job whose workers' FQDN would pass 64 characters is refused",
+    )
     parser.set_defaults(handler=run_size)
 
 
@@ -159,7 +177,15 @@ def register(commands: Any) -> None:
 
 def read_text(filename: str, stdin: TextIO | None = None) -> str:
     if filename == "-":
-        return (stdin or sys.stdin).read()
+        stream = stdin or sys.stdin
+        # The bytes, decoded here: the stream's own decoding (the locale's) raised an internal error.
+        raw = getattr(stream, "buffer", None)
+        if raw is None:
+            return stream.read()
+        try:
+            return bytes(raw.read()).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(["<stdin>: not UTF-8 text (expected a YAML manifest)"]) from None
     try:
         with open(filename, encoding="utf-8") as handle:
             return handle.read()
@@ -218,11 +244,16 @@ _BREAKDOWN_ROWS = (
 )
 
 
-def render_table(
-    manifest: dict[str, Any], spec: Any, job_sizing: Any, suggestions: list[Any] | None, inventory: Any = None
+def render_table(  # noqa: PLR0913 - the job, its sizing, and what it was planned against
+    manifest: dict[str, Any],
+    spec: Any,
+    job_sizing: Any,
+    suggestions: list[Any] | None,
+    inventory: Any = None,
+    kept_on: str | None = None,
 ) -> str:
     sizing = job_sizing.sizing
-    lines = _summary_lines(manifest, spec, job_sizing) + _context_lines(job_sizing, inventory)
+    lines = _summary_lines(manifest, spec, job_sizing) + _context_lines(job_sizing, inventory, kept_on)
     lines += _breakdown_lines(sizing)
     if sizing.warnings:
         lines += ["", "  warnings"]
@@ -235,7 +266,7 @@ def render_table(
 def _summary_lines(manifest: dict[str, Any], spec: Any, job_sizing: Any) -> list[str]:
     sizing = job_sizing.sizing
     metadata = manifest.get("metadata") or {}
-    name = metadata.get("name", "(unnamed)")
+    name = metadata.get("name") or "(unnamed)"
     namespace = metadata.get("namespace")
     title = f"{KIND} {namespace}/{name}" if namespace else f"{KIND} {name}"
     usable = sizing.device_memory_bytes * (1 - spec.resources.memory_headroom)
@@ -271,17 +302,26 @@ def _summary_lines(manifest: dict[str, Any], spec: Any, job_sizing: Any) -> list
     ]
 
 
-def _context_lines(job_sizing: Any, inventory: Any) -> list[str]:
-    """Where the plan was made, and the host memory a worker needs for offloaded state."""
+def _context_lines(job_sizing: Any, inventory: Any, kept_on: str | None = None) -> list[str]:
+    """Where the plan was made, and the host memory a worker needs for offloaded state. The cluster's nodes
+    are counted for the chosen accelerator: the others' devices are none the workers could use."""
     if inventory is None:
         lines = ["  cluster       not consulted: planned against the whole catalog (--cluster: the live one)"]
     else:
-        placeable = sum(node.allocatable for node in inventory.placeable)
-        free = sum(node.free for node in inventory.placeable)
-        lines = [
-            f"  cluster       {_count(len(inventory.placeable), 'accelerator node')} the workers may use "
-            f"({free} of {placeable} devices free), {len(inventory.excluded)} ruled out by their placement"
-        ]
+        accelerator = job_sizing.sizing.accelerator
+        usable = [node for node in inventory.placeable if node.accelerator == accelerator]
+        ruled_out = sum(node.accelerator == accelerator for node in inventory.excluded)
+        line = (
+            f"  cluster       {_count(len(usable), f'{accelerator} node')} the workers may use "
+            f"({sum(node.free for node in usable)} of {sum(node.allocatable for node in usable)} devices "
+            f"free), {ruled_out} ruled out by their placement"
+        )
+        others = len(inventory.placeable) - len(usable)
+        if kept_on is not None:
+            line += "; kept on it, as the operator keeps it: the job's workers run there"
+        elif others:
+            line += f"; {_count(others, 'node')} of other accelerators"
+        lines = [line]
     if job_sizing.host_bytes_per_worker:
         lines.append(
             f"  host memory   {format_gib(job_sizing.host_bytes_per_worker)} per worker of offloaded "
@@ -336,15 +376,20 @@ def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) 
         raise InvalidInput(["--context: only used with --cluster"])
     source = "<stdin>" if args.filename == "-" else args.filename
     manifest = load_training_job(read_text(args.filename, stdin), source)
-    spec, catalog = _parse(manifest, args.catalog)
-    inventory = _live_inventory(manifest, catalog, args.context) if args.cluster else None
-    job_sizing = _size(manifest, catalog, inventory, args.max_workers_per_job)
-    name = (manifest.get("metadata") or {}).get("name")
-    check = operator_check(name if isinstance(name, str) else None, args.max_workers_per_job)
+    catalog = _catalog(args.catalog)
+    name, namespace = _job_identity(manifest, catalog, args)
+    # The operator's checks first, without the cluster (no advice, little work): an invalid job exits 2
+    # naming the field even where the cluster cannot be read.
+    spec, job_sizing = _size(manifest, catalog, None, args, (name, namespace), advise=not args.cluster)
+    inventory, kept_on = None, None
+    if args.cluster:
+        namespace, inventory, kept_on = _on_the_cluster(manifest, catalog, args, (name, namespace))
+        spec, job_sizing = _size(manifest, catalog, inventory, args, (name, namespace))
+    check = operator_check(name, args.max_workers_per_job, _domain(namespace, args.cluster_domain))
     suggestions = suggest(spec, catalog, check) if args.suggest else None
 
     if args.output == "table":
-        stdout.write(render_table(manifest, spec, job_sizing, suggestions, inventory))
+        stdout.write(render_table(manifest, spec, job_sizing, suggestions, inventory, kept_on))
         return EXIT_OK
     document: Any = job_sizing.sizing.model_dump(by_alias=True, mode="json")
     if suggestions is not None:
@@ -353,47 +398,95 @@ def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) 
     return EXIT_OK
 
 
-def _parse(manifest: dict[str, Any], catalog_file: str | None) -> tuple[Any, Any]:
-    from kubefit.api.validation import InvalidSpec, schema_spec
+def _catalog(catalog_file: str | None) -> Any:
     from kubefit.sizing.catalog import CatalogError, load_catalog
 
     try:
-        catalog = load_catalog(catalog_file)
-        # The schema alone: the rules come with the operator's checks (_size), all in one answer.
-        return schema_spec(manifest["spec"]), catalog
+        return load_catalog(catalog_file)
     except CatalogError as exc:
         raise InvalidInput([str(exc)]) from None
-    except InvalidSpec as exc:
-        raise InvalidInput([str(error) for error in exc.errors]) from None
 
 
-def _size(manifest: dict[str, Any], catalog: Any, inventory: Any, max_workers_per_job: int) -> Any:
-    """The operator's own checks and sizing path (decisions.job.checked_spec): what it would mark
-    InvalidSpec is refused here too, the job name included when the manifest has one."""
+def _job_identity(
+    manifest: dict[str, Any], catalog: Any, args: argparse.Namespace
+) -> tuple[str | None, str | None]:
+    """metadata.name and metadata.namespace, None when absent (an empty namespace too: kubectl then takes
+    the context's). A value that is not a string is refused naming the field, as the API server refuses it
+    (a number was taken for no name, and the name's checks skipped), with the spec's errors in one answer."""
+    metadata = manifest.get("metadata") or {}
+    errors = [
+        f"metadata.{field}: must be a string, got {type(value).__name__} {value!r}"
+        for field in ("name", "namespace")
+        if (value := metadata.get(field)) is not None and not isinstance(value, str)
+    ]
+    if errors:
+        try:
+            _size(manifest, catalog, None, args, (None, None), advise=False)
+        except InvalidInput as more:
+            errors += more.lines
+        raise InvalidInput(errors)
+    return metadata.get("name"), metadata.get("namespace") or None
+
+
+def _domain(namespace: str | None, cluster_domain: str) -> str | None:
+    """The workers' DNS domain (decisions.job.host_domain); None, and no FQDN check, without a namespace."""
+    from kubefit.decisions.job import host_domain
+
+    return None if namespace is None else host_domain(namespace, cluster_domain)
+
+
+def _size(
+    manifest: dict[str, Any],
+    catalog: Any,
+    inventory: Any,
+    args: argparse.Namespace,
+    job: tuple[str | None, str | None],
+    advise: bool = True,
+) -> tuple[Any, Any]:
+    """The operator's own checks and sizing path (decisions.job.checked_spec) for the job (name, namespace):
+    what it would mark InvalidSpec is refused here too, naming every field at fault, the name's among them
+    (with a namespace, the length of the workers' FQDN too)."""
     from kubefit.api.validation import InvalidSpec
     from kubefit.decisions.job import checked_spec
 
-    name = (manifest.get("metadata") or {}).get("name")
+    name, namespace = job
     try:
-        _, job_sizing = checked_spec(
-            name if isinstance(name, str) else None, manifest["spec"], catalog, max_workers_per_job, inventory
+        return checked_spec(
+            name,
+            manifest["spec"],
+            catalog,
+            args.max_workers_per_job,
+            inventory,
+            domain=_domain(namespace, args.cluster_domain),
+            advise=advise,
         )
     except InvalidSpec as exc:
         raise InvalidInput([str(error) for error in exc.errors]) from None
-    return job_sizing
 
 
-def _live_inventory(manifest: dict[str, Any], catalog: Any, context: str | None) -> Any:
-    from kubefit.cli.cluster_inventory import ClusterUnreadable, read_inventory
+def _on_the_cluster(
+    manifest: dict[str, Any], catalog: Any, args: argparse.Namespace, job: tuple[str | None, str | None]
+) -> tuple[str, Any, str | None]:
+    """The job's namespace (the context's when the manifest names none), the live inventory and the
+    accelerator the job's running workers keep it on (None: not kept). A job the context's namespace makes
+    invalid (its workers' FQDN) is refused before the cluster is listed."""
+    from kubefit.cli.cluster_inventory import ClusterUnreadable, connect, read_inventory
 
+    name, namespace = job
     try:
-        return read_inventory(manifest, catalog, context)
+        connection = connect(args.context)
+        if namespace is None:
+            namespace = connection.namespace
+            _size(manifest, catalog, None, args, (name, namespace), advise=False)
+        inventory, kept_on = read_inventory(connection, manifest, catalog, namespace)
     except ClusterUnreadable as exc:
         raise ClusterError(f"--cluster: {exc}") from None
+    return namespace, inventory, kept_on
 
 
 def run_size(args: argparse.Namespace) -> int:
-    """Handler of `kubefit size`: exit 0 when estimated, 2 for invalid input, 1 for internal errors."""
+    """Handler of `kubefit size`: exit 0 when estimated, 2 for invalid input, 3 when --cluster cannot read the
+    cluster, 1 for internal errors."""
     try:
         return size(args, sys.stdout)
     except BrokenPipeError:  # e.g. `kubefit size ... | head`: the reader left, nothing more to say

@@ -284,19 +284,29 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())  # a YAML error spans lines; the command reports in one
 
 
+def context_namespace(config_file: str, context: str | None) -> str:
+    """The namespace of the kubeconfig's context `context` (None: its current-context), as kubectl uses it;
+    "default" when it names none. A named context needs no current-context in the file (kubectl --context
+    needs none): config.list_kube_config_contexts did, and refused such a file. Raises what reading the
+    kubeconfig raises (ConfigException, YAMLError, OSError)."""
+    from kubernetes.config.kube_config import ConfigException, KubeConfigLoader, KubeConfigMerger
+
+    merged = KubeConfigMerger(config_file).config
+    if merged is None:
+        raise ConfigException(f"Invalid kube-config file. No configuration found in {config_file}")
+    chosen = KubeConfigLoader(config_dict=merged, active_context=context).current_context
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+
+
 def current_namespace(context: str | None) -> str:
     """The kubeconfig context's namespace, as kubectl uses it; "default" when it names none."""
     import yaml
     from kubernetes import config
 
     try:
-        contexts, active = config.list_kube_config_contexts(kubeconfig_path())
+        return context_namespace(kubeconfig_path(), context)
     except (config.ConfigException, yaml.YAMLError, OSError, ValueError) as exc:
         raise TopError(f"cannot read the kubeconfig: {_one_line(exc)}") from exc
-    chosen: dict[str, Any] | None = (
-        next((c for c in contexts if c["name"] == context), active) if context else active
-    )
-    return str((chosen or {}).get("context", {}).get("namespace") or "default")
 
 
 # ---------------------------------------------------------------- command

@@ -154,7 +154,7 @@ def decide(
             observation.spec,
             catalog,
             settings.max_workers_per_job,
-            _kept_accelerator(observation.inventory, previous, ours, _spec_accelerator(observation.spec)),
+            kept_accelerator(observation.inventory, previous, ours, spec_accelerator(observation.spec)),
             domain=host_domain(observation.job.namespace, settings.cluster_domain),
         )
     except InvalidSpec as invalid:
@@ -175,12 +175,13 @@ def decide(
     return _to_decision(observation, draft, sizing, ours, adopt)
 
 
-def _kept_accelerator(
-    inventory: Inventory | None, previous: Mapping[str, Any], ours: Sequence[WorkerPod], spec_accelerator: Any
+def kept_accelerator(
+    inventory: Inventory | None, previous: Mapping[str, Any], ours: Sequence[WorkerPod], declared: Any
 ) -> Inventory | None:
     """While workers run, the planner sees only the nodes of the accelerator they run on. Planned against
     every free device instead, `accelerator: auto` moved to another device whenever capacity elsewhere came
-    free, and new or replacement workers then joined the running group on that other device."""
+    free, and new or replacement workers then joined the running group on that other device. `declared`:
+    the spec's resources.accelerator (spec_accelerator). `kubefit size --cluster` applies it too."""
     accelerator = ((previous.get("sizing") or {}) if isinstance(previous, Mapping) else {}).get("accelerator")
     if (
         inventory is None
@@ -188,12 +189,13 @@ def _kept_accelerator(
         or not any(not pod.terminating and not pod.finished for pod in ours)
     ):
         return inventory
-    if spec_accelerator not in (None, "auto") or accelerator not in inventory.pools:
+    if declared not in (None, "auto") or accelerator not in inventory.pools:
         return inventory  # a spec that names its device, or one whose nodes are gone: planned as any job
     return inventory.only(accelerator)
 
 
-def _spec_accelerator(raw_spec: Any) -> Any:
+def spec_accelerator(raw_spec: Any) -> Any:
+    """spec.resources.accelerator as written, None where the spec does not have it."""
     resources = raw_spec.get("resources") if isinstance(raw_spec, Mapping) else None
     return resources.get("accelerator") if isinstance(resources, Mapping) else None
 

@@ -92,7 +92,11 @@ def parse_catalog(text: str, source: str = "catalog") -> list[Accelerator]:
     try:
         document = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise CatalogError(f"{source}: not valid YAML: {exc}") from None
+        # One line, with where (as `kubefit size -f` reports a manifest's): the error's text spans five.
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise CatalogError(f"{source}: not valid YAML{at}: {problem}") from None
     entries = document.get("accelerators") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise CatalogError(f"{source}: expected a top-level 'accelerators' list")
@@ -139,9 +143,11 @@ def _load(extra_path: str | None) -> Catalog:
     if extra_path:
         path = Path(extra_path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")  # not the locale's: the same file reads the same anywhere
         except OSError as exc:
             raise CatalogError(f"{extra_path}: cannot read catalog file: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise CatalogError(f"{extra_path}: not UTF-8 text (expected a YAML catalog)") from None
         catalog = catalog.extended(parse_catalog(text, extra_path))
     return catalog
 

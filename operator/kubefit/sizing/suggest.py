@@ -5,6 +5,8 @@ micro-batch, offload, LoRA/QLoRA, or only a different layout) and plans each alt
 layout: on the declared accelerator when one is named, on any catalog accelerator when it is `auto`,
 with `acceleratorsPerWorker` and the worker count chosen again. Alternatives that fit and improve on the
 declared plan are ranked by total accelerator count, then device memory, then per-device estimate.
+Devices are counted at the workers the job runs once changed (replicas kept within its bounds, as the
+operator keeps them), the count its per-device estimate was made at, not at minWorkers.
 An alternative improves on a plan when it needs fewer devices, or as many on a device with at least a
 tenth less memory; one that the operator would refuse or block once applied (a fixed count that splits
 no TP x PP group, more workers than maxReplicas) is not listed.
@@ -35,19 +37,18 @@ SMALLER_DEVICE = 0.9
 
 @dataclass(frozen=True)
 class Suggestion:
-    """An alternative configuration, planned: what changes, the resulting sizing and what it costs."""
+    """An alternative configuration, planned: what changes, the resulting sizing and what it costs.
+    `workers` is the count the changed job runs (`running_workers`), which sizing.perDeviceBytes was
+    estimated at: a 4-worker job stays at 4 workers when only its precision changes."""
 
     changes: tuple[Change, ...]
     sizing: SizingStatus
     trade_off: str
-
-    @property
-    def workers(self) -> int:
-        return self.sizing.min_workers
+    workers: int
 
     @property
     def devices(self) -> int:
-        return _devices(self.sizing)
+        return self.sizing.accelerators_per_worker * self.workers
 
     @property
     def description(self) -> str:
@@ -73,17 +74,37 @@ class Suggestion:
         }
 
 
-def _cost(sizing: SizingStatus) -> tuple[int, int, int]:
-    return (_devices(sizing), sizing.device_memory_bytes, sizing.per_device_bytes)
+def running_workers(spec: TrainingJobSpec, sizing: SizingStatus) -> int:
+    """The workers `spec` runs on the layout of `sizing` (replicas kept within its bounds, the count
+    sizing.perDeviceBytes was estimated at); the fewest that fit when its bounds cannot hold those."""
+    counts = worker_counts(spec, sizing.min_workers, sizing.accelerators_per_worker)
+    return counts.desired if counts.feasible else sizing.min_workers
 
 
-def _cheaper(sizing: SizingStatus, baseline: SizingStatus) -> bool:
+def _applied(spec: TrainingJobSpec, changes: Sequence[Change]) -> TrainingJobSpec:
+    for change in changes:
+        spec = change.apply(spec)
+    return spec
+
+
+def _suggestion(
+    spec: TrainingJobSpec, changes: tuple[Change, ...], sizing: SizingStatus, trade_off: str
+) -> Suggestion:
+    """`changes` to `spec`, planned as `sizing`, counted at the workers the changed job runs."""
+    return Suggestion(changes, sizing, trade_off, running_workers(_applied(spec, changes), sizing))
+
+
+def _cost(suggestion: Suggestion) -> tuple[int, int, int]:
+    sizing = suggestion.sizing
+    return (suggestion.devices, sizing.device_memory_bytes, sizing.per_device_bytes)
+
+
+def _cheaper(suggestion: Suggestion, baseline: Suggestion) -> bool:
     """Fewer devices, or as many on a device with at least a tenth less memory. Less memory used on
     the same devices costs the same."""
-    devices, baseline_devices = _devices(sizing), _devices(baseline)
-    if devices != baseline_devices:
-        return devices < baseline_devices
-    return sizing.device_memory_bytes <= SMALLER_DEVICE * baseline.device_memory_bytes
+    if suggestion.devices != baseline.devices:
+        return suggestion.devices < baseline.devices
+    return suggestion.sizing.device_memory_bytes <= SMALLER_DEVICE * baseline.sizing.device_memory_bytes
 
 
 def _planned(spec: TrainingJobSpec, catalog: Catalog) -> SizingStatus | None:
@@ -99,9 +120,7 @@ def _runs_as_suggested(
 ) -> bool:
     """Whether `spec` with `changes` applied is a valid job that fits within its worker bounds (and that
     the operator's own `check` accepts)."""
-    changed = spec
-    for change in changes:
-        changed = change.apply(changed)
+    changed = _applied(spec, changes)
     try:
         if check is not None:
             check(changed)
@@ -146,12 +165,14 @@ def suggest(
     re-laid out (which is listed on its own), so that a saving is credited to the change that makes it.
     """
     catalog = catalog or load_catalog()
-    declared = plan_quietly(spec, catalog)
-    same_device = plan_quietly(_cheapest_layout(spec), catalog)
+    # The baselines, as the job runs them: the declared spec and that spec merely re-laid out.
+    declared = _suggestion(spec, (), plan_quietly(spec, catalog), "")
+    same_device = _suggestion(spec, (), plan_quietly(_cheapest_layout(spec), catalog), "")
     shortlist = _Shortlist(spec, catalog, check)
     _consider_single_changes(spec, catalog, shortlist, (declared, same_device))
     _consider_layouts(spec, catalog, shortlist, declared, same_device)
-    if not declared.fits:  # no single change may be enough: add the verified (possibly combined) remedies
+    # No single change may be enough: add the verified (possibly combined) remedies.
+    if not declared.sizing.fits:
         _consider_remedies(spec, catalog, shortlist)
     return shortlist.ranked()
 
@@ -171,17 +192,16 @@ class _Shortlist:
     check: SpecCheck | None = None
     found: list[tuple[tuple[int, int, int, int], Suggestion]] = field(default_factory=list)
 
-    def consider(self, order: int, suggestion: Suggestion, baselines: Sequence[SizingStatus]) -> None:
+    def consider(self, order: int, suggestion: Suggestion, baselines: Sequence[Suggestion]) -> None:
         """Keep `suggestion` if it fits, is cheaper than every baseline that fits, and runs as
         suggested once applied."""
-        sizing = suggestion.sizing
-        if not sizing.fits:
+        if not suggestion.sizing.fits:
             return
-        if any(baseline.fits and not _cheaper(sizing, baseline) for baseline in baselines):
+        if any(baseline.sizing.fits and not _cheaper(suggestion, baseline) for baseline in baselines):
             return  # no fewer devices and no smaller device: not an improvement
         if not _runs_as_suggested(self.spec, suggestion.changes, self.catalog, self.check):
             return
-        self.found.append(((*_cost(sizing), order), suggestion))
+        self.found.append(((*_cost(suggestion), order), suggestion))
 
     def descriptions(self) -> set[str]:
         return {suggestion.description for _, suggestion in self.found}
@@ -191,7 +211,7 @@ class _Shortlist:
 
 
 def _consider_single_changes(
-    spec: TrainingJobSpec, catalog: Catalog, shortlist: _Shortlist, baselines: Sequence[SizingStatus]
+    spec: TrainingJobSpec, catalog: Catalog, shortlist: _Shortlist, baselines: Sequence[Suggestion]
 ) -> None:
     """Each applicable change alone, at its cheapest layout on the declared accelerator."""
     fixed_device = catalog.get(spec.resources.accelerator)
@@ -210,27 +230,27 @@ def _consider_single_changes(
             c for c in _layout_changes(spec, sizing) if c.field == "resources.acceleratorsPerWorker"
         ]
         changes = (change, *per_worker)
-        shortlist.consider(order, Suggestion(changes, sizing, change.trade_off), baselines)
+        shortlist.consider(order, _suggestion(spec, changes, sizing, change.trade_off), baselines)
 
 
 def _consider_layouts(
     spec: TrainingJobSpec,
     catalog: Catalog,
     shortlist: _Shortlist,
-    declared: SizingStatus,
-    same_device: SizingStatus,
+    declared: Suggestion,
+    same_device: Suggestion,
 ) -> None:
     """The unchanged spec re-laid out: on the declared accelerator, then (if one is named) on any."""
-    changes = _layout_changes(spec, same_device)
+    changes = _layout_changes(spec, same_device.sizing)
     if changes:
-        suggestion = Suggestion(changes, same_device, FEWER_DEVICES_TRADE_OFF)
+        suggestion = _suggestion(spec, changes, same_device.sizing, FEWER_DEVICES_TRADE_OFF)
         shortlist.consider(_SAME_DEVICE_LAYOUT, suggestion, (declared,))
     if spec.resources.accelerator == "auto":
         return
     any_device = plan_quietly(replace_field(_cheapest_layout(spec), "resources.accelerator", "auto"), catalog)
     changes = _layout_changes(spec, any_device)
     if changes:
-        suggestion = Suggestion(changes, any_device, trade_offs(changes))
+        suggestion = _suggestion(spec, changes, any_device, trade_offs(changes))
         shortlist.consider(_ANY_DEVICE_LAYOUT, suggestion, (declared, same_device))
 
 
@@ -240,9 +260,8 @@ def _consider_remedies(spec: TrainingJobSpec, catalog: Catalog, shortlist: _Shor
     for order, remedy in enumerate(find_remedies(spec, catalog, check=shortlist.check), start=_FIRST_REMEDY):
         layout_only = all(change.field.startswith("resources.") for change in remedy.changes)
         if remedy.description not in listed and not layout_only:
-            shortlist.consider(
-                order, Suggestion(remedy.changes, remedy.sizing, trade_offs(remedy.changes)), ()
-            )
+            suggestion = _suggestion(spec, remedy.changes, remedy.sizing, trade_offs(remedy.changes))
+            shortlist.consider(order, suggestion, ())
 
 
 def overprovisioned(
@@ -253,14 +272,15 @@ def overprovisioned(
     "Far bigger": the job fits on at most half the devices of the same type, or on a device with at most
     half the memory and no more devices. Layouts the planner chose itself (both `auto`) are never
     flagged. Workers above `minWorkers` are data-parallel throughput, not waste, so the comparison is per
-    `acceleratorsPerWorker x minWorkers`.
+    `acceleratorsPerWorker x minWorkers`. Each layout the sentence names is told at the workers it runs
+    (`running_workers`), the count its per-device figure was estimated at.
     """
     if not sizing.fits:
         return None
     if spec.resources.accelerator == "auto" and spec.resources.accelerators_per_worker == "auto":
         return None
     catalog = catalog or load_catalog()
-    current = layout_text(sizing.accelerator, sizing.accelerators_per_worker, sizing.min_workers)
+    current = layout_text(sizing.accelerator, sizing.accelerators_per_worker, running_workers(spec, sizing))
     usable = sizing.device_memory_bytes * (1 - spec.resources.memory_headroom)
     opening = (
         f"{current} is more than this job needs ({format_gib(sizing.per_device_bytes)} of "
@@ -283,8 +303,9 @@ def _fewer_of_the_same(spec: TrainingJobSpec, sizing: SizingStatus, catalog: Cat
     per_worker = replace_field(spec, "resources.acceleratorsPerWorker", same.accelerators_per_worker)
     if not _runs_as_suggested(per_worker, (), catalog):
         return None  # the count alone would split a TP x PP group or need more workers than allowed
+    workers = running_workers(on_same, same)  # the job's own worker bounds: only the count per worker changes
     return (
-        f"{layout_text(same.accelerator, same.accelerators_per_worker, same.min_workers)} "
+        f"{layout_text(same.accelerator, same.accelerators_per_worker, workers)} "
         f"holds it at {format_gib(same.per_device_bytes)} per device; set "
         f"resources.acceleratorsPerWorker: {same.accelerators_per_worker} (extra devices add "
         "data-parallel throughput only)"
@@ -308,7 +329,8 @@ def _smaller_elsewhere(spec: TrainingJobSpec, sizing: SizingStatus, catalog: Cat
     elsewhere = replace_field(elsewhere, "resources.acceleratorsPerWorker", anywhere.accelerators_per_worker)
     if not _runs_as_suggested(elsewhere, (), catalog):
         return None  # that layout would split a TP x PP group or need more workers than allowed
-    layout = layout_text(anywhere.accelerator, anywhere.accelerators_per_worker, anywhere.min_workers)
+    workers = running_workers(elsewhere, anywhere)
+    layout = layout_text(anywhere.accelerator, anywhere.accelerators_per_worker, workers)
     return (
         f"{layout} holds it at {format_gib(anywhere.per_device_bytes)} of "
         f"{format_gib(anywhere.device_memory_bytes)} per device; set resources.accelerator: "
