@@ -627,7 +627,7 @@ def test_a_worker_whose_world_is_fixed_at_start_carries_its_size_and_the_worker_
     seen = worker_from_pod({**manifest, "metadata": {**manifest["metadata"], "uid": "u"}})
     assert seen is not None and seen.world_size == (3 if stamped else None)
     assert seen.nnodes == ("1:3" if ranged else None)
-    for garbled in ("three", "-3", "", "9" * 12, "1:", "1-3"):
+    for garbled in ("three", "-3", "", "9" * 12, "1:", "1-3", "²", "1:²"):  # "²": isdigit, not int
         garbage = {"kubefit.dev/world-size": garbled, "kubefit.dev/nnodes": garbled}
         metadata = {**manifest["metadata"], "annotations": garbage}
         garbled_view = worker_from_pod({**manifest, "metadata": metadata})

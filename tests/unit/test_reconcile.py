@@ -909,10 +909,14 @@ def test_a_restarted_group_forgets_what_succeeded_in_it() -> None:
 def test_a_garbled_succeeded_workers_record_counts_as_none() -> None:
     spec = elastic_spec(replicas=2, minimum=1, maximum=2)  # a fixed group would restart whole instead
     one_done = decide(observe(spec, pods=[pod(0, "Succeeded"), pod(1)]), CATALOG)
-    garbled = {**one_done.status.model_dump(by_alias=True, exclude_none=True), "succeededWorkers": "0-x"}
-    decision = decide(observe(spec, pods=[pod(1)], status=garbled), CATALOG)
-    assert decision.create == (0,)
-    assert status_of(decision)["succeededWorkers"] is None
+    for hand_edited in ("0-x", "0-²", "²"):  # "²" is a digit to isdigit(), not to int()
+        garbled = {
+            **one_done.status.model_dump(by_alias=True, exclude_none=True),
+            "succeededWorkers": hand_edited,
+        }
+        decision = decide(observe(spec, pods=[pod(1)], status=garbled), CATALOG)
+        assert decision.create == (0,)
+        assert status_of(decision)["succeededWorkers"] is None
 
 
 @given(st.frozensets(st.integers(min_value=0, max_value=300), max_size=40))

@@ -40,7 +40,9 @@ def parse_index_ranges(text: object) -> frozenset[int]:
     indices: set[int] = set()
     for part in text.split(","):
         first, _, last = part.partition("-")
-        if not first.isdigit() or not (last.isdigit() or not last):
+        if (
+            not part.isascii() or not first.isdigit() or not (last.isdigit() or not last)
+        ):  # "²": not for int()
             return frozenset()
         low, high = int(first), int(last or first)
         if high < low or high - low > 100_000:

@@ -125,4 +125,9 @@ def _nnodes(metadata: Mapping[str, Any]) -> str | None:
 
 def _count_annotation(metadata: Mapping[str, Any], key: str) -> int | None:
     value = (metadata.get("annotations") or {}).get(key)
-    return int(value) if isinstance(value, str) and value.isdigit() and len(value) < 10 else None
+    # isascii too: "²" is a digit to isdigit() and not to int() (an annotation edited by hand)
+    return (
+        int(value)
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 10
+        else None
+    )
