@@ -121,21 +121,22 @@ FIXED_THREES = {
 
 
 @pytest.mark.parametrize("kind", FIXED_SPECS)
-def test_a_rank_failing_after_another_of_its_fixed_group_succeeded_neither_restarts_nor_fails_it(
+def test_a_rank_failing_after_worker_0_of_its_fixed_group_succeeded_neither_restarts_nor_fails_it(
     kind: str,
 ) -> None:
-    """Rank 2 succeeded, so every rank is past the last collective; rank 1 then exits non-zero (in its
-    teardown, say). That restarted the whole finished group, counted, or at spec.runPolicy.maxRestarts failed
-    the job, where an elastic pytorch group in the same state ends Succeeded."""
+    """Worker 0 succeeded, so every rank is past the last collective and rank 0's own work is done; rank 1
+    then exits non-zero (in its teardown, say). That restarted the whole finished group, counted, or at
+    spec.runPolicy.maxRestarts failed the job, where an elastic pytorch group in the same state ends
+    Succeeded."""
     three = FIXED_THREES[kind]
     running = decide(observe(three, pods=[pod(index, attempt=0) for index in range(3)]), CATALOG)
-    pods = [pod(0, attempt=0), pod(1, "Failed", attempt=0), pod(2, "Succeeded", attempt=0)]
+    pods = [pod(0, "Succeeded", attempt=0), pod(1, "Failed", attempt=0), pod(2, attempt=0)]
     waiting = decide(observe(three, pods=pods, status=running.status), CATALOG)
     assert status_of(waiting)["phase"] not in ("Failed", "Succeeded")
     assert waiting.delete == () and waiting.create == () and waiting.replace == ()
     assert status_of(waiting)["restarts"] == 0 and "WorkerFailed" not in reasons(waiting)
     assert status_of(waiting)["gang"]["attempt"] == 0
-    pods[0] = pod(0, "Succeeded", attempt=0)
+    pods[2] = pod(2, "Succeeded", attempt=0)
     done = decide(observe(three, pods=pods, status=waiting.status), CATALOG)
     assert status_of(done)["phase"] == "Succeeded" and done.delete == ()  # the failed pod stays, for its logs
     assert condition(done, "Succeeded")["message"] == (
@@ -146,6 +147,21 @@ def test_a_rank_failing_after_another_of_its_fixed_group_succeeded_neither_resta
     running = decide(observe(last, pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG)
     pods = [pod(0, "Succeeded", attempt=0), pod(1, "Failed", attempt=0)]
     assert status_of(decide(observe(last, pods, running.status), CATALOG))["phase"] == "Succeeded"
+
+
+@pytest.mark.parametrize("kind", FIXED_SPECS)
+def test_worker_0_failing_after_another_rank_succeeded_is_the_jobs_failure(kind: str) -> None:
+    """Another rank's success says only that the collectives are over: rank 0 commonly saves or uploads
+    after them, and its failure then is the job's (Kubeflow's PyTorchJob succeeds with its master)."""
+    spec = FIXED_SPECS[kind]
+    running = decide(observe(spec, pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG)
+    pods = [pod(0, "Failed", attempt=0), pod(1, "Succeeded", attempt=0)]
+    restarted = decide(observe(spec, pods=pods, status=running.status), CATALOG)
+    assert status_of(restarted)["phase"] != "Succeeded" and status_of(restarted)["restarts"] == 1
+    assert "WorkerFailed" in reasons(restarted)
+    last = {**spec, "runPolicy": {"maxRestarts": 0}}
+    running = decide(observe(last, pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG)
+    assert status_of(decide(observe(last, pods, running.status), CATALOG))["phase"] == "Failed"
 
 
 SCALED = {

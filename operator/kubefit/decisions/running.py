@@ -16,8 +16,10 @@ too, uncounted: a disruption, not the job's fault (a Job's podFailurePolicy Igno
 A fixed group starts whole: none of its new workers is created while an old one is still terminating
 (saving on SIGTERM), which could still host the rendezvous the new ones would join. So does an elastic
 pytorch group restarted with a new node range (or from static workers, elastic.enabled turned on).
-Once a worker of the group succeeded (framework pytorch or jax) its training has ended: none is created,
-replaced or restarted after that, whatever fails or the spec asks for, and the job succeeds once none runs.
+Once a worker of the group succeeded (framework pytorch or jax) its training has ended: no new count
+restarts or scales it. A worker failing after that is no failure of the job once its training is done:
+any worker succeeded in an elastic pytorch group, worker 0 in a fixed one (rank 0 commonly saves after
+the last collective). Then nothing is replaced or restarted, and the job succeeds once none runs.
 """
 
 from __future__ import annotations
@@ -117,7 +119,9 @@ def _stop_other_attempts(ctx: JobContext, draft: Draft, leaving: Sequence[Worker
 
 def _hold_for_old_group(ctx: JobContext, draft: Draft, leaving: Sequence[WorkerPod]) -> None:
     """Creates none of a new group's workers while one of the old group's (`leaving`) is still going; the
-    requeue comes when the last counts as stuck, and the new gang's clock starts once they are gone."""
+    requeue comes when the last counts as stuck. After a restart (gang.since set) the new gang's clock
+    starts once they are gone; a group admitted again after a suspend, a preemption or a gang timeout
+    counts from its admission, so an old worker's grace there counts against its gang timeout."""
     if not _still_going(leaving, ctx.now):
         return
     if draft.create:
@@ -145,7 +149,7 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     gone_after_success = _done_without_pods(ctx, plan, slots, fixed)
     changes = scale_workers(slots - gone_after_success, ctx.ours, ctx.observation.already_replaced, foreign)
     succeeded_in_group = _succeeded_in_group(ctx)
-    training_ended = _finishing(ctx)
+    training_ended = _training_done(ctx)
     changes = _nothing_new(changes) if training_ended else changes
     faults, lost = _faults_and_losses(ctx, plan, changes, slots - gone_after_success, fixed)
     group_failed = bool(faults) and fixed
@@ -160,7 +164,8 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     if training_ended and not _ready(ctx.ours, slots - succeeded_in_group):
         # The training ended: a worker that succeeded with none other running means the job is done;
         # workers never placed only found torchrun's rendezvous closed, and one that failed since failed
-        # after the last step (a fixed group's ranks run every collective together).
+        # after the last step (a fixed group's ranks run every collective together, and its worker 0, the
+        # last to finish its work, succeeded).
         return succeeded(ctx, plan.keep, done)
     ready = _ready(ctx.ours, slots)
     # A worker that succeeded and whose pod went (its node scaled away) is done, not missing.
@@ -293,6 +298,17 @@ def _finishing(ctx: JobContext) -> bool:
     so one done means all are past the last. Not with framework none: the job organises itself, and one
     process finishing says nothing of the others."""
     return ctx.spec.framework != "none" and bool(_succeeded_in_group(ctx))
+
+
+def _training_done(ctx: JobContext) -> bool:
+    """Whether the group's training is done, so that a worker failing now is no failure of it (_nothing_new).
+    An elastic pytorch group's is once any worker succeeded (_finishing: torchrun's agents all exit). A
+    fixed group's only once worker 0 succeeded, as Kubeflow's PyTorchJob succeeds with its master: the
+    other ranks are past the last collective when one succeeds, but rank 0 commonly saves or uploads after
+    it, and its failure then is the job's."""
+    if not _finishing(ctx):
+        return False
+    return 0 in _succeeded_in_group(ctx) if fixed_world(ctx.spec) else True
 
 
 def _nothing_new(changes: WorkerChanges) -> WorkerChanges:
