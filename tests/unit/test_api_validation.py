@@ -806,6 +806,12 @@ def test_a_container_request_above_its_own_limit_is_refused_where_it_reaches_the
     assert parse_spec(_spec(resources={"cpu": "2"}, template=containers(containers=[fine])))
     unlimited = {"name": "trainer", "resources": {"requests": {"cpu": "8"}}}
     assert parse_spec(_spec(template=containers(containers=[unlimited])))
+    # An accelerator's request and limit the pod builder replaces (it ran before this check existed).
+    accelerator = {
+        "name": "trainer",
+        "resources": {"requests": {"nvidia.com/gpu": "8"}, "limits": {"nvidia.com/gpu": "1"}},
+    }
+    assert parse_spec(_spec(template=containers(containers=[accelerator])))
 
 
 # ------------------------------------------------------------------ LoRA's rank

@@ -125,8 +125,9 @@ def _tensor_parallel_splits_heads(spec: TrainingJobSpec) -> list[FieldError]:
 
 
 def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldError]:
-    """A template container's own request above its own limit, which reaches every worker pod as written
-    and has the API server refuse each one. The trainer's cpu and memory requests are spec.resources' where
+    """A template container's own request above its own limit for a native resource (cpu, memory,
+    ephemeral-storage, hugepages-*), which reaches every worker pod as written and has the API server refuse
+    each one. The trainer's cpu and memory requests are spec.resources' where
     that gives them (checked by _requests_above_template_limits)."""
     pod_spec = spec.template["spec"]
     errors = []
@@ -139,6 +140,8 @@ def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldErr
             if not isinstance(requests, dict) or not isinstance(limits, dict):
                 continue
             for name, requested in requests.items():
+                if "/" in name:
+                    continue  # an extended resource (nvidia.com/gpu): the pod builder rewrites accelerators
                 limit = limits.get(name)
                 replaced = name in ("cpu", "memory") and getattr(spec.resources, name) is not None
                 if kind == "containers" and index == 0 and replaced:
