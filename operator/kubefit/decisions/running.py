@@ -162,10 +162,8 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     if slots and slots <= done:
         return succeeded(ctx, plan.keep, done)
     if training_ended and not _ready(ctx.ours, slots - succeeded_in_group):
-        # The training ended: a worker that succeeded with none other running means the job is done;
-        # workers never placed only found torchrun's rendezvous closed, and one that failed since failed
-        # after the last step (a fixed group's ranks run every collective together, and its worker 0, the
-        # last to finish its work, succeeded).
+        # The training is done (_training_done) and none other runs: the job is done. Workers never placed
+        # only found torchrun's rendezvous closed; one that failed since failed after the last step.
         return succeeded(ctx, plan.keep, done)
     ready = _ready(ctx.ours, slots)
     # A worker that succeeded and whose pod went (its node scaled away) is done, not missing.
