@@ -342,6 +342,8 @@ def test_without_advice_the_same_errors_and_layout_without_the_remedy_search(
         raise AssertionError("the remedy search ran")
 
     monkeypatch.setattr(planner, "_remedy_search", no_remedies)
+    monkeypatch.setattr(job_sizing, "overprovisioned", no_remedies)
+    monkeypatch.setattr(job_sizing, "_ADVICE", job_sizing._AdviceMemory())  # none remembered from above
     for raw, with_advice in zip(specs, advised, strict=True):
         try:
             sizing = checked_spec("job", raw, CATALOG, 64, advise=False)[1].sizing

@@ -64,8 +64,8 @@ def size_job(
 ) -> JobSizing:
     """Sizes `spec` against `catalog` and, when given, the cluster's `inventory` (None: the whole catalog,
     as if every accelerator were there and free). Raises InvalidSpec naming the field at fault. `advise`
-    False leaves out the planner's notes and remedies (plan_job): the same errors, far less work for a job
-    that does not fit."""
+    False leaves out the planner's notes and remedies (plan_job) and the over-provisioning sentence: the
+    same errors, far less work for a job that does not fit."""
     spec_json = spec.model_dump_json()
     planned = _PLANS.planned(spec, spec_json, catalog, _planned_pools(inventory), check, advise)
     sizing = planned.sizing
@@ -74,7 +74,8 @@ def size_job(
         warning = placement_warning(sizing.accelerator, inventory.placeable, inventory.excluded)
         if warning is not None:
             sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
-    advice = _ADVICE.overprovisioned(spec, spec_json, sizing, catalog)
+    # The over-provisioning sentence is advice too: it plans the job on every other accelerator.
+    advice = _ADVICE.overprovisioned(spec, spec_json, sizing, catalog) if advise else None
     if advice is not None and advice not in sizing.warnings:
         sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, advice]})
     return JobSizing(
