@@ -148,8 +148,7 @@ def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldErr
                     continue  # spec.resources.cpu/memory replaces this request in the pod
                 if limit is None or not (is_quantity(requested) and is_quantity(limit)):
                     continue  # no limit, or a malformed one (the schema names those in containers)
-                requested_value, limit_value = exact_quantity(requested), exact_quantity(limit)
-                if requested_value is not None and limit_value is not None and requested_value > limit_value:
+                if _exceeds(requested, limit):
                     errors.append(
                         FieldError(
                             f"spec.template.spec.{kind}[{index}].resources.requests.{name}",
@@ -158,6 +157,13 @@ def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldErr
                         )
                     )
     return errors
+
+
+def _exceeds(requested: int | str, limit: int | str) -> bool:
+    """Whether a quantity request is above its limit, compared exactly as the API server does; a value
+    beyond any plausible size (exact_quantity None) is not compared."""
+    requested_value, limit_value = exact_quantity(requested), exact_quantity(limit)
+    return requested_value is not None and limit_value is not None and requested_value > limit_value
 
 
 def _requests_above_template_limits(spec: TrainingJobSpec) -> list[FieldError]:
@@ -171,9 +177,7 @@ def _requests_above_template_limits(spec: TrainingJobSpec) -> list[FieldError]:
         requested, limit = getattr(spec.resources, resource), limits.get(resource)
         if requested is None or limit is None:
             continue
-        requested_value, limit_value = exact_quantity(requested), exact_quantity(limit)
-        # None: a limit beyond any plausible size, which no request exceeds (the request's is bounded)
-        if requested_value is not None and limit_value is not None and requested_value > limit_value:
+        if _exceeds(requested, limit):
             errors.append(
                 FieldError(
                     f"spec.resources.{resource}",

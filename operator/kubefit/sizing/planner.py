@@ -857,7 +857,7 @@ def _raise_refused(spec: TrainingJobSpec, outcome: _Outcome, check: SpecCheck | 
     """Whether memory needs more workers than the spec allows and the operator refuses that many."""
     if outcome.option.counts.feasible:
         return False
-    raised = _applied(spec, _bound_raises(spec, outcome.option.counts.floor)[-1])
+    raised = apply_changes(spec, _bound_raises(spec, outcome.option.counts.floor)[-1])
     return not _passes(check, raised)
 
 
@@ -980,14 +980,14 @@ def _remedy(
     TP x PP group. None when `check` refuses the changed spec."""
     if not outcome.shown.fits:
         return None
-    changed = _applied(spec, changes)
+    changed = apply_changes(spec, changes)
     if outcome.option.counts.feasible:
         if not _passes(search.check, changed):
             return None
         return Remedy(changes, _status(outcome.shown, outcome.min_workers, outcome.warnings)), True
     refused = False
     for raise_bound in _bound_raises(changed, outcome.option.counts.floor):
-        raised_spec = _applied(changed, raise_bound)
+        raised_spec = apply_changes(changed, raise_bound)
         if not _passes(search.check, raised_spec):
             refused = True
             continue
@@ -1013,7 +1013,7 @@ def _with_more_devices_per_worker(
     for count in sorted(n for n in shown.accelerator.per_node if n > shown.layout.devices_per_worker):
         wider = (*changes, Change("resources.acceleratorsPerWorker", count, LARGER_WORKERS_TRADE_OFF, always))
         try:
-            again = _plan(_applied(spec, wider), search.catalog, search.pools, strict=strict)
+            again = _plan(apply_changes(spec, wider), search.catalog, search.pools, strict=strict)
         except InvalidSpec:
             continue
         found = _remedy(spec, wider, again, search, strict=strict, widen=False)
@@ -1032,7 +1032,8 @@ def _passes(check: SpecCheck | None, spec: TrainingJobSpec) -> bool:
     return True
 
 
-def _applied(spec: TrainingJobSpec, changes: Iterable[Change]) -> TrainingJobSpec:
+def apply_changes(spec: TrainingJobSpec, changes: Iterable[Change]) -> TrainingJobSpec:
+    """`spec` with `changes` applied in order (a remedy's, a suggestion's)."""
     for change in changes:
         spec = change.apply(spec)
     return spec
@@ -1049,7 +1050,7 @@ def _replanned(
     changes make the spec invalid (LoRA with more trainable parameters than the model, a count that
     splits no TP x PP group)."""
     try:
-        outcome = _plan(_applied(spec, changes), catalog, pools)
+        outcome = _plan(apply_changes(spec, changes), catalog, pools)
     except InvalidSpec:  # NoCandidate included: no accelerator offers its per-worker count
         return None
     return _remedy(spec, changes, outcome, _Search(catalog, pools, check))

@@ -25,7 +25,15 @@ from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib
 from kubefit.api.validation import InvalidSpec
 from kubefit.sizing.catalog import Catalog, load_catalog
-from kubefit.sizing.planner import SpecCheck, breaks, find_remedies, layout_text, plan_quietly, worker_counts
+from kubefit.sizing.planner import (
+    SpecCheck,
+    apply_changes,
+    breaks,
+    find_remedies,
+    layout_text,
+    plan_quietly,
+    worker_counts,
+)
 from kubefit.sizing.remedies import CHANGES, Change, always, describe, replace_field, trade_offs
 
 FEWER_DEVICES_TRADE_OFF = "fewer devices: less data-parallel throughput per step"
@@ -81,17 +89,11 @@ def running_workers(spec: TrainingJobSpec, sizing: SizingStatus) -> int:
     return counts.desired if counts.feasible else sizing.min_workers
 
 
-def _applied(spec: TrainingJobSpec, changes: Sequence[Change]) -> TrainingJobSpec:
-    for change in changes:
-        spec = change.apply(spec)
-    return spec
-
-
 def _suggestion(
     spec: TrainingJobSpec, changes: tuple[Change, ...], sizing: SizingStatus, trade_off: str
 ) -> Suggestion:
     """`changes` to `spec`, planned as `sizing`, counted at the workers the changed job runs."""
-    return Suggestion(changes, sizing, trade_off, running_workers(_applied(spec, changes), sizing))
+    return Suggestion(changes, sizing, trade_off, running_workers(apply_changes(spec, changes), sizing))
 
 
 def _cost(suggestion: Suggestion) -> tuple[int, int, int]:
@@ -120,7 +122,7 @@ def _runs_as_suggested(
 ) -> bool:
     """Whether `spec` with `changes` applied is a valid job that fits within its worker bounds (and that
     the operator's own `check` accepts)."""
-    changed = _applied(spec, changes)
+    changed = apply_changes(spec, changes)
     try:
         if check is not None:
             check(changed)
