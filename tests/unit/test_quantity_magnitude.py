@@ -53,3 +53,15 @@ def test_zero_with_any_exponent_is_zero_and_refused_as_such(
     # and the webhook instead of naming the field.
     with pytest.raises(ValueError, match="greater than zero"):
         parse(written)
+
+
+@pytest.mark.parametrize(
+    ("written", "millicores"),
+    [("1.0005", 1001), ("0.0015", 2), ("1500u", 2), ("2", 2000), ("250m", 250), (0.0011, 2), ("1e-3", 1)],
+)
+def test_cpu_finer_than_a_millicore_rounds_up_as_kubernetes_does(
+    written: str | float, millicores: int
+) -> None:
+    # The pod holds the rounded-up request (resource.Quantity's MilliValue rounds up); a truncated figure let
+    # the pass count a node whose allocatable CPU kube-scheduler then refuses.
+    assert parse_cpu_millis(written) == millicores

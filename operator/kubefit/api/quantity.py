@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation, localcontext
+from decimal import MAX_EMAX, MIN_EMIN, ROUND_CEILING, Context, Decimal, InvalidOperation, localcontext
 
 # A count: digits, an optional fraction and exponent, and a decimal K/M/B/T suffix ("8.03B", "2e9").
 COUNT_PATTERN = r"^([0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?)([KMBT]?)$"
@@ -82,14 +82,13 @@ def _exponent(text: str) -> int:
     return sign * (int(digits) if len(digits) <= _EXPONENT_DIGITS else 10**_EXPONENT_DIGITS)
 
 
-def _whole(number: Decimal, value: object, unit: str, maximum: int | None) -> int:
-    """`number` truncated to an integer, refused below one or above `maximum`."""
+def _whole(number: Decimal, value: object, unit: str, maximum: int | None, *, round_up: bool = False) -> int:
+    """`number` as an integer (truncated, or rounded up), refused below one or above `maximum`."""
     if number.adjusted() > _LARGEST_MAGNITUDE or (maximum is not None and number > maximum):
         raise _TooLarge(value)
-    whole = int(number)
-    if whole < 1:
+    if number < 1:
         raise ValueError(f"{value!r} is less than one {unit} after conversion; it must be at least 1")
-    return whole
+    return int(number.to_integral_value(rounding=ROUND_CEILING)) if round_up else int(number)
 
 
 def _bounded(parse: Callable[[], int], value: object, unit: str, maximum: int | None) -> int:
@@ -161,10 +160,12 @@ def parse_bytes(value: int | float | str, maximum: int | None = None) -> int:
 
 
 def parse_cpu_millis(value: int | float | str, maximum: int | None = None) -> int:
-    """A Kubernetes CPU quantity ("8", "500m", 0.5) in millicores."""
+    """A Kubernetes CPU quantity ("8", "500m", 0.5) in millicores, rounded up as Kubernetes rounds a CPU
+    finer than a millicore ("1.0005" is 1001m): the pod holds the rounded value, so the fit must too."""
 
     def parse() -> int:
-        return _whole(_quantity(value, "'8' or '500m'") * 1000, value, "millicore", maximum)
+        millis = _quantity(value, "'8' or '500m'") * 1000
+        return _whole(millis, value, "millicore", maximum, round_up=True)
 
     return _bounded(parse, value, "millicore", maximum)
 
