@@ -4,6 +4,8 @@ FakeLeases); the /healthz server is real, on loopback."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -148,3 +150,53 @@ def test_the_standby_health_server_caps_connections_that_never_finish_their_requ
             connection.close()
         server.shutdown()
         server.server_close()
+
+
+def test_sigterm_while_waiting_for_the_lease_stops_the_standby_and_takes_nothing(
+    cluster: FakeCluster,
+) -> None:
+    # As the container's PID 1 the process ignores a signal it has no handler for, and kopf installs its
+    # own only once leading: the standby sat out its grace period, and could take the Lease while being
+    # deleted. Here the test's own handler stands for that default: reaching it fails the test.
+    cluster.create(LEASE[0], {"metadata": {"name": LEASE[1]}, "spec": {"holderIdentity": "other"}})
+    cluster.stored["spec"]["leaseDurationSeconds"] = 3600
+
+    def default_handler(signum: int, frame: Any) -> None:
+        raise AssertionError("SIGTERM reached the handler in place before _become_leader")
+
+    previous = signal.signal(signal.SIGTERM, default_handler)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    try:
+        election = LeaderElection(name=LEASE[1], namespace=LEASE[0], timings=TIMINGS, identity="me")
+        started = time.monotonic()
+        assert _become_leader(election, "127.0.0.1", 0) is None
+        assert time.monotonic() - started < 5
+        assert cluster.holder == "other"
+        assert signal.getsignal(signal.SIGTERM) is default_handler  # kopf's comes later, over the original
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_as_the_lease_is_taken_releases_it(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The signal lands during the attempt that takes the Lease: the replica hands it back instead of leading.
+    taken = LeaderElector.try_acquire_or_renew
+
+    def take_then_signal(self: LeaderElector) -> bool:
+        won = taken(self)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs in the main thread between bytecodes
+        return won
+
+    def default_handler(signum: int, frame: Any) -> None:
+        raise AssertionError("SIGTERM reached the handler in place before _become_leader")
+
+    monkeypatch.setattr(LeaderElector, "try_acquire_or_renew", take_then_signal)
+    previous = signal.signal(signal.SIGTERM, default_handler)
+    try:
+        election = LeaderElection(name=LEASE[1], namespace=LEASE[0], timings=TIMINGS, identity="me")
+        assert _become_leader(election, "127.0.0.1", 0) is None
+        assert cluster.holder == ""
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -9,8 +9,10 @@ import ipaddress
 import logging
 import os
 import random
+import signal
 import socket
 import ssl
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -293,8 +295,33 @@ def _serve_standby_health(address: str, port: int) -> BoundedHTTPServer:
     return server
 
 
-def _become_leader(election: LeaderElection, address: str, liveness_port: int) -> LeaderElector:
-    """Blocks, answering /healthz, until this replica holds the Lease; then renews it in a thread."""
+class _StopWaitingOnTerm:
+    """SIGTERM while this replica waits for the Lease stops the wait. The container's entrypoint is PID 1,
+    which ignores a signal it has no handler for, and kopf installs its handler only once leading: a
+    standby sat out its whole grace period on every rollout, and one being deleted could take the Lease
+    and be killed holding it (the handshakes unanswered meanwhile, since a Terminating pod leaves the
+    Service). Installed from the main thread only, where Python runs signal handlers."""
+
+    def __init__(self, elector: LeaderElector) -> None:
+        self.requested = False
+        self._elector = elector
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self._elector.stop_renewing()  # acquire() returns at its next wait
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def _become_leader(election: LeaderElection, address: str, liveness_port: int) -> LeaderElector | None:
+    """Blocks, answering /healthz, until this replica holds the Lease; then renews it in a thread. None if
+    SIGTERM came first."""
     identity = election.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     api = LeaseApi()
     elector = LeaderElector(api, (election.namespace, election.name), identity, election.timings)
@@ -308,11 +335,16 @@ def _become_leader(election: LeaderElection, address: str, liveness_port: int) -
         health = _serve_standby_health(address, liveness_port)
     except OSError as error:
         raise _bind_error("--liveness-port", address, liveness_port, error) from error
+    termination = _StopWaitingOnTerm(elector)
     try:
         elector.acquire()
+        if termination.requested:
+            elector.release()  # in case the attempt that took it was already under way
+            return None
         # At once: the renew deadline runs from the attempt that took the Lease, whatever follows here.
         elector.keep_leading(exit_on_lost_lease(election.namespace, election.name))
     finally:
+        termination.restore()
         health.shutdown()
         health.server_close()  # kopf binds the same port next
     # Tried once before the line that says so (the label is there then), on in the background if it failed.
@@ -353,6 +385,9 @@ def run_operator(options: OperatorOptions) -> None:
     elector = None
     if options.leader_election is not None:
         elector = _become_leader(options.leader_election, options.bind_address, liveness_port)
+        if elector is None:
+            print("kubefit: stopped (SIGTERM) while standby", flush=True)
+            return
     metrics.leader.set(1)
     api = KubeApi()
     try:
