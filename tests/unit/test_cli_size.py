@@ -715,6 +715,31 @@ def test_cluster_keeps_an_auto_job_on_the_accelerator_its_running_workers_use(
         assert code == 0 and json.loads(out)["accelerator"] == "nvidia-l4"
 
 
+def test_cluster_keeps_the_device_count_of_an_elastic_jobs_running_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
+) -> None:
+    # Worker 0 of an elastic 13B job runs with 4 H100s; at 2 workers the planner alone would choose 2 a
+    # worker. The operator keeps 4 (decisions.job.kept_accelerators_per_worker), and so does the CLI.
+    manifest = json.loads(json.dumps(SMALL_AUTO))
+    manifest["spec"] |= {
+        "model": {"parameters": "13B"},
+        "training": {"sharding": "zero3"},
+        "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 4},
+        "elastic": {"enabled": True},
+    }
+    nodes = [node(f"h100-{index}", H100_LABELS) for index in range(4)]
+    worker = pod_on("h100-0", 4, namespace="ml", job="small")
+    worker["metadata"]["name"] = "small-worker-0"
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, api_server(nodes, [worker]).url)))
+    code, out, err = run_main(capsys, "-f", write(tmp_path, manifest), "--cluster", "-o", "json")
+    assert code == 0, err
+    assert json.loads(out)["acceleratorsPerWorker"] == 4
+    # No worker of its own: planned afresh.
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, api_server(nodes, []).url)))
+    code, out, err = run_main(capsys, "-f", write(tmp_path, manifest), "--cluster", "-o", "json")
+    assert code == 0 and json.loads(out)["acceleratorsPerWorker"] == 2
+
+
 def test_host_offload_memory_is_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = with_spec(training={"sharding": "zero2", "offload": "optimizer"})
     code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest))

@@ -2228,3 +2228,43 @@ def test_default_cpu_and_memory_fit_a_node_with_one_accelerator_and_little_host(
         "cpu": "64",
         "memory": "131072Mi",
     }  # the 1-device node cannot hold an 8-device worker: it sets no bound
+
+
+def _auto_13b(replicas: int, *, elastic: bool = True, framework: str = "pytorch") -> dict[str, Any]:
+    workers = (
+        {"replicas": replicas, "minReplicas": 1, "maxReplicas": 4} if elastic else {"replicas": replicas}
+    )
+    spec = raw_spec(
+        model={"parameters": "13B"},
+        training={"sharding": "zero3"},
+        framework=framework,
+        resources={"accelerator": "auto", "acceleratorsPerWorker": "auto"},
+        workers=workers,
+    )
+    return {**spec, "elastic": ELASTIC} if elastic else spec
+
+
+def test_an_elastic_auto_job_keeps_its_workers_device_count_when_scaled() -> None:
+    # Planned at 1 worker the job takes 4 H100s a worker; at 2, 2 a worker. Scaled while worker 0 ran, the
+    # new worker got 2 devices beside worker 0's 4, and status.sizing described only the 2 (API review).
+    nodes = [_gpu_node(f"h{index}", "NVIDIA-H100-80GB-HBM3") for index in range(4)]
+    free = build_inventory(nodes, {}, CATALOG, for_job=(JOB.namespace, JOB.name))
+    started = decide(replace(observe(_auto_13b(1)), inventory=free), CATALOG)
+    assert started.sizing is not None and started.sizing.accelerators_per_worker == 4
+    scaled = decide(
+        replace(observe(_auto_13b(2), pods=[pod(0)], status=started.status), inventory=free), CATALOG
+    )
+    assert scaled.create == (1,) and scaled.sizing is not None
+    assert scaled.sizing.accelerators_per_worker == 4
+    resources = scaled.worker_pod(1)["spec"]["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "4"
+    # With no worker left it is planned afresh; a fixed group (restarted whole) and a jax job too.
+    afresh = decide(replace(observe(_auto_13b(2), status=started.status), inventory=free), CATALOG)
+    assert afresh.sizing is not None and afresh.sizing.accelerators_per_worker == 2
+    for other in (_auto_13b(2, elastic=False), _auto_13b(2, framework="jax")):
+        first = decide(
+            replace(observe({**other, "workers": {**other["workers"], "replicas": 1}}), inventory=free),
+            CATALOG,
+        )
+        again = decide(replace(observe(other, pods=[pod(0)], status=first.status), inventory=free), CATALOG)
+        assert again.sizing is not None and again.sizing.accelerators_per_worker == 2

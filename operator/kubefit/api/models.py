@@ -520,7 +520,8 @@ class Resources(_Model):
         Annotated[int, Field(strict=True, ge=1, le=MAX_ACCELERATORS_PER_WORKER)] | Literal["auto"]
     ) = Field(
         default="auto",
-        description="auto, or the number of accelerators each worker pod requests (1 to 64).",
+        description="auto, or the number of accelerators each worker pod requests (1 to 64). With auto, an "
+        "elastic pytorch job keeps the count its running workers have until none runs.",
     )
     memory_headroom: float = Field(
         strict=True,  # a number, as the CRD's type: "0.1" or true would pass here and fail kubectl apply

@@ -19,7 +19,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from kubernetes import client, config
@@ -28,8 +28,16 @@ from urllib3.exceptions import HTTPError
 
 from kubefit.builders.naming import JOB_LABEL
 from kubefit.cli.top import context_namespace
-from kubefit.decisions.inventory import Inventory, NodeFacts, PodUsage, build_inventory, node_facts, pod_usage
-from kubefit.decisions.job import kept_accelerator, spec_accelerator
+from kubefit.decisions.inventory import (
+    Inventory,
+    NodeFacts,
+    PodUsage,
+    build_inventory,
+    effective_requests,
+    node_facts,
+    pod_usage,
+)
+from kubefit.decisions.job import kept_accelerator, kept_accelerators_per_worker, spec_accelerator
 from kubefit.decisions.node_match import placement_of, template_pod_spec
 from kubefit.decisions.observed import WorkerPod, worker_from_pod
 from kubefit.sizing.catalog import Catalog
@@ -105,17 +113,28 @@ def _pages(connection: Connection, kind: str) -> Iterator[dict[str, Any]]:
             return
 
 
+class KeptInventory(NamedTuple):
+    """What `kubefit size --cluster` plans against: the inventory, the accelerator the job's running workers
+    keep it on (None: not kept) and the devices each of them requests (None: none runs)."""
+
+    inventory: Inventory
+    kept_on: str | None
+    kept_per_worker: int | None
+
+
 def read_inventory(
     connection: Connection, manifest: Mapping[str, Any], catalog: Catalog, namespace: str
-) -> tuple[Inventory, str | None]:
+) -> KeptInventory:
     """The inventory the operator would size `manifest` (a job in `namespace`) against: nodes split by the
     worker pod's placement, free devices net of every bound, unfinished pod except the job's own workers.
     While those run, an `accelerator: auto` job sees only the nodes of their accelerator, as in the
-    operator: that accelerator is returned too (None when the inventory is whole)."""
+    operator: that accelerator is returned too (None when the inventory is whole), and with it the devices
+    each worker requests, which an elastic pytorch job keeps (decisions.job.kept_accelerators_per_worker)."""
     key = (namespace, str((manifest.get("metadata") or {}).get("name") or ""))
     nodes = [node_facts(node) for node in _pages(connection, "nodes")]
     usage: dict[str, list[PodUsage]] = {}
     ours: list[WorkerPod] = []
+    devices: Counter[str] = Counter()  # the live workers' extended requests, summed
     for pod in _pages(connection, "pods"):
         held = pod_usage(pod)
         if held is not None:
@@ -123,15 +142,32 @@ def read_inventory(
         worker = _own_worker(pod, key)
         if worker is not None:
             ours.append(worker)
+            if not worker.terminating and not worker.finished:
+                devices += effective_requests(pod.get("spec") or {})
     placement = placement_of(template_pod_spec(manifest.get("spec")))
     inventory = build_inventory(nodes, usage, catalog, for_job=key, placement=placement)
     running_on = _workers_accelerator(ours, nodes, catalog)
-    # The operator keys the rule by its last status.sizing, which names the accelerator the workers run on.
-    previous = {"sizing": {"accelerator": running_on}} if running_on else {}
+    per_worker = _per_worker(devices, ours, running_on, catalog)
+    # The operator keys the rules by its last status.sizing, which names the accelerator the workers run on
+    # and the devices each requests.
+    previous = (
+        {"sizing": {"accelerator": running_on, "acceleratorsPerWorker": per_worker}} if running_on else {}
+    )
     kept = kept_accelerator(inventory, previous, ours, spec_accelerator(manifest.get("spec")))
+    kept_count = kept_accelerators_per_worker(previous, ours)
     if kept is None or kept is inventory:
-        return inventory, None
-    return kept, running_on
+        return KeptInventory(inventory, None, kept_count)
+    return KeptInventory(kept, running_on, kept_count)
+
+
+def _per_worker(
+    devices: Counter[str], ours: Sequence[WorkerPod], running_on: str | None, catalog: Catalog
+) -> int | None:
+    """The devices of `running_on` each live worker requests (their mean, whole), None if none does."""
+    live = sum(1 for worker in ours if not worker.terminating and not worker.finished)
+    accelerator = catalog.get(running_on) if running_on else None
+    total = devices.get(accelerator.resource_name, 0) if accelerator is not None else 0
+    return total // live if live and total >= live else None
 
 
 def _own_worker(pod: Mapping[str, Any], key: tuple[str, str]) -> WorkerPod | None:

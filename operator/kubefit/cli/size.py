@@ -383,8 +383,11 @@ def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) 
     spec, job_sizing = _size(manifest, catalog, None, args, (name, namespace), advise=not args.cluster)
     inventory, kept_on = None, None
     if args.cluster:
-        namespace, inventory, kept_on = _on_the_cluster(manifest, catalog, args, (name, namespace))
-        spec, job_sizing = _size(manifest, catalog, inventory, args, (name, namespace))
+        namespace, kept = _on_the_cluster(manifest, catalog, args, (name, namespace))
+        inventory, kept_on = kept.inventory, kept.kept_on
+        spec, job_sizing = _size(
+            manifest, catalog, inventory, args, (name, namespace), kept_per_worker=kept.kept_per_worker
+        )
     check = operator_check(name, args.max_workers_per_job, _domain(namespace, args.cluster_domain))
     suggestions = suggest(spec, catalog, check) if args.suggest else None
 
@@ -435,13 +438,14 @@ def _domain(namespace: str | None, cluster_domain: str) -> str | None:
     return None if namespace is None else host_domain(namespace, cluster_domain)
 
 
-def _size(
+def _size(  # noqa: PLR0913 - the job, the flags, and what its running workers keep
     manifest: dict[str, Any],
     catalog: Any,
     inventory: Any,
     args: argparse.Namespace,
     job: tuple[str | None, str | None],
     advise: bool = True,
+    kept_per_worker: int | None = None,
 ) -> tuple[Any, Any]:
     """The operator's own checks and sizing path (decisions.job.checked_spec) for the job (name, namespace):
     what it would mark InvalidSpec is refused here too, naming every field at fault, the name's among them
@@ -459,6 +463,7 @@ def _size(
             inventory,
             domain=_domain(namespace, args.cluster_domain),
             advise=advise,
+            kept_per_worker=kept_per_worker,
         )
     except InvalidSpec as exc:
         raise InvalidInput([str(error) for error in exc.errors]) from None
@@ -466,10 +471,10 @@ def _size(
 
 def _on_the_cluster(
     manifest: dict[str, Any], catalog: Any, args: argparse.Namespace, job: tuple[str | None, str | None]
-) -> tuple[str, Any, str | None]:
-    """The job's namespace (the context's when the manifest names none), the live inventory and the
-    accelerator the job's running workers keep it on (None: not kept). A job the context's namespace makes
-    invalid (its workers' FQDN) is refused before the cluster is listed."""
+) -> tuple[str, Any]:
+    """The job's namespace (the context's when the manifest names none) and the live inventory, with the
+    accelerator and the device count the job's running workers keep (cluster_inventory.KeptInventory). A
+    job the context's namespace makes invalid (its workers' FQDN) is refused before the cluster is listed."""
     from kubefit.cli.cluster_inventory import ClusterUnreadable, connect, read_inventory
 
     name, namespace = job
@@ -478,10 +483,10 @@ def _on_the_cluster(
         if namespace is None:
             namespace = connection.namespace
             _size(manifest, catalog, None, args, (name, namespace), advise=False)
-        inventory, kept_on = read_inventory(connection, manifest, catalog, namespace)
+        kept = read_inventory(connection, manifest, catalog, namespace)
     except ClusterUnreadable as exc:
         raise ClusterError(f"--cluster: {exc}") from None
-    return namespace, inventory, kept_on
+    return namespace, kept
 
 
 def run_size(args: argparse.Namespace) -> int:
