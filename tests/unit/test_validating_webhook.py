@@ -163,6 +163,45 @@ def test_an_update_that_keeps_an_invalid_spec_is_allowed_and_one_that_makes_it_i
     assert changed["allowed"] is False
 
 
+def _running(spec: dict[str, Any], old_spec: dict[str, Any], workers: int = 2) -> dict[str, Any]:
+    document = admission_review(spec, "UPDATE", old_spec=old_spec)
+    sizing = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 4}
+    document["request"]["oldObject"]["status"] = {"replicas": workers, "sizing": sizing}
+    return document
+
+
+@pytest.mark.parametrize(
+    ("section", "changes", "field"),
+    [
+        ("resources", {"accelerator": "nvidia-a100-80gb"}, "spec.resources.accelerator"),
+        ("resources", {"acceleratorsPerWorker": 2}, "spec.resources.acceleratorsPerWorker"),
+        ("resources", {"acceleratorsPerWorker": "auto"}, "spec.resources.acceleratorsPerWorker"),
+        ("framework", "jax", "spec.framework"),
+    ],
+)
+def test_what_a_running_groups_workers_share_cannot_change_while_they_exist(
+    section: str, changes: Any, field: str
+) -> None:
+    # A worker created after the edit (a replacement, an elastic job's new worker) joined the running group
+    # on another device, device count or rendezvous, while status.sizing sized only the new spec.
+    edited = copy.deepcopy(BASE_SPEC)
+    edited[section] = {**edited[section], **changes} if isinstance(changes, dict) else changes
+    refused = answer(_running(edited, copy.deepcopy(BASE_SPEC)))
+    assert refused["allowed"] is False and field in refused["status"]["message"]
+    assert "suspend" in refused["status"]["message"]
+    # Allowed once no worker pod exists, or when the same update suspends the job.
+    assert answer(_running(edited, copy.deepcopy(BASE_SPEC), workers=0))["allowed"]
+    suspending = {**edited, "runPolicy": {"suspend": True}}
+    assert answer(_running(suspending, copy.deepcopy(BASE_SPEC)))["allowed"]
+
+
+def test_naming_what_the_running_workers_already_have_is_allowed() -> None:
+    old = {**copy.deepcopy(BASE_SPEC), "resources": {"accelerator": "auto", "acceleratorsPerWorker": "auto"}}
+    assert answer(_running(copy.deepcopy(BASE_SPEC), old))["allowed"]  # h100 x 4, as status.sizing says
+    scaled = {**copy.deepcopy(BASE_SPEC), "workers": {"replicas": 3, "minReplicas": 1, "maxReplicas": 4}}
+    assert answer(_running(scaled, copy.deepcopy(BASE_SPEC)))["allowed"]
+
+
 def test_an_edit_elsewhere_of_a_job_already_at_fault_is_allowed_though_the_fault_message_quotes_it() -> None:
     # The name's fault quotes the longest worker hostname, which the worker count sets: halving the workers
     # changed the message, not the field at fault (the name), and was refused as a new error.

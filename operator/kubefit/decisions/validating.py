@@ -18,6 +18,10 @@ Allowed whatever the spec:
   while it was down) must still take label, annotation and finalizer changes, or it could not be deleted;
 - a job being deleted;
 - a job in a namespace this operator does not serve (another operator's, with its own rules).
+
+While worker pods exist (status.replicas), an UPDATE may not change what the running group's workers share:
+resources.accelerator, resources.acceleratorsPerWorker (but to the values status.sizing shows) and
+framework, unless it also suspends the job.
 """
 
 from __future__ import annotations
@@ -84,6 +88,10 @@ def _refusal(
     namespace = _text(request.get("namespace")) or _text(metadata.get("namespace"))
     domain = host_domain(namespace, cluster_domain) if namespace else None
     errors = _errors(name, spec, catalog, max_workers_per_job, domain)
+    if operation == "UPDATE":
+        errors += _running_group_errors(
+            spec, old_spec, _mapping(_mapping(request.get("oldObject")).get("status"))
+        )
     if errors and operation == "UPDATE":
         # Ratcheting, as Kubernetes does for a CRD's schema: an error on a field the update leaves as it
         # was, and at fault before too, is no reason to refuse it, or a job that a lower
@@ -102,6 +110,49 @@ def _refusal(
             or _value_at(new_job, error.path) != _value_at(old_job, error.path)
         ]
     return str(InvalidSpec(errors)) if errors else None
+
+
+# What every worker of a running group must share, with the value an absent field means: a worker created
+# after an edit (a replacement, an elastic job's new worker) would join the group on another device, with
+# another device count or another rendezvous, while status.sizing sized only the new spec.
+_GROUP_FIELDS = (
+    (("resources", "accelerator"), "auto", "accelerator"),
+    (("resources", "acceleratorsPerWorker"), "auto", "acceleratorsPerWorker"),
+    (("framework",), "pytorch", None),
+)
+
+
+def _running_group_errors(spec: Any, old_spec: Any, old_status: Mapping[str, Any]) -> list[FieldError]:
+    """An UPDATE that changes what a running group's workers share, while worker pods exist, unless the
+    same update suspends the job; a change to what the workers already have (status.sizing) is allowed."""
+    workers = old_status.get("replicas")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers <= 0:
+        return []
+    if _mapping(_mapping(spec).get("runPolicy")).get("suspend") is True:
+        return []
+    sizing = _mapping(old_status.get("sizing"))
+    errors = []
+    for path, default, sized in _GROUP_FIELDS:
+        new, old = _field(spec, path, default), _field(old_spec, path, default)
+        if new == old or (sized is not None and new == sizing.get(sized)):
+            continue
+        errors.append(
+            FieldError(
+                "spec." + ".".join(path),
+                f"cannot change from {old!r} to {new!r} while {workers} worker pod(s) exist: workers created "
+                "later would join the running group with the new value. Suspend the job "
+                "(spec.runPolicy.suspend: true) in this update or before it, and resume it once its workers "
+                "are gone",
+            )
+        )
+    return errors
+
+
+def _field(spec: Any, path: tuple[str, ...], default: Any) -> Any:
+    value: Any = spec
+    for key in path:
+        value = _mapping(value).get(key)
+    return default if value is None else value
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[([^\]]*)\]")
