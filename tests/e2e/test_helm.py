@@ -148,7 +148,15 @@ def test_upgrade_keeps_the_generated_webhook_certificate_and_checkpoint_key(
     # helm lookup: an upgrade reuses what the install generated, so nothing rotates on every upgrade.
     before = _generated_secrets(sandbox, release)
     assert before[2] == before[0]["ca.crt"]  # the configuration trusts the CA in the Secret
-    _helm(sandbox, "upgrade", release.name, str(CHART), "--namespace", release.namespace, "--reuse-values")
+    _helm(
+        sandbox,
+        "upgrade",
+        release.name,
+        str(CHART),
+        "--namespace",
+        release.namespace,
+        "--reset-then-reuse-values",
+    )
     assert _generated_secrets(sandbox, release) == before
 
 

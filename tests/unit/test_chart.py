@@ -629,6 +629,9 @@ def test_the_webhook_certificate_can_come_from_cert_manager() -> None:
         "name": "kubefit-ca", "kind": "ClusterIssuer", "group": "cert-manager.io",
     }  # fmt: skip
     assert _webhook_volume(objects)["secret"]["secretName"] == certificate["spec"]["secretName"]
+    # Not the chart's generated Secret: switching modes, helm would delete the one cert-manager writes, or
+    # refuse to take over the one it left behind.
+    assert certificate["spec"]["secretName"] != _tls_secrets(_render())[0]["metadata"]["name"]
     service = _service(objects, "-webhook")["metadata"]["name"]
     assert f"{service}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]  # what the API server calls
     configuration = _one(objects, "ValidatingWebhookConfiguration")

@@ -204,8 +204,16 @@ the one the chart or cert-manager writes), the cert-manager Certificate, and whe
 {{- define "kubefit.generatedWebhookSecret" -}}
 {{- printf "%s-webhook-tls" (include "kubefit.fullname" . | trunc 51 | trimSuffix "-") }}
 {{- end }}
+{{- /* cert-manager's Secret has a name of its own: switching between it and the chart's generated one,
+either way, would have helm delete the Secret cert-manager writes, or refuse to take over the one it left. */}}
 {{- define "kubefit.webhookSecret" -}}
-{{- default (include "kubefit.generatedWebhookSecret" .) .Values.webhook.existingSecret }}
+{{- if .Values.webhook.existingSecret }}
+{{- .Values.webhook.existingSecret }}
+{{- else if .Values.webhook.certManager.enabled }}
+{{- printf "%s-webhook-cm-tls" (include "kubefit.fullname" . | trunc 48 | trimSuffix "-") }}
+{{- else }}
+{{- include "kubefit.generatedWebhookSecret" . }}
+{{- end }}
 {{- end }}
 {{- define "kubefit.webhookCertificate" -}}
 {{- include "kubefit.webhookService" . }}
