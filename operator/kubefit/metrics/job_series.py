@@ -143,8 +143,8 @@ def _previous_condition(status: Mapping[str, object], condition_type: str) -> Ma
 def _since_creation(
     observation: JobObservation, conditions: Sequence[Condition], condition_type: str
 ) -> float | None:
-    """Creation, or the resume of a job created suspended (the time its user held it is no wait for
-    capacity), to the condition's transition to True; None when it is not True or a time is missing."""
+    """Creation, or the last resume (a suspension starts the wait again, as Kueue's requeue does), to the
+    condition's transition to True; None when it is not True or a time is missing."""
     condition = next((item for item in conditions if item.type == condition_type), None)
     if condition is None or condition.status != "True" or observation.created is None:
         return None
