@@ -981,3 +981,22 @@ def test_a_context_named_needs_no_current_context(
     assert json.loads(out) == operator_sizing(SMALL_AUTO, CLUSTER_NODES, CLUSTER_PODS)
     code, _, err = run_main(capsys, "-f", write(tmp_path, manifest), "--cluster")
     assert code == 3 and "current-context" in err  # none named, none current: kubectl fails too
+
+
+def test_a_manifest_kubectl_stores_is_sized_empty_keys_and_exponent_numbers_included(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The API server drops a null field before defaulting, and kubectl reads 1e-1 as a number; PyYAML's
+    # YAML 1.1 made it a string, and an empty key a null: both exited 2 for a manifest kubectl applies.
+    text = yaml.safe_dump(LLAMA3_8B_FSDP).replace("  training:\n", "  framework:\n  training:\n")
+    text += "  runPolicy:\n"
+    text = text.replace("resources:\n", "resources:\n    memoryHeadroom: 1e-1\n", 1)
+    assert "memoryHeadroom: 1e-1" in text and "  framework:\n" in text
+    code, out, err = run_main(capsys, "-f", write(tmp_path, text), "-o", "json")
+    assert code == 0, err
+    plain = json.loads(run_main(capsys, "-f", write(tmp_path, LLAMA3_8B_FSDP, "plain.yaml"), "-o", "json")[1])
+    assert json.loads(out) == plain  # headroom 0.1 is the default; an empty key is no key
+    # Quoted, it is a string, as kubectl reads it too, and named as such.
+    quoted = text.replace("memoryHeadroom: 1e-1", "memoryHeadroom: '1e-1'")
+    code, _, err = run_main(capsys, "-f", write(tmp_path, quoted, "quoted.yaml"))
+    assert code == 2 and "memoryHeadroom" in err

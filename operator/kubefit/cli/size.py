@@ -7,6 +7,7 @@ Imports beyond argparse happen inside the handler, so that `kubefit --help` and 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any, TextIO
 
@@ -195,12 +196,47 @@ def read_text(filename: str, stdin: TextIO | None = None) -> str:
         raise InvalidInput([f"{filename}: not a text file (expected a YAML manifest)"]) from None
 
 
+def _kubectl_loader() -> Any:
+    """PyYAML's safe loader reading numbers as kubectl does: YAML 1.1 makes `1e-1` a string (a float needs a
+    dot there), which kubectl's parser, and so the API server, reads as 0.1."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    # Tried after the loader's own resolvers (ints first), for the plain scalars none of them took.
+    number = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", number, list("-+0123456789."))
+    return Loader
+
+
+def _without_nulls(spec: Any) -> Any:
+    """The spec as the API server stores it: a null field (`training:` with nothing after it) is dropped
+    before defaulting, since no field of the CRD is nullable. The pod template is kept as written."""
+    if not isinstance(spec, dict):
+        return spec
+    return {
+        key: value if key == "template" else _nulls_dropped(value)
+        for key, value in spec.items()
+        if value is not None
+    }
+
+
+def _nulls_dropped(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _nulls_dropped(item) for key, item in value.items() if item is not None}
+    return value
+
+
 def load_training_job(text: str, source: str) -> dict[str, Any]:
-    """The one TrainingJob document in `text`, checked for apiVersion and kind."""
+    """The one TrainingJob document in `text`, checked for apiVersion and kind, its spec as the API server
+    would store it (_without_nulls)."""
     import yaml
 
     try:
-        documents = [document for document in yaml.safe_load_all(text) if document is not None]
+        documents = [
+            document for document in yaml.load_all(text, Loader=_kubectl_loader()) if document is not None
+        ]
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
@@ -224,7 +260,7 @@ def load_training_job(text: str, source: str) -> dict[str, Any]:
         raise InvalidInput(["spec: required"])
     if not isinstance(manifest.get("metadata") or {}, dict):
         raise InvalidInput(["metadata: must be a mapping"])
-    return manifest
+    return {**manifest, "spec": _without_nulls(manifest["spec"])}
 
 
 # ------------------------------------------------------------------ output
