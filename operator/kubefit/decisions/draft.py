@@ -116,7 +116,8 @@ def sized(sizing: SizingStatus) -> ConditionUpdate:
     return ConditionUpdate(ConditionType.SIZED, "False", Reason.DOES_NOT_FIT, sizing_summary(sizing))
 
 
-def worker_set(ctx: JobContext, workers: int) -> WorkerSet:
+def worker_set(ctx: JobContext, workers: int, min_workers: int | None = None) -> WorkerSet:
+    """The workers to create now; `min_workers` is torchrun's minimum for them (None: the bounds' floor)."""
     accelerator = ctx.catalog.get(ctx.sizing.accelerator)
     if accelerator is None:  # the planner chose it from this catalog, so this is a bug, not bad input
         raise LookupError(f"planner chose {ctx.sizing.accelerator!r}, which is not in the catalog")
@@ -133,7 +134,7 @@ def worker_set(ctx: JobContext, workers: int) -> WorkerSet:
         ctx.sizing,
         accelerator,
         workers,
-        bounds.floor,
+        bounds.floor if min_workers is None else min_workers,
         bounds.ceiling,
         checkpoint=checkpoint,
         host_bytes_per_worker=ctx.host_bytes_per_worker,

@@ -68,6 +68,7 @@ class _Plan:
     removal: Removal | None  # workers to remove after the handshake
     restart: str | None = None  # a non-elastic restart's message
     hold: str | None = None  # why the running workers keep their count below what the spec asks for now
+    floor: int | None = None  # torchrun's minimum for the workers created now (None: the bounds' floor)
 
 
 def admitted(ctx: JobContext, grant: int) -> Draft:
@@ -471,7 +472,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
         phase=_phase(ctx.ours, plan.keep, ready, start_time),
         updates=[sized(ctx.sizing), _admitted(ctx, plan), *_readiness(ready, plan.keep, _trains_with(ctx))],
         create=create,
-        worker_set=worker_set(ctx, plan.keep) if create else None,
+        worker_set=worker_set(ctx, plan.keep, plan.floor) if create else None,
         delete=delete,
         replace=changes.replace,
         restarts=restarts,
@@ -571,7 +572,10 @@ def _held_below_floor(ctx: JobContext, grant: int) -> _Plan | None:
         f"the workers' minimum is {floor}; the {grant} running keep running until the scheduling pass "
         f"grants {floor}"
     )
-    return _Plan(grant, grant, _surplus(ctx, grant, Reason.SCALED_DOWN), hold=hold)
+    # A replacement joins the running group: with the raised floor its range would not hold the grant,
+    # ending the hold and scaling past the grant.
+    group_floor = min(_running_group_floor(ctx, grant), grant)
+    return _Plan(grant, grant, _surplus(ctx, grant, Reason.SCALED_DOWN), hold=hold, floor=group_floor)
 
 
 def _world(ctx: JobContext) -> int:
