@@ -306,10 +306,10 @@ def _out_of_range_string(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
             ]
         )
     )
-    # below one unit after conversion: a byte or parameter, or a millicore for cpu
-    below_one = st.from_regex(r"0\.000[0-9]{1,3}" if name == "cpu" else r"0\.[0-9]{1,4}", fullmatch=True)
+    # below one unit after conversion: a byte or parameter (cpu below a millicore is 1m, as in Kubernetes)
+    below_one = st.from_regex(r"0\.[0-9]{1,4}", fullmatch=True)
     spec = copy.deepcopy(GENERATED_BASE)
-    _set(spec, section, (name,), draw(st.one_of(below_one, too_large)))
+    _set(spec, section, (name,), draw(too_large if name == "cpu" else st.one_of(below_one, too_large)))
     return spec, _path(section, (name,))
 
 

@@ -57,7 +57,17 @@ def test_zero_with_any_exponent_is_zero_and_refused_as_such(
 
 @pytest.mark.parametrize(
     ("written", "millicores"),
-    [("1.0005", 1001), ("0.0015", 2), ("1500u", 2), ("2", 2000), ("250m", 250), (0.0011, 2), ("1e-3", 1)],
+    [
+        ("1.0005", 1001),
+        ("0.0015", 2),
+        ("1500u", 2),
+        ("2", 2000),
+        ("250m", 250),
+        (0.0011, 2),
+        ("1e-3", 1),
+        ("100u", 1),  # below a millicore: 1m, as Kubernetes stores it, not refused
+        ("999999n", 1),
+    ],
 )
 def test_cpu_finer_than_a_millicore_rounds_up_as_kubernetes_does(
     written: str | float, millicores: int

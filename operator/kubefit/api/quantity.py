@@ -86,9 +86,10 @@ def _whole(number: Decimal, value: object, unit: str, maximum: int | None, *, ro
     """`number` as an integer (truncated, or rounded up), refused below one or above `maximum`."""
     if number.adjusted() > _LARGEST_MAGNITUDE or (maximum is not None and number > maximum):
         raise _TooLarge(value)
-    if number < 1:
+    whole = int(number.to_integral_value(rounding=ROUND_CEILING)) if round_up else int(number)
+    if whole < 1:
         raise ValueError(f"{value!r} is less than one {unit} after conversion; it must be at least 1")
-    return int(number.to_integral_value(rounding=ROUND_CEILING)) if round_up else int(number)
+    return whole
 
 
 def _bounded(parse: Callable[[], int], value: object, unit: str, maximum: int | None) -> int:
@@ -161,7 +162,8 @@ def parse_bytes(value: int | float | str, maximum: int | None = None) -> int:
 
 def parse_cpu_millis(value: int | float | str, maximum: int | None = None) -> int:
     """A Kubernetes CPU quantity ("8", "500m", 0.5) in millicores, rounded up as Kubernetes rounds a CPU
-    finer than a millicore ("1.0005" is 1001m): the pod holds the rounded value, so the fit must too."""
+    finer than a millicore ("1.0005" is 1001m, "100u" 1m): the pod holds the rounded value, so the fit must
+    too."""
 
     def parse() -> int:
         millis = _quantity(value, "'8' or '500m'") * 1000
