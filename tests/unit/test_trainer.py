@@ -18,8 +18,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -479,3 +480,98 @@ def test_requested_by_any_is_requested_without_torch_distributed(
     board.open(JOB, "r2")
     worker = handshake(server, Clock())
     assert worker.requested_by_any() is True
+
+
+def test_requested_by_any_is_true_once_per_request_without_an_ack(
+    server: CheckpointServer, board: CheckpointBoard
+) -> None:
+    # Ranks other than local rank 0 never acknowledge: requested_by_any() alone must end the request there.
+    clock = Clock()
+    worker = handshake(server, clock)
+    board.open(JOB, "r1")
+    assert worker.requested_by_any() is True
+    for _ in range(3):
+        clock.now += 2.0
+        assert worker.requested_by_any() is False and worker.requested() is False
+    assert board.acknowledged(JOB, "r1") == {}  # nothing sent: acknowledging is left to the loop
+    board.open(JOB, "r2")  # a later removal asks again
+    clock.now += 2.0
+    assert worker.requested_by_any() is True
+
+
+ONE_POD = """
+import sys
+import time
+from pathlib import Path
+import torch.distributed as dist
+from kubefit_trainer import CheckpointHandshake, Endpoint
+
+rank, folder, url, token, acks = int(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:6]
+dist.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=2)
+# Both processes are one pod (torchrun --nproc-per-node 2). The clock is the step, and rank 0 polls every
+# 2 steps, rank 1 every 3: rank 1 sees the request of step 3 first, rank 0 the one of step 13.
+now = [0.0]
+endpoint = Endpoint(url, token, "team-a", "llama", "llama-worker-0")
+worker = CheckpointHandshake(endpoint, poll_seconds=2 + rank, clock=lambda: now[0])
+saves = []
+for step in range(20):
+    now[0] = float(step)
+    if step in (3, 13):  # the test opens a request while both ranks wait here
+        if rank == 0:
+            (folder / f"at-{step}").touch()
+            while not (folder / f"go-{step}").exists():
+                time.sleep(0.02)
+        dist.barrier()
+    if worker.requested_by_any():
+        saves.append(step)
+        dist.barrier()  # a collective in the save
+        if rank == 0 or acks == "every-rank":
+            worker.acknowledge(step)
+print(saves)
+dist.destroy_process_group()
+"""
+
+
+def _at_step(folder: Path, step: int, action: Callable[[], object]) -> None:
+    """Runs action while the ranks of ONE_POD wait before `step`."""
+    deadline = time.monotonic() + 120
+    while not (folder / f"at-{step}").exists():
+        assert time.monotonic() < deadline, f"the ranks never reached step {step}"
+        time.sleep(0.02)
+    action()
+    (folder / f"go-{step}").touch()
+
+
+@pytest.mark.parametrize("acks", ["local-rank-0", "every-rank"])
+def test_several_processes_per_pod_save_once_per_request(
+    server: CheckpointServer, board: CheckpointBoard, tmp_path: Path, acks: str
+) -> None:
+    """docs/checkpoint-handshake.md: every rank calls requested_by_any(), local rank 0 acknowledges. The
+    other ranks' requested() stayed True, so the all-reduce made every rank save again at every step until
+    the operator closed the request (up to the grace period), and local rank 0 warned "ack not sent"."""
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", ONE_POD, str(rank), str(tmp_path), url, TOKEN, acks],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    acked: dict[str, dict[str, int]] = {}
+    try:
+        _at_step(tmp_path, 3, lambda: board.open(JOB, "r1"))
+
+        def replace() -> None:
+            acked["r1"] = dict(board.acknowledged(JOB, "r1"))
+            board.close(JOB)
+            board.open(JOB, "r2")
+
+        _at_step(tmp_path, 13, replace)
+        answers = [process.communicate(timeout=120) for process in ranks]
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+    errors = [err[-1500:] for _, err in answers]
+    assert [out.strip() for out, _ in answers] == ["[3, 13]", "[3, 13]"], errors
+    assert acked["r1"] == {"llama-worker-0": 3}
+    assert board.acknowledged(JOB, "r2") == {"llama-worker-0": 13}
+    assert not any("not sent" in err for err in errors), errors

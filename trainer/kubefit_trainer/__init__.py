@@ -11,11 +11,13 @@ spec.elastic.checkpointGracePeriodSeconds. A training loop takes part like this:
         train_one_step()
         if handshake.requested_by_any():         # every rank, every step: one answer for all of them
             save_checkpoint(step)
-            handshake.acknowledge(step)
+            if os.environ.get("LOCAL_RANK", "0") == "0":  # one ack per pod (every rank may send one)
+                handshake.acknowledge(step)
 
 Each process polls on its own clock, so with several processes plain requested() turns True at different
 steps on different ranks, and a save_checkpoint with a collective (a sharded save, a barrier) would hang:
-requested_by_any() agrees through torch.distributed when it is initialised (requested() otherwise).
+requested_by_any() agrees through torch.distributed when it is initialised (requested() otherwise), and
+is True once per request on every rank, whether or not that rank acknowledges.
 
 Standard library only. The HTTP contract, for other languages, is docs/checkpoint-handshake.md.
 """
@@ -108,6 +110,7 @@ class CheckpointHandshake:
         self.timeout_seconds = timeout_seconds
         self._clock = clock
         self.request_id: str | None = None  # the operator's open request, as last seen
+        self._handled: str | None = None  # the request this process saved for: requested() is False for it
         self._acknowledged: str | None = None  # the request this worker already acknowledged
         self._acknowledged_step: int | None = None  # and the step it saved for it
         self._last_poll: float | None = None
@@ -140,7 +143,9 @@ class CheckpointHandshake:
         return cls(endpoint, poll_seconds=poll_seconds)
 
     def requested(self) -> bool:
-        """True while the operator has a checkpoint request open that this worker has not acknowledged.
+        """True while the operator has a checkpoint request open that this process has not handled.
+
+        Handled: acknowledged here, or already answered True by requested_by_any() on this process.
 
         Asks the operator at most every poll_seconds (in between, the last answer stands). An operator that
         cannot be reached, or answers with an error, means no request: training goes on (the first error
@@ -161,14 +166,25 @@ class CheckpointHandshake:
             self._last_poll = now
             self._poll(self.endpoint)
             self._ack_again()
-        return self.request_id is not None and self.request_id != self._acknowledged
+        return self.request_id is not None and self.request_id != self._handled
 
     def requested_by_any(self) -> bool:
         """requested() agreed by every process of the job: True on all of them once one sees a request.
 
         A collective when torch.distributed is initialised (an all-reduce of one integer, MAX): every rank
-        must call it at the same point of each step. Without torch.distributed, requested()."""
-        mine = self.requested()
+        must call it at the same point of each step. Without torch.distributed, this process's requested().
+
+        True once per request: the request then counts as handled on every process (each one saves at
+        this step), acknowledged or not, so ranks that never acknowledge (all but local rank 0 of a pod)
+        do not make every later step save again. A new request is True again."""
+        agreed = self._agree(self.requested())
+        if agreed:
+            self._handle_agreed()
+        return agreed
+
+    def _agree(self, mine: bool) -> bool:
+        """max(mine) over all ranks. Every rank must reach the all-reduce on every call, whatever its own
+        state: one that skipped it while the others entered it would hang the job."""
         # Not imported here: a process group exists only where the training code imported torch.distributed
         # (and the package stays standard library only).
         dist, torch = sys.modules.get("torch.distributed"), sys.modules.get("torch")
@@ -181,6 +197,18 @@ class CheckpointHandshake:
         flag = torch.tensor([1 if mine else 0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+    def _handle_agreed(self) -> None:
+        """Marks the open request handled here, after requested_by_any() answered True for it."""
+        if self.endpoint is None:
+            return
+        if self.request_id is None or self.request_id == self._handled:
+            # Another rank saw the request first (each polls on its own clock): learn its id now, or this
+            # process would see it at its next poll and make every rank save again. HTTP only, no collective.
+            self._last_poll = self._clock()
+            self._poll(self.endpoint)
+        if self.request_id is not None:
+            self._handled = self.request_id
 
     def _ack_again(self) -> None:
         """An ack this worker sent for a request still open is sent again, once per poll: the operator keeps
@@ -224,6 +252,7 @@ class CheckpointHandshake:
                 return False
         body = {"requestId": self.request_id, "worker": self.endpoint.worker, "step": step}
         self._acknowledged, self._acknowledged_step = self.request_id, step
+        self._handled = self.request_id
         for attempt in range(ACK_ATTEMPTS):
             status, answer = self._call(self.endpoint, "/ack", body)
             if status == 200:
