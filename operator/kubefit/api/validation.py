@@ -126,9 +126,9 @@ def _tensor_parallel_splits_heads(spec: TrainingJobSpec) -> list[FieldError]:
 
 def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldError]:
     """A template container's own request above its own limit for a native resource (cpu, memory,
-    ephemeral-storage, hugepages-*), which reaches every worker pod as written and has the API server refuse
-    each one. The trainer's cpu and memory requests are spec.resources' where
-    that gives them (checked by _requests_above_template_limits)."""
+    ephemeral-storage, hugepages-*), or a hugepages-* one below it, which reaches every worker pod as
+    written and has the API server refuse each one. The trainer's cpu and memory requests are
+    spec.resources' where that gives them (checked by _requests_above_template_limits)."""
     pod_spec = spec.template["spec"]
     errors = []
     for kind in ("containers", "initContainers"):
@@ -148,15 +148,28 @@ def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldErr
                     continue  # spec.resources.cpu/memory replaces this request in the pod
                 if limit is None or not (is_quantity(requested) and is_quantity(limit)):
                     continue  # no limit, or a malformed one (the schema names those in containers)
-                if _exceeds(requested, limit):
+                problem = _request_against_limit(name, requested, limit)
+                if problem is not None:
                     errors.append(
-                        FieldError(
-                            f"spec.template.spec.{kind}[{index}].resources.requests.{name}",
-                            f"{requested} is above the container's {name} limit {limit}; a request may not "
-                            "exceed its limit (the API server would refuse every worker pod)",
-                        )
+                        FieldError(f"spec.template.spec.{kind}[{index}].resources.requests.{name}", problem)
                     )
     return errors
+
+
+def _request_against_limit(name: str, requested: int | str, limit: int | str) -> str | None:
+    """What the API server would refuse in a request beside its own limit, or None."""
+    if _exceeds(requested, limit):
+        return (
+            f"{requested} is above the container's {name} limit {limit}; a request may not exceed its limit "
+            "(the API server would refuse every worker pod)"
+        )
+    # Huge pages cannot be overcommitted: Kubernetes refuses a request below the limit as well.
+    if name.startswith("hugepages-") and _exceeds(limit, requested):
+        return (
+            f"{requested} is below the container's {name} limit {limit}; a huge pages request must equal its "
+            "limit (the API server would refuse every worker pod)"
+        )
+    return None
 
 
 def _exceeds(requested: int | str, limit: int | str) -> bool:

@@ -143,6 +143,12 @@ def _with_rendezvous_port(container: dict[str, Any]) -> list[dict[str, Any]]:
     return ports
 
 
+def _without_rendezvous_port(container: dict[str, Any]) -> dict[str, Any]:
+    """The container's `ports` entry without the rendezvous port; none when nothing else is left."""
+    ports = [port for port in container.get("ports") or [] if port.get("containerPort") != RENDEZVOUS_PORT]
+    return {"ports": ports} if ports else {}
+
+
 def _without(container: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
     """The container without the resources `names` in its requests and limits."""
     resources = container.get("resources")
@@ -174,6 +180,10 @@ def _trainer_container(container: dict[str, Any], worker_set: WorkerSet, index: 
     listens = index == 0 or (worker_set.spec.template.get("spec") or {}).get("hostNetwork") is not True
     if worker_set.spec.framework != "none" and listens:
         trainer["ports"] = _with_rendezvous_port(container)
+    elif worker_set.spec.framework != "none":
+        # The template's own 29500 would be a node port on every worker just as well.
+        trainer.pop("ports", None)
+        trainer.update(_without_rendezvous_port(container))
     return trainer
 
 

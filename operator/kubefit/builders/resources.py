@@ -5,7 +5,8 @@ first container already requests, else its limit (Kubernetes takes a missing req
 refuses a pod whose request exceeds it; api.validation refuses a spec.resources value above the limit),
 else the derived default:
 - cpu: 8 cores per accelerator, at most 96 (data loaders and the host side of the step);
-- memory: 16Gi per accelerator plus the training state offloaded to the host (sized in decisions.job_sizing);
+- memory: 16Gi per accelerator plus the training state offloaded to the host (sized in decisions.job_sizing,
+  which warns when a memory given above is below that state);
 - each of the two held, but for the offloaded state, to NODE_SHARE of what the job's nodes offer per device
   (HostShare): an 8-vCPU node with one GPU (AWS g5.2xlarge, GKE g2-standard-8) has under 8 cores
   allocatable, and a request of 8 would leave its worker Pending for good.
@@ -73,13 +74,25 @@ def worker_resources(
     if spec.resources.cpu is not None:
         requests["cpu"] = str(spec.resources.cpu)
     requests.setdefault("cpu", limits.get("cpu", default_cpu(accelerators, share)))
-    if spec.resources.memory is not None:
-        requests["memory"] = str(spec.resources.memory)
-    requests.setdefault("memory", limits.get("memory", default_memory(accelerators, offloaded_bytes, share)))
+    memory = given_memory(given, spec)
+    requests["memory"] = default_memory(accelerators, offloaded_bytes, share) if memory is None else memory[1]
 
     requests[sizing.resource_name] = str(accelerators)
     limits[sizing.resource_name] = str(accelerators)
     return resources
+
+
+def given_memory(container_resources: dict[str, Any] | None, spec: TrainingJobSpec) -> tuple[str, Any] | None:
+    """The field that gives the worker's memory request and its value: spec.resources.memory, else the first
+    container's request, else its limit; None where the default (which adds the offloaded state) applies."""
+    if spec.resources.memory is not None:
+        return "spec.resources.memory", str(spec.resources.memory)
+    given = container_resources if isinstance(container_resources, dict) else {}
+    for kind in ("requests", "limits"):
+        values = given.get(kind)
+        if isinstance(values, dict) and "memory" in values:
+            return f"spec.template.spec.containers[0].resources.{kind}.memory", values["memory"]
+    return None
 
 
 def _copied(value: Any) -> dict[str, Any]:

@@ -9,7 +9,8 @@ and inventory. The steps, in order:
    planner judged the layout at, so the sizing is that of the layout that actually runs);
 3. say why the chosen accelerator has no node, when the pod's own placement rules every one out;
 4. add the over-provisioning sentence of a fixed layout far bigger than the job needs;
-5. estimate the offloaded state each worker holds in host memory, for the pod's memory request.
+5. estimate the offloaded state each worker holds in host memory, for the pod's memory request, and warn
+   when a memory request the spec or the template gives is below it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.api.quantity import exact_quantity, is_quantity
+from kubefit.api.units import format_gib
+from kubefit.builders.resources import given_memory
 from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.workers import WorkerBounds, worker_bounds
 from kubefit.sizing.catalog import Catalog
@@ -78,13 +82,11 @@ def size_job(
     advice = _ADVICE.overprovisioned(spec, spec_json, sizing, catalog) if advise else None
     if advice is not None and advice not in sizing.warnings:
         sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, advice]})
-    return JobSizing(
-        sizing,
-        bounds,
-        planned.evaluated_workers,
-        _host_bytes_per_worker(spec, sizing, bounds, catalog),
-        advice,
-    )
+    host_bytes = _host_bytes_per_worker(spec, sizing, bounds, catalog)
+    warning = _offload_memory_warning(spec, host_bytes)
+    if warning is not None:
+        sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
+    return JobSizing(sizing, bounds, planned.evaluated_workers, host_bytes, advice)
 
 
 class _AdviceMemory:
@@ -193,6 +195,24 @@ def placement_warning(
     return (
         f"no {accelerator} node matches the pod's placement constraints: {constraints} rule out all "
         f"{ruled_out}; the workers stay Pending"
+    )
+
+
+def _offload_memory_warning(spec: TrainingJobSpec, host_bytes: int) -> str | None:
+    """Why a worker may run out of host memory: a memory request given by the spec or the template is used
+    as written (the offloaded state is added only to the default), and here it is below that state."""
+    given = given_memory(spec.template["spec"]["containers"][0].get("resources"), spec)
+    if host_bytes <= 0 or given is None or not is_quantity(given[1]):
+        return None
+    field, value = given
+    memory = exact_quantity(value)
+    if memory is None or memory >= host_bytes:
+        return None
+    return (
+        f"{field} {value} ({format_gib(float(memory))}) is below the {format_gib(host_bytes)} of training "
+        f"state each worker offloads to host memory (training.offload: {spec.training.offload}); a given "
+        "memory request is used as written, without the offloaded state, so the workers may be evicted or "
+        "OOM-killed: raise it, or leave it unset for the default that adds the offloaded state"
     )
 
 
