@@ -66,6 +66,14 @@ def test_a_hugepages_request_below_its_limit_is_refused_naming_the_request() -> 
         "resources": {"limits": {"hugepages-1Gi": "2Gi", "memory": "1Gi"}},
     }
     assert parse_spec(raw_spec(template={"spec": {"containers": [limited]}}))
+    # A request alone: Kubernetes needs the limit of a resource it cannot overcommit ("Limit must be set").
+    unlimited = {"name": "trainer", "image": "x", "resources": {"requests": {"hugepages-2Mi": "64Mi"}}}
+    with pytest.raises(InvalidSpec) as alone:
+        parse_spec(raw_spec(template={"spec": {"containers": [unlimited]}}))
+    assert [error.path for error in alone.value.errors] == [
+        "spec.template.spec.containers[0].resources.requests.hugepages-2Mi"
+    ]
+    assert "no hugepages-2Mi limit" in alone.value.errors[0].message
     # Other resources may still request below their limit.
     below = {
         "name": "trainer",

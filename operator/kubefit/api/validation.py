@@ -126,7 +126,7 @@ def _tensor_parallel_splits_heads(spec: TrainingJobSpec) -> list[FieldError]:
 
 def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldError]:
     """A template container's own request above its own limit for a native resource (cpu, memory,
-    ephemeral-storage, hugepages-*), or a hugepages-* one below it, which reaches every worker pod as
+    ephemeral-storage, hugepages-*), or a hugepages-* one below it or without one, which reaches every worker pod as
     written and has the API server refuse each one. The trainer's cpu and memory requests are
     spec.resources' where that gives them (checked by _requests_above_template_limits)."""
     pod_spec = spec.template["spec"]
@@ -137,8 +137,9 @@ def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldErr
             resources = container.get("resources") if isinstance(container, dict) else None
             requests = resources.get("requests") if isinstance(resources, dict) else None
             limits = resources.get("limits") if isinstance(resources, dict) else None
-            if not isinstance(requests, dict) or not isinstance(limits, dict):
+            if not isinstance(requests, dict):
                 continue
+            limits = limits if isinstance(limits, dict) else {}
             for name, requested in requests.items():
                 if "/" in name:
                     continue  # an extended resource (nvidia.com/gpu): the pod builder rewrites accelerators
@@ -146,9 +147,16 @@ def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldErr
                 replaced = name in ("cpu", "memory") and getattr(spec.resources, name) is not None
                 if kind == "containers" and index == 0 and replaced:
                     continue  # spec.resources.cpu/memory replaces this request in the pod
-                if limit is None or not (is_quantity(requested) and is_quantity(limit)):
+                if limit is None and name.startswith("hugepages-"):
+                    problem: str | None = (
+                        f"{requested} has no {name} limit beside it; huge pages cannot be overcommitted, so "
+                        "Kubernetes needs a limit equal to the request (the API server would refuse every "
+                        "worker pod)"
+                    )
+                elif limit is None or not (is_quantity(requested) and is_quantity(limit)):
                     continue  # no limit, or a malformed one (the schema names those in containers)
-                problem = _request_against_limit(name, requested, limit)
+                else:
+                    problem = _request_against_limit(name, requested, limit)
                 if problem is not None:
                     errors.append(
                         FieldError(f"spec.template.spec.{kind}[{index}].resources.requests.{name}", problem)
