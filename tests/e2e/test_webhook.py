@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_support import Kube, OperatorProcess, job_manifest, wait_for
+from operator_support import Kube, OperatorProcess, PrivatePool, job_manifest, running_names, wait_for
 
 from kubefit_sandbox.controlplane import Sandbox
 
@@ -163,3 +163,38 @@ def test_kubectl_scale_beyond_the_operators_worker_limit_is_refused_naming_the_f
     kube.run("scale", "trainingjob/scaled", "-n", guarded, "--replicas=2")  # within the limit: stored
     stored = kube.get("trainingjob", "scaled", guarded)
     assert stored is not None and stored["spec"]["workers"]["replicas"] == 2
+
+
+def test_a_running_groups_accelerator_cannot_change_until_the_job_is_suspended(
+    kube: Kube, guarded: str, pool: PrivatePool
+) -> None:
+    # A worker created after such an edit would join the running group with the new value.
+    # The simulated workers never acknowledge a checkpoint: no grace to wait out when suspended.
+    no_grace = {"checkpointGracePeriodSeconds": 0}
+    manifest = job_manifest("running", guarded, pool=pool, workers={"replicas": 1}, elastic=no_grace)
+    kube.apply(manifest)
+    wait_for("1 running worker", lambda: len(running_names(kube.workers(guarded, "running"))) == 1)
+    wait_for(
+        "status.replicas",
+        lambda: (
+            ((kube.get("trainingjob", "running", guarded) or {}).get("status") or {}).get("replicas") == 1
+        ),
+    )
+    edited = copy.deepcopy(manifest)
+    edited["spec"]["resources"] = {**edited["spec"]["resources"], "acceleratorsPerWorker": 2}
+    refused = kube.apply(edited, check=False)
+    assert refused.returncode != 0 and "spec.resources.acceleratorsPerWorker" in refused.stderr, (
+        refused.stderr
+    )
+    assert "suspend" in refused.stderr
+    stored = kube.get("trainingjob", "running", guarded)
+    assert stored is not None and stored["spec"]["resources"]["acceleratorsPerWorker"] == 4
+    # Suspending in the same update lets it through; the workers go, and resumed, the job starts with 2.
+    edited["spec"]["runPolicy"] = {"suspend": True}
+    kube.apply(edited)
+    wait_for("the workers gone", lambda: kube.workers(guarded, "running") == [])
+    edited["spec"]["runPolicy"] = {"suspend": False}
+    kube.apply(edited)
+    wait_for("1 running worker again", lambda: len(running_names(kube.workers(guarded, "running"))) == 1)
+    (worker,) = kube.workers(guarded, "running")
+    assert worker["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
