@@ -262,7 +262,9 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--catalog", metavar="FILE", help="extra accelerator catalog (default: $KUBEFIT_CATALOG)"
     )
-    parser.add_argument("--verbose", "-v", action="store_true", help="log every reconcile")
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="kopf's log line for every handled watch event"
+    )
     parser.add_argument("--debug", action="store_true", help="log kopf's internals too")
     parser.set_defaults(handler=_run)
 
