@@ -719,7 +719,7 @@ def test_cluster_keeps_the_device_count_of_an_elastic_jobs_running_workers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
 ) -> None:
     # Worker 0 of an elastic 13B job runs with 4 H100s; at 2 workers the planner alone would choose 2 a
-    # worker. The operator keeps 4 (decisions.job.kept_accelerators_per_worker), and so does the CLI.
+    # worker. The operator keeps 4 (decisions/running_group.py), and so does the CLI.
     manifest = json.loads(json.dumps(SMALL_AUTO))
     manifest["spec"] |= {
         "model": {"parameters": "13B"},

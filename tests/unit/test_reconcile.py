@@ -2137,7 +2137,7 @@ def test_resuming_during_a_gang_timeout_backoff_clears_suspended_at_once() -> No
     assert condition(resumed_now, "Suspended")["status"] == "False"
 
 
-def test_the_accelerator_is_kept_only_for_auto_and_only_while_its_nodes_are_there() -> None:
+def test_the_accelerator_is_kept_while_workers_run_and_auto_only_while_its_nodes_are_there() -> None:
     nodes = [_gpu_node("a1", "NVIDIA-A100-SXM4-40GB"), _gpu_node("h1", "NVIDIA-H100-80GB-HBM3")]
     free = build_inventory(nodes, {}, CATALOG, for_job=(JOB.namespace, JOB.name))
     busy = build_inventory(
@@ -2149,11 +2149,20 @@ def test_the_accelerator_is_kept_only_for_auto_and_only_while_its_nodes_are_ther
     workers = [pod(index, node="h1") for index in range(3)]
     auto = elastic_spec(replicas=3, minimum=1, maximum=3, resources={"accelerator": "auto"})
     running = decide(replace(observe(auto, pods=workers), inventory=busy), CATALOG)
-    # The spec now names another device: it is planned on that device, with the cluster's nodes of it.
+    # The spec now names another device (the webhook off): new workers would join the H100 group on A100s,
+    # so the job stays on the H100s while its workers run, and says when the edit applies.
     named = elastic_spec(replicas=3, minimum=1, maximum=3, resources={"accelerator": "nvidia-a100-40gb"})
-    moved = decide(replace(observe(named, pods=workers, status=running.status), inventory=free), CATALOG)
+    kept = decide(replace(observe(named, pods=workers, status=running.status), inventory=free), CATALOG)
+    assert kept.status.sizing is not None and kept.status.sizing.accelerator == "nvidia-h100-80gb"
+    assert any(
+        warning.startswith("spec.resources.accelerator nvidia-a100-40gb applies when the job starts afresh")
+        for warning in kept.status.sizing.warnings
+    )
+    # With no worker left, it is planned on the device it names, with the cluster's nodes of it.
+    moved = decide(replace(observe(named, status=kept.status), inventory=free), CATALOG)
     assert moved.status.sizing is not None and moved.status.sizing.accelerator == "nvidia-a100-40gb"
     assert not any("no node in the cluster carries" in warning for warning in moved.status.sizing.warnings)
+    assert not any("applies when" in warning for warning in moved.status.sizing.warnings)
     # The H100 nodes are gone (the workers' too, not yet seen): planned against what is there.
     only_a100 = build_inventory(nodes[:1], {}, CATALOG, for_job=(JOB.namespace, JOB.name))
     gone = decide(replace(observe(auto, pods=workers, status=running.status), inventory=only_a100), CATALOG)
@@ -2258,6 +2267,14 @@ def test_an_elastic_auto_job_keeps_its_workers_device_count_when_scaled() -> Non
     assert scaled.sizing.accelerators_per_worker == 4
     resources = scaled.worker_pod(1)["spec"]["containers"][0]["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == "4"
+    # A count written into the spec meanwhile (the webhook off) waits too, and says so.
+    edited = _auto_13b(2)
+    edited["resources"] = {"accelerator": "auto", "acceleratorsPerWorker": 2}
+    waits = decide(replace(observe(edited, pods=[pod(0)], status=started.status), inventory=free), CATALOG)
+    assert waits.sizing is not None and waits.sizing.accelerators_per_worker == 4
+    assert any(
+        "acceleratorsPerWorker 2 applies when the job starts afresh" in w for w in waits.sizing.warnings
+    )
     # With no worker left it is planned afresh; a fixed group (restarted whole) and a jax job too.
     afresh = decide(replace(observe(_auto_13b(2), status=started.status), inventory=free), CATALOG)
     assert afresh.sizing is not None and afresh.sizing.accelerators_per_worker == 2

@@ -37,9 +37,10 @@ from kubefit.decisions.inventory import (
     node_facts,
     pod_usage,
 )
-from kubefit.decisions.job import kept_accelerator, kept_accelerators_per_worker, spec_accelerator
+from kubefit.decisions.job import kept_accelerator, spec_accelerator
 from kubefit.decisions.node_match import placement_of, template_pod_spec
 from kubefit.decisions.observed import WorkerPod, worker_from_pod
+from kubefit.decisions.running_group import RunningGroup, running_group
 from kubefit.sizing.catalog import Catalog
 
 PAGE_SIZE = 500  # objects per list call: a 5,000-node cluster is read in pages, never in one response
@@ -115,11 +116,11 @@ def _pages(connection: Connection, kind: str) -> Iterator[dict[str, Any]]:
 
 class KeptInventory(NamedTuple):
     """What `kubefit size --cluster` plans against: the inventory, the accelerator the job's running workers
-    keep it on (None: not kept) and the devices each of them requests (None: none runs)."""
+    keep it on (None: not kept) and what its live workers share (None: none lives)."""
 
     inventory: Inventory
     kept_on: str | None
-    kept_per_worker: int | None
+    running: RunningGroup | None
 
 
 def read_inventory(
@@ -129,7 +130,7 @@ def read_inventory(
     worker pod's placement, free devices net of every bound, unfinished pod except the job's own workers.
     While those run, an `accelerator: auto` job sees only the nodes of their accelerator, as in the
     operator: that accelerator is returned too (None when the inventory is whole), and with it the devices
-    each worker requests, which an elastic pytorch job keeps (decisions.job.kept_accelerators_per_worker)."""
+    each worker requests, which an elastic pytorch job keeps (decisions/running_group.py)."""
     key = (namespace, str((manifest.get("metadata") or {}).get("name") or ""))
     nodes = [node_facts(node) for node in _pages(connection, "nodes")]
     usage: dict[str, list[PodUsage]] = {}
@@ -154,10 +155,10 @@ def read_inventory(
         {"sizing": {"accelerator": running_on, "acceleratorsPerWorker": per_worker}} if running_on else {}
     )
     kept = kept_accelerator(inventory, previous, ours, spec_accelerator(manifest.get("spec")))
-    kept_count = kept_accelerators_per_worker(previous, ours)
+    running = running_group(previous, ours)
     if kept is None or kept is inventory:
-        return KeptInventory(inventory, None, kept_count)
-    return KeptInventory(kept, running_on, kept_count)
+        return KeptInventory(inventory, None, running)
+    return KeptInventory(kept, running_on, running)
 
 
 def _per_worker(

@@ -421,9 +421,7 @@ def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) 
     if args.cluster:
         namespace, kept = _on_the_cluster(manifest, catalog, args, (name, namespace))
         inventory, kept_on = kept.inventory, kept.kept_on
-        spec, job_sizing = _size(
-            manifest, catalog, inventory, args, (name, namespace), kept_per_worker=kept.kept_per_worker
-        )
+        spec, job_sizing = _size(manifest, catalog, inventory, args, (name, namespace), running=kept.running)
     check = operator_check(name, args.max_workers_per_job, _domain(namespace, args.cluster_domain))
     suggestions = suggest(spec, catalog, check) if args.suggest else None
 
@@ -481,7 +479,7 @@ def _size(  # noqa: PLR0913 - the job, the flags, and what its running workers k
     args: argparse.Namespace,
     job: tuple[str | None, str | None],
     advise: bool = True,
-    kept_per_worker: int | None = None,
+    running: Any = None,
 ) -> tuple[Any, Any]:
     """The operator's own checks and sizing path (decisions.job.checked_spec) for the job (name, namespace):
     what it would mark InvalidSpec is refused here too, naming every field at fault, the name's among them
@@ -499,7 +497,7 @@ def _size(  # noqa: PLR0913 - the job, the flags, and what its running workers k
             inventory,
             domain=_domain(namespace, args.cluster_domain),
             advise=advise,
-            kept_per_worker=kept_per_worker,
+            running=running,
         )
     except InvalidSpec as exc:
         raise InvalidInput([str(error) for error in exc.errors]) from None

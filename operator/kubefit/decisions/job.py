@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.job_sizing import JobSizing, size_job
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.running import training_ended
+from kubefit.decisions.running_group import RunningGroup, kept_by_running_group, running_group
 from kubefit.decisions.scheduled import scheduled, suspended
 from kubefit.decisions.workers import WorkerBounds, stop_workers
 from kubefit.sizing.catalog import Catalog
@@ -156,7 +157,7 @@ def decide(
             settings.max_workers_per_job,
             kept_accelerator(observation.inventory, previous, ours, spec_accelerator(observation.spec)),
             domain=host_domain(observation.job.namespace, settings.cluster_domain),
-            kept_per_worker=kept_accelerators_per_worker(previous, ours),
+            running=running_group(previous, ours),
         )
     except InvalidSpec as invalid:
         return _to_decision(
@@ -195,32 +196,6 @@ def kept_accelerator(
     return inventory.only(accelerator)
 
 
-def kept_accelerators_per_worker(previous: Mapping[str, Any], ours: Sequence[WorkerPod]) -> int | None:
-    """While workers run, the device count each requests (the last status.sizing's), else None: checked_spec
-    keeps it for an elastic pytorch job whose `acceleratorsPerWorker` is auto (kept_per_worker)."""
-    sizing = (previous.get("sizing") or {}) if isinstance(previous, Mapping) else {}
-    count = sizing.get("acceleratorsPerWorker") if isinstance(sizing, Mapping) else None
-    if not any(not pod.terminating and not pod.finished for pod in ours):
-        return None
-    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 1 else None
-
-
-def _with_kept_per_worker(spec: TrainingJobSpec, kept: int | None) -> TrainingJobSpec:
-    """An elastic pytorch job keeps its running workers when its count changes, and new ones join their
-    group: re-planned at the new count, `acceleratorsPerWorker: auto` chose another device count, and a
-    1-device worker joined 2-device ones while status.sizing described only the new count. So the running
-    workers' count stays until none runs (a fixed group or a jax job restarts every worker on a count
-    change, and is planned afresh)."""
-    resources = spec.resources
-    if kept is None or resources.accelerators_per_worker != "auto" or spec.framework != "pytorch":
-        return spec
-    if not spec.elastic.enabled:
-        return spec
-    return spec.model_copy(
-        update={"resources": resources.model_copy(update={"accelerators_per_worker": kept})}
-    )
-
-
 def spec_accelerator(raw_spec: Any) -> Any:
     """spec.resources.accelerator as written, None where the spec does not have it."""
     resources = raw_spec.get("resources") if isinstance(raw_spec, Mapping) else None
@@ -235,14 +210,14 @@ def checked_spec(  # noqa: PLR0913 - the job, the operator's settings, and how m
     inventory: Inventory | None = None,
     domain: str | None = None,
     advise: bool = True,
-    kept_per_worker: int | None = None,
+    running: RunningGroup | None = None,
 ) -> tuple[TrainingJobSpec, JobSizing]:
     """The spec and its sizing, or InvalidSpec naming every field at fault: every rule the CRD's schema
     cannot express, for the reconcile (Ready=False InvalidSpec), the admission webhook and `kubefit size`
     alike. `name` None (a manifest without one, for `kubefit size`) skips the job-name check, and `domain`
     None (host_domain: no namespace known) the length of a worker's FQDN. `advise` False (the webhook, which
-    needs only the errors) leaves the planner's notes and remedies out of the sizing. `kept_per_worker`:
-    the running workers' device count (kept_accelerators_per_worker), kept by an elastic pytorch job.
+    needs only the errors) leaves the planner's notes and remedies out of the sizing. `running`: what
+    the job's live workers share, which an elastic pytorch job keeps (decisions/running_group.py).
 
     Every check that can run does, so one apply shows every error: the schema's errors stop the rest
     (they need a parsed spec) but for the name's pattern. One error per field, the earliest check's."""
@@ -250,7 +225,7 @@ def checked_spec(  # noqa: PLR0913 - the job, the operator's settings, and how m
         spec = schema_spec(raw_spec)
     except InvalidSpec as invalid:
         raise _once([*invalid.errors, *_name_errors(name, None)]) from None
-    spec = _with_kept_per_worker(spec, kept_per_worker)
+    spec, waiting = kept_by_running_group(spec, running, catalog)
     errors = [*rule_errors(spec), *_operator_errors(spec, name, max_workers_per_job, domain)]
     try:
         check = operator_check(name, max_workers_per_job, domain)
@@ -259,6 +234,9 @@ def checked_spec(  # noqa: PLR0913 - the job, the operator's settings, and how m
         errors.extend(invalid.errors)
     if errors:
         raise _once(errors)
+    if waiting:
+        warned = job_sizing.sizing.model_copy(update={"warnings": [*job_sizing.sizing.warnings, *waiting]})
+        job_sizing = replace(job_sizing, sizing=warned)
     return spec, job_sizing
 
 
