@@ -122,3 +122,24 @@ def test_a_given_memory_below_the_offloaded_state_is_warned_about_not_refused() 
     # The default adds the offloaded state, and a memory that holds it needs no word.
     assert _offload_warnings(_offloading())[1] == []
     assert _offload_warnings(_offloading(memory="4Ti"))[1] == []
+
+
+def test_huge_pages_in_a_container_without_cpu_or_memory_are_refused() -> None:
+    # The API server: "HugePages require cpu or memory". The trainer always gets both from the pod builder.
+    only_pages = {"requests": {"hugepages-2Mi": "64Mi"}, "limits": {"hugepages-2Mi": "64Mi"}}
+    trainer = {"name": "trainer", "image": "x", "resources": only_pages}
+    sidecar = {"name": "agent", "image": "x", "resources": only_pages}
+    init = {"name": "warm", "image": "x", "resources": only_pages}
+    template = {"spec": {"containers": [trainer, sidecar], "initContainers": [init]}}
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(raw_spec(template=template))
+    assert [error.path for error in refused.value.errors] == [
+        "spec.template.spec.containers[1].resources",
+        "spec.template.spec.initContainers[0].resources",
+    ]
+    with_memory = {
+        "requests": {**only_pages["requests"]},
+        "limits": {**only_pages["limits"], "memory": "1Gi"},
+    }
+    fine = {"spec": {"containers": [trainer, {**sidecar, "resources": with_memory}]}}
+    assert parse_spec(raw_spec(template=fine))

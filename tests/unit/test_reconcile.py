@@ -2285,3 +2285,36 @@ def test_an_elastic_auto_job_keeps_its_workers_device_count_when_scaled() -> Non
         )
         again = decide(replace(observe(other, pods=[pod(0)], status=first.status), inventory=free), CATALOG)
         assert again.sizing is not None and again.sizing.accelerators_per_worker == 2
+
+
+def test_the_device_count_is_kept_only_with_the_device() -> None:
+    # An auto job whose H100 nodes are gone is planned on what is there (kept_accelerator): its workers'
+    # count is not kept either, or new workers would take the H100 count on another device (a count the
+    # A10G nodes do not offer: review of this change).
+    spec = elastic_spec(
+        replicas=3, minimum=1, maximum=4, resources={"accelerator": "auto", "acceleratorsPerWorker": "auto"}
+    )
+    status = {"phase": "Running", "sizing": {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 2}}
+    a10g = build_inventory([_gpu_node("g1", "NVIDIA-A10G")], {}, CATALOG, for_job=(JOB.namespace, JOB.name))
+    moved = decide(replace(observe(spec, pods=[pod(0), pod(1)], status=status), inventory=a10g), CATALOG)
+    afresh = decide(replace(observe(spec, status=status), inventory=a10g), CATALOG)
+    assert moved.sizing is not None and afresh.sizing is not None
+    assert moved.sizing.accelerator == afresh.sizing.accelerator == "nvidia-a10g"
+    assert moved.sizing.accelerators_per_worker == afresh.sizing.accelerators_per_worker
+    assert not any("no node in the cluster offers" in warning for warning in moved.sizing.warnings)
+
+
+def test_a_held_count_that_no_longer_fits_says_why() -> None:
+    # The model grew while 1-device workers ran: the job is planned at their count, and the sizing says the
+    # count is held by them, not chosen (the "raise maxReplicas" advice alone misled).
+    nodes = [_gpu_node(f"h{index}", "NVIDIA-H100-80GB-HBM3") for index in range(4)]
+    free = build_inventory(nodes, {}, CATALOG, for_job=(JOB.namespace, JOB.name))
+    small = {**_auto_13b(2), "model": {"parameters": "1B"}}
+    started = decide(replace(observe(small), inventory=free), CATALOG)
+    assert started.sizing is not None and started.sizing.accelerators_per_worker == 1
+    grown = {**small, "model": {"parameters": "70B"}, "training": {}}
+    held = decide(
+        replace(observe(grown, pods=[pod(0), pod(1)], status=started.status), inventory=free), CATALOG
+    )
+    assert held.sizing is not None and held.sizing.accelerators_per_worker == 1
+    assert any("acceleratorsPerWorker auto is held at 1" in warning for warning in held.sizing.warnings)

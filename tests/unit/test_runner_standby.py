@@ -200,3 +200,31 @@ def test_sigterm_as_the_lease_is_taken_releases_it(
         assert cluster.holder == ""
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_once_leading_is_not_taken_for_the_standbys_and_renewing_goes_on(
+    cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Right after the Lease is taken the standby's handler must be gone: it stopped the renewing, and the
+    # replica went on to lead with a Lease that lapsed while a standby took it (review of this change).
+    received: list[int] = []
+    keep = LeaderElector.keep_leading
+
+    def keep_then_signal(self: LeaderElector, on_lost: Any) -> None:
+        keep(self, on_lost)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(LeaderElector, "keep_leading", keep_then_signal)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    elector = None
+    try:
+        election = LeaderElection(name=LEASE[1], namespace=LEASE[0], timings=TIMINGS, identity="me")
+        elector = _become_leader(election, "127.0.0.1", 0)
+        assert elector is not None and received == [signal.SIGTERM]  # the handler kopf replaces later
+        version = cluster.version
+        assert _until(lambda: cluster.version > version + 2), "the Lease is no longer renewed"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if elector is not None:
+            elector.stop_renewing()

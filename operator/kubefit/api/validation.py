@@ -97,6 +97,7 @@ def rule_errors(spec: TrainingJobSpec) -> list[FieldError]:
     return [
         *_requests_above_template_limits(spec),
         *_container_requests_above_own_limits(spec),
+        *_hugepages_without_cpu_or_memory(spec),
         *_tensor_parallel_splits_heads(spec),
     ]
 
@@ -161,6 +162,34 @@ def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldErr
                     errors.append(
                         FieldError(f"spec.template.spec.{kind}[{index}].resources.requests.{name}", problem)
                     )
+    return errors
+
+
+def _hugepages_without_cpu_or_memory(spec: TrainingJobSpec) -> list[FieldError]:
+    """A container with huge pages but no cpu or memory request or limit: the API server refuses the pod
+    ("HugePages require cpu or memory"). Not the trainer, which the pod builder always gives both."""
+    pod_spec = spec.template["spec"]
+    errors = []
+    for kind in ("containers", "initContainers"):
+        containers = pod_spec.get(kind)
+        for index, container in enumerate(containers if isinstance(containers, list) else []):
+            resources = container.get("resources") if isinstance(container, dict) else None
+            if (kind == "containers" and index == 0) or not isinstance(resources, dict):
+                continue
+            names = {
+                name
+                for part in ("requests", "limits")
+                if isinstance(resources.get(part), dict)
+                for name in resources[part]
+            }
+            if any(name.startswith("hugepages-") for name in names) and not names & {"cpu", "memory"}:
+                errors.append(
+                    FieldError(
+                        f"spec.template.spec.{kind}[{index}].resources",
+                        "huge pages need a cpu or memory request or limit beside them (the API server "
+                        "would refuse every worker pod)",
+                    )
+                )
     return errors
 
 

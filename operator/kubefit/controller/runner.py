@@ -338,6 +338,8 @@ def _become_leader(election: LeaderElection, address: str, liveness_port: int) -
     termination = _StopWaitingOnTerm(elector)
     try:
         elector.acquire()
+        # At once: a SIGTERM after this would stop the renewing of a Lease this replica goes on to lead with.
+        termination.restore()
         if termination.requested:
             elector.release()  # in case the attempt that took it was already under way
             return None

@@ -41,7 +41,12 @@ from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.job_sizing import JobSizing, size_job
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.running import training_ended
-from kubefit.decisions.running_group import RunningGroup, kept_by_running_group, running_group
+from kubefit.decisions.running_group import (
+    RunningGroup,
+    held_count_note,
+    kept_by_running_group,
+    running_group,
+)
 from kubefit.decisions.scheduled import scheduled, suspended
 from kubefit.decisions.workers import WorkerBounds, stop_workers
 from kubefit.sizing.catalog import Catalog
@@ -225,7 +230,9 @@ def checked_spec(  # noqa: PLR0913 - the job, the operator's settings, and how m
         spec = schema_spec(raw_spec)
     except InvalidSpec as invalid:
         raise _once([*invalid.errors, *_name_errors(name, None)]) from None
-    spec, waiting = kept_by_running_group(spec, running, catalog)
+    device_kept = inventory is None or running is None or running.accelerator in inventory.pools
+    kept = kept_by_running_group(spec, running, catalog, device_kept)
+    spec = kept.spec
     errors = [*rule_errors(spec), *_operator_errors(spec, name, max_workers_per_job, domain)]
     try:
         check = operator_check(name, max_workers_per_job, domain)
@@ -234,6 +241,9 @@ def checked_spec(  # noqa: PLR0913 - the job, the operator's settings, and how m
         errors.extend(invalid.errors)
     if errors:
         raise _once(errors)
+    waiting = list(kept.waiting)
+    if kept.count_held and not (job_sizing.sizing.fits and job_sizing.bounds.feasible):
+        waiting.append(held_count_note(job_sizing.sizing.accelerators_per_worker))
     if waiting:
         warned = job_sizing.sizing.model_copy(update={"warnings": [*job_sizing.sizing.warnings, *waiting]})
         job_sizing = replace(job_sizing, sizing=warned)

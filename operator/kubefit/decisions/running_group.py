@@ -42,28 +42,53 @@ def running_group(previous: Mapping[str, Any], ours: Sequence[WorkerPod]) -> Run
     )
 
 
+@dataclass(frozen=True)
+class KeptSpec:
+    """The spec to plan, the warnings for the edits that wait, and whether the device count is the running
+    group's rather than the spec's `auto`."""
+
+    spec: TrainingJobSpec
+    waiting: list[str]
+    count_held: bool = False
+
+
 def kept_by_running_group(
-    spec: TrainingJobSpec, running: RunningGroup | None, catalog: Catalog
-) -> tuple[TrainingJobSpec, list[str]]:
-    """`spec` with the running group's device count, and its accelerator where the spec names another, for
-    an elastic pytorch job; with a warning for each edit that waits (an `auto` accelerator is kept on the
-    workers' nodes by decisions.job.kept_accelerator instead)."""
+    spec: TrainingJobSpec, running: RunningGroup | None, catalog: Catalog, device_kept: bool = True
+) -> KeptSpec:
+    """`spec` with the running group's accelerator and device count for an elastic pytorch job, with a
+    warning for each edit that waits. `device_kept`: whether an `auto` job stays on the workers' accelerator
+    (decisions.job.kept_accelerator: not once its nodes are gone); the count is kept only with the device,
+    or new workers would take the old count on another device. A running accelerator the catalog no longer
+    has keeps nothing: the job is planned afresh."""
     if running is None or not spec.elastic.enabled or spec.framework != "pytorch":
-        return spec, []
-    resources, notes = spec.resources, []
+        return KeptSpec(spec, [])
+    if running.accelerator is None or catalog.get(running.accelerator) is None:
+        return KeptSpec(spec, [])
+    resources, waiting = spec.resources, []
     named = resources.accelerator
-    if running.accelerator is not None and named not in ("auto", running.accelerator):
-        if catalog.get(running.accelerator) is not None:
-            notes.append(_waits("resources.accelerator", named, running.accelerator))
-            resources = resources.model_copy(update={"accelerator": running.accelerator})
+    if named == "auto" and not device_kept:
+        return KeptSpec(spec, [])
+    if named not in ("auto", running.accelerator):
+        waiting.append(_waits("resources.accelerator", named, running.accelerator))
+        resources = resources.model_copy(update={"accelerator": running.accelerator})
     count = resources.accelerators_per_worker
     if running.per_worker is not None and count != running.per_worker:
         if count != "auto":
-            notes.append(_waits("resources.acceleratorsPerWorker", count, running.per_worker))
+            waiting.append(_waits("resources.acceleratorsPerWorker", count, running.per_worker))
         resources = resources.model_copy(update={"accelerators_per_worker": running.per_worker})
     if resources is spec.resources:
-        return spec, []
-    return spec.model_copy(update={"resources": resources}), notes
+        return KeptSpec(spec, [])
+    held = count == "auto" and running.per_worker is not None
+    return KeptSpec(spec.model_copy(update={"resources": resources}), waiting, held)
+
+
+def held_count_note(per_worker: int) -> str:
+    """Why a job planned with its running workers' device count may not fit at it (an edited model, a
+    lower maxReplicas): the count is theirs, not chosen afresh."""
+    return (
+        f"resources.acceleratorsPerWorker auto is held at {per_worker}, the count each running worker has, "
+        "since new workers join their group; suspend and resume the job to plan the count afresh"
+    )
 
 
 def _waits(field: str, wanted: object, running: object) -> str:
