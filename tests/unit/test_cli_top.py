@@ -231,6 +231,52 @@ def test_top_retries_a_silent_cluster_once_like_size_cluster(
     assert retries == [1]
 
 
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("<html>sign in</html>", "cannot list TrainingJobs: the answer is not a Kubernetes list"),
+        (
+            403,
+            'cannot list TrainingJobs: HTTP 403 Forbidden: trainingjobs.kubefit.dev is forbidden: User "u" cannot list',
+        ),
+    ],
+    ids=["login-page", "forbidden"],
+)
+def test_an_answer_that_is_no_list_or_a_refusal_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: object, expected: str
+) -> None:
+    # A proxy's login page (200, not JSON) ended in a traceback; a 403 lost the API server's message.
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    class Listing:
+        def __init__(self, api_client: client.ApiClient) -> None:
+            pass
+
+        def list_cluster_custom_object(self, *args: Any, **kwargs: Any) -> object:
+            if answer == 403:
+                refusal = ApiException(status=403, reason="Forbidden")
+                refusal.body = json.dumps(
+                    {
+                        "kind": "Status",
+                        "message": 'trainingjobs.kubefit.dev is forbidden: User "u" cannot list',
+                    }
+                )
+                raise refusal
+            return answer
+
+    monkeypatch.setattr(client, "CustomObjectsApi", Listing)
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                  "users": [{"name": "u", "user": {"token": "t"}}], "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                  "current-context": "x"}  # fmt: skip
+    (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    err = io.StringIO()
+    assert run_top(build_parser().parse_args(["top", "-A"]), io.StringIO(), err) == 1
+    assert err.getvalue().startswith(f"kubefit top: {expected}"), err.getvalue()
+    assert len(err.getvalue().splitlines()) == 1
+
+
 class _Prometheus(http.server.BaseHTTPRequestHandler):
     answer: bytes = b""
 

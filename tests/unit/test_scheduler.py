@@ -607,6 +607,62 @@ def test_a_slow_pass_spaces_out_the_next_one() -> None:
     assert scheduler.pass_delay() == 0.01  # long after the last pass: only the debounce
 
 
+def test_a_pass_asked_for_while_one_runs_is_spaced_from_its_end() -> None:
+    # The request started a timer at once, measured from the pass before: the next pass ran the moment the
+    # running one ended, and a steady stream of events kept passes running back to back (scheduler review).
+    cluster = FakeCluster(nodes=[node("n1")])
+    spans: list[tuple[float, float]] = []
+    slow_pass = 0.3
+    running = threading.Event()
+
+    def slow(*args: Any) -> AdmissionPlan:
+        running.set()
+        started = time.monotonic()
+        time.sleep(slow_pass)
+        plan = plan_admissions(*args)
+        spans.append((started, time.monotonic()))
+        return plan
+
+    scheduler = Scheduler(
+        CATALOG, OperatorMetrics(), SchedulerSettings(debounce=0.01, pass_gap=0.0), planner=slow
+    )
+    scheduler.reconcile_with(Recorder())
+    scheduler.request("job", cluster.view())
+    assert running.wait(20)
+    scheduler.request("pod", cluster.view())  # during the first pass
+    deadline = time.monotonic() + 20
+    while len(spans) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(spans) == 2
+    first_end, second_start = spans[0][1], spans[1][0]
+    assert second_start - first_end >= 0.9 * PASS_SPACING * (spans[0][1] - spans[0][0])
+
+
+def test_a_pass_that_keeps_failing_retries_once_per_period_however_many_events_came(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every failed pass started a retry of its own: each event began a chain, and passes ran back to back.
+    monkeypatch.setattr(scheduler_module, "FAILED_PASS_RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(scheduler_module.logger, "exception", lambda *args, **kwargs: None)
+    cluster = FakeCluster(nodes=[node("n1")])
+    starts: list[float] = []
+
+    def failing(*args: Any) -> AdmissionPlan:
+        starts.append(time.monotonic())
+        raise RuntimeError("a bug tied to one job's state")
+
+    settings = SchedulerSettings(debounce=0.005, pass_gap=0.025)
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), settings, planner=failing)
+    scheduler.reconcile_with(Recorder())
+    for _ in range(10):  # ten events, 0.1 s apart
+        scheduler.request("pod", cluster.view())
+        time.sleep(0.1)
+    quiet = time.monotonic()
+    time.sleep(2.6)
+    after = [start for start in starts if start >= quiet + 0.5]
+    assert 1 <= len(after) <= 6  # one chain: about one pass per 0.5 s (was 40 and more)
+
+
 def test_passes_asked_for_back_to_back_keep_the_gap_and_a_lone_one_waits_only_the_debounce(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -268,11 +268,26 @@ def list_jobs(namespace: str | None, context: str | None) -> list[dict[str, Any]
                 ),
             )
     except ApiException as exc:
-        raise TopError(f"cannot list TrainingJobs: HTTP {exc.status} {exc.reason}") from exc
+        raise TopError(
+            f"cannot list TrainingJobs: HTTP {exc.status} {exc.reason}{_status_message(exc)}"
+        ) from exc
     except (HTTPError, OSError) as exc:  # HTTPError: urllib3's, e.g. MaxRetryError
         reason = getattr(exc, "reason", None) or exc
         raise TopError(f"cannot reach the cluster: {reason}") from exc
-    return list(listing.get("items", []))
+    items = listing.get("items") if isinstance(listing, dict) else None
+    if not isinstance(items, list):  # a proxy's login page answered 200, say
+        raise TopError("cannot list TrainingJobs: the answer is not a Kubernetes list")
+    return list(items)
+
+
+def _status_message(exc: Any) -> str:
+    """The API server's own message (the user, verb and namespace a 403 names), when its body is a Status."""
+    try:
+        body = json.loads(exc.body) if exc.body else None
+    except (TypeError, ValueError):
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    return f": {message}" if isinstance(message, str) and message else ""
 
 
 def kubeconfig_path() -> str:

@@ -262,6 +262,8 @@ class Scheduler:
         self._view: ClusterView | None = None
         self._context: contextvars.Context | None = None
         self._scheduled = False  # a debounced pass is pending
+        self._in_pass = False  # a debounced pass is running
+        self._retry_pending = False  # a failed pass's retry is pending
         self._passing = False  # synchronous mode: a pass is running (re-requests loop in it)
         self._requested = False
         self._reconcile: ReconcileJob | None = None
@@ -464,7 +466,9 @@ class Scheduler:
                 if self._passing:
                     return  # the running synchronous pass goes round again
                 self._passing = True
-            elif self._scheduled:
+            elif self._scheduled or self._in_pass:
+                # Merged: into the pending pass, or the running one asks for the next as it ends, its
+                # spacing then measured from that end (a timer started now measured it from the pass before).
                 return
             else:
                 self._scheduled = True
@@ -501,29 +505,47 @@ class Scheduler:
             raise
 
     def _scheduled_pass(self) -> None:
+        changed: list[JobKey] | None = None
         with self._pass_lock:
             with self._lock:
-                self._scheduled, self._requested = False, False
+                self._scheduled, self._requested, self._in_pass = False, False, True
                 view = self._view
-            if view is None:
-                return
             started = time.monotonic()
             try:
-                changed = self.run_pass(view)
+                if view is not None:
+                    changed = self.run_pass(view)
             except Exception:  # noqa: BLE001 - a failed pass must not kill the timer thread; the next retries
                 logger.exception("scheduling pass failed; again in %.0f s", FAILED_PASS_RETRY_SECONDS)
-                retry = threading.Timer(
-                    FAILED_PASS_RETRY_SECONDS,
-                    contextvars.copy_context().run,
-                    args=(self.request, "retry", view),
-                )
-                retry.daemon = True
-                retry.start()
-                return
+                self._retry_later()
             finally:
                 self._last_pass_end = time.monotonic()
                 self._last_pass_seconds = self._last_pass_end - started
-        self._trigger(changed, view)
+                with self._lock:
+                    self._in_pass = False
+                    again, latest = self._requested, self._view
+        if again and latest is not None:
+            self.request("during a pass", latest)
+        if changed is not None and view is not None:
+            self._trigger(changed, view)
+
+    def _retry_later(self) -> None:
+        """One retry of a failed pass, FAILED_PASS_RETRY_SECONDS on, whatever the number of failures: a
+        retry for each failed pass made every event start a chain of its own, until passes ran back to back."""
+        with self._lock:
+            if self._retry_pending:
+                return
+            self._retry_pending = True
+
+        def retry() -> None:
+            with self._lock:
+                self._retry_pending = False
+                view = self._view
+            if view is not None:
+                self.request("retry", view)
+
+        timer = threading.Timer(FAILED_PASS_RETRY_SECONDS, contextvars.copy_context().run, args=(retry,))
+        timer.daemon = True
+        timer.start()
 
     def _trigger(
         self, changed: Iterable[JobKey], view: ClusterView, trigger: str = ADMISSION_TRIGGER
