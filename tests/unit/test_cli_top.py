@@ -209,6 +209,15 @@ def test_a_cluster_that_refuses_connections_is_one_clear_line_too(
     assert len(err.getvalue().splitlines()) == 1 and "Traceback" not in err.getvalue()
 
 
+def _unreachable_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kubeconfig whose server no one answers on, set as $KUBECONFIG (the API client is faked)."""
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                  "users": [{"name": "u", "user": {"token": "t"}}], "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                  "current-context": "x"}  # fmt: skip
+    (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+
+
 def test_top_retries_a_silent_cluster_once_like_size_cluster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -222,11 +231,7 @@ def test_top_retries_a_silent_cluster_once_like_size_cluster(
         raise OSError("not sent")
 
     monkeypatch.setattr(client, "CustomObjectsApi", listing_api)
-    kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-                  "users": [{"name": "u", "user": {"token": "t"}}], "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                  "current-context": "x"}  # fmt: skip
-    (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    _unreachable_kubeconfig(tmp_path, monkeypatch)
     assert run_top(build_parser().parse_args(["top", "-A"]), io.StringIO(), io.StringIO()) == 1
     assert retries == [1]
 
@@ -266,11 +271,7 @@ def test_an_answer_that_is_no_list_or_a_refusal_is_one_clear_line(
             return answer
 
     monkeypatch.setattr(client, "CustomObjectsApi", Listing)
-    kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-                  "users": [{"name": "u", "user": {"token": "t"}}], "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                  "current-context": "x"}  # fmt: skip
-    (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    _unreachable_kubeconfig(tmp_path, monkeypatch)
     err = io.StringIO()
     assert run_top(build_parser().parse_args(["top", "-A"]), io.StringIO(), err) == 1
     assert err.getvalue().startswith(f"kubefit top: {expected}"), err.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,66 +131,68 @@ def _container_requests_above_own_limits(spec: TrainingJobSpec) -> list[FieldErr
     ephemeral-storage, hugepages-*), or a hugepages-* one below it or without one, which reaches every worker pod as
     written and has the API server refuse each one. The trainer's cpu and memory requests are
     spec.resources' where that gives them (checked by _requests_above_template_limits)."""
-    pod_spec = spec.template["spec"]
     errors = []
+    for kind, index, resources in _template_resources(spec):
+        requests, limits = resources.get("requests"), resources.get("limits")
+        if not isinstance(requests, dict):
+            continue
+        limits = limits if isinstance(limits, dict) else {}
+        for name, requested in requests.items():
+            if "/" in name:
+                continue  # an extended resource (nvidia.com/gpu): the pod builder rewrites accelerators
+            limit = limits.get(name)
+            replaced = name in ("cpu", "memory") and getattr(spec.resources, name) is not None
+            if kind == "containers" and index == 0 and replaced:
+                continue  # spec.resources.cpu/memory replaces this request in the pod
+            if limit is None and name.startswith("hugepages-"):
+                problem: str | None = (
+                    f"{requested} has no {name} limit beside it; huge pages cannot be overcommitted, so "
+                    "Kubernetes needs a limit equal to the request (the API server would refuse every "
+                    "worker pod)"
+                )
+            elif limit is None or not (is_quantity(requested) and is_quantity(limit)):
+                continue  # no limit, or a malformed one (the schema names those in containers)
+            else:
+                problem = _request_against_limit(name, requested, limit)
+            if problem is not None:
+                errors.append(
+                    FieldError(f"spec.template.spec.{kind}[{index}].resources.requests.{name}", problem)
+                )
+    return errors
+
+
+def _template_resources(spec: TrainingJobSpec) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """(kind, index, resources) of each template container and init container that has a resources map."""
+    pod_spec = spec.template["spec"]
     for kind in ("containers", "initContainers"):
         containers = pod_spec.get(kind)
         for index, container in enumerate(containers if isinstance(containers, list) else []):
             resources = container.get("resources") if isinstance(container, dict) else None
-            requests = resources.get("requests") if isinstance(resources, dict) else None
-            limits = resources.get("limits") if isinstance(resources, dict) else None
-            if not isinstance(requests, dict):
-                continue
-            limits = limits if isinstance(limits, dict) else {}
-            for name, requested in requests.items():
-                if "/" in name:
-                    continue  # an extended resource (nvidia.com/gpu): the pod builder rewrites accelerators
-                limit = limits.get(name)
-                replaced = name in ("cpu", "memory") and getattr(spec.resources, name) is not None
-                if kind == "containers" and index == 0 and replaced:
-                    continue  # spec.resources.cpu/memory replaces this request in the pod
-                if limit is None and name.startswith("hugepages-"):
-                    problem: str | None = (
-                        f"{requested} has no {name} limit beside it; huge pages cannot be overcommitted, so "
-                        "Kubernetes needs a limit equal to the request (the API server would refuse every "
-                        "worker pod)"
-                    )
-                elif limit is None or not (is_quantity(requested) and is_quantity(limit)):
-                    continue  # no limit, or a malformed one (the schema names those in containers)
-                else:
-                    problem = _request_against_limit(name, requested, limit)
-                if problem is not None:
-                    errors.append(
-                        FieldError(f"spec.template.spec.{kind}[{index}].resources.requests.{name}", problem)
-                    )
-    return errors
+            if isinstance(resources, dict):
+                yield kind, index, resources
 
 
 def _hugepages_without_cpu_or_memory(spec: TrainingJobSpec) -> list[FieldError]:
     """A container with huge pages but no cpu or memory request or limit: the API server refuses the pod
     ("HugePages require cpu or memory"). Not the trainer, which the pod builder always gives both."""
-    pod_spec = spec.template["spec"]
     errors = []
-    for kind in ("containers", "initContainers"):
-        containers = pod_spec.get(kind)
-        for index, container in enumerate(containers if isinstance(containers, list) else []):
-            resources = container.get("resources") if isinstance(container, dict) else None
-            if (kind == "containers" and index == 0) or not isinstance(resources, dict):
-                continue
-            names = {
-                name
-                for part in ("requests", "limits")
-                if isinstance(resources.get(part), dict)
-                for name in resources[part]
-            }
-            if any(name.startswith("hugepages-") for name in names) and not names & {"cpu", "memory"}:
-                errors.append(
-                    FieldError(
-                        f"spec.template.spec.{kind}[{index}].resources",
-                        "huge pages need a cpu or memory request or limit beside them (the API server "
-                        "would refuse every worker pod)",
-                    )
+    for kind, index, resources in _template_resources(spec):
+        if kind == "containers" and index == 0:
+            continue
+        names = {
+            name
+            for part in ("requests", "limits")
+            if isinstance(resources.get(part), dict)
+            for name in resources[part]
+        }
+        if any(name.startswith("hugepages-") for name in names) and not names & {"cpu", "memory"}:
+            errors.append(
+                FieldError(
+                    f"spec.template.spec.{kind}[{index}].resources",
+                    "huge pages need a cpu or memory request or limit beside them (the API server would "
+                    "refuse every worker pod)",
                 )
+            )
     return errors
 
 
