@@ -40,7 +40,7 @@ from kubefit.decisions.inventory import (
 from kubefit.decisions.job import kept_accelerator, spec_accelerator
 from kubefit.decisions.node_match import placement_of, template_pod_spec
 from kubefit.decisions.observed import WorkerPod, worker_from_pod
-from kubefit.decisions.running_group import RunningGroup, running_group
+from kubefit.decisions.running_group import RunningGroup
 from kubefit.sizing.catalog import Catalog
 
 PAGE_SIZE = 500  # objects per list call: a 5,000-node cluster is read in pages, never in one response
@@ -149,13 +149,10 @@ def read_inventory(
     inventory = build_inventory(nodes, usage, catalog, for_job=key, placement=placement)
     running_on = _workers_accelerator(ours, nodes, catalog)
     per_worker = _per_worker(devices, ours, running_on, catalog)
-    # The operator keys the rules by its last status.sizing, which names the accelerator the workers run on
+    # The operator reads these from its last status.sizing, which names the accelerator the workers run on
     # and the devices each requests.
-    previous = (
-        {"sizing": {"accelerator": running_on, "acceleratorsPerWorker": per_worker}} if running_on else {}
-    )
-    kept = kept_accelerator(inventory, previous, ours, spec_accelerator(manifest.get("spec")))
-    running = running_group(previous, ours)
+    running = RunningGroup(running_on, per_worker) if running_on else None
+    kept = kept_accelerator(inventory, running, spec_accelerator(manifest.get("spec")))
     if kept is None or kept is inventory:
         return KeptInventory(inventory, None, running)
     return KeptInventory(kept, running_on, running)

@@ -154,15 +154,16 @@ def decide(
         conditions_of(previous), ConditionType.FAILED
     ):
         return _to_decision(observation, _already_finished(observation, ours), None, ours, adopt)
+    running = running_group(previous, ours)
     try:
         spec, job_sizing = checked_spec(
             observation.job.name,
             observation.spec,
             catalog,
             settings.max_workers_per_job,
-            kept_accelerator(observation.inventory, previous, ours, spec_accelerator(observation.spec)),
+            kept_accelerator(observation.inventory, running, spec_accelerator(observation.spec)),
             domain=host_domain(observation.job.namespace, settings.cluster_domain),
-            running=running_group(previous, ours),
+            running=running,
         )
     except InvalidSpec as invalid:
         return _to_decision(
@@ -183,18 +184,15 @@ def decide(
 
 
 def kept_accelerator(
-    inventory: Inventory | None, previous: Mapping[str, Any], ours: Sequence[WorkerPod], declared: Any
+    inventory: Inventory | None, running: RunningGroup | None, declared: Any
 ) -> Inventory | None:
     """While workers run, the planner sees only the nodes of the accelerator they run on. Planned against
     every free device instead, `accelerator: auto` moved to another device whenever capacity elsewhere came
-    free, and new or replacement workers then joined the running group on that other device. `declared`:
-    the spec's resources.accelerator (spec_accelerator). `kubefit size --cluster` applies it too."""
-    accelerator = ((previous.get("sizing") or {}) if isinstance(previous, Mapping) else {}).get("accelerator")
-    if (
-        inventory is None
-        or not accelerator
-        or not any(not pod.terminating and not pod.finished for pod in ours)
-    ):
+    free, and new or replacement workers then joined the running group on that other device. `running`:
+    what the live workers share (running_group); `declared`: the spec's resources.accelerator
+    (spec_accelerator). `kubefit size --cluster` applies it too."""
+    accelerator = running.accelerator if running is not None else None
+    if inventory is None or accelerator is None:
         return inventory
     if declared not in (None, "auto") or accelerator not in inventory.pools:
         return inventory  # a spec that names its device, or one whose nodes are gone: planned as any job
