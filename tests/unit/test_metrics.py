@@ -419,6 +419,19 @@ def test_cluster_accelerators_come_from_the_source_at_each_scrape_and_a_failing_
     assert "kubefit_build_info" in text and "kubefit_cluster_accelerators{" not in text
 
 
+def test_an_accelerator_type_whose_nodes_were_all_deleted_reads_zero_not_absent() -> None:
+    metrics = OperatorMetrics()
+    counts = {H100: AcceleratorCount(16, 4)}
+    metrics.watch_cluster(lambda: counts)
+    assert value(metrics, "kubefit_cluster_accelerators", accelerator=H100, state="allocatable") == 16
+    counts.clear()  # the scheduler's view no longer has any node of the type
+    for state in ("allocatable", "allocated", "free"):
+        assert value(metrics, "kubefit_cluster_accelerators", accelerator=H100, state=state) == 0
+    counts["nvidia-a100-80gb"] = AcceleratorCount(8, 0)  # a new type joins; the old one still reads 0
+    assert value(metrics, "kubefit_cluster_accelerators", accelerator="nvidia-a100-80gb", state="free") == 8
+    assert value(metrics, "kubefit_cluster_accelerators", accelerator=H100, state="allocatable") == 0
+
+
 def test_metrics_are_served_over_http() -> None:
     metrics = OperatorMetrics()
     Job(metrics, job_spec()).reconcile(1, [], 2)

@@ -82,6 +82,7 @@ class AcceleratorCount:
 
 
 ClusterSource = Callable[[], Mapping[str, AcceleratorCount]]
+_NONE = AcceleratorCount(allocatable=0, allocated=0)
 
 
 class OperatorMetrics:
@@ -358,6 +359,9 @@ class _ClusterCollector(Collector):
 
     def __init__(self) -> None:
         self.source: ClusterSource | None = None
+        # Types seen since the operator started: one whose nodes were all deleted reads 0, not absent, so
+        # an alert on a low count sees it go.
+        self._seen: set[str] = set()
 
     def describe(self) -> list[GaugeMetricFamily]:
         return [self._family()]
@@ -371,6 +375,10 @@ class _ClusterCollector(Collector):
                 counts = source()
             except Exception:  # noqa: BLE001 - a scrape must not fail on one metric
                 logger.exception("could not count the cluster's accelerators")
+                counts = {}
+            else:
+                self._seen.update(counts)
+                counts = {accelerator: counts.get(accelerator, _NONE) for accelerator in self._seen}
         for accelerator, count in sorted(counts.items()):
             family.add_metric([accelerator, "allocatable"], count.allocatable)
             family.add_metric([accelerator, "allocated"], count.allocated)
