@@ -419,6 +419,40 @@ def test_cluster_accelerators_come_from_the_source_at_each_scrape_and_a_failing_
     assert "kubefit_build_info" in text and "kubefit_cluster_accelerators{" not in text
 
 
+def test_job_accelerators_count_what_each_worker_pod_holds_not_the_spec_after_an_edit() -> None:
+    # A fixed group's acceleratorsPerWorker edited from 2 to 4 while its workers run (stored where the
+    # webhook is off): its pods still hold 2 each, and the gauges say so.
+    metrics = OperatorMetrics()
+    spec = job_spec(replicas=2)
+    spec["resources"]["acceleratorsPerWorker"] = 4
+    held = (("nvidia.com/gpu", 2),)
+    decision = Job(metrics, spec).reconcile(
+        10, [pod(0, devices=held), pod(1, "Pending", None, devices=held)], 2
+    )
+    assert decision.sizing is not None and decision.sizing.accelerators_per_worker == 4
+    sized = {**JOB, "accelerator": H100}
+    assert value(metrics, "kubefit_trainingjob_accelerators", **sized, state="requested") == 4
+    assert value(metrics, "kubefit_trainingjob_accelerators", **sized, state="allocated") == 2
+
+
+def test_a_worker_pod_holds_the_devices_of_its_manifest() -> None:
+    from kubefit.decisions.observed import worker_from_pod
+
+    manifest = {
+        "metadata": {"name": "llama-worker-0", "labels": {"kubefit.dev/job": "llama"}},
+        "spec": {
+            "containers": [
+                {"name": "trainer", "resources": {"limits": {"nvidia.com/gpu": "2", "cpu": "4"}}},
+                {"name": "sidecar", "resources": {"requests": {"example.com/nic": 1}}},
+            ]
+        },
+    }
+    worker = worker_from_pod(manifest)
+    assert worker is not None
+    assert worker.holds("nvidia.com/gpu") == 2 and worker.holds("google.com/tpu") == 0
+    assert worker_from_pod({**manifest, "spec": {}}).holds("nvidia.com/gpu") is None  # type: ignore[union-attr]
+
+
 def test_an_accelerator_type_whose_nodes_were_all_deleted_reads_zero_not_absent() -> None:
     metrics = OperatorMetrics()
     counts = {H100: AcceleratorCount(16, 4)}

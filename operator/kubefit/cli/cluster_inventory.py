@@ -33,13 +33,13 @@ from kubefit.decisions.inventory import (
     NodeFacts,
     PodUsage,
     build_inventory,
-    effective_requests,
     node_facts,
     pod_usage,
 )
 from kubefit.decisions.job import kept_accelerator, spec_accelerator
 from kubefit.decisions.node_match import placement_of, template_pod_spec
 from kubefit.decisions.observed import WorkerPod, worker_from_pod
+from kubefit.decisions.pod_requests import effective_requests
 from kubefit.decisions.running_group import RunningGroup
 from kubefit.sizing.catalog import Catalog
 

@@ -19,6 +19,8 @@ from kubefit.api.quantity import parse_bytes, parse_cpu_millis
 from kubefit.builders.naming import JOB_LABEL
 from kubefit.decisions.node_match import ANYWHERE, UNSCHEDULABLE_TAINT, Placement, Taint, node_taints
 from kubefit.decisions.observed import POD_FINISHED_PHASES
+from kubefit.decisions.pod_requests import count_quantity as _count
+from kubefit.decisions.pod_requests import effective_requests
 from kubefit.sizing.catalog import Accelerator, Catalog
 from kubefit.sizing.planner import AcceleratorPool, NodeInventory, pool_inventory, with_changed_nodes
 
@@ -51,18 +53,6 @@ def node_facts(node: Mapping[str, Any]) -> NodeFacts:
     )
 
 
-def _count(quantity: Any) -> int:
-    """Extended resources are whole numbers; anything else counts as none."""
-    try:
-        return int(str(quantity))
-    except ValueError:
-        return 0
-
-
-def _is_extended(resource: str) -> bool:
-    return "/" in resource and not resource.startswith(("kubernetes.io/", "requests.", "limits."))
-
-
 @dataclass(frozen=True)
 class PodUsage:
     """The accelerators one bound, non-terminated pod holds on its node."""
@@ -84,30 +74,6 @@ def pod_usage(pod: Mapping[str, Any]) -> PodUsage | None:
     job = (metadata.get("namespace", ""), job_name) if job_name else None
     pod_key = (metadata.get("namespace", ""), metadata.get("name", ""), metadata.get("uid", ""))
     return PodUsage(node_name, dict(effective_requests(spec)), job, pod_key)
-
-
-def _extended_requests(container: Mapping[str, Any]) -> Counter[str]:
-    resources = container.get("resources") or {}
-    # An extended resource given only as a limit is requested at that limit.
-    amounts = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
-    return Counter({name: _count(quantity) for name, quantity in amounts.items() if _is_extended(name)})
-
-
-def effective_requests(spec: Mapping[str, Any]) -> Counter[str]:
-    """The extended resources a pod holds on its node, as kube-scheduler charges them: its containers and
-    sidecars (init containers with restartPolicy Always) together, or an init container with the sidecars
-    started before it, whichever is more. An init container's devices stay charged for the pod's life."""
-    running: Counter[str] = Counter()
-    for container in spec.get("containers") or []:
-        running += _extended_requests(container)
-    sidecars: Counter[str] = Counter()
-    init_peak: Counter[str] = Counter()
-    for init in spec.get("initContainers") or []:
-        if init.get("restartPolicy") == "Always":
-            sidecars += _extended_requests(init)
-        else:
-            init_peak |= _extended_requests(init) + sidecars
-    return (running + sidecars) | init_peak
 
 
 @dataclass(frozen=True)

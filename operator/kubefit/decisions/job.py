@@ -128,7 +128,8 @@ class Decision:
     requeue_after: float | None = None
     sizing: SizingStatus | None = None
     desired_workers: int = 0
-    requested_accelerators: int = 0
+    requested_accelerators: int = 0  # devices the live workers' pods hold (request)
+    allocated_accelerators: int = 0  # of those, the devices of running workers
     # What the job asks of the scheduling pass; None when it needs nothing (invalid, finished,
     # suspended, does not fit, or in a gang-timeout backoff).
     demand: Demand | None = None
@@ -524,7 +525,6 @@ def _to_decision(
         # devices until the spec is put right): the last sizing is still what its workers were given.
         sizing = _previous_sizing(previous)
     status = _status(observation, draft, sizing, existing, conditions)
-    per_worker = sizing.accelerators_per_worker if sizing else 0
     live = [pod for pod in existing if not pod.finished]
     finished = draft.phase in FINISHED_PHASES and not draft.delete_job
     ttl = _ttl_left(observation, status.completion_time) if finished else None
@@ -542,10 +542,20 @@ def _to_decision(
         requeue_after=max(0.0, min(waits)) if waits else None,
         sizing=sizing,
         desired_workers=draft.desired or 0,
-        requested_accelerators=len(live) * per_worker,
+        requested_accelerators=_devices_held(live, sizing),
+        allocated_accelerators=_devices_held([pod for pod in existing if pod.ready], sizing),
         demand=draft.demand,
         checkpoint_request=draft.checkpoint.request_id if draft.checkpoint else None,
     )
+
+
+def _devices_held(pods: Sequence[WorkerPod], sizing: SizingStatus | None) -> int:
+    """The accelerators `pods` hold, each by its own manifest: a worker created before an edit of the
+    device count (stored where the webhook is off) holds the count it was created with."""
+    if sizing is None:
+        return 0
+    held = (pod.holds(sizing.resource_name) for pod in pods)
+    return sum(sizing.accelerators_per_worker if count is None else count for count in held)
 
 
 def _status(

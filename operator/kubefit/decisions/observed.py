@@ -16,6 +16,7 @@ from kubefit.builders.naming import (
     WORLD_SIZE_ANNOTATION,
     worker_index,
 )
+from kubefit.decisions.pod_requests import effective_requests
 
 # Pod phases (core/v1 PodStatus.phase), not the job's: those are kubefit.api.conditions.JobPhase.
 POD_RUNNING = "Running"
@@ -48,6 +49,16 @@ class WorkerPod:
     # deleted, a taint, preemption, an eviction), not a fault of the training
     disrupted: bool = False
     created: str | None = None  # metadata.creationTimestamp
+    # The extended resources the pod holds (decisions/pod_requests.py), as (name, count) pairs; empty for a
+    # worker built without its manifest's resources.
+    devices: tuple[tuple[str, int], ...] = ()
+
+    def holds(self, resource_name: str) -> int | None:
+        """How many of `resource_name` the pod holds: what it was created with, which an edit of the job's
+        spec since does not change; None when its resources are not known."""
+        if not self.devices:
+            return None
+        return dict(self.devices).get(resource_name, 0)
 
     @property
     def ready(self) -> bool:
@@ -99,6 +110,7 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         nnodes=_nnodes(metadata),
         deletion_timestamp=_text(metadata.get("deletionTimestamp")),
         created=_text(metadata.get("creationTimestamp")),
+        devices=tuple(sorted(item for item in effective_requests(pod.get("spec") or {}).items() if item[1])),
     )
 
 

@@ -54,7 +54,7 @@ def job_series(observation: JobObservation, decision: Decision) -> JobSeries:
         return JobSeries("", status.phase or "", workers, {}, None, None, observation.job.uid)
     accelerators = {
         "requested": decision.requested_accelerators,
-        "allocated": running * sizing.accelerators_per_worker,
+        "allocated": decision.allocated_accelerators,
     }
     return JobSeries(
         sizing.accelerator,
