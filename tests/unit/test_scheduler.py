@@ -1030,6 +1030,27 @@ def test_a_queued_job_waiting_for_a_worker_stuck_terminating_says_which_and_wher
     assert scheduler.snapshot()[a].workers == 1
 
 
+def test_a_not_ready_node_in_the_index_is_not_counted_before_its_event_reaches_the_scheduler() -> None:
+    # At the operator's start the index holds every node before the node events are handled: a pass then
+    # must not count a NotReady node's devices (it did, until the node's event arrived).
+    from kubefit.decisions.inventory import node_facts
+
+    manifest = {"metadata": {"name": "n2", "labels": dict(H100)}, "status": {"allocatable": {GPU: "8"}}}
+    not_ready = node_facts(
+        {**manifest, "status": {**manifest["status"], "conditions": [{"type": "Ready", "status": "False"}]}}
+    )
+    assert (
+        not not_ready.ready
+        and node_facts({**manifest, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}).ready
+    )
+    a = ("ns", "a")
+    cluster = FakeCluster(nodes=[node("n1"), not_ready], per_worker={a: 8})
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(a, demand("a", per_worker=8, min_workers=2, want=2), ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[a].workers == 0  # a gang of two whole nodes: one node is Ready
+    assert scheduler.cluster_accelerators() == {"nvidia-h100-80gb": AcceleratorCount(8, 0)}
+
+
 def test_an_accelerator_type_whose_nodes_are_all_not_ready_counts_zero_not_nothing() -> None:
     from kubefit.controller.scheduler import accelerator_totals
 

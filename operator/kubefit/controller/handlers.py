@@ -39,7 +39,7 @@ from kubefit.controller.reconciler import Reconciler
 from kubefit.controller.relist import NODES, PODS, Indexed, RelistCheck
 from kubefit.controller.resync import ResyncLoop
 from kubefit.controller.scheduler import Scheduler
-from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts, pod_usage
+from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts, node_is_ready, pod_usage
 from kubefit.decisions.observed import POD_FINISHED_PHASES, WorkerPod, worker_from_pod
 
 logger = logging.getLogger("kubefit.handlers")
@@ -103,12 +103,6 @@ def cluster_view(
         return read_consistently(lambda: list(kubefit_workers.get(key, [])))
 
     return ClusterView(nodes=lambda: _values(kubefit_nodes), usage=usage, workers=workers)
-
-
-def node_ready(body: Mapping[str, Any]) -> bool:
-    """The node's Ready condition is True (the kubelet reports in)."""
-    conditions = (body.get("status") or {}).get("conditions") or []
-    return any(item.get("type") == "Ready" and item.get("status") == "True" for item in conditions)
 
 
 def _frees_devices(event_type: str | None, body: Mapping[str, Any]) -> bool:
@@ -439,7 +433,7 @@ def _register_capacity_triggers(
         if type == "DELETED":
             nodes_seen.forget(name)
         facts = None if type == "DELETED" else node_facts(body)
-        scheduler.node_changed(facts, name, node_ready(body), cluster_view(**_indexes(kwargs)))
+        scheduler.node_changed(facts, name, node_is_ready(body), cluster_view(**_indexes(kwargs)))
 
     # Other workloads' pods: devices they free may admit a queued job or grow an elastic one.
     @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.ABSENT}, id="pod_released", registry=registry)

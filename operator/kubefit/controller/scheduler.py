@@ -577,7 +577,7 @@ class Scheduler:
     def _plan_and_store(self, view: ClusterView) -> list[JobKey]:
         started, cpu_started = time.perf_counter(), time.thread_time()
         not_ready = self._not_ready_names()
-        nodes = [node for node in view.nodes() if node.name not in not_ready]
+        nodes = [node for node in view.nodes() if node.ready and node.name not in not_ready]
         with self._lock:
             entries = {key: entry for key, entry in self._entries.items() if entry.demand is not None}
         demands = self._demands(entries, nodes)
@@ -772,7 +772,7 @@ def accelerator_totals(
         if accelerator is None:
             continue
         allocatable[accelerator.name] += 0
-        if node.name in not_ready:
+        if not node.ready or node.name in not_ready:
             continue
         devices = _count(node.allocatable.get(accelerator.resource_name, 0))
         used = sum(pod.requests.get(accelerator.resource_name, 0) for pod in usage.get(node.name, ()))

@@ -33,6 +33,9 @@ class NodeFacts:
     schedulable: bool = True
     taints: tuple[Taint, ...] = ()
     uid: str = ""  # a node deleted and registered again under its name is another node
+    # Its Ready condition is True. Read with the other facts, so that a pass never counts a NotReady node
+    # the index holds before the node's event reaches the scheduler (at the operator's start).
+    ready: bool = True
 
     @property
     def scheduling_taints(self) -> tuple[Taint, ...]:
@@ -50,6 +53,16 @@ def node_facts(node: Mapping[str, Any]) -> NodeFacts:
         schedulable=not spec.get("unschedulable", False),
         taints=node_taints(spec),
         uid=metadata.get("uid", ""),
+        ready=node_is_ready(node),
+    )
+
+
+def node_is_ready(node: Mapping[str, Any]) -> bool:
+    """The node's Ready condition is True (the kubelet reports in)."""
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(
+        isinstance(item, Mapping) and item.get("type") == "Ready" and item.get("status") == "True"
+        for item in conditions
     )
 
 
