@@ -83,6 +83,27 @@ def test_a_hugepages_request_below_its_limit_is_refused_naming_the_request() -> 
     assert parse_spec(raw_spec(template={"spec": {"containers": [below]}}))
 
 
+def test_hugepages_that_are_not_whole_pages_are_refused_naming_the_field() -> None:
+    # Kubernetes refuses "3Mi is not positive integer multiple of hugepages-2Mi" on every worker pod.
+    trainer = {"name": "trainer", "image": "x", "resources": _hugepages("3Mi", "3Mi")}
+    sidecar = {
+        "name": "side",
+        "image": "x",
+        "resources": {"limits": {"hugepages-1Gi": "1536Mi", "memory": "1Gi"}},
+    }
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(raw_spec(template={"spec": {"containers": [trainer, sidecar]}}))
+    assert [error.path for error in refused.value.errors] == [
+        "spec.template.spec.containers[0].resources.requests.hugepages-2Mi",
+        "spec.template.spec.containers[0].resources.limits.hugepages-2Mi",
+        "spec.template.spec.containers[1].resources.limits.hugepages-1Gi",
+    ]
+    assert refused.value.errors[0].message.startswith("3Mi is not a whole number of 2Mi pages")
+    # Whole pages, however written, pass.
+    whole = {"name": "trainer", "image": "x", "resources": _hugepages("4Mi", "4194304")}
+    assert parse_spec(raw_spec(template={"spec": {"containers": [whole]}}))
+
+
 def _offloading(
     memory: str | None = None, container_resources: dict[str, Any] | None = None
 ) -> dict[str, Any]:

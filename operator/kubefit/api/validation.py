@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
 
 from kubefit.api.models import TrainingJobSpec
 from kubefit.api.quantity import exact_quantity, is_quantity
+
+_HUGEPAGES = "hugepages-"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ def rule_errors(spec: TrainingJobSpec) -> list[FieldError]:
         *_requests_above_template_limits(spec),
         *_container_requests_above_own_limits(spec),
         *_hugepages_without_cpu_or_memory(spec),
+        *_hugepages_not_whole_pages(spec),
         *_tensor_parallel_splits_heads(spec),
     ]
 
@@ -194,6 +198,36 @@ def _hugepages_without_cpu_or_memory(spec: TrainingJobSpec) -> list[FieldError]:
                 )
             )
     return errors
+
+
+def _hugepages_not_whole_pages(spec: TrainingJobSpec) -> list[FieldError]:
+    """A hugepages-<size> request or limit that is not a whole number of pages of its size: Kubernetes
+    refuses the pod ("is not positive integer multiple of hugepages-2Mi"; pod validation's
+    AllowIndivisibleHugePagesValues is false for a new pod; 1.20 still accepted it)."""
+    errors = []
+    for kind, index, resources in _template_resources(spec):
+        for part in ("requests", "limits"):
+            amounts = resources.get(part)
+            for name, amount in amounts.items() if isinstance(amounts, dict) else ():
+                page = _page_size(name)
+                value = exact_quantity(amount) if is_quantity(amount) else None
+                if page is None or value is None or value % page == 0:
+                    continue
+                errors.append(
+                    FieldError(
+                        f"spec.template.spec.{kind}[{index}].resources.{part}.{name}",
+                        f"{amount} is not a whole number of {name[len(_HUGEPAGES) :]} pages (the API server "
+                        "would refuse every worker pod)",
+                    )
+                )
+    return errors
+
+
+def _page_size(name: str) -> Decimal | None:
+    """The page size a hugepages-<size> resource name gives, or None (another resource, or no size)."""
+    size = name[len(_HUGEPAGES) :] if name.startswith(_HUGEPAGES) else ""
+    page = exact_quantity(size) if size and is_quantity(size) else None
+    return page if page else None
 
 
 def _request_against_limit(name: str, requested: int | str, limit: int | str) -> str | None:
