@@ -203,7 +203,8 @@ def _hugepages_without_cpu_or_memory(spec: TrainingJobSpec) -> list[FieldError]:
 def _hugepages_not_whole_pages(spec: TrainingJobSpec) -> list[FieldError]:
     """A hugepages-<size> request or limit that is not a whole number of pages of its size: Kubernetes
     refuses the pod ("is not positive integer multiple of hugepages-2Mi"; pod validation's
-    AllowIndivisibleHugePagesValues is false for a new pod; 1.20 still accepted it)."""
+    AllowIndivisibleHugePagesValues is false for a new pod in current releases; the sandbox's 1.20 accepted
+    it)."""
     errors = []
     for kind, index, resources in _template_resources(spec):
         for part in ("requests", "limits"):
