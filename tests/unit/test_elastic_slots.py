@@ -145,3 +145,32 @@ def test_a_count_beyond_the_free_indices_below_the_limit_gets_those_there_are() 
     """It raised StopIteration, on every reconcile of the job."""
     pods = [worker(index) for index in range(3)]
     assert worker_slots(5, pods, (), keep_survivors=True, new_index_limit=3) == {0, 1, 2, 3}
+
+
+def test_a_worker_on_a_not_ready_node_goes_first_and_without_a_checkpoint_wait() -> None:
+    # Node n1 went NotReady: the pass counts nothing there and lowers the grant from 4 to 3. The pod on n1
+    # still reads Running until the node controller evicts it; the healthy worker 3 must stay.
+    from dataclasses import replace
+
+    from test_reconcile import CATALOG, decide, observe, pod, raw_spec, status_of
+
+    spec = raw_spec(
+        workers={"replicas": 4, "minReplicas": 2, "maxReplicas": 4},
+        elastic={"enabled": True, "checkpointGracePeriodSeconds": 60},
+    )
+    pods = [pod(index, node=f"n{index}") for index in range(4)]
+    running = status_of(decide(observe(spec, pods, grant=4), CATALOG))
+    lost = [replace(item, node_lost=True) if item.index == 1 else item for item in pods]
+    shrunk = decide(observe(spec, lost, running, grant=3), CATALOG)
+    # Removed at once: a worker that cannot be reached cannot acknowledge a checkpoint request.
+    assert shrunk.delete == ("llama-worker-1",) and shrunk.status.checkpoint is None
+    assert shrunk.status.ready_replicas == 3
+
+
+def test_the_reconciler_shows_workers_on_not_ready_nodes_as_not_running() -> None:
+    from kubefit.controller.reconciler import _on_lost_nodes
+
+    pods = [worker(0, node="n0"), worker(1, node="n1"), worker(2, "Pending", None)]
+    marked = _on_lost_nodes(pods, frozenset({"n1"}))
+    assert [item.ready for item in marked] == [True, False, False]
+    assert marked[1].node_lost and _on_lost_nodes(pods, frozenset()) is pods

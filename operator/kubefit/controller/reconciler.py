@@ -495,7 +495,7 @@ class Reconciler:
         with self._lock:
             self._uids[key] = job["metadata"]["uid"]
             state.of_job(job["metadata"]["uid"])
-        pods = _as_deleted(view.workers(key), state.deleted)
+        pods = _on_lost_nodes(_as_deleted(view.workers(key), state.deleted), self.scheduler.not_ready_names())
         state.replaced &= {pod.uid for pod in pods}  # forget pods that are gone for good
         for pod in pods:
             state.created.pop(pod.name, None)  # the index shows it now
@@ -746,6 +746,14 @@ def _as_deleted(pods: list[WorkerPod], deleted: dict[str, float]) -> list[Worker
         if pod is None or pod.terminating or now - at > DELETE_MEMORY_SECONDS:
             del deleted[uid]
     return [replace(pod, terminating=True) if pod.uid in deleted else pod for pod in pods]
+
+
+def _on_lost_nodes(pods: list[WorkerPod], not_ready: frozenset[str]) -> list[WorkerPod]:
+    """The workers, those bound to a NotReady node shown as not running: the pass counts nothing there, and
+    the node controller leaves such a pod Running until it evicts it (300 s by default)."""
+    if not not_ready:
+        return pods
+    return [replace(pod, node_lost=True) if pod.node_name in not_ready else pod for pod in pods]
 
 
 def _forget_old_creates(created: dict[str, float]) -> None:

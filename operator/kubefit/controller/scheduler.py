@@ -576,7 +576,7 @@ class Scheduler:
 
     def _plan_and_store(self, view: ClusterView) -> list[JobKey]:
         started, cpu_started = time.perf_counter(), time.thread_time()
-        not_ready = self._not_ready_names()
+        not_ready = self.not_ready_names()
         nodes = [node for node in view.nodes() if node.ready and node.name not in not_ready]
         with self._lock:
             entries = {key: entry for key, entry in self._entries.items() if entry.demand is not None}
@@ -632,7 +632,8 @@ class Scheduler:
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
 
-    def _not_ready_names(self) -> frozenset[str]:
+    def not_ready_names(self) -> frozenset[str]:
+        """The nodes whose Ready condition is not True, as their events said."""
         with self._lock:
             return frozenset(self._not_ready)
 

@@ -52,6 +52,9 @@ class WorkerPod:
     # The extended resources the pod holds (decisions/pod_requests.py), as (name, count) pairs; empty for a
     # worker built without its manifest's resources.
     devices: tuple[tuple[str, int], ...] = ()
+    # Bound to a node that is not Ready (the controller's view): it may run on, but unreachable; the
+    # scheduling pass counts nothing on such a node, and the worker is taken as not running.
+    node_lost: bool = False
 
     def holds(self, resource_name: str) -> int | None:
         """How many of `resource_name` the pod holds: what it was created with, which an edit of the job's
@@ -64,8 +67,8 @@ class WorkerPod:
     def ready(self) -> bool:
         """The one definition of a ready worker, used by every count and condition (the gang timeout
         counts placement instead: running.py _placed): its pod is Running and not terminating (a deleted
-        pod still shown Running is on its way out)."""
-        return self.phase == POD_RUNNING and not self.terminating
+        pod still shown Running is on its way out), and its node is Ready (node_lost)."""
+        return self.phase == POD_RUNNING and not self.terminating and not self.node_lost
 
     def stuck_terminating(self, now: datetime) -> bool:
         """Terminating, and past its deletionTimestamp by STUCK_AFTER_GRACE_SECONDS."""
