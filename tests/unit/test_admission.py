@@ -458,6 +458,26 @@ def test_shrinks_the_youngest_lowest_priority_job_only_as_much_as_needed() -> No
     assert lowest_first.shrink == {key("low-old"): 2}
 
 
+def test_a_shrink_never_counts_an_unbound_worker_0s_reserved_place_as_freed() -> None:
+    # Workers 1-3 run on n1-n3; worker 0 waits for a node, its place reserved on n0. decide never removes
+    # worker 0 (it hosts the rendezvous): counting n0 as freed, the newcomer raced worker 0 for it while
+    # decide removed the running worker 3, whose node nobody had counted.
+    low = job("low", per_worker=8, min_workers=2, want=4)
+    high = gang("high", 1, per_worker=8, priority=10)
+    cluster = [NodeCapacity(name, H100, 8, 0) for name in ("n0", "n1", "n2", "n3")]
+    bound = {"n1": 1, "n2": 1, "n3": 1}
+    held = Holding(low, 4, bound, ("n1", "n2", "n3"), reserved={"n0": 1}, first_unbound=True)
+    plan = plan_admissions([high], [held], cluster, "BestEffortFIFO", NOW, 300)
+    assert plan.grants[key("low")] == 3 and plan.grants[key("high")] == 1
+    # The place freed is the last worker decide removes (3, on n3), and worker 0 keeps n0.
+    assert plan.placement[key("low")] == {"n0": 1, "n1": 1, "n2": 1}
+    assert plan.reserved[key("high")] == {"n3": 1}
+    # With worker 0 bound, the reserved place is a new worker's, freed first (no pod to remove).
+    bound_first = Holding(low, 4, bound, ("n1", "n2", "n3"), reserved={"n0": 1})
+    plan = plan_admissions([high], [bound_first], cluster, "BestEffortFIFO", NOW, 300)
+    assert plan.reserved[key("high")] == {"n0": 1}
+
+
 def test_shrinking_stops_at_the_minimum_and_never_happens_for_nothing() -> None:
     high = gang("high", 2, per_worker=8, priority=10)  # needs both nodes whole: minimums are in the way
     result = plan([high], low_jobs(), nodes(2))

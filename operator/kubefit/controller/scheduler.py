@@ -590,8 +590,11 @@ class Scheduler:
             placed = _placed(workers[key])
             entry = entries[key]
             reserved = _still_reserved(entry.reserved, entry.counted, placed)
+            first_unbound = not any(pod.index == 0 and pod.node_name for pod in workers[key])
             admitted.append(
-                Holding(demand, entry.granted or 0, placed, _nodes_by_index(workers[key]), reserved)
+                Holding(
+                    demand, entry.granted or 0, placed, _nodes_by_index(workers[key]), reserved, first_unbound
+                )
             )
         # A queued job whose workers are still going (preempted, released after a gang timeout) waits until
         # all are gone: re-admitted on the devices it is freeing, it would take them from the job it made

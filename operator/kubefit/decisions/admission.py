@@ -103,6 +103,9 @@ class Holding:
     # Where the last pass reserved its unbound workers (AdmissionPlan.reserved). They are reserved there again
     # while those nodes have room: the workers created since prefer those nodes (builders/placement.py).
     reserved: Mapping[str, int] = field(default_factory=dict)
+    # Worker 0 is not bound (not created yet, or waiting for a node): decide keeps it whatever the grant
+    # (it hosts the rendezvous), so a shrink frees none of its reserved places for it.
+    first_unbound: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class _Job:
     released: Counter[str] = field(default_factory=Counter)
     removal_order: tuple[str, ...] = ()  # bound workers' nodes, the first removed first (highest index)
     reserved_before: Mapping[str, int] = field(default_factory=dict)  # Holding.reserved
+    first_unbound: bool = False  # Holding.first_unbound
     finished: int = 0  # Demand.finished_workers still in its grant: placed on no node
     # Queue order, worked out once: the demand is frozen, and passes compare it many times.
     order: tuple[int, float, str, str] = field(init=False)
@@ -411,6 +415,7 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
         job = _Job(demand, cluster.nodes_for(demand), max(holding.granted, 0), admitted=True)
         job.removal_order = tuple(reversed(holding.nodes_by_index))
         job.reserved_before = holding.reserved
+        job.first_unbound = holding.first_unbound
         for node, workers in sorted(holding.placed.items()):
             if workers > 0 and cluster.accelerator_of.get(node) == demand.accelerator:
                 job.bound[node] = workers
@@ -651,15 +656,29 @@ def _shrink(trial: _Trial, other: _Job) -> None:
     that order is known."""
     leaving = _leaving(other)
     room = _take_finished(trial, other, other.grant - other.floor)
-    reserved = {n: c for n, c in other.reserved.items() if n in trial.free}
+    takeable = _takeable_reserved(trial, other)
+    reserved = {n: c for n, c in takeable.items() if n in trial.free}
     room = _take_by_room(trial, other, reserved, room, from_reserved=True)
-    room = _complete_group_from_reserved(trial, other, room)
+    room = _complete_group_from_reserved(trial, other, takeable, room)
     if other.removal_order:
-        room = _take_reserved_elsewhere(trial, other, room)
+        room = _take_reserved_elsewhere(trial, other, takeable, room)
         _take_in_order(trial, other, room, leaving)
     else:
         bound = {n: c for n, c in other.bound.items() if n in trial.free}
         _take_by_room(trial, other, bound, room, from_reserved=False)
+
+
+def _takeable_reserved(trial: _Trial, other: _Job) -> dict[str, int]:
+    """`other`'s reserved places a shrink may take: all but worker 0's while it is unbound (decide never
+    removes worker 0, so counting its place as freed cost a running worker instead). Which place is its
+    is not known: the one kept is where the trial gains least."""
+    takeable = {node: count for node, count in other.reserved.items() if count > 0}
+    if other.first_unbound and takeable:
+        kept = min(takeable, key=lambda node: (node in trial.free, trial.free.get(node, 0), node))
+        takeable[kept] -= 1
+        if not takeable[kept]:
+            del takeable[kept]
+    return takeable
 
 
 def _take_finished(trial: _Trial, other: _Job, room: int) -> int:
@@ -674,13 +693,13 @@ def _take_finished(trial: _Trial, other: _Job, room: int) -> int:
     return room
 
 
-def _take_reserved_elsewhere(trial: _Trial, other: _Job, room: int) -> int:
+def _take_reserved_elsewhere(trial: _Trial, other: _Job, reserved: Mapping[str, int], room: int) -> int:
     """Before any of `other`'s bound workers, its reserved places off the trial's nodes: they free nothing
     for the trial, but decide drops a lowered grant's unscheduled workers before its bound ones
     (workers.keep_order), so a bound worker counted as removed while they stayed would stay too."""
     taken = Counter(node for job, node, from_reserved in trial.removals if job is other and from_reserved)
-    for node in sorted(other.reserved):
-        left = other.reserved[node] - taken[node]
+    for node in sorted(reserved):
+        left = reserved[node] - taken[node]
         while left > 0 and room > 0 and _wants_more(trial, other, room):
             trial.removals.append((other, node, True))
             left, room = left - 1, room - 1
@@ -708,14 +727,14 @@ def _take_leaving(trial: _Trial, other: _Job) -> None:
             trial.leaving.append((other, node))
 
 
-def _complete_group_from_reserved(trial: _Trial, other: _Job, room: int) -> int:
+def _complete_group_from_reserved(trial: _Trial, other: _Job, reserved: Mapping[str, int], room: int) -> int:
     """A group taken in part once the job fits is completed with `other`'s reserved places on any node
     (no pod to remove) before any of its running workers."""
     if not trial.fits:
         return room
     taken = Counter(node for job, node, from_reserved in trial.removals if job is other and from_reserved)
-    for node in sorted(other.reserved):
-        left = other.reserved[node] - taken[node]
+    for node in sorted(reserved):
+        left = reserved[node] - taken[node]
         while left > 0 and room > 0 and room % other.demand.worker_step:
             trial.change(node, other.demand.per_worker)
             trial.removals.append((other, node, True))
