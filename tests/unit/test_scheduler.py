@@ -928,6 +928,32 @@ def test_a_job_whose_reserved_places_are_held_by_workers_leaving_for_it_is_told_
     assert not scheduler.grant(urgent, cluster.workers[urgent]).places_held
 
 
+def test_a_victim_that_grows_on_other_nodes_still_holds_the_newcomers_clock_while_its_workers_leave() -> None:
+    # The newcomer may use pool a only; the victim either pool.
+    victim, urgent = ("ns", "victim"), ("ns", "urgent")
+    pool_a = {"pool": "a"}
+    cluster = FakeCluster(nodes=[node("n1", labels=pool_a), node("n2", labels=pool_a)])
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(victim, demand("victim", min_workers=2, want=4, created=1), ANYWHERE, cluster.view())
+    cluster.workers[victim] = [worker("victim", index, "n1" if index < 2 else "n2") for index in range(4)]
+    scheduler.request("pod", cluster.view())
+    whole_node = demand("urgent", per_worker=8, min_workers=1, want=1, priority=100, created=2)
+    scheduler.offer(urgent, whole_node, Placement(pool_a, (), ()), cluster.view())
+    assert scheduler.snapshot()[victim].workers == 2
+    cluster.workers[urgent] = [worker("urgent", 0, None, phase="Pending")]
+    cluster.workers[victim][2:] = [worker("victim", index, "n2", terminating=True) for index in (2, 3)]
+    # A pool b node joins: the victim grows back to 4 there while its removed workers still save on n2.
+    cluster.nodes.append(node("n3", labels={"pool": "b"}))
+    scheduler.node_changed(cluster.nodes[-1], "n3", True, cluster.view())
+    assert scheduler.snapshot()[victim].workers == 4
+    cluster.workers[victim] += [worker("victim", index, None, phase="Pending") for index in (4, 5)]
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(urgent, cluster.workers[urgent]).places_held
+    cluster.workers[victim] = [*cluster.workers[victim][:2], *cluster.workers[victim][4:]]
+    scheduler.request("pod", cluster.view())
+    assert not scheduler.grant(urgent, cluster.workers[urgent]).places_held
+
+
 def test_a_job_admitted_by_preempting_another_is_held_until_every_worker_of_it_is_gone() -> None:
     cluster, scheduler, victim, urgent = _preempted_for_urgent()
     assert scheduler.snapshot()[victim].workers == 0
@@ -953,6 +979,10 @@ def test_only_workers_leaving_for_a_job_that_still_holds_its_grant_hold_it() -> 
     assert leaving_for(victims, {victim: 2, other: 3}, grants) == {}
     # A scale-down by its user (or any job's surplus) is not in `victims`: it holds nobody.
     assert leaving_for({}, {victim: 4}, grants) == {}
+    # The victim grew on another pool meanwhile (grant 2, two bound) while its shrunk worker still
+    # terminates on the place made for `urgent`: it is still leaving, whatever its count.
+    assert leaving_for(victims, {victim: 2, other: 1}, grants, {victim: 1}) == {victim: frozenset({urgent})}
+    assert leaving_for(victims, {victim: 2, other: 1}, grants, {victim: 0}) == {}
 
 
 def test_places_reserved_on_free_nodes_are_not_held() -> None:

@@ -623,8 +623,10 @@ class Scheduler:
             victims = dict(self._leaving)
         for victim, beneficiaries in plan.made_room_for.items():
             victims[victim] = victims.get(victim, frozenset()) | beneficiaries
-        holding = {key: _holding_devices(view.workers(key), now) for key in victims}
-        still_leaving = leaving_for(victims, holding, plan.grants)
+        held = {key: _holding_devices(view.workers(key), now) for key in victims}
+        holding = {key: staying for key, (staying, _) in held.items()}
+        terminating = {key: going for key, (_, going) in held.items()}
+        still_leaving = leaving_for(victims, holding, plan.grants, terminating)
         with self._lock:
             # Kept apart from the entries: a victim deleted (or suspended) meanwhile still holds devices
             # until its workers are gone.
@@ -847,12 +849,15 @@ def _bound_on(view: ClusterView, key: JobKey, node: str) -> int:
     return sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
 
 
-def _holding_devices(pods: Iterable[WorkerPod], now: datetime) -> int:
-    """Workers bound to a node and not finished, terminating ones within their grace included: they keep
-    their devices until they are gone. One stuck terminating (observed.STUCK_AFTER_GRACE_SECONDS past its
-    grace: its node unreachable, a finalizer) is not counted: a job it made room for would otherwise wait
-    for ever."""
-    return sum(1 for pod in pods if pod.node_name and not pod.finished and not pod.stuck_terminating(now))
+def _holding_devices(pods: Iterable[WorkerPod], now: datetime) -> tuple[int, int]:
+    """Workers bound to a node and not finished: (not terminating, terminating within their grace), both
+    keep their devices until they are gone. One stuck terminating (observed.STUCK_AFTER_GRACE_SECONDS past
+    its grace: its node unreachable, a finalizer) is not counted: a job it made room for would otherwise
+    wait for ever."""
+    bound = [pod for pod in pods if pod.node_name and not pod.finished]
+    staying = sum(1 for pod in bound if not pod.terminating)
+    going = sum(1 for pod in bound if pod.terminating and not pod.stuck_terminating(now))
+    return staying, going
 
 
 def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:

@@ -1150,17 +1150,24 @@ def _added(first: Mapping[str, int], second: Mapping[str, int]) -> dict[str, int
 
 
 def leaving_for(
-    victims: Mapping[JobKey, frozenset[JobKey]], holding: Mapping[JobKey, int], grants: Mapping[JobKey, int]
+    victims: Mapping[JobKey, frozenset[JobKey]],
+    holding: Mapping[JobKey, int],
+    grants: Mapping[JobKey, int],
+    terminating: Mapping[JobKey, int] | None = None,
 ) -> dict[JobKey, frozenset[JobKey]]:
     """Of the jobs shrunk or preempted to make room for others (`victims`: victim -> the jobs it made room
     for, AdmissionPlan.made_room_for, kept across passes and after the victim itself is deleted), those
-    whose workers are still leaving: they hold more workers (`holding`: bound, not finished, terminating
-    within their grace included, which keep their devices) than the pass grants them. Each maps to the jobs
-    it made room for that still hold a grant. Such workers save within their checkpoint grace, which can be
-    longer than those jobs' gang timeouts: their gang clocks must not run meanwhile (decisions/running.py)."""
+    whose workers are still leaving: they hold more bound workers (`holding`: bound, not finished, not
+    terminating) than the pass grants them (a handshake still open), or some are terminating within their
+    grace (`terminating`), which keep their devices: counted apart, since a victim that grew on other nodes
+    meanwhile holds no more than its grant and its leaving workers still sit on the places. Each maps to the
+    jobs it made room for that still hold a grant. Such workers save within their checkpoint grace, which
+    can be longer than those jobs' gang timeouts: their gang clocks must not run meanwhile
+    (decisions/running.py)."""
+    going = terminating or {}
     leaving = {}
     for victim, beneficiaries in victims.items():
-        if holding.get(victim, 0) <= grants.get(victim, 0):
+        if not going.get(victim, 0) and holding.get(victim, 0) <= grants.get(victim, 0):
             continue
         waiting = frozenset(job for job in beneficiaries if grants.get(job, 0) > 0)
         if waiting:
