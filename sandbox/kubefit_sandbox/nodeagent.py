@@ -18,6 +18,10 @@ the label `kubefit.dev/sandbox-pool`:
 * on the nodes of a `processes: true` pool (label kubefit.dev/sandbox-processes=true), pods are not
   simulated: each runs as a local process (kubefit_sandbox.processpods; the annotations above do not
   apply there);
+* the node annotation `sandbox.kubefit.dev/unreachable: "true"` plays a kubelet cut off from the API server:
+  the node gets no heartbeat (the node lifecycle controller marks it NotReady after its grace period, 40 s
+  by default) and its pods no status, so a pod deleted there stays Terminating; removing the annotation
+  ends it;
 * when one of its nodes is deleted, the pods bound to it are deleted at once (the controller manager's
   pod GC would do it too, but only after its 40 s quarantine: quarantineTime in Kubernetes'
   pkg/controller/podgc/gc_controller.go);
@@ -75,6 +79,8 @@ from kubefit_sandbox.processpods import ProcessNode, ProcessPods
 from kubefit_sandbox.telemetry import TELEMETRY_URL_FILE, GpuTelemetry, TelemetryServer, write_telemetry_url
 
 HEARTBEAT_INTERVAL_S = 20.0
+# A node annotated so is played as a kubelet cut off from the API server (module docstring).
+UNREACHABLE_ANNOTATION = "sandbox.kubefit.dev/unreachable"
 # Nodes heartbeated in one go; a round of more is split into batches whose starts are spread evenly over the
 # interval (each node is still heartbeated once per interval), so many nodes are not 2 writes each at once
 # and the timer thread (which also runs the delayed pod deletions) is never held by a whole round.
@@ -116,6 +122,7 @@ class ManagedNode:
     internal_ip: str
     pod_cidr: str
     processes: bool = False  # its pods run as local processes
+    unreachable: bool = False  # UNREACHABLE_ANNOTATION: no heartbeat, no pod status
 
 
 def _managed_node(node: Mapping[str, Any]) -> ManagedNode | None:
@@ -129,7 +136,10 @@ def _managed_node(node: Mapping[str, Any]) -> ManagedNode | None:
         )
         return None
     processes = (metadata.get("labels") or {}).get(PROCESSES_LABEL) == "true"
-    return ManagedNode(metadata["name"], metadata.get("uid", ""), internal_ip, spec["podCIDR"], processes)
+    unreachable = (metadata.get("annotations") or {}).get(UNREACHABLE_ANNOTATION) == "true"
+    return ManagedNode(
+        metadata["name"], metadata.get("uid", ""), internal_ip, spec["podCIDR"], processes, unreachable
+    )
 
 
 def heartbeat_batches(
@@ -316,10 +326,17 @@ class NodeAgent:
         with self._nodes_lock:
             known = self._nodes.get(managed.name)
             self._nodes[managed.name] = managed
-        if node_needs_fixing(node):
+        if managed.unreachable:
+            if known is None or not known.unreachable:
+                log.info(
+                    "node %s: unreachable (no heartbeat, no pod status) until the annotation goes",
+                    managed.name,
+                )
+            return
+        if node_needs_fixing(node) or (known is not None and known.unreachable):
             log.info("node %s: removing the not-ready taint and reporting Ready", managed.name)
             make_node_ready(core, node)
-        if known is None or known.uid != managed.uid:
+        if known is None or known.uid != managed.uid or known.unreachable:
             log.info("managing node %s (%s, pods in %s)", managed.name, managed.internal_ip, managed.pod_cidr)
             # As a kubelet does on start: report at once, not an interval later. Nodes kept in etcd
             # across `sandbox down`/`up` would otherwise show a stale heartbeat and lease meanwhile.
@@ -377,7 +394,11 @@ class NodeAgent:
                 )
                 self._heartbeat_round.extend(batches)
             names = self._heartbeat_round.popleft() if self._heartbeat_round else []
-            return [self._nodes[name] for name in names if name in self._nodes]
+            return [
+                self._nodes[name]
+                for name in names
+                if name in self._nodes and not self._nodes[name].unreachable
+            ]
 
     def _heartbeat_node(self, core: Any, node: ManagedNode, now: str) -> None:
         from kubernetes import client
@@ -477,7 +498,7 @@ class NodeAgent:
             self._pods[metadata["uid"]] = pod
         with self._nodes_lock:
             node = self._nodes.get(pod["spec"].get("nodeName", ""))
-        if node is None:
+        if node is None or node.unreachable:
             return
         self._ips.observe(metadata["uid"], (pod.get("status") or {}).get("podIP"))
         try:

@@ -18,6 +18,9 @@ with running workers removed. Each test is bounded (a few minutes on a loaded 2-
    restarted, then the deletions): kopf lists again and sends no DELETED event for them, and the operator
    still sees that they went: the deleted worker is made again, and a queued job runs on the devices the
    other deleted pod held.
+5. A node's kubelet cut off (the node agent stops heartbeating it, and the node is marked NotReady as the
+   node lifecycle controller, off in the sandbox, would): the elastic job's worker there, still shown Running, is the one removed when the grant
+   drops, at once, and its healthy workers stay.
 """
 
 from __future__ import annotations
@@ -447,3 +450,64 @@ def test_pods_deleted_while_the_operators_watches_were_broken_neither_hold_devic
     wait_for("kept-worker-0 made again", replaced, 120, 1)
     wait_for("the waiting job admitted onto the freed devices", lambda: _running_count(kube, namespace, "waiting") >= 1, 120, 1)  # fmt: skip
     assert operator.logged(r"gone while a watch was broken: .*other-workload") is not None
+
+
+# ---------------------------------------------------------------------------------------------- 5
+
+
+def test_a_worker_on_a_node_gone_not_ready_is_the_one_removed_and_the_healthy_ones_stay(
+    sandbox: Sandbox,
+    kube: Kube,
+    operator: OperatorProcess,
+    namespace: str,
+    add_pool: Callable[..., PrivatePool],
+) -> None:
+    # Four whole nodes, four whole-node workers: no spare place. A node's kubelet falls silent (the node
+    # agent stops heartbeating it) and the node is marked NotReady; the pod there still reads Running. The pass no longer counts the node and lowers the grant to 3:
+    # the worker removed must be the one on that node, not the highest index on a healthy node.
+    pool = add_pool(PoolNodes(H100, nodes=4, per_node=8))
+    elastic = job_manifest(
+        "cutoff", namespace, pool=pool,
+        resources={"accelerator": H100, "acceleratorsPerWorker": 8},
+        workers={"replicas": 4, "minReplicas": 2, "maxReplicas": 4},
+        elastic={"enabled": True, "checkpointGracePeriodSeconds": 30},
+    )  # fmt: skip
+    kube.apply(elastic)
+    wait_for("4 workers running", lambda: _running_count(kube, namespace, "cutoff") == 4, 120, 1)
+    pods = {pod["metadata"]["name"]: pod for pod in kube.workers(namespace, "cutoff")}
+    cut = pods["cutoff-worker-1"]["spec"]["nodeName"]  # neither worker 0 nor the highest index
+    healthy = {name: pod["metadata"]["uid"] for name, pod in pods.items() if name != "cutoff-worker-1"}
+    core = core_api(new_api_client(sandbox.kubeconfig_path))
+    core.patch_node(cut, {"metadata": {"annotations": {UNREACHABLE: "true"}}})
+    try:
+        # The sandbox runs no node lifecycle controller (docs/sandbox.md): the test writes what it would
+        # once the heartbeats stopped for its grace period, and the agent leaves it so.
+        unknown = {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown"}
+        core.patch_node_status(cut, {"status": {"conditions": [unknown]}})
+        wait_for(f"node {cut} NotReady", lambda: not _node_ready(core, cut), 10, 0.5)
+
+        def removed() -> bool:
+            pod = next(
+                (p for p in kube.workers(namespace, "cutoff") if p["metadata"]["name"] == "cutoff-worker-1"),
+                None,
+            )
+            return pod is None or pod["metadata"].get("deletionTimestamp") is not None
+
+        # The unreachable worker cannot acknowledge a checkpoint request: it goes at once, not after 30 s.
+        wait_for("the worker on the NotReady node deleted", removed, 20, 0.5)
+        now = {pod["metadata"]["name"]: pod for pod in kube.workers(namespace, "cutoff")}
+        assert {name: now[name]["metadata"]["uid"] for name in healthy if name in now} == healthy
+        assert all(now[name]["metadata"].get("deletionTimestamp") is None for name in healthy)
+        wait_for(
+            "status: 3 ready", lambda: kube.job_status(namespace, "cutoff").get("readyReplicas") == 3, 30, 1
+        )
+    finally:
+        core.patch_node(cut, {"metadata": {"annotations": {UNREACHABLE: None}}})
+
+
+UNREACHABLE = "sandbox.kubefit.dev/unreachable"
+
+
+def _node_ready(core: Any, name: str) -> bool:
+    conditions = core.read_node(name).status.conditions or []
+    return any(item.type == "Ready" and item.status == "True" for item in conditions)

@@ -125,3 +125,27 @@ def test_a_node_gone_since_its_round_began_is_skipped(tmp_path: Path) -> None:
     del agent._nodes["h100-00059"]
     agent._heartbeat()
     assert len(recorder.beats) == 59 and "h100-00059" not in recorder.beats
+
+
+def test_an_unreachable_node_gets_no_heartbeat_and_its_pods_no_status(tmp_path: Path) -> None:
+    from kubefit_sandbox.nodeagent import UNREACHABLE_ANNOTATION, _managed_node
+
+    manifest = {
+        "metadata": {"name": "h100-00000", "uid": "u", "annotations": {UNREACHABLE_ANNOTATION: "true"}},
+        "spec": {"podCIDR": "10.244.0.0/24"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.240.0.2"}]},
+    }
+    cut = _managed_node(manifest)
+    assert cut is not None and cut.unreachable
+    agent = _agent_with_nodes(tmp_path, 2, interval=20.0)
+    agent._nodes[cut.name] = cut
+    recorder = Recorder(agent)
+    agent._heartbeat()
+    assert recorder.beats == ["h100-00001"]
+    simulated: list[str] = []
+    agent._simulate = lambda core, pod, node: simulated.append(node.name)  # type: ignore[method-assign]
+    for node in ("h100-00000", "h100-00001"):
+        agent._pod_changed(
+            object(), {"metadata": {"uid": node, "name": "p", "namespace": "n"}, "spec": {"nodeName": node}}
+        )
+    assert simulated == ["h100-00001"]
