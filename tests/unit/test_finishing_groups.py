@@ -256,3 +256,17 @@ def test_a_finishing_job_is_neither_suspended_nor_preempted_into_running_again()
     ):
         assert status_of(decision)["phase"] == "Succeeded"
         assert decision.delete == ()
+
+
+def test_with_framework_none_a_succeeded_worker_does_not_end_the_training_for_a_suspend() -> None:
+    """framework none: the workers organise themselves, and one that succeeded says nothing of the others
+    (a failure still restarts the group, docs/api.md). A suspend stops the job; it was ignored."""
+    plain = raw_spec(framework="none")
+    running = decide(observe(plain, pods=[pod(0), pod(1)]), CATALOG)
+    finishing = [pod(0, "Succeeded"), pod(1)]
+    suspended = decide(
+        observe(raw_spec(framework="none", runPolicy={"suspend": True}), finishing, running.status), CATALOG
+    )
+    assert status_of(suspended)["phase"] == "Suspended"
+    # The running worker is asked to checkpoint before it goes, as in any suspend.
+    assert suspended.status.checkpoint is not None and suspended.status.checkpoint.reason == "Suspended"

@@ -674,7 +674,10 @@ def _gone_after_success(ctx: JobContext) -> frozenset[int]:
 def training_ended(ctx: JobContext) -> bool:
     """A worker of the running group succeeded: a fixed group's ranks finish together, and torchrun's
     agents all exit once one has. Stopping it now (a suspend, a grant taken back) would throw the finished
-    training away and run it again on resume: the job finishes instead."""
+    training away and run it again on resume: the job finishes instead. Not with framework none, whose
+    processes organise themselves: one that succeeded says nothing of the others (_finishing)."""
+    if ctx.spec.framework == "none":
+        return False
     leaving = _other_attempts(ctx) if fixed_world(ctx.spec) else []
     return bool(_succeeded_in_group(replace(ctx, ours=[pod for pod in ctx.ours if pod not in leaving])))
 
