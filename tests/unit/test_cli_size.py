@@ -1000,3 +1000,26 @@ def test_a_manifest_kubectl_stores_is_sized_empty_keys_and_exponent_numbers_incl
     quoted = text.replace("memoryHeadroom: 1e-1", "memoryHeadroom: '1e-1'")
     code, _, err = run_main(capsys, "-f", write(tmp_path, quoted, "quoted.yaml"))
     assert code == 2 and "memoryHeadroom" in err
+
+
+def test_aliases_that_expand_past_the_limit_are_refused_and_ordinary_ones_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A few hundred bytes of nested aliases stand for a million nodes: refused at once, not walked.
+    levels = "".join(f"  l{i}: &l{i} {{x: *l{i - 1}, y: *l{i - 1}}}\n" for i in range(1, 21))
+    bomb = (
+        "apiVersion: kubefit.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: job}\n"
+        f"x:\n  l0: &l0 {{a: 1, b: 2}}\n{levels}"
+        "spec:\n  template: {spec: {containers: [{name: trainer, image: x}]}}\n"
+        "  model: {parameters: 1B}\n  training: {extra: *l20}\n"
+    )
+    code, _, err = run_main(capsys, "-f", write(tmp_path, bomb))
+    assert code == 2 and "aliases expand to more than 100,000 nodes" in err
+    # An anchor reused as people do (one container's env for another) is read as written.
+    shared = (
+        "apiVersion: kubefit.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: job}\nspec:\n"
+        "  template: {spec: {containers: [{name: trainer, image: x, env: &env [{name: A, value: '1'}]},"
+        " {name: side, image: y, env: *env}]}}\n"
+        "  model: {parameters: 1B}\n"
+    )
+    assert run_main(capsys, "-f", write(tmp_path, shared))[0] == 0

@@ -119,6 +119,10 @@ class InvalidInput(Exception):
         super().__init__("; ".join(lines))
 
 
+# What aliases in a manifest may expand to (_kubectl_loader): far more than any TrainingJob has.
+ALIASED_NODES_MAX = 100_000
+
+
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "size",
@@ -202,12 +206,48 @@ def _kubectl_loader() -> Any:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        """Also refuses aliases that expand past ALIASED_NODES_MAX nodes: a few hundred bytes of nested
+        aliases stand for millions of nodes, which every later walk over the spec would visit."""
+
+        aliased = 0
+        sizes: dict[int, int]
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                anchored = self.anchors.get(event.anchor)
+                if anchored is not None:
+                    self.aliased += _expanded_size(anchored, self.__dict__.setdefault("sizes", {}))
+                    if self.aliased > ALIASED_NODES_MAX:
+                        raise yaml.composer.ComposerError(
+                            None,
+                            None,
+                            f"its aliases expand to more than {ALIASED_NODES_MAX:,} nodes",
+                            event.start_mark,
+                        )
+            return super().compose_node(parent, index)
 
     # Tried after the loader's own resolvers (ints first), for the plain scalars none of them took.
     number = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", number, list("-+0123456789."))
     return Loader
+
+
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """The nodes `node` stands for, aliases expanded (each distinct node counted once, by identity)."""
+    import yaml
+
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(key, sizes) + _expanded_size(value, sizes) for key, value in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
 
 
 def _without_nulls(spec: Any) -> Any:
