@@ -117,25 +117,46 @@ def shape_from_architecture(architecture: Architecture, parameters: int | None) 
     input embedding are the combination whose parameter count is nearest `parameters` (untied first on a
     tie: Gemma-2B's 2.51B is a gated MLP with a tied head, which an untied count mistakes for a plain MLP);
     without a count, an explicit intermediateSize means a gated (SwiGLU) MLP, as in Llama and Mistral, and
-    the head is untied."""
-    kv_heads = architecture.kv_heads or architecture.attention_heads
-    vocab = architecture.vocab_size or DEFAULT_VOCAB
-    ffn = architecture.intermediate_size or 4 * architecture.hidden_size
+    the head is untied. A gated MLP with a tied head can count within a rounding of a plain one with an
+    untied head (Llama 3.2 1B: 1.236B against 1.230B, stated as 1.23B): where both lie within the stated
+    count's precision, the gated form, which holds more activations, is the one sized (mlp_form_ambiguous)."""
+    candidates = _forms(architecture)
+    if parameters is None:
+        return candidates[0] if architecture.intermediate_size is not None else candidates[1]
+    close = _within_rounding(candidates, parameters)
+    return next((shape for shape in close if shape.gated_mlp), close[0])
+
+
+def mlp_form_ambiguous(architecture: Architecture, parameters: int) -> bool:
+    """Whether `parameters`, to its precision, may count both a gated and a plain MLP of `architecture`."""
+    return len({shape.gated_mlp for shape in _within_rounding(_forms(architecture), parameters)}) == 2
+
+
+def _forms(architecture: Architecture) -> tuple[ModelShape, ModelShape, ModelShape, ModelShape]:
+    """The architecture with a gated and a plain MLP, each with an untied and a tied head."""
     gated = ModelShape(
         layers=architecture.layers,
         hidden=architecture.hidden_size,
         heads=architecture.attention_heads,
-        kv_heads=kv_heads,
-        ffn=ffn,
-        vocab=vocab,
+        kv_heads=architecture.kv_heads or architecture.attention_heads,
+        ffn=architecture.intermediate_size or 4 * architecture.hidden_size,
+        vocab=architecture.vocab_size or DEFAULT_VOCAB,
         gated_mlp=True,
         explicit_head_dim=architecture.head_dim or 0,
     )
     plain = replace(gated, gated_mlp=False)
-    if parameters is None:
-        return gated if architecture.intermediate_size is not None else plain
-    candidates = (gated, plain, replace(gated, tied_embeddings=True), replace(plain, tied_embeddings=True))
-    return min(candidates, key=lambda shape: abs(shape.total_parameters() - parameters))
+    return gated, plain, replace(gated, tied_embeddings=True), replace(plain, tied_embeddings=True)
+
+
+def _within_rounding(candidates: Iterable[ModelShape], parameters: int) -> list[ModelShape]:
+    """The candidates as near `parameters` as the nearest one, or within the count's own precision: the
+    unit of its last non-zero digit (1.23B, cut from 1.236B, may lie up to 0.01B under the real count),
+    nearest first (the first on a tie)."""
+    ranked = sorted(candidates, key=lambda shape: abs(shape.total_parameters() - parameters))
+    digits = str(parameters)
+    precision = 10 ** (len(digits) - len(digits.rstrip("0")))
+    band = max(abs(ranked[0].total_parameters() - parameters), precision)
+    return [shape for shape in ranked if abs(shape.total_parameters() - parameters) <= band]
 
 
 def assumed_shape(parameters: int, vocab: int = DEFAULT_VOCAB) -> ModelShape:

@@ -22,7 +22,13 @@ from kubefit.api.models import Finetuning, MemoryBreakdown, Training, TrainingJo
 from kubefit.api.quantity import parse_count
 from kubefit.api.units import GIB
 from kubefit.api.validation import FieldError, InvalidSpec
-from kubefit.sizing.architecture import ModelShape, assumed_shape, describe, shape_from_architecture
+from kubefit.sizing.architecture import (
+    ModelShape,
+    assumed_shape,
+    describe,
+    mlp_form_ambiguous,
+    shape_from_architecture,
+)
 from kubefit.sizing.catalog import Accelerator
 
 # ---------------------------------------------------------------- coefficients (sources: docs/sizing.md)
@@ -400,6 +406,12 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
         shape = shape_from_architecture(model.architecture, parameters)
         if model.parameter_count is not None:
             warnings.extend(_count_contradiction(shape, parameters))
+            if mlp_form_ambiguous(model.architecture, parameters):
+                warnings.append(
+                    f"model.parameters ({parameters / 1e9:.4g}B), to its last digit, counts both a gated (SwiGLU) "
+                    "MLP and a plain one of model.architecture: sized with the gated one, which holds more "
+                    "activations; give the exact count to choose"
+                )
     else:
         shape = assumed_shape(parameters)
         warnings.append(
