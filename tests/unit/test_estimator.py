@@ -1072,3 +1072,28 @@ def test_a_declared_training_state_gathers_gradients_like_the_formula() -> None:
     assert estimate(declared, H100, Layout(8, 1)).communication_buffers == pytest.approx(
         computed.communication_buffers, rel=0.01
     )
+
+
+def test_the_parameter_count_read_from_model_memory_is_worked_out_once_per_spec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bisection of ~40 shaped estimates; a remedy search re-estimates the same spec thousands of times
+    # (one `kubefit size --suggest` took 12 s on a spec giving model.memory alone).
+    from kubefit.sizing import estimator as module
+
+    calls: list[int] = []
+    original = module._parameters_from_declared_now
+
+    def counted(spec: Any, declared: int) -> tuple[int, str]:
+        calls.append(declared)
+        return original(spec, declared)
+
+    monkeypatch.setattr(module, "_parameters_from_declared_now", counted)
+    module._FROM_DECLARED.clear()
+    lora = job({"memory": "40Gi", "finetuning": {"method": "lora"}})
+    first = estimate(lora, H100, Layout(1, 1))
+    assert estimate(lora, H100, Layout(1, 1)) == first and estimate(lora, H100, Layout(2, 1)).total > 0
+    assert len(calls) == 1
+    other = job({"memory": "40Gi", "finetuning": {"method": "lora"}, "optimizer": "sgd"})
+    estimate(other, H100, Layout(1, 1))
+    assert len(calls) == 2  # another model reads the memory afresh

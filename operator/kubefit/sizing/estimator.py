@@ -482,7 +482,25 @@ def _full_state_bytes(spec: TrainingJobSpec) -> float:
     return per.weights + per.gradients + per.optimizer
 
 
+# _parameters_from_declared's answers by (model, training, declared): a bisection of ~40 shaped estimates,
+# which every estimate of a spec that gives model.memory alone ran again (a remedy search: thousands).
+_FROM_DECLARED: dict[tuple[str, str, int], tuple[int, str]] = {}
+_FROM_DECLARED_KEPT = 256
+
+
 def _parameters_from_declared(spec: TrainingJobSpec, declared: int) -> tuple[int, str]:
+    """_parameters_from_declared_now, remembered for the last few distinct specs."""
+    key = (spec.model.model_dump_json(), spec.training.model_dump_json(), declared)
+    found = _FROM_DECLARED.get(key)
+    if found is None:
+        found = _parameters_from_declared_now(spec, declared)
+        if len(_FROM_DECLARED) >= _FROM_DECLARED_KEPT:
+            _FROM_DECLARED.clear()
+        _FROM_DECLARED[key] = found
+    return found
+
+
+def _parameters_from_declared_now(spec: TrainingJobSpec, declared: int) -> tuple[int, str]:
     """The parameter count whose training state, by the parameter formulas, is the declared memory, and
     what the bytes per parameter stand for. Full training: every parameter at its full-state bytes. LoRA
     and QLoRA: the count whose frozen base plus adapters (`_adapter_state`, what `_adapter_states` holds
