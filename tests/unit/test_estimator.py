@@ -1097,3 +1097,18 @@ def test_the_parameter_count_read_from_model_memory_is_worked_out_once_per_spec(
     other = job({"memory": "40Gi", "finetuning": {"method": "lora"}, "optimizer": "sgd"})
     estimate(other, H100, Layout(1, 1))
     assert len(calls) == 2  # another model reads the memory afresh
+
+
+def test_selective_recompute_holds_one_layers_recomputed_scores_so_it_is_never_below_full() -> None:
+    # Eager attention at 16k tokens: each layer's a*s^2 scores are rebuilt in its backward under selective
+    # recompute, as the whole layer is under full; full <= selective <= none.
+    model = {"parameters": "1.236B", "architecture": LLAMA_3_2_1B}
+    by_policy = {
+        policy: estimate(
+            job(model, attention="eager", sequenceLength=16384, activationCheckpointing=policy),
+            H100,
+            Layout(1, 8),
+        ).total
+        for policy in ("none", "selective", "full")
+    }
+    assert by_policy["full"] <= by_policy["selective"] <= by_policy["none"]

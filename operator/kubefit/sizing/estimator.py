@@ -896,7 +896,6 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
     if stage in ("only", "last"):
         head = _output_head(shape, run, training.loss, _head_weight_copies(spec, shape))
     activations = saved + head.activations
-    unplaced = 0.0
     if run.checkpointing == "full":
         # The layer being recomputed holds its full activations during its backward. The backward
         # reaches the last layer only after the loss and output projection have run theirs, which frees
@@ -905,8 +904,14 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
         # reserved and places the recomputed layer beside them (measured on an H200), so the rest of the
         # layer still adds to the reserved peak.
         recomputed = layer_activation_bytes(shape, replace(run, checkpointing="none"))
-        activations += max(0.0, recomputed - head.logits)
-        unplaced = min(recomputed, head.logits)
+    elif run.checkpointing == "selective":
+        # Selective recompute rebuilds one layer's attention internals (the scores under eager attention)
+        # in its backward, placed the same way.
+        recomputed = _attention_scores_bytes(shape, run) / run.tensor_parallel
+    else:
+        recomputed = 0.0
+    activations += max(0.0, recomputed - head.logits)
+    unplaced = min(recomputed, head.logits)
     return _Transient(activations, head.logits, unplaced)
 
 
