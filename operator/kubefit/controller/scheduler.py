@@ -585,17 +585,7 @@ class Scheduler:
         workers = {key: live_workers(_owned(view.workers(key), entries[key].uid)) for key in holdings}
         self._node_devices.keep_only(nodes)
         capacity = node_capacity(nodes, view.usage(), self.catalog, holdings, workers, self._node_devices)
-        admitted = []
-        for key, demand in holdings.items():
-            placed = _placed(workers[key])
-            entry = entries[key]
-            reserved = _still_reserved(entry.reserved, entry.counted, placed)
-            first_unbound = not any(pod.index == 0 and pod.node_name for pod in workers[key])
-            admitted.append(
-                Holding(
-                    demand, entry.granted or 0, placed, _nodes_by_index(workers[key]), reserved, first_unbound
-                )
-            )
+        admitted = [_holding(demand, entries[key], workers[key]) for key, demand in holdings.items()]
         # A queued job whose workers are still going (preempted, released after a gang timeout) waits until
         # all are gone: re-admitted on the devices it is freeing, it would take them from the job it made
         # room for. One stuck terminating keeps its worker's name, so the job could not start whole: it
@@ -847,6 +837,14 @@ def _still_reserved(
 
 def _bound_on(view: ClusterView, key: JobKey, node: str) -> int:
     return sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
+
+
+def _holding(demand: Demand, entry: _Entry, workers: Sequence[WorkerPod]) -> Holding:
+    """An admitted job as the pass sees it: its grant, its bound workers, the places still reserved."""
+    placed = _placed(workers)
+    reserved = _still_reserved(entry.reserved, entry.counted, placed)
+    first_unbound = not any(pod.index == 0 and pod.node_name for pod in workers)
+    return Holding(demand, entry.granted or 0, placed, _nodes_by_index(workers), reserved, first_unbound)
 
 
 def _holding_devices(pods: Iterable[WorkerPod], now: datetime) -> tuple[int, int]:
