@@ -129,3 +129,61 @@ def test_a_count_no_device_offers_hides_no_error_of_the_model() -> None:
         "spec.resources.acceleratorsPerWorker",
         "spec.model.finetuning.trainableParameters",
     ]
+
+
+def _messages(name: str | None, raw: Any) -> dict[str, str]:
+    with pytest.raises(InvalidSpec) as raised:
+        checked_spec(name, raw, CATALOG, 4)
+    return {error.path: error.message for error in raised.value.errors}
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "written"),
+    [
+        ("model", "parameters", "9" * 100_000),  # too large
+        ("model", "parameters", "x" * 100_000),  # not a count
+        ("model", "memory", "1." + "0" * 100_000 + "1"),  # not whole: the value, then its exact number
+        ("resources", "cpu", "-" * 100_000),  # not a quantity
+        ("resources", "acceleratorsPerWorker", "a" * 100_000),  # neither 'auto' nor an integer
+    ],
+)
+def test_a_long_value_is_echoed_short_with_its_length(section: str, field: str, written: str) -> None:
+    # The message goes into the job's status condition: 100,000 characters written are 40 echoed.
+    message = _messages(None, _spec(**{section: {field: written}}))[f"spec.{section}.{field}"]
+    assert f"{written[:40]!r}"[:-1] + "…' (" + f"{len(written)} characters)" in message
+    assert len(message) < 300 and len(message.split("…")) <= 3, message  # the value, and a number
+
+
+def test_a_short_value_is_echoed_whole_as_before() -> None:
+    message = _messages(None, _spec(model={"parameters": "x" * 40}))["spec.model.parameters"]
+    assert message.startswith(f"{'x' * 40!r} is not a count")
+
+
+@pytest.mark.parametrize(
+    ("written", "exact"),
+    [
+        ("1.5", "1.5"),
+        ("1.50B", None),  # whole: 1,500,000,000
+        ("123456789012345.1234567890123456789", "123456789012345.1234567890123456789"),  # 34 digits, past 28
+        (
+            "999999999999999999999999999999999999999999999e-40",
+            "99999.9999999999999999999999999999999999… (46",
+        ),
+    ],
+)
+def test_a_fraction_is_shown_exactly_not_rounded_to_a_whole_number(written: str, exact: str | None) -> None:
+    # Rounded to Decimal's 28 digits, 99999.99… (45 nines) printed as "100000 parameters, not a whole number".
+    raw = _spec(model={"parameters": written})
+    if exact is None:
+        checked_spec(None, raw, CATALOG, 4)
+        return
+    message = _messages(None, raw)["spec.model.parameters"]
+    assert f" is {exact}" in message and "not a whole number" in message, message
+    assert "100000 parameters" not in message
+
+
+@pytest.mark.parametrize("name", ["job\n", "job\r\n", "\njob", "job\nx"])
+def test_a_name_with_a_line_break_is_not_a_dns_label(name: str) -> None:
+    # `$` matches before a trailing newline: "job\n" passed, and the API server refused the job.
+    assert _paths(name, _spec()) == ["metadata.name"]
+    checked_spec("job", _spec(), CATALOG, 4)

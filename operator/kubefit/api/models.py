@@ -28,6 +28,7 @@ from kubefit.api.conditions import ConditionStatus, Phase
 from kubefit.api.quantity import (
     COUNT_PATTERN,
     QUANTITY_PATTERN,
+    echo,
     exact_count,
     exact_quantity,
     int_or_string,
@@ -138,7 +139,7 @@ def _whole(exact: Callable[[Any], Decimal | None], unit: str) -> AfterValidator:
         number = exact(value) if isinstance(value, str) else None
         if number is not None and number != number.to_integral_value(rounding=ROUND_DOWN):
             raise ValueError(
-                f"{value!r} is {number.normalize():f} {unit}s, not a whole number: give a whole number "
+                f"{echo(value)} is {echo(number)} {unit}s, not a whole number: give a whole number "
                 f"of {unit}s (a fraction is not rounded)"
             )
         return value
@@ -555,7 +556,7 @@ class Resources(_Model):
             return handler(value)
         except ValidationError:  # one message instead of one per union branch
             raise ValueError(
-                f"must be 'auto' or an integer from 1 to {MAX_ACCELERATORS_PER_WORKER}, got {value!r}"
+                f"must be 'auto' or an integer from 1 to {MAX_ACCELERATORS_PER_WORKER}, got {echo(value)}"
             ) from None
 
 

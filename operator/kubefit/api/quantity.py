@@ -50,6 +50,29 @@ _LARGEST_MAGNITUDE = 40
 _EXPONENT_DIGITS = 9
 
 
+# How much of a value a message echoes: the operator writes messages into status conditions, which must stay
+# short whatever was written ("9" * 100000 parameters).
+ECHO_LIMIT = 40
+
+
+def echo(value: object) -> str:
+    """`value` as a message shows it: as repr() writes it, a Decimal as its exact digits ("1.5", not rounded
+    to a context's precision), and past ECHO_LIMIT characters only the first of them, "…" and the full
+    length: "'99999999…' (100000 characters)"."""
+    quoted = isinstance(value, str)
+    if isinstance(value, Decimal):
+        with _exactly(len(value.as_tuple().digits)):
+            text = f"{value.normalize():f}"
+    else:
+        text = value if isinstance(value, str) else repr(value)
+    if len(text) <= ECHO_LIMIT:
+        return repr(text) if quoted else text
+    if not quoted:
+        return f"{text[:ECHO_LIMIT]}… ({len(text)} characters)"
+    head = repr(text[:ECHO_LIMIT])  # the ellipsis goes inside its quotes
+    return f"{head[:-1]}…{head[-1]} ({len(text)} characters)"
+
+
 class _TooLarge(ValueError):
     """A value beyond any plausible size; the parse functions say what the maximum is."""
 
@@ -60,7 +83,7 @@ def _number(digits: str, value: object, exponent: int = 0, factor: Decimal = Dec
     try:
         number = Decimal(digits)
     except (InvalidOperation, ValueError) as exc:  # pragma: no cover - the patterns admit only decimals
-        raise ValueError(f"{value!r} is not a number") from exc
+        raise ValueError(f"{echo(value)} is not a number") from exc
     if not number.is_finite():
         raise ValueError("must be a finite number")
     if number:
@@ -68,7 +91,7 @@ def _number(digits: str, value: object, exponent: int = 0, factor: Decimal = Dec
         if magnitude > _LARGEST_MAGNITUDE:
             raise _TooLarge(value)
         if magnitude < -_LARGEST_MAGNITUDE:
-            raise ValueError(f"{value!r} is less than one unit; it must be at least 1")
+            raise ValueError(f"{echo(value)} is less than one unit; it must be at least 1")
     if not number:
         return number  # zero whatever the exponent (Decimal(0).scaleb(10**9) raises InvalidOperation)
     return number.scaleb(exponent) * factor
@@ -88,7 +111,7 @@ def _whole(number: Decimal, value: object, unit: str, maximum: int | None, *, ro
         raise _TooLarge(value)
     whole = int(number.to_integral_value(rounding=ROUND_CEILING)) if round_up else int(number)
     if whole < 1:
-        raise ValueError(f"{value!r} is less than one {unit} after conversion; it must be at least 1")
+        raise ValueError(f"{echo(value)} is less than one {unit} after conversion; it must be at least 1")
     return whole
 
 
@@ -97,7 +120,7 @@ def _bounded(parse: Callable[[], int], value: object, unit: str, maximum: int | 
         return parse()
     except _TooLarge:
         limit = f"at most {maximum:,} {unit}s" if maximum is not None else f"a plausible number of {unit}s"
-        raise ValueError(f"{value!r} is too large: it must be {limit}") from None
+        raise ValueError(f"{echo(value)} is too large: it must be {limit}") from None
 
 
 def _plain(value: object, kind: str) -> Decimal | None:
@@ -122,7 +145,7 @@ def _count(value: int | float | str, maximum: int | None) -> int:
         assert isinstance(value, str)
         match = _COUNT_RE.fullmatch(value)
         if not match:
-            raise ValueError(f"{value!r} is not a count; use a number or a K/M/B/T suffix, e.g. '8.03B'")
+            raise ValueError(f"{echo(value)} is not a count; use a number or a K/M/B/T suffix, e.g. '8.03B'")
         number_text, exponent_text = match.group(1), match.group(3) or ""
         exponent = _exponent(exponent_text) + _COUNT_SUFFIXES[match.group(4)]
         number = _number(number_text[: len(number_text) - len(exponent_text)], value, exponent)
@@ -138,7 +161,7 @@ def _quantity(value: int | float | str, example: str) -> Decimal:
         match = _QUANTITY_RE.fullmatch(value)
         if not match:
             raise ValueError(
-                f"{value!r} is not a positive Kubernetes quantity (digits, then an optional suffix such as "
+                f"{echo(value)} is not a positive Kubernetes quantity (digits, then an optional suffix such as "
                 f"Ki, Mi, Gi, m, k, M, G, with no spaces), e.g. {example}"
             )
         suffix = match.group(3) or ""
@@ -147,7 +170,7 @@ def _quantity(value: int | float | str, example: str) -> Decimal:
         else:
             number = _number(match.group(1), value, factor=_QUANTITY_SUFFIXES[suffix])
     if number <= 0:
-        raise ValueError(f"{value!r} must be a Kubernetes quantity greater than zero, e.g. {example}")
+        raise ValueError(f"{echo(value)} must be a Kubernetes quantity greater than zero, e.g. {example}")
     return number
 
 
@@ -183,7 +206,7 @@ def int_or_string(value: object, example: str) -> object:
             raise ValueError("must be a finite number")
         if not value.is_integer():
             raise ValueError(
-                f"{value!r} is a fraction: this field takes an integer or a string, so quote it, e.g. {example}"
+                f"{echo(value)} is a fraction: this field takes an integer or a string, so quote it, e.g. {example}"
             )
         return int(value)
     if value is not None and not isinstance(value, int | str):

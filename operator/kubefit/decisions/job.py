@@ -395,7 +395,7 @@ def _name_errors(
     skips the check; without a parsed `spec` (the worker count) only the pattern is checked."""
     if job_name is None:
         return []
-    if not _DNS_1035.match(job_name):
+    if not _DNS_1035.fullmatch(job_name):
         problem = "must be a DNS label (lowercase letters, digits and '-', starting with a letter)"
     elif spec is not None and len(longest := worker_name(job_name, spec.workers.ceiling - 1)) > DNS_LABEL_MAX:
         problem = f"is too long: worker hostname {longest!r} exceeds {DNS_LABEL_MAX} characters"
