@@ -1023,3 +1023,50 @@ def test_aliases_that_expand_past_the_limit_are_refused_and_ordinary_ones_kept(
         "  model: {parameters: 1B}\n"
     )
     assert run_main(capsys, "-f", write(tmp_path, shared))[0] == 0
+
+
+def test_base_60_stays_the_string_kubectl_reads_and_go_integer_prefixes_are_integers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # kubectl's parser (sigs.k8s.io/yaml, goyaml.v2) reads `1:30` as the string "1:30", which the API server
+    # refuses for an integer; PyYAML's YAML 1.1 read 90 (base 60) and sized 90 workers.
+    text = yaml.safe_dump(with_spec(workers={"replicas": 1}))
+    assert "    replicas: 1\n" in text
+    code, _, err = run_main(
+        capsys, "-f", write(tmp_path, text.replace("    replicas: 1\n", "    replicas: 1:30\n"))
+    )
+    assert code == 2 and "spec.workers.replicas" in err, err
+    # What Go's strconv.ParseInt(s, 0, 64) reads is the integer kubectl stores: sized as the plain 2 is.
+    plain = run_main(
+        capsys, "-f", write(tmp_path, text.replace("replicas: 1\n", "replicas: 2\n")), "-o", "json"
+    )
+    assert plain[0] == 0, plain[2]
+    for written in ("0b10", "0B10", "0o2", "0O2", "02", "0x2", "0X2", "0_x2", "+2", "2_"):
+        manifest = write(tmp_path, text.replace("replicas: 1\n", f"replicas: {written}\n"), f"{written}.yaml")
+        assert run_main(capsys, "-f", manifest, "-o", "json") == plain, written
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("1:30", "1:30"),
+        ("-1:30", "-1:30"),
+        ("1:30.5", "1:30.5"),  # a base-60 float too
+        ("0x1F", 31),
+        ("-0x1F", -31),
+        ("0o17", 15),
+        ("017", 15),
+        ("0b101", 5),
+        ("1_000", 1000),
+        ("12", 12),
+        ("0", 0),
+        ("1e-1", 0.1),
+        ("1.5", 1.5),
+    ],
+)
+def test_numbers_are_read_as_kubectl_reads_them(written: str, read: Any) -> None:
+    from kubefit.cli.size import load_training_job
+
+    text = f"apiVersion: kubefit.dev/v1alpha1\nkind: TrainingJob\nspec: {{value: {written}}}\n"
+    value = load_training_job(text, "job.yaml")["spec"]["value"]
+    assert value == read and type(value) is type(read)

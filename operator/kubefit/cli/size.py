@@ -201,8 +201,11 @@ def read_text(filename: str, stdin: TextIO | None = None) -> str:
 
 
 def _kubectl_loader() -> Any:
-    """PyYAML's safe loader reading numbers as kubectl does: YAML 1.1 makes `1e-1` a string (a float needs a
-    dot there), which kubectl's parser, and so the API server, reads as 0.1."""
+    """PyYAML's safe loader reading numbers as kubectl does. kubectl's parser (sigs.k8s.io/yaml's
+    goyaml.v2/resolve.go) drops every "_" and reads as an integer what Go's strconv.ParseInt(s, 0, 64) does:
+    1_000, 0x1F, 0o17 and 017 (octal), 0b101, prefixes in capitals too; YAML 1.1's base 60 (PyYAML's 90 for
+    `1:30`) stays a string, which the API server refuses; and `1e-1`, a string to YAML 1.1 (no dot), is 0.1.
+    Not matched: `08` (to Go the float 8) and a negative decimal below -2^63 (to Go a float)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -227,9 +230,31 @@ def _kubectl_loader() -> Any:
                         )
             return super().compose_node(parent, index)
 
-    # Tried after the loader's own resolvers (ints first), for the plain scalars none of them took.
-    number = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", number, list("-+0123456789."))
+    def construct_int(loader: Any, node: Any) -> int:
+        plain = loader.construct_scalar(node).replace("_", "")
+        digits = plain.lstrip("+-")
+        try:  # Go's base 0 reads 017 as octal; Python's refuses it
+            return int(plain, 8 if digits[:1] == "0" and digits[1:2].isdigit() else 0)
+        except ValueError as exc:  # an explicit !!int that is none
+            raise yaml.constructor.ConstructorError(None, None, str(exc), node.start_mark) from None
+
+    int_tag, float_tag = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+    Loader.yaml_implicit_resolvers = {  # without YAML 1.1's int and float: both read base 60
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (int_tag, float_tag)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    # A Go integer literal, with an "_" anywhere after its first character (a sign or a digit).
+    integer = (
+        r"0_*[bB]_*[01][01_]*|0_*[oO]_*[0-7][0-7_]*|0_*[xX]_*[0-9a-fA-F][0-9a-fA-F_]*|0[0-7_]*|[1-9][0-9_]*"
+    )
+    Loader.add_implicit_resolver(int_tag, re.compile(rf"^(?:[-+]_*)?(?:{integer})$"), list("-+0123456789"))
+    Loader.add_constructor(int_tag, construct_int)
+    # YAML 1.1's floats but base 60's, then exponents without a dot; tried after ints (0x1e5 is one).
+    dotted = r"[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+    special = r"[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+    number = r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+"
+    for floats in (f"{dotted}|{special}", number):
+        Loader.add_implicit_resolver(float_tag, re.compile(rf"^(?:{floats})$"), list("-+0123456789."))
     return Loader
 
 
