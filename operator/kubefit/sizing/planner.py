@@ -28,7 +28,10 @@ returns the `status.sizing` object. Rules, in order:
 * When memory needs more workers than maxReplicas allows, the fewest-workers layout is reported with a
   warning; the operator starts no worker (TooFewWorkers).
 * When nothing fits, the status carries the best-effort layout, `fits: false` and a warning naming
-  the changes that would fit, each found by planning again with the change applied.
+  the changes that would fit, each found by planning again with the change applied. With an inventory
+  a change must land on a layout some node holds (unless the spec as written is planned off the
+  cluster already): one that fits only on a device no node carries, or on wider workers than any node
+  offers, is no remedy.
 """
 
 from __future__ import annotations
@@ -783,7 +786,8 @@ def plan_job(
             notes += [_within_the_limit(remedies), *more]
     else:
         remedies, notes = _remedy_search(spec, catalog, pools, check)
-        notes = [_shortfall_note(spec, outcome, remedies, _Search(catalog, pools, check)), *notes]
+        search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools))
+        notes = [_shortfall_note(spec, outcome, remedies, search), *notes]
     sizing = _status(outcome.shown, outcome.min_workers, [*outcome.warnings, *notes])
     return Plan(sizing, outcome.shown.layout.workers)
 
@@ -894,15 +898,14 @@ def _shortfall_note(
                 f"{first.description} -> {sizing_summary(first.sizing)}"
             )
     if not would_fit:
-        fixed = spec.resources.accelerator != "auto"
-        changes = applicable(spec, REMEDIES)
-        runnable = [c for c in changes if not (fixed and breaks(spec, c.apply(spec), shown.accelerator))]
+        runnable = _runnable(spec, search.catalog, applicable(spec, REMEDIES), search.carried)
         # All of them at once, as the combined remedy tried them: a later value of a field replaces the
         # earlier (full recompute after selective, QLoRA after LoRA).
         last = {change.field: change for change in runnable}
         tried = describe(change for change in runnable if last[change.field] is change) or "no change left"
+        nothing = "no layout the cluster's nodes offer" if search.placed else "nothing in the catalog"
         return (
-            f"{head}; nothing in the catalog holds it even with {tried}: reduce training.sequenceLength "
+            f"{head}; {nothing} holds it even with {tried}: reduce training.sequenceLength "
             "or use tensorParallel/pipelineParallel"
         )
     return f"{head}. Would fit: {'; '.join(would_fit[:MAX_REMEDIES_NAMED])}"
@@ -929,7 +932,8 @@ def find_remedies(
     """Changes that make a job fit, each verified by planning again with it applied.
 
     Single changes first (least disruptive first), then, when the accelerator is fixed, a bigger one;
-    if no single change is enough, the changes accumulated in order until the job fits.
+    if no single change is enough, the changes accumulated in order until the job fits. With `pools`,
+    each lands on a layout some node holds (_on_the_cluster).
     """
     return _remedy_search(spec, catalog or load_catalog(), pools, check)[0]
 
@@ -941,14 +945,12 @@ def _remedy_search(
     within the worker counts the spec allows come first; one that needs more workers names the bound to
     raise, and is offered alone only when nothing fits within them."""
     notes: list[str] = []
-    found = [
-        *_single_remedies(spec, catalog, pools, check),
-        *_bigger_device(spec, catalog, pools, notes, check),
-    ]
+    search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools))
+    found = [*_single_remedies(spec, search), *_bigger_device(spec, search, notes)]
     within = [remedy for remedy, in_bounds in found if in_bounds]
     if within:
         return within + [remedy for remedy, in_bounds in found if not in_bounds], notes
-    combined = _combined_remedy(spec, catalog, pools, check)
+    combined = _combined_remedy(spec, search)
     if combined is not None and combined[1]:
         return [combined[0]], notes
     raised = [remedy for remedy, _ in found] or ([combined[0]] if combined is not None else [])
@@ -962,6 +964,42 @@ class _Search:
     catalog: Catalog
     pools: Pools
     check: SpecCheck | None = None
+    # Whether a remedy must land on a layout some node of `pools` holds (_on_the_cluster).
+    placed: bool = False
+
+    @property
+    def carried(self) -> Pools:
+        """The pools whose devices a change must still run on (_runnable), None when any device."""
+        return self.pools if self.placed else None
+
+    def holds(self, outcome: _Outcome) -> bool:
+        """Whether a remedy may land on `outcome`'s layout."""
+        shown = outcome.shown
+        return not self.placed or _node_holds(
+            self.pools, shown.accelerator.name, shown.layout.devices_per_worker
+        )
+
+
+def _node_holds(pools: Pools, accelerator: str, devices_per_worker: int) -> bool:
+    pool = _pool(pools, accelerator)
+    return pool is not None and devices_per_worker <= pool.largest_node
+
+
+def _on_the_cluster(spec: TrainingJobSpec, catalog: Catalog, pools: Pools) -> bool:
+    """Whether a remedy must land on a layout some node of `pools` holds. Planning falls back to the
+    whole catalog where no node holds a layout that can run the changed spec (bf16-true on V100s, more
+    devices per worker than any node has), and such a remedy would leave the job unplaceable. Not
+    without pools, nor when the spec as written is already planned off the cluster (a declared
+    accelerator no node carries, none of the cluster's able to run it or offering its count): its own
+    plan warns that the job cannot be placed, no remedy the planner tries brings it back, and a remedy
+    is judged on memory alone."""
+    if pools is None:
+        return False
+    try:
+        candidates = _candidate_list(spec, catalog, pools, [])  # without the whole catalog's fallback
+    except InvalidSpec:
+        return True
+    return any(_node_holds(pools, c.accelerator.name, c.devices_per_worker) for c in candidates)
 
 
 def _remedy(
@@ -978,7 +1016,7 @@ def _remedy(
     starts none: TooFewWorkers), it carries the raise of the worker bound too, planned again with it;
     raising maxReplicas, replicas is raised with it when the count it then asks for would split a
     TP x PP group. None when `check` refuses the changed spec."""
-    if not outcome.shown.fits:
+    if not outcome.shown.fits or not search.holds(outcome):
         return None
     changed = apply_changes(spec, changes)
     if outcome.option.counts.feasible:
@@ -995,7 +1033,7 @@ def _remedy(
             raised = _plan(raised_spec, search.catalog, search.pools, strict=strict)
         except InvalidSpec:
             continue
-        if raised.shown.fits and raised.option.counts.feasible:
+        if raised.shown.fits and raised.option.counts.feasible and search.holds(raised):
             sizing = _status(raised.shown, raised.min_workers, raised.warnings)
             return Remedy((*changes, *raise_bound), sizing), False
     if refused and widen:
@@ -1040,46 +1078,51 @@ def apply_changes(spec: TrainingJobSpec, changes: Iterable[Change]) -> TrainingJ
 
 
 def _replanned(
-    spec: TrainingJobSpec,
-    changes: tuple[Change, ...],
-    catalog: Catalog,
-    pools: Pools,
-    check: SpecCheck | None,
+    spec: TrainingJobSpec, changes: tuple[Change, ...], search: _Search
 ) -> tuple[Remedy, bool] | None:
     """`changes` applied and planned again (_remedy); None when the job still does not fit, or when the
     changes make the spec invalid (LoRA with more trainable parameters than the model, a count that
     splits no TP x PP group)."""
     try:
-        outcome = _plan(apply_changes(spec, changes), catalog, pools)
+        outcome = _plan(apply_changes(spec, changes), search.catalog, search.pools)
     except InvalidSpec:  # NoCandidate included: no accelerator offers its per-worker count
         return None
-    return _remedy(spec, changes, outcome, _Search(catalog, pools, check))
+    return _remedy(spec, changes, outcome, search)
 
 
-def _runnable(spec: TrainingJobSpec, catalog: Catalog, changes: Iterable[Change]) -> list[Change]:
-    """The changes a fixed accelerator can still run (bf16-true is no remedy on a V100)."""
+def _runnable(
+    spec: TrainingJobSpec, catalog: Catalog, changes: Iterable[Change], carried: Pools = None
+) -> list[Change]:
+    """The changes the job's accelerator can still run (bf16-true is no remedy on a V100): a fixed one,
+    or for auto on a cluster (`carried`, its pools) one of the devices its nodes carry that run the spec
+    now."""
     declared = resolve_accelerator(spec, catalog)
+    if declared is not None:
+        devices = [declared]
+    elif carried is not None:
+        devices = [d for d in catalog if d.name in carried and unsupported(spec, d) is None]
+    else:
+        devices = []
     return [
-        change for change in changes if declared is None or not breaks(spec, change.apply(spec), declared)
+        change
+        for change in changes
+        if not devices or not all(breaks(spec, change.apply(spec), device) for device in devices)
     ]
 
 
-def _single_remedies(
-    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, check: SpecCheck | None
-) -> list[tuple[Remedy, bool]]:
+def _single_remedies(spec: TrainingJobSpec, search: _Search) -> list[tuple[Remedy, bool]]:
     found = []
-    for change in _runnable(spec, catalog, applicable(spec, REMEDIES)):
-        remedy = _replanned(spec, (change,), catalog, pools, check)
+    for change in _runnable(spec, search.catalog, applicable(spec, REMEDIES), search.carried):
+        remedy = _replanned(spec, (change,), search)
         if remedy is not None:
             found.append(remedy)
     return found
 
 
-def _bigger_device(
-    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, notes: list[str], check: SpecCheck | None
-) -> list[tuple[Remedy, bool]]:
+def _bigger_device(spec: TrainingJobSpec, search: _Search, notes: list[str]) -> list[tuple[Remedy, bool]]:
     """For a fixed accelerator: the plan on any catalog device with more memory, if one fits. With an
     inventory only devices (and per-worker counts) some node holds are tried."""
+    catalog, pools = search.catalog, search.pools
     declared = resolve_accelerator(spec, catalog)
     if declared is None:
         return []
@@ -1114,25 +1157,25 @@ def _bigger_device(
         return []
     chosen = outcome.shown.accelerator.name
     change = Change("resources.accelerator", chosen, "a bigger device costs more per hour", always)
-    remedy = _remedy(spec, (change,), outcome, _Search(bigger, pools, check), strict=True)
+    remedy = _remedy(
+        spec, (change,), outcome, _Search(bigger, pools, search.check, search.placed), strict=True
+    )
     return [] if remedy is None else [remedy]
 
 
-def _combined_remedy(
-    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, check: SpecCheck | None
-) -> tuple[Remedy, bool] | None:
+def _combined_remedy(spec: TrainingJobSpec, search: _Search) -> tuple[Remedy, bool] | None:
     """The remedies applied one after another until the job fits within its worker counts; failing
     that, the first set that fits with more workers."""
     accumulated: list[Change] = []
     current = spec
     first_raised: tuple[Remedy, bool] | None = None
-    for change in _runnable(spec, catalog, REMEDIES):
+    for change in _runnable(spec, search.catalog, REMEDIES, search.carried):
         if not change.applies(current):
             continue
         current = change.apply(current)
         # a later value of the same field (full after selective checkpointing) replaces the earlier one
         accumulated = [*(kept for kept in accumulated if kept.field != change.field), change]
-        remedy = _replanned(spec, tuple(accumulated), catalog, pools, check)
+        remedy = _replanned(spec, tuple(accumulated), search)
         if remedy is not None and remedy[1]:
             return remedy
         first_raised = first_raised or remedy
