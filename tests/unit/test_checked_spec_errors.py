@@ -154,6 +154,13 @@ def test_a_long_value_is_echoed_short_with_its_length(section: str, field: str, 
     assert len(message) < 300 and len(message.split("…")) <= 3, message  # the value, and a number
 
 
+def test_long_template_values_are_echoed_short_too() -> None:
+    long_name = "n" * 100000
+    template = {"spec": {"nodeName": long_name, "containers": [{"name": "trainer", "image": "x"}]}}
+    message = _messages(None, _spec(template=template))["spec.template.spec.nodeName"]
+    assert "(100000 characters)" in message and len(message) < 400, message[:200]
+
+
 def test_a_short_value_is_echoed_whole_as_before() -> None:
     message = _messages(None, _spec(model={"parameters": "x" * 40}))["spec.model.parameters"]
     assert message.startswith(f"{'x' * 40!r} is not a count")

@@ -21,7 +21,7 @@ from typing import Annotated, Any, NotRequired
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, with_config
 from typing_extensions import TypedDict
 
-from kubefit.api.quantity import QUANTITY_PATTERN, int_or_string, is_quantity
+from kubefit.api.quantity import QUANTITY_PATTERN, echo, int_or_string, is_quantity
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_LABEL_MAX = 63
@@ -41,7 +41,7 @@ _OPEN = ConfigDict(extra="allow", strict=True)
 def _dns_label(value: str) -> str:
     if not re.fullmatch(DNS_LABEL_PATTERN, value) or len(value) > DNS_LABEL_MAX:
         raise ValueError(
-            f"{value!r} is not a DNS-1123 label: at most {DNS_LABEL_MAX} lowercase letters, digits and '-', "
+            f"{echo(value)} is not a DNS-1123 label: at most {DNS_LABEL_MAX} lowercase letters, digits and '-', "
             "starting and ending with a letter or digit"
         )
     return value
@@ -52,7 +52,7 @@ def _label_keys(labels: dict[str, str] | None) -> dict[str, str] | None:
         prefix, _, name = key.rpartition("/")
         if not _QUALIFIED_NAME.fullmatch(key) or len(prefix) > _PREFIX_MAX or len(name) > DNS_LABEL_MAX:
             raise ValueError(
-                f"label key {key!r} is not a qualified name: an optional DNS prefix and '/', then at most "
+                f"label key {echo(key)} is not a qualified name: an optional DNS prefix and '/', then at most "
                 f"{DNS_LABEL_MAX} letters, digits, '-', '_' or '.' starting and ending with a letter or digit"
             )
     return labels
@@ -61,7 +61,7 @@ def _label_keys(labels: dict[str, str] | None) -> dict[str, str] | None:
 def _quantity(value: int | str) -> int | str:
     if not is_quantity(value):
         raise ValueError(
-            f"{value!r} is not a Kubernetes quantity (e.g. '8', '500m', '16Gi', no spaces, not negative)"
+            f"{echo(value)} is not a Kubernetes quantity (e.g. '8', '500m', '16Gi', no spaces, not negative)"
         )
     return value
 
@@ -69,7 +69,7 @@ def _quantity(value: int | str) -> int | str:
 def _no_node_name(value: str | None) -> str | None:
     if value:
         raise ValueError(
-            f"{value!r}: a node name binds every worker to that one node past kube-scheduler and kubefit's "
+            f"{echo(value)}: a node name binds every worker to that one node past kube-scheduler and kubefit's "
             "placement of the gang, which would count the workers on other nodes; to pin workers to nodes, "
             "use nodeSelector (kubernetes.io/hostname) or a required node affinity"
         )
@@ -80,7 +80,7 @@ def _unique_names(containers: list[Container]) -> list[Container]:
     seen: set[str] = set()
     for index, container in enumerate(containers):
         if container["name"] in seen:
-            raise ValueError(f"[{index}].name: duplicate container name {container['name']!r}")
+            raise ValueError(f"[{index}].name: duplicate container name {echo(container['name'])}")
         seen.add(container["name"])
     return containers
 
