@@ -1482,3 +1482,59 @@ def test_a_restarted_operator_gives_workers_the_grace_from_when_it_offers_the_re
         assert harness.reconciler.board.acknowledge(KEY, "1-1", name, 7)
     harness.reconcile("pod")
     assert harness.calls("delete_pod") == [("delete_pod", "llama-worker-1")]
+
+
+class _AnsweringKube(FakeKube):
+    """FakeKube whose status patch answers with the job as written, as the API server does."""
+
+    version = 100
+
+    def patch_job_status(self, namespace: str, name: str, uid: str, status: Any) -> Any:
+        super().patch_job_status(namespace, name, uid, status)
+        _AnsweringKube.version += 1
+        self.jobs[name]["metadata"]["resourceVersion"] = str(_AnsweringKube.version)
+        return copy.deepcopy(self.jobs[name])
+
+
+def test_a_job_created_again_under_a_deleted_jobs_name_does_not_inherit_its_checkpoint_acks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Request ids are "<generation>-<n>": job B, scaled down at its generation 2 like job A before it,
+    # opens "2-1" again. A's acks stayed on the board (B's ADDED came before A's DELETED), and B deleted a
+    # worker that never checkpointed, with "CheckpointDone: all 2 running workers acknowledged".
+    monkeypatch.setattr(kopf, "event", lambda *args, **kwargs: None)
+    kube = _AnsweringKube([])
+    board = NotifyingBoard()
+    reconciler = Reconciler(kube, CATALOG, OperatorMetrics(), board=board)
+    view = ClusterView(
+        nodes=lambda: NODES,
+        usage=lambda: {},
+        workers=lambda key: [replace(pod, phase="Running", node_name="h0") for pod in kube.pods.values()],
+    )
+
+    def elastic(uid: str, replicas: int = 2, generation: int = 1) -> dict[str, Any]:
+        job = job_manifest(replicas=replicas, maxReplicas=2, minReplicas=1)
+        job["metadata"].update(uid=uid, generation=generation)
+        job["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 600}
+        return job
+
+    def apply(job: dict[str, Any], trigger: str) -> None:
+        kube.jobs["llama"] = copy.deepcopy(job)
+        reconciler.jobs.observe(KEY, copy.deepcopy(job))
+        reconciler.reconcile(KEY, trigger, view)
+
+    apply(elastic("uid-A"), "create")
+    apply(elastic("uid-A", replicas=1, generation=2), "update")
+    request = board.current(KEY)
+    assert request == "2-1"
+    for worker in ("llama-worker-0", "llama-worker-1"):
+        board.acknowledge(KEY, request, worker, 100)
+    kube.pods.clear()
+    apply(elastic("uid-B"), "create")
+    reconciler.job_deleted(KEY, "uid-A", view)  # A's DELETED, handled late
+    apply(elastic("uid-B", replicas=1, generation=2), "update")
+    assert kube.jobs["llama"]["status"]["checkpoint"]["requestId"] == "2-1"
+    reconciler.reconcile(KEY, "pod", view)
+    assert sorted(kube.pods) == ["llama-worker-0", "llama-worker-1"]  # waits for B's own acks
+    assert board.acknowledged(KEY, "2-1") == {}
+    reconciler.forget(KEY)

@@ -494,7 +494,11 @@ class Reconciler:
         progress.job, progress.status = job, job.get("status") or {}
         with self._lock:
             self._uids[key] = job["metadata"]["uid"]
+            replaced = state.uid not in (None, job["metadata"]["uid"])
             state.of_job(job["metadata"]["uid"])
+        if replaced:
+            # Request ids are "<generation>-<n>": the old job's acks would pass for the new job's.
+            self.board.forget(key)
         pods = _on_lost_nodes(_as_deleted(view.workers(key), state.deleted), self.scheduler.not_ready_names())
         state.replaced &= {pod.uid for pod in pods}  # forget pods that are gone for good
         for pod in pods:
