@@ -137,8 +137,10 @@ class FakeKube:
         self._call("job_uids", namespace)
         return {name: job["metadata"]["uid"] for name, job in self.jobs.items()}
 
-    def delete_job(self, namespace: str, name: str) -> bool:
+    def delete_job(self, namespace: str, name: str, uid: str) -> bool:
         self._call("delete_job", name)
+        if self.jobs.get(name, {}).get("metadata", {}).get("uid", uid) != uid:
+            return False  # the API server's 409: the uid precondition fails for a job made again since
         return self.jobs.pop(name, None) is not None
 
     def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
@@ -1538,3 +1540,33 @@ def test_a_job_created_again_under_a_deleted_jobs_name_does_not_inherit_its_chec
     assert sorted(kube.pods) == ["llama-worker-0", "llama-worker-1"]  # waits for B's own acks
     assert board.acknowledged(KEY, "2-1") == {}
     reconciler.forget(KEY)
+
+
+class _DeleteServer:
+    """Answers every call with `status`, recording each method, path and body."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.sent: list[tuple[str, str, Any]] = []
+
+    def param_serialize(self, method: str, path: str, body: Any = None, **_: Any) -> tuple[str, str, Any]:
+        return method, path, body
+
+    def call_api(self, method: str, path: str, body: Any, _request_timeout: object = None) -> _Answer:
+        self.sent.append((method, path, body))
+        return _Answer(self.status, {"kind": "Status", "code": self.status})
+
+
+def test_the_ttl_delete_names_the_jobs_uid_and_leaves_a_job_made_again_under_its_name() -> None:
+    # As Kubernetes' TTL-after-finished controller: a reconcile that read the finished job before it was
+    # deleted and made again must not delete the new one.
+    server = _DeleteServer(200)
+    assert KubeApi(cast(Any, server)).delete_job("team-a", "llama", "uid-old")
+    ((method, path, body),) = server.sent
+    assert method == "DELETE" and path.endswith("/namespaces/team-a/trainingjobs/llama")
+    assert body == {"propagationPolicy": "Background", "preconditions": {"uid": "uid-old"}}
+    # The precondition fails (409): that job is gone already; so is one that answers 404.
+    assert not KubeApi(cast(Any, _DeleteServer(409))).delete_job("team-a", "llama", "uid-old")
+    assert not KubeApi(cast(Any, _DeleteServer(404))).delete_job("team-a", "llama", "uid-old")
+    with pytest.raises(ApiException):
+        KubeApi(cast(Any, _DeleteServer(500))).delete_job("team-a", "llama", "uid-old")

@@ -219,10 +219,19 @@ class CustomObjectsApi:
         path = self._path(group, version, namespace, plural, name) + "/status"
         return cast(dict[str, Any], json.loads(self._rest.call("PATCH", path, body, merge=True)))
 
-    def delete_namespaced_custom_object(  # noqa: PLR0913 - the kubernetes client's signature
-        self, group: str, version: str, namespace: str, plural: str, name: str, propagation_policy: str
+    def delete_namespaced_custom_object(  # noqa: PLR0913 - the kubernetes client's signature, and a uid
+        self,
+        group: str,
+        version: str,
+        namespace: str,
+        plural: str,
+        name: str,
+        propagation_policy: str,
+        uid: str | None = None,
     ) -> None:
-        options = {"propagationPolicy": propagation_policy}
+        options: dict[str, Any] = {"propagationPolicy": propagation_policy}
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
         self._rest.call("DELETE", self._path(group, version, namespace, plural, name), options)
 
 
@@ -284,12 +293,20 @@ class KubeApi:
         """The uid of every pod in `namespace` now."""
         return _uids(lambda token: self.core.list_namespaced_pod(namespace, LIST_PAGE, token))
 
-    def delete_job(self, namespace: str, name: str) -> bool:
-        return self._ignoring_404(
-            lambda: self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
+    def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+        """Deletes the job `uid` (a precondition, as Kubernetes' TTL-after-finished controller sends): one
+        created again under its name since is left alone. False when that job is gone already: a 404, or
+        the 409 of a uid that no longer matches."""
+        try:
+            return self._ignoring_404(
+                lambda: self.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background", uid=uid
+                )
             )
-        )
+        except ApiException as error:
+            if _status_of(error) == 409:
+                return False
+            raise
 
     def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """True if created, False if the job's own worker of that name is there already (deterministic names:

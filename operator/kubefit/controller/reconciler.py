@@ -640,7 +640,7 @@ class Reconciler:
             _post_worker_events(job, created, deleted)
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ref.namespace, ref.name)
-            self.api.delete_job(ref.namespace, ref.name)
+            self.api.delete_job(ref.namespace, ref.name, ref.uid)
 
     def _patch_status(
         self, key: JobKey, status: Mapping[str, Any], job: Mapping[str, Any], state: _JobState | None
