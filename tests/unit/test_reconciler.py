@@ -1570,3 +1570,17 @@ def test_the_ttl_delete_names_the_jobs_uid_and_leaves_a_job_made_again_under_its
     assert not KubeApi(cast(Any, _DeleteServer(404))).delete_job("team-a", "llama", "uid-old")
     with pytest.raises(ApiException):
         KubeApi(cast(Any, _DeleteServer(500))).delete_job("team-a", "llama", "uid-old")
+
+
+def test_a_service_create_that_fails_leaves_no_worker_counted_in_status_replicas(harness: Harness) -> None:
+    # status.replicas (the scale subresource's, what kubectl and an HPA read) counted the 3 workers this
+    # decision would create, though the failed Service create came before any of them.
+    harness.kube.jobs["llama"] = job_manifest(replicas=3)
+    quota = 'services "llama" is forbidden: exceeded quota: svc, requested: services=1, used: services=1'
+    harness.kube.fail[("create_service", "*")] = api_error(403, quota)
+    for trigger in ("create", "retry"):
+        harness.reconcile(trigger)
+    assert not harness.kube.pods
+    status = harness.kube.jobs["llama"]["status"]
+    assert status.get("replicas", 0) == 0, status
+    assert harness.condition("Ready")["reason"] == "ReconcileError"

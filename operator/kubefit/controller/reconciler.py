@@ -614,17 +614,17 @@ class Reconciler:
         # Recorded in status.restarts now: deleted below, and never counted twice.
         state.replaced.update(pod.uid for pod in decision.replace)
         _post_events(job, decision.events)
-        for name in decision.adopt:
-            self.api.adopt_pod(ref.namespace, name, owner_reference(ref))
-        if decision.service is not None and state.service_for != ref.uid:
-            # Once per job (and per resync): a create answered 409 on every reconcile was a tenth of the
-            # operator's time and as many API writes as the rest together (docs/performance.md).
-            self.api.create_service(ref.namespace, decision.service)
-            state.service_for, state.service_at = ref.uid, time.monotonic()
         created: list[str] = []
         deleted: list[str] = []
         uids = {pod.name: pod.uid for pod in observation.pods}
         try:
+            for name in decision.adopt:
+                self.api.adopt_pod(ref.namespace, name, owner_reference(ref))
+            if decision.service is not None and state.service_for != ref.uid:
+                # Once per job (and per resync): a create answered 409 on every reconcile was a tenth of the
+                # operator's time and as many API writes as the rest together (docs/performance.md).
+                self.api.create_service(ref.namespace, decision.service)
+                state.service_for, state.service_at = ref.uid, time.monotonic()
             for name in (*decision.delete, *(pod.name for pod in decision.replace)):
                 if self.api.delete_pod(ref.namespace, name):
                     deleted.append(name)
