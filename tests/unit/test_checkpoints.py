@@ -400,3 +400,25 @@ def test_serve_checkpoints_returns_the_port_it_bound() -> None:
     )
     assert port > 0
     assert Api(board, port).get() == (200, {"requestId": "r9"})
+
+
+def test_a_body_shorter_than_its_length_is_400_not_an_error(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The client announced 100 bytes and sent 13. Cut short, the 13 were parsed as the body; left open, the
+    # read timed out and was answered as an operator error (500, a traceback logged).
+    api.board.open(JOB, "r1")
+    head = (f"POST {PATH}/ack HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Length: 100\r\n\r\n")  # fmt: skip
+    with caplog.at_level(logging.DEBUG, logger="kubefit.checkpoints"):
+        with socket.create_connection(("127.0.0.1", api.port), timeout=10) as raw:
+            raw.sendall(head.encode() + b'{"requestId":')
+            raw.shutdown(socket.SHUT_WR)  # then nothing more: the read ends short (or, open, times out)
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert int(status_line.split()[1]) == 400
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"] == "body: 13 of the 100 bytes announced"
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert api.board.acknowledged(JOB, "r1") == {}

@@ -299,7 +299,13 @@ class _Handler(DeadlineRequestHandler):
         length = int(length_header)
         if length > MAX_BODY_BYTES:
             raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body: larger than {MAX_BODY_BYTES} bytes")
-        return self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            body = b""
+        if len(body) < length:  # the client sent less than it announced, then stopped or closed
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"body: {len(body)} of the {length} bytes announced")
+        return body
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("checkpoint %s: " + format, self.address_string(), *args)
