@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from kubefit.api.models import Architecture
 from kubefit.api.validation import InvalidSpec, parse_spec
-from kubefit.sizing.architecture import ModelShape, assumed_shape, shape_from_architecture
+from kubefit.sizing.architecture import ModelShape, assumed_shape, mlp_form_ambiguous, shape_from_architecture
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.estimator import (
     QLORA_DEQUANT_COPIES,
@@ -272,11 +272,13 @@ def test_a_count_within_a_rounding_of_a_plain_mlp_with_an_untied_head_is_sized_a
         "to its last digit, counts both a gated (SwiGLU) MLP and a plain one" in w for w in card.warnings
     )
     assert not any("SwiGLU" in w for w in exact.warnings)  # 1.236B is the gated, tied count alone
-    # Far from any gated count (a plain GPT-2-like model), the plain MLP stays.
-    plain = shape_from_architecture(
-        Architecture.model_validate({**LLAMA_3_2_1B, "intermediateSize": 8192}), 1_100_000_000
-    )
-    assert not plain.gated_mlp
+    # A plain model's count (GPT-2 XL's 1.5576B, tied, stated as 1.56B) is far from any gated one.
+    gpt2_xl = {"layers": 48, "hiddenSize": 1600, "attentionHeads": 25, "vocabSize": 50257}
+    plain = shape_from_architecture(Architecture.model_validate(gpt2_xl), 1_560_000_000)
+    assert not plain.gated_mlp and plain.tied_embeddings
+    assert not mlp_form_ambiguous(Architecture.model_validate(gpt2_xl), 1_560_000_000)
+    # A round "1B" names no form: the nearest is sized, as for an exact count.
+    assert not mlp_form_ambiguous(architecture, 1_000_000_000)
 
 
 GEMMA_7B = {

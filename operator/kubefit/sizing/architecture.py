@@ -16,6 +16,10 @@ DEFAULT_VOCAB = 32000
 # Head width of the assumed shape: 128 in Llama 1/2/3, Mistral and GPT-3 175B (their config.json /
 # GPT-3 paper Table 2.1).
 ASSUMED_HEAD_DIM = 128
+# The most a stated parameter count's precision may blur between the MLP forms it could count
+# (_within_rounding): the gated and plain forms of one architecture differ by a third of its blocks, and
+# come within 1% of each other only where a tied head makes up for the MLP (Llama 3.2 1B).
+AMBIGUITY_SHARE = 0.01
 # Assumed aspect ratio h / L = 128: Llama 2 7B (4096/32), 13B (5120/40) and GPT-3 175B (12288/96).
 ASSUMED_WIDTH_PER_LAYER = 128
 
@@ -149,13 +153,13 @@ def _forms(architecture: Architecture) -> tuple[ModelShape, ModelShape, ModelSha
 
 
 def _within_rounding(candidates: Iterable[ModelShape], parameters: int) -> list[ModelShape]:
-    """The candidates as near `parameters` as the nearest one, or within the count's own precision: the
-    unit of its last non-zero digit (1.23B, cut from 1.236B, may lie up to 0.01B under the real count),
-    nearest first (the first on a tie)."""
+    """The candidates about as near `parameters` as the nearest one: farther by at most the count's own
+    precision, the unit of its last non-zero digit (1.23B, cut from 1.236B, may lie 0.01B under the real
+    count), and at most AMBIGUITY_SHARE of it (a "1B" names no form); nearest first (the first on a tie)."""
     ranked = sorted(candidates, key=lambda shape: abs(shape.total_parameters() - parameters))
     digits = str(parameters)
-    precision = 10 ** (len(digits) - len(digits.rstrip("0")))
-    band = max(abs(ranked[0].total_parameters() - parameters), precision)
+    precision = min(10 ** (len(digits) - len(digits.rstrip("0"))), AMBIGUITY_SHARE * parameters)
+    band = abs(ranked[0].total_parameters() - parameters) + precision
     return [shape for shape in ranked if abs(shape.total_parameters() - parameters) <= band]
 
 
