@@ -463,8 +463,9 @@ def test_a_worker_on_a_node_gone_not_ready_is_the_one_removed_and_the_healthy_on
     add_pool: Callable[..., PrivatePool],
 ) -> None:
     # Four whole nodes, four whole-node workers: no spare place. A node's kubelet falls silent (the node
-    # agent stops heartbeating it) and the node is marked NotReady; the pod there still reads Running. The pass no longer counts the node and lowers the grant to 3:
-    # the worker removed must be the one on that node, not the highest index on a healthy node.
+    # agent stops heartbeating it) and the node is marked NotReady; the pod there still reads Running.
+    # The pass no longer counts the node and lowers the grant to 3: the worker removed must be the one on
+    # that node, not the highest index on a healthy node.
     pool = add_pool(PoolNodes(H100, nodes=4, per_node=8))
     elastic = job_manifest(
         "cutoff", namespace, pool=pool,
