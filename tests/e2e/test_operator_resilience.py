@@ -3,6 +3,8 @@
 - A ResourceQuota that forbids pods makes every worker create fail with 403: the job gets
   Ready=False/ReconcileError naming the quota, the transition events written before the creates are
   still there, and once the quota is gone the retry (after its backoff) runs the job.
+- A worker whose job label is removed: the job says so (Ready=False/ReconcileError naming the pod and the
+  label) instead of waiting for it, and counts it again once the label is back.
 - A job at the CRD's maximum worker count, beyond the operator's --max-workers-per-job, and a job whose
   workers are created over several batches leave the operator's resident memory within 50 MiB of what
   it was before, and the operator healthy.
@@ -105,6 +107,38 @@ def test_a_quota_that_forbids_pods_becomes_a_reconcile_error_and_the_job_runs_on
     assert (ready.get("status"), ready.get("reason")) == ("True", "AllWorkersReady"), ready
     assert len(running_names(kube.workers(namespace, "quota"))) == 2
     assert reasons(kube, namespace, "quota").count("Fits") == 1  # told once, not again by the retries
+
+
+def test_a_worker_whose_job_label_is_removed_is_reported_and_counted_again_once_it_is_back(
+    kube: Kube, operator: OperatorProcess, namespace: str, pool: PrivatePool
+) -> None:
+    """The job no longer sees a worker whose label was removed (kopf's index drops it), and a worker of that
+    name cannot be created beside it: the job waited for it with nothing said. Now it says why and how, and
+    the pod counts again once its label is back. Elastic, so that the worker's loss restarts nobody (a fixed
+    group restarts every worker when one is gone, this one included once it is back)."""
+    kube.apply(job_manifest("relabel", namespace, pool=pool, elastic={"enabled": True}))
+    both = ["relabel-worker-0", "relabel-worker-1"]
+    wait_for("both workers running", lambda: running_names(kube.workers(namespace, "relabel")) == both, 120)
+    uid = kube.workers(namespace, "relabel")[1]["metadata"]["uid"]
+    kube.run("label", "pod", "relabel-worker-1", "-n", namespace, f"{JOB_LABEL}-")
+
+    def ready_is(status: str, reason: str | None = None) -> dict[str, Any] | None:
+        found = kube.condition(namespace, "relabel", "Ready")
+        return found if found and found["status"] == status and reason in (None, found["reason"]) else None
+
+    ready = wait_for("Ready=False naming the label", lambda: ready_is("False", "ReconcileError"), timeout=60)
+    assert (
+        f"Pod {namespace}/relabel-worker-1 is this TrainingJob's worker but lost its label"
+        in ready["message"]
+    )
+    warnings = [event for event in kube.events(namespace, "relabel") if event["type"] == "Warning"]
+    assert any("lost its label" in event["message"] for event in warnings), warnings
+
+    kube.run("label", "pod", "relabel-worker-1", "-n", namespace, f"{JOB_LABEL}=relabel")
+    wait_for("Ready=True once the label is back", lambda: ready_is("True"), timeout=90, interval=1)
+    pods = kube.items("pods", namespace)
+    assert [pod["metadata"]["name"] for pod in pods] == both  # none made beside it, none deleted
+    assert pods[1]["metadata"]["uid"] == uid
 
 
 def test_absurd_and_large_worker_counts_leave_the_operators_memory_flat(

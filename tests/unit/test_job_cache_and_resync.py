@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from kubefit.api.resource import JobKey
-from kubefit.controller.handlers import SameFacts, WorkerChanges, WorkerNews
+from kubefit.controller.handlers import SameFacts, WorkerChange, WorkerChanges, WorkerNews
 from kubefit.controller.jobs import DELETED_MEMORY_SECONDS, JobCache
 from kubefit.controller.resync import BUSY_SHARE, ResyncLoop
 from kubefit.decisions.inventory import NodeFacts, PodUsage
@@ -209,6 +209,24 @@ def test_a_worker_bound_and_changed_in_one_event_is_a_reconcile() -> None:
     gone = pod(node="n2", uid="p3")
     gone["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
     assert seen.observe("MODIFIED", gone).news is WorkerNews.CHANGED  # bound while being deleted
+
+
+def test_a_worker_whose_job_label_is_removed_or_changed_is_gone_from_that_job() -> None:
+    """kopf's index of workers drops a pod once its label is removed, and files it under the new job once it
+    is changed, but no worker event of the old job came: it was not reconciled, and the pod stayed here."""
+    seen = WorkerChanges()
+    seen.observe("ADDED", pod("Running", "n1"))
+    unlabelled = pod("Running", "n1")
+    unlabelled["metadata"]["labels"] = {}
+    assert seen.released(unlabelled) == ("", "llama")
+    assert seen.released(unlabelled) is None  # told once, and nothing of it is kept
+    relabelled = pod("Running", "n1")
+    relabelled["metadata"]["labels"]["kubefit.dev/job"] = "mistral"
+    assert seen.observe("ADDED", pod("Running", "n1")).left is None
+    change = seen.observe("MODIFIED", relabelled)
+    assert (change.left, change.news, change.moves_devices) == (("", "llama"), WorkerNews.CHANGED, True)
+    assert seen.observe("MODIFIED", relabelled) == WorkerChange(WorkerNews.NONE)
+    assert seen.released(pod(uid="never-a-worker")) is None
 
 
 def test_a_node_heartbeat_keeps_its_facts_object_and_a_real_change_does_not() -> None:

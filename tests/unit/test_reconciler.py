@@ -461,6 +461,36 @@ def test_a_409_from_the_jobs_own_worker_is_success(harness: Harness, found: str)
     )
 
 
+@pytest.mark.parametrize("label", [None, "other-job"])
+def test_the_jobs_own_worker_that_lost_its_job_label_is_a_reconcile_error_saying_so(
+    harness: Harness, label: str | None
+) -> None:
+    """The 409 of a worker the job controls but whose label was removed or changed was taken for the worker
+    being there: kopf's index of workers no longer shows it, so the job waited for it with nothing said."""
+    owner = {"kind": "TrainingJob", "name": "llama", "uid": "uid-llama", "controller": True}
+    unlabelled = {"name": "llama-worker-1", "labels": {} if label is None else {"kubefit.dev/job": label},
+                  "ownerReferences": [owner]}  # fmt: skip
+    server = PodServer({"llama-worker-1": unlabelled})
+    api = KubeApi(cast(Any, server))
+    index_shows = harness.kube.create_pod
+
+    def create_pod(namespace: str, manifest: dict[str, Any]) -> bool:
+        return api.create_pod(namespace, manifest) and index_shows(namespace, manifest)
+
+    harness.kube.create_pod = create_pod  # type: ignore[method-assign]
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconcile()
+    ready = harness.condition("Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ReconcileError")
+    now = "kubefit.dev/job removed" if label is None else "now kubefit.dev/job=other-job"
+    assert (
+        f"team-a/llama-worker-1 is this TrainingJob's worker but lost its label kubefit.dev/job=llama ({now})"
+        in (ready["message"])
+    )
+    assert "kubectl label pod llama-worker-1 -n team-a kubefit.dev/job=llama --overwrite" in ready["message"]
+    assert sorted(harness.kube.pods) == ["llama-worker-0"] and retrying(harness)
+
+
 def test_a_pod_of_a_workers_name_owned_by_nothing_is_not_the_jobs() -> None:
     bare = {"name": "llama-worker-0", "labels": {"app": "llama"}}
     api = KubeApi(cast(Any, PodServer({"llama-worker-0": bare})))

@@ -117,18 +117,22 @@ def test_a_bind_counted_there_asks_for_no_pass_and_any_other_does() -> None:
         asked.clear()
         _after_worker_event(
             change,
-            reconcile=lambda: asked.append("reconcile"),
+            ("ns", "a"),
+            reconcile=lambda job: asked.append(f"reconcile {job[1]}"),
             request_pass=lambda: asked.append("pass"),
-            bound_as_counted=lambda node: counted,
+            bound_as_counted=lambda job, node: counted,
         )
         return list(asked)
 
     bind = WorkerChange(WorkerNews.BOUND, True, "n1")
     assert run(bind, counted=True) == []
     assert run(bind, counted=False) == ["pass"]
-    assert run(WorkerChange(WorkerNews.CHANGED, True, None), counted=True) == ["reconcile", "pass"]
-    assert run(WorkerChange(WorkerNews.CHANGED), counted=False) == ["reconcile"]
+    assert run(WorkerChange(WorkerNews.CHANGED, True, None), counted=True) == ["reconcile a", "pass"]
+    assert run(WorkerChange(WorkerNews.CHANGED), counted=False) == ["reconcile a"]
     assert run(WorkerChange(WorkerNews.NONE), counted=False) == []
+    # Relabelled from job b to a: gone from b, new to a.
+    relabelled = WorkerChange(WorkerNews.CHANGED, True, None, left=("ns", "b"))
+    assert run(relabelled, counted=False) == ["reconcile b", "reconcile a", "pass"]
 
 
 def _physically_free(cluster: FakeCluster, name: str) -> int:

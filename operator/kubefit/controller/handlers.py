@@ -127,8 +127,13 @@ def register(
 
     nodes_seen, threads, relists = SameFacts(), HandlerThreads(), RelistCheck(reconciler.api)
     _register_indexes(registry, nodes_seen)
-    _register_triggers(registry, threads, reconciler, scheduler, resync_seconds, (relists, nodes_seen))
-    _register_capacity_triggers(registry, threads, scheduler, nodes_seen, relists)
+    workers_seen = WorkerChanges(reconciler.created_here)
+    _register_triggers(
+        registry, threads, (reconciler, workers_seen), scheduler, resync_seconds, (relists, nodes_seen)
+    )
+    _register_capacity_triggers(
+        registry, threads, (reconciler, workers_seen), scheduler, (nodes_seen, relists)
+    )
 
 
 class SameFacts:
@@ -256,13 +261,13 @@ def _discard(indexes: Mapping[str, Any], vanished: Iterable[Indexed]) -> None:
 def _register_triggers(
     registry: kopf.OperatorRegistry,
     threads: HandlerThreads,
-    reconciler: Reconciler,
+    reconciling: tuple[Reconciler, WorkerChanges],
     scheduler: Scheduler,
     resync_seconds: float,
     relisting: tuple[RelistCheck, SameFacts],
 ) -> None:
+    reconciler, workers_seen = reconciling
     jobs = reconciler.jobs
-    workers_seen = WorkerChanges(reconciler.created_here)
     live_indexes: dict[str, Any] = {}  # kopf's live index objects, for the resync's reconciles
     relists = relisting[0]
 
@@ -306,24 +311,27 @@ def _register_triggers(
         type: str | None, body: kopf.Body, namespace: str | None, labels: kopf.Labels, **kwargs: Any
     ) -> None:
         indexes = _indexes(kwargs)
-        key = (namespace or "", labels[JOB_LABEL])
         _after_worker_event(
             workers_seen.observe(type, body),
-            reconcile=lambda: reconcile_job("pod", namespace, labels[JOB_LABEL], **indexes),
+            (namespace or "", labels[JOB_LABEL]),
+            reconcile=lambda job: reconciler.reconcile(job, "pod", cluster_view(**indexes)),
             request_pass=lambda: scheduler.request("pod", cluster_view(**indexes)),
-            bound_as_counted=lambda node: scheduler.worker_bound(key, node, cluster_view(**indexes)),
+            bound_as_counted=lambda job, node: scheduler.worker_bound(job, node, cluster_view(**indexes)),
         )
 
 
 def _after_worker_event(
     change: WorkerChange,
-    reconcile: Callable[[], None],
+    job: JobKey,
+    reconcile: Callable[[JobKey], None],
     request_pass: Callable[[], None],
-    bound_as_counted: Callable[[str], bool],
+    bound_as_counted: Callable[[JobKey, str], bool],
 ) -> None:
+    if change.left is not None:  # relabelled from another job: a worker gone for that one
+        reconcile(change.left)
     if change.news is WorkerNews.CHANGED:
-        reconcile()
-    if change.moves_devices and not (change.bound_on and bound_as_counted(change.bound_on)):
+        reconcile(job)
+    if change.moves_devices and not (change.bound_on and bound_as_counted(job, change.bound_on)):
         request_pass()
 
 
@@ -344,6 +352,8 @@ class WorkerChange:
     # That change was a live worker's bind alone, to this node: a pass is needed only if the last pass did not
     # count the job's workers there already (Scheduler.worker_bound).
     bound_on: str | None = None
+    # The job the pod was a worker of until its job label was changed or removed: to it the worker is gone.
+    left: JobKey | None = None
 
 
 def _holds(worker: WorkerPod) -> tuple[int | None, str | None, bool, bool]:
@@ -380,16 +390,25 @@ class WorkerChanges:
     def __init__(self, created_here: Callable[[JobKey, str], bool] = lambda key, name: False) -> None:
         self._lock = threading.Lock()
         self._seen: dict[str, WorkerPod | None] = {}  # pod uid -> its worker view
+        self._job_of: dict[str, JobKey] = {}  # pod uid -> the job its label named when last seen
         self._created_here = created_here
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> WorkerChange:
         metadata = body.get("metadata") or {}
         uid = metadata.get("uid") or ""
+        job = (metadata.get("namespace") or "", (metadata.get("labels") or {}).get(JOB_LABEL, ""))
         with self._lock:
             if event_type == "DELETED":
+                self._job_of.pop(uid, None)
                 return _pass_change(self._seen.pop(uid, None), None)
             worker = worker_from_pod(body)
             known, before = uid in self._seen, self._seen.get(uid)
+            left = self._job_of.get(uid)
+            self._job_of[uid] = job
+            if left != job and known:
+                # Relabelled to another job: a worker gone for the one, a new pod for the other.
+                self._seen[uid] = worker
+                return replace(_pass_change(None, worker), left=left)
             if known and before == worker:
                 return WorkerChange(WorkerNews.NONE)
             self._seen[uid] = worker
@@ -398,11 +417,17 @@ class WorkerChanges:
         change = _pass_change(before, worker)
         if known and _only_bound(before, worker):
             return replace(change, news=WorkerNews.BOUND)
-        if event_type == "ADDED" and worker.node_name is None:
-            job = (metadata.get("namespace") or "", (metadata.get("labels") or {}).get(JOB_LABEL, ""))
-            if self._created_here(job, worker.name):
-                return WorkerChange(WorkerNews.NONE)
+        if event_type == "ADDED" and worker.node_name is None and self._created_here(job, worker.name):
+            return WorkerChange(WorkerNews.NONE)
         return change
+
+    def released(self, body: Mapping[str, Any]) -> JobKey | None:
+        """A pod seen without the job label: the job it was last seen a worker of, if any (its label was
+        removed; the pod is forgotten here, as kopf's index of workers forgets it), else None."""
+        uid = (body.get("metadata") or {}).get("uid") or ""
+        with self._lock:
+            self._seen.pop(uid, None)
+            return self._job_of.pop(uid, None)
 
 
 def _only_bound(before: WorkerPod | None, after: WorkerPod | None) -> bool:
@@ -418,10 +443,13 @@ def _only_bound(before: WorkerPod | None, after: WorkerPod | None) -> bool:
 def _register_capacity_triggers(
     registry: kopf.OperatorRegistry,
     threads: HandlerThreads,
+    reconciling: tuple[Reconciler, WorkerChanges],
     scheduler: Scheduler,
-    nodes_seen: SameFacts,
-    relists: RelistCheck,
+    node_tracking: tuple[SameFacts, RelistCheck],
 ) -> None:
+    reconciler, workers_seen = reconciling
+    nodes_seen, relists = node_tracking
+
     # A listing's events come with no type (kopf's start, and its relisting after a watch broke for good).
     @kopf.on.event("", "v1", "nodes", id="node_changed", registry=registry)
     async def node_event(**kwargs: Any) -> None:
@@ -443,7 +471,13 @@ def _register_capacity_triggers(
         await threads.run(on_pod_event, kwargs)
 
     def on_pod_event(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
-        if (body.get("spec") or {}).get("nodeName") and _frees_devices(type, body):
+        left = workers_seen.released(body)
+        if left is not None:
+            # A worker whose job label was removed: to its job (and kopf's index of workers) it is gone.
+            view = cluster_view(**_indexes(kwargs))
+            reconciler.reconcile(left, "pod", view)
+            scheduler.request("pod", view)
+        elif (body.get("spec") or {}).get("nodeName") and _frees_devices(type, body):
             scheduler.request("pod", cluster_view(**_indexes(kwargs)))
 
 

@@ -325,10 +325,14 @@ class KubeApi:
         found_metadata = found.get("metadata") or {}
         owners = found_metadata.get("ownerReferences") or []
         controller = next((ref for ref in owners if ref.get("controller")), None)
+        job = metadata["labels"][JOB_LABEL]
+        labelled = (found_metadata.get("labels") or {}).get(JOB_LABEL)
         if controller is None:
-            ours = (found_metadata.get("labels") or {}).get(JOB_LABEL) == metadata["labels"][JOB_LABEL]
+            ours = labelled == job
         else:
             ours = controller.get("uid") == metadata["ownerReferences"][0]["uid"]
+            if ours and labelled != job:
+                raise PodNameTaken(_unlabelled(namespace, metadata["name"], job, labelled))
         if ours:
             return False
         held_by = ", ".join(f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})" for ref in owners)
@@ -400,3 +404,15 @@ def _done_unless(call: Callable[[], object], already_done: int) -> bool:
             return False
         raise
     return True
+
+
+def _unlabelled(namespace: str, name: str, job: str, labelled: object) -> str:
+    """The error for the job's own worker pod that lost its job label: the operator counts workers by that
+    label, so it no longer sees the pod, and a new worker of that name cannot be made beside it (as a
+    StatefulSet's pod taken out of its selector)."""
+    now = f"now {JOB_LABEL}={labelled}" if labelled is not None else f"{JOB_LABEL} removed"
+    return (
+        f"Pod {namespace}/{name} is this TrainingJob's worker but lost its label {JOB_LABEL}={job} ({now}): "
+        f"the operator no longer counts it, and the worker of that name cannot be created beside it. Put the "
+        f"label back (kubectl label pod {name} -n {namespace} {JOB_LABEL}={job} --overwrite) or delete the pod"
+    )
