@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -96,12 +97,38 @@ class WriteGate:
             return self._changed.wait_for(lambda: self._in_flight == 0, timeout)
 
 
+# A throttled answer (API Priority and Fairness: a 429 with Retry-After, usually 1 s; a 5xx with Retry-After)
+# is resent after the header's seconds inside the call, as client-go's REST client does (rest/request.go
+# NewRequest: maxRetries 10; rest/with_retry.go IsNextRetry and checkWait: a 429, or any 5xx, that carries
+# an integer Retry-After), rather than failing the reconcile into ReconcileError, a Warning event (more
+# writes to the overloaded server) and the job's backoff. Fewer, shorter waits than client-go: a reconcile
+# thread is held at most 5 x 5 s, and one wait fits in a stopping leader's drain of its writes (10 s).
+# Resending is safe: a 429 was not processed, and every call here is idempotent (a 409, a 404 is done).
+THROTTLE_RETRIES = 5
+THROTTLE_WAIT_CAP = 5.0  # seconds, per wait
+
+
+def _throttle_wait(response: Any) -> float | None:
+    """Seconds to wait before resending the non-2xx `response`, or None when it is not to be resent."""
+    status = int(response.status)
+    if status != 429 and status < 500:
+        return None
+    value = (getattr(response, "headers", None) or {}).get("Retry-After", "")
+    try:
+        seconds = int(value)  # integer seconds only, as client-go's retryAfterSeconds (no HTTP-date)
+    except ValueError:
+        # client-go resends neither without a usable value; a 429 is throttling all the same: 1 s.
+        return 1.0 if status == 429 else None
+    return float(min(max(seconds, 0), THROTTLE_WAIT_CAP))
+
+
 class _Rest:
     """Plain REST on the kubernetes client's ApiClient (its configuration, auth and connection pool)."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
         self.writes = WriteGate()
+        self.sleep: Callable[[float], None] = time.sleep  # the wait before resending a throttled call
 
     def call(
         self,
@@ -131,13 +158,21 @@ class _Rest:
         request = self.api_client.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
-        # Bounded: a connection that stopped answering (an idle one a load balancer dropped) held the job's
-        # reconcile, and the resync of every job behind it, for as long as TCP retransmits.
-        response = self.api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
-        data = response.read()
-        if not 200 <= response.status <= 299:
-            raise ApiException(http_resp=response, body=data.decode("utf-8", errors="replace"))
-        return cast(bytes, data)
+        for resent in range(THROTTLE_RETRIES + 1):
+            # The whole retry of a write is inside `call`'s writing(); passing the gate again, a resend is
+            # refused (WritesStopped) once a stopping leader closed it, rather than prolong its drain.
+            with self.writes.writing() if resent and method != "GET" else nullcontext():
+                # Bounded: a connection that stopped answering (an idle one a load balancer dropped) held the
+                # job's reconcile, and the resync of every job behind it, for as long as TCP retransmits.
+                response = self.api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+            data = response.read()
+            if 200 <= response.status <= 299:
+                return cast(bytes, data)
+            wait = _throttle_wait(response)
+            if wait is None or resent == THROTTLE_RETRIES:
+                break
+            self.sleep(wait)
+        raise ApiException(http_resp=response, body=data.decode("utf-8", errors="replace"))
 
 
 def _quoted(*parts: str) -> str:
