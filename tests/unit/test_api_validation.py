@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -348,6 +349,13 @@ def test_memory_quantities(written: str | int, size: int) -> None:
 @pytest.mark.parametrize("loss", ["standard", "chunked"])
 def test_loss_values(loss: str) -> None:
     assert parse_spec(_spec(training={"loss": loss})).training.loss == loss
+
+
+def test_negative_zero_headroom_is_accepted_as_zero() -> None:
+    # -0.0 passes ge=0 (the CRD's minimum: 0 too); kept negative it printed "-0% headroom" in every message.
+    headroom = parse_spec(_spec(resources={"memoryHeadroom": -0.0})).resources.memory_headroom
+    assert headroom == 0.0 and math.copysign(1.0, headroom) == 1.0
+    assert f"{headroom:.0%}" == "0%"
 
 
 def test_memory_alone_is_enough() -> None:

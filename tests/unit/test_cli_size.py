@@ -143,6 +143,15 @@ def test_table_shows_layout_breakdown_in_gib_and_verdict(
         assert f"    {label}" in out
 
 
+def test_negative_zero_headroom_prints_as_zero_percent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    resources = {**LLAMA3_8B_FSDP["spec"]["resources"], "memoryHeadroom": -0.0}
+    code, out, _ = run_main(capsys, "-f", write(tmp_path, with_spec(resources=resources)))
+    assert code == 0
+    assert "40.0 GiB usable (0% headroom): fits" in out and "-0%" not in out
+
+
 def test_suggest_with_json_wraps_sizing_and_suggestions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

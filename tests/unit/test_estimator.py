@@ -707,6 +707,19 @@ def test_adapters_larger_than_the_model_are_refused_naming_trainable_parameters(
     )
 
 
+def test_a_tiny_model_memory_names_its_count_without_an_exponent() -> None:
+    # model.memory "1" (one byte) read back as 1 parameter: it printed "0.00B parameters", and the adapters'
+    # refusal "the model's 1e-09B"; 1000 bytes on 1 parameter printed "1e+03 bytes per parameter".
+    (full,) = [w for w in estimate(job({"memory": "1"}), H100, Layout(1, 1)).warnings if "assumed" in w]
+    assert "assumed 1 parameters from model.memory at 1 bytes per parameter" in full, full
+    lora = estimate(job({"memory": "1000", "finetuning": {"method": "lora"}}), H100, Layout(1, 1))
+    assert any("assumed 1 parameters from model.memory at 1000 bytes per" in w for w in lora.warnings)
+    adapters = {"memory": "1", "finetuning": {"method": "lora", "trainableParameters": "10"}}
+    with pytest.raises(InvalidSpec) as error:
+        estimate(job(adapters), H100, Layout(1, 1))
+    assert "10 trainable parameters exceed the model's 1 (" in error.value.errors[0].message
+
+
 def test_layout_that_parallelism_does_not_divide_names_the_field() -> None:
     with pytest.raises(InvalidSpec) as error:
         estimate(job(tensorParallel=4), H100, Layout(6, 1))

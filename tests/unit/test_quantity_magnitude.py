@@ -1,4 +1,5 @@
-"""A count's or quantity's size is judged by its value, not its mantissa's: 10^41 x 10^-30 is 10^11."""
+"""A count's or quantity's size is judged by its value, not its mantissa's: 10^41 x 10^-30 is 10^11; and a
+count as a message shows it reads back as one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from kubefit.api.quantity import parse_bytes, parse_count, parse_cpu_millis
+from kubefit.api.units import format_count, format_number
 
 LONG_MANTISSA = "1" + "0" * 41  # 10^41, above the largest plausible magnitude on its own
 
@@ -75,3 +77,28 @@ def test_cpu_finer_than_a_millicore_rounds_up_as_kubernetes_does(
     # The pod holds the rounded-up request (resource.Quantity's MilliValue rounds up); a truncated figure let
     # the pass count a node whose allocatable CPU kube-scheduler then refuses.
     assert parse_cpu_millis(written) == millicores
+
+
+@pytest.mark.parametrize(
+    ("count", "shown"),
+    [
+        (1, "1"),
+        (999, "999"),
+        (1234, "1.23K"),
+        (999_999, "1M"),  # as rounded: not "1000K"
+        (890_000_000, "890M"),
+        (8_030_261_248, "8.03B"),
+        (70_553_706_496, "70.6B"),
+        (10**15, "1000T"),  # the largest count: not "1e+06B"
+    ],
+)
+def test_a_count_is_shown_with_its_suffix_never_an_exponent(count: int, shown: str) -> None:
+    assert format_count(count) == shown
+    assert parse_count(shown) == pytest.approx(count, rel=0.005)  # what a message shows parses back
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(1000.0, "1000"), (1024.0, "1024"), (18.0000001, "18"), (2.013, "2.01"), (-0.0, "0")]
+)
+def test_a_number_is_shown_to_three_digits_never_an_exponent(value: float, shown: str) -> None:
+    assert format_number(value) == shown

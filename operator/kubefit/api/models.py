@@ -559,6 +559,11 @@ class Resources(_Model):
                 f"must be 'auto' or an integer from 1 to {MAX_ACCELERATORS_PER_WORKER}, got {echo(value)}"
             ) from None
 
+    @field_validator("memory_headroom")
+    @classmethod
+    def _no_negative_zero(cls, value: float) -> float:
+        return value + 0.0  # -0.0 passes ge=0 but would print as "-0%"; -0.0 + 0.0 is 0.0
+
 
 class Workers(_Model):
     """Worker count and its elastic bounds."""

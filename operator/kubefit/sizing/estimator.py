@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from kubefit.api.models import Finetuning, MemoryBreakdown, Training, TrainingJobSpec
 from kubefit.api.quantity import parse_count
-from kubefit.api.units import GIB
+from kubefit.api.units import GIB, format_count, format_number
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.sizing.architecture import (
     ModelShape,
@@ -399,8 +399,8 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
         assert declared is not None  # the API requires parameters or memory
         parameters, basis = _parameters_from_declared(spec, declared)
         warnings.append(
-            f"model.parameters not given: assumed {parameters / 1e9:.2f}B parameters from model.memory "
-            f"at {declared / parameters:.3g} bytes per parameter ({basis}) to size activations"
+            f"model.parameters not given: assumed {format_count(parameters)} parameters from model.memory "
+            f"at {format_number(declared / parameters)} bytes per parameter ({basis}) to size activations"
         )
     if model.architecture is not None:
         shape = shape_from_architecture(model.architecture, parameters)
@@ -408,7 +408,7 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
             warnings.extend(_count_contradiction(shape, parameters))
             if mlp_form_ambiguous(model.architecture, parameters):
                 warnings.append(
-                    f"model.parameters ({parameters / 1e9:.4g}B), to its last digit, counts both a gated (SwiGLU) "
+                    f"model.parameters ({format_count(parameters, 4)}), to its last digit, counts both a gated (SwiGLU) "
                     "MLP and a plain one of model.architecture: sized with the gated one, which holds more "
                     "activations; give the exact count to choose"
                 )
@@ -449,8 +449,8 @@ def _count_contradiction(shape: ModelShape, parameters: int) -> list[str]:
     if abs(parameters - own) <= COUNT_CONTRADICTION * own:
         return []
     return [
-        f"model.parameters ({parameters / 1e9:.2f}B) differs by {parameters / own - 1:+.0%} from the "
-        f"{own / 1e9:.2f}B parameters model.architecture describes: the training state follows the "
+        f"model.parameters ({format_count(parameters)}) differs by {parameters / own - 1:+.0%} from the "
+        f"{format_count(own)} parameters model.architecture describes: the training state follows the "
         "parameter count, activations and logits the architecture; give both for the same model"
     ]
 
@@ -472,7 +472,7 @@ def _check_adapters(spec: TrainingJobSpec, resolved: _Model) -> None:
         source = "what model.memory leaves for the model beside these adapters' state"
     raise _invalid(
         "spec.model.finetuning.trainableParameters",
-        f"{declared} trainable parameters exceed the model's {resolved.parameters / 1e9:.3g}B ({source}); "
+        f"{declared} trainable parameters exceed the model's {format_count(resolved.parameters)} ({source}); "
         "adapters cannot train more parameters than the model has",
     )
 
