@@ -30,6 +30,7 @@ DASHBOARD = CHART / "files" / "dashboards" / "kubefit.json"
 PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool"
 DEFAULT_TESTS = PROMTOOL_TESTS / "kubefit-alerts.test.yaml"
 OVERRIDDEN_TESTS = PROMTOOL_TESTS / "kubefit-alerts-overridden.test.yaml"
+PER_RELEASE_TESTS = PROMTOOL_TESTS / "kubefit-alerts-per-release.test.yaml"
 ALERTS_DOC = REPO / "docs" / "alerts.md"
 MONITORING_API = "monitoring.coreos.com/v1"
 RUNBOOK_BASE = "https://github.com/kubefit/kubefit/blob/main/docs/alerts.md#"
@@ -261,6 +262,26 @@ def test_chart_rules_with_overridden_values_pass_promtool(tmp_path: Path) -> Non
     assert check.returncode == 0, check.stdout + check.stderr
     result = _promtool("test", "rules", OVERRIDDEN_TESTS.name, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_with_its_service_monitor_a_release_alerts_when_its_own_operator_is_absent(tmp_path: Path) -> None:
+    """One release per team: the absent rule counted any team's leader, so a release that was down stayed
+    silent while another one led."""
+    values = {"metrics": {"prometheusRule": {"enabled": True}, "serviceMonitor": {"enabled": True}}}
+    groups = _rendered_groups(tmp_path, values, "--namespace", "team-b")
+    rendered = {alert["alert"]: alert for alert in _alerts(groups)}
+    assert rendered["KubefitOperatorAbsent"]["expr"].strip() == (
+        'label_replace(absent(kubefit_leader{namespace="team-b"} == 1), "namespace", "team-b", "", "")'
+    )
+    (tmp_path / "rendered-rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    shutil.copy(PER_RELEASE_TESTS, tmp_path / PER_RELEASE_TESTS.name)
+    result = _promtool("test", "rules", PER_RELEASE_TESTS.name, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Without the ServiceMonitor nothing says which series are this release's: any leader counts.
+    plain = _rendered_groups(
+        tmp_path, {"metrics": {"prometheusRule": {"enabled": True}}}, "--namespace", "team-b"
+    )
+    assert plain == _load(RULE_FILE)["groups"]
 
 
 def test_prometheus_rule_carries_additional_labels(tmp_path: Path) -> None:
