@@ -78,13 +78,14 @@ class Replica(OperatorProcess):
     def text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def leader_gauge(self) -> float | None:
-        """kubefit_leader from the replica's /metrics (KubefitOperatorAbsent's series)."""
+    def leader_gauge(self, name: str = "kubefit_leader") -> float | None:
+        """kubefit_leader (KubefitOperatorAbsent's series), or another gauge `name`, from the replica's
+        /metrics."""
         url = self._logged(r"metrics on (\S+)")
         assert url is not None
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
-        found = re.search(r"^kubefit_leader (\S+)$", text, re.MULTILINE)
+        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
         return float(found.group(1)) if found else None
 
     def handler_lines_before(self, marker: str) -> list[str]:
@@ -204,6 +205,7 @@ def test_the_standby_takes_over_a_killed_leader_in_the_stated_time_and_a_stopped
     time.sleep(2 * TIMINGS.retry_period)  # the standby has seen a renewal
     assert not second.leading()  # while the leader lives and renews, the standby stays one
     assert (first.leader_gauge(), second.leader_gauge()) == (1.0, 0.0)
+    assert second.leader_gauge("kubefit_leader_start_time_seconds") == 0.0
 
     first.kill()
     killed = time.monotonic()
@@ -220,6 +222,9 @@ def test_the_standby_takes_over_a_killed_leader_in_the_stated_time_and_a_stopped
     assert _uids(kube, namespace, "before") == before  # the first job's workers were left alone
     assert second.handler_lines_before("leading as") == []
     assert second.leader_gauge() == 1.0
+    # The per-job alerts bridge a gap in a job's series while the leader is new (docs/alerts.md).
+    leads_since = second.leader_gauge("kubefit_leader_start_time_seconds")
+    assert leads_since is not None and time.time() - 120 < leads_since <= time.time(), leads_since
     assert role_of(kube, f"{lease_name}-1") == "leader"
 
     # A stopped leader releases the Lease: a standby leads within a few retry periods, not a lease.

@@ -7,6 +7,7 @@ import gc
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -585,3 +586,13 @@ def test_a_running_job_whose_spec_turns_invalid_still_exports_the_devices_its_wo
     lines = series_of(metrics, "llama")
     assert any('state="allocated"} 4.0' in line for line in lines), lines
     assert any(line.startswith("kubefit_trainingjob_memory_estimated_bytes") for line in lines), lines
+
+
+def test_the_leader_exports_when_it_became_the_leader_and_a_standby_zero() -> None:
+    """The per-job alerts bridge a gap in a job's series only while the leader is new (docs/alerts.md)."""
+    metrics = OperatorMetrics()
+    assert value(metrics, "kubefit_leader") == 0 and value(metrics, "kubefit_leader_start_time_seconds") == 0
+    before = time.time()
+    metrics.became_leader()
+    assert value(metrics, "kubefit_leader") == 1
+    assert before <= value(metrics, "kubefit_leader_start_time_seconds") <= time.time()

@@ -390,7 +390,7 @@ def run_operator(options: OperatorOptions) -> None:
         if elector is None:
             print("kubefit: stopped (SIGTERM) while standby", flush=True)
             return
-    metrics.leader.set(1)
+    metrics.became_leader()
     api = KubeApi()
     try:
         _run_leading(options, api, key, metrics, liveness_port, catalog)

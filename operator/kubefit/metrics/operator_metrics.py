@@ -1,7 +1,7 @@
 """The operator's Prometheus metrics (docs/metrics.md lists each, with its labels and a query).
 
-Operator: `kubefit_build_info{version}`, `kubefit_reconcile_total{trigger,result}`,
-`kubefit_reconcile_duration_seconds`.
+Operator: `kubefit_build_info{version}`, `kubefit_leader`, `kubefit_leader_start_time_seconds`,
+`kubefit_reconcile_total{trigger,result}`, `kubefit_reconcile_duration_seconds`.
 Per job (labels namespace, name): `kubefit_trainingjob_info{accelerator,phase,uid}`,
 `kubefit_trainingjob_workers{state}`, `kubefit_trainingjob_accelerators{accelerator,state}`,
 `kubefit_trainingjob_memory_estimated_bytes{accelerator}`, `kubefit_trainingjob_memory_requested_bytes
@@ -111,6 +111,13 @@ class OperatorMetrics:
         self.leader = Gauge(
             "kubefit_leader",
             "1 on the replica that reconciles and schedules; 0 on a standby waiting for the leader Lease.",
+            registry=self.registry,
+        )
+        # The per-job alerts bridge the gap in a job's series only while the leader is new (a restart, a
+        # handover): a job's series gone under a leader that has led for long is a deleted job.
+        self.leader_start_time = Gauge(
+            "kubefit_leader_start_time_seconds",
+            "Unix time at which this replica became the leader; 0 on a standby.",
             registry=self.registry,
         )
         self._add_reconcile_metrics()
@@ -237,6 +244,11 @@ class OperatorMetrics:
             self.worker_binds.labels(placement)
 
     # ------------------------------------------------------------------ reconciles
+
+    def became_leader(self) -> None:
+        """This replica leads from now: kubefit_leader 1, and the time it started."""
+        self.leader_start_time.set(time.time())
+        self.leader.set(1)
 
     @contextmanager
     def reconciling(self, trigger: str) -> Iterator[None]:
