@@ -476,10 +476,12 @@ def pod_on(node_name: str, gpus: int, namespace: str = "other", job: str | None 
 
 class FakeApiServer:
     """Answers GET /api/v1/nodes and /api/v1/pods from fixed lists, one object per page (so the client's
-    paging is exercised), or with a fixed HTTP error. A unit test's stand-in for reading: the e2e test
-    tests/e2e/test_size_cluster.py runs the same command against a real control plane."""
+    paging is exercised), or with a fixed HTTP error, or a fixed answer (200). A unit test's stand-in for
+    reading: the e2e test tests/e2e/test_size_cluster.py runs the same command against a real control plane."""
 
-    def __init__(self, nodes: list[dict[str, Any]], pods: list[dict[str, Any]], error: int | None = None):
+    def __init__(
+        self, nodes: list[Any], pods: list[Any], error: int | None = None, answer: Any = None
+    ) -> None:
         import http.server
         import threading
 
@@ -494,6 +496,9 @@ class FakeApiServer:
                 requests.append(self.path)
                 url = urlsplit(self.path)
                 query = parse_qs(url.query)
+                if answer is not None:
+                    self._send(200, answer)
+                    return
                 if error is not None or url.path not in lists:
                     self._send(error or 404, {"kind": "Status", "code": error or 404, "reason": "Forbidden"})
                     return
@@ -502,7 +507,7 @@ class FakeApiServer:
                 more = {"continue": str(start + 1)} if start + 1 < len(items) else {}
                 self._send(200, {"items": items[start : start + 1], "metadata": more})
 
-            def _send(self, code: int, body: dict[str, Any]) -> None:
+            def _send(self, code: int, body: Any) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -589,9 +594,9 @@ def api_server() -> Any:
     servers: list[FakeApiServer] = []
 
     def start(
-        nodes: list[dict[str, Any]], pods: list[dict[str, Any]], error: int | None = None
+        nodes: list[Any], pods: list[Any], error: int | None = None, answer: Any = None
     ) -> FakeApiServer:
-        servers.append(FakeApiServer(nodes, pods, error))
+        servers.append(FakeApiServer(nodes, pods, error, answer))
         return servers[-1]
 
     yield start
@@ -807,6 +812,47 @@ def test_a_forbidden_listing_exits_3_naming_the_access_needed(tmp_path: Path, ap
     assert result.returncode == 3, result.stderr
     assert f"the cluster at {server.url} refused to list nodes: HTTP 403" in result.stderr
     assert "needs list on nodes and on pods in all namespaces" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("nodes", "answer"),
+    [
+        ([], []),  # JSON, but no list object: was "internal error (AttributeError ...)", exit 1
+        ([], {"kind": "Status"}),
+        ([], {"items": 5}),
+        ([], {"items": [], "metadata": []}),
+        ([None], None),  # an item null or no object: was "internal error", exit 1
+        ([5], None),
+        (["node"], None),
+        ([[]], None),
+    ],
+)
+def test_a_listing_that_is_not_a_kubernetes_list_exits_3(
+    nodes: list[Any],
+    answer: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    api_server: Any,
+) -> None:
+    server = api_server(nodes, [], answer=answer)
+    path = str(kubeconfig(tmp_path, server.url))
+    monkeypatch.setenv("KUBECONFIG", path)
+    code, out, err = run_main(capsys, "-f", write(tmp_path, SMALL_AUTO), "--cluster")
+    assert (code, out) == (3, ""), err
+    assert err == (
+        f"error: --cluster: cannot list nodes from the cluster at {server.url} (kubeconfig {path}): the answer "
+        "is not a Kubernetes list\n"
+    )
+
+
+def test_an_empty_listing_written_as_null_items_is_an_empty_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
+) -> None:
+    server = api_server([], [], answer={"kind": "List", "items": None, "metadata": {}})  # Go's nil slice
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, server.url)))
+    code, _, err = run_main(capsys, "-f", write(tmp_path, SMALL_AUTO), "--cluster", "-o", "json")
+    assert code == 0 and "internal error" not in err, err
 
 
 def test_context_without_cluster_is_invalid_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1071,6 +1117,17 @@ def test_base_60_stays_the_string_kubectl_reads_and_go_integer_prefixes_are_inte
         ("0", 0),
         ("1e-1", 0.1),
         ("1.5", 1.5),
+        # kubectl sends JSON written by Go's encoding/json: a whole float64 as an integer (2.0 as `2`), which
+        # the API server reads as an int64; from 1e21 an exponent, and past int64 a float either way.
+        ("2.0", 2),
+        ("-0.0", 0),
+        ("7.0e9", 7_000_000_000),
+        ("1e3", 1000),
+        ("-9223372036854775808.0", -(2**63)),
+        ("9.2e18", 9_200_000_000_000_000_000),
+        ("1e19", 1e19),
+        ("1e21", 1e21),
+        ("2.5e0", 2.5),
     ],
 )
 def test_numbers_are_read_as_kubectl_reads_them(written: str, read: Any) -> None:
@@ -1079,3 +1136,29 @@ def test_numbers_are_read_as_kubectl_reads_them(written: str, read: Any) -> None
     text = f"apiVersion: kubefit.dev/v1alpha1\nkind: TrainingJob\nspec: {{value: {written}}}\n"
     value = load_training_job(text, "job.yaml")["spec"]["value"]
     assert value == read and type(value) is type(read)
+
+
+def test_whole_floats_are_the_integers_kubectl_sends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `replicas: 2.0` reaches the API server as 2 (kubectl's JSON): it was refused, "Input should be a valid
+    # integer", exit 2. JSON input goes through the same loader.
+    whole = with_spec(
+        training={**LLAMA3_8B_FSDP["spec"]["training"], "microBatchSize": 4},
+        workers={"replicas": 2},
+        elastic={"enabled": True, "checkpointGracePeriodSeconds": 60},
+        resources={**LLAMA3_8B_FSDP["spec"]["resources"], "memoryHeadroom": 0},
+    )
+    as_floats = json.loads(json.dumps(whole))
+    as_floats["spec"]["training"]["microBatchSize"] = 4.0
+    as_floats["spec"]["workers"]["replicas"] = 2.0
+    as_floats["spec"]["elastic"]["checkpointGracePeriodSeconds"] = 60.0
+    as_floats["spec"]["resources"]["memoryHeadroom"] = 0.0  # a float field: an int is taken too
+    expected = run_main(capsys, "-f", write(tmp_path, whole), "-o", "json")
+    assert expected[0] == 0, expected[2]
+    for name, text in (("job.yaml", yaml.safe_dump(as_floats)), ("job.json", json.dumps(as_floats))):
+        assert "2.0" in text and "60.0" in text
+        assert run_main(capsys, "-f", write(tmp_path, text, name), "-o", "json") == expected, name
+    parameters = with_spec(model={**LLAMA3_8B, "parameters": 8.03e9})
+    code, out, err = run_main(capsys, "-f", write(tmp_path, parameters), "-o", "json")
+    assert code == 0 and out == run_main(capsys, "-f", write(tmp_path, with_spec()), "-o", "json")[1], err

@@ -184,7 +184,8 @@ else:
 class _Model(BaseModel):
     """Base: camelCase names on the wire, unknown fields refused (a typo is an error, not a no-op).
 
-    Integer fields are strict (strict=True): "4" or 4.0 is refused, as the API server refuses it.
+    Integer fields are strict (strict=True): a string ("4") or a boolean is refused, as the API server
+    refuses it. A whole float never reaches them from kubectl: its JSON (Go's encoding/json) writes 4.0 as 4.
     """
 
     model_config = ConfigDict(

@@ -108,10 +108,25 @@ def _pages(connection: Connection, kind: str) -> Iterator[dict[str, Any]]:
             raise ClusterUnreadable(
                 f"cannot reach the cluster at {connection.server} (kubeconfig {kubeconfig_source()}): {reason}"
             ) from None
-        yield from page.get("items") or []
-        token = (page.get("metadata") or {}).get("continue") or None
+        items, token = _list_page(page, connection.server, kind)
+        yield from items
         if token is None:
             return
+
+
+def _list_page(page: Any, server: str, kind: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The objects of one page of a listing and its continue token. An answer that is JSON but no Kubernetes
+    list (`[]`, no items, an item null or no object) is the cluster's fault, exit 3, not an internal error."""
+    if isinstance(page, dict) and "items" in page:
+        items, metadata = page["items"], page.get("metadata")
+        items = [] if items is None else items  # Go writes an empty (nil) slice as null
+        metadata = {} if metadata is None else metadata
+        if isinstance(items, list) and isinstance(metadata, dict) and all(isinstance(i, dict) for i in items):
+            return items, metadata.get("continue") or None
+    raise ClusterUnreadable(
+        f"cannot list {kind} from the cluster at {server} (kubeconfig {kubeconfig_source()}): the answer is "
+        "not a Kubernetes list"
+    )
 
 
 class KeptInventory(NamedTuple):

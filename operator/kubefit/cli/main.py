@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -12,7 +13,17 @@ Handler = Callable[[argparse.Namespace], int]
 def _crd(args: argparse.Namespace) -> int:
     from kubefit.api.crd import crd_yaml
 
-    sys.stdout.write(crd_yaml())
+    text = crd_yaml()
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()  # a write error is raised here, not at the interpreter's exit
+    except OSError as exc:
+        # What is still buffered goes to /dev/null: the interpreter's last flush would fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(exc, BrokenPipeError):  # `kubefit crd | head`: the reader left, nothing more to say
+            return 0
+        print(f"kubefit crd: cannot write the CRD: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

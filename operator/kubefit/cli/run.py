@@ -35,6 +35,8 @@ class UsageError(Exception):
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here: kopf and the kubernetes client are slow to import and only `run` needs them.
+    from aiohttp import ClientConnectionError
+
     from kubefit.controller.runner import StartupError, run_operator
 
     try:
@@ -42,12 +44,46 @@ def _run(args: argparse.Namespace) -> int:
     except UsageError as error:
         print(f"kubefit run: error: {error}", file=sys.stderr)
         return 2
+    _quiet_connection_tracebacks()
     try:
         run_operator(options)
     except StartupError as error:  # a port taken, an unreadable kubeconfig, catalog or certificate
         print(f"kubefit run: {error}", file=sys.stderr)
         return 1
+    except ClientConnectionError as error:  # kopf gave up retrying (aiohttp's ClientConnectorError)
+        print(cannot_reach(error), file=sys.stderr)
+        return 1
     return 0
+
+
+def cannot_reach(error: Exception) -> str:
+    """The one line for an API server kopf could not reach: its URL (the kubeconfig's) and the cause."""
+    import ssl
+
+    from kubernetes import client
+
+    server = client.Configuration.get_default_copy().host
+    cause: BaseException = getattr(error, "os_error", None) or error  # ClientConnectorError wraps an OSError
+    if isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError) and (cause.errno or 0) > 0:
+        text = os.strerror(cause.errno or 0)  # "Connection refused", not asyncio's "Connect call failed"
+    else:
+        text = (cause.strerror if isinstance(cause, OSError) else None) or str(cause) or type(cause).__name__
+    return f"kubefit run: cannot reach the API server at {server}: {text}"
+
+
+def _quiet_connection_tracebacks() -> None:
+    """kopf logs the traceback of the failure that ends it (its guard's logger.exception, on the logger of
+    kopf._core.reactor.running); for a connection failure the message line is enough: _run prints the cause."""
+    import logging
+
+    from aiohttp import ClientConnectionError
+
+    def no_traceback(record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ClientConnectionError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    logging.getLogger("kopf._core.reactor.running").addFilter(no_traceback)
 
 
 def operator_options(args: argparse.Namespace) -> Any:

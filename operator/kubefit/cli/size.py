@@ -7,6 +7,7 @@ Imports beyond argparse happen inside the handler, so that `kubefit --help` and 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from typing import Any, TextIO
@@ -18,7 +19,7 @@ from kubefit.cli.run import cluster_domain_name, positive_int
 from kubefit.decisions.workers import worker_bounds
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # an internal error; reported in one line, never a traceback
+EXIT_FAILED = 1  # an internal error, or the output cannot be written; one line, never a traceback
 EXIT_INVALID = 2  # unreadable file, not YAML, not a TrainingJob, invalid spec or catalog
 EXIT_CLUSTER = 3  # --cluster: the kubeconfig cannot be read or the cluster cannot be reached or listed
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"  # decisions.job's, the operator's; not imported: --help stays fast
@@ -97,7 +98,7 @@ exit status:
      field is named on stderr, e.g. "error: spec.model.parameters: ..."
   3  --cluster: the kubeconfig cannot be read, or the cluster cannot be reached or listed (the
      message names the kubeconfig, the server and the cause)
-  1  an internal error (reported in one line)
+  1  an internal error, or the output cannot be written, e.g. a full disk (reported in one line)
 
 examples:
   kubefit size -f examples/llama3-8b-fsdp.yaml
@@ -109,6 +110,10 @@ examples:
 
 class ClusterError(Exception):
     """--cluster could not read the cluster; the message names the kubeconfig, server and cause."""
+
+
+class OutputError(Exception):
+    """The output could not be written (a full disk): the message is the cause."""
 
 
 class InvalidInput(Exception):
@@ -205,6 +210,7 @@ def _kubectl_loader() -> Any:
     goyaml.v2/resolve.go) drops every "_" and reads as an integer what Go's strconv.ParseInt(s, 0, 64) does:
     1_000, 0x1F, 0o17 and 017 (octal), 0b101, prefixes in capitals too; YAML 1.1's base 60 (PyYAML's 90 for
     `1:30`) stays a string, which the API server refuses; and `1e-1`, a string to YAML 1.1 (no dot), is 0.1.
+    A whole float (`2.0`, `7.0e9`) is the integer the API server is sent (_go_json_number).
     Not matched: `08` (to Go the float 8) and a negative decimal below -2^63 (to Go a float)."""
     import yaml
 
@@ -255,7 +261,18 @@ def _kubectl_loader() -> Any:
     number = r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+"
     for floats in (f"{dotted}|{special}", number):
         Loader.add_implicit_resolver(float_tag, re.compile(rf"^(?:{floats})$"), list("-+0123456789."))
+    Loader.add_constructor(float_tag, _go_json_number)
     return Loader
+
+
+def _go_json_number(loader: Any, node: Any) -> float | int:
+    """A YAML float as the API server receives it from kubectl, which sends YAML as JSON through Go's
+    encoding/json: a whole float64 is written without a fraction (2.0 as `2`), read back as an int64. From
+    1e21 Go writes an exponent, and past int64 the server keeps a float: both stay floats here."""
+    value: float = loader.construct_yaml_float(node)
+    if math.isfinite(value) and value.is_integer() and -(2**63) <= value < 2**63:
+        return int(value)
+    return value
 
 
 def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
@@ -491,13 +508,25 @@ def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) 
     suggestions = suggest(spec, catalog, check) if args.suggest else None
 
     if args.output == "table":
-        stdout.write(render_table(manifest, spec, job_sizing, suggestions, inventory, kept_on))
+        _emit(stdout, render_table(manifest, spec, job_sizing, suggestions, inventory, kept_on))
         return EXIT_OK
     document: Any = job_sizing.sizing.model_dump(by_alias=True, mode="json")
     if suggestions is not None:
         document = {"sizing": document, "suggestions": [suggestion.to_dict() for suggestion in suggestions]}
-    stdout.write(render_data(document, args.output))
+    _emit(stdout, render_data(document, args.output))
     return EXIT_OK
+
+
+def _emit(stdout: TextIO, text: str) -> None:
+    """Writes and flushes `text`: a write error is raised here, not at the interpreter's exit, and is the
+    output's (OutputError), not an internal one. A closed pipe stays BrokenPipeError (run_size: quiet)."""
+    try:
+        stdout.write(text)
+        stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(exc.strerror or str(exc)) from exc
 
 
 def _catalog(catalog_file: str | None) -> Any:
@@ -594,10 +623,12 @@ def run_size(args: argparse.Namespace) -> int:
     try:
         return size(args, sys.stdout)
     except BrokenPipeError:  # e.g. `kubefit size ... | head`: the reader left, nothing more to say
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _discard_stdout()
         return EXIT_OK
+    except OutputError as exc:  # e.g. `kubefit size ... > /dev/full`
+        _discard_stdout()
+        print(f"error: cannot write the output: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except InvalidInput as exc:
         for line in exc.lines:
             print(f"error: {line}", file=sys.stderr)
@@ -611,3 +642,10 @@ def run_size(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+
+
+def _discard_stdout() -> None:
+    """Standard output to /dev/null: what is still buffered would fail again at the interpreter's exit."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
