@@ -144,7 +144,29 @@ def test_template_variables_can_refer_to_the_injected_ones() -> None:
     names = [variable["name"] for variable in env]
     assert names.count("MASTER_PORT") == 1  # the template's, which wins
     assert expanded(env)["INIT_METHOD"] == "tcp://llama-worker-0.llama:1234"
-    assert names[-2:] == ["PET_MASTER_PORT", "INIT_METHOD"]  # the template's last, in its order
+    assert names[-2:] == ["MASTER_PORT", "INIT_METHOD"]  # the template's last, in its order
+
+
+def test_a_reference_before_the_templates_own_torchrun_variable_sees_its_value_in_both_names() -> None:
+    """Setting PET_MASTER_PORT alone made MASTER_PORT a copy after it, in place of the operator's at the
+    front: a template variable above it that refers to $(MASTER_PORT) was left unexpanded."""
+    spec = raw_spec()
+    spec["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "LAUNCH_ARGS", "value": "--master-port=$(MASTER_PORT) --port=$(PET_MASTER_PORT)"},
+        {"name": "PET_MASTER_PORT", "value": "23456"},
+        {"name": "BASE", "value": "7"},
+        {"name": "PET_NPROC_PER_NODE", "value": "$(BASE)"},  # refers to the template's own: copied after it
+    ]
+    env = build_worker_pod(worker_set(spec), 1)["spec"]["containers"][0]["env"]
+    names = [variable["name"] for variable in env]
+    assert len(names) == len(set(names))
+    values = expanded(env)
+    assert (
+        values["LAUNCH_ARGS"] == "--master-port=23456 --port=$(PET_MASTER_PORT)"
+    )  # PET_ is defined after it
+    assert values["MASTER_PORT"] == values["PET_MASTER_PORT"] == "23456"
+    assert values["NPROC_PER_NODE"] == values["PET_NPROC_PER_NODE"] == "7"
+    assert names.index("NPROC_PER_NODE") > names.index("PET_NPROC_PER_NODE")
 
 
 def test_a_template_that_sets_one_of_torchruns_pairs_sets_both() -> None:

@@ -102,15 +102,23 @@ def _with_env(container: dict[str, Any], extra: list[dict[str, Any]]) -> list[di
     # Ours come first: Kubernetes expands $(MASTER_ADDR) in a value only if it is defined earlier.
     ours = {variable["name"]: variable for variable in extra}
     env = [_merged(variable, ours.get(variable.get("name"))) for variable in container.get("env") or []]
-    env = _with_twins(env, ours)
+    in_front, env = _with_twins(env, ours)
     present = {variable.get("name") for variable in env}
-    return [variable for variable in extra if variable["name"] not in present] + env
+    return [
+        in_front.get(variable["name"], variable) for variable in extra if variable["name"] not in present
+    ] + env
 
 
-def _with_twins(env: list[dict[str, Any]], ours: dict[str, Any]) -> list[dict[str, Any]]:
-    """`env` with a copy of a variable whose torchrun twin (MASTER_PORT, PET_MASTER_PORT) the operator sets
-    and the template does not, right after its last definition (the one Kubernetes keeps), so both agree."""
+def _with_twins(
+    env: list[dict[str, Any]], ours: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """A copy of each variable whose torchrun twin (MASTER_PORT, PET_MASTER_PORT) the operator sets and the
+    template does not, so both agree: {twin: copy} to stand in the operator's place at the front, where a
+    reference from anywhere in the template sees it; a value that refers to others ($(...)) is copied into
+    `env` right after its last definition instead (the one Kubernetes keeps), as it may refer to the
+    template's own variables."""
     names = [variable.get("name") for variable in env]
+    in_front: dict[str, dict[str, Any]] = {}
     result = []
     for index, variable in enumerate(env):
         result.append(variable)
@@ -122,8 +130,12 @@ def _with_twins(env: list[dict[str, Any]], ours: dict[str, Any]) -> list[dict[st
             and not refers
             and variable.get("name") not in names[index + 1 :]
         ):
-            result.append({**variable, "name": twin})
-    return result
+            copy = {**variable, "name": twin}
+            if "$(" in str(variable.get("value", "")):
+                result.append(copy)
+            else:
+                in_front[twin] = copy
+    return in_front, result
 
 
 def _merged(variable: dict[str, Any], ours: dict[str, Any] | None) -> dict[str, Any]:
