@@ -348,6 +348,9 @@ def test_a_malformed_length_or_body_is_400_not_an_error(
         ("GET", PATH + "/ack", "POST"),
         ("PUT", PATH, "GET"),
         ("DELETE", PATH + "/ack", "POST"),
+        ("OPTIONS", PATH, "GET"),  # these three were http.server's 501 HTML page
+        ("TRACE", PATH + "/ack", "POST"),
+        ("CONNECT", PATH, "GET"),
     ],
 )
 def test_wrong_methods_are_405(api: Api, method: str, path: str, allow: str) -> None:

@@ -232,7 +232,8 @@ class _Handler(DeadlineRequestHandler):
     def do_PUT(self) -> None:
         self._answer(self._not_allowed)
 
-    do_DELETE = do_PATCH = do_HEAD = do_PUT
+    # Every method of HTTP (RFC 9110) but GET and POST; an unknown one is http.server's 501.
+    do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = do_PUT
 
     def _answer(self, handle: Callable[[], dict[str, Any]]) -> None:
         try:
