@@ -429,6 +429,29 @@ def test_an_auto_layout_runs_whole_groups_and_says_when_replicas_are_rounded() -
     assert any("workers.replicas 3" in warning and "2 workers run" in warning for warning in sizing.warnings)
 
 
+def test_an_auto_layout_rounds_a_stated_minimum_up_to_whole_groups_never_below_it() -> None:
+    """TP 16 on 8-device workers: groups of 2 workers. minReplicas 3 was rounded down to a floor of 2, so
+    the job could be shrunk to, and torchrun would accept, fewer workers than its stated minimum."""
+    spec = make_spec(
+        model={**LLAMA3_8B, "architecture": {**LLAMA3_8B["architecture"], "kvHeads": 16}},
+        training={"tensorParallel": 16},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": "auto"},
+        elastic={"enabled": True},
+        workers={"replicas": 6, "minReplicas": 3, "maxReplicas": 6},
+    )
+    sizing = plan(spec)
+    counts = worker_counts(spec, sizing.min_workers, sizing.accelerators_per_worker)
+    assert sizing.accelerators_per_worker == 8 and (counts.step, counts.floor, counts.desired) == (2, 4, 6)
+    assert any(
+        "workers.minReplicas 3" in warning and "the floor is 4" in warning for warning in sizing.warnings
+    )
+    # Above maxReplicas once rounded: no layout of whole groups keeps [3, 3], none runs.
+    capped = spec.model_copy(
+        update={"workers": spec.workers.model_copy(update={"replicas": 3, "max_replicas": 3})}
+    )
+    assert not worker_counts(capped, 1, 8).feasible
+
+
 def test_an_auto_layout_that_runs_the_replicas_asked_beats_one_cheaper_only_by_dropping_workers() -> None:
     """TP 8, 3 replicas on H100s: 4 per worker would make 12 devices, so 2 workers (one model replica)
     would run; 8 per worker runs the 3 asked."""

@@ -584,7 +584,9 @@ class Workers(_Model):
         le=MAX_WORKERS,
         default=None,
         description="Floor of the worker count. The effective floor is max(minReplicas, the workers memory "
-        "requires); when it exceeds maxReplicas no worker starts. Default: replicas, at most maxReplicas.",
+        "requires), in whole tensorParallel x pipelineParallel groups (rounded up, with a warning, where the "
+        "planner chooses the layout); when it exceeds maxReplicas no worker starts. Default: replicas, at "
+        "most maxReplicas.",
     )
     max_replicas: int | None = Field(
         strict=True,

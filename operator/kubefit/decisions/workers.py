@@ -3,7 +3,8 @@
 Effective worker count: spec.workers.replicas clamped to [floor, ceiling] where
     floor   = max(minReplicas (default: replicas), sizing.minWorkers)
     ceiling = maxReplicas (default: replicas)
-Both in whole tensorParallel x pipelineParallel groups (the floor rounded up, the desired count down).
+Both in whole tensorParallel x pipelineParallel groups (a stated minReplicas and what memory needs rounded
+up, replicas down).
 A floor above the ceiling means the allowed workers cannot hold the job: nothing runs. These are the
 counts the planner judged the layout at (sizing.planner.worker_counts), so what runs is what was sized.
 """

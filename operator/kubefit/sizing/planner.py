@@ -407,10 +407,13 @@ class WorkerCounts:
 
 def worker_counts(spec: TrainingJobSpec, min_workers: int, devices_per_worker: int) -> WorkerCounts:
     """The counts of a layout of `devices_per_worker` on which memory needs at least `min_workers`
-    workers, in whole TP x PP groups: the spec's counts are rounded down to a multiple of the step
-    (at least one step), what memory needs up."""
+    workers, in whole TP x PP groups: a stated minReplicas, a bound the job never runs below, is rounded
+    up to a multiple of the step, as is what memory needs; replicas and maxReplicas are rounded down
+    (at least one step)."""
     workers, step = spec.workers, _worker_step(spec, devices_per_worker)
-    floor = max(math.ceil(min_workers / step) * step, workers.floor - workers.floor % step, step)
+    stated = workers.floor
+    stated = math.ceil(stated / step) * step if workers.min_replicas is not None else stated - stated % step
+    floor = max(math.ceil(min_workers / step) * step, stated, step)
     desired = min(max(workers.replicas, floor), workers.ceiling)
     if desired >= floor:
         desired -= desired % step
@@ -736,7 +739,7 @@ def _group_notes(spec: TrainingJobSpec, option: _Option) -> list[str]:
         notes.append(f"workers.{field} {asked}: {why}, so {counts.desired} workers run")
     floor = spec.workers.min_replicas
     # Only a floor the grouping set: one memory raised further is _fit_notes' to explain.
-    if floor is not None and floor % step and counts.floor == max(floor - floor % step, step):
+    if floor is not None and floor % step and counts.floor == math.ceil(floor / step) * step:
         notes.append(f"workers.minReplicas {floor}: {why}, so the floor is {counts.floor}")
     return notes
 
