@@ -443,8 +443,9 @@ class Training(_Model):
     )
     attention: Attention = Field(
         default="sdpa",
-        description="sdpa and flash are memory-efficient (no s x s score matrix is stored); eager "
-        "materialises the attention scores.",
+        description="sdpa and flash are memory-efficient (no s x s score matrix is stored), except at "
+        "precision fp32 with grouped KV heads (kvHeads below attentionHeads), where PyTorch's SDPA falls "
+        "back to its math path and keeps the fp32 scores: sized so; eager materialises the attention scores.",
     )
     sharding: Sharding = Field(
         default="none",
