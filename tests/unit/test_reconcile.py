@@ -1495,6 +1495,7 @@ def test_a_non_elastic_job_restarts_every_worker_with_the_new_world_size() -> No
     assert (ready["reason"], "from 2 to 3 workers" in ready["message"]) == ("Restarting", True)
     assert status_of(asked)["checkpoint"]["reason"] == "Restarting"
     assert status_of(asked)["desiredReplicas"] == 2
+    assert status_of(asked)["phase"] == "Scaling"  # Running while every worker waits to be restarted
     acks = {"llama-worker-0": 5, "llama-worker-1": 5}
     stopped = decide(observe(three, pods, asked.status, NOW + timedelta(seconds=2), acks=acks), CATALOG)
     assert stopped.delete == ("llama-worker-1", "llama-worker-0") and stopped.create == ()

@@ -469,7 +469,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
     desired = plan.target if plan.restart and shake.proceed else plan.keep
     start_time = ctx.status.get("startTime") or (rfc3339(ctx.now) if ready >= plan.keep else None)
     draft = Draft(
-        phase=_phase(ctx.ours, plan.keep, ready, start_time),
+        phase=_phase(ctx.ours, plan.keep, ready, start_time, restarting=plan.restart is not None),
         updates=[sized(ctx.sizing), _admitted(ctx, plan), *_readiness(ready, plan.keep, _trains_with(ctx))],
         create=create,
         worker_set=worker_set(ctx, plan.keep, plan.floor) if create else None,
@@ -828,9 +828,12 @@ def _placed(ours: Sequence[WorkerPod], slots: frozenset[int]) -> int:
     return sum(1 for pod in ours if pod.node_name and not pod.terminating and pod.index in slots)
 
 
-def _phase(ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str | None) -> Phase:
+def _phase(
+    ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str | None, restarting: bool = False
+) -> Phase:
     existing = [pod for pod in ours if not pod.terminating]
-    if ready >= desired and len(existing) == desired:
+    # A restart waiting for its checkpoint: every worker is about to go, however many run now.
+    if ready >= desired and len(existing) == desired and not restarting:
         return JobPhase.RUNNING
     return JobPhase.SCALING if start_time else JobPhase.PENDING
 
