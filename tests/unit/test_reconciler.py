@@ -420,11 +420,9 @@ def test_once_the_quota_is_gone_the_retry_creates_the_rest_and_clears_the_error(
     assert len(harness.events("Fits")) == 1  # the transition was told once, not again on the retry
 
 
-def test_a_worker_name_taken_by_a_pod_not_the_jobs_is_a_reconcile_error_naming_its_owner(
-    harness: Harness,
-) -> None:
-    """The create's 409 was taken for the job's own worker: the job waited for it forever, with no error."""
-    server = PodServer({"llama-worker-1": stateful_set_pod("llama-worker-1")})
+def creates_through(harness: Harness, server: PodServer) -> None:
+    """The harness's worker creates go through KubeApi.create_pod against `server` first (its 409 handling),
+    then into the fake index."""
     api = KubeApi(cast(Any, server))
     index_shows = harness.kube.create_pod
 
@@ -432,6 +430,13 @@ def test_a_worker_name_taken_by_a_pod_not_the_jobs_is_a_reconcile_error_naming_i
         return api.create_pod(namespace, manifest) and index_shows(namespace, manifest)
 
     harness.kube.create_pod = create_pod  # type: ignore[method-assign]
+
+
+def test_a_worker_name_taken_by_a_pod_not_the_jobs_is_a_reconcile_error_naming_its_owner(
+    harness: Harness,
+) -> None:
+    """The create's 409 was taken for the job's own worker: the job waited for it forever, with no error."""
+    creates_through(harness, PodServer({"llama-worker-1": stateful_set_pod("llama-worker-1")}))
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.reconcile()
     ready = harness.condition("Ready")
@@ -470,14 +475,7 @@ def test_the_jobs_own_worker_that_lost_its_job_label_is_a_reconcile_error_saying
     owner = {"kind": "TrainingJob", "name": "llama", "uid": "uid-llama", "controller": True}
     unlabelled = {"name": "llama-worker-1", "labels": {} if label is None else {"kubefit.dev/job": label},
                   "ownerReferences": [owner]}  # fmt: skip
-    server = PodServer({"llama-worker-1": unlabelled})
-    api = KubeApi(cast(Any, server))
-    index_shows = harness.kube.create_pod
-
-    def create_pod(namespace: str, manifest: dict[str, Any]) -> bool:
-        return api.create_pod(namespace, manifest) and index_shows(namespace, manifest)
-
-    harness.kube.create_pod = create_pod  # type: ignore[method-assign]
+    creates_through(harness, PodServer({"llama-worker-1": unlabelled}))
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.reconcile()
     ready = harness.condition("Ready")
