@@ -846,6 +846,47 @@ def test_a_listing_that_is_not_a_kubernetes_list_exits_3(
     )
 
 
+@pytest.mark.parametrize(
+    ("nodes", "pods", "named"),
+    [
+        ([{**node("h100-a", H100_LABELS), "status": "x"}], [], "node 'h100-a'"),
+        ([{**node("h100-a", H100_LABELS), "spec": "x"}], [], "node 'h100-a'"),
+        ([{"metadata": "x"}], [], "a node without a name"),
+        (CLUSTER_NODES, [{**pod_on("h100-a", 8), "spec": "x"}], "pod 'p-h100-a-None'"),
+        (CLUSTER_NODES, [{**pod_on("h100-a", 8), "spec": {"nodeName": "h100-a", "containers": [5]}}], "pod "),
+        (
+            CLUSTER_NODES,
+            [
+                {
+                    "metadata": {
+                        **pod_on("h100-b", 8, "ml", "small")["metadata"],
+                        "name": "small-worker-0",
+                        "annotations": "x",
+                    }
+                }
+            ],
+            "pod 'small-worker-0'",
+        ),
+    ],
+)
+def test_a_listed_object_of_the_wrong_shape_exits_3_naming_it(
+    nodes: list[Any],
+    pods: list[Any],
+    named: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    api_server: Any,
+) -> None:
+    # A field that should be an object is a string or a number: it was "internal error", exit 1.
+    server = api_server(nodes, pods)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, server.url)))
+    code, out, err = run_main(capsys, "-f", write(tmp_path, SMALL_AUTO), "--cluster", "-o", "json")
+    assert (code, out) == (3, ""), err
+    assert err.startswith(f"error: --cluster: cannot read {named}") and len(err.splitlines()) == 1, err
+    assert f"from the cluster at {server.url}" in err and "a field has the wrong type" in err
+
+
 def test_an_empty_listing_written_as_null_items_is_an_empty_list(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, api_server: Any
 ) -> None:

@@ -147,19 +147,18 @@ def read_inventory(
     operator: that accelerator is returned too (None when the inventory is whole), and with it the devices
     each worker requests, which an elastic pytorch job keeps (decisions/running_group.py)."""
     key = (namespace, str((manifest.get("metadata") or {}).get("name") or ""))
-    nodes = [node_facts(node) for node in _pages(connection, "nodes")]
+    nodes = [_read_item(connection, "nodes", node, node_facts) for node in _pages(connection, "nodes")]
     usage: dict[str, list[PodUsage]] = {}
     ours: list[WorkerPod] = []
     devices: Counter[str] = Counter()  # the live workers' extended requests, summed
     for pod in _pages(connection, "pods"):
-        held = pod_usage(pod)
+        held, worker, requests = _read_item(connection, "pods", pod, lambda item: _pod_reading(item, key))
         if held is not None:
             usage.setdefault(held.node_name, []).append(held)
-        worker = _own_worker(pod, key)
         if worker is not None:
             ours.append(worker)
             if not worker.terminating and not worker.finished:
-                devices += effective_requests(pod.get("spec") or {})
+                devices += requests
     placement = placement_of(template_pod_spec(manifest.get("spec")))
     inventory = build_inventory(nodes, usage, catalog, for_job=key, placement=placement)
     running_on = _workers_accelerator(ours, nodes, catalog)
@@ -171,6 +170,31 @@ def read_inventory(
     if kept is None or kept is inventory:
         return KeptInventory(inventory, None, running)
     return KeptInventory(kept, running_on, running)
+
+
+def _pod_reading(
+    pod: Mapping[str, Any], key: tuple[str, str]
+) -> tuple[PodUsage | None, WorkerPod | None, Counter[str]]:
+    """What one pod holds, whether it is a worker of the job `key`, and its effective requests."""
+    worker = _own_worker(pod, key)
+    requests = effective_requests(pod.get("spec") or {}) if worker is not None else Counter()
+    return pod_usage(pod), worker, requests
+
+
+def _read_item(connection: Connection, kind: str, item: dict[str, Any], read: Callable[[Any], Any]) -> Any:
+    """`read(item)`; an object of the listing whose fields have the wrong shape (a field that should be an
+    object is a string, say) is the cluster's fault, exit 3 naming the object, not an internal error. A real
+    API server never answers so; a proxy or a fake one may."""
+    try:
+        return read(item)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        metadata = item.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        which = f"{kind[:-1]} {name!r}" if isinstance(name, str) else f"a {kind[:-1]} without a name"
+        raise ClusterUnreadable(
+            f"cannot read {which} from the cluster at {connection.server} (kubeconfig {kubeconfig_source()}): "
+            f"a field has the wrong type ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _per_worker(
