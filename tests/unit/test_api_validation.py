@@ -222,8 +222,8 @@ BAD_SPECS: list[tuple[str, Any, str, str]] = [
     (
         "min-above-max",
         _spec(workers={"replicas": 2, "minReplicas": 4, "maxReplicas": 3}),
-        "spec.workers",
-        "minReplicas",
+        "spec.workers.minReplicas",
+        "maxReplicas (3)",
     ),
     (
         "kv-heads-above-heads",

@@ -315,7 +315,7 @@ BAD_INPUTS = {
     "bad parameter count": (with_spec(model={"parameters": "8 billion"}), "error: spec.model.parameters: "),
     "min above max": (
         with_spec(workers={"minReplicas": 4, "maxReplicas": 2}),
-        "error: spec.workers: minReplicas must not exceed maxReplicas",
+        "error: spec.workers.minReplicas: must not exceed maxReplicas (2)",
     ),
     "unknown accelerator": (
         with_spec(resources={"accelerator": "nvidia-h100-800gb"}),

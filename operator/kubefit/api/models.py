@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from kubefit.api.conditions import ConditionStatus, Phase
 from kubefit.api.quantity import (
@@ -67,6 +68,9 @@ QuantityOrString = int | str
 # Llama 3 405B trained on up to 16,384 H100s (Dubey et al. 2024, "The Llama 3 Herd of Models",
 # arXiv:2407.21783, section 3.3), 2,048 nodes of 8 GPUs: 4,096 workers of one node each is twice that.
 MAX_WORKERS = 4096
+# The error type of a section's check that names one of its fields: the field's name (camelCase) is in
+# the error's context, and the error is reported at it (api/validation.py).
+FIELD_ERROR = "field_error"
 # A worker is one pod on one node. Nodes carry at most 16 accelerator devices (the catalog's largest
 # perNode is 16; AWS trn1.32xlarge has 16 Trainium chips, which the Neuron device plugin can expose as
 # 32 NeuronCores): 64 is twice the largest count a device plugin advertises on one node.
@@ -450,7 +454,9 @@ class Training(_Model):
     sharding: Sharding = Field(
         default="none",
         description="Data-parallel sharding of training state across all data-parallel devices: none (plain "
-        "data parallel), zero1 (optimizer states), zero2 (+gradients), zero3 or fsdp (+parameters).",
+        "data parallel), zero1 (optimizer states), zero2 (+gradients), zero3 or fsdp (+parameters). With "
+        "pipelineParallel > 1, zero2, zero3 and fsdp shard only the optimizer states (a stage keeps its "
+        "parameters gathered and its gradients whole across micro-batches), with a sizing warning.",
     )
     fsdp_wrap: FsdpWrap = Field(
         default="blocks",
@@ -473,8 +479,10 @@ class Training(_Model):
     )
     offload: Offload = Field(
         default="none",
-        description="Host-memory offload: none, optimizer (optimizer states and their step on the CPU), or "
-        "optimizer-and-parameters.",
+        description="Host-memory offload: none, optimizer (optimizer states and their step on the CPU; under "
+        "zero2, zero3 or fsdp the gradient partitions too), or optimizer-and-parameters (also the parameter "
+        "shards, under zero3 or fsdp only: with another sharding the parameters stay on the device, with a "
+        "sizing warning).",
     )
     loss: Loss = Field(
         default="standard",
@@ -605,7 +613,12 @@ class Workers(_Model):
             and self.max_replicas is not None
             and self.min_replicas > self.max_replicas
         ):
-            raise ValueError("minReplicas must not exceed maxReplicas")
+            # Reported at the field, as the API server reports an HPA's minReplicas above its maxReplicas.
+            raise PydanticCustomError(
+                FIELD_ERROR,
+                "must not exceed maxReplicas ({maximum})",
+                {"field": "minReplicas", "maximum": self.max_replicas},
+            )
         return self
 
     @property

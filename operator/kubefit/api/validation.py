@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubefit.api.models import TrainingJobSpec
+from kubefit.api.models import FIELD_ERROR, TrainingJobSpec
 from kubefit.api.quantity import exact_quantity, is_quantity
 
 _HUGEPAGES = "hugepages-"
@@ -86,7 +86,10 @@ def schema_spec(raw: Any) -> TrainingJobSpec:
     except ValidationError as exc:
         seen: dict[str, str] = {}
         for error in exc.errors():
-            path = field_path(tuple(error["loc"]), raw)
+            location = tuple(error["loc"])
+            if error["type"] == FIELD_ERROR:
+                location += (error["ctx"]["field"],)
+            path = field_path(location, raw)
             if error["type"] == "extra_forbidden":
                 message = "unknown field"
             else:
