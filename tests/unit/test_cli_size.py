@@ -926,6 +926,12 @@ def test_the_table_says_no_worker_starts_when_memory_needs_more_workers_than_all
     code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest))
     assert code == 0
     assert "no worker starts (TooFewWorkers" in out and "more than the spec allows (2)" in out
+    # Judged at the 2 workers allowed, where it does not fit; the JSON's fits says so too (the Fits column).
+    assert "8 per worker x 2 workers = 16 devices" in out and ": DOES NOT FIT; no worker starts" in out
+    code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest), "-o", "json")
+    assert code == 0
+    printed = json.loads(out)
+    assert (printed["fits"], printed["minWorkers"]) == (False, 3)
 
 
 # ------------------------------------------------------------------ review findings: what the operator refuses

@@ -19,6 +19,7 @@ from kubefit.sizing.estimator import Layout, estimate
 from kubefit.sizing.planner import (
     NodeInventory,
     find_remedies,
+    floor_needs,
     parallel_group,
     plan,
     plan_job,
@@ -171,6 +172,7 @@ def test_fixed_accelerator_chooses_only_its_per_node_counts() -> None:
         model=LLAMA3_8B,
         training={"sharding": "fsdp", "activationCheckpointing": "full"},
         resources={"accelerator": "nvidia-l4"},
+        workers={"replicas": 1, "maxReplicas": 32},  # room for the workers memory needs
     )
     sizing = plan(spec)
     device = CATALOG.get("nvidia-l4")
@@ -293,8 +295,13 @@ def test_more_workers_than_max_replicas_is_explained() -> None:
         resources={"accelerator": "nvidia-a100-80gb", "acceleratorsPerWorker": 8},
         workers={"maxReplicas": 1},
     )
-    sizing = plan(spec)
-    assert sizing.fits and sizing.min_workers > 1
+    planned = plan_job(spec)
+    sizing = planned.sizing
+    # Judged at the one worker allowed, where it does not fit: the Fits column says false for a job that
+    # cannot start (TooFewWorkers), and minWorkers says how many memory needs.
+    assert not sizing.fits and sizing.min_workers > 1 and planned.evaluated_workers == 1
+    assert sizing.per_device_bytes == estimate(spec, CATALOG.get("nvidia-a100-80gb"), Layout(8, 1)).total
+    assert fits(spec, CATALOG.get("nvidia-a100-80gb"), 8, sizing.min_workers)
     assert any("workers.maxReplicas allows 1" in warning for warning in sizing.warnings)
 
 
@@ -450,6 +457,22 @@ def test_an_auto_layout_rounds_a_stated_minimum_up_to_whole_groups_never_below_i
         update={"workers": spec.workers.model_copy(update={"replicas": 3, "max_replicas": 3})}
     )
     assert not worker_counts(capped, 1, 8).feasible
+    # The planner says why (memory needs only 2) and what to change, and the job's condition names the
+    # rounded minReplicas, not memory.
+    capped_sizing = plan(capped)
+    assert capped_sizing.min_workers == 2 and capped_sizing.fits  # memory fits on the 2 workers allowed
+    assert (
+        "workers.minReplicas 3: tensorParallel x pipelineParallel = 16 devices per model replica come in 2 "
+        "workers of 8, so the floor is 4, above the 3 workers.maxReplicas allows, so no worker starts; lower "
+        "workers.minReplicas to 2 or raise workers.maxReplicas to 4"
+    ) in capped_sizing.warnings
+    bounds = worker_counts(capped, capped_sizing.min_workers, 8)
+    assert floor_needs(capped, bounds, capped_sizing.min_workers, 8) == (
+        "spec.workers.minReplicas 3, rounded up to whole tensorParallel x pipelineParallel groups of 2 "
+        "workers, needs at least 4 workers"
+    )
+    # A floor memory sets above the rounded minimum is memory's.
+    assert floor_needs(capped, worker_counts(capped, 6, 8), 6, 8) == "memory needs at least 6 workers"
 
 
 def test_an_auto_layout_that_runs_the_replicas_asked_beats_one_cheaper_only_by_dropping_workers() -> None:
@@ -686,7 +709,8 @@ def test_a_job_that_fits_only_on_more_workers_than_the_operator_runs_is_told_wha
 
     raw = {**_BIG_ON_A100, "training": {**_BIG_ON_A100["training"], "sharding": "zero3"}}
     spec, job_sizing = checked_spec("big", raw, CATALOG, 1024)
-    assert job_sizing.sizing.fits and job_sizing.sizing.min_workers == 1095
+    assert not job_sizing.sizing.fits and job_sizing.sizing.min_workers == 1095  # judged at its 1 worker
+    assert job_sizing.evaluated_workers == 1
     warnings = job_sizing.sizing.warnings
     assert any("more than this operator runs per job" in warning for warning in warnings), warnings
     assert not any("raise workers.maxReplicas" in warning for warning in warnings)

@@ -398,10 +398,11 @@ def _summary_lines(manifest: dict[str, Any], spec: Any, job_sizing: Any) -> list
     runs, devices, elastic = _count(workers, "worker"), _count(per_worker * workers, "device"), []
     bounds = worker_bounds(spec, sizing)
     if not bounds.feasible:
-        # Memory needs more workers than the spec allows: the operator starts none (TooFewWorkers).
+        # More workers than the spec allows are needed: the operator starts none (TooFewWorkers). Memory's
+        # need is judged at the most workers allowed (fits false); a minReplicas rounded up to whole
+        # TP x PP groups can be above the ceiling while memory fits.
         needs += f", more than the spec allows ({bounds.ceiling})"
-        if sizing.fits:
-            verdict = f"fits, but no worker starts ({Reason.TOO_FEW_WORKERS}; see warnings)"
+        verdict = f"{verdict}; no worker starts ({Reason.TOO_FEW_WORKERS}; see warnings)"
     if spec.elastic.enabled and bounds.feasible and bounds.floor != bounds.desired:
         # An elastic job runs anything from its floor to its desired count: say so, and which was sized.
         runs = f"{bounds.floor}-{bounds.desired} workers"

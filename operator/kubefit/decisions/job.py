@@ -50,7 +50,7 @@ from kubefit.decisions.running_group import (
 from kubefit.decisions.scheduled import scheduled, suspended
 from kubefit.decisions.workers import WorkerBounds, stop_workers
 from kubefit.sizing.catalog import Catalog
-from kubefit.sizing.planner import needs_workers
+from kubefit.sizing.planner import floor_needs
 
 if TYPE_CHECKING:
     from kubefit.decisions.admission import Demand
@@ -328,7 +328,7 @@ def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds) 
     else:
         reason = Reason.TOO_FEW_WORKERS
         field_name = spec.workers.ceiling_field
-        needs = needs_workers(spec, bounds.floor, sizing.accelerators_per_worker)
+        needs = floor_needs(spec, bounds, sizing.min_workers, sizing.accelerators_per_worker)
         message = f"{needs} but spec.workers.{field_name} allows {bounds.ceiling}; no workers are started"
     return Draft(
         phase=JobPhase.PENDING,

@@ -25,8 +25,10 @@ returns the `status.sizing` object. Rules, in order:
   node's fast links), then catalog order.
 * With both accelerator and acceleratorsPerWorker fixed the one candidate is evaluated the same way;
   `fits` may be false (a replica count too large for plain data parallel, say).
-* When memory needs more workers than maxReplicas allows, the fewest-workers layout is reported with a
-  warning; the operator starts no worker (TooFewWorkers).
+* When memory needs more workers than maxReplicas allows, the layout is chosen by its fewest workers
+  that fit (`minWorkers`) but reported at the most workers the spec allows, where it does not fit
+  (`fits` false), with a warning naming the bound to raise; the operator starts no worker
+  (TooFewWorkers).
 * When nothing fits, the status carries the best-effort layout, `fits: false` and a warning naming
   the changes that would fit, each found by planning again with the change applied. With an inventory
   a change must land on a layout some node holds (unless the spec as written is planned off the
@@ -727,7 +729,7 @@ def _group_notes(spec: TrainingJobSpec, option: _Option) -> list[str]:
     chose: a fixed one is refused instead, see _check_whole_groups)."""
     per_worker = option.candidate.devices_per_worker
     step, counts = _worker_step(spec, per_worker), option.counts
-    if step == 1 or not counts.feasible:
+    if step == 1:
         return []
     why = (
         f"tensorParallel x pipelineParallel = {parallel_group(spec)} devices per model replica come in "
@@ -735,12 +737,20 @@ def _group_notes(spec: TrainingJobSpec, option: _Option) -> list[str]:
     )
     notes = []
     asked, field = _asked_workers(spec)
-    if asked % step and counts.desired != asked:
+    if counts.feasible and asked % step and counts.desired != asked:
         notes.append(f"workers.{field} {asked}: {why}, so {counts.desired} workers run")
     floor = spec.workers.min_replicas
     # Only a floor the grouping set: one memory raised further is _fit_notes' to explain.
     if floor is not None and floor % step and counts.floor == math.ceil(floor / step) * step:
-        notes.append(f"workers.minReplicas {floor}: {why}, so the floor is {counts.floor}")
+        note = f"workers.minReplicas {floor}: {why}, so the floor is {counts.floor}"
+        if not counts.feasible:
+            ceiling_field = spec.workers.ceiling_field
+            lower = f"lower workers.minReplicas to {floor - floor % step} or " if floor >= step else ""
+            note += (
+                f", above the {counts.ceiling} workers.{ceiling_field} allows, so no worker starts; "
+                f"{lower}raise workers.{ceiling_field} to {counts.floor}"
+            )
+        notes.append(note)
     return notes
 
 
@@ -777,10 +787,9 @@ def plan_job(
             raise ValueError("plan takes the nodes or their pools, not both")
         pools = _pools(inventory)
     outcome = _plan(spec, catalog, pools)
+    reported = _within_the_bounds(spec, outcome)
     if not advise:
-        return Plan(
-            _status(outcome.shown, outcome.min_workers, outcome.warnings), outcome.shown.layout.workers
-        )
+        return Plan(_status(reported, outcome.min_workers, outcome.warnings), reported.layout.workers)
     if outcome.shown.fits:
         refused = _raise_refused(spec, outcome, check)
         notes = _fit_notes(spec, outcome, _pool(pools, outcome.shown.accelerator.name), refused)
@@ -791,8 +800,20 @@ def plan_job(
         remedies, notes = _remedy_search(spec, catalog, pools, check)
         search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools))
         notes = [_shortfall_note(spec, outcome, remedies, search), *notes]
-    sizing = _status(outcome.shown, outcome.min_workers, [*outcome.warnings, *notes])
-    return Plan(sizing, outcome.shown.layout.workers)
+    sizing = _status(reported, outcome.min_workers, [*outcome.warnings, *notes])
+    return Plan(sizing, reported.layout.workers)
+
+
+def _within_the_bounds(spec: TrainingJobSpec, outcome: _Outcome) -> LayoutEstimate:
+    """The layout status.sizing describes: the one planned, except where memory needs more workers than
+    the spec allows. The job runs none then (TooFewWorkers), and its layout is judged at the most whole
+    TP x PP groups of workers the spec allows, where it does not fit: `fits` false, as `kubectl get`
+    should show a job that cannot start. minWorkers still says how many memory needs."""
+    shown, counts = outcome.shown, outcome.option.counts
+    most = max(counts.ceiling - counts.ceiling % counts.step, counts.step)
+    if counts.feasible or most >= shown.layout.workers:
+        return shown  # feasible, or only a minReplicas rounded up to whole groups is above the ceiling
+    return evaluate(spec, shown.accelerator, shown.layout.devices_per_worker, most)
 
 
 def plan(
@@ -825,6 +846,21 @@ def needs_workers(spec: TrainingJobSpec, workers: int, devices_per_worker: int) 
             f"of {devices_per_worker}"
         )
     return f"memory needs at least {workers} workers"
+
+
+def floor_needs(
+    spec: TrainingJobSpec, counts: WorkerCounts, min_workers: int, devices_per_worker: int
+) -> str:
+    """Why the job needs at least `counts.floor` workers: a minReplicas rounded up to whole TP x PP groups
+    (above what memory, `min_workers`, needs), or what needs_workers says."""
+    stated, step = spec.workers.min_replicas, counts.step
+    memory_floor = max(math.ceil(min_workers / step) * step, step)
+    if stated is not None and counts.floor == math.ceil(stated / step) * step > memory_floor:
+        return (
+            f"spec.workers.minReplicas {stated}, rounded up to whole tensorParallel x pipelineParallel groups "
+            f"of {step} workers, needs at least {counts.floor} workers"
+        )
+    return needs_workers(spec, counts.floor, devices_per_worker)
 
 
 def _fit_notes(
