@@ -113,8 +113,8 @@ class OperatorMetrics:
             "1 on the replica that reconciles and schedules; 0 on a standby waiting for the leader Lease.",
             registry=self.registry,
         )
-        # The per-job alerts bridge the gap in a job's series only while the leader is new (a restart, a
-        # handover): a job's series gone under a leader that has led for long is a deleted job.
+        # The per-job alerts bridge the gap in a job's series only while a leader is missing or new (a
+        # restart, a handover): a job's series gone under leaders that have led for long is a deleted job.
         self.leader_start_time = Gauge(
             "kubefit_leader_start_time_seconds",
             "Unix time at which this replica became the leader; 0 on a standby.",
