@@ -689,6 +689,33 @@ def test_a_catalog_entry_whose_name_no_spec_could_pin_is_refused_when_the_catalo
         parse_catalog(entry % ("a" * 64))
 
 
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ("memoryMiB: true", r"accelerators\[npu\]\.memoryMiB must be a positive integer"),  # was 1 MiB
+        (
+            "memoryMiB: 1024, perNode: [true]",
+            r"accelerators\[npu\]\.perNode must be a list of integers from 1",
+        ),
+        (
+            "memoryMiB: 1024, perNode: [8, 1000]",
+            r"from 1 to 64, the most spec.resources.acceleratorsPerWorker",
+        ),
+    ],
+)
+def test_a_catalog_entry_with_a_boolean_or_a_count_no_worker_can_request_is_refused(
+    fields: str, message: str
+) -> None:
+    # YAML's true is an int to Python: an H100 became 1 MiB. A perNode of 1000 was planned as 1000 devices
+    # a worker, which the spec's acceleratorsPerWorker (at most 64) could never pin.
+    from kubefit.sizing.catalog import CatalogError, parse_catalog
+
+    entry = "accelerators:\n- {name: npu, vendor: acme, resourceName: acme.com/npu, %s}\n"
+    assert parse_catalog(entry % "memoryMiB: 1024, perNode: [1, 64]")[0].per_node == (1, 64)
+    with pytest.raises(CatalogError, match=message):
+        parse_catalog(entry % fields)
+
+
 # ------------------------------------------------------------------ the template parts the pod builder reads
 
 

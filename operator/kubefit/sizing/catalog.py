@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from kubefit.api.models import MAX_ACCELERATORS_PER_WORKER
 from kubefit.api.units import MIB
 
 BUILTIN_CATALOG = Path(__file__).with_name("accelerators.yaml")
@@ -41,6 +42,11 @@ class Accelerator:
         return any(all(labels.get(key) == value for key, value in term.items()) for term in self.match)
 
 
+def _whole(value: Any) -> bool:
+    """An integer, not a boolean (YAML's `true` is an int to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _entry(raw: Any, source: str) -> Accelerator:
     if not isinstance(raw, dict):
         raise CatalogError(f"{source}: each entry of accelerators must be a mapping")
@@ -53,7 +59,7 @@ def _entry(raw: Any, source: str) -> Accelerator:
             f"{where}: the name is longer than {NAME_MAX} characters, the most spec.resources.accelerator takes"
         )
     memory = raw.get("memoryMiB")
-    if not isinstance(memory, int) or memory <= 0:
+    if not _whole(memory) or memory <= 0:
         raise CatalogError(f"{where}.memoryMiB must be a positive integer (MiB as the driver reports it)")
     resource = raw.get("resourceName")
     if not isinstance(resource, str) or "/" not in resource:
@@ -62,9 +68,12 @@ def _entry(raw: Any, source: str) -> Accelerator:
     if (
         not isinstance(per_node, list)
         or not per_node
-        or not all(isinstance(n, int) and n > 0 for n in per_node)
+        or not all(_whole(n) and 0 < n <= MAX_ACCELERATORS_PER_WORKER for n in per_node)
     ):
-        raise CatalogError(f"{where}.perNode must be a list of positive integers")
+        raise CatalogError(
+            f"{where}.perNode must be a list of integers from 1 to {MAX_ACCELERATORS_PER_WORKER}, the most "
+            "spec.resources.acceleratorsPerWorker takes"
+        )
     labels = raw.get("nodeLabels", {}) or {}
     match = raw.get("match") or ([labels] if labels else [])
     if (
