@@ -852,6 +852,8 @@ def test_a_listing_that_is_not_a_kubernetes_list_exits_3(
         ([{**node("h100-a", H100_LABELS), "status": "x"}], [], "node 'h100-a'"),
         ([{**node("h100-a", H100_LABELS), "spec": "x"}], [], "node 'h100-a'"),
         ([{"metadata": "x"}], [], "a node without a name"),
+        ([{**node("h100-a", H100_LABELS), "metadata": {"name": ["h100-a"]}}], [], "a node without a name"),
+        (CLUSTER_NODES, [{**pod_on("h100-a", 8), "spec": {"nodeName": ["h100-a"]}}], "pod 'p-h100-a-None'"),
         (CLUSTER_NODES, [{**pod_on("h100-a", 8), "spec": "x"}], "pod 'p-h100-a-None'"),
         (CLUSTER_NODES, [{**pod_on("h100-a", 8), "spec": {"nodeName": "h100-a", "containers": [5]}}], "pod "),
         (

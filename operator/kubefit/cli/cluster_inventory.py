@@ -147,7 +147,7 @@ def read_inventory(
     operator: that accelerator is returned too (None when the inventory is whole), and with it the devices
     each worker requests, which an elastic pytorch job keeps (decisions/running_group.py)."""
     key = (namespace, str((manifest.get("metadata") or {}).get("name") or ""))
-    nodes = [_read_item(connection, "nodes", node, node_facts) for node in _pages(connection, "nodes")]
+    nodes = [_read_item(connection, "nodes", node, _node_reading) for node in _pages(connection, "nodes")]
     usage: dict[str, list[PodUsage]] = {}
     ours: list[WorkerPod] = []
     devices: Counter[str] = Counter()  # the live workers' extended requests, summed
@@ -178,7 +178,17 @@ def _pod_reading(
     """What one pod holds, whether it is a worker of the job `key`, and its effective requests."""
     worker = _own_worker(pod, key)
     requests = effective_requests(pod.get("spec") or {}) if worker is not None else Counter()
-    return pod_usage(pod), worker, requests
+    held = pod_usage(pod)
+    if held is not None and not isinstance(held.node_name, str):
+        raise TypeError("spec.nodeName is not a string")
+    return held, worker, requests
+
+
+def _node_reading(node: Mapping[str, Any]) -> NodeFacts:
+    facts = node_facts(node)
+    if not isinstance(facts.name, str):
+        raise TypeError("metadata.name is not a string")
+    return facts
 
 
 def _read_item(connection: Connection, kind: str, item: dict[str, Any], read: Callable[[Any], Any]) -> Any:
