@@ -690,6 +690,26 @@ def test_a_parameter_count_the_architecture_contradicts_is_warned_about(
         assert f"from the {own} parameters model.architecture describes" in mismatch[0], mismatch
 
 
+@pytest.mark.parametrize(
+    "model, warned",
+    [
+        ({"memory": "120Gi", "architecture": LLAMA3_8B}, False),  # 8.03B x 16 B (bf16-mixed AdamW, ~128 GB)
+        ({"memory": "120Mi", "architecture": LLAMA3_8B}, True),  # Mi for Gi: was sized as 0.1 GiB of state
+        ({"memory": "120Mi", "parameters": "8.03B"}, True),
+        ({"memory": "1Gi", "architecture": LLAMA3_8B, "finetuning": {"method": "lora"}}, True),
+        ({"memory": "16Gi", "architecture": LLAMA3_8B, "finetuning": {"method": "lora"}}, False),
+        ({"memory": "120Mi"}, False),  # no count to compare with: the count comes from the memory
+    ],
+)
+def test_a_declared_memory_the_parameter_count_contradicts_is_warned_about(model: Any, warned: bool) -> None:
+    result = estimate(job(model), H100, Layout(8, 1))
+    mismatch = [warning for warning in result.warnings if warning.startswith("model.memory (")]
+    assert bool(mismatch) == warned, result.warnings
+    if warned:
+        assert f"model.memory ({model['memory']}) is the training state of about" in mismatch[0]
+        assert "check its unit" in mismatch[0]
+
+
 def test_adapters_larger_than_the_model_are_refused_naming_trainable_parameters() -> None:
     lora = {"method": "lora", "trainableParameters": "100B"}
     for model in (

@@ -418,8 +418,26 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
             "model.architecture not given: activations and logits assume a GPT-like shape "
             f"({describe(shape)}) for the parameter count; give model.architecture for a sharper estimate"
         )
+    if declared is not None and (model.parameter_count is not None or model.architecture is not None):
+        warnings.extend(_declared_contradiction(spec, declared, parameters))
     warnings.extend(_missing_targets(spec, shape))
     return _Model(shape, parameters, declared, tuple(warnings))
+
+
+def _declared_contradiction(spec: TrainingJobSpec, declared: int, parameters: int) -> list[str]:
+    """A warning when model.memory is far from the training state of the parameter count given beside it
+    (model.parameters, or the architecture's): a wrong unit (120Mi for 120Gi) or another model's figure.
+    The state is sized from model.memory as given, activations and logits from the count."""
+    implied, basis = _parameters_from_declared(spec, declared)
+    if abs(implied - parameters) <= COUNT_CONTRADICTION * parameters:
+        return []
+    source = "model.parameters" if spec.model.parameter_count is not None else "model.architecture"
+    return [
+        f"model.memory ({spec.model.memory}) is the training state of about {format_count(implied)} "
+        f"parameters ({basis}), {implied / parameters - 1:+.0%} from the {format_count(parameters)} "
+        f"{source} gives: the training state follows model.memory, activations and logits the parameter "
+        "count; check its unit"
+    ]
 
 
 def _missing_targets(spec: TrainingJobSpec, shape: ModelShape) -> list[str]:
