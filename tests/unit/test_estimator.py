@@ -693,7 +693,7 @@ def test_a_parameter_count_the_architecture_contradicts_is_warned_about(
 @pytest.mark.parametrize(
     "model, warned",
     [
-        ({"memory": "120Gi", "architecture": LLAMA3_8B}, False),  # 8.03B x 16 B (bf16-mixed AdamW, ~128 GB)
+        ({"memory": "120Gi", "architecture": LLAMA3_8B}, False),  # 8.03B x 18 B (bf16-mixed AdamW) = 135 GiB
         ({"memory": "120Mi", "architecture": LLAMA3_8B}, True),  # Mi for Gi: was sized as 0.1 GiB of state
         ({"memory": "120Mi", "parameters": "8.03B"}, True),
         ({"memory": "1Gi", "architecture": LLAMA3_8B, "finetuning": {"method": "lora"}}, True),
