@@ -259,6 +259,32 @@ LLAMA_3_2_1B = {
 }  # meta-llama/Llama-3.2-1B config.json: SwiGLU MLP, tied head (1,235,814,400 parameters)
 
 
+def test_a_count_about_as_far_from_two_forms_sizes_the_gated_one_whatever_its_digits() -> None:
+    # 1.15B and 1.151B are both ~7% from Llama 3.2 1B's gated, tied count (1.2358B) and its plain, untied
+    # one (1.2300B): one more digit flipped the form sized, 19% off the estimate.
+    estimates = [
+        estimate(job({"parameters": stated, "architecture": LLAMA_3_2_1B}), H100, Layout(1, 1))
+        for stated in ("1.15B", "1.151B", "1.1512B")
+    ]
+    assert len({result.activations for result in estimates}) == 1
+    assert all(any("SwiGLU" in w for w in result.warnings) for result in estimates)
+    architecture = Architecture.model_validate(LLAMA_3_2_1B)
+    assert shape_from_architecture(architecture, 1_151_000_000).gated_mlp
+    assert not shape_from_architecture(architecture, 1_229_000_000).gated_mlp  # 1M from the plain count
+
+
+def test_an_assumed_shape_never_holds_fewer_layer_widths_for_more_parameters() -> None:
+    # Without an architecture the width was rounded first and the layers followed: where the rounded width
+    # stepped up, layers x hidden (what activations follow) fell by up to 27% (589M: 15 x 1664; 596M:
+    # 12 x 1792), and a larger model was sized smaller.
+    previous = 0
+    for step in range(4000):
+        parameters = int(1e8 * 10 ** (4 * step / 4000))
+        shape = assumed_shape(parameters)
+        assert shape.layers * shape.hidden >= previous, parameters
+        previous = shape.layers * shape.hidden
+
+
 def test_a_count_within_a_rounding_of_a_plain_mlp_with_an_untied_head_is_sized_as_the_gated_one() -> None:
     # 1.23B (the model card's figure, to 0.01B) counts nearer a plain MLP with an untied head (1.2305B) than the real
     # gated, tied model (1.2358B): read so, its activations dropped by 44% for a 0.8% smaller count.
@@ -269,7 +295,7 @@ def test_a_count_within_a_rounding_of_a_plain_mlp_with_an_untied_head_is_sized_a
     exact = estimate(job({"parameters": "1.236B", "architecture": LLAMA_3_2_1B}), H100, Layout(1, 1))
     assert card.activations == exact.activations
     assert any(
-        "to its last digit, counts both a gated (SwiGLU) MLP and a plain one" in w for w in card.warnings
+        "counts a gated (SwiGLU) MLP of model.architecture as well as a plain one" in w for w in card.warnings
     )
     assert not any("SwiGLU" in w for w in exact.warnings)  # 1.236B is the gated, tied count alone
     # A plain model's count (GPT-2 XL's 1.5576B, tied, stated as 1.56B) is far from any gated one.

@@ -709,7 +709,7 @@ def test_a_job_that_fits_only_on_more_workers_than_the_operator_runs_is_told_wha
 
     raw = {**_BIG_ON_A100, "training": {**_BIG_ON_A100["training"], "sharding": "zero3"}}
     spec, job_sizing = checked_spec("big", raw, CATALOG, 1024)
-    assert not job_sizing.sizing.fits and job_sizing.sizing.min_workers == 1095  # judged at its 1 worker
+    assert not job_sizing.sizing.fits and job_sizing.sizing.min_workers > 1024  # judged at its 1 worker
     assert job_sizing.evaluated_workers == 1
     warnings = job_sizing.sizing.warnings
     assert any("more than this operator runs per job" in warning for warning in warnings), warnings

@@ -6,6 +6,7 @@ adapter counts. Conventions and their sources are in docs/sizing.md ("Model shap
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -155,11 +156,16 @@ def _forms(architecture: Architecture) -> tuple[ModelShape, ModelShape, ModelSha
 def _within_rounding(candidates: Iterable[ModelShape], parameters: int) -> list[ModelShape]:
     """The candidates about as near `parameters` as the nearest one: farther by at most the count's own
     precision, the unit of its last non-zero digit (1.23B, cut from 1.236B, may lie 0.01B under the real
-    count), and at most AMBIGUITY_SHARE of it (a "1B" names no form); nearest first (the first on a tie)."""
+    count), and at most AMBIGUITY_SHARE of it (a "1B" names no form); or, for a count that is none of
+    them (farther from the nearest than its precision), at most twice as far as the nearest: a count 7%
+    off both tells apart no two forms 0.5% apart, and one more digit written flipped the form sized
+    (1.15B and 1.151B for Llama 3.2 1B's shape, 19% apart in the estimate). Nearest first (the first on
+    a tie)."""
     ranked = sorted(candidates, key=lambda shape: abs(shape.total_parameters() - parameters))
     digits = str(parameters)
     precision = min(10 ** (len(digits) - len(digits.rstrip("0"))), AMBIGUITY_SHARE * parameters)
-    band = abs(ranked[0].total_parameters() - parameters) + precision
+    nearest = abs(ranked[0].total_parameters() - parameters)
+    band = nearest + max(precision, nearest)
     return [shape for shape in ranked if abs(shape.total_parameters() - parameters) <= band]
 
 
@@ -167,16 +173,20 @@ def assumed_shape(parameters: int, vocab: int = DEFAULT_VOCAB) -> ModelShape:
     """A plausible GPT/Llama-like shape with `parameters` parameters.
 
     Blocks hold about 12 L h^2 parameters (4h^2 attention + 8h^2 MLP at ffn = 4h); with h = 128 L this is
-    (12/128) h^3, so h = cbrt((P - 2Vh) * 128 / 12), found by fixed-point iteration, rounded to a
-    multiple of the head width; L then follows from the block parameters.
+    (12/128) h^3, so h = cbrt((P - 2Vh) * 128 / 12), found by fixed-point iteration. L is rounded from
+    h / 128 first, then the width from the block parameters over L, to a multiple of the head width:
+    L x h, which activations follow, then never falls as P grows (rounding the width first made it drop
+    by up to 27% where the rounded width stepped up, and a larger model was sized smaller).
     """
     hidden = 1024.0
     for _ in range(20):
         blocks = max(parameters - 2 * vocab * hidden, parameters * 0.5)
         hidden = (blocks * ASSUMED_WIDTH_PER_LAYER / 12) ** (1 / 3)
-    width = max(ASSUMED_HEAD_DIM, round(hidden / ASSUMED_HEAD_DIM) * ASSUMED_HEAD_DIM)
-    blocks = max(parameters - 2 * vocab * width, 0)
-    layers = max(1, round(blocks / (12 * width * width)))
+    layers = max(1, round(hidden / ASSUMED_WIDTH_PER_LAYER))
+    blocks = max(parameters - 2 * vocab * hidden, 0)
+    width = max(
+        ASSUMED_HEAD_DIM, round(math.sqrt(blocks / (12 * layers)) / ASSUMED_HEAD_DIM) * ASSUMED_HEAD_DIM
+    )
     heads = width // ASSUMED_HEAD_DIM
     return ModelShape(
         layers=layers,

@@ -408,9 +408,10 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
             warnings.extend(_count_contradiction(shape, parameters))
             if mlp_form_ambiguous(model.architecture, parameters):
                 warnings.append(
-                    f"model.parameters ({format_count(parameters, 4)}), to its last digit, counts both a gated (SwiGLU) "
-                    "MLP and a plain one of model.architecture: sized with the gated one, which holds more "
-                    "activations; give the exact count to choose"
+                    f"model.parameters ({format_count(parameters, 4)}) counts a gated (SwiGLU) MLP of "
+                    "model.architecture as well as a plain one (both within its last digit, or about as far "
+                    "from it): sized with the gated one, which holds more activations; give the exact count "
+                    "to choose"
                 )
     else:
         shape = assumed_shape(parameters)
