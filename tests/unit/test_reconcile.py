@@ -1254,6 +1254,9 @@ def test_a_job_not_admitted_creates_no_pod_and_says_what_is_missing() -> None:
     )
     assert status_of(queued)["phase"] == "Queued"
     assert status_of(queued)["desiredReplicas"] == 0
+    assert (
+        status_of(queued)["workers"] == "0/2"
+    )  # what it asks for, as the contract's "ready/desired"; was 0/0
     assert waiting in status_of(queued)["message"]
     assert queued.demand is not None  # it asks the scheduling pass for its workers
     assert decide(observe(grant=0), CATALOG).create == ()
@@ -1287,7 +1290,8 @@ def test_an_admitted_elastic_job_runs_its_grant_and_says_why_it_is_fewer() -> No
     assert (admitted["status"], admitted["reason"]) == ("True", "Admitted")
     assert admitted["message"] == "2 of 4 workers granted: 2 nodes have room"
     status = status_of(decision)
-    assert status["desiredReplicas"] == 2 and status["workers"] == "0/2"
+    # The Workers column reads what the spec asks (4), not the grant: kubectl get shows the shortfall.
+    assert status["desiredReplicas"] == 2 and status["workers"] == "0/4"
     assert status["message"] == "running 2 of spec.workers.replicas 4 workers: 2 nodes have room"
     assert ("Normal", "Admitted") in events_of(decision)
     assert decision.worker_pod(0)["spec"]["containers"][0]["env"]  # built with the grant's world

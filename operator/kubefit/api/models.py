@@ -869,7 +869,9 @@ class TrainingJobStatus(_Model):
     )
     restarts: int | None = Field(default=None, description="Worker restarts so far.")
     workers: str | None = Field(
-        default=None, description="Ready and desired workers as ready/desired, for printing."
+        default=None,
+        description="Ready and desired workers as ready/desired, for printing: desired is what the spec asks "
+        "within its bounds, not only what was granted (desiredReplicas).",
     )
     desired_replicas: int | None = Field(
         default=None,

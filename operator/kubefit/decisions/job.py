@@ -181,7 +181,16 @@ def decide(
     else:
         draft = scheduled(context)
     draft.events.extend(_overprovisioning_events(job_sizing.advice, observation.status))
-    return _to_decision(observation, draft, sizing, ours, adopt)
+    return _to_decision(observation, draft, sizing, ours, adopt, _wanted_workers(context, draft))
+
+
+def _wanted_workers(ctx: JobContext, draft: Draft) -> int | None:
+    """The desired count of the Workers column: what the spec asks within its bounds (`replicas` where
+    they allow no count), not only what was granted, so that a queued job reads 0/4, not 0/0, and one
+    granted 2 of 4 reads 2/4. None (the grant) for a job suspended or finished, or whose training ended."""
+    if draft.phase in (*FINISHED_PHASES, JobPhase.SUSPENDED) or training_ended(ctx):
+        return None
+    return ctx.bounds.desired if ctx.bounds.feasible else ctx.spec.workers.replicas
 
 
 def kept_accelerator(
@@ -514,6 +523,7 @@ def _to_decision(
     sizing: SizingStatus | None,
     ours: Sequence[WorkerPod],
     adopt: tuple[str, ...],
+    wanted: int | None = None,
 ) -> Decision:
     previous = observation.status
     conditions = apply_conditions(
@@ -524,7 +534,7 @@ def _to_decision(
         # A finished job, or one whose spec became invalid while its workers run on (they keep their
         # devices until the spec is put right): the last sizing is still what its workers were given.
         sizing = _previous_sizing(previous)
-    status = _status(observation, draft, sizing, existing, conditions)
+    status = _status(observation, draft, sizing, existing, conditions, wanted)
     live = [pod for pod in existing if not pod.finished]
     finished = draft.phase in FINISHED_PHASES and not draft.delete_job
     ttl = _ttl_left(observation, status.completion_time) if finished else None
@@ -564,6 +574,7 @@ def _status(
     sizing: SizingStatus | None,
     existing: Sequence[WorkerPod],
     conditions: Sequence[Mapping[str, Any]],
+    wanted: int | None = None,
 ) -> TrainingJobStatus:
     previous = observation.status
     ready = sum(1 for pod in existing if pod.ready)
@@ -578,7 +589,7 @@ def _status(
         ready_replicas=ready,
         selector=job_selector(observation.job.name),
         restarts=draft.restarts,
-        workers=workers_column(ready, draft.desired),
+        workers=workers_column(ready, draft.desired if wanted is None else wanted),
         desired_replicas=draft.desired or 0,
         message=draft.message,
         checkpoint=draft.checkpoint,
