@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -42,7 +42,7 @@ class Accelerator:
         return any(all(labels.get(key) == value for key, value in term.items()) for term in self.match)
 
 
-def _whole(value: Any) -> bool:
+def _whole(value: Any) -> TypeGuard[int]:
     """An integer, not a boolean (YAML's `true` is an int to Python)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
