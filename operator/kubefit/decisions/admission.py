@@ -15,7 +15,9 @@ grant for each: 0 for a queued job, at least its effective minimum for an admitt
   minimums (lowest priority first, then youngest), and, only if that is not enough and its preemption is
   LowerPriority, preempt whole lower-priority jobs; only when that makes it fit, and only as much as needed;
 - spare capacity then grows admitted elastic jobs toward `want_workers` (priority, then age); a job whose
-  want dropped is scaled down to it; a non-elastic job is all-or-nothing at `want_workers`.
+  want dropped is scaled down to it; a non-elastic job is all-or-nothing at `want_workers`. Spare is free
+  now: not the devices of workers a shrink or preemption takes away (they save first), nor, in the pass
+  that admits a job onto those, the nodes that job may use (the next pass gives it their free devices).
 Pure and deterministic: the same inputs give the same plan.
 """
 
@@ -225,6 +227,13 @@ class _Cluster:
     # node -> the jobs whose bound workers this pass took away there (shrunk, preempted, or leaving anyway
     # for someone): a job given places there waits for them, so each of them makes room for it too.
     vacating: dict[str, set[_Job]] = field(default_factory=dict)
+    # node -> the devices of those bound workers, which the plan counts free: held until they leave. A job
+    # given places on the node is counted on its other free devices first; what it takes beyond them is
+    # vacated devices, and it waits for them (`awaiting`).
+    vacated: Counter[str] = field(default_factory=Counter)
+    # Jobs admitted in this pass on vacated devices: their minimum has no place until those workers leave
+    # (the next pass finds them short of it), and they keep their nodes from every job's growth (_grow).
+    awaiting: list[_Job] = field(default_factory=list)
 
     def nodes_for(self, demand: Demand) -> list[str]:
         nodes = self.nodes_of.get(demand.accelerator, [])
@@ -313,8 +322,9 @@ class _Cluster:
 
     def evict(self, job: _Job) -> None:
         """Every place of a preempted job goes back; its bound workers leave after their checkpoint."""
-        for node in job.bound:
+        for node, workers in job.bound.items():
             self.vacating.setdefault(node, set()).add(job)
+            self.vacated[node] += workers * job.demand.per_worker
         for held in (job.reserved, job.bound):
             for node, workers in held.items():
                 self.add_free(node, workers * job.demand.per_worker)
@@ -324,6 +334,7 @@ class _Cluster:
         held = job.reserved if from_reserved else job.bound
         if not from_reserved:  # a bound worker: it leaves, after its checkpoint
             self.vacating.setdefault(node, set()).add(job)
+            self.vacated[node] += job.demand.per_worker
         held[node] -= 1
         job.placed_count -= 1
         if not held[node]:
@@ -436,7 +447,9 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
     return sorted(jobs.values(), key=lambda job: job.order)
 
 
-def _reserve(cluster: _Cluster, job: _Job, upto: int) -> None:
+def _reserve(cluster: _Cluster, job: _Job, upto: int, nodes: Sequence[str] | None = None) -> None:
+    """Places up to `upto` workers: where the last pass reserved them, then anywhere on `nodes` (default:
+    all of the job's)."""
     # Most admitted jobs have every worker placed already (bound): nothing to look for.
     missing = upto - job.placed
     if missing <= 0:
@@ -444,7 +457,8 @@ def _reserve(cluster: _Cluster, job: _Job, upto: int) -> None:
     cluster.take(job, _spots_as_before(cluster, job, missing))
     missing = upto - job.placed
     if missing > 0:
-        cluster.take(job, _spots(cluster, job.nodes, job.demand.per_worker, missing))
+        nodes = job.nodes if nodes is None else nodes
+        cluster.take(job, _spots(cluster, nodes, job.demand.per_worker, missing))
 
 
 def _spots_as_before(cluster: _Cluster, job: _Job, count: int) -> dict[str, int]:
@@ -473,6 +487,10 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
     above a running group's grant (replicas of a fixed job raised) is granted only once it fits whole: the
     group keeps running at its grant meanwhile (decisions/running.py holds it), where a new world granted
     without room would stop it for a gang that cannot start.
+
+    A worker above the minimum that has lost its place finds a new one only off the nodes of the jobs ahead
+    of it whose minimum has no place (as _Queue.usable keeps them): those nodes are theirs once freed (the
+    workers of a job preempted for them still leave), and a place there was growth onto a node they wait for.
     """
     held = [job for job in jobs if job.admitted]
     for job in held:
@@ -482,13 +500,26 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
         if job.placed < job.floor and _raised_above_running(job):
             job.grant = job.whole_groups(job.before)
             _release_reserved_beyond(cluster, job)
+    short: list[_Job] = []  # the jobs so far whose minimum has no place
     for job in held:
-        _reserve(cluster, job, job.grant)
+        _reserve(cluster, job, job.grant, _off_short(cluster, job, short))
+        if job.holds and job.placed < min(job.floor, job.grant):
+            short.append(job)
         if job.placed < job.grant and job.grant > job.floor:
             kept = max(job.whole_groups(job.placed), job.floor)
             job.lost = job.grant - kept
             job.grant = kept
             _release_reserved_beyond(cluster, job)
+
+
+def _off_short(cluster: _Cluster, job: _Job, short: Sequence[_Job]) -> list[str]:
+    """The job's nodes for its workers above its minimum: less those of the `short` jobs (ahead of it) that
+    hold one of their workers. A minimum still missing had all its nodes in the first loop."""
+    if job.placed >= job.grant or job.placed < job.floor:
+        return job.nodes
+    accelerator = job.demand.accelerator
+    ahead = [(other, _short_reason) for other in short if other.demand.accelerator == accelerator]
+    return _unkept(job.nodes, ahead, cluster.allocatable)[0] if ahead else job.nodes
 
 
 def _drop_finished_beyond(job: _Job) -> None:
@@ -929,7 +960,11 @@ def _admit(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequence[s
     per_worker = job.demand.per_worker
     if not _fits(cluster, nodes, per_worker, job.floor) and not _make_room(cluster, jobs, job, nodes):
         return False
-    cluster.take(job, _spots(cluster, nodes, per_worker, job.floor))
+    spots = _spots(cluster, nodes, per_worker, job.floor)
+    free, vacated = cluster.free, cluster.vacated
+    if any(workers * per_worker > free[node] - vacated[node] for node, workers in spots.items()):
+        cluster.awaiting.append(job)
+    cluster.take(job, spots)
     job.grant = job.floor
     return True
 
@@ -965,7 +1000,16 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
     whose workers beyond its grant are still bound: they are leaving for someone else (a shrink waiting for
     its checkpoint), and a grant raised again would keep them where that job was counted. Those workers
     are its own again, with no new place, when its want rose meanwhile (replicas raised back during the
-    handshake) and no job that did not fit, or is short of its minimum, may use their nodes."""
+    handshake) and no job that did not fit, or is short of its minimum, may use their nodes.
+
+    Growth takes only devices free now, not those of workers this pass took away (_Cluster.vacated), and
+    none on the nodes of a job admitted on such devices (_Cluster.awaiting): those workers stay bound
+    through their checkpoint, and the next pass, run meanwhile, finds that job short of its minimum and
+    gives it the free devices of its nodes first. Grown there, a job lost its new worker in that pass (a
+    grant raised and lowered, pods created and deleted), and the place kept for it could be on the node the
+    other job was admitted for. It grows once the workers are gone."""
+    withheld = _withhold(cluster, cluster.vacated)
+    kept = _kept_from_growth(cluster)
     for job in jobs:
         if not job.holds or not job.demand.elastic or job.shrunk_for or job.freed_for:
             continue
@@ -974,6 +1018,8 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
         if job.grant >= job.target or job.placed != job.grant:
             continue
         nodes, _ = queue.usable(job, growing=True)
+        if kept.get(job.demand.accelerator):
+            nodes = [node for node in nodes if node not in kept[job.demand.accelerator]]
         spots = _spots(cluster, nodes, job.demand.per_worker, job.target - job.grant)
         found = sum(spots.values())
         if job.grant + found < job.floor:
@@ -982,6 +1028,30 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
             spots = _spots(cluster, nodes, job.demand.per_worker, job.whole_groups(found))
         cluster.take(job, spots)
         job.grant += sum(spots.values())
+    for node, devices in withheld.items():
+        cluster.add_free(node, devices)
+
+
+def _kept_from_growth(cluster: _Cluster) -> dict[str, set[str]]:
+    """accelerator -> the nodes the jobs admitted on vacated devices may use (_Cluster.awaiting), those that
+    hold one of their workers."""
+    kept: dict[str, set[str]] = {}
+    for job in cluster.awaiting:
+        per_worker = job.demand.per_worker
+        nodes = kept.setdefault(job.demand.accelerator, set())
+        nodes.update(node for node in job.nodes if cluster.allocatable[node] >= per_worker)
+    return kept
+
+
+def _withhold(cluster: _Cluster, devices: Mapping[str, int]) -> dict[str, int]:
+    """Takes up to `devices` per node off the free devices (as far as any are free); returns what it took."""
+    withheld = {}
+    for node, count in sorted(devices.items()):
+        taken = min(count, cluster.free.get(node, 0))
+        if taken > 0:
+            cluster.add_free(node, -taken)
+            withheld[node] = taken
+    return withheld
 
 
 def _plural(count: int, word: str) -> str:
