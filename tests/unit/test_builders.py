@@ -559,6 +559,37 @@ def test_workers_have_time_to_save_on_sigterm(own: int | None, checkpoint_grace:
     assert build_worker_pod(worker_set(spec), 0)["spec"]["terminationGracePeriodSeconds"] == expected
 
 
+@pytest.mark.parametrize(
+    ("own", "framework", "expected"),
+    [
+        (None, "pytorch", "115"),  # the default 120 s checkpoint grace, less 5 s for torchrun to exit
+        (600, "pytorch", "595"),
+        (5, "pytorch", "115"),  # 120 s, the checkpoint grace, wins over the template's 5 s
+        (0, "pytorch", None),  # an immediate kill, with no checkpoint wait: torchrun's own default
+        (None, "jax", None),
+        (None, "none", None),
+    ],
+)
+def test_torchrun_gives_its_processes_the_pods_grace_period_to_save(
+    own: int | None, framework: str, expected: str | None
+) -> None:
+    # torchrun, the container's first process, forwards SIGTERM to the training processes and SIGKILLed
+    # them after its default 30 s: a save longer than that was cut, whatever the pod's grace period.
+    spec = raw_spec(framework=framework)
+    if own is not None:
+        spec["template"]["spec"]["terminationGracePeriodSeconds"] = own
+    if own == 0:
+        spec["elastic"] = {"checkpointGracePeriodSeconds": 0}
+    env = env_of(build_worker_pod(worker_set(spec), 0))
+    assert env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT") == expected
+    # The template's own value wins, as for every variable the operator sets.
+    spec["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": "9"}
+    ]
+    if framework == "pytorch":
+        assert env_of(build_worker_pod(worker_set(spec), 0))["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "9"
+
+
 # ---------------------------------------------------------------------------------------------- service
 
 

@@ -269,7 +269,9 @@ class CheckpointHandshake:
         """On SIGTERM (a worker being removed), call save() and exit with 143.
 
         Kubernetes waits terminationGracePeriodSeconds (kubefit makes it at least the checkpoint grace
-        period) before SIGKILL. save() runs in the main thread between two Python bytecodes: possibly in
+        period) before SIGKILL; torchrun, which forwards the SIGTERM, kills its processes after its shutdown
+        timeout, which kubefit sets to that period less 5 s (TORCH_ELASTIC_SHUTDOWN_TIMEOUT; an older
+        torchrun, and its restart when a worker joins, allow 30 s). save() runs in the main thread between two Python bytecodes: possibly in
         the middle of an optimizer step, so what it saves may be half updated. It must save state already
         in memory and must not wait on the other workers (no collectives). A second SIGTERM during save() is
         ignored, and the process then ends at once (os._exit, after flushing stdout and stderr): an

@@ -93,6 +93,9 @@ class WorkerSet:
             processes_per_worker=self.sizing.accelerators_per_worker,
             elastic=self.spec.elastic.enabled,
             max_restarts=self.spec.elastic.max_restarts,
+            termination_grace_seconds=termination_grace_seconds(
+                self.spec.template.get("spec") or {}, self.spec.elastic.checkpoint_grace_period_seconds
+            ),
         )
 
 
@@ -328,9 +331,7 @@ def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
         "tolerations": with_accelerator_toleration(
             pod_spec.get("tolerations"), worker_set.sizing.resource_name
         ),
-        "terminationGracePeriodSeconds": termination_grace_seconds(
-            pod_spec, worker_set.spec.elastic.checkpoint_grace_period_seconds
-        ),
+        "terminationGracePeriodSeconds": worker_set.group.termination_grace_seconds,
     }
     return {
         "apiVersion": "v1",

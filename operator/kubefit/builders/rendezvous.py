@@ -52,6 +52,10 @@ def fixed_world(spec: TrainingJobSpec) -> bool:
     return not spec.elastic.enabled or spec.framework == "jax"
 
 
+SHUTDOWN_TIMEOUT = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+TORCHRUN_EXIT_SECONDS = 5  # of the grace period, left to torchrun after its processes' shutdown timeout
+
+
 @dataclass(frozen=True)
 class WorkerGroup:
     """The group one worker belongs to, as the rendezvous variables describe it."""
@@ -64,6 +68,7 @@ class WorkerGroup:
     processes_per_worker: int  # one process per accelerator
     elastic: bool
     max_restarts: int = 0  # torchrun's in-place restarts (PET_MAX_RESTARTS), elastic jobs only
+    termination_grace_seconds: int = 0  # the pod's; 0: torchrun's own shutdown timeout is left alone
 
     @property
     def nnodes(self) -> str:
@@ -99,6 +104,11 @@ def _pytorch(group: WorkerGroup, index: int) -> dict[str, str]:
         "PET_NODE_RANK": str(index),
         "PET_NPROC_PER_NODE": str(group.processes_per_worker),
     }
+    if group.termination_grace_seconds:
+        # torchrun, the container's first process, forwards SIGTERM to the training processes and SIGKILLs
+        # them after 30 s unless told otherwise: a save on SIGTERM gets the pod's grace period, less a few
+        # seconds for torchrun to exit. Read by torchrun since its --shutdown-timeout (older ones ignore it).
+        variables[SHUTDOWN_TIMEOUT] = str(max(1, group.termination_grace_seconds - TORCHRUN_EXIT_SECONDS))
     if group.elastic:
         variables |= {
             "PET_RDZV_BACKEND": "c10d",
