@@ -870,3 +870,17 @@ def test_a_count_set_by_the_tp_group_is_not_blamed_on_memory() -> None:
         resources={"accelerator": "nvidia-a10g", "acceleratorsPerWorker": 1},
     )
     assert "memory needs at least 4 workers but workers.replicas allows 1" in plan(memory).warnings[-1]
+
+
+def test_a_tpu_job_that_may_run_more_than_one_worker_is_warned_that_no_multi_host_slice_is_formed() -> None:
+    # Planned on 2 workers of 4 v5e chips, it ran as two separate hosts with nothing said: libtpu forms a
+    # multi-host slice only from TPU_WORKER_ID and TPU_WORKER_HOSTNAMES, which kubefit does not set.
+    tpu = {"accelerator": "google-tpu-v5e", "acceleratorsPerWorker": 4}
+    several = plan(
+        make_spec(framework="jax", model={"parameters": "8B"}, resources=tpu, workers={"replicas": 4})
+    )
+    assert any("forms no multi-host TPU slice" in warning for warning in several.warnings), several.warnings
+    one = plan(make_spec(framework="jax", model={"parameters": "1B"}, resources=tpu))
+    assert one.min_workers == 1 and not any("TPU slice" in warning for warning in one.warnings)
+    gpus = plan(make_spec(model={"parameters": "8B"}, workers={"replicas": 4}))
+    assert not any("TPU slice" in warning for warning in gpus.warnings)

@@ -653,7 +653,7 @@ def _planned(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: b
     pool = _pool(pools, device.name)
     if pool is not None and count > pool.largest_node:  # every per-node count is above the cluster's nodes
         warnings = [*warnings, f"no node offers {count} x {device.name}; the largest has {pool.largest_node}"]
-    return _Outcome(chosen, [*warnings, *_group_notes(spec, chosen)])
+    return _Outcome(chosen, [*warnings, *_group_notes(spec, chosen), *_tpu_hosts_note(chosen)])
 
 
 def _plan_fixed(
@@ -669,7 +669,21 @@ def _plan_fixed(
     if pool is not None and count > pool.largest_node:
         warnings.append(f"no node offers {count} x {device.name}; the largest has {pool.largest_node}")
     _check_whole_groups(spec, count)
-    return _Outcome(_option(spec, candidate, fewest_workers(spec, device, count)), warnings)
+    option = _option(spec, candidate, fewest_workers(spec, device, count))
+    return _Outcome(option, [*warnings, *_tpu_hosts_note(option)])
+
+
+def _tpu_hosts_note(option: _Option) -> list[str]:
+    """A TPU job that may run more than one worker: each worker is one host, and no multi-host slice is
+    formed (docs/operator.md, "TPUs")."""
+    device, counts = option.candidate.accelerator, option.counts
+    if device.resource_name != TPU_RESOURCE or max(counts.ceiling, option.workers) <= 1:
+        return []
+    return [
+        f"{device.name} on more than one worker: kubefit forms no multi-host TPU slice (it sets neither "
+        "TPU_WORKER_ID nor TPU_WORKER_HOSTNAMES, nor selects nodes by slice topology), so each worker is a "
+        "host of its own; run a TPU job on one worker, or set up multislice training in the template"
+    ]
 
 
 def _asked_workers(spec: TrainingJobSpec) -> tuple[int, str]:
