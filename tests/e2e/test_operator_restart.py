@@ -55,7 +55,13 @@ def test_restart_mid_way_ends_with_exactly_the_right_pods(
         "delete", "pod", "resilient-worker-0", "-n", namespace, "--grace-period=0", "--force", check=False
     )
     orphan = "resilient-worker-2"
-    patch = json.dumps({"metadata": {"ownerReferences": None}})
+    # Its only owner now is not a controller (a ConfigMap of someone else's): adopting it must keep that
+    # reference (a merge patch of ownerReferences replaced the list).
+    kube.run("create", "configmap", "keeper", "-n", namespace)
+    keeper = kube.get("configmap", "keeper", namespace)
+    assert keeper is not None
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "keeper", "uid": keeper["metadata"]["uid"]}
+    patch = json.dumps({"metadata": {"ownerReferences": [other]}})
     kube.run("patch", "pod", orphan, "-n", namespace, "--type=merge", "-p", patch)
     kube.run("scale", "tj", "resilient", "-n", namespace, "--replicas=4")
 
@@ -68,8 +74,11 @@ def test_restart_mid_way_ends_with_exactly_the_right_pods(
     assert settled[orphan] == before[orphan], "the orphan was replaced instead of adopted"
     assert settled["resilient-worker-0"] != before["resilient-worker-0"], "worker 0 was not recreated"
     for pod in kube.workers(namespace, "resilient"):
-        (owner,) = pod["metadata"]["ownerReferences"]
-        assert (owner["name"], owner["controller"]) == ("resilient", True)
+        owners = pod["metadata"]["ownerReferences"]
+        controllers = [(owner["name"], owner["kind"]) for owner in owners if owner.get("controller")]
+        assert controllers == [("resilient", "TrainingJob")], owners
+        others = [owner["uid"] for owner in owners if not owner.get("controller")]
+        assert others == ([other["uid"]] if pod["metadata"]["name"] == orphan else []), owners
     wait_for("status 4/4", lambda: kube.job_status(namespace, "resilient").get("workers") == "4/4")
 
     time.sleep(STABLE_FOR_S)  # a resync later, nothing was created or deleted

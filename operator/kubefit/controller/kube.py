@@ -19,6 +19,8 @@ from kubefit.builders.naming import JOB_LABEL
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+# For built-in kinds only: lists merge by their keys (ownerReferences by uid), where a merge patch replaces them.
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
@@ -135,11 +137,12 @@ class _Rest:
         method: str,
         path: str,
         body: dict[str, Any] | list[dict[str, Any]] | None = None,
-        merge: bool = False,
+        merge: bool | str = False,
         accept: str = "application/json",
     ) -> bytes:
         """The answer's body; raises ApiException (with the API server's Status as its body) unless 2xx.
-        A PATCH is a merge patch, or a JSON patch when `body` is a list of operations."""
+        A PATCH is a merge patch, or a JSON patch when `body` is a list of operations; `merge` may name
+        the patch's content type instead (STRATEGIC_MERGE_PATCH)."""
         if method == "GET":
             return self._send(method, path, body, merge, accept)
         with self.writes.writing():
@@ -150,10 +153,15 @@ class _Rest:
         method: str,
         path: str,
         body: dict[str, Any] | list[dict[str, Any]] | None,
-        merge: bool,
+        merge: bool | str,
         accept: str,
     ) -> bytes:
-        content_type = JSON_PATCH if isinstance(body, list) else MERGE_PATCH if merge else "application/json"
+        if isinstance(merge, str):
+            content_type = merge
+        else:
+            content_type = (
+                JSON_PATCH if isinstance(body, list) else MERGE_PATCH if merge else "application/json"
+            )
         headers = {"Accept": accept, "Content-Type": content_type}
         request = self.api_client.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
@@ -194,8 +202,12 @@ class CoreV1Api:
     def delete_namespaced_pod(self, name: str, namespace: str) -> None:
         self._rest.call("DELETE", f"/api/v1/namespaces/{_quoted(namespace, 'pods', name)}")
 
-    def patch_namespaced_pod(self, name: str, namespace: str, body: dict[str, Any]) -> None:
-        self._rest.call("PATCH", f"/api/v1/namespaces/{_quoted(namespace, 'pods', name)}", body, merge=True)
+    def patch_namespaced_pod(
+        self, name: str, namespace: str, body: dict[str, Any], patch_type: str = MERGE_PATCH
+    ) -> None:
+        self._rest.call(
+            "PATCH", f"/api/v1/namespaces/{_quoted(namespace, 'pods', name)}", body, merge=patch_type
+        )
 
     def create_namespaced_service(self, namespace: str, body: dict[str, Any]) -> None:
         self._rest.call("POST", f"/api/v1/namespaces/{_quoted(namespace)}/services", body)
@@ -383,8 +395,11 @@ class KubeApi:
         return self._ignoring_404(lambda: self.core.delete_namespaced_pod(name, namespace))
 
     def adopt_pod(self, namespace: str, name: str, owner: dict[str, Any]) -> bool:
+        # Strategic: the job's reference joins any the pod has (a merge patch replaced them all).
         patch = {"metadata": {"ownerReferences": [owner]}}
-        return self._ignoring_404(lambda: self.core.patch_namespaced_pod(name, namespace, patch))
+        return self._ignoring_404(
+            lambda: self.core.patch_namespaced_pod(name, namespace, patch, STRATEGIC_MERGE_PATCH)
+        )
 
     def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """True if created, False if the job's own Service is there already; raises ServiceTaken when a
