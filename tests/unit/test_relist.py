@@ -110,6 +110,26 @@ def test_a_list_that_fails_is_tried_again_at_the_next_check() -> None:
         _stop(loop, thread)
 
 
+def test_a_discard_that_fails_is_tried_again_at_the_next_check() -> None:
+    # The kind was no longer due: the vanished objects' entries stayed until kopf listed the kind again.
+    lister = Lister({"uid-a"}, {})
+    check = RelistCheck(lister)
+    loop, thread = _listed_on_a_loop(check, NODES)
+    handled: list[list[Indexed]] = []
+
+    def failing(_: list[Indexed]) -> None:
+        raise RuntimeError("the discard failed")
+
+    try:
+        with pytest.raises(RuntimeError):
+            check.check(lambda: [NODE_A, NODE_B], failing, handled.append)
+        assert handled == []
+        assert check.check(lambda: [NODE_A, NODE_B], lambda _: None, handled.append) == [NODE_B]
+        assert handled == [[NODE_B]]
+    finally:
+        _stop(loop, thread)
+
+
 def _pod(namespace: str, name: str, uid: str, node: str, job: str | None = None) -> dict[str, Any]:
     labels = {"kubefit.dev/job": job} if job else {}
     return {

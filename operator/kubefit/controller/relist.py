@@ -92,7 +92,7 @@ class RelistCheck:
     ) -> list[Indexed]:
         """The objects of the kinds listed since the last check that are gone: `discard` drops their
         entries (run on kopf's loop, which alone changes its indexes), then `handle` does what their DELETED
-        events would have. A failed list leaves the kind due for the next check."""
+        events would have. A failed list or discard leaves the kind due for the next check."""
         with self._lock:
             due, self._due = self._due, set()
             loop = self._loop
@@ -108,8 +108,14 @@ class RelistCheck:
             logger.warning(
                 "gone while a watch was broken: %s; dropping them", ", ".join(sorted(map(str, vanished)))
             )
-            asyncio.run_coroutine_threadsafe(_on_loop(discard, vanished), loop).result(timeout=60)
-            handle(vanished)
+            try:
+                asyncio.run_coroutine_threadsafe(_on_loop(discard, vanished), loop).result(timeout=60)
+                handle(vanished)
+            except Exception:
+                # Due again: entries not discarded would otherwise stay until kopf's next listing of the kind.
+                with self._lock:
+                    self._due |= due
+                raise
         return vanished
 
 
