@@ -618,6 +618,35 @@ def test_while_backing_off_only_a_change_to_the_job_reconciles_it(
     assert harness.calls("get_job") == [("get_job", "llama")]
 
 
+def test_a_pod_event_during_a_pass_that_succeeds_while_the_job_backs_off_is_reconciled(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker fails while an edit's reconcile of a job backing off runs, after it observed the pods: the
+    pod event, left to the retry, was lost when the pass succeeded (its success cancels the retry)."""
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconcile()
+    for name, pod in list(harness.kube.pods.items()):
+        harness.kube.pods[name] = replace(pod, phase="Running", node_name="h0")
+    decide = reconciler_module.decide
+    fail_decide(monkeypatch, RuntimeError("bug"))
+    harness.reconcile("pod")
+    assert retrying(harness)  # backing off
+
+    def worker_fails_as_the_pass_decides(*args: Any, **kwargs: Any) -> Any:
+        decision = decide(*args, **kwargs)
+        if harness.kube.pods["llama-worker-1"].phase != "Failed":
+            harness.kube.pods["llama-worker-1"] = replace(harness.kube.pods["llama-worker-1"], phase="Failed")
+            harness.reconcile("pod")  # its event: the job is busy
+        return decision
+
+    monkeypatch.setattr(reconciler_module, "decide", worker_fails_as_the_pass_decides)
+    harness.kube.jobs["llama"]["metadata"]["labels"] = {"team": "a"}  # an edit: reconciled at once
+    harness.log.clear()
+    harness.reconcile("update")
+    assert not retrying(harness)  # the pass succeeded
+    assert ("delete_pod", "llama-worker-1") in harness.calls("delete_pod")  # and went round for the event
+
+
 def test_a_finished_job_recovers_from_a_reconcile_error(harness: Harness) -> None:
     job = job_manifest()
     job["status"] = {
@@ -1172,6 +1201,63 @@ def test_a_job_deleted_while_its_failure_is_recorded_leaves_no_state_behind(harn
     assert harness.calls("patch_job_status")[-1] == ("patch_job_status", "llama")  # answered 404
     assert KEY not in harness.reconciler.jobs and not retrying(harness)
     assert KEY not in harness.reconciler._jobs
+
+
+def test_a_job_deleted_as_a_pass_of_it_fails_leaves_no_state_behind(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's DELETED event is handled while a failing pass records its failure: the pass, which goes
+    round after a failure only for a change to the job, kept the deleted job's state for good."""
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, copy.deepcopy(harness.kube.jobs["llama"]))
+    fail_decide(monkeypatch, RuntimeError("bug"))
+    harness.reconcile()
+    assert retrying(harness)
+    reconciler = harness.reconciler
+    write_failure = reconciler._write_failure
+
+    def deleted_as_the_failure_is_recorded(*args: Any) -> None:
+        write_failure(*args)
+        if "llama" in harness.kube.jobs:
+            job = harness.kube.jobs.pop("llama")
+            reconciler.job_deleted(KEY, job["metadata"]["uid"], harness.view())  # the job is busy
+
+    monkeypatch.setattr(reconciler, "_write_failure", deleted_as_the_failure_is_recorded)
+    harness.reconcile("update")
+    assert "llama" not in harness.kube.jobs and reconciler.pending_requeue(KEY) is None
+    assert KEY not in reconciler._jobs
+
+
+def test_a_job_deleted_just_after_a_pass_read_it_leaves_no_uid_behind(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's DELETED event is handled between a pass's read of the job and its record of the job's uid:
+    the uid was put back after the deletion forgot it, and job_uid answered for a job that is gone."""
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    reconciler = harness.reconciler
+    reconciler.jobs.observe(KEY, copy.deepcopy(harness.kube.jobs["llama"]))
+    harness.reconcile()
+    for name, pod in list(harness.kube.pods.items()):
+        harness.kube.pods[name] = replace(pod, phase="Running", node_name="h0")
+    for _ in range(2):  # until the status is steady: the racing pass writes nothing (no 404 to tell it)
+        harness.reconcile("pod")
+        reconciler.jobs.observe(KEY, copy.deepcopy(harness.kube.jobs["llama"]))  # the watch shows the status
+    assert reconciler.job_uid(*KEY) == "uid-llama"
+    read = reconciler.jobs.read
+
+    def deleted_as_it_is_read(key: tuple[str, str], fetch: Any) -> dict[str, Any] | None:
+        job = read(key, fetch)
+        if job is not None and "llama" in harness.kube.jobs:
+            gone = harness.kube.jobs.pop("llama")
+            reconciler.job_deleted(KEY, gone["metadata"]["uid"], harness.view())  # the job is busy
+        return job
+
+    monkeypatch.setattr(reconciler.jobs, "read", deleted_as_it_is_read)
+    harness.log.clear()
+    harness.reconcile("pod")
+    assert "llama" not in harness.kube.jobs and harness.calls("patch_job_status") == []
+    assert reconciler.job_uid(*KEY) is None and KEY not in reconciler._uids
+    assert KEY not in reconciler._jobs
 
 
 def test_a_checkpoint_request_a_running_reconcile_opens_after_the_job_was_deleted_is_closed(

@@ -34,6 +34,8 @@ count in kubefit_reconcile_total{result="error"}. It is retried after a per-job 
 doubling to BACKOFF_MAX; a successful reconcile resets it). While a job backs off, the resync and
 pod events leave it alone (the retry observes afresh); a change to the job itself reconciles it at once,
 one that came while a pass was failing too (the reconcile goes round for it rather than wait for the retry).
+A resync or pod event that comes while such a pass runs makes it go round if it succeeds: its success
+cancels the retry the event was left to.
 """
 
 from __future__ import annotations
@@ -283,11 +285,9 @@ class Reconciler:
 
     def reconcile(self, key: JobKey, trigger: str, view: ClusterView) -> None:
         """Reconciles `key`; never raises (a failure is recorded on the job and retried after a backoff)."""
-        if self._backing_off(key, trigger):
-            return
         state = self._claim(key, trigger)
         if state is None:
-            return  # a reconcile of this job is running; it will go round again
+            return  # a reconcile of this job is running (it will go round again), or the job backs off
         if trigger == "timer" and time.monotonic() - state.service_at > SERVICE_RECHECK_SECONDS:
             state.service_for = None  # the resync checks that the Service is still there
         released = failed = False
@@ -312,8 +312,9 @@ class Reconciler:
                 del self._jobs[key]
             elif state is not None:
                 # Its reconcile is under way and may offer the job again, or arm a timer: once more, and it
-                # finds the job gone (state.gone) and lets it go.
-                state.dirty = True
+                # finds the job gone (state.gone) and lets it go. Urgent, as a change to the job itself: a
+                # pass that failed goes round for it too, or the state would outlive the job.
+                state.dirty = state.urgent = True
 
     def forget_vanished(self, view: ClusterView) -> list[JobKey]:
         """Forgets the held jobs that no longer exist (or exist again under a new uid): kopf lists again
@@ -354,21 +355,22 @@ class Reconciler:
 
     # ------------------------------------------------------------------ coalescing and backoff
 
-    def _backing_off(self, key: JobKey, trigger: str) -> bool:
-        if trigger not in _DEFERRED_WHILE_BACKING_OFF:
-            return False
-        with self._lock:
-            state = self._jobs.get(key)
-            return state is not None and state.retry_at > time.monotonic()
-
     def _claim(self, key: JobKey, trigger: str) -> _JobState | None:
+        """Takes the job for a reconcile, or None: when one is running, the job is marked dirty and that one
+        goes round again (after a failed pass, only for a trigger that does not wait for the backoff); when
+        none is and the job backs off, a trigger in _DEFERRED_WHILE_BACKING_OFF is left to the retry. One
+        lock for both tests: a trigger left to the retry while a reconcile ran would be lost when that one
+        succeeded (its success cancels the retry)."""
+        deferrable = trigger in _DEFERRED_WHILE_BACKING_OFF
         with self._lock:
             state = self._jobs.setdefault(key, _JobState())
-            state.dirty = True
             if state.busy:
-                state.urgent = state.urgent or trigger not in _DEFERRED_WHILE_BACKING_OFF
+                state.dirty = True
+                state.urgent = state.urgent or not deferrable
                 return None
-            state.busy = True
+            if deferrable and state.retry_at > time.monotonic():
+                return None  # the retry observes afresh
+            state.dirty = state.busy = True
             return state
 
     def _release_unless_dirty(self, key: JobKey, state: _JobState, failed: bool = False) -> bool:
@@ -483,6 +485,8 @@ class Reconciler:
         job = self.jobs.read(key, self.api.get_job)
         if job is None or job["metadata"].get("deletionTimestamp"):
             state.gone = True
+            with self._lock:  # put back by a pass that read the job before its deletion was handled
+                self._uids.pop(key, None)
             self.metrics.forget_job(namespace, name, None if job is None else job["metadata"].get("uid"))
             self.scheduler.forget(key, view)
             # What a pass running when the job was forgotten opened again after it: its checkpoint request
