@@ -449,27 +449,33 @@ import sys
 import torch.distributed as dist
 from kubefit_trainer import CheckpointHandshake
 
-rank, store = int(sys.argv[1]), sys.argv[2]
+rank, store, acked = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "acked"
 dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
 worker = CheckpointHandshake(None)
-# Rank 1 sees the request at step 3, rank 0 would only at step 9 (each polls on its own clock).
-calls = iter(range(100))
-worker.requested = lambda: next(calls) >= (3 if rank == 1 else 9)
-print(next(step for step in range(20) if worker.requested_by_any()))
+if acked:
+    worker._acknowledged = "r0"  # acknowledged an earlier request: it polls too, to send that ack again
+# Rank 1 would see the request at step 3, rank 0 only at step 9 (each polls on its own clock).
+calls = []
+worker.requested = lambda: calls.append(1) or len(calls) > (3 if rank == 1 else 9)
+print(next(step for step in range(20) if worker.requested_by_any()), len(calls))
 dist.destroy_process_group()
 """
 
 
-def test_requested_by_any_gives_every_rank_the_same_answer_at_the_same_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("acked", "expected"), [("acked", ["3 4", "3 4"]), ("never", ["9 10", "9 0"])])
+def test_requested_by_any_gives_every_rank_the_same_answer_at_the_same_step(
+    tmp_path: Path, acked: str, expected: list[str]
+) -> None:
     # With requested() alone the two ranks would enter save_checkpoint 6 steps apart, and a collective in
-    # it would hang both.
+    # it would hang both. Rank 1 polls (calls requested()) only once it has acknowledged a request: before
+    # that it learns the request from rank 0 through the all-reduce, and never asks the operator.
     ranks = [
-        subprocess.Popen([sys.executable, "-c", AGREE, str(rank), str(tmp_path / "store")],
+        subprocess.Popen([sys.executable, "-c", AGREE, str(rank), str(tmp_path / "store"), acked],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for rank in (0, 1)
     ]  # fmt: skip
     answers = [process.communicate(timeout=120) for process in ranks]
-    assert [out.strip() for out, _ in answers] == ["3", "3"], [err[-1500:] for _, err in answers]
+    assert [out.strip() for out, _ in answers] == expected, [err[-1500:] for _, err in answers]
 
 
 def test_requested_by_any_is_requested_without_torch_distributed(
@@ -508,8 +514,9 @@ from kubefit_trainer import CheckpointHandshake, Endpoint
 
 rank, folder, url, token, acks = int(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:6]
 dist.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=2)
-# Both processes are one pod (torchrun --nproc-per-node 2). The clock is the step, and rank 0 polls every
-# 2 steps, rank 1 every 3: rank 1 sees the request of step 3 first, rank 0 the one of step 13.
+# Both processes are one pod (torchrun --nproc-per-node 2). The clock is the step. Rank 0 polls every 2
+# steps and sees the requests opened before steps 3 and 13 at steps 4 and 14; rank 1 polls (every 3 steps)
+# only once it has acknowledged, and otherwise learns each request from rank 0.
 now = [0.0]
 endpoint = Endpoint(url, token, "team-a", "llama", "llama-worker-0")
 worker = CheckpointHandshake(endpoint, poll_seconds=2 + rank, clock=lambda: now[0])
@@ -571,7 +578,114 @@ def test_several_processes_per_pod_save_once_per_request(
             if process.poll() is None:
                 process.kill()
     errors = [err[-1500:] for _, err in answers]
-    assert [out.strip() for out, _ in answers] == ["[3, 13]", "[3, 13]"], errors
-    assert acked["r1"] == {"llama-worker-0": 3}
-    assert board.acknowledged(JOB, "r2") == {"llama-worker-0": 13}
+    assert [out.strip() for out, _ in answers] == ["[4, 14]", "[4, 14]"], errors
+    assert acked["r1"] == {"llama-worker-0": 4}
+    assert board.acknowledged(JOB, "r2") == {"llama-worker-0": 14}
     assert not any("not sent" in err for err in errors), errors
+
+
+TWO_PODS = """
+import json
+import sys
+import time
+from pathlib import Path
+import torch.distributed as dist
+import kubefit_trainer
+from kubefit_trainer import CheckpointHandshake, Endpoint
+
+rank, folder, url, token = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=4)
+# Two pods of two processes each (torchrun --nproc-per-node 2): ranks 0 and 1 are llama-worker-0, ranks 2
+# and 3 llama-worker-1. The clock is the step; every process would poll every 2 steps.
+local_rank, pod = rank % 2, rank // 2
+now = [0.0]
+endpoint = Endpoint(url, token, "team-a", "llama", f"llama-worker-{pod}")
+worker = CheckpointHandshake(endpoint, poll_seconds=2, clock=lambda: now[0])
+calls, step = [], 0
+opener = kubefit_trainer._OPENER.open
+
+def counting(request, *args, **kwargs):  # every HTTP call the helper makes goes through here
+    calls.append([step, request.get_method(), request.full_url.rsplit("/checkpoint", 1)[1]])
+    return opener(request, *args, **kwargs)
+
+kubefit_trainer._OPENER.open = counting
+saves = []
+for step in range(30):
+    now[0] = float(step)
+    if step in (5, 15, 21):  # the test acts on the operator while every rank waits here
+        if rank == 0:
+            (folder / f"at-{step}").touch()
+            while not (folder / f"go-{step}").exists():
+                time.sleep(0.02)
+        dist.barrier()
+    if worker.requested_by_any():
+        saves.append(step)
+        dist.barrier()  # a collective in the save
+        if local_rank == 0:
+            worker.acknowledge(step)
+print(json.dumps({"saves": saves, "http": calls}))
+dist.destroy_process_group()
+"""
+
+
+def test_only_rank_0_polls_and_every_pod_still_acknowledges(
+    server: CheckpointServer, board: CheckpointBoard, tmp_path: Path
+) -> None:
+    """Every process polled the operator every 2 s: a 2,000-process job sent one operator about 1,000
+    polls a second, more than it answered in time (a timed-out poll is "no request"). Now global rank 0
+    polls; the others learn the request, and its id, from it through the collective, so no other process
+    makes an HTTP call before the save; local rank 0 of each pod acknowledges for its pod with no poll of
+    its own, and from then on polls to send its ack again to an operator that lost it (restarted)."""
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", TWO_PODS, str(rank), str(tmp_path), url, TOKEN],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in range(4)
+    ]  # fmt: skip
+    seen: dict[str, object] = {}
+    try:
+        _at_step(tmp_path, 5, lambda: board.open(JOB, "r1"))
+
+        def restart() -> None:  # the operator restarted: the same request reopened, its acks lost
+            seen["r1"] = dict(board.acknowledged(JOB, "r1"))
+            seen["restarted"] = server.board = CheckpointBoard()
+            server.board.open(JOB, "r1")
+
+        _at_step(tmp_path, 15, restart)
+
+        def replace() -> None:  # the next removal
+            restarted = seen["restarted"]
+            assert isinstance(restarted, CheckpointBoard)
+            seen["r1 again"] = dict(restarted.acknowledged(JOB, "r1"))
+            restarted.close(JOB)
+            restarted.open(JOB, "r2")
+
+        _at_step(tmp_path, 21, replace)
+        answers = [process.communicate(timeout=120) for process in ranks]
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+    errors = [err[-1500:] for _, err in answers]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in answers if out.strip()]
+    assert len(results) == 4, errors
+    http = [result["http"] for result in results]
+    # (a) the ranks that never acknowledge never called the operator at all
+    assert http[1] == [] and http[3] == [], http
+    # (b) r1 seen by rank 0 at its poll of step 6, r2 by rank 2 (polling at odd steps since its ack) at
+    # step 21, when rank 0 asked for its id and gave it to the others: each saved once, on every rank.
+    assert [result["saves"] for result in results] == [[6, 21]] * 4, errors
+    # rank 0 polled every 2 steps (and at 21 for the id of the request rank 2 saw), and no other rank
+    # before the first save; local rank 0 of the second pod learned r1's id from rank 0 (its first call
+    # is its ack, no poll) and polls from then on, every 2 steps, each poll sending its ack again while
+    # the request stays open
+    assert [call[0] for call in http[0] if call[1] == "GET"] == [*range(0, 21, 2), *range(21, 30, 2)]
+    assert http[2][0] == [6, "POST", "/ack"], http[2]
+    assert [call[0] for call in http[2] if call[1] == "GET"] == list(range(7, 30, 2))
+    # (c) one ack per pod, from that pod's own process, for the step all of them saved
+    assert seen["r1"] == {"llama-worker-0": 6, "llama-worker-1": 6}
+    # sent again, once the restarted operator offered the request again, by each pod's acknowledging process
+    assert seen["r1 again"] == {"llama-worker-0": 6, "llama-worker-1": 6}
+    restarted = seen["restarted"]
+    assert isinstance(restarted, CheckpointBoard)
+    assert restarted.acknowledged(JOB, "r2") == {"llama-worker-0": 21, "llama-worker-1": 21}

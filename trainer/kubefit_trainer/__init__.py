@@ -14,10 +14,15 @@ spec.elastic.checkpointGracePeriodSeconds. A training loop takes part like this:
             if os.environ.get("LOCAL_RANK", "0") == "0":  # one ack per pod (every rank may send one)
                 handshake.acknowledge(step)
 
-Each process polls on its own clock, so with several processes plain requested() turns True at different
-steps on different ranks, and a save_checkpoint with a collective (a sharded save, a barrier) would hang:
-requested_by_any() agrees through torch.distributed when it is initialised (requested() otherwise), and
-is True once per request on every rank, whether or not that rank acknowledges.
+Plain requested() polls the operator from the process that calls it, on its own clock: with several
+processes it turns True at different steps on different ranks, and a save_checkpoint with a collective
+(a sharded save, a barrier) would hang. requested_by_any() agrees through torch.distributed when it is
+initialised (requested() otherwise), and is True once per request on every rank, whether or not that
+rank acknowledges. It polls from as few processes as the handshake allows: global rank 0 (the others
+learn the request and its id from rank 0 through the collective), plus each process that has
+acknowledged a request, which keeps polling so that it can send its ack again to an operator that lost
+it (docs/checkpoint-handshake.md). Every rank polling every 2 s made a large job (thousands of GPU
+processes) send the operator about 1,000 polls a second, more than one operator answers in time.
 
 Standard library only. The HTTP contract, for other languages, is docs/checkpoint-handshake.md.
 """
@@ -64,6 +69,9 @@ MIN_BACKOFF_BASE_SECONDS = 1.0
 # Far past any poll interval times 2**n reaching MAX_POLL_BACKOFF_SECONDS, and far below float overflow.
 MAX_POLL_DOUBLINGS = 64
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+# requestId is at most 128 characters of [A-Za-z0-9._:-] (docs/checkpoint-handshake.md): what rank 0
+# broadcasts to the other ranks, NUL-padded.
+MAX_REQUEST_ID_BYTES = 128
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -171,40 +179,83 @@ class CheckpointHandshake:
     def requested_by_any(self) -> bool:
         """requested() agreed by every process of the job: True on all of them once one sees a request.
 
-        A collective when torch.distributed is initialised (an all-reduce of one integer, MAX): every rank
-        must call it at the same point of each step. Without torch.distributed, this process's requested().
+        A collective when torch.distributed is initialised (an all-reduce of one integer, MAX, and on the
+        step it answers True a broadcast of the request's id from rank 0): every rank must call it at the
+        same point of each step. Without torch.distributed, this process's requested().
+
+        With torch.distributed, only global rank 0 polls the operator (requested()), and so does a process
+        that has acknowledged a request (local rank 0 of each pod), so that its ack is sent again to an
+        operator that lost it; the others make no HTTP call here and learn the request from the
+        collective. One poller per job instead of one per process: every rank polling every 2 s made a
+        2,000-process job send its operator about 1,000 polls a second.
 
         True once per request: the request then counts as handled on every process (each one saves at
         this step), acknowledged or not, so ranks that never acknowledge (all but local rank 0 of a pod)
         do not make every later step save again. A new request is True again."""
-        agreed = self._agree(self.requested())
-        if agreed:
-            self._handle_agreed()
-        return agreed
-
-    def _agree(self, mine: bool) -> bool:
-        """max(mine) over all ranks. Every rank must reach the all-reduce on every call, whatever its own
-        state: one that skipped it while the others entered it would hang the job."""
-        # Not imported here: a process group exists only where the training code imported torch.distributed
-        # (and the package stays standard library only).
-        dist, torch = sys.modules.get("torch.distributed"), sys.modules.get("torch")
-        if dist is None or torch is None or not (dist.is_available() and dist.is_initialized()):
-            return mine
-        device = torch.device("cpu")
-        if dist.get_backend() == "nccl":  # NCCL reduces on each rank's own GPU: torchrun's LOCAL_RANK
-            local = os.environ.get("LOCAL_RANK")
-            device = torch.device("cuda", int(local) if local else torch.cuda.current_device())
+        collective = _collective()
+        if collective is None:
+            agreed = self.requested()
+            if agreed:
+                self._handle_agreed()
+            return agreed
+        dist, torch, device = collective
+        # Which ranks poll is this process's own business (HTTP only); the collectives below run on every
+        # rank on every call, whatever its state: one that skipped them while the others entered would
+        # hang the job.
+        polls = dist.get_rank() == 0 or self._acknowledged is not None
+        mine = self.requested() if polls else self._pending()
         flag = torch.tensor([1 if mine else 0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        agreed = bool(flag.item())
+        if agreed:  # the same answer on every rank: all of them reach the broadcast
+            self._adopt(self._share_request_id(dist, torch, device))
+        return agreed
+
+    def _pending(self) -> bool:
+        """requested() without asking the operator: what this process last learned."""
+        return self.endpoint is not None and self.request_id is not None and self.request_id != self._handled
+
+    def _share_request_id(self, dist: Any, torch: Any, device: Any) -> str | None:
+        """The open request's id as global rank 0 knows it, on every rank (a broadcast); None if unknown.
+
+        Rank 0 asks the operator first when the request was seen by another rank (one that polls because
+        it acknowledged before), so that it does not see it at its next poll and make every rank save
+        again. The other ranks make no HTTP call."""
+        data = b""
+        if dist.get_rank() == 0:
+            if self.endpoint is not None and (self.request_id is None or self.request_id == self._handled):
+                self._last_poll = self._clock()
+                self._poll(self.endpoint)
+            if self._pending() and self.request_id is not None:
+                data = self.request_id.encode("utf-8", "replace")
+                if len(data) > MAX_REQUEST_ID_BYTES or b"\0" in data:
+                    data = b""  # not an id the operator sends: the others learn it when they acknowledge
+        buffer = torch.zeros(MAX_REQUEST_ID_BYTES, dtype=torch.uint8)
+        if data:
+            buffer[: len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+        buffer = buffer.to(device)
+        dist.broadcast(buffer, src=0)
+        shared = bytes(buffer.cpu().tolist()).split(b"\0", 1)[0]
+        return shared.decode("utf-8", "replace") or None
+
+    def _adopt(self, shared: str | None) -> None:
+        """Marks the open request handled here, after requested_by_any() answered True for it with a
+        process group; `shared` is rank 0's id for it. This process's own unseen id, when it has one, is
+        handled too: the checkpoint saved at this step is newer than both."""
+        if self.endpoint is None:
+            return
+        if shared is not None and (self.request_id is None or self.request_id == self._handled):
+            self.request_id = shared  # what acknowledge() sends: no poll needed on this process
+        if self.request_id is not None:
+            self._handled = self.request_id
 
     def _handle_agreed(self) -> None:
-        """Marks the open request handled here, after requested_by_any() answered True for it."""
+        """Marks the open request handled here, after requested_by_any() answered True for it (one process)."""
         if self.endpoint is None:
             return
         if self.request_id is None or self.request_id == self._handled:
-            # Another rank saw the request first (each polls on its own clock): learn its id now, or this
-            # process would see it at its next poll and make every rank save again. HTTP only, no collective.
+            # Not seen here (a requested() the loop replaced): learn its id now, or the next poll would
+            # answer True again for it.
             self._last_poll = self._clock()
             self._poll(self.endpoint)
         if self.request_id is not None:
@@ -230,8 +281,10 @@ class CheckpointHandshake:
         so a failed ack never makes the loop save again on every step (the operator then waits out the
         grace period).
 
-        A process that never called requested() (local rank 0 of a pod, when rank 0 polls and broadcasts)
-        asks the operator for the open request first; with none open, nothing is sent (logged).
+        A process that knows no open request (one that never polled and was not given the id by
+        requested_by_any()) asks the operator for it first; with none open, nothing is sent (logged).
+        From then on requested_by_any() polls on this process too, so that the ack is sent again while
+        the request stays open (an operator that restarted has lost it).
         """
         if self.endpoint is None:
             return False
@@ -335,6 +388,20 @@ class CheckpointHandshake:
         else:
             self._warned = True
             logger.warning(message + " (further errors are logged at debug level)", *args)
+
+
+def _collective() -> tuple[Any, Any, Any] | None:
+    """(torch.distributed, torch, the device its collectives use) when a process group is initialised."""
+    # Not imported here: a process group exists only where the training code imported torch.distributed
+    # (and the package stays standard library only).
+    dist, torch = sys.modules.get("torch.distributed"), sys.modules.get("torch")
+    if dist is None or torch is None or not (dist.is_available() and dist.is_initialized()):
+        return None
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":  # NCCL reduces on each rank's own GPU: torchrun's LOCAL_RANK
+        local = os.environ.get("LOCAL_RANK")
+        device = torch.device("cuda", int(local) if local else torch.cuda.current_device())
+    return dist, torch, device
 
 
 def _decode(raw: bytes) -> Any:
