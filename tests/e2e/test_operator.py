@@ -157,6 +157,22 @@ def test_undoing_an_edit_that_made_a_running_job_not_fit_keeps_its_workers(
     assert "Preempted" not in reasons and "DeletedWorkers" not in reasons, reasons
 
 
+def test_a_named_layout_under_fit_policy_warn_runs_though_its_estimate_does_not_fit(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    """fitPolicy Warn: a layout the user vouches for starts although the estimate says it does not fit,
+    and says so (Sized=False DoesNotFit, a Warning event); under Enforce it started nothing."""
+    resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 4, "fitPolicy": "Warn"}
+    kube.apply(job_manifest("vouched", namespace, pool=pool, model={"parameters": "1T"}, resources=resources))
+    wait_for("2 running workers", lambda: len(running_names(kube.workers(namespace, "vouched"))) == 2)
+    sized = kube.condition(namespace, "vouched", "Sized") or {}
+    assert (sized.get("status"), sized.get("reason")) == ("False", "DoesNotFit"), sized
+    warnings = [event for event in kube.events(namespace, "vouched") if event["type"] == "Warning"]
+    assert any(event["reason"] == "DoesNotFit" for event in warnings), warnings
+    sizing = kube.job_status(namespace, "vouched")["sizing"]
+    assert sizing["fits"] is False and any("fitPolicy Warn" in w for w in sizing["warnings"])
+
+
 def test_a_worker_runs_on_a_node_with_one_gpu_and_little_host_memory_and_cpu(
     kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]
 ) -> None:

@@ -220,6 +220,12 @@ BAD_SPECS: list[tuple[str, Any, str, str]] = [
     ("missing-template", {"model": {"parameters": "1B"}}, "spec.template", "required"),
     # min > max, and more grouped-query heads than query heads
     (
+        "fit-policy-warn-on-auto",
+        _spec(resources={"fitPolicy": "Warn", "acceleratorsPerWorker": 8}),
+        "spec.resources.fitPolicy",
+        "both named",
+    ),
+    (
         "min-above-max",
         _spec(workers={"replicas": 2, "minReplicas": 4, "maxReplicas": 3}),
         "spec.workers.minReplicas",

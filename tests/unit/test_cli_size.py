@@ -1211,3 +1211,17 @@ def test_whole_floats_are_the_integers_kubectl_sends(
     parameters = with_spec(model={**LLAMA3_8B, "parameters": 8.03e9})
     code, out, err = run_main(capsys, "-f", write(tmp_path, parameters), "-o", "json")
     assert code == 0 and out == run_main(capsys, "-f", write(tmp_path, with_spec()), "-o", "json")[1], err
+
+
+def test_the_table_says_a_layout_that_does_not_fit_starts_anyway_under_fit_policy_warn(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    manifest = json.loads(json.dumps(LLAMA3_8B_FSDP))
+    manifest["spec"]["model"]["parameters"] = "1T"
+    manifest["spec"]["training"]["sharding"] = "none"  # no worker count fits: the bounds are not at fault
+    manifest["spec"]["resources"] = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
+    code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest))
+    assert code == 0 and ": DOES NOT FIT\n" in out and "fitPolicy" not in out
+    manifest["spec"]["resources"]["fitPolicy"] = "Warn"
+    code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest))
+    assert code == 0 and ": DOES NOT FIT (fitPolicy Warn: the workers start anyway)" in out

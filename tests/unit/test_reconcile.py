@@ -498,6 +498,32 @@ def test_a_layout_that_does_not_fit_starts_nothing() -> None:
     assert ("Warning", "DoesNotFit") in [(event.type, event.reason) for event in decision.events]
 
 
+def test_a_named_layout_that_does_not_fit_starts_anyway_under_fit_policy_warn() -> None:
+    # A layout the user has run, whose estimate is above what they measured (calibration row 73: litgpt's
+    # 13B LoRA on one 40 GB A100, estimated above the usable 36 GiB), could never start.
+    resources = {"accelerator": "nvidia-l4", "acceleratorsPerWorker": 1, "fitPolicy": "Warn"}
+    decision = decide(observe(raw_spec(model={"parameters": "70B"}, resources=resources)), CATALOG)
+    assert created_names(decision) == ["llama-worker-0", "llama-worker-1"]
+    sized = condition(decision, "Sized")
+    assert (sized["status"], sized["reason"]) == ("False", "DoesNotFit")  # still said, and a Warning event
+    assert ("Warning", "DoesNotFit") in [(event.type, event.reason) for event in decision.events]
+    sizing = status_of(decision)["sizing"]
+    assert sizing["fits"] is False
+    assert any(
+        w.startswith("resources.fitPolicy Warn: the estimate does not fit") for w in sizing["warnings"]
+    )
+    # More workers than the spec allows still start none: no layout to vouch for.
+    too_few = raw_spec(
+        model={"parameters": "70B"},
+        training={"sharding": "zero3"},
+        resources={**resources, "accelerator": "nvidia-h100-80gb"},
+        workers={"replicas": 1},
+    )
+    blocked = decide(observe(too_few), CATALOG)
+    assert blocked.create == () and condition(blocked, "Ready")["reason"] == "TooFewWorkers"
+    assert not any("fitPolicy" in w for w in status_of(blocked)["sizing"]["warnings"])
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 

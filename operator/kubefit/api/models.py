@@ -49,6 +49,7 @@ Sharding = Literal["none", "zero1", "zero2", "zero3", "fsdp"]
 Offload = Literal["none", "optimizer", "optimizer-and-parameters"]
 Loss = Literal["standard", "chunked"]
 FsdpWrap = Literal["blocks", "blocks-and-embeddings"]
+FitPolicy = Literal["Enforce", "Warn"]
 # The projections of a transformer block that can carry LoRA adapters (PEFT's q_proj ... down_proj).
 LoraTarget = Literal["query", "key", "value", "output", "gate", "up", "down"]
 LORA_TARGETS: tuple[LoraTarget, ...] = ("query", "key", "value", "output", "gate", "up", "down")
@@ -541,6 +542,13 @@ class Resources(_Model):
         lt=1.0,
         description="Fraction of device memory kept free when deciding what fits (at least 0, below 1).",
     )
+    fit_policy: FitPolicy = Field(
+        default="Enforce",
+        description="Enforce: a job whose estimate does not fit starts no worker (Sized=False, DoesNotFit). "
+        "Warn: with accelerator and acceleratorsPerWorker both named, it starts anyway, with Sized=False, "
+        "a Warning event and a status.sizing warning: for a layout you have run, whose estimate is above "
+        "what you measured. Warn with either of them auto is refused.",
+    )
     cpu: CpuQuantity = Field(
         default=None,
         description="CPU request of each worker's first container, a Kubernetes quantity such as 8 or "
@@ -573,6 +581,20 @@ class Resources(_Model):
     @classmethod
     def _no_negative_zero(cls, value: float) -> float:
         return value + 0.0  # -0.0 passes ge=0 but would print as "-0%"; -0.0 + 0.0 is 0.0
+
+    @model_validator(mode="after")
+    def _warn_on_a_named_layout(self) -> Resources:
+        # Started though it does not fit is a layout the user vouches for; with auto, the planner's best
+        # effort would be started, a layout nobody chose.
+        if self.fit_policy == "Warn" and (
+            self.accelerator == "auto" or self.accelerators_per_worker == "auto"
+        ):
+            raise PydanticCustomError(
+                FIELD_ERROR,
+                "Warn needs resources.accelerator and resources.acceleratorsPerWorker both named, not auto",
+                {"field": "fitPolicy"},
+            )
+        return self
 
 
 class Workers(_Model):

@@ -397,6 +397,8 @@ def _summary_lines(manifest: dict[str, Any], spec: Any, job_sizing: Any) -> list
         needs = "no worker count fits as configured (see warnings)"
     runs, devices, elastic = _count(workers, "worker"), _count(per_worker * workers, "device"), []
     bounds = worker_bounds(spec, sizing)
+    if not sizing.fits and bounds.feasible and spec.resources.fit_policy == "Warn":
+        verdict += " (fitPolicy Warn: the workers start anyway)"
     if not bounds.feasible:
         # More workers than the spec allows are needed: the operator starts none (TooFewWorkers). Memory's
         # need is judged at the most workers allowed (fits false); a minReplicas rounded up to whole

@@ -176,7 +176,7 @@ def decide(
     )
     if spec.run_policy.suspend and not training_ended(context):
         draft = suspended(context)
-    elif not bounds.feasible or not sizing.fits:
+    elif not bounds.feasible or (not sizing.fits and spec.resources.fit_policy == "Enforce"):
         draft = with_held_workers(_blocked(spec, sizing, bounds), observation, ours)
     else:
         draft = scheduled(context)

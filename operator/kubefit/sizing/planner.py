@@ -814,8 +814,16 @@ def plan_job(
         remedies, notes = _remedy_search(spec, catalog, pools, check)
         search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools))
         notes = [_shortfall_note(spec, outcome, remedies, search), *notes]
+    if not reported.fits and outcome.option.counts.feasible and spec.resources.fit_policy == "Warn":
+        notes = [FIT_POLICY_WARN_NOTE, *notes]
     sizing = _status(reported, outcome.min_workers, [*outcome.warnings, *notes])
     return Plan(sizing, reported.layout.workers)
+
+
+FIT_POLICY_WARN_NOTE = (
+    "resources.fitPolicy Warn: the estimate does not fit this layout, and its workers start anyway; they may "
+    "run out of device memory"
+)
 
 
 def _within_the_bounds(spec: TrainingJobSpec, outcome: _Outcome) -> LayoutEstimate:
