@@ -44,6 +44,7 @@ def job(
     replicas: int = 2,
     min_replicas: int | None = None,
     phase: str = "Running",
+    pods: int | None = None,  # status.replicas: worker pods that exist, running or not
 ) -> dict[str, Any]:
     workers: dict[str, Any] = {"replicas": replicas}
     if min_replicas is not None:
@@ -53,6 +54,7 @@ def job(
         "spec": {"workers": workers},
         "status": {
             "phase": phase,
+            **({} if pods is None else {"replicas": pods}),
             "readyReplicas": ready,
             "desiredReplicas": desired,
             "sizing": {
@@ -88,6 +90,10 @@ def test_each_kind_of_waste_is_named() -> None:
     partial = job_row(job(ready=1, desired=3, replicas=3, min_replicas=2), None, Thresholds())
     assert partial.waste == [WASTE_PARTIAL_GANG]
     assert (partial.accelerators_allocated, partial.accelerators_requested, partial.min_workers) == (4, 12, 2)
+    # Bound workers that never start (an image that cannot be pulled) hold their devices all the same.
+    unstarted = job_row(job(ready=0, desired=2, min_replicas=2, pods=2), None, Thresholds())
+    assert unstarted.waste == [WASTE_PARTIAL_GANG] and unstarted.accelerators_allocated == 0
+    assert job_row(job(ready=0, desired=0, min_replicas=2, pods=0), None, Thresholds()).waste == []
 
 
 @pytest.mark.parametrize(

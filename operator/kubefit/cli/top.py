@@ -131,9 +131,11 @@ def job_row(job: Mapping[str, Any], gpus: Mapping[GpuKey, float] | None, limits:
         waste.append(WASTE_IDLE)
     if allocated and estimated and requested and estimated / requested < limits.overprovisioned_below:
         waste.append(WASTE_OVERPROVISIONED)
-    # As the alert: workers that finished their part count, so a gang finishing is not short.
+    # As the alert: workers that finished their part count, so a gang finishing is not short; the devices
+    # held are those of every live worker pod (bound ones that never start too), not only running ones.
     finished = len(parse_index_ranges(status.get("succeededWorkers")))
-    if allocated and running + finished < minimum:
+    held = max(0, max(int(status.get("replicas") or 0), running) - finished) * per_worker
+    if held and running + finished < minimum:
         waste.append(WASTE_PARTIAL_GANG)
     return JobRow(
         namespace=namespace,
