@@ -859,7 +859,8 @@ class GangStatus(_Model):
         default=None,
         description="When the gang began waiting to be placed, if not at its admission: a restart of every "
         "worker, a loss below its minimum, or the end of its restart backoff (RFC 3339, may be ahead); the "
-        "gang timeout counts from then.",
+        "gang timeout counts from then. For a started elastic gang: when a worker above its floor that no node "
+        "took within the gang timeout was given up; the job grows no more for one gang timeout from then.",
     )
     attempt: int = Field(
         default=0,

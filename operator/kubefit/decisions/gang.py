@@ -61,6 +61,14 @@ def gang_timed_out(gang: GangStatus, admitted: datetime | None, timeout: int, no
     return not gang.started and admitted is not None and now >= admitted + timedelta(seconds=timeout)
 
 
+def growth_held_until(gang: GangStatus, timeout: int) -> datetime | None:
+    """Until when an elastic job whose grown worker was given up (never placed on a node within the gang
+    timeout of its creation: decisions.running._growth_given_up) grows no more: one gang timeout after it.
+    A started gang's `since` records when (before it starts, `since` is when its clock began)."""
+    since = parse_rfc3339(gang.since) if gang.started else None
+    return since + timedelta(seconds=timeout) if since is not None else None
+
+
 def after_timeout(gang: GangStatus, now: datetime) -> GangStatus:
     """The bookkeeping after one more gang timeout: the backoff starts now."""
     retries = gang.retries + 1

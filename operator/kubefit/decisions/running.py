@@ -34,6 +34,7 @@ from kubefit.api.models import GangStatus
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.builders.naming import widest_index, worker_name
 from kubefit.builders.rendezvous import fixed_world
+from kubefit.decisions.admission import CAPACITY_CHANGED
 from kubefit.decisions.conditions import ConditionUpdate, is_true
 from kubefit.decisions.draft import (
     Draft,
@@ -50,6 +51,7 @@ from kubefit.decisions.gang import (
     after_timeout,
     backoff_left,
     gang_timed_out,
+    growth_held_until,
     previous_gang,
     restart_backoff,
     restart_backoff_left,
@@ -69,6 +71,8 @@ class _Plan:
     restart: str | None = None  # a non-elastic restart's message
     hold: str | None = None  # why the running workers keep their count below what the spec asks for now
     floor: int | None = None  # torchrun's minimum for the workers created now (None: the bounds' floor)
+    # Why the grant was lowered to the workers placed (_growth_given_up), said before the pass's reason.
+    capped: str | None = None
 
 
 def admitted(ctx: JobContext, grant: int) -> Draft:
@@ -143,7 +147,7 @@ def _still_going(pods: Sequence[WorkerPod], now: datetime) -> bool:
 
 
 def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
-    plan = _plan(ctx, grant)
+    plan, given_up, held_until = _growth_plan(ctx, grant, fixed)
     foreign = [pod for pod in ctx.observation.pods if pod not in ctx.ours]
     slots = _slots(ctx, plan.keep)
     # A worker that succeeded is not run again when its pod goes (a node removed once it finished).
@@ -191,8 +195,8 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
         # The old world goes now: the new one is a gang of its own, to be placed within the timeout from now.
         gang = GangStatus(retries=gang.retries, since=rfc3339(ctx.now), attempt=attempt)
         waiting_since = ctx.now
-    elif gang.started and gang.since is not None:
-        gang = gang.model_copy(update={"since": None})
+    elif gang.started:
+        gang = _with_growth_hold(ctx, draft, gang, given_up, held_until)
     draft.gang = gang
     _wait_for_old_workers(ctx, draft, plan.target, fixed)
     # A new group (a new world size, or after a failure) runs every worker afresh: what succeeded in the
@@ -201,6 +205,125 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     if not gang.started:  # wake up when the gang timeout expires
         draft.requeue_after.append((waiting_since + timedelta(seconds=timeout) - ctx.now).total_seconds())
     return draft
+
+
+def _growth_plan(
+    ctx: JobContext, grant: int, fixed: bool
+) -> tuple[_Plan, tuple[WorkerPod, ...], datetime | None]:
+    """The plan for `grant`, the grown workers given up now (_growth_given_up) and when the hold on growth
+    that follows ends (None: no hold)."""
+    held_until = None if fixed else _growth_hold(ctx)
+    if held_until is not None:
+        # Growth given up lately: the grant the pass has not lowered yet (or raised again) does not create the
+        # worker again before the hold ends.
+        grant = min(grant, int(ctx.status.get("desiredReplicas") or grant))
+    plan = _plan(ctx, grant)
+    given_up = _growth_given_up(ctx, plan, fixed)
+    capped = _without_growth(ctx, plan, given_up) if given_up else None
+    if capped is None or capped.restart is not None or capped.hold is not None:
+        held = held_until is not None and plan.keep < ctx.bounds.desired
+        if held and held_until is not None and plan.restart is None and plan.hold is None:
+            timeout = ctx.spec.scheduling.gang_timeout_seconds
+            why = (
+                f"a worker above the floor found no node within {timeout} s (spec.scheduling."
+                f"gangTimeoutSeconds), so the job runs the {plan.keep} placed and grows again from "
+                f"{rfc3339(held_until)}"
+            )
+            plan = replace(plan, capped=why)
+        return plan, (), held_until
+    return capped, given_up, ctx.now + timedelta(seconds=ctx.spec.scheduling.gang_timeout_seconds)
+
+
+def _with_growth_hold(
+    ctx: JobContext,
+    draft: Draft,
+    gang: GangStatus,
+    given_up: Sequence[WorkerPod],
+    held_until: datetime | None,
+) -> GangStatus:
+    """A started gang's `since` is when its growth was last given up (gang.growth_held_until), kept while the
+    hold lasts, with a wake-up at its end to ask for the growth again; cleared after."""
+    if given_up:
+        draft.events.append(_given_up_event(ctx, given_up, draft.desired or 0))
+    since = ctx.now if given_up else _growth_held_since(ctx) if held_until is not None else None
+    if since is not None and held_until is not None:
+        draft.requeue_after.append((held_until - ctx.now).total_seconds())
+    return gang.model_copy(update={"since": rfc3339(since) if since is not None else None})
+
+
+def _growth_hold(ctx: JobContext) -> datetime | None:
+    """When the hold on growth after an unplaced grown worker was given up ends (None: no hold now)."""
+    until = growth_held_until(previous_gang(ctx.status), ctx.spec.scheduling.gang_timeout_seconds)
+    return until if until is not None and ctx.now < until else None
+
+
+def _growth_held_since(ctx: JobContext) -> datetime | None:
+    """When the job's growth was last given up (status.gang.since of a started gang)."""
+    gang = previous_gang(ctx.status)
+    return parse_rfc3339(gang.since) if gang.started else None
+
+
+def _growth_given_up(ctx: JobContext, plan: _Plan, fixed: bool) -> tuple[WorkerPod, ...]:
+    """An elastic group's workers above its floor that were never placed on a node within
+    spec.scheduling.gangTimeoutSeconds of their creation: kube-scheduler cannot bind them for a reason the
+    pass does not count (CPU, memory, a pod limit, a taint it does not see). The floor is placed, so the gang
+    timeout no longer applies, and the pass would keep their places reserved for ever, from every other job
+    too. Worker 0 (the rendezvous host) is never one; nor is any while a restart, a hold or a removal is under
+    way, or before the gang started: those are the floor's gang (_gang_now)."""
+    if fixed or plan.restart or plan.hold or plan.removal is not None:
+        return ()
+    if not previous_gang(ctx.status).started:
+        return ()
+    slots = _slots(ctx, plan.keep)
+    mine = [pod for pod in ctx.live if pod.index in slots]
+    placed = sum(1 for pod in mine if pod.node_name)
+    if placed < max(ctx.bounds.floor, _running_group_floor(ctx, ctx.bounds.floor)):
+        return ()
+    timeout = timedelta(seconds=ctx.spec.scheduling.gang_timeout_seconds)
+    return tuple(
+        pod
+        for pod in sorted(mine, key=lambda pod: pod.index or 0, reverse=True)
+        if not pod.node_name
+        and pod.index
+        and (created := parse_rfc3339(pod.created)) is not None
+        and ctx.now >= created + timeout
+    )
+
+
+def _without_growth(ctx: JobContext, plan: _Plan, given_up: Sequence[WorkerPod]) -> _Plan:
+    """The plan at the workers placed: every unplaced one goes (none ran, so no checkpoint is asked of the
+    others for them), and the grant drops to what runs until the pass grows the job again."""
+    slots = _slots(ctx, plan.keep)
+    placed = [pod for pod in ctx.live if pod.index in slots and pod.node_name]
+    capped = _plan(ctx, min(plan.keep, len(placed)))
+    unplaced = {pod.name for pod in ctx.live if not pod.node_name}
+    removal = capped.removal
+    if removal is not None:
+        doomed = tuple(name for name in removal.doomed if name not in unplaced)
+        removal = replace(removal, doomed=doomed) if doomed else None
+    timeout = ctx.spec.scheduling.gang_timeout_seconds
+    names = ", ".join(pod.name for pod in given_up)
+    why = (
+        f"{'worker' if len(given_up) == 1 else 'workers'} {names} found no node within {timeout} s "
+        f"(spec.scheduling.gangTimeoutSeconds), so the job runs the {capped.keep} placed and grows again "
+        f"from {rfc3339(ctx.now + timedelta(seconds=timeout))}"
+    )
+    return replace(capped, removal=removal, capped=why)
+
+
+def _given_up_event(ctx: JobContext, given_up: Sequence[WorkerPod], keep: int) -> JobEvent:
+    timeout = ctx.spec.scheduling.gang_timeout_seconds
+    who = (
+        f"worker {given_up[0].name} was"
+        if len(given_up) == 1
+        else (f"workers {', '.join(pod.name for pod in given_up)} were")
+    )
+    message = (
+        f"{who} not placed on a node within {timeout} s of its creation (spec.scheduling.gangTimeoutSeconds; "
+        f"CPU, memory, a pod limit or a taint kubefit does not count can keep it off the node): deleted, it "
+        f"never ran; the job runs {keep} workers and grows again after {timeout} s"
+    )
+    return JobEvent("Normal", CAPACITY_CHANGED, message)
 
 
 def _wait_for_old_workers(ctx: JobContext, draft: Draft, target: int, fixed: bool) -> None:
@@ -728,15 +851,16 @@ def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
         message = f"{plan.target} workers granted"
     else:
         # Held below it (the training ended, a raised minimum not granted yet): why, rather than capacity.
-        why = grant_detail(ctx) or plan.hold or "no capacity for more"
+        why = plan.capped or grant_detail(ctx) or plan.hold or "no capacity for more"
         message = f"{plan.target} of {wanted} workers granted: {why}"
     return ConditionUpdate(ConditionType.ADMITTED, "True", grant_reason(ctx), message)
 
 
 def _message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str | None:
     """status.message: why the workers running differ from spec.workers.replicas."""
-    if plan.restart or plan.hold:
-        return f"{plan.restart or plan.hold}; {shake_note}" if shake_note else plan.restart or plan.hold
+    held = plan.restart or plan.hold or plan.capped
+    if held:
+        return f"{held}; {shake_note}" if shake_note else held
     replicas = ctx.spec.workers.replicas
     why = None
     if plan.target < replicas:

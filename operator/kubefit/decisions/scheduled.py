@@ -20,7 +20,7 @@ from kubefit.decisions.conditions import ConditionUpdate, find_condition, is_tru
 from kubefit.decisions.demand import job_demand
 from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of, sized
 from kubefit.decisions.elastic import Removal, apply_handshake, handshake_for, removal_progress
-from kubefit.decisions.gang import backoff_left, previous_gang
+from kubefit.decisions.gang import backoff_left, growth_held_until, previous_gang
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.running import admitted, grant_detail, resumed, training_ended
 from kubefit.decisions.workers import stop_workers
@@ -61,7 +61,20 @@ def scheduled(ctx: JobContext) -> Draft:
     draft.demand = None if draft.phase in FINISHED_PHASES or withheld else _with_finished(demand, draft, ctx)
     if draft.demand is not None:
         draft.demand = replace(draft.demand, queued_since=_queued_since(ctx, draft))
+        draft.demand = _held_growth(draft.demand, draft, ctx)
     return draft
+
+
+def _held_growth(demand: Demand, draft: Draft, ctx: JobContext) -> Demand:
+    """An elastic job whose grown worker was given up (never placed within the gang timeout:
+    running._growth_given_up) asks for no more than it keeps until the hold ends, so that the pass neither
+    grows it onto the same node again at once nor keeps that node reserved from other jobs."""
+    if draft.gang is None or draft.desired is None:
+        return demand
+    until = growth_held_until(draft.gang, ctx.spec.scheduling.gang_timeout_seconds)
+    if until is None or ctx.now >= until or demand.want_workers <= draft.desired:
+        return demand
+    return replace(demand, want_workers=max(demand.min_workers, draft.desired))
 
 
 def _queued_since(ctx: JobContext, draft: Draft) -> float | None:
