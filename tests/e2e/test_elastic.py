@@ -760,3 +760,51 @@ def test_a_worker_lands_where_the_pass_reserved_it_so_a_gang_counted_on_the_empt
             "the 8-GPU job running on the second node", lambda: running(kube, namespace, "whole-node") == 1
         )
         assert [pod["spec"]["nodeName"] for pod in live(kube, namespace, "whole-node")] == [pool.nodes[1]]
+
+
+def test_a_grown_worker_no_node_takes_is_given_up_and_its_node_freed_for_a_while(
+    kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]
+) -> None:
+    """kubefit counts accelerators only: a grown worker granted a node whose CPU another pod holds stays
+    Pending, and its place was reserved in every pass for ever. Now it is deleted after the gang timeout,
+    the job runs what is placed, and grows again one gang timeout later."""
+    pool = add_pool(PoolNodes("nvidia-h100-80gb", nodes=2, per_node=1, cpu="8", memory="64Gi"))
+    timeout = 15
+    manifest = job_manifest(
+        "grow", namespace, pool=pool,
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1, "cpu": "6"},
+        workers={"replicas": 1, "minReplicas": 1, "maxReplicas": 2},
+        elastic={"enabled": True, "checkpointGracePeriodSeconds": 0},
+        scheduling={"gangTimeoutSeconds": timeout},
+    )  # fmt: skip
+    kube.apply(manifest)
+    wait_for("worker 0 running", lambda: running_names(kube.workers(namespace, "grow")) == ["grow-worker-0"])
+    taken = kube.workers(namespace, "grow")[0]["spec"]["nodeName"]
+    (other,) = [node for node in pool.nodes if node != taken]
+    hog = pool.pin({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cpu-hog", "namespace": namespace},
+        "spec": {"nodeName": other, "containers": [
+            {"name": "hog", "image": "busybox", "resources": {"requests": {"cpu": "6"}}}
+        ]},
+    })  # fmt: skip
+    kube.apply(hog)
+    kube.run("scale", "tj", "grow", "-n", namespace, "--replicas=2")
+    wait_for("worker 1 created", lambda: len(kube.workers(namespace, "grow")) == 2)
+    created = time.monotonic()
+    assert not kube.workers(namespace, "grow")[1]["spec"].get("nodeName")  # no CPU for it on the other node
+
+    def given_up() -> list[dict[str, Any]]:
+        return [e for e in kube.events(namespace, "grow") if "grow-worker-1 was not placed" in e["message"]]
+
+    wait_for("worker 1 given up", lambda: given_up() and len(kube.workers(namespace, "grow")) == 1, 90)
+    assert time.monotonic() - created >= timeout - 2  # not before the gang timeout
+    assert given_up()[0]["reason"] == "CapacityChanged"
+    assert "grows again from" in (kube.job_status(namespace, "grow").get("message") or "")
+    time.sleep(timeout / 3)  # held: not created again at once
+    assert [pod["metadata"]["name"] for pod in kube.workers(namespace, "grow")] == ["grow-worker-0"]
+    kube.run("delete", "pod", "cpu-hog", "-n", namespace, "--grace-period=0", "--force", check=False)
+    wait_for(
+        "worker 1 running once the hold ends and the node has CPU",
+        lambda: running_names(kube.workers(namespace, "grow")) == ["grow-worker-0", "grow-worker-1"],
+        timeout=120,
+    )
