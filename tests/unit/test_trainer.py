@@ -8,6 +8,7 @@ library, so that it goes into any training image.
 from __future__ import annotations
 
 import ast
+import contextlib
 import http.server
 import json
 import logging
@@ -549,6 +550,17 @@ def _at_step(folder: Path, step: int, action: Callable[[], object]) -> None:
     (folder / f"go-{step}").touch()
 
 
+@contextlib.contextmanager
+def _reaped(ranks: list[subprocess.Popen[str]]) -> Iterator[None]:
+    """Kills the rank processes still running when the block ends (a failed assertion, a timeout)."""
+    try:
+        yield
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+
+
 @pytest.mark.parametrize("acks", ["local-rank-0", "every-rank"])
 def test_several_processes_per_pod_save_once_per_request(
     server: CheckpointServer, board: CheckpointBoard, tmp_path: Path, acks: str
@@ -563,7 +575,7 @@ def test_several_processes_per_pod_save_once_per_request(
         for rank in (0, 1)
     ]  # fmt: skip
     acked: dict[str, dict[str, int]] = {}
-    try:
+    with _reaped(ranks):
         _at_step(tmp_path, 3, lambda: board.open(JOB, "r1"))
 
         def replace() -> None:
@@ -573,10 +585,6 @@ def test_several_processes_per_pod_save_once_per_request(
 
         _at_step(tmp_path, 13, replace)
         answers = [process.communicate(timeout=120) for process in ranks]
-    finally:
-        for process in ranks:
-            if process.poll() is None:
-                process.kill()
     errors = [err[-1500:] for _, err in answers]
     assert [out.strip() for out, _ in answers] == ["[4, 14]", "[4, 14]"], errors
     assert acked["r1"] == {"llama-worker-0": 4}
@@ -643,7 +651,7 @@ def test_only_rank_0_polls_and_every_pod_still_acknowledges(
         for rank in range(4)
     ]  # fmt: skip
     seen: dict[str, object] = {}
-    try:
+    with _reaped(ranks):
         _at_step(tmp_path, 5, lambda: board.open(JOB, "r1"))
 
         def restart() -> None:  # the operator restarted: the same request reopened, its acks lost
@@ -662,10 +670,6 @@ def test_only_rank_0_polls_and_every_pod_still_acknowledges(
 
         _at_step(tmp_path, 21, replace)
         answers = [process.communicate(timeout=120) for process in ranks]
-    finally:
-        for process in ranks:
-            if process.poll() is None:
-                process.kill()
     errors = [err[-1500:] for _, err in answers]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in answers if out.strip()]
     assert len(results) == 4, errors
