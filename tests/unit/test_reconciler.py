@@ -1084,6 +1084,27 @@ def test_jobs_deleted_while_no_watch_event_could_say_so_are_forgotten(harness: H
     assert harness.reconciler.jobs.read(KEY, harness.kube.get_job) is None
 
 
+def test_one_namespace_that_cannot_be_listed_leaves_the_others_checked(harness: Harness) -> None:
+    # The first namespace's error ended the check: jobs deleted elsewhere stayed held until it listed again.
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))
+    harness.reconcile()
+    gone = copy.deepcopy(job_manifest(replicas=1))
+    gone["metadata"] |= {"namespace": "team-b", "name": "gone", "uid": "uid-gone"}
+    harness.reconciler.jobs.observe(("team-b", "gone"), gone)
+
+    def listed(namespace: str) -> dict[str, str]:
+        if namespace == NAMESPACE:
+            raise ApiException(status=403, reason="Forbidden")
+        return {}  # team-b/gone was deleted while the watch was broken
+
+    harness.kube.job_uids = listed  # type: ignore[method-assign]
+    with pytest.raises(ApiException):  # still reported: the resync logs it and lists again next period
+        harness.reconciler.forget_vanished(harness.view())
+    assert ("team-b", "gone") not in harness.reconciler.jobs
+    assert KEY in harness.reconciler.jobs  # not judged from a list that failed
+
+
 def test_a_job_created_again_while_the_jobs_were_listed_is_not_forgotten(harness: Harness) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))

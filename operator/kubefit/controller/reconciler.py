@@ -326,8 +326,13 @@ class Reconciler:
             if job is not None:
                 held.setdefault(namespace, {})[name] = job["metadata"].get("uid", "")
         vanished = []
+        failed: Exception | None = None
         for namespace, jobs in held.items():
-            present = self.api.job_uids(namespace)
+            try:
+                present = self.api.job_uids(namespace)
+            except Exception as error:  # one namespace's error (a 403, a timeout) leaves the others checked
+                failed = failed or error
+                continue
             vanished += [(namespace, name) for name, uid in jobs.items() if present.get(name) != uid]
         for key in vanished:
             current = self.jobs.read(key, lambda *_: None)
@@ -335,6 +340,8 @@ class Reconciler:
             if current is not None and current["metadata"].get("uid", "") == held[key[0]][key[1]]:
                 logger.info("%s/%s is gone (no longer listed): forgetting it", *key)
                 self.job_deleted(key, held[key[0]][key[1]], view)
+        if failed is not None:
+            raise failed  # the resync logs it, and lists that namespace again next period
         return vanished
 
     def created_here(self, key: JobKey, pod_name: str) -> bool:
