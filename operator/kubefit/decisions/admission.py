@@ -61,7 +61,7 @@ class Demand:
     accelerator: str
     per_worker: int
     min_workers: int  # effective minimum: max(minReplicas, the sizing floor)
-    want_workers: int  # min(replicas, maxReplicas): what it runs with unlimited capacity
+    want_workers: int  # bounds.desired: what it runs with unlimited capacity
     elastic: bool  # False: all-or-nothing at max(min_workers, want_workers)
     preemption: Preemption
     eligible_nodes: frozenset[str] | None = None  # None: every node of its accelerator

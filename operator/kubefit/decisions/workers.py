@@ -2,7 +2,7 @@
 
 Effective worker count: spec.workers.replicas clamped to [floor, ceiling] where
     floor   = max(minReplicas (default: replicas), sizing.minWorkers)
-    ceiling = maxReplicas (default: replicas)
+    ceiling = maxReplicas (default: max(replicas, minReplicas))
 Both in whole tensorParallel x pipelineParallel groups (a stated minReplicas and what memory needs rounded
 up, replicas down).
 A floor above the ceiling means the allowed workers cannot hold the job: nothing runs. These are the
