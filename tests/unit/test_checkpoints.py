@@ -273,6 +273,8 @@ def test_ack_of_a_request_that_is_not_open_is_409(api: Api) -> None:
         ({"requestId": "r1", "step": 1}, "worker"),
         ({"requestId": "r1", "worker": "other-worker-0", "step": 1}, "worker"),  # another job's pod
         ({"requestId": "r1", "worker": "llama-worker-01", "step": 1}, "worker"),
+        ({"requestId": "r1", "worker": "llama-worker-\u00b2", "step": 1}, "worker"),  # isdigit, not int()
+        ({"requestId": "r1", "worker": "llama-worker-\u0661", "step": 1}, "worker"),  # Arabic-Indic 1
         ({"requestId": "r1", "worker": ["llama-worker-0"], "step": 1}, "worker"),
         ({"requestId": "r1", "worker": "llama-worker-0"}, "step"),
         ({"requestId": "r1", "worker": "llama-worker-0", "step": -1}, "step"),

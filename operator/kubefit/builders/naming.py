@@ -47,7 +47,11 @@ def worker_index(pod_name: str, job_name: str) -> int | None:
     """The index encoded in a worker's name, or None for a name this job would not give a worker."""
     prefix = f"{job_name}-worker-"
     digits = pod_name.removeprefix(prefix)
-    if digits == pod_name or not digits.isdigit() or (len(digits) > 1 and digits.startswith("0")):
+    if (
+        digits == pod_name
+        or not (digits.isascii() and digits.isdigit())
+        or (len(digits) > 1 and digits.startswith("0"))
+    ):
         return None
     return int(digits)
 
