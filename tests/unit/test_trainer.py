@@ -146,6 +146,25 @@ def test_a_process_that_never_polled_acknowledges_the_open_request(
     assert board.acknowledged(JOB, "r2") == {"llama-worker-1": 200}
 
 
+def test_a_second_ack_of_the_same_open_request_sends_the_later_step(
+    server: CheckpointServer, board: CheckpointBoard, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The contract: a worker may acknowledge the same request again and the last step counts. The helper
+    took the still-open request it had acknowledged for none open, sent nothing and logged so."""
+    worker = handshake(server, Clock())
+    board.open(JOB, "r1")
+    assert worker.requested()
+    assert worker.acknowledge(100) is True
+    with caplog.at_level(logging.WARNING, logger="kubefit_trainer"):
+        assert worker.acknowledge(150) is True
+    assert board.acknowledged(JOB, "r1") == {"llama-worker-1": 150}
+    assert "no request open" not in caplog.text
+    board.close(JOB)
+    with caplog.at_level(logging.WARNING, logger="kubefit_trainer"):
+        assert worker.acknowledge(200) is False  # closed since: nothing sent
+    assert "no request open" in caplog.text
+
+
 def test_polls_at_most_every_poll_seconds(server: CheckpointServer, board: CheckpointBoard) -> None:
     clock = Clock()
     worker = handshake(server, clock)

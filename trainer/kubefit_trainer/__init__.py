@@ -298,9 +298,10 @@ class CheckpointHandshake:
             return False
         if self.request_id is None or self.request_id == self._acknowledged:
             # Never polled, or what it knows is the request it already acknowledged: ask for the open one.
+            # The same one still open is acknowledged again: the operator keeps the last step.
             self._last_poll = self._clock()
             self._poll(self.endpoint)
-            if self.request_id is None or self.request_id == self._acknowledged:
+            if self.request_id is None:
                 logger.warning("checkpoint ack of step %d not sent: the operator has no request open", step)
                 return False
         body = {"requestId": self.request_id, "worker": self.endpoint.worker, "step": step}
