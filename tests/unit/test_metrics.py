@@ -308,6 +308,21 @@ def test_workers_that_finished_their_part_are_counted_apart_from_those_short_of_
     assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="pending") == 0
 
 
+def test_the_workers_help_text_names_every_state_it_exports() -> None:
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec(elastic=(1, 3)))
+    job.reconcile(10, [pod(0), pod(1, "Succeeded"), pod(2, "Pending", node=None)], 3)
+    text = generate_latest(metrics.registry).decode()
+    help_line = next(
+        line for line in text.splitlines() if line.startswith("# HELP kubefit_trainingjob_workers ")
+    )
+    states = {
+        line.split('state="')[1].split('"')[0] for line in series_of(metrics, "llama") if "_workers{" in line
+    }
+    assert states >= {"desired", "running", "pending", "succeeded", "min", "max"}
+    assert [state for state in sorted(states) if state not in help_line] == []
+
+
 def test_queue_wait_is_creation_to_admission_observed_once() -> None:
     metrics = OperatorMetrics()
     job = Job(metrics, job_spec())

@@ -162,7 +162,8 @@ class OperatorMetrics:
         )
         self.job_workers = gauge(
             "kubefit_trainingjob_workers",
-            "Workers of a TrainingJob by state: desired, running, pending (pods not running yet), min, max.",
+            "Workers of a TrainingJob by state: desired, running, pending (pods not running yet), succeeded "
+            "(pods that finished their part), min, max.",
             "state",
         )
         self.job_accelerators = gauge(
