@@ -475,6 +475,23 @@ def test_an_auto_layout_rounds_a_stated_minimum_up_to_whole_groups_never_below_i
     assert floor_needs(capped, worker_counts(capped, 6, 8), 6, 8) == "memory needs at least 6 workers"
 
 
+def test_a_rounded_minreplicas_that_memory_needs_anyway_is_not_offered_lower() -> None:
+    """100B, TP 16 on 8-device workers (groups of 2), minReplicas = maxReplicas = 3: memory needs 4 workers,
+    the same as minReplicas rounded up. Lowering minReplicas to 2 changes nothing (memory still needs 4), so
+    the only advice is memory's: raise maxReplicas."""
+    spec = make_spec(
+        model={"parameters": "100B"},
+        training={"sharding": "fsdp", "tensorParallel": 16},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": "auto"},
+        elastic={"enabled": True},
+        workers={"replicas": 3, "minReplicas": 3, "maxReplicas": 3},
+    )
+    sizing = plan(spec)
+    assert (sizing.accelerators_per_worker, sizing.min_workers) == (8, 4)
+    assert not [warning for warning in sizing.warnings if "lower workers.minReplicas" in warning]
+    assert any("memory needs at least 4 workers" in warning for warning in sizing.warnings)
+
+
 def test_an_auto_layout_that_runs_the_replicas_asked_beats_one_cheaper_only_by_dropping_workers() -> None:
     """TP 8, 3 replicas on H100s: 4 per worker would make 12 devices, so 2 workers (one model replica)
     would run; 8 per worker runs the 3 asked."""

@@ -754,12 +754,18 @@ def _group_notes(spec: TrainingJobSpec, option: _Option) -> list[str]:
     if counts.feasible and asked % step and counts.desired != asked:
         notes.append(f"workers.{field} {asked}: {why}, so {counts.desired} workers run")
     floor = spec.workers.min_replicas
-    # Only a floor the grouping set: one memory raised further is _fit_notes' to explain.
+    # Only a floor the grouping set: one memory needs as well (more than one group) or raises further is
+    # _fit_notes' to explain.
+    memory_floor = math.ceil((option.fewest or option.shown).layout.workers / step) * step
+    if memory_floor > step and memory_floor >= counts.floor:
+        return notes
     if floor is not None and floor % step and counts.floor == math.ceil(floor / step) * step:
         note = f"workers.minReplicas {floor}: {why}, so the floor is {counts.floor}"
         if not counts.feasible:
-            ceiling_field = spec.workers.ceiling_field
-            lower = f"lower workers.minReplicas to {floor - floor % step} or " if floor >= step else ""
+            ceiling_field, lowered = spec.workers.ceiling_field, floor - floor % step
+            # Lowering helps only when memory's own floor is within the ceiling too.
+            helps = lowered >= step and max(lowered, memory_floor) <= counts.ceiling
+            lower = f"lower workers.minReplicas to {lowered} or " if helps else ""
             note += (
                 f", above the {counts.ceiling} workers.{ceiling_field} allows, so no worker starts; "
                 f"{lower}raise workers.{ceiling_field} to {counts.floor}"
