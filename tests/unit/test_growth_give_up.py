@@ -133,3 +133,38 @@ def test_another_job_can_use_the_node_once_the_grown_worker_is_given_up() -> Non
     freed = plan_admissions([QUEUED], [_holding(_given_up())], NODES, "BestEffortFIFO", NOW.timestamp(), 300)
     assert freed.grants[QUEUED.key] == 1 and freed.reserved[QUEUED.key] == {"n1": 1}
     assert freed.grants[("team-a", "llama")] == 1
+
+
+def test_a_floor_raised_during_the_hold_is_started_at_once() -> None:
+    """The hold stops growth above the floor, not a raised floor: minReplicas 1 -> 2 during the hold, and the
+    pass grants 2. The job kept 1 worker until the hold ended, saying it waited for a grant it had."""
+    raised = raw_spec(
+        workers={"replicas": 3, "minReplicas": 2, "maxReplicas": 3},
+        elastic=ELASTIC,
+        scheduling={"gangTimeoutSeconds": TIMEOUT},
+    )
+    soon = decide(
+        observe(raised, [pod(0)], _stored(_given_up()), GIVE_UP_AT + timedelta(seconds=5), grant=2), CATALOG
+    )
+    assert soon.create == (1,) and status_of(soon)["desiredReplicas"] == 2
+
+
+def test_a_shrink_by_the_pass_during_the_hold_is_the_pass_s_to_explain() -> None:
+    """Two of three workers placed, the third given up; the pass then shrinks the job to 1 (a higher priority
+    job): the message is the pass's, not 'found no node' (both workers were placed)."""
+    three = raw_spec(
+        workers={"replicas": 3, "minReplicas": 1, "maxReplicas": 3},
+        elastic=ELASTIC,
+        scheduling={"gangTimeoutSeconds": TIMEOUT},
+    )
+    grown = pod(2, "Pending", created=rfc3339(GROWN_AT))
+    status = {**STATUS, "desiredReplicas": 3, "readyReplicas": 2}
+    given_up = decide(observe(three, [pod(0), pod(1), grown], status, GIVE_UP_AT, grant=3), CATALOG)
+    assert given_up.delete == ("llama-worker-2",)
+    shrunk = decide(
+        observe(three, [pod(0), pod(1)], _stored(given_up), GIVE_UP_AT + timedelta(seconds=5), grant=1),
+        CATALOG,
+    )
+    assert shrunk.checkpoint_request is not None  # worker 1 ran: asked to save before it goes
+    admitted = next(item for item in status_of(shrunk)["conditions"] if item["type"] == "Admitted")
+    assert "found no node" not in admitted["message"] and "found no node" not in status_of(shrunk)["message"]

@@ -213,15 +213,17 @@ def _growth_plan(
     """The plan for `grant`, the grown workers given up now (_growth_given_up) and when the hold on growth
     that follows ends (None: no hold)."""
     held_until = None if fixed else _growth_hold(ctx)
+    granted = grant
     if held_until is not None:
         # Growth given up lately: the grant the pass has not lowered yet (or raised again) does not create the
-        # worker again before the hold ends.
-        grant = min(grant, int(ctx.status.get("desiredReplicas") or grant))
+        # worker again before the hold ends; a floor raised meanwhile is no growth.
+        grant = min(grant, max(int(ctx.status.get("desiredReplicas") or grant), ctx.bounds.floor))
     plan = _plan(ctx, grant)
     given_up = _growth_given_up(ctx, plan, fixed)
     capped = _without_growth(ctx, plan, given_up) if given_up else None
     if capped is None or capped.restart is not None or capped.hold is not None:
-        held = held_until is not None and plan.keep < ctx.bounds.desired
+        # The hold, not the pass, keeps the job below what the pass granted (a shrink is the pass's to say).
+        held = held_until is not None and plan.keep < min(granted, ctx.bounds.desired)
         if held and held_until is not None and plan.restart is None and plan.hold is None:
             timeout = ctx.spec.scheduling.gang_timeout_seconds
             why = (
