@@ -21,7 +21,7 @@ import yaml
 import kubefit
 from kubefit.api.crd import crd
 from kubefit.decisions.job import DEFAULT_CLUSTER_DOMAIN, DEFAULT_MAX_WORKERS_PER_JOB
-from kubefit.sizing.catalog import parse_catalog
+from kubefit.sizing.catalog import CatalogError, parse_catalog
 from kubefit_sandbox.binaries import helm_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -230,6 +230,27 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
 def test_bad_values_are_refused(bad: list[str]) -> None:
     result = _helm("template", RELEASE, str(CHART), *bad)
     assert result.returncode != 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"perNode": [1, 128]}, "perNode"),  # the loader takes 1 to 64
+        ({"name": "n" * 64}, "name"),  # the loader takes up to 63 characters
+        ({"match": [{}]}, "match"),  # an empty label set: the loader refuses it
+    ],
+    ids=["per-node-above-64", "name-too-long", "match-empty-label-set"],
+)
+def test_a_catalog_entry_the_operator_refuses_fails_helm_not_the_operator_s_start(
+    change: dict[str, Any], path: str
+) -> None:
+    """The schema keeps to parse_catalog: an entry it lets through made the operator exit at start
+    (CrashLoopBackOff, a rollout that never completes) after a helm install that succeeded."""
+    entry = {**EXTRA_CATALOG_ENTRY, **change}
+    with pytest.raises(CatalogError):
+        parse_catalog(yaml.safe_dump({"accelerators": [entry]}))
+    result = _helm("template", RELEASE, str(CHART), "--set-json", f"catalog=[{json.dumps(entry)}]")
+    assert result.returncode != 0 and path in result.stderr, result.stderr
 
 
 # ------------------------------------------------------------------ rendering
