@@ -156,10 +156,32 @@ def test_a_worker_above_the_minimum_that_lost_its_place_is_not_moved_onto_the_no
     assert first_in_line.grants[key("A")] == 2 and first_in_line.reserved[key("A")] == {"n0": 1}
 
 
-def _replay(seed: int) -> list[str]:
-    """One random shrink or preemption for a newcomer, then the pass during the handshake: the changes in it."""
-    rng = random.Random(seed)
-    cluster = [NodeCapacity(f"n{i}", H100, rng.choice([2, 4, 8]), 0) for i in range(rng.randint(1, 5))]
+def test_a_newcomer_keeps_the_place_it_grew_onto_while_another_newcomers_minimum_waits_on_that_node() -> None:
+    # A (elastic, workers of 2) and B (a gang of 3 workers of 1, n1 only) arrive together. A's minimum goes
+    # on n1's 2 free devices (best fit), B on 3 of S's devices there (S shrunk 7 -> 4), and A grows onto n0.
+    # Pass 2, S's workers still saving, re-placed A's minimum on n0 (by node name): B's minimum took n1's
+    # free devices and A's worker there lost its place (grant 2 -> 1 -> 2, its pod deleted and made again).
+    shrunk = job("S", per_worker=1, want=7, created=NOW - 300)
+    first_in = job("A", per_worker=2, want=2, priority=5, created=NOW - 200)
+    second_in = gang("B", 3, per_worker=1, priority=5, created=NOW - 100, eligible=frozenset({"n1"}))
+    cluster = [NodeCapacity("n0", H100, 4, 0), NodeCapacity("n1", H100, 8, 0)]
+    order = ("n0",) + ("n1",) * 6
+    first = plan([first_in, second_in], [Holding(shrunk, 7, {"n0": 1, "n1": 6}, order)], cluster)
+    assert first.shrink == {key("S"): 4} and first.reserved[key("B")] == {"n1": 3}
+    assert first.reserved[key("A")] == {"n1": 1, "n0": 1}
+    leaving = Holding(shrunk, 4, {"n0": 1, "n1": 6}, order)
+    second = plan([], [leaving, unbound(first_in, first), unbound(second_in, first)], cluster)
+    assert second.reserved[key("A")] == {"n1": 1, "n0": 1} and not second.reasons
+    # Pass 3: S's workers on n1 are gone, A's are bound: B is placed on the 3 devices they freed.
+    bound = Holding(first_in, 2, {"n0": 1, "n1": 1}, ("n1", "n0"))
+    waiting = Holding(second_in, 3, {}, (), second.reserved.get(key("B"), {}), first_unbound=True)
+    third = plan([], [Holding(shrunk, 4, {"n0": 1, "n1": 3}, order[:4]), bound, waiting], cluster)
+    assert third.reserved[key("B")] == {"n1": 3}
+    assert grants(first, second, third, name="A") == [2, 2, 2]
+
+
+def _running(rng: random.Random, cluster: list[NodeCapacity], top_priority: int) -> list[Holding]:
+    """Random elastic and fixed jobs running on the cluster, of priority 0 to `top_priority`."""
     free = {node.name: node.allocatable for node in cluster}
     holdings = []
     for index in range(rng.randint(1, 4)):
@@ -177,16 +199,17 @@ def _replay(seed: int) -> list[str]:
         count = len(order)
         minimum = max(step, rng.randint(1, count) // step * step) if elastic else count
         want = count + step * rng.randint(1, 2) if elastic and rng.random() < 0.5 else count
-        demand = Demand(key(f"low{index}"), rng.randint(0, 1), float(index), H100, per_worker, minimum, want,
-                        elastic, "Never", None, step)  # fmt: skip
+        demand = Demand(key(f"low{index}"), rng.randint(0, top_priority), float(index), H100, per_worker, minimum,
+                        want, elastic, "Never", None, step)  # fmt: skip
         holdings.append(Holding(demand, count, dict(Counter(order)), tuple(order)))
-    eligible = None if rng.random() < 0.6 else frozenset(node.name for node in cluster if rng.random() < 0.6)
-    workers = rng.randint(1, 3)
-    newcomer = Demand(key("high"), 5, 10.0, H100, rng.choice([1, 2, 4, 8]), workers, workers, False,
-                      rng.choice(["Never", "LowerPriority"]), eligible)  # fmt: skip
-    first = plan([newcomer], holdings, cluster)
-    if not (first.shrink or first.preempt):
-        return []
+    return holdings
+
+
+def _during(
+    first: AdmissionPlan, holdings: list[Holding], newcomers: list[Demand], cluster: list[NodeCapacity]
+) -> AdmissionPlan:
+    """The pass during the handshake: preempted workers are other workloads', shrunk jobs keep theirs bound
+    at the lowered grant, admitted newcomers are unbound on their places and the others still queue."""
     others: Counter[str] = Counter()
     during = []
     for holding in holdings:
@@ -199,14 +222,63 @@ def _replay(seed: int) -> list[str]:
             during.append(
                 Holding(holding.demand, first.grants[name], holding.placed, holding.nodes_by_index, reserved)
             )
-    during.append(unbound(newcomer, first))
+    during += [unbound(newcomer, first) for newcomer in newcomers if first.grants.get(newcomer.key, 0) > 0]
+    queued = [newcomer for newcomer in newcomers if first.grants.get(newcomer.key, 0) == 0]
     handshake = [NodeCapacity(node.name, H100, node.allocatable, others[node.name]) for node in cluster]
-    second = plan([], during, handshake)
+    return plan(queued, during, handshake)
+
+
+def _eligible(rng: random.Random, cluster: list[NodeCapacity]) -> frozenset[str] | None:
+    return None if rng.random() < 0.6 else frozenset(node.name for node in cluster if rng.random() < 0.6)
+
+
+def _replay(seed: int) -> list[str]:
+    """One random shrink or preemption for a newcomer, then the pass during the handshake: the changes in it."""
+    rng = random.Random(seed)
+    cluster = [NodeCapacity(f"n{i}", H100, rng.choice([2, 4, 8]), 0) for i in range(rng.randint(1, 5))]
+    holdings = _running(rng, cluster, 1)
+    eligible = _eligible(rng, cluster)
+    workers = rng.randint(1, 3)
+    newcomer = Demand(key("high"), 5, 10.0, H100, rng.choice([1, 2, 4, 8]), workers, workers, False,
+                      rng.choice(["Never", "LowerPriority"]), eligible)  # fmt: skip
+    first = plan([newcomer], holdings, cluster)
+    if not (first.shrink or first.preempt):
+        return []
+    second = _during(first, holdings, [newcomer], cluster)
     changed = [f"{name[1]} {first.grants[name]} -> {grant}" for name, grant in second.grants.items()
                if grant != first.grants[name]]  # fmt: skip
     return changed + (["shrinks again"] if second.shrink or second.preempt else [])
 
 
+def _replay_newcomers(seed: int) -> list[str]:
+    """As _replay, with one or two newcomers (elastic or not) arriving together: the grants the pass during
+    the handshake lowers, and whether it makes room again."""
+    rng = random.Random(seed)
+    cluster = [NodeCapacity(f"n{i}", H100, rng.choice([2, 4, 8]), 0) for i in range(rng.randint(1, 5))]
+    holdings = _running(rng, cluster, 2)
+    newcomers = []
+    for index in range(rng.randint(1, 2)):
+        workers = rng.randint(1, 3)
+        elastic = rng.random() < 0.4
+        want = workers + (rng.randint(1, 2) if elastic else 0)
+        priority, per_worker = rng.choice([3, 5]), rng.choice([1, 2, 4, 8])
+        newcomers.append(Demand(key(f"high{index}"), priority, 10.0 + index, H100, per_worker, workers, want, elastic,
+                                rng.choice(["Never", "LowerPriority"]), _eligible(rng, cluster)))  # fmt: skip
+    first = plan(newcomers, holdings, cluster)
+    if not (first.shrink or first.preempt):
+        return []
+    second = _during(first, holdings, newcomers, cluster)
+    lowered = [f"{name[1]} {first.grants.get(name, 0)} -> {grant}" for name, grant in second.grants.items()
+               if grant < first.grants.get(name, 0)]  # fmt: skip
+    return lowered + (["shrinks again"] if second.shrink or second.preempt else [])
+
+
 def test_no_grant_changes_in_the_pass_during_the_handshake_on_random_clusters() -> None:
     changed = {seed: found for seed in range(3000) if (found := _replay(seed))}
     assert not changed, changed
+
+
+def test_no_grant_is_lowered_in_the_pass_during_the_handshake_with_two_newcomers_on_random_clusters() -> None:
+    # Seed 388 lowered the older newcomer's grant: its minimum re-placed where it had grown (the test above).
+    lowered = {seed: found for seed in range(3000) if (found := _replay_newcomers(seed))}
+    assert not lowered, lowered

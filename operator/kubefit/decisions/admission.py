@@ -462,17 +462,21 @@ def _reserve(cluster: _Cluster, job: _Job, upto: int, nodes: Sequence[str] | Non
 
 
 def _spots_as_before(cluster: _Cluster, job: _Job, count: int) -> dict[str, int]:
-    """Up to `count` worker places on the nodes the last pass reserved for the job, as far as they have room."""
+    """Up to `count` worker places on the nodes the last pass reserved for the job, as far as they have room:
+    best fit, the order _spots placed them in (its minimum first). By name, a minimum re-placed where the job
+    had grown could leave its first place to another job's minimum, and the job lost a worker it was given."""
     spots: dict[str, int] = {}
-    per_worker, eligible = job.demand.per_worker, job.demand.eligible_nodes
-    for node, workers in sorted(job.reserved_before.items()):
+    per_worker, eligible, free = job.demand.per_worker, job.demand.eligible_nodes, cluster.free
+    for node, workers in sorted(
+        job.reserved_before.items(), key=lambda item: (free.get(item[0], 0), item[0])
+    ):
         if count <= 0:
             break
         if cluster.accelerator_of.get(node) != job.demand.accelerator or (
             eligible is not None and node not in eligible
         ):
             continue
-        take = min(workers - job.reserved.get(node, 0), cluster.free[node] // per_worker, count)
+        take = min(workers - job.reserved.get(node, 0), free[node] // per_worker, count)
         if take > 0:
             spots[node] = take
             count -= take
