@@ -1123,7 +1123,7 @@ def test_aliases_that_expand_past_the_limit_are_refused_and_ordinary_ones_kept(
     shared = (
         "apiVersion: kubefit.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: job}\nspec:\n"
         "  template: {spec: {containers: [{name: trainer, image: x, env: &env [{name: A, value: '1'}]},"
-        " {name: side, image: y, env: *env}]}}\n"
+        " {name: side, image: z, env: *env}]}}\n"
         "  model: {parameters: 1B}\n"
     )
     assert run_main(capsys, "-f", write(tmp_path, shared))[0] == 0
@@ -1177,6 +1177,17 @@ def test_base_60_stays_the_string_kubectl_reads_and_go_integer_prefixes_are_inte
         ("1e19", 1e19),
         ("1e21", 1e21),
         ("2.5e0", 2.5),
+        # Not numbers, read as goyaml.v2 reads them too: PyYAML made a date a datetime.date, could not
+        # construct `=`, and took y and n for strings.
+        ("2024-01-01", "2024-01-01"),
+        ("2024-01-01T10:00:00Z", "2024-01-01T10:00:00Z"),
+        ("=", "="),
+        ("y", True),
+        ("Y", True),
+        ("n", False),
+        ("N", False),
+        ("yes", True),
+        ("Off", False),
     ],
 )
 def test_numbers_are_read_as_kubectl_reads_them(written: str, read: Any) -> None:
@@ -1211,6 +1222,54 @@ def test_whole_floats_are_the_integers_kubectl_sends(
     parameters = with_spec(model={**LLAMA3_8B, "parameters": 8.03e9})
     code, out, err = run_main(capsys, "-f", write(tmp_path, parameters), "-o", "json")
     assert code == 0 and out == run_main(capsys, "-f", write(tmp_path, with_spec()), "-o", "json")[1], err
+
+
+def test_a_dated_value_an_equals_sign_and_y_are_read_as_kubectl_reads_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # kubectl stores `value: 2024-01-01` as a string and `enabled: y` as true: exit 2 here, "Input should be
+    # a valid string" and "a valid boolean"; an `=` argument was "not valid YAML".
+    manifest = with_spec(elastic={"enabled": True})
+    manifest["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "SINCE", "value": "2024-01-01"}]
+    manifest["spec"]["template"]["spec"]["containers"][0]["args"] = ["--sep", "="]
+    expected = run_main(capsys, "-f", write(tmp_path, manifest), "-o", "json")
+    assert expected[0] == 0, expected[2]
+    text = yaml.safe_dump(manifest).replace("'2024-01-01'", "2024-01-01").replace("- '='", "- =")
+    text = text.replace("enabled: true", "enabled: y")
+    assert "value: 2024-01-01\n" in text and "- =\n" in text and "enabled: y\n" in text
+    assert run_main(capsys, "-f", write(tmp_path, text, "plain.yaml"), "-o", "json") == expected
+
+
+def test_tab_indented_json_is_read_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # kubectl decodes JSON as JSON; PyYAML refused a tab-indented file, "not valid YAML", exit 2.
+    quickstart = str(REPO / "examples" / "quickstart.yaml")
+    expected = run_main(capsys, "-f", quickstart, "-o", "json")
+    assert expected[0] == 0, expected[2]
+    text = json.dumps(yaml.safe_load(Path(quickstart).read_text()), indent="\t")
+    assert '\n\t\t"' in text
+    assert run_main(capsys, "-f", write(tmp_path, text, "job.json"), "-o", "json") == expected
+    # JSON then `---` and YAML is a stream kubectl reads too.
+    stream = write(tmp_path, f"{text}\n---\napiVersion: v1\nkind: ConfigMap\n", "stream.json")
+    assert run_main(capsys, "-f", stream, "-o", "json") == expected
+    broken = write(tmp_path, text.replace('"spec": {', '"spec": {,', 1), "broken.json")
+    code, out, err = run_main(capsys, "-f", broken, "-o", "json")
+    problem = "Expecting property name enclosed in double quotes"
+    assert (code, out, err) == (2, "", f"error: {broken}: not valid JSON (line 7, column 11): {problem}\n")
+
+
+@pytest.mark.parametrize("suffix", ["yaml", "json"])
+def test_a_manifest_nested_too_deeply_is_invalid_input_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    # PyYAML's composer (and json) recurse per level: a RecursionError was an internal error, exit 1.
+    deep = "[" * 1000 + "]" * 1000
+    job = {
+        "yaml": f"apiVersion: kubefit.dev/v1alpha1\nkind: TrainingJob\nspec:\n  x: {deep}\n",
+        "json": f'{{"apiVersion": "kubefit.dev/v1alpha1", "kind": "TrainingJob", "spec": {{"x": {deep}}}}}',
+    }
+    path = write(tmp_path, job[suffix], f"deep.{suffix}")
+    code, out, err = run_main(capsys, "-f", path)
+    assert (code, out, err) == (2, "", f"error: {path}: nested too deeply to read\n")
 
 
 def test_the_table_says_a_layout_that_does_not_fit_starts_anyway_under_fit_policy_warn(

@@ -236,25 +236,23 @@ def _kubectl_loader() -> Any:
                         )
             return super().compose_node(parent, index)
 
-    def construct_int(loader: Any, node: Any) -> int:
-        plain = loader.construct_scalar(node).replace("_", "")
-        digits = plain.lstrip("+-")
-        try:  # Go's base 0 reads 017 as octal; Python's refuses it
-            return int(plain, 8 if digits[:1] == "0" and digits[1:2].isdigit() else 0)
-        except ValueError as exc:  # an explicit !!int that is none
-            raise yaml.constructor.ConstructorError(None, None, str(exc), node.start_mark) from None
-
     int_tag, float_tag = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-    Loader.yaml_implicit_resolvers = {  # without YAML 1.1's int and float: both read base 60
-        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (int_tag, float_tag)]
+    # Without YAML 1.1's int and float (both read base 60), timestamps (goyaml.v2 keeps `2024-01-01` a
+    # string) and `=` (a "value" PyYAML cannot construct; a string to goyaml.v2).
+    dropped = (int_tag, float_tag, "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in dropped]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+    # goyaml.v2's booleans are YAML 1.1's and also y, Y, n and N.
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
+    Loader.bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
     # A Go integer literal, with an "_" anywhere after its first character (a sign or a digit).
     integer = (
         r"0_*[bB]_*[01][01_]*|0_*[oO]_*[0-7][0-7_]*|0_*[xX]_*[0-9a-fA-F][0-9a-fA-F_]*|0[0-7_]*|[1-9][0-9_]*"
     )
     Loader.add_implicit_resolver(int_tag, re.compile(rf"^(?:[-+]_*)?(?:{integer})$"), list("-+0123456789"))
-    Loader.add_constructor(int_tag, construct_int)
+    Loader.add_constructor(int_tag, _go_int)
     # YAML 1.1's floats but base 60's, then exponents without a dot; tried after ints (0x1e5 is one).
     dotted = r"[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
     special = r"[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
@@ -265,11 +263,25 @@ def _kubectl_loader() -> Any:
     return Loader
 
 
+def _go_int(loader: Any, node: Any) -> int:
+    import yaml
+
+    plain = loader.construct_scalar(node).replace("_", "")
+    digits = plain.lstrip("+-")
+    try:  # Go's base 0 reads 017 as octal; Python's refuses it
+        return int(plain, 8 if digits[:1] == "0" and digits[1:2].isdigit() else 0)
+    except ValueError as exc:  # an explicit !!int that is none
+        raise yaml.constructor.ConstructorError(None, None, str(exc), node.start_mark) from None
+
+
 def _go_json_number(loader: Any, node: Any) -> float | int:
     """A YAML float as the API server receives it from kubectl, which sends YAML as JSON through Go's
     encoding/json: a whole float64 is written without a fraction (2.0 as `2`), read back as an int64. From
     1e21 Go writes an exponent, and past int64 the server keeps a float: both stay floats here."""
-    value: float = loader.construct_yaml_float(node)
+    return _go_float(loader.construct_yaml_float(node))
+
+
+def _go_float(value: float) -> float | int:
     if math.isfinite(value) and value.is_integer() and -(2**63) <= value < 2**63:
         return int(value)
     return value
@@ -310,20 +322,71 @@ def _nulls_dropped(value: Any) -> Any:
     return value
 
 
-def load_training_job(text: str, source: str) -> dict[str, Any]:
-    """The one TrainingJob document in `text`, checked for apiVersion and kind, its spec as the API server
-    would store it (_without_nulls)."""
+_JSON_TEXT = re.compile(r"[^ \t\n\r]")  # past JSON's whitespace
+
+
+def _documents(text: str, source: str) -> list[Any]:
+    """The documents of `text` as kubectl reads them (apimachinery's YAMLOrJSONDecoder): text that starts
+    with `{` is JSON values, one after another (PyYAML refuses tab-indented JSON), and from the first that
+    does not parse, YAML: kubectl takes JSON followed by `---` and YAML, or JSON that is only valid YAML."""
+    import json
+
+    decoder = json.JSONDecoder(parse_float=lambda number: _go_float(float(number)), parse_constant=_not_json)
+    documents: list[Any] = []
+    at = _past_json_space(text, 0)
+    if not text.startswith("{", at):
+        return _yaml_documents(text, source)
+    while at < len(text):
+        try:
+            document, at = decoder.raw_decode(text, at)
+        except ValueError as exc:  # JSONDecodeError, or NaN/Infinity: not JSON to Go, strings to YAML
+            if documents:  # the rest as YAML, its lines and columns where they are in the file
+                return documents + _yaml_documents(re.sub(r"[^\n]", " ", text[:at]) + text[at:], source)
+            try:
+                return _yaml_documents(text, source)
+            except InvalidInput:
+                raise _json_error(exc, source) from None
+        documents.append(document)
+        at = _past_json_space(text, at)
+    return documents
+
+
+def _past_json_space(text: str, at: int) -> int:
+    found = _JSON_TEXT.search(text, at)
+    return found.start() if found else len(text)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _json_error(exc: ValueError, source: str) -> InvalidInput:
+    import json
+
+    if isinstance(exc, json.JSONDecodeError):
+        return InvalidInput([f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"])
+    return InvalidInput([f"{source}: not valid JSON: {exc}"])
+
+
+def _yaml_documents(text: str, source: str) -> list[Any]:
     import yaml
 
     try:
-        documents = [
-            document for document in yaml.load_all(text, Loader=_kubectl_loader()) if document is not None
-        ]
+        return list(yaml.load_all(text, Loader=_kubectl_loader()))
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise InvalidInput([f"{source}: not valid YAML{at}: {problem}"]) from None
+
+
+def load_training_job(text: str, source: str) -> dict[str, Any]:
+    """The one TrainingJob document in `text`, checked for apiVersion and kind, its spec as the API server
+    would store it (_without_nulls)."""
+    try:
+        documents = [document for document in _documents(text, source) if document is not None]
+    except RecursionError:  # PyYAML's composer and json recurse once or more per level
+        raise InvalidInput([f"{source}: nested too deeply to read"]) from None
     if not documents:
         raise InvalidInput([f"{source}: empty; expected a {KIND} manifest"])
     jobs = [doc for doc in documents if isinstance(doc, dict) and doc.get("kind") == KIND]
