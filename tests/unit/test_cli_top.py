@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import http.server
 import io
 import json
@@ -340,6 +341,24 @@ def test_a_reader_that_leaves_ends_top_quietly(monkeypatch: pytest.MonkeyPatch) 
     os.close(read_end)
     with open(write_end, "w") as out:
         assert run_top(build_parser().parse_args(["top", "-n", "team"]), out, io.StringIO()) == 0
+
+
+class _FullDisk(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_output_that_cannot_be_written_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, output: str
+) -> None:
+    """`kubefit top > /dev/full`: one line and exit 1, as `kubefit size`; it was a traceback."""
+    import kubefit.cli.top as top
+
+    monkeypatch.setattr(top, "list_jobs", lambda namespace, context: [job()])
+    err = io.StringIO()
+    assert run_top(build_parser().parse_args(["top", "-n", "team", "-o", output]), _FullDisk(), err) == 1
+    assert err.getvalue() == "kubefit top: cannot write the output: No space left on device\n"
 
 
 def test_a_context_named_needs_no_current_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -333,8 +333,17 @@ def run_top(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sy
     try:
         return _top(args, out, err)
     except BrokenPipeError:  # `kubefit top | head`: the reader left, nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        _discard(out)
         return EXIT_OK
+
+
+def _discard(out: TextIO) -> None:
+    """`out` to /dev/null: what is still buffered would fail again at the interpreter's exit."""
+    try:
+        fileno = out.fileno()
+    except (OSError, ValueError):  # no file behind it (a StringIO): nothing is flushed at exit
+        return
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fileno)
 
 
 def _top(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -347,8 +356,15 @@ def _top(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_FAILED
     limits = Thresholds(args.overprovisioned_below, args.idle_below)
     rows = build_rows(jobs, gpus, limits)
-    out.write(render_json(rows) if args.output == "json" else render_table(rows))
-    out.flush()  # a closed pipe fails here, inside run_top, not at the interpreter's exit
+    try:
+        out.write(render_json(rows) if args.output == "json" else render_table(rows))
+        out.flush()  # a write error is raised here, inside run_top, not at the interpreter's exit
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # e.g. `kubefit top > /dev/full`
+        _discard(out)
+        err.write(f"kubefit top: cannot write the output: {exc.strerror or exc}\n")
+        return EXIT_FAILED
     return EXIT_OK
 
 
