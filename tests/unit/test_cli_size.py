@@ -1198,6 +1198,16 @@ def test_numbers_are_read_as_kubectl_reads_them(written: str, read: Any) -> None
     assert value == read and type(value) is type(read)
 
 
+def test_keys_that_read_as_booleans_or_numbers_are_strings_as_kubectl_sends_them() -> None:
+    """sigs.k8s.io/yaml writes every mapping key as a JSON string; PyYAML kept `on:` a bool (and `1:` an int,
+    the same dict key as True), which the spec's string maps refused."""
+    from kubefit.cli.size import load_training_job
+
+    text = "apiVersion: kubefit.dev/v1alpha1\nkind: TrainingJob\nspec: {value: {on: a, 1: b, n: c, 2.5: d, k: e}}\n"
+    value = load_training_job(text, "job.yaml")["spec"]["value"]
+    assert value == {"true": "a", "1": "b", "false": "c", "2.5": "d", "k": "e"}
+
+
 def test_whole_floats_are_the_integers_kubectl_sends(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,6 +10,7 @@ import argparse
 import math
 import re
 import sys
+from collections.abc import Hashable
 from typing import Any, TextIO
 
 from kubefit.api.conditions import Reason
@@ -236,6 +237,24 @@ def _kubectl_loader() -> Any:
                         )
             return super().compose_node(parent, index)
 
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            # sigs.k8s.io/yaml writes every key as a JSON string: `on:` is "true", `1:` is "1". Converted
+            # before the dict is built, where True and 1 would be one key.
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)
+            mapping: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = _go_key(self.construct_object(key_node, deep=deep))
+                if not isinstance(key, Hashable):
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        "found unhashable key",
+                        key_node.start_mark,
+                    )
+                mapping[key] = self.construct_object(value_node, deep=deep)
+            return mapping
+
     int_tag, float_tag = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
     # Without YAML 1.1's int and float (both read base 60), timestamps (goyaml.v2 keeps `2024-01-01` a
     # string) and `=` (a "value" PyYAML cannot construct; a string to goyaml.v2).
@@ -261,6 +280,15 @@ def _kubectl_loader() -> Any:
         Loader.add_implicit_resolver(float_tag, re.compile(rf"^(?:{floats})$"), list("-+0123456789."))
     Loader.add_constructor(float_tag, _go_json_number)
     return Loader
+
+
+def _go_key(key: Any) -> Any:
+    """A mapping key as sigs.k8s.io/yaml's YAMLToJSON writes it: booleans and numbers as their text."""
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, int | float):
+        return str(key) if isinstance(key, int) else repr(key)
+    return key
 
 
 def _go_int(loader: Any, node: Any) -> int:
