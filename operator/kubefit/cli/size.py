@@ -238,22 +238,7 @@ def _kubectl_loader() -> Any:
             return super().compose_node(parent, index)
 
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-            # sigs.k8s.io/yaml writes every key as a JSON string: `on:` is "true", `1:` is "1". Converted
-            # before the dict is built, where True and 1 would be one key.
-            if isinstance(node, yaml.MappingNode):
-                self.flatten_mapping(node)
-            mapping: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = _go_key(self.construct_object(key_node, deep=deep))
-                if not isinstance(key, Hashable):
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        "found unhashable key",
-                        key_node.start_mark,
-                    )
-                mapping[key] = self.construct_object(value_node, deep=deep)
-            return mapping
+            return _go_mapping(self, node, deep)
 
     int_tag, float_tag = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
     # Without YAML 1.1's int and float (both read base 60), timestamps (goyaml.v2 keeps `2024-01-01` a
@@ -280,6 +265,24 @@ def _kubectl_loader() -> Any:
         Loader.add_implicit_resolver(float_tag, re.compile(rf"^(?:{floats})$"), list("-+0123456789."))
     Loader.add_constructor(float_tag, _go_json_number)
     return Loader
+
+
+def _go_mapping(loader: Any, node: Any, deep: bool) -> dict[Any, Any]:
+    """sigs.k8s.io/yaml writes every key as a JSON string: `on:` is "true", `1:` is "1". Converted before the
+    dict is built, where True and 1 would be one key."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = _go_key(loader.construct_object(key_node, deep=deep))
+        if not isinstance(key, Hashable):
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
 
 
 def _go_key(key: Any) -> Any:
