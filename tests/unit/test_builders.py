@@ -22,6 +22,7 @@ from kubefit.builders.pods import KUBERNETES_DEFAULT_GRACE_SECONDS, WorkerSet, b
 from kubefit.builders.rendezvous import WorkerGroup, rendezvous_env
 from kubefit.builders.resources import HostShare, default_cpu, default_memory, worker_resources
 from kubefit.builders.service import build_headless_service
+from kubefit.decisions.node_match import placement_of
 from kubefit.sizing.catalog import load_catalog
 
 JOB = JobRef(name="llama", namespace="team-a", uid="1234-uid")
@@ -288,15 +289,66 @@ def test_sizing_overrides_a_template_accelerator_request() -> None:
 # ---------------------------------------------------------------------------------------------- placement
 
 
+NOT_SPLIT_OR_SHARED = [
+    {"key": "cloud.google.com/gke-gpu-partition-size", "operator": "DoesNotExist"},
+    {"key": "cloud.google.com/gke-gpu-sharing-strategy", "operator": "DoesNotExist"},
+    {"key": "cloud.google.com/gke-max-shared-clients-per-gpu", "operator": "DoesNotExist"},
+]
+
+
 def test_accelerator_terms_are_ored_label_sets() -> None:
     assert H100 is not None
     terms = accelerator_terms(H100.match)
     assert len(terms) == len(H100.match) >= 2
     assert terms[0] == {
         "matchExpressions": [
-            {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}
+            {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]},
+            *NOT_SPLIT_OR_SHARED,
         ]
     }
+
+
+def test_accelerator_terms_keep_workers_off_gke_nodes_whose_gpus_are_split_or_shared() -> None:
+    # GKE keeps gke-accelerator on such a node and offers each slice or share as one nvidia.com/gpu.
+    a100 = CATALOG.get("nvidia-a100-40gb")
+    assert a100 is not None
+    terms = accelerator_terms(a100.match)
+    assert all(term["matchExpressions"][-3:] == NOT_SPLIT_OR_SHARED for term in terms)
+    whole = {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
+    split = {**whole, "cloud.google.com/gke-gpu-partition-size": "1g.5gb"}
+    shared = {
+        **whole,
+        "cloud.google.com/gke-gpu-sharing-strategy": "time-sharing",
+        "cloud.google.com/gke-max-shared-clients-per-gpu": "2",
+    }
+    placement = placement_of(
+        build_worker_pod(worker_set(accelerator="nvidia-a100-40gb", per_worker=4), 0)["spec"]
+    )
+    tolerations = placement.tolerations_on("nvidia.com/gpu")
+    # The scheduler's reading of the terms agrees with the catalog's identification, node by node.
+    for labels, lands in ((whole, True), (split, False), (shared, False)):
+        assert placement.admits("n", labels, (), tolerations) is lands
+        assert (CATALOG.identify(labels) is a100) is lands
+
+
+def test_a_label_set_naming_a_partition_label_requires_it_and_still_excludes_sharing() -> None:
+    term = {
+        "cloud.google.com/gke-accelerator": "nvidia-tesla-a100",
+        "cloud.google.com/gke-gpu-partition-size": "1g.5gb",
+    }
+    assert accelerator_terms([term]) == [
+        {
+            "matchExpressions": [
+                {
+                    "key": "cloud.google.com/gke-accelerator",
+                    "operator": "In",
+                    "values": ["nvidia-tesla-a100"],
+                },
+                {"key": "cloud.google.com/gke-gpu-partition-size", "operator": "In", "values": ["1g.5gb"]},
+                *NOT_SPLIT_OR_SHARED[1:],
+            ]
+        }
+    ]
 
 
 def test_pod_requires_a_node_of_the_chosen_accelerator() -> None:

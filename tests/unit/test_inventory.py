@@ -16,7 +16,7 @@ import yaml
 
 from kubefit.api.validation import parse_spec
 from kubefit.builders.naming import JobRef
-from kubefit.decisions.inventory import NodeFacts, build_inventory, node_facts
+from kubefit.decisions.inventory import InventoryMemo, NodeFacts, build_inventory, node_facts
 from kubefit.decisions.job import JobObservation, decide
 from kubefit.decisions.node_match import Placement, Taint, placement_of, template_pod_spec
 from kubefit.sizing.catalog import load_catalog
@@ -240,6 +240,81 @@ def test_a_template_of_the_wrong_shape_is_read_without_error() -> None:
         {"matchExpressions": [{"key": "team", "operator": "In", "values": "a"}]},
     )
     assert admitted(bad_term, gpu_node("h1", {"team": "a"})) == []
+
+
+# ------------------------------------------------------------------ GKE nodes with split or shared GPUs
+
+
+def gke_node(name: str, accelerator: str, devices: int, **labels: str) -> dict[str, Any]:
+    """A GKE GPU node as the API server returns it (no GPU Operator: GKE's own labels and taint)."""
+    return {
+        "metadata": {
+            "name": name,
+            "uid": name,
+            "labels": {"cloud.google.com/gke-accelerator": accelerator, **labels},
+        },
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {
+            "allocatable": {"cpu": "94", "memory": "1000Gi", "nvidia.com/gpu": str(devices)},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+GKE_NODES = [
+    gke_node("a100-whole", "nvidia-tesla-a100", 8),
+    # a2-highgpu-1g, gpu-partition-size=1g.5gb: 7 x nvidia.com/gpu of 5 GB, not 7 A100s of 40 GB
+    gke_node("a100-mig", "nvidia-tesla-a100", 7, **{"cloud.google.com/gke-gpu-partition-size": "1g.5gb"}),
+    # one T4 time-shared by 8 clients, one L4 by 4 under MPS
+    gke_node(
+        "t4-shared",
+        "nvidia-tesla-t4",
+        8,
+        **{
+            "cloud.google.com/gke-gpu-sharing-strategy": "time-sharing",
+            "cloud.google.com/gke-max-shared-clients-per-gpu": "8",
+        },
+    ),
+    gke_node(
+        "l4-mps",
+        "nvidia-l4",
+        4,
+        **{
+            "cloud.google.com/gke-gpu-sharing-strategy": "mps",
+            "cloud.google.com/gke-max-shared-clients-per-gpu": "4",
+        },
+    ),
+]
+
+
+def test_gke_nodes_whose_gpus_are_split_or_shared_are_neither_counted_nor_sized_for() -> None:
+    facts = [node_facts(node) for node in GKE_NODES]
+    for inventory in (build_inventory(facts, {}, CATALOG), InventoryMemo().inventory(facts, {}, CATALOG)):
+        assert [(node.name, node.accelerator, node.allocatable) for node in inventory.placeable] == [
+            ("a100-whole", "nvidia-a100-40gb", 8)
+        ]
+        assert inventory.excluded == []
+        assert set(inventory.pools) == {"nvidia-a100-40gb"}
+    # A job on T4s is sized as if no T4 were there, not for 8 whole T4s on one node.
+    spec = quickstart_spec({})
+    spec["resources"] = {"accelerator": "nvidia-t4"}
+    sizing, _ = decide_on(spec, facts)
+    assert "no node in the cluster carries nvidia-t4" in " ".join(sizing["warnings"])
+
+
+def test_a_worker_for_whole_gpus_is_kept_off_split_or_shared_gke_nodes() -> None:
+    facts = [node_facts(node) for node in GKE_NODES]
+    spec = quickstart_spec({})
+    spec["resources"] = {"accelerator": "nvidia-a100-40gb", "acceleratorsPerWorker": 4}
+    _, observation = decide_on(spec, facts)
+    worker = decide(observation, CATALOG).worker_pod(0)["spec"]
+    placement = placement_of(worker)
+    tolerations = placement.tolerations_on("nvidia.com/gpu")
+    admits = {
+        node.name: placement.admits(node.name, node.labels, node.scheduling_taints, tolerations)
+        for node in facts
+    }
+    assert admits == {"a100-whole": True, "a100-mig": False, "t4-shared": False, "l4-mps": False}
 
 
 # ------------------------------------------------------------------ decide: the bug found with plan()

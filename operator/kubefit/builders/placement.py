@@ -1,8 +1,11 @@
 """Placement of workers on nodes of the chosen accelerator.
 
 The accelerator's catalog `match` label sets become required nodeAffinity terms (terms are ORed, so
-any one label set identifies a node). A user's own required terms are kept by ANDing each of them with
-each accelerator term; nodeSelector, preferred terms and pod (anti-)affinity are left untouched.
+any one label set identifies a node), each with a DoesNotExist expression per GPU partition or sharing
+label it does not name (sizing/catalog.py SHARED_GPU_LABELS): a worker sized for whole GPUs never lands
+on a node that offers slices of them under the same accelerator label, as identification says. A user's
+own required terms are kept by ANDing each of them with each accelerator term; nodeSelector, preferred
+terms and pod (anti-)affinity are left untouched.
 
 A worker is also steered, softly, to the nodes the scheduling pass reserved for the job: one preferred term
 of the highest weight on their kubernetes.io/hostname labels. kube-scheduler scores nodes by its own rules
@@ -18,17 +21,21 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kubefit.sizing.catalog import absent_labels
+
 Term = dict[str, Any]
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 PREFERENCE_WEIGHT = 100  # the most a preferred term can weigh (PreferredSchedulingTerm.weight: 1-100)
 
 
 def accelerator_terms(match: Sequence[Mapping[str, str]]) -> list[Term]:
-    """One nodeSelectorTerm per label set; each label becomes an `In` expression."""
+    """One nodeSelectorTerm per label set; each label becomes an `In` expression, and each partition or
+    sharing label it does not name a `DoesNotExist` one (catalog.term_matches, for the scheduler)."""
     return [
         {
             "matchExpressions": [
-                {"key": key, "operator": "In", "values": [value]} for key, value in sorted(labels.items())
+                *({"key": key, "operator": "In", "values": [value]} for key, value in sorted(labels.items())),
+                *({"key": key, "operator": "DoesNotExist"} for key in absent_labels(labels)),
             ]
         }
         for labels in match

@@ -23,6 +23,19 @@ BUILTIN_CATALOG = Path(__file__).with_name("accelerators.yaml")
 NAME_MAX = 63  # spec.resources.accelerator's maxLength (api/models.py), a label value's
 CATALOG_ENV = "KUBEFIT_CATALOG"
 
+# GKE keeps cloud.google.com/gke-accelerator on a node whose GPUs it partitions (multi-instance GPU) or shares
+# (time-sharing, NVIDIA MPS), and advertises each partition or share as one nvidia.com/gpu: 7 for an A100
+# split 1g.5gb. GKE docs: how-to/gpus-multi (gke-gpu-partition-size), concepts/timesharing-gpus and
+# how-to/nvidia-mps-gpus (gke-gpu-sharing-strategy: time-sharing or mps, gke-max-shared-clients-per-gpu).
+# A label set identifies a node carrying one of these only if it names that label itself, so a whole-GPU
+# entry neither counts nor sizes for slices (as GFD's renamed MIG and shared products are not matched
+# either), and an operator's own entry for the partitions can still name them.
+SHARED_GPU_LABELS = (
+    "cloud.google.com/gke-gpu-partition-size",
+    "cloud.google.com/gke-gpu-sharing-strategy",
+    "cloud.google.com/gke-max-shared-clients-per-gpu",
+)
+
 
 class CatalogError(ValueError):
     """A catalog file that cannot be used; the message names the entry and field."""
@@ -39,7 +52,20 @@ class Accelerator:
     match: tuple[Mapping[str, str], ...] = ()  # alternative label sets that identify it
 
     def matches(self, labels: Mapping[str, str]) -> bool:
-        return any(all(labels.get(key) == value for key, value in term.items()) for term in self.match)
+        return any(term_matches(term, labels) for term in self.match)
+
+
+def absent_labels(term: Mapping[str, str]) -> tuple[str, ...]:
+    """The labels a node must not carry for the label set `term` to identify it: the GPU partition and
+    sharing labels (SHARED_GPU_LABELS) it does not name. The workers' node affinity says the same."""
+    return tuple(key for key in SHARED_GPU_LABELS if key not in term)
+
+
+def term_matches(term: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """The node labels `labels` carry every label of `term`, and none of its absent_labels."""
+    return all(labels.get(key) == value for key, value in term.items()) and not any(
+        key in labels for key in absent_labels(term)
+    )
 
 
 def _whole(value: Any) -> TypeGuard[int]:
@@ -113,12 +139,25 @@ def parse_catalog(text: str, source: str = "catalog") -> list[Accelerator]:
 
 
 class Catalog:
-    """An ordered, name-indexed set of accelerators."""
+    """An ordered, name-indexed set of accelerators.
 
-    def __init__(self, accelerators: Iterable[Accelerator]):
+    Identification tries the entries an operator's catalog file added or replaced (`extended`) before the
+    others, so that an entry of one's own wins over a built-in whose labels the node also carries.
+    """
+
+    def __init__(self, accelerators: Iterable[Accelerator], first: Iterable[str] = ()):
         self._by_name: dict[str, Accelerator] = {}
         for accelerator in accelerators:
             self._by_name[accelerator.name] = accelerator  # later entries override earlier ones
+        # A catalog made from another (RememberingCatalog) keeps its order of identification.
+        kept = accelerators._first if isinstance(accelerators, Catalog) else ()
+        self._first: tuple[str, ...] = tuple(
+            dict.fromkeys(name for name in (*first, *kept) if name in self._by_name)
+        )
+        self._identify_order = (
+            *(self._by_name[name] for name in self._first),
+            *(accelerator for name, accelerator in self._by_name.items() if name not in self._first),
+        )
 
     def __iter__(self) -> Iterator[Accelerator]:
         return iter(self._by_name.values())
@@ -136,14 +175,19 @@ class Catalog:
         return list(self._by_name)
 
     def identify(self, labels: Mapping[str, str]) -> Accelerator | None:
-        """The accelerator a node carries, from its labels (GFD, GKE, AMD labeller)."""
-        for accelerator in self._by_name.values():
+        """The accelerator a node carries, from its labels (GFD, GKE, AMD labeller): the first entry that
+        matches, an extra catalog's entries (in their file's order) before the built-in ones."""
+        for accelerator in self._identify_order:
             if accelerator.matches(labels):
                 return accelerator
         return None
 
     def extended(self, extra: Iterable[Accelerator]) -> Catalog:
-        return Catalog([*self._by_name.values(), *extra])
+        """This catalog with `extra` added, an entry of the same name replacing the one here; `extra`'s
+        entries are identified first, the latest extension's before an earlier one's."""
+        added = list(extra)
+        first = [*(entry.name for entry in added), *self._first]
+        return Catalog([*self._by_name.values(), *added], first=first)
 
 
 @lru_cache(maxsize=8)
