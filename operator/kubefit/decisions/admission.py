@@ -9,8 +9,8 @@ grant for each: 0 for a queued job, at least its effective minimum for an admitt
 - the queue is ordered by priority (high first), then age (old first), then namespace/name. A queued job is
   admitted at its minimum when that fits. StrictFIFO: the first job that does not fit blocks everyone
   behind it. BestEffortFIFO: jobs behind it may pass, until it has waited longer than `head_wait_limit`:
-  then nothing behind it is admitted or grows on the nodes it may use (no starvation); nodes of its
-  accelerator it cannot use stay open to them;
+  then nothing behind it is admitted, grows, or has a minimum that lost its places re-placed on the nodes it
+  may use (no starvation); nodes of its accelerator it cannot use stay open to them;
 - a queued job whose minimum does not fit may shrink strictly lower-priority elastic jobs toward their
   minimums (lowest priority first, then youngest), and, only if that is not enough and its preemption is
   LowerPriority, preempt whole lower-priority jobs; only when that makes it fit, and only as much as needed;
@@ -483,7 +483,7 @@ def _spots_as_before(cluster: _Cluster, job: _Job, count: int) -> dict[str, int]
     return spots
 
 
-def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
+def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
     """Admitted jobs keep their grant (lowered to a dropped want): minimums are placed first, then the rest.
 
     Workers above the minimum that find no place any more are released (the grant drops to what is
@@ -495,18 +495,26 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
     A worker above the minimum that has lost its place finds a new one only off the nodes of the jobs ahead
     of it whose minimum has no place (as _Queue.usable keeps them): those nodes are theirs once freed (the
     workers of a job preempted for them still leave), and a place there was growth onto a node they wait for.
+    A minimum that has lost its places finds new ones off the nodes of the heads of line ahead of it, as
+    when it was admitted (_off_heads).
     """
     held = [job for job in jobs if job.admitted]
+    queued = [job for job in jobs if not job.admitted]
+    minimum_nodes: dict[_Job, list[str]] = {}  # where a minimum that lost its places may find new ones
     for job in held:
         job.grant = max(job.floor, job.whole_groups(min(job.before, job.target)))
         _drop_finished_beyond(job)
-        _reserve(cluster, job, job.floor)
+        cluster.take(job, _spots_as_before(cluster, job, job.floor - job.placed))
+        if job.placed < job.floor:
+            minimum_nodes[job] = _off_heads(cluster, queued, job, queue)
+            _reserve(cluster, job, job.floor, minimum_nodes[job])
         if job.placed < job.floor and _raised_above_running(job):
             job.grant = job.whole_groups(job.before)
             _release_reserved_beyond(cluster, job)
     short: list[_Job] = []  # the jobs so far whose minimum has no place
     for job in held:
-        _reserve(cluster, job, job.grant, _off_short(cluster, job, short))
+        nodes = minimum_nodes.get(job) if job.placed < job.floor else None
+        _reserve(cluster, job, job.grant, _off_short(cluster, job, short) if nodes is None else nodes)
         if job.holds and job.placed < min(job.floor, job.grant):
             short.append(job)
         if job.placed < job.grant and job.grant > job.floor:
@@ -516,9 +524,30 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job]) -> None:
             _release_reserved_beyond(cluster, job)
 
 
+def _off_heads(cluster: _Cluster, queued: Sequence[_Job], job: _Job, queue: _Queue) -> list[str]:
+    """The job's nodes for a minimum that lost its places: less those of the `queued` jobs ahead of it that
+    do not fit and keep their nodes (_Queue.blocked finds them later in the pass). Admitted, the job was kept
+    off those nodes and made room elsewhere (a shrink, whose workers still save); re-placed on a head's free
+    devices instead, it took the node the head waits for, and the job shrunk for it took its workers back."""
+    accelerator = job.demand.accelerator
+    heads = []
+    for other in queued:
+        if other.order > job.order:
+            break
+        if other.demand.accelerator != accelerator:
+            continue
+        if _fits(cluster, other.nodes, other.demand.per_worker, other.floor):
+            continue
+        if queue.keeps_nodes(other, _satisfiable(cluster, other)):
+            heads.append((other, queue.head_reason))
+            if queue.policy == "StrictFIFO":
+                break  # the first that does not fit is StrictFIFO's only head
+    return _unkept(job.nodes, heads, cluster.allocatable)[0] if heads else job.nodes
+
+
 def _off_short(cluster: _Cluster, job: _Job, short: Sequence[_Job]) -> list[str]:
     """The job's nodes for its workers above its minimum: less those of the `short` jobs (ahead of it) that
-    hold one of their workers. A minimum still missing had all its nodes in the first loop."""
+    hold one of their workers. A minimum still missing keeps the nodes of the first loop (_off_heads)."""
     if job.placed >= job.grant or job.placed < job.floor:
         return job.nodes
     accelerator = job.demand.accelerator
@@ -607,7 +636,7 @@ class _Queue:
         accelerator = job.demand.accelerator
         protectors = [
             (other, reason)
-            for group, reason in ((self.short, _short_reason), (self.heads, self._head_reason))
+            for group, reason in ((self.short, _short_reason), (self.heads, self.head_reason))
             for other in group.get(accelerator, ())
             if other is not job
             and (other.order < job.order or (growing and other.demand.priority >= job.demand.priority))
@@ -619,7 +648,7 @@ class _Queue:
             self.usable_cache[cache_key] = _unkept(job.nodes, protectors, self.allocatable)
         return self.usable_cache[cache_key]
 
-    def _head_reason(self, head: _Job) -> str:
+    def head_reason(self, head: _Job) -> str:
         waited = int(self.now - head.demand.waiting_since)
         return f"waiting behind {_name(head.key)}, which has waited {waited}s (head of line)"
 
@@ -632,9 +661,14 @@ class _Queue:
             self.did_not_fit.append(job)
         if self.policy == "StrictFIFO":
             self.strict_head = self.strict_head or job  # every later queued job waits: _admit_queue
-        elif not satisfiable or self.now - job.demand.waiting_since <= self.head_wait_limit:
-            return
-        self.heads.setdefault(job.demand.accelerator, []).append(job)
+        if self.keeps_nodes(job, satisfiable):
+            self.heads.setdefault(job.demand.accelerator, []).append(job)
+
+    def keeps_nodes(self, job: _Job, satisfiable: bool) -> bool:
+        """Whether a queued job that does not fit keeps the nodes it may use from the jobs behind it (blocked)."""
+        if self.policy == "StrictFIFO":
+            return True
+        return satisfiable and self.now - job.demand.waiting_since > self.head_wait_limit
 
 
 def _unkept(
@@ -1192,8 +1226,8 @@ def _plan(  # noqa: PLR0913 - as plan_admissions
     """The pass over every job given; `held`: node -> devices held by jobs left out of it."""
     cluster = _cluster(nodes, held or {})
     jobs = _jobs(queued, admitted, cluster)
-    _reserve_admitted(cluster, jobs)
     queue = _Queue(policy, now, head_wait_limit, cluster.allocatable)
+    _reserve_admitted(cluster, jobs, queue)
     queue.note_short(jobs)
     _admit_queue(cluster, jobs, queue)
     _grow(cluster, jobs, queue)
