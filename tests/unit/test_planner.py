@@ -835,10 +835,25 @@ def test_with_an_inventory_no_remedy_names_an_accelerator_no_node_carries() -> N
         resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
     )
     inventory = pool_inventory(nodes("nvidia-h100-80gb", 1, 8, 8))
-    assert not plan(spec, inventory=nodes("nvidia-h100-80gb", 1, 8, 8)).fits
+    sizing = plan(spec, inventory=nodes("nvidia-h100-80gb", 1, 8, 8))
+    assert not sizing.fits
     remedies = find_remedies(spec, CATALOG, inventory)
     named = [c.value for remedy in remedies for c in remedy.changes if c.field == "resources.accelerator"]
-    assert all(value in inventory for value in named), named
+    assert named == []
+    assert any(
+        "a bigger accelerator was not tried as a remedy: no node in the cluster carries one with more memory "
+        "than nvidia-h100-80gb" in warning
+        for warning in sizing.warnings
+    ), sizing.warnings
+    # With H200 nodes too, the bigger device offered is one the cluster carries, and no other.
+    both = [*nodes("nvidia-h100-80gb", 1, 8, 8), *nodes("nvidia-h200", 1, 8, 8)]
+    named = [
+        c.value
+        for remedy in find_remedies(spec, CATALOG, pool_inventory(both))
+        for c in remedy.changes
+        if c.field == "resources.accelerator"
+    ]
+    assert named and set(named) == {"nvidia-h200"}, named
     # Without the inventory the catalog's bigger devices are fair game.
     anywhere = [c.field for remedy in find_remedies(spec, CATALOG) for c in remedy.changes]
     assert "resources.accelerator" in anywhere

@@ -704,10 +704,11 @@ def test_passes_asked_for_back_to_back_keep_the_gap_and_a_lone_one_waits_only_th
 
 def test_a_failing_planner_leaves_the_grants_as_they_were_and_the_next_pass_works() -> None:
     cluster = FakeCluster(nodes=[node("n1")])
-    failing = [True]
+    failing, failed = [True], []
 
     def flaky(*args: Any) -> AdmissionPlan:
         if failing[0]:
+            failed.append(1)
             raise RuntimeError("boom")
         return plan_admissions(*args)
 
@@ -715,7 +716,10 @@ def test_a_failing_planner_leaves_the_grants_as_they_were_and_the_next_pass_work
     recorder = Recorder()
     scheduler.reconcile_with(recorder)
     scheduler.offer(("ns", "a"), demand("a", min_workers=1), ANYWHERE, cluster.view())
-    time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while not failed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert failed  # the offer's pass ran, and failed
     assert scheduler.snapshot()[("ns", "a")].workers is None and recorder.calls == []
     failing[0] = False
     scheduler.request("timer", cluster.view())
