@@ -54,10 +54,10 @@ controlplane: venv tools
 setup: controlplane
 
 demo: setup
-	@bash scripts/demo.sh
+	@VENV="$(VENV)" bash scripts/demo.sh
 
 demo-down: venv
-	@bash scripts/demo.sh down
+	@VENV="$(VENV)" bash scripts/demo.sh down
 
 lint: venv
 	@$(PYTHON) -m ruff check operator sandbox trainer tests benchmarks examples

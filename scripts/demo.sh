@@ -4,8 +4,10 @@
 # Sourcing it only defines the functions (tests/unit/test_setup_scripts.py).
 set -euo pipefail
 
-KUBEFIT=.venv/bin/kubefit
-SANDBOX=.venv/bin/kubefit-sandbox  # the sandbox command (sandbox/, installed by make beside the operator)
+VENV="${VENV:-.venv}"  # the Makefile passes its VENV; relative to the repository root
+KUBEFIT="$VENV/bin/kubefit"
+SANDBOX="$VENV/bin/kubefit-sandbox"  # the sandbox command (sandbox/, installed by make beside the operator)
+PYTHON="$VENV/bin/python"
 STATE_DIR="${KUBEFIT_SANDBOX_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubefit/sandbox}"
 OPERATOR_PID="$STATE_DIR/demo-operator.pid"
 OPERATOR_LOG="$STATE_DIR/logs/demo-operator.log"
@@ -29,6 +31,29 @@ operator_alive() {
   if [[ "$pid" =~ ^[0-9]+$ ]] && is_demo_operator "$pid"; then return 0; fi
   rm -f "$OPERATOR_PID"  # stale
   return 1
+}
+
+# Polls the job ($1) once a second until it is Running, for up to RUNNING_WAIT_S polls, saying so about
+# every 10 s; leaves its last phase in $phase. Returns 1 at once when the operator has exited (nothing
+# would ever run the job; the end of its log is printed), 2 when the job is not Running in time.
+RUNNING_WAIT_S=90
+wait_until_running() {
+  local job=$1 second
+  phase=""
+  for second in $(seq 1 "$RUNNING_WAIT_S"); do
+    if ! operator_alive; then
+      echo "The operator has exited; the end of its log ($OPERATOR_LOG):" >&2
+      tail -n 20 "$OPERATOR_LOG" >&2 || true
+      return 1
+    fi
+    phase=$(kubectl get tj "$job" -o jsonpath='{.status.phase}' 2>/dev/null || true)
+    if [ "$phase" = "Running" ]; then return 0; fi
+    if [ $((second % 10)) -eq 0 ]; then
+      echo "    ${second}s: TrainingJob $job phase ${phase:-not set yet}; waiting for Running (up to ${RUNNING_WAIT_S}s)"
+    fi
+    sleep 1
+  done
+  return 2
 }
 
 main() {
@@ -64,28 +89,30 @@ main() {
 
   echo "==> applying examples/quickstart.yaml"
   kubectl apply -f examples/quickstart.yaml
-  job=$(.venv/bin/python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["metadata"]["name"])' examples/quickstart.yaml)
-  for _ in $(seq 1 90); do
-    phase=$(kubectl get tj "$job" -o jsonpath='{.status.phase}' 2>/dev/null || true)
-    [ "$phase" = "Running" ] && break
-    sleep 1
-  done
+  job=$("$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["metadata"]["name"])' examples/quickstart.yaml)
+  echo "==> waiting for TrainingJob $job to be Running"
+  local waited=0
+  wait_until_running "$job" || waited=$?
+  if [ "$waited" -eq 1 ]; then
+    echo "The demo failed: the operator is not running. Stop the sandbox with: make demo-down" >&2
+    exit 1
+  fi
 
   echo
   kubectl get tj
   echo
   kubectl get pods -l "kubefit.dev/job=$job" -o wide
   echo
+  if [ "$waited" -ne 0 ]; then
+    echo "The job is not Running after ${RUNNING_WAIT_S}s (phase: ${phase:-none}): see \`kubectl describe tj $job\`" >&2
+    echo "and $OPERATOR_LOG. The sandbox and the operator keep running; stop them with: make demo-down" >&2
+    exit 1
+  fi
   echo "==> sizing (kubefit size -f examples/quickstart.yaml)"
   echo "    kubefit size plans against the whole accelerator catalog; the operator planned against the"
   echo "    accelerators this cluster's nodes have, so the two may choose different devices."
   "$KUBEFIT" size -f examples/quickstart.yaml
   echo
-  if ! operator_alive; then
-    echo "The operator has exited; its log: $OPERATOR_LOG" >&2
-  elif [ "${phase:-}" != "Running" ]; then
-    echo "The job is not Running yet (phase: ${phase:-none}); see $OPERATOR_LOG" >&2
-  fi
   cat <<MSG
 The demo keeps running. Try:
   eval "\$($SANDBOX env)"; kubectl get tj,pods   # env puts kubectl (~/.cache/kubefit/bin) on PATH

@@ -4,7 +4,10 @@ virtualenv rule with scripts/setup-venv.sh."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -69,6 +72,104 @@ def test_install_waits_for_the_apt_lock_and_stops_the_services_the_packages_star
     assert not any("prometheus" in call for call in calls)  # not installed now: left as it is
 
 
+def _restricted_path(tmp_path: Path) -> str:
+    """A PATH with bash and the few tools main() needs, without sudo (whether or not this machine has it)."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for tool in ("awk", "bash", "env", "id", "ls", "realpath", "tr"):
+        found = shutil.which(tool)
+        assert found is not None, tool
+        (tools / tool).symlink_to(found)
+    return f"{tmp_path / 'bin'}:{tools}"
+
+
+@pytest.mark.parametrize(
+    ("deb_src", "command"),
+    [
+        ("true", "su -c 'apt-get update && apt-get install -y --no-install-recommends etcd-server gcc'"),
+        ("false", f"su -c 'bash {REPO / 'scripts' / 'setup-system.sh'}'"),  # it also adds the deb-src entry
+    ],
+)
+def test_a_user_without_sudo_is_told_what_to_run_as_root(tmp_path: Path, deb_src: str, command: str) -> None:
+    # A minimal Debian has no sudo: "sudo: command not found" said neither what was missing nor what to do.
+    log = tmp_path / "calls"
+    _stub(tmp_path / "bin" / "apt-get", f'echo "apt-get $*" >> {log}')
+    result = _bash(
+        f"source scripts/setup-system.sh; SUDO=sudo; has_deb_src() {{ {deb_src}; }}; "
+        "missing_packages() { echo etcd-server gcc; }; main",
+        env={"PATH": _restricted_path(tmp_path)},
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "not found" not in result.stderr
+    assert "sudo is not installed" in result.stderr
+    assert "setup-system: missing packages: etcd-server gcc" in result.stderr.splitlines()
+    assert result.stderr.splitlines()[-1].strip() == command
+    assert not log.exists()  # nothing was attempted
+
+
+def test_a_failed_apt_get_says_what_to_check(tmp_path: Path) -> None:
+    log = tmp_path / "calls"
+    _stub(
+        tmp_path / "bin" / "apt-get",
+        f'echo "apt-get $*" >> {log}; echo "E: mirror unreachable" >&2; exit 100',
+    )
+    result = _bash(
+        'source scripts/setup-system.sh; SUDO=""; has_deb_src() { true; }; '
+        "missing_packages() { echo etcd-server; }; main",
+        env={"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
+    )
+    assert result.returncode == 100
+    hint = result.stderr.splitlines()[-1]
+    assert hint.startswith("setup-system: apt-get update failed (exit 100)"), result.stderr
+    assert "the network" in hint and "apt mirror" in hint and "rerun `make system`" in hint
+    assert [call.split()[3] for call in log.read_text().splitlines()] == ["update"]  # install not tried
+
+
+_DEBIAN_DEB = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\n"
+_DEB822_BOTH = _DEBIAN_DEB.replace("Types: deb\n", "Types: deb deb-src\n")
+_DEB_SRC_LINE = "deb-src http://deb.debian.org/debian bookworm main\n"
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="asks apt-get, which only Debian has")
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("", "", False),
+        ("sources.list.d/debian.list.disabled", _DEB_SRC_LINE, False),
+        ("sources.list.save", _DEB_SRC_LINE, False),
+        ("sources.list.d/old.sources", _DEB822_BOTH + "Enabled: no\n", False),
+        (
+            "sources.list.d/vendor.list",
+            "deb-src https://download.example.com/debian bookworm stable\n",
+            False,
+        ),
+        ("sources.list.d/src.list", _DEB_SRC_LINE, True),
+        ("sources.list.d/old.sources", _DEB822_BOTH + "Enabled: yes\n", True),
+        (
+            "sources.list",
+            "deb-src [signed-by=/k.gpg] http://mirror.example/debian bookworm main contrib\n",
+            True,
+        ),
+    ],
+    ids=["none", "disabled-file", "save-file", "enabled-no", "other-component", "list", "sources", "mirror"],
+)
+def test_a_deb_src_entry_counts_only_when_apt_uses_it(
+    tmp_path: Path, name: str, text: str, expected: bool
+) -> None:
+    # A scratch /etc/apt (APT_CONFIG moves apt's Dir::Etc there); debian.sources gives the binary packages.
+    etc = tmp_path / "etc-apt"
+    (etc / "sources.list.d").mkdir(parents=True)
+    (etc / "apt.conf.d").mkdir()
+    (etc / "sources.list.d" / "debian.sources").write_text(_DEBIAN_DEB)
+    if name:
+        (etc / name).write_text(text)
+    (tmp_path / "apt.conf").write_text(f'Dir::Etc "{etc}";\n')
+    result = _bash(
+        "source scripts/setup-system.sh; has_deb_src", env={"APT_CONFIG": str(tmp_path / "apt.conf")}
+    )
+    assert result.returncode == (0 if expected else 1), result.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # scripts/demo.sh: the operator's PID file
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +217,121 @@ def test_a_pid_file_of_an_exited_process_is_stale(tmp_path: Path) -> None:
     exited = subprocess.run(["bash", "-c", "echo $$"], capture_output=True, text=True, check=True)
     assert not _operator_alive(tmp_path, int(exited.stdout))
     assert not (tmp_path / "demo-operator.pid").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/demo.sh: waiting for the job (a copy of the script in a fake checkout: stub sandbox and operator)
+# ---------------------------------------------------------------------------------------------
+
+_FAKE_SANDBOX = """echo "sandbox $*" >> "$STUB_LOG"
+case "$1" in
+  env) echo 'export KUBECONFIG=/dev/null' ;;
+  kubectl) case "$*" in *jsonpath*) echo "$STUB_PHASE" ;; esac ;;
+esac"""
+# `kubefit run` as the operator: STUB_OPERATOR says how it behaves; `kubefit size` prints a line.
+_FAKE_KUBEFIT = """if [ "$1" != run ]; then echo "size: stub"; exit 0; fi
+if [ "$STUB_OPERATOR" = crash ]; then
+  echo "kubefit: cannot start: bad flag" >&2; echo "operator exited" >> "$STUB_LOG"; exit 1
+fi
+while :; do /bin/sleep 1; done"""
+
+
+def _fake_checkout(tmp_path: Path, venv: str = ".venv") -> Path:
+    """A copy of scripts/demo.sh and the quickstart in tmp_path/repo, with stubs in repo/<venv>/bin: the
+    script runs nothing real, whichever virtualenv it uses."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "examples").mkdir()
+    shutil.copy(REPO / "scripts" / "demo.sh", repo / "scripts" / "demo.sh")
+    shutil.copy(REPO / "examples" / "quickstart.yaml", repo / "examples" / "quickstart.yaml")
+    bin_dir = repo / venv / "bin"
+    _stub(bin_dir / "kubefit-sandbox", _FAKE_SANDBOX)
+    _stub(bin_dir / "kubefit", _FAKE_KUBEFIT)
+    (bin_dir / "python").symlink_to(sys.executable)
+    return repo
+
+
+def _run_demo(tmp_path: Path, operator: str, phase: str) -> subprocess.CompletedProcess[str]:
+    repo = _fake_checkout(tmp_path)
+    _stub(tmp_path / "stubs" / "sleep", 'echo "sleep $*" >> "$STUB_LOG"')  # polls without waiting
+    env = {
+        "PATH": f"{tmp_path / 'stubs'}:{os.environ['PATH']}",
+        "KUBEFIT_SANDBOX_DIR": str(tmp_path / "state"),
+        "STUB_LOG": str(tmp_path / "calls"),
+        "STUB_OPERATOR": operator,
+        "STUB_PHASE": phase,
+    }
+    inherited = {name: value for name, value in os.environ.items() if name != "VENV"}  # the default .venv
+    try:
+        return subprocess.run(
+            ["bash", str(repo / "scripts" / "demo.sh")],
+            env=inherited | env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        pid_file = tmp_path / "state" / "demo-operator.pid"
+        if pid_file.exists():  # a stub operator left running
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _polls(calls: list[str]) -> list[str]:
+    return [call for call in calls if call.startswith("sandbox kubectl get tj") and "jsonpath" in call]
+
+
+def test_the_demo_fails_at_once_when_the_operator_died_at_start(tmp_path: Path) -> None:
+    result = _run_demo(tmp_path, operator="crash", phase="")
+    assert result.returncode == 1, result.stdout + result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(_polls(calls[calls.index("operator exited") :])) <= 1  # not 90 polls of a job nobody runs
+    assert "kubefit: cannot start: bad flag" in result.stderr  # the end of the operator's log
+    assert "The demo keeps running" not in result.stdout
+
+
+def test_the_demo_says_it_waits_and_fails_when_the_job_is_not_running_in_time(tmp_path: Path) -> None:
+    result = _run_demo(tmp_path, operator="alive", phase="Pending")
+    assert result.returncode == 1, result.stdout + result.stderr
+    progress = [line for line in result.stdout.splitlines() if "waiting for Running" in line]
+    assert [line.split(":")[0].strip() for line in progress] == [f"{s}s" for s in range(10, 91, 10)]
+    assert "phase Pending" in progress[0]
+    assert "not Running after 90s (phase: Pending)" in result.stderr
+    assert "The demo keeps running" not in result.stdout
+
+
+def test_the_demo_ends_well_when_the_job_runs(tmp_path: Path) -> None:
+    result = _run_demo(tmp_path, operator="alive", phase="Running")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(_polls((tmp_path / "calls").read_text().splitlines())) == 1
+    assert "size: stub" in result.stdout and "The demo keeps running" in result.stdout
+
+
+def test_the_demo_uses_the_virtualenv_it_is_given(tmp_path: Path) -> None:
+    repo = _fake_checkout(tmp_path)  # repo/.venv: stubs too, so a script ignoring VENV runs nothing real
+    other = tmp_path / "other-venv"
+    _stub(other / "bin" / "kubefit-sandbox", 'echo "other-venv sandbox $*" >> "$STUB_LOG"')
+    result = subprocess.run(
+        ["bash", str(repo / "scripts" / "demo.sh"), "down"],
+        env={**os.environ, "VENV": str(other), "KUBEFIT_SANDBOX_DIR": str(tmp_path / "state"),
+             "STUB_LOG": str(tmp_path / "calls")},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == ["other-venv sandbox down"]
+
+
+def _recipe(target: str) -> list[str]:
+    lines = (REPO / "Makefile").read_text().splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith(f"{target}:"))
+    recipe = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return recipe
+
+
+def test_make_demo_and_demo_down_pass_their_virtualenv_to_the_script() -> None:
+    assert _recipe("demo") == ['@VENV="$(VENV)" bash scripts/demo.sh']
+    assert _recipe("demo-down") == ['@VENV="$(VENV)" bash scripts/demo.sh down']
 
 
 # ---------------------------------------------------------------------------------------------
