@@ -26,6 +26,9 @@ KUBERNETES_VERSION = "1.20.2"
 PATCH_LEVEL = "reflect2fix1"
 CACHE_KEY = f"v{KUBERNETES_VERSION}-{PATCH_LEVEL}"
 CONTROL_PLANE_BINARIES = ("kube-apiserver", "kube-scheduler", "kube-controller-manager")
+# Written by _install beside the binaries (what was built, with which Go): a cache without it was not
+# completed by _install, so it is not used.
+BUILD_INFO = "BUILD_INFO"
 SOURCE_PACKAGE = "kubernetes"
 PROGRESS_INTERVAL_S = 15.0
 
@@ -64,11 +67,21 @@ def source_work_dir() -> Path:
     return kubefit_cache_dir() / "build" / f"kubernetes-{KUBERNETES_VERSION}"
 
 
+def _is_usable_binary(path: Path) -> bool:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return path.is_file() and size > 0 and os.access(path, os.X_OK)
+
+
 def cached_binaries() -> dict[str, Path] | None:
-    """Paths of the three cached binaries, or None if the cache is incomplete."""
+    """Paths of the three cached binaries, or None if the cache is incomplete: no BUILD_INFO (not written
+    by _install), or a binary missing, empty (truncated, e.g. by a crash before its blocks were on disk)
+    or not executable."""
     directory = controlplane_cache_dir()
     paths = {name: directory / name for name in CONTROL_PLANE_BINARIES}
-    if all(path.is_file() and os.access(path, os.X_OK) for path in paths.values()):
+    if (directory / BUILD_INFO).is_file() and all(_is_usable_binary(path) for path in paths.values()):
         return paths
     return None
 
@@ -291,8 +304,18 @@ def _make(source_root: Path, progress: _Progress) -> None:
         raise BuildError(f"make failed ({returncode}); full log: {make_log}\n{tail}")
 
 
+def _fsync(path: Path) -> None:
+    """Flushes a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _install(built_dir: Path) -> Path:
-    """Copies the binaries into the cache atomically: a temp dir renamed into place."""
+    """Copies the binaries into the cache atomically: a temp dir renamed into place, its files synced to
+    disk first (else a crash soon after the rename can leave the new names on empty files)."""
     final_dir = controlplane_cache_dir()
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{CACHE_KEY}-", dir=final_dir.parent))
@@ -303,14 +326,18 @@ def _install(built_dir: Path) -> Path:
                 raise BuildError(f"make did not produce {source}")
             shutil.copy2(source, staging / name)
             (staging / name).chmod(0o755)
-        (staging / "BUILD_INFO").write_text(
+        (staging / BUILD_INFO).write_text(
             f"kubernetes {KUBERNETES_VERSION} from Debian source package, patches: {PATCH_LEVEL}\n"
             f"go: {subprocess.run(['go', 'version'], capture_output=True, text=True).stdout.strip()}\n"
         )
+        for name in (*CONTROL_PLANE_BINARIES, BUILD_INFO):
+            _fsync(staging / name)
         staging.chmod(0o755)
+        _fsync(staging)
         if final_dir.exists():
             shutil.rmtree(final_dir)
         staging.rename(final_dir)
+        _fsync(final_dir.parent)  # the rename itself
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

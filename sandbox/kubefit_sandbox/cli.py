@@ -18,7 +18,7 @@ from typing import Any
 
 # None of these imports the kubernetes package (it is imported when a client is made), so that
 # `kubefit-sandbox --help` and `env` start fast.
-from kubefit_sandbox.cluster import ACCELERATOR_LABEL, POOL_LABEL
+from kubefit_sandbox.cluster import ACCELERATOR_LABEL, POOL_LABEL, ClusterConfigError, load_cluster_config
 from kubefit_sandbox.errors import NodeAgentError
 from kubefit_sandbox.kubeclient import core_api, new_api_client, response_json
 from kubefit_sandbox.nodeagent import CLUSTER_FILE_ENV, running_agent_pid, start_agent, stop_agent
@@ -60,11 +60,17 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    cluster_file = None
+    if not args.no_agent:
+        cluster_file = Path(args.cluster).resolve() if args.cluster else _default_cluster_file()
+        if cluster_file is not None:
+            # A bad cluster file is refused (ClusterConfigError, exit 2) before anything is built or started;
+            # start_agent reads the file it was checked from again when it creates the nodes.
+            load_cluster_config(cluster_file)
     sandbox = _sandbox(args)
     sandbox.up(timeout=args.timeout)
     if args.no_agent:
         return 0
-    cluster_file = Path(args.cluster).resolve() if args.cluster else _default_cluster_file()
     start_agent(sandbox, cluster_file)
     return 0
 
@@ -408,10 +414,32 @@ def _add_pod_commands(actions: Any) -> None:
     telemetry.set_defaults(handler=_telemetry)
 
 
+def _error_status(error: Exception) -> int | None:
+    """The exit status for an error whose message says it all (the sandbox's own errors, and the system's:
+    a full disk, a permission), printed as one message instead of a traceback; None for any other error.
+    2: a cluster file that cannot be used (a bad input); 1: the rest."""
+    from kubefit_sandbox.binaries import BinariesError
+    from kubefit_sandbox.build import BuildError
+    from kubefit_sandbox.controlplane import SandboxError
+
+    if isinstance(error, ClusterConfigError):
+        return 2
+    if isinstance(error, BuildError | BinariesError | SandboxError | NodeAgentError | OSError):
+        return 1
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except Exception as error:
+        status = _error_status(error)
+        if status is None:
+            raise
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

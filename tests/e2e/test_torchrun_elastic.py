@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -108,6 +109,15 @@ def check_resumptions(events: list[Event]) -> None:
             assert following is None or following.step == event.step + 1, (event, following)
 
 
+def free_port() -> int:
+    """A port free on this machine now: worker 0's torchrun agent hosts the rendezvous store on it. Its
+    TCPStore listens on every address of the machine, and the sandbox's worker pods are processes of this
+    machine, so the default 29500 is taken when another elastic job (a `make demo` beside) hosts there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def worker0_uid(kube: Kube, namespace: str) -> str:
     found = kube.get("pod", f"{JOB}-worker-0", namespace)
     return found["metadata"]["uid"] if found else ""
@@ -122,8 +132,11 @@ def test_torchrun_job_scales_2_3_1_resuming_from_checkpoints_and_succeeds(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     pool = add_pool(PoolNodes("nvidia-l4", nodes=1, per_node=4, processes=True))
+    # The template's PET_RDZV_ENDPOINT wins over the operator's (docs/operator.md); $(MASTER_ADDR), defined
+    # before it, is worker 0's name, and PET_RDZV_CONF's is_host stays the operator's (worker 0 only).
+    rendezvous = {"PET_RDZV_ENDPOINT": f"$(MASTER_ADDR):{free_port()}"}
     manifest = _sandbox_manifest()(
-        tmp_path / "checkpoints", {"TOTAL_STEPS": str(TOTAL_STEPS), "STEP_SECONDS": "0.2"}
+        tmp_path / "checkpoints", {"TOTAL_STEPS": str(TOTAL_STEPS), "STEP_SECONDS": "0.2", **rendezvous}
     )
     manifest["metadata"]["namespace"] = namespace
     manifest["spec"]["resources"]["accelerator"] = "nvidia-l4"

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kubefit_sandbox import binaries, build, controlplane
+from kubefit_sandbox.errors import NodeAgentError
 
 # The parts of vendored reflect2 v1.0.1 (Kubernetes 1.20.2) that the fix rewrites.
 HITER_KEY_COMMENT = (
@@ -122,17 +123,69 @@ def test_golang_sh_keeps_our_gocache() -> None:
         build.patch_golang_sh_gocache("nothing here")
 
 
+def _fill_cache(directory: Path) -> None:
+    """What _install leaves: the three binaries (executable, not empty) and BUILD_INFO."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in build.CONTROL_PLANE_BINARIES:
+        (directory / name).write_text("#!/bin/sh\n")
+        (directory / name).chmod(0o755)
+    (directory / "BUILD_INFO").write_text("kubernetes 1.20.2 from Debian source package, patches: x\n")
+
+
 def test_cache_paths_follow_xdg_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert build.controlplane_cache_dir() == tmp_path / "kubefit" / "controlplane" / "v1.20.2-reflect2fix1"
     assert build.cached_binaries() is None
-    for name in build.CONTROL_PLANE_BINARIES:
-        binary = build.controlplane_cache_dir() / name
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        binary.write_text("#!/bin/sh\n")
-        binary.chmod(0o755)
+    _fill_cache(build.controlplane_cache_dir())
     cached = build.cached_binaries()
     assert cached is not None and set(cached) == set(build.CONTROL_PLANE_BINARIES)
+
+
+def test_a_cache_without_build_info_or_with_an_empty_binary_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Truncated binaries (a crash before their blocks reached the disk) crashed the sandbox at start.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = build.controlplane_cache_dir()
+    _fill_cache(cache)
+    assert build.cached_binaries() is not None
+    (cache / "BUILD_INFO").unlink()
+    assert build.cached_binaries() is None
+    _fill_cache(cache)
+    (cache / "kube-scheduler").write_bytes(b"")
+    assert build.cached_binaries() is None
+    for name in build.CONTROL_PLANE_BINARIES:  # all three empty, BUILD_INFO there
+        (cache / name).write_bytes(b"")
+    assert build.cached_binaries() is None
+
+
+def test_install_syncs_the_files_to_disk_before_renaming_them_into_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    go = tmp_path / "bin" / "go"  # BUILD_INFO records `go version`
+    go.parent.mkdir()
+    go.write_text("#!/bin/sh\necho go version go1.19.8 linux/amd64\n")
+    go.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{go.parent}:{os.environ['PATH']}")
+    built = tmp_path / "built"
+    built.mkdir()
+    for name in build.CONTROL_PLANE_BINARIES:
+        (built / name).write_bytes(b"\x7fELF binary")
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(build.os, "fsync", fsync)
+    final = build._install(built)
+    assert final == build.controlplane_cache_dir() and build.cached_binaries() is not None
+    # Synced where they were written, in the staging folder, so before the rename made them the cache.
+    staged = {path.name for path in synced if path.parent.name.startswith(f".{build.CACHE_KEY}-")}
+    assert staged >= {*build.CONTROL_PLANE_BINARIES, "BUILD_INFO"}
+    assert "go1.19.8" in (final / "BUILD_INFO").read_text()
 
 
 def test_state_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,7 +356,7 @@ def test_cli_up_and_down_drive_the_node_agent(tmp_path: Path, monkeypatch: pytes
     )
     monkeypatch.setattr(sandbox_cli, "stop_agent", lambda state_dir: agent_calls.append(("stop", state_dir)))
     cluster = tmp_path / "cluster.yaml"
-    cluster.write_text("{}\n")
+    cluster.write_text("pools: []\n")  # checked before `up`: a file without pools is refused
 
     up_args = build_parser().parse_args(["up", "--cluster", str(cluster)])
     assert up_args.handler(up_args) == 0
@@ -314,6 +367,94 @@ def test_cli_up_and_down_drive_the_node_agent(tmp_path: Path, monkeypatch: pytes
 
     assert fake.calls == ["up", "down", "up"]
     assert agent_calls == [("start", cluster.resolve()), ("stop", tmp_path)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "cannot read cluster file"),
+        ("pools:\n- name: h100\n  accelerator: nvidia-h1000\n", "unknown accelerator 'nvidia-h1000'"),
+    ],
+    ids=["missing", "unknown-accelerator"],
+)
+@pytest.mark.parametrize("given_by", ["--cluster", "KUBEFIT_SANDBOX_CLUSTER"])
+def test_up_refuses_a_bad_cluster_file_before_building_or_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    text: str | None, message: str, given_by: str,
+) -> None:  # fmt: skip
+    from kubefit_sandbox import cli as sandbox_cli
+
+    fake = _FakeSandbox(tmp_path)  # its up() stands for the ~6 min build and the control plane's start
+    agent_calls: list[object] = []
+    monkeypatch.setattr(sandbox_cli, "_sandbox", lambda args: fake)
+    monkeypatch.setattr(
+        sandbox_cli, "start_agent", lambda sandbox, cluster_file: agent_calls.append(cluster_file)
+    )
+    cluster = tmp_path / "typo.yaml"
+    if text is not None:
+        cluster.write_text(text)
+    argv = ["--state-dir", str(tmp_path), "up"]
+    if given_by == "--cluster":
+        argv += ["--cluster", str(cluster)]
+    else:  # as `make demo` passes it
+        monkeypatch.setenv("KUBEFIT_SANDBOX_CLUSTER", str(cluster))
+
+    assert sandbox_cli.main(argv) == 2
+    assert fake.calls == [] and agent_calls == []
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"kubefit-sandbox: {cluster}") and message in err[0]
+
+
+def test_a_failed_build_is_one_line_and_exit_1_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubefit_sandbox.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing cached
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no apt-get, go, make: the build cannot start
+    assert main(["build"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "kubefit-sandbox: 'apt-get' not found: run scripts/setup-system.sh first"
+    ]
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        binaries.BinariesError("kubectl not found in ~/.cache/kubefit/bin: run `make tools`"),
+        controlplane.SandboxError("kube-apiserver exited during start-up; its log: x"),
+        build.BuildError("make failed (2); full log: make.log"),
+        NodeAgentError("the node agent exited at start; its log: agent.log"),
+        PermissionError(13, "Permission denied", "/state/lock"),
+    ],
+    ids=["binaries", "sandbox", "build", "node-agent", "os"],
+)
+def test_the_sandbox_errors_are_messages_with_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: Exception
+) -> None:
+    from kubefit_sandbox import cli as sandbox_cli
+
+    class Failing(_FakeSandbox):
+        def up(self, timeout: float) -> None:
+            raise error
+
+    monkeypatch.setattr(sandbox_cli, "_sandbox", lambda args: Failing(tmp_path))
+    assert sandbox_cli.main(["up", "--no-agent"]) == 1
+    assert capsys.readouterr().err == f"kubefit-sandbox: {error}\n"
+
+
+def test_an_unexpected_error_keeps_its_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubefit_sandbox import cli as sandbox_cli
+
+    class Broken(_FakeSandbox):
+        def up(self, timeout: float) -> None:
+            raise KeyError("a bug")
+
+    monkeypatch.setattr(sandbox_cli, "_sandbox", lambda args: Broken(tmp_path))
+    with pytest.raises(KeyError):
+        sandbox_cli.main(["up", "--no-agent"])
 
 
 def test_the_cluster_file_variable_names_the_default_cluster(

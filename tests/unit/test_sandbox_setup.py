@@ -62,6 +62,7 @@ def test_a_build_waiting_for_another_says_so_and_uses_its_result(
         for name in build.CONTROL_PLANE_BINARIES:
             (cache / name).write_text("#!/bin/sh\n")
             (cache / name).chmod(0o755)
+        (cache / "BUILD_INFO").write_text("kubernetes 1.20.2\n")
     finally:
         os.close(holder)
     waiter.join(10)
