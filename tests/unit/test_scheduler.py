@@ -1096,3 +1096,31 @@ def test_an_accelerator_type_whose_nodes_are_all_not_ready_counts_zero_not_nothi
     assert accelerator_totals(nodes, usage, CATALOG, {"n1", "n2"}) == {
         "nvidia-h100-80gb": AcceleratorCount(0, 0)
     }
+
+
+# A pod that only carries a job's label (a TensorBoard Deployment's, a `kubectl run -l kubefit.dev/job=a`
+# debug pod): no worker name, so no worker of the job, as decide sees it too.
+LABELLED_TENSORBOARD = WorkerPod(
+    "a-tensorboard-5d8f-xk2", None, "u-tb", "Running", "cpu-1", controller_uid="rs-uid"
+)
+
+
+def test_a_pod_with_the_job_label_but_no_worker_name_does_not_keep_the_job_queued() -> None:
+    """It was taken for an old worker still going: the job stayed queued, 'waiting for its 1 old worker(s)
+    to stop', for as long as the pod ran."""
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")], workers={("ns", "a"): [LABELLED_TENSORBOARD]})
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(("ns", "a"), demand("a", created=1), ANYWHERE, cluster.view(), uid="job-uid")
+    scheduler.request("pod", cluster.view())
+    entry = scheduler.snapshot()[("ns", "a")]
+    assert entry.workers == 4 and entry.waiting is None
+
+
+def test_a_preempted_jobs_labelled_pod_that_is_no_worker_holds_nobody() -> None:
+    """The job it made room for was held (its gang clock never started) while the victim's non-worker pod
+    ran, though that pod holds no accelerator."""
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
+    cluster.workers[victim] = [replace(LABELLED_TENSORBOARD, name="victim-tensorboard-7c9-abc")]
+    for _ in range(3):
+        scheduler.request("pod", cluster.view())
+    assert not scheduler.grant(urgent, []).places_held

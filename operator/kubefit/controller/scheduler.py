@@ -595,7 +595,9 @@ class Scheduler:
         for key, demand in demands.items():
             if key in holdings:
                 continue
-            going = [pod for pod in view.workers(key) if not pod.finished]
+            # Worker-named pods only: another pod with the job's label (a TensorBoard, a debug pod) is
+            # no old worker of it (decide counts none either), and would hold the job queued for ever.
+            going = [pod for pod in view.workers(key) if not pod.finished and pod.index is not None]
             if going:
                 old_workers_going[key] = _waiting_for(going, now)
             else:
@@ -851,8 +853,8 @@ def _holding_devices(pods: Iterable[WorkerPod], now: datetime) -> tuple[int, int
     """Workers bound to a node and not finished: (not terminating, terminating within their grace), both
     keep their devices until they are gone. One stuck terminating (observed.STUCK_AFTER_GRACE_SECONDS past
     its grace: its node unreachable, a finalizer) is not counted: a job it made room for would otherwise
-    wait for ever."""
-    bound = [pod for pod in pods if pod.node_name and not pod.finished]
+    wait for ever. Nor is a pod that only carries the job's label (no worker name)."""
+    bound = [pod for pod in pods if pod.node_name and not pod.finished and pod.index is not None]
     staying = sum(1 for pod in bound if not pod.terminating)
     going = sum(1 for pod in bound if pod.terminating and not pod.stuck_terminating(now))
     return staying, going
