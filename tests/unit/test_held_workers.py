@@ -7,6 +7,7 @@ a job whose workers all finished while it was invalid or too big stayed Pending 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from test_reconcile import CATALOG, NOW, condition, observe, pod, raw_spec, status_of
@@ -67,3 +68,22 @@ def test_a_suspended_job_resumed_into_an_invalid_or_too_big_spec_is_no_longer_su
         resumed = decide(observe(spec, [], suspended), CATALOG, settings)
         assert condition(resumed, "Suspended")["status"] == "False"
         assert condition(resumed, "Suspended")["reason"] == "Resumed"
+
+
+def test_an_invalid_scale_keeps_the_running_count_in_the_status() -> None:
+    """`kubectl scale` (or an HPA) to a count the webhook lets through but the operator refuses (not whole
+    TP groups): the running workers stay, and the status says they run (desiredReplicas and the Workers
+    column read 0 and 2/-)."""
+    spec = raw_spec(
+        training={"tensorParallel": 2},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
+        workers={"replicas": 3},
+    )
+    running = {"phase": "Running", "desiredReplicas": 2, "readyReplicas": 2}
+    pods = [replace(pod(index), world_size=2) for index in range(2)]
+    decision = decide(observe(spec, pods, running), CATALOG)
+    status = status_of(decision)
+    assert decision.delete == () and decision.create == ()
+    ready = next(item for item in status["conditions"] if item["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec"
+    assert status["desiredReplicas"] == 2 and status["workers"] == "2/2"

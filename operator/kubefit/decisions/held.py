@@ -39,7 +39,16 @@ def with_held_workers(draft: Draft, observation: JobObservation, ours: Sequence[
     if is_true(conditions, ConditionType.SUSPENDED):
         message = "spec.runPolicy.suspend is false"
         draft.updates.append(ConditionUpdate(ConditionType.SUSPENDED, "False", Reason.RESUMED, message))
+    if draft.desired is None and present:
+        draft.desired = _held_count(present)
     return draft
+
+
+def _held_count(present: Sequence[WorkerPod]) -> int:
+    """The workers the job runs now (status.desiredReplicas, the Workers column): the world size a fixed
+    group's workers were started with, else how many run. It read 0 (and the column `2/-`) while they ran."""
+    stamped = [pod.world_size for pod in present if pod.world_size is not None]
+    return max(stamped) if stamped else sum(1 for pod in present if pod.phase != POD_SUCCEEDED)
 
 
 def _succeeded(
