@@ -95,3 +95,20 @@ def test_a_malformed_request_is_a_400_not_an_error(
     document: dict[str, Any] = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert document["error"].startswith(why)
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_a_large_body_waits_for_others_to_be_read_and_past_the_wait_is_503(
+    served: tuple[WebhookServer, Path, Path],
+) -> None:
+    """Bodies are held as text and as the objects parsed from them, at up to 25 times their size: 128
+    connections at the largest size ran the operator past its memory limit. Past BODY_BUDGET_BYTES held at
+    once, a request waits, and past its wait it gets 503 (unread), not the memory."""
+    server, cert, _ = served
+    server.body_wait_seconds = 0.2
+    review = json.dumps({"request": {"uid": "u"}}).encode()
+    with server.bodies.hold(server.bodies.limit - 10, timeout=1) as granted:
+        assert granted
+        answer = _exchange(server, cert, _post(review))  # more than the 10 bytes left
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:100]
+    answer = _exchange(server, cert, _post(review))  # given back: served
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:100]

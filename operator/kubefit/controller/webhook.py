@@ -15,7 +15,8 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any
 
@@ -26,6 +27,11 @@ logger = logging.getLogger("kubefit.webhook")
 VALIDATE_PATH = "/validate"
 # An AdmissionReview of an UPDATE carries the object twice; the API server keeps objects under 1.5 MiB.
 MAX_BODY_BYTES = 8 * 2**20
+# Bodies read, parsed and reviewed at once, in bytes: each is held as text and as the objects parsed from
+# it (for `[{}, {}, ...]` 25 times its size), so 128 connections at the largest size took gigabytes and
+# the operator's memory limit with it. Real reviews are a few KiB: only large ones wait.
+BODY_BUDGET_BYTES = MAX_BODY_BYTES
+BODY_WAIT_SECONDS = 5.0  # the chart's webhook timeoutSeconds: past it the API server has stopped waiting
 
 Review = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -82,10 +88,35 @@ class _Certificate:
         self._stamp, self._failed = stamp, None
 
 
+class _ByteBudget:
+    """At most `limit` bytes of request bodies held at once (BODY_BUDGET_BYTES)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self._used = limit, 0
+        self._condition = threading.Condition()
+
+    @contextmanager
+    def hold(self, size: int, timeout: float) -> Iterator[bool]:
+        """Whether `size` bytes were granted within `timeout` seconds; given back on leaving."""
+        with self._condition:
+            granted = self._condition.wait_for(lambda: self._used + size <= self.limit, timeout)
+            if granted:
+                self._used += size
+        try:
+            yield granted
+        finally:
+            if granted:
+                with self._condition:
+                    self._used -= size
+                    self._condition.notify_all()
+
+
 class WebhookServer(BoundedHTTPServer):
     name = "webhook"
     review: Review
     certificate: _Certificate
+    bodies: _ByteBudget
+    body_wait_seconds = BODY_WAIT_SECONDS
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()
@@ -119,8 +150,16 @@ class _Handler(DeadlineRequestHandler):
                 HTTPStatus.BAD_REQUEST, {"error": f"Content-Length: required, at most {MAX_BODY_BYTES}"}
             )
             return
+        with self.server.bodies.hold(int(length), self.server.body_wait_seconds) as granted:
+            if not granted:
+                busy = {"error": "busy: other large reviews are being read; try again"}
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, busy)
+                return
+            self._review(int(length))
+
+    def _review(self, length: int) -> None:
         try:
-            document = json.loads(self.rfile.read(int(length)))
+            document = json.loads(self.rfile.read(length))
             if not isinstance(document, dict):
                 raise ValueError("not a JSON object")
         except (ValueError, RecursionError) as error:  # RecursionError: arrays or objects nested too deep
@@ -158,5 +197,6 @@ def start_webhook_server(
     certificate = _Certificate(certfile, keyfile)
     server = WebhookServer((address, port), _Handler)
     server.review, server.certificate = review, certificate
+    server.bodies = _ByteBudget(BODY_BUDGET_BYTES)
     threading.Thread(target=server.serve_forever, name="kubefit-webhook", daemon=True).start()
     return server
