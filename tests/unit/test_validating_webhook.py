@@ -425,3 +425,28 @@ def test_webhook_flags_go_together_and_a_bad_port_names_the_flag(capsys: pytest.
     with pytest.raises(SystemExit):
         _parse("--webhook-port", "70000")
     assert "--webhook-port" in capsys.readouterr().err
+
+
+def test_an_edit_the_running_workers_device_count_cannot_take_is_refused_as_the_operator_would() -> None:
+    """An elastic pytorch job running 8 devices per worker (count `auto`) keeps that count for new workers
+    (running_group); tensorParallel 16 with minReplicas 1 then splits a group. The reconcile marked it
+    InvalidSpec; the webhook, judging the spec's `auto`, let it through."""
+    running = {
+        **copy.deepcopy(BASE_SPEC),
+        "model": {
+            "parameters": "7B",
+            "architecture": {"layers": 16, "hiddenSize": 4096, "attentionHeads": 32},
+        },
+        "elastic": {"enabled": True},
+        "resources": {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": "auto"},
+        "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 4},
+    }
+    edited = {**copy.deepcopy(running), "training": {"tensorParallel": 16}}
+    document = _running(edited, running)
+    document["request"]["oldObject"]["status"]["sizing"]["acceleratorsPerWorker"] = 8
+    refused = answer(document)
+    assert refused["allowed"] is False
+    assert refused["status"]["message"].startswith("spec.workers.minReplicas: 1 workers x 8 = 8 devices")
+    # With no worker left, or suspended in the same update, the count is planned afresh: allowed.
+    document["request"]["oldObject"]["status"]["replicas"] = 0
+    assert answer(document)["allowed"]

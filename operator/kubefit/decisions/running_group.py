@@ -33,6 +33,12 @@ def running_group(previous: Mapping[str, Any], ours: Sequence[WorkerPod]) -> Run
     """From the last status.sizing, which the workers were created with, while any worker lives."""
     if not any(not pod.terminating and not pod.finished for pod in ours):
         return None
+    return sizing_group(previous)
+
+
+def sizing_group(previous: Mapping[str, Any]) -> RunningGroup:
+    """The group the last status.sizing created workers with (running_group, once a worker is known to live;
+    the admission webhook, from the old object's status)."""
     sizing = previous.get("sizing") if isinstance(previous, Mapping) else None
     sizing = sizing if isinstance(sizing, Mapping) else {}
     accelerator, count = sizing.get("accelerator"), sizing.get("acceleratorsPerWorker")

@@ -33,6 +33,7 @@ from typing import Any
 from kubefit.api.resource import KIND
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.decisions.job import DEFAULT_CLUSTER_DOMAIN, checked_spec, host_domain
+from kubefit.decisions.running_group import RunningGroup, sizing_group
 from kubefit.sizing.catalog import Catalog
 
 REVIEW_API_VERSION = "admission.k8s.io/v1"
@@ -87,7 +88,8 @@ def _refusal(
     name = _text(metadata.get("name")) or _text(request.get("name"))
     namespace = _text(request.get("namespace")) or _text(metadata.get("namespace"))
     domain = host_domain(namespace, cluster_domain) if namespace else None
-    errors = _errors(name, spec, catalog, max_workers_per_job, domain)
+    running = _running_of(request, spec)
+    errors = _errors(name, spec, catalog, max_workers_per_job, domain, running)
     if operation == "UPDATE":
         errors += _running_group_errors(
             spec, old_spec, _mapping(_mapping(request.get("oldObject")).get("status"))
@@ -99,7 +101,7 @@ def _refusal(
         # workers run on. By field, not message: a message may quote another field (the worker count in
         # a hostname) that the update changes.
         faulty_before = {
-            error.path for error in _errors(name, old_spec, catalog, max_workers_per_job, domain)
+            error.path for error in _errors(name, old_spec, catalog, max_workers_per_job, domain, running)
         }
         old_job = {"metadata": _mapping(_mapping(request.get("oldObject")).get("metadata")), "spec": old_spec}
         new_job = {"metadata": metadata, "spec": spec}
@@ -174,13 +176,35 @@ def _value_at(document: Any, path: str) -> Any:
     return value
 
 
-def _errors(
-    name: str, spec: Any, catalog: Catalog, max_workers_per_job: int, domain: str | None
+def _running_of(request: Mapping[str, Any], spec: Any) -> RunningGroup | None:
+    """What a job's live workers share, as the reconcile keeps it for an elastic pytorch job (running_group):
+    from the old object's status while it counts worker pods; none for an update that suspends the job.
+    Judged without it, an edit the reconcile then refuses (the running device count against a new
+    tensorParallel) was admitted."""
+    if (
+        request.get("operation") != "UPDATE"
+        or _mapping(_mapping(spec).get("runPolicy")).get("suspend") is True
+    ):
+        return None
+    status = _mapping(_mapping(request.get("oldObject")).get("status"))
+    workers = status.get("replicas")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers <= 0:
+        return None
+    return sizing_group(status)
+
+
+def _errors(  # noqa: PLR0913 - the job, the operator's settings, and its running workers
+    name: str,
+    spec: Any,
+    catalog: Catalog,
+    max_workers_per_job: int,
+    domain: str | None,
+    running: RunningGroup | None = None,
 ) -> list[FieldError]:
     try:
         # Without the planner's advice: a spec that does not fit would be re-planned for its remedies,
         # seconds for an extreme one, past the API server's timeout for this webhook.
-        checked_spec(name, spec, catalog, max_workers_per_job, domain=domain, advise=False)
+        checked_spec(name, spec, catalog, max_workers_per_job, domain=domain, advise=False, running=running)
     except InvalidSpec as invalid:
         return invalid.errors
     return []
