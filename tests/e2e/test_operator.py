@@ -57,7 +57,9 @@ def test_job_runs_on_matching_nodes_with_status_and_columns(
         assert pod["spec"]["hostname"] == f"llm-worker-{index}" and pod["spec"]["subdomain"] == "llm"
         assert pod["spec"]["restartPolicy"] == "Never"
         env = {item["name"]: item.get("value") for item in container["env"]}
-        assert env["MASTER_ADDR"] == "llm-worker-0.llm" and env["RANK"] == str(index)
+        # Fully qualified: a relative name could resolve in another namespace (docs/security.md).
+        assert env["MASTER_ADDR"] == f"llm-worker-0.llm.{namespace}.svc.cluster.local"
+        assert env["RANK"] == str(index)
         (owner,) = pod["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["controller"]) == ("TrainingJob", "llm", True)
 
@@ -216,7 +218,7 @@ def test_jax_job_on_tpu_nodes(
         env = {item["name"]: item.get("value") for item in container["env"]}
         rendezvous = {name: value for name, value in env.items() if not name.startswith("KUBEFIT_")}
         assert rendezvous == {
-            "JAX_COORDINATOR_ADDRESS": "jaxjob-worker-0.jaxjob:29500",
+            "JAX_COORDINATOR_ADDRESS": f"jaxjob-worker-0.jaxjob.{namespace}.svc.cluster.local:29500",
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(index),
         }

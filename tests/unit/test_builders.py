@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from kubefit.decisions.node_match import placement_of
 from kubefit.sizing.catalog import load_catalog
 
 JOB = JobRef(name="llama", namespace="team-a", uid="1234-uid")
+RENDEZVOUS_HOST = "llama-worker-0.llama.team-a.svc.cluster.local"  # worker 0's FQDN
 CATALOG = load_catalog()
 H100 = CATALOG.get("nvidia-h100-80gb")
 
@@ -426,7 +428,7 @@ def test_accelerator_taint_is_tolerated_once() -> None:
 
 def test_pytorch_env_for_a_fixed_size_job() -> None:
     env = env_of(build_worker_pod(worker_set(workers=3, per_worker=8, bounds=(3, 3)), 2))
-    assert env["MASTER_ADDR"] == "llama-worker-0.llama"
+    assert env["MASTER_ADDR"] == RENDEZVOUS_HOST
     assert env["MASTER_PORT"] == "29500"
     assert env["WORLD_SIZE"] == env["NNODES"] == env["PET_NNODES"] == "3"
     assert env["RANK"] == env["NODE_RANK"] == env["PET_NODE_RANK"] == "2"
@@ -439,7 +441,7 @@ def test_pytorch_env_for_an_elastic_job_gives_torchrun_a_range() -> None:
     env = env_of(build_worker_pod(worker_set(spec, workers=2, bounds=(1, 4)), 0))
     assert env["PET_NNODES"] == env["NNODES"] == "1:4"  # a `torchrun --nnodes=$NNODES` stays elastic
     assert env["PET_RDZV_BACKEND"] == "c10d"
-    assert env["PET_RDZV_ENDPOINT"] == "llama-worker-0.llama:29500"
+    assert env["PET_RDZV_ENDPOINT"] == f"{RENDEZVOUS_HOST}:29500"
     assert env["PET_RDZV_ID"] == "1234-uid"
     assert env["PET_RDZV_CONF"] == "is_host=1,read_timeout=600"
     # elastic.maxRestarts' default: every planned removal uses one on each survivor, so it is not
@@ -454,7 +456,7 @@ def test_elastic_rendezvous_is_hosted_by_worker_0_alone_and_every_worker_points_
     envs = [env_of(build_worker_pod(worker_set(spec, workers=3, bounds=(2, 6)), index)) for index in range(3)]
     hosts = [env["PET_RDZV_CONF"].split(",")[0] for env in envs]
     assert hosts == ["is_host=1", "is_host=0", "is_host=0"]
-    assert {env["PET_RDZV_ENDPOINT"] for env in envs} == {"llama-worker-0.llama:29500"}
+    assert {env["PET_RDZV_ENDPOINT"] for env in envs} == {f"{RENDEZVOUS_HOST}:29500"}
     assert {env["PET_RDZV_ID"] for env in envs} == {"1234-uid"}
     assert {env["PET_NNODES"] for env in envs} == {"2:6"}
     assert {env["PET_MAX_RESTARTS"] for env in envs} == {"7"}
@@ -498,7 +500,7 @@ def test_a_template_variable_overrides_the_store_sharing_choice() -> None:
 def test_fixed_size_pytorch_uses_the_static_rendezvous_on_worker_0() -> None:
     envs = [env_of(build_worker_pod(worker_set(workers=2, bounds=(2, 2)), index)) for index in range(2)]
     for index, env in enumerate(envs):
-        assert env["PET_MASTER_ADDR"] == "llama-worker-0.llama"
+        assert env["PET_MASTER_ADDR"] == RENDEZVOUS_HOST
         assert env["PET_NODE_RANK"] == str(index)
         assert not {"PET_RDZV_BACKEND", "PET_RDZV_ENDPOINT", "PET_RDZV_CONF", "PET_MAX_RESTARTS"} & env.keys()
 
@@ -516,17 +518,48 @@ def test_rendezvous_env_reflects_the_worker_count_when_the_pod_is_built() -> Non
 def test_jax_env() -> None:
     env = env_of(build_worker_pod(worker_set(raw_spec(framework="jax"), workers=2), 1))
     assert env == {
-        "JAX_COORDINATOR_ADDRESS": "llama-worker-0.llama:29500",
+        "JAX_COORDINATOR_ADDRESS": f"{RENDEZVOUS_HOST}:29500",
         "JAX_NUM_PROCESSES": "2",
         "JAX_PROCESS_ID": "1",
     }
+
+
+@pytest.mark.parametrize(
+    ("namespace", "cluster_domain", "fqdn"),
+    [
+        ("team-a", None, "llama-worker-0.llama.team-a.svc.cluster.local"),  # WorkerSet's default domain
+        ("ml-prod", "corp.example", "llama-worker-0.llama.ml-prod.svc.corp.example"),  # --cluster-domain
+    ],
+)
+def test_every_workers_rendezvous_address_is_worker_0s_fully_qualified_name(
+    namespace: str, cluster_domain: str | None, fqdn: str
+) -> None:
+    """Not the relative <job>-worker-0.<job>: a pod's resolver tries it under each search domain, and where
+    worker 0 has no answer yet (not created, or being replaced), under svc.<domain> it is the Service
+    <job>-worker-0 of a namespace named <job>, which another tenant can own (docs/security.md)."""
+    job = JobRef(name="llama", namespace=namespace, uid="u")
+    elastic = raw_spec(elastic={"enabled": True}, workers={"replicas": 3, "minReplicas": 1, "maxReplicas": 3})
+    expected = {
+        "pytorch": {"MASTER_ADDR": fqdn, "PET_MASTER_ADDR": fqdn, "PET_RDZV_ENDPOINT": f"{fqdn}:29500"},
+        "jax": {"JAX_COORDINATOR_ADDRESS": f"{fqdn}:29500"},
+    }
+    for spec in (elastic, raw_spec(framework="jax", workers={"replicas": 3})):
+        built = worker_set(spec, workers=3, bounds=(1, 3))
+        domain = {} if cluster_domain is None else {"cluster_domain": cluster_domain}
+        workers = replace(built, job=job, **domain)
+        for index in range(3):
+            env = env_of(build_worker_pod(workers, index))
+            wanted = expected[built.spec.framework]
+            assert {name: env.get(name) for name in wanted} == wanted, (built.spec.framework, index)
 
 
 def test_framework_none_injects_nothing() -> None:
     pod = build_worker_pod(worker_set(raw_spec(framework="none")), 0)
     assert env_of(pod) == {}
     assert "ports" not in pod["spec"]["containers"][0]
-    group = WorkerGroup("j", "u", 1, 1, 1, 1, elastic=False)
+    group = WorkerGroup(
+        "j", "u", 1, 1, 1, 1, elastic=False, rendezvous_host="j-worker-0.j.n.svc.cluster.local"
+    )
     assert rendezvous_env("none", group, 0) == []
 
 

@@ -143,7 +143,7 @@ def test_template_variables_can_refer_to_the_injected_ones() -> None:
     env = build_worker_pod(worker_set(spec), 1)["spec"]["containers"][0]["env"]
     names = [variable["name"] for variable in env]
     assert names.count("MASTER_PORT") == 1  # the template's, which wins
-    assert expanded(env)["INIT_METHOD"] == "tcp://llama-worker-0.llama:1234"
+    assert expanded(env)["INIT_METHOD"] == "tcp://llama-worker-0.llama.team-a.svc.cluster.local:1234"
     assert names[-2:] == ["MASTER_PORT", "INIT_METHOD"]  # the template's last, in its order
 
 

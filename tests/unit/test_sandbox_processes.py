@@ -173,7 +173,7 @@ def test_torchrun_is_told_which_pod_hosts_the_store_and_its_own_address() -> Non
     worker0 = pod_loopback_ip(NS, "job-worker-0", "job-worker-0", "job")
     env = [
         {"name": "PET_RDZV_BACKEND", "value": "c10d"},
-        {"name": "PET_RDZV_ENDPOINT", "value": "job-worker-0.job:29500"},
+        {"name": "PET_RDZV_ENDPOINT", "value": f"job-worker-0.job.{NS}.svc.cluster.local:29500"},
     ]
     host = launch(pod(env), address=PodAddress(worker0, "10.240.0.7"))
     assert host.env["PET_RDZV_ENDPOINT"] == f"{worker0}:29500"
@@ -183,7 +183,8 @@ def test_torchrun_is_told_which_pod_hosts_the_store_and_its_own_address() -> Non
     kept = launch(pod([*env, {"name": "PET_RDZV_CONF", "value": "join_timeout=60"},
                        {"name": "PET_LOCAL_ADDR", "value": "me"}]))  # fmt: skip
     assert kept.env["PET_RDZV_CONF"] == "join_timeout=60,is_host=false" and kept.env["PET_LOCAL_ADDR"] == "me"
-    assert "PET_RDZV_CONF" not in launch(pod([{"name": "MASTER_ADDR", "value": "job-worker-0.job"}])).env
+    master = {"name": "MASTER_ADDR", "value": f"job-worker-0.job.{NS}.svc.cluster.local"}
+    assert "PET_RDZV_CONF" not in launch(pod([master])).env
 
 
 # ---------------------------------------------------------------------------------------------

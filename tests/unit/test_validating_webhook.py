@@ -155,6 +155,17 @@ def test_a_worker_fqdn_the_kubelet_would_refuse_is_refused_with_the_namespace_an
     assert answer(admission_review(spec, namespace=long_namespace))["allowed"]  # the hostname alone is short
 
 
+def test_a_rendezvous_address_longer_than_dns_allows_is_refused_naming_metadata_name() -> None:
+    # The workers' rendezvous address is worker 0's FQDN: llama-worker-0.llama.<63>.svc.<167>, 256 characters.
+    domain = ".".join(["d" * 55] * 3)
+    response = answer(admission_review(copy.deepcopy(BASE_SPEC), namespace="n" * 63), cluster_domain=domain)
+    assert not response["allowed"]
+    message = response["status"]["message"]
+    assert "metadata.name" in message and "rendezvous address" in message and "256 characters" in message
+    shorter = admission_review(copy.deepcopy(BASE_SPEC), namespace="n" * 60)  # 253 characters
+    assert answer(shorter, cluster_domain=domain)["allowed"]
+
+
 def test_an_update_that_keeps_an_invalid_spec_is_allowed_and_one_that_makes_it_invalid_is_not() -> None:
     invalid = next(bad for bad in OPERATOR_REFUSALS).spec()
     # Labels, annotations or finalizers of a job that was already invalid: it must stay deletable.

@@ -22,6 +22,8 @@ MANAGED_BY = "kubefit"
 RENDEZVOUS_PORT = 29500
 RENDEZVOUS_PORT_NAME = "rendezvous"
 DNS_LABEL_MAX = 63
+DNS_NAME_MAX = 253  # a whole DNS name, without the trailing dot (RFC 1035: 255 octets on the wire)
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"  # the kubelet's --cluster-domain in most clusters
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,19 @@ def job_selector(job_name: str) -> str:
     return f"{JOB_LABEL}={job_name}"
 
 
-def rendezvous_host(job_name: str) -> str:
-    """Worker 0's stable DNS name inside the namespace: <hostname>.<subdomain (the headless Service)>."""
-    return f"{worker_name(job_name, 0)}.{job_name}"
+def host_domain(namespace: str, cluster_domain: str) -> str:
+    """The DNS domain of a job's namespace: a worker's FQDN is <hostname>.<job>.<this>."""
+    return f"{namespace}.svc.{cluster_domain}"
+
+
+def rendezvous_host(job_name: str, domain: str) -> str:
+    """Worker 0's fully qualified DNS name, <hostname>.<subdomain (the headless Service)>.<domain>, `domain`
+    being host_domain's. Not the relative <hostname>.<subdomain>: with a pod's search list, where that has
+    no answer yet (worker 0 not yet created, or being replaced), the resolver tries it in the next domain,
+    svc.<cluster domain>, where it is the Service <job>-worker-0 of a namespace named <job>, which another
+    tenant can own (docs/security.md). The FQDN's own expansions by the search list have more labels than any
+    name the cluster DNS answers."""
+    return f"{worker_name(job_name, 0)}.{job_name}.{domain}"
 
 
 def owner_reference(job: JobRef) -> dict[str, Any]:

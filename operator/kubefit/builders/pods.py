@@ -11,6 +11,7 @@ from kubefit.api.resource import GROUP
 from kubefit.builders.checkpoint import CheckpointEnv, checkpoint_env
 from kubefit.builders.naming import (
     ATTEMPT_ANNOTATION,
+    DEFAULT_CLUSTER_DOMAIN,
     NNODES_ANNOTATION,
     RENDEZVOUS_PORT,
     RENDEZVOUS_PORT_NAME,
@@ -18,7 +19,9 @@ from kubefit.builders.naming import (
     WORLD_SIZE_ANNOTATION,
     JobRef,
     child_labels,
+    host_domain,
     owner_reference,
+    rendezvous_host,
     worker_name,
 )
 from kubefit.builders.placement import (
@@ -45,7 +48,7 @@ KUBERNETES_DEFAULT_GRACE_SECONDS = 30
 SHARED_MEMORY_VOLUME = "kubefit-shm"
 SHARED_MEMORY_PATH = "/dev/shm"
 # Kubernetes' DNS policy for a hostNetwork pod that resolves cluster names (with none, ClusterFirst falls
-# back to the node's resolver, where <job>-worker-0.<job> does not resolve).
+# back to the node's resolver, where <job>-worker-0.<job>.<namespace>.svc.<cluster domain> does not resolve).
 HOST_NETWORK_DNS_POLICY = "ClusterFirstWithHostNet"
 
 
@@ -76,6 +79,9 @@ class WorkerSet:
     attempt: int = 0
     # What the job's nodes offer per device, which the default cpu and memory requests fit (None: not known).
     host_share: HostShare | None = None
+    # The kubelets' --cluster-domain (ReconcileSettings.cluster_domain): the rendezvous address is worker 0's
+    # FQDN in it (naming.rendezvous_host).
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
 
     @property
     def fixed_world(self) -> bool:
@@ -92,6 +98,9 @@ class WorkerSet:
             max_workers=self.max_workers,
             processes_per_worker=self.sizing.accelerators_per_worker,
             elastic=self.spec.elastic.enabled,
+            rendezvous_host=rendezvous_host(
+                self.job.name, host_domain(self.job.namespace, self.cluster_domain)
+            ),
             max_restarts=self.spec.elastic.max_restarts,
             termination_grace_seconds=termination_grace_seconds(
                 self.spec.template.get("spec") or {}, self.spec.elastic.checkpoint_grace_period_seconds

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kubefit.api.models import Framework, TrainingJobSpec
-from kubefit.builders.naming import RENDEZVOUS_PORT, rendezvous_host
+from kubefit.builders.naming import RENDEZVOUS_PORT
 
 # How long an elastic worker's torchrun agent waits for worker 0's rendezvous store: torchrun's own
 # rendezvous join timeout (600 s), where the c10d backend's 60 s gave up on a worker 0 still pulling its
@@ -67,6 +67,7 @@ class WorkerGroup:
     max_workers: int
     processes_per_worker: int  # one process per accelerator
     elastic: bool
+    rendezvous_host: str  # worker 0's fully qualified DNS name (naming.rendezvous_host)
     max_restarts: int = 0  # torchrun's in-place restarts (PET_MAX_RESTARTS), elastic jobs only
     termination_grace_seconds: int = 0  # the pod's; 0: torchrun's own shutdown timeout is left alone
 
@@ -87,7 +88,7 @@ def rendezvous_env(framework: Framework, group: WorkerGroup, index: int) -> list
 
 
 def _pytorch(group: WorkerGroup, index: int) -> dict[str, str]:
-    host = rendezvous_host(group.job_name)
+    host = group.rendezvous_host
     nnodes = group.nnodes if group.elastic else str(group.workers)
     variables = {
         "MASTER_ADDR": host,
@@ -123,7 +124,7 @@ def _pytorch(group: WorkerGroup, index: int) -> dict[str, str]:
 
 def _jax(group: WorkerGroup, index: int) -> dict[str, str]:
     return {
-        "JAX_COORDINATOR_ADDRESS": f"{rendezvous_host(group.job_name)}:{RENDEZVOUS_PORT}",
+        "JAX_COORDINATOR_ADDRESS": f"{group.rendezvous_host}:{RENDEZVOUS_PORT}",
         "JAX_NUM_PROCESSES": str(group.workers),
         "JAX_PROCESS_ID": str(index),
     }

@@ -316,8 +316,9 @@ def _add_job_check_arguments(parser: argparse.ArgumentParser) -> None:
         "--cluster-domain",
         type=cluster_domain_name,
         metavar="DOMAIN",
-        help="the kubelets' cluster domain: a job whose template sets setHostnameAsFQDN is refused (InvalidSpec) "
-        "when a worker's FQDN would pass the kubelet's 64 characters (default cluster.local)",
+        help="the cluster's DNS domain (the kubelets' --cluster-domain): workers rendezvous at worker 0's fully "
+        "qualified name under it, and a job whose template sets setHostnameAsFQDN is refused (InvalidSpec) when "
+        "a worker's FQDN would pass the kubelet's 64 characters (default cluster.local)",
     )
 
 

@@ -144,6 +144,7 @@ def worker_set(ctx: JobContext, workers: int, min_workers: int | None = None) ->
         host_share=host_share(
             ctx.observation.inventory.placeable, accelerator.name, ctx.sizing.accelerators_per_worker
         ),
+        cluster_domain=settings.cluster_domain,
     )
 
 

@@ -22,7 +22,16 @@ from kubefit.api.formatting import index_ranges, parse_index_ranges, sizing_summ
 from kubefit.api.models import Condition, GangStatus, SizingStatus, TrainingJobSpec, TrainingJobStatus
 from kubefit.api.units import format_gib, parse_rfc3339, rfc3339
 from kubefit.api.validation import FieldError, InvalidSpec, parse_spec, rule_errors, schema_spec
-from kubefit.builders.naming import DNS_LABEL_MAX, JobRef, job_selector, worker_name
+from kubefit.builders.naming import DEFAULT_CLUSTER_DOMAIN as DEFAULT_CLUSTER_DOMAIN  # re-exported
+from kubefit.builders.naming import (
+    DNS_LABEL_MAX,
+    DNS_NAME_MAX,
+    JobRef,
+    job_selector,
+    rendezvous_host,
+    worker_name,
+)
+from kubefit.builders.naming import host_domain as host_domain  # re-exported: the workers' DNS domain
 from kubefit.builders.pods import WorkerSet, build_worker_pod
 from kubefit.builders.service import build_headless_service
 from kubefit.decisions.conditions import ConditionUpdate, apply_conditions, find_condition, is_true
@@ -60,7 +69,6 @@ _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # typo (replicas: 100000) cannot make the operator create and track tens of thousands of pods. A cluster
 # that runs bigger jobs raises it with `kubefit run --max-workers-per-job` (chart: maxWorkersPerJob).
 DEFAULT_MAX_WORKERS_PER_JOB = 1024
-DEFAULT_CLUSTER_DOMAIN = "cluster.local"  # the kubelet's --cluster-domain in most clusters
 # The kubelet refuses a pod whose FQDN hostname (setHostnameAsFQDN) is longer (kubelet_pods.go, hostnameMaxLen).
 FQDN_HOSTNAME_MAX = 64
 
@@ -70,7 +78,7 @@ class ReconcileSettings:
     """Operator-wide settings that decisions depend on (from `kubefit run`'s flags)."""
 
     max_workers_per_job: int = DEFAULT_MAX_WORKERS_PER_JOB
-    # The kubelets' --cluster-domain: a worker's FQDN ends in it (setHostnameAsFQDN, _name_errors).
+    # The kubelets' --cluster-domain: a worker's FQDN ends in it (the rendezvous address, setHostnameAsFQDN).
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     # The checkpoint handshake: the URL workers are told, and the HMAC key of their per-job tokens.
     # Either None: workers get no handshake environment (and acknowledge nothing).
@@ -392,22 +400,20 @@ def _worker_limit_errors(spec: TrainingJobSpec, limit: int) -> list[FieldError]:
     ]
 
 
-def host_domain(namespace: str, cluster_domain: str) -> str:
-    """The DNS domain of a job's namespace: a worker's FQDN is <hostname>.<job>.<this>."""
-    return f"{namespace}.svc.{cluster_domain}"
-
-
 def _name_errors(
     job_name: str | None, spec: TrainingJobSpec | None, domain: str | None = None
 ) -> list[FieldError]:
-    """The job name becomes the Service name and part of each worker's hostname: both DNS labels. None
-    skips the check; without a parsed `spec` (the worker count) only the pattern is checked."""
+    """The job name becomes the Service name and part of each worker's hostname: both DNS labels, and part
+    of the rendezvous address, worker 0's FQDN in `domain` (host_domain). None skips the check; without a
+    parsed `spec` (the worker count) only the pattern is checked, and without `domain` no FQDN."""
     if job_name is None:
         return []
     if not _DNS_1035.fullmatch(job_name):
         problem = "must be a DNS label (lowercase letters, digits and '-', starting with a letter)"
     elif spec is not None and len(longest := worker_name(job_name, spec.workers.ceiling - 1)) > DNS_LABEL_MAX:
         problem = f"is too long: worker hostname {longest!r} exceeds {DNS_LABEL_MAX} characters"
+    elif rendezvous := _rendezvous_problem(job_name, spec, domain):
+        problem = rendezvous
     elif spec is not None and domain is not None and _fqdn_hostname(spec):
         fqdn = f"{worker_name(job_name, spec.workers.ceiling - 1)}.{job_name}.{domain}"
         if len(fqdn) <= FQDN_HOSTNAME_MAX:
@@ -420,6 +426,28 @@ def _name_errors(
     else:
         return []
     return [FieldError("metadata.name", problem)]
+
+
+def _rendezvous_problem(job_name: str, spec: TrainingJobSpec | None, domain: str | None) -> str | None:
+    """Why worker 0's FQDN, the workers' rendezvous address (builders/rendezvous.py), is no DNS name: longer
+    than 253 characters, or with a label longer than 63 (the namespace's or the cluster domain's: the job's
+    are checked before). None when it is one, when the framework has no rendezvous, or with no `spec` or
+    `domain` to tell."""
+    if spec is None or domain is None or spec.framework == "none":
+        return None
+    fqdn = rendezvous_host(job_name, domain)
+    if len(fqdn) > DNS_NAME_MAX:
+        return (
+            f"is too long: the rendezvous address {fqdn!r} (worker 0's FQDN) is {len(fqdn)} characters; DNS "
+            f"allows {DNS_NAME_MAX}: shorten the job or namespace name"
+        )
+    label = max(fqdn.split("."), key=len)
+    if len(label) > DNS_LABEL_MAX:
+        return (
+            f"is unusable: the rendezvous address {fqdn!r} (worker 0's FQDN) has the label {label!r}, longer "
+            f"than DNS's {DNS_LABEL_MAX} characters (the namespace's or kubefit run --cluster-domain's)"
+        )
+    return None
 
 
 def _fqdn_hostname(spec: TrainingJobSpec) -> bool:
