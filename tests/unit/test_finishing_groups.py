@@ -103,15 +103,51 @@ def test_a_fixed_group_that_succeeded_is_not_restarted_for_a_pod_that_went(spec:
 
 
 def test_a_fixed_group_that_succeeded_waits_for_its_running_workers() -> None:
+    """Worker 2 succeeded: workers 0 and 1 are waited for. Once worker 0 succeeded the training is done,
+    and worker 1's pod going then (before its success was seen) leaves it done, not lost."""
     spec = raw_spec(workers={"replicas": 3})
     running = decide(observe(spec, pods=[pod(index, attempt=0) for index in range(3)]), CATALOG)
-    pods = [pod(0, attempt=0), pod(2, "Succeeded", attempt=0)]
+    pods = [pod(0, attempt=0), pod(1, attempt=0), pod(2, "Succeeded", attempt=0)]
     waiting = decide(observe(spec, pods=pods, status=running.status), CATALOG)
     assert waiting.create == () and waiting.delete == () and "WorkerLost" not in reasons(waiting)
-    assert status_of(waiting)["succeededWorkers"] == "1-2"
+    assert status_of(waiting)["succeededWorkers"] == "2"
     pods = [pod(0, "Succeeded", attempt=0), pod(2, "Succeeded", attempt=0)]
     done = decide(observe(spec, pods=pods, status=waiting.status), CATALOG)
-    assert status_of(done)["phase"] == "Succeeded"
+    assert status_of(done)["phase"] == "Succeeded" and "WorkerLost" not in reasons(done)
+    assert status_of(done)["succeededWorkers"] == "0-2"
+
+
+# framework none (the job organises itself), a static pytorch group, an elastic jax one (fixed world)
+UNFINISHED = {
+    "none": raw_spec(framework="none"),
+    "static pytorch": raw_spec(),
+    "elastic jax": elastic_spec(replicas=2, minimum=2, maximum=2, framework="jax"),
+}
+TERMINATING = "2025-01-01T12:01:00Z"
+
+
+@pytest.mark.parametrize("going", ["gone", "terminating"])
+@pytest.mark.parametrize("spec", UNFINISHED.values(), ids=UNFINISHED.keys())
+def test_a_fixed_group_does_not_succeed_for_a_worker_0_that_went_before_it_finished(
+    spec: dict[str, Any], going: str
+) -> None:
+    """Worker 1 succeeded; worker 0, still saving after the last collective (or, with framework none,
+    still working), is drained: its pod deleted (terminating) or gone with its node. That read "all 2
+    workers succeeded" with worker 0 in succeededWorkers. Worker 0 never finished: it is lost, and the
+    group starts again (uncounted, WorkerLost), as a running fixed group that loses a worker does."""
+    running = decide(observe(spec, pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG)
+    one = decide(observe(spec, [pod(0, attempt=0), pod(1, "Succeeded", attempt=0)], running.status), CATALOG)
+    assert status_of(one)["succeededWorkers"] == "1"
+    worker_0 = [] if going == "gone" else [pod(0, attempt=0, deletion=TERMINATING)]
+    later = NOW + timedelta(seconds=10)
+    lost = decide(observe(spec, [*worker_0, pod(1, "Succeeded", attempt=0)], one.status, later), CATALOG)
+    status = status_of(lost)
+    assert status["phase"] != "Succeeded" and status["completionTime"] is None
+    assert "0" not in (status["succeededWorkers"] or "").replace("-", ",").split(",")
+    assert "WorkerLost" in reasons(lost) and "AllWorkersSucceeded" not in reasons(lost)
+    assert status["restarts"] == 0 and status["gang"]["attempt"] == 1
+    # The group starts again: its training did not end (Running is not TrainingEnded).
+    assert condition(lost, "Running")["reason"] == "WorkersStarting"
 
 
 FIXED_THREES = {
@@ -270,3 +306,70 @@ def test_with_framework_none_a_succeeded_worker_does_not_end_the_training_for_a_
     assert status_of(suspended)["phase"] == "Suspended"
     # The running worker is asked to checkpoint before it goes, as in any suspend.
     assert suspended.status.checkpoint is not None and suspended.status.checkpoint.reason == "Suspended"
+
+
+def test_with_framework_none_a_worker_gone_after_worker_0_succeeded_is_lost() -> None:
+    """framework none: worker 0 finishing says nothing of the others, so worker 1's pod gone is a loss."""
+    spec = raw_spec(framework="none")
+    running = decide(observe(spec, pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG)
+    one = decide(observe(spec, [pod(0, "Succeeded", attempt=0), pod(1, attempt=0)], running.status), CATALOG)
+    lost = decide(observe(spec, [pod(0, "Succeeded", attempt=0)], one.status), CATALOG)
+    assert status_of(lost)["phase"] != "Succeeded" and "WorkerLost" in reasons(lost)
+
+
+@pytest.mark.parametrize("kind", FIXED_SPECS)
+def test_a_training_that_ended_with_a_worker_failed_is_not_reported_as_all_workers_succeeded(
+    kind: str,
+) -> None:
+    """Worker 0 succeeded and worker 1 failed after it: the job succeeded, but its reason said every worker
+    had (AllWorkersSucceeded) while its message said the other failed. Every worker succeeding keeps it."""
+    spec = FIXED_SPECS[kind]
+    running = decide(observe(spec, pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG)
+    pods = [pod(0, "Succeeded", attempt=0), pod(1, "Failed", attempt=0)]
+    ended = decide(observe(spec, pods, running.status), CATALOG)
+    assert status_of(ended)["phase"] == "Succeeded"
+    assert condition(ended, "Succeeded")["reason"] == "TrainingEnded"
+    assert reasons(ended) == ["TrainingEnded"]
+    pods = [pod(0, "Succeeded", attempt=0), pod(1, "Succeeded", attempt=0)]
+    done = decide(observe(spec, pods, running.status), CATALOG)
+    assert condition(done, "Succeeded")["reason"] == "AllWorkersSucceeded"
+    assert reasons(done) == ["AllWorkersSucceeded"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [raw_spec(workers={"replicas": 4}), elastic_spec(replicas=4, minimum=2, maximum=4)],
+    ids=["static", "elastic pytorch"],
+)
+def test_a_group_whose_training_ended_is_not_reported_as_starting(spec: dict[str, Any]) -> None:
+    """Workers 0 and 1 succeeded, 2 and 3 still save: a fixed group read Running=False WorkersStarting
+    (and an elastic one Running=True WorkersRunning), as if the training were still to start or going on."""
+    running = decide(observe(spec, pods=[pod(index) for index in range(4)]), CATALOG)
+    pods = [pod(0, "Succeeded"), pod(1, "Succeeded"), pod(2), pod(3)]
+    finishing = decide(observe(spec, pods, running.status, NOW + timedelta(seconds=5)), CATALOG)
+    assert condition(finishing, "Running") | {"lastTransitionTime": None} == {
+        "type": "Running",
+        "status": "False",
+        "reason": "TrainingEnded",
+        "message": "the training has ended (a worker succeeded): 2 of 4 workers succeeded, 2 still running to finish",
+        "observedGeneration": 3,
+        "lastTransitionTime": None,
+    }
+    assert reasons(finishing) == []  # no event for it
+
+
+def test_a_suspend_that_waits_for_the_end_of_the_training_says_so() -> None:
+    """spec.runPolicy.suspend set while the training ends: the workers finish, and nothing said why the
+    job was not suspended."""
+    spec = raw_spec(workers={"replicas": 3})
+    running = decide(observe(spec, pods=[pod(index) for index in range(3)]), CATALOG)
+    suspend = raw_spec(workers={"replicas": 3}, runPolicy={"suspend": True})
+    pods = [pod(0), pod(1), pod(2, "Succeeded")]
+    waiting = decide(observe(suspend, pods, running.status, NOW + timedelta(seconds=5)), CATALOG)
+    assert status_of(waiting)["phase"] != "Suspended" and waiting.delete == ()
+    assert status_of(waiting)["message"] == (
+        "spec.runPolicy.suspend waits: the training has ended (a worker succeeded), so the workers finish "
+        "instead of being stopped"
+    )
+    # Without the suspend, nothing to say.
+    assert status_of(decide(observe(spec, pods, running.status), CATALOG))["message"] is None

@@ -351,15 +351,17 @@ def test_a_worker_made_before_attempts_were_numbered_still_holds_the_new_group_b
 
 
 def test_a_group_with_a_finished_worker_that_loses_a_running_one_does_not_run_again() -> None:
-    """A static group's rank exits 0 only after the last collective: the training is over, and a worker
-    lost after that is done, not a reason to run the whole group again (tests/unit/test_finishing_groups.py)."""
+    """A static group's rank 0 exits 0 only after the last collective and its own save: the training is
+    over, and a worker lost after that is done, not a reason to run the whole group again. Before worker 0
+    succeeded, another rank's success does not make a lost worker done (tests/unit/test_finishing_groups.py)."""
     spec = raw_spec(workers={"replicas": 3})
-    pods = [pod(0, attempt=0), pod(1, attempt=0), pod(2, "Succeeded", attempt=0)]
+    pods = [pod(0, "Succeeded", attempt=0), pod(1, attempt=0), pod(2, attempt=0)]
     first = decide(observe(spec, pods=pods), CATALOG)
-    assert status_of(first)["succeededWorkers"] == "2"
+    assert status_of(first)["succeededWorkers"] == "0"
     lost = decide(observe(spec, pods=[pods[0], pods[2]], status=first.status), CATALOG)
     assert "WorkerLost" not in [event.reason for event in lost.events]
     assert lost.delete == () and lost.create == ()
+    assert status_of(lost)["succeededWorkers"] == "0-1"
 
 
 def test_an_old_worker_stuck_terminating_past_its_grace_does_not_hold_the_new_group_back() -> None:
@@ -583,6 +585,37 @@ def test_a_worker_fqdn_longer_than_the_kubelet_allows_is_refused_in_the_jobs_nam
     assert ".svc.cluster.local'" in ready["message"]
     short = ReconcileSettings(cluster_domain="k8s")
     assert condition(decide(observe(spec, job=job), CATALOG, short), "Ready")["reason"] != "InvalidSpec"
+
+
+def test_workers_rendezvous_at_worker_0s_fqdn_in_the_namespace_and_the_operators_cluster_domain() -> None:
+    # The relative <job>-worker-0.<job> could resolve to another namespace's Service (docs/security.md).
+    job = JobRef(name="llama", namespace="ml", uid="u")
+    for domain in ("cluster.local", "corp.example"):
+        decision = decide(observe(job=job), CATALOG, ReconcileSettings(cluster_domain=domain))
+        assert decision.create == (0, 1)
+        for index in decision.create:
+            trainer = decision.worker_pod(index)["spec"]["containers"][0]
+            env = {variable["name"]: variable["value"] for variable in trainer["env"]}
+            assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == f"llama-worker-0.llama.ml.svc.{domain}"
+
+
+def test_a_job_whose_rendezvous_fqdn_is_no_dns_name_is_refused_naming_metadata_name() -> None:
+    # Worker 0's FQDN, the rendezvous address: 2 * 54 + 79 characters and the cluster domain's; DNS allows 253.
+    name = "x" * 54  # x...x-worker-1: 63 characters, the longest worker hostname
+    job = JobRef(name=name, namespace="n" * 63, uid="u")
+    too_long = ReconcileSettings(cluster_domain="a" * 33 + "." + "b" * 33)  # 187 + 67 = 254
+    ready = condition(decide(observe(job=job), CATALOG, too_long), "Ready")
+    assert ready["reason"] == "InvalidSpec" and ready["message"].startswith("invalid spec: metadata.name: ")
+    assert "rendezvous address" in ready["message"] and "254 characters; DNS allows 253" in ready["message"]
+    fits = ReconcileSettings(cluster_domain="a" * 33 + "." + "b" * 32)  # 253
+    assert decide(observe(job=job), CATALOG, fits).create == (0, 1)
+    wide_label = ReconcileSettings(cluster_domain="c" * 64 + ".local")
+    ready = condition(decide(observe(), CATALOG, wide_label), "Ready")
+    assert ready["reason"] == "InvalidSpec" and "metadata.name" in ready["message"]
+    assert f"the label {'c' * 64!r}, longer than DNS's 63 characters" in ready["message"]
+    # framework none: the workers get no rendezvous address, so nothing to refuse
+    none = decide(observe(raw_spec(framework="none"), job=job), CATALOG, too_long)
+    assert condition(none, "Ready")["reason"] != "InvalidSpec"
 
 
 # ---------------------------------------------------------------------------------------------- worker limit
@@ -1949,6 +1982,48 @@ def test_the_disruption_target_condition_is_read_from_the_pod() -> None:
     manifest["status"]["conditions"][0]["status"] = "False"
     seen = worker_from_pod(manifest)
     assert seen is not None and not seen.disrupted
+    # Kubernetes 1.20 to 1.25 set no DisruptionTarget: the kubelet's eviction, its preemption for a critical
+    # pod and a graceful node shutdown say so in the failed pod's status.reason only.
+    for reason in ("Evicted", "Preempting", "Terminated", "Shutdown", "NodeShutdown"):
+        manifest["status"] = {
+            "phase": "Failed",
+            "reason": reason,
+            "message": "The node was low on resource: memory.",
+        }
+        seen = worker_from_pod(manifest)
+        assert seen is not None and seen.disrupted, reason
+    manifest["status"] = {"phase": "Running", "reason": "Evicted"}
+    assert not getattr(worker_from_pod(manifest), "disrupted", True)
+    manifest["status"] = {"phase": "Failed", "reason": "UnexpectedAdmissionError"}
+    assert not getattr(worker_from_pod(manifest), "disrupted", True)
+
+
+def test_an_eviction_before_kubernetes_1_26_does_not_count_against_max_restarts() -> None:
+    """A node-pressure eviction on Kubernetes 1.25: phase Failed, reason Evicted, no DisruptionTarget. It
+    counted as a restart, and at spec.runPolicy.maxRestarts failed the job."""
+    evicted = worker_from_pod(
+        {
+            "metadata": {"name": "llama-worker-1", "uid": "u1", "labels": {"kubefit.dev/job": "llama"},
+                         "ownerReferences": [{"controller": True, "uid": "job-uid"}]},
+            "spec": {"nodeName": "node-a"},
+            "status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."},
+        }
+    )  # fmt: skip
+    assert evicted is not None
+    spec = elastic_spec(replicas=2, minimum=1, maximum=2, runPolicy={"maxRestarts": 0})
+    running = decide(observe(spec, pods=[pod(0), pod(1)]), CATALOG)
+    replaced = decide(observe(spec, [pod(0), evicted], running.status, NOW + timedelta(seconds=5)), CATALOG)
+    assert status_of(replaced)["phase"] != "Failed" and status_of(replaced)["restarts"] == 0
+    assert [worker.name for worker in replaced.replace] == ["llama-worker-1"]
+    lost = [event.message for event in replaced.events if event.reason == "WorkerLost"]
+    assert lost == [
+        "worker llama-worker-1 was stopped by Kubernetes (Evicted); replacing it (not counted as a restart)"
+    ]
+    fixed = raw_spec(runPolicy={"maxRestarts": 0})
+    running = decide(observe(fixed, pods=[pod(0), pod(1)]), CATALOG)
+    restarted = decide(observe(fixed, [pod(0), evicted], running.status, NOW + timedelta(seconds=5)), CATALOG)
+    assert status_of(restarted)["phase"] != "Failed" and status_of(restarted)["restarts"] == 0
+    assert "WorkerLost" in [event.reason for event in restarted.events]
 
 
 def test_an_elastic_job_whose_minimum_was_raised_keeps_running_on_its_grant_until_the_pass_grants_more() -> (

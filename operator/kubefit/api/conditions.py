@@ -85,6 +85,12 @@ class Reason:
     ALL_WORKERS_SUCCEEDED: Final = "AllWorkersSucceeded"
     """Succeeded=True: every desired worker exited successfully."""
 
+    TRAINING_ENDED: Final = "TrainingEnded"
+    """Succeeded=True: the group's training ended (framework pytorch or jax: a worker of an elastic pytorch
+    group succeeded, a fixed group's worker 0) and no other worker runs, but not every worker succeeded:
+    the others failed after the end or never started; the message counts them. Running=False: a worker of
+    the group succeeded (framework pytorch or jax), and the others still run only to finish."""
+
     RESTART_LIMIT_EXCEEDED: Final = "RestartLimitExceeded"
     """Failed=True: a worker failed after spec.runPolicy.maxRestarts restarts."""
 

@@ -28,6 +28,15 @@ POD_FINISHED_PHASES = frozenset({POD_SUCCEEDED, POD_FAILED})
 # unreachable, a finalizer), not waited for. Not at the timestamp itself: the kubelet kills the containers
 # then and removes the pod after, seconds later on a busy node, while it still holds its devices.
 STUCK_AFTER_GRACE_SECONDS = 60
+# A failed pod's status.reason where the kubelet stopped it, which Kubernetes before 1.26 (no DisruptionTarget
+# condition) says only so: node-pressure eviction (eviction manager), preemption for a critical pod
+# (kubelet preemption), graceful node shutdown ("Shutdown" in 1.20, "Terminated" since; "NodeShutdown": not
+# admitted on a node shutting down).
+DISRUPTION_REASONS = frozenset({"Evicted", "Preempting", "Terminated", "Shutdown", "NodeShutdown"})
+# A container's state.terminated.reason that says nothing its exit code does not (the kubelet's own words).
+_GENERIC_EXIT_REASONS = frozenset({None, "Error", "Completed"})
+# Kept of a reason at most: the kubelet's are short CamelCase words; an odd one must not grow the index.
+_REASON_CHARACTERS = 64
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,8 @@ class WorkerPod:
     deletion_timestamp: str | None = None
     attempt: int | None = None  # the fixed group's restart attempt it was created for (None: not stated)
     # condition DisruptionTarget=True: Kubernetes (1.26+) stopped it for a reason not its own (its node
-    # deleted, a taint, preemption, an eviction), not a fault of the training
+    # deleted, a taint, preemption, an eviction), not a fault of the training; before 1.26, a failed pod's
+    # status.reason of the kubelet's eviction, preemption or node shutdown (DISRUPTION_REASONS)
     disrupted: bool = False
     created: str | None = None  # metadata.creationTimestamp
     # The extended resources the pod holds (decisions/pod_requests.py), as (name, count) pairs; empty for a
@@ -55,6 +65,11 @@ class WorkerPod:
     # Bound to a node that is not Ready (the controller's view): it may run on, but unreachable; the
     # scheduling pass counts nothing on such a node, and the worker is taken as not running.
     node_lost: bool = False
+    # Why a failed pod ended, for the messages that say it failed (its pod is deleted for its replacement):
+    # the trainer container's (the first's) state.terminated.exitCode, and the pod's status.reason
+    # (Evicted, ...) or else the trainer's terminated reason (OOMKilled, ...). None unless the pod failed.
+    exit_code: int | None = None
+    exit_reason: str | None = None
 
     def holds(self, resource_name: str) -> int | None:
         """How many of `resource_name` the pod holds: what it was created with, which an edit of the job's
@@ -74,6 +89,15 @@ class WorkerPod:
         """Terminating, and past its deletionTimestamp by STUCK_AFTER_GRACE_SECONDS."""
         end = parse_rfc3339(self.deletion_timestamp) if self.terminating else None
         return end is not None and now >= end + timedelta(seconds=STUCK_AFTER_GRACE_SECONDS)
+
+    @property
+    def failure_cause(self) -> str | None:
+        """How the failed pod ended, e.g. "exit code 137 (OOMKilled)", "Evicted"; None when not known. The
+        kubelet's generic reasons (Error, Completed) add nothing to the exit code and are left out."""
+        reason = self.exit_reason if self.exit_reason not in _GENERIC_EXIT_REASONS else None
+        if self.exit_code is None:
+            return reason
+        return f"exit code {self.exit_code}" + (f" ({reason})" if reason else "")
 
     @property
     def finished(self) -> bool:
@@ -99,25 +123,55 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
     if not job_name:
         return None
     name = metadata.get("name", "")
+    status = pod.get("status") or {}
+    phase = status.get("phase") or POD_PENDING
+    exit_code, exit_reason = _how_it_ended(pod) if phase == POD_FAILED else (None, None)
     return WorkerPod(
         name=name,
         index=worker_index(name, job_name),
         uid=metadata.get("uid", ""),
-        phase=(pod.get("status") or {}).get("phase") or POD_PENDING,
+        phase=phase,
         node_name=(pod.get("spec") or {}).get("nodeName") or None,
         terminating=metadata.get("deletionTimestamp") is not None,
         controller_uid=_controller_uid(metadata),
         world_size=_count_annotation(metadata, WORLD_SIZE_ANNOTATION),
         attempt=_count_annotation(metadata, ATTEMPT_ANNOTATION),
-        disrupted=_disrupted(pod.get("status") or {}),
+        disrupted=_disrupted(status),
         nnodes=_nnodes(metadata),
         deletion_timestamp=_text(metadata.get("deletionTimestamp")),
         created=_text(metadata.get("creationTimestamp")),
         devices=tuple(sorted(item for item in effective_requests(pod.get("spec") or {}).items() if item[1])),
+        exit_code=exit_code,
+        exit_reason=exit_reason,
+    )
+
+
+def _how_it_ended(pod: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    """A failed pod's trainer exit code, and the pod's status.reason or else the trainer's terminated
+    reason. The trainer is the first container (builders.pods); the kubelet orders containerStatuses by
+    name, so it is found by its name (or taken as the only one)."""
+    status = pod.get("status") or {}
+    containers = (pod.get("spec") or {}).get("containers")
+    first = containers[0] if isinstance(containers, list) and containers else None
+    trainer = first.get("name") if isinstance(first, Mapping) else None
+    statuses = [item for item in status.get("containerStatuses") or [] if isinstance(item, Mapping)]
+    named = [item for item in statuses if item.get("name") == trainer]
+    found = named[0] if named else statuses[0] if len(statuses) == 1 and trainer is None else {}
+    terminated = (found.get("state") or {}).get("terminated")
+    terminated = terminated if isinstance(terminated, Mapping) else {}
+    code = terminated.get("exitCode")
+    reason = _text(status.get("reason")) or _text(terminated.get("reason"))
+    return (
+        code if isinstance(code, int) and not isinstance(code, bool) else None,
+        reason[:_REASON_CHARACTERS] if reason else None,
     )
 
 
 def _disrupted(status: Mapping[str, Any]) -> bool:
+    """Stopped by Kubernetes, not by a fault of its own: the DisruptionTarget condition (1.26+), or before it
+    a failed pod's status.reason from the kubelet (DISRUPTION_REASONS)."""
+    if status.get("phase") == POD_FAILED and status.get("reason") in DISRUPTION_REASONS:
+        return True
     conditions = status.get("conditions")
     if not isinstance(conditions, list):
         return False

@@ -19,7 +19,8 @@ pytorch group restarted with a new node range (or from static workers, elastic.e
 Once a worker of the group succeeded (framework pytorch or jax) its training has ended: no new count
 restarts or scales it. A worker failing after that is no failure of the job once its training is done:
 any worker succeeded in an elastic pytorch group, worker 0 in a fixed one (rank 0 commonly saves after
-the last collective). Then nothing is replaced or restarted, and the job succeeds once none runs.
+the last collective). Then nothing is replaced or restarted, and the job succeeds once none runs. A fixed
+group's worker gone before then is lost (the group restarts, uncounted), not taken for done.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from kubefit.api.models import GangStatus
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.builders.naming import widest_index, worker_name
 from kubefit.builders.rendezvous import fixed_world
+from kubefit.builders.resources import default_memory, given_memory
 from kubefit.decisions.admission import CAPACITY_CHANGED
 from kubefit.decisions.conditions import ConditionUpdate, is_true
 from kubefit.decisions.draft import (
     Draft,
     JobContext,
     JobEvent,
+    host_share,
     not_running,
     restarts_of,
     sized,
@@ -56,7 +59,7 @@ from kubefit.decisions.gang import (
     restart_backoff,
     restart_backoff_left,
 )
-from kubefit.decisions.observed import POD_SUCCEEDED, STUCK_AFTER_GRACE_SECONDS, WorkerPod
+from kubefit.decisions.observed import DISRUPTION_REASONS, POD_SUCCEEDED, STUCK_AFTER_GRACE_SECONDS, WorkerPod
 from kubefit.decisions.workers import WorkerChanges, scale_workers, stop_workers, worker_slots
 
 # Reason words the scheduling pass may give a changed grant (AdmissionPlan.reasons: "Word: detail").
@@ -407,11 +410,13 @@ def _gone_from_group(ctx: JobContext, plan: _Plan, slots: frozenset[int]) -> fro
 
 def _done_without_pods(ctx: JobContext, plan: _Plan, slots: frozenset[int], fixed: bool) -> frozenset[int]:
     """Workers done whose pods are gone: those recorded as succeeded (status.succeededWorkers), and a fixed
-    group's gone (_gone_from_group) once one of it succeeded: its ranks run every collective together, so
-    one that succeeded means all finished, and a pod that went before its success was seen (its node
-    removed, pods cleaned up while the operator was down) is done, not lost."""
+    group's gone or going (_gone_from_group) once its training is done (_training_done: worker 0 succeeded,
+    framework pytorch or jax): every rank is past the last collective and rank 0 past its own work, so a
+    pod that went before its success was seen (its node removed, pods cleaned up while the operator was
+    down) is done, not lost. Before that a worker gone is lost, as a failed one would be the job's failure:
+    another rank's success says nothing of worker 0's save, nor anything at all with framework none."""
     recorded = _gone_after_success(ctx)
-    if not (fixed and _succeeded_in_group(ctx) & slots):
+    if not (fixed and _training_done(ctx)):
         return recorded
     return recorded | _gone_from_group(ctx, plan, slots)
 
@@ -462,15 +467,15 @@ def _restart_group(
         where = ", ".join(sorted({pod.node_name for pod in failures if pod.node_name}))
         who = f"worker {names}" if len(failures) == 1 else f"workers {names}"
         message = (
-            f"{who} failed{f' on {where}' if where else ''}: the group cannot run without it, so "
-            f"every worker is stopped and started again in {restart_backoff(draft.restarts):.0f} s "
-            f"(restart {draft.restarts} of at most {limit})"
+            f"{who} failed{f' on {where}' if where else ''}{_causes(failures)}: the group cannot run without "
+            f"it, so every worker is stopped and started again in {restart_backoff(draft.restarts):.0f} s "
+            f"(restart {draft.restarts} of at most {limit}){_memory_hint(ctx, failures)}"
         )
         reason = EventReason.WORKER_FAILED
     else:
         who = f"worker {lost[0]} is" if len(lost) == 1 else f"workers {', '.join(lost)} are"
         message = (
-            f"{who} gone (a node removed or a pod deleted): the group cannot run without it, so every "
+            f"{who} gone (a node removed, a pod deleted or evicted): the group cannot run without it, so every "
             "worker is stopped and started again (not counted as a restart)"
         )
         reason = EventReason.WORKER_LOST
@@ -481,7 +486,20 @@ def _restart_group(
     draft.events.append(JobEvent("Warning", reason, message))
     draft.updates = [update for update in draft.updates if update.type != ConditionType.READY]
     draft.updates.append(ConditionUpdate(ConditionType.READY, "False", Reason.RESTARTING, message))
+    _starting_again(ctx, draft)
     draft.message = message
+
+
+def _starting_again(ctx: JobContext, draft: Draft) -> None:
+    """A group restarted after a worker of it succeeded (worker 0 failed or went before its own success)
+    starts again: Running says WorkersStarting, not TrainingEnded (_running_condition)."""
+    desired = draft.desired or 0
+    counts = f"{_ready(ctx.ours, frozenset(range(desired)))}/{desired} workers running"
+    starting = ConditionUpdate(ConditionType.RUNNING, "False", Reason.WORKERS_STARTING, counts)
+    draft.updates = [
+        starting if (update.type, update.reason) == (ConditionType.RUNNING, Reason.TRAINING_ENDED) else update
+        for update in draft.updates
+    ]
 
 
 _FELL_BELOW_FLOOR = "the restart or the loss that left it below its minimum"
@@ -595,7 +613,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
     start_time = ctx.status.get("startTime") or (rfc3339(ctx.now) if ready >= plan.keep else None)
     draft = Draft(
         phase=_phase(ctx.ours, plan.keep, ready, start_time, restarting=plan.restart is not None),
-        updates=[sized(ctx.sizing), _admitted(ctx, plan), *_readiness(ready, plan.keep, _trains_with(ctx))],
+        updates=[sized(ctx.sizing), _admitted(ctx, plan), *_readiness(ctx, ready, plan.keep)],
         create=create,
         worker_set=worker_set(ctx, plan.keep, plan.floor) if create else None,
         delete=delete,
@@ -617,7 +635,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
                 ConditionUpdate(ConditionType.READY, "False", Reason.RESTART_BACKOFF, waiting)
             )
     counted = restarts > restarts_of(ctx.status)
-    draft.events.extend(_restart_events(faults, restarts, ctx.spec.run_policy.max_restarts, counted))
+    draft.events.extend(_restart_events(ctx, faults, restarts, counted))
     draft.events.extend(_disruption_events(changes.replace))
     note = removal_progress(shake, plan.removal) if plan.removal is not None else None
     draft.message = _message(ctx, plan, shake_note=note)
@@ -859,7 +877,20 @@ def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
 
 
 def _message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str | None:
-    """status.message: why the workers running differ from spec.workers.replicas."""
+    """status.message: why the workers running differ from spec.workers.replicas, and why a suspend asked
+    for does not stop them (training_ended: the job finishes instead)."""
+    message = _count_message(ctx, plan, shake_note)
+    if not (ctx.spec.run_policy.suspend and training_ended(ctx)):
+        return message
+    waits = (
+        "spec.runPolicy.suspend waits: the training has ended (a worker succeeded), so the workers finish "
+        "instead of being stopped"
+    )
+    return f"{message}; {waits}" if message else waits
+
+
+def _count_message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str | None:
+    """Why the workers running differ from spec.workers.replicas."""
     held = plan.restart or plan.hold or plan.capped
     if held:
         return f"{held}; {shake_note}" if shake_note else held
@@ -906,8 +937,8 @@ def failed(ctx: JobContext, failures: Sequence[WorkerPod]) -> Draft:
     names = ", ".join(pod.name for pod in failures)
     restarts = restarts_of(ctx.status)
     message = (
-        f"worker(s) {names} failed after {restarts} restart(s); "
-        f"spec.runPolicy.maxRestarts is {ctx.spec.run_policy.max_restarts}"
+        f"worker(s) {names} failed{_causes(failures)} after {restarts} restart(s); "
+        f"spec.runPolicy.maxRestarts is {ctx.spec.run_policy.max_restarts}{_memory_hint(ctx, failures)}"
     )
     return Draft(
         phase=JobPhase.FAILED,
@@ -925,8 +956,9 @@ def failed(ctx: JobContext, failures: Sequence[WorkerPod]) -> Draft:
 
 def succeeded(ctx: JobContext, desired: int, workers: frozenset[int] | None = None) -> Draft:
     done = desired if workers is None else len(workers)
-    message = f"all {desired} workers succeeded"
-    if done < desired:  # the training ended (_finishing): the others failed or never ran after it
+    reason, message = Reason.ALL_WORKERS_SUCCEEDED, f"all {desired} workers succeeded"
+    if done < desired:  # the training ended (_training_done): the others failed or never ran after it
+        reason = Reason.TRAINING_ENDED
         message = (
             f"the training ended: {done} of {desired} workers succeeded, the others failed or never started"
         )
@@ -934,7 +966,7 @@ def succeeded(ctx: JobContext, desired: int, workers: frozenset[int] | None = No
         phase=JobPhase.SUCCEEDED,
         updates=[
             sized(ctx.sizing),
-            ConditionUpdate(ConditionType.SUCCEEDED, "True", Reason.ALL_WORKERS_SUCCEEDED, message),
+            ConditionUpdate(ConditionType.SUCCEEDED, "True", reason, message),
             *not_running(Reason.JOB_SUCCEEDED, message),
         ],
         restarts=restarts_of(ctx.status),
@@ -973,17 +1005,30 @@ def _trains_with(ctx: JobContext) -> int:
     return _running_group_floor(ctx, ctx.bounds.floor)
 
 
-def _readiness(ready: int, desired: int, floor: int) -> list[ConditionUpdate]:
+def _readiness(ctx: JobContext, ready: int, desired: int) -> list[ConditionUpdate]:
     counts = f"{ready}/{desired} workers running"
     return [
         ConditionUpdate(ConditionType.READY, "True", Reason.ALL_WORKERS_READY, counts)
         if ready >= desired
         else ConditionUpdate(ConditionType.READY, "False", Reason.WORKERS_NOT_READY, counts),
-        # Running: enough workers to train (the elastic floor), even while scaling.
-        ConditionUpdate(ConditionType.RUNNING, "True", Reason.WORKERS_RUNNING, counts)
-        if ready >= min(floor, desired)
-        else ConditionUpdate(ConditionType.RUNNING, "False", Reason.WORKERS_STARTING, counts),
+        _running_condition(ctx, ready, desired, counts),
     ]
+
+
+def _running_condition(ctx: JobContext, ready: int, desired: int, counts: str) -> ConditionUpdate:
+    """Running: enough workers to train (the elastic floor), even while scaling. Not once the training has
+    ended (_finishing): the workers left run only to finish, and none is starting (WorkersStarting said so
+    of a fixed group whose first workers had succeeded)."""
+    if _finishing(ctx):
+        done = len(_succeeded_in_group(ctx))
+        message = (
+            f"the training has ended (a worker succeeded): {done} of {desired} workers succeeded, "
+            f"{ready} still running to finish"
+        )
+        return ConditionUpdate(ConditionType.RUNNING, "False", Reason.TRAINING_ENDED, message)
+    if ready >= min(_trains_with(ctx), desired):
+        return ConditionUpdate(ConditionType.RUNNING, "True", Reason.WORKERS_RUNNING, counts)
+    return ConditionUpdate(ConditionType.RUNNING, "False", Reason.WORKERS_STARTING, counts)
 
 
 def resumed(ctx: JobContext) -> list[ConditionUpdate]:
@@ -999,7 +1044,7 @@ def _disruption_events(replaced: Sequence[WorkerPod]) -> list[JobEvent]:
         JobEvent(
             "Warning",
             EventReason.WORKER_LOST,
-            f"worker {pod.name} was stopped by Kubernetes (DisruptionTarget); replacing it (not counted "
+            f"worker {pod.name} was stopped by Kubernetes ({_disruption(pod)}); replacing it (not counted "
             "as a restart)",
         )
         for pod in replaced
@@ -1007,17 +1052,64 @@ def _disruption_events(replaced: Sequence[WorkerPod]) -> list[JobEvent]:
     ]
 
 
+def _disruption(pod: WorkerPod) -> str:
+    """How Kubernetes stopped a disrupted worker: the kubelet's reason (Evicted, Preempting, ...), else the
+    DisruptionTarget condition that said so."""
+    return pod.exit_reason if pod.exit_reason in DISRUPTION_REASONS else "DisruptionTarget"
+
+
 def _restart_events(
-    replaced: Sequence[WorkerPod], restarts: int, max_restarts: int, counted: bool
+    ctx: JobContext, replaced: Sequence[WorkerPod], restarts: int, counted: bool
 ) -> list[JobEvent]:
-    """One Warning per failed worker; those of one failure name the one restart they count as."""
-    which = f"restart {restarts} of at most {max_restarts}"
+    """One Warning per failed worker, saying how it ended; those of one failure name the one restart they
+    count as."""
+    which = f"restart {restarts} of at most {ctx.spec.run_policy.max_restarts}"
     note = which if counted else f"part of {which}, not counted again"
     return [
         JobEvent(
             "Warning",
             EventReason.WORKER_FAILED,
-            f"worker {pod.name} failed{f' on {pod.node_name}' if pod.node_name else ''}; replacing it ({note})",
+            f"worker {pod.name} failed{f' on {pod.node_name}' if pod.node_name else ''}{_causes([pod])}; "
+            f"replacing it ({note}){_memory_hint(ctx, [pod])}",
         )
         for pod in replaced
     ]
+
+
+# Failed workers whose end a message names, at most (the rest: "...").
+_CAUSES_SHOWN = 3
+OOM_KILLED = "OOMKilled"
+
+
+def _causes(failures: Sequence[WorkerPod]) -> str:
+    """How the failed workers ended (WorkerPod.failure_cause), to follow "failed": " with exit code 137
+    (OOMKilled)" or " (Evicted)" for one, " (name: cause; ...)" for several; "" when none is known."""
+    known = [(pod, pod.failure_cause) for pod in failures if pod.failure_cause]
+    if not known:
+        return ""
+    if len(failures) == 1:
+        pod, cause = known[0]
+        return f" with {cause}" if pod.exit_code is not None else f" ({cause})"
+    shown = "; ".join(f"{pod.name}: {cause}" for pod, cause in known[:_CAUSES_SHOWN])
+    return f" ({shown}{'; ...' if len(known) > _CAUSES_SHOWN else ''})"
+
+
+def _memory_hint(ctx: JobContext, failures: Sequence[WorkerPod]) -> str:
+    """For a worker OOMKilled: its host-memory request and the field that raises it (builders.resources:
+    spec.resources.memory, else the template's first container, else the default); "" otherwise."""
+    if not any(pod.exit_reason == OOM_KILLED for pod in failures):
+        return ""
+    given = given_memory(ctx.spec.template["spec"]["containers"][0].get("resources"), ctx.spec)
+    if given is not None and given[0] == "spec.resources.memory":
+        request = f"spec.resources.memory {given[1]}: raise it"
+    elif given is not None:
+        request = f"{given[1]} ({given[0]}): set spec.resources.memory higher"
+    else:
+        per_worker = ctx.sizing.accelerators_per_worker
+        share = host_share(ctx.observation.inventory.placeable, ctx.sizing.accelerator, per_worker)
+        value = default_memory(per_worker, ctx.host_bytes_per_worker, share)
+        request = (
+            f"the default {value} (16Gi per accelerator plus the training state offloaded to host memory): "
+            "set spec.resources.memory higher"
+        )
+    return f"; {OOM_KILLED}: the trainer ran out of host memory, its request is {request}"
