@@ -168,3 +168,13 @@ def test_a_shrink_by_the_pass_during_the_hold_is_the_pass_s_to_explain() -> None
     assert shrunk.checkpoint_request is not None  # worker 1 ran: asked to save before it goes
     admitted = next(item for item in status_of(shrunk)["conditions"] if item["type"] == "Admitted")
     assert "found no node" not in admitted["message"] and "found no node" not in status_of(shrunk)["message"]
+
+
+def test_the_hold_is_still_said_once_the_pass_grants_what_runs() -> None:
+    """After the give-up the pass lowers the grant to the worker placed: the job still runs fewer than its
+    replicas because of the hold, and says so (it said only 'wants 1')."""
+    given_up = _given_up()
+    lowered = decide(
+        observe(SPEC, [pod(0)], _stored(given_up), GIVE_UP_AT + timedelta(seconds=5), grant=1), CATALOG
+    )
+    assert lowered.create == () and "grows again from" in (status_of(lowered)["message"] or "")

@@ -225,8 +225,10 @@ def _growth_plan(
     given_up = _growth_given_up(ctx, plan, fixed)
     capped = _without_growth(ctx, plan, given_up) if given_up else None
     if capped is None or capped.restart is not None or capped.hold is not None:
-        # The hold, not the pass, keeps the job below what the pass granted (a shrink is the pass's to say).
-        held = held_until is not None and plan.keep < min(granted, ctx.bounds.desired)
+        # The hold keeps the job below its replicas while the pass grants at least the count kept at the
+        # give-up (status.desiredReplicas); a grant below it is a shrink by the pass, its own to explain.
+        kept_at_give_up = int(ctx.status.get("desiredReplicas") or granted)
+        held = held_until is not None and plan.keep < ctx.bounds.desired and granted >= kept_at_give_up
         if held and held_until is not None and plan.restart is None and plan.hold is None:
             timeout = ctx.spec.scheduling.gang_timeout_seconds
             why = (
