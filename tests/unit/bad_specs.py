@@ -68,6 +68,14 @@ def _container(**fields: Any) -> dict[str, Any]:
     return {"template": {"spec": {"containers": [{**CONTAINER, **fields}]}}}
 
 
+def _nested(depth: int) -> Any:
+    """A value `depth` objects deep, as a template's unknown fields may carry it past the schema."""
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 ARCHITECTURE = {"layers": 16, "hiddenSize": 2048, "attentionHeads": 16}
 API, OPERATOR, KUBECTL = "api-server", "operator", "kubectl"
 
@@ -152,6 +160,7 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("memory-above-template-limit", {**_in("resources", memory="64Gi"), **_container(resources={"limits": {"memory": "8Gi"}})}, "spec.resources.memory", OPERATOR),
     BadSpec("cpu-above-zero-template-limit", {**_in("resources", cpu="2"), **_container(resources={"limits": {"cpu": "0"}})}, "spec.resources.cpu", OPERATOR),
     BadSpec("memory-above-sub-byte-template-limit", {**_in("resources", memory="2"), **_container(resources={"limits": {"memory": "500m"}})}, "spec.resources.memory", OPERATOR),
+    BadSpec("template-nested-too-deep", _container(**{"x-deep": _nested(150)}), "spec.template.spec.containers[0].x-deep", OPERATOR),
     BadSpec("container-request-with-space", _container(resources={"requests": {"cpu": "2 cores"}}), "spec.template.spec.containers[0].resources.requests", API),
     BadSpec("container-request-fraction", _container(resources={"requests": {"cpu": 0.5}}), "spec.template.spec.containers[0].resources.requests.cpu", API),
     BadSpec("container-request-negative", _container(resources={"requests": {"cpu": -1}}), "spec.template.spec.containers[0].resources.requests.cpu", API),

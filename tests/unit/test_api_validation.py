@@ -25,7 +25,7 @@ from kubefit.api.models import (
     TrainingJobSpec,
 )
 from kubefit.api.quantity import QUANTITY_PATTERN, parse_bytes
-from kubefit.api.validation import InvalidSpec, parse_spec
+from kubefit.api.validation import SPEC_DEPTH_MAX, InvalidSpec, parse_spec
 from kubefit.builders.naming import JobRef
 from kubefit.decisions.inventory import EMPTY_INVENTORY
 from kubefit.decisions.job import JobObservation, decide
@@ -463,6 +463,26 @@ def test_the_base_of_the_table_is_valid_and_creates_workers() -> None:
     for base in (BASE_SPEC, GENERATED_BASE):
         decision = decide(_observe(base), CATALOG)
         assert len(decision.create) == 2, decision.status.model_dump(by_alias=True)["conditions"]
+
+
+def _with_depth(depth: int) -> dict[str, Any]:
+    """The base spec with a container field that makes the spec `depth` levels deep, counted from spec."""
+    spec = copy.deepcopy(BASE_SPEC)
+    value: Any = "leaf"
+    for _ in range(depth - 5):  # template, spec, containers, [0], x-deep
+        value = {"a": value}
+    spec["template"]["spec"]["containers"][0]["x-deep"] = value
+    return spec
+
+
+def test_a_spec_at_the_depth_limit_creates_workers_and_one_level_more_is_refused() -> None:
+    # About 300 levels broke the pod builder's copies (an internal error): the limit keeps well below that.
+    decision = decide(_observe(_with_depth(SPEC_DEPTH_MAX)), CATALOG)
+    assert len(decision.create) == 2
+    with pytest.raises(InvalidSpec, match=r"containers\[0\]\.x-deep\.a\.\.\.: nested more than 100 levels"):
+        parse_spec(_with_depth(SPEC_DEPTH_MAX + 1))
+    with pytest.raises(InvalidSpec, match="nested more than"):
+        parse_spec(_with_depth(5000))  # deeper than Python's recursion limit: still a named field
 
 
 @pytest.mark.parametrize("case", SHARED_BAD_SPECS, ids=lambda case: case.id)

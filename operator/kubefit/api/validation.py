@@ -14,6 +14,10 @@ from kubefit.api.quantity import exact_quantity, is_quantity
 
 _HUGEPAGES = "hugepages-"
 
+# A real spec nests about 12 levels (template.spec.affinity...matchExpressions[0].values[0]); the schema
+# preserves a template's unknown fields at any depth, and Python's copies and encoders recurse per level.
+SPEC_DEPTH_MAX = 100
+
 
 @dataclass(frozen=True)
 class FieldError:
@@ -80,6 +84,9 @@ def schema_spec(raw: Any) -> TrainingJobSpec:
     are the checks of a parsed spec that parse_spec adds."""
     if not isinstance(raw, dict):
         raise InvalidSpec([FieldError("spec", "must be an object")])
+    too_deep = _too_deep(raw, SPEC_DEPTH_MAX)
+    if too_deep is not None:
+        raise InvalidSpec([FieldError(too_deep, f"nested more than {SPEC_DEPTH_MAX} levels deep")])
     try:
         # By alias only: a Python name such as min_replicas is an unknown field, as the API server sees it.
         spec = TrainingJobSpec.model_validate(raw, by_alias=True, by_name=False)
@@ -97,6 +104,20 @@ def schema_spec(raw: Any) -> TrainingJobSpec:
             seen.setdefault(path, message)  # a union reports each branch; the first message is enough
         raise InvalidSpec([FieldError(path, message) for path, message in seen.items()]) from None
     return spec
+
+
+def _too_deep(raw: dict[str, Any], limit: int) -> str | None:
+    """The path of the first field nested deeper than `limit` levels below spec (None: none is). Walked
+    without recursion, so any depth the API server stores is answered."""
+    pending: list[tuple[Any, tuple[int | str, ...]]] = [(raw, ())]
+    while pending:
+        node, location = pending.pop()
+        if len(location) > limit:
+            shown = field_path(location[:6], raw)
+            return f"{shown}..." if len(location) > 6 else shown
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        pending.extend((child, (*location, key)) for key, child in items)
+    return None
 
 
 def rule_errors(spec: TrainingJobSpec) -> list[FieldError]:
