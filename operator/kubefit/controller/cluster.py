@@ -17,11 +17,13 @@ REMEMBERED_LABEL_SETS = 50_000
 
 @dataclass(frozen=True)
 class ClusterView:
-    """What kopf's indexes hold: the nodes, the accelerators pods hold per node, each job's workers."""
+    """What kopf's indexes hold: the nodes, the accelerators pods hold per node, each job's workers, and the jobs
+    it holds worker pods of (none where not given)."""
 
     nodes: Callable[[], Sequence[NodeFacts]]
     usage: Callable[[], Mapping[str, Iterable[PodUsage]]]
     workers: Callable[[JobKey], list[WorkerPod]]
+    jobs_with_workers: Callable[[], Iterable[JobKey]] = lambda: ()
 
 
 class RememberingCatalog(Catalog):

@@ -102,7 +102,12 @@ def cluster_view(
     def workers(key: JobKey) -> list[WorkerPod]:
         return read_consistently(lambda: list(kubefit_workers.get(key, [])))
 
-    return ClusterView(nodes=lambda: _values(kubefit_nodes), usage=usage, workers=workers)
+    return ClusterView(
+        nodes=lambda: _values(kubefit_nodes),
+        usage=usage,
+        workers=workers,
+        jobs_with_workers=lambda: read_consistently(lambda: list(kubefit_workers.keys())),
+    )
 
 
 def _frees_devices(event_type: str | None, body: Mapping[str, Any]) -> bool:

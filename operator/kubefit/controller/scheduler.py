@@ -19,7 +19,10 @@ before the job is reconciled again.
 
 Restart: the queue is in memory. The first time this process sees a job that already has live worker
 pods, it counts the job as admitted with those workers as its grant, so nothing is double-booked or
-restarted by an operator restart.
+restarted by an operator restart. Until every job that kopf's index of workers (filled before any handler
+runs) shows with live workers has offered its demand, or for RESTART_SETTLE_SECONDS at most, a pass changes
+nothing: one before would count a job still unknown to it as another workload's devices, and give its
+unbound workers' places (or those a shrink for priority is freeing) away.
 
 Metrics (docs/metrics.md): each pass counts the grant changes of admitted jobs by direction and the
 planner's reason word (kubefit_scale_events_total) and the whole jobs it preempts
@@ -80,6 +83,9 @@ DEFAULT_HEAD_OF_LINE_TIMEOUT = 300.0
 ADMISSION_TRIGGER = "admission"
 RECOVERED = "Recovered"  # Grant.reason of a job found with workers when this process first saw it
 RECONCILE_THREADS = 4
+# After a start (or taking the lead), how long passes wait at most for the jobs with live workers to offer
+# their demand: one whose reconcile keeps failing must not hold the queue for ever (docs/scheduling.md).
+RESTART_SETTLE_SECONDS = 30.0
 # kubefit_preemptions_total's reason: the one way a whole job is stopped now (a higher-priority job that
 # may preempt needed its devices, decisions/admission.py).
 PREEMPTION_REASON = "HigherPriority"
@@ -245,6 +251,10 @@ class Scheduler:
         # (admission.leaving_for); their gang clocks wait.
         self._leaving: dict[JobKey, frozenset[JobKey]] = {}
         self._seen: set[JobKey] = set()  # jobs this process has reconciled (restart recovery once)
+        # Jobs that offered their demand since this process started; None once every job with live workers
+        # has, or the first pass that waited for them did so RESTART_SETTLE_SECONDS ago (then its deadline).
+        self._offered_since_start: set[JobKey] | None = set()
+        self._settle_deadline: float | None = None
         # The grant of each job when it left the queue (offer None: suspended, finished): a victim resumed
         # during its handshake is taken back at it (a shrink's), or not at all (a preemption's 0).
         self._grant_on_leaving: dict[JobKey, int] = {}
@@ -350,6 +360,10 @@ class Scheduler:
         """The job's latest demand after its reconcile (None: it needs nothing; it leaves the queue)."""
         with self._lock:
             self._seen.add(key)
+            # A pass may be waiting for this job's first offer since the start (run_pass).
+            first_offer = self._offered_since_start is not None and key not in self._offered_since_start
+            if self._offered_since_start is not None:
+                self._offered_since_start.add(key)
             entry = self._entries.get(key)
             if demand is None:
                 changed = self._entries.pop(key, None) is not None
@@ -369,7 +383,7 @@ class Scheduler:
                 entry.demand = demand
                 if entry.placement != placement:  # an equal one is kept: `eligible` stays good for it
                     entry.placement = placement
-        if changed:
+        if changed or first_offer:
             self.request("job", view)
 
     def _kept_grant(self, key: JobKey, view: ClusterView, uid: str | None) -> int | None:
@@ -386,6 +400,8 @@ class Scheduler:
         with self._lock:
             known = self._entries.pop(key, None) is not None
             self._seen.discard(key)
+            if self._offered_since_start is not None:
+                self._offered_since_start.add(key)  # deleted: no offer of it to wait for
             self._grant_on_leaving.pop(key, None)
         if known and view is not None:
             self.request("job", view)
@@ -564,7 +580,10 @@ class Scheduler:
 
     def run_pass(self, view: ClusterView) -> list[JobKey]:
         """Plans every known job against the cluster now; returns the jobs whose grant changed or that began or
-        stopped waiting in the queue."""
+        stopped waiting in the queue. Nothing while a job with live workers has not offered its demand since
+        this process started (the module's docstring, Restart)."""
+        if self._awaiting_running_jobs(view):
+            return []
         with self._lock:
             self._passes_running += 1
         try:
@@ -573,6 +592,55 @@ class Scheduler:
             with self._lock:
                 self._passes_running -= 1
             self._check_binds_in_pass(view)
+
+    def _awaiting_running_jobs(self, view: ClusterView) -> bool:
+        """Whether a job with live workers has not offered its demand since this process started, and the first
+        pass that waited for it did so less than RESTART_SETTLE_SECONDS ago (a pass is asked for at that
+        deadline). False from then on, and at once on a start with no such job."""
+        with self._lock:
+            if self._offered_since_start is None:
+                return False
+        running = [key for key in view.jobs_with_workers() if live_workers(view.workers(key))]
+        now = self._clock()
+        with self._lock:
+            offered = self._offered_since_start
+            if offered is None:
+                return False
+            missing = sorted(key for key in running if key not in offered)
+            if missing and self._settle_deadline is None:
+                self._settle_deadline = now + RESTART_SETTLE_SECONDS
+                if self.settings.debounce is not None:
+                    self._pass_later(RESTART_SETTLE_SECONDS, "restart settle limit")
+            deadline = self._settle_deadline
+            if missing and deadline is not None and now < deadline:
+                logger.debug("scheduling pass waits for %d running job(s) to offer", len(missing))
+                return True
+            self._offered_since_start = None
+        if missing:
+            logger.warning(
+                "scheduling passes go on %.0f s after the start without the demand of %d job(s) with live "
+                "workers (their reconciles failing?); their workers count as another workload's: %s",
+                RESTART_SETTLE_SECONDS,
+                len(missing),
+                ", ".join(f"{namespace}/{name}" for namespace, name in missing[:10]),
+            )
+        elif deadline is not None:
+            logger.info("every job with live workers offered its demand: scheduling passes go on")
+        return False
+
+    def _pass_later(self, delay: float, trigger: str) -> None:
+        """A pass asked for `delay` seconds on, with the latest request's view then (starts a timer only: safe
+        under the lock)."""
+
+        def ask() -> None:
+            with self._lock:
+                view = self._view
+            if view is not None:
+                self.request(trigger, view)
+
+        timer = threading.Timer(delay, contextvars.copy_context().run, args=(ask,))
+        timer.daemon = True
+        timer.start()
 
     def _plan_and_store(self, view: ClusterView) -> list[JobKey]:
         started, cpu_started = time.perf_counter(), time.thread_time()

@@ -1,0 +1,188 @@
+"""After an operator restart (or a new leader), passes wait for every job with live workers to offer its demand.
+
+kopf fills its index of worker pods before any handler runs, but the jobs' first reconciles run in any order
+on the handler threads: a pass before a running job's first offer counted its bound workers as another
+workload's and its unbound ones nowhere (controller/scheduler.py, the module's docstring, Restart).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import replace
+from typing import Any, cast
+
+import kopf
+import pytest
+from test_reconciler import NAMESPACE, FakeKube, job_manifest
+from test_scheduler import CATALOG, GPU, FakeCluster, Recorder, demand, node, sync_scheduler, worker
+
+import kubefit.controller.scheduler as scheduler_module
+from kubefit.api.resource import JobKey
+from kubefit.controller.cluster import ClusterView
+from kubefit.controller.handlers import cluster_view
+from kubefit.controller.kube import KubeApi
+from kubefit.controller.reconciler import Reconciler
+from kubefit.controller.scheduler import RESTART_SETTLE_SECONDS, Scheduler, SchedulerSettings
+from kubefit.decisions.inventory import PodUsage
+from kubefit.decisions.node_match import ANYWHERE
+from kubefit.decisions.observed import WorkerPod
+from kubefit.metrics import OperatorMetrics
+
+
+def indexed_view(cluster: FakeCluster) -> ClusterView:
+    """The view with kopf's index of workers listing the jobs it holds pods of, as handlers.cluster_view's."""
+    return replace(cluster.view(), jobs_with_workers=lambda: list(cluster.workers))
+
+
+def test_a_queued_job_offered_first_after_a_restart_is_not_admitted_on_a_running_jobs_devices() -> None:
+    """One 8-GPU node; a (2 x 4 GPUs) holds it, worker 0 bound and worker 1 not yet; b (1 x 4) waited behind it.
+    b's first reconcile after the restart comes before a's: it was admitted on the 4 GPUs of a's unbound worker."""
+    a, b = ("ns", "a"), ("ns", "b")
+    pods = [worker("a", 0, "n1"), worker("a", 1, None, phase="Pending")]
+    cluster = FakeCluster(nodes=[node("n1")], workers={a: pods})
+    scheduler, recorder = sync_scheduler()
+
+    assert scheduler.grant(b, []).workers is None
+    scheduler.offer(
+        b,
+        replace(demand("b", min_workers=1, want=1, created=2), elastic=False),
+        ANYWHERE,
+        indexed_view(cluster),
+    )
+    assert scheduler.snapshot()[b].workers is None  # no pass decided anything: a has not offered yet
+    assert recorder.keys() == []
+
+    assert scheduler.grant(a, pods, admitted_with=2).workers == 2
+    a_demand = replace(demand("a", min_workers=2, want=2, created=1), elastic=False)
+    scheduler.offer(a, a_demand, ANYWHERE, indexed_view(cluster))  # the last one: the pass runs now
+    grants = scheduler.snapshot()
+    assert grants[a].workers == 2 and grants[b].workers == 0
+    assert b in recorder.keys() and a not in recorder.keys()
+
+
+def test_a_shrink_for_priority_open_at_a_restart_is_not_undone_before_its_beneficiary_offers() -> None:
+    """victim (4 -> 2 for urgent, a whole 8-GPU node): its workers 2 and 3 on n2 still save (the checkpoint request
+    open); urgent's worker is pending. victim's first reconcile after the restart came first: it grew back to 4."""
+    victim, urgent = ("ns", "victim"), ("ns", "urgent")
+    victim_pods = [worker("victim", index, "n1" if index < 2 else "n2") for index in range(4)]
+    urgent_pods = [worker("urgent", 0, None, phase="Pending")]
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")], workers={victim: victim_pods, urgent: urgent_pods})
+    scheduler, _ = sync_scheduler()
+
+    assert scheduler.grant(victim, victim_pods, admitted_with=4, target=2).workers == 2
+    scheduler.offer(
+        victim, demand("victim", min_workers=2, want=4, created=1), ANYWHERE, indexed_view(cluster)
+    )
+    assert scheduler.snapshot()[victim].workers == 2
+    assert scheduler.grant(urgent, urgent_pods, admitted_with=1).workers == 1
+    urgent_demand = demand("urgent", per_worker=8, min_workers=1, want=1, priority=100, created=2)
+    scheduler.offer(urgent, urgent_demand, ANYWHERE, indexed_view(cluster))
+    for _ in range(3):
+        scheduler.request("timer", indexed_view(cluster))
+
+    grants = scheduler.snapshot()
+    assert grants[victim].workers == 2 and grants[urgent].workers == 1
+
+
+def test_a_running_job_that_never_offers_holds_passes_back_for_the_settle_limit_only() -> None:
+    """a's reconcile keeps failing: after RESTART_SETTLE_SECONDS from the first pass that waited, passes go on,
+    a's bound worker counted as another workload's devices."""
+    now = [1_000.0]
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None), clock=lambda: now[0])
+    scheduler.reconcile_with(Recorder())
+    a, b = ("ns", "a"), ("ns", "b")
+    cluster = FakeCluster(nodes=[node("n1")], workers={a: [worker("a", 0, "n1")]})
+    scheduler.offer(b, demand("b", min_workers=1, want=2, created=2), ANYWHERE, indexed_view(cluster))
+    now[0] += RESTART_SETTLE_SECONDS - 1
+    scheduler.request("timer", indexed_view(cluster))
+    assert scheduler.snapshot()[b].workers is None
+
+    now[0] += 1
+    scheduler.request("timer", indexed_view(cluster))
+    assert scheduler.snapshot()[b].workers == 1  # 4 of the 8 GPUs: a's worker holds the others
+
+
+def test_a_start_with_no_live_workers_is_not_held_back() -> None:
+    """Jobs whose workers have all finished or are being deleted are not waited for."""
+    gone, b = ("ns", "gone"), ("ns", "b")
+    pods = [worker("gone", 0, "n1", phase="Succeeded"), worker("gone", 1, "n1", terminating=True)]
+    cluster = FakeCluster(nodes=[node("n1")], workers={gone: pods})
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(b, demand("b", min_workers=1, want=1), ANYWHERE, indexed_view(cluster))
+    assert scheduler.snapshot()[b].workers == 1
+
+
+def test_the_last_running_job_offering_nothing_still_lets_the_waiting_pass_run() -> None:
+    """A job with live workers that needs nothing now (suspended, its workers still saving) offers None: that is
+    its offer, and the pass runs at once, not at the next trigger."""
+    a, b = ("ns", "a"), ("ns", "b")
+    cluster = FakeCluster(nodes=[node("n1")], workers={a: [worker("a", 0, "n1")]})
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(b, demand("b", min_workers=1, want=1), ANYWHERE, indexed_view(cluster))
+    assert scheduler.snapshot()[b].workers is None
+    scheduler.offer(a, None, ANYWHERE, indexed_view(cluster))
+    assert scheduler.snapshot()[b].workers == 1
+
+
+def test_the_operators_view_lists_the_jobs_kopfs_index_holds_workers_of() -> None:
+    pod = worker("a", 0, "n1")
+    view = cluster_view(cast(Any, {}), cast(Any, {}), cast(Any, {("ns", "a"): [pod]}))
+    assert list(view.jobs_with_workers()) == [("ns", "a")]
+    assert list(FakeCluster().view().jobs_with_workers()) == []  # a view built without the index: none
+
+
+def test_through_the_reconciler_a_restart_that_reconciles_the_queued_job_first_admits_no_one_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first test's cluster, with each process's reconciles: b's pod was not created by the restarted one."""
+    monkeypatch.setattr(kopf, "event", lambda *_, **__: None)
+    kube = FakeKube([])
+    nodes = [node("n1")]
+
+    def view() -> ClusterView:
+        def workers(key: JobKey) -> list[WorkerPod]:
+            return [pod for name, pod in kube.pods.items() if name.startswith(f"{key[1]}-worker-")]
+
+        def usage() -> dict[str, list[PodUsage]]:
+            bound = [pod.node_name for pod in kube.pods.values() if pod.node_name and not pod.finished]
+            return {name: [PodUsage(name, {GPU: 4})] * bound.count(name) for name in set(bound)}
+
+        jobs = lambda: sorted({(NAMESPACE, name.split("-worker-")[0]) for name in kube.pods})  # noqa: E731
+        return ClusterView(lambda: nodes, usage, workers, jobs)
+
+    for name, replicas, created in (("a", 2, "2025-01-01T00:00:00Z"), ("b", 1, "2025-01-01T00:01:00Z")):
+        manifest = job_manifest(name, replicas=replicas)
+        manifest["spec"]["resources"]["acceleratorsPerWorker"] = 4
+        manifest["metadata"]["creationTimestamp"] = created
+        kube.jobs[name] = manifest
+    before = Reconciler(cast(KubeApi, kube), CATALOG, OperatorMetrics())
+    before.reconcile((NAMESPACE, "a"), "create", view())
+    before.reconcile((NAMESPACE, "b"), "create", view())
+    kube.pods["a-worker-0"] = replace(kube.pods["a-worker-0"], node_name="n1")
+    before.reconcile((NAMESPACE, "b"), "pod", view())
+
+    after = Reconciler(cast(KubeApi, kube), CATALOG, OperatorMetrics())
+    for name in ("b", "a"):  # b's listing event handled first
+        after.jobs.observe((NAMESPACE, name), copy.deepcopy(kube.jobs[name]))
+        after.reconcile((NAMESPACE, name), "resume", view())
+    grants = after.scheduler.snapshot()
+    assert grants[(NAMESPACE, "a")].workers == 2 and grants[(NAMESPACE, "b")].workers == 0
+    assert "b-worker-0" not in kube.pods
+
+
+def test_with_the_operators_debounce_the_pass_runs_at_the_settle_limit_with_no_other_trigger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scheduler_module, "RESTART_SETTLE_SECONDS", 0.3)
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings())
+    scheduler.reconcile_with(Recorder())
+    a, b = ("ns", "a"), ("ns", "b")
+    cluster = FakeCluster(nodes=[node("n1")], workers={a: [worker("a", 0, "n1")]})
+    scheduler.offer(b, demand("b", min_workers=1, want=2), ANYWHERE, indexed_view(cluster))
+    time.sleep(0.15)
+    assert scheduler.snapshot()[b].workers is None
+    deadline = time.monotonic() + 5
+    while scheduler.snapshot()[b].workers is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert scheduler.snapshot()[b].workers == 1
