@@ -222,6 +222,13 @@ class _Cluster:
     lowest_priority: dict[str, int] = field(default_factory=dict)
     # (id of a node list, devices per worker) -> workers it holds with nothing else running (_satisfiable).
     capacity_slots: dict[tuple[int, int], int] = field(default_factory=dict)
+    # node -> its free devices with no job of the pass on it: the most shrinking and preempting can free.
+    jobless_free: dict[str, int] = field(default_factory=dict)
+    # (id of a node list, devices per worker) -> (the list, workers it holds on jobless_free): the list is
+    # kept, so no other list takes its id while the pass runs (some are made per job: _Queue.usable).
+    jobless_slots: dict[tuple[int, int], tuple[Sequence[str], int]] = field(default_factory=dict)
+    # accelerator -> (priorities, the pass's jobs on it), lowest priority then youngest first (_lower).
+    lowest_first: dict[str, tuple[list[int], list[_Job]]] = field(default_factory=dict)
     # id of a node list -> the devices of its largest node.
     largest_of: dict[int, int] = field(default_factory=dict)
     # node -> the jobs whose bound workers this pass took away there (shrunk, preempted, or leaving anyway
@@ -305,6 +312,15 @@ class _Cluster:
             self.capacity_slots[cache_key] = _slots(self.allocatable, nodes, per_worker)
         return self.capacity_slots[cache_key]
 
+    def slots_without_jobs(self, nodes: Sequence[str], per_worker: int) -> int:
+        """Workers of `per_worker` devices `nodes` would hold with every job of the pass gone, other pods
+        staying (per list, once): no trial of _make_room gets more."""
+        cache_key = (id(nodes), per_worker)
+        cached = self.jobless_slots.get(cache_key)
+        if cached is None:
+            cached = self.jobless_slots[cache_key] = (nodes, _slots(self.jobless_free, nodes, per_worker))
+        return cached[1]
+
     def largest(self, nodes: list[str]) -> int:
         """The devices of the largest node of `nodes` (per list, once)."""
         if id(nodes) not in self.largest_of:
@@ -361,6 +377,7 @@ def _cluster(nodes: Iterable[NodeCapacity], held: Mapping[str, int]) -> _Cluster
         cluster.accelerator_of[node.name] = node.accelerator
     for name, accelerator in cluster.accelerator_of.items():
         cluster.nodes_of.setdefault(accelerator, []).append(name)
+    cluster.jobless_free = dict(cluster.free)
     cluster.index_rooms()
     return cluster
 
@@ -514,7 +531,7 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) ->
     short: list[_Job] = []  # the jobs so far whose minimum has no place
     for job in held:
         nodes = minimum_nodes.get(job) if job.placed < job.floor else None
-        _reserve(cluster, job, job.grant, _off_short(cluster, job, short) if nodes is None else nodes)
+        _reserve(cluster, job, job.grant, _off_short(job, short, queue) if nodes is None else nodes)
         if job.holds and job.placed < min(job.floor, job.grant):
             short.append(job)
         if job.placed < job.grant and job.grant > job.floor:
@@ -542,17 +559,17 @@ def _off_heads(cluster: _Cluster, queued: Sequence[_Job], job: _Job, queue: _Que
             heads.append((other, queue.head_reason))
             if queue.policy == "StrictFIFO":
                 break  # the first that does not fit is StrictFIFO's only head
-    return _unkept(job.nodes, heads, cluster.allocatable)[0] if heads else job.nodes
+    return _unkept(job.nodes, heads, queue)[0] if heads else job.nodes
 
 
-def _off_short(cluster: _Cluster, job: _Job, short: Sequence[_Job]) -> list[str]:
+def _off_short(job: _Job, short: Sequence[_Job], queue: _Queue) -> list[str]:
     """The job's nodes for its workers above its minimum: less those of the `short` jobs (ahead of it) that
     hold one of their workers. A minimum still missing keeps the nodes of the first loop (_off_heads)."""
     if job.placed >= job.grant or job.placed < job.floor:
         return job.nodes
     accelerator = job.demand.accelerator
     ahead = [(other, _short_reason) for other in short if other.demand.accelerator == accelerator]
-    return _unkept(job.nodes, ahead, cluster.allocatable)[0] if ahead else job.nodes
+    return _unkept(job.nodes, ahead, queue)[0] if ahead else job.nodes
 
 
 def _drop_finished_beyond(job: _Job) -> None:
@@ -600,6 +617,8 @@ class _Queue:
     # The queued jobs that did not fit, in queue order (not those waiting behind StrictFIFO's head).
     did_not_fit: list[_Job] = field(default_factory=list)
     node_sets: dict[int, frozenset[str]] = field(default_factory=dict)  # id of a job's node list -> its set
+    # (id of a node list, devices per worker) -> its nodes big enough for one such worker (keepable)
+    keepable_sets: dict[tuple[int, int], frozenset[str]] = field(default_factory=dict)
     # (the job's node list, the protectors ahead of it) -> usable(): jobs share node lists (_Cluster.nodes_for)
     usable_cache: dict[tuple[int, tuple[int, ...]], tuple[list[str], str | None]] = field(
         default_factory=dict
@@ -612,13 +631,30 @@ class _Queue:
         for other in (*self.did_not_fit, *self.short.get(accelerator, ())):
             if other is job or other.demand.accelerator != accelerator:
                 continue
-            usable = self.node_sets.get(id(other.nodes))
-            if usable is None:
-                usable = self.node_sets[id(other.nodes)] = frozenset(other.nodes)
+            usable = self.node_set(other.nodes)
             per_worker = other.demand.per_worker
             if any(node in usable and self.allocatable.get(node, 0) >= per_worker for node in job.bound):
                 return True
         return False
+
+    def node_set(self, nodes: list[str]) -> frozenset[str]:
+        """A node list of the pass as a set (per list, once)."""
+        found = self.node_sets.get(id(nodes))
+        if found is None:
+            found = self.node_sets[id(nodes)] = frozenset(nodes)
+        return found
+
+    def keepable(self, job: _Job) -> frozenset[str]:
+        """The job's nodes big enough for one of its workers: those it keeps as a protector. Per node list and
+        devices per worker, once: every head of a long queue shares them (_Cluster.nodes_for)."""
+        per_worker = job.demand.per_worker
+        cache_key = (id(job.nodes), per_worker)
+        found = self.keepable_sets.get(cache_key)
+        if found is None:
+            allocatable = self.allocatable
+            found = frozenset(node for node in job.nodes if allocatable.get(node, 0) >= per_worker)
+            self.keepable_sets[cache_key] = found
+        return found
 
     def note_short(self, jobs: Sequence[_Job]) -> None:
         for job in jobs:
@@ -645,7 +681,7 @@ class _Queue:
             return job.nodes, None
         cache_key = (id(job.nodes), tuple(id(other) for other, _ in protectors))
         if cache_key not in self.usable_cache:
-            self.usable_cache[cache_key] = _unkept(job.nodes, protectors, self.allocatable)
+            self.usable_cache[cache_key] = _unkept(job.nodes, protectors, self)
         return self.usable_cache[cache_key]
 
     def head_reason(self, head: _Job) -> str:
@@ -672,22 +708,21 @@ class _Queue:
 
 
 def _unkept(
-    nodes: list[str],
-    protectors: Sequence[tuple[_Job, Callable[[_Job], str]]],
-    allocatable: Mapping[str, int],
+    nodes: list[str], protectors: Sequence[tuple[_Job, Callable[[_Job], str]]], queue: _Queue
 ) -> tuple[list[str], str | None]:
     """Queue.usable without the cache: `nodes` less those any protector may use, and the first such reason.
     A node too small for one of a protector's workers (4 devices for workers of 8, or one device failed)
-    is not its to keep."""
+    is not its to keep (_Queue.keepable)."""
     kept: set[str] = set()
     why = None
-    mine = set(nodes)
+    mine = queue.node_set(nodes)
     for other, reason in protectors:
-        per_worker = other.demand.per_worker
-        overlap = {node for node in mine.intersection(other.nodes) if allocatable.get(node, 0) >= per_worker}
+        overlap = mine.intersection(queue.keepable(other))
         if overlap:
             kept |= overlap
             why = why or reason(other)
+            if len(kept) == len(mine):
+                break  # later protectors change neither the nodes (none left) nor the reason (the first's)
     return ([node for node in nodes if node not in kept] if kept else nodes), why
 
 
@@ -915,16 +950,18 @@ def _whole_group_removals(
     return groups
 
 
-def _lower(jobs: Sequence[_Job], job: _Job) -> list[_Job]:
-    """Admitted jobs on the job's accelerator with strictly lower priority: lowest priority, then youngest."""
-    found = [
-        other
-        for other in jobs
-        if other.holds
-        and other.demand.accelerator == job.demand.accelerator
-        and other.demand.priority < job.demand.priority
-    ]
-    return sorted(found, key=lambda other: (other.demand.priority, -other.demand.created, other.key))
+def _lower(cluster: _Cluster, jobs: Sequence[_Job], job: _Job) -> list[_Job]:
+    """Admitted jobs on the job's accelerator with strictly lower priority: lowest priority, then youngest.
+    The pass's jobs are sorted so once per accelerator; each call takes those below the job's priority."""
+    accelerator = job.demand.accelerator
+    if accelerator not in cluster.lowest_first:
+        ranked = sorted(
+            (other for other in jobs if other.demand.accelerator == accelerator),
+            key=lambda other: (other.demand.priority, -other.demand.created, other.key),
+        )
+        cluster.lowest_first[accelerator] = ([other.demand.priority for other in ranked], ranked)
+    priorities, ranked = cluster.lowest_first[accelerator]
+    return [other for other in ranked[: bisect_left(priorities, job.demand.priority)] if other.holds]
 
 
 def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequence[str]) -> bool:
@@ -932,7 +969,9 @@ def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequen
     `nodes`; commits the changes only when it then fits."""
     if job.demand.priority <= cluster.lowest_priority.get(job.demand.accelerator, job.demand.priority):
         return False  # no job on its accelerator has a lower priority
-    lower = _lower(jobs, job)
+    if cluster.slots_without_jobs(nodes, job.demand.per_worker) < job.floor:
+        return False  # other pods hold too much: even with every job gone it would not fit
+    lower = _lower(cluster, jobs, job)
     if not lower:
         return False
     free = {node: cluster.free[node] for node in nodes}
