@@ -776,7 +776,7 @@ def test_a_failed_worker_of_a_fixed_group_restarts_the_group_once_counted() -> N
     waiting = condition(gone, "Ready")
     assert (waiting["reason"], waiting["message"]) == (
         "RestartBackoff",
-        "0/2 workers running; replacing failed workers in 5 s",
+        "0/2 workers running; replacing failed workers at 2025-01-01T12:00:05Z",
     )
     later = decide(observe(status=decision.status, now=NOW + timedelta(seconds=5)), CATALOG)
     assert created_names(later) == ["llama-worker-0", "llama-worker-1"]

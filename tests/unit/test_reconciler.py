@@ -356,8 +356,8 @@ def test_deletes_come_after_the_transition_events_and_before_creates(harness: Ha
     calls = [call[:2] for call in harness.log]
     assert calls[:3] == [("get_job", "llama"), ("patch_job_status", "llama"), ("event", "Fits")]
     # Found with workers (as after an operator restart): admitted with them, no Queued round. The job is
-    # not elastic, so the failure restarts its group (Ready=False, Restarting).
-    assert calls[3:6] == [("event", "Admitted"), ("event", "Restarting"), ("event", "WorkerFailed")]
+    # not elastic, so the failure restarts its group (Ready=False, Restarting): told once, by WorkerFailed.
+    assert calls[3:5] == [("event", "Admitted"), ("event", "WorkerFailed")]
     writes = [call for call in calls if call[0] in ("delete_pod", "create_pod")]
     assert writes == [
         ("delete_pod", "llama-worker-2"),  # the rest of the group

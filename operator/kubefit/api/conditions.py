@@ -54,15 +54,17 @@ class Reason:
     """Sized=True: the layout fits device memory with the headroom kept free."""
 
     DOES_NOT_FIT: Final = "DoesNotFit"
-    """Sized=False, Ready=False, Running=False: even the chosen layout needs more memory than the device
-    has usable; no workers are started."""
+    """Sized=False, Ready=False: even the chosen layout needs more memory than the device has usable; no
+    workers are started (Running=False), and workers already running are left alone (Running follows them)."""
 
     INVALID_SPEC: Final = "InvalidSpec"
-    """Sized=Unknown, Ready=False, Running=False: the spec (or the job's name) is invalid; the message
-    names each field at fault. No workers are started."""
+    """Sized=Unknown, Ready=False: the spec (or the job's name) is invalid; the message names each field at
+    fault. No workers are started (Running=False); workers already running are left alone (Running follows
+    them)."""
 
     TOO_FEW_WORKERS: Final = "TooFewWorkers"
-    """Ready=False, Running=False: memory needs more workers than spec.workers allows."""
+    """Ready=False: memory needs more workers than spec.workers allows. No workers are started
+    (Running=False); workers already running are left alone (Running follows them)."""
 
     SUSPENDED: Final = "Suspended"
     """Suspended=True, Ready=False, Running=False: spec.runPolicy.suspend is true."""
@@ -172,12 +174,20 @@ class EventReason:
     """Normal: every running worker acknowledged the checkpoint request, or the grace period passed (the
     message says which); the planned removal proceeds."""
 
+    CAPACITY_CHANGED: Final = "CapacityChanged"
+    """Normal: an elastic job's worker above its floor found no node within
+    spec.scheduling.gangTimeoutSeconds of its creation (CPU, memory, a pod limit or a taint the operator
+    does not count); it is deleted (it never ran), the job runs the workers placed and grows again one gang
+    timeout later. (A grant the scheduling pass lowers because workers no longer fit, which
+    kubefit_scale_events_total counts as CapacityChanged, is told by condition Admitted instead.)"""
+
 
 class JobPhase:
     """status.phase, the one-word summary `kubectl get` prints; derived from the conditions."""
 
     PENDING: Final[Phase] = "Pending"
-    """No worker runs yet: the spec is invalid, the job does not fit, or its admitted pods are starting."""
+    """The job does not train yet: the spec is invalid, the job does not fit, or its admitted pods are
+    starting (fewer run than it trains with: condition Running is False)."""
 
     QUEUED: Final[Phase] = "Queued"
     """The job waits for admission (condition Admitted says why); no worker pod exists."""
@@ -186,8 +196,9 @@ class JobPhase:
     """Every desired worker runs."""
 
     SCALING: Final[Phase] = "Scaling"
-    """Every desired worker has run at once before, and now some do not run or surplus ones are still
-    there: the count is changing, or a worker is being replaced."""
+    """Not every desired worker runs, or surplus ones are still there, after every desired worker has run at
+    once, or while enough run to train (an elastic job on its floor while a worker above it starts): the
+    count is changing, or a worker is being replaced or placed."""
 
     SUCCEEDED: Final[Phase] = "Succeeded"
     """Finished: every desired worker succeeded."""

@@ -33,13 +33,19 @@ def apply_conditions(
     updates: Sequence[ConditionUpdate],
     generation: int | None,
     now: str,
+    observed: bool = True,
 ) -> list[Condition]:
-    """The previous conditions with `updates` applied, in a stable order (previous first, then new ones)."""
+    """The previous conditions with `updates` applied, in a stable order (previous first, then new ones).
+    A condition no update touches still holds for the spec observed now: it takes `generation` too, unless
+    `observed` is False (a reconcile that failed observed nothing)."""
     by_type = {update.type: update for update in updates}
     result: list[Condition] = []
     for condition in previous:
         update = by_type.pop(condition.get("type", ""), None)
-        result.append(dict(condition) if update is None else _updated(condition, update, generation, now))
+        if update is None:
+            result.append({**condition, "observedGeneration": generation} if observed else dict(condition))
+        else:
+            result.append(_updated(condition, update, generation, now))
     for update in by_type.values():
         result.append(_updated(None, update, generation, now))
     return result

@@ -38,7 +38,7 @@ def reconcile_error(
     ):
         return FailureRecord(status=None, events=())
     update = ConditionUpdate(ConditionType.READY, "False", Reason.RECONCILE_ERROR, message)
-    conditions = apply_conditions(previous, [update], generation, now)
+    conditions = apply_conditions(previous, [update], generation, now, observed=False)
     return FailureRecord(
         status={"conditions": conditions}, events=(JobEvent("Warning", Reason.RECONCILE_ERROR, message),)
     )

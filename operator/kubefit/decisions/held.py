@@ -1,10 +1,13 @@
 """A job whose spec became invalid, or stopped fitting, while its workers run (pure).
 
 Its workers are left alone: a slip in an edit does not cost the training, and they keep the devices they
-hold until it is put right (Ready=False says why). The job still follows them: it is suspended when
-spec.runPolicy.suspend says so (read as written, for a spec that does not parse), it succeeds once they
-have, and its status stops saying Suspended once the suspend is lifted. A worker that fails is replaced,
-or its group restarted, once the spec is valid again: those rules need it.
+hold until it is put right (Ready=False says why). The status still says they run: Running follows them,
+the phase is Scaling (Pending before they first trained), desiredReplicas counts them, and Admitted stays
+as it was. A job not admitted and without workers is Admitted=False for Ready's reason: it is not queued.
+The job still follows its workers: it is suspended when spec.runPolicy.suspend says so (read as written,
+for a spec that does not parse), it succeeds once they have, and its status stops saying Suspended once
+the suspend is lifted. A worker that fails is replaced, or its group restarted, once the spec is valid
+again: those rules need it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from kubefit.api.conditions import ConditionType, JobPhase, Reason
 from kubefit.api.models import Elastic
 from kubefit.api.units import rfc3339
-from kubefit.decisions.conditions import ConditionUpdate, is_true
-from kubefit.decisions.draft import Draft, not_running, restarts_of
+from kubefit.decisions.conditions import ConditionUpdate, find_condition, is_true
+from kubefit.decisions.draft import Draft, conditions_of, not_running, restarts_of
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
 from kubefit.decisions.scheduled import SUSPENDED_WHY, stop_every_worker
 
@@ -24,6 +27,12 @@ if TYPE_CHECKING:
     from kubefit.decisions.job import JobObservation
 
 DEFAULT_GRACE_SECONDS = int(Elastic.model_fields["checkpoint_grace_period_seconds"].default)
+# What the spec does wrong, by the reason of Ready=False on the invalid and blocked paths.
+_WHY: dict[str, str] = {
+    Reason.INVALID_SPEC: "the spec is invalid",
+    Reason.DOES_NOT_FIT: "the job does not fit",
+    Reason.TOO_FEW_WORKERS: "spec.workers allows too few workers",
+}
 
 
 def with_held_workers(draft: Draft, observation: JobObservation, ours: Sequence[WorkerPod]) -> Draft:
@@ -35,12 +44,27 @@ def with_held_workers(draft: Draft, observation: JobObservation, ours: Sequence[
     present = [pod for pod in ours if not pod.terminating]
     if present and all(pod.phase == POD_SUCCEEDED for pod in present):
         return _succeeded(observation, present, sized)
-    conditions = observation.status.get("conditions") or []
+    conditions = conditions_of(observation.status)
     if is_true(conditions, ConditionType.SUSPENDED):
         message = "spec.runPolicy.suspend is false"
         draft.updates.append(ConditionUpdate(ConditionType.SUSPENDED, "False", Reason.RESUMED, message))
-    if draft.desired is None and present:
-        draft.desired = _held_count(present)
+    held = _held_count(present)
+    ready = (update for update in draft.updates if update.type == ConditionType.READY)
+    reason = next((update.reason for update in ready), Reason.INVALID_SPEC)
+    if not held:
+        if not is_true(conditions, ConditionType.ADMITTED):
+            # Out of the queue (no demand): not "waiting for the operator's scheduling pass" for ever.
+            why = f"{_WHY[reason]}: not queued until the spec is fixed"
+            draft.updates.append(ConditionUpdate(ConditionType.ADMITTED, "False", reason, why))
+        return draft
+    draft.desired = held
+    live = [pod for pod in present if not pod.finished]
+    if live:
+        running = _held_running(conditions, live, held, _WHY[reason])
+        draft.updates = [update for update in draft.updates if update.type != ConditionType.RUNNING]
+        draft.updates.append(running)
+        trained = observation.status.get("startTime") or running.status == "True"
+        draft.phase = JobPhase.SCALING if trained else JobPhase.PENDING
     return draft
 
 
@@ -49,6 +73,27 @@ def _held_count(present: Sequence[WorkerPod]) -> int:
     group's workers were started with, else how many run. It read 0 (and the column `2/-`) while they ran."""
     stamped = [pod.world_size for pod in present if pod.world_size is not None]
     return max(stamped) if stamped else sum(1 for pod in present if pod.phase != POD_SUCCEEDED)
+
+
+def _held_running(
+    conditions: Sequence[Mapping[str, Any]], live: Sequence[WorkerPod], held: int, why: str
+) -> ConditionUpdate:
+    """Running for workers that run on: True while at least their floor runs (a fixed group's world size,
+    an elastic group's lowest torchrun floor). Running=False said no worker ran while they trained, and the
+    fixed spec then moved its lastTransitionTime. TrainingEnded stays: the workers left only finish."""
+    before = find_condition(conditions, ConditionType.RUNNING) or {}
+    if before.get("reason") == Reason.TRAINING_ENDED:
+        return ConditionUpdate(
+            ConditionType.RUNNING, "False", Reason.TRAINING_ENDED, before.get("message", "")
+        )
+    ready = [pod for pod in live if pod.ready]
+    stamped = [pod.world_size for pod in live if pod.world_size is not None]
+    floors = [int(pod.nnodes.split(":")[0]) for pod in ready if pod.nnodes is not None]
+    floor = max(stamped) if stamped else min(floors, default=held)
+    message = f"{len(ready)}/{held} workers running; they keep running while {why}"
+    if ready and len(ready) >= floor:
+        return ConditionUpdate(ConditionType.RUNNING, "True", Reason.WORKERS_RUNNING, message)
+    return ConditionUpdate(ConditionType.RUNNING, "False", Reason.WORKERS_STARTING, message)
 
 
 def _succeeded(

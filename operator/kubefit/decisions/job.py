@@ -185,7 +185,7 @@ def decide(
     if spec.run_policy.suspend and not training_ended(context):
         draft = suspended(context)
     elif not bounds.feasible or (not sizing.fits and spec.resources.fit_policy == "Enforce"):
-        draft = with_held_workers(_blocked(spec, sizing, bounds), observation, ours)
+        draft = with_held_workers(_blocked(spec, sizing, bounds, len(context.live)), observation, ours)
     else:
         draft = scheduled(context)
     draft.events.extend(_overprovisioning_events(job_sizing.advice, observation.status))
@@ -333,20 +333,21 @@ def _invalid(invalid: InvalidSpec) -> Draft:
     )
 
 
-def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds) -> Draft:
+def _blocked(spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds, live: int) -> Draft:
+    """No worker is started; `live` workers that run already are left alone (decisions/held.py)."""
+    workers = f"its running workers ({live}) are left alone" if live else "no workers are started"
     if bounds.feasible:
         reason = Reason.DOES_NOT_FIT
         headroom = spec.resources.memory_headroom
         usable = format_gib(int(sizing.device_memory_bytes * (1 - headroom)))
         message = (
-            f"{sizing_summary(sizing)}: more than the {usable} usable with {headroom:.0%} headroom; "
-            "no workers are started"
+            f"{sizing_summary(sizing)}: more than the {usable} usable with {headroom:.0%} headroom; {workers}"
         )
     else:
         reason = Reason.TOO_FEW_WORKERS
         field_name = spec.workers.ceiling_field
         needs = floor_needs(spec, bounds, sizing.min_workers, sizing.accelerators_per_worker)
-        message = f"{needs} but spec.workers.{field_name} allows {bounds.ceiling}; no workers are started"
+        message = f"{needs} but spec.workers.{field_name} allows {bounds.ceiling}; {workers}"
     return Draft(
         phase=JobPhase.PENDING,
         updates=[sized(sizing), *not_running(reason, message)],
@@ -528,6 +529,24 @@ def _transition_events(
     return events
 
 
+# The path's own Warning about a failed or lost worker of a fixed group (decisions/running.py) says what
+# its Ready=False Restarting says, word for word.
+_WORKER_EVENTS = frozenset({EventReason.WORKER_FAILED, EventReason.WORKER_LOST})
+
+
+def _condition_events(
+    previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]], posted: Sequence[JobEvent]
+) -> list[JobEvent]:
+    """The transition events, less a Restarting that a WorkerFailed or WorkerLost event of the path
+    already tells: one failure, one event."""
+    told = {event.message for event in posted if event.reason in _WORKER_EVENTS}
+    return [
+        event
+        for event in _transition_events(previous, current)
+        if event.reason != Reason.RESTARTING or event.message not in told
+    ]
+
+
 _WAITING_REASONS = frozenset({Reason.QUEUED, Reason.INSUFFICIENT_CAPACITY})
 
 
@@ -575,7 +594,7 @@ def _to_decision(
         delete=draft.delete,
         replace=draft.replace,
         adopt=adopt,
-        events=tuple(_transition_events(conditions_of(previous), conditions) + draft.events),
+        events=tuple(_condition_events(conditions_of(previous), conditions, draft.events) + draft.events),
         delete_job=draft.delete_job,
         requeue_after=max(0.0, min(waits)) if waits else None,
         sizing=sizing,

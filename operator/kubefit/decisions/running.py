@@ -36,8 +36,7 @@ from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.builders.naming import widest_index, worker_name
 from kubefit.builders.rendezvous import fixed_world
 from kubefit.builders.resources import default_memory, given_memory
-from kubefit.decisions.admission import CAPACITY_CHANGED
-from kubefit.decisions.conditions import ConditionUpdate, is_true
+from kubefit.decisions.conditions import ConditionUpdate, find_condition, is_true
 from kubefit.decisions.draft import (
     Draft,
     JobContext,
@@ -64,6 +63,10 @@ from kubefit.decisions.workers import WorkerChanges, scale_workers, stop_workers
 
 # Reason words the scheduling pass may give a changed grant (AdmissionPlan.reasons: "Word: detail").
 _GRANT_REASONS = {Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.SHRUNK_FOR_PRIORITY, Reason.ADMITTED}
+# The reason of a grant the scheduler rebuilt from the workers it found when the operator started
+# (controller.scheduler.RECOVERED): no news, so the job's Admitted condition stays as it was.
+RECOVERED = "Recovered"
+_NO_CAPACITY = "no capacity for more"  # why a grant is below the replicas when nothing else says
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,7 @@ def _given_up_event(ctx: JobContext, given_up: Sequence[WorkerPod], keep: int) -
         f"CPU, memory, a pod limit or a taint kubefit does not count can keep it off the node): deleted, it "
         f"never ran; the job runs {keep} workers and grows again after {timeout} s"
     )
-    return JobEvent("Normal", CAPACITY_CHANGED, message)
+    return JobEvent("Normal", EventReason.CAPACITY_CHANGED, message)
 
 
 def _wait_for_old_workers(ctx: JobContext, draft: Draft, target: int, fixed: bool) -> None:
@@ -614,7 +617,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
     desired = plan.target if plan.restart and shake.proceed else plan.keep
     start_time = ctx.status.get("startTime") or (rfc3339(ctx.now) if ready >= plan.keep else None)
     draft = Draft(
-        phase=_phase(ctx.ours, plan.keep, ready, start_time, restarting=plan.restart is not None),
+        phase=_phase(ctx, plan.keep, ready, start_time, restarting=plan.restart is not None),
         updates=[sized(ctx.sizing), _admitted(ctx, plan), *_readiness(ctx, ready, plan.keep)],
         create=create,
         worker_set=worker_set(ctx, plan.keep, plan.floor) if create else None,
@@ -629,10 +632,11 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
         draft.updates.append(ConditionUpdate(ConditionType.READY, "False", Reason.RESTARTING, plan.restart))
     if plan.removal is not None:
         apply_handshake(draft, shake, plan.removal)
+    replaced_at = _backoff_end(ctx)
     if backoff > 0:
         draft.requeue_after.append(backoff)
         if not plan.restart and ready < plan.keep:
-            waiting = f"{ready}/{plan.keep} workers running; replacing failed workers in {backoff:.0f} s"
+            waiting = f"{ready}/{plan.keep} workers running; replacing failed workers at {replaced_at}"
             draft.updates.append(
                 ConditionUpdate(ConditionType.READY, "False", Reason.RESTART_BACKOFF, waiting)
             )
@@ -642,8 +646,17 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
     note = removal_progress(shake, plan.removal) if plan.removal is not None else None
     draft.message = _message(ctx, plan, shake_note=note)
     if backoff > 0 and draft.message is None:
-        draft.message = f"replacing failed workers in {backoff:.0f} s (restart backoff)"
+        draft.message = f"replacing failed workers at {replaced_at} (restart backoff)"
     return draft
+
+
+def _backoff_end(ctx: JobContext) -> str | None:
+    """When the restart backoff after the last failure ends: a time, not the seconds left, which would
+    rewrite the status on every reconcile."""
+    failed_at = parse_rfc3339(ctx.status.get("lastFailureTime"))
+    if failed_at is None:
+        return None
+    return rfc3339(failed_at + timedelta(seconds=restart_backoff(restarts_of(ctx.status))))
 
 
 def _plan(ctx: JobContext, grant: int) -> _Plan:
@@ -853,18 +866,49 @@ def _shrink_reason(ctx: JobContext) -> str:
 
 
 def grant_detail(ctx: JobContext) -> str | None:
-    """The detail of the scheduling pass's reason for this job's grant ("Word: detail" -> detail)."""
+    """The detail of the scheduling pass's reason for this job's grant ("Word: detail" -> detail); None for
+    a recovered grant (RECOVERED), which tells nothing new."""
     reason = ctx.observation.grant_reason
-    if not reason:
+    if not reason or _recovered(ctx):
         return None
     word, _, detail = reason.partition(":")
     return (detail or word).strip()
 
 
 def grant_reason(ctx: JobContext) -> str:
-    """The Admitted=True reason: the scheduling pass's word when it is one of ours, else Admitted."""
+    """The Admitted=True reason: the scheduling pass's word when it is one of ours, else Admitted. A
+    recovered grant (RECOVERED) keeps the reason the job was admitted with before."""
     word = (ctx.observation.grant_reason or "").partition(":")[0].strip()
+    if word == RECOVERED:
+        before = _admitted_before(ctx)
+        word = str(before.get("reason")) if before is not None else Reason.ADMITTED
     return word if word in _GRANT_REASONS else Reason.ADMITTED
+
+
+def _recovered(ctx: JobContext) -> bool:
+    return (ctx.observation.grant_reason or "").partition(":")[0].strip() == RECOVERED
+
+
+def _admitted_before(ctx: JobContext) -> Mapping[str, object] | None:
+    """The previous Admitted condition when it is True."""
+    before = find_condition(ctx.conditions, ConditionType.ADMITTED)
+    return before if before is not None and before.get("status") == "True" else None
+
+
+def _grant_why(ctx: JobContext, plan: _Plan) -> str | None:
+    """Why the grant is below spec.workers.replicas, as the scheduling pass said: its detail, or for a
+    recovered grant of the same count the reason the previous Admitted message gave (the operator's
+    restart is no news: the condition, its event and status.message stay as they were)."""
+    detail = grant_detail(ctx)
+    before = _admitted_before(ctx) if _recovered(ctx) else None
+    if detail or before is None:
+        return detail
+    counted = f"{plan.target} of {ctx.bounds.desired} workers granted: "
+    message = str(before.get("message") or "")
+    if not message.startswith(counted):
+        return None  # another count: the grant is told afresh
+    why = message.removeprefix(counted)
+    return why if why and why != _NO_CAPACITY else None
 
 
 def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
@@ -873,7 +917,7 @@ def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
         message = f"{plan.target} workers granted"
     else:
         # Held below it (the training ended, a raised minimum not granted yet): why, rather than capacity.
-        why = plan.capped or grant_detail(ctx) or plan.hold or "no capacity for more"
+        why = plan.capped or _grant_why(ctx, plan) or plan.hold or _NO_CAPACITY
         message = f"{plan.target} of {wanted} workers granted: {why}"
     return ConditionUpdate(ConditionType.ADMITTED, "True", grant_reason(ctx), message)
 
@@ -899,7 +943,7 @@ def _count_message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str 
     replicas = ctx.spec.workers.replicas
     why = None
     if plan.target < replicas:
-        detail = grant_detail(ctx) or f"the scheduling pass granted {plan.target}"
+        detail = _grant_why(ctx, plan) or f"the scheduling pass granted {plan.target}"
         ceiling = ctx.bounds.ceiling
         why = f"spec.workers.maxReplicas is {ceiling}" if plan.target == ceiling < replicas else detail
         why = f"running {plan.target} of spec.workers.replicas {replicas} workers: {why}"
@@ -989,13 +1033,15 @@ def _placed(ours: Sequence[WorkerPod], slots: frozenset[int]) -> int:
 
 
 def _phase(
-    ours: Sequence[WorkerPod], desired: int, ready: int, start_time: str | None, restarting: bool = False
+    ctx: JobContext, desired: int, ready: int, start_time: str | None, restarting: bool = False
 ) -> Phase:
-    existing = [pod for pod in ours if not pod.terminating]
+    existing = [pod for pod in ctx.ours if not pod.terminating]
     # A restart waiting for its checkpoint: every worker is about to go, however many run now.
     if ready >= desired and len(existing) == desired and not restarting:
         return JobPhase.RUNNING
-    return JobPhase.SCALING if start_time else JobPhase.PENDING
+    # An elastic job training on its floor (Running=True) while a worker above it starts runs: not Pending.
+    trains = ready > 0 and ready >= min(_trains_with(ctx), desired)
+    return JobPhase.SCALING if start_time or trains else JobPhase.PENDING
 
 
 def _trains_with(ctx: JobContext) -> int:

@@ -1,0 +1,117 @@
+"""What the status says of a job whose spec became invalid or stopped fitting (decisions/held.py), and the
+events of a fixed group's failure.
+
+Before, workers held through such an edit read Running=False ("no workers are started"), phase Pending and
+desiredReplicas 0 while they trained; a job never admitted read Admitted=False "waiting for the operator's
+scheduling pass", a pass that never saw it; and one failure of a fixed group posted its words twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+from test_reconcile import CATALOG, NOW, condition, observe, pod, raw_spec, status_of
+
+from kubefit.decisions.job import JobObservation, ReconcileSettings, decide
+
+# A limit lowered under a running job makes its spec invalid (InvalidSpec) without any edit of it.
+LOWERED_LIMIT = ReconcileSettings(max_workers_per_job=1)
+TOO_BIG = {"parameters": "70B"}  # no longer fits the job's device: DoesNotFit
+TOO_FEW = {
+    "model": {"parameters": "70B"},
+    "workers": {"replicas": 1, "maxReplicas": 1},
+    "training": {"sharding": "zero3"},
+}  # memory needs more workers than its bounds allow: TooFewWorkers
+
+
+def _later(observation: JobObservation, minutes: int, generation: int) -> JobObservation:
+    return replace(observation, now=NOW + timedelta(minutes=minutes), generation=generation)
+
+
+def test_workers_held_through_an_invalid_then_too_big_spec_still_read_as_running() -> None:
+    pods = [pod(0), pod(1)]
+    running = decide(observe(pods=pods), CATALOG)
+    started = condition(running, "Running")
+    assert started["status"] == "True"
+
+    invalid = decide(_later(observe(raw_spec(), pods, running.status), 1, 4), CATALOG, LOWERED_LIMIT)
+    too_big = decide(_later(observe(raw_spec(model=TOO_BIG), pods, invalid.status), 2, 5), CATALOG)
+    for held, generation in ((invalid, 4), (too_big, 5)):
+        kept = condition(held, "Running")
+        assert (kept["status"], kept["lastTransitionTime"]) == ("True", started["lastTransitionTime"])
+        assert "no workers" not in kept["message"] and kept["message"].startswith("2/2 workers running")
+        assert condition(held, "Ready")["status"] == "False"
+        assert status_of(held)["phase"] == "Scaling"
+        assert status_of(held)["desiredReplicas"] == 2 and status_of(held)["workers"] == "2/2"
+        admitted = condition(held, "Admitted")
+        assert (admitted["status"], admitted["observedGeneration"]) == ("True", generation)
+        assert held.delete == () and held.create == () and held.demand is None
+    assert "its running workers (2) are left alone" in condition(too_big, "Ready")["message"]
+
+    # Put right before any scheduling pass: back with the workers it kept, Running never having moved.
+    fixed = decide(_later(observe(raw_spec(), pods, too_big.status, grant=None), 3, 6), CATALOG)
+    assert status_of(fixed)["phase"] == "Running"
+    assert condition(fixed, "Running")["lastTransitionTime"] == started["lastTransitionTime"]
+    assert fixed.delete == () and fixed.create == ()
+
+
+def test_a_held_fixed_group_short_of_a_worker_does_not_read_as_running() -> None:
+    """A fixed group trains only whole: one of its two workers failed while the spec was invalid."""
+    pods = [replace(pod(0), world_size=2), replace(pod(1), world_size=2)]
+    running = decide(observe(pods=pods), CATALOG)
+    struck = [pods[0], replace(pod(1, "Failed"), world_size=2)]
+    held = decide(_later(observe(raw_spec(), struck, running.status), 1, 4), CATALOG, LOWERED_LIMIT)
+    running_now = condition(held, "Running")
+    assert (running_now["status"], running_now["reason"]) == ("False", "WorkersStarting")
+    assert running_now["message"].startswith("1/2 workers running")
+    assert status_of(held)["phase"] == "Scaling" and status_of(held)["desiredReplicas"] == 2
+    assert held.delete == () and held.create == ()
+
+
+def test_a_job_not_admitted_is_not_queued_while_its_spec_is_invalid_or_blocked() -> None:
+    queued = decide(observe(grant=None), CATALOG)
+    assert (condition(queued, "Admitted")["status"], condition(queued, "Admitted")["reason"]) == (
+        "False",
+        "Queued",
+    )
+    blocked = (
+        (raw_spec(), LOWERED_LIMIT, "InvalidSpec"),
+        (raw_spec(model=TOO_BIG), ReconcileSettings(), "DoesNotFit"),
+        (raw_spec(**TOO_FEW), ReconcileSettings(), "TooFewWorkers"),
+    )
+    for spec, settings, reason in blocked:
+        held = decide(_later(observe(spec, [], queued.status, grant=None), 1, 4), CATALOG, settings)
+        admitted = condition(held, "Admitted")
+        assert (admitted["status"], admitted["reason"]) == ("False", reason)
+        assert "not queued until the spec is fixed" in admitted["message"]
+        assert condition(held, "Ready")["reason"] == reason
+        assert status_of(held)["phase"] == "Pending" and held.demand is None
+        assert not [event for event in held.events if event.reason in ("Admitted", "Queued")]
+
+        # Fixed: queued again, and admitted by the next pass as before.
+        fixed = decide(_later(observe(raw_spec(), [], held.status, grant=None), 2, 5), CATALOG)
+        assert (condition(fixed, "Admitted")["reason"], status_of(fixed)["phase"]) == ("Queued", "Queued")
+        assert fixed.demand is not None
+        admitted_again = decide(_later(observe(raw_spec(), [], fixed.status), 3, 5), CATALOG)
+        assert condition(admitted_again, "Admitted")["status"] == "True"
+        assert admitted_again.create == (0, 1)
+
+
+def test_a_fixed_group_failure_is_one_event_and_a_restart_for_a_new_size_still_has_its_own() -> None:
+    running = decide(observe(pods=[pod(0), pod(1)]), CATALOG)
+    for pods in ([pod(0), pod(1, "Failed")], [pod(0)]):  # a worker failed; a worker gone
+        struck = decide(_later(observe(pods=pods, status=running.status), 1, 3), CATALOG)
+        assert condition(struck, "Ready")["reason"] == "Restarting"
+        told = [event for event in struck.events if "the group cannot run without it" in event.message]
+        assert [(event.type, event.reason) for event in told] in (
+            [("Warning", "WorkerFailed")],
+            [("Warning", "WorkerLost")],
+        ), struck.events
+
+    # A restart for a new world size has no worker event: its Restarting transition is the event.
+    grace = {"checkpointGracePeriodSeconds": 30}
+    three = raw_spec(workers={"replicas": 3}, elastic=grace)
+    asked = decide(_later(observe(three, [pod(0), pod(1)], running.status), 1, 4), CATALOG)
+    assert condition(asked, "Ready")["reason"] == "Restarting"
+    assert [event.type for event in asked.events if event.reason == "Restarting"] == ["Normal"]
