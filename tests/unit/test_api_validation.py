@@ -231,11 +231,25 @@ BAD_SPECS: list[tuple[str, Any, str, str]] = [
         "spec.workers.minReplicas",
         "maxReplicas (3)",
     ),
+    # The architecture's rules name the field at fault (they named spec.model.architecture, which the
+    # webhook's ratcheting, by path, took for every field of it).
     (
         "kv-heads-above-heads",
         _spec(model=_model(architecture={**ARCH, "kvHeads": 8})),
-        "spec.model.architecture",
-        "kvHeads",
+        "spec.model.architecture.kvHeads",
+        "attentionHeads (4)",
+    ),
+    (
+        "kv-heads-not-dividing-heads",
+        _spec(model=_model(architecture={**ARCH, "kvHeads": 3})),
+        "spec.model.architecture.kvHeads",
+        "must divide attentionHeads (4)",
+    ),
+    (
+        "heads-above-hidden-size",
+        _spec(model=_model(architecture={"layers": 2, "hiddenSize": 8, "attentionHeads": 16})),
+        "spec.model.architecture.attentionHeads",
+        "hiddenSize (8)",
     ),
     # bad counts and quantities
     ("count-bad-suffix", _spec(model={"parameters": "8.03X"}), "spec.model.parameters", "8.03X"),

@@ -1294,3 +1294,42 @@ def test_the_table_says_a_layout_that_does_not_fit_starts_anyway_under_fit_polic
     manifest["spec"]["resources"]["fitPolicy"] = "Warn"
     code, out, _ = run_main(capsys, "-f", write(tmp_path, manifest))
     assert code == 0 and ": DOES NOT FIT (fitPolicy Warn: the workers start anyway)" in out
+
+
+def test_template_fields_left_empty_are_dropped_as_the_api_server_drops_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The API server drops a null wherever the CRD types the field, inside the pod template too (map values
+    # and list items included): `limits:` with only a comment, an empty env value or label value was exit 2
+    # here ("resources.limits: Input should be a valid dictionary") for a job the cluster takes and runs.
+    manifest = json.loads(json.dumps(LLAMA3_8B_FSDP))
+    expected = run_main(capsys, "-f", write(tmp_path, manifest), "-o", "json")
+    assert expected[0] == 0, expected[2]
+    text = yaml.safe_dump(manifest).replace(
+        "  template:\n    spec:\n      containers:\n      - image: example/train:1\n",
+        "  template:\n    metadata:\n      labels:\n        team:\n    spec:\n      containers:\n"
+        "      - image: example/train:1\n        resources:\n          limits:\n"
+        "            # nvidia.com/gpu: 8   (the operator sets it)\n"
+        "        env:\n        - name: EXTRA_ARGS\n          value:\n",
+    )
+    assert "team:\n" in text and "limits:\n" in text and "value:\n" in text
+    assert run_main(capsys, "-f", write(tmp_path, text, "empty.yaml"), "-o", "json") == expected
+
+
+def test_a_null_under_a_key_the_crd_does_not_name_is_kept() -> None:
+    from kubefit.cli.size import load_training_job
+
+    text = (
+        "apiVersion: kubefit.dev/v1alpha1\nkind: TrainingJob\nspec:\n  training:\n  template:\n"
+        "    spec:\n      priorityClassName:\n      containers:\n      - name: trainer\n"
+        "        securityContext: {runAsUser: }\n        image:\n"
+    )
+    spec = load_training_job(text, "job.yaml")["spec"]
+    assert spec == {
+        "template": {
+            "spec": {
+                "priorityClassName": None,
+                "containers": [{"name": "trainer", "securityContext": {"runAsUser": None}}],
+            }
+        }
+    }

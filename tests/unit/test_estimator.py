@@ -778,6 +778,25 @@ def test_pipeline_stages_beyond_the_layers_name_the_field() -> None:
     assert error.value.errors[0].path == "spec.training.pipelineParallel"
 
 
+def test_pipeline_stages_beyond_assumed_layers_are_warned_not_refused() -> None:
+    # Without model.architecture the layers are assumed_shape's guess (19 for 1.56B; GPT-2 XL has 48):
+    # 24 stages were refused, InvalidSpec "24 pipeline stages exceed the model's 19 layers".
+    guessed = estimate(job({"parameters": "1.56B"}, pipelineParallel=24), H100, Layout(24, 1))
+    assert (
+        "pipelineParallel 24 is above the 19 layers assumed for 1.56B parameters; give model.architecture.layers"
+        in guessed.warnings
+    )
+    assert guessed.total > 0 and guessed.activations > 0
+    given = {"layers": 16, "hiddenSize": 2048, "attentionHeads": 16, "vocabSize": 50257}
+    with pytest.raises(InvalidSpec) as error:
+        estimate(
+            job({"parameters": "1.56B", "architecture": given}, pipelineParallel=24), H100, Layout(24, 1)
+        )
+    assert [(e.path, e.message) for e in error.value.errors] == [
+        ("spec.training.pipelineParallel", "24 pipeline stages exceed the model's 16 layers")
+    ]
+
+
 def test_pipeline_keeps_activations_of_all_in_flight_micro_batches() -> None:
     # Korthikanti: the first stage holds p micro-batches x L/p layers, so PP does not divide activations.
     small_vocab = {**LLAMA3_8B, "vocabSize": 1000}  # makes the first stage the most loaded

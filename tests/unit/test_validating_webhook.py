@@ -461,3 +461,34 @@ def test_an_edit_the_running_workers_device_count_cannot_take_is_refused_as_the_
     # With no worker left, or suspended in the same update, the count is planned afresh: allowed.
     document["request"]["oldObject"]["status"]["replicas"] = 0
     assert answer(document)["allowed"]
+
+
+def test_an_edit_of_another_architecture_field_of_a_job_stored_with_bad_heads_is_allowed() -> None:
+    # Stored while the webhook was off. The heads rules named spec.model.architecture, so ratcheting (by
+    # path) took a change of vocabSize alone for a change of the field at fault and refused it.
+    architecture = {"layers": 16, "hiddenSize": 2048, "attentionHeads": 16, "kvHeads": 3, "vocabSize": 32000}
+    stored = {**copy.deepcopy(BASE_SPEC), "model": {"parameters": "1B", "architecture": architecture}}
+    assert answer(admission_review(stored))["status"]["message"].startswith(
+        "spec.model.architecture.kvHeads: "
+    )
+    edited = copy.deepcopy(stored)
+    edited["model"]["architecture"]["vocabSize"] = 50000
+    assert answer(admission_review(edited, "UPDATE", old_spec=stored))["allowed"]
+    # kvHeads changed to another bad value is the update's own fault.
+    edited["model"]["architecture"]["kvHeads"] = 5
+    refused = answer(admission_review(edited, "UPDATE", old_spec=stored))
+    assert not refused["allowed"] and refused["status"]["message"].startswith(
+        "spec.model.architecture.kvHeads"
+    )
+    # attentionHeads above hiddenSize ratchets on its own field the same way.
+    wide = {
+        **copy.deepcopy(BASE_SPEC),
+        "model": {"parameters": "1B", "architecture": {**architecture, "hiddenSize": 8}},
+    }
+    wide["model"]["architecture"].pop("kvHeads")
+    assert answer(admission_review(wide))["status"]["message"].startswith(
+        "spec.model.architecture.attentionHeads: "
+    )
+    deeper = copy.deepcopy(wide)
+    deeper["model"]["architecture"]["layers"] = 20
+    assert answer(admission_review(deeper, "UPDATE", old_spec=wide))["allowed"]

@@ -248,16 +248,27 @@ class Architecture(_Model):
 
     @model_validator(mode="after")
     def _heads_fit(self) -> Architecture:
+        # Reported at the field, so that the webhook's ratcheting (by path) lets an update through that
+        # leaves it as it was.
         if self.attention_heads > self.hidden_size:
-            raise ValueError("attentionHeads must not exceed hiddenSize (each head needs a dimension)")
+            raise PydanticCustomError(
+                FIELD_ERROR,
+                "must not exceed hiddenSize ({hidden}): each head needs a dimension",
+                {"field": "attentionHeads", "hidden": self.hidden_size},
+            )
         if self.kv_heads is not None and self.kv_heads > self.attention_heads:
-            raise ValueError("kvHeads must not exceed attentionHeads")
+            raise PydanticCustomError(
+                FIELD_ERROR,
+                "must not exceed attentionHeads ({heads})",
+                {"field": "kvHeads", "heads": self.attention_heads},
+            )
         if self.kv_heads is not None and self.attention_heads % self.kv_heads:
             # Grouped-query attention shares each key/value head among attentionHeads / kvHeads query heads
             # (transformers' repeat_kv, Megatron-Core's num_query_groups).
-            raise ValueError(
-                f"kvHeads ({self.kv_heads}) must divide attentionHeads ({self.attention_heads}): each "
-                "key/value head serves a whole group of query heads"
+            raise PydanticCustomError(
+                FIELD_ERROR,
+                "must divide attentionHeads ({heads}): each key/value head serves a whole group of query heads",
+                {"field": "kvHeads", "heads": self.attention_heads},
             )
         return self
 

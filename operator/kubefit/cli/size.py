@@ -336,21 +336,37 @@ def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
 
 
 def _without_nulls(spec: Any) -> Any:
-    """The spec as the API server stores it: a null field (`training:` with nothing after it) is dropped
-    before defaulting, since no field of the CRD is nullable. The pod template is kept as written."""
-    if not isinstance(spec, dict):
-        return spec
-    return {
-        key: value if key == "template" else _nulls_dropped(value)
-        for key, value in spec.items()
-        if value is not None
-    }
+    """The spec as the API server stores it: a null (`training:` with nothing after it, an empty `limits:` or
+    label value in the pod template) is dropped before defaulting wherever the CRD gives the field a schema,
+    since none is nullable (apiextensions' PruneNonNullableNullsWithoutDefaults); a dropped field then takes
+    the model's default, which is the CRD's. A null under a key the CRD does not name stays as written."""
+    from kubefit.api.crd import openapi_schema
+
+    return _nulls_dropped(spec, openapi_schema()["properties"]["spec"])
 
 
-def _nulls_dropped(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _nulls_dropped(item) for key, item in value.items() if item is not None}
-    return value
+def _nulls_dropped(value: Any, schema: dict[str, Any] | None) -> Any:
+    if schema is None:  # under a key the CRD does not name, the API server drops no null
+        return value
+    if isinstance(value, list):
+        return [_nulls_dropped(item, schema.get("items")) for item in value]
+    if not isinstance(value, dict):
+        return value
+    kept: dict[Any, Any] = {}
+    for key, item in value.items():
+        field = _field_schema(schema, key)
+        if item is not None or field is None or field.get("nullable"):
+            kept[key] = _nulls_dropped(item, field)
+    return kept
+
+
+def _field_schema(schema: dict[str, Any], key: Any) -> dict[str, Any] | None:
+    """The schema of `key` in an object: its property's, else the map's value schema, else none."""
+    properties = schema.get("properties") or {}
+    if key in properties:
+        return properties[key]
+    values = schema.get("additionalProperties")
+    return values if isinstance(values, dict) else None
 
 
 _JSON_TEXT = re.compile(r"[^ \t\n\r]")  # past JSON's whitespace

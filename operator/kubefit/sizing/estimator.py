@@ -599,16 +599,23 @@ def estimate(spec: TrainingJobSpec, device: Accelerator, layout: Layout) -> Esti
 
 def _checked_model(spec: TrainingJobSpec) -> _Model:
     """The model as sized, refusing (InvalidSpec) what no device can run: adapters larger than the model,
-    more pipeline stages than layers."""
+    more pipeline stages than model.architecture's layers."""
     resolved = _resolve_model(spec)
     _check_adapters(spec, resolved)
-    if spec.training.pipeline_parallel > resolved.shape.layers:
+    stages, layers = spec.training.pipeline_parallel, resolved.shape.layers
+    if stages <= layers:
+        return resolved
+    if spec.model.architecture is not None:
         raise _invalid(
-            "spec.training.pipelineParallel",
-            f"{spec.training.pipeline_parallel} pipeline stages exceed the model's "
-            f"{resolved.shape.layers} layers",
+            "spec.training.pipelineParallel", f"{stages} pipeline stages exceed the model's {layers} layers"
         )
-    return resolved
+    # The layers are assumed_shape's guess from the parameter count (GPT-2 XL's 1.56B has 48, not 19): not
+    # refused; each stage still keeps one whole layer's activations (_saved_activations rounds L/p up).
+    warning = (
+        f"pipelineParallel {stages} is above the {layers} layers assumed for "
+        f"{format_count(resolved.parameters)} parameters; give model.architecture.layers"
+    )
+    return replace(resolved, warnings=(*resolved.warnings, warning))
 
 
 def model_errors(spec: TrainingJobSpec) -> list[FieldError]:
