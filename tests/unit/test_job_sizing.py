@@ -353,3 +353,63 @@ def test_without_advice_the_same_errors_and_layout_without_the_remedy_search(
         assert not isinstance(with_advice, list)
         plain = ("accelerator", "accelerators_per_worker", "min_workers", "per_device_bytes", "fits")
         assert {f: getattr(sizing, f) for f in plain} == {f: getattr(with_advice, f) for f in plain}
+
+
+# Llama-3-8B, full training, ZeRO-3 with optimizer and parameters offloaded, on one A10G per worker: one
+# worker offloads ~120 GiB, more than a 62 GiB node offers; four shard it to ~30 GiB each.
+OFFLOADED_ON_A10G = raw_spec(
+    model={**LLAMA3_8B, "precision": "bf16-mixed"},
+    training={
+        "sequenceLength": 4096,
+        "activationCheckpointing": "full",
+        "sharding": "zero3",
+        "offload": "optimizer-and-parameters",
+    },
+    resources={"accelerator": "nvidia-a10g", "acceleratorsPerWorker": "auto"},
+    workers={"replicas": 1},
+)
+
+
+def a10g_nodes(memory_gib: int, count: int = 4) -> Inventory:
+    nodes = [
+        NodeInventory(f"a10g-{index}", "nvidia-a10g", 1, 1, cpu_millis=15000, memory_bytes=memory_gib * 2**30)
+        for index in range(count)
+    ]
+    return Inventory(nodes, [])
+
+
+def node_memory_warnings(sizing: Any) -> list[str]:
+    return [warning for warning in sizing.warnings if "allocatable on the largest" in warning]
+
+
+def test_a_default_memory_request_no_node_holds_is_warned_with_the_worker_count_that_fits() -> None:
+    # The planner reads no host memory: the one worker's default request (16 GiB + its offloaded state)
+    # fits no node, and it was reported as fitting without a word.
+    sized = size_job(parse_spec(OFFLOADED_ON_A10G), CATALOG, a10g_nodes(62))
+    assert sized.sizing.fits and sized.host_bytes_per_worker > 62 * 2**30
+    (warning,) = node_memory_warnings(sized.sizing)
+    assert warning.startswith("the default memory request of 135.7 GiB per worker (119.7 GiB of it"), warning
+    assert "above the 62.0 GiB allocatable on the largest nvidia-a10g node" in warning, warning
+    assert warning.endswith(
+        "at 3 workers (workers.replicas and minReplicas, and maxReplicas) it comes to 55.9 GiB"
+    )
+    # Nodes that hold it, the job at a worker count whose share fits, or no inventory: no warning.
+    assert not node_memory_warnings(size_job(parse_spec(OFFLOADED_ON_A10G), CATALOG, a10g_nodes(192)).sizing)
+    four = parse_spec({**OFFLOADED_ON_A10G, "workers": {"replicas": 4}})
+    assert not node_memory_warnings(size_job(four, CATALOG, a10g_nodes(62)).sizing)
+    assert not node_memory_warnings(size_job(parse_spec(OFFLOADED_ON_A10G), CATALOG).sizing)
+
+
+def test_no_worker_count_the_nodes_hold_brings_the_default_within_a_node() -> None:
+    sizing = size_job(parse_spec(OFFLOADED_ON_A10G), CATALOG, a10g_nodes(62, count=2)).sizing
+    (warning,) = node_memory_warnings(sizing)
+    assert warning.endswith("; offload less, or run on nodes with more memory"), warning
+
+
+def test_a_given_memory_request_no_node_holds_is_warned() -> None:
+    spec = parse_spec(
+        raw_spec(resources={"accelerator": "nvidia-a10g", "acceleratorsPerWorker": 1, "memory": "100Gi"})
+    )
+    (warning,) = node_memory_warnings(size_job(spec, CATALOG, a10g_nodes(62)).sizing)
+    assert warning.startswith("spec.resources.memory 100Gi (100.0 GiB) is above the 62.0 GiB"), warning
+    assert not node_memory_warnings(size_job(spec, CATALOG, a10g_nodes(128)).sizing)

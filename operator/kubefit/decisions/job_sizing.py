@@ -10,11 +10,14 @@ and inventory. The steps, in order:
 3. say why the chosen accelerator has no node, when the pod's own placement rules every one out;
 4. add the over-provisioning sentence of a fixed layout far bigger than the job needs;
 5. estimate the offloaded state each worker holds in host memory, for the pod's memory request, and warn
-   when a memory request the spec or the template gives is below it.
+   when a memory request the spec or the template gives is below it, or when the request (given or the
+   default) is above the allocatable memory of every node of the chosen accelerator (the planner reads
+   no host memory).
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import threading
 from collections import OrderedDict
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.quantity import exact_quantity, is_quantity
 from kubefit.api.units import format_gib
-from kubefit.builders.resources import given_memory
+from kubefit.builders.resources import default_memory, given_memory
+from kubefit.decisions.draft import host_share
 from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.workers import WorkerBounds, worker_bounds
 from kubefit.sizing.catalog import Catalog
@@ -83,9 +87,13 @@ def size_job(
     if advice is not None and advice not in sizing.warnings:
         sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, advice]})
     host_bytes = _host_bytes_per_worker(spec, sizing, bounds, catalog)
-    warning = _offload_memory_warning(spec, host_bytes)
-    if warning is not None:
-        sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
+    memory_warnings = [
+        _offload_memory_warning(spec, host_bytes),
+        None if inventory is None else _node_memory_warning(spec, sizing, bounds, catalog, inventory),
+    ]
+    for warning in memory_warnings:
+        if warning is not None:
+            sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
     return JobSizing(sizing, bounds, planned.evaluated_workers, host_bytes, advice)
 
 
@@ -216,14 +224,87 @@ def _offload_memory_warning(spec: TrainingJobSpec, host_bytes: int) -> str | Non
     )
 
 
+def _node_memory_warning(
+    spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds, catalog: Catalog, inventory: Inventory
+) -> str | None:
+    """Why no node takes a worker: its memory request, given or the default (which adds the offloaded
+    state), is above the allocatable memory of every node of the chosen accelerator that holds a worker.
+    The planner reads no host memory, so it may choose such a layout: its workers would stay Pending."""
+    given = given_memory(spec.template["spec"]["containers"][0].get("resources"), spec)
+    if given is None and spec.training.offload == "none":
+        return None  # the default without offloaded state is held to what the nodes offer
+    per_worker, accelerator = sizing.accelerators_per_worker, sizing.accelerator
+    nodes = [node for node in inventory.placeable if node.accelerator == accelerator]
+    largest = max((node.memory_bytes for node in nodes if node.allocatable >= per_worker), default=0)
+    if largest <= 0:
+        return None  # no node holds a worker (placement_warning, the planner), or its memory is not known
+    if given is None:
+        return _default_memory_warning(spec, sizing, bounds, catalog, nodes, largest)
+    field, value = given
+    request = exact_quantity(value) if is_quantity(value) else None
+    if request is None or request <= largest:
+        return None
+    return (
+        f"{field} {value} ({format_gib(float(request))}) is above {_largest_node(largest, accelerator)}: no "
+        "node takes a worker, so the workers stay Pending; lower it"
+    )
+
+
+def _default_memory_warning(
+    spec: TrainingJobSpec,
+    sizing: SizingStatus,
+    bounds: WorkerBounds,
+    catalog: Catalog,
+    nodes: list[NodeInventory],
+    largest: int,
+) -> str | None:
+    """_node_memory_warning for the default request, with the worker count whose share would fit."""
+    per_worker = sizing.accelerators_per_worker
+    share = host_share(nodes, sizing.accelerator, per_worker)
+
+    def default_request(workers: int) -> int:
+        offloaded = _host_bytes_per_worker(spec, sizing, bounds, catalog, workers)
+        return int(exact_quantity(default_memory(per_worker, offloaded, share)) or 0)
+
+    request, floor = default_request(bounds.floor), bounds.floor
+    if request <= largest:
+        return None
+    offloaded = _host_bytes_per_worker(spec, sizing, bounds, catalog, floor)
+    text = (
+        f"the default memory request of {format_gib(request)} per worker ({format_gib(offloaded)} of it "
+        f"training state offloaded at {floor} worker{'' if floor == 1 else 's'}, training.offload: "
+        f"{spec.training.offload}) is above {_largest_node(largest, sizing.accelerator)}: no node takes a "
+        "worker, so the workers stay Pending"
+    )
+    # More workers shard the offloaded state further (under zero3 or fsdp): up to as many as the nodes hold.
+    most = sum(node.allocatable // per_worker for node in nodes)
+    counts = range(bounds.floor + bounds.step, most + 1, bounds.step)
+    index = bisect.bisect_left(counts, True, key=lambda workers: default_request(workers) <= largest)
+    if index == len(counts):
+        return f"{text}; offload less, or run on nodes with more memory"
+    workers = counts[index]
+    fields = "workers.replicas and minReplicas" + (", and maxReplicas" if workers > bounds.ceiling else "")
+    return f"{text}; at {workers} workers ({fields}) it comes to {format_gib(default_request(workers))}"
+
+
+def _largest_node(memory_bytes: int, accelerator: str) -> str:
+    return f"the {format_gib(memory_bytes)} allocatable on the largest {accelerator} node"
+
+
 def _host_bytes_per_worker(
-    spec: TrainingJobSpec, sizing: SizingStatus, bounds: WorkerBounds, catalog: Catalog
+    spec: TrainingJobSpec,
+    sizing: SizingStatus,
+    bounds: WorkerBounds,
+    catalog: Catalog,
+    workers: int | None = None,
 ) -> int:
     device = catalog.get(sizing.accelerator)
     if spec.training.offload == "none" or device is None:
         return 0
     # More workers shard the offloaded state further: the fewest the job may run with hold the most. The
     # floor is in whole TP x PP groups; above the ceiling (no worker starts) it is still the count to show.
-    workers = bounds.floor
-    layout = Layout(devices_per_worker=sizing.accelerators_per_worker, workers=workers)
+    layout = Layout(
+        devices_per_worker=sizing.accelerators_per_worker,
+        workers=bounds.floor if workers is None else workers,
+    )
     return estimate(spec, device, layout).host_bytes_per_worker

@@ -87,6 +87,13 @@ def _is_full_training(spec: TrainingJobSpec) -> bool:
 # for 8-bit optimizers; Dettmers et al. 2023 (arXiv:2305.14314) for QLoRA.
 CHANGES: tuple[Change, ...] = (
     Change(
+        "training.attention",
+        "sdpa",
+        "sdpa: PyTorch's fused attention (FlashAttention or memory-efficient kernel) stores no s x s score "
+        "matrix; the same results up to rounding, without eager's per-head attention weights to inspect",
+        lambda spec: spec.training.attention == "eager",
+    ),
+    Change(
         "training.sharding",
         "zero1",
         "ZeRO-1: optimizer states sharded over data-parallel devices; same communication volume as plain "
@@ -179,8 +186,12 @@ CHANGES: tuple[Change, ...] = (
     ),
 )
 
-# Order in which remedies are tried and named when nothing fits: least disruptive to the job first.
+# Order in which remedies are tried and named when nothing fits: least disruptive to the job first. The
+# sharding stages climb one at a time: ZeRO-1 and -2 cost no more communication than plain data parallel.
 _REMEDY_ORDER = (
+    ("training.attention", "sdpa"),
+    ("training.sharding", "zero1"),
+    ("training.sharding", "zero2"),
     ("training.sharding", "zero3"),
     ("training.activationCheckpointing", "selective"),
     ("training.activationCheckpointing", "full"),

@@ -1,0 +1,40 @@
+"""Which remedies a job that does not fit is told of: the least disruptive change that fits first."""
+
+from __future__ import annotations
+
+from sizing_inputs import LLAMA3_8B, make_spec
+
+from kubefit.sizing.catalog import load_catalog
+from kubefit.sizing.planner import find_remedies, plan_job
+
+CATALOG = load_catalog()
+
+
+def test_eager_attention_names_sdpa_as_the_remedy() -> None:
+    # Llama-3-8B LoRA at 32k tokens: eager attention stores the s x s scores (256 GiB per device), and the
+    # warning named only sharding, loss, offload and QLoRA, none of which holds it; SDPA does on one H200.
+    spec = make_spec(
+        model={**LLAMA3_8B, "finetuning": {"method": "lora", "loraRank": 16}},
+        training={"sequenceLength": 32768, "activationCheckpointing": "full", "attention": "eager"},
+        resources={"accelerator": "auto", "acceleratorsPerWorker": "auto"},
+    )
+    sizing = plan_job(spec, CATALOG).sizing
+    assert not sizing.fits
+    (note,) = [warning for warning in sizing.warnings if warning.startswith("does not fit")]
+    assert "Would fit: training.attention: sdpa -> 1 x nvidia-h200" in note, note
+    # The remedy, applied: the job fits as planned.
+    sdpa = spec.model_copy(update={"training": spec.training.model_copy(update={"attention": "sdpa"})})
+    assert plan_job(sdpa, CATALOG).sizing.fits
+
+
+def test_the_lowest_sharding_stage_that_fits_comes_first() -> None:
+    # Llama-3-8B full training in plain data parallel on 8 fixed H100s: ZeRO-1 already fits (54 GiB), at
+    # the communication volume of plain data parallel; only ZeRO-3 was named.
+    spec = make_spec(
+        model={**LLAMA3_8B, "precision": "bf16-mixed"},
+        training={"sequenceLength": 4096, "activationCheckpointing": "full"},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+    )
+    remedies = find_remedies(spec, CATALOG)
+    assert remedies[0].description == "training.sharding: zero1", [r.description for r in remedies]
+    assert remedies[0].sizing.fits
