@@ -221,6 +221,63 @@ class NodeGenerations:
         return self._generation
 
 
+class EligibleSets:
+    """The eligible nodes of each placement for one generation of the nodes, one object per distinct set,
+    shared by the jobs (H8: 2,000 jobs x 5,000 node names each would be hundreds of MiB).
+
+    Whether a worker may land on a node depends on that node's facts alone. So when the nodes change, a
+    placement's set of the generation before is updated with only the changed nodes (added, removed, new
+    facts) checked again: placements x changed nodes, not placements x nodes (one cordon with 200
+    placements at 5,000 nodes was 2 s, docs/performance.md). When most nodes changed, or two facts share a
+    name, every node is checked again."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._generation = 0
+        self._nodes: dict[str, NodeFacts] | None = {}  # of the generation, by name; None: a name twice
+        self._interned: dict[frozenset[str], frozenset[str]] = {}
+        self._by_placement: dict[str, frozenset[str]] = {}  # by repr(placement)
+        self._before: dict[str, frozenset[str]] = {}  # the generation before's, to update
+        self._changed: frozenset[str] = frozenset()  # the names whose facts changed since then
+        self._changed_nodes: list[NodeFacts] = []  # their facts now (a removed node has none)
+
+    def advance(self, generation: int, nodes: Sequence[NodeFacts]) -> None:
+        """Starts `generation` of the nodes (NodeGenerations); nothing for the current one."""
+        if generation == self._generation:
+            return
+        current = {node.name: node for node in nodes}
+        before, before_sets = self._nodes, self._by_placement
+        self._generation, self._nodes = generation, current if len(current) == len(nodes) else None
+        self._by_placement, self._interned, self._before = {}, {}, {}
+        if self._nodes is None or before is None:
+            return
+        changed = {name for name, node in current.items() if before.get(name) is not node}
+        changed.update(name for name in before if name not in current)
+        if 2 * len(changed) <= len(current):
+            self._before, self._changed = before_sets, frozenset(changed)
+            self._changed_nodes = [current[name] for name in changed if name in current]
+
+    def intern(self, names: frozenset[str]) -> frozenset[str]:
+        """The one object of this generation equal to `names`."""
+        return self._interned.setdefault(names, names)
+
+    def of(self, placement: Placement, nodes: Sequence[NodeFacts]) -> frozenset[str]:
+        """The accelerator nodes (of `nodes`, this generation's) a worker with `placement` may land on."""
+        key = repr(placement)
+        found = self._by_placement.get(key)
+        if found is not None:
+            return found
+        before = self._before.get(key)
+        if before is None:
+            found = eligible_nodes(placement, nodes, self.catalog)
+        else:
+            # A new object even when equal: a job's planned demand is kept while its set is the same
+            # object, and the one of every node (None) may be another set now.
+            found = (before - self._changed) | eligible_nodes(placement, self._changed_nodes, self.catalog)
+        found = self._by_placement[key] = self.intern(found)
+        return found
+
+
 @dataclass(frozen=True)
 class SchedulerSettings:
     policy: AdmissionPolicy = DEFAULT_POLICY
@@ -262,13 +319,8 @@ class Scheduler:
         self._nodes: dict[str, NodeFacts] = {}
         self._node_devices = NodeDevices(catalog)
         # Eligible-node sets of the current nodes, one object per distinct set, shared by the jobs (H8).
-        # For one generation of the nodes: each distinct eligible set, and the set of each placement (repr).
         self._node_generations = NodeGenerations()
-        self._shared_eligible: tuple[int, dict[frozenset[str], frozenset[str]], dict[str, frozenset[str]]] = (
-            0,
-            {},
-            {},
-        )
+        self._eligible = EligibleSets(catalog)
         self._view: ClusterView | None = None
         self._context: contextvars.Context | None = None
         self._scheduled = False  # a debounced pass is pending
@@ -708,11 +760,9 @@ class Scheduler:
         Cached per job until the nodes change; kopf's index replaces a node's facts on every change.
         """
         generation = self._node_generations.of(nodes)
+        self._eligible.advance(generation, nodes)
         every = frozenset(node.name for node in nodes if self.catalog.identify(node.labels) is not None)
-        if self._shared_eligible[0] != generation:
-            self._shared_eligible = (generation, {}, {})
-        _, shared, by_placement = self._shared_eligible
-        every = shared.setdefault(every, every)
+        every = self._eligible.intern(every)
         demands = {}
         for key, entry in entries.items():
             demand, placement, cached = entry.demand, entry.placement, entry.eligible  # read once: see _Entry
@@ -720,14 +770,8 @@ class Scheduler:
             if cached is None or cached[0] != generation or cached[1] is not placement:
                 # Worked out once per placement when any node changed: per job, a cordoned node made the
                 # next pass classify every node for each of 3,000 jobs, 30 s (docs/performance.md, the tenth
-                # round). Jobs with the same eligible nodes share one set (H8: 2,000 jobs x 5,000 node
-                # names each would be hundreds of MiB).
-                placement_key = repr(placement)
-                found = by_placement.get(placement_key)
-                if found is None:
-                    found = eligible_nodes(placement, nodes, self.catalog)
-                    found = by_placement[placement_key] = shared.setdefault(found, found)
-                cached = entry.eligible = (generation, placement, found)
+                # round). Jobs with the same eligible nodes share one set (EligibleSets).
+                cached = entry.eligible = (generation, placement, self._eligible.of(placement, nodes))
             eligible = cached[2]
             planned = entry.planned
             if planned is None or planned[0] is not demand or planned[1] is not eligible:
