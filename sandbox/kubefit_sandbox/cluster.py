@@ -25,7 +25,13 @@ from typing import Any
 import yaml
 
 from kubefit.api.quantity import parse_bytes
-from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
+from kubefit.sizing.catalog import (
+    SINGLE_HOST_TOPOLOGIES,
+    TPU_TOPOLOGY_LABEL,
+    Accelerator,
+    Catalog,
+    load_catalog,
+)
 
 # Every node the agent manages carries this label; its value is the pool name.
 POOL_LABEL = "kubefit.dev/sandbox-pool"
@@ -304,6 +310,17 @@ def load_cluster_config(path: str | Path, catalog: Catalog | None = None) -> Clu
 # ---------------------------------------------------------------------------------------------
 
 
+def single_host_topology(catalog_topology: str, chips: int) -> str:
+    """GKE's topology label of a single-host TPU slice of `chips` chips, with as many dimensions as the
+    catalog's (2x2 for v5e's 4 chips, 2x2x1 for v5p's): the catalog's one label would make a node of
+    another chip count read as one host of a multi-host slice, which the operator leaves out."""
+    dimensions = catalog_topology.count("x") + 1
+    for topology, topology_chips in SINGLE_HOST_TOPOLOGIES.items():
+        if topology_chips == chips and topology.count("x") + 1 == dimensions:
+            return topology
+    return catalog_topology
+
+
 def node_labels(pool: NodePool, node_name: str) -> dict[str, str]:
     """The labels a node of this pool carries, as on a real cluster, plus the sandbox's own two."""
     labels = {
@@ -319,6 +336,10 @@ def node_labels(pool: NodePool, node_name: str) -> dict[str, str]:
             # GPU Feature Discovery also publishes the device count (sizing-calibration.md section 3.2).
             labels["nvidia.com/gpu.count"] = str(pool.accelerators_per_node)
             labels["nvidia.com/gpu.present"] = "true"  # added by the GPU Operator (same section)
+        if TPU_TOPOLOGY_LABEL in labels:
+            labels[TPU_TOPOLOGY_LABEL] = single_host_topology(
+                labels[TPU_TOPOLOGY_LABEL], pool.accelerators_per_node
+            )
     labels.update(pool.labels)
     labels[POOL_LABEL] = pool.name
     labels[ACCELERATOR_LABEL] = pool.accelerator_name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kubefit.sizing.catalog import load_catalog
+from kubefit.sizing.catalog import is_multi_host_slice_host, load_catalog
 from kubefit_sandbox.cluster import (
     ACCELERATOR_LABEL,
     NOT_READY_TAINT_KEY,
@@ -221,7 +221,7 @@ def test_tpu_node_uses_the_tpu_resource_and_gke_labels_and_no_nvidia_labels() ->
     node = build_node(pool, "tpu-v5e-0", index=5, now=NOW)
     labels = node["metadata"]["labels"]
     assert labels["cloud.google.com/gke-tpu-accelerator"] == "tpu-v5-lite-podslice"
-    assert labels["cloud.google.com/gke-tpu-topology"] == "2x4"
+    assert labels["cloud.google.com/gke-tpu-topology"] == "2x2"
     assert not any(key.startswith("nvidia.com/") for key in labels)
     assert node["status"]["capacity"]["google.com/tpu"] == "4"
     assert "nvidia.com/gpu" not in node["status"]["capacity"]
@@ -289,3 +289,23 @@ def test_a_processes_pool_labels_its_nodes_and_other_pools_do_not() -> None:
     assert running.processes and not simulated.processes
     assert build_node(running, "run-0", index=0, now=NOW)["metadata"]["labels"][PROCESSES_LABEL] == "true"
     assert PROCESSES_LABEL not in build_node(simulated, "sim-0", index=1, now=NOW)["metadata"]["labels"]
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "chips", "topology"),
+    [
+        ("google-tpu-v5e", 1, "1x1"),
+        ("google-tpu-v5e", 4, "2x2"),
+        ("google-tpu-v6e", 8, "2x4"),
+        ("google-tpu-v5p", 4, "2x2x1"),
+    ],
+)
+def test_a_tpu_node_is_labelled_a_single_host_slice_of_its_chips(
+    accelerator: str, chips: int, topology: str
+) -> None:
+    # The catalog's one label on a node of another chip count read as a host of a multi-host slice, which the
+    # inventory leaves out (a 1-chip v5e labelled 2x2).
+    pool = only_pool(f"pools: [{{name: t, accelerator: {accelerator}, acceleratorsPerNode: {chips}}}]")
+    labels = build_node(pool, "t-0", index=0, now=NOW)["metadata"]["labels"]
+    assert labels["cloud.google.com/gke-tpu-topology"] == topology
+    assert not is_multi_host_slice_host(labels, chips)

@@ -3,7 +3,9 @@ the same objects and after any of them changes; its pools are pool_inventory's o
 
 from __future__ import annotations
 
+import gc
 import random
+import tracemalloc
 from collections.abc import Mapping
 
 import pytest
@@ -176,3 +178,98 @@ def test_more_placements_than_the_memo_keeps_still_give_the_inventory_build_inve
         expected = build_inventory(nodes, usage, CATALOG, placement=placement)
         got = memo.inventory(nodes, usage, CATALOG, placement=placement)
         assert (got.placeable, got.excluded) == (expected.placeable, expected.excluded)
+
+
+def excluding(name: str) -> Placement:
+    """A placement that admits every node but `name`: one set of admitted nodes per name."""
+    term = {"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": [name]}]}
+    return Placement({}, (term,), ())
+
+
+def test_the_inventories_of_placements_share_each_node_entry() -> None:
+    """A node's entry does not depend on the placement: one object in the inventory of every placement,
+    also after a pod changed; a job's own workers get new entries, the shared ones stay as they were."""
+    rng = random.Random(11)
+    nodes = [random_node(rng, index) for index in range(30)]
+    usage = random_usage(rng, nodes)
+    memo = InventoryMemo()
+
+    def entries(placement: Placement, for_job: tuple[str, str] | None = None) -> dict[str, NodeInventory]:
+        got = memo.inventory(nodes, usage, CATALOG, for_job=for_job, placement=placement)
+        return {entry.name: entry for entry in [*got.placeable, *got.excluded]}
+
+    for _ in range(2):
+        first, second = entries(PLACEMENTS[1]), entries(PLACEMENTS[2])
+        assert first.keys() == second.keys()
+        assert all(first[name] is second[name] for name in first)
+        usage = {node: list(pods) for node, pods in usage.items()}
+        change_some_pods(rng, nodes, usage)
+    entries(PLACEMENTS[1], for_job=JOBS[0])
+    assert_same(memo, nodes, usage)
+
+
+def test_placements_admitting_the_same_nodes_share_one_inventory() -> None:
+    nodes = [NodeFacts(f"node-{index}", dict(PRODUCTS[0]), {"nvidia.com/gpu": "8"}) for index in range(8)]
+    memo = InventoryMemo()
+    tolerating = Placement({}, (), ({"key": "team-a", "operator": "Exists", "effect": "NoSchedule"},))
+    assert memo.inventory(nodes, {}, CATALOG, placement=tolerating) is memo.inventory(nodes, {}, CATALOG)
+    other = memo.inventory(nodes, {}, CATALOG, placement=excluding("node-3"))
+    assert other is not memo.inventory(nodes, {}, CATALOG)
+    assert [entry.name for entry in other.excluded] == ["node-3"]
+
+
+def test_many_placements_take_little_more_memory_than_one() -> None:
+    """Each placement's inventory points at the shared node entries: at 1,000 nodes, 32 placements (each
+    admitting other nodes) took 32 times the memory of one when each had its own copy."""
+    rng = random.Random(5)
+    nodes = [
+        NodeFacts(
+            f"node-{index:04d}", dict(PRODUCTS[0]), {"nvidia.com/gpu": "8", "cpu": "96", "memory": "1Ti"}
+        )
+        for index in range(1000)
+    ]
+    usage = {
+        node.name: [PodUsage(node.name, {"nvidia.com/gpu": 4}, rng.choice(JOBS))]
+        for node in nodes
+        if rng.random() < 0.5
+    }
+    InventoryMemo().inventory(nodes, usage, CATALOG)  # fills the caches the memo does not own
+
+    def held_by_memo(placements: int) -> int:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            memo = InventoryMemo()
+            for index in range(placements):
+                memo.inventory(
+                    nodes, usage, CATALOG, for_job=JOBS[0], placement=excluding(f"node-{index:04d}")
+                )
+            gc.collect()
+            return tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+
+    one, many = held_by_memo(1), held_by_memo(32)
+    assert many < 3 * one, (one, many)
+
+
+def test_more_sets_of_admitted_nodes_than_the_memo_keeps_still_give_what_build_inventory_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubefit.decisions import inventory
+
+    monkeypatch.setattr(inventory, "REMEMBERED_NODE_SETS", 2)
+    monkeypatch.setattr(inventory, "REMEMBERED_PLACEMENTS", 3)
+    rng = random.Random(2)
+    nodes = [random_node(rng, index) for index in range(12)]
+    usage = random_usage(rng, nodes)
+    memo = InventoryMemo()
+    for step in range(20):
+        placement = excluding(rng.choice(nodes).name)
+        for job in (None, rng.choice(JOBS)):
+            expected = build_inventory(nodes, usage, CATALOG, for_job=job, placement=placement)
+            got = memo.inventory(nodes, usage, CATALOG, for_job=job, placement=placement)
+            assert (got.placeable, got.excluded) == (expected.placeable, expected.excluded), step
+            assert got.pools == pool_inventory(expected.placeable)
+        usage = {node: list(pods) for node, pods in usage.items()}
+        change_some_pods(rng, nodes, usage)

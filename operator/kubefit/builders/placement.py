@@ -3,7 +3,9 @@
 The accelerator's catalog `match` label sets become required nodeAffinity terms (terms are ORed, so
 any one label set identifies a node), each with a DoesNotExist expression per GPU partition or sharing
 label it does not name (sizing/catalog.py SHARED_GPU_LABELS): a worker sized for whole GPUs never lands
-on a node that offers slices of them under the same accelerator label, as identification says. A user's
+on a node that offers slices of them under the same accelerator label, as identification says. A TPU
+worker's terms also keep it off the hosts of multi-host slices (catalog.slice_topologies), which the
+inventory does not count either. A user's
 own required terms are kept by ANDing each of them with each accelerator term; nodeSelector, preferred
 terms and pod (anti-)affinity are left untouched.
 
@@ -21,25 +23,56 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kubefit.sizing.catalog import absent_labels
+from kubefit.sizing.catalog import (
+    INSTANCE_TYPE_LABEL,
+    MULTI_HOST_MACHINE_TYPES,
+    TPU_TOPOLOGY_LABEL,
+    SliceTopologies,
+    absent_labels,
+)
 
 Term = dict[str, Any]
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 PREFERENCE_WEIGHT = 100  # the most a preferred term can weigh (PreferredSchedulingTerm.weight: 1-100)
 
 
-def accelerator_terms(match: Sequence[Mapping[str, str]]) -> list[Term]:
+def accelerator_terms(
+    match: Sequence[Mapping[str, str]], topologies: SliceTopologies | None = None
+) -> list[Term]:
     """One nodeSelectorTerm per label set; each label becomes an `In` expression, and each partition or
-    sharing label it does not name a `DoesNotExist` one (catalog.term_matches, for the scheduler)."""
-    return [
-        {
-            "matchExpressions": [
-                *({"key": key, "operator": "In", "values": [value]} for key, value in sorted(labels.items())),
-                *({"key": key, "operator": "DoesNotExist"} for key in absent_labels(labels)),
-            ]
+    sharing label it does not name a `DoesNotExist` one (catalog.term_matches, for the scheduler). With
+    `topologies` (a TPU worker's), each label set becomes one term per slice_requirements alternative."""
+    terms: list[Term] = []
+    for labels in match:
+        identifies = [
+            *({"key": key, "operator": "In", "values": [value]} for key, value in sorted(labels.items())),
+            *({"key": key, "operator": "DoesNotExist"} for key in absent_labels(labels)),
+        ]
+        alternatives = slice_requirements(topologies) if topologies is not None else [[]]
+        terms.extend({"matchExpressions": [*identifies, *slice_of]} for slice_of in alternatives)
+    return terms
+
+
+def slice_requirements(topologies: SliceTopologies) -> list[list[dict[str, Any]]]:
+    """Alternative expressions that keep a TPU worker off the hosts of multi-host slices, which the inventory
+    leaves out (catalog.is_multi_host_slice_host): a single-host topology that holds it; a topology a
+    multi-host slice's host also carries, on another machine type; or no topology label (not GKE)."""
+    alternatives: list[list[dict[str, Any]]] = []
+    if topologies.single_host:
+        alternatives.append([_in(TPU_TOPOLOGY_LABEL, topologies.single_host)])
+    if topologies.shared:
+        machine_types = {
+            "key": INSTANCE_TYPE_LABEL,
+            "operator": "NotIn",
+            "values": list(MULTI_HOST_MACHINE_TYPES),
         }
-        for labels in match
-    ]
+        alternatives.append([_in(TPU_TOPOLOGY_LABEL, topologies.shared), machine_types])
+    alternatives.append([{"key": TPU_TOPOLOGY_LABEL, "operator": "DoesNotExist"}])
+    return alternatives
+
+
+def _in(key: str, values: Sequence[str]) -> dict[str, Any]:
+    return {"key": key, "operator": "In", "values": list(values)}
 
 
 def _and_terms(user_term: Term, accelerator_term: Term) -> Term:
@@ -61,13 +94,18 @@ def merge_required_terms(user_terms: Sequence[Term], required: Sequence[Term]) -
 
 
 def with_accelerator_affinity(
-    affinity: Mapping[str, Any] | None, match: Sequence[Mapping[str, str]]
+    affinity: Mapping[str, Any] | None,
+    match: Sequence[Mapping[str, str]],
+    topologies: SliceTopologies | None = None,
 ) -> dict[str, Any]:
-    """A copy of `affinity` whose required node affinity also demands the accelerator."""
+    """A copy of `affinity` whose required node affinity also demands the accelerator (and, for a TPU
+    worker, a node that is not a host of a multi-host slice)."""
     merged: dict[str, Any] = copy.deepcopy(dict(affinity or {}))
     node_affinity = merged["nodeAffinity"] = merged.get("nodeAffinity") or {}  # null: none
     required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
-    terms = merge_required_terms(required.get("nodeSelectorTerms") or [], accelerator_terms(match))
+    terms = merge_required_terms(
+        required.get("nodeSelectorTerms") or [], accelerator_terms(match, topologies)
+    )
     if terms:
         node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {
             **required,

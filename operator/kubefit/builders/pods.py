@@ -38,7 +38,7 @@ from kubefit.builders.rendezvous import (
     rendezvous_env,
 )
 from kubefit.builders.resources import HostShare, worker_resources
-from kubefit.sizing.catalog import Accelerator
+from kubefit.sizing.catalog import Accelerator, worker_topologies
 
 # What Kubernetes gives a pod that sets no terminationGracePeriodSeconds (PodSpec API reference).
 KUBERNETES_DEFAULT_GRACE_SECONDS = 30
@@ -334,7 +334,11 @@ def build_worker_pod(worker_set: WorkerSet, index: int) -> dict[str, Any]:
         "hostname": worker_name(worker_set.job.name, index),
         "subdomain": worker_set.job.name,
         "affinity": with_preferred_hostnames(
-            with_accelerator_affinity(pod_spec.get("affinity"), worker_set.accelerator.match),
+            with_accelerator_affinity(
+                pod_spec.get("affinity"),
+                worker_set.accelerator.match,
+                worker_topologies(worker_set.accelerator, worker_set.sizing.accelerators_per_worker),
+            ),
             worker_set.preferred_hostnames,
         ),
         "tolerations": with_accelerator_toleration(

@@ -2,12 +2,14 @@
 
 free = allocatable - the accelerator requests of non-terminated pods bound to the node. Only the nodes a
 worker pod could land on are offered to the planner: the others are kept apart, so that the job's status
-can say why the planner did not see them (decisions/node_match.py holds the rules).
+can say why the planner did not see them (decisions/node_match.py holds the rules). A host of a multi-host
+TPU slice is no accelerator node here: kubefit forms no such slice (docs/operator.md, "TPUs").
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import threading
 from collections import Counter
@@ -21,7 +23,7 @@ from kubefit.decisions.node_match import ANYWHERE, UNSCHEDULABLE_TAINT, Placemen
 from kubefit.decisions.observed import POD_FINISHED_PHASES
 from kubefit.decisions.pod_requests import count_quantity as _count
 from kubefit.decisions.pod_requests import effective_requests
-from kubefit.sizing.catalog import Accelerator, Catalog
+from kubefit.sizing.catalog import TPU_RESOURCE, Accelerator, Catalog, is_multi_host_slice_host
 from kubefit.sizing.planner import AcceleratorPool, NodeInventory, pool_inventory, with_changed_nodes
 
 
@@ -36,6 +38,7 @@ class NodeFacts:
     # Its Ready condition is True. Read with the other facts, so that a pass never counts a NotReady node
     # the index holds before the node's event reaches the scheduler (at the operator's start).
     ready: bool = True
+    capacity: Mapping[str, str] = field(default_factory=dict)  # the devices a node has (allocatable: offers)
 
     @property
     def scheduling_taints(self) -> tuple[Taint, ...]:
@@ -54,6 +57,7 @@ def node_facts(node: Mapping[str, Any]) -> NodeFacts:
         taints=node_taints(spec),
         uid=metadata.get("uid", ""),
         ready=node_is_ready(node),
+        capacity=dict((node.get("status") or {}).get("capacity") or {}),
     )
 
 
@@ -187,7 +191,7 @@ def classify_nodes(
     there: the template's tolerations plus the one the pod builder adds for that accelerator."""
     tolerations: dict[str, list[dict[str, Any]]] = {}  # by resource name: a few accelerators, many nodes
     for node in nodes:
-        accelerator = catalog.identify(node.labels)
+        accelerator = usable_accelerator(node, catalog)
         if accelerator is None:
             continue
         resource = accelerator.resource_name
@@ -200,12 +204,26 @@ def classify_nodes(
         )
 
 
+def usable_accelerator(node: NodeFacts, catalog: Catalog) -> Accelerator | None:
+    """The catalog accelerator the node carries, None for none; None too for a host of a multi-host TPU
+    slice (its topology label counts more chips than the node has): no worker could use it alone."""
+    accelerator = catalog.identify(node.labels)
+    if accelerator is None or accelerator.resource_name != TPU_RESOURCE:
+        return accelerator
+    chips = node.capacity.get(TPU_RESOURCE, node.allocatable.get(TPU_RESOURCE, 0))
+    return None if is_multi_host_slice_host(node.labels, _count(chips)) else accelerator
+
+
 def _by_name(entries: list[NodeInventory]) -> list[NodeInventory]:
     return sorted(entries, key=lambda entry: entry.name)
 
 
-# Placements (distinct worker placement rules) whose node split InventoryMemo keeps per snapshot of the nodes.
-REMEMBERED_PLACEMENTS = 256
+# Placements (distinct worker placement rules) whose admitted nodes InventoryMemo keeps per snapshot of the
+# nodes: a byte per accelerator node each (5 kB at 5,000 nodes), so a resync over many placements keeps them.
+REMEMBERED_PLACEMENTS = 1024
+# Sets of admitted nodes whose inventory InventoryMemo keeps per snapshot: each is two lists of the node
+# entries all of them share (40 kB at 5,000 nodes) and its pools. Placements admitting the same nodes share one.
+REMEMBERED_NODE_SETS = 256
 
 
 class InventoryMemo:
@@ -216,9 +234,11 @@ class InventoryMemo:
     was nearly all of a reconcile that changes nothing at 5,000 nodes (docs/performance.md). Nodes and pods
     change far less often than jobs are reconciled. A snapshot is recognised by the identity of what
     kopf's indexes hold (a node's facts object is kept across heartbeats, a pod's usage is a new object on
-    every change of the pod), so any change is a new snapshot and nothing is ever stale. What depends on
-    the job is applied per call: which nodes its placement admits (kept per placement), and its own
-    workers' devices counted as free (a few nodes changed, in the lists and the pools).
+    every change of the pod), so any change is a new snapshot and nothing is ever stale. Each node's entry
+    is built once per snapshot and shared by the inventories of every placement (entries are never changed:
+    a new one replaces one). What depends on the job is applied per call: which nodes its placement admits
+    (kept per placement, an inventory kept per set of admitted nodes), and its own workers' devices counted
+    as free (new entries for a few nodes, in copies of the lists, and the pools).
 
     While workers are created, bound and started, nearly every reconcile meets a new snapshot of the pods.
     The pods are compared node by node, and only the nodes whose pods changed are counted again and changed
@@ -229,7 +249,10 @@ class InventoryMemo:
         self._lock = threading.Lock()
         self._nodes: _NodeSnapshot | None = None
         self._usage: _UsageSnapshot | None = None
-        self._base: dict[str, Inventory] = {}  # by placement, for the snapshot pair above
+        # For the snapshot pair above: each accelerator node's entry, in _NodeSnapshot order (None: not built
+        # yet), and the inventories by the nodes a placement admits (_NodeSnapshot.admitted).
+        self._entries: list[NodeInventory] | None = None
+        self._base: dict[bytes, Inventory] = {}
 
     def inventory(
         self,
@@ -243,21 +266,22 @@ class InventoryMemo:
         with self._lock:
             node_snapshot = self._node_snapshot(nodes, catalog)
             usage_snapshot = self._usage_snapshot(usage, node_snapshot)
-            key = _placement_key(placement)
-            base = self._base.get(key)
+            admitted = node_snapshot.admitted(placement)
+            base = self._base.get(admitted)
             if base is None:
-                if max(len(self._base), len(node_snapshot.places)) >= REMEMBERED_PLACEMENTS:
-                    # Both at once: every inventory kept must find its placement's places (with_usage).
-                    self._base, node_snapshot.places = {}, {}
-                base = self._base[key] = node_snapshot.inventory(placement, key, usage_snapshot)
+                if len(self._base) >= REMEMBERED_NODE_SETS:
+                    self._base = {}
+                if self._entries is None:
+                    self._entries = node_snapshot.entries(usage_snapshot)
+                base = self._base[admitted] = node_snapshot.inventory(admitted, self._entries)
             own = usage_snapshot.by_job.get(for_job) if for_job is not None else None
-            return base if not own else node_snapshot.without(base, key, own, usage_snapshot)
+            return base if not own else node_snapshot.without(base, admitted, own, usage_snapshot)
 
     def _node_snapshot(self, nodes: Sequence[NodeFacts], catalog: Catalog) -> _NodeSnapshot:
         held = self._nodes
         if held is not None and held.catalog is catalog and _same_objects(held.nodes, nodes):
             return held
-        self._nodes, self._base = _NodeSnapshot(list(nodes), catalog), {}
+        self._nodes, self._entries, self._base = _NodeSnapshot(list(nodes), catalog), None, {}
         return self._nodes
 
     def _usage_snapshot(
@@ -265,17 +289,19 @@ class InventoryMemo:
     ) -> _UsageSnapshot:
         held = self._usage
         if held is None:
-            self._usage, self._base = _UsageSnapshot.of(usage), {}
+            self._usage, self._entries, self._base = _UsageSnapshot.of(usage), None, {}
             return self._usage
         updated, changed = held.updated(usage)
         if not changed:
             return held
         self._usage = updated
-        if len(changed) * 4 > len(nodes.accelerator_nodes):
-            self._base = {}
+        if self._entries is None or len(changed) * 4 > len(nodes.accelerator_nodes):
+            self._entries, self._base = None, {}
         else:
+            self._entries, positions = nodes.recounted(self._entries, changed, updated)
             self._base = {
-                key: nodes.with_usage(base, key, changed, updated) for key, base in self._base.items()
+                admitted: nodes.with_entries(base, admitted, positions, self._entries)
+                for admitted, base in self._base.items()
             }
         return updated
 
@@ -359,77 +385,99 @@ class _NodeSnapshot:
     def __init__(self, nodes: list[NodeFacts], catalog: Catalog) -> None:
         self.nodes, self.catalog = nodes, catalog
         self.accelerator_nodes = sorted(
-            ((node, accelerator) for node in nodes if (accelerator := catalog.identify(node.labels))),
+            ((node, accelerator) for node in nodes if (accelerator := usable_accelerator(node, catalog))),
             key=lambda entry: entry[0].name,
         )
-        self.by_name = {node.name: (node, accelerator) for node, accelerator in self.accelerator_nodes}
-        # Per placement: each accelerator node's place in the inventory (placeable?, index in its list).
-        self.places: dict[str, dict[str, tuple[bool, int]]] = {}
+        self.position = {node.name: index for index, (node, _) in enumerate(self.accelerator_nodes)}
+        self.admits: dict[str, bytes] = {}  # by placement: see admitted
 
-    def inventory(self, placement: Placement, key: str, usage: _UsageSnapshot) -> Inventory:
-        places = self.places.get(key)
-        if places is None:  # bounded by InventoryMemo.inventory, with the inventories kept
-            places = self.places[key] = self._places(placement)
-        placeable: list[NodeInventory] = []
-        excluded: list[NodeInventory] = []
-        for node, accelerator in self.accelerator_nodes:
-            entry = _node_entry(node, accelerator, usage.used.get(node.name))
-            (placeable if places[node.name][0] else excluded).append(entry)
+    def admitted(self, placement: Placement) -> bytes:
+        """A byte per accelerator node, in order: 1 where `placement` admits it, else 0."""
+        key = _placement_key(placement)
+        found = self.admits.get(key)
+        if found is None:
+            if len(self.admits) >= REMEMBERED_PLACEMENTS:
+                self.admits = {}
+            nodes = (node for node, _ in self.accelerator_nodes)
+            found = bytes(ok for _, _, ok in classify_nodes(nodes, self.catalog, placement))
+            self.admits[key] = found
+        return found
+
+    def entries(self, usage: _UsageSnapshot) -> list[NodeInventory]:
+        """Each accelerator node's entry, in order, with the free devices `usage` counts."""
+        return [
+            _node_entry(node, accelerator, usage.used.get(node.name))
+            for node, accelerator in self.accelerator_nodes
+        ]
+
+    def inventory(self, admitted: bytes, entries: list[NodeInventory]) -> Inventory:
+        """The inventory of a placement that admits `admitted`, of the very `entries` (shared, not copied)."""
+        placeable = list(itertools.compress(entries, admitted))
+        excluded = [entry for entry, ok in zip(entries, admitted, strict=True) if not ok]
         return Inventory(placeable, excluded, pool_inventory(placeable))
 
-    def _places(self, placement: Placement) -> dict[str, tuple[bool, int]]:
-        admitted = {node.name: ok for node, _, ok in classify_nodes(self.nodes, self.catalog, placement)}
-        counts = {True: 0, False: 0}
-        places = {}
-        for node, _ in self.accelerator_nodes:
-            ok = admitted[node.name]
-            places[node.name] = (ok, counts[ok])
-            counts[ok] += 1
-        return places
-
-    def with_usage(self, base: Inventory, key: str, nodes: set[str], usage: _UsageSnapshot) -> Inventory:
-        """`base` (of an earlier snapshot of the pods) with the free devices of `nodes` as `usage` counts them."""
-        placeable, excluded = list(base.placeable), list(base.excluded)
-        places = self.places[key]
-        changes = []
+    def recounted(
+        self, entries: list[NodeInventory], nodes: set[str], usage: _UsageSnapshot
+    ) -> tuple[list[NodeInventory], list[int]]:
+        """A copy of `entries` with those of `nodes` as `usage` counts them, and the positions that changed
+        (an unchanged entry stays the same object, shared with the inventories kept)."""
+        entries = list(entries)
+        changed = []
         for name in nodes:
-            place = places.get(name)
-            if place is None:
+            position = self.position.get(name)
+            if position is None:
                 continue  # not an accelerator node
-            is_placeable, index = place
-            entries = placeable if is_placeable else excluded
-            node, accelerator = self.by_name[name]
+            node, accelerator = self.accelerator_nodes[position]
             entry = _node_entry(node, accelerator, usage.used.get(name))
-            if entry != entries[index]:
-                if is_placeable:
-                    changes.append((entries[index], entry))
-                entries[index] = entry
+            if entry != entries[position]:
+                entries[position] = entry
+                changed.append(position)
+        return entries, changed
+
+    def with_entries(
+        self, base: Inventory, admitted: bytes, positions: list[int], entries: list[NodeInventory]
+    ) -> Inventory:
+        """`base` (of an earlier snapshot of the pods) with its entries at `positions` taken from `entries`."""
+        placeable, excluded = list(base.placeable), list(base.excluded)
+        changes = []
+        for position in positions:
+            is_placeable, index = _place(admitted, position)
+            if is_placeable:
+                changes.append((placeable[index], entries[position]))
+                placeable[index] = entries[position]
+            else:
+                excluded[index] = entries[position]
         return Inventory(placeable, excluded, with_changed_nodes(base.pools, changes), base.names)
 
     def without(
-        self, base: Inventory, key: str, own: Mapping[str, Counter[str]], usage: _UsageSnapshot
+        self, base: Inventory, admitted: bytes, own: Mapping[str, Counter[str]], usage: _UsageSnapshot
     ) -> Inventory:
-        """`base` with the devices a job's own workers hold (`own`: per node) counted as free."""
+        """`base` with the devices a job's own workers hold (`own`: per node) counted as free: new entries
+        in copies of its lists, as the entries are shared."""
         placeable, excluded = list(base.placeable), list(base.excluded)
-        places = self.places[key]
         changes = []
         for name, held in own.items():
-            place = places.get(name)
-            if place is None:
+            position = self.position.get(name)
+            if position is None:
                 continue  # not an accelerator node
-            is_placeable, index = place
+            is_placeable, index = _place(admitted, position)
             entries = placeable if is_placeable else excluded
             entry = entries[index]
-            accelerator = self.catalog.get(entry.accelerator)
-            resource = accelerator.resource_name if accelerator is not None else ""
+            resource = self.accelerator_nodes[position][1].resource_name
             others = usage.used[name][resource] - held[resource]
             freed = replace(entry, free=max(0, entry.allocatable - others))
             if freed != entry:
                 entries[index] = freed
                 if is_placeable:
                     changes.append((entry, freed))
-        assert base.known_pools is not None
-        return Inventory(placeable, excluded, with_changed_nodes(base.known_pools, changes), base.names)
+        return Inventory(placeable, excluded, with_changed_nodes(base.pools, changes), base.names)
+
+
+def _place(admitted: bytes, position: int) -> tuple[bool, int]:
+    """Whether the accelerator node at `position` is admitted, and its index in that list of the inventory
+    (placeable, or excluded): the nodes before it in the same list."""
+    before = admitted.count(1, 0, position)
+    return (True, before) if admitted[position] else (False, position - before)
 
 
 def _node_entry(node: NodeFacts, accelerator: Accelerator, used: Mapping[str, int] | None) -> NodeInventory:

@@ -7,12 +7,13 @@ ConfigMap; the `KUBEFIT_CATALOG` environment variable; `kubefit size --catalog`)
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 
 import yaml
 
@@ -36,6 +37,56 @@ SHARED_GPU_LABELS = (
     "cloud.google.com/gke-max-shared-clients-per-gpu",
 )
 
+TPU_RESOURCE = "google.com/tpu"  # GKE's TPU device plugin
+
+# GKE labels each TPU node with its slice's topology (chips per dimension, "2x4", "2x2x1"). A slice of more
+# chips than its node offers spans several hosts: libtpu on one of them waits for the others (pytorch/xla
+# issue 7714), and kubefit forms no multi-host slice (docs/operator.md, "TPUs"), so such a node is not used.
+TPU_TOPOLOGY_LABEL = "cloud.google.com/gke-tpu-topology"
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+# GKE's single-host TPU slice topologies and their chips (GKE docs, "Plan TPUs in GKE": v5e and v6e 1x1,
+# 2x2, 2x4 on 1-, 4- and 8-chip machine types; v4 and v5p 2x2x1 on a 4-chip one).
+SINGLE_HOST_TOPOLOGIES = {"1x1": 1, "2x2": 4, "2x2x1": 4, "2x4": 8}
+# The hosts of GKE's multi-host slices: 4 chips each, of these machine types. A 2x4 node is a whole slice
+# on a ct5lp-hightpu-8t and half of one on a ct5lp-hightpu-4t; only the machine type tells them apart.
+MULTI_HOST_CHIPS_PER_HOST = 4
+MULTI_HOST_MACHINE_TYPES = ("ct4p-hightpu-4t", "ct5lp-hightpu-4t", "ct5p-hightpu-4t", "ct6e-standard-4t")
+
+
+class SliceTopologies(NamedTuple):
+    """The gke-tpu-topology values of the single-host slices that hold a TPU worker."""
+
+    single_host: tuple[str, ...]  # only ever a whole slice, or a node without room for the worker
+    shared: tuple[str, ...]  # also a multi-host slice's host with room for it: told apart by machine type
+
+
+def topology_chips(labels: Mapping[str, str]) -> int | None:
+    """The chips of the TPU slice the node's gke-tpu-topology label describes; None without a readable one."""
+    dimensions = labels.get(TPU_TOPOLOGY_LABEL, "").split("x")
+    if not all(dimension.isdigit() for dimension in dimensions):
+        return None
+    return math.prod(int(dimension) for dimension in dimensions)
+
+
+def is_multi_host_slice_host(labels: Mapping[str, str], chips: int) -> bool:
+    """The node, offering `chips` TPU chips, is one host of a slice of more chips (its topology label)."""
+    slice_chips = topology_chips(labels)
+    return slice_chips is not None and slice_chips > chips
+
+
+def slice_topologies(chips_per_worker: int) -> SliceTopologies:
+    """The single-host topologies of at least `chips_per_worker` chips, split by whether a multi-host slice's
+    host (4 chips) with room for the worker may carry the same one."""
+    fitting = sorted(
+        topology for topology, chips in SINGLE_HOST_TOPOLOGIES.items() if chips >= chips_per_worker
+    )
+    shared = [
+        topology
+        for topology in fitting
+        if SINGLE_HOST_TOPOLOGIES[topology] > MULTI_HOST_CHIPS_PER_HOST >= chips_per_worker
+    ]
+    return SliceTopologies(tuple(t for t in fitting if t not in shared), tuple(shared))
+
 
 class CatalogError(ValueError):
     """A catalog file that cannot be used; the message names the entry and field."""
@@ -53,6 +104,11 @@ class Accelerator:
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return any(term_matches(term, labels) for term in self.match)
+
+
+def worker_topologies(accelerator: Accelerator, chips_per_worker: int) -> SliceTopologies | None:
+    """slice_topologies for a worker of a TPU accelerator; None for any other accelerator."""
+    return slice_topologies(chips_per_worker) if accelerator.resource_name == TPU_RESOURCE else None
 
 
 def absent_labels(term: Mapping[str, str]) -> tuple[str, ...]:
