@@ -38,3 +38,19 @@ def test_the_lowest_sharding_stage_that_fits_comes_first() -> None:
     remedies = find_remedies(spec, CATALOG)
     assert remedies[0].description == "training.sharding: zero1", [r.description for r in remedies]
     assert remedies[0].sizing.fits
+
+
+def test_a_field_whose_lighter_value_fits_is_named_once() -> None:
+    # Once ZeRO-1 fits, ZeRO-2 and ZeRO-3 are heavier answers to the same question: naming all three took
+    # the warning's places from a change of another kind (LoRA).
+    spec = make_spec(
+        model={**LLAMA3_8B, "precision": "bf16-mixed"},
+        training={"sequenceLength": 4096, "activationCheckpointing": "full"},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8},
+    )
+    (note,) = [
+        warning for warning in plan_job(spec, CATALOG).sizing.warnings if warning.startswith("does not fit")
+    ]
+    assert "training.sharding: zero1 ->" in note, note
+    assert "zero2" not in note and "zero3" not in note, note
+    assert "model.finetuning.method: lora ->" in note, note

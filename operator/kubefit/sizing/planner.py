@@ -6,8 +6,12 @@ returns the `status.sizing` object. Rules, in order:
 * Candidates: with `resources.accelerator: auto` every catalog accelerator, else the named one; with
   `acceleratorsPerWorker: auto` each count in the accelerator's `perNode`, else the fixed count. With
   an inventory (the cluster's nodes) only accelerator types and per-worker counts that some node can
-  hold are considered. `auto` skips devices that cannot run the spec as written (bf16 on T4/V100, fp8
-  without FP8 units, TPUs for framework pytorch) unless nothing else is left; a named one gets a warning.
+  hold are considered. With `acceleratorsPerWorker: auto` only counts that are multiples of
+  tensorParallel, keeping each tensor-parallel group on one node (pipeline stages may span workers);
+  where no candidate offers one, the counts that divide it, with a warning that the groups cross
+  nodes (as for a fixed count that is not a multiple). `auto` skips devices that cannot run the spec
+  as written (bf16 on T4/V100, fp8 without FP8 units, TPUs for framework pytorch) unless nothing else
+  is left; a named one gets a warning.
 * For each candidate the fewest workers whose estimate fits `device memory x (1 - memoryHeadroom)`.
   The smallest layout is tried first: going from one device to several adds communication buffers.
   Beyond that, per-device memory never grows with more devices (ZeRO/FSDP shard over them, plain data
@@ -27,8 +31,10 @@ returns the `status.sizing` object. Rules, in order:
   `fits` may be false (a replica count too large for plain data parallel, say).
 * When memory needs more workers than maxReplicas allows, the layout is chosen by its fewest workers
   that fit (`minWorkers`) but reported at the most workers the spec allows, where it does not fit
-  (`fits` false), with a warning naming the bound to raise; the operator starts no worker
-  (TooFewWorkers).
+  (`fits` false; one TP x PP group spanning more workers than allowed is shown, `fits` false too),
+  with a warning naming the bound to raise and one naming the changes that fit within the bounds; the
+  operator starts no worker (TooFewWorkers). On a TPU, whose workers form no multi-host slice, more
+  workers are no advice: the other TPU layouts that fit within the bounds are named instead.
 * When nothing fits, the status carries the best-effort layout, `fits: false` and a warning naming
   the changes that would fit, each found by planning again with the change applied. With an inventory
   a change must land on a layout some node holds (unless the spec as written is planned off the
@@ -57,6 +63,7 @@ from kubefit.sizing.remedies import REMEDIES, Change, Remedy, always, applicable
 SpecCheck = Callable[[TrainingJobSpec], None]
 MORE_WORKERS_TRADE_OFF = "more workers: more devices at once"
 LARGER_WORKERS_TRADE_OFF = "more devices per worker: each worker needs a node with that many free"
+OTHER_TPU_TRADE_OFF = "another TPU layout: different speed and price; the image must support it"
 BEYOND_THE_OPERATOR = (
     "than this operator runs per job (kubefit run --max-workers-per-job) or than the job's "
     "name leaves room for in its workers' host names"
@@ -280,6 +287,10 @@ def unsupported(spec: TrainingJobSpec, device: Accelerator) -> str | None:
     return None
 
 
+def _is_tpu(device: Accelerator) -> bool:
+    return device.resource_name == TPU_RESOURCE
+
+
 def breaks(before: TrainingJobSpec, after: TrainingJobSpec, device: Accelerator) -> bool:
     """A change makes `device` unable to run the job (a new incompatibility, e.g. bf16 on a V100)."""
     reason = unsupported(after, device)
@@ -330,11 +341,27 @@ def _candidate_list(
 ) -> list[_Candidate]:
     fixed = resolve_accelerator(spec, catalog)
     order = {name: index for index, name in enumerate(catalog.names())}
-    return [
+    candidates = [
         _Candidate(device, count, order[device.name])
         for device in _candidate_devices(spec, catalog, fixed, pools, warnings)
         for count in _per_worker_counts(spec, device, fixed is None, _pool(pools, device.name))
     ]
+    return _tensor_parallel_on_one_node(spec, candidates)
+
+
+def _tensor_parallel_on_one_node(spec: TrainingJobSpec, candidates: list[_Candidate]) -> list[_Candidate]:
+    """With acceleratorsPerWorker auto, the counts per worker that are multiples of tensorParallel: its
+    all-reduces, several per layer, need a node's own links (pipeline stages may span workers). Where no
+    candidate offers such a count, each device's counts that divide it, so that a group spans whole
+    workers (_tensor_parallel_note warns); a fixed count is the user's choice."""
+    tensor = spec.training.tensor_parallel
+    if tensor == 1 or isinstance(spec.resources.accelerators_per_worker, int):
+        return candidates
+    on_one_node = [c for c in candidates if c.devices_per_worker % tensor == 0]
+    if on_one_node:
+        return on_one_node
+    dividing = {c.accelerator.name for c in candidates if tensor % c.devices_per_worker == 0}
+    return [c for c in candidates if tensor % c.devices_per_worker == 0 or c.accelerator.name not in dividing]
 
 
 def _candidate_devices(
@@ -588,7 +615,10 @@ def _reported(value: int) -> int:
     return min(value, MAX_REPORTED_BYTES)
 
 
-def _status(result: LayoutEstimate, min_workers: int, warnings: Iterable[str]) -> SizingStatus:
+def _status(
+    result: LayoutEstimate, min_workers: int, warnings: Iterable[str], fits: bool | None = None
+) -> SizingStatus:
+    """status.sizing for `result`; `fits` overrides its own verdict (a job that starts no worker)."""
     unique = list(dict.fromkeys([*result.estimate.warnings, *warnings]))
     breakdown = result.estimate.breakdown()
     return SizingStatus(
@@ -598,7 +628,7 @@ def _status(result: LayoutEstimate, min_workers: int, warnings: Iterable[str]) -
         accelerators_per_worker=result.layout.devices_per_worker,
         min_workers=min_workers,
         per_device_bytes=_reported(result.estimate.total),
-        fits=result.fits,
+        fits=result.fits if fits is None else fits,
         breakdown=breakdown.model_copy(
             update={name: _reported(value) for name, value in breakdown.model_dump().items()}
         ),
@@ -653,7 +683,12 @@ def _planned(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: b
     pool = _pool(pools, device.name)
     if pool is not None and count > pool.largest_node:  # every per-node count is above the cluster's nodes
         warnings = [*warnings, f"no node offers {count} x {device.name}; the largest has {pool.largest_node}"]
-    return _Outcome(chosen, [*warnings, *_group_notes(spec, chosen), *_tpu_hosts_note(chosen)])
+    notes = [
+        *_group_notes(spec, chosen),
+        *_tensor_parallel_note(spec, chosen, pool),
+        *_tpu_hosts_note(chosen),
+    ]
+    return _Outcome(chosen, [*warnings, *notes])
 
 
 def _plan_fixed(
@@ -670,14 +705,38 @@ def _plan_fixed(
         warnings.append(f"no node offers {count} x {device.name}; the largest has {pool.largest_node}")
     _check_whole_groups(spec, count)
     option = _option(spec, candidate, fewest_workers(spec, device, count))
-    return _Outcome(option, [*warnings, *_tpu_hosts_note(option)])
+    return _Outcome(option, [*warnings, *_tensor_parallel_note(spec, option, pool), *_tpu_hosts_note(option)])
+
+
+def _tensor_parallel_note(spec: TrainingJobSpec, option: _Option, pool: AcceleratorPool | None) -> list[str]:
+    """Workers whose count is not a multiple of tensorParallel: its groups span nodes. A fixed count is
+    the user's choice; with auto, no node offers such a count (_tensor_parallel_on_one_node)."""
+    tensor, pipeline = spec.training.tensor_parallel, spec.training.pipeline_parallel
+    device, per_worker = option.candidate.accelerator, option.candidate.devices_per_worker
+    if per_worker % tensor == 0:
+        return []
+    lower = math.gcd(tensor, per_worker)
+    advice = f"tensorParallel {lower} with pipelineParallel {pipeline * tensor // lower} across nodes"
+    if isinstance(spec.resources.accelerators_per_worker, int):
+        why = f"resources.acceleratorsPerWorker {per_worker} is not a multiple of tensorParallel {tensor}"
+        offered = [count for count in device.per_node if count % tensor == 0]
+        if offered:
+            advice += f", or acceleratorsPerWorker: {offered[0]},"
+    else:
+        where = " in the cluster" if pool is not None else ""
+        why = f"no {device.name} node{where} offers a multiple of tensorParallel {tensor} devices"
+    return [
+        f"{why}: each tensor-parallel group spans workers of {per_worker}, so its all-reduces, several per "
+        f"layer, cross the network between nodes, far slower than a node's own links; {advice} keeps each "
+        "group on one node"
+    ]
 
 
 def _tpu_hosts_note(option: _Option) -> list[str]:
     """A TPU job that may run more than one worker: each worker is one host, and no multi-host slice is
     formed (docs/operator.md, "TPUs")."""
     device, counts = option.candidate.accelerator, option.counts
-    if device.resource_name != TPU_RESOURCE or max(counts.ceiling, option.workers) <= 1:
+    if not _is_tpu(device) or max(counts.ceiling, option.workers) <= 1:
         return []
     return [
         f"{device.name} on more than one worker: kubefit forms no multi-host TPU slice (it sets neither "
@@ -807,22 +866,23 @@ def plan_job(
             raise ValueError("plan takes the nodes or their pools, not both")
         pools = _pools(inventory)
     outcome = _plan(spec, catalog, pools)
-    reported = _within_the_bounds(spec, outcome)
+    reported, fits = _within_the_bounds(spec, outcome)
     if not advise:
-        return Plan(_status(reported, outcome.min_workers, outcome.warnings), reported.layout.workers)
+        return Plan(_status(reported, outcome.min_workers, outcome.warnings, fits), reported.layout.workers)
+    search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools))
     if outcome.shown.fits:
         refused = _raise_refused(spec, outcome, check)
         notes = _fit_notes(spec, outcome, _pool(pools, outcome.shown.accelerator.name), refused)
         if refused:
             remedies, more = _remedy_search(spec, catalog, pools, check)
             notes += [_within_the_limit(remedies), *more]
+        elif outcome.min_workers > spec.workers.ceiling:
+            notes += _within_the_ceiling(spec, outcome, search)
     else:
-        remedies, notes = _remedy_search(spec, catalog, pools, check)
-        search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools))
-        notes = [_shortfall_note(spec, outcome, remedies, search), *notes]
-    if not reported.fits and outcome.option.counts.feasible and spec.resources.fit_policy == "Warn":
+        notes = _shortfall_notes(spec, outcome, search)
+    if not fits and outcome.option.counts.feasible and spec.resources.fit_policy == "Warn":
         notes = [FIT_POLICY_WARN_NOTE, *notes]
-    sizing = _status(reported, outcome.min_workers, [*outcome.warnings, *notes])
+    sizing = _status(reported, outcome.min_workers, [*outcome.warnings, *notes], fits)
     return Plan(sizing, reported.layout.workers)
 
 
@@ -832,16 +892,20 @@ FIT_POLICY_WARN_NOTE = (
 )
 
 
-def _within_the_bounds(spec: TrainingJobSpec, outcome: _Outcome) -> LayoutEstimate:
-    """The layout status.sizing describes: the one planned, except where memory needs more workers than
-    the spec allows. The job runs none then (TooFewWorkers), and its layout is judged at the most whole
-    TP x PP groups of workers the spec allows, where it does not fit: `fits` false, as `kubectl get`
-    should show a job that cannot start. minWorkers still says how many memory needs."""
+def _within_the_bounds(spec: TrainingJobSpec, outcome: _Outcome) -> tuple[LayoutEstimate, bool]:
+    """The layout status.sizing describes, and whether it fits: the one planned, except where memory
+    needs more workers than the spec allows. The job runs none then (TooFewWorkers), and its layout is
+    judged at the most whole TP x PP groups of workers the spec allows, where it does not fit: `fits`
+    false, as `kubectl get` should show a job that cannot start. minWorkers still says how many memory
+    needs. Where one group spans more workers than allowed, no count fits: the group is shown, not fitting."""
     shown, counts = outcome.shown, outcome.option.counts
     most = max(counts.ceiling - counts.ceiling % counts.step, counts.step)
     if counts.feasible or most >= shown.layout.workers:
-        return shown  # feasible, or only a minReplicas rounded up to whole groups is above the ceiling
-    return evaluate(spec, shown.accelerator, shown.layout.devices_per_worker, most)
+        # feasible; or a minReplicas rounded up to whole groups is above the ceiling, where memory fits;
+        # or a group spans more workers than the ceiling (`most` is one group)
+        return shown, shown.fits and shown.layout.workers <= counts.ceiling
+    judged = evaluate(spec, shown.accelerator, shown.layout.devices_per_worker, most)
+    return judged, judged.fits
 
 
 def plan(
@@ -900,6 +964,8 @@ def _fit_notes(
     notes: list[str] = []
     if outcome.min_workers > workers.ceiling:
         advice = f"more {BEYOND_THE_OPERATOR}" if refused else "raise workers.maxReplicas (and replicas)"
+        if _is_tpu(shown.accelerator) and not refused:
+            advice = "more workers are no remedy on a TPU, as kubefit forms no multi-host slice"
         needs = needs_workers(spec, outcome.min_workers, shown.layout.devices_per_worker)
         notes.append(f"{needs} but workers.{workers.ceiling_field} allows {workers.ceiling}; {advice}")
     elif workers.min_replicas is not None and outcome.min_workers > workers.min_replicas:
@@ -932,11 +998,45 @@ def _raise_refused(spec: TrainingJobSpec, outcome: _Outcome, check: SpecCheck | 
     return not _passes(check, raised)
 
 
+def _within_the_ceiling(spec: TrainingJobSpec, outcome: _Outcome, search: _Search) -> list[str]:
+    """Memory needs more workers than the spec allows: the changes that fit within its own worker counts
+    (on a TPU, whose workers form no slice, the other TPU layouts first), besides raising the bound."""
+    remedies = _remedy_search(spec, search.catalog, search.pools, search.check, within_bounds_only=True)[0]
+    if _is_tpu(outcome.shown.accelerator):
+        remedies = _without_repeats([*_other_tpus(spec, search), *remedies])
+    if not remedies:
+        return []
+    workers = spec.workers
+    named = "; ".join(_remedy_text(remedy) for remedy in remedies[:MAX_REMEDIES_NAMED])
+    return [f"Would fit within workers.{workers.ceiling_field} {workers.ceiling}: {named}"]
+
+
+def _remedy_text(remedy: Remedy) -> str:
+    return f"{remedy.description} -> {sizing_summary(remedy.sizing)}"
+
+
+def _without_repeats(remedies: Iterable[Remedy]) -> list[Remedy]:
+    """`remedies` in order, each change named once (a TPU alternative may be the bigger device too)."""
+    first: dict[str, Remedy] = {}
+    for remedy in remedies:
+        first.setdefault(remedy.description, remedy)
+    return list(first.values())
+
+
 def _within_the_limit(remedies: Sequence[Remedy]) -> str:
     if not remedies:
         return "no change the planner tries brings the worker count within what the operator runs"
     named = "; ".join(f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in remedies)
     return f"Would fit on fewer workers: {named}"
+
+
+def _shortfall_notes(spec: TrainingJobSpec, outcome: _Outcome, search: _Search) -> list[str]:
+    """Nothing fits: why, what would (on a TPU the other TPU layouts first), and why a bigger accelerator
+    was not tried."""
+    remedies, notes = _remedy_search(spec, search.catalog, search.pools, search.check)
+    if _is_tpu(outcome.shown.accelerator):
+        remedies = _without_repeats([*_other_tpus(spec, search), *remedies])
+    return [_shortfall_note(spec, outcome, remedies, search), *notes]
 
 
 def _shortfall_note(
@@ -950,12 +1050,13 @@ def _shortfall_note(
         f"({spec.resources.memory_headroom:.0%} headroom kept free)"
     )
     fewest = outcome.fewest
-    if fewest is not None and not _passes(
-        search.check, replace_field(spec, "workers.replicas", fewest.layout.workers)
+    if fewest is not None and (
+        (_is_tpu(shown.accelerator) and fewest.layout.workers > 1)  # TPU hosts form no slice
+        or not _passes(search.check, replace_field(spec, "workers.replicas", fewest.layout.workers))
     ):
         fewest = None  # more workers than the operator runs per job (or than the job's name allows)
     would_fit = [] if fewest is None else [_more_workers_text(shown, fewest)]
-    would_fit += [f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in remedies]
+    would_fit += [_remedy_text(remedy) for remedy in remedies]
     if not would_fit and search.check is not None:
         unchecked = _remedy_search(spec, search.catalog, search.pools)[0]
         if unchecked:
@@ -972,8 +1073,9 @@ def _shortfall_note(
         tried = describe(change for change in runnable if last[change.field] is change) or "no change left"
         nothing = "no layout the cluster's nodes offer" if search.placed else "nothing in the catalog"
         return (
-            f"{head}; {nothing} holds it even with {tried}: reduce training.sequenceLength "
-            "or use tensorParallel/pipelineParallel"
+            f"{head}; {nothing} holds it even with {tried}: reduce training.sequenceLength or try a "
+            "higher training.tensorParallel (pipelineParallel does not lower the first stage's activations: "
+            "it keeps as many micro-batches in flight as it has stages)"
         )
     return f"{head}. Would fit: {'; '.join(would_fit[:MAX_REMEDIES_NAMED])}"
 
@@ -1006,22 +1108,76 @@ def find_remedies(
 
 
 def _remedy_search(
-    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, check: SpecCheck | None = None
+    spec: TrainingJobSpec,
+    catalog: Catalog,
+    pools: Pools,
+    check: SpecCheck | None = None,
+    *,
+    within_bounds_only: bool = False,
 ) -> tuple[list[Remedy], list[str]]:
     """find_remedies, and why a bigger accelerator was not tried (when it was not). Remedies that fit
     within the worker counts the spec allows come first; one that needs more workers names the bound to
-    raise, and is offered alone only when nothing fits within them."""
+    raise, and is offered alone only when nothing fits within them (never, `within_bounds_only`), and
+    never on a TPU, whose workers form no multi-host slice (_tpu_hosts_note)."""
     notes: list[str] = []
     search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools))
-    found = [*_single_remedies(spec, search), *_bigger_device(spec, search, notes)]
+    found = [
+        (remedy, in_bounds)
+        for remedy, in_bounds in [*_single_remedies(spec, search), *_bigger_device(spec, search, notes)]
+        if in_bounds or remedy.sizing.resource_name != TPU_RESOURCE
+    ]
     within = [remedy for remedy, in_bounds in found if in_bounds]
     if within:
-        return within + [remedy for remedy, in_bounds in found if not in_bounds], notes
+        return within + [
+            remedy for remedy, in_bounds in found if not in_bounds and not within_bounds_only
+        ], notes
     combined = _combined_remedy(spec, search)
     if combined is not None and combined[1]:
         return [combined[0]], notes
+    if combined is not None and combined[0].sizing.resource_name == TPU_RESOURCE:
+        combined = None
+    if within_bounds_only:
+        return [], notes
     raised = [remedy for remedy, _ in found] or ([combined[0]] if combined is not None else [])
     return raised, notes
+
+
+def _other_tpus(spec: TrainingJobSpec, search: _Search) -> list[Remedy]:
+    """The TPU layouts (another TPU, or another count per worker) that hold a TPU job within its worker
+    counts, fewest devices first: more workers form no multi-host slice (_tpu_hosts_note)."""
+    found = []
+    for device in search.catalog:
+        if _is_tpu(device) and (search.carried is None or device.name in search.carried):
+            remedy = _on_a_tpu(spec, device, search)
+            if remedy is not None:
+                found.append(remedy)
+    return sorted(found, key=lambda remedy: (_device_count(remedy.sizing), remedy.sizing.device_memory_bytes))
+
+
+def _on_a_tpu(spec: TrainingJobSpec, device: Accelerator, search: _Search) -> Remedy | None:
+    """`spec` on `device`, at the count per worker the planner chooses there, as a remedy within the
+    job's worker counts; None where it needs more workers, or changes nothing."""
+    on_device = replace_field(spec, "resources.accelerator", device.name)
+    try:
+        outcome = _plan(
+            replace_field(on_device, "resources.acceleratorsPerWorker", "auto"), search.catalog, search.pools
+        )
+    except InvalidSpec:
+        return None
+    changes, count = [], outcome.shown.layout.devices_per_worker
+    if device.name != spec.resources.accelerator:
+        changes.append(Change("resources.accelerator", device.name, OTHER_TPU_TRADE_OFF, always))
+    if (
+        isinstance(spec.resources.accelerators_per_worker, int)
+        and count != spec.resources.accelerators_per_worker
+    ):
+        changes.append(Change("resources.acceleratorsPerWorker", count, OTHER_TPU_TRADE_OFF, always))
+    remedy = _replanned(spec, tuple(changes), search) if changes else None
+    return remedy[0] if remedy is not None and remedy[1] else None
+
+
+def _device_count(sizing: SizingStatus) -> int:
+    return sizing.accelerators_per_worker * sizing.min_workers
 
 
 @dataclass(frozen=True)
@@ -1178,11 +1334,18 @@ def _runnable(
 
 
 def _single_remedies(spec: TrainingJobSpec, search: _Search) -> list[tuple[Remedy, bool]]:
-    found = []
+    """Each change alone that makes the job fit. A field's values come least disruptive first (ZeRO-1,
+    -2, -3): once one fits within the worker counts, the later ones of that field are not named."""
+    found: list[tuple[Remedy, bool]] = []
+    settled: set[str] = set()
     for change in _runnable(spec, search.catalog, applicable(spec, REMEDIES), search.carried):
+        if change.field in settled:
+            continue
         remedy = _replanned(spec, (change,), search)
         if remedy is not None:
             found.append(remedy)
+            if remedy[1]:
+                settled.add(change.field)
     return found
 
 

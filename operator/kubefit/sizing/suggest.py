@@ -12,7 +12,9 @@ tenth less memory; one that the operator would refuse or block once applied (a f
 no TP x PP group, more workers than maxReplicas) is not listed.
 
 `overprovisioned(spec, sizing)` says in one sentence when a fixed layout is far bigger than its
-estimate: the same job fits on half the devices, or on a device of half the memory.
+estimate: the same job fits on half the devices, or on a device of half the memory. Fewer devices per
+worker are named only as a multiple of tensorParallel: any other count puts tensor-parallel groups
+across nodes.
 """
 
 from __future__ import annotations
@@ -302,6 +304,8 @@ def _fewer_of_the_same(spec: TrainingJobSpec, sizing: SizingStatus, catalog: Cat
     same = plan_quietly(on_same, catalog)
     if not (same.fits and 2 * _devices(same) <= _devices(sizing)):
         return None
+    if same.accelerators_per_worker % spec.training.tensor_parallel:
+        return None  # fewer a worker would put tensor-parallel groups across nodes
     per_worker = replace_field(spec, "resources.acceleratorsPerWorker", same.accelerators_per_worker)
     if not _runs_as_suggested(per_worker, (), catalog):
         return None  # the count alone would split a TP x PP group or need more workers than allowed
