@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from pydantic import ValidationError
 
+from kubefit.api.crd import openapi_schema
 from kubefit.api.models import FIELD_ERROR, TrainingJobSpec
 from kubefit.api.quantity import exact_quantity, is_quantity
 
@@ -34,6 +36,54 @@ class InvalidSpec(ValueError):
     def __init__(self, errors: list[FieldError]):
         self.errors = errors
         super().__init__("; ".join(str(error) for error in errors))
+
+
+def pruned(value: Any, *location: str) -> tuple[Any, list[str]]:
+    """`value`, the object at `location` of a TrainingJob ("spec"; "status", "gang"), as the API server
+    stores it under this operator's CRD, and the paths of the fields it dropped. A structural schema
+    prunes every field it does not name, except under x-kubernetes-preserve-unknown-fields; a stored
+    object has such a field only from a newer CRD's schema or defaults (applied before the operator is
+    rolled), and the reconcile and the webhook read it as this operator's CRD would have stored it: a
+    job is not refused for what a newer version added. A file (`kubefit size`) is checked unpruned, as
+    kubectl's own validation names a typo."""
+    schema: dict[str, Any] | None = _crd_schema()
+    for name in location:
+        schema = field_schema(schema, name) if schema is not None else None
+    dropped: list[str] = []
+    return _prune(value, schema, ".".join(location), dropped), dropped
+
+
+@cache
+def _crd_schema() -> dict[str, Any]:
+    return openapi_schema()
+
+
+def _prune(value: Any, schema: dict[str, Any] | None, path: str, dropped: list[str]) -> Any:
+    if schema is None:  # under a key an open object keeps without a schema: the API server keeps it whole
+        return value
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [_prune(item, items, f"{path}[{index}]", dropped) for index, item in enumerate(value)]
+    if not isinstance(value, dict):
+        return value
+    open_object = schema.get("x-kubernetes-preserve-unknown-fields") is True
+    kept: dict[Any, Any] = {}
+    for key, item in value.items():
+        field = field_schema(schema, key)
+        if field is not None or open_object:
+            kept[key] = _prune(item, field, f"{path}.{key}", dropped)
+        else:
+            dropped.append(f"{path}.{key}")
+    return kept
+
+
+def field_schema(schema: dict[str, Any], key: Any) -> dict[str, Any] | None:
+    """The schema of `key` in an object: its property's, else the map's value schema, else none."""
+    properties = schema.get("properties") or {}
+    if key in properties:
+        return properties[key]  # type: ignore[no-any-return]
+    values = schema.get("additionalProperties")
+    return values if isinstance(values, dict) else None
 
 
 def _is_union_tag(item: str) -> bool:

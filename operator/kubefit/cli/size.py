@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from kubefit.api.conditions import Reason
 from kubefit.api.resource import API_VERSION, KIND
 from kubefit.api.units import GIB, format_gib
+from kubefit.api.validation import field_schema
 from kubefit.cli.run import cluster_domain_name, positive_int
 from kubefit.decisions.workers import worker_bounds
 
@@ -354,19 +355,10 @@ def _nulls_dropped(value: Any, schema: dict[str, Any] | None) -> Any:
         return value
     kept: dict[Any, Any] = {}
     for key, item in value.items():
-        field = _field_schema(schema, key)
+        field = field_schema(schema, key)
         if item is not None or field is None or field.get("nullable"):
             kept[key] = _nulls_dropped(item, field)
     return kept
-
-
-def _field_schema(schema: dict[str, Any], key: Any) -> dict[str, Any] | None:
-    """The schema of `key` in an object: its property's, else the map's value schema, else none."""
-    properties = schema.get("properties") or {}
-    if key in properties:
-        return properties[key]
-    values = schema.get("additionalProperties")
-    return values if isinstance(values, dict) else None
 
 
 _JSON_TEXT = re.compile(r"[^ \t\n\r]")  # past JSON's whitespace
@@ -705,6 +697,7 @@ def _size(  # noqa: PLR0913 - the job, the flags, and what its running workers k
             domain=_domain(namespace, args.cluster_domain),
             advise=advise,
             running=running,
+            strict=True,  # a file: a field the CRD does not name is a typo, as kubectl's validation says
         )
     except InvalidSpec as exc:
         raise InvalidInput([str(error) for error in exc.errors]) from None

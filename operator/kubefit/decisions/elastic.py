@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from kubefit.api.conditions import EventReason
 from kubefit.api.models import CheckpointStatus
 from kubefit.api.units import parse_rfc3339, rfc3339
+from kubefit.api.validation import pruned
 from kubefit.decisions.draft import Draft, JobContext, JobEvent
 from kubefit.decisions.observed import WorkerPod
 
@@ -160,7 +161,8 @@ def handshake_for(
     status = observation.status
     raw = status.get("checkpoint")
     try:
-        previous = CheckpointStatus.model_validate(raw) if raw else None
+        # Without a field a newer CRD adds (validation.pruned): the open request is not lost for it.
+        previous = CheckpointStatus.model_validate(pruned(raw, "status", "checkpoint")[0]) if raw else None
     except ValueError:
         previous = None
     return checkpoint_handshake(

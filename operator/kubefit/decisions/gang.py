@@ -16,6 +16,7 @@ from typing import Any
 from kubefit.api.conditions import ConditionType
 from kubefit.api.models import GangStatus
 from kubefit.api.units import parse_rfc3339, rfc3339
+from kubefit.api.validation import pruned
 from kubefit.decisions.conditions import find_condition
 
 GANG_BACKOFF_BASE_SECONDS = 10
@@ -34,9 +35,11 @@ def doubling(base: int, maximum: int, count: int) -> float:
 
 
 def previous_gang(status: Mapping[str, Any]) -> GangStatus:
+    """status.gang, without a field a newer CRD defaults into it (validation.pruned): read whole, one such
+    field lost the group's bookkeeping (started, attempt), and a healthy group was timed out or stopped."""
     raw = status.get("gang")
     try:
-        return GangStatus.model_validate(raw) if raw else GangStatus()
+        return GangStatus.model_validate(pruned(raw, "status", "gang")[0]) if raw else GangStatus()
     except ValueError:
         return GangStatus()
 

@@ -11,6 +11,7 @@ worker count. Operator-wide limits come in as `ReconcileSettings`, so `decide` s
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ from kubefit.api.conditions import FINISHED_PHASES, ConditionType, EventReason, 
 from kubefit.api.formatting import index_ranges, parse_index_ranges, sizing_summary, workers_column
 from kubefit.api.models import Condition, GangStatus, SizingStatus, TrainingJobSpec, TrainingJobStatus
 from kubefit.api.units import format_gib, parse_rfc3339, rfc3339
-from kubefit.api.validation import FieldError, InvalidSpec, parse_spec, rule_errors, schema_spec
+from kubefit.api.validation import FieldError, InvalidSpec, parse_spec, pruned, rule_errors, schema_spec
 from kubefit.builders.naming import DEFAULT_CLUSTER_DOMAIN as DEFAULT_CLUSTER_DOMAIN  # re-exported
 from kubefit.builders.naming import (
     DNS_LABEL_MAX,
@@ -64,6 +65,7 @@ from kubefit.sizing.planner import floor_needs
 if TYPE_CHECKING:
     from kubefit.decisions.admission import Demand
 
+logger = logging.getLogger("kubefit.decisions")
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # 1024 workers of 8 accelerators are 8,192 devices: more than all but the largest clusters hold, yet a
 # typo (replicas: 100000) cannot make the operator create and track tens of thousands of pods. A cluster
@@ -232,6 +234,7 @@ def checked_spec(  # noqa: PLR0913 - the job, the operator's settings, and how m
     domain: str | None = None,
     advise: bool = True,
     running: RunningGroup | None = None,
+    strict: bool = False,
 ) -> tuple[TrainingJobSpec, JobSizing]:
     """The spec and its sizing, or InvalidSpec naming every field at fault: every rule the CRD's schema
     cannot express, for the reconcile (Ready=False InvalidSpec), the admission webhook and `kubefit size`
@@ -239,9 +242,13 @@ def checked_spec(  # noqa: PLR0913 - the job, the operator's settings, and how m
     None (host_domain: no namespace known) the length of a worker's FQDN. `advise` False (the webhook, which
     needs only the errors) leaves the planner's notes and remedies out of the sizing. `running`: what
     the job's live workers share, which an elastic pytorch job keeps (decisions/running_group.py).
+    `strict` False (a stored or admitted object) drops the fields this operator's CRD does not name, as
+    the API server would have (validation.pruned); True (a file) refuses them as typos.
 
     Every check that can run does, so one apply shows every error: the schema's errors stop the rest
     (they need a parsed spec) but for the name's pattern. One error per field, the earliest check's."""
+    if not strict:
+        raw_spec = _as_stored(name, raw_spec)
     try:
         spec = schema_spec(raw_spec)
     except InvalidSpec as invalid:
@@ -264,6 +271,15 @@ def checked_spec(  # noqa: PLR0913 - the job, the operator's settings, and how m
         warned = job_sizing.sizing.model_copy(update={"warnings": [*job_sizing.sizing.warnings, *waiting]})
         job_sizing = replace(job_sizing, sizing=warned)
     return spec, job_sizing
+
+
+def _as_stored(name: str | None, raw_spec: Any) -> Any:
+    """`raw_spec` without the fields this operator's CRD does not name: only a newer CRD puts one in a
+    stored object (the API server prunes the others), so it is a field of a newer version, not a typo."""
+    spec, dropped = pruned(raw_spec, "spec")
+    if dropped:
+        logger.debug("job %s: ignored fields this operator does not know: %s", name, ", ".join(dropped))
+    return spec
 
 
 def _once(errors: Sequence[FieldError]) -> InvalidSpec:
@@ -479,7 +495,7 @@ def _ttl_left(observation: JobObservation, completion: str | None) -> float | No
     """Seconds until ttlSecondsAfterFinished deletes a job that finished at `completion` (0: now), or
     None when the job is kept."""
     try:
-        ttl = parse_spec(observation.spec).run_policy.ttl_seconds_after_finished
+        ttl = parse_spec(pruned(observation.spec, "spec")[0]).run_policy.ttl_seconds_after_finished
     except InvalidSpec:
         return None
     finished_at = parse_rfc3339(completion)

@@ -96,15 +96,16 @@ def admitted(ctx: JobContext, grant: int) -> Draft:
 
 
 def _with_adopted_attempt(ctx: JobContext) -> JobContext:
-    """A status without status.gang.attempt (wiped, restored from a backup without it, or written by an
-    operator version before it) takes the attempt its workers carry, the running ones first: read as 0, a
-    healthy group of attempt 1 would be taken for an old one and stopped."""
+    """A status whose status.gang.attempt is behind the highest its workers carry (the running ones first)
+    takes theirs: an attempt is written to the status before its workers are created, so a worker ahead of
+    it means the status lost it (wiped, restored from a backup, written by an operator version before it,
+    which the CRD's default then reads as 0). Read as it is, a healthy group of attempt 1 would be taken
+    for an old one and stopped."""
     gang = ctx.status.get("gang")
-    if isinstance(gang, Mapping) and isinstance(gang.get("attempt"), int):
-        return ctx
     running = [pod.attempt for pod in ctx.ours if pod.attempt is not None and not pod.terminating]
     carried = running or [pod.attempt for pod in ctx.ours if pod.attempt is not None]
-    if not carried:
+    stored = gang.get("attempt") if isinstance(gang, Mapping) else None
+    if not carried or (isinstance(stored, int) and stored >= max(carried)):
         return ctx
     kept = dict(gang) if isinstance(gang, Mapping) else {}
     status = {**ctx.status, "gang": {**kept, "attempt": max(carried)}}
@@ -836,7 +837,7 @@ def training_ended(ctx: JobContext) -> bool:
     processes organise themselves: one that succeeded says nothing of the others (_finishing)."""
     if ctx.spec.framework == "none":
         return False
-    leaving = _other_attempts(ctx) if fixed_world(ctx.spec) else []
+    leaving = _other_attempts(_with_adopted_attempt(ctx)) if fixed_world(ctx.spec) else []
     return bool(_succeeded_in_group(replace(ctx, ours=[pod for pod in ctx.ours if pod not in leaving])))
 
 

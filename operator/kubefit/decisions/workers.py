@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
-from kubefit.api.validation import InvalidSpec, parse_spec
+from kubefit.api.validation import InvalidSpec, parse_spec, pruned
 from kubefit.builders.rendezvous import fixed_world
 from kubefit.decisions.observed import POD_FAILED, POD_SUCCEEDED, WorkerPod
 from kubefit.sizing.planner import WorkerCounts, worker_counts
@@ -38,7 +38,9 @@ def min_max_workers(
     desired workers, status.desiredReplicas): an elastic jax job's runs only whole (JAX_NUM_PROCESSES is
     fixed when its workers start), and a job held below a raised minimum trains on it."""
     try:
-        spec = parse_spec(raw_spec)
+        spec = parse_spec(
+            pruned(raw_spec, "spec")[0]
+        )  # as the reconcile reads it: a newer CRD's fields dropped
     except InvalidSpec:
         return None
     if sizing is None:
