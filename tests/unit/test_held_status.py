@@ -115,3 +115,28 @@ def test_a_fixed_group_failure_is_one_event_and_a_restart_for_a_new_size_still_h
     asked = decide(_later(observe(three, [pod(0), pod(1)], running.status), 1, 4), CATALOG)
     assert condition(asked, "Ready")["reason"] == "Restarting"
     assert [event.type for event in asked.events if event.reason == "Restarting"] == ["Normal"]
+
+
+def test_a_fixed_groups_running_workers_keep_their_auto_device_count_when_the_planner_now_chooses_another() -> (
+    None
+):
+    # Workers created with 4 devices each (an operator version that split tensorParallel 8 over two workers
+    # of 4); this planner keeps a TP group on one node and chooses 8. Re-planned under the running workers,
+    # status.sizing and the demand said 8 per worker: the scheduling pass counted 16 devices for 8 held.
+    training = {"tensorParallel": 8}
+    pinned = raw_spec(
+        training=training, resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 4}
+    )
+    workers = [replace(pod(index), world_size=2) for index in range(2)]
+    created = decide(observe(pinned, pods=workers), CATALOG)
+    assert created.status.sizing is not None and created.status.sizing.accelerators_per_worker == 4
+    auto = raw_spec(
+        training=training, resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": "auto"}
+    )
+    assert decide(observe(auto), CATALOG).status.sizing.accelerators_per_worker == 8  # afresh: 8
+    later = decide(
+        observe(auto, pods=workers, status=created.status, now=NOW + timedelta(minutes=5)), CATALOG
+    )
+    assert later.status.sizing is not None and later.status.sizing.accelerators_per_worker == 4
+    assert later.demand is not None and later.demand.per_worker == 4
+    assert later.delete == () and later.create == ()

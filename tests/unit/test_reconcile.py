@@ -2381,7 +2381,9 @@ def test_an_elastic_auto_job_keeps_its_workers_device_count_when_scaled() -> Non
     assert any(
         "acceleratorsPerWorker 2 applies when the job starts afresh" in w for w in waits.sizing.warnings
     )
-    # With no worker left it is planned afresh; a fixed group (restarted whole) and a jax job too.
+    # With no worker left it is planned afresh; a fixed group (restarted whole) and a jax job too, once
+    # the workers they restart are gone: till then their auto count is the running workers' (the pass
+    # counts each running worker at the sizing's count).
     afresh = decide(replace(observe(_auto_13b(2), status=started.status), inventory=free), CATALOG)
     assert afresh.sizing is not None and afresh.sizing.accelerators_per_worker == 2
     for other in (_auto_13b(2, elastic=False), _auto_13b(2, framework="jax")):
@@ -2390,7 +2392,9 @@ def test_an_elastic_auto_job_keeps_its_workers_device_count_when_scaled() -> Non
             CATALOG,
         )
         again = decide(replace(observe(other, pods=[pod(0)], status=first.status), inventory=free), CATALOG)
-        assert again.sizing is not None and again.sizing.accelerators_per_worker == 2
+        assert again.sizing is not None and again.sizing.accelerators_per_worker == 4
+        gone = decide(replace(observe(other, status=again.status), inventory=free), CATALOG)
+        assert gone.sizing is not None and gone.sizing.accelerators_per_worker == 2
 
 
 def test_the_device_count_is_kept_only_with_the_device() -> None:

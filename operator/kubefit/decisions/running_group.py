@@ -6,8 +6,10 @@ another device count at the new count, and an edit of `resources.accelerator` or
 (stored where the admission webhook is off) sent new workers to another device: a group of workers of two
 sizes, while status.sizing described only the new ones. So while any worker lives, the job is planned
 with the accelerator and the device count its workers have; an edit applies when the job starts afresh,
-and a sizing warning says so. A fixed group or a jax job restarts every worker on a count change and is
-planned afresh (decisions/running.py).
+and a sizing warning says so. A fixed group or a jax job restarts every worker for a new count, and is
+planned afresh once they are gone (decisions/running.py); while they run, its `auto` accelerator and
+count are theirs too: a planner that chooses otherwise now (a new operator version) would otherwise have
+the scheduling pass count each running worker at the new count, devices it does not hold.
 """
 
 from __future__ import annotations
@@ -62,18 +64,22 @@ def kept_by_running_group(
     spec: TrainingJobSpec, running: RunningGroup | None, catalog: Catalog, device_kept: bool = True
 ) -> KeptSpec:
     """`spec` with the running group's accelerator and device count for an elastic pytorch job, with a
-    warning for each edit that waits. `device_kept`: whether an `auto` job stays on the workers' accelerator
+    warning for each edit that waits; for any other job only in place of `auto`. `device_kept`: whether an `auto` job stays on the workers' accelerator
     (decisions.job.kept_accelerator: not once its nodes are gone); the count is kept only with the device,
     or new workers would take the old count on another device. A running accelerator the catalog no longer
     has keeps nothing: the job is planned afresh."""
-    if running is None or not spec.elastic.enabled or spec.framework != "pytorch":
-        return KeptSpec(spec, [])
-    if running.accelerator is None or catalog.get(running.accelerator) is None:
+    if running is None or running.accelerator is None or catalog.get(running.accelerator) is None:
         return KeptSpec(spec, [])
     resources, waiting = spec.resources, []
     named = resources.accelerator
     if named == "auto" and not device_kept:
         return KeptSpec(spec, [])
+    joins = spec.elastic.enabled and spec.framework == "pytorch"  # new workers join the running group
+    if not joins and (
+        named not in ("auto", running.accelerator)
+        or resources.accelerators_per_worker not in ("auto", running.per_worker)
+    ):
+        return KeptSpec(spec, [])  # an edit of a fixed group: planned afresh, as before
     if named not in ("auto", running.accelerator):
         waiting.append(_waits("resources.accelerator", named, running.accelerator))
         resources = resources.model_copy(update={"accelerator": running.accelerator})
@@ -93,7 +99,7 @@ def held_count_note(per_worker: int) -> str:
     lower maxReplicas): the count is theirs, not chosen afresh."""
     return (
         f"resources.acceleratorsPerWorker auto is held at {per_worker}, the count each running worker has, "
-        "since new workers join their group; suspend and resume the job to plan the count afresh"
+        "while they run; suspend and resume the job to plan the count afresh"
     )
 
 
