@@ -1192,3 +1192,24 @@ def test_selective_recompute_holds_one_layers_recomputed_scores_so_it_is_never_b
         for policy in ("none", "selective", "full")
     }
     assert by_policy["full"] <= by_policy["selective"] <= by_policy["none"]
+
+
+# ------------------------------------------------------------------ what the attention keeps of its operands
+
+# Gemma 7B's layout: 16 heads of 256, so the query width (4096) is not the hidden size (3072).
+WIDE_HEADS = ModelShape(28, 3072, 16, 16, 24576, 256000, gated_mlp=True, explicit_head_dim=256)
+
+
+@pytest.mark.parametrize("element_bytes", [2, 4])
+def test_eager_attention_saves_grouped_keys_and_values_at_query_width(element_bytes: int) -> None:
+    # transformers' eager_attention_forward repeats K and V to the query heads before its matmuls (and
+    # litgpt before attention), so under eager a GQA layer keeps what the MHA layer keeps.
+    s, b = 1024, 2
+    mha, gqa = WIDE_HEADS, replace(WIDE_HEADS, kv_heads=4)
+    eager = LayerRun(s, b, attention="eager", element_bytes=element_bytes, stream_bytes=element_bytes)
+    assert layer_activation_bytes(mha, eager) == layer_activation_bytes(gqa, eager)
+    # sdpa (16-bit, so no math fallback) and selective recompute keep K and V at their own width.
+    sdpa = replace(eager, attention="sdpa", element_bytes=2, stream_bytes=2)
+    for run in (sdpa, replace(eager, checkpointing="selective")):
+        narrower = 2 * run.element_bytes * (gqa.q_width - gqa.kv_width) * s * b
+        assert layer_activation_bytes(mha, run) - layer_activation_bytes(gqa, run) == narrower

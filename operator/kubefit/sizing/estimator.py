@@ -303,8 +303,13 @@ def _attention_scores_bytes(shape: ModelShape, run: LayerRun) -> float:
     """The attention's own saved tensors beyond Q, K, V and the output, per sequence of the batch."""
     s, b = run.sequence, run.micro_batch
     if run.attention == "eager":
-        # softmax output + dropout output (e bytes each) + dropout mask, a x s x s per sequence.
-        return shape.heads * s * s * b * (2 * run.element_bytes + DROPOUT_MASK_BYTES)
+        # softmax output + dropout output (e bytes each) + dropout mask, a x s x s per sequence. K and V go
+        # into the matmuls repeated to the query heads (transformers' eager_attention_forward calls
+        # repeat_kv first; litgpt repeat_interleaves them), so with grouped KV heads the matmuls save them
+        # at query width, beyond the K and V counted with the projections. Not under sdpa/flash:
+        # transformers passes enable_gqa there (litgpt expands there too, which is not counted).
+        scores = shape.heads * s * s * b * (2 * run.element_bytes + DROPOUT_MASK_BYTES)
+        return scores + 2 * run.element_bytes * (shape.q_width - shape.kv_width) * s * b
     if run.element_bytes == FP32_BYTES and shape.kv_heads < shape.heads:
         # fp32 with grouped KV heads: flash attention takes no fp32 and the memory-efficient kernel no
         # grouped KV heads, so SDPA falls back to its math path and keeps the fp32 softmax (measured on an
