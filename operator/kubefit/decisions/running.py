@@ -58,7 +58,13 @@ from kubefit.decisions.gang import (
     restart_backoff,
     restart_backoff_left,
 )
-from kubefit.decisions.observed import DISRUPTION_REASONS, POD_SUCCEEDED, STUCK_AFTER_GRACE_SECONDS, WorkerPod
+from kubefit.decisions.observed import (
+    DISRUPTION_REASONS,
+    POD_RUNNING,
+    POD_SUCCEEDED,
+    STUCK_AFTER_GRACE_SECONDS,
+    WorkerPod,
+)
 from kubefit.decisions.workers import WorkerChanges, scale_workers, stop_workers, worker_slots
 
 # Reason words the scheduling pass may give a changed grant (AdmissionPlan.reasons: "Word: detail").
@@ -408,7 +414,10 @@ def _gone_from_group(ctx: JobContext, plan: _Plan, slots: frozenset[int]) -> fro
         # A group restarted, or not placed whole yet: the status's counts may be an older group's.
         return frozenset()
     finished = len(parse_index_ranges(ctx.status.get("succeededWorkers")))
-    if int(ctx.status.get("readyReplicas") or 0) + finished < plan.keep:
+    # A worker whose node stopped answering (its kubelet died) is not ready from then on, so the status
+    # written meanwhile counts it out: it was running when its node was lost, not a worker never started.
+    stranded = sum(1 for pod in ctx.ours if pod.node_lost and pod.phase == POD_RUNNING)
+    if int(ctx.status.get("readyReplicas") or 0) + finished + stranded < plan.keep:
         return frozenset()
     present = {pod.index for pod in ctx.ours if not pod.terminating}
     return slots - present

@@ -1,0 +1,39 @@
+"""A fixed group that loses a worker with its node: the kubelet dies first, so the worker reads not ready
+(node_lost) before it is evicted, and the status written meanwhile counts it out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+from test_reconcile import CATALOG, NOW, decide, events_of, observe, pod, status_of
+
+from kubefit.api.units import rfc3339
+
+
+def test_a_fixed_groups_worker_evicted_from_a_node_that_went_not_ready_is_lost_and_the_group_restarts() -> (
+    None
+):
+    # It stayed Scaling 1/2 for ever: no WorkerLost, no restart, and its place reserved for nobody.
+    w0, w1 = pod(0, attempt=0, node="node-a"), pod(1, attempt=0, node="node-b")
+    healthy = decide(observe(pods=[w0, w1]), CATALOG).status
+    silent = replace(w1, node_lost=True)
+    not_ready = decide(observe(pods=[w0, silent], status=healthy, now=NOW + timedelta(seconds=40)), CATALOG)
+    assert status_of(not_ready)["readyReplicas"] == 1 and not_ready.delete == ()
+    evicted = replace(
+        silent, terminating=True, disrupted=True, deletion_timestamp=rfc3339(NOW + timedelta(seconds=370))
+    )
+    lost = decide(
+        observe(pods=[w0, evicted], status=not_ready.status, now=NOW + timedelta(seconds=400)), CATALOG
+    )
+    assert ("Warning", "WorkerLost") in events_of(lost)
+    assert lost.delete == ("llama-worker-0",)
+    assert status_of(lost)["restarts"] == 0  # a node's loss is not the job's failure
+
+
+def test_a_worker_that_never_ran_on_a_node_lost_is_not_taken_for_a_lost_one() -> None:
+    w0, w1 = pod(0, attempt=0, node="node-a"), pod(1, "Pending", attempt=0, node="node-b")
+    started = decide(observe(pods=[w0, w1]), CATALOG).status
+    gone = replace(w1, node_lost=True, terminating=True)
+    decision = decide(observe(pods=[w0, gone], status=started, now=NOW + timedelta(seconds=60)), CATALOG)
+    assert ("Warning", "WorkerLost") not in events_of(decision)
