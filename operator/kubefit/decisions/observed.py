@@ -65,11 +65,16 @@ class WorkerPod:
     # Bound to a node that is not Ready (the controller's view): it may run on, but unreachable; the
     # scheduling pass counts nothing on such a node, and the worker is taken as not running.
     node_lost: bool = False
-    # Why a failed pod ended, for the messages that say it failed (its pod is deleted for its replacement):
-    # the trainer container's (the first's) state.terminated.exitCode, and the pod's status.reason
-    # (Evicted, ...) or else the trainer's terminated reason (OOMKilled, ...). None unless the pod failed.
+    # Why a failed worker ended, for the messages that say it failed (its pod is deleted for its
+    # replacement): the trainer container's (the first's) state.terminated.exitCode, and the pod's
+    # status.reason (Evicted, ...) or else the trainer's terminated reason (OOMKilled, ...). None unless
+    # the worker failed.
     exit_code: int | None = None
     exit_reason: str | None = None
+    # Its trainer ended (phase says how) while its pod runs on: a classic sidecar injected by a webhook
+    # (Istio's, Linkerd's proxy) does not stop with it under restartPolicy Never. The pod holds its
+    # devices until deleted, so a stopping job does not keep it for its logs (workers.stop_workers).
+    outlived_by_sidecar: bool = False
 
     def holds(self, resource_name: str) -> int | None:
         """How many of `resource_name` the pod holds: what it was created with, which an edit of the job's
@@ -124,7 +129,7 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         return None
     name = metadata.get("name", "")
     status = pod.get("status") or {}
-    phase = status.get("phase") or POD_PENDING
+    phase, outlived_by_sidecar = _worker_phase(pod)
     exit_code, exit_reason = _how_it_ended(pod) if phase == POD_FAILED else (None, None)
     return WorkerPod(
         name=name,
@@ -143,28 +148,49 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         devices=tuple(sorted(item for item in effective_requests(pod.get("spec") or {}).items() if item[1])),
         exit_code=exit_code,
         exit_reason=exit_reason,
+        outlived_by_sidecar=outlived_by_sidecar,
     )
+
+
+def _worker_phase(pod: Mapping[str, Any]) -> tuple[str, bool]:
+    """The worker's phase, and whether its pod outlives its trainer. The pod's phase, but where the trainer
+    has ended in a pod not finished, the trainer's exit code says: a classic injected sidecar (Istio's,
+    Linkerd's proxy) runs on, and the pod with it stays Running, holding its devices, for ever."""
+    phase = (pod.get("status") or {}).get("phase") or POD_PENDING
+    if phase in POD_FINISHED_PHASES:
+        return phase, False
+    code = _exit_code(_trainer_terminated(pod))
+    if code is None:
+        return phase, False
+    return (POD_SUCCEEDED if code == 0 else POD_FAILED), True
 
 
 def _how_it_ended(pod: Mapping[str, Any]) -> tuple[int | None, str | None]:
-    """A failed pod's trainer exit code, and the pod's status.reason or else the trainer's terminated
-    reason. The trainer is the first container (builders.pods); the kubelet orders containerStatuses by
-    name, so it is found by its name (or taken as the only one)."""
-    status = pod.get("status") or {}
+    """A failed worker's trainer exit code, and the pod's status.reason or else the trainer's terminated
+    reason."""
+    terminated = _trainer_terminated(pod)
+    reason = _text((pod.get("status") or {}).get("reason")) or _text(terminated.get("reason"))
+    return _exit_code(terminated), reason[:_REASON_CHARACTERS] if reason else None
+
+
+def _trainer_terminated(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The trainer container's state.terminated, {} while it has not ended. The trainer is the first
+    container (builders.pods); the kubelet orders containerStatuses by name, so it is found by its name (or
+    taken as the only one)."""
     containers = (pod.get("spec") or {}).get("containers")
     first = containers[0] if isinstance(containers, list) and containers else None
     trainer = first.get("name") if isinstance(first, Mapping) else None
-    statuses = [item for item in status.get("containerStatuses") or [] if isinstance(item, Mapping)]
+    listed = (pod.get("status") or {}).get("containerStatuses")
+    statuses = [item for item in listed if isinstance(item, Mapping)] if isinstance(listed, list) else []
     named = [item for item in statuses if item.get("name") == trainer]
     found = named[0] if named else statuses[0] if len(statuses) == 1 and trainer is None else {}
     terminated = (found.get("state") or {}).get("terminated")
-    terminated = terminated if isinstance(terminated, Mapping) else {}
+    return terminated if isinstance(terminated, Mapping) else {}
+
+
+def _exit_code(terminated: Mapping[str, Any]) -> int | None:
     code = terminated.get("exitCode")
-    reason = _text(status.get("reason")) or _text(terminated.get("reason"))
-    return (
-        code if isinstance(code, int) and not isinstance(code, bool) else None,
-        reason[:_REASON_CHARACTERS] if reason else None,
-    )
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 def _disrupted(status: Mapping[str, Any]) -> bool:

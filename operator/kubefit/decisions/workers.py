@@ -166,6 +166,12 @@ def scale_workers(
 
 
 def stop_workers(pods: Sequence[WorkerPod], keep_finished: bool) -> tuple[str, ...]:
-    """Names of workers to delete when the job stops (suspended, failed), highest index first."""
-    doomed = [pod for pod in pods if not pod.terminating and not (keep_finished and pod.finished)]
+    """Names of workers to delete when the job stops (suspended, failed), highest index first. Finished ones
+    kept for their logs are those whose pods stopped: one an injected sidecar keeps running holds its
+    devices."""
+    doomed = [
+        pod
+        for pod in pods
+        if not pod.terminating and not (keep_finished and pod.finished and not pod.outlived_by_sidecar)
+    ]
     return tuple(pod.name for pod in sorted(doomed, key=lambda pod: pod.index or 0, reverse=True))
