@@ -299,9 +299,16 @@ def register(commands: Any) -> None:
         "--catalog", metavar="FILE", help="extra accelerator catalog (default: $KUBEFIT_CATALOG)"
     )
     parser.add_argument(
-        "--verbose", "-v", action="store_true", help="kopf's log line for every handled watch event"
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="kopf's log line for every handled watch event, and its watch-stream starts and stops",
     )
-    parser.add_argument("--debug", action="store_true", help="log kopf's internals too")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="log everything at DEBUG: kopf's internals, HTTP access and retries",
+    )
     parser.set_defaults(handler=_run)
 
 

@@ -41,6 +41,9 @@ MAX_STEP = 2**63 - 1
 # A job has at most a few thousand workers; more acks than this for one request is abuse, not training.
 MAX_ACKS_PER_REQUEST = 10_000
 MIN_KEY_BYTES = 16
+# Refused calls (a 401 or 409 per job) whose warning was logged, remembered so that a worker's retries log
+# nothing more: the latest this many.
+MAX_REMEMBERED_REFUSALS = 4096
 GENERATED_KEY_BYTES = 32
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -48,6 +51,10 @@ _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z
 _REQUEST_ID = re.compile(rf"^[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}$")
 
 TokenFor = Callable[[str, str], "str | None"]
+_WRONG_TOKEN = "Authorization: wrong token for this trainingjob"
+_REFUSAL_HINTS = {
+    _WRONG_TOKEN: " (made with another key: was the operator restarted without --checkpoint-key-file?)"
+}
 
 
 @dataclass
@@ -265,9 +272,27 @@ class _Handler(DeadlineRequestHandler):
         expected = self.server.token_for(target.namespace, target.name)
         if expected is None:
             raise _HttpError(HTTPStatus.NOT_FOUND, f"no trainingjob {target.namespace}/{target.name}")
-        if not hmac.compare_digest(_bearer(self.headers.get("Authorization")), expected.encode()):
-            raise _HttpError(HTTPStatus.UNAUTHORIZED, "Authorization: wrong token for this trainingjob")
+        try:
+            if not hmac.compare_digest(_bearer(self.headers.get("Authorization")), expected.encode()):
+                raise _HttpError(HTTPStatus.UNAUTHORIZED, _WRONG_TOKEN)
+        except _HttpError as error:
+            raise self._refused(target, error) from None
         return target
+
+    def _refused(self, target: _Target, error: _HttpError) -> _HttpError:
+        """`error`, logged the first time this job's calls get its status: a refused worker waits for
+        nothing, and the scale-down it should have checkpointed for waits out its grace period."""
+        if self.server.refusals.first((target.namespace, target.name, error.status)):
+            logger.warning(
+                "checkpoint call for %s/%s from %s refused, %d: %s%s (logged once per job and status)",
+                target.namespace,
+                target.name,
+                self.address_string(),
+                error.status,
+                error.message,
+                _REFUSAL_HINTS.get(error.message, ""),
+            )
+        return error
 
     def _not_allowed(self) -> dict[str, Any]:
         parse_path(self.path)
@@ -285,8 +310,11 @@ class _Handler(DeadlineRequestHandler):
             raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "method POST not allowed on .../checkpoint")
         ack = parse_ack(self._body(), target.name)
         if not self.server.board.acknowledge(target.key, ack.request_id, ack.worker, ack.step):
-            raise _HttpError(
-                HTTPStatus.CONFLICT, f"requestId: {ack.request_id} is not this job's open request"
+            raise self._refused(
+                target,
+                _HttpError(
+                    HTTPStatus.CONFLICT, f"requestId: {ack.request_id} is not this job's open request"
+                ),
             )
         return {"requestId": ack.request_id, "acknowledged": True}
 
@@ -312,12 +340,34 @@ class _Handler(DeadlineRequestHandler):
         logger.debug("checkpoint %s: " + format, self.address_string(), *args)
 
 
+class FirstTimes:
+    """Which keys were seen, the latest `limit` of them: memory stays bounded whatever callers send."""
+
+    def __init__(self, limit: int = MAX_REMEMBERED_REFUSALS) -> None:
+        self._limit = limit
+        self._seen: dict[object, None] = {}  # in insertion order: the oldest goes first
+        self._lock = threading.Lock()
+
+    def first(self, key: object) -> bool:
+        with self._lock:
+            if key in self._seen:
+                return False
+            if len(self._seen) >= self._limit:
+                del self._seen[next(iter(self._seen))]
+            self._seen[key] = None
+            return True
+
+
 class CheckpointServer(BoundedHTTPServer):
     """The handshake API's HTTP server: one daemon thread per connection, within bounded_http's cap."""
 
     name = "checkpoints"
     board: CheckpointBoard
     token_for: TokenFor
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refusals = FirstTimes()  # the (namespace, name, status) of refused calls already logged
 
 
 def start_checkpoint_server(

@@ -37,7 +37,7 @@ from kubefit.builders.naming import JOB_LABEL
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.reconciler import Reconciler
 from kubefit.controller.relist import NODES, PODS, Indexed, RelistCheck
-from kubefit.controller.resync import ResyncLoop
+from kubefit.controller.resync import ResyncLoop, log_step_failure
 from kubefit.controller.scheduler import Scheduler
 from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts, node_is_ready, pod_usage
 from kubefit.decisions.observed import POD_FINISHED_PHASES, WorkerPod, worker_from_pod
@@ -200,8 +200,8 @@ def _resync_loop(
     def prune() -> None:
         try:
             check_relists()
-        except Exception:  # noqa: BLE001 - an API error now is retried next period
-            logger.exception("checking for pods and nodes deleted while a watch was broken failed")
+        except Exception as error:  # noqa: BLE001 - an API error now is retried next period
+            log_step_failure("checking for pods and nodes deleted while a watch was broken failed", error)
         reconciler.forget_vanished(cluster_view(**live_indexes))
 
     return ResyncLoop(

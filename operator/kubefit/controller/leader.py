@@ -48,6 +48,7 @@ LOST_EXIT_CODE = 3
 # grace; a release that cannot finish in this long leaves the Lease to expire instead.
 RELEASE_BUDGET_SECONDS = 5.0
 ROLE_LABEL_RETRY_SECONDS = 2.0  # between patches of the role label that failed
+ROLE_LABEL_WARN_SECONDS = 300.0  # between warnings of the same failure, while it goes on
 
 
 @dataclass(frozen=True)
@@ -339,28 +340,56 @@ def exit_on_lost_lease(namespace: str, name: str) -> Callable[[], None]:
     """What a leader does when it lost the Lease: exit at once, so that two replicas never both reconcile."""
 
     def lost() -> None:
-        message = f"kubefit: lost the lease {namespace}/{name}: exiting ({LOST_EXIT_CODE})"
-        logger.critical(message)
-        print(message, flush=True)
+        logger.critical("kubefit: lost the lease %s/%s: exiting (%d)", namespace, name, LOST_EXIT_CODE)
         os._exit(LOST_EXIT_CODE)
 
     return lost
 
 
+class LabelFailures:
+    """The log of this process's role-label patches, retried every ROLE_LABEL_RETRY_SECONDS: a warning for
+    the first failure, for a new reason, and for the same one again every ROLE_LABEL_WARN_SECONDS; one INFO
+    line once a patch sticks after failures."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._failing: str | None = None  # the last failure's message
+        self._warned_at = 0.0
+        self._failures = 0
+
+    def failed(self, message: str) -> None:
+        self._failures += 1
+        now = self._clock()
+        if message != self._failing or now - self._warned_at >= ROLE_LABEL_WARN_SECONDS:
+            again = f" (failed {self._failures} times)" if message == self._failing else ""
+            logger.warning("%s%s; trying again every %g s", message, again, ROLE_LABEL_RETRY_SECONDS)
+            self._failing, self._warned_at = message, now
+
+    def written(self, pod: str, label: str) -> None:
+        if self._failing is not None:
+            logger.info("labelled pod %s %s after %d failed patches", pod, label, self._failures)
+        self._failing, self._failures = None, 0
+
+
+_label_failures = LabelFailures()  # one pod per process: its own
+
+
 def mark_role(role: str, api: LeaseApi | None = None, environ: Any = None) -> bool | None:
     """Labels this process's own pod (POD_NAME, POD_NAMESPACE: the chart sets them from the downward API)
-    with ROLE_LABEL = `role`; True once patched, None outside a pod (nothing to do). A patch that fails is
-    logged and answers False (RoleLabeller tries again)."""
+    with ROLE_LABEL = `role`; True once patched, None outside a pod (nothing to do). A patch that fails
+    answers False (RoleLabeller tries again) and is logged as LabelFailures says."""
     env = os.environ if environ is None else environ
     name, namespace = env.get(POD_NAME_ENV), env.get(POD_NAMESPACE_ENV)
     if not name or not namespace:
         return None
+    label = f"{ROLE_LABEL}={role}"
     try:
         (api or LeaseApi()).label_pod(namespace, name, {ROLE_LABEL: role})
     except (ApiException, OSError, urllib3_errors.HTTPError) as error:
         reason = getattr(error, "reason", None) or error
-        logger.warning("could not label pod %s/%s %s=%s: %s", namespace, name, ROLE_LABEL, role, reason)
+        _label_failures.failed(f"could not label pod {namespace}/{name} {label}: {reason}")
         return False
+    _label_failures.written(f"{namespace}/{name}", label)
     return True
 
 

@@ -70,6 +70,7 @@ from kubefit.controller.kube import (
     WritesStopped,
     error_message,
 )
+from kubefit.controller.resync import API_ERRORS
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.failure import reconcile_error
@@ -433,14 +434,14 @@ class Reconciler:
             delay = backoff_seconds(state.failures)
             state.retry_at = time.monotonic() + delay
         message = with_limit_hint(error_message(error))
-        # A bug (not an API error or a name taken) gets its traceback in the log; the job's condition gets
-        # the message.
+        # A bug (not an API error, an unreachable API server or a name taken) gets its traceback in the log;
+        # the job's condition gets the message.
         logger.warning(
             "reconcile of %s/%s failed (retry in %.0f s): %s",
             *key,
             delay,
             message,
-            exc_info=not isinstance(error, ApiException | PodNameTaken | ServiceTaken),
+            exc_info=not isinstance(error, (*API_ERRORS, PodNameTaken, ServiceTaken)),
         )
         self._requeue(key, delay, view, RETRY_TRIGGER)
         try:

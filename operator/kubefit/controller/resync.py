@@ -20,11 +20,26 @@ import threading
 import time
 from collections.abc import Callable
 
+from kubernetes.client.exceptions import ApiException
+from urllib3 import exceptions as urllib3_errors
+
 from kubefit.api.resource import JobKey
+from kubefit.controller.kube import error_message
 
 logger = logging.getLogger("kubefit.resync")
 
 BUSY_SHARE = 0.2  # of the wall time, at most, that the resync's reconciles take
+# What the kubernetes client raises when the API server refuses a call or cannot be reached (urllib3's
+# errors, sockets'): expected, so one line each; anything else is a bug, logged with its traceback.
+API_ERRORS = (ApiException, urllib3_errors.HTTPError, OSError)
+
+
+def log_step_failure(failure: str, error: Exception) -> None:
+    """Logs a failed step that is tried again next period."""
+    if isinstance(error, API_ERRORS):
+        logger.warning("%s (tried again next period): %s", failure, error_message(error))
+    else:
+        logger.error(failure, exc_info=error)
 
 
 class ResyncLoop:
@@ -85,8 +100,8 @@ class ResyncLoop:
     def _guarded(step: Callable[[], object], failure: str) -> None:
         try:
             step()
-        except Exception:  # noqa: BLE001 - an API error or a bug costs this period's step, not the loop
-            logger.exception(failure)
+        except Exception as error:  # noqa: BLE001 - an API error or a bug costs this period's step, not the loop
+            log_step_failure(failure, error)
 
     def _loop(self) -> None:
         # The first period starts one period after the start: what the start found was reconciled already.
