@@ -1,5 +1,5 @@
-"""Kubernetes I/O for the reconciler: every call idempotent (a 409 on creating what is already the job's, a
-404 on delete, are success)."""
+"""Kubernetes I/O for the reconciler: every call idempotent (a 409 on creating what is already the job's, or
+a quota's 403 answering such a create, a 404 on delete, are success)."""
 
 from __future__ import annotations
 
@@ -360,13 +360,16 @@ class KubeApi:
         an earlier create whose answer was lost, or an orphan of the job's, which its reconcile adopts);
         raises PodNameTaken when a pod of that name belongs to something else (a 409 alone left the job
         waiting for a worker that never came, with nothing saying why)."""
-        if self._ignoring_409(lambda: self.core.create_namespaced_pod(namespace, manifest)):
+        refused = _refused_if_there(lambda: self.core.create_namespaced_pod(namespace, manifest))
+        if refused is None:
             return True
         metadata = manifest["metadata"]
         # A LIST of metadata by name: the operator lists pods (kopf's index) and gets none.
         selector = f"metadata.name={metadata['name']}"
         listed = self.core.list_namespaced_pod(namespace, 1, field_selector=selector)
         found = next(iter(listed.get("items") or []), None)
+        if found is None and _status_of(refused) != 409:
+            raise refused  # the quota refused a pod that is not there
         if found is None:
             return False  # gone since the 409: created once the reconcile no longer remembers this create
         found_metadata = found.get("metadata") or {}
@@ -405,11 +408,17 @@ class KubeApi:
         """True if created, False if the job's own Service is there already; raises ServiceTaken when a
         Service of that name belongs to something else (a 409 alone would leave the workers unable to
         resolve each other, with nothing saying why)."""
-        if self._ignoring_409(lambda: self.core.create_namespaced_service(namespace, manifest)):
+        refused = _refused_if_there(lambda: self.core.create_namespaced_service(namespace, manifest))
+        if refused is None:
             return True
         metadata = manifest["metadata"]
         owner = metadata["ownerReferences"][0]
-        found = self.core.read_namespaced_service(metadata["name"], namespace)
+        try:
+            found = self.core.read_namespaced_service(metadata["name"], namespace)
+        except ApiException as error:
+            if _status_of(error) == 404 and _status_of(refused) != 409:
+                raise refused from None  # the quota refused a Service that is not there
+            raise
         owners = (found.get("metadata") or {}).get("ownerReferences") or []
         if any(ref.get("uid") == owner["uid"] for ref in owners):
             return False
@@ -420,11 +429,6 @@ class KubeApi:
             "Service, or the job; a TrainingJob of this name deleted moments ago keeps its Service until "
             "the garbage collector removes it"
         )
-
-    @staticmethod
-    def _ignoring_409(call: Callable[[], object]) -> bool:
-        """True if `call` succeeded, False if the object already exists (409 Conflict)."""
-        return _done_unless(call, already_done=409)
 
     @staticmethod
     def _ignoring_404(call: Callable[[], object]) -> bool:
@@ -443,6 +447,20 @@ def _uids(page: Callable[[str], dict[str, Any]]) -> set[str]:
         token = (listed.get("metadata") or {}).get("continue") or ""
         if not token:
             return uids
+
+
+def _refused_if_there(create: Callable[[], object]) -> ApiException | None:
+    """Runs `create`: None if it created the object, or the API server's answer when the object may be there
+    already: a 409, or a ResourceQuota's 403, as its admission runs before the check that the name is free
+    (kubernetes/kubernetes#106842: a namespace at its `services` limit answers the job's own Service so)."""
+    try:
+        create()
+    except ApiException as error:
+        status = _status_of(error)
+        if status == 409 or (status == 403 and "exceeded quota" in error_message(error)):
+            return error
+        raise
+    return None
 
 
 def _done_unless(call: Callable[[], object], already_done: int) -> bool:

@@ -14,14 +14,16 @@ gets an entry in the requeue clock (one thread for every job). A new job's first
 while no scheduling pass has answered its demand: the pass, due within DEBOUNCE_SECONDS, reconciles it.
 
 Write order. `_apply` writes in an order where a failing call cannot lose what an earlier one did:
-1. the status patch (a failed worker is counted in status.restarts before the pod is deleted);
+1. the status patch (a failed worker is counted in status.restarts before the pod is deleted); a retry after
+   a failure keeps the error's Ready condition and status.replicas in it, and writes the decision's once
+   the pod writes below succeeded, so a retry refused again does not flip them twice;
 2. at once, the events of that status's transitions (Sized, Ready, WorkerFailed, ...). They are derived
    from the difference between the previous status and the new one, so once the status is written they
    could never be derived again: they go out before any pod write can fail (a ResourceQuota's 403, a
    422). If the status patch itself fails, nothing is posted and the next reconcile derives them again;
-3. adoption of orphaned workers, the headless Service;
-4. deletes, then creates: at most CREATE_BATCH worker manifests are built and created per pass, and a
-   job with more to create goes round again, so memory does not grow with the worker count;
+3. adoption of orphaned workers, then deletes (a Service that cannot be created must not hold them up);
+4. the headless Service, then creates: at most CREATE_BATCH worker manifests are built and created per
+   pass, and a job with more to create goes round again, so memory does not grow with the worker count;
 5. CreatedWorkers/DeletedWorkers events for the pods actually created or deleted, even when a later
    call of the same pass failed;
 6. the TTL's delete of the job.
@@ -615,8 +617,13 @@ class Reconciler:
     ) -> None:
         ref = observation.job
         status = decision.status.model_dump(by_alias=True, exclude_none=False)
-        if _status_changed(observation.status, status):
-            progress.status = self._patch_status((ref.namespace, ref.name), status, job, state)
+        service_due = decision.service is not None and state.service_for != ref.uid
+        writes_due = service_due or any((decision.adopt, decision.delete, decision.replace, decision.create))
+        # A retry keeps the error's Ready and replicas until its writes succeed: one status write per retry
+        # that fails again, not the decision's status and then the error once more.
+        held = _error_kept(observation.status, status) if state.failures and writes_due else None
+        if _status_changed(observation.status, held or status):
+            progress.status = self._patch_status((ref.namespace, ref.name), held or status, job, state)
         # Once the status says what the decision did, before the writes below that may fail: a job whose
         # workers a quota refuses still has its series, and its admission is observed once, now; and the
         # checkpoint request the status names is the one workers are told of, or its grace would run out
@@ -628,31 +635,52 @@ class Reconciler:
         _post_events(job, decision.events)
         created: list[str] = []
         deleted: list[str] = []
-        uids = {pod.name: pod.uid for pod in observation.pods}
         try:
-            for name in decision.adopt:
-                self.api.adopt_pod(ref.namespace, name, owner_reference(ref))
-            if decision.service is not None and state.service_for != ref.uid:
-                # Once per job (and per resync): a create answered 409 on every reconcile was a tenth of the
-                # operator's time and as many API writes as the rest together (docs/performance.md).
-                self.api.create_service(ref.namespace, decision.service)
-                state.service_for, state.service_at = ref.uid, time.monotonic()
-            for name in (*decision.delete, *(pod.name for pod in decision.replace)):
-                if self.api.delete_pod(ref.namespace, name):
-                    deleted.append(name)
-                    if name in uids:
-                        state.deleted[uids[name]] = time.monotonic()
-            self._create_workers(ref, decision, state, created)
+            self._write_pods(observation, decision, state, service_due, (created, deleted))
         except Exception:
             # status.replicas counted every worker this decision creates: the failure's status must not.
-            if progress.status is not None and isinstance(progress.status.get("replicas"), int):
-                progress.replicas = progress.status["replicas"] - (len(decision.create) - len(created))
+            if isinstance(status.get("replicas"), int):
+                replicas = status["replicas"] - (len(decision.create) - len(created))
+                if progress.status is None or replicas != progress.status.get("replicas"):
+                    progress.replicas = replicas
             raise
         finally:
             _post_worker_events(job, created, deleted)
+        if held is not None and progress.status is not None and _status_changed(progress.status, status):
+            progress.status = self._patch_status(
+                (ref.namespace, ref.name), status, {**job, "status": progress.status}, state
+            )
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ref.namespace, ref.name)
             self.api.delete_job(ref.namespace, ref.name, ref.uid)
+
+    def _write_pods(
+        self,
+        observation: JobObservation,
+        decision: Decision,
+        state: _JobState,
+        service_due: bool,
+        done: tuple[list[str], list[str]],
+    ) -> None:
+        """Adopts, deletes, creates the Service (when `service_due`) and the workers, as the decision says;
+        appends the workers created and deleted to `done`'s lists, as they go."""
+        ref, (created, deleted) = observation.job, done
+        uids = {pod.name: pod.uid for pod in observation.pods}
+        for name in decision.adopt:
+            self.api.adopt_pod(ref.namespace, name, owner_reference(ref))
+        # Deletes before the Service: one that cannot be created (a policy, a full quota) must not keep a
+        # suspended or preempted job's workers running, or a failed one from being deleted.
+        for name in (*decision.delete, *(pod.name for pod in decision.replace)):
+            if self.api.delete_pod(ref.namespace, name):
+                deleted.append(name)
+                if name in uids:
+                    state.deleted[uids[name]] = time.monotonic()
+        if service_due and decision.service is not None:
+            # Once per job (and per resync): a create answered 409 on every reconcile was a tenth of the
+            # operator's time and as many API writes as the rest together (docs/performance.md).
+            self.api.create_service(ref.namespace, decision.service)
+            state.service_for, state.service_at = ref.uid, time.monotonic()
+        self._create_workers(ref, decision, state, created)
 
     def _patch_status(
         self, key: JobKey, status: Mapping[str, Any], job: Mapping[str, Any], state: _JobState | None
@@ -834,3 +862,15 @@ def _present(value: Any) -> Any:
 
 def _status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     return bool(_present(current) != _present(desired))
+
+
+def _error_kept(read: Mapping[str, Any], status: dict[str, Any]) -> dict[str, Any] | None:
+    """`status` with the Ready condition and replicas of the status `read`, when that Ready records a
+    ReconcileError; None when it does not."""
+    error = next(
+        (item for item in read.get("conditions") or [] if item.get("type") == ConditionType.READY), None
+    )
+    if error is None or error.get("reason") != Reason.RECONCILE_ERROR:
+        return None
+    conditions = [error if item.get("type") == ConditionType.READY else item for item in status["conditions"]]
+    return {**status, "conditions": conditions, "replicas": read.get("replicas")}
