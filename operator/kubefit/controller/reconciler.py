@@ -109,6 +109,8 @@ DELETE_MEMORY_SECONDS = 30.0
 # A resync checks that a job's Service is still there at most this often: a create answered 409 every
 # resync was 17 API writes a second at 500 jobs.
 SERVICE_RECHECK_SECONDS = 300.0
+# The answers to a worker's create that say the cluster refuses that pod as it is (_refused_by_admission).
+_REFUSED_STATUSES = frozenset({400, 403, 422})
 # Triggers that wait for a job's backoff to end: neither says that the job itself changed.
 _DEFERRED_WHILE_BACKING_OFF = frozenset({"timer", "pod"})
 # The API server's 422 for a container whose cpu or memory request is above its limit ("must be less than or
@@ -216,7 +218,20 @@ class _JobState:
     # A trigger that does not wait for the backoff (not in _DEFERRED_WHILE_BACKING_OFF: a change to the job)
     # came during the pass, or its status write showed one: the reconcile goes round even if the pass failed.
     urgent: bool = False
+    # Worker creates the API server refused (_refused_by_admission): name -> (the first of its refusals in a
+    # row, the last one's message), until a create of it goes through or a decision no longer creates it.
+    refused: dict[str, tuple[datetime, str]] = field(default_factory=dict)
+    # The job's last worker create, refused (its message, when), until one goes through: the job's demand
+    # then takes no room from other jobs (JobObservation.refusal), also after its gang gave its grant back.
+    refusal: tuple[str, datetime] | None = None
+    refused_generation: int | None = None  # the spec generation of both: an edit forgets them
     uid: str | None = None  # the job the fields above are of (None: none read yet)
+
+    def refusals_of(self, generation: int | None) -> None:
+        """Forgets the refused creates of another spec generation: the edit may have put right the cause."""
+        if self.refused_generation != generation:
+            self.refused.clear()
+            self.refusal, self.refused_generation = None, generation
 
     def of_job(self, uid: str) -> None:
         """Makes this the state of the job `uid`. One created again under a deleted job's name (its event
@@ -557,6 +572,7 @@ class Reconciler:
         )
         request_id = (status.get("checkpoint") or {}).get("requestId")
         now = datetime.now(UTC)
+        state.refusals_of(metadata.get("generation"))
         return JobObservation(
             job=JobRef(name, namespace, metadata["uid"]),
             generation=metadata.get("generation"),
@@ -576,6 +592,8 @@ class Reconciler:
             # Not offered by this process yet (just restarted): it will be once this decision is applied.
             checkpoint_told_at=(self.board.told_at(key, request_id) or now) if request_id else None,
             created=parse_rfc3339(metadata.get("creationTimestamp")),
+            refused_creates=dict(state.refused),
+            refusal=state.refusal,
         )
 
     @staticmethod
@@ -718,6 +736,9 @@ class Reconciler:
             # one of this size beside them would make a mixed group. Their events reconcile again, and the
             # decision then sees them (and restarts the group).
             return
+        wanted = {worker_name(ref.name, index) for index in decision.create}
+        for name in set(state.refused) - wanted:
+            del state.refused[name]  # not tried again: its refusals in a row have ended
         todo = [index for index in decision.create if worker_name(ref.name, index) not in state.created]
         batch, wave = todo[:CREATE_BATCH], 1
         while batch:
@@ -736,11 +757,38 @@ class Reconciler:
                         created.append(name)
                     state.created[name] = time.monotonic()  # created now, or already there (409): not again
                     state.created_world = world
+            _note_refusals(state, manifests, [error for _, error in outcomes])
             failed = next((error for _, error in outcomes if error is not None), None)
             if failed is not None:
                 raise failed
         if len(todo) > CREATE_BATCH:
             self._go_round_again(state)
+
+
+def _note_refusals(
+    state: _JobState, manifests: Sequence[dict[str, Any]], errors: Sequence[Exception | None]
+) -> None:
+    """Records which of a wave's creates the API server refused (_refused_by_admission), and forgets those of
+    workers it created; the job's refusal holds while none of its creates goes through (a wave with both
+    leaves it refused: its gang cannot start whole)."""
+    now, refusal = datetime.now(UTC), None
+    for manifest, error in zip(manifests, errors, strict=True):
+        name = manifest["metadata"]["name"]
+        if error is None:
+            state.refused.pop(name, None)
+        elif _refused_by_admission(error):
+            refusal = with_limit_hint(error_message(error))
+            state.refused[name] = (state.refused.get(name, (now, ""))[0], refusal)
+    if refusal is not None:
+        state.refusal = (refusal, now)
+    elif any(error is None for error in errors):
+        state.refusal = None
+
+
+def _refused_by_admission(error: Exception) -> bool:
+    """A create the API server refused for what the pod is (400, 403, 422: Pod Security Admission, an
+    admission webhook, a quota), not for a conflict (409), its load (429) or a fault of its own (5xx)."""
+    return isinstance(error, ApiException) and int(error.status or 0) in _REFUSED_STATUSES
 
 
 def _outcome(

@@ -75,6 +75,8 @@ class Demand:
     # of line has waited from then: a job requeued by preemption or a gang timeout has not waited its life.
     # Not compared: it is written with the status a pass's decision causes, and alone asks for no pass.
     queued_since: float | None = field(default=None, compare=False)
+    # False: it neither shrinks nor preempts other jobs (its last worker create was refused: decisions.job).
+    makes_room: bool = True
 
     @property
     def waiting_since(self) -> float:
@@ -967,6 +969,8 @@ def _lower(cluster: _Cluster, jobs: Sequence[_Job], job: _Job) -> list[_Job]:
 def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequence[str]) -> bool:
     """Shrink, then if allowed and still needed preempt, lower-priority jobs so that the job fits on
     `nodes`; commits the changes only when it then fits."""
+    if not job.demand.makes_room:
+        return False
     if job.demand.priority <= cluster.lowest_priority.get(job.demand.accelerator, job.demand.priority):
         return False  # no job on its accelerator has a lower priority
     if cluster.slots_without_jobs(nodes, job.demand.per_worker) < job.floor:

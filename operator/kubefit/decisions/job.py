@@ -119,6 +119,13 @@ class JobObservation:
     checkpoint_told_at: datetime | None = None
     # metadata.creationTimestamp: the queue's age order (older first). None: `now`.
     created: datetime | None = None
+    # Worker creates the API server refused in a row (a 400, 403 or 422: Pod Security Admission, an admission
+    # webhook, a quota), for this generation: worker name -> the first of those refusals, the last's message.
+    refused_creates: Mapping[str, tuple[datetime, str]] = field(default_factory=dict)
+    # The job's last worker create when it was refused and none has gone through since (this generation):
+    # its message and when. Its demand then neither shrinks nor preempts other jobs: its workers would
+    # likely be refused again, and the room taken for nothing.
+    refusal: tuple[str, datetime] | None = None
 
 
 @dataclass(frozen=True)
@@ -617,9 +624,14 @@ def _to_decision(
         desired_workers=draft.desired or 0,
         requested_accelerators=_devices_held(live, sizing),
         allocated_accelerators=_devices_held([pod for pod in existing if pod.ready], sizing),
-        demand=draft.demand,
+        demand=_taking_room(draft.demand, observation),
         checkpoint_request=draft.checkpoint.request_id if draft.checkpoint else None,
     )
+
+
+def _taking_room(demand: Demand | None, observation: JobObservation) -> Demand | None:
+    """The demand, which takes no room from other jobs while the job's workers are refused (refusal)."""
+    return replace(demand, makes_room=False) if demand is not None and observation.refusal else demand
 
 
 def _devices_held(pods: Sequence[WorkerPod], sizing: SizingStatus | None) -> int:

@@ -183,17 +183,17 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
         # The training is done (_training_done) and none other runs: the job is done. Workers never placed
         # only found torchrun's rendezvous closed; one that failed since failed after the last step.
         return succeeded(ctx, plan.keep, done)
-    ready = _ready(ctx.ours, slots)
     # A worker that succeeded and whose pod went (its node scaled away) is done, not missing.
     placed = _placed(ctx.ours, slots) + len(gone_after_success & slots)
     gang = _gang_now(ctx, plan, placed, fixed)
     restarted_at = parse_rfc3339(gang.since)
     waiting_since = _gang_clock_start(ctx, gang, restarted_at or admitted_at(ctx.conditions) or ctx.now)
+    refused, at_once = _refused_gang(ctx, plan, gang, fixed)
     timeout = ctx.spec.scheduling.gang_timeout_seconds
-    if gang_timed_out(gang, waiting_since, timeout, ctx.now):
+    if at_once or gang_timed_out(gang, waiting_since, timeout, ctx.now):
         since = "admission" if restarted_at is None else "the restart" if fixed else _FELL_BELOW_FLOOR
-        return gang_timeout(ctx, plan.keep, placed, since)
-    draft = _running(ctx, plan, changes, restarts, ready, faults)
+        return gang_timeout(ctx, plan.keep, placed, since, refused)
+    draft = _running(ctx, plan, changes, restarts, _ready(ctx.ours, slots), faults)
     draft.last_failure_time = rfc3339(ctx.now) if new_failure else None
     new_world = plan.restart is not None and draft.desired == plan.target
     # Each restart of every worker of a fixed group is a new attempt: workers of the old one are stopped
@@ -220,9 +220,7 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     return draft
 
 
-def _growth_plan(
-    ctx: JobContext, grant: int, fixed: bool
-) -> tuple[_Plan, tuple[WorkerPod, ...], datetime | None]:
+def _growth_plan(ctx: JobContext, grant: int, fixed: bool) -> tuple[_Plan, tuple[str, ...], datetime | None]:
     """The plan for `grant`, the grown workers given up now (_growth_given_up) and when the hold on growth
     that follows ends (None: no hold)."""
     held_until = None if fixed else _growth_hold(ctx)
@@ -242,9 +240,9 @@ def _growth_plan(
         if held and held_until is not None and plan.restart is None and plan.hold is None:
             timeout = ctx.spec.scheduling.gang_timeout_seconds
             why = (
-                f"a worker above the floor found no node within {timeout} s (spec.scheduling."
-                f"gangTimeoutSeconds), so the job runs the {plan.keep} placed and grows again from "
-                f"{rfc3339(held_until)}"
+                f"a worker above the floor found no node or was refused by the API server within {timeout} s "
+                f"(spec.scheduling.gangTimeoutSeconds), so the job runs the {plan.keep} placed and grows "
+                f"again from {rfc3339(held_until)}"
             )
             plan = replace(plan, capped=why)
         return plan, (), held_until
@@ -255,7 +253,7 @@ def _with_growth_hold(
     ctx: JobContext,
     draft: Draft,
     gang: GangStatus,
-    given_up: Sequence[WorkerPod],
+    given_up: Sequence[str],
     held_until: datetime | None,
 ) -> GangStatus:
     """A started gang's `since` is when its growth was last given up (gang.growth_held_until), kept while the
@@ -280,13 +278,15 @@ def _growth_held_since(ctx: JobContext) -> datetime | None:
     return parse_rfc3339(gang.since) if gang.started else None
 
 
-def _growth_given_up(ctx: JobContext, plan: _Plan, fixed: bool) -> tuple[WorkerPod, ...]:
-    """An elastic group's workers above its floor that were never placed on a node within
+def _growth_given_up(ctx: JobContext, plan: _Plan, fixed: bool) -> tuple[str, ...]:
+    """The names of an elastic group's workers above its floor that were never placed on a node within
     spec.scheduling.gangTimeoutSeconds of their creation: kube-scheduler cannot bind them for a reason the
-    pass does not count (CPU, memory, a pod limit, a taint it does not see). The floor is placed, so the gang
-    timeout no longer applies, and the pass would keep their places reserved for ever, from every other job
-    too. Worker 0 (the rendezvous host) is never one; nor is any while a restart, a hold or a removal is under
-    way, or before the gang started: those are the floor's gang (_gang_now)."""
+    pass does not count (CPU, memory, a pod limit, a taint it does not see); or that have no pod, their
+    creates refused by the API server for as long (JobObservation.refused_creates: a quota, a policy). The
+    floor is placed, so the gang timeout no longer applies, and the pass would keep their places reserved
+    for ever, from every other job too. Worker 0 (the rendezvous host) is never one; nor is any while a
+    restart, a hold or a removal is under way, or before the gang started: those are the floor's gang
+    (_gang_now)."""
     if fixed or plan.restart or plan.hold or plan.removal is not None:
         return ()
     if not previous_gang(ctx.status).started:
@@ -297,17 +297,25 @@ def _growth_given_up(ctx: JobContext, plan: _Plan, fixed: bool) -> tuple[WorkerP
     if placed < max(ctx.bounds.floor, _running_group_floor(ctx, ctx.bounds.floor)):
         return ()
     timeout = timedelta(seconds=ctx.spec.scheduling.gang_timeout_seconds)
-    return tuple(
-        pod
+    unplaced = tuple(
+        pod.name
         for pod in sorted(mine, key=lambda pod: pod.index or 0, reverse=True)
         if not pod.node_name
         and pod.index
         and (created := parse_rfc3339(pod.created)) is not None
         and ctx.now >= created + timeout
     )
+    # A refused worker has no pod to be unplaced: its refusals in a row count from the first.
+    refusals, missing = ctx.observation.refused_creates, slots - {pod.index for pod in ctx.live}
+    refused = (
+        worker_name(ctx.observation.job.name, index) for index in sorted(missing, reverse=True) if index
+    )
+    return unplaced + tuple(
+        name for name in refused if name in refusals and ctx.now >= refusals[name][0] + timeout
+    )
 
 
-def _without_growth(ctx: JobContext, plan: _Plan, given_up: Sequence[WorkerPod]) -> _Plan:
+def _without_growth(ctx: JobContext, plan: _Plan, given_up: Sequence[str]) -> _Plan:
     """The plan at the workers placed: every unplaced one goes (none ran, so no checkpoint is asked of the
     others for them), and the grant drops to what runs until the pass grows the job again."""
     slots = _slots(ctx, plan.keep)
@@ -319,27 +327,37 @@ def _without_growth(ctx: JobContext, plan: _Plan, given_up: Sequence[WorkerPod])
         doomed = tuple(name for name in removal.doomed if name not in unplaced)
         removal = replace(removal, doomed=doomed) if doomed else None
     timeout = ctx.spec.scheduling.gang_timeout_seconds
-    names = ", ".join(pod.name for pod in given_up)
+    never_placed, refused = _given_up_apart(ctx, given_up)
+    found = [f"{_workers(never_placed)} found no node within {timeout} s"] if never_placed else []
+    found += [f"the API server refused {_workers(refused)} for {timeout} s"] if refused else []
     why = (
-        f"{'worker' if len(given_up) == 1 else 'workers'} {names} found no node within {timeout} s "
-        f"(spec.scheduling.gangTimeoutSeconds), so the job runs the {capped.keep} placed and grows again "
-        f"from {rfc3339(ctx.now + timedelta(seconds=timeout))}"
+        f"{' and '.join(found)} (spec.scheduling.gangTimeoutSeconds), so the job runs the {capped.keep} "
+        f"placed and grows again from {rfc3339(ctx.now + timedelta(seconds=timeout))}"
     )
     return replace(capped, removal=removal, capped=why)
 
 
-def _given_up_event(ctx: JobContext, given_up: Sequence[WorkerPod], keep: int) -> JobEvent:
+def _given_up_apart(ctx: JobContext, given_up: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The given-up workers whose pods found no node, and those the API server refused (no pod)."""
+    pods = {pod.name for pod in ctx.live}
+    return [name for name in given_up if name in pods], [name for name in given_up if name not in pods]
+
+
+def _given_up_event(ctx: JobContext, given_up: Sequence[str], keep: int) -> JobEvent:
     timeout = ctx.spec.scheduling.gang_timeout_seconds
-    who = (
-        f"worker {given_up[0].name} was"
-        if len(given_up) == 1
-        else (f"workers {', '.join(pod.name for pod in given_up)} were")
-    )
-    message = (
-        f"{who} not placed on a node within {timeout} s of its creation (spec.scheduling.gangTimeoutSeconds; "
-        f"CPU, memory, a pod limit or a taint kubefit does not count can keep it off the node): deleted, it "
-        f"never ran; the job runs {keep} workers and grows again after {timeout} s"
-    )
+    unplaced, refused = _given_up_apart(ctx, given_up)
+    told = []
+    if unplaced:
+        who = f"worker {unplaced[0]} was" if len(unplaced) == 1 else f"workers {', '.join(unplaced)} were"
+        told.append(
+            f"{who} not placed on a node within {timeout} s of its creation (spec.scheduling."
+            f"gangTimeoutSeconds; CPU, memory, a pod limit or a taint kubefit does not count can keep it off "
+            f"the node): deleted, it never ran"
+        )
+    if refused:
+        first = ctx.observation.refused_creates[refused[0]][1]
+        told.append(f"the API server refused {_workers(refused)} for {timeout} s: {first}")
+    message = f"{'; '.join(told)}; the job runs {keep} workers and grows again after {timeout} s"
     return JobEvent("Normal", EventReason.CAPACITY_CHANGED, message)
 
 
@@ -518,6 +536,9 @@ def _starting_again(ctx: JobContext, draft: Draft) -> None:
 
 
 _FELL_BELOW_FLOOR = "the restart or the loss that left it below its minimum"
+# A gang whose worker the API server refused at tries this far apart gives its grant back at once
+# (_refused_gang): the reconciler's first retry of a failed pass comes 5 s after it (BACKOFF_FIRST).
+REFUSED_FOR_SECONDS = 5
 # How long after a counted failure the workers of the group it struck may still fail from it: torch's
 # default collective timeout for NCCL process groups (10 minutes), after which a rank left waiting on a
 # peer that went fails too.
@@ -531,13 +552,7 @@ def _gang_now(ctx: JobContext, plan: _Plan, placed: int, fixed: bool) -> GangSta
     is: it trains on those, and a worker that cannot be placed must not cost it the workers that run. A
     fixed group (elastic jax included: JAX_NUM_PROCESSES is its whole count) trains only when all are."""
     gang = previous_gang(ctx.status)
-    if fixed:
-        started_at = plan.keep
-    elif plan.restart is None:
-        # The running group re-forms with its own floor (_running_group_floor), not the bounds' now.
-        started_at = min(plan.keep, _running_group_floor(ctx, ctx.bounds.floor))
-    else:
-        started_at = min(plan.keep, ctx.bounds.floor)
+    started_at = _gang_size(ctx, plan, fixed)
     was_started = gang.started
     gang = gang.model_copy(update={"started": gang.started or placed >= started_at})
     if not fixed and plan.restart is None:
@@ -549,6 +564,40 @@ def _gang_now(ctx: JobContext, plan: _Plan, placed: int, fixed: bool) -> GangSta
     if not gang.started and gang.since is not None:
         gang = _timed_from_old_workers_gone(gang, ctx.ours)
     return gang
+
+
+def _gang_size(ctx: JobContext, plan: _Plan, fixed: bool) -> int:
+    """How many workers placed at once start the gang (_gang_now)."""
+    if fixed:
+        return plan.keep
+    if plan.restart is None:
+        # The running group re-forms with its own floor (_running_group_floor), not the bounds' now.
+        return min(plan.keep, _running_group_floor(ctx, ctx.bounds.floor))
+    return min(plan.keep, ctx.bounds.floor)
+
+
+def _refused_gang(ctx: JobContext, plan: _Plan, gang: GangStatus, fixed: bool) -> tuple[str | None, bool]:
+    """Why a gang that has not started cannot: the API server refused the create of workers it needs (Pod
+    Security Admission, an admission webhook, a quota: JobObservation.refused_creates), each at its last
+    try; and whether it gives its grant back at once, as a gang timeout does: refused again at a try
+    REFUSED_FOR_SECONDS or more after the first (a refusal that passes sooner, a quota freed by pods just
+    ended, costs nothing). Waiting for the gang timeout held devices for a gang that may never start, and
+    preempted other jobs for it again at each admission. (None, False): not refused, or it can still start."""
+    refusals, last = ctx.observation.refused_creates, ctx.observation.refusal
+    if gang.started or plan.restart is not None or not refusals or last is None:
+        return None, False
+    slots = _slots(ctx, plan.keep)
+    job, missing = ctx.observation.job.name, sorted(slots - {pod.index for pod in ctx.live})
+    refused = [name for name in (worker_name(job, index) for index in missing) if name in refusals]
+    if not refused or len(slots) - len(refused) >= _gang_size(ctx, plan, fixed):
+        return None, False
+    first = min(refusals[name][0] for name in refused)
+    why = f"the API server refused {_workers(refused)}: {refusals[refused[0]][1]}"
+    return why, last[1] >= first + timedelta(seconds=REFUSED_FOR_SECONDS)
+
+
+def _workers(names: Sequence[str]) -> str:
+    return f"{'worker' if len(names) == 1 else 'workers'} {', '.join(names)}"
 
 
 def _running_group_floor(ctx: JobContext, default: int) -> int:
@@ -963,8 +1012,11 @@ def _count_message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str 
     return "; ".join(parts) or None
 
 
-def gang_timeout(ctx: JobContext, target: int, placed: int, since: str = "admission") -> Draft:
-    """Release every worker of a gang that was not all placed on nodes in time, and back off."""
+def gang_timeout(
+    ctx: JobContext, target: int, placed: int, since: str = "admission", refused: str | None = None
+) -> Draft:
+    """Release every worker of a gang that was not all placed on nodes in time, or whose workers the API
+    server refused (`refused`: why), and back off."""
     timeout = ctx.spec.scheduling.gang_timeout_seconds
     gang: GangStatus = after_timeout(previous_gang(ctx.status), ctx.now)
     wait = backoff_left(gang, ctx.now)
@@ -973,6 +1025,12 @@ def gang_timeout(ctx: JobContext, target: int, placed: int, since: str = "admiss
         f"(spec.scheduling.gangTimeoutSeconds); every worker is deleted and the job asks for admission "
         f"again in {wait:.0f} s (gang timeout {gang.retries})"
     )
+    if refused:
+        message = (
+            f"{refused}; every worker is deleted and the job asks for admission again in {wait:.0f} s, "
+            f"taking no room from other jobs until a create of its workers goes through (gang timeout "
+            f"{gang.retries})"
+        )
     return Draft(
         phase=JobPhase.QUEUED,
         updates=[

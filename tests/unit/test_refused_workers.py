@@ -1,0 +1,182 @@
+"""Workers whose creates the API server refuses (Pod Security Admission, an admission webhook, a quota: a
+400, 403 or 422), remembered per job by the reconciler (_JobState.refused, .refusal) and passed to decide
+(JobObservation.refused_creates, .refusal).
+
+A job of a high priority whose every worker is refused preempted a lower-priority job, held the grant until
+its gang timeout, then asked again after its backoff and preempted that job once more, every cycle; its
+GangTimeout message ("0 of 2 admitted workers were placed ...") hid the refusal. Now a gang whose needed
+workers are refused again at a retry gives its grant back at once, says why, and its demand takes no room
+from other jobs (Demand.makes_room) until a create of its workers goes through or its spec changes.
+
+An elastic job whose worker above its floor was refused kept that worker's device reserved for ever: the
+give-up after the gang timeout (running._growth_given_up) only saw unplaced pods, and a refused worker has
+none. Now a refused worker is given up like an unplaced one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import test_reconciler
+from test_admission import gang, key, low_jobs, nodes, plan
+from test_reconciler import KEY, NAMESPACE, QUOTA_403, Harness, api_error, harness, job_manifest
+
+from kubefit.controller import reconciler as reconciler_module
+from kubefit.decisions.inventory import NodeFacts
+from kubefit.decisions.job import JobObservation
+
+__all__ = ["harness"]  # the fixture, by import
+
+OTHER = (NAMESPACE, "other")
+PSA = api_error(
+    403,
+    'pods "llama-worker-0" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation '
+    '!= false (container "trainer" must set securityContext.allowPrivilegeEscalation=false)',
+)
+
+
+@pytest.fixture(autouse=True)
+def one_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One node of 2 GPUs: two workers of 1 GPU fill it."""
+    node = NodeFacts("h0", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "2"})
+    monkeypatch.setattr(test_reconciler, "NODES", [node])
+
+
+def run_on_h0(harness: Harness, job: str) -> None:
+    for name, pod in list(harness.kube.pods.items()):
+        if name.startswith(f"{job}-worker-"):
+            harness.kube.pods[name] = replace(pod, phase="Running", node_name="h0")
+
+
+def refused_since(harness: Harness, seconds: float) -> None:
+    """The job's refusals in a row began `seconds` earlier than they did (time passes, retried meanwhile)."""
+    state = harness.reconciler._jobs[KEY]
+    earlier = timedelta(seconds=seconds)
+    state.refused = {name: (first - earlier, message) for name, (first, message) in state.refused.items()}
+
+
+def both_reconciled(harness: Harness, rounds: int = 3) -> None:
+    for _ in range(rounds):
+        harness.reconcile("update", key=OTHER)
+        harness.reconcile("update")
+
+
+def test_a_gang_refused_by_admission_gives_its_grant_back_at_once_and_preempts_no_one_again(
+    harness: Harness,
+) -> None:
+    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
+    harness.reconcile(key=OTHER)
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    harness.kube.fail[("create_pod", "llama-worker-0")] = PSA
+    harness.kube.fail[("create_pod", "llama-worker-1")] = PSA
+    llama = job_manifest(replicas=2)
+    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
+    harness.kube.jobs["llama"] = llama
+    harness.reconcile()
+    both_reconciled(harness)  # the other job's workers leave for it; its own are refused
+    assert len(harness.events("Preempted")) == 1
+    assert harness.condition("Admitted")["status"] == "True"  # refused at tries moments apart: kept
+    refused_since(harness, 10)  # refused again at the retry, 5 s after the first refusal
+    harness.reconcile("retry")
+    admitted, ready = harness.condition("Admitted"), harness.condition("Ready")
+    assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout")
+    assert admitted["message"].startswith(
+        'the API server refused worker llama-worker-0: pods "llama-worker-0'
+    )
+    assert "taking no room from other jobs" in admitted["message"]
+    assert ready["message"] == admitted["message"] and "placed on a node" not in ready["message"]
+    assert not [name for name in harness.kube.pods if name.startswith("llama-")]
+    both_reconciled(harness)  # the other job is admitted again
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    assert harness.condition("Admitted", "other")["status"] == "True"
+    harness.kube.jobs["llama"]["status"]["gang"]["retryAfter"] = "2000-01-01T00:00:00Z"  # the backoff ended
+    harness.reconcile("timer")
+    both_reconciled(harness)
+    assert len(harness.events("Preempted")) == 1  # asked again without taking the other job's room
+    assert harness.condition("Admitted", "other")["status"] == "True"
+    assert sorted(harness.kube.pods) == ["other-worker-0", "other-worker-1"]
+    assert harness.condition("Admitted")["status"] == "False"
+
+
+def test_an_elastic_jobs_refused_worker_above_its_floor_gives_its_device_back_after_the_gang_timeout(
+    harness: Harness,
+) -> None:
+    job = job_manifest(replicas=2, minReplicas=1, maxReplicas=2)
+    job["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
+    job["spec"]["framework"] = "pytorch"
+    job["spec"]["scheduling"] = {"gangTimeoutSeconds": 60}
+    harness.kube.jobs["llama"] = job
+    harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403
+    harness.reconcile()
+    run_on_h0(harness, "llama")
+    harness.reconcile("update")  # the floor runs: the gang started; worker 1 is refused again
+    assert harness.reconciler.scheduler.snapshot()[KEY].workers == 2
+    refused_since(harness, 61)
+    harness.reconcile("update")
+    assert harness.reconciler.scheduler.snapshot()[KEY].workers == 1
+    (event,) = harness.events("CapacityChanged")
+    assert event[2].startswith("the API server refused worker llama-worker-1 for 60 s: ")
+    assert "exceeded quota" in event[2] and event[2].endswith(
+        "the job runs 1 workers and grows again after 60 s"
+    )
+    told = [
+        call[2]
+        for call in harness.events()
+        if "the API server refused worker llama-worker-1 for 60 s " in call[2]
+    ]
+    assert told and told[0].startswith("1 of 2 workers granted: ")  # the Admitted condition's change
+    assert "refused by the API server" in harness.condition("Admitted")["message"]  # the hold since
+    harness.kube.jobs["other"] = job_manifest("other", replicas=1)
+    harness.reconcile(key=OTHER)
+    assert harness.condition("Admitted", "other")["status"] == "True"
+    assert "other-worker-0" in harness.kube.pods
+
+
+def observations(monkeypatch: pytest.MonkeyPatch) -> list[JobObservation]:
+    """Every observation the reconciler decides on, from now on."""
+    seen: list[JobObservation] = []
+    decide = reconciler_module.decide
+
+    def recording(observation: JobObservation, *args: Any) -> Any:
+        seen.append(observation)
+        return decide(observation, *args)
+
+    monkeypatch.setattr(reconciler_module, "decide", recording)
+    return seen
+
+
+def test_the_refusal_is_forgotten_once_a_create_goes_through_or_the_spec_changes(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = observations(monkeypatch)
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403
+    harness.reconcile()
+    harness.reconcile("retry")
+    refusal = seen[-1].refusal
+    assert set(seen[-1].refused_creates) == {"llama-worker-1"}
+    assert refusal is not None and "exceeded quota: no-pods" in refusal[0]
+    harness.kube.jobs["llama"]["metadata"]["generation"] = 2  # an edit: it may have put the cause right
+    harness.reconcile("update")
+    assert seen[-1].refusal is None and not seen[-1].refused_creates
+    del harness.kube.fail[("create_pod", "llama-worker-1")]
+    harness.reconcile("retry")  # refused again before this: now it goes through
+    harness.reconcile("update")
+    assert seen[-1].refusal is None and not seen[-1].refused_creates
+    assert sorted(harness.kube.pods) == ["llama-worker-0", "llama-worker-1"]
+
+
+def test_a_demand_that_makes_no_room_neither_shrinks_nor_preempts() -> None:
+    may_preempt = gang("high", 1, per_worker=8, priority=10, preemption="LowerPriority")
+    assert plan([may_preempt], low_jobs(), nodes(2)).preempt == {key("low-young")}
+    refused = plan([replace(may_preempt, makes_room=False)], low_jobs(), nodes(2))
+    assert not refused.preempt and not refused.shrink and not refused.grants.get(key("high"))
+    may_shrink = gang("high", 1, per_worker=4, priority=10)
+    assert plan([may_shrink], low_jobs(), nodes(2)).shrink == {key("low-young"): 2}
+    refused = plan([replace(may_shrink, makes_room=False)], low_jobs(), nodes(2))
+    assert not refused.shrink and not refused.grants.get(key("high"))
