@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any, cast
 
 from test_reconcile import CATALOG, NOW, decide, events_of, observe, pod, status_of
 
 from kubefit.api.units import rfc3339
+from kubefit.controller.handlers import cluster_view
+from kubefit.controller.reconciler import _on_lost_nodes
 
 
 def test_a_fixed_groups_worker_evicted_from_a_node_that_went_not_ready_is_lost_and_the_group_restarts() -> (
@@ -37,3 +40,15 @@ def test_a_worker_that_never_ran_on_a_node_lost_is_not_taken_for_a_lost_one() ->
     gone = replace(w1, node_lost=True, terminating=True)
     decision = decide(observe(pods=[w0, gone], status=started, now=NOW + timedelta(seconds=60)), CATALOG)
     assert ("Warning", "WorkerLost") not in events_of(decision)
+
+
+def test_a_worker_on_a_deleted_node_is_lost_before_the_pod_garbage_collector_removes_it() -> None:
+    # Its pod reads Running for the ~40 s quarantine: a scale-down asked it for a checkpoint and then
+    # deleted a healthy worker in its place.
+    on_deleted, on_live = pod(0, node="gone"), pod(1, node="node-a")
+    view = cluster_view(cast(Any, {"node-a": []}), cast(Any, {}), cast(Any, {}))
+    marked = _on_lost_nodes([on_deleted, on_live], frozenset(), view.node_exists)
+    assert [worker.node_lost for worker in marked] == [True, False]
+    not_ready = _on_lost_nodes([on_deleted, on_live], frozenset({"node-a"}))
+    assert [worker.node_lost for worker in not_ready] == [False, True]
+    assert _on_lost_nodes([pod(2, "Pending", node=None)], frozenset(), view.node_exists)[0].node_lost is False

@@ -24,6 +24,8 @@ class ClusterView:
     usage: Callable[[], Mapping[str, Iterable[PodUsage]]]
     workers: Callable[[JobKey], list[WorkerPod]]
     jobs_with_workers: Callable[[], Iterable[JobKey]] = lambda: ()
+    # Whether the cluster has a node of that name (kopf's index; every name where not given).
+    node_exists: Callable[[str], bool] = lambda name: True
 
 
 class RememberingCatalog(Catalog):

@@ -107,6 +107,7 @@ def cluster_view(
         usage=usage,
         workers=workers,
         jobs_with_workers=lambda: read_consistently(lambda: list(kubefit_workers.keys())),
+        node_exists=lambda name: name in kubefit_nodes,
     )
 
 

@@ -528,7 +528,9 @@ class Reconciler:
         if replaced:
             # Request ids are "<generation>-<n>": the old job's acks would pass for the new job's.
             self.board.forget(key)
-        pods = _on_lost_nodes(_as_deleted(view.workers(key), state.deleted), self.scheduler.not_ready_names())
+        pods = _on_lost_nodes(
+            _as_deleted(view.workers(key), state.deleted), self.scheduler.not_ready_names(), view.node_exists
+        )
         state.replaced &= {pod.uid for pod in pods}  # forget pods that are gone for good
         for pod in pods:
             state.created.pop(pod.name, None)  # the index shows it now
@@ -840,12 +842,18 @@ def _as_deleted(pods: list[WorkerPod], deleted: dict[str, float]) -> list[Worker
     return [replace(pod, terminating=True) if pod.uid in deleted else pod for pod in pods]
 
 
-def _on_lost_nodes(pods: list[WorkerPod], not_ready: frozenset[str]) -> list[WorkerPod]:
+def _on_lost_nodes(
+    pods: list[WorkerPod], not_ready: frozenset[str], node_exists: Callable[[str], bool] = lambda name: True
+) -> list[WorkerPod]:
     """The workers, those bound to a NotReady node shown as not running: the pass counts nothing there, and
-    the node controller leaves such a pod Running until it evicts it (300 s by default)."""
-    if not not_ready:
+    the node controller leaves such a pod Running until it evicts it (300 s by default). Likewise one bound
+    to a node deleted: the pod garbage collector removes its pods only after a quarantine of about 40 s."""
+    lost = [
+        bool(pod.node_name) and (pod.node_name in not_ready or not node_exists(pod.node_name)) for pod in pods
+    ]
+    if not any(lost):
         return pods
-    return [replace(pod, node_lost=True) if pod.node_name in not_ready else pod for pod in pods]
+    return [replace(pod, node_lost=True) if gone else pod for pod, gone in zip(pods, lost, strict=True)]
 
 
 def _forget_old_creates(created: dict[str, float]) -> None:
