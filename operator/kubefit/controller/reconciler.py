@@ -848,12 +848,16 @@ def _on_lost_nodes(
     """The workers, those bound to a NotReady node shown as not running: the pass counts nothing there, and
     the node controller leaves such a pod Running until it evicts it (300 s by default). Likewise one bound
     to a node deleted: the pod garbage collector removes its pods only after a quarantine of about 40 s."""
-    lost = [
-        bool(pod.node_name) and (pod.node_name in not_ready or not node_exists(pod.node_name)) for pod in pods
-    ]
+    lost = [_node_lost(pod.node_name, not_ready, node_exists) for pod in pods]
     if not any(lost):
         return pods
     return [replace(pod, node_lost=True) if gone else pod for pod, gone in zip(pods, lost, strict=True)]
+
+
+def _node_lost(node_name: str | None, not_ready: frozenset[str], node_exists: Callable[[str], bool]) -> bool:
+    if not node_name:
+        return False  # not bound yet
+    return node_name in not_ready or not node_exists(node_name)
 
 
 def _forget_old_creates(created: dict[str, float]) -> None:
