@@ -9,19 +9,29 @@ The API server's quota admission runs before its check that the name is free, so
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
-import kopf
 import pytest
 from kubernetes.client.exceptions import ApiException
-from test_reconciler import CATALOG, KEY, NAMESPACE, QUOTA_403, Harness, api_error, job_manifest, retrying
+from test_reconciler import (
+    CATALOG,
+    KEY,
+    NAMESPACE,
+    QUOTA_403,
+    Harness,
+    api_error,
+    harness,
+    job_manifest,
+    retrying,
+)
 
 from kubefit.controller.kube import KubeApi, ServiceTaken
 from kubefit.controller.reconciler import Reconciler
 from kubefit.metrics import OperatorMetrics
+
+__all__ = ["harness"]  # the fixture, by import
 
 OWNER = {"kind": "TrainingJob", "name": "llama", "uid": "uid-llama", "controller": True}
 
@@ -77,18 +87,6 @@ class QuotaServer:
 def manifest(name: str) -> dict[str, Any]:
     labels = {"kubefit.dev/job": "llama"}
     return {"metadata": {"name": name, "namespace": NAMESPACE, "labels": labels, "ownerReferences": [OWNER]}}
-
-
-@pytest.fixture
-def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    harness = Harness()
-
-    def record_event(body: kopf.Body, *, type: str, reason: str, message: str = "") -> None:
-        harness.log.append(("event", reason, message, type))
-
-    monkeypatch.setattr(kopf, "event", record_event)
-    yield harness
-    harness.reconciler.forget(KEY)  # cancels retry timers
 
 
 def running(harness: Harness, replicas: int = 2) -> None:
