@@ -57,6 +57,14 @@ MODELS: dict[str, dict[str, int]] = {
                    intermediate_size=5632, vocab_size=32000),
     "bigvocab": dict(hidden_size=2048, num_hidden_layers=18, num_attention_heads=8, num_key_value_heads=1,
                      intermediate_size=16384, vocab_size=256000),
+    # The held-out grid's shapes (--holdout), none of them run before its predictions were committed:
+    # Llama 3.2 1B's, Qwen2 0.5B's (152k vocabulary, no q/k/v bias here) and Phi-3-mini's widths.
+    "llama32": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                    intermediate_size=8192, vocab_size=128256),
+    "qwen05": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                   intermediate_size=4864, vocab_size=151936),
+    "phi3": dict(hidden_size=3072, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                 intermediate_size=8192, vocab_size=32064),
 }  # fmt: skip
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # The same projections in the API's words (finetuning.loraTargets).
@@ -175,6 +183,58 @@ def dropout_grid() -> list[Setup]:
     big = Setup("bigvocab", finetuning="lora", micro_batch=2, sequence=2048, checkpointing="full")
     grid += [replace(big, lora_dropout=dropout) for dropout in (0.0, 0.05, 0.1)]
     return grid
+
+
+def holdout_grid() -> list[Setup]:
+    """Kubefit's own held-out set (source kubefit-gpu-holdout): new model shapes over the setups the API
+    expresses, whose estimates were committed (benchmarks/data/gpu-holdout-predictions.json) before the
+    first run, so that the figures on them are predictions."""
+    qwen = Setup("qwen05", micro_batch=4, sequence=2048)
+    llama = Setup("llama32", micro_batch=2, sequence=4096)
+    phi = Setup("phi3", micro_batch=2, sequence=2048)
+    return [
+        # Past the device (early, so that a time limit cannot drop it): fp32 activations of 3.8B at 8k.
+        replace(phi, precision="fp32", micro_batch=8, sequence=8192),
+        qwen,
+        replace(qwen, checkpointing="full"),
+        replace(qwen, checkpointing="full", loss="chunked"),
+        replace(qwen, finetuning="lora", micro_batch=8, sequence=4096, checkpointing="full"),
+        replace(qwen, finetuning="qlora", micro_batch=8, sequence=4096, checkpointing="full"),
+        replace(qwen, finetuning="qlora", precision="bf16-true", micro_batch=8, sequence=4096, loss="chunked"),
+        replace(llama, precision="bf16-true", micro_batch=4, checkpointing="full"),
+        replace(llama, optimizer="adamw-8bit", sequence=8192, checkpointing="full"),
+        replace(llama, finetuning="lora", sequence=8192),
+        replace(llama, finetuning="qlora", micro_batch=1, sequence=16384, checkpointing="full"),
+        replace(llama, optimizer="sgd-momentum", micro_batch=4, sequence=2048, attention="eager"),
+        replace(llama, precision="fp32", sequence=2048, checkpointing="full"),
+        replace(llama, precision="fp16-mixed", micro_batch=4, sequence=2048, checkpointing="full"),
+        replace(llama, finetuning="lora", precision="bf16-true", micro_batch=4, checkpointing="full",
+                loss="chunked", lora_dropout=0.1, lora_targets=("q_proj", "v_proj")),
+        replace(phi, checkpointing="full"),
+        replace(phi, precision="bf16-true", optimizer="adafactor", micro_batch=4, sequence=4096,
+                checkpointing="full"),
+        replace(phi, finetuning="lora", micro_batch=4, sequence=4096),
+        replace(phi, finetuning="qlora", micro_batch=4, sequence=4096, checkpointing="full"),
+        replace(phi, finetuning="qlora", precision="bf16-true", optimizer="paged-adamw", micro_batch=8,
+                checkpointing="full", loss="chunked"),
+    ]  # fmt: skip
+
+
+def parameter_counts(setup: Setup) -> tuple[int, int]:
+    """(parameters, trainable parameters) of a setup's model as built here: Llama-shaped, untied head,
+    RMSNorm weights, no biases; LoRA adds r x (in + out) per targeted projection per layer."""
+    shape = MODELS[setup.model]
+    hidden, ffn, vocab = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
+    kv_width = hidden // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    widths = {"q_proj": (hidden, hidden), "k_proj": (hidden, kv_width), "v_proj": (hidden, kv_width),
+              "o_proj": (hidden, hidden), "gate_proj": (hidden, ffn), "up_proj": (hidden, ffn),
+              "down_proj": (ffn, hidden)}  # fmt: skip
+    per_layer = sum(inputs * outputs for inputs, outputs in widths.values()) + 2 * hidden
+    total = 2 * vocab * hidden + shape["num_hidden_layers"] * per_layer + hidden
+    if setup.finetuning == "full":
+        return total, total
+    adapters = sum(setup.lora_rank * sum(widths[target]) for target in setup.lora_targets)
+    return total, shape["num_hidden_layers"] * adapters
 
 
 def tiny_grid() -> list[Setup]:
@@ -499,6 +559,8 @@ def run(grid: list[Setup], out: Path, budget_s: float) -> int:
 # ---------------------------------------------------------------- rows for the calibration loader
 
 SOURCE_KEY = "kubefit-gpu-grid"
+HOLDOUT_SOURCE_KEY = "kubefit-gpu-holdout"  # --holdout's rows: held-out in benchmarks/data/sizing_split.yaml
+PREDICTIONS = Path(__file__).resolve().parent / "data" / "gpu-holdout-predictions.json"
 OPTIMIZER_IN_API = {"paged-adamw": "adamw", "paged-adamw-8bit": "adamw-8bit"}
 
 
@@ -531,7 +593,26 @@ def _assumed(setup: Setup) -> list[str]:
     return notes
 
 
-def calibration_row(number: int, row: dict[str, Any], environment: dict[str, Any]) -> dict[str, Any]:
+def _spec(setup: Setup, parameters: int, trainable: int) -> dict[str, Any]:
+    """A setup in the TrainingJob API's words (spec.model and spec.training)."""
+    model: dict[str, Any] = {"parameters": parameters, "architecture": _architecture(setup.model),
+                             "precision": setup.precision,
+                             "optimizer": OPTIMIZER_IN_API.get(setup.optimizer, setup.optimizer)}  # fmt: skip
+    if setup.finetuning != "full":
+        model["finetuning"] = {"method": setup.finetuning, "trainableParameters": trainable}
+        if setup.lora_dropout:
+            model["finetuning"]["loraDropout"] = setup.lora_dropout
+        if tuple(setup.lora_targets) != LORA_TARGETS:
+            model["finetuning"]["loraTargets"] = [TARGET_IN_API[target] for target in setup.lora_targets]
+    training = {"microBatchSize": setup.micro_batch, "sequenceLength": setup.sequence,
+                "activationCheckpointing": setup.checkpointing, "attention": setup.attention,
+                "loss": setup.loss}  # fmt: skip
+    return {"model": model, "training": training}
+
+
+def calibration_row(
+    number: int, row: dict[str, Any], environment: dict[str, Any], holdout: bool = False
+) -> dict[str, Any]:
     """One measured row in the form of benchmarks/data/*rows.yaml, compared as the whole-device peak."""
     setup = Setup(**row["setup"])
     versions = environment["versions"]
@@ -540,22 +621,10 @@ def calibration_row(number: int, row: dict[str, Any], environment: dict[str, Any
         f"torch {versions['torch']}, transformers {versions['transformers']}, peft {versions['peft']}, "
         f"bitsandbytes {versions['bitsandbytes']}); docs/data/gpu-measurements.md"
     )
-    model: dict[str, Any] = {"parameters": row["parameters"], "architecture": _architecture(setup.model),
-                             "precision": setup.precision,
-                             "optimizer": OPTIMIZER_IN_API.get(setup.optimizer, setup.optimizer)}  # fmt: skip
-    if setup.finetuning != "full":
-        model["finetuning"] = {"method": setup.finetuning, "trainableParameters": row["trainable_parameters"]}
-        if setup.lora_dropout:
-            model["finetuning"]["loraDropout"] = setup.lora_dropout
-        if tuple(setup.lora_targets) != LORA_TARGETS:
-            model["finetuning"]["loraTargets"] = [TARGET_IN_API[target] for target in setup.lora_targets]
-    training = {"microBatchSize": setup.micro_batch, "sequenceLength": setup.sequence,
-                "activationCheckpointing": setup.checkpointing, "attention": setup.attention,
-                "loss": setup.loss}  # fmt: skip
     label = setup.name + (" (first setup of its process)" if row.get("setups_before_in_process") == 0 else "")
-    result: dict[str, Any] = {"id": f"G{number}", "label": label, "source": source,
-                              "sourceKey": SOURCE_KEY, "device": "nvidia-h200",
-                              "layout": {"devicesPerWorker": 1, "workers": 1}}  # fmt: skip
+    result: dict[str, Any] = {"id": f"{'H' if holdout else 'G'}{number}", "label": label, "source": source,
+                              "sourceKey": HOLDOUT_SOURCE_KEY if holdout else SOURCE_KEY,
+                              "device": "nvidia-h200", "layout": {"devicesPerWorker": 1, "workers": 1}}  # fmt: skip
     if row["oom"]:
         result["oom"] = True
     else:
@@ -565,11 +634,38 @@ def calibration_row(number: int, row: dict[str, Any], environment: dict[str, Any
     if row.get("idle_reserved_bytes"):
         notes.append(f"{row['idle_reserved_bytes'] / GIB:.2f} GiB of segments cached by earlier setups of the "
                      "process were reserved at its start (empty_cache could not release them)")  # fmt: skip
-    result.update({"fully_specified": True, "assumed": notes, "spec": {"model": model, "training": training}})
+    spec = _spec(setup, row["parameters"], row["trainable_parameters"])
+    result.update({"fully_specified": True, "assumed": notes, "spec": spec})
     return result
 
 
-def write_rows_yaml(results: list[Path], target: Path) -> int:
+def predictions(grid: list[Setup]) -> list[dict[str, Any]]:
+    """The estimator's figures for each setup, from the counted parameters alone (no GPU, no model built):
+    what --holdout's run is to be judged against."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import yaml
+
+    import sizing_accuracy as accuracy
+
+    split = yaml.safe_load(accuracy.SPLIT.read_text())
+    device = accuracy.load_catalog().get("nvidia-h200")
+    assert device is not None, "the built-in catalog names nvidia-h200"
+    out = []
+    for setup in grid:
+        parameters, trainable = parameter_counts(setup)
+        raw = {"id": setup.name, "label": setup.name, "source": "prediction", "sourceKey": HOLDOUT_SOURCE_KEY,
+               "layout": {"devicesPerWorker": 1, "workers": 1}, "fully_specified": True,
+               "spec": _spec(setup, parameters, trainable)}  # fmt: skip
+        result = accuracy.evaluate(accuracy._row(raw, device, split))
+        out.append({"setup": setup.name, "parameters": parameters, "trainable_parameters": trainable,
+                    "device_gib": round(result.estimate.total / GIB, 3),
+                    "reserved_gib": round(result.estimate.reserved_peak / GIB, 3),
+                    "allocated_gib": round(result.estimate.allocated_peak / GIB, 3),
+                    "fits_without_headroom": result.fits_device, "fits_with_headroom": result.fits})  # fmt: skip
+    return out
+
+
+def write_rows_yaml(results: list[Path], target: Path, holdout: bool = False) -> int:
     """Turns runs' gpu_rows.jsonl files (each beside its environment.json) into calibration rows,
     numbered on across the files in the order given."""
     import yaml
@@ -582,9 +678,10 @@ def write_rows_yaml(results: list[Path], target: Path) -> int:
         for row in measured:
             number += 1  # a setup that failed for another reason than memory keeps its number, unused
             if row["oom"] or not row["error"]:
-                rows.append(calibration_row(number, row, environment))
+                rows.append(calibration_row(number, row, environment, holdout))
     header = (
-        "# Rows measured by benchmarks/gpu_memory_grid.py (source kubefit-gpu-grid), one per setup; the\n"
+        f"# Rows measured by benchmarks/gpu_memory_grid.py (source {HOLDOUT_SOURCE_KEY if holdout else SOURCE_KEY}), "
+        "one per setup; the\n"
         "# measured figure is the whole-device peak (total - free, as nvidia-smi shows it). Allocated and\n"
         "# reserved peaks, and how they were read: docs/data/gpu-measurements.md.\n"
     )
@@ -624,6 +721,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny models, for a CPU smoke test")
     parser.add_argument("--second", action="store_true", help="the bf16 QLoRA/LoRA grid (second run)")
     parser.add_argument("--dropout", action="store_true", help="the LoRA dropout and targets grid")
+    parser.add_argument("--holdout", action="store_true", help="the held-out grid (kubefit-gpu-holdout)")
+    parser.add_argument(
+        "--predict", action="store_true", help="with --holdout: write the estimator's predictions, no GPU"
+    )
     parser.add_argument("--only", default="", help="run only setups whose name contains this text")
     parser.add_argument(
         "--rows-from", type=Path, nargs="*", help="write calibration rows from these gpu_rows.jsonl"
@@ -631,6 +732,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-to", type=Path, default=Path("benchmarks/data/gpu_grid_rows.yaml"))
     parser.add_argument("--table", action="store_true", help="with --rows-from: print the markdown table")
     args = parser.parse_args(argv)
+    if args.predict:
+        PREDICTIONS.write_text(json.dumps(predictions(holdout_grid()), indent=1) + "\n")
+        return 0
     if not args.rows_from and not args.tiny and not torch.cuda.is_available():
         # `make bench` runs every benchmark; without a GPU this one says so and measures nothing.
         print("gpu_memory_grid: no CUDA device here, nothing measured (--tiny runs the CPU smoke test)")
@@ -639,11 +743,12 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(args.rows_from), end="")
         return 0
     if args.rows_from:
-        return write_rows_yaml(args.rows_from, args.rows_to)
+        return write_rows_yaml(args.rows_from, args.rows_to, args.holdout)
     if args.tiny:
         grid = tiny_grid()
     else:
-        grid = second_grid() if args.second else dropout_grid() if args.dropout else gpu_grid()
+        grid = (second_grid() if args.second else dropout_grid() if args.dropout
+                else holdout_grid() if args.holdout else gpu_grid())  # fmt: skip
     grid = [setup for setup in grid if args.only in setup.name]
     sys.setswitchinterval(0.001)  # let the sampling thread in between kernel launches
     return run(grid, args.out, args.budget_s)

@@ -117,6 +117,7 @@ def test_the_split_is_by_whole_sources_and_keeps_its_committed_rule() -> None:
     split = accuracy.yaml.safe_load(accuracy.SPLIT.read_text())
     assert split["seed"] == "kubefit-heldout-2026-11-30"
     assert split["fixed"]["kubefit-gpu-grid"] == accuracy.DEVELOPMENT
+    assert split["fixed"]["kubefit-gpu-holdout"] == accuracy.HELD_OUT
     for row in ROWS:
         assert row.split == accuracy.split_of(row.source_key, split), row.id
     sources = {name: {row.source_key for row in ROWS if row.split == name} for name in SETS}
