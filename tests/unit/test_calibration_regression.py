@@ -62,7 +62,7 @@ UNMET: dict[tuple[str, str], str] = {
         "parameters and optimizer offloaded on one A100 (row 302): -56%"
     ),
     ("test_median_absolute_error_meets_the_target", "held-out"): (
-        "median |error| 9.9% on the Qwen and ColossalAI rows"
+        "median |error| 7.2% on the Qwen, ColossalAI and held-out H200 grid rows (5.5% on the H200 grid alone)"
     ),
     ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "development"): (
         "row 28 (torchtune 8B full with optimizer in the backward on a 24 GB 4090, +13%: its torch.compile "
@@ -84,7 +84,7 @@ KNOWN_MISSES: dict[tuple[str, str], set[str]] = {
     ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "development"): {"28", "54", "73", "155"},
     ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "held-out"): {"140", "301"},
 }  # fmt: skip
-MEDIAN_RECORDED = {"held-out": 0.099}  # 9.85% on 8ff9e26; the target is MEDIAN_ABS_ERROR
+MEDIAN_RECORDED = {"held-out": 0.073}  # 7.2% with the held-out H200 grid (4 Dec); the target is MEDIAN_ABS_ERROR
 # The held-out sources report no out-of-memory run: that target applies to the sets that have OOM rows.
 OOM_SETS = tuple(name for name in SETS if any(row.oom and row.split == name for row in ROWS))
 
