@@ -50,9 +50,11 @@ HEADROOM_BAND_ROWS = {"10", "13", "14", "16", "141", "159", "160", "161", "163",
 # to be met fails its xfail, so the entry must then be removed. Empty means every target is met.
 UNMET: dict[tuple[str, str], str] = {
     ("test_no_underestimate_worse_than_the_target", "development"): (
-        "9 rows below -10%: fsdp_qlora reserved peaks over whole runs (six of rows 150-163, to -26%; the "
-        "two allocated peaks the source gives are within +2%) and litgpt config_hub QLoRA rows 202, 206 and "
-        "209 (-10% to -12%), run on bitsandbytes before 0.43.3, whose 4-bit layers kept their inputs"
+        "11 rows below -10%: fsdp_qlora reserved peaks over whole runs (six of rows 150-163, to -26%; the "
+        "two allocated peaks the source gives are within +2%) and litgpt's QLoRA tables, rows 71, 74, 202, "
+        "206 and 209 (-11% to -21%), 11-27% above what litgpt's own modules hold on today's bitsandbytes "
+        "(the H200 probe; the estimate is within -6% to +7% of it): before 0.43.3 its 4-bit layers kept "
+        "their inputs, which a frozen layer now does not (the saved-tensor probe)"
     ),
     (
         "test_no_underestimate_worse_than_the_target",
@@ -66,10 +68,8 @@ UNMET: dict[tuple[str, str], str] = {
     ),
     ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "development"): (
         "row 28 (torchtune 8B full with optimizer in the backward on a 24 GB 4090, +13%: its torch.compile "
-        "is not in the API), row 54 (torchtune 8B LoRA on an A6000, +51%), row 73 (litgpt 13B LoRA: 35.5 "
-        "GiB allocated on a 40 GiB A100, just under the band; predicted 36.9 GiB allocated, above 36 GiB in "
-        "total) and row 155 (fsdp_qlora 7B QLoRA: 20.97 GiB reserved of the 3090's 21.6 usable, estimated "
-        "-0.3%, which with the runtime context passes 21.6)"
+        "is not in the API) and row 54 (torchtune 8B LoRA on an A6000, +44%: the row assumes no activation "
+        "checkpointing)"
     ),
     ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "held-out"): (
         "row 140 (Qwen-72B-Int4 QLoRA s=4096, 68.0 of 80 GiB) is over-estimated by 16.5%, past the headroom; "
@@ -79,12 +79,14 @@ UNMET: dict[tuple[str, str], str] = {
 # The rows behind each unmet target, as they were recorded; the ratchet test allows no other.
 KNOWN_MISSES: dict[tuple[str, str], set[str]] = {
     ("test_no_underestimate_worse_than_the_target", "development"): {
-        "150", "152", "157", "161", "162", "163", "202", "206", "209"},
+        "71", "74", "150", "152", "157", "161", "162", "163", "202", "206", "209"},
     ("test_no_underestimate_worse_than_the_target", "held-out"): {"100", "101", "102", "103", "104", "302"},
-    ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "development"): {"28", "54", "73", "155"},
+    ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "development"): {"28", "54"},
     ("test_measured_rows_fit_with_the_default_headroom_outside_the_band", "held-out"): {"140", "301"},
 }  # fmt: skip
-MEDIAN_RECORDED = {"held-out": 0.073}  # 7.2% with the held-out H200 grid (4 Dec); the target is MEDIAN_ABS_ERROR
+MEDIAN_RECORDED = {
+    "held-out": 0.073
+}  # 7.2% with the held-out H200 grid (4 Dec); the target is MEDIAN_ABS_ERROR
 # The held-out sources report no out-of-memory run: that target applies to the sets that have OOM rows.
 OOM_SETS = tuple(name for name in SETS if any(row.oom and row.split == name for row in ROWS))
 

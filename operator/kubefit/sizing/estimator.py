@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from kubefit.api.models import Finetuning, MemoryBreakdown, Training, TrainingJobSpec
 from kubefit.api.quantity import parse_count
@@ -238,6 +239,22 @@ class LayerRun:
     input_copies: int = 1
     # The projections whose LoRA adapters apply dropout (finetuning.loraTargets when loraDropout > 0).
     dropped_adapters: frozenset[str] = frozenset()
+    # A frozen base (lora, qlora): its targeted projections, the adapters' rank, and how the adapters take
+    # their input (ADAPTER_INPUTS); empty for full training.
+    adapters: frozenset[str] = frozenset()
+    adapter_rank: int = 0
+    adapter_inputs: str = ""
+
+
+# How LoRA adapters of a frozen base take their input, measured tensor by tensor on an H200
+# (benchmarks/saved_tensors_probe.py, docs/data/gpu-measurements.md "What a layer saves"):
+#   cast:   fp32 adapters under torch autocast over a 16-bit base (PEFT's default): each adapter saves its
+#           own compute-dtype copy of its input;
+#   recipe: the QLoRA recipe under autocast (fp32 stream): each adapter whose input is fp32 saves its own
+#           copy; the output projection's adapter reads the attention output, which the attention keeps;
+#   shared: adapters in the compute dtype (bf16-true, sharded mixed precision, fp32): adapters on one
+#           input share it, saved once.
+ADAPTER_INPUTS = ("cast", "recipe", "shared")
 
 
 def dropout_mask_bytes(shape: ModelShape) -> int:
@@ -268,8 +285,33 @@ def _norm_and_projection_inputs(shape: ModelShape, run: LayerRun) -> float:
     return 2 * stream + projection_inputs
 
 
+def _frozen_base_layer_bytes(shape: ModelShape, run: LayerRun) -> float:
+    """Bytes per token one gated-MLP layer of a frozen base keeps for its backward (LoRA, QLoRA), as the
+    saved-tensor probe measured it. A frozen projection keeps nothing for its weight, so only the
+    adapters keep its input; a frozen RMSNorm weight needs only the norm's fp32 input; the attention
+    keeps Q, K, V and its output; the MLP keeps the gate's output, its activation and up (in fp32 under
+    the QLoRA recipe, whose 4-bit layers answer in their input's dtype). Each adapter keeps its A
+    matrix's input (or shares it, ADAPTER_INPUTS) and B's rank-wide input; dropout adds a one-byte mask
+    per input element and, where adapters shared an input, a copy per adapter."""
+    e, h, ffn = run.element_bytes, shape.hidden, shape.ffn
+    mlp_bytes = run.stream_bytes if run.adapter_inputs == "recipe" else e
+    layer = 2 * FP32_BYTES * h + e * (2 * shape.q_width + 2 * shape.kv_width) + 3 * ffn * mlp_bytes
+    widths = shape.projection_widths()
+    targets = [target for target in run.adapters if target in widths]
+    dropout = bool(run.dropped_adapters)
+    mask = DROPOUT_MASK_BYTES if dropout else 0
+    layer += sum(widths[target][0] * mask + run.adapter_rank * e for target in targets)
+    if run.adapter_inputs == "shared" and not dropout:
+        inputs = {"query": "attention", "key": "attention", "value": "attention", "gate": "mlp", "up": "mlp"}
+        distinct = {inputs.get(target, target): widths[target][0] for target in targets if target != "output"}
+        return layer + e * sum(distinct.values())
+    own_copies = [t for t in targets if t != "output" or dropout or run.adapter_inputs == "cast"]
+    return layer + e * sum(widths[target][0] for target in own_copies)
+
+
 def _adapter_dropout_bytes(shape: ModelShape, run: LayerRun) -> float:
-    """Bytes per token that LoRA dropout adds to a layer. Each adapter (PEFT's LoraLayer, one per targeted
+    """Bytes per token that LoRA dropout adds to a layer of a plain-MLP model (a gated one is counted
+    whole by _frozen_base_layer_bytes). Each adapter (PEFT's LoraLayer, one per targeted
     projection) applies its own dropout and its A matrix keeps the dropped copy: e bytes and a one-byte mask
     per input element. On a 16-bit stream the undropped input of q, k, v (or of gate, up) was counted once
     as their shared saved input and a frozen projection keeps none, so n adapters on one input add
@@ -326,12 +368,18 @@ def layer_activation_bytes(shape: ModelShape, run: LayerRun) -> float:
     this is sbh(34 + 5as/h); selective recompute drops the attention-score term (sbh * 34); full
     recompute keeps only the layer input (the stream's element size). Tensor parallelism is taken with
     sequence parallelism (Table 2, "tensor + sequence parallel"), which divides every term by t, as
-    Megatron-LM and torchtitan run it.
+    Megatron-LM and torchtitan run it. A frozen gated-MLP base (LoRA, QLoRA) keeps less, counted as the
+    saved-tensor probe measured it (_frozen_base_layer_bytes).
     """
     s, b, h, e = run.sequence, run.micro_batch, shape.hidden, run.element_bytes
     sbh = s * b * h
     if run.checkpointing == "full":
         return run.stream_bytes * sbh / run.tensor_parallel
+    if run.adapter_inputs and shape.gated_mlp:
+        frozen = s * b * _frozen_base_layer_bytes(shape, run)
+        if run.checkpointing == "none":
+            frozen += _attention_scores_bytes(shape, run)
+        return frozen / run.tensor_parallel
     ffn_ratio = shape.ffn / h
     # The norms and the projection inputs they feed; the attention-output and MLP-output dropout masks.
     layer: float = sbh * (_norm_and_projection_inputs(shape, run) + 2 * dropout_mask_bytes(shape))
@@ -919,6 +967,7 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
         stream_bytes=stream,
         input_copies=copies,
         dropped_adapters=_dropped_adapters(spec.model.finetuning),
+        **_adapter_run(spec, stream),
     )
     saved = _saved_activations(
         shape, run, training.pipeline_parallel, stage, _pipeline_micro_batches(training)
@@ -944,6 +993,21 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
     activations += max(0.0, recomputed - head.logits)
     unplaced = min(recomputed, head.logits)
     return _Transient(activations, head.logits, unplaced)
+
+
+def _adapter_run(spec: TrainingJobSpec, stream_bytes: int) -> dict[str, Any]:
+    """The LayerRun fields of a frozen base (none for full training): see ADAPTER_INPUTS."""
+    finetuning, precision = spec.model.finetuning, spec.model.precision
+    if finetuning.method == "full":
+        return {}
+    if precision in MIXED_PRECISIONS and finetuning.method == "qlora" and stream_bytes == FP32_BYTES:
+        inputs = "recipe"
+    elif precision in MIXED_PRECISIONS and spec.training.sharding == "none":
+        inputs = "cast"
+    else:
+        inputs = "shared"
+    return {"adapters": frozenset(finetuning.lora_targets), "adapter_rank": finetuning.lora_rank,
+            "adapter_inputs": inputs}  # fmt: skip
 
 
 def _dropped_adapters(finetuning: Finetuning) -> frozenset[str]:
