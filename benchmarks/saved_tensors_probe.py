@@ -38,7 +38,10 @@ def probe_grid(model: str = "medium", sequence: int = 1000) -> list[grid.Setup]:
     activation and one without it a weight (or autocast's cached copy of one)."""
     base = grid.Setup(model, finetuning="lora", micro_batch=1, sequence=sequence, steps=1)
     setups = [replace(base, finetuning="full")]
-    for finetuning, precision in (("lora", "bf16-mixed"), ("qlora", "bf16-mixed"), ("lora", "bf16-true")):
+    combinations = [("lora", "bf16-mixed"), ("qlora", "bf16-mixed"), ("lora", "bf16-true")]
+    if model != "medium":  # the first run's model keeps its 19 setups; the others add fp32 adapters
+        combinations.append(("lora", "fp32"))
+    for finetuning, precision in combinations:
         for targets in (grid.LORA_TARGETS, ("q_proj", "v_proj"), ("q_proj", "k_proj", "v_proj", "o_proj")):
             for dropout in (0.0, 0.1):
                 setups.append(replace(base, finetuning=finetuning, precision=precision,
@@ -119,12 +122,46 @@ def probe(setup: grid.Setup, scratch: Path) -> dict[str, Any]:
     return {"name": setup.name, "setup": asdict(setup), "parameters": parameters, "layer": layer, **summary}
 
 
+def predictions(setups: list[grid.Setup]) -> list[dict[str, Any]]:
+    """The estimator's saved bytes per token and hidden element of one layer, for each setup."""
+    from kubefit.api.validation import parse_spec
+    from kubefit.sizing import estimator
+    from kubefit.sizing.architecture import shape_from_architecture
+
+    template = {"spec": {"containers": [{"name": "trainer", "image": "probe"}]}}
+    out = []
+    for setup in setups:
+        parameters, trainable = grid.parameter_counts(setup)
+        spec = parse_spec({"template": template, **grid._spec(setup, parameters, trainable)})
+        shape = shape_from_architecture(spec.model.architecture, parameters)
+        precision, finetuning = spec.model.precision, spec.model.finetuning
+        stream, copies = estimator.residual_stream(precision, finetuning.method, "none")
+        run = estimator.LayerRun(
+            sequence=setup.sequence, micro_batch=setup.micro_batch, attention=setup.attention,
+            element_bytes=estimator.activation_element_bytes(precision), stream_bytes=stream,
+            input_copies=copies, dropped_adapters=estimator._dropped_adapters(finetuning),
+            **estimator._adapter_run(spec, stream),
+        )  # fmt: skip
+        tokens = setup.sequence * setup.micro_batch
+        out.append({"name": setup.name, "bytes_per_token_hidden":
+                    estimator.layer_activation_bytes(shape, run) / (tokens * shape.hidden)})  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path("saved-tensors-out"))
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (no QLoRA)")
+    parser.add_argument("--model", action="append", choices=sorted(grid.MODELS), help="default: medium")
+    parser.add_argument(
+        "--predict", type=Path, help="write the estimator's figures for the setups here, no GPU"
+    )
     args = parser.parse_args(argv)
-    setups = probe_grid("tiny", 50) if args.tiny else probe_grid()
+    models = args.model or ["medium"]
+    setups = probe_grid("tiny", 50) if args.tiny else [s for m in models for s in probe_grid(m)]
+    if args.predict:
+        args.predict.write_text(json.dumps(predictions(setups), indent=1) + "\n")
+        return 0
     if args.tiny:
         setups = [setup for setup in setups if setup.finetuning != "qlora"]
     args.out.mkdir(parents=True, exist_ok=True)
