@@ -16,8 +16,14 @@ from kubefit.decisions.workers import stop_workers
 PROXY_RUNNING = {"name": "istio-proxy", "ready": True, "state": {"running": {}}}
 
 
-def sidecar_worker(index: int, trainer_state: dict[str, Any]) -> WorkerPod:
-    """A Running worker pod as the kubelet shows it with an injected proxy (containerStatuses by name)."""
+def sidecar_worker(
+    index: int,
+    trainer_state: dict[str, Any],
+    pod_status: dict[str, Any] | None = None,
+    proxy: dict[str, Any] = PROXY_RUNNING,
+) -> WorkerPod:
+    """A worker pod as the kubelet shows it with an injected proxy (containerStatuses by name): Running, or
+    with `pod_status` (phase, reason, conditions) instead."""
     manifest = {
         "metadata": {
             "name": f"llama-worker-{index}",
@@ -30,8 +36,8 @@ def sidecar_worker(index: int, trainer_state: dict[str, Any]) -> WorkerPod:
             "containers": [{"name": "trainer"}, {"name": "istio-proxy", "image": "istio/proxyv2:1.22.0"}],
         },
         "status": {
-            "phase": "Running",
-            "containerStatuses": [PROXY_RUNNING, {"name": "trainer", "state": trainer_state}],
+            **(pod_status or {"phase": "Running"}),
+            "containerStatuses": [proxy, {"name": "trainer", "state": trainer_state}],
         },
     }
     worker = worker_from_pod(manifest)
@@ -93,3 +99,42 @@ def test_a_trainer_failed_beside_a_running_proxy_restarts_its_group_and_says_how
     assert status_of(restarted)["restarts"] == 1
     assert {"llama-worker-0", "llama-worker-1"} <= {*restarted.delete, *(w.name for w in restarted.replace)}
     assert "exit code 137 (OOMKilled)" in status_of(restarted)["message"]
+
+
+PROXY_FAILED = {"name": "istio-proxy", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}
+
+
+def test_a_trainer_that_exited_0_in_a_pod_failed_by_its_proxy_is_a_succeeded_worker() -> None:
+    """The kubelet marks the pod Failed for the proxy's exit; the trainer, which judges the worker, succeeded."""
+    trainer = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    worker = sidecar_worker(0, trainer, {"phase": "Failed"}, PROXY_FAILED)
+    assert (worker.phase, worker.finished, worker.exit_code, worker.outlived_by_sidecar) == (
+        "Succeeded",
+        True,
+        None,
+        False,
+    )
+
+
+def test_a_pod_kubernetes_stopped_stays_failed_though_its_trainer_exited_0() -> None:
+    """An evicted or disrupted pod's trainer may exit 0 from its SIGTERM handler before its work is done."""
+    trainer = {"terminated": {"exitCode": 0}}
+    evicted = sidecar_worker(0, trainer, {"phase": "Failed", "reason": "Evicted"}, PROXY_FAILED)
+    disruption = [{"type": "DisruptionTarget", "status": "True"}]
+    disrupted = sidecar_worker(1, trainer, {"phase": "Failed", "conditions": disruption}, PROXY_FAILED)
+    assert (evicted.phase, evicted.disrupted, disrupted.phase, disrupted.disrupted) == (
+        "Failed",
+        True,
+        "Failed",
+        True,
+    )
+
+
+def test_a_job_whose_trainers_exited_0_in_pods_failed_by_their_proxies_succeeds() -> None:
+    spec = raw_spec(workers={"replicas": 2})
+    running = decide(observe(spec, pods=[pod(0), pod(1)]), CATALOG)
+    trainer = {"terminated": {"exitCode": 0}}
+    done = [sidecar_worker(index, trainer, {"phase": "Failed"}, PROXY_FAILED) for index in range(2)]
+    finished = decide(observe(spec, done, running.status, NOW + timedelta(seconds=5)), CATALOG)
+    assert (status_of(finished)["phase"], status_of(finished)["restarts"]) == ("Succeeded", 0)
+    assert finished.delete == () and finished.replace == ()  # stopped pods kept for their logs

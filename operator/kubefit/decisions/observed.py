@@ -155,12 +155,17 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
 def _worker_phase(pod: Mapping[str, Any]) -> tuple[str, bool]:
     """The worker's phase, and whether its pod outlives its trainer. The pod's phase, but where the trainer
     has ended in a pod not finished, the trainer's exit code says: a classic injected sidecar (Istio's,
-    Linkerd's proxy) runs on, and the pod with it stays Running, holding its devices, for ever."""
-    phase = (pod.get("status") or {}).get("phase") or POD_PENDING
-    if phase in POD_FINISHED_PHASES:
-        return phase, False
+    Linkerd's proxy) runs on, and the pod with it stays Running, holding its devices, for ever. A Failed pod
+    whose trainer exited 0 failed by another container (a proxy that exited non-zero after it): its worker
+    succeeded, unless Kubernetes stopped the pod (a status.reason such as Evicted, or a disruption), where
+    a trainer may exit 0 from its SIGTERM handler before its work is done."""
+    status = pod.get("status") or {}
+    phase = status.get("phase") or POD_PENDING
     code = _exit_code(_trainer_terminated(pod))
-    if code is None:
+    if phase == POD_FAILED:
+        stopped_by_kubernetes = bool(status.get("reason")) or _disrupted(status)
+        return (POD_SUCCEEDED if code == 0 and not stopped_by_kubernetes else phase), False
+    if phase in POD_FINISHED_PHASES or code is None:
         return phase, False
     return (POD_SUCCEEDED if code == 0 else POD_FAILED), True
 
