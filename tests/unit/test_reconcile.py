@@ -376,6 +376,43 @@ def test_an_old_worker_stuck_terminating_past_its_grace_does_not_hold_the_new_gr
     assert past.create == (1,)  # worker 0's name is still taken by the stuck pod
 
 
+def test_a_worker_waiting_for_its_old_pod_on_a_lost_node_says_which_pod_and_what_frees_it() -> None:
+    """Worker 1's node went NotReady: its pod, deleted, never finishes terminating, and the restarted group's
+    worker 1 cannot be created under its name. Ready says so from the first pass, not only the gang timeout."""
+    running = decide(observe(pods=[pod(0, attempt=0), pod(1, attempt=0)]), CATALOG)
+    old = replace(pod(1, attempt=0, node="node-b", deletion="2025-01-01T12:00:40Z"), node_lost=True)
+    restart = decide(observe(pods=[pod(0, attempt=0), old], status=running.status), CATALOG)
+    assert status_of(restart)["gang"]["attempt"] == 1
+    waits = (
+        "worker 1 waits for its old pod llama-worker-1, still terminating on node-b (deletionTimestamp "
+        "2025-01-01T12:00:40Z); node node-b NotReady or gone: no kubelet confirms the delete; deleting the "
+        "node has the pod garbage collector remove the pod, or kubectl delete pod -n team-a llama-worker-1 "
+        "--force once sure it no longer runs"
+    )
+    within = decide(observe(pods=[old], status=restart.status, now=NOW + timedelta(seconds=20)), CATALOG)
+    assert condition(within, "Ready")["message"] == f"0/2 workers running; {waits}"
+    new = [pod(0, attempt=1), old]
+    past = decide(observe(pods=new, status=within.status, now=NOW + timedelta(seconds=110)), CATALOG)
+    assert past.create == ()  # its name is still taken
+    assert (condition(past, "Ready")["reason"], condition(past, "Ready")["message"]) == (
+        "WorkersNotReady",
+        f"1/2 workers running; {waits}",
+    )
+
+
+def test_an_old_pod_is_named_only_once_stuck_where_its_node_is_ready() -> None:
+    failed = decide(observe(pods=[pod(0, attempt=0), pod(1, "Failed", attempt=0)]), CATALOG)
+    going = [pod(0, attempt=0, deletion="2025-01-01T12:00:30Z")]
+    within = decide(observe(pods=going, status=failed.status, now=NOW + timedelta(seconds=10)), CATALOG)
+    assert condition(within, "Ready")["message"] == "0/2 workers running"  # gone in seconds
+    new = [*going, pod(1, attempt=1)]
+    past = decide(observe(pods=new, status=within.status, now=NOW + timedelta(seconds=95)), CATALOG)
+    assert condition(past, "Ready")["message"] == (
+        "1/2 workers running; worker 0 waits for its old pod llama-worker-0, still terminating on node-a "
+        "(deletionTimestamp 2025-01-01T12:00:30Z)"
+    )
+
+
 def test_a_fixed_group_being_created_is_not_taken_for_one_that_lost_workers() -> None:
     """Workers not created yet (a gang not placed yet) are not lost workers."""
     first = decide(observe(raw_spec(workers={"replicas": 4})), CATALOG)

@@ -677,7 +677,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
     start_time = ctx.status.get("startTime") or (rfc3339(ctx.now) if ready >= plan.keep else None)
     draft = Draft(
         phase=_phase(ctx, plan.keep, ready, start_time, restarting=plan.restart is not None),
-        updates=[sized(ctx.sizing), _admitted(ctx, plan), *_readiness(ctx, ready, plan.keep)],
+        updates=[sized(ctx.sizing), _admitted(ctx, plan), *_readiness(ctx, ready, plan.keep, changes.held)],
         create=create,
         worker_set=worker_set(ctx, plan.keep, plan.floor) if create else None,
         delete=delete,
@@ -1121,14 +1121,48 @@ def _trains_with(ctx: JobContext) -> int:
     return _running_group_floor(ctx, ctx.bounds.floor)
 
 
-def _readiness(ctx: JobContext, ready: int, desired: int) -> list[ConditionUpdate]:
+def _readiness(
+    ctx: JobContext, ready: int, desired: int, held: Sequence[WorkerPod] = ()
+) -> list[ConditionUpdate]:
+    """Ready and Running from the counts; a worker not ready because its name is held by an old pod stuck
+    terminating (WorkerChanges.held) is named with that pod."""
     counts = f"{ready}/{desired} workers running"
     return [
         ConditionUpdate(ConditionType.READY, "True", Reason.ALL_WORKERS_READY, counts)
         if ready >= desired
-        else ConditionUpdate(ConditionType.READY, "False", Reason.WORKERS_NOT_READY, counts),
+        else ConditionUpdate(
+            ConditionType.READY, "False", Reason.WORKERS_NOT_READY, counts + _held_names(ctx, held)
+        ),
         _running_condition(ctx, ready, desired, counts),
     ]
+
+
+# Workers waiting for an old pod's name that a message names, at most (the rest: "...").
+_HELD_SHOWN = 3
+
+
+def _held_names(ctx: JobContext, held: Sequence[WorkerPod]) -> str:
+    """For the Ready message ("; ..." after the counts): the workers that wait for an old pod of their name
+    stuck terminating (its node NotReady or gone, or a minute past its grace), and what frees it; "" when
+    none. One going within its grace on a Ready node is not named: it is gone in seconds."""
+    stuck = [pod for pod in held if pod.node_lost or pod.stuck_terminating(ctx.now)]
+    if not stuck:
+        return ""
+    waits = [
+        f"worker {pod.index} waits for its old pod {pod.name}, still terminating on "
+        f"{pod.node_name or 'no node'} (deletionTimestamp {pod.deletion_timestamp or 'unknown'})"
+        for pod in stuck[:_HELD_SHOWN]
+    ]
+    text = "; " + "; ".join(waits) + ("; ..." if len(stuck) > _HELD_SHOWN else "")
+    lost = sorted({pod.node_name for pod in stuck if pod.node_lost and pod.node_name})
+    if not lost:
+        return text
+    names = " ".join(pod.name for pod in stuck[:_HELD_SHOWN] if pod.node_lost)
+    return (
+        f"{text}; {'node' if len(lost) == 1 else 'nodes'} {', '.join(lost)} NotReady or gone: no kubelet "
+        "confirms the delete; deleting the node has the pod garbage collector remove the pod, or "
+        f"kubectl delete pod -n {ctx.observation.job.namespace} {names} --force once sure it no longer runs"
+    )
 
 
 def _running_condition(ctx: JobContext, ready: int, desired: int, counts: str) -> ConditionUpdate:

@@ -62,6 +62,8 @@ class WorkerChanges:
     create: tuple[int, ...] = ()  # worker indices to create, lowest first
     delete: tuple[str, ...] = ()  # pod names to delete, highest index first
     replace: tuple[WorkerPod, ...] = ()  # failed workers to recreate (running.py counts the restarts)
+    # Terminating pods whose names a missing worker needs: it is created once they are gone, lowest first.
+    held: tuple[WorkerPod, ...] = ()
 
 
 def _live(pods: Sequence[WorkerPod], already_replaced: Collection[str]) -> list[WorkerPod]:
@@ -144,6 +146,15 @@ def scale_workers(
     `foreign` pods (another owner) are left alone, but the names they hold cannot be created yet.
     """
     taken = {pod.index for pod in [*pods, *foreign] if pod.index is not None}
+    staying = {pod.index for pod in [*pods, *foreign] if not pod.terminating}
+    held = sorted(
+        (
+            pod
+            for pod in [*pods, *foreign]
+            if pod.terminating and pod.index in slots and pod.index not in staying
+        ),
+        key=lambda pod: pod.index or 0,
+    )
     live = _live(pods, already_replaced)
     # A replaced pod still shown and not terminating: its deletion may have failed; deleting again is safe.
     undeleted = [pod.name for pod in pods if pod.uid in already_replaced and not pod.terminating]
@@ -162,6 +173,7 @@ def scale_workers(
         create=tuple(index for index in sorted(slots) if index not in taken),
         delete=tuple(pod.name for pod in surplus) + tuple(undeleted),
         replace=failed,
+        held=tuple(held),
     )
 
 
