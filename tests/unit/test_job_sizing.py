@@ -15,6 +15,8 @@ from kubefit.decisions import job_sizing
 from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.job import JobObservation, checked_spec, decide, operator_check
 from kubefit.decisions.job_sizing import size_job
+from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.running_group import RunningGroup
 from kubefit.sizing import planner
 from kubefit.sizing.catalog import Accelerator, load_catalog
 from kubefit.sizing.estimator import Layout, estimate
@@ -120,6 +122,34 @@ def test_busy_devices_add_the_queue_note_only_with_an_inventory() -> None:
         "not enough free nvidia-h100-80gb now for 1 x nvidia-h100-80gb; the job queues until devices free up"
     )
     assert note in busy.warnings and note not in free.warnings
+
+
+def test_a_running_job_whose_node_lost_a_device_is_not_said_to_queue() -> None:
+    """Its worker holds 8 devices of a node that now offers 7 (a GPU gone): the job runs on, and only a
+    worker it would create again waits; the operator and `kubefit size --cluster` (checked_spec with the
+    running group) say the same."""
+    raw = raw_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8})
+    inventory = Inventory([NodeInventory("h100-0", "nvidia-h100-80gb", 7, 7)], [])
+    worker = WorkerPod("job-worker-0", 0, "pod-0", "Running", node_name="h100-0", controller_uid="uid")
+    observation = JobObservation(
+        job=JobRef("job", "ns", "uid"),
+        generation=1,
+        spec=raw,
+        status={},
+        pods=[worker],
+        inventory=inventory,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    warnings = decide(observation, CATALOG).status.sizing.warnings  # type: ignore[union-attr]
+    note = (
+        "not enough free nvidia-h100-80gb now for 8 x nvidia-h100-80gb; its workers keep the devices they "
+        "hold, and a new or replacement worker waits until devices free up"
+    )
+    assert note in warnings and not any("queues" in warning for warning in warnings)
+    running = RunningGroup("nvidia-h100-80gb", 8)
+    assert checked_spec("job", raw, CATALOG, 64, inventory, running=running)[1].sizing.warnings == warnings
+    queued = checked_spec("job", raw, CATALOG, 64, inventory)[1].sizing.warnings
+    assert any("the job queues until devices free up" in warning for warning in queued)
 
 
 def test_placement_that_rules_out_every_node_plans_the_catalog_and_says_why() -> None:

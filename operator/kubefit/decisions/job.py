@@ -266,7 +266,9 @@ def checked_spec(  # noqa: PLR0913 - the job, the operator's settings, and how m
     errors = [*rule_errors(spec), *_operator_errors(spec, name, max_workers_per_job, domain)]
     try:
         check = operator_check(name, max_workers_per_job, domain)
-        job_sizing = size_job(spec, catalog, inventory, check=check, advise=advise)
+        job_sizing = size_job(
+            spec, catalog, inventory, check=check, advise=advise, has_live_workers=running is not None
+        )
     except InvalidSpec as invalid:
         errors.extend(invalid.errors)
     if errors:

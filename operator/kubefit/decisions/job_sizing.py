@@ -69,13 +69,16 @@ def size_job(
     *,
     check: SpecCheck | None = None,
     advise: bool = True,
+    has_live_workers: bool = False,
 ) -> JobSizing:
     """Sizes `spec` against `catalog` and, when given, the cluster's `inventory` (None: the whole catalog,
     as if every accelerator were there and free). Raises InvalidSpec naming the field at fault. `advise`
     False leaves out the planner's notes and remedies (plan_job) and the over-provisioning sentence: the
-    same errors, far less work for a job that does not fit."""
+    same errors, far less work for a job that does not fit. `has_live_workers`: the job's workers exist,
+    so the planner's notes do not say it queues."""
     spec_json = spec.model_dump_json()
-    planned = _PLANS.planned(spec, spec_json, catalog, _planned_pools(inventory), check, advise)
+    pools = _planned_pools(inventory)
+    planned = _PLANS.planned(spec, spec_json, catalog, pools, check, advise, has_live_workers)
     sizing = planned.sizing
     bounds = worker_bounds(spec, sizing)
     if inventory is not None:
@@ -126,17 +129,17 @@ _ADVICE = _AdviceMemory()
 
 
 class _PlanMemory:
-    """plan_job, remembered for the last PLAN_MEMORY (catalog, spec, pools, check, advise) asked. The plan
-    depends on nothing else: the pools hold every count of the cluster the planner reads (a job's own
-    workers already counted free), and the check is a value (decisions.job.OperatorCheck). A catalog is
-    told apart by identity (a reloaded one is another), the spec by a digest of its JSON."""
+    """plan_job, remembered for the last PLAN_MEMORY (catalog, spec, pools, check, advise, has_live_workers)
+    asked. The plan depends on nothing else: the pools hold every count of the cluster the planner reads (a
+    job's own workers already counted free), and the check is a value (decisions.job.OperatorCheck). A
+    catalog is told apart by identity (a reloaded one is another), the spec by a digest of its JSON."""
 
     def __init__(self, size: int = PLAN_MEMORY) -> None:
         self.size = size
         self._lock = threading.Lock()
         self._plans: OrderedDict[Hashable, tuple[Catalog, Plan]] = OrderedDict()
 
-    def planned(
+    def planned(  # noqa: PLR0913 - plan_job's inputs, each part of the key
         self,
         spec: TrainingJobSpec,
         spec_json: str,
@@ -144,16 +147,19 @@ class _PlanMemory:
         pools: Pools,
         check: SpecCheck | None,
         advise: bool,
+        has_live_workers: bool,
     ) -> Plan:
         digest = hashlib.blake2b(spec_json.encode(), digest_size=16).digest()
-        key = (id(catalog), digest, _pools_key(pools), check, advise)
+        key = (id(catalog), digest, _pools_key(pools), check, advise, has_live_workers)
         with self._lock:
             held = self._plans.get(key)
             if held is not None and held[0] is catalog:
                 self._plans.move_to_end(key)
                 return held[1]
         # An InvalidSpec is not remembered: the planner refuses before any estimate, at little cost.
-        plan = plan_job(spec, catalog=catalog, pools=pools, check=check, advise=advise)
+        plan = plan_job(
+            spec, catalog=catalog, pools=pools, check=check, advise=advise, has_live_workers=has_live_workers
+        )
         with self._lock:
             self._plans[key] = (catalog, plan)
             while len(self._plans) > self.size:

@@ -845,7 +845,7 @@ class Plan:
     evaluated_workers: int
 
 
-def plan_job(
+def plan_job(  # noqa: PLR0913 - the spec, the cluster, and how much to work out
     spec: TrainingJobSpec,
     catalog: Catalog | None = None,
     inventory: Sequence[NodeInventory] | None = None,
@@ -853,13 +853,14 @@ def plan_job(
     pools: Pools = None,
     check: SpecCheck | None = None,
     advise: bool = True,
+    has_live_workers: bool = False,
 ) -> Plan:
     """The sizing decision for `spec`; see the module docstring for the rules. The cluster is given as its
     nodes (`inventory`) or as their pools (pool_inventory of them, when the caller already has it).
     `check` refuses (InvalidSpec) what the operator refuses beyond the planner's own rules: a remedy whose
     changes it refuses is not named. `advise` False leaves out the notes and remedies, which re-plan the
     job dozens of times when it does not fit (the admission webhook needs only whether the spec is valid:
-    no remedy search raises)."""
+    no remedy search raises). `has_live_workers`: the job runs workers, so it does not queue (_fit_notes)."""
     catalog = catalog or load_catalog()
     if inventory is not None:
         if pools is not None:
@@ -872,7 +873,8 @@ def plan_job(
     search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools))
     if outcome.shown.fits:
         refused = _raise_refused(spec, outcome, check)
-        notes = _fit_notes(spec, outcome, _pool(pools, outcome.shown.accelerator.name), refused)
+        pool = _pool(pools, outcome.shown.accelerator.name)
+        notes = _fit_notes(spec, outcome, pool, refused, has_live_workers)
         if refused:
             remedies, more = _remedy_search(spec, catalog, pools, check)
             notes += [_within_the_limit(remedies), *more]
@@ -956,10 +958,16 @@ def floor_needs(
 
 
 def _fit_notes(
-    spec: TrainingJobSpec, outcome: _Outcome, pool: AcceleratorPool | None, refused: bool = False
+    spec: TrainingJobSpec,
+    outcome: _Outcome,
+    pool: AcceleratorPool | None,
+    refused: bool = False,
+    has_live_workers: bool = False,
 ) -> list[str]:
     """What a fitting plan asks of the worker bounds and of the cluster. `refused`: the operator refuses
-    the worker count memory needs (_raise_refused), so raising the bound is no advice."""
+    the worker count memory needs (_raise_refused), so raising the bound is no advice. `has_live_workers`:
+    the job is admitted and its workers exist, so it does not queue for devices it lacks now (a node that
+    lost a device its worker holds); only a worker it has yet to create waits."""
     shown, workers = outcome.shown, spec.workers
     notes: list[str] = []
     if outcome.min_workers > workers.ceiling:
@@ -973,9 +981,14 @@ def _fit_notes(
         notes.append(f"{needs}; the elastic floor is raised from workers.minReplicas {workers.min_replicas}")
     needed = outcome.option.needed_workers(spec)
     if pool is not None and pool.workers_placeable(shown.layout.devices_per_worker, free_only=True) < needed:
+        waits = (
+            "its workers keep the devices they hold, and a new or replacement worker waits"
+            if has_live_workers
+            else "the job queues"
+        )
         notes.append(
             f"not enough free {shown.accelerator.name} now for {_layout_of(shown, needed)}; "
-            "the job queues until devices free up"
+            f"{waits} until devices free up"
         )
     return notes
 
