@@ -295,7 +295,11 @@ def _frozen_base_layer_bytes(shape: ModelShape, run: LayerRun) -> float:
     per input element and, where adapters shared an input, a copy per adapter."""
     e, h, ffn = run.element_bytes, shape.hidden, shape.ffn
     mlp_bytes = run.stream_bytes if run.adapter_inputs == "recipe" else e
-    layer = 2 * FP32_BYTES * h + e * (2 * shape.q_width + 2 * shape.kv_width) + 3 * ffn * mlp_bytes
+    # The fused kernels keep the attention output for their backward; eager and the math path do not,
+    # so there only the output projection's adapter keeps it, in a copy of its own.
+    keeps_output = run.attention != "eager" and not _math_attention(shape, run)
+    attention = e * (shape.q_width * (2 if keeps_output else 1) + 2 * shape.kv_width)
+    layer = 2 * FP32_BYTES * h + attention + 3 * ffn * mlp_bytes
     widths = shape.projection_widths()
     targets = [target for target in run.adapters if target in widths]
     dropout = bool(run.dropped_adapters)
@@ -303,9 +307,12 @@ def _frozen_base_layer_bytes(shape: ModelShape, run: LayerRun) -> float:
     layer += sum(widths[target][0] * mask + run.adapter_rank * e for target in targets)
     if run.adapter_inputs == "shared" and not dropout:
         inputs = {"query": "attention", "key": "attention", "value": "attention", "gate": "mlp", "up": "mlp"}
-        distinct = {inputs.get(target, target): widths[target][0] for target in targets if target != "output"}
+        shared = [target for target in targets if target != "output" or not keeps_output]
+        distinct = {inputs.get(target, target): widths[target][0] for target in shared}
         return layer + e * sum(distinct.values())
-    own_copies = [t for t in targets if t != "output" or dropout or run.adapter_inputs == "cast"]
+    own_copies = [
+        t for t in targets if t != "output" or dropout or run.adapter_inputs == "cast" or not keeps_output
+    ]
     return layer + e * sum(widths[target][0] for target in own_copies)
 
 
@@ -352,12 +359,18 @@ def _attention_scores_bytes(shape: ModelShape, run: LayerRun) -> float:
         # transformers passes enable_gqa there (litgpt expands there too, which is not counted).
         scores = shape.heads * s * s * b * (2 * run.element_bytes + DROPOUT_MASK_BYTES)
         return scores + 2 * run.element_bytes * (shape.q_width - shape.kv_width) * s * b
-    if run.element_bytes == FP32_BYTES and shape.kv_heads < shape.heads:
+    if _math_attention(shape, run):
         # fp32 with grouped KV heads: flash attention takes no fp32 and the memory-efficient kernel no
-        # grouped KV heads, so SDPA falls back to its math path and keeps the fp32 softmax (measured on an
-        # H200: docs/data/gpu-measurements.md).
-        return shape.heads * s * s * b * FP32_BYTES
+        # grouped KV heads, so SDPA falls back to its math path, which keeps the fp32 softmax and, as
+        # eager does, K and V repeated to the query heads (measured on an H200, the saved-tensor probe:
+        # docs/data/gpu-measurements.md).
+        scores = shape.heads * s * s * b * FP32_BYTES
+        return scores + 2 * run.element_bytes * (shape.q_width - shape.kv_width) * s * b
     return shape.heads * s * b * SOFTMAX_STATS_BYTES
+
+
+def _math_attention(shape: ModelShape, run: LayerRun) -> bool:
+    return run.attention != "eager" and run.element_bytes == FP32_BYTES and shape.kv_heads < shape.heads
 
 
 def layer_activation_bytes(shape: ModelShape, run: LayerRun) -> float:
