@@ -320,7 +320,8 @@ class Finetuning(_Model):
         description="lora and qlora only. The projections of every block that carry adapters: query, key, "
         "value, output (attention), gate, up, down (MLP; a two-matrix MLP has up and down), as PEFT's "
         "target_modules q_proj ... down_proj. Default: all. Read for the adapters' size when "
-        "trainableParameters is absent, and for the dropout copies (loraDropout).",
+        "trainableParameters is absent, for the inputs kept for the backward (a frozen projection without "
+        "an adapter keeps none; gated-MLP models), and for the dropout masks and copies (loraDropout).",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     lora_dropout: float = Field(
@@ -329,8 +330,9 @@ class Finetuning(_Model):
         ge=0.0,
         lt=1.0,
         description="lora and qlora only. The adapters' dropout probability (PEFT and litgpt lora_dropout). "
-        "Above 0, every adapter keeps its own dropped copy of its input and a one-byte mask for the "
-        "backward; 0 (PEFT's and torchtune's default) keeps neither.",
+        "Above 0, every adapter keeps a one-byte mask per input element for the backward, and its own "
+        "dropped copy of an input it would otherwise share with other adapters; 0 (PEFT's and torchtune's "
+        "default) keeps neither.",
     )
 
     @field_validator("lora_targets")
