@@ -413,6 +413,38 @@ def test_an_old_pod_is_named_only_once_stuck_where_its_node_is_ready() -> None:
     )
 
 
+def test_the_pods_on_lost_nodes_are_named_first_and_the_advice_names_only_the_pods_shown() -> None:
+    """Three old pods stuck past their grace on a Ready node, a fourth on a NotReady one: the fourth is
+    the one to act on, so it is shown, and the kubectl command names it (it named no pod at all)."""
+    spec = raw_spec(workers={"replicas": 4})
+    running = decide(observe(spec, pods=[pod(i, attempt=0) for i in range(4)]), CATALOG)
+    old = [pod(i, attempt=0, node="node-a", deletion="2025-01-01T12:00:30Z") for i in range(3)]
+    old.append(replace(pod(3, attempt=0, node="node-b", deletion="2025-01-01T12:00:30Z"), node_lost=True))
+    restart = decide(observe(spec, pods=old, status=running.status), CATALOG)
+    later = decide(observe(spec, pods=old, status=restart.status, now=NOW + timedelta(seconds=120)), CATALOG)
+    message = condition(later, "Ready")["message"]
+    assert message.startswith("0/4 workers running; worker 3 waits for its old pod llama-worker-3")
+    assert "kubectl delete pod -n team-a llama-worker-3 --force" in message
+    assert "; ..." in message and "llama-worker-2" not in message  # three shown of four
+
+
+def test_the_nodes_named_are_those_of_the_pods_shown() -> None:
+    """Every old pod on a lost node of its own: the message names three pods and their three nodes, not
+    every node (256 nodes made an 11,000-character condition message)."""
+    spec = raw_spec(workers={"replicas": 64})
+    running = decide(observe(spec, pods=[pod(i, attempt=0) for i in range(64)]), CATALOG)
+    old = [
+        replace(pod(i, attempt=0, node=f"ip-10-0-{i}-1.compute.internal", deletion="2025-01-01T12:00:30Z"),
+                node_lost=True)
+        for i in range(64)
+    ]  # fmt: skip
+    restart = decide(observe(spec, pods=old, status=running.status), CATALOG)
+    waiting = decide(observe(spec, pods=old, status=restart.status, now=NOW + timedelta(seconds=20)), CATALOG)
+    message = condition(waiting, "Ready")["message"]
+    assert message.count(".compute.internal") == 6  # each shown pod's node, in its line and in the list
+    assert len(message) < 1000
+
+
 def test_a_fixed_group_being_created_is_not_taken_for_one_that_lost_workers() -> None:
     """Workers not created yet (a gang not placed yet) are not lost workers."""
     first = decide(observe(raw_spec(workers={"replicas": 4})), CATALOG)

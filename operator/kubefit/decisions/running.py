@@ -1148,16 +1148,19 @@ def _held_names(ctx: JobContext, held: Sequence[WorkerPod]) -> str:
     stuck = [pod for pod in held if pod.node_lost or pod.stuck_terminating(ctx.now)]
     if not stuck:
         return ""
+    # Those on a lost node first: theirs is the advice to act on. Nodes and the command name the shown only.
+    shown = sorted(stuck, key=lambda pod: not pod.node_lost)[:_HELD_SHOWN]
     waits = [
         f"worker {pod.index} waits for its old pod {pod.name}, still terminating on "
         f"{pod.node_name or 'no node'} (deletionTimestamp {pod.deletion_timestamp or 'unknown'})"
-        for pod in stuck[:_HELD_SHOWN]
+        for pod in shown
     ]
     text = "; " + "; ".join(waits) + ("; ..." if len(stuck) > _HELD_SHOWN else "")
-    lost = sorted({pod.node_name for pod in stuck if pod.node_lost and pod.node_name})
-    if not lost:
+    on_lost = [pod for pod in shown if pod.node_lost]
+    if not on_lost:
         return text
-    names = " ".join(pod.name for pod in stuck[:_HELD_SHOWN] if pod.node_lost)
+    lost = sorted({pod.node_name or "no node" for pod in on_lost})
+    names = " ".join(pod.name for pod in on_lost)
     return (
         f"{text}; {'node' if len(lost) == 1 else 'nodes'} {', '.join(lost)} NotReady or gone: no kubelet "
         "confirms the delete; deleting the node has the pod garbage collector remove the pod, or "
