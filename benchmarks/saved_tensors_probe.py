@@ -122,30 +122,23 @@ def probe(setup: grid.Setup, scratch: Path) -> dict[str, Any]:
     return {"name": setup.name, "setup": asdict(setup), "parameters": parameters, "layer": layer, **summary}
 
 
-def predictions(setups: list[grid.Setup]) -> list[dict[str, Any]]:
-    """The estimator's saved bytes per token and hidden element of one layer, for each setup."""
+def layer_bytes_per_token_hidden(setup: grid.Setup) -> float:
+    """The estimator's saved bytes of one layer of `setup`, per token and hidden element."""
     from kubefit.api.validation import parse_spec
-    from kubefit.sizing import estimator
     from kubefit.sizing.architecture import shape_from_architecture
+    from kubefit.sizing.estimator import layer_activation_bytes, layer_run
 
     template = {"spec": {"containers": [{"name": "trainer", "image": "probe"}]}}
-    out = []
-    for setup in setups:
-        parameters, trainable = grid.parameter_counts(setup)
-        spec = parse_spec({"template": template, **grid._spec(setup, parameters, trainable)})
-        shape = shape_from_architecture(spec.model.architecture, parameters)
-        precision, finetuning = spec.model.precision, spec.model.finetuning
-        stream, copies = estimator.residual_stream(precision, finetuning.method, "none")
-        run = estimator.LayerRun(
-            sequence=setup.sequence, micro_batch=setup.micro_batch, attention=setup.attention,
-            element_bytes=estimator.activation_element_bytes(precision), stream_bytes=stream,
-            input_copies=copies, dropped_adapters=estimator._dropped_adapters(finetuning),
-            **estimator._adapter_run(spec, stream),
-        )  # fmt: skip
-        tokens = setup.sequence * setup.micro_batch
-        out.append({"name": setup.name, "bytes_per_token_hidden":
-                    estimator.layer_activation_bytes(shape, run) / (tokens * shape.hidden)})  # fmt: skip
-    return out
+    parameters, trainable = grid.parameter_counts(setup)
+    spec = parse_spec({"template": template, **grid._spec(setup, parameters, trainable)})
+    shape = shape_from_architecture(spec.model.architecture, parameters)
+    tokens = setup.sequence * setup.micro_batch
+    return layer_activation_bytes(shape, layer_run(spec)) / (tokens * shape.hidden)
+
+
+def predictions(setups: list[grid.Setup]) -> list[dict[str, Any]]:
+    """The estimator's figures for each setup, as the probe reports them."""
+    return [{"name": s.name, "bytes_per_token_hidden": layer_bytes_per_token_hidden(s)} for s in setups]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import gpu_memory_grid as grid  # noqa: E402
+import saved_tensors_probe as probe  # noqa: E402
 
 TEMPLATE = {"spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]}}
 ENVIRONMENT = {"device": "NVIDIA H200", "cuda": "13.0",
@@ -62,28 +63,6 @@ def test_a_dropout_0_setup_on_every_projection_keeps_the_name_of_the_measured_ro
 SAVED_TENSORS = BENCHMARKS / "data" / "gpu-grid-runs" / "saved-tensors"
 
 
-def _layer_bytes_per_token_hidden(setup: grid.Setup) -> float:
-    from kubefit.sizing import estimator
-    from kubefit.sizing.architecture import shape_from_architecture
-
-    parameters, trainable = grid.parameter_counts(setup)
-    spec = parse_spec({"template": TEMPLATE, **grid._spec(setup, parameters, trainable)})
-    shape = shape_from_architecture(spec.model.architecture, parameters)
-    training = spec.training
-    stream, copies = estimator.residual_stream(spec.model.precision, spec.model.finetuning.method, "none")
-    run = estimator.LayerRun(
-        sequence=training.sequence_length,
-        micro_batch=training.micro_batch_size,
-        element_bytes=estimator.activation_element_bytes(spec.model.precision),
-        stream_bytes=stream,
-        input_copies=copies,
-        dropped_adapters=estimator._dropped_adapters(spec.model.finetuning),
-        **estimator._adapter_run(spec, stream),
-    )
-    tokens = training.sequence_length * training.micro_batch_size
-    return estimator.layer_activation_bytes(shape, run) / (tokens * shape.hidden)
-
-
 @pytest.mark.parametrize(
     ("name", "setups"),
     [
@@ -103,5 +82,5 @@ def test_a_layer_keeps_what_the_saved_tensor_probe_measured_tensor_by_tensor(nam
     assert len(probed) == setups
     for result in probed:
         setup = grid.Setup(**result["setup"])
-        estimated = _layer_bytes_per_token_hidden(setup)
+        estimated = probe.layer_bytes_per_token_hidden(setup)
         assert estimated == pytest.approx(result["bytes_per_token_hidden"], abs=0.15), result["name"]

@@ -967,10 +967,11 @@ class _Transient:
     unplaced: float = 0.0  # reserved beside the freed logits' blocks, not in them (full recompute)
 
 
-def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _Transient:
+def layer_run(spec: TrainingJobSpec) -> LayerRun:
+    """How each transformer layer of `spec` runs (layer_activation_bytes' input)."""
     training = spec.training
     stream, copies = residual_stream(spec.model.precision, spec.model.finetuning.method, training.sharding)
-    run = LayerRun(
+    return LayerRun(
         sequence=training.sequence_length,
         micro_batch=training.micro_batch_size,
         tensor_parallel=training.tensor_parallel,
@@ -982,6 +983,11 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
         dropped_adapters=_dropped_adapters(spec.model.finetuning),
         **_adapter_run(spec, stream),
     )
+
+
+def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _Transient:
+    training = spec.training
+    run = layer_run(spec)
     saved = _saved_activations(
         shape, run, training.pipeline_parallel, stage, _pipeline_micro_batches(training)
     )
