@@ -13,6 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from kubefit.api.models import Architecture
+from kubefit.api.units import format_gib
 from kubefit.api.validation import InvalidSpec, parse_spec
 from kubefit.sizing.architecture import ModelShape, assumed_shape, mlp_form_ambiguous, shape_from_architecture
 from kubefit.sizing.catalog import load_catalog
@@ -170,9 +171,12 @@ def test_the_optimizer_step_reuses_freed_activations_and_autocast_copies_but_not
     # Full AC leaves few activations; the step's fp32 temporary (4 B/param) then exceeds them. Under
     # autocast the 16-bit weight copies (2 B/param) are freed before the step and reused; bf16-true
     # weights are the parameters and stay. The logits' large blocks stay reserved (measured on an H200).
+    # Accumulation keeps the gradients through the forward, so the peak is the sum this is about.
     def step(precision: str) -> int:
         model = {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": precision}
-        result = estimate(job(model, activationCheckpointing="full"), H100, Layout(1, 1))
+        result = estimate(
+            job(model, activationCheckpointing="full", gradientAccumulation=2), H100, Layout(1, 1)
+        )
         assert result.logits > 0
         return result.step_temporaries + result.activations
 
@@ -192,7 +196,12 @@ def test_offload_moves_state_to_the_host() -> None:
 
 def test_lora_trains_only_the_adapters_and_qlora_quantises_the_base() -> None:
     full = estimate(
-        job({"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": "bf16-true"}), H100, Layout(1, 1)
+        job(
+            {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": "bf16-true"},
+            gradientAccumulation=2,
+        ),
+        H100,
+        Layout(1, 1),
     )
     lora = estimate(
         job(
@@ -343,7 +352,8 @@ LLAMA3_8B_SHAPE = ModelShape(32, 4096, 32, 8, 14336, 128256, gated_mlp=True)
 
 
 def test_standard_loss_holds_fp32_logits_their_log_softmax_and_gradient() -> None:
-    result = estimate(job(microBatchSize=2, sequenceLength=2048), H100, Layout(1, 1))
+    # With accumulation the peak is the sum, which shows the logits whatever the phases.
+    result = estimate(job(microBatchSize=2, sequenceLength=2048, gradientAccumulation=2), H100, Layout(1, 1))
     assert result.logits == pytest.approx(12 * 2 * 2048 * 128256, abs=1)
 
 
@@ -353,8 +363,9 @@ def test_chunked_loss_keeps_every_chunk_and_its_fp32_log_softmax(precision: str,
     # returns, each with the fp32 log-softmax its cross-entropy saved; one chunk of eight is upcast at a
     # time (measured on an H200: docs/data/gpu-measurements.md).
     model = {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": precision}
-    chunked = estimate(job(model, microBatchSize=2, sequenceLength=2048, loss="chunked"), H100, Layout(1, 1))
-    standard = estimate(job(model, microBatchSize=2, sequenceLength=2048), H100, Layout(1, 1))
+    summed = {"microBatchSize": 2, "sequenceLength": 2048, "gradientAccumulation": 2}  # logits at the peak
+    chunked = estimate(job(model, loss="chunked", **summed), H100, Layout(1, 1))
+    standard = estimate(job(model, **summed), H100, Layout(1, 1))
     tokens_by_vocab = 2 * 2048 * 128256
     assert chunked.logits == pytest.approx(tokens_by_vocab * (element + 4 + 4 / 8), abs=1)
     assert chunked.logits < standard.logits
@@ -463,7 +474,14 @@ def test_recomputed_layer_and_logits_are_not_alive_together() -> None:
     recomputed = layer_activation_bytes(LLAMA3_8B_SHAPE, LayerRun(s, b, attention="flash"))
     model = {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": "bf16-true"}
     large_vocab = estimate(
-        job(model, microBatchSize=b, sequenceLength=s, activationCheckpointing="full", attention="flash"),
+        job(
+            model,
+            microBatchSize=b,
+            sequenceLength=s,
+            activationCheckpointing="full",
+            attention="flash",
+            gradientAccumulation=2,  # the sum, where the logits and the activations are both at the peak
+        ),
         H100,
         Layout(1, 1),
     )
@@ -478,7 +496,12 @@ def test_recomputed_layer_and_logits_are_not_alive_together() -> None:
     }
     small = estimate(
         job(
-            small_vocab, microBatchSize=b, sequenceLength=s, activationCheckpointing="full", attention="flash"
+            small_vocab,
+            microBatchSize=b,
+            sequenceLength=s,
+            activationCheckpointing="full",
+            attention="flash",
+            gradientAccumulation=2,
         ),
         H100,
         Layout(1, 1),
@@ -507,7 +530,10 @@ def test_trainable_parameters_under_full_training_are_sized_as_full_and_said_so(
 
 def test_declared_memory_is_used_for_the_training_state() -> None:
     declared = 120 * 2**30
-    result = estimate(job({"memory": "120Gi", "parameters": "7B"}), H100, Layout(1, 1))
+    # Accumulation: the gradients are there through the forward, so the whole declared state is at the peak.
+    result = estimate(
+        job({"memory": "120Gi", "parameters": "7B"}, gradientAccumulation=2), H100, Layout(1, 1)
+    )
     assert result.weights + result.gradients + result.optimizer_states == pytest.approx(declared, rel=1e-6)
     sharded = estimate(job({"memory": "120Gi", "parameters": "7B"}, sharding="fsdp"), H100, Layout(8, 1))
     assert sharded.weights + sharded.gradients + sharded.optimizer_states == pytest.approx(
@@ -673,7 +699,9 @@ def test_fsdp_qlora_gathers_its_root_at_16_bits_and_its_blocks_at_nf4() -> None:
 
 def test_optimizer_in_backward_holds_one_matrix_of_gradients_and_steps_it_alone() -> None:
     full = {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": "bf16-true", "optimizer": "adamw"}
-    held = estimate(job(full), H100, Layout(1, 1))
+    # Against the step with every gradient held through the forward (accumulation; the activations are the
+    # same, and optimizerInBackward allows none).
+    held = estimate(job(full, gradientAccumulation=2), H100, Layout(1, 1))
     stepped = estimate(job(full, optimizerInBackward=True), H100, Layout(1, 1))
     largest = LLAMA3_8B_SHAPE.largest_matrix()  # the 128256 x 4096 head, whose gradient comes first
     assert held.gradients == pytest.approx(2 * 8.03e9, rel=0.01)
@@ -805,7 +833,12 @@ def test_pipeline_keeps_activations_of_all_in_flight_micro_batches() -> None:
     small_vocab = {**LLAMA3_8B, "vocabSize": 1000}  # makes the first stage the most loaded
     # sgd: no optimizer-step temporary, so the stages differ by their activations alone.
     model = {"parameters": "7.0B", "architecture": small_vocab, "precision": "bf16-true", "optimizer": "sgd"}
-    one = estimate(job(model, sequenceLength=4096, activationCheckpointing="full"), H100, Layout(1, 1))
+    # Accumulation on the single stage too: the gradients stay through the forward, as on the stages.
+    one = estimate(
+        job(model, sequenceLength=4096, activationCheckpointing="full", gradientAccumulation=4),
+        H100,
+        Layout(1, 1),
+    )
     four = estimate(
         job(
             model,
@@ -1226,3 +1259,41 @@ def test_eager_attention_saves_grouped_keys_and_values_at_query_width(element_by
     for run in (sdpa, replace(eager, checkpointing="selective")):
         narrower = 2 * run.element_bytes * (gqa.q_width - gqa.kv_width) * s * b
         assert layer_activation_bytes(mha, run) - layer_activation_bytes(gqa, run) == narrower
+
+
+def test_one_replica_of_full_training_peaks_in_the_larger_phase_without_the_sum() -> None:
+    # Gradients freed between steps (set_to_none) never coexist with the forward's activations, so one
+    # replica's peak is the larger of the forward's end, the backward's end and the optimizer step, each
+    # with what is alive at it (the H200 timeline probe). Without recompute the forward's end is larger.
+    model = {"parameters": "8.03B", "architecture": LLAMA3_8B, "precision": "bf16-mixed"}
+    run = {"microBatchSize": 2, "sequenceLength": 4096}
+    phased = estimate(job(model, **run), H200, Layout(1, 1))
+    summed = estimate(job(model, gradientAccumulation=2, **run), H200, Layout(1, 1))
+    assert summed.peak_phase == "backward" and phased.peak_phase == "forward"
+    assert phased.gradients == 0 and phased.logits == summed.logits
+    assert phased.activations <= summed.activations and phased.weights == summed.weights
+    assert phased.total < summed.total - summed.gradients / 2
+    assert any(f"needs {format_gib(summed.total)} per device" in warning for warning in phased.warnings)
+    assert not any("zero_grad" in warning for warning in summed.warnings)
+    # Under full recompute the step is larger: parameters (the fp32 masters under autocast), state,
+    # gradients and the fp32 temporary, with the standard loss's logits blocks still reserved beside them.
+    step = estimate(job(model, activationCheckpointing="full", **run), H200, Layout(1, 1))
+    assert step.peak_phase == "optimizer-step" and step.activations == 0 and step.logits == 0
+    parameters = LLAMA3_8B_SHAPE.total_parameters()
+    assert step.weights == 0 and step.gradients == pytest.approx(4 * parameters, rel=0.01)
+    assert step.step_temporaries == pytest.approx(4 * parameters, rel=0.01)
+    assert (
+        step.fragmentation > summed.logits and step.allocated_peak >= step.reserved_peak - step.fragmentation
+    )
+    chunked = estimate(job(model, activationCheckpointing="full", loss="chunked", **run), H200, Layout(1, 1))
+    assert (
+        chunked.peak_phase == "optimizer-step"
+        and chunked.fragmentation < step.fragmentation - summed.logits / 2
+    )
+    # Data parallelism, sharding, LoRA: the gradients (or DDP's buckets) are there through the forward.
+    for other in (
+        estimate(job(model, **run), H200, Layout(2, 1)),
+        estimate(job(model, sharding="fsdp", **run), H200, Layout(2, 1)),
+        estimate(job(LLAMA3_8B_LORA, **run), H200, Layout(1, 1)),
+    ):
+        assert other.peak_phase == "backward"

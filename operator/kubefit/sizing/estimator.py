@@ -21,7 +21,7 @@ from typing import Any
 
 from kubefit.api.models import Finetuning, MemoryBreakdown, Training, TrainingJobSpec
 from kubefit.api.quantity import parse_count
-from kubefit.api.units import GIB, format_count, format_number
+from kubefit.api.units import GIB, format_count, format_gib, format_number
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.sizing.architecture import (
     ModelShape,
@@ -59,7 +59,9 @@ ADAMW_8BIT_STATE_BYTES = 2.0
 # Optimizers whose foreach/for-loop step needs no parameter-sized intermediate. SGD with momentum
 # updates its buffer and the parameters in place (torch.optim.SGD without nesterov); measured on an H200,
 # its first step peaked at parameters + gradients + momentum exactly (docs/data/gpu-measurements.md, G31).
-NO_STEP_TEMPORARY = ("sgd", "sgd-momentum", "adamw-8bit")
+# Adafactor steps one parameter at a time: its step peaked 0.28 GiB above parameters + gradients for 1.1B
+# parameters (docs/data/gpu-measurements.md, "Where in the step the peak happens").
+NO_STEP_TEMPORARY = ("sgd", "sgd-momentum", "adamw-8bit", "adafactor")
 
 # QLoRA nf4 with double quantisation: 4 bits + 0.127 bits of constants per parameter (Dettmers et al.
 # 2023, QLoRA paper section 3). Embeddings and (unless finetuning.quantizedHead) the output head are not
@@ -150,6 +152,9 @@ class Estimate:
     fragmentation: int = 0  # allocator reserve beyond allocated bytes
     data_parallel: int = 1
     stage: str = "only"  # the pipeline stage estimated: only, first or last (the most loaded)
+    # When the peak is: the backward's start (everything at once), the forward or the optimizer step.
+    peak_phase: str = "backward"
+    other_phase_allocated: int = 0  # the allocated peak of a step phase other than peak_phase's, if larger
 
     @property
     def total(self) -> int:
@@ -164,7 +169,7 @@ class Estimate:
     @property
     def allocated_peak(self) -> int:
         """What torch.cuda.max_memory_allocated would show: also without the allocator's slack."""
-        return self.reserved_peak - self.fragmentation
+        return max(self.reserved_peak - self.fragmentation, self.other_phase_allocated)
 
     def breakdown(self) -> MemoryBreakdown:
         return MemoryBreakdown(
@@ -965,6 +970,8 @@ class _Transient:
     activations: float
     logits: float
     unplaced: float = 0.0  # reserved beside the freed logits' blocks, not in them (full recompute)
+    saved: float = 0.0  # what the forward keeps for the backward (activations less the recompute excess)
+    recomputed: float = 0.0  # the layer the backward recomputes (full or selective recompute)
 
 
 def layer_run(spec: TrainingJobSpec) -> LayerRun:
@@ -1009,9 +1016,10 @@ def _transient_memory(spec: TrainingJobSpec, shape: ModelShape, stage: str) -> _
         recomputed = _attention_scores_bytes(shape, run) / run.tensor_parallel
     else:
         recomputed = 0.0
+    saved_total = activations
     activations += max(0.0, recomputed - head.logits)
     unplaced = min(recomputed, head.logits)
-    return _Transient(activations, head.logits, unplaced)
+    return _Transient(activations, head.logits, unplaced, saved_total, recomputed)
 
 
 def _adapter_run(spec: TrainingJobSpec, stream_bytes: int) -> dict[str, Any]:
@@ -1220,7 +1228,7 @@ def _stage_estimate(
     step = _step_temporaries(offloaded, sharding, transient, autocast_weights, stepped_matrix)
     overheads = _overheads(device, step, communication, transient)
     on_device = offloaded.on_device
-    return Estimate(
+    summed = Estimate(
         weights=round(on_device.weights),
         gradients=round(on_device.gradients),
         optimizer_states=round(on_device.optimizer),
@@ -1236,3 +1244,110 @@ def _stage_estimate(
         data_parallel=sharding.data_parallel,
         stage=stage,
     )
+    if not _gradients_follow_the_forward(spec, sharding):
+        return summed
+    masters = 0.0 if autocast_weights else on_device.weights
+    temporaries = on_device.trainable * sharding.per_parameter.step_temporary
+    return _largest_phase(summed, spec.training.loss, transient, masters, temporaries)
+
+
+# ---------------------------------------------------------------- one replica: the phases of a step
+
+
+def _gradients_follow_the_forward(spec: TrainingJobSpec, sharding: _Sharding) -> bool:
+    """Full training on one replica, without sharding, accumulation, model parallelism or offload: the
+    last step's gradients were freed (`zero_grad(set_to_none=True)`, PyTorch's default since 2.0) and
+    autograd creates each one as the backward reaches it, freeing activations as it goes, so gradients
+    and the forward's activations never coexist (measured on an H200: docs/data/gpu-measurements.md,
+    "Where in the step the peak happens"). Under DDP the gradient buckets, and under accumulation the
+    gradients, are there through the forward, so those keep the sum."""
+    training = spec.training
+    return (
+        spec.model.finetuning.method == "full"
+        and sharding.strategy == "none"
+        and sharding.data_parallel == 1
+        and training.tensor_parallel == 1
+        and training.pipeline_parallel == 1
+        and (training.gradient_accumulation or 1) == 1
+        and training.offload == "none"
+        and not training.optimizer_in_backward
+    )
+
+
+def _largest_phase(
+    summed: Estimate, loss: str, transient: _Transient, masters: float, temporaries: float
+) -> Estimate:
+    """The largest of three peaks, each with the memory alive at it (measured on an H200), from the
+    estimate that adds everything up (`summed`):
+    - the forward's end: parameters, optimizer state, autocast's 16-bit weight copies, the saved
+      activations and the logits; no gradients yet;
+    - the backward: parameters (`masters`: autocast's copies are freed layer by layer), state, the
+      gradients as they are created and the activations not yet freed (at most the larger of the two),
+      and the layer being recomputed;
+    - the optimizer step: parameters, state, gradients and the step's temporaries, placed in the freed
+      activations' blocks; a standard loss's few large logits blocks stay reserved beside them, a chunked
+      loss's are reused.
+    The allocator's slack is the usual fraction of everything transient in the step; a recomputed layer
+    is placed beside the logits' blocks, as in the sum."""
+    slack = FRAGMENTATION_FRACTION * (
+        transient.saved + transient.recomputed + transient.logits + summed.communication_buffers + temporaries
+    )
+    logits_kept = transient.logits if loss == "standard" else 0.0
+    phases = (
+        _phase(
+            summed,
+            "forward",
+            gradients=0,
+            activations=transient.saved,
+            logits=transient.logits,
+            fragmentation=slack + transient.unplaced,
+        ),
+        _phase(
+            summed,
+            "backward",
+            weights=masters,
+            # Each layer's gradients are created as its saved activations are freed: their sum stays
+            # within the larger of the two, beside the layer being recomputed.
+            activations=max(0.0, transient.saved - summed.gradients) + transient.recomputed,
+            communication_buffers=0,
+            fragmentation=slack + transient.unplaced,
+        ),
+        _phase(
+            summed,
+            "optimizer-step",
+            weights=masters,
+            step_temporaries=temporaries,
+            communication_buffers=0,
+            fragmentation=slack + logits_kept,
+        ),
+    )
+    peak = max(phases, key=lambda phase: phase.total)
+    # Said, because a training loop that keeps its gradients between steps breaks the assumption.
+    said = (
+        f"peak {PHASE_WORDS[peak.peak_phase]}: on one replica the gradients are freed between steps "
+        "(zero_grad(set_to_none=True), PyTorch's default since 2.0), so they never coexist with the "
+        f"forward's activations; a training loop that keeps them needs {format_gib(summed.total)} per device"
+    )
+    return replace(
+        peak,
+        other_phase_allocated=max(phase.allocated_peak for phase in phases),
+        warnings=(*summed.warnings, said),
+    )
+
+
+PHASE_WORDS = {
+    "forward": "at the end of the forward pass",
+    "backward": "in the backward pass",
+    "optimizer-step": "in the optimizer step",
+}
+
+
+def _phase(summed: Estimate, name: str, **alive: float) -> Estimate:
+    """`summed` with only what is alive at phase `name`: the parts given, nothing transient not given."""
+    parts = {"activations": 0.0, "logits": 0.0, "step_temporaries": 0.0, **alive}
+    rounded: dict[str, Any] = {part: round(value) for part, value in parts.items()}
+    phase = replace(summed, peak_phase=name, **rounded)
+    overhead = (
+        phase.runtime_reserve + phase.step_temporaries + phase.communication_buffers + phase.fragmentation
+    )
+    return replace(phase, overhead=overhead)
