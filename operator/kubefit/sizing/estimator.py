@@ -6,11 +6,14 @@ what must fit in the memory the driver reports for the device. It is built from 
 an H200 (docs/data/gpu-measurements.md), not fitted to published rows; docs/sizing.md gives every formula
 and coefficient with its source, and benchmarks/sizing_accuracy.py its accuracy.
 
-The peak is taken at the start of the backward pass of the most-loaded pipeline stage, where weights,
-gradient buffers, optimizer states, all saved activations and the logits with their gradient coexist.
-The optimizer-step temporaries come later, when activations are freed, so only their excess over the
-activations counts; likewise, under full recomputation, the layer recomputed in the backward comes after
-the logits are freed, so only its excess over the logits counts.
+Where gradients are there through the forward (data parallelism, sharding, model parallelism,
+accumulation, offload, adapters), the peak is taken at the start of the backward pass of the most-loaded
+pipeline stage, where weights, gradient buffers, optimizer states, all saved activations and the logits
+with their gradient coexist. The optimizer-step temporaries come later, when activations are freed, so
+only their excess over the activations counts; likewise, under full recomputation, the layer recomputed
+in the backward comes after the logits are freed, so only its excess over the logits counts. Full
+training of one replica frees its gradients between steps, so its peak is the largest of the forward,
+the backward and the optimizer step, each with what is alive at it (_largest_phase).
 """
 
 from __future__ import annotations
