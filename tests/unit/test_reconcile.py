@@ -1800,6 +1800,7 @@ def test_a_gang_not_all_placed_in_time_releases_every_pod_and_backs_off() -> Non
         "retries": 1,
         "retryAfter": "2025-01-01T12:01:10Z",
         "attempt": 0,
+        "refused": None,  # placed too late, not refused
     }
 
     backing_off = decide(observe(spec, [], timed_out.status, NOW + timedelta(seconds=65)), CATALOG)

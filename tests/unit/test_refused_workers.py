@@ -103,6 +103,76 @@ def test_a_gang_refused_by_admission_gives_its_grant_back_at_once_and_preempts_n
     assert harness.condition("Admitted")["status"] == "False"
 
 
+def test_a_refusal_that_gave_the_grant_back_takes_no_room_after_an_operator_restart_either(
+    harness: Harness,
+) -> None:
+    # The refusal was remembered by the operator process alone: one restarted while the job waited out its
+    # backoff preempted the other job again for workers the API server refused again. status.gang.refused
+    # now carries it over, until a create of its workers goes through.
+    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
+    harness.reconcile(key=OTHER)
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    harness.kube.fail[("create_pod", "llama-worker-0")] = PSA
+    harness.kube.fail[("create_pod", "llama-worker-1")] = PSA
+    llama = job_manifest(replicas=2)
+    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
+    harness.kube.jobs["llama"] = llama
+    harness.reconcile()
+    both_reconciled(harness)
+    refused_since(harness, 10)
+    harness.reconcile("retry")  # refused again: the grant goes back
+    refused = harness.kube.jobs["llama"]["status"]["gang"]["refused"]
+    assert refused.startswith("the API server refused worker llama-worker-0: ") and "PodSecurity" in refused
+    both_reconciled(harness)
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    assert len(harness.events("Preempted")) == 1
+    for job_key in (KEY, OTHER):
+        harness.reconciler.forget(job_key)
+    harness.reconciler = reconciler_module.Reconciler(
+        harness.kube, test_reconciler.CATALOG, harness.metrics, None
+    )  # the operator restarted: nothing in memory
+    harness.kube.jobs["llama"]["status"]["gang"]["retryAfter"] = "2000-01-01T00:00:00Z"  # backoff over
+    both_reconciled(harness)
+    assert len(harness.events("Preempted")) == 1  # no second preemption for the refused workers
+    assert sorted(harness.kube.pods) == ["other-worker-0", "other-worker-1"]
+    assert harness.kube.jobs["llama"]["status"]["gang"]["refused"] == refused
+    # The cause put right and room free: the creates go through, and the refusal is over.
+    del (
+        harness.kube.fail[("create_pod", "llama-worker-0")],
+        harness.kube.fail[("create_pod", "llama-worker-1")],
+    )
+    del harness.kube.jobs["other"]
+    for name in ("other-worker-0", "other-worker-1"):
+        del harness.kube.pods[name]
+    harness.reconcile("delete", key=OTHER)
+    harness.reconcile("timer")
+    harness.reconcile("update")
+    assert sorted(harness.kube.pods) == ["llama-worker-0", "llama-worker-1"]
+    assert harness.kube.jobs["llama"]["status"]["gang"].get("refused") is None
+
+
+def test_a_refusal_recorded_at_another_generation_is_not_recalled(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An edit while the operator was down may have put the cause right: the job is sized and admitted as new.
+    seen = observations(monkeypatch)
+    job = job_manifest(replicas=2)
+    job["metadata"]["generation"] = 3
+    job["status"] = {"observedGeneration": 2, "gang": {"refused": "the API server refused worker x: no"}}
+    harness.kube.jobs["llama"] = job
+    harness.reconcile()
+    assert seen[-1].refusal is None
+    job["status"] = {"observedGeneration": 3, "gang": {"refused": "the API server refused worker x: no"}}
+    harness.reconciler.forget(KEY)
+    harness.reconciler = reconciler_module.Reconciler(
+        harness.kube, test_reconciler.CATALOG, harness.metrics, None
+    )
+    harness.reconcile()
+    assert seen[-1].refusal is not None and seen[-1].refusal[0] == "the API server refused worker x: no"
+
+
 def test_an_elastic_jobs_refused_worker_above_its_floor_gives_its_device_back_after_the_gang_timeout(
     harness: Harness,
 ) -> None:

@@ -887,6 +887,13 @@ class GangStatus(_Model):
         default=None,
         description="Until then (RFC 3339) the job does not ask for admission again after a gang timeout.",
     )
+    refused: str | None = Field(
+        default=None,
+        description="Why the API server refused the gang's workers (Pod Security Admission, a webhook, a quota) "
+        "when it gave its grant back; set until a create of its workers goes through or the spec changes. "
+        "Meanwhile the job takes no room from other jobs (it preempts and shrinks none), also after an "
+        "operator restart.",
+    )
 
 
 class TrainingJobStatus(_Model):

@@ -76,6 +76,7 @@ from kubefit.controller.resync import API_ERRORS
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.failure import reconcile_error
+from kubefit.decisions.gang import previous_gang
 from kubefit.decisions.inventory import InventoryMemo
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
 from kubefit.decisions.node_match import Placement, placement_of, template_pod_spec
@@ -225,6 +226,7 @@ class _JobState:
     # then takes no room from other jobs (JobObservation.refusal), also after its gang gave its grant back.
     refusal: tuple[str, datetime] | None = None
     refused_generation: int | None = None  # the spec generation of both: an edit forgets them
+    refusal_recalled: bool = False  # status.gang.refused was read once (recall_refusal)
     uid: str | None = None  # the job the fields above are of (None: none read yet)
 
     def refusals_of(self, generation: int | None) -> None:
@@ -232,6 +234,17 @@ class _JobState:
         if self.refused_generation != generation:
             self.refused.clear()
             self.refusal, self.refused_generation = None, generation
+
+    def recall_refusal(self, status: Mapping[str, Any], generation: int | None, now: datetime) -> None:
+        """Once per job and process: a refusal that gave the gang's grant back before an operator restart
+        (status.gang.refused, written at this generation) holds as if this process had seen it, so that the
+        job does not preempt or shrink others for workers the API server would refuse again."""
+        if self.refusal_recalled:
+            return
+        self.refusal_recalled = True
+        refused = previous_gang(status).refused
+        if refused and self.refusal is None and status.get("observedGeneration") == generation:
+            self.refusal, self.refused_generation = (refused, now), generation
 
     def of_job(self, uid: str) -> None:
         """Makes this the state of the job `uid`. One created again under a deleted job's name (its event
@@ -575,6 +588,7 @@ class Reconciler:
         request_id = (status.get("checkpoint") or {}).get("requestId")
         now = datetime.now(UTC)
         state.refusals_of(metadata.get("generation"))
+        state.recall_refusal(status, metadata.get("generation"), now)
         return JobObservation(
             job=JobRef(name, namespace, metadata["uid"]),
             generation=metadata.get("generation"),

@@ -671,7 +671,7 @@ def _status(
         message=draft.message,
         checkpoint=draft.checkpoint,
         checkpoint_requests=_kept(draft.checkpoint_requests, previous.get("checkpointRequests")),
-        gang=draft.gang or _previous_gang(previous),
+        gang=_refusal_kept(draft.gang or _previous_gang(previous), observation),
         succeeded_workers=_succeeded_workers(draft, previous),
         last_failure_time=draft.last_failure_time or previous.get("lastFailureTime"),
         per_device_memory=format_gib(sizing.per_device_bytes) if sizing else None,
@@ -695,6 +695,14 @@ def _succeeded_workers(draft: Draft, previous: Mapping[str, Any]) -> str | None:
 
 def _previous_gang(status: Mapping[str, Any]) -> GangStatus | None:
     return previous_gang(status) if status.get("gang") else None
+
+
+def _refusal_kept(gang: GangStatus | None, observation: JobObservation) -> GangStatus | None:
+    """status.gang.refused while the job's refusal holds (observation.refusal): a create of its workers that
+    went through, or a spec edit, ends it."""
+    if gang is None or gang.refused is None or observation.refusal is not None:
+        return gang
+    return gang.model_copy(update={"refused": None})
 
 
 def _previous_sizing(status: Mapping[str, Any]) -> SizingStatus | None:

@@ -1018,7 +1018,9 @@ def gang_timeout(
     """Release every worker of a gang that was not all placed on nodes in time, or whose workers the API
     server refused (`refused`: why), and back off."""
     timeout = ctx.spec.scheduling.gang_timeout_seconds
-    gang: GangStatus = after_timeout(previous_gang(ctx.status), ctx.now)
+    gang: GangStatus = after_timeout(previous_gang(ctx.status), ctx.now).model_copy(
+        update={"refused": refused}
+    )
     wait = backoff_left(gang, ctx.now)
     message = (
         f"{placed} of {target} admitted workers were placed on a node {timeout} s after {since} "
