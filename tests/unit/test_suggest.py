@@ -284,3 +284,31 @@ def test_the_advice_of_a_smaller_device_elsewhere_is_a_layout_the_operator_runs(
     sizing = plan(spec, CATALOG)
     sentence = overprovisioned(spec, sizing)
     assert sentence is None or "acceleratorsPerWorker: 1" not in sentence, sentence
+
+
+def test_the_micro_batch_remedy_keeps_the_global_batch_with_accumulation_and_is_checked_so() -> None:
+    # Its trade-off says the same global batch needs more accumulation steps; with them one replica's
+    # gradients are there through the forward, so checked without them a job that did not fit at
+    # micro-batch 1 with accumulation 4 was offered it (a 3.4B full fine-tune at 4096 tokens on one H100).
+    from kubefit.sizing.remedies import REMEDIES
+
+    (micro_batch,) = [change for change in REMEDIES if change.field == "training.microBatchSize"]
+    spec = make_spec(
+        model={"parameters": "3.4B", "precision": "bf16-mixed", "optimizer": "adamw"},
+        training={"microBatchSize": 4, "sequenceLength": 4096, "activationCheckpointing": "selective"},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
+        workers={"replicas": 1, "maxReplicas": 1},
+    )
+    changed = micro_batch.apply(spec)
+    assert (changed.training.micro_batch_size, changed.training.gradient_accumulation) == (1, 4)
+    assert (
+        micro_batch.apply(
+            replace_field(spec, "training.gradientAccumulation", 2)
+        ).training.gradient_accumulation
+        == 8
+    )
+    assert not plan(changed, CATALOG).fits
+    assert all("microBatchSize" not in suggestion.description for suggestion in suggest(spec, CATALOG))
+    # optimizerInBackward takes no accumulation: there the global batch shrinks instead.
+    in_backward = micro_batch.apply(replace_field(spec, "training.optimizerInBackward", True))
+    assert in_backward.training.gradient_accumulation is None

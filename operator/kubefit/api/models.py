@@ -445,7 +445,9 @@ class Training(_Model):
         "(1F1B); unset under pipelineParallel, pipelineParallel are assumed in flight. "
         "Under sharding fsdp, more than 1 is sized as FSDP's "
         "no_sync accumulation (PyTorch FSDP, Lightning Fabric, Accelerate), which holds every gradient "
-        "unsharded on each device until the last micro-batch; zero2/zero3 keep gradients partitioned.",
+        "unsharded on each device until the last micro-batch; zero2/zero3 keep gradients partitioned. "
+        "For full training of one replica, more than 1 keeps the gradients through the forward, and the "
+        "estimate counts them beside its activations.",
     )
     optimizer_in_backward: bool = Field(
         strict=True,
@@ -840,7 +842,10 @@ class SizingStatus(_Model):
     min_workers: int = Field(description="Fewest workers whose combined memory holds the job.")
     per_device_bytes: int = Field(description="Estimated peak memory per device, everything included.")
     fits: bool = Field(description="Whether the estimate fits the device with the headroom kept free.")
-    breakdown: MemoryBreakdown = Field(description="The estimate by component.")
+    breakdown: MemoryBreakdown = Field(
+        description="The estimate by component at its peak: for full training of one replica, the phase of "
+        "the step that warnings names (in the optimizer step, no activations or logits)."
+    )
     warnings: list[str] = Field(default_factory=list, description="Assumptions made and remedies suggested.")
 
 

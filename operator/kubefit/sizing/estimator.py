@@ -1251,6 +1251,9 @@ def _stage_estimate(
         return summed
     masters = 0.0 if autocast_weights else on_device.weights
     temporaries = on_device.trainable * sharding.per_parameter.step_temporary
+    if spec.model.optimizer == "adafactor":
+        # Its for-loop step holds one parameter's temporary (var_estimate) at a time: the largest one's.
+        temporaries = resolved.shape.largest_matrix() * sharding.per_parameter.gradients
     return _largest_phase(summed, spec.training.loss, transient, masters, temporaries)
 
 
@@ -1325,16 +1328,22 @@ def _largest_phase(
         ),
     )
     peak = max(phases, key=lambda phase: phase.total)
-    # Said, because a training loop that keeps its gradients between steps breaks the assumption.
-    said = (
-        f"peak {PHASE_WORDS[peak.peak_phase]}: on one replica the gradients are freed between steps "
-        "(zero_grad(set_to_none=True), PyTorch's default since 2.0), so they never coexist with the "
-        f"forward's activations; a training loop that keeps them needs {format_gib(summed.total)} per device"
-    )
+    if peak.total >= summed.total:
+        return summed  # the phase form's own slack put it above the sum, which holds everything at once
     return replace(
         peak,
         other_phase_allocated=max(phase.allocated_peak for phase in phases),
-        warnings=(*summed.warnings, said),
+        warnings=(*summed.warnings, _gradients_kept_warning(peak.peak_phase, summed.total)),
+    )
+
+
+def _gradients_kept_warning(phase: str, summed_total: int) -> str:
+    """Said, because a training loop that keeps its gradients through the forward breaks the assumption."""
+    return (
+        f"peak {PHASE_WORDS[phase]}: on one replica the gradients are freed before the next forward "
+        "(zero_grad(set_to_none=True), PyTorch's default since 2.0, called after step() or before the "
+        "forward), so they never coexist with its activations; a training loop that keeps them through the "
+        f"forward (zero_grad after the forward, or set_to_none=False) needs {format_gib(summed_total)} per device"
     )
 
 
