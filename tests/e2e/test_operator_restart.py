@@ -193,3 +193,66 @@ def test_a_restart_during_a_preemption_lets_the_handshake_go_on(
         time.sleep(0.3)
     assert seen == {first}, f"the victim was asked to checkpoint again: {sorted(seen)}"
     assert not admitted_again, "the restarted operator took the preempted victim back as admitted"
+
+
+def test_a_gang_refused_by_the_api_server_preempts_no_one_again_after_a_restart(
+    kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
+) -> None:
+    """A high-priority gang whose workers the API server refuses (here a LimitRange: the trainer's cpu
+    request above the namespace's maximum) preempts the victim once, gives its grant back, and takes no
+    room from other jobs until a create goes through. That was known to the operator process alone: one
+    restarted during the gang's backoff preempted the victim again when the backoff ended."""
+    victim = job_manifest(
+        "victim", namespace, pool=pool, workers={"replicas": 2},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8, "cpu": "1"},
+        elastic={"enabled": False, "checkpointGracePeriodSeconds": 0},
+    )  # fmt: skip
+    kube.apply(victim)
+    wait_for("the victim's 2 workers", lambda: len(running_names(kube.workers(namespace, "victim"))) == 2)
+    limits = {"type": "Container", "max": {"cpu": "2"}}
+    kube.apply(
+        {"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "cpu-max", "namespace": namespace},
+         "spec": {"limits": [limits]}}
+    )  # fmt: skip
+    urgent = job_manifest(
+        "urgent", namespace, pool=pool, workers={"replicas": 1},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8, "cpu": "3"},
+        scheduling={"priority": 100, "preemption": "LowerPriority"},
+        elastic={"enabled": False, "checkpointGracePeriodSeconds": 0},
+    )  # fmt: skip
+    kube.apply(urgent)
+    refused = wait_for(
+        "the refused gang giving its grant back",
+        lambda: (kube.job_status(namespace, "urgent").get("gang") or {}).get("refused"),
+        timeout=120,
+        interval=1,
+    )
+    assert refused.startswith("the API server refused worker urgent-worker-0: "), refused
+
+    def preemptions() -> int:
+        return sum(
+            event.get("count") or 1
+            for event in kube.events(namespace, "victim")
+            if event["reason"] == "Preempted"
+        )
+
+    assert preemptions() == 1
+    wait_for(
+        "the victim running again",
+        lambda: len(running_names(kube.workers(namespace, "victim"))) == 2,
+        timeout=90,
+    )
+    running = uids(kube, namespace, "victim")
+    operator.kill()
+    operator.start()
+    retry_after = kube.job_status(namespace, "urgent")["gang"]["retryAfter"]
+    # The backoff ends within seconds; then the restarted operator reconciles the urgent job again (its
+    # timer, the 10 s resync) and, without the refusal, would preempt the victim once more.
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        assert uids(kube, namespace, "victim") == running, f"the victim lost its workers after {retry_after}"
+        time.sleep(1)
+    assert preemptions() == 1
+    assert kube.job_status(namespace, "urgent")["gang"].get("refused") == refused
+    admitted = kube.condition(namespace, "urgent", "Admitted") or {}
+    assert admitted.get("status") == "False", admitted
