@@ -201,7 +201,8 @@ def test_a_gang_refused_by_the_api_server_preempts_no_one_again_after_a_restart(
     """A high-priority gang whose workers the API server refuses (here a LimitRange: the trainer's cpu
     request above the namespace's maximum) preempts the victim once, gives its grant back, and takes no
     room from other jobs until a create goes through. That was known to the operator process alone: one
-    restarted during the gang's backoff preempted the victim again when the backoff ended."""
+    restarted during the gang's backoff preempted the victim again when the backoff ended. Once the cause is
+    put right, a dry-run create finds it out, and the job preempts and runs."""
     victim = job_manifest(
         "victim", namespace, pool=pool, workers={"replicas": 2},
         resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8, "cpu": "1"},
@@ -256,3 +257,14 @@ def test_a_gang_refused_by_the_api_server_preempts_no_one_again_after_a_restart(
     assert kube.job_status(namespace, "urgent")["gang"].get("refused") == refused
     admitted = kube.condition(namespace, "urgent", "Admitted") or {}
     assert admitted.get("status") == "False", admitted
+    # The cause put right: a dry-run create of its worker (at most every 30 s, refusals.REFUSAL_TRY_SECONDS) is
+    # admitted by the API server, so the job takes room again: it preempts the victim and runs.
+    kube.run("delete", "limitrange", "cpu-max", "-n", namespace)
+    wait_for(
+        "the urgent job running once its workers are admitted",
+        lambda: running_names(kube.workers(namespace, "urgent")) == ["urgent-worker-0"],
+        timeout=150,
+        interval=1,
+    )
+    assert preemptions() == 2
+    assert kube.job_status(namespace, "urgent")["gang"].get("refused") is None

@@ -9,7 +9,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from kubefit.controller.kube import error_message
-from kubefit.controller.reconciler import LIMIT_HINT, with_limit_hint
+from kubefit.controller.refusals import LIMIT_HINT, with_limit_hint
 
 
 def _invalid(message: str) -> ApiException:

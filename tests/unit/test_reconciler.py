@@ -143,6 +143,14 @@ class FakeKube:
             return False  # the API server's 409: the uid precondition fails for a job made again since
         return self.jobs.pop(name, None) is not None
 
+    def try_pod(self, namespace: str, manifest: dict[str, Any]) -> None:
+        """A dry-run create: refused as its create would be, and nothing created."""
+        name = manifest["metadata"]["name"]
+        self._call("try_pod", name)
+        error = self.fail.get(("create_pod", name)) or self.fail.get(("create_pod", "*"))
+        if error is not None:
+            raise error
+
     def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
         name = manifest["metadata"]["name"]
         self._call("create_pod", name)

@@ -196,8 +196,9 @@ class CoreV1Api:
     def __init__(self, rest: _Rest) -> None:
         self._rest = rest
 
-    def create_namespaced_pod(self, namespace: str, body: dict[str, Any]) -> None:
-        self._rest.call("POST", f"/api/v1/namespaces/{_quoted(namespace)}/pods", body)
+    def create_namespaced_pod(self, namespace: str, body: dict[str, Any], dry_run: bool = False) -> None:
+        query = "?dryRun=All" if dry_run else ""
+        self._rest.call("POST", f"/api/v1/namespaces/{_quoted(namespace)}/pods{query}", body)
 
     def delete_namespaced_pod(self, name: str, namespace: str) -> None:
         self._rest.call("DELETE", f"/api/v1/namespaces/{_quoted(namespace, 'pods', name)}")
@@ -354,6 +355,11 @@ class KubeApi:
             if _status_of(error) == 409:
                 return False
             raise
+
+    def try_pod(self, namespace: str, manifest: dict[str, Any]) -> None:
+        """Asks the API server to admit `manifest` as a new pod without creating it (dryRun=All: every
+        admission plugin, quota and webhook runs, nothing is stored); raises its refusal."""
+        self.core.create_namespaced_pod(namespace, manifest, dry_run=True)
 
     def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """True if created, False if the job's own worker of that name is there already (deterministic names:

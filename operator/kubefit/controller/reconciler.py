@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextvars
 import heapq
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -72,11 +71,11 @@ from kubefit.controller.kube import (
     WritesStopped,
     error_message,
 )
+from kubefit.controller.refusals import Refusals, with_limit_hint
 from kubefit.controller.resync import API_ERRORS
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.failure import reconcile_error
-from kubefit.decisions.gang import previous_gang
 from kubefit.decisions.inventory import InventoryMemo
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
 from kubefit.decisions.node_match import Placement, placement_of, template_pod_spec
@@ -110,18 +109,8 @@ DELETE_MEMORY_SECONDS = 30.0
 # A resync checks that a job's Service is still there at most this often: a create answered 409 every
 # resync was 17 API writes a second at 500 jobs.
 SERVICE_RECHECK_SECONDS = 300.0
-# The answers to a worker's create that say the cluster refuses that pod as it is (_refused_by_admission).
-_REFUSED_STATUSES = frozenset({400, 403, 422})
 # Triggers that wait for a job's backoff to end: neither says that the job itself changed.
 _DEFERRED_WHILE_BACKING_OFF = frozenset({"timer", "pod"})
-# The API server's 422 for a container whose cpu or memory request is above its limit ("must be less than or
-# equal to cpu limit", newer versions adding "of 2"). Where the template gives no limit, a LimitRange's
-# default limit is what the operator's request is above (docs/operator.md).
-_ABOVE_LIMIT = re.compile(r"must be less than or equal to (cpu|memory) limit")
-LIMIT_HINT = (
-    "; where the template sets no limit, a LimitRange's default limit applies: set spec.resources.cpu and "
-    "memory, or the template's requests, within it, or give the template's first container its own limits"
-)
 
 
 def backoff_seconds(failures: int) -> float:
@@ -219,32 +208,8 @@ class _JobState:
     # A trigger that does not wait for the backoff (not in _DEFERRED_WHILE_BACKING_OFF: a change to the job)
     # came during the pass, or its status write showed one: the reconcile goes round even if the pass failed.
     urgent: bool = False
-    # Worker creates the API server refused (_refused_by_admission): name -> (the first of its refusals in a
-    # row, the last one's message), until a create of it goes through or a decision no longer creates it.
-    refused: dict[str, tuple[datetime, str]] = field(default_factory=dict)
-    # The job's last worker create, refused (its message, when), until one goes through: the job's demand
-    # then takes no room from other jobs (JobObservation.refusal), also after its gang gave its grant back.
-    refusal: tuple[str, datetime] | None = None
-    refused_generation: int | None = None  # the spec generation of both: an edit forgets them
-    refusal_recalled: bool = False  # status.gang.refused was read once (recall_refusal)
+    refusals: Refusals = field(default_factory=Refusals)  # its workers' creates the API server refused
     uid: str | None = None  # the job the fields above are of (None: none read yet)
-
-    def refusals_of(self, generation: int | None) -> None:
-        """Forgets the refused creates of another spec generation: the edit may have put right the cause."""
-        if self.refused_generation != generation:
-            self.refused.clear()
-            self.refusal, self.refused_generation = None, generation
-
-    def recall_refusal(self, status: Mapping[str, Any], generation: int | None, now: datetime) -> None:
-        """Once per job and process: a refusal that gave the gang's grant back before an operator restart
-        (status.gang.refused, written at this generation) holds as if this process had seen it, so that the
-        job does not preempt or shrink others for workers the API server would refuse again."""
-        if self.refusal_recalled:
-            return
-        self.refusal_recalled = True
-        refused = previous_gang(status).refused
-        if refused and self.refusal is None and status.get("observedGeneration") == generation:
-            self.refusal, self.refused_generation = (refused, now), generation
 
     def of_job(self, uid: str) -> None:
         """Makes this the state of the job `uid`. One created again under a deleted job's name (its event
@@ -587,8 +552,8 @@ class Reconciler:
         )
         request_id = (status.get("checkpoint") or {}).get("requestId")
         now = datetime.now(UTC)
-        state.refusals_of(metadata.get("generation"))
-        state.recall_refusal(status, metadata.get("generation"), now)
+        state.refusals.of_generation(metadata.get("generation"))
+        state.refusals.recall(status, metadata.get("generation"), now, any(not pod.finished for pod in own))
         return JobObservation(
             job=JobRef(name, namespace, metadata["uid"]),
             generation=metadata.get("generation"),
@@ -608,8 +573,8 @@ class Reconciler:
             # Not offered by this process yet (just restarted): it will be once this decision is applied.
             checkpoint_told_at=(self.board.told_at(key, request_id) or now) if request_id else None,
             created=parse_rfc3339(metadata.get("creationTimestamp")),
-            refused_creates=dict(state.refused),
-            refusal=state.refusal,
+            refused_creates=dict(state.refusals.refused),
+            refusal=state.refusals.refusal,
         )
 
     @staticmethod
@@ -714,7 +679,38 @@ class Reconciler:
             # operator's time and as many API writes as the rest together (docs/performance.md).
             self.api.create_service(ref.namespace, decision.service)
             state.service_for, state.service_at = ref.uid, time.monotonic()
-        self._create_workers(ref, decision, state, created)
+        try:
+            self._create_workers(ref, decision, state, created)
+        finally:
+            if state.refusals.long_enough():
+                # The decision may now give the gang's grant back: it does not wait for the retry, whose
+                # backoff each failed pass doubles (event-driven ones too: 40 s after four in 0.3 s).
+                self._go_round_again(state, urgent=True)
+        self._try_refused(ref, decision, state)
+
+    def _try_refused(self, ref: JobRef, decision: Decision, state: _JobState) -> None:
+        """While the job's refusal holds, it takes no room, so none of its creates may ever show that the cause
+        was put right: a dry-run create of its first worker asks the API server (refusals.try_due), creating
+        nothing. Admitted, the refusal ends and the job goes round to ask for room others may give; refused,
+        it holds. Any other answer keeps it, and is logged."""
+        manifest = decision.probe_pod()
+        if manifest is None or not state.refusals.try_due():
+            return
+        try:
+            error = None
+            try:
+                self.api.try_pod(ref.namespace, manifest)
+            except Exception as refused:  # noqa: BLE001 - classified by Refusals.tried
+                error = refused
+            over = state.refusals.tried(error)
+        except Exception as failed:  # noqa: BLE001 - a failed try changes nothing; the next one may answer
+            logger.warning("dry-run create for %s/%s: %s", ref.namespace, ref.name, error_message(failed))
+            return
+        if over:
+            logger.info(
+                "%s/%s: the API server admits its workers now; its refusal is over", ref.namespace, ref.name
+            )
+            self._go_round_again(state, urgent=True)
 
     def _patch_status(
         self, key: JobKey, status: Mapping[str, Any], job: Mapping[str, Any], state: _JobState | None
@@ -753,8 +749,7 @@ class Reconciler:
             # decision then sees them (and restarts the group).
             return
         wanted = {worker_name(ref.name, index) for index in decision.create}
-        for name in set(state.refused) - wanted:
-            del state.refused[name]  # not tried again: its refusals in a row have ended
+        state.refusals.forget_untried(wanted)
         todo = [index for index in decision.create if worker_name(ref.name, index) not in state.created]
         batch, wave = todo[:CREATE_BATCH], 1
         while batch:
@@ -773,38 +768,12 @@ class Reconciler:
                         created.append(name)
                     state.created[name] = time.monotonic()  # created now, or already there (409): not again
                     state.created_world = world
-            _note_refusals(state, manifests, [error for _, error in outcomes])
+            state.refusals.note(manifests, [error for _, error in outcomes])
             failed = next((error for _, error in outcomes if error is not None), None)
             if failed is not None:
                 raise failed
         if len(todo) > CREATE_BATCH:
             self._go_round_again(state)
-
-
-def _note_refusals(
-    state: _JobState, manifests: Sequence[dict[str, Any]], errors: Sequence[Exception | None]
-) -> None:
-    """Records which of a wave's creates the API server refused (_refused_by_admission), and forgets those of
-    workers it created; the job's refusal holds while none of its creates goes through (a wave with both
-    leaves it refused: its gang cannot start whole)."""
-    now, refusal = datetime.now(UTC), None
-    for manifest, error in zip(manifests, errors, strict=True):
-        name = manifest["metadata"]["name"]
-        if error is None:
-            state.refused.pop(name, None)
-        elif _refused_by_admission(error):
-            refusal = with_limit_hint(error_message(error))
-            state.refused[name] = (state.refused.get(name, (now, ""))[0], refusal)
-    if refusal is not None:
-        state.refusal = (refusal, now)
-    elif any(error is None for error in errors):
-        state.refusal = None
-
-
-def _refused_by_admission(error: Exception) -> bool:
-    """A create the API server refused for what the pod is (400, 403, 422: Pod Security Admission, an
-    admission webhook, a quota), not for a conflict (409), its load (429) or a fault of its own (5xx)."""
-    return isinstance(error, ApiException) and int(error.status or 0) in _REFUSED_STATUSES
 
 
 def _outcome(
@@ -815,12 +784,6 @@ def _outcome(
         return create(namespace, manifest), None
     except Exception as error:  # noqa: BLE001 - handed back to the reconcile thread, which raises it
         return False, error
-
-
-def with_limit_hint(message: str) -> str:
-    """`message`, with LIMIT_HINT after it where the API server refused a cpu or memory request above its
-    limit: the operator's default request against a namespace's LimitRange default, most often."""
-    return message + LIMIT_HINT if _ABOVE_LIMIT.search(message) else message
 
 
 class _JobGone(Exception):

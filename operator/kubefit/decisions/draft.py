@@ -41,6 +41,9 @@ class Draft:
     updates: list[ConditionUpdate] = field(default_factory=list)
     create: tuple[int, ...] = ()
     worker_set: WorkerSet | None = None
+    # A queued job whose workers the API server refused, which takes no room meanwhile: its first worker,
+    # to be tried with a dry-run create (Decision.probe_pod).
+    probe: WorkerSet | None = None
     delete: tuple[str, ...] = ()
     replace: tuple[WorkerPod, ...] = ()
     events: list[JobEvent] = field(default_factory=list)

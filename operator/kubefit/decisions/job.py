@@ -135,6 +135,9 @@ class Decision:
     service: dict[str, Any] | None = None
     create: tuple[int, ...] = ()  # worker indices to create, lowest first; `worker_pod` builds each
     worker_set: WorkerSet | None = None  # what every worker of this decision shares (None: no creates)
+    # A queued job whose refusal holds (JobObservation.refusal): its first worker, to try with a dry-run
+    # create (probe_pod); None: nothing to try.
+    probe: WorkerSet | None = None
     delete: tuple[str, ...] = ()
     replace: tuple[WorkerPod, ...] = ()  # failed workers deleted for replacement, counted in status.restarts
     adopt: tuple[str, ...] = ()  # labelled worker pods without a controller: take ownership
@@ -158,6 +161,10 @@ class Decision:
         if self.worker_set is None:
             raise ValueError("this decision creates no workers")
         return build_worker_pod(self.worker_set, index)
+
+    def probe_pod(self) -> dict[str, Any] | None:
+        """The worker to try with a dry-run create while the job's refusal holds (None: none)."""
+        return build_worker_pod(self.probe, 0) if self.probe is not None else None
 
 
 # ------------------------------------------------------------------------------------------ entry
@@ -616,6 +623,7 @@ def _to_decision(
         service=None if draft.phase in FINISHED_PHASES else build_headless_service(observation.job),
         create=draft.create,
         worker_set=draft.worker_set,
+        probe=draft.probe,
         delete=draft.delete,
         replace=draft.replace,
         adopt=adopt,

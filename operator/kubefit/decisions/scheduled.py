@@ -18,7 +18,7 @@ from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.conditions import ConditionUpdate, find_condition, is_true
 from kubefit.decisions.demand import job_demand
-from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of, sized
+from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of, sized, worker_set
 from kubefit.decisions.elastic import Removal, apply_handshake, handshake_for, removal_progress
 from kubefit.decisions.gang import backoff_left, growth_held_until, previous_gang
 from kubefit.decisions.observed import WorkerPod
@@ -62,6 +62,10 @@ def scheduled(ctx: JobContext) -> Draft:
     if draft.demand is not None:
         draft.demand = replace(draft.demand, queued_since=_queued_since(ctx, draft))
         draft.demand = _held_growth(draft.demand, draft, ctx)
+        if ctx.observation.refusal is not None and not ctx.live and not draft.create:
+            # It takes no room while refused, so no create may ever tell that the cause was put right: a
+            # dry-run create does, taking none.
+            draft.probe = worker_set(ctx, ctx.bounds.desired)
     return draft
 
 

@@ -1,0 +1,139 @@
+"""Worker creates the API server refuses for what the pod is (Pod Security Admission, an admission webhook,
+a quota, a LimitRange: 400, 403 or 422), remembered per job by the reconciler and handed to decide
+(JobObservation.refused_creates, .refusal).
+
+A job whose creates are refused gives its gang's grant back (decisions/running._refused_gang) and then takes
+no room from other jobs: its demand neither preempts nor shrinks them until a create of its workers goes
+through, a dry-run create of one is admitted (try_due, tried), or its spec changes. status.gang.refused
+carries that over an operator restart (recall).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from kubefit.controller.kube import error_message
+from kubefit.decisions.gang import previous_gang
+from kubefit.decisions.running import REFUSED_FOR_SECONDS
+
+# The answers to a worker's create that say the cluster refuses that pod as it is (refused_by_admission).
+REFUSED_STATUSES = frozenset({400, 403, 422})
+NAME_TAKEN = 409
+# While a job's refusal holds (it takes no room), a dry-run create of its first worker asks at most this
+# often whether the API server still refuses it (Refusals.try_due): one request per job, no write.
+REFUSAL_TRY_SECONDS = 30.0
+# The API server's 422 for a container whose cpu or memory request is above its limit ("must be less than or
+# equal to cpu limit", newer versions adding "of 2"). Where the template gives no limit, a LimitRange's
+# default limit is what the operator's request is above (docs/operator.md).
+_ABOVE_LIMIT = re.compile(r"must be less than or equal to (cpu|memory) limit")
+LIMIT_HINT = (
+    "; where the template sets no limit, a LimitRange's default limit applies: set spec.resources.cpu and "
+    "memory, or the template's requests, within it, or give the template's first container its own limits"
+)
+
+
+def with_limit_hint(message: str) -> str:
+    """`message`, with LIMIT_HINT after it where the API server refused a cpu or memory request above its
+    limit: the operator's default request against a namespace's LimitRange default, most often."""
+    return message + LIMIT_HINT if _ABOVE_LIMIT.search(message) else message
+
+
+def refused_by_admission(error: BaseException) -> bool:
+    """A create the API server refused for what the pod is (400, 403, 422: Pod Security Admission, an
+    admission webhook, a quota), not for a conflict (409), its load (429) or a fault of its own (5xx)."""
+    return isinstance(error, ApiException) and int(error.status or 0) in REFUSED_STATUSES
+
+
+@dataclass
+class Refusals:
+    """One job's refused creates, for one spec generation."""
+
+    # Worker name -> (the first of its refusals in a row, the last one's message), until a create of it goes
+    # through or a decision no longer creates it.
+    refused: dict[str, tuple[datetime, str]] = field(default_factory=dict)
+    # The job's last worker create, refused (its message, when), until one goes through: the job's demand
+    # then takes no room from other jobs (JobObservation.refusal), also after its gang gave its grant back.
+    refusal: tuple[str, datetime] | None = None
+    generation: int | None = None  # the spec generation of both: an edit forgets them
+    recalled: bool = False  # status.gang.refused was read once (recall)
+    tried_at: float | None = None  # time.monotonic() of the last dry-run create (try_due)
+    rechecked: datetime | None = None  # the first refusal of the run the reconcile went round for
+
+    def of_generation(self, generation: int | None) -> None:
+        """Forgets the refused creates of another spec generation: the edit may have put right the cause."""
+        if self.generation != generation:
+            self.refused.clear()
+            self.refusal, self.generation = None, generation
+
+    def recall(self, status: Mapping[str, Any], generation: int | None, now: datetime, live: bool) -> None:
+        """Once per job and process: a refusal that gave the gang's grant back before an operator restart
+        (status.gang.refused, written at this generation) holds as if this process had seen it, so that the
+        job does not preempt or shrink others for workers the API server would refuse again. Not with `live`
+        workers: their creates went through (the status written before them still named the refusal)."""
+        if self.recalled:
+            return
+        self.recalled = True
+        refused = previous_gang(status).refused
+        if refused and not live and self.refusal is None and status.get("observedGeneration") == generation:
+            self.refusal, self.generation = (refused, now), generation
+
+    def forget_untried(self, wanted: set[str]) -> None:
+        """Workers a decision no longer creates: their refusals in a row have ended."""
+        for name in set(self.refused) - wanted:
+            del self.refused[name]
+
+    def note(self, manifests: Sequence[dict[str, Any]], errors: Sequence[BaseException | None]) -> None:
+        """Records which of a wave's creates the API server refused, and forgets those of workers it created;
+        the job's refusal holds while none of its creates goes through (a wave with both leaves it refused:
+        its gang cannot start whole)."""
+        now, refusal = datetime.now(UTC), None
+        for manifest, error in zip(manifests, errors, strict=True):
+            name = manifest["metadata"]["name"]
+            if error is None:
+                self.refused.pop(name, None)
+            elif refused_by_admission(error):
+                refusal = with_limit_hint(error_message(error))
+                self.refused[name] = (self.refused.get(name, (now, ""))[0], refusal)
+        if refusal is not None:
+            self.refusal = (refusal, now)
+        elif any(error is None for error in errors):
+            self.refusal = None
+
+    def long_enough(self) -> bool:
+        """Once per run of refusals: the last create refused REFUSED_FOR_SECONDS or more after the first
+        (what running._refused_gang gives a gang's grant back at), and not gone round for yet."""
+        if self.refusal is None or not self.refused:
+            return False
+        first = min(first for first, _ in self.refused.values())
+        if self.rechecked == first or self.refusal[1] < first + timedelta(seconds=REFUSED_FOR_SECONDS):
+            return False
+        self.rechecked = first
+        return True
+
+    def try_due(self) -> bool:
+        """Whether to try a dry-run create now (and then one is counted as tried): the refusal holds and
+        REFUSAL_TRY_SECONDS have passed since the last try."""
+        last = self.tried_at
+        if self.refusal is None or (last is not None and time.monotonic() - last < REFUSAL_TRY_SECONDS):
+            return False
+        self.tried_at = time.monotonic()
+        return True
+
+    def tried(self, error: BaseException | None) -> bool:
+        """The dry-run create's answer: True when it was admitted (a name taken comes after admission too),
+        which ends the refusal; refused, it holds, with the new message. Any other error is raised."""
+        if error is not None and refused_by_admission(error):
+            self.refusal = (with_limit_hint(error_message(error)), datetime.now(UTC))
+            return False
+        if error is not None and not (isinstance(error, ApiException) and error.status == NAME_TAKEN):
+            raise error
+        self.refusal = None
+        self.refused.clear()
+        return True
