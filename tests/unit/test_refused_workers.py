@@ -369,3 +369,61 @@ def test_a_gang_refused_long_enough_gives_its_grant_back_in_the_pass_that_sees_i
     admitted = harness.condition("Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout"), admitted
     assert "the API server refused worker llama-worker-0" in admitted["message"]
+
+
+def test_a_gang_a_quota_admits_only_in_part_is_not_tried_with_one_workers_dry_run(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A quota with room for worker 0 but not worker 1: worker 0's dry run is admitted whenever the gang has
+    # given its grant back, so each try preempted the other job again, every gang backoff, for ever (a
+    # review of the dry-run create).
+    monkeypatch.setattr(refusals_module, "REFUSAL_TRY_SECONDS", 0.0)
+    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
+    harness.reconcile(key=OTHER)
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403
+    llama = job_manifest(replicas=2)
+    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
+    harness.kube.jobs["llama"] = llama
+    harness.reconcile()
+    both_reconciled(harness)
+    refused_since(harness, 10)
+    harness.reconcile("retry")  # worker 1 refused again: the grant goes back, worker 0 deleted
+    assert harness.condition("Admitted")["reason"] == "GangTimeout"
+    for _ in range(3):  # three backoffs over
+        both_reconciled(harness)
+        run_on_h0(harness, "other")
+        harness.reconcile("pod", key=OTHER)
+        harness.kube.jobs["llama"]["status"]["gang"]["retryAfter"] = "2000-01-01T00:00:00Z"
+        harness.reconcile("timer")
+        both_reconciled(harness)
+    assert not harness.calls("try_pod")
+    assert len(harness.events("Preempted")) == 1
+    assert harness.kube.jobs["llama"]["status"]["gang"]["refused"].startswith(
+        "the API server refused worker llama-worker-1"
+    )
+
+
+def test_a_refusal_is_recalled_beside_workers_still_terminating(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The workers the gang timeout deleted may still be terminating when the operator restarts: they are no
+    # live workers, and the refusal holds (a review of the dry-run create).
+    seen = observations(monkeypatch)
+    harness.kube.fail[("create_pod", "*")] = PSA
+    job = job_manifest(replicas=2)
+    job["status"] = {"observedGeneration": 1, "gang": {"refused": "the API server refused worker x: no"}}
+    harness.kube.jobs["llama"] = job
+    harness.kube.pods["llama-worker-0"] = test_reconciler.WorkerPod(
+        "llama-worker-0", 0, "uid-0", "Running", "h0", terminating=True, controller_uid="uid-llama"
+    )
+    harness.reconcile()
+    assert seen[0].refusal is not None and seen[0].refusal[0] == "the API server refused worker x: no"
+
+
+def test_a_refused_job_that_waits_is_reconciled_again_for_its_next_dry_run(harness: Harness) -> None:
+    # Nothing else may bring it: no event, and the resync comes when it comes.
+    refused_and_queued(harness)
+    requeue = harness.reconciler.pending_requeue(KEY)
+    assert requeue is not None and requeue.trigger == "timer"

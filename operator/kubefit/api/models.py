@@ -896,7 +896,7 @@ class GangStatus(_Model):
         default=None,
         description="Why the API server refused the gang's workers (Pod Security Admission, a webhook, a quota) "
         "when it gave its grant back; set until a create of its workers goes through, a dry-run create of "
-        "its first worker (tried at most every 30 s while it waits) is admitted, or the spec changes. "
+        "its first worker (tried about every 30 s while it waits, unless some of its creates went through) is admitted, or the spec changes. "
         "Meanwhile the job takes no room from other jobs (it preempts and shrinks none), also after an "
         "operator restart.",
     )

@@ -553,7 +553,12 @@ class Reconciler:
         request_id = (status.get("checkpoint") or {}).get("requestId")
         now = datetime.now(UTC)
         state.refusals.of_generation(metadata.get("generation"))
-        state.refusals.recall(status, metadata.get("generation"), now, any(not pod.finished for pod in own))
+        state.refusals.recall(
+            status,
+            metadata.get("generation"),
+            now,
+            any(not pod.finished and not pod.terminating for pod in own),
+        )
         return JobObservation(
             job=JobRef(name, namespace, metadata["uid"]),
             generation=metadata.get("generation"),

@@ -21,14 +21,13 @@ from kubernetes.client.exceptions import ApiException
 
 from kubefit.controller.kube import error_message
 from kubefit.decisions.gang import previous_gang
-from kubefit.decisions.running import REFUSED_FOR_SECONDS
+from kubefit.decisions.running import REFUSAL_TRY_SECONDS, REFUSED_FOR_SECONDS
 
 # The answers to a worker's create that say the cluster refuses that pod as it is (refused_by_admission).
 REFUSED_STATUSES = frozenset({400, 403, 422})
 NAME_TAKEN = 409
-# While a job's refusal holds (it takes no room), a dry-run create of its first worker asks at most this
-# often whether the API server still refuses it (Refusals.try_due): one request per job, no write.
-REFUSAL_TRY_SECONDS = 30.0
+# A try this much early still counts as due: the resync that brings it is paced, not exact.
+_TRY_SLACK = 0.9
 # The API server's 422 for a container whose cpu or memory request is above its limit ("must be less than or
 # equal to cpu limit", newer versions adding "of 2"). Where the template gives no limit, a LimitRange's
 # default limit is what the operator's request is above (docs/operator.md).
@@ -64,13 +63,19 @@ class Refusals:
     generation: int | None = None  # the spec generation of both: an edit forgets them
     recalled: bool = False  # status.gang.refused was read once (recall)
     tried_at: float | None = None  # time.monotonic() of the last dry-run create (try_due)
+    # Workers whose creates went through while this generation's creates were refused, and whether a
+    # refusal came with some of the gang's creates going through (partial): a quota that admits some of
+    # the gang but not all. A dry run of one worker cannot stand for such a gang, so none is tried.
+    went_through: set[str] = field(default_factory=set)
+    partial: bool = False
     rechecked: datetime | None = None  # the first refusal of the run the reconcile went round for
 
     def of_generation(self, generation: int | None) -> None:
         """Forgets the refused creates of another spec generation: the edit may have put right the cause."""
         if self.generation != generation:
             self.refused.clear()
-            self.refusal, self.generation = None, generation
+            self.went_through.clear()
+            self.refusal, self.generation, self.partial = None, generation, False
 
     def recall(self, status: Mapping[str, Any], generation: int | None, now: datetime, live: bool) -> None:
         """Once per job and process: a refusal that gave the gang's grant back before an operator restart
@@ -98,11 +103,13 @@ class Refusals:
             name = manifest["metadata"]["name"]
             if error is None:
                 self.refused.pop(name, None)
+                self.went_through.add(name)
             elif refused_by_admission(error):
                 refusal = with_limit_hint(error_message(error))
                 self.refused[name] = (self.refused.get(name, (now, ""))[0], refusal)
         if refusal is not None:
             self.refusal = (refusal, now)
+            self.partial = self.partial or bool(self.went_through - set(self.refused))
         elif any(error is None for error in errors):
             self.refusal = None
 
@@ -118,10 +125,13 @@ class Refusals:
         return True
 
     def try_due(self) -> bool:
-        """Whether to try a dry-run create now (and then one is counted as tried): the refusal holds and
-        REFUSAL_TRY_SECONDS have passed since the last try."""
+        """Whether to try a dry-run create now (and then one is counted as tried): the refusal holds, no create
+        of the gang went through beside it (partial), and REFUSAL_TRY_SECONDS have about passed since the
+        last try."""
         last = self.tried_at
-        if self.refusal is None or (last is not None and time.monotonic() - last < REFUSAL_TRY_SECONDS):
+        if self.refusal is None or self.partial:
+            return False
+        if last is not None and time.monotonic() - last < REFUSAL_TRY_SECONDS * _TRY_SLACK:
             return False
         self.tried_at = time.monotonic()
         return True

@@ -122,9 +122,10 @@ class JobObservation:
     # Worker creates the API server refused in a row (a 400, 403 or 422: Pod Security Admission, an admission
     # webhook, a quota), for this generation: worker name -> the first of those refusals, the last's message.
     refused_creates: Mapping[str, tuple[datetime, str]] = field(default_factory=dict)
-    # The job's last worker create when it was refused and none has gone through since (this generation):
-    # its message and when. Its demand then neither shrinks nor preempts other jobs: its workers would
-    # likely be refused again, and the room taken for nothing.
+    # The job's last worker create when it was refused and none has gone through since (this generation), nor
+    # a dry-run create of its first worker (controller/refusals.py): its message and when. Its demand then
+    # neither shrinks nor preempts other jobs: its workers would likely be refused again, and the room taken
+    # for nothing.
     refusal: tuple[str, datetime] | None = None
 
 

@@ -539,6 +539,9 @@ _FELL_BELOW_FLOOR = "the restart or the loss that left it below its minimum"
 # A gang whose worker the API server refused at tries this far apart gives its grant back at once
 # (_refused_gang): the reconciler's first retry of a failed pass comes 5 s after it (BACKOFF_FIRST).
 REFUSED_FOR_SECONDS = 5
+# While a queued job's refusal holds (it takes no room), a dry-run create of its first worker asks at most
+# about this often whether the API server still refuses it (controller/refusals.py): one request, no write.
+REFUSAL_TRY_SECONDS = 30.0
 # How long after a counted failure the workers of the group it struck may still fail from it: torch's
 # default collective timeout for NCCL process groups (10 minutes), after which a rank left waiting on a
 # peer that went fails too.
@@ -1030,8 +1033,9 @@ def gang_timeout(
     if refused:
         message = (
             f"{refused}; every worker is deleted and the job asks for admission again in {wait:.0f} s, "
-            f"taking no room from other jobs until a create of its workers goes through (gang timeout "
-            f"{gang.retries})"
+            f"taking no room from other jobs until a create of its workers goes through, or a dry-run create "
+            f"of its first worker does (tried every {REFUSAL_TRY_SECONDS:.0f} s; not where some of its "
+            f"workers were created: a quota for part of the gang) (gang timeout {gang.retries})"
         )
     return Draft(
         phase=JobPhase.QUEUED,

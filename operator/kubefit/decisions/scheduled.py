@@ -22,7 +22,7 @@ from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of,
 from kubefit.decisions.elastic import Removal, apply_handshake, handshake_for, removal_progress
 from kubefit.decisions.gang import backoff_left, growth_held_until, previous_gang
 from kubefit.decisions.observed import WorkerPod
-from kubefit.decisions.running import admitted, grant_detail, resumed, training_ended
+from kubefit.decisions.running import REFUSAL_TRY_SECONDS, admitted, grant_detail, resumed, training_ended
 from kubefit.decisions.workers import stop_workers
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ def scheduled(ctx: JobContext) -> Draft:
             # It takes no room while refused, so no create may ever tell that the cause was put right: a
             # dry-run create does, taking none.
             draft.probe = worker_set(ctx, ctx.bounds.desired)
+            draft.requeue_after.append(REFUSAL_TRY_SECONDS)  # no event may come to bring the next try
     return draft
 
 
