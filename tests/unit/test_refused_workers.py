@@ -68,19 +68,25 @@ def both_reconciled(harness: Harness, rounds: int = 3) -> None:
         harness.reconcile("update")
 
 
-def test_a_gang_refused_by_admission_gives_its_grant_back_at_once_and_preempts_no_one_again(
-    harness: Harness,
-) -> None:
+def preempting_for_refused_workers(harness: Harness, refusals: dict[str, Exception]) -> None:
+    """The other job runs on the node; llama, of a higher priority that may preempt it, is created, and the
+    API server refuses the creates of its workers named in `refusals`."""
     harness.kube.jobs["other"] = job_manifest("other", replicas=2)
     harness.reconcile(key=OTHER)
     run_on_h0(harness, "other")
     harness.reconcile("pod", key=OTHER)
-    harness.kube.fail[("create_pod", "llama-worker-0")] = PSA
-    harness.kube.fail[("create_pod", "llama-worker-1")] = PSA
+    for name, error in refusals.items():
+        harness.kube.fail[("create_pod", name)] = error
     llama = job_manifest(replicas=2)
     llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
     harness.kube.jobs["llama"] = llama
     harness.reconcile()
+
+
+def test_a_gang_refused_by_admission_gives_its_grant_back_at_once_and_preempts_no_one_again(
+    harness: Harness,
+) -> None:
+    preempting_for_refused_workers(harness, {"llama-worker-0": PSA, "llama-worker-1": PSA})
     both_reconciled(harness)  # the other job's workers leave for it; its own are refused
     assert len(harness.events("Preempted")) == 1
     assert harness.condition("Admitted")["status"] == "True"  # refused at tries moments apart: kept
@@ -113,16 +119,7 @@ def test_a_refusal_that_gave_the_grant_back_takes_no_room_after_an_operator_rest
     # The refusal was remembered by the operator process alone: one restarted while the job waited out its
     # backoff preempted the other job again for workers the API server refused again. status.gang.refused
     # now carries it over, until a create of its workers goes through.
-    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
-    harness.reconcile(key=OTHER)
-    run_on_h0(harness, "other")
-    harness.reconcile("pod", key=OTHER)
-    harness.kube.fail[("create_pod", "llama-worker-0")] = PSA
-    harness.kube.fail[("create_pod", "llama-worker-1")] = PSA
-    llama = job_manifest(replicas=2)
-    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
-    harness.kube.jobs["llama"] = llama
-    harness.reconcile()
+    preempting_for_refused_workers(harness, {"llama-worker-0": PSA, "llama-worker-1": PSA})
     both_reconciled(harness)
     refused_since(harness, 10)
     harness.reconcile("retry")  # refused again: the grant goes back
@@ -202,16 +199,7 @@ def test_a_restart_just_after_the_creates_went_through_recalls_no_refusal(
 def refused_and_queued(harness: Harness) -> None:
     """The other job runs on the node; llama, of a higher priority, preempted it once, was refused twice by
     Pod Security, gave its grant back, and its backoff is over: it waits, taking no room."""
-    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
-    harness.reconcile(key=OTHER)
-    run_on_h0(harness, "other")
-    harness.reconcile("pod", key=OTHER)
-    harness.kube.fail[("create_pod", "llama-worker-0")] = PSA
-    harness.kube.fail[("create_pod", "llama-worker-1")] = PSA
-    llama = job_manifest(replicas=2)
-    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
-    harness.kube.jobs["llama"] = llama
-    harness.reconcile()
+    preempting_for_refused_workers(harness, {"llama-worker-0": PSA, "llama-worker-1": PSA})
     both_reconciled(harness)
     refused_since(harness, 10)
     harness.reconcile("retry")  # refused again: the grant goes back
@@ -352,16 +340,7 @@ def test_a_gang_refused_long_enough_gives_its_grant_back_in_the_pass_that_sees_i
 
     monkeypatch.setattr(refusals_module, "REFUSED_FOR_SECONDS", 0.5)
     monkeypatch.setattr(running, "REFUSED_FOR_SECONDS", 0.5)
-    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
-    harness.reconcile(key=OTHER)
-    run_on_h0(harness, "other")
-    harness.reconcile("pod", key=OTHER)
-    harness.kube.fail[("create_pod", "llama-worker-0")] = PSA
-    harness.kube.fail[("create_pod", "llama-worker-1")] = PSA
-    llama = job_manifest(replicas=2)
-    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
-    harness.kube.jobs["llama"] = llama
-    harness.reconcile()
+    preempting_for_refused_workers(harness, {"llama-worker-0": PSA, "llama-worker-1": PSA})
     both_reconciled(harness)
     assert harness.condition("Admitted")["status"] == "True"  # refused moments apart: kept
     time.sleep(0.6)
@@ -378,15 +357,7 @@ def test_a_gang_a_quota_admits_only_in_part_is_not_tried_with_one_workers_dry_ru
     # given its grant back, so each try preempted the other job again, every gang backoff, for ever (a
     # review of the dry-run create).
     monkeypatch.setattr(refusals_module, "REFUSAL_TRY_SECONDS", 0.0)
-    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
-    harness.reconcile(key=OTHER)
-    run_on_h0(harness, "other")
-    harness.reconcile("pod", key=OTHER)
-    harness.kube.fail[("create_pod", "llama-worker-1")] = QUOTA_403
-    llama = job_manifest(replicas=2)
-    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
-    harness.kube.jobs["llama"] = llama
-    harness.reconcile()
+    preempting_for_refused_workers(harness, {"llama-worker-1": QUOTA_403})
     both_reconciled(harness)
     refused_since(harness, 10)
     harness.reconcile("retry")  # worker 1 refused again: the grant goes back, worker 0 deleted
