@@ -47,6 +47,8 @@ NAMESPACED_PERMISSIONS = {
     ("", "services", "create"),
     ("", "services", "get"),
     ("", "events", "create"),
+    ("", "resourcequotas", "list"),
+    ("", "resourcequotas", "watch"),
 }
 CLUSTER_PERMISSIONS = {
     ("", "nodes", "list"),

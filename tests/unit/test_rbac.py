@@ -6,7 +6,7 @@ Three sources make up what the operator does, as (apiGroup, resource, verb):
   kube.py's REST helper (`self._call("POST", _core_path(namespace, "pods"), ...)` is create pods);
   the Lease calls of leader election (controller/leader.py) are granted by a Role of their own in the
   release's namespace, limited to the one Lease by name where Kubernetes allows it (not for create);
-- the resources its kopf handlers and indexes serve (controller/handlers.py): kopf lists and watches
+- the resources its kopf handlers and indexes serve (controller/handlers.py, quotas.py): kopf lists and watches
   each one, and patches the ones with changing handlers or timers (its finalizer and its progress
   annotations), see kopf/on.py (timers and daemons set requires_finalizer=True) and
   https://kopf.readthedocs.io/en/stable/deployment/ ;
@@ -20,6 +20,7 @@ unused. The scanners are also run on small synthetic sources, so a call they mis
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,7 +29,6 @@ from typing import Any
 import pytest
 from test_chart import NAMESPACE, _by_kind, _one, _permissions, _render
 
-import kubefit.controller.handlers as handlers_module
 import kubefit.controller.kube as kube_module
 import kubefit.controller.leader as leader_module
 from kubefit.builders.naming import JobRef, owner_reference
@@ -255,7 +255,9 @@ def used_permissions(watch_namespaces: bool) -> tuple[set[Permission], set[Permi
     """(namespaced, cluster-scoped) permissions the operator uses, derived from its code."""
     kube_source, kube_names = _read(CONTROLLER / "kube.py"), _module_namespace(kube_module)
     used = client_permissions(kube_source, kube_names) | rest_permissions(kube_source, kube_names)
-    used |= kopf_handler_permissions(_read(CONTROLLER / "handlers.py"), _module_namespace(handlers_module))
+    for path in sorted(CONTROLLER.glob("*.py")):  # kopf handlers and indexes, in whichever module
+        module = importlib.import_module(f"kubefit.controller.{path.stem}")
+        used |= kopf_handler_permissions(_read(path), _module_namespace(module))
     used |= KOPF_FRAMEWORK
     if operator_settings().persistence.finalizer:
         used |= KOPF_LEGACY_FINALIZER_REMOVAL

@@ -41,6 +41,7 @@ from kubefit.decisions.inventory import NodeFacts, PodUsage
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.decisions.node_match import ANYWHERE
 from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.quota import Quota
 from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import Catalog, load_catalog
 
@@ -230,6 +231,7 @@ class Harness:
         self.metrics = OperatorMetrics()
         self.reconciler = Reconciler(cast(KubeApi, self.kube), CATALOG, self.metrics, settings)
         self.index_lags = False  # True: kopf's index shows none of the created pods yet
+        self.quotas: list[Quota] = []  # the ResourceQuotas of NAMESPACE, as kopf's index would hold them
 
     def view(self) -> ClusterView:
         def workers(key: tuple[str, str]) -> list[WorkerPod]:
@@ -237,7 +239,10 @@ class Harness:
                 return []
             return [pod for name, pod in self.kube.pods.items() if name.startswith(f"{key[1]}-worker-")]
 
-        return ClusterView(nodes=lambda: NODES, usage=lambda: {}, workers=workers)
+        def quotas(namespace: str) -> list[Quota]:
+            return list(self.quotas) if namespace == NAMESPACE else []
+
+        return ClusterView(nodes=lambda: NODES, usage=lambda: {}, workers=workers, quotas=quotas)
 
     def reconcile(self, trigger: str = "create", key: tuple[str, str] = KEY) -> None:
         self.reconciler.reconcile(key, trigger, self.view())

@@ -121,6 +121,11 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# ResourceQuotas: a job is admitted only within the room its namespace's quotas leave (kopf lists and
+# watches them).
+- apiGroups: [""]
+  resources: ["resourcequotas"]
+  verbs: ["list", "watch"]
 {{- end }}
 
 {{/* Cluster-scoped reads, needed whatever the namespaces watched. */}}

@@ -107,6 +107,11 @@ class Reason:
     devices it may use; the message says what is missing (e.g. needs 2 nodes with 8 free
     nvidia-h100-80gb; 1 has). No worker pods exist."""
 
+    QUOTA_EXCEEDED: Final = "QuotaExceeded"
+    """Admitted=False: the job's minimum of workers is over what a ResourceQuota of its namespace leaves room
+    for; the message names the quota, the resource and what is left. It takes no devices and preempts no one
+    until the quota has room. No worker pods exist."""
+
     QUEUED: Final = "Queued"
     """Admitted=False: the job waits in the admission queue behind another job (StrictFIFO, or a job at the
     head of the line keeping the nodes), or for the operator's first scheduling pass; the message says

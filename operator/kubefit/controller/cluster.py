@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from kubefit.api.resource import JobKey
 from kubefit.decisions.inventory import NodeFacts, PodUsage
 from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.quota import Quota
 from kubefit.sizing.catalog import Accelerator, Catalog
 
 # Distinct node label sets remembered; past it the memory starts afresh (labels changed on many nodes).
@@ -26,6 +27,8 @@ class ClusterView:
     jobs_with_workers: Callable[[], Iterable[JobKey]] = lambda: ()
     # Whether the cluster has a node of that name (kopf's index; every name where not given).
     node_exists: Callable[[str], bool] = lambda name: True
+    # The ResourceQuotas of a namespace, as their status reads (none where not given).
+    quotas: Callable[[str], Sequence[Quota]] = lambda namespace: ()
 
 
 class RememberingCatalog(Catalog):

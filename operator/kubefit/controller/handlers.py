@@ -3,7 +3,8 @@
 Indexes (kept current by kopf's watches, populated before any handler runs):
 - kubefit_nodes: node name -> NodeFacts (labels, allocatable);
 - kubefit_pod_usage: node name -> PodUsage of each bound, non-terminated pod (any pod, not only workers);
-- kubefit_workers: (namespace, job name) -> WorkerPod of each pod labelled kubefit.dev/job.
+- kubefit_workers: (namespace, job name) -> WorkerPod of each pod labelled kubefit.dev/job;
+- kubefit_quotas: namespace -> Quota of each ResourceQuota (controller/quotas.py, with its trigger).
 Triggers of a job's reconcile: a TrainingJob event that shows it new or changed (the operator's listing at
 its start included; its own status patches are no change), the resync (controller/resync.py: every job once
 per RESYNC_SECONDS, spread over the period), and an event of one of its worker pods that changes what the
@@ -35,12 +36,14 @@ import kopf
 from kubefit.api.resource import GROUP, PLURAL, VERSION, JobKey
 from kubefit.builders.naming import JOB_LABEL
 from kubefit.controller.cluster import ClusterView
+from kubefit.controller.quotas import QUOTA_INDEX, register_quotas
 from kubefit.controller.reconciler import Reconciler
 from kubefit.controller.relist import NODES, PODS, Indexed, RelistCheck
 from kubefit.controller.resync import ResyncLoop, log_step_failure
 from kubefit.controller.scheduler import Scheduler
 from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts, node_is_ready, pod_usage
 from kubefit.decisions.observed import POD_FINISHED_PHASES, WorkerPod, worker_from_pod
+from kubefit.decisions.quota import Quota
 
 logger = logging.getLogger("kubefit.handlers")
 
@@ -93,6 +96,7 @@ def cluster_view(
     kubefit_nodes: kopf.Index[str, NodeFacts],
     kubefit_pod_usage: kopf.Index[str, PodUsage],
     kubefit_workers: kopf.Index[JobKey, WorkerPod],
+    kubefit_quotas: kopf.Index[str, Quota] | None = None,
 ) -> ClusterView:
     """Reads the live indexes lazily, so a reconcile that goes round again sees fresh contents."""
 
@@ -102,12 +106,18 @@ def cluster_view(
     def workers(key: JobKey) -> list[WorkerPod]:
         return read_consistently(lambda: list(kubefit_workers.get(key, [])))
 
+    def quotas(namespace: str) -> list[Quota]:
+        if kubefit_quotas is None:
+            return []
+        return read_consistently(lambda: list(kubefit_quotas.get(namespace, [])))
+
     return ClusterView(
         nodes=lambda: _values(kubefit_nodes),
         usage=usage,
         workers=workers,
         jobs_with_workers=lambda: read_consistently(lambda: list(kubefit_workers.keys())),
         node_exists=lambda name: name in kubefit_nodes,
+        quotas=quotas,
     )
 
 
@@ -140,6 +150,7 @@ def register(
     _register_capacity_triggers(
         registry, threads, (reconciler, workers_seen), scheduler, (nodes_seen, relists)
     )
+    register_quotas(registry, threads.run, reconciler, lambda kwargs: cluster_view(**_indexes(kwargs)))
 
 
 class SameFacts:
@@ -488,4 +499,5 @@ def _register_capacity_triggers(
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: kwargs[name] for name in ("kubefit_nodes", "kubefit_pod_usage", "kubefit_workers")}
+    names = ("kubefit_nodes", "kubefit_pod_usage", "kubefit_workers", QUOTA_INDEX)
+    return {name: kwargs[name] for name in names if name in kwargs}

@@ -110,7 +110,7 @@ DELETE_MEMORY_SECONDS = 30.0
 # resync was 17 API writes a second at 500 jobs.
 SERVICE_RECHECK_SECONDS = 300.0
 # Triggers that wait for a job's backoff to end: neither says that the job itself changed.
-_DEFERRED_WHILE_BACKING_OFF = frozenset({"timer", "pod"})
+_DEFERRED_WHILE_BACKING_OFF = frozenset({"timer", "pod", "quota"})
 
 
 def backoff_seconds(failures: int) -> float:
@@ -209,6 +209,7 @@ class _JobState:
     # came during the pass, or its status write showed one: the reconcile goes round even if the pass failed.
     urgent: bool = False
     refusals: Refusals = field(default_factory=Refusals)  # its workers' creates the API server refused
+    quota_limited: bool = False  # its last decision: a ResourceQuota holds it below what it asks
     uid: str | None = None  # the job the fields above are of (None: none read yet)
 
     def of_job(self, uid: str) -> None:
@@ -447,6 +448,19 @@ class Reconciler:
         except Exception as write_error:  # noqa: BLE001 - recording the error must not raise either
             logger.warning("could not record the failure on %s/%s: %s", *key, error_message(write_error))
 
+    def quota_changed(self, namespace: str, view: ClusterView, every_job: bool = False) -> None:
+        """A ResourceQuota of `namespace` changed: the jobs there that a quota held back are decided again, and
+        with `every_job` (a quota created, deleted or given other limits) all of them."""
+        if every_job:
+            keys = [key for key in self.jobs.keys() if key[0] == namespace]
+        else:
+            with self._lock:
+                keys = [
+                    key for key, state in self._jobs.items() if key[0] == namespace and state.quota_limited
+                ]
+        for key in sorted(keys):
+            self.reconcile(key, "quota", view)
+
     def job_deleted(self, key: JobKey, uid: str | None, view: ClusterView) -> None:
         """The job is gone (its DELETED event, a 404, or missing from a list): out of the cache, its metrics
         and its place in the queue."""
@@ -515,6 +529,7 @@ class Reconciler:
         placement = placement_of(template_pod_spec(job.get("spec")))
         observation = self._observe(key, job, state, pods, view, placement)
         decision = decide(observation, self.catalog, self.settings)
+        state.quota_limited = decision.quota_limited
         if self._awaits_first_pass(state, observation, decision):
             # No pass has decided this job yet, and one is due within DEBOUNCE_SECONDS: its status is written
             # once with its admission (or its place in the queue) instead of Queued now and Admitted after.
@@ -580,6 +595,8 @@ class Reconciler:
             created=parse_rfc3339(metadata.get("creationTimestamp")),
             refused_creates=dict(state.refusals.refused),
             refusal=state.refusals.refusal,
+            quotas=tuple(view.quotas(namespace)),
+            unseen_creates=len(state.created),
         )
 
     @staticmethod

@@ -60,6 +60,9 @@ class Draft:
     last_failure_time: str | None = None  # None: as before
     succeeded_workers: frozenset[int] | None = None  # None: as before
     requeue_after: list[float] = field(default_factory=list)  # the earliest one is used
+    # A ResourceQuota of the namespace holds the job below what it asks (decisions/quota.py): the controller
+    # decides it again when a quota there changes.
+    quota_limited: bool = False
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from kubefit.decisions.held import with_held_workers
 from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.job_sizing import JobSizing, size_job
 from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.quota import Quota
 from kubefit.decisions.running import training_ended
 from kubefit.decisions.running_group import (
     RunningGroup,
@@ -127,6 +128,10 @@ class JobObservation:
     # neither shrinks nor preempts other jobs: its workers would likely be refused again, and the room taken
     # for nothing.
     refusal: tuple[str, datetime] | None = None
+    # The ResourceQuotas of the job's namespace (decisions/quota.py): its demand stays within their room.
+    quotas: tuple[Quota, ...] = ()
+    # Workers this process created that kopf's index of pods does not show yet: charged to the quotas already.
+    unseen_creates: int = 0
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,8 @@ class Decision:
     demand: Demand | None = None
     # The checkpoint request that must be open on the board for this job; None: close any.
     checkpoint_request: str | None = None
+    # A ResourceQuota of its namespace holds the job below what it asks: decide it again when one changes.
+    quota_limited: bool = False
 
     def worker_pod(self, index: int) -> dict[str, Any]:
         """The manifest of worker `index`, one of `create`."""
@@ -538,6 +545,7 @@ _EVENTFUL_REASONS: dict[tuple[str, str], EventType] = {
     (ConditionType.READY, Reason.RESTARTING): "Normal",
     (ConditionType.ADMITTED, Reason.QUEUED): "Normal",
     (ConditionType.ADMITTED, Reason.INSUFFICIENT_CAPACITY): "Normal",
+    (ConditionType.ADMITTED, Reason.QUOTA_EXCEEDED): "Warning",  # the namespace's quota must change
     (ConditionType.ADMITTED, Reason.GANG_TIMEOUT): "Warning",
     (ConditionType.ADMITTED, Reason.PREEMPTED): "Warning",
 }
@@ -637,6 +645,7 @@ def _to_decision(
         allocated_accelerators=_devices_held([pod for pod in existing if pod.ready], sizing),
         demand=_taking_room(draft.demand, observation),
         checkpoint_request=draft.checkpoint.request_id if draft.checkpoint else None,
+        quota_limited=draft.quota_limited,
     )
 
 

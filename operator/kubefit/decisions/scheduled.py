@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kubefit.api.conditions import FINISHED_PHASES, ConditionType, JobPhase, Reason
 from kubefit.api.formatting import parse_index_ranges
 from kubefit.api.units import parse_rfc3339, rfc3339
+from kubefit.builders.pods import build_worker_pod
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.conditions import ConditionUpdate, find_condition, is_true
 from kubefit.decisions.demand import job_demand
@@ -22,6 +23,7 @@ from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of,
 from kubefit.decisions.elastic import Removal, apply_handshake, handshake_for, removal_progress
 from kubefit.decisions.gang import backoff_left, growth_held_until, previous_gang
 from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.quota import QuotaRoom, quota_room
 from kubefit.decisions.running import REFUSAL_TRY_SECONDS, admitted, grant_detail, resumed, training_ended
 from kubefit.decisions.workers import stop_workers
 
@@ -44,6 +46,11 @@ def scheduled(ctx: JobContext) -> Draft:
         ctx.observation.created or ctx.now,
         ctx.observation.inventory,
     )
+    room = None if training_ended(ctx) else _quota_room(ctx)
+    charged = len(ctx.live) + ctx.observation.unseen_creates
+    capped = demand if room is None else _within_quota(demand, room, charged)
+    if capped is None:
+        return _over_quota(ctx, demand, room)
     if training_ended(ctx):
         # Finishing: its last workers go on to the end (and it succeeds) whatever the pass grants now,
         # rather than being stopped or queued and the whole training run again.
@@ -58,7 +65,8 @@ def scheduled(ctx: JobContext) -> Draft:
         draft = admitted(ctx, grant)
     # A finished job needs nothing; one that just timed out withholds its demand until the backoff passes.
     withheld = draft.gang is not None and backoff_left(draft.gang, ctx.now) > 0
-    draft.demand = None if draft.phase in FINISHED_PHASES or withheld else _with_finished(demand, draft, ctx)
+    draft.demand = None if draft.phase in FINISHED_PHASES or withheld else _with_finished(capped, draft, ctx)
+    draft.quota_limited = capped.want_workers < demand.want_workers
     if draft.demand is not None:
         draft.demand = replace(draft.demand, queued_since=_queued_since(ctx, draft))
         draft.demand = _held_growth(draft.demand, draft, ctx)
@@ -68,6 +76,52 @@ def scheduled(ctx: JobContext) -> Draft:
             draft.probe = worker_set(ctx, ctx.bounds.desired)
             draft.requeue_after.append(REFUSAL_TRY_SECONDS)  # no event may come to bring the next try
     return draft
+
+
+def _quota_room(ctx: JobContext) -> QuotaRoom | None:
+    """The room the namespace's ResourceQuotas leave for more of the job's workers (None: no quota limits
+    them)."""
+    if not ctx.observation.quotas:
+        return None
+    return quota_room(ctx.observation.quotas, build_worker_pod(worker_set(ctx, ctx.bounds.desired), 0))
+
+
+def _within_quota(demand: Demand, room: QuotaRoom, charged: int) -> Demand | None:
+    """The demand, wanting no more than the workers already charged to the quotas and those they have room
+    for, in whole steps; None for a job with none charged whose minimum is over that. `charged`: its live
+    workers and those created that kopf's index of pods does not show yet (the quota's watch may show them
+    charged first). A job with workers keeps them: it only stops growing."""
+    allowed = (charged + room.more_workers) // demand.worker_step * demand.worker_step
+    if allowed >= demand.want_workers:
+        return demand
+    if allowed < demand.min_workers and not charged:
+        return None
+    return replace(demand, want_workers=max(demand.min_workers, allowed))
+
+
+def _over_quota(ctx: JobContext, demand: Demand, room: QuotaRoom | None) -> Draft:
+    """A queued job whose minimum the namespace's quotas have no room for: it asks the pass for nothing, so
+    it neither takes devices nor preempts or shrinks other jobs for workers the API server would refuse."""
+    needs = demand.min_workers
+    quota = room.describe() if room is not None else "a ResourceQuota has no room"
+    waiting = f"{quota}; the job needs {needs} worker{'s' if needs > 1 else ''}"
+    message = f"queued: {waiting}"
+    gang = previous_gang(ctx.status).model_copy(update={"started": False, "since": None})
+    return Draft(
+        phase=JobPhase.QUEUED,
+        updates=[
+            sized(ctx.sizing),
+            ConditionUpdate(ConditionType.ADMITTED, "False", Reason.QUOTA_EXCEEDED, waiting),
+            *not_running(Reason.QUEUED, message),
+            *resumed(ctx),
+        ],
+        restarts=restarts_of(ctx.status),
+        desired=0,
+        message=message,
+        gang=gang,
+        succeeded_workers=frozenset(),
+        quota_limited=True,
+    )
 
 
 def _held_growth(demand: Demand, draft: Draft, ctx: JobContext) -> Demand:

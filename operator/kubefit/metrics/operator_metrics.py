@@ -52,7 +52,9 @@ _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 # Seconds to minutes for an idle cluster, hours for a busy one.
 _WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 # Reconcile triggers (controller/handlers.py, scheduler.py, reconciler.py); anything else is "other".
-TRIGGERS = frozenset({"create", "update", "resume", "timer", "pod", "admission", "checkpoint", "retry"})
+TRIGGERS = frozenset(
+    {"create", "update", "resume", "timer", "pod", "admission", "checkpoint", "quota", "retry"}
+)
 SCALE_DIRECTIONS = frozenset({"up", "down"})
 # The scheduling pass's reason words (decisions/admission.py); anything else is "Other".
 SCALE_REASONS = frozenset({"ScaledUp", "ScaledDown", "CapacityChanged", "ShrunkForPriority"})

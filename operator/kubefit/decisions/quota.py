@@ -1,0 +1,196 @@
+"""How many of a job's workers its namespace's ResourceQuotas leave room for (pure).
+
+The API server refuses a pod that would take a quota over its hard limit (403). A gang admitted past its
+quota would preempt or shrink other jobs for workers that can never be created, so a job's demand is
+capped at what the quotas allow, and a queued job whose minimum is over them asks for nothing
+(decisions/scheduled.py, Reason.QUOTA_EXCEEDED). The reading follows kube-apiserver's pod evaluator
+(pkg/quota/v1/evaluator/core/pods.go): a pod is charged `pods`/`count/pods`, its cpu, memory and
+ephemeral-storage requests and limits, and its extended resources as `requests.<name>`, and a quota
+charges only the pods its scopes select. A quota whose scopes cannot be read here is left to the API
+server, whose refusal the operator still handles (controller/refusals.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from kubefit.api.quantity import exact_quantity, is_quantity
+
+# The quota keys a pod is charged under, for cpu, memory and ephemeral-storage: each resource's request is
+# charged as "requests.<name>" and as plain "<name>", its limit as "limits.<name>".
+_STANDARD = ("cpu", "memory", "ephemeral-storage")
+_POD_COUNTS = ("pods", "count/pods")
+_NOT_TERMINAL = "NotTerminating"
+
+
+@dataclass(frozen=True)
+class ScopeTerm:
+    """One term of a quota's scopeSelector (or one of its `scopes`, as the API server turns them into
+    terms with operator Exists)."""
+
+    scope: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A ResourceQuota as its status reads: what it allows and what is charged to it now."""
+
+    name: str
+    hard: Mapping[str, Decimal]
+    used: Mapping[str, Decimal]
+    scopes: tuple[ScopeTerm, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuotaRoom:
+    """The quota that leaves room for the fewest more workers, and for how many."""
+
+    quota: str
+    resource: str
+    hard: Decimal
+    used: Decimal
+    per_worker: Decimal
+    more_workers: int
+
+    def describe(self) -> str:
+        return (
+            f"ResourceQuota {self.quota} has room for {self.more_workers} more "
+            f"worker{'' if self.more_workers == 1 else 's'} ({self.resource}: {_amount(self.used)} of "
+            f"{_amount(self.hard)} used, {_amount(self.per_worker)} per worker)"
+        )
+
+
+def _amount(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def quota_from(body: Mapping[str, Any]) -> Quota | None:
+    """A ResourceQuota object's status as a Quota; None where it has no status yet (the quota controller has
+    not counted it: the API server then refuses every pod it would charge, which the refusal handling sees)
+    or where a quantity does not parse."""
+    metadata, spec, status = (body.get(key) or {} for key in ("metadata", "spec", "status"))
+    hard, used = status.get("hard"), status.get("used")
+    if not isinstance(hard, Mapping) or not hard:
+        return None
+    try:
+        parsed_hard = {key: _quantity(value) for key, value in hard.items()}
+        parsed_used = {key: _quantity(value) for key, value in (used or {}).items()}
+    except ValueError:
+        return None
+    terms = [ScopeTerm(str(scope), "Exists") for scope in spec.get("scopes") or []]
+    for term in (spec.get("scopeSelector") or {}).get("matchExpressions") or []:
+        values = tuple(str(value) for value in term.get("values") or [])
+        terms.append(ScopeTerm(str(term.get("scopeName")), str(term.get("operator")), values))
+    return Quota(str(metadata.get("name") or ""), parsed_hard, parsed_used, tuple(terms))
+
+
+def _quantity(value: Any) -> Decimal:
+    parsed = exact_quantity(value) if isinstance(value, int | str) and is_quantity(value) else None
+    if parsed is None:
+        raise ValueError(f"not a quantity: {value!r}")
+    return parsed
+
+
+def pod_charges(pod: Mapping[str, Any]) -> dict[str, Decimal]:
+    """What creating `pod` charges to a quota that selects it, by quota key (the pod evaluator's usage)."""
+    spec = pod.get("spec") or {}
+    requests, limits = _pod_resources(spec, "requests"), _pod_resources(spec, "limits")
+    charges = {key: Decimal(1) for key in _POD_COUNTS}
+    for name, amount in requests.items():
+        if name in _STANDARD:
+            charges[name] = charges[f"requests.{name}"] = amount
+        elif "/" in name or name.startswith("hugepages-"):
+            charges[f"requests.{name}"] = amount
+    for name, amount in limits.items():
+        if name in _STANDARD:
+            charges[f"limits.{name}"] = amount
+    return charges
+
+
+def _pod_resources(spec: Mapping[str, Any], kind: str) -> dict[str, Decimal]:
+    """The pod's requests (or limits) as the API server totals them: its containers together, or its largest
+    init container where that is more. A container's limit stands for its request where it gives none."""
+    total: dict[str, Decimal] = {}
+    for container in spec.get("containers") or []:
+        for name, amount in _container_resources(container, kind).items():
+            total[name] = total.get(name, Decimal(0)) + amount
+    for init in spec.get("initContainers") or []:
+        for name, amount in _container_resources(init, kind).items():
+            total[name] = max(total.get(name, Decimal(0)), amount)
+    return total
+
+
+def _container_resources(container: Mapping[str, Any], kind: str) -> dict[str, Decimal]:
+    resources = container.get("resources") or {}
+    amounts = dict(resources.get("limits") or {})
+    if kind == "requests":
+        amounts.update(resources.get("requests") or {})
+    parsed = {}
+    for name, value in amounts.items():
+        try:
+            parsed[str(name)] = _quantity(value)
+        except ValueError:
+            continue  # the API server would refuse the pod itself; not the quota's to say
+    return parsed
+
+
+def selects(quota: Quota, pod: Mapping[str, Any]) -> bool | None:
+    """Whether `quota` charges `pod`; None for a scope this reading does not know."""
+    spec = pod.get("spec") or {}
+    for term in quota.scopes:
+        matched = _term_selects(term, spec)
+        if matched is not True:
+            return matched
+    return True
+
+
+def _term_selects(term: ScopeTerm, spec: Mapping[str, Any]) -> bool | None:
+    if term.scope in ("Terminating", _NOT_TERMINAL):
+        deadline = spec.get("activeDeadlineSeconds")
+        terminating = isinstance(deadline, int) and deadline >= 0
+        return terminating == (term.scope == "Terminating")
+    if term.scope in ("BestEffort", "NotBestEffort"):
+        best_effort = not any(
+            _container_resources(container, "requests")
+            for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+        )
+        return best_effort == (term.scope == "BestEffort")
+    if term.scope == "PriorityClass":
+        return _priority_selects(term, str(spec.get("priorityClassName") or ""))
+    return None
+
+
+def _priority_selects(term: ScopeTerm, priority_class: str) -> bool | None:
+    if term.operator == "Exists":
+        return bool(priority_class)
+    if term.operator == "DoesNotExist":
+        return not priority_class
+    if term.operator == "In":
+        return priority_class in term.values
+    if term.operator == "NotIn":
+        return priority_class not in term.values
+    return None
+
+
+def quota_room(quotas: Sequence[Quota], pod: Mapping[str, Any]) -> QuotaRoom | None:
+    """The quota of `quotas` that leaves room for the fewest more pods like `pod` (a job's worker), or None
+    where no quota that selects it limits anything the pod is charged."""
+    charges = pod_charges(pod)
+    tightest: QuotaRoom | None = None
+    for quota in quotas:
+        if selects(quota, pod) is not True:
+            continue
+        for resource, hard in quota.hard.items():
+            per_worker = charges.get(resource)
+            if not per_worker:
+                continue
+            used = quota.used.get(resource, Decimal(0))
+            more = max(int((hard - used) // per_worker), 0)
+            if tightest is None or more < tightest.more_workers:
+                tightest = QuotaRoom(quota.name, resource, hard, used, per_worker, more)
+    return tightest

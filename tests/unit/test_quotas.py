@@ -1,0 +1,226 @@
+"""A job's demand within its namespace's ResourceQuotas (decisions/quota.py, scheduled._within_quota).
+
+Before, a gang admitted past its namespace's quota preempted a lower-priority job, had its creates refused
+(403 exceeded quota) and gave its grant back: the other job lost its workers for nothing. Now the job's demand
+is capped at what the quotas have room for, and a queued job whose minimum is over it asks for nothing: it is
+Queued with Admitted=False QuotaExceeded, naming the quota, and is decided again when a quota there changes.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import test_reconciler
+from test_reconciler import KEY, NAMESPACE, Harness, harness, job_manifest
+from test_refused_workers import OTHER, both_reconciled, run_on_h0
+
+from kubefit.decisions.inventory import NodeFacts
+from kubefit.decisions.quota import Quota, ScopeTerm, pod_charges, quota_from, quota_room, selects
+
+__all__ = ["harness"]  # the fixture, by import
+
+GPU = "requests.nvidia.com/gpu"
+
+
+def gpu_quota(hard: int, used: int, name: str = "team-gpus") -> Quota:
+    return Quota(name, {GPU: Decimal(hard)}, {GPU: Decimal(used)})
+
+
+def worker(requests: dict[str, Any] | None = None, limits: dict[str, Any] | None = None, **spec: Any) -> dict:
+    resources = {"requests": requests or {}, "limits": limits or {}}
+    return {"spec": {"containers": [{"name": "trainer", "resources": resources}], **spec}}
+
+
+# ------------------------------------------------------------------------------------------ pure reading
+
+
+def test_a_pod_is_charged_its_requests_limits_extended_resources_and_one_pod() -> None:
+    pod = worker({"cpu": "4", "memory": "64Gi"}, {"memory": "80Gi", "nvidia.com/gpu": "8"})
+    pod["spec"]["initContainers"] = [{"name": "fetch", "resources": {"requests": {"cpu": "6"}}}]
+    charges = pod_charges(pod)
+    assert charges["pods"] == charges["count/pods"] == 1
+    # The init container's 6 cpu is more than the containers' 4: the API server charges the larger.
+    assert charges["requests.cpu"] == charges["cpu"] == 6
+    assert charges["requests.memory"] == charges["memory"] == 64 * 2**30
+    assert charges["limits.memory"] == 80 * 2**30
+    assert charges[GPU] == 8  # an extended resource given only as a limit is requested at it
+    assert "limits.cpu" not in charges and "limits.nvidia.com/gpu" not in charges
+
+
+def test_a_quota_is_read_from_its_status_with_its_scopes() -> None:
+    body = {
+        "metadata": {"name": "gpus"},
+        "spec": {
+            "scopes": ["NotTerminating"],
+            "scopeSelector": {
+                "matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]
+            },
+        },
+        "status": {"hard": {GPU: "16", "requests.memory": "1Ti"}, "used": {GPU: "8"}},
+    }
+    quota = quota_from(body)
+    assert quota == Quota(
+        "gpus",
+        {GPU: Decimal(16), "requests.memory": Decimal(2**40)},
+        {GPU: Decimal(8)},
+        (ScopeTerm("NotTerminating", "Exists"), ScopeTerm("PriorityClass", "In", ("high",))),
+    )
+    # Not counted yet (no status: the API server refuses what it would charge), or unreadable: left to the
+    # API server's refusal.
+    assert quota_from({"metadata": {"name": "new"}, "spec": {"hard": {GPU: "4"}}}) is None
+    assert quota_from({"metadata": {"name": "odd"}, "status": {"hard": {GPU: "many"}}}) is None
+
+
+@pytest.mark.parametrize(
+    ("term", "spec", "selected"),
+    [
+        (ScopeTerm("NotTerminating", "Exists"), {}, True),
+        (ScopeTerm("Terminating", "Exists"), {}, False),
+        (ScopeTerm("Terminating", "Exists"), {"activeDeadlineSeconds": 3600}, True),
+        (ScopeTerm("NotBestEffort", "Exists"), {}, True),
+        (ScopeTerm("BestEffort", "Exists"), {}, False),
+        (ScopeTerm("PriorityClass", "In", ("high",)), {"priorityClassName": "high"}, True),
+        (ScopeTerm("PriorityClass", "In", ("high",)), {"priorityClassName": "low"}, False),
+        (ScopeTerm("PriorityClass", "NotIn", ("high",)), {}, True),
+        (ScopeTerm("PriorityClass", "Exists"), {}, False),
+        (ScopeTerm("PriorityClass", "DoesNotExist"), {}, True),
+        (ScopeTerm("CrossNamespacePodAffinity", "Exists"), {}, None),  # not read here: left to the API server
+    ],
+)
+def test_a_quota_charges_only_the_pods_its_scopes_select(
+    term: ScopeTerm, spec: dict[str, Any], selected: bool | None
+) -> None:
+    quota = Quota("q", {GPU: Decimal(1)}, {}, (term,))
+    assert selects(quota, worker({"cpu": "1"}, {"nvidia.com/gpu": "1"}, **spec)) is selected
+
+
+def test_the_room_is_the_tightest_quota_that_selects_the_worker() -> None:
+    pod = worker({"cpu": "8"}, {"nvidia.com/gpu": "4"})
+    quotas = [
+        gpu_quota(64, 40, "roomy"),  # 6 more workers of 4
+        Quota("cpus", {"requests.cpu": Decimal(40), "services": Decimal(1)}, {"requests.cpu": Decimal(20)}),
+        Quota("elsewhere", {GPU: Decimal(0)}, {}, (ScopeTerm("Terminating", "Exists"),)),  # not selected
+        Quota("unknown-scope", {GPU: Decimal(0)}, {}, (ScopeTerm("CrossNamespacePodAffinity", "Exists"),)),
+    ]
+    room = quota_room(quotas, pod)
+    assert room is not None
+    assert (room.quota, room.resource, room.more_workers) == ("cpus", "requests.cpu", 2)
+    assert room.describe() == (
+        "ResourceQuota cpus has room for 2 more workers (requests.cpu: 20 of 40 used, 8 per worker)"
+    )
+    over = quota_room([gpu_quota(8, 10)], pod)  # used above hard (the quota was lowered): no room, not less
+    assert over is not None and over.more_workers == 0
+    assert quota_room([Quota("services", {"services": Decimal(5)}, {})], pod) is None
+
+
+# ------------------------------------------------------------------------------------------ decisions
+
+
+@pytest.fixture(autouse=True)
+def one_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One node of 2 GPUs: two workers of 1 GPU fill it."""
+    node = NodeFacts("h0", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "2"})
+    monkeypatch.setattr(test_reconciler, "NODES", [node])
+
+
+def llama_pods(harness: Harness) -> list[str]:
+    return sorted(name for name in harness.kube.pods if name.startswith("llama-"))
+
+
+def test_a_gang_over_its_quota_is_queued_and_preempts_no_one_until_the_quota_has_room(
+    harness: Harness,
+) -> None:
+    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
+    harness.reconcile(key=OTHER)
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    harness.quotas = [gpu_quota(3, 2)]  # the other job's 2 GPUs are charged; room for 1 more worker
+    llama = job_manifest(replicas=2)
+    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
+    harness.kube.jobs["llama"] = llama
+    harness.reconcile()
+    both_reconciled(harness)
+    admitted = harness.condition("Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "QuotaExceeded")
+    assert admitted["message"] == (
+        "ResourceQuota team-gpus has room for 1 more worker (requests.nvidia.com/gpu: 2 of 3 used, "
+        "1 per worker); the job needs 2 workers"
+    )
+    assert harness.kube.jobs["llama"]["status"]["phase"] == "Queued"
+    assert not harness.events("Preempted") and not llama_pods(harness)
+    assert [(event[2], event[3]) for event in harness.events("QuotaExceeded")] == [
+        (admitted["message"], "Warning")
+    ]
+    assert sorted(harness.kube.pods) == ["other-worker-0", "other-worker-1"]
+    assert harness.reconciler._jobs[KEY].quota_limited
+    # The quota raised: the job is decided again, preempts the other job and starts.
+    harness.quotas = [gpu_quota(4, 2)]
+    harness.reconciler.quota_changed(NAMESPACE, harness.view())
+    both_reconciled(harness)
+    assert len(harness.events("Preempted")) == 1
+    assert harness.condition("Admitted")["status"] == "True"
+    assert llama_pods(harness) == ["llama-worker-0", "llama-worker-1"]
+    assert not harness.reconciler._jobs[KEY].quota_limited
+
+
+def test_an_elastic_job_grows_only_as_far_as_its_quota_allows(harness: Harness) -> None:
+    llama = job_manifest(replicas=2, minReplicas=1, maxReplicas=2)
+    llama["spec"]["elastic"]["enabled"] = True
+    harness.kube.jobs["llama"] = llama
+    harness.quotas = [gpu_quota(1, 0)]
+    harness.reconcile()
+    assert llama_pods(harness) == ["llama-worker-0"]
+    assert harness.reconciler._jobs[KEY].quota_limited
+    run_on_h0(harness, "llama")
+    harness.quotas = [gpu_quota(1, 1)]  # its own worker is charged now: it keeps it, and grows no further
+    harness.reconcile("pod")
+    assert llama_pods(harness) == ["llama-worker-0"]
+    assert harness.condition("Admitted")["status"] == "True"
+    harness.quotas = [gpu_quota(2, 1)]
+    harness.reconciler.quota_changed(NAMESPACE, harness.view())
+    harness.reconcile("pod")
+    assert llama_pods(harness) == ["llama-worker-0", "llama-worker-1"]
+
+
+def test_a_granted_job_whose_workers_the_quota_shows_before_the_index_does_is_not_queued(
+    harness: Harness,
+) -> None:
+    # The quota's watch can show the creates charged before kopf's index of pods shows the pods: the job
+    # then seems to have no worker and no room. Its grant counts as charged, so it is neither queued nor
+    # shrunk.
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.quotas = [gpu_quota(2, 0)]
+    harness.reconcile()
+    assert llama_pods(harness) == ["llama-worker-0", "llama-worker-1"]
+    harness.quotas = [gpu_quota(2, 2)]
+    harness.index_lags = True
+    harness.reconcile("pod")
+    assert harness.condition("Admitted")["status"] == "True"
+    assert llama_pods(harness) == ["llama-worker-0", "llama-worker-1"]
+
+
+def test_a_quota_change_decides_again_only_the_jobs_a_quota_held_back_unless_its_limits_changed(
+    harness: Harness,
+) -> None:
+    harness.kube.jobs["other"] = job_manifest("other", replicas=1)
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    for name in ("other", "llama"):
+        harness.reconciler.jobs.observe((NAMESPACE, name), harness.kube.jobs[name])
+    harness.quotas = [gpu_quota(2, 0)]
+    harness.reconcile(key=OTHER)  # 1 worker: within the quota
+    harness.quotas = [gpu_quota(2, 1)]
+    harness.reconcile()  # 2 workers, room for 1: held back
+    reconciled: list[tuple[str, str]] = []
+    original = harness.reconciler.reconcile
+    harness.reconciler.reconcile = lambda key, trigger, view: reconciled.append((key[1], trigger))  # type: ignore[method-assign]
+    harness.reconciler.quota_changed(NAMESPACE, harness.view())
+    assert reconciled == [("llama", "quota")]
+    reconciled.clear()
+    harness.reconciler.quota_changed(NAMESPACE, harness.view(), every_job=True)
+    assert reconciled == [("llama", "quota"), ("other", "quota")]
+    reconciled.clear()
+    harness.reconciler.quota_changed("team-b", harness.view(), every_job=True)
+    assert reconciled == []
+    harness.reconciler.reconcile = original  # type: ignore[method-assign]
