@@ -53,8 +53,8 @@ def test_a_gang_over_its_quota_waits_without_preempting_and_runs_once_the_quota_
     admitted = wait_for("the urgent job held back by the quota", quota_exceeded, timeout=60, interval=1)
     assert admitted["status"] == "False"
     assert admitted["message"] == (
-        f"ResourceQuota team-gpus has room for 1 more worker ({GPU}: 16 of 24 used, 8 per worker); "
-        "the job needs 2 workers"
+        f"ResourceQuota team-gpus has room for 1 of the job's workers ({GPU}: 16 of 24 used by other pods, "
+        "8 per worker); the job needs 2 workers"
     )
     assert kube.job_status(namespace, "urgent")["phase"] == "Queued"
     # Neither this operator nor one restarted takes the victim's devices for workers the quota refuses.

@@ -8,6 +8,7 @@ Queued with Admitted=False QuotaExceeded, naming the quota, and is decided again
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -16,8 +17,20 @@ import test_reconciler
 from test_reconciler import KEY, NAMESPACE, Harness, harness, job_manifest
 from test_refused_workers import OTHER, both_reconciled, run_on_h0
 
+from kubefit.controller.quotas import QuotaChange, QuotaLimits
+from kubefit.decisions.admission import Demand
 from kubefit.decisions.inventory import NodeFacts
-from kubefit.decisions.quota import Quota, ScopeTerm, pod_charges, quota_from, quota_room, selects
+from kubefit.decisions.quota import (
+    OwnPods,
+    Quota,
+    QuotaRoom,
+    ScopeTerm,
+    pod_charges,
+    quota_from,
+    quota_room,
+    selects,
+)
+from kubefit.decisions.scheduled import _within_quota
 
 __all__ = ["harness"]  # the fixture, by import
 
@@ -47,6 +60,18 @@ def test_a_pod_is_charged_its_requests_limits_extended_resources_and_one_pod() -
     assert charges["limits.memory"] == 80 * 2**30
     assert charges[GPU] == 8  # an extended resource given only as a limit is requested at it
     assert "limits.cpu" not in charges and "limits.nvidia.com/gpu" not in charges
+
+
+def test_sidecars_add_to_the_containers_and_hugepages_are_charged_as_the_api_server_does() -> None:
+    pod = worker({"cpu": "8", "hugepages-2Mi": "1Gi", "example.kubernetes.io/native": "1"})
+    pod["spec"]["initContainers"] = [
+        {"name": "proxy", "restartPolicy": "Always", "resources": {"requests": {"cpu": "2"}}},
+        {"name": "fetch", "resources": {"requests": {"cpu": "9"}}},  # started after the proxy: 11 then
+    ]
+    charges = pod_charges(pod)
+    assert charges["requests.cpu"] == 11  # max(8 + 2 running, 2 + 9 while fetching)
+    assert charges["hugepages-2Mi"] == charges["requests.hugepages-2Mi"] == 2**30
+    assert "requests.example.kubernetes.io/native" not in charges  # a native resource's name, not extended
 
 
 def test_a_quota_is_read_from_its_status_with_its_scopes() -> None:
@@ -83,9 +108,12 @@ def test_a_quota_is_read_from_its_status_with_its_scopes() -> None:
         (ScopeTerm("BestEffort", "Exists"), {}, False),
         (ScopeTerm("PriorityClass", "In", ("high",)), {"priorityClassName": "high"}, True),
         (ScopeTerm("PriorityClass", "In", ("high",)), {"priorityClassName": "low"}, False),
-        (ScopeTerm("PriorityClass", "NotIn", ("high",)), {}, True),
-        (ScopeTerm("PriorityClass", "Exists"), {}, False),
-        (ScopeTerm("PriorityClass", "DoesNotExist"), {}, True),
+        (ScopeTerm("PriorityClass", "NotIn", ("high",)), {"priorityClassName": "low"}, True),
+        (ScopeTerm("PriorityClass", "Exists"), {"priorityClassName": "low"}, True),
+        (ScopeTerm("PriorityClass", "DoesNotExist"), {"priorityClassName": "low"}, False),
+        # No class named: the cluster's globalDefault class, if any, is the pod's (not read here).
+        (ScopeTerm("PriorityClass", "DoesNotExist"), {}, None),
+        (ScopeTerm("PriorityClass", "NotIn", ("high",)), {}, None),
         (ScopeTerm("CrossNamespacePodAffinity", "Exists"), {}, None),  # not read here: left to the API server
     ],
 )
@@ -106,13 +134,33 @@ def test_the_room_is_the_tightest_quota_that_selects_the_worker() -> None:
     ]
     room = quota_room(quotas, pod)
     assert room is not None
-    assert (room.quota, room.resource, room.more_workers) == ("cpus", "requests.cpu", 2)
+    assert (room.quota, room.resource, room.workers) == ("cpus", "requests.cpu", 2)
     assert room.describe() == (
-        "ResourceQuota cpus has room for 2 more workers (requests.cpu: 20 of 40 used, 8 per worker)"
+        "ResourceQuota cpus has room for 2 of the job's workers (requests.cpu: 20 of 40 used by other pods, "
+        "8 per worker)"
     )
+    # The job's own pods: two live (charged like a worker) and one finished (only object counts charge it).
+    own = OwnPods(charged=2, finished=1)
+    mine = quota_room(
+        [gpu_quota(16, 12), Quota("objects", {"count/pods": Decimal(5)}, {"count/pods": Decimal(5)})],
+        pod,
+        own,
+    )
+    assert mine is not None and (mine.resource, mine.workers, mine.used_by_others) == (GPU, 3, 4)
     over = quota_room([gpu_quota(8, 10)], pod)  # used above hard (the quota was lowered): no room, not less
-    assert over is not None and over.more_workers == 0
+    assert over is not None and over.workers == 0
     assert quota_room([Quota("services", {"services": Decimal(5)}, {})], pod) is None
+
+
+def test_a_quota_on_a_limit_the_worker_does_not_state_is_left_to_the_api_server() -> None:
+    # The API server refuses such a pod ("must specify limits.memory") unless a LimitRange's default gives it
+    # one first, which is not read here: judging the quota could keep a job waiting that the API server admits.
+    pod = worker({"cpu": "8", "memory": "64Gi"}, {"nvidia.com/gpu": "4"})
+    limited = Quota("mem", {"limits.memory": Decimal(2**40), GPU: Decimal(0)}, {})
+    assert quota_room([limited], pod) is None
+    stated = worker({"cpu": "8", "memory": "64Gi"}, {"memory": "64Gi", "nvidia.com/gpu": "4"})
+    room = quota_room([limited], stated)
+    assert room is not None and (room.resource, room.workers) == (GPU, 0)
 
 
 # ------------------------------------------------------------------------------------------ decisions
@@ -145,8 +193,8 @@ def test_a_gang_over_its_quota_is_queued_and_preempts_no_one_until_the_quota_has
     admitted = harness.condition("Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "QuotaExceeded")
     assert admitted["message"] == (
-        "ResourceQuota team-gpus has room for 1 more worker (requests.nvidia.com/gpu: 2 of 3 used, "
-        "1 per worker); the job needs 2 workers"
+        "ResourceQuota team-gpus has room for 1 of the job's workers (requests.nvidia.com/gpu: 2 of 3 used "
+        "by other pods, 1 per worker); the job needs 2 workers"
     )
     assert harness.kube.jobs["llama"]["status"]["phase"] == "Queued"
     assert not harness.events("Preempted") and not llama_pods(harness)
@@ -188,8 +236,8 @@ def test_a_granted_job_whose_workers_the_quota_shows_before_the_index_does_is_no
     harness: Harness,
 ) -> None:
     # The quota's watch can show the creates charged before kopf's index of pods shows the pods: the job
-    # then seems to have no worker and no room. Its grant counts as charged, so it is neither queued nor
-    # shrunk.
+    # then seems to have no worker and no room. Its creates that the index does not show yet count as its
+    # own, so it is neither queued nor shrunk.
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.quotas = [gpu_quota(2, 0)]
     harness.reconcile()
@@ -224,3 +272,61 @@ def test_a_quota_change_decides_again_only_the_jobs_a_quota_held_back_unless_its
     harness.reconciler.quota_changed("team-b", harness.view(), every_job=True)
     assert reconciled == []
     harness.reconciler.reconcile = original  # type: ignore[method-assign]
+
+
+def test_what_a_quota_event_changed_decides_which_jobs_are_decided_again() -> None:
+    limits = QuotaLimits()
+    created = {"metadata": {"uid": "q1"}, "spec": {"hard": {GPU: "8"}}}
+    counted = {**created, "status": {"hard": {GPU: "8"}, "used": {GPU: "0"}}}
+    grown = {**created, "status": {"hard": {GPU: "8"}, "used": {GPU: "4"}}}
+    raised = {
+        "metadata": {"uid": "q1"},
+        "spec": {"hard": {GPU: "16"}},
+        "status": {"hard": {GPU: "16"}, "used": {GPU: "4"}},
+    }
+    fell = {**raised, "status": {"hard": {GPU: "16"}, "used": {GPU: "2"}}}
+    assert limits.observe("ADDED", created) is QuotaChange.LIMITS
+    # The quota controller's first count: the index has the quota only from now on.
+    assert limits.observe("MODIFIED", counted) is QuotaChange.LIMITS
+    assert limits.observe("MODIFIED", grown) is QuotaChange.NONE  # a pod created: held jobs stay held
+    assert limits.observe("MODIFIED", raised) is QuotaChange.LIMITS
+    assert limits.observe("MODIFIED", fell) is QuotaChange.ROOM  # a pod gone: the held jobs again
+    assert limits.observe(None, fell) is QuotaChange.NONE  # listed again as it was
+    assert limits.observe(None, raised) is QuotaChange.NONE  # usage grew during a watch break
+    assert limits.observe(None, fell) is QuotaChange.ROOM  # and fell
+    assert limits.observe("DELETED", fell) is QuotaChange.LIMITS
+    # Listed at the operator's start (never seen): every job is decided then anyway.
+    assert QuotaLimits().observe(None, counted) is QuotaChange.NONE
+
+
+def test_a_job_keeps_its_live_workers_and_its_restart_whatever_the_quota_says_now() -> None:
+    elastic = Demand(KEY, 0, 0.0, "nvidia-h100-80gb", 1, 4, 12, True, "Never", worker_step=4)
+    no_room = QuotaRoom("q", GPU, Decimal(8), Decimal(8), Decimal(1), 0)
+    # Seven live (one of a group of four failed), no room: it keeps eight (whole groups), and grows no more.
+    kept = _within_quota(elastic, no_room, live=7)
+    assert kept is not None and kept.want_workers == 8
+    assert _within_quota(elastic, no_room, live=0) is None
+    assert _within_quota(elastic, replace(no_room, workers=13), live=0) == replace(elastic, want_workers=12)
+
+
+def test_a_job_whose_own_pods_fill_the_quota_is_not_held_back_by_them(harness: Harness) -> None:
+    # Its failed workers (count/pods charges a pod object until it is deleted), and the workers its restart
+    # deleted while the quota still counts them, are charged to the quota; read as other pods' usage they held
+    # the job back (the failed pod is deleted only by the decision that replaces it) or cost it its admission.
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    objects = Quota("objects", {"count/pods": Decimal(2)}, {"count/pods": Decimal(0)})
+    harness.quotas = [gpu_quota(2, 0), objects]
+    harness.reconcile()
+    run_on_h0(harness, "llama")
+    harness.reconcile("pod")
+    assert harness.condition("Admitted")["status"] == "True"
+    harness.kube.pods["llama-worker-1"] = replace(harness.kube.pods["llama-worker-1"], phase="Failed")
+    harness.quotas = [gpu_quota(2, 1), replace(objects, used={"count/pods": Decimal(2)})]
+    harness.reconcile("pod")
+    assert ("delete_pod", "llama-worker-1") in harness.calls("delete_pod")  # the group restarts
+    assert not llama_pods(harness)
+    # Deleted, but not counted off the quota yet: the restart keeps the job's admission.
+    harness.quotas = [gpu_quota(2, 2), replace(objects, used={"count/pods": Decimal(2)})]
+    harness.reconcile("pod")
+    assert harness.condition("Admitted")["status"] == "True"
+    assert not harness.events("QuotaExceeded")

@@ -1,15 +1,18 @@
 """ResourceQuotas: kopf's index of them by namespace, and the trigger that decides again the jobs a quota's
 change may concern (decisions/quota.py reads them).
 
-Index: kubefit_quotas: namespace -> Quota of each ResourceQuota with a status. Trigger: a quota created,
-deleted or given other limits decides every job of its namespace again; one whose usage alone changed (a pod
-created or deleted there, most often) decides again only the jobs a quota held back.
+Index: kubefit_quotas: namespace -> Quota of each ResourceQuota with a status. Trigger (QuotaChange): a quota
+created, deleted, given other limits or first counted decides every job of its namespace again; one whose
+usage fell (a pod gone) decides again only the jobs a quota held back; one whose usage grew (a pod created
+there, the most frequent change) decides none.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any
 
 import kopf
@@ -21,25 +24,41 @@ from kubefit.decisions.quota import quota_from
 QUOTA_INDEX = "kubefit_quotas"
 
 
+class QuotaChange(enum.Enum):
+    NONE = (
+        "none"  # its usage alone grew: the jobs it held back stay held (their messages wait for the resync)
+    )
+    ROOM = "room"  # its usage fell (a pod gone): the jobs a quota held back are decided again
+    LIMITS = "limits"  # created, deleted, other limits or first counted: every job of its namespace
+
+
 class QuotaLimits:
-    """The limits (spec) of each quota as last seen, to tell a change of what it allows from one of its usage."""
+    """Each quota's limits (its spec and status.hard) and usage as last seen, to tell what an event changed."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._limits: dict[str, Any] = {}  # uid -> (hard, scopes, scope selector)
+        self._seen: dict[str, tuple[str, Mapping[str, Decimal]]] = {}  # uid -> (limits, status.used)
 
-    def changed(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
-        """Whether this event changes what the quota allows: it is new, deleted, or its spec changed."""
+    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> QuotaChange:
+        """What this event changed. A listing's event (`event_type` None) of a quota not seen before is the
+        operator's start, which decides every job anyway: no change."""
         uid = (body.get("metadata") or {}).get("uid") or ""
-        spec = body.get("spec") or {}
-        limits = repr((spec.get("hard"), spec.get("scopes"), spec.get("scopeSelector")))
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        limits = repr((spec.get("hard"), spec.get("scopes"), spec.get("scopeSelector"), status.get("hard")))
+        quota = quota_from(body)
+        used = quota.used if quota is not None else {}
         with self._lock:
             if event_type == "DELETED":
-                self._limits.pop(uid, None)
-                return True
-            before = self._limits.get(uid)
-            self._limits[uid] = limits
-            return before != limits
+                self._seen.pop(uid, None)
+                return QuotaChange.LIMITS
+            before = self._seen.get(uid)
+            self._seen[uid] = (limits, used)
+        if before is None:
+            return QuotaChange.NONE if event_type is None else QuotaChange.LIMITS
+        if before[0] != limits:
+            return QuotaChange.LIMITS
+        fell = any(amount < before[1].get(resource, amount) for resource, amount in used.items())
+        return QuotaChange.ROOM if fell or set(before[1]) - set(used) else QuotaChange.NONE
 
 
 def register_quotas(
@@ -61,12 +80,10 @@ def register_quotas(
 
     @kopf.on.event("", "v1", "resourcequotas", id="quota_changed", registry=registry)
     async def quota_event(**kwargs: Any) -> None:
-        if kwargs["type"] is None:
-            # The listing at the start: indexed before any job is reconciled, so nothing to decide again.
-            limits.changed(None, kwargs["body"])
-            return
-        await run(on_quota_event, kwargs)
+        change = limits.observe(kwargs["type"], kwargs["body"])
+        if change is not QuotaChange.NONE:
+            await run(on_quota_change, {**kwargs, "change": change})
 
-    def on_quota_event(type: str | None, body: kopf.Body, namespace: str | None, **kwargs: Any) -> None:
-        every_job = limits.changed(type, body)
+    def on_quota_change(change: QuotaChange, namespace: str | None, **kwargs: Any) -> None:
+        every_job = change is QuotaChange.LIMITS
         reconciler.quota_changed(namespace or "", view_of(kwargs), every_job=every_job)

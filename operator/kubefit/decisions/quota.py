@@ -23,6 +23,7 @@ from kubefit.api.quantity import exact_quantity, is_quantity
 # charged as "requests.<name>" and as plain "<name>", its limit as "limits.<name>".
 _STANDARD = ("cpu", "memory", "ephemeral-storage")
 _POD_COUNTS = ("pods", "count/pods")
+_HUGE_PAGES = "hugepages-"
 _NOT_TERMINAL = "NotTerminating"
 
 
@@ -48,21 +49,36 @@ class Quota:
 
 @dataclass(frozen=True)
 class QuotaRoom:
-    """The quota that leaves room for the fewest more workers, and for how many."""
+    """The quota that leaves room for the fewest of a job's workers, and for how many in all (its own pods'
+    charges counted as room: they are its workers, or go)."""
 
     quota: str
     resource: str
     hard: Decimal
-    used: Decimal
+    used_by_others: Decimal
     per_worker: Decimal
-    more_workers: int
+    workers: int
 
     def describe(self) -> str:
         return (
-            f"ResourceQuota {self.quota} has room for {self.more_workers} more "
-            f"worker{'' if self.more_workers == 1 else 's'} ({self.resource}: {_amount(self.used)} of "
-            f"{_amount(self.hard)} used, {_amount(self.per_worker)} per worker)"
+            f"ResourceQuota {self.quota} has room for {self.workers} of the job's workers ({self.resource}: "
+            f"{_amount(self.used_by_others)} of {_amount(self.hard)} used by other pods, "
+            f"{_amount(self.per_worker)} per worker)"
         )
+
+
+@dataclass(frozen=True)
+class OwnPods:
+    """The job's own pods as its quotas charge them now: `charged` live or terminating pods (and creates
+    kopf's index does not show yet), each like the worker it would create, and `finished` ones, which
+    only object counts (count/pods) charge."""
+
+    charged: int = 0
+    finished: int = 0
+
+    def charge(self, resource: str, per_worker: Decimal) -> Decimal:
+        finished = self.finished if resource == "count/pods" else 0
+        return (self.charged + finished) * per_worker
 
 
 def _amount(value: Decimal) -> str:
@@ -102,27 +118,48 @@ def pod_charges(pod: Mapping[str, Any]) -> dict[str, Decimal]:
     requests, limits = _pod_resources(spec, "requests"), _pod_resources(spec, "limits")
     charges = {key: Decimal(1) for key in _POD_COUNTS}
     for name, amount in requests.items():
-        if name in _STANDARD:
+        if name in _STANDARD or name.startswith(_HUGE_PAGES):
             charges[name] = charges[f"requests.{name}"] = amount
-        elif "/" in name or name.startswith("hugepages-"):
+        elif _is_extended(name):
             charges[f"requests.{name}"] = amount
     for name, amount in limits.items():
-        if name in _STANDARD:
+        if name in _STANDARD or name.startswith(_HUGE_PAGES):
             charges[f"limits.{name}"] = amount
     return charges
 
 
+def _is_extended(name: str) -> bool:
+    """An extended resource (nvidia.com/gpu), as Kubernetes tells it from a native one (kubernetes.io/...)."""
+    return "/" in name and "kubernetes.io/" not in name and not name.startswith(("requests.", "limits."))
+
+
 def _pod_resources(spec: Mapping[str, Any], kind: str) -> dict[str, Decimal]:
-    """The pod's requests (or limits) as the API server totals them: its containers together, or its largest
-    init container where that is more. A container's limit stands for its request where it gives none."""
-    total: dict[str, Decimal] = {}
+    """The pod's requests (or limits) as the API server totals them: its containers and sidecars (init
+    containers with restartPolicy Always) together, or an init container with the sidecars started before
+    it, whichever is more. A container's limit stands for its request where it gives none."""
+    running: dict[str, Decimal] = {}
+    sidecars: dict[str, Decimal] = {}
+    peak: dict[str, Decimal] = {}
     for container in spec.get("containers") or []:
-        for name, amount in _container_resources(container, kind).items():
-            total[name] = total.get(name, Decimal(0)) + amount
+        _add(running, _container_resources(container, kind))
     for init in spec.get("initContainers") or []:
-        for name, amount in _container_resources(init, kind).items():
-            total[name] = max(total.get(name, Decimal(0)), amount)
-    return total
+        amounts = _container_resources(init, kind)
+        if init.get("restartPolicy") == "Always":
+            _add(sidecars, amounts)
+        else:
+            starting = dict(sidecars)
+            _add(starting, amounts)
+            for name, amount in starting.items():
+                peak[name] = max(peak.get(name, Decimal(0)), amount)
+    _add(running, sidecars)
+    return {
+        name: max(running.get(name, Decimal(0)), peak.get(name, Decimal(0))) for name in {*running, *peak}
+    }
+
+
+def _add(total: dict[str, Decimal], amounts: Mapping[str, Decimal]) -> None:
+    for name, amount in amounts.items():
+        total[name] = total.get(name, Decimal(0)) + amount
 
 
 def _container_resources(container: Mapping[str, Any], kind: str) -> dict[str, Decimal]:
@@ -155,9 +192,11 @@ def _term_selects(term: ScopeTerm, spec: Mapping[str, Any]) -> bool | None:
         terminating = isinstance(deadline, int) and deadline >= 0
         return terminating == (term.scope == "Terminating")
     if term.scope in ("BestEffort", "NotBestEffort"):
+        # The QoS class: BestEffort is no cpu or memory request or limit in any container.
         best_effort = not any(
-            _container_resources(container, "requests")
+            name in ("cpu", "memory")
             for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+            for name in _container_resources(container, "requests")
         )
         return best_effort == (term.scope == "BestEffort")
     if term.scope == "PriorityClass":
@@ -166,10 +205,14 @@ def _term_selects(term: ScopeTerm, spec: Mapping[str, Any]) -> bool | None:
 
 
 def _priority_selects(term: ScopeTerm, priority_class: str) -> bool | None:
+    if not priority_class:
+        # The Priority admission plugin gives the pod the cluster's globalDefault class, if one is set, before
+        # the quota sees it: which is not read here.
+        return None
     if term.operator == "Exists":
-        return bool(priority_class)
+        return True
     if term.operator == "DoesNotExist":
-        return not priority_class
+        return False
     if term.operator == "In":
         return priority_class in term.values
     if term.operator == "NotIn":
@@ -177,20 +220,34 @@ def _priority_selects(term: ScopeTerm, priority_class: str) -> bool | None:
     return None
 
 
-def quota_room(quotas: Sequence[Quota], pod: Mapping[str, Any]) -> QuotaRoom | None:
-    """The quota of `quotas` that leaves room for the fewest more pods like `pod` (a job's worker), or None
-    where no quota that selects it limits anything the pod is charged."""
+def quota_room(quotas: Sequence[Quota], pod: Mapping[str, Any], own: OwnPods = OwnPods()) -> QuotaRoom | None:
+    """The quota of `quotas` that leaves room for the fewest pods like `pod` (a job's worker), counting the
+    job's `own` pods' charges as its room too; None where no quota that selects the pod limits anything it
+    is charged (or one does that this reading cannot judge: left to the API server)."""
     charges = pod_charges(pod)
     tightest: QuotaRoom | None = None
     for quota in quotas:
-        if selects(quota, pod) is not True:
+        if selects(quota, pod) is not True or _unjudged(quota, charges):
             continue
         for resource, hard in quota.hard.items():
             per_worker = charges.get(resource)
             if not per_worker:
                 continue
-            used = quota.used.get(resource, Decimal(0))
-            more = max(int((hard - used) // per_worker), 0)
-            if tightest is None or more < tightest.more_workers:
-                tightest = QuotaRoom(quota.name, resource, hard, used, per_worker, more)
+            others = quota.used.get(resource, Decimal(0)) - own.charge(resource, per_worker)
+            others = max(others, Decimal(0))
+            workers = max(int((hard - others) // per_worker), 0)
+            if tightest is None or workers < tightest.workers:
+                tightest = QuotaRoom(quota.name, resource, hard, others, per_worker, workers)
     return tightest
+
+
+def _unjudged(quota: Quota, charges: Mapping[str, Decimal]) -> bool:
+    """A quota on the cpu, memory or ephemeral-storage requests or limits of a pod that states none: the API
+    server refuses it ("must specify"), unless a LimitRange's default fills it in first, which is not read
+    here."""
+    return any(resource not in charges for resource in quota.hard if _compute_key(resource))
+
+
+def _compute_key(resource: str) -> bool:
+    kind, _, name = resource.partition(".")
+    return resource in _STANDARD or (kind in ("requests", "limits") and name in _STANDARD)

@@ -23,7 +23,7 @@ from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of,
 from kubefit.decisions.elastic import Removal, apply_handshake, handshake_for, removal_progress
 from kubefit.decisions.gang import backoff_left, growth_held_until, previous_gang
 from kubefit.decisions.observed import WorkerPod
-from kubefit.decisions.quota import QuotaRoom, quota_room
+from kubefit.decisions.quota import OwnPods, QuotaRoom, quota_room
 from kubefit.decisions.running import REFUSAL_TRY_SECONDS, admitted, grant_detail, resumed, training_ended
 from kubefit.decisions.workers import stop_workers
 
@@ -47,8 +47,9 @@ def scheduled(ctx: JobContext) -> Draft:
         ctx.observation.inventory,
     )
     room = None if training_ended(ctx) else _quota_room(ctx)
-    charged = len(ctx.live) + ctx.observation.unseen_creates
-    capped = demand if room is None else _within_quota(demand, room, charged)
+    live = len(ctx.live) + ctx.observation.unseen_creates
+    admitted_now = is_true(ctx.conditions, ConditionType.ADMITTED)
+    capped = demand if room is None else _within_quota(demand, room, live, admitted_now)
     if capped is None:
         return _over_quota(ctx, demand, room)
     if training_ended(ctx):
@@ -79,24 +80,30 @@ def scheduled(ctx: JobContext) -> Draft:
 
 
 def _quota_room(ctx: JobContext) -> QuotaRoom | None:
-    """The room the namespace's ResourceQuotas leave for more of the job's workers (None: no quota limits
-    them)."""
+    """The room the namespace's ResourceQuotas leave for the job's workers, its own pods' charges included
+    (None: no quota limits them). Its pods live or terminating (and its creates kopf's index does not show
+    yet) are charged like a worker, its finished ones only by object counts."""
     if not ctx.observation.quotas:
         return None
-    return quota_room(ctx.observation.quotas, build_worker_pod(worker_set(ctx, ctx.bounds.desired), 0))
+    finished = sum(1 for pod in ctx.ours if pod.finished)
+    own = OwnPods(len(ctx.ours) - finished + ctx.observation.unseen_creates, finished)
+    worker = build_worker_pod(worker_set(ctx, ctx.bounds.desired), 0)
+    return quota_room(ctx.observation.quotas, worker, own)
 
 
-def _within_quota(demand: Demand, room: QuotaRoom, charged: int) -> Demand | None:
-    """The demand, wanting no more than the workers already charged to the quotas and those they have room
-    for, in whole steps; None for a job with none charged whose minimum is over that. `charged`: its live
-    workers and those created that kopf's index of pods does not show yet (the quota's watch may show them
-    charged first). A job with workers keeps them: it only stops growing."""
-    allowed = (charged + room.more_workers) // demand.worker_step * demand.worker_step
+def _within_quota(demand: Demand, room: QuotaRoom, live: int, admitted: bool = False) -> Demand | None:
+    """The demand, wanting no more workers than the quotas have room for, in whole steps; None for a queued
+    job (not `admitted`, no `live` worker) whose minimum is over that. An admitted job keeps its admission
+    (between a restart's deletes and the quota's count of them, its gone workers seem another's) and its
+    live workers (rounded up to a whole step) whatever the quotas say now: it only stops growing."""
+    step = demand.worker_step
+    allowed = room.workers // step * step
     if allowed >= demand.want_workers:
         return demand
-    if allowed < demand.min_workers and not charged:
+    if allowed < demand.min_workers and not live and not admitted:
         return None
-    return replace(demand, want_workers=max(demand.min_workers, allowed))
+    kept = min(-(-live // step) * step, demand.want_workers)
+    return replace(demand, want_workers=max(demand.min_workers, allowed, kept))
 
 
 def _over_quota(ctx: JobContext, demand: Demand, room: QuotaRoom | None) -> Draft:
