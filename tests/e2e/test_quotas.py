@@ -1,14 +1,16 @@
 """A job over its namespace's ResourceQuota, on the sandbox's real API server and quota controller.
 
-A high-priority gang whose namespace's quota has room for only part of it preempted a lower-priority job,
-had its creates refused (403 exceeded quota) and gave its grant back: the victim lost its workers for
-nothing, and an operator restarted meanwhile did it again. Now the gang waits, Admitted=False
+A high-priority gang whose namespace's quota has room for only part of it preempted a lower-priority job of
+another namespace, had its creates refused (403 exceeded quota) and gave its grant back: the victim lost its
+workers for nothing, and an operator restarted meanwhile did it again. Now the gang waits, Admitted=False
 QuotaExceeded naming the quota, taking no room; once the quota is raised it preempts and runs.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterator
 
 import pytest
 from operator_support import Kube, OperatorProcess, PrivatePool, job_manifest, running_names, wait_for
@@ -28,35 +30,51 @@ def gpu_quota(namespace: str, devices: int) -> dict:
     }
 
 
+@pytest.fixture
+def team_namespace(kube: Kube, operator: OperatorProcess, namespace: str) -> Iterator[str]:
+    """A second namespace the operator watches (its name matches the operator's pattern, as `namespace`'s)."""
+    name = f"{namespace}-team"
+    kube.run("create", "namespace", name)
+    wait_for(
+        f"the operator watching {name}",
+        lambda: operator.logged(rf"watch-stream for trainingjobs\S* in '({re.escape(name)})'"),
+        timeout=420,
+    )
+    yield name
+    kube.run("delete", "trainingjobs", "--all", "-n", name, "--wait=false", check=False)
+    kube.run("delete", "namespace", name, "--wait=false", check=False)
+
+
 def test_a_gang_over_its_quota_waits_without_preempting_and_runs_once_the_quota_is_raised(
-    kube: Kube, namespace: str, operator: OperatorProcess, pool: PrivatePool
+    kube: Kube, namespace: str, team_namespace: str, operator: OperatorProcess, pool: PrivatePool
 ) -> None:
     fixed = {"enabled": False, "checkpointGracePeriodSeconds": 0}
     resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
-    kube.apply(gpu_quota(namespace, 24))  # the victim's 16 and one more worker of 8
     victim = job_manifest(
         "victim", namespace, pool=pool, workers={"replicas": 2}, resources=resources, elastic=fixed
     )
     kube.apply(victim)
     wait_for("the victim's 2 workers", lambda: len(running_names(kube.workers(namespace, "victim"))) == 2)
     running = {pod["metadata"]["name"]: pod["metadata"]["uid"] for pod in kube.workers(namespace, "victim")}
+    # Another team's namespace, whose quota has room for one worker of 8 devices.
+    kube.apply(gpu_quota(team_namespace, 8))
     urgent = job_manifest(
-        "urgent", namespace, pool=pool, workers={"replicas": 2}, resources=resources, elastic=fixed,
+        "urgent", team_namespace, pool=pool, workers={"replicas": 2}, resources=resources, elastic=fixed,
         scheduling={"priority": 100, "preemption": "LowerPriority"},
     )  # fmt: skip
     kube.apply(urgent)
 
     def quota_exceeded() -> dict | None:
-        admitted = kube.condition(namespace, "urgent", "Admitted") or {}
+        admitted = kube.condition(team_namespace, "urgent", "Admitted") or {}
         return admitted if admitted.get("reason") == "QuotaExceeded" else None
 
     admitted = wait_for("the urgent job held back by the quota", quota_exceeded, timeout=60, interval=1)
     assert admitted["status"] == "False"
     assert admitted["message"] == (
-        f"ResourceQuota team-gpus has room for 1 of the job's workers ({GPU}: 16 of 24 used by other pods, "
+        f"ResourceQuota team-gpus has room for 1 of the job's workers ({GPU}: 0 of 8 used by other pods, "
         "8 per worker); the job needs 2 workers"
     )
-    assert kube.job_status(namespace, "urgent")["phase"] == "Queued"
+    assert kube.job_status(team_namespace, "urgent")["phase"] == "Queued"
     # Neither this operator nor one restarted takes the victim's devices for workers the quota refuses.
     operator.kill()
     operator.start()
@@ -66,18 +84,20 @@ def test_a_gang_over_its_quota_waits_without_preempting_and_runs_once_the_quota_
             pod["metadata"]["name"]: pod["metadata"]["uid"] for pod in kube.workers(namespace, "victim")
         }
         assert current == running, "the victim lost its workers to a gang over its quota"
-        assert not kube.workers(namespace, "urgent")
+        assert not kube.workers(team_namespace, "urgent")
         time.sleep(1)
     assert not [event for event in kube.events(namespace, "victim") if event["reason"] == "Preempted"]
     assert quota_exceeded() is not None
 
     # The quota raised: its watch brings the job's decision again; it preempts the victim and runs.
-    kube.apply(gpu_quota(namespace, 32))
+    kube.apply(gpu_quota(team_namespace, 16))
     wait_for(
         "the urgent job running once the quota has room",
-        lambda: running_names(kube.workers(namespace, "urgent")) == ["urgent-worker-0", "urgent-worker-1"],
+        lambda: (
+            running_names(kube.workers(team_namespace, "urgent")) == ["urgent-worker-0", "urgent-worker-1"]
+        ),
         timeout=90,
         interval=1,
     )
-    assert (kube.condition(namespace, "urgent", "Admitted") or {}).get("status") == "True"
+    assert (kube.condition(team_namespace, "urgent", "Admitted") or {}).get("status") == "True"
     assert [event["reason"] for event in kube.events(namespace, "victim")].count("Preempted") == 1

@@ -152,15 +152,28 @@ def test_the_room_is_the_tightest_quota_that_selects_the_worker() -> None:
     assert quota_room([Quota("services", {"services": Decimal(5)}, {})], pod) is None
 
 
-def test_a_quota_on_a_limit_the_worker_does_not_state_is_left_to_the_api_server() -> None:
+def test_a_limit_the_worker_does_not_state_is_left_to_the_api_server_and_the_rest_of_the_quota_judged() -> (
+    None
+):
     # The API server refuses such a pod ("must specify limits.memory") unless a LimitRange's default gives it
-    # one first, which is not read here: judging the quota could keep a job waiting that the API server admits.
+    # one first, which is not read here: judging that key could keep a job waiting that the API server admits.
+    # The quota's other keys (the accelerators of Kubernetes' "compute-resources" example) still hold.
     pod = worker({"cpu": "8", "memory": "64Gi"}, {"nvidia.com/gpu": "4"})
-    limited = Quota("mem", {"limits.memory": Decimal(2**40), GPU: Decimal(0)}, {})
-    assert quota_room([limited], pod) is None
-    stated = worker({"cpu": "8", "memory": "64Gi"}, {"memory": "64Gi", "nvidia.com/gpu": "4"})
-    room = quota_room([limited], stated)
-    assert room is not None and (room.resource, room.workers) == (GPU, 0)
+    compute = Quota(
+        "compute",
+        {
+            "limits.memory": Decimal(2**40),
+            "limits.cpu": Decimal(1),
+            "requests.ephemeral-storage": Decimal(1),
+            GPU: Decimal(16),
+        },
+        {GPU: Decimal(12)},
+    )
+    room = quota_room([compute], pod)
+    assert room is not None and (room.resource, room.workers) == (GPU, 1)
+    stated = worker({"cpu": "8", "memory": "64Gi"}, {"cpu": "8", "nvidia.com/gpu": "4"})
+    room = quota_room([compute], stated)
+    assert room is not None and (room.resource, room.workers) == ("limits.cpu", 0)
 
 
 # ------------------------------------------------------------------------------------------ decisions
@@ -330,3 +343,28 @@ def test_a_job_whose_own_pods_fill_the_quota_is_not_held_back_by_them(harness: H
     harness.reconcile("pod")
     assert harness.condition("Admitted")["status"] == "True"
     assert not harness.events("QuotaExceeded")
+
+
+def test_a_job_may_still_preempt_a_lower_priority_job_of_its_own_namespace_for_its_quota(
+    harness: Harness,
+) -> None:
+    # The other job's workers fill the quota and the node: preempting it frees both, as it did before quotas
+    # were read. Held back by that quota, the job could never make that room.
+    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
+    harness.reconcile(key=OTHER)
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    harness.quotas = [gpu_quota(2, 2)]
+    llama = job_manifest(replicas=2)
+    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
+    harness.kube.jobs["llama"] = llama
+    for name in ("other", "llama"):
+        harness.reconciler.jobs.observe((NAMESPACE, name), harness.kube.jobs[name])
+    harness.reconcile()
+    both_reconciled(harness)
+    assert len(harness.events("Preempted")) == 1
+    # Granted: the quota not counting the preempted workers off yet does not take the grant back. (The
+    # preempted job is the one over the quota now.)
+    assert harness.condition("Admitted")["status"] == "True"
+    assert llama_pods(harness) == ["llama-worker-0", "llama-worker-1"]
+    assert harness.condition("Admitted", "other")["reason"] == "QuotaExceeded"

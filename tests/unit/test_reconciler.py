@@ -242,7 +242,16 @@ class Harness:
         def quotas(namespace: str) -> list[Quota]:
             return list(self.quotas) if namespace == NAMESPACE else []
 
-        return ClusterView(nodes=lambda: NODES, usage=lambda: {}, workers=workers, quotas=quotas)
+        def jobs_with_workers() -> list[tuple[str, str]]:
+            return sorted({(NAMESPACE, name.rsplit("-worker-", 1)[0]) for name in self.kube.pods})
+
+        return ClusterView(
+            nodes=lambda: NODES,
+            usage=lambda: {},
+            workers=workers,
+            jobs_with_workers=jobs_with_workers,
+            quotas=quotas,
+        )
 
     def reconcile(self, trigger: str = "create", key: tuple[str, str] = KEY) -> None:
         self.reconciler.reconcile(key, trigger, self.view())

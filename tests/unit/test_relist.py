@@ -1,4 +1,4 @@
-"""Pods and nodes deleted while a watch was broken (controller/relist.py): found by a list after kopf's
+"""Pods, nodes and ResourceQuotas deleted while a watch was broken (controller/relist.py): found by a list after kopf's
 listing, and dropped from kopf's own indexes. The end-to-end proof is in tests/e2e/test_chaos.py (test 4)."""
 
 from __future__ import annotations
@@ -11,14 +11,19 @@ import pytest
 from kopf._core.engines.indexing import OperatorIndexer
 
 from kubefit.controller.handlers import SameFacts, WorkerChanges, _discard, _indexed, _relist_checker
-from kubefit.controller.relist import NODES, PODS, Indexed, RelistCheck, gone
+from kubefit.controller.quotas import QUOTA_INDEX
+from kubefit.controller.relist import NODES, PODS, QUOTAS, Indexed, RelistCheck, gone
 from kubefit.decisions.inventory import node_facts, pod_usage
 from kubefit.decisions.observed import worker_from_pod
+from kubefit.decisions.quota import quota_from
+
+GPU_QUOTA = "requests.nvidia.com/gpu"
 
 
 class Lister:
     def __init__(self, nodes: set[str], pods: dict[str, set[str]], fail: bool = False) -> None:
         self.nodes, self.pods, self.fail = nodes, pods, fail
+        self.quotas: dict[str, set[str]] = {}
         self.calls: list[str] = []
 
     def node_uids(self) -> set[str]:
@@ -32,6 +37,10 @@ class Lister:
         if self.fail:
             raise OSError("connection refused")
         return self.pods.get(namespace, set())
+
+    def quota_uids(self, namespace: str) -> set[str]:
+        self.calls.append(f"resourcequotas/{namespace}")
+        return self.quotas.get(namespace, set())
 
 
 NODE_A, NODE_B = Indexed(NODES, None, "a", "uid-a"), Indexed(NODES, None, "b", "uid-b")
@@ -215,3 +224,56 @@ def test_a_node_registered_again_under_its_name_is_not_replayed_as_deleted() -> 
         _stop(loop, thread)
     assert told == ["n2"]
     assert [facts.uid for store in indexes["kubefit_nodes"].values() for facts in store] == ["node-new"]
+
+
+def test_a_quota_deleted_while_the_watch_was_broken_is_found_dropped_and_its_namespace_decided_again() -> (
+    None
+):
+    """Left in kopf's index, a deleted quota held its namespace's jobs back as QuotaExceeded for good."""
+    gpus = {GPU_QUOTA: "8"}
+    quotas = [
+        {"metadata": {"namespace": "ns", "name": name, "uid": uid}, "status": {"hard": gpus, "used": gpus}}
+        for name, uid in (("kept", "q-kept"), ("deleted", "q-gone"))
+    ]
+    indexes = _indexes_of([], [])
+    indexer = OperatorIndexer()
+    for quota in quotas:
+        metadata = quota["metadata"]
+        indexer.replace((metadata["namespace"], metadata["name"], metadata["uid"]), {"ns": quota_from(quota)})
+    indexes[QUOTA_INDEX] = indexer.index
+    held = _indexed(indexes)
+    assert sorted(held, key=str) == [
+        Indexed(QUOTAS, "ns", "deleted", "q-gone"),
+        Indexed(QUOTAS, "ns", "kept", "q-kept"),
+    ]
+    lister = Lister(set(), {})
+    lister.quotas = {"ns": {"q-kept"}}
+    assert gone(held, lister) == [Indexed(QUOTAS, "ns", "deleted", "q-gone")]
+    assert lister.calls == ["resourcequotas/ns"]
+    _discard(indexes, [Indexed(QUOTAS, "ns", "deleted", "q-gone")])
+    assert [quota.name for store in indexes[QUOTA_INDEX].values() for quota in store] == ["kept"]
+    decided: list[tuple[str, bool]] = []
+
+    class Reconciler:
+        def quota_changed(self, namespace: str, view: object, every_job: bool = False) -> None:
+            decided.append((namespace, every_job))
+
+    class Scheduler:
+        def request(self, trigger: str, view: object) -> None:
+            pass
+
+    check = RelistCheck(lister)
+    loop, thread = _listed_on_a_loop(check, QUOTAS)
+    try:
+        checker = _relist_checker(
+            (check, SameFacts()),
+            WorkerChanges(),
+            Scheduler(),
+            Reconciler(),
+            indexes,  # type: ignore[arg-type]
+        )
+        lister.quotas = {"ns": set()}  # the kept one deleted too, meanwhile
+        checker()
+    finally:
+        _stop(loop, thread)
+    assert decided == [("ns", True)]

@@ -38,7 +38,7 @@ from kubefit.builders.naming import JOB_LABEL
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.quotas import QUOTA_INDEX, register_quotas
 from kubefit.controller.reconciler import Reconciler
-from kubefit.controller.relist import NODES, PODS, Indexed, RelistCheck
+from kubefit.controller.relist import NODES, PODS, QUOTAS, Indexed, RelistCheck
 from kubefit.controller.resync import ResyncLoop, log_step_failure
 from kubefit.controller.scheduler import Scheduler
 from kubefit.decisions.inventory import NodeFacts, PodUsage, node_facts, node_is_ready, pod_usage
@@ -150,7 +150,8 @@ def register(
     _register_capacity_triggers(
         registry, threads, (reconciler, workers_seen), scheduler, (nodes_seen, relists)
     )
-    register_quotas(registry, threads.run, reconciler, lambda kwargs: cluster_view(**_indexes(kwargs)))
+    view_of = lambda kwargs: cluster_view(**_indexes(kwargs))  # noqa: E731
+    register_quotas(registry, threads.run, reconciler, view_of, relists)
 
 
 class SameFacts:
@@ -246,6 +247,8 @@ def _relist_checker(
             elif item.job is not None:
                 workers_seen.observe("DELETED", {"metadata": {"uid": item.uid}})
                 reconciler.reconcile((item.namespace or "", item.job), "pod", view)
+        for namespace in sorted({item.namespace or "" for item in vanished if item.kind == QUOTAS}):
+            reconciler.quota_changed(namespace, view, every_job=True)
         scheduler.request("pod", view)
 
     return lambda: relists.check(
@@ -256,6 +259,13 @@ def _relist_checker(
 def _indexed(indexes: Mapping[str, Any]) -> list[Indexed]:
     """The objects kopf's indexes hold entries of (a worker pod once, with its job)."""
     nodes = [Indexed(NODES, None, facts.name, facts.uid) for facts in _values(indexes["kubefit_nodes"])]
+    quotas = read_consistently(
+        lambda: [
+            Indexed(QUOTAS, namespace, quota.name, quota.uid)
+            for namespace, store in (indexes.get(QUOTA_INDEX) or {}).items()
+            for quota in store
+        ]
+    )
     pods = [Indexed(PODS, *usage.pod) for usage in _values(indexes["kubefit_pod_usage"])]
     workers = read_consistently(
         lambda: [
@@ -264,7 +274,7 @@ def _indexed(indexes: Mapping[str, Any]) -> list[Indexed]:
             for worker in store
         ]
     )
-    return list({item.key: item for item in [*nodes, *pods, *workers]}.values())
+    return list({item.key: item for item in [*nodes, *pods, *workers, *quotas]}.values())
 
 
 def _discard(indexes: Mapping[str, Any], vanished: Iterable[Indexed]) -> None:

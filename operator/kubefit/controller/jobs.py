@@ -88,6 +88,11 @@ class JobCache:
         with self._lock:
             return list(self._jobs)
 
+    def held(self, key: JobKey) -> dict[str, Any] | None:
+        """The job as last seen, None where it is not held (nothing is fetched)."""
+        with self._lock:
+            return self._jobs.get(key)
+
     def read(self, key: JobKey, fetch: JobReader) -> dict[str, Any] | None:
         """The job as last seen; from `fetch` (the API server) when it is not held; None if it is gone."""
         with self._lock:

@@ -228,6 +228,13 @@ class CoreV1Api:
         path = f"/api/v1/namespaces/{_quoted(namespace)}/pods"
         return _page(self._rest, path, limit, continue_token, field_selector)
 
+    def list_namespaced_resource_quota(
+        self, namespace: str, limit: int, continue_token: str = ""
+    ) -> dict[str, Any]:
+        """One page of the metadata of the ResourceQuotas in `namespace`."""
+        path = f"/api/v1/namespaces/{_quoted(namespace)}/resourcequotas"
+        return _page(self._rest, path, limit, continue_token)
+
 
 def _page(
     rest: _Rest, path: str, limit: int, continue_token: str, field_selector: str = ""
@@ -340,6 +347,10 @@ class KubeApi:
     def pod_uids(self, namespace: str) -> set[str]:
         """The uid of every pod in `namespace` now."""
         return _uids(lambda token: self.core.list_namespaced_pod(namespace, LIST_PAGE, token))
+
+    def quota_uids(self, namespace: str) -> set[str]:
+        """The uid of every ResourceQuota in `namespace` now."""
+        return _uids(lambda token: self.core.list_namespaced_resource_quota(namespace, LIST_PAGE, token))
 
     def delete_job(self, namespace: str, name: str, uid: str) -> bool:
         """Deletes the job `uid` (a precondition, as Kubernetes' TTL-after-finished controller sends): one

@@ -19,6 +19,7 @@ import kopf
 
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.reconciler import Reconciler
+from kubefit.controller.relist import QUOTAS, RelistCheck
 from kubefit.decisions.quota import quota_from
 
 QUOTA_INDEX = "kubefit_quotas"
@@ -61,14 +62,16 @@ class QuotaLimits:
         return QuotaChange.ROOM if fell or set(before[1]) - set(used) else QuotaChange.NONE
 
 
-def register_quotas(
+def register_quotas(  # noqa: PLR0913 - the registry, and what its handlers call
     registry: kopf.OperatorRegistry,
     run: Callable[[Callable[..., None], Mapping[str, Any]], Any],
     reconciler: Reconciler,
     view_of: Callable[[Mapping[str, Any]], ClusterView],
+    relists: RelistCheck,
 ) -> None:
     """Adds the quota index and trigger to `registry`. `run`: how a handler body runs off kopf's event loop
-    (HandlerThreads.run); `view_of`: the cluster view of a handler's kwargs (kopf's indexes)."""
+    (HandlerThreads.run); `view_of`: the cluster view of a handler's kwargs (kopf's indexes); `relists`:
+    told of kopf's listings, for quotas deleted while the watch was broken (controller/relist.py)."""
 
     @kopf.index("", "v1", "resourcequotas", id=QUOTA_INDEX, registry=registry)
     async def kubefit_quotas(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
@@ -80,6 +83,8 @@ def register_quotas(
 
     @kopf.on.event("", "v1", "resourcequotas", id="quota_changed", registry=registry)
     async def quota_event(**kwargs: Any) -> None:
+        if kwargs["type"] is None:
+            relists.listed(QUOTAS)  # kopf listed them: one deleted meanwhile is found at the resync
         change = limits.observe(kwargs["type"], kwargs["body"])
         if change is not QuotaChange.NONE:
             await run(on_quota_change, {**kwargs, "change": change})

@@ -566,6 +566,7 @@ class Reconciler:
             key, own, _admitted_with(status), resumed, _checkpoint_target(status), metadata["uid"]
         )
         request_id = (status.get("checkpoint") or {}).get("requestId")
+        quotas = tuple(view.quotas(namespace))
         now = datetime.now(UTC)
         state.refusals.of_generation(metadata.get("generation"))
         state.refusals.recall(
@@ -595,9 +596,23 @@ class Reconciler:
             created=parse_rfc3339(metadata.get("creationTimestamp")),
             refused_creates=dict(state.refusals.refused),
             refusal=state.refusals.refusal,
-            quotas=tuple(view.quotas(namespace)),
+            quotas=quotas,
             unseen_creates=len(state.created),
+            quota_waived=bool(quotas) and self._below_in_namespace(key, job, view),
         )
+
+    def _below_in_namespace(self, key: JobKey, job: Mapping[str, Any], view: ClusterView) -> bool:
+        """Whether a job of a lower priority in `key`'s namespace has live workers. Shrinking or preempting
+        it frees quota as well as devices: the job's quotas are then left to the API server, since their room
+        alone would keep it from ever making that room."""
+        priority = _priority_of(job)
+        for other in view.jobs_with_workers():
+            held = self.jobs.held(other) if other[0] == key[0] and other != key else None
+            if held is None or _priority_of(held) >= priority:
+                continue
+            if any(not pod.finished and not pod.terminating for pod in view.workers(other)):
+                return True
+        return False
 
     @staticmethod
     def _awaits_first_pass(state: _JobState, observation: JobObservation, decision: Decision) -> bool:
@@ -857,6 +872,13 @@ def _node_lost(node_name: str | None, not_ready: frozenset[str], node_exists: Ca
     if not node_name:
         return False  # not bound yet
     return node_name in not_ready or not node_exists(node_name)
+
+
+def _priority_of(job: Mapping[str, Any]) -> int:
+    """spec.scheduling.priority as stored (0 where absent or not a number: a job the reconcile finds invalid)."""
+    scheduling = (job.get("spec") or {}).get("scheduling")
+    priority = scheduling.get("priority") if isinstance(scheduling, Mapping) else None
+    return priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
 
 
 def _forget_old_creates(created: dict[str, float]) -> None:

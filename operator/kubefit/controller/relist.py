@@ -1,15 +1,16 @@
-"""Pods and nodes deleted while a watch was broken, which kopf never reports as deleted.
+"""Pods, nodes and ResourceQuotas deleted while a watch was broken, which kopf never reports as deleted.
 
 A watch that cannot resume (410 Gone: the API server no longer has the revision it last saw, as after a
 restart of the API server) makes kopf list the objects again and watch on, but it sends no DELETED event for
 those deleted meanwhile (kopf 1.45, `_cogs/clients/watching.py` `continuous_watch`), so their entries stayed
 in its indexes for good: a pod that went so held its devices in the inventory, a worker that went so stood
-for a live one and was never made again, a node so offered devices that are not there. client-go's informers
+for a live one and was never made again, a node so offered devices that are not there, a quota so held its
+namespace's jobs back. client-go's informers
 handle the same case at their relist (`DeletedFinalStateUnknown`).
 
-A listing's events reach the handlers with no type. After one for pods or nodes, the next resync period
-checks that kind: it notes what the indexes hold, then lists those objects' metadata (nodes once, pods once
-per namespace noted). An object noted before that list began and absent from it was deleted (uids are never
+A listing's events reach the handlers with no type. After one for pods, nodes or quotas, the next resync
+period checks that kind: it notes what the indexes hold, then lists those objects' metadata (nodes once, pods
+and quotas once per namespace noted). An object noted before that list began and absent from it was deleted (uids are never
 used again), and is dropped as its DELETED event would have dropped it. The operator's own start is a listing
 too, so the first period checks once; nothing more is listed until kopf lists again. The check is by kind,
 over every namespace the indexes hold pods of: an API server restart breaks every watch, and any listing of
@@ -28,14 +29,14 @@ from typing import Protocol
 
 logger = logging.getLogger("kubefit.relist")
 
-NODES, PODS = "nodes", "pods"
+NODES, PODS, QUOTAS = "nodes", "pods", "resourcequotas"
 
 
 @dataclass(frozen=True)
 class Indexed:
     """An object kopf's indexes hold an entry of."""
 
-    kind: str  # NODES or PODS
+    kind: str  # NODES, PODS or QUOTAS
     namespace: str | None  # None for a node
     name: str
     uid: str
@@ -47,13 +48,16 @@ class Indexed:
         return (self.namespace, self.name, self.uid)
 
     def __str__(self) -> str:
-        return f"{self.kind[:-1]} {self.namespace}/{self.name}" if self.namespace else f"node {self.name}"
+        kind = {PODS: "pod", QUOTAS: "ResourceQuota"}.get(self.kind, self.kind)
+        return f"{kind} {self.namespace}/{self.name}" if self.namespace else f"node {self.name}"
 
 
 class UidLister(Protocol):
     def node_uids(self) -> set[str]: ...
 
     def pod_uids(self, namespace: str) -> set[str]: ...
+
+    def quota_uids(self, namespace: str) -> set[str]: ...
 
 
 def gone(noted: Iterable[Indexed], lister: UidLister) -> list[Indexed]:
@@ -63,10 +67,14 @@ def gone(noted: Iterable[Indexed], lister: UidLister) -> list[Indexed]:
     for item in noted:
         where = (item.kind, item.namespace)
         if where not in listed:
-            listed[where] = (
-                lister.node_uids() if item.kind == NODES else lister.pod_uids(item.namespace or "")
-            )
+            listed[where] = _uids_of(item.kind, item.namespace or "", lister)
     return [item for item in noted if item.uid not in listed[(item.kind, item.namespace)]]
+
+
+def _uids_of(kind: str, namespace: str, lister: UidLister) -> set[str]:
+    if kind == NODES:
+        return lister.node_uids()
+    return lister.quota_uids(namespace) if kind == QUOTAS else lister.pod_uids(namespace)
 
 
 class RelistCheck:

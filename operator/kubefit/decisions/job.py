@@ -132,6 +132,9 @@ class JobObservation:
     quotas: tuple[Quota, ...] = ()
     # Workers this process created that kopf's index of pods does not show yet: charged to the quotas already.
     unseen_creates: int = 0
+    # A job of a lower priority in the namespace has live workers, whose shrink or preemption frees quota too:
+    # the quotas are left to the API server (its refusal handled as before).
+    quota_waived: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ server, whose refusal the operator still handles (controller/refusals.py).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -45,6 +45,7 @@ class Quota:
     hard: Mapping[str, Decimal]
     used: Mapping[str, Decimal]
     scopes: tuple[ScopeTerm, ...] = ()
+    uid: str = field(default="", compare=False)  # kopf's key of its index entry, for the relist check
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def quota_from(body: Mapping[str, Any]) -> Quota | None:
     for term in (spec.get("scopeSelector") or {}).get("matchExpressions") or []:
         values = tuple(str(value) for value in term.get("values") or [])
         terms.append(ScopeTerm(str(term.get("scopeName")), str(term.get("operator")), values))
-    return Quota(str(metadata.get("name") or ""), parsed_hard, parsed_used, tuple(terms))
+    name, uid = str(metadata.get("name") or ""), str(metadata.get("uid") or "")
+    return Quota(name, parsed_hard, parsed_used, tuple(terms), uid)
 
 
 def _quantity(value: Any) -> Decimal:
@@ -123,8 +125,11 @@ def pod_charges(pod: Mapping[str, Any]) -> dict[str, Decimal]:
         elif _is_extended(name):
             charges[f"requests.{name}"] = amount
     for name, amount in limits.items():
-        if name in _STANDARD or name.startswith(_HUGE_PAGES):
+        if name in _STANDARD:
             charges[f"limits.{name}"] = amount
+    # A quota on the cpu or memory request or limit of a pod that states none: the API server refuses the pod
+    # ("must specify"), unless a LimitRange's default fills it in first, which is not read here. Not judged
+    # (no charge): judging it could keep a job waiting that the API server would admit.
     return charges
 
 
@@ -227,27 +232,15 @@ def quota_room(quotas: Sequence[Quota], pod: Mapping[str, Any], own: OwnPods = O
     charges = pod_charges(pod)
     tightest: QuotaRoom | None = None
     for quota in quotas:
-        if selects(quota, pod) is not True or _unjudged(quota, charges):
+        if selects(quota, pod) is not True:
             continue
         for resource, hard in quota.hard.items():
             per_worker = charges.get(resource)
             if not per_worker:
-                continue
+                continue  # not charged: 0, or a cpu or memory key the worker does not state (pod_charges)
             others = quota.used.get(resource, Decimal(0)) - own.charge(resource, per_worker)
             others = max(others, Decimal(0))
             workers = max(int((hard - others) // per_worker), 0)
             if tightest is None or workers < tightest.workers:
                 tightest = QuotaRoom(quota.name, resource, hard, others, per_worker, workers)
     return tightest
-
-
-def _unjudged(quota: Quota, charges: Mapping[str, Decimal]) -> bool:
-    """A quota on the cpu, memory or ephemeral-storage requests or limits of a pod that states none: the API
-    server refuses it ("must specify"), unless a LimitRange's default fills it in first, which is not read
-    here."""
-    return any(resource not in charges for resource in quota.hard if _compute_key(resource))
-
-
-def _compute_key(resource: str) -> bool:
-    kind, _, name = resource.partition(".")
-    return resource in _STANDARD or (kind in ("requests", "limits") and name in _STANDARD)

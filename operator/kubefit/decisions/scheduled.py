@@ -46,9 +46,10 @@ def scheduled(ctx: JobContext) -> Draft:
         ctx.observation.created or ctx.now,
         ctx.observation.inventory,
     )
-    room = None if training_ended(ctx) else _quota_room(ctx)
+    room = None if training_ended(ctx) or ctx.observation.quota_waived else _quota_room(ctx)
     live = len(ctx.live) + ctx.observation.unseen_creates
-    admitted_now = is_true(ctx.conditions, ConditionType.ADMITTED)
+    # Admitted, or granted by the pass (whose status this decision writes): never held back, only capped.
+    admitted_now = is_true(ctx.conditions, ConditionType.ADMITTED) or grant > 0
     capped = demand if room is None else _within_quota(demand, room, live, admitted_now)
     if capped is None:
         return _over_quota(ctx, demand, room)
