@@ -14,16 +14,20 @@ from typing import Any
 
 import pytest
 import test_reconciler
+from test_admission import NOW, gang, holding, job, key, low_jobs, nodes, plan
+from test_reconcile import CATALOG, condition, decide, observe
 from test_reconciler import KEY, NAMESPACE, Harness, harness, job_manifest
 from test_refused_workers import OTHER, both_reconciled, run_on_h0
 
 from kubefit.controller.quotas import QuotaChange, QuotaLimits
-from kubefit.decisions.admission import Demand
+from kubefit.decisions.admission import Demand, plan_admissions
 from kubefit.decisions.inventory import NodeFacts
 from kubefit.decisions.quota import (
     OwnPods,
     Quota,
+    QuotaClaim,
     QuotaRoom,
+    QuotaState,
     ScopeTerm,
     pod_charges,
     quota_from,
@@ -368,3 +372,86 @@ def test_a_job_may_still_preempt_a_lower_priority_job_of_its_own_namespace_for_i
     assert harness.condition("Admitted")["status"] == "True"
     assert llama_pods(harness) == ["llama-worker-0", "llama-worker-1"]
     assert harness.condition("Admitted", "other")["reason"] == "QuotaExceeded"
+
+
+# ------------------------------------------------------------------------------------------ the pass's budget
+
+
+POOL = ("ml", "team-gpus", GPU)
+
+
+def claims(per_worker: int = 4) -> tuple[QuotaClaim, ...]:
+    return (QuotaClaim(POOL, Decimal(per_worker)),)
+
+
+def planned(
+    queued: list[Demand], admitted: list[Any], free: int, charged: dict[str, int] | None = None
+) -> Any:
+    """A pass that reads `free` devices left in the quota, and each job's workers charged to it now."""
+    quotas = QuotaState({POOL: Decimal(free)}, {key(name): count for name, count in (charged or {}).items()})
+    return plan_admissions(queued, admitted, nodes(2), "BestEffortFIFO", NOW, 300.0, quotas=quotas)
+
+
+def test_one_pass_does_not_give_the_same_quota_room_to_two_jobs_of_a_namespace() -> None:
+    # Each decided alone, both fit the quota's 4 free devices; admitted in one pass, the second's creates were
+    # refused, after the pass had shrunk another job for it.
+    first = replace(gang("first", 1, per_worker=4, priority=10, created=1.0), quota_claims=claims())
+    second = replace(gang("second", 1, per_worker=4, priority=10, created=2.0), quota_claims=claims())
+    result = planned([first, second], low_jobs(), free=4)
+    assert result.grants[key("first")] == 1 and result.grants[key("second")] == 0
+    assert result.shrink == {key("low-young"): 2}  # room made once, for the job the quota admits
+    assert result.waiting[key("second")] == (
+        "QuotaExceeded: ResourceQuota team-gpus has room for 0 more of its workers once the jobs of ml "
+        "granted before it are counted (requests.nvidia.com/gpu: 0 left, 4 per worker); it needs 1"
+    )
+    # Without a reading of the quota (or claims), both are admitted, and the other job shrunk for both.
+    assert plan([first, second], low_jobs(), nodes(2)).grants[key("second")] == 1
+    # A job exempt (a lower-priority job of its namespace runs) is not held back, but counts in the budget.
+    exempt = replace(first, quota_exempt=True)
+    result = planned([exempt, second], low_jobs(), free=0)
+    assert result.grants[key("first")] == 1 and result.grants[key("second")] == 0
+
+
+def test_the_budget_counts_granted_workers_not_charged_yet_and_limits_growth() -> None:
+    # Admitted last pass at 1 worker, not created yet (charged 0): its grant takes 4 of the 8 free devices.
+    admitted = holding(replace(job("grown", per_worker=4, want=3), quota_claims=claims()), 1)
+    waiting = replace(gang("waiting", 2, per_worker=4, created=NOW - 5), quota_claims=claims())
+    result = planned([waiting], [admitted], free=8)
+    assert result.grants[key("waiting")] == 0
+    assert result.waiting[key("waiting")].startswith(
+        "QuotaExceeded: ResourceQuota team-gpus has room for 1 more"
+    )
+    # Elastic growth stops at the quota: 8 free devices and 1 granted worker not charged leave room for 1 more.
+    assert planned([], [admitted], free=8).grants[key("grown")] == 2
+    # Its worker created and charged (4 free now): the same total.
+    bound = holding(admitted.demand, 1, {"node-0": 1})
+    assert planned([], [bound], free=4, charged={"grown": 1}).grants[key("grown")] == 2
+
+
+def test_a_raised_minimum_counts_in_the_budget_before_anyone_is_admitted() -> None:
+    # A gang of 2 running (charged) raised to 4: _reserve_admitted grants its new minimum; those 2 more
+    # workers take 4 of the quota's 6 free devices, and the queued job (4 devices) waits, though the nodes
+    # have room for it.
+    raised = holding(replace(gang("raised", 4, per_worker=2), quota_claims=claims(2)), 2, {"node-0": 2})
+    queued = replace(gang("queued", 2, per_worker=2, created=NOW - 5), quota_claims=claims(2))
+    result = planned([queued], [raised], free=6, charged={"raised": 2})
+    assert result.grants[key("raised")] == 4
+    assert result.grants[key("queued")] == 0
+    assert result.waiting[key("queued")].startswith("QuotaExceeded:")
+    assert planned([queued], [raised], free=8, charged={"raised": 2}).grants[key("queued")] == 2
+
+
+def test_a_job_the_pass_holds_back_for_its_quota_says_so_and_is_decided_again_when_room_comes() -> None:
+    why = (
+        "ResourceQuota team-gpus has room for 0 more of its workers once the jobs of team-a granted before it"
+    )
+    quotas = (gpu_quota(4, 0),)
+    observation = replace(observe(grant=0), waiting=f"QuotaExceeded: {why}", quotas=quotas)
+    queued = decide(observation, CATALOG)
+    admitted = condition(queued, "Admitted")
+    assert (admitted["status"], admitted["reason"], admitted["message"]) == ("False", "QuotaExceeded", why)
+    assert ("Warning", "QuotaExceeded") in [(event.type, event.reason) for event in queued.events]
+    assert queued.quota_limited
+    # Its demand carries what the pass shares: every key its workers are charged under.
+    assert queued.demand is not None and not queued.demand.quota_exempt
+    assert queued.demand.quota_claims == (QuotaClaim(("team-a", "team-gpus", GPU), Decimal(1)),)

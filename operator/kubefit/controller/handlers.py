@@ -151,7 +151,9 @@ def register(
         registry, threads, (reconciler, workers_seen), scheduler, (nodes_seen, relists)
     )
     view_of = lambda kwargs: cluster_view(**_indexes(kwargs))  # noqa: E731
-    register_quotas(registry, threads.run, reconciler, view_of, relists)
+    register_quotas(
+        registry, threads.run, reconciler, view_of, relists, lambda view: scheduler.request("quota", view)
+    )
 
 
 class SameFacts:

@@ -68,10 +68,12 @@ def register_quotas(  # noqa: PLR0913 - the registry, and what its handlers call
     reconciler: Reconciler,
     view_of: Callable[[Mapping[str, Any]], ClusterView],
     relists: RelistCheck,
+    request_pass: Callable[[ClusterView], None],
 ) -> None:
     """Adds the quota index and trigger to `registry`. `run`: how a handler body runs off kopf's event loop
     (HandlerThreads.run); `view_of`: the cluster view of a handler's kwargs (kopf's indexes); `relists`:
-    told of kopf's listings, for quotas deleted while the watch was broken (controller/relist.py)."""
+    told of kopf's listings, for quotas deleted while the watch was broken (controller/relist.py);
+    `request_pass`: a scheduling pass, which reads the quotas' room afresh for every job that claims it."""
 
     @kopf.index("", "v1", "resourcequotas", id=QUOTA_INDEX, registry=registry)
     async def kubefit_quotas(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
@@ -90,5 +92,6 @@ def register_quotas(  # noqa: PLR0913 - the registry, and what its handlers call
             await run(on_quota_change, {**kwargs, "change": change})
 
     def on_quota_change(change: QuotaChange, namespace: str | None, **kwargs: Any) -> None:
-        every_job = change is QuotaChange.LIMITS
-        reconciler.quota_changed(namespace or "", view_of(kwargs), every_job=every_job)
+        every_job, view = change is QuotaChange.LIMITS, view_of(kwargs)
+        reconciler.quota_changed(namespace or "", view, every_job=every_job)
+        request_pass(view)

@@ -57,6 +57,7 @@ from kubefit.decisions.admission import (
 from kubefit.decisions.inventory import NodeFacts, PodUsage, classify_nodes
 from kubefit.decisions.node_match import ANYWHERE, Placement
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
+from kubefit.decisions.quota import QuotaState, quota_free
 from kubefit.decisions.workers import keep_order
 from kubefit.metrics import AcceleratorCount, OperatorMetrics
 from kubefit.metrics.operator_metrics import BIND_COUNTED, BIND_ELSEWHERE
@@ -722,6 +723,7 @@ class Scheduler:
                 old_workers_going[key] = _waiting_for(going, now)
             else:
                 queued.append(demand)
+        quotas = _quota_state(demands, entries, view)
         plan = self._planner(
             queued,
             admitted,
@@ -729,6 +731,7 @@ class Scheduler:
             self.settings.policy,
             self._clock(),
             self.settings.head_of_line_timeout,
+            **({"quotas": quotas} if quotas is not None else {}),
         )
         self.passes += 1
         with self._lock:
@@ -951,6 +954,24 @@ def _still_reserved(
 
 def _bound_on(view: ClusterView, key: JobKey, node: str) -> int:
     return sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
+
+
+def _quota_state(
+    demands: Mapping[JobKey, Demand], entries: Mapping[JobKey, _Entry], view: ClusterView
+) -> QuotaState | None:
+    """The quotas as the pass reads them now (kopf's index): the free amount of every key the jobs claim, and
+    each claiming job's workers charged now (its pods not finished). None where no job claims a quota."""
+    claiming = [key for key, demand in demands.items() if demand.quota_claims]
+    if not claiming:
+        return None
+    free = {}
+    for namespace in sorted({key[0] for key in claiming}):
+        free.update(quota_free(namespace, view.quotas(namespace)))
+    charged = {
+        key: sum(1 for pod in _owned(view.workers(key), entries[key].uid) if not pod.finished)
+        for key in claiming
+    }
+    return QuotaState(free, charged)
 
 
 def _holding(demand: Demand, entry: _Entry, workers: Sequence[WorkerPod]) -> Holding:

@@ -11,6 +11,9 @@ grant for each: 0 for a queued job, at least its effective minimum for an admitt
   behind it. BestEffortFIFO: jobs behind it may pass, until it has waited longer than `head_wait_limit`:
   then nothing behind it is admitted, grows, or has a minimum that lost its places re-placed on the nodes it
   may use (no starvation); nodes of its accelerator it cannot use stay open to them;
+- a job whose demand claims ResourceQuota keys (Demand.quota_claims) is granted only within their budget
+  (QuotaBudget: the latest reading of each key, less the workers granted and not charged yet): a queued job
+  whose minimum is over it waits (QUOTA_EXCEEDED), blocks no one and makes no room; growth stops there;
 - a queued job whose minimum does not fit may shrink strictly lower-priority elastic jobs toward their
   minimums (lowest priority first, then youngest), and, only if that is not enough and its preemption is
   LowerPriority, preempt whole lower-priority jobs; only when that makes it fit, and only as much as needed;
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from kubefit.api.resource import JobKey
+from kubefit.decisions.quota import QuotaBudget, QuotaClaim, QuotaState
 
 AdmissionPolicy = Literal["StrictFIFO", "BestEffortFIFO"]
 Preemption = Literal["Never", "LowerPriority"]
@@ -44,6 +48,7 @@ SHRUNK_FOR_PRIORITY = "ShrunkForPriority"
 PREEMPTED = "Preempted"
 # Reason words of AdmissionPlan.waiting ("Word: detail"): the Admitted=False reason of a queued job.
 INSUFFICIENT_CAPACITY = "InsufficientCapacity"  # its minimum does not fit the free devices it may use
+QUOTA_EXCEEDED = "QuotaExceeded"  # its minimum is over its namespace's quota, less the jobs granted before it
 QUEUED = "Queued"  # it waits behind another job (StrictFIFO, or a head of line keeping its nodes)
 
 # The "node" of a shrink removal that takes a finished worker (Demand.finished_workers) off a grant: it frees
@@ -77,6 +82,11 @@ class Demand:
     queued_since: float | None = field(default=None, compare=False)
     # False: it neither shrinks nor preempts other jobs (its last worker create was refused: decisions.job).
     makes_room: bool = True
+    # The quota keys its workers are charged under (decisions/quota.py): the pass grants it no more than the
+    # budget of those keys has room for, unless `quota_exempt` (a lower-priority job of its namespace runs,
+    # whose shrink or preemption frees the quota too), and counts its grant in the budget either way.
+    quota_claims: tuple[QuotaClaim, ...] = ()
+    quota_exempt: bool = False
 
     @property
     def waiting_since(self) -> float:
@@ -126,7 +136,8 @@ class AdmissionPlan:
     admitted_now: frozenset[JobKey]  # queued -> admitted in this pass
     shrink: Mapping[JobKey, int]  # admitted elastic jobs shrunk for priority, to how many (also in grants)
     preempt: frozenset[JobKey]  # whole jobs to stop and requeue (grants 0)
-    waiting: Mapping[JobKey, str]  # queued jobs: "Word: what is missing" (INSUFFICIENT_CAPACITY or QUEUED)
+    # queued jobs: "Word: what is missing" (INSUFFICIENT_CAPACITY, QUOTA_EXCEEDED or QUEUED)
+    waiting: Mapping[JobKey, str]
     reasons: Mapping[JobKey, str]  # changed grants: "Word: detail" (the words are the constants above)
     # where the plan counts each granted job's workers: node -> bound pods there plus the places it reserved
     # for the rest. A job shrunk or preempted was planned to lose its workers on the nodes missing here.
@@ -167,6 +178,8 @@ class _Job:
     reserved_before: Mapping[str, int] = field(default_factory=dict)  # Holding.reserved
     first_unbound: bool = False  # Holding.first_unbound
     finished: int = 0  # Demand.finished_workers still in its grant: placed on no node
+    quota_charged: int = 0  # its workers charged to its quotas now (QuotaState.charged)
+    quota_held: bool = False  # queued, its minimum over its quotas' budget at the pass's start
     # Queue order, worked out once: the demand is frozen, and passes compare it many times.
     order: tuple[int, float, str, str] = field(init=False)
     # Workers in `bound` and `reserved`, and `finished`, kept by the places that change them (_jobs, take,
@@ -553,7 +566,7 @@ def _off_heads(cluster: _Cluster, queued: Sequence[_Job], job: _Job, queue: _Que
     for other in queued:
         if other.order > job.order:
             break
-        if other.demand.accelerator != accelerator:
+        if other.demand.accelerator != accelerator or other.quota_held:  # held by its quota: no head
             continue
         if _fits(cluster, other.nodes, other.demand.per_worker, other.floor):
             continue
@@ -1055,7 +1068,47 @@ def _satisfiable(cluster: _Cluster, job: _Job) -> bool:
     return cluster.slots_when_empty(job.nodes, job.demand.per_worker) >= job.floor
 
 
-def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
+def _quota_budget(jobs: Sequence[_Job], quotas: QuotaState | None) -> QuotaBudget:
+    """The quotas' free amounts as the pass reads them; each job's workers charged now; and the queued jobs
+    whose minimum is over what is left once the admitted jobs' workers not charged yet are counted (they
+    keep no nodes from the jobs behind them: _off_heads)."""
+    budget = QuotaBudget(quotas.free if quotas is not None else {})
+    if quotas is None:
+        return budget
+    for job in jobs:
+        job.quota_charged = quotas.charged.get(job.key, 0)
+    ahead = QuotaBudget(budget.free)
+    _take_admitted(ahead, jobs)
+    for job in jobs:
+        if not job.admitted and _over_quota(ahead, job) is not None:
+            job.quota_held = True
+    return budget
+
+
+def _take_admitted(budget: QuotaBudget, jobs: Sequence[_Job]) -> None:
+    """Counts the admitted jobs' granted workers not charged to their quotas yet (not created, or not
+    counted by the quota yet), a minimum raised by _reserve_admitted included."""
+    for job in jobs:
+        if job.admitted and job.demand.quota_claims:
+            budget.take(job.demand.quota_claims, _uncharged(job, max(job.before, job.grant) - job.finished))
+
+
+def _uncharged(job: _Job, workers: int, beyond: int = 0) -> int:
+    """Of the job's first `workers` workers, those beyond `beyond` not charged to its quotas yet."""
+    return max(0, workers - max(beyond, job.quota_charged))
+
+
+def _over_quota(budget: QuotaBudget, job: _Job) -> str | None:
+    """Why the job's minimum does not fit its quotas' budget (None: it fits, it is exempt, or no quota the
+    pass read limits it)."""
+    claims = job.demand.quota_claims
+    needed = _uncharged(job, job.floor)
+    if not claims or job.demand.quota_exempt or budget.more(claims, needed) >= needed:
+        return None
+    return f"{QUOTA_EXCEEDED}: {budget.describe(claims, needed)}"
+
+
+def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaBudget) -> None:
     for job in jobs:
         if job.admitted:
             continue
@@ -1063,6 +1116,10 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None
             queue.waiting[job.key] = (
                 f"{QUEUED}: behind {_name(queue.strict_head.key)} in the queue (StrictFIFO)"
             )
+            continue
+        over_quota = _over_quota(budget, job)
+        if over_quota is not None:  # waits for its namespace's quota, not for devices: it blocks no one
+            queue.waiting[job.key] = over_quota
             continue
         nodes, kept_by = queue.usable(job)
         if kept_by is None:
@@ -1073,9 +1130,11 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None
             # must not take the nodes it may use, whoever keeps the others.
             queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
             queue.waiting[job.key] = f"{QUEUED}: {kept_by}"
+        if job.grant > 0 and job.demand.quota_claims:
+            budget.take(job.demand.quota_claims, _uncharged(job, job.grant))
 
 
-def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
+def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaBudget) -> None:
     """Spare capacity raises elastic jobs toward their want, in queue order. A job shrunk or preempted in
     this pass does not grow in it (the plan counts the places it gives up as someone else's), nor does one
     whose workers beyond its grant are still bound: they are leaving for someone else (a shrink waiting for
@@ -1101,16 +1160,29 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) -> None:
         nodes, _ = queue.usable(job, growing=True)
         if kept.get(job.demand.accelerator):
             nodes = [node for node in nodes if node not in kept[job.demand.accelerator]]
-        spots = _spots(cluster, nodes, job.demand.per_worker, job.target - job.grant)
+        spots = _spots(cluster, nodes, job.demand.per_worker, _quota_growth(budget, job))
         found = sum(spots.values())
         if job.grant + found < job.floor:
             continue  # held below a raised minimum (_reserve_admitted): that minimum comes whole
         if job.whole_groups(found) != found:  # the same best-fit places, up to whole groups
             spots = _spots(cluster, nodes, job.demand.per_worker, job.whole_groups(found))
         cluster.take(job, spots)
-        job.grant += sum(spots.values())
+        grown_from, job.grant = job.grant, job.grant + sum(spots.values())
+        if job.demand.quota_claims:
+            budget.take(job.demand.quota_claims, _uncharged(job, job.grant, beyond=grown_from))
     for node, devices in withheld.items():
         cluster.add_free(node, devices)
+
+
+def _quota_growth(budget: QuotaBudget, job: _Job) -> int:
+    """How many workers the job may grow by: toward its target, as far as its quotas' budget has room (its
+    workers charged already but not granted need none)."""
+    wanted = job.target - job.grant
+    claims = job.demand.quota_claims
+    if not claims or job.demand.quota_exempt:
+        return wanted
+    charged_spare = max(0, job.quota_charged - job.grant)
+    return min(wanted, charged_spare + budget.more(claims, wanted))
 
 
 def _kept_from_growth(cluster: _Cluster) -> dict[str, set[str]]:
@@ -1185,6 +1257,7 @@ def plan_admissions(  # noqa: PLR0913 - the pass's inputs, each named at the cal
     policy: AdmissionPolicy,
     now: float,
     head_wait_limit: float,
+    quotas: QuotaState | None = None,
 ) -> AdmissionPlan:
     """One scheduling pass over every job the operator knows (the module docstring has the rules).
 
@@ -1203,10 +1276,10 @@ def plan_admissions(  # noqa: PLR0913 - the pass's inputs, each named at the cal
         new = [demand for demand in queued if demand.key not in admitted_keys]
         if _may_all_fit(new, admitted, nodes):
             held = _devices(settled)
-            plan = _plan(new, others, nodes, policy, now, head_wait_limit, held)
+            plan = _plan(new, others, nodes, policy, now, head_wait_limit, held, quotas)
             if not (plan.waiting or plan.shrink or plan.preempt):
                 return _with_settled(plan, settled)
-    return _plan(queued, admitted, nodes, policy, now, head_wait_limit)
+    return _plan(queued, admitted, nodes, policy, now, head_wait_limit, None, quotas)
 
 
 def _settled(holding: Holding, accelerators: Mapping[str, str | None]) -> bool:
@@ -1265,15 +1338,19 @@ def _plan(  # noqa: PLR0913 - as plan_admissions
     now: float,
     head_wait_limit: float,
     held: Mapping[str, int] | None = None,
+    quotas: QuotaState | None = None,
 ) -> AdmissionPlan:
-    """The pass over every job given; `held`: node -> devices held by jobs left out of it."""
+    """The pass over every job given; `held`: node -> devices held by jobs left out of it (settled: all their
+    workers bound, so charged to their quotas already)."""
     cluster = _cluster(nodes, held or {})
     jobs = _jobs(queued, admitted, cluster)
     queue = _Queue(policy, now, head_wait_limit, cluster.allocatable)
+    budget = _quota_budget(jobs, quotas)
     _reserve_admitted(cluster, jobs, queue)
+    _take_admitted(budget, jobs)
     queue.note_short(jobs)
-    _admit_queue(cluster, jobs, queue)
-    _grow(cluster, jobs, queue)
+    _admit_queue(cluster, jobs, queue, budget)
+    _grow(cluster, jobs, queue, budget)
     reasons = {job.key: reason for job in jobs if (reason := _reason(job)) is not None}
     return AdmissionPlan(
         grants={job.key: job.grant for job in jobs},

@@ -12,7 +12,7 @@ server, whose refusal the operator still handles (controller/refusals.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -244,3 +244,78 @@ def quota_room(quotas: Sequence[Quota], pod: Mapping[str, Any], own: OwnPods = O
             if tightest is None or workers < tightest.workers:
                 tightest = QuotaRoom(quota.name, resource, hard, others, per_worker, workers)
     return tightest
+
+
+@dataclass(frozen=True)
+class QuotaClaim:
+    """One quota key a job's workers are charged under: the scheduling pass shares that key's free amount,
+    read at the pass, among the jobs of the namespace (QuotaBudget)."""
+
+    pool: tuple[str, str, str]  # namespace, quota name, resource
+    per_worker: Decimal
+
+
+def quota_claims(namespace: str, quotas: Sequence[Quota], pod: Mapping[str, Any]) -> tuple[QuotaClaim, ...]:
+    """Every key of `quotas` that `pod` (a job's worker) is charged under, for the pass's budget."""
+    charges = pod_charges(pod)
+    claims = []
+    for quota in quotas:
+        if selects(quota, pod) is not True:
+            continue
+        for resource in sorted(quota.hard):
+            per_worker = charges.get(resource)
+            if per_worker:
+                claims.append(QuotaClaim((namespace, quota.name, resource), per_worker))
+    return tuple(claims)
+
+
+def quota_free(namespace: str, quotas: Iterable[Quota]) -> dict[tuple[str, str, str], Decimal]:
+    """Each key of the namespace's quotas -> its free amount now (hard - used)."""
+    return {
+        (namespace, quota.name, resource): hard - quota.used.get(resource, Decimal(0))
+        for quota in quotas
+        for resource, hard in quota.hard.items()
+    }
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    """What the pass reads of the quotas: every claimed key's free amount now, and each job's workers
+    charged to its quotas now (its pods not finished)."""
+
+    free: Mapping[tuple[str, str, str], Decimal]
+    charged: Mapping[tuple[str, str], int]
+
+
+class QuotaBudget:
+    """The free amount of every quota key the pass's jobs claim, shared as the pass grants workers: two jobs
+    of a namespace that each fit its quota alone are not both granted its room."""
+
+    def __init__(self, free: Mapping[tuple[str, str, str], Decimal]) -> None:
+        self.free = dict(free)
+
+    def more(self, claims: Sequence[QuotaClaim], limit: int) -> int:
+        """How many of `limit` more workers, not charged to the quotas yet, the budget has room for."""
+        allowed = limit
+        for claim in claims:
+            if claim.pool in self.free:
+                allowed = min(allowed, max(int(self.free[claim.pool] // claim.per_worker), 0))
+        return allowed
+
+    def take(self, claims: Sequence[QuotaClaim], workers: int) -> None:
+        """Charges `workers` granted workers, not charged to the quotas yet, to the budget."""
+        for claim in claims:
+            if claim.pool in self.free:
+                self.free[claim.pool] -= workers * claim.per_worker
+
+    def describe(self, claims: Sequence[QuotaClaim], needed: int) -> str:
+        """Why `needed` more workers do not fit: the tightest of `claims`."""
+        known = [claim for claim in claims if claim.pool in self.free]
+        tightest = min(known, key=lambda claim: self.free[claim.pool] // claim.per_worker)
+        namespace, quota, resource = tightest.pool
+        left = max(self.free[tightest.pool], Decimal(0))
+        return (
+            f"ResourceQuota {quota} has room for {self.more(claims, needed)} more of its workers once the "
+            f"jobs of {namespace} granted before it are counted ({resource}: {_amount(left)} left, "
+            f"{_amount(tightest.per_worker)} per worker); it needs {needed}"
+        )

@@ -8,7 +8,7 @@ removed on purpose only after the checkpoint handshake (decisions.elastic), high
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from kubefit.decisions.draft import Draft, JobContext, not_running, restarts_of,
 from kubefit.decisions.elastic import Removal, apply_handshake, handshake_for, removal_progress
 from kubefit.decisions.gang import backoff_left, growth_held_until, previous_gang
 from kubefit.decisions.observed import WorkerPod
-from kubefit.decisions.quota import OwnPods, QuotaRoom, quota_room
+from kubefit.decisions.quota import OwnPods, QuotaClaim, QuotaRoom, quota_claims, quota_room
 from kubefit.decisions.running import REFUSAL_TRY_SECONDS, admitted, grant_detail, resumed, training_ended
 from kubefit.decisions.workers import stop_workers
 
@@ -46,13 +46,17 @@ def scheduled(ctx: JobContext) -> Draft:
         ctx.observation.created or ctx.now,
         ctx.observation.inventory,
     )
-    room = None if training_ended(ctx) or ctx.observation.quota_waived else _quota_room(ctx)
+    quota = None if training_ended(ctx) else _quota_reading(ctx)
+    waived = ctx.observation.quota_waived
+    room = quota.room if quota is not None and not waived else None
     live = len(ctx.live) + ctx.observation.unseen_creates
     # Admitted, or granted by the pass (whose status this decision writes): never held back, only capped.
     admitted_now = is_true(ctx.conditions, ConditionType.ADMITTED) or grant > 0
     capped = demand if room is None else _within_quota(demand, room, live, admitted_now)
     if capped is None:
         return _over_quota(ctx, demand, room)
+    if quota is not None and quota.claims:  # the pass shares the quotas among the namespace's jobs
+        capped = replace(capped, quota_claims=quota.claims, quota_exempt=waived)
     if training_ended(ctx):
         # Finishing: its last workers go on to the end (and it succeeds) whatever the pass grants now,
         # rather than being stopped or queued and the whole training run again.
@@ -68,7 +72,7 @@ def scheduled(ctx: JobContext) -> Draft:
     # A finished job needs nothing; one that just timed out withholds its demand until the backoff passes.
     withheld = draft.gang is not None and backoff_left(draft.gang, ctx.now) > 0
     draft.demand = None if draft.phase in FINISHED_PHASES or withheld else _with_finished(capped, draft, ctx)
-    draft.quota_limited = capped.want_workers < demand.want_workers
+    draft.quota_limited = draft.quota_limited or capped.want_workers < demand.want_workers
     if draft.demand is not None:
         draft.demand = replace(draft.demand, queued_since=_queued_since(ctx, draft))
         draft.demand = _held_growth(draft.demand, draft, ctx)
@@ -80,16 +84,26 @@ def scheduled(ctx: JobContext) -> Draft:
     return draft
 
 
-def _quota_room(ctx: JobContext) -> QuotaRoom | None:
-    """The room the namespace's ResourceQuotas leave for the job's workers, its own pods' charges included
-    (None: no quota limits them). Its pods live or terminating (and its creates kopf's index does not show
-    yet) are charged like a worker, its finished ones only by object counts."""
+@dataclass(frozen=True)
+class _QuotaReading:
+    """What the namespace's ResourceQuotas leave the job: the room for its workers (None: no quota limits
+    them), and every key they are charged under, for the pass's budget."""
+
+    room: QuotaRoom | None
+    claims: tuple[QuotaClaim, ...]
+
+
+def _quota_reading(ctx: JobContext) -> _QuotaReading | None:
+    """The quotas as they bear on the job, its own pods' charges counted as its room: its pods live or
+    terminating (and its creates kopf's index does not show yet) are charged like a worker, its finished
+    ones only by object counts. None where the namespace has no quota."""
     if not ctx.observation.quotas:
         return None
     finished = sum(1 for pod in ctx.ours if pod.finished)
     own = OwnPods(len(ctx.ours) - finished + ctx.observation.unseen_creates, finished)
     worker = build_worker_pod(worker_set(ctx, ctx.bounds.desired), 0)
-    return quota_room(ctx.observation.quotas, worker, own)
+    quotas, namespace = ctx.observation.quotas, ctx.observation.job.namespace
+    return _QuotaReading(quota_room(quotas, worker, own), quota_claims(namespace, quotas, worker))
 
 
 def _within_quota(demand: Demand, room: QuotaRoom, live: int, admitted: bool = False) -> Demand | None:
@@ -187,7 +201,8 @@ def _queued(ctx: JobContext, grant: int) -> Draft:
     # AdmissionPlan.waiting is "Word: detail": InsufficientCapacity (the job's minimum does not fit the free
     # devices) or Queued (it waits behind another job).
     word, _, waiting = (ctx.observation.waiting or "").partition(": ")
-    reason = Reason.INSUFFICIENT_CAPACITY if word == Reason.INSUFFICIENT_CAPACITY else Reason.QUEUED
+    waiting_reasons = (Reason.INSUFFICIENT_CAPACITY, Reason.QUOTA_EXCEEDED)
+    reason = word if word in waiting_reasons else Reason.QUEUED
     waiting = waiting or "waiting for the operator's scheduling pass"
     if 0 < grant < ctx.bounds.desired:  # a non-elastic job is admitted whole or not at all
         waiting = f"granted {grant} of the {ctx.bounds.desired} workers it needs all at once; {waiting}"
@@ -206,6 +221,7 @@ def _queued(ctx: JobContext, grant: int) -> Draft:
         message=message,
         gang=gang,
         succeeded_workers=frozenset(),  # the group stops: a new one starts from none
+        quota_limited=reason == Reason.QUOTA_EXCEEDED,  # the pass's budget: decided again when room comes
     )
 
 
