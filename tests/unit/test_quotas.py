@@ -9,6 +9,7 @@ Queued with Admitted=False QuotaExceeded, naming the quota, and is decided again
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -20,8 +21,10 @@ from test_reconciler import KEY, NAMESPACE, Harness, harness, job_manifest
 from test_refused_workers import OTHER, both_reconciled, run_on_h0
 
 from kubefit.controller.quotas import QuotaChange, QuotaLimits
+from kubefit.controller.scheduler import _charged
 from kubefit.decisions.admission import Demand, plan_admissions
 from kubefit.decisions.inventory import NodeFacts
+from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.quota import (
     OwnPods,
     Quota,
@@ -455,3 +458,36 @@ def test_a_job_the_pass_holds_back_for_its_quota_says_so_and_is_decided_again_wh
     # Its demand carries what the pass shares: every key its workers are charged under.
     assert queued.demand is not None and not queued.demand.quota_exempt
     assert queued.demand.quota_claims == (QuotaClaim(("team-a", "team-gpus", GPU), Decimal(1)),)
+
+
+def test_a_job_waiting_for_its_quota_is_not_starved_by_younger_jobs_growing_into_the_room() -> None:
+    # The older gang needs 3 workers, the quota has room for 2: the younger elastic job of its namespace
+    # grew into every room that came free, and the gang waited as long as that job wanted more.
+    older = replace(gang("older", 3, per_worker=2, created=1.0), quota_claims=claims(2))
+    younger = holding(
+        replace(job("younger", per_worker=2, want=4, created=2.0), quota_claims=claims(2)), 1, {"node-0": 1}
+    )
+    result = planned([older], [younger], free=4, charged={"younger": 1})
+    assert result.grants[key("older")] == 0 and result.waiting[key("older")].startswith("QuotaExceeded:")
+    assert result.grants[key("younger")] == 1
+    # Nobody ahead waits: it grows as far as the quota allows.
+    assert planned([], [younger], free=4, charged={"younger": 1}).grants[key("younger")] == 3
+
+
+def test_the_pass_counts_as_charged_only_the_jobs_workers_the_quota_still_charges() -> None:
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    running = WorkerPod("a-worker-0", 0, "u0", "Running", "n", False, "uid-a")
+    gone_long_ago = replace(
+        running,
+        name="a-worker-1",
+        index=1,
+        uid="u1",
+        terminating=True,
+        deletion_timestamp="2026-12-04T11:00:00Z",
+    )
+    leaving = replace(
+        gone_long_ago, name="a-worker-2", index=2, uid="u2", deletion_timestamp="2026-12-04T12:00:30Z"
+    )
+    finished = replace(running, name="a-worker-3", index=3, uid="u3", phase="Succeeded")
+    tensorboard = replace(running, name="a-tensorboard", index=None, uid="u4")
+    assert _charged([running, gone_long_ago, leaving, finished, tensorboard], now) == 2

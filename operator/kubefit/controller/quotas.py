@@ -93,5 +93,5 @@ def register_quotas(  # noqa: PLR0913 - the registry, and what its handlers call
 
     def on_quota_change(change: QuotaChange, namespace: str | None, **kwargs: Any) -> None:
         every_job, view = change is QuotaChange.LIMITS, view_of(kwargs)
-        reconciler.quota_changed(namespace or "", view, every_job=every_job)
-        request_pass(view)
+        if reconciler.quota_changed(namespace or "", view, every_job=every_job):
+            request_pass(view)

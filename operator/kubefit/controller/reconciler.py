@@ -448,9 +448,12 @@ class Reconciler:
         except Exception as write_error:  # noqa: BLE001 - recording the error must not raise either
             logger.warning("could not record the failure on %s/%s: %s", *key, error_message(write_error))
 
-    def quota_changed(self, namespace: str, view: ClusterView, every_job: bool = False) -> None:
+    def quota_changed(self, namespace: str, view: ClusterView, every_job: bool = False) -> bool:
         """A ResourceQuota of `namespace` changed: the jobs there that a quota held back are decided again, and
-        with `every_job` (a quota created, deleted or given other limits) all of them."""
+        with `every_job` (a quota created, deleted or given other limits) all of them. Whether the namespace
+        has any job (for which a scheduling pass may read the quota again)."""
+        if not any(key[0] == namespace for key in self.jobs.keys()):
+            return False
         if every_job:
             keys = [key for key in self.jobs.keys() if key[0] == namespace]
         else:
@@ -460,6 +463,7 @@ class Reconciler:
                 ]
         for key in sorted(keys):
             self.reconcile(key, "quota", view)
+        return True
 
     def job_deleted(self, key: JobKey, uid: str | None, view: ClusterView) -> None:
         """The job is gone (its DELETED event, a 404, or missing from a list): out of the cache, its metrics

@@ -960,18 +960,25 @@ def _quota_state(
     demands: Mapping[JobKey, Demand], entries: Mapping[JobKey, _Entry], view: ClusterView
 ) -> QuotaState | None:
     """The quotas as the pass reads them now (kopf's index): the free amount of every key the jobs claim, and
-    each claiming job's workers charged now (its pods not finished). None where no job claims a quota."""
+    each claiming job's workers charged now (None where no job claims a quota)."""
     claiming = [key for key, demand in demands.items() if demand.quota_claims]
     if not claiming:
         return None
     free = {}
     for namespace in sorted({key[0] for key in claiming}):
         free.update(quota_free(namespace, view.quotas(namespace)))
-    charged = {
-        key: sum(1 for pod in _owned(view.workers(key), entries[key].uid) if not pod.finished)
-        for key in claiming
-    }
+    now = datetime.now(UTC)
+    charged = {key: _charged(_owned(view.workers(key), entries[key].uid), now) for key in claiming}
     return QuotaState(free, charged)
+
+
+def _charged(pods: Iterable[WorkerPod], now: datetime) -> int:
+    """The job's workers a quota charges now: not finished, and not terminating past their deletion time
+    (the API server stops charging such a pod after its grace period; counted off a little early here,
+    which errs towards fewer grants). Other pods with the job's label are no workers of it."""
+    return sum(
+        1 for pod in pods if pod.index is not None and not pod.finished and not pod.stuck_terminating(now)
+    )
 
 
 def _holding(demand: Demand, entry: _Entry, workers: Sequence[WorkerPod]) -> Holding:

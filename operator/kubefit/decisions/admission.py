@@ -1120,6 +1120,8 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget:
         over_quota = _over_quota(budget, job)
         if over_quota is not None:  # waits for its namespace's quota, not for devices: it blocks no one
             queue.waiting[job.key] = over_quota
+            for claim in job.demand.quota_claims:
+                budget.held.setdefault(claim.pool, job.order)
             continue
         nodes, kept_by = queue.usable(job)
         if kept_by is None:
@@ -1181,6 +1183,8 @@ def _quota_growth(budget: QuotaBudget, job: _Job) -> int:
     claims = job.demand.quota_claims
     if not claims or job.demand.quota_exempt:
         return wanted
+    if any(budget.held.get(claim.pool, job.order) < job.order for claim in claims):
+        return max(0, job.quota_charged - job.grant)  # a job ahead waits for that room: no growth into it
     charged_spare = max(0, job.quota_charged - job.grant)
     return min(wanted, charged_spare + budget.more(claims, wanted))
 
@@ -1277,7 +1281,9 @@ def plan_admissions(  # noqa: PLR0913 - the pass's inputs, each named at the cal
         if _may_all_fit(new, admitted, nodes):
             held = _devices(settled)
             plan = _plan(new, others, nodes, policy, now, head_wait_limit, held, quotas)
-            if not (plan.waiting or plan.shrink or plan.preempt):
+            # A job that waits for its quota alone takes nothing the settled jobs hold: the same plan.
+            for_devices = any(not why.startswith(QUOTA_EXCEEDED) for why in plan.waiting.values())
+            if not (for_devices or plan.shrink or plan.preempt):
                 return _with_settled(plan, settled)
     return _plan(queued, admitted, nodes, policy, now, head_wait_limit, None, quotas)
 

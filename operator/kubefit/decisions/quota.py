@@ -293,6 +293,9 @@ class QuotaBudget:
 
     def __init__(self, free: Mapping[tuple[str, str, str], Decimal]) -> None:
         self.free = dict(free)
+        # Keys a queued job waits on (its minimum over what is left) -> the queue order of the first such job:
+        # no job behind it grows into them.
+        self.held: dict[tuple[str, str, str], tuple[Any, ...]] = {}
 
     def more(self, claims: Sequence[QuotaClaim], limit: int) -> int:
         """How many of `limit` more workers, not charged to the quotas yet, the budget has room for."""
