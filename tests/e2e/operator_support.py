@@ -407,7 +407,12 @@ def operator(
 @pytest.fixture
 def namespace(kube: Kube, operator: OperatorProcess, namespace_prefix: str) -> Iterator[str]:
     """A fresh namespace per test, deleted while the operator still runs (it removes its finalizers)."""
-    name = f"{namespace_prefix}-{uuid.uuid4().hex[:6]}"
+    yield from watched_namespace(kube, operator, f"{namespace_prefix}-{uuid.uuid4().hex[:6]}")
+
+
+def watched_namespace(kube: Kube, operator: OperatorProcess, name: str) -> Iterator[str]:
+    """Creates namespace `name` (it must match the operator's pattern), yields it once the operator watches
+    it, and deletes it, its jobs first, while the operator still runs (it removes its finalizers)."""
     kube.run("create", "namespace", name)
     wait_for(
         "the default ServiceAccount",

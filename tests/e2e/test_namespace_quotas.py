@@ -8,12 +8,19 @@ QuotaExceeded naming the quota, taking no room; once the quota is raised it pree
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 
 import pytest
-from operator_support import Kube, OperatorProcess, PrivatePool, job_manifest, running_names, wait_for
+from operator_support import (
+    Kube,
+    OperatorProcess,
+    PrivatePool,
+    job_manifest,
+    running_names,
+    wait_for,
+    watched_namespace,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -33,16 +40,7 @@ def gpu_quota(namespace: str, devices: int) -> dict:
 @pytest.fixture
 def team_namespace(kube: Kube, operator: OperatorProcess, namespace: str) -> Iterator[str]:
     """A second namespace the operator watches (its name matches the operator's pattern, as `namespace`'s)."""
-    name = f"{namespace}-team"
-    kube.run("create", "namespace", name)
-    wait_for(
-        f"the operator watching {name}",
-        lambda: operator.logged(rf"watch-stream for trainingjobs\S* in '({re.escape(name)})'"),
-        timeout=420,
-    )
-    yield name
-    kube.run("delete", "trainingjobs", "--all", "-n", name, "--wait=false", check=False)
-    kube.run("delete", "namespace", name, "--wait=false", check=False)
+    yield from watched_namespace(kube, operator, f"{namespace}-team")
 
 
 def test_a_gang_over_its_quota_waits_without_preempting_and_runs_once_the_quota_is_raised(

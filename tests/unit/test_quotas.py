@@ -197,13 +197,18 @@ def llama_pods(harness: Harness) -> list[str]:
     return sorted(name for name in harness.kube.pods if name.startswith("llama-"))
 
 
-def test_a_gang_over_its_quota_is_queued_and_preempts_no_one_until_the_quota_has_room(
-    harness: Harness,
-) -> None:
+def other_running_on_h0(harness: Harness) -> None:
+    """The other job's 2 workers run on the node, filling it."""
     harness.kube.jobs["other"] = job_manifest("other", replicas=2)
     harness.reconcile(key=OTHER)
     run_on_h0(harness, "other")
     harness.reconcile("pod", key=OTHER)
+
+
+def test_a_gang_over_its_quota_is_queued_and_preempts_no_one_until_the_quota_has_room(
+    harness: Harness,
+) -> None:
+    other_running_on_h0(harness)
     harness.quotas = [gpu_quota(3, 2)]  # the other job's 2 GPUs are charged; room for 1 more worker
     llama = job_manifest(replicas=2)
     llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
@@ -357,10 +362,7 @@ def test_a_job_may_still_preempt_a_lower_priority_job_of_its_own_namespace_for_i
 ) -> None:
     # The other job's workers fill the quota and the node: preempting it frees both, as it did before quotas
     # were read. Held back by that quota, the job could never make that room.
-    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
-    harness.reconcile(key=OTHER)
-    run_on_h0(harness, "other")
-    harness.reconcile("pod", key=OTHER)
+    other_running_on_h0(harness)
     harness.quotas = [gpu_quota(2, 2)]
     llama = job_manifest(replicas=2)
     llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}

@@ -126,23 +126,8 @@ def _over_quota(ctx: JobContext, demand: Demand, room: QuotaRoom | None) -> Draf
     it neither takes devices nor preempts or shrinks other jobs for workers the API server would refuse."""
     needs = demand.min_workers
     quota = room.describe() if room is not None else "a ResourceQuota has no room"
-    waiting = f"{quota}; the job needs {needs} worker{'s' if needs > 1 else ''}"
-    message = f"queued: {waiting}"
-    gang = previous_gang(ctx.status).model_copy(update={"started": False, "since": None})
-    return Draft(
-        phase=JobPhase.QUEUED,
-        updates=[
-            sized(ctx.sizing),
-            ConditionUpdate(ConditionType.ADMITTED, "False", Reason.QUOTA_EXCEEDED, waiting),
-            *not_running(Reason.QUEUED, message),
-            *resumed(ctx),
-        ],
-        restarts=restarts_of(ctx.status),
-        desired=0,
-        message=message,
-        gang=gang,
-        succeeded_workers=frozenset(),
-        quota_limited=True,
+    return _waiting(
+        ctx, Reason.QUOTA_EXCEEDED, f"{quota}; the job needs {needs} worker{'s' if needs > 1 else ''}"
     )
 
 
@@ -199,13 +184,18 @@ def _grant(ctx: JobContext) -> int:
 
 def _queued(ctx: JobContext, grant: int) -> Draft:
     # AdmissionPlan.waiting is "Word: detail": InsufficientCapacity (the job's minimum does not fit the free
-    # devices) or Queued (it waits behind another job).
+    # devices), QuotaExceeded (its namespace's quota has no room for it) or Queued (it waits behind another job).
     word, _, waiting = (ctx.observation.waiting or "").partition(": ")
-    waiting_reasons = (Reason.INSUFFICIENT_CAPACITY, Reason.QUOTA_EXCEEDED)
-    reason = word if word in waiting_reasons else Reason.QUEUED
+    reason = word if word in (Reason.INSUFFICIENT_CAPACITY, Reason.QUOTA_EXCEEDED) else Reason.QUEUED
     waiting = waiting or "waiting for the operator's scheduling pass"
     if 0 < grant < ctx.bounds.desired:  # a non-elastic job is admitted whole or not at all
         waiting = f"granted {grant} of the {ctx.bounds.desired} workers it needs all at once; {waiting}"
+    return _waiting(ctx, reason, waiting)
+
+
+def _waiting(ctx: JobContext, reason: str, waiting: str) -> Draft:
+    """Queued with no workers: Admitted=False for `reason`, saying `waiting`. One held back by a quota is
+    decided again when room comes (the quota's watch)."""
     message = f"queued: {waiting}"
     gang = previous_gang(ctx.status).model_copy(update={"started": False, "since": None})
     return Draft(
@@ -221,7 +211,7 @@ def _queued(ctx: JobContext, grant: int) -> Draft:
         message=message,
         gang=gang,
         succeeded_workers=frozenset(),  # the group stops: a new one starts from none
-        quota_limited=reason == Reason.QUOTA_EXCEEDED,  # the pass's budget: decided again when room comes
+        quota_limited=reason == Reason.QUOTA_EXCEEDED,
     )
 
 
