@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import kubefit.controller.scheduler as scheduler_module
+import kubefit.decisions.node_sets as node_sets
 from kubefit.api.resource import JobKey
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.scheduler import (
@@ -25,12 +26,11 @@ from kubefit.controller.scheduler import (
     Grant,
     Scheduler,
     SchedulerSettings,
-    eligible_nodes,
-    node_capacity,
 )
 from kubefit.decisions.admission import AdmissionPlan, Demand, plan_admissions
 from kubefit.decisions.inventory import NodeFacts, PodUsage
 from kubefit.decisions.node_match import ANYWHERE, Placement, Taint
+from kubefit.decisions.node_sets import eligible_nodes, node_capacity
 from kubefit.decisions.observed import WorkerPod
 from kubefit.metrics import AcceleratorCount, OperatorMetrics
 from kubefit.sizing.catalog import load_catalog
@@ -220,7 +220,6 @@ def test_nodes_the_workers_cannot_land_on_are_not_offered() -> None:
 def test_a_node_change_works_out_the_eligible_nodes_once_per_placement_not_per_job(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from kubefit.controller import scheduler as scheduler_module
 
     cluster = FakeCluster(nodes=[node(f"n{index}", labels={"pool": "mine"}) for index in range(6)])
     scheduler, _ = sync_scheduler()
@@ -234,13 +233,13 @@ def test_a_node_change_works_out_the_eligible_nodes_once_per_placement_not_per_j
             cluster.view(),
         )
     classified: list[Placement] = []
-    real = scheduler_module.eligible_nodes
+    real = node_sets.eligible_nodes
 
     def counted(placement: Placement, nodes: Iterable[NodeFacts], catalog: Any) -> frozenset[str]:
         classified.append(placement)
         return real(placement, nodes, catalog)
 
-    monkeypatch.setattr(scheduler_module, "eligible_nodes", counted)
+    monkeypatch.setattr(node_sets, "eligible_nodes", counted)
     cluster.nodes[0] = replace(cluster.nodes[0], taints=(Taint("dedicated", "x", "NoSchedule"),))
     scheduler.run_pass(cluster.view())
     assert sorted(map(repr, classified)) == sorted(map(repr, placements))  # once each, for ten jobs
@@ -262,7 +261,7 @@ def test_a_placement_changed_while_a_pass_works_out_the_old_one_is_worked_out_in
     key, job = ("ns", "moved"), demand("moved", min_workers=1, want=1)
     pool_a, pool_b = Placement({"pool": "a"}, (), ()), Placement({"pool": "b"}, (), ())
     scheduler.offer(key, job, pool_a, cluster.view())
-    real = scheduler_module.eligible_nodes
+    real = node_sets.eligible_nodes
     moved: list[threading.Thread] = []
 
     def moved_meanwhile(placement: Placement, nodes: Iterable[NodeFacts], catalog: Any) -> frozenset[str]:
@@ -274,7 +273,7 @@ def test_a_placement_changed_while_a_pass_works_out_the_old_one_is_worked_out_in
                 time.sleep(0.001)
         return real(placement, nodes, catalog)
 
-    monkeypatch.setattr(scheduler_module, "eligible_nodes", moved_meanwhile)
+    monkeypatch.setattr(node_sets, "eligible_nodes", moved_meanwhile)
     cluster.nodes[3] = replace(cluster.nodes[3], labels={**cluster.nodes[3].labels, "zone": "1"})  # a change
     scheduler.run_pass(cluster.view())
     moved[0].join(timeout=10)
@@ -285,7 +284,7 @@ def test_a_placement_changed_while_a_pass_works_out_the_old_one_is_worked_out_in
 
 def test_node_generations_never_take_new_facts_for_ones_seen_before() -> None:
     """A fingerprint of ids matched new facts whenever CPython gave them a freed object's address."""
-    generations = scheduler_module.NodeGenerations()
+    generations = node_sets.NodeGenerations()
     first = generations.of([node("n1")])
     assert generations.of([node("n1")]) != first  # new facts objects, the same content: it cannot tell
     for attempt in range(200):  # freed facts, and new ones at the same address: still a change

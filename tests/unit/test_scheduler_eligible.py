@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from test_scheduler import CATALOG, FakeCluster, demand, node, sync_scheduler
 
-import kubefit.controller.scheduler as scheduler_module
+import kubefit.decisions.node_sets as node_sets
 from kubefit.controller.cluster import remembering
-from kubefit.controller.scheduler import Scheduler, SchedulerSettings, eligible_nodes
+from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.inventory import NodeFacts
 from kubefit.decisions.node_match import ANYWHERE, Placement, Taint
+from kubefit.decisions.node_sets import eligible_nodes
 from kubefit.metrics import OperatorMetrics
 
 IDENTIFYING = remembering(CATALOG)  # as the operator's: the catalog's own identify is slow
@@ -28,14 +29,14 @@ def tolerating(team: str) -> Placement:
 def counting_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The number of nodes each call of eligible_nodes checks."""
     checked: list[int] = []
-    real = scheduler_module.eligible_nodes
+    real = node_sets.eligible_nodes
 
     def counted(placement: Placement, nodes: Iterable[NodeFacts], catalog: Any) -> frozenset[str]:
         listed = list(nodes)
         checked.append(len(listed))
         return real(placement, listed, catalog)
 
-    monkeypatch.setattr(scheduler_module, "eligible_nodes", counted)
+    monkeypatch.setattr(node_sets, "eligible_nodes", counted)
     return checked
 
 
@@ -123,7 +124,7 @@ def test_after_random_node_changes_the_eligible_sets_are_those_of_checking_every
 
 def test_two_facts_of_one_name_are_checked_in_full() -> None:
     """kopf's index keys nodes by name; were one name there twice, a set updated by name could not be right."""
-    sets = scheduler_module.EligibleSets(CATALOG)
+    sets = node_sets.EligibleSets(CATALOG)
     nodes = [node("n1"), node("n2")]
     sets.advance(1, nodes)
     assert sets.of(ANYWHERE, nodes) == {"n1", "n2"}

@@ -386,7 +386,8 @@ class WorkerChange:
 
 
 def _holds(worker: WorkerPod) -> tuple[int | None, str | None, bool, bool]:
-    """What a scheduling pass reads of a worker (controller/scheduler.py: live_workers, node_capacity)."""
+    """What a scheduling pass reads of a worker (controller/scheduler.py: live_workers;
+    decisions/node_sets.py: node_capacity)."""
     return (worker.index, worker.node_name, worker.terminating, worker.finished)
 
 
