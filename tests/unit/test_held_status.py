@@ -140,3 +140,19 @@ def test_a_fixed_groups_running_workers_keep_their_auto_device_count_when_the_pl
     assert later.status.sizing is not None and later.status.sizing.accelerators_per_worker == 4
     assert later.demand is not None and later.demand.per_worker == 4
     assert later.delete == () and later.create == ()
+
+
+def test_an_invalid_or_too_big_spec_keeps_the_restart_count() -> None:
+    """status.restarts is what runPolicy.maxRestarts is counted against: a spec made invalid, too big or
+    short of workers for a while (with or without running workers) must not give the job a fresh budget."""
+    pods = [pod(0), pod(1)]
+    running = decide(observe(pods=pods), CATALOG)
+    restarted = {**status_of(running), "restarts": 2, "lastFailureTime": "2025-01-01T11:00:00Z"}
+    for workers in (pods, []):
+        invalid = decide(_later(observe(raw_spec(), workers, restarted), 1, 4), CATALOG, LOWERED_LIMIT)
+        too_big = decide(_later(observe(raw_spec(model=TOO_BIG), workers, restarted), 1, 4), CATALOG)
+        too_few = decide(_later(observe(raw_spec(**TOO_FEW), workers, restarted), 1, 4), CATALOG)
+        for held in (invalid, too_big, too_few):
+            assert status_of(held)["restarts"] == 2
+        fixed = decide(_later(observe(raw_spec(), workers, status_of(invalid)), 2, 5), CATALOG)
+        assert status_of(fixed)["restarts"] == 2

@@ -47,7 +47,7 @@ class Draft:
     delete: tuple[str, ...] = ()
     replace: tuple[WorkerPod, ...] = ()
     events: list[JobEvent] = field(default_factory=list)
-    restarts: int = 0
+    restarts: int | None = None  # None: as before (status.restarts is what runPolicy.maxRestarts counts)
     desired: int | None = None
     start_time: str | None = None
     completion_time: str | None = None

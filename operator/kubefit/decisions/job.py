@@ -686,7 +686,7 @@ def _status(
         replicas=len(existing) + len(draft.create),
         ready_replicas=ready,
         selector=job_selector(observation.job.name),
-        restarts=draft.restarts,
+        restarts=restarts_of(previous) if draft.restarts is None else draft.restarts,
         workers=workers_column(ready, draft.desired if wanted is None else wanted),
         desired_replicas=draft.desired or 0,
         message=draft.message,

@@ -495,14 +495,15 @@ def _restart_group(
     draft.create, draft.worker_set = (), None
     draft.checkpoint = None  # a removal waiting for its checkpoint is moot: every worker goes now
     limit = ctx.spec.run_policy.max_restarts
+    restarts = restarts_of(ctx.status) if draft.restarts is None else draft.restarts
     if failures:
         names = ", ".join(pod.name for pod in failures)
         where = ", ".join(sorted({pod.node_name for pod in failures if pod.node_name}))
         who = f"worker {names}" if len(failures) == 1 else f"workers {names}"
         message = (
             f"{who} failed{f' on {where}' if where else ''}{_causes(failures)}: the group cannot run without "
-            f"it, so every worker is stopped and started again in {restart_backoff(draft.restarts):.0f} s "
-            f"(restart {draft.restarts} of at most {limit}){_memory_hint(ctx, failures)}"
+            f"it, so every worker is stopped and started again in {restart_backoff(restarts):.0f} s "
+            f"(restart {restarts} of at most {limit}){_memory_hint(ctx, failures)}"
         )
         reason = EventReason.WORKER_FAILED
     else:
