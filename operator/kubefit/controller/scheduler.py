@@ -830,9 +830,10 @@ def _quota_state(
 
 
 def _charged(pods: Iterable[WorkerPod], now: datetime) -> int:
-    """The job's workers a quota charges now: not finished, and not terminating past their deletion time
-    (the API server stops charging such a pod after its grace period; counted off a little early here,
-    which errs towards fewer grants). Other pods with the job's label are no workers of it."""
+    """The job's workers a quota charges now: not finished, and not stuck terminating (the API server stops
+    charging a pod once its grace period is over, at its deletionTimestamp; it is counted here until
+    STUCK_AFTER_GRACE_SECONDS later, as for the devices it holds). Other pods with the job's label are no
+    workers of it."""
     return sum(
         1 for pod in pods if pod.index is not None and not pod.finished and not pod.stuck_terminating(now)
     )
