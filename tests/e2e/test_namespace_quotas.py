@@ -99,3 +99,38 @@ def test_a_gang_over_its_quota_waits_without_preempting_and_runs_once_the_quota_
     )
     assert (kube.condition(team_namespace, "urgent", "Admitted") or {}).get("status") == "True"
     assert [event["reason"] for event in kube.events(namespace, "victim")].count("Preempted") == 1
+
+
+def test_a_gang_its_quota_exempts_preempts_the_job_of_its_namespace_not_another_namespaces(
+    kube: Kube, namespace: str, team_namespace: str, operator: OperatorProcess, pool: PrivatePool
+) -> None:
+    """A lower-priority job of the gang's own namespace fills the quota, so preempting it frees the quota
+    too and the gang is not held back. Another namespace's job of a still lower priority runs on the other
+    node: the pass preempted that one (the lowest priority, and its node fits the gang), the quota then
+    refused the gang's worker, and the bystander had lost its workers for nothing."""
+    fixed = {"enabled": False, "checkpointGracePeriodSeconds": 0}
+    resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
+
+    def one_worker(name: str, job_namespace: str, scheduling: dict) -> dict:
+        return job_manifest(
+            name, job_namespace, pool=pool, workers={"replicas": 1}, resources=resources, elastic=fixed,
+            scheduling=scheduling,
+        )  # fmt: skip
+
+    kube.apply(one_worker("bystander", namespace, {"priority": 0}))
+    wait_for("the bystander's worker", lambda: running_names(kube.workers(namespace, "bystander")) != [])
+    bystander = [pod["metadata"]["uid"] for pod in kube.workers(namespace, "bystander")]
+    kube.apply(gpu_quota(team_namespace, 8))
+    kube.apply(one_worker("own", team_namespace, {"priority": 10}))
+    wait_for("the team's own job running", lambda: running_names(kube.workers(team_namespace, "own")) != [])
+
+    kube.apply(one_worker("urgent", team_namespace, {"priority": 100, "preemption": "LowerPriority"}))
+    wait_for(
+        "the urgent job running in its namespace's quota",
+        lambda: running_names(kube.workers(team_namespace, "urgent")) == ["urgent-worker-0"],
+        timeout=120,
+        interval=1,
+    )
+    assert [event["reason"] for event in kube.events(team_namespace, "own")].count("Preempted") == 1
+    assert [pod["metadata"]["uid"] for pod in kube.workers(namespace, "bystander")] == bystander
+    assert "Preempted" not in [event["reason"] for event in kube.events(namespace, "bystander")]

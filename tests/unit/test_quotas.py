@@ -411,10 +411,86 @@ def test_one_pass_does_not_give_the_same_quota_room_to_two_jobs_of_a_namespace()
     )
     # Without a reading of the quota (or claims), both are admitted, and the other job shrunk for both.
     assert plan([first, second], low_jobs(), nodes(2)).grants[key("second")] == 1
-    # A job exempt (a lower-priority job of its namespace runs) is not held back, but counts in the budget.
+    # A job exempt (a lower-priority job of its namespace runs, charged under the quota) is not held back:
+    # the shrink it makes frees the quota too. It counts in the budget, which the second job waits for.
     exempt = replace(first, quota_exempt=True)
-    result = planned([exempt, second], low_jobs(), free=0)
+    low_old, low_young = low_jobs()
+    charged = replace(low_young, demand=replace(low_young.demand, quota_claims=claims(2)))
+    result = planned([exempt, second], [low_old, charged], free=0, charged={"low-young": 4})
     assert result.grants[key("first")] == 1 and result.grants[key("second")] == 0
+    assert result.shrink == {key("low-young"): 2}
+
+
+def _exempt_high(**kwargs: Any) -> Demand:
+    """A high-priority gang of its namespace (ml) exempt from the quota: a lower-priority job of ml runs."""
+    high = gang("high", 2, per_worker=4, priority=10, preemption="LowerPriority", **kwargs)
+    return replace(high, quota_claims=claims(), quota_exempt=True)
+
+
+def _running(name: str, namespace: str, priority: int, node: str, charged: bool) -> Any:
+    demand = replace(gang(name, 2, per_worker=4, priority=priority, created=1.0), key=(namespace, name))
+    if charged:
+        demand = replace(demand, quota_claims=claims())
+    return holding(demand, 2, {node: 2})
+
+
+def test_an_exempt_job_makes_its_quota_room_from_its_own_namespace_not_from_another() -> None:
+    # The quota is full with ml's own lower-priority job (2 workers x 4 devices). Another namespace's job
+    # of a still lower priority runs on the other node. Before, the pass preempted that one (the lowest, and
+    # its node fits the gang): the API server then refused the gang's workers, and it had stopped a job for
+    # nothing. Now the job it preempts is the one whose workers the quota charges.
+    own = _running("own-low", "ml", 1, "node-0", charged=True)
+    other = _running("other-low", "other", 0, "node-1", charged=False)
+    quotas = QuotaState({POOL: Decimal(0)}, {key("own-low"): 2})
+    result = plan_admissions(
+        [_exempt_high()], [own, other], nodes(2), "BestEffortFIFO", NOW, 300.0, quotas=quotas
+    )
+    assert result.grants[key("high")] == 2
+    assert result.preempt == frozenset({key("own-low")})
+    assert result.grants[("other", "other-low")] == 2
+    # Nodes with room to spare do not make it fit the quota: it still preempts the job the quota charges.
+    result = plan_admissions(
+        [_exempt_high()], [own, other], nodes(3), "BestEffortFIFO", NOW, 300.0, quotas=quotas
+    )
+    assert result.grants[key("high")] == 2 and result.preempt == frozenset({key("own-low")})
+
+
+def test_an_exempt_job_its_namespace_cannot_make_quota_room_for_waits_and_stops_no_one() -> None:
+    # ml's lower-priority job holds 4 of the quota's devices; the gang needs 8 and 0 are free: preempting
+    # every job it may would leave it 4 short, so it waits for the quota, and the other namespace's job
+    # keeps its workers.
+    own = holding(
+        replace(gang("own-low", 1, per_worker=4, priority=1, created=1.0), quota_claims=claims()),
+        1,
+        {"node-0": 1},
+    )
+    other = _running("other-low", "other", 0, "node-1", charged=False)
+    quotas = QuotaState({POOL: Decimal(0)}, {key("own-low"): 1})
+    result = plan_admissions(
+        [_exempt_high()], [own, other], nodes(2), "BestEffortFIFO", NOW, 300.0, quotas=quotas
+    )
+    assert result.grants[key("high")] == 0 and not result.preempt and not result.shrink
+    assert result.waiting[key("high")].startswith(
+        "QuotaExceeded: ResourceQuota team-gpus has room for 0 more"
+    )
+    # A job that may only shrink others frees no quota from a gang: it waits too.
+    never = replace(_exempt_high(), preemption="Never")
+    own_gang = _running("own-low", "ml", 1, "node-0", charged=True)
+    result = plan_admissions(
+        [never], [own_gang, other], nodes(2), "BestEffortFIFO", NOW, 300.0, quotas=quotas
+    )
+    assert result.grants[key("high")] == 0 and result.waiting[key("high")].startswith("QuotaExceeded:")
+
+
+def test_an_exempt_elastic_job_grows_only_within_its_quota() -> None:
+    # Growth takes free devices only and preempts no one, so the budget caps it whether or not the job is
+    # exempt: grown past it, its new workers were refused.
+    grown = holding(
+        replace(job("grown", per_worker=4, want=4), quota_claims=claims(), quota_exempt=True),
+        1,
+        {"node-0": 1},
+    )
+    assert planned([], [grown], free=4, charged={"grown": 1}).grants[key("grown")] == 2
 
 
 def test_the_budget_counts_granted_workers_not_charged_yet_and_limits_growth() -> None:

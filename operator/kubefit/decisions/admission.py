@@ -30,6 +30,8 @@ from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from itertools import accumulate
 from typing import Literal
 
 from kubefit.api.resource import JobKey
@@ -755,10 +757,26 @@ class _Trial:
     removals: list[tuple[_Job, str, bool]] = field(default_factory=list)  # (job, node, from reserved)
     leaving: list[tuple[_Job, str]] = field(default_factory=list)  # (job, node) of workers going anyway
     victims: dict[_Job, dict[str, int]] = field(default_factory=dict)  # victim -> node -> devices freed
+    # Quota keys the job's minimum is short of (an exempt job: _quota_short) -> the amount: the workers taken
+    # from jobs charged under those keys must free it too, or the API server refuses the job's creates.
+    quota_short: Mapping[tuple[str, str, str], Decimal] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool:
-        return self.slots >= self.job.floor
+        return self.slots >= self.job.floor and (not self.quota_short or self._quota_freed())
+
+    def _quota_freed(self) -> bool:
+        """Whether the workers taken so far free every key the job is short of (finished ones free none)."""
+        freed: dict[tuple[str, str, str], Decimal] = {}
+        taken = Counter(other for other, node, _ in self.removals if node != _FINISHED)
+        taken.update(other for other, _ in self.leaving)
+        for victim, devices in self.victims.items():
+            taken[victim] += sum(devices.values()) // victim.demand.per_worker
+        for other, workers in taken.items():
+            for claim in other.demand.quota_claims:
+                if claim.pool in self.quota_short:
+                    freed[claim.pool] = freed.get(claim.pool, Decimal(0)) + workers * claim.per_worker
+        return all(freed.get(pool, 0) >= short for pool, short in self.quota_short.items())
 
     def change(self, node: str, devices: int) -> None:
         if node in self.free:
@@ -896,7 +914,7 @@ def _preempt(trial: _Trial, victim: _Job) -> None:
     remaining.subtract(node for other, node, _ in trial.removals if other is victim)
     remaining.subtract(node for other, node in trial.leaving if other is victim)
     freed = {node: workers * victim.demand.per_worker for node, workers in remaining.items() if workers > 0}
-    if not any(node in trial.free for node in freed):
+    if not any(node in trial.free for node in freed) and not _frees_quota(trial.quota_short, victim):
         return
     for node, devices in sorted(freed.items()):
         trial.change(node, devices)
@@ -906,14 +924,16 @@ def _preempt(trial: _Trial, victim: _Job) -> None:
 def _trim(trial: _Trial) -> None:
     """Give back what the job does not need once victims were preempted: victims first (the latest, of the
     highest priority among them, first), then shrink removals (latest first)."""
-    for victim, freed in reversed(list(trial.victims.items())):
+    victims = list(trial.victims.items())
+    for victim, freed in reversed(victims):
         for node, devices in freed.items():
             trial.change(node, -devices)
-        if trial.fits:
-            del trial.victims[victim]
-        else:
+        del trial.victims[victim]  # before asking: the quota it frees counts while it is a victim
+        if not trial.fits:
             for node, devices in freed.items():
                 trial.change(node, devices)
+            trial.victims[victim] = freed
+    trial.victims = {victim: freed for victim, freed in victims if victim in trial.victims}  # their order
     _give_back_removals(trial)
     _give_back_leaving(trial)
 
@@ -921,18 +941,19 @@ def _trim(trial: _Trial) -> None:
 def _give_back_removals(trial: _Trial) -> None:
     """Shrink removals the job fits without go back, latest first, a whole TP x PP group at a time."""
     needed: set[_Job] = set()  # jobs removed in index order: only their lowest removals can go back
-    for group in reversed(_whole_group_removals(trial.removals)):
+    groups = _whole_group_removals(trial.removals)
+    starts = list(accumulate((len(group) for group in groups), initial=0))[:-1]
+    for start, group in reversed(list(zip(starts, groups, strict=True))):
         other = group[0][0]
         if other in trial.victims or other in needed:
             continue
         for _, node, _ in group:
             trial.change(node, -other.demand.per_worker)
-        if trial.fits:
-            for removal in group:
-                trial.removals.remove(removal)
-        else:
+        del trial.removals[start : start + len(group)]  # before asking: see _trim
+        if not trial.fits:
             for _, node, _ in group:
                 trial.change(node, other.demand.per_worker)
+            trial.removals[start:start] = group
             if other.removal_order:
                 needed.add(other)
 
@@ -940,13 +961,12 @@ def _give_back_removals(trial: _Trial) -> None:
 def _give_back_leaving(trial: _Trial) -> None:
     """Leaving places the job fits without go back (a victim preempted later freed enough), latest first:
     their job then keeps them for its own growth, and no one's clock waits for them."""
-    for entry in reversed(list(trial.leaving)):
-        other, node = entry
+    for index in reversed(range(len(trial.leaving))):
+        other, node = trial.leaving.pop(index)  # before asking: see _trim
         trial.change(node, -other.demand.per_worker)
-        if trial.fits:
-            trial.leaving.remove(entry)
-        else:
+        if not trial.fits:
             trial.change(node, other.demand.per_worker)
+            trial.leaving.insert(index, (other, node))
 
 
 def _whole_group_removals(
@@ -979,20 +999,25 @@ def _lower(cluster: _Cluster, jobs: Sequence[_Job], job: _Job) -> list[_Job]:
     return [other for other in ranked[: bisect_left(priorities, job.demand.priority)] if other.holds]
 
 
-def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequence[str]) -> bool:
+def _make_room(
+    cluster: _Cluster,
+    jobs: Sequence[_Job],
+    job: _Job,
+    nodes: Sequence[str],
+    quota_short: Mapping[tuple[str, str, str], Decimal],
+) -> bool:
     """Shrink, then if allowed and still needed preempt, lower-priority jobs so that the job fits on
-    `nodes`; commits the changes only when it then fits."""
-    if not job.demand.makes_room:
+    `nodes` and, for `quota_short`, within its quotas (its namespace's jobs charged under those keys are
+    taken first); commits the changes only when it then fits."""
+    if not _may_make_room(cluster, job, nodes):
         return False
-    if job.demand.priority <= cluster.lowest_priority.get(job.demand.accelerator, job.demand.priority):
-        return False  # no job on its accelerator has a lower priority
-    if cluster.slots_without_jobs(nodes, job.demand.per_worker) < job.floor:
-        return False  # other pods hold too much: even with every job gone it would not fit
     lower = _lower(cluster, jobs, job)
+    if quota_short:  # those charged under the keys it is short of first; sorted is stable: by priority
+        lower = sorted(lower, key=lambda other: not _frees_quota(quota_short, other))
     if not lower:
         return False
     free = {node: cluster.free[node] for node in nodes}
-    trial = _Trial(job, free, _slots(free, nodes, job.demand.per_worker))
+    trial = _Trial(job, free, _slots(free, nodes, job.demand.per_worker), quota_short=quota_short)
     _shrink_lower(trial, lower)
     if trial.fits:
         _give_back_removals(trial)  # a shrink that a later one made unneeded
@@ -1006,6 +1031,15 @@ def _make_room(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequen
         return False
     _commit(cluster, trial)
     return True
+
+
+def _may_make_room(cluster: _Cluster, job: _Job, nodes: Sequence[str]) -> bool:
+    if not job.demand.makes_room:
+        return False
+    if job.demand.priority <= cluster.lowest_priority.get(job.demand.accelerator, job.demand.priority):
+        return False  # no job on its accelerator has a lower priority
+    # Other pods may hold too much: even with every job gone it would not fit.
+    return cluster.slots_without_jobs(nodes, job.demand.per_worker) >= job.floor
 
 
 def _shrink_lower(trial: _Trial, lower: Sequence[_Job]) -> None:
@@ -1049,11 +1083,19 @@ def _commit(cluster: _Cluster, trial: _Trial) -> None:
         victim.grant = 0
 
 
-def _admit(cluster: _Cluster, jobs: Sequence[_Job], job: _Job, nodes: Sequence[str]) -> bool:
-    """Admit the job at its floor on `nodes` (its own, less those kept by jobs ahead of it)."""
+def _admit(
+    cluster: _Cluster,
+    jobs: Sequence[_Job],
+    job: _Job,
+    nodes: Sequence[str],
+    quota_short: Mapping[tuple[str, str, str], Decimal],
+) -> bool:
+    """Admit the job at its floor on `nodes` (its own, less those kept by jobs ahead of it); a job short of
+    quota room (`quota_short`) only by shrinking or preempting jobs that free it."""
     per_worker = job.demand.per_worker
-    if not _fits(cluster, nodes, per_worker, job.floor) and not _make_room(cluster, jobs, job, nodes):
-        return False
+    if quota_short or not _fits(cluster, nodes, per_worker, job.floor):
+        if not _make_room(cluster, jobs, job, nodes, quota_short):
+            return False
     spots = _spots(cluster, nodes, per_worker, job.floor)
     free, vacated = cluster.free, cluster.vacated
     if any(workers * per_worker > free[node] - vacated[node] for node, workers in spots.items()):
@@ -1108,6 +1150,58 @@ def _over_quota(budget: QuotaBudget, job: _Job) -> str | None:
     return f"{QUOTA_EXCEEDED}: {budget.describe(claims, needed)}"
 
 
+def _quota_short(budget: QuotaBudget, job: _Job) -> dict[tuple[str, str, str], Decimal]:
+    """An exempt job's quota keys whose budget its minimum is over -> by how much (empty for another job:
+    _over_quota holds it back). Exempt, it is admitted only by taking workers charged under those keys."""
+    if not job.demand.quota_exempt:
+        return {}
+    needed = _uncharged(job, job.floor)
+    short = {}
+    for claim in job.demand.quota_claims:
+        if claim.pool in budget.free and needed * claim.per_worker > budget.free[claim.pool]:
+            short[claim.pool] = needed * claim.per_worker - budget.free[claim.pool]
+    return short
+
+
+def _frees_quota(quota_short: Mapping[tuple[str, str, str], Decimal], other: _Job) -> bool:
+    return any(claim.pool in quota_short for claim in other.demand.quota_claims)
+
+
+def _quota_out_of_reach(
+    cluster: _Cluster, jobs: Sequence[_Job], job: _Job, quota_short: Mapping[tuple[str, str, str], Decimal]
+) -> bool:
+    """Whether every lower-priority job charged under the keys the job is short of, taken down to its
+    minimum (or whole, where the job may preempt), would still leave it short."""
+    freed: dict[tuple[str, str, str], Decimal] = {}
+    for other in _lower(cluster, jobs, job):
+        if not job.demand.makes_room:
+            break
+        if job.demand.preemption == "LowerPriority":
+            workers = other.grant
+        else:
+            workers = max(0, other.grant - other.floor) if other.demand.elastic else 0
+        for claim in other.demand.quota_claims:
+            if claim.pool in quota_short:
+                freed[claim.pool] = freed.get(claim.pool, Decimal(0)) + workers * claim.per_worker
+    return any(freed.get(pool, 0) < short for pool, short in quota_short.items())
+
+
+def _quota_wait(
+    cluster: _Cluster, jobs: Sequence[_Job], budget: QuotaBudget, job: _Job
+) -> tuple[str | None, dict[tuple[str, str, str], Decimal]]:
+    """Why the job waits for its quotas (None: it does not), and what an exempt job is short of. An exempt
+    job that even the lower-priority jobs charged under those keys would not make room for waits like
+    one not exempt, and stops no one for workers the API server would refuse."""
+    over_quota = _over_quota(budget, job)
+    if over_quota is not None:
+        return over_quota, {}
+    short = _quota_short(budget, job)
+    if short and _quota_out_of_reach(cluster, jobs, job, short):
+        needed = _uncharged(job, job.floor)
+        return f"{QUOTA_EXCEEDED}: {budget.describe(job.demand.quota_claims, needed)}", {}
+    return None, short
+
+
 def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaBudget) -> None:
     for job in jobs:
         if job.admitted:
@@ -1117,7 +1211,7 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget:
                 f"{QUEUED}: behind {_name(queue.strict_head.key)} in the queue (StrictFIFO)"
             )
             continue
-        over_quota = _over_quota(budget, job)
+        over_quota, short = _quota_wait(cluster, jobs, budget, job)
         if over_quota is not None:  # waits for its namespace's quota, not for devices: it blocks no one
             queue.waiting[job.key] = over_quota
             for claim in job.demand.quota_claims:
@@ -1125,9 +1219,9 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget:
             continue
         nodes, kept_by = queue.usable(job)
         if kept_by is None:
-            if not _admit(cluster, jobs, job, nodes):
+            if not _admit(cluster, jobs, job, nodes, short):
                 queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
-        elif not nodes or not _admit(cluster, jobs, job, nodes):
+        elif not nodes or not _admit(cluster, jobs, job, nodes, short):
             # Still the first that did not fit (StrictFIFO's head) or a head past its wait: those behind it
             # must not take the nodes it may use, whoever keeps the others.
             queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
@@ -1181,7 +1275,7 @@ def _quota_growth(budget: QuotaBudget, job: _Job) -> int:
     workers charged already but not granted need none)."""
     wanted = job.target - job.grant
     claims = job.demand.quota_claims
-    if not claims or job.demand.quota_exempt:
+    if not claims:
         return wanted
     if any(budget.held.get(claim.pool, job.order) < job.order for claim in claims):
         return max(0, job.quota_charged - job.grant)  # a job ahead waits for that room: no growth into it
@@ -1281,9 +1375,11 @@ def plan_admissions(  # noqa: PLR0913 - the pass's inputs, each named at the cal
         if _may_all_fit(new, admitted, nodes):
             held = _devices(settled)
             plan = _plan(new, others, nodes, policy, now, head_wait_limit, held, quotas)
-            # A job that waits for its quota alone takes nothing the settled jobs hold: the same plan.
+            # A job that waits for its quota alone takes nothing the settled jobs hold: the same plan. Not an
+            # exempt one: the settled jobs of its namespace may be the ones to free its quota.
             for_devices = any(not why.startswith(QUOTA_EXCEEDED) for why in plan.waiting.values())
-            if not (for_devices or plan.shrink or plan.preempt):
+            exempt_waits = any(demand.quota_exempt and demand.key in plan.waiting for demand in new)
+            if not (for_devices or exempt_waits or plan.shrink or plan.preempt):
                 return _with_settled(plan, settled)
     return _plan(queued, admitted, nodes, policy, now, head_wait_limit, None, quotas)
 
