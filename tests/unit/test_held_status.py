@@ -156,3 +156,33 @@ def test_an_invalid_or_too_big_spec_keeps_the_restart_count() -> None:
             assert status_of(held)["restarts"] == 2
         fixed = decide(_later(observe(raw_spec(), workers, status_of(invalid)), 2, 5), CATALOG)
         assert status_of(fixed)["restarts"] == 2
+
+
+def test_a_fixed_group_that_lost_a_worker_while_its_spec_was_invalid_restarts_once_it_is_fixed() -> None:
+    # The held path counted the gone worker out of readyReplicas; fixed, the group read as never all
+    # running, and a lone new worker 1 was created beside a worker 0 mid-training.
+    w0, w1 = (replace(pod(index, attempt=0), world_size=2) for index in (0, 1))  # as created: 2 ranks
+    running = decide(observe(pods=[w0, w1]), CATALOG)
+    invalid = decide(_later(observe(raw_spec(), [w0, w1], running.status), 1, 4), CATALOG, LOWERED_LIMIT)
+    gone = decide(_later(observe(raw_spec(), [w0], invalid.status), 2, 4), CATALOG, LOWERED_LIMIT)
+    assert status_of(gone)["readyReplicas"] == 1 and gone.create == ()
+    fixed = decide(_later(observe(raw_spec(), [w0], gone.status), 3, 5), CATALOG)
+    assert fixed.create == () and fixed.delete == ("llama-worker-0",)
+    assert status_of(fixed)["gang"]["attempt"] == 1
+
+
+def test_a_suspend_on_an_invalid_spec_waits_for_a_training_that_has_ended() -> None:
+    # As with a valid spec: worker 0 succeeded, so the training is over. Stopping the group deleted the
+    # succeeded worker too and cleared succeededWorkers, and the resume ran the whole training again.
+    w0, w1 = pod(0, "Succeeded", attempt=0), pod(1, attempt=0)
+    running = decide(observe(pods=[pod(0, attempt=0), w1]), CATALOG)
+    ended = decide(_later(observe(raw_spec(), [w0, w1], running.status), 1, 3), CATALOG)
+    suspended = raw_spec(runPolicy={"suspend": True})
+    held = decide(_later(observe(suspended, [w0, w1], ended.status), 2, 4), CATALOG, LOWERED_LIMIT)
+    assert held.delete == () and status_of(held)["phase"] != "Suspended"
+    assert status_of(held)["message"].startswith("spec.runPolicy.suspend waits: the training has ended")
+    assert status_of(held)["succeededWorkers"] == "0"
+    # framework none: one process done says nothing of the others, so the suspend stops the workers.
+    free = raw_spec(framework="none", runPolicy={"suspend": True})
+    stopped = decide(_later(observe(free, [w0, w1], ended.status), 2, 4), CATALOG, LOWERED_LIMIT)
+    assert status_of(stopped)["phase"] == "Suspended" or stopped.delete

@@ -52,3 +52,22 @@ def test_a_worker_on_a_deleted_node_is_lost_before_the_pod_garbage_collector_rem
     not_ready = _on_lost_nodes([on_deleted, on_live], frozenset({"node-a"}))
     assert [worker.node_lost for worker in not_ready] == [False, True]
     assert _on_lost_nodes([pod(2, "Pending", node=None)], frozenset(), view.node_exists)[0].node_lost is False
+
+
+def test_a_worker_whose_node_went_not_ready_and_whose_pod_then_vanished_restarts_the_group() -> None:
+    # The pod went without being seen terminating (the node object deleted, the pod garbage collector's
+    # force delete; or `kubectl delete pod --force`, the way out a stuck worker's message gives). The status
+    # written while its node was lost counted it out, so the group read as never all running, and a lone
+    # new rank 1 was created to join a worker 0 mid-training: a hang until the collectives time out.
+    w0, w1 = pod(0, attempt=0, node="node-a"), pod(1, attempt=0, node="node-b")
+    first = decide(observe(pods=[w0, w1]), CATALOG)
+    assert status_of(first)["gang"]["running"] is True
+    healthy = first.status
+    silent = replace(w1, node_lost=True)
+    not_ready = decide(observe(pods=[w0, silent], status=healthy, now=NOW + timedelta(seconds=40)), CATALOG)
+    assert status_of(not_ready)["readyReplicas"] == 1
+    vanished = decide(observe(pods=[w0], status=not_ready.status, now=NOW + timedelta(seconds=80)), CATALOG)
+    assert ("Warning", "WorkerLost") in events_of(vanished)
+    assert vanished.create == () and vanished.delete == ("llama-worker-0",)
+    assert status_of(vanished)["gang"]["attempt"] == 1 and status_of(vanished)["restarts"] == 0
+    assert status_of(vanished)["gang"]["running"] is False  # the new attempt has not run yet

@@ -880,6 +880,12 @@ class GangStatus(_Model):
         "gang timeout counts from then. For a started elastic gang: when a worker above its floor that no node "
         "took within the gang timeout was given up; the job grows no more for one gang timeout from then.",
     )
+    running: bool = Field(
+        default=False,
+        description="A fixed group's (not elastic, or framework jax): True once every worker of its restart "
+        "attempt has run at once, so it trains; a worker gone from then on restarts the group, even one "
+        "whose node stopped answering before its pod went.",
+    )
     attempt: int = Field(
         default=0,
         ge=0,

@@ -16,11 +16,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kubefit.api.conditions import ConditionType, JobPhase, Reason
+from kubefit.api.formatting import parse_index_ranges
 from kubefit.api.models import Elastic
 from kubefit.api.units import rfc3339
 from kubefit.decisions.conditions import ConditionUpdate, find_condition, is_true
 from kubefit.decisions.draft import Draft, conditions_of, not_running, restarts_of
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
+from kubefit.decisions.running import SUSPEND_WAITS
 from kubefit.decisions.scheduled import SUSPENDED_WHY, stop_every_worker
 
 if TYPE_CHECKING:
@@ -39,9 +41,11 @@ def with_held_workers(draft: Draft, observation: JobObservation, ours: Sequence[
     """The invalid or blocked path's `draft`, with what the job's workers still ask of it."""
     raw = observation.spec if isinstance(observation.spec, Mapping) else {}
     sized = [update for update in draft.updates if update.type == ConditionType.SIZED]
-    if _section(raw, "runPolicy").get("suspend") is True:
-        return stop_every_worker(observation, ours, _grace(raw), Reason.SUSPENDED, SUSPENDED_WHY, sized)
     present = [pod for pod in ours if not pod.terminating]
+    if _section(raw, "runPolicy").get("suspend") is True:
+        if not _training_ended(raw, present, observation.status):
+            return stop_every_worker(observation, ours, _grace(raw), Reason.SUSPENDED, SUSPENDED_WHY, sized)
+        draft.message = SUSPEND_WAITS
     if present and all(pod.phase == POD_SUCCEEDED for pod in present):
         return _succeeded(observation, present, sized)
     conditions = conditions_of(observation.status)
@@ -66,6 +70,16 @@ def with_held_workers(draft: Draft, observation: JobObservation, ours: Sequence[
         trained = observation.status.get("startTime") or running.status == "True"
         draft.phase = JobPhase.SCALING if trained else JobPhase.PENDING
     return draft
+
+
+def _training_ended(raw: Mapping[str, Any], present: Sequence[WorkerPod], status: Mapping[str, Any]) -> bool:
+    """As running.training_ended, read from the spec as written: a worker succeeded (its pod says so, or
+    status.succeededWorkers does), and the framework is not none. A suspend then waits, as with a valid spec:
+    stopping the group would throw the finished training away and run it again on resume."""
+    if raw.get("framework", "pytorch") == "none":
+        return False
+    succeeded = any(pod.phase == POD_SUCCEEDED for pod in present)
+    return succeeded or bool(parse_index_ranges(status.get("succeededWorkers")))
 
 
 def _held_count(present: Sequence[WorkerPod]) -> int:

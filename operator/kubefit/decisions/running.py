@@ -73,6 +73,11 @@ _GRANT_REASONS = {Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.SHRUNK_FOR_PRIORI
 # (controller.scheduler.RECOVERED): no news, so the job's Admitted condition stays as it was.
 RECOVERED = "Recovered"
 _NO_CAPACITY = "no capacity for more"  # why a grant is below the replicas when nothing else says
+# status.message while a suspend asked for waits for the workers of a training that has ended (training_ended).
+SUSPEND_WAITS = (
+    "spec.runPolicy.suspend waits: the training has ended (a worker succeeded), so the workers finish instead "
+    "of being stopped"
+)
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,11 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
     # A worker that succeeded and whose pod went (its node scaled away) is done, not missing.
     placed = _placed(ctx.ours, slots) + len(gone_after_success & slots)
     gang = _gang_now(ctx, plan, placed, fixed)
+    if fixed and gang.started and not gang.running:
+        # Every worker ran at once: from now on one gone restarts the group (_gone_from_group), whatever
+        # the counts of a later status say (a node lost first counts its worker out of readyReplicas).
+        ran = _ready(ctx.ours, slots - succeeded_in_group) + len(succeeded_in_group & slots)
+        gang = gang.model_copy(update={"running": ran >= plan.keep})
     restarted_at = parse_rfc3339(gang.since)
     waiting_since = _gang_clock_start(ctx, gang, restarted_at or admitted_at(ctx.conditions) or ctx.now)
     refused, at_once = _refused_gang(ctx, plan, gang, fixed)
@@ -422,21 +432,29 @@ def _lost(ctx: JobContext, plan: _Plan, slots: frozenset[int]) -> tuple[str, ...
 
 def _gone_from_group(ctx: JobContext, plan: _Plan, slots: frozenset[int]) -> frozenset[int]:
     """The workers of a running fixed group that are gone: its gang had started (every worker placed at
-    once) and the last status saw all of them running or succeeded, no restart or removal of this
+    once) and all of them ran at once (status.gang.running; for a status written before that field, the
+    last status saw all of them running or succeeded), no restart or removal of this
     decision's own is under way, and now one of them is gone or being deleted by someone else (this
     decision path deletes none of a fixed group's running workers otherwise). Workers not created yet, or
     created and not all running yet, are never taken for gone ones."""
     if plan.restart or plan.removal is not None or plan.keep <= 0:
         return frozenset()
-    if not previous_gang(ctx.status).started:
+    gang = previous_gang(ctx.status)
+    if not gang.started:
         # A group restarted, or not placed whole yet: the status's counts may be an older group's.
         return frozenset()
+    if gang.running:
+        return _missing_from(ctx, slots)
     finished = len(parse_index_ranges(ctx.status.get("succeededWorkers")))
     # A worker whose node stopped answering (its kubelet died) is not ready from then on, so the status
     # written meanwhile counts it out: it was running when its node was lost, not a worker never started.
     stranded = sum(1 for pod in ctx.ours if pod.node_lost and pod.phase == POD_RUNNING)
     if int(ctx.status.get("readyReplicas") or 0) + finished + stranded < plan.keep:
         return frozenset()
+    return _missing_from(ctx, slots)
+
+
+def _missing_from(ctx: JobContext, slots: frozenset[int]) -> frozenset[int]:
     present = {pod.index for pod in ctx.ours if not pod.terminating}
     return slots - present
 
@@ -991,11 +1009,7 @@ def _message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str | None
     message = _count_message(ctx, plan, shake_note)
     if not (ctx.spec.run_policy.suspend and training_ended(ctx)):
         return message
-    waits = (
-        "spec.runPolicy.suspend waits: the training has ended (a worker succeeded), so the workers finish "
-        "instead of being stopped"
-    )
-    return f"{message}; {waits}" if message else waits
+    return f"{message}; {SUSPEND_WAITS}" if message else SUSPEND_WAITS
 
 
 def _count_message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str | None:

@@ -197,7 +197,7 @@ def _waiting(ctx: JobContext, reason: str, waiting: str) -> Draft:
     """Queued with no workers: Admitted=False for `reason`, saying `waiting`. One held back by a quota is
     decided again when room comes (the quota's watch)."""
     message = f"queued: {waiting}"
-    gang = previous_gang(ctx.status).model_copy(update={"started": False, "since": None})
+    gang = previous_gang(ctx.status).model_copy(update={"started": False, "running": False, "since": None})
     return Draft(
         phase=JobPhase.QUEUED,
         updates=[
@@ -263,7 +263,9 @@ def stop_every_worker(  # noqa: PLR0913 - a job as observed, and why and how its
         restarts=restarts_of(observation.status),
         desired=0,
         message=message,
-        gang=previous_gang(observation.status).model_copy(update={"started": False, "since": None}),
+        gang=previous_gang(observation.status).model_copy(
+            update={"started": False, "running": False, "since": None}
+        ),
         succeeded_workers=frozenset(),
     )
     apply_handshake(draft, shake, removal)
