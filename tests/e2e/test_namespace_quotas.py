@@ -111,17 +111,19 @@ def test_a_gang_its_quota_exempts_preempts_the_job_of_its_namespace_not_another_
     fixed = {"enabled": False, "checkpointGracePeriodSeconds": 0}
     resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
 
-    def one_worker(name: str, job_namespace: str, scheduling: dict) -> dict:
+    def one_worker(name: str, job_namespace: str, scheduling: dict, grace: int = 0) -> dict:
         return job_manifest(
-            name, job_namespace, pool=pool, workers={"replicas": 1}, resources=resources, elastic=fixed,
-            scheduling=scheduling,
+            name, job_namespace, pool=pool, workers={"replicas": 1}, resources=resources,
+            elastic={**fixed, "checkpointGracePeriodSeconds": grace}, scheduling=scheduling,
         )  # fmt: skip
 
     kube.apply(one_worker("bystander", namespace, {"priority": 0}))
     wait_for("the bystander's worker", lambda: running_names(kube.workers(namespace, "bystander")) != [])
     bystander = [pod["metadata"]["uid"] for pod in kube.workers(namespace, "bystander")]
     kube.apply(gpu_quota(team_namespace, 8))
-    kube.apply(one_worker("own", team_namespace, {"priority": 10}))
+    # Its worker saves for up to 20 s when preempted (no acknowledgement comes here), and the quota charges
+    # it until it is gone: the gang's creates are refused meanwhile, and it keeps its grant.
+    kube.apply(one_worker("own", team_namespace, {"priority": 10}, grace=20))
     wait_for("the team's own job running", lambda: running_names(kube.workers(team_namespace, "own")) != [])
 
     kube.apply(one_worker("urgent", team_namespace, {"priority": 100, "preemption": "LowerPriority"}))

@@ -9,7 +9,7 @@ Queued with Admitted=False QuotaExceeded, naming the quota, and is decided again
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,12 +17,13 @@ import pytest
 import test_reconciler
 from test_admission import NOW, gang, holding, job, key, low_jobs, nodes, plan
 from test_reconcile import CATALOG, condition, decide, observe
+from test_reconcile import NOW as NOW_DT
 from test_reconciler import KEY, NAMESPACE, Harness, harness, job_manifest
 from test_refused_workers import OTHER, both_reconciled, run_on_h0
 
 from kubefit.controller.quotas import QuotaChange, QuotaLimits
 from kubefit.controller.scheduler import _charged
-from kubefit.decisions.admission import Demand, plan_admissions
+from kubefit.decisions.admission import Demand, Holding, plan_admissions
 from kubefit.decisions.inventory import NodeFacts
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.quota import (
@@ -482,6 +483,90 @@ def test_an_exempt_job_its_namespace_cannot_make_quota_room_for_waits_and_stops_
     assert result.grants[key("high")] == 0 and result.waiting[key("high")].startswith("QuotaExceeded:")
 
 
+def _charged_gang(name: str, node: str, priority: int = 1, namespace: str = "ml") -> Holding:
+    demand = replace(gang(name, 1, per_worker=8, priority=priority, created=1.0), key=(namespace, name))
+    return Holding(replace(demand, quota_claims=claims(8)), 1, {node: 1}, (node,))
+
+
+def _plan_exempt(queued: list[Demand], admitted: list[Holding], free: int, count: int, **kwargs: Any) -> Any:
+    charged = {holding.demand.key: 1 for holding in admitted if holding.demand.quota_claims}
+    quotas = QuotaState({POOL: Decimal(free)}, charged)
+    return plan_admissions(
+        queued, admitted, nodes(count), kwargs.get("policy", "BestEffortFIFO"), NOW, 300.0, quotas=quotas
+    )
+
+
+def test_two_exempt_jobs_of_one_pass_preempt_one_job_each_not_more() -> None:
+    # The quota freed by the first job's victim was not given back to the budget: the second job had to free
+    # it again, and a third job was preempted for nothing.
+    lows = [_charged_gang(f"low{index}", f"node-{index}") for index in range(3)]
+    highs = [
+        replace(gang(f"high{index}", 1, per_worker=8, priority=10, created=float(index), preemption="LowerPriority"),
+                quota_claims=claims(8), quota_exempt=True)
+        for index in range(2)
+    ]  # fmt: skip
+    result = _plan_exempt(highs, lows, free=0, count=5)
+    assert result.grants[key("high0")] == 1 and result.grants[key("high1")] == 1
+    assert len(result.preempt) == 2
+
+
+def test_an_exempt_job_takes_the_lowest_priority_jobs_for_devices_and_its_namespaces_for_quota() -> None:
+    # Charged jobs were sorted first for devices too: a priority-5 job was preempted where another
+    # namespace's priority-0 job would do for the node, c1 freeing the quota.
+    c1 = _charged_gang("c1", "node-0", priority=1)
+    c2 = _charged_gang("c2", "node-1", priority=5)
+    n0 = Holding(
+        replace(gang("n0", 1, per_worker=8, created=1.0), key=("other", "n0")), 1, {"node-2": 1}, ("node-2",)
+    )
+    high = replace(
+        gang("high", 2, per_worker=8, priority=10, preemption="LowerPriority"),
+        quota_claims=claims(8),
+        quota_exempt=True,
+    )
+    result = _plan_exempt([high], [c1, c2, n0], free=8, count=3)
+    assert result.grants[key("high")] == 2
+    assert result.preempt == frozenset({key("c1"), ("other", "n0")})
+
+
+def test_an_exempt_job_whose_namespace_frees_no_quota_waits_for_it_and_blocks_no_one() -> None:
+    # The lower-priority job's grant counted its finished workers, which free no quota: the job was taken
+    # for one waiting on devices, InsufficientCapacity, and kept the job behind it waiting (StrictFIFO).
+    done = replace(
+        job("c", per_worker=8, want=3, priority=1, created=1.0), quota_claims=claims(8), finished_workers=2
+    )
+    behind = replace(gang("bystander", 1, per_worker=8, priority=5, created=3.0), key=("other", "bystander"))
+    high = replace(
+        gang("high", 1, per_worker=8, priority=10, created=2.0), quota_claims=claims(8), quota_exempt=True
+    )
+    for policy in ("StrictFIFO", "BestEffortFIFO"):
+        result = _plan_exempt(
+            [high, behind], [Holding(done, 3, {"node-0": 1}, ("node-0",))], free=0, count=3, policy=policy
+        )
+        assert result.waiting[key("high")].startswith("QuotaExceeded:")
+        assert result.grants[("other", "bystander")] == 1
+
+
+def test_an_exempt_job_whose_minimum_is_charged_already_is_not_short_of_quota() -> None:
+    # Its own pod (terminating) is charged: it needs no more, and preempted the other job for nothing.
+    low = replace(gang("low", 2, per_worker=8, priority=1, created=1.0), quota_claims=claims(8))
+    high = replace(
+        gang("high", 1, per_worker=8, priority=10, preemption="LowerPriority"),
+        quota_claims=claims(8),
+        quota_exempt=True,
+    )
+    quotas = QuotaState({POOL: Decimal(0)}, {key("low"): 1, key("high"): 1})
+    result = plan_admissions(
+        [high],
+        [Holding(low, 2, {"node-0": 1}, ("node-0",))],
+        nodes(3),
+        "BestEffortFIFO",
+        NOW,
+        300.0,
+        quotas=quotas,
+    )
+    assert result.grants[key("high")] == 1 and not result.preempt
+
+
 def test_an_exempt_elastic_job_grows_only_within_its_quota() -> None:
     # Growth takes free devices only and preempts no one, so the budget caps it whether or not the job is
     # exempt: grown past it, its new workers were refused.
@@ -569,3 +654,35 @@ def test_the_pass_counts_as_charged_only_the_jobs_workers_the_quota_still_charge
     finished = replace(running, name="a-worker-3", index=3, uid="u3", phase="Succeeded")
     tensorboard = replace(running, name="a-tensorboard", index=None, uid="u4")
     assert _charged([running, gone_long_ago, leaving, finished, tensorboard], now) == 2
+
+
+QUOTA_403_MESSAGE = 'pods "llama-worker-0" is forbidden: exceeded quota: team-gpus'
+
+
+def test_a_gang_refused_while_the_jobs_it_preempted_are_still_leaving_keeps_its_grant() -> None:
+    # An exempt job preempted the job of its namespace whose workers fill the quota; those save within their
+    # checkpoint grace (120 s by default) and stay charged, so the gang's creates are refused meanwhile. It
+    # gave its grant back 5 s later, and the job preempted for it could take the quota back: stopped for
+    # nothing. Now it keeps its grant while they leave, and gives it back as before once they have gone.
+    refused_at = NOW_DT + timedelta(seconds=1)
+    refusals = {
+        "llama-worker-0": (refused_at, QUOTA_403_MESSAGE),
+        "llama-worker-1": (refused_at, QUOTA_403_MESSAGE),
+    }
+    retried = (QUOTA_403_MESSAGE, refused_at + timedelta(seconds=10))
+    admitted = decide(observe(grant=2), CATALOG)
+
+    def later(**grant: Any) -> Any:
+        observed = replace(
+            observe(status=admitted.status, grant=2, now=NOW_DT + timedelta(seconds=12)),
+            refused_creates=refusals,
+            refusal=retried,
+            **grant,
+        )
+        return decide(observed, CATALOG)
+
+    assert condition(later(places_held=True), "Admitted")["status"] == "True"
+    # Gone a moment ago: the quota controller may not have counted them off yet.
+    just_gone = NOW_DT + timedelta(seconds=9)
+    assert condition(later(places_freed_at=just_gone), "Admitted")["status"] == "True"
+    assert condition(later(places_held=False), "Admitted")["reason"] == "GangTimeout"

@@ -1796,6 +1796,7 @@ def test_a_gang_not_all_placed_in_time_releases_every_pod_and_backs_off() -> Non
     assert timed_out.demand is None and timed_out.requeue_after == 10.0
     assert status_of(timed_out)["gang"] == {
         "started": False,
+        "running": False,
         "since": None,
         "retries": 1,
         "retryAfter": "2025-01-01T12:01:10Z",
@@ -1931,6 +1932,7 @@ def test_a_gang_that_ran_once_is_not_timed_out_later() -> None:
 def test_replacements_back_off_longer_with_each_restart() -> None:
     status = status_of(decide(observe(pods=[pod(0), pod(1)]), CATALOG))
     status.update(restarts=3, lastFailureTime="2025-01-01T12:00:00Z", readyReplicas=1)
+    status["gang"] = {**status["gang"], "started": False, "running": False, "attempt": 1}  # as restarted
     status = {key: value for key, value in status.items() if value is not None}
     # The group's old workers are gone (a fixed group restarts whole).
     waiting = decide(observe(status=status, now=NOW + timedelta(seconds=19)), CATALOG)

@@ -60,6 +60,10 @@ def refused_since(harness: Harness, seconds: float) -> None:
     refusals.refused = {
         name: (first - earlier, message) for name, (first, message) in refusals.refused.items()
     }
+    # And the jobs that made room for it left that much earlier too (their departure counts as a start).
+    entry = harness.reconciler.scheduler._entries.get(KEY)
+    if entry is not None and entry.places_freed_at is not None:
+        entry.places_freed_at -= earlier
 
 
 def both_reconciled(harness: Harness, rounds: int = 3) -> None:

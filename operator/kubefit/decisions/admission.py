@@ -760,23 +760,34 @@ class _Trial:
     # Quota keys the job's minimum is short of (an exempt job: _quota_short) -> the amount: the workers taken
     # from jobs charged under those keys must free it too, or the API server refuses the job's creates.
     quota_short: Mapping[tuple[str, str, str], Decimal] = field(default_factory=dict)
+    # What the workers taken so far free of those keys, kept as they are taken and given back (count).
+    freed: dict[tuple[str, str, str], Decimal] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool:
-        return self.slots >= self.job.floor and (not self.quota_short or self._quota_freed())
+        return self.slots >= self.job.floor and self.quota_freed
 
-    def _quota_freed(self) -> bool:
-        """Whether the workers taken so far free every key the job is short of (finished ones free none)."""
-        freed: dict[tuple[str, str, str], Decimal] = {}
-        taken = Counter(other for other, node, _ in self.removals if node != _FINISHED)
-        taken.update(other for other, _ in self.leaving)
-        for victim, devices in self.victims.items():
-            taken[victim] += sum(devices.values()) // victim.demand.per_worker
-        for other, workers in taken.items():
-            for claim in other.demand.quota_claims:
-                if claim.pool in self.quota_short:
-                    freed[claim.pool] = freed.get(claim.pool, Decimal(0)) + workers * claim.per_worker
-        return all(freed.get(pool, 0) >= short for pool, short in self.quota_short.items())
+    @property
+    def quota_freed(self) -> bool:
+        return all(self.freed.get(pool, 0) >= short for pool, short in self.quota_short.items())
+
+    def needs_from(self, other: _Job) -> bool:
+        """Whether taking `other`'s workers helps: the job lacks devices, or quota that `other` is charged."""
+        if self.slots < self.job.floor:
+            return True
+        return not self.quota_freed and _frees_quota(self.quota_short, other)
+
+    def count(self, other: _Job, workers: int) -> None:
+        """`workers` of `other` taken (negative: given back): what they free of the keys the job is short of
+        (a finished worker frees none; its callers do not count it)."""
+        for claim in other.demand.quota_claims if self.quota_short else ():
+            if claim.pool in self.quota_short:
+                self.freed[claim.pool] = self.freed.get(claim.pool, Decimal(0)) + workers * claim.per_worker
+
+    def take(self, other: _Job, node: str, from_reserved: bool) -> None:
+        self.removals.append((other, node, from_reserved))
+        if node != _FINISHED:
+            self.count(other, 1)
 
     def change(self, node: str, devices: int) -> None:
         if node in self.free:
@@ -825,7 +836,7 @@ def _take_finished(trial: _Trial, other: _Job, room: int) -> int:
     taken = sum(1 for job, node, _ in trial.removals if job is other and node == _FINISHED)
     left = min(other.finished, other.grant - len(other.removal_order)) - taken
     while left > 0 and room > 0 and _wants_more(trial, other, room):
-        trial.removals.append((other, _FINISHED, False))
+        trial.take(other, _FINISHED, False)
         left, room = left - 1, room - 1
     return room
 
@@ -838,7 +849,7 @@ def _take_reserved_elsewhere(trial: _Trial, other: _Job, reserved: Mapping[str, 
     for node in sorted(reserved):
         left = reserved[node] - taken[node]
         while left > 0 and room > 0 and _wants_more(trial, other, room):
-            trial.removals.append((other, node, True))
+            trial.take(other, node, True)
             left, room = left - 1, room - 1
     return room
 
@@ -855,13 +866,14 @@ def _take_leaving(trial: _Trial, other: _Job) -> None:
     place nobody had counted. Those an earlier trial of the pass took are not taken again."""
     skip = Counter(other.released)
     for node in other.removal_order[: _leaving(other)]:
-        if trial.fits:
+        if not trial.needs_from(other):
             return
         if skip[node] > 0:
             skip[node] -= 1
         elif node in trial.free:
             trial.change(node, other.demand.per_worker)
             trial.leaving.append((other, node))
+            trial.count(other, 1)
 
 
 def _complete_group_from_reserved(trial: _Trial, other: _Job, reserved: Mapping[str, int], room: int) -> int:
@@ -874,14 +886,15 @@ def _complete_group_from_reserved(trial: _Trial, other: _Job, reserved: Mapping[
         left = reserved[node] - taken[node]
         while left > 0 and room > 0 and room % other.demand.worker_step:
             trial.change(node, other.demand.per_worker)
-            trial.removals.append((other, node, True))
+            trial.take(other, node, True)
             left, room = left - 1, room - 1
     return room
 
 
 def _wants_more(trial: _Trial, other: _Job, room: int) -> bool:
-    """Whether to take another worker of `other`: the job does not fit yet, or a group is taken in part."""
-    return not trial.fits or room % other.demand.worker_step != 0
+    """Whether to take another worker of `other`: the job still needs what `other` frees, or a group is
+    taken in part."""
+    return trial.needs_from(other) or room % other.demand.worker_step != 0
 
 
 def _take_by_room(trial: _Trial, other: _Job, pool: dict[str, int], room: int, from_reserved: bool) -> int:
@@ -891,7 +904,7 @@ def _take_by_room(trial: _Trial, other: _Job, pool: dict[str, int], room: int, f
         if not pool[node]:
             del pool[node]
         trial.change(node, other.demand.per_worker)
-        trial.removals.append((other, node, from_reserved))
+        trial.take(other, node, from_reserved)
         room -= 1
     return room
 
@@ -904,7 +917,7 @@ def _take_in_order(trial: _Trial, other: _Job, room: int, leaving: int) -> None:
             return
         room -= 1
         trial.change(node, other.demand.per_worker)
-        trial.removals.append((other, node, False))
+        trial.take(other, node, False)
 
 
 def _preempt(trial: _Trial, victim: _Job) -> None:
@@ -919,6 +932,11 @@ def _preempt(trial: _Trial, victim: _Job) -> None:
     for node, devices in sorted(freed.items()):
         trial.change(node, devices)
     trial.victims[victim] = freed
+    trial.count(victim, _workers_of(victim, freed))
+
+
+def _workers_of(victim: _Job, freed: Mapping[str, int]) -> int:
+    return sum(freed.values()) // victim.demand.per_worker
 
 
 def _trim(trial: _Trial) -> None:
@@ -928,10 +946,12 @@ def _trim(trial: _Trial) -> None:
     for victim, freed in reversed(victims):
         for node, devices in freed.items():
             trial.change(node, -devices)
-        del trial.victims[victim]  # before asking: the quota it frees counts while it is a victim
+        trial.count(victim, -_workers_of(victim, freed))
+        del trial.victims[victim]
         if not trial.fits:
             for node, devices in freed.items():
                 trial.change(node, devices)
+            trial.count(victim, _workers_of(victim, freed))
             trial.victims[victim] = freed
     trial.victims = {victim: freed for victim, freed in victims if victim in trial.victims}  # their order
     _give_back_removals(trial)
@@ -947,12 +967,15 @@ def _give_back_removals(trial: _Trial) -> None:
         other = group[0][0]
         if other in trial.victims or other in needed:
             continue
+        freeing = sum(1 for _, node, _ in group if node != _FINISHED)
         for _, node, _ in group:
             trial.change(node, -other.demand.per_worker)
-        del trial.removals[start : start + len(group)]  # before asking: see _trim
+        trial.count(other, -freeing)
+        del trial.removals[start : start + len(group)]
         if not trial.fits:
             for _, node, _ in group:
                 trial.change(node, other.demand.per_worker)
+            trial.count(other, freeing)
             trial.removals[start:start] = group
             if other.removal_order:
                 needed.add(other)
@@ -962,10 +985,12 @@ def _give_back_leaving(trial: _Trial) -> None:
     """Leaving places the job fits without go back (a victim preempted later freed enough), latest first:
     their job then keeps them for its own growth, and no one's clock waits for them."""
     for index in reversed(range(len(trial.leaving))):
-        other, node = trial.leaving.pop(index)  # before asking: see _trim
+        other, node = trial.leaving.pop(index)
         trial.change(node, -other.demand.per_worker)
+        trial.count(other, -1)
         if not trial.fits:
             trial.change(node, other.demand.per_worker)
+            trial.count(other, 1)
             trial.leaving.insert(index, (other, node))
 
 
@@ -999,21 +1024,21 @@ def _lower(cluster: _Cluster, jobs: Sequence[_Job], job: _Job) -> list[_Job]:
     return [other for other in ranked[: bisect_left(priorities, job.demand.priority)] if other.holds]
 
 
-def _make_room(
+def _make_room(  # noqa: PLR0913 - the pass's state, the job, and what it is short of in the quota
     cluster: _Cluster,
     jobs: Sequence[_Job],
     job: _Job,
     nodes: Sequence[str],
     quota_short: Mapping[tuple[str, str, str], Decimal],
+    budget: QuotaBudget,
 ) -> bool:
     """Shrink, then if allowed and still needed preempt, lower-priority jobs so that the job fits on
-    `nodes` and, for `quota_short`, within its quotas (its namespace's jobs charged under those keys are
-    taken first); commits the changes only when it then fits."""
+    `nodes` and, for `quota_short`, within its quotas (a job is taken only for what the job still lacks:
+    devices, or quota it is charged); commits the changes only when it then fits. The quota they free goes
+    back to `budget`: a later job of the pass does not make that room again."""
     if not _may_make_room(cluster, job, nodes):
         return False
     lower = _lower(cluster, jobs, job)
-    if quota_short:  # those charged under the keys it is short of first; sorted is stable: by priority
-        lower = sorted(lower, key=lambda other: not _frees_quota(quota_short, other))
     if not lower:
         return False
     free = {node: cluster.free[node] for node in nodes}
@@ -1024,12 +1049,14 @@ def _make_room(
         _give_back_leaving(trial)
     elif job.demand.preemption == "LowerPriority":
         for victim in lower:
-            if not trial.fits:
+            if trial.needs_from(victim):
                 _preempt(trial, victim)
         _trim(trial)
     if not trial.fits:
         return False
     _commit(cluster, trial)
+    for pool, amount in trial.freed.items():
+        budget.free[pool] += amount
     return True
 
 
@@ -1047,10 +1074,10 @@ def _shrink_lower(trial: _Trial, lower: Sequence[_Job]) -> None:
     every job (they cost nobody anything), then shrinks in `lower`'s order."""
     elastic = [other for other in lower if other.demand.elastic]
     for other in elastic:
-        if not trial.fits:
+        if trial.needs_from(other):
             _take_leaving(trial, other)
     for other in elastic:
-        if not trial.fits:
+        if trial.needs_from(other):
             _shrink(trial, other)
 
 
@@ -1083,18 +1110,19 @@ def _commit(cluster: _Cluster, trial: _Trial) -> None:
         victim.grant = 0
 
 
-def _admit(
+def _admit(  # noqa: PLR0913 - the pass's state, the job, and what it is short of in the quota
     cluster: _Cluster,
     jobs: Sequence[_Job],
     job: _Job,
     nodes: Sequence[str],
     quota_short: Mapping[tuple[str, str, str], Decimal],
+    budget: QuotaBudget,
 ) -> bool:
     """Admit the job at its floor on `nodes` (its own, less those kept by jobs ahead of it); a job short of
     quota room (`quota_short`) only by shrinking or preempting jobs that free it."""
     per_worker = job.demand.per_worker
     if quota_short or not _fits(cluster, nodes, per_worker, job.floor):
-        if not _make_room(cluster, jobs, job, nodes, quota_short):
+        if not _make_room(cluster, jobs, job, nodes, quota_short, budget):
             return False
     spots = _spots(cluster, nodes, per_worker, job.floor)
     free, vacated = cluster.free, cluster.vacated
@@ -1156,6 +1184,8 @@ def _quota_short(budget: QuotaBudget, job: _Job) -> dict[tuple[str, str, str], D
     if not job.demand.quota_exempt:
         return {}
     needed = _uncharged(job, job.floor)
+    if needed <= 0:
+        return {}  # its minimum is charged already (its own pods): nothing to make room for
     short = {}
     for claim in job.demand.quota_claims:
         if claim.pool in budget.free and needed * claim.per_worker > budget.free[claim.pool]:
@@ -1173,17 +1203,39 @@ def _quota_out_of_reach(
     """Whether every lower-priority job charged under the keys the job is short of, taken down to its
     minimum (or whole, where the job may preempt), would still leave it short."""
     freed: dict[tuple[str, str, str], Decimal] = {}
-    for other in _lower(cluster, jobs, job):
-        if not job.demand.makes_room:
-            break
+    for other in _lower(cluster, jobs, job) if job.demand.makes_room else ():
+        # What a trial can take: placed or reserved workers (finished ones free no quota), all of them
+        # where the job may preempt, those above an elastic job's minimum where it may only shrink.
+        placed = sum(other.bound.values()) + sum(other.reserved.values())
         if job.demand.preemption == "LowerPriority":
-            workers = other.grant
+            workers = placed
         else:
-            workers = max(0, other.grant - other.floor) if other.demand.elastic else 0
+            above = other.grant - other.floor - other.finished if other.demand.elastic else 0
+            workers = max(0, min(above, placed))
         for claim in other.demand.quota_claims:
             if claim.pool in quota_short:
                 freed[claim.pool] = freed.get(claim.pool, Decimal(0)) + workers * claim.per_worker
     return any(freed.get(pool, 0) < short for pool, short in quota_short.items())
+
+
+def _not_admitted(  # noqa: PLR0913 - the pass's state, the job, and what it is short of in the quota
+    cluster: _Cluster,
+    queue: _Queue,
+    budget: QuotaBudget,
+    job: _Job,
+    nodes: Sequence[str],
+    quota_short: Mapping[tuple[str, str, str], Decimal],
+) -> None:
+    """A job the pass could not admit: one that had the devices and lacked only quota room waits for the
+    quota (blocking no one), any other for devices."""
+    if quota_short and _fits(cluster, nodes, job.demand.per_worker, job.floor):
+        queue.waiting[job.key] = (
+            f"{QUOTA_EXCEEDED}: {budget.describe(job.demand.quota_claims, _uncharged(job, job.floor))}"
+        )
+        for claim in job.demand.quota_claims:
+            budget.held.setdefault(claim.pool, job.order)
+        return
+    queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
 
 
 def _quota_wait(
@@ -1219,9 +1271,9 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget:
             continue
         nodes, kept_by = queue.usable(job)
         if kept_by is None:
-            if not _admit(cluster, jobs, job, nodes, short):
-                queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
-        elif not nodes or not _admit(cluster, jobs, job, nodes, short):
+            if not _admit(cluster, jobs, job, nodes, short, budget):
+                _not_admitted(cluster, queue, budget, job, nodes, short)
+        elif not nodes or not _admit(cluster, jobs, job, nodes, short, budget):
             # Still the first that did not fit (StrictFIFO's head) or a head past its wait: those behind it
             # must not take the nodes it may use, whoever keeps the others.
             queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))

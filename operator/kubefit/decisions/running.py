@@ -190,12 +190,7 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
         return succeeded(ctx, plan.keep, done)
     # A worker that succeeded and whose pod went (its node scaled away) is done, not missing.
     placed = _placed(ctx.ours, slots) + len(gone_after_success & slots)
-    gang = _gang_now(ctx, plan, placed, fixed)
-    if fixed and gang.started and not gang.running:
-        # Every worker ran at once: from now on one gone restarts the group (_gone_from_group), whatever
-        # the counts of a later status say (a node lost first counts its worker out of readyReplicas).
-        ran = _ready(ctx.ours, slots - succeeded_in_group) + len(succeeded_in_group & slots)
-        gang = gang.model_copy(update={"running": ran >= plan.keep})
+    gang = _ran_whole(ctx, plan, _gang_now(ctx, plan, placed, fixed), slots, fixed)
     restarted_at = parse_rfc3339(gang.since)
     waiting_since = _gang_clock_start(ctx, gang, restarted_at or admitted_at(ctx.conditions) or ctx.now)
     refused, at_once = _refused_gang(ctx, plan, gang, fixed)
@@ -588,6 +583,19 @@ def _gang_now(ctx: JobContext, plan: _Plan, placed: int, fixed: bool) -> GangSta
     return gang
 
 
+def _ran_whole(
+    ctx: JobContext, plan: _Plan, gang: GangStatus, slots: frozenset[int], fixed: bool
+) -> GangStatus:
+    """A fixed group's gang, with `running` set once every worker ran at once: from then on one gone restarts
+    the group (_gone_from_group), whatever the counts of a later status say (a node lost first counts its
+    worker out of readyReplicas)."""
+    if not fixed or not gang.started or gang.running:
+        return gang
+    succeeded = _succeeded_in_group(ctx)
+    ran = _ready(ctx.ours, slots - succeeded) + len(succeeded & slots)
+    return gang.model_copy(update={"running": ran >= plan.keep})
+
+
 def _gang_size(ctx: JobContext, plan: _Plan, fixed: bool) -> int:
     """How many workers placed at once start the gang (_gang_now)."""
     if fixed:
@@ -602,8 +610,8 @@ def _refused_gang(ctx: JobContext, plan: _Plan, gang: GangStatus, fixed: bool) -
     """Why a gang that has not started cannot: the API server refused the create of workers it needs (Pod
     Security Admission, an admission webhook, a quota: JobObservation.refused_creates), each at its last
     try; and whether it gives its grant back at once, as a gang timeout does: refused again at a try
-    REFUSED_FOR_SECONDS or more after the first (a refusal that passes sooner, a quota freed by pods just
-    ended, costs nothing). Waiting for the gang timeout held devices for a gang that may never start, and
+    REFUSED_FOR_SECONDS or more after the first, and after the workers of jobs that made room for it were
+    last seen gone (a refusal that passes sooner, a quota freed by pods just ended, costs nothing). Waiting for the gang timeout held devices for a gang that may never start, and
     preempted other jobs for it again at each admission. (None, False): not refused, or it can still start."""
     refusals, last = ctx.observation.refused_creates, ctx.observation.refusal
     if gang.started or plan.restart is not None or not refusals or last is None:
@@ -615,7 +623,15 @@ def _refused_gang(ctx: JobContext, plan: _Plan, gang: GangStatus, fixed: bool) -
         return None, False
     first = min(refusals[name][0] for name in refused)
     why = f"the API server refused {_workers(refused)}: {refusals[refused[0]][1]}"
-    return why, last[1] >= first + timedelta(seconds=REFUSED_FOR_SECONDS)
+    if ctx.observation.places_held:
+        # Workers of jobs shrunk or preempted for it are still leaving: a quota still charges them (a job
+        # of its namespace preempted to make quota room), so a refusal now is expected and passes once they
+        # are gone (and the quota controller has counted them off). Given back now, it would have stopped
+        # them for nothing, and the job preempted for it could take the quota back.
+        return why, False
+    freed = ctx.observation.places_freed_at
+    since = max(first, freed) if freed is not None else first
+    return why, last[1] >= since + timedelta(seconds=REFUSED_FOR_SECONDS)
 
 
 def _workers(names: Sequence[str]) -> str:
