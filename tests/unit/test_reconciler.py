@@ -358,6 +358,30 @@ def test_the_service_is_created_once_and_checked_again_by_a_later_resync(
     assert len(harness.calls("create_service")) == 2
 
 
+def test_a_retry_that_fails_again_posts_no_ready_event_the_status_does_not_show(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While the Service create kept failing, each retry posted AllWorkersReady again, with the status still
+    # Ready=False ReconcileError: Ready's transition is an event once the status says it.
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconcile()
+    for name, pod in list(harness.kube.pods.items()):
+        harness.kube.pods[name] = replace(pod, phase="Running", node_name="h0")
+    harness.reconcile("pod")
+    assert len(harness.events("AllWorkersReady")) == 1
+    monkeypatch.setattr(reconciler_module, "SERVICE_RECHECK_SECONDS", -1.0)
+    harness.kube.fail[("create_service", "*")] = api_error(403, "services is forbidden: denied by policy")
+    harness.reconcile("timer")
+    for _ in range(3):
+        harness.reconcile("retry")
+    assert harness.condition("Ready")["reason"] == "ReconcileError"
+    assert len(harness.events("AllWorkersReady")) == 1
+    del harness.kube.fail[("create_service", "*")]
+    harness.reconcile("retry")
+    assert harness.condition("Ready")["reason"] == "AllWorkersReady"
+    assert len(harness.events("AllWorkersReady")) == 2  # once, when the status said so again
+
+
 def test_a_created_worker_the_index_does_not_show_yet_is_not_created_again(harness: Harness) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.index_lags = True  # kopf's index shows none of the created pods yet

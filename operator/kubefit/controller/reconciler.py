@@ -672,7 +672,10 @@ class Reconciler:
         self._request_checkpoint((ref.namespace, ref.name), decision.checkpoint_request)
         # Recorded in status.restarts now: deleted below, and never counted twice.
         state.replaced.update(pod.uid for pod in decision.replace)
-        _post_events(job, decision.events)
+        # Ready's transition is an event only once the status says it: held back, it is derived again at each
+        # retry that fails, and was posted each time while the status still read ReconcileError.
+        later = _ready_events(decision.events, status) if held is not None else []
+        _post_events(job, [event for event in decision.events if event not in later])
         created: list[str] = []
         deleted: list[str] = []
         try:
@@ -690,6 +693,7 @@ class Reconciler:
             progress.status = self._patch_status(
                 (ref.namespace, ref.name), status, {**job, "status": progress.status}, state
             )
+            _post_events(job, later)
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ref.namespace, ref.name)
             self.api.delete_job(ref.namespace, ref.name, ref.uid)
@@ -896,6 +900,18 @@ def _post_events(raw_job: dict[str, Any], events: Sequence[JobEvent]) -> None:
     job = kopf.Body(cast(kopf.RawBody, raw_job))
     for event in events:
         kopf.event(job, type=event.type, reason=event.reason, message=event.message)
+
+
+def _ready_events(events: Sequence[JobEvent], status: Mapping[str, Any]) -> list[JobEvent]:
+    """The events of `events` that tell the Ready condition of `status` (its transition)."""
+    ready: Mapping[str, Any] = next(
+        (item for item in status.get("conditions") or [] if item.get("type") == ConditionType.READY), {}
+    )
+    return [
+        event
+        for event in events
+        if (event.reason, event.message) == (ready.get("reason"), ready.get("message"))
+    ]
 
 
 def _post_worker_events(raw_job: dict[str, Any], created: list[str], deleted: list[str]) -> None:
