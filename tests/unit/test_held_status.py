@@ -182,6 +182,10 @@ def test_a_suspend_on_an_invalid_spec_waits_for_a_training_that_has_ended() -> N
     assert held.delete == () and status_of(held)["phase"] != "Suspended"
     assert status_of(held)["message"].startswith("spec.runPolicy.suspend waits: the training has ended")
     assert status_of(held)["succeededWorkers"] == "0"
+    # Nothing left running (the other worker failed): nothing to wait for, the suspend applies.
+    failed = replace(w1, phase="Failed")
+    stopped = decide(_later(observe(suspended, [w0, failed], ended.status), 2, 4), CATALOG, LOWERED_LIMIT)
+    assert status_of(stopped)["phase"] == "Suspended"
     # framework none: one process done says nothing of the others, so the suspend stops the workers.
     free = raw_spec(framework="none", runPolicy={"suspend": True})
     stopped = decide(_later(observe(free, [w0, w1], ended.status), 2, 4), CATALOG, LOWERED_LIMIT)

@@ -567,6 +567,29 @@ def test_an_exempt_job_whose_minimum_is_charged_already_is_not_short_of_quota() 
     assert result.grants[key("high")] == 1 and not result.preempt
 
 
+def test_a_job_after_an_exempt_one_gets_no_quota_its_victims_still_hold() -> None:
+    # The exempt job (2 GPUs) preempted a job of 8 charged GPUs: all 8 were credited to the pass's budget,
+    # and a job after it (on another accelerator) was admitted into the other 6 while the victim's pods still
+    # held them: its creates were refused. Now the budget gets back what the exempt job was short of.
+    low = Holding(
+        replace(gang("low", 4, per_worker=2, priority=1, created=1.0), quota_claims=claims(2)),
+        4, {"node-0": 4}, ("node-0",) * 4,
+    )  # fmt: skip
+    exempt = replace(
+        gang("exempt", 1, per_worker=2, priority=5, preemption="LowerPriority", created=2.0),
+        quota_claims=claims(2), quota_exempt=True,
+    )  # fmt: skip
+    after = replace(
+        gang("after", 2, per_worker=2, priority=0, created=3.0, accelerator="nvidia-a100-80gb"),
+        quota_claims=claims(2),
+    )  # fmt: skip
+    cluster = [*nodes(1), *nodes(1, accelerator="nvidia-a100-80gb", prefix="a100")]
+    quotas = QuotaState({POOL: Decimal(0)}, {key("low"): 4})
+    result = plan_admissions([exempt, after], [low], cluster, "BestEffortFIFO", NOW, 300.0, quotas=quotas)
+    assert result.grants[key("exempt")] == 1 and result.preempt == frozenset({key("low")})
+    assert result.grants[key("after")] == 0 and result.waiting[key("after")].startswith("QuotaExceeded:")
+
+
 def test_an_exempt_elastic_job_grows_only_within_its_quota() -> None:
     # Growth takes free devices only and preempts no one, so the budget caps it whether or not the job is
     # exempt: grown past it, its new workers were refused.

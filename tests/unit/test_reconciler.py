@@ -382,6 +382,26 @@ def test_a_retry_that_fails_again_posts_no_ready_event_the_status_does_not_show(
     assert len(harness.events("AllWorkersReady")) == 2  # once, when the status said so again
 
 
+def test_a_suspend_on_a_retry_that_fails_again_still_posts_its_suspended_event(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ready=False Suspended says what Suspended=True says, word for word: held back with Ready's event, the
+    # Suspended event was lost, the held status having written the Suspended condition already.
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconcile()
+    for name, pod in list(harness.kube.pods.items()):
+        harness.kube.pods[name] = replace(pod, phase="Running", node_name="h0")
+    harness.reconcile("pod")
+    monkeypatch.setattr(reconciler_module, "SERVICE_RECHECK_SECONDS", -1.0)
+    harness.kube.fail[("create_service", "*")] = api_error(403, "services is forbidden: denied by policy")
+    harness.reconcile("timer")
+    harness.kube.jobs["llama"]["spec"]["runPolicy"] = {"suspend": True}
+    harness.kube.jobs["llama"]["metadata"]["generation"] = 2
+    for _ in range(3):
+        harness.reconcile("retry")
+    assert len(harness.events("Suspended")) == 1
+
+
 def test_a_created_worker_the_index_does_not_show_yet_is_not_created_again(harness: Harness) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.index_lags = True  # kopf's index shows none of the created pods yet

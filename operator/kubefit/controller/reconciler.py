@@ -674,8 +674,12 @@ class Reconciler:
         state.replaced.update(pod.uid for pod in decision.replace)
         # Ready's transition is an event only once the status says it: held back, it is derived again at each
         # retry that fails, and was posted each time while the status still read ReconcileError.
-        later = _ready_events(decision.events, status) if held is not None else []
-        _post_events(job, [event for event in decision.events if event not in later])
+        deferred = held is not None
+        later = [event for event in decision.events if deferred and event.condition == ConditionType.READY]
+        _post_events(
+            job,
+            [event for event in decision.events if not deferred or event.condition != ConditionType.READY],
+        )
         created: list[str] = []
         deleted: list[str] = []
         try:
@@ -900,18 +904,6 @@ def _post_events(raw_job: dict[str, Any], events: Sequence[JobEvent]) -> None:
     job = kopf.Body(cast(kopf.RawBody, raw_job))
     for event in events:
         kopf.event(job, type=event.type, reason=event.reason, message=event.message)
-
-
-def _ready_events(events: Sequence[JobEvent], status: Mapping[str, Any]) -> list[JobEvent]:
-    """The events of `events` that tell the Ready condition of `status` (its transition)."""
-    ready: Mapping[str, Any] = next(
-        (item for item in status.get("conditions") or [] if item.get("type") == ConditionType.READY), {}
-    )
-    return [
-        event
-        for event in events
-        if (event.reason, event.message) == (ready.get("reason"), ready.get("message"))
-    ]
 
 
 def _post_worker_events(raw_job: dict[str, Any], created: list[str], deleted: list[str]) -> None:

@@ -1034,8 +1034,9 @@ def _make_room(  # noqa: PLR0913 - the pass's state, the job, and what it is sho
 ) -> bool:
     """Shrink, then if allowed and still needed preempt, lower-priority jobs so that the job fits on
     `nodes` and, for `quota_short`, within its quotas (a job is taken only for what the job still lacks:
-    devices, or quota it is charged); commits the changes only when it then fits. The quota they free goes
-    back to `budget`: a later job of the pass does not make that room again."""
+    devices, or quota it is charged); commits the changes only when it then fits. The quota it was short of
+    goes back to `budget`: the job's grant takes it again, and a later job of the pass does not make that room
+    a second time."""
     if not _may_make_room(cluster, job, nodes):
         return False
     lower = _lower(cluster, jobs, job)
@@ -1055,8 +1056,10 @@ def _make_room(  # noqa: PLR0913 - the pass's state, the job, and what it is sho
     if not trial.fits:
         return False
     _commit(cluster, trial)
-    for pool, amount in trial.freed.items():
-        budget.free[pool] += amount
+    for pool, short in quota_short.items():
+        # What it was short of, not all its victims free: their pods stay charged until they are gone, so a
+        # later job of the pass admitted into the rest would be refused meanwhile.
+        budget.free[pool] += min(short, trial.freed.get(pool, Decimal(0)))
     return True
 
 

@@ -31,6 +31,9 @@ class JobEvent:
     type: EventType
     reason: str
     message: str
+    # The condition whose transition it tells (None: an event of the path's own): Ready's is posted only once
+    # the status says it (controller/reconciler.py).
+    condition: str | None = field(default=None, compare=False)
 
 
 @dataclass

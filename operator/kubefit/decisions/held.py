@@ -74,10 +74,11 @@ def with_held_workers(draft: Draft, observation: JobObservation, ours: Sequence[
 
 def _training_ended(raw: Mapping[str, Any], present: Sequence[WorkerPod], status: Mapping[str, Any]) -> bool:
     """As running.training_ended, read from the spec as written: a worker succeeded (its pod says so, or
-    status.succeededWorkers does), and the framework is not none. A suspend then waits, as with a valid spec:
-    stopping the group would throw the finished training away and run it again on resume."""
-    if raw.get("framework", "pytorch") == "none":
-        return False
+    status.succeededWorkers does), the framework is not none, and a worker is still running. A suspend then
+    waits, as with a valid spec: stopping the group would throw the finished training away and run it again
+    on resume."""
+    if raw.get("framework", "pytorch") == "none" or all(pod.finished for pod in present):
+        return False  # nothing left to finish: the suspend applies
     succeeded = any(pod.phase == POD_SUCCEEDED for pod in present)
     return succeeded or bool(parse_index_ranges(status.get("succeededWorkers")))
 

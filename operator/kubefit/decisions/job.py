@@ -569,7 +569,7 @@ def _transition_events(
         ):
             event_type = _EVENTFUL_REASONS.get((condition["type"], condition["reason"]))
         if event_type:
-            events.append(JobEvent(event_type, condition["reason"], condition["message"]))
+            events.append(JobEvent(event_type, condition["reason"], condition["message"], condition["type"]))
     return events
 
 
