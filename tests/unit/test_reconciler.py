@@ -358,11 +358,8 @@ def test_the_service_is_created_once_and_checked_again_by_a_later_resync(
     assert len(harness.calls("create_service")) == 2
 
 
-def test_a_retry_that_fails_again_posts_no_ready_event_the_status_does_not_show(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # While the Service create kept failing, each retry posted AllWorkersReady again, with the status still
-    # Ready=False ReconcileError: Ready's transition is an event once the status says it.
+def running_then_service_refused(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama runs 2 ready workers; then a resync's check of its Service is refused (403): Ready=ReconcileError."""
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.reconcile()
     for name, pod in list(harness.kube.pods.items()):
@@ -372,6 +369,15 @@ def test_a_retry_that_fails_again_posts_no_ready_event_the_status_does_not_show(
     monkeypatch.setattr(reconciler_module, "SERVICE_RECHECK_SECONDS", -1.0)
     harness.kube.fail[("create_service", "*")] = api_error(403, "services is forbidden: denied by policy")
     harness.reconcile("timer")
+    assert harness.condition("Ready")["reason"] == "ReconcileError"
+
+
+def test_a_retry_that_fails_again_posts_no_ready_event_the_status_does_not_show(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While the Service create kept failing, each retry posted AllWorkersReady again, with the status still
+    # Ready=False ReconcileError: Ready's transition is an event once the status says it.
+    running_then_service_refused(harness, monkeypatch)
     for _ in range(3):
         harness.reconcile("retry")
     assert harness.condition("Ready")["reason"] == "ReconcileError"
@@ -387,14 +393,7 @@ def test_a_suspend_on_a_retry_that_fails_again_still_posts_its_suspended_event(
 ) -> None:
     # Ready=False Suspended says what Suspended=True says, word for word: held back with Ready's event, the
     # Suspended event was lost, the held status having written the Suspended condition already.
-    harness.kube.jobs["llama"] = job_manifest(replicas=2)
-    harness.reconcile()
-    for name, pod in list(harness.kube.pods.items()):
-        harness.kube.pods[name] = replace(pod, phase="Running", node_name="h0")
-    harness.reconcile("pod")
-    monkeypatch.setattr(reconciler_module, "SERVICE_RECHECK_SECONDS", -1.0)
-    harness.kube.fail[("create_service", "*")] = api_error(403, "services is forbidden: denied by policy")
-    harness.reconcile("timer")
+    running_then_service_refused(harness, monkeypatch)
     harness.kube.jobs["llama"]["spec"]["runPolicy"] = {"suspend": True}
     harness.kube.jobs["llama"]["metadata"]["generation"] = 2
     for _ in range(3):
