@@ -182,10 +182,19 @@ def test_a_suspend_on_an_invalid_spec_waits_for_a_training_that_has_ended() -> N
     assert held.delete == () and status_of(held)["phase"] != "Suspended"
     assert status_of(held)["message"].startswith("spec.runPolicy.suspend waits: the training has ended")
     assert status_of(held)["succeededWorkers"] == "0"
-    # Nothing left running (the other worker failed): nothing to wait for, the suspend applies.
-    failed = replace(w1, phase="Failed")
-    stopped = decide(_later(observe(suspended, [w0, failed], ended.status), 2, 4), CATALOG, LOWERED_LIMIT)
-    assert status_of(stopped)["phase"] == "Suspended"
+    # The last worker succeeded too: the job succeeded, its training kept (the suspend stopped every worker,
+    # cleared succeededWorkers and, resumed, ran it all again).
+    both = [w0, replace(w1, phase="Succeeded")]
+    done = decide(_later(observe(suspended, both, held.status), 3, 4), CATALOG, LOWERED_LIMIT)
+    assert status_of(done)["phase"] == "Succeeded" and done.delete == ()
+    assert status_of(done)["succeededWorkers"] == "0-1"
+    # A worker that failed beside the succeeded one: nothing is stopped; it is judged once the spec is
+    # valid again (held workers' failures are), and the training having ended there, the job succeeds.
+    failed = [w0, replace(w1, phase="Failed")]
+    kept = decide(_later(observe(suspended, failed, ended.status), 2, 4), CATALOG, LOWERED_LIMIT)
+    assert kept.delete == () and status_of(kept)["phase"] != "Suspended"
+    valid = decide(_later(observe(suspended, failed, kept.status), 3, 5), CATALOG)
+    assert status_of(valid)["phase"] == "Succeeded"
     # framework none: one process done says nothing of the others, so the suspend stops the workers.
     free = raw_spec(framework="none", runPolicy={"suspend": True})
     stopped = decide(_later(observe(free, [w0, w1], ended.status), 2, 4), CATALOG, LOWERED_LIMIT)

@@ -590,6 +590,36 @@ def test_a_job_after_an_exempt_one_gets_no_quota_its_victims_still_hold() -> Non
     assert result.grants[key("after")] == 0 and result.waiting[key("after")].startswith("QuotaExceeded:")
 
 
+def test_a_second_exempt_job_uses_the_quota_the_first_ones_victim_frees_beyond_its_need() -> None:
+    # low2 (2 charged GPUs) is preempted for the first exempt job, which needs 1. The other one went back to
+    # no budget, and the second exempt job preempted low, 4 workers, for quota low2's going frees anyway.
+    low = Holding(
+        replace(gang("low", 4, per_worker=1, priority=1, created=1.0), quota_claims=claims(1)),
+        4, {"node-0": 4}, ("node-0",) * 4,
+    )  # fmt: skip
+    low2 = Holding(
+        replace(gang("low2", 2, per_worker=1, priority=1, created=2.0), quota_claims=claims(1)),
+        2, {"node-1": 2}, ("node-1",) * 2,
+    )  # fmt: skip
+    exempt = [
+        replace(gang(name, 1, per_worker=1, priority=5, created=created, preemption="LowerPriority"),
+                quota_claims=claims(1), quota_exempt=True)
+        for name, created in (("exempt", 100.0), ("exempt2", 101.0))
+    ]  # fmt: skip
+    quotas = QuotaState({POOL: Decimal(0)}, {key("low"): 4, key("low2"): 2})
+    result = plan_admissions(exempt, [low, low2], nodes(2), "BestEffortFIFO", NOW, 300.0, quotas=quotas)
+    assert result.grants[key("exempt")] == 1 and result.grants[key("exempt2")] == 1
+    assert result.preempt == frozenset({key("low2")})
+    # low2 made room for both: the second's gang keeps its grant while low2's workers leave.
+    assert result.made_room_for[key("low2")] == {key("exempt"), key("exempt2")}
+    # A job not exempt after them gets none of it: low2's pods hold it until they are gone.
+    after = replace(gang("after", 1, per_worker=1, priority=0, created=102.0), quota_claims=claims(1))
+    result = plan_admissions(
+        [*exempt[:1], after], [low, low2], nodes(2), "BestEffortFIFO", NOW, 300.0, quotas=quotas
+    )
+    assert result.grants[key("after")] == 0 and result.waiting[key("after")].startswith("QuotaExceeded:")
+
+
 def test_an_exempt_elastic_job_grows_only_within_its_quota() -> None:
     # Growth takes free devices only and preempts no one, so the budget caps it whether or not the job is
     # exempt: grown past it, its new workers were refused.

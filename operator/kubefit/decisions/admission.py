@@ -244,6 +244,8 @@ class _Cluster:
     # (id of a node list, devices per worker) -> (the list, workers it holds on jobless_free): the list is
     # kept, so no other list takes its id while the pass runs (some are made per job: _Queue.usable).
     jobless_slots: dict[tuple[int, int], tuple[Sequence[str], int]] = field(default_factory=dict)
+    # Quota key -> the jobs shrunk or preempted in the pass whose freed quota is QuotaBudget.exempt_extra.
+    extra_from: dict[tuple[str, str, str], list[_Job]] = field(default_factory=dict)
     # accelerator -> (priorities, the pass's jobs on it), lowest priority then youngest first (_lower).
     lowest_first: dict[str, tuple[list[int], list[_Job]]] = field(default_factory=dict)
     # id of a node list -> the devices of its largest node.
@@ -1057,10 +1059,28 @@ def _make_room(  # noqa: PLR0913 - the pass's state, the job, and what it is sho
         return False
     _commit(cluster, trial)
     for pool, short in quota_short.items():
-        # What it was short of, not all its victims free: their pods stay charged until they are gone, so a
-        # later job of the pass admitted into the rest would be refused meanwhile.
-        budget.free[pool] += min(short, trial.freed.get(pool, Decimal(0)))
+        # What it was short of goes back to the budget; the rest only to later exempt jobs (QuotaBudget): the
+        # victims' pods stay charged until they are gone, and a job admitted into it meanwhile is refused.
+        freed = trial.freed.get(pool, Decimal(0))
+        budget.free[pool] += min(short, freed)
+        if freed > short:
+            budget.exempt_extra[pool] = budget.exempt_extra.get(pool, Decimal(0)) + freed - short
+            cluster.extra_from.setdefault(pool, []).extend(_quota_takers(trial, pool))
     return True
+
+
+def _quota_takers(trial: _Trial, pool: tuple[str, str, str]) -> list[_Job]:
+    """The jobs the trial takes workers from that are charged under `pool`."""
+    taken = (
+        [other for other, _, _ in trial.removals]
+        + [other for other, _ in trial.leaving]
+        + list(trial.victims)
+    )
+    return [
+        other
+        for other in dict.fromkeys(taken)
+        if any(claim.pool == pool for claim in other.demand.quota_claims)
+    ]
 
 
 def _may_make_room(cluster: _Cluster, job: _Job, nodes: Sequence[str]) -> bool:
@@ -1191,9 +1211,30 @@ def _quota_short(budget: QuotaBudget, job: _Job) -> dict[tuple[str, str, str], D
         return {}  # its minimum is charged already (its own pods): nothing to make room for
     short = {}
     for claim in job.demand.quota_claims:
-        if claim.pool in budget.free and needed * claim.per_worker > budget.free[claim.pool]:
-            short[claim.pool] = needed * claim.per_worker - budget.free[claim.pool]
+        if claim.pool not in budget.free:
+            continue
+        room = budget.free[claim.pool] + budget.exempt_extra.get(claim.pool, Decimal(0))
+        if needed * claim.per_worker > room:
+            short[claim.pool] = needed * claim.per_worker - room
     return short
+
+
+def _charge_admitted(cluster: _Cluster, budget: QuotaBudget, job: _Job) -> None:
+    """A job admitted by the pass: its workers not charged yet come off its quotas' budget."""
+    workers = _uncharged(job, job.grant)
+    if job.demand.quota_exempt:
+        _take_extra(cluster, budget, job, workers)
+    budget.take(job.demand.quota_claims, workers)
+
+
+def _take_extra(cluster: _Cluster, budget: QuotaBudget, job: _Job, workers: int) -> None:
+    """An exempt job granted into quota that jobs shrunk or preempted earlier in the pass free
+    (QuotaBudget.exempt_extra): those jobs made room for it too, so its gang keeps its grant while their
+    workers leave (leaving_for; decisions/running._refused_gang)."""
+    for claim in job.demand.quota_claims:
+        if claim.pool in budget.exempt_extra and workers * claim.per_worker > budget.free[claim.pool]:
+            for other in cluster.extra_from.get(claim.pool, ()):
+                other.made_room.add(job.key)
 
 
 def _frees_quota(quota_short: Mapping[tuple[str, str, str], Decimal], other: _Job) -> bool:
@@ -1282,7 +1323,7 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget:
             queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
             queue.waiting[job.key] = f"{QUEUED}: {kept_by}"
         if job.grant > 0 and job.demand.quota_claims:
-            budget.take(job.demand.quota_claims, _uncharged(job, job.grant))
+            _charge_admitted(cluster, budget, job)
 
 
 def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaBudget) -> None:

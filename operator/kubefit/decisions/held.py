@@ -45,7 +45,8 @@ def with_held_workers(draft: Draft, observation: JobObservation, ours: Sequence[
     if _section(raw, "runPolicy").get("suspend") is True:
         if not _training_ended(raw, present, observation.status):
             return stop_every_worker(observation, ours, _grace(raw), Reason.SUSPENDED, SUSPENDED_WHY, sized)
-        draft.message = SUSPEND_WAITS
+        if any(not pod.finished for pod in present):
+            draft.message = SUSPEND_WAITS
     if present and all(pod.phase == POD_SUCCEEDED for pod in present):
         return _succeeded(observation, present, sized)
     conditions = conditions_of(observation.status)
@@ -74,11 +75,12 @@ def with_held_workers(draft: Draft, observation: JobObservation, ours: Sequence[
 
 def _training_ended(raw: Mapping[str, Any], present: Sequence[WorkerPod], status: Mapping[str, Any]) -> bool:
     """As running.training_ended, read from the spec as written: a worker succeeded (its pod says so, or
-    status.succeededWorkers does), the framework is not none, and a worker is still running. A suspend then
-    waits, as with a valid spec: stopping the group would throw the finished training away and run it again
-    on resume."""
-    if raw.get("framework", "pytorch") == "none" or all(pod.finished for pod in present):
-        return False  # nothing left to finish: the suspend applies
+    status.succeededWorkers does), and the framework is not none. A suspend then stops nothing, as with a
+    valid spec: stopping the group would throw the finished training away and run it again on resume. The
+    job succeeds once all its workers have; a worker that failed beside them is judged, as any failure, once
+    the spec is valid again."""
+    if raw.get("framework", "pytorch") == "none":
+        return False
     succeeded = any(pod.phase == POD_SUCCEEDED for pod in present)
     return succeeded or bool(parse_index_ranges(status.get("succeededWorkers")))
 

@@ -293,6 +293,10 @@ class QuotaBudget:
 
     def __init__(self, free: Mapping[tuple[str, str, str], Decimal]) -> None:
         self.free = dict(free)
+        # Quota that jobs shrunk or preempted in the pass free beyond what the exempt job they made room for
+        # was short of: charged until their pods are gone, so only another exempt job (which makes room for
+        # itself rather than wait) counts it, and no one is preempted for it a second time.
+        self.exempt_extra: dict[tuple[str, str, str], Decimal] = {}
         # Keys a queued job waits on (its minimum over what is left) -> the queue order of the first such job:
         # no job behind it grows into them.
         self.held: dict[tuple[str, str, str], tuple[Any, ...]] = {}
