@@ -5,8 +5,8 @@ hold until it is put right (Ready=False says why). The status still says they ru
 the phase is Scaling (Pending before they first trained), desiredReplicas counts them, and Admitted stays
 as it was. A job not admitted and without workers is Admitted=False for Ready's reason: it is not queued.
 The job still follows its workers: it is suspended when spec.runPolicy.suspend says so (read as written,
-for a spec that does not parse), it succeeds once they have, and its status stops saying Suspended once
-the suspend is lifted. A worker that fails is replaced, or its group restarted, once the spec is valid
+for a spec that does not parse) unless its training has ended (a worker succeeded), it succeeds once they
+have, and its status stops saying Suspended once the suspend is lifted. A worker that fails is replaced, or its group restarted, once the spec is valid
 again: those rules need it.
 """
 
