@@ -1198,7 +1198,7 @@ def _over_quota(budget: QuotaBudget, job: _Job) -> str | None:
     needed = _uncharged(job, job.floor)
     if not claims or job.demand.quota_exempt or budget.more(claims, needed) >= needed:
         return None
-    return f"{QUOTA_EXCEEDED}: {budget.describe(claims, needed)}"
+    return _quota_exceeded(budget, job)
 
 
 def _quota_short(budget: QuotaBudget, job: _Job) -> dict[tuple[str, str, str], Decimal]:
@@ -1273,11 +1273,7 @@ def _not_admitted(  # noqa: PLR0913 - the pass's state, the job, and what it is 
     """A job the pass could not admit: one that had the devices and lacked only quota room waits for the
     quota (blocking no one), any other for devices."""
     if quota_short and _fits(cluster, nodes, job.demand.per_worker, job.floor):
-        queue.waiting[job.key] = (
-            f"{QUOTA_EXCEEDED}: {budget.describe(job.demand.quota_claims, _uncharged(job, job.floor))}"
-        )
-        for claim in job.demand.quota_claims:
-            budget.held.setdefault(claim.pool, job.order)
+        _wait_for_quota(queue, budget, job, _quota_exceeded(budget, job))
         return
     queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
 
@@ -1293,9 +1289,20 @@ def _quota_wait(
         return over_quota, {}
     short = _quota_short(budget, job)
     if short and _quota_out_of_reach(cluster, jobs, job, short):
-        needed = _uncharged(job, job.floor)
-        return f"{QUOTA_EXCEEDED}: {budget.describe(job.demand.quota_claims, needed)}", {}
+        return _quota_exceeded(budget, job), {}
     return None, short
+
+
+def _quota_exceeded(budget: QuotaBudget, job: _Job) -> str:
+    return f"{QUOTA_EXCEEDED}: {budget.describe(job.demand.quota_claims, _uncharged(job, job.floor))}"
+
+
+def _wait_for_quota(queue: _Queue, budget: QuotaBudget, job: _Job, why: str) -> None:
+    """The job waits for its namespace's quota, not for devices: it blocks no one, and no job behind it
+    grows into the keys it waits on."""
+    queue.waiting[job.key] = why
+    for claim in job.demand.quota_claims:
+        budget.held.setdefault(claim.pool, job.order)
 
 
 def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaBudget) -> None:
@@ -1308,10 +1315,8 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget:
             )
             continue
         over_quota, short = _quota_wait(cluster, jobs, budget, job)
-        if over_quota is not None:  # waits for its namespace's quota, not for devices: it blocks no one
-            queue.waiting[job.key] = over_quota
-            for claim in job.demand.quota_claims:
-                budget.held.setdefault(claim.pool, job.order)
+        if over_quota is not None:
+            _wait_for_quota(queue, budget, job, over_quota)
             continue
         nodes, kept_by = queue.usable(job)
         if kept_by is None:
