@@ -65,6 +65,7 @@ EXTRA_CATALOG_ENTRY = {
     "memoryMiB": 49140,
     "resourceName": "nvidia.com/gpu",
     "perNode": [1, 2, 4, 8],
+    "fp8": True,
     "match": [{"nvidia.com/gpu.product": "NVIDIA-RTX-6000-Ada-Generation"}],
 }
 NON_DEFAULT_VALUES: dict[str, Any] = {
@@ -240,8 +241,9 @@ def test_bad_values_are_refused(bad: list[str]) -> None:
         ({"perNode": [1, 128]}, "perNode"),  # the loader takes 1 to 64
         ({"name": "n" * 64}, "name"),  # the loader takes up to 63 characters
         ({"match": [{}]}, "match"),  # an empty label set: the loader refuses it
+        ({"fp8": "yes"}, "fp8"),  # the loader takes true or false
     ],
-    ids=["per-node-above-64", "name-too-long", "match-empty-label-set"],
+    ids=["per-node-above-64", "name-too-long", "match-empty-label-set", "fp8-not-a-boolean"],
 )
 def test_a_catalog_entry_the_operator_refuses_fails_helm_not_the_operator_s_start(
     change: dict[str, Any], path: str

@@ -11,7 +11,7 @@ from sizing_inputs import LLAMA3_8B, make_spec
 from kubefit.api.models import TrainingJobSpec
 from kubefit.api.validation import parse_spec
 from kubefit.sizing.catalog import load_catalog
-from kubefit.sizing.planner import FP8_CAPABLE, plan
+from kubefit.sizing.planner import plan
 from kubefit.sizing.remedies import replace_field
 from kubefit.sizing.suggest import Suggestion, overprovisioned, running_workers, suggest
 
@@ -139,7 +139,8 @@ def test_full_recompute_is_offered_with_its_compute_cost_when_activations_domina
 
 
 def test_fp8_is_not_suggested_for_a_device_without_fp8_units() -> None:
-    assert "nvidia-a100-40gb" not in FP8_CAPABLE
+    a100 = load_catalog().get("nvidia-a100-40gb")
+    assert a100 is not None and not a100.has_fp8
     changes = [s.description for s in suggest(SPECS["8B FSDP on A100-40GB"])]
     assert "model.precision: fp8-mixed" not in changes
 

@@ -58,8 +58,9 @@ what is assumed:
     logits and overhead (runtime context, optimizer-step temporaries, communication buffers,
     fragmentation). A job fits when it is at most device memory x (1 - resources.memoryHeadroom),
     device memory being what the driver reports (the catalog's figure).
-  - resources.accelerator auto: every catalog accelerator that can run the spec (no bf16 on T4/V100,
-    fp8 only with FP8 units, no TPUs for framework pytorch) is a candidate. The cheapest layout that
+  - resources.accelerator auto: every catalog accelerator that can run the spec (bf16 and fp8
+    only where its catalog entry says the device has them: no bf16 on T4/V100, fp8 on L4, L40S, H100,
+    H200, B200, MI300X; no TPUs for framework pytorch) is a candidate. The cheapest layout that
     fits wins: one the cluster can hold (with --cluster), within the worker bounds, running the replicas
     asked; then fewest total devices, devices free now, smallest device memory, fewest workers.
   - resources.acceleratorsPerWorker auto: the per-node counts the catalog lists for the accelerator.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple, TypeGuard
@@ -101,6 +101,17 @@ class Accelerator:
     per_node: tuple[int, ...]  # device counts a worker may request on one node
     node_labels: Mapping[str, str] = field(default_factory=dict)  # labels a node of this kind carries
     match: tuple[Mapping[str, str], ...] = ()  # alternative label sets that identify it
+    # Arithmetic the device has; None: not stated (bf16 assumed, FP8 not), or the replaced entry's (extended).
+    bf16: bool | None = None
+    fp8: bool | None = None
+
+    @property
+    def has_bf16(self) -> bool:
+        return self.bf16 is not False
+
+    @property
+    def has_fp8(self) -> bool:
+        return self.fp8 is True
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return any(term_matches(term, labels) for term in self.match)
@@ -169,6 +180,7 @@ def _entry(raw: Any, source: str) -> Accelerator:
         # it becomes selects none: the workers would never be placed.
         raise CatalogError(f"{where}.match: each label set needs at least one label")
     return Accelerator(
+        **_arithmetic(raw, where),
         name=name,
         vendor=str(raw.get("vendor", "unknown")),
         memory_bytes=memory * MIB,
@@ -176,6 +188,30 @@ def _entry(raw: Any, source: str) -> Accelerator:
         per_node=tuple(sorted(set(per_node))),
         node_labels={str(k): str(v) for k, v in labels.items()},
         match=tuple({str(k): str(v) for k, v in term.items()} for term in match),
+    )
+
+
+def _arithmetic(raw: Mapping[str, Any], where: str) -> dict[str, bool | None]:
+    """The entry's `bf16` and `fp8` keys, None where it leaves one out."""
+    stated: dict[str, bool | None] = {}
+    for key in ("bf16", "fp8"):
+        value = raw.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise CatalogError(
+                f"{where}.{key} must be true or false (whether the device has {key} arithmetic)"
+            )
+        stated[key] = value
+    return stated
+
+
+def _inherit(added: Accelerator, replaced: Accelerator | None) -> Accelerator:
+    """`added` with the arithmetic it leaves unstated taken from the entry of its name it replaces."""
+    if replaced is None:
+        return added
+    return replace(
+        added,
+        bf16=replaced.bf16 if added.bf16 is None else added.bf16,
+        fp8=replaced.fp8 if added.fp8 is None else added.fp8,
     )
 
 
@@ -241,7 +277,7 @@ class Catalog:
     def extended(self, extra: Iterable[Accelerator]) -> Catalog:
         """This catalog with `extra` added, an entry of the same name replacing the one here; `extra`'s
         entries are identified first, the latest extension's before an earlier one's."""
-        added = list(extra)
+        added = [_inherit(entry, self._by_name.get(entry.name)) for entry in extra]
         first = [*(entry.name for entry in added), *self._first]
         return Catalog([*self._by_name.values(), *added], first=first)
 

@@ -10,7 +10,7 @@ returns the `status.sizing` object. Rules, in order:
   tensorParallel, keeping each tensor-parallel group on one node (pipeline stages may span workers);
   where no candidate offers one, the counts that divide it, with a warning that the groups cross
   nodes (as for a fixed count that is not a multiple). `auto` skips devices that cannot run the spec
-  as written (bf16 on T4/V100, fp8 without FP8 units, TPUs for framework pytorch) unless nothing else
+  as written (bf16 or fp8 where its catalog entry says the device lacks it, TPUs for framework pytorch) unless nothing else
   is left; a named one gets a warning.
 * For each candidate the fewest workers whose estimate fits `device memory x (1 - memoryHeadroom)`.
   The smallest layout is tried first: going from one device to several adds communication buffers.
@@ -264,24 +264,17 @@ def resolve_accelerator(spec: TrainingJobSpec, catalog: Catalog) -> Accelerator 
     return found
 
 
-# Devices without bf16 arithmetic: bf16 needs NVIDIA compute capability 8.0 (Ampere) or newer; T4 is 7.5
-# and V100 7.0 (CUDA C++ Programming Guide, compute capabilities table).
-NO_BF16 = frozenset({"nvidia-t4", "nvidia-v100-16gb", "nvidia-v100-32gb"})
-# Devices with FP8 tensor cores: NVIDIA Ada (L4, L40S), Hopper and Blackwell (Transformer Engine docs),
-# AMD MI300X (CDNA 3).
-FP8_CAPABLE = frozenset(
-    {"nvidia-l4", "nvidia-l40s", "nvidia-h100-80gb", "nvidia-h200", "nvidia-b200", "amd-mi300x"}
-)
 TPU_RESOURCE = "google.com/tpu"
 
 
 def unsupported(spec: TrainingJobSpec, device: Accelerator) -> str | None:
     """Why `device` cannot run the spec as written, or None. Auto planning skips such devices."""
     precision = spec.model.precision
-    if precision.startswith("bf16") and device.name in NO_BF16:
-        return f"model.precision {precision}: {device.name} has no bf16 arithmetic (needs Ampere or newer)"
-    if precision == "fp8-mixed" and device.name not in FP8_CAPABLE:
-        return f"model.precision fp8-mixed: {device.name} has no FP8 arithmetic"
+    # The catalog says which devices have the arithmetic (accelerators.yaml: `bf16`, `fp8`).
+    if precision.startswith("bf16") and not device.has_bf16:
+        return f"model.precision {precision}: {device.name} has no bf16 arithmetic (its catalog entry: bf16: false)"
+    if precision == "fp8-mixed" and not device.has_fp8:
+        return f"model.precision fp8-mixed: {device.name} has no FP8 arithmetic (its catalog entry lacks fp8: true)"
     if spec.framework == "pytorch" and device.resource_name == TPU_RESOURCE:
         return f"framework pytorch: {device.name} runs PyTorch only through PyTorch/XLA, with its own image"
     return None
