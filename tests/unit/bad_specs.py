@@ -125,6 +125,7 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("sequence-above-max", {"training": {"sequenceLength": 2**30}}, "spec.training.sequenceLength", API),
     BadSpec("fsdp-wrap-without-fsdp", {"training": {"sharding": "zero3", "fsdpWrap": "blocks-and-embeddings"}}, "spec.training.fsdpWrap", OPERATOR),
     BadSpec("optimizer-in-backward-with-accumulation", {"training": {"optimizerInBackward": True, "gradientAccumulation": 4}}, "spec.training.optimizerInBackward", OPERATOR),
+    BadSpec("optimizer-in-backward-pipelined-accumulation-unset", {"training": {"optimizerInBackward": True, "pipelineParallel": 2}}, "spec.training.pipelineParallel", OPERATOR),
     BadSpec("optimizer-in-backward-string", {"training": {"optimizerInBackward": "yes"}}, "spec.training.optimizerInBackward", API),
     BadSpec("fsdp-wrap-unknown", {"training": {"sharding": "fsdp", "fsdpWrap": "layers"}}, "spec.training.fsdpWrap", API),
     BadSpec("layers-above-max", _model(architecture={**ARCHITECTURE, "layers": 10**6}), "spec.model.architecture.layers", API),

@@ -21,6 +21,8 @@ from kubefit.sizing.estimator import (
     QLORA_DEQUANT_COPIES,
     LayerRun,
     Layout,
+    _resolve_model,
+    _stage_share,
     estimate,
     layer_activation_bytes,
     nf4_bytes,
@@ -1340,3 +1342,53 @@ def test_adafactor_steps_one_parameter_at_a_time_with_the_largest_ones_temporary
     result = estimate(spec, H200, Layout(1, 1))
     assert result.peak_phase == "optimizer-step"
     assert result.step_temporaries == 256000 * 2048 * 4
+
+
+@pytest.mark.parametrize("sharding", ["fsdp", "zero3", "zero2"])
+@pytest.mark.parametrize("offload", ["optimizer", "optimizer-and-parameters"])
+def test_offload_under_pipelining_leaves_a_stage_s_whole_parameters_and_gradients_on_the_device(
+    sharding: str, offload: str
+) -> None:
+    """A pipeline stage holds its parameters gathered and its gradients whole across its micro-batches,
+    so offload moves only the optimizer states (and its step): PP 4 x DP 2 of an 8B model was sized with
+    no gradients (and, with its parameters offloaded, no weights) on the device."""
+    held = estimate(job(pipelineParallel=4, sharding=sharding), H100, Layout(8, 1))
+    offloaded = estimate(job(pipelineParallel=4, sharding=sharding, offload=offload), H100, Layout(8, 1))
+    assert offloaded.optimizer_states == 0 and offloaded.host_bytes_per_worker > 0
+    assert offloaded.weights == pytest.approx(held.weights)
+    assert offloaded.gradients == pytest.approx(held.gradients) and offloaded.gradients > 0
+    assert offloaded.communication_buffers == pytest.approx(held.communication_buffers)
+    kept = [warning for warning in offloaded.warnings if "stay gathered on the device" in warning]
+    assert len(kept) == (offload == "optimizer-and-parameters" and sharding != "zero2")
+    # Without pipelining the gradient partitions (and the parameter shards) go to the host as before.
+    flat = estimate(job(sharding=sharding, offload=offload), H100, Layout(8, 1))
+    assert flat.gradients == 0
+
+
+def test_an_embedding_larger_than_half_the_model_is_counted_whole() -> None:
+    """Gemma 3 270M ties a 262,144 x 640 embedding, 167.8M of its 268.1M parameters; the stage share capped
+    the embedding at half the parameters, moving 34M of them into the blocks (its QLoRA weights quantised
+    what stays 16-bit)."""
+    gemma3_270m = {
+        "layers": 18,
+        "hiddenSize": 640,
+        "attentionHeads": 4,
+        "kvHeads": 1,
+        "headDim": 256,
+        "intermediateSize": 2048,
+        "vocabSize": 262144,
+    }  # google/gemma-3-270m config.json
+    spec = job({"parameters": "268098176", "architecture": gemma3_270m, "finetuning": {"method": "qlora"}})
+    share = _stage_share(_resolve_model(spec), spec.training, "only")
+    assert share.embeddings == 262144 * 640
+
+
+def test_the_assumed_shape_s_layers_times_width_falls_once_as_the_parameters_grow() -> None:
+    """docs/sizing.md, Model shape without an architecture: once, by 4%, at about 65.4M (5 x 640 to 6 x 512)."""
+    falls, before, parameters = [], None, 10_000_000.0
+    while parameters < 2e12:
+        shape = assumed_shape(int(parameters))
+        if before is not None and shape.layers * shape.hidden < before[1]:
+            falls.append((before[0], shape.layers, shape.hidden))
+        before, parameters = (int(parameters), shape.layers * shape.hidden), parameters * 1.001
+    assert len(falls) == 1 and 65.0e6 < falls[0][0] < 65.5e6 and falls[0][1:] == (6, 512), falls

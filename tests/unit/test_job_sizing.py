@@ -443,3 +443,29 @@ def test_a_given_memory_request_no_node_holds_is_warned() -> None:
     (warning,) = node_memory_warnings(size_job(spec, CATALOG, a10g_nodes(62)).sizing)
     assert warning.startswith("spec.resources.memory 100Gi (100.0 GiB) is above the 62.0 GiB"), warning
     assert not node_memory_warnings(size_job(spec, CATALOG, a10g_nodes(128)).sizing)
+
+
+def test_a_remembered_plan_is_not_reused_for_a_spec_that_gives_a_field_the_other_leaves_unset() -> None:
+    """loraTargets listing the seven defaults dumps to the JSON of loraTargets left out, but only a named
+    gate the model lacks is warned of: the plan memory, keyed on that JSON, gave each form the other's."""
+    gpt2_xl = {"layers": 48, "hiddenSize": 1600, "attentionHeads": 25, "vocabSize": 50257}
+
+    def lora(**finetuning: Any) -> Any:
+        return parse_spec(
+            {
+                "template": TEMPLATE,
+                "model": {
+                    "parameters": "1.56B",
+                    "architecture": gpt2_xl,
+                    "finetuning": {"method": "lora", **finetuning},
+                },
+            }
+        )
+
+    every = ["query", "key", "value", "output", "gate", "up", "down"]
+    named, default = lora(loraTargets=every), lora()
+    assert named.model_dump_json() == default.model_dump_json()
+    for first, second in ((named, default), (default, named)):
+        for spec in (first, second):
+            warned = any("loraTargets: gate" in w for w in size_job(spec, CATALOG).sizing.warnings)
+            assert warned == (spec is named)

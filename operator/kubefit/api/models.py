@@ -454,7 +454,8 @@ class Training(_Model):
         default=False,
         description="true: each parameter's optimizer step runs in the backward pass as soon as its gradient "
         "is ready, and the gradient is freed (torchtune optimizer_in_bwd, PyTorch's optimizer-step-in-"
-        "backward hooks), so the model's gradients are never held together. Needs gradientAccumulation 1.",
+        "backward hooks), so the model's gradients are never held together. Needs gradientAccumulation 1, "
+        "stated under pipelineParallel > 1 (where unset means pipelineParallel micro-batches per step).",
     )
     activation_checkpointing: Checkpointing = Field(
         default="none",
@@ -518,6 +519,18 @@ class Training(_Model):
         accumulation = info.data.get("gradient_accumulation")
         if value and accumulation is not None and accumulation > 1:
             raise ValueError(f"needs gradientAccumulation 1 (gradientAccumulation is {accumulation})")
+        return value
+
+    @field_validator("pipeline_parallel")
+    @classmethod
+    def _one_pipelined_micro_batch_stated(cls, value: int, info: ValidationInfo) -> int:
+        # Unset under pipelining, gradientAccumulation means pipelineParallel micro-batches per step (sizing).
+        stated = info.data.get("gradient_accumulation")
+        if value > 1 and info.data.get("optimizer_in_backward") and stated is None:
+            raise ValueError(
+                f"{value} with optimizerInBackward needs gradientAccumulation 1 stated (unset under "
+                "pipelineParallel > 1, the pipeline runs pipelineParallel micro-batches per step)"
+            )
         return value
 
     @field_validator("fsdp_wrap")

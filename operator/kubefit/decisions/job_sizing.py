@@ -76,7 +76,8 @@ def size_job(
     False leaves out the planner's notes and remedies (plan_job) and the over-provisioning sentence: the
     same errors, far less work for a job that does not fit. `has_live_workers`: the job's workers exist,
     so the planner's notes do not say it queues."""
-    spec_json = spec.model_dump_json()
+    # The fields as given: a warning can depend on whether a field was given (loraTargets), not on its value.
+    spec_json = spec.model_dump_json(exclude_unset=True)
     pools = _planned_pools(inventory)
     planned = _PLANS.planned(spec, spec_json, catalog, pools, check, advise, has_live_workers)
     sizing = planned.sizing

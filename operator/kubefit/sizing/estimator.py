@@ -716,6 +716,8 @@ class _Sharding:
     optimizer_shards: int
     per_parameter: StateBytes
     warnings: tuple[str, ...]
+    # Pipelining keeps a stage's parameters gathered and its gradients whole across micro-batches.
+    stage_held_whole: bool = False
 
 
 def _sharding(spec: TrainingJobSpec, data_parallel: int) -> _Sharding:
@@ -738,7 +740,7 @@ def _sharding(spec: TrainingJobSpec, data_parallel: int) -> _Sharding:
         f"sharding {training.sharding} with pipelineParallel > 1: parameters and gradients of a stage "
         "are held unsharded across micro-batches; only optimizer states are sharded"
     )
-    return _Sharding(strategy, data_parallel, 1, 1, optimizer_shards, per, (warning,))
+    return _Sharding(strategy, data_parallel, 1, 1, optimizer_shards, per, (warning,), stage_held_whole=True)
 
 
 def _unsharded_accumulation(training: Training) -> bool:
@@ -763,7 +765,7 @@ def _stage_share(resolved: _Model, training: Training, stage: str) -> _StageShar
     # Blocks split across stages, the input embedding on the first stage and the output head on the last
     # (a tied head is one matrix on a single stage, a copy on each end stage when pipelined); TP splits all.
     copies = resolved.shape.embedding_copies
-    embedding = min(resolved.shape.embedding_parameters(), resolved.parameters // (2 * copies))
+    embedding = min(resolved.shape.embedding_parameters(), resolved.parameters // copies)
     blocks = max(resolved.parameters - copies * embedding, 0)
     embeddings = {"only": copies * embedding, "first": embedding, "last": embedding}[stage]
     parameters = (blocks / training.pipeline_parallel + embeddings) / training.tensor_parallel
@@ -941,10 +943,12 @@ class _Offloaded:
     warnings: tuple[str, ...]
 
 
-def _offload(offload: str, strategy: str, states: _States, unsharded_gradients: bool = False) -> _Offloaded:
+def _offload(
+    offload: str, strategy: str, states: _States, unsharded_gradients: bool = False, gathered: bool = False
+) -> _Offloaded:
     """The optimizer (and its step) go to the host; with sharded gradients their partitions go along
     (ZeRO-Offload, FSDP CPUOffload), unless they accumulate unsharded on the device; parameters only under
-    ZeRO-3/FSDP."""
+    ZeRO-3/FSDP, and not while a pipeline stage holds them `gathered` across its micro-batches."""
     if offload not in ("optimizer", "optimizer-and-parameters"):
         return _Offloaded(states, 0.0, True, ())
     host = states.optimizer
@@ -958,6 +962,12 @@ def _offload(offload: str, strategy: str, states: _States, unsharded_gradients: 
         warning = (
             "training.offload optimizer-and-parameters needs sharding zero3 or fsdp; parameters were "
             "kept on the device"
+        )
+        return _Offloaded(on_device, host, False, (warning,))
+    if gathered:
+        warning = (
+            "training.offload optimizer-and-parameters with pipelineParallel > 1: a stage's parameters "
+            "stay gathered on the device across micro-batches; they were counted there"
         )
         return _Offloaded(on_device, host, False, (warning,))
     return _Offloaded(replace(on_device, weights=0.0), host + states.weights, False, ())
@@ -1103,8 +1113,8 @@ def _communication_buffers(
     """Parameters gathered or gradients bucketed for communication, plus QLoRA's dequantised copies."""
     tensor_parallel = spec.training.tensor_parallel
     # Offloaded parameters are gathered onto the device unit by unit even with nothing to shard them over
-    # (one data-parallel device): none of them stays on the device.
-    offloaded = spec.training.offload == "optimizer-and-parameters"
+    # (one data-parallel device): none of them stays on the device, unless a pipeline stage holds them.
+    offloaded = spec.training.offload == "optimizer-and-parameters" and not sharding.stage_held_whole
     if sharding.strategy == "zero3" and (sharding.weight_shards > 1 or offloaded):
         communication = _gathered_units(spec.training, shape, share, on_device)
     elif sharding.data_parallel == 1:
@@ -1221,7 +1231,11 @@ def _stage_estimate(
         )
         states = replace(states, gradients=stepped_matrix * sharding.per_parameter.gradients)
     offloaded = _offload(
-        spec.training.offload, sharding.strategy, states, _unsharded_accumulation(spec.training)
+        spec.training.offload,
+        sharding.strategy,
+        states,
+        unsharded_gradients=_unsharded_accumulation(spec.training) or sharding.stage_held_whole,
+        gathered=sharding.stage_held_whole,
     )
     transient = _transient_memory(spec, resolved.shape, stage)
     communication = _communication_buffers(spec, resolved.shape, share, sharding, offloaded.on_device)
