@@ -1644,6 +1644,40 @@ def test_after_a_restart_an_open_shrink_is_taken_back_at_its_target(harness: Har
     assert [call[1] for call in harness.calls("delete_pod")] == ["llama-worker-3", "llama-worker-2"]
 
 
+@pytest.mark.parametrize("new_count", [3, 1])
+def test_after_a_restart_an_open_world_size_restart_goes_on_at_its_new_count(
+    harness: Harness, new_count: int
+) -> None:
+    """A fixed group scaled (2 to 3 or to 1) waits for its workers' checkpoint before every worker restarts
+    at the new size. An operator restarted meanwhile took the job back at the request's targetReplicas,
+    which said 0: the job was released as Preempted (Admitted=False), its place in the queue lost."""
+    job = job_manifest(replicas=2)
+    job["spec"]["elastic"] = {"checkpointGracePeriodSeconds": 600}
+    harness.kube.jobs["llama"] = job
+    harness.reconcile()
+    for name, pod in list(harness.kube.pods.items()):
+        harness.kube.pods[name] = replace(pod, phase="Running", node_name="h0")
+    harness.reconcile("pod")
+    job["spec"]["workers"]["replicas"] = new_count
+    job["metadata"]["generation"] = 2
+    harness.reconcile("job")
+    request = harness.kube.jobs["llama"]["status"]["checkpoint"]
+    assert (request["reason"], request["targetReplicas"]) == ("Restarting", new_count)
+
+    harness.reconciler = Reconciler(cast(KubeApi, harness.kube), CATALOG, harness.metrics, None)
+    harness.log.clear()
+    harness.reconcile("create")
+    assert harness.condition("Admitted")["status"] == "True", harness.condition("Admitted")
+    assert harness.calls("delete_pod") == []
+    assert harness.kube.jobs["llama"]["status"]["checkpoint"]["requestId"] == request["requestId"]
+    for name in list(harness.kube.pods):
+        assert harness.reconciler.board.acknowledge(KEY, request["requestId"], name, 7)
+    harness.reconcile("pod")
+    harness.reconcile("pod")
+    assert sorted(harness.kube.pods) == [f"llama-worker-{index}" for index in range(new_count)]
+    assert harness.condition("Admitted")["status"] == "True"
+
+
 def test_a_checkpoint_request_the_status_names_is_told_to_workers_though_a_later_write_fails(
     harness: Harness,
 ) -> None:

@@ -871,7 +871,10 @@ class CheckpointStatus(_Model):
         "Restarting."
     )
     requested_at: str = Field(description="When the request was opened (RFC 3339).")
-    target_replicas: int = Field(description="Workers kept once the removal is done (0: all removed).")
+    target_replicas: int = Field(
+        description="Workers kept once the removal is done (0: all removed); for Restarting, the count every "
+        "worker starts again with."
+    )
     acknowledged: int = Field(description="Running workers that acknowledged the request so far.")
     workers: int = Field(description="Running workers asked to acknowledge.")
 

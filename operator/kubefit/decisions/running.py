@@ -854,7 +854,9 @@ def _restart_plan(ctx: JobContext, target: int, why: str) -> _Plan | None:
         f"the world size changes from {world} to {target} workers ({why}): every worker is stopped and "
         "started again with the new size"
     )
-    return _Plan(target, world, Removal(Reason.RESTARTING, 0, highest_first(live)), restart)
+    # The request names the count the workers start again with: a restarted operator takes the job back
+    # at it (reconciler._checkpoint_target), where 0 would read as a job taken off the cluster.
+    return _Plan(target, world, Removal(Reason.RESTARTING, target, highest_first(live)), restart)
 
 
 def _range_restart_plan(ctx: JobContext, target: int) -> _Plan | None:
@@ -881,7 +883,7 @@ def _range_restart_plan(ctx: JobContext, target: int) -> _Plan | None:
     # Nothing is created before the old group is gone: the running workers are the count kept meanwhile. A
     # missing one of the old world would need a new index, which the new ceiling's names may not have.
     keep = min(_world(ctx) or len(ctx.live), len(ctx.live))
-    return _Plan(target, keep, Removal(Reason.RESTARTING, 0, highest_first(ctx.live)), restart)
+    return _Plan(target, keep, Removal(Reason.RESTARTING, target, highest_first(ctx.live)), restart)
 
 
 def _outside_group(pod: WorkerPod, count: int) -> bool:
