@@ -156,6 +156,30 @@ FIXED_THREES = {
 }
 
 
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_with_framework_none_a_scale_down_takes_a_succeeded_worker_0_s_slot_first(replicas: int) -> None:
+    """An elastic framework-none job whose worker 0 finished first, 1 to 3 still running: worker 0 hosts
+    nothing then, and is a finished worker like any other. Scaled to 1, the job was declared Succeeded
+    ("all 1 workers succeeded") and its running workers deleted without a checkpoint; scaled to 3, a
+    running worker was removed and the finished worker 0 kept."""
+
+    def spec(count: int) -> dict[str, Any]:
+        return elastic_spec(replicas=count, minimum=1, maximum=4, framework="none")
+
+    pods = [pod(0, "Succeeded"), pod(1), pod(2), pod(3)]
+    running = decide(observe(spec(4), pods=pods), CATALOG)
+    later = NOW + timedelta(seconds=5)
+    scaled = decide(observe(spec(replicas), pods=pods, status=running.status, now=later), CATALOG)
+    assert status_of(scaled)["phase"] != "Succeeded"
+    # The finished worker's slot goes at once; running workers only after the checkpoint handshake.
+    assert list(scaled.delete) == ["llama-worker-0"]
+    checkpoint = scaled.status.checkpoint
+    if replicas == 1:
+        assert checkpoint is not None and checkpoint.target_replicas == 1
+    else:
+        assert checkpoint is None
+
+
 @pytest.mark.parametrize("kind", FIXED_SPECS)
 def test_a_rank_failing_after_worker_0_of_its_fixed_group_succeeded_neither_restarts_nor_fails_it(
     kind: str,

@@ -919,6 +919,7 @@ def _slots(ctx: JobContext, count: int) -> frozenset[int]:
         keep_survivors=ctx.spec.elastic.enabled,
         finished=_gone_after_success(ctx),
         new_index_limit=None if fixed_world(ctx.spec) else widest_index(ctx.bounds.ceiling),
+        host_kept=ctx.spec.framework != "none",
     )
 
 

@@ -70,13 +70,14 @@ def _live(pods: Sequence[WorkerPod], already_replaced: Collection[str]) -> list[
     return [pod for pod in pods if pod.index is not None and pod.uid not in already_replaced]
 
 
-def worker_slots(
+def worker_slots(  # noqa: PLR0913 - the count, the pods, and how the job keeps them
     desired: int,
     pods: Sequence[WorkerPod],
     already_replaced: Collection[str],
     keep_survivors: bool,
     finished: Collection[int] = (),
     new_index_limit: int | None = None,
+    host_kept: bool = True,
 ) -> frozenset[int]:
     """The worker indices that make up the job: 0..desired-1, or for an elastic job (`keep_survivors`)
     worker 0 (the rendezvous host), the indices that already exist (running ones first, then bound; lowest
@@ -94,21 +95,25 @@ def worker_slots(
     index of one still terminating, whose pod name it would have to wait for (up to the grace period, as a
     scale-up right after a scale-down would), nor one above the limit (no more digits than the names the
     job-name checks passed); when no free index is left below it, fewer than `desired` are returned.
-    Without it (a fixed world, whose indices are its ranks) the lowest free index is reused."""
+    Without it (a fixed world, whose indices are its ranks) the lowest free index is reused.
+
+    `host_kept` False (framework none, whose processes organise themselves): a worker 0 that succeeded
+    hosts nothing and is a finished worker like the others, whose slot a scale-down takes first."""
     if not keep_survivors or desired <= 0:
         return frozenset(range(desired))
     live = sorted(_live(pods, already_replaced), key=_keep_first)
     existing = [pod.index for pod in live if pod.index and not pod.terminating and pod.phase != POD_SUCCEEDED]
     unscheduled = {pod.index for pod in live if pod.index in existing and not pod.node_name and not pod.ready}
-    done = {pod.index for pod in live if pod.index and pod.phase == POD_SUCCEEDED} | set(finished)
+    done = {pod.index for pod in live if pod.index is not None and pod.phase == POD_SUCCEEDED} | set(finished)
+    pinned = set() if not host_kept and 0 in done else {0}
     placed = [index for index in existing if index not in unscheduled]
     # A worker that succeeded comes before one never placed: dropping it for that one deleted its pod.
     existing = [
         *placed,
-        *sorted(index for index in done if index and index not in existing),
+        *sorted(index for index in done if index not in pinned and index not in existing),
         *(index for index in existing if index in unscheduled),
     ]
-    slots = {0, *existing[: desired - 1]}
+    slots = {*pinned, *existing[: desired - len(pinned)]}
     leaving = {pod.index for pod in live if pod.terminating} if new_index_limit is not None else set()
     top = desired + len(existing) + len(leaving)
     if new_index_limit is not None:
