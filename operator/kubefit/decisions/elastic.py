@@ -148,10 +148,10 @@ def highest_first(pods: Sequence[WorkerPod]) -> tuple[str, ...]:
 # ------------------------------------------------------------------ applied to a job's decision
 
 
-def handshake(ctx: JobContext, removal: Removal | None) -> HandshakeState:
-    return handshake_for(
-        ctx.observation, ctx.running, ctx.spec.elastic.checkpoint_grace_period_seconds, removal
-    )
+def handshake(ctx: JobContext, removal: Removal | None, ask: bool = True) -> HandshakeState:
+    """The handshake of `removal`; `ask` False: the workers hold nothing to save (grace 0)."""
+    grace = ctx.spec.elastic.checkpoint_grace_period_seconds if ask else 0
+    return handshake_for(ctx.observation, ctx.running, grace, removal)
 
 
 def handshake_for(

@@ -698,7 +698,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
     ready: int,
     faults: Sequence[WorkerPod],
 ) -> Draft:
-    shake = handshake(ctx, plan.removal)
+    shake = handshake(ctx, plan.removal, ask=not never_formed(ctx))
     doomed = plan.removal.doomed if plan.removal else ()
     delete = tuple(name for name in changes.delete if name not in doomed) + (doomed if shake.proceed else ())
     if plan.restart and shake.proceed:
@@ -842,6 +842,20 @@ def _world(ctx: JobContext) -> int:
     stamped = {pod.world_size for pod in ctx.live if pod.world_size is not None}
     other = sorted(stamped - {recorded})
     return other[-1] if other else recorded
+
+
+def never_formed(ctx: JobContext) -> bool:
+    """A fixed group of pytorch or jax workers that has not run whole in this attempt (status.gang.running
+    false) and does not now: its collectives never formed, so it holds no training state, and stopping its
+    workers asks for no checkpoint (api.md, checkpointGracePeriodSeconds: workers that never ran are
+    removed without asking). Waiting out the grace kept the unplaced workers' devices reserved, and could
+    outlast the gang timeout. framework none's workers organise themselves; a status written before
+    gang.running existed says nothing: both are asked as before."""
+    if not fixed_world(ctx.spec) or ctx.spec.framework == "none":
+        return False
+    if previous_gang(ctx.status).running is not False:
+        return False
+    return len(ctx.running) < _world(ctx)
 
 
 def _restart_plan(ctx: JobContext, target: int, why: str) -> _Plan | None:

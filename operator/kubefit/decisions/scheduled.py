@@ -24,7 +24,14 @@ from kubefit.decisions.elastic import Removal, apply_handshake, handshake_for, r
 from kubefit.decisions.gang import backoff_left, growth_held_until, previous_gang
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.quota import OwnPods, QuotaClaim, QuotaRoom, quota_claims, quota_room
-from kubefit.decisions.running import REFUSAL_TRY_SECONDS, admitted, grant_detail, resumed, training_ended
+from kubefit.decisions.running import (
+    REFUSAL_TRY_SECONDS,
+    admitted,
+    grant_detail,
+    never_formed,
+    resumed,
+    training_ended,
+)
 from kubefit.decisions.workers import stop_workers
 
 if TYPE_CHECKING:
@@ -234,7 +241,7 @@ def _backing_off(ctx: JobContext, wait: float) -> Draft:
 
 def released(ctx: JobContext, reason: str, why: str) -> Draft:
     """Stop every worker after the checkpoint handshake (preemption, suspend); the job is kept."""
-    grace = ctx.spec.elastic.checkpoint_grace_period_seconds
+    grace = 0 if never_formed(ctx) else ctx.spec.elastic.checkpoint_grace_period_seconds
     return stop_every_worker(ctx.observation, ctx.ours, grace, reason, why, [sized(ctx.sizing)])
 
 
