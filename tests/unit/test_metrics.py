@@ -308,6 +308,32 @@ def test_workers_that_finished_their_part_are_counted_apart_from_those_short_of_
     assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="pending") == 0
 
 
+@pytest.mark.parametrize("framework", [None, "pytorch"])
+def test_finished_workers_whose_pods_went_still_count_as_succeeded(framework: str | None) -> None:
+    """A gang of 4 whose workers 0 and 1 finished and whose pods then went (a cluster autoscaler removes a
+    node holding only finished pods): the reconcile records them (status.succeededWorkers) and creates
+    nothing, but the metric counted pods only, 2 running + 0 succeeded < min 4, and
+    KubefitPartialGangHoldingAccelerators fired on a finishing gang."""
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec(replicas=4, **({"framework": framework} if framework else {})))
+    job.reconcile(1, grant=4)
+    job.reconcile(10, [pod(index) for index in range(4)], 4)
+    job.reconcile(20, [pod(0, "Succeeded"), pod(1, "Succeeded"), pod(2), pod(3)], 4)
+    decision = job.reconcile(30, [pod(2), pod(3)], 4)
+    assert decision.create == () and job.status.get("succeededWorkers") == "0-1"
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="succeeded") == 2
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="running") == 2
+
+
+def test_a_worker_on_a_node_that_stopped_answering_is_not_pending() -> None:
+    metrics = OperatorMetrics()
+    job = Job(metrics, job_spec())
+    job.reconcile(10, [pod(0), pod(1)], 2)
+    job.reconcile(20, [pod(0), pod(1, node_lost=True)], 2)
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="running") == 1
+    assert value(metrics, "kubefit_trainingjob_workers", **JOB, state="pending") == 0
+
+
 def test_the_workers_help_text_names_every_state_it_exports() -> None:
     metrics = OperatorMetrics()
     job = Job(metrics, job_spec(elastic=(1, 3)))

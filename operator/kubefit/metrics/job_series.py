@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from kubefit.api.conditions import ConditionType, Reason
+from kubefit.api.formatting import parse_index_ranges
 from kubefit.api.models import Condition, SizingStatus
 from kubefit.api.units import parse_rfc3339
 from kubefit.decisions.job import Decision, JobObservation
@@ -45,7 +46,7 @@ def job_series(observation: JobObservation, decision: Decision) -> JobSeries:
         "desired": decision.desired_workers,
         "running": running,
         "pending": len(_pending(observation)),
-        "succeeded": len(_succeeded(observation)),
+        "succeeded": len(_succeeded(observation, status.succeeded_workers)),
         **(
             {} if _invalid(status.conditions) else _bounds(observation.spec, sizing, decision.desired_workers)
         ),
@@ -76,18 +77,23 @@ def _pending(observation: JobObservation) -> list[WorkerPod]:
         if pod.index is not None
         and pod.controller_uid in (None, uid)
         and not (pod.ready or pod.finished or pod.terminating)
+        # One that ran on a node that stopped answering is lost, not yet to run.
+        and not (pod.node_lost and pod.phase == "Running")
     ]
 
 
-def _succeeded(observation: JobObservation) -> list[WorkerPod]:
-    """The job's worker pods that finished their part: a gang whose first workers are done while others
-    still save or evaluate is finishing, not short of its minimum."""
+def _succeeded(observation: JobObservation, recorded: str | None) -> set[int]:
+    """The job's workers that finished their part: a gang whose first workers are done while others still
+    save or evaluate is finishing, not short of its minimum. Their pods Succeeded, or gone since they did
+    (`recorded`: status.succeededWorkers; a cluster autoscaler removes a node that holds only finished
+    pods), as the reconcile counts them (decisions/running.py) and `kubefit top` does."""
     uid = observation.job.uid
-    return [
-        pod
+    pods = {
+        pod.index
         for pod in observation.pods
         if pod.index is not None and pod.controller_uid in (None, uid) and pod.phase == "Succeeded"
-    ]
+    }
+    return pods | parse_index_ranges(recorded)
 
 
 def _invalid(conditions: Sequence[Condition] | None) -> bool:
