@@ -1137,3 +1137,30 @@ def test_every_replica_is_ready_once_it_answers_healthz() -> None:
     # completed its rollout, and `helm --wait` and kstatus-based tools waited forever.
     probe = _container(_render("--set", "replicaCount=3"))["readinessProbe"]
     assert probe["httpGet"] == {"path": "/healthz", "port": "healthz"}
+
+
+def test_notes_send_the_first_job_to_a_watched_namespace_and_read_the_leader_s_logs() -> None:
+    """With watchNamespaces the quickstart went to the current namespace, which no operator handles; with two
+    replicas `logs deployment/...` may show a standby; the CRD goes before an upgrade, not after."""
+    result = _helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
+                   "--set", "replicaCount=2", "--set", "watchNamespaces={team-a,team-b}")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:")[1]
+    assert "kubectl apply -n team-a -f examples/quickstart.yaml" in notes
+    assert f"logs -l app.kubernetes.io/instance={RELEASE},kubefit.dev/role=leader" in notes
+    assert "before each upgrade run" in notes and "after an upgrade" not in notes
+    plain = _helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE)
+    assert "  kubectl apply -f examples/quickstart.yaml" in plain.stdout.split("NOTES:")[1]
+
+
+def test_a_chart_catalog_entry_without_labels_fails_helm() -> None:
+    """In the cluster nodes are identified by their labels: an entry with neither match nor nodeLabels
+    matches no node, and a job planned on it would wait for ever."""
+    entry = {key: value for key, value in EXTRA_CATALOG_ENTRY.items() if key != "match"}
+    result = _helm("template", RELEASE, str(CHART), "--set-json", f"catalog=[{json.dumps(entry)}]")
+    assert result.returncode != 0 and "match" in result.stderr, result.stderr
+    labelled = {**entry, "nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-RTX-6000-Ada-Generation"}}
+    assert (
+        _helm("template", RELEASE, str(CHART), "--set-json", f"catalog=[{json.dumps(labelled)}]").returncode
+        == 0
+    )

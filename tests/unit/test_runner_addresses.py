@@ -59,3 +59,19 @@ def test_the_free_liveness_port_lies_below_the_ephemeral_range(tmp_path: Path) -
     ports.write_text("1024 60999\n")  # no room below it: any free port
     assert _free_port("127.0.0.1", str(ports)) > 0
     assert LOWEST_PICKED_PORT <= _free_port("127.0.0.1", str(tmp_path / "missing")) < 32768
+
+
+@pytest.mark.parametrize(
+    ("service_host", "expected"),
+    [(None, "127.0.0.1"), ("10.96.0.1", "0.0.0.0"), ("fd00:10:96::1", "::")],  # noqa: S104 - the pod's bind
+)
+def test_the_default_bind_address_answers_the_pod_ip_of_the_cluster_s_family(
+    monkeypatch: pytest.MonkeyPatch, service_host: str | None, expected: str
+) -> None:
+    """On a single-stack IPv6 cluster the kubelet probes the pod's IPv6 address, which a 0.0.0.0 bind does not
+    answer: the chart's operator failed its probes and restarted for ever unless given --bind-address=::."""
+    if service_host is None:
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    else:
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", service_host)
+    assert runner.default_bind_address() == expected

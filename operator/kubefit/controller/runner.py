@@ -111,8 +111,13 @@ class OperatorOptions:
 
 
 def default_bind_address() -> str:
-    # In a pod the kubelet probes and Prometheus scrapes the pod IP; on a workstation stay on loopback.
-    return "0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1"
+    # In a pod the kubelet probes and Prometheus scrapes the pod IP; on a workstation stay on loopback. The
+    # API server's Service address tells the cluster's family: on a single-stack IPv6 cluster the pod IP is
+    # IPv6, which a 0.0.0.0 bind does not answer (the probes failed and the pod restarted for ever).
+    service_host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if not service_host:
+        return "127.0.0.1"
+    return "::" if ":" in service_host else "0.0.0.0"
 
 
 class _NoEssence(kopf.AnnotationsDiffBaseStorage):
