@@ -282,7 +282,7 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--bind-address",
         metavar="ADDR",
-        help="address of both endpoints (default: 0.0.0.0 in a pod, 127.0.0.1 elsewhere)",
+        help="address of every endpoint: metrics, liveness, checkpoints, webhook (default: 0.0.0.0 in a pod, :: in a pod of an IPv6 cluster, 127.0.0.1 elsewhere)",
     )
     parser.add_argument(
         "--resync-seconds",
