@@ -943,3 +943,17 @@ def test_a_host_memory_that_is_no_whole_number_of_bytes_is_refused(memory: str) 
 def test_a_fraction_that_comes_to_a_whole_number_is_accepted(field: str, written: str, expected: int) -> None:
     model = parse_spec(_spec(model={field: written})).model
     assert (model.memory_bytes if field == "memory" else model.parameter_count) == expected
+
+
+def test_a_refused_gradient_accumulation_is_the_only_error_of_a_pipelined_optimizer_in_backward() -> None:
+    """pipelineParallel's check reads gradientAccumulation; refused, it is absent, not unset."""
+    raw = {
+        "template": {"spec": {"containers": [{"name": "t", "image": "i"}]}},
+        "model": {"parameters": "8B"},
+        "training": {"optimizerInBackward": True, "pipelineParallel": 2, "gradientAccumulation": 0},
+    }
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(raw)
+    assert [error.path for error in refused.value.errors] == ["spec.training.gradientAccumulation"]
+    raw["training"]["gradientAccumulation"] = 1
+    assert parse_spec(raw).training.pipeline_parallel == 2

@@ -1159,6 +1159,11 @@ def test_a_chart_catalog_entry_without_labels_fails_helm() -> None:
     entry = {key: value for key, value in EXTRA_CATALOG_ENTRY.items() if key != "match"}
     result = _helm("template", RELEASE, str(CHART), "--set-json", f"catalog=[{json.dumps(entry)}]")
     assert result.returncode != 0 and "match" in result.stderr, result.stderr
+    for empty in ({"match": []}, {"nodeLabels": {}}):
+        refused = _helm(
+            "template", RELEASE, str(CHART), "--set-json", f"catalog=[{json.dumps({**entry, **empty})}]"
+        )
+        assert refused.returncode != 0, empty
     labelled = {**entry, "nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-RTX-6000-Ada-Generation"}}
     assert (
         _helm("template", RELEASE, str(CHART), "--set-json", f"catalog=[{json.dumps(labelled)}]").returncode

@@ -161,23 +161,29 @@ def test_with_framework_none_a_scale_down_takes_a_succeeded_worker_0_s_slot_firs
     """An elastic framework-none job whose worker 0 finished first, 1 to 3 still running: worker 0 hosts
     nothing then, and is a finished worker like any other. Scaled to 1, the job was declared Succeeded
     ("all 1 workers succeeded") and its running workers deleted without a checkpoint; scaled to 3, a
-    running worker was removed and the finished worker 0 kept."""
+    running worker was removed and the finished worker 0 kept. Followed over several reconciles (deletes
+    done, the checkpoint acknowledged), worker 0 is not started again and the lowest running ones stay."""
 
     def spec(count: int) -> dict[str, Any]:
         return elastic_spec(replicas=count, minimum=1, maximum=4, framework="none")
 
-    pods = [pod(0, "Succeeded"), pod(1), pod(2), pod(3)]
-    running = decide(observe(spec(4), pods=pods), CATALOG)
-    later = NOW + timedelta(seconds=5)
-    scaled = decide(observe(spec(replicas), pods=pods, status=running.status, now=later), CATALOG)
-    assert status_of(scaled)["phase"] != "Succeeded"
-    # The finished worker's slot goes at once; running workers only after the checkpoint handshake.
-    assert list(scaled.delete) == ["llama-worker-0"]
-    checkpoint = scaled.status.checkpoint
-    if replicas == 1:
-        assert checkpoint is not None and checkpoint.target_replicas == 1
-    else:
-        assert checkpoint is None
+    pods = {index: pod(index, "Succeeded" if index == 0 else "Running") for index in range(4)}
+    decision = decide(observe(spec(4), pods=list(pods.values())), CATALOG)
+    first = True
+    for step in range(5):
+        asked = status_of(decision).get("checkpoint")
+        acks = {p.name: 7 for p in pods.values() if p.phase == "Running"} if asked and not first else None
+        later = NOW + timedelta(seconds=5 * (step + 1))
+        decision = decide(observe(spec(replicas), list(pods.values()), decision.status, now=later, acks=acks), CATALOG)  # fmt: skip
+        assert status_of(decision)["phase"] != "Succeeded"
+        if first:
+            # The finished worker's slot goes at once; running workers only after the checkpoint handshake.
+            assert list(decision.delete) == ["llama-worker-0"]
+            assert (decision.status.checkpoint is not None) == (replicas == 1)
+            first = False
+        assert decision.create == ()
+        pods = {index: p for index, p in pods.items() if p.name not in decision.delete}
+    assert sorted(pods) == list(range(1, replicas + 1))
 
 
 @pytest.mark.parametrize("kind", FIXED_SPECS)

@@ -5,6 +5,7 @@ grace, keeping the unplaced workers' devices reserved, and could outlast the gan
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -48,3 +49,38 @@ def test_a_group_that_ran_whole_or_organises_itself_is_asked_first(framework: st
     scaled = decide(observe(spec(framework, replicas=2), pods=pods, status=first.status, now=NOW + timedelta(seconds=10)), CATALOG)  # fmt: skip
     running = [name for name in scaled.delete if name in ALL[-ready:]]
     assert running == [] and scaled.status.checkpoint is not None
+
+
+def _formed() -> tuple[list[Any], Decision]:
+    pods = [replace(pod(index, attempt=0), world_size=4) for index in range(4)]
+    return pods, decide(observe(spec(), pods=pods), CATALOG)
+
+
+def test_a_status_without_gang_running_is_asked_as_before() -> None:
+    """An older operator's status has no gang.running, which the model reads as false: a formed group that
+    had lost a node was suspended with every worker deleted at once."""
+    pods, first = _formed()
+    older = status_of(first)
+    older["gang"] = {key: value for key, value in older["gang"].items() if key != "running"}
+    older = {key: value for key, value in older.items() if value is not None}
+    lost = [*pods[:3], replace(pods[3], node_lost=True)]
+    suspended = decide(observe(spec(runPolicy={"suspend": True}), lost, older, now=NOW + timedelta(seconds=10)), CATALOG)  # fmt: skip
+    assert suspended.delete == () and suspended.status.checkpoint is not None
+
+
+@pytest.mark.parametrize("stop", ["suspend", "preempt"])
+def test_an_open_request_keeps_its_grace_when_a_worker_stops_running(stop: str) -> None:
+    """A suspend or preemption writes gang.running false with its request; a worker whose node is lost (or
+    that fails) mid-grace made the group read as never formed, and the others were deleted at once."""
+    pods, first = _formed()
+    changed = spec(runPolicy={"suspend": True}) if stop == "suspend" else spec()
+    grant = 0 if stop == "preempt" else None
+    opened = decide(
+        observe(changed, pods, first.status, now=NOW + timedelta(seconds=10), grant=grant), CATALOG
+    )
+    assert opened.status.checkpoint is not None and opened.delete == ()
+    lost = [*pods[:3], replace(pods[3], node_lost=True)]
+    later = decide(
+        observe(changed, lost, opened.status, now=NOW + timedelta(seconds=20), grant=grant), CATALOG
+    )
+    assert later.delete == () and later.status.checkpoint is not None

@@ -525,7 +525,9 @@ class Training(_Model):
     @classmethod
     def _one_pipelined_micro_batch_stated(cls, value: int, info: ValidationInfo) -> int:
         # Unset under pipelining, gradientAccumulation means pipelineParallel micro-batches per step (sizing).
-        stated = info.data.get("gradient_accumulation")
+        if "gradient_accumulation" not in info.data:
+            return value  # gradientAccumulation itself is refused; its error is the one to read
+        stated = info.data["gradient_accumulation"]
         if value > 1 and info.data.get("optimizer_in_backward") and stated is None:
             raise ValueError(
                 f"{value} with optimizerInBackward needs gradientAccumulation 1 stated (unset under "

@@ -849,11 +849,13 @@ def never_formed(ctx: JobContext) -> bool:
     false) and does not now: its collectives never formed, so it holds no training state, and stopping its
     workers asks for no checkpoint (api.md, checkpointGracePeriodSeconds: workers that never ran are
     removed without asking). Waiting out the grace kept the unplaced workers' devices reserved, and could
-    outlast the gang timeout. framework none's workers organise themselves; a status written before
-    gang.running existed says nothing: both are asked as before."""
-    if not fixed_world(ctx.spec) or ctx.spec.framework == "none":
+    outlast the gang timeout. framework none's workers organise themselves; a status without
+    gang.running (an older operator's) says nothing: both are asked as before. A request already open
+    keeps its grace: the workers it asked may be saving (a suspend writes gang.running false with it)."""
+    if not fixed_world(ctx.spec) or ctx.spec.framework == "none" or ctx.status.get("checkpoint"):
         return False
-    if previous_gang(ctx.status).running is not False:
+    gang = ctx.status.get("gang")
+    if not isinstance(gang, Mapping) or gang.get("running") is not False:
         return False
     return len(ctx.running) < _world(ctx)
 

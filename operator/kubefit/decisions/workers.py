@@ -97,15 +97,24 @@ def worker_slots(  # noqa: PLR0913 - the count, the pods, and how the job keeps 
     job-name checks passed); when no free index is left below it, fewer than `desired` are returned.
     Without it (a fixed world, whose indices are its ranks) the lowest free index is reused.
 
-    `host_kept` False (framework none, whose processes organise themselves): a worker 0 that succeeded
-    hosts nothing and is a finished worker like the others, whose slot a scale-down takes first."""
+    `host_kept` False (framework none, whose processes organise themselves): worker 0 hosts nothing, so it
+    is kept, dropped and reused like any other index (a worker 0 that succeeded is a finished worker whose
+    slot a scale-down takes first)."""
     if not keep_survivors or desired <= 0:
         return frozenset(range(desired))
+    lowest = 1 if host_kept else 0  # the lowest index that is not pinned
     live = sorted(_live(pods, already_replaced), key=_keep_first)
-    existing = [pod.index for pod in live if pod.index and not pod.terminating and pod.phase != POD_SUCCEEDED]
+    existing = [
+        pod.index
+        for pod in live
+        if pod.index is not None
+        and pod.index >= lowest
+        and not pod.terminating
+        and pod.phase != POD_SUCCEEDED
+    ]
     unscheduled = {pod.index for pod in live if pod.index in existing and not pod.node_name and not pod.ready}
     done = {pod.index for pod in live if pod.index is not None and pod.phase == POD_SUCCEEDED} | set(finished)
-    pinned = set() if not host_kept and 0 in done else {0}
+    pinned = {0} if host_kept else set()
     placed = [index for index in existing if index not in unscheduled]
     # A worker that succeeded comes before one never placed: dropping it for that one deleted its pod.
     existing = [
@@ -118,7 +127,7 @@ def worker_slots(  # noqa: PLR0913 - the count, the pods, and how the job keeps 
     top = desired + len(existing) + len(leaving)
     if new_index_limit is not None:
         top = min(top, new_index_limit)
-    unused = [index for index in range(1, top + 1) if index not in slots]
+    unused = [index for index in range(lowest, top + 1) if index not in slots]
     # Indices still terminating last: taken only when no other fits in a name.
     free = sorted(unused, key=lambda index: (index in leaving, index))
     slots.update(free[: desired - len(slots)])
