@@ -1818,3 +1818,31 @@ def test_a_service_create_that_fails_leaves_no_worker_counted_in_status_replicas
     status = harness.kube.jobs["llama"]["status"]
     assert status.get("replicas", 0) == 0, status
     assert harness.condition("Ready")["reason"] == "ReconcileError"
+
+
+def test_a_reconcile_after_kopf_s_loop_closed_keeps_its_writes_and_drops_its_events() -> None:
+    """A reconcile still on its thread when kopf.run returned (a stopping leader, before its write gate
+    closes): kopf.event raised 'Event loop is closed', and the reconcile was taken for a failed one whose
+    ReconcileError was written onto the job."""
+    import asyncio
+    import contextvars
+
+    from kopf._core.engines import posting
+
+    from kubefit.controller.runner import operator_settings
+
+    def closed_loop_reconcile() -> Harness:
+        loop = asyncio.new_event_loop()
+        posting.event_queue_loop_var.set(loop)
+        posting.settings_var.set(operator_settings())
+        posting.event_queue_var.set(asyncio.Queue())
+        loop.close()
+        harness = Harness()
+        harness.kube.jobs["llama"] = job_manifest(replicas=2)
+        harness.reconcile()
+        harness.reconciler.forget(KEY)
+        return harness
+
+    harness = contextvars.copy_context().run(closed_loop_reconcile)
+    assert sorted(harness.kube.pods) == ["llama-worker-0", "llama-worker-1"]
+    assert harness.condition("Ready")["reason"] != "ReconcileError", harness.condition("Ready")

@@ -228,3 +228,58 @@ def test_sigterm_once_leading_is_not_taken_for_the_standbys_and_renewing_goes_on
         signal.signal(signal.SIGTERM, previous)
         if elector is not None:
             elector.stop_renewing()
+
+
+def test_sigterm_between_taking_the_lease_and_kopf_is_kept_for_kopf(cluster: FakeCluster) -> None:
+    """As PID 1 a SIGTERM with no handler is dropped: after taking the Lease the wait's handler was restored,
+    and one landing before kopf.run (here during a slow `leader` label patch) left the replica leading,
+    holding the Lease, until SIGKILL. The process's handler stays and sets kopf's stop flag."""
+
+    def default_handler(signum: int, frame: Any) -> None:
+        raise AssertionError("SIGTERM reached the handler in place before run_operator's")
+
+    previous = signal.signal(signal.SIGTERM, default_handler)
+    cluster.hold["leader"] = threading.Event()
+
+    def signal_while_labelling() -> None:
+        assert _until(lambda: "leader" in cluster.asked, seconds=5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        cluster.hold["leader"].set()
+
+    termination = runner._StopOnTerm()
+    try:
+        threading.Thread(target=signal_while_labelling, daemon=True).start()
+        election = LeaderElection(name=LEASE[1], namespace=LEASE[0], timings=TIMINGS, identity="me")
+        elector = _become_leader(election, "127.0.0.1", 0, termination)
+        assert elector is not None and termination.requested and termination.stopped.is_set()
+        assert signal.getsignal(signal.SIGTERM) == termination._stop  # not restored: kopf's replaces it
+        elector.stop_renewing()
+    finally:
+        termination.restore()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_during_the_standby_label_stops_before_the_wait(cluster: FakeCluster) -> None:
+    """The wait's handler was installed only after the standby label's attempts (10 s or more on a slow or
+    refusing API server), during which a SIGTERM to PID 1 was dropped."""
+
+    def default_handler(signum: int, frame: Any) -> None:
+        raise AssertionError("SIGTERM reached the handler in place before _become_leader")
+
+    previous = signal.signal(signal.SIGTERM, default_handler)
+    cluster.hold["standby"] = threading.Event()
+
+    def signal_while_labelling() -> None:
+        assert _until(lambda: "standby" in cluster.asked, seconds=5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        cluster.hold["standby"].set()
+
+    try:
+        threading.Thread(target=signal_while_labelling, daemon=True).start()
+        election = LeaderElection(name=LEASE[1], namespace=LEASE[0], timings=TIMINGS, identity="me")
+        assert _become_leader(election, "127.0.0.1", 0) is None
+        assert cluster.holder in ("", None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

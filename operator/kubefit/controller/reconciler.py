@@ -903,7 +903,18 @@ def _forget_old_creates(created: dict[str, float]) -> None:
 def _post_events(raw_job: dict[str, Any], events: Sequence[JobEvent]) -> None:
     job = kopf.Body(cast(kopf.RawBody, raw_job))
     for event in events:
-        kopf.event(job, type=event.type, reason=event.reason, message=event.message)
+        try:
+            kopf.event(job, type=event.type, reason=event.reason, message=event.message)
+        except RuntimeError as error:
+            # kopf's loop has closed (the operator is stopping) under a reconcile still on its thread: what
+            # it wrote stands, and the events are lost, not turned into a ReconcileError on the job.
+            logger.warning("events of %s not posted (%s): %s", _job_name(raw_job), error, event.reason)
+            return
+
+
+def _job_name(raw_job: Mapping[str, Any]) -> str:
+    metadata = raw_job.get("metadata") or {}
+    return f"{metadata.get('namespace')}/{metadata.get('name')}"
 
 
 def _post_worker_events(raw_job: dict[str, Any], created: list[str], deleted: list[str]) -> None:

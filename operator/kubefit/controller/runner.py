@@ -300,23 +300,36 @@ def _serve_standby_health(address: str, port: int) -> BoundedHTTPServer:
     return server
 
 
-class _StopWaitingOnTerm:
-    """SIGTERM while this replica waits for the Lease stops the wait. The container's entrypoint is PID 1,
-    which ignores a signal it has no handler for, and kopf installs its handler only once leading: a
-    standby sat out its whole grace period on every rollout, and one being deleted could take the Lease
-    and be killed holding it (the handshakes unanswered meanwhile, since a Terminating pod leaves the
-    Service). Installed from the main thread only, where Python runs signal handlers."""
+class _StopOnTerm:
+    """SIGTERM before kopf runs. The container's entrypoint is PID 1, which ignores a signal it has no handler
+    for, and kopf installs its own only inside kopf.run: a standby sat out its whole grace period on every
+    rollout, one being deleted could take the Lease and be killed holding it, and a leader signalled between
+    taking the Lease and starting kopf led on until SIGKILL (the handshakes unanswered meanwhile, since a
+    Terminating pod leaves the Service). The handler sets `stopped` (kopf.run's stop flag) and, while this
+    replica waits for the Lease, stops the wait. Installed from the main thread only, where Python runs
+    signal handlers."""
 
-    def __init__(self, elector: LeaderElector) -> None:
-        self.requested = False
-        self._elector = elector
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self._waiting: LeaderElector | None = None
         self._previous: Any = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._stop)
 
+    @property
+    def requested(self) -> bool:
+        return self.stopped.is_set()
+
+    def waiting_for(self, elector: LeaderElector | None) -> None:
+        """The elector whose wait for the Lease a SIGTERM stops; None once it leads."""
+        self._waiting = elector
+        if elector is not None and self.requested:
+            elector.stop_renewing()
+
     def _stop(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        self._elector.stop_renewing()  # acquire() returns at its next wait
+        self.stopped.set()
+        if self._waiting is not None:
+            self._waiting.stop_renewing()  # acquire() returns at its next wait
 
     def restore(self) -> None:
         if self._previous is not None:
@@ -324,36 +337,49 @@ class _StopWaitingOnTerm:
             self._previous = None
 
 
-def _become_leader(election: LeaderElection, address: str, liveness_port: int) -> LeaderElector | None:
+def _become_leader(
+    election: LeaderElection, address: str, liveness_port: int, termination: _StopOnTerm | None = None
+) -> LeaderElector | None:
     """Blocks, answering /healthz, until this replica holds the Lease; then renews it in a thread. None if
-    SIGTERM came first."""
+    SIGTERM came first. Given `termination` (the process's, installed before anything else), its handler
+    stays for the leader too, until kopf's replaces it; without, one is installed for the wait only."""
     identity = election.identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     api = LeaseApi()
     elector = LeaderElector(api, (election.namespace, election.name), identity, election.timings)
     labeller = RoleLabeller(lambda role: mark_role(role, api))
     where = f"{election.namespace}/{election.name}"
-    # Before this replica answers /healthz: a container restarted after leading must not keep the label
-    # that sends the handshakes to it. Past these attempts the labeller goes on trying in the background.
-    labeller.label("standby", wait_attempts=STANDBY_LABEL_ATTEMPTS)
-    logger.info("kubefit: standby as %s, waiting for the lease %s", identity, where)
+    own = termination is None
+    waiting = _StopOnTerm() if termination is None else termination
+    waiting.waiting_for(elector)
     try:
-        health = _serve_standby_health(address, liveness_port)
-    except OSError as error:
-        raise _bind_error("--liveness-port", address, liveness_port, error) from error
-    termination = _StopWaitingOnTerm(elector)
-    try:
-        elector.acquire()
-        # At once: a SIGTERM after this would stop the renewing of a Lease this replica goes on to lead with.
-        termination.restore()
-        if termination.requested:
-            elector.release()  # in case the attempt that took it was already under way
+        # Before this replica answers /healthz: a container restarted after leading must not keep the label
+        # that sends the handshakes to it. Past these attempts the labeller goes on trying in the background.
+        labeller.label("standby", wait_attempts=STANDBY_LABEL_ATTEMPTS)
+        if waiting.requested:
             return None
-        # At once: the renew deadline runs from the attempt that took the Lease, whatever follows here.
-        elector.keep_leading(exit_on_lost_lease(election.namespace, election.name))
+        logger.info("kubefit: standby as %s, waiting for the lease %s", identity, where)
+        try:
+            health = _serve_standby_health(address, liveness_port)
+        except OSError as error:
+            raise _bind_error("--liveness-port", address, liveness_port, error) from error
+        try:
+            elector.acquire()
+            # At once: a SIGTERM after this must not stop the renewing of a Lease this replica leads with.
+            waiting.waiting_for(None)
+            if own:
+                waiting.restore()
+            if waiting.requested:
+                elector.release()  # in case the attempt that took it was already under way
+                return None
+            # At once: the renew deadline runs from the attempt that took the Lease, whatever follows here.
+            elector.keep_leading(exit_on_lost_lease(election.namespace, election.name))
+        finally:
+            health.shutdown()
+            health.server_close()  # kopf binds the same port next
     finally:
-        termination.restore()
-        health.shutdown()
-        health.server_close()  # kopf binds the same port next
+        waiting.waiting_for(None)
+        if own:
+            waiting.restore()
     # Tried once before the line that says so (the label is there then), on in the background if it failed.
     labeller.label("leader", wait_attempts=1)
     logger.info("kubefit: leading as %s (lease %s)", identity, where)
@@ -408,15 +434,19 @@ def run_operator(options: OperatorOptions) -> None:
     if options.webhook is not None:  # every replica, standby too: validation reads only the request
         _start_webhook(options, options.webhook, catalog)
     elector = None
+    termination = _StopOnTerm()  # until kopf.run installs its own
     if options.leader_election is not None:
-        elector = _become_leader(options.leader_election, options.bind_address, liveness_port)
+        elector = _become_leader(options.leader_election, options.bind_address, liveness_port, termination)
         if elector is None:
             logger.info("kubefit: stopped (SIGTERM) while standby")
             return
     metrics.became_leader()
     api = KubeApi()
     try:
-        _run_leading(options, api, key, metrics, liveness_port, catalog)
+        if termination.requested:
+            logger.info("kubefit: stopped (SIGTERM) before the operator started")
+        else:
+            _run_leading(options, api, key, metrics, liveness_port, catalog, termination.stopped)
     finally:
         if elector is not None:
             hand_over(elector, api)
@@ -482,8 +512,10 @@ def _run_leading(  # noqa: PLR0913 - what the process set up before leading
     metrics: OperatorMetrics,
     liveness_port: int,
     plain_catalog: Catalog,
+    stop: threading.Event,
 ) -> None:
-    """The operator proper: the scheduler, the checkpoint API, the reconciler and kopf's loop."""
+    """The operator proper: the scheduler, the checkpoint API, the reconciler and kopf's loop, which `stop`
+    (set by a SIGTERM before kopf's own handler is in place) stops."""
     # One remembering catalog for the scheduler and the reconciler: node accelerators identified once.
     catalog = remembering(plain_catalog)
     scheduler = Scheduler(
@@ -510,4 +542,5 @@ def _run_leading(  # noqa: PLR0913 - what the process set up before leading
         clusterwide=not options.namespaces,
         namespaces=options.namespaces,
         liveness_endpoint=f"http://{url_host(options.bind_address)}:{liveness_port}/healthz",
+        stop_flag=stop,
     )
