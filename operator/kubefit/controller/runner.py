@@ -3,6 +3,7 @@ scheduler, and kopf's run loop."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fnmatch
 import ipaddress
@@ -307,10 +308,11 @@ class _StopOnTerm:
     taking the Lease and starting kopf led on until SIGKILL (the handshakes unanswered meanwhile, since a
     Terminating pod leaves the Service). The handler sets `stopped` (kopf.run's stop flag) and, while this
     replica waits for the Lease, stops the wait. Installed from the main thread only, where Python runs
-    signal handlers."""
+    signal handlers. An asyncio.Event, bound to kopf's loop when kopf first waits on it: kopf waits on a
+    threading.Event in an executor thread, which its loop's shutdown then waits for, for ever."""
 
     def __init__(self) -> None:
-        self.stopped = threading.Event()
+        self.stopped = asyncio.Event()
         self._waiting: LeaderElector | None = None
         self._previous: Any = None
         if threading.current_thread() is threading.main_thread():
@@ -512,7 +514,7 @@ def _run_leading(  # noqa: PLR0913 - what the process set up before leading
     metrics: OperatorMetrics,
     liveness_port: int,
     plain_catalog: Catalog,
-    stop: threading.Event,
+    stop: asyncio.Event,
 ) -> None:
     """The operator proper: the scheduler, the checkpoint API, the reconciler and kopf's loop, which `stop`
     (set by a SIGTERM before kopf's own handler is in place) stops."""
