@@ -402,3 +402,21 @@ def test_a_context_named_needs_no_current_context(tmp_path: Path, monkeypatch: p
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("phase", ["Failed", "Succeeded"])
+def test_a_finished_job_whose_pods_are_kept_is_no_partial_gang(phase: str) -> None:
+    """status.replicas still counts a finished job's pods kept for their logs; they hold no device, and the
+    operator exports none requested, so the alert stays silent: top called them partial-gang at 0/0."""
+    finished = job(ready=0, desired=0, phase=phase, pods=2)
+    assert WASTE_PARTIAL_GANG not in job_row(finished, None, Thresholds()).waste
+    assert (
+        WASTE_PARTIAL_GANG
+        in job_row(job(ready=0, desired=2, phase="Pending", pods=2), None, Thresholds()).waste
+    )
+
+
+def test_a_job_whose_spec_is_invalid_is_no_partial_gang_as_the_metrics_export_no_minimum() -> None:
+    short = job(ready=1, desired=2, pods=2)
+    short["status"]["conditions"] = [{"type": "Ready", "status": "False", "reason": "InvalidSpec"}]
+    assert WASTE_PARTIAL_GANG not in job_row(short, None, Thresholds()).waste

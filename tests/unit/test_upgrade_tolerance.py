@@ -161,3 +161,28 @@ def test_a_suspend_of_a_group_whose_training_ended_waits_though_the_status_read_
 def test_metrics_bounds_read_a_spec_with_a_newer_field() -> None:
     # min_max_workers judged a job with a newer CRD's field unparseable: no metrics, no kubefit top line.
     assert min_max_workers(NEWER_SPEC, None) == min_max_workers(raw_spec(), None) == (2, 2)
+
+
+def test_a_sizing_with_a_newer_field_is_kept_for_a_finished_or_invalid_running_job() -> None:
+    """The last sizing is carried over where the job is not planned again (finished; invalid while its
+    workers run). Read strictly, one field a newer operator added dropped it whole: the finished job lost
+    status.sizing, and the invalid one's metrics stopped counting the devices its workers hold."""
+    from kubefit.cli.top import min_workers_of
+    from kubefit.metrics.job_series import job_series
+
+    spec, pods = raw_spec(), [pod(0), pod(1)]
+    first = decide(observe(spec, pods=pods), CATALOG).status.model_dump(by_alias=True, exclude_none=True)
+    done = [pod(0, "Succeeded"), pod(1, "Succeeded")]
+    finished = decide(observe(spec, done, first, now=NOW + timedelta(hours=1)), CATALOG)
+    stored = finished.status.model_dump(by_alias=True, exclude_none=True)
+    newer = {**stored, "sizing": {**stored["sizing"], "interconnect": "nvlink"}}
+    again = status_of(decide(observe(spec, done, newer, now=NOW + timedelta(hours=2)), CATALOG))
+    assert again["sizing"] is not None and again["perDeviceMemory"] == stored["perDeviceMemory"]
+
+    running = decide(observe(spec, pods, first, now=NOW + timedelta(minutes=5)), CATALOG)
+    stored = running.status.model_dump(by_alias=True, exclude_none=True)
+    newer = {**stored, "sizing": {**stored["sizing"], "interconnect": "nvlink"}}
+    invalid = observe(raw_spec(workers={"replicas": 2000}), pods, newer, now=NOW + timedelta(hours=2))
+    series = job_series(invalid, decide(invalid, CATALOG))
+    assert dict(series.accelerators) == {"requested": 2, "allocated": 2}
+    assert min_workers_of(spec, newer["sizing"], 2) == 2

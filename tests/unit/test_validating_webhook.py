@@ -438,10 +438,12 @@ def test_webhook_flags_go_together_and_a_bad_port_names_the_flag(capsys: pytest.
     assert "--webhook-port" in capsys.readouterr().err
 
 
-def test_an_edit_the_running_workers_device_count_cannot_take_is_refused_as_the_operator_would() -> None:
+def test_an_edit_the_running_workers_device_count_takes_by_rounding_is_judged_as_the_operator_would() -> None:
     """An elastic pytorch job running 8 devices per worker (count `auto`) keeps that count for new workers
-    (running_group); tensorParallel 16 with minReplicas 1 then splits a group. The reconcile marked it
-    InvalidSpec; the webhook, judging the spec's `auto`, let it through."""
+    (running_group); tensorParallel 16 with minReplicas 1 then needs 2 workers a group. The count is still
+    the spec's `auto`, so the planner rounds the floor to 2 with a warning, as it would have at the start;
+    taken for a count the user wrote, it was InvalidSpec (a valid job turned invalid once its workers
+    existed). The webhook judges with the running count, as the reconcile does."""
     running = {
         **copy.deepcopy(BASE_SPEC),
         "model": {
@@ -455,7 +457,12 @@ def test_an_edit_the_running_workers_device_count_cannot_take_is_refused_as_the_
     edited = {**copy.deepcopy(running), "training": {"tensorParallel": 16}}
     document = _running(edited, running)
     document["request"]["oldObject"]["status"]["sizing"]["acceleratorsPerWorker"] = 8
-    refused = answer(document)
+    assert answer(document)["allowed"] is True
+    # A count the user wrote must hold whole groups: refused, naming the field.
+    written = copy.deepcopy(document)
+    for side in ("object", "oldObject"):
+        written["request"][side]["spec"]["resources"]["acceleratorsPerWorker"] = 8
+    refused = answer(written)
     assert refused["allowed"] is False
     assert refused["status"]["message"].startswith("spec.workers.minReplicas: 1 workers x 8 = 8 devices")
     # With no worker left, or suspended in the same update, the count is planned afresh: allowed.
@@ -492,3 +499,31 @@ def test_an_edit_of_another_architecture_field_of_a_job_stored_with_bad_heads_is
     deeper = copy.deepcopy(wide)
     deeper["model"]["architecture"]["layers"] = 20
     assert answer(admission_review(deeper, "UPDATE", old_spec=wide))["allowed"]
+
+
+def test_a_finished_job_s_kept_pods_are_no_running_group_an_edit_must_wait_for() -> None:
+    """status.replicas counts a finished job's pods kept for their logs; it creates no worker again, so an
+    edit of its accelerator was refused 'while 2 worker pod(s) exist' for nothing."""
+    import copy
+    from datetime import timedelta
+
+    from test_reconcile import CATALOG as CATALOG_OF_DECIDE
+    from test_reconcile import NOW, decide, observe, pod, raw_spec
+
+    spec, status = raw_spec(), None
+    for minute, phase in enumerate(["Running", "Succeeded", "Succeeded"]):
+        observed = observe(spec, [pod(0, phase), pod(1, phase)], status, now=NOW + timedelta(minutes=minute))
+        status = decide(observed, CATALOG_OF_DECIDE).status.model_dump(by_alias=True, exclude_none=True)
+    assert status["phase"] == "Succeeded" and status["replicas"] == 2
+    edited = copy.deepcopy(spec)
+    edited["resources"] = {**edited.get("resources", {}), "accelerator": "nvidia-a100-80gb"}
+    request = {
+        "uid": "u",
+        "kind": {"kind": "TrainingJob"},
+        "operation": "UPDATE",
+        "namespace": "ml",
+        "name": "llama",
+        "object": {"metadata": {"name": "llama"}, "spec": edited},
+        "oldObject": {"metadata": {"name": "llama"}, "spec": spec, "status": status},
+    }
+    assert review({"request": request}, CATALOG_OF_DECIDE, 1024)["response"]["allowed"] is True

@@ -19,13 +19,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO, cast
 
-from pydantic import ValidationError
-
+from kubefit.api.conditions import FINISHED_PHASES, Reason
 from kubefit.api.formatting import parse_index_ranges
-from kubefit.api.models import SizingStatus
 from kubefit.api.resource import GROUP, PLURAL, VERSION
 from kubefit.api.units import GIB
 from kubefit.builders.naming import worker_index
+from kubefit.decisions.job import previous_sizing
 from kubefit.decisions.workers import min_max_workers
 
 # A cluster that does not answer fails the command in bounded time (as `kubefit size --cluster` does).
@@ -90,10 +89,7 @@ def min_workers_of(spec: Mapping[str, Any], sizing: Mapping[str, Any], desired: 
     """The fewest workers the job trains with, as the operator's `min` workers series (the partial-gang
     alert's): a gang's whole size, an elastic job's floor with what its memory needs, an elastic jax
     job's group (`desired`, status.desiredReplicas)."""
-    try:
-        sized: SizingStatus | None = SizingStatus.model_validate(sizing) if sizing else None
-    except ValidationError:
-        sized = None
+    sized = previous_sizing(sizing)  # a newer operator's fields dropped, as the operator reads it
     found = min_max_workers(spec, sized, desired)
     if found is not None:
         return found[0]
@@ -133,9 +129,16 @@ def job_row(job: Mapping[str, Any], gpus: Mapping[GpuKey, float] | None, limits:
         waste.append(WASTE_OVERPROVISIONED)
     # As the alert: workers that finished their part count, so a gang finishing is not short; the devices
     # held are those of every live worker pod (bound ones that never start too), not only running ones.
+    # A finished job holds nothing (status.replicas still counts its pods kept for their logs), and one whose
+    # spec is invalid exports no minimum (metrics/job_series.py), so the alert cannot fire for either.
     finished = len(parse_index_ranges(status.get("succeededWorkers")))
     held = max(0, max(int(status.get("replicas") or 0), running) - finished) * per_worker
-    if held and running + finished < minimum:
+    if status.get("phase") in FINISHED_PHASES:
+        held = 0
+    invalid = any(
+        condition.get("reason") == Reason.INVALID_SPEC for condition in status.get("conditions") or []
+    )
+    if held and not invalid and running + finished < minimum:
         waste.append(WASTE_PARTIAL_GANG)
     return JobRow(
         namespace=namespace,

@@ -285,7 +285,13 @@ def checked_spec(  # noqa: PLR0913 - the job, the operator's settings, and how m
     try:
         check = operator_check(name, max_workers_per_job, domain)
         job_sizing = size_job(
-            spec, catalog, inventory, check=check, advise=advise, has_live_workers=running is not None
+            spec,
+            catalog,
+            inventory,
+            check=check,
+            advise=advise,
+            has_live_workers=running is not None,
+            count_held=kept.count_held,
         )
     except InvalidSpec as invalid:
         errors.extend(invalid.errors)
@@ -727,9 +733,17 @@ def _refusal_kept(gang: GangStatus | None, observation: JobObservation) -> GangS
 
 
 def _previous_sizing(status: Mapping[str, Any]) -> SizingStatus | None:
-    raw = status.get("sizing")
+    """The stored sizing, without the fields a newer operator's CRD added (validation.pruned): one unknown
+    field dropped the whole sizing, and with it the devices the metrics count for a job whose workers run."""
+    return previous_sizing(status.get("sizing"))
+
+
+def previous_sizing(raw: Any) -> SizingStatus | None:
+    """status.sizing as stored (None where absent or not readable), read as this operator's CRD stores it."""
+    if not raw:
+        return None
     try:
-        return SizingStatus.model_validate(raw) if raw else None
+        return SizingStatus.model_validate(pruned(raw, "status", "sizing")[0])
     except ValueError:
         return None
 

@@ -62,7 +62,7 @@ class JobSizing:
     advice: str | None
 
 
-def size_job(
+def size_job(  # noqa: PLR0913 - the spec, the cluster, and how much to work out (as plan_job)
     spec: TrainingJobSpec,
     catalog: Catalog,
     inventory: Inventory | None = None,
@@ -70,6 +70,7 @@ def size_job(
     check: SpecCheck | None = None,
     advise: bool = True,
     has_live_workers: bool = False,
+    count_held: bool = False,
 ) -> JobSizing:
     """Sizes `spec` against `catalog` and, when given, the cluster's `inventory` (None: the whole catalog,
     as if every accelerator were there and free). Raises InvalidSpec naming the field at fault. `advise`
@@ -79,7 +80,7 @@ def size_job(
     # The fields as given: a warning can depend on whether a field was given (loraTargets), not on its value.
     spec_json = spec.model_dump_json(exclude_unset=True)
     pools = _planned_pools(inventory)
-    planned = _PLANS.planned(spec, spec_json, catalog, pools, check, advise, has_live_workers)
+    planned = _PLANS.planned(spec, spec_json, catalog, pools, check, (advise, has_live_workers, count_held))
     sizing = planned.sizing
     bounds = worker_bounds(spec, sizing)
     if inventory is not None:
@@ -130,10 +131,11 @@ _ADVICE = _AdviceMemory()
 
 
 class _PlanMemory:
-    """plan_job, remembered for the last PLAN_MEMORY (catalog, spec, pools, check, advise, has_live_workers)
-    asked. The plan depends on nothing else: the pools hold every count of the cluster the planner reads (a
-    job's own workers already counted free), and the check is a value (decisions.job.OperatorCheck). A
-    catalog is told apart by identity (a reloaded one is another), the spec by a digest of its JSON."""
+    """plan_job, remembered for the last PLAN_MEMORY (catalog, spec, pools, check, how) asked, `how` being
+    plan_job's (advise, has_live_workers, count_held). The plan depends on nothing else: the pools hold every
+    count of the cluster the planner reads (a job's own workers already counted free), and the check is a
+    value (decisions.job.OperatorCheck). A catalog is told apart by identity (a reloaded one is another),
+    the spec by a digest of its JSON."""
 
     def __init__(self, size: int = PLAN_MEMORY) -> None:
         self.size = size
@@ -147,19 +149,25 @@ class _PlanMemory:
         catalog: Catalog,
         pools: Pools,
         check: SpecCheck | None,
-        advise: bool,
-        has_live_workers: bool,
+        how: tuple[bool, bool, bool],
     ) -> Plan:
         digest = hashlib.blake2b(spec_json.encode(), digest_size=16).digest()
-        key = (id(catalog), digest, _pools_key(pools), check, advise, has_live_workers)
+        key = (id(catalog), digest, _pools_key(pools), check, how)
         with self._lock:
             held = self._plans.get(key)
             if held is not None and held[0] is catalog:
                 self._plans.move_to_end(key)
                 return held[1]
         # An InvalidSpec is not remembered: the planner refuses before any estimate, at little cost.
+        advise, has_live_workers, count_held = how
         plan = plan_job(
-            spec, catalog=catalog, pools=pools, check=check, advise=advise, has_live_workers=has_live_workers
+            spec,
+            catalog=catalog,
+            pools=pools,
+            check=check,
+            advise=advise,
+            has_live_workers=has_live_workers,
+            count_held=count_held,
         )
         with self._lock:
             self._plans[key] = (catalog, plan)

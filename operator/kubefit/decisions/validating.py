@@ -30,6 +30,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kubefit.api.conditions import FINISHED_PHASES
 from kubefit.api.resource import KIND
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.decisions.job import DEFAULT_CLUSTER_DOMAIN, checked_spec, host_domain
@@ -127,8 +128,8 @@ _GROUP_FIELDS = (
 def _running_group_errors(spec: Any, old_spec: Any, old_status: Mapping[str, Any]) -> list[FieldError]:
     """An UPDATE that changes what a running group's workers share, while worker pods exist, unless the
     same update suspends the job; a change to what the workers already have (status.sizing) is allowed."""
-    workers = old_status.get("replicas")
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers <= 0:
+    workers = _group_pods(old_status)
+    if not workers:
         return []
     if _mapping(_mapping(spec).get("runPolicy")).get("suspend") is True:
         return []
@@ -187,10 +188,16 @@ def _running_of(request: Mapping[str, Any], spec: Any) -> RunningGroup | None:
     ):
         return None
     status = _mapping(_mapping(request.get("oldObject")).get("status"))
+    return sizing_group(status) if _group_pods(status) else None
+
+
+def _group_pods(status: Mapping[str, Any]) -> int:
+    """The worker pods of a group that may still run (status.replicas); none for a finished job, whose pods
+    are kept for their logs and which creates no worker again."""
     workers = status.get("replicas")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers <= 0:
-        return None
-    return sizing_group(status)
+        return 0
+    return 0 if status.get("phase") in FINISHED_PHASES else workers
 
 
 def _errors(  # noqa: PLR0913 - the job, the operator's settings, and its running workers

@@ -650,9 +650,11 @@ class _Outcome:
         return (self.fewest or self.shown).layout.workers
 
 
-def _plan(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: bool = False) -> _Outcome:
+def _plan(
+    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: bool = False, count_held: bool = False
+) -> _Outcome:
     try:
-        return _planned(spec, catalog, pools, strict=strict)
+        return _planned(spec, catalog, pools, strict=strict, count_held=count_held)
     except InvalidSpec as error:
         raise _with_model_errors(error, spec) from None
 
@@ -665,10 +667,15 @@ def _with_model_errors(error: InvalidSpec, spec: TrainingJobSpec) -> InvalidSpec
     return type(error)([*error.errors, *more]) if more else error
 
 
-def _planned(spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: bool) -> _Outcome:
+def _planned(
+    spec: TrainingJobSpec, catalog: Catalog, pools: Pools, *, strict: bool, count_held: bool = False
+) -> _Outcome:
+    """`count_held`: the count per worker is the running workers' where the spec says auto (running_group
+    .kept_by_running_group): planned as auto on that one count, which rounds the worker counts to whole
+    TP x PP groups with a warning, not as a layout the user wrote, whose counts must be whole groups."""
     warnings: list[str] = []
     candidates = _candidates(spec, catalog, pools, warnings, strict=strict)
-    if is_fixed_layout(spec):
+    if is_fixed_layout(spec) and not count_held:
         (candidate,) = candidates
         return _plan_fixed(spec, candidate, _pool(pools, candidate.accelerator.name), warnings)
     chosen = _search(spec, candidates, pools) or _best_effort(spec, candidates)
@@ -847,19 +854,21 @@ def plan_job(  # noqa: PLR0913 - the spec, the cluster, and how much to work out
     check: SpecCheck | None = None,
     advise: bool = True,
     has_live_workers: bool = False,
+    count_held: bool = False,
 ) -> Plan:
     """The sizing decision for `spec`; see the module docstring for the rules. The cluster is given as its
     nodes (`inventory`) or as their pools (pool_inventory of them, when the caller already has it).
     `check` refuses (InvalidSpec) what the operator refuses beyond the planner's own rules: a remedy whose
     changes it refuses is not named. `advise` False leaves out the notes and remedies, which re-plan the
     job dozens of times when it does not fit (the admission webhook needs only whether the spec is valid:
-    no remedy search raises). `has_live_workers`: the job runs workers, so it does not queue (_fit_notes)."""
+    no remedy search raises). `has_live_workers`: the job runs workers, so it does not queue (_fit_notes).
+    `count_held`: the count per worker is the running workers' in place of the spec's auto (_planned)."""
     catalog = catalog or load_catalog()
     if inventory is not None:
         if pools is not None:
             raise ValueError("plan takes the nodes or their pools, not both")
         pools = _pools(inventory)
-    outcome = _plan(spec, catalog, pools)
+    outcome = _plan(spec, catalog, pools, count_held=count_held)
     reported, fits = _within_the_bounds(spec, outcome)
     if not advise:
         return Plan(_status(reported, outcome.min_workers, outcome.warnings, fits), reported.layout.workers)
