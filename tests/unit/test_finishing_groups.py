@@ -26,6 +26,7 @@ from test_reconcile import (
 )
 
 from kubefit.decisions.job import Decision
+from kubefit.decisions.workers import worker_slots
 
 
 def reasons(decision: Decision) -> list[str]:
@@ -403,3 +404,15 @@ def test_a_suspend_that_waits_for_the_end_of_the_training_says_so() -> None:
     )
     # Without the suspend, nothing to say.
     assert status_of(decide(observe(spec, pods, running.status), CATALOG))["message"] is None
+
+
+def test_with_framework_none_a_worker_0_still_to_start_keeps_its_slot_as_the_pass_counts_it() -> None:
+    """The scheduling pass counts a live worker 0 as kept (Holding.first_unbound, the keep order): a shrink
+    of a framework-none job that dropped its starting worker 0 instead of worker 3 freed a node the pass had
+    not planned, and the job it shrank for waited out its gang timeout."""
+    spec = elastic_spec(replicas=4, minimum=1, maximum=4, framework="none")
+    pods = [pod(0, "Pending", node=None), pod(1), pod(2), pod(3)]
+    running = decide(observe(spec, pods=pods), CATALOG)
+    shrunk = decide(observe(spec, pods, running.status, now=NOW + timedelta(seconds=5), grant=3), CATALOG)
+    assert shrunk.status.checkpoint is not None and "llama-worker-0" not in shrunk.delete
+    assert worker_slots(3, pods, (), keep_survivors=True, host_kept=False) == {0, 1, 2}

@@ -84,3 +84,19 @@ def test_an_open_request_keeps_its_grace_when_a_worker_stops_running(stop: str) 
         observe(changed, lost, opened.status, now=NOW + timedelta(seconds=20), grant=grant), CATALOG
     )
     assert later.delete == () and later.status.checkpoint is not None
+
+
+@pytest.mark.parametrize("stop", ["suspend", "preempt"])
+def test_a_formed_group_whose_stop_was_undone_is_still_asked_to_checkpoint(stop: str) -> None:
+    """A release wrote gang.running false with its request; undone before the workers answered, while one
+    worker's node was NotReady, the group trained on with gang.running false and no request open, and a
+    later suspend deleted its workers at once."""
+    pods, formed = _formed()
+    stopping = spec(runPolicy={"suspend": True}) if stop == "suspend" else spec()
+    later = NOW + timedelta(hours=3)
+    opened = decide(observe(stopping, pods, formed.status, now=later, grant=0 if stop == "preempt" else None), CATALOG)  # fmt: skip
+    assert opened.status.checkpoint is not None
+    blip = [*pods[:3], replace(pods[3], node_lost=True)]
+    undone = decide(observe(spec(), blip, opened.status, now=later + timedelta(seconds=5)), CATALOG)
+    suspended = decide(observe(spec(runPolicy={"suspend": True}), blip, undone.status, now=later + timedelta(seconds=35)), CATALOG)  # fmt: skip
+    assert suspended.delete == () and suspended.status.checkpoint is not None

@@ -411,6 +411,7 @@ def configure_logging(verbose: bool = False, debug: bool = False) -> None:
 
 
 def run_operator(options: OperatorOptions) -> None:
+    termination = _StopOnTerm()  # first: until kopf.run installs its own
     tune_garbage_collection()
     configure_logging(verbose=options.verbose, debug=options.debug)
     _load_kubeconfig()
@@ -436,7 +437,6 @@ def run_operator(options: OperatorOptions) -> None:
     if options.webhook is not None:  # every replica, standby too: validation reads only the request
         _start_webhook(options, options.webhook, catalog)
     elector = None
-    termination = _StopOnTerm()  # until kopf.run installs its own
     if options.leader_election is not None:
         elector = _become_leader(options.leader_election, options.bind_address, liveness_port, termination)
         if elector is None:

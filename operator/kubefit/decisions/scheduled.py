@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubefit.api.conditions import FINISHED_PHASES, ConditionType, JobPhase, Reason
 from kubefit.api.formatting import parse_index_ranges
+from kubefit.api.models import GangStatus
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.builders.pods import build_worker_pod
 from kubefit.decisions.admission import Demand
@@ -270,13 +271,20 @@ def stop_every_worker(  # noqa: PLR0913 - a job as observed, and why and how its
         restarts=restarts_of(observation.status),
         desired=0,
         message=message,
-        gang=previous_gang(observation.status).model_copy(
-            update={"started": False, "running": False, "since": None}
-        ),
+        gang=_released_gang(previous_gang(observation.status), shake.proceed),
         succeeded_workers=frozenset(),
     )
     apply_handshake(draft, shake, removal)
     return draft
+
+
+def _released_gang(gang: GangStatus, workers_go: bool) -> GangStatus:
+    """A released job's gang: not started; `running` (every worker ran at once) kept while its workers still
+    run through the checkpoint handshake, so a release undone meanwhile (a resume, a grant back) leaves a
+    group that formed known as one (running.never_formed asks it to checkpoint)."""
+    return gang.model_copy(
+        update={"started": False, "running": gang.running and not workers_go, "since": None}
+    )
 
 
 def resumed_while_suspended(raw_spec: object, status: Mapping[str, Any]) -> bool:

@@ -97,13 +97,11 @@ def worker_slots(  # noqa: PLR0913 - the count, the pods, and how the job keeps 
     job-name checks passed); when no free index is left below it, fewer than `desired` are returned.
     Without it (a fixed world, whose indices are its ranks) the lowest free index is reused.
 
-    `host_kept` False (framework none, whose processes organise themselves): worker 0 hosts nothing, so it
-    is kept, dropped and reused like any other index (a worker 0 that succeeded is a finished worker whose
-    slot a scale-down takes first)."""
+    `host_kept` False: see _zero_pinned."""
     if not keep_survivors or desired <= 0:
         return frozenset(range(desired))
-    lowest = 1 if host_kept else 0  # the lowest index that is not pinned
     live = sorted(_live(pods, already_replaced), key=_keep_first)
+    lowest = 1 if _zero_pinned(live, host_kept) else 0  # the lowest index that is not pinned
     existing = [
         pod.index
         for pod in live
@@ -114,7 +112,7 @@ def worker_slots(  # noqa: PLR0913 - the count, the pods, and how the job keeps 
     ]
     unscheduled = {pod.index for pod in live if pod.index in existing and not pod.node_name and not pod.ready}
     done = {pod.index for pod in live if pod.index is not None and pod.phase == POD_SUCCEEDED} | set(finished)
-    pinned = {0} if host_kept else set()
+    pinned = {0} if lowest else set()
     placed = [index for index in existing if index not in unscheduled]
     # A worker that succeeded comes before one never placed: dropping it for that one deleted its pod.
     existing = [
@@ -132,6 +130,16 @@ def worker_slots(  # noqa: PLR0913 - the count, the pods, and how the job keeps 
     free = sorted(unused, key=lambda index: (index in leaving, index))
     slots.update(free[: desired - len(slots)])
     return frozenset(slots)
+
+
+def _zero_pinned(live: Sequence[WorkerPod], host_kept: bool) -> bool:
+    """Whether worker 0 keeps its slot whatever the count: it hosts the rendezvous (`host_kept`). Under
+    framework none (host_kept False) it hosts nothing: once it has no live pod that has not finished it is
+    an index like any other (a worker 0 that succeeded is a finished worker whose slot a scale-down takes
+    first); while one lives it is kept, as the scheduling pass counts it (Holding.first_unbound)."""
+    return host_kept or any(
+        pod.index == 0 and not pod.terminating and pod.phase != POD_SUCCEEDED for pod in live
+    )
 
 
 def _keep_first(pod: WorkerPod) -> tuple[int, int]:
