@@ -67,3 +67,50 @@ def test_a_count_held_from_the_running_workers_keeps_the_rounding_of_auto(
     failed = reconcile(raw, running, third.status, 360)
     assert "WorkerFailed" in [event.reason for event in failed.events]
     assert status_of(failed)["restarts"] == 1  # counted: replaced (elastic) or the group restarted (fixed)
+
+
+def _sizing_before_and_while_running(raw: dict[str, Any], nodes: int = 4) -> tuple[Decision, Decision]:
+    inventory = build_inventory(
+        [NodeFacts(f"h{i}", H100, {"nvidia.com/gpu": "8"}) for i in range(nodes)], {}, CATALOG
+    )
+
+    def at(pods: list[Any], status: Any, after: float) -> Decision:
+        observed = observe(raw, pods=pods, status=status, now=NOW + timedelta(seconds=after))
+        return decide(JobObservation(**{**observed.__dict__, "inventory": inventory}), CATALOG)
+
+    first = at([], None, 0)
+    return first, at([pod(index) for index in range(len(first.create))], first.status, 300)
+
+
+def test_a_held_count_keeps_the_auto_wording_and_the_no_overprovisioning_rule() -> None:
+    """Both unchanged by the workers existing: the tensor-parallel note named a count the user never wrote,
+    and a layout kubefit chose itself (both auto) got an OverProvisioned warning and event once it ran."""
+    tp16 = {**spec({"replicas": 2}, tensor=16, pipeline=1)}
+    before, running = _sizing_before_and_while_running(tp16)
+    assert before.sizing is not None and running.sizing is not None
+    note = [w for w in before.sizing.warnings if "tensorParallel 16" in w]
+    assert note and [w for w in running.sizing.warnings if "tensorParallel 16" in w] == note
+    small = {**spec({"replicas": 2}, tensor=1, pipeline=1), "model": {"parameters": "350M"}}
+    small["resources"] = {"accelerator": "auto", "acceleratorsPerWorker": "auto"}
+    before, running = _sizing_before_and_while_running(small)
+    assert running.sizing is not None
+    assert not [w for w in running.sizing.warnings if "more than this job needs" in w]
+    assert "OverProvisioned" not in [event.reason for event in running.events]
+
+
+def test_remedies_of_a_held_count_that_no_longer_fits_are_the_ones_planned_without_workers() -> None:
+    """An edit that no longer fits (13B to 70B at 32k tokens) while 2 workers of a rounded 3 run: every
+    remedy on the job's own device re-planned the held count as one the user wrote, failed the whole-group
+    check and was dropped; status.sizing said no layout holds it even with zero3."""
+    raw = spec({"replicas": 3}, tensor=8, pipeline=2)
+    first, running = _sizing_before_and_while_running(raw, nodes=8)
+    edited = {**raw, "model": {"parameters": "70B"}, "training": {**raw["training"], "sequenceLength": 32768}}
+    inventory = build_inventory(
+        [NodeFacts(f"h{i}", H100, {"nvidia.com/gpu": "8"}) for i in range(8)], {}, CATALOG
+    )
+    pods = [pod(index) for index in range(len(first.create))]
+    held = decide(JobObservation(**{**observe(edited, pods=pods, status=running.status, now=NOW + timedelta(minutes=10)).__dict__, "inventory": inventory}), CATALOG)  # fmt: skip
+    fresh = decide(JobObservation(**{**observe(edited, pods=[], status=None, now=NOW).__dict__, "inventory": inventory}), CATALOG)  # fmt: skip
+    assert held.sizing is not None and fresh.sizing is not None
+    would_fit = [w for w in fresh.sizing.warnings if "Would fit" in w]
+    assert would_fit and [w for w in held.sizing.warnings if "Would fit" in w] == would_fit

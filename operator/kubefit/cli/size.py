@@ -10,8 +10,8 @@ import argparse
 import math
 import re
 import sys
-from collections.abc import Hashable
-from typing import Any, TextIO
+from collections.abc import Hashable, Mapping
+from typing import TYPE_CHECKING, Any, TextIO
 
 from kubefit.api.conditions import Reason
 from kubefit.api.resource import API_VERSION, KIND
@@ -19,6 +19,9 @@ from kubefit.api.units import GIB, format_gib
 from kubefit.api.validation import field_schema
 from kubefit.cli.run import cluster_domain_name, positive_int
 from kubefit.decisions.workers import worker_bounds
+
+if TYPE_CHECKING:
+    from kubefit.api.models import TrainingJobSpec
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # an internal error, or the output cannot be written; one line, never a traceback
@@ -592,6 +595,18 @@ def render_data(document: Any, output: str) -> str:
 # ------------------------------------------------------------------ command
 
 
+def _as_written(manifest: Mapping[str, Any], spec: TrainingJobSpec) -> TrainingJobSpec:
+    """`spec` with the acceleratorsPerWorker the manifest gives: a count held from the running workers
+    (--cluster) is their `auto`, which suggestions plan afresh."""
+    from kubefit.sizing.remedies import replace_field
+
+    resources = (manifest.get("spec") or {}).get("resources") or {}
+    written = resources.get("acceleratorsPerWorker", "auto") if isinstance(resources, Mapping) else "auto"
+    if written == "auto" and spec.resources.accelerators_per_worker != "auto":
+        return replace_field(spec, "resources.acceleratorsPerWorker", "auto")
+    return spec
+
+
 def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) -> int:
     from kubefit.decisions.job import operator_check
     from kubefit.sizing.suggest import suggest
@@ -611,7 +626,7 @@ def size(args: argparse.Namespace, stdout: TextIO, stdin: TextIO | None = None) 
         inventory, kept_on = kept.inventory, kept.kept_on
         spec, job_sizing = _size(manifest, catalog, inventory, args, (name, namespace), running=kept.running)
     check = operator_check(name, args.max_workers_per_job, _domain(namespace, args.cluster_domain))
-    suggestions = suggest(spec, catalog, check) if args.suggest else None
+    suggestions = suggest(_as_written(manifest, spec), catalog, check) if args.suggest else None
 
     if args.output == "table":
         _emit(stdout, render_table(manifest, spec, job_sizing, suggestions, inventory, kept_on))

@@ -34,6 +34,7 @@ from kubefit.decisions.workers import WorkerBounds, worker_bounds
 from kubefit.sizing.catalog import Catalog
 from kubefit.sizing.estimator import Layout, estimate
 from kubefit.sizing.planner import NodeInventory, Plan, Pools, SpecCheck, plan_job
+from kubefit.sizing.remedies import replace_field
 from kubefit.sizing.suggest import overprovisioned
 
 # Over-provisioning sentences remembered, by (catalog, spec, sizing). Working one out plans the job on every
@@ -88,7 +89,12 @@ def size_job(  # noqa: PLR0913 - the spec, the cluster, and how much to work out
         if warning is not None:
             sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
     # The over-provisioning sentence is advice too: it plans the job on every other accelerator.
-    advice = _ADVICE.overprovisioned(spec, spec_json, sizing, catalog) if advise else None
+    # As the user wrote it: a count held from the running workers is their `auto`, which is never flagged.
+    asked, asked_json = spec, spec_json
+    if count_held:
+        asked = replace_field(spec, "resources.acceleratorsPerWorker", "auto")
+        asked_json = asked.model_dump_json(exclude_unset=True)
+    advice = _ADVICE.overprovisioned(asked, asked_json, sizing, catalog) if advise else None
     if advice is not None and advice not in sizing.warnings:
         sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, advice]})
     host_bytes = _host_bytes_per_worker(spec, sizing, bounds, catalog)

@@ -685,7 +685,7 @@ def _planned(
         warnings = [*warnings, f"no node offers {count} x {device.name}; the largest has {pool.largest_node}"]
     notes = [
         *_group_notes(spec, chosen),
-        *_tensor_parallel_note(spec, chosen, pool),
+        *_tensor_parallel_note(spec, chosen, pool, count_held),
         *_tpu_hosts_note(chosen),
     ]
     return _Outcome(chosen, [*warnings, *notes])
@@ -708,16 +708,19 @@ def _plan_fixed(
     return _Outcome(option, [*warnings, *_tensor_parallel_note(spec, option, pool), *_tpu_hosts_note(option)])
 
 
-def _tensor_parallel_note(spec: TrainingJobSpec, option: _Option, pool: AcceleratorPool | None) -> list[str]:
+def _tensor_parallel_note(
+    spec: TrainingJobSpec, option: _Option, pool: AcceleratorPool | None, count_held: bool = False
+) -> list[str]:
     """Workers whose count is not a multiple of tensorParallel: its groups span nodes. A fixed count is
-    the user's choice; with auto, no node offers such a count (_tensor_parallel_on_one_node)."""
+    the user's choice; with auto (a count held from running workers included: plan_job), no node offers
+    such a count (_tensor_parallel_on_one_node)."""
     tensor, pipeline = spec.training.tensor_parallel, spec.training.pipeline_parallel
     device, per_worker = option.candidate.accelerator, option.candidate.devices_per_worker
     if per_worker % tensor == 0:
         return []
     lower = math.gcd(tensor, per_worker)
     advice = f"tensorParallel {lower} with pipelineParallel {pipeline * tensor // lower} across nodes"
-    if isinstance(spec.resources.accelerators_per_worker, int):
+    if isinstance(spec.resources.accelerators_per_worker, int) and not count_held:
         why = f"resources.acceleratorsPerWorker {per_worker} is not a multiple of tensorParallel {tensor}"
         offered = [count for count in device.per_node if count % tensor == 0]
         if offered:
@@ -872,13 +875,13 @@ def plan_job(  # noqa: PLR0913 - the spec, the cluster, and how much to work out
     reported, fits = _within_the_bounds(spec, outcome)
     if not advise:
         return Plan(_status(reported, outcome.min_workers, outcome.warnings, fits), reported.layout.workers)
-    search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools))
+    search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools), count_held)
     if outcome.shown.fits:
         refused = _raise_refused(spec, outcome, check)
         pool = _pool(pools, outcome.shown.accelerator.name)
         notes = _fit_notes(spec, outcome, pool, refused, has_live_workers)
         if refused:
-            remedies, more = _remedy_search(spec, catalog, pools, check)
+            remedies, more = _remedy_search(spec, catalog, pools, check, count_held=count_held)
             notes += [_within_the_limit(remedies), *more]
         elif outcome.min_workers > spec.workers.ceiling:
             notes += _within_the_ceiling(spec, outcome, search)
@@ -1016,7 +1019,14 @@ def _raise_refused(spec: TrainingJobSpec, outcome: _Outcome, check: SpecCheck | 
 def _within_the_ceiling(spec: TrainingJobSpec, outcome: _Outcome, search: _Search) -> list[str]:
     """Memory needs more workers than the spec allows: the changes that fit within its own worker counts
     (on a TPU, whose workers form no slice, the other TPU layouts first), besides raising the bound."""
-    remedies = _remedy_search(spec, search.catalog, search.pools, search.check, within_bounds_only=True)[0]
+    remedies = _remedy_search(
+        spec,
+        search.catalog,
+        search.pools,
+        search.check,
+        within_bounds_only=True,
+        count_held=search.count_held,
+    )[0]
     if _is_tpu(outcome.shown.accelerator):
         remedies = _without_repeats([*_other_tpus(spec, search), *remedies])
     if not remedies:
@@ -1048,7 +1058,9 @@ def _within_the_limit(remedies: Sequence[Remedy]) -> str:
 def _shortfall_notes(spec: TrainingJobSpec, outcome: _Outcome, search: _Search) -> list[str]:
     """Nothing fits: why, what would (on a TPU the other TPU layouts first), and why a bigger accelerator
     was not tried."""
-    remedies, notes = _remedy_search(spec, search.catalog, search.pools, search.check)
+    remedies, notes = _remedy_search(
+        spec, search.catalog, search.pools, search.check, count_held=search.count_held
+    )
     if _is_tpu(outcome.shown.accelerator):
         remedies = _without_repeats([*_other_tpus(spec, search), *remedies])
     return [_shortfall_note(spec, outcome, remedies, search), *notes]
@@ -1073,7 +1085,7 @@ def _shortfall_note(
     would_fit = [] if fewest is None else [_more_workers_text(shown, fewest)]
     would_fit += [_remedy_text(remedy) for remedy in remedies]
     if not would_fit and search.check is not None:
-        unchecked = _remedy_search(spec, search.catalog, search.pools)[0]
+        unchecked = _remedy_search(spec, search.catalog, search.pools, count_held=search.count_held)[0]
         if unchecked:
             first = unchecked[0]
             return (
@@ -1129,13 +1141,14 @@ def _remedy_search(
     check: SpecCheck | None = None,
     *,
     within_bounds_only: bool = False,
+    count_held: bool = False,
 ) -> tuple[list[Remedy], list[str]]:
     """find_remedies, and why a bigger accelerator was not tried (when it was not). Remedies that fit
     within the worker counts the spec allows come first; one that needs more workers names the bound to
     raise, and is offered alone only when nothing fits within them (never, `within_bounds_only`), and
     never on a TPU, whose workers form no multi-host slice (_tpu_hosts_note)."""
     notes: list[str] = []
-    search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools))
+    search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools), count_held)
     found = [
         (remedy, in_bounds)
         for remedy, in_bounds in [*_single_remedies(spec, search), *_bigger_device(spec, search, notes)]
@@ -1204,6 +1217,14 @@ class _Search:
     check: SpecCheck | None = None
     # Whether a remedy must land on a layout some node of `pools` holds (_on_the_cluster).
     placed: bool = False
+    # The job's count per worker is its running workers' in place of auto (plan_job's count_held).
+    count_held: bool = False
+
+    def held(self, changes: Sequence[Change]) -> bool:
+        """Whether the spec with `changes` still plans the held count as auto: no change of the device."""
+        return self.count_held and not any(
+            change.field in ("resources.accelerator", "resources.acceleratorsPerWorker") for change in changes
+        )
 
     @property
     def carried(self) -> Pools:
@@ -1268,7 +1289,8 @@ def _remedy(
             refused = True
             continue
         try:
-            raised = _plan(raised_spec, search.catalog, search.pools, strict=strict)
+            held = search.held((*changes, *raise_bound))
+            raised = _plan(raised_spec, search.catalog, search.pools, strict=strict, count_held=held)
         except InvalidSpec:
             continue
         if raised.shown.fits and raised.option.counts.feasible and search.holds(raised):
@@ -1322,7 +1344,9 @@ def _replanned(
     changes make the spec invalid (LoRA with more trainable parameters than the model, a count that
     splits no TP x PP group)."""
     try:
-        outcome = _plan(apply_changes(spec, changes), search.catalog, search.pools)
+        outcome = _plan(
+            apply_changes(spec, changes), search.catalog, search.pools, count_held=search.held(changes)
+        )
     except InvalidSpec:  # NoCandidate included: no accelerator offers its per-worker count
         return None
     return _remedy(spec, changes, outcome, search)
