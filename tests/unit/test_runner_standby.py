@@ -230,26 +230,33 @@ def test_sigterm_once_leading_is_not_taken_for_the_standbys_and_renewing_goes_on
             elector.stop_renewing()
 
 
+def _signal_while_labelling(cluster: FakeCluster, role: str) -> Any:
+    """SIGTERM sent while the `role` label's patch hangs; the test's own handler fails a test it reaches.
+    Returns the handler that was in place, to restore."""
+
+    def default_handler(signum: int, frame: Any) -> None:
+        raise AssertionError("SIGTERM reached the handler in place before the operator's")
+
+    previous = signal.signal(signal.SIGTERM, default_handler)
+    cluster.hold[role] = threading.Event()
+
+    def signal_then_answer() -> None:
+        assert _until(lambda: role in cluster.asked, seconds=5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        cluster.hold[role].set()
+
+    threading.Thread(target=signal_then_answer, daemon=True).start()
+    return previous
+
+
 def test_sigterm_between_taking_the_lease_and_kopf_is_kept_for_kopf(cluster: FakeCluster) -> None:
     """As PID 1 a SIGTERM with no handler is dropped: after taking the Lease the wait's handler was restored,
     and one landing before kopf.run (here during a slow `leader` label patch) left the replica leading,
     holding the Lease, until SIGKILL. The process's handler stays and sets kopf's stop flag."""
-
-    def default_handler(signum: int, frame: Any) -> None:
-        raise AssertionError("SIGTERM reached the handler in place before run_operator's")
-
-    previous = signal.signal(signal.SIGTERM, default_handler)
-    cluster.hold["leader"] = threading.Event()
-
-    def signal_while_labelling() -> None:
-        assert _until(lambda: "leader" in cluster.asked, seconds=5)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.2)
-        cluster.hold["leader"].set()
-
-    termination = runner._StopOnTerm()
+    previous = _signal_while_labelling(cluster, "leader")
+    termination = runner._StopOnTerm()  # over the test's handler, as run_operator's over the default
     try:
-        threading.Thread(target=signal_while_labelling, daemon=True).start()
         election = LeaderElection(name=LEASE[1], namespace=LEASE[0], timings=TIMINGS, identity="me")
         elector = _become_leader(election, "127.0.0.1", 0, termination)
         assert elector is not None and termination.requested and termination.stopped.is_set()
@@ -263,21 +270,8 @@ def test_sigterm_between_taking_the_lease_and_kopf_is_kept_for_kopf(cluster: Fak
 def test_sigterm_during_the_standby_label_stops_before_the_wait(cluster: FakeCluster) -> None:
     """The wait's handler was installed only after the standby label's attempts (10 s or more on a slow or
     refusing API server), during which a SIGTERM to PID 1 was dropped."""
-
-    def default_handler(signum: int, frame: Any) -> None:
-        raise AssertionError("SIGTERM reached the handler in place before _become_leader")
-
-    previous = signal.signal(signal.SIGTERM, default_handler)
-    cluster.hold["standby"] = threading.Event()
-
-    def signal_while_labelling() -> None:
-        assert _until(lambda: "standby" in cluster.asked, seconds=5)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.2)
-        cluster.hold["standby"].set()
-
+    previous = _signal_while_labelling(cluster, "standby")
     try:
-        threading.Thread(target=signal_while_labelling, daemon=True).start()
         election = LeaderElection(name=LEASE[1], namespace=LEASE[0], timings=TIMINGS, identity="me")
         assert _become_leader(election, "127.0.0.1", 0) is None
         assert cluster.holder in ("", None)
