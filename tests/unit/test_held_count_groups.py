@@ -114,3 +114,31 @@ def test_remedies_of_a_held_count_that_no_longer_fits_are_the_ones_planned_witho
     assert held.sizing is not None and fresh.sizing is not None
     would_fit = [w for w in fresh.sizing.warnings if "Would fit" in w]
     assert would_fit and [w for w in held.sizing.warnings if "Would fit" in w] == would_fit
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "parameters", "tensor", "pipeline", "replicas", "training"),
+    [
+        ("google-tpu-v5p", "180B", 8, 4, 6, {}),  # the bigger device: no worker raise it does not need
+        ("google-tpu-v4", "7B", 2, 4, 5, {"sequenceLength": 8192, "sharding": "zero1"}),  # another TPU
+    ],
+    ids=["bigger-device", "other-tpu"],
+)
+def test_remedies_on_another_device_plan_the_held_count_as_auto(  # noqa: PLR0913 - one job, as parametrized
+    accelerator: str, parameters: str, tensor: int, pipeline: int, replicas: int, training: dict[str, Any]
+) -> None:
+    """On another device the held count means nothing: the remedies moving the job there planned it as a
+    count the user wrote (a worker raise the job did not need, an acceleratorsPerWorker change of a field
+    left auto, a TPU remedy lost) where the same job without workers got auto's."""
+    from kubefit.api.validation import parse_spec
+    from kubefit.sizing.planner import plan_job
+
+    raw = spec({"replicas": replicas}, tensor=tensor, pipeline=pipeline)
+    raw["model"] = {"parameters": parameters}
+    raw["resources"]["accelerator"] = accelerator
+    raw["training"].update(training)
+    fresh = plan_job(parse_spec(raw), CATALOG, has_live_workers=True).sizing
+    held_raw = copy.deepcopy(raw)
+    held_raw["resources"]["acceleratorsPerWorker"] = fresh.accelerators_per_worker
+    held = plan_job(parse_spec(held_raw), CATALOG, has_live_workers=True, count_held=True).sizing
+    assert held.warnings == fresh.warnings

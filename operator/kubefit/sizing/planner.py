@@ -1151,7 +1151,10 @@ def _remedy_search(
     search = _Search(catalog, pools, check, _on_the_cluster(spec, catalog, pools), count_held)
     found = [
         (remedy, in_bounds)
-        for remedy, in_bounds in [*_single_remedies(spec, search), *_bigger_device(spec, search, notes)]
+        for remedy, in_bounds in [
+            *_single_remedies(spec, search),
+            *_bigger_device(search.as_written(spec), search, notes),
+        ]
         if in_bounds or remedy.sizing.resource_name != TPU_RESOURCE
     ]
     within = [remedy for remedy, in_bounds in found if in_bounds]
@@ -1176,7 +1179,7 @@ def _other_tpus(spec: TrainingJobSpec, search: _Search) -> list[Remedy]:
     found = []
     for device in search.catalog:
         if _is_tpu(device) and (search.carried is None or device.name in search.carried):
-            remedy = _on_a_tpu(spec, device, search)
+            remedy = _on_a_tpu(search.as_written(spec), device, search)
             if remedy is not None:
                 found.append(remedy)
     return sorted(found, key=lambda remedy: (_device_count(remedy.sizing), remedy.sizing.device_memory_bytes))
@@ -1219,6 +1222,10 @@ class _Search:
     placed: bool = False
     # The job's count per worker is its running workers' in place of auto (plan_job's count_held).
     count_held: bool = False
+
+    def as_written(self, spec: TrainingJobSpec) -> TrainingJobSpec:
+        """`spec` with a held count back at the user's auto: on another device it means nothing."""
+        return replace_field(spec, "resources.acceleratorsPerWorker", "auto") if self.count_held else spec
 
     def held(self, changes: Sequence[Change]) -> bool:
         """Whether the spec with `changes` still plans the held count as auto: no change of the device."""
