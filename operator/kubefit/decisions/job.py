@@ -630,7 +630,7 @@ def _to_decision(
     if sizing is None and (draft.phase in FINISHED_PHASES or any(not pod.finished for pod in existing)):
         # A finished job, or one whose spec became invalid while its workers run on (they keep their
         # devices until the spec is put right): the last sizing is still what its workers were given.
-        sizing = _previous_sizing(previous)
+        sizing = previous_sizing(previous.get("sizing"))
     status = _status(observation, draft, sizing, existing, conditions, wanted)
     live = [pod for pod in existing if not pod.finished]
     finished = draft.phase in FINISHED_PHASES and not draft.delete_job
@@ -732,14 +732,10 @@ def _refusal_kept(gang: GangStatus | None, observation: JobObservation) -> GangS
     return gang.model_copy(update={"refused": None})
 
 
-def _previous_sizing(status: Mapping[str, Any]) -> SizingStatus | None:
-    """The stored sizing, without the fields a newer operator's CRD added (validation.pruned): one unknown
-    field dropped the whole sizing, and with it the devices the metrics count for a job whose workers run."""
-    return previous_sizing(status.get("sizing"))
-
-
 def previous_sizing(raw: Any) -> SizingStatus | None:
-    """status.sizing as stored (None where absent or not readable), read as this operator's CRD stores it."""
+    """status.sizing as stored (None where absent or not readable), without the fields a newer operator's
+    CRD added (validation.pruned): one unknown field dropped the whole sizing, and with it the devices the
+    metrics count for a job whose workers run."""
     if not raw:
         return None
     try:
