@@ -212,11 +212,20 @@ def _check_port_free(flag: str, address: str, port: int) -> None:
 
 
 def _catalog(path: str | None) -> Catalog:
+    flag = "--catalog" if path else f"${CATALOG_ENV}"
     try:
-        return load_catalog(path)
+        catalog = load_catalog(path)
     except CatalogError as error:
-        flag = "--catalog" if path else f"${CATALOG_ENV}"
         raise StartupError(f"{flag}: {error}") from error
+    # `kubefit size` sizes for a label-less entry; the operator could never place its workers (the chart
+    # refuses such an entry the same way).
+    unplaceable = [accelerator.name for accelerator in catalog if not accelerator.match]
+    if unplaceable:
+        raise StartupError(
+            f"{flag}: accelerators[{unplaceable[0]}] has neither match nor nodeLabels: the operator would "
+            "identify no node as it"
+        )
+    return catalog
 
 
 def _start_checkpoints(
