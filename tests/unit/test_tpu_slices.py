@@ -168,3 +168,25 @@ def test_a_v6e_plan_over_xlas_limit_does_not_fit() -> None:
     assert 31.25 * GIB < program < 32 * GIB - GIB // 4  # fitted 32 GiB with the reserve
     assert not sizing.fits
     assert plan(v6e_spec(5120)).fits  # 31.01 GiB of program: within XLA's limit
+
+
+@pytest.mark.parametrize("vendor", ["google", "Google", None])
+def test_a_tpu_entry_carries_the_tpu_runtime_reserve_whatever_its_vendor_says(vendor: str | None) -> None:
+    """install.md has a TPU entry's memory given as XLA's limit plus the 256 MiB TPU reserve: an entry of
+    one's own for google.com/tpu carried the GPU's 0.75 GiB unless its `vendor` was exactly `google`."""
+    from kubefit.sizing.catalog import parse_catalog
+    from kubefit.sizing.estimator import Layout, estimate
+
+    stated = f"vendor: {vendor}, " if vendor else ""
+    entry = (
+        "accelerators: [{name: my-v6e, %smemoryMiB: 32256, resourceName: google.com/tpu, perNode: [1, 4, 8], "
+        "match: [{cloud.google.com/gke-tpu-accelerator: tpu-v6e-slice}]}]" % stated
+    )
+    mine = parse_catalog(entry)[0]
+    assert mine.is_tpu
+    built_in = CATALOG.get("google-tpu-v6e")
+    assert built_in is not None
+    spec = v6e_spec(4096)
+    ours, theirs = estimate(spec, mine, Layout(1, 1)), estimate(spec, built_in, Layout(1, 1))
+    assert ours.runtime_reserve == theirs.runtime_reserve == GIB // 4
+    assert ours.total == theirs.total

@@ -95,7 +95,7 @@ class CatalogError(ValueError):
 @dataclass(frozen=True)
 class Accelerator:
     name: str
-    vendor: str
+    vendor: str  # descriptive only: what a device needs is read from resource_name
     memory_bytes: int  # as the driver reports it
     resource_name: str  # extended resource, e.g. nvidia.com/gpu
     per_node: tuple[int, ...]  # device counts a worker may request on one node
@@ -113,13 +113,18 @@ class Accelerator:
     def has_fp8(self) -> bool:
         return self.fp8 is True
 
+    @property
+    def is_tpu(self) -> bool:
+        """A Cloud TPU chip (GKE's device plugin resource), whatever the entry's `vendor` says."""
+        return self.resource_name == TPU_RESOURCE
+
     def matches(self, labels: Mapping[str, str]) -> bool:
         return any(term_matches(term, labels) for term in self.match)
 
 
 def worker_topologies(accelerator: Accelerator, chips_per_worker: int) -> SliceTopologies | None:
     """slice_topologies for a worker of a TPU accelerator; None for any other accelerator."""
-    return slice_topologies(chips_per_worker) if accelerator.resource_name == TPU_RESOURCE else None
+    return slice_topologies(chips_per_worker) if accelerator.is_tpu else None
 
 
 def absent_labels(term: Mapping[str, str]) -> tuple[str, ...]:

@@ -109,9 +109,10 @@ ALLGATHER_UNITS_IN_FLIGHT = 2
 ZERO_BUCKET_ELEMENTS = 500_000_000
 
 # Runtime context per process (CUDA/ROCm context, cuBLAS workspace, NCCL): PyTorch PR #86509 measured
-# 287 MB lazy-loading context alone; ptrblck ~400 MB; plus library workspaces.
-RUNTIME_RESERVE = {"nvidia": 3 * GIB // 4, "amd": 3 * GIB // 4, "google": GIB // 4}
-DEFAULT_RUNTIME_RESERVE = 3 * GIB // 4
+# 287 MB lazy-loading context alone; ptrblck ~400 MB; plus library workspaces. A TPU's XLA runtime has no
+# CUDA context (an assumption, docs/sizing.md).
+GPU_RUNTIME_RESERVE = 3 * GIB // 4
+TPU_RUNTIME_RESERVE = GIB // 4
 # Caching-allocator slack on transient (activation, logits, buffer) memory: reserved minus allocated.
 FRAGMENTATION_FRACTION = 0.10
 
@@ -1202,7 +1203,7 @@ class _Overheads:
 
 
 def _overheads(device: Accelerator, step: float, communication: float, transient: _Transient) -> _Overheads:
-    runtime_reserve = RUNTIME_RESERVE.get(device.vendor, DEFAULT_RUNTIME_RESERVE)
+    runtime_reserve = TPU_RUNTIME_RESERVE if device.is_tpu else GPU_RUNTIME_RESERVE
     allocated = transient.activations + transient.logits + communication + step
     fragmentation = FRAGMENTATION_FRACTION * allocated + transient.unplaced
     return _Overheads(round(runtime_reserve), round(step), round(communication), round(fragmentation))

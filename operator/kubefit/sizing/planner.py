@@ -54,7 +54,7 @@ from kubefit.api.formatting import sizing_summary
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.api.units import format_gib
 from kubefit.api.validation import FieldError, InvalidSpec
-from kubefit.sizing.catalog import Accelerator, Catalog, load_catalog
+from kubefit.sizing.catalog import TPU_RESOURCE, Accelerator, Catalog, load_catalog
 from kubefit.sizing.estimator import Estimate, Layout, estimate, model_errors
 from kubefit.sizing.remedies import REMEDIES, Change, Remedy, always, applicable, describe, replace_field
 
@@ -264,7 +264,6 @@ def resolve_accelerator(spec: TrainingJobSpec, catalog: Catalog) -> Accelerator 
     return found
 
 
-TPU_RESOURCE = "google.com/tpu"
 
 
 def unsupported(spec: TrainingJobSpec, device: Accelerator) -> str | None:
@@ -275,13 +274,13 @@ def unsupported(spec: TrainingJobSpec, device: Accelerator) -> str | None:
         return f"model.precision {precision}: {device.name} has no bf16 arithmetic (its catalog entry: bf16: false)"
     if precision == "fp8-mixed" and not device.has_fp8:
         return f"model.precision fp8-mixed: {device.name} has no FP8 arithmetic (its catalog entry lacks fp8: true)"
-    if spec.framework == "pytorch" and device.resource_name == TPU_RESOURCE:
+    if spec.framework == "pytorch" and device.is_tpu:
         return f"framework pytorch: {device.name} runs PyTorch only through PyTorch/XLA, with its own image"
     return None
 
 
 def _is_tpu(device: Accelerator) -> bool:
-    return device.resource_name == TPU_RESOURCE
+    return device.is_tpu
 
 
 def breaks(before: TrainingJobSpec, after: TrainingJobSpec, device: Accelerator) -> bool:
