@@ -179,8 +179,8 @@ def test_a_tpu_entry_carries_the_tpu_runtime_reserve_whatever_its_vendor_says(ve
 
     stated = f"vendor: {vendor}, " if vendor else ""
     entry = (
-        "accelerators: [{name: my-v6e, %smemoryMiB: 32256, resourceName: google.com/tpu, perNode: [1, 4, 8], "
-        "match: [{cloud.google.com/gke-tpu-accelerator: tpu-v6e-slice}]}]" % stated
+        f"accelerators: [{{name: my-v6e, {stated}memoryMiB: 32256, resourceName: google.com/tpu, "
+        "perNode: [1, 4, 8], match: [{cloud.google.com/gke-tpu-accelerator: tpu-v6e-slice}]}]"
     )
     mine = parse_catalog(entry)[0]
     assert mine.is_tpu
