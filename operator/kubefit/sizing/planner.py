@@ -264,8 +264,6 @@ def resolve_accelerator(spec: TrainingJobSpec, catalog: Catalog) -> Accelerator 
     return found
 
 
-
-
 def unsupported(spec: TrainingJobSpec, device: Accelerator) -> str | None:
     """Why `device` cannot run the spec as written, or None. Auto planning skips such devices."""
     precision = spec.model.precision
