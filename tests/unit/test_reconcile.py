@@ -2500,3 +2500,24 @@ def test_a_held_count_that_no_longer_fits_says_why() -> None:
     )
     assert held.sizing is not None and held.sizing.accelerators_per_worker == 1
     assert any("acceleratorsPerWorker auto is held at 1" in warning for warning in held.sizing.warnings)
+
+
+def test_a_grant_lowered_because_workers_no_longer_fit_is_a_scale_down() -> None:
+    """Nodes went away under a running elastic job: the pass lowers its grant (CapacityChanged in
+    kubefit_scale_events_total). Condition Admitted said `Admitted` with a Normal `Admitted` event mid-run,
+    while its checkpoint request said ScaledDown; Reason.SCALED_DOWN covers less capacity."""
+    spec = elastic_spec(framework="pytorch")
+    four = [pod(i) for i in range(4)]
+    running = decide(observe(spec, four, grant=4), CATALOG)
+    lost = decide(
+        replace(
+            observe(spec, four, running.status, grant=2),
+            grant_reason="CapacityChanged: 2 workers no longer fit on nvidia-h100-80gb nodes",
+        ),
+        CATALOG,
+    )
+    admitted = condition(lost, "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("True", "ScaledDown")
+    assert admitted["message"] == "2 of 4 workers granted: 2 workers no longer fit on nvidia-h100-80gb nodes"
+    assert status_of(lost)["checkpoint"]["reason"] == "ScaledDown"
+    assert ("Normal", "ScaledDown") in events_of(lost) and ("Normal", "Admitted") not in events_of(lost)

@@ -184,7 +184,8 @@ class EventReason:
     spec.scheduling.gangTimeoutSeconds of its creation (CPU, memory, a pod limit or a taint the operator
     does not count); it is deleted (it never ran), the job runs the workers placed and grows again one gang
     timeout later. (A grant the scheduling pass lowers because workers no longer fit, which
-    kubefit_scale_events_total counts as CapacityChanged, is told by condition Admitted instead.)"""
+    kubefit_scale_events_total counts as CapacityChanged, is told by condition Admitted instead, reason
+    ScaledDown.)"""
 
 
 class JobPhase:

@@ -992,12 +992,15 @@ def grant_detail(ctx: JobContext) -> str | None:
 
 
 def grant_reason(ctx: JobContext) -> str:
-    """The Admitted=True reason: the scheduling pass's word when it is one of ours, else Admitted. A
-    recovered grant (RECOVERED) keeps the reason the job was admitted with before."""
+    """The Admitted=True reason: the scheduling pass's word when it is one of ours (a grant lowered for
+    capacity is ScaledDown), else Admitted. A recovered grant (RECOVERED) keeps the reason the job was
+    admitted with before."""
     word = (ctx.observation.grant_reason or "").partition(":")[0].strip()
     if word == RECOVERED:
         before = _admitted_before(ctx)
         word = str(before.get("reason")) if before is not None else Reason.ADMITTED
+    if word == EventReason.CAPACITY_CHANGED and _admitted_before(ctx) is not None:
+        word = Reason.SCALED_DOWN  # the pass lowered the grant: workers no longer fit (its metric's reason)
     return word if word in _GRANT_REASONS else Reason.ADMITTED
 
 
