@@ -177,6 +177,17 @@ def test_thresholds_outside_zero_to_one_are_refused_naming_the_flag(
     assert "--idle-below" in capsys.readouterr().err
 
 
+def test_idle_below_without_prometheus_is_refused_not_ignored() -> None:
+    """Utilisation comes only from --prometheus: a threshold for it without one did nothing, exit 0 (kubefit
+    size refuses --context without --cluster the same way). Nothing is read from the cluster first."""
+    out, err = io.StringIO(), io.StringIO()
+    assert run_top(build_parser().parse_args(["top", "-n", "team", "--idle-below", "0.1"]), out, err) == 2
+    assert out.getvalue() == ""
+    assert err.getvalue() == (
+        "kubefit top: --idle-below: only used with --prometheus (utilisation comes from its DCGM series)\n"
+    )
+
+
 @pytest.mark.parametrize("kubeconfig", [None, "clusters: [\n", "{}"], ids=["missing", "malformed", "empty"])
 @pytest.mark.parametrize("namespace", [["-n", "team"], [], ["-A"]], ids=["namespace", "current", "all"])
 def test_a_kubeconfig_that_cannot_be_read_is_one_clear_line(

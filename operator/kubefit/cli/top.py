@@ -33,6 +33,7 @@ READ_TIMEOUT_SECONDS = 60
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2  # flags that do nothing together, as argparse exits for a bad flag
 
 # Defaults shared with the alert rules' defaults (charts/kubefit/values.yaml): a device whose estimated
 # peak is under half its memory is over-provisioned; a GPU under 1% busy is idle (DCGM's noise floor).
@@ -350,6 +351,11 @@ def _discard(out: TextIO) -> None:
 
 
 def _top(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.idle_below is not None and not args.prometheus:
+        err.write(
+            "kubefit top: --idle-below: only used with --prometheus (utilisation comes from its DCGM series)\n"
+        )
+        return EXIT_USAGE
     try:
         namespace = None if args.all_namespaces else (args.namespace or current_namespace(args.context))
         jobs = list_jobs(namespace, args.context)
@@ -357,7 +363,9 @@ def _top(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except TopError as exc:
         err.write(f"kubefit top: {exc}\n")
         return EXIT_FAILED
-    limits = Thresholds(args.overprovisioned_below, args.idle_below)
+    limits = Thresholds(
+        args.overprovisioned_below, IDLE_BELOW if args.idle_below is None else args.idle_below
+    )
     rows = build_rows(jobs, gpus, limits)
     try:
         out.write(render_json(rows) if args.output == "json" else render_table(rows))
@@ -401,7 +409,7 @@ def register(commands: Any) -> None:
         help="estimated/requested memory per device under which a job is over-provisioned (default 0.5)",
     )  # fmt: skip
     top.add_argument(
-        "--idle-below", type=_fraction, default=IDLE_BELOW, metavar="FRACTION",
-        help="utilisation under which a job's GPUs are idle (default 0.01)",
+        "--idle-below", type=_fraction, default=None, metavar="FRACTION",
+        help="with --prometheus: utilisation under which a job's GPUs are idle (default 0.01)",
     )  # fmt: skip
     top.set_defaults(handler=run_top)
