@@ -78,13 +78,6 @@ def pod_loopback_ip(namespace: str, name: str, hostname: str | None, subdomain: 
     return str(LOOPBACK_BASE + block * 256 + host)
 
 
-def dns_names(hostname: str, subdomain: str, namespace: str) -> list[str]:
-    """The names a pod with this hostname and subdomain has inside the cluster, longest first."""
-    short = f"{hostname}.{subdomain}"
-    qualified = f"{short}.{namespace}"
-    return [f"{qualified}.svc.{CLUSTER_DOMAIN}", f"{qualified}.svc", qualified, short]
-
-
 # ---------------------------------------------------------------------------------------------
 # Hostname rewriting
 # ---------------------------------------------------------------------------------------------

@@ -153,3 +153,17 @@ def test_the_cluster_domain_defaults_to_cluster_local_and_a_bad_one_is_refused_n
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--cluster-domain", "Cluster_Local"])
     assert "--cluster-domain" in capsys.readouterr().err
+
+
+def test_the_admission_policy_choices_are_the_planners() -> None:
+    """cli/run.py lists the policies itself so that `--help` imports no planner: they must stay the same."""
+    from kubefit.decisions.admission import ADMISSION_POLICIES
+
+    parser = build_parser()
+    run = next(
+        action.choices["run"]
+        for action in parser._actions
+        if isinstance(action.choices, dict) and "run" in action.choices
+    )
+    policy = next(action for action in run._actions if action.dest == "admission_policy")
+    assert tuple(policy.choices) == ADMISSION_POLICIES
