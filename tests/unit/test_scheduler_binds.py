@@ -13,6 +13,7 @@ import pytest
 from test_scheduler import CATALOG, FakeCluster, demand, node, sync_scheduler, worker
 
 from kubefit.api.resource import JobKey
+from kubefit.controller.cluster import ClusterView
 from kubefit.controller.handlers import WorkerChange, WorkerNews, _after_worker_event, _pass_change
 from kubefit.controller.scheduler import Grant, Scheduler, SchedulerSettings
 from kubefit.decisions.admission import AdmissionPlan, plan_admissions
@@ -229,3 +230,35 @@ def test_worker_bound_is_safe_to_call_from_event_threads() -> None:
         thread.join()
     assert results == [True] * 8
     assert scheduler.grant(KEY, cluster.workers[KEY]) == Grant(2, None, "Admitted: 2 workers", frozenset())
+
+
+def test_a_bind_between_the_pass_s_workers_read_and_its_usage_read_is_the_job_s_own_worker() -> None:
+    """A pass reads each admitted job's workers, then the devices bound pods hold. A bind between the two
+    reads showed the job's worker unbound in the one and holding 8 GPUs of n2 in the other: counted as another
+    workload's, while n2 was still kept for that worker, so the pass lowered the grant (CapacityChanged) and
+    the worker was deleted, to be created again at the next pass."""
+    from kubefit.decisions.inventory import PodUsage
+
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")], per_worker={KEY: 8})
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(KEY, demand("a", per_worker=8, min_workers=1, want=2), ANYWHERE, cluster.view())
+    cluster.workers[KEY] = [worker("a", 0, "n1"), worker("a", 1, None, phase="Pending")]
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(KEY, cluster.workers[KEY]).workers == 2
+
+    def usage_after_the_bind() -> dict[str, list[PodUsage]]:
+        return {
+            name: [PodUsage(name, {"nvidia.com/gpu": 8}, KEY, ("ns", f"a-worker-{index}", f"uid-a-{index}"))]
+            for index, name in enumerate(("n1", "n2"))
+        }
+
+    racing = ClusterView(
+        nodes=cluster.view().nodes, usage=usage_after_the_bind, workers=cluster.view().workers
+    )
+    scheduler.request("timer", racing)
+    grant = scheduler.grant(KEY, cluster.workers[KEY])
+    assert grant.workers == 2, grant.reason
+    down = scheduler.metrics.registry.get_sample_value(
+        "kubefit_scale_events_total", {"direction": "down", "reason": "CapacityChanged"}
+    )
+    assert not down

@@ -59,6 +59,7 @@ from kubefit.decisions.node_sets import (
     EligibleSets,
     NodeDevices,
     NodeGenerations,
+    bound_as_used,
     device_count,
     node_capacity,
 )
@@ -595,9 +596,11 @@ class Scheduler:
             entries = {key: entry for key, entry in self._entries.items() if entry.demand is not None}
         demands = self._demands(entries, nodes)
         holdings = {key: demand for key, demand in demands.items() if (entries[key].granted or 0) > 0}
-        workers = {key: live_workers(_owned(view.workers(key), entries[key].uid)) for key in holdings}
+        read = {key: live_workers(_owned(view.workers(key), entries[key].uid)) for key in holdings}
+        usage = view.usage()
+        workers = bound_as_used(read, usage)  # a bind between the two reads: the worker is its job's
         self._node_devices.keep_only(nodes)
-        capacity = node_capacity(nodes, view.usage(), self.catalog, holdings, workers, self._node_devices)
+        capacity = node_capacity(nodes, usage, self.catalog, holdings, workers, self._node_devices)
         admitted = [_holding(demand, entries[key], workers[key]) for key, demand in holdings.items()]
         # A queued job whose workers are still going (preempted, released after a gang timeout) waits until
         # all are gone: re-admitted on the devices it is freeing, it would take them from the job it made

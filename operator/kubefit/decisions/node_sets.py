@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from kubefit.api.resource import JobKey
 from kubefit.decisions.admission import Demand, NodeCapacity
@@ -163,3 +164,27 @@ def node_capacity(  # noqa: PLR0913 - what the pass reads, and how it identifies
         others = max(0, used - held[node.name]) if used else 0
         capacity.append(NodeCapacity(node.name, accelerator, allocatable, others))
     return capacity
+
+
+def bound_as_used(
+    workers: Mapping[JobKey, Sequence[WorkerPod]], usage: Mapping[str, Iterable[PodUsage]]
+) -> Mapping[JobKey, Sequence[WorkerPod]]:
+    """`workers` with each unbound pod's node as the usage read saw it bound. A pass reads the workers, then
+    the usage: a bind between the two reads left a job's own worker unbound in the one and holding its
+    devices in the other, counted as another workload's while its place was still kept for it (a grant
+    lowered, the worker deleted, created again at the next pass)."""
+    unbound = {pod.uid for pods in workers.values() for pod in pods if pod.node_name is None}
+    if not unbound:
+        return workers
+    bound = {
+        used.pod[2]: used.node_name
+        for on_node in usage.values()
+        for used in on_node
+        if used.pod[2] in unbound
+    }
+    if not bound:
+        return workers
+    return {
+        key: [replace(pod, node_name=bound[pod.uid]) if pod.uid in bound else pod for pod in pods]
+        for key, pods in workers.items()
+    }
