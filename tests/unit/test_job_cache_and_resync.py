@@ -297,3 +297,32 @@ def test_an_index_read_that_meets_a_change_is_read_again() -> None:
     always = ChangingIndex({"n1": [node]}, fails=INDEX_READ_ATTEMPTS)
     with pytest.raises(RuntimeError, match="changed size"):
         read_consistently(lambda: list(always))
+
+
+class VanishingIndex(ChangingIndex):
+    """kopf's Index takes items() and values() from Mapping: a key is yielded, then looked up. A store the
+    event loop deleted in between (a node's last pod gone) raises KeyError for the first `fails` lookups."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if self.fails:
+            self.fails -= 1
+            raise KeyError(key)
+        return self.items_[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items_)
+
+
+def test_an_index_read_that_meets_a_store_deleted_under_it_is_read_again() -> None:
+    """The KeyError escaped: a healthy job's reconcile turned ReconcileError, or a pass failed."""
+    from kubefit.controller.handlers import cluster_view
+
+    node = NodeFacts("n1", {}, {})
+    usage = PodUsage("n1", {"nvidia.com/gpu": 1})
+    view = cluster_view(
+        cast(Any, VanishingIndex({"n1": [node]}, fails=1)),
+        cast(Any, VanishingIndex({"n1": [usage]}, fails=1)),
+        cast(Any, ChangingIndex({}, fails=0)),
+    )
+    assert view.nodes() == [node]
+    assert {name: list(pods) for name, pods in view.usage().items()} == {"n1": [usage]}

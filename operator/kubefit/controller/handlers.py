@@ -79,11 +79,13 @@ class HandlerThreads:
 
 
 def read_consistently(read: Callable[[], T]) -> T:
-    """`read()`, again while an index changed under it (the last attempt's error is raised)."""
+    """`read()`, again while an index changed under it (the last attempt's error is raised): a dict changed
+    during iteration (RuntimeError), or a key yielded and deleted before its lookup (KeyError: kopf's Index
+    takes items() and values() from Mapping)."""
     for _ in range(INDEX_READ_ATTEMPTS - 1):
         try:
             return read()
-        except RuntimeError:
+        except (RuntimeError, KeyError):
             time.sleep(0)  # gives the event loop the GIL to finish its change
     return read()
 
