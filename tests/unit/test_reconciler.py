@@ -1846,3 +1846,37 @@ def test_a_reconcile_after_kopf_s_loop_closed_keeps_its_writes_and_drops_its_eve
     harness = contextvars.copy_context().run(closed_loop_reconcile)
     assert sorted(harness.kube.pods) == ["llama-worker-0", "llama-worker-1"]
     assert harness.condition("Ready")["reason"] != "ReconcileError", harness.condition("Ready")
+
+
+def test_the_old_jobs_deleted_event_leaves_a_job_created_again_under_its_name_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf handles each uid on its own: the old job's DELETED and the new job's ADDED run at once. The new
+    job reconciled between the DELETED's cache check and its forgetting lost its queue place, its state, its
+    uid (the checkpoint API answered its workers 404) and its gang-timeout timer."""
+    monkeypatch.setattr(kopf, "event", lambda *args, **kwargs: None)
+    h = Harness()
+    old = job_manifest()
+    old["metadata"]["uid"] = "uid-old"
+    h.kube.jobs["llama"] = copy.deepcopy(old)
+    h.reconciler.jobs.observe(KEY, copy.deepcopy(old))
+    h.reconcile("create")
+    h.kube.pods.clear()  # the old job's workers went with it
+    new = job_manifest()
+    new["metadata"]["uid"] = "uid-new"
+    cache, checked = h.reconciler.jobs, h.reconciler.jobs.deleted
+
+    def deleted_then_the_new_job_added(key: tuple[str, str], uid: str | None) -> bool:
+        answer = checked(key, uid)
+        h.kube.jobs["llama"] = copy.deepcopy(new)  # the ADDED of the new uid, handled on another thread
+        cache.observe(KEY, copy.deepcopy(new))
+        h.reconcile("create")
+        return answer
+
+    monkeypatch.setattr(cache, "deleted", deleted_then_the_new_job_added)
+    h.reconciler.job_deleted(KEY, "uid-old", h.view())
+    assert h.reconciler.job_uid(*KEY) == "uid-new"
+    assert h.reconciler.scheduler.snapshot().get(KEY) is not None
+    assert h.reconciler.pending_requeue(KEY) is not None  # the new gang's timeout
+    assert sorted(h.kube.pods) == ["llama-worker-0", "llama-worker-1"]
+    h.reconciler.forget(KEY)  # cancels the timer

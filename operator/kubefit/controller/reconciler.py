@@ -297,9 +297,16 @@ class Reconciler:
                     state.busy = False
                     _forget_old_creates(state.created)
 
-    def forget(self, key: JobKey, uid: str | None = None) -> None:
-        """Drops what the operator holds of the job; `uid`, when known, is the deleted job's."""
+    def forget(self, key: JobKey, uid: str | None = None) -> bool:
+        """Drops what the operator holds of the job; `uid`, when known, is the deleted job's. A job created
+        again under its name and already reconciled (kopf handles the old uid's DELETED and the new one's
+        ADDED at once) keeps its own: returns False then."""
         self.metrics.forget_job(*key, uid)
+        with self._lock:
+            state = self._jobs.get(key)
+            held = {self._uids.get(key), state.uid if state is not None else None} - {None}
+            if uid is not None and held - {uid}:
+                return False
         self.board.forget(key)
         self._requeue(key, None, None)
         with self._lock:
@@ -312,6 +319,7 @@ class Reconciler:
                 # finds the job gone (state.gone) and lets it go. Urgent, as a change to the job itself: a
                 # pass that failed goes round for it too, or the state would outlive the job.
                 state.dirty = state.urgent = True
+        return True
 
     def forget_vanished(self, view: ClusterView) -> list[JobKey]:
         """Forgets the held jobs that no longer exist (or exist again under a new uid): kopf lists again
@@ -472,8 +480,8 @@ class Reconciler:
             # The new job under its name came first: its state, queue place and series are not the old one's.
             self.metrics.forget_job(*key, uid)
             return
-        self.forget(key, uid)
-        self.scheduler.forget(key, view)
+        if self.forget(key, uid):
+            self.scheduler.forget(key, view)
 
     def _gone(self, key: JobKey, progress: _Progress, view: ClusterView) -> None:
         logger.info("%s/%s is gone (deleted, or deleted and created again): forgetting it", *key)
