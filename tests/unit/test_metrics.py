@@ -7,6 +7,7 @@ import gc
 import re
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -637,3 +638,44 @@ def test_the_leader_exports_when_it_became_the_leader_and_a_standby_zero() -> No
     metrics.became_leader()
     assert value(metrics, "kubefit_leader") == 1
     assert before <= value(metrics, "kubefit_leader_start_time_seconds") <= time.time()
+
+
+def test_two_scrapes_at_once_while_a_new_accelerator_type_appears_both_answer() -> None:
+    """prometheus_client serves each scrape on its own thread: one iterating the accelerator types seen while
+    the other added a new one failed with 'Set changed size during iteration' (HTTP 500)."""
+    metrics = OperatorMetrics()
+    collector = metrics._cluster
+    counts = {"nvidia-h100-80gb": AcceleratorCount(8, 0), "nvidia-a100-80gb": AcceleratorCount(8, 0)}
+    collector.source = lambda: dict(counts)
+    list(collector.collect())
+    paused, resume = threading.Event(), threading.Event()
+
+    class PausingCounts(dict):  # type: ignore[type-arg]
+        def get(self, key: object, default: object = None) -> object:  # once per type the scrape lists
+            if not paused.is_set():
+                paused.set()
+                resume.wait(5)
+            return dict.get(self, key, default)
+
+    answers = [PausingCounts(counts), {**counts, "nvidia-l4": AcceleratorCount(8, 0)}]
+    collector.source = lambda: answers.pop(0)
+    failures: list[BaseException] = []
+
+    def first_scrape() -> None:
+        try:
+            list(collector.collect())
+        except BaseException as error:  # noqa: BLE001 - the failure is the finding
+            failures.append(error)
+
+    first = threading.Thread(target=first_scrape)
+    first.start()
+    assert paused.wait(5)
+    second = list(collector.collect())  # a node of a new type registered meanwhile
+    resume.set()
+    first.join(5)
+    assert failures == []
+    assert {sample.labels["accelerator"] for sample in second[0].samples} == {
+        "nvidia-h100-80gb",
+        "nvidia-a100-80gb",
+        "nvidia-l4",
+    }

@@ -377,6 +377,7 @@ class _ClusterCollector(Collector):
         # Types seen since the operator started: one whose nodes were all deleted reads 0, not absent, so
         # an alert on a low count sees it go.
         self._seen: set[str] = set()
+        self._lock = threading.Lock()  # two scrapes at once: one would iterate while the other adds
 
     def describe(self) -> list[GaugeMetricFamily]:
         return [self._family()]
@@ -392,8 +393,10 @@ class _ClusterCollector(Collector):
                 logger.exception("could not count the cluster's accelerators")
                 counts = {}
             else:
-                self._seen.update(counts)
-                counts = {accelerator: counts.get(accelerator, _NONE) for accelerator in self._seen}
+                with self._lock:
+                    self._seen.update(counts)
+                    seen = sorted(self._seen)
+                counts = {accelerator: counts.get(accelerator, _NONE) for accelerator in seen}
         for accelerator, count in sorted(counts.items()):
             family.add_metric([accelerator, "allocatable"], count.allocatable)
             family.add_metric([accelerator, "allocated"], count.allocated)
