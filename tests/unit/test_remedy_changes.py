@@ -54,3 +54,19 @@ def test_a_field_whose_lighter_value_fits_is_named_once() -> None:
     assert "training.sharding: zero1 ->" in note, note
     assert "zero2" not in note and "zero3" not in note, note
     assert "model.finetuning.method: lora ->" in note, note
+
+
+def test_remedies_that_need_more_workers_come_fewest_devices_first() -> None:
+    """3B fp16-mixed on one T4 (docs' day-one audit): tried in order, ZeRO-2 on 865 workers x 2 T4s (1,730
+    devices) came before ZeRO-3 on 8, and the warning, which names three, showed the 1,730."""
+    spec = make_spec(
+        model={"parameters": "3B", "precision": "fp16-mixed"},
+        resources={"accelerator": "nvidia-t4", "acceleratorsPerWorker": 1},
+    )
+    remedies = find_remedies(spec, CATALOG)
+    beyond = [r for r in remedies if "workers.replicas" in r.description]
+    devices = [r.sizing.accelerators_per_worker * r.sizing.min_workers for r in beyond]
+    assert len(devices) >= 2 and devices == sorted(devices), [r.description for r in beyond]
+    (note,) = [w for w in plan_job(spec, CATALOG).sizing.warnings if w.startswith("does not fit")]
+    assert "training.sharding: zero3 + workers.replicas: 8 ->" in note, note
+    assert "865" not in note

@@ -1155,10 +1155,11 @@ def _remedy_search(
         if in_bounds or remedy.sizing.resource_name != TPU_RESOURCE
     ]
     within = [remedy for remedy, in_bounds in found if in_bounds]
+    # Those that need more workers, fewest devices first: in the order tried, ZeRO-2 on 1,730 devices came
+    # before ZeRO-3 on 8, and a warning naming three hid the cheap one.
+    beyond = sorted((remedy for remedy, in_bounds in found if not in_bounds), key=_devices_needed)
     if within:
-        return within + [
-            remedy for remedy, in_bounds in found if not in_bounds and not within_bounds_only
-        ], notes
+        return within + ([] if within_bounds_only else beyond), notes
     combined = _combined_remedy(spec, search)
     if combined is not None and combined[1]:
         return [combined[0]], notes
@@ -1166,8 +1167,12 @@ def _remedy_search(
         combined = None
     if within_bounds_only:
         return [], notes
-    raised = [remedy for remedy, _ in found] or ([combined[0]] if combined is not None else [])
+    raised = beyond or ([combined[0]] if combined is not None else [])
     return raised, notes
+
+
+def _devices_needed(remedy: Remedy) -> int:
+    return remedy.sizing.accelerators_per_worker * remedy.sizing.min_workers
 
 
 def _other_tpus(spec: TrainingJobSpec, search: _Search) -> list[Remedy]:
