@@ -32,7 +32,10 @@ def _spec(**sections: dict[str, Any]) -> dict[str, Any]:
 # heads), the worker limit, the job name and the planner (an unknown accelerator).
 EVERY_CHECK = _spec(
     template={
-        "spec": {"containers": [{"name": "trainer", "image": "t", "resources": {"limits": {"cpu": "4"}}}]}
+        "spec": {
+            "nodeName": "gpu-node-1",  # refused by a rule, not the schema: it stopped every later check
+            "containers": [{"name": "trainer", "image": "t", "resources": {"limits": {"cpu": "4"}}}],
+        }
     },
     resources={"accelerator": "nvidia-h900", "cpu": "8"},
     training={"tensorParallel": 3},
@@ -40,6 +43,7 @@ EVERY_CHECK = _spec(
     workers={"replicas": 8, "minReplicas": 1, "maxReplicas": 8},
 )
 EVERY_PATH = [
+    "spec.template.spec.nodeName",
     "spec.resources.cpu",
     "spec.training.tensorParallel",
     "spec.workers.replicas",

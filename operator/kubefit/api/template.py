@@ -66,16 +66,6 @@ def _quantity(value: int | str) -> int | str:
     return value
 
 
-def _no_node_name(value: str | None) -> str | None:
-    if value:
-        raise ValueError(
-            f"{echo(value)}: a node name binds every worker to that one node past kube-scheduler and kubefit's "
-            "placement of the gang, which would count the workers on other nodes; to pin workers to nodes, "
-            "use nodeSelector (kubernetes.io/hostname) or a required node affinity"
-        )
-    return value
-
-
 def _unique_names(containers: list[Container]) -> list[Container]:
     seen: set[str] = set()
     for index, container in enumerate(containers):
@@ -248,7 +238,6 @@ class PodSpec(TypedDict):
     nodeName: NotRequired[
         Annotated[
             str | None,
-            AfterValidator(_no_node_name),
             Field(
                 description="Must be empty: workers are placed by kube-scheduler where kubefit's scheduling "
                 "pass counted them. Use nodeSelector or node affinity to pin them."

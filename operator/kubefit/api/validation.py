@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from kubefit.api.crd import openapi_schema
 from kubefit.api.models import FIELD_ERROR, TrainingJobSpec
-from kubefit.api.quantity import exact_quantity, is_quantity
+from kubefit.api.quantity import echo, exact_quantity, is_quantity
 
 _HUGEPAGES = "hugepages-"
 
@@ -173,11 +173,27 @@ def _too_deep(raw: dict[str, Any], limit: int) -> str | None:
 def rule_errors(spec: TrainingJobSpec) -> list[FieldError]:
     """What a schema-valid spec breaks among the rules the pydantic models do not express."""
     return [
+        *_node_name_set(spec),
         *_requests_above_template_limits(spec),
         *_container_requests_above_own_limits(spec),
         *_hugepages_without_cpu_or_memory(spec),
         *_hugepages_not_whole_pages(spec),
         *_tensor_parallel_splits_heads(spec),
+    ]
+
+
+def _node_name_set(spec: TrainingJobSpec) -> list[FieldError]:
+    """A rule, not the schema's: refused with the other faults of the spec, not instead of them."""
+    node_name = spec.template["spec"].get("nodeName")
+    if not node_name:
+        return []
+    return [
+        FieldError(
+            "spec.template.spec.nodeName",
+            f"{echo(node_name)}: a node name binds every worker to that one node past kube-scheduler and "
+            "kubefit's placement of the gang, which would count the workers on other nodes; to pin workers to "
+            "nodes, use nodeSelector (kubernetes.io/hostname) or a required node affinity",
+        )
     ]
 
 
