@@ -124,12 +124,16 @@ def test_busy_devices_add_the_queue_note_only_with_an_inventory() -> None:
     assert note in busy.warnings and note not in free.warnings
 
 
-def test_a_running_job_whose_node_lost_a_device_is_not_said_to_queue() -> None:
-    """Its worker holds 8 devices of a node that now offers 7 (a GPU gone): the job runs on, and only a
-    worker it would create again waits; the operator and `kubefit size --cluster` (checked_spec with the
-    running group) say the same."""
-    raw = raw_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8})
-    inventory = Inventory([NodeInventory("h100-0", "nvidia-h100-80gb", 7, 7)], [])
+def test_a_count_no_node_offers_is_not_also_said_to_wait_for_free_devices() -> None:
+    """16 per worker on a cluster of 8-GPU nodes: "the workers stay Pending until such a node joins" was
+    followed by "the job queues until devices free up", which freed devices never make true."""
+    spec = parse_spec(raw_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 16}))
+    warnings = size_job(spec, CATALOG, Inventory(h100_nodes(2, free=0), [])).sizing.warnings
+    assert "no node offers 16 x nvidia-h100-80gb; the largest has 8" in warnings
+    assert not any("until devices free up" in warning for warning in warnings), warnings
+
+
+def _running_job_warnings(raw: dict[str, Any], inventory: Inventory) -> list[str]:
     worker = WorkerPod("job-worker-0", 0, "pod-0", "Running", node_name="h100-0", controller_uid="uid")
     observation = JobObservation(
         job=JobRef("job", "ns", "uid"),
@@ -140,7 +144,15 @@ def test_a_running_job_whose_node_lost_a_device_is_not_said_to_queue() -> None:
         inventory=inventory,
         now=datetime(2026, 1, 1, tzinfo=UTC),
     )
-    warnings = decide(observation, CATALOG).status.sizing.warnings  # type: ignore[union-attr]
+    return decide(observation, CATALOG).status.sizing.warnings  # type: ignore[union-attr]
+
+
+def test_a_running_job_on_a_busy_cluster_is_not_said_to_queue() -> None:
+    """Its worker runs; no device is free for another: only a worker it would create again waits. The
+    operator and `kubefit size --cluster` (checked_spec with the running group) say the same."""
+    raw = raw_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8})
+    inventory = Inventory([NodeInventory("h100-0", "nvidia-h100-80gb", 8, 0)], [])
+    warnings = _running_job_warnings(raw, inventory)
     note = (
         "not enough free nvidia-h100-80gb now for 8 x nvidia-h100-80gb; its workers keep the devices they "
         "hold, and a new or replacement worker waits until devices free up"
@@ -150,6 +162,20 @@ def test_a_running_job_whose_node_lost_a_device_is_not_said_to_queue() -> None:
     assert checked_spec("job", raw, CATALOG, 64, inventory, running=running)[1].sizing.warnings == warnings
     queued = checked_spec("job", raw, CATALOG, 64, inventory)[1].sizing.warnings
     assert any("the job queues until devices free up" in warning for warning in queued)
+
+
+def test_a_running_job_whose_node_lost_a_device_is_told_no_node_offers_its_count() -> None:
+    """Its worker holds 8 devices of a node that now offers 7 (a GPU gone): no node offers 8, which freed
+    devices do not change, so neither the running job nor a queued one is told to wait for them."""
+    raw = raw_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8})
+    inventory = Inventory([NodeInventory("h100-0", "nvidia-h100-80gb", 7, 7)], [])
+    warnings = _running_job_warnings(raw, inventory)
+    assert "no node offers 8 x nvidia-h100-80gb; the largest has 7" in warnings
+    running = RunningGroup("nvidia-h100-80gb", 8)
+    assert checked_spec("job", raw, CATALOG, 64, inventory, running=running)[1].sizing.warnings == warnings
+    queued = checked_spec("job", raw, CATALOG, 64, inventory)[1].sizing.warnings
+    for told in (warnings, queued):
+        assert not any("until devices free up" in warning for warning in told), told
 
 
 def test_placement_that_rules_out_every_node_plans_the_catalog_and_says_why() -> None:

@@ -981,8 +981,13 @@ def _fit_notes(
     elif workers.min_replicas is not None and outcome.min_workers > workers.min_replicas:
         needs = needs_workers(spec, outcome.min_workers, shown.layout.devices_per_worker)
         notes.append(f"{needs}; the elastic floor is raised from workers.minReplicas {workers.min_replicas}")
-    needed = outcome.option.needed_workers(spec)
-    if pool is not None and pool.workers_placeable(shown.layout.devices_per_worker, free_only=True) < needed:
+    needed, per_worker = outcome.option.needed_workers(spec), shown.layout.devices_per_worker
+    # A count no node offers is told as such (_plan): freed devices would never hold such a worker.
+    if (
+        pool is not None
+        and per_worker <= pool.largest_node
+        and pool.workers_placeable(per_worker, free_only=True) < needed
+    ):
         waits = (
             "its workers keep the devices they hold, and a new or replacement worker waits"
             if has_live_workers
