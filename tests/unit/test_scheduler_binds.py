@@ -17,6 +17,7 @@ from kubefit.controller.cluster import ClusterView
 from kubefit.controller.handlers import WorkerChange, WorkerNews, _after_worker_event, _pass_change
 from kubefit.controller.scheduler import Grant, Scheduler, SchedulerSettings
 from kubefit.decisions.admission import AdmissionPlan, plan_admissions
+from kubefit.decisions.inventory import PodUsage
 from kubefit.decisions.node_match import ANYWHERE
 from kubefit.decisions.observed import WorkerPod
 from kubefit.metrics import OperatorMetrics
@@ -237,8 +238,6 @@ def test_a_bind_between_the_pass_s_workers_read_and_its_usage_read_is_the_job_s_
     reads showed the job's worker unbound in the one and holding 8 GPUs of n2 in the other: counted as another
     workload's, while n2 was still kept for that worker, so the pass lowered the grant (CapacityChanged) and
     the worker was deleted, to be created again at the next pass."""
-    from kubefit.decisions.inventory import PodUsage
-
     cluster = FakeCluster(nodes=[node("n1"), node("n2")], per_worker={KEY: 8})
     scheduler, _ = sync_scheduler()
     scheduler.offer(KEY, demand("a", per_worker=8, min_workers=1, want=2), ANYWHERE, cluster.view())
@@ -255,6 +254,35 @@ def test_a_bind_between_the_pass_s_workers_read_and_its_usage_read_is_the_job_s_
     racing = ClusterView(
         nodes=cluster.view().nodes, usage=usage_after_the_bind, workers=cluster.view().workers
     )
+    scheduler.request("timer", racing)
+    grant = scheduler.grant(KEY, cluster.workers[KEY])
+    assert grant.workers == 2, grant.reason
+    down = scheduler.metrics.registry.get_sample_value(
+        "kubefit_scale_events_total", {"direction": "down", "reason": "CapacityChanged"}
+    )
+    assert not down
+
+
+def test_a_worker_created_and_bound_between_the_pass_s_two_reads_is_the_job_s_own_worker() -> None:
+    """The pass read job a's workers before its reconcile created worker 1, which kube-scheduler bound on the
+    node the pass kept for it before the usage read: in no read of the job's workers, its 8 GPUs counted as
+    another workload's, and the grant was lowered (CapacityChanged)."""
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")], per_worker={KEY: 8})
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(KEY, demand("a", per_worker=8, min_workers=1, want=2), ANYWHERE, cluster.view())
+    cluster.workers[KEY] = [worker("a", 0, "n1")]  # worker 1 not created yet: the pass keeps n2 for it
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(KEY, cluster.workers[KEY]).workers == 2
+
+    def usage_read_after_the_create_and_bind() -> dict[str, list[PodUsage]]:
+        cluster.workers[KEY] = [worker("a", 0, "n1"), worker("a", 1, "n2", phase="Pending")]
+        return {
+            name: [PodUsage(name, {"nvidia.com/gpu": 8}, KEY, ("ns", f"a-worker-{index}", f"uid-a-{index}"))]
+            for index, name in enumerate(("n1", "n2"))
+        }
+
+    view = cluster.view()
+    racing = ClusterView(nodes=view.nodes, usage=usage_read_after_the_create_and_bind, workers=view.workers)
     scheduler.request("timer", racing)
     grant = scheduler.grant(KEY, cluster.workers[KEY])
     assert grant.workers == 2, grant.reason

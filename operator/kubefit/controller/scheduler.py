@@ -62,6 +62,7 @@ from kubefit.decisions.node_sets import (
     bound_as_used,
     device_count,
     node_capacity,
+    unread_workers,
 )
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
 from kubefit.decisions.quota import QuotaState, quota_free
@@ -598,7 +599,10 @@ class Scheduler:
         holdings = {key: demand for key, demand in demands.items() if (entries[key].granted or 0) > 0}
         read = {key: live_workers(_owned(view.workers(key), entries[key].uid)) for key in holdings}
         usage = view.usage()
-        workers = bound_as_used(read, usage)  # a bind between the two reads: the worker is its job's
+        # A worker created or bound between the two reads is its job's own, not another workload's.
+        for key in unread_workers(read, usage):
+            read[key] = live_workers(_owned(view.workers(key), entries[key].uid))
+        workers = bound_as_used(read, usage)
         self._node_devices.keep_only(nodes)
         capacity = node_capacity(nodes, usage, self.catalog, holdings, workers, self._node_devices)
         admitted = [_holding(demand, entries[key], workers[key]) for key, demand in holdings.items()]

@@ -166,6 +166,22 @@ def node_capacity(  # noqa: PLR0913 - what the pass reads, and how it identifies
     return capacity
 
 
+def unread_workers(
+    workers: Mapping[JobKey, Sequence[WorkerPod]], usage: Mapping[str, Iterable[PodUsage]]
+) -> set[JobKey]:
+    """The jobs of `workers` whose pods the usage read shows holding devices where the workers read did not
+    have them: created (and bound) between the two reads. Read again, after the usage, their workers are
+    at least as new as it (a pod of the job that is no live worker of it, terminating or another's, only
+    costs a read)."""
+    read = {pod.uid for pods in workers.values() for pod in pods}
+    return {
+        used.job
+        for on_node in usage.values()
+        for used in on_node
+        if used.job is not None and used.job in workers and used.pod[2] not in read
+    }
+
+
 def bound_as_used(
     workers: Mapping[JobKey, Sequence[WorkerPod]], usage: Mapping[str, Iterable[PodUsage]]
 ) -> Mapping[JobKey, Sequence[WorkerPod]]:
