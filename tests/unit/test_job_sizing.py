@@ -147,6 +147,24 @@ def _running_job_warnings(raw: dict[str, Any], inventory: Inventory) -> list[str
     return decide(observation, CATALOG).status.sizing.warnings  # type: ignore[union-attr]
 
 
+def test_a_count_the_whole_cluster_cannot_hold_is_told_so_not_to_wait_for_free_devices() -> None:
+    """4 workers of 8 H100s on two 8-GPU nodes: "the job queues until devices free up", all 16 free."""
+    spec = parse_spec(
+        raw_spec(
+            resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}, workers={"replicas": 4}
+        )
+    )
+    for free in (8, 0):
+        warnings = size_job(spec, CATALOG, Inventory(h100_nodes(2, free=free), [])).sizing.warnings
+        assert (
+            "the cluster's nvidia-h100-80gb nodes hold at most 2 of the 4 workers of 8 even with every device "
+            "free; the job queues until nodes join"
+        ) in warnings
+        assert not any("until devices free up" in warning for warning in warnings), warnings
+    warnings = size_job(spec, CATALOG, Inventory(h100_nodes(4, free=0), [])).sizing.warnings
+    assert any("the job queues until devices free up" in warning for warning in warnings)
+
+
 def test_a_running_job_on_a_busy_cluster_is_not_said_to_queue() -> None:
     """Its worker runs; no device is free for another: only a worker it would create again waits. The
     operator and `kubefit size --cluster` (checked_spec with the running group) say the same."""

@@ -731,7 +731,8 @@ def test_a_job_that_fits_only_on_more_workers_than_the_operator_runs_is_told_wha
     warnings = job_sizing.sizing.warnings
     assert any("more than this operator runs per job" in warning for warning in warnings), warnings
     assert not any("raise workers.maxReplicas" in warning for warning in warnings)
-    assert any(warning.startswith("Would fit on fewer workers: ") for warning in warnings)
+    (fewer,) = [warning for warning in warnings if warning.startswith("Would fit on fewer workers: ")]
+    assert len(fewer.split("; ")) == 3, fewer  # four found; three named, as in every remedy warning
     check = operator_check("big", 1024)
     for remedy in find_remedies(spec, check=check):
         check(_apply(spec, remedy))

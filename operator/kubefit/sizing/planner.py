@@ -983,16 +983,20 @@ def _fit_notes(
         notes.append(f"{needs}; the elastic floor is raised from workers.minReplicas {workers.min_replicas}")
     needed, per_worker = outcome.option.needed_workers(spec), shown.layout.devices_per_worker
     # A count no node offers is told as such (_plan): freed devices would never hold such a worker.
-    if (
-        pool is not None
-        and per_worker <= pool.largest_node
-        and pool.workers_placeable(per_worker, free_only=True) < needed
-    ):
-        waits = (
-            "its workers keep the devices they hold, and a new or replacement worker waits"
-            if has_live_workers
-            else "the job queues"
+    if pool is None or per_worker > pool.largest_node:
+        return notes
+    waits = (
+        "its workers keep the devices they hold, and a new or replacement worker waits"
+        if has_live_workers
+        else "the job queues"
+    )
+    whole = pool.workers_placeable(per_worker, free_only=False)
+    if whole < needed:
+        notes.append(
+            f"the cluster's {shown.accelerator.name} nodes hold at most {whole} of the {needed} workers of "
+            f"{per_worker} even with every device free; {waits} until nodes join"
         )
+    elif pool.workers_placeable(per_worker, free_only=True) < needed:
         notes.append(
             f"not enough free {shown.accelerator.name} now for {_layout_of(shown, needed)}; "
             f"{waits} until devices free up"
@@ -1053,7 +1057,9 @@ def _without_repeats(remedies: Iterable[Remedy]) -> list[Remedy]:
 def _within_the_limit(remedies: Sequence[Remedy]) -> str:
     if not remedies:
         return "no change the planner tries brings the worker count within what the operator runs"
-    named = "; ".join(f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in remedies)
+    named = "; ".join(
+        f"{remedy.description} -> {sizing_summary(remedy.sizing)}" for remedy in remedies[:MAX_REMEDIES_NAMED]
+    )
     return f"Would fit on fewer workers: {named}"
 
 
@@ -1162,7 +1168,10 @@ def _remedy_search(
     within = [remedy for remedy, in_bounds in found if in_bounds]
     # Those that need more workers, fewest devices first: in the order tried, ZeRO-2 on 1,730 devices came
     # before ZeRO-3 on 8, and a warning naming three hid the cheap one.
-    beyond = sorted((remedy for remedy, in_bounds in found if not in_bounds), key=_devices_needed)
+    beyond = sorted(
+        (remedy for remedy, in_bounds in found if not in_bounds),
+        key=lambda remedy: _device_count(remedy.sizing),
+    )
     if within:
         return within + ([] if within_bounds_only else beyond), notes
     combined = _combined_remedy(spec, search)
@@ -1174,10 +1183,6 @@ def _remedy_search(
         return [], notes
     raised = beyond or ([combined[0]] if combined is not None else [])
     return raised, notes
-
-
-def _devices_needed(remedy: Remedy) -> int:
-    return remedy.sizing.accelerators_per_worker * remedy.sizing.min_workers
 
 
 def _other_tpus(spec: TrainingJobSpec, search: _Search) -> list[Remedy]:
