@@ -1093,3 +1093,36 @@ def test_a_job_that_cannot_fit_even_on_an_empty_cluster_does_not_stop_workers_be
     cluster = [NodeCapacity("n1", H100, 8, 0), NodeCapacity("n2", H100, 8, 8)]
     leaving = Holding(elastic, 2, {"n1": 4}, ("n1",) * 4)
     assert plan([never], [leaving], cluster).grants[key("E")] == 4
+
+
+def test_a_job_whose_leaving_workers_were_given_to_another_does_not_grow_back_over_them() -> None:
+    """x was shrunk to 2 workers for y; its workers 2 and 3 on n2 are still bound (their checkpoint
+    handshake open). A grant of 4 would have decide keep them on n2, the devices counted for y, which would
+    then wait out its gang timeout."""
+    nodes = [NodeCapacity("n1", H100, 8, 0), NodeCapacity("n2", H100, 8, 0), NodeCapacity("n3", H100, 8, 0)]
+    x = Demand(key("x"), 0, 100.0, H100, per_worker=4, min_workers=1, want_workers=4, elastic=True,
+               preemption="Never")  # fmt: skip
+    y = Demand(key("y"), 1, 200.0, H100, per_worker=8, min_workers=1, want_workers=1, elastic=False,
+               preemption="Never", eligible_nodes=frozenset({"n2"}))  # fmt: skip
+    held = Holding(x, 2, {"n1": 2, "n2": 2}, ("n1", "n1", "n2", "n2"))
+    plan = plan_admissions([y], [held], nodes, "BestEffortFIFO", 300.0, 600.0)
+    assert plan.grants[key("y")] == 1
+    assert plan.made_room_for[key("x")] == frozenset({key("y")})
+    assert plan.grants[key("x")] == 2
+
+
+def test_under_strict_fifo_only_the_first_job_that_does_not_fit_keeps_its_nodes_from_a_re_placed_job() -> (
+    None
+):
+    """StrictFIFO has one head of line, the first queued job that does not fit (q1): only its nodes are kept
+    from a re-placed job. The second queued job's (n2, n4) are not, so j's worker lands on n2, the one node
+    with room."""
+    nodes = [NodeCapacity("n1", H100, 8, 8), NodeCapacity("n2", H100, 8, 0), NodeCapacity("n4", H100, 8, 8)]
+    q1 = Demand(key("q1"), 5, 10.0, H100, per_worker=8, min_workers=1, want_workers=1, elastic=False,
+                preemption="Never", eligible_nodes=frozenset({"n1"}))  # fmt: skip
+    q2 = Demand(key("q2"), 5, 20.0, H100, per_worker=8, min_workers=2, want_workers=2, elastic=False,
+                preemption="Never", eligible_nodes=frozenset({"n2", "n4"}))  # fmt: skip
+    j = Demand(key("j"), 0, 5.0, H100, per_worker=8, min_workers=1, want_workers=1, elastic=False,
+               preemption="Never")  # fmt: skip
+    plan = plan_admissions([q1, q2], [Holding(j, 1, {})], nodes, "StrictFIFO", 300.0, 600.0)
+    assert plan.placement[key("j")] == {"n2": 1}, plan

@@ -918,3 +918,48 @@ def test_a_tpu_job_that_may_run_more_than_one_worker_is_warned_that_no_multi_hos
     assert one.min_workers == 1 and not any("TPU slice" in warning for warning in one.warnings)
     gpus = plan(make_spec(model={"parameters": "8B"}, workers={"replicas": 4}))
     assert not any("TPU slice" in warning for warning in gpus.warnings)
+
+
+def _nodes(accelerator: str, count: int, allocatable: int, free: int) -> list[NodeInventory]:
+    return [NodeInventory(f"{accelerator}-{index}", accelerator, allocatable, free) for index in range(count)]
+
+
+def test_a_layout_the_cluster_can_never_hold_loses_to_one_it_can() -> None:
+    """auto ranks layouts the cluster's nodes can hold first: 4 workers of 1 L4 on a cluster of 2 L4s
+    never run, one 8-H100 node holds them (busy now; the job queues for it)."""
+    spec = make_spec(
+        model={"parameters": "300M"},
+        workers={"replicas": 4},
+        resources={"accelerator": "auto", "acceleratorsPerWorker": 1},
+    )
+    inventory = [*_nodes("nvidia-l4", 1, 2, 0), *_nodes("nvidia-h100-80gb", 1, 8, 0)]
+    assert plan(spec, inventory=inventory).accelerator == "nvidia-h100-80gb"
+
+
+def test_an_elastic_job_needs_only_its_floor_placeable() -> None:
+    """An elastic job starts on its floor: one free L4 of two holds its first worker, so the L4 is chosen
+    though its 4 workers would not all fit."""
+    spec = make_spec(
+        model={"parameters": "300M"},
+        workers={"replicas": 4, "minReplicas": 1, "maxReplicas": 4},
+        elastic={"enabled": True},
+        resources={"accelerator": "auto", "acceleratorsPerWorker": 1},
+    )
+    inventory = [*_nodes("nvidia-l4", 1, 2, 2), *_nodes("nvidia-h100-80gb", 1, 8, 8)]
+    assert plan(spec, inventory=inventory).accelerator == "nvidia-l4"
+
+
+def test_an_elastic_single_device_floor_is_sized_at_two_workers_too() -> None:
+    """A floor of one device has no data-parallel buffers; two workers do: the estimate reported is the
+    larger, so the job still fits once it grows."""
+    spec = make_spec(
+        model={"parameters": "1M"},
+        workers={"replicas": 8, "minReplicas": 1, "maxReplicas": 8},
+        elastic={"enabled": True},
+        training={"sharding": "fsdp"},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
+    )
+    device = CATALOG.get("nvidia-h100-80gb")
+    assert device is not None
+    at_two = estimate(spec, device, Layout(devices_per_worker=1, workers=2)).total
+    assert plan(spec).per_device_bytes >= at_two > estimate(spec, device, Layout(1, 1)).total

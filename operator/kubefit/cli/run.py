@@ -342,7 +342,7 @@ def _add_scheduling_arguments(parser: argparse.ArgumentParser) -> None:
         type=_non_negative_seconds,
         default=300.0,
         metavar="S",
-        help="BestEffortFIFO: once the first job that does not fit has waited this long, nothing behind it "
+        help="BestEffortFIFO: once the first job that does not fit has waited longer than this, nothing behind it "
         "takes devices it needs (default 300)",
     )
     parser.add_argument(
