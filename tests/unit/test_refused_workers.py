@@ -342,13 +342,14 @@ def test_a_gang_refused_long_enough_gives_its_grant_back_in_the_pass_that_sees_i
 
     from kubefit.decisions import running
 
-    monkeypatch.setattr(refusals_module, "REFUSED_FOR_SECONDS", 0.5)
-    monkeypatch.setattr(running, "REFUSED_FOR_SECONDS", 0.5)
+    # 2 s: room for a loaded machine between the two first refusals, which must count as moments apart.
+    monkeypatch.setattr(refusals_module, "REFUSED_FOR_SECONDS", 2.0)
+    monkeypatch.setattr(running, "REFUSED_FOR_SECONDS", 2.0)
     preempting_for_refused_workers(harness, {"llama-worker-0": PSA, "llama-worker-1": PSA})
     both_reconciled(harness)
     assert harness.condition("Admitted")["status"] == "True"  # refused moments apart: kept
-    time.sleep(0.6)
-    harness.reconcile("retry")  # refused again, 0.6 s after the first: the same call gives the grant back
+    time.sleep(2.1)
+    harness.reconcile("retry")  # refused again, 2.1 s after the first: the same call gives the grant back
     admitted = harness.condition("Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout"), admitted
     assert "the API server refused worker llama-worker-0" in admitted["message"]
