@@ -233,6 +233,24 @@ def test_worker_bound_is_safe_to_call_from_event_threads() -> None:
     assert scheduler.grant(KEY, cluster.workers[KEY]) == Grant(2, None, "Admitted: 2 workers", frozenset())
 
 
+def _two_bound_workers_in_usage() -> dict[str, list[PodUsage]]:
+    """Job a's workers 0 and 1 holding 8 GPUs each on n1 and n2, as the usage read sees them."""
+    return {
+        name: [PodUsage(name, {"nvidia.com/gpu": 8}, KEY, ("ns", f"a-worker-{index}", f"uid-a-{index}"))]
+        for index, name in enumerate(("n1", "n2"))
+    }
+
+
+def _assert_a_pass_keeps_both_workers(scheduler: Scheduler, view: ClusterView, cluster: FakeCluster) -> None:
+    scheduler.request("timer", view)
+    grant = scheduler.grant(KEY, cluster.workers[KEY])
+    assert grant.workers == 2, grant.reason
+    down = scheduler.metrics.registry.get_sample_value(
+        "kubefit_scale_events_total", {"direction": "down", "reason": "CapacityChanged"}
+    )
+    assert not down
+
+
 def test_a_bind_between_the_pass_s_workers_read_and_its_usage_read_is_the_job_s_own_worker() -> None:
     """A pass reads each admitted job's workers, then the devices bound pods hold. A bind between the two
     reads showed the job's worker unbound in the one and holding 8 GPUs of n2 in the other: counted as another
@@ -245,22 +263,9 @@ def test_a_bind_between_the_pass_s_workers_read_and_its_usage_read_is_the_job_s_
     scheduler.request("pod", cluster.view())
     assert scheduler.grant(KEY, cluster.workers[KEY]).workers == 2
 
-    def usage_after_the_bind() -> dict[str, list[PodUsage]]:
-        return {
-            name: [PodUsage(name, {"nvidia.com/gpu": 8}, KEY, ("ns", f"a-worker-{index}", f"uid-a-{index}"))]
-            for index, name in enumerate(("n1", "n2"))
-        }
-
-    racing = ClusterView(
-        nodes=cluster.view().nodes, usage=usage_after_the_bind, workers=cluster.view().workers
-    )
-    scheduler.request("timer", racing)
-    grant = scheduler.grant(KEY, cluster.workers[KEY])
-    assert grant.workers == 2, grant.reason
-    down = scheduler.metrics.registry.get_sample_value(
-        "kubefit_scale_events_total", {"direction": "down", "reason": "CapacityChanged"}
-    )
-    assert not down
+    view = cluster.view()
+    racing = ClusterView(nodes=view.nodes, usage=_two_bound_workers_in_usage, workers=view.workers)
+    _assert_a_pass_keeps_both_workers(scheduler, racing, cluster)
 
 
 def test_a_worker_created_and_bound_between_the_pass_s_two_reads_is_the_job_s_own_worker() -> None:
@@ -276,17 +281,8 @@ def test_a_worker_created_and_bound_between_the_pass_s_two_reads_is_the_job_s_ow
 
     def usage_read_after_the_create_and_bind() -> dict[str, list[PodUsage]]:
         cluster.workers[KEY] = [worker("a", 0, "n1"), worker("a", 1, "n2", phase="Pending")]
-        return {
-            name: [PodUsage(name, {"nvidia.com/gpu": 8}, KEY, ("ns", f"a-worker-{index}", f"uid-a-{index}"))]
-            for index, name in enumerate(("n1", "n2"))
-        }
+        return _two_bound_workers_in_usage()
 
     view = cluster.view()
     racing = ClusterView(nodes=view.nodes, usage=usage_read_after_the_create_and_bind, workers=view.workers)
-    scheduler.request("timer", racing)
-    grant = scheduler.grant(KEY, cluster.workers[KEY])
-    assert grant.workers == 2, grant.reason
-    down = scheduler.metrics.registry.get_sample_value(
-        "kubefit_scale_events_total", {"direction": "down", "reason": "CapacityChanged"}
-    )
-    assert not down
+    _assert_a_pass_keeps_both_workers(scheduler, racing, cluster)
