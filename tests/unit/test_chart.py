@@ -236,6 +236,28 @@ def test_bad_values_are_refused(bad: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (["--metrics-port=9999"], "--metrics-port is set by the chart from metrics.port"),
+        (["--metrics=9999"], "--metrics-port is set by the chart from metrics.port"),  # argparse's prefix
+        (["--checkpoint-port", "7000"], "--checkpoint-port is set by the chart from checkpoint.port"),
+        (["--leader-election-lease-name=other"], "from leaderElection.leaseName"),
+        (["-n", "team-a"], "-n is set by the chart from watchNamespaces"),
+        (["--verbose", "--bind-address=::", "--leader-election-lease-seconds=30"], None),
+    ],
+    ids=["metrics-port", "metrics-port-prefix", "checkpoint-port", "lease-name", "namespace-short", "own-flags"],
+)
+def test_extra_args_may_not_repeat_a_flag_the_chart_sets(args: list[str], refused: str | None) -> None:
+    """argparse keeps the last of a repeated flag: extraArgs [--metrics-port=9999] moved the listener off
+    the port the Service and ServiceMonitor target, silently; a lease name off the one the Role names."""
+    result = _helm("template", RELEASE, str(CHART), "--set-json", f"extraArgs={json.dumps(args)}")
+    if refused is None:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode != 0 and refused in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
     ("change", "path"),
     [
         ({"perNode": [1, 128]}, "perNode"),  # the loader takes 1 to 64

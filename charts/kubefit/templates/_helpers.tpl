@@ -155,6 +155,25 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
 {{- if ne (len (uniq $ports)) (len $ports) }}
 {{- fail (printf "metrics.port, liveness.port, checkpoint.port and webhook.port must differ (got %v)" $ports) }}
 {{- end }}
+{{- /*
+A flag the chart sets, given again in extraArgs, wins silently (argparse keeps the last, and takes a prefix
+of a flag for it): a metrics or checkpoint port off the one the Service targets, a Lease the Role does not
+name. Each is set through its value instead.
+*/}}
+{{- $managed := dict "--namespace" "watchNamespaces" "--all-namespaces" "watchNamespaces" "--metrics-port" "metrics.port" "--liveness-port" "liveness.port" "--max-workers-per-job" "maxWorkersPerJob" "--cluster-domain" "clusterDomain" "--admission-policy" "admission.policy" "--head-of-line-timeout-seconds" "admission.headOfLineTimeoutSeconds" "--checkpoint-port" "checkpoint.port" "--checkpoint-url" "checkpoint.url" "--checkpoint-key-file" "checkpoint.existingSecret" "--webhook-port" "webhook.port" "--webhook-cert-file" "webhook.existingSecret" "--webhook-key-file" "webhook.existingSecret" "--leader-election" "leaderElection.enabled" "--leader-election-lease-name" "leaderElection.leaseName" "--leader-election-namespace" "the release's namespace" }}
+{{- range .Values.extraArgs }}
+{{- $name := index (splitList "=" (toString .)) 0 }}
+{{- if and (hasPrefix "-" $name) (not (hasPrefix "--" $name)) (or (hasPrefix "-n" $name) (hasPrefix "-A" $name)) }}
+{{- fail (printf "extraArgs: %s is set by the chart from watchNamespaces; set that value instead" $name) }}
+{{- end }}
+{{- if and (hasPrefix "--" $name) (gt (len $name) 2) }}
+{{- range $flag, $value := $managed }}
+{{- if hasPrefix $name $flag }}
+{{- fail (printf "extraArgs: %s is set by the chart from %s; set that value instead (given twice, the last would win silently)" $flag $value) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- /* The Deployment's selector labels are the pod's: podLabels may repeat them but not change them. */}}
 {{- range $key, $value := include "kubefit.selectorLabels" . | fromYaml }}
 {{- if and (hasKey $.Values.podLabels $key) (ne (toString (get $.Values.podLabels $key)) (toString $value)) }}
