@@ -245,7 +245,14 @@ def test_bad_values_are_refused(bad: list[str]) -> None:
         (["-n", "team-a"], "-n is set by the chart from watchNamespaces"),
         (["--verbose", "--bind-address=::", "--leader-election-lease-seconds=30"], None),
     ],
-    ids=["metrics-port", "metrics-port-prefix", "checkpoint-port", "lease-name", "namespace-short", "own-flags"],
+    ids=[
+        "metrics-port",
+        "metrics-port-prefix",
+        "checkpoint-port",
+        "lease-name",
+        "namespace-short",
+        "own-flags",
+    ],
 )
 def test_extra_args_may_not_repeat_a_flag_the_chart_sets(args: list[str], refused: str | None) -> None:
     """argparse keeps the last of a repeated flag: extraArgs [--metrics-port=9999] moved the listener off
