@@ -2521,3 +2521,11 @@ def test_a_grant_lowered_because_workers_no_longer_fit_is_a_scale_down() -> None
     assert admitted["message"] == "2 of 4 workers granted: 2 workers no longer fit on nvidia-h100-80gb nodes"
     assert status_of(lost)["checkpoint"]["reason"] == "ScaledDown"
     assert ("Normal", "ScaledDown") in events_of(lost) and ("Normal", "Admitted") not in events_of(lost)
+
+
+def test_the_demand_says_whether_worker_0_hosts_the_rendezvous() -> None:
+    """decide keeps worker 0 whatever the grant where it hosts the rendezvous; under framework none only
+    while it lives. The pass counts its reserved place the same way (Demand.host_kept)."""
+    for framework, kept in (("pytorch", True), ("jax", True), ("none", False)):
+        demand = decide(observe(elastic_spec(framework=framework), grant=None), CATALOG).demand
+        assert demand is not None and demand.host_kept is kept, framework

@@ -286,3 +286,21 @@ def test_a_worker_created_and_bound_between_the_pass_s_two_reads_is_the_job_s_ow
     view = cluster.view()
     racing = ClusterView(nodes=view.nodes, usage=usage_read_after_the_create_and_bind, workers=view.workers)
     _assert_a_pass_keeps_both_workers(scheduler, racing, cluster)
+
+
+def test_an_unbound_worker_0_is_kept_as_decide_keeps_it_under_each_framework() -> None:
+    """Holding.first_unbound: a shrink frees none of the reserved places of a worker 0 decide keeps. Under
+    framework none decide keeps only a live worker 0: with none (it succeeded, or was removed), the place
+    reserved for a new worker is one a shrink frees, and counting it kept took a running worker instead."""
+    from dataclasses import replace
+
+    from kubefit.controller.scheduler import _first_kept_unbound
+
+    hosting = demand("a", per_worker=8, min_workers=1, want=4)
+    none = replace(hosting, host_kept=False)
+    without_0 = [worker("a", 1, "n1"), worker("a", 2, "n2")]
+    assert _first_kept_unbound(hosting, without_0) and not _first_kept_unbound(none, without_0)
+    waiting_0 = [worker("a", 0, None, phase="Pending"), *without_0]
+    assert _first_kept_unbound(hosting, waiting_0) and _first_kept_unbound(none, waiting_0)
+    bound_0 = [worker("a", 0, "n0"), *without_0]
+    assert not _first_kept_unbound(hosting, bound_0) and not _first_kept_unbound(none, bound_0)

@@ -846,11 +846,19 @@ def _charged(pods: Iterable[WorkerPod], now: datetime) -> int:
     )
 
 
+def _first_kept_unbound(demand: Demand, workers: Sequence[WorkerPod]) -> bool:
+    """Holding.first_unbound from the job's live workers: a rendezvous host not bound (or not created yet);
+    under framework none, which decide keeps only while it lives, a live worker 0 not bound."""
+    if demand.host_kept:
+        return not any(pod.index == 0 and pod.node_name for pod in workers)
+    return any(pod.index == 0 and not pod.node_name for pod in workers)
+
+
 def _holding(demand: Demand, entry: _Entry, workers: Sequence[WorkerPod]) -> Holding:
     """An admitted job as the pass sees it: its grant, its bound workers, the places still reserved."""
     placed = _placed(workers)
     reserved = _still_reserved(entry.reserved, entry.counted, placed)
-    first_unbound = not any(pod.index == 0 and pod.node_name for pod in workers)
+    first_unbound = _first_kept_unbound(demand, workers)
     return Holding(demand, entry.granted or 0, placed, _nodes_by_index(workers), reserved, first_unbound)
 
 

@@ -89,6 +89,9 @@ class Demand:
     # whose shrink or preemption frees the quota too), and counts its grant in the budget either way.
     quota_claims: tuple[QuotaClaim, ...] = ()
     quota_exempt: bool = False
+    # Worker 0 hosts the rendezvous (framework pytorch or jax): decide keeps it whatever the grant, created or
+    # not. Under framework none only a live worker 0 is kept (decisions/workers._zero_pinned).
+    host_kept: bool = True
 
     @property
     def waiting_since(self) -> float:
@@ -119,8 +122,8 @@ class Holding:
     # Where the last pass reserved its unbound workers (AdmissionPlan.reserved). They are reserved there again
     # while those nodes have room: the workers created since prefer those nodes (builders/placement.py).
     reserved: Mapping[str, int] = field(default_factory=dict)
-    # Worker 0 is not bound (not created yet, or waiting for a node): decide keeps it whatever the grant
-    # (it hosts the rendezvous), so a shrink frees none of its reserved places for it.
+    # Worker 0 is not bound (not created yet, or waiting for a node) and decide keeps it whatever the grant
+    # (Demand.host_kept, or a live one), so a shrink frees none of its reserved places for it.
     first_unbound: bool = False
 
 

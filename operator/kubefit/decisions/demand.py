@@ -41,4 +41,5 @@ def job_demand(
         preemption=spec.scheduling.preemption,
         eligible_nodes=eligible,
         worker_step=bounds.step if elastic else 1,
+        host_kept=spec.framework != "none",
     )
