@@ -1126,3 +1126,12 @@ def test_under_strict_fifo_only_the_first_job_that_does_not_fit_keeps_its_nodes_
                preemption="Never")  # fmt: skip
     plan = plan_admissions([q1, q2], [Holding(j, 1, {})], nodes, "StrictFIFO", 300.0, 600.0)
     assert plan.placement[key("j")] == {"n2": 1}, plan
+
+
+def test_an_elastic_job_started_on_fewer_than_it_wants_is_told_why_not_its_count() -> None:
+    """The reason read "Admitted: 3 workers", and the job "3 of 4 workers granted: 3 workers"."""
+    result = plan([job("e", per_worker=8, min_workers=1, want=4)], [], nodes(3))
+    assert result.grants[key("e")] == 3
+    assert result.reasons[key("e")] == "Admitted: no room now for 1 more worker"
+    whole = plan([job("w", per_worker=8, min_workers=1, want=2)], [], nodes(3))
+    assert whole.reasons[key("w")] == "Admitted: 2 workers"

@@ -2529,3 +2529,8 @@ def test_the_demand_says_whether_worker_0_hosts_the_rendezvous() -> None:
     for framework, kept in (("pytorch", True), ("jax", True), ("none", False)):
         demand = decide(observe(elastic_spec(framework=framework), grant=None), CATALOG).demand
         assert demand is not None and demand.host_kept is kept, framework
+
+
+def test_one_worker_granted_is_said_in_the_singular() -> None:
+    decision = decide(observe(elastic_spec(replicas=1, minimum=1, maximum=4), grant=1), CATALOG)
+    assert condition(decision, "Admitted")["message"] == "1 worker granted"

@@ -304,3 +304,16 @@ def test_an_unbound_worker_0_is_kept_as_decide_keeps_it_under_each_framework() -
     assert _first_kept_unbound(hosting, waiting_0) and _first_kept_unbound(none, waiting_0)
     bound_0 = [worker("a", 0, "n0"), *without_0]
     assert not _first_kept_unbound(hosting, bound_0) and not _first_kept_unbound(none, bound_0)
+
+
+def test_a_reason_naming_the_count_wanted_then_is_dropped_when_the_job_wants_another() -> None:
+    """Scaled from 2 to 1, then to 3 while the leaving worker still held its node: no pass changed the
+    grant, so "ScaledDown: wants 1" stood for five minutes, with a ScaledDown event on the scale-up."""
+    cluster = FakeCluster(nodes=[node("n1")], per_worker={KEY: 8})
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(KEY, demand("a", per_worker=8, min_workers=1, want=1), ANYWHERE, cluster.view())
+    assert scheduler.grant(KEY, []) == Grant(1, None, "Admitted: 1 worker", frozenset())
+    cluster.workers[KEY] = [worker("a", 0, "n1")]
+    scheduler.offer(KEY, demand("a", per_worker=8, min_workers=1, want=3), ANYWHERE, cluster.view())
+    grant = scheduler.grant(KEY, cluster.workers[KEY])
+    assert (grant.workers, grant.reason) == (1, None)  # no room for more: the job says so itself

@@ -327,6 +327,11 @@ class Scheduler:
             else:
                 entry.uid = uid or entry.uid
                 changed = entry.demand != demand or entry.placement != placement
+                wanted = entry.demand.want_workers if entry.demand is not None else None
+                if wanted != demand.want_workers and _tells_the_want(entry.reason):
+                    # "ScaledDown: wants 1" would stand for a job since scaled to 3 whose grant no pass
+                    # changes yet (its leaving worker still holds the devices): told afresh, not as a scale-down.
+                    entry.reason = None
                 entry.demand = demand
                 if entry.placement != placement:  # an equal one is kept: `eligible` stays good for it
                     entry.placement = placement
@@ -844,6 +849,12 @@ def _charged(pods: Iterable[WorkerPod], now: datetime) -> int:
     return sum(
         1 for pod in pods if pod.index is not None and not pod.finished and not pod.stuck_terminating(now)
     )
+
+
+def _tells_the_want(reason: str | None) -> bool:
+    """A pass's reason that names the worker count the job wanted then (or the count it was granted)."""
+    word = (reason or "").partition(":")[0].strip()
+    return word in (Reason.SCALED_DOWN, Reason.SCALED_UP, Reason.ADMITTED)
 
 
 def _first_kept_unbound(demand: Demand, workers: Sequence[WorkerPod]) -> bool:

@@ -1440,6 +1440,8 @@ def _reason(job: _Job) -> str | None:
     if job.grant == job.before:
         return None
     if not job.admitted:
+        if job.grant < job.target:  # an elastic job started on fewer than it wants: why, not the count
+            return f"{ADMITTED}: no room now for {_plural(job.target - job.grant, 'more worker')}"
         return f"{ADMITTED}: {_plural(job.grant, 'worker')}"
     if job.grant > job.before:
         unplaced = job.grant - job.placed  # a non-elastic gang resized beyond the room there is

@@ -1033,7 +1033,7 @@ def _grant_why(ctx: JobContext, plan: _Plan) -> str | None:
 def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
     wanted = ctx.bounds.desired
     if plan.target >= wanted:
-        message = f"{plan.target} workers granted"
+        message = f"{plan.target} worker{'' if plan.target == 1 else 's'} granted"
     else:
         # Held below it (the training ended, a raised minimum not granted yet): why, rather than capacity.
         why = plan.capped or _grant_why(ctx, plan) or plan.hold or _NO_CAPACITY
