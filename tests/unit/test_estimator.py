@@ -1392,3 +1392,16 @@ def test_the_assumed_shape_s_layers_times_width_falls_once_as_the_parameters_gro
             falls.append((before[0], shape.layers, shape.hidden))
         before, parameters = (int(parameters), shape.layers * shape.hidden), parameters * 1.001
     assert len(falls) == 1 and 65.0e6 < falls[0][0] < 65.5e6 and falls[0][1:] == (6, 512), falls
+
+
+@pytest.mark.parametrize("sharding", ["zero1", "zero2", "zero3", "fsdp"])
+def test_gradients_offloaded_from_one_replica_pass_through_the_reduce_bucket(sharding: str) -> None:
+    """ZeRO-Offload on one GPU: the backward still makes every gradient on the device and DeepSpeed copies
+    them out through its reduce bucket (5e8 elements), allocated whatever the world size. One replica was
+    sized with no gradient memory at all: Llama-3-8B ZeRO-2 on one A10G at 19.9 GiB, 'fits', and 21.0 GiB
+    on two."""
+    spec = job(sharding=sharding, offload="optimizer", activationCheckpointing="full")
+    alone = estimate(spec, H100, Layout(1, 1))
+    assert alone.communication_buffers >= 500_000_000 * 2  # the bf16 bucket
+    if sharding in ("zero1", "zero2"):  # nothing sharded: one replica holds what each of two holds
+        assert alone.total == estimate(spec, H100, Layout(2, 1)).total

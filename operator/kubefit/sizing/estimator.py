@@ -1118,9 +1118,11 @@ def _communication_buffers(
     offloaded = spec.training.offload == "optimizer-and-parameters" and not sharding.stage_held_whole
     if sharding.strategy == "zero3" and (sharding.weight_shards > 1 or offloaded):
         communication = _gathered_units(spec.training, shape, share, on_device)
-    elif sharding.data_parallel == 1:
+    elif sharding.data_parallel == 1 and (spec.training.offload == "none" or sharding.strategy == "none"):
         communication = 0.0  # a single replica communicates nothing
     elif sharding.strategy in ("zero1", "zero2", "zero3"):
+        # With offload, one replica too: the gradients leave the device through the reduce bucket (DeepSpeed
+        # allocates it whatever the world size; ZeRO-Offload on one GPU copies each filled bucket out).
         # The reduce bucket; the all-gather of updated parameters writes into the flat parameter buffer.
         communication = min(ZERO_BUCKET_ELEMENTS, on_device.trainable) * sharding.per_parameter.gradients
     else:
