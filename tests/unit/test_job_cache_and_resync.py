@@ -326,3 +326,25 @@ def test_an_index_read_that_meets_a_store_deleted_under_it_is_read_again() -> No
     )
     assert view.nodes() == [node]
     assert {name: list(pods) for name, pods in view.usage().items()} == {"n1": [usage]}
+
+
+def test_a_worker_s_unschedulable_reason_is_read_while_it_is_not_bound() -> None:
+    from kubefit.decisions.observed import worker_from_pod
+
+    body = pod(uid="p1")
+    body["status"]["conditions"] = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/3 nodes:\n " + "x" * 300,
+        }
+    ]
+    worker = worker_from_pod(body)
+    assert worker is not None and worker.unschedulable is not None
+    assert worker.unschedulable.startswith("0/3 nodes: x") and len(worker.unschedulable) == 200
+    body["spec"]["nodeName"] = "n1"  # bound since: the old condition is no reason any more
+    assert worker_from_pod(body).unschedulable is None  # type: ignore[union-attr]
+    body["spec"].pop("nodeName")
+    body["status"]["conditions"][0]["reason"] = "SchedulingGated"
+    assert worker_from_pod(body).unschedulable is None  # type: ignore[union-attr]

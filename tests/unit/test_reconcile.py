@@ -2534,3 +2534,21 @@ def test_the_demand_says_whether_worker_0_hosts_the_rendezvous() -> None:
 def test_one_worker_granted_is_said_in_the_singular() -> None:
     decision = decide(observe(elastic_spec(replicas=1, minimum=1, maximum=4), grant=1), CATALOG)
     assert condition(decision, "Admitted")["message"] == "1 worker granted"
+
+
+def test_why_kube_scheduler_cannot_place_a_worker_is_in_the_ready_message_and_the_gang_timeout() -> None:
+    """A claim the template names that does not exist (the bert example on a cluster without it): the job
+    said "0/2 workers running" for five minutes, then a gang timeout, again and again; only kubectl
+    describe pod said why."""
+    why = 'persistentvolumeclaim "bert-output" not found'
+    failed = decide(observe(pods=[pod(0), pod(1, "Failed")]), CATALOG)
+    pending = [replace(pod(index, "Pending", node=None), unschedulable=why) for index in (0, 1)]
+    waiting = decide(observe(pods=pending, status=failed.status, now=NOW + timedelta(seconds=60)), CATALOG)
+    assert (
+        condition(waiting, "Ready")["message"]
+        == f"0/2 workers running; llama-worker-0 not scheduled (and 1 more): {why}"
+    )
+    late = decide(observe(pods=pending, status=failed.status, now=NOW + timedelta(seconds=305)), CATALOG)
+    released = condition(late, "Admitted")
+    assert released["reason"] == "GangTimeout"
+    assert released["message"].endswith(f"; llama-worker-0 not scheduled (and 1 more): {why}")

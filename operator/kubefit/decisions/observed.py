@@ -62,6 +62,9 @@ class WorkerPod:
     # The extended resources the pod holds (decisions/pod_requests.py), as (name, count) pairs; empty for a
     # worker built without its manifest's resources.
     devices: tuple[tuple[str, int], ...] = ()
+    # Not bound, and kube-scheduler said why (condition PodScheduled=False, reason Unschedulable): its
+    # message (a claim not found, a node selector nothing matches, too little CPU), cut short.
+    unschedulable: str | None = None
     # Bound to a node that is not Ready (the controller's view): it may run on, but unreachable; the
     # scheduling pass counts nothing on such a node, and the worker is taken as not running.
     node_lost: bool = False
@@ -149,7 +152,31 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         exit_code=exit_code,
         exit_reason=exit_reason,
         outlived_by_sidecar=outlived_by_sidecar,
+        unschedulable=_unschedulable(pod),
     )
+
+
+# kube-scheduler's message names every node's verdict: the start of it is what a status can carry.
+_UNSCHEDULABLE_SHOWN = 200
+
+
+def _unschedulable(pod: Mapping[str, Any]) -> str | None:
+    """kube-scheduler's reason an unbound pod waits (PodScheduled=False, Unschedulable); None otherwise."""
+    if (pod.get("spec") or {}).get("nodeName"):
+        return None
+    conditions = (pod.get("status") or {}).get("conditions")
+    for condition in conditions if isinstance(conditions, list) else ():
+        if (
+            isinstance(condition, Mapping)
+            and condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            message = " ".join(str(condition.get("message") or "no reason given").split())
+            if len(message) > _UNSCHEDULABLE_SHOWN:
+                message = message[: _UNSCHEDULABLE_SHOWN - 1] + "…"
+            return message
+    return None
 
 
 def _worker_phase(pod: Mapping[str, Any]) -> tuple[str, bool]:

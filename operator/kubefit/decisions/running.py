@@ -1081,7 +1081,7 @@ def gang_timeout(
     message = (
         f"{placed} of {target} admitted workers were placed on a node {timeout} s after {since} "
         f"(spec.scheduling.gangTimeoutSeconds); every worker is deleted and the job asks for admission "
-        f"again in {wait:.0f} s (gang timeout {gang.retries})"
+        f"again in {wait:.0f} s (gang timeout {gang.retries}){unscheduled_note(ctx)}"
     )
     if refused:
         message = (
@@ -1190,7 +1190,10 @@ def _readiness(
         ConditionUpdate(ConditionType.READY, "True", Reason.ALL_WORKERS_READY, counts)
         if ready >= desired
         else ConditionUpdate(
-            ConditionType.READY, "False", Reason.WORKERS_NOT_READY, counts + _held_names(ctx, held)
+            ConditionType.READY,
+            "False",
+            Reason.WORKERS_NOT_READY,
+            counts + _held_names(ctx, held) + unscheduled_note(ctx),
         ),
         _running_condition(ctx, ready, desired, counts),
     ]
@@ -1198,6 +1201,20 @@ def _readiness(
 
 # Workers waiting for an old pod's name that a message names, at most (the rest: "...").
 _HELD_SHOWN = 3
+
+
+def unscheduled_note(ctx: JobContext) -> str:
+    """ "; worker N not scheduled: <kube-scheduler's message>" for the lowest-indexed live worker that
+    kube-scheduler could not place, with how many more wait so; "" when none. Only kubectl describe pod
+    said why a job's workers stayed Pending (a PersistentVolumeClaim not found, a node selector)."""
+    waiting = sorted(
+        (pod for pod in ctx.live if pod.unschedulable),
+        key=lambda pod: (pod.index is None, pod.index or 0),
+    )
+    if not waiting:
+        return ""
+    more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+    return f"; {waiting[0].name} not scheduled{more}: {waiting[0].unschedulable}"
 
 
 def _held_names(ctx: JobContext, held: Sequence[WorkerPod]) -> str:
