@@ -98,3 +98,23 @@ def test_example_runs_on_matching_nodes(
     assert columns["WORKERS"] == f"{len(pods)}/{len(pods)}"
     assert columns["ACCELERATOR"] == sizing["accelerator"]
     assert columns["FITS"] == "true"
+
+
+def test_an_example_whose_claim_is_missing_says_why_its_workers_wait(
+    kube: Kube, namespace: str, add_pool: Callable[..., PrivatePool]
+) -> None:
+    """bert-large-dp as shipped, without its PersistentVolumeClaim: kube-scheduler cannot place a worker,
+    and the job's Ready message says so (it said only "0/4 workers running" until each gang timeout)."""
+    pool = add_pool(*example_pool_shapes())
+    manifest = yaml.safe_load(EXAMPLES[0].with_name("bert-large-dp.yaml").read_text())
+    manifest["metadata"]["namespace"] = namespace
+    manifest = pool.pin(manifest)
+    kube.apply(manifest)
+    name = manifest["metadata"]["name"]
+
+    def told() -> str | None:
+        message = (kube.condition(namespace, name, "Ready") or {}).get("message") or ""
+        return message if 'persistentvolumeclaim "bert-output" not found' in message else None
+
+    message = wait_for("the Ready message to name the missing claim", told, timeout=90)
+    assert "not scheduled" in message and "workers running" in message, message
