@@ -721,7 +721,11 @@ class Scheduler:
                     entry.reason = reason or entry.reason
                     if granted != entry.granted:
                         logger.info(
-                            "%s/%s: %s -> %d workers (%s)", *key, entry.granted, granted, entry.reason
+                            "%s/%s: %d -> %d workers (%s)",
+                            *key,
+                            entry.granted or 0,
+                            granted,
+                            entry.reason or waiting or "no reason given",
                         )
                 held = key in awaiting
                 if held != entry.places_held:
