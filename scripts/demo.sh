@@ -87,9 +87,17 @@ main() {
     echo $! > "$OPERATOR_PID"
   fi
 
+  job=$("$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["metadata"]["name"])' examples/quickstart.yaml)
+  # A quickstart left from an earlier demo that has finished (its worker ended) would never be Running
+  # again: it is started afresh.
+  local before
+  before=$(kubectl get tj "$job" -o jsonpath='{.status.phase}' 2>/dev/null || true)
+  if [ "$before" = "Succeeded" ] || [ "$before" = "Failed" ]; then
+    echo "==> TrainingJob $job from an earlier demo has $before: deleting it to start it again"
+    kubectl delete tj "$job" --wait=true
+  fi
   echo "==> applying examples/quickstart.yaml"
   kubectl apply -f examples/quickstart.yaml
-  job=$("$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["metadata"]["name"])' examples/quickstart.yaml)
   echo "==> waiting for TrainingJob $job to be Running"
   local waited=0
   wait_until_running "$job" || waited=$?
