@@ -1278,14 +1278,12 @@ def _stage_estimate(
 
 
 def _gradients_follow_the_forward(spec: TrainingJobSpec, sharding: _Sharding) -> bool:
-    """Full training on one replica, without sharding, accumulation or model parallelism: the
+    """Full training on one replica, without sharding, accumulation, model parallelism or offload: the
     last step's gradients were freed (`zero_grad(set_to_none=True)`, PyTorch's default since 2.0) and
     autograd creates each one as the backward reaches it, freeing activations as it goes, so gradients
     and the forward's activations never coexist (measured on an H200: docs/data/gpu-measurements.md,
     "Where in the step the peak happens"). Under DDP the gradient buckets, and under accumulation the
-    gradients, are there through the forward, so those keep the sum. Offload without sharding moves the
-    optimizer's state and step to the host and changes none of this (sharded, its flat gradient partitions
-    stay: the sum)."""
+    gradients, are there through the forward, so those keep the sum."""
     training = spec.training
     return (
         spec.model.finetuning.method == "full"
@@ -1294,6 +1292,7 @@ def _gradients_follow_the_forward(spec: TrainingJobSpec, sharding: _Sharding) ->
         and training.tensor_parallel == 1
         and training.pipeline_parallel == 1
         and (training.gradient_accumulation or 1) == 1
+        and training.offload == "none"
         and not training.optimizer_in_backward
     )
 
