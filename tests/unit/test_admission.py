@@ -1135,3 +1135,18 @@ def test_an_elastic_job_started_on_fewer_than_it_wants_is_told_why_not_its_count
     assert result.reasons[key("e")] == "Admitted: no room now for 1 more worker"
     whole = plan([job("w", per_worker=8, min_workers=1, want=2)], [], nodes(3))
     assert whole.reasons[key("w")] == "Admitted: 2 workers"
+
+
+def test_growth_held_by_a_quota_is_told_as_the_quota_not_as_room() -> None:
+    """A quota with room for one of two workers, three free nodes: "no room now for 1 more worker" sent the
+    user to look for capacity that was there."""
+    from decimal import Decimal
+
+    from kubefit.decisions.quota import QuotaClaim, QuotaState
+
+    claim = QuotaClaim(("ml", "gpu-quota", "requests.nvidia.com/gpu"), Decimal(8))
+    elastic = replace(job("e", per_worker=8, min_workers=1, want=2), quota_claims=(claim,))
+    quotas = QuotaState({claim.pool: Decimal(8)}, {})
+    result = plan_admissions([elastic], [], nodes(3), "BestEffortFIFO", NOW, 300, quotas=quotas)
+    assert result.grants[key("e")] == 1
+    assert result.reasons[key("e")] == "Admitted: its namespace's ResourceQuota has no room for 1 more worker"

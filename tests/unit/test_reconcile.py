@@ -2552,3 +2552,28 @@ def test_why_kube_scheduler_cannot_place_a_worker_is_in_the_ready_message_and_th
     released = condition(late, "Admitted")
     assert released["reason"] == "GangTimeout"
     assert released["message"].endswith(f"; llama-worker-0 not scheduled (and 1 more): {why}")
+
+
+def test_a_reason_naming_the_count_wanted_before_a_scale_is_not_told_after_it() -> None:
+    """Scaled from 2 to 1 ("ScaledDown: wants 1"), then to 3 while the leaving worker still held the node:
+    the scale-up's reconcile read the old reason, and posted a ScaledDown event "1 of 3 workers granted:
+    wants 1"."""
+    spec = elastic_spec(replicas=1, minimum=1, maximum=4)
+    one = decide(
+        replace(observe(spec, [pod(0)], grant=1), grant_reason="ScaledDown: wants 1", grant_reason_want=1),
+        CATALOG,
+    )
+    assert condition(one, "Admitted")["reason"] == "ScaledDown"
+    up = elastic_spec(replicas=3, minimum=1, maximum=4)
+    stale = replace(
+        observe(up, [pod(0)], one.status, grant=1), grant_reason="ScaledDown: wants 1", grant_reason_want=1
+    )
+    admitted = condition(decide(stale, CATALOG), "Admitted")
+    assert (admitted["reason"], admitted["message"]) == (
+        "Admitted",
+        "1 of 3 workers granted: no capacity for more",
+    )
+    assert ("Normal", "ScaledDown") not in events_of(decide(stale, CATALOG))
+    # The same reason given for the count the job wants now is told as it is.
+    current = replace(stale, grant_reason="ScaledDown: wants 3", grant_reason_want=3)
+    assert condition(decide(current, CATALOG), "Admitted")["reason"] == "ScaledDown"

@@ -599,6 +599,7 @@ class Reconciler:
             grant=grant.workers,
             waiting=grant.waiting,
             grant_reason=grant.reason,
+            grant_reason_want=grant.reason_want,
             reserved_hostnames=grant.hostnames,
             places_held=grant.places_held,
             places_freed_at=grant.places_freed_at,

@@ -116,6 +116,9 @@ class Grant:
     # the last pass saw them all gone after that (None: never held, or not seen by this process).
     places_held: bool = False
     places_freed_at: datetime | None = None
+    # The workers the job wanted when the pass gave `reason`: one that names a count ("ScaledDown: wants 1")
+    # is stale for a job since scaled to another (decisions/running.py, pass_reason).
+    reason_want: int | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -125,6 +128,7 @@ class _Entry:
     granted: int | None = None
     waiting: str | None = None
     reason: str | None = None
+    reason_want: int | None = None  # Grant.reason_want
     hostnames: frozenset[str] = frozenset()  # Grant.hostnames
     places_held: bool = False  # Grant.places_held
     places_freed_at: datetime | None = None  # Grant.places_freed_at
@@ -294,6 +298,7 @@ class Scheduler:
                 entry.hostnames,
                 entry.places_held,
                 entry.places_freed_at,
+                reason_want=entry.reason_want,
             )
 
     def offer(  # noqa: PLR0913 - the job's uid rides along with what its reconcile decided
@@ -331,7 +336,7 @@ class Scheduler:
                 if wanted != demand.want_workers and _tells_the_want(entry.reason):
                     # "ScaledDown: wants 1" would stand for a job since scaled to 3 whose grant no pass
                     # changes yet (its leaving worker still holds the devices): told afresh, not as a scale-down.
-                    entry.reason = None
+                    entry.reason = entry.reason_want = None
                 entry.demand = demand
                 if entry.placement != placement:  # an equal one is kept: `eligible` stays good for it
                     entry.placement = placement
@@ -718,7 +723,9 @@ class Scheduler:
                 # the horizon); its next reconcile (the resync at the latest) writes the new message.
                 if granted != entry.granted or (waiting is None) != (entry.waiting is None):
                     changed.append(key)
-                    entry.reason = reason or entry.reason
+                    if reason:
+                        entry.reason = reason
+                        entry.reason_want = entry.demand.want_workers if entry.demand is not None else None
                     if granted != entry.granted:
                         logger.info(
                             "%s/%s: %d -> %d workers (%s)",

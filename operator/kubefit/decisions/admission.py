@@ -185,6 +185,7 @@ class _Job:
     finished: int = 0  # Demand.finished_workers still in its grant: placed on no node
     quota_charged: int = 0  # its workers charged to its quotas now (QuotaState.charged)
     quota_held: bool = False  # queued, its minimum over its quotas' budget at the pass's start
+    quota_capped: bool = False  # its growth in this pass was held below its want by its quotas' budget
     # Queue order, worked out once: the demand is frozen, and passes compare it many times.
     order: tuple[int, float, str, str] = field(init=False)
     # Workers in `bound` and `reserved`, and `finished`, kept by the places that change them (_jobs, take,
@@ -1360,7 +1361,9 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaB
         nodes, _ = queue.usable(job, growing=True)
         if kept.get(job.demand.accelerator):
             nodes = [node for node in nodes if node not in kept[job.demand.accelerator]]
-        spots = _spots(cluster, nodes, job.demand.per_worker, _quota_growth(budget, job))
+        room = _quota_growth(budget, job)
+        job.quota_capped = room < job.target - job.grant
+        spots = _spots(cluster, nodes, job.demand.per_worker, room)
         found = sum(spots.values())
         if job.grant + found < job.floor:
             continue  # held below a raised minimum (_reserve_admitted): that minimum comes whole
@@ -1441,7 +1444,10 @@ def _reason(job: _Job) -> str | None:
         return None
     if not job.admitted:
         if job.grant < job.target:  # an elastic job started on fewer than it wants: why, not the count
-            return f"{ADMITTED}: no room now for {_plural(job.target - job.grant, 'more worker')}"
+            short = _plural(job.target - job.grant, "more worker")
+            if job.quota_capped:
+                return f"{ADMITTED}: its namespace's ResourceQuota has no room for {short}"
+            return f"{ADMITTED}: no room now for {short}"
         return f"{ADMITTED}: {_plural(job.grant, 'worker')}"
     if job.grant > job.before:
         unplaced = job.grant - job.placed  # a non-elastic gang resized beyond the room there is

@@ -106,6 +106,7 @@ class JobObservation:
     # Why a queued job waits (AdmissionPlan.waiting), and why its grant changed (AdmissionPlan.reasons).
     waiting: str | None = None
     grant_reason: str | None = None
+    grant_reason_want: int | None = None  # the workers the job wanted when the pass gave grant_reason
     # The kubernetes.io/hostname labels of the nodes the pass reserved for the job's unbound workers: new
     # workers prefer them (scheduler.Grant.hostnames).
     reserved_hostnames: frozenset[str] = frozenset()

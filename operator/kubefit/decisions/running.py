@@ -981,10 +981,26 @@ def _shrink_reason(ctx: JobContext) -> str:
     return Reason.SHRUNK_FOR_PRIORITY if word == Reason.SHRUNK_FOR_PRIORITY else Reason.SCALED_DOWN
 
 
+# Reasons that name the count the job wanted (or was granted) when the pass gave them.
+_COUNTING_REASONS = frozenset({Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.ADMITTED})
+
+
+def pass_reason(ctx: JobContext) -> str:
+    """The scheduling pass's reason for this job's grant, "" when none or stale: one naming the count the
+    job wanted then ("ScaledDown: wants 1") says nothing of a job since scaled to another, whose grant no
+    pass has changed yet (its leaving worker still holds the devices)."""
+    reason = ctx.observation.grant_reason or ""
+    want = ctx.observation.grant_reason_want
+    word = reason.partition(":")[0].strip()
+    if want is not None and want != ctx.bounds.desired and word in _COUNTING_REASONS:
+        return ""
+    return reason
+
+
 def grant_detail(ctx: JobContext) -> str | None:
     """The detail of the scheduling pass's reason for this job's grant ("Word: detail" -> detail); None for
     a recovered grant (RECOVERED), which tells nothing new."""
-    reason = ctx.observation.grant_reason
+    reason = pass_reason(ctx)
     if not reason or _recovered(ctx):
         return None
     word, _, detail = reason.partition(":")
@@ -995,7 +1011,7 @@ def grant_reason(ctx: JobContext) -> str:
     """The Admitted=True reason: the scheduling pass's word when it is one of ours (a grant lowered for
     capacity is ScaledDown), else Admitted. A recovered grant (RECOVERED) keeps the reason the job was
     admitted with before."""
-    word = (ctx.observation.grant_reason or "").partition(":")[0].strip()
+    word = pass_reason(ctx).partition(":")[0].strip()
     if word == RECOVERED:
         before = _admitted_before(ctx)
         word = str(before.get("reason")) if before is not None else Reason.ADMITTED
