@@ -348,3 +348,20 @@ def test_a_worker_s_unschedulable_reason_is_read_while_it_is_not_bound() -> None
     body["spec"].pop("nodeName")
     body["status"]["conditions"][0]["reason"] = "SchedulingGated"
     assert worker_from_pod(body).unschedulable is None  # type: ignore[union-attr]
+
+
+def test_kube_scheduler_rewriting_its_message_is_no_news_but_its_first_word_is() -> None:
+    """Each retry rewrites PodScheduled's message as node counts move: a reconcile and a status write each."""
+    seen = WorkerChanges()
+
+    def unschedulable(message: str) -> dict[str, Any]:
+        body = pod(uid="p7")
+        body["status"]["conditions"] = [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+        ]
+        return body
+
+    assert seen.observe("ADDED", pod(uid="p7")).news is WorkerNews.CHANGED
+    assert seen.observe("MODIFIED", unschedulable("0/3 nodes are available")).news is WorkerNews.CHANGED
+    assert seen.observe("MODIFIED", unschedulable("0/4 nodes are available")).news is WorkerNews.NONE
+    assert seen.observe("MODIFIED", pod(uid="p7")).news is WorkerNews.CHANGED  # scheduled: the note goes

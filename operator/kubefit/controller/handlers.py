@@ -444,6 +444,10 @@ class WorkerChanges:
             if known and before == worker:
                 return WorkerChange(WorkerNews.NONE)
             self._seen[uid] = worker
+            if known and _only_unschedulable_text(before, worker):
+                # kube-scheduler rewrites its message at each retry as node counts move: the resync
+                # carries the new text; a reconcile and a status write per retry would not.
+                return WorkerChange(WorkerNews.NONE)
         if worker is None:
             return WorkerChange(WorkerNews.CHANGED)
         change = _pass_change(before, worker)
@@ -460,6 +464,16 @@ class WorkerChanges:
         with self._lock:
             self._seen.pop(uid, None)
             return self._job_of.pop(uid, None)
+
+
+def _only_unschedulable_text(before: WorkerPod | None, after: WorkerPod | None) -> bool:
+    return (
+        before is not None
+        and after is not None
+        and before.unschedulable is not None
+        and after.unschedulable is not None
+        and replace(before, unschedulable=after.unschedulable) == after
+    )
 
 
 def _only_bound(before: WorkerPod | None, after: WorkerPod | None) -> bool:
