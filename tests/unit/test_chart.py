@@ -243,6 +243,7 @@ def test_bad_values_are_refused(bad: list[str]) -> None:
         (["--checkpoint-port", "7000"], "--checkpoint-port is set by the chart from checkpoint.port"),
         (["--leader-election-lease-name=other"], "from leaderElection.leaseName"),
         (["-n", "team-a"], "-n is set by the chart from watchNamespaces"),
+        (["-vn", "team-a"], "-vn is set by the chart from watchNamespaces"),  # argparse: -v -n team-a
         (["--verbose", "--bind-address=::", "--leader-election-lease-seconds=30"], None),
     ],
     ids=[
@@ -251,6 +252,7 @@ def test_bad_values_are_refused(bad: list[str]) -> None:
         "checkpoint-port",
         "lease-name",
         "namespace-short",
+        "namespace-combined",
         "own-flags",
     ],
 )

@@ -163,7 +163,7 @@ name. Each is set through its value instead.
 {{- $managed := dict "--namespace" "watchNamespaces" "--all-namespaces" "watchNamespaces" "--metrics-port" "metrics.port" "--liveness-port" "liveness.port" "--max-workers-per-job" "maxWorkersPerJob" "--cluster-domain" "clusterDomain" "--admission-policy" "admission.policy" "--head-of-line-timeout-seconds" "admission.headOfLineTimeoutSeconds" "--checkpoint-port" "checkpoint.port" "--checkpoint-url" "checkpoint.url" "--checkpoint-key-file" "checkpoint.existingSecret" "--webhook-port" "webhook.port" "--webhook-cert-file" "webhook.existingSecret" "--webhook-key-file" "webhook.existingSecret" "--leader-election" "leaderElection.enabled" "--leader-election-lease-name" "leaderElection.leaseName" "--leader-election-namespace" "the release's namespace" }}
 {{- range .Values.extraArgs }}
 {{- $name := index (splitList "=" (toString .)) 0 }}
-{{- if and (hasPrefix "-" $name) (not (hasPrefix "--" $name)) (or (hasPrefix "-n" $name) (hasPrefix "-A" $name)) }}
+{{- if and (not (hasPrefix "--" $name)) (regexMatch "^-[a-zA-Z]*[nA]" $name) }}
 {{- fail (printf "extraArgs: %s is set by the chart from watchNamespaces; set that value instead" $name) }}
 {{- end }}
 {{- if and (hasPrefix "--" $name) (gt (len $name) 2) }}

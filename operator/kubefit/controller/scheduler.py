@@ -726,7 +726,7 @@ class Scheduler:
                     if reason:
                         entry.reason = reason
                         entry.reason_want = entry.demand.want_workers if entry.demand is not None else None
-                    if granted != entry.granted:
+                    if granted != (entry.granted or 0):  # not a queued job's first pass: 0 -> 0
                         logger.info(
                             "%s/%s: %d -> %d workers (%s)",
                             *key,
