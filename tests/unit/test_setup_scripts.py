@@ -226,7 +226,10 @@ def test_a_pid_file_of_an_exited_process_is_stale(tmp_path: Path) -> None:
 _FAKE_SANDBOX = """echo "sandbox $*" >> "$STUB_LOG"
 case "$1" in
   env) echo 'export KUBECONFIG=/dev/null' ;;
-  kubectl) case "$*" in *jsonpath*) echo "$STUB_PHASE" ;; esac ;;
+  kubectl) case "$*" in
+    *jsonpath*) if [ -e "$STUB_LOG.deleted" ]; then echo "${STUB_PHASE#*,}"; else echo "${STUB_PHASE%%,*}"; fi ;;
+    *delete*) touch "$STUB_LOG.deleted" ;;
+  esac ;;
 esac"""
 # `kubefit run` as the operator: STUB_OPERATOR says how it behaves; `kubefit size` prints a line.
 _FAKE_KUBEFIT = """if [ "$1" != run ]; then echo "size: stub"; exit 0; fi
@@ -274,8 +277,13 @@ def _run_demo(tmp_path: Path, operator: str, phase: str) -> subprocess.Completed
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
+_APPLY = "sandbox kubectl apply -f examples/quickstart.yaml"
+
+
 def _polls(calls: list[str]) -> list[str]:
-    return [call for call in calls if call.startswith("sandbox kubectl get tj") and "jsonpath" in call]
+    """The demo's polls for Running: the phase reads after it applied the quickstart."""
+    after = calls[calls.index(_APPLY) + 1 :] if _APPLY in calls else calls
+    return [call for call in after if call.startswith("sandbox kubectl get tj") and "jsonpath" in call]
 
 
 def test_the_demo_fails_at_once_when_the_operator_died_at_start(tmp_path: Path) -> None:
@@ -302,6 +310,17 @@ def test_the_demo_ends_well_when_the_job_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(_polls((tmp_path / "calls").read_text().splitlines())) == 1
     assert "size: stub" in result.stdout and "The demo keeps running" in result.stdout
+
+
+def test_a_quickstart_an_earlier_demo_left_finished_is_started_again(tmp_path: Path) -> None:
+    """STUB_PHASE "Succeeded,Running": the phase before the delete, then after. The demo waited 90 s for a
+    Running that a finished job never reaches, and failed."""
+    result = _run_demo(tmp_path, operator="alive", phase="Succeeded,Running")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    delete = "sandbox kubectl delete tj quickstart --wait=true"
+    assert delete in calls and calls.index(delete) < calls.index(_APPLY)
+    assert len(_polls(calls)) == 1
 
 
 def test_the_demo_uses_the_virtualenv_it_is_given(tmp_path: Path) -> None:

@@ -607,12 +607,7 @@ class Scheduler:
             entries = {key: entry for key, entry in self._entries.items() if entry.demand is not None}
         demands = self._demands(entries, nodes)
         holdings = {key: demand for key, demand in demands.items() if (entries[key].granted or 0) > 0}
-        read = {key: live_workers(_owned(view.workers(key), entries[key].uid)) for key in holdings}
-        usage = view.usage()
-        # A worker created or bound between the two reads is its job's own, not another workload's.
-        for key in unread_workers(read, usage):
-            read[key] = live_workers(_owned(view.workers(key), entries[key].uid))
-        workers = bound_as_used(read, usage)
+        workers, usage = _workers_and_usage(view, {key: entries[key].uid for key in holdings})
         self._node_devices.keep_only(nodes)
         capacity = node_capacity(nodes, usage, self.catalog, holdings, workers, self._node_devices)
         admitted = [_holding(demand, entries[key], workers[key]) for key, demand in holdings.items()]
@@ -860,6 +855,18 @@ def _charged(pods: Iterable[WorkerPod], now: datetime) -> int:
     return sum(
         1 for pod in pods if pod.index is not None and not pod.finished and not pod.stuck_terminating(now)
     )
+
+
+def _workers_and_usage(
+    view: ClusterView, uids: Mapping[JobKey, str | None]
+) -> tuple[Mapping[JobKey, Sequence[WorkerPod]], Mapping[str, Iterable[PodUsage]]]:
+    """The admitted jobs' live workers (`uids`: each job's) and the devices bound pods hold, as of one
+    moment: a worker created or bound between the two reads is its job's own, not another workload's."""
+    read = {key: live_workers(_owned(view.workers(key), uid)) for key, uid in uids.items()}
+    usage = view.usage()
+    for key in unread_workers(read, usage):
+        read[key] = live_workers(_owned(view.workers(key), uids[key]))
+    return bound_as_used(read, usage), usage
 
 
 def _tells_the_want(reason: str | None) -> bool:
