@@ -66,6 +66,7 @@ from kubefit.decisions.node_sets import (
 )
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
 from kubefit.decisions.quota import QuotaState, quota_free
+from kubefit.decisions.running import COUNTING_REASONS
 from kubefit.decisions.workers import keep_order
 from kubefit.metrics import AcceleratorCount, OperatorMetrics
 from kubefit.metrics.operator_metrics import BIND_COUNTED, BIND_ELSEWHERE
@@ -871,8 +872,7 @@ def _workers_and_usage(
 
 def _tells_the_want(reason: str | None) -> bool:
     """A pass's reason that names the worker count the job wanted then (or the count it was granted)."""
-    word = (reason or "").partition(":")[0].strip()
-    return word in (Reason.SCALED_DOWN, Reason.SCALED_UP, Reason.ADMITTED)
+    return (reason or "").partition(":")[0].strip() in COUNTING_REASONS
 
 
 def _first_kept_unbound(demand: Demand, workers: Sequence[WorkerPod]) -> bool:

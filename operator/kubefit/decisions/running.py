@@ -982,7 +982,7 @@ def _shrink_reason(ctx: JobContext) -> str:
 
 
 # Reasons that name the count the job wanted (or was granted) when the pass gave them.
-_COUNTING_REASONS = frozenset({Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.ADMITTED})
+COUNTING_REASONS = frozenset({Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.ADMITTED})
 
 
 def pass_reason(ctx: JobContext) -> str:
@@ -992,7 +992,7 @@ def pass_reason(ctx: JobContext) -> str:
     reason = ctx.observation.grant_reason or ""
     want = ctx.observation.grant_reason_want
     word = reason.partition(":")[0].strip()
-    if want is not None and want != ctx.bounds.desired and word in _COUNTING_REASONS:
+    if want is not None and want != ctx.bounds.desired and word in COUNTING_REASONS:
         return ""
     return reason
 
