@@ -19,7 +19,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -472,6 +473,24 @@ class Sandbox:
             time.sleep(down_seconds)
             self._launch(state, name, proc.command)
             self._wait(state, name, self._serving_check(state, name), time.monotonic() + timeout)
+
+    @contextmanager
+    def paused(self, name: str) -> Iterator[None]:
+        """Stops one running component's process (SIGSTOP) for the block and resumes it (SIGCONT) after: it
+        does nothing meanwhile and keeps its connections and state. For fault tests: with
+        kube-controller-manager paused, a new ResourceQuota stays uncounted."""
+        with exclusive_lock(self.state_dir / "lock"):
+            state = self._state()
+            proc = state.processes.get(name) if state else None
+            if state is None or proc is None or not proc.is_alive():
+                raise SandboxError(f"{name} is not running in {self.state_dir}")
+        self.log(f"  pausing {proc.name} (pid {proc.pid})")
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            self.log(f"  resumed {proc.name} (pid {proc.pid})")
 
     def _serving_check(self, state: SandboxState, name: str) -> Callable[[], bool]:
         if name == "kube-apiserver":

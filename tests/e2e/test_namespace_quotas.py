@@ -22,6 +22,8 @@ from operator_support import (
     watched_namespace,
 )
 
+from kubefit_sandbox.controlplane import Sandbox
+
 pytestmark = pytest.mark.e2e
 
 GPU = "requests.nvidia.com/gpu"
@@ -35,6 +37,25 @@ def gpu_quota(namespace: str, devices: int) -> dict:
         "metadata": {"name": "team-gpus", "namespace": namespace},
         "spec": {"hard": {GPU: str(devices)}},
     }
+
+
+ROOM_FOR_ONE = (
+    f"ResourceQuota team-gpus has room for 1 of the job's workers ({GPU}: 0 of 8 used by other pods, 8 per "
+    "worker); the job needs 2 workers"
+)
+
+
+def quota_condition(kube: Kube, namespace: str, name: str, message_start: str) -> dict | None:
+    """The job's Admitted condition while it is QuotaExceeded with a message that starts so (the quota
+    controller's count may come between two reads: a job waits for the count first)."""
+    admitted = kube.condition(namespace, name, "Admitted") or {}
+    message = str(admitted.get("message"))
+    held = admitted.get("reason") == "QuotaExceeded" and message.startswith(message_start)
+    return admitted if held else None
+
+
+def workers_by_uid(kube: Kube, namespace: str, job: str) -> dict[str, str]:
+    return {pod["metadata"]["name"]: pod["metadata"]["uid"] for pod in kube.workers(namespace, job)}
 
 
 @pytest.fixture
@@ -53,7 +74,7 @@ def test_a_gang_over_its_quota_waits_without_preempting_and_runs_once_the_quota_
     )
     kube.apply(victim)
     wait_for("the victim's 2 workers", lambda: len(running_names(kube.workers(namespace, "victim"))) == 2)
-    running = {pod["metadata"]["name"]: pod["metadata"]["uid"] for pod in kube.workers(namespace, "victim")}
+    running = workers_by_uid(kube, namespace, "victim")
     # Another team's namespace, whose quota has room for one worker of 8 devices.
     kube.apply(gpu_quota(team_namespace, 8))
     urgent = job_manifest(
@@ -63,24 +84,18 @@ def test_a_gang_over_its_quota_waits_without_preempting_and_runs_once_the_quota_
     kube.apply(urgent)
 
     def quota_exceeded() -> dict | None:
-        admitted = kube.condition(team_namespace, "urgent", "Admitted") or {}
-        return admitted if admitted.get("reason") == "QuotaExceeded" else None
+        return quota_condition(kube, team_namespace, "urgent", "ResourceQuota team-gpus has room for")
 
     admitted = wait_for("the urgent job held back by the quota", quota_exceeded, timeout=60, interval=1)
     assert admitted["status"] == "False"
-    assert admitted["message"] == (
-        f"ResourceQuota team-gpus has room for 1 of the job's workers ({GPU}: 0 of 8 used by other pods, "
-        "8 per worker); the job needs 2 workers"
-    )
+    assert admitted["message"] == ROOM_FOR_ONE
     assert kube.job_status(team_namespace, "urgent")["phase"] == "Queued"
     # Neither this operator nor one restarted takes the victim's devices for workers the quota refuses.
     operator.kill()
     operator.start()
     deadline = time.monotonic() + STABLE_FOR_S
     while time.monotonic() < deadline:
-        current = {
-            pod["metadata"]["name"]: pod["metadata"]["uid"] for pod in kube.workers(namespace, "victim")
-        }
+        current = workers_by_uid(kube, namespace, "victim")
         assert current == running, "the victim lost its workers to a gang over its quota"
         assert not kube.workers(team_namespace, "urgent")
         time.sleep(1)
@@ -99,6 +114,61 @@ def test_a_gang_over_its_quota_waits_without_preempting_and_runs_once_the_quota_
     )
     assert (kube.condition(team_namespace, "urgent", "Admitted") or {}).get("status") == "True"
     assert [event["reason"] for event in kube.events(namespace, "victim")].count("Preempted") == 1
+
+
+def test_a_gang_applied_before_its_quota_is_counted_waits_for_the_count_and_preempts_no_one(
+    kube: Kube,
+    namespace: str,
+    team_namespace: str,
+    operator: OperatorProcess,
+    pool: PrivatePool,
+    sandbox: Sandbox,
+) -> None:
+    """A quota kube-controller-manager has not counted yet limits nothing at the API server, and everything
+    from its count on. The gang read it as no quota: it preempted the other namespace's job for workers over
+    the quota (here the API server admitted them, the quota being uncounted; a moment later it refuses)."""
+    fixed = {"enabled": False, "checkpointGracePeriodSeconds": 0}
+    resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
+    victim = job_manifest(
+        "victim", namespace, pool=pool, workers={"replicas": 2}, resources=resources, elastic=fixed
+    )
+    kube.apply(victim)
+    wait_for("the victim's 2 workers", lambda: len(running_names(kube.workers(namespace, "victim"))) == 2)
+    running = workers_by_uid(kube, namespace, "victim")
+    urgent = job_manifest(
+        "urgent", team_namespace, pool=pool, workers={"replicas": 2}, resources=resources, elastic=fixed,
+        scheduling={"priority": 100, "preemption": "LowerPriority"},
+    )  # fmt: skip
+    with sandbox.paused("kube-controller-manager"):  # the quota controller counts nothing meanwhile
+        kube.apply(gpu_quota(team_namespace, 8))
+        kube.apply(urgent)
+        admitted = wait_for(
+            "the urgent job waiting for the quota's count",
+            lambda: quota_condition(kube, team_namespace, "urgent", "ResourceQuota team-gpus is not counted"),
+            timeout=60,
+            interval=1,
+        )
+        assert admitted["status"] == "False"
+        assert admitted["message"] == (
+            f"ResourceQuota team-gpus is not counted yet ({GPU}: 8; the quota controller has not written its "
+            "status): the job waits for the count; the job needs 2 workers"
+        )
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            assert workers_by_uid(kube, namespace, "victim") == running, "preempted for an uncounted quota"
+            assert not kube.workers(team_namespace, "urgent")
+            time.sleep(1)
+    # Counted: room for 1 of its 2 workers, said so, and still no one preempted.
+    admitted = wait_for(
+        "the urgent job held back by the counted quota",
+        lambda: quota_condition(kube, team_namespace, "urgent", "ResourceQuota team-gpus has room for"),
+        timeout=60,
+        interval=1,
+    )
+    assert admitted["message"] == ROOM_FOR_ONE
+    assert workers_by_uid(kube, namespace, "victim") == running
+    assert not kube.workers(team_namespace, "urgent")
+    assert not [event for event in kube.events(namespace, "victim") if event["reason"] == "Preempted"]
 
 
 def test_a_gang_its_quota_exempts_preempts_the_job_of_its_namespace_not_another_namespaces(

@@ -34,6 +34,7 @@ from kubefit.decisions.quota import (
     QuotaState,
     ScopeTerm,
     pod_charges,
+    quota_free,
     quota_from,
     quota_room,
     selects,
@@ -100,10 +101,34 @@ def test_a_quota_is_read_from_its_status_with_its_scopes() -> None:
         {GPU: Decimal(8)},
         (ScopeTerm("NotTerminating", "Exists"), ScopeTerm("PriorityClass", "In", ("high",))),
     )
-    # Not counted yet (no status: the API server refuses what it would charge), or unreadable: left to the
-    # API server's refusal.
-    assert quota_from({"metadata": {"name": "new"}, "spec": {"hard": {GPU: "4"}}}) is None
+    # Unreadable, or limiting nothing: left to the API server's refusal.
     assert quota_from({"metadata": {"name": "odd"}, "status": {"hard": {GPU: "many"}}}) is None
+    assert quota_from({"metadata": {"name": "none"}, "spec": {"hard": {}}}) is None
+
+
+def test_a_quota_not_counted_yet_is_read_from_its_spec_and_has_room_for_no_worker() -> None:
+    # Created a moment ago: kube-controller-manager has not written its status. The API server admits what it
+    # would charge till then, and refuses it from the count on: the job waits for the count.
+    body = {"metadata": {"name": "new", "uid": "u1"}, "spec": {"hard": {GPU: "16"}}, "status": {}}
+    quota = quota_from(body)
+    assert quota == Quota("new", {GPU: Decimal(16)}, {}, counted=False)
+    room = quota_room([quota], worker({"nvidia.com/gpu": 8}))
+    assert room is not None and (room.workers, room.counted) == (0, False)
+    assert room.describe() == (
+        "ResourceQuota new is not counted yet (requests.nvidia.com/gpu: 16; the quota controller has not "
+        "written its status): the job waits for the count"
+    )
+    assert quota_free("ml", [quota]) == {("ml", "new", GPU): 0}
+    # It stands before a counted quota with less room, whose message would say the wrong thing.
+    tight = quota_room([gpu_quota(8, 8, "full"), quota], worker({"nvidia.com/gpu": 8}))
+    assert tight is not None and tight.quota == "new"
+    # A worker it does not charge is not held by it.
+    assert quota_room([quota], worker({"cpu": "1"})) is None
+    # Its first count is a change of limits: every job of the namespace is decided again.
+    limits = QuotaLimits()
+    assert limits.observe("ADDED", body) is QuotaChange.LIMITS
+    counted = {**body, "status": {"hard": {GPU: "16"}, "used": {GPU: "0"}}}
+    assert limits.observe("MODIFIED", counted) is QuotaChange.LIMITS
 
 
 @pytest.mark.parametrize(
@@ -237,6 +262,70 @@ def test_a_gang_over_its_quota_is_queued_and_preempts_no_one_until_the_quota_has
     assert harness.condition("Admitted")["status"] == "True"
     assert llama_pods(harness) == ["llama-worker-0", "llama-worker-1"]
     assert not harness.reconciler._jobs[KEY].quota_limited
+
+
+def uncounted_gpu_quota(hard: int) -> Quota:
+    return Quota("team-gpus", {GPU: Decimal(hard)}, {}, counted=False)
+
+
+@pytest.mark.parametrize("same_namespace", [False, True], ids=["other-namespace", "own-namespace"])
+def test_a_gang_whose_quota_is_not_counted_yet_waits_for_the_count_and_preempts_no_one(
+    harness: Harness, same_namespace: bool
+) -> None:
+    # The quota was created just before the job, and the quota controller has not counted it: it reads as no
+    # quota at all to the pass, which preempted the other job for a worker the API server then refused. The
+    # other job in the job's own namespace would free the quota too, once counted: not before.
+    other_running_on_h0(harness)
+    harness.quotas = [uncounted_gpu_quota(3)]
+    llama = job_manifest(replicas=2)
+    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
+    harness.kube.jobs["llama"] = llama
+    if same_namespace:
+        for name in ("other", "llama"):
+            harness.reconciler.jobs.observe((NAMESPACE, name), harness.kube.jobs[name])
+    harness.reconcile()
+    both_reconciled(harness)
+    admitted = harness.condition("Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "QuotaExceeded")
+    assert admitted["message"] == (
+        "ResourceQuota team-gpus is not counted yet (requests.nvidia.com/gpu: 3; the quota controller has not "
+        "written its status): the job waits for the count; the job needs 2 workers"
+    )
+    assert not harness.events("Preempted") and not llama_pods(harness)
+    assert sorted(harness.kube.pods) == ["other-worker-0", "other-worker-1"]
+    # Counted, with the other job's 2 GPUs charged: room for 1 worker only, said so.
+    harness.quotas = [gpu_quota(3, 2)]
+    harness.reconciler.quota_changed(NAMESPACE, harness.view(), every_job=True)
+    both_reconciled(harness)
+    if same_namespace:  # preempting the other job frees its quota: it does
+        assert len(harness.events("Preempted")) == 1
+        assert llama_pods(harness) == ["llama-worker-0", "llama-worker-1"]
+    else:
+        assert harness.condition("Admitted")["message"].startswith("ResourceQuota team-gpus has room for 1 ")
+        assert not harness.events("Preempted") and not llama_pods(harness)
+
+
+def test_a_running_job_keeps_its_workers_under_a_quota_not_counted_yet_and_does_not_grow(
+    harness: Harness,
+) -> None:
+    llama = job_manifest(replicas=2, minReplicas=1, maxReplicas=2)
+    llama["spec"]["elastic"]["enabled"] = True
+    harness.kube.jobs["llama"] = llama
+    harness.quotas = [gpu_quota(1, 0)]
+    harness.reconcile()
+    run_on_h0(harness, "llama")
+    harness.reconcile("pod")
+    assert llama_pods(harness) == ["llama-worker-0"]
+    # The quota replaced by a larger one, not counted yet: the job keeps its worker and waits for the count.
+    harness.quotas = [uncounted_gpu_quota(2)]
+    harness.reconciler.quota_changed(NAMESPACE, harness.view(), every_job=True)
+    harness.reconcile("pod")
+    assert llama_pods(harness) == ["llama-worker-0"]
+    assert harness.condition("Admitted")["status"] == "True"
+    harness.quotas = [gpu_quota(2, 1)]
+    harness.reconciler.quota_changed(NAMESPACE, harness.view(), every_job=True)
+    harness.reconcile("pod")
+    assert llama_pods(harness) == ["llama-worker-0", "llama-worker-1"]
 
 
 def test_an_elastic_job_grows_only_as_far_as_its_quota_allows(harness: Harness) -> None:

@@ -1,7 +1,7 @@
 """ResourceQuotas: kopf's index of them by namespace, and the trigger that decides again the jobs a quota's
 change may concern (decisions/quota.py reads them).
 
-Index: kubefit_quotas: namespace -> Quota of each ResourceQuota with a status. Trigger (QuotaChange): a quota
+Index: kubefit_quotas: namespace -> Quota of each ResourceQuota (one not counted yet by its spec). Trigger (QuotaChange): a quota
 created, deleted, given other limits or first counted decides every job of its namespace again; one whose
 usage fell (a pod gone) decides again only the jobs a quota held back; one whose usage grew (a pod created
 there, the most frequent change) decides none.

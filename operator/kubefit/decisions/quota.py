@@ -8,6 +8,11 @@ capped at what the quotas allow, and a queued job whose minimum is over them ask
 ephemeral-storage requests and limits, and its extended resources as `requests.<name>`, and a quota
 charges only the pods its scopes select. A quota whose scopes cannot be read here is left to the API
 server, whose refusal the operator still handles (controller/refusals.py).
+
+A quota not counted yet (created a moment ago: kube-controller-manager has not written its status) limits
+nothing at the API server until it is, which takes it a moment; its room is unknown till then, so it has
+room for no new worker here: a job waits for the count rather than preempt other jobs for workers the
+API server would refuse once it is done (QuotaRoom.counted). Its status's watch event decides them again.
 """
 
 from __future__ import annotations
@@ -39,13 +44,15 @@ class ScopeTerm:
 
 @dataclass(frozen=True)
 class Quota:
-    """A ResourceQuota as its status reads: what it allows and what is charged to it now."""
+    """A ResourceQuota as its status reads: what it allows and what is charged to it now. One not `counted`
+    yet (no status) holds its spec's limits and no usage."""
 
     name: str
     hard: Mapping[str, Decimal]
     used: Mapping[str, Decimal]
     scopes: tuple[ScopeTerm, ...] = ()
     uid: str = field(default="", compare=False)  # kopf's key of its index entry, for the relist check
+    counted: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,14 @@ class QuotaRoom:
     used_by_others: Decimal
     per_worker: Decimal
     workers: int
+    counted: bool = True
 
     def describe(self) -> str:
+        if not self.counted:
+            return (
+                f"ResourceQuota {self.quota} is not counted yet ({self.resource}: {_amount(self.hard)}; the "
+                "quota controller has not written its status): the job waits for the count"
+            )
         return (
             f"ResourceQuota {self.quota} has room for {self.workers} of the job's workers ({self.resource}: "
             f"{_amount(self.used_by_others)} of {_amount(self.hard)} used by other pods, "
@@ -87,11 +100,14 @@ def _amount(value: Decimal) -> str:
 
 
 def quota_from(body: Mapping[str, Any]) -> Quota | None:
-    """A ResourceQuota object's status as a Quota; None where it has no status yet (the quota controller has
-    not counted it: the API server then refuses every pod it would charge, which the refusal handling sees)
-    or where a quantity does not parse."""
+    """A ResourceQuota object as a Quota: its status's limits and usage, or where it has no status yet its
+    spec's limits, not counted (the module's docstring). None where a quantity does not parse, or it limits
+    nothing."""
     metadata, spec, status = (body.get(key) or {} for key in ("metadata", "spec", "status"))
     hard, used = status.get("hard"), status.get("used")
+    counted = isinstance(hard, Mapping) and bool(hard)
+    if not counted:
+        hard, used = spec.get("hard"), {}
     if not isinstance(hard, Mapping) or not hard:
         return None
     try:
@@ -104,7 +120,7 @@ def quota_from(body: Mapping[str, Any]) -> Quota | None:
         values = tuple(str(value) for value in term.get("values") or [])
         terms.append(ScopeTerm(str(term.get("scopeName")), str(term.get("operator")), values))
     name, uid = str(metadata.get("name") or ""), str(metadata.get("uid") or "")
-    return Quota(name, parsed_hard, parsed_used, tuple(terms), uid)
+    return Quota(name, parsed_hard, parsed_used, tuple(terms), uid, counted)
 
 
 def _quantity(value: Any) -> Decimal:
@@ -227,8 +243,9 @@ def _priority_selects(term: ScopeTerm, priority_class: str) -> bool | None:
 
 def quota_room(quotas: Sequence[Quota], pod: Mapping[str, Any], own: OwnPods = OwnPods()) -> QuotaRoom | None:
     """The quota of `quotas` that leaves room for the fewest pods like `pod` (a job's worker), counting the
-    job's `own` pods' charges as its room too; None where no quota that selects the pod limits anything it
-    is charged (or one does that this reading cannot judge: left to the API server)."""
+    job's `own` pods' charges as its room too, and before that any quota not counted yet (room for none);
+    None where no quota that selects the pod limits anything it is charged (or one does that this reading
+    cannot judge: left to the API server)."""
     charges = pod_charges(pod)
     tightest: QuotaRoom | None = None
     for quota in quotas:
@@ -240,9 +257,9 @@ def quota_room(quotas: Sequence[Quota], pod: Mapping[str, Any], own: OwnPods = O
                 continue  # not charged: 0, or a cpu or memory key the worker does not state (pod_charges)
             others = quota.used.get(resource, Decimal(0)) - own.charge(resource, per_worker)
             others = max(others, Decimal(0))
-            workers = max(int((hard - others) // per_worker), 0)
-            if tightest is None or workers < tightest.workers:
-                tightest = QuotaRoom(quota.name, resource, hard, others, per_worker, workers)
+            workers = max(int((hard - others) // per_worker), 0) if quota.counted else 0
+            if tightest is None or (quota.counted, workers) < (tightest.counted, tightest.workers):
+                tightest = QuotaRoom(quota.name, resource, hard, others, per_worker, workers, quota.counted)
     return tightest
 
 
@@ -270,12 +287,13 @@ def quota_claims(namespace: str, quotas: Sequence[Quota], pod: Mapping[str, Any]
 
 
 def quota_free(namespace: str, quotas: Iterable[Quota]) -> dict[tuple[str, str, str], Decimal]:
-    """Each key of the namespace's quotas -> its free amount now (hard - used)."""
-    return {
-        (namespace, quota.name, resource): hard - quota.used.get(resource, Decimal(0))
-        for quota in quotas
-        for resource, hard in quota.hard.items()
-    }
+    """Each key of the namespace's quotas -> its free amount now (hard - used; none while not counted)."""
+    free = {}
+    for quota in quotas:
+        for resource, hard in quota.hard.items():
+            left = hard - quota.used.get(resource, Decimal(0))
+            free[(namespace, quota.name, resource)] = left if quota.counted else Decimal(0)
+    return free
 
 
 @dataclass(frozen=True)

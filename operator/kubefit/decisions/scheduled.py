@@ -56,7 +56,9 @@ def scheduled(ctx: JobContext) -> Draft:
     )
     quota = None if training_ended(ctx) else _quota_reading(ctx)
     waived = ctx.observation.quota_waived
-    room = quota.room if quota is not None and not waived else None
+    room = quota.room if quota is not None else None
+    if waived and (room is None or room.counted):
+        room = None  # left to the pass's budget and the API server (Reconciler._below_in_namespace)
     live = len(ctx.live) + ctx.observation.unseen_creates
     # Admitted, or granted by the pass (whose status this decision writes): never held back, only capped.
     admitted_now = is_true(ctx.conditions, ConditionType.ADMITTED) or grant > 0
