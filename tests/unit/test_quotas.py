@@ -336,6 +336,11 @@ def test_an_elastic_job_grows_only_as_far_as_its_quota_allows(harness: Harness) 
     harness.reconcile()
     assert llama_pods(harness) == ["llama-worker-0"]
     assert harness.reconciler._jobs[KEY].quota_limited
+    # The quota holds it below its replicas, not capacity (the node has room for both): said so.
+    assert harness.condition("Admitted")["message"] == (
+        "1 of 2 workers granted: ResourceQuota team-gpus has room for 1 of the job's workers "
+        "(requests.nvidia.com/gpu: 0 of 1 used by other pods, 1 per worker)"
+    )
     run_on_h0(harness, "llama")
     harness.quotas = [gpu_quota(1, 1)]  # its own worker is charged now: it keeps it, and grows no further
     harness.reconcile("pod")

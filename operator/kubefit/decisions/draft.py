@@ -80,6 +80,9 @@ class JobContext:
     catalog: Catalog
     settings: ReconcileSettings
     host_bytes_per_worker: int = 0  # offloaded training state per worker (decisions.job_sizing)
+    # Why a grant the namespace's ResourceQuota holds below the replicas is so (QuotaRoom.describe), for
+    # the Admitted message; None where no quota holds it.
+    quota_cap: str | None = None
 
     @property
     def status(self) -> Mapping[str, Any]:

@@ -1052,7 +1052,7 @@ def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
         message = f"{plan.target} worker{'' if plan.target == 1 else 's'} granted"
     else:
         # Held below it (the training ended, a raised minimum not granted yet): why, rather than capacity.
-        why = plan.capped or _grant_why(ctx, plan) or plan.hold or _NO_CAPACITY
+        why = plan.capped or _grant_why(ctx, plan) or plan.hold or ctx.quota_cap or _NO_CAPACITY
         message = f"{plan.target} of {wanted} workers granted: {why}"
     return ConditionUpdate(ConditionType.ADMITTED, "True", grant_reason(ctx), message)
 

@@ -78,7 +78,9 @@ def scheduled(ctx: JobContext) -> Draft:
     elif grant <= 0 or (not ctx.spec.elastic.enabled and grant < ctx.bounds.desired and not ctx.live):
         draft = _queued(ctx, grant)
     else:
-        draft = admitted(ctx, grant)
+        # Held below its replicas by the quota alone: the Admitted message names the quota, not capacity.
+        held = room is not None and grant >= capped.want_workers < demand.want_workers
+        draft = admitted(replace(ctx, quota_cap=room.describe()) if held and room is not None else ctx, grant)
     # A finished job needs nothing; one that just timed out withholds its demand until the backoff passes.
     withheld = draft.gang is not None and backoff_left(draft.gang, ctx.now) > 0
     draft.demand = None if draft.phase in FINISHED_PHASES or withheld else _with_finished(capped, draft, ctx)
