@@ -122,7 +122,7 @@ Used by the ClusterRole when all namespaces are watched, else by a Role in each 
   resources: ["events"]
   verbs: ["create"]
 # ResourceQuotas: a job is admitted only within the room its namespace's quotas leave (kopf lists and
-# watches them).
+# watches them; a scheduling pass that preempts or shrinks jobs lists them afresh).
 - apiGroups: [""]
   resources: ["resourcequotas"]
   verbs: ["list", "watch"]

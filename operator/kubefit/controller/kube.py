@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubefit.api.resource import GROUP, PLURAL, VERSION
 from kubefit.builders.naming import JOB_LABEL
+from kubefit.decisions.quota import Quota, quota_from
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -228,6 +229,11 @@ class CoreV1Api:
         path = f"/api/v1/namespaces/{_quoted(namespace)}/pods"
         return _page(self._rest, path, limit, continue_token, field_selector)
 
+    def resource_quotas(self, namespace: str) -> list[dict[str, Any]]:
+        """The ResourceQuotas of `namespace`, whole (spec and status; a namespace holds a few)."""
+        path = f"/api/v1/namespaces/{_quoted(namespace)}/resourcequotas"
+        return list(json.loads(self._rest.call("GET", path)).get("items") or [])
+
     def list_namespaced_resource_quota(
         self, namespace: str, limit: int, continue_token: str = ""
     ) -> dict[str, Any]:
@@ -347,6 +353,12 @@ class KubeApi:
     def pod_uids(self, namespace: str) -> set[str]:
         """The uid of every pod in `namespace` now."""
         return _uids(lambda token: self.core.list_namespaced_pod(namespace, LIST_PAGE, token))
+
+    def quotas(self, namespace: str) -> list[Quota]:
+        """The ResourceQuotas of `namespace` now, read as kopf's index of them reads each (quota_from)."""
+        return [
+            quota for item in self.core.resource_quotas(namespace) if (quota := quota_from(item)) is not None
+        ]
 
     def quota_uids(self, namespace: str) -> set[str]:
         """The uid of every ResourceQuota in `namespace` now."""

@@ -533,6 +533,7 @@ def _run_leading(  # noqa: PLR0913 - what the process set up before leading
         catalog,
         metrics,
         SchedulerSettings(options.admission_policy, options.head_of_line_timeout_seconds),
+        live_quotas=api.quotas,
     )
     board = NotifyingBoard()
     # The server asks the reconciler for job uids, which it records as it reads jobs.

@@ -32,6 +32,7 @@ planner's reason word (kubefit_scale_events_total) and the whole jobs it preempt
 from __future__ import annotations
 
 import contextvars
+import enum
 import logging
 import threading
 import time
@@ -50,6 +51,7 @@ from kubefit.decisions.admission import (
     AdmissionPolicy,
     Demand,
     Holding,
+    NodeCapacity,
     leaving_for,
     plan_admissions,
 )
@@ -65,7 +67,7 @@ from kubefit.decisions.node_sets import (
     unread_workers,
 )
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
-from kubefit.decisions.quota import QuotaState, quota_free
+from kubefit.decisions.quota import Quota, QuotaState, quota_free
 from kubefit.decisions.running import COUNTING_REASONS
 from kubefit.decisions.workers import keep_order
 from kubefit.metrics import AcceleratorCount, OperatorMetrics
@@ -96,6 +98,12 @@ RECONCILE_THREADS = 4
 # After a start (or taking the lead), how long passes wait at most for the jobs with live workers to offer
 # their demand: one whose reconcile keeps failing must not hold the queue for ever (docs/scheduling.md).
 RESTART_SETTLE_SECONDS = 30.0
+# A pass that takes workers from jobs for others reads those others' namespaces' ResourceQuotas from the API
+# server first (_live_quota_view). Where kopf's index of them has other limits (a quota created, changed or
+# deleted a moment ago, on a watch stream apart from the jobs'), the pass stores nothing and is asked for again
+# QUOTA_RECHECK_SECONDS later, for QUOTA_LAG_LIMIT_SECONDS at most; then it goes on with what it has.
+QUOTA_RECHECK_SECONDS = 1.0
+QUOTA_LAG_LIMIT_SECONDS = 10.0
 # kubefit_preemptions_total's reason: the one way a whole job is stopped now (a higher-priority job that
 # may preempt needed its devices, decisions/admission.py).
 PREEMPTION_REASON = "HigherPriority"
@@ -195,7 +203,10 @@ class Scheduler:
         settings: SchedulerSettings | None = None,
         planner: Planner = plan_admissions,
         clock: Callable[[], float] = time.time,
+        live_quotas: Callable[[str], Sequence[Quota]] | None = None,
     ):
+        """`live_quotas`: a namespace's ResourceQuotas read from the API server now (None: kopf's index is
+        trusted, as in tests and benchmarks)."""
         self.catalog = catalog
         self.metrics = metrics
         self.settings = settings or SchedulerSettings()
@@ -233,6 +244,8 @@ class Scheduler:
         self.passes = 0
         self._passes_running = 0  # worker_bound: a running pass may store a plan made before a bind
         self._binds_in_pass: list[tuple[JobKey, str]] = []  # (job, node) of binds seen while a pass ran
+        self._live_quotas = live_quotas
+        self._quota_lag_since: float | None = None  # when passes began to wait for the quota index
         self._last_pass_seconds = 0.0
         self._last_pass_end = 0.0  # time.monotonic() at the end of the last debounced pass
         metrics.watch_cluster(self.cluster_accelerators)
@@ -628,17 +641,13 @@ class Scheduler:
                 old_workers_going[key] = _waiting_for(going, now)
             else:
                 queued.append(demand)
-        quotas = _quota_state(demands, entries, view)
-        plan = self._planner(
-            queued,
-            admitted,
-            capacity,
-            self.settings.policy,
-            self._clock(),
-            self.settings.head_of_line_timeout,
-            **({"quotas": quotas} if quotas is not None else {}),
-        )
+        plan = self._plan(queued, admitted, capacity, _quota_state(demands, entries, view))
         self.passes += 1
+        live = self._live_quota_view(plan, view)
+        if live is _QuotaIndex.LAGS:
+            return []
+        if isinstance(live, ClusterView):
+            plan = self._plan(queued, admitted, capacity, _quota_state(demands, entries, live))
         with self._lock:
             victims = dict(self._leaving)
         for victim, beneficiaries in plan.made_room_for.items():
@@ -656,6 +665,65 @@ class Scheduler:
         self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
+
+    def _plan(
+        self,
+        queued: Sequence[Demand],
+        admitted: Sequence[Holding],
+        capacity: Sequence[NodeCapacity],
+        quotas: QuotaState | None,
+    ) -> AdmissionPlan:
+        return self._planner(
+            queued,
+            admitted,
+            capacity,
+            self.settings.policy,
+            self._clock(),
+            self.settings.head_of_line_timeout,
+            **({"quotas": quotas} if quotas is not None else {}),
+        )
+
+    def _live_quota_view(self, plan: AdmissionPlan, view: ClusterView) -> ClusterView | _QuotaIndex | None:
+        """For a plan that preempts or shrinks jobs for others: the view with those others' namespaces'
+        ResourceQuotas as the API server has them now, where kopf's index holds another usage (it lags the
+        pods the API server charged); _QuotaIndex.LAGS where it holds other limits, for the jobs' demands
+        were decided on those (a pass is asked for again); None where the index is current, or the plan
+        takes from no one."""
+        taken = set(plan.preempt) | set(plan.shrink)
+        namespaces = sorted({job[0] for victim in taken for job in plan.made_room_for.get(victim, ())})
+        if self._live_quotas is None or not namespaces:
+            return None
+        try:
+            live = {namespace: list(self._live_quotas(namespace)) for namespace in namespaces}
+        except Exception as error:  # noqa: BLE001 - the index is all a pass has then, as before
+            logger.warning("reading the ResourceQuotas of %s: %s", ", ".join(namespaces), error)
+            return None
+        lagging = [ns for ns in namespaces if _quota_limits(live[ns]) != _quota_limits(view.quotas(ns))]
+        now = self._clock()
+        with self._lock:
+            if not lagging:
+                self._quota_lag_since = None
+            elif self._quota_lag_since is None:
+                self._quota_lag_since = now
+            since = self._quota_lag_since
+        if since is not None and now - since < QUOTA_LAG_LIMIT_SECONDS:
+            logger.info("scheduling pass waits for the watch of the ResourceQuotas of %s", ", ".join(lagging))
+            self._pass_later(QUOTA_RECHECK_SECONDS, "quota index lag")
+            return _QuotaIndex.LAGS
+        if lagging:
+            logger.warning(
+                "scheduling passes go on %.0f s after kopf's index of the ResourceQuotas of %s first differed "
+                "from the API server's (its watch broken?)",
+                QUOTA_LAG_LIMIT_SECONDS,
+                ", ".join(lagging),
+            )
+        if all(_quota_usage(live[ns]) == _quota_usage(view.quotas(ns)) for ns in namespaces):
+            return None
+
+        def quotas(namespace: str) -> Sequence[Quota]:
+            return live[namespace] if namespace in live else view.quotas(namespace)
+
+        return replace(view, quotas=quotas)
 
     def not_ready_names(self) -> frozenset[str]:
         """The nodes whose Ready condition is not True, as their events said."""
@@ -830,6 +898,18 @@ def _still_reserved(
 
 def _bound_on(view: ClusterView, key: JobKey, node: str) -> int:
     return sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
+
+
+class _QuotaIndex(enum.Enum):
+    LAGS = "lags"  # _live_quota_view: kopf's index of quotas holds other limits than the API server
+
+
+def _quota_limits(quotas: Iterable[Quota]) -> set[tuple[object, ...]]:
+    return {(quota.name, tuple(sorted(quota.hard.items())), quota.scopes, quota.counted) for quota in quotas}
+
+
+def _quota_usage(quotas: Iterable[Quota]) -> set[tuple[object, ...]]:
+    return {(quota.name, tuple(sorted(quota.used.items()))) for quota in quotas}
 
 
 def _quota_state(
