@@ -67,11 +67,17 @@ def event_reasons(kube: Kube, namespace: str, job: str) -> list[str]:
     return [event["reason"] for event in kube.events(namespace, job)]
 
 
+def wait_for_events(kube: Kube, namespace: str, job: str, *reasons: str) -> None:
+    """kopf posts an event after the status write that the test saw: waited for, not read once."""
+    wait_for(f"events {', '.join(reasons)}", lambda: set(reasons) <= set(event_reasons(kube, namespace, job)))
+
+
 def completed_reconciles(operator: OperatorProcess) -> int:
-    """Reconciles the operator has finished so far, whatever their trigger (its duration histogram)."""
+    """Reconciles of a job's update the operator has finished so far (kubefit_reconcile_total counts each
+    as it ends). Not the resync's or a pod event's, which would not prove the poke's reconcile has run."""
     total = 0.0
     for line in operator.metrics().splitlines():
-        if line.startswith("kubefit_reconcile_duration_seconds_count"):
+        if line.startswith("kubefit_reconcile_total{") and 'trigger="update"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return int(total)
 
@@ -156,7 +162,7 @@ def test_a_failed_worker_restarts_its_group_until_the_restart_limit_fails_the_jo
     assert status["phase"] == "Failed"
     assert status["restarts"] == 2
     assert status["completionTime"]
-    assert "RestartLimitExceeded" in event_reasons(kube, namespace, job)
+    wait_for_events(kube, namespace, job, "RestartLimitExceeded")
 
     # The running worker is stopped to free its GPU; the failed one is kept for its logs.
     wait_for("worker-1 deleted", lambda: worker1 not in pods_by_name(kube, namespace, job), timeout=30)
@@ -221,7 +227,7 @@ def test_all_workers_exiting_zero_succeeds_the_job(
     completion = status["completionTime"]
     assert completion
     assert status["restarts"] == 0
-    assert "AllWorkersSucceeded" in event_reasons(kube, namespace, job)
+    wait_for_events(kube, namespace, job, "AllWorkersSucceeded")
 
     reconciled_after_poke(kube, operator, namespace, job)
     pods = pods_by_name(kube, namespace, job)
@@ -318,8 +324,17 @@ def test_suspend_deletes_the_workers_and_resume_recreates_them(
     wait_for("phase Suspended", lambda: phase(kube, namespace, job) == "Suspended")
     suspended = kube.condition(namespace, job, "Suspended")
     assert suspended is not None and suspended["status"] == "True"
-    status = kube.job_status(namespace, job)
-    assert (status["replicas"], status["readyReplicas"]) == (0, 0)
+    # The first Suspended status is written before the deletes; the counts follow the pods' events.
+    wait_for(
+        "status counting no workers",
+        lambda: (
+            (
+                (status := kube.job_status(namespace, job)).get("replicas"),
+                status.get("readyReplicas"),
+            )
+            == (0, 0)
+        ),
+    )
     assert kube.get("trainingjob", job, namespace) is not None
 
     set_suspend(kube, namespace, job, False)
@@ -330,7 +345,7 @@ def test_suspend_deletes_the_workers_and_resume_recreates_them(
     wait_for("phase Running", lambda: phase(kube, namespace, job) == "Running")
     resumed = kube.condition(namespace, job, "Suspended")
     assert resumed is not None and (resumed["status"], resumed["reason"]) == ("False", "Resumed")
-    assert {"Suspended", "Resumed"} <= set(event_reasons(kube, namespace, job))
+    wait_for_events(kube, namespace, job, "Suspended", "Resumed")
 
 
 def test_a_job_resumed_while_its_workers_wait_to_checkpoint_keeps_them(

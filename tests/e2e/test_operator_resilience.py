@@ -141,8 +141,14 @@ def test_a_worker_whose_job_label_is_removed_is_reported_and_counted_again_once_
         f"Pod {namespace}/relabel-worker-1 is this TrainingJob's worker but lost its label"
         in ready["message"]
     )
-    warnings = [event for event in kube.events(namespace, "relabel") if event["type"] == "Warning"]
-    assert any("lost its label" in event["message"] for event in warnings), warnings
+    # The event is posted by kopf's poster after the status write: waited for, not read once.
+    wait_for(
+        "a Warning event naming the label",
+        lambda: any(
+            event["type"] == "Warning" and "lost its label" in event["message"]
+            for event in kube.events(namespace, "relabel")
+        ),
+    )
 
     kube.run("label", "pod", "relabel-worker-1", "-n", namespace, f"{JOB_LABEL}=relabel")
     wait_for("Ready=True once the label is back", lambda: ready_is("True"), timeout=90, interval=1)

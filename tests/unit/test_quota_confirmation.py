@@ -10,6 +10,7 @@ the API server then refused.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -19,7 +20,7 @@ from kubefit.controller import scheduler as scheduler_module
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.admission import Demand
-from kubefit.decisions.inventory import PodUsage
+from kubefit.decisions.inventory import NodeFacts, PodUsage
 from kubefit.decisions.node_match import ANYWHERE
 from kubefit.decisions.quota import Quota, QuotaClaim
 from kubefit.metrics import OperatorMetrics
@@ -32,12 +33,14 @@ def gpu_quota(hard: int, used: int) -> Quota:
     return Quota("team-gpus", {GPU: Decimal(hard)}, {GPU: Decimal(used)})
 
 
-def job_demand(key: tuple[str, str], priority: int, created: float, claims: bool) -> Demand:
+def job_demand(
+    key: tuple[str, str], priority: int, created: float, claims: bool, preempts: bool = False
+) -> Demand:
     claim = (QuotaClaim((key[0], "team-gpus", GPU), Decimal(4)),) if claims else ()
     return Demand(
         key=key, priority=priority, created=created, accelerator="nvidia-h100-80gb", per_worker=4,
         min_workers=1, want_workers=1, elastic=False,
-        preemption="LowerPriority" if key == HIGH else "Never", quota_claims=claim,
+        preemption="LowerPriority" if preempts or key == HIGH else "Never", quota_claims=claim,
     )  # fmt: skip
 
 
@@ -95,8 +98,8 @@ def test_a_quota_usage_the_index_has_not_caught_up_with_is_read_afresh_before_a_
 def test_a_quota_the_index_does_not_hold_yet_holds_the_preemption_until_its_watch_catches_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The gang was decided before the quota's ADDED event reached the index: its demand claims no quota.
-    # The pass stores nothing and asks for itself again; the quota's event then decides the gang again.
+    # The gang was decided before the quota's ADDED event reached the index: its demand claims no quota. It
+    # waits, saying why, and a pass is asked for again; the quota's event then decides the gang again.
     asked: list[float] = []
     monkeypatch.setattr(Scheduler, "_pass_later", lambda self, delay, trigger: asked.append(delay))
     cluster = Cluster(indexed=[], live=[gpu_quota(4, 4)])
@@ -104,20 +107,20 @@ def test_a_quota_the_index_does_not_hold_yet_holds_the_preemption_until_its_watc
     grants = scheduler.snapshot()
     assert grants[VICTIM].workers == 1
     assert not grants[HIGH].workers
+    assert grants[HIGH].waiting == (
+        "Queued: the operator's watch of the ResourceQuotas of ml is behind the API server's; decided again "
+        "in a moment"
+    )
     assert asked and asked[0] == scheduler_module.QUOTA_RECHECK_SECONDS
     # Caught up: the quota's event decided the gang again, which now claims the quota and waits for it.
     cluster.indexed = cluster.live
     scheduler.offer(HIGH, job_demand(HIGH, 50, 3, claims=True), ANYWHERE, cluster.view())
     grants = scheduler.snapshot()
     assert (grants[VICTIM].workers, grants[HIGH].workers) == (1, 0)
+    assert (grants[HIGH].waiting or "").startswith("QuotaExceeded: ")
 
 
-def test_a_pass_waits_for_the_quota_index_for_a_limited_time_then_goes_on(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(Scheduler, "_pass_later", lambda self, delay, trigger: None)
-    now = [0.0]
-    cluster = Cluster(indexed=[], live=[gpu_quota(4, 0)])
+def lagging_scheduler(cluster: Cluster, now: list[float]) -> tuple[Scheduler, ClusterView]:
     scheduler = Scheduler(
         CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None), clock=lambda: now[0],
         live_quotas=cluster.live_quotas,
@@ -128,12 +131,58 @@ def test_a_pass_waits_for_the_quota_index_for_a_limited_time_then_goes_on(
         scheduler.grant(key, cluster.workers[key], admitted_with=1)
     scheduler.offer(VICTIM, job_demand(VICTIM, 0, 1, claims=False), ANYWHERE, view)
     scheduler.offer(RUNNING, job_demand(RUNNING, 100, 2, claims=False), ANYWHERE, view)
+    return scheduler, view
+
+
+def test_a_pass_waits_for_the_quota_index_for_a_limited_time_then_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Scheduler, "_pass_later", lambda self, delay, trigger: None)
+    now = [1000.0]
+    cluster = Cluster(indexed=[], live=[gpu_quota(4, 0)])
+    scheduler, view = lagging_scheduler(cluster, now)
     scheduler.offer(HIGH, job_demand(HIGH, 50, 3, claims=False), ANYWHERE, view)
     assert scheduler.snapshot()[VICTIM].workers == 1
-    # A watch that never catches up (broken) does not hold the queue for ever.
-    now[0] = scheduler_module.QUOTA_LAG_LIMIT_SECONDS + 1
-    scheduler.request("timer", view)
+    # A watch that never catches up (broken) does not hold the job for ever: passes a second apart.
+    while now[0] < 1000.0 + scheduler_module.QUOTA_LAG_LIMIT_SECONDS:
+        now[0] += scheduler_module.QUOTA_RECHECK_SECONDS
+        scheduler.request("timer", view)
     assert (scheduler.snapshot()[VICTIM].workers, scheduler.snapshot()[HIGH].workers) == (0, 1)
+
+
+def test_a_later_lag_of_the_quota_index_waits_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first lag ended when the watch caught up and the gang waited for its quota (a pass that preempts
+    # no one). Hours later another gang meets another lag: it waits too, not at once past the limit.
+    monkeypatch.setattr(Scheduler, "_pass_later", lambda self, delay, trigger: None)
+    now = [1000.0]
+    cluster = Cluster(indexed=[], live=[gpu_quota(4, 4)])
+    scheduler, view = lagging_scheduler(cluster, now)
+    scheduler.offer(HIGH, job_demand(HIGH, 50, 3, claims=False), ANYWHERE, view)
+    assert not scheduler.snapshot()[HIGH].workers
+    cluster.indexed = cluster.live
+    scheduler.offer(HIGH, job_demand(HIGH, 50, 3, claims=True), ANYWHERE, cluster.view())
+    scheduler.forget(HIGH)
+    now[0] += 3600
+    cluster.indexed, cluster.live = [], [gpu_quota(8, 8)]
+    later = ("ml", "later")
+    scheduler.offer(later, job_demand(later, 50, 4, claims=False, preempts=True), ANYWHERE, cluster.view())
+    assert scheduler.snapshot()[VICTIM].workers == 1
+    assert (scheduler.snapshot()[later].waiting or "").startswith("Queued: the operator's watch")
+
+
+def test_a_lagging_quota_index_holds_only_its_namespaces_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An unrelated job that fits an A100 node is admitted in the same pass as ever.
+    monkeypatch.setattr(Scheduler, "_pass_later", lambda self, delay, trigger: None)
+    cluster = Cluster(indexed=[], live=[gpu_quota(4, 4)])
+    a100 = NodeFacts("a1", {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, {"nvidia.com/gpu": "8"})
+    scheduler, view = lagging_scheduler(cluster, [1000.0])
+    view = replace(view, nodes=lambda: [node("n1"), a100])
+    small = replace(job_demand(("team-c", "small"), 0, 4, claims=False), accelerator="nvidia-a100-80gb")
+    scheduler.offer(small.key, small, ANYWHERE, view)
+    scheduler.offer(HIGH, job_demand(HIGH, 50, 3, claims=False), ANYWHERE, view)
+    grants = scheduler.snapshot()
+    assert (grants[VICTIM].workers, grants[small.key].workers) == (1, 1)
+    assert not grants[HIGH].workers
 
 
 def test_a_pass_that_takes_from_no_one_reads_no_quota() -> None:

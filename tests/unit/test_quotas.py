@@ -19,7 +19,7 @@ from test_admission import NOW, gang, holding, job, key, low_jobs, nodes, plan
 from test_reconcile import CATALOG, condition, decide, observe
 from test_reconcile import NOW as NOW_DT
 from test_reconciler import KEY, NAMESPACE, Harness, harness, job_manifest
-from test_refused_workers import OTHER, both_reconciled, run_on_h0
+from test_refused_workers import OTHER, both_reconciled, restarted, run_on_h0
 
 from kubefit.controller.quotas import QuotaChange, QuotaLimits
 from kubefit.controller.scheduler import _charged
@@ -104,6 +104,21 @@ def test_a_quota_is_read_from_its_status_with_its_scopes() -> None:
     # Unreadable, or limiting nothing: left to the API server's refusal.
     assert quota_from({"metadata": {"name": "odd"}, "status": {"hard": {GPU: "many"}}}) is None
     assert quota_from({"metadata": {"name": "none"}, "spec": {"hard": {}}}) is None
+
+
+def test_a_quota_whose_spec_is_ahead_of_its_status_is_read_as_the_api_server_goes_by_it() -> None:
+    # The API server goes by the status until the quota controller counts the edited spec: a lowered limit
+    # is taken at once (the stricter of the two), a key added to the spec is not counted yet.
+    lowered = {
+        "metadata": {"name": "q"},
+        "spec": {"hard": {GPU: "3"}},
+        "status": {"hard": {GPU: "4"}, "used": {GPU: "2"}},
+    }
+    assert quota_from(lowered) == Quota("q", {GPU: Decimal(3)}, {GPU: Decimal(2)})
+    raised = {**lowered, "spec": {"hard": {GPU: "8"}}}
+    assert quota_from(raised) == Quota("q", {GPU: Decimal(4)}, {GPU: Decimal(2)})
+    added = {**lowered, "spec": {"hard": {GPU: "4", "pods": "10"}}}
+    assert quota_from(added) == Quota("q", {GPU: Decimal(4), "pods": Decimal(10)}, {}, counted=False)
 
 
 def test_a_quota_not_counted_yet_is_read_from_its_spec_and_has_room_for_no_worker() -> None:
@@ -305,6 +320,49 @@ def test_a_gang_whose_quota_is_not_counted_yet_waits_for_the_count_and_preempts_
         assert not harness.events("Preempted") and not llama_pods(harness)
 
 
+def test_a_capped_jobs_admitted_message_does_not_follow_the_usage_of_other_pods(harness: Harness) -> None:
+    # Every fall in the namespace's usage decides the quota-limited jobs again: a message naming the others'
+    # usage rewrote the status and posted an Admitted event each time, the grant unchanged.
+    llama = job_manifest(replicas=2, minReplicas=1, maxReplicas=2)
+    llama["spec"]["elastic"]["enabled"] = True
+    harness.kube.jobs["llama"] = llama
+    harness.quotas = [gpu_quota(4, 3)]
+    harness.reconcile()
+    run_on_h0(harness, "llama")
+    harness.quotas = [gpu_quota(4, 4)]
+    harness.reconcile("pod")
+    message, writes = harness.condition("Admitted")["message"], len(harness.calls("patch_job_status"))
+    # Half a GPU of another pod's gone: still room for 1 worker only.
+    harness.quotas = [replace(harness.quotas[0], used={GPU: Decimal("3.5")})]
+    harness.reconciler.quota_changed(NAMESPACE, harness.view())
+    harness.reconcile("pod")
+    assert harness.condition("Admitted")["message"] == message
+    assert len(harness.calls("patch_job_status")) == writes
+
+
+def test_a_recovered_grant_tells_its_quota_afresh_after_a_restart(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One node of 1 GPU: once the quota is gone, the node holds the job at 1 worker.
+    node = NodeFacts("h0", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "1"})
+    monkeypatch.setattr(test_reconciler, "NODES", [node])
+    llama = job_manifest(replicas=2, minReplicas=1, maxReplicas=2)
+    llama["spec"]["elastic"]["enabled"] = True
+    harness.kube.jobs["llama"] = llama
+    harness.quotas = [gpu_quota(1, 0)]
+    harness.reconcile()
+    run_on_h0(harness, "llama")
+    harness.quotas = [gpu_quota(1, 1)]
+    harness.reconcile("pod")
+    assert "ResourceQuota team-gpus" in harness.condition("Admitted")["message"]
+    # The quota deleted while the operator was down: its words do not outlive it.
+    harness.quotas = []
+    restarted(harness)
+    for _ in range(2):
+        harness.reconcile("pod")
+    assert harness.condition("Admitted")["message"] == "1 of 2 workers granted: no capacity for more"
+
+
 def test_a_running_job_keeps_its_workers_under_a_quota_not_counted_yet_and_does_not_grow(
     harness: Harness,
 ) -> None:
@@ -339,7 +397,7 @@ def test_an_elastic_job_grows_only_as_far_as_its_quota_allows(harness: Harness) 
     # The quota holds it below its replicas, not capacity (the node has room for both): said so.
     assert harness.condition("Admitted")["message"] == (
         "1 of 2 workers granted: ResourceQuota team-gpus has room for 1 of the job's workers "
-        "(requests.nvidia.com/gpu: 0 of 1 used by other pods, 1 per worker)"
+        "(requests.nvidia.com/gpu: 1 in all, 1 per worker)"
     )
     run_on_h0(harness, "llama")
     harness.quotas = [gpu_quota(1, 1)]  # its own worker is charged now: it keeps it, and grows no further

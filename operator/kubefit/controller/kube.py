@@ -229,25 +229,21 @@ class CoreV1Api:
         path = f"/api/v1/namespaces/{_quoted(namespace)}/pods"
         return _page(self._rest, path, limit, continue_token, field_selector)
 
-    def resource_quotas(self, namespace: str) -> list[dict[str, Any]]:
-        """The ResourceQuotas of `namespace`, whole (spec and status; a namespace holds a few)."""
-        path = f"/api/v1/namespaces/{_quoted(namespace)}/resourcequotas"
-        return list(json.loads(self._rest.call("GET", path)).get("items") or [])
-
     def list_namespaced_resource_quota(
-        self, namespace: str, limit: int, continue_token: str = ""
+        self, namespace: str, limit: int, continue_token: str = "", whole: bool = False
     ) -> dict[str, Any]:
-        """One page of the metadata of the ResourceQuotas in `namespace`."""
+        """One page of the metadata of the ResourceQuotas in `namespace` (`whole`: of the objects)."""
         path = f"/api/v1/namespaces/{_quoted(namespace)}/resourcequotas"
-        return _page(self._rest, path, limit, continue_token)
+        return _page(self._rest, path, limit, continue_token, whole=whole)
 
 
-def _page(
-    rest: _Rest, path: str, limit: int, continue_token: str, field_selector: str = ""
+def _page(  # noqa: PLR0913 - the list's path and page, and how much of each object
+    rest: _Rest, path: str, limit: int, continue_token: str, field_selector: str = "", whole: bool = False
 ) -> dict[str, Any]:
     query = f"?limit={limit}" + (f"&continue={quote(continue_token, safe='')}" if continue_token else "")
     query += f"&fieldSelector={quote(field_selector, safe='')}" if field_selector else ""
-    return cast(dict[str, Any], json.loads(rest.call("GET", path + query, accept=METADATA_ONLY)))
+    accept = "application/json" if whole else METADATA_ONLY
+    return cast(dict[str, Any], json.loads(rest.call("GET", path + query, accept=accept)))
 
 
 class CustomObjectsApi:
@@ -356,9 +352,13 @@ class KubeApi:
 
     def quotas(self, namespace: str) -> list[Quota]:
         """The ResourceQuotas of `namespace` now, read as kopf's index of them reads each (quota_from)."""
-        return [
-            quota for item in self.core.resource_quotas(namespace) if (quota := quota_from(item)) is not None
-        ]
+        quotas, token = [], ""
+        while True:
+            listed = self.core.list_namespaced_resource_quota(namespace, LIST_PAGE, token, whole=True)
+            quotas += [quota for item in listed.get("items") or [] if (quota := quota_from(item)) is not None]
+            token = (listed.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return quotas
 
     def quota_uids(self, namespace: str) -> set[str]:
         """The uid of every ResourceQuota in `namespace` now."""

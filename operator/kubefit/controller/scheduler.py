@@ -32,7 +32,6 @@ planner's reason word (kubefit_scale_events_total) and the whole jobs it preempt
 from __future__ import annotations
 
 import contextvars
-import enum
 import logging
 import threading
 import time
@@ -99,11 +98,15 @@ RECONCILE_THREADS = 4
 # their demand: one whose reconcile keeps failing must not hold the queue for ever (docs/scheduling.md).
 RESTART_SETTLE_SECONDS = 30.0
 # A pass that takes workers from jobs for others reads those others' namespaces' ResourceQuotas from the API
-# server first (_live_quota_view). Where kopf's index of them has other limits (a quota created, changed or
-# deleted a moment ago, on a watch stream apart from the jobs'), the pass stores nothing and is asked for again
-# QUOTA_RECHECK_SECONDS later, for QUOTA_LAG_LIMIT_SECONDS at most; then it goes on with what it has.
+# server first (_with_quotas_confirmed), QUOTA_CONFIRM_ROUNDS times at most as the plan made again names other
+# namespaces. Where kopf's index of them has other limits (a quota created, changed or deleted a moment ago, on
+# a watch stream apart from the jobs'), those namespaces' queued jobs wait and a pass is asked for again
+# QUOTA_RECHECK_SECONDS later, for QUOTA_LAG_LIMIT_SECONDS at most; then it goes on with what it has. A lag
+# not seen for QUOTA_LAG_GAP_SECONDS has ended: the next one waits afresh.
+QUOTA_CONFIRM_ROUNDS = 3
 QUOTA_RECHECK_SECONDS = 1.0
 QUOTA_LAG_LIMIT_SECONDS = 10.0
+QUOTA_LAG_GAP_SECONDS = 5.0
 # kubefit_preemptions_total's reason: the one way a whole job is stopped now (a higher-priority job that
 # may preempt needed its devices, decisions/admission.py).
 PREEMPTION_REASON = "HigherPriority"
@@ -245,7 +248,8 @@ class Scheduler:
         self._passes_running = 0  # worker_bound: a running pass may store a plan made before a bind
         self._binds_in_pass: list[tuple[JobKey, str]] = []  # (job, node) of binds seen while a pass ran
         self._live_quotas = live_quotas
-        self._quota_lag_since: float | None = None  # when passes began to wait for the quota index
+        # namespace -> (first, last) time a pass found kopf's index of its quotas behind the API server's
+        self._quota_lag: dict[str, tuple[float, float]] = {}
         self._last_pass_seconds = 0.0
         self._last_pass_end = 0.0  # time.monotonic() at the end of the last debounced pass
         metrics.watch_cluster(self.cluster_accelerators)
@@ -641,13 +645,15 @@ class Scheduler:
                 old_workers_going[key] = _waiting_for(going, now)
             else:
                 queued.append(demand)
-        plan = self._plan(queued, admitted, capacity, _quota_state(demands, entries, view))
+
+        def plan_with(quota_view: ClusterView, held: Collection[JobKey] = ()) -> AdmissionPlan:
+            waiting = [demand for demand in queued if demand.key not in held]
+            return self._plan(waiting, admitted, capacity, _quota_state(demands, entries, quota_view))
+
+        plan = self._with_quotas_confirmed(
+            plan_with(view), plan_with, view, {demand.key for demand in queued}
+        )
         self.passes += 1
-        live = self._live_quota_view(plan, view)
-        if live is _QuotaIndex.LAGS:
-            return []
-        if isinstance(live, ClusterView):
-            plan = self._plan(queued, admitted, capacity, _quota_state(demands, entries, live))
         with self._lock:
             victims = dict(self._leaving)
         for victim, beneficiaries in plan.made_room_for.items():
@@ -683,47 +689,66 @@ class Scheduler:
             **({"quotas": quotas} if quotas is not None else {}),
         )
 
-    def _live_quota_view(self, plan: AdmissionPlan, view: ClusterView) -> ClusterView | _QuotaIndex | None:
-        """For a plan that preempts or shrinks jobs for others: the view with those others' namespaces'
-        ResourceQuotas as the API server has them now, where kopf's index holds another usage (it lags the
-        pods the API server charged); _QuotaIndex.LAGS where it holds other limits, for the jobs' demands
-        were decided on those (a pass is asked for again); None where the index is current, or the plan
-        takes from no one."""
-        taken = set(plan.preempt) | set(plan.shrink)
-        namespaces = sorted({job[0] for victim in taken for job in plan.made_room_for.get(victim, ())})
-        if self._live_quotas is None or not namespaces:
-            return None
-        try:
-            live = {namespace: list(self._live_quotas(namespace)) for namespace in namespaces}
-        except Exception as error:  # noqa: BLE001 - the index is all a pass has then, as before
-            logger.warning("reading the ResourceQuotas of %s: %s", ", ".join(namespaces), error)
-            return None
-        lagging = [ns for ns in namespaces if _quota_limits(live[ns]) != _quota_limits(view.quotas(ns))]
-        now = self._clock()
+    def _with_quotas_confirmed(
+        self,
+        plan: AdmissionPlan,
+        plan_with: Callable[[ClusterView, Collection[JobKey]], AdmissionPlan],
+        view: ClusterView,
+        queued: Collection[JobKey],
+    ) -> AdmissionPlan:
+        """A plan that preempts or shrinks jobs for others, made again with the ResourceQuotas of those others'
+        namespaces as the API server has them now: kopf's index of them may lag the pods the API server
+        charged, or a quota created a moment ago. A queued job of a namespace whose quotas the index holds
+        with other limits waits for the watch (its demand was decided on them), QUOTA_LAG_LIMIT_SECONDS at
+        most, and the other jobs are planned as ever."""
+        live: dict[str, list[Quota]] = {}
+        held: set[JobKey] = set()
+        for _ in range(QUOTA_CONFIRM_ROUNDS if self._live_quotas is not None else 0):
+            beneficiaries = _room_made_for(plan)
+            unread = sorted({job[0] for job in beneficiaries} - live.keys())
+            if not unread or self._live_quotas is None:
+                break
+            try:
+                live.update({namespace: list(self._live_quotas(namespace)) for namespace in unread})
+            except Exception as error:  # noqa: BLE001 - the index is all a pass has then, as before
+                logger.warning("reading the ResourceQuotas of %s: %s", ", ".join(unread), error)
+                break
+            lagging = self._lagging_quota_indexes(unread, live, view)
+            held |= {job for job in beneficiaries if job[0] in lagging and job in queued}
+            plan = plan_with(_with_quotas(view, live), held)
+        if not held:
+            return plan
+        logger.info("%d job(s) wait for the watch of their namespace's ResourceQuotas", len(held))
+        self._pass_later(QUOTA_RECHECK_SECONDS, "quota index lag")
+        lag = {key: f"{Reason.QUEUED}: {_QUOTA_INDEX_BEHIND.format(namespace=key[0])}" for key in held}
+        return replace(plan, waiting={**plan.waiting, **lag})
+
+    def _lagging_quota_indexes(
+        self, namespaces: Sequence[str], live: Mapping[str, Sequence[Quota]], view: ClusterView
+    ) -> set[str]:
+        """Of `namespaces`, those whose quotas kopf's index holds with other limits than `live`, for less than
+        QUOTA_LAG_LIMIT_SECONDS (a lag not seen for QUOTA_LAG_GAP_SECONDS starts afresh)."""
+        now, lagging = self._clock(), set()
         with self._lock:
-            if not lagging:
-                self._quota_lag_since = None
-            elif self._quota_lag_since is None:
-                self._quota_lag_since = now
-            since = self._quota_lag_since
-        if since is not None and now - since < QUOTA_LAG_LIMIT_SECONDS:
-            logger.info("scheduling pass waits for the watch of the ResourceQuotas of %s", ", ".join(lagging))
-            self._pass_later(QUOTA_RECHECK_SECONDS, "quota index lag")
-            return _QuotaIndex.LAGS
-        if lagging:
-            logger.warning(
-                "scheduling passes go on %.0f s after kopf's index of the ResourceQuotas of %s first differed "
-                "from the API server's (its watch broken?)",
-                QUOTA_LAG_LIMIT_SECONDS,
-                ", ".join(lagging),
-            )
-        if all(_quota_usage(live[ns]) == _quota_usage(view.quotas(ns)) for ns in namespaces):
-            return None
-
-        def quotas(namespace: str) -> Sequence[Quota]:
-            return live[namespace] if namespace in live else view.quotas(namespace)
-
-        return replace(view, quotas=quotas)
+            self._quota_lag = {
+                ns: at for ns, at in self._quota_lag.items() if now - at[1] <= QUOTA_LAG_GAP_SECONDS
+            }
+            for namespace in namespaces:
+                if _quota_limits(live[namespace]) == _quota_limits(view.quotas(namespace)):
+                    self._quota_lag.pop(namespace, None)
+                    continue
+                first = self._quota_lag.get(namespace, (now, now))[0]
+                self._quota_lag[namespace] = (first, now)
+                if now - first < QUOTA_LAG_LIMIT_SECONDS:
+                    lagging.add(namespace)
+                else:
+                    logger.warning(
+                        "scheduling passes go on %.0f s after kopf's index of the ResourceQuotas of %s first "
+                        "differed from the API server's (its watch broken?)",
+                        now - first,
+                        namespace,
+                    )
+        return lagging
 
     def not_ready_names(self) -> frozenset[str]:
         """The nodes whose Ready condition is not True, as their events said."""
@@ -900,8 +925,23 @@ def _bound_on(view: ClusterView, key: JobKey, node: str) -> int:
     return sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
 
 
-class _QuotaIndex(enum.Enum):
-    LAGS = "lags"  # _live_quota_view: kopf's index of quotas holds other limits than the API server
+_QUOTA_INDEX_BEHIND = (
+    "the operator's watch of the ResourceQuotas of {namespace} is behind the API server's; decided again in a "
+    "moment"
+)
+
+
+def _room_made_for(plan: AdmissionPlan) -> set[JobKey]:
+    """The jobs the plan preempts or shrinks other jobs for."""
+    taken = set(plan.preempt) | set(plan.shrink)
+    return {job for victim in taken for job in plan.made_room_for.get(victim, ())}
+
+
+def _with_quotas(view: ClusterView, live: Mapping[str, Sequence[Quota]]) -> ClusterView:
+    """`view` with the quotas of the namespaces in `live` as read there."""
+    return replace(
+        view, quotas=lambda namespace: live[namespace] if namespace in live else view.quotas(namespace)
+    )
 
 
 def _quota_limits(quotas: Iterable[Quota]) -> set[tuple[object, ...]]:

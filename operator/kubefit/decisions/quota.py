@@ -30,6 +30,7 @@ _STANDARD = ("cpu", "memory", "ephemeral-storage")
 _POD_COUNTS = ("pods", "count/pods")
 _HUGE_PAGES = "hugepages-"
 _NOT_TERMINAL = "NotTerminating"
+QUOTA_MESSAGE_START = "ResourceQuota "  # how every message of a quota's room begins (QuotaRoom)
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,25 @@ class QuotaRoom:
     workers: int
     counted: bool = True
 
+    def cap(self) -> str:
+        """What the quota leaves a job it holds below its replicas, without the usage of other pods (which
+        changes often, and would rewrite the job's status each time)."""
+        if not self.counted:
+            return self.describe()
+        return (
+            f"{QUOTA_MESSAGE_START}{self.quota} has room for {self.workers} of the job's workers ({self.resource}: "
+            f"{_amount(self.hard)} in all, {_amount(self.per_worker)} per worker)"
+        )
+
     def describe(self) -> str:
         if not self.counted:
             return (
-                f"ResourceQuota {self.quota} is not counted yet ({self.resource}: {_amount(self.hard)}; the "
+                f"{QUOTA_MESSAGE_START}{self.quota} is not counted yet ({self.resource}: {_amount(self.hard)}; the "
                 "quota controller has not written its status): the job waits for the count"
             )
         return (
-            f"ResourceQuota {self.quota} has room for {self.workers} of the job's workers ({self.resource}: "
-            f"{_amount(self.used_by_others)} of {_amount(self.hard)} used by other pods, "
+            f"{QUOTA_MESSAGE_START}{self.quota} has room for {self.workers} of the job's workers "
+            f"({self.resource}: {_amount(self.used_by_others)} of {_amount(self.hard)} used by other pods, "
             f"{_amount(self.per_worker)} per worker)"
         )
 
@@ -104,23 +115,34 @@ def quota_from(body: Mapping[str, Any]) -> Quota | None:
     spec's limits, not counted (the module's docstring). None where a quantity does not parse, or it limits
     nothing."""
     metadata, spec, status = (body.get(key) or {} for key in ("metadata", "spec", "status"))
-    hard, used = status.get("hard"), status.get("used")
-    counted = isinstance(hard, Mapping) and bool(hard)
-    if not counted:
-        hard, used = spec.get("hard"), {}
-    if not isinstance(hard, Mapping) or not hard:
-        return None
     try:
-        parsed_hard = {key: _quantity(value) for key, value in hard.items()}
-        parsed_used = {key: _quantity(value) for key, value in (used or {}).items()}
+        asked = _quantities(spec.get("hard"))
+        counted, used = _quantities(status.get("hard")), _quantities(status.get("used"))
     except ValueError:
+        return None
+    is_counted = bool(counted) and set(asked) <= set(counted)
+    if is_counted:
+        # A spec edited a moment ago: the API server goes by the status until the controller counts the
+        # quota again; a limit lowered already is taken at once.
+        hard = {key: min(limit, asked.get(key, limit)) for key, limit in counted.items()}
+    else:
+        hard, used = asked, {}  # not counted yet, or a key added to its spec that is not counted yet
+    if not hard:
         return None
     terms = [ScopeTerm(str(scope), "Exists") for scope in spec.get("scopes") or []]
     for term in (spec.get("scopeSelector") or {}).get("matchExpressions") or []:
         values = tuple(str(value) for value in term.get("values") or [])
         terms.append(ScopeTerm(str(term.get("scopeName")), str(term.get("operator")), values))
     name, uid = str(metadata.get("name") or ""), str(metadata.get("uid") or "")
-    return Quota(name, parsed_hard, parsed_used, tuple(terms), uid, counted)
+    return Quota(name, hard, used, tuple(terms), uid, is_counted)
+
+
+def _quantities(amounts: Any) -> dict[str, Decimal]:
+    """A quota's hard or used amounts by key (none where it states none); ValueError for one that does not
+    parse."""
+    if not isinstance(amounts, Mapping):
+        return {}
+    return {str(key): _quantity(value) for key, value in amounts.items()}
 
 
 def _quantity(value: Any) -> Decimal:

@@ -65,6 +65,7 @@ from kubefit.decisions.observed import (
     STUCK_AFTER_GRACE_SECONDS,
     WorkerPod,
 )
+from kubefit.decisions.quota import QUOTA_MESSAGE_START
 from kubefit.decisions.workers import WorkerChanges, scale_workers, stop_workers, worker_slots
 
 # Reason words the scheduling pass may give a changed grant (AdmissionPlan.reasons: "Word: detail").
@@ -1043,7 +1044,8 @@ def _grant_why(ctx: JobContext, plan: _Plan) -> str | None:
     if not message.startswith(counted):
         return None  # another count: the grant is told afresh
     why = message.removeprefix(counted)
-    return why if why and why != _NO_CAPACITY else None
+    # The quota's words are told afresh (JobContext.quota_cap): the quota may have changed or gone meanwhile.
+    return why if why and why != _NO_CAPACITY and not why.startswith(QUOTA_MESSAGE_START) else None
 
 
 def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
@@ -1052,7 +1054,7 @@ def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
         message = f"{plan.target} worker{'' if plan.target == 1 else 's'} granted"
     else:
         # Held below it (the training ended, a raised minimum not granted yet): why, rather than capacity.
-        why = plan.capped or _grant_why(ctx, plan) or plan.hold or ctx.quota_cap or _NO_CAPACITY
+        why = plan.capped or ctx.quota_cap or _grant_why(ctx, plan) or plan.hold or _NO_CAPACITY
         message = f"{plan.target} of {wanted} workers granted: {why}"
     return ConditionUpdate(ConditionType.ADMITTED, "True", grant_reason(ctx), message)
 

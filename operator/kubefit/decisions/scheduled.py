@@ -80,7 +80,7 @@ def scheduled(ctx: JobContext) -> Draft:
     else:
         # Held below its replicas by the quota alone: the Admitted message names the quota, not capacity.
         held = room is not None and grant >= capped.want_workers < demand.want_workers
-        draft = admitted(replace(ctx, quota_cap=room.describe()) if held and room is not None else ctx, grant)
+        draft = admitted(replace(ctx, quota_cap=room.cap()) if held and room is not None else ctx, grant)
     # A finished job needs nothing; one that just timed out withholds its demand until the backoff passes.
     withheld = draft.gang is not None and backoff_left(draft.gang, ctx.now) > 0
     draft.demand = None if draft.phase in FINISHED_PHASES or withheld else _with_finished(capped, draft, ctx)
