@@ -416,7 +416,11 @@ def test_the_sandbox_names_its_telemetry_address_and_serves_each_pods_gpus(
 
     pool = add_pool(PoolNodes("nvidia-h100-80gb", nodes=1, per_node=8))
     node = pool.nodes[0]
-    assert sorted(gpus_of(url, node), key=int) == [str(index) for index in range(8)]
+    # The node agent learns of the node through its own watch: a moment after the node is there.
+    wait_for(
+        "the node's 8 GPUs in the telemetry",
+        lambda: sorted(gpus_of(url, node), key=int) == [str(index) for index in range(8)],
+    )
     kube.apply(
         gpu_pod(
             "staged", namespace, pool, 2, {UTILIZATION_ANNOTATION: "0.25", MEMORY_USED_ANNOTATION: "10Gi"}

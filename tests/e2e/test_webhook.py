@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import sys
 import uuid
 from collections.abc import Iterator
@@ -99,11 +100,15 @@ def registered(kube: Kube, operator: OperatorProcess, certificate: tuple[Path, P
 def guarded(kube: Kube, namespace: str, registered: str) -> str:
     """The test's namespace, in the webhook's scope."""
     kube.run("label", "namespace", namespace, f"{SELECTOR_LABEL}={registered}")
-    # The API server's webhook source follows the configuration through a watch: wait until it calls.
-    probe = _bad_job("probe", namespace, OPERATOR_REFUSALS[0].spec())
+    # The API server's webhook source follows the configuration through a watch: wait until it calls. A
+    # server-side dry run calls the webhook too, and stores nothing if it is not called yet.
+    probe = json.dumps(_bad_job("probe", namespace, OPERATOR_REFUSALS[0].spec()))
     wait_for(
         "the API server calling the webhook",
-        lambda: "denied the request" in kube.apply(probe, check=False).stderr,
+        lambda: (
+            "denied the request"
+            in kube.run("apply", "--dry-run=server", "-f", "-", input=probe, check=False).stderr
+        ),
         timeout=30,
         interval=0.5,
     )

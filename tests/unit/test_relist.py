@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -277,3 +278,26 @@ def test_a_quota_deleted_while_the_watch_was_broken_is_found_dropped_and_its_nam
     finally:
         _stop(loop, thread)
     assert decided == [("ns", True)]
+
+
+def test_a_listing_is_checked_soon_after_its_first_event_not_only_at_the_resync() -> None:
+    # After an API server restart a deleted pod's devices counted as held for up to a resync period: a pass
+    # in between could preempt a job for them. One check follows each burst of a listing's events.
+    lister = Lister({"uid-a"}, {})
+    check = RelistCheck(lister, delay=0.05)
+    checked: list[list[Indexed]] = []
+    done = threading.Event()
+
+    def check_now() -> None:
+        checked.append(check.check(lambda: [NODE_A, NODE_B], lambda _: None, lambda _: None))
+        done.set()
+
+    check.check_soon(check_now)
+    loop, thread = _listed_on_a_loop(check, NODES, NODES, NODES)
+    try:
+        assert done.wait(5)
+        time.sleep(0.2)
+        assert checked == [[NODE_B]]  # one check for the burst, which found the node deleted meanwhile
+        assert lister.calls == ["nodes"]
+    finally:
+        _stop(loop, thread)

@@ -8,8 +8,10 @@ for a live one and was never made again, a node so offered devices that are not 
 namespace's jobs back. client-go's informers
 handle the same case at their relist (`DeletedFinalStateUnknown`).
 
-A listing's events reach the handlers with no type. After one for pods, nodes or quotas, the next resync
-period checks that kind: it notes what the indexes hold, then lists those objects' metadata (nodes once, pods
+A listing's events reach the handlers with no type. After one for pods, nodes or quotas, a check runs
+CHECK_AFTER_LISTING_SECONDS later (check_soon; the next resync period too, for a check that failed or
+found the indexes not read yet): a deleted pod's devices counted as held for up to a resync period after an
+API server restart could make a pass preempt a job for nothing. It checks that kind: it notes what the indexes hold, then lists those objects' metadata (nodes once, pods
 and quotas once per namespace noted). An object noted before that list began and absent from it was deleted (uids are never
 used again), and is dropped as its DELETED event would have dropped it. The operator's own start is a listing
 too, so the first period checks once; nothing more is listed until kopf lists again. The check is by kind,
@@ -30,6 +32,9 @@ from typing import Protocol
 logger = logging.getLogger("kubefit.relist")
 
 NODES, PODS, QUOTAS = "nodes", "pods", "resourcequotas"
+# How long after the first event of a listing the check runs (check_soon): most of a relist's events have
+# come by then, and a check runs again after any that come later.
+CHECK_AFTER_LISTING_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -80,17 +85,40 @@ def _uids_of(kind: str, namespace: str, lister: UidLister) -> set[str]:
 class RelistCheck:
     """Notes kopf's listings (on its event loop) and, at the resync, drops what they hid the deletion of."""
 
-    def __init__(self, lister: UidLister) -> None:
+    def __init__(self, lister: UidLister, delay: float = CHECK_AFTER_LISTING_SECONDS) -> None:
         self._lister = lister
         self._lock = threading.Lock()
         self._due: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._delay = delay
+        self._soon: Callable[[], object] | None = None
+        self._timer: threading.Timer | None = None
+
+    def check_soon(self, check: Callable[[], object]) -> None:
+        """Runs `check` (a call of `check` with the operator's indexes) `delay` seconds after a listing's first
+        event, on a thread of its own; it may raise, and the next resync checks again."""
+        self._soon = check
 
     def listed(self, kind: str) -> None:
         """An event of kopf's listing of `kind` arrived; called on kopf's event loop."""
         with self._lock:
             self._due.add(kind)
             self._loop = asyncio.get_running_loop()
+            if self._soon is None or self._timer is not None:
+                return
+            self._timer = threading.Timer(self._delay, self._check_now)
+            self._timer.daemon = True
+        self._timer.start()
+
+    def _check_now(self) -> None:
+        with self._lock:
+            self._timer = None
+            check = self._soon
+        try:
+            if check is not None:
+                check()
+        except Exception as error:  # noqa: BLE001 - the resync checks again
+            logger.warning("checking for objects deleted while a watch was broken failed: %s", error)
 
     def check(
         self,
