@@ -255,9 +255,14 @@ def _relist_checker(
             reconciler.quota_changed(namespace, view, every_job=True)
         scheduler.request("pod", view)
 
-    return lambda: relists.check(
-        lambda: _indexed(live_indexes), lambda gone: _discard(live_indexes, gone), after_vanished
-    )
+    def check() -> list[Indexed]:
+        return relists.check(
+            lambda: _indexed(live_indexes), lambda gone: _discard(live_indexes, gone), after_vanished
+        )
+
+    # Soon after a listing too; not before a job's event has handed over kopf's indexes (the resync then).
+    relists.check_soon(lambda: check() if live_indexes else None)
+    return check
 
 
 def _indexed(indexes: Mapping[str, Any]) -> list[Indexed]:
@@ -307,8 +312,6 @@ def _register_triggers(
 
     check_relists = _relist_checker(relisting, workers_seen, scheduler, reconciler, live_indexes)
     resync = _resync_loop(reconciler, scheduler, resync_seconds, live_indexes, check_relists)
-    # Soon after a listing too; not before a job's event has handed over kopf's indexes (the resync then).
-    relists.check_soon(lambda: check_relists() if live_indexes else None)
 
     # Every TrainingJob event, with no finalizer and no annotation of kopf's: the job is kept in the reconciler's
     # cache and reconciled if it is new or changed (its status as this operator wrote it is no change). The
