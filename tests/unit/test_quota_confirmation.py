@@ -10,7 +10,6 @@ the API server then refused.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -20,7 +19,7 @@ from kubefit.controller import scheduler as scheduler_module
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.admission import Demand
-from kubefit.decisions.inventory import NodeFacts, PodUsage
+from kubefit.decisions.inventory import PodUsage
 from kubefit.decisions.node_match import ANYWHERE
 from kubefit.decisions.quota import Quota, QuotaClaim
 from kubefit.metrics import OperatorMetrics
@@ -98,8 +97,8 @@ def test_a_quota_usage_the_index_has_not_caught_up_with_is_read_afresh_before_a_
 def test_a_quota_the_index_does_not_hold_yet_holds_the_preemption_until_its_watch_catches_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The gang was decided before the quota's ADDED event reached the index: its demand claims no quota. It
-    # waits, saying why, and a pass is asked for again; the quota's event then decides the gang again.
+    # The gang was decided before the quota's ADDED event reached the index: its demand claims no quota. The
+    # pass stores nothing and asks for itself again; the quota's event then decides the gang again.
     asked: list[float] = []
     monkeypatch.setattr(Scheduler, "_pass_later", lambda self, delay, trigger: asked.append(delay))
     cluster = Cluster(indexed=[], live=[gpu_quota(4, 4)])
@@ -107,10 +106,6 @@ def test_a_quota_the_index_does_not_hold_yet_holds_the_preemption_until_its_watc
     grants = scheduler.snapshot()
     assert grants[VICTIM].workers == 1
     assert not grants[HIGH].workers
-    assert grants[HIGH].waiting == (
-        "Queued: the operator's watch of the ResourceQuotas of ml is behind the API server's; decided again "
-        "in a moment"
-    )
     assert asked and asked[0] == scheduler_module.QUOTA_RECHECK_SECONDS
     # Caught up: the quota's event decided the gang again, which now claims the quota and waits for it.
     cluster.indexed = cluster.live
@@ -167,22 +162,43 @@ def test_a_later_lag_of_the_quota_index_waits_afresh(monkeypatch: pytest.MonkeyP
     later = ("ml", "later")
     scheduler.offer(later, job_demand(later, 50, 4, claims=False, preempts=True), ANYWHERE, cluster.view())
     assert scheduler.snapshot()[VICTIM].workers == 1
-    assert (scheduler.snapshot()[later].waiting or "").startswith("Queued: the operator's watch")
 
 
-def test_a_lagging_quota_index_holds_only_its_namespaces_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
-    # An unrelated job that fits an A100 node is admitted in the same pass as ever.
+def test_a_second_gang_of_a_lagging_namespace_preempts_no_one_either(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Holding the first gang alone let the plan made again preempt the victim for the second one.
     monkeypatch.setattr(Scheduler, "_pass_later", lambda self, delay, trigger: None)
     cluster = Cluster(indexed=[], live=[gpu_quota(4, 4)])
-    a100 = NodeFacts("a1", {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, {"nvidia.com/gpu": "8"})
     scheduler, view = lagging_scheduler(cluster, [1000.0])
-    view = replace(view, nodes=lambda: [node("n1"), a100])
-    small = replace(job_demand(("team-c", "small"), 0, 4, claims=False), accelerator="nvidia-a100-80gb")
-    scheduler.offer(small.key, small, ANYWHERE, view)
+    second = ("ml", "high2")
+    scheduler.offer(second, job_demand(second, 40, 4, claims=False, preempts=True), ANYWHERE, view)
     scheduler.offer(HIGH, job_demand(HIGH, 50, 3, claims=False), ANYWHERE, view)
     grants = scheduler.snapshot()
-    assert (grants[VICTIM].workers, grants[small.key].workers) == (1, 1)
-    assert not grants[HIGH].workers
+    assert grants[VICTIM].workers == 1
+    assert not grants[HIGH].workers and not grants[second].workers
+
+
+def test_a_current_quota_index_costs_one_list_and_no_second_plan() -> None:
+    planned: list[int] = []
+    cluster = Cluster(indexed=[gpu_quota(8, 4)], live=[gpu_quota(8, 4)])
+
+    def counting_planner(*args: object, **kwargs: object) -> object:
+        planned.append(1)
+        return scheduler_module.plan_admissions(*args, **kwargs)  # type: ignore[arg-type]
+
+    scheduler = Scheduler(
+        CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None), planner=counting_planner,
+        live_quotas=cluster.live_quotas,
+    )  # fmt: skip
+    scheduler.reconcile_with(Recorder())
+    view = cluster.view()
+    for key in (VICTIM, RUNNING):
+        scheduler.grant(key, cluster.workers[key], admitted_with=1)
+    scheduler.offer(VICTIM, job_demand(VICTIM, 0, 1, claims=False), ANYWHERE, view)
+    scheduler.offer(RUNNING, job_demand(RUNNING, 100, 2, claims=True), ANYWHERE, view)
+    planned.clear()
+    scheduler.offer(HIGH, job_demand(HIGH, 50, 3, claims=True), ANYWHERE, view)
+    assert scheduler.snapshot()[VICTIM].workers == 0  # room in the quota: it preempts, as before
+    assert (cluster.reads, len(planned)) == (1, 1)
 
 
 def test_a_pass_that_takes_from_no_one_reads_no_quota() -> None:

@@ -4,6 +4,7 @@ listing, and dropped from kopf's own indexes. The end-to-end proof is in tests/e
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from typing import Any
@@ -299,5 +300,34 @@ def test_a_listing_is_checked_soon_after_its_first_event_not_only_at_the_resync(
         time.sleep(0.2)
         assert checked == [[NODE_B]]  # one check for the burst, which found the node deleted meanwhile
         assert lister.calls == ["nodes"]
+    finally:
+        _stop(loop, thread)
+
+
+def test_the_soon_check_runs_in_the_context_of_kopfs_loop_once_the_listing_is_quiet() -> None:
+    # Its reconciles post events through kopf, which reads its settings from context variables: a timer
+    # thread has none of its own (each reconcile failed with a LookupError).
+    mark: contextvars.ContextVar[str] = contextvars.ContextVar("mark")
+    check = RelistCheck(Lister(set(), {}), delay=0.1)
+    seen: list[tuple[str | None, float]] = []
+    done = threading.Event()
+    check.check_soon(lambda: (seen.append((mark.get(None), time.monotonic())), done.set()))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def listing() -> float:
+        mark.set("kopf")
+        for _ in range(5):  # a listing's events over 0.2 s: one check, after the last
+            check.listed(PODS)
+            await asyncio.sleep(0.05)
+        return time.monotonic()
+
+    try:
+        last = asyncio.run_coroutine_threadsafe(listing(), loop).result(5)
+        assert done.wait(5)
+        time.sleep(0.3)
+        assert [value for value, _ in seen] == ["kopf"]
+        assert seen[0][1] >= last + 0.05
     finally:
         _stop(loop, thread)

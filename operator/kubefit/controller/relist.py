@@ -8,8 +8,8 @@ for a live one and was never made again, a node so offered devices that are not 
 namespace's jobs back. client-go's informers
 handle the same case at their relist (`DeletedFinalStateUnknown`).
 
-A listing's events reach the handlers with no type. After one for pods, nodes or quotas, a check runs
-CHECK_AFTER_LISTING_SECONDS later (check_soon; the next resync period too, for a check that failed or
+A listing's events reach the handlers with no type. After one for pods, nodes or quotas, a check runs once
+the listing's events have stopped for CHECK_AFTER_LISTING_SECONDS (check_soon; the next resync period too, for a check that failed or
 found the indexes not read yet): a deleted pod's devices counted as held for up to a resync period after an
 API server restart could make a pass preempt a job for nothing. It checks that kind: it notes what the indexes hold, then lists those objects' metadata (nodes once, pods
 and quotas once per namespace noted). An object noted before that list began and absent from it was deleted (uids are never
@@ -23,8 +23,10 @@ pod of it deleted meanwhile) sends no listing event, and its entries wait for th
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -32,8 +34,7 @@ from typing import Protocol
 logger = logging.getLogger("kubefit.relist")
 
 NODES, PODS, QUOTAS = "nodes", "pods", "resourcequotas"
-# How long after the first event of a listing the check runs (check_soon): most of a relist's events have
-# come by then, and a check runs again after any that come later.
+# How long after the last event of a listing the check runs (check_soon).
 CHECK_AFTER_LISTING_SECONDS = 2.0
 
 
@@ -93,6 +94,7 @@ class RelistCheck:
         self._delay = delay
         self._soon: Callable[[], object] | None = None
         self._timer: threading.Timer | None = None
+        self._last_listed = 0.0  # time.monotonic() of the latest listing event
 
     def check_soon(self, check: Callable[[], object]) -> None:
         """Runs `check` (a call of `check` with the operator's indexes) `delay` seconds after a listing's first
@@ -104,14 +106,25 @@ class RelistCheck:
         with self._lock:
             self._due.add(kind)
             self._loop = asyncio.get_running_loop()
+            self._last_listed = time.monotonic()
             if self._soon is None or self._timer is not None:
                 return
-            self._timer = threading.Timer(self._delay, self._check_now)
-            self._timer.daemon = True
-        self._timer.start()
+            # kopf's context (its settings, the event poster) rides along: the check reconciles jobs.
+            self._timer = self._start_timer(self._delay, contextvars.copy_context())
 
-    def _check_now(self) -> None:
+    def _start_timer(self, delay: float, context: contextvars.Context) -> threading.Timer:
+        timer = threading.Timer(delay, context.run, args=(self._check_when_quiet, context))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _check_when_quiet(self, context: contextvars.Context) -> None:
+        """Runs the check once the listing's events have stopped for `delay` seconds (one check a listing)."""
         with self._lock:
+            quiet_for = time.monotonic() - self._last_listed
+            if quiet_for < self._delay:
+                self._timer = self._start_timer(self._delay - quiet_for, context)
+                return
             self._timer = None
             check = self._soon
         try:

@@ -646,14 +646,15 @@ class Scheduler:
             else:
                 queued.append(demand)
 
-        def plan_with(quota_view: ClusterView, held: Collection[JobKey] = ()) -> AdmissionPlan:
-            waiting = [demand for demand in queued if demand.key not in held]
-            return self._plan(waiting, admitted, capacity, _quota_state(demands, entries, quota_view))
+        def plan_with(quota_view: ClusterView) -> AdmissionPlan:
+            return self._plan(queued, admitted, capacity, _quota_state(demands, entries, quota_view))
 
-        plan = self._with_quotas_confirmed(
-            plan_with(view), plan_with, view, {demand.key for demand in queued}
-        )
+        confirmed = self._with_quotas_confirmed(plan_with(view), plan_with, view)
         self.passes += 1
+        if confirmed is None:  # an index of quotas lags: nothing stored now, the pass runs again in a moment
+            self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
+            return []
+        plan = confirmed
         with self._lock:
             victims = dict(self._leaving)
         for victim, beneficiaries in plan.made_room_for.items():
@@ -690,22 +691,16 @@ class Scheduler:
         )
 
     def _with_quotas_confirmed(
-        self,
-        plan: AdmissionPlan,
-        plan_with: Callable[[ClusterView, Collection[JobKey]], AdmissionPlan],
-        view: ClusterView,
-        queued: Collection[JobKey],
-    ) -> AdmissionPlan:
+        self, plan: AdmissionPlan, plan_with: Callable[[ClusterView], AdmissionPlan], view: ClusterView
+    ) -> AdmissionPlan | None:
         """A plan that preempts or shrinks jobs for others, made again with the ResourceQuotas of those others'
-        namespaces as the API server has them now: kopf's index of them may lag the pods the API server
-        charged, or a quota created a moment ago. A queued job of a namespace whose quotas the index holds
-        with other limits waits for the watch (its demand was decided on them), QUOTA_LAG_LIMIT_SECONDS at
-        most, and the other jobs are planned as ever."""
+        namespaces as the API server has them now, where kopf's index holds another usage (it lags the pods
+        the API server charged). None where the index holds other limits, or lacks a quota (one created a
+        moment ago): the jobs' demands were decided on them, so the pass stores nothing and is asked for again,
+        for QUOTA_LAG_LIMIT_SECONDS at most."""
         live: dict[str, list[Quota]] = {}
-        held: set[JobKey] = set()
         for _ in range(QUOTA_CONFIRM_ROUNDS if self._live_quotas is not None else 0):
-            beneficiaries = _room_made_for(plan)
-            unread = sorted({job[0] for job in beneficiaries} - live.keys())
+            unread = sorted({job[0] for job in _room_made_for(plan)} - live.keys())
             if not unread or self._live_quotas is None:
                 break
             try:
@@ -714,14 +709,16 @@ class Scheduler:
                 logger.warning("reading the ResourceQuotas of %s: %s", ", ".join(unread), error)
                 break
             lagging = self._lagging_quota_indexes(unread, live, view)
-            held |= {job for job in beneficiaries if job[0] in lagging and job in queued}
-            plan = plan_with(_with_quotas(view, live), held)
-        if not held:
-            return plan
-        logger.info("%d job(s) wait for the watch of their namespace's ResourceQuotas", len(held))
-        self._pass_later(QUOTA_RECHECK_SECONDS, "quota index lag")
-        lag = {key: f"{Reason.QUEUED}: {_QUOTA_INDEX_BEHIND.format(namespace=key[0])}" for key in held}
-        return replace(plan, waiting={**plan.waiting, **lag})
+            if lagging:
+                logger.info(
+                    "scheduling pass waits for the watch of the ResourceQuotas of %s", ", ".join(lagging)
+                )
+                self._pass_later(QUOTA_RECHECK_SECONDS, "quota index lag")
+                return None
+            if all(_quota_usage(live[ns]) == _quota_usage(view.quotas(ns)) for ns in unread):
+                break  # the index is current: the plan stands
+            plan = plan_with(_with_quotas(view, live))
+        return plan
 
     def _lagging_quota_indexes(
         self, namespaces: Sequence[str], live: Mapping[str, Sequence[Quota]], view: ClusterView
@@ -923,12 +920,6 @@ def _still_reserved(
 
 def _bound_on(view: ClusterView, key: JobKey, node: str) -> int:
     return sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
-
-
-_QUOTA_INDEX_BEHIND = (
-    "the operator's watch of the ResourceQuotas of {namespace} is behind the API server's; decided again in a "
-    "moment"
-)
 
 
 def _room_made_for(plan: AdmissionPlan) -> set[JobKey]:
