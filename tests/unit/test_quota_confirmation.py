@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from test_scheduler import CATALOG, Recorder, node, worker
@@ -115,17 +116,20 @@ def test_a_quota_the_index_does_not_hold_yet_holds_the_preemption_until_its_watc
     assert (grants[HIGH].waiting or "").startswith("QuotaExceeded: ")
 
 
-def lagging_scheduler(cluster: Cluster, now: list[float]) -> tuple[Scheduler, ClusterView]:
+def lagging_scheduler(
+    cluster: Cluster, now: list[float], running_claims: bool = False, **options: Any
+) -> tuple[Scheduler, ClusterView]:
+    """The victim and ml/a admitted with their workers, nothing else offered yet."""
     scheduler = Scheduler(
         CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None), clock=lambda: now[0],
-        live_quotas=cluster.live_quotas,
+        live_quotas=cluster.live_quotas, **options,
     )  # fmt: skip
     scheduler.reconcile_with(Recorder())
     view = cluster.view()
     for key in (VICTIM, RUNNING):
         scheduler.grant(key, cluster.workers[key], admitted_with=1)
     scheduler.offer(VICTIM, job_demand(VICTIM, 0, 1, claims=False), ANYWHERE, view)
-    scheduler.offer(RUNNING, job_demand(RUNNING, 100, 2, claims=False), ANYWHERE, view)
+    scheduler.offer(RUNNING, job_demand(RUNNING, 100, 2, claims=running_claims), ANYWHERE, view)
     return scheduler, view
 
 
@@ -185,16 +189,7 @@ def test_a_current_quota_index_costs_one_list_and_no_second_plan() -> None:
         planned.append(1)
         return scheduler_module.plan_admissions(*args, **kwargs)  # type: ignore[arg-type]
 
-    scheduler = Scheduler(
-        CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None), planner=counting_planner,
-        live_quotas=cluster.live_quotas,
-    )  # fmt: skip
-    scheduler.reconcile_with(Recorder())
-    view = cluster.view()
-    for key in (VICTIM, RUNNING):
-        scheduler.grant(key, cluster.workers[key], admitted_with=1)
-    scheduler.offer(VICTIM, job_demand(VICTIM, 0, 1, claims=False), ANYWHERE, view)
-    scheduler.offer(RUNNING, job_demand(RUNNING, 100, 2, claims=True), ANYWHERE, view)
+    scheduler, view = lagging_scheduler(cluster, [0.0], running_claims=True, planner=counting_planner)
     planned.clear()
     scheduler.offer(HIGH, job_demand(HIGH, 50, 3, claims=True), ANYWHERE, view)
     assert scheduler.snapshot()[VICTIM].workers == 0  # room in the quota: it preempts, as before
