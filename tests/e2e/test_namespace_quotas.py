@@ -58,6 +58,28 @@ def workers_by_uid(kube: Kube, namespace: str, job: str) -> dict[str, str]:
     return {pod["metadata"]["name"]: pod["metadata"]["uid"] for pod in kube.workers(namespace, job)}
 
 
+FIXED = {"enabled": False, "checkpointGracePeriodSeconds": 0}
+WHOLE_NODE = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
+
+
+def run_victim(kube: Kube, namespace: str, pool: PrivatePool) -> dict[str, str]:
+    """A fixed job of 2 whole-node workers in `namespace`, running: its workers' uids by name."""
+    victim = job_manifest(
+        "victim", namespace, pool=pool, workers={"replicas": 2}, resources=WHOLE_NODE, elastic=FIXED
+    )
+    kube.apply(victim)
+    wait_for("the victim's 2 workers", lambda: len(running_names(kube.workers(namespace, "victim"))) == 2)
+    return workers_by_uid(kube, namespace, "victim")
+
+
+def urgent_gang(namespace: str, pool: PrivatePool) -> dict:
+    """A fixed gang of 2 whole-node workers that may preempt lower-priority jobs."""
+    return job_manifest(
+        "urgent", namespace, pool=pool, workers={"replicas": 2}, resources=WHOLE_NODE, elastic=FIXED,
+        scheduling={"priority": 100, "preemption": "LowerPriority"},
+    )  # fmt: skip
+
+
 @pytest.fixture
 def team_namespace(kube: Kube, operator: OperatorProcess, namespace: str) -> Iterator[str]:
     """A second namespace the operator watches (its name matches the operator's pattern, as `namespace`'s)."""
@@ -67,20 +89,10 @@ def team_namespace(kube: Kube, operator: OperatorProcess, namespace: str) -> Ite
 def test_a_gang_over_its_quota_waits_without_preempting_and_runs_once_the_quota_is_raised(
     kube: Kube, namespace: str, team_namespace: str, operator: OperatorProcess, pool: PrivatePool
 ) -> None:
-    fixed = {"enabled": False, "checkpointGracePeriodSeconds": 0}
-    resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
-    victim = job_manifest(
-        "victim", namespace, pool=pool, workers={"replicas": 2}, resources=resources, elastic=fixed
-    )
-    kube.apply(victim)
-    wait_for("the victim's 2 workers", lambda: len(running_names(kube.workers(namespace, "victim"))) == 2)
-    running = workers_by_uid(kube, namespace, "victim")
+    running = run_victim(kube, namespace, pool)
     # Another team's namespace, whose quota has room for one worker of 8 devices.
     kube.apply(gpu_quota(team_namespace, 8))
-    urgent = job_manifest(
-        "urgent", team_namespace, pool=pool, workers={"replicas": 2}, resources=resources, elastic=fixed,
-        scheduling={"priority": 100, "preemption": "LowerPriority"},
-    )  # fmt: skip
+    urgent = urgent_gang(team_namespace, pool)
     kube.apply(urgent)
 
     def quota_exceeded() -> dict | None:
@@ -127,18 +139,8 @@ def test_a_gang_applied_before_its_quota_is_counted_waits_for_the_count_and_pree
     """A quota kube-controller-manager has not counted yet limits nothing at the API server, and everything
     from its count on. The gang read it as no quota: it preempted the other namespace's job for workers over
     the quota (here the API server admitted them, the quota being uncounted; a moment later it refuses)."""
-    fixed = {"enabled": False, "checkpointGracePeriodSeconds": 0}
-    resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
-    victim = job_manifest(
-        "victim", namespace, pool=pool, workers={"replicas": 2}, resources=resources, elastic=fixed
-    )
-    kube.apply(victim)
-    wait_for("the victim's 2 workers", lambda: len(running_names(kube.workers(namespace, "victim"))) == 2)
-    running = workers_by_uid(kube, namespace, "victim")
-    urgent = job_manifest(
-        "urgent", team_namespace, pool=pool, workers={"replicas": 2}, resources=resources, elastic=fixed,
-        scheduling={"priority": 100, "preemption": "LowerPriority"},
-    )  # fmt: skip
+    running = run_victim(kube, namespace, pool)
+    urgent = urgent_gang(team_namespace, pool)
     with sandbox.paused("kube-controller-manager"):  # the quota controller counts nothing meanwhile
         kube.apply(gpu_quota(team_namespace, 8))
         kube.apply(urgent)
@@ -178,13 +180,11 @@ def test_a_gang_its_quota_exempts_preempts_the_job_of_its_namespace_not_another_
     too and the gang is not held back. Another namespace's job of a still lower priority runs on the other
     node: the pass preempted that one (the lowest priority, and its node fits the gang), the quota then
     refused the gang's worker, and the bystander had lost its workers for nothing."""
-    fixed = {"enabled": False, "checkpointGracePeriodSeconds": 0}
-    resources = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8}
 
     def one_worker(name: str, job_namespace: str, scheduling: dict, grace: int = 0) -> dict:
         return job_manifest(
-            name, job_namespace, pool=pool, workers={"replicas": 1}, resources=resources,
-            elastic={**fixed, "checkpointGracePeriodSeconds": grace}, scheduling=scheduling,
+            name, job_namespace, pool=pool, workers={"replicas": 1}, resources=WHOLE_NODE,
+            elastic={**FIXED, "checkpointGracePeriodSeconds": grace}, scheduling=scheduling,
         )  # fmt: skip
 
     kube.apply(one_worker("bystander", namespace, {"priority": 0}))

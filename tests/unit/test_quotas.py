@@ -279,6 +279,13 @@ def test_a_gang_over_its_quota_is_queued_and_preempts_no_one_until_the_quota_has
     assert not harness.reconciler._jobs[KEY].quota_limited
 
 
+def apply_elastic_llama(harness: Harness) -> None:
+    """The elastic job llama, 1 to 2 workers of 1 GPU, wanting 2."""
+    llama = job_manifest(replicas=2, minReplicas=1, maxReplicas=2)
+    llama["spec"]["elastic"]["enabled"] = True
+    harness.kube.jobs["llama"] = llama
+
+
 def uncounted_gpu_quota(hard: int) -> Quota:
     return Quota("team-gpus", {GPU: Decimal(hard)}, {}, counted=False)
 
@@ -323,9 +330,7 @@ def test_a_gang_whose_quota_is_not_counted_yet_waits_for_the_count_and_preempts_
 def test_a_capped_jobs_admitted_message_does_not_follow_the_usage_of_other_pods(harness: Harness) -> None:
     # Every fall in the namespace's usage decides the quota-limited jobs again: a message naming the others'
     # usage rewrote the status and posted an Admitted event each time, the grant unchanged.
-    llama = job_manifest(replicas=2, minReplicas=1, maxReplicas=2)
-    llama["spec"]["elastic"]["enabled"] = True
-    harness.kube.jobs["llama"] = llama
+    apply_elastic_llama(harness)
     harness.quotas = [gpu_quota(4, 3)]
     harness.reconcile()
     run_on_h0(harness, "llama")
@@ -346,9 +351,7 @@ def test_a_recovered_grant_tells_its_quota_afresh_after_a_restart(
     # One node of 1 GPU: once the quota is gone, the node holds the job at 1 worker.
     node = NodeFacts("h0", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "1"})
     monkeypatch.setattr(test_reconciler, "NODES", [node])
-    llama = job_manifest(replicas=2, minReplicas=1, maxReplicas=2)
-    llama["spec"]["elastic"]["enabled"] = True
-    harness.kube.jobs["llama"] = llama
+    apply_elastic_llama(harness)
     harness.quotas = [gpu_quota(1, 0)]
     harness.reconcile()
     run_on_h0(harness, "llama")
@@ -366,9 +369,7 @@ def test_a_recovered_grant_tells_its_quota_afresh_after_a_restart(
 def test_a_running_job_keeps_its_workers_under_a_quota_not_counted_yet_and_does_not_grow(
     harness: Harness,
 ) -> None:
-    llama = job_manifest(replicas=2, minReplicas=1, maxReplicas=2)
-    llama["spec"]["elastic"]["enabled"] = True
-    harness.kube.jobs["llama"] = llama
+    apply_elastic_llama(harness)
     harness.quotas = [gpu_quota(1, 0)]
     harness.reconcile()
     run_on_h0(harness, "llama")
@@ -387,9 +388,7 @@ def test_a_running_job_keeps_its_workers_under_a_quota_not_counted_yet_and_does_
 
 
 def test_an_elastic_job_grows_only_as_far_as_its_quota_allows(harness: Harness) -> None:
-    llama = job_manifest(replicas=2, minReplicas=1, maxReplicas=2)
-    llama["spec"]["elastic"]["enabled"] = True
-    harness.kube.jobs["llama"] = llama
+    apply_elastic_llama(harness)
     harness.quotas = [gpu_quota(1, 0)]
     harness.reconcile()
     assert llama_pods(harness) == ["llama-worker-0"]
