@@ -23,6 +23,7 @@ import pytest
 from kubernetes import client
 from operator_support import PoolNodes, PrivatePool, create_private_pool, remove_private_pool
 
+from kubefit.controller.kube import KubeApi
 from kubefit_sandbox.cluster import NOT_READY_TAINT_KEY, POOL_LABEL, build_node, load_cluster_config
 from kubefit_sandbox.controlplane import Sandbox
 from kubefit_sandbox.kubeclient import new_api_client, watch_events
@@ -427,6 +428,22 @@ def test_node_deleted_through_the_api_has_its_pods_deleted_by_the_agent(
     finally:
         core.delete_node(name)  # as `kubectl delete node` would: the agent must clean up
     wait_for("the agent to delete the pod of the deleted node", lambda: pod_gone(core, namespace, "cpu-job"))
+
+
+def test_the_operators_node_check_lists_a_node_by_name_until_it_is_deleted(
+    sandbox: Sandbox, core: client.CoreV1Api
+) -> None:
+    # The reconciler asks this of a node its index lacks before reading the node's workers as lost
+    # (controller/node_check.py): a LIST by metadata.name, answered by the real API server.
+    api = KubeApi(new_api_client(sandbox.kubeconfig_path))
+    pool = f"e2e-{uuid.uuid4().hex[:6]}"
+    (name,) = add_nodes(core, NodeRequest(None, pool=pool, cpu=4, memory="8Gi"))
+    try:
+        assert api.node_exists(name) is True
+        assert api.node_exists(f"{name}-x") is False  # a name it begins is not it
+    finally:
+        core.delete_node(name)
+    assert api.node_exists(name) is False
 
 
 def test_cli_node_add_list_remove(sandbox: Sandbox, core: client.CoreV1Api) -> None:

@@ -112,6 +112,7 @@ class FakeKube:
         self.pods: dict[str, WorkerPod] = {}  # name -> what kopf's index would show
         self.fail: dict[tuple[str, str], Exception] = {}
         self.on_get: Callable[[], None] | None = None
+        self.nodes: set[str] = set()  # the nodes a LIST by name finds
 
     def _call(self, call: str, name: str) -> None:
         self.log.append((call, name))
@@ -125,6 +126,10 @@ class FakeKube:
             self.on_get()
         job = self.jobs.get(name)
         return copy.deepcopy(job) if job else None
+
+    def node_exists(self, name: str) -> bool:
+        self._call("node_exists", name)
+        return name in self.nodes
 
     def patch_job_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> None:
         self._call("patch_job_status", name)

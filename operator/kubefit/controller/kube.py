@@ -218,9 +218,9 @@ class CoreV1Api:
         path = f"/api/v1/namespaces/{_quoted(namespace, 'services', name)}"
         return cast(dict[str, Any], json.loads(self._rest.call("GET", path)))
 
-    def list_node(self, limit: int, continue_token: str = "") -> dict[str, Any]:
-        """One page of the nodes' metadata (a PartialObjectMetadataList)."""
-        return _page(self._rest, "/api/v1/nodes", limit, continue_token)
+    def list_node(self, limit: int, continue_token: str = "", field_selector: str = "") -> dict[str, Any]:
+        """One page of the nodes' metadata (a PartialObjectMetadataList; those `field_selector` selects)."""
+        return _page(self._rest, "/api/v1/nodes", limit, continue_token, field_selector)
 
     def list_namespaced_pod(
         self, namespace: str, limit: int, continue_token: str = "", field_selector: str = ""
@@ -345,6 +345,10 @@ class KubeApi:
     def node_uids(self) -> set[str]:
         """The uid of every node now (their metadata listed in pages of LIST_PAGE)."""
         return _uids(lambda token: self.core.list_node(LIST_PAGE, token))
+
+    def node_exists(self, name: str) -> bool:
+        """Whether the cluster has a node of that name now (one LIST by name: `list` is granted, `get` is not)."""
+        return bool(self.core.list_node(1, field_selector=f"metadata.name={name}").get("items"))
 
     def pod_uids(self, namespace: str) -> set[str]:
         """The uid of every pod in `namespace` now."""

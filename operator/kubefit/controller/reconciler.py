@@ -71,6 +71,7 @@ from kubefit.controller.kube import (
     WritesStopped,
     error_message,
 )
+from kubefit.controller.node_check import NodeCheck
 from kubefit.controller.refusals import Refusals, with_limit_hint
 from kubefit.controller.resync import API_ERRORS
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
@@ -279,6 +280,8 @@ class Reconciler:
         self._jobs: dict[JobKey, _JobState] = {}
         self._requeues = RequeueClock()
         self._uids: dict[JobKey, str] = {}
+        # A node kopf's index lacks is asked of the API server before its workers are read as lost.
+        self._nodes = NodeCheck(api.node_exists)
 
     def reconcile(self, key: JobKey, trigger: str, view: ClusterView) -> None:
         """Reconciles `key`; never raises (a failure is recorded on the job and retried after a backoff)."""
@@ -533,7 +536,9 @@ class Reconciler:
             # Request ids are "<generation>-<n>": the old job's acks would pass for the new job's.
             self.board.forget(key)
         pods = _on_lost_nodes(
-            _as_deleted(view.workers(key), state.deleted), self.scheduler.not_ready_names(), view.node_exists
+            _as_deleted(view.workers(key), state.deleted),
+            self.scheduler.not_ready_names(),
+            lambda name: self._nodes.exists(name, view.node_exists),
         )
         state.replaced &= {pod.uid for pod in pods}  # forget pods that are gone for good
         for pod in pods:
