@@ -191,6 +191,10 @@ class Store:
     def adopt_pod(self, namespace: str, name: str, owner: dict[str, Any]) -> bool:
         return True
 
+    def node_exists(self, name: str) -> bool:
+        self.calls["node_exists"] += 1
+        return any(node.name == name for node in self.nodes)
+
     def delete_job(self, namespace: str, name: str) -> bool:
         return self.jobs.pop(name, None) is not None
 
