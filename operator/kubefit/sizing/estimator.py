@@ -1266,7 +1266,8 @@ def _stage_estimate(
     )
     if not _gradients_follow_the_forward(spec, sharding):
         return summed
-    masters = 0.0 if autocast_weights else on_device.weights
+    # The backward frees autocast's 16-bit weight copies; a declared state was measured as held: all stays.
+    masters = 0.0 if autocast_weights and resolved.declared_state is None else on_device.weights
     temporaries = on_device.trainable * sharding.per_parameter.step_temporary
     if spec.model.optimizer == "adafactor":
         # Its for-loop step holds one parameter's temporary (var_estimate) at a time: the largest one's.
