@@ -908,6 +908,32 @@ def test_a_lora_rank_on_full_training_is_refused_naming_it_and_its_default_is_ac
         assert parsed.model.finetuning.lora_rank == 16
 
 
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ({"elastic": {"maxRestarts": 5}}, "elastic.enabled is false"),
+        ({"framework": "jax", "elastic": {"enabled": True, "maxRestarts": 5}}, "framework is jax"),
+        ({"framework": "none", "elastic": {"enabled": True, "maxRestarts": 0}}, "framework is none"),
+    ],
+)
+def test_elastic_max_restarts_where_torchrun_does_not_run_is_refused_naming_it(
+    spec: dict[str, Any], why: str
+) -> None:
+    # Only an elastic pytorch worker's PET_MAX_RESTARTS reads it: elsewhere it was accepted and limited nothing.
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(_spec(**spec))
+    assert [error.path for error in refused.value.errors] == ["spec.elastic.maxRestarts"]
+    assert why in str(refused.value) and "runPolicy.maxRestarts" in str(refused.value)
+
+
+def test_elastic_max_restarts_default_is_accepted_anywhere_and_a_value_on_elastic_pytorch() -> None:
+    # What the API server stores with the CRD's defaults filled in still parses.
+    assert parse_spec(_spec(framework="jax", elastic={"enabled": True, "maxRestarts": 100}))
+    assert parse_spec(_spec(elastic={"enabled": False, "maxRestarts": 100}))
+    parsed = parse_spec(_spec(elastic={"enabled": True, "maxRestarts": 5}))
+    assert parsed.elastic.max_restarts == 5
+
+
 # ------------------------------------------------------------------ counts and bytes are whole
 
 
