@@ -273,8 +273,23 @@ def test_extra_args_may_not_repeat_a_flag_the_chart_sets(args: list[str], refuse
         ({"name": "n" * 64}, "name"),  # the loader takes up to 63 characters
         ({"match": [{}]}, "match"),  # an empty label set: the loader refuses it
         ({"fp8": "yes"}, "fp8"),  # the loader takes true or false
+        ({"name": "auto"}, "name"),  # spec.resources.accelerator's word for the planner's choice
+        ({"name": "Bad Name!"}, "name"),  # not a label value
+        ({"memoryMiB": 2**30 + 1}, "memoryMiB"),  # past 1 PiB
+        ({"resourceName": "example.com/big gpu"}, "resourceName"),  # no pod could request it
+        ({"perNodes": [8]}, "perNodes"),  # misspelt: was dropped for the default [1, 2, 4, 8]
     ],
-    ids=["per-node-above-64", "name-too-long", "match-empty-label-set", "fp8-not-a-boolean"],
+    ids=[
+        "per-node-above-64",
+        "name-too-long",
+        "match-empty-label-set",
+        "fp8-not-a-boolean",
+        "name-auto",
+        "name-not-a-label-value",
+        "memory-above-1-pib",
+        "resource-name-with-a-space",
+        "misspelt-key",
+    ],
 )
 def test_a_catalog_entry_the_operator_refuses_fails_helm_not_the_operator_s_start(
     change: dict[str, Any], path: str

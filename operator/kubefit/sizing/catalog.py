@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -22,6 +23,16 @@ from kubefit.api.units import MIB
 
 BUILTIN_CATALOG = Path(__file__).with_name("accelerators.yaml")
 NAME_MAX = 63  # spec.resources.accelerator's maxLength (api/models.py), a label value's
+NAME_PATTERN = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")  # a label value's
+# A pod's extended resource name: a DNS subdomain prefix and a qualified name (Kubernetes' IsQualifiedName).
+RESOURCE_NAME_PATTERN = re.compile(
+    r"(?=[^/]{1,253}/)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+    r"/(?=[^/]{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+)
+MEMORY_MIB_MAX = 2**30  # 1 PiB: the bytes stay far inside the status's int64
+ENTRY_KEYS = frozenset(
+    {"name", "vendor", "memoryMiB", "resourceName", "perNode", "nodeLabels", "match", "bf16", "fp8"}
+)
 CATALOG_ENV = "KUBEFIT_CATALOG"
 
 # GKE keeps cloud.google.com/gke-accelerator on a node whose GPUs it partitions (multi-instance GPU) or shares
@@ -145,7 +156,8 @@ def _whole(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _entry(raw: Any, source: str) -> Accelerator:
+def _entry_name(raw: Any, source: str) -> str:
+    """Where an entry is, for its errors ("catalog: accelerators[NAME]"), once its name and keys are good."""
     if not isinstance(raw, dict):
         raise CatalogError(f"{source}: each entry of accelerators must be a mapping")
     name = raw.get("name")
@@ -156,12 +168,32 @@ def _entry(raw: Any, source: str) -> Accelerator:
         raise CatalogError(
             f"{where}: the name is longer than {NAME_MAX} characters, the most spec.resources.accelerator takes"
         )
+    if not NAME_PATTERN.fullmatch(name) or name == "auto":
+        raise CatalogError(
+            f"{where}: the name must be letters, digits, '-', '_' and '.', beginning and ending with a letter "
+            "or digit, and not auto (spec.resources.accelerator's word for the planner's choice)"
+        )
+    unknown = sorted(str(key) for key in raw if key not in ENTRY_KEYS)
+    if unknown:
+        # A misspelt key (perNodes, fp-8) was dropped for its default: a layout nobody wrote.
+        raise CatalogError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(ENTRY_KEYS))})")
+    return where
+
+
+def _entry(raw: Any, source: str) -> Accelerator:
+    where = _entry_name(raw, source)
     memory = raw.get("memoryMiB")
-    if not _whole(memory) or memory <= 0:
-        raise CatalogError(f"{where}.memoryMiB must be a positive integer (MiB as the driver reports it)")
+    if not _whole(memory) or not 0 < memory <= MEMORY_MIB_MAX:
+        raise CatalogError(
+            f"{where}.memoryMiB must be a positive integer (MiB as the driver reports it), at most "
+            f"{MEMORY_MIB_MAX:,} (1 PiB)"
+        )
     resource = raw.get("resourceName")
-    if not isinstance(resource, str) or "/" not in resource:
-        raise CatalogError(f"{where}.resourceName must be an extended resource such as nvidia.com/gpu")
+    if not isinstance(resource, str) or not RESOURCE_NAME_PATTERN.fullmatch(resource):
+        raise CatalogError(
+            f"{where}.resourceName must be an extended resource such as nvidia.com/gpu (a DNS subdomain, "
+            "'/', and a name of letters, digits, '-', '_' and '.')"
+        )
     per_node = raw.get("perNode", [1, 2, 4, 8])
     if (
         not isinstance(per_node, list)
@@ -186,7 +218,7 @@ def _entry(raw: Any, source: str) -> Accelerator:
         raise CatalogError(f"{where}.match: each label set needs at least one label")
     return Accelerator(
         **_arithmetic(raw, where),
-        name=name,
+        name=raw["name"],
         vendor=str(raw.get("vendor", "unknown")),
         memory_bytes=memory * MIB,
         resource_name=resource,
