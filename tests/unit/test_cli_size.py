@@ -200,6 +200,57 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[st
     assert code == 0 and json.loads(out)["accelerator"] == "nvidia-a100-40gb"
 
 
+def test_a_manifest_past_the_api_servers_request_limit_is_refused_without_reading_it_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `kubefit size -f /dev/zero` read until the process ran out of memory.
+    code, _, err = run_main(capsys, "-f", "/dev/zero")
+    assert code == 2 and "/dev/zero: larger than 3 MiB" in err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("#" * (3 * 2**20 + 1)))
+    code, _, err = run_main(capsys, "-f", "-")
+    assert code == 2 and "<stdin>: larger than 3 MiB" in err
+    big_but_taken = yaml.safe_dump(LLAMA3_8B_FSDP) + "#" * (3 * 2**20 - 10_000)
+    path = tmp_path / "padded.yaml"
+    path.write_text(big_but_taken)
+    code, _, _ = run_main(capsys, "-f", str(path), "-o", "json")
+    assert code == 0
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # kubectl keeps the last silently: a second `framework:` sized the job for a TPU without a word.
+    text = yaml.safe_dump(LLAMA3_8B_FSDP, sort_keys=False).replace(
+        "spec:\n", "spec:\n  framework: pytorch\n  framework: jax\n", 1
+    )
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    code, _, err = run_main(capsys, "-f", str(path))
+    line = text.splitlines().index("  framework: jax") + 1
+    assert (
+        code == 2
+        and f"(line {line}, column 3): found 'framework' a second time (first on line {line - 1})" in err
+    )
+    # A key given beside a merge key overrides the merged one, as YAML means it: not a repetition.
+    merged = yaml.safe_dump(LLAMA3_8B_FSDP, sort_keys=False).replace(
+        "  namespace: ml\n", "  namespace: ml\n  labels: {<<: {team: a, tier: b}, tier: c}\n", 1
+    )
+    assert "<<:" in merged
+    code, _, err = run_main(capsys, "-f", write(tmp_path, merged, "merged.yaml"), "-o", "json")
+    assert code == 0, err
+
+
+def test_a_namespace_that_is_not_a_dns_label_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = {**LLAMA3_8B_FSDP, "metadata": {"name": "llama", "namespace": "Bad_NS"}}
+    code, _, err = run_main(capsys, "-f", write(tmp_path, manifest))
+    assert code == 2 and "metadata.namespace: must be a DNS label" in err
+    manifest["metadata"]["namespace"] = "team-a"
+    code, _, _ = run_main(capsys, "-f", write(tmp_path, manifest))
+    assert code == 0
+
+
 def test_a_job_that_does_not_fit_still_exits_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = with_spec(
         resources={"accelerator": "nvidia-t4", "acceleratorsPerWorker": 1}, workers={"replicas": 1}

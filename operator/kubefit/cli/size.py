@@ -28,6 +28,9 @@ EXIT_FAILED = 1  # an internal error, or the output cannot be written; one line,
 EXIT_INVALID = 2  # unreadable file, not YAML, not a TrainingJob, invalid spec or catalog
 EXIT_CLUSTER = 3  # --cluster: the kubeconfig cannot be read or the cluster cannot be reached or listed
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"  # decisions.job's, the operator's; not imported: --help stays fast
+# The most of a manifest read: the API server takes a request body of 3 MiB at most (its MaxRequestBodyBytes).
+INPUT_MAX_BYTES = 3 * 2**20
+NAMESPACE_PATTERN = re.compile(r"(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # a DNS-1123 label
 
 DESCRIPTION = """\
 Estimate the peak accelerator memory per device of a TrainingJob and choose (or check) its layout:
@@ -192,23 +195,35 @@ def register(commands: Any) -> None:
 
 
 def read_text(filename: str, stdin: TextIO | None = None) -> str:
+    """The manifest's text, at most INPUT_MAX_BYTES of it (`kubefit size -f /dev/zero` read until out of
+    memory)."""
     if filename == "-":
         stream = stdin or sys.stdin
         # The bytes, decoded here: the stream's own decoding (the locale's) raised an internal error.
         raw = getattr(stream, "buffer", None)
         if raw is None:
-            return stream.read()
+            return _bounded(stream.read(INPUT_MAX_BYTES + 1), "<stdin>")
         try:
-            return bytes(raw.read()).decode("utf-8")
+            return _bounded(bytes(raw.read(INPUT_MAX_BYTES + 1)).decode("utf-8"), "<stdin>")
         except UnicodeDecodeError:
             raise InvalidInput(["<stdin>: not UTF-8 text (expected a YAML manifest)"]) from None
     try:
         with open(filename, encoding="utf-8") as handle:
-            return handle.read()
+            return _bounded(handle.read(INPUT_MAX_BYTES + 1), filename)
     except OSError as exc:
         raise InvalidInput([f"{filename}: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise InvalidInput([f"{filename}: not a text file (expected a YAML manifest)"]) from None
+
+
+def _bounded(text: str, source: str) -> str:
+    if len(text) > INPUT_MAX_BYTES:
+        raise InvalidInput(
+            [
+                f"{source}: larger than {INPUT_MAX_BYTES // 2**20} MiB, more than the API server takes in one request"
+            ]
+        )
+    return text
 
 
 def _kubectl_loader() -> Any:
@@ -278,6 +293,7 @@ def _go_mapping(loader: Any, node: Any, deep: bool) -> dict[Any, Any]:
     import yaml
 
     if isinstance(node, yaml.MappingNode):
+        _refuse_repeated_keys(loader, node)
         loader.flatten_mapping(node)
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
@@ -288,6 +304,28 @@ def _go_mapping(loader: Any, node: Any, deep: bool) -> dict[Any, Any]:
             )
         mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
+
+
+def _refuse_repeated_keys(loader: Any, node: Any) -> None:
+    """A key written twice in one mapping (before merge keys are flattened: a key given beside `<<` is
+    meant to override the merged one). kubectl keeps the last without a word; a second `framework:` is
+    more likely a slip than a choice, so it is refused with both lines."""
+    import yaml
+
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = _go_key(loader.construct_object(key_node))
+        if key in seen:
+            first = seen[key].start_mark.line + 1
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found {key!r} a second time (first on line {first}); kubectl would keep the last silently",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
 
 
 def _go_key(key: Any) -> Any:
@@ -671,6 +709,13 @@ def _job_identity(
         for field in ("name", "namespace")
         if (value := metadata.get(field)) is not None and not isinstance(value, str)
     ]
+    namespace = metadata.get("namespace")
+    if isinstance(namespace, str) and namespace and not NAMESPACE_PATTERN.fullmatch(namespace):
+        # It names the workers' DNS domain, which the rendezvous check reads: the API server refuses it.
+        errors.append(
+            "metadata.namespace: must be a DNS label (lowercase letters, digits and '-', beginning and ending "
+            "with a letter or digit, at most 63 characters)"
+        )
     if errors:
         try:
             _size(manifest, catalog, None, args, (None, None), advise=False)
