@@ -32,6 +32,7 @@ def test_every_handler_and_index_is_a_coroutine_kopf_can_cancel() -> None:
     found = [*registry._indexing.get_all_handlers(), *registry._watching.get_all_handlers()]
     names = {handler.id for handler in found}
     assert {"job", "worker_pod", "node_changed", "pod_released", "kubefit_nodes", "kubefit_workers"} <= names
+    assert "kubefit_jobs" in names  # the restart settle's list of every job (controller/scheduler.py)
     blocking = [handler.id for handler in found if not inspect.iscoroutinefunction(handler.fn)]
     assert blocking == []
 

@@ -1,4 +1,4 @@
-"""After an operator restart (or a new leader), passes wait for every job with live workers to offer its demand.
+"""After an operator restart (or a new leader), passes wait for every job to offer its demand.
 
 kopf fills its index of worker pods before any handler runs, but the jobs' first reconciles run in any order
 on the handler threads: a pass before a running job's first offer counted its bound workers as another
@@ -83,6 +83,52 @@ def test_a_shrink_for_priority_open_at_a_restart_is_not_undone_before_its_benefi
 
     grants = scheduler.snapshot()
     assert grants[victim].workers == 2 and grants[urgent].workers == 1
+
+
+def test_a_queued_job_is_waited_for_so_an_elastic_job_does_not_grow_onto_its_devices_first() -> None:
+    """n2 was freed while the operator was down. elastic (priority 0, 2 to 4 x 4 GPUs) runs 2 workers on n1;
+    urgent (priority 10, 1 x 8 GPUs) is queued, with no workers. elastic's first reconcile came first: it
+    grew onto n2 (2 -> 4 workers, pods made) and was shrunk back for urgent by the next pass, after a
+    checkpoint handshake, for nothing."""
+    elastic, urgent = ("ns", "elastic"), ("ns", "urgent")
+    pods = [worker("elastic", 0, "n1"), worker("elastic", 1, "n1")]
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")], workers={elastic: pods})
+    view = replace(indexed_view(cluster), jobs=lambda: [elastic, urgent])  # kopf's index of TrainingJobs
+    scheduler, _ = sync_scheduler()
+    assert scheduler.grant(elastic, pods, admitted_with=2).workers == 2
+    assert scheduler.grant(urgent, []).workers is None
+
+    scheduler.offer(elastic, demand("elastic", min_workers=2, want=4, created=2), ANYWHERE, view)
+    assert scheduler.snapshot()[elastic].workers == 2  # no pass yet: urgent has not offered
+    urgent_demand = replace(
+        demand("urgent", per_worker=8, min_workers=1, want=1, priority=10, created=1), elastic=False
+    )
+    scheduler.offer(urgent, urgent_demand, ANYWHERE, view)
+    grants = scheduler.snapshot()
+    assert grants[elastic].workers == 2 and grants[urgent].workers == 1
+
+
+def test_jobs_created_after_the_first_pass_are_not_waited_for() -> None:
+    """A fresh operator under a burst of applies: the index grows with every apply, and waiting for each
+    new job's offer held passes back until the burst ended."""
+    listed: list[JobKey] = [("ns", "first")]
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    view = replace(indexed_view(cluster), jobs=lambda: list(listed))
+    scheduler, _ = sync_scheduler()
+    listed.append(("ns", "second"))  # applied before the first offer: there at the first pass
+    scheduler.offer(("ns", "first"), demand("first", min_workers=1, want=1), ANYWHERE, view)
+    assert scheduler.snapshot()[("ns", "first")].workers is None  # waits for second
+    listed.append(("ns", "third"))  # applied after the first pass: not waited for
+    scheduler.offer(("ns", "second"), demand("second", min_workers=1, want=1), ANYWHERE, view)
+    grants = scheduler.snapshot()
+    assert grants[("ns", "first")].workers == 1 and grants[("ns", "second")].workers == 1
+
+
+def test_the_view_lists_every_job_kopfs_index_of_trainingjobs_holds() -> None:
+    indexes: dict[str, Any] = {"kubefit_nodes": {}, "kubefit_pod_usage": {}, "kubefit_workers": {}}
+    assert list(cluster_view(**indexes).jobs()) == []
+    jobs = {("ns", "queued"): ["uid-queued"], ("other", "running"): ["uid-running"]}
+    assert sorted(cluster_view(**indexes, kubefit_jobs=cast(Any, jobs)).jobs()) == sorted(jobs)
 
 
 def test_a_running_job_that_never_offers_holds_passes_back_for_the_settle_limit_only() -> None:

@@ -25,6 +25,8 @@ class ClusterView:
     usage: Callable[[], Mapping[str, Iterable[PodUsage]]]
     workers: Callable[[JobKey], list[WorkerPod]]
     jobs_with_workers: Callable[[], Iterable[JobKey]] = lambda: ()
+    # Every TrainingJob the operator watches, with workers or not (kopf's index; none where not given).
+    jobs: Callable[[], Iterable[JobKey]] = lambda: ()
     # Whether the cluster has a node of that name (kopf's index; every name where not given).
     node_exists: Callable[[str], bool] = lambda name: True
     # The ResourceQuotas of a namespace, as their status reads (none where not given).

@@ -4,7 +4,11 @@ Indexes (kept current by kopf's watches, populated before any handler runs):
 - kubefit_nodes: node name -> NodeFacts (labels, allocatable);
 - kubefit_pod_usage: node name -> PodUsage of each bound, non-terminated pod (any pod, not only workers);
 - kubefit_workers: (namespace, job name) -> WorkerPod of each pod labelled kubefit.dev/job;
-- kubefit_quotas: namespace -> Quota of each ResourceQuota (controller/quotas.py, with its trigger).
+- kubefit_quotas: namespace -> Quota of each ResourceQuota (controller/quotas.py, with its trigger);
+- kubefit_jobs: (namespace, name) -> uid of each TrainingJob: read by the scheduler's restart settle, which
+  waits for every job to offer its demand before a pass changes anything (controller/scheduler.py). An entry
+  of a job deleted while the watch was broken stays until the process ends (kopf sends no DELETED for it);
+  nothing reads the index after the settle.
 Triggers of a job's reconcile: a TrainingJob event that shows it new or changed (the operator's listing at
 its start included; its own status patches are no change), the resync (controller/resync.py: every job once
 per RESYNC_SECONDS, spread over the period), and an event of one of its worker pods that changes what the
@@ -50,6 +54,7 @@ logger = logging.getLogger("kubefit.handlers")
 RESYNC_SECONDS = 30.0
 T = TypeVar("T")
 JOBS = (GROUP, VERSION, PLURAL)
+JOB_INDEX = "kubefit_jobs"
 
 
 # The reconciler and the scheduler read kopf's indexes on their own threads while kopf's event loop changes
@@ -99,6 +104,7 @@ def cluster_view(
     kubefit_pod_usage: kopf.Index[str, PodUsage],
     kubefit_workers: kopf.Index[JobKey, WorkerPod],
     kubefit_quotas: kopf.Index[str, Quota] | None = None,
+    kubefit_jobs: kopf.Index[JobKey, str] | None = None,
 ) -> ClusterView:
     """Reads the live indexes lazily, so a reconcile that goes round again sees fresh contents."""
 
@@ -118,6 +124,7 @@ def cluster_view(
         usage=usage,
         workers=workers,
         jobs_with_workers=lambda: read_consistently(lambda: list(kubefit_workers.keys())),
+        jobs=lambda: read_consistently(lambda: list(kubefit_jobs.keys())) if kubefit_jobs is not None else [],
         node_exists=lambda name: name in kubefit_nodes,
         quotas=quotas,
     )
@@ -192,6 +199,10 @@ def _register_indexes(registry: kopf.OperatorRegistry, nodes_seen: SameFacts) ->
         # {} and not None: kopf keeps an object's previous entries when its indexer returns None, so a pod
         # that finished would hold its devices in the index for as long as it exists.
         return {usage.node_name: usage} if usage else {}
+
+    @kopf.index(*JOBS, id=JOB_INDEX, registry=registry)
+    async def kubefit_jobs(namespace: str | None, name: str, uid: str, **_: Any) -> dict[JobKey, str]:
+        return {(namespace or "", name): uid}
 
     @kopf.index("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, id="kubefit_workers", registry=registry)
     async def kubefit_workers(
@@ -533,5 +544,5 @@ def _register_capacity_triggers(
 
 
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    names = ("kubefit_nodes", "kubefit_pod_usage", "kubefit_workers", QUOTA_INDEX)
+    names = ("kubefit_nodes", "kubefit_pod_usage", "kubefit_workers", QUOTA_INDEX, JOB_INDEX)
     return {name: kwargs[name] for name in names if name in kwargs}

@@ -19,10 +19,11 @@ before the job is reconciled again.
 
 Restart: the queue is in memory. The first time this process sees a job that already has live worker
 pods, it counts the job as admitted with those workers as its grant, so nothing is double-booked or
-restarted by an operator restart. Until every job that kopf's index of workers (filled before any handler
-runs) shows with live workers has offered its demand, or for RESTART_SETTLE_SECONDS at most, a pass changes
-nothing: one before would count a job still unknown to it as another workload's devices, and give its
-unbound workers' places (or those a shrink for priority is freeing) away.
+restarted by an operator restart. Until every job that kopf's indexes of TrainingJobs and of workers
+(filled before any handler runs) show has offered its demand, or for RESTART_SETTLE_SECONDS at most, a pass
+changes nothing: one before would count a running job still unknown to it as another workload's devices,
+and give its unbound workers' places (or those a shrink for priority is freeing) away, or give devices freed
+while the operator was down to an elastic job's growth before a queued job of higher priority is known.
 
 Metrics (docs/metrics.md): each pass counts the grant changes of admitted jobs by direction and the
 planner's reason word (kubefit_scale_events_total) and the whole jobs it preempts
@@ -94,7 +95,7 @@ DEFAULT_HEAD_OF_LINE_TIMEOUT = 300.0
 ADMISSION_TRIGGER = "admission"
 RECOVERED = "Recovered"  # Grant.reason of a job found with workers when this process first saw it
 RECONCILE_THREADS = 4
-# After a start (or taking the lead), how long passes wait at most for the jobs with live workers to offer
+# After a start (or taking the lead), how long passes wait at most for every job to offer
 # their demand: one whose reconcile keeps failing must not hold the queue for ever (docs/scheduling.md).
 RESTART_SETTLE_SECONDS = 30.0
 # A pass that takes workers from jobs for others reads those others' namespaces' ResourceQuotas from the API
@@ -222,10 +223,11 @@ class Scheduler:
         # (admission.leaving_for); their gang clocks wait.
         self._leaving: dict[JobKey, frozenset[JobKey]] = {}
         self._seen: set[JobKey] = set()  # jobs this process has reconciled (restart recovery once)
-        # Jobs that offered their demand since this process started; None once every job with live workers
-        # has, or the first pass that waited for them did so RESTART_SETTLE_SECONDS ago (then its deadline).
+        # Jobs that offered their demand since this process started; None once every job has, or the first
+        # pass that waited for them did so RESTART_SETTLE_SECONDS ago (then its deadline).
         self._offered_since_start: set[JobKey] | None = set()
         self._settle_deadline: float | None = None
+        self._jobs_at_start: frozenset[JobKey] | None = None  # kopf's index of TrainingJobs at the first pass
         # The grant of each job when it left the queue (offer None: suspended, finished): a victim resumed
         # during its handshake is taken back at it (a shrink's), or not at all (a preemption's 0).
         self._grant_on_leaving: dict[JobKey, int] = {}
@@ -555,9 +557,9 @@ class Scheduler:
 
     def run_pass(self, view: ClusterView) -> list[JobKey]:
         """Plans every known job against the cluster now; returns the jobs whose grant changed or that began or
-        stopped waiting in the queue. Nothing while a job with live workers has not offered its demand since
+        stopped waiting in the queue. Nothing while a job (queued or running) has not offered its demand since
         this process started (the module's docstring, Restart)."""
-        if self._awaiting_running_jobs(view):
+        if self._awaiting_jobs(view):
             return []
         with self._lock:
             self._passes_running += 1
@@ -568,39 +570,48 @@ class Scheduler:
                 self._passes_running -= 1
             self._check_binds_in_pass(view)
 
-    def _awaiting_running_jobs(self, view: ClusterView) -> bool:
-        """Whether a job with live workers has not offered its demand since this process started, and the first
-        pass that waited for it did so less than RESTART_SETTLE_SECONDS ago (a pass is asked for at that
-        deadline). False from then on, and at once on a start with no such job."""
+    def _awaiting_jobs(self, view: ClusterView) -> bool:
+        """Whether a job (in kopf's index of TrainingJobs at the first pass, or with live workers) has not
+        offered its demand since this process started, and the first pass that waited for it did so less than
+        RESTART_SETTLE_SECONDS ago (a pass is asked for at that deadline). False from then on, and at once on
+        a start with no job. Queued jobs are waited for too: a pass before a queued job's offer grew an
+        elastic job onto devices freed while the operator was down, and shrank it back once the queued job
+        of higher priority offered (two checkpoint handshakes for nothing)."""
         with self._lock:
             if self._offered_since_start is None:
                 return False
         running = [key for key in view.jobs_with_workers() if live_workers(view.workers(key))]
+        # The jobs there at the first pass: kopf's index held every job of the start before any handler ran.
+        # Not jobs created since: a burst of applies would hold passes back until it ended.
+        listed = frozenset(view.jobs()) if self._jobs_at_start is None else None
         now = self._clock()
         with self._lock:
             offered = self._offered_since_start
             if offered is None:
                 return False
-            missing = sorted(key for key in running if key not in offered)
+            if self._jobs_at_start is None:
+                self._jobs_at_start = listed
+            expected = {*running, *(self._jobs_at_start or ())}
+            missing = sorted(key for key in expected if key not in offered)
             if missing and self._settle_deadline is None:
                 self._settle_deadline = now + RESTART_SETTLE_SECONDS
                 if self.settings.debounce is not None:
                     self._pass_later(RESTART_SETTLE_SECONDS, "restart settle limit")
             deadline = self._settle_deadline
             if missing and deadline is not None and now < deadline:
-                logger.debug("scheduling pass waits for %d running job(s) to offer", len(missing))
+                logger.debug("scheduling pass waits for %d job(s) to offer", len(missing))
                 return True
             self._offered_since_start = None
         if missing:
             logger.warning(
-                "scheduling passes go on %.0f s after the start without the demand of %d job(s) with live "
-                "workers (their reconciles failing?); their workers count as another workload's: %s",
+                "scheduling passes go on %.0f s after the start without the demand of %d job(s) (their "
+                "reconciles failing?); the workers of any of them count as another workload's: %s",
                 RESTART_SETTLE_SECONDS,
                 len(missing),
                 ", ".join(f"{namespace}/{name}" for namespace, name in missing[:10]),
             )
         elif deadline is not None:
-            logger.info("every job with live workers offered its demand: scheduling passes go on")
+            logger.info("every job offered its demand: scheduling passes go on")
         return False
 
     def _pass_later(self, delay: float, trigger: str) -> None:
