@@ -195,6 +195,10 @@ class Store:
         self.calls["node_exists"] += 1
         return any(node.name == name for node in self.nodes)
 
+    def node_names(self) -> set[str]:
+        self.calls["node_names"] += 1
+        return {node.name for node in self.nodes}
+
     def delete_job(self, namespace: str, name: str) -> bool:
         return self.jobs.pop(name, None) is not None
 

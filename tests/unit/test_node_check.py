@@ -5,14 +5,16 @@ on a lost node is deleted by a suspend or a scale-down without its checkpoint.""
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
 
 import kopf
 import pytest
 import urllib3
-from test_reconciler import NAMESPACE, Harness, PodServer, job_manifest
+from test_reconciler import NAMESPACE, Harness, PodServer, _Answer, job_manifest
 
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.kube import KubeApi
@@ -68,7 +70,7 @@ def test_a_suspend_asks_for_the_checkpoint_of_workers_on_a_node_the_index_lacks_
     _running_on_h5_then_suspended(lagging)
     assert lagging.events("CheckpointRequested")
     assert not lagging.calls("delete_pod")
-    assert lagging.calls("node_exists") == [("node_exists", "h5")]  # asked once, then remembered
+    assert lagging.calls("node_exists") == [("node_exists", "h5")]  # asked once for both, then remembered
 
 
 def test_workers_on_a_node_the_cluster_no_longer_has_are_still_lost(lagging: NodeIndexLag) -> None:
@@ -85,42 +87,104 @@ class Clock:
         return self.now
 
 
-def test_a_node_in_the_index_is_not_asked_of_the_api_server() -> None:
-    asked: list[str] = []
-    check = NodeCheck(lambda name: asked.append(name) or False)
-    assert check.exists("h1", lambda name: True) is True
-    assert asked == []
+class Cluster:
+    """The API server's nodes, the LISTs asked of it, and what each LIST costs on the clock."""
+
+    def __init__(self, nodes: set[str], clock: Clock, seconds_per_list: float = 0.0) -> None:
+        self.nodes, self.clock, self.seconds = nodes, clock, seconds_per_list
+        self.asked: list[str] = []
+        self.error: Exception | None = None
+
+    def _list(self, what: str) -> None:
+        self.asked.append(what)
+        self.clock.now += self.seconds
+        if self.error is not None:
+            raise self.error
+
+    def by_name(self, name: str) -> bool:
+        self._list(name)
+        return name in self.nodes
+
+    def every_node(self) -> set[str]:
+        self._list("*")
+        return set(self.nodes)
+
+    def check(self) -> NodeCheck:
+        return NodeCheck(self.by_name, self.every_node, self.clock)
+
+
+def test_no_node_to_check_asks_nothing() -> None:
+    cluster = Cluster({"h1"}, Clock())
+    assert cluster.check().present([]) == frozenset()
+    assert cluster.asked == []
 
 
 def test_the_answer_is_kept_for_a_while_then_asked_again() -> None:
-    asked: list[str] = []
-    cluster = {"h1"}
     clock = Clock()
-    check = NodeCheck(lambda name: asked.append(name) or name in cluster, clock)
-    unindexed = lambda name: False  # noqa: E731
-    assert check.exists("h1", unindexed) is True
-    cluster.clear()  # deleted since
+    cluster = Cluster({"h1"}, clock)
+    check = cluster.check()
+    assert check.present(["h1"]) == {"h1"}
+    cluster.nodes.clear()  # deleted since
     clock.now += NODE_CHECK_SECONDS / 2
-    assert check.exists("h1", unindexed) is True
-    assert check.exists("h2", unindexed) is False
-    assert asked == ["h1", "h2"]
+    assert check.present(["h1"]) == {"h1"}
+    assert check.present(["h2"]) == frozenset()
+    assert cluster.asked == ["h1", "h2"]
     clock.now += NODE_CHECK_SECONDS
-    assert check.exists("h1", unindexed) is False
-    assert asked == ["h1", "h2", "h1"]
+    assert check.present(["h1"]) == frozenset()
+    assert cluster.asked == ["h1", "h2", "h1"]
 
 
-def test_an_api_error_does_not_make_a_node_lost_and_is_not_remembered() -> None:
-    answers: list[Any] = [urllib3.exceptions.ProtocolError("connection reset"), False]
+def test_many_missing_nodes_are_one_list_of_every_node_kept_from_when_it_returned() -> None:
+    # A pool of 125 nodes reclaimed at once, on a slow API server (50 ms a LIST): 125 LISTs by name, one
+    # after another, took 6.3 s a reconcile, and the first answers were stale before the last came.
+    clock = Clock()
+    pool = {f"spot-{index}" for index in range(125)}
+    cluster = Cluster({"kept-0", "spot-7"}, clock, seconds_per_list=0.05)
+    check = cluster.check()
+    assert check.present(pool) == {"spot-7"}
+    assert cluster.asked == ["*"]
+    clock.now += NODE_CHECK_SECONDS - 0.01  # 5 s after the LIST returned, less a little
+    assert check.present(pool) == {"spot-7"}
+    assert cluster.asked == ["*"]
 
-    def listed(name: str) -> bool:
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return bool(answer)
 
-    check = NodeCheck(listed)
-    assert check.exists("h1", lambda name: False) is True
-    assert check.exists("h1", lambda name: False) is False
+def test_an_api_error_reads_the_nodes_as_present_and_is_asked_again_only_after_a_while() -> None:
+    # An unreachable API server was asked once per worker of every reconcile, each waiting for its timeout.
+    clock = Clock()
+    cluster = Cluster(set(), clock)
+    cluster.error = urllib3.exceptions.ProtocolError("connection reset")
+    check = cluster.check()
+    assert check.present(["h1", "h2"]) == {"h1", "h2"}  # not known to be gone
+    assert check.present(["h1"]) == {"h1"}
+    assert cluster.asked == ["*"]
+    cluster.error = None
+    clock.now += NODE_CHECK_SECONDS
+    assert check.present(["h1"]) == frozenset()
+    assert cluster.asked == ["*", "h1"]
+
+
+def test_concurrent_reconciles_missing_one_node_make_one_list() -> None:
+    clock = Clock()
+    entered, release = threading.Event(), threading.Event()
+    asked: list[str] = []
+
+    def by_name(name: str) -> bool:
+        asked.append(name)
+        entered.set()
+        release.wait(5)
+        return False
+
+    check = NodeCheck(by_name, set, clock)
+    answers: list[frozenset[str]] = []
+    threads = [threading.Thread(target=lambda: answers.append(check.present(["h5"]))) for _ in range(8)]
+    threads[0].start()
+    assert entered.wait(5)
+    for thread in threads[1:]:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert asked == ["h5"] and answers == [frozenset()] * 8
 
 
 def test_the_api_server_is_asked_with_one_list_of_the_node_by_name() -> None:
@@ -130,3 +194,27 @@ def test_the_api_server_is_asked_with_one_list_of_the_node_by_name() -> None:
     assert api.node_exists("h6") is False
     assert [method for method, _ in server.sent] == ["GET", "GET"]
     assert all(path.startswith("/api/v1/nodes?limit=1&") for _, path in server.sent)
+
+
+class PagedNodes:
+    """The API server's node list in pages of two, as KubeApi's REST calls read it."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.sent: list[str] = []
+
+    def param_serialize(self, method: str, path: str, body: Any = None, **_: Any) -> tuple[str, str, Any]:
+        return method, path, body
+
+    def call_api(self, method: str, path: str, body: Any, _request_timeout: object = None) -> _Answer:
+        self.sent.append(path)
+        start = int((parse_qs(urlsplit(path).query).get("continue") or ["0"])[0])
+        page = [{"metadata": {"name": name, "uid": f"uid-{name}"}} for name in self.names[start : start + 2]]
+        more = start + 2 < len(self.names)
+        return _Answer(200, {"items": page, "metadata": {"continue": str(start + 2) if more else ""}})
+
+
+def test_every_nodes_name_is_read_page_by_page() -> None:
+    server = PagedNodes(["a", "b", "c", "d", "e"])
+    assert KubeApi(cast(Any, server)).node_names() == {"a", "b", "c", "d", "e"}
+    assert len(server.sent) == 3 and all(path.startswith("/api/v1/nodes?limit=") for path in server.sent)

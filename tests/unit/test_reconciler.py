@@ -131,6 +131,10 @@ class FakeKube:
         self._call("node_exists", name)
         return name in self.nodes
 
+    def node_names(self) -> set[str]:
+        self._call("node_names", "*")
+        return set(self.nodes)
+
     def patch_job_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> None:
         self._call("patch_job_status", name)
         if name not in self.jobs:

@@ -350,6 +350,10 @@ class KubeApi:
         """Whether the cluster has a node of that name now (one LIST by name: `list` is granted, `get` is not)."""
         return bool(self.core.list_node(1, field_selector=f"metadata.name={name}").get("items"))
 
+    def node_names(self) -> set[str]:
+        """The name of every node now (their metadata listed in pages of LIST_PAGE)."""
+        return _uids(lambda token: self.core.list_node(LIST_PAGE, token), field="name")
+
     def pod_uids(self, namespace: str) -> set[str]:
         """The uid of every pod in `namespace` now."""
         return _uids(lambda token: self.core.list_namespaced_pod(namespace, LIST_PAGE, token))
@@ -469,14 +473,14 @@ class KubeApi:
         return _done_unless(call, already_done=404)
 
 
-def _uids(page: Callable[[str], dict[str, Any]]) -> set[str]:
-    """The uids of a paged list's items: every page of one list is of the same revision (the API server's
-    continue token carries it)."""
+def _uids(page: Callable[[str], dict[str, Any]], field: str = "uid") -> set[str]:
+    """The uids (or another metadata `field`) of a paged list's items: every page of one list is of the same
+    revision (the API server's continue token carries it)."""
     uids: set[str] = set()
     token = ""
     while True:
         listed = page(token)
-        uids.update(item["metadata"]["uid"] for item in listed.get("items") or [])
+        uids.update(item["metadata"][field] for item in listed.get("items") or [])
         token = (listed.get("metadata") or {}).get("continue") or ""
         if not token:
             return uids

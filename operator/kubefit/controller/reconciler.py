@@ -281,7 +281,7 @@ class Reconciler:
         self._requeues = RequeueClock()
         self._uids: dict[JobKey, str] = {}
         # A node kopf's index lacks is asked of the API server before its workers are read as lost.
-        self._nodes = NodeCheck(api.node_exists)
+        self._nodes = NodeCheck(api.node_exists, api.node_names)
 
     def reconcile(self, key: JobKey, trigger: str, view: ClusterView) -> None:
         """Reconciles `key`; never raises (a failure is recorded on the job and retried after a backoff)."""
@@ -535,11 +535,7 @@ class Reconciler:
         if replaced:
             # Request ids are "<generation>-<n>": the old job's acks would pass for the new job's.
             self.board.forget(key)
-        pods = _on_lost_nodes(
-            _as_deleted(view.workers(key), state.deleted),
-            self.scheduler.not_ready_names(),
-            lambda name: self._nodes.exists(name, view.node_exists),
-        )
+        pods = self._marked_on_lost_nodes(_as_deleted(view.workers(key), state.deleted), view)
         state.replaced &= {pod.uid for pod in pods}  # forget pods that are gone for good
         for pod in pods:
             state.created.pop(pod.name, None)  # the index shows it now
@@ -558,6 +554,14 @@ class Reconciler:
         self._requeue(key, decision.requeue_after, view)
         self.scheduler.offer(
             key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
+        )
+
+    def _marked_on_lost_nodes(self, pods: list[WorkerPod], view: ClusterView) -> list[WorkerPod]:
+        """_on_lost_nodes, a node kopf's index lacks asked of the API server first (controller/node_check.py)."""
+        unindexed = {pod.node_name for pod in pods if pod.node_name and not view.node_exists(pod.node_name)}
+        present = self._nodes.present(unindexed)
+        return _on_lost_nodes(
+            pods, self.scheduler.not_ready_names(), lambda name: name not in unindexed or name in present
         )
 
     def _observe(
