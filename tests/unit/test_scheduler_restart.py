@@ -7,18 +7,25 @@ workload's and its unbound ones nowhere (controller/scheduler.py, the module's d
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import logging
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any, cast
 
 import kopf
 import pytest
+from kopf._cogs.structs import bodies, ephemera, references
+from kopf._core.engines import indexing
+from kopf._core.reactor.inventory import ResourceMemories
 from test_reconciler import NAMESPACE, FakeKube, job_manifest
 from test_scheduler import CATALOG, GPU, FakeCluster, Recorder, demand, node, sync_scheduler, worker
 
 import kubefit.controller.scheduler as scheduler_module
-from kubefit.api.resource import JobKey
+from kubefit.api.resource import GROUP, PLURAL, VERSION, JobKey
+from kubefit.controller import handlers
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.handlers import cluster_view
 from kubefit.controller.kube import KubeApi
@@ -124,6 +131,63 @@ def test_jobs_created_after_the_first_pass_are_not_waited_for() -> None:
     assert grants[("ns", "first")].workers == 1 and grants[("ns", "second")].workers == 1
 
 
+def test_a_queued_job_whose_first_reconcile_fails_does_not_hold_the_settle() -> None:
+    """paused (suspended, no workers) failed every first reconcile (its Service's name taken by another
+    object): every restart then waited the whole settle limit before admitting anything."""
+    paused, queued = ("ns", "paused"), ("ns", "queued")
+    cluster = FakeCluster(nodes=[node("n1")])
+    view = replace(indexed_view(cluster), jobs=lambda: [paused, queued])
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(queued, demand("queued", min_workers=1, want=1), ANYWHERE, view)
+    assert scheduler.snapshot()[queued].workers is None  # paused has not been reconciled yet
+    scheduler.reconcile_failed(paused, view)
+    assert scheduler.snapshot()[queued].workers == 1
+
+
+def test_a_running_job_whose_first_reconcile_fails_is_still_waited_for() -> None:
+    running, queued = ("ns", "running"), ("ns", "queued")
+    cluster = FakeCluster(nodes=[node("n1")], workers={running: [worker("running", 0, "n1")]})
+    view = replace(indexed_view(cluster), jobs=lambda: [running, queued])
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(queued, demand("queued", min_workers=1, want=1), ANYWHERE, view)
+    scheduler.reconcile_failed(running, view)
+    assert scheduler.snapshot()[queued].workers is None  # its worker would count as another workload's
+
+
+def test_kopfs_index_of_trainingjobs_reaches_the_settle_through_the_registered_handlers() -> None:
+    """The index handlers.register registers, fed TrainingJob events through kopf's own indexing, is what
+    the view's jobs() reads (a job deleted leaves it; one made again under its name stays)."""
+    registry = kopf.OperatorRegistry()
+    stand_in = SimpleNamespace(
+        jobs=SimpleNamespace(keys=list), created_here=lambda key, name: False, api=None
+    )
+    handlers.register(registry, cast(Any, stand_in), cast(Any, SimpleNamespace()))
+    indexers = indexing.OperatorIndexers()
+    indexers.ensure(registry._indexing.get_all_handlers())  # noqa: SLF001 - kopf keeps them there
+    resource = references.Resource(GROUP, VERSION, PLURAL, namespaced=True)
+    memories = ResourceMemories()
+
+    async def feed(event_type: str | None, namespace: str, name: str, uid: str) -> None:
+        job = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob",
+               "metadata": {"namespace": namespace, "name": name, "uid": uid}}  # fmt: skip
+        memory = await memories.recall(raw_body=job)
+        await indexing.index_resource(
+            indexers=indexers, registry=registry, settings=kopf.OperatorSettings(), resource=resource,
+            raw_event={"type": event_type, "object": job}, body=bodies.Body(job),
+            memory=memory.indexing_memory, logger=logging.getLogger("test"), memo=ephemera.Memo(),
+        )  # fmt: skip
+
+    async def events() -> None:
+        await feed(None, "ml", "queued", "uid-1")  # the listing at the start
+        await feed(None, "team-b", "running", "uid-2")
+        await feed("ADDED", "ml", "gone", "uid-3")
+        await feed("DELETED", "ml", "gone", "uid-3")
+
+    asyncio.run(events())
+    view = handlers.cluster_view(**handlers._indexes(dict(indexers.indices)))  # noqa: SLF001
+    assert sorted(view.jobs()) == [("ml", "queued"), ("team-b", "running")]
+
+
 def test_the_view_lists_every_job_kopfs_index_of_trainingjobs_holds() -> None:
     indexes: dict[str, Any] = {"kubefit_nodes": {}, "kubefit_pod_usage": {}, "kubefit_workers": {}}
     assert list(cluster_view(**indexes).jobs()) == []
@@ -150,7 +214,8 @@ def test_a_running_job_that_never_offers_holds_passes_back_for_the_settle_limit_
 
 
 def test_a_start_with_no_live_workers_is_not_held_back() -> None:
-    """Jobs whose workers have all finished or are being deleted are not waited for."""
+    """Jobs whose workers have all finished or are being deleted are not waited for as running jobs (this
+    view has no index of TrainingJobs: with one, every job listed at the start is waited for)."""
     gone, b = ("ns", "gone"), ("ns", "b")
     pods = [worker("gone", 0, "n1", phase="Succeeded"), worker("gone", 1, "n1", terminating=True)]
     cluster = FakeCluster(nodes=[node("n1")], workers={gone: pods})

@@ -424,6 +424,7 @@ class Reconciler:
                     return True
         except Exception as error:  # noqa: BLE001 - the safety net: any failure becomes a condition
             self._record_failure(key, state, view, progress, error)
+            self.scheduler.reconcile_failed(key, view)
             return False
         if gone:
             state.gone = True
