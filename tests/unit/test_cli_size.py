@@ -209,6 +209,13 @@ def test_a_manifest_past_the_api_servers_request_limit_is_refused_without_readin
     monkeypatch.setattr(sys, "stdin", io.StringIO("#" * (3 * 2**20 + 1)))
     code, _, err = run_main(capsys, "-f", "-")
     assert code == 2 and "<stdin>: larger than 3 MiB" in err
+    # Counted in bytes, not characters: 1.6 M two-byte characters are 3.2 MB (the tail was cut off and the
+    # job sized without it when piped in; a file of them was read whole).
+    multibyte = yaml.safe_dump(LLAMA3_8B_FSDP) + "# " + "é" * (1_600_000)
+    for source in ("-", write(tmp_path, multibyte, "multibyte.yaml")):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(multibyte.encode()), encoding="utf-8"))
+        code, _, err = run_main(capsys, "-f", source)
+        assert code == 2 and "larger than 3 MiB" in err, err
     big_but_taken = yaml.safe_dump(LLAMA3_8B_FSDP) + "#" * (3 * 2**20 - 10_000)
     path = tmp_path / "padded.yaml"
     path.write_text(big_but_taken)
@@ -237,6 +244,25 @@ def test_a_key_written_twice_is_refused_naming_both_lines(
     )
     assert "<<:" in merged
     code, _, err = run_main(capsys, "-f", write(tmp_path, merged, "merged.yaml"), "-o", "json")
+    assert code == 0, err
+    # Such a mapping merged again further up: flattening it in place once listed `tier` twice there.
+    nested = """apiVersion: kubefit.dev/v1alpha1
+kind: TrainingJob
+spec:
+  model: {parameters: 1B}
+  template:
+    metadata:
+      labels: &labels
+        <<: {team: ml, tier: batch}
+        tier: training
+    spec:
+      containers: [{name: trainer, image: ghcr.io/acme/train:1}]
+metadata:
+  name: llama
+  labels:
+    <<: *labels
+"""
+    code, _, err = run_main(capsys, "-f", write(tmp_path, nested, "nested.yaml"), "-o", "json")
     assert code == 0, err
 
 

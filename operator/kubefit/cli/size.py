@@ -195,35 +195,51 @@ def register(commands: Any) -> None:
 
 
 def read_text(filename: str, stdin: TextIO | None = None) -> str:
-    """The manifest's text, at most INPUT_MAX_BYTES of it (`kubefit size -f /dev/zero` read until out of
-    memory)."""
+    """The manifest's text, at most INPUT_MAX_BYTES of it, counted in bytes before decoding (`kubefit size
+    -f /dev/zero` read until out of memory)."""
     if filename == "-":
         stream = stdin or sys.stdin
         # The bytes, decoded here: the stream's own decoding (the locale's) raised an internal error.
         raw = getattr(stream, "buffer", None)
         if raw is None:
-            return _bounded(stream.read(INPUT_MAX_BYTES + 1), "<stdin>")
+            text = stream.read(INPUT_MAX_BYTES + 1)
+            _bounded(len(text.encode("utf-8", "surrogatepass")), "<stdin>")
+            return text
+        data = bytes(raw.read(INPUT_MAX_BYTES + 1))
+        _bounded(len(data), "<stdin>")
         try:
-            return _bounded(bytes(raw.read(INPUT_MAX_BYTES + 1)).decode("utf-8"), "<stdin>")
+            return data.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidInput(["<stdin>: not UTF-8 text (expected a YAML manifest)"]) from None
     try:
-        with open(filename, encoding="utf-8") as handle:
-            return _bounded(handle.read(INPUT_MAX_BYTES + 1), filename)
+        with open(filename, "rb") as handle:
+            data = handle.read(INPUT_MAX_BYTES + 1)
     except OSError as exc:
         raise InvalidInput([f"{filename}: cannot read: {exc.strerror or exc}"]) from None
+    _bounded(len(data), filename)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput([f"{filename}: not a text file (expected a YAML manifest)"]) from None
 
 
-def _bounded(text: str, source: str) -> str:
-    if len(text) > INPUT_MAX_BYTES:
+def _bounded(size: int, source: str) -> None:
+    if size > INPUT_MAX_BYTES:
         raise InvalidInput(
             [
                 f"{source}: larger than {INPUT_MAX_BYTES // 2**20} MiB, more than the API server takes in one request"
             ]
         )
-    return text
+
+
+class _RepeatedKeysRefused:
+    """The loader's mappings checked for a key written twice as they are composed, before any merge key
+    flattens one in place (a mapping merged into another then lists its merged keys beside its overrides)."""
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)  # type: ignore[misc]
+        _refuse_repeated_keys(self, node)
+        return node
 
 
 def _kubectl_loader() -> Any:
@@ -235,7 +251,7 @@ def _kubectl_loader() -> Any:
     Not matched: `08` (to Go the float 8) and a negative decimal below -2^63 (to Go a float)."""
     import yaml
 
-    class Loader(yaml.SafeLoader):
+    class Loader(_RepeatedKeysRefused, yaml.SafeLoader):
         """Also refuses aliases that expand past ALIASED_NODES_MAX nodes: a few hundred bytes of nested
         aliases stand for millions of nodes, which every later walk over the spec would visit."""
 
@@ -293,7 +309,6 @@ def _go_mapping(loader: Any, node: Any, deep: bool) -> dict[Any, Any]:
     import yaml
 
     if isinstance(node, yaml.MappingNode):
-        _refuse_repeated_keys(loader, node)
         loader.flatten_mapping(node)
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
@@ -307,9 +322,9 @@ def _go_mapping(loader: Any, node: Any, deep: bool) -> dict[Any, Any]:
 
 
 def _refuse_repeated_keys(loader: Any, node: Any) -> None:
-    """A key written twice in one mapping (before merge keys are flattened: a key given beside `<<` is
-    meant to override the merged one). kubectl keeps the last without a word; a second `framework:` is
-    more likely a slip than a choice, so it is refused with both lines."""
+    """A key written twice in one mapping as composed (a key given beside `<<` overrides the merged one:
+    not a repetition). kubectl keeps the last without a word; a second `framework:` is more likely a slip
+    than a choice, so it is refused with both lines."""
     import yaml
 
     seen: dict[Any, Any] = {}
