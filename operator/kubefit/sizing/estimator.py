@@ -1242,10 +1242,11 @@ def _stage_estimate(
     )
     transient = _transient_memory(spec, resolved.shape, stage)
     communication = _communication_buffers(spec, resolved.shape, share, sharding, offloaded.on_device)
-    autocast_weights = residual_stream(
+    # Autocast's 16-bit weight copies, freed by the backward; a declared state was measured as held: none.
+    copies_freed = resolved.declared_state is None and residual_stream(
         spec.model.precision, spec.model.finetuning.method, sharding.strategy
     ) == (FP32_BYTES, 1)
-    step = _step_temporaries(offloaded, sharding, transient, autocast_weights, stepped_matrix)
+    step = _step_temporaries(offloaded, sharding, transient, copies_freed, stepped_matrix)
     overheads = _overheads(device, step, communication, transient)
     on_device = offloaded.on_device
     summed = Estimate(
@@ -1266,8 +1267,7 @@ def _stage_estimate(
     )
     if not _gradients_follow_the_forward(spec, sharding):
         return summed
-    # The backward frees autocast's 16-bit weight copies; a declared state was measured as held: all stays.
-    masters = 0.0 if autocast_weights and resolved.declared_state is None else on_device.weights
+    masters = 0.0 if copies_freed else on_device.weights
     temporaries = on_device.trainable * sharding.per_parameter.step_temporary
     if spec.model.optimizer == "adafactor":
         # Its for-loop step holds one parameter's temporary (var_estimate) at a time: the largest one's.
