@@ -29,6 +29,7 @@ from kubefit.api.validation import SPEC_DEPTH_MAX, InvalidSpec, parse_spec
 from kubefit.builders.naming import JobRef
 from kubefit.decisions.inventory import EMPTY_INVENTORY
 from kubefit.decisions.job import JobObservation, decide
+from kubefit.decisions.job_sizing import size_job
 from kubefit.sizing.catalog import load_catalog
 from kubefit.sizing.planner import plan
 
@@ -916,22 +917,24 @@ def test_a_lora_rank_on_full_training_is_refused_naming_it_and_its_default_is_ac
         ({"framework": "none", "elastic": {"enabled": True, "maxRestarts": 0}}, "framework is none"),
     ],
 )
-def test_elastic_max_restarts_where_torchrun_does_not_run_is_refused_naming_it(
+def test_elastic_max_restarts_where_torchrun_does_not_run_is_accepted_with_a_sizing_warning(
     spec: dict[str, Any], why: str
 ) -> None:
-    # Only an elastic pytorch worker's PET_MAX_RESTARTS reads it: elsewhere it was accepted and limited nothing.
-    with pytest.raises(InvalidSpec) as refused:
-        parse_spec(_spec(**spec))
-    assert [error.path for error in refused.value.errors] == ["spec.elastic.maxRestarts"]
-    assert why in str(refused.value) and "runPolicy.maxRestarts" in str(refused.value)
+    # Only an elastic pytorch worker's PET_MAX_RESTARTS reads it: elsewhere it was accepted and limited
+    # nothing without a word. Refused instead, a stored job with it would turn InvalidSpec on an upgrade.
+    sizing = size_job(parse_spec(_spec(**spec)), CATALOG).sizing
+    (warning,) = [line for line in sizing.warnings if "elastic.maxRestarts" in line]
+    assert why in warning and "runPolicy.maxRestarts" in warning
 
 
-def test_elastic_max_restarts_default_is_accepted_anywhere_and_a_value_on_elastic_pytorch() -> None:
-    # What the API server stores with the CRD's defaults filled in still parses.
-    assert parse_spec(_spec(framework="jax", elastic={"enabled": True, "maxRestarts": 100}))
-    assert parse_spec(_spec(elastic={"enabled": False, "maxRestarts": 100}))
-    parsed = parse_spec(_spec(elastic={"enabled": True, "maxRestarts": 5}))
-    assert parsed.elastic.max_restarts == 5
+def test_elastic_max_restarts_where_torchrun_reads_it_or_at_its_default_has_no_warning() -> None:
+    for spec in (
+        _spec(elastic={"enabled": True, "maxRestarts": 5}),
+        _spec(framework="jax", elastic={"enabled": True, "maxRestarts": 100}),
+        _spec(elastic={"enabled": False, "maxRestarts": 100}),
+    ):
+        warnings = size_job(parse_spec(spec), CATALOG).sizing.warnings
+        assert not [line for line in warnings if "maxRestarts" in line]
 
 
 # ------------------------------------------------------------------ counts and bytes are whole

@@ -815,21 +815,6 @@ class TrainingJobSpec(_Model):
     )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, suspension, clean-up.")
 
-    @model_validator(mode="after")
-    def _in_place_restarts_only_for_torchrun(self) -> TrainingJobSpec:
-        # Read only into an elastic pytorch worker's PET_MAX_RESTARTS: set anywhere else it would limit
-        # nothing, silently. Its default is accepted anywhere, as a spec written back with defaults parses.
-        elastic_pytorch = self.elastic.enabled and self.framework == "pytorch"
-        if self.elastic.max_restarts != DEFAULT_IN_PLACE_RESTARTS and not elastic_pytorch:
-            why = f"framework is {self.framework}" if self.elastic.enabled else "elastic.enabled is false"
-            raise PydanticCustomError(
-                FIELD_ERROR,
-                f"applies only to elastic pytorch jobs ({why}): it is torchrun's in-place restarts; "
-                "runPolicy.maxRestarts limits the job's restarts",
-                {"field": "elastic.maxRestarts"},
-            )
-        return self
-
 
 # ---------------------------------------------------------------- status
 

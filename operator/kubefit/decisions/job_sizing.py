@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
-from kubefit.api.models import SizingStatus, TrainingJobSpec
+from kubefit.api.models import DEFAULT_IN_PLACE_RESTARTS, SizingStatus, TrainingJobSpec
 from kubefit.api.quantity import exact_quantity, is_quantity
 from kubefit.api.units import format_gib
 from kubefit.builders.resources import default_memory, given_memory
@@ -101,11 +101,26 @@ def size_job(  # noqa: PLR0913 - the spec, the cluster, and how much to work out
     memory_warnings = [
         _offload_memory_warning(spec, host_bytes),
         None if inventory is None else _node_memory_warning(spec, sizing, bounds, catalog, inventory),
+        _unread_restarts_warning(spec),
     ]
     for warning in memory_warnings:
         if warning is not None:
             sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
     return JobSizing(sizing, bounds, planned.evaluated_workers, host_bytes, advice)
+
+
+def _unread_restarts_warning(spec: TrainingJobSpec) -> str | None:
+    """elastic.maxRestarts set where nothing reads it: only an elastic pytorch worker's PET_MAX_RESTARTS does.
+    A warning, not a refusal: a stored job with it would turn InvalidSpec on an upgrade, its failed workers
+    then neither restarted nor counted."""
+    elastic = spec.elastic
+    if elastic.max_restarts == DEFAULT_IN_PLACE_RESTARTS or (elastic.enabled and spec.framework == "pytorch"):
+        return None
+    why = f"framework is {spec.framework}" if elastic.enabled else "elastic.enabled is false"
+    return (
+        f"elastic.maxRestarts {elastic.max_restarts} is read only by elastic pytorch jobs ({why}): it limits "
+        "nothing here; runPolicy.maxRestarts limits the job's restarts"
+    )
 
 
 class _AdviceMemory:
