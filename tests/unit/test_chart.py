@@ -277,6 +277,8 @@ def test_extra_args_may_not_repeat_a_flag_the_chart_sets(args: list[str], refuse
         ({"name": "Bad Name!"}, "name"),  # not a label value
         ({"memoryMiB": 2**30 + 1}, "memoryMiB"),  # past 1 PiB
         ({"resourceName": "example.com/big gpu"}, "resourceName"),  # no pod could request it
+        ({"resourceName": "example.com/" + "g" * 64}, "resourceName"),  # a name part past 63 characters
+        ({"resourceName": "a" * 254 + "/gpu"}, "resourceName"),  # a prefix past 253 characters
         ({"perNodes": [8]}, "perNodes"),  # misspelt: was dropped for the default [1, 2, 4, 8]
     ],
     ids=[
@@ -288,6 +290,8 @@ def test_extra_args_may_not_repeat_a_flag_the_chart_sets(args: list[str], refuse
         "name-not-a-label-value",
         "memory-above-1-pib",
         "resource-name-with-a-space",
+        "resource-name-past-63",
+        "resource-prefix-past-253",
         "misspelt-key",
     ],
 )
