@@ -202,6 +202,12 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
             "--set",
             "webhook.certManager.enabled=true",
         ],
+        # Each rendered fine and failed only at the API server, naming an object field, not the value.
+        ["--set", "fullnameOverride=Bad_Name!"],
+        ["--set", "nameOverride=Kubefit"],
+        ["--set", "priorityClassName=Bad Class"],
+        ["--set", "resources.requests.cpu=lots"],
+        ["--set", "resources.limits.memory=1 GiB"],
     ],
     ids=[
         "namespaces-string",
@@ -228,11 +234,28 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         "webhook-ca-bundle-not-base64",
         "disruption-budget-not-a-boolean",
         "webhook-issuer-bad-name",
+        "fullname-not-a-dns-label",
+        "name-with-capitals",
+        "priority-class-with-a-space",
+        "cpu-not-a-quantity",
+        "memory-not-a-quantity",
     ],
 )
 def test_bad_values_are_refused(bad: list[str]) -> None:
     result = _helm("template", RELEASE, str(CHART), *bad)
     assert result.returncode != 0, result.stdout
+
+
+def test_names_priority_class_and_quantities_of_the_usual_forms_render() -> None:
+    objects = _render(
+        "--set", "fullnameOverride=kubefit-ops", "--set", "nameOverride=kf",
+        "--set", "priorityClassName=system-cluster-critical",
+        "--set", "resources.requests.cpu=250m", "--set", "resources.requests.memory=256Mi",
+        "--set", "resources.limits.cpu=2", "--set", "resources.limits.memory=1.5Gi",
+    )  # fmt: skip
+    deployment = _one(objects, "Deployment")
+    assert deployment["metadata"]["name"] == "kubefit-ops"
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == 2
 
 
 @pytest.mark.parametrize(
