@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, cast
@@ -14,11 +15,13 @@ from urllib.parse import parse_qs, urlsplit
 import kopf
 import pytest
 import urllib3
-from test_reconciler import NAMESPACE, Harness, PodServer, _Answer, job_manifest
+from test_reconciler import NAMESPACE, Harness, PodServer, job_manifest
+from test_reconciler import _Answer as HttpAnswer
 
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.kube import KubeApi
 from kubefit.controller.node_check import NODE_CHECK_SECONDS, NodeCheck
+from kubefit.controller.node_check import _Answer as NodeAnswer
 
 
 class NodeIndexLag(Harness):
@@ -163,28 +166,48 @@ def test_an_api_error_reads_the_nodes_as_present_and_is_asked_again_only_after_a
     assert cluster.asked == ["*", "h1"]
 
 
-def test_concurrent_reconciles_missing_one_node_make_one_list() -> None:
-    clock = Clock()
+def test_a_slow_list_holds_up_no_check_of_other_nodes() -> None:
+    # One lock across the LIST made every reconcile missing any node wait for a stuck one (up to the
+    # request timeout), and with 16 of them no job or pod event was handled.
     entered, release = threading.Event(), threading.Event()
-    asked: list[str] = []
 
     def by_name(name: str) -> bool:
-        asked.append(name)
-        entered.set()
-        release.wait(5)
+        if name == "stuck":
+            entered.set()
+            release.wait(10)
         return False
 
-    check = NodeCheck(by_name, set, clock)
-    answers: list[frozenset[str]] = []
-    threads = [threading.Thread(target=lambda: answers.append(check.present(["h5"]))) for _ in range(8)]
-    threads[0].start()
+    check = NodeCheck(by_name, set)
+    stuck = threading.Thread(target=lambda: check.present(["stuck"]))
+    stuck.start()
     assert entered.wait(5)
-    for thread in threads[1:]:
-        thread.start()
+    started = time.monotonic()
+    assert check.present(["gone"]) == frozenset()
+    assert time.monotonic() - started < 1
     release.set()
-    for thread in threads:
-        thread.join(5)
-    assert asked == ["h5"] and answers == [frozenset()] * 8
+    stuck.join(5)
+
+
+def test_a_list_of_every_node_answers_for_other_nodes_asked_later() -> None:
+    # A pool of 64 reclaimed nodes, 48 jobs each on a few of them: every reconcile listed every node again.
+    clock = Clock()
+    cluster = Cluster({"kept-0"}, clock)
+    check = cluster.check()
+    assert check.present(["spot-1", "spot-2"]) == frozenset()
+    assert check.present(["spot-3", "spot-4"]) == frozenset()
+    assert check.present(["kept-0"]) == {"kept-0"}
+    assert cluster.asked == ["*"]
+
+
+def test_of_two_answers_the_later_begun_list_stands() -> None:
+    clock = Clock()
+    check = NodeCheck(lambda name: True, set, clock)
+    check._answers["h5"] = NodeAnswer(
+        False, asked=clock.now + 1, returned=clock.now + 1
+    )  # a LIST begun later
+    clock.now += 0.5
+    check._ask({"h5"})  # begun earlier than that one, returned after it
+    assert check.present(["h5"]) == frozenset()
 
 
 def test_the_api_server_is_asked_with_one_list_of_the_node_by_name() -> None:
@@ -206,12 +229,12 @@ class PagedNodes:
     def param_serialize(self, method: str, path: str, body: Any = None, **_: Any) -> tuple[str, str, Any]:
         return method, path, body
 
-    def call_api(self, method: str, path: str, body: Any, _request_timeout: object = None) -> _Answer:
+    def call_api(self, method: str, path: str, body: Any, _request_timeout: object = None) -> HttpAnswer:
         self.sent.append(path)
         start = int((parse_qs(urlsplit(path).query).get("continue") or ["0"])[0])
         page = [{"metadata": {"name": name, "uid": f"uid-{name}"}} for name in self.names[start : start + 2]]
         more = start + 2 < len(self.names)
-        return _Answer(200, {"items": page, "metadata": {"continue": str(start + 2) if more else ""}})
+        return HttpAnswer(200, {"items": page, "metadata": {"continue": str(start + 2) if more else ""}})
 
 
 def test_every_nodes_name_is_read_page_by_page() -> None:
