@@ -131,27 +131,30 @@ def test_jobs_created_after_the_first_pass_are_not_waited_for() -> None:
     assert grants[("ns", "first")].workers == 1 and grants[("ns", "second")].workers == 1
 
 
-def test_a_queued_job_whose_first_reconcile_fails_does_not_hold_the_settle() -> None:
-    """paused (suspended, no workers) failed every first reconcile (its Service's name taken by another
-    object): every restart then waited the whole settle limit before admitting anything."""
-    paused, queued = ("ns", "paused"), ("ns", "queued")
+def test_a_job_whose_first_reconcile_fails_in_its_writes_has_offered_already(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """paused (suspended, no workers) failed every first reconcile at its Service's create (its name taken by
+    another object): every restart then waited the whole settle limit before admitting anything. Its offer
+    now goes before the writes."""
+    kube = FakeKube([])
+    kube.jobs["paused"] = job_manifest("paused", replicas=1)
+    kube.jobs["paused"]["spec"]["runPolicy"] = {"suspend": True}
+    kube.jobs["queued"] = job_manifest("queued", replicas=1)
+    kube.fail[("create_service", "paused")] = RuntimeError('services "paused" is taken by another object')
+    monkeypatch.setattr(kopf, "event", lambda *args, **kwargs: None)
+    reconciler = Reconciler(cast(KubeApi, kube), CATALOG, OperatorMetrics())
+    paused, queued = (NAMESPACE, "paused"), (NAMESPACE, "queued")
     cluster = FakeCluster(nodes=[node("n1")])
     view = replace(indexed_view(cluster), jobs=lambda: [paused, queued])
-    scheduler, _ = sync_scheduler()
-    scheduler.offer(queued, demand("queued", min_workers=1, want=1), ANYWHERE, view)
-    assert scheduler.snapshot()[queued].workers is None  # paused has not been reconciled yet
-    scheduler.reconcile_failed(paused, view)
-    assert scheduler.snapshot()[queued].workers == 1
-
-
-def test_a_running_job_whose_first_reconcile_fails_is_still_waited_for() -> None:
-    running, queued = ("ns", "running"), ("ns", "queued")
-    cluster = FakeCluster(nodes=[node("n1")], workers={running: [worker("running", 0, "n1")]})
-    view = replace(indexed_view(cluster), jobs=lambda: [running, queued])
-    scheduler, _ = sync_scheduler()
-    scheduler.offer(queued, demand("queued", min_workers=1, want=1), ANYWHERE, view)
-    scheduler.reconcile_failed(running, view)
-    assert scheduler.snapshot()[queued].workers is None  # its worker would count as another workload's
+    reconciler.reconcile(queued, "resume", view)
+    assert reconciler.scheduler.snapshot()[queued].workers is None  # paused not reconciled yet
+    reconciler.reconcile(paused, "resume", view)
+    assert ("create_service", "paused") in kube.log  # it failed there
+    assert reconciler.scheduler.snapshot()[queued].workers == 1
+    for key in (paused, queued):
+        reconciler.forget(key)  # its retry timer would fire in a later test
+    reconciler.forget(paused)
 
 
 def test_kopfs_index_of_trainingjobs_reaches_the_settle_through_the_registered_handlers() -> None:

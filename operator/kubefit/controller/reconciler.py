@@ -424,7 +424,6 @@ class Reconciler:
                     return True
         except Exception as error:  # noqa: BLE001 - the safety net: any failure becomes a condition
             self._record_failure(key, state, view, progress, error)
-            self.scheduler.reconcile_failed(key, view)
             return False
         if gone:
             state.gone = True
@@ -551,6 +550,12 @@ class Reconciler:
                 key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
             )
             return
+        if self.scheduler.awaits_offer(key):
+            # A start's first pass waits for every job's offer: made before the writes, which may fail (a
+            # Service name taken failed every first reconcile of a suspended job, and held every restart 30 s).
+            self.scheduler.offer(
+                key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
+            )
         self._apply(job, observation, decision, state, progress)
         self._requeue(key, decision.requeue_after, view)
         self.scheduler.offer(

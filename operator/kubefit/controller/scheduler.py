@@ -372,19 +372,10 @@ class Scheduler:
         kept = len(live_workers(_owned(view.workers(key), uid)))
         return min(left_with, kept) or None
 
-    def reconcile_failed(self, key: JobKey, view: ClusterView) -> None:
-        """The job's reconcile failed before it offered. One with no live workers holds no devices a pass
-        could count wrongly: the restart settle stops waiting for it (its Service name taken, say, failed
-        every first reconcile, and every restart waited RESTART_SETTLE_SECONDS). One with live workers is
-        still waited for: a pass without its demand counts them as another workload's."""
-        if self._offered_since_start is None or live_workers(view.workers(key)):
-            return
+    def awaits_offer(self, key: JobKey) -> bool:
+        """Whether the passes of this process's start still wait for the job's first offer."""
         with self._lock:
-            offered = self._offered_since_start
-            if offered is None or key in offered:
-                return
-            offered.add(key)
-        self.request("job", view)  # it may have been the last one waited for
+            return self._offered_since_start is not None and key not in self._offered_since_start
 
     def forget(self, key: JobKey, view: ClusterView | None = None) -> None:
         """The job was deleted: its place in the queue goes, and the devices it held are offered again."""
