@@ -1802,6 +1802,8 @@ def test_a_gang_not_all_placed_in_time_releases_every_pod_and_backs_off() -> Non
         "retryAfter": "2025-01-01T12:01:10Z",
         "attempt": 0,
         "refused": None,  # placed too late, not refused
+        "roomFrom": None,  # no job made room for it
+        "roomFreedAt": None,
     }
 
     backing_off = decide(observe(spec, [], timed_out.status, NOW + timedelta(seconds=65)), CATALOG)

@@ -24,6 +24,7 @@ import test_reconciler
 from test_admission import gang, key, low_jobs, nodes, plan
 from test_reconciler import KEY, NAMESPACE, QUOTA_403, Harness, api_error, harness, job_manifest
 
+from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.controller import reconciler as reconciler_module
 from kubefit.controller import refusals as refusals_module
 from kubefit.decisions.inventory import NodeFacts
@@ -64,6 +65,9 @@ def refused_since(harness: Harness, seconds: float) -> None:
     entry = harness.reconciler.scheduler._entries.get(KEY)
     if entry is not None and entry.places_freed_at is not None:
         entry.places_freed_at -= earlier
+    gang = harness.kube.jobs["llama"].get("status", {}).get("gang") or {}
+    if gang.get("roomFreedAt"):  # as its status recorded it for a restarted operator
+        gang["roomFreedAt"] = rfc3339(parse_rfc3339(gang["roomFreedAt"]) - earlier)
 
 
 def both_reconciled(harness: Harness, rounds: int = 3) -> None:

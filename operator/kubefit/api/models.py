@@ -924,6 +924,18 @@ class GangStatus(_Model):
         "Meanwhile the job takes no room from other jobs (it preempts and shrinks none), also after an "
         "operator restart.",
     )
+    room_from: list[str] | None = Field(
+        default=None,
+        description="Jobs (namespace/name) shrunk or preempted to make room for this gang whose workers were "
+        "still leaving (saving within their checkpoint grace) when this status was written: the gang timeout "
+        "does not count while they go. An operator restarted (or a new leader) reads it, so the clock stays "
+        "stopped until they are gone.",
+    )
+    room_freed_at: str | None = Field(
+        default=None,
+        description="When the workers of the jobs that made room for this gang were seen gone (RFC 3339): the "
+        "gang timeout counts from then if that is later than its start.",
+    )
 
 
 class TrainingJobStatus(_Model):

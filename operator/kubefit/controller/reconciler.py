@@ -74,9 +74,10 @@ from kubefit.controller.kube import (
 from kubefit.controller.node_check import NodeCheck
 from kubefit.controller.refusals import Refusals, with_limit_hint
 from kubefit.controller.resync import API_ERRORS
-from kubefit.controller.scheduler import Scheduler, SchedulerSettings
+from kubefit.controller.scheduler import Grant, Scheduler, SchedulerSettings
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.failure import reconcile_error
+from kubefit.decisions.gang import room_from
 from kubefit.decisions.inventory import InventoryMemo
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
 from kubefit.decisions.node_match import Placement, placement_of, template_pod_spec
@@ -585,13 +586,10 @@ class Reconciler:
         inventory = self.inventories.inventory(
             view.nodes(), view.usage(), self.catalog, for_job=key, placement=placement
         )
-        resumed = resumed_while_suspended(job.get("spec"), status)
         # Only its own workers: a job deleted and created again under the name leaves the old one's pods
         # behind for the garbage collector, which were granted to the new one as Recovered.
         own = [pod for pod in pods if pod.controller_uid in (None, metadata["uid"])]
-        grant = self.scheduler.grant(
-            key, own, _admitted_with(status), resumed, _checkpoint_target(status), metadata["uid"]
-        )
+        grant = self._grant(key, own, job, status)
         request_id = (status.get("checkpoint") or {}).get("requestId")
         quotas = tuple(view.quotas(namespace))
         now = datetime.now(UTC)
@@ -618,6 +616,7 @@ class Reconciler:
             reserved_hostnames=grant.hostnames,
             places_held=grant.places_held,
             places_freed_at=grant.places_freed_at,
+            places_held_by=grant.places_held_by,
             checkpoint_acks=self.board.acknowledged(key, request_id) if request_id else {},
             # Not offered by this process yet (just restarted): it will be once this decision is applied.
             checkpoint_told_at=(self.board.told_at(key, request_id) or now) if request_id else None,
@@ -628,6 +627,15 @@ class Reconciler:
             unseen_creates=len(state.created),
             quota_waived=bool(quotas) and self._below_in_namespace(key, job, view),
         )
+
+    def _grant(
+        self, key: JobKey, own: list[WorkerPod], job: Mapping[str, Any], status: Mapping[str, Any]
+    ) -> Grant:
+        """The scheduler's grant, with what the job's status says of it for a process that first sees it."""
+        resumed = resumed_while_suspended(job.get("spec"), status)
+        uid = job["metadata"]["uid"]
+        target = _checkpoint_target(status)
+        return self.scheduler.grant(key, own, _admitted_with(status), resumed, target, uid, room_from(status))
 
     def _below_in_namespace(self, key: JobKey, job: Mapping[str, Any], view: ClusterView) -> bool:
         """Whether a job of a lower priority in `key`'s namespace has live workers. Shrinking or preempting

@@ -129,6 +129,8 @@ class Grant:
     # the last pass saw them all gone after that (None: never held, or not seen by this process).
     places_held: bool = False
     places_freed_at: datetime | None = None
+    # The jobs whose leaving workers hold those places (status.gang.roomFrom, read again after a restart).
+    places_held_by: frozenset[JobKey] = field(default=frozenset(), compare=False)
     # The workers the job wanted when the pass gave `reason`: one that names a count ("ScaledDown: wants 1")
     # is stale for a job since scaled to another (decisions/running.py, pass_reason).
     reason_want: int | None = field(default=None, compare=False)
@@ -145,6 +147,7 @@ class _Entry:
     hostnames: frozenset[str] = frozenset()  # Grant.hostnames
     places_held: bool = False  # Grant.places_held
     places_freed_at: datetime | None = None  # Grant.places_freed_at
+    places_held_by: frozenset[JobKey] = frozenset()  # Grant.places_held_by
     reserved: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.reserved of the last pass
     counted: Mapping[str, int] = field(default_factory=dict)  # AdmissionPlan.placement of the last pass
     # (node generation, the placement it was worked out for, node names): the placement may change
@@ -153,6 +156,19 @@ class _Entry:
     # (demand, eligible set, the demand with those nodes) of the last pass: the same objects, the same answer.
     planned: tuple[Demand, frozenset[str], Demand] | None = None
     uid: str | None = None  # the job's: workers of an earlier job of the same name are not its own
+
+
+def _note_places_held(entry: _Entry, held_by: frozenset[JobKey]) -> bool:
+    """Notes which jobs' leaving workers hold the job's places now; True if it is to be reconciled: its places
+    freed up (its gang clock starts then, decisions/running.py), or other jobs hold them (its status's
+    gang.roomFrom, read again by a restarted operator, changes)."""
+    held = bool(held_by)
+    reconcile = held_by != entry.places_held_by
+    if held != entry.places_held and not held:
+        entry.places_freed_at = datetime.now(UTC)
+        reconcile = True
+    entry.places_held, entry.places_held_by = held, held_by
+    return reconcile
 
 
 def _owned(pods: Iterable[WorkerPod], uid: str | None) -> list[WorkerPod]:
@@ -273,6 +289,7 @@ class Scheduler:
         resumed: bool = False,
         target: int | None = None,
         uid: str | None = None,
+        room_from: frozenset[JobKey] = frozenset(),
     ) -> Grant:
         """The job's grant for its reconcile; the first time a job with workers is seen (operator restart),
         it is taken as admitted with those workers (a failed one awaiting its replacement included, so
@@ -285,7 +302,8 @@ class Scheduler:
         for another job too are that job's places: a job shrunk, then suspended, is taken back at the grant
         it was shrunk to; one preempted, then suspended, not at all. With `uid` (the job's), an entry of
         another job of the same name (deleted, its DELETED event not handled yet) is not its grant: none,
-        as for a job no pass has decided, until its offer replaces that entry."""
+        as for a job no pass has decided, until its offer replaces that entry. `room_from` (status.gang.roomFrom):
+        jobs whose workers were leaving for its gang; its places stay held by them until a pass sees them gone."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and uid is not None and entry.uid not in (None, uid):
@@ -308,6 +326,7 @@ class Scheduler:
                     entry = self._entries[key] = _Entry(
                         demand=None, granted=workers, reason=RECOVERED, uid=uid
                     )
+                    self._await_room_from(key, entry, room_from)
             self._seen.add(key)
             if entry is None:
                 return Grant(None)
@@ -319,7 +338,17 @@ class Scheduler:
                 entry.places_held,
                 entry.places_freed_at,
                 reason_want=entry.reason_want,
+                places_held_by=entry.places_held_by,
             )
+
+    def _await_room_from(self, key: JobKey, entry: _Entry, victims: frozenset[JobKey]) -> None:
+        """A job taken back at a restart whose places were held by `victims` leaving for it: held again, and
+        the victims' going followed by the passes as if this process had made the room (under the lock)."""
+        if not victims:
+            return
+        entry.places_held, entry.places_held_by = True, victims
+        for victim in victims:
+            self._leaving[victim] = self._leaving.get(victim, frozenset()) | {key}
 
     def offer(  # noqa: PLR0913 - the job's uid rides along with what its reconcile decided
         self,
@@ -683,7 +712,10 @@ class Scheduler:
             # Kept apart from the entries: a victim deleted (or suspended) meanwhile still holds devices
             # until its workers are gone.
             self._leaving = still_leaving
-        awaiting = frozenset(job for jobs in still_leaving.values() for job in jobs)
+        awaiting: dict[JobKey, frozenset[JobKey]] = {}  # beneficiary -> the victims still leaving for it
+        for victim, beneficiaries in still_leaving.items():
+            for job in beneficiaries:
+                awaiting[job] = awaiting.get(job, frozenset()) | {victim}
         changed = self._store(plan, entries, _hostnames(plan, nodes), awaiting, old_workers_going)
         self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
@@ -800,7 +832,7 @@ class Scheduler:
         plan: AdmissionPlan,
         planned: Mapping[JobKey, _Entry],
         hostnames: Mapping[JobKey, frozenset[str]],
-        awaiting: frozenset[JobKey] = frozenset(),
+        awaiting: Mapping[JobKey, frozenset[JobKey]] | None = None,
         old_workers_going: Mapping[JobKey, str] | None = None,
     ) -> list[JobKey]:
         changed: list[JobKey] = []
@@ -836,14 +868,8 @@ class Scheduler:
                             granted,
                             entry.reason or waiting or "no reason given",
                         )
-                held = key in awaiting
-                if held != entry.places_held:
-                    # Reconciled when its places free up: its gang clock starts then (decisions/running.py).
-                    if not held:
-                        entry.places_freed_at = datetime.now(UTC)
-                        if key not in changed:
-                            changed.append(key)
-                    entry.places_held = held
+                if _note_places_held(entry, (awaiting or {}).get(key, frozenset())) and key not in changed:
+                    changed.append(key)
                 entry.granted, entry.waiting = granted, waiting
                 entry.hostnames = hostnames.get(key, frozenset())
                 entry.reserved = plan.reserved.get(key, {})

@@ -44,6 +44,21 @@ def previous_gang(status: Mapping[str, Any]) -> GangStatus:
         return GangStatus()
 
 
+def room_from(status: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    """The jobs (namespace, name) status.gang.roomFrom says were leaving to make room for a gang that has not
+    started (none for a started one, or an entry that is not namespace/name)."""
+    gang = previous_gang(status)
+    if gang.started:
+        return frozenset()
+    found = (entry.split("/", 1) for entry in gang.room_from or ())
+    return frozenset((pair[0], pair[1]) for pair in found if len(pair) == 2 and all(pair))
+
+
+def room_entries(jobs: frozenset[tuple[str, str]]) -> list[str] | None:
+    """status.gang.roomFrom's entries for `jobs`: namespace/name, sorted; None for none."""
+    return sorted(f"{namespace}/{name}" for namespace, name in jobs) or None
+
+
 def backoff_left(gang: GangStatus, now: datetime) -> float:
     """Seconds until a job that timed out may ask for admission again (0: it may now)."""
     until = parse_rfc3339(gang.retry_after)

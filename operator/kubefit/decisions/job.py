@@ -114,6 +114,8 @@ class JobObservation:
     # last seen gone: the gang clock waits for them (decisions/running.py).
     places_held: bool = False
     places_freed_at: datetime | None = None
+    # The jobs (namespace, name) whose leaving workers hold them: status.gang.roomFrom.
+    places_held_by: frozenset[tuple[str, str]] = frozenset()
     # Acknowledgements of the open checkpoint request (status.checkpoint.requestId): worker pod -> step.
     checkpoint_acks: Mapping[str, int] = field(default_factory=dict)
     # When this operator process offered that request to the workers (None: when it was opened). An operator

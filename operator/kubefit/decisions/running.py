@@ -57,6 +57,7 @@ from kubefit.decisions.gang import (
     previous_gang,
     restart_backoff,
     restart_backoff_left,
+    room_entries,
 )
 from kubefit.decisions.observed import (
     DISRUPTION_REASONS,
@@ -216,7 +217,7 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
         waiting_since = ctx.now
     elif gang.started:
         gang = _with_growth_hold(ctx, draft, gang, given_up, held_until)
-    draft.gang = gang
+    draft.gang = gang if gang.started else _with_room(ctx, gang)
     _wait_for_old_workers(ctx, draft, plan.target, fixed)
     # A new group (a new world size, or after a failure) runs every worker afresh: what succeeded in the
     # old one does not count for it.
@@ -630,7 +631,7 @@ def _refused_gang(ctx: JobContext, plan: _Plan, gang: GangStatus, fixed: bool) -
         # are gone (and the quota controller has counted them off). Given back now, it would have stopped
         # them for nothing, and the job preempted for it could take the quota back.
         return why, False
-    freed = ctx.observation.places_freed_at
+    freed = _room_freed_at(ctx, gang)
     since = max(first, freed) if freed is not None else first
     return why, last[1] >= since + timedelta(seconds=REFUSED_FOR_SECONDS)
 
@@ -669,13 +670,37 @@ def _gang_clock_start(ctx: JobContext, gang: GangStatus, since: datetime) -> dat
     """When the gang's timeout starts counting: `since`, but not while places reserved for its workers are
     still held by another job's workers leaving for it (shrunk or preempted, saving within their checkpoint
     grace, which may be longer than this job's gang timeout), and not before they were given up. Known to
-    this operator process only: after a restart the clock counts from `since` again."""
+    this process, or as the status recorded them (gang.roomFrom, gang.roomFreedAt) for an operator restarted
+    since (controller/scheduler.py takes roomFrom back with the job)."""
     if gang.started:
         return since
     if ctx.observation.places_held:
         return ctx.now
-    freed = ctx.observation.places_freed_at
+    freed = _room_freed_at(ctx, gang)
     return max(since, freed) if freed is not None else since
+
+
+def _room_freed_at(ctx: JobContext, gang: GangStatus) -> datetime | None:
+    """When the workers leaving for the gang were last seen gone: by this process, or as its status recorded
+    (gang.roomFreedAt, read again by an operator restarted since)."""
+    seen = [
+        at for at in (ctx.observation.places_freed_at, parse_rfc3339(gang.room_freed_at)) if at is not None
+    ]
+    return max(seen, default=None)
+
+
+def _with_room(ctx: JobContext, gang: GangStatus) -> GangStatus:
+    """A gang not started yet, with the jobs still leaving for it (roomFrom) and when they were seen gone
+    (roomFreedAt) recorded: an operator restarted meanwhile keeps its clock as this one does."""
+    held_by = ctx.observation.places_held_by if ctx.observation.places_held else frozenset()
+    freed = _room_freed_at(ctx, gang)
+    recorded = {
+        "room_from": room_entries(held_by),
+        "room_freed_at": rfc3339(freed) if freed is not None else None,
+    }
+    # Only what changed: a field set to None would be written out as null.
+    changed = {field: value for field, value in recorded.items() if getattr(gang, field) != value}
+    return gang.model_copy(update=changed) if changed else gang
 
 
 def _timed_from_old_workers_gone(gang: GangStatus, ours: Sequence[WorkerPod]) -> GangStatus:
