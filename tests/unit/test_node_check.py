@@ -18,6 +18,7 @@ import urllib3
 from test_reconciler import NAMESPACE, Harness, PodServer, job_manifest
 from test_reconciler import _Answer as HttpAnswer
 
+from kubefit.controller import node_check
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.kube import KubeApi
 from kubefit.controller.node_check import NODE_CHECK_SECONDS, NodeCheck
@@ -197,6 +198,70 @@ def test_a_list_of_every_node_answers_for_other_nodes_asked_later() -> None:
     assert check.present(["spot-3", "spot-4"]) == frozenset()
     assert check.present(["kept-0"]) == {"kept-0"}
     assert cluster.asked == ["*"]
+
+
+def test_reconciles_missing_nodes_at_once_share_one_list_of_every_node() -> None:
+    # Without a lock across the LIST, 16 reconciles of a reclaimed pool's jobs each listed every node.
+    entered, release = threading.Event(), threading.Event()
+    asked: list[str] = []
+
+    def every_node() -> set[str]:
+        asked.append("*")
+        entered.set()
+        release.wait(5)
+        return {"kept-0", "spot-3"}
+
+    check = NodeCheck(lambda name: True, every_node)
+    answers: dict[int, frozenset[str]] = {}
+
+    def reconcile(index: int) -> None:
+        answers[index] = check.present([f"spot-{index}", f"spot-{index + 1}"])
+
+    first = threading.Thread(target=reconcile, args=(0,))
+    first.start()
+    assert entered.wait(5)
+    others = [threading.Thread(target=reconcile, args=(index,)) for index in range(1, 8)]
+    for thread in others:
+        thread.start()
+    time.sleep(0.2)  # the others wait on the LIST in flight
+    release.set()
+    for thread in [first, *others]:
+        thread.join(5)
+    assert asked == ["*"]
+    assert answers[2] == {"spot-3"} and answers[3] == {"spot-3"} and answers[0] == frozenset()
+
+
+def test_a_reconcile_waits_for_anothers_list_a_while_then_reads_the_nodes_as_present(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(node_check, "NODE_CHECK_WAIT_SECONDS", 0.2)
+    entered, release = threading.Event(), threading.Event()
+
+    def by_name(name: str) -> bool:
+        entered.set()
+        release.wait(5)
+        return False
+
+    check = NodeCheck(by_name, set)
+    stuck = threading.Thread(target=lambda: check.present(["h5"]))
+    stuck.start()
+    assert entered.wait(5)
+    assert check.present(["h5"]) == {"h5"}  # not known to be gone
+    release.set()
+    stuck.join(5)
+    assert check.present(["h5"]) == frozenset()  # the LIST's answer, once it came
+
+
+def test_a_later_list_of_every_node_outweighs_an_earlier_answer_by_name() -> None:
+    clock = Clock()
+    cluster = Cluster(set(), clock)
+    check = cluster.check()
+    assert check.present(["x"]) == frozenset()  # by name: gone
+    cluster.nodes.add("x")  # registered again under its name
+    clock.now += 1
+    assert check.present(["y", "z"]) == frozenset()  # another reconcile's: a LIST of every node, begun later
+    assert check.present(["x"]) == {"x"}  # that LIST's answer, not the earlier one by name
+    assert cluster.asked == ["x", "*"]
 
 
 def test_of_two_answers_the_later_begun_list_stands() -> None:

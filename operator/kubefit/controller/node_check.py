@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from kubefit.controller.kube import error_message
@@ -24,6 +25,9 @@ from kubefit.controller.resync import API_ERRORS
 logger = logging.getLogger("kubefit.node_check")
 
 NODE_CHECK_SECONDS = 5.0
+# How long a reconcile waits for a LIST another one began for the same nodes.
+NODE_CHECK_WAIT_SECONDS = 5.0
+EVERY_NODE = "*"  # not a node name (names are DNS subdomains)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class NodeCheck:
         self._lock = threading.Lock()  # guards the answers; never held across a LIST
         self._answers: dict[str, _Answer] = {}
         self._every: tuple[frozenset[str], _Answer] | None = None  # the last LIST of every node
+        self._flights: dict[
+            str, Future[frozenset[str] | None]
+        ] = {}  # LISTs in flight: node name, or EVERY_NODE
 
     def present(self, names: Iterable[str]) -> frozenset[str]:
         wanted = set(names)
@@ -75,13 +82,55 @@ class NodeCheck:
                 for node, answer in self._answers.items()
                 if now - answer.returned < NODE_CHECK_SECONDS
             }
-            known = {name: answer.present for name, answer in self._answers.items() if name in names}
-            every = self._every
-            if every is not None and now - every[1].returned < NODE_CHECK_SECONDS:
-                known.update({name: name in every[0] for name in names - known.keys()})
+            every = (
+                self._every if self._every and now - self._every[1].returned < NODE_CHECK_SECONDS else None
+            )
+            known = {}
+            for name in names:
+                answer = self._answers.get(name)
+                if every is not None and (answer is None or every[1].asked > answer.asked):
+                    known[name] = name in every[0]  # the later-begun LIST stands
+                elif answer is not None:
+                    known[name] = answer.present
             return known
 
     def _ask(self, names: set[str]) -> dict[str, bool]:
+        """The API server's answer for `names`: one LIST, or the one in flight for the same question (a pool
+        reclaimed makes many reconciles ask at once), waited for NODE_CHECK_WAIT_SECONDS at most: past that,
+        the nodes read as present, unkept (a stuck LIST holds up no other reconcile for longer)."""
+        question = next(iter(names)) if len(names) == 1 else EVERY_NODE
+        with self._lock:
+            flight = self._flights.get(question)
+            mine = flight is None
+            if mine:
+                flight = self._flights[question] = Future()
+        assert flight is not None
+        if not mine:
+            try:
+                present = flight.result(timeout=NODE_CHECK_WAIT_SECONDS)
+            except TimeoutError:
+                present = None
+            # None: that LIST failed or is slow; the nodes are not known to be gone.
+            return {name: present is None or name in present for name in names}
+        try:
+            answers, listed = self._list(names)
+            # Those asked of a LIST of every node get all its names; of a LIST by name, its answer.
+            flight.set_result(
+                listed
+                if listed is not None or question == EVERY_NODE
+                else frozenset(name for name, present in answers.items() if present)
+            )
+            return answers
+        except BaseException as error:
+            flight.set_exception(error)
+            raise
+        finally:
+            with self._lock:
+                self._flights.pop(question, None)
+
+    def _list(self, names: set[str]) -> tuple[dict[str, bool], frozenset[str] | None]:
+        """The answers for `names`, kept, and every node's name where every node was listed (None: by name,
+        or the LIST failed)."""
         asked = self._clock()
         listed: frozenset[str] | None = None
         try:
@@ -112,4 +161,4 @@ class NodeCheck:
                     self._answers[name] = _Answer(name in found, asked, returned)
             if listed is not None and (self._every is None or self._every[1].asked <= asked):
                 self._every = (listed, _Answer(True, asked, returned))
-        return {name: name in found for name in names}
+        return {name: name in found for name in names}, listed
