@@ -157,6 +157,31 @@ def test_a_job_whose_first_reconcile_fails_in_its_writes_has_offered_already(
     reconciler.forget(paused)
 
 
+def test_a_victim_that_keeps_its_workers_holds_a_gang_at_most_the_hold_limit() -> None:
+    """victim, shrinking 4 -> 2 for urgent (status.gang.roomFrom after a restart), left the queue keeping its 4
+    workers (its spec edited invalid: running workers are left alone). urgent's places stayed held, its
+    gang clock stopped, for ever."""
+    now = [1_000.0]
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None), clock=lambda: now[0])
+    scheduler.reconcile_with(Recorder())
+    victim, urgent = ("ns", "victim"), ("ns", "urgent")
+    victim_pods = [worker("victim", index, "n1" if index < 2 else "n2") for index in range(4)]
+    urgent_pods = [worker("urgent", 0, None, phase="Pending")]
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")], workers={victim: victim_pods, urgent: urgent_pods})
+    view = replace(indexed_view(cluster), jobs=lambda: [victim, urgent])
+    scheduler.grant(victim, victim_pods, admitted_with=4, target=2)
+    assert scheduler.grant(urgent, urgent_pods, admitted_with=1, room_from=frozenset({victim})).places_held
+    scheduler.offer(victim, None, ANYWHERE, view)
+    urgent_demand = demand("urgent", per_worker=8, min_workers=1, want=1, priority=100, created=2)
+    scheduler.offer(urgent, urgent_demand, ANYWHERE, view)
+    scheduler.request("timer", view)
+    assert scheduler.grant(urgent, urgent_pods).places_held  # still leaving, as far as anyone knows
+    now[0] += scheduler_module.LEAVING_HOLD_LIMIT_SECONDS + 1
+    scheduler.request("timer", view)
+    grant = scheduler.grant(urgent, urgent_pods)
+    assert not grant.places_held and grant.places_freed_at is not None  # its gang clock runs from now
+
+
 def test_kopfs_index_of_trainingjobs_reaches_the_settle_through_the_registered_handlers() -> None:
     """The index handlers.register registers, fed TrainingJob events through kopf's own indexing, is what
     the view's jobs() reads (a job deleted leaves it; one made again under its name stays)."""

@@ -98,6 +98,10 @@ RECONCILE_THREADS = 4
 # After a start (or taking the lead), how long passes wait at most for every job to offer
 # their demand: one whose reconcile keeps failing must not hold the queue for ever (docs/scheduling.md).
 RESTART_SETTLE_SECONDS = 30.0
+# The longest a job shrunk or preempted for others holds their gang clocks while its workers leave: far past
+# any checkpoint grace expected, so that a victim whose workers never go (see _within_hold_limit) does not
+# hold them for ever.
+LEAVING_HOLD_LIMIT_SECONDS = 3600.0
 # A pass that takes workers from jobs for others reads those others' namespaces' ResourceQuotas from the API
 # server first (_with_quotas_confirmed), QUOTA_CONFIRM_ROUNDS times at most as the plan made again names other
 # namespaces. Where kopf's index of them has other limits (a quota created, changed or deleted a moment ago, on
@@ -238,6 +242,7 @@ class Scheduler:
         # job shrunk or preempted -> the jobs it made room for, while its workers are leaving
         # (admission.leaving_for); their gang clocks wait.
         self._leaving: dict[JobKey, frozenset[JobKey]] = {}
+        self._leaving_since: dict[JobKey, float] = {}  # when the passes first saw each victim leaving
         self._seen: set[JobKey] = set()  # jobs this process has reconciled (restart recovery once)
         # Jobs that offered their demand since this process started; None once every job has, or the first
         # pass that waited for them did so RESTART_SETTLE_SECONDS ago (then its deadline).
@@ -707,7 +712,7 @@ class Scheduler:
         held = {key: _holding_devices(view.workers(key), now) for key in victims}
         holding = {key: staying for key, (staying, _) in held.items()}
         terminating = {key: going for key, (_, going) in held.items()}
-        still_leaving = leaving_for(victims, holding, plan.grants, terminating)
+        still_leaving = self._within_hold_limit(leaving_for(victims, holding, plan.grants, terminating))
         with self._lock:
             # Kept apart from the entries: a victim deleted (or suspended) meanwhile still holds devices
             # until its workers are gone.
@@ -720,6 +725,25 @@ class Scheduler:
         self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
+
+    def _within_hold_limit(self, leaving: dict[JobKey, frozenset[JobKey]]) -> dict[JobKey, frozenset[JobKey]]:
+        """`leaving` without the victims seen leaving for LEAVING_HOLD_LIMIT_SECONDS (since this process first
+        saw them so): a victim that keeps its workers without a demand (its spec made invalid during its
+        handshake: running workers are left alone) would hold its beneficiaries' gang clocks for ever."""
+        now = self._clock()
+        self._leaving_since = {victim: self._leaving_since.get(victim, now) for victim in leaving}
+        over = sorted(
+            victim
+            for victim, since in self._leaving_since.items()
+            if now - since > LEAVING_HOLD_LIMIT_SECONDS
+        )
+        for victim in over:
+            logger.warning(
+                "%s/%s has been leaving for over %.0f s: the jobs it made room for no longer wait for it",
+                *victim,
+                LEAVING_HOLD_LIMIT_SECONDS,
+            )
+        return {victim: jobs for victim, jobs in leaving.items() if victim not in over}
 
     def _plan(
         self,
