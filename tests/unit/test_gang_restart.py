@@ -121,3 +121,37 @@ def test_after_a_restart_the_clock_runs_from_when_the_preempted_jobs_workers_are
     _restarted(h)
     admitted = h.condition("Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout")
+
+
+def test_a_started_gang_records_no_room_any_more(harness: Harness) -> None:
+    h = harness
+    _llama_preempts_other(h)
+    for index in (0, 1):
+        h.kube.pods.pop(f"other-worker-{index}")
+    h.reconcile("pod", key=OTHER)
+    h.reconcile("pod")
+    assert h.kube.jobs["llama"]["status"]["gang"]["roomFreedAt"]
+    run_on_h0(h, "llama")
+    h.reconcile("pod")
+    gang = h.kube.jobs["llama"]["status"]["gang"]
+    assert gang["started"] is True
+    assert gang.get("roomFrom") is None and gang.get("roomFreedAt") is None
+
+
+@pytest.mark.parametrize("written", ["2026-12-05T12:00:00", "2999-01-01T00:00:00Z"], ids=["no-zone", "ahead"])
+def test_a_room_freed_time_written_by_hand_that_cannot_hold_is_ignored(
+    harness: Harness, written: str
+) -> None:
+    # Without a zone every reconcile failed (a naive and an aware time compared); one ahead held the gang
+    # until then.
+    h = harness
+    _llama_preempts_other(h)
+    for index in (0, 1):
+        h.kube.pods.pop(f"other-worker-{index}")
+    h.reconcile("pod", key=OTHER)
+    h.reconcile("pod")
+    h.kube.jobs["llama"]["status"]["gang"]["roomFreedAt"] = written
+    _admitted_ago(h, 120)
+    _restarted(h)
+    admitted = h.condition("Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout")  # 60 s from the admission

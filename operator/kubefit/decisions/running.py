@@ -217,7 +217,7 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
         waiting_since = ctx.now
     elif gang.started:
         gang = _with_growth_hold(ctx, draft, gang, given_up, held_until)
-    draft.gang = gang if gang.started else _with_room(ctx, gang)
+    draft.gang = _with_room(ctx, gang)
     _wait_for_old_workers(ctx, draft, plan.target, fixed)
     # A new group (a new world size, or after a failure) runs every worker afresh: what succeeded in the
     # old one does not count for it.
@@ -683,17 +683,22 @@ def _gang_clock_start(ctx: JobContext, gang: GangStatus, since: datetime) -> dat
 def _room_freed_at(ctx: JobContext, gang: GangStatus) -> datetime | None:
     """When the workers leaving for the gang were last seen gone: by this process, or as its status recorded
     (gang.roomFreedAt, read again by an operator restarted since)."""
-    seen = [
-        at for at in (ctx.observation.places_freed_at, parse_rfc3339(gang.room_freed_at)) if at is not None
-    ]
+    recorded = parse_rfc3339(gang.room_freed_at)
+    # One written by hand may lack a zone or lie ahead: not compared (an error), nor held to (a gang held).
+    if recorded is not None and (recorded.tzinfo is None or recorded > ctx.now + timedelta(seconds=60)):
+        recorded = None
+    seen = [at for at in (ctx.observation.places_freed_at, recorded) if at is not None]
     return max(seen, default=None)
 
 
 def _with_room(ctx: JobContext, gang: GangStatus) -> GangStatus:
     """A gang not started yet, with the jobs still leaving for it (roomFrom) and when they were seen gone
-    (roomFreedAt) recorded: an operator restarted meanwhile keeps its clock as this one does."""
-    held_by = ctx.observation.places_held_by if ctx.observation.places_held else frozenset()
-    freed = _room_freed_at(ctx, gang)
+    (roomFreedAt) recorded: an operator restarted meanwhile keeps its clock as this one does. A started
+    gang records neither."""
+    held_by = (
+        ctx.observation.places_held_by if ctx.observation.places_held and not gang.started else frozenset()
+    )
+    freed = _room_freed_at(ctx, gang) if not gang.started else None  # a started gang waits for no one
     recorded = {
         "room_from": room_entries(held_by),
         "room_freed_at": rfc3339(freed) if freed is not None else None,

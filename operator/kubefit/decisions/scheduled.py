@@ -286,9 +286,12 @@ def _released_gang(gang: GangStatus, workers_go: bool) -> GangStatus:
     """A released job's gang: not started; `running` (every worker ran at once) kept while its workers still
     run through the checkpoint handshake, so a release undone meanwhile (a resume, a grant back) leaves a
     group that formed known as one (running.never_formed asks it to checkpoint)."""
-    return gang.model_copy(
-        update={"started": False, "running": gang.running and not workers_go, "since": None}
+    update = {"started": False, "running": gang.running and not workers_go, "since": None}
+    # Whom its last gang waited for is no longer its business: a new admission records its own.
+    update.update(
+        {field: None for field in ("room_from", "room_freed_at") if getattr(gang, field) is not None}
     )
+    return gang.model_copy(update=update)
 
 
 def resumed_while_suspended(raw_spec: object, status: Mapping[str, Any]) -> bool:
