@@ -12,6 +12,7 @@ import copy
 import logging
 import time
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -25,6 +26,7 @@ from test_scheduler import CATALOG, GPU, FakeCluster, Recorder, demand, node, sy
 
 import kubefit.controller.scheduler as scheduler_module
 from kubefit.api.resource import GROUP, PLURAL, VERSION, JobKey
+from kubefit.api.units import rfc3339
 from kubefit.controller import handlers
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.handlers import cluster_view
@@ -180,6 +182,34 @@ def test_a_victim_that_keeps_its_workers_holds_a_gang_at_most_the_hold_limit() -
     scheduler.request("timer", view)
     grant = scheduler.grant(urgent, urgent_pods)
     assert not grant.places_held and grant.places_freed_at is not None  # its gang clock runs from now
+
+
+@pytest.mark.parametrize("leaving", ["terminating", "in-its-handshake"])
+def test_a_victim_still_saving_holds_a_gang_past_the_hold_limit(leaving: str) -> None:
+    """victim (a checkpoint grace of hours) shrunk 4 -> 2 for urgent, in the queue: its workers 2 and 3
+    terminating within a grace ending in 2 h, or still running through the handshake. The limit released
+    urgent's clock after an hour while victim still held n2."""
+    now = [1_000.0]
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None), clock=lambda: now[0])
+    scheduler.reconcile_with(Recorder())
+    victim, urgent = ("ns", "victim"), ("ns", "urgent")
+    ends = rfc3339(datetime.now(UTC) + timedelta(hours=2))
+    saving = [worker("victim", index, "n2") for index in (2, 3)]
+    if leaving == "terminating":
+        saving = [replace(pod, terminating=True, deletion_timestamp=ends) for pod in saving]
+    victim_pods = [worker("victim", index, "n1") for index in range(2)] + saving
+    urgent_pods = [worker("urgent", 0, None, phase="Pending")]
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")], workers={victim: victim_pods, urgent: urgent_pods})
+    view = replace(indexed_view(cluster), jobs=lambda: [victim, urgent])
+    scheduler.grant(victim, victim_pods, admitted_with=4, target=2)
+    assert scheduler.grant(urgent, urgent_pods, admitted_with=1, room_from=frozenset({victim})).places_held
+    scheduler.offer(victim, demand("victim", min_workers=2, want=2, created=1), ANYWHERE, view)
+    urgent_demand = demand("urgent", per_worker=8, min_workers=1, want=1, priority=100, created=2)
+    scheduler.offer(urgent, urgent_demand, ANYWHERE, view)
+    scheduler.request("timer", view)
+    now[0] += scheduler_module.LEAVING_HOLD_LIMIT_SECONDS + 1
+    scheduler.request("timer", view)
+    assert scheduler.grant(urgent, urgent_pods).places_held
 
 
 def test_kopfs_index_of_trainingjobs_reaches_the_settle_through_the_registered_handlers() -> None:

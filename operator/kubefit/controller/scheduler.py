@@ -98,9 +98,8 @@ RECONCILE_THREADS = 4
 # After a start (or taking the lead), how long passes wait at most for every job to offer
 # their demand: one whose reconcile keeps failing must not hold the queue for ever (docs/scheduling.md).
 RESTART_SETTLE_SECONDS = 30.0
-# The longest a job shrunk or preempted for others holds their gang clocks while its workers leave: far past
-# any checkpoint grace expected, so that a victim whose workers never go (see _within_hold_limit) does not
-# hold them for ever.
+# The longest a job shrunk or preempted for others holds their gang clocks while it keeps its workers with no
+# demand and none terminating (_within_hold_limit): its workers may never go.
 LEAVING_HOLD_LIMIT_SECONDS = 3600.0
 # A pass that takes workers from jobs for others reads those others' namespaces' ResourceQuotas from the API
 # server first (_with_quotas_confirmed), QUOTA_CONFIRM_ROUNDS times at most as the plan made again names other
@@ -712,7 +711,8 @@ class Scheduler:
         held = {key: _holding_devices(view.workers(key), now) for key in victims}
         holding = {key: staying for key, (staying, _) in held.items()}
         terminating = {key: going for key, (_, going) in held.items()}
-        still_leaving = self._within_hold_limit(leaving_for(victims, holding, plan.grants, terminating))
+        leaving = leaving_for(victims, holding, plan.grants, terminating)
+        still_leaving = self._within_hold_limit(leaving, entries.keys(), terminating)
         with self._lock:
             # Kept apart from the entries: a victim deleted (or suspended) meanwhile still holds devices
             # until its workers are gone.
@@ -726,20 +726,27 @@ class Scheduler:
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
 
-    def _within_hold_limit(self, leaving: dict[JobKey, frozenset[JobKey]]) -> dict[JobKey, frozenset[JobKey]]:
-        """`leaving` without the victims seen leaving for LEAVING_HOLD_LIMIT_SECONDS (since this process first
-        saw them so): a victim that keeps its workers without a demand (its spec made invalid during its
-        handshake: running workers are left alone) would hold its beneficiaries' gang clocks for ever."""
+    def _within_hold_limit(
+        self,
+        leaving: dict[JobKey, frozenset[JobKey]],
+        queued: Collection[JobKey],
+        terminating: Mapping[JobKey, int],
+    ) -> dict[JobKey, frozenset[JobKey]]:
+        """`leaving` without the victims that have kept workers for LEAVING_HOLD_LIMIT_SECONDS (since this
+        process first saw them so) with no demand and none of them terminating: such a victim (its spec made
+        invalid during its handshake: running workers are left alone) would hold its beneficiaries' gang
+        clocks for ever. A victim in the queue is in its handshake, bounded by its checkpoint grace, and
+        terminating workers by theirs (stuck_terminating), so neither is cut short."""
         now = self._clock()
-        self._leaving_since = {victim: self._leaving_since.get(victim, now) for victim in leaving}
+        kept = {victim for victim in leaving if victim not in queued and not terminating.get(victim, 0)}
+        self._leaving_since = {victim: self._leaving_since.get(victim, now) for victim in kept}
         over = sorted(
-            victim
-            for victim, since in self._leaving_since.items()
-            if now - since > LEAVING_HOLD_LIMIT_SECONDS
+            victim for victim in kept if now - self._leaving_since[victim] > LEAVING_HOLD_LIMIT_SECONDS
         )
         for victim in over:
             logger.warning(
-                "%s/%s has been leaving for over %.0f s: the jobs it made room for no longer wait for it",
+                "%s/%s has kept its workers without a demand for over %.0f s: the jobs it made room for no longer "
+                "wait for it",
                 *victim,
                 LEAVING_HOLD_LIMIT_SECONDS,
             )
