@@ -138,12 +138,14 @@ def test_a_started_gang_records_no_room_any_more(harness: Harness) -> None:
     assert gang.get("roomFrom") is None and gang.get("roomFreedAt") is None
 
 
-@pytest.mark.parametrize("written", ["2026-12-05T12:00:00", "2999-01-01T00:00:00Z"], ids=["no-zone", "ahead"])
+@pytest.mark.parametrize("written", ["a day ago, no zone", "2999-01-01T00:00:00Z"], ids=["no-zone", "ahead"])
 def test_a_room_freed_time_written_by_hand_that_cannot_hold_is_ignored(
     harness: Harness, written: str
 ) -> None:
-    # Without a zone every reconcile failed (a naive and an aware time compared); one ahead held the gang
-    # until then.
+    # Without a zone every reconcile failed (a naive and an aware time compared): now read as UTC. One ahead
+    # held the gang until then: ignored.
+    if written.startswith("a day ago"):
+        written = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
     h = harness
     _llama_preempts_other(h)
     for index in (0, 1):
@@ -155,3 +157,10 @@ def test_a_room_freed_time_written_by_hand_that_cannot_hold_is_ignored(
     _restarted(h)
     admitted = h.condition("Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout")  # 60 s from the admission
+
+
+def test_a_time_without_a_zone_is_read_as_utc() -> None:
+    # gang.since and gang.retryAfter written so by hand failed every reconcile of the job (naive and aware
+    # times compared); Kubernetes writes every time in UTC.
+    assert parse_rfc3339("2026-12-05T12:00:00") == datetime(2026, 12, 5, 12, tzinfo=UTC)
+    assert parse_rfc3339("2026-12-05T12:00:00+01:00") == datetime(2026, 12, 5, 11, tzinfo=UTC)

@@ -47,10 +47,13 @@ def rfc3339(moment: datetime) -> str:
 
 
 def parse_rfc3339(text: str | None) -> datetime | None:
-    """The moment an RFC 3339 timestamp names, or None when it is empty or unreadable."""
+    """The moment an RFC 3339 timestamp names, or None when it is empty or unreadable. One without a zone
+    (RFC 3339 requires it; a status edited by hand) is read as UTC, as Kubernetes writes every time: compared
+    with an aware one, it failed every reconcile of its job."""
     if not text:
         return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -684,9 +684,8 @@ def _room_freed_at(ctx: JobContext, gang: GangStatus) -> datetime | None:
     """When the workers leaving for the gang were last seen gone: by this process, or as its status recorded
     (gang.roomFreedAt, read again by an operator restarted since)."""
     recorded = parse_rfc3339(gang.room_freed_at)
-    # One written by hand may lack a zone or lie ahead: not compared (an error), nor held to (a gang held).
-    if recorded is not None and (recorded.tzinfo is None or recorded > ctx.now + timedelta(seconds=60)):
-        recorded = None
+    if recorded is not None and recorded > ctx.now + timedelta(seconds=60):
+        recorded = None  # ahead (a status written by hand): held to, it would hold the gang until then
     seen = [at for at in (ctx.observation.places_freed_at, recorded) if at is not None]
     return max(seen, default=None)
 
