@@ -73,6 +73,14 @@ def _llama_preempts_other(h: Harness) -> None:
     h.reconcile("pod")
 
 
+def _other_saved_and_gone(h: Harness) -> None:
+    """other's workers have saved and are gone; both jobs reconciled on their pod events."""
+    for index in (0, 1):
+        h.kube.pods.pop(f"other-worker-{index}")
+    h.reconcile("pod", key=OTHER)
+    h.reconcile("pod")
+
+
 def _restarted(h: Harness) -> None:
     """A new operator process (a restart, or a new leader), the same cluster; both jobs reconciled."""
     for name in ("other", "llama"):
@@ -126,10 +134,7 @@ def test_after_a_restart_the_clock_runs_from_when_the_preempted_jobs_workers_are
 def test_a_started_gang_records_no_room_any_more(harness: Harness) -> None:
     h = harness
     _llama_preempts_other(h)
-    for index in (0, 1):
-        h.kube.pods.pop(f"other-worker-{index}")
-    h.reconcile("pod", key=OTHER)
-    h.reconcile("pod")
+    _other_saved_and_gone(h)
     assert h.kube.jobs["llama"]["status"]["gang"]["roomFreedAt"]
     run_on_h0(h, "llama")
     h.reconcile("pod")
@@ -148,10 +153,7 @@ def test_a_room_freed_time_written_by_hand_that_cannot_hold_is_ignored(
         written = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
     h = harness
     _llama_preempts_other(h)
-    for index in (0, 1):
-        h.kube.pods.pop(f"other-worker-{index}")
-    h.reconcile("pod", key=OTHER)
-    h.reconcile("pod")
+    _other_saved_and_gone(h)
     h.kube.jobs["llama"]["status"]["gang"]["roomFreedAt"] = written
     _admitted_ago(h, 120)
     _restarted(h)
