@@ -12,10 +12,9 @@ from dataclasses import replace
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
-import kopf
 import pytest
 import urllib3
-from test_reconciler import NAMESPACE, Harness, PodServer, job_manifest
+from test_reconciler import NAMESPACE, Harness, PodServer, job_manifest, record_events
 from test_reconciler import _Answer as HttpAnswer
 
 from kubefit.controller import node_check
@@ -39,11 +38,7 @@ class NodeIndexLag(Harness):
 @pytest.fixture
 def lagging(monkeypatch: pytest.MonkeyPatch) -> Iterator[NodeIndexLag]:
     harness = NodeIndexLag()
-
-    def record_event(body: kopf.Body, *, type: str, reason: str, message: str = "") -> None:
-        harness.log.append(("event", reason, message, type))
-
-    monkeypatch.setattr(kopf, "event", record_event)
+    record_events(harness, monkeypatch)
     yield harness
     harness.reconciler.forget((NAMESPACE, "llama"))
 

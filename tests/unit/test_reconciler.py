@@ -276,14 +276,19 @@ class Harness:
         return next(item for item in conditions if item["type"] == condition_type)
 
 
-@pytest.fixture
-def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    harness = Harness()
+def record_events(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf.event records into the harness's log (no kopf context in unit tests)."""
 
     def record_event(body: kopf.Body, *, type: str, reason: str, message: str = "") -> None:
         harness.log.append(("event", reason, message, type))
 
     monkeypatch.setattr(kopf, "event", record_event)
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+    harness = Harness()
+    record_events(harness, monkeypatch)
     yield harness
     for key in [KEY, (NAMESPACE, "other")]:
         harness.reconciler.forget(key)  # cancels retry timers
