@@ -200,3 +200,59 @@ def test_an_ipv6_bind_address_serves(host: str) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _serving(**limits: object) -> BoundedHTTPServer:
+    server_class = type("_Limited", (_Small,), limits)
+    server = server_class(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_client_address_past_its_cap_has_a_new_connection_closed_at_once_and_others_are_served() -> None:
+    # 128 slow connections from one unauthenticated client held every slot of the checkpoint API: no
+    # worker's poll or ack was answered, and removals went ahead without their checkpoint.
+    server = _serving(max_connections=4, max_connections_per_client=2, request_deadline_seconds=30.0)
+    try:
+        held = [_connect(server), _connect(server)]
+        for connection in held:
+            connection.sendall(b"GET / HTTP/1.1\r\n")  # slow: the headers never end
+        time.sleep(0.3)
+        third = _connect(server)
+        assert _closed_within(third, 2.0)  # not queued behind the slots: closed at once
+        held[0].close()
+        time.sleep(0.3)
+        fourth = _connect(server)  # the address holds one now
+        assert _get(fourth).startswith(b"HTTP/1.1 200")
+        for connection in (held[1], third, fourth):
+            connection.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_request_line_and_headers_have_their_own_shorter_deadline() -> None:
+    server = _serving(request_deadline_seconds=30.0, header_deadline_seconds=0.5)
+    try:
+        slow = _connect(server)
+        started = time.monotonic()
+        slow.sendall(b"GET / HTTP/1.1\r\n")  # and nothing more
+        assert _closed_within(slow, 5.0)
+        assert time.monotonic() - started < 3.0  # the header deadline's, not the request's 30 s
+        prompt = _connect(server)
+        assert _get(prompt).startswith(b"HTTP/1.1 200")
+        for connection in (slow, prompt):
+            connection.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_checkpoint_api_caps_each_client_and_the_headers_the_webhook_does_not() -> None:
+    # The API server calls the webhook from one address with many connections at once: no cap there.
+    from kubefit.controller.checkpoints import CheckpointServer
+    from kubefit.controller.webhook import WebhookServer
+
+    assert CheckpointServer.max_connections_per_client == 32
+    assert CheckpointServer.header_deadline_seconds == 5.0
+    assert WebhookServer.max_connections_per_client is None

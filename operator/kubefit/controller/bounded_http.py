@@ -8,6 +8,12 @@ served until one ends; a request still unanswered at its deadline has its connec
 kept-alive connection is closed (`Connection: close` on its answer) once it is CONNECTION_LIFETIME_SECONDS
 old: workers that poll every few seconds over one connection (Go's net/http, requests.Session) would
 otherwise hold their slots for good, and past the cap every other client would wait for ever.
+
+Two more bounds for a port tenants' pods reach (the checkpoint API): a server may cap the connections one
+client address holds at once (past it, a new one is closed at once: an unauthenticated client that opened
+128 slow connections stalled every job's handshake), and give the request line and headers a deadline of
+their own, shorter than the request's (a slot held by a client that sends one byte every few seconds frees
+in seconds, not at the request deadline).
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ class _Deadlines:
         self._due: dict[int, tuple[float, socket.socket]] = {}
         self._watching = False
 
-    def arm(self, connection: socket.socket) -> None:
+    def arm(self, connection: socket.socket, seconds: float | None = None) -> None:
         with self._lock:
-            self._due[id(connection)] = (time.monotonic() + self.seconds, connection)
+            due = time.monotonic() + (self.seconds if seconds is None else seconds)
+            self._due[id(connection)] = (due, connection)
             if not self._watching:
                 watcher = threading.Thread(target=self._watch, name="kubefit-http-deadlines", daemon=True)
                 watcher.start()  # if it cannot start (no threads left), the next arm tries again
@@ -82,6 +89,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     max_connections = MAX_CONNECTIONS
     request_deadline_seconds = REQUEST_DEADLINE_SECONDS
     connection_lifetime_seconds = CONNECTION_LIFETIME_SECONDS
+    max_connections_per_client: int | None = None  # None: no cap per client address
+    header_deadline_seconds: float | None = None  # None: the request line and headers have the request's
     name = "http"  # the log's: logger kubefit.<name>, lines "<name> connection from ..."
 
     def __init__(self, server_address: Any, *args: Any, **kwargs: Any) -> None:
@@ -90,21 +99,49 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(self.max_connections)
         self.deadlines = _Deadlines(self.request_deadline_seconds)
         self._log = logging.getLogger(f"kubefit.{self.name}")
+        self._clients_lock = threading.Lock()
+        self._per_client: dict[str, int] = {}
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._client_admitted(client_address):
+            self._log.debug("%s: %s holds %d connections already, closing a new one", self.name,
+                            client_address[0], self.max_connections_per_client)  # fmt: skip
+            self.shutdown_request(request)
+            return
         # Past the cap, accepting waits for a slot (the kernel queues new connections meanwhile); one frees
         # within the deadline at the latest, since every served request is cut there. Giving up only after
         # twice that leaves a stalled machine time to finish the cut.
         if not self._slots.acquire(timeout=2 * self.request_deadline_seconds):
             self._log.warning("%s: %d connections open for %.0f s, closing one from %s", self.name,
                               self.max_connections, 2 * self.request_deadline_seconds, client_address)  # fmt: skip
+            self._client_left(client_address)
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
             self._slots.release()
+            self._client_left(client_address)
             raise
+
+    def _client_admitted(self, client_address: Any) -> bool:
+        """Counts a connection of its client address, unless that address holds the cap already."""
+        if self.max_connections_per_client is None:
+            return True
+        with self._clients_lock:
+            held = self._per_client.get(client_address[0], 0)
+            if held >= self.max_connections_per_client:
+                return False
+            self._per_client[client_address[0]] = held + 1
+            return True
+
+    def _client_left(self, client_address: Any) -> None:
+        if self.max_connections_per_client is None:
+            return
+        with self._clients_lock:
+            held = self._per_client.pop(client_address[0], 0) - 1
+            if held > 0:
+                self._per_client[client_address[0]] = held
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -117,6 +154,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         finally:
             self.deadlines.disarm(request)
             self._slots.release()
+            self._client_left(client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away, stalled or spoke no TLS: one debug line, not socketserver's traceback
@@ -147,5 +185,12 @@ class DeadlineRequestHandler(BaseHTTPRequestHandler):
         super().end_headers()
 
     def handle_one_request(self) -> None:
-        self.server.deadlines.arm(self.connection)
+        # The request line and headers first, by their own deadline where the server has one; then the rest.
+        self.server.deadlines.arm(self.connection, self.server.header_deadline_seconds)
         super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        if parsed and self.server.header_deadline_seconds is not None:
+            self.server.deadlines.arm(self.connection)
+        return parsed

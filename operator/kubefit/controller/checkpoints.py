@@ -362,6 +362,11 @@ class CheckpointServer(BoundedHTTPServer):
     """The handshake API's HTTP server: one daemon thread per connection, within bounded_http's cap."""
 
     name = "checkpoints"
+    # Any pod may reach this port (a worker's token is checked only once its request is read): one address
+    # holds at most a quarter of the connections, and the request line and headers must come within 5 s.
+    # A pod polls from a process or two (kubefit_trainer), so 32 leave room for one that every rank polls.
+    max_connections_per_client = 32
+    header_deadline_seconds = 5.0
     board: CheckpointBoard
     token_for: TokenFor
 
