@@ -56,9 +56,8 @@ class NodeCheck:
         self._lock = threading.Lock()  # guards the answers; never held across a LIST
         self._answers: dict[str, _Answer] = {}
         self._every: tuple[frozenset[str], _Answer] | None = None  # the last LIST of every node
-        self._flights: dict[
-            str, Future[frozenset[str] | None]
-        ] = {}  # LISTs in flight: node name, or EVERY_NODE
+        # LISTs in flight, by question: a node's name, or EVERY_NODE.
+        self._flights: dict[str, Future[frozenset[str] | None]] = {}
 
     def present(self, names: Iterable[str]) -> frozenset[str]:
         wanted = set(names)
