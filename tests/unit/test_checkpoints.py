@@ -92,6 +92,18 @@ def test_acks_per_request_are_bounded() -> None:
     assert board.acknowledge(JOB, "r1", "llama-worker-0", 2)  # a worker already counted may ack again
 
 
+def test_only_the_job_s_worker_pods_may_ack_and_a_reopen_updates_them() -> None:
+    board = CheckpointBoard()
+    board.open(JOB, "r1", ["llama-worker-0", "llama-worker-1"])
+    assert board.acknowledge(JOB, "r1", "llama-worker-1", 5)
+    refusal = board.refused_ack(JOB, "r1", "llama-worker-9999", 5)  # a made-up index: the token allows any
+    assert refusal is not None and refusal.startswith("worker: llama-worker-9999 is not one of")
+    board.open(JOB, "r1", ["llama-worker-0", "llama-worker-2"])  # the next reconcile saw worker 2 created
+    assert board.acknowledge(JOB, "r1", "llama-worker-2", 6)
+    assert board.acknowledge(JOB, "r1", "llama-worker-1", 7)  # acked before: its ack again is taken
+    assert board.acknowledged(JOB, "r1") == {"llama-worker-1": 7, "llama-worker-2": 6}
+
+
 def test_board_is_safe_under_concurrent_acks() -> None:
     board = CheckpointBoard()
     board.open(JOB, "r1")
@@ -252,6 +264,14 @@ def test_unknown_jobs_and_paths_are_404(api: Api, path: str) -> None:
 def test_the_query_string_is_ignored(api: Api) -> None:
     api.board.open(JOB, "r1")
     assert api.get(PATH + "?watch=true") == (200, {"requestId": "r1"})
+
+
+def test_ack_from_a_worker_the_job_does_not_have_is_409_naming_the_worker(api: Api) -> None:
+    api.board.open(JOB, "r1", ["llama-worker-0"])
+    status, answer = api.ack({"requestId": "r1", "worker": "llama-worker-7", "step": 1})
+    assert status == 409 and answer["error"].startswith("worker: llama-worker-7 is not one of")
+    assert api.board.acknowledged(JOB, "r1") == {}
+    assert api.ack({"requestId": "r1", "worker": "llama-worker-0", "step": 1})[0] == 200
 
 
 def test_ack_of_a_request_that_is_not_open_is_409(api: Api) -> None:

@@ -994,6 +994,7 @@ def test_a_scale_down_opens_a_checkpoint_request_and_the_last_ack_removes_the_wo
     assert kube.jobs["llama"]["status"]["checkpoint"]["requestId"] == request
     assert sorted(kube.pods) == ["llama-worker-0", "llama-worker-1"]
 
+    assert not board.acknowledge(KEY, request, "llama-worker-5", 120)  # no such pod: its ack is refused
     assert board.acknowledge(KEY, request, "llama-worker-0", 120)
     assert "llama-worker-1" in kube.pods  # one of two
     assert board.acknowledge(KEY, request, "llama-worker-1", 120)  # the last: reconciled at once

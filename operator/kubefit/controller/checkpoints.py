@@ -20,7 +20,7 @@ import logging
 import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -62,6 +62,8 @@ class _Request:
     request_id: str
     open: bool = True
     acks: dict[str, int] = field(default_factory=dict)
+    # The job's worker pods when last (re)opened, the only names whose acks are taken; None: any name.
+    workers: frozenset[str] | None = None
     # When this process first offered it to the workers: after an operator restart, later than its
     # status.checkpoint.requestedAt.
     told_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -74,16 +76,20 @@ class CheckpointBoard:
         self._lock = threading.Lock()
         self._requests: dict[JobKey, _Request] = {}
 
-    def open(self, key: JobKey, request_id: str) -> None:
-        """Asks the job's workers to checkpoint; reopening the same id keeps the acks already received."""
+    def open(self, key: JobKey, request_id: str, workers: Collection[str] | None = None) -> None:
+        """Asks the job's workers to checkpoint; reopening the same id keeps the acks already received.
+        `workers`: the job's worker pod names, the only ones whose acks are taken until the next open (the
+        controller opens again at each reconcile while the request stands); None takes any worker name."""
         if not _REQUEST_ID.match(request_id):
             raise ValueError(f"checkpoint request id {request_id!r} is not 1-128 of [A-Za-z0-9._:-]")
+        names = frozenset(workers) if workers is not None else None
         with self._lock:
             current = self._requests.get(key)
             if current is not None and current.request_id == request_id:
                 current.open = True
+                current.workers = names
             else:
-                self._requests[key] = _Request(request_id)
+                self._requests[key] = _Request(request_id, workers=names)
 
     def close(self, key: JobKey) -> None:
         """No request is open any more; the acks of the last one stay readable until the next open."""
@@ -118,15 +124,23 @@ class CheckpointBoard:
             return dict(request.acks)
 
     def acknowledge(self, key: JobKey, request_id: str, worker: str, step: int) -> bool:
-        """Records a worker's ack; False when that request is not the job's open one (or is full)."""
+        """Records a worker's ack; False when it was refused (see refused_ack)."""
+        return self.refused_ack(key, request_id, worker, step) is None
+
+    def refused_ack(self, key: JobKey, request_id: str, worker: str, step: int) -> str | None:
+        """Records a worker's ack, or says why not: the request is not the job's open one, or `worker` is
+        not one of the job's worker pods (a token can name any index: those would fill the board)."""
         with self._lock:
             request = self._requests.get(key)
             if request is None or not request.open or request.request_id != request_id:
-                return False
-            if worker not in request.acks and len(request.acks) >= MAX_ACKS_PER_REQUEST:
-                return False
+                return f"requestId: {request_id} is not this job's open request"
+            if worker not in request.acks:
+                if request.workers is not None and worker not in request.workers:
+                    return f"worker: {worker} is not one of this job's worker pods (a pod just created: ack again)"
+                if len(request.acks) >= MAX_ACKS_PER_REQUEST:
+                    return f"worker: this request already holds {MAX_ACKS_PER_REQUEST} workers' acks"
             request.acks[worker] = step
-            return True
+            return None
 
 
 def load_checkpoint_key(path: str | None) -> bytes:
@@ -309,13 +323,9 @@ class _Handler(DeadlineRequestHandler):
         if not target.ack:
             raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "method POST not allowed on .../checkpoint")
         ack = parse_ack(self._body(), target.name)
-        if not self.server.board.acknowledge(target.key, ack.request_id, ack.worker, ack.step):
-            raise self._refused(
-                target,
-                _HttpError(
-                    HTTPStatus.CONFLICT, f"requestId: {ack.request_id} is not this job's open request"
-                ),
-            )
+        refusal = self.server.board.refused_ack(target.key, ack.request_id, ack.worker, ack.step)
+        if refusal is not None:
+            raise self._refused(target, _HttpError(HTTPStatus.CONFLICT, refusal))
         return {"requestId": ack.request_id, "acknowledged": True}
 
     def _body(self) -> bytes:

@@ -657,12 +657,15 @@ class Reconciler:
         state.offered = state.offered or first
         return first
 
-    def _request_checkpoint(self, key: JobKey, request_id: str | None) -> None:
-        """Keeps the board's open request as the decision says (None: none open)."""
+    def _request_checkpoint(self, key: JobKey, request_id: str | None, observation: JobObservation) -> None:
+        """Keeps the board's open request as the decision says (None: none open), its acks taken from the
+        job's worker pods as observed now (its own, or not yet adopted)."""
         if request_id is None:
             self.board.close(key)
-        else:
-            self.board.open(key, request_id)
+            return
+        uid = observation.job.uid
+        workers = [pod.name for pod in observation.pods if pod.controller_uid in (None, uid)]
+        self.board.open(key, request_id, workers)
 
     def _requeue(
         self, key: JobKey, delay: float | None, view: ClusterView | None, trigger: str = "timer"
@@ -701,7 +704,7 @@ class Reconciler:
         # checkpoint request the status names is the one workers are told of, or its grace would run out
         # with nobody asked (the removals go ahead at the deadline even while a create keeps failing).
         self.metrics.observe_job(observation, decision)
-        self._request_checkpoint((ref.namespace, ref.name), decision.checkpoint_request)
+        self._request_checkpoint((ref.namespace, ref.name), decision.checkpoint_request, observation)
         # Recorded in status.restarts now: deleted below, and never counted twice.
         state.replaced.update(pod.uid for pod in decision.replace)
         # Ready's transition is an event only once the status says it: held back, it is derived again at each
