@@ -23,6 +23,7 @@ from kubefit.controller.checkpoints import (
     MIN_KEY_BYTES,
     CheckpointBoard,
     CheckpointServer,
+    FirstTimes,
     load_checkpoint_key,
     serve_checkpoints,
     start_checkpoint_server,
@@ -272,6 +273,20 @@ def test_ack_from_a_worker_the_job_does_not_have_is_409_naming_the_worker(api: A
     assert status == 409 and answer["error"].startswith("worker: llama-worker-7 is not one of")
     assert api.board.acknowledged(JOB, "r1") == {}
     assert api.ack({"requestId": "r1", "worker": "llama-worker-0", "step": 1})[0] == 200
+
+
+def test_a_refusal_is_logged_once_per_job_and_again_for_a_job_made_again_under_its_name(
+    api: Api, server: CheckpointServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.refusals = FirstTimes()
+    stale = {"requestId": "r0", "worker": "llama-worker-0", "step": 1}
+    with caplog.at_level(logging.WARNING, logger="kubefit.checkpoints"):
+        assert api.ack(stale)[0] == 409
+        assert api.ack(stale)[0] == 409  # a worker's retry: logged once
+        monkeypatch.setitem(UIDS, JOB, "uid-1b")  # the job deleted and applied again
+        assert api.ack(stale, token=checkpoint_token(KEY, "uid-1b"))[0] == 409
+    refused = [record for record in caplog.records if "refused, 409" in record.getMessage()]
+    assert len(refused) == 2
 
 
 def test_ack_of_a_request_that_is_not_open_is_409(api: Api) -> None:

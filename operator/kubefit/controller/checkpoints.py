@@ -281,7 +281,8 @@ class _Handler(DeadlineRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _authorized(self) -> _Target:
+    def _authorized(self) -> tuple[_Target, str]:
+        """The call's job, and its token (one per job object: a job made again under its name has another)."""
         target = parse_path(self.path)
         expected = self.server.token_for(target.namespace, target.name)
         if expected is None:
@@ -290,13 +291,14 @@ class _Handler(DeadlineRequestHandler):
             if not hmac.compare_digest(_bearer(self.headers.get("Authorization")), expected.encode()):
                 raise _HttpError(HTTPStatus.UNAUTHORIZED, _WRONG_TOKEN)
         except _HttpError as error:
-            raise self._refused(target, error) from None
-        return target
+            raise self._refused(target, expected, error) from None
+        return target, expected
 
-    def _refused(self, target: _Target, error: _HttpError) -> _HttpError:
+    def _refused(self, target: _Target, token: str, error: _HttpError) -> _HttpError:
         """`error`, logged the first time this job's calls get its status: a refused worker waits for
-        nothing, and the scale-down it should have checkpointed for waits out its grace period."""
-        if self.server.refusals.first((target.namespace, target.name, error.status)):
+        nothing, and the scale-down it should have checkpointed for waits out its grace period. Remembered
+        by the job's token: a job deleted and made again under its name is another job, told again."""
+        if self.server.refusals.first((target.namespace, target.name, token, error.status)):
             logger.warning(
                 "checkpoint call for %s/%s from %s refused, %d: %s%s (logged once per job and status)",
                 target.namespace,
@@ -313,19 +315,19 @@ class _Handler(DeadlineRequestHandler):
         raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"method {self.command} not allowed")
 
     def _get(self) -> dict[str, Any]:
-        target = self._authorized()
+        target, _ = self._authorized()
         if target.ack:
             raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "method GET not allowed on .../checkpoint/ack")
         return {"requestId": self.server.board.current(target.key)}
 
     def _post(self) -> dict[str, Any]:
-        target = self._authorized()
+        target, token = self._authorized()
         if not target.ack:
             raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "method POST not allowed on .../checkpoint")
         ack = parse_ack(self._body(), target.name)
         refusal = self.server.board.refused_ack(target.key, ack.request_id, ack.worker, ack.step)
         if refusal is not None:
-            raise self._refused(target, _HttpError(HTTPStatus.CONFLICT, refusal))
+            raise self._refused(target, token, _HttpError(HTTPStatus.CONFLICT, refusal))
         return {"requestId": ack.request_id, "acknowledged": True}
 
     def _body(self) -> bytes:
@@ -382,7 +384,7 @@ class CheckpointServer(BoundedHTTPServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.refusals = FirstTimes()  # the (namespace, name, status) of refused calls already logged
+        self.refusals = FirstTimes()  # the (namespace, name, token, status) of refused calls logged
 
 
 def start_checkpoint_server(
