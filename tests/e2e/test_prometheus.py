@@ -67,6 +67,7 @@ RULE_VALUES: dict[str, dict[str, Any]] = {
     "KubefitAcceleratorsIdle": {"for": FOR, "threshold": 0.01},
     "KubefitAcceleratorTelemetryMissing": {"for": FOR},
     "KubefitReconcileErrors": {"for": FOR, "threshold": 0.1},
+    "KubefitJobReconcileFailing": {"for": FOR},
     "KubefitOperatorAbsent": {"for": FOR},
 }
 VALUES = {"metrics": {"prometheusRule": {"enabled": True, "rules": RULE_VALUES}}}

@@ -52,6 +52,7 @@ OVERRIDDEN_VALUES: dict[str, Any] = {
                 "KubefitAcceleratorsIdle": {"for": "1m"},
                 "KubefitAcceleratorTelemetryMissing": {"for": "1m"},
                 "KubefitReconcileErrors": {"for": "1m", "threshold": 0.5},
+                "KubefitJobReconcileFailing": {"for": "3m"},
                 "KubefitOperatorAbsent": {"for": "2m"},
             },
         }
@@ -162,7 +163,7 @@ def _cases(test_file: Path, durations: dict[str, str] | None = None) -> dict[str
 
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     names = [alert["alert"] for alert in _file_alerts()]
-    assert len(names) == len(set(names)) == 7
+    assert len(names) == len(set(names)) == 8
     default_for = {alert["alert"]: str(alert.get("for", "0m")) for alert in _file_alerts()}
     overridden_for = {
         name: str(OVERRIDDEN_VALUES["metrics"]["prometheusRule"]["rules"][name].get("for", default_for[name]))

@@ -582,10 +582,40 @@ def exported(metrics: OperatorMetrics) -> dict[str, set[str]]:
     return found
 
 
+def test_a_job_s_failing_reconciles_are_a_series_until_one_succeeds_or_the_job_goes() -> None:
+    metrics = OperatorMetrics()
+    name = "kubefit_trainingjob_reconcile_failures"
+    metrics.job_reconcile_failed("ml", "broken", "uid-1", 1)
+    metrics.job_reconcile_failed("ml", "broken", "uid-1", 2)
+    assert value(metrics, name, namespace="ml", name="broken") == 2
+    metrics.job_reconcile_succeeded("ml", "broken")
+    assert value(metrics, name, namespace="ml", name="broken") is None
+    metrics.job_reconcile_failed("ml", "broken", "uid-1", 1)
+    metrics.forget_job("ml", "broken", "uid-1")
+    assert value(metrics, name, namespace="ml", name="broken") is None
+    metrics.job_reconcile_failed("ml", "broken", "uid-1", 2)  # a late failure of the deleted job
+    metrics.job_reconcile_failed("ml", "unread", None, 1)  # a job never read: nothing to name it by
+    assert value(metrics, name, namespace="ml", name="broken") is None
+    assert value(metrics, name, namespace="ml", name="unread") is None
+
+
+def test_a_job_made_again_under_a_failing_job_s_name_does_not_inherit_its_failures() -> None:
+    metrics = OperatorMetrics()
+    Job(metrics, job_spec()).reconcile(10, [pod(0)], 1, uid="uid-old")
+    metrics.job_reconcile_failed("team-a", "llama", "uid-old", 5)
+    sample = "kubefit_trainingjob_reconcile_failures"
+    assert value(metrics, sample, namespace="team-a", name="llama") == 5
+    Job(metrics, job_spec()).reconcile(
+        20, [pod(0)], 1, uid="uid-new"
+    )  # the old one's DELETED not handled yet
+    assert value(metrics, sample, namespace="team-a", name="llama") is None
+
+
 def test_every_exported_metric_is_documented_with_its_labels_and_nothing_else_is() -> None:
     metrics = OperatorMetrics(process_metrics=True)
     try:
         Job(metrics, job_spec()).reconcile(10, [pod(0), pod(1)], 2)
+        metrics.job_reconcile_failed("ml", "broken", "uid-broken", 3)
         metrics.watch_cluster(lambda: {H100: AcceleratorCount(8, 4)})
         ours = {name: labels for name, labels in exported(metrics).items() if name.startswith("kubefit_")}
     finally:

@@ -392,14 +392,19 @@ def test_a_retry_that_fails_again_posts_no_ready_event_the_status_does_not_show(
     # While the Service create kept failing, each retry posted AllWorkersReady again, with the status still
     # Ready=False ReconcileError: Ready's transition is an event once the status says it.
     running_then_service_refused(harness, monkeypatch)
+    failures = {"namespace": "team-a", "name": "llama"}
     for _ in range(3):
         harness.reconcile("retry")
     assert harness.condition("Ready")["reason"] == "ReconcileError"
     assert len(harness.events("AllWorkersReady")) == 1
+    # KubefitJobReconcileFailing's series: the timer's failure, then three retries, in a row
+    sample = "kubefit_trainingjob_reconcile_failures"
+    assert harness.metrics.registry.get_sample_value(sample, failures) == 4
     del harness.kube.fail[("create_service", "*")]
     harness.reconcile("retry")
     assert harness.condition("Ready")["reason"] == "AllWorkersReady"
     assert len(harness.events("AllWorkersReady")) == 2  # once, when the status said so again
+    assert harness.metrics.registry.get_sample_value(sample, failures) is None  # gone with a success
 
 
 def test_a_suspend_on_a_retry_that_fails_again_still_posts_its_suspended_event(

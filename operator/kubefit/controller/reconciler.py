@@ -431,7 +431,10 @@ class Reconciler:
             self._gone(key, progress, view)
             return True
         with self._lock:
+            recovered = state.failures > 0
             state.failures, state.retry_at = 0, 0.0
+        if recovered:
+            self.metrics.job_reconcile_succeeded(*key)
         return True
 
     def _record_failure(
@@ -439,8 +442,10 @@ class Reconciler:
     ) -> None:
         with self._lock:
             state.failures += 1
-            delay = backoff_seconds(state.failures)
+            failures = state.failures
+            delay = backoff_seconds(failures)
             state.retry_at = time.monotonic() + delay
+        self.metrics.job_reconcile_failed(*key, state.uid, failures)
         message = with_limit_hint(error_message(error))
         # A bug (not an API error, an unreachable API server or a name taken) gets its traceback in the log;
         # the job's condition gets the message.

@@ -133,6 +133,7 @@ class OperatorMetrics:
         self._admitted: dict[JobKey, str] = {}  # job -> uid whose queue wait was observed
         self._started: dict[JobKey, str] = {}  # job -> uid whose scheduling latency was observed
         self._uids: dict[JobKey, str] = {}  # job -> uid last observed
+        self._failing: set[JobKey] = set()  # jobs with a kubefit_trainingjob_reconcile_failures series
         # uids of deleted jobs, latest last: a reconcile that read the job before its deletion and ends
         # after it must not bring its series back.
         self._deleted: OrderedDict[str, None] = OrderedDict()
@@ -184,6 +185,10 @@ class OperatorMetrics:
             "kubefit_trainingjob_memory_requested_bytes",
             "Memory of one device of the job's accelerator (what each device it holds offers).",
             "accelerator",
+        )
+        self.reconcile_failures = gauge(
+            "kubefit_trainingjob_reconcile_failures",
+            "Reconciles of a TrainingJob that failed in a row; present only while its latest one failed.",
         )
 
     def _add_scheduling_metrics(self) -> None:
@@ -278,6 +283,8 @@ class OperatorMetrics:
         with self._lock:
             if uid in self._deleted:
                 return
+            if self._uids.get(key) not in (None, uid):
+                self._drop_failures(key)  # the failures of the job deleted before this one took its name
             self._uids[key] = uid
             self._replace_series(key, samples)
             if admission is not None and self._admitted.get(key) != uid:
@@ -286,6 +293,26 @@ class OperatorMetrics:
             if running is not None and self._started.get(key) != uid:
                 self._started[key] = uid
                 self.scheduling_latency.observe(running)
+
+    def job_reconcile_failed(self, namespace: str, name: str, uid: str | None, failures: int) -> None:
+        """The job's latest reconcile failed, the `failures`-th in a row. Its overall share of reconciles
+        hides a job that keeps failing among healthy ones: a failing job is retried at most every 5 minutes,
+        each healthy one every 30 s (KubefitJobReconcileFailing reads this). Not for a job never read (no
+        uid) or deleted."""
+        with self._lock:
+            if uid is None or uid in self._deleted:
+                return
+            self._failing.add((namespace, name))
+            self.reconcile_failures.labels(namespace, name).set(failures)
+
+    def job_reconcile_succeeded(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._drop_failures((namespace, name))
+
+    def _drop_failures(self, key: JobKey) -> None:
+        if key in self._failing:
+            self._failing.discard(key)
+            _remove(self.reconcile_failures, key)
 
     def forget_job(self, namespace: str, name: str, uid: str | None = None) -> None:
         """Removes every series of a deleted job, so dashboards and alerts do not show it forever. `uid`, the
@@ -300,6 +327,7 @@ class OperatorMetrics:
                 self._trim_deleted()
                 return
             self._replace_series(key, {})
+            self._drop_failures(key)
             self._series.pop(key, None)
             self._admitted.pop(key, None)
             self._started.pop(key, None)
