@@ -289,6 +289,19 @@ def test_a_refusal_is_logged_once_per_job_and_again_for_a_job_made_again_under_i
     assert len(refused) == 2
 
 
+def test_a_worker_refused_after_a_stale_request_is_logged_too(
+    api: Api, server: CheckpointServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.refusals = FirstTimes()
+    api.board.open(JOB, "r1", ["llama-worker-0"])
+    with caplog.at_level(logging.WARNING, logger="kubefit.checkpoints"):
+        assert api.ack({"requestId": "r0", "worker": "llama-worker-0", "step": 1})[0] == 409
+        assert api.ack({"requestId": "r1", "worker": "llama-worker-1", "step": 1})[0] == 409
+        assert api.ack({"requestId": "r1", "worker": "llama-worker-1", "step": 1})[0] == 409
+    refused = [record.getMessage() for record in caplog.records if "refused, 409" in record.getMessage()]
+    assert len(refused) == 2 and "worker: llama-worker-1 is not one of" in refused[1]
+
+
 def test_ack_of_a_request_that_is_not_open_is_409(api: Api) -> None:
     status, answer = api.ack({"requestId": "r1", "worker": "llama-worker-0", "step": 1})
     assert status == 409 and "requestId" in answer["error"]

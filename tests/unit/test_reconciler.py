@@ -1527,6 +1527,35 @@ def test_a_job_resumed_while_its_workers_leave_for_a_preemption_is_not_taken_bac
     assert scheduler.grant(KEY, pods, resumed=True).workers == 2
 
 
+def test_an_ack_through_the_checkpoint_api_wakes_the_job_s_reconcile() -> None:
+    # The server records acks through refused_ack(): NotifyingBoard overriding acknowledge() alone left the
+    # HTTP path without its wake-up, and the removal waited for the next 2 s poll.
+    import http.client
+    import json
+
+    from kubefit.builders.checkpoint import checkpoint_token
+    from kubefit.controller.checkpoints import start_checkpoint_server, token_lookup
+    from kubefit.controller.reconciler import NotifyingBoard
+
+    board, woken = NotifyingBoard(), []
+    board.on_ack = woken.append
+    key = ("team-a", "llama")
+    board.open(key, "r1", ["llama-worker-0"])
+    secret = b"k" * 32
+    server = start_checkpoint_server(board, token_lookup(secret, lambda *_: "uid-1"), "127.0.0.1", 0)
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+        body = json.dumps({"requestId": "r1", "worker": "llama-worker-0", "step": 5})
+        headers = {"Authorization": f"Bearer {checkpoint_token(secret, 'uid-1')}"}
+        connection.request("POST", "/v1/namespaces/team-a/trainingjobs/llama/checkpoint/ack", body, headers)
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert woken == [key]
+
+
 def test_an_ack_sent_again_wakes_no_reconcile() -> None:
     # kubefit_trainer sends its ack again at each poll while the request stays open: each one reconciled
     # the job (about 64 reconciles a second for a job of 128 workers).

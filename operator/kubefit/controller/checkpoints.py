@@ -298,9 +298,10 @@ class _Handler(DeadlineRequestHandler):
         """`error`, logged the first time this job's calls get its status: a refused worker waits for
         nothing, and the scale-down it should have checkpointed for waits out its grace period. Remembered
         by the job's token: a job deleted and made again under its name is another job, told again."""
-        if self.server.refusals.first((target.namespace, target.name, token, error.status)):
+        field_named = error.message.partition(":")[0]  # a 409 for a stale request and one for a worker
+        if self.server.refusals.first((target.namespace, target.name, token, error.status, field_named)):
             logger.warning(
-                "checkpoint call for %s/%s from %s refused, %d: %s%s (logged once per job and status)",
+                "checkpoint call for %s/%s from %s refused, %d: %s%s (logged once per job, status and field)",
                 target.namespace,
                 target.name,
                 self.address_string(),
@@ -384,7 +385,7 @@ class CheckpointServer(BoundedHTTPServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.refusals = FirstTimes()  # the (namespace, name, token, status) of refused calls logged
+        self.refusals = FirstTimes()  # the (namespace, name, token, status, field) of refused calls logged
 
 
 def start_checkpoint_server(

@@ -243,13 +243,14 @@ class NotifyingBoard(CheckpointBoard):
         super().__init__()
         self.on_ack: Callable[[JobKey], None] | None = None
 
-    def acknowledge(self, key: JobKey, request_id: str, worker: str, step: int) -> bool:
+    def refused_ack(self, key: JobKey, request_id: str, worker: str, step: int) -> str | None:
+        # The one path of every ack (acknowledge() and the HTTP server's).
         already = self.acknowledged(key, request_id).get(worker) == step
-        accepted = super().acknowledge(key, request_id, worker, step)
+        refusal = super().refused_ack(key, request_id, worker, step)
         # An ack sent again (kubefit_trainer repeats it while the request stays open) changes nothing.
-        if accepted and not already and self.on_ack is not None:
+        if refusal is None and not already and self.on_ack is not None:
             self.on_ack(key)
-        return accepted
+        return refusal
 
 
 class Reconciler:
