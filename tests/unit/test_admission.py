@@ -716,29 +716,6 @@ def test_leaving_places_of_any_lower_job_come_before_shrinking_the_lowest() -> N
     assert result.made_room_for == {key("B"): frozenset({key("high")})}
 
 
-def test_what_a_preemption_frees_beyond_its_beneficiary_is_not_given_to_a_job_behind_the_victim() -> None:
-    """high (priority 2, only node-1) preempts victim (priority 1, a worker on node-0 and node-1). Given to
-    low (priority 0), victim's place on node-0 would be taken back at once: the victim, requeued once its
-    workers are gone, comes first and may preempt low. A job ahead of the victim may take it."""
-    victim = Holding(
-        gang("victim", 2, per_worker=4, priority=1, preemption="LowerPriority"),
-        2,
-        {"node-0": 1, "node-1": 1},
-        ("node-0", "node-1"),
-    )
-    high = gang(
-        "high", 1, per_worker=4, priority=2, preemption="LowerPriority", eligible=frozenset({"node-1"})
-    )
-    cluster = nodes(2, devices=4)
-    low = gang("low", 1, per_worker=4, priority=0)
-    result = plan([high, low], [victim], cluster)
-    assert result.preempt == {key("victim")} and result.grants[key("high")] == 1
-    assert result.grants[key("low")] == 0
-    older_peer = gang("peer", 1, per_worker=4, priority=1, created=NOW - 20)  # ahead of the victim
-    result = plan([high, older_peer], [victim], cluster)
-    assert result.grants[key("peer")] == 1 and result.placement[key("peer")] == {"node-0": 1}
-
-
 def test_a_job_whose_leaving_places_two_jobs_took_holds_both_their_clocks() -> None:
     low = Holding(
         job("low", per_worker=8, min_workers=1, want=1),

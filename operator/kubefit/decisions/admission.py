@@ -17,7 +17,6 @@ grant for each: 0 for a queued job, at least its effective minimum for an admitt
 - a queued job whose minimum does not fit may shrink strictly lower-priority elastic jobs toward their
   minimums (lowest priority first, then youngest), and, only if that is not enough and its preemption is
   LowerPriority, preempt whole lower-priority jobs; only when that makes it fit, and only as much as needed;
-  what a preempted job gives up beyond that goes to no job behind it in the queue in that pass;
 - spare capacity then grows admitted elastic jobs toward `want_workers` (priority, then age); a job whose
   want dropped is scaled down to it; a non-elastic job is all-or-nothing at `want_workers`. Spare is free
   now: not the devices of workers a shrink or preemption takes away (they save first), nor, in the pass
@@ -265,10 +264,6 @@ class _Cluster:
     # Jobs admitted in this pass on vacated devices: their minimum has no place until those workers leave
     # (the next pass finds them short of it), and they keep their nodes from every job's growth (_grow).
     awaiting: list[_Job] = field(default_factory=list)
-    # node -> the places jobs preempted in this pass give up there: (the job, its devices). Requeued once
-    # their workers are gone, they come before the jobs behind them again: _admit_queue keeps those devices
-    # from such jobs in this pass (taken, the job would be preempted back at once, or kept from its place).
-    given_up: dict[str, list[tuple[_Job, int]]] = field(default_factory=dict)
 
     def nodes_for(self, demand: Demand) -> list[str]:
         nodes = self.nodes_of.get(demand.accelerator, [])
@@ -372,7 +367,6 @@ class _Cluster:
         for held in (job.reserved, job.bound):
             for node, workers in held.items():
                 self.add_free(node, workers * job.demand.per_worker)
-                self.given_up.setdefault(node, []).append((job, workers * job.demand.per_worker))
             held.clear()
 
     def release(self, job: _Job, node: str, from_reserved: bool) -> None:
@@ -1152,34 +1146,7 @@ def _admit(  # noqa: PLR0913 - the pass's state, the job, and what it is short o
     budget: QuotaBudget,
 ) -> bool:
     """Admit the job at its floor on `nodes` (its own, less those kept by jobs ahead of it); a job short of
-    quota room (`quota_short`) only by shrinking or preempting jobs that free it. Devices preempted jobs
-    ahead of it in the queue give up in this pass are not its (_Cluster.given_up)."""
-    withheld = _withhold(cluster, _given_up_by_jobs_ahead(cluster, job)) if cluster.given_up else {}
-    try:
-        return _admit_making_room(cluster, jobs, job, nodes, quota_short, budget)
-    finally:
-        for node, devices in withheld.items():
-            cluster.add_free(node, devices)
-
-
-def _given_up_by_jobs_ahead(cluster: _Cluster, job: _Job) -> Counter[str]:
-    """node -> the devices preempted jobs ahead of `job` in the queue gave up there in this pass."""
-    devices: Counter[str] = Counter()
-    for node, places in cluster.given_up.items():
-        for victim, count in places:
-            if victim.order < job.order:
-                devices[node] += count
-    return devices
-
-
-def _admit_making_room(  # noqa: PLR0913 - as _admit
-    cluster: _Cluster,
-    jobs: Sequence[_Job],
-    job: _Job,
-    nodes: Sequence[str],
-    quota_short: Mapping[tuple[str, str, str], Decimal],
-    budget: QuotaBudget,
-) -> bool:
+    quota room (`quota_short`) only by shrinking or preempting jobs that free it."""
     per_worker = job.demand.per_worker
     if quota_short or not _fits(cluster, nodes, per_worker, job.floor):
         if not _make_room(cluster, jobs, job, nodes, quota_short, budget):
