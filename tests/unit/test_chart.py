@@ -1106,9 +1106,25 @@ def test_dashboard_configmap_holds_the_dashboard_for_grafanas_sidecar() -> None:
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert config_map["metadata"]["labels"]["grafana_folder"] == "ml-platform"  # additionalLabels
     (filename,) = config_map["data"]
-    assert filename.endswith(".json")
+    rendered = json.loads(config_map["data"][filename])
     shipped = json.loads((CHART / "files" / "dashboards" / "kubefit.json").read_text())
-    assert json.loads(config_map["data"][filename]) == shipped
+    # The release's own uid and title; the rest as shipped
+    assert filename == rendered["uid"] + ".json" and rendered["title"].startswith("kubefit (")
+    assert {**rendered, "uid": shipped["uid"], "title": shipped["title"]} == shipped
+
+
+def test_two_releases_dashboards_differ_in_uid_title_and_file_name() -> None:
+    """Grafana keeps one dashboard per uid, and per title in a folder; its sidecar one file per key."""
+    dashboards = []
+    for namespace in ("team-a", "team-b"):
+        (config_map,) = _render(
+            "--namespace", namespace, "--set", "metrics.dashboard.enabled=true", "-s", DASHBOARD_TEMPLATE
+        )
+        ((filename, text),) = config_map["data"].items()
+        dashboard = json.loads(text)
+        dashboards.append((filename, dashboard["uid"], dashboard["title"]))
+    assert all(len(uid) <= 40 for _, uid, _ in dashboards)  # Grafana's limit
+    assert len({item for dashboard in dashboards for item in dashboard}) == 6, dashboards
 
 
 def test_prometheus_rule_and_service_monitor_carry_additional_labels() -> None:

@@ -194,13 +194,13 @@ class OperatorMetrics:
     def _add_scheduling_metrics(self) -> None:
         self.queue_wait = Histogram(
             "kubefit_queue_wait_seconds",
-            "Time from a TrainingJob's creation to its first admission.",
+            "Time from a TrainingJob's creation (or its last resume) to its first admission.",
             buckets=_WAIT_BUCKETS,
             registry=self.registry,
         )
         self.scheduling_latency = Histogram(
             "kubefit_scheduling_latency_seconds",
-            "Time from a TrainingJob's creation to its minimum of workers first running.",
+            "Time from a TrainingJob's creation (or its last resume) to its minimum of workers first running.",
             buckets=_WAIT_BUCKETS,
             registry=self.registry,
         )
