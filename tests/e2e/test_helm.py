@@ -7,6 +7,7 @@ the examples, and that the ServiceAccount may do exactly what the operator needs
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import time
@@ -17,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from kubefit.api.crd import crd, fields_missing_from
+from kubefit.controller.kube import KubeApi
 from kubefit_sandbox.binaries import helm_path
 from kubefit_sandbox.controlplane import Sandbox
+from kubefit_sandbox.kubeclient import new_api_client
 
 pytestmark = pytest.mark.e2e
 
@@ -345,3 +349,29 @@ def test_uninstall_removes_everything_but_the_crd(sandbox: Sandbox) -> None:
         _wait_established(sandbox)
     finally:
         _uninstall(sandbox, short_lived)
+
+
+def test_the_operator_reads_the_cluster_s_crd_and_finds_what_an_older_one_lacks(sandbox: Sandbox) -> None:
+    """The start-up check against what the API server returns for an installed CRD: copies of this release's
+    CRD under groups of their own (the real one serves the other tests), one without a status field."""
+    suffix = uuid.uuid4().hex[:6]
+    api = KubeApi(new_api_client(sandbox.kubeconfig_path))
+    copies = {}
+    for kind, drop in (("same", False), ("older", True)):
+        definition = copy.deepcopy(crd())
+        group = f"{kind}-{suffix}.kubefit.test"
+        definition["spec"]["group"] = group
+        definition["metadata"]["name"] = f"trainingjobs.{group}"
+        if drop:
+            schema = definition["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            del schema["properties"]["status"]["properties"]["gang"]["properties"]["attempt"]
+        copies[kind] = definition["metadata"]["name"]
+        sandbox.kubectl("apply", "-f", "-", input=json.dumps(definition))
+    try:
+        same, older = api.installed_crd(copies["same"]), api.installed_crd(copies["older"])
+        assert same is not None and older is not None
+        assert fields_missing_from(same) == []
+        assert fields_missing_from(older) == ["status.gang.attempt"]
+        assert api.installed_crd(f"trainingjobs.absent-{suffix}.kubefit.test") is None
+    finally:
+        sandbox.kubectl("delete", "crd", *copies.values(), "--wait=false", "--ignore-not-found", check=False)

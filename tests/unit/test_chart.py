@@ -1237,7 +1237,7 @@ def test_notes_send_the_first_job_to_a_watched_namespace_and_read_the_leader_s_l
     notes = result.stdout.split("NOTES:")[1]
     assert "kubectl apply -n team-a -f examples/quickstart.yaml" in notes
     assert f"logs -l app.kubernetes.io/instance={RELEASE},kubefit.dev/role=leader" in notes
-    assert "before each upgrade run" in notes and "after an upgrade" not in notes
+    assert "before each\nupgrade apply the new chart's" in notes and "after an upgrade" not in notes
     plain = _helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE)
     assert "  kubectl apply -f examples/quickstart.yaml" in plain.stdout.split("NOTES:")[1]
 

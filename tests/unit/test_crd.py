@@ -11,12 +11,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
 
-from kubefit.api.crd import crd_yaml
+from kubefit.api.crd import crd_yaml, fields_missing_from
+from kubefit.controller.installed_crd import installed_crd_problem
+from kubefit.controller.kube import KubeApi
 
 REPO = Path(__file__).resolve().parents[2]
 KUBEFIT = Path(sys.executable).with_name("kubefit")
@@ -459,3 +461,80 @@ def test_api_doc_says_which_template_metadata_reaches_the_workers() -> None:
     text = _words(API_DOC.read_text())
     assert "everything else passes through to the pods as written" not in text
     assert "Of the template's `metadata` only `labels` and `annotations` are kept" in text
+
+
+# ------------------------------------------------------------------ the cluster's CRD against this operator's
+
+
+def _installed() -> dict[str, Any]:
+    return cast(dict[str, Any], yaml.safe_load(crd_yaml()))
+
+
+def _schema(installed: dict[str, Any]) -> dict[str, Any]:
+    return cast(dict[str, Any], installed["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+def test_the_crd_this_operator_generates_lacks_nothing() -> None:
+    assert fields_missing_from(_installed()) == []
+
+
+def test_an_older_crd_names_the_fields_the_api_server_would_prune() -> None:
+    older = _installed()
+    status = _schema(older)["properties"]["status"]["properties"]
+    del status["gang"]["properties"]["attempt"]
+    del status["conditions"]["items"]["properties"]["observedGeneration"]
+    del older["spec"]["versions"][0]["subresources"]["scale"]
+    assert fields_missing_from(older) == [
+        "status.conditions[].observedGeneration",
+        "status.gang.attempt",
+        "subresources.scale",
+    ]
+
+
+def test_a_crd_that_keeps_unknown_fields_or_has_more_lacks_nothing() -> None:
+    kept = _installed()
+    _schema(kept)["properties"]["status"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    assert fields_missing_from(kept) == []
+    newer = _installed()
+    _schema(newer)["properties"]["spec"]["properties"]["fieldOfALaterRelease"] = {"type": "string"}
+    assert fields_missing_from(newer) == []
+
+
+@pytest.mark.parametrize("served", [None, False])
+def test_a_crd_not_serving_this_version_lacks_it(served: bool | None) -> None:
+    installed = _installed()
+    if served is None:
+        installed["spec"]["versions"][0]["name"] = "v1alpha0"
+    else:
+        installed["spec"]["versions"][0]["served"] = served
+    assert fields_missing_from(installed) == ["version v1alpha1"]
+
+
+class _Api:
+    def __init__(self, installed: dict[str, Any] | None = None, error: Exception | None = None) -> None:
+        self.installed, self.error = installed, error
+
+    def installed_crd(self, name: str) -> dict[str, Any] | None:
+        assert name == "trainingjobs.kubefit.dev"
+        if self.error is not None:
+            raise self.error
+        return self.installed
+
+
+def test_the_operator_refuses_to_start_on_an_older_or_missing_crd_and_says_what_to_apply() -> None:
+    older = _installed()
+    spec = _schema(older)["properties"]["spec"]["properties"]
+    for name in list(spec)[:7]:
+        del spec[name]
+    problem = installed_crd_problem(cast(KubeApi, _Api(older)))
+    assert problem is not None and "is older than this operator: it lacks spec." in problem
+    assert "and 2 more" in problem and "kubectl apply --server-side -f crds/trainingjob.yaml" in problem
+    missing = installed_crd_problem(cast(KubeApi, _Api(None)))
+    assert missing is not None and "is not installed" in missing
+    assert installed_crd_problem(cast(KubeApi, _Api(_installed()))) is None
+
+
+def test_an_api_server_that_cannot_be_asked_is_no_reason_to_refuse(caplog: pytest.LogCaptureFixture) -> None:
+    unreachable = _Api(error=ConnectionRefusedError(111, "Connection refused"))
+    assert installed_crd_problem(cast(KubeApi, unreachable)) is None
+    assert "could not read the CustomResourceDefinition" in caplog.text

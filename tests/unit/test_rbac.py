@@ -54,6 +54,7 @@ API_CLASS_GROUPS = {
     "AppsV1Api": "apps",
     "BatchV1Api": "batch",
     "CoordinationV1Api": "coordination.k8s.io",
+    "ApiextensionsV1Api": "apiextensions.k8s.io",
 }
 SUBRESOURCES = ("status", "scale", "log", "binding", "eviction", "ephemeralcontainers", "resize", "exec")
 CLUSTER_SCOPED = {"nodes", "namespaces", "customresourcedefinitions"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -223,6 +224,46 @@ def crd() -> dict[str, Any]:
             ],
         },
     }
+
+
+def fields_missing_from(installed: Mapping[str, Any]) -> list[str]:
+    """What this operator's TrainingJob schema has that the `installed` CustomResourceDefinition lacks: a
+    version it does not serve, fields (dotted paths; `[]` an array's items, `*` a map's values) that the API
+    server would prune from every write, a subresource. Empty when the cluster's CRD is this one or newer."""
+    ours = crd()["spec"]["versions"][0]
+    versions = {version.get("name"): version for version in installed.get("spec", {}).get("versions") or []}
+    theirs = versions.get(VERSION)
+    if theirs is None or not theirs.get("served", False):
+        return [f"version {VERSION}"]
+    missing: list[str] = []
+    _missing_properties(ours["schema"]["openAPIV3Schema"], _schema_of(theirs), "", missing)
+    missing += [
+        f"subresources.{name}"
+        for name in ours["subresources"]
+        if name not in (theirs.get("subresources") or {})
+    ]
+    return missing
+
+
+def _schema_of(version: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (version.get("schema") or {}).get("openAPIV3Schema") or {}
+
+
+def _missing_properties(
+    ours: Mapping[str, Any], theirs: Mapping[str, Any], path: str, missing: list[str]
+) -> None:
+    if theirs.get("x-kubernetes-preserve-unknown-fields"):
+        return  # kept whole, whatever it holds
+    their_properties = theirs.get("properties") or {}
+    for name, schema in (ours.get("properties") or {}).items():
+        child = f"{path}.{name}" if path else name
+        if name not in their_properties:
+            missing.append(child)
+        else:
+            _missing_properties(schema, their_properties[name], child, missing)
+    for key, suffix in (("items", "[]"), ("additionalProperties", ".*")):
+        if isinstance(ours.get(key), Mapping) and isinstance(theirs.get(key), Mapping):
+            _missing_properties(ours[key], theirs[key], path + suffix, missing)
 
 
 def crd_yaml() -> str:

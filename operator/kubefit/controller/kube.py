@@ -246,6 +246,18 @@ def _page(  # noqa: PLR0913 - the list's path and page, and how much of each obj
     return cast(dict[str, Any], json.loads(rest.call("GET", path + query, accept=accept)))
 
 
+class ApiextensionsV1Api:
+    """The CustomResourceDefinition read, as the kubernetes client's ApiextensionsV1Api names it."""
+
+    def __init__(self, rest: _Rest) -> None:
+        self._rest = rest
+
+    def list_custom_resource_definition(self, field_selector: str) -> dict[str, Any]:
+        """The whole definitions that `field_selector` selects (one page of at most one)."""
+        path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        return _page(self._rest, path, 1, "", field_selector, whole=True)
+
+
 class CustomObjectsApi:
     """The TrainingJob calls, as the kubernetes client's CustomObjectsApi names them (see CoreV1Api)."""
 
@@ -299,6 +311,7 @@ class KubeApi:
         rest = _Rest(api_client or client.ApiClient())
         self.core = CoreV1Api(rest)
         self.custom = CustomObjectsApi(rest)
+        self.extensions = ApiextensionsV1Api(rest)
         self._writes = rest.writes
 
     def stop_writes(self, timeout: float) -> bool:
@@ -349,6 +362,12 @@ class KubeApi:
     def node_exists(self, name: str) -> bool:
         """Whether the cluster has a node of that name now (one LIST by name: `list` is granted, `get` is not)."""
         return bool(self.core.list_node(1, field_selector=f"metadata.name={name}").get("items"))
+
+    def installed_crd(self, name: str) -> dict[str, Any] | None:
+        """The CustomResourceDefinition `name` as the cluster has it, or None (one LIST by name: `list` is
+        granted, `get` is not)."""
+        items = self.extensions.list_custom_resource_definition(f"metadata.name={name}").get("items") or []
+        return cast(dict[str, Any], items[0]) if items else None
 
     def node_names(self) -> set[str]:
         """The name of every node now (their metadata listed in pages of LIST_PAGE)."""
