@@ -1551,6 +1551,22 @@ def test_surplus_workers_that_never_ran_are_removed_without_a_checkpoint() -> No
     assert decision.delete == ("llama-worker-1",) and decision.checkpoint_request is None
 
 
+def test_a_scale_down_deletes_its_workers_that_never_started_at_once_and_waits_only_for_the_others() -> None:
+    # 4 -> 2 with worker 3 unscheduled and worker 2 running: worker 3 went only after worker 2's checkpoint,
+    # and could be bound and start meanwhile, joining the group in the middle of the save.
+    spec = elastic_spec(replicas=2)
+    pods = [pod(0), pod(1), pod(2), pod(3, "Pending", node=None)]
+    asked = decide(observe(spec, pods), CATALOG)
+    assert asked.delete == ("llama-worker-3",) and asked.checkpoint_request is not None
+    assert status_of(asked)["checkpoint"]["workers"] == 3  # the running ones are asked
+    bound = [pod(0), pod(1), pod(2), pod(3, "Pending", node="node-b")]  # pulling its image: not started
+    assert decide(observe(spec, bound), CATALOG).delete == ("llama-worker-3",)
+    gone = [pod(0), pod(1), pod(2), pod(3, "Pending", node=None, terminating=True)]
+    acks = {f"llama-worker-{index}": 7 for index in range(3)}
+    done = decide(observe(spec, gone, asked.status, NOW + timedelta(seconds=1), acks=acks), CATALOG)
+    assert done.delete == ("llama-worker-2",) and done.checkpoint_request is None
+
+
 def test_suspend_asks_for_a_checkpoint_before_deleting_every_worker() -> None:
     spec = raw_spec(runPolicy={"suspend": True}, elastic={"checkpointGracePeriodSeconds": 60})
     pods = [pod(0), pod(1)]

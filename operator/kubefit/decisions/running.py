@@ -61,6 +61,7 @@ from kubefit.decisions.gang import (
 )
 from kubefit.decisions.observed import (
     DISRUPTION_REASONS,
+    POD_PENDING,
     POD_RUNNING,
     POD_SUCCEEDED,
     STUCK_AFTER_GRACE_SECONDS,
@@ -730,7 +731,9 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
 ) -> Draft:
     shake = handshake(ctx, plan.removal, ask=not never_formed(ctx))
     doomed = plan.removal.doomed if plan.removal else ()
-    delete = tuple(name for name in changes.delete if name not in doomed) + (doomed if shake.proceed else ())
+    delete = tuple(name for name in changes.delete if name not in doomed) + (
+        doomed if shake.proceed else _not_started(ctx, doomed) if not plan.restart else ()
+    )
     if plan.restart and shake.proceed:
         # The old group's succeeded workers go too: the new group runs every index afresh, and a finished
         # pod left in place would keep its index from being created (or be recorded as done again).
@@ -998,6 +1001,15 @@ def _succeeded_now(ours: Sequence[WorkerPod]) -> frozenset[int]:
         for pod in ours
         if pod.phase == POD_SUCCEEDED and not pod.terminating and pod.index is not None
     )
+
+
+def _not_started(ctx: JobContext, doomed: Sequence[str]) -> tuple[str, ...]:
+    """Of the workers a removal takes, those whose containers have not started (Pending: unscheduled, or
+    bound and pulling or creating): in no group yet, they hold nothing to save. Gone now, not after the
+    others' checkpoint: left, one could start during the wait, join the group, and make every worker
+    re-form it in the middle of the save it asks for."""
+    names = set(doomed)
+    return tuple(pod.name for pod in ctx.live if pod.name in names and pod.phase == POD_PENDING)
 
 
 def _surplus(ctx: JobContext, target: int, reason: str) -> Removal | None:
