@@ -1064,6 +1064,25 @@ def test_ttl_after_finished_deletes_the_job(elapsed: int, deleted: bool) -> None
     assert later.delete_job is deleted
 
 
+def test_ttl_after_finished_deletes_a_finished_job_whose_spec_was_made_invalid_since() -> None:
+    # Read through the parsed spec, the TTL of a job edited past validation after it finished (the webhook
+    # off, or a rule an upgrade made stricter) was never reached: the job stayed for ever.
+    spec = raw_spec(runPolicy={"ttlSecondsAfterFinished": 60})
+    done = decide(observe(spec, pods=[pod(0, "Succeeded"), pod(1, "Succeeded")]), CATALOG)
+    invalid = raw_spec(
+        runPolicy={"ttlSecondsAfterFinished": 60}, workers={"minReplicas": 3, "maxReplicas": 2}
+    )
+    kept = decide(observe(invalid, status=done.status, now=NOW + timedelta(seconds=59)), CATALOG)
+    assert not kept.delete_job and kept.requeue_after == 1
+    expired = decide(observe(invalid, status=done.status, now=NOW + timedelta(seconds=60)), CATALOG)
+    assert expired.delete_job
+    for unreadable in ("60", -1, True):  # not a count as written: kept, as without a TTL
+        written = raw_spec(runPolicy={"ttlSecondsAfterFinished": unreadable})
+        assert not decide(
+            observe(written, status=done.status, now=NOW + timedelta(days=1)), CATALOG
+        ).delete_job
+
+
 def test_without_ttl_a_finished_job_is_kept() -> None:
     done = decide(observe(pods=[pod(0, "Succeeded"), pod(1, "Succeeded")]), CATALOG)
     assert done.requeue_after is None

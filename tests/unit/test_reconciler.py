@@ -1693,6 +1693,27 @@ def test_after_a_restart_an_open_shrink_is_taken_back_at_its_target(harness: Har
     assert [call[1] for call in harness.calls("delete_pod")] == ["llama-worker-3", "llama-worker-2"]
 
 
+def test_after_a_restart_a_scale_down_the_spec_undid_meanwhile_is_not_taken_back(harness: Harness) -> None:
+    """Scaled 4 -> 2 at generation 2 (request 2-1), then back to 4 (generation 3) while the operator was
+    down: its first grant was the request's 2, its status said 2 desired and a ScaledDown event 'no capacity
+    for more'; a pass put it right later."""
+    job = job_manifest(replicas=4, minReplicas=1, maxReplicas=4)
+    job["spec"]["elastic"]["enabled"] = True
+    job["metadata"]["generation"] = 3
+    job["status"] = {
+        "desiredReplicas": 4,
+        "conditions": [{"type": "Admitted", "status": "True", "reason": "Admitted"}],
+        "checkpoint": {"requestId": "2-1", "reason": "ScaledDown", "requestedAt": "2026-01-01T00:00:00Z",
+                       "targetReplicas": 2, "acknowledged": 0, "workers": 4},
+    }  # fmt: skip
+    harness.kube.jobs["llama"] = job
+    harness.kube.pods = elastic_workers(4, "1:4")
+    harness.reconcile()
+    assert harness.calls("delete_pod") == [] and harness.events("ScaledDown") == []
+    status = harness.kube.jobs["llama"]["status"]
+    assert status["desiredReplicas"] == 4 and status.get("checkpoint") is None
+
+
 @pytest.mark.parametrize("new_count", [3, 1])
 def test_after_a_restart_an_open_world_size_restart_goes_on_at_its_new_count(
     harness: Harness, new_count: int

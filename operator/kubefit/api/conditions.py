@@ -141,8 +141,10 @@ class Reason:
     """Admitted=True: the job was granted more workers (capacity appeared or replicas went up)."""
 
     RESTARTING: Final = "Restarting"
-    """Ready=False: a non-elastic job's world size changed (spec.workers.replicas); every worker is
-    stopped after the checkpoint handshake and recreated with the new size."""
+    """Ready=False: a fixed group's world size changed (spec.workers.replicas of a non-elastic job, or of
+    an elastic jax job, whose process count is fixed when its workers start), or an elastic pytorch job's
+    torchrun node range did (its bounds follow replicas); every worker is stopped after the checkpoint
+    handshake and recreated with the new size."""
 
     RESTART_BACKOFF: Final = "RestartBackoff"
     """Ready=False: a failed worker was deleted; its replacement is created once the backoff after the
@@ -199,7 +201,7 @@ class JobPhase:
     """The job waits for admission (condition Admitted says why); no worker pod exists."""
 
     RUNNING: Final[Phase] = "Running"
-    """Every desired worker runs."""
+    """Every worker granted runs (status.desiredReplicas)."""
 
     SCALING: Final[Phase] = "Scaling"
     """Not every desired worker runs, or surplus ones are still there, after every desired worker has run at

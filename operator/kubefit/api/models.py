@@ -778,7 +778,10 @@ class RunPolicy(_Model):
         "counted failure, failing within 10 minutes of it) count once.",
     )
     suspend: bool = Field(
-        strict=True, default=False, description="true deletes the workers and keeps the job."
+        strict=True,
+        default=False,
+        description="true stops the workers, after the checkpoint handshake, and keeps the job; a job whose "
+        "training has ended (a worker succeeded) lets its workers finish instead.",
     )
     ttl_seconds_after_finished: int | None = Field(
         strict=True,

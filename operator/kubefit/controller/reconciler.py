@@ -640,7 +640,7 @@ class Reconciler:
         """The scheduler's grant, with what the job's status says of it for a process that first sees it."""
         resumed = resumed_while_suspended(job.get("spec"), status)
         uid = job["metadata"]["uid"]
-        target = _checkpoint_target(status)
+        target = _checkpoint_target(status, job["metadata"].get("generation"))
         return self.scheduler.grant(key, own, _admitted_with(status), resumed, target, uid, room_from(status))
 
     def _below_in_namespace(self, key: JobKey, job: Mapping[str, Any], view: ClusterView) -> bool:
@@ -986,13 +986,22 @@ def _admitted_with(status: Mapping[str, Any]) -> int | None:
 _ADMITTED_REQUESTS = frozenset({Reason.SHRUNK_FOR_PRIORITY, Reason.SCALED_DOWN, Reason.RESTARTING})
 
 
-def _checkpoint_target(status: Mapping[str, Any]) -> int | None:
-    """The worker count an open checkpoint request of an admitted job goes to (None: no such request)."""
+def _checkpoint_target(status: Mapping[str, Any], generation: object = None) -> int | None:
+    """The worker count an open checkpoint request of an admitted job goes to (None: no such request). A
+    scale-down's request (its id `<generation>-<n>`) is the spec's of then: one opened for another
+    generation (the spec scaled again while the operator was down) says nothing of the count wanted now."""
     checkpoint = status.get("checkpoint") or {}
     target = checkpoint.get("targetReplicas")
-    if checkpoint.get("reason") in _ADMITTED_REQUESTS and isinstance(target, int):
-        return target
-    return None
+    if checkpoint.get("reason") not in _ADMITTED_REQUESTS or not isinstance(target, int):
+        return None
+    opened_for = str(checkpoint.get("requestId") or "").partition("-")[0]
+    if (
+        checkpoint.get("reason") == Reason.SCALED_DOWN
+        and generation is not None
+        and opened_for != str(generation)
+    ):
+        return None
+    return target
 
 
 def _present(value: Any) -> Any:

@@ -533,11 +533,18 @@ def _ttl_left(observation: JobObservation, completion: str | None) -> float | No
     try:
         ttl = parse_spec(pruned(observation.spec, "spec")[0]).run_policy.ttl_seconds_after_finished
     except InvalidSpec:
-        return None
+        ttl = _ttl_as_written(observation.spec)  # edited past validation after it finished: as held.py reads
     finished_at = parse_rfc3339(completion)
     if ttl is None or finished_at is None:
         return None
     return max(0.0, (finished_at + timedelta(seconds=ttl) - observation.now).total_seconds())
+
+
+def _ttl_as_written(raw: object) -> int | None:
+    """spec.runPolicy.ttlSecondsAfterFinished of a spec that does not parse, if it is a count."""
+    run_policy = raw.get("runPolicy") if isinstance(raw, Mapping) else None
+    ttl = run_policy.get("ttlSecondsAfterFinished") if isinstance(run_policy, Mapping) else None
+    return ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl >= 0 else None
 
 
 # Conditions whose change is worth an Event, and the Event's type.
