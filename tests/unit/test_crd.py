@@ -528,7 +528,10 @@ def test_the_operator_refuses_to_start_on_an_older_or_missing_crd_and_says_what_
         del spec[name]
     problem = installed_crd_problem(cast(KubeApi, _Api(older)))
     assert problem is not None and "is older than this operator: it lacks spec." in problem
-    assert "and 2 more" in problem and "kubectl apply --server-side -f crds/trainingjob.yaml" in problem
+    assert (
+        "and 2 more" in problem
+        and "kubectl apply --server-side --force-conflicts -f crds/trainingjob.yaml" in problem
+    )
     missing = installed_crd_problem(cast(KubeApi, _Api(None)))
     assert missing is not None and "is not installed" in missing
     assert installed_crd_problem(cast(KubeApi, _Api(_installed()))) is None
@@ -537,4 +540,43 @@ def test_the_operator_refuses_to_start_on_an_older_or_missing_crd_and_says_what_
 def test_an_api_server_that_cannot_be_asked_is_no_reason_to_refuse(caplog: pytest.LogCaptureFixture) -> None:
     unreachable = _Api(error=ConnectionRefusedError(111, "Connection refused"))
     assert installed_crd_problem(cast(KubeApi, unreachable)) is None
+    assert "could not read the CustomResourceDefinition" in caplog.text
+
+
+def test_the_check_asks_an_api_server_that_does_not_answer_once_and_gives_up_within_its_timeout(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With the client's defaults (4 tries, 60 s each) a hanging API server kept the operator from serving
+    # its health for about 4 minutes: the liveness probe restarted it in a loop.
+    import socket
+    import threading
+
+    from kubernetes import client
+
+    import kubefit.controller.installed_crd as installed_crd
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])  # and never answer
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.setattr(client.Configuration, "get_default_copy", staticmethod(lambda: configuration))
+    monkeypatch.setattr(installed_crd, "CHECK_TIMEOUT", (0.5, 0.5))
+    try:
+        assert installed_crd.installed_crd_problem(installed_crd.check_api()) is None
+    finally:
+        listener.close()
+        for connection in accepted:
+            connection.close()
+    assert len(accepted) == 1  # one try
     assert "could not read the CustomResourceDefinition" in caplog.text

@@ -1693,6 +1693,37 @@ def test_after_a_restart_an_open_shrink_is_taken_back_at_its_target(harness: Har
     assert [call[1] for call in harness.calls("delete_pod")] == ["llama-worker-3", "llama-worker-2"]
 
 
+@pytest.mark.parametrize(("replicas", "generation"), [(2, 3), (4, 2)])
+def test_after_a_restart_a_scale_down_the_spec_still_asks_for_goes_on(
+    harness: Harness, replicas: int, generation: int
+) -> None:
+    """Request 2-1 to 2 workers: the spec edited since (generation 3) but still asking for 2, or a capacity
+    cut (ScaledDown too) with the spec as it was: taken back at its target, as before."""
+    job = job_manifest(replicas=replicas, minReplicas=1, maxReplicas=4)
+    job["spec"]["elastic"]["enabled"] = True
+    job["metadata"]["generation"] = generation
+    job["status"] = {
+        "desiredReplicas": 2,
+        "conditions": [{"type": "Admitted", "status": "True", "reason": "ScaledDown"}],
+        "checkpoint": {"requestId": "2-1", "reason": "ScaledDown", "requestedAt": "2026-01-01T00:00:00Z",
+                       "targetReplicas": 2, "acknowledged": 0, "workers": 4},
+    }  # fmt: skip
+    harness.kube.jobs["llama"] = job
+    harness.kube.pods = elastic_workers(4, "1:4")
+    harness.reconcile()
+    assert [call[1] for call in harness.calls("delete_pod")] == ["llama-worker-3", "llama-worker-2"]
+
+
+def test_a_successful_reconcile_drops_a_failure_series_its_state_did_not_count(harness: Harness) -> None:
+    # A job failing before it was ever observed, deleted and applied again under its name, the new one
+    # handled first: its successes left the old one's series, and KubefitJobReconcileFailing fired on it.
+    harness.metrics.job_reconcile_failed("team-a", "llama", "uid-old", 3)
+    harness.kube.jobs["llama"] = job_manifest(replicas=1)
+    harness.reconcile()
+    labels = {"namespace": "team-a", "name": "llama"}
+    assert harness.metrics.registry.get_sample_value("kubefit_trainingjob_reconcile_failures", labels) is None
+
+
 def test_after_a_restart_a_scale_down_the_spec_undid_meanwhile_is_not_taken_back(harness: Harness) -> None:
     """Scaled 4 -> 2 at generation 2 (request 2-1), then back to 4 (generation 3) while the operator was
     down: its first grant was the request's 2, its status said 2 desired and a ScaledDown event 'no capacity

@@ -239,6 +239,20 @@ def test_a_field_path_names_its_value_through_lists_and_keys_with_dots() -> None
     assert _value_at(job, "spec.workers.replicas") is _ABSENT
 
 
+def test_an_update_changing_a_dotted_map_key_at_fault_to_another_invalid_value_is_refused() -> None:
+    # The path named labels.app.kubernetes.io/name, which read back as no value at all, before and after:
+    # the change from one invalid label to another passed as "at fault before, unchanged".
+    def labelled(value: Any) -> dict[str, Any]:
+        spec = copy.deepcopy(BASE_SPEC)
+        spec["template"]["metadata"] = {"labels": {"app.kubernetes.io/name": value}}
+        return spec
+
+    refused = answer(admission_review(labelled(["a"]), "UPDATE", old_spec=labelled(5)))
+    assert refused["allowed"] is False
+    assert refused["status"]["message"].startswith("spec.template.metadata.labels[app.kubernetes.io/name]:")
+    assert answer(admission_review(labelled(5), "UPDATE", old_spec=labelled(5)))["allowed"]  # unchanged
+
+
 def _over_the_limit() -> dict[str, Any]:
     """A job stored under a higher --max-workers-per-job than the operator now runs with."""
     return {**copy.deepcopy(BASE_SPEC), "workers": {"replicas": 1500, "minReplicas": 1, "maxReplicas": 1500}}

@@ -99,7 +99,9 @@ def field_path(location: tuple[int | str, ...], raw: Any, root: str = "spec") ->
         if isinstance(item, int):
             path += f"[{item}]"
         elif not _is_union_tag(item) or (isinstance(node, dict) and item in node):
-            path += "." + item  # already the manifest's (camelCase) name: validation is by alias
+            # Already the manifest's (camelCase) name: validation is by alias. A map key with a dot
+            # (app.kubernetes.io/name, nvidia.com/gpu) is bracketed, so that the path reads back as one key.
+            path += f"[{item}]" if "." in item else "." + item
         else:
             continue  # the tag names no value of the input: the path stays where it is
         node = _child(node, item)

@@ -20,9 +20,17 @@ logger = logging.getLogger("kubefit.crd")
 
 SHOWN_FIELDS = 5
 APPLY_HINT = (
-    "apply this release's CRD first: kubectl apply --server-side -f crds/trainingjob.yaml "
+    "apply this release's CRD first: kubectl apply --server-side --force-conflicts -f crds/trainingjob.yaml "
     "(the chart's crds/ folder: helm installs it once and never upgrades it)"
 )
+# One try, answered within seconds: an API server that hangs must not keep the operator from serving its
+# health (the liveness probe would restart it in a loop) while it starts.
+CHECK_TIMEOUT = (5.0, 10.0)
+
+
+def check_api() -> KubeApi:
+    """A client for the check: one try of each request (urllib3's default makes 4), short waits."""
+    return KubeApi.trying_once(CHECK_TIMEOUT)
 
 
 def installed_crd_problem(api: KubeApi) -> str | None:

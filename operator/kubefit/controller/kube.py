@@ -128,8 +128,9 @@ def _throttle_wait(response: Any) -> float | None:
 class _Rest:
     """Plain REST on the kubernetes client's ApiClient (its configuration, auth and connection pool)."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
         self.api_client = api_client
+        self.timeout = timeout
         self.writes = WriteGate()
         self.sleep: Callable[[float], None] = time.sleep  # the wait before resending a throttled call
 
@@ -173,7 +174,7 @@ class _Rest:
             with self.writes.writing() if resent and method != "GET" else nullcontext():
                 # Bounded: a connection that stopped answering (an idle one a load balancer dropped) held the
                 # job's reconcile, and the resync of every job behind it, for as long as TCP retransmits.
-                response = self.api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+                response = self.api_client.call_api(*request, _request_timeout=self.timeout)
             data = response.read()
             if 200 <= response.status <= 299:
                 return cast(bytes, data)
@@ -307,12 +308,23 @@ class CustomObjectsApi:
 class KubeApi:
     """The few calls the operator makes, with Kubernetes' idempotence rules applied."""
 
-    def __init__(self, api_client: client.ApiClient | None = None):
-        rest = _Rest(api_client or client.ApiClient())
+    def __init__(
+        self,
+        api_client: client.ApiClient | None = None,
+        request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ):
+        rest = _Rest(api_client or client.ApiClient(), request_timeout)
         self.core = CoreV1Api(rest)
         self.custom = CustomObjectsApi(rest)
         self.extensions = ApiextensionsV1Api(rest)
         self._writes = rest.writes
+
+    @classmethod
+    def trying_once(cls, request_timeout: tuple[float, float]) -> KubeApi:
+        """A client that makes one try of each request (no urllib3 retries), with `request_timeout`."""
+        configuration = client.Configuration.get_default_copy()
+        configuration.retries = False
+        return cls(client.ApiClient(configuration), request_timeout)
 
     def stop_writes(self, timeout: float) -> bool:
         """No write is sent from now on (each raises WritesStopped); True once those in flight finished,

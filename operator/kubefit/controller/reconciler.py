@@ -432,10 +432,10 @@ class Reconciler:
             self._gone(key, progress, view)
             return True
         with self._lock:
-            recovered = state.failures > 0
             state.failures, state.retry_at = 0, 0.0
-        if recovered:
-            self.metrics.job_reconcile_succeeded(*key)
+        # Every success, not only one after failures this state counted: a job deleted while failing, and
+        # applied again under its name before its DELETED was handled, starts with a fresh state.
+        self.metrics.job_reconcile_succeeded(*key)
         return True
 
     def _record_failure(
@@ -640,7 +640,7 @@ class Reconciler:
         """The scheduler's grant, with what the job's status says of it for a process that first sees it."""
         resumed = resumed_while_suspended(job.get("spec"), status)
         uid = job["metadata"]["uid"]
-        target = _checkpoint_target(status, job["metadata"].get("generation"))
+        target = _checkpoint_target(status, job)
         return self.scheduler.grant(key, own, _admitted_with(status), resumed, target, uid, room_from(status))
 
     def _below_in_namespace(self, key: JobKey, job: Mapping[str, Any], view: ClusterView) -> bool:
@@ -986,21 +986,21 @@ def _admitted_with(status: Mapping[str, Any]) -> int | None:
 _ADMITTED_REQUESTS = frozenset({Reason.SHRUNK_FOR_PRIORITY, Reason.SCALED_DOWN, Reason.RESTARTING})
 
 
-def _checkpoint_target(status: Mapping[str, Any], generation: object = None) -> int | None:
+def _checkpoint_target(status: Mapping[str, Any], job: Mapping[str, Any] | None = None) -> int | None:
     """The worker count an open checkpoint request of an admitted job goes to (None: no such request). A
-    scale-down's request (its id `<generation>-<n>`) is the spec's of then: one opened for another
-    generation (the spec scaled again while the operator was down) says nothing of the count wanted now."""
+    scale-down's request (its id `<generation>-<n>`) opened for another generation of the spec, which now
+    asks for more workers than its target, was undone while the operator was down (a capacity cut also
+    reads ScaledDown: with the spec as it was, or asking for the target, the request stands)."""
     checkpoint = status.get("checkpoint") or {}
     target = checkpoint.get("targetReplicas")
     if checkpoint.get("reason") not in _ADMITTED_REQUESTS or not isinstance(target, int):
         return None
-    opened_for = str(checkpoint.get("requestId") or "").partition("-")[0]
-    if (
-        checkpoint.get("reason") == Reason.SCALED_DOWN
-        and generation is not None
-        and opened_for != str(generation)
-    ):
-        return None
+    if checkpoint.get("reason") == Reason.SCALED_DOWN and job is not None:
+        opened_for = str(checkpoint.get("requestId") or "").partition("-")[0]
+        replicas = ((job.get("spec") or {}).get("workers") or {}).get("replicas")
+        asks_more = isinstance(replicas, int) and not isinstance(replicas, bool) and replicas > target
+        if asks_more and opened_for != str((job.get("metadata") or {}).get("generation")):
+            return None
     return target
 
 

@@ -35,7 +35,7 @@ from kubefit.controller.checkpoints import load_checkpoint_key, serve_checkpoint
 from kubefit.controller.cluster import remembering
 from kubefit.controller.garbage_collection import tune_garbage_collection
 from kubefit.controller.handlers import RESYNC_SECONDS, register
-from kubefit.controller.installed_crd import installed_crd_problem
+from kubefit.controller.installed_crd import check_api, installed_crd_problem
 from kubefit.controller.kube import KubeApi
 from kubefit.controller.leader import (
     LeaderElector,
@@ -444,8 +444,7 @@ def run_operator(options: OperatorOptions) -> None:
     host = url_host(options.bind_address)
     print(f"kubefit: metrics on http://{host}:{metrics_port}/metrics", flush=True)
     print(f"kubefit: liveness on http://{host}:{liveness_port}/healthz", flush=True)
-    api = KubeApi()
-    crd_problem = installed_crd_problem(api)  # before the Lease too: a standby would be ready, then fail
+    crd_problem = installed_crd_problem(check_api())  # before the Lease: a standby would be ready, then fail
     if crd_problem is not None:
         raise StartupError(crd_problem)
     if options.webhook is not None:  # every replica, standby too: validation reads only the request
@@ -457,6 +456,7 @@ def run_operator(options: OperatorOptions) -> None:
             logger.info("kubefit: stopped (SIGTERM) while standby")
             return
     metrics.became_leader()
+    api = KubeApi()
     try:
         if termination.requested:
             logger.info("kubefit: stopped (SIGTERM) before the operator started")

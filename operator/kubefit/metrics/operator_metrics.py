@@ -306,6 +306,8 @@ class OperatorMetrics:
             self.reconcile_failures.labels(namespace, name).set(failures)
 
     def job_reconcile_succeeded(self, namespace: str, name: str) -> None:
+        if (namespace, name) not in self._failing:  # every reconcile comes here: no lock for the usual case
+            return
         with self._lock:
             self._drop_failures((namespace, name))
 
