@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +150,8 @@ def train(args: argparse.Namespace) -> int:
             dist.all_reduce(mean_loss)
             print(f"step={step} loss={mean_loss.item() / world_size:.6f} world_size={world_size} rank={rank}",
                   flush=True)  # fmt: skip
-            if _handshake_requested(handshake):
-                save("handshake")
-                dist.barrier()  # the checkpoint is on disk before anyone acknowledges it
-                handshake.acknowledge(step)
-                print(f"checkpoint acknowledged step={step}", flush=True)
-            elif args.save_every and step % args.save_every == 0:
+            asked = _checkpoint_if_asked(handshake, save, step)
+            if not asked and args.save_every and step % args.save_every == 0:
                 save("periodic")
             if args.step_seconds:
                 time.sleep(args.step_seconds)
@@ -174,11 +171,17 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _handshake_requested(handshake: CheckpointHandshake) -> bool:
-    """True on every rank when any worker's handshake asks for a checkpoint (all save at one step)."""
-    flag = torch.tensor([1 if handshake.requested() else 0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+def _checkpoint_if_asked(handshake: CheckpointHandshake, save: Callable[[str], None], step: int) -> bool:
+    """Saves and acknowledges when the operator asks (True then). requested_by_any() is a collective: every
+    rank calls it at every step, rank 0 polls, and all of them save at the same step."""
+    if not handshake.requested_by_any():
+        return False
+    save("handshake")
+    dist.barrier()  # the checkpoint is on disk before anyone acknowledges it
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # one ack per pod
+        handshake.acknowledge(step)
+        print(f"checkpoint acknowledged step={step}", flush=True)
+    return True
 
 
 if __name__ == "__main__":

@@ -713,3 +713,93 @@ def test_only_rank_0_polls_and_every_pod_still_acknowledges(
     restarted = seen["restarted"]
     assert isinstance(restarted, CheckpointBoard)
     assert restarted.acknowledged(JOB, "r2") == {"llama-worker-0": 21, "llama-worker-1": 21}
+
+
+@pytest.mark.parametrize("url", ["kubefit-checkpoints.kubefit-system.svc", "http://[fd00::1:8081"])
+def test_a_url_that_does_not_parse_is_no_request_not_an_exception_in_the_loop(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # urllib's Request was built outside the try: its ValueError stopped the training step, and under
+    # torch.distributed left the other ranks in their collective.
+    worker = CheckpointHandshake(Endpoint(url, TOKEN, "team-a", "llama", "llama-worker-0"), poll_seconds=0)
+    assert worker.requested() is False
+    assert worker.acknowledge(3) is False
+    assert "cannot reach" in caplog.text
+
+
+def test_an_answer_nested_too_deep_is_no_answer() -> None:
+    from kubefit_trainer import _decode
+
+    assert isinstance(_decode(b"[" * 200_000), str)
+
+
+def test_the_environment_s_values_are_stripped(server: CheckpointServer, board: CheckpointBoard) -> None:
+    # A token written into a pod template by hand with its trailing newline: an invalid header on every call.
+    values = {
+        **environment(server),
+        CHECKPOINT_TOKEN_ENV: TOKEN + "\n",
+        CHECKPOINT_URL_ENV: " " + environment(server)[CHECKPOINT_URL_ENV],
+    }
+    worker = CheckpointHandshake.from_env(values, poll_seconds=0)
+    board.open(JOB, "r1")
+    assert worker.requested() and worker.acknowledge(9) is True
+
+
+class _Cuda:
+    def __init__(self, count: int, current: int) -> None:
+        self.count, self.current = count, current
+
+    def device_count(self) -> int:
+        return self.count
+
+    def current_device(self) -> int:
+        return self.current
+
+
+class _Torch:
+    def __init__(self, count: int, current: int) -> None:
+        self.cuda = _Cuda(count, current)
+
+    @staticmethod
+    def device(kind: str, index: int | None = None) -> str:
+        return kind if index is None else f"{kind}:{index}"
+
+
+class _Dist:
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+    @staticmethod
+    def is_initialized() -> bool:
+        return True
+
+    def get_backend(self) -> str:
+        return self.backend
+
+
+@pytest.mark.parametrize(
+    ("backend", "gpus", "current", "local_rank", "device"),
+    [
+        ("gloo", 8, 0, "3", "cpu"),
+        ("cpu:gloo,cuda:nccl", 8, 0, "3", "cpu"),  # a CPU backend in the group: CPU tensors
+        ("nccl", 8, 0, "3", "cuda:3"),  # torchrun's LOCAL_RANK, set_device not called (yet)
+        ("nccl", 8, 3, "3", "cuda:3"),
+        ("nccl", 1, 0, "3", "cuda:0"),  # one GPU visible per process: LOCAL_RANK 3 names no device
+        ("nccl", 8, 5, "1", "cuda:5"),  # the training code's own set_device
+        ("nccl", 8, 0, "x", "cuda:0"),  # not a number: no exception in the loop
+    ],
+)
+def test_the_collective_s_device_is_the_process_s_own_gpu(
+    monkeypatch: pytest.MonkeyPatch, backend: str, gpus: int, current: int, local_rank: str, device: str
+) -> None:
+    from kubefit_trainer import _collective
+
+    monkeypatch.setitem(sys.modules, "torch", _Torch(gpus, current))
+    monkeypatch.setitem(sys.modules, "torch.distributed", _Dist(backend))
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    found = _collective()
+    assert found is not None and found[2] == device

@@ -11,6 +11,7 @@ spec.elastic.checkpointGracePeriodSeconds. A training loop takes part like this:
         train_one_step()
         if handshake.requested_by_any():         # every rank, every step: one answer for all of them
             save_checkpoint(step)
+            torch.distributed.barrier()         # every rank's shard is written before the ack
             if os.environ.get("LOCAL_RANK", "0") == "0":  # one ack per pod (every rank may send one)
                 handshake.acknowledge(step)
 
@@ -135,7 +136,9 @@ class CheckpointHandshake:
     ) -> CheckpointHandshake:
         """From the variables kubefit sets on worker pods; a no-op handshake when they are absent."""
         env = os.environ if environ is None else environ
-        values = {name: env.get(name, "") for name in ENV_VARIABLES}
+        # Stripped: a value written into a pod template by hand often ends in a newline, which made every
+        # call fail (an invalid header) with the handshake seemingly on.
+        values = {name: env.get(name, "").strip() for name in ENV_VARIABLES}
         missing = [name for name, value in values.items() if not value]
         if missing:
             if len(missing) < len(ENV_VARIABLES):
@@ -365,11 +368,13 @@ class CheckpointHandshake:
         """(HTTP status, decoded JSON answer); (None, error) when the operator cannot be reached."""
         url = endpoint.checkpoint_url + suffix
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
-        request.add_header("Authorization", f"Bearer {endpoint.token}")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
         try:
+            # Inside the try: a URL that does not parse (no scheme, a broken IPv6 host) is no answer, not
+            # an exception out of the training loop.
+            request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+            request.add_header("Authorization", f"Bearer {endpoint.token}")
+            if data is not None:
+                request.add_header("Content-Type", "application/json")
             with _OPENER.open(request, timeout=self.timeout_seconds) as response:
                 return response.status, _decode(response.read())
         except urllib.error.HTTPError as error:
@@ -398,15 +403,30 @@ def _collective() -> tuple[Any, Any, Any] | None:
     dist, torch = sys.modules.get("torch.distributed"), sys.modules.get("torch")
     if dist is None or torch is None or not (dist.is_available() and dist.is_initialized()):
         return None
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":  # NCCL reduces on each rank's own GPU: torchrun's LOCAL_RANK
-        local = os.environ.get("LOCAL_RANK")
-        device = torch.device("cuda", int(local) if local else torch.cuda.current_device())
-    return dist, torch, device
+    backend = str(dist.get_backend())
+    # A group with a CPU backend (gloo, "cpu:gloo,cuda:nccl") reduces CPU tensors; NCCL alone needs each
+    # rank's own GPU.
+    if "nccl" not in backend or "gloo" in backend or "cpu:" in backend:
+        return dist, torch, torch.device("cpu")
+    return dist, torch, torch.device("cuda", _own_gpu(torch))
+
+
+def _own_gpu(torch: Any) -> int:
+    """The GPU this process trains on, as NCCL must see it: the one the training code set
+    (torch.cuda.set_device) if not the first; else torchrun's LOCAL_RANK where this process sees that
+    many GPUs; else the only one it sees (CUDA_VISIBLE_DEVICES narrowed to one GPU per process, where
+    LOCAL_RANK would name a device that does not exist)."""
+    current = int(torch.cuda.current_device())
+    if current != 0:
+        return current
+    local = os.environ.get("LOCAL_RANK", "").strip()
+    if local.isdigit() and int(local) < int(torch.cuda.device_count()):
+        return int(local)
+    return 0
 
 
 def _decode(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # Recursion: an answer nested too deep
         return raw[:200].decode("utf-8", "replace")
