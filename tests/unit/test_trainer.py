@@ -298,6 +298,33 @@ def test_sigterm_handler_saves_then_exits_143(tmp_path: Path) -> None:
     assert saved.read_text() == "step 9"
 
 
+def test_a_save_that_fails_on_sigterm_exits_1_with_its_traceback() -> None:
+    # os._exit in the finally dropped the exception: a full disk exited 143, as a save that worked.
+    script = textwrap.dedent(
+        """
+        import time
+        from kubefit_trainer import CheckpointHandshake
+        def save():
+            raise OSError(28, "No space left on device")
+        CheckpointHandshake.from_env({}).install_sigterm_handler(save)
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.stderr is not None and "No space left on device" in process.stderr.read()
+
+
 # ---------------------------------------------------------------------------------------------- packaging
 
 
@@ -468,11 +495,12 @@ def test_a_poll_interval_of_0_still_backs_off_from_an_unreachable_operator(scrip
 AGREE = """
 import sys
 import torch.distributed as dist
-from kubefit_trainer import CheckpointHandshake
+from kubefit_trainer import CheckpointHandshake, Endpoint
 
 rank, store, acked = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "acked"
 dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-worker = CheckpointHandshake(None)
+# An operator nobody answers at: requested() is replaced below, and rank 0's poll for the id finds none.
+worker = CheckpointHandshake(Endpoint("http://127.0.0.1:9", "t", "team-a", "llama", f"llama-worker-{rank}"))
 if acked:
     worker._acknowledged = "r0"  # acknowledged an earlier request: it polls too, to send that ack again
 # Rank 1 would see the request at step 3, rank 0 only at step 9 (each polls on its own clock).
@@ -497,6 +525,34 @@ def test_requested_by_any_gives_every_rank_the_same_answer_at_the_same_step(
     ]  # fmt: skip
     answers = [process.communicate(timeout=120) for process in ranks]
     assert [out.strip() for out, _ in answers] == expected, [err[-1500:] for _, err in answers]
+
+
+OFF_EVERYWHERE = """
+import sys
+import torch.distributed as dist
+from kubefit_trainer import CheckpointHandshake
+
+rank, store = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+collectives = []
+all_reduce = dist.all_reduce
+dist.all_reduce = lambda *args, **kwargs: collectives.append(1) or all_reduce(*args, **kwargs)
+worker = CheckpointHandshake.from_env({})  # outside kubefit
+print(sum(worker.requested_by_any() for _ in range(50)), len(collectives))
+dist.destroy_process_group()
+"""
+
+
+def test_outside_kubefit_requested_by_any_makes_one_collective_not_one_a_step(tmp_path: Path) -> None:
+    # An all-reduce and its .item() at every step, with no handshake anywhere: on NCCL a device-to-host
+    # sync each step, in code the docs call a no-op.
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", OFF_EVERYWHERE, str(rank), str(tmp_path / "store")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    answers = [process.communicate(timeout=120) for process in ranks]
+    assert [out.strip() for out, _ in answers] == ["0 1", "0 1"], [err[-1500:] for _, err in answers]
 
 
 def test_requested_by_any_is_requested_without_torch_distributed(
@@ -725,6 +781,7 @@ def test_a_url_that_does_not_parse_is_no_request_not_an_exception_in_the_loop(
     assert worker.requested() is False
     assert worker.acknowledge(3) is False
     assert "cannot reach" in caplog.text
+    assert "the operator could not be asked for its open request" in caplog.text  # not "has no request"
 
 
 def test_an_answer_nested_too_deep_is_no_answer() -> None:

@@ -38,6 +38,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -125,6 +126,9 @@ class CheckpointHandshake:
         self._last_poll: float | None = None
         self._poll_failures = 0  # consecutive failed polls: the next waits longer
         self._warned = False
+        # Whether any process of the group has a handshake, agreed at the first requested_by_any() (None:
+        # not yet): with none, later calls make no collective at all.
+        self._any_enabled: bool | None = None
 
     @property
     def enabled(self) -> bool:
@@ -184,7 +188,9 @@ class CheckpointHandshake:
 
         A collective when torch.distributed is initialised (an all-reduce of one integer, MAX, and on the
         step it answers True a broadcast of the request's id from rank 0): every rank must call it at the
-        same point of each step. Without torch.distributed, this process's requested().
+        same point of each step. The first call agrees whether any rank has a handshake; with none (outside
+        kubefit) every later call is False with no collective. Without torch.distributed, this process's
+        requested().
 
         With torch.distributed, only global rank 0 polls the operator (requested()), and so does a process
         that has acknowledged a request (local rank 0 of each pod), so that its ack is sent again to an
@@ -202,6 +208,12 @@ class CheckpointHandshake:
                 self._handle_agreed()
             return agreed
         dist, torch, device = collective
+        if self._any_enabled is None:  # once: every rank's first call, so every rank takes part
+            enabled = torch.tensor([1 if self.endpoint is not None else 0], device=device)
+            dist.all_reduce(enabled, op=dist.ReduceOp.MAX)
+            self._any_enabled = bool(enabled.item())
+        if not self._any_enabled:
+            return False  # off on every rank (outside kubefit): no collective and no sync at each step
         # Which ranks poll is this process's own business (HTTP only); the collectives below run on every
         # rank on every call, whatever its state: one that skipped them while the others entered would
         # hang the job.
@@ -305,7 +317,12 @@ class CheckpointHandshake:
             self._last_poll = self._clock()
             self._poll(self.endpoint)
             if self.request_id is None:
-                logger.warning("checkpoint ack of step %d not sent: the operator has no request open", step)
+                why = (
+                    "could not be asked for its open request"
+                    if self._poll_failures
+                    else "has no request open"
+                )
+                logger.warning("checkpoint ack of step %d not sent: the operator %s", step, why)
                 return False
         body = {"requestId": self.request_id, "worker": self.endpoint.worker, "step": step}
         self._acknowledged, self._acknowledged_step = self.request_id, step
@@ -323,7 +340,8 @@ class CheckpointHandshake:
         return False
 
     def install_sigterm_handler(self, save: Callable[[], Any]) -> None:
-        """On SIGTERM (a worker being removed), call save() and exit with 143.
+        """On SIGTERM (a worker being removed), call save() and exit with 143 (1, with its traceback on
+        stderr, when save() raised).
 
         Kubernetes waits terminationGracePeriodSeconds (kubefit makes it at least the checkpoint grace
         period) before SIGKILL; torchrun, which forwards the SIGTERM, kills its processes after its shutdown
@@ -338,15 +356,19 @@ class CheckpointHandshake:
 
         def handler(signum: int, frame: Any) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            code = SIGTERM_EXIT_CODE
             try:
                 save()
+            except BaseException:  # noqa: BLE001 - said, and a failed save exits 1, not as a saved one
+                traceback.print_exc()
+                code = 1
             finally:
                 for stream in (sys.stdout, sys.stderr):
                     try:
                         stream.flush()
                     except (OSError, ValueError):
                         pass
-                os._exit(SIGTERM_EXIT_CODE)
+                os._exit(code)
 
         signal.signal(signal.SIGTERM, handler)
 
