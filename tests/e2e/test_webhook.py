@@ -99,6 +99,10 @@ def registered(kube: Kube, operator: OperatorProcess, certificate: tuple[Path, P
 @pytest.fixture
 def guarded(kube: Kube, namespace: str, registered: str) -> str:
     """The test's namespace, in the webhook's scope."""
+    return _guard(kube, namespace, registered)
+
+
+def _guard(kube: Kube, namespace: str, registered: str) -> str:
     kube.run("label", "namespace", namespace, f"{SELECTOR_LABEL}={registered}")
     # The API server's webhook source follows the configuration through a watch: wait until it calls. A
     # server-side dry run calls the webhook too, and stores nothing if it is not called yet.
@@ -154,6 +158,24 @@ def test_a_valid_job_is_admitted_and_an_edit_that_breaks_it_is_refused(kube: Kub
     kube.run("label", "trainingjob", "fine", "-n", guarded, "team=a")
     labelled = kube.get("trainingjob", "fine", guarded)
     assert labelled is not None and labelled["metadata"]["labels"]["team"] == "a"
+
+
+def test_an_edit_of_a_job_stored_invalid_goes_through_with_kubectl_warning_what_stays_invalid(
+    kube: Kube, namespace: str, registered: str
+) -> None:
+    # Stored before the webhook watched its namespace (as with the webhook off, or a rule made stricter):
+    # a suspend must go through, and kubectl now says the job stays invalid.
+    manifest = job_manifest("stored", namespace, workers={"replicas": 2, "minReplicas": 3, "maxReplicas": 2})
+    kube.apply(manifest)
+    guarded = _guard(kube, namespace, registered)
+    suspended = copy.deepcopy(manifest)
+    suspended["spec"]["runPolicy"] = {"suspend": True}
+    result = kube.apply(suspended)
+    assert "Warning: still invalid, the job stays Ready=False InvalidSpec: spec.workers.minReplicas" in (
+        result.stderr
+    ), result.stderr
+    stored = kube.get("trainingjob", "stored", guarded)
+    assert stored is not None and stored["spec"]["runPolicy"]["suspend"] is True
 
 
 def test_kubectl_scale_beyond_the_operators_worker_limit_is_refused_naming_the_field(

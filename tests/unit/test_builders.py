@@ -748,3 +748,37 @@ def test_a_worker_whose_world_is_fixed_at_start_carries_its_size_and_the_worker_
         metadata = {**manifest["metadata"], "annotations": garbage}
         garbled_view = worker_from_pod({**manifest, "metadata": metadata})
         assert garbled_view is not None and (garbled_view.world_size, garbled_view.nnodes) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("phase", "statuses", "started"),
+    [
+        ("Pending", None, False),  # nothing reported yet
+        ("Pending", [{"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}], False),
+        # the trainer runs; a sidecar still pulling keeps the pod Pending
+        (
+            "Pending",
+            [
+                {"name": "proxy", "state": {"waiting": {"reason": "ErrImagePull"}}},
+                {"name": "trainer", "state": {"running": {}}},
+            ],
+            True,
+        ),  # fmt: skip
+        (
+            "Pending",
+            [{"name": "trainer", "state": {"waiting": {}}, "lastState": {"terminated": {"exitCode": 1}}}],
+            True,
+        ),
+        ("Running", None, True),
+    ],
+)
+def test_the_worker_view_says_whether_its_trainer_container_has_started(
+    phase: str, statuses: list[dict[str, Any]] | None, started: bool
+) -> None:
+    from kubefit.decisions.observed import worker_from_pod
+
+    manifest = build_worker_pod(worker_set(raw_spec(), workers=2, bounds=(2, 2)), 1)
+    manifest["spec"]["containers"][0]["name"] = "trainer"
+    manifest["status"] = {"phase": phase, **({"containerStatuses": statuses} if statuses else {})}
+    seen = worker_from_pod({**manifest, "metadata": {**manifest["metadata"], "uid": "u"}})
+    assert seen is not None and seen.trainer_started is started

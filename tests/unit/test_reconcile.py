@@ -1572,15 +1572,17 @@ def test_surplus_workers_that_never_ran_are_removed_without_a_checkpoint() -> No
 
 def test_a_scale_down_deletes_its_workers_that_never_started_at_once_and_waits_only_for_the_others() -> None:
     # 4 -> 2 with worker 3 unscheduled and worker 2 running: worker 3 went only after worker 2's checkpoint,
-    # and could be bound and start meanwhile, joining the group in the middle of the save. A bound one may
-    # be Pending with its trainer running (a sidecar still pulling): it waits for the checkpoint.
+    # and could be bound and start meanwhile, joining the group in the middle of the save. So does a bound one
+    # still pulling its image; one Pending with its trainer running (a sidecar still pulling) waits.
     spec = elastic_spec(replicas=2)
     pods = [pod(0), pod(1), pod(2), pod(3, "Pending", node=None)]
     asked = decide(observe(spec, pods), CATALOG)
     assert asked.delete == ("llama-worker-3",) and asked.checkpoint_request is not None
     assert status_of(asked)["checkpoint"]["workers"] == 3  # the running ones are asked
-    bound = [pod(0), pod(1), pod(2), pod(3, "Pending", node="node-b")]
-    assert decide(observe(spec, bound), CATALOG).delete == ()
+    pulling = [pod(0), pod(1), pod(2), replace(pod(3, "Pending", node="node-b"), trainer_started=False)]
+    assert decide(observe(spec, pulling), CATALOG).delete == ("llama-worker-3",)
+    beside_a_sidecar = [pod(0), pod(1), pod(2), pod(3, "Pending", node="node-b")]  # its trainer started
+    assert decide(observe(spec, beside_a_sidecar), CATALOG).delete == ()
     gone = [pod(0), pod(1), pod(2), pod(3, "Pending", node=None, terminating=True)]
     acks = {f"llama-worker-{index}": 7 for index in range(3)}
     done = decide(observe(spec, gone, asked.status, NOW + timedelta(seconds=1), acks=acks), CATALOG)

@@ -261,7 +261,17 @@ def _over_the_limit() -> dict[str, Any]:
 def test_an_update_of_a_job_that_became_invalid_is_refused_only_for_errors_it_adds() -> None:
     stored = _over_the_limit()
     suspended = {**copy.deepcopy(stored), "runPolicy": {"suspend": True}}
-    assert answer(admission_review(suspended, "UPDATE", old_spec=stored))["allowed"]
+    allowed = answer(admission_review(suspended, "UPDATE", old_spec=stored))
+    assert allowed["allowed"]
+    # Said at the apply, not only in the job's condition afterwards (kubectl prints each warning).
+    assert [warning.partition("InvalidSpec: ")[2].partition(":")[0] for warning in allowed["warnings"]] == [
+        "spec.workers.replicas",
+        "spec.workers.maxReplicas",
+    ]
+    assert all(
+        warning.startswith("still invalid, the job stays Ready=False") for warning in allowed["warnings"]
+    )
+    assert "warnings" not in answer(admission_review(BASE_SPEC, "CREATE"))
     gone = {**copy.deepcopy(stored), "resources": {"accelerator": "nvidia-h900", "acceleratorsPerWorker": 4}}
     refused = answer(admission_review(gone, "UPDATE", old_spec=stored))
     assert refused["allowed"] is False

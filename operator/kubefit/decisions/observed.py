@@ -78,6 +78,10 @@ class WorkerPod:
     # (Istio's, Linkerd's proxy) does not stop with it under restartPolicy Never. The pod holds its
     # devices until deleted, so a stopping job does not keep it for its logs (workers.stop_workers).
     outlived_by_sidecar: bool = False
+    # Its trainer container has started at some time (running, terminated, or restarted): a Pending pod
+    # may be so while another container has not started (a sidecar still pulling). True when the pod's
+    # status does not say (a view built without it).
+    trainer_started: bool = True
 
     def holds(self, resource_name: str) -> int | None:
         """How many of `resource_name` the pod holds: what it was created with, which an edit of the job's
@@ -153,6 +157,7 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         exit_reason=exit_reason,
         outlived_by_sidecar=outlived_by_sidecar,
         unschedulable=_unschedulable(pod),
+        trainer_started=phase != POD_PENDING or _trainer_started(pod),
     )
 
 
@@ -206,18 +211,34 @@ def _how_it_ended(pod: Mapping[str, Any]) -> tuple[int | None, str | None]:
 
 
 def _trainer_terminated(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The trainer container's state.terminated, {} while it has not ended. The trainer is the first
-    container (builders.pods); the kubelet orders containerStatuses by name, so it is found by its name (or
-    taken as the only one)."""
+    """The trainer container's state.terminated, {} while it has not ended."""
+    terminated = (_trainer_status(pod).get("state") or {}).get("terminated")
+    return terminated if isinstance(terminated, Mapping) else {}
+
+
+def _trainer_started(pod: Mapping[str, Any]) -> bool:
+    """Whether a Pending pod's trainer container has started (running or ended now, or before a restart).
+    Without a status of it (none yet: unscheduled, or the kubelet has not reported), it has not."""
+    found = _trainer_status(pod)
+    state, last = found.get("state") or {}, found.get("lastState") or {}
+    if not isinstance(state, Mapping) or not isinstance(last, Mapping):
+        return False
+    return any(state.get(key) is not None for key in ("running", "terminated")) or (
+        last.get("terminated") is not None
+    )
+
+
+def _trainer_status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The trainer container's containerStatuses entry, {} if none. The trainer is the first container
+    (builders.pods); the kubelet orders containerStatuses by name, so it is found by its name (or taken as
+    the only one)."""
     containers = (pod.get("spec") or {}).get("containers")
     first = containers[0] if isinstance(containers, list) and containers else None
     trainer = first.get("name") if isinstance(first, Mapping) else None
     listed = (pod.get("status") or {}).get("containerStatuses")
     statuses = [item for item in listed if isinstance(item, Mapping)] if isinstance(listed, list) else []
     named = [item for item in statuses if item.get("name") == trainer]
-    found = named[0] if named else statuses[0] if len(statuses) == 1 and trainer is None else {}
-    terminated = (found.get("state") or {}).get("terminated")
-    return terminated if isinstance(terminated, Mapping) else {}
+    return named[0] if named else statuses[0] if len(statuses) == 1 and trainer is None else {}
 
 
 def _exit_code(terminated: Mapping[str, Any]) -> int | None:

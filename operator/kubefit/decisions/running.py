@@ -61,6 +61,7 @@ from kubefit.decisions.gang import (
 )
 from kubefit.decisions.observed import (
     DISRUPTION_REASONS,
+    POD_PENDING,
     POD_RUNNING,
     POD_SUCCEEDED,
     STUCK_AFTER_GRACE_SECONDS,
@@ -1003,12 +1004,17 @@ def _succeeded_now(ours: Sequence[WorkerPod]) -> frozenset[int]:
 
 
 def _not_started(ctx: JobContext, doomed: Sequence[str]) -> tuple[str, ...]:
-    """Of the workers a removal takes, those no node took yet: in no group, they hold nothing to save. Gone
-    now, not after the others' checkpoint: left, one could be bound and start during the wait, join the
-    group, and make every worker re-form it in the middle of the save it asks for. A bound worker may be
-    Pending with its trainer running (a sidecar that never started keeps a pod Pending): it waits."""
+    """Of the workers a removal takes, those whose trainer has not started (unscheduled, or bound and
+    pulling its image): in no group, they hold nothing to save. Gone now, not after the others'
+    checkpoint: left, one could start during the wait, join the group, and make every worker re-form it
+    in the middle of the save it asks for. A pod stays Pending while any of its containers has not
+    started: one whose trainer runs beside a sidecar still pulling waits for the checkpoint."""
     names = set(doomed)
-    return tuple(pod.name for pod in ctx.live if pod.name in names and pod.unscheduled)
+    return tuple(
+        pod.name
+        for pod in ctx.live
+        if pod.name in names and (pod.unscheduled or (pod.phase == POD_PENDING and not pod.trainer_started))
+    )
 
 
 def _surplus(ctx: JobContext, target: int, reason: str) -> Removal | None:

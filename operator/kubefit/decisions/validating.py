@@ -39,6 +39,10 @@ from kubefit.sizing.catalog import Catalog
 
 REVIEW_API_VERSION = "admission.k8s.io/v1"
 UNPROCESSABLE = 422  # the API server's own code for an invalid object
+# Warnings an allowed update carries (kubectl prints each): the errors the job keeps, at most this many, each
+# cut to this length (the API server keeps 256 characters of each, 4 KiB in all).
+MAX_WARNINGS = 8
+MAX_WARNING_CHARS = 256
 
 
 def review(
@@ -50,11 +54,25 @@ def review(
 ) -> dict[str, Any]:
     """The AdmissionReview to answer `admission_review` with."""
     request = _mapping(admission_review.get("request"))
-    refusal = _refusal(request, catalog, max_workers_per_job, serves, cluster_domain)
+    kept: list[FieldError] = []
+    refusal = _refusal(request, catalog, max_workers_per_job, serves, cluster_domain, kept)
     response: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": refusal is None}
     if refusal is not None:
         response["status"] = {"code": UNPROCESSABLE, "reason": "Invalid", "message": refusal}
+    elif kept:
+        response["warnings"] = _warnings(kept)
     return {"apiVersion": REVIEW_API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def _warnings(kept: list[FieldError]) -> list[str]:
+    """An update allowed although the job stays invalid (its errors were there before, on fields it leaves
+    alone): said at the apply, not only in the job's Ready condition afterwards."""
+    lines = [f"still invalid, the job stays Ready=False InvalidSpec: {error}" for error in kept]
+    if len(lines) > MAX_WARNINGS:
+        lines = [*lines[: MAX_WARNINGS - 1], f"and {len(lines) - MAX_WARNINGS + 1} more errors"]
+    return [
+        line if len(line) <= MAX_WARNING_CHARS else line[: MAX_WARNING_CHARS - 3] + "..." for line in lines
+    ]
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -67,13 +85,15 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _refusal(
+def _refusal(  # noqa: PLR0913 - the request, the operator's settings, and where the kept errors go
     request: Mapping[str, Any],
     catalog: Catalog,
     max_workers_per_job: int,
     serves: Callable[[str], bool],
     cluster_domain: str,
+    kept: list[FieldError],
 ) -> str | None:
+    """Why `request` is refused, or None; `kept` gets the errors an allowed update leaves in place."""
     if request.get("subResource") == "scale":
         return _scale_refusal(request, max_workers_per_job, serves)
     job = _mapping(request.get("object"))
@@ -106,12 +126,14 @@ def _refusal(
         }
         old_job = {"metadata": _mapping(_mapping(request.get("oldObject")).get("metadata")), "spec": old_spec}
         new_job = {"metadata": metadata, "spec": spec}
-        errors = [
+        added = [
             error
             for error in errors
             if error.path not in faulty_before
             or _value_at(new_job, error.path) != _value_at(old_job, error.path)
         ]
+        kept.extend(error for error in errors if error not in added)
+        errors = added
     return str(InvalidSpec(errors)) if errors else None
 
 
