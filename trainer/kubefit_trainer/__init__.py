@@ -11,7 +11,8 @@ spec.elastic.checkpointGracePeriodSeconds. A training loop takes part like this:
         train_one_step()
         if handshake.requested_by_any():         # every rank, every step: one answer for all of them
             save_checkpoint(step)
-            torch.distributed.barrier()         # every rank's shard is written before the ack
+            if torch.distributed.is_initialized():
+                torch.distributed.barrier()     # every rank's shard is written before the ack
             if os.environ.get("LOCAL_RANK", "0") == "0":  # one ack per pod (every rank may send one)
                 handshake.acknowledge(step)
 
