@@ -1117,6 +1117,13 @@ def test_a_name_that_is_not_a_string_is_refused_and_an_absent_one_is_unnamed(
     assert code == 2 and "error: metadata.namespace: must be a string, got list ['ml']" in err
 
 
+def test_a_catalog_past_its_size_bound_is_one_line_exit_2_without_reading_it_whole() -> None:
+    # --catalog /dev/zero (or $KUBEFIT_CATALOG naming it) read until the machine ran out of memory.
+    result = kubefit("size", "-f", "-", "--catalog", "/dev/zero", stdin=yaml.safe_dump(LLAMA3_8B_FSDP))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: /dev/zero: larger than 1 MiB (expected a YAML catalog)\n"
+
+
 def test_a_catalog_that_is_not_utf8_or_not_yaml_is_one_line_exit_2(tmp_path: Path) -> None:
     # A UTF-16 catalog was an internal error (exit 1); a YAML error printed across five lines.
     utf16 = tmp_path / "utf16.yaml"

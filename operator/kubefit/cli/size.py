@@ -140,7 +140,7 @@ ALIASED_NODES_MAX = 100_000
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "size",
-        help="estimate a TrainingJob's memory and choose its accelerator layout (offline)",
+        help="estimate a TrainingJob's memory and choose its accelerator layout (offline, or with --cluster against the live nodes)",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

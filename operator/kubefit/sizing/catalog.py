@@ -319,17 +319,29 @@ class Catalog:
         return Catalog([*self._by_name.values(), *added], first=first)
 
 
+# An accelerator catalog is a few kilobytes; the built-in one is under 20 KiB.
+CATALOG_MAX_BYTES = 2**20
+
+
 @lru_cache(maxsize=8)
 def _load(extra_path: str | None) -> Catalog:
     catalog = Catalog(parse_catalog(BUILTIN_CATALOG.read_text(), str(BUILTIN_CATALOG.name)))
     if extra_path:
-        path = Path(extra_path)
         try:
-            text = path.read_text(encoding="utf-8")  # not the locale's: the same file reads the same anywhere
+            with Path(extra_path).open("rb") as file:
+                raw = file.read(
+                    CATALOG_MAX_BYTES + 1
+                )  # bounded: /dev/zero or a FIFO named here is no catalog
+            # UTF-8, not the locale's: the same file reads the same anywhere
+            text = raw.decode("utf-8") if len(raw) <= CATALOG_MAX_BYTES else None
         except OSError as exc:
             raise CatalogError(f"{extra_path}: cannot read catalog file: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise CatalogError(f"{extra_path}: not UTF-8 text (expected a YAML catalog)") from None
+        if text is None:
+            raise CatalogError(
+                f"{extra_path}: larger than {CATALOG_MAX_BYTES // 2**20} MiB (expected a YAML catalog)"
+            )
         catalog = catalog.extended(parse_catalog(text, extra_path))
     return catalog
 
