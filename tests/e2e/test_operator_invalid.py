@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,3 +111,51 @@ def test_a_service_of_the_jobs_name_that_is_not_its_own_is_reported(
     ready = wait_for("Ready=False naming the Service", reported)
     assert f"Service {namespace}/taken exists and is not this TrainingJob's" in ready["message"]
     assert kube.workers(namespace, "taken") == []  # no worker is made that could not find the others
+
+
+NESTED = 9_000  # the API server stores JSON nested up to 10,000 levels
+
+
+def test_objects_nested_as_deep_as_the_api_server_stores_stop_no_job(
+    kube: Kube, namespace: str, pool: PrivatePool, tmp_path: Path
+) -> None:
+    """A TrainingJob, and a ResourceQuota through its managedFields, nested 9,000 levels deep: kopf's watch
+    decoded them at Python's default limit of 1,000 frames and failed, and the operator stopped for every
+    job, at each restart too. Read here through kubectl's jsonpath: the test's own json.loads has that
+    limit."""
+    deep = job_manifest("deep", namespace, workers={"replicas": 1})
+    deep["spec"]["template"]["spec"]["deep"] = "__DEEP__"
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(deep).replace('"__DEEP__"', "[" * NESTED + "]" * NESTED))
+    kube.run(
+        "create",
+        "--raw",
+        f"/apis/kubefit.dev/v1alpha1/namespaces/{namespace}/trainingjobs",
+        "-f",
+        str(job_file),
+    )
+    fields = '{"f:a":' * NESTED + "{}" + "}" * NESTED
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "deep", "managedFields": "__MF__"},
+             "spec": {"hard": {"pods": "100"}}}  # fmt: skip
+    managed = [{"manager": "e2e", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+                "fieldsV1": "__FIELDS__"}]  # fmt: skip
+    quota_file = tmp_path / "quota.json"
+    quota_file.write_text(
+        json.dumps(quota).replace('"__MF__"', json.dumps(managed).replace('"__FIELDS__"', fields))
+    )
+    kube.run("create", "--raw", f"/api/v1/namespaces/{namespace}/resourcequotas", "-f", str(quota_file))
+
+    def ready_of_deep() -> str | None:
+        jsonpath = '{.status.conditions[?(@.type=="Ready")].reason}: {.status.conditions[?(@.type=="Ready")].message}'
+        found = kube.run("get", "trainingjob", "deep", "-n", namespace, "-o", f"jsonpath={jsonpath}").stdout
+        return found if found.startswith("InvalidSpec") else None
+
+    assert "nested more than 100 levels deep" in wait_for(
+        "the deep job: Ready=False/InvalidSpec", ready_of_deep
+    )
+    kube.apply(job_manifest("after", namespace, pool=pool, workers={"replicas": 1}))
+    wait_for(
+        "a job applied after them running its worker",
+        lambda: running_names(kube.workers(namespace, "after")) == ["after-worker-0"],
+    )
+    kube.run("delete", "resourcequota", "deep", "-n", namespace, "--wait=false")

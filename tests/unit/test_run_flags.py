@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,56 @@ def test_the_admission_policy_choices_are_the_planners() -> None:
     )
     policy = next(action for action in run._actions if action.dest == "admission_policy")
     assert tuple(policy.choices) == ADMISSION_POLICIES
+
+
+DEEPEST_STORED = 10_000  # the API server refuses JSON nested deeper
+
+
+def test_the_operator_reads_and_copies_an_object_as_deep_as_the_api_server_stores() -> None:
+    # At Python's default limit, kopf's json.loads of one such object (any TrainingJob, or a Pod or
+    # ResourceQuota through its managedFields) raised in its watch: the operator stopped for every job.
+    script = textwrap.dedent(
+        f"""
+        import copy, json, sys, threading
+        from kubefit.controller.runner import allow_objects_as_deep_as_the_api_server_stores
+        line = '{{"metadata": {{"managedFields": ' + "[" * {DEEPEST_STORED} + "]" * {DEEPEST_STORED} + "}}}}"
+        try:
+            json.loads(line)
+            print("default: read")
+        except RecursionError:
+            print("default: RecursionError")
+        allow_objects_as_deep_as_the_api_server_stores()
+        found = []
+        def work():  # as the handler threads and kopf's loop do: read, copy, write again
+            found.append(len(json.dumps(copy.deepcopy(json.loads(line)))))
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        work()
+        print(found == [len(line), len(line)] or found)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[:2] == ["default: RecursionError", "True"], result.stdout + result.stderr
+
+
+def test_an_operator_that_kopf_stopped_on_an_error_exits_1_even_with_a_thread_still_blocked() -> None:
+    # It stayed up, reconciling nothing and answering no probe, until SIGKILL: the interpreter's shutdown
+    # waited for a handler thread.
+    script = textwrap.dedent(
+        """
+        import sys, threading
+        import kubefit.controller.runner as runner
+        from kubefit.cli.main import main
+        def run_operator(options):
+            threading.Thread(target=threading.Event().wait).start()  # blocked for ever, not a daemon
+            raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
+        runner.run_operator = run_operator
+        sys.argv = ["kubefit", "run", "--all-namespaces", "--metrics-port", "0", "--liveness-port", "0",
+                    "--checkpoint-port", "0"]
+        sys.exit(main())
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "the operator stopped on an error" in result.stderr and "RecursionError" in result.stderr

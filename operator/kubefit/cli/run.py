@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import socket
@@ -53,6 +54,13 @@ def _run(args: argparse.Namespace) -> int:
     except ClientConnectionError as error:  # kopf gave up retrying (aiohttp's ClientConnectorError)
         print(cannot_reach(error), file=sys.stderr)
         return 1
+    except Exception:  # kopf stopped on a failure of its own (a watcher that failed): said, and gone now
+        logging.getLogger("kubefit").exception("kubefit run: the operator stopped on an error")
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        # Not through the interpreter's shutdown: it joins every worker thread, and one still blocked kept
+        # the process up, serving nothing, until SIGKILL.
+        os._exit(1)
     return 0
 
 

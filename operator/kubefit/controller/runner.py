@@ -13,6 +13,7 @@ import random
 import signal
 import socket
 import ssl
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -420,8 +421,20 @@ def configure_logging(verbose: bool = False, debug: bool = False) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+# The API server stores objects nested up to 10,000 levels (it refuses deeper JSON). Python's default of
+# 1,000 frames made json.loads of one such object (a TrainingJob, or any Pod or ResourceQuota through its
+# managedFields) raise in kopf's watch stream: the operator stopped, for every job, at each restart too.
+# copy.deepcopy takes two frames a level; the thread stacks hold it (checked at 20,000 levels).
+RECURSION_LIMIT = 50_000
+
+
+def allow_objects_as_deep_as_the_api_server_stores() -> None:
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
+
+
 def run_operator(options: OperatorOptions) -> None:
     termination = _StopOnTerm()  # first: until kopf.run installs its own
+    allow_objects_as_deep_as_the_api_server_stores()
     tune_garbage_collection()
     configure_logging(verbose=options.verbose, debug=options.debug)
     _load_kubeconfig()
