@@ -221,3 +221,34 @@ def test_an_operator_that_kopf_stopped_on_an_error_exits_1_even_with_a_thread_st
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert "the operator stopped on an error" in result.stderr and "RecursionError" in result.stderr
+
+
+def test_a_webhook_body_deeper_than_the_api_server_sends_is_refused_not_a_crash() -> None:
+    # At a limit of 50,000 frames an UPDATE whose specs were lists 49,000 deep parsed, and comparing them
+    # overflowed the C stack of the webhook's thread: the operator died (exit 139), leader and standbys alike.
+    script = textwrap.dedent(
+        """
+        import json, threading
+        from kubefit.controller.runner import allow_objects_as_deep_as_the_api_server_stores
+        from kubefit.decisions.validating import review
+        from kubefit.sizing.catalog import load_catalog
+        allow_objects_as_deep_as_the_api_server_stores()
+        catalog = load_catalog()
+        def answer(depth):
+            deep = "[" * depth + "]" * depth
+            body = ('{"request": {"uid": "u", "operation": "UPDATE", "kind": {"kind": "TrainingJob"},'
+                    ' "namespace": "ml", "object": {"metadata": {"name": "x"}, "spec": {"a": ' + deep + '}},'
+                    ' "oldObject": {"metadata": {"name": "x"}, "spec": {"a": ' + deep + ', "b": 1}}}}')
+            try:
+                print(depth, review(json.loads(body), catalog, 1024)["response"]["allowed"])
+            except RecursionError:
+                print(depth, "too deep")  # the webhook's answer is a 400
+        for depth in (10_000, 49_000):
+            thread = threading.Thread(target=answer, args=(depth,))  # as the webhook's request threads
+            thread.start()
+            thread.join()
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    # 10,000 deep: judged (allowed: the depth at fault was there before the update)
+    assert (result.returncode, result.stdout) == (0, "10000 True\n49000 too deep\n"), result.stderr[-2000:]

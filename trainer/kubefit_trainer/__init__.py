@@ -360,7 +360,7 @@ class CheckpointHandshake:
             code = SIGTERM_EXIT_CODE
             try:
                 save()
-            except BaseException:  # noqa: BLE001 - said, and a failed save exits 1, not as a saved one
+            except Exception:  # noqa: BLE001 - said, and a failed save exits 1, not as a saved one
                 traceback.print_exc()
                 code = 1
             finally:

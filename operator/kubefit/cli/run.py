@@ -8,7 +8,7 @@ import os
 import re
 import socket
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 # A Lease's name and namespace: a DNS subdomain and a DNS label (Kubernetes object names).
 _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -53,15 +53,19 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except ClientConnectionError as error:  # kopf gave up retrying (aiohttp's ClientConnectorError)
         print(cannot_reach(error), file=sys.stderr)
-        return 1
+        _exit_now(1)
     except Exception:  # kopf stopped on a failure of its own (a watcher that failed): said, and gone now
         logging.getLogger("kubefit").exception("kubefit run: the operator stopped on an error")
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        # Not through the interpreter's shutdown: it joins every worker thread, and one still blocked kept
-        # the process up, serving nothing, until SIGKILL.
-        os._exit(1)
+        _exit_now(1)
     return 0
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Not through the interpreter's shutdown: it joins every worker thread, and one still blocked (a
+    handler waiting on the API server) kept the process up, serving nothing, until SIGKILL."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def cannot_reach(error: Exception) -> str:

@@ -329,9 +329,7 @@ def _load(extra_path: str | None) -> Catalog:
     if extra_path:
         try:
             with Path(extra_path).open("rb") as file:
-                raw = file.read(
-                    CATALOG_MAX_BYTES + 1
-                )  # bounded: /dev/zero or a FIFO named here is no catalog
+                raw = file.read(CATALOG_MAX_BYTES + 1)  # bounded: /dev/zero named here is no catalog
             # UTF-8, not the locale's: the same file reads the same anywhere
             text = raw.decode("utf-8") if len(raw) <= CATALOG_MAX_BYTES else None
         except OSError as exc:
