@@ -1676,18 +1676,33 @@ def test_after_a_restart_a_job_its_status_says_is_not_admitted_is_not_taken_back
     assert sorted(call[1] for call in harness.calls("delete_pod")) == ["llama-worker-0", "llama-worker-1"]
 
 
-def test_after_a_restart_an_open_shrink_is_taken_back_at_its_target(harness: Harness) -> None:
-    job = job_manifest(replicas=4, minReplicas=1, maxReplicas=4)
+def restarted_with_a_request(  # noqa: PLR0913 - the job and its open request, as a test states them
+    harness: Harness,
+    reason: str,
+    request_id: str,
+    replicas: int = 4,
+    desired: int = 2,
+    generation: int = 1,
+    admitted: str | None = None,
+) -> None:
+    """A restarted operator's first reconcile of an elastic job on 4 workers (range 1:4) whose status holds
+    an open checkpoint request to 2 workers."""
+    job = job_manifest(replicas=replicas, minReplicas=1, maxReplicas=4)
     job["spec"]["elastic"]["enabled"] = True
+    job["metadata"]["generation"] = generation
     job["status"] = {
-        "desiredReplicas": 2,
-        "conditions": [{"type": "Admitted", "status": "True", "reason": "ShrunkForPriority"}],
-        "checkpoint": {"requestId": "r1", "reason": "ShrunkForPriority", "requestedAt": "2026-01-01T00:00:00Z",
+        "desiredReplicas": desired,
+        "conditions": [{"type": "Admitted", "status": "True", "reason": admitted or reason}],
+        "checkpoint": {"requestId": request_id, "reason": reason, "requestedAt": "2026-01-01T00:00:00Z",
                        "targetReplicas": 2, "acknowledged": 0, "workers": 4},
     }  # fmt: skip
     harness.kube.jobs["llama"] = job
     harness.kube.pods = elastic_workers(4, "1:4")
     harness.reconcile()
+
+
+def test_after_a_restart_an_open_shrink_is_taken_back_at_its_target(harness: Harness) -> None:
+    restarted_with_a_request(harness, "ShrunkForPriority", "r1")
     # The shrink goes on (this test's grace is 0): workers 3 and 2 go, as the open request said; taken
     # back at 4, the request was closed instead, to be opened again by a later pass.
     assert [call[1] for call in harness.calls("delete_pod")] == ["llama-worker-3", "llama-worker-2"]
@@ -1699,18 +1714,7 @@ def test_after_a_restart_a_scale_down_the_spec_still_asks_for_goes_on(
 ) -> None:
     """Request 2-1 to 2 workers: the spec edited since (generation 3) but still asking for 2, or a capacity
     cut (ScaledDown too) with the spec as it was: taken back at its target, as before."""
-    job = job_manifest(replicas=replicas, minReplicas=1, maxReplicas=4)
-    job["spec"]["elastic"]["enabled"] = True
-    job["metadata"]["generation"] = generation
-    job["status"] = {
-        "desiredReplicas": 2,
-        "conditions": [{"type": "Admitted", "status": "True", "reason": "ScaledDown"}],
-        "checkpoint": {"requestId": "2-1", "reason": "ScaledDown", "requestedAt": "2026-01-01T00:00:00Z",
-                       "targetReplicas": 2, "acknowledged": 0, "workers": 4},
-    }  # fmt: skip
-    harness.kube.jobs["llama"] = job
-    harness.kube.pods = elastic_workers(4, "1:4")
-    harness.reconcile()
+    restarted_with_a_request(harness, "ScaledDown", "2-1", replicas=replicas, generation=generation)
     assert [call[1] for call in harness.calls("delete_pod")] == ["llama-worker-3", "llama-worker-2"]
 
 
@@ -1728,18 +1732,7 @@ def test_after_a_restart_a_scale_down_the_spec_undid_meanwhile_is_not_taken_back
     """Scaled 4 -> 2 at generation 2 (request 2-1), then back to 4 (generation 3) while the operator was
     down: its first grant was the request's 2, its status said 2 desired and a ScaledDown event 'no capacity
     for more'; a pass put it right later."""
-    job = job_manifest(replicas=4, minReplicas=1, maxReplicas=4)
-    job["spec"]["elastic"]["enabled"] = True
-    job["metadata"]["generation"] = 3
-    job["status"] = {
-        "desiredReplicas": 4,
-        "conditions": [{"type": "Admitted", "status": "True", "reason": "Admitted"}],
-        "checkpoint": {"requestId": "2-1", "reason": "ScaledDown", "requestedAt": "2026-01-01T00:00:00Z",
-                       "targetReplicas": 2, "acknowledged": 0, "workers": 4},
-    }  # fmt: skip
-    harness.kube.jobs["llama"] = job
-    harness.kube.pods = elastic_workers(4, "1:4")
-    harness.reconcile()
+    restarted_with_a_request(harness, "ScaledDown", "2-1", desired=4, generation=3, admitted="Admitted")
     assert harness.calls("delete_pod") == [] and harness.events("ScaledDown") == []
     status = harness.kube.jobs["llama"]["status"]
     assert status["desiredReplicas"] == 4 and status.get("checkpoint") is None
