@@ -412,7 +412,8 @@ def test_custom_render_has_the_expected_objects(custom_objects: list[dict[str, A
             "ServiceAccount",
             "ServiceMonitor",
         ]  # no Secret: checkpoint.existingSecret names one
-        + ["Role", "RoleBinding"] * 3  # team-a, team-b and the leader-election Lease
+        # team-a, team-b, the leader-election Lease, and kopf's events about nodes in the release's namespace
+        + ["Role", "RoleBinding"] * 4
     )
 
 
@@ -838,11 +839,17 @@ def test_an_existing_secret_must_not_be_the_one_the_chart_writes(
 
 
 LEADER_ELECTION_ROLE = f"{RELEASE}-kubefit-leader-election"
+EVENTS_ROLE = f"{RELEASE}-kubefit-events"
 
 
 def _workload_roles(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    """The (Cluster)Roles or bindings for TrainingJobs, without the leader-election Lease's own."""
-    return [obj for obj in _by_kind(objects, kind) if obj["metadata"]["name"] != LEADER_ELECTION_ROLE]
+    """The (Cluster)Roles or bindings for TrainingJobs, without the leader-election Lease's own or the one
+    for kopf's events about nodes."""
+    return [
+        obj
+        for obj in _by_kind(objects, kind)
+        if obj["metadata"]["name"] not in (LEADER_ELECTION_ROLE, EVENTS_ROLE)
+    ]
 
 
 def _all_rbac_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1003,8 +1010,9 @@ CI_EXPECTED_KINDS = {
         "PrometheusRule": 1,
         "ConfigMap": 1,  # the dashboard
     },
-    # a Role per watched namespace and the Lease's; the catalog ConfigMap; the key is an existing Secret
-    "namespaces-values.yaml": {**_BASE_KINDS, "Role": 3, "RoleBinding": 3, "ConfigMap": 1, "Secret": 1},
+    # a Role per watched namespace, the Lease's and the events'; the catalog ConfigMap; the key is an
+    # existing Secret
+    "namespaces-values.yaml": {**_BASE_KINDS, "Role": 4, "RoleBinding": 4, "ConfigMap": 1, "Secret": 1},
     "ha-values.yaml": {**_BASE_KINDS, "Role": 1, "RoleBinding": 1, "Secret": 2, "PodDisruptionBudget": 1},
     "single-values.yaml": {"Deployment": 1, "Secret": 2, **_WEBHOOK_KINDS},
     # the webhook's Secret is cert-manager's to write; the checkpoint key is an existing Secret

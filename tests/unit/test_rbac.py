@@ -328,8 +328,21 @@ def _leader_role(objects: list[dict[str, Any]]) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
+EVENTS_ROLE_SUFFIX = "-events"
+
+
 def _watched_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [role for role in _by_kind(objects, "Role") if role is not _leader_role(objects)]
+    return [
+        role
+        for role in _by_kind(objects, "Role")
+        if role is not _leader_role(objects) and not role["metadata"]["name"].endswith(EVENTS_ROLE_SUFFIX)
+    ]
+
+
+def _events_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        role for role in _by_kind(objects, "Role") if role["metadata"]["name"].endswith(EVENTS_ROLE_SUFFIX)
+    ]
 
 
 def _compare(granted: set[Permission], used: set[Permission], where: str) -> None:
@@ -356,6 +369,24 @@ def test_watched_namespaces_grant_exactly_what_the_code_uses(two_namespaces: lis
         for binding in _by_kind(two_namespaces, "RoleBinding")
         for subject in binding["subjects"]
     )
+
+
+def test_watched_namespaces_let_kopf_post_events_about_nodes_in_the_operators_namespace(
+    two_namespaces: list[dict[str, Any]],
+) -> None:
+    # kopf posts events about cluster-scoped objects in its own namespace, which is not watched here.
+    (role,) = _events_roles(two_namespaces)
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert _permissions(role) == {("", "events", "create")}
+    (binding,) = [
+        b for b in _by_kind(two_namespaces, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]
+    ]
+    assert binding["metadata"]["namespace"] == NAMESPACE and binding["subjects"][0]["namespace"] == NAMESPACE
+
+
+@pytest.mark.parametrize("scope", [(), ("--set", f"watchNamespaces={{team-a,{NAMESPACE}}}")])
+def test_no_events_role_where_the_operators_namespace_is_already_covered(scope: tuple[str, ...]) -> None:
+    assert not _events_roles(_render(*scope))
 
 
 @pytest.mark.parametrize("scope", [(), ("--set", "watchNamespaces={team-a,team-b}")])

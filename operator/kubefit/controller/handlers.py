@@ -28,6 +28,7 @@ import contextvars
 import enum
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +41,7 @@ import kopf
 from kubefit.api.resource import GROUP, PLURAL, VERSION, JobKey
 from kubefit.builders.naming import JOB_LABEL
 from kubefit.controller.cluster import ClusterView
+from kubefit.controller.leader import POD_NAMESPACE_ENV
 from kubefit.controller.quotas import QUOTA_INDEX, register_quotas
 from kubefit.controller.reconciler import Reconciler
 from kubefit.controller.relist import NODES, PODS, QUOTAS, Indexed, RelistCheck
@@ -145,10 +147,15 @@ def register(
     """Adds the indexes and handlers to `registry` (explicit, so that importing has no side effects)."""
 
     # A plain OperatorRegistry has no default login (kopf's global one does): use the kubernetes
-    # client's configuration, i.e. $KUBECONFIG or the pod's service account.
+    # client's configuration, i.e. $KUBECONFIG or the pod's service account. kopf posts its events about
+    # nodes in the login's namespace, which the client leaves unset ("default"): the pod's own instead.
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_via_client(**kwargs)
+        info = kopf.login_via_client(**kwargs)
+        own_namespace = os.environ.get(POD_NAMESPACE_ENV)
+        if info is None or not own_namespace or info.default_namespace:
+            return info
+        return replace(info, default_namespace=own_namespace)
 
     nodes_seen, threads, relists = SameFacts(), HandlerThreads(), RelistCheck(reconciler.api)
     _register_indexes(registry, nodes_seen)
