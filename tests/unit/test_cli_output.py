@@ -1,5 +1,5 @@
 """Output that cannot be written: a closed pipe ends `kubefit crd` and `kubefit size` quietly (exit 0), a
-full disk in one line (exit 1), never a traceback. Each runs with standard output buffered (a file, a pipe)
+full disk or a closed standard output in one line (exit 1), never a traceback. Each runs with standard output buffered (a file, a pipe)
 and unbuffered (PYTHONUNBUFFERED): buffered, a short output fails only at the interpreter's last flush."""
 
 from __future__ import annotations
@@ -62,3 +62,22 @@ def test_a_full_disk_is_one_line_and_exit_1(command: str, message: str, buffered
     with open("/dev/full", "w") as full:
         result = kubefit(COMMANDS[command], full.fileno(), buffered)
     assert (result.returncode, result.stderr) == (1, message + "\n")
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "top"])
+def test_a_closed_standard_output_is_one_line_and_exit_1(command: str) -> None:
+    # `kubefit crd >&-`: Python starts with sys.stdout None; crd and top printed an AttributeError
+    # traceback, size called it an internal error to report.
+    argv = COMMANDS.get(command, ["top"])
+    result = subprocess.run(
+        ["sh", "-c", 'exec "$0" "$@" >&-', sys.executable, "-m", "kubefit.cli.main", *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=25,
+        env={**os.environ, "KUBEFIT_CATALOG": "", "KUBECONFIG": "/nonexistent"},
+    )
+    name = argv[0]
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"kubefit {name}: standard output is closed: nothing can be printed\n",
+    )

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
+    if sys.stdout is None and args.command != "run":  # started with stdout closed (`kubefit crd >&-`)
+        print(f"kubefit {args.command}: standard output is closed: nothing can be printed", file=sys.stderr)
+        return 1
     return handler(args)
 
 
