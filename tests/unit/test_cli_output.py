@@ -1,6 +1,7 @@
 """Output that cannot be written: a closed pipe ends `kubefit crd` and `kubefit size` quietly (exit 0), a
-full disk or a closed standard output in one line (exit 1), never a traceback. Each runs with standard output buffered (a file, a pipe)
-and unbuffered (PYTHONUNBUFFERED): buffered, a short output fails only at the interpreter's last flush."""
+full disk or a closed standard output in one line (exit 1), never a traceback. Each runs with standard
+output buffered (a file, a pipe) and unbuffered (PYTHONUNBUFFERED): buffered, a short output fails only at
+the interpreter's last flush."""
 
 from __future__ import annotations
 
