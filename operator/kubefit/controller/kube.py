@@ -11,6 +11,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 from urllib.parse import quote
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -48,6 +49,10 @@ def error_message(error: BaseException) -> str:
 # (connect, read) seconds of every call through KubeApi: a LIST of a namespace's jobs at thousands of jobs
 # reads in well under the read timeout.
 REQUEST_TIMEOUT = (10.0, 60.0)
+# urllib3's default sends a request again after a read timeout, three times: a hung API server held a
+# reconcile's GET or DELETE four times the read timeout (4 minutes). A refused or reset connection is tried
+# again; a 429 or 5xx is resent by _Rest, with the server's Retry-After.
+RETRIES = urllib3.Retry(total=3, read=0, status=0, redirect=0, raise_on_status=False)
 LIST_PAGE = 500  # objects per page of a list (metadata only)
 
 
@@ -313,7 +318,11 @@ class KubeApi:
         api_client: client.ApiClient | None = None,
         request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ):
-        rest = _Rest(api_client or client.ApiClient(), request_timeout)
+        if api_client is None:
+            configuration = client.Configuration.get_default_copy()
+            configuration.retries = RETRIES
+            api_client = client.ApiClient(configuration)
+        rest = _Rest(api_client, request_timeout)
         self.core = CoreV1Api(rest)
         self.custom = CustomObjectsApi(rest)
         self.extensions = ApiextensionsV1Api(rest)

@@ -1,0 +1,60 @@
+"""A hung API server (it accepts the connection and never answers) holds a call of the operator's client for
+one read timeout: urllib3's default sent a GET or DELETE again after each read timeout, three times."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+
+from kubefit.controller.kube import KubeApi
+
+READ_TIMEOUT = 0.5
+
+
+@pytest.fixture
+def hung_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[socket.socket]]:
+    """The default client configuration (what the operator loads) points at a server that never answers;
+    the list holds each connection it accepted."""
+    accepted: list[socket.socket] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setattr(client.Configuration, "_default", configuration)
+    yield accepted
+    server.close()
+    for connection in accepted:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda api: api.get_job("team-a", "llama"),
+        lambda api: api.delete_pod("team-a", "llama-worker-0"),
+    ],
+    ids=["GET", "DELETE"],
+)
+def test_a_hung_api_server_is_asked_once_per_call(hung_server: list[socket.socket], call) -> None:  # noqa: ANN001
+    api = KubeApi(request_timeout=(1.0, READ_TIMEOUT))
+    started = time.monotonic()
+    with pytest.raises(Exception, match="timed out|Read timed out"):
+        call(api)
+    held = time.monotonic() - started
+    assert len(hung_server) == 1, f"{len(hung_server)} requests sent"
+    assert held < 3 * READ_TIMEOUT, f"held {held:.1f} s"
