@@ -386,6 +386,19 @@ def running_then_service_refused(harness: Harness, monkeypatch: pytest.MonkeyPat
     assert harness.condition("Ready")["reason"] == "ReconcileError"
 
 
+def test_a_job_whose_status_writes_are_refused_still_gets_its_reconcile_error_event(harness: Harness) -> None:
+    # The failure's status patch raised before its event was posted: the job's owner saw nothing at all.
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.kube.fail[("patch_job_status", "*")] = api_error(
+        403, 'admission webhook "status-policy.example.com" denied the request: status writes are frozen'
+    )
+    harness.reconcile()
+    assert "status" not in harness.kube.jobs["llama"]
+    (event,) = harness.events("ReconcileError")
+    assert "status writes are frozen" in event[2] and event[3] == "Warning"
+    assert retrying(harness)
+
+
 def test_a_retry_that_fails_again_posts_no_ready_event_the_status_does_not_show(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,6 +15,7 @@ none. Now a refused worker is given up like an unplaced one.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from test_reconciler import KEY, NAMESPACE, QUOTA_403, Harness, api_error, harne
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.controller import reconciler as reconciler_module
 from kubefit.controller import refusals as refusals_module
+from kubefit.controller.kube import ServiceTaken
 from kubefit.decisions.inventory import NodeFacts
 from kubefit.decisions.job import JobObservation
 
@@ -407,3 +409,35 @@ def test_a_refused_job_that_waits_is_reconciled_again_for_its_next_dry_run(harne
     refused_and_queued(harness)
     requeue = harness.reconciler.pending_requeue(KEY)
     assert requeue is not None and requeue.trigger == "timer"
+
+
+@pytest.mark.parametrize("gives_back", ["suspend", "gang-timeout"])
+def test_a_job_whose_service_create_keeps_failing_still_gives_its_grant_back(
+    harness: Harness, gives_back: str
+) -> None:
+    # The pass's offer came after its writes: with the Service's create failing every pass, a suspended or
+    # timed-out llama held both devices for good, and `other` stayed queued on an empty node.
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.kube.jobs["llama"]["spec"]["scheduling"] = {"gangTimeoutSeconds": 1}
+    harness.kube.fail[("create_service", "llama")] = ServiceTaken(
+        "Service team-a/llama exists and is not this TrainingJob's (owned by Deployment llama)"
+    )
+    harness.reconcile()
+    harness.reconcile("update")
+    assert harness.reconciler.scheduler._entries[KEY].granted == 2
+    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
+    harness.reconcile(key=OTHER)
+    assert harness.condition("Admitted", "other")["status"] == "False"
+    if gives_back == "suspend":
+        harness.kube.jobs["llama"]["spec"]["runPolicy"] = {"suspend": True}
+        harness.kube.jobs["llama"]["metadata"]["generation"] = 2
+    else:
+        time.sleep(1.1)  # past its gang timeout, with no worker placed
+    for _ in range(2):
+        harness.reconciler._jobs[KEY].retry_at = 0.0
+        harness.reconcile("retry")
+        harness.reconcile("update", key=OTHER)
+    assert harness.condition("Ready")["reason"] == "ReconcileError"  # the Service still cannot be created
+    entry = harness.reconciler.scheduler._entries.get(KEY)
+    assert entry is None or not entry.granted
+    assert harness.condition("Admitted", "other")["status"] == "True"

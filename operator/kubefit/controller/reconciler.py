@@ -508,14 +508,17 @@ class Reconciler:
         patch = dict(record.status or {})
         if progress.replicas is not None:
             patch["replicas"] = progress.replicas
-        if patch:
-            # Its answer may show an edit whose watch event the cache will now take for an older copy: the
-            # reconcile goes round for it at once, not at the retry.
-            self._patch_status(key, patch, {**job, "status": status}, state)
-        # Told once: a retry that fails the same way after writing its decision's status (which has no
-        # error) records the error again, but the status it read had it already.
-        if reconcile_error(read, generation, message, now).events:
-            _post_events(job, record.events)
+        try:
+            if patch:
+                # Its answer may show an edit whose watch event the cache will now take for an older copy: the
+                # reconcile goes round for it at once, not at the retry.
+                self._patch_status(key, patch, {**job, "status": status}, state)
+        finally:
+            # Told once: a retry that fails the same way after writing its decision's status (which has no
+            # error) records the error again, but the status it read had it already. Also when the status
+            # write itself is refused (a webhook, RBAC): the event is then all the job's owner sees.
+            if reconcile_error(read, generation, message, now).events:
+                _post_events(job, record.events)
 
     # ------------------------------------------------------------------ observe, decide, apply
 
@@ -563,11 +566,15 @@ class Reconciler:
             self.scheduler.offer(
                 key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
             )
-        self._apply(job, observation, decision, state, progress)
-        self._requeue(key, decision.requeue_after, view)
-        self.scheduler.offer(
-            key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
-        )
+        try:
+            self._apply(job, observation, decision, state, progress)
+            self._requeue(key, decision.requeue_after, view)
+        finally:
+            # Also when a write failed: a suspended or timed-out job whose Service create kept failing held
+            # its grant, and queued jobs saw its devices taken while no pod of it existed.
+            self.scheduler.offer(
+                key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
+            )
 
     def _marked_on_lost_nodes(self, pods: list[WorkerPod], view: ClusterView) -> list[WorkerPod]:
         """_on_lost_nodes, a node kopf's index lacks asked of the API server first (controller/node_check.py)."""
