@@ -13,6 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from kubefit.api.models import Architecture
+from kubefit.api.quantity import parse_count
 from kubefit.api.units import format_gib
 from kubefit.api.validation import InvalidSpec, parse_spec
 from kubefit.sizing.architecture import ModelShape, assumed_shape, mlp_form_ambiguous, shape_from_architecture
@@ -319,8 +320,9 @@ def test_a_count_within_a_rounding_of_a_plain_mlp_with_an_untied_head_is_sized_a
     plain = shape_from_architecture(Architecture.model_validate(gpt2_xl), 1_560_000_000)
     assert not plain.gated_mlp and plain.tied_embeddings
     assert not mlp_form_ambiguous(Architecture.model_validate(gpt2_xl), 1_560_000_000)
-    # A round "1B" names no form: the nearest is sized, as for an exact count.
-    assert not mlp_form_ambiguous(architecture, 1_000_000_000)
+    # A round "1B" is about 19% from both: the gated form is sized (read as the nearer plain one, 23% short).
+    assert mlp_form_ambiguous(architecture, 1_000_000_000)
+    assert shape_from_architecture(architecture, 1_000_000_000).gated_mlp
 
 
 GEMMA_7B = {
@@ -332,6 +334,44 @@ GEMMA_7B = {
     "vocabSize": 256000,
     "headDim": 256,
 }  # google/gemma-7b config.json: 16 heads of 256 = 4096, wider than hiddenSize
+
+
+LLAMA_3_2_3B = {
+    "layers": 28,
+    "hiddenSize": 3072,
+    "attentionHeads": 24,
+    "kvHeads": 8,
+    "intermediateSize": 8192,
+    "vocabSize": 128256,
+}  # meta-llama/Llama-3.2-3B config.json: SwiGLU MLP, tied head (3.21B parameters)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "name_size", "exact"),
+    [(LLAMA_3_2_3B, "3B", "3.213B"), (LLAMA_3_2_1B, "1B", "1.236B"), (GEMMA_7B, "7B", "8.538B")],
+    ids=["llama-3.2-3b", "llama-3.2-1b", "gemma-7b"],
+)
+def test_a_rounded_name_size_that_matches_no_form_is_sized_as_the_gated_one(
+    architecture: dict[str, Any], name_size: str, exact: str
+) -> None:
+    # "3B" lies nearer the plain MLP with an untied head (2.90B) than the real gated, tied model (3.21B): it
+    # was sized as plain without a word, 20-24% short of the real model's estimate.
+    named = estimate(job({"parameters": name_size, "architecture": architecture}), H100, Layout(1, 4))
+    real = estimate(job({"parameters": exact, "architecture": architecture}), H100, Layout(1, 4))
+    assert named.activations == real.activations
+    assert named.total == pytest.approx(real.total, rel=1e-3)  # the state at the architecture's count
+    assert any(f"model.parameters ({name_size}) counts a gated (SwiGLU) MLP" in w for w in named.warnings)
+    assert any(
+        "more than a rounding: the training state is sized at the architecture's" in w for w in named.warnings
+    )
+
+
+def test_a_count_above_the_architectures_or_far_from_it_sizes_the_state_as_stated() -> None:
+    # More parameters than the architecture counts may be real (a vision tower); 20% fewer is another model.
+    for stated in ("3.4B", "2.5B", "3.19B"):
+        result = estimate(job({"parameters": stated, "architecture": LLAMA_3_2_3B}), H100, Layout(1, 4))
+        assert result.weights == pytest.approx(2 * parse_count(stated), rel=1e-6), stated
+        assert not any("more than a rounding" in w for w in result.warnings), stated
 
 
 def test_a_head_wider_than_hidden_over_heads_sizes_the_attention_by_its_heads() -> None:

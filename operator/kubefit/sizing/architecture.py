@@ -21,6 +21,9 @@ ASSUMED_HEAD_DIM = 128
 # (_within_rounding): the gated and plain forms of one architecture differ by a third of its blocks, and
 # come within 1% of each other only where a tied head makes up for the MLP (Llama 3.2 1B).
 AMBIGUITY_SHARE = 0.01
+# A stated count that matches none of an architecture's forms may stand for any within this share of its own
+# count (estimator.COUNT_CONTRADICTION: farther, the count describes another model).
+NAME_SIZE_SHARE = 0.20
 # Assumed aspect ratio h / L = 128: Llama 2 7B (4096/32), 13B (5120/40) and GPT-3 175B (12288/96).
 ASSUMED_WIDTH_PER_LAYER = 128
 
@@ -166,6 +169,16 @@ def _within_rounding(candidates: Iterable[ModelShape], parameters: int) -> list[
     precision = min(10 ** (len(digits) - len(digits.rstrip("0"))), AMBIGUITY_SHARE * parameters)
     nearest = abs(ranked[0].total_parameters() - parameters)
     band = nearest + max(precision, nearest)
+    if nearest > AMBIGUITY_SHARE * parameters:
+        # A count more than 1% from every form (a rounded name-size, "3B" for Llama 3.2 3B's 3.21B) tells
+        # apart no forms it is not a contradiction of: read as the plain MLP's 2.90B, which is nearer, it
+        # sized the job 20% short.
+        return [
+            shape
+            for shape in ranked
+            if abs(shape.total_parameters() - parameters) <= band
+            or abs(shape.total_parameters() - parameters) <= NAME_SIZE_SHARE * shape.total_parameters()
+        ]
     return [shape for shape in ranked if abs(shape.total_parameters() - parameters) <= band]
 
 

@@ -27,6 +27,7 @@ from kubefit.api.quantity import parse_count
 from kubefit.api.units import GIB, format_count, format_gib, format_number
 from kubefit.api.validation import FieldError, InvalidSpec
 from kubefit.sizing.architecture import (
+    AMBIGUITY_SHARE,
     ModelShape,
     assumed_shape,
     describe,
@@ -481,12 +482,16 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
         shape = shape_from_architecture(model.architecture, parameters)
         if model.parameter_count is not None:
             warnings.extend(_count_contradiction(shape, parameters))
-            if mlp_form_ambiguous(model.architecture, parameters):
+            stated, rounded_up = parameters, _rounded_count(shape, parameters)
+            if rounded_up is not None:
+                warnings.append(rounded_up)
+                parameters = shape.total_parameters()
+            if mlp_form_ambiguous(model.architecture, stated):
                 warnings.append(
-                    f"model.parameters ({format_count(parameters, 4)}) counts a gated (SwiGLU) MLP of "
-                    "model.architecture as well as a plain one (both within its last digit, or about as far "
-                    "from it): sized with the gated one, which holds more activations; give the exact count "
-                    "to choose"
+                    f"model.parameters ({format_count(stated, 4)}) counts a gated (SwiGLU) MLP of "
+                    "model.architecture as well as a plain one (both within its last digit, about as far "
+                    "from it, or, for a rounded size that matches neither, within 20% of it): sized with the "
+                    "gated one, which holds more activations; give the exact count to choose"
                 )
     else:
         shape = assumed_shape(parameters)
@@ -547,6 +552,21 @@ def _count_contradiction(shape: ModelShape, parameters: int) -> list[str]:
         f"{format_count(own)} parameters model.architecture describes: the training state follows the "
         "parameter count, activations and logits the architecture; give both for the same model"
     ]
+
+
+def _rounded_count(shape: ModelShape, parameters: int) -> str | None:
+    """A warning when model.parameters lies below the architecture's own count by more than a rounding (1%)
+    and not so far that it names another model (COUNT_CONTRADICTION): a rounded name-size ("3B" for Llama
+    3.2 3B's 3.21B), whose training state is then sized at the architecture's count. Counts above it are
+    kept: they may hold parameters the architecture does not describe."""
+    own = shape.total_parameters()
+    if not AMBIGUITY_SHARE * own < own - parameters <= COUNT_CONTRADICTION * own:
+        return None
+    return (
+        f"model.parameters ({format_count(parameters, 4)}) is {parameters / own - 1:+.1%} from the "
+        f"{format_count(own, 4)} parameters model.architecture describes, more than a rounding: the training "
+        "state is sized at the architecture's count; give the exact count"
+    )
 
 
 def _check_adapters(spec: TrainingJobSpec, resolved: _Model) -> None:
