@@ -778,6 +778,16 @@ def test_optimizer_in_backward_holds_one_matrix_of_gradients_and_steps_it_alone(
     assert lora.gradients == adapters.gradients
 
 
+@pytest.mark.parametrize("model", [{"parameters": "8.03B", "architecture": LLAMA3_8B}, LLAMA3_8B_LORA])
+def test_optimizer_in_backward_keeps_a_declared_state_whole(model: dict[str, Any]) -> None:
+    # model.memory is used as given: the gradients' share of it was taken out, sizing 120Gi at 94 GiB.
+    declared = 120 * 2**30 if "finetuning" not in model else 20 * 2**30
+    stepped = estimate(job({**model, "memory": str(declared)}, optimizerInBackward=True), H100, Layout(1, 1))
+    state = stepped.weights + stepped.gradients + stepped.optimizer_states
+    assert state == pytest.approx(declared, rel=1e-6)
+    assert stepped.gradients == estimate(job(model, optimizerInBackward=True), H100, Layout(1, 1)).gradients
+
+
 def test_optimizer_in_backward_with_accumulation_is_refused_naming_the_field() -> None:
     with pytest.raises(InvalidSpec) as refused:
         job(None, optimizerInBackward=True, gradientAccumulation=2)
