@@ -788,6 +788,14 @@ def test_optimizer_in_backward_keeps_a_declared_state_whole(model: dict[str, Any
     assert stepped.gradients == estimate(job(model, optimizerInBackward=True), H100, Layout(1, 1)).gradients
 
 
+def test_a_lora_rank_whose_adapters_outgrow_the_model_is_warned_of() -> None:
+    # 4096 typed for 64: 10.7B adapters on an 8B model were sized above full fine-tuning without a word.
+    model = {**LLAMA3_8B_LORA, "finetuning": {**LLAMA3_8B_LORA["finetuning"], "loraRank": 4096}}
+    big = estimate(job(model), H100, Layout(1, 1))
+    assert any("model.finetuning.loraRank 4096 gives" in w and "check the rank" in w for w in big.warnings)
+    assert not any("loraRank" in w for w in estimate(job(LLAMA3_8B_LORA), H100, Layout(1, 1)).warnings)
+
+
 def test_optimizer_in_backward_with_accumulation_is_refused_naming_the_field() -> None:
     with pytest.raises(InvalidSpec) as refused:
         job(None, optimizerInBackward=True, gradientAccumulation=2)

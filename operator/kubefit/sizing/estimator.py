@@ -591,6 +591,24 @@ def _check_adapters(spec: TrainingJobSpec, resolved: _Model) -> None:
     )
 
 
+def _warn_of_a_rank_past_the_model(spec: TrainingJobSpec, resolved: _Model) -> _Model:
+    """A warning where the adapters of finetuning.loraRank hold more parameters than the model (4096 typed
+    for 64): sized as asked, more than full fine-tuning would hold. Not refused as trainableParameters is:
+    a job stored with it would turn InvalidSpec on upgrade."""
+    finetuning = spec.model.finetuning
+    if finetuning.method == "full" or finetuning.trainable_parameters is not None:
+        return resolved
+    adapters = resolved.shape.lora_parameters(finetuning.lora_rank, finetuning.lora_targets)
+    if adapters <= resolved.parameters:
+        return resolved
+    warning = (
+        f"model.finetuning.loraRank {finetuning.lora_rank} gives {format_count(adapters)} adapter parameters, "
+        f"more than the model's {format_count(resolved.parameters)}: sized so, above what full fine-tuning "
+        "would hold; check the rank"
+    )
+    return replace(resolved, warnings=(*resolved.warnings, warning))
+
+
 def _full_state_bytes(spec: TrainingJobSpec) -> float:
     per = state_bytes(spec.model.precision, spec.model.optimizer, spec.training.sharding)
     return per.weights + per.gradients + per.optimizer
@@ -697,6 +715,7 @@ def _checked_model(spec: TrainingJobSpec) -> _Model:
     more pipeline stages than model.architecture's layers."""
     resolved = _resolve_model(spec)
     _check_adapters(spec, resolved)
+    resolved = _warn_of_a_rank_past_the_model(spec, resolved)
     stages, layers = spec.training.pipeline_parallel, resolved.shape.layers
     if stages <= layers:
         return resolved
