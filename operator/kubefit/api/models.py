@@ -857,7 +857,10 @@ class SizingStatus(_Model):
     resource_name: str = Field(description="Extended resource requested, e.g. nvidia.com/gpu.")
     device_memory_bytes: int = Field(description="Device memory as the driver reports it.")
     accelerators_per_worker: int = Field(description="Accelerators each worker requests.")
-    min_workers: int = Field(description="Fewest workers whose combined memory holds the job.")
+    min_workers: int = Field(
+        description="Fewest workers whose combined memory holds the job. Where no worker count holds it "
+        "(fits false), the count the estimate shown was made at, not a floor."
+    )
     per_device_bytes: int = Field(description="Estimated peak memory per device, everything included.")
     fits: bool = Field(description="Whether the estimate fits the device with the headroom kept free.")
     breakdown: MemoryBreakdown = Field(
