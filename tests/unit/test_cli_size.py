@@ -1417,3 +1417,16 @@ def test_a_null_under_a_key_the_crd_does_not_name_is_kept() -> None:
             }
         }
     }
+
+
+def test_a_kind_list_is_read_as_its_items_as_kubectl_reads_it() -> None:
+    # `kubectl get trainingjob llama -o yaml` of a selector gives a List: it was refused ("got 'List'").
+    from kubefit.cli.size import InvalidInput, load_training_job
+
+    job = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    listed = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [job]})
+    assert load_training_job(listed, "jobs.yaml")["metadata"]["name"] == "quickstart"
+    with pytest.raises(InvalidInput, match="holds 2 TrainingJob documents; size one at a time"):
+        load_training_job(yaml.safe_dump({"kind": "List", "items": [job, job]}), "jobs.yaml")
+    with pytest.raises(InvalidInput, match="empty; expected a TrainingJob manifest"):
+        load_training_job(yaml.safe_dump({"kind": "List", "items": []}), "jobs.yaml")

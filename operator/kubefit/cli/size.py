@@ -483,6 +483,7 @@ def load_training_job(text: str, source: str) -> dict[str, Any]:
         documents = [document for document in _documents(text, source) if document is not None]
     except RecursionError:  # PyYAML's composer and json recurse once or more per level
         raise InvalidInput([f"{source}: nested too deeply to read"]) from None
+    documents = _unlisted(documents)
     if not documents:
         raise InvalidInput([f"{source}: empty; expected a {KIND} manifest"])
     jobs = [doc for doc in documents if isinstance(doc, dict) and doc.get("kind") == KIND]
@@ -502,6 +503,19 @@ def load_training_job(text: str, source: str) -> dict[str, Any]:
     if not isinstance(manifest.get("metadata") or {}, dict):
         raise InvalidInput(["metadata: must be a mapping"])
     return {**manifest, "spec": _without_nulls(manifest["spec"])}
+
+
+def _unlisted(documents: list[Any]) -> list[Any]:
+    """The documents with each `kind: List` (`kubectl get trainingjobs -o yaml`) replaced by its items, as
+    kubectl apply reads them."""
+    unlisted: list[Any] = []
+    for document in documents:
+        is_list = isinstance(document, dict) and document.get("kind") == "List"
+        if is_list and isinstance(document.get("items"), list):
+            unlisted.extend(item for item in document["items"] if item is not None)
+        else:
+            unlisted.append(document)
+    return unlisted
 
 
 # ------------------------------------------------------------------ output
