@@ -186,6 +186,7 @@ def _running(spec: dict[str, Any], old_spec: dict[str, Any], workers: int = 2) -
     [
         ("resources", {"accelerator": "nvidia-a100-80gb"}, "spec.resources.accelerator"),
         ("resources", {"acceleratorsPerWorker": 2}, "spec.resources.acceleratorsPerWorker"),
+        ("resources", {"acceleratorsPerWorker": "auto"}, "spec.resources.acceleratorsPerWorker"),
         ("framework", "jax", "spec.framework"),
     ],
 )
@@ -210,23 +211,6 @@ def test_naming_what_the_running_workers_already_have_is_allowed() -> None:
     assert answer(_running(copy.deepcopy(BASE_SPEC), old))["allowed"]  # h100 x 4, as status.sizing says
     scaled = {**copy.deepcopy(BASE_SPEC), "workers": {"replicas": 3, "minReplicas": 1, "maxReplicas": 4}}
     assert answer(_running(scaled, copy.deepcopy(BASE_SPEC)))["allowed"]
-
-
-@pytest.mark.parametrize("elastic", [True, False], ids=["elastic", "fixed"])
-@pytest.mark.parametrize("field", ["accelerator", "acceleratorsPerWorker"])
-def test_turning_a_group_field_to_auto_while_workers_run_is_allowed(field: str, elastic: bool) -> None:
-    # `auto` is planned with what the running workers have while they run (decisions/running_group.py):
-    # refusing it sent the user to suspend a job for an edit that changes nothing now.
-    old = {
-        **copy.deepcopy(BASE_SPEC),
-        "resources": {"accelerator": "nvidia-a100-80gb", "acceleratorsPerWorker": 2},
-    }
-    if elastic:
-        old["elastic"] = {"enabled": True}
-    edited = copy.deepcopy(old)
-    edited["resources"][field] = "auto"
-    assert answer(admission_review(old))["allowed"] and answer(admission_review(edited))["allowed"]
-    assert answer(_running(edited, old))["allowed"]
 
 
 def test_an_edit_elsewhere_of_a_job_already_at_fault_is_allowed_though_the_fault_message_quotes_it() -> None:

@@ -20,8 +20,8 @@ Allowed whatever the spec:
 - a job in a namespace this operator does not serve (another operator's, with its own rules).
 
 While worker pods exist (status.replicas), an UPDATE may not change what the running group's workers share:
-resources.accelerator, resources.acceleratorsPerWorker (but to the values status.sizing shows, or to
-`auto`, which keeps them while workers run) and framework, unless it also suspends the job.
+resources.accelerator, resources.acceleratorsPerWorker (but to the values status.sizing shows) and
+framework, unless it also suspends the job.
 """
 
 from __future__ import annotations
@@ -159,8 +159,7 @@ def _running_group_errors(spec: Any, old_spec: Any, old_status: Mapping[str, Any
     errors = []
     for path, default, sized in _GROUP_FIELDS:
         new, old = _field(spec, path, default), _field(old_spec, path, default)
-        # `auto` plans with what the running workers have while they run (decisions/running_group.py).
-        if new == old or (sized is not None and new in ("auto", sizing.get(sized))):
+        if new == old or (sized is not None and new == sizing.get(sized)):
             continue
         errors.append(
             FieldError(
