@@ -3,6 +3,7 @@ one read timeout: urllib3's default sent a GET or DELETE again after each read t
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -58,3 +59,44 @@ def test_a_hung_api_server_is_asked_once_per_call(hung_server: list[socket.socke
     held = time.monotonic() - started
     assert len(hung_server) == 1, f"{len(hung_server)} requests sent"
     assert held < 3 * READ_TIMEOUT, f"held {held:.1f} s"
+
+
+def test_a_pooled_connection_the_server_closed_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API server (or a load balancer) closes an idle keep-alive connection just as it is reused: the
+    # request is sent again on a new one, as urllib3's default did, not failed.
+    body = json.dumps(
+        {"apiVersion": "kubefit.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "llama"}}
+    )
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body.encode(),
+    )
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def answer_once_then_close(connection: socket.socket) -> None:
+        connection.recv(65536)
+        connection.sendall(answer)
+        connection.recv(65536)  # the reused connection's next request: closed unanswered
+        connection.close()
+
+    def accept() -> None:
+        while True:
+            try:
+                connection = server.accept()[0]
+            except OSError:
+                return
+            threading.Thread(target=answer_once_then_close, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setattr(client.Configuration, "_default", configuration)
+    api = KubeApi(request_timeout=(1.0, 2.0))
+    try:
+        for _ in range(3):
+            job = api.get_job("team-a", "llama")
+            assert job is not None and job["metadata"]["name"] == "llama"
+    finally:
+        server.close()

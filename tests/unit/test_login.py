@@ -23,11 +23,18 @@ current-context: x
 """
 
 
+def _not_in_a_pod(*args: Any, **kwargs: Any) -> None:
+    raise kubernetes.config.ConfigException("Service host/port is not set.")
+
+
 def _login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     path = tmp_path / "kubeconfig"
     path.write_text(KUBECONFIG)
-    # The client reads $KUBECONFIG once, when imported.
+    # The client reads $KUBECONFIG once, when imported; in a pod (a CI runner) it would log in in-cluster
+    # first; and the login sets the client's default configuration, which later tests must not inherit.
     monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    monkeypatch.setattr(kubernetes.config, "load_incluster_config", _not_in_a_pod)
+    monkeypatch.setattr(kubernetes.client.Configuration, "_default", kubernetes.client.Configuration._default)
     registry = kopf.OperatorRegistry()
     stand_in = SimpleNamespace(
         jobs=SimpleNamespace(keys=list), created_here=lambda key, name: False, api=None

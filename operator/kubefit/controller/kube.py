@@ -49,10 +49,24 @@ def error_message(error: BaseException) -> str:
 # (connect, read) seconds of every call through KubeApi: a LIST of a namespace's jobs at thousands of jobs
 # reads in well under the read timeout.
 REQUEST_TIMEOUT = (10.0, 60.0)
-# urllib3's default sends a request again after a read timeout, three times: a hung API server held a
-# reconcile's GET or DELETE four times the read timeout (4 minutes). A refused or reset connection is tried
-# again; a 429 or 5xx is resent by _Rest, with the server's Retry-After.
-RETRIES = urllib3.Retry(total=3, read=0, status=0, redirect=0, raise_on_status=False)
+
+
+class _NoResendAfterReadTimeout(urllib3.Retry):
+    """urllib3's retries, but a request whose answer timed out is not sent again: a hung API server held a
+    reconcile's GET or DELETE four times the read timeout (4 minutes). A refused connection, or a pooled one
+    the server closed as it was reused, is tried again; a 429 or 5xx is resent by _Rest, after the server's
+    Retry-After."""
+
+    def increment(self, *args: Any, **kwargs: Any) -> urllib3.Retry:
+        error = kwargs.get("error")
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+            raise urllib3.exceptions.MaxRetryError(
+                kwargs.get("_pool"), kwargs.get("url") or "", error
+            ) from error
+        return super().increment(*args, **kwargs)
+
+
+RETRIES = _NoResendAfterReadTimeout(total=3, status=0, redirect=0, raise_on_status=False)
 LIST_PAGE = 500  # objects per page of a list (metadata only)
 
 
