@@ -8,12 +8,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, cast
+from types import TracebackType
+from typing import Any, Self, cast
 from urllib.parse import quote
 
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.connectionpool import ConnectionPool
+from urllib3.response import BaseHTTPResponse
 
 from kubefit.api.resource import GROUP, PLURAL, VERSION
 from kubefit.builders.naming import JOB_LABEL
@@ -57,13 +60,18 @@ class _NoResendAfterReadTimeout(urllib3.Retry):
     the server closed as it was reused, is tried again; a 429 or 5xx is resent by _Rest, after the server's
     Retry-After."""
 
-    def increment(self, *args: Any, **kwargs: Any) -> urllib3.Retry:
-        error = kwargs.get("error")
-        if isinstance(error, urllib3.exceptions.ReadTimeoutError):
-            raise urllib3.exceptions.MaxRetryError(
-                kwargs.get("_pool"), kwargs.get("url") or "", error
-            ) from error
-        return super().increment(*args, **kwargs)
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError) and _pool is not None:
+            raise urllib3.exceptions.MaxRetryError(_pool, url or "", error) from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
 RETRIES = _NoResendAfterReadTimeout(total=3, status=0, redirect=0, raise_on_status=False)
