@@ -22,8 +22,8 @@ ASSUMED_HEAD_DIM = 128
 # come within 1% of each other only where a tied head makes up for the MLP (Llama 3.2 1B).
 AMBIGUITY_SHARE = 0.01
 # A stated count that matches none of an architecture's forms may stand for any within this share of its own
-# count (estimator.COUNT_CONTRADICTION: farther, the count describes another model).
-NAME_SIZE_SHARE = 0.20
+# count: Gemma-2B's "2B" is 20.2% under its 2.506B, Gemma-2-2B's 23.5% under 2.614B.
+NAME_SIZE_SHARE = 0.25
 # Assumed aspect ratio h / L = 128: Llama 2 7B (4096/32), 13B (5120/40) and GPT-3 175B (12288/96).
 ASSUMED_WIDTH_PER_LAYER = 128
 

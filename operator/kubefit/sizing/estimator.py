@@ -490,7 +490,7 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
                 warnings.append(
                     f"model.parameters ({format_count(stated, 4)}) counts a gated (SwiGLU) MLP of "
                     "model.architecture as well as a plain one (both within its last digit, about as far "
-                    "from it, or, for a rounded size that matches neither, within 20% of it): sized with the "
+                    "from it, or, for a rounded size that matches neither, within 25% of it): sized with the "
                     "gated one, which holds more activations; give the exact count to choose"
                 )
     else:
@@ -562,10 +562,11 @@ def _rounded_count(shape: ModelShape, parameters: int) -> str | None:
     own = shape.total_parameters()
     if not AMBIGUITY_SHARE * own < own - parameters <= COUNT_CONTRADICTION * own:
         return None
+    form = f"{'a gated' if shape.gated_mlp else 'a plain'} MLP, {'tied' if shape.tied_embeddings else 'untied'} head"
     return (
         f"model.parameters ({format_count(parameters, 4)}) is {parameters / own - 1:+.1%} from the "
-        f"{format_count(own, 4)} parameters model.architecture describes, more than a rounding: the training "
-        "state is sized at the architecture's count; give the exact count"
+        f"{format_count(own, 4)} parameters of model.architecture as sized ({form}), more than a rounding: "
+        "the training state is sized at that count; give the exact count"
     )
 
 
@@ -578,8 +579,10 @@ def _check_adapters(spec: TrainingJobSpec, resolved: _Model) -> None:
     trainable = parse_count(declared)
     if trainable <= resolved.parameters:
         return
-    if spec.model.parameter_count is not None:
+    if spec.model.parameter_count is not None and spec.model.parameter_count == resolved.parameters:
         source = "model.parameters"
+    elif spec.model.parameter_count is not None:
+        source = f"model.architecture's count, which model.parameters ({format_count(spec.model.parameter_count)}) rounds"
     elif spec.model.architecture is not None:
         source = "the count of model.architecture"
     else:
@@ -854,15 +857,12 @@ def _parameter_states(
 
 def _stepped_in_backward(states: _States, gradients: float, resolved: _Model) -> _States:
     """`states` with the optimizer stepped in the backward: `gradients` held instead of the model's. A
-    declared state is kept whole, the weights and optimizer states taking the gradients' share: it is what
-    the run measured as held (taking that share out sized 120Gi declared at 94 GiB of state)."""
-    if resolved.declared_state is None or states.weights + states.optimizer <= 0:
-        return replace(states, gradients=gradients)
-    kept = states.weights + states.optimizer
-    scale = (kept + states.gradients - gradients) / kept if states.gradients > gradients else 1.0
-    return replace(
-        states, weights=states.weights * scale, optimizer=states.optimizer * scale, gradients=gradients
-    )
+    declared state is used as given, its gradients' share included: it is what the run measured as held
+    (taking that share out sized 120Gi declared at 94 GiB of state, and moving it to the weights and
+    optimizer states inflated them on every device of a zero1/zero2 group)."""
+    if resolved.declared_state is not None:
+        return states
+    return replace(states, gradients=gradients)
 
 
 def _declared_states(declared: int, share: _StageShare, sharding: _Sharding) -> _States:
