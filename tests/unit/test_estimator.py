@@ -256,6 +256,13 @@ GEMMA_2_2B = {
     "intermediateSize": 9216,
     "vocabSize": 256000,
 }  # google/gemma-2-2b config.json: GeGLU MLP, tied head (2.614B parameters)
+BERT_LARGE = {
+    "layers": 24,
+    "hiddenSize": 1024,
+    "attentionHeads": 16,
+    "intermediateSize": 4096,
+    "vocabSize": 30522,
+}  # google-bert/bert-large-uncased config.json: GeLU MLP (plain), tied head (335.1M parameters)
 
 
 def test_a_parameter_count_with_a_tied_head_keeps_the_gated_mlp_and_one_embedding_matrix() -> None:
@@ -357,14 +364,8 @@ LLAMA_3_2_3B = {
 
 @pytest.mark.parametrize(
     ("architecture", "name_size", "exact"),
-    [
-        (LLAMA_3_2_3B, "3B", "3.213B"),
-        (LLAMA_3_2_1B, "1B", "1.236B"),
-        (GEMMA_7B, "7B", "8.538B"),
-        (GEMMA_2B, "2B", "2.506B"),
-        (GEMMA_2_2B, "2B", "2.614B"),
-    ],
-    ids=["llama-3.2-3b", "llama-3.2-1b", "gemma-7b", "gemma-2b", "gemma-2-2b"],
+    [(LLAMA_3_2_3B, "3B", "3.213B"), (LLAMA_3_2_1B, "1B", "1.236B"), (GEMMA_7B, "7B", "8.538B")],
+    ids=["llama-3.2-3b", "llama-3.2-1b", "gemma-7b"],
 )
 def test_a_rounded_name_size_that_matches_no_form_is_sized_as_the_gated_one(
     architecture: dict[str, Any], name_size: str, exact: str
@@ -374,19 +375,34 @@ def test_a_rounded_name_size_that_matches_no_form_is_sized_as_the_gated_one(
     named = estimate(job({"parameters": name_size, "architecture": architecture}), H100, Layout(1, 4))
     real = estimate(job({"parameters": exact, "architecture": architecture}), H100, Layout(1, 4))
     assert named.activations == real.activations
+    assert named.total == pytest.approx(real.total, rel=1e-3)  # the state at the architecture's count
     assert any(f"model.parameters ({name_size}) counts a gated (SwiGLU) MLP" in w for w in named.warnings)
-    if parse_count(name_size) >= 0.8 * parse_count(exact):
-        assert named.total == pytest.approx(real.total, rel=1e-3)  # the state at the architecture's count
-        assert any(
-            "parameters of model.architecture as sized (a gated MLP," in w and "more than a rounding" in w
-            for w in named.warnings
-        )
-    else:  # 2B for Gemma's 2.51B and 2.61B: farther than 20%, the state follows the count, with a warning
-        assert named.weights == pytest.approx(2 * parse_count(name_size))
-        assert any(
-            f"({name_size}) differs by -2" in w and "model.architecture describes" in w
-            for w in named.warnings
-        )
+    assert any(
+        "parameters of model.architecture as sized (a gated MLP," in w and "more than a rounding" in w
+        for w in named.warnings
+    )
+
+
+@pytest.mark.parametrize(
+    ("architecture", "name_size", "gated"),
+    [(GEMMA_2B, "2B", "2.506B"), (GEMMA_2_2B, "2B", "2.614B"), (BERT_LARGE, "340M", "434M")],
+    ids=["gemma-2b", "gemma-2-2b", "bert-large"],
+)
+def test_a_rounded_count_farther_from_a_gated_form_is_sized_plain_and_names_the_gated_count(
+    architecture: dict[str, Any], name_size: str, gated: str
+) -> None:
+    # 20-24% under the gated form, Gemma's "2B" cannot be told from a plain model's count a few percent off
+    # (BERT-large's 340M, 21.7% under its gated form, was blocked sized as gated): sized plain, with a word.
+    named = estimate(job({"parameters": name_size, "architecture": architecture}), H100, Layout(1, 4))
+    assert not shape_from_architecture(
+        Architecture.model_validate(architecture), parse_count(name_size)
+    ).gated_mlp
+    assert any(
+        f"model.parameters ({name_size}) matches no form" in w and f"it counts {gated}" in w
+        for w in named.warnings
+    )
+    exact = estimate(job({"parameters": "335.1M", "architecture": BERT_LARGE}), H100, Layout(1, 4))
+    assert not any("matches no form" in w for w in exact.warnings)  # within 1% of the plain, tied form
 
 
 def test_adapters_above_a_raised_count_name_where_the_count_came_from() -> None:

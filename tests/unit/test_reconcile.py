@@ -1529,6 +1529,10 @@ def test_a_shrink_asks_for_a_checkpoint_waits_for_every_ack_then_deletes_the_hig
     assert ("Normal", "CheckpointRequested") in events_of(asked)
     assert condition(asked, "Admitted")["reason"] == "ShrunkForPriority"
     assert "acknowledge checkpoint 3-1" in status_of(asked)["message"]
+    # Ready and Running count the workers kept, and say the others still run ("2/2" alone while 4 ran).
+    for kind in ("Ready", "Running"):
+        message = condition(asked, kind)["message"]
+        assert message == "2/2 workers running; 2 more running until they save a checkpoint", kind
 
     later = NOW + timedelta(seconds=10)
     partial = decide(observe(spec, pods, asked.status, later, grant=2, acks={"llama-worker-0": 40}), CATALOG)
@@ -1537,6 +1541,7 @@ def test_a_shrink_asks_for_a_checkpoint_waits_for_every_ack_then_deletes_the_hig
     acks = {worker.name: 40 for worker in pods}
     done = decide(observe(spec, pods, partial.status, later, grant=2, acks=acks), CATALOG)
     assert done.delete == ("llama-worker-3", "llama-worker-2")
+    assert condition(done, "Ready")["message"] == "2/2 workers running"
     assert done.checkpoint_request is None and status_of(done)["checkpoint"] is None
     assert ("Normal", "CheckpointDone") in events_of(done)
     assert status_of(done)["checkpointRequests"] == 1

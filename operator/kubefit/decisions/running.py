@@ -748,7 +748,11 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
     start_time = ctx.status.get("startTime") or (rfc3339(ctx.now) if ready >= plan.keep else None)
     draft = Draft(
         phase=_phase(ctx, plan.keep, ready, start_time, restarting=plan.restart is not None),
-        updates=[sized(ctx.sizing), _admitted(ctx, plan), *_readiness(ctx, ready, plan.keep, changes.held)],
+        updates=[
+            sized(ctx.sizing),
+            _admitted(ctx, plan),
+            *_readiness(ctx, ready, plan.keep, changes.held, _leaving_note(ctx, doomed, delete)),
+        ],
         create=create,
         worker_set=worker_set(ctx, plan.keep, plan.floor) if create else None,
         delete=delete,
@@ -1244,12 +1248,19 @@ def _trains_with(ctx: JobContext) -> int:
     return _running_group_floor(ctx, ctx.bounds.floor)
 
 
+def _leaving_note(ctx: JobContext, doomed: Sequence[str], delete: Sequence[str]) -> str:
+    """ "; N more running until they save a checkpoint" for a removal's workers still running while the
+    handshake waits: Ready and Running count the workers kept, and read "2/2" while 4 ran."""
+    leaving = [pod for pod in ctx.live if pod.name in doomed and pod.name not in delete and pod.ready]
+    return f"; {len(leaving)} more running until they save a checkpoint" if leaving else ""
+
+
 def _readiness(
-    ctx: JobContext, ready: int, desired: int, held: Sequence[WorkerPod] = ()
+    ctx: JobContext, ready: int, desired: int, held: Sequence[WorkerPod] = (), note: str = ""
 ) -> list[ConditionUpdate]:
     """Ready and Running from the counts; a worker not ready because its name is held by an old pod stuck
-    terminating (WorkerChanges.held) is named with that pod."""
-    counts = f"{ready}/{desired} workers running"
+    terminating (WorkerChanges.held) is named with that pod; `note` follows the counts."""
+    counts = f"{ready}/{desired} workers running{note}"
     return [
         ConditionUpdate(ConditionType.READY, "True", Reason.ALL_WORKERS_READY, counts)
         if ready >= desired

@@ -31,6 +31,7 @@ from kubefit.sizing.architecture import (
     ModelShape,
     assumed_shape,
     describe,
+    gated_form_near,
     mlp_form_ambiguous,
     shape_from_architecture,
 )
@@ -482,6 +483,14 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
         shape = shape_from_architecture(model.architecture, parameters)
         if model.parameter_count is not None:
             warnings.extend(_count_contradiction(shape, parameters))
+            gated = gated_form_near(model.architecture, parameters, shape)
+            if gated is not None:
+                warnings.append(
+                    f"model.parameters ({format_count(parameters, 4)}) matches no form of model.architecture "
+                    f"to 1%: sized as a plain MLP ({format_count(shape.total_parameters(), 4)}); with a gated "
+                    f"(SwiGLU/GeGLU) MLP it counts {format_count(gated.total_parameters(), 4)} and holds more "
+                    "activations: if the model is gated, give its exact count"
+                )
             stated, rounded_up = parameters, _rounded_count(shape, parameters)
             if rounded_up is not None:
                 warnings.append(rounded_up)
@@ -490,7 +499,7 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
                 warnings.append(
                     f"model.parameters ({format_count(stated, 4)}) counts a gated (SwiGLU) MLP of "
                     "model.architecture as well as a plain one (both within its last digit, about as far "
-                    "from it, or, for a rounded size that matches neither, within 25% of it): sized with the "
+                    "from it, or, for a rounded size that matches neither, within 20% of it): sized with the "
                     "gated one, which holds more activations; give the exact count to choose"
                 )
     else:
