@@ -731,17 +731,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
 ) -> Draft:
     shake = handshake(ctx, plan.removal, ask=not never_formed(ctx))
     doomed = plan.removal.doomed if plan.removal else ()
-    delete = tuple(name for name in changes.delete if name not in doomed) + (
-        doomed if shake.proceed else _not_started(ctx, doomed) if not plan.restart else ()
-    )
-    if plan.restart and shake.proceed:
-        # The old group's succeeded workers go too: the new group runs every index afresh, and a finished
-        # pod left in place would keep its index from being created (or be recorded as done again).
-        delete += tuple(
-            pod.name
-            for pod in ctx.ours
-            if pod.phase == POD_SUCCEEDED and not pod.terminating and pod.name not in delete
-        )
+    delete = _deleted_now(ctx, plan, changes, doomed, shake.proceed)
     backoff = restart_backoff_left(ctx.status, restarts_of(ctx.status), ctx.now)
     create = () if backoff > 0 or plan.restart else changes.create
     desired = plan.target if plan.restart and shake.proceed else plan.keep
@@ -782,6 +772,25 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
     if backoff > 0 and draft.message is None:
         draft.message = f"replacing failed workers at {replaced_at} (restart backoff)"
     return draft
+
+
+def _deleted_now(
+    ctx: JobContext, plan: _Plan, changes: WorkerChanges, doomed: Sequence[str], proceed: bool
+) -> tuple[str, ...]:
+    """The workers deleted in this pass: the changes' own, and a removal's once its handshake lets it
+    proceed (before, only those whose trainer never started)."""
+    delete = tuple(name for name in changes.delete if name not in doomed) + (
+        tuple(doomed) if proceed else _not_started(ctx, doomed) if not plan.restart else ()
+    )
+    if plan.restart and proceed:
+        # The old group's succeeded workers go too: the new group runs every index afresh, and a finished
+        # pod left in place would keep its index from being created (or be recorded as done again).
+        delete += tuple(
+            pod.name
+            for pod in ctx.ours
+            if pod.phase == POD_SUCCEEDED and not pod.terminating and pod.name not in delete
+        )
+    return delete
 
 
 def _backoff_end(ctx: JobContext) -> str | None:
