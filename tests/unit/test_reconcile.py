@@ -1652,6 +1652,8 @@ def test_a_fixed_group_stopped_whole_starts_again_only_once_its_old_workers_are_
     saving = [replace(old[0], terminating=True, deletion_timestamp="2025-01-01T12:07:00Z")]
     back = decide(observe(spec, saving, stopped.status, now=NOW + timedelta(seconds=305)), CATALOG)
     assert back.create == () and back.worker_set is None
+    # status.message says what it waits for (it read nothing for the old workers' whole grace).
+    assert "waiting for 1 old worker(s) to stop before the new ones start" in status_of(back)["message"]
     assert back.requeue_after is not None and back.requeue_after <= 175.0  # stuck a minute past its grace
     gone = decide(observe(spec, [], stopped.status, now=NOW + timedelta(seconds=310)), CATALOG)
     assert gone.create == (0, 1)

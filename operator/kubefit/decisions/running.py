@@ -152,6 +152,10 @@ def _hold_for_old_group(ctx: JobContext, draft: Draft, leaving: Sequence[WorkerP
         return
     if draft.create:
         draft.create, draft.worker_set = (), None
+        # Else a restart read "Scaling 0/6" with no word for the old workers' whole termination grace.
+        going = sum(1 for pod in leaving if not pod.stuck_terminating(ctx.now))
+        note = f"waiting for {going} old worker(s) to stop before the new ones start"
+        draft.message = f"{draft.message}; {note}" if draft.message else note
     ends = [parse_rfc3339(pod.deletion_timestamp) for pod in leaving if pod.terminating]
     stuck_at = [end + timedelta(seconds=STUCK_AFTER_GRACE_SECONDS) for end in ends if end is not None]
     later = [(at - ctx.now).total_seconds() for at in stuck_at if at > ctx.now]
