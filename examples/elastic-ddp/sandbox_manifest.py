@@ -18,8 +18,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 IMAGE_DIR = "/workspace"
-# The label of the sandbox's `processes: true` nodes (kubefit_sandbox.cluster.PROCESSES_LABEL): simulated
-# nodes would only pretend to run the workers.
+# The label and taint key of the sandbox's `processes: true` nodes (kubefit_sandbox.cluster.PROCESSES_LABEL):
+# simulated nodes would only pretend to run the workers.
 PROCESSES_LABEL = "kubefit.dev/sandbox-processes"
 
 
@@ -30,6 +30,8 @@ def sandbox_manifest(checkpoint_dir: str | Path, env: dict[str, str] | None = No
     pod_spec = manifest["spec"]["template"]["spec"]
     pod_spec.pop("volumes", None)
     pod_spec["nodeSelector"] = {**(pod_spec.get("nodeSelector") or {}), PROCESSES_LABEL: "true"}
+    toleration = {"key": PROCESSES_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+    pod_spec["tolerations"] = [*(pod_spec.get("tolerations") or []), toleration]
     container = pod_spec["containers"][0]
     container.pop("volumeMounts", None)
     container["command"] = [part.replace(IMAGE_DIR, str(HERE)) for part in container["command"]]

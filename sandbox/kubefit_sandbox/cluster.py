@@ -39,6 +39,8 @@ POOL_LABEL = "kubefit.dev/sandbox-pool"
 ACCELERATOR_LABEL = "kubefit.dev/sandbox-accelerator"
 # "true" on the nodes of a pool with `processes: true`: the node agent runs their pods as local processes.
 PROCESSES_LABEL = "kubefit.dev/sandbox-processes"
+# The taint of those nodes; a pod meant to run as a process tolerates it (examples/elastic-ddp/sandbox_manifest.py).
+PROCESSES_TAINT = {"key": PROCESSES_LABEL, "value": "true", "effect": "NoSchedule"}
 NO_ACCELERATOR = "none"
 
 # Taint the API server's admission plugin (TaintNodesByCondition) puts on every new Node; a real kubelet
@@ -413,8 +415,13 @@ def build_node(pool: NodePool, node_name: str, index: int, now: str) -> dict[str
     internal_ip, pod_cidr = node_addresses(index, node_name)
     resources = node_resources(pool)
     spec: dict[str, Any] = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
-    if pool.taints:
-        spec["taints"] = [dict(taint) for taint in pool.taints]
+    taints = [dict(taint) for taint in pool.taints]
+    if pool.processes:
+        # Only pods that ask for it run as real processes here: an untainted pool took other jobs' workers
+        # (a job scaled up, any `auto` one) and ran them on this machine.
+        taints.append(dict(PROCESSES_TAINT))
+    if taints:
+        spec["taints"] = taints
     return {
         "apiVersion": "v1",
         "kind": "Node",

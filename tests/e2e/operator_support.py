@@ -42,7 +42,14 @@ from typing import Any, TypeVar
 import pytest
 
 from kubefit.sizing.catalog import load_catalog
-from kubefit_sandbox.cluster import NodePool, build_node, free_node_index, load_cluster_config, parse_pool
+from kubefit_sandbox.cluster import (
+    PROCESSES_TAINT,
+    NodePool,
+    build_node,
+    free_node_index,
+    load_cluster_config,
+    parse_pool,
+)
 from kubefit_sandbox.controlplane import Sandbox
 from kubefit_sandbox.errors import NodeAgentError
 from kubefit_sandbox.kubeclient import core_api, new_api_client
@@ -201,7 +208,10 @@ class PrivatePool:
 
     def pin_pod_spec(self, pod_spec: dict[str, Any]) -> dict[str, Any]:
         pod_spec["nodeSelector"] = {**(pod_spec.get("nodeSelector") or {}), PRIVATE_POOL_LABEL: self.name}
-        pod_spec["tolerations"] = [*(pod_spec.get("tolerations") or []), self.toleration]
+        # The pool's own taint, and process mode's (a pool of either mode: tolerating is not asking).
+        processes = {**PROCESSES_TAINT, "operator": "Equal"}
+        tolerations = [item for item in pod_spec.get("tolerations") or [] if item != processes]
+        pod_spec["tolerations"] = [*tolerations, self.toleration, processes]
         return pod_spec
 
     def pin(self, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -309,3 +309,21 @@ def test_a_tpu_node_is_labelled_a_single_host_slice_of_its_chips(
     labels = build_node(pool, "t-0", index=0, now=NOW)["metadata"]["labels"]
     assert labels["cloud.google.com/gke-tpu-topology"] == topology
     assert not is_multi_host_slice_host(labels, chips)
+
+
+def test_a_process_pool_is_tainted_and_the_elastic_example_tolerates_it() -> None:
+    # Untainted, a process pool took other jobs' workers (a job scaled up, any `auto` one) and ran them as
+    # real processes on the machine; the elastic-ddp example's sandbox manifest asks for it.
+    import importlib.util
+
+    node = build_node(only_pool("pools: [{name: p, processes: true}]"), "p-0", index=0, now=NOW)
+    taint = {"key": "kubefit.dev/sandbox-processes", "value": "true", "effect": "NoSchedule"}
+    assert node["spec"]["taints"] == [taint]
+    assert "taints" not in build_node(only_pool("pools: [{name: a}]"), "a-0", index=1, now=NOW)["spec"]
+    path = Path(__file__).parents[2] / "examples" / "elastic-ddp" / "sandbox_manifest.py"
+    spec = importlib.util.spec_from_file_location("sandbox_manifest", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pod_spec = module.sandbox_manifest("/tmp/checkpoints")["spec"]["template"]["spec"]
+    assert {**taint, "operator": "Equal"} in pod_spec["tolerations"]
