@@ -313,9 +313,9 @@ def test_the_over_provisioning_advice_is_worked_out_once_per_spec_and_layout(
     asked: list[str] = []
     original = job_sizing.overprovisioned
 
-    def counting(spec: Any, sizing: Any, catalog: Any) -> str | None:
+    def counting(spec: Any, sizing: Any, catalog: Any, pools: Any = None) -> str | None:
         asked.append(sizing.accelerator)
-        return original(spec, sizing, catalog)
+        return original(spec, sizing, catalog, pools)
 
     monkeypatch.setattr(job_sizing, "overprovisioned", counting)
     monkeypatch.setattr(job_sizing, "_ADVICE", job_sizing._AdviceMemory(size=2))
@@ -513,3 +513,22 @@ def test_a_remembered_plan_is_not_reused_for_a_spec_that_gives_a_field_the_other
         for spec in (first, second):
             warned = any("loraTargets: gate" in w for w in size_job(spec, CATALOG).sizing.warnings)
             assert warned == (spec is named)
+
+
+def test_the_over_provisioning_advice_names_an_accelerator_the_cluster_has() -> None:
+    # Planned against the whole catalog, the advice named an A10G on a cluster of L4s: following it queued
+    # the job for good.
+    pinned = parse_spec(
+        raw_spec(
+            model={"parameters": "500M"},
+            resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
+        )
+    )
+    l4s = [NodeInventory(f"l4-{index}", "nvidia-l4", 4, 4) for index in range(2)]
+    h100s = [NodeInventory("h100-0", "nvidia-h100-80gb", 8, 8)]
+    on_the_cluster = size_job(pinned, CATALOG, Inventory([*l4s, *h100s], [])).advice
+    anywhere = size_job(pinned, CATALOG).advice
+    assert anywhere is not None and "set resources.accelerator: nvidia-a10g" in anywhere  # the catalog's pick
+    assert on_the_cluster is not None
+    assert "set resources.accelerator: nvidia-l4" in on_the_cluster, on_the_cluster
+    assert "nvidia-a10g" not in on_the_cluster

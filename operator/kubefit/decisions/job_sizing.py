@@ -94,7 +94,7 @@ def size_job(  # noqa: PLR0913 - the spec, the cluster, and how much to work out
     if count_held:
         asked = replace_field(spec, "resources.acceleratorsPerWorker", "auto")
         asked_json = asked.model_dump_json(exclude_unset=True)
-    advice = _ADVICE.overprovisioned(asked, asked_json, sizing, catalog) if advise else None
+    advice = _ADVICE.overprovisioned(asked, asked_json, sizing, catalog, pools) if advise else None
     if advice is not None and advice not in sizing.warnings:
         sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, advice]})
     host_bytes = _host_bytes_per_worker(spec, sizing, bounds, catalog)
@@ -129,18 +129,18 @@ class _AdviceMemory:
     def __init__(self, size: int = ADVICE_MEMORY) -> None:
         self.size = size
         self._lock = threading.Lock()
-        self._answers: OrderedDict[tuple[int, str, str], tuple[Catalog, str | None]] = OrderedDict()
+        self._answers: OrderedDict[tuple[int, str, str, Hashable], tuple[Catalog, str | None]] = OrderedDict()
 
     def overprovisioned(
-        self, spec: TrainingJobSpec, spec_json: str, sizing: SizingStatus, catalog: Catalog
+        self, spec: TrainingJobSpec, spec_json: str, sizing: SizingStatus, catalog: Catalog, pools: Pools
     ) -> str | None:
-        key = (id(catalog), spec_json, sizing.model_dump_json())
+        key = (id(catalog), spec_json, sizing.model_dump_json(), _pools_key(pools))
         with self._lock:
             held = self._answers.get(key)
             if held is not None and held[0] is catalog:  # the catalog itself, not another at a reused id
                 self._answers.move_to_end(key)
                 return held[1]
-        advice = overprovisioned(spec, sizing, catalog)
+        advice = overprovisioned(spec, sizing, catalog, pools)
         with self._lock:
             self._answers[key] = (catalog, advice)
             while len(self._answers) > self.size:

@@ -28,6 +28,7 @@ from kubefit.api.units import format_gib
 from kubefit.api.validation import InvalidSpec
 from kubefit.sizing.catalog import Catalog, load_catalog
 from kubefit.sizing.planner import (
+    Pools,
     SpecCheck,
     apply_changes,
     breaks,
@@ -269,7 +270,7 @@ def _consider_remedies(spec: TrainingJobSpec, catalog: Catalog, shortlist: _Shor
 
 
 def overprovisioned(
-    spec: TrainingJobSpec, sizing: SizingStatus, catalog: Catalog | None = None
+    spec: TrainingJobSpec, sizing: SizingStatus, catalog: Catalog | None = None, pools: Pools = None
 ) -> str | None:
     """One sentence when a fixed layout is far bigger than its estimate, else None.
 
@@ -290,7 +291,7 @@ def overprovisioned(
         f"{current} is more than this job needs ({format_gib(sizing.per_device_bytes)} of "
         f"{format_gib(int(usable))} usable per device)"
     )
-    advice = _fewer_of_the_same(spec, sizing, catalog) or _smaller_elsewhere(spec, sizing, catalog)
+    advice = _fewer_of_the_same(spec, sizing, catalog) or _smaller_elsewhere(spec, sizing, catalog, pools)
     return None if advice is None else f"{opening}: {advice}"
 
 
@@ -318,10 +319,14 @@ def _fewer_of_the_same(spec: TrainingJobSpec, sizing: SizingStatus, catalog: Cat
     )
 
 
-def _smaller_elsewhere(spec: TrainingJobSpec, sizing: SizingStatus, catalog: Catalog) -> str | None:
+def _smaller_elsewhere(
+    spec: TrainingJobSpec, sizing: SizingStatus, catalog: Catalog, pools: Pools = None
+) -> str | None:
     """Another accelerator holds the job with at most half the memory or half the devices (not more of
-    the other)."""
-    anywhere = plan_quietly(replace_field(_cheapest_layout(spec), "resources.accelerator", "auto"), catalog)
+    the other): among those the cluster has, where its `pools` are known (an A10G named on a cluster of
+    L4s queued the job for good)."""
+    auto = replace_field(_cheapest_layout(spec), "resources.accelerator", "auto")
+    anywhere = plan_quietly(auto, catalog, pools)
     devices, other_devices = _devices(sizing), _devices(anywhere)
     smaller_device = (
         2 * anywhere.device_memory_bytes <= sizing.device_memory_bytes and other_devices <= devices
