@@ -441,39 +441,3 @@ def test_a_job_whose_service_create_keeps_failing_still_gives_its_grant_back(
     entry = harness.reconciler.scheduler._entries.get(KEY)
     assert entry is None or not entry.granted
     assert harness.condition("Admitted", "other")["status"] == "True"
-
-
-def test_a_scale_up_keeps_admitted_until_the_pass_decides_then_says_why_it_waits(harness: Harness) -> None:
-    # The scale's reconcile runs before the pass: it posted "2 of 4 workers granted: no capacity for more"
-    # at every kubectl scale (then ScaledUp a moment later where devices were free). Now Admitted stays as it
-    # was until the pass has decided the new count, and the pass reconciles the job once it has.
-    harness.kube.jobs["llama"] = job_manifest(replicas=2, minReplicas=1, maxReplicas=4)
-    harness.kube.jobs["llama"]["spec"]["elastic"]["enabled"] = True
-    harness.reconcile()
-    harness.reconcile("update")
-    run_on_h0(harness, "llama")
-    harness.reconcile("pod")
-    before = harness.condition("Admitted")
-    assert before["status"] == "True" and before["message"] == "2 workers granted"
-    events_before = len(harness.events("Admitted"))
-    harness.kube.jobs["llama"]["spec"]["workers"]["replicas"] = 4
-    harness.kube.jobs["llama"]["metadata"]["generation"] = 2
-    harness.reconcile("update")
-    after = harness.condition("Admitted")
-    # The node has no room for more: once the pass has said so, Admitted says so (at once, not at the resync).
-    assert after["message"] == "2 of 4 workers granted: no capacity for more", after
-    assert len(harness.events("Admitted")) == events_before + 1  # told once, after the pass
-
-
-def test_a_scale_up_with_room_posts_no_capacity_message_before_its_grant(harness: Harness) -> None:
-    harness.kube.jobs["llama"] = job_manifest(replicas=1, minReplicas=1, maxReplicas=2)
-    harness.kube.jobs["llama"]["spec"]["elastic"]["enabled"] = True
-    harness.reconcile()
-    harness.reconcile("update")
-    run_on_h0(harness, "llama")
-    harness.reconcile("pod")
-    harness.kube.jobs["llama"]["spec"]["workers"]["replicas"] = 2
-    harness.kube.jobs["llama"]["metadata"]["generation"] = 2
-    harness.reconcile("update")
-    assert harness.condition("Admitted")["message"] == "2 workers granted"
-    assert not [event for event in harness.events() if "no capacity" in event[2]], harness.events()

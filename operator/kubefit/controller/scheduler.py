@@ -147,9 +147,6 @@ class _Entry:
     waiting: str | None = None
     reason: str | None = None
     reason_want: int | None = None  # Grant.reason_want
-    # The job's count changed since its reason was given: the next pass reconciles it even with its grant
-    # unchanged, for Admitted, kept as it was until a pass decides the new count (decisions/running.py).
-    retell: bool = False
     hostnames: frozenset[str] = frozenset()  # Grant.hostnames
     places_held: bool = False  # Grant.places_held
     places_freed_at: datetime | None = None  # Grant.places_freed_at
@@ -393,7 +390,6 @@ class Scheduler:
                     # "ScaledDown: wants 1" would stand for a job since scaled to 3 whose grant no pass
                     # changes yet (its leaving worker still holds the devices): told afresh, not as a scale-down.
                     entry.reason = entry.reason_want = None
-                    entry.retell = True
                 entry.demand = demand
                 if entry.placement != placement:  # an equal one is kept: `eligible` stays good for it
                     entry.placement = placement
@@ -890,8 +886,7 @@ class Scheduler:
                 # A queued job whose message alone changed (the free capacity it names moved) is not
                 # reconciled now: every pass would rewrite the status of every queued job (docs/performance.md,
                 # the horizon); its next reconcile (the resync at the latest) writes the new message.
-                if granted != entry.granted or (waiting is None) != (entry.waiting is None) or entry.retell:
-                    entry.retell = False
+                if granted != entry.granted or (waiting is None) != (entry.waiting is None):
                     changed.append(key)
                     if reason:
                         entry.reason = reason

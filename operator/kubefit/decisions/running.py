@@ -1111,20 +1111,8 @@ def _grant_why(ctx: JobContext, plan: _Plan) -> str | None:
     return why if why and why != _NO_CAPACITY and not why.startswith(QUOTA_MESSAGE_START) else None
 
 
-def _pass_pending(ctx: JobContext) -> bool:
-    """The scheduling pass has not yet decided the job's new count (a `kubectl scale` a moment ago): its
-    grant and reason are for the count it wanted before."""
-    return bool(ctx.observation.grant_reason) and not pass_reason(ctx)
-
-
 def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
     wanted = ctx.bounds.desired
-    before = _admitted_before(ctx)
-    if before is not None and _pass_pending(ctx) and plan.hold is None and plan.capped is None:
-        # Kept until the pass decides: told now, it read "2 of 6 workers granted: no capacity for more" on
-        # every scale-up (an event, then ScaledUp a moment later) with devices free.
-        reason, message = str(before.get("reason") or Reason.ADMITTED), str(before.get("message") or "")
-        return ConditionUpdate(ConditionType.ADMITTED, "True", reason, message)
     if plan.target >= wanted:
         message = f"{plan.target} worker{'' if plan.target == 1 else 's'} granted"
     else:
