@@ -154,7 +154,7 @@ def _hold_for_old_group(ctx: JobContext, draft: Draft, leaving: Sequence[WorkerP
         draft.create, draft.worker_set = (), None
         # Else a restart read "Scaling 0/6" with no word for the old workers' whole termination grace.
         going = sum(1 for pod in leaving if not pod.stuck_terminating(ctx.now))
-        note = f"waiting for {going} old worker(s) to stop before the new ones start"
+        note = f"waiting for {going} terminating worker(s) to stop before new ones start"
         draft.message = f"{draft.message}; {note}" if draft.message else note
     ends = [parse_rfc3339(pod.deletion_timestamp) for pod in leaving if pod.terminating]
     stuck_at = [end + timedelta(seconds=STUCK_AFTER_GRACE_SECONDS) for end in ends if end is not None]
@@ -745,7 +745,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
         updates=[
             sized(ctx.sizing),
             _admitted(ctx, plan),
-            *_readiness(ctx, ready, plan.keep, changes.held, _leaving_note(ctx, doomed, delete)),
+            *_readiness(ctx, ready, plan.keep, changes.held, _leaving_note(ctx, plan, doomed, delete)),
         ],
         create=create,
         worker_set=worker_set(ctx, plan.keep, plan.floor) if create else None,
@@ -1261,9 +1261,12 @@ def _trains_with(ctx: JobContext) -> int:
     return _running_group_floor(ctx, ctx.bounds.floor)
 
 
-def _leaving_note(ctx: JobContext, doomed: Sequence[str], delete: Sequence[str]) -> str:
-    """ "; N more running until they save a checkpoint" for a removal's workers still running while the
-    handshake waits: Ready and Running count the workers kept, and read "2/2" while 4 ran."""
+def _leaving_note(ctx: JobContext, plan: _Plan, doomed: Sequence[str], delete: Sequence[str]) -> str:
+    """ "; N more running until they save a checkpoint" for a scale-down's or shrink's workers still running
+    while the handshake waits: Running counts the workers kept, and read "2/2" while 4 ran. Not for a
+    restart, whose kept count is every running worker (Ready says Restarting)."""
+    if plan.restart:
+        return ""
     leaving = [pod for pod in ctx.live if pod.name in doomed and pod.name not in delete and pod.ready]
     return f"; {len(leaving)} more running until they save a checkpoint" if leaving else ""
 
@@ -1272,8 +1275,9 @@ def _readiness(
     ctx: JobContext, ready: int, desired: int, held: Sequence[WorkerPod] = (), note: str = ""
 ) -> list[ConditionUpdate]:
     """Ready and Running from the counts; a worker not ready because its name is held by an old pod stuck
-    terminating (WorkerChanges.held) is named with that pod; `note` follows the counts."""
-    counts = f"{ready}/{desired} workers running{note}"
+    terminating (WorkerChanges.held) is named with that pod; `note` follows Running's counts (Ready's
+    message change would be an event each time)."""
+    counts = f"{ready}/{desired} workers running"
     return [
         ConditionUpdate(ConditionType.READY, "True", Reason.ALL_WORKERS_READY, counts)
         if ready >= desired
@@ -1283,7 +1287,7 @@ def _readiness(
             Reason.WORKERS_NOT_READY,
             counts + _held_names(ctx, held) + unscheduled_note(ctx),
         ),
-        _running_condition(ctx, ready, desired, counts),
+        _running_condition(ctx, ready, desired, counts + note),
     ]
 
 
