@@ -21,15 +21,11 @@ ASSUMED_HEAD_DIM = 128
 # (_within_rounding): the gated and plain forms of one architecture differ by a third of its blocks, and
 # come within 1% of each other only where a tied head makes up for the MLP (Llama 3.2 1B).
 AMBIGUITY_SHARE = 0.01
-# A stated count that matches none of an architecture's forms may stand for any within this share of its own
-# count. Gated models' name-sizes lie 7-19% under their gated form (Llama 3.2 3B's "3B", Llama 3.2 1B's
-# "1B", Gemma-7B's "7B"), but also 20-24% (Gemma-2B's and Gemma-2-2B's "2B"), where plain models' counts a
-# few percent off their form lie from their gated form (BERT-large's 340M: 21.7%; Pythia-1B: 21.9%; Phi-2's
-# 2.7B: 25%). Sized as gated, those plain jobs were blocked (BERT-large +14%); beyond this share a gated
-# form only gets a warning (gated_form_near).
-NAME_SIZE_SHARE = 0.20
-# How far a gated form may lie from a rounded count that sizes a plain one and still be named in a warning.
-NAME_SIZE_WARNING_SHARE = 0.30
+# How far a gated form may lie from a rounded count sized as a plain form and be named in a warning. Gated
+# models' name-sizes lie 7-19% under their gated form (Llama 3.2 3B's "3B", Llama 3.2 1B's "1B", Gemma-7B's
+# "7B"), but plain models' counts a few percent off their form lie as near theirs (Pythia-1B's "1B": 15%), so
+# the form is not chosen by it: sizing such a plain model as gated over-estimated it by up to 39%.
+NAME_SIZE_WARNING_SHARE = 0.20
 # Assumed aspect ratio h / L = 128: Llama 2 7B (4096/32), 13B (5120/40) and GPT-3 175B (12288/96).
 ASSUMED_WIDTH_PER_LAYER = 128
 
@@ -193,16 +189,6 @@ def _within_rounding(candidates: Iterable[ModelShape], parameters: int) -> list[
     precision = min(10 ** (len(digits) - len(digits.rstrip("0"))), AMBIGUITY_SHARE * parameters)
     nearest = abs(ranked[0].total_parameters() - parameters)
     band = nearest + max(precision, nearest)
-    if nearest > AMBIGUITY_SHARE * parameters:
-        # A count more than 1% from every form (a rounded name-size, "3B" for Llama 3.2 3B's 3.21B) tells
-        # apart no forms it is not a contradiction of: read as the plain MLP's 2.90B, which is nearer, it
-        # sized the job 20% short.
-        return [
-            shape
-            for shape in ranked
-            if abs(shape.total_parameters() - parameters) <= band
-            or abs(shape.total_parameters() - parameters) <= NAME_SIZE_SHARE * shape.total_parameters()
-        ]
     return [shape for shape in ranked if abs(shape.total_parameters() - parameters) <= band]
 
 

@@ -498,9 +498,9 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
             if mlp_form_ambiguous(model.architecture, stated):
                 warnings.append(
                     f"model.parameters ({format_count(stated, 4)}) counts a gated (SwiGLU) MLP of "
-                    "model.architecture as well as a plain one (both within its last digit, about as far "
-                    "from it, or, for a rounded size that matches neither, within 20% of it): sized with the "
-                    "gated one, which holds more activations; give the exact count to choose"
+                    "model.architecture as well as a plain one (both within its last digit, or about as far "
+                    "from it): sized with the gated one, which holds more activations; give the exact count "
+                    "to choose"
                 )
     else:
         shape = assumed_shape(parameters)
