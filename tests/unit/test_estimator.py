@@ -368,8 +368,10 @@ LLAMA_3_2_3B = {
         (LLAMA_3_2_3B, "3B", "3.213B"),
         (LLAMA_3_2_1B, "1B", "1.236B"),
         (GEMMA_7B, "7B", "8.538B"),
+        (GEMMA_2B, "2B", "2.506B"),
+        (GEMMA_2_2B, "2B", "2.614B"),
     ],
-    ids=["llama-3.2-3b", "llama-3.2-1b", "gemma-7b"],
+    ids=["llama-3.2-3b", "llama-3.2-1b", "gemma-7b", "gemma-2b", "gemma-2-2b"],
 )
 def test_a_rounded_count_sized_with_a_plain_form_names_the_gated_count_near_it(
     architecture: dict[str, Any], name_size: str, gated: str
@@ -406,6 +408,10 @@ def test_a_plain_models_count_is_sized_plain(architecture: dict[str, Any], count
     assert not shape_from_architecture(
         Architecture.model_validate(architecture), parse_count(count)
     ).gated_mlp
+    # Within 2.5% of its plain form (position embeddings and biases the shape does not count): no warning
+    # to give an exact count the user gave.
+    result = estimate(job({"parameters": count, "architecture": architecture}), H100, Layout(1, 4))
+    assert not any("matches no form" in w for w in result.warnings), result.warnings
 
 
 def test_adapters_above_a_raised_count_name_where_the_count_came_from() -> None:

@@ -532,3 +532,26 @@ def test_the_over_provisioning_advice_names_an_accelerator_the_cluster_has() -> 
     assert on_the_cluster is not None
     assert "set resources.accelerator: nvidia-l4" in on_the_cluster, on_the_cluster
     assert "nvidia-a10g" not in on_the_cluster
+
+
+def test_the_over_provisioning_advice_follows_the_accelerators_there_not_how_many_are_free() -> None:
+    # Planned against what was free, the advice named an A10G, then an L4 once the A10Gs were busy, then
+    # nothing: each change rewrote the status and posted the OverProvisioned Event again.
+    pinned = parse_spec(
+        raw_spec(
+            model={"parameters": "500M"},
+            resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 1},
+        )
+    )
+
+    def cluster(free_l4: int, free_a10g: int) -> Inventory:
+        l4s = [NodeInventory(f"l4-{i}", "nvidia-l4", 4, free_l4) for i in range(2)]
+        a10gs = [NodeInventory(f"a10g-{i}", "nvidia-a10g", 4, free_a10g) for i in range(2)]
+        return Inventory([*l4s, *a10gs, NodeInventory("h100-0", "nvidia-h100-80gb", 8, 8)], [])
+
+    advice = {size_job(pinned, CATALOG, cluster(*free)).advice for free in ((4, 4), (4, 0), (0, 0), (0, 4))}
+    assert len(advice) == 1 and None not in advice, advice
+    # No accelerator of the cluster runs it (bf16 rules out V100s): the planner's catalog fallback is not
+    # advice.
+    v100s = Inventory([NodeInventory("v100-0", "nvidia-v100-16gb", 8, 8)], [])
+    assert size_job(pinned, CATALOG, v100s).advice is None

@@ -20,9 +20,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kubefit.api.models import DEFAULT_IN_PLACE_RESTARTS, SizingStatus, TrainingJobSpec
 from kubefit.api.quantity import exact_quantity, is_quantity
@@ -94,7 +94,7 @@ def size_job(  # noqa: PLR0913 - the spec, the cluster, and how much to work out
     if count_held:
         asked = replace_field(spec, "resources.acceleratorsPerWorker", "auto")
         asked_json = asked.model_dump_json(exclude_unset=True)
-    advice = _ADVICE.overprovisioned(asked, asked_json, sizing, catalog, pools) if advise else None
+    advice = _ADVICE.overprovisioned(asked, asked_json, sizing, catalog, _present(pools)) if advise else None
     if advice is not None and advice not in sizing.warnings:
         sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, advice]})
     host_bytes = _host_bytes_per_worker(spec, sizing, bounds, catalog)
@@ -210,6 +210,15 @@ def _pools_key(pools: Pools) -> Hashable:
 
 
 _PLANS = _PlanMemory()
+
+
+def _present(pools: Pools) -> Pools:
+    """The accelerators the cluster has, as if every device were free: advice (overprovisioned) names a
+    device that exists, not one free this moment, or it (and its Event) changed as other jobs came and
+    went."""
+    if pools is None:
+        return None
+    return {name: replace(pool, free=Counter(pool.allocatable)) for name, pool in pools.items()}
 
 
 def _planned_pools(inventory: Inventory | None) -> Pools:

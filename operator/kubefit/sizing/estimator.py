@@ -487,9 +487,9 @@ def _resolve_model(spec: TrainingJobSpec) -> _Model:
             if gated is not None:
                 warnings.append(
                     f"model.parameters ({format_count(parameters, 4)}) matches no form of model.architecture "
-                    f"to 1%: sized as a plain MLP ({format_count(shape.total_parameters(), 4)}); with a gated "
+                    f"to 2.5%: sized as a plain MLP ({format_count(shape.total_parameters(), 4)}); with a gated "
                     f"(SwiGLU/GeGLU) MLP it counts {format_count(gated.total_parameters(), 4)} and holds more "
-                    "activations: if the model is gated, give its exact count"
+                    "activations: if the model's MLP is gated, give its exact count"
                 )
             stated, rounded_up = parameters, _rounded_count(shape, parameters)
             if rounded_up is not None:

@@ -327,6 +327,8 @@ def _smaller_elsewhere(
     L4s queued the job for good)."""
     auto = replace_field(_cheapest_layout(spec), "resources.accelerator", "auto")
     anywhere = plan_quietly(auto, catalog, pools)
+    if pools is not None and anywhere.accelerator not in pools:
+        return None  # the planner fell back to the catalog: no accelerator of the cluster runs it
     devices, other_devices = _devices(sizing), _devices(anywhere)
     smaller_device = (
         2 * anywhere.device_memory_bytes <= sizing.device_memory_bytes and other_devices <= devices
