@@ -7,40 +7,29 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
+from test_leader_handover import silent_server
 
 from kubefit.controller.kube import KubeApi
+
+__all__ = ["silent_server"]  # the fixture, by import
 
 READ_TIMEOUT = 0.5
 
 
 @pytest.fixture
-def hung_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[socket.socket]]:
+def hung_server(
+    silent_server: tuple[str, list[socket.socket]], monkeypatch: pytest.MonkeyPatch
+) -> list[socket.socket]:
     """The default client configuration (what the operator loads) points at a server that never answers;
     the list holds each connection it accepted."""
-    accepted: list[socket.socket] = []
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
+    url, accepted = silent_server
     configuration = client.Configuration()
-    configuration.host = f"http://127.0.0.1:{server.getsockname()[1]}"
+    configuration.host = url
     monkeypatch.setattr(client.Configuration, "_default", configuration)
-    yield accepted
-    server.close()
-    for connection in accepted:
-        connection.close()
+    return accepted
 
 
 @pytest.mark.parametrize(
