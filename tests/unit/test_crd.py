@@ -15,10 +15,13 @@ from typing import Any, cast
 
 import pytest
 import yaml
+from test_leader_handover import silent_server
 
 from kubefit.api.crd import crd_yaml, fields_missing_from
 from kubefit.controller.installed_crd import installed_crd_problem
 from kubefit.controller.kube import KubeApi
+
+__all__ = ["silent_server"]  # the fixture, by import
 
 REPO = Path(__file__).resolve().parents[2]
 KUBEFIT = Path(sys.executable).with_name("kubefit")
@@ -544,39 +547,19 @@ def test_an_api_server_that_cannot_be_asked_is_no_reason_to_refuse(caplog: pytes
 
 
 def test_the_check_asks_an_api_server_that_does_not_answer_once_and_gives_up_within_its_timeout(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    silent_server: tuple[str, list[Any]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # With the client's defaults (4 tries, 60 s each) a hanging API server kept the operator from serving
     # its health for about 4 minutes: the liveness probe restarted it in a loop.
-    import socket
-    import threading
-
     from kubernetes import client
 
     import kubefit.controller.installed_crd as installed_crd
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(listener.accept()[0])  # and never answer
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
+    url, accepted = silent_server
     configuration = client.Configuration()
-    configuration.host = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    configuration.host = url
     monkeypatch.setattr(client.Configuration, "get_default_copy", staticmethod(lambda: configuration))
     monkeypatch.setattr(installed_crd, "CHECK_TIMEOUT", (0.5, 0.5))
-    try:
-        assert installed_crd.installed_crd_problem(installed_crd.check_api()) is None
-    finally:
-        listener.close()
-        for connection in accepted:
-            connection.close()
+    assert installed_crd.installed_crd_problem(installed_crd.check_api()) is None
     assert len(accepted) == 1  # one try
     assert "could not read the CustomResourceDefinition" in caplog.text

@@ -287,14 +287,8 @@ def test_sigterm_handler_saves_then_exits_143(tmp_path: Path) -> None:
             time.sleep(0.05)
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 143
-    finally:
-        if process.poll() is None:
-            process.kill()
+    returncode, _ = _terminated_when_ready(script)
+    assert returncode == 143
     assert saved.read_text() == "step 9"
 
 
@@ -312,17 +306,25 @@ def test_a_save_that_fails_on_sigterm_exits_1_with_its_traceback() -> None:
             time.sleep(0.05)
         """
     )
+    returncode, stderr = _terminated_when_ready(script)
+    assert returncode == 1
+    assert "No space left on device" in stderr
+
+
+def _terminated_when_ready(script: str) -> tuple[int, str]:
+    """Runs `script` until it prints "ready", sends it SIGTERM; its exit status and standard error."""
     process = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 1
+        returncode = process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.stderr is not None and "No space left on device" in process.stderr.read()
+    assert process.stderr is not None
+    return returncode, process.stderr.read()
 
 
 # ---------------------------------------------------------------------------------------------- packaging
