@@ -111,6 +111,43 @@ def test_a_service_of_the_jobs_name_that_is_not_its_own_is_reported(
     ready = wait_for("Ready=False naming the Service", reported)
     assert f"Service {namespace}/taken exists and is not this TrainingJob's" in ready["message"]
     assert kube.workers(namespace, "taken") == []  # no worker is made that could not find the others
+    # It gives its grant back rather than hold the devices until its gang timeout (300 s here).
+    admitted = wait_for("Admitted=False naming the Service", lambda: _given_back(kube, namespace, "taken"))
+    assert f"Service {namespace}/taken exists" in admitted["message"]
+
+
+def _given_back(kube: Kube, namespace: str, job: str) -> dict[str, Any] | None:
+    admitted = kube.condition(namespace, job, "Admitted")
+    given_back = admitted and admitted["status"] == "False" and admitted["reason"] == "GangTimeout"
+    return admitted if given_back else None
+
+
+def test_a_worker_name_another_pod_has_gives_the_grant_back_until_that_pod_is_deleted(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    """A pod of a worker's name that is not the job's: each create fails the same way until someone deletes it,
+    so the job gives its devices back at once and takes no room (it preempted others for it every gang
+    cycle); a dry run of that worker finds the name free again."""
+    kube.apply({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "squat-worker-0", "namespace": namespace},
+        "spec": {"nodeSelector": {"kubefit.dev/no-such-node": "true"},
+                 "containers": [{"name": "web", "image": "web:1"}]},
+    })  # fmt: skip
+    kube.apply(job_manifest("squat", namespace, pool=pool, workers={"replicas": 1}))
+    admitted = wait_for("Admitted=False naming the pod", lambda: _given_back(kube, namespace, "squat"))
+    assert f"Pod {namespace}/squat-worker-0 exists and is not this TrainingJob's" in admitted["message"]
+    assert "taking no room from other jobs" in admitted["message"]
+    assert "Pod " in kube.job_status(namespace, "squat")["gang"]["refused"]
+    kube.run("delete", "pod", "squat-worker-0", "-n", namespace, "--wait=true")
+    # The gang backoff (10 s), then the dry run (every 30 s) finds the name free.
+    wait_for(
+        "the job's own worker 0",
+        lambda: [pod for pod in kube.workers(namespace, "squat") if pod["metadata"].get("ownerReferences")],
+        timeout=120,
+    )
+    wait_for(
+        "status.gang.refused cleared", lambda: not kube.job_status(namespace, "squat")["gang"].get("refused")
+    )
 
 
 NESTED = 9_000  # the API server stores JSON nested up to 10,000 levels

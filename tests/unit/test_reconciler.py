@@ -595,6 +595,59 @@ def test_a_pod_of_a_workers_name_owned_by_nothing_is_not_the_jobs() -> None:
         api.create_pod(NAMESPACE, worker)
 
 
+@pytest.mark.parametrize(
+    ("found", "lasting"),
+    [
+        ({"ownerReferences": [{"kind": "Deployment", "name": "web", "uid": "w", "controller": True}]}, True),
+        ({"deletionTimestamp": "2026-12-05T10:00:00Z"}, False),  # on its way out
+        # A TrainingJob of this name deleted and applied again: the garbage collector removes the old workers.
+        (
+            {
+                "ownerReferences": [
+                    {
+                        "apiVersion": "kubefit.dev/v1alpha1",
+                        "kind": "TrainingJob",
+                        "name": "llama",
+                        "uid": "uid-old",
+                        "controller": True,
+                    }
+                ]
+            },
+            False,
+        ),  # fmt: skip
+        (
+            {
+                "ownerReferences": [
+                    {
+                        "apiVersion": "kubefit.dev/v1alpha1",
+                        "kind": "TrainingJob",
+                        "name": "other",
+                        "uid": "uid-o",
+                        "controller": True,
+                    }
+                ]
+            },
+            True,
+        ),  # fmt: skip
+    ],
+)
+def test_a_workers_name_taken_says_whether_it_lasts_on_a_create_and_on_a_dry_run(
+    found: dict[str, Any], lasting: bool
+) -> None:
+    taken = {"name": "llama-worker-0", "labels": {"app": "web"}, **found}
+    worker = {"metadata": {"name": "llama-worker-0", "labels": {"kubefit.dev/job": "llama"},
+                           "ownerReferences": [{"uid": "uid-llama", "controller": True}]}}  # fmt: skip
+    for call in (KubeApi.create_pod, KubeApi.try_pod):
+        server = PodServer({"llama-worker-0": taken})
+        with pytest.raises(PodNameTaken, match="llama-worker-0 exists") as raised:
+            call(KubeApi(cast(Any, server)), NAMESPACE, worker)
+        assert raised.value.lasting is lasting
+        assert [method for method, _ in server.sent] == ["POST", "GET"]
+    server = PodServer({"llama-worker-0": worker["metadata"]})  # the job's own: a dry run is admitted
+    KubeApi(cast(Any, server)).try_pod(NAMESPACE, worker)
+    assert "dryRun=All" in server.sent[0][1]
+
+
 def test_a_create_refused_the_same_way_on_every_retry_posts_one_warning(harness: Harness) -> None:
     # Each retry writes its decision's status (no error in it) before the create fails again: the error
     # was taken for news against that status, and every retry posted a Warning more.

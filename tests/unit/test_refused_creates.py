@@ -153,6 +153,19 @@ def test_a_quotas_403_for_the_jobs_own_object_is_already_there_and_otherwise_rai
         KubeApi(cast(Any, pods)).create_pod(NAMESPACE, manifest("llama-worker-1"))
 
 
+def test_a_service_name_taken_lasts_unless_a_deleted_job_of_the_name_or_a_deletion_holds_it() -> None:
+    old_job = {"apiVersion": "kubefit.dev/v1alpha1", "kind": "TrainingJob", "name": "llama", "uid": "uid-old"}
+    for found, lasting in [
+        ({"ownerReferences": [{"kind": "Job", "name": "x", "uid": "uid-x"}]}, True),
+        ({"ownerReferences": [old_job]}, False),
+        ({"deletionTimestamp": "2026-12-05T10:00:00Z"}, False),
+    ]:
+        server = QuotaServer(1, {"services": {"llama": {"name": "llama", **found}}})
+        with pytest.raises(ServiceTaken) as raised:
+            KubeApi(cast(Any, server)).create_service(NAMESPACE, manifest("llama"))
+        assert raised.value.lasting is lasting
+
+
 def test_a_403_that_is_not_a_quota_is_raised_without_a_read() -> None:
     class Forbidden(QuotaServer):
         def call_api(self, method: str, path: str, body: Any, _request_timeout: object = None) -> _Answer:

@@ -28,7 +28,7 @@ from test_reconciler import KEY, NAMESPACE, QUOTA_403, Harness, api_error, harne
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.controller import reconciler as reconciler_module
 from kubefit.controller import refusals as refusals_module
-from kubefit.controller.kube import ServiceTaken
+from kubefit.controller.kube import PodNameTaken, ServiceTaken
 from kubefit.decisions.inventory import NodeFacts
 from kubefit.decisions.job import JobObservation
 
@@ -441,3 +441,91 @@ def test_a_job_whose_service_create_keeps_failing_still_gives_its_grant_back(
     entry = harness.reconciler.scheduler._entries.get(KEY)
     assert entry is None or not entry.granted
     assert harness.condition("Admitted", "other")["status"] == "True"
+
+
+def foreign_pod(name: str, lasting: bool = True) -> PodNameTaken:
+    return PodNameTaken(
+        f"Pod team-a/{name} exists and is not this TrainingJob's (owned by Deployment web (uid w))",
+        lasting=lasting,
+    )
+
+
+def test_a_worker_name_another_pod_keeps_gives_the_grant_back_and_its_dry_run_tries_that_name(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The name taken failed the pass as any error: the gang held both devices until its timeout, then asked
+    # again after its backoff and preempted the other job once more, every cycle (a review, 5 December).
+    monkeypatch.setattr(refusals_module, "REFUSAL_TRY_SECONDS", 0.0)
+    preempting_for_refused_workers(harness, {"llama-worker-1": foreign_pod("llama-worker-1")})
+    both_reconciled(harness)
+    refused_since(harness, 10)
+    harness.reconcile("retry")  # worker 1's name still taken: the grant goes back, worker 0 deleted
+    admitted = harness.condition("Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout")
+    assert "Pod team-a/llama-worker-1 exists and is not this TrainingJob's" in admitted["message"]
+    assert not [name for name in harness.kube.pods if name.startswith("llama-")]
+    for _ in range(2):  # two backoffs over, the other job running again
+        both_reconciled(harness)
+        run_on_h0(harness, "other")
+        harness.reconcile("pod", key=OTHER)
+        harness.kube.jobs["llama"]["status"]["gang"]["retryAfter"] = "2000-01-01T00:00:00Z"
+        harness.reconcile("timer")
+        both_reconciled(harness)
+    assert len(harness.events("Preempted")) == 1
+    tries = harness.calls("try_pod")
+    assert tries and {call[1] for call in tries} == {"llama-worker-1"}  # worker 0's would be admitted
+    # The pod of that name deleted: the next try is admitted, and the job takes room again.
+    del harness.kube.fail[("create_pod", "llama-worker-1")]
+    harness.reconcile("timer")
+    both_reconciled(harness, rounds=4)
+    assert len(harness.events("Preempted")) == 2
+    assert sorted(name for name in harness.kube.pods if name.startswith("llama-")) == [
+        "llama-worker-0",
+        "llama-worker-1",
+    ]
+
+
+def test_a_worker_name_held_by_a_pod_on_its_way_out_is_retried_without_giving_the_grant_back(
+    harness: Harness,
+) -> None:
+    # A job deleted and applied again: the old one's workers keep their names until the garbage collector
+    # removes them. That passes by itself; giving the grant back for it would cost a gang cycle.
+    preempting_for_refused_workers(harness, {"llama-worker-1": foreign_pod("llama-worker-1", lasting=False)})
+    both_reconciled(harness)
+    refused_since(harness, 10)
+    harness.reconcile("retry")
+    assert harness.condition("Admitted")["status"] == "True"
+    assert harness.condition("Ready")["reason"] == "ReconcileError"
+    assert harness.reconciler._jobs[KEY].refusals.refusal is None
+
+
+def test_a_service_name_another_object_keeps_gives_the_grant_back_until_the_service_is_created(
+    harness: Harness,
+) -> None:
+    taken = ServiceTaken("Service team-a/llama exists and is not this TrainingJob's (owned by nothing)")
+    harness.kube.fail[("create_service", "llama")] = taken
+    preempting_for_refused_workers(harness, {})
+    both_reconciled(harness)
+    refused_since(harness, 10)
+    harness.reconciler._jobs[KEY].retry_at = 0.0
+    harness.reconcile("retry")  # the Service's name still taken: the grant goes back
+    admitted = harness.condition("Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout")
+    assert "Service team-a/llama exists" in admitted["message"]
+    for _ in range(2):
+        both_reconciled(harness)
+        run_on_h0(harness, "other")
+        harness.reconcile("pod", key=OTHER)
+        harness.kube.jobs["llama"]["status"]["gang"]["retryAfter"] = "2000-01-01T00:00:00Z"
+        harness.reconciler._jobs[KEY].retry_at = 0.0
+        harness.reconcile("retry")
+        both_reconciled(harness)
+    assert len(harness.events("Preempted")) == 1
+    assert not harness.calls("try_pod")  # the Service's create is its try
+    del harness.kube.fail[("create_service", "llama")]
+    harness.reconciler._jobs[KEY].retry_at = 0.0
+    harness.reconcile("retry")
+    both_reconciled(harness, rounds=4)
+    assert len(harness.events("Preempted")) == 2
+    assert harness.reconciler._jobs[KEY].refusals.refusal is None
+    assert harness.kube.jobs["llama"]["status"]["gang"].get("refused") is None

@@ -924,9 +924,11 @@ class GangStatus(_Model):
     )
     refused: str | None = Field(
         default=None,
-        description="Why the API server refused the gang's workers (Pod Security Admission, a webhook, a quota) "
-        "when it gave its grant back; set until a create of its workers goes through, a dry-run create of "
-        "its first worker (tried about every 30 s while it waits, unless some of its creates went through) is admitted, or the spec changes. "
+        description="Why the API server refused the gang's workers (Pod Security Admission, a webhook, a quota), "
+        "or which pod or Service that is not the job's holds a name it needs, when it gave its grant back; set "
+        "until a create of its workers goes through, a dry-run create of its first worker (or of the one "
+        "whose name was taken; tried about every 30 s while it waits, unless some of its creates went "
+        "through for another refusal) is admitted, its Service is created, or the spec changes. "
         "Meanwhile the job takes no room from other jobs (it preempts and shrinks none), also after an "
         "operator restart.",
     )

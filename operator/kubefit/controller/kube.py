@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.connectionpool import ConnectionPool
 from urllib3.response import BaseHTTPResponse
 
-from kubefit.api.resource import GROUP, PLURAL, VERSION
+from kubefit.api.resource import GROUP, KIND, PLURAL, VERSION
 from kubefit.builders.naming import JOB_LABEL
 from kubefit.decisions.quota import Quota, quota_from
 
@@ -82,11 +82,21 @@ class JobReplaced(Exception):
     """The job was deleted and another created under its name since it was read."""
 
 
-class ServiceTaken(Exception):
+class _NameTaken(Exception):
+    """An object the job needs has its name taken by another's. `lasting` unless that one is on its way out
+    (being deleted, or a deleted TrainingJob's of the same name, which the garbage collector removes): a
+    lasting one holds back the job's creates as an admission refusal does (controller/refusals.py)."""
+
+    def __init__(self, message: str, lasting: bool = True) -> None:
+        super().__init__(message)
+        self.lasting = lasting
+
+
+class ServiceTaken(_NameTaken):
     """A Service of the job's name exists and is not the job's: the workers' names would not resolve."""
 
 
-class PodNameTaken(Exception):
+class PodNameTaken(_NameTaken):
     """A pod of a worker's name exists and is not the job's: that worker cannot be created."""
 
 
@@ -451,8 +461,13 @@ class KubeApi:
 
     def try_pod(self, namespace: str, manifest: dict[str, Any]) -> None:
         """Asks the API server to admit `manifest` as a new pod without creating it (dryRun=All: every
-        admission plugin, quota and webhook runs, nothing is stored); raises its refusal."""
-        self.core.create_namespaced_pod(namespace, manifest, dry_run=True)
+        admission plugin, quota and webhook runs, nothing is stored); raises its refusal, and PodNameTaken
+        where a pod of that name is another's (the API server's 409 alone does not say whose)."""
+        refused = _refused_if_there(
+            lambda: self.core.create_namespaced_pod(namespace, manifest, dry_run=True)
+        )
+        if refused is not None:
+            self._pod_there(namespace, manifest, refused)
 
     def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """True if created, False if the job's own worker of that name is there already (deterministic names:
@@ -462,6 +477,13 @@ class KubeApi:
         refused = _refused_if_there(lambda: self.core.create_namespaced_pod(namespace, manifest))
         if refused is None:
             return True
+        self._pod_there(namespace, manifest, refused)
+        return False
+
+    def _pod_there(self, namespace: str, manifest: dict[str, Any], refused: ApiException) -> None:
+        """After a create of `manifest` answered `refused` (a 409, or a quota's 403): returns if the job's own
+        pod of that name is there, or none is (gone since the 409), raises `refused` (a quota's) where none
+        is, and PodNameTaken where another's is."""
         metadata = manifest["metadata"]
         # A LIST of metadata by name: the operator lists pods (kopf's index) and gets none.
         selector = f"metadata.name={metadata['name']}"
@@ -470,7 +492,7 @@ class KubeApi:
         if found is None and _status_of(refused) != 409:
             raise refused  # the quota refused a pod that is not there
         if found is None:
-            return False  # gone since the 409: created once the reconcile no longer remembers this create
+            return  # gone since the 409: created once the reconcile no longer remembers this create
         found_metadata = found.get("metadata") or {}
         owners = found_metadata.get("ownerReferences") or []
         controller = next((ref for ref in owners if ref.get("controller")), None)
@@ -483,13 +505,14 @@ class KubeApi:
             if ours and labelled != job:
                 raise PodNameTaken(_unlabelled(namespace, metadata["name"], job, labelled))
         if ours:
-            return False
+            return
         held_by = ", ".join(f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})" for ref in owners)
         raise PodNameTaken(
             f"Pod {namespace}/{metadata['name']} exists and is not this TrainingJob's (owned by "
             f"{held_by or 'nothing'}): the worker of that name cannot be created. Delete or rename that pod "
             "(or what owns it), or the job; a TrainingJob of this name deleted moments ago keeps its workers "
-            "until the garbage collector removes them"
+            "until the garbage collector removes them",
+            lasting=_lasting(found_metadata, job),
         )
 
     def delete_pod(self, namespace: str, name: str) -> bool:
@@ -526,7 +549,8 @@ class KubeApi:
             f"Service {namespace}/{metadata['name']} exists and is not this TrainingJob's (owned by "
             f"{held_by or 'nothing'}): the workers could not find each other by name. Delete or rename that "
             "Service, or the job; a TrainingJob of this name deleted moments ago keeps its Service until "
-            "the garbage collector removes it"
+            "the garbage collector removes it",
+            lasting=_lasting(found.get("metadata") or {}, metadata["name"]),
         )
 
     @staticmethod
@@ -571,6 +595,21 @@ def _done_unless(call: Callable[[], object], already_done: int) -> bool:
             return False
         raise
     return True
+
+
+def _lasting(found: dict[str, Any], job: str) -> bool:
+    """Whether an object found under a name the job needs (its `metadata`) stays: not when it is being
+    deleted, or is a deleted TrainingJob's of the job's name (deleted and applied again), which the garbage
+    collector removes."""
+    if found.get("deletionTimestamp"):
+        return False
+    owners = found.get("ownerReferences") or []
+    return not any(
+        ref.get("kind") == KIND
+        and ref.get("name") == job
+        and str(ref.get("apiVersion", "")).startswith(GROUP)
+        for ref in owners
+    )
 
 
 def _unlabelled(namespace: str, name: str, job: str, labelled: object) -> str:

@@ -774,8 +774,15 @@ class Reconciler:
         if service_due and decision.service is not None:
             # Once per job (and per resync): a create answered 409 on every reconcile was a tenth of the
             # operator's time and as many API writes as the rest together (docs/performance.md).
-            self.api.create_service(ref.namespace, decision.service)
+            try:
+                self.api.create_service(ref.namespace, decision.service)
+            except ServiceTaken as taken:
+                state.refusals.note_service(
+                    [worker_name(ref.name, index) for index in decision.create], taken
+                )
+                raise
             state.service_for, state.service_at = ref.uid, time.monotonic()
+            state.refusals.service_created()
         try:
             self._create_workers(ref, decision, state, created)
         finally:
@@ -787,10 +794,10 @@ class Reconciler:
 
     def _try_refused(self, ref: JobRef, decision: Decision, state: _JobState) -> None:
         """While the job's refusal holds, it takes no room, so none of its creates may ever show that the cause
-        was put right: a dry-run create of its first worker asks the API server (refusals.try_due), creating
-        nothing. Admitted, the refusal ends and the job goes round to ask for room others may give; refused,
+        was put right: a dry-run create of its first worker (or of the one whose name another's pod took) asks
+        the API server (refusals.try_due), creating nothing. Admitted, the refusal ends and the job goes round to ask for room others may give; refused,
         it holds. Any other answer keeps it, and is logged."""
-        manifest = decision.probe_pod()
+        manifest = decision.probe_pod(state.refusals.probe_index(ref.name))
         if manifest is None or not state.refusals.try_due():
             return
         try:

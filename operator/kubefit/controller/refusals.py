@@ -1,10 +1,12 @@
 """Worker creates the API server refuses for what the pod is (Pod Security Admission, an admission webhook,
-a quota, a LimitRange: 400, 403 or 422), remembered per job by the reconciler and handed to decide
-(JobObservation.refused_creates, .refusal).
+a quota, a LimitRange: 400, 403 or 422), or that a name taken by another's pod or Service stops (until that
+one is deleted), remembered per job by the reconciler and handed to decide (JobObservation.refused_creates,
+.refusal).
 
 A job whose creates are refused gives its gang's grant back (decisions/running._refused_gang) and then takes
 no room from other jobs: its demand neither preempts nor shrinks them until a create of its workers goes
-through, a dry-run create of one is admitted (try_due, tried), or its spec changes. status.gang.refused
+through, a dry-run create of one is admitted (try_due, tried; of the worker whose name was taken), its
+Service is created (service_created), or its spec changes. status.gang.refused
 carries that over an operator restart (recall).
 """
 
@@ -19,7 +21,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from kubefit.controller.kube import error_message
+from kubefit.builders.naming import worker_index
+from kubefit.controller.kube import PodNameTaken, ServiceTaken, error_message
 from kubefit.decisions.gang import previous_gang
 from kubefit.decisions.running import REFUSAL_TRY_SECONDS, REFUSED_FOR_SECONDS
 
@@ -50,6 +53,13 @@ def refused_by_admission(error: BaseException) -> bool:
     return isinstance(error, ApiException) and int(error.status or 0) in REFUSED_STATUSES
 
 
+def holds_back(error: BaseException) -> bool:
+    """A create refused by admission, or stopped by a name another's pod or Service keeps: retried, it
+    fails the same way until someone acts, so the job gives its grant back for it (a name being freed, a
+    deleted job's workers the garbage collector removes, is retried as any failure)."""
+    return refused_by_admission(error) or (isinstance(error, (PodNameTaken, ServiceTaken)) and error.lasting)
+
+
 @dataclass
 class Refusals:
     """One job's refused creates, for one spec generation."""
@@ -69,13 +79,23 @@ class Refusals:
     went_through: set[str] = field(default_factory=set)
     partial: bool = False
     rechecked: datetime | None = None  # the first refusal of the run the reconcile went round for
+    # Workers refused because another's pod has their name, until a create or dry run of theirs goes through
+    # (kept while the queued job creates none): the dry run tries the first of them (one of another worker
+    # would be admitted, and the job would take room again for a create that fails).
+    taken: set[str] = field(default_factory=set)
+    service_taken: bool = False  # the refusal is the job's Service's name, taken: its create ends it
 
     def of_generation(self, generation: int | None) -> None:
         """Forgets the refused creates of another spec generation: the edit may have put right the cause."""
         if self.generation != generation:
-            self.refused.clear()
+            self._clear()
             self.went_through.clear()
-            self.refusal, self.generation, self.partial = None, generation, False
+            self.generation, self.partial = generation, False
+
+    def _clear(self) -> None:
+        self.refused.clear()
+        self.taken.clear()
+        self.refusal, self.service_taken = None, False
 
     def recall(self, status: Mapping[str, Any], generation: int | None, now: datetime, live: bool) -> None:
         """Once per job and process: a refusal that gave the gang's grant back before an operator restart
@@ -103,10 +123,15 @@ class Refusals:
             name = manifest["metadata"]["name"]
             if error is None:
                 self.refused.pop(name, None)
+                self.taken.discard(name)
                 self.went_through.add(name)
-            elif refused_by_admission(error):
+            elif holds_back(error):
                 refusal = with_limit_hint(error_message(error))
                 self.refused[name] = (self.refused.get(name, (now, ""))[0], refusal)
+                if isinstance(error, PodNameTaken):
+                    self.taken.add(name)
+                else:
+                    self.taken.discard(name)
         if refusal is not None:
             self.refusal = (refusal, now)
             self.partial = self.partial or bool(self.went_through - set(self.refused))
@@ -126,11 +151,13 @@ class Refusals:
 
     def try_due(self) -> bool:
         """Whether to try a dry-run create now (and then one is counted as tried): the refusal holds, no create
-        of the gang went through beside it (partial), and REFUSAL_TRY_SECONDS have about passed since the
-        last try."""
+        of the gang went through beside it (partial; unless a name was taken: the try is then of that name),
+        and REFUSAL_TRY_SECONDS have about passed since the last try."""
         last = self.tried_at
-        if self.refusal is None or self.partial:
+        if self.refusal is None or (self.partial and not self.taken):
             return False
+        if self.service_taken:
+            return False  # every reconcile tries to create the Service first: that is its try
         if last is not None and time.monotonic() - last < REFUSAL_TRY_SECONDS * _TRY_SLACK:
             return False
         self.tried_at = time.monotonic()
@@ -139,11 +166,31 @@ class Refusals:
     def tried(self, error: BaseException | None) -> bool:
         """The dry-run create's answer: True when it was admitted (a name taken comes after admission too),
         which ends the refusal; refused, it holds, with the new message. Any other error is raised."""
-        if error is not None and refused_by_admission(error):
+        if error is not None and holds_back(error):
             self.refusal = (with_limit_hint(error_message(error)), datetime.now(UTC))
             return False
         if error is not None and not (isinstance(error, ApiException) and error.status == NAME_TAKEN):
             raise error
-        self.refusal = None
-        self.refused.clear()
+        self._clear()
         return True
+
+    def probe_index(self, job: str) -> int:
+        """The worker the dry run tries: the first whose name another's pod took, else worker 0 (an
+        admission refusal is the same for every worker)."""
+        indices = sorted(index for name in self.taken if (index := worker_index(name, job)) is not None)
+        return indices[0] if indices else 0
+
+    def note_service(self, wanted: Sequence[str], error: ServiceTaken) -> None:
+        """The job's Service could not be created, its name another's for good: the workers the decision
+        would have created next count as refused with its message (no worker is created without it)."""
+        if not error.lasting or not wanted:
+            return
+        now, refusal = datetime.now(UTC), error_message(error)
+        for name in wanted:
+            self.refused[name] = (self.refused.get(name, (now, ""))[0], refusal)
+        self.refusal, self.service_taken = (refusal, now), True
+
+    def service_created(self) -> None:
+        """The job's Service was created (or found the job's): a refusal for its name is over."""
+        if self.service_taken:
+            self._clear()

@@ -176,9 +176,9 @@ class Decision:
             raise ValueError("this decision creates no workers")
         return build_worker_pod(self.worker_set, index)
 
-    def probe_pod(self) -> dict[str, Any] | None:
-        """The worker to try with a dry-run create while the job's refusal holds (None: none)."""
-        return build_worker_pod(self.probe, 0) if self.probe is not None else None
+    def probe_pod(self, index: int = 0) -> dict[str, Any] | None:
+        """Worker `index`, to try with a dry-run create while the job's refusal holds (None: none)."""
+        return build_worker_pod(self.probe, index) if self.probe is not None else None
 
 
 # ------------------------------------------------------------------------------------------ entry
