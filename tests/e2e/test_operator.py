@@ -108,6 +108,10 @@ def test_kubectl_scale_changes_the_worker_count(kube: Kube, namespace: str, pool
     expected = ["elastic-worker-0", "elastic-worker-1", "elastic-worker-2"]
     wait_for("3 running workers", lambda: running_names(kube.workers(namespace, "elastic")) == expected)
     wait_for("status 3/3", lambda: kube.job_status(namespace, "elastic").get("workers") == "3/3")
+    # The reconcile that saw the new count waited for the pass that granted it: with room for 3, nothing
+    # said "1 of 3 workers granted: no capacity for more" on the way.
+    told = [event["message"] for event in kube.events(namespace, "elastic")]
+    assert "3 workers granted" in told and not [message for message in told if "no capacity" in message]
 
     kube.run("scale", "tj", "elastic", "-n", namespace, "--replicas=2")
     # Scale-down removes the highest index; the others keep running untouched.

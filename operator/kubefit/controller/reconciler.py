@@ -206,6 +206,7 @@ class _JobState:
     service_for: str | None = None  # uid of the job whose Service this process created (or found)
     service_at: float = 0.0  # time.monotonic() of that create
     offered: bool = False  # its demand went to the scheduler before any status was written
+    awaited_want: int | None = None  # the count asked for whose pass a reconcile waited for (_awaits_pass)
     gone: bool = False  # the last pass found the job deleted: the state goes with the reconcile's end
     # A trigger that does not wait for the backoff (not in _DEFERRED_WHILE_BACKING_OFF: a change to the job)
     # came during the pass, or its status write showed one: the reconcile goes round even if the pass failed.
@@ -553,7 +554,9 @@ class Reconciler:
         observation = self._observe(key, job, state, pods, view, placement)
         decision = decide(observation, self.catalog, self.settings)
         state.quota_limited = decision.quota_limited
-        if self._awaits_first_pass(state, observation, decision):
+        if self._awaits_first_pass(state, observation, decision) or self._awaits_pass(
+            key, state, observation, decision
+        ):
             # No pass has decided this job yet, and one is due within DEBOUNCE_SECONDS: its status is written
             # once with its admission (or its place in the queue) instead of Queued now and Admitted after.
             self.scheduler.offer(
@@ -669,6 +672,27 @@ class Reconciler:
         first = decision.demand is not None and observation.grant is None and not state.offered
         state.offered = state.offered or first
         return first
+
+    def _awaits_pass(
+        self, key: JobKey, state: _JobState, observation: JobObservation, decision: Decision
+    ) -> bool:
+        """Once per count asked for: an admitted job now asking for more workers than it is granted (a `kubectl
+        scale`) that no pass has decided yet. Its status waited for none, and told "2 of 4 workers granted: no
+        capacity for more" with devices free, a moment before the pass granted 4; the pass's answer now
+        reconciles it (Scheduler._store), and any other trigger writes as before."""
+        demand, grant = decision.demand, observation.grant
+        if (
+            demand is None
+            or not grant
+            or demand.want_workers <= grant
+            or state.awaited_want == demand.want_workers
+        ):
+            return False
+        planned = self.scheduler.planned_want(key)
+        if planned is None or planned == demand.want_workers:
+            return False
+        state.awaited_want = demand.want_workers
+        return True
 
     def _request_checkpoint(self, key: JobKey, request_id: str | None, observation: JobObservation) -> None:
         """Keeps the board's open request as the decision says (None: none open), its acks taken from the

@@ -158,6 +158,8 @@ class _Entry:
     eligible: tuple[int, Placement, frozenset[str]] | None = None
     # (demand, eligible set, the demand with those nodes) of the last pass: the same objects, the same answer.
     planned: tuple[Demand, frozenset[str], Demand] | None = None
+    # The workers the job asked for in the demand the last pass stored a result for (planned_want).
+    decided_want: int | None = None
     uid: str | None = None  # the job's: workers of an earlier job of the same name are not its own
 
 
@@ -404,6 +406,12 @@ class Scheduler:
         left_with = self._grant_on_leaving.pop(key, 0)
         kept = len(live_workers(_owned(view.workers(key), uid)))
         return min(left_with, kept) or None
+
+    def planned_want(self, key: JobKey) -> int | None:
+        """The workers the job asked for when the last scheduling pass decided it (None: none has)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry.decided_want if entry is not None else None
 
     def awaits_offer(self, key: JobKey) -> bool:
         """Whether the passes of this process's start still wait for the job's first offer."""
@@ -901,6 +909,12 @@ class Scheduler:
                         )
                 if _note_places_held(entry, (awaiting or {}).get(key, frozenset())) and key not in changed:
                     changed.append(key)
+                want = entry.planned[0].want_workers if entry.planned is not None else None
+                if entry.decided_want is not None and want != entry.decided_want and key not in changed:
+                    # A new count asked for (a `kubectl scale`) that the grant does not follow: its reconcile
+                    # waited for this pass (Reconciler._awaits_pass) and tells it now.
+                    changed.append(key)
+                entry.decided_want = want
                 entry.granted, entry.waiting = granted, waiting
                 entry.hostnames = hostnames.get(key, frozenset())
                 entry.reserved = plan.reserved.get(key, {})
