@@ -166,6 +166,16 @@ def test_a_service_name_taken_lasts_unless_a_deleted_job_of_the_name_or_a_deleti
         assert raised.value.lasting is lasting
 
 
+def test_a_dry_run_a_quota_refuses_beside_the_jobs_own_terminating_pod_is_refused() -> None:
+    # The dry run took any answer that found the job's own pod for "admitted": a restarted operator's job,
+    # refused by a quota while its workers terminated, then took room again (a review, 5 December).
+    own = {**manifest("llama-worker-0")["metadata"], "deletionTimestamp": "2026-12-05T10:00:00Z"}
+    with pytest.raises(ApiException, match="exceeded quota"):
+        KubeApi(cast(Any, QuotaServer(1, {"pods": {"llama-worker-0": own}}))).try_pod(
+            NAMESPACE, manifest("llama-worker-0")
+        )
+
+
 def test_a_403_that_is_not_a_quota_is_raised_without_a_read() -> None:
     class Forbidden(QuotaServer):
         def call_api(self, method: str, path: str, body: Any, _request_timeout: object = None) -> _Answer:

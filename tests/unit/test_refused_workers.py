@@ -462,7 +462,11 @@ def test_a_worker_name_another_pod_keeps_gives_the_grant_back_and_its_dry_run_tr
     harness.reconcile("retry")  # worker 1's name still taken: the grant goes back, worker 0 deleted
     admitted = harness.condition("Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout")
-    assert "Pod team-a/llama-worker-1 exists and is not this TrainingJob's" in admitted["message"]
+    assert admitted["message"].startswith(
+        "worker llama-worker-1 cannot be created: Pod team-a/llama-worker-1 exists and is not this "
+        "TrainingJob's (owned by Deployment web (uid w)); every worker is deleted"
+    )
+    assert "taking no room from other jobs until that name is free" in admitted["message"]
     assert not [name for name in harness.kube.pods if name.startswith("llama-")]
     for _ in range(2):  # two backoffs over, the other job running again
         both_reconciled(harness)
@@ -511,7 +515,11 @@ def test_a_service_name_another_object_keeps_gives_the_grant_back_until_the_serv
     harness.reconcile("retry")  # the Service's name still taken: the grant goes back
     admitted = harness.condition("Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout")
-    assert "Service team-a/llama exists" in admitted["message"]
+    assert admitted["message"].startswith(
+        "workers llama-worker-0, llama-worker-1 cannot be created: Service "
+    )
+    assert "until its Service can be created" in admitted["message"]
+    assert "dry-run" not in admitted["message"]  # the Service's create is its try
     for _ in range(2):
         both_reconciled(harness)
         run_on_h0(harness, "other")
@@ -529,3 +537,70 @@ def test_a_service_name_another_object_keeps_gives_the_grant_back_until_the_serv
     assert len(harness.events("Preempted")) == 2
     assert harness.reconciler._jobs[KEY].refusals.refusal is None
     assert harness.kube.jobs["llama"]["status"]["gang"].get("refused") is None
+
+
+def test_a_taken_worker_name_is_tried_after_an_operator_restart_too(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The restarted process recalled the refusal from status.gang.refused but not whose name was taken: its
+    # dry run of worker 0 was admitted, and the job preempted the other one again (a review, 5 December).
+    monkeypatch.setattr(refusals_module, "REFUSAL_TRY_SECONDS", 0.0)
+    preempting_for_refused_workers(harness, {"llama-worker-1": foreign_pod("llama-worker-1")})
+    both_reconciled(harness)
+    refused_since(harness, 10)
+    harness.reconcile("retry")  # the grant goes back
+    both_reconciled(harness)
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    restarted(harness)
+    harness.log.clear()
+    harness.kube.jobs["llama"]["status"]["gang"]["retryAfter"] = "2000-01-01T00:00:00Z"  # backoff over
+    both_reconciled(harness)
+    assert {call[1] for call in harness.calls("try_pod")} == {"llama-worker-1"}
+    assert not harness.events("Preempted")
+    assert harness.condition("Admitted", "other")["status"] == "True"
+
+
+def test_a_taken_service_name_is_recalled_after_a_restart_and_retried_every_refusal_try(
+    harness: Harness,
+) -> None:
+    harness.kube.fail[("create_service", "llama")] = ServiceTaken(
+        "Service team-a/llama exists and is not this TrainingJob's (owned by nothing)"
+    )
+    preempting_for_refused_workers(harness, {})
+    both_reconciled(harness)
+    refused_since(harness, 10)
+    harness.reconciler._jobs[KEY].retry_at = 0.0
+    harness.reconcile("retry")
+    restarted(harness)
+    harness.reconcile("resume")
+    for _ in range(8):  # the backoff doubled at each failure, to 5 minutes: a taken Service caps it
+        harness.reconciler._jobs[KEY].retry_at = 0.0
+        harness.reconcile("retry")
+    state = harness.reconciler._jobs[KEY]
+    assert state.refusals.service_taken and state.failures >= 8
+    requeue = harness.reconciler.pending_requeue(KEY)
+    assert requeue is not None and requeue.delay <= refusals_module.REFUSAL_TRY_SECONDS
+    assert not harness.calls("try_pod")
+
+
+def test_a_taken_service_name_gives_the_grant_back_in_the_reconcile_that_sees_it_long_enough(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Service's create raised before the check that goes round at once: the grant waited for the next
+    # retry (80 s on, after event-driven failures), holding the devices (a review, 5 December).
+    from kubefit.decisions import running
+
+    monkeypatch.setattr(refusals_module, "REFUSED_FOR_SECONDS", 2.0)
+    monkeypatch.setattr(running, "REFUSED_FOR_SECONDS", 2.0)
+    harness.kube.fail[("create_service", "llama")] = ServiceTaken(
+        "Service team-a/llama exists and is not this TrainingJob's (owned by nothing)"
+    )
+    preempting_for_refused_workers(harness, {})
+    both_reconciled(harness)
+    assert harness.condition("Admitted")["status"] == "True"
+    time.sleep(2.1)
+    harness.reconciler._jobs[KEY].retry_at = 0.0
+    harness.reconcile("retry")  # refused again, 2.1 s after the first: the same call gives the grant back
+    admitted = harness.condition("Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout"), admitted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,12 @@ RENDEZVOUS_PORT_NAME = "rendezvous"
 DNS_LABEL_MAX = 63
 DNS_NAME_MAX = 253  # a whole DNS name, without the trailing dot (RFC 1035: 255 octets on the wire)
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"  # the kubelet's --cluster-domain in most clusters
+# How a name the job needs that another object holds is told (controller/kube.py): a refusal of its own kind
+# (decisions/running.py words it), read back from status.gang.refused after a restart (controller/refusals.py).
+NOT_THE_JOBS = "exists and is not this TrainingJob's"
+LABEL_LOST = "is this TrainingJob's worker but lost its label"
+HELD_POD = re.compile(rf"\bPod [^/\s]+/(\S+) (?:{re.escape(NOT_THE_JOBS)}|{re.escape(LABEL_LOST)})")
+HELD_SERVICE = re.compile(rf"\bService [^/\s]+/\S+ {re.escape(NOT_THE_JOBS)}")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from urllib3.connectionpool import ConnectionPool
 from urllib3.response import BaseHTTPResponse
 
 from kubefit.api.resource import GROUP, KIND, PLURAL, VERSION
-from kubefit.builders.naming import JOB_LABEL
+from kubefit.builders.naming import JOB_LABEL, LABEL_LOST, NOT_THE_JOBS
 from kubefit.decisions.quota import Quota, quota_from
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -468,6 +468,8 @@ class KubeApi:
         )
         if refused is not None:
             self._pod_there(namespace, manifest, refused)
+            if _status_of(refused) != 409:
+                raise refused  # a quota's, beside the job's own pod (terminating): it still refuses
 
     def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """True if created, False if the job's own worker of that name is there already (deterministic names:
@@ -508,7 +510,7 @@ class KubeApi:
             return
         held_by = ", ".join(f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})" for ref in owners)
         raise PodNameTaken(
-            f"Pod {namespace}/{metadata['name']} exists and is not this TrainingJob's (owned by "
+            f"Pod {namespace}/{metadata['name']} {NOT_THE_JOBS} (owned by "
             f"{held_by or 'nothing'}): the worker of that name cannot be created. Delete or rename that pod "
             "(or what owns it), or the job; a TrainingJob of this name deleted moments ago keeps its workers "
             "until the garbage collector removes them",
@@ -546,7 +548,7 @@ class KubeApi:
             return False
         held_by = ", ".join(f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})" for ref in owners)
         raise ServiceTaken(
-            f"Service {namespace}/{metadata['name']} exists and is not this TrainingJob's (owned by "
+            f"Service {namespace}/{metadata['name']} {NOT_THE_JOBS} (owned by "
             f"{held_by or 'nothing'}): the workers could not find each other by name. Delete or rename that "
             "Service, or the job; a TrainingJob of this name deleted moments ago keeps its Service until "
             "the garbage collector removes it",
@@ -618,7 +620,7 @@ def _unlabelled(namespace: str, name: str, job: str, labelled: object) -> str:
     StatefulSet's pod taken out of its selector)."""
     now = f"now {JOB_LABEL}={labelled}" if labelled is not None else f"{JOB_LABEL} removed"
     return (
-        f"Pod {namespace}/{name} is this TrainingJob's worker but lost its label {JOB_LABEL}={job} ({now}): "
+        f"Pod {namespace}/{name} {LABEL_LOST} {JOB_LABEL}={job} ({now}): "
         f"the operator no longer counts it, and the worker of that name cannot be created beside it. Put the "
         f"label back (kubectl label pod {name} -n {namespace} {JOB_LABEL}={job} --overwrite) or delete the pod"
     )

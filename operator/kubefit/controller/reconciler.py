@@ -82,6 +82,7 @@ from kubefit.decisions.inventory import InventoryMemo
 from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
 from kubefit.decisions.node_match import Placement, placement_of, template_pod_spec
 from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.running import REFUSAL_TRY_SECONDS
 from kubefit.decisions.scheduled import resumed_while_suspended
 from kubefit.metrics import OperatorMetrics
 from kubefit.sizing.catalog import Catalog
@@ -446,6 +447,10 @@ class Reconciler:
             state.failures += 1
             failures = state.failures
             delay = backoff_seconds(failures)
+            if state.refusals.service_taken:
+                # Its Service's create, at each retry, is what tells that the name was freed: as often as
+                # a refused worker's dry run, not at the backoff's 5 minutes.
+                delay = min(delay, REFUSAL_TRY_SECONDS)
             state.retry_at = time.monotonic() + delay
         self.metrics.job_reconcile_failed(*key, state.uid, failures)
         message = with_limit_hint(error_message(error))
@@ -804,6 +809,8 @@ class Reconciler:
                 state.refusals.note_service(
                     [worker_name(ref.name, index) for index in decision.create], taken
                 )
+                if state.refusals.long_enough():
+                    self._go_round_again(state, urgent=True)  # as for a refused worker (below)
                 raise
             state.service_for, state.service_at = ref.uid, time.monotonic()
             state.refusals.service_created()

@@ -21,7 +21,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from kubefit.builders.naming import worker_index
+from kubefit.builders.naming import HELD_POD, HELD_SERVICE, worker_index
 from kubefit.controller.kube import PodNameTaken, ServiceTaken, error_message
 from kubefit.decisions.gang import previous_gang
 from kubefit.decisions.running import REFUSAL_TRY_SECONDS, REFUSED_FOR_SECONDS
@@ -51,6 +51,14 @@ def refused_by_admission(error: BaseException) -> bool:
     """A create the API server refused for what the pod is (400, 403, 422: Pod Security Admission, an
     admission webhook, a quota), not for a conflict (409), its load (429) or a fault of its own (5xx)."""
     return isinstance(error, ApiException) and int(error.status or 0) in REFUSED_STATUSES
+
+
+def _told(error: BaseException) -> str:
+    """The refusal's message: a name held by another's object told as kube.py words it (decisions/running.py
+    and recall read it by those words), any other with the API server's answer."""
+    if isinstance(error, (PodNameTaken, ServiceTaken)):
+        return str(error)
+    return with_limit_hint(error_message(error))
 
 
 def holds_back(error: BaseException) -> bool:
@@ -108,6 +116,12 @@ class Refusals:
         refused = previous_gang(status).refused
         if refused and not live and self.refusal is None and status.get("observedGeneration") == generation:
             self.refusal, self.generation = (refused, now), generation
+            # Whose name was taken, as the refusal told it: the dry run tries that worker (worker 0's would
+            # be admitted, and the job would take room again), or the Service's create does.
+            held = HELD_POD.search(refused)
+            if held is not None:
+                self.taken.add(held.group(1))
+            self.service_taken = HELD_SERVICE.search(refused) is not None
 
     def forget_untried(self, wanted: set[str]) -> None:
         """Workers a decision no longer creates: their refusals in a row have ended."""
@@ -126,7 +140,7 @@ class Refusals:
                 self.taken.discard(name)
                 self.went_through.add(name)
             elif holds_back(error):
-                refusal = with_limit_hint(error_message(error))
+                refusal = _told(error)
                 self.refused[name] = (self.refused.get(name, (now, ""))[0], refusal)
                 if isinstance(error, PodNameTaken):
                     self.taken.add(name)
@@ -167,7 +181,7 @@ class Refusals:
         """The dry-run create's answer: True when it was admitted (a name taken comes after admission too),
         which ends the refusal; refused, it holds, with the new message. Any other error is raised."""
         if error is not None and holds_back(error):
-            self.refusal = (with_limit_hint(error_message(error)), datetime.now(UTC))
+            self.refusal = (_told(error), datetime.now(UTC))
             return False
         if error is not None and not (isinstance(error, ApiException) and error.status == NAME_TAKEN):
             raise error
@@ -185,7 +199,7 @@ class Refusals:
         would have created next count as refused with its message (no worker is created without it)."""
         if not error.lasting or not wanted:
             return
-        now, refusal = datetime.now(UTC), error_message(error)
+        now, refusal = datetime.now(UTC), _told(error)
         for name in wanted:
             self.refused[name] = (self.refused.get(name, (now, ""))[0], refusal)
         self.refusal, self.service_taken = (refusal, now), True

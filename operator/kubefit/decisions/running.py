@@ -33,7 +33,7 @@ from kubefit.api.conditions import ConditionType, EventReason, JobPhase, Phase, 
 from kubefit.api.formatting import parse_index_ranges
 from kubefit.api.models import GangStatus
 from kubefit.api.units import parse_rfc3339, rfc3339
-from kubefit.builders.naming import widest_index, worker_name
+from kubefit.builders.naming import HELD_POD, HELD_SERVICE, widest_index, worker_name
 from kubefit.builders.rendezvous import fixed_world
 from kubefit.builders.resources import default_memory, given_memory
 from kubefit.decisions.conditions import ConditionUpdate, find_condition, is_true
@@ -341,7 +341,13 @@ def _without_growth(ctx: JobContext, plan: _Plan, given_up: Sequence[str]) -> _P
     timeout = ctx.spec.scheduling.gang_timeout_seconds
     never_placed, refused = _given_up_apart(ctx, given_up)
     found = [f"{_workers(never_placed)} found no node within {timeout} s"] if never_placed else []
-    found += [f"the API server refused {_workers(refused)} for {timeout} s"] if refused else []
+    if refused:
+        held = _held_name(ctx.observation.refused_creates[refused[0]][1])
+        found.append(
+            f"{_workers(refused)} could not be created for {timeout} s (a name another object holds)"
+            if held
+            else f"the API server refused {_workers(refused)} for {timeout} s"
+        )
     why = (
         f"{' and '.join(found)} (spec.scheduling.gangTimeoutSeconds), so the job runs the {capped.keep} "
         f"placed and grows again from {rfc3339(ctx.now + timedelta(seconds=timeout))}"
@@ -368,7 +374,10 @@ def _given_up_event(ctx: JobContext, given_up: Sequence[str], keep: int) -> JobE
         )
     if refused:
         first = ctx.observation.refused_creates[refused[0]][1]
-        told.append(f"the API server refused {_workers(refused)} for {timeout} s: {first}")
+        if _held_name(first):
+            told.append(f"{_workers(refused)} could not be created for {timeout} s: {first}")
+        else:
+            told.append(f"the API server refused {_workers(refused)} for {timeout} s: {first}")
     message = f"{'; '.join(told)}; the job runs {keep} workers and grows again after {timeout} s"
     return JobEvent("Normal", EventReason.CAPACITY_CHANGED, message)
 
@@ -629,7 +638,11 @@ def _refused_gang(ctx: JobContext, plan: _Plan, gang: GangStatus, fixed: bool) -
     if not refused or len(slots) - len(refused) >= _gang_size(ctx, plan, fixed):
         return None, False
     first = min(refusals[name][0] for name in refused)
-    why = f"the API server refused {_workers(refused)}: {refusals[refused[0]][1]}"
+    message = refusals[refused[0]][1]
+    if _held_name(message):
+        why = f"{_workers(refused)} cannot be created: {message}"
+    else:
+        why = f"the API server refused {_workers(refused)}: {message}"
     if ctx.observation.places_held:
         # Workers of jobs shrunk or preempted for it are still leaving: a quota still charges them (a job
         # of its namespace preempted to make quota room), so a refusal now is expected and passes once they
@@ -639,6 +652,24 @@ def _refused_gang(ctx: JobContext, plan: _Plan, gang: GangStatus, fixed: bool) -
     freed = _room_freed_at(ctx, gang)
     since = max(first, freed) if freed is not None else first
     return why, last[1] >= since + timedelta(seconds=REFUSED_FOR_SECONDS)
+
+
+def _held_name(message: str) -> bool:
+    """Whether a refusal is a name the job needs that another object holds (builders/naming.py)."""
+    return HELD_POD.search(message) is not None or HELD_SERVICE.search(message) is not None
+
+
+def _until_created(refused: str) -> str:
+    """What ends a refusal that gave the gang's grant back (controller/refusals.py)."""
+    if HELD_SERVICE.search(refused):
+        return f"until its Service can be created (tried at each retry, at least every {REFUSAL_TRY_SECONDS:.0f} s)"
+    if HELD_POD.search(refused):
+        return f"until that name is free (a dry-run create of that worker tries it every {REFUSAL_TRY_SECONDS:.0f} s)"
+    return (
+        f"until a create of its workers goes through, or a dry-run create of its first worker does (tried "
+        f"every {REFUSAL_TRY_SECONDS:.0f} s; not where some of its workers were created: a quota for part "
+        f"of the gang)"
+    )
 
 
 def _workers(names: Sequence[str]) -> str:
@@ -1167,9 +1198,7 @@ def gang_timeout(
     if refused:
         message = (
             f"{refused}; every worker is deleted and the job asks for admission again in {wait:.0f} s, "
-            f"taking no room from other jobs until a create of its workers goes through, or a dry-run create "
-            f"of its first worker does (tried every {REFUSAL_TRY_SECONDS:.0f} s; not where some of its "
-            f"workers were created: a quota for part of the gang) (gang timeout {gang.retries})"
+            f"taking no room from other jobs {_until_created(refused)} (gang timeout {gang.retries})"
         )
     return Draft(
         phase=JobPhase.QUEUED,
