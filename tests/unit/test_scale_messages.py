@@ -3,19 +3,29 @@
 The reconcile that sees the new replicas runs before the pass has planned them: its grant is the old
 count, and the Admitted condition read "2 of 4 workers granted: no capacity for more" (an event too) on
 every scale up, with devices free, a moment before the pass granted them (ScaledUp). Now the condition
-stays as it was until a pass has planned the count the job asks for; a pass that cannot grant it then
-tells "no capacity for more" (the job is reconciled for it although its grant did not change).
+stays as it was until a pass has decided the count the job asks for (its reconciles put their writes off
+meanwhile, for at most a few seconds); a pass that cannot grant it then tells "no capacity for more" (the
+job is reconciled for it although its grant did not change).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from decimal import Decimal
+from typing import Any
 
 import pytest
 import test_reconciler
-from test_reconciler import Harness, harness, job_manifest
+from test_reconciler import CATALOG, KEY, NAMESPACE, Harness, api_error, harness, job_manifest, record_events
 
+from kubefit.controller.reconciler import Reconciler
+from kubefit.controller.scheduler import Scheduler, SchedulerSettings
 from kubefit.decisions.inventory import NodeFacts
+from kubefit.decisions.quota import Quota
+
+GPU = "requests.nvidia.com/gpu"
 
 __all__ = ["harness"]  # the fixture, by import
 
@@ -70,3 +80,115 @@ def test_a_scale_up_the_pass_cannot_grant_is_told_once_the_pass_planned_it(
         "3 of 4 workers granted: 2 -> 3 workers (wants 4)",
         "3 of 5 workers granted: no capacity for more",
     ]
+
+
+def test_each_scale_up_of_an_hpa_going_up_and_down_waits_for_its_pass(harness: Harness) -> None:
+    # The count waited for was remembered for good: a second scale up to it (2 -> 4 -> 2 -> 4) wrote the
+    # old grant's "no capacity for more" again (a review, 5 December).
+    running_elastic(harness, 2)
+    for replicas in (4, 2, 4):
+        scaled(harness, replicas)
+        harness.reconcile("update")
+        for name, pod in list(harness.kube.pods.items()):
+            harness.kube.pods[name] = replace(pod, phase="Running", node_name="n")
+        harness.reconcile("pod")
+        assert harness.condition("Admitted")["message"] == f"{replicas} workers granted"
+    assert not [call for call in harness.events() if "no capacity" in call[2]]
+
+
+def test_a_reconcile_put_off_for_the_pass_neither_ends_nor_extends_a_run_of_failures(
+    harness: Harness,
+) -> None:
+    # Returning early counted as a success: a failing job's backoff went back to 5 s and its failure
+    # series was dropped at each scale up (a review, 5 December).
+    running_elastic(harness, 2)
+    harness.kube.fail[("patch_job_status", "llama")] = api_error(500, "etcdserver: request timed out")
+    scaled(harness, 3)
+    state = harness.reconciler._jobs[KEY]
+    for _ in range(2):
+        state.retry_at = 0.0
+        harness.reconcile("update")
+    failures = state.failures
+    assert failures >= 2
+    seen: list[tuple[bool, int]] = []
+    reconcile_safely = harness.reconciler._reconcile_safely
+
+    def recording(*args: Any) -> bool:
+        done = reconcile_safely(*args)
+        seen.append((done, state.failures))
+        return done
+
+    harness.reconciler._reconcile_safely = recording  # type: ignore[method-assign]
+    scaled(harness, 5)
+    state.retry_at = 0.0
+    harness.reconcile("update")
+    assert seen[0] == (True, failures)  # put off: the run of failures is as it was
+    assert state.failures > failures  # the pass's reconcile failed again, and counted
+    labels = {"namespace": NAMESPACE, "name": "llama"}
+    assert harness.metrics.registry.get_sample_value("kubefit_trainingjob_reconcile_failures", labels)
+
+
+def test_a_want_a_quota_moves_without_a_spec_change_costs_no_extra_reconcile(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = NodeFacts("n", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "3"})
+    monkeypatch.setattr(test_reconciler, "NODES", [node])
+    manifest = job_manifest(replicas=8, minReplicas=1, maxReplicas=8)
+    manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
+    harness.kube.jobs["llama"] = manifest
+    harness.quotas = [Quota("q", {GPU: Decimal(8)}, {GPU: Decimal(3)})]
+    harness.reconcile()
+    harness.reconcile("update")
+    for name, pod in list(harness.kube.pods.items()):
+        harness.kube.pods[name] = replace(pod, phase="Running", node_name="n")
+    harness.reconcile("pod")
+    reconciled: list[str] = []
+    reconcile_once = harness.reconciler._reconcile_once
+
+    def counting(key: tuple[str, str], *args: Any) -> bool:
+        reconciled.append(key[1])
+        return reconcile_once(key, *args)
+
+    harness.reconciler._reconcile_once = counting  # type: ignore[method-assign]
+    for used in (5, 4, 5, 6):  # other pods of the namespace come and go: the quota's room moves
+        reconciled.clear()
+        harness.quotas = [Quota("q", {GPU: Decimal(8)}, {GPU: Decimal(used)})]
+        harness.reconciler.jobs.observe(KEY, harness.kube.jobs["llama"])
+        harness.reconciler.quota_changed(NAMESPACE, harness.view(), every_job=True)
+        assert reconciled == ["llama"]
+
+
+@pytest.fixture
+def debounced(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+    """The harness with a Scheduler whose passes run on their own thread after a debounce, as in the
+    operator: a reconcile can come between a scale and the pass that decides it."""
+    debounced = Harness()
+    record_events(debounced, monkeypatch)
+    scheduler = Scheduler(CATALOG, debounced.metrics, SchedulerSettings(debounce=0.05, pass_gap=0.05))
+    debounced.reconciler = Reconciler(debounced.kube, CATALOG, debounced.metrics, None, scheduler=scheduler)
+    yield debounced
+    debounced.reconciler.forget(KEY)
+
+
+def settled(harness: Harness, condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "the passes did not settle"
+        time.sleep(0.05)
+
+
+def test_a_reconcile_between_a_scale_and_its_pass_waits_for_the_pass_too(debounced: Harness) -> None:
+    manifest = job_manifest(replicas=2, minReplicas=1, maxReplicas=8)
+    manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
+    debounced.kube.jobs["llama"] = manifest
+    debounced.reconcile()
+    settled(debounced, lambda: len(debounced.kube.pods) == 2)
+    for name, pod in list(debounced.kube.pods.items()):
+        debounced.kube.pods[name] = replace(pod, phase="Running", node_name="n")
+    debounced.reconcile("pod")
+    debounced.log.clear()
+    scaled(debounced, 4)
+    debounced.reconcile("update")
+    debounced.reconcile("timer")  # the resync, or a pod event, before the debounced pass
+    settled(debounced, lambda: debounced.condition("Admitted")["message"] == "4 workers granted")
+    assert not [call for call in debounced.events() if "no capacity" in call[2]]

@@ -207,7 +207,7 @@ class _JobState:
     service_for: str | None = None  # uid of the job whose Service this process created (or found)
     service_at: float = 0.0  # time.monotonic() of that create
     offered: bool = False  # its demand went to the scheduler before any status was written
-    awaited_want: int | None = None  # the count asked for whose pass a reconcile waited for (_awaits_pass)
+    awaited_generation: int | None = None  # the spec generation _awaits_pass last looked at
     gone: bool = False  # the last pass found the job deleted: the state goes with the reconcile's end
     # A trigger that does not wait for the backoff (not in _DEFERRED_WHILE_BACKING_OFF: a change to the job)
     # came during the pass, or its status write showed one: the reconcile goes round even if the pass failed.
@@ -421,7 +421,10 @@ class Reconciler:
         try:
             with self.metrics.reconciling(trigger):
                 try:
-                    self._reconcile_once(key, state, view, progress)
+                    if self._reconcile_once(key, state, view, progress):
+                        # Its writes put off for a pass: not a success that ends a run of failures (its backoff,
+                        # its failure series), nor a failure.
+                        return True
                 except _JobGone:  # deleted while it was reconciled: not a failed reconcile
                     gone = True
                 except WritesStopped:  # handing the Lease over: the next leader reconciles it
@@ -528,7 +531,8 @@ class Reconciler:
 
     # ------------------------------------------------------------------ observe, decide, apply
 
-    def _reconcile_once(self, key: JobKey, state: _JobState, view: ClusterView, progress: _Progress) -> None:
+    def _reconcile_once(self, key: JobKey, state: _JobState, view: ClusterView, progress: _Progress) -> bool:
+        """One reconcile of the job; True when it put its writes off for a scheduling pass."""
         namespace, name = key
         job = self.jobs.read(key, self.api.get_job)
         if job is None or job["metadata"].get("deletionTimestamp"):
@@ -541,7 +545,7 @@ class Reconciler:
             # and its timer.
             self.board.forget(key)
             self._requeue(key, None, None)
-            return
+            return False
         state.gone = False
         progress.job, progress.status = job, job.get("status") or {}
         with self._lock:
@@ -562,12 +566,13 @@ class Reconciler:
         if self._awaits_first_pass(state, observation, decision) or self._awaits_pass(
             key, state, observation, decision
         ):
-            # No pass has decided this job yet, and one is due within DEBOUNCE_SECONDS: its status is written
-            # once with its admission (or its place in the queue) instead of Queued now and Admitted after.
+            # No pass has decided this job (or its new count) yet, and one is due within DEBOUNCE_SECONDS: its
+            # status is written once with its admission (or its place in the queue, or its new grant) instead
+            # of Queued (or "no capacity for more") now and Admitted after.
             self.scheduler.offer(
                 key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
             )
-            return
+            return True
         if self.scheduler.awaits_offer(key):
             # A start's first pass waits for every job's offer: made before the writes, which may fail (a
             # Service name taken failed every first reconcile of a suspended job, and held every restart 30 s).
@@ -583,6 +588,7 @@ class Reconciler:
             self.scheduler.offer(
                 key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
             )
+        return False
 
     def _marked_on_lost_nodes(self, pods: list[WorkerPod], view: ClusterView) -> list[WorkerPod]:
         """_on_lost_nodes, a node kopf's index lacks asked of the API server first (controller/node_check.py)."""
@@ -681,23 +687,27 @@ class Reconciler:
     def _awaits_pass(
         self, key: JobKey, state: _JobState, observation: JobObservation, decision: Decision
     ) -> bool:
-        """Once per count asked for: an admitted job now asking for more workers than it is granted (a `kubectl
-        scale`) that no pass has decided yet. Its status waited for none, and told "2 of 4 workers granted: no
-        capacity for more" with devices free, a moment before the pass granted 4; the pass's answer now
-        reconciles it (Scheduler._store), and any other trigger writes as before."""
-        demand, grant = decision.demand, observation.grant
-        if (
-            demand is None
-            or not grant
-            or demand.want_workers <= grant
-            or state.awaited_want == demand.want_workers
-        ):
+        """Whether to put off the writes until a pass has decided the job's new count: an admitted job whose
+        spec changed since its status was written (a `kubectl scale`, an HPA) to ask for more workers than
+        it is granted. It was decided with the old grant, and told "2 of 4 workers granted: no capacity for
+        more" (an event too) with devices free, a moment before the pass granted 4. The pass reconciles it
+        (Scheduler._store); reconciles meanwhile wait too, for at most AWAIT_PASS_SECONDS. A want that moves
+        with a quota's room, with no spec change, does not wait; nor the first reconciles after a start."""
+        demand, grant, generation = decision.demand, observation.grant, observation.generation
+        if demand is None or not grant or demand.want_workers <= grant:
             return False
         planned = self.scheduler.planned_want(key)
         if planned is None or planned == demand.want_workers:
+            # Decided already; or no pass of this process has decided the job: a restart takes grants back
+            # from the workers and open requests first (Scheduler.grant), which a wait would go past.
             return False
-        state.awaited_want = demand.want_workers
-        return True
+        if state.awaited_generation != generation:
+            state.awaited_generation = generation
+            if observation.status.get("observedGeneration") == generation:
+                return False
+            self.scheduler.await_pass(key)
+            return True
+        return self.scheduler.awaits_pass(key)
 
     def _request_checkpoint(self, key: JobKey, request_id: str | None, observation: JobObservation) -> None:
         """Keeps the board's open request as the decision says (None: none open), its acks taken from the

@@ -79,6 +79,8 @@ logger = logging.getLogger("kubefit.scheduler")
 # Long enough to coalesce one burst of watch events, short against the 2 s a new node may take to be
 # used (docs/scheduling.md).
 DEBOUNCE_SECONDS = 0.05
+# The longest a job's reconciles put off their writes for the pass that decides its new count (await_pass).
+AWAIT_PASS_SECONDS = 5.0
 # A debounced pass waits at least this many times as long as the last pass took: a pass plans every job, so
 # at 500 jobs back-to-back passes during a storm of creates were 28% of the operator's CPU; this keeps passes
 # under a third of one core whatever the job count (docs/performance.md).
@@ -160,6 +162,9 @@ class _Entry:
     planned: tuple[Demand, frozenset[str], Demand] | None = None
     # The workers the job asked for in the demand the last pass stored a result for (planned_want).
     decided_want: int | None = None
+    # time.monotonic() when a reconcile put off its writes for the pass that decides its new demand
+    # (await_pass): that pass reconciles the job, whatever it grants.
+    awaited_at: float | None = None
     uid: str | None = None  # the job's: workers of an earlier job of the same name are not its own
 
 
@@ -412,6 +417,22 @@ class Scheduler:
         with self._lock:
             entry = self._entries.get(key)
             return entry.decided_want if entry is not None else None
+
+    def await_pass(self, key: JobKey) -> None:
+        """A reconcile of the job puts off its writes until a pass has decided the demand it offers next: that
+        pass reconciles the job even if its grant does not change (_store)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.awaited_at is None:
+                entry.awaited_at = self._clock()
+
+    def awaits_pass(self, key: JobKey) -> bool:
+        """Whether a reconcile of the job still waits for the pass (await_pass), for at most AWAIT_PASS_SECONDS:
+        a pass that never comes (it failed; the job left the queue) does not keep the job's status unwritten."""
+        with self._lock:
+            entry = self._entries.get(key)
+            since = entry.awaited_at if entry is not None else None
+            return since is not None and self._clock() - since < AWAIT_PASS_SECONDS
 
     def awaits_offer(self, key: JobKey) -> bool:
         """Whether the passes of this process's start still wait for the job's first offer."""
@@ -909,12 +930,17 @@ class Scheduler:
                         )
                 if _note_places_held(entry, (awaiting or {}).get(key, frozenset())) and key not in changed:
                     changed.append(key)
-                want = entry.planned[0].want_workers if entry.planned is not None else None
-                if entry.decided_want is not None and want != entry.decided_want and key not in changed:
-                    # A new count asked for (a `kubectl scale`) that the grant does not follow: its reconcile
-                    # waited for this pass (Reconciler._awaits_pass) and tells it now.
-                    changed.append(key)
-                entry.decided_want = want
+                entry.decided_want = entry.planned[0].want_workers if entry.planned is not None else None
+                if (
+                    entry.awaited_at is not None
+                    and entry.planned is not None
+                    and entry.planned[0] is entry.demand
+                ):
+                    # This pass decided the demand a reconcile waited for (Reconciler._awaits_pass), granted or
+                    # not: the job is told now. A pass of an older demand leaves the wait to the next one.
+                    entry.awaited_at = None
+                    if key not in changed:
+                        changed.append(key)
                 entry.granted, entry.waiting = granted, waiting
                 entry.hostnames = hostnames.get(key, frozenset())
                 entry.reserved = plan.reserved.get(key, {})
