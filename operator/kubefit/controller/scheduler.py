@@ -930,17 +930,8 @@ class Scheduler:
                         )
                 if _note_places_held(entry, (awaiting or {}).get(key, frozenset())) and key not in changed:
                     changed.append(key)
-                entry.decided_want = entry.planned[0].want_workers if entry.planned is not None else None
-                if (
-                    entry.awaited_at is not None
-                    and entry.planned is not None
-                    and entry.planned[0] is entry.demand
-                ):
-                    # This pass decided the demand a reconcile waited for (Reconciler._awaits_pass), granted or
-                    # not: the job is told now. A pass of an older demand leaves the wait to the next one.
-                    entry.awaited_at = None
-                    if key not in changed:
-                        changed.append(key)
+                if _decided(entry) and key not in changed:
+                    changed.append(key)
                 entry.granted, entry.waiting = granted, waiting
                 entry.hostnames = hostnames.get(key, frozenset())
                 entry.reserved = plan.reserved.get(key, {})
@@ -1092,6 +1083,17 @@ def _workers_and_usage(
     for key in unread_workers(read, usage):
         read[key] = live_workers(_owned(view.workers(key), uids[key]))
     return bound_as_used(read, usage), usage
+
+
+def _decided(entry: _Entry) -> bool:
+    """Records the want of the demand a pass decided (under the lock); True when a reconcile waited for that
+    decision (Reconciler._awaits_pass), granted or not: the job is told now. A pass of an older demand than
+    the entry's leaves the wait to the next one."""
+    entry.decided_want = entry.planned[0].want_workers if entry.planned is not None else None
+    if entry.awaited_at is None or entry.planned is None or entry.planned[0] is not entry.demand:
+        return False
+    entry.awaited_at = None
+    return True
 
 
 def _tells_the_want(reason: str | None) -> bool:
