@@ -479,6 +479,42 @@ def test_preemption_stops_a_whole_lower_priority_job_which_requeues_and_does_not
     wait_for("the victim running again", lambda: running(kube, namespace, "victim") == 4, timeout=60)
 
 
+def test_a_preemptor_kube_scheduler_cannot_place_for_another_reason_preempts_only_once(
+    kube: Kube, namespace: str, pool: PrivatePool
+) -> None:
+    # Its claim misnamed, the LowerPriority job's worker never bound: it preempted the victim again after
+    # every gang timeout (its backoff 10 s, 20 s, ...), restarting the victim each time.
+    kube.apply(fixed_job("victim", namespace, pool, replicas=2, per_worker=8))
+    wait_for("victim at 2 workers", lambda: running(kube, namespace, "victim") == 2)
+    urgent = fixed_job(
+        "urgent",
+        namespace,
+        pool,
+        replicas=1,
+        per_worker=8,
+        scheduling={"priority": 100, "preemption": "LowerPriority", "gangTimeoutSeconds": 5},
+    )
+    urgent["spec"]["template"]["spec"]["volumes"] = [
+        {"name": "ckpt", "persistentVolumeClaim": {"claimName": "typo-ckpt"}}
+    ]
+    kube.apply(urgent)
+    timed_out = wait_for(
+        "urgent's gang timeout",
+        lambda: condition_is(kube, namespace, "urgent", "Admitted", "False", "GangTimeout"),
+        timeout=60,
+    )
+    assert "typo-ckpt" in timed_out["message"] and "takes no room from other jobs" in timed_out["message"]
+    assert "typo-ckpt" in kube.job_status(namespace, "urgent")["gang"]["unplaceable"]
+    wait_for("the victim running again", lambda: running(kube, namespace, "victim") == 2, timeout=60)
+    time.sleep(
+        35
+    )  # past urgent's backoff (10 s) and, had it been admitted, its next gang timeout and backoff
+    preempted = [event for event in kube.events(namespace, "victim") if event["reason"] == "Preempted"]
+    assert len(preempted) == 1 and preempted[0].get("count", 1) == 1
+    assert running(kube, namespace, "victim") == 2
+    assert condition_is(kube, namespace, "urgent", "Admitted", "False")
+
+
 # ---------------------------------------------------------------------------------------------- 4
 
 

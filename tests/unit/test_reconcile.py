@@ -1850,6 +1850,7 @@ def test_a_gang_not_all_placed_in_time_releases_every_pod_and_backs_off() -> Non
         "retryAfter": "2025-01-01T12:01:10Z",
         "attempt": 0,
         "refused": None,  # placed too late, not refused
+        "unplaceable": None,  # kube-scheduler gave no reason
         "roomFrom": None,  # no job made room for it
         "roomFreedAt": None,
     }
@@ -2601,7 +2602,12 @@ def test_why_kube_scheduler_cannot_place_a_worker_is_in_the_ready_message_and_th
     late = decide(observe(pods=pending, status=failed.status, now=NOW + timedelta(seconds=305)), CATALOG)
     released = condition(late, "Admitted")
     assert released["reason"] == "GangTimeout"
-    assert released["message"].endswith(f"; llama-worker-0 not scheduled (and 1 more): {why}")
+    assert (
+        f"; llama-worker-0 not scheduled (and 1 more): {why}; that is no shortage of nvidia.com/gpu"
+        in (released["message"])
+    )
+    assert status_of(late)["gang"]["unplaceable"] == why
+    assert late.demand is None  # backing off; after it, its demand takes no room (test_refused_workers)
 
 
 def test_a_reason_naming_the_count_wanted_before_a_scale_is_not_told_after_it() -> None:

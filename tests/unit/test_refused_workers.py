@@ -604,3 +604,65 @@ def test_a_taken_service_name_gives_the_grant_back_in_the_reconcile_that_sees_it
     harness.reconcile("retry")  # refused again, 2.1 s after the first: the same call gives the grant back
     admitted = harness.condition("Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout"), admitted
+
+
+PVC_MISSING = '0/1 nodes are available: 1 persistentvolumeclaim "typo-ckpt" not found.'
+
+
+def unplaceable_gang_timed_out(harness: Harness, why: str) -> None:
+    """The other job runs on the node; llama, of a higher priority, preempted it and its workers were created,
+    but kube-scheduler placed none of them (`why`) within its gang timeout."""
+    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
+    harness.reconcile(key=OTHER)
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    llama = job_manifest(replicas=2)
+    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority", "gangTimeoutSeconds": 1}
+    harness.kube.jobs["llama"] = llama
+    harness.reconcile()
+    both_reconciled(harness)  # the other job's workers leave for it; its own are created
+    assert sorted(harness.kube.pods) == ["llama-worker-0", "llama-worker-1"]
+    for name, pod in list(harness.kube.pods.items()):
+        harness.kube.pods[name] = replace(pod, unschedulable=why)
+    time.sleep(1.1)  # past its gang timeout
+    harness.reconcile("timer")
+    assert harness.condition("Admitted")["reason"] == "GangTimeout"
+
+
+def backoff_over_and_reconciled(harness: Harness) -> None:
+    both_reconciled(harness)
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    harness.kube.jobs["llama"]["status"]["gang"]["retryAfter"] = "2000-01-01T00:00:00Z"
+    harness.reconcile("timer")
+    both_reconciled(harness)
+
+
+def test_a_gang_kube_scheduler_placed_for_no_want_of_devices_preempts_no_one_again(harness: Harness) -> None:
+    # A LowerPriority job whose claim was misnamed preempted the same victim after every gang timeout: its
+    # workers never bound, whatever room was made (the scheduling audit, 5 December).
+    unplaceable_gang_timed_out(harness, PVC_MISSING)
+    admitted = harness.condition("Admitted")["message"]
+    assert PVC_MISSING in admitted and "takes no room from other jobs" in admitted
+    assert harness.kube.jobs["llama"]["status"]["gang"]["unplaceable"] == PVC_MISSING
+    for _ in range(2):
+        backoff_over_and_reconciled(harness)
+    assert len(harness.events("Preempted")) == 1
+    assert harness.condition("Admitted", "other")["status"] == "True"
+    restarted(harness)  # status.gang.unplaceable holds it across a restart
+    backoff_over_and_reconciled(harness)
+    assert len(harness.events("Preempted")) == 1
+    # The claim's name put right in the spec: it takes room again.
+    harness.kube.jobs["llama"]["metadata"]["generation"] = 2
+    harness.kube.jobs["llama"]["spec"]["workers"]["replicas"] = 1
+    both_reconciled(harness, rounds=4)
+    assert len(harness.events("Preempted")) == 2
+    assert harness.kube.jobs["llama"]["status"]["gang"].get("unplaceable") is None
+
+
+def test_a_gang_kube_scheduler_left_for_want_of_devices_may_take_room_again(harness: Harness) -> None:
+    # The devices it was admitted onto were taken meanwhile: room made again places it.
+    unplaceable_gang_timed_out(harness, "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+    assert harness.kube.jobs["llama"]["status"]["gang"].get("unplaceable") is None
+    backoff_over_and_reconciled(harness)
+    assert len(harness.events("Preempted")) == 2

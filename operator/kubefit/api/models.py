@@ -932,6 +932,14 @@ class GangStatus(_Model):
         "Meanwhile the job takes no room from other jobs (it preempts and shrinks none), also after an "
         "operator restart.",
     )
+    unplaceable: str | None = Field(
+        default=None,
+        description="kube-scheduler's reason the gang's workers were not placed at its last gang timeout, when "
+        "it named no shortage of the job's accelerator (a PersistentVolumeClaim not found, a node selector "
+        "no node matches): more room would not place them, so until a worker of the job is placed on a node "
+        "(on devices free anyway) or its spec changes, the job takes no room from other jobs (it preempts "
+        "and shrinks none), also after an operator restart.",
+    )
     room_from: list[str] | None = Field(
         default=None,
         description="Jobs (namespace/name) shrunk or preempted to make room for this gang whose workers were "

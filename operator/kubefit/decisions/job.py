@@ -662,15 +662,19 @@ def _to_decision(
         desired_workers=draft.desired or 0,
         requested_accelerators=_devices_held(live, sizing),
         allocated_accelerators=_devices_held([pod for pod in existing if pod.ready], sizing),
-        demand=_taking_room(draft.demand, observation),
+        demand=_taking_room(draft.demand, observation, _gang_kept(draft, observation)),
         checkpoint_request=draft.checkpoint.request_id if draft.checkpoint else None,
         quota_limited=draft.quota_limited,
     )
 
 
-def _taking_room(demand: Demand | None, observation: JobObservation) -> Demand | None:
-    """The demand, which takes no room from other jobs while the job's workers are refused (refusal)."""
-    return replace(demand, makes_room=False) if demand is not None and observation.refusal else demand
+def _taking_room(
+    demand: Demand | None, observation: JobObservation, gang: GangStatus | None
+) -> Demand | None:
+    """The demand, which takes no room from other jobs while the job's workers are refused (refusal), or
+    kube-scheduler placed none for a reason other than room (gang.unplaceable)."""
+    held = observation.refusal or (gang is not None and gang.unplaceable)
+    return replace(demand, makes_room=False) if demand is not None and held else demand
 
 
 def _devices_held(pods: Sequence[WorkerPod], sizing: SizingStatus | None) -> int:
@@ -708,7 +712,7 @@ def _status(
         message=draft.message,
         checkpoint=draft.checkpoint,
         checkpoint_requests=_kept(draft.checkpoint_requests, previous.get("checkpointRequests")),
-        gang=_refusal_kept(draft.gang or _previous_gang(previous), observation),
+        gang=_gang_kept(draft, observation),
         succeeded_workers=_succeeded_workers(draft, previous),
         last_failure_time=draft.last_failure_time or previous.get("lastFailureTime"),
         per_device_memory=format_gib(sizing.per_device_bytes) if sizing else None,
@@ -734,12 +738,32 @@ def _previous_gang(status: Mapping[str, Any]) -> GangStatus | None:
     return previous_gang(status) if status.get("gang") else None
 
 
-def _refusal_kept(gang: GangStatus | None, observation: JobObservation) -> GangStatus | None:
-    """status.gang.refused while the job's refusal holds (observation.refusal): a create of its workers that
-    went through, or a spec edit, ends it."""
-    if gang is None or gang.refused is None or observation.refusal is not None:
+def _gang_kept(draft: Draft, observation: JobObservation) -> GangStatus | None:
+    """status.gang as the draft leaves it, with status.gang.refused while the job's refusal holds
+    (observation.refusal: a create of its workers that went through, or a spec edit, ends it), and
+    status.gang.unplaceable until a worker of the job is placed on a node (one the draft keeps: a gang
+    timeout deletes the placed few of a gang it releases), or the spec changes."""
+    gang = draft.gang or _previous_gang(observation.status)
+    if gang is None:
         return gang
-    return gang.model_copy(update={"refused": None})
+    if gang.refused is not None and observation.refusal is None:
+        gang = gang.model_copy(update={"refused": None})
+    edited = observation.generation != observation.status.get("observedGeneration")
+    if gang.unplaceable is not None and (edited or _placed_any(observation, draft)):
+        gang = gang.model_copy(update={"unplaceable": None})
+    return gang
+
+
+def _placed_any(observation: JobObservation, draft: Draft) -> bool:
+    """Whether a live worker of the job that the draft keeps is on a node."""
+    uid = observation.job.uid
+    return any(
+        pod.node_name
+        and not pod.terminating
+        and pod.controller_uid in (None, uid)
+        and pod.name not in draft.delete
+        for pod in observation.pods
+    )
 
 
 def previous_sizing(raw: Any) -> SizingStatus | None:

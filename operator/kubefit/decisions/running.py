@@ -1186,8 +1186,9 @@ def gang_timeout(
     """Release every worker of a gang that was not all placed on nodes in time, or whose workers the API
     server refused (`refused`: why), and back off."""
     timeout = ctx.spec.scheduling.gang_timeout_seconds
+    unplaceable = None if refused else _unplaceable(ctx)
     gang: GangStatus = after_timeout(previous_gang(ctx.status), ctx.now).model_copy(
-        update={"refused": refused}
+        update={"refused": refused, "unplaceable": unplaceable}
     )
     wait = backoff_left(gang, ctx.now)
     message = (
@@ -1195,6 +1196,11 @@ def gang_timeout(
         f"(spec.scheduling.gangTimeoutSeconds); every worker is deleted and the job asks for admission "
         f"again in {wait:.0f} s (gang timeout {gang.retries}){unscheduled_note(ctx)}"
     )
+    if unplaceable:
+        message += (
+            f"; that is no shortage of {ctx.sizing.resource_name}, so until a worker is placed or the spec "
+            f"changes, the job takes no room from other jobs"
+        )
     if refused:
         message = (
             f"{refused}; every worker is deleted and the job asks for admission again in {wait:.0f} s, "
@@ -1322,6 +1328,22 @@ def _readiness(
 
 # Workers waiting for an old pod's name that a message names, at most (the rest: "...").
 _HELD_SHOWN = 3
+
+
+def _unplaceable(ctx: JobContext) -> str | None:
+    """kube-scheduler's reason the gang's unplaced workers wait, where it names no shortage of the job's
+    accelerator: shrinking or preempting other jobs for it again frees nothing it lacks (a high-priority
+    job whose PersistentVolumeClaim was misnamed restarted a lower-priority one every gang cycle). None
+    where any of them has no reason, one cut short (the shortage may be past the cut), or one naming the
+    shortage (the devices it was admitted onto were taken meanwhile)."""
+    waiting = sorted(
+        (pod for pod in ctx.live if not pod.node_name), key=lambda pod: (pod.index is None, pod.index or 0)
+    )
+    shortage = f"Insufficient {ctx.sizing.resource_name}"
+    reasons = [pod.unschedulable for pod in waiting]
+    if not reasons or any(not why or why.endswith("…") or shortage in why for why in reasons):
+        return None
+    return reasons[0]
 
 
 def unscheduled_note(ctx: JobContext) -> str:
