@@ -206,3 +206,35 @@ def test_a_gang_its_quota_exempts_preempts_the_job_of_its_namespace_not_another_
     assert [event["reason"] for event in kube.events(team_namespace, "own")].count("Preempted") == 1
     assert [pod["metadata"]["uid"] for pod in kube.workers(namespace, "bystander")] == bystander
     assert "Preempted" not in [event["reason"] for event in kube.events(namespace, "bystander")]
+
+
+def test_a_job_its_quota_exempts_shrinks_an_elastic_job_of_its_namespace_and_runs_once_it_has_left(
+    kube: Kube, team_namespace: str, operator: OperatorProcess, pool: PrivatePool
+) -> None:
+    """The elastic job's worker above its floor saves within its grace, charged by the quota, so the new job's
+    create is refused meanwhile. That refusal made its demand take no room at once: the next pass took the
+    shrink back (the elastic job grew to 2 again) and the job waited, QuotaExceeded, for good, with devices
+    free (two audits, 5 December)."""
+    half_node = {"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 4}
+    kube.apply(gpu_quota(team_namespace, 8))
+    kube.apply(
+        job_manifest(
+            "low", team_namespace, pool=pool, workers={"replicas": 2, "minReplicas": 1, "maxReplicas": 2},
+            resources=half_node, elastic={"enabled": True, "checkpointGracePeriodSeconds": 10},
+            scheduling={"priority": 0},
+        )
+    )  # fmt: skip
+    wait_for("low's 2 workers", lambda: len(running_names(kube.workers(team_namespace, "low"))) == 2)
+    kube.apply(
+        job_manifest(
+            "high", team_namespace, pool=pool, workers={"replicas": 1}, resources=half_node, elastic=FIXED,
+            scheduling={"priority": 10},
+        )
+    )  # fmt: skip
+    wait_for(
+        "the high-priority job running in its namespace's quota",
+        lambda: running_names(kube.workers(team_namespace, "high")) == ["high-worker-0"],
+        timeout=90,
+        interval=1,
+    )
+    assert running_names(kube.workers(team_namespace, "low")) == ["low-worker-0"]

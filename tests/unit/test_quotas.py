@@ -886,7 +886,28 @@ def test_a_gang_refused_while_the_jobs_it_preempted_are_still_leaving_keeps_its_
         return decide(observed, CATALOG)
 
     assert condition(later(places_held=True), "Admitted")["status"] == "True"
+    # And its demand still takes room: taking none, it let the pass take the shrink or preemption back, and
+    # the job waited for a quota the victim then held for good (two audits, 5 December).
+    held = later(places_held=True).demand
+    assert held is not None and held.makes_room
     # Gone a moment ago: the quota controller may not have counted them off yet.
     just_gone = NOW_DT + timedelta(seconds=9)
     assert condition(later(places_freed_at=just_gone), "Admitted")["status"] == "True"
     assert condition(later(places_held=False), "Admitted")["reason"] == "GangTimeout"
+
+
+def test_a_shrink_for_quota_is_not_taken_back_while_the_job_it_was_for_counts_on_that_quota() -> None:
+    # The elastic job was shrunk 2 -> 1 for the higher-priority one, which had devices free on another node
+    # but not quota: the leaving worker is charged until it has gone, so the newcomer's create was refused.
+    # No job waited for the leaving worker's node, so the next pass took it back (2 again), and the quota
+    # stayed full for good (two audits, 5 December).
+    low = holding(
+        replace(job("low", want=2, priority=0, created=1.0), quota_claims=claims()), 1, {"node-0": 2}
+    )
+    high = holding(replace(gang("high", 1, priority=10, created=2.0), quota_claims=claims()), 1)
+    quotas = QuotaState({POOL: Decimal(0)}, {key("low"): 2})  # 8 of 8 used, by low's 2 workers
+    result = plan_admissions([], [low, high], nodes(2), "BestEffortFIFO", NOW, 300.0, quotas=quotas)
+    assert result.grants[key("low")] == 1 and result.grants[key("high")] == 1
+    # Once nothing counts on it (the newcomer gone), a worker still bound is taken back as before.
+    result = plan_admissions([], [low], nodes(2), "BestEffortFIFO", NOW, 300.0, quotas=quotas)
+    assert result.grants[key("low")] == 2

@@ -1165,6 +1165,13 @@ def _satisfiable(cluster: _Cluster, job: _Job) -> bool:
     return cluster.slots_when_empty(job.nodes, job.demand.per_worker) >= job.floor
 
 
+def _quota_counted_on(budget: QuotaBudget, job: _Job) -> bool:
+    """Whether jobs admitted under a quota the job is charged to count on quota its leaving workers still
+    hold: the budget, less their workers not charged yet, is below nothing. Taken back, those workers kept
+    it, and a job that shrank this one for its quota (its devices free elsewhere) waited for good."""
+    return any(budget.free.get(claim.pool, Decimal(0)) < 0 for claim in job.demand.quota_claims)
+
+
 def _quota_budget(jobs: Sequence[_Job], quotas: QuotaState | None) -> QuotaBudget:
     """The quotas' free amounts as the pass reads them; each job's workers charged now; and the queued jobs
     whose minimum is over what is left once the admitted jobs' workers not charged yet are counted (they
@@ -1354,7 +1361,8 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaB
     for job in jobs:
         if not job.holds or not job.demand.elastic or job.shrunk_for or job.freed_for:
             continue
-        if job.grant < min(job.target, job.placed) and not queue.anyone_waits_for(job):
+        taken_back = not queue.anyone_waits_for(job) and not _quota_counted_on(budget, job)
+        if job.grant < min(job.target, job.placed) and taken_back:
             job.grant = max(job.grant, job.whole_groups(min(job.placed, job.target)))
         if job.grant >= job.target or job.placed != job.grant:
             continue
