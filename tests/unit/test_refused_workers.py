@@ -666,3 +666,35 @@ def test_a_gang_kube_scheduler_left_for_want_of_devices_may_take_room_again(harn
     assert harness.kube.jobs["llama"]["status"]["gang"].get("unplaceable") is None
     backoff_over_and_reconciled(harness)
     assert len(harness.events("Preempted")) == 2
+
+
+def test_a_preempted_job_suspended_and_resumed_during_its_handshake_says_it_is_preempted(
+    harness: Harness,
+) -> None:
+    # It said Suspended=True and Admitted=False Suspended ("spec.runPolicy.suspend is true") for the whole
+    # grace period after the resume (the scheduling audit, 5 December).
+    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
+    harness.kube.jobs["other"]["spec"]["elastic"] = {"checkpointGracePeriodSeconds": 600}
+    harness.reconcile(key=OTHER)
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    llama = job_manifest(replicas=2)
+    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
+    harness.kube.jobs["llama"] = llama
+    harness.reconcile()
+    both_reconciled(harness)
+    assert harness.condition("Admitted", "other")["reason"] == "Preempted"
+    other = harness.kube.jobs["other"]
+    for suspend, generation in ((True, 2), (False, 3)):
+        other["spec"]["runPolicy"] = {"suspend": suspend}
+        other["metadata"]["generation"] = generation
+        harness.reconcile("update", key=OTHER)
+    assert sorted(name for name in harness.kube.pods if name.startswith("other-")) == [
+        "other-worker-0",
+        "other-worker-1",
+    ]  # still saving within their grace
+    suspended = harness.condition("Suspended", "other")
+    assert (suspended["status"], suspended["reason"]) == ("False", "Resumed")
+    admitted = harness.condition("Admitted", "other")
+    assert (admitted["status"], admitted["reason"]) == ("False", "Preempted")
+    assert harness.kube.jobs["other"]["status"]["phase"] == "Queued"

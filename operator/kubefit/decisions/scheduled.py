@@ -264,9 +264,16 @@ def stop_every_worker(  # noqa: PLR0913 - a job as observed, and why and how its
     suspended = reason == Reason.SUSPENDED
     message = f"{why}; {removal_progress(shake, removal)}"
     updates = [*first_updates, *not_running(reason, why)]
+    conditions = observation.status.get("conditions") or []
     if suspended:
         updates.append(ConditionUpdate(ConditionType.SUSPENDED, "True", Reason.SUSPENDED, why))
-    if suspended or is_true(observation.status.get("conditions") or [], ConditionType.ADMITTED):
+    elif is_true(conditions, ConditionType.SUSPENDED):
+        # Resumed while released for another reason (preempted, then suspended and resumed during the
+        # handshake): it said Suspended=True and Admitted=False Suspended for the whole grace period.
+        message = "spec.runPolicy.suspend is false"
+        updates.append(ConditionUpdate(ConditionType.SUSPENDED, "False", Reason.RESUMED, message))
+    admitted = find_condition(conditions, ConditionType.ADMITTED) or {}
+    if suspended or admitted.get("status") == "True" or admitted.get("reason") == Reason.SUSPENDED:
         updates.append(ConditionUpdate(ConditionType.ADMITTED, "False", reason, why))
     draft = Draft(
         phase=JobPhase.SUSPENDED if suspended else JobPhase.QUEUED,
