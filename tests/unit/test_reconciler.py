@@ -648,6 +648,22 @@ def test_a_workers_name_taken_says_whether_it_lasts_on_a_create_and_on_a_dry_run
     assert "dryRun=All" in server.sent[0][1]
 
 
+def test_a_job_whose_namespace_is_being_deleted_records_no_failure(harness: Harness) -> None:
+    # Its workers gone with the namespace, the replacements' creates were refused (403): each job logged an
+    # error, counted a failed reconcile and posted events the API server then refused (the operations audit).
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.kube.fail[("create_pod", "*")] = api_error(
+        403,
+        'pods "llama-worker-0" is forbidden: unable to create new content in namespace team-a because it is '
+        "being terminated",
+    )
+    harness.reconcile()
+    assert not harness.events("ReconcileError") and not retrying(harness)
+    labels = {"namespace": "team-a", "name": "llama"}
+    assert harness.metrics.registry.get_sample_value("kubefit_trainingjob_reconcile_failures", labels) is None
+    assert harness.reconciler._jobs[KEY].failures == 0
+
+
 def test_a_create_refused_the_same_way_on_every_retry_posts_one_warning(harness: Harness) -> None:
     # Each retry writes its decision's status (no error in it) before the create fails again: the error
     # was taken for news against that status, and every retry posted a Warning more.

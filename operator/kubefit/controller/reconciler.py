@@ -430,6 +430,12 @@ class Reconciler:
                 except WritesStopped:  # handing the Lease over: the next leader reconciles it
                     return True
         except Exception as error:  # noqa: BLE001 - the safety net: any failure becomes a condition
+            if _namespace_terminating(error):
+                # Its namespace is being deleted, and the job with it: not a failure to count, tell or retry
+                # (every job of a namespace deleted with its workers running logged an error and posted
+                # events the API server then refused).
+                logger.info("%s/%s: its namespace is being deleted; nothing more is written", *key)
+                return True
             self._record_failure(key, state, view, progress, error)
             return False
         if gone:
@@ -919,6 +925,15 @@ class Reconciler:
                 raise failed
         if len(todo) > CREATE_BATCH:
             self._go_round_again(state)
+
+
+def _namespace_terminating(error: BaseException) -> bool:
+    """The API server's 403 for a create in a namespace being deleted (NamespaceLifecycle)."""
+    return (
+        isinstance(error, ApiException)
+        and int(error.status or 0) == 403
+        and "because it is being terminated" in error_message(error)
+    )
 
 
 def _outcome(
