@@ -192,3 +192,40 @@ def test_a_reconcile_between_a_scale_and_its_pass_waits_for_the_pass_too(debounc
     debounced.reconcile("timer")  # the resync, or a pod event, before the debounced pass
     settled(debounced, lambda: debounced.condition("Admitted")["message"] == "4 workers granted")
     assert not [call for call in debounced.events() if "no capacity" in call[2]]
+
+
+def test_a_shrink_reason_naming_a_job_since_deleted_is_dropped(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a was shrunk for c; c was deleted and b took the devices c left: a still said "to make room for
+    # team-a/c" (the scheduling audit, 5 December).
+    node = NodeFacts("n", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "4"})
+    monkeypatch.setattr(test_reconciler, "NODES", [node])
+
+    def running(name: str, replicas: int, priority: int, **workers: int) -> None:
+        manifest = job_manifest(name, replicas=replicas, **workers)
+        manifest["spec"]["scheduling"] = {"priority": priority}
+        if workers:
+            manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
+        harness.kube.jobs[name] = manifest
+        for _ in range(3):
+            for job in list(harness.kube.jobs):
+                harness.reconcile("update", key=(NAMESPACE, job))
+            for pod_name, pod in list(harness.kube.pods.items()):
+                harness.kube.pods[pod_name] = replace(pod, phase="Running", node_name="n")
+
+    running("a", 4, 0, minReplicas=1, maxReplicas=4)
+    running("c", 2, 10)
+    assert (
+        harness.condition("Admitted", "a")["message"] == "2 of 4 workers granted: to make room for team-a/c"
+    )
+    running("b", 2, 5)
+    assert harness.condition("Admitted", "b")["status"] == "False"  # a at 2 cannot give it 2 more
+    del harness.kube.jobs["c"]
+    for name in ("c-worker-0", "c-worker-1"):
+        del harness.kube.pods[name]
+    harness.reconcile("delete", key=(NAMESPACE, "c"))
+    for _ in range(2):  # a is not reconciled by hand: the pass after the deletion tells it
+        harness.reconcile("update", key=(NAMESPACE, "b"))
+    assert harness.condition("Admitted", "b")["status"] == "True"
+    assert harness.condition("Admitted", "a")["message"] == "2 of 4 workers granted: no capacity for more"

@@ -165,6 +165,7 @@ class _Entry:
     # time.monotonic() when a reconcile put off its writes for the pass that decides its new demand
     # (await_pass): that pass reconciles the job, whatever it grants.
     awaited_at: float | None = None
+    retell: bool = False  # its reason was dropped (it named a job since deleted): the next pass reconciles it
     uid: str | None = None  # the job's: workers of an earlier job of the same name are not its own
 
 
@@ -444,6 +445,13 @@ class Scheduler:
         with self._lock:
             known = self._entries.pop(key, None) is not None
             self._seen.discard(key)
+            gone = f"to make room for {key[0]}/{key[1]}"
+            for entry in self._entries.values():
+                if entry.reason is not None and entry.reason.endswith(gone):
+                    # "ShrunkForPriority: to make room for ml/c" stood while ml/c no longer existed and
+                    # another job had taken the devices it left (the scheduling audit).
+                    entry.reason = entry.reason_want = None
+                    entry.retell = True
             if self._offered_since_start is not None:
                 self._offered_since_start.add(key)  # deleted: no offer of it to wait for
             self._grant_on_leaving.pop(key, None)
@@ -1087,9 +1095,12 @@ def _workers_and_usage(
 
 def _decided(entry: _Entry) -> bool:
     """Records the want of the demand a pass decided (under the lock); True when a reconcile waited for that
-    decision (Reconciler._awaits_pass), granted or not: the job is told now. A pass of an older demand than
-    the entry's leaves the wait to the next one."""
+    decision (Reconciler._awaits_pass), granted or not, or the job's reason was dropped (retell): the job is
+    told now. A pass of an older demand than the entry's leaves the wait to the next one."""
     entry.decided_want = entry.planned[0].want_workers if entry.planned is not None else None
+    if entry.retell:
+        entry.retell = False
+        return True
     if entry.awaited_at is None or entry.planned is None or entry.planned[0] is not entry.demand:
         return False
     entry.awaited_at = None
