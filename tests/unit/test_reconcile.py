@@ -2608,6 +2608,18 @@ def test_why_kube_scheduler_cannot_place_a_worker_is_in_the_ready_message_and_th
     )
     assert status_of(late)["gang"]["unplaceable"] == why
     assert late.demand is None  # backing off; after it, its demand takes no room (test_refused_workers)
+    # A timeout in the reconcile that also sees a spec edit (generation 3 over a status of 2): the edit ends
+    # such a hold, so none is set, and the message does not say it takes no room (a review).
+    edited = decide(
+        observe(
+            pods=pending,
+            status={**status_of(failed), "observedGeneration": 2},
+            now=NOW + timedelta(seconds=305),
+        ),
+        CATALOG,
+    )
+    assert status_of(edited)["gang"].get("unplaceable") is None
+    assert "takes no room" not in condition(edited, "Admitted")["message"]
 
 
 def test_a_reason_naming_the_count_wanted_before_a_scale_is_not_told_after_it() -> None:

@@ -622,8 +622,9 @@ def unplaceable_gang_timed_out(harness: Harness, why: str) -> None:
     harness.reconcile()
     both_reconciled(harness)  # the other job's workers leave for it; its own are created
     assert sorted(harness.kube.pods) == ["llama-worker-0", "llama-worker-1"]
+    short_of = frozenset({"nvidia.com/gpu"}) if "Insufficient nvidia.com/gpu" in why else frozenset()
     for name, pod in list(harness.kube.pods.items()):
-        harness.kube.pods[name] = replace(pod, unschedulable=why)
+        harness.kube.pods[name] = replace(pod, unschedulable=why, short_of=short_of)
     time.sleep(1.1)  # past its gang timeout
     harness.reconcile("timer")
     assert harness.condition("Admitted")["reason"] == "GangTimeout"
@@ -649,6 +650,11 @@ def test_a_gang_kube_scheduler_placed_for_no_want_of_devices_preempts_no_one_aga
         backoff_over_and_reconciled(harness)
     assert len(harness.events("Preempted")) == 1
     assert harness.condition("Admitted", "other")["status"] == "True"
+    waiting = harness.condition("Admitted")["message"]  # past its backoff, the queued message says so too
+    assert (
+        "it takes no room from other jobs until a worker of it is placed" in waiting
+        and PVC_MISSING in waiting
+    )
     restarted(harness)  # status.gang.unplaceable holds it across a restart
     backoff_over_and_reconciled(harness)
     assert len(harness.events("Preempted")) == 1
@@ -698,3 +704,44 @@ def test_a_preempted_job_suspended_and_resumed_during_its_handshake_says_it_is_p
     admitted = harness.condition("Admitted", "other")
     assert (admitted["status"], admitted["reason"]) == ("False", "Preempted")
     assert harness.kube.jobs["other"]["status"]["phase"] == "Queued"
+
+
+@pytest.mark.parametrize("policy", ["BestEffortFIFO", "StrictFIFO"])
+def test_a_demand_that_makes_no_room_holds_back_no_job_behind_it(policy: str) -> None:
+    # An unplaceable (or refused) job that had waited past the head-of-line limit kept the devices free for
+    # itself: a job behind it that fitted waited too, for a job whose pods cannot bind (a review).
+    from test_admission import NOW, gang, holding, job
+
+    from kubefit.decisions.admission import plan_admissions
+
+    low = holding(job("low", per_worker=4, created=1.0), 1, {"node-0": 1})
+    urgent = replace(gang("urgent", 1, per_worker=8, priority=10, created=2.0), makes_room=False)
+    urgent = replace(urgent, queued_since=NOW - 3600)
+    small = gang("small", 1, per_worker=4, created=3.0)
+    result = plan_admissions([urgent, small], [low], nodes(1), policy, NOW, 300.0)  # type: ignore[arg-type]
+    assert result.grants[key("small")] == 1 and result.grants[key("urgent")] == 0
+
+
+def test_a_reason_past_the_cut_of_the_message_still_names_a_shortage() -> None:
+    # Newer kube-schedulers add a preemption note: the verdicts were past the 200 characters kept, and the
+    # job was taken as short of devices, preempting again (a review, 5 December).
+    from kubefit.decisions.observed import worker_from_pod
+
+    claim = "llama3-70b-pretraining-checkpoints-fsx-lustre-research-v2-shared"
+    message = (
+        f'0/40 nodes are available: 40 persistentvolumeclaim "{claim}" not found. preemption: 0/40 nodes are '
+        "available: 40 Preemption is not helpful for scheduling."
+    )
+    short = f"0/40 nodes are available: {'7 node(s) had taint {x: y}, that the pod did not tolerate, ' * 4}"
+    short += "1 Insufficient nvidia.com/gpu."
+    for text, lacking in ((message, frozenset()), (short, frozenset({"nvidia.com/gpu"}))):
+        pod = {
+            "metadata": {"name": "llama-worker-0", "labels": {"kubefit.dev/job": "llama"}},
+            "spec": {},
+            "status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": text}
+            ]},
+        }  # fmt: skip
+        worker = worker_from_pod(pod)
+        assert worker is not None and worker.unschedulable is not None and worker.unschedulable.endswith("…")
+        assert worker.short_of == lacking

@@ -716,6 +716,10 @@ class _Queue:
         waited too long) unless its minimum exceeds the whole cluster: waiting for it would stop the
         accelerator for good, and it gets in when nodes are added anyway."""
         self.waiting[job.key] = f"{INSUFFICIENT_CAPACITY}: {message}"
+        if not job.demand.makes_room:
+            # It takes no room (refused, or unplaceable for another reason than devices): it waits for devices
+            # free anyway, holding back no job behind it and keeping no place for itself.
+            return
         if satisfiable:  # one that cannot fit even on an empty cluster waits for nothing freed here
             self.did_not_fit.append(job)
         if self.policy == "StrictFIFO":
@@ -1167,9 +1171,13 @@ def _satisfiable(cluster: _Cluster, job: _Job) -> bool:
 
 def _quota_counted_on(budget: QuotaBudget, job: _Job) -> bool:
     """Whether jobs admitted under a quota the job is charged to count on quota its leaving workers still
-    hold: the budget, less their workers not charged yet, is below nothing. Taken back, those workers kept
-    it, and a job that shrank this one for its quota (its devices free elsewhere) waited for good."""
-    return any(budget.free.get(claim.pool, Decimal(0)) < 0 for claim in job.demand.quota_claims)
+    hold: their workers not charged yet take the budget below nothing (not a quota read over its limit
+    already). Taken back, those workers kept it, and a job that shrank this one for its quota (its devices
+    free elsewhere) waited for good."""
+    return any(
+        budget.free.get(claim.pool, Decimal(0)) < min(Decimal(0), budget.read.get(claim.pool, Decimal(0)))
+        for claim in job.demand.quota_claims
+    )
 
 
 def _quota_budget(jobs: Sequence[_Job], quotas: QuotaState | None) -> QuotaBudget:

@@ -672,12 +672,8 @@ def _taking_room(
     demand: Demand | None, observation: JobObservation, gang: GangStatus | None
 ) -> Demand | None:
     """The demand, which takes no room from other jobs while the job's workers are refused (refusal), or
-    kube-scheduler placed none for a reason other than room (gang.unplaceable). A refusal while workers of
-    jobs shrunk or preempted for it still leave does not count (a quota charges them until they are gone,
-    as running._refused_gang expects): taking no room then, it let the pass take the shrink back, and the
-    quota stayed full for good."""
-    refused = observation.refusal is not None and not observation.places_held
-    held = refused or (gang is not None and gang.unplaceable)
+    kube-scheduler placed none for a reason other than room (gang.unplaceable)."""
+    held = observation.refusal or (gang is not None and gang.unplaceable)
     return replace(demand, makes_room=False) if demand is not None and held else demand
 
 

@@ -65,6 +65,9 @@ class WorkerPod:
     # Not bound, and kube-scheduler said why (condition PodScheduled=False, reason Unschedulable): its
     # message (a claim not found, a node selector nothing matches, too little CPU), cut short.
     unschedulable: str | None = None
+    # The resources that message, whole, says nodes lack ("Insufficient nvidia.com/gpu"): read before the
+    # cut, which newer kube-schedulers' preemption note pushes the verdicts past.
+    short_of: frozenset[str] = frozenset()
     # Bound to a node that is not Ready (the controller's view): it may run on, but unreachable; the
     # scheduling pass counts nothing on such a node, and the worker is taken as not running.
     node_lost: bool = False
@@ -157,6 +160,7 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
         exit_reason=exit_reason,
         outlived_by_sidecar=outlived_by_sidecar,
         unschedulable=_unschedulable(pod),
+        short_of=_short_of(pod),
         trainer_started=phase != POD_PENDING or _trainer_started(pod),
     )
 
@@ -165,7 +169,16 @@ def worker_from_pod(pod: Mapping[str, Any]) -> WorkerPod | None:
 _UNSCHEDULABLE_SHOWN = 200
 
 
-def _unschedulable(pod: Mapping[str, Any]) -> str | None:
+_INSUFFICIENT = re.compile(r"Insufficient (\S+?)[,.]?(?:\s|$)")
+
+
+def _short_of(pod: Mapping[str, Any]) -> frozenset[str]:
+    """The resources kube-scheduler's whole Unschedulable message says nodes lack (_unschedulable)."""
+    message = _unschedulable(pod, cut=False)
+    return frozenset(_INSUFFICIENT.findall(message)) if message else frozenset()
+
+
+def _unschedulable(pod: Mapping[str, Any], cut: bool = True) -> str | None:
     """kube-scheduler's reason an unbound pod waits (PodScheduled=False, Unschedulable); None otherwise."""
     if (pod.get("spec") or {}).get("nodeName"):
         return None
@@ -178,7 +191,7 @@ def _unschedulable(pod: Mapping[str, Any]) -> str | None:
             and condition.get("reason") == "Unschedulable"
         ):
             message = " ".join(str(condition.get("message") or "no reason given").split())
-            if len(message) > _UNSCHEDULABLE_SHOWN:
+            if cut and len(message) > _UNSCHEDULABLE_SHOWN:
                 message = message[: _UNSCHEDULABLE_SHOWN - 1] + "…"
             return message
     return None

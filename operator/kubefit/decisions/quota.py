@@ -333,6 +333,7 @@ class QuotaBudget:
 
     def __init__(self, free: Mapping[tuple[str, str, str], Decimal]) -> None:
         self.free = dict(free)
+        self.read = dict(free)  # as the quotas read, before any worker was counted
         # Quota that jobs shrunk or preempted in the pass free beyond what the exempt job they made room for
         # was short of: charged until their pods are gone, so only another exempt job (which makes room for
         # itself rather than wait) counts it, and no one is preempted for it a second time.

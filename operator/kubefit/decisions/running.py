@@ -1186,7 +1186,9 @@ def gang_timeout(
     """Release every worker of a gang that was not all placed on nodes in time, or whose workers the API
     server refused (`refused`: why), and back off."""
     timeout = ctx.spec.scheduling.gang_timeout_seconds
-    unplaceable = None if refused else _unplaceable(ctx)
+    # Not in a reconcile that also sees a spec edit, which ends such a hold (decisions/job._gang_kept).
+    edited = ctx.observation.generation != ctx.status.get("observedGeneration")
+    unplaceable = None if refused or edited else _unplaceable(ctx)
     gang: GangStatus = after_timeout(previous_gang(ctx.status), ctx.now).model_copy(
         update={"refused": refused, "unplaceable": unplaceable}
     )
@@ -1334,16 +1336,15 @@ def _unplaceable(ctx: JobContext) -> str | None:
     """kube-scheduler's reason the gang's unplaced workers wait, where it names no shortage of the job's
     accelerator: shrinking or preempting other jobs for it again frees nothing it lacks (a high-priority
     job whose PersistentVolumeClaim was misnamed restarted a lower-priority one every gang cycle). None
-    where any of them has no reason, one cut short (the shortage may be past the cut), or one naming the
-    shortage (the devices it was admitted onto were taken meanwhile)."""
+    where any of them has no reason, or one naming the shortage (the devices it was admitted onto were
+    taken meanwhile)."""
     waiting = sorted(
         (pod for pod in ctx.live if not pod.node_name), key=lambda pod: (pod.index is None, pod.index or 0)
     )
-    shortage = f"Insufficient {ctx.sizing.resource_name}"
-    reasons = [pod.unschedulable for pod in waiting]
-    if not reasons or any(not why or why.endswith("…") or shortage in why for why in reasons):
+    resource = ctx.sizing.resource_name
+    if not waiting or any(not pod.unschedulable or resource in pod.short_of for pod in waiting):
         return None
-    return reasons[0]
+    return waiting[0].unschedulable
 
 
 def unscheduled_note(ctx: JobContext) -> str:

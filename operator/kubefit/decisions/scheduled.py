@@ -202,6 +202,13 @@ def _queued(ctx: JobContext, grant: int) -> Draft:
     waiting = waiting or "waiting for the operator's scheduling pass"
     if 0 < grant < ctx.bounds.desired:  # a non-elastic job is admitted whole or not at all
         waiting = f"granted {grant} of the {ctx.bounds.desired} workers it needs all at once; {waiting}"
+    unplaceable = previous_gang(ctx.status).unplaceable
+    if unplaceable and ctx.observation.generation == ctx.status.get("observedGeneration"):
+        # Past its backoff, the pass's words alone read as if it waited its turn (decisions/job._gang_kept).
+        waiting = (
+            f"{waiting}; it takes no room from other jobs until a worker of it is placed or its spec changes "
+            f"(suspend and resume it once the cause is put right), since at its last gang timeout: {unplaceable}"
+        )
     return _waiting(ctx, reason, waiting)
 
 
