@@ -229,3 +229,37 @@ def test_a_shrink_reason_naming_a_job_since_deleted_is_dropped(
         harness.reconcile("update", key=(NAMESPACE, "b"))
     assert harness.condition("Admitted", "b")["status"] == "True"
     assert harness.condition("Admitted", "a")["message"] == "2 of 4 workers granted: no capacity for more"
+
+
+def test_a_pass_stored_after_its_beneficiary_was_deleted_names_it_nowhere(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # forget() dropped the reasons naming the deleted job, but a pass planned before the deletion and stored
+    # after it set "to make room for team-a/c" again (a review, 5 December).
+    node = NodeFacts("n", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "4"})
+    monkeypatch.setattr(test_reconciler, "NODES", [node])
+    manifest = job_manifest("a", replicas=4, minReplicas=1, maxReplicas=4)
+    manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
+    harness.kube.jobs["a"] = manifest
+    for _ in range(2):
+        harness.reconcile("update", key=(NAMESPACE, "a"))
+    scheduler = harness.reconciler.scheduler
+    store = scheduler._store
+
+    stored: list[str] = []
+
+    def deleted_meanwhile(plan: Any, planned: Any, *args: Any, **kwargs: Any) -> Any:
+        forgotten = (NAMESPACE, "c") in plan.grants
+        if forgotten:
+            scheduler.forget((NAMESPACE, "c"))
+        changed = store(plan, planned, *args, **kwargs)
+        if forgotten:
+            stored.append(scheduler._entries[(NAMESPACE, "a")].reason or "")
+        return changed
+
+    monkeypatch.setattr(scheduler, "_store", deleted_meanwhile)
+    c = job_manifest("c", replicas=2)
+    c["spec"]["scheduling"] = {"priority": 10}
+    harness.kube.jobs["c"] = c
+    harness.reconcile("update", key=(NAMESPACE, "c"))
+    assert stored and not [reason for reason in stored if "team-a/c" in reason]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -918,7 +919,7 @@ class Scheduler:
                 waiting = (
                     (plan.waiting.get(key) or (old_workers_going or {}).get(key)) if granted == 0 else None
                 )
-                reason = plan.reasons.get(key)
+                reason = _unless_for_a_job_gone(plan.reasons.get(key), self._entries)
                 _count_change(entry.granted or 0, granted, reason, key in plan.preempt, (scaled, preempted))
                 # A queued job whose message alone changed (the free capacity it names moved) is not
                 # reconciled now: every pass would rewrite the status of every queued job (docs/performance.md,
@@ -1091,6 +1092,16 @@ def _workers_and_usage(
     for key in unread_workers(read, usage):
         read[key] = live_workers(_owned(view.workers(key), uids[key]))
     return bound_as_used(read, usage), usage
+
+
+_MADE_ROOM_FOR = re.compile(r"to make room for ([^/\s]+)/(\S+)$")
+
+
+def _unless_for_a_job_gone(reason: str | None, entries: Mapping[JobKey, _Entry]) -> str | None:
+    """A pass's reason, None where it names a job forgotten since the pass planned (deleted while it ran:
+    forget() dropped such reasons already, and the stored plan would bring them back)."""
+    found = _MADE_ROOM_FOR.search(reason or "")
+    return None if found is not None and (found.group(1), found.group(2)) not in entries else reason
 
 
 def _decided(entry: _Entry) -> bool:
