@@ -443,6 +443,16 @@ def test_a_job_whose_service_create_keeps_failing_still_gives_its_grant_back(
     assert harness.condition("Admitted", "other")["status"] == "True"
 
 
+def worker_name_taken_and_grant_given_back(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama, of a higher priority, preempted the other job; a pod that is not its own has worker 1's name,
+    refused twice 5 s or more apart: the grant went back (dry runs are due at once)."""
+    monkeypatch.setattr(refusals_module, "REFUSAL_TRY_SECONDS", 0.0)
+    preempting_for_refused_workers(harness, {"llama-worker-1": foreign_pod("llama-worker-1")})
+    both_reconciled(harness)
+    refused_since(harness, 10)
+    harness.reconcile("retry")  # worker 1's name still taken: the grant goes back, worker 0 deleted
+
+
 def foreign_pod(name: str, lasting: bool = True) -> PodNameTaken:
     return PodNameTaken(
         f"Pod team-a/{name} exists and is not this TrainingJob's (owned by Deployment web (uid w))",
@@ -455,11 +465,7 @@ def test_a_worker_name_another_pod_keeps_gives_the_grant_back_and_its_dry_run_tr
 ) -> None:
     # The name taken failed the pass as any error: the gang held both devices until its timeout, then asked
     # again after its backoff and preempted the other job once more, every cycle (a review, 5 December).
-    monkeypatch.setattr(refusals_module, "REFUSAL_TRY_SECONDS", 0.0)
-    preempting_for_refused_workers(harness, {"llama-worker-1": foreign_pod("llama-worker-1")})
-    both_reconciled(harness)
-    refused_since(harness, 10)
-    harness.reconcile("retry")  # worker 1's name still taken: the grant goes back, worker 0 deleted
+    worker_name_taken_and_grant_given_back(harness, monkeypatch)
     admitted = harness.condition("Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout")
     assert admitted["message"].startswith(
@@ -469,12 +475,7 @@ def test_a_worker_name_another_pod_keeps_gives_the_grant_back_and_its_dry_run_tr
     assert "taking no room from other jobs until that name is free" in admitted["message"]
     assert not [name for name in harness.kube.pods if name.startswith("llama-")]
     for _ in range(2):  # two backoffs over, the other job running again
-        both_reconciled(harness)
-        run_on_h0(harness, "other")
-        harness.reconcile("pod", key=OTHER)
-        harness.kube.jobs["llama"]["status"]["gang"]["retryAfter"] = "2000-01-01T00:00:00Z"
-        harness.reconcile("timer")
-        both_reconciled(harness)
+        backoff_over_and_reconciled(harness)
     assert len(harness.events("Preempted")) == 1
     tries = harness.calls("try_pod")
     assert tries and {call[1] for call in tries} == {"llama-worker-1"}  # worker 0's would be admitted
@@ -544,11 +545,7 @@ def test_a_taken_worker_name_is_tried_after_an_operator_restart_too(
 ) -> None:
     # The restarted process recalled the refusal from status.gang.refused but not whose name was taken: its
     # dry run of worker 0 was admitted, and the job preempted the other one again (a review, 5 December).
-    monkeypatch.setattr(refusals_module, "REFUSAL_TRY_SECONDS", 0.0)
-    preempting_for_refused_workers(harness, {"llama-worker-1": foreign_pod("llama-worker-1")})
-    both_reconciled(harness)
-    refused_since(harness, 10)
-    harness.reconcile("retry")  # the grant goes back
+    worker_name_taken_and_grant_given_back(harness, monkeypatch)
     both_reconciled(harness)
     run_on_h0(harness, "other")
     harness.reconcile("pod", key=OTHER)
