@@ -374,12 +374,7 @@ def test_a_gang_a_quota_admits_only_in_part_is_not_tried_with_one_workers_dry_ru
     harness.reconcile("retry")  # worker 1 refused again: the grant goes back, worker 0 deleted
     assert harness.condition("Admitted")["reason"] == "GangTimeout"
     for _ in range(3):  # three backoffs over
-        both_reconciled(harness)
-        run_on_h0(harness, "other")
-        harness.reconcile("pod", key=OTHER)
-        harness.kube.jobs["llama"]["status"]["gang"]["retryAfter"] = "2000-01-01T00:00:00Z"
-        harness.reconcile("timer")
-        both_reconciled(harness)
+        backoff_over_and_reconciled(harness)
     assert not harness.calls("try_pod")
     assert len(harness.events("Preempted")) == 1
     assert harness.kube.jobs["llama"]["status"]["gang"]["refused"].startswith(
