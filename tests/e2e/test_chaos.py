@@ -308,6 +308,43 @@ def _running_count(kube: Kube, namespace: str, job: str) -> int:
     return len(running_names(kube.workers(namespace, job)))
 
 
+class _WorkerSampler:
+    """Counts a job's running workers every 0.1 s in a thread, from `start` to `stop`."""
+
+    def __init__(self, kube: Kube, namespace: str, job: str):
+        self.count = lambda: _running_count(kube, namespace, job)
+        # Each successful sample's count; a failed listing is tried at the next one.
+        self.samples: list[int] = []
+        self.failures: list[str] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            try:
+                self.samples.append(self.count())
+            except Exception as error:  # noqa: BLE001 - a busy API server; reported by wait_past
+                self.failures.append(repr(error))
+            if self.done.wait(0.1):
+                return
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(10)
+
+    def wait_past(self, taken: int, more: int, timeout: float) -> None:
+        """Waits for `more` samples after the first `taken`. A sampler that saw nothing after an event (its
+        listings all failed) would let what it watches for pass unseen."""
+        deadline = time.monotonic() + timeout
+        while len(self.samples) < taken + more and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = len(self.samples) - taken
+        assert got >= more, f"{got} of {more} samples after the event: {self.failures[-2:]}"
+
+
 def test_a_node_with_running_workers_removed_each_job_recovers_per_its_policy(
     sandbox: Sandbox,
     kube: Kube,
@@ -359,37 +396,20 @@ def test_a_node_with_running_workers_removed_each_job_recovers_per_its_policy(
     survivors = {
         name: pod["metadata"]["uid"] for name, pod in where.items() if pod["spec"]["nodeName"] != victim
     }
-    fewest = [4]
-    samples: list[int] = []  # each successful sample's count; a failed listing is tried at the next one
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        while True:
-            try:
-                samples.append(_running_count(kube, namespace, "elastic"))
-                fewest[0] = min(fewest[0], samples[-1])
-            except Exception as error:  # noqa: BLE001 - a busy API server; counted below
-                failures.append(repr(error))
-            if stop.wait(0.1):
-                return
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = _WorkerSampler(kube, namespace, "elastic")
     sampler.start()
     try:
         lost = remove_node(core_api(new_api_client(sandbox.kubeconfig_path)), victim)
         assert lost >= 1
         # The replacement can run within a second: sampled from the removal on, not only once it is back.
-        taken = len(samples)
-        wait_for("samples after the removal", lambda: len(samples) >= taken + 2, 30, 0.05)
+        # Counted from the removal: the first listing can end after it (CI once saw [3, 4] and no more).
+        sampler.wait_past(taken=len(sampler.samples), more=2, timeout=30)
         wait_for("the elastic job back at 4", lambda: _running_count(kube, namespace, "elastic") == 4, 180, 1)
         wait_for("the fixed job back at 2", lambda: _running_count(kube, namespace, "fixed") == 2, 180, 1)
     finally:
-        stop.set()
-        sampler.join(10)
-    # A sampler that saw nothing (its listings all failed) would let the minimum pass unseen.
-    assert len(samples) >= 3, f"{len(samples)} samples of the elastic job's workers taken: {failures[-2:]}"
-    assert fewest[0] >= 2, f"the elastic job ran {fewest[0]} workers, below its minimum of 2"
+        sampler.stop()
+    fewest = min(sampler.samples)
+    assert fewest >= 2, f"the elastic job ran {fewest} workers, below its minimum of 2"
     now = {pod["metadata"]["name"]: pod["metadata"]["uid"] for pod in kube.items("pods", namespace)}
     # Elastic: every worker that survived the node is the same pod; only the lost ones are new.
     assert {name: now.get(name) for name in survivors if name.startswith("elastic")} == {
