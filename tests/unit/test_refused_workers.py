@@ -432,7 +432,10 @@ def test_a_job_whose_service_create_keeps_failing_still_gives_its_grant_back(
         harness.reconciler._jobs[KEY].retry_at = 0.0
         harness.reconcile("retry")
         harness.reconcile("update", key=OTHER)
-    assert harness.condition("Ready")["reason"] == "ReconcileError"  # the Service still cannot be created
+    # The Service still cannot be created, and with nothing to create that is no reconcile error: it read
+    # ReconcileError for good, its failure series growing (an audit, 5 December).
+    assert harness.condition("Ready")["reason"] == ("Suspended" if gives_back == "suspend" else "GangTimeout")
+    assert harness.reconciler._jobs[KEY].failures == 0
     entry = harness.reconciler.scheduler._entries.get(KEY)
     assert entry is None or not entry.granted
     assert harness.condition("Admitted", "other")["status"] == "True"
@@ -566,11 +569,17 @@ def test_a_taken_service_name_is_recalled_after_a_restart_and_retried_every_refu
     harness.reconcile("retry")
     restarted(harness)
     harness.reconcile("resume")
-    for _ in range(8):  # the backoff doubled at each failure, to 5 minutes: a taken Service caps it
-        harness.reconciler._jobs[KEY].retry_at = 0.0
-        harness.reconcile("retry")
+    tried = len(harness.calls("create_service"))
+    for _ in range(3):
+        harness.reconcile("timer")
+    # Queued with nothing to create, the refusal holds without failing the reconcile (Ready read
+    # ReconcileError for good before), and each reconcile tries the Service's create; the next one comes
+    # within REFUSAL_TRY_SECONDS, as a refused worker's dry run does.
     state = harness.reconciler._jobs[KEY]
-    assert state.refusals.service_taken and state.failures >= 8
+    assert state.refusals.service_taken and state.failures == 0
+    assert len(harness.calls("create_service")) == tried + 3
+    ready = harness.condition("Ready")
+    assert (ready["reason"], ready["status"]) == ("GangTimeout", "False"), ready
     requeue = harness.reconciler.pending_requeue(KEY)
     assert requeue is not None and requeue.delay <= refusals_module.REFUSAL_TRY_SECONDS
     assert not harness.calls("try_pod")

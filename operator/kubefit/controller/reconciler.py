@@ -827,7 +827,12 @@ class Reconciler:
                 )
                 if state.refusals.long_enough():
                     self._go_round_again(state, urgent=True)  # as for a refused worker (below)
-                raise
+                if decision.create or not taken.lasting:
+                    raise
+                # Nothing to create (queued, suspended, the grant given back): the refusal holds and says so,
+                # and the create is tried at the next reconcile, the decision's REFUSAL_TRY_SECONDS requeue
+                # of a refused job's at the latest. Raised, it read ReconcileError for good (an audit).
+                return
             state.service_for, state.service_at = ref.uid, time.monotonic()
             state.refusals.service_created()
         try:

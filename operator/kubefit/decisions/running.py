@@ -662,7 +662,7 @@ def _held_name(message: str) -> bool:
 def _until_created(refused: str) -> str:
     """What ends a refusal that gave the gang's grant back (controller/refusals.py)."""
     if HELD_SERVICE.search(refused):
-        return f"until its Service can be created (tried at each retry, at least every {REFUSAL_TRY_SECONDS:.0f} s)"
+        return f"until its Service can be created (tried at each reconcile, at least every {REFUSAL_TRY_SECONDS:.0f} s)"
     if HELD_POD.search(refused):
         return f"until that name is free (a dry-run create of that worker tries it every {REFUSAL_TRY_SECONDS:.0f} s)"
     return (
