@@ -369,7 +369,10 @@ def test_elastic_jobs_grow_to_their_want_when_capacity_appears() -> None:
     grown = plan([], [running], nodes(2))
     assert grown.grants[key("elastic")] == 4
     assert grown.reasons[key("elastic")] == "ScaledUp: 2 -> 4 workers (wants 4)"
-    assert plan([], [running], nodes(2, devices=6)).grants[key("elastic")] == 3
+    part = plan([], [running], nodes(2, devices=6))
+    assert part.grants[key("elastic")] == 3
+    # The step, then why not further: the job's messages tell the latter (it read the step alone).
+    assert part.reasons[key("elastic")] == "ScaledUp: 2 -> 3 workers (wants 4); no room now for 1 more worker"
 
 
 def test_a_new_elastic_job_is_admitted_at_its_minimum_and_grows_in_the_same_pass() -> None:

@@ -72,12 +72,14 @@ def test_a_scale_up_the_pass_cannot_grant_is_told_once_the_pass_planned_it(
     harness.log.clear()
     scaled(harness, 4)
     harness.reconcile("update")  # the pass planned 4 and grants 3
-    assert harness.condition("Admitted")["message"] == "3 of 4 workers granted: 2 -> 3 workers (wants 4)"
+    # Why it is short of 4, not the step the pass took (it read "2 -> 3 workers (wants 4)" until the grant
+    # next changed: an audit, 5 December).
+    assert harness.condition("Admitted")["message"] == "3 of 4 workers granted: no room now for 1 more worker"
     scaled(harness, 5)
     harness.reconcile("update")  # the pass planned 5 and grants 3, as before: the job is reconciled for it
     assert harness.condition("Admitted")["message"] == "3 of 5 workers granted: no capacity for more"
     assert admitted_events(harness) == [
-        "3 of 4 workers granted: 2 -> 3 workers (wants 4)",
+        "3 of 4 workers granted: no room now for 1 more worker",
         "3 of 5 workers granted: no capacity for more",
     ]
 

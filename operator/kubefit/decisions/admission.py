@@ -1453,6 +1453,14 @@ def _missing(cluster: _Cluster, job: _Job) -> str:
     )
 
 
+def _short_of(job: _Job) -> str:
+    """Why an elastic job's grant is below what it wants."""
+    short = _plural(job.target - job.grant, "more worker")
+    if job.quota_capped:
+        return f"its namespace's ResourceQuota has no room for {short}"
+    return f"no room now for {short}"
+
+
 def _reason(job: _Job) -> str | None:
     if job.preempted_for is not None:
         return f"{PREEMPTED}: to make room for {_name(job.preempted_for)}"
@@ -1460,15 +1468,14 @@ def _reason(job: _Job) -> str | None:
         return None
     if not job.admitted:
         if job.grant < job.target:  # an elastic job started on fewer than it wants: why, not the count
-            short = _plural(job.target - job.grant, "more worker")
-            if job.quota_capped:
-                return f"{ADMITTED}: its namespace's ResourceQuota has no room for {short}"
-            return f"{ADMITTED}: no room now for {short}"
+            return f"{ADMITTED}: {_short_of(job)}"
         return f"{ADMITTED}: {_plural(job.grant, 'worker')}"
     if job.grant > job.before:
         unplaced = job.grant - job.placed  # a non-elastic gang resized beyond the room there is
         waiting = f"; {unplaced} have no room yet" if unplaced > 0 else ""
-        return f"{SCALED_UP}: {job.before} -> {job.grant} workers (wants {job.target}){waiting}"
+        # Why it grew no further, after the step: the job's messages tell that part (running.py, _grant_why).
+        short = f"; {_short_of(job)}" if job.grant < job.target else ""
+        return f"{SCALED_UP}: {job.before} -> {job.grant} workers (wants {job.target}){waiting}{short}"
     if job.shrunk_for is not None:
         return f"{SHRUNK_FOR_PRIORITY}: to make room for {_name(job.shrunk_for)}"
     if job.lost:

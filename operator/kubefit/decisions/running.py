@@ -1130,6 +1130,9 @@ def _grant_why(ctx: JobContext, plan: _Plan) -> str | None:
     recovered grant of the same count the reason the previous Admitted message gave (the operator's
     restart is no news: the condition, its event and status.message stay as they were)."""
     detail = grant_detail(ctx)
+    if detail and pass_reason(ctx).startswith(Reason.SCALED_UP):
+        # "1 -> 2 workers (wants 4); no room now for 2 more workers": the step is no reason for the rest.
+        detail = detail.rpartition("; ")[2] if "; " in detail else None
     before = _admitted_before(ctx) if _recovered(ctx) else None
     if detail or before is None:
         return detail
