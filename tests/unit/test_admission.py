@@ -116,7 +116,9 @@ def test_workers_of_four_pack_two_per_eight_gpu_node() -> None:
     five = plan([gang("five", 5)], cluster=nodes(2))
     assert five.grants[key("five")] == 0 and not five.admitted_now
     assert five.waiting[key("five")] == (
-        "InsufficientCapacity: needs room for 5 workers of 4 nvidia-h100-80gb, each on one node; only 4 fit now (2 nodes with 4 free)"
+        "InsufficientCapacity: needs room for 5 workers of 4 nvidia-h100-80gb, each on one node; only 4 fit now "
+        "(2 nodes with 4 free); its nodes hold 4 of its 5 workers even with nothing else running: it waits for "
+        "nodes to be added"
     )
 
 
@@ -251,6 +253,11 @@ def test_a_head_bigger_than_the_whole_cluster_never_holds_others_back() -> None:
     assert admitted_keys(result) == {"held", "small"}
     strict = plan([huge, gang("small", 1, per_worker=4)], [held], cluster, policy="StrictFIFO")
     assert admitted_keys(strict) == {"held"}  # StrictFIFO means strict
+    # Its message says it waits for nodes, not for others to finish (it read like any wait: an audit).
+    assert result.waiting[key("huge")] == (
+        "InsufficientCapacity: needs 3 nodes with 8 free nvidia-h100-80gb; 1 has; its nodes hold 2 of its "
+        "3 workers even with nothing else running: it waits for nodes to be added"
+    )
 
 
 def test_a_starved_head_stops_elastic_growth_behind_it() -> None:

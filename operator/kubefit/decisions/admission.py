@@ -712,9 +712,10 @@ class _Queue:
         return f"waiting behind {_name(head.key)}, which has waited {waited}s (head of line)"
 
     def blocked(self, job: _Job, message: str, satisfiable: bool) -> None:
-        """A job that did not fit. It holds back the jobs behind it (StrictFIFO; BestEffortFIFO once it
-        waited too long) unless its minimum exceeds the whole cluster: waiting for it would stop the
-        accelerator for good, and it gets in when nodes are added anyway."""
+        """A job that did not fit. It holds back the jobs behind it: under StrictFIFO always (strict, also
+        behind a job bigger than the cluster, until nodes are added); under BestEffortFIFO once it waited too
+        long, unless its minimum exceeds the whole cluster: waiting for it would stop the accelerator for
+        good, and it gets in when nodes are added anyway."""
         self.waiting[job.key] = f"{INSUFFICIENT_CAPACITY}: {message}"
         if not job.demand.makes_room:
             # It takes no room (refused, or unplaceable for another reason than devices): it waits for devices
@@ -1294,7 +1295,7 @@ def _not_admitted(  # noqa: PLR0913 - the pass's state, the job, and what it is 
     if quota_short and _fits(cluster, nodes, job.demand.per_worker, job.floor):
         _wait_for_quota(queue, budget, job, _quota_exceeded(budget, job))
         return
-    queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
+    queue.blocked(job, *_unfit(cluster, job))
 
 
 def _quota_wait(
@@ -1344,7 +1345,7 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget:
         elif not nodes or not _admit(cluster, jobs, job, nodes, short, budget):
             # Still the first that did not fit (StrictFIFO's head) or a head past its wait: those behind it
             # must not take the nodes it may use, whoever keeps the others.
-            queue.blocked(job, _missing(cluster, job), _satisfiable(cluster, job))
+            queue.blocked(job, *_unfit(cluster, job))
             queue.waiting[job.key] = f"{QUEUED}: {kept_by}"
         if job.grant > 0 and job.demand.quota_claims:
             _charge_admitted(cluster, budget, job)
@@ -1430,6 +1431,17 @@ def _withhold(cluster: _Cluster, devices: Mapping[str, int]) -> dict[str, int]:
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _unfit(cluster: _Cluster, job: _Job) -> tuple[str, bool]:
+    """What the job's minimum lacks (_missing), and whether it would fit with nothing else running
+    (_satisfiable); the message says when it would not: it read like any wait."""
+    message, satisfiable = _missing(cluster, job), _satisfiable(cluster, job)
+    if not satisfiable and job.nodes and cluster.largest(job.nodes) >= job.demand.per_worker:
+        slots = cluster.slots_when_empty(job.nodes, job.demand.per_worker)
+        held = f"{slots} of its {_plural(job.floor, 'worker')}"
+        message += f"; its nodes hold {held} even with nothing else running: it waits for nodes to be added"
+    return message, satisfiable
 
 
 def _missing(cluster: _Cluster, job: _Job) -> str:
