@@ -265,3 +265,22 @@ def test_a_pass_stored_after_its_beneficiary_was_deleted_names_it_nowhere(
     harness.kube.jobs["c"] = c
     harness.reconcile("update", key=(NAMESPACE, "c"))
     assert stored and not [reason for reason in stored if "team-a/c" in reason]
+
+
+def test_a_resumed_job_is_written_once_its_pass_answers_not_as_waiting_for_it(harness: Harness) -> None:
+    # The first reconcile put its writes off for the pass once per job and process: a resume (or a gang's
+    # backoff ending) wrote Admitted=False "Queued: waiting for the operator's scheduling pass" and its
+    # event, a moment before the pass admitted it (an audit, 5 December).
+    running_elastic(harness, 2)
+    job = harness.kube.jobs["llama"]
+    for suspend in (True, False):
+        job["spec"]["runPolicy"] = {"suspend": suspend}
+        job["metadata"]["generation"] += 1
+        harness.reconcile("update")
+        harness.reconcile("pod")
+    assert sorted(harness.kube.pods) == ["llama-worker-0", "llama-worker-1"]  # created again on resume
+    waiting = [call for call in harness.events() if "waiting for the operator's scheduling pass" in call[2]]
+    assert not waiting, waiting
+    admitted = harness.condition("Admitted")
+    assert (admitted["status"], admitted["message"]) == ("True", "2 workers granted"), admitted
+    assert harness.condition("Suspended")["reason"] == "Resumed"

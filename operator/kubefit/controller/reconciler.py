@@ -193,6 +193,11 @@ class RequeueClock:
 class _JobState:
     busy: bool = False
     dirty: bool = False
+    # The trigger the running reconcile's round counts under (kubefit_reconcile_total), and the first of
+    # those that found it busy, for its next round: a job update during a pod event's reconcile counted as
+    # "pod" (a test that waited for an "update" reconcile then waited in vain).
+    trigger: str = ""
+    next_trigger: str | None = None
     replaced: set[str] = field(default_factory=set)  # uids of failed pods this process deleted
     # Workers this process created that kopf's index does not show yet (name -> time.monotonic() of the
     # create): not created again, though a trigger of another watch (admission, the job) comes first.
@@ -222,7 +227,13 @@ class _JobState:
         scheduler are not its own (it would skip its first pass). Only what says that the reconcile runs
         and must go round is kept."""
         if self.uid not in (None, uid):
-            fresh = _JobState(busy=self.busy, dirty=self.dirty, urgent=self.urgent)
+            fresh = _JobState(
+                busy=self.busy,
+                dirty=self.dirty,
+                urgent=self.urgent,
+                trigger=self.trigger,
+                next_trigger=self.next_trigger,
+            )
             for name in (item.name for item in fields(self)):
                 setattr(self, name, getattr(fresh, name))
         self.uid = uid
@@ -297,7 +308,7 @@ class Reconciler:
         released = failed = False
         try:
             while not (released := self._release_unless_dirty(key, state, failed)):
-                failed = not self._reconcile_safely(key, trigger, state, view)
+                failed = not self._reconcile_safely(key, state.trigger, state, view)
         finally:
             if not released:
                 with self._lock:
@@ -386,10 +397,16 @@ class Reconciler:
             if state.busy:
                 state.dirty = True
                 state.urgent = state.urgent or not deferrable
+                # A change to the job itself is what its next round is for, before a pod's or a timer's.
+                if state.next_trigger is None or (
+                    state.next_trigger in _DEFERRED_WHILE_BACKING_OFF and not deferrable
+                ):
+                    state.next_trigger = trigger
                 return None
             if deferrable and state.retry_at > time.monotonic():
                 return None  # the retry observes afresh
             state.dirty = state.busy = True
+            state.trigger, state.next_trigger = trigger, None
             return state
 
     def _release_unless_dirty(self, key: JobKey, state: _JobState, failed: bool = False) -> bool:
@@ -402,8 +419,10 @@ class Reconciler:
         with self._lock:
             if state.dirty and (state.urgent or not failed):
                 state.dirty = state.urgent = False
+                if state.next_trigger is not None:
+                    state.trigger, state.next_trigger = state.next_trigger, None
                 return False
-            state.busy = False
+            state.busy, state.next_trigger = False, None
             _forget_old_creates(state.created)
             if state.gone and self._jobs.get(key) is state:
                 del self._jobs[key]
@@ -685,8 +704,13 @@ class Reconciler:
 
     @staticmethod
     def _awaits_first_pass(state: _JobState, observation: JobObservation, decision: Decision) -> bool:
-        """Once per job, while no scheduling pass has answered its demand (the next reconcile writes all)."""
-        first = decision.demand is not None and observation.grant is None and not state.offered
+        """Once per offer of a job's demand, while no scheduling pass has answered it (the next reconcile
+        writes all): also when it offers again after withdrawing it (resumed, its gang backoff over), which
+        wrote "waiting for the operator's scheduling pass" and its event before the pass's answer."""
+        if decision.demand is None:
+            state.offered = False
+            return False
+        first = observation.grant is None and not state.offered
         state.offered = state.offered or first
         return first
 
