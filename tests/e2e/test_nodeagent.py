@@ -40,7 +40,7 @@ H100_PRODUCT = "NVIDIA-H100-80GB-HBM3"  # GFD's nvidia.com/gpu.product for the c
 T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.1) -> T:
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.1) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = probe()

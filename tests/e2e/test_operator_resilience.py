@@ -195,10 +195,15 @@ def test_absurd_and_large_worker_counts_leave_the_operators_memory_flat(
         timeout=300,
         interval=2,
     )
-    created = [
-        event["message"] for event in kube.events(namespace, "large") if event["reason"] == "CreatedWorkers"
-    ]
-    assert len(created) >= 4 and all(len(message.split(", ")) <= CREATE_BATCH for message in created)
+
+    def created_events() -> list[str]:
+        events = kube.events(namespace, "large")
+        created = [event["message"] for event in events if event["reason"] == "CreatedWorkers"]
+        return created if len(created) >= 4 else []
+
+    # kopf posts events after the creates, from a loop busy with the pods' watch events: waited for.
+    created = wait_for("4 CreatedWorkers events", created_events, timeout=60, interval=1)
+    assert all(len(message.split(", ")) <= CREATE_BATCH for message in created)
     # Let resyncs (every 10 s here) reconcile both jobs again with everything in place.
     reconciles = _reconciles(operator)
     wait_for("two more resyncs", lambda: _reconciles(operator) >= reconciles + 4, timeout=60, interval=1)
