@@ -1947,6 +1947,30 @@ def test_the_gang_clock_waits_while_its_places_are_held_by_workers_leaving_for_i
     assert condition(at(60), "Admitted")["reason"] == "GangTimeout"
 
 
+def test_a_gang_waiting_for_the_workers_leaving_for_it_says_so_not_only_kube_schedulers_shortage() -> None:
+    # "0/1 workers running; llama-worker-0 not scheduled: 0/3 nodes are available: 3 Insufficient
+    # nvidia.com/gpu." for the whole checkpoint grace read like a failure (an audit, 5 December).
+    spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
+    short = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    gpu = frozenset({"nvidia.com/gpu"})
+    pods = [replace(pod(index, "Pending"), unschedulable=short, short_of=gpu) for index in (0, 1)]
+    admitted = decide(observe(spec, pods), CATALOG)
+    observed = observe(spec, pods, admitted.status, NOW + timedelta(seconds=30))
+    held = decide(replace(observed, places_held=True, places_held_by=frozenset({("ml", "big")})), CATALOG)
+    ready = condition(held, "Ready")["message"]
+    assert (
+        ready
+        == "0/2 workers running; waiting for the workers of ml/big to leave (shrunk or preempted for this job)"
+    )
+    # Once they are gone, or where a worker waits for something else, kube-scheduler's reason is told.
+    assert "Insufficient nvidia.com/gpu" in condition(decide(observed, CATALOG), "Ready")["message"]
+    volume = '0/3 nodes are available: 3 persistentvolumeclaim "ckpt" not found.'
+    pods[1] = replace(pods[1], unschedulable=volume, short_of=frozenset())
+    observed = observe(spec, pods, admitted.status, NOW + timedelta(seconds=30))
+    other = decide(replace(observed, places_held=True, places_held_by=frozenset({("ml", "big")})), CATALOG)
+    assert "not scheduled (and 1 more)" in condition(other, "Ready")["message"]
+
+
 def test_the_gang_backoff_doubles_per_timeout() -> None:
     spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
     status = {**status_of(decide(observe(spec, [pod(0, "Pending")]), CATALOG))}

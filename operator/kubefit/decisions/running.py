@@ -1325,7 +1325,7 @@ def _readiness(
             ConditionType.READY,
             "False",
             Reason.WORKERS_NOT_READY,
-            counts + _held_names(ctx, held) + unscheduled_note(ctx),
+            counts + _held_names(ctx, held) + (_room_note(ctx) or unscheduled_note(ctx)),
         ),
         _running_condition(ctx, ready, desired, counts + note),
     ]
@@ -1348,6 +1348,23 @@ def _unplaceable(ctx: JobContext) -> str | None:
     if not waiting or any(not pod.unschedulable or resource in pod.short_of for pod in waiting):
         return None
     return waiting[0].unschedulable
+
+
+def _room_note(ctx: JobContext) -> str | None:
+    """ "; waiting for the workers of ml/big to leave (...)" while workers of jobs shrunk or preempted for
+    this one still hold the devices its unplaced workers wait for: kube-scheduler's "Insufficient
+    nvidia.com/gpu" alone read like a failure for the whole checkpoint grace (an audit). None where none
+    does, or where an unplaced worker waits for something else (kube-scheduler's reason is told then)."""
+    held_by = room_entries(ctx.observation.places_held_by) if ctx.observation.places_held else None
+    resource = ctx.sizing.resource_name
+    waiting = [pod for pod in ctx.live if not pod.node_name]
+    if (
+        not held_by
+        or not waiting
+        or any(pod.unschedulable and resource not in pod.short_of for pod in waiting)
+    ):
+        return None
+    return f"; waiting for the workers of {', '.join(held_by)} to leave (shrunk or preempted for this job)"
 
 
 def unscheduled_note(ctx: JobContext) -> str:
