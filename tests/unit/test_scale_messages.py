@@ -284,3 +284,18 @@ def test_a_resumed_job_is_written_once_its_pass_answers_not_as_waiting_for_it(ha
     admitted = harness.condition("Admitted")
     assert (admitted["status"], admitted["message"]) == ("True", "2 workers granted"), admitted
     assert harness.condition("Suspended")["reason"] == "Resumed"
+
+
+def test_a_scale_down_posts_one_scaled_down_event(harness: Harness) -> None:
+    # The reconcile before the pass wrote reason Admitted ("1 worker granted"), the pass's ScaledDown the
+    # same words again a moment later: two events for one change (an audit, 5 December).
+    running_elastic(harness, 3)
+    harness.log.clear()
+    scaled(harness, 1)
+    harness.reconcile("update")
+    harness.reconcile("pod")
+    admitted = harness.condition("Admitted")
+    assert (admitted["reason"], admitted["message"]) == ("ScaledDown", "1 worker granted")
+    assert [(call[1], call[2]) for call in harness.events() if call[1] in ("Admitted", "ScaledDown")] == [
+        ("ScaledDown", "1 worker granted")
+    ]

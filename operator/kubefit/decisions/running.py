@@ -1106,13 +1106,32 @@ def grant_reason(ctx: JobContext) -> str:
     """The Admitted=True reason: the scheduling pass's word when it is one of ours (a grant lowered for
     capacity is ScaledDown), else Admitted. A recovered grant (RECOVERED) keeps the reason the job was
     admitted with before."""
-    word = pass_reason(ctx).partition(":")[0].strip()
+    reason = pass_reason(ctx)
+    if not reason and _scaled_down_by_spec(ctx):
+        # The pass's reason is of the count before: its ScaledDown follows in a moment, and the same words
+        # under Admitted first made two events of one change.
+        return Reason.SCALED_DOWN
+    before = _admitted_before(ctx)
+    if (
+        ctx.observation.grant_reason is None
+        and before is not None
+        and before.get("reason") == Reason.SCALED_DOWN
+    ):
+        return Reason.SCALED_DOWN  # no word of a pass since: as it was (Admitted would be one more event)
+    word = reason.partition(":")[0].strip()
     if word == RECOVERED:
         before = _admitted_before(ctx)
         word = str(before.get("reason")) if before is not None else Reason.ADMITTED
     if word == EventReason.CAPACITY_CHANGED and _admitted_before(ctx) is not None:
         word = Reason.SCALED_DOWN  # the pass lowered the grant: workers no longer fit (its metric's reason)
     return word if word in _GRANT_REASONS else Reason.ADMITTED
+
+
+def _scaled_down_by_spec(ctx: JobContext) -> bool:
+    """An admitted job whose spec now asks for fewer workers than its status was admitted with."""
+    before = _admitted_before(ctx)
+    admitted_with = ctx.status.get("desiredReplicas")
+    return before is not None and isinstance(admitted_with, int) and ctx.bounds.desired < admitted_with
 
 
 def _recovered(ctx: JobContext) -> bool:
@@ -1207,9 +1226,10 @@ def gang_timeout(
             f"changes, the job takes no room from other jobs"
         )
     if refused:
+        gone = "every worker is deleted and " if ctx.ours else ""
         message = (
-            f"{refused}; every worker is deleted and the job asks for admission again in {wait:.0f} s, "
-            f"taking no room from other jobs {_until_created(refused)} (gang timeout {gang.retries})"
+            f"{refused}; {gone}the job asks for admission again in {wait:.0f} s, taking no room from other "
+            f"jobs {_until_created(refused)} (grant given back {gang.retries} time{'' if gang.retries == 1 else 's'})"
         )
     return Draft(
         phase=JobPhase.QUEUED,
