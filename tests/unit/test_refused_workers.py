@@ -358,6 +358,10 @@ def test_a_gang_refused_long_enough_gives_its_grant_back_in_the_pass_that_sees_i
     harness.reconcile("retry")  # refused again, 2.1 s after the first: the same call gives the grant back
     admitted = harness.condition("Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout"), admitted
+    # No worker was ever created, and no gang timed out: it said "every worker is deleted" and "(gang
+    # timeout 1)" (an audit, 5 December).
+    assert "every worker is deleted" not in admitted["message"]
+    assert admitted["message"].endswith("(grant given back 1 time)"), admitted["message"]
     assert "the API server refused worker llama-worker-0" in admitted["message"]
 
 
@@ -605,6 +609,10 @@ def test_a_taken_service_name_gives_the_grant_back_in_the_reconcile_that_sees_it
     harness.reconcile("retry")  # refused again, 2.1 s after the first: the same call gives the grant back
     admitted = harness.condition("Admitted")
     assert (admitted["status"], admitted["reason"]) == ("False", "GangTimeout"), admitted
+    # No worker was ever created, and no gang timed out: it said "every worker is deleted" and "(gang
+    # timeout 1)" (an audit, 5 December).
+    assert "every worker is deleted" not in admitted["message"]
+    assert admitted["message"].endswith("(grant given back 1 time)"), admitted["message"]
 
 
 PVC_MISSING = '0/1 nodes are available: 1 persistentvolumeclaim "typo-ckpt" not found.'

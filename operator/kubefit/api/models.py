@@ -917,7 +917,10 @@ class GangStatus(_Model):
         "worker starts a new one. Workers carry theirs (annotation kubefit.dev/restart-attempt); those of "
         "another attempt are stopped, and no new worker is created while they are still going.",
     )
-    retries: int = Field(default=0, description="Times the gang timed out and the job was requeued.")
+    retries: int = Field(
+        default=0,
+        description="Times the gang timed out, or gave its grant back for refused creates, and the job was requeued.",
+    )
     retry_after: str | None = Field(
         default=None,
         description="Until then (RFC 3339) the job does not ask for admission again after a gang timeout.",

@@ -511,7 +511,7 @@ class KubeApi:
         held_by = ", ".join(f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})" for ref in owners)
         raise PodNameTaken(
             f"Pod {namespace}/{metadata['name']} {NOT_THE_JOBS} (owned by "
-            f"{held_by or 'nothing'}): the worker of that name cannot be created. Delete or rename that pod "
+            f"{held_by or 'nothing'}). Delete or rename that pod "
             "(or what owns it), or the job; a TrainingJob of this name deleted moments ago keeps its workers "
             "until the garbage collector removes them",
             lasting=_lasting(found_metadata, job),
