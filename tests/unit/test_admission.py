@@ -118,7 +118,7 @@ def test_workers_of_four_pack_two_per_eight_gpu_node() -> None:
     assert five.waiting[key("five")] == (
         "InsufficientCapacity: needs room for 5 workers of 4 nvidia-h100-80gb, each on one node; only 4 fit now "
         "(2 nodes with 4 free); its nodes hold 4 of its 5 workers even with nothing else running: it waits for "
-        "nodes to be added"
+        "more nodes it may use (added, uncordoned or Ready again)"
     )
 
 
@@ -256,7 +256,8 @@ def test_a_head_bigger_than_the_whole_cluster_never_holds_others_back() -> None:
     # Its message says it waits for nodes, not for others to finish (it read like any wait: an audit).
     assert result.waiting[key("huge")] == (
         "InsufficientCapacity: needs 3 nodes with 8 free nvidia-h100-80gb; 1 has; its nodes hold 2 of its "
-        "3 workers even with nothing else running: it waits for nodes to be added"
+        "3 workers even with nothing else running: it waits for more nodes it may use (added, uncordoned or "
+        "Ready again)"
     )
 
 

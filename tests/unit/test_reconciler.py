@@ -864,7 +864,7 @@ def test_a_job_update_during_a_pod_reconcile_counts_its_round_as_an_update(harne
     # moved the "update" count an end-to-end test waited for (a flake audit, 5 December).
     harness.kube.jobs["llama"] = job_manifest()
     harness.reconcile()
-    arrivals = iter([("timer", "update", "pod"), ()])
+    arrivals = iter([("timer", "admission", "update", "pod"), ()])
 
     def triggers_arrive() -> None:
         for trigger in next(arrivals, ()):

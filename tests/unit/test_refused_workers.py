@@ -754,3 +754,24 @@ def test_a_reason_past_the_cut_of_the_message_still_names_a_shortage() -> None:
         worker = worker_from_pod(pod)
         assert worker is not None and worker.unschedulable is not None and worker.unschedulable.endswith("…")
         assert worker.short_of == lacking
+
+
+SERVICE_TAKEN = "Service team-a/llama exists and is not this TrainingJob's (owned by Deployment web (uid d1))"
+
+
+def test_a_taken_service_name_nothing_has_told_yet_stays_a_reconcile_error(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Swallowed whenever nothing was to be created, it was told nowhere for a running job whose Service
+    # went and another owner's took its name, nor for a job queued before any admission (a review).
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconcile()
+    run_on_h0(harness, "llama")
+    harness.reconcile("pod")
+    harness.kube.fail[("create_service", "llama")] = ServiceTaken(SERVICE_TAKEN)
+    state = harness.reconciler._jobs[KEY]
+    state.service_at = -1e9  # the resync's recheck of the Service is due
+    harness.reconcile("timer")
+    ready = harness.condition("Ready")
+    assert (ready["reason"], state.failures) == ("ReconcileError", 1), ready
+    assert SERVICE_TAKEN in ready["message"]

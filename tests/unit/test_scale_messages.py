@@ -299,3 +299,51 @@ def test_a_scale_down_posts_one_scaled_down_event(harness: Harness) -> None:
     assert [(call[1], call[2]) for call in harness.events() if call[1] in ("Admitted", "ScaledDown")] == [
         ("ScaledDown", "1 worker granted")
     ]
+
+
+@pytest.mark.parametrize("edit", [{"parameters": "not a size"}, {"parameters": "900B"}])
+def test_an_edit_that_stopped_a_running_job_undone_is_written_at_once(
+    harness: Harness, edit: dict[str, str]
+) -> None:
+    # Undone, the job offered again with the grant its workers kept; the pass granted the same, changed
+    # nothing and reconciled nothing, and its put-off writes waited for the resync (a review, 5 December).
+    running_elastic(harness, 2)
+    job = harness.kube.jobs["llama"]
+    good = dict(job["spec"]["model"])
+    for model in (edit, good):
+        job["spec"]["model"] = model
+        job["metadata"]["generation"] += 1
+        harness.reconcile("update")
+    ready = harness.condition("Ready")
+    assert ready["reason"] == "AllWorkersReady", ready
+    assert harness.kube.jobs["llama"]["status"]["observedGeneration"] == job["metadata"]["generation"]
+
+
+def test_a_scale_up_the_pass_cannot_grant_after_a_scale_down_is_no_scale_down(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ScaledDown was kept while no pass gave a reason, and a scale-up it could not grant has none (a review).
+    node = NodeFacts("n", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "2"})
+    monkeypatch.setattr(test_reconciler, "NODES", [node])
+    running_elastic(harness, 2)
+    other = (NAMESPACE, "other")
+    harness.kube.jobs["other"] = job_manifest("other", replicas=1)
+    harness.reconcile(key=other)
+    scaled(harness, 1)
+    harness.reconcile("update")
+    harness.reconcile("pod")
+    harness.reconcile("update", key=other)  # the freed device goes to the other job
+    for name, pod in list(harness.kube.pods.items()):
+        harness.kube.pods[name] = replace(pod, phase="Running", node_name="n")
+    harness.reconcile("pod", key=other)
+    harness.reconcile("pod")
+    assert harness.condition("Admitted")["reason"] == "ScaledDown"
+    assert harness.condition("Admitted", "other")["status"] == "True"
+    scaled(harness, 2)
+    harness.reconcile("update")
+    harness.reconcile("timer")
+    admitted = harness.condition("Admitted")
+    assert (admitted["reason"], admitted["message"]) == (
+        "Admitted",
+        "1 of 2 workers granted: no capacity for more",
+    )

@@ -114,6 +114,13 @@ DELETE_MEMORY_SECONDS = 30.0
 SERVICE_RECHECK_SECONDS = 300.0
 # Triggers that wait for a job's backoff to end: neither says that the job itself changed.
 _DEFERRED_WHILE_BACKING_OFF = frozenset({"timer", "pod", "quota"})
+# Triggers of a change to the job itself: of those that find a reconcile running, what its next round
+# counts under before any other (kubefit_reconcile_total), then those not deferred while backing off.
+_JOB_CHANGES = frozenset({"create", "update", "resume"})
+
+
+def _trigger_rank(trigger: str) -> int:
+    return 0 if trigger in _JOB_CHANGES else 2 if trigger in _DEFERRED_WHILE_BACKING_OFF else 1
 
 
 def backoff_seconds(failures: int) -> float:
@@ -397,10 +404,8 @@ class Reconciler:
             if state.busy:
                 state.dirty = True
                 state.urgent = state.urgent or not deferrable
-                # A change to the job itself is what its next round is for, before a pod's or a timer's.
-                if state.next_trigger is None or (
-                    state.next_trigger in _DEFERRED_WHILE_BACKING_OFF and not deferrable
-                ):
+                # A change to the job itself is what its next round is for, before the pass's or a pod's.
+                if state.next_trigger is None or _trigger_rank(trigger) < _trigger_rank(state.next_trigger):
                     state.next_trigger = trigger
                 return None
             if deferrable and state.retry_at > time.monotonic():
@@ -588,31 +593,26 @@ class Reconciler:
         observation = self._observe(key, job, state, pods, view, placement)
         decision = decide(observation, self.catalog, self.settings)
         state.quota_limited = decision.quota_limited
+        demand, uid = _for_the_queue(decision.demand), job["metadata"]["uid"]
         if self._awaits_first_pass(state, observation, decision) or self._awaits_pass(
             key, state, observation, decision
         ):
             # No pass has decided this job (or its new count) yet, and one is due within DEBOUNCE_SECONDS: its
             # status is written once with its admission (or its place in the queue, or its new grant) instead
             # of Queued (or "no capacity for more") now and Admitted after.
-            self.scheduler.offer(
-                key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
-            )
+            self.scheduler.offer(key, demand, placement, view, uid=uid, awaited=True)
             return True
         if self.scheduler.awaits_offer(key):
             # A start's first pass waits for every job's offer: made before the writes, which may fail (a
             # Service name taken failed every first reconcile of a suspended job, and held every restart 30 s).
-            self.scheduler.offer(
-                key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
-            )
+            self.scheduler.offer(key, demand, placement, view, uid=uid)
         try:
             self._apply(job, observation, decision, state, progress)
             self._requeue(key, decision.requeue_after, view)
         finally:
             # Also when a write failed: a suspended or timed-out job whose Service create kept failing held
             # its grant, and queued jobs saw its devices taken while no pod of it existed.
-            self.scheduler.offer(
-                key, _for_the_queue(decision.demand), placement, view, uid=job["metadata"]["uid"]
-            )
+            self.scheduler.offer(key, demand, placement, view, uid=uid)
         return False
 
     def _marked_on_lost_nodes(self, pods: list[WorkerPod], view: ClusterView) -> list[WorkerPod]:
@@ -851,11 +851,14 @@ class Reconciler:
                 )
                 if state.refusals.long_enough():
                     self._go_round_again(state, urgent=True)  # as for a refused worker (below)
-                if decision.create or not taken.lasting:
+                told = state.refusals.service_taken or _suspended(observation.spec)
+                if decision.create or not taken.lasting or not told:
                     raise
-                # Nothing to create (queued, suspended, the grant given back): the refusal holds and says so,
-                # and the create is tried at the next reconcile, the decision's REFUSAL_TRY_SECONDS requeue
-                # of a refused job's at the latest. Raised, it read ReconcileError for good (an audit).
+                # Nothing to create, and the refusal holds and says so (the grant given back) or nothing
+                # needs the Service (suspended): the create is tried at the next reconcile, the decision's
+                # REFUSAL_TRY_SECONDS requeue of a refused job's at the latest. Raised, it read ReconcileError
+                # for good (an audit). Anywhere else (running workers whose Service went, a job never
+                # admitted) it is raised: nothing else would tell it (a review).
                 return
             state.service_for, state.service_at = ref.uid, time.monotonic()
             state.refusals.service_created()
@@ -954,6 +957,12 @@ class Reconciler:
                 raise failed
         if len(todo) > CREATE_BATCH:
             self._go_round_again(state)
+
+
+def _suspended(spec: Any) -> bool:
+    """spec.runPolicy.suspend, as stored."""
+    run_policy = spec.get("runPolicy") if isinstance(spec, Mapping) else None
+    return isinstance(run_policy, Mapping) and run_policy.get("suspend") is True
 
 
 def _namespace_terminating(error: BaseException) -> bool:

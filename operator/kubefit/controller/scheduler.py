@@ -370,8 +370,10 @@ class Scheduler:
         placement: Placement,
         view: ClusterView,
         uid: str | None = None,
+        awaited: bool = False,
     ) -> None:
-        """The job's latest demand after its reconcile (None: it needs nothing; it leaves the queue)."""
+        """The job's latest demand after its reconcile (None: it needs nothing; it leaves the queue).
+        `awaited`: that reconcile put its writes off for the pass (Reconciler._awaits_first_pass)."""
         with self._lock:
             self._seen.add(key)
             # A pass may be waiting for this job's first offer since the start (run_pass).
@@ -390,6 +392,9 @@ class Scheduler:
                 fresh = self._entries[key] = _Entry(demand, placement, uid=uid)
                 if entry is None:
                     fresh.granted = self._kept_grant(key, view, uid)
+                    # A kept grant the pass grants again changes nothing: told all the same, or the
+                    # reconcile that waited for the pass wrote nothing until the resync (a review).
+                    fresh.retell = awaited and fresh.granted is not None
                 changed = True
             else:
                 entry.uid = uid or entry.uid

@@ -1440,7 +1440,11 @@ def _unfit(cluster: _Cluster, job: _Job) -> tuple[str, bool]:
     if not satisfiable and job.nodes and cluster.largest(job.nodes) >= job.demand.per_worker:
         slots = cluster.slots_when_empty(job.nodes, job.demand.per_worker)
         held = f"{slots} of its {_plural(job.floor, 'worker')}"
-        message += f"; its nodes hold {held} even with nothing else running: it waits for nodes to be added"
+        # Cordoned and NotReady nodes are none of its nodes here: they may come back (a review).
+        message += (
+            f"; its nodes hold {held} even with nothing else running: it waits for more nodes it may use "
+            "(added, uncordoned or Ready again)"
+        )
     return message, satisfiable
 
 

@@ -1116,6 +1116,8 @@ def grant_reason(ctx: JobContext) -> str:
         ctx.observation.grant_reason is None
         and before is not None
         and before.get("reason") == Reason.SCALED_DOWN
+        and ctx.bounds.desired
+        <= int(ctx.status.get("desiredReplicas") or 0)  # not scaled up since (a review)
     ):
         return Reason.SCALED_DOWN  # no word of a pass since: as it was (Admitted would be one more event)
     word = reason.partition(":")[0].strip()
