@@ -42,6 +42,12 @@ def running_elastic(harness: Harness, replicas: int) -> None:
     assert harness.condition("Admitted")["message"] == f"{replicas} workers granted"
 
 
+def only_node(monkeypatch: pytest.MonkeyPatch, gpus: int) -> None:
+    """The harness's cluster: one H100 node of `gpus` devices."""
+    node = NodeFacts("n", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": str(gpus)})
+    monkeypatch.setattr(test_reconciler, "NODES", [node])
+
+
 def scaled(harness: Harness, replicas: int) -> None:
     job = harness.kube.jobs["llama"]
     job["spec"]["workers"]["replicas"] = replicas
@@ -66,8 +72,7 @@ def test_a_scale_up_with_room_tells_no_capacity_at_no_moment(harness: Harness) -
 def test_a_scale_up_the_pass_cannot_grant_is_told_once_the_pass_planned_it(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    node = NodeFacts("n", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "3"})
-    monkeypatch.setattr(test_reconciler, "NODES", [node])
+    only_node(monkeypatch, gpus=3)
     running_elastic(harness, 2)
     harness.log.clear()
     scaled(harness, 4)
@@ -133,8 +138,7 @@ def test_a_reconcile_put_off_for_the_pass_neither_ends_nor_extends_a_run_of_fail
 def test_a_want_a_quota_moves_without_a_spec_change_costs_no_extra_reconcile(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    node = NodeFacts("n", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "3"})
-    monkeypatch.setattr(test_reconciler, "NODES", [node])
+    only_node(monkeypatch, gpus=3)
     manifest = job_manifest(replicas=8, minReplicas=1, maxReplicas=8)
     manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
     harness.kube.jobs["llama"] = manifest
@@ -201,8 +205,7 @@ def test_a_shrink_reason_naming_a_job_since_deleted_is_dropped(
 ) -> None:
     # a was shrunk for c; c was deleted and b took the devices c left: a still said "to make room for
     # team-a/c" (the scheduling audit, 5 December).
-    node = NodeFacts("n", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "4"})
-    monkeypatch.setattr(test_reconciler, "NODES", [node])
+    only_node(monkeypatch, gpus=4)
 
     def running(name: str, replicas: int, priority: int, **workers: int) -> None:
         manifest = job_manifest(name, replicas=replicas, **workers)
@@ -238,8 +241,7 @@ def test_a_pass_stored_after_its_beneficiary_was_deleted_names_it_nowhere(
 ) -> None:
     # forget() dropped the reasons naming the deleted job, but a pass planned before the deletion and stored
     # after it set "to make room for team-a/c" again (a review, 5 December).
-    node = NodeFacts("n", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "4"})
-    monkeypatch.setattr(test_reconciler, "NODES", [node])
+    only_node(monkeypatch, gpus=4)
     manifest = job_manifest("a", replicas=4, minReplicas=1, maxReplicas=4)
     manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
     harness.kube.jobs["a"] = manifest
@@ -323,8 +325,7 @@ def test_a_scale_up_the_pass_cannot_grant_after_a_scale_down_is_no_scale_down(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # ScaledDown was kept while no pass gave a reason, and a scale-up it could not grant has none (a review).
-    node = NodeFacts("n", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, {"nvidia.com/gpu": "2"})
-    monkeypatch.setattr(test_reconciler, "NODES", [node])
+    only_node(monkeypatch, gpus=2)
     running_elastic(harness, 2)
     other = (NAMESPACE, "other")
     harness.kube.jobs["other"] = job_manifest("other", replicas=1)
