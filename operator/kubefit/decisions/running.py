@@ -1107,19 +1107,8 @@ def grant_reason(ctx: JobContext) -> str:
     capacity is ScaledDown), else Admitted. A recovered grant (RECOVERED) keeps the reason the job was
     admitted with before."""
     reason = pass_reason(ctx)
-    if not reason and _scaled_down_by_spec(ctx):
-        # The pass's reason is of the count before: its ScaledDown follows in a moment, and the same words
-        # under Admitted first made two events of one change.
+    if not reason and _scaled_down(ctx):
         return Reason.SCALED_DOWN
-    before = _admitted_before(ctx)
-    if (
-        ctx.observation.grant_reason is None
-        and before is not None
-        and before.get("reason") == Reason.SCALED_DOWN
-        and ctx.bounds.desired
-        <= int(ctx.status.get("desiredReplicas") or 0)  # not scaled up since (a review)
-    ):
-        return Reason.SCALED_DOWN  # no word of a pass since: as it was (Admitted would be one more event)
     word = reason.partition(":")[0].strip()
     if word == RECOVERED:
         before = _admitted_before(ctx)
@@ -1129,11 +1118,18 @@ def grant_reason(ctx: JobContext) -> str:
     return word if word in _GRANT_REASONS else Reason.ADMITTED
 
 
-def _scaled_down_by_spec(ctx: JobContext) -> bool:
-    """An admitted job whose spec now asks for fewer workers than its status was admitted with."""
+def _scaled_down(ctx: JobContext) -> bool:
+    """For an admitted job no pass has a word for: its spec now asks for fewer workers than its status was
+    admitted with (the pass's ScaledDown follows in a moment: Admitted first made two events of one change),
+    or it read ScaledDown with no word of a pass since and was not scaled up since (a review)."""
     before = _admitted_before(ctx)
     admitted_with = ctx.status.get("desiredReplicas")
-    return before is not None and isinstance(admitted_with, int) and ctx.bounds.desired < admitted_with
+    if before is None or not isinstance(admitted_with, int):
+        return False
+    if ctx.bounds.desired < admitted_with:
+        return True
+    kept = ctx.observation.grant_reason is None and before.get("reason") == Reason.SCALED_DOWN
+    return kept and ctx.bounds.desired <= admitted_with
 
 
 def _recovered(ctx: JobContext) -> bool:
