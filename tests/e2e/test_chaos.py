@@ -429,6 +429,40 @@ def test_a_node_with_running_workers_removed_each_job_recovers_per_its_policy(
 # ---------------------------------------------------------------------------------------------- 4
 
 
+def test_a_high_priority_gang_that_lost_a_node_preempts_a_lower_priority_job_at_once(
+    sandbox: Sandbox,
+    kube: Kube,
+    operator: OperatorProcess,
+    namespace: str,
+    add_pool: Callable[..., PrivatePool],
+) -> None:
+    # Three whole nodes: urgent's two whole-node workers and filler's one. A node of urgent's goes, and no
+    # node is free: urgent preempts filler for its lost worker as soon as its survivor has gone (the group
+    # starts again whole), not after its gang timeout of 600 s requeues it.
+    pool = add_pool(PoolNodes(H100, nodes=3, per_node=8))
+    whole_node = {"accelerator": H100, "acceleratorsPerWorker": 8}
+    no_grace = {"enabled": False, "checkpointGracePeriodSeconds": 0}
+    urgent = job_manifest(
+        "urgent", namespace, pool=pool, resources=whole_node, workers={"replicas": 2}, elastic=no_grace,
+        scheduling={"priority": 100, "preemption": "LowerPriority", "gangTimeoutSeconds": 600},
+    )  # fmt: skip
+    filler = job_manifest(
+        "filler", namespace, pool=pool, resources=whole_node, workers={"replicas": 1}, elastic=no_grace
+    )
+    kube.apply(urgent)
+    wait_for("2 urgent workers", lambda: _running_count(kube, namespace, "urgent") == 2, 120, 1)
+    kube.apply(filler)
+    wait_for("the filler's worker", lambda: _running_count(kube, namespace, "filler") == 1, 120, 1)
+
+    gone = kube.workers(namespace, "urgent")[0]["spec"]["nodeName"]
+    assert remove_node(core_api(new_api_client(sandbox.kubeconfig_path)), gone) == 1
+    wait_for("urgent back at 2 workers", lambda: _running_count(kube, namespace, "urgent") == 2, 120, 1)
+    assert "Preempted" in [event["reason"] for event in kube.events(namespace, "filler")]
+    assert _running_count(kube, namespace, "filler") == 0
+    assert "GangTimeout" not in [event["reason"] for event in kube.events(namespace, "urgent")]
+    assert all(pod["spec"]["nodeName"] != gone for pod in kube.workers(namespace, "urgent"))
+
+
 def test_pods_deleted_while_the_operators_watches_were_broken_neither_hold_devices_nor_stand_for_workers(
     sandbox: Sandbox,
     kube: Kube,

@@ -629,6 +629,52 @@ def test_preempts_only_jobs_whose_devices_it_can_use_and_gives_back_victims_not_
     assert plan([only_b], [lowest, low], cluster).preempt == {key("low")}
 
 
+def lost_node_cluster() -> tuple[Demand, list[NodeCapacity]]:
+    """`high` ran two workers of 8 on node-0 and node-1; node-1 is gone, node-2 and node-3 remain."""
+    high = gang("high", 2, per_worker=8, priority=10, preemption="LowerPriority")
+    return high, [NodeCapacity(name, H100, 8, 0) for name in ("node-0", "node-2", "node-3")]
+
+
+def test_an_admitted_job_whose_node_was_lost_makes_room_at_once_as_when_it_was_queued() -> None:
+    """Its minimum lost its place: it shrinks or preempts lower-priority jobs in this pass, where before it
+    held its grant with no place until its gang timeout requeued it (300 s by default)."""
+    high, cluster = lost_node_cluster()
+    low = holding(gang("low", 1, per_worker=8, priority=1), 1, {"node-2": 1})
+    other = holding(gang("other", 1, per_worker=8, priority=1, created=1.0), 1, {"node-3": 1})
+    result = plan([], [holding(high, 2, {"node-0": 1}), low, other], cluster)
+    assert result.preempt == {key("low")}  # the youngest of the lowest priority
+    assert result.grants[key("high")] == 2 and result.grants[key("other")] == 1
+    assert result.reserved[key("high")] == {"node-2": 1}
+    assert result.placement[key("high")] == {"node-0": 1, "node-2": 1}
+    assert result.made_room_for[key("low")] == {key("high")}
+    assert result.reasons[key("low")] == "Preempted: to make room for ml/high"
+    # An elastic lower-priority job is shrunk rather than stopped.
+    elastic = holding(job("elastic", per_worker=8, want=2, priority=1), 2, {"node-2": 1, "node-3": 1})
+    shrunk = plan([], [holding(high, 2, {"node-0": 1}), elastic], cluster)
+    assert shrunk.shrink == {key("elastic"): 1} and not shrunk.preempt
+    assert shrunk.grants[key("high")] == 2 and sum(shrunk.reserved[key("high")].values()) == 1
+    # Not allowed to preempt: it keeps its grant and waits, as before.
+    never = plan([], [holding(replace(high, preemption="Never"), 2, {"node-0": 1}), low, other], cluster)
+    assert not never.preempt and never.grants == {key("high"): 2, key("low"): 1, key("other"): 1}
+    assert never.unplaced == {key("high")} and not result.unplaced
+
+
+def test_an_admitted_job_short_of_places_makes_no_room_while_room_is_on_its_way() -> None:
+    """Workers leaving for it (shrunk or preempted for it, or its own terminating: Holding.room_coming), or
+    its workers bound on a node outside the pass (NotReady: they may come back), are no lost places: room
+    made for them stopped a job for nothing."""
+    high, cluster = lost_node_cluster()
+    low = holding(gang("low", 1, per_worker=8, priority=1), 1, {"node-2": 1})
+    other = holding(gang("other", 1, per_worker=8, priority=1, created=1.0), 1, {"node-3": 1})
+    coming = Holding(high, 2, {"node-0": 1}, room_coming=True)
+    result = plan([], [coming, low, other], cluster)
+    assert not result.preempt and not result.shrink and result.grants[key("high")] == 2
+    assert not result.unplaced  # it waits for what comes, without a full pass each time
+    on_a_node_not_ready = holding(high, 2, {"node-0": 1, "node-1": 1})  # node-1 is left out of the pass
+    result = plan([], [on_a_node_not_ready, low, other], cluster)
+    assert not result.preempt and not result.shrink and result.grants[key("high")] == 2
+
+
 def test_equal_priority_never_shrinks_or_preempts() -> None:
     peer = gang("peer", 1, per_worker=4, priority=1, preemption="LowerPriority")
     result = plan([peer], low_jobs(), nodes(2))
@@ -866,9 +912,16 @@ def test_no_node_is_over_committed_and_every_admitted_job_keeps_its_minimum(
         assert used[node.name] <= node.allocatable - node.used_by_others, node.name
     for held in admitted:
         assert_keeps_its_minimum(held, result)
-    preempting = [result.grants[d.key] > 0 and d.preemption == "LowerPriority" for d in queued]
+    # A victim is preempted for a job of higher priority that may preempt and holds a grant: a queued one
+    # admitted, or an admitted one whose minimum lost its places.
+    demands = {d.key: d for d in [*queued, *(h.demand for h in admitted)]}
     for victim in result.preempt:
-        assert any(d.priority > priorities[victim] for d, ok in zip(queued, preempting, strict=True) if ok)
+        assert any(
+            demands[taker].priority > priorities[victim]
+            and demands[taker].preemption == "LowerPriority"
+            and result.grants[taker] > 0
+            for taker in result.made_room_for[victim]
+        )
     for demand in queued:
         grant = result.grants[demand.key]
         if demand.key in result.admitted_now:

@@ -19,9 +19,13 @@ def grants(*plans: AdmissionPlan, name: str) -> list[int]:
 
 
 def unbound(newcomer: Demand, first: AdmissionPlan) -> Holding:
-    """The newcomer in the passes during the handshake: admitted, its workers created and not bound."""
+    """The newcomer in the passes during the handshake: admitted, its workers created and not bound, and
+    room on its way to it if the first pass made room for it (as the scheduler tells: admission.leaving_for)."""
     reserved = first.reserved[newcomer.key]
-    return Holding(newcomer, first.grants[newcomer.key], {}, (), reserved, first_unbound=True)
+    coming = any(newcomer.key in takers for takers in first.made_room_for.values())
+    return Holding(
+        newcomer, first.grants[newcomer.key], {}, (), reserved, first_unbound=True, room_coming=coming
+    )
 
 
 def test_a_bystander_does_not_grow_onto_a_preempted_victims_devices_and_grows_once_they_are_free() -> None:

@@ -1014,6 +1014,58 @@ def _preempted_for_urgent() -> tuple[FakeCluster, Scheduler, JobKey, JobKey]:
     return cluster, scheduler, victim, urgent
 
 
+def test_an_admitted_gang_whose_node_went_preempts_at_once_once_its_own_old_workers_are_gone() -> None:
+    """Urgent runs a worker on n1 and n2, low and lower one each on n3 and n4; n2 goes. While urgent's
+    survivor terminates (its group restarts) that worker's devices come back to it: nothing is taken (two
+    jobs were preempted for a gang of two). Once its workers are created again and n1 is free, one job is
+    preempted in that pass, not after urgent's gang timeout."""
+    urgent, low, lower = ("ns", "urgent"), ("ns", "low"), ("ns", "lower")
+    n1, n2, n3, n4 = (
+        node(name, labels={"kubernetes.io/hostname": name}) for name in ("n1", "n2", "n3", "n4")
+    )
+    cluster = FakeCluster(nodes=[n1, n2, n3, n4], per_worker={urgent: 8, low: 8, lower: 8})
+    scheduler, _ = sync_scheduler()
+    whole_nodes = replace(
+        demand("urgent", per_worker=8, min_workers=2, want=2, priority=100, created=1),
+        elastic=False,
+        preemption="LowerPriority",
+    )
+    scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
+    cluster.workers[urgent] = [worker("urgent", 0, "n1"), worker("urgent", 1, "n2")]
+    for key, name, priority in ((low, "n3", 1), (lower, "n4", 0)):
+        one = demand(key[1], per_worker=8, min_workers=1, want=1, priority=priority, created=2)
+        scheduler.offer(key, one, ANYWHERE, cluster.view())
+        cluster.workers[key] = [worker(key[1], 0, name)]
+    scheduler.request("pod", cluster.view())
+    assert {key: grant.workers for key, grant in scheduler.snapshot().items()} == {
+        urgent: 2,
+        low: 1,
+        lower: 1,
+    }
+
+    cluster.nodes = [n1, n3, n4]
+    cluster.workers[urgent] = [worker("urgent", 0, "n1", terminating=True)]
+    scheduler.request("node", cluster.view())
+    assert {key: grant.workers for key, grant in scheduler.snapshot().items()} == {
+        urgent: 2,
+        low: 1,
+        lower: 1,
+    }
+
+    cluster.workers[urgent] = [
+        worker("urgent", 0, None, phase="Pending"),
+        worker("urgent", 1, None, phase="Pending"),
+    ]
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[lower] == Grant(0, None, "Preempted: to make room for ns/urgent")
+    assert scheduler.snapshot()[low].workers == 1
+    granted = scheduler.grant(urgent, cluster.workers[urgent])
+    assert granted.workers == 2 and granted.places_held and granted.hostnames == {"n1", "n4"}
+    # While lower's worker leaves for it, later passes take nothing more.
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[low].workers == 1 and scheduler.grant(urgent, []).places_held
+
+
 def test_a_victims_worker_stuck_terminating_past_its_grace_holds_nobody() -> None:
     """Its node unreachable, a pod stays Terminating for ever: the job it made room for must not wait for
     ever (its gang timeout then releases it, as before)."""

@@ -715,28 +715,18 @@ class Scheduler:
         nodes = [node for node in view.nodes() if node.ready and node.name not in not_ready]
         with self._lock:
             entries = {key: entry for key, entry in self._entries.items() if entry.demand is not None}
+            awaited = {job for takers in self._leaving.values() for job in takers}
         demands = self._demands(entries, nodes)
         holdings = {key: demand for key, demand in demands.items() if (entries[key].granted or 0) > 0}
         workers, usage = _workers_and_usage(view, {key: entries[key].uid for key in holdings})
         self._node_devices.keep_only(nodes)
         capacity = node_capacity(nodes, usage, self.catalog, holdings, workers, self._node_devices)
-        admitted = [_holding(demand, entries[key], workers[key]) for key, demand in holdings.items()]
-        # A queued job whose workers are still going (preempted, released after a gang timeout) waits until
-        # all are gone: re-admitted on the devices it is freeing, it would take them from the job it made
-        # room for. One stuck terminating keeps its worker's name, so the job could not start whole: it
-        # waits too, and its status says for which pod.
         now = datetime.now(UTC)
-        queued, old_workers_going = [], {}
-        for key, demand in demands.items():
-            if key in holdings:
-                continue
-            # Worker-named pods only: another pod with the job's label (a TensorBoard, a debug pod) is
-            # no old worker of it (decide counts none either), and would hold the job queued for ever.
-            going = [pod for pod in view.workers(key) if not pod.finished and pod.index is not None]
-            if going:
-                old_workers_going[key] = _waiting_for(going, now)
-            else:
-                queued.append(demand)
+        admitted = [
+            _holding(demand, entries[key], workers[key], _room_coming(key, awaited, view, now))
+            for key, demand in holdings.items()
+        ]
+        queued, old_workers_going = _queued_and_going(demands, holdings, view, now)
 
         def plan_with(quota_view: ClusterView) -> AdmissionPlan:
             return self._plan(queued, admitted, capacity, _quota_state(demands, entries, quota_view))
@@ -1136,12 +1126,42 @@ def _first_kept_unbound(demand: Demand, workers: Sequence[WorkerPod]) -> bool:
     return any(pod.index == 0 and not pod.node_name for pod in workers)
 
 
-def _holding(demand: Demand, entry: _Entry, workers: Sequence[WorkerPod]) -> Holding:
+def _holding(demand: Demand, entry: _Entry, workers: Sequence[WorkerPod], room_coming: bool) -> Holding:
     """An admitted job as the pass sees it: its grant, its bound workers, the places still reserved."""
     placed = _placed(workers)
     reserved = _still_reserved(entry.reserved, entry.counted, placed)
     first_unbound = _first_kept_unbound(demand, workers)
-    return Holding(demand, entry.granted or 0, placed, _nodes_by_index(workers), reserved, first_unbound)
+    by_index = _nodes_by_index(workers)
+    return Holding(demand, entry.granted or 0, placed, by_index, reserved, first_unbound, room_coming)
+
+
+def _queued_and_going(
+    demands: Mapping[JobKey, Demand], holdings: Collection[JobKey], view: ClusterView, now: datetime
+) -> tuple[list[Demand], dict[JobKey, str]]:
+    """The jobs not admitted that the pass may admit, and the waiting message of the others. One whose
+    workers are still going (preempted, released after a gang timeout) waits until all are gone: re-admitted
+    on the devices it is freeing, it would take them from the job it made room for. One stuck terminating
+    keeps its worker's name, so the job could not start whole: it waits too, and its status says for which
+    pod."""
+    queued, old_workers_going = [], {}
+    for key, demand in demands.items():
+        if key in holdings:
+            continue
+        # Worker-named pods only: another pod with the job's label (a TensorBoard, a debug pod) is no old
+        # worker of it (decide counts none either), and would hold the job queued for ever.
+        going = [pod for pod in view.workers(key) if not pod.finished and pod.index is not None]
+        if going:
+            old_workers_going[key] = _waiting_for(going, now)
+        else:
+            queued.append(demand)
+    return queued, old_workers_going
+
+
+def _room_coming(key: JobKey, awaited: Collection[JobKey], view: ClusterView, now: datetime) -> bool:
+    """Holding.room_coming: workers of jobs shrunk or preempted for it are still leaving (the last pass's
+    leaving_for), or its own workers terminate within their grace (a group restart): their devices come
+    free for it, and a minimum short of places waits for them rather than taking another job's."""
+    return key in awaited or _holding_devices(view.workers(key), now)[1] > 0
 
 
 def _holding_devices(pods: Iterable[WorkerPod], now: datetime) -> tuple[int, int]:

@@ -17,6 +17,8 @@ grant for each: 0 for a queued job, at least its effective minimum for an admitt
 - a queued job whose minimum does not fit may shrink strictly lower-priority elastic jobs toward their
   minimums (lowest priority first, then youngest), and, only if that is not enough and its preemption is
   LowerPriority, preempt whole lower-priority jobs; only when that makes it fit, and only as much as needed;
+- so may an admitted job whose minimum lost its places (a node gone, its devices taken), for those places,
+  before any queued job is admitted; not while room made for it, or its own old workers, are still leaving;
 - spare capacity then grows admitted elastic jobs toward `want_workers` (priority, then age); a job whose
   want dropped is scaled down to it; a non-elastic job is all-or-nothing at `want_workers`. Spare is free
   now: not the devices of workers a shrink or preemption takes away (they save first), nor, in the pass
@@ -125,6 +127,9 @@ class Holding:
     # Worker 0 is not bound (not created yet, or waiting for a node) and decide keeps it whatever the grant
     # (Demand.host_kept, or a live one), so a shrink frees none of its reserved places for it.
     first_unbound: bool = False
+    # Devices are on their way to it: workers of jobs shrunk or preempted for it, or its own terminating
+    # ones, still hold them. A minimum short of places then waits for those and makes no more room.
+    room_coming: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,9 @@ class AdmissionPlan:
     # jobs shrunk or preempted in this pass, or whose leaving workers' places were taken -> the jobs each
     # made room for
     made_room_for: Mapping[JobKey, frozenset[JobKey]] = field(default_factory=dict)
+    # admitted jobs whose minimum lost places that the pass found no room for (it may not shrink or preempt
+    # enough): they keep their grant, and their gang timeout requeues them
+    unplaced: frozenset[JobKey] = frozenset()
 
 
 def _name(key: JobKey) -> str:
@@ -182,6 +190,10 @@ class _Job:
     removal_order: tuple[str, ...] = ()  # bound workers' nodes, the first removed first (highest index)
     reserved_before: Mapping[str, int] = field(default_factory=dict)  # Holding.reserved
     first_unbound: bool = False  # Holding.first_unbound
+    room_coming: bool = False  # Holding.room_coming
+    # Its workers bound on nodes outside the pass (NotReady, or no longer of its accelerator): not placed,
+    # yet not lost either; they may come back.
+    elsewhere: int = 0
     finished: int = 0  # Demand.finished_workers still in its grant: placed on no node
     quota_charged: int = 0  # its workers charged to its quotas now (QuotaState.charged)
     quota_held: bool = False  # queued, its minimum over its quotas' budget at the pass's start
@@ -467,11 +479,14 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
         job.removal_order = tuple(reversed(holding.nodes_by_index))
         job.reserved_before = holding.reserved
         job.first_unbound = holding.first_unbound
+        job.room_coming = holding.room_coming
         for node, workers in sorted(holding.placed.items()):
             if workers > 0 and cluster.accelerator_of.get(node) == demand.accelerator:
                 job.bound[node] = workers
                 job.placed_count += workers
                 cluster.add_free(node, -workers * demand.per_worker)
+            elif workers > 0:
+                job.elsewhere += workers
         # Finished workers are slots of its grant (decide's succeededWorkers), never more than it has left.
         job.finished = min(demand.finished_workers, max(0, job.before - job.placed_count))
         job.placed_count += job.finished
@@ -765,6 +780,7 @@ class _Trial:
     job: _Job
     free: dict[str, int]  # of the nodes it may use
     slots: int
+    need: int  # the places it lacks: its minimum (queued), the part of it that lost its places (admitted)
     removals: list[tuple[_Job, str, bool]] = field(default_factory=list)  # (job, node, from reserved)
     leaving: list[tuple[_Job, str]] = field(default_factory=list)  # (job, node) of workers going anyway
     victims: dict[_Job, dict[str, int]] = field(default_factory=dict)  # victim -> node -> devices freed
@@ -776,7 +792,7 @@ class _Trial:
 
     @property
     def fits(self) -> bool:
-        return self.slots >= self.job.floor and self.quota_freed
+        return self.slots >= self.need and self.quota_freed
 
     @property
     def quota_freed(self) -> bool:
@@ -784,7 +800,7 @@ class _Trial:
 
     def needs_from(self, other: _Job) -> bool:
         """Whether taking `other`'s workers helps: the job lacks devices, or quota that `other` is charged."""
-        if self.slots < self.job.floor:
+        if self.slots < self.need:
             return True
         return not self.quota_freed and _frees_quota(self.quota_short, other)
 
@@ -1042,19 +1058,21 @@ def _make_room(  # noqa: PLR0913 - the pass's state, the job, and what it is sho
     nodes: Sequence[str],
     quota_short: Mapping[tuple[str, str, str], Decimal],
     budget: QuotaBudget,
+    need: int,
 ) -> bool:
-    """Shrink, then if allowed and still needed preempt, lower-priority jobs so that the job fits on
-    `nodes` and, for `quota_short`, within its quotas (a job is taken only for what the job still lacks:
-    devices, or quota it is charged); commits the changes only when it then fits. The quota it was short of
-    goes back to `budget`: the job's grant takes it again, and a later job of the pass does not make that room
-    a second time."""
-    if not _may_make_room(cluster, job, nodes):
+    """Shrink, then if allowed and still needed preempt, lower-priority jobs so that `need` of the job's
+    workers fit on `nodes` and, for `quota_short`, within its quotas (a job is taken only for what the job
+    still lacks: devices, or quota it is charged); commits the changes only when it then fits. The quota it
+    was short of goes back to `budget`: the job's grant takes it again, and a later job of the pass does not
+    make that room a second time."""
+    if not _may_make_room(cluster, job, nodes, need):
         return False
     lower = _lower(cluster, jobs, job)
     if not lower:
         return False
     free = {node: cluster.free[node] for node in nodes}
-    trial = _Trial(job, free, _slots(free, nodes, job.demand.per_worker), quota_short=quota_short)
+    slots = _slots(free, nodes, job.demand.per_worker)
+    trial = _Trial(job, free, slots, need, quota_short=quota_short)
     _shrink_lower(trial, lower)
     if trial.fits:
         _give_back_removals(trial)  # a shrink that a later one made unneeded
@@ -1092,13 +1110,13 @@ def _quota_takers(trial: _Trial, pool: tuple[str, str, str]) -> list[_Job]:
     ]
 
 
-def _may_make_room(cluster: _Cluster, job: _Job, nodes: Sequence[str]) -> bool:
+def _may_make_room(cluster: _Cluster, job: _Job, nodes: Sequence[str], need: int) -> bool:
     if not job.demand.makes_room:
         return False
     if job.demand.priority <= cluster.lowest_priority.get(job.demand.accelerator, job.demand.priority):
         return False  # no job on its accelerator has a lower priority
     # Other pods may hold too much: even with every job gone it would not fit.
-    return cluster.slots_without_jobs(nodes, job.demand.per_worker) >= job.floor
+    return cluster.slots_without_jobs(nodes, job.demand.per_worker) >= need
 
 
 def _shrink_lower(trial: _Trial, lower: Sequence[_Job]) -> None:
@@ -1152,17 +1170,51 @@ def _admit(  # noqa: PLR0913 - the pass's state, the job, and what it is short o
 ) -> bool:
     """Admit the job at its floor on `nodes` (its own, less those kept by jobs ahead of it); a job short of
     quota room (`quota_short`) only by shrinking or preempting jobs that free it."""
-    per_worker = job.demand.per_worker
-    if quota_short or not _fits(cluster, nodes, per_worker, job.floor):
-        if not _make_room(cluster, jobs, job, nodes, quota_short, budget):
+    if quota_short or not _fits(cluster, nodes, job.demand.per_worker, job.floor):
+        if not _make_room(cluster, jobs, job, nodes, quota_short, budget, job.floor):
             return False
-    spots = _spots(cluster, nodes, per_worker, job.floor)
+    _take_places(cluster, job, nodes, job.floor)
+    job.grant = job.floor
+    return True
+
+
+def _take_places(cluster: _Cluster, job: _Job, nodes: Sequence[str], count: int) -> None:
+    """`count` worker places on `nodes` for the job, best fit; on devices this pass took from other jobs it
+    waits for their workers to leave (_Cluster.awaiting)."""
+    per_worker = job.demand.per_worker
+    spots = _spots(cluster, nodes, per_worker, count)
     free, vacated = cluster.free, cluster.vacated
     if any(workers * per_worker > free[node] - vacated[node] for node, workers in spots.items()):
         cluster.awaiting.append(job)
     cluster.take(job, spots)
-    job.grant = job.floor
-    return True
+
+
+def _make_room_for_lost_places(
+    cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaBudget
+) -> frozenset[JobKey]:
+    """An admitted job whose minimum lost its places (their node removed, or other pods took the devices)
+    makes room as it did when queued, in queue order: it shrinks, or if allowed preempts, lower-priority
+    jobs now. Kept short instead, it held its grant with no place until its gang timeout requeued it.
+
+    Not while devices are on their way to it (Holding.room_coming: room made for it earlier, or its own
+    workers terminating), nor for its workers bound on nodes outside the pass (`elsewhere`: a NotReady node
+    may come back, and the pod still stands for the worker): room made for those stopped a job for nothing.
+    A minimum raised above a running group's grant is held, not short (_reserve_admitted). Returns the jobs
+    it found no room for (AdmissionPlan.unplaced)."""
+    queued = [job for job in jobs if not job.admitted]
+    unplaced = []
+    for job in jobs:
+        if not job.admitted or not job.holds or job.room_coming or job.grant < job.floor:
+            continue
+        lost = job.floor - job.placed - job.elsewhere
+        if lost <= 0:
+            continue
+        nodes = _off_heads(cluster, queued, job, queue)
+        if _make_room(cluster, jobs, job, nodes, {}, budget, lost):
+            _take_places(cluster, job, nodes, lost)
+        else:
+            unplaced.append(job.key)
+    return frozenset(unplaced)
 
 
 def _satisfiable(cluster: _Cluster, job: _Job) -> bool:
@@ -1511,8 +1563,8 @@ def plan_admissions(  # noqa: PLR0913 - the pass's inputs, each named at the cal
     """One scheduling pass over every job the operator knows (the module docstring has the rules).
 
     Settled jobs (admitted, granted their target, every granted worker bound on a node of their accelerator)
-    keep their grant in any pass in which no job waits, is shrunk or is preempted: nothing in it can move
-    them. So the pass plans the others first, with the settled jobs' devices counted as held, and plans
+    keep their grant in any pass in which no job waits, is shrunk or is preempted, and every admitted job's
+    minimum has its places: nothing in it can move them. So the pass plans the others first, with the settled jobs' devices counted as held, and plans
     everyone only when that leaves a job waiting or takes workers from one; the same plan either way
     (tests/unit/test_admission_settled.py), and a pass after a burst of new jobs plans the new ones, not
     the hundreds already running."""
@@ -1530,7 +1582,7 @@ def plan_admissions(  # noqa: PLR0913 - the pass's inputs, each named at the cal
             # exempt one: the settled jobs of its namespace may be the ones to free its quota.
             for_devices = any(not why.startswith(QUOTA_EXCEEDED) for why in plan.waiting.values())
             exempt_waits = any(demand.quota_exempt and demand.key in plan.waiting for demand in new)
-            if not (for_devices or exempt_waits or plan.shrink or plan.preempt):
+            if not (for_devices or exempt_waits or plan.shrink or plan.preempt or plan.unplaced):
                 return _with_settled(plan, settled)
     return _plan(queued, admitted, nodes, policy, now, head_wait_limit, None, quotas)
 
@@ -1601,6 +1653,7 @@ def _plan(  # noqa: PLR0913 - as plan_admissions
     budget = _quota_budget(jobs, quotas)
     _reserve_admitted(cluster, jobs, queue)
     _take_admitted(budget, jobs)
+    unplaced = _make_room_for_lost_places(cluster, jobs, queue, budget)
     queue.note_short(jobs)
     _admit_queue(cluster, jobs, queue, budget)
     _grow(cluster, jobs, queue, budget)
@@ -1619,6 +1672,7 @@ def _plan(  # noqa: PLR0913 - as plan_admissions
             job.key: _added(job.reserved, {}) for job in jobs if job.holds and any(job.reserved.values())
         },
         made_room_for={job.key: frozenset(job.made_room) for job in jobs if job.made_room},
+        unplaced=unplaced,
     )
 
 
