@@ -675,6 +675,30 @@ def test_an_admitted_job_short_of_places_makes_no_room_while_room_is_on_its_way(
     assert not result.preempt and not result.shrink and result.grants[key("high")] == 2
 
 
+def test_a_raised_fixed_group_restarting_or_a_job_over_its_quota_makes_no_room_for_lost_places() -> None:
+    """A fixed group's replicas raised 1 -> 2 ran on its one worker; restarting, none is bound: the raise
+    still waits for free devices (docs/scheduling.md), it does not preempt. A job whose quota has no room
+    for its replacement would have its create refused: it preempts no one for it."""
+    from decimal import Decimal
+
+    from kubefit.decisions.quota import QuotaClaim, QuotaState
+
+    high, cluster = lost_node_cluster()
+    low = holding(gang("low", 1, per_worker=8, priority=1), 1, {"node-2": 1})
+    other = holding(gang("other", 1, per_worker=8, priority=1, created=1.0), 1, {"node-3": 1})
+    raised = plan([], [holding(high, 1, {}), low, other], cluster)
+    assert not raised.preempt and raised.grants[key("high")] == 2 and not raised.unplaced
+    claim = QuotaClaim(("ml", "gpu-quota", "requests.nvidia.com/gpu"), Decimal(8))
+    quota_bound = replace(high, quota_claims=(claim,))
+    full = QuotaState({claim.pool: Decimal(0)}, {key("high"): 1})  # another pod took what the lost one freed
+    admitted = [holding(quota_bound, 2, {"node-0": 1}), low, other]
+    refused = plan_admissions([], admitted, cluster, "BestEffortFIFO", NOW, 300, quotas=full)
+    assert not refused.preempt and refused.grants[key("high")] == 2
+    room = QuotaState({claim.pool: Decimal(8)}, {key("high"): 1})
+    allowed = plan_admissions([], admitted, cluster, "BestEffortFIFO", NOW, 300, quotas=room)
+    assert allowed.preempt == {key("low")}
+
+
 def test_equal_priority_never_shrinks_or_preempts() -> None:
     peer = gang("peer", 1, per_worker=4, priority=1, preemption="LowerPriority")
     result = plan([peer], low_jobs(), nodes(2))

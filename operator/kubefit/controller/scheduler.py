@@ -723,7 +723,7 @@ class Scheduler:
         capacity = node_capacity(nodes, usage, self.catalog, holdings, workers, self._node_devices)
         now = datetime.now(UTC)
         admitted = [
-            _holding(demand, entries[key], workers[key], _room_coming(key, awaited, view, now))
+            _holding(demand, entries[key], workers[key], _room_coming(key, awaited, view))
             for key, demand in holdings.items()
         ]
         queued, old_workers_going = _queued_and_going(demands, holdings, view, now)
@@ -1157,11 +1157,15 @@ def _queued_and_going(
     return queued, old_workers_going
 
 
-def _room_coming(key: JobKey, awaited: Collection[JobKey], view: ClusterView, now: datetime) -> bool:
+def _room_coming(key: JobKey, awaited: Collection[JobKey], view: ClusterView) -> bool:
     """Holding.room_coming: workers of jobs shrunk or preempted for it are still leaving (the last pass's
-    leaving_for), or its own workers terminate within their grace (a group restart): their devices come
-    free for it, and a minimum short of places waits for them rather than taking another job's."""
-    return key in awaited or _holding_devices(view.workers(key), now)[1] > 0
+    leaving_for), or its own workers are terminating (a group restart): within their grace their devices
+    come free for it, and one stuck past it (its node unreachable) still holds its worker's name, so no
+    replacement can be created yet (a queued job waits for those too: _queued_and_going). A minimum short
+    of places waits for them rather than taking another job's."""
+    return key in awaited or any(
+        pod.terminating and not pod.finished and pod.index is not None for pod in view.workers(key)
+    )
 
 
 def _holding_devices(pods: Iterable[WorkerPod], now: datetime) -> tuple[int, int]:

@@ -18,7 +18,8 @@ grant for each: 0 for a queued job, at least its effective minimum for an admitt
   minimums (lowest priority first, then youngest), and, only if that is not enough and its preemption is
   LowerPriority, preempt whole lower-priority jobs; only when that makes it fit, and only as much as needed;
 - so may an admitted job whose minimum lost its places (a node gone, its devices taken), for those places,
-  before any queued job is admitted; not while room made for it, or its own old workers, are still leaving;
+  before any queued job is admitted; not while room made for it, or its own old workers, are still leaving
+  (Holding.room_coming), nor for a raise, nor over its quota (_make_room_for_lost_places);
 - spare capacity then grows admitted elastic jobs toward `want_workers` (priority, then age); a job whose
   want dropped is scaled down to it; a non-elastic job is all-or-nothing at `want_workers`. Spare is free
   now: not the devices of workers a shrink or preemption takes away (they save first), nor, in the pass
@@ -1199,12 +1200,17 @@ def _make_room_for_lost_places(
     Not while devices are on their way to it (Holding.room_coming: room made for it earlier, or its own
     workers terminating), nor for its workers bound on nodes outside the pass (`elsewhere`: a NotReady node
     may come back, and the pod still stands for the worker): room made for those stopped a job for nothing.
-    A minimum raised above a running group's grant is held, not short (_reserve_admitted). Returns the jobs
-    it found no room for (AdmissionPlan.unplaced)."""
+    Nor for a minimum raised above the grant it ran on (replicas of a fixed job raised: a raise waits for
+    free devices, also while the group restarts), nor while its quotas' budget is over in a key it claims
+    (its new workers would be refused, as a queued job waits QuotaExceeded). Returns the jobs it found no
+    room for (AdmissionPlan.unplaced): the next passes plan every job while they wait, up to their gang
+    timeout."""
     queued = [job for job in jobs if not job.admitted]
     unplaced = []
     for job in jobs:
         if not job.admitted or not job.holds or job.room_coming or job.grant < job.floor:
+            continue
+        if job.whole_groups(job.before) < job.floor or _quota_over(budget, job):
             continue
         lost = job.floor - job.placed - job.elsewhere
         if lost <= 0:
@@ -1215,6 +1221,13 @@ def _make_room_for_lost_places(
         else:
             unplaced.append(job.key)
     return frozenset(unplaced)
+
+
+def _quota_over(budget: QuotaBudget, job: _Job) -> bool:
+    """Whether a key the job claims has less than nothing left once every admitted job's workers not charged
+    yet are counted (_take_admitted): some of those workers' creates would be refused."""
+    free = budget.free
+    return any(claim.pool in free and free[claim.pool] < 0 for claim in job.demand.quota_claims)
 
 
 def _satisfiable(cluster: _Cluster, job: _Job) -> bool:
@@ -1563,9 +1576,11 @@ def plan_admissions(  # noqa: PLR0913 - the pass's inputs, each named at the cal
     """One scheduling pass over every job the operator knows (the module docstring has the rules).
 
     Settled jobs (admitted, granted their target, every granted worker bound on a node of their accelerator)
-    keep their grant in any pass in which no job waits, is shrunk or is preempted, and every admitted job's
-    minimum has its places: nothing in it can move them. So the pass plans the others first, with the settled jobs' devices counted as held, and plans
-    everyone only when that leaves a job waiting or takes workers from one; the same plan either way
+    keep their grant in any pass in which no job waits, is shrunk or is preempted, and no admitted job whose
+    minimum lost its places found no room for it (AdmissionPlan.unplaced): nothing in it can move them. So
+    the pass plans the others first, with the settled jobs' devices counted as held, and plans everyone
+    only when that leaves a job waiting, takes workers from one, or leaves such a job without room; the
+    same plan either way
     (tests/unit/test_admission_settled.py), and a pass after a burst of new jobs plans the new ones, not
     the hundreds already running."""
     accelerators = {node.name: node.accelerator for node in nodes}
