@@ -1114,11 +1114,29 @@ def test_dashboard_configmap_holds_the_dashboard_for_grafanas_sidecar() -> None:
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert config_map["metadata"]["labels"]["grafana_folder"] == "ml-platform"  # additionalLabels
     (filename,) = config_map["data"]
-    rendered = json.loads(config_map["data"][filename])
+    text = config_map["data"][filename]
+    idle = ") < 0.05) or vector(0)"  # the CI values' KubefitAcceleratorsIdle threshold
+    assert text.count(idle) == 1
+    rendered = json.loads(text.replace(idle, ") < 0.01) or vector(0)"))
     shipped = json.loads((CHART / "files" / "dashboards" / "kubefit.json").read_text())
-    # The release's own uid and title; the rest as shipped
+    # The release's own uid, title and idle threshold; the rest as shipped
     assert filename == rendered["uid"] + ".json" and rendered["title"].startswith("kubefit (")
     assert {**rendered, "uid": shipped["uid"], "title": shipped["title"]} == shipped
+
+
+def test_the_dashboards_idle_gpus_are_those_under_the_idle_alerts_threshold() -> None:
+    """With the threshold at 5%, the alert fired for GPUs 3% busy while the panel counted those under 1%."""
+    exprs = []
+    for threshold in ([], ["--set", "metrics.prometheusRule.rules.KubefitAcceleratorsIdle.threshold=0.05"]):
+        (config_map,) = _render(
+            "--set", "metrics.dashboard.enabled=true", *threshold, "-s", DASHBOARD_TEMPLATE
+        )
+        (text,) = config_map["data"].values()
+        panels = json.loads(text)["panels"]
+        (idle,) = [panel for panel in panels if panel.get("title") == "Idle GPUs held by TrainingJobs"]
+        exprs.append(idle["targets"][0]["expr"])
+    assert ") < 0.01) or vector(0)" in exprs[0]
+    assert ") < 0.05) or vector(0)" in exprs[1] and "0.01" not in exprs[1]
 
 
 def test_two_releases_dashboards_differ_in_uid_title_and_file_name() -> None:
