@@ -22,8 +22,10 @@ free again when the pod succeeds, fails or is deleted. What a held GPU reports c
     sandbox.kubefit.dev/gpu-utilization: "0.02"   # 0.0-1.0, per GPU of the pod
     sandbox.kubefit.dev/gpu-memory-used: "30Gi"    # a Kubernetes quantity, per GPU (capped at the GPU's memory)
 
-Without them (or with an unusable value, reported as an InvalidSandboxAnnotation Event) a held GPU is
-busy: DEFAULT_UTILIZATION and DEFAULT_MEMORY_FRACTION of its memory. That applies alike to simulated pods
+Without them (or with an unusable value, reported as an InvalidSandboxAnnotation Event) a held GPU of a
+Running pod is busy: DEFAULT_UTILIZATION and DEFAULT_MEMORY_FRACTION of its memory; one of a pod bound but
+not Running yet (its image pulling, its start delayed) is idle, 0 and no memory used, as on a real node
+where no container has opened it. That applies alike to simulated pods
 and to pods of `processes: true` nodes, whose real processes use no GPU. A GPU no pod holds reports 0 and
 all its memory free. Annotations may change while a pod runs (`kubectl annotate --overwrite`): the next
 scrape shows the new values.
@@ -120,8 +122,8 @@ def memory_used_from(pod: Mapping[str, Any]) -> int | None:
 
 
 def load_from(pod: Mapping[str, Any]) -> tuple[GpuLoad, list[str]]:
-    """The pod's GPU load, with the default for each missing or unusable annotation; and the messages
-    naming the unusable ones."""
+    """The pod's GPU load, with the default for each missing or unusable annotation (busy once the pod
+    runs, idle before); and the messages naming the unusable ones."""
     problems: list[str] = []
     utilization: float | None = None
     memory: int | None = None
@@ -133,7 +135,10 @@ def load_from(pod: Mapping[str, Any]) -> tuple[GpuLoad, list[str]]:
         memory = memory_used_from(pod)
     except InvalidTelemetryAnnotation as error:
         problems.append(str(error))
-    load = GpuLoad(DEFAULT_UTILIZATION if utilization is None else utilization, memory)
+    if ((pod.get("status") or {}).get("phase") or "Pending") != "Running":
+        load = GpuLoad(0.0 if utilization is None else utilization, 0 if memory is None else memory)
+    else:
+        load = GpuLoad(DEFAULT_UTILIZATION if utilization is None else utilization, memory)
     return load, problems
 
 

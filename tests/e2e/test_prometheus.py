@@ -489,7 +489,10 @@ def test_a_process_pod_reports_the_default_load_on_its_gpus_until_it_exits(
         ]
         return found or None
 
-    assert wait_for("the process pod's GPUs in the telemetry", held, 120, interval=0.5) == [90.0, 90.0]
+    # Idle (0) while the pod is bound but not Running yet, then the default once its process runs.
+    wait_for(
+        "the process pod's GPUs busy in the telemetry", lambda: held() == [90.0, 90.0], 120, interval=0.5
+    )
     labels = next(iter(gpus_of(url, node).values()))["DCGM_FI_DEV_GPU_UTIL"][1]
     assert labels["modelName"] == "NVIDIA L4"
     wait_for(

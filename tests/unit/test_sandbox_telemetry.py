@@ -16,6 +16,7 @@ from kubefit.sizing.catalog import load_catalog
 from kubefit_sandbox.cli import _telemetry
 from kubefit_sandbox.cluster import build_node, parse_pool
 from kubefit_sandbox.telemetry import (
+    DEFAULT_UTILIZATION,
     MEMORY_USED_ANNOTATION,
     TELEMETRY_URL_FILE,
     UTILIZATION_ANNOTATION,
@@ -157,6 +158,19 @@ def test_a_pending_pod_bound_to_the_node_holds_its_gpus_and_keeps_them_when_it_r
     telemetry.pod_changed(pod("second", 2))
     telemetry.pod_changed(pod("first", 2))
     assert [holder(telemetry, gpu) for gpu in range(4)] == ["first", "first", "second", "second"]
+
+
+def test_gpus_of_a_pod_not_running_yet_are_idle_unless_annotated() -> None:
+    """A gang whose workers never started read 90% busy (an audit): dcgm-exporter shows about 0 there."""
+    telemetry = GpuTelemetry()
+    telemetry.node_changed(node())
+    telemetry.pod_changed(pod("starting", 1, phase="Pending"))
+    telemetry.pod_changed(pod("told", 1, {UTILIZATION_ANNOTATION: "0.5"}, phase="Pending"))
+    found = samples(telemetry)
+    assert [found[("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "h100-0", gpu)][0] for gpu in "01"] == [0.0, 0.5]
+    assert found[("DCGM_FI_DEV_FB_USED", "h100-0", "0")][0] == 0
+    telemetry.pod_changed(pod("starting", 1))
+    assert samples(telemetry)[("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "h100-0", "0")][0] == DEFAULT_UTILIZATION
 
 
 def test_each_container_is_named_on_the_gpus_it_holds() -> None:
