@@ -449,7 +449,13 @@ def test_the_sandbox_names_its_telemetry_address_and_serves_each_pods_gpus(
     )
     assert gpus[staged[0]]["DCGM_FI_DEV_GPU_UTIL"][0] == 25
     assert gpus[staged[1]]["DCGM_FI_DEV_FB_USED"][0] == 10 * 1024
-    assert gpus[mistyped[0]]["DCGM_FI_DEV_GPU_UTIL"][0] == 90  # the default, the bad value reported:
+    # The default once it runs (0 while bound and not Running yet), the bad value reported:
+    wait_for(
+        "the mistyped pod's GPU at the default",
+        lambda: gpus_of(url, node)[mistyped[0]]["DCGM_FI_DEV_GPU_UTIL"][0] == 90,
+        60,
+        interval=0.5,
+    )
 
     def warning() -> list[dict[str, Any]] | None:
         events = kube.items("events", namespace)

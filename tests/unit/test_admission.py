@@ -697,6 +697,14 @@ def test_a_raised_fixed_group_restarting_or_a_job_over_its_quota_makes_no_room_f
     room = QuotaState({claim.pool: Decimal(8)}, {key("high"): 1})
     allowed = plan_admissions([], admitted, cluster, "BestEffortFIFO", NOW, 300, quotas=room)
     assert allowed.preempt == {key("low")}
+    # An elastic job granted 4 before the pass, down to its minimum of 2 in it: the quota needs room for its
+    # one replacement, not for the two workers above its minimum it no longer has.
+    lower_priority: Preemption = "LowerPriority"
+    elastic = job("high", per_worker=8, min_workers=2, want=4, priority=10, preemption=lower_priority)
+    elastic = replace(elastic, quota_claims=(claim,))
+    shrinking = [holding(elastic, 4, {"node-0": 1}), low, other]
+    result = plan_admissions([], shrinking, cluster, "BestEffortFIFO", NOW, 300, quotas=room)
+    assert result.grants[key("high")] == 2 and result.shrink == {} and result.preempt == {key("low")}
 
 
 def test_equal_priority_never_shrinks_or_preempts() -> None:

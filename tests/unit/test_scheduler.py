@@ -1028,6 +1028,7 @@ def test_an_admitted_gang_whose_node_went_preempts_at_once_once_its_own_old_work
     whole_nodes = replace(
         demand("urgent", per_worker=8, min_workers=2, want=2, priority=100, created=1),
         elastic=False,
+        fixed_world=True,
         preemption="LowerPriority",
     )
     scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
@@ -1066,16 +1067,19 @@ def test_an_admitted_gang_whose_node_went_preempts_at_once_once_its_own_old_work
     assert scheduler.snapshot()[low].workers == 1 and scheduler.grant(urgent, []).places_held
 
 
-def test_an_admitted_gang_makes_no_room_while_its_own_worker_is_stuck_terminating() -> None:
-    """n2 went; urgent's worker there is stuck terminating past its grace (no kubelet confirms the delete),
-    so the worker of that name cannot be created again: no job is preempted for it until the pod is gone."""
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed-group", "elastic"])
+def test_an_admitted_gang_makes_no_room_while_its_own_worker_is_stuck_terminating(fixed: bool) -> None:
+    """n2 went; urgent's worker 1 there is stuck terminating past its grace (no kubelet confirms the delete).
+    A fixed group's replacement needs that name: no job is preempted for it until the pod is gone. An
+    elastic pytorch job's replacement takes a free index (decisions/workers): it makes room at once."""
     urgent, low = ("ns", "urgent"), ("ns", "low")
     n1, n2, n3 = node("n1"), node("n2"), node("n3")
     cluster = FakeCluster(nodes=[n1, n2, n3], per_worker={urgent: 8, low: 8})
     scheduler, _ = sync_scheduler()
     whole_nodes = replace(
         demand("urgent", per_worker=8, min_workers=2, want=2, priority=100, created=1),
-        elastic=False,
+        elastic=not fixed,
+        fixed_world=fixed,
         preemption="LowerPriority",
     )
     scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
@@ -1092,10 +1096,14 @@ def test_an_admitted_gang_makes_no_room_while_its_own_worker_is_stuck_terminatin
     stuck = WorkerPod("urgent-worker-1", 1, "uid-u1", "Running", "n2", True, deletion_timestamp=past)
     cluster.workers[urgent] = [worker("urgent", 0, None, phase="Pending"), stuck]
     scheduler.request("node", cluster.view())
+    preempted = Grant(0, None, "Preempted: to make room for ns/urgent")
+    if not fixed:
+        assert scheduler.snapshot()[low] == preempted
+        return
     assert scheduler.snapshot()[low].workers == 1 and scheduler.snapshot()[urgent].workers == 2
     cluster.workers[urgent] = cluster.workers[urgent][:1]  # the pod is gone at last
     scheduler.request("pod", cluster.view())
-    assert scheduler.snapshot()[low] == Grant(0, None, "Preempted: to make room for ns/urgent")
+    assert scheduler.snapshot()[low] == preempted
 
 
 def test_a_victims_worker_stuck_terminating_past_its_grace_holds_nobody() -> None:

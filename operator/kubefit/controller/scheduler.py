@@ -723,7 +723,7 @@ class Scheduler:
         capacity = node_capacity(nodes, usage, self.catalog, holdings, workers, self._node_devices)
         now = datetime.now(UTC)
         admitted = [
-            _holding(demand, entries[key], workers[key], _room_coming(key, awaited, view))
+            _holding(demand, entries[key], workers[key], _room_coming(demand, awaited, view, now))
             for key, demand in holdings.items()
         ]
         queued, old_workers_going = _queued_and_going(demands, holdings, view, now)
@@ -1157,14 +1157,23 @@ def _queued_and_going(
     return queued, old_workers_going
 
 
-def _room_coming(key: JobKey, awaited: Collection[JobKey], view: ClusterView) -> bool:
+def _room_coming(demand: Demand, awaited: Collection[JobKey], view: ClusterView, now: datetime) -> bool:
     """Holding.room_coming: workers of jobs shrunk or preempted for it are still leaving (the last pass's
-    leaving_for), or its own workers are terminating (a group restart): within their grace their devices
-    come free for it, and one stuck past it (its node unreachable) still holds its worker's name, so no
-    replacement can be created yet (a queued job waits for those too: _queued_and_going). A minimum short
-    of places waits for them rather than taking another job's."""
-    return key in awaited or any(
-        pod.terminating and not pod.finished and pod.index is not None for pod in view.workers(key)
+    leaving_for), or its own workers are terminating (a group restart) within their grace: their devices
+    come free for it. One stuck past its grace (its node unreachable) still holds its worker's name, which
+    the replacement needs in a fixed world (Demand.fixed_world) and for a kept worker 0: none can be created
+    yet. A minimum short of places waits for those rather than taking another job's; an elastic pytorch
+    job's replacements take free indices, so a stuck pod above 0 holds nothing back."""
+    if demand.key in awaited:
+        return True
+    going = [
+        pod
+        for pod in view.workers(demand.key)
+        if pod.terminating and not pod.finished and pod.index is not None
+    ]
+    return any(
+        not pod.stuck_terminating(now) or demand.fixed_world or (pod.index == 0 and demand.host_kept)
+        for pod in going
     )
 
 

@@ -95,6 +95,9 @@ class Demand:
     # Worker 0 hosts the rendezvous (framework pytorch or jax): decide keeps it whatever the grant, created or
     # not. Under framework none only a live worker 0 is kept (decisions/workers._zero_pinned).
     host_kept: bool = True
+    # Its group runs indices 0 to N-1 and restarts whole (rendezvous.fixed_world): a worker's replacement
+    # takes the same name. An elastic pytorch job's takes a free index instead.
+    fixed_world: bool = False
 
     @property
     def waiting_since(self) -> float:
@@ -1225,9 +1228,14 @@ def _make_room_for_lost_places(
 
 def _quota_over(budget: QuotaBudget, job: _Job) -> bool:
     """Whether a key the job claims has less than nothing left once every admitted job's workers not charged
-    yet are counted (_take_admitted): some of those workers' creates would be refused."""
-    free = budget.free
-    return any(claim.pool in free and free[claim.pool] < 0 for claim in job.demand.quota_claims)
+    yet are counted (_take_admitted, which counts the job at its grant before the pass where that was
+    higher: given back here): some of those workers' creates would be refused."""
+    free, granted = budget.free, job.grant - job.finished
+    extra = _uncharged(job, max(job.before, job.grant) - job.finished) - _uncharged(job, granted)
+    return any(
+        claim.pool in free and free[claim.pool] + extra * claim.per_worker < 0
+        for claim in job.demand.quota_claims
+    )
 
 
 def _satisfiable(cluster: _Cluster, job: _Job) -> bool:

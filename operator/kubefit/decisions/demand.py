@@ -6,6 +6,7 @@ from datetime import datetime
 
 from kubefit.api.models import SizingStatus, TrainingJobSpec
 from kubefit.builders.naming import JobRef
+from kubefit.builders.rendezvous import fixed_world
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.inventory import Inventory
 from kubefit.decisions.workers import WorkerBounds
@@ -42,4 +43,5 @@ def job_demand(
         eligible_nodes=eligible,
         worker_step=bounds.step if elastic else 1,
         host_kept=spec.framework != "none",
+        fixed_world=fixed_world(spec),
     )
