@@ -1148,7 +1148,39 @@ def test_standard_input_that_is_not_utf8_exits_2() -> None:
         env={**os.environ, "KUBEFIT_CATALOG": "", "PYTHONIOENCODING": "utf-8:strict"},
     )
     assert (result.returncode, result.stdout) == (2, b"")
-    assert result.stderr == b"error: <stdin>: not UTF-8 text (expected a YAML manifest)\n"
+    assert result.stderr == b"error: <stdin>: not UTF-8 or UTF-16 text (expected a YAML manifest)\n"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-8-sig"])
+def test_a_manifest_with_a_byte_order_mark_is_read_as_kubectl_apply_reads_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], encoding: str
+) -> None:
+    # Windows PowerShell's `>` writes UTF-16 with a mark; kubectl apply reads it, kubefit size refused it.
+    manifest = tmp_path / "job.yaml"
+    text = yaml.safe_dump(LLAMA3_8B_FSDP)
+    manifest.write_bytes((("\ufeff" if encoding == "utf-16-le" else "") + text).encode(encoding))
+    code, out, err = run_main(capsys, "-f", str(manifest), "-o", "json")
+    assert code == 0, err
+    code, expected, _ = run_main(capsys, "-f", write(tmp_path, LLAMA3_8B_FSDP, "plain.yaml"), "-o", "json")
+    assert code == 0 and out == expected
+    result = subprocess.run(
+        [sys.executable, "-m", "kubefit.cli.main", "size", "-f", "-", "-o", "json"],
+        input=manifest.read_bytes(),
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "KUBEFIT_CATALOG": ""},
+    )
+    assert (result.returncode, result.stdout.decode()) == (0, expected), result.stderr
+
+
+def test_utf16_without_a_byte_order_mark_is_refused_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "job.yaml"
+    manifest.write_bytes(yaml.safe_dump(LLAMA3_8B_FSDP).encode("utf-16-le"))
+    code, out, err = run_main(capsys, "-f", str(manifest))
+    assert (code, out) == (2, "")
+    assert f"{manifest}: " in err
 
 
 def test_a_context_named_needs_no_current_context(

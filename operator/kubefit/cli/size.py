@@ -7,6 +7,7 @@ Imports beyond argparse happen inside the handler, so that `kubefit --help` and 
 from __future__ import annotations
 
 import argparse
+import codecs
 import math
 import re
 import sys
@@ -207,20 +208,24 @@ def read_text(filename: str, stdin: TextIO | None = None) -> str:
             return text
         data = bytes(raw.read(INPUT_MAX_BYTES + 1))
         _bounded(len(data), "<stdin>")
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(["<stdin>: not UTF-8 text (expected a YAML manifest)"]) from None
+        return _decoded(data, "<stdin>", "not UTF-8 or UTF-16 text")
     try:
         with open(filename, "rb") as handle:
             data = handle.read(INPUT_MAX_BYTES + 1)
     except OSError as exc:
         raise InvalidInput([f"{filename}: cannot read: {exc.strerror or exc}"]) from None
     _bounded(len(data), filename)
+    return _decoded(data, filename, "not a text file")
+
+
+def _decoded(data: bytes, source: str, refusal: str) -> str:
+    """UTF-8, or UTF-16 where a byte-order mark says so, as `kubectl apply -f` reads: Windows PowerShell's
+    `>` writes UTF-16 with a mark (a `kubectl get -o yaml > job.yaml` there was refused)."""
+    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8"
     try:
-        return data.decode("utf-8")
+        return data.decode(encoding)
     except UnicodeDecodeError:
-        raise InvalidInput([f"{filename}: not a text file (expected a YAML manifest)"]) from None
+        raise InvalidInput([f"{source}: {refusal} (expected a YAML manifest)"]) from None
 
 
 def _bounded(size: int, source: str) -> None:
