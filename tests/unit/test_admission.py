@@ -629,6 +629,29 @@ def test_preempts_only_jobs_whose_devices_it_can_use_and_gives_back_victims_not_
     assert plan([only_b], [lowest, low], cluster).preempt == {key("low")}
 
 
+def test_preempts_the_job_that_frees_the_fewest_devices_not_a_larger_younger_one() -> None:
+    """12 devices of 3 jobs of one priority: `fill` (7 workers, the youngest), `beta` (elastic 2 to 3) and
+    `gamma` (2). Taken youngest first, a gang of 3 stopped `fill` and 4 devices stayed idle while `fill`
+    could not come back (an audit on the sandbox); `gamma` alone, with `beta` shrunk by one, is enough."""
+    cluster = nodes(3, devices=4)
+    beta = holding(job("beta", per_worker=1, min_workers=2, want=3, created=1.0), 3, {"node-0": 3})
+    gamma = holding(
+        job("gamma", per_worker=1, min_workers=2, want=2, created=2.0), 2, {"node-0": 1, "node-1": 1}
+    )
+    fill = holding(gang("fill", 7, per_worker=1, created=3.0), 7, {"node-1": 3, "node-2": 4})
+    newc = gang("newc", 3, per_worker=1, priority=10, preemption="LowerPriority")
+    result = plan([newc], [beta, gamma, fill], cluster)
+    assert result.preempt == {key("gamma")} and result.shrink == {key("beta"): 2}
+    assert result.grants[key("newc")] == 3 and result.grants[key("fill")] == 7
+    assert result.reasons[key("gamma")] == "Preempted: to make room for ml/newc"
+    # Where only the larger job is enough, it goes; one of a higher priority is not taken to save devices.
+    big = gang("newc", 6, per_worker=1, priority=10, preemption="LowerPriority")
+    assert plan([big], [beta, gamma, fill], cluster).preempt == {key("fill")}
+    higher = holding(gang("gamma", 2, per_worker=1, priority=5, created=2.0), 2, {"node-0": 1, "node-1": 1})
+    beta_fixed = holding(gang("beta", 3, per_worker=1, priority=5, created=1.0), 3, {"node-0": 3})
+    assert plan([newc], [beta_fixed, higher, fill], cluster).preempt == {key("fill")}
+
+
 def lost_node_cluster() -> tuple[Demand, list[NodeCapacity]]:
     """`high` ran two workers of 8 on node-0 and node-1; node-1 is gone, node-2 and node-3 remain."""
     high = gang("high", 2, per_worker=8, priority=10, preemption="LowerPriority")

@@ -1074,10 +1074,7 @@ def _make_room(  # noqa: PLR0913 - the pass's state, the job, and what it is sho
     lower = _lower(cluster, jobs, job)
     if not lower:
         return False
-    free = {node: cluster.free[node] for node in nodes}
-    slots = _slots(free, nodes, job.demand.per_worker)
-    trial = _Trial(job, free, slots, need, quota_short=quota_short)
-    _shrink_lower(trial, lower)
+    trial = _new_trial(cluster, job, nodes, need, quota_short, lower)
     if trial.fits:
         _give_back_removals(trial)  # a shrink that a later one made unneeded
         _give_back_leaving(trial)
@@ -1086,6 +1083,10 @@ def _make_room(  # noqa: PLR0913 - the pass's state, the job, and what it is sho
             if trial.needs_from(victim):
                 _preempt(trial, victim)
         _trim(trial)
+        if trial.fits:
+            trial = _fewest_taken(
+                trial, lower, lambda: _new_trial(cluster, job, nodes, need, quota_short, lower)
+            )
     if not trial.fits:
         return False
     _commit(cluster, trial)
@@ -1121,6 +1122,61 @@ def _may_make_room(cluster: _Cluster, job: _Job, nodes: Sequence[str], need: int
         return False  # no job on its accelerator has a lower priority
     # Other pods may hold too much: even with every job gone it would not fit.
     return cluster.slots_without_jobs(nodes, job.demand.per_worker) >= need
+
+
+def _new_trial(  # noqa: PLR0913 - what _make_room was given
+    cluster: _Cluster,
+    job: _Job,
+    nodes: Sequence[str],
+    need: int,
+    quota_short: Mapping[tuple[str, str, str], Decimal],
+    lower: Sequence[_Job],
+) -> _Trial:
+    """A trial on the nodes' free devices with the lower-priority elastic jobs shrunk for it."""
+    free = {node: cluster.free[node] for node in nodes}
+    trial = _Trial(job, free, _slots(free, nodes, job.demand.per_worker), need, quota_short=quota_short)
+    _shrink_lower(trial, lower)
+    return trial
+
+
+# Single victims tried against the lowest-priority-then-youngest choice: enough for the usual cluster, and
+# bounded, since each try shrinks the lower-priority jobs again.
+ALTERNATIVE_VICTIMS = 16
+
+
+def _fewest_taken(chosen: _Trial, lower: Sequence[_Job], fresh: Callable[[], _Trial]) -> _Trial:
+    """Where `chosen` (victims in `lower`'s order, then trimmed) stops one job, the preemption that takes
+    the fewest devices: it, or another single job of a priority no higher that is enough with the shrinks.
+    Taken in order, the youngest job went first whatever its size: 7 workers stopped for a gang of 3 that
+    a job of 3 workers would have made room for, and the 4 devices left over stayed idle while the 7 could
+    not come back. Several victims were each needed (the trim gave back the others): not tried."""
+    if len(chosen.victims) != 1:
+        return chosen
+    best, best_taken = chosen, _devices_taken(chosen)
+    first = next(iter(chosen.victims))
+    tried = 0
+    for victim in lower:
+        if tried == ALTERNATIVE_VICTIMS or victim.demand.priority > first.demand.priority:
+            break
+        if victim is first or _devices_held(victim) >= best_taken:
+            continue
+        tried += 1
+        trial = fresh()
+        _preempt(trial, victim)
+        _trim(trial)
+        if trial.fits and trial.victims and _devices_taken(trial) < best_taken:
+            best, best_taken = trial, _devices_taken(trial)
+    return best
+
+
+def _devices_held(job: _Job) -> int:
+    return (sum(job.bound.values()) + sum(job.reserved.values())) * job.demand.per_worker
+
+
+def _devices_taken(trial: _Trial) -> int:
+    """Devices the trial takes from other jobs: its victims' and its shrinks' (a finished worker's none)."""
+    shrunk = sum(other.demand.per_worker for other, node, _ in trial.removals if node != _FINISHED)
+    return shrunk + sum(sum(freed.values()) for freed in trial.victims.values())
 
 
 def _shrink_lower(trial: _Trial, lower: Sequence[_Job]) -> None:
