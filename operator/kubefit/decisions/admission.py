@@ -1079,14 +1079,9 @@ def _make_room(  # noqa: PLR0913 - the pass's state, the job, and what it is sho
         _give_back_removals(trial)  # a shrink that a later one made unneeded
         _give_back_leaving(trial)
     elif job.demand.preemption == "LowerPriority":
-        for victim in lower:
-            if trial.needs_from(victim):
-                _preempt(trial, victim)
-        _trim(trial)
-        if trial.fits:
-            trial = _fewest_taken(
-                trial, lower, lambda: _new_trial(cluster, job, nodes, need, quota_short, lower)
-            )
+        trial = _preempt_lower(
+            trial, lower, lambda: _new_trial(cluster, job, nodes, need, quota_short, lower)
+        )
     if not trial.fits:
         return False
     _commit(cluster, trial)
@@ -1137,6 +1132,16 @@ def _new_trial(  # noqa: PLR0913 - what _make_room was given
     trial = _Trial(job, free, _slots(free, nodes, job.demand.per_worker), need, quota_short=quota_short)
     _shrink_lower(trial, lower)
     return trial
+
+
+def _preempt_lower(trial: _Trial, lower: Sequence[_Job], fresh: Callable[[], _Trial]) -> _Trial:
+    """Whole lower-priority jobs preempted in `lower`'s order until the job fits, those then unneeded given
+    back, and the fewest devices taken (_fewest_taken)."""
+    for victim in lower:
+        if trial.needs_from(victim):
+            _preempt(trial, victim)
+    _trim(trial)
+    return _fewest_taken(trial, lower, fresh) if trial.fits else trial
 
 
 # Single victims tried against the lowest-priority-then-youngest choice: enough for the usual cluster, and
