@@ -178,8 +178,12 @@ class EventReason:
     """Normal: the workers were asked to checkpoint before some are removed (the message says why)."""
 
     CHECKPOINT_DONE: Final = "CheckpointDone"
-    """Normal: every running worker acknowledged the checkpoint request, or the grace period passed (the
-    message says which); the planned removal proceeds."""
+    """Normal: every running worker acknowledged the checkpoint request; the planned removal proceeds."""
+
+    CHECKPOINT_TIMED_OUT: Final = "CheckpointTimedOut"
+    """Warning: spec.elastic.checkpointGracePeriodSeconds passed before every running worker acknowledged the
+    checkpoint request (the message counts those that did); the planned removal proceeds all the same, and
+    progress since the workers' last checkpoint may be lost."""
 
     CAPACITY_CHANGED: Final = "CapacityChanged"
     """Normal: an elastic job's worker above its floor found no node within

@@ -51,6 +51,7 @@ class HandshakeState:
     requeue_after: float | None = None  # reconcile again then to see acknowledgements or the deadline
     opened: bool = False  # a request was opened by this decision
     closed_note: str | None = None  # how the wait ended, when it ended in this decision
+    timed_out: bool = False  # it ended with the grace period, not every running worker acknowledged
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def checkpoint_handshake(given: HandshakeInput) -> HandshakeState:
             f"{acknowledged} of {len(asked)} running workers acknowledged checkpoint {previous.request_id} "
             f"within spec.elastic.checkpointGracePeriodSeconds ({given.grace_seconds} s); removing anyway"
         )
-        return HandshakeState(True, None, given.requests, closed_note=note)
+        return HandshakeState(True, None, given.requests, closed_note=note, timed_out=True)
     still_open = previous.model_copy(
         update={
             "reason": removal.reason,
@@ -195,13 +196,19 @@ def apply_handshake(draft: Draft, shake: HandshakeState, removal: Removal) -> No
                 f"({shake.checkpoint.request_id}) before removing {len(removal.doomed)} ({removal.reason})",
             )
         )
-    if shake.closed_note:
+    if shake.closed_note and shake.timed_out:
+        # Progress since the last save may be lost: a Warning, which is what people filter and alert on.
+        draft.events.append(JobEvent("Warning", EventReason.CHECKPOINT_TIMED_OUT, shake.closed_note))
+    elif shake.closed_note:
         draft.events.append(JobEvent("Normal", EventReason.CHECKPOINT_DONE, shake.closed_note))
 
 
 def removal_progress(shake: HandshakeState, removal: Removal) -> str:
     if shake.proceed or not removal.doomed:
-        return f"deleting {len(removal.doomed)} workers" if removal.doomed else "no workers are left"
+        if not removal.doomed:
+            return "no workers are left"
+        deleting = f"deleting {len(removal.doomed)} workers"
+        return f"{deleting}: {shake.closed_note}" if shake.timed_out else deleting
     checkpoint = shake.checkpoint
     assert checkpoint is not None  # a removal that does not proceed waits on an open request
     return (
