@@ -1204,6 +1204,21 @@ def test_leaving_workers_are_taken_back_unless_a_job_that_did_not_fit_may_use_th
     assert result.grants[key("E")] == 2 and result.waiting[key("Q")].startswith("InsufficientCapacity")
 
 
+def test_leaving_workers_are_taken_back_when_their_places_would_not_make_the_waiting_job_fit() -> None:
+    """E (scaled 3 -> 2, raised back to 3 during the handshake) and Q, a gang of 7 of E's priority that did
+    not fit: with E's leaving worker Q has 4 places, so E takes it back. Before, E's worker was deleted
+    and another created, and E read "2 of 3 workers granted: no capacity for more" with 3 devices free (an
+    audit on the sandbox)."""
+    elastic = job("E", per_worker=1, want=3, created=NOW - 100)
+    cluster = [NodeCapacity("n1", H100, 4, 0), NodeCapacity("n2", H100, 4, 2)]
+    leaving = Holding(elastic, 2, {"n1": 3}, ("n1",) * 3)
+    result = plan([gang("Q", 7, per_worker=1, created=NOW - 50)], [leaving], cluster)
+    assert result.grants[key("E")] == 3 and result.grants[key("Q")] == 0
+    # A gang of 4 fits with that place: E does not take it back.
+    fits_with_it = plan([gang("Q", 4, per_worker=1, created=NOW - 50)], [leaving], cluster)
+    assert fits_with_it.grants[key("E")] == 2
+
+
 def test_a_job_that_cannot_fit_even_on_an_empty_cluster_does_not_stop_workers_being_taken_back() -> None:
     # U needs 3 whole nodes of a 2-node cluster: nothing freed in a pass lets it in, so E's leaving workers
     # are taken back (they were removed and regrown).

@@ -1572,6 +1572,29 @@ def test_the_grace_period_ends_the_wait_without_acks() -> None:
     assert status_of(expired)["message"].endswith(f"deleting 1 workers: {told}")
 
 
+def test_a_worker_failed_during_a_scale_down_goes_in_place_of_a_running_one_and_is_told() -> None:
+    """4 workers scaled to 3 while the handshake waits, worker 1 fails: the lowered count keeps the running
+    workers, so worker 1 is removed, not replaced or counted; before, it went with no event at all."""
+    spec = elastic_spec(replicas=3)
+    asked = decide(observe(spec, [pod(index) for index in range(4)]), CATALOG)
+    assert asked.checkpoint_request is not None and asked.delete == ()
+    pods = [pod(0), pod(1, "Failed"), pod(2), pod(3)]
+    failed = decide(observe(spec, pods, asked.status, NOW + timedelta(seconds=5)), CATALOG)
+    assert failed.delete == ("llama-worker-1",) and failed.create == ()
+    assert [(event.type, event.message) for event in failed.events if event.reason == "WorkerFailed"] == [
+        (
+            "Warning",
+            "worker llama-worker-1 failed on node-a; not replaced: the job runs 3 workers now, and it is "
+            "removed in place of a running one",
+        )
+    ]
+    assert status_of(failed).get("restarts", 0) == 0
+    # Once its pod is terminating, nothing more is told.
+    gone = [pod(0), pod(1, "Failed", terminating=True), pod(2), pod(3)]
+    after = decide(observe(spec, gone, failed.status, NOW + timedelta(seconds=6)), CATALOG)
+    assert ("Warning", "WorkerFailed") not in events_of(after)
+
+
 def test_a_scale_down_undone_before_the_deadline_closes_the_request_and_deletes_nothing() -> None:
     pods = [pod(0), pod(1)]
     asked = decide(observe(elastic_spec(replicas=1), pods), CATALOG)

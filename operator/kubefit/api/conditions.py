@@ -162,7 +162,8 @@ class EventReason:
     """Normal: a fixed layout is far bigger than the job needs (also in status.sizing.warnings)."""
 
     WORKER_FAILED: Final = "WorkerFailed"
-    """Warning: a worker pod failed and is being replaced (the message counts the restarts)."""
+    """Warning: a worker pod failed and is being replaced (the message counts the restarts), or removed
+    uncounted where a lowered worker count takes it in place of a running worker."""
 
     WORKER_LOST: Final = "WorkerLost"
     """Warning: a worker of a running fixed group is gone (its node removed, its pod deleted by someone else):

@@ -659,6 +659,7 @@ class _Queue:
     # The queued jobs that did not fit, in queue order (not those waiting behind StrictFIFO's head).
     did_not_fit: list[_Job] = field(default_factory=list)
     node_sets: dict[int, frozenset[str]] = field(default_factory=dict)  # id of a job's node list -> its set
+    fits_with_leaving: dict[int, bool] = field(default_factory=dict)  # id of a job -> _fits_with_leaving
     # (id of a node list, devices per worker) -> its nodes big enough for one such worker (keepable)
     keepable_sets: dict[tuple[int, int], frozenset[str]] = field(default_factory=dict)
     # (the job's node list, the protectors ahead of it) -> usable(): jobs share node lists (_Cluster.nodes_for)
@@ -666,18 +667,35 @@ class _Queue:
         default_factory=dict
     )
 
-    def anyone_waits_for(self, job: _Job) -> bool:
+    def anyone_waits_for(self, job: _Job, free: Mapping[str, int], leaving: Mapping[str, int]) -> bool:
         """Whether a job that did not fit in this pass, or an admitted one short of its minimum, may use a
-        node where this job has workers bound (those beyond its grant are the ones leaving)."""
+        node where this job has workers bound (those beyond its grant are the ones leaving). One that did
+        not fit counts only where the places of every job's leaving workers (`leaving`: node -> devices),
+        with the devices `free`, would give it its minimum: one they could not make fit kept a scale-down
+        going after `replicas` was raised back (a worker deleted and another created, two restarts of the
+        training for nothing, and "no capacity for more" with devices free). One short of its minimum is
+        waiting for room made for it, some of it perhaps by preemption, which `leaving` does not hold."""
         accelerator = job.demand.accelerator
         for other in (*self.did_not_fit, *self.short.get(accelerator, ())):
             if other is job or other.demand.accelerator != accelerator:
                 continue
             usable = self.node_set(other.nodes)
             per_worker = other.demand.per_worker
-            if any(node in usable and self.allocatable.get(node, 0) >= per_worker for node in job.bound):
+            if not any(node in usable and self.allocatable.get(node, 0) >= per_worker for node in job.bound):
+                continue
+            if other.admitted or self._fits_with_leaving(other, free, leaving):
                 return True
         return False
+
+    def _fits_with_leaving(self, other: _Job, free: Mapping[str, int], leaving: Mapping[str, int]) -> bool:
+        """Whether `other`'s minimum fits on the free devices with the leaving workers' places; worked out
+        once per pass: growth only takes devices, so an answer from before it says yes more often."""
+        found = self.fits_with_leaving.get(id(other))
+        if found is None:
+            per_worker = other.demand.per_worker
+            slots = sum(max(free[node] + leaving.get(node, 0), 0) // per_worker for node in other.nodes)
+            found = self.fits_with_leaving[id(other)] = slots >= other.floor - other.placed
+        return found
 
     def node_set(self, nodes: list[str]) -> frozenset[str]:
         """A node list of the pass as a set (per list, once)."""
@@ -1485,6 +1503,16 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget:
             _charge_admitted(cluster, budget, job)
 
 
+def _leaving_devices(jobs: Sequence[_Job]) -> Counter[str]:
+    """Node -> the devices of every job's bound workers beyond its grant (_leaving): places that come free
+    once their checkpoint is saved."""
+    devices: Counter[str] = Counter()
+    for job in jobs:
+        for node in job.removal_order[: _leaving(job)]:
+            devices[node] += job.demand.per_worker
+    return devices
+
+
 def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaBudget) -> None:
     """Spare capacity raises elastic jobs toward their want, in queue order. A job shrunk or preempted in
     this pass does not grow in it (the plan counts the places it gives up as someone else's), nor does one
@@ -1501,10 +1529,12 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaB
     other job was admitted for. It grows once the workers are gone."""
     withheld = _withhold(cluster, cluster.vacated)
     kept = _kept_from_growth(cluster)
+    leaving = _leaving_devices(jobs)
     for job in jobs:
         if not job.holds or not job.demand.elastic or job.shrunk_for or job.freed_for:
             continue
-        taken_back = not queue.anyone_waits_for(job) and not _quota_counted_on(budget, job)
+        waited_for = queue.anyone_waits_for(job, cluster.free, leaving)
+        taken_back = not waited_for and not _quota_counted_on(budget, job)
         if job.grant < min(job.target, job.placed) and taken_back:
             job.grant = max(job.grant, job.whole_groups(min(job.placed, job.target)))
         if job.grant >= job.target or job.placed != job.grant:

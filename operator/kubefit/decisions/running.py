@@ -61,6 +61,7 @@ from kubefit.decisions.gang import (
 )
 from kubefit.decisions.observed import (
     DISRUPTION_REASONS,
+    POD_FAILED,
     POD_PENDING,
     POD_RUNNING,
     POD_SUCCEEDED,
@@ -801,6 +802,7 @@ def _running(  # noqa: PLR0913 - the parts of the decision worked out before
             )
     counted = restarts > restarts_of(ctx.status)
     draft.events.extend(_restart_events(ctx, faults, restarts, counted))
+    draft.events.extend(_removed_failure_events(ctx, delete, plan.keep))
     draft.events.extend(_disruption_events(changes.replace))
     note = removal_progress(shake, plan.removal) if plan.removal is not None else None
     draft.message = _message(ctx, plan, shake_note=note)
@@ -1484,6 +1486,22 @@ def _restart_events(
             f"replacing it ({note}){_memory_hint(ctx, [pod])}",
         )
         for pod in replaced
+    ]
+
+
+def _removed_failure_events(ctx: JobContext, delete: Sequence[str], keep: int) -> list[JobEvent]:
+    """A failed worker that a lowered count removes in place of a running one (worker_slots keeps running
+    workers first) is neither replaced nor counted, but told: it went with no word before."""
+    deleted = set(delete)
+    return [
+        JobEvent(
+            "Warning",
+            EventReason.WORKER_FAILED,
+            f"worker {pod.name} failed{f' on {pod.node_name}' if pod.node_name else ''}{_causes([pod])}; "
+            f"not replaced: the job runs {keep} workers now, and it is removed in place of a running one",
+        )
+        for pod in ctx.ours
+        if pod.name in deleted and pod.phase == POD_FAILED and not pod.terminating
     ]
 
 
