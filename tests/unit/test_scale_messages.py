@@ -348,3 +348,26 @@ def test_a_scale_up_the_pass_cannot_grant_after_a_scale_down_is_no_scale_down(
         "Admitted",
         "1 of 2 workers granted: no capacity for more",
     )
+
+
+def test_a_scale_past_max_replicas_short_of_room_names_the_cap_first(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `kubectl scale --replicas 8` with maxReplicas 4 and room for 3 read "running 3 of spec.workers.replicas
+    # 8 workers: no room now for 1 more worker": one more of 8 (an audit on the sandbox).
+    only_node(monkeypatch, gpus=3)
+    manifest = job_manifest(replicas=2, minReplicas=1, maxReplicas=4)
+    manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
+    harness.kube.jobs["llama"] = manifest
+    harness.reconcile()
+    scaled(harness, 8)
+    harness.reconcile("update")
+    assert harness.kube.jobs["llama"]["status"]["message"] == (
+        "running 3 of spec.workers.replicas 8 workers: spec.workers.maxReplicas is 4, and no room now for 1 "
+        "more worker"
+    )
+    only_node(monkeypatch, gpus=8)
+    harness.reconcile("update")
+    assert harness.kube.jobs["llama"]["status"]["message"] == (
+        "running 4 of spec.workers.replicas 8 workers: spec.workers.maxReplicas is 4"
+    )

@@ -1194,7 +1194,12 @@ def _count_message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str 
     if plan.target < replicas:
         detail = _grant_why(ctx, plan) or f"the scheduling pass granted {plan.target}"
         ceiling = ctx.bounds.ceiling
-        why = f"spec.workers.maxReplicas is {ceiling}" if plan.target == ceiling < replicas else detail
+        if ceiling < replicas:
+            # The cap first: "3 of 8: no room now for 1 more worker" counted against 4 without saying so.
+            capped = f"spec.workers.maxReplicas is {ceiling}"
+            why = capped if plan.target == ceiling else f"{capped}, and {detail}"
+        else:
+            why = detail
         why = f"running {plan.target} of spec.workers.replicas {replicas} workers: {why}"
     elif plan.target > replicas:
         why = f"running {plan.target} workers, more than spec.workers.replicas {replicas}: the floor is {plan.target}"
