@@ -1503,6 +1503,14 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget:
             _charge_admitted(cluster, budget, job)
 
 
+def _taken_back(
+    cluster: _Cluster, queue: _Queue, budget: QuotaBudget, job: _Job, leaving: Mapping[str, int]
+) -> bool:
+    """Whether a job with workers beyond its grant, its want raised back, takes them back (_grow): asked
+    only of such a job, since the waiting jobs' check walks their nodes."""
+    return not queue.anyone_waits_for(job, cluster.free, leaving) and not _quota_counted_on(budget, job)
+
+
 def _leaving_devices(jobs: Sequence[_Job]) -> Counter[str]:
     """Node -> the devices of every job's bound workers beyond its grant (_leaving): places that come free
     once their checkpoint is saved."""
@@ -1533,9 +1541,7 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaB
     for job in jobs:
         if not job.holds or not job.demand.elastic or job.shrunk_for or job.freed_for:
             continue
-        waited_for = queue.anyone_waits_for(job, cluster.free, leaving)
-        taken_back = not waited_for and not _quota_counted_on(budget, job)
-        if job.grant < min(job.target, job.placed) and taken_back:
+        if job.grant < min(job.target, job.placed) and _taken_back(cluster, queue, budget, job, leaving):
             job.grant = max(job.grant, job.whole_groups(min(job.placed, job.target)))
         if job.grant >= job.target or job.placed != job.grant:
             continue
