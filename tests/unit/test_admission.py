@@ -652,6 +652,20 @@ def test_preempts_the_job_that_frees_the_fewest_devices_not_a_larger_younger_one
     assert plan([newc], [beta_fixed, higher, fill], cluster).preempt == {key("fill")}
 
 
+def test_a_burst_of_preempting_jobs_takes_the_youngest_victim_whose_spare_devices_the_next_one_uses() -> None:
+    """Two gangs of one device arrive together: `l2` (2 devices, the youngest) makes room for both. The
+    fewest devices for the first alone (`l1`, 1 device) would stop both lower jobs (a review)."""
+    cluster = [NodeCapacity("n0", H100, 2, 0), NodeCapacity("n1", H100, 1, 0)]
+    l1 = holding(gang("l1", 1, per_worker=1, created=NOW - 500), 1, {"n1": 1})
+    l2 = holding(gang("l2", 1, per_worker=2, created=NOW - 100), 1, {"n0": 1})
+    first = gang("a", 1, per_worker=1, priority=10, preemption="LowerPriority", created=NOW - 20)
+    second = gang("b", 1, per_worker=1, priority=10, preemption="LowerPriority", created=NOW - 10)
+    result = plan([first, second], [l1, l2], cluster)
+    assert result.preempt == {key("l2")} and result.grants[key("a")] == result.grants[key("b")] == 1
+    # Alone, the first takes the one that frees least.
+    assert plan([first], [l1, l2], cluster).preempt == {key("l1")}
+
+
 def lost_node_cluster() -> tuple[Demand, list[NodeCapacity]]:
     """`high` ran two workers of 8 on node-0 and node-1; node-1 is gone, node-2 and node-3 remain."""
     high = gang("high", 2, per_worker=8, priority=10, preemption="LowerPriority")
@@ -1217,6 +1231,21 @@ def test_leaving_workers_are_taken_back_when_their_places_would_not_make_the_wai
     # A gang of 4 fits with that place: E does not take it back.
     fits_with_it = plan([gang("Q", 4, per_worker=1, created=NOW - 50)], [leaving], cluster)
     assert fits_with_it.grants[key("E")] == 2
+
+
+def test_a_waiting_job_that_may_preempt_for_the_rest_keeps_the_leaving_workers_from_being_taken_back() -> (
+    None
+):
+    """Q (a gang of 5 that may preempt L) has 4 places with L's devices and needs E's leaving worker's: E does
+    not take it back, and once it is gone Q preempts L (a review: taken back, Q waited for good)."""
+    cluster = [NodeCapacity("n1", H100, 4, 0), NodeCapacity("n2", H100, 4, 1)]
+    elastic = job("E", per_worker=1, want=3, priority=5, created=NOW - 100)
+    low = Holding(gang("L", 3, per_worker=1, created=NOW - 200), 3, {"n2": 3}, ("n2",) * 3)
+    waiting = gang("Q", 5, per_worker=1, priority=5, preemption="LowerPriority", created=NOW - 50)
+    first = plan([waiting], [Holding(elastic, 2, {"n1": 3}, ("n1",) * 3), low], cluster)
+    assert first.grants[key("E")] == 2 and first.grants[key("Q")] == 0
+    second = plan([waiting], [Holding(elastic, 2, {"n1": 2}, ("n1",) * 2), low], cluster)
+    assert second.grants[key("Q")] == 5 and second.preempt == {key("L")}
 
 
 def test_a_job_that_cannot_fit_even_on_an_empty_cluster_does_not_stop_workers_being_taken_back() -> None:

@@ -659,7 +659,12 @@ class _Queue:
     # The queued jobs that did not fit, in queue order (not those waiting behind StrictFIFO's head).
     did_not_fit: list[_Job] = field(default_factory=list)
     node_sets: dict[int, frozenset[str]] = field(default_factory=dict)  # id of a job's node list -> its set
-    fits_with_leaving: dict[int, bool] = field(default_factory=dict)  # id of a job -> _fits_with_leaving
+    # Set by _grow: node -> the devices of every job's workers leaving (_leaving_devices), and accelerator ->
+    # the lowest priority of the jobs holding devices of it.
+    leaving: Mapping[str, int] = field(default_factory=dict)
+    lowest_holding: Mapping[str, int] = field(default_factory=dict)
+    # (id of a node list, devices per worker) -> its slots on the free devices and the leaving places
+    slots_with_leaving: dict[tuple[int, int], int] = field(default_factory=dict)
     # (id of a node list, devices per worker) -> its nodes big enough for one such worker (keepable)
     keepable_sets: dict[tuple[int, int], frozenset[str]] = field(default_factory=dict)
     # (the job's node list, the protectors ahead of it) -> usable(): jobs share node lists (_Cluster.nodes_for)
@@ -667,14 +672,15 @@ class _Queue:
         default_factory=dict
     )
 
-    def anyone_waits_for(self, job: _Job, free: Mapping[str, int], leaving: Mapping[str, int]) -> bool:
+    def anyone_waits_for(self, job: _Job, free: Mapping[str, int]) -> bool:
         """Whether a job that did not fit in this pass, or an admitted one short of its minimum, may use a
         node where this job has workers bound (those beyond its grant are the ones leaving). One that did
-        not fit counts only where the places of every job's leaving workers (`leaving`: node -> devices),
-        with the devices `free`, would give it its minimum: one they could not make fit kept a scale-down
-        going after `replicas` was raised back (a worker deleted and another created, two restarts of the
-        training for nothing, and "no capacity for more" with devices free). One short of its minimum is
-        waiting for room made for it, some of it perhaps by preemption, which `leaving` does not hold."""
+        not fit and can take from nobody (no job of a lower priority holds its accelerator) counts only
+        where the places of every job's leaving workers (`leaving`), with the devices `free`, would give it
+        its minimum: one they could not make fit kept a scale-down going after `replicas` was raised back
+        (a worker deleted and another created, two restarts of the training for nothing, and "no capacity
+        for more" with devices free). One short of its minimum waits for room made for it, and one that may
+        shrink or preempt others may make the rest of its room: both count as before."""
         accelerator = job.demand.accelerator
         for other in (*self.did_not_fit, *self.short.get(accelerator, ())):
             if other is job or other.demand.accelerator != accelerator:
@@ -683,19 +689,23 @@ class _Queue:
             per_worker = other.demand.per_worker
             if not any(node in usable and self.allocatable.get(node, 0) >= per_worker for node in job.bound):
                 continue
-            if other.admitted or self._fits_with_leaving(other, free, leaving):
+            may_take = other.demand.priority > self.lowest_holding.get(accelerator, other.demand.priority)
+            if other.admitted or may_take or self._fits_with_leaving(other, free):
                 return True
         return False
 
-    def _fits_with_leaving(self, other: _Job, free: Mapping[str, int], leaving: Mapping[str, int]) -> bool:
-        """Whether `other`'s minimum fits on the free devices with the leaving workers' places; worked out
-        once per pass: growth only takes devices, so an answer from before it says yes more often."""
-        found = self.fits_with_leaving.get(id(other))
-        if found is None:
-            per_worker = other.demand.per_worker
+    def _fits_with_leaving(self, other: _Job, free: Mapping[str, int]) -> bool:
+        """Whether `other`'s minimum fits on the free devices with the leaving workers' places. Their slots
+        are counted once per pass and node list: growth only takes devices, so a count from before it says
+        yes more often."""
+        per_worker = other.demand.per_worker
+        cache_key = (id(other.nodes), per_worker)
+        slots = self.slots_with_leaving.get(cache_key)
+        if slots is None:
+            leaving = self.leaving
             slots = sum(max(free[node] + leaving.get(node, 0), 0) // per_worker for node in other.nodes)
-            found = self.fits_with_leaving[id(other)] = slots >= other.floor - other.placed
-        return found
+            self.slots_with_leaving[cache_key] = slots
+        return slots >= other.floor - other.placed
 
     def node_set(self, nodes: list[str]) -> frozenset[str]:
         """A node list of the pass as a set (per list, once)."""
@@ -1097,9 +1107,7 @@ def _make_room(  # noqa: PLR0913 - the pass's state, the job, and what it is sho
         _give_back_removals(trial)  # a shrink that a later one made unneeded
         _give_back_leaving(trial)
     elif job.demand.preemption == "LowerPriority":
-        trial = _preempt_lower(
-            trial, lower, lambda: _new_trial(cluster, job, nodes, need, quota_short, lower)
-        )
+        trial = _preempt_lower(trial, lower, alone=not _others_queued(jobs, job))
     if not trial.fits:
         return False
     _commit(cluster, trial)
@@ -1152,14 +1160,40 @@ def _new_trial(  # noqa: PLR0913 - what _make_room was given
     return trial
 
 
-def _preempt_lower(trial: _Trial, lower: Sequence[_Job], fresh: Callable[[], _Trial]) -> _Trial:
+def _preempt_lower(trial: _Trial, lower: Sequence[_Job], alone: bool) -> _Trial:
     """Whole lower-priority jobs preempted in `lower`'s order until the job fits, those then unneeded given
-    back, and the fewest devices taken (_fewest_taken)."""
+    back; for a job `alone` in the queue of its accelerator, the fewest devices taken (_fewest_taken)."""
+    shrunk = _copied(trial) if alone else None
     for victim in lower:
         if trial.needs_from(victim):
             _preempt(trial, victim)
     _trim(trial)
-    return _fewest_taken(trial, lower, fresh) if trial.fits else trial
+    return _fewest_taken(trial, lower, shrunk) if trial.fits and shrunk is not None else trial
+
+
+def _others_queued(jobs: Sequence[_Job], job: _Job) -> bool:
+    """Whether another job of the job's accelerator is queued and not admitted in this pass: devices a
+    preemption frees beyond the job's need may be that job's, in this pass or the next."""
+    accelerator = job.demand.accelerator
+    return any(
+        other is not job
+        and not other.admitted
+        and other.grant == 0
+        and other.demand.accelerator == accelerator
+        for other in jobs
+    )
+
+
+def _copied(trial: _Trial) -> _Trial:
+    """A trial to go on from separately: what it took so far, copied (the jobs it took from are shared)."""
+    return replace(
+        trial,
+        free=dict(trial.free),
+        removals=list(trial.removals),
+        leaving=list(trial.leaving),
+        victims=dict(trial.victims),
+        freed=dict(trial.freed),
+    )
 
 
 # Single victims tried against the lowest-priority-then-youngest choice: enough for the usual cluster, and
@@ -1167,12 +1201,13 @@ def _preempt_lower(trial: _Trial, lower: Sequence[_Job], fresh: Callable[[], _Tr
 ALTERNATIVE_VICTIMS = 16
 
 
-def _fewest_taken(chosen: _Trial, lower: Sequence[_Job], fresh: Callable[[], _Trial]) -> _Trial:
+def _fewest_taken(chosen: _Trial, lower: Sequence[_Job], shrunk: _Trial) -> _Trial:
     """Where `chosen` (victims in `lower`'s order, then trimmed) stops one job, the preemption that takes
-    the fewest devices: it, or another single job of a priority no higher that is enough with the shrinks.
-    Taken in order, the youngest job went first whatever its size: 7 workers stopped for a gang of 3 that
-    a job of 3 workers would have made room for, and the 4 devices left over stayed idle while the 7 could
-    not come back. Several victims were each needed (the trim gave back the others): not tried."""
+    the fewest devices: it, or another single job of a priority no higher that is enough with the shrinks
+    (`shrunk`: the trial before any preemption). Taken in order, the youngest job went first whatever its
+    size: 7 workers stopped for a gang of 3 that a job of 3 workers would have made room for, and the 4
+    devices left over stayed idle while the 7 could not come back. Several victims were each needed (the
+    trim gave back the others): not tried."""
     if len(chosen.victims) != 1:
         return chosen
     best, best_taken = chosen, _devices_taken(chosen)
@@ -1184,7 +1219,7 @@ def _fewest_taken(chosen: _Trial, lower: Sequence[_Job], fresh: Callable[[], _Tr
         if victim is first or _devices_held(victim) >= best_taken:
             continue
         tried += 1
-        trial = fresh()
+        trial = _copied(shrunk)
         _preempt(trial, victim)
         _trim(trial)
         if trial.fits and trial.victims and _devices_taken(trial) < best_taken:
@@ -1503,12 +1538,20 @@ def _admit_queue(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget:
             _charge_admitted(cluster, budget, job)
 
 
-def _taken_back(
-    cluster: _Cluster, queue: _Queue, budget: QuotaBudget, job: _Job, leaving: Mapping[str, int]
-) -> bool:
+def _taken_back(cluster: _Cluster, queue: _Queue, budget: QuotaBudget, job: _Job) -> bool:
     """Whether a job with workers beyond its grant, its want raised back, takes them back (_grow): asked
-    only of such a job, since the waiting jobs' check walks their nodes."""
-    return not queue.anyone_waits_for(job, cluster.free, leaving) and not _quota_counted_on(budget, job)
+    only of such a job, since the waiting jobs' check may walk their nodes."""
+    return not queue.anyone_waits_for(job, cluster.free) and not _quota_counted_on(budget, job)
+
+
+def _lowest_holding(jobs: Sequence[_Job]) -> dict[str, int]:
+    """Accelerator -> the lowest priority of the jobs holding devices of it."""
+    lowest: dict[str, int] = {}
+    for job in jobs:
+        if job.holds:
+            accelerator = job.demand.accelerator
+            lowest[accelerator] = min(lowest.get(accelerator, job.demand.priority), job.demand.priority)
+    return lowest
 
 
 def _leaving_devices(jobs: Sequence[_Job]) -> Counter[str]:
@@ -1537,11 +1580,12 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaB
     other job was admitted for. It grows once the workers are gone."""
     withheld = _withhold(cluster, cluster.vacated)
     kept = _kept_from_growth(cluster)
-    leaving = _leaving_devices(jobs)
+    queue.leaving = _leaving_devices(jobs)
+    queue.lowest_holding = _lowest_holding(jobs)
     for job in jobs:
         if not job.holds or not job.demand.elastic or job.shrunk_for or job.freed_for:
             continue
-        if job.grant < min(job.target, job.placed) and _taken_back(cluster, queue, budget, job, leaving):
+        if job.grant < min(job.target, job.placed) and _taken_back(cluster, queue, budget, job):
             job.grant = max(job.grant, job.whole_groups(min(job.placed, job.target)))
         if job.grant >= job.target or job.placed != job.grant:
             continue
