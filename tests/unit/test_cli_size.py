@@ -1173,6 +1173,17 @@ def test_a_manifest_with_a_byte_order_mark_is_read_as_kubectl_apply_reads_it(
     assert (result.returncode, result.stdout.decode()) == (0, expected), result.stderr
 
 
+def test_utf32_with_a_byte_order_mark_is_not_a_text_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its mark starts with UTF-16-LE's: read as UTF-16 it failed as YAML on NUL characters (a review).
+    manifest = tmp_path / "job.yaml"
+    manifest.write_bytes(yaml.safe_dump(LLAMA3_8B_FSDP).encode("utf-32"))
+    code, out, err = run_main(capsys, "-f", str(manifest))
+    assert (code, out) == (2, "")
+    assert err == f"error: {manifest}: not a text file (expected a YAML manifest)\n"
+
+
 def test_utf16_without_a_byte_order_mark_is_refused_naming_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

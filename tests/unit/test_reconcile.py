@@ -1584,15 +1584,53 @@ def test_a_worker_failed_during_a_scale_down_goes_in_place_of_a_running_one_and_
     assert [(event.type, event.message) for event in failed.events if event.reason == "WorkerFailed"] == [
         (
             "Warning",
-            "worker llama-worker-1 failed on node-a; not replaced: the job runs 3 workers now, and it is "
-            "removed in place of a running one",
+            "worker llama-worker-1 failed on node-a; not replaced: the job's count is lowered to 3, and failed "
+            "workers are removed first",
         )
     ]
     assert status_of(failed).get("restarts", 0) == 0
+    # A failed worker replaced already whose delete is tried again is not told again.
+    again = decide(
+        observe(spec, pods, asked.status, NOW + timedelta(seconds=5), replaced=frozenset({"pod-1"})), CATALOG
+    )
+    assert ("Warning", "WorkerFailed") not in events_of(again)
     # Once its pod is terminating, nothing more is told.
     gone = [pod(0), pod(1, "Failed", terminating=True), pod(2), pod(3)]
     after = decide(observe(spec, gone, failed.status, NOW + timedelta(seconds=6)), CATALOG)
     assert ("Warning", "WorkerFailed") not in events_of(after)
+
+
+@pytest.mark.parametrize(
+    ("workers", "message"),
+    [
+        (
+            {"replicas": 8, "minReplicas": 2, "maxReplicas": 5},
+            "running 4 of spec.workers.replicas 8 workers: spec.workers.maxReplicas is 5 (4 in whole groups of 2)",
+        ),
+        (
+            {"replicas": 5, "minReplicas": 2, "maxReplicas": 8},
+            "running 4 of spec.workers.replicas 5 workers: the scheduling pass granted 4",
+        ),
+    ],
+)
+def test_a_cap_rounded_to_whole_groups_is_told_as_the_cap(workers: dict[str, int], message: str) -> None:
+    # Groups of 2 workers (TP 8 x PP 2 on 8-device nodes): maxReplicas 5 runs 4, which read as "maxReplicas is
+    # 5, and the scheduling pass granted 4", a shortage that was not there (a review).
+    h100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    nodes = [NodeFacts(f"h{index}", h100, {"nvidia.com/gpu": "8"}) for index in range(8)]
+    spec = raw_spec(
+        workers=workers,
+        elastic=ELASTIC,
+        model={"parameters": "13B"},
+        resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": "auto"},
+        training={"tensorParallel": 8, "pipelineParallel": 2},
+    )
+    observed = replace(
+        observe(spec, [pod(index) for index in range(4)]), inventory=build_inventory(nodes, {}, CATALOG)
+    )
+    decision = decide(observed, CATALOG)
+    assert decision.create == decision.delete == ()
+    assert status_of(decision)["message"] == message
 
 
 def test_a_scale_down_undone_before_the_deadline_closes_the_request_and_deletes_nothing() -> None:

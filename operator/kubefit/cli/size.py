@@ -221,6 +221,8 @@ def read_text(filename: str, stdin: TextIO | None = None) -> str:
 def _decoded(data: bytes, source: str, refusal: str) -> str:
     """UTF-8, or UTF-16 where a byte-order mark says so, as `kubectl apply -f` reads: Windows PowerShell's
     `>` writes UTF-16 with a mark (a `kubectl get -o yaml > job.yaml` there was refused)."""
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # UTF-32-LE's mark begins as UTF-16-LE's
+        raise InvalidInput([f"{source}: {refusal} (expected a YAML manifest)"])
     encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8"
     try:
         return data.decode(encoding)

@@ -1196,8 +1196,11 @@ def _count_message(ctx: JobContext, plan: _Plan, shake_note: str | None) -> str 
         ceiling = ctx.bounds.ceiling
         if ceiling < replicas:
             # The cap first: "3 of 8: no room now for 1 more worker" counted against 4 without saying so.
+            step, most = ctx.bounds.step, ctx.bounds.whole_groups(ceiling)
             capped = f"spec.workers.maxReplicas is {ceiling}"
-            why = capped if plan.target == ceiling else f"{capped}, and {detail}"
+            if most < ceiling:
+                capped += f" ({most} in whole groups of {step})"
+            why = capped if plan.target >= most else f"{capped}, and {detail}"
         else:
             why = detail
         why = f"running {plan.target} of spec.workers.replicas {replicas} workers: {why}"
@@ -1495,18 +1498,20 @@ def _restart_events(
 
 
 def _removed_failure_events(ctx: JobContext, delete: Sequence[str], keep: int) -> list[JobEvent]:
-    """A failed worker that a lowered count removes in place of a running one (worker_slots keeps running
-    workers first) is neither replaced nor counted, but told: it went with no word before."""
+    """A failed worker that a lowered count removes (worker_slots keeps running workers first, so it goes
+    before them) is neither replaced nor counted, but told: it went with no word before. Not one replaced
+    already, whose delete is only tried again (its replacement's event told it)."""
     deleted = set(delete)
+    replaced = ctx.observation.already_replaced
     return [
         JobEvent(
             "Warning",
             EventReason.WORKER_FAILED,
             f"worker {pod.name} failed{f' on {pod.node_name}' if pod.node_name else ''}{_causes([pod])}; "
-            f"not replaced: the job runs {keep} workers now, and it is removed in place of a running one",
+            f"not replaced: the job's count is lowered to {keep}, and failed workers are removed first",
         )
         for pod in ctx.ours
-        if pod.name in deleted and pod.phase == POD_FAILED and not pod.terminating
+        if pod.name in deleted and pod.phase == POD_FAILED and not pod.terminating and pod.uid not in replaced
     ]
 
 
