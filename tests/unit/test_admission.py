@@ -664,6 +664,43 @@ def test_a_burst_of_preempting_jobs_takes_the_youngest_victim_whose_spare_device
     assert result.preempt == {key("l2")} and result.grants[key("a")] == result.grants[key("b")] == 1
     # Alone, the first takes the one that frees least.
     assert plan([first], [l1, l2], cluster).preempt == {key("l1")}
+    # Admitted both and short of places together (their node went): as in a burst (a second review).
+    lost = [holding(first, 1, {}), holding(second, 1, {})]
+    assert plan([], [l1, l2, *lost], cluster).preempt == {key("l2")}
+
+
+def test_a_grant_lowered_for_an_unbound_worker_0_is_not_lowered_again_while_the_removed_worker_terminates() -> (
+    None
+):
+    """Workers 1-4 run on A (4 devices); worker 0's node was removed and decide keeps worker 0 (Pending)
+    whatever the grant. The first pass lowers 8 -> 4, so decide removes running worker 4 for worker 0's
+    place. While worker 4 terminates (its devices still held: room coming), the grant stays: lowered again,
+    it removed one running worker a pass down to the minimum (a closed-loop simulation)."""
+    demand = job("j", per_worker=1, min_workers=1, want=8)
+    first = plan(
+        admitted=[Holding(demand, 8, {"A-0": 4}, ("A-0",) * 4, first_unbound=True)],
+        cluster=nodes(1, 4, prefix="A"),
+    )
+    assert first.grants[key("j")] == 4
+    terminating = NodeCapacity("A-0", H100, 4, 1)  # worker 4's pod, terminating, holds its device
+    during = Holding(demand, 4, {"A-0": 3}, ("A-0",) * 3, first_unbound=True, room_coming=True)
+    assert plan(admitted=[during], cluster=[terminating]).grants[key("j")] == 4
+    # Without room coming (another pod took that device), it is lowered: decide removes a worker for worker 0.
+    taken = replace(during, room_coming=False)
+    assert plan(admitted=[taken], cluster=[terminating]).grants[key("j")] == 3
+
+
+def test_a_worker_0_on_a_node_not_ready_counts_as_placed_for_the_grant() -> None:
+    """Worker 0 on a NotReady node (outside the pass), workers 1-3 on full nodes: decide keeps worker 0
+    whatever the grant, so a grant lowered to the 3 placed removed a healthy worker, one a pass (a
+    closed-loop simulation). Worker 3 on that node instead is not kept: the grant drops for it."""
+    demand = job("j", per_worker=4, min_workers=1, want=4)
+    cluster = [NodeCapacity("good", H100, 8, 0), NodeCapacity("good2", H100, 4, 0)]
+    first_away = Holding(demand, 4, {"bad": 1, "good": 2, "good2": 1}, ("bad", "good", "good", "good2"))
+    result = plan(admitted=[first_away], cluster=cluster)
+    assert result.grants[key("j")] == 4 and result.placement[key("j")] == {"good": 2, "good2": 1}
+    last_away = Holding(demand, 4, {"bad": 1, "good": 2, "good2": 1}, ("good", "good", "good2", "bad"))
+    assert plan(admitted=[last_away], cluster=cluster).grants[key("j")] == 3
 
 
 def lost_node_cluster() -> tuple[Demand, list[NodeCapacity]]:
@@ -1246,6 +1283,9 @@ def test_a_waiting_job_that_may_preempt_for_the_rest_keeps_the_leaving_workers_f
     assert first.grants[key("E")] == 2 and first.grants[key("Q")] == 0
     second = plan([waiting], [Holding(elastic, 2, {"n1": 2}, ("n1",) * 2), low], cluster)
     assert second.grants[key("Q")] == 5 and second.preempt == {key("L")}
+    # Q may not preempt, and L is a fixed gang: Q can take from nobody, so E takes its worker back.
+    never = replace(waiting, preemption="Never")
+    assert plan([never], [Holding(elastic, 2, {"n1": 3}, ("n1",) * 3), low], cluster).grants[key("E")] == 3
 
 
 def test_a_job_that_cannot_fit_even_on_an_empty_cluster_does_not_stop_workers_being_taken_back() -> None:

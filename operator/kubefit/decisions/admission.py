@@ -194,6 +194,8 @@ class _Job:
     removal_order: tuple[str, ...] = ()  # bound workers' nodes, the first removed first (highest index)
     reserved_before: Mapping[str, int] = field(default_factory=dict)  # Holding.reserved
     first_unbound: bool = False  # Holding.first_unbound
+    # Its worker 0, which decide keeps whatever the grant (Demand.host_kept), is bound on a node outside the pass.
+    first_elsewhere: bool = False
     room_coming: bool = False  # Holding.room_coming
     # Its workers bound on nodes outside the pass (NotReady, or no longer of its accelerator): not placed,
     # yet not lost either; they may come back.
@@ -483,6 +485,12 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
         job.removal_order = tuple(reversed(holding.nodes_by_index))
         job.reserved_before = holding.reserved
         job.first_unbound = holding.first_unbound
+        job.first_elsewhere = (
+            demand.host_kept
+            and not holding.first_unbound  # then worker 0 is bound, and first in nodes_by_index (keep_order)
+            and bool(holding.nodes_by_index)
+            and cluster.accelerator_of.get(holding.nodes_by_index[0]) != demand.accelerator
+        )
         job.room_coming = holding.room_coming
         for node, workers in sorted(holding.placed.items()):
             if workers > 0 and cluster.accelerator_of.get(node) == demand.accelerator:
@@ -546,7 +554,11 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) ->
     """Admitted jobs keep their grant (lowered to a dropped want): minimums are placed first, then the rest.
 
     Workers above the minimum that find no place any more are released (the grant drops to what is
-    placed); a minimum that finds no place stays granted (the gang timeout releases it). A minimum raised
+    placed); a minimum that finds no place stays granted (the gang timeout releases it). Not while room is
+    coming to the job (its own workers terminating: decide removed a running worker for an unbound worker
+    0, which it keeps whatever the grant, and that worker's devices are not free yet): lowered again, it
+    removed one running worker a pass down to the minimum. A worker 0 bound on a node outside the pass
+    (NotReady) counts as placed: decide keeps it, and a lower grant removed a healthy worker each pass. A minimum raised
     above a running group's grant (replicas of a fixed job raised) is granted only once it fits whole: the
     group keeps running at its grant meanwhile (decisions/running.py holds it), where a new world granted
     without room would stop it for a gang that cannot start.
@@ -576,8 +588,8 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) ->
         _reserve(cluster, job, job.grant, _off_short(job, short, queue) if nodes is None else nodes)
         if job.holds and job.placed < min(job.floor, job.grant):
             short.append(job)
-        if job.placed < job.grant and job.grant > job.floor:
-            kept = max(job.whole_groups(job.placed), job.floor)
+        if job.placed < job.grant and job.grant > job.floor and not job.room_coming:
+            kept = max(job.whole_groups(job.placed + job.first_elsewhere), job.floor)
             job.lost = job.grant - kept
             job.grant = kept
             _release_reserved_beyond(cluster, job)
@@ -663,6 +675,9 @@ class _Queue:
     # the lowest priority of the jobs holding devices of it.
     leaving: Mapping[str, int] = field(default_factory=dict)
     lowest_holding: Mapping[str, int] = field(default_factory=dict)
+    lowest_shrinkable: Mapping[str, int] = field(
+        default_factory=dict
+    )  # the same of elastic jobs above their floor
     # (id of a node list, devices per worker) -> its slots on the free devices and the leaving places
     slots_with_leaving: dict[tuple[int, int], int] = field(default_factory=dict)
     # (id of a node list, devices per worker) -> its nodes big enough for one such worker (keepable)
@@ -689,10 +704,19 @@ class _Queue:
             per_worker = other.demand.per_worker
             if not any(node in usable and self.allocatable.get(node, 0) >= per_worker for node in job.bound):
                 continue
-            may_take = other.demand.priority > self.lowest_holding.get(accelerator, other.demand.priority)
-            if other.admitted or may_take or self._fits_with_leaving(other, free):
+            if other.admitted or self._may_take(other) or self._fits_with_leaving(other, free):
                 return True
         return False
+
+    def _may_take(self, other: _Job) -> bool:
+        """Whether `other` may make room of its own: a lower-priority elastic job above its minimum holds its
+        accelerator (a shrink), or, with preemption LowerPriority, any lower-priority job."""
+        accelerator, priority = other.demand.accelerator, other.demand.priority
+        if priority > self.lowest_shrinkable.get(accelerator, priority):
+            return True
+        return other.demand.preemption == "LowerPriority" and priority > self.lowest_holding.get(
+            accelerator, priority
+        )
 
     def _fits_with_leaving(self, other: _Job, free: Mapping[str, int]) -> bool:
         """Whether `other`'s minimum fits on the free devices with the leaving workers' places. Their slots
@@ -1172,16 +1196,19 @@ def _preempt_lower(trial: _Trial, lower: Sequence[_Job], alone: bool) -> _Trial:
 
 
 def _others_queued(jobs: Sequence[_Job], job: _Job) -> bool:
-    """Whether another job of the job's accelerator is queued and not admitted in this pass: devices a
-    preemption frees beyond the job's need may be that job's, in this pass or the next."""
+    """Whether another job of the job's accelerator waits for places: queued and not admitted in this pass
+    (one its quota holds back, or that takes no room, aside), or admitted with its minimum short of places
+    (a node lost under several jobs at once). Devices a preemption frees beyond the job's need may be that
+    job's, in this pass or the next."""
     accelerator = job.demand.accelerator
-    return any(
-        other is not job
-        and not other.admitted
-        and other.grant == 0
-        and other.demand.accelerator == accelerator
-        for other in jobs
-    )
+    for other in jobs:
+        if other is job or other.demand.accelerator != accelerator:
+            continue
+        if not other.admitted and other.grant == 0 and other.demand.makes_room and not other.quota_held:
+            return True
+        if other.admitted and other.holds and other.placed < other.floor and not other.room_coming:
+            return True
+    return False
 
 
 def _copied(trial: _Trial) -> _Trial:
@@ -1582,6 +1609,9 @@ def _grow(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue, budget: QuotaB
     kept = _kept_from_growth(cluster)
     queue.leaving = _leaving_devices(jobs)
     queue.lowest_holding = _lowest_holding(jobs)
+    queue.lowest_shrinkable = _lowest_holding(
+        [job for job in jobs if job.demand.elastic and job.grant > job.floor]
+    )
     for job in jobs:
         if not job.holds or not job.demand.elastic or job.shrunk_for or job.freed_for:
             continue
