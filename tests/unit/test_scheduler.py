@@ -1215,3 +1215,36 @@ def test_a_preempted_jobs_labelled_pod_that_is_no_worker_holds_nobody() -> None:
     for _ in range(3):
         scheduler.request("pod", cluster.view())
     assert not scheduler.grant(urgent, []).places_held
+
+
+def test_the_pass_after_a_victims_workers_have_gone_makes_room_at_once() -> None:
+    """Low (elastic 1-2 on A and B) is shrunk for high (pool x: A, B); while low's worker 1 leaves, another
+    workload takes B and C (pool y) frees. The pass that the worker's going asks for sees room no longer
+    coming to high: it preempts low in that pass. Read from the last pass, room still seemed to come, and
+    the preemption waited for a pass nothing asked for (a closed-loop simulation)."""
+    low, high = ("ns", "low"), ("ns", "high")
+    pools = (("A", "x"), ("B", "x"), ("C", "y"))
+    nodes = [node(name, labels={"pool": pool, "kubernetes.io/hostname": name}) for name, pool in pools]
+    cluster = FakeCluster(nodes=nodes, others={"C": 8}, per_worker={low: 8, high: 8})
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(low, demand("low", per_worker=8, min_workers=1, want=2), ANYWHERE, cluster.view())
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[low].workers == 2
+    cluster.workers[low] = [worker("low", 0, "A"), worker("low", 1, "B")]
+    scheduler.request("pod", cluster.view())
+    gang = replace(
+        demand("high", per_worker=8, min_workers=1, want=1, priority=10, created=2),
+        elastic=False,
+        preemption="LowerPriority",
+    )
+    scheduler.offer(high, gang, Placement({"pool": "x"}, (), ()), cluster.view())
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[low].workers == 1 and scheduler.snapshot()[high].workers == 1
+    cluster.workers[low] = [worker("low", 0, "A"), worker("low", 1, "B", terminating=True)]
+    cluster.workers[high] = [worker("high", 0, None, phase="Pending")]
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[low].workers == 1 and scheduler.snapshot()[high].workers == 1
+    cluster.workers[low] = [worker("low", 0, "A")]
+    cluster.others = {"B": 8}
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[low] == Grant(0, None, "Preempted: to make room for ns/high")

@@ -715,13 +715,14 @@ class Scheduler:
         nodes = [node for node in view.nodes() if node.ready and node.name not in not_ready]
         with self._lock:
             entries = {key: entry for key, entry in self._entries.items() if entry.demand is not None}
-            awaited = {job for takers in self._leaving.values() for job in takers}
+            last_leaving = dict(self._leaving)
+        now = datetime.now(UTC)
+        awaited = _still_awaited(last_leaving, entries, view, now)
         demands = self._demands(entries, nodes)
         holdings = {key: demand for key, demand in demands.items() if (entries[key].granted or 0) > 0}
         workers, usage = _workers_and_usage(view, {key: entries[key].uid for key in holdings})
         self._node_devices.keep_only(nodes)
         capacity = node_capacity(nodes, usage, self.catalog, holdings, workers, self._node_devices)
-        now = datetime.now(UTC)
         admitted = [
             _holding(demand, entries[key], workers[key], _room_coming(demand, awaited, view, now))
             for key, demand in holdings.items()
@@ -1116,6 +1117,28 @@ def _decided(entry: _Entry) -> bool:
 def _tells_the_want(reason: str | None) -> bool:
     """A pass's reason that names the worker count the job wanted then (or the count it was granted)."""
     return (reason or "").partition(":")[0].strip() in COUNTING_REASONS
+
+
+def _still_awaited(
+    last_leaving: Mapping[JobKey, frozenset[JobKey]],
+    entries: Mapping[JobKey, _Entry],
+    view: ClusterView,
+    now: datetime,
+) -> set[JobKey]:
+    """The jobs that the victims the last pass saw leaving still make room for, as the cluster is now: a victim
+    whose workers have all gone since frees its beneficiaries at once. Read from the last pass alone, the
+    pass their going asked for still held them back (no room made for a minimum short of places), a
+    lower-priority job grew on the devices meanwhile, and the next pass, which nothing asked for, preempted it
+    (a closed-loop simulation)."""
+    held = {key: _holding_devices(view.workers(key), now) for key in last_leaving}
+    grants = {key: entries[key].granted or 0 for key in entries}
+    leaving = leaving_for(
+        last_leaving,
+        {key: staying for key, (staying, _) in held.items()},
+        grants,
+        {key: going for key, (_, going) in held.items()},
+    )
+    return {job for takers in leaving.values() for job in takers}
 
 
 def _first_kept_unbound(demand: Demand, workers: Sequence[WorkerPod]) -> bool:
