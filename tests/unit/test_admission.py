@@ -674,8 +674,8 @@ def test_a_grant_lowered_for_an_unbound_worker_0_is_not_lowered_again_while_the_
 ):
     """Workers 1-4 run on A (4 devices); worker 0's node was removed and decide keeps worker 0 (Pending)
     whatever the grant. The first pass lowers 8 -> 4, so decide removes running worker 4 for worker 0's
-    place. While worker 4 terminates (its devices still held: room coming), the grant stays: lowered again,
-    it removed one running worker a pass down to the minimum (a closed-loop simulation)."""
+    place. While worker 4 terminates (its device still held), the grant stays: lowered again, it removed
+    one running worker a pass down to the minimum (a closed-loop simulation)."""
     demand = job("j", per_worker=1, min_workers=1, want=8)
     first = plan(
         admitted=[Holding(demand, 8, {"A-0": 4}, ("A-0",) * 4, first_unbound=True)],
@@ -683,11 +683,19 @@ def test_a_grant_lowered_for_an_unbound_worker_0_is_not_lowered_again_while_the_
     )
     assert first.grants[key("j")] == 4
     terminating = NodeCapacity("A-0", H100, 4, 1)  # worker 4's pod, terminating, holds its device
-    during = Holding(demand, 4, {"A-0": 3}, ("A-0",) * 3, first_unbound=True, room_coming=True)
+    during = Holding(demand, 4, {"A-0": 3}, ("A-0",) * 3, first_unbound=True, room_coming=True, terminating=1)
     assert plan(admitted=[during], cluster=[terminating]).grants[key("j")] == 4
-    # Without room coming (another pod took that device), it is lowered: decide removes a worker for worker 0.
-    taken = replace(during, room_coming=False)
+    # Once it is gone and another pod took that device, it is lowered: decide removes a worker for worker 0.
+    taken = replace(during, room_coming=False, terminating=0)
     assert plan(admitted=[taken], cluster=[terminating]).grants[key("j")] == 3
+    # Room coming for another reason (a job preempted for it still leaving, a worker stuck terminating) is no
+    # place for lost workers: held, an unplaceable grant was kept for good (a jax group that could not start)
+    # and growth went ahead of the queue (a third review).
+    elsewhere = replace(during, terminating=0)
+    assert plan(admitted=[elsewhere], cluster=[terminating]).grants[key("j")] == 3
+    # Worker 0 bound, a worker of a scale-down terminating: the lost places are released at once.
+    bound_first = Holding(demand, 4, {"A-0": 3}, ("A-0",) * 3, room_coming=True, terminating=1)
+    assert plan(admitted=[bound_first], cluster=[terminating]).grants[key("j")] == 3
 
 
 def test_a_worker_0_on_a_node_not_ready_counts_as_placed_for_the_grant() -> None:

@@ -724,7 +724,7 @@ class Scheduler:
         self._node_devices.keep_only(nodes)
         capacity = node_capacity(nodes, usage, self.catalog, holdings, workers, self._node_devices)
         admitted = [
-            _holding(demand, entries[key], workers[key], _room_coming(demand, awaited, view, now))
+            _holding(demand, entries[key], workers[key], _room_coming(demand, awaited, view, now), view, now)
             for key, demand in holdings.items()
         ]
         queued, old_workers_going = _queued_and_going(demands, holdings, view, now)
@@ -1149,13 +1149,24 @@ def _first_kept_unbound(demand: Demand, workers: Sequence[WorkerPod]) -> bool:
     return any(pod.index == 0 and not pod.node_name for pod in workers)
 
 
-def _holding(demand: Demand, entry: _Entry, workers: Sequence[WorkerPod], room_coming: bool) -> Holding:
-    """An admitted job as the pass sees it: its grant, its bound workers, the places still reserved."""
+def _holding(  # noqa: PLR0913 - the job, its pass state, and the view its terminating workers are read from
+    demand: Demand,
+    entry: _Entry,
+    workers: Sequence[WorkerPod],
+    room_coming: bool,
+    view: ClusterView,
+    now: datetime,
+) -> Holding:
+    """An admitted job as the pass sees it: its grant, its bound workers, the places still reserved, and its
+    workers terminating within their grace."""
     placed = _placed(workers)
     reserved = _still_reserved(entry.reserved, entry.counted, placed)
     first_unbound = _first_kept_unbound(demand, workers)
     by_index = _nodes_by_index(workers)
-    return Holding(demand, entry.granted or 0, placed, by_index, reserved, first_unbound, room_coming)
+    _, terminating = _holding_devices(view.workers(demand.key), now)
+    return Holding(
+        demand, entry.granted or 0, placed, by_index, reserved, first_unbound, room_coming, terminating
+    )
 
 
 def _queued_and_going(

@@ -134,6 +134,8 @@ class Holding:
     # Devices are on their way to it: workers of jobs shrunk or preempted for it, or its own terminating
     # ones, still hold them. A minimum short of places then waits for those and makes no more room.
     room_coming: bool = False
+    # Its own workers terminating within their grace (their devices still held).
+    terminating: int = 0
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class _Job:
     # Its worker 0, which decide keeps whatever the grant (Demand.host_kept), is bound on a node outside the pass.
     first_elsewhere: bool = False
     room_coming: bool = False  # Holding.room_coming
+    terminating: int = 0  # Holding.terminating
     # Its workers bound on nodes outside the pass (NotReady, or no longer of its accelerator): not placed,
     # yet not lost either; they may come back.
     elsewhere: int = 0
@@ -492,6 +495,7 @@ def _jobs(queued: Sequence[Demand], admitted: Sequence[Holding], cluster: _Clust
             and cluster.accelerator_of.get(holding.nodes_by_index[0]) != demand.accelerator
         )
         job.room_coming = holding.room_coming
+        job.terminating = holding.terminating
         for node, workers in sorted(holding.placed.items()):
             if workers > 0 and cluster.accelerator_of.get(node) == demand.accelerator:
                 job.bound[node] = workers
@@ -554,11 +558,8 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) ->
     """Admitted jobs keep their grant (lowered to a dropped want): minimums are placed first, then the rest.
 
     Workers above the minimum that find no place any more are released (the grant drops to what is
-    placed); a minimum that finds no place stays granted (the gang timeout releases it). Not while room is
-    coming to the job (its own workers terminating: decide removed a running worker for an unbound worker
-    0, which it keeps whatever the grant, and that worker's devices are not free yet): lowered again, it
-    removed one running worker a pass down to the minimum. A worker 0 bound on a node outside the pass
-    (NotReady) counts as placed: decide keeps it, and a lower grant removed a healthy worker each pass. A minimum raised
+    placed); a minimum that finds no place stays granted (the gang timeout releases it). A worker 0 that
+    decide keeps without a place counts as placed (_kept_unplaced). A minimum raised
     above a running group's grant (replicas of a fixed job raised) is granted only once it fits whole: the
     group keeps running at its grant meanwhile (decisions/running.py holds it), where a new world granted
     without room would stop it for a gang that cannot start.
@@ -588,11 +589,19 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) ->
         _reserve(cluster, job, job.grant, _off_short(job, short, queue) if nodes is None else nodes)
         if job.holds and job.placed < min(job.floor, job.grant):
             short.append(job)
-        if job.placed < job.grant and job.grant > job.floor and not job.room_coming:
-            kept = max(job.whole_groups(job.placed + job.first_elsewhere), job.floor)
+        if job.placed < job.grant and job.grant > job.floor:
+            kept = max(job.whole_groups(job.placed + _kept_unplaced(job)), job.floor)
             job.lost = job.grant - kept
             job.grant = kept
             _release_reserved_beyond(cluster, job)
+
+
+def _kept_unplaced(job: _Job) -> int:
+    """A worker 0 with no place in the pass that decide keeps whatever the grant (Demand.host_kept): bound on a
+    node outside it (NotReady), or unbound while a worker of the job terminates within its grace (decide
+    removed it for worker 0's place, which its going frees). Counted as placed, a lower grant removed one
+    running worker a pass down to the minimum."""
+    return int(job.first_elsewhere or (job.demand.host_kept and job.first_unbound and job.terminating > 0))
 
 
 def _off_heads(cluster: _Cluster, queued: Sequence[_Job], job: _Job, queue: _Queue) -> list[str]:
