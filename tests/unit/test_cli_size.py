@@ -1173,25 +1173,23 @@ def test_a_manifest_with_a_byte_order_mark_is_read_as_kubectl_apply_reads_it(
     assert (result.returncode, result.stdout.decode()) == (0, expected), result.stderr
 
 
-def test_utf32_with_a_byte_order_mark_is_not_a_text_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Its mark starts with UTF-16-LE's: read as UTF-16 it failed as YAML on NUL characters (a review).
-    manifest = tmp_path / "job.yaml"
-    manifest.write_bytes(yaml.safe_dump(LLAMA3_8B_FSDP).encode("utf-32"))
-    code, out, err = run_main(capsys, "-f", str(manifest))
-    assert (code, out) == (2, "")
-    assert err == f"error: {manifest}: not a text file (expected a YAML manifest)\n"
-
-
-def test_utf16_without_a_byte_order_mark_is_refused_naming_the_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("encoding", "refusal"),
+    [
+        # UTF-32's mark starts with UTF-16-LE's: read as UTF-16 it failed as YAML on NUL characters (a review).
+        ("utf-32", "not a text file (expected a YAML manifest)"),
+        # No mark: read as UTF-8, whose NUL characters YAML refuses.
+        ("utf-16-le", "not valid YAML: unacceptable character #x0000"),
+    ],
+)
+def test_a_manifest_in_another_encoding_is_refused_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], encoding: str, refusal: str
 ) -> None:
     manifest = tmp_path / "job.yaml"
-    manifest.write_bytes(yaml.safe_dump(LLAMA3_8B_FSDP).encode("utf-16-le"))
+    manifest.write_bytes(yaml.safe_dump(LLAMA3_8B_FSDP).encode(encoding))
     code, out, err = run_main(capsys, "-f", str(manifest))
     assert (code, out) == (2, "")
-    assert f"{manifest}: " in err
+    assert err.startswith(f"error: {manifest}: {refusal}"), err
 
 
 def test_a_context_named_needs_no_current_context(
