@@ -30,10 +30,15 @@ GPU = "requests.nvidia.com/gpu"
 __all__ = ["harness"]  # the fixture, by import
 
 
-def running_elastic(harness: Harness, replicas: int) -> None:
-    manifest = job_manifest(replicas=replicas, minReplicas=1, maxReplicas=8)
+def add_elastic(harness: Harness, replicas: int, maximum: int = 8, name: str = "llama") -> None:
+    """An elastic job of 1 to `maximum` workers with no checkpoint grace, stored for the harness."""
+    manifest = job_manifest(name, replicas=replicas, minReplicas=1, maxReplicas=maximum)
     manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
-    harness.kube.jobs["llama"] = manifest
+    harness.kube.jobs[name] = manifest
+
+
+def running_elastic(harness: Harness, replicas: int) -> None:
+    add_elastic(harness, replicas)
     harness.reconcile()
     harness.reconcile("update")
     for name, pod in list(harness.kube.pods.items()):
@@ -139,9 +144,7 @@ def test_a_want_a_quota_moves_without_a_spec_change_costs_no_extra_reconcile(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     only_node(monkeypatch, gpus=3)
-    manifest = job_manifest(replicas=8, minReplicas=1, maxReplicas=8)
-    manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
-    harness.kube.jobs["llama"] = manifest
+    add_elastic(harness, 8)
     harness.quotas = [Quota("q", {GPU: Decimal(8)}, {GPU: Decimal(3)})]
     harness.reconcile()
     harness.reconcile("update")
@@ -184,9 +187,7 @@ def settled(harness: Harness, condition: Callable[[], bool]) -> None:
 
 
 def test_a_reconcile_between_a_scale_and_its_pass_waits_for_the_pass_too(debounced: Harness) -> None:
-    manifest = job_manifest(replicas=2, minReplicas=1, maxReplicas=8)
-    manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
-    debounced.kube.jobs["llama"] = manifest
+    add_elastic(debounced, 2)
     debounced.reconcile()
     settled(debounced, lambda: len(debounced.kube.pods) == 2)
     for name, pod in list(debounced.kube.pods.items()):
@@ -242,9 +243,7 @@ def test_a_pass_stored_after_its_beneficiary_was_deleted_names_it_nowhere(
     # forget() dropped the reasons naming the deleted job, but a pass planned before the deletion and stored
     # after it set "to make room for team-a/c" again (a review, 5 December).
     only_node(monkeypatch, gpus=4)
-    manifest = job_manifest("a", replicas=4, minReplicas=1, maxReplicas=4)
-    manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
-    harness.kube.jobs["a"] = manifest
+    add_elastic(harness, 4, maximum=4, name="a")
     for _ in range(2):
         harness.reconcile("update", key=(NAMESPACE, "a"))
     scheduler = harness.reconciler.scheduler
@@ -356,9 +355,7 @@ def test_a_scale_past_max_replicas_short_of_room_names_the_cap_first(
     # `kubectl scale --replicas 8` with maxReplicas 4 and room for 3 read "running 3 of spec.workers.replicas
     # 8 workers: no room now for 1 more worker": one more of 8 (an audit on the sandbox).
     only_node(monkeypatch, gpus=3)
-    manifest = job_manifest(replicas=2, minReplicas=1, maxReplicas=4)
-    manifest["spec"]["elastic"] = {"enabled": True, "checkpointGracePeriodSeconds": 0}
-    harness.kube.jobs["llama"] = manifest
+    add_elastic(harness, 2, maximum=4)
     harness.reconcile()
     scaled(harness, 8)
     harness.reconcile("update")
