@@ -21,8 +21,8 @@ from test_reconcile import NOW as NOW_DT
 from test_reconciler import KEY, NAMESPACE, Harness, harness, job_manifest
 from test_refused_workers import OTHER, both_reconciled, restarted, run_on_h0
 
+from kubefit.controller.pass_inputs import charged_workers
 from kubefit.controller.quotas import QuotaChange, QuotaLimits
-from kubefit.controller.scheduler import _charged
 from kubefit.decisions.admission import Demand, Holding, plan_admissions
 from kubefit.decisions.inventory import NodeFacts
 from kubefit.decisions.observed import WorkerPod
@@ -857,7 +857,7 @@ def test_the_pass_counts_as_charged_only_the_jobs_workers_the_quota_still_charge
     )
     finished = replace(running, name="a-worker-3", index=3, uid="u3", phase="Succeeded")
     tensorboard = replace(running, name="a-tensorboard", index=None, uid="u4")
-    assert _charged([running, gone_long_ago, leaving, finished, tensorboard], now) == 2
+    assert charged_workers([running, gone_long_ago, leaving, finished, tensorboard], now) == 2
 
 
 QUOTA_403_MESSAGE = 'pods "llama-worker-0" is forbidden: exceeded quota: team-gpus'

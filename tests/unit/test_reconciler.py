@@ -26,17 +26,8 @@ from kubefit.cli.main import build_parser
 from kubefit.controller import reconciler as reconciler_module
 from kubefit.controller.cluster import RememberingCatalog, remembering
 from kubefit.controller.kube import JobReplaced, KubeApi, PodNameTaken, WritesStopped, error_message
-from kubefit.controller.reconciler import (
-    BACKOFF_FIRST,
-    BACKOFF_MAX,
-    CREATE_BATCH,
-    ClusterView,
-    NotifyingBoard,
-    Reconciler,
-    Requeue,
-    RequeueClock,
-    backoff_seconds,
-)
+from kubefit.controller.reconciler import CREATE_BATCH, ClusterView, NotifyingBoard, Reconciler
+from kubefit.controller.requeue import BACKOFF_FIRST, BACKOFF_MAX, Requeue, RequeueClock, backoff_seconds
 from kubefit.decisions.inventory import NodeFacts, PodUsage
 from kubefit.decisions.job import DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.decisions.node_match import ANYWHERE

@@ -817,7 +817,7 @@ def test_undoing_an_edit_that_blocked_a_running_job_gives_it_back_the_grant_of_i
 
 
 def test_holdings_name_the_node_of_each_worker_in_the_order_decide_keeps_them() -> None:
-    from kubefit.controller.scheduler import _nodes_by_index
+    from kubefit.controller.pass_inputs import nodes_by_index
     from kubefit.decisions.observed import WorkerPod
 
     pods = [
@@ -826,7 +826,7 @@ def test_holdings_name_the_node_of_each_worker_in_the_order_decide_keeps_them() 
         WorkerPod("j-worker-1", 1, "u1", "Running", "node-b"),
         WorkerPod("j-worker-3", 3, "u3", "Pending", None),  # not bound: holds no node yet
     ]
-    assert _nodes_by_index(pods) == ("node-a", "node-b", "node-a")
+    assert nodes_by_index(pods) == ("node-a", "node-b", "node-a")
     # In the order decide keeps them (workers.keep_order): worker 0, running ones, then one bound and still
     # starting, one being deleted last. A shrink counts removals from the end, as decide removes them.
     starting = [
@@ -835,7 +835,7 @@ def test_holdings_name_the_node_of_each_worker_in_the_order_decide_keeps_them() 
         WorkerPod("j-worker-2", 2, "u2", "Running", "node-c", terminating=True),
         WorkerPod("j-worker-3", 3, "u3", "Running", "node-d"),
     ]
-    assert _nodes_by_index(starting) == ("node-a", "node-d", "node-b", "node-c")
+    assert nodes_by_index(starting) == ("node-a", "node-d", "node-b", "node-c")
 
 
 def test_a_grant_names_the_hostnames_of_the_nodes_reserved_for_its_unbound_workers() -> None:
@@ -1177,7 +1177,7 @@ def test_a_not_ready_node_in_the_index_is_not_counted_before_its_event_reaches_t
 
 
 def test_an_accelerator_type_whose_nodes_are_all_not_ready_counts_zero_not_nothing() -> None:
-    from kubefit.controller.scheduler import accelerator_totals
+    from kubefit.controller.pass_inputs import accelerator_totals
 
     usage = {"n1": [PodUsage("n1", {GPU: 4})]}
     nodes = [node("n1"), node("n2")]

@@ -294,16 +294,16 @@ def test_an_unbound_worker_0_is_kept_as_decide_keeps_it_under_each_framework() -
     reserved for a new worker is one a shrink frees, and counting it kept took a running worker instead."""
     from dataclasses import replace
 
-    from kubefit.controller.scheduler import _first_kept_unbound
+    from kubefit.controller.pass_inputs import first_kept_unbound
 
     hosting = demand("a", per_worker=8, min_workers=1, want=4)
     none = replace(hosting, host_kept=False)
     without_0 = [worker("a", 1, "n1"), worker("a", 2, "n2")]
-    assert _first_kept_unbound(hosting, without_0) and not _first_kept_unbound(none, without_0)
+    assert first_kept_unbound(hosting, without_0) and not first_kept_unbound(none, without_0)
     waiting_0 = [worker("a", 0, None, phase="Pending"), *without_0]
-    assert _first_kept_unbound(hosting, waiting_0) and _first_kept_unbound(none, waiting_0)
+    assert first_kept_unbound(hosting, waiting_0) and first_kept_unbound(none, waiting_0)
     bound_0 = [worker("a", 0, "n0"), *without_0]
-    assert not _first_kept_unbound(hosting, bound_0) and not _first_kept_unbound(none, bound_0)
+    assert not first_kept_unbound(hosting, bound_0) and not first_kept_unbound(none, bound_0)
 
 
 def test_a_reason_naming_the_count_wanted_then_is_dropped_when_the_job_wants_another() -> None:

@@ -43,7 +43,6 @@ cancels the retry the event was left to.
 from __future__ import annotations
 
 import contextvars
-import heapq
 import logging
 import threading
 import time
@@ -56,7 +55,7 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from kubefit.api.conditions import ConditionType, EventReason, Reason
+from kubefit.api.conditions import ConditionType, EventReason
 from kubefit.api.resource import JobKey
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.builders.naming import JobRef, owner_reference, worker_name
@@ -73,8 +72,18 @@ from kubefit.controller.kube import (
 )
 from kubefit.controller.node_check import NodeCheck
 from kubefit.controller.refusals import Refusals, with_limit_hint
+from kubefit.controller.requeue import Requeue, RequeueClock, backoff_seconds
 from kubefit.controller.resync import API_ERRORS
 from kubefit.controller.scheduler import Grant, Scheduler, SchedulerSettings
+from kubefit.controller.stored_status import (
+    admitted_with,
+    checkpoint_target,
+    error_kept,
+    present,
+    priority_of,
+    same_but_status,
+    status_changed,
+)
 from kubefit.decisions.admission import Demand
 from kubefit.decisions.failure import reconcile_error
 from kubefit.decisions.gang import room_from
@@ -98,10 +107,7 @@ CREATE_BATCH = 50
 # that refuses them all (a quota, an admission webhook) is one request, not 16.
 CREATE_PARALLEL = 8
 _CREATES = ThreadPoolExecutor(CREATE_PARALLEL, thread_name_prefix="kubefit-create")  # threads start on use
-BACKOFF_FIRST = 5.0
-BACKOFF_MAX = 300.0
 RETRY_TRIGGER = "retry"
-REQUEUE_THREADS = 2
 # How long a created worker the index does not show yet is not created again. Kept only for the loop, each
 # pod event or admission that came before the pod's own event created it again (a 409): 0.75 creates a job
 # more at 500 jobs (docs/performance.md).
@@ -121,79 +127,6 @@ _JOB_CHANGES = frozenset({"create", "update", "resume"})
 
 def _trigger_rank(trigger: str) -> int:
     return 0 if trigger in _JOB_CHANGES else 2 if trigger in _DEFERRED_WHILE_BACKING_OFF else 1
-
-
-def backoff_seconds(failures: int) -> float:
-    """Delay before retrying a job whose last `failures` reconciles in a row failed (failures >= 1)."""
-    return min(BACKOFF_FIRST * 2 ** min(max(failures - 1, 0), 16), BACKOFF_MAX)
-
-
-@dataclass(frozen=True)
-class Requeue:
-    """A scheduled reconcile of one job: why (`timer` for a TTL or a gang timeout, `retry` after a failure),
-    after how long, and when (time.monotonic())."""
-
-    trigger: str
-    delay: float
-    due: float
-    run: Callable[[], None] = field(compare=False, repr=False)
-
-
-class RequeueClock:
-    """Every job's scheduled reconcile on one thread and a heap, instead of a threading.Timer (a thread) per
-    job: 500 jobs waiting for their gang timeout were 500 sleeping threads, and every reconcile of each
-    replaced its thread with a new one (docs/performance.md). Due calls run on a few worker threads, so a
-    slow reconcile does not hold up the others."""
-
-    def __init__(self, workers: int = REQUEUE_THREADS) -> None:
-        self._lock = threading.Condition()
-        self._heap: list[tuple[float, int, JobKey]] = []
-        self._pending: dict[JobKey, tuple[int, Requeue]] = {}
-        self._sequence = 0
-        self._thread: threading.Thread | None = None
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="kubefit-requeue")
-
-    def schedule(self, key: JobKey, requeue: Requeue | None) -> None:
-        """Replaces `key`'s scheduled reconcile with `requeue` (None: cancels it)."""
-        with self._lock:
-            self._pending.pop(key, None)
-            if requeue is not None:
-                self._sequence += 1
-                self._pending[key] = (self._sequence, requeue)
-                heapq.heappush(self._heap, (requeue.due, self._sequence, key))
-            if len(self._heap) > 2 * len(self._pending) + 64:
-                # Replaced entries stay in the heap until due (a day for a TTL): drop them now and then.
-                self._heap = [(entry.due, sequence, k) for k, (sequence, entry) in self._pending.items()]
-                heapq.heapify(self._heap)
-            if requeue is not None:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, name="kubefit-requeues", daemon=True)
-                    self._thread.start()
-                self._lock.notify()
-
-    def pending(self, key: JobKey) -> Requeue | None:
-        with self._lock:
-            entry = self._pending.get(key)
-            return entry[1] if entry else None
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                due = self._take_due()
-                if due is None:
-                    self._lock.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
-                    continue
-            self._executor.submit(due.run)
-
-    def _take_due(self) -> Requeue | None:
-        """The earliest due requeue still scheduled, taken off (cancelled and replaced ones are dropped)."""
-        while self._heap and self._heap[0][0] <= time.monotonic():
-            _, sequence, key = heapq.heappop(self._heap)
-            entry = self._pending.get(key)
-            if entry is not None and entry[0] == sequence:
-                del self._pending[key]
-                return entry[1]
-        return None
 
 
 @dataclass
@@ -686,17 +619,17 @@ class Reconciler:
         """The scheduler's grant, with what the job's status says of it for a process that first sees it."""
         resumed = resumed_while_suspended(job.get("spec"), status)
         uid = job["metadata"]["uid"]
-        target = _checkpoint_target(status, job)
-        return self.scheduler.grant(key, own, _admitted_with(status), resumed, target, uid, room_from(status))
+        target = checkpoint_target(status, job)
+        return self.scheduler.grant(key, own, admitted_with(status), resumed, target, uid, room_from(status))
 
     def _below_in_namespace(self, key: JobKey, job: Mapping[str, Any], view: ClusterView) -> bool:
         """Whether a job of a lower priority in `key`'s namespace has live workers. Shrinking or preempting
         it frees quota as well as devices: the job's quotas are then left to the API server, since their room
         alone would keep it from ever making that room."""
-        priority = _priority_of(job)
+        priority = priority_of(job)
         for other in view.jobs_with_workers():
             held = self.jobs.held(other) if other[0] == key[0] and other != key else None
-            if held is None or _priority_of(held) >= priority:
+            if held is None or priority_of(held) >= priority:
                 continue
             if any(not pod.finished and not pod.terminating for pod in view.workers(other)):
                 return True
@@ -778,8 +711,8 @@ class Reconciler:
         writes_due = service_due or any((decision.adopt, decision.delete, decision.replace, decision.create))
         # A retry keeps the error's Ready and replicas until its writes succeed: one status write per retry
         # that fails again, not the decision's status and then the error once more.
-        held = _error_kept(observation.status, status) if state.failures and writes_due else None
-        if _status_changed(observation.status, held or status):
+        held = error_kept(observation.status, status) if state.failures and writes_due else None
+        if status_changed(observation.status, held or status):
             progress.status = self._patch_status((ref.namespace, ref.name), held or status, job, state)
         # Once the status says what the decision did, before the writes below that may fail: a job whose
         # workers a quota refuses still has its series, and its admission is observed once, now; and the
@@ -810,7 +743,7 @@ class Reconciler:
             raise
         finally:
             _post_worker_events(job, created, deleted)
-        if held is not None and progress.status is not None and _status_changed(progress.status, status):
+        if held is not None and progress.status is not None and status_changed(progress.status, status):
             progress.status = self._patch_status(
                 (ref.namespace, ref.name), status, {**job, "status": progress.status}, state
             )
@@ -906,7 +839,7 @@ class Reconciler:
         scale` whose watch event is still queued, and which the cache will now take for an older copy), the
         reconcile goes round again (`state` given). A job that is gone (404: deleted while the watch was
         broken, so no DELETED event came) or replaced is forgotten."""
-        whole = _present({**(job.get("status") or {}), **status})
+        whole = present({**(job.get("status") or {}), **status})
         try:
             written = self.api.patch_job_status(*key, job["metadata"]["uid"], whole)
         except JobReplaced as error:
@@ -988,15 +921,6 @@ class _JobGone(Exception):
     """The job being reconciled is gone: the API server answered 404, or its name is another job's now."""
 
 
-def same_but_status(read: Mapping[str, Any], written: Mapping[str, Any]) -> bool:
-    """`written` is `read` but for its status and resourceVersion (nobody else changed the job meanwhile)."""
-    return bool(
-        read.get("spec") == written.get("spec")
-        and {**read.get("metadata", {}), "resourceVersion": None, "managedFields": None}
-        == {**written.get("metadata", {}), "resourceVersion": None, "managedFields": None}
-    )
-
-
 def _for_the_queue(demand: Demand | None) -> Demand | None:
     """The demand without its eligible node names: each pass works them out again from the placement and the
     nodes of that moment (Scheduler._demands), and one set of every node name kept per queued job was most of
@@ -1035,13 +959,6 @@ def _node_lost(node_name: str | None, not_ready: frozenset[str], node_exists: Ca
     return node_name in not_ready or not node_exists(node_name)
 
 
-def _priority_of(job: Mapping[str, Any]) -> int:
-    """spec.scheduling.priority as stored (0 where absent or not a number: a job the reconcile finds invalid)."""
-    scheduling = (job.get("spec") or {}).get("scheduling")
-    priority = scheduling.get("priority") if isinstance(scheduling, Mapping) else None
-    return priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
-
-
 def _forget_old_creates(created: dict[str, float]) -> None:
     """Forgets creates the index should have shown by now (a pod deleted before it did is created again)."""
     oldest = time.monotonic() - CREATED_MEMORY_SECONDS
@@ -1073,66 +990,3 @@ def _post_worker_events(raw_job: dict[str, Any], created: list[str], deleted: li
     if deleted:
         events.append(JobEvent("Normal", EventReason.DELETED_WORKERS, "deleted " + ", ".join(deleted)))
     _post_events(raw_job, events)
-
-
-def _admitted_with(status: Mapping[str, Any]) -> int | None:
-    """The workers the job's status says it was admitted with; None when it says it is not admitted
-    (preempted, released). A status without the condition (lost, or restored from a backup) says nothing:
-    0, and the workers found are taken for admitted."""
-    admitted = [
-        item.get("status") == "True"
-        for item in status.get("conditions") or []
-        if item.get("type") == ConditionType.ADMITTED
-    ]
-    if admitted and not admitted[0]:
-        return None
-    desired = status.get("desiredReplicas")
-    return desired if admitted and isinstance(desired, int) else 0
-
-
-# An open checkpoint request of these reasons moves an admitted job to its target count.
-_ADMITTED_REQUESTS = frozenset({Reason.SHRUNK_FOR_PRIORITY, Reason.SCALED_DOWN, Reason.RESTARTING})
-
-
-def _checkpoint_target(status: Mapping[str, Any], job: Mapping[str, Any] | None = None) -> int | None:
-    """The worker count an open checkpoint request of an admitted job goes to (None: no such request). A
-    scale-down's request (its id `<generation>-<n>`) opened for another generation of the spec, which now
-    asks for more workers than its target, was undone while the operator was down (a capacity cut also
-    reads ScaledDown: with the spec as it was, or asking for the target, the request stands)."""
-    checkpoint = status.get("checkpoint") or {}
-    target = checkpoint.get("targetReplicas")
-    if checkpoint.get("reason") not in _ADMITTED_REQUESTS or not isinstance(target, int):
-        return None
-    if checkpoint.get("reason") == Reason.SCALED_DOWN and job is not None:
-        opened_for = str(checkpoint.get("requestId") or "").partition("-")[0]
-        replicas = ((job.get("spec") or {}).get("workers") or {}).get("replicas")
-        asks_more = isinstance(replicas, int) and not isinstance(replicas, bool) and replicas > target
-        if asks_more and opened_for != str((job.get("metadata") or {}).get("generation")):
-            return None
-    return target
-
-
-def _present(value: Any) -> Any:
-    """`value` without the None fields at any depth: what is stored of a status whose None fields are absent
-    (a status is written whole, and a decision's None removes a field)."""
-    if isinstance(value, Mapping):
-        return {key: _present(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list):
-        return [_present(item) for item in value]
-    return value
-
-
-def _status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    return bool(_present(current) != _present(desired))
-
-
-def _error_kept(read: Mapping[str, Any], status: dict[str, Any]) -> dict[str, Any] | None:
-    """`status` with the Ready condition and replicas of the status `read`, when that Ready records a
-    ReconcileError; None when it does not."""
-    error = next(
-        (item for item in read.get("conditions") or [] if item.get("type") == ConditionType.READY), None
-    )
-    if error is None or error.get("reason") != Reason.RECONCILE_ERROR:
-        return None
-    conditions = [error if item.get("type") == ConditionType.READY else item for item in status["conditions"]]
-    return {**status, "conditions": conditions, "replicas": read.get("replicas")}

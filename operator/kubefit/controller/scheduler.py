@@ -15,7 +15,7 @@ Holding.placed; devices granted but not yet bound are reserved by the pass itsel
 
 Which nodes a job may use is computed here from the worker template's placement (nodeSelector,
 required node affinity, tolerations, cordons), on every pass, so a node added a moment ago counts
-before the job is reconciled again.
+before the job is reconciled again. What a pass reads from the view is built by controller/pass_inputs.py.
 
 Restart: the queue is in memory. The first time this process sees a job that already has live worker
 pods, it counts the job as admitted with those workers as its grant, so nothing is double-booked or
@@ -37,40 +37,51 @@ import logging
 import re
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from kubefit.api.conditions import Reason
 from kubefit.api.resource import JobKey
-from kubefit.builders.placement import HOSTNAME_LABEL
 from kubefit.controller.cluster import ClusterView
+from kubefit.controller.pass_inputs import (
+    LastPass,
+    accelerator_totals,
+    bound_on,
+    holding,
+    leaving_now,
+    live_workers,
+    owned_workers,
+    queued_and_going,
+    quota_limits,
+    quota_state,
+    quota_usage,
+    recovered_workers,
+    reserved_hostnames,
+    room_coming,
+    still_awaited,
+    with_quotas,
+    workers_and_usage,
+)
 from kubefit.decisions.admission import (
     AdmissionPlan,
     AdmissionPolicy,
     Demand,
     Holding,
     NodeCapacity,
-    leaving_for,
     plan_admissions,
 )
-from kubefit.decisions.inventory import NodeFacts, PodUsage
+from kubefit.decisions.inventory import NodeFacts
 from kubefit.decisions.node_match import ANYWHERE, Placement
 from kubefit.decisions.node_sets import (
     EligibleSets,
     NodeDevices,
     NodeGenerations,
-    bound_as_used,
-    device_count,
     node_capacity,
-    unread_workers,
 )
-from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
-from kubefit.decisions.quota import Quota, QuotaState, quota_free
+from kubefit.decisions.observed import WorkerPod
+from kubefit.decisions.quota import Quota, QuotaState
 from kubefit.decisions.running import COUNTING_REASONS
-from kubefit.decisions.workers import keep_order
 from kubefit.metrics import AcceleratorCount, OperatorMetrics
 from kubefit.metrics.operator_metrics import BIND_COUNTED, BIND_ELSEWHERE
 from kubefit.sizing.catalog import Catalog
@@ -183,41 +194,6 @@ def _note_places_held(entry: _Entry, held_by: frozenset[JobKey]) -> bool:
     return reconcile
 
 
-def _owned(pods: Iterable[WorkerPod], uid: str | None) -> list[WorkerPod]:
-    """The job's own workers: those its controller reference names (or none does; uid None: all)."""
-    return [pod for pod in pods if uid is None or pod.controller_uid in (None, uid)]
-
-
-def live_workers(pods: Iterable[WorkerPod]) -> list[WorkerPod]:
-    """Workers that hold (or will hold) devices: neither finished nor being deleted."""
-    return [pod for pod in pods if pod.index is not None and not pod.terminating and not pod.finished]
-
-
-def _waiting_for(going: Sequence[WorkerPod], now: datetime) -> str:
-    """The waiting message of a job whose old workers have not all gone (AdmissionPlan.waiting's form)."""
-    stuck = sorted(pod.name for pod in going if pod.stuck_terminating(now))
-    if not stuck:
-        return f"{Reason.QUEUED}: waiting for its {len(going)} old worker(s) to stop"
-    nodes = sorted({pod.node_name for pod in going if pod.name in stuck and pod.node_name})
-    return (
-        f"{Reason.QUEUED}: waiting for {', '.join(stuck)}, terminating past its grace on "
-        f"{', '.join(nodes) or 'no node'}, whose kubelet has not confirmed it (unreachable?); delete that "
-        "node, or the pod with --force once sure it no longer runs"
-    )
-
-
-def _recovered_workers(pods: Iterable[WorkerPod]) -> int:
-    """Workers of a job found running when this process first sees it: the indices of pods not being
-    deleted and not Succeeded (a Failed one is about to be replaced)."""
-    return len(
-        {
-            pod.index
-            for pod in pods
-            if pod.index is not None and not pod.terminating and pod.phase != POD_SUCCEEDED
-        }
-    )
-
-
 @dataclass(frozen=True)
 class SchedulerSettings:
     policy: AdmissionPolicy = DEFAULT_POLICY
@@ -325,7 +301,7 @@ class Scheduler:
                 self._seen.add(key)
                 # The status's admitted worker count keeps a gang whole when one of its pods went while
                 # the operator was down (it is recreated, not the gang resized).
-                found = _recovered_workers(pods)
+                found = recovered_workers(pods)
                 if not found or (admitted_with is None and not resumed):
                     workers = 0
                 elif target is not None:
@@ -416,7 +392,7 @@ class Scheduler:
         it left with, and is not queued afresh (the pass would give it nothing, and its workers would go
         as if preempted). None for any other newcomer."""
         left_with = self._grant_on_leaving.pop(key, 0)
-        kept = len(live_workers(_owned(view.workers(key), uid)))
+        kept = len(live_workers(owned_workers(view.workers(key), uid)))
         return min(left_with, kept) or None
 
     def planned_want(self, key: JobKey) -> int | None:
@@ -484,7 +460,7 @@ class Scheduler:
         everywhere and change no grant, and none is needed (docs/performance.md, the eighth round). A bind seen
         while a pass runs is checked against the plan that pass stores (it may have read the cluster before the
         bind), and a pass is asked for then if it is not counted there. Counted in kubefit_worker_binds_total."""
-        bound = _bound_on(view, key, node)
+        bound = bound_on(view, key, node)
         with self._lock:
             if self._passes_running:
                 self._binds_in_pass.append((key, node))
@@ -507,7 +483,7 @@ class Scheduler:
             binds, self._binds_in_pass = self._binds_in_pass, []
         placements = []
         for key, node in binds:
-            bound = _bound_on(view, key, node)
+            bound = bound_on(view, key, node)
             with self._lock:
                 placements.append(self._bind_placement(key, node, bound))
         for placement in placements:
@@ -717,20 +693,29 @@ class Scheduler:
             entries = {key: entry for key, entry in self._entries.items() if entry.demand is not None}
             last_leaving = dict(self._leaving)
         now = datetime.now(UTC)
-        awaited = _still_awaited(last_leaving, entries, view, now)
+        grants = {key: entry.granted or 0 for key, entry in entries.items()}
+        awaited = still_awaited(last_leaving, grants, view, now)
         demands = self._demands(entries, nodes)
-        holdings = {key: demand for key, demand in demands.items() if (entries[key].granted or 0) > 0}
-        workers, usage = _workers_and_usage(view, {key: entries[key].uid for key in holdings})
+        holdings = {key: demand for key, demand in demands.items() if grants[key] > 0}
+        uids = {key: entry.uid for key, entry in entries.items()}
+        workers, usage = workers_and_usage(view, {key: uids[key] for key in holdings})
         self._node_devices.keep_only(nodes)
         capacity = node_capacity(nodes, usage, self.catalog, holdings, workers, self._node_devices)
         admitted = [
-            _holding(demand, entries[key], workers[key], _room_coming(demand, awaited, view, now), view, now)
+            holding(
+                demand,
+                LastPass(grants[key], entries[key].reserved, entries[key].counted),
+                workers[key],
+                room_coming(demand, awaited, view, now),
+                view,
+                now,
+            )
             for key, demand in holdings.items()
         ]
-        queued, old_workers_going = _queued_and_going(demands, holdings, view, now)
+        queued, old_workers_going = queued_and_going(demands, holdings, view, now)
 
         def plan_with(quota_view: ClusterView) -> AdmissionPlan:
-            return self._plan(queued, admitted, capacity, _quota_state(demands, entries, quota_view))
+            return self._plan(queued, admitted, capacity, quota_state(demands, uids, quota_view))
 
         confirmed = self._with_quotas_confirmed(plan_with(view), plan_with, view)
         self.passes += 1
@@ -742,10 +727,7 @@ class Scheduler:
             victims = dict(self._leaving)
         for victim, beneficiaries in plan.made_room_for.items():
             victims[victim] = victims.get(victim, frozenset()) | beneficiaries
-        held = {key: _holding_devices(view.workers(key), now) for key in victims}
-        holding = {key: staying for key, (staying, _) in held.items()}
-        terminating = {key: going for key, (_, going) in held.items()}
-        leaving = leaving_for(victims, holding, plan.grants, terminating)
+        leaving, terminating = leaving_now(victims, plan.grants, view, now)
         still_leaving = self._within_hold_limit(leaving, entries.keys(), terminating)
         with self._lock:
             # Kept apart from the entries: a victim deleted (or suspended) meanwhile still holds devices
@@ -755,7 +737,7 @@ class Scheduler:
         for victim, beneficiaries in still_leaving.items():
             for job in beneficiaries:
                 awaiting[job] = awaiting.get(job, frozenset()) | {victim}
-        changed = self._store(plan, entries, _hostnames(plan, nodes), awaiting, old_workers_going)
+        changed = self._store(plan, entries, reserved_hostnames(plan, nodes), awaiting, old_workers_going)
         self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
@@ -828,9 +810,9 @@ class Scheduler:
                 )
                 self._pass_later(QUOTA_RECHECK_SECONDS, "quota index lag")
                 return None
-            if all(_quota_usage(live[ns]) == _quota_usage(view.quotas(ns)) for ns in unread):
+            if all(quota_usage(live[ns]) == quota_usage(view.quotas(ns)) for ns in unread):
                 break  # the index is current: the plan stands
-            plan = plan_with(_with_quotas(view, live))
+            plan = plan_with(with_quotas(view, live))
         return plan
 
     def _lagging_quota_indexes(
@@ -844,7 +826,7 @@ class Scheduler:
                 ns: at for ns, at in self._quota_lag.items() if now - at[1] <= QUOTA_LAG_GAP_SECONDS
             }
             for namespace in namespaces:
-                if _quota_limits(live[namespace]) == _quota_limits(view.quotas(namespace)):
+                if quota_limits(live[namespace]) == quota_limits(view.quotas(namespace)):
                     self._quota_lag.pop(namespace, None)
                     continue
                 first = self._quota_lag.get(namespace, (now, now))[0]
@@ -974,120 +956,10 @@ def _count_change(
         scaled.append(("up" if granted > before else "down", word))
 
 
-def accelerator_totals(
-    nodes: Iterable[NodeFacts],
-    usage: Mapping[str, Iterable[PodUsage]],
-    catalog: Catalog,
-    not_ready: Collection[str] = frozenset(),
-) -> dict[str, AcceleratorCount]:
-    """Per accelerator type: the devices of the ready `nodes`, and those requested by the pods bound there
-    (at most the node's devices). A type whose nodes are all `not_ready` counts 0, not nothing: a gap in
-    the series would hide the outage from an alert on a low count."""
-    allocatable: Counter[str] = Counter()
-    allocated: Counter[str] = Counter()
-    for node in nodes:
-        accelerator = catalog.identify(node.labels)
-        if accelerator is None:
-            continue
-        allocatable[accelerator.name] += 0
-        if not node.ready or node.name in not_ready:
-            continue
-        devices = device_count(node.allocatable.get(accelerator.resource_name, 0))
-        used = sum(pod.requests.get(accelerator.resource_name, 0) for pod in usage.get(node.name, ()))
-        allocatable[accelerator.name] += devices
-        allocated[accelerator.name] += min(used, devices)
-    return {name: AcceleratorCount(devices, allocated[name]) for name, devices in allocatable.items()}
-
-
-def _hostnames(plan: AdmissionPlan, nodes: Iterable[NodeFacts]) -> dict[JobKey, frozenset[str]]:
-    """Per job with reserved places, the kubernetes.io/hostname labels of those nodes (a node without the
-    label is left out: a worker cannot be steered to it by a label)."""
-    if not plan.reserved:
-        return {}
-    label = {node.name: node.labels.get(HOSTNAME_LABEL) for node in nodes}
-    return {
-        key: frozenset(hostname for node in reserved if (hostname := label.get(node)))
-        for key, reserved in plan.reserved.items()
-    }
-
-
-def _still_reserved(
-    reserved: Mapping[str, int], counted: Mapping[str, int], placed: Mapping[str, int]
-) -> Mapping[str, int]:
-    """The last pass's reservations less the workers bound on them since: a worker that took its reserved place
-    holds it now, and the place is not reserved a second time for a worker still unbound (that took room
-    another job was counted on; the binds tests in tests/unit/test_scheduler_binds.py)."""
-    if not reserved:
-        return reserved
-    left = {}
-    for node, workers in reserved.items():
-        bound_since = max(0, placed.get(node, 0) - (counted.get(node, 0) - workers))
-        if workers > bound_since:
-            left[node] = workers - bound_since
-    return left
-
-
-def _bound_on(view: ClusterView, key: JobKey, node: str) -> int:
-    return sum(1 for pod in live_workers(view.workers(key)) if pod.node_name == node)
-
-
 def _room_made_for(plan: AdmissionPlan) -> set[JobKey]:
     """The jobs the plan preempts or shrinks other jobs for."""
     taken = set(plan.preempt) | set(plan.shrink)
     return {job for victim in taken for job in plan.made_room_for.get(victim, ())}
-
-
-def _with_quotas(view: ClusterView, live: Mapping[str, Sequence[Quota]]) -> ClusterView:
-    """`view` with the quotas of the namespaces in `live` as read there."""
-    return replace(
-        view, quotas=lambda namespace: live[namespace] if namespace in live else view.quotas(namespace)
-    )
-
-
-def _quota_limits(quotas: Iterable[Quota]) -> set[tuple[object, ...]]:
-    return {(quota.name, tuple(sorted(quota.hard.items())), quota.scopes, quota.counted) for quota in quotas}
-
-
-def _quota_usage(quotas: Iterable[Quota]) -> set[tuple[object, ...]]:
-    return {(quota.name, tuple(sorted(quota.used.items()))) for quota in quotas}
-
-
-def _quota_state(
-    demands: Mapping[JobKey, Demand], entries: Mapping[JobKey, _Entry], view: ClusterView
-) -> QuotaState | None:
-    """The quotas as the pass reads them now (kopf's index): the free amount of every key the jobs claim, and
-    each claiming job's workers charged now (None where no job claims a quota)."""
-    claiming = [key for key, demand in demands.items() if demand.quota_claims]
-    if not claiming:
-        return None
-    free = {}
-    for namespace in sorted({key[0] for key in claiming}):
-        free.update(quota_free(namespace, view.quotas(namespace)))
-    now = datetime.now(UTC)
-    charged = {key: _charged(_owned(view.workers(key), entries[key].uid), now) for key in claiming}
-    return QuotaState(free, charged)
-
-
-def _charged(pods: Iterable[WorkerPod], now: datetime) -> int:
-    """The job's workers a quota charges now: not finished, and not stuck terminating (the API server stops
-    charging a pod once its grace period is over, at its deletionTimestamp; it is counted here until
-    STUCK_AFTER_GRACE_SECONDS later, as for the devices it holds). Other pods with the job's label are no
-    workers of it."""
-    return sum(
-        1 for pod in pods if pod.index is not None and not pod.finished and not pod.stuck_terminating(now)
-    )
-
-
-def _workers_and_usage(
-    view: ClusterView, uids: Mapping[JobKey, str | None]
-) -> tuple[Mapping[JobKey, Sequence[WorkerPod]], Mapping[str, Iterable[PodUsage]]]:
-    """The admitted jobs' live workers (`uids`: each job's) and the devices bound pods hold, as of one
-    moment: a worker created or bound between the two reads is its job's own, not another workload's."""
-    read = {key: live_workers(_owned(view.workers(key), uid)) for key, uid in uids.items()}
-    usage = view.usage()
-    for key in unread_workers(read, usage):
-        read[key] = live_workers(_owned(view.workers(key), uids[key]))
-    return bound_as_used(read, usage), usage
 
 
 _MADE_ROOM_FOR = re.compile(r"to make room for ([^/\s]+)/(\S+)$")
@@ -1117,122 +989,3 @@ def _decided(entry: _Entry) -> bool:
 def _tells_the_want(reason: str | None) -> bool:
     """A pass's reason that names the worker count the job wanted then (or the count it was granted)."""
     return (reason or "").partition(":")[0].strip() in COUNTING_REASONS
-
-
-def _still_awaited(
-    last_leaving: Mapping[JobKey, frozenset[JobKey]],
-    entries: Mapping[JobKey, _Entry],
-    view: ClusterView,
-    now: datetime,
-) -> set[JobKey]:
-    """The jobs that the victims the last pass saw leaving still make room for, as the cluster is now: a victim
-    whose workers have all gone since frees its beneficiaries at once. Read from the last pass alone, the
-    pass their going asked for still held them back (no room made for a minimum short of places), a
-    lower-priority job grew on the devices meanwhile, and the next pass, which nothing asked for, preempted it
-    (a closed-loop simulation)."""
-    held = {key: _holding_devices(view.workers(key), now) for key in last_leaving}
-    grants = {key: entries[key].granted or 0 for key in entries}
-    leaving = leaving_for(
-        last_leaving,
-        {key: staying for key, (staying, _) in held.items()},
-        grants,
-        {key: going for key, (_, going) in held.items()},
-    )
-    return {job for takers in leaving.values() for job in takers}
-
-
-def _first_kept_unbound(demand: Demand, workers: Sequence[WorkerPod]) -> bool:
-    """Holding.first_unbound from the job's live workers: a rendezvous host not bound (or not created yet);
-    under framework none, which decide keeps only while it lives, a live worker 0 not bound."""
-    if demand.host_kept:
-        return not any(pod.index == 0 and pod.node_name for pod in workers)
-    return any(pod.index == 0 and not pod.node_name for pod in workers)
-
-
-def _holding(  # noqa: PLR0913 - the job, its pass state, and the view its terminating workers are read from
-    demand: Demand,
-    entry: _Entry,
-    workers: Sequence[WorkerPod],
-    room_coming: bool,
-    view: ClusterView,
-    now: datetime,
-) -> Holding:
-    """An admitted job as the pass sees it: its grant, its bound workers, the places still reserved, and its
-    workers terminating within their grace."""
-    placed = _placed(workers)
-    reserved = _still_reserved(entry.reserved, entry.counted, placed)
-    first_unbound = _first_kept_unbound(demand, workers)
-    by_index = _nodes_by_index(workers)
-    _, terminating = _holding_devices(view.workers(demand.key), now)
-    return Holding(
-        demand, entry.granted or 0, placed, by_index, reserved, first_unbound, room_coming, terminating
-    )
-
-
-def _queued_and_going(
-    demands: Mapping[JobKey, Demand], holdings: Collection[JobKey], view: ClusterView, now: datetime
-) -> tuple[list[Demand], dict[JobKey, str]]:
-    """The jobs not admitted that the pass may admit, and the waiting message of the others. One whose
-    workers are still going (preempted, released after a gang timeout) waits until all are gone: re-admitted
-    on the devices it is freeing, it would take them from the job it made room for. One stuck terminating
-    keeps its worker's name, so the job could not start whole: it waits too, and its status says for which
-    pod."""
-    queued, old_workers_going = [], {}
-    for key, demand in demands.items():
-        if key in holdings:
-            continue
-        # Worker-named pods only: another pod with the job's label (a TensorBoard, a debug pod) is no old
-        # worker of it (decide counts none either), and would hold the job queued for ever.
-        going = [pod for pod in view.workers(key) if not pod.finished and pod.index is not None]
-        if going:
-            old_workers_going[key] = _waiting_for(going, now)
-        else:
-            queued.append(demand)
-    return queued, old_workers_going
-
-
-def _room_coming(demand: Demand, awaited: Collection[JobKey], view: ClusterView, now: datetime) -> bool:
-    """Holding.room_coming: workers of jobs shrunk or preempted for it are still leaving (the last pass's
-    leaving_for), or its own workers are terminating (a group restart) within their grace: their devices
-    come free for it. One stuck past its grace (its node unreachable) still holds its worker's name, which
-    the replacement needs in a fixed world (Demand.fixed_world) and for a kept worker 0: none can be created
-    yet. A minimum short of places waits for those rather than taking another job's; an elastic pytorch
-    job's replacements take free indices, so a stuck pod above 0 holds nothing back."""
-    if demand.key in awaited:
-        return True
-    going = [
-        pod
-        for pod in view.workers(demand.key)
-        if pod.terminating and not pod.finished and pod.index is not None
-    ]
-    return any(
-        not pod.stuck_terminating(now) or demand.fixed_world or (pod.index == 0 and demand.host_kept)
-        for pod in going
-    )
-
-
-def _holding_devices(pods: Iterable[WorkerPod], now: datetime) -> tuple[int, int]:
-    """Workers bound to a node and not finished: (not terminating, terminating within their grace), both
-    keep their devices until they are gone. One stuck terminating (observed.STUCK_AFTER_GRACE_SECONDS past
-    its grace: its node unreachable, a finalizer) is not counted: a job it made room for would otherwise
-    wait for ever. Nor is a pod that only carries the job's label (no worker name)."""
-    bound = [pod for pod in pods if pod.node_name and not pod.finished and pod.index is not None]
-    staying = sum(1 for pod in bound if not pod.terminating)
-    going = sum(1 for pod in bound if pod.terminating and not pod.stuck_terminating(now))
-    return staying, going
-
-
-def _placed(pods: Iterable[WorkerPod]) -> dict[str, int]:
-    placed: dict[str, int] = {}
-    for pod in pods:
-        if pod.node_name:
-            placed[pod.node_name] = placed.get(pod.node_name, 0) + 1
-    return placed
-
-
-def _nodes_by_index(pods: Iterable[WorkerPod]) -> tuple[str, ...]:
-    """The node of each bound worker in the order an elastic job keeps them (workers.keep_order): the order
-    decide removes them in, reversed. By index alone, a shrink counted a running worker 3's node while
-    decide removed a worker 2 still starting on another."""
-    bound = sorted((pod for pod in pods if pod.node_name and pod.index is not None), key=keep_order)
-    return tuple(pod.node_name for pod in bound if pod.node_name)

@@ -954,7 +954,7 @@ def _restart_plan(ctx: JobContext, target: int, why: str) -> _Plan | None:
         "started again with the new size"
     )
     # The request names the count the workers start again with: a restarted operator takes the job back
-    # at it (reconciler._checkpoint_target), where 0 would read as a job taken off the cluster.
+    # at it (controller/stored_status.checkpoint_target), where 0 would read as a job taken off the cluster.
     return _Plan(target, world, Removal(Reason.RESTARTING, target, highest_first(live)), restart)
 
 
