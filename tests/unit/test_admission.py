@@ -1361,3 +1361,36 @@ def test_growth_held_by_a_quota_is_told_as_the_quota_not_as_room() -> None:
     result = plan_admissions([elastic], [], nodes(3), "BestEffortFIFO", NOW, 300, quotas=quotas)
     assert result.grants[key("e")] == 1
     assert result.reasons[key("e")] == "Admitted: its namespace's ResourceQuota has no room for 1 more worker"
+
+
+def test_a_minimum_that_lost_its_places_is_not_placed_where_an_admitted_job_ahead_waits() -> None:
+    """The pass right after a preemption (a closed-loop simulation): `top` waits for node n9, whose second
+    device a preempted job's worker still holds while it saves; `mid`, admitted behind it, lost two places
+    (n2 and n7, held the same way). Re-placed on n9's free device, `mid` took the node `top` waits for, `top`
+    made room again, and two lower-priority jobs preempted each other in turn. `mid` waits for n2 and n7."""
+    top = Holding(
+        job("top", per_worker=2, priority=3, preemption="LowerPriority"),
+        1,
+        {},
+        reserved={"n9": 1},
+        first_unbound=True,
+        room_coming=True,
+    )
+    mid = Holding(
+        gang("mid", 3, per_worker=1, priority=2, preemption="LowerPriority"),
+        3,
+        {},
+        reserved={"n2": 1, "n6": 1, "n7": 1},
+        first_unbound=True,
+        room_coming=True,
+    )
+    cluster = [NodeCapacity("n2", H100, 1, 1), NodeCapacity("n6", H100, 1, 0), NodeCapacity("n7", H100, 1, 1)]
+    cluster.append(NodeCapacity("n9", H100, 2, 1))
+    result = plan([], [top, mid], cluster)
+    assert "n9" not in result.reserved.get(key("mid"), {})
+    assert dict(result.reserved[key("mid")]) == {"n6": 1}
+    assert result.grants == {key("top"): 1, key("mid"): 3}  # both wait for what is being freed
+    assert not result.preempt and not result.shrink
+    # With nobody ahead waiting for n9, the free device there is mid's.
+    alone = plan([], [mid], cluster)
+    assert alone.reserved[key("mid")].get("n9") == 1

@@ -568,25 +568,31 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) ->
     of it whose minimum has no place (as _Queue.usable keeps them): those nodes are theirs once freed (the
     workers of a job preempted for them still leave), and a place there was growth onto a node they wait for.
     A minimum that has lost its places finds new ones off the nodes of the heads of line ahead of it, as
-    when it was admitted (_off_heads).
+    when it was admitted (_off_heads), and off those of the admitted jobs ahead of it whose minimum has no
+    place either (_off_short).
     """
     held = [job for job in jobs if job.admitted]
     queued = [job for job in jobs if not job.admitted]
     minimum_nodes: dict[_Job, list[str]] = {}  # where a minimum that lost its places may find new ones
+    short_minimums: list[_Job] = []  # the jobs so far whose minimum found no place in this loop
     for job in held:
         job.grant = max(job.floor, job.whole_groups(min(job.before, job.target)))
         _drop_finished_beyond(job)
         cluster.take(job, _spots_as_before(cluster, job, job.floor - job.placed))
         if job.placed < job.floor:
-            minimum_nodes[job] = _off_heads(cluster, queued, job, queue)
+            minimum_nodes[job] = _off_short(
+                job, short_minimums, queue, _off_heads(cluster, queued, job, queue)
+            )
             _reserve(cluster, job, job.floor, minimum_nodes[job])
         if job.placed < job.floor and _raised_above_running(job):
             job.grant = job.whole_groups(job.before)
             _release_reserved_beyond(cluster, job)
+        if job.holds and job.placed < min(job.floor, job.grant):
+            short_minimums.append(job)
     short: list[_Job] = []  # the jobs so far whose minimum has no place
     for job in held:
         nodes = minimum_nodes.get(job) if job.placed < job.floor else None
-        _reserve(cluster, job, job.grant, _off_short(job, short, queue) if nodes is None else nodes)
+        _reserve(cluster, job, job.grant, _growth_nodes(job, short, queue) if nodes is None else nodes)
         if job.holds and job.placed < min(job.floor, job.grant):
             short.append(job)
         if job.placed < job.grant and job.grant > job.floor:
@@ -625,14 +631,22 @@ def _off_heads(cluster: _Cluster, queued: Sequence[_Job], job: _Job, queue: _Que
     return _unkept(job.nodes, heads, queue)[0] if heads else job.nodes
 
 
-def _off_short(job: _Job, short: Sequence[_Job], queue: _Queue) -> list[str]:
+def _growth_nodes(job: _Job, short: Sequence[_Job], queue: _Queue) -> list[str]:
     """The job's nodes for its workers above its minimum: less those of the `short` jobs (ahead of it) that
-    hold one of their workers. A minimum still missing keeps the nodes of the first loop (_off_heads)."""
+    hold one of their workers. A minimum still missing keeps the nodes of the first loop."""
     if job.placed >= job.grant or job.placed < job.floor:
         return job.nodes
+    return _off_short(job, short, queue, job.nodes)
+
+
+def _off_short(job: _Job, short: Sequence[_Job], queue: _Queue, nodes: list[str]) -> list[str]:
+    """`nodes` less those the `short` jobs (admitted, ahead of `job`, their minimum without a place) may
+    use: those are theirs once freed. A minimum that lost its places and found new ones on them took the
+    last free device of a node a higher-priority job waits for; that job then made room again, and two
+    lower-priority jobs preempted each other in turn (a closed-loop simulation)."""
     accelerator = job.demand.accelerator
     ahead = [(other, _short_reason) for other in short if other.demand.accelerator == accelerator]
-    return _unkept(job.nodes, ahead, queue)[0] if ahead else job.nodes
+    return _unkept(nodes, ahead, queue)[0] if ahead else nodes
 
 
 def _drop_finished_beyond(job: _Job) -> None:
