@@ -41,8 +41,7 @@ if TYPE_CHECKING:
 
 def scheduled(ctx: JobContext) -> Draft:
     """The decision for a valid job that fits, by its admission state."""
-    gang = previous_gang(ctx.status)
-    wait = backoff_left(gang, ctx.now)
+    ctx, wait = _backoff(ctx)
     if wait > 0:
         return _backing_off(ctx, wait)
     grant = _grant(ctx)
@@ -232,6 +231,18 @@ def _waiting(ctx: JobContext, reason: str, waiting: str) -> Draft:
         succeeded_workers=frozenset(),  # the group stops: a new one starts from none
         quota_limited=reason == Reason.QUOTA_EXCEEDED,
     )
+
+
+def _backoff(ctx: JobContext) -> tuple[JobContext, float]:
+    """Seconds left of the backoff after a gang timeout, and the context to decide with. A spec edited
+    meanwhile ends the backoff: the edit may have put the cause right (a template the API server refused),
+    and it was waited out, up to 10 minutes, before. Its retries stand, so a gang that times out again backs
+    off longer, however often the spec changes."""
+    wait = backoff_left(previous_gang(ctx.status), ctx.now)
+    if wait <= 0 or ctx.observation.generation == ctx.status.get("observedGeneration"):
+        return ctx, wait
+    status = {**ctx.status, "gang": {**(ctx.status.get("gang") or {}), "retryAfter": None}}
+    return replace(ctx, observation=replace(ctx.observation, status=status)), 0.0
 
 
 def _backing_off(ctx: JobContext, wait: float) -> Draft:
