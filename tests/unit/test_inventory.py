@@ -379,7 +379,7 @@ def test_no_node_matching_plans_from_the_catalog_and_says_why() -> None:
     assert placement == [
         "no node matches the pod's placement constraints: the worker pod's nodeSelector, required node "
         "affinity and tolerations, or a cordon rule out all 3 accelerator nodes; sized against the whole "
-        "catalog, the workers stay Pending"
+        "catalog, the job waits in the queue, with no worker created"
     ]
     assert not [warning for warning in sizing["warnings"] if "no node in the cluster carries" in warning]
 

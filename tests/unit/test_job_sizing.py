@@ -125,8 +125,9 @@ def test_busy_devices_add_the_queue_note_only_with_an_inventory() -> None:
 
 
 def test_a_count_no_node_offers_is_not_also_said_to_wait_for_free_devices() -> None:
-    """16 per worker on a cluster of 8-GPU nodes: "the workers stay Pending until such a node joins" was
-    followed by "the job queues until devices free up", which freed devices never make true."""
+    """16 per worker on a cluster of 8-GPU nodes: "the job waits in the queue, with no worker created, until
+    such a node joins" was followed by "the job queues until devices free up", which freed devices never
+    make true."""
     spec = parse_spec(raw_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 16}))
     warnings = size_job(spec, CATALOG, Inventory(h100_nodes(2, free=0), [])).sizing.warnings
     assert "no node offers 16 x nvidia-h100-80gb; the largest has 8" in warnings

@@ -240,14 +240,14 @@ def placement_warning(
     if not placeable:
         return (
             f"no node matches the pod's placement constraints: {constraints} rule out all "
-            f"{len(excluded)} accelerator nodes; sized against the whole catalog, the workers stay Pending"
+            f"{len(excluded)} accelerator nodes; sized against the whole catalog, the job waits in the queue, with no worker created"
         )
     ruled_out = sum(1 for node in excluded if node.accelerator == accelerator)
     if not ruled_out:
         return None
     return (
         f"no {accelerator} node matches the pod's placement constraints: {constraints} rule out all "
-        f"{ruled_out}; the workers stay Pending"
+        f"{ruled_out}; the job waits in the queue, with no worker created"
     )
 
 

@@ -314,8 +314,8 @@ def _candidates(
         if candidates:
             warnings.append(
                 f"no node in the cluster offers {count} devices of an accelerator that can run this job "
-                "(resources.acceleratorsPerWorker); sized against the whole catalog, the workers stay "
-                "Pending until such a node joins"
+                "(resources.acceleratorsPerWorker); sized against the whole catalog, the job waits in the "
+                "queue, with no worker created, until such a node joins"
             )
     if not candidates:
         raise _no_candidate(f"no catalog accelerator offers {count} devices per node")
