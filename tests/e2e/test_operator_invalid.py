@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,22 @@ def test_operator_marks_invalid_specs_and_keeps_serving(
     )
     assert warnings[0]["reason"] == "InvalidSpec"
     assert "spec.resources.accelerator" in warnings[0]["message"]
+
+
+def test_a_job_name_no_service_may_have_stays_invalid_spec(kube: Kube, namespace: str) -> None:
+    """A TrainingJob name is a DNS subdomain; its Service's must be a DNS label. Where no webhook refuses
+    such a job, the Service the API server refused after the InvalidSpec status turned it into a
+    ReconcileError, retried with a backoff for ever."""
+    kube.apply(job_manifest("9lives", namespace, workers={"replicas": 1}))
+    ready = wait_for("Ready=False/InvalidSpec", lambda: _invalid(kube, namespace, "9lives"))
+    assert ready["message"].startswith("invalid spec: metadata.name: ")
+    time.sleep(
+        3
+    )  # a refused Service came within the reconcile that wrote InvalidSpec, and its retry 5 s later
+    assert _invalid(kube, namespace, "9lives") is not None
+    assert kube.get("service", "9lives", namespace) is None
+    reasons = {event["reason"] for event in kube.events(namespace, "9lives")}
+    assert "ReconcileError" not in reasons and "InvalidSpec" in reasons
 
 
 def _invalid(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:

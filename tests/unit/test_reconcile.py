@@ -636,12 +636,15 @@ def test_invalid_spec_leaves_existing_workers_alone() -> None:
     assert status_of(decision)["replicas"] == 2
 
 
-@pytest.mark.parametrize("name", ["Llama", "llama.v2", "9lives", "x" * 60])
+@pytest.mark.parametrize("name", ["Llama", "llama.v2", "9lives", "x" * 60, "x" * 100])
 def test_job_names_that_cannot_become_hostnames_are_refused(name: str) -> None:
     decision = decide(observe(job=JobRef(name=name, namespace="n", uid="u")), CATALOG)
     ready = condition(decision, "Ready")
     assert (ready["reason"], "metadata.name" in ready["message"]) == ("InvalidSpec", True)
     assert decision.create == ()
+    # A Service of that name the API server would refuse: asked for, it turned InvalidSpec into a
+    # ReconcileError retried for ever (where no webhook refuses such a job).
+    assert (decision.service is None) == (name != "x" * 60)
 
 
 def test_a_worker_fqdn_longer_than_the_kubelet_allows_is_refused_in_the_jobs_namespace_and_domain() -> None:

@@ -453,6 +453,15 @@ def _worker_limit_errors(spec: TrainingJobSpec, limit: int) -> list[FieldError]:
     ]
 
 
+def _service(job: JobRef, draft: Draft) -> dict[str, Any] | None:
+    """The job's headless Service: none for a finished job, nor for one whose name no Service may have (a
+    DNS label): the API server refuses it, and a refused create, after the InvalidSpec status that names
+    metadata.name, turned it into a ReconcileError retried for ever."""
+    if draft.phase in FINISHED_PHASES or len(job.name) > DNS_LABEL_MAX or not _DNS_1035.fullmatch(job.name):
+        return None
+    return build_headless_service(job)
+
+
 def _name_errors(
     job_name: str | None, spec: TrainingJobSpec | None, domain: str | None = None
 ) -> list[FieldError]:
@@ -648,7 +657,7 @@ def _to_decision(
     waits = [wait for wait in (*draft.requeue_after, ttl) if wait is not None]
     return Decision(
         status=status,
-        service=None if draft.phase in FINISHED_PHASES else build_headless_service(observation.job),
+        service=_service(observation.job, draft),
         create=draft.create,
         worker_set=draft.worker_set,
         probe=draft.probe,
