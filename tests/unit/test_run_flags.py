@@ -31,7 +31,8 @@ def _options(*argv: str) -> object:
 
 
 @pytest.mark.parametrize(
-    "url", ["http:///", "http://host?x=1", "http://host/path#part", "http://a b", "ftp://host"]
+    "url",
+    ["http:///", "http://host?x=1", "http://host/path#part", "http://a b", "ftp://host", "http://host:99999"],
 )
 def test_a_checkpoint_url_workers_cannot_append_paths_to_is_refused(
     capsys: pytest.CaptureFixture[str], url: str
@@ -40,6 +41,22 @@ def test_a_checkpoint_url_workers_cannot_append_paths_to_is_refused(
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--checkpoint-url", url])
     assert "--checkpoint-url" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pattern", ["", "BAD_NS", "team_a", "a" * 64, "team-a,", "team-*,Prod", "!"])
+def test_a_namespace_no_namespace_can_have_is_refused(
+    capsys: pytest.CaptureFixture[str], pattern: str
+) -> None:
+    # kopf matched none of them: the operator started, healthy, and served no TrainingJob.
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["run", "--namespace", pattern])
+    assert exited.value.code == 2
+    assert "--namespace" in (err := capsys.readouterr().err) and "is not a namespace name" in err
+
+
+@pytest.mark.parametrize("pattern", ["team-a", "team-*", "!kube-system", "ml-?,!ml-x", "a" * 63])
+def test_namespace_names_globs_and_exclusions_as_kopf_reads_them_are_taken(pattern: str) -> None:
+    assert build_parser().parse_args(["run", "--namespace", pattern]).namespace == [pattern]
 
 
 def test_a_checkpoint_url_with_a_host_and_a_path_is_taken_without_its_trailing_slash() -> None:

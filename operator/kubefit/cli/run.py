@@ -9,6 +9,7 @@ import re
 import socket
 import sys
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 # A Lease's name and namespace: a DNS subdomain and a DNS label (Kubernetes object names).
 _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -16,6 +17,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # What the chart's values.schema.json allows for checkpoint.url: a host, an optional path, nothing else.
 # Workers append the API's paths to it, so a query or fragment would swallow them.
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+_NAMESPACE_GLOB = re.compile(r"^[-a-z0-9*?]{1,63}$")
 MIN_LEASE_SECONDS = 2
 # Each period lists every watched namespace's jobs and asks for a scheduling pass, which the pacing of the
 # period's reconciles does not slow down.
@@ -261,7 +263,26 @@ def _http_url(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an http:// or https:// URL of a host and an optional path (no query or fragment)"
         )
+    try:
+        urlsplit(text).port  # noqa: B018 - read for its check: a port above 65535 no worker can reach
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
     return text.rstrip("/")
+
+
+def _namespace_pattern(text: str) -> str:
+    """Namespace names, or globs of them (team-*), each after '!' to leave it out, comma-separated, as kopf
+    reads them. Anything else matched no namespace: the operator started, healthy, and served nothing."""
+    for part in text.split(","):
+        body = part.strip().removeprefix("!")
+        globbed = any(char in body for char in "*?")
+        if not (_NAMESPACE_GLOB.match(body) if globbed else _DNS_LABEL.match(body)):
+            where = f"{text!r}: " if "," in text else ""
+            raise argparse.ArgumentTypeError(
+                f"{where}{part!r} is not a namespace name (lowercase DNS label) or a glob of one (team-*), "
+                "optionally after '!' to leave it out"
+            )
+    return text
 
 
 def register(commands: Any) -> None:
@@ -275,6 +296,7 @@ def register(commands: Any) -> None:
         "--namespace",
         "-n",
         action="append",
+        type=_namespace_pattern,
         metavar="NS",
         help="watch this namespace (repeatable; globs allowed)",
     )
