@@ -20,6 +20,7 @@ import yaml
 
 import kubefit
 from kubefit.api.crd import crd
+from kubefit.cli.main import build_parser
 from kubefit.decisions.job import DEFAULT_CLUSTER_DOMAIN, DEFAULT_MAX_WORKERS_PER_JOB
 from kubefit.sizing.catalog import CatalogError, parse_catalog
 from kubefit_sandbox.binaries import helm_path
@@ -208,6 +209,12 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         ["--set", "priorityClassName=Bad Class"],
         ["--set", "resources.requests.cpu=lots"],
         ["--set", "resources.limits.memory=1 GiB"],
+        ["--set", "podLabels.bad key=x"],
+        ["--set", "podLabels.team=two words"],
+        ["--set", "serviceAccount.name=Bad_Name"],
+        ["--set-json", 'extraEnv=[{"valu": "x"}]'],  # no name, a misspelt value
+        ["--set", "tolerations[0].operator=Sometimes"],
+        ["--set", "image.tag=v1 latest"],
     ],
     ids=[
         "namespaces-string",
@@ -239,6 +246,12 @@ def test_helm_lint_non_default_values(tmp_path: Path) -> None:
         "priority-class-with-a-space",
         "cpu-not-a-quantity",
         "memory-not-a-quantity",
+        "pod-label-key-with-a-space",
+        "pod-label-value-with-a-space",
+        "service-account-bad-name",
+        "env-without-a-name",
+        "toleration-operator-unknown",
+        "image-tag-with-a-space",
     ],
 )
 def test_bad_values_are_refused(bad: list[str]) -> None:
@@ -268,6 +281,10 @@ def test_names_priority_class_and_quantities_of_the_usual_forms_render() -> None
         (["-n", "team-a"], "-n is set by the chart from watchNamespaces"),
         (["-vn", "team-a"], "-vn is set by the chart from watchNamespaces"),  # argparse: -v -n team-a
         (["--verbose", "--bind-address=::", "--leader-election-lease-seconds=30"], None),
+        (["--resync-seconds", "60", "-vv", "--debug", "--catalog=/etc/c.yaml"], None),
+        (["--bogus"], "--bogus is not a flag of kubefit run"),
+        (["--help"], "--help is not a flag of kubefit run"),  # it prints and exits: CrashLoopBackOff
+        (["-x"], "-x is not a flag of kubefit run"),
     ],
     ids=[
         "metrics-port",
@@ -277,6 +294,10 @@ def test_names_priority_class_and_quantities_of_the_usual_forms_render() -> None
         "namespace-short",
         "namespace-combined",
         "own-flags",
+        "own-flags-with-values",
+        "unknown-flag",
+        "help",
+        "unknown-short-flag",
     ],
 )
 def test_extra_args_may_not_repeat_a_flag_the_chart_sets(args: list[str], refused: str | None) -> None:
@@ -287,6 +308,21 @@ def test_extra_args_may_not_repeat_a_flag_the_chart_sets(args: list[str], refuse
         assert result.returncode == 0, result.stderr
     else:
         assert result.returncode != 0 and refused in result.stderr, result.stderr
+
+
+def test_the_charts_two_lists_of_extra_args_flags_are_kubefit_runs_flags() -> None:
+    """_helpers.tpl names each flag of `kubefit run` as set by the chart ($managed) or left to extraArgs ($own);
+    a flag added to the command and to neither list would be refused in extraArgs."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    managed = re.search(r"\$managed := dict (.*) }}", helpers)
+    own = re.search(r"\$own := list (.*) }}", helpers)
+    assert managed and own
+    chart_flags = set(re.findall(r'"(--[a-z-]+)"', managed.group(1))) | set(
+        re.findall(r'"(--[a-z-]+)"', own.group(1))
+    )
+    run = next(action for action in build_parser()._actions if action.choices and "run" in action.choices)
+    flags = {option for action in run.choices["run"]._actions for option in action.option_strings}
+    assert chart_flags == {flag for flag in flags if flag.startswith("--")} - {"--help"}
 
 
 @pytest.mark.parametrize(

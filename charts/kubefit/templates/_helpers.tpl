@@ -161,16 +161,33 @@ of a flag for it): a metrics or checkpoint port off the one the Service targets,
 name. Each is set through its value instead.
 */}}
 {{- $managed := dict "--namespace" "watchNamespaces" "--all-namespaces" "watchNamespaces" "--metrics-port" "metrics.port" "--liveness-port" "liveness.port" "--max-workers-per-job" "maxWorkersPerJob" "--cluster-domain" "clusterDomain" "--admission-policy" "admission.policy" "--head-of-line-timeout-seconds" "admission.headOfLineTimeoutSeconds" "--checkpoint-port" "checkpoint.port" "--checkpoint-url" "checkpoint.url" "--checkpoint-key-file" "checkpoint.existingSecret" "--webhook-port" "webhook.port" "--webhook-cert-file" "webhook.existingSecret" "--webhook-key-file" "webhook.existingSecret" "--leader-election" "leaderElection.enabled" "--leader-election-lease-name" "leaderElection.leaseName" "--leader-election-namespace" "the release's namespace" }}
+{{- /*
+The rest of `kubefit run`'s flags (tests/unit/test_chart.py holds the two lists to its parser): any other
+flag made a successful install an operator that exits at start, in CrashLoopBackOff.
+*/}}
+{{- $own := list "--bind-address" "--catalog" "--debug" "--leader-election-lease-seconds" "--resync-seconds" "--verbose" }}
 {{- range .Values.extraArgs }}
 {{- $name := index (splitList "=" (toString .)) 0 }}
 {{- if and (not (hasPrefix "--" $name)) (regexMatch "^-[a-zA-Z]*[nA]" $name) }}
 {{- fail (printf "extraArgs: %s is set by the chart from watchNamespaces; set that value instead" $name) }}
+{{- end }}
+{{- if and (not (hasPrefix "--" $name)) (regexMatch "^-[a-zA-Z]" $name) (not (regexMatch "^-v+$" $name)) }}
+{{- fail (printf "extraArgs: %s is not a flag of kubefit run (its short flags: -v; see kubefit run --help)" $name) }}
 {{- end }}
 {{- if and (hasPrefix "--" $name) (gt (len $name) 2) }}
 {{- range $flag, $value := $managed }}
 {{- if hasPrefix $name $flag }}
 {{- fail (printf "extraArgs: %s is set by the chart from %s; set that value instead (given twice, the last would win silently)" $flag $value) }}
 {{- end }}
+{{- end }}
+{{- $known := false }}
+{{- range $own }}
+{{- if hasPrefix $name . }}
+{{- $known = true }}
+{{- end }}
+{{- end }}
+{{- if not $known }}
+{{- fail (printf "extraArgs: %s is not a flag of kubefit run (see kubefit run --help); the operator would exit at start" $name) }}
 {{- end }}
 {{- end }}
 {{- end }}
