@@ -43,7 +43,7 @@ def test_a_checkpoint_url_workers_cannot_append_paths_to_is_refused(
     assert "--checkpoint-url" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("pattern", ["", "BAD_NS", "team_a", "a" * 64, "team-a,", "team-*,Prod", "!"])
+@pytest.mark.parametrize("pattern", ["", "BAD_NS", "team_a", "a" * 64, "team-a,", "team-*,!prod", "!"])
 def test_a_namespace_no_namespace_can_have_is_refused(
     capsys: pytest.CaptureFixture[str], pattern: str
 ) -> None:
@@ -54,7 +54,7 @@ def test_a_namespace_no_namespace_can_have_is_refused(
     assert "--namespace" in (err := capsys.readouterr().err) and "is not a namespace name" in err
 
 
-@pytest.mark.parametrize("pattern", ["team-a", "team-*", "!kube-system", "ml-?,!ml-x", "a" * 63])
+@pytest.mark.parametrize("pattern", ["team-a", "team-*", "!kube-system", "!ml-?", "a" * 63])
 def test_namespace_names_globs_and_exclusions_as_kopf_reads_them_are_taken(pattern: str) -> None:
     assert build_parser().parse_args(["run", "--namespace", pattern]).namespace == [pattern]
 

@@ -271,17 +271,16 @@ def _http_url(text: str) -> str:
 
 
 def _namespace_pattern(text: str) -> str:
-    """Namespace names, or globs of them (team-*), each after '!' to leave it out, comma-separated, as kopf
-    reads them. Anything else matched no namespace: the operator started, healthy, and served nothing."""
-    for part in text.split(","):
-        body = part.strip().removeprefix("!")
-        globbed = any(char in body for char in "*?")
-        if not (_NAMESPACE_GLOB.match(body) if globbed else _DNS_LABEL.match(body)):
-            where = f"{text!r}: " if "," in text else ""
-            raise argparse.ArgumentTypeError(
-                f"{where}{part!r} is not a namespace name (lowercase DNS label) or a glob of one (team-*), "
-                "optionally after '!' to leave it out"
-            )
+    """A namespace name, or a glob of one (team-*), either after '!' to leave it out. Anything else matched
+    no namespace: the operator started, healthy, and served nothing. One pattern a flag: the webhook's
+    match (runner.serves) reads no comma-separated list, as kopf would."""
+    body = text.removeprefix("!")
+    globbed = any(char in body for char in "*?")
+    if not (_NAMESPACE_GLOB.match(body) if globbed else _DNS_LABEL.match(body)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a namespace name (lowercase DNS label) or a glob of one (team-*), "
+            "optionally after '!' to leave it out; give one per --namespace"
+        )
     return text
 
 
