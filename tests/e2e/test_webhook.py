@@ -160,6 +160,27 @@ def test_a_valid_job_is_admitted_and_an_edit_that_breaks_it_is_refused(kube: Kub
     assert labelled is not None and labelled["metadata"]["labels"]["team"] == "a"
 
 
+def test_a_template_the_api_server_refuses_as_a_pod_is_refused_naming_its_field(
+    kube: Kube, guarded: str
+) -> None:
+    """The CRD's schema leaves a pod's fields to the API server: accepted, every worker create failed, and a
+    running group restarted after such an edit could not start again."""
+    manifest = job_manifest("env", guarded, workers={"replicas": 1})
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [{"name": "1 A", "value": "x"}]
+    refused = kube.apply(manifest, check=False)
+    assert refused.returncode != 0 and "denied the request" in refused.stderr, refused.stderr
+    assert "spec.template.spec.containers[0].env[0].name" in refused.stderr, refused.stderr
+    assert kube.get("trainingjob", "env", guarded) is None
+    container["env"] = [{"name": "MODE", "value": "x"}]
+    kube.apply(manifest)  # put right, it goes through
+    container["ports"] = [{"name": "a-port-name-too-long", "containerPort": 8080}]
+    edited = kube.apply(manifest, check=False)
+    assert edited.returncode != 0 and "spec.template.spec.containers[0].ports[0].name" in edited.stderr
+    stored = kube.get("trainingjob", "env", guarded)
+    assert stored is not None and "ports" not in stored["spec"]["template"]["spec"]["containers"][0]
+
+
 def test_an_edit_of_a_job_stored_invalid_goes_through_with_kubectl_warning_what_stays_invalid(
     kube: Kube, namespace: str, registered: str
 ) -> None:

@@ -17,12 +17,18 @@ from typing import Any
 
 import pytest
 from bad_specs import BAD_SPECS, BASE_SPEC, OPERATOR
+from kubernetes.client.exceptions import ApiException
 from self_signed import self_signed_certificate
 
 from kubefit.cli.run import UsageError, _webhook, register
 from kubefit.controller.runner import serves
-from kubefit.controller.webhook import VALIDATE_PATH, WebhookServer, start_webhook_server
-from kubefit.decisions.validating import review
+from kubefit.controller.webhook import (
+    VALIDATE_PATH,
+    WebhookServer,
+    start_webhook_server,
+    with_template_checked,
+)
+from kubefit.decisions.validating import TEMPLATE_CHECK_PREFIX, review, template_check, template_refusal
 from kubefit.sizing.catalog import load_catalog
 
 CATALOG = load_catalog()
@@ -551,3 +557,102 @@ def test_a_finished_job_s_kept_pods_are_no_running_group_an_edit_must_wait_for()
         "oldObject": {"metadata": {"name": "llama"}, "spec": spec, "status": status},
     }
     assert review({"request": request}, CATALOG_OF_DECIDE, 1024)["response"]["allowed"] is True
+
+
+# ------------------------------------------------------------------------------ the template as a pod
+
+
+def _with_template(spec: dict[str, Any], **pod_spec: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(spec)
+    changed["template"] = {
+        "metadata": {"labels": {"team": "ml"}},
+        "spec": {**spec["template"]["spec"], **pod_spec},
+    }
+    return changed
+
+
+def test_the_template_is_checked_as_a_pod_at_a_create_and_where_an_update_changes_it() -> None:
+    spec = copy.deepcopy(BASE_SPEC)
+    check = template_check(admission_review(spec))
+    assert check is not None
+    namespace, pod = check
+    assert namespace == "ml" and pod["kind"] == "Pod" and pod["spec"] == spec["template"]["spec"]
+    assert pod["metadata"]["generateName"] == TEMPLATE_CHECK_PREFIX and "name" not in pod["metadata"]
+    edited = _with_template(spec, hostNetwork=True)
+    changed = template_check(admission_review(edited, "UPDATE", old_spec=spec))
+    assert changed is not None and changed[1]["metadata"]["labels"] == {"team": "ml"}
+    assert changed[1]["spec"]["hostNetwork"] is True
+    # Nothing to check: the template as it was, a namespace not served, a scale, a job being deleted.
+    scaled = {**spec, "workers": {"replicas": 3}}
+    assert template_check(admission_review(scaled, "UPDATE", old_spec=spec)) is None
+    assert template_check(admission_review(spec), serves=lambda namespace: False) is None
+    assert template_check(scale_review(3)) is None
+    assert template_check(admission_review(spec, deletionTimestamp="2026-12-06T00:00:00Z")) is None
+    assert template_check(admission_review({**spec, "template": "not a template"})) is None
+
+
+def test_the_api_servers_refusal_of_the_pod_names_the_templates_fields() -> None:
+    document = admission_review(copy.deepcopy(BASE_SPEC))
+    said = (
+        'Pod "kubefit-template-check-x7k2p" is invalid: [spec.containers[0].env[0].name: Invalid value: "1 A": '
+        "a valid environment variable name must consist of alphabetic characters, metadata.annotations: "
+        'Invalid value: "a b": name part must consist of alphanumeric characters]'
+    )
+    refused = template_refusal(document, said)
+    response = refused["response"]
+    assert refused["kind"] == "AdmissionReview" and response["uid"] == document["request"]["uid"]
+    assert response["allowed"] is False and response["status"]["code"] == 422
+    message = response["status"]["message"]
+    assert message.startswith("spec.template: the API server refuses the worker pod it makes: [")
+    assert "spec.template.spec.containers[0].env[0].name: Invalid value" in message
+    assert ", spec.template.metadata.annotations: Invalid value" in message
+    assert "kubefit-template-check" not in message
+
+
+class _DryRuns:
+    """KubeApi's core calls as the webhook makes them: each dry-run create answered by `outcome`."""
+
+    def __init__(self, outcome: BaseException | None) -> None:
+        self.outcome, self.calls = outcome, []
+        self.core = self
+
+    def create_namespaced_pod(self, namespace: str, body: dict[str, Any], dry_run: bool = False) -> None:
+        self.calls.append((namespace, body["metadata"]["generateName"], dry_run))
+        if self.outcome is not None:
+            raise self.outcome
+
+
+def _refused(status: int, message: str) -> ApiException:
+    error = ApiException(status=status, reason="refused")
+    error.body = json.dumps({"kind": "Status", "message": message, "code": status})
+    return error
+
+
+@pytest.mark.parametrize(
+    ("outcome", "allowed"),
+    [
+        (None, True),
+        (
+            _refused(
+                422,
+                'Pod "p" is invalid: spec.containers[0].ports[0].name: Invalid value: "a-very-long-port-name"',
+            ),
+            False,
+        ),
+        (_refused(403, 'pods "p" is forbidden: exceeded quota: gpus'), True),  # no fault of the template
+        (_refused(500, "etcd is down"), True),
+        (OSError("connection refused"), True),  # the check is a courtesy: the operator still handles refusals
+    ],
+    ids=["admitted", "invalid", "quota", "server-error", "unreachable"],
+)
+def test_only_the_api_servers_422_for_the_template_refuses_the_job(outcome: Any, allowed: bool) -> None:
+    document = admission_review(copy.deepcopy(BASE_SPEC))
+    reviewed = review(document, CATALOG, MAX_WORKERS)
+    api = _DryRuns(outcome)
+    response = with_template_checked(reviewed, document, api, lambda namespace: True)["response"]  # type: ignore[arg-type]
+    assert api.calls == [("ml", TEMPLATE_CHECK_PREFIX, True)]
+    assert response["allowed"] is allowed
+    if not allowed:
+        assert (
+            "spec.template.spec.containers[0].ports[0].name: Invalid value" in response["status"]["message"]
+        )

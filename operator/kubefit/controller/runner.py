@@ -53,7 +53,7 @@ from kubefit.controller.scheduler import (
     Scheduler,
     SchedulerSettings,
 )
-from kubefit.controller.webhook import VALIDATE_PATH, start_webhook_server
+from kubefit.controller.webhook import VALIDATE_PATH, start_webhook_server, with_template_checked
 from kubefit.decisions.admission import AdmissionPolicy
 from kubefit.decisions.job import DEFAULT_CLUSTER_DOMAIN, DEFAULT_MAX_WORKERS_PER_JOB, ReconcileSettings
 from kubefit.decisions.validating import review
@@ -501,11 +501,22 @@ def hand_over(
     exit_now(0)
 
 
+# (connect, read) seconds of the webhook's dry-run create of a job's template as a pod.
+TEMPLATE_CHECK_TIMEOUT = (1.0, 3.0)
+
+
 def _start_webhook(options: OperatorOptions, webhook: AdmissionWebhook, catalog: Catalog) -> None:
     served = serves(options.namespaces)  # once, not per request
+    # One try, well within the API server's wait for the webhook (the chart's timeoutSeconds, 5 s).
+    api = KubeApi.trying_once(TEMPLATE_CHECK_TIMEOUT)
 
     def answer(admission_review: dict[str, Any]) -> dict[str, Any]:
-        return review(admission_review, catalog, options.max_workers_per_job, served, options.cluster_domain)
+        reviewed = review(
+            admission_review, catalog, options.max_workers_per_job, served, options.cluster_domain
+        )
+        if not reviewed["response"]["allowed"]:
+            return reviewed
+        return with_template_checked(reviewed, admission_review, api, served)
 
     try:
         server = start_webhook_server(

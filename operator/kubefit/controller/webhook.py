@@ -15,12 +15,17 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any
 
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
 from kubefit.controller.bounded_http import BoundedHTTPServer, DeadlineRequestHandler
+from kubefit.controller.kube import KubeApi, error_message
+from kubefit.decisions.validating import template_check, template_refusal
 
 logger = logging.getLogger("kubefit.webhook")
 
@@ -188,6 +193,32 @@ class _Handler(DeadlineRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("webhook %s: " + format, self.address_string(), *args)
+
+
+def with_template_checked(
+    answer: dict[str, Any],
+    admission_review: Mapping[str, Any],
+    api: KubeApi,
+    serves: Callable[[str], bool],
+) -> dict[str, Any]:
+    """`answer`, an allowed review, or a refusal where the API server refuses the job's template as a pod (a
+    dry-run create answered 422: validating.template_check). Any other answer, or none in time, leaves the
+    request as answered: the check names a bad template at the apply, and the operator's own handling of
+    refused workers stays the gate."""
+    check = template_check(admission_review, serves)
+    if check is None:
+        return answer
+    namespace, pod = check
+    try:
+        api.core.create_namespaced_pod(namespace, pod, dry_run=True)
+    except ApiException as error:
+        if error.status == HTTPStatus.UNPROCESSABLE_ENTITY:
+            message = error_message(error).removesuffix(f" (HTTP {HTTPStatus.UNPROCESSABLE_ENTITY.value})")
+            return template_refusal(admission_review, message)
+        logger.info("template check of a TrainingJob in %s not made: %s", namespace, error_message(error))
+    except (OSError, ValueError, urllib3.exceptions.HTTPError) as error:
+        logger.info("template check of a TrainingJob in %s not made: %s", namespace, error)
+    return answer
 
 
 def start_webhook_server(

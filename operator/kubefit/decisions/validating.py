@@ -64,6 +64,60 @@ def review(
     return {"apiVersion": REVIEW_API_VERSION, "kind": "AdmissionReview", "response": response}
 
 
+# The name prefix of the pod a template check asks the API server to admit (dryRun=All: nothing is stored).
+TEMPLATE_CHECK_PREFIX = "kubefit-template-check-"
+# "Pod "x" is invalid: " before the API server's field errors.
+_POD_INVALID = re.compile(r'^Pod "[^"]*" is invalid: ')
+# A field path of the pod, at the start of an error or after a separator ("[", ", ").
+_POD_PATH = re.compile(r"(^|[\[ ])(spec|metadata)\.")
+
+
+def template_check(
+    admission_review: Mapping[str, Any], serves: Callable[[str], bool] = lambda namespace: True
+) -> tuple[str, dict[str, Any]] | None:
+    """(namespace, pod manifest) of the TrainingJob's spec.template as a pod, for the API server to admit
+    without storing it; None where there is no template to check: no create or update of a TrainingJob
+    whose template changed, a namespace not served, a job being deleted. The API server checks a pod's
+    fields the CRD's schema leaves open (an env var name, a port name, an extended resource's amount,
+    annotations), and a template it refuses was accepted: every worker create then failed, and a running
+    group restarted after such an edit could not start again."""
+    request = _mapping(admission_review.get("request"))
+    if request.get("subResource") or _mapping(request.get("kind")).get("kind") != KIND:
+        return None
+    operation, job = request.get("operation"), _mapping(request.get("object"))
+    namespace = _text(request.get("namespace")) or _text(_mapping(job.get("metadata")).get("namespace"))
+    if operation not in ("CREATE", "UPDATE") or _mapping(job.get("metadata")).get("deletionTimestamp"):
+        return None
+    if not namespace or not serves(namespace):
+        return None
+    template = _mapping(_mapping(job.get("spec")).get("template"))
+    old_spec = _mapping(_mapping(_mapping(request.get("oldObject")).get("spec")))
+    if operation == "UPDATE" and template == _mapping(old_spec.get("template")):
+        return None
+    pod_spec = template.get("spec")
+    if not isinstance(pod_spec, Mapping):
+        return None
+    template_metadata = _mapping(template.get("metadata"))
+    metadata: dict[str, Any] = {"generateName": TEMPLATE_CHECK_PREFIX, "namespace": namespace}
+    for field in ("labels", "annotations"):
+        if isinstance(template_metadata.get(field), Mapping):
+            metadata[field] = template_metadata[field]
+    return namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+
+
+def template_refusal(admission_review: Mapping[str, Any], message: str) -> dict[str, Any]:
+    """The answer refusing the request whose template the API server refused as a pod (`message`: its
+    words), each pod field named as the template's."""
+    request = _mapping(admission_review.get("request"))
+    errors = _POD_PATH.sub(
+        lambda found: f"{found.group(1)}spec.template.{found.group(2)}.", _POD_INVALID.sub("", message)
+    )
+    refusal = f"spec.template: the API server refuses the worker pod it makes: {errors}"
+    response = {"uid": request.get("uid", ""), "allowed": False}
+    response["status"] = {"code": UNPROCESSABLE, "reason": "Invalid", "message": refusal}
+    return {"apiVersion": REVIEW_API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
 def _warnings(kept: list[FieldError]) -> list[str]:
     """An update allowed although the job stays invalid (its errors were there before, on fields it leaves
     alone): said at the apply, not only in the job's Ready condition afterwards."""
