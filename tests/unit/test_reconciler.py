@@ -1198,6 +1198,35 @@ def test_a_change_that_came_while_the_status_was_written_makes_the_reconcile_go_
     assert decided[-1] == 1  # the answer showed the scale: decided again on it, not at the next resync
 
 
+def test_no_worker_is_created_from_a_spec_edited_while_the_status_was_written(harness: Harness) -> None:
+    """An edit that lands before the first status that counts workers passes the webhook's running-group
+    guard (status.replicas still 0): workers created from the spec the pass read then held the old device
+    count or template for good (the bad-input audit: acceleratorsPerWorker edited right after the apply)."""
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))
+    created: list[dict[str, Any]] = []
+    create = harness.kube.create_pod
+
+    def recording(namespace: str, manifest: dict[str, Any]) -> bool:
+        created.append(manifest)
+        return create(namespace, manifest)
+
+    def patch_after_an_edit(namespace: str, name: str, uid: str, status: dict[str, Any]) -> dict[str, Any]:
+        FakeKube.patch_job_status(harness.kube, namespace, name, uid, status)
+        container = harness.kube.jobs[name]["spec"]["template"]["spec"]["containers"][0]
+        container.setdefault("env", [{"name": "EDITED", "value": "1"}])
+        return copy.deepcopy(harness.kube.jobs[name])
+
+    harness.kube.create_pod = recording  # type: ignore[method-assign]
+    harness.kube.patch_job_status = patch_after_an_edit  # type: ignore[assignment, method-assign]
+    harness.reconcile()
+    assert len(created) == 2
+    for manifest in created:
+        assert {"name": "EDITED", "value": "1"} in manifest["spec"]["containers"][0]["env"], manifest[
+            "metadata"
+        ]
+
+
 def test_a_job_gone_when_its_status_is_written_is_forgotten(harness: Harness) -> None:
     harness.kube.jobs["llama"] = job_manifest(replicas=2)
     harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))

@@ -24,6 +24,7 @@ Write order. `_apply` writes in an order where a failing call cannot lose what a
 3. adoption of orphaned workers, then deletes (a Service that cannot be created must not hold them up);
 4. the headless Service, then creates: at most CREATE_BATCH worker manifests are built and created per
    pass, and a job with more to create goes round again, so memory does not grow with the worker count;
+   none where the status patch's answer shows the spec edited since the read: the next round decides on it;
 5. CreatedWorkers/DeletedWorkers events for the pods actually created or deleted, even when a later
    call of the same pass failed;
 6. the TTL's delete of the job.
@@ -46,21 +47,21 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-import kopf
 from kubernetes.client.exceptions import ApiException
 
-from kubefit.api.conditions import ConditionType, EventReason
+from kubefit.api.conditions import ConditionType
 from kubefit.api.resource import JobKey
 from kubefit.api.units import parse_rfc3339, rfc3339
 from kubefit.builders.naming import JobRef, owner_reference, worker_name
 from kubefit.controller.checkpoints import CheckpointBoard
 from kubefit.controller.cluster import ClusterView, remembering
+from kubefit.controller.job_events import post_events, post_worker_events
 from kubefit.controller.jobs import JobCache
 from kubefit.controller.kube import (
     JobReplaced,
@@ -88,7 +89,7 @@ from kubefit.decisions.admission import Demand
 from kubefit.decisions.failure import reconcile_error
 from kubefit.decisions.gang import room_from
 from kubefit.decisions.inventory import InventoryMemo
-from kubefit.decisions.job import Decision, JobEvent, JobObservation, ReconcileSettings, decide
+from kubefit.decisions.job import Decision, JobObservation, ReconcileSettings, decide
 from kubefit.decisions.node_match import Placement, placement_of, template_pod_spec
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.running import REFUSAL_TRY_SECONDS
@@ -186,6 +187,9 @@ class _Progress:
     job: dict[str, Any] | None = None
     status: Mapping[str, Any] | None = None  # the job's status as last read or written
     replicas: int | None = None  # status.replicas to write with the failure (workers whose create failed)
+    # The status write's answer shows a spec edited since the read (before the status said workers exist, so
+    # the webhook let it through): created now, workers took the old spec's devices or template for good.
+    spec_changed: bool = False
 
 
 class NotifyingBoard(CheckpointBoard):
@@ -490,7 +494,7 @@ class Reconciler:
             # error) records the error again, but the status it read had it already. Also when the status
             # write itself is refused (a webhook, RBAC): the event is then all the job's owner sees.
             if reconcile_error(read, generation, message, now).events:
-                _post_events(job, record.events)
+                post_events(job, record.events)
 
     # ------------------------------------------------------------------ observe, decide, apply
 
@@ -713,7 +717,9 @@ class Reconciler:
         # that fails again, not the decision's status and then the error once more.
         held = error_kept(observation.status, status) if state.failures and writes_due else None
         if status_changed(observation.status, held or status):
-            progress.status = self._patch_status((ref.namespace, ref.name), held or status, job, state)
+            progress.status = self._patch_status(
+                (ref.namespace, ref.name), held or status, job, state, progress
+            )
         # Once the status says what the decision did, before the writes below that may fail: a job whose
         # workers a quota refuses still has its series, and its admission is observed once, now; and the
         # checkpoint request the status names is the one workers are told of, or its grace would run out
@@ -726,14 +732,16 @@ class Reconciler:
         # retry that fails, and was posted each time while the status still read ReconcileError.
         deferred = held is not None
         later = [event for event in decision.events if deferred and event.condition == ConditionType.READY]
-        _post_events(
+        post_events(
             job,
             [event for event in decision.events if not deferred or event.condition != ConditionType.READY],
         )
         created: list[str] = []
         deleted: list[str] = []
         try:
-            self._write_pods(observation, decision, state, service_due, (created, deleted))
+            # The spec changed since the pass read it: its workers wait for the round that decides on it.
+            writes = replace(decision, create=()) if progress.spec_changed else decision
+            self._write_pods(observation, writes, state, service_due, (created, deleted))
         except Exception:
             # status.replicas counted every worker this decision creates: the failure's status must not.
             if isinstance(status.get("replicas"), int):
@@ -742,12 +750,12 @@ class Reconciler:
                     progress.replicas = replicas
             raise
         finally:
-            _post_worker_events(job, created, deleted)
+            post_worker_events(job, created, deleted)
         if held is not None and progress.status is not None and status_changed(progress.status, status):
             progress.status = self._patch_status(
                 (ref.namespace, ref.name), status, {**job, "status": progress.status}, state
             )
-            _post_events(job, later)
+            post_events(job, later)
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ref.namespace, ref.name)
             self.api.delete_job(ref.namespace, ref.name, ref.uid)
@@ -829,7 +837,12 @@ class Reconciler:
             self._go_round_again(state, urgent=True)
 
     def _patch_status(
-        self, key: JobKey, status: Mapping[str, Any], job: Mapping[str, Any], state: _JobState | None
+        self,
+        key: JobKey,
+        status: Mapping[str, Any],
+        job: Mapping[str, Any],
+        state: _JobState | None,
+        progress: _Progress | None = None,
     ) -> dict[str, Any]:
         """Writes the status of `job` (the copy this reconcile read): `status` as a merge over the status it
         read (None removes a field), written whole and only onto that job, never onto one created under its
@@ -852,6 +865,8 @@ class Reconciler:
             self.jobs.observe(key, written)
             if state is not None and not same_but_status(job, written):
                 self._go_round_again(state, urgent=True)
+                if progress is not None and written.get("spec") != job.get("spec"):
+                    progress.spec_changed = True
         return whole
 
     def _create_workers(self, ref: JobRef, decision: Decision, state: _JobState, created: list[str]) -> None:
@@ -964,29 +979,3 @@ def _forget_old_creates(created: dict[str, float]) -> None:
     oldest = time.monotonic() - CREATED_MEMORY_SECONDS
     for name in [name for name, at in created.items() if at < oldest]:
         del created[name]
-
-
-def _post_events(raw_job: dict[str, Any], events: Sequence[JobEvent]) -> None:
-    job = kopf.Body(cast(kopf.RawBody, raw_job))
-    for event in events:
-        try:
-            kopf.event(job, type=event.type, reason=event.reason, message=event.message)
-        except RuntimeError as error:
-            # kopf's loop has closed (the operator is stopping) under a reconcile still on its thread: what
-            # it wrote stands, and the events are lost, not turned into a ReconcileError on the job.
-            logger.warning("events of %s not posted (%s): %s", _job_name(raw_job), error, event.reason)
-            return
-
-
-def _job_name(raw_job: Mapping[str, Any]) -> str:
-    metadata = raw_job.get("metadata") or {}
-    return f"{metadata.get('namespace')}/{metadata.get('name')}"
-
-
-def _post_worker_events(raw_job: dict[str, Any], created: list[str], deleted: list[str]) -> None:
-    events = []
-    if created:
-        events.append(JobEvent("Normal", EventReason.CREATED_WORKERS, "created " + ", ".join(created)))
-    if deleted:
-        events.append(JobEvent("Normal", EventReason.DELETED_WORKERS, "deleted " + ", ".join(deleted)))
-    _post_events(raw_job, events)
