@@ -1391,6 +1391,15 @@ def test_a_minimum_that_lost_its_places_is_not_placed_where_an_admitted_job_ahea
     assert dict(result.reserved[key("mid")]) == {"n6": 1}
     assert result.grants == {key("top"): 1, key("mid"): 3}  # both wait for what is being freed
     assert not result.preempt and not result.shrink
-    # With nobody ahead waiting for n9, the free device there is mid's.
+    # With nobody ahead waiting for n9, the free device there is mid's; so it is when top's room is not on its
+    # way (it may never fit there: n9's other device held for good), and when mid makes room for its lost
+    # places rather than waiting for them, only while top's room is coming.
     alone = plan([], [mid], cluster)
     assert alone.reserved[key("mid")].get("n9") == 1
+    nothing_coming = plan([], [replace(top, room_coming=False), mid], cluster)
+    assert nothing_coming.reserved[key("mid")].get("n9") == 1
+    lost = replace(mid, reserved={}, room_coming=False)  # its places gone: it makes room instead
+    low = holding(gang("low", 1, per_worker=1, priority=1), 1, {"n2": 1})
+    making_room = plan([], [top, lost, low], cluster)
+    assert "n9" not in making_room.reserved.get(key("mid"), {})
+    assert plan([], [replace(top, room_coming=False), lost, low], cluster).reserved[key("mid")].get("n9") == 1

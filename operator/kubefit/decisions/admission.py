@@ -574,7 +574,7 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) ->
     held = [job for job in jobs if job.admitted]
     queued = [job for job in jobs if not job.admitted]
     minimum_nodes: dict[_Job, list[str]] = {}  # where a minimum that lost its places may find new ones
-    short_minimums: list[_Job] = []  # the jobs so far whose minimum found no place in this loop
+    short_minimums: list[_Job] = []  # the jobs so far whose minimum waits for room coming (_waits_for_room)
     for job in held:
         job.grant = max(job.floor, job.whole_groups(min(job.before, job.target)))
         _drop_finished_beyond(job)
@@ -587,7 +587,7 @@ def _reserve_admitted(cluster: _Cluster, jobs: Sequence[_Job], queue: _Queue) ->
         if job.placed < job.floor and _raised_above_running(job):
             job.grant = job.whole_groups(job.before)
             _release_reserved_beyond(cluster, job)
-        if job.holds and job.placed < min(job.floor, job.grant):
+        if _waits_for_room(job):
             short_minimums.append(job)
     short: list[_Job] = []  # the jobs so far whose minimum has no place
     for job in held:
@@ -629,6 +629,13 @@ def _off_heads(cluster: _Cluster, queued: Sequence[_Job], job: _Job, queue: _Que
             if queue.policy == "StrictFIFO":
                 break  # the first that does not fit is StrictFIFO's only head
     return _unkept(job.nodes, heads, queue)[0] if heads else job.nodes
+
+
+def _waits_for_room(job: _Job) -> bool:
+    """An admitted job whose minimum has no place yet and whose room is on its way (Holding.room_coming:
+    workers leaving for it): the nodes it may use are its once freed. One whose room is not coming keeps
+    none: it may never fit there (a device another workload holds for good)."""
+    return job.holds and job.room_coming and job.placed < min(job.floor, job.grant)
 
 
 def _growth_nodes(job: _Job, short: Sequence[_Job], queue: _Queue) -> list[str]:
@@ -1374,7 +1381,10 @@ def _make_room_for_lost_places(
     timeout."""
     queued = [job for job in jobs if not job.admitted]
     unplaced = []
+    waiting: list[_Job] = []  # the admitted jobs so far whose room is coming (_waits_for_room)
     for job in jobs:
+        if job.admitted and _waits_for_room(job):
+            waiting.append(job)
         if not job.admitted or not job.holds or job.room_coming or job.grant < job.floor:
             continue
         if job.whole_groups(job.before) < job.floor or _quota_over(budget, job):
@@ -1382,7 +1392,7 @@ def _make_room_for_lost_places(
         lost = job.floor - job.placed - job.elsewhere
         if lost <= 0:
             continue
-        nodes = _off_heads(cluster, queued, job, queue)
+        nodes = _off_short(job, waiting, queue, _off_heads(cluster, queued, job, queue))
         if _make_room(cluster, jobs, job, nodes, {}, budget, lost):
             _take_places(cluster, job, nodes, lost)
         else:
