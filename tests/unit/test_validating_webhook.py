@@ -573,22 +573,23 @@ def _with_template(spec: dict[str, Any], **pod_spec: Any) -> dict[str, Any]:
 
 def test_the_template_is_checked_as_a_pod_at_a_create_and_where_an_update_changes_it() -> None:
     spec = copy.deepcopy(BASE_SPEC)
-    check = template_check(admission_review(spec))
+    check = template_check(admission_review(spec), CATALOG)
     assert check is not None
     namespace, pod = check
-    assert namespace == "ml" and pod["kind"] == "Pod" and pod["spec"] == spec["template"]["spec"]
+    assert namespace == "ml" and pod["kind"] == "Pod"
+    assert pod["spec"] == {**spec["template"]["spec"], "restartPolicy": "Never"}
     assert pod["metadata"]["generateName"] == TEMPLATE_CHECK_PREFIX and "name" not in pod["metadata"]
     edited = _with_template(spec, hostNetwork=True)
-    changed = template_check(admission_review(edited, "UPDATE", old_spec=spec))
+    changed = template_check(admission_review(edited, "UPDATE", old_spec=spec), CATALOG)
     assert changed is not None and changed[1]["metadata"]["labels"] == {"team": "ml"}
     assert changed[1]["spec"]["hostNetwork"] is True
     # Nothing to check: the template as it was, a namespace not served, a scale, a job being deleted.
     scaled = {**spec, "workers": {"replicas": 3}}
-    assert template_check(admission_review(scaled, "UPDATE", old_spec=spec)) is None
-    assert template_check(admission_review(spec), serves=lambda namespace: False) is None
-    assert template_check(scale_review(3)) is None
-    assert template_check(admission_review(spec, deletionTimestamp="2026-12-06T00:00:00Z")) is None
-    assert template_check(admission_review({**spec, "template": "not a template"})) is None
+    assert template_check(admission_review(scaled, "UPDATE", old_spec=spec), CATALOG) is None
+    assert template_check(admission_review(spec), CATALOG, serves=lambda namespace: False) is None
+    assert template_check(scale_review(3), CATALOG) is None
+    assert template_check(admission_review(spec, deletionTimestamp="2026-12-06T00:00:00Z"), CATALOG) is None
+    assert template_check(admission_review({**spec, "template": "not a template"}), CATALOG) is None
 
 
 def test_the_api_servers_refusal_of_the_pod_names_the_templates_fields() -> None:
@@ -640,19 +641,52 @@ def _refused(status: int, message: str) -> ApiException:
             False,
         ),
         (_refused(403, 'pods "p" is forbidden: exceeded quota: gpus'), True),  # no fault of the template
+        (_refused(422, "admission denied by a policy"), True),  # a policy's 422, not the pod's validation
         (_refused(500, "etcd is down"), True),
         (OSError("connection refused"), True),  # the check is a courtesy: the operator still handles refusals
     ],
-    ids=["admitted", "invalid", "quota", "server-error", "unreachable"],
+    ids=["admitted", "invalid", "quota", "policy", "server-error", "unreachable"],
 )
 def test_only_the_api_servers_422_for_the_template_refuses_the_job(outcome: Any, allowed: bool) -> None:
     document = admission_review(copy.deepcopy(BASE_SPEC))
     reviewed = review(document, CATALOG, MAX_WORKERS)
     api = _DryRuns(outcome)
-    response = with_template_checked(reviewed, document, api, lambda namespace: True)["response"]  # type: ignore[arg-type]
+    response = with_template_checked(reviewed, document, api, CATALOG, lambda namespace: True)["response"]  # type: ignore[arg-type]
     assert api.calls == [("ml", TEMPLATE_CHECK_PREFIX, True)]
     assert response["allowed"] is allowed
     if not allowed:
         assert (
             "spec.template.spec.containers[0].ports[0].name: Invalid value" in response["status"]["message"]
         )
+
+
+def test_what_the_operator_sets_in_every_worker_is_not_checked_from_the_template() -> None:
+    """The worker's accelerator requests, the trainer's cpu and memory, its hostname and restart policy are
+    the operator's: a template value the API server would refuse there (an accelerator request without a
+    limit, half a GPU, a memory request above the limit that spec.resources.memory replaces, a hostname with
+    capitals) is not what the worker gets, and refusing it refused a valid job (a review)."""
+    spec = copy.deepcopy(BASE_SPEC)
+    pod_spec = spec["template"]["spec"]
+    pod_spec["hostname"], pod_spec["subdomain"], pod_spec["restartPolicy"] = "Not_A_Hostname", "x", "Always"
+    trainer = pod_spec["containers"][0]
+    trainer["resources"] = {
+        "requests": {"nvidia.com/gpu": "0.5", "memory": "64Gi", "cpu": "4", "example.com/foo": "1"},
+        "limits": {"memory": "32Gi", "example.com/foo": "1"},
+    }
+    pod_spec["containers"].append(
+        {
+            "name": "sidecar",
+            "image": "busybox",
+            "resources": {"requests": {"nvidia.com/gpu": 8, "memory": "1Gi"}},
+        }
+    )
+    check = template_check(admission_review(spec), CATALOG)
+    assert check is not None
+    checked = check[1]["spec"]
+    assert "hostname" not in checked and "subdomain" not in checked and checked["restartPolicy"] == "Never"
+    assert checked["containers"][0]["resources"] == {
+        "requests": {"example.com/foo": "1"},
+        "limits": {"example.com/foo": "1"},
+    }
+    assert checked["containers"][1]["resources"] == {"requests": {"memory": "1Gi"}}  # its own memory stays
+    assert pod_spec["hostname"] == "Not_A_Hostname"  # the job's spec itself is left as it is

@@ -502,12 +502,12 @@ def hand_over(
 
 
 # (connect, read) seconds of the webhook's dry-run create of a job's template as a pod.
-TEMPLATE_CHECK_TIMEOUT = (1.0, 3.0)
+TEMPLATE_CHECK_TIMEOUT = (0.5, 1.5)
 
 
 def _start_webhook(options: OperatorOptions, webhook: AdmissionWebhook, catalog: Catalog) -> None:
     served = serves(options.namespaces)  # once, not per request
-    # One try, well within the API server's wait for the webhook (the chart's timeoutSeconds, 5 s).
+    # One try of 2 s at most, within the API server's wait for the webhook (the chart's timeoutSeconds, 5 s).
     api = KubeApi.trying_once(TEMPLATE_CHECK_TIMEOUT)
 
     def answer(admission_review: dict[str, Any]) -> dict[str, Any]:
@@ -516,7 +516,7 @@ def _start_webhook(options: OperatorOptions, webhook: AdmissionWebhook, catalog:
         )
         if not reviewed["response"]["allowed"]:
             return reviewed
-        return with_template_checked(reviewed, admission_review, api, served)
+        return with_template_checked(reviewed, admission_review, api, catalog, served)
 
     try:
         server = start_webhook_server(

@@ -25,7 +25,8 @@ from kubernetes.client.exceptions import ApiException
 
 from kubefit.controller.bounded_http import BoundedHTTPServer, DeadlineRequestHandler
 from kubefit.controller.kube import KubeApi, error_message
-from kubefit.decisions.validating import template_check, template_refusal
+from kubefit.decisions.validating import refuses_the_pod, template_check, template_refusal
+from kubefit.sizing.catalog import Catalog
 
 logger = logging.getLogger("kubefit.webhook")
 
@@ -199,21 +200,22 @@ def with_template_checked(
     answer: dict[str, Any],
     admission_review: Mapping[str, Any],
     api: KubeApi,
+    catalog: Catalog,
     serves: Callable[[str], bool],
 ) -> dict[str, Any]:
     """`answer`, an allowed review, or a refusal where the API server refuses the job's template as a pod (a
     dry-run create answered 422: validating.template_check). Any other answer, or none in time, leaves the
     request as answered: the check names a bad template at the apply, and the operator's own handling of
     refused workers stays the gate."""
-    check = template_check(admission_review, serves)
+    check = template_check(admission_review, catalog, serves)
     if check is None:
         return answer
     namespace, pod = check
     try:
         api.core.create_namespaced_pod(namespace, pod, dry_run=True)
     except ApiException as error:
-        if error.status == HTTPStatus.UNPROCESSABLE_ENTITY:
-            message = error_message(error).removesuffix(f" (HTTP {HTTPStatus.UNPROCESSABLE_ENTITY.value})")
+        message = error_message(error).removesuffix(f" (HTTP {HTTPStatus.UNPROCESSABLE_ENTITY.value})")
+        if error.status == HTTPStatus.UNPROCESSABLE_ENTITY and refuses_the_pod(message):
             return template_refusal(admission_review, message)
         logger.info("template check of a TrainingJob in %s not made: %s", namespace, error_message(error))
     except (OSError, ValueError, urllib3.exceptions.HTTPError) as error:

@@ -73,7 +73,9 @@ _POD_PATH = re.compile(r"(^|[\[ ])(spec|metadata)\.")
 
 
 def template_check(
-    admission_review: Mapping[str, Any], serves: Callable[[str], bool] = lambda namespace: True
+    admission_review: Mapping[str, Any],
+    catalog: Catalog,
+    serves: Callable[[str], bool] = lambda namespace: True,
 ) -> tuple[str, dict[str, Any]] | None:
     """(namespace, pod manifest) of the TrainingJob's spec.template as a pod, for the API server to admit
     without storing it; None where there is no template to check: no create or update of a TrainingJob
@@ -90,19 +92,61 @@ def template_check(
         return None
     if not namespace or not serves(namespace):
         return None
+    accelerators = frozenset(entry.resource_name for entry in catalog)
     template = _mapping(_mapping(job.get("spec")).get("template"))
     old_spec = _mapping(_mapping(_mapping(request.get("oldObject")).get("spec")))
     if operation == "UPDATE" and template == _mapping(old_spec.get("template")):
         return None
     pod_spec = template.get("spec")
-    if not isinstance(pod_spec, Mapping):
+    if not isinstance(pod_spec, Mapping) or not isinstance(pod_spec.get("containers"), list):
         return None
     template_metadata = _mapping(template.get("metadata"))
     metadata: dict[str, Any] = {"generateName": TEMPLATE_CHECK_PREFIX, "namespace": namespace}
     for field in ("labels", "annotations"):
         if isinstance(template_metadata.get(field), Mapping):
             metadata[field] = template_metadata[field]
-    return namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+    checked = _without_what_the_operator_sets(pod_spec, accelerators)
+    return namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": checked}
+
+
+def _without_what_the_operator_sets(
+    pod_spec: Mapping[str, Any], accelerators: frozenset[str]
+) -> dict[str, Any]:
+    """The template's pod spec less what the operator replaces in every worker (builders/pods.py), where the
+    template's own value may be one the API server refuses although the worker's is fine: the accelerator
+    resources of every container (it requests its own), the trainer's cpu and memory (its own rules check
+    the template's: decisions/job.py), the hostname, subdomain and restart policy."""
+    checked = {key: value for key, value in pod_spec.items() if key not in ("hostname", "subdomain")}
+    checked["restartPolicy"] = "Never"
+    for field in ("containers", "initContainers"):
+        containers = pod_spec.get(field)
+        if isinstance(containers, list):
+            checked[field] = [
+                _without_resources(
+                    container, accelerators | (_TRAINER_SET if (field, index) == ("containers", 0) else set())
+                )
+                for index, container in enumerate(containers)
+            ]
+    return checked
+
+
+# What the operator sets in the trainer's (the first container's) requests and limits (builders/resources.py).
+_TRAINER_SET = frozenset({"cpu", "memory"})
+
+
+def _without_resources(container: Any, names: frozenset[str] | set[str]) -> Any:
+    if not isinstance(container, Mapping) or not isinstance(container.get("resources"), Mapping):
+        return container
+    resources = dict(container["resources"])
+    for kind in ("requests", "limits"):
+        if isinstance(resources.get(kind), Mapping):
+            resources[kind] = {name: value for name, value in resources[kind].items() if name not in names}
+    return {**container, "resources": resources}
+
+
+def refuses_the_pod(message: str) -> bool:
+    """Whether a 422 is the API server's validation of the pod (`Pod "..." is invalid: ...`), not a policy's."""
+    return _POD_INVALID.match(message) is not None
 
 
 def template_refusal(admission_review: Mapping[str, Any], message: str) -> dict[str, Any]:
