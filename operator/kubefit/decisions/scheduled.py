@@ -234,12 +234,15 @@ def _waiting(ctx: JobContext, reason: str, waiting: str) -> Draft:
 
 
 def _backoff(ctx: JobContext) -> tuple[JobContext, float]:
-    """Seconds left of the backoff after a gang timeout, and the context to decide with. A spec edited
-    meanwhile ends the backoff: the edit may have put the cause right (a template the API server refused),
-    and it was waited out, up to 10 minutes, before. Its retries stand, so a gang that times out again backs
-    off longer, however often the spec changes."""
-    wait = backoff_left(previous_gang(ctx.status), ctx.now)
-    if wait <= 0 or ctx.observation.generation == ctx.status.get("observedGeneration"):
+    """Seconds left of the backoff after a gang timeout, and the context to decide with. Where the API server
+    refused the gang's workers (gang.refused), a spec edited meanwhile ends the backoff: the edit may have
+    put the cause right (a template it refused), which was waited out, up to 10 minutes, before; such a job
+    takes no room and preempts no one until a create goes through. Any other timeout's backoff stands
+    whatever is written (an HPA's scale each few seconds re-admitted a job that took others' devices every
+    gang timeout: a review). Its retries stand, so a gang that times out again backs off longer."""
+    gang = previous_gang(ctx.status)
+    wait = backoff_left(gang, ctx.now)
+    if wait <= 0 or not gang.refused or ctx.observation.generation == ctx.status.get("observedGeneration"):
         return ctx, wait
     status = {**ctx.status, "gang": {**(ctx.status.get("gang") or {}), "retryAfter": None}}
     return replace(ctx, observation=replace(ctx.observation, status=status)), 0.0
