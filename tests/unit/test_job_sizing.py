@@ -556,3 +556,17 @@ def test_the_over_provisioning_advice_follows_the_accelerators_there_not_how_man
     # advice.
     v100s = Inventory([NodeInventory("v100-0", "nvidia-v100-16gb", 8, 8)], [])
     assert size_job(pinned, CATALOG, v100s).advice is None
+
+
+def test_a_running_job_whose_nodes_are_all_cordoned_is_not_said_to_wait_in_the_queue() -> None:
+    """Every H100 node cordoned for maintenance while the job runs there (a review): its workers run on;
+    only a worker it adds or replaces waits. A queued job is told it waits with no worker created."""
+    raw = raw_spec(resources={"accelerator": "nvidia-h100-80gb", "acceleratorsPerWorker": 8})
+    cordoned = NodeInventory("h100-0", "nvidia-h100-80gb", 8, 0)
+    inventory = Inventory([], [cordoned])
+    running = [warning for warning in _running_job_warnings(raw, inventory) if "placement" in warning]
+    assert len(running) == 1 and running[0].endswith(
+        "its running workers go on, and a worker it adds or replaces waits for such a node"
+    )
+    queued = checked_spec("job", raw, CATALOG, 64, inventory)[1].sizing.warnings
+    assert any(warning.endswith("the job waits in the queue, with no worker created") for warning in queued)

@@ -54,7 +54,9 @@ def test_a_namespace_no_namespace_can_have_is_refused(
     assert "--namespace" in (err := capsys.readouterr().err) and "is not a namespace name" in err
 
 
-@pytest.mark.parametrize("pattern", ["team-a", "team-*", "!kube-system", "!ml-?", "a" * 63])
+@pytest.mark.parametrize(
+    "pattern", ["team-a", "team-*", "!kube-system", "!ml-?", "team-[ab]", "ml-[!x]*", "a" * 63]
+)
 def test_namespace_names_globs_and_exclusions_as_kopf_reads_them_are_taken(pattern: str) -> None:
     assert build_parser().parse_args(["run", "--namespace", pattern]).namespace == [pattern]
 

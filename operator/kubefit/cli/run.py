@@ -17,7 +17,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # What the chart's values.schema.json allows for checkpoint.url: a host, an optional path, nothing else.
 # Workers append the API's paths to it, so a query or fragment would swallow them.
 _HTTP_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
-_NAMESPACE_GLOB = re.compile(r"^[-a-z0-9*?]{1,63}$")
+_NAMESPACE_GLOB = re.compile(r"^[-a-z0-9*?\[\]!]{1,63}$")  # fnmatch's: *, ?, [seq], [!seq]
 MIN_LEASE_SECONDS = 2
 # Each period lists every watched namespace's jobs and asks for a scheduling pass, which the pacing of the
 # period's reconciles does not slow down.
@@ -275,7 +275,7 @@ def _namespace_pattern(text: str) -> str:
     no namespace: the operator started, healthy, and served nothing. One pattern a flag: the webhook's
     match (runner.serves) reads no comma-separated list, as kopf would."""
     body = text.removeprefix("!")
-    globbed = any(char in body for char in "*?")
+    globbed = any(char in body for char in "*?[")
     if not (_NAMESPACE_GLOB.match(body) if globbed else _DNS_LABEL.match(body)):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a namespace name (lowercase DNS label) or a glob of one (team-*), "

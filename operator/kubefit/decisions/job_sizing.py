@@ -85,7 +85,9 @@ def size_job(  # noqa: PLR0913 - the spec, the cluster, and how much to work out
     sizing = planned.sizing
     bounds = worker_bounds(spec, sizing)
     if inventory is not None:
-        warning = placement_warning(sizing.accelerator, inventory.placeable, inventory.excluded)
+        warning = placement_warning(
+            sizing.accelerator, inventory.placeable, inventory.excluded, running=has_live_workers
+        )
         if warning is not None:
             sizing = sizing.model_copy(update={"warnings": [*sizing.warnings, warning]})
     # The over-provisioning sentence is advice too: it plans the job on every other accelerator.
@@ -231,23 +233,32 @@ def _planned_pools(inventory: Inventory | None) -> Pools:
 
 
 def placement_warning(
-    accelerator: str, placeable: Sequence[NodeInventory], excluded: Sequence[NodeInventory]
+    accelerator: str,
+    placeable: Sequence[NodeInventory],
+    excluded: Sequence[NodeInventory],
+    running: bool = False,
 ) -> str | None:
-    """Why the chosen accelerator has no node to run on, when the pod's own placement is the reason."""
+    """Why the chosen accelerator has no node to run on, when the pod's own placement is the reason; what
+    that means for a job whose workers run (`running`: a cordon of their nodes) or one that waits."""
     constraints = "the worker pod's nodeSelector, required node affinity and tolerations, or a cordon"
+    waits = (
+        "its running workers go on, and a worker it adds or replaces waits for such a node"
+        if running
+        else "the job waits in the queue, with no worker created"
+    )
     if not excluded or any(node.accelerator == accelerator for node in placeable):
         return None
     if not placeable:
         return (
             f"no node matches the pod's placement constraints: {constraints} rule out all "
-            f"{len(excluded)} accelerator nodes; sized against the whole catalog, the job waits in the queue, with no worker created"
+            f"{len(excluded)} accelerator nodes; sized against the whole catalog, {waits}"
         )
     ruled_out = sum(1 for node in excluded if node.accelerator == accelerator)
     if not ruled_out:
         return None
     return (
         f"no {accelerator} node matches the pod's placement constraints: {constraints} rule out all "
-        f"{ruled_out}; the job waits in the queue, with no worker created"
+        f"{ruled_out}; {waits}"
     )
 
 

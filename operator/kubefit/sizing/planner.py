@@ -314,8 +314,8 @@ def _candidates(
         if candidates:
             warnings.append(
                 f"no node in the cluster offers {count} devices of an accelerator that can run this job "
-                "(resources.acceleratorsPerWorker); sized against the whole catalog, the job waits in the "
-                "queue, with no worker created, until such a node joins"
+                "(resources.acceleratorsPerWorker); sized against the whole catalog, no worker of it can be "
+                "placed until such a node joins (a queued job waits in the queue, with none created)"
             )
     if not candidates:
         raise _no_candidate(f"no catalog accelerator offers {count} devices per node")
