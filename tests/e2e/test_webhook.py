@@ -186,6 +186,12 @@ def test_a_template_the_api_server_refuses_as_a_pod_is_refused_naming_its_field(
     operators["spec"]["template"]["spec"]["containers"][0]["resources"] = {"requests": {"nvidia.com/gpu": 8}}
     accepted = kube.apply(operators, check=False)
     assert accepted.returncode == 0, accepted.stderr
+    # Hugepages beside the trainer's memory (an EFA template's): valid, with the memory kept in the check.
+    huge = job_manifest("huge", guarded, workers={"replicas": 1})
+    amounts = {"memory": "8Gi", "hugepages-2Mi": "1Gi"}
+    huge["spec"]["template"]["spec"]["containers"][0]["resources"] = {"requests": amounts, "limits": amounts}
+    accepted = kube.apply(huge, check=False)
+    assert accepted.returncode == 0, accepted.stderr
 
 
 def test_an_edit_of_a_job_stored_invalid_goes_through_with_kubectl_warning_what_stays_invalid(

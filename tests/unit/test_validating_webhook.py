@@ -684,9 +684,16 @@ def test_what_the_operator_sets_in_every_worker_is_not_checked_from_the_template
     assert check is not None
     checked = check[1]["spec"]
     assert "hostname" not in checked and "subdomain" not in checked and checked["restartPolicy"] == "Never"
+    # The memory request above its limit is taken as the limit (spec.resources replaces it in the worker);
+    # cpu and memory stay, or hugepages beside them would be refused.
     assert checked["containers"][0]["resources"] == {
-        "requests": {"example.com/foo": "1"},
-        "limits": {"example.com/foo": "1"},
+        "requests": {"memory": "32Gi", "cpu": "4", "example.com/foo": "1"},
+        "limits": {"memory": "32Gi", "example.com/foo": "1"},
     }
     assert checked["containers"][1]["resources"] == {"requests": {"memory": "1Gi"}}  # its own memory stays
     assert pod_spec["hostname"] == "Not_A_Hostname"  # the job's spec itself is left as it is
+    # An empty required node affinity (a Helm-rendered template's): the worker gets the accelerator's terms.
+    empty = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+    pod_spec["affinity"] = {"nodeAffinity": {**empty, "preferredDuringSchedulingIgnoredDuringExecution": []}}
+    affinity = template_check(admission_review(spec), CATALOG)[1]["spec"]["affinity"]  # type: ignore[index]
+    assert affinity == {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}

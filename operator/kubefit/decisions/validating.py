@@ -114,33 +114,53 @@ def _without_what_the_operator_sets(
 ) -> dict[str, Any]:
     """The template's pod spec less what the operator replaces in every worker (builders/pods.py), where the
     template's own value may be one the API server refuses although the worker's is fine: the accelerator
-    resources of every container (it requests its own), the trainer's cpu and memory (its own rules check
-    the template's: decisions/job.py), the hostname, subdomain and restart policy."""
+    resources of every container (it requests its own), a trainer's cpu or memory request above its limit
+    (spec.resources replaces the request; its own rules check the rest: decisions/job.py), an empty
+    required node affinity (it adds the accelerator's), the hostname, subdomain and restart policy."""
     checked = {key: value for key, value in pod_spec.items() if key not in ("hostname", "subdomain")}
     checked["restartPolicy"] = "Never"
     for field in ("containers", "initContainers"):
         containers = pod_spec.get(field)
         if isinstance(containers, list):
             checked[field] = [
-                _without_resources(
-                    container, accelerators | (_TRAINER_SET if (field, index) == ("containers", 0) else set())
-                )
+                _without_resources(container, accelerators, trainer=(field, index) == ("containers", 0))
                 for index, container in enumerate(containers)
             ]
+    node_affinity = _mapping(_mapping(pod_spec.get("affinity")).get("nodeAffinity"))
+    required = _mapping(node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution"))
+    if "requiredDuringSchedulingIgnoredDuringExecution" in node_affinity and not required.get(
+        "nodeSelectorTerms"
+    ):
+        kept = {
+            key: value
+            for key, value in node_affinity.items()
+            if key != "requiredDuringSchedulingIgnoredDuringExecution"
+        }
+        checked["affinity"] = {**_mapping(pod_spec.get("affinity")), "nodeAffinity": kept}
     return checked
 
 
-# What the operator sets in the trainer's (the first container's) requests and limits (builders/resources.py).
-_TRAINER_SET = frozenset({"cpu", "memory"})
+# What the operator sets in the trainer's (the first container's) requests (builders/resources.py).
+_TRAINER_SET = ("cpu", "memory")
 
 
-def _without_resources(container: Any, names: frozenset[str] | set[str]) -> Any:
+def _without_resources(container: Any, accelerators: frozenset[str], trainer: bool) -> Any:
+    """The container's resources without `accelerators`; for the trainer, a cpu or memory request with a
+    limit beside it taken as the limit (kept, not removed: hugepages need one of them)."""
     if not isinstance(container, Mapping) or not isinstance(container.get("resources"), Mapping):
         return container
     resources = dict(container["resources"])
     for kind in ("requests", "limits"):
         if isinstance(resources.get(kind), Mapping):
-            resources[kind] = {name: value for name, value in resources[kind].items() if name not in names}
+            resources[kind] = {
+                name: value for name, value in resources[kind].items() if name not in accelerators
+            }
+    requests, limits = resources.get("requests"), resources.get("limits")
+    if trainer and isinstance(requests, Mapping) and isinstance(limits, Mapping):
+        resources["requests"] = {
+            **requests,
+            **{name: limits[name] for name in _TRAINER_SET if name in requests and name in limits},
+        }
     return {**container, "resources": resources}
 
 
