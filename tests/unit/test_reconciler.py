@@ -2102,3 +2102,42 @@ def test_the_old_jobs_deleted_event_leaves_a_job_created_again_under_its_name_al
     assert h.reconciler.pending_requeue(KEY) is not None  # the new gang's timeout
     assert sorted(h.kube.pods) == ["llama-worker-0", "llama-worker-1"]
     h.reconciler.forget(KEY)  # cancels the timer
+
+
+def test_no_worker_is_created_from_a_spec_the_watch_has_shown_edited_during_the_pass(
+    harness: Harness,
+) -> None:
+    """A pass that writes no status before its creates (a retry whose kept error is the status already)
+    compares the spec it decided on with the job as the watch shows it last: an edit seen meanwhile leaves
+    the creates to the next round (a second review)."""
+    harness.kube.jobs["llama"] = job_manifest(replicas=2)
+    harness.reconciler.jobs.observe(KEY, job_manifest(replicas=2))
+    edited = job_manifest(replicas=2)
+    edited["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "EDITED", "value": "1"}]
+    original = reconciler_module.decide
+    created: list[dict[str, Any]] = []
+    create = harness.kube.create_pod
+
+    def deciding_while_edited(observation: Any, *args: Any) -> Any:
+        decision = original(observation, *args)
+        if decision.create and "env" not in observation.spec["template"]["spec"]["containers"][0]:
+            # the edit's watch event comes while the pass that creates the workers decides
+            harness.kube.jobs["llama"] = copy.deepcopy(edited)
+            harness.reconciler.jobs.observe(KEY, copy.deepcopy(edited))
+        return decision
+
+    def recording(namespace: str, manifest: dict[str, Any]) -> bool:
+        created.append(manifest)
+        return create(namespace, manifest)
+
+    harness.kube.create_pod = recording  # type: ignore[method-assign]
+    reconciler_module.decide = deciding_while_edited  # type: ignore[assignment]
+    try:
+        harness.reconcile()
+    finally:
+        reconciler_module.decide = original  # type: ignore[assignment]
+    assert len(created) == 2
+    for manifest in created:
+        assert {"name": "EDITED", "value": "1"} in manifest["spec"]["containers"][0]["env"], manifest[
+            "metadata"
+        ]

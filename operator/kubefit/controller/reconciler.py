@@ -738,6 +738,12 @@ class Reconciler:
         )
         created: list[str] = []
         deleted: list[str] = []
+        if (
+            decision.create
+            and not progress.spec_changed
+            and self._edited_since((ref.namespace, ref.name), job, state)
+        ):
+            progress.spec_changed = True  # no status written (a retry's kept error), or written before it
         try:
             # The spec changed since the pass read it: its workers wait for the round that decides on it.
             writes = replace(decision, create=()) if progress.spec_changed else decision
@@ -759,6 +765,15 @@ class Reconciler:
         if decision.delete_job:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ref.namespace, ref.name)
             self.api.delete_job(ref.namespace, ref.name, ref.uid)
+
+    def _edited_since(self, key: JobKey, job: Mapping[str, Any], state: _JobState) -> bool:
+        """Whether the job as last seen (the watch's latest) has another spec than the copy the pass decided
+        on; if so, it goes round again."""
+        held = self.jobs.held(key)
+        if held is None or held.get("spec") == job.get("spec"):
+            return False
+        self._go_round_again(state, urgent=True)
+        return True
 
     def _write_pods(
         self,
