@@ -738,15 +738,8 @@ class Reconciler:
         )
         created: list[str] = []
         deleted: list[str] = []
-        if (
-            decision.create
-            and not progress.spec_changed
-            and self._edited_since((ref.namespace, ref.name), job, state)
-        ):
-            progress.spec_changed = True  # no status written (a retry's kept error), or written before it
+        writes = self._writes_now((ref.namespace, ref.name), job, decision, state, progress)
         try:
-            # The spec changed since the pass read it: its workers wait for the round that decides on it.
-            writes = replace(decision, create=()) if progress.spec_changed else decision
             self._write_pods(observation, writes, state, service_due, (created, deleted))
         except Exception:
             # status.replicas counted every worker this decision creates: the failure's status must not.
@@ -766,14 +759,19 @@ class Reconciler:
             logger.info("deleting %s/%s: ttlSecondsAfterFinished has passed", ref.namespace, ref.name)
             self.api.delete_job(ref.namespace, ref.name, ref.uid)
 
-    def _edited_since(self, key: JobKey, job: Mapping[str, Any], state: _JobState) -> bool:
-        """Whether the job as last seen (the watch's latest) has another spec than the copy the pass decided
-        on; if so, it goes round again."""
-        held = self.jobs.held(key)
-        if held is None or held.get("spec") == job.get("spec"):
-            return False
-        self._go_round_again(state, urgent=True)
-        return True
+    def _writes_now(  # noqa: PLR0913 - the job, what was decided for it, and what the pass saw so far
+        self, key: JobKey, job: Mapping[str, Any], decision: Decision, state: _JobState, progress: _Progress
+    ) -> Decision:
+        """`decision` without its creates where the spec changed since the pass read the job: its workers
+        wait for the round that decides on the new spec. Told by the status write's answer, or, with none
+        written (a retry's kept error) or one written before the edit came, by the job as the watch shows it
+        last; the job then goes round again."""
+        if decision.create and not progress.spec_changed:
+            held = self.jobs.held(key)
+            if held is not None and held.get("spec") != job.get("spec"):
+                progress.spec_changed = True
+                self._go_round_again(state, urgent=True)
+        return replace(decision, create=()) if progress.spec_changed else decision
 
     def _write_pods(
         self,
