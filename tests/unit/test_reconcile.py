@@ -2045,6 +2045,52 @@ def test_a_gang_waiting_for_the_workers_leaving_for_it_says_so_not_only_kube_sch
     assert "not scheduled (and 1 more)" in condition(other, "Ready")["message"]
 
 
+def test_no_worker_is_created_while_workers_leaving_for_the_job_still_hold_its_places() -> None:
+    # Created at once, a worker waited Pending, and kube-scheduler bound it to the first free device, which
+    # could be one the pass kept for a job ahead; that job then preempted it (the closed-loop simulator:
+    # 19 preemptions in one timing, the cluster steady). It is created once the places are free.
+    spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
+    admitted = decide(observe(spec, []), CATALOG)
+    observed = observe(spec, [], admitted.status, NOW + timedelta(seconds=30))
+    held = decide(replace(observed, places_held=True, places_held_by=frozenset({("ml", "big")})), CATALOG)
+    assert held.create == () and condition(held, "Admitted")["status"] == "True"
+    assert (
+        condition(held, "Ready")["message"]
+        == "0/2 workers running; waiting for the workers of ml/big to leave (shrunk or preempted for this job)"
+    )
+    freed = decide(replace(observed, places_freed_at=NOW + timedelta(seconds=29)), CATALOG)
+    assert freed.create == (0, 1)
+    # Where reserved places are free now, their workers are created (they pull their image meanwhile):
+    # node-a has a device free, node-b none, node-c one that the job's own inventory counts as free.
+    elastic = elastic_spec(replicas=3, maximum=3)
+    nodes = [
+        NodeInventory("node-a", "nvidia-h100-80gb", 8, 1),
+        NodeInventory("node-b", "nvidia-h100-80gb", 8, 0),
+        NodeInventory("node-c", "nvidia-h100-80gb", 8, 1),
+    ]
+    partly = replace(
+        observe(elastic, [], decide(observe(elastic, []), CATALOG).status, NOW + timedelta(seconds=30)),
+        places_held=True,
+        places_held_by=frozenset({("ml", "big")}),
+        inventory=Inventory(nodes, []),
+        reserved_places={"node-a": 1, "node-b": 1, "node-c": 1},
+    )
+    assert decide(partly, CATALOG).create == (0, 1)
+    # On node-c that device is the job's own worker's, terminating: still held.
+    leaving = replace(pod(5, "Running", node="node-c"), terminating=True)
+    assert decide(replace(partly, pods=[leaving]), CATALOG).create == (0,)
+    # A worker of the job still unbound takes a free place first.
+    assert decide(replace(partly, pods=[pod(0, "Pending")]), CATALOG).create == (1,)
+    # An elastic job that lost a worker creates its replacement only then, too.
+    elastic = elastic_spec(replicas=2, maximum=2)
+    running = [pod(0, "Running", node="node-a")]
+    started = decide(observe(elastic, [*running, pod(1, "Running", node="node-b")]), CATALOG)
+    lost = observe(elastic, running, started.status, NOW + timedelta(seconds=40))
+    leaving = frozenset({("ml", "big")})
+    assert decide(replace(lost, places_held=True, places_held_by=leaving), CATALOG).create == ()
+    assert decide(lost, CATALOG).create == (1,)
+
+
 def test_the_gang_backoff_doubles_per_timeout() -> None:
     spec = raw_spec(scheduling={"gangTimeoutSeconds": 60})
     status = {**status_of(decide(observe(spec, [pod(0, "Pending")]), CATALOG))}

@@ -606,6 +606,7 @@ class Reconciler:
             places_held=grant.places_held,
             places_freed_at=grant.places_freed_at,
             places_held_by=grant.places_held_by,
+            reserved_places=grant.reserved,
             checkpoint_acks=self.board.acknowledged(key, request_id) if request_id else {},
             # Not offered by this process yet (just restarted): it will be once this decision is applied.
             checkpoint_told_at=(self.board.told_at(key, request_id) or now) if request_id else None,

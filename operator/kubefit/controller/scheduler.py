@@ -151,6 +151,8 @@ class Grant:
     # The workers the job wanted when the pass gave `reason`: one that names a count ("ScaledDown: wants 1")
     # is stale for a job since scaled to another (decisions/running.py, pass_reason).
     reason_want: int | None = field(default=None, compare=False)
+    # The places the last pass reserved for the job's unbound workers: node name -> workers.
+    reserved: Mapping[str, int] = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -328,6 +330,7 @@ class Scheduler:
                 entry.places_freed_at,
                 reason_want=entry.reason_want,
                 places_held_by=entry.places_held_by,
+                reserved=entry.reserved,
             )
 
     def _await_room_from(self, key: JobKey, entry: _Entry, victims: frozenset[JobKey]) -> None:
@@ -919,9 +922,14 @@ class Scheduler:
                     changed.append(key)
                 if _decided(entry) and key not in changed:
                     changed.append(key)
+                reserved = plan.reserved.get(key, {})
+                # A job waiting for workers leaving for it creates a worker once its reserved place is free
+                # (decisions/running.py, _wait_for_room): places moved to free devices (a node added) count now.
+                if entry.places_held and reserved != entry.reserved and key not in changed:
+                    changed.append(key)
                 entry.granted, entry.waiting = granted, waiting
                 entry.hostnames = hostnames.get(key, frozenset())
-                entry.reserved = plan.reserved.get(key, {})
+                entry.reserved = reserved
                 entry.counted = plan.placement.get(key, {})
         self.metrics.count_scale_events(scaled)
         self.metrics.count_preemptions(preempted)

@@ -116,6 +116,8 @@ class JobObservation:
     places_freed_at: datetime | None = None
     # The jobs (namespace, name) whose leaving workers hold them: status.gang.roomFrom.
     places_held_by: frozenset[tuple[str, str]] = frozenset()
+    # The places the pass reserved for the job's unbound workers, node name -> workers (scheduler.Grant).
+    reserved_places: Mapping[str, int] = field(default_factory=dict)
     # Acknowledgements of the open checkpoint request (status.checkpoint.requestId): worker pod -> step.
     checkpoint_acks: Mapping[str, int] = field(default_factory=dict)
     # When this operator process offered that request to the workers (None: when it was opened). An operator

@@ -25,6 +25,7 @@ group's worker gone before then is lost (the group restarts, uncounted), not tak
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -166,6 +167,37 @@ def _hold_for_old_group(ctx: JobContext, draft: Draft, leaving: Sequence[WorkerP
         draft.gang = _timed_from_old_workers_gone(draft.gang, leaving)
 
 
+def _wait_for_room(ctx: JobContext, draft: Draft) -> None:
+    """While workers of jobs shrunk or preempted for this one are still leaving (JobObservation.places_held),
+    creates only as many workers as its reserved places free now hold, the lowest indices first (they pull
+    their image meanwhile). One created for a place still held stays Pending, and kube-scheduler binds it
+    to the first node with a free device, which may be one the pass keeps for a job ahead of it; that job
+    then preempts it, and the two take turns (docs/scheduling.md). The rest are created once the leaving
+    workers are gone (the pass reconciles the job then), and each finds its reserved place free, where its
+    preferred node term takes it. The gang clock does not run meanwhile (_gang_clock_start); Ready names
+    who is leaving."""
+    if not ctx.observation.places_held or not draft.create:
+        return
+    unbound = sum(1 for pod in ctx.live if not pod.node_name)
+    draft.create = draft.create[: max(0, _reserved_places_free(ctx) - unbound)]
+    if not draft.create:
+        draft.worker_set = None
+
+
+def _reserved_places_free(ctx: JobContext) -> int:
+    """The job's reserved places (JobObservation.reserved_places) whose devices no pod holds now. The job's
+    inventory counts its own workers' devices as free: taken off here, terminating ones too."""
+    per_worker = ctx.sizing.accelerators_per_worker
+    if per_worker <= 0:
+        return 0
+    free = {node.name: node.free for node in ctx.observation.inventory.placeable}
+    ours = Counter(pod.node_name for pod in ctx.ours if pod.node_name and not pod.finished)
+    return sum(
+        min(workers, max(0, free.get(node, 0) - ours[node] * per_worker) // per_worker)
+        for node, workers in ctx.observation.reserved_places.items()
+    )
+
+
 def _still_going(pods: Sequence[WorkerPod], now: datetime) -> bool:
     """Whether one of `pods` is running or terminating and not stuck (WorkerPod.stuck_terminating: its node
     unreachable, not waited for)."""
@@ -225,6 +257,7 @@ def _admitted_job(ctx: JobContext, grant: int, fixed: bool) -> Draft:
         gang = _with_growth_hold(ctx, draft, gang, given_up, held_until)
     draft.gang = _with_room(ctx, gang)
     _wait_for_old_workers(ctx, draft, plan.target, fixed)
+    _wait_for_room(ctx, draft)
     # A new group (a new world size, or after a failure) runs every worker afresh: what succeeded in the
     # old one does not count for it.
     draft.succeeded_workers = frozenset() if new_world or group_failed or lost else done
@@ -1380,17 +1413,14 @@ def _unplaceable(ctx: JobContext) -> str | None:
 
 def _room_note(ctx: JobContext) -> str | None:
     """ "; waiting for the workers of ml/big to leave (...)" while workers of jobs shrunk or preempted for
-    this one still hold the devices its unplaced workers wait for: kube-scheduler's "Insufficient
+    this one still hold the devices its workers wait for, unplaced or not created yet (_wait_for_room):
+    kube-scheduler's "Insufficient
     nvidia.com/gpu" alone read like a failure for the whole checkpoint grace (an audit). None where none
     does, or where an unplaced worker waits for something else (kube-scheduler's reason is told then)."""
     held_by = room_entries(ctx.observation.places_held_by) if ctx.observation.places_held else None
     resource = ctx.sizing.resource_name
     waiting = [pod for pod in ctx.live if not pod.node_name]
-    if (
-        not held_by
-        or not waiting
-        or any(pod.unschedulable and resource not in pod.short_of for pod in waiting)
-    ):
+    if not held_by or any(pod.unschedulable and resource not in pod.short_of for pod in waiting):
         return None
     return f"; waiting for the workers of {', '.join(held_by)} to leave (shrunk or preempted for this job)"
 
