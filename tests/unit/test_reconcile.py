@@ -2081,6 +2081,13 @@ def test_no_worker_is_created_while_workers_leaving_for_the_job_still_hold_its_p
     assert decide(replace(partly, pods=[leaving]), CATALOG).create == (0,)
     # A worker of the job still unbound takes a free place first.
     assert decide(replace(partly, pods=[pod(0, "Pending")]), CATALOG).create == (1,)
+    # An own worker from before an edit of the device count holds what it was created with: node-c's 8.
+    old_count = replace(pod(5, "Running", node="node-c"), terminating=True, devices=(("nvidia.com/gpu", 8),))
+    wide = [*nodes[:2], NodeInventory("node-c", "nvidia-h100-80gb", 8, 8)]
+    assert decide(replace(partly, pods=[old_count], inventory=Inventory(wide, [])), CATALOG).create == (0,)
+    # Every desired worker live and bound (its image still pulling): Ready names no one it waits for.
+    pulling = replace(partly, pods=[pod(index, "Pending", node="node-b") for index in range(3)])
+    assert "waiting for the workers" not in condition(decide(pulling, CATALOG), "Ready")["message"]
     # An elastic job that lost a worker creates its replacement only then, too.
     elastic = elastic_spec(replicas=2, maximum=2)
     running = [pod(0, "Running", node="node-a")]

@@ -931,6 +931,33 @@ def test_a_job_whose_reserved_places_are_held_by_workers_leaving_for_it_is_told_
     assert not scheduler.grant(urgent, cluster.workers[urgent]).places_held
 
 
+def test_a_job_waiting_for_workers_leaving_for_it_is_reconciled_when_a_pass_reserves_it_free_devices() -> (
+    None
+):
+    """Its workers are created only for reserved places free now (decisions/running.py, _wait_for_room): a
+    node added while the victim it preempted saves gives it a place at once, and the pass that reserves it
+    there reconciles it; a pass that only drops a reservation (the victim's devices still held) does not."""
+    victim, urgent = ("ns", "victim"), ("ns", "urgent")
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    scheduler, recorder = sync_scheduler()
+    scheduler.offer(victim, demand("victim", created=1), ANYWHERE, cluster.view())
+    cluster.workers[victim] = [worker("victim", index, "n1" if index < 2 else "n2") for index in range(4)]
+    whole_nodes = replace(
+        demand("urgent", per_worker=8, min_workers=2, want=2, priority=100, created=2),
+        elastic=False,
+        preemption="LowerPriority",
+    )
+    scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
+    assert scheduler.grant(urgent, []).places_held
+    recorder.calls.clear()
+    scheduler.request("pod", cluster.view())
+    assert scheduler.grant(urgent, []).reserved == {} and urgent not in recorder.keys()
+    cluster.nodes.append(node("n3"))
+    scheduler.request("node", cluster.view())
+    grant = scheduler.grant(urgent, [])
+    assert grant.places_held and grant.reserved == {"n3": 1} and urgent in recorder.keys()
+
+
 def test_a_victim_that_grows_on_other_nodes_still_holds_the_newcomers_clock_while_its_workers_leave() -> None:
     # The newcomer may use pool a only; the victim either pool.
     victim, urgent = ("ns", "victim"), ("ns", "urgent")

@@ -184,6 +184,19 @@ def test_a_victim_that_keeps_its_workers_holds_a_gang_at_most_the_hold_limit() -
     assert not grant.places_held and grant.places_freed_at is not None  # its gang clock runs from now
 
 
+def test_a_gang_with_no_worker_yet_whose_status_names_jobs_leaving_for_it_is_taken_back_admitted() -> None:
+    """urgent creates its workers only once the places victim is leaving are free (decisions/running.py): an
+    operator restarted meanwhile found no worker of it and queued it, and the pass preempted another job
+    for it while victim's devices were on their way (the review's simulation)."""
+    scheduler = Scheduler(CATALOG, OperatorMetrics(), SchedulerSettings(debounce=None))
+    scheduler.reconcile_with(Recorder())
+    victim, urgent = ("ns", "victim"), ("ns", "urgent")
+    grant = scheduler.grant(urgent, [], admitted_with=1, room_from=frozenset({victim}))
+    assert grant.workers == 1 and grant.places_held and grant.places_held_by == {victim}
+    # Without jobs leaving for it, a job with no worker is queued as before (its status may be stale).
+    assert scheduler.grant(("ns", "other"), [], admitted_with=1).workers is None
+
+
 @pytest.mark.parametrize("leaving", ["terminating", "in-its-handshake"])
 def test_a_victim_still_saving_holds_a_gang_past_the_hold_limit(leaving: str) -> None:
     """victim (a checkpoint grace of hours) shrunk 4 -> 2 for urgent, in the queue: its workers 2 and 3

@@ -294,7 +294,8 @@ class Scheduler:
         it was shrunk to; one preempted, then suspended, not at all. With `uid` (the job's), an entry of
         another job of the same name (deleted, its DELETED event not handled yet) is not its grant: none,
         as for a job no pass has decided, until its offer replaces that entry. `room_from` (status.gang.roomFrom):
-        jobs whose workers were leaving for its gang; its places stay held by them until a pass sees them gone."""
+        jobs whose workers were leaving for its gang; its places stay held by them until a pass sees them gone,
+        and a job with it is taken back at `admitted_with` before any of its workers exists."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and uid is not None and entry.uid not in (None, uid):
@@ -304,7 +305,9 @@ class Scheduler:
                 # The status's admitted worker count keeps a gang whole when one of its pods went while
                 # the operator was down (it is recreated, not the gang resized).
                 found = recovered_workers(pods)
-                if not found or (admitted_with is None and not resumed):
+                # One with no worker yet whose status names jobs leaving for it (roomFrom) creates its
+                # workers once their places are free (decisions/running.py): admitted all the same.
+                if (not found and not room_from) or (admitted_with is None and not resumed):
                     workers = 0
                 elif target is not None:
                     workers = target
@@ -924,8 +927,9 @@ class Scheduler:
                     changed.append(key)
                 reserved = plan.reserved.get(key, {})
                 # A job waiting for workers leaving for it creates a worker once its reserved place is free
-                # (decisions/running.py, _wait_for_room): places moved to free devices (a node added) count now.
-                if entry.places_held and reserved != entry.reserved and key not in changed:
+                # (decisions/running.py, _wait_for_room). Past the pass that made room, a place is reserved
+                # only on free devices (a victim gone, a node added): a new one is reconciled at once.
+                if entry.places_held and reserved and reserved != entry.reserved and key not in changed:
                     changed.append(key)
                 entry.granted, entry.waiting = granted, waiting
                 entry.hostnames = hostnames.get(key, frozenset())

@@ -186,14 +186,19 @@ def _wait_for_room(ctx: JobContext, draft: Draft) -> None:
 
 def _reserved_places_free(ctx: JobContext) -> int:
     """The job's reserved places (JobObservation.reserved_places) whose devices no pod holds now. The job's
-    inventory counts its own workers' devices as free: taken off here, terminating ones too."""
+    inventory counts its own workers' devices as free: taken off here, terminating ones too, each by what
+    it was created with (a worker from before an edit of the device count holds the old count)."""
     per_worker = ctx.sizing.accelerators_per_worker
     if per_worker <= 0:
         return 0
     free = {node.name: node.free for node in ctx.observation.inventory.placeable}
-    ours = Counter(pod.node_name for pod in ctx.ours if pod.node_name and not pod.finished)
+    ours: Counter[str] = Counter()
+    for pod in ctx.ours:
+        if pod.node_name and not pod.finished:
+            held = pod.holds(ctx.sizing.resource_name)
+            ours[pod.node_name] += per_worker if held is None else held
     return sum(
-        min(workers, max(0, free.get(node, 0) - ours[node] * per_worker) // per_worker)
+        min(workers, max(0, free.get(node, 0) - ours[node]) // per_worker)
         for node, workers in ctx.observation.reserved_places.items()
     )
 
@@ -1386,7 +1391,7 @@ def _readiness(
             ConditionType.READY,
             "False",
             Reason.WORKERS_NOT_READY,
-            counts + _held_names(ctx, held) + (_room_note(ctx) or unscheduled_note(ctx)),
+            counts + _held_names(ctx, held) + (_room_note(ctx, desired) or unscheduled_note(ctx)),
         ),
         _running_condition(ctx, ready, desired, counts + note),
     ]
@@ -1411,16 +1416,22 @@ def _unplaceable(ctx: JobContext) -> str | None:
     return waiting[0].unschedulable
 
 
-def _room_note(ctx: JobContext) -> str | None:
+def _room_note(ctx: JobContext, desired: int) -> str | None:
     """ "; waiting for the workers of ml/big to leave (...)" while workers of jobs shrunk or preempted for
     this one still hold the devices its workers wait for, unplaced or not created yet (_wait_for_room):
     kube-scheduler's "Insufficient
     nvidia.com/gpu" alone read like a failure for the whole checkpoint grace (an audit). None where none
-    does, or where an unplaced worker waits for something else (kube-scheduler's reason is told then)."""
+    does, where every desired worker is live and bound (one not ready then waits for something else: its
+    image, its start), or where an unplaced worker waits for something else (kube-scheduler's reason is told
+    then)."""
     held_by = room_entries(ctx.observation.places_held_by) if ctx.observation.places_held else None
     resource = ctx.sizing.resource_name
     waiting = [pod for pod in ctx.live if not pod.node_name]
-    if not held_by or any(pod.unschedulable and resource not in pod.short_of for pod in waiting):
+    if (
+        not held_by
+        or (not waiting and len(ctx.live) >= desired)
+        or any(pod.unschedulable and resource not in pod.short_of for pod in waiting)
+    ):
         return None
     return f"; waiting for the workers of {', '.join(held_by)} to leave (shrunk or preempted for this job)"
 
