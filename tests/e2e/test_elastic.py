@@ -418,8 +418,8 @@ def test_a_gang_admitted_by_a_shrink_waits_out_the_victims_longer_checkpoint_gra
     """The victim's removed workers save for up to 30 s (nobody acknowledges); the newcomer's gang timeout
     is 15 s. Its clock waits for those places: it starts once they are free, and never times out. Two
     workers of 4 devices are made room for by shrinking the victim to its minimum; two of 8 need both
-    nodes, so the whole victim is preempted. (Not shorter: once the places are free, kube-scheduler takes
-    up to its pod backoff, 10 s in 1.20, to try the newcomer's pending pods again.)"""
+    nodes, so the whole victim is preempted. No worker of the newcomer exists while the victim's workers hold
+    its places: a Pending one could be bound on devices the pass keeps for another job."""
     slow_saver = elastic_job("slow-saver", namespace, pool, replicas=4, low=2, high=4)
     slow_saver["spec"]["elastic"]["checkpointGracePeriodSeconds"] = 30
     kube.apply(slow_saver)
@@ -432,6 +432,17 @@ def test_a_gang_admitted_by_a_shrink_waits_out_the_victims_longer_checkpoint_gra
         )
     )  # fmt: skip
     with explained(kube, namespace, "impatient", "slow-saver"):
+        waiting = wait_for(
+            "impatient's Ready naming slow-saver",
+            lambda: (
+                "slow-saver to leave"
+                in (kube.condition(namespace, "impatient", "Ready") or {}).get("message", "")
+            ),
+        )
+        created = kube.workers(namespace, "impatient")
+        victims = kube.workers(namespace, "slow-saver")  # read after: still leaving then, so before too
+        assert len(victims) > (2 if preemption == "Never" else 0), "the victim's workers left too soon"
+        assert waiting and created == [], [pod["metadata"]["name"] for pod in created]
         wait_for("impatient at 2 running workers", lambda: running(kube, namespace, "impatient") == 2, 90)
     took = time.monotonic() - started
     print(

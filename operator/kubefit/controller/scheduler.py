@@ -183,6 +183,19 @@ class _Entry:
     uid: str | None = None  # the job's: workers of an earlier job of the same name are not its own
 
 
+def _taken_back(
+    found: int, admitted_with: int | None, resumed: bool, target: int | None, room_from: frozenset[JobKey]
+) -> int:
+    """The grant of a job first seen with `found` workers (Scheduler.grant); 0: not taken back. One with no
+    worker yet whose status names jobs leaving for it (roomFrom) creates its workers once their places are
+    free (decisions/running.py): admitted all the same."""
+    if (not found and not room_from) or (admitted_with is None and not resumed):
+        return 0
+    if target is not None:
+        return target
+    return max(found, admitted_with or 0)
+
+
 def _note_places_held(entry: _Entry, held_by: frozenset[JobKey]) -> bool:
     """Notes which jobs' leaving workers hold the job's places now; True if it is to be reconciled: its places
     freed up (its gang clock starts then, decisions/running.py), or other jobs hold them (its status's
@@ -304,15 +317,7 @@ class Scheduler:
                 self._seen.add(key)
                 # The status's admitted worker count keeps a gang whole when one of its pods went while
                 # the operator was down (it is recreated, not the gang resized).
-                found = recovered_workers(pods)
-                # One with no worker yet whose status names jobs leaving for it (roomFrom) creates its
-                # workers once their places are free (decisions/running.py): admitted all the same.
-                if (not found and not room_from) or (admitted_with is None and not resumed):
-                    workers = 0
-                elif target is not None:
-                    workers = target
-                else:
-                    workers = max(found, admitted_with or 0)
+                workers = _taken_back(recovered_workers(pods), admitted_with, resumed, target, room_from)
                 left_with = self._grant_on_leaving.pop(key, 0)
                 if resumed and key in self._leaving:
                     workers = min(workers, left_with)
