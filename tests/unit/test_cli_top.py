@@ -177,6 +177,19 @@ def test_thresholds_outside_zero_to_one_are_refused_naming_the_flag(
     assert "--idle-below" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("namespace", ["BAD NS", "Team", "team_a", "a" * 64, ""])
+def test_a_namespace_no_namespace_may_have_is_refused_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], namespace: str
+) -> None:
+    # It listed nothing and printed "No TrainingJobs found.", as for a namespace without jobs.
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["top", "-n", namespace])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--namespace" in err and f"{namespace!r} is not a namespace name" in err
+    assert build_parser().parse_args(["top", "-n", "team-a1"]).namespace == "team-a1"
+
+
 def test_idle_below_without_prometheus_is_refused_not_ignored() -> None:
     """Utilisation comes only from --prometheus: a threshold for it without one did nothing, exit 0 (kubefit
     size refuses --context without --cluster the same way). Nothing is read from the cluster first."""

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -22,6 +23,7 @@ from typing import Any, TextIO, cast
 from kubefit.api.conditions import FINISHED_PHASES, Reason
 from kubefit.api.formatting import parse_index_ranges
 from kubefit.api.resource import GROUP, PLURAL, VERSION
+from kubefit.api.template import DNS_LABEL_MAX, DNS_LABEL_PATTERN
 from kubefit.api.units import GIB
 from kubefit.builders.naming import worker_index
 from kubefit.decisions.job import previous_sizing
@@ -379,6 +381,14 @@ def _top(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _namespace_name(text: str) -> str:
+    """A namespace name is a DNS label: any other named none, and `top` printed "No TrainingJobs found." as
+    for a namespace without jobs."""
+    if not re.fullmatch(DNS_LABEL_PATTERN, text) or len(text) > DNS_LABEL_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace name (lowercase DNS label)")
+    return text
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -397,7 +407,9 @@ def register(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     scope = top.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    scope.add_argument(
+        "-n", "--namespace", type=_namespace_name, help="namespace (default: the kubeconfig context's)"
+    )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     top.add_argument("--context", help="kubeconfig context (default: the current one)")
     top.add_argument(
