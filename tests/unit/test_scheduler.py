@@ -937,19 +937,9 @@ def test_a_job_waiting_for_workers_leaving_for_it_is_reconciled_when_a_pass_rese
     """Its workers are created only for reserved places free now (decisions/running.py, _wait_for_room): a
     node added while the victim it preempted saves gives it a place at once, and the pass that reserves it
     there reconciles it; a pass that only drops a reservation (the victim's devices still held) does not."""
-    victim, urgent = ("ns", "victim"), ("ns", "urgent")
-    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
-    scheduler, recorder = sync_scheduler()
-    scheduler.offer(victim, demand("victim", created=1), ANYWHERE, cluster.view())
-    cluster.workers[victim] = [worker("victim", index, "n1" if index < 2 else "n2") for index in range(4)]
-    whole_nodes = replace(
-        demand("urgent", per_worker=8, min_workers=2, want=2, priority=100, created=2),
-        elastic=False,
-        preemption="LowerPriority",
-    )
-    scheduler.offer(urgent, whole_nodes, ANYWHERE, cluster.view())
-    assert scheduler.grant(urgent, []).places_held
-    recorder.calls.clear()
+    cluster, scheduler, _, urgent = _preempted_for_urgent()
+    recorder = Recorder()
+    scheduler.reconcile_with(recorder)
     scheduler.request("pod", cluster.view())
     assert scheduler.grant(urgent, []).reserved == {} and urgent not in recorder.keys()
     cluster.nodes.append(node("n3"))
