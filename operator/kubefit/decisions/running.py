@@ -1419,11 +1419,10 @@ def _unplaceable(ctx: JobContext) -> str | None:
 def _room_note(ctx: JobContext, desired: int) -> str | None:
     """ "; waiting for the workers of ml/big to leave (...)" while workers of jobs shrunk or preempted for
     this one still hold the devices its workers wait for, unplaced or not created yet (_wait_for_room):
-    kube-scheduler's "Insufficient
-    nvidia.com/gpu" alone read like a failure for the whole checkpoint grace (an audit). None where none
-    does, where every desired worker is live and bound (one not ready then waits for something else: its
-    image, its start), or where an unplaced worker waits for something else (kube-scheduler's reason is told
-    then)."""
+    kube-scheduler's "Insufficient nvidia.com/gpu" alone read like a failure for the whole checkpoint grace
+    (an audit). None where none does, where every desired worker is live and bound (one not ready then waits
+    for something else: its image, its start), or where an unplaced worker waits for something else
+    (kube-scheduler's reason is told then)."""
     held_by = room_entries(ctx.observation.places_held_by) if ctx.observation.places_held else None
     resource = ctx.sizing.resource_name
     waiting = [pod for pod in ctx.live if not pod.node_name]
