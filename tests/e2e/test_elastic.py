@@ -490,6 +490,39 @@ def test_preemption_stops_a_whole_lower_priority_job_which_requeues_and_does_not
     wait_for("the victim running again", lambda: running(kube, namespace, "victim") == 4, timeout=60)
 
 
+def test_a_preemptor_starts_on_a_node_added_while_its_victim_saves(
+    kube: Kube,
+    namespace: str,
+    add_pool: Callable[..., PrivatePool],
+    grow_pool: Callable[[PrivatePool, int], tuple[str, ...]],
+) -> None:
+    """A job admitted onto devices its victim still holds creates its workers only for places free now
+    (docs/scheduling.md, "Gang start"): none while its one place is the victim's, and one on a node added
+    meanwhile, which the next pass reserves for it, long before the victim's grace (120 s, nobody
+    acknowledges) ends. Holding every worker until the victim had gone, it started only then."""
+    pool = add_pool(PoolNodes(H100, nodes=1, per_node=8))
+    victim = fixed_job("victim", namespace, pool, replicas=1, per_worker=8)
+    victim["spec"]["elastic"]["checkpointGracePeriodSeconds"] = 120
+    kube.apply(victim)
+    wait_for("victim running", lambda: running(kube, namespace, "victim") == 1)
+    urgent = fixed_job(
+        "urgent", namespace, pool, replicas=1, per_worker=8,
+        scheduling={"priority": 100, "preemption": "LowerPriority"},
+    )  # fmt: skip
+    kube.apply(urgent)
+    with explained(kube, namespace, "urgent", "victim"):
+        wait_for(
+            "the victim preempted",
+            lambda: condition_is(kube, namespace, "victim", "Admitted", "False", "Preempted"),
+        )
+        assert kube.workers(namespace, "urgent") == []  # its only place is the victim's, still saving
+        (added,) = grow_pool(pool, 1)
+        wait_for("urgent running", lambda: running(kube, namespace, "urgent") == 1, timeout=90)
+        saving = live(kube, namespace, "victim")
+    assert [pod["spec"]["nodeName"] for pod in live(kube, namespace, "urgent")] == [added]
+    assert saving, "the victim's worker had gone: the test shows nothing"
+
+
 def test_a_preemptor_kube_scheduler_cannot_place_for_another_reason_preempts_only_once(
     kube: Kube, namespace: str, pool: PrivatePool
 ) -> None:
