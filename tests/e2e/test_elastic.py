@@ -490,7 +490,7 @@ def test_preemption_stops_a_whole_lower_priority_job_which_requeues_and_does_not
     wait_for("the victim running again", lambda: running(kube, namespace, "victim") == 4, timeout=60)
 
 
-def test_a_preemptor_starts_on_a_node_added_while_its_victim_saves(
+def test_a_preemptor_starts_on_a_node_added_while_its_victim_saves_and_the_victim_keeps_its_worker(
     kube: Kube,
     namespace: str,
     add_pool: Callable[..., PrivatePool],
@@ -499,12 +499,15 @@ def test_a_preemptor_starts_on_a_node_added_while_its_victim_saves(
     """A job admitted onto devices its victim still holds creates its workers only for places free now
     (docs/scheduling.md, "Gang start"): none while its one place is the victim's, and one on a node added
     meanwhile, which the next pass reserves for it, long before the victim's grace (120 s, nobody
-    acknowledges) ends. Holding every worker until the victim had gone, it started only then."""
+    acknowledges) ends. Holding every worker until the victim had gone, it started only then. Its worker
+    bound there, the preemption is undone: the victim keeps the worker it had, never deleted, and is
+    admitted again with its checkpoint request closed, rather than restarting once its grace ended."""
     pool = add_pool(PoolNodes(H100, nodes=1, per_node=8))
     victim = fixed_job("victim", namespace, pool, replicas=1, per_worker=8)
     victim["spec"]["elastic"]["checkpointGracePeriodSeconds"] = 120
     kube.apply(victim)
     wait_for("victim running", lambda: running(kube, namespace, "victim") == 1)
+    (first,) = [pod["metadata"]["uid"] for pod in live(kube, namespace, "victim")]
     urgent = fixed_job(
         "urgent", namespace, pool, replicas=1, per_worker=8,
         scheduling={"priority": 100, "preemption": "LowerPriority"},
@@ -521,6 +524,18 @@ def test_a_preemptor_starts_on_a_node_added_while_its_victim_saves(
         saving = live(kube, namespace, "victim")
     assert [pod["spec"]["nodeName"] for pod in live(kube, namespace, "urgent")] == [added]
     assert saving, "the victim's worker had gone: the test shows nothing"
+    with explained(kube, namespace, "urgent", "victim"):
+        admitted = wait_for(
+            "the victim admitted again",
+            lambda: condition_is(kube, namespace, "victim", "Admitted", "True"),
+            timeout=60,
+        )
+        assert "preemption undone" in admitted["message"] and f"{namespace}/urgent" in admitted["message"]
+        wait_for("the victim running", lambda: running(kube, namespace, "victim") == 1)
+        assert [pod["metadata"]["uid"] for pod in live(kube, namespace, "victim")] == [first]
+        assert kube.job_status(namespace, "victim").get("checkpoint") is None
+        deleted = [event for event in kube.events(namespace, "victim") if event["reason"] == "DeletedWorkers"]
+        assert deleted == [] and running(kube, namespace, "urgent") == 1
 
 
 def test_a_preemptor_kube_scheduler_cannot_place_for_another_reason_preempts_only_once(

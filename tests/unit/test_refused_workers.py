@@ -775,3 +775,39 @@ def test_a_taken_service_name_nothing_has_told_yet_stays_a_reconcile_error(
     ready = harness.condition("Ready")
     assert (ready["reason"], state.failures) == ("ReconcileError", 1), ready
     assert SERVICE_TAKEN in ready["message"]
+
+
+def test_a_job_preempted_for_one_deleted_during_its_handshake_keeps_its_workers_and_runs_on(
+    harness: Harness,
+) -> None:
+    """The job it was preempted for is deleted while its workers save: the next pass grants it its workers
+    again, and its reconcile takes them back (the request closed, none deleted, Admitted again and saying
+    why) rather than stopping them at the end of the grace and starting again from the queue."""
+    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
+    harness.kube.jobs["other"]["spec"]["elastic"] = {"checkpointGracePeriodSeconds": 600}
+    harness.reconcile(key=OTHER)
+    run_on_h0(harness, "other")
+    harness.reconcile("pod", key=OTHER)
+    llama = job_manifest(replicas=2)
+    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
+    harness.kube.jobs["llama"] = llama
+    harness.reconcile()
+    both_reconciled(harness)
+    assert harness.condition("Admitted", "other")["reason"] == "Preempted"
+    assert harness.kube.jobs["other"]["status"]["checkpoint"]["reason"] == "Preempted"
+    for name in [name for name in harness.kube.pods if name.startswith("llama-")]:
+        del harness.kube.pods[name]
+    del harness.kube.jobs["llama"]
+    harness.reconciler.job_deleted(KEY, None, harness.view())
+    harness.reconcile("update", key=OTHER)
+    status = harness.kube.jobs["other"]["status"]
+    admitted = harness.condition("Admitted", "other")
+    assert (admitted["status"], admitted["reason"]) == ("True", "Admitted")
+    assert status["phase"] == "Running" and status.get("checkpoint") is None
+    assert not [call for call in harness.calls("delete_pod") if call[1].startswith("other-")]
+    assert sorted(name for name in harness.kube.pods if name.startswith("other-")) == [
+        "other-worker-0",
+        "other-worker-1",
+    ]
+    told = [call for call in harness.events("Admitted") if "preemption undone" in call[2]]
+    assert told and "team-a/llama no longer needs their places" in told[-1][2], harness.events("Admitted")

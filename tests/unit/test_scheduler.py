@@ -1031,6 +1031,78 @@ def _preempted_for_urgent() -> tuple[FakeCluster, Scheduler, JobKey, JobKey]:
     return cluster, scheduler, victim, urgent
 
 
+def _urgent_placed_on_added_nodes(cluster: FakeCluster, scheduler: Scheduler, urgent: JobKey) -> None:
+    """Two nodes join while the victim saves: the pass moves urgent's places there, and its workers bind."""
+    cluster.nodes += [node("n3"), node("n4")]
+    scheduler.request("node", cluster.view())
+    assert scheduler.grant(urgent, []).reserved == {"n3": 1, "n4": 1}
+    cluster.workers[urgent] = [worker("urgent", 0, "n3"), worker("urgent", 1, "n4")]
+    cluster.per_worker[urgent] = 8
+    # Bound where the pass counted them, yet the binds ask for a pass: it may undo the preemption.
+    assert not scheduler.worker_bound(urgent, "n3", cluster.view())
+
+
+def test_a_preempted_job_is_taken_back_with_its_running_workers_once_its_preemptor_runs_elsewhere() -> None:
+    """The victim's four workers still save when the job it was preempted for starts on nodes added
+    meanwhile: the victim is granted its four again, keeps its workers, and holds that job no longer."""
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
+    recorder = Recorder()
+    scheduler.reconcile_with(recorder)
+    _urgent_placed_on_added_nodes(cluster, scheduler, urgent)
+    assert scheduler.snapshot()[victim].workers == 0  # urgent's workers are not bound yet in that pass
+    scheduler.request("pod", cluster.view())
+    taken_back = scheduler.grant(victim, cluster.workers[victim])
+    assert taken_back.workers == 4 and victim in recorder.keys()
+    assert taken_back.reason is not None and taken_back.reason.startswith("Admitted: preemption undone")
+    assert "ns/urgent no longer needs their places" in taken_back.reason
+    assert not scheduler.grant(urgent, cluster.workers[urgent]).places_held
+    assert scheduler.snapshot()[urgent].workers == 2
+    # Later passes leave both as they are, and count no preemption or scale change for the take-back.
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[victim].workers == 4 and scheduler.snapshot()[urgent].workers == 2
+    assert _sample(scheduler, "kubefit_scale_events_total", direction="up", reason="Admitted") is None
+
+
+def test_a_preemption_goes_on_while_its_preemptor_has_a_worker_not_bound() -> None:
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
+    _urgent_placed_on_added_nodes(cluster, scheduler, urgent)
+    cluster.workers[urgent][1] = worker("urgent", 1, None, phase="Pending")
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[victim].workers == 0
+    assert scheduler.grant(urgent, cluster.workers[urgent]).places_held
+
+
+def test_a_preemption_goes_on_once_a_victims_worker_is_terminating() -> None:
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
+    _urgent_placed_on_added_nodes(cluster, scheduler, urgent)
+    cluster.workers[victim][3] = worker("victim", 3, "n2", terminating=True)  # its handshake is over
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[victim].workers == 0
+
+
+def test_a_preemption_goes_on_when_a_job_waiting_ahead_of_the_victim_would_take_its_devices() -> None:
+    """A job queued before the victim's requeue (older, same priority, no preemption) would be admitted on
+    the victim's devices once its workers are gone: taking the victim back would keep them from it."""
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
+    waiting = ("ns", "waiting")
+    scheduler.offer(
+        waiting, demand("waiting", per_worker=8, min_workers=2, want=2, created=0.5), ANYWHERE, cluster.view()
+    )
+    _urgent_placed_on_added_nodes(cluster, scheduler, urgent)
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[victim].workers == 0
+    assert scheduler.snapshot()[waiting].workers == 0  # its devices are still the victim's workers'
+    cluster.workers[victim] = []
+    scheduler.request("pod", cluster.view())
+    assert scheduler.snapshot()[waiting].workers == 2 and scheduler.snapshot()[victim].workers == 0
+
+
+def test_a_job_preempted_for_one_since_deleted_is_taken_back_with_its_running_workers() -> None:
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
+    scheduler.forget(urgent, cluster.view())
+    assert scheduler.snapshot()[victim].workers == 4
+
+
 def test_an_admitted_gang_whose_node_went_preempts_at_once_once_its_own_old_workers_are_gone() -> None:
     """Urgent runs a worker on n1 and n2, low and lower one each on n3 and n4; n2 goes. While urgent's
     survivor terminates (its group restarts) that worker's devices come back to it: nothing is taken (two

@@ -41,6 +41,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from kubefit.api.resource import JobKey
 from kubefit.controller.cluster import ClusterView
@@ -63,6 +64,7 @@ from kubefit.controller.pass_inputs import (
     with_quotas,
     workers_and_usage,
 )
+from kubefit.controller.preemption_undo import deprives_no_one, preemptions_to_undo, undone_reason
 from kubefit.decisions.admission import (
     AdmissionPlan,
     AdmissionPolicy,
@@ -477,8 +479,18 @@ class Scheduler:
                 self._binds_in_pass.append((key, node))
                 return True
             placement = self._bind_placement(key, node, bound)
+            undoes = self._may_undo_a_preemption(key)
         self.metrics.count_worker_bind(placement)
-        return placement == BIND_COUNTED
+        return placement == BIND_COUNTED and not undoes
+
+    def _may_undo_a_preemption(self, key: JobKey) -> bool:
+        """Whether the job is one that a preempted job's workers, still saving, leave for: once its workers are
+        all bound, a pass may take that job back with them (controller/preemption_undo.py), so a bind of it
+        asks for a pass even where the last pass counted it."""
+        return any(
+            key in beneficiaries and not (victim in self._entries and self._entries[victim].granted)
+            for victim, beneficiaries in self._leaving.items()
+        )
 
     def _bind_placement(self, key: JobKey, node: str, bound: int) -> str:
         entry = self._entries.get(key)
@@ -492,14 +504,15 @@ class Scheduler:
             if self._passes_running or not self._binds_in_pass:
                 return
             binds, self._binds_in_pass = self._binds_in_pass, []
-        placements = []
+        placements, undoes = [], False
         for key, node in binds:
             bound = bound_on(view, key, node)
             with self._lock:
                 placements.append(self._bind_placement(key, node, bound))
+                undoes = undoes or self._may_undo_a_preemption(key)
         for placement in placements:
             self.metrics.count_worker_bind(placement)
-        if any(placement != BIND_COUNTED for placement in placements):
+        if undoes or any(placement != BIND_COUNTED for placement in placements):
             self.request("pod", view)
 
     def snapshot(self) -> dict[JobKey, Grant]:
@@ -705,25 +718,17 @@ class Scheduler:
             last_leaving = dict(self._leaving)
         now = datetime.now(UTC)
         grants = {key: entry.granted or 0 for key, entry in entries.items()}
-        awaited = still_awaited(last_leaving, grants, view, now)
         demands = self._demands(entries, nodes)
-        holdings = {key: demand for key, demand in demands.items() if grants[key] > 0}
         uids = {key: entry.uid for key, entry in entries.items()}
-        workers, usage = workers_and_usage(view, {key: uids[key] for key in holdings})
         self._node_devices.keep_only(nodes)
-        capacity = node_capacity(nodes, usage, self.catalog, holdings, workers, self._node_devices)
-        admitted = [
-            holding(
-                demand,
-                LastPass(grants[key], entries[key].reserved, entries[key].counted),
-                workers[key],
-                room_coming(demand, awaited, view, now),
-                view,
-                now,
-            )
-            for key, demand in holdings.items()
-        ]
-        queued, old_workers_going = queued_and_going(demands, holdings, view, now)
+        world = _World(
+            view, nodes, entries, demands, uids, still_awaited(last_leaving, grants, view, now), now
+        )
+        inputs = self._inputs(world, grants)
+        undone: Mapping[JobKey, int] = preemptions_to_undo(last_leaving, demands, grants, uids, view)
+        if undone:
+            inputs, undone = self._taking_back(world, grants, undone, inputs)
+        queued, admitted, capacity, old_workers_going = inputs
 
         def plan_with(quota_view: ClusterView) -> AdmissionPlan:
             return self._plan(queued, admitted, capacity, quota_state(demands, uids, quota_view))
@@ -733,7 +738,7 @@ class Scheduler:
         if confirmed is None:  # an index of quotas lags: nothing stored now, the pass runs again in a moment
             self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
             return []
-        plan = confirmed
+        plan = _with_undone_reasons(confirmed, undone, last_leaving)
         with self._lock:
             victims = dict(self._leaving)
         for victim, beneficiaries in plan.made_room_for.items():
@@ -752,6 +757,47 @@ class Scheduler:
         self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
+
+    def _inputs(self, world: _World, grants: Mapping[JobKey, int]) -> _PassInputs:
+        """What the planner is given: the queued jobs, the admitted ones (those granted workers in `grants`)
+        with what they hold, the nodes' capacity, and the waiting message of jobs whose old workers go."""
+        holdings = {key: demand for key, demand in world.demands.items() if grants.get(key, 0) > 0}
+        workers, usage = workers_and_usage(world.view, {key: world.uids[key] for key in holdings})
+        capacity = node_capacity(world.nodes, usage, self.catalog, holdings, workers, self._node_devices)
+        admitted = [
+            holding(
+                demand,
+                LastPass(grants[key], world.entries[key].reserved, world.entries[key].counted),
+                workers[key],
+                room_coming(demand, world.awaited, world.view, world.now),
+                world.view,
+                world.now,
+            )
+            for key, demand in holdings.items()
+        ]
+        queued, old_workers_going = queued_and_going(world.demands, holdings, world.view, world.now)
+        return _PassInputs(queued, admitted, capacity, old_workers_going)
+
+    def _taking_back(
+        self, world: _World, grants: Mapping[JobKey, int], undone: Mapping[JobKey, int], inputs: _PassInputs
+    ) -> tuple[_PassInputs, Mapping[JobKey, int]]:
+        """The pass's inputs with the preempted jobs `undone` names admitted on their running workers, where a
+        plan so deprives no job of what it would get once their workers were gone (controller/preemption_undo.py);
+        else `inputs` as they were, and no job taken back."""
+        trial = self._inputs(world, {**grants, **undone})
+        quotas = quota_state(world.demands, world.uids, world.view)
+        kept = self._plan(trial.queued, trial.admitted, trial.capacity, quotas)
+        freed = self._plan(
+            [*trial.queued, *(world.demands[key] for key in sorted(undone))],
+            [held for held in trial.admitted if held.demand.key not in undone],
+            trial.capacity,
+            quotas,
+        )
+        if not deprives_no_one(kept, freed, undone.keys()):
+            return inputs, {}
+        for key, workers in sorted(undone.items()):
+            logger.info("%s/%s: preemption undone, its %d running workers kept", *key, workers)
+        return trial, undone
 
     def _within_hold_limit(
         self,
@@ -952,6 +998,36 @@ class Scheduler:
         if view is None:
             return {}
         return accelerator_totals(view.nodes(), view.usage(), self.catalog, not_ready)
+
+
+@dataclass(frozen=True)
+class _World:
+    """What one pass reads once, whatever grants it plans with."""
+
+    view: ClusterView
+    nodes: Sequence[NodeFacts]
+    entries: Mapping[JobKey, _Entry]
+    demands: Mapping[JobKey, Demand]
+    uids: Mapping[JobKey, str | None]
+    awaited: Collection[JobKey]  # the jobs victims still leave for (pass_inputs.still_awaited)
+    now: datetime
+
+
+class _PassInputs(NamedTuple):
+    queued: list[Demand]
+    admitted: list[Holding]
+    capacity: list[NodeCapacity]
+    old_workers_going: dict[JobKey, str]
+
+
+def _with_undone_reasons(
+    plan: AdmissionPlan, undone: Mapping[JobKey, int], leaving: Mapping[JobKey, frozenset[JobKey]]
+) -> AdmissionPlan:
+    """`plan` with the reason of each job taken back with its running workers that it still grants."""
+    kept = {
+        key: undone_reason(leaving.get(key, frozenset())) for key in undone if plan.grants.get(key, 0) > 0
+    }
+    return replace(plan, reasons={**plan.reasons, **kept}) if kept else plan
 
 
 def _count_change(

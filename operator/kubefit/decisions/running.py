@@ -1118,6 +1118,9 @@ def _shrink_reason(ctx: JobContext) -> str:
 
 # Reasons that name the count the job wanted (or was granted) when the pass gave them.
 COUNTING_REASONS = frozenset({Reason.SCALED_UP, Reason.SCALED_DOWN, Reason.ADMITTED})
+# How a pass's detail begins for a preempted job granted its running workers back during its checkpoint
+# handshake (controller/preemption_undo.py): its Admitted message says so.
+PREEMPTION_UNDONE = "preemption undone"
 
 
 def pass_reason(ctx: JobContext) -> str:
@@ -1206,6 +1209,9 @@ def _admitted(ctx: JobContext, plan: _Plan) -> ConditionUpdate:
     wanted = ctx.bounds.desired
     if plan.target >= wanted:
         message = f"{plan.target} worker{'' if plan.target == 1 else 's'} granted"
+        detail = grant_detail(ctx)
+        if detail and detail.startswith(PREEMPTION_UNDONE):
+            message += f"; {detail}"
     else:
         # Held below it (the training ended, a raised minimum not granted yet): why, rather than capacity.
         why = plan.capped or ctx.quota_cap or _grant_why(ctx, plan) or plan.hold or _NO_CAPACITY
