@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from test_scheduler import CATALOG, Recorder, node, worker
 
+from kubefit.controller import quota_confirmation
 from kubefit.controller import scheduler as scheduler_module
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.scheduler import Scheduler, SchedulerSettings
@@ -107,7 +108,7 @@ def test_a_quota_the_index_does_not_hold_yet_holds_the_preemption_until_its_watc
     grants = scheduler.snapshot()
     assert grants[VICTIM].workers == 1
     assert not grants[HIGH].workers
-    assert asked and asked[0] == scheduler_module.QUOTA_RECHECK_SECONDS
+    assert asked and asked[0] == quota_confirmation.QUOTA_RECHECK_SECONDS
     # Caught up: the quota's event decided the gang again, which now claims the quota and waits for it.
     cluster.indexed = cluster.live
     scheduler.offer(HIGH, job_demand(HIGH, 50, 3, claims=True), ANYWHERE, cluster.view())
@@ -143,8 +144,8 @@ def test_a_pass_waits_for_the_quota_index_for_a_limited_time_then_goes_on(
     scheduler.offer(HIGH, job_demand(HIGH, 50, 3, claims=False), ANYWHERE, view)
     assert scheduler.snapshot()[VICTIM].workers == 1
     # A watch that never catches up (broken) does not hold the job for ever: passes a second apart.
-    while now[0] < 1000.0 + scheduler_module.QUOTA_LAG_LIMIT_SECONDS:
-        now[0] += scheduler_module.QUOTA_RECHECK_SECONDS
+    while now[0] < 1000.0 + quota_confirmation.QUOTA_LAG_LIMIT_SECONDS:
+        now[0] += quota_confirmation.QUOTA_RECHECK_SECONDS
         scheduler.request("timer", view)
     assert (scheduler.snapshot()[VICTIM].workers, scheduler.snapshot()[HIGH].workers) == (0, 1)
 

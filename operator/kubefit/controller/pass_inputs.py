@@ -12,14 +12,21 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from kubefit.api.conditions import Reason
 from kubefit.api.resource import JobKey
 from kubefit.builders.placement import HOSTNAME_LABEL
 from kubefit.controller.cluster import ClusterView
-from kubefit.decisions.admission import AdmissionPlan, Demand, Holding, leaving_for
+from kubefit.decisions.admission import AdmissionPlan, Demand, Holding, NodeCapacity, leaving_for
 from kubefit.decisions.inventory import NodeFacts, PodUsage
-from kubefit.decisions.node_sets import bound_as_used, device_count, unread_workers
+from kubefit.decisions.node_sets import (
+    NodeDevices,
+    bound_as_used,
+    device_count,
+    node_capacity,
+    unread_workers,
+)
 from kubefit.decisions.observed import POD_SUCCEEDED, WorkerPod
 from kubefit.decisions.quota import Quota, QuotaState, quota_free
 from kubefit.decisions.workers import keep_order
@@ -35,6 +42,53 @@ class LastPass:
     granted: int
     reserved: Mapping[str, int] = field(default_factory=dict)
     counted: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PassWorld:
+    """What one pass reads once, whatever grants it plans with (the scheduler plans some passes with other
+    grants too: controller/preemption_undo.py)."""
+
+    view: ClusterView
+    nodes: Sequence[NodeFacts]  # the ready ones
+    demands: Mapping[JobKey, Demand]
+    uids: Mapping[JobKey, str | None]
+    # Per job, the places the last pass reserved for it and the workers it counted on each node (LastPass).
+    last_places: Mapping[JobKey, tuple[Mapping[str, int], Mapping[str, int]]]
+    awaited: Collection[JobKey]  # the jobs victims still leave for (still_awaited)
+    now: datetime
+
+
+class PassInputs(NamedTuple):
+    """What the planner is given, and the waiting message of the jobs whose old workers still go."""
+
+    queued: list[Demand]
+    admitted: list[Holding]
+    capacity: list[NodeCapacity]
+    old_workers_going: dict[JobKey, str]
+
+
+def pass_inputs(
+    world: PassWorld, grants: Mapping[JobKey, int], catalog: Catalog, node_devices: NodeDevices
+) -> PassInputs:
+    """The queued jobs, the admitted ones (those granted workers in `grants`) with what they hold, and the
+    nodes' capacity less what anything else holds."""
+    holdings = {key: demand for key, demand in world.demands.items() if grants.get(key, 0) > 0}
+    workers, usage = workers_and_usage(world.view, {key: world.uids[key] for key in holdings})
+    capacity = node_capacity(world.nodes, usage, catalog, holdings, workers, node_devices)
+    admitted = [
+        holding(
+            demand,
+            LastPass(grants[key], *world.last_places[key]),
+            workers[key],
+            room_coming(demand, world.awaited, world.view, world.now),
+            world.view,
+            world.now,
+        )
+        for key, demand in holdings.items()
+    ]
+    queued, old_workers_going = queued_and_going(world.demands, holdings, world.view, world.now)
+    return PassInputs(queued, admitted, capacity, old_workers_going)
 
 
 def owned_workers(pods: Iterable[WorkerPod], uid: str | None) -> list[WorkerPod]:

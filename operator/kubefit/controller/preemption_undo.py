@@ -14,6 +14,7 @@ preemption going, as it would have had them.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 
 from kubefit.api.resource import JobKey
 from kubefit.controller.cluster import ClusterView
@@ -87,3 +88,14 @@ def undone_reason(made_room_for: Collection[JobKey]) -> str:
     return (
         f"{ADMITTED}: {PREEMPTION_UNDONE}, its running workers kept: {names} no longer {needs} their places"
     )
+
+
+def with_undone_reasons(
+    plan: AdmissionPlan, undone: Mapping[JobKey, int], leaving: Mapping[JobKey, frozenset[JobKey]]
+) -> AdmissionPlan:
+    """`plan` with the reason of each job taken back with its running workers (`undone`) that it still grants:
+    `leaving` names the jobs each was preempted for."""
+    kept = {
+        key: undone_reason(leaving.get(key, frozenset())) for key in undone if plan.grants.get(key, 0) > 0
+    }
+    return replace(plan, reasons={**plan.reasons, **kept}) if kept else plan

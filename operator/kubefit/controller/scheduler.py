@@ -41,30 +41,25 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 from kubefit.api.resource import JobKey
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.pass_inputs import (
-    LastPass,
+    PassInputs,
+    PassWorld,
     accelerator_totals,
     bound_on,
-    holding,
     leaving_now,
     live_workers,
     owned_workers,
-    queued_and_going,
-    quota_limits,
+    pass_inputs,
     quota_state,
-    quota_usage,
     recovered_workers,
     reserved_hostnames,
-    room_coming,
     still_awaited,
-    with_quotas,
-    workers_and_usage,
 )
-from kubefit.controller.preemption_undo import deprives_no_one, preemptions_to_undo, undone_reason
+from kubefit.controller.preemption_undo import deprives_no_one, preemptions_to_undo, with_undone_reasons
+from kubefit.controller.quota_confirmation import QUOTA_RECHECK_SECONDS, QuotaIndexLag, confirm_quotas
 from kubefit.decisions.admission import (
     AdmissionPlan,
     AdmissionPolicy,
@@ -79,7 +74,6 @@ from kubefit.decisions.node_sets import (
     EligibleSets,
     NodeDevices,
     NodeGenerations,
-    node_capacity,
 )
 from kubefit.decisions.observed import WorkerPod
 from kubefit.decisions.quota import Quota, QuotaState
@@ -117,16 +111,6 @@ RESTART_SETTLE_SECONDS = 30.0
 # The longest a job shrunk or preempted for others holds their gang clocks while it keeps its workers with no
 # demand and none terminating (_within_hold_limit): its workers may never go.
 LEAVING_HOLD_LIMIT_SECONDS = 3600.0
-# A pass that takes workers from jobs for others reads those others' namespaces' ResourceQuotas from the API
-# server first (_with_quotas_confirmed), QUOTA_CONFIRM_ROUNDS times at most as the plan made again names other
-# namespaces. Where kopf's index of them has other limits (a quota created, changed or deleted a moment ago, on
-# a watch stream apart from the jobs'), those namespaces' queued jobs wait and a pass is asked for again
-# QUOTA_RECHECK_SECONDS later, for QUOTA_LAG_LIMIT_SECONDS at most; then it goes on with what it has. A lag
-# not seen for QUOTA_LAG_GAP_SECONDS has ended: the next one waits afresh.
-QUOTA_CONFIRM_ROUNDS = 3
-QUOTA_RECHECK_SECONDS = 1.0
-QUOTA_LAG_LIMIT_SECONDS = 10.0
-QUOTA_LAG_GAP_SECONDS = 5.0
 # kubefit_preemptions_total's reason: the one way a whole job is stopped now (a higher-priority job that
 # may preempt needed its devices, decisions/admission.py).
 PREEMPTION_REASON = "HigherPriority"
@@ -272,8 +256,7 @@ class Scheduler:
         self._passes_running = 0  # worker_bound: a running pass may store a plan made before a bind
         self._binds_in_pass: list[tuple[JobKey, str]] = []  # (job, node) of binds seen while a pass ran
         self._live_quotas = live_quotas
-        # namespace -> (first, last) time a pass found kopf's index of its quotas behind the API server's
-        self._quota_lag: dict[str, tuple[float, float]] = {}
+        self._quota_lag = QuotaIndexLag(clock)
         self._last_pass_seconds = 0.0
         self._last_pass_end = 0.0  # time.monotonic() at the end of the last debounced pass
         metrics.watch_cluster(self.cluster_accelerators)
@@ -721,10 +704,10 @@ class Scheduler:
         demands = self._demands(entries, nodes)
         uids = {key: entry.uid for key, entry in entries.items()}
         self._node_devices.keep_only(nodes)
-        world = _World(
-            view, nodes, entries, demands, uids, still_awaited(last_leaving, grants, view, now), now
-        )
-        inputs = self._inputs(world, grants)
+        last_places = {key: (entry.reserved, entry.counted) for key, entry in entries.items()}
+        awaited = still_awaited(last_leaving, grants, view, now)
+        world = PassWorld(view, nodes, demands, uids, last_places, awaited, now)
+        inputs = pass_inputs(world, grants, self.catalog, self._node_devices)
         undone: Mapping[JobKey, int] = preemptions_to_undo(last_leaving, demands, grants, uids, view)
         if undone:
             inputs, undone = self._taking_back(world, grants, undone, inputs)
@@ -738,7 +721,7 @@ class Scheduler:
         if confirmed is None:  # an index of quotas lags: nothing stored now, the pass runs again in a moment
             self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
             return []
-        plan = _with_undone_reasons(confirmed, undone, last_leaving)
+        plan = with_undone_reasons(confirmed, undone, last_leaving)
         with self._lock:
             victims = dict(self._leaving)
         for victim, beneficiaries in plan.made_room_for.items():
@@ -758,33 +741,13 @@ class Scheduler:
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
 
-    def _inputs(self, world: _World, grants: Mapping[JobKey, int]) -> _PassInputs:
-        """What the planner is given: the queued jobs, the admitted ones (those granted workers in `grants`)
-        with what they hold, the nodes' capacity, and the waiting message of jobs whose old workers go."""
-        holdings = {key: demand for key, demand in world.demands.items() if grants.get(key, 0) > 0}
-        workers, usage = workers_and_usage(world.view, {key: world.uids[key] for key in holdings})
-        capacity = node_capacity(world.nodes, usage, self.catalog, holdings, workers, self._node_devices)
-        admitted = [
-            holding(
-                demand,
-                LastPass(grants[key], world.entries[key].reserved, world.entries[key].counted),
-                workers[key],
-                room_coming(demand, world.awaited, world.view, world.now),
-                world.view,
-                world.now,
-            )
-            for key, demand in holdings.items()
-        ]
-        queued, old_workers_going = queued_and_going(world.demands, holdings, world.view, world.now)
-        return _PassInputs(queued, admitted, capacity, old_workers_going)
-
     def _taking_back(
-        self, world: _World, grants: Mapping[JobKey, int], undone: Mapping[JobKey, int], inputs: _PassInputs
-    ) -> tuple[_PassInputs, Mapping[JobKey, int]]:
+        self, world: PassWorld, grants: Mapping[JobKey, int], undone: Mapping[JobKey, int], inputs: PassInputs
+    ) -> tuple[PassInputs, Mapping[JobKey, int]]:
         """The pass's inputs with the preempted jobs `undone` names admitted on their running workers, where a
         plan so deprives no job of what it would get once their workers were gone (controller/preemption_undo.py);
         else `inputs` as they were, and no job taken back."""
-        trial = self._inputs(world, {**grants, **undone})
+        trial = pass_inputs(world, {**grants, **undone}, self.catalog, self._node_devices)
         quotas = quota_state(world.demands, world.uids, world.view)
         kept = self._plan(trial.queued, trial.admitted, trial.capacity, quotas)
         freed = self._plan(
@@ -845,59 +808,12 @@ class Scheduler:
     def _with_quotas_confirmed(
         self, plan: AdmissionPlan, plan_with: Callable[[ClusterView], AdmissionPlan], view: ClusterView
     ) -> AdmissionPlan | None:
-        """A plan that preempts or shrinks jobs for others, made again with the ResourceQuotas of those others'
-        namespaces as the API server has them now, where kopf's index holds another usage (it lags the pods
-        the API server charged). None where the index holds other limits, or lacks a quota (one created a
-        moment ago): the jobs' demands were decided on them, so the pass stores nothing and is asked for again,
-        for QUOTA_LAG_LIMIT_SECONDS at most."""
-        live: dict[str, list[Quota]] = {}
-        for _ in range(QUOTA_CONFIRM_ROUNDS if self._live_quotas is not None else 0):
-            unread = sorted({job[0] for job in _room_made_for(plan)} - live.keys())
-            if not unread or self._live_quotas is None:
-                break
-            try:
-                live.update({namespace: list(self._live_quotas(namespace)) for namespace in unread})
-            except Exception as error:  # noqa: BLE001 - the index is all a pass has then, as before
-                logger.warning("reading the ResourceQuotas of %s: %s", ", ".join(unread), error)
-                break
-            lagging = self._lagging_quota_indexes(unread, live, view)
-            if lagging:
-                logger.info(
-                    "scheduling pass waits for the watch of the ResourceQuotas of %s", ", ".join(lagging)
-                )
-                self._pass_later(QUOTA_RECHECK_SECONDS, "quota index lag")
-                return None
-            if all(quota_usage(live[ns]) == quota_usage(view.quotas(ns)) for ns in unread):
-                break  # the index is current: the plan stands
-            plan = plan_with(with_quotas(view, live))
-        return plan
-
-    def _lagging_quota_indexes(
-        self, namespaces: Sequence[str], live: Mapping[str, Sequence[Quota]], view: ClusterView
-    ) -> set[str]:
-        """Of `namespaces`, those whose quotas kopf's index holds with other limits than `live`, for less than
-        QUOTA_LAG_LIMIT_SECONDS (a lag not seen for QUOTA_LAG_GAP_SECONDS starts afresh)."""
-        now, lagging = self._clock(), set()
-        with self._lock:
-            self._quota_lag = {
-                ns: at for ns, at in self._quota_lag.items() if now - at[1] <= QUOTA_LAG_GAP_SECONDS
-            }
-            for namespace in namespaces:
-                if quota_limits(live[namespace]) == quota_limits(view.quotas(namespace)):
-                    self._quota_lag.pop(namespace, None)
-                    continue
-                first = self._quota_lag.get(namespace, (now, now))[0]
-                self._quota_lag[namespace] = (first, now)
-                if now - first < QUOTA_LAG_LIMIT_SECONDS:
-                    lagging.add(namespace)
-                else:
-                    logger.warning(
-                        "scheduling passes go on %.0f s after kopf's index of the ResourceQuotas of %s first "
-                        "differed from the API server's (its watch broken?)",
-                        now - first,
-                        namespace,
-                    )
-        return lagging
+        """The plan with the quotas it takes room under read from the API server (controller/quota_confirmation.py);
+        None while kopf's index of them lags: the pass stores nothing and runs again in a moment."""
+        confirmed = confirm_quotas(plan, plan_with, view, self._live_quotas, self._quota_lag)
+        if confirmed is None:
+            self._pass_later(QUOTA_RECHECK_SECONDS, "quota index lag")
+        return confirmed
 
     def not_ready_names(self) -> frozenset[str]:
         """The nodes whose Ready condition is not True, as their events said."""
@@ -1000,36 +916,6 @@ class Scheduler:
         return accelerator_totals(view.nodes(), view.usage(), self.catalog, not_ready)
 
 
-@dataclass(frozen=True)
-class _World:
-    """What one pass reads once, whatever grants it plans with."""
-
-    view: ClusterView
-    nodes: Sequence[NodeFacts]
-    entries: Mapping[JobKey, _Entry]
-    demands: Mapping[JobKey, Demand]
-    uids: Mapping[JobKey, str | None]
-    awaited: Collection[JobKey]  # the jobs victims still leave for (pass_inputs.still_awaited)
-    now: datetime
-
-
-class _PassInputs(NamedTuple):
-    queued: list[Demand]
-    admitted: list[Holding]
-    capacity: list[NodeCapacity]
-    old_workers_going: dict[JobKey, str]
-
-
-def _with_undone_reasons(
-    plan: AdmissionPlan, undone: Mapping[JobKey, int], leaving: Mapping[JobKey, frozenset[JobKey]]
-) -> AdmissionPlan:
-    """`plan` with the reason of each job taken back with its running workers that it still grants."""
-    kept = {
-        key: undone_reason(leaving.get(key, frozenset())) for key in undone if plan.grants.get(key, 0) > 0
-    }
-    return replace(plan, reasons={**plan.reasons, **kept}) if kept else plan
-
-
 def _count_change(
     before: int,
     granted: int,
@@ -1047,12 +933,6 @@ def _count_change(
     if before and granted != before:
         word = (reason or "").split(":", 1)[0]
         scaled.append(("up" if granted > before else "down", word))
-
-
-def _room_made_for(plan: AdmissionPlan) -> set[JobKey]:
-    """The jobs the plan preempts or shrinks other jobs for."""
-    taken = set(plan.preempt) | set(plan.shrink)
-    return {job for victim in taken for job in plan.made_room_for.get(victim, ())}
 
 
 _MADE_ROOM_FOR = re.compile(r"to make room for ([^/\s]+)/(\S+)$")
