@@ -7,8 +7,8 @@ once they were gone: a whole restart for nothing. The scheduler (controller/sche
 `preemptions_to_undo` at each pass, and for any job it names plans the pass twice more: once with the job
 admitted on its running workers, once with their devices free and the job queued, as it would be once
 they are gone. The job is taken back when the first plan gives every other job at least what the second
-does (`deprives_no_one`): a job waiting for those devices, or one that would grow onto them, keeps the
-preemption going, as it would have had them.
+does (`deprives_no_one`): a job waiting for those devices or their quota, or one that would grow onto them,
+keeps the preemption going, as it would have had them. Victims are tried together, then each alone.
 """
 
 from __future__ import annotations
@@ -20,21 +20,23 @@ from kubefit.api.resource import JobKey
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.pass_inputs import live_workers, owned_workers
 from kubefit.decisions.admission import ADMITTED, AdmissionPlan, Demand
+from kubefit.decisions.quota import QuotaState
 from kubefit.decisions.running import PREEMPTION_UNDONE
 
 
 def preemptions_to_undo(
-    last_leaving: Mapping[JobKey, frozenset[JobKey]],
+    victims: Mapping[JobKey, frozenset[JobKey]],
     demands: Mapping[JobKey, Demand],
     grants: Mapping[JobKey, int],
     uids: Mapping[JobKey, str | None],
     view: ClusterView,
 ) -> dict[JobKey, int]:
-    """The preempted jobs (a victim still leaving, granted nothing, still in the queue) whose workers are all
-    bound and none terminating, at least its minimum (a whole gang for a fixed-size job), while every job it
-    made room for holds no grant now or has each granted worker bound: victim -> its running workers."""
+    """Of the preempted jobs (`victims`: victim -> the jobs it made room for), those granted nothing and still in
+    the queue whose workers are all bound and none terminating, as many as its grant would be (its whole group
+    for a fixed-size job; for an elastic one between its minimum and its want, in whole TP x PP groups), while
+    no job it made room for needs a place (_needs_no_place): victim -> its running workers."""
     found = {}
-    for victim, beneficiaries in last_leaving.items():
+    for victim, beneficiaries in victims.items():
         demand = demands.get(victim)
         if demand is None or grants.get(victim, 0) > 0:
             continue  # out of the queue (suspended, deleted, blocked), or a shrink: taken back by the planner
@@ -45,27 +47,35 @@ def preemptions_to_undo(
         ]
         if not pods or any(pod.terminating or not pod.node_name for pod in pods):
             continue  # its handshake is over (workers going), or a worker never started
-        floor = demand.min_workers if demand.elastic else max(demand.min_workers, demand.want_workers)
-        if len({pod.index for pod in pods}) < max(floor, len(pods)):
-            continue
+        if len({pod.index for pod in pods}) != len(pods) or not _a_grant_of(demand, len(pods)):
+            continue  # taken back at another count, the group would restart or lose a worker
         if all(_needs_no_place(view, job, grants.get(job, 0), uids.get(job)) for job in beneficiaries):
             found[victim] = len(pods)
     return found
 
 
+def _a_grant_of(demand: Demand, workers: int) -> bool:
+    """Whether the pass would grant the job exactly `workers` (admission._reserve_admitted)."""
+    target = max(demand.min_workers, demand.want_workers)
+    if not demand.elastic:
+        return workers == target
+    return demand.min_workers <= workers <= target and workers % demand.worker_step == 0
+
+
 def _needs_no_place(view: ClusterView, key: JobKey, grant: int, uid: str | None) -> bool:
-    """Whether the job holds no grant, or each worker of its grant exists and is bound to a node."""
-    if grant <= 0:
-        return True
+    """Whether the job has no live worker that is not bound yet, nor fewer live workers than its grant (one
+    no pass has decided since an operator restart has grant 0 here: its Pending workers still count)."""
     workers = live_workers(owned_workers(view.workers(key), uid))
     return len(workers) >= grant and all(pod.node_name for pod in workers)
 
 
-def deprives_no_one(kept: AdmissionPlan, freed: AdmissionPlan, victims: Collection[JobKey]) -> bool:
-    """Whether `kept` (the victims admitted on their running workers) grants each victim workers and leaves
-    it unpreempted, and gives every other job at least the grant and the places (bound or reserved) that
-    `freed` (the victims' devices free, the victims queued) gives it."""
-    if any(kept.grants.get(victim, 0) <= 0 or victim in kept.preempt for victim in victims):
+def deprives_no_one(kept: AdmissionPlan, freed: AdmissionPlan, victims: Mapping[JobKey, int]) -> bool:
+    """Whether `kept` (the victims admitted on their running workers) grants each victim all of them (no shrink
+    or preemption of it for another job), and gives every other job at least the grant and the places (bound
+    or reserved) that `freed` (the victims' devices and quota free, the victims queued) gives it."""
+    if any(
+        kept.grants.get(victim, 0) != workers or victim in kept.preempt for victim, workers in victims.items()
+    ):
         return False
     for key, granted in freed.grants.items():
         if key in victims:
@@ -79,6 +89,22 @@ def deprives_no_one(kept: AdmissionPlan, freed: AdmissionPlan, victims: Collecti
 
 def _places(placement: Mapping[str, int]) -> int:
     return sum(placement.values())
+
+
+def without_charges(
+    quotas: QuotaState | None, victims: Collection[JobKey], demands: Mapping[JobKey, Demand]
+) -> QuotaState | None:
+    """`quotas` as they would be once the victims' workers are gone: their charges given back to the keys they
+    claim."""
+    if quotas is None:
+        return None
+    free, charged = dict(quotas.free), dict(quotas.charged)
+    for victim in victims:
+        workers = charged.pop(victim, 0)
+        for claim in demands[victim].quota_claims:
+            if claim.pool in free:
+                free[claim.pool] += workers * claim.per_worker
+    return QuotaState(free, charged)
 
 
 def undone_reason(made_room_for: Collection[JobKey]) -> str:
@@ -99,3 +125,27 @@ def with_undone_reasons(
         key: undone_reason(leaving.get(key, frozenset())) for key in undone if plan.grants.get(key, 0) > 0
     }
     return replace(plan, reasons={**plan.reasons, **kept}) if kept else plan
+
+
+def merged(*victims: Mapping[JobKey, frozenset[JobKey]]) -> dict[JobKey, frozenset[JobKey]]:
+    """victim -> every job it made room for, from each of `victims`."""
+    found: dict[JobKey, frozenset[JobKey]] = {}
+    for each in victims:
+        for victim, jobs in each.items():
+            found[victim] = found.get(victim, frozenset()) | jobs
+    return found
+
+
+def still_preempted(
+    preempted: Mapping[JobKey, frozenset[JobKey]], plan: AdmissionPlan, view: ClusterView
+) -> dict[JobKey, frozenset[JobKey]]:
+    """`preempted` with the jobs the plan preempts added (-> the jobs each made room for), less those it grants
+    workers (taken back, or admitted again) and those with no worker left: the victims a later pass may still
+    take back (`preemptions_to_undo`)."""
+    now = merged(preempted, {victim: plan.made_room_for.get(victim, frozenset()) for victim in plan.preempt})
+    return {
+        victim: jobs
+        for victim, jobs in now.items()
+        if not plan.grants.get(victim, 0)
+        and any(pod.index is not None and not pod.finished for pod in view.workers(victim))
+    }

@@ -58,7 +58,14 @@ from kubefit.controller.pass_inputs import (
     reserved_hostnames,
     still_awaited,
 )
-from kubefit.controller.preemption_undo import deprives_no_one, preemptions_to_undo, with_undone_reasons
+from kubefit.controller.preemption_undo import (
+    deprives_no_one,
+    merged,
+    preemptions_to_undo,
+    still_preempted,
+    with_undone_reasons,
+    without_charges,
+)
 from kubefit.controller.quota_confirmation import QUOTA_RECHECK_SECONDS, QuotaIndexLag, confirm_quotas
 from kubefit.decisions.admission import (
     AdmissionPlan,
@@ -108,6 +115,8 @@ RECONCILE_THREADS = 4
 # After a start (or taking the lead), how long passes wait at most for every job to offer
 # their demand: one whose reconcile keeps failing must not hold the queue for ever (docs/scheduling.md).
 RESTART_SETTLE_SECONDS = 30.0
+# The most victims a pass tries to take back one by one (with two plans each) when they cannot all be.
+UNDO_TRIALS = 8
 # The longest a job shrunk or preempted for others holds their gang clocks while it keeps its workers with no
 # demand and none terminating (_within_hold_limit): its workers may never go.
 LEAVING_HOLD_LIMIT_SECONDS = 3600.0
@@ -228,6 +237,9 @@ class Scheduler:
         # (admission.leaving_for); their gang clocks wait.
         self._leaving: dict[JobKey, frozenset[JobKey]] = {}
         self._leaving_since: dict[JobKey, float] = {}  # when the passes first saw each victim leaving
+        # job preempted -> the jobs it made room for, while any worker of it is left: a pass may take it back
+        # with its running workers (controller/preemption_undo.py), also once none of those jobs holds a grant.
+        self._preempted: dict[JobKey, frozenset[JobKey]] = {}
         self._seen: set[JobKey] = set()  # jobs this process has reconciled (restart recovery once)
         # Jobs that offered their demand since this process started; None once every job has, or the first
         # pass that waited for them did so RESTART_SETTLE_SECONDS ago (then its deadline).
@@ -433,6 +445,7 @@ class Scheduler:
             if self._offered_since_start is not None:
                 self._offered_since_start.add(key)  # deleted: no offer of it to wait for
             self._grant_on_leaving.pop(key, None)
+            self._preempted.pop(key, None)
         if known and view is not None:
             self.request("job", view)
 
@@ -472,7 +485,8 @@ class Scheduler:
         asks for a pass even where the last pass counted it."""
         return any(
             key in beneficiaries and not (victim in self._entries and self._entries[victim].granted)
-            for victim, beneficiaries in self._leaving.items()
+            for victims in (self._leaving, self._preempted)
+            for victim, beneficiaries in victims.items()
         )
 
     def _bind_placement(self, key: JobKey, node: str, bound: int) -> str:
@@ -699,6 +713,7 @@ class Scheduler:
         with self._lock:
             entries = {key: entry for key, entry in self._entries.items() if entry.demand is not None}
             last_leaving = dict(self._leaving)
+            preempted = merged(self._preempted, last_leaving)
         now = datetime.now(UTC)
         grants = {key: entry.granted or 0 for key, entry in entries.items()}
         demands = self._demands(entries, nodes)
@@ -708,7 +723,7 @@ class Scheduler:
         awaited = still_awaited(last_leaving, grants, view, now)
         world = PassWorld(view, nodes, demands, uids, last_places, awaited, now)
         inputs = pass_inputs(world, grants, self.catalog, self._node_devices)
-        undone: Mapping[JobKey, int] = preemptions_to_undo(last_leaving, demands, grants, uids, view)
+        undone: Mapping[JobKey, int] = preemptions_to_undo(preempted, demands, grants, uids, view)
         if undone:
             inputs, undone = self._taking_back(world, grants, undone, inputs)
         queued, admitted, capacity, old_workers_going = inputs
@@ -721,7 +736,8 @@ class Scheduler:
         if confirmed is None:  # an index of quotas lags: nothing stored now, the pass runs again in a moment
             self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
             return []
-        plan = with_undone_reasons(confirmed, undone, last_leaving)
+        plan = with_undone_reasons(confirmed, undone, preempted)
+        self._note_preempted(plan, view)
         with self._lock:
             victims = dict(self._leaving)
         for victim, beneficiaries in plan.made_room_for.items():
@@ -741,12 +757,35 @@ class Scheduler:
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
 
+    def _note_preempted(self, plan: AdmissionPlan, view: ClusterView) -> None:
+        with self._lock:
+            self._preempted = still_preempted(self._preempted, plan, view)
+
     def _taking_back(
         self, world: PassWorld, grants: Mapping[JobKey, int], undone: Mapping[JobKey, int], inputs: PassInputs
     ) -> tuple[PassInputs, Mapping[JobKey, int]]:
         """The pass's inputs with the preempted jobs `undone` names admitted on their running workers, where a
-        plan so deprives no job of what it would get once their workers were gone (controller/preemption_undo.py);
-        else `inputs` as they were, and no job taken back."""
+        plan so deprives no job of what it would get once their workers were gone (controller/preemption_undo.py):
+        all of them, else each alone in queue order (at most UNDO_TRIALS); else `inputs` as they were."""
+        if self._deprives_no_one(world, grants, undone):
+            taken = dict(undone)
+        else:
+            taken = {}
+            order = sorted(
+                undone, key=lambda key: (-world.demands[key].priority, world.demands[key].created, key)
+            )
+            for key in order[:UNDO_TRIALS] if len(undone) > 1 else ():
+                if self._deprives_no_one(world, grants, {**taken, key: undone[key]}):
+                    taken[key] = undone[key]
+        if not taken:
+            return inputs, {}
+        for key, workers in sorted(taken.items()):
+            logger.info("%s/%s: preemption undone, its %d running workers kept", *key, workers)
+        return pass_inputs(world, {**grants, **taken}, self.catalog, self._node_devices), taken
+
+    def _deprives_no_one(
+        self, world: PassWorld, grants: Mapping[JobKey, int], undone: Mapping[JobKey, int]
+    ) -> bool:
         trial = pass_inputs(world, {**grants, **undone}, self.catalog, self._node_devices)
         quotas = quota_state(world.demands, world.uids, world.view)
         kept = self._plan(trial.queued, trial.admitted, trial.capacity, quotas)
@@ -754,13 +793,9 @@ class Scheduler:
             [*trial.queued, *(world.demands[key] for key in sorted(undone))],
             [held for held in trial.admitted if held.demand.key not in undone],
             trial.capacity,
-            quotas,
+            without_charges(quotas, undone.keys(), world.demands),
         )
-        if not deprives_no_one(kept, freed, undone.keys()):
-            return inputs, {}
-        for key, workers in sorted(undone.items()):
-            logger.info("%s/%s: preemption undone, its %d running workers kept", *key, workers)
-        return trial, undone
+        return deprives_no_one(kept, freed, undone)
 
     def _within_hold_limit(
         self,
