@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
+import pytest
 from test_scheduler import (
     FakeCluster,
     _preempted_for_urgent,
@@ -163,4 +164,22 @@ def test_a_job_made_room_for_that_no_pass_has_decided_since_a_restart_still_need
     scheduler.grant(victim, cluster.workers[victim], admitted_with=None)
     scheduler.grant(urgent, cluster.workers[urgent], admitted_with=2, room_from=frozenset({victim}))
     scheduler.offer(victim, demand("victim", created=1), ANYWHERE, cluster.view())  # urgent has not offered
+    assert granted(scheduler, victim) == 0
+
+
+@pytest.mark.parametrize("how", ["removed", "not ready"])
+def test_a_victim_with_a_worker_on_a_node_gone_from_the_pass_is_not_taken_back(how: str) -> None:
+    """Its worker there is lost: taken back, the victim recreated it at once and was preempted again for the
+    job whose own worker that node took with it (a closed-loop simulation)."""
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
+    # Its minimum is all four: a minimum that lost its places stays granted (until its gang timeout).
+    scheduler.offer(victim, demand("victim", created=1, min_workers=4), ANYWHERE, cluster.view())
+    _urgent_placed_on_added_nodes(cluster, scheduler, urgent)
+    n2 = next(facts for facts in cluster.nodes if facts.name == "n2")
+    if how == "removed":
+        cluster.nodes.remove(n2)
+        scheduler.node_changed(None, "n2", False, cluster.view())
+    else:
+        scheduler.node_changed(n2, "n2", False, cluster.view())
+    scheduler.request("pod", cluster.view())
     assert granted(scheduler, victim) == 0

@@ -13,13 +13,14 @@ keeps the preemption going, as it would have had them. Victims are tried togethe
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 
 from kubefit.api.resource import JobKey
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.pass_inputs import live_workers, owned_workers
 from kubefit.decisions.admission import ADMITTED, AdmissionPlan, Demand
+from kubefit.decisions.inventory import NodeFacts
 from kubefit.decisions.quota import QuotaState
 from kubefit.decisions.running import PREEMPTION_UNDONE
 
@@ -30,12 +31,15 @@ def preemptions_to_undo(
     grants: Mapping[JobKey, int],
     uids: Mapping[JobKey, str | None],
     view: ClusterView,
+    nodes: Iterable[NodeFacts],
 ) -> dict[JobKey, int]:
     """Of the preempted jobs (`victims`: victim -> the jobs it made room for), those granted nothing and still in
-    the queue whose workers are all bound and none terminating, as many as its grant would be (its whole group
+    the queue whose workers are all bound to one of `nodes` (the pass's: not removed, Ready, not cordoned) and
+    none terminating, as many as its grant would be (its whole group
     for a fixed-size job; for an elastic one between its minimum and its want, in whole TP x PP groups), while
     no job it made room for needs a place (_needs_no_place): victim -> its running workers."""
-    found = {}
+    found: dict[JobKey, int] = {}
+    names = {node.name for node in nodes} if victims else set()
     for victim, beneficiaries in victims.items():
         demand = demands.get(victim)
         if demand is None or grants.get(victim, 0) > 0:
@@ -45,8 +49,8 @@ def preemptions_to_undo(
             for pod in owned_workers(view.workers(victim), uids.get(victim))
             if pod.index is not None and not pod.finished
         ]
-        if not pods or any(pod.terminating or not pod.node_name for pod in pods):
-            continue  # its handshake is over (workers going), or a worker never started
+        if not pods or any(pod.terminating or pod.node_name not in names for pod in pods):
+            continue  # its handshake is over (workers going), a worker never started or lost its node
         if len({pod.index for pod in pods}) != len(pods) or not _a_grant_of(demand, len(pods)):
             continue  # taken back at another count, the group would restart or lose a worker
         if all(_needs_no_place(view, job, grants.get(job, 0), uids.get(job)) for job in beneficiaries):
@@ -70,13 +74,12 @@ def _needs_no_place(view: ClusterView, key: JobKey, grant: int, uid: str | None)
 
 
 def deprives_no_one(kept: AdmissionPlan, freed: AdmissionPlan, victims: Mapping[JobKey, int]) -> bool:
-    """Whether `kept` (the victims admitted on their running workers) grants each victim all of them (no shrink
-    or preemption of it for another job), and gives every other job at least the grant and the places (bound
+    """Whether `kept` (the victims admitted on their running workers) grants each victim all of them, each on its
+    node (no shrink or preemption of it for another job, no worker on a node outside the pass), and gives every other job at least the grant and the places (bound
     or reserved) that `freed` (the victims' devices and quota free, the victims queued) gives it."""
-    if any(
-        kept.grants.get(victim, 0) != workers or victim in kept.preempt for victim, workers in victims.items()
-    ):
-        return False
+    for victim, workers in victims.items():
+        if kept.grants.get(victim, 0) != workers or _places(kept.placement.get(victim, {})) != workers:
+            return False
     for key, granted in freed.grants.items():
         if key in victims:
             continue

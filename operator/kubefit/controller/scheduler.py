@@ -723,7 +723,7 @@ class Scheduler:
         awaited = still_awaited(last_leaving, grants, view, now)
         world = PassWorld(view, nodes, demands, uids, last_places, awaited, now)
         inputs = pass_inputs(world, grants, self.catalog, self._node_devices)
-        undone: Mapping[JobKey, int] = preemptions_to_undo(preempted, demands, grants, uids, view)
+        undone: Mapping[JobKey, int] = preemptions_to_undo(preempted, demands, grants, uids, view, nodes)
         if undone:
             inputs, undone = self._taking_back(world, grants, undone, inputs)
         queued, admitted, capacity, old_workers_going = inputs
