@@ -183,3 +183,75 @@ def test_a_victim_with_a_worker_on_a_node_gone_from_the_pass_is_not_taken_back(h
         scheduler.node_changed(n2, "n2", False, cluster.view())
     scheduler.request("pod", cluster.view())
     assert granted(scheduler, victim) == 0
+
+
+def two_one_node_victims(cluster: FakeCluster, scheduler: Scheduler) -> tuple[JobKey, JobKey]:
+    """v1 on n1 and v2 on n2, 8 GPUs each (priority 0), both preempted for urgent (2 x 8, priority 100)."""
+    v1, v2 = ("ns", "v1"), ("ns", "v2")
+    for key, where, created in ((v1, "n1", 1.0), (v2, "n2", 1.5)):
+        scheduler.offer(
+            key, fixed(key[1], created, per_worker=8, min_workers=1, want=1), ANYWHERE, cluster.view()
+        )
+        cluster.workers[key] = [worker(key[1], 0, where)]
+        cluster.per_worker[key] = 8
+    scheduler.request("pod", cluster.view())
+    scheduler.offer(("ns", "urgent"), whole_nodes_urgent(), ANYWHERE, cluster.view())
+    assert granted(scheduler, v1) == granted(scheduler, v2) == 0
+    return v1, v2
+
+
+def test_a_victim_is_not_taken_back_onto_a_node_a_higher_job_gets_once_another_victims_workers_are_gone() -> (
+    None
+):
+    """q (priority 50, 2 whole nodes) waits while urgent runs on nodes added meanwhile; v2's handshake ended
+    first (its worker terminates). Both victims' nodes are q's once their workers are gone: v1 is not taken
+    back, or q would wait behind a job of lower priority until it finished."""
+    cluster = FakeCluster(nodes=[node("n1"), node("n2")])
+    scheduler, _ = sync_scheduler()
+    v1, v2 = two_one_node_victims(cluster, scheduler)
+    queued, urgent = ("ns", "q"), ("ns", "urgent")
+    scheduler.offer(
+        queued, fixed("q", 3, per_worker=8, min_workers=2, want=2, priority=50), ANYWHERE, cluster.view()
+    )
+    cluster.nodes += [node("n3"), node("n4")]
+    scheduler.request("node", cluster.view())
+    cluster.workers[urgent] = [worker("urgent", 0, "n3"), worker("urgent", 1, "n4")]
+    cluster.per_worker[urgent] = 8
+    cluster.workers[v2] = [worker("v2", 0, "n2", terminating=True)]
+    scheduler.request("pod", cluster.view())
+    scheduler.request("pod", cluster.view())  # the pass after tries a victim alone
+    assert granted(scheduler, v1) == 0
+    cluster.workers[v1] = cluster.workers[v2] = []
+    scheduler.request("pod", cluster.view())
+    assert granted(scheduler, queued) == 2
+
+
+def test_an_elastic_victim_with_room_to_grow_is_taken_back_at_its_running_count_and_grows_after() -> None:
+    victim, urgent = ("ns", "victim"), ("ns", "urgent")
+    cluster = FakeCluster(nodes=[node("n1")])
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(victim, demand("victim", created=1, min_workers=2, want=4), ANYWHERE, cluster.view())
+    cluster.workers[victim] = [worker("victim", index, "n1") for index in range(2)]
+    scheduler.request("pod", cluster.view())
+    one_node = replace(whole_nodes_urgent(), min_workers=1, want_workers=1)
+    scheduler.offer(urgent, one_node, ANYWHERE, cluster.view())
+    assert granted(scheduler, victim) == 0
+    cluster.nodes += [node("n2"), node("n3")]
+    scheduler.request("node", cluster.view())
+    (where,) = scheduler.grant(urgent, []).reserved
+    cluster.workers[urgent] = [worker("urgent", 0, where)]
+    cluster.per_worker[urgent] = 8
+    scheduler.request("pod", cluster.view())
+    taken_back = scheduler.snapshot()[victim]
+    assert taken_back.workers == 2 and "preemption undone" in (taken_back.reason or "")
+    scheduler.request("pod", cluster.view())
+    assert granted(scheduler, victim) == 4  # the next pass grows it on the node left free
+
+
+def test_a_bind_asks_for_no_pass_for_a_preemption_whose_victim_has_no_running_worker_left() -> None:
+    cluster, scheduler, victim, urgent = _preempted_for_urgent()
+    cluster.workers[victim] = [worker("victim", index, "n2", terminating=True) for index in (2, 3)]
+    scheduler.request("pod", cluster.view())
+    cluster.workers[urgent] = [worker("urgent", 0, "n1")]
+    cluster.per_worker[urgent] = 8
+    assert scheduler.worker_bound(urgent, "n1", cluster.view())  # counted there: no pass

@@ -4,25 +4,39 @@ a node added meanwhile, deleted, suspended), and taking it back keeps nothing fr
 
 Without it the victim stopped every worker when the handshake ended and started again from its checkpoint
 once they were gone: a whole restart for nothing. The scheduler (controller/scheduler.py) asks
-`preemptions_to_undo` at each pass, and for any job it names plans the pass twice more: once with the job
-admitted on its running workers, once with their devices free and the job queued, as it would be once
-they are gone. The job is taken back when the first plan gives every other job at least what the second
-does (`deprives_no_one`): a job waiting for those devices or their quota, or one that would grow onto them,
-keeps the preemption going, as it would have had them. Victims are tried together, then each alone.
+`preemptions_to_undo` at each pass, and for the jobs it names plans the cluster twice more as it will be once
+the workers of every preempted job are gone (`UndoTrials`): once with those jobs kept on their running
+workers, once with them gone too and queued. They are taken back when the first plan gives every other job at
+least what the second does (`deprives_no_one`): a job waiting for their devices or their quota, or one that
+would grow onto them, keeps the preemption going, as it would have had them. When they cannot all be, one of
+them is tried alone, a different one in each pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+import logging
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from kubefit.api.resource import JobKey
 from kubefit.controller.cluster import ClusterView
-from kubefit.controller.pass_inputs import live_workers, owned_workers
-from kubefit.decisions.admission import ADMITTED, AdmissionPlan, Demand
-from kubefit.decisions.inventory import NodeFacts
+from kubefit.controller.pass_inputs import (
+    PassInputs,
+    PassWorld,
+    live_workers,
+    owned_workers,
+    pass_inputs,
+    quota_state,
+)
+from kubefit.decisions.admission import ADMITTED, AdmissionPlan, Demand, Holding, NodeCapacity
+from kubefit.decisions.inventory import NodeFacts, PodUsage
+from kubefit.decisions.node_sets import NodeDevices
 from kubefit.decisions.quota import QuotaState
 from kubefit.decisions.running import PREEMPTION_UNDONE
+from kubefit.sizing.catalog import Catalog
+
+logger = logging.getLogger("kubefit.scheduler")
 
 
 def preemptions_to_undo(
@@ -94,6 +108,31 @@ def _places(placement: Mapping[str, int]) -> int:
     return sum(placement.values())
 
 
+def without_leaving(
+    capacity: Sequence[NodeCapacity],
+    usage: Mapping[str, Iterable[PodUsage]],
+    jobs: Collection[JobKey],
+    catalog: Catalog,
+) -> list[NodeCapacity]:
+    """`capacity` as it will be once the bound pods of `jobs` (preempted, their workers leaving) are gone: their
+    devices no longer held by others."""
+    if not jobs:
+        return list(capacity)
+    accelerator = {node.name: node.accelerator for node in capacity}
+    freed: Counter[str] = Counter()
+    for name, pods in usage.items():
+        found = catalog.get(accelerator.get(name) or "")
+        for used in pods if found is not None else ():
+            if used.job in jobs:
+                freed[name] += used.requests.get(found.resource_name, 0)  # type: ignore[union-attr]
+    return [
+        replace(node, used_by_others=max(0, node.used_by_others - freed[node.name]))
+        if freed[node.name]
+        else node
+        for node in capacity
+    ]
+
+
 def without_charges(
     quotas: QuotaState | None, victims: Collection[JobKey], demands: Mapping[JobKey, Demand]
 ) -> QuotaState | None:
@@ -104,7 +143,7 @@ def without_charges(
     free, charged = dict(quotas.free), dict(quotas.charged)
     for victim in victims:
         workers = charged.pop(victim, 0)
-        for claim in demands[victim].quota_claims:
+        for claim in demands[victim].quota_claims if victim in demands else ():
             if claim.pool in free:
                 free[claim.pool] += workers * claim.per_worker
     return QuotaState(free, charged)
@@ -140,15 +179,115 @@ def merged(*victims: Mapping[JobKey, frozenset[JobKey]]) -> dict[JobKey, frozens
 
 
 def still_preempted(
-    preempted: Mapping[JobKey, frozenset[JobKey]], plan: AdmissionPlan, view: ClusterView
+    preempted: Mapping[JobKey, frozenset[JobKey]],
+    plan: AdmissionPlan,
+    view: ClusterView,
+    in_queue: Collection[JobKey],
 ) -> dict[JobKey, frozenset[JobKey]]:
     """`preempted` with the jobs the plan preempts added (-> the jobs each made room for), less those it grants
-    workers (taken back, or admitted again) and those with no worker left: the victims a later pass may still
-    take back (`preemptions_to_undo`)."""
+    workers (taken back, or admitted again), those out of the queue (suspended, deleted, their spec made
+    invalid: running workers are then left alone) and those with no worker left: the victims a later pass may
+    still take back (`preemptions_to_undo`), and whose workers it counts as leaving."""
     now = merged(preempted, {victim: plan.made_room_for.get(victim, frozenset()) for victim in plan.preempt})
     return {
         victim: jobs
         for victim, jobs in now.items()
-        if not plan.grants.get(victim, 0)
+        if victim in in_queue
+        and not plan.grants.get(victim, 0)
         and any(pod.index is not None and not pod.finished for pod in view.workers(victim))
     }
+
+
+def at_running_count(demands: Mapping[JobKey, Demand], undone: Mapping[JobKey, int]) -> dict[JobKey, Demand]:
+    """`demands` with each job taken back wanting no more than the workers it runs: granted them, not grown in
+    the pass that takes it back (a later pass grows it as any admitted job)."""
+    return {
+        **demands,
+        **{key: replace(demands[key], want_workers=workers) for key, workers in undone.items()},
+    }
+
+
+def still_running(victims: Iterable[JobKey], view: ClusterView) -> bool:
+    """Whether any of the preempted `victims` has a worker that neither finished nor is being deleted: one a
+    pass could still take back."""
+    return any(
+        pod.index is not None and not pod.terminating and not pod.finished
+        for victim in victims
+        for pod in view.workers(victim)
+    )
+
+
+Planner = Callable[
+    [Sequence[Demand], Sequence[Holding], Sequence[NodeCapacity], QuotaState | None], AdmissionPlan
+]
+
+
+class UndoTrials:
+    """The plans that decide which preempted jobs a pass takes back (the scheduler's `_plan` does the planning)."""
+
+    def __init__(self, catalog: Catalog, node_devices: NodeDevices, plan: Planner) -> None:
+        self.catalog = catalog
+        self.node_devices = node_devices
+        self.plan = plan
+        self.turn = 0  # which victim a pass tries alone when they cannot all be taken back
+
+    def taking_back(
+        self,
+        world: PassWorld,
+        grants: Mapping[JobKey, int],
+        undone: Mapping[JobKey, int],
+        inputs: PassInputs,
+        preempted: Collection[JobKey],
+    ) -> tuple[PassInputs, dict[JobKey, int]]:
+        """The pass's inputs with the jobs `undone` names admitted on their running workers where a plan so
+        deprives no job of what it would get once their workers were gone: all of them, else one of them alone,
+        in turn from pass to pass (two plans at most either way); else `inputs` as they were. `preempted`: every
+        job whose workers leave for a preemption."""
+        taken = dict(undone)
+        if not self._deprives_no_one(world, grants, taken, preempted):
+            order = sorted(
+                undone, key=lambda key: (-world.demands[key].priority, world.demands[key].created, key)
+            )
+            one = order[self.turn % len(order)]
+            self.turn += 1
+            taken = {one: undone[one]} if len(order) > 1 else {}
+            if not taken or not self._deprives_no_one(world, grants, taken, preempted):
+                return inputs, {}
+        for key, workers in sorted(taken.items()):
+            logger.info("%s/%s: preemption undone, its %d running workers kept", *key, workers)
+        world = replace(world, demands=at_running_count(world.demands, taken))
+        return pass_inputs(world, {**grants, **taken}, self.catalog, self.node_devices), taken
+
+    def _deprives_no_one(
+        self,
+        world: PassWorld,
+        grants: Mapping[JobKey, int],
+        undone: Mapping[JobKey, int],
+        preempted: Collection[JobKey],
+    ) -> bool:
+        """Plans the cluster as it will be once the workers of every preempted job in the queue are gone, with the
+        `undone` ones kept, and with none kept (`deprives_no_one`)."""
+        trial = pass_inputs(
+            replace(world, demands=at_running_count(world.demands, undone)),
+            {**grants, **undone},
+            self.catalog,
+            self.node_devices,
+        )
+        leaving = [
+            key for key in preempted if key in world.demands and not grants.get(key, 0) and key not in undone
+        ]
+        usage = world.view.usage()
+        quotas = quota_state(world.demands, world.uids, world.view)
+        kept = self.plan(
+            trial.queued,
+            trial.admitted,
+            without_leaving(trial.capacity, usage, leaving, self.catalog),
+            without_charges(quotas, leaving, world.demands),
+        )
+        freed = self.plan(
+            [*trial.queued, *(world.demands[key] for key in sorted(undone))],
+            [held for held in trial.admitted if held.demand.key not in undone],
+            without_leaving(trial.capacity, usage, [*leaving, *undone], self.catalog),
+            without_charges(quotas, [*leaving, *undone], world.demands),
+        )
+        return deprives_no_one(kept, freed, undone)

@@ -45,7 +45,6 @@ from datetime import UTC, datetime
 from kubefit.api.resource import JobKey
 from kubefit.controller.cluster import ClusterView
 from kubefit.controller.pass_inputs import (
-    PassInputs,
     PassWorld,
     accelerator_totals,
     bound_on,
@@ -59,12 +58,12 @@ from kubefit.controller.pass_inputs import (
     still_awaited,
 )
 from kubefit.controller.preemption_undo import (
-    deprives_no_one,
+    UndoTrials,
     merged,
     preemptions_to_undo,
     still_preempted,
+    still_running,
     with_undone_reasons,
-    without_charges,
 )
 from kubefit.controller.quota_confirmation import QUOTA_RECHECK_SECONDS, QuotaIndexLag, confirm_quotas
 from kubefit.decisions.admission import (
@@ -115,8 +114,6 @@ RECONCILE_THREADS = 4
 # After a start (or taking the lead), how long passes wait at most for every job to offer
 # their demand: one whose reconcile keeps failing must not hold the queue for ever (docs/scheduling.md).
 RESTART_SETTLE_SECONDS = 30.0
-# The most victims a pass tries to take back one by one (with two plans each) when they cannot all be.
-UNDO_TRIALS = 8
 # The longest a job shrunk or preempted for others holds their gang clocks while it keeps its workers with no
 # demand and none terminating (_within_hold_limit): its workers may never go.
 LEAVING_HOLD_LIMIT_SECONDS = 3600.0
@@ -252,6 +249,7 @@ class Scheduler:
         self._not_ready: set[str] = set()
         self._nodes: dict[str, NodeFacts] = {}
         self._node_devices = NodeDevices(catalog)
+        self._undo = UndoTrials(catalog, self._node_devices, self._plan)
         # Eligible-node sets of the current nodes, one object per distinct set, shared by the jobs (H8).
         self._node_generations = NodeGenerations()
         self._eligible = EligibleSets(catalog)
@@ -475,19 +473,20 @@ class Scheduler:
                 self._binds_in_pass.append((key, node))
                 return True
             placement = self._bind_placement(key, node, bound)
-            undoes = self._may_undo_a_preemption(key)
+            victims = self._victims_for(key)
         self.metrics.count_worker_bind(placement)
-        return placement == BIND_COUNTED and not undoes
+        return placement == BIND_COUNTED and not still_running(victims, view)
 
-    def _may_undo_a_preemption(self, key: JobKey) -> bool:
-        """Whether the job is one that a preempted job's workers, still saving, leave for: once its workers are
-        all bound, a pass may take that job back with them (controller/preemption_undo.py), so a bind of it
-        asks for a pass even where the last pass counted it."""
-        return any(
-            key in beneficiaries and not (victim in self._entries and self._entries[victim].granted)
+    def _victims_for(self, key: JobKey) -> list[JobKey]:
+        """The preempted jobs (granted nothing) that made room for the job: once its workers are all bound, a
+        pass may take such a job back with its workers still saving (controller/preemption_undo.py), so a
+        bind of it asks for a pass even where the last pass counted it."""
+        return [
+            victim
             for victims in (self._leaving, self._preempted)
             for victim, beneficiaries in victims.items()
-        )
+            if key in beneficiaries and not (victim in self._entries and self._entries[victim].granted)
+        ]
 
     def _bind_placement(self, key: JobKey, node: str, bound: int) -> str:
         entry = self._entries.get(key)
@@ -501,15 +500,15 @@ class Scheduler:
             if self._passes_running or not self._binds_in_pass:
                 return
             binds, self._binds_in_pass = self._binds_in_pass, []
-        placements, undoes = [], False
+        placements, victims = [], []
         for key, node in binds:
             bound = bound_on(view, key, node)
             with self._lock:
                 placements.append(self._bind_placement(key, node, bound))
-                undoes = undoes or self._may_undo_a_preemption(key)
+                victims += self._victims_for(key)
         for placement in placements:
             self.metrics.count_worker_bind(placement)
-        if undoes or any(placement != BIND_COUNTED for placement in placements):
+        if still_running(victims, view) or any(placement != BIND_COUNTED for placement in placements):
             self.request("pod", view)
 
     def snapshot(self) -> dict[JobKey, Grant]:
@@ -725,7 +724,7 @@ class Scheduler:
         inputs = pass_inputs(world, grants, self.catalog, self._node_devices)
         undone: Mapping[JobKey, int] = preemptions_to_undo(preempted, demands, grants, uids, view, nodes)
         if undone:
-            inputs, undone = self._taking_back(world, grants, undone, inputs)
+            inputs, undone = self._undo.taking_back(world, grants, undone, inputs, preempted.keys())
         queued, admitted, capacity, old_workers_going = inputs
 
         def plan_with(quota_view: ClusterView) -> AdmissionPlan:
@@ -737,7 +736,7 @@ class Scheduler:
             self.metrics.scheduling_pass_duration.observe(time.perf_counter() - started)
             return []
         plan = with_undone_reasons(confirmed, undone, preempted)
-        self._note_preempted(plan, view)
+        self._note_preempted(plan, view, entries.keys())
         with self._lock:
             victims = dict(self._leaving)
         for victim, beneficiaries in plan.made_room_for.items():
@@ -757,45 +756,9 @@ class Scheduler:
         self.metrics.scheduling_pass_cpu.observe(time.thread_time() - cpu_started)
         return changed
 
-    def _note_preempted(self, plan: AdmissionPlan, view: ClusterView) -> None:
+    def _note_preempted(self, plan: AdmissionPlan, view: ClusterView, in_queue: Collection[JobKey]) -> None:
         with self._lock:
-            self._preempted = still_preempted(self._preempted, plan, view)
-
-    def _taking_back(
-        self, world: PassWorld, grants: Mapping[JobKey, int], undone: Mapping[JobKey, int], inputs: PassInputs
-    ) -> tuple[PassInputs, Mapping[JobKey, int]]:
-        """The pass's inputs with the preempted jobs `undone` names admitted on their running workers, where a
-        plan so deprives no job of what it would get once their workers were gone (controller/preemption_undo.py):
-        all of them, else each alone in queue order (at most UNDO_TRIALS); else `inputs` as they were."""
-        if self._deprives_no_one(world, grants, undone):
-            taken = dict(undone)
-        else:
-            taken = {}
-            order = sorted(
-                undone, key=lambda key: (-world.demands[key].priority, world.demands[key].created, key)
-            )
-            for key in order[:UNDO_TRIALS] if len(undone) > 1 else ():
-                if self._deprives_no_one(world, grants, {**taken, key: undone[key]}):
-                    taken[key] = undone[key]
-        if not taken:
-            return inputs, {}
-        for key, workers in sorted(taken.items()):
-            logger.info("%s/%s: preemption undone, its %d running workers kept", *key, workers)
-        return pass_inputs(world, {**grants, **taken}, self.catalog, self._node_devices), taken
-
-    def _deprives_no_one(
-        self, world: PassWorld, grants: Mapping[JobKey, int], undone: Mapping[JobKey, int]
-    ) -> bool:
-        trial = pass_inputs(world, {**grants, **undone}, self.catalog, self._node_devices)
-        quotas = quota_state(world.demands, world.uids, world.view)
-        kept = self._plan(trial.queued, trial.admitted, trial.capacity, quotas)
-        freed = self._plan(
-            [*trial.queued, *(world.demands[key] for key in sorted(undone))],
-            [held for held in trial.admitted if held.demand.key not in undone],
-            trial.capacity,
-            without_charges(quotas, undone.keys(), world.demands),
-        )
-        return deprives_no_one(kept, freed, undone)
+            self._preempted = still_preempted(self._preempted, plan, view, in_queue)
 
     def _within_hold_limit(
         self,
