@@ -109,19 +109,11 @@ def test_a_victim_of_a_deleted_job_is_taken_back_once_the_job_that_wanted_its_de
 def test_victims_whose_devices_nobody_else_wants_are_taken_back_without_the_others() -> None:
     """v1 runs on pool a, v2 on pool b; both are preempted for urgent, which then runs on pool c. q (priority
     50, pool b only) waits for v2's node: v2's preemption runs on, v1's is undone."""
-    v1, v2, urgent, queued = ("ns", "v1"), ("ns", "v2"), ("ns", "urgent"), ("ns", "q")
+    urgent, queued = ("ns", "urgent"), ("ns", "q")
     pool_a, pool_b, pool_c = {"pool": "a"}, {"pool": "b"}, {"pool": "c"}
     cluster = FakeCluster(nodes=[node("n1", labels=pool_a), node("n2", labels=pool_b)])
     scheduler, _ = sync_scheduler()
-    for key, where, created in ((v1, "n1", 1.0), (v2, "n2", 1.5)):
-        scheduler.offer(
-            key, fixed(key[1], created, per_worker=8, min_workers=1, want=1), ANYWHERE, cluster.view()
-        )
-        cluster.workers[key] = [worker(key[1], 0, where)]
-        cluster.per_worker[key] = 8
-    scheduler.request("pod", cluster.view())
-    scheduler.offer(urgent, whole_nodes_urgent(), ANYWHERE, cluster.view())
-    assert granted(scheduler, v1) == granted(scheduler, v2) == 0
+    v1, v2 = two_one_node_victims(cluster, scheduler)
     only_b = Placement(pool_b, (), ())
     scheduler.offer(
         queued, fixed("q", 3, per_worker=8, min_workers=1, want=1, priority=50), only_b, cluster.view()

@@ -683,11 +683,9 @@ def test_a_gang_kube_scheduler_left_for_want_of_devices_may_take_room_again(harn
     assert len(harness.events("Preempted")) == 2
 
 
-def test_a_preempted_job_suspended_and_resumed_during_its_handshake_says_it_is_preempted(
-    harness: Harness,
-) -> None:
-    # It said Suspended=True and Admitted=False Suspended ("spec.runPolicy.suspend is true") for the whole
-    # grace period after the resume (the scheduling audit, 5 December).
+def other_preempted_for_llama(harness: Harness) -> None:
+    """other (2 workers, a 600 s checkpoint grace) runs on h0; llama (priority 100, LowerPriority) preempts it,
+    and other's workers save."""
     harness.kube.jobs["other"] = job_manifest("other", replicas=2)
     harness.kube.jobs["other"]["spec"]["elastic"] = {"checkpointGracePeriodSeconds": 600}
     harness.reconcile(key=OTHER)
@@ -699,6 +697,14 @@ def test_a_preempted_job_suspended_and_resumed_during_its_handshake_says_it_is_p
     harness.reconcile()
     both_reconciled(harness)
     assert harness.condition("Admitted", "other")["reason"] == "Preempted"
+
+
+def test_a_preempted_job_suspended_and_resumed_during_its_handshake_says_it_is_preempted(
+    harness: Harness,
+) -> None:
+    # It said Suspended=True and Admitted=False Suspended ("spec.runPolicy.suspend is true") for the whole
+    # grace period after the resume (the scheduling audit, 5 December).
+    other_preempted_for_llama(harness)
     other = harness.kube.jobs["other"]
     for suspend, generation in ((True, 2), (False, 3)):
         other["spec"]["runPolicy"] = {"suspend": suspend}
@@ -783,17 +789,7 @@ def test_a_job_preempted_for_one_deleted_during_its_handshake_keeps_its_workers_
     """The job it was preempted for is deleted while its workers save: the next pass grants it its workers
     again, and its reconcile takes them back (the request closed, none deleted, Admitted again and saying
     why) rather than stopping them at the end of the grace and starting again from the queue."""
-    harness.kube.jobs["other"] = job_manifest("other", replicas=2)
-    harness.kube.jobs["other"]["spec"]["elastic"] = {"checkpointGracePeriodSeconds": 600}
-    harness.reconcile(key=OTHER)
-    run_on_h0(harness, "other")
-    harness.reconcile("pod", key=OTHER)
-    llama = job_manifest(replicas=2)
-    llama["spec"]["scheduling"] = {"priority": 100, "preemption": "LowerPriority"}
-    harness.kube.jobs["llama"] = llama
-    harness.reconcile()
-    both_reconciled(harness)
-    assert harness.condition("Admitted", "other")["reason"] == "Preempted"
+    other_preempted_for_llama(harness)
     assert harness.kube.jobs["other"]["status"]["checkpoint"]["reason"] == "Preempted"
     for name in [name for name in harness.kube.pods if name.startswith("llama-")]:
         del harness.kube.pods[name]
