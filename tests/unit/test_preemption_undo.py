@@ -247,3 +247,27 @@ def test_a_bind_asks_for_no_pass_for_a_preemption_whose_victim_has_no_running_wo
     cluster.workers[urgent] = [worker("urgent", 0, "n1")]
     cluster.per_worker[urgent] = 8
     assert scheduler.worker_bound(urgent, "n1", cluster.view())  # counted there: no pass
+
+
+def test_devices_another_workload_holds_beside_a_victim_are_not_counted_as_coming_free() -> None:
+    """n1 holds the victim's worker (4 GPUs) and another workload's pod (4 GPUs). q (priority 50) needs a
+    whole node of 8: once the victim's worker is gone n1 has 4 free, not 8, so q would not start there and
+    taking the victim back deprives it of nothing."""
+    victim, urgent, queued = ("ns", "victim"), ("ns", "urgent"), ("ns", "q")
+    cluster = FakeCluster(nodes=[node("n1")], others={"n1": 4})
+    scheduler, _ = sync_scheduler()
+    scheduler.offer(victim, demand("victim", created=1, min_workers=1, want=1), ANYWHERE, cluster.view())
+    cluster.workers[victim] = [worker("victim", 0, "n1")]
+    scheduler.request("pod", cluster.view())
+    four = replace(whole_nodes_urgent(), per_worker=4, min_workers=1, want_workers=1)
+    scheduler.offer(urgent, four, ANYWHERE, cluster.view())
+    assert granted(scheduler, victim) == 0
+    scheduler.offer(
+        queued, fixed("q", 3, per_worker=8, min_workers=1, want=1, priority=50), ANYWHERE, cluster.view()
+    )
+    cluster.nodes.append(node("n2"))
+    scheduler.request("node", cluster.view())
+    assert scheduler.grant(urgent, []).reserved == {"n2": 1}
+    cluster.workers[urgent] = [worker("urgent", 0, "n2")]
+    scheduler.request("pod", cluster.view())
+    assert granted(scheduler, victim) == 1 and granted(scheduler, queued) == 0

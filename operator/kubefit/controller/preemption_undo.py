@@ -49,9 +49,9 @@ def preemptions_to_undo(
 ) -> dict[JobKey, int]:
     """Of the preempted jobs (`victims`: victim -> the jobs it made room for), those granted nothing and still in
     the queue whose workers are all bound to one of `nodes` (the pass's: not removed, Ready, not cordoned) and
-    none terminating, as many as its grant would be (its whole group
-    for a fixed-size job; for an elastic one between its minimum and its want, in whole TP x PP groups), while
-    no job it made room for needs a place (_needs_no_place): victim -> its running workers."""
+    none terminating, as many as its grant would be (its whole group for a fixed-size job; for an elastic one
+    between its minimum and its want, in whole TP x PP groups), while no job it made room for needs a place
+    (_needs_no_place): victim -> its running workers."""
     found: dict[JobKey, int] = {}
     names = {node.name for node in nodes} if victims else set()
     for victim, beneficiaries in victims.items():
@@ -89,8 +89,9 @@ def _needs_no_place(view: ClusterView, key: JobKey, grant: int, uid: str | None)
 
 def deprives_no_one(kept: AdmissionPlan, freed: AdmissionPlan, victims: Mapping[JobKey, int]) -> bool:
     """Whether `kept` (the victims admitted on their running workers) grants each victim all of them, each on its
-    node (no shrink or preemption of it for another job, no worker on a node outside the pass), and gives every other job at least the grant and the places (bound
-    or reserved) that `freed` (the victims' devices and quota free, the victims queued) gives it."""
+    node (no shrink or preemption of it for another job, no worker on a node outside the pass), and gives every
+    other job at least the grant and the places (bound or reserved) that `freed` (the victims' devices and
+    quota free, the victims queued) gives it."""
     for victim, workers in victims.items():
         if kept.grants.get(victim, 0) != workers or _places(kept.placement.get(victim, {})) != workers:
             return False
@@ -122,9 +123,11 @@ def without_leaving(
     freed: Counter[str] = Counter()
     for name, pods in usage.items():
         found = catalog.get(accelerator.get(name) or "")
-        for used in pods if found is not None else ():
+        if found is None:
+            continue
+        for used in pods:
             if used.job in jobs:
-                freed[name] += used.requests.get(found.resource_name, 0)  # type: ignore[union-attr]
+                freed[name] += used.requests.get(found.resource_name, 0)
     return [
         replace(node, used_by_others=max(0, node.used_by_others - freed[node.name]))
         if freed[node.name]
@@ -276,18 +279,17 @@ class UndoTrials:
         leaving = [
             key for key in preempted if key in world.demands and not grants.get(key, 0) and key not in undone
         ]
-        usage = world.view.usage()
+        # The `undone` jobs' workers are their holdings' in `trial`, not others': left out of the second plan's
+        # admitted jobs, their devices are free there.
+        capacity = without_leaving(trial.capacity, world.view.usage(), leaving, self.catalog)
         quotas = quota_state(world.demands, world.uids, world.view)
         kept = self.plan(
-            trial.queued,
-            trial.admitted,
-            without_leaving(trial.capacity, usage, leaving, self.catalog),
-            without_charges(quotas, leaving, world.demands),
+            trial.queued, trial.admitted, capacity, without_charges(quotas, leaving, world.demands)
         )
         freed = self.plan(
             [*trial.queued, *(world.demands[key] for key in sorted(undone))],
             [held for held in trial.admitted if held.demand.key not in undone],
-            without_leaving(trial.capacity, usage, [*leaving, *undone], self.catalog),
+            capacity,
             without_charges(quotas, [*leaving, *undone], world.demands),
         )
         return deprives_no_one(kept, freed, undone)
